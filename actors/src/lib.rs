@@ -1,7 +1,50 @@
 //! emqx-rs broker core: the MQTT codec, protocol state machines as plain
-//! code, and the actors that own the broker's state.
+//! code (channel, topic trie), and the actors that own the broker's state
+//! (sessions, topic shards) with the connection tasks that feed them.
 
+pub mod broker;
+pub mod channel;
+pub mod cm;
 pub mod codec;
+pub mod conn;
+pub mod message;
+pub mod metrics;
 pub mod packet;
+pub mod retainer;
+pub mod session;
+pub mod settings;
+pub mod shard;
+pub mod sys;
 pub mod topic;
 pub mod trie;
+
+use std::sync::Arc;
+
+/// Everything a session or connection needs from its node, cheap to clone.
+pub struct Ctx {
+    /// This node's name, `name@host`.
+    pub node: Arc<str>,
+    pub settings: Arc<settings::MqttSettings>,
+    pub broker: Arc<broker::Broker>,
+    pub cm: cm::Cm,
+    pub sys: sys::SysSettings,
+    /// When the broker started, for `uptime`.
+    pub started_at: std::time::Instant,
+}
+
+impl Ctx {
+    /// Publishes a message into the broker: stores it if retained, then
+    /// delivers it to every matching subscriber. Returns the subscriber count.
+    pub fn publish(&self, msg: message::Message) -> usize {
+        let msg = Arc::new(msg);
+        let b = &self.broker;
+        metrics::inc(&b.metrics.messages_publish);
+        if msg.retain {
+            match b.retainer.store(&msg) {
+                Ok(()) => metrics::inc(&b.metrics.messages_retained),
+                Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
+            }
+        }
+        b.publish(msg)
+    }
+}

@@ -221,6 +221,7 @@ pub struct Auth {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Packet {
     Connect(Connect),
     ConnAck(ConnAck),

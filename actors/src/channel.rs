@@ -1,0 +1,901 @@
+//! The MQTT channel: protocol rules and session state of one client, as a
+//! plain struct (EMQX's emqx_channel + emqx_session_mem).
+//!
+//! It never touches a socket or an actor. Inputs are decoded packets,
+//! deliveries from the broker and clock ticks; outputs are [`Action`]s
+//! (packets to send, a close) and calls on a [`PublishSink`] for messages
+//! going into the broker. The session actor wraps it and does the I/O, so
+//! every rule here is tested directly and fast.
+
+use crate::broker::SubMatch;
+use crate::codec;
+use crate::message::{now_ms, Message};
+use crate::packet::*;
+use crate::settings::MqttSettings;
+use crate::topic;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where inbound application messages go: the broker in production, a
+/// recorder in tests. Returns the number of subscribers reached.
+pub trait PublishSink {
+    fn publish(&mut self, msg: Message) -> usize;
+}
+
+/// What the session actor must do after a step of the channel.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Action {
+    /// Encode and write this packet.
+    Send(Packet),
+    /// Apply these subscriptions in the broker, then call
+    /// [`Channel::subscribed`] with the outcomes.
+    Subscribe {
+        packet_id: u16,
+        requests: Vec<SubRequest>,
+    },
+    /// Remove these subscriptions in the broker (UNSUBACK already produced).
+    Unsubscribe(Vec<String>),
+    /// Close the connection; on v5 send DISCONNECT with this reason first.
+    Close { reason: Option<u8>, why: String },
+}
+
+/// One filter of a SUBSCRIBE, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubRequest {
+    pub filter: String,
+    pub opts: SubscriptionOptions,
+    pub sub_id: Option<u32>,
+    /// `Some(code)` when the filter is refused before reaching the broker.
+    pub refused: Option<u8>,
+}
+
+/// A message on its way to this client, as decided from its matches.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// Combines the subscriptions one message matched (MQTT 5.0 3.3.4:
+    /// overlapping subscriptions deliver once at the highest granted QoS,
+    /// with every subscription identifier).
+    pub fn from_matches(msg: Arc<Message>, matches: &[SubMatch], upgrade_qos: bool) -> Delivery {
+        let max_sub = matches.iter().map(|m| m.opts.qos).max().unwrap_or_default();
+        let qos = if upgrade_qos {
+            max_sub
+        } else {
+            msg.qos.min(max_sub)
+        };
+        let retain = msg.retain && matches.iter().any(|m| m.opts.retain_as_published);
+        let mut sub_ids: Vec<u32> = matches.iter().filter_map(|m| m.sub_id).collect();
+        sub_ids.sort_unstable();
+        sub_ids.dedup();
+        Delivery {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+        }
+    }
+
+    /// A retained message sent because of a new subscription: the retain
+    /// flag stays set (MQTT 5.0 3.3.1.3).
+    pub fn retained(msg: Arc<Message>, opts: &SubscriptionOptions, sub_id: Option<u32>) -> Delivery {
+        Delivery {
+            qos: msg.qos.min(opts.qos),
+            retain: true,
+            sub_ids: sub_id.into_iter().collect(),
+            msg,
+        }
+    }
+}
+
+/// An outgoing QoS 1/2 message not yet fully acknowledged.
+#[derive(Debug, Clone)]
+pub enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Publish(Delivery),
+    /// PUBREL sent, waiting for PUBCOMP.
+    Release,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub state: InflightState,
+    pub sent_at: Instant,
+    /// Insertion order, for resending in the order first sent.
+    pub seq: u64,
+}
+
+/// Counters shown by `ctl clients list`.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelCounters {
+    pub delivered: u64,
+    pub enqueued: u64,
+    pub dropped: u64,
+    pub dropped_expired: u64,
+    pub dropped_too_large: u64,
+}
+
+pub struct Channel {
+    settings: Arc<MqttSettings>,
+    pub client_id: Arc<str>,
+    pub version: ProtocolVersion,
+    pub username: Option<String>,
+    pub clean_start: bool,
+    /// The keepalive in force (ours when `server_keepalive` is set).
+    pub keepalive: u16,
+    /// Seconds the session outlives its connection (0 = ends with it).
+    pub session_expiry: u32,
+    pub will: Option<LastWill>,
+    pub connected: bool,
+    /// Limits the client announced in CONNECT.
+    client_receive_max: u16,
+    client_max_packet: Option<u32>,
+    client_topic_alias_max: u16,
+    request_problem_info: bool,
+    /// Topic aliases the client set for its PUBLISHes to us.
+    in_aliases: HashMap<u16, String>,
+    /// Topic aliases we set for PUBLISHes to the client.
+    out_aliases: HashMap<Arc<str>, u16>,
+    pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
+    pub inflight: HashMap<u16, Inflight>,
+    inflight_seq: u64,
+    pub mqueue: VecDeque<Delivery>,
+    /// QoS 2 packet ids received and not yet released (exactly-once).
+    pub awaiting_rel: HashMap<u16, Instant>,
+    next_pid: u16,
+    pub counters: ChannelCounters,
+    pub created_at_ms: u64,
+    pub connected_at_ms: u64,
+    pub disconnected_at_ms: Option<u64>,
+}
+
+/// Result of accepting a CONNECT.
+#[derive(Debug)]
+pub struct ConnectOutcome {
+    pub connack: ConnAck,
+    /// Whether the client id was assigned by us.
+    pub assigned: bool,
+}
+
+/// Checks a CONNECT before any session is looked up. On failure returns
+/// the CONNACK reason code to refuse with.
+pub fn check_connect(c: &Connect, s: &MqttSettings) -> Result<(), (u8, String)> {
+    if c.client_id.len() > s.max_clientid_len {
+        return Err((
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+            format!("client id longer than {}", s.max_clientid_len),
+        ));
+    }
+    if c.client_id.is_empty() && c.protocol != ProtocolVersion::V5 && !c.clean_start {
+        // MQTT 3.1.1 3.1.3-8: an empty id needs clean session.
+        return Err((
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+            "empty client id with clean_session = false".into(),
+        ));
+    }
+    if c.client_id.is_empty() && c.protocol == ProtocolVersion::V3 {
+        return Err((
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+            "empty client id on MQTT 3.1".into(),
+        ));
+    }
+    if let Some(w) = &c.will {
+        if topic::validate_topic_name(&w.topic, s.max_topic_levels).is_err() {
+            return Err((reason::TOPIC_NAME_INVALID, "invalid will topic".into()));
+        }
+        if w.qos > s.max_qos_allowed {
+            return Err((reason::QOS_NOT_SUPPORTED, "will QoS above maximum".into()));
+        }
+        if w.retain && !s.retain_available {
+            return Err((reason::RETAIN_NOT_SUPPORTED, "retained will refused".into()));
+        }
+    }
+    if c.properties.receive_maximum == Some(0) {
+        return Err((reason::PROTOCOL_ERROR, "receive maximum 0".into()));
+    }
+    if c.properties.maximum_packet_size == Some(0) {
+        return Err((reason::PROTOCOL_ERROR, "maximum packet size 0".into()));
+    }
+    if c.properties.authentication_method.is_some() {
+        return Err((
+            reason::BAD_AUTHENTICATION_METHOD,
+            "enhanced authentication is not supported".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The keepalive the server enforces for a CONNECT.
+pub fn effective_keepalive(c: &Connect, s: &MqttSettings) -> u16 {
+    match (c.protocol, s.server_keepalive) {
+        (ProtocolVersion::V5, Some(k)) => k,
+        _ => c.keep_alive,
+    }
+}
+
+/// How long a connection may be silent: keepalive times the multiplier
+/// (MQTT says one and a half times); `None` when keepalive is off.
+pub fn keepalive_timeout(keepalive: u16, s: &MqttSettings) -> Option<Duration> {
+    if keepalive == 0 {
+        None
+    } else {
+        Some(Duration::from_secs_f64(
+            f64::from(keepalive) * s.keepalive_multiplier,
+        ))
+    }
+}
+
+/// Session expiry a CONNECT asks for, in seconds.
+pub fn requested_expiry(c: &Connect, s: &MqttSettings) -> u32 {
+    match c.protocol {
+        ProtocolVersion::V5 => c.properties.session_expiry_interval.unwrap_or(0),
+        _ if c.clean_start => 0,
+        _ => s.session_expiry_interval.as_secs().min(u64::from(u32::MAX)) as u32,
+    }
+}
+
+impl Channel {
+    /// A fresh session for an accepted CONNECT (`client_id` already assigned).
+    pub fn new(settings: Arc<MqttSettings>, c: &Connect, client_id: Arc<str>) -> Channel {
+        let now = now_ms();
+        let mut ch = Channel {
+            client_id,
+            version: c.protocol,
+            username: None,
+            clean_start: c.clean_start,
+            keepalive: 0,
+            session_expiry: 0,
+            will: None,
+            connected: false,
+            client_receive_max: u16::MAX,
+            client_max_packet: None,
+            client_topic_alias_max: 0,
+            request_problem_info: true,
+            in_aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            subscriptions: HashMap::new(),
+            inflight: HashMap::new(),
+            inflight_seq: 0,
+            mqueue: VecDeque::new(),
+            awaiting_rel: HashMap::new(),
+            next_pid: 1,
+            counters: ChannelCounters::default(),
+            created_at_ms: now,
+            connected_at_ms: now,
+            disconnected_at_ms: None,
+            settings,
+        };
+        ch.attach(c);
+        ch
+    }
+
+    pub fn settings(&self) -> &MqttSettings {
+        &self.settings
+    }
+
+    /// Binds the session to a (new) connection's CONNECT: the per-connection
+    /// state is reset, the session state is kept.
+    pub fn attach(&mut self, c: &Connect) {
+        self.version = c.protocol;
+        self.username = c.username.clone();
+        self.clean_start = c.clean_start;
+        self.keepalive = effective_keepalive(c, &self.settings);
+        self.session_expiry = requested_expiry(c, &self.settings);
+        self.will = c.will.clone();
+        self.connected = true;
+        self.client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        self.client_max_packet = c.properties.maximum_packet_size;
+        self.client_topic_alias_max = c.properties.topic_alias_maximum.unwrap_or(0);
+        self.request_problem_info = c.properties.request_problem_information != Some(0);
+        self.in_aliases.clear();
+        self.out_aliases.clear();
+        self.connected_at_ms = now_ms();
+        self.disconnected_at_ms = None;
+    }
+
+    /// The CONNACK for this connection.
+    pub fn connack(&self, c: &Connect, session_present: bool, assigned: bool) -> ConnAck {
+        let mut p = Properties::default();
+        if self.version == ProtocolVersion::V5 {
+            let s = &self.settings;
+            if assigned {
+                p.assigned_client_identifier = Some(self.client_id.to_string());
+            }
+            if let Some(k) = s.server_keepalive {
+                p.server_keep_alive = Some(k);
+            }
+            if let Some(max) = s.max_awaiting_rel {
+                p.receive_maximum = Some(max.clamp(1, 65535) as u16);
+            }
+            if s.max_qos_allowed < QoS::ExactlyOnce {
+                p.maximum_qos = Some(s.max_qos_allowed as u8);
+            }
+            if !s.retain_available {
+                p.retain_available = Some(0);
+            }
+            p.maximum_packet_size = Some(s.max_packet_size as u32);
+            p.topic_alias_maximum = Some(s.max_topic_alias);
+            if !s.wildcard_subscription {
+                p.wildcard_subscription_available = Some(0);
+            }
+            if !s.shared_subscription {
+                p.shared_subscription_available = Some(0);
+            }
+            p.subscription_identifiers_available = Some(1);
+            if c.properties.request_response_information == Some(1)
+                && !s.response_information.is_empty()
+            {
+                p.response_information = Some(s.response_information.clone());
+            }
+        }
+        ConnAck {
+            session_present,
+            reason_code: reason::SUCCESS,
+            properties: p,
+        }
+    }
+
+    /// Called when the connection goes away (the session may live on).
+    pub fn detach(&mut self) {
+        self.connected = false;
+        self.disconnected_at_ms = Some(now_ms());
+        self.in_aliases.clear();
+        self.out_aliases.clear();
+    }
+
+    fn is_v5(&self) -> bool {
+        self.version == ProtocolVersion::V5
+    }
+
+    fn close(&self, reason: u8, why: impl Into<String>) -> Action {
+        Action::Close {
+            reason: Some(reason),
+            why: why.into(),
+        }
+    }
+
+    fn ack(&self, code: u8) -> u8 {
+        if self.is_v5() {
+            code
+        } else {
+            0
+        }
+    }
+
+    fn reason_props(&self, why: &str) -> Properties {
+        let mut p = Properties::default();
+        if self.is_v5() && self.request_problem_info {
+            p.reason_string = Some(why.to_string());
+        }
+        p
+    }
+
+    /// Handles one packet from the client.
+    pub fn handle(&mut self, pkt: Packet, now: Instant, sink: &mut dyn PublishSink) -> Vec<Action> {
+        match pkt {
+            Packet::Connect(_) => vec![self.close(reason::PROTOCOL_ERROR, "second CONNECT")],
+            Packet::Publish(p) => self.handle_publish(p, now, sink),
+            Packet::PubAck(a) => self.handle_puback(a.packet_id),
+            Packet::PubRec(a) => self.handle_pubrec(a, now),
+            Packet::PubRel(a) => self.handle_pubrel(a.packet_id),
+            Packet::PubComp(a) => self.handle_pubcomp(a.packet_id),
+            Packet::Subscribe(s) => self.handle_subscribe(s),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(u),
+            Packet::PingReq => vec![Action::Send(Packet::PingResp)],
+            Packet::Disconnect(d) => self.handle_disconnect(d),
+            Packet::Auth(_) => vec![self.close(
+                reason::PROTOCOL_ERROR,
+                "AUTH without enhanced authentication",
+            )],
+            other => vec![self.close(
+                reason::PROTOCOL_ERROR,
+                format!("{} is not sent by clients", other.kind()),
+            )],
+        }
+    }
+
+    fn handle_disconnect(&mut self, d: Disconnect) -> Vec<Action> {
+        if self.is_v5() {
+            if let Some(exp) = d.properties.session_expiry_interval {
+                if self.session_expiry == 0 && exp != 0 {
+                    // MQTT 5.0 3.14.2.2.2: cannot go from 0 to non-zero.
+                    return vec![self.close(
+                        reason::PROTOCOL_ERROR,
+                        "session expiry raised from 0 in DISCONNECT",
+                    )];
+                }
+                self.session_expiry = exp;
+            }
+        }
+        if d.reason_code != reason::DISCONNECT_WITH_WILL {
+            // Normal disconnect: the will is discarded (MQTT 3.1.2.5 / 3.14.4).
+            self.will = None;
+        }
+        vec![Action::Close {
+            reason: None,
+            why: "client disconnected".into(),
+        }]
+    }
+
+    fn handle_publish(&mut self, mut p: Publish, now: Instant, sink: &mut dyn PublishSink) -> Vec<Action> {
+        let s = self.settings.clone();
+        // Topic alias (v5): resolve before anything looks at the topic.
+        if let Some(alias) = p.properties.topic_alias {
+            if alias == 0 || alias > s.max_topic_alias {
+                return vec![self.close(reason::TOPIC_ALIAS_INVALID, format!("topic alias {alias} out of range"))];
+            }
+            if p.topic.is_empty() {
+                match self.in_aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        return vec![self.close(reason::PROTOCOL_ERROR, format!("unknown topic alias {alias}"))]
+                    }
+                }
+            } else {
+                self.in_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return vec![self.close(reason::PROTOCOL_ERROR, "empty topic without a topic alias")];
+        }
+        if let Err(e) = topic::validate_topic_name(&p.topic, s.max_topic_levels) {
+            return vec![self.close(reason::TOPIC_NAME_INVALID, format!("invalid topic name {:?}: {e:?}", p.topic))];
+        }
+        if p.qos > s.max_qos_allowed {
+            return vec![self.close(reason::QOS_NOT_SUPPORTED, format!("QoS {} above maximum", p.qos as u8))];
+        }
+        if p.retain && !s.retain_available {
+            return vec![self.close(reason::RETAIN_NOT_SUPPORTED, "retain is not available")];
+        }
+        let bad_payload = p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err();
+        let pid = p.packet_id.unwrap_or(0);
+        match p.qos {
+            QoS::AtMostOnce => {
+                if !bad_payload {
+                    sink.publish(self.to_message(&p));
+                }
+                vec![]
+            }
+            QoS::AtLeastOnce => {
+                let code = if bad_payload {
+                    reason::PAYLOAD_FORMAT_INVALID
+                } else if sink.publish(self.to_message(&p)) == 0 {
+                    reason::NO_MATCHING_SUBSCRIBERS
+                } else {
+                    reason::SUCCESS
+                };
+                vec![Action::Send(Packet::PubAck(PubAckLike::new(pid, self.ack(code))))]
+            }
+            QoS::ExactlyOnce => {
+                if self.awaiting_rel.contains_key(&pid) {
+                    // A resend of a message we already took: exactly once.
+                    return vec![Action::Send(Packet::PubRec(PubAckLike::new(pid, 0)))];
+                }
+                if let Some(max) = s.max_awaiting_rel {
+                    if self.awaiting_rel.len() >= max {
+                        return vec![self.close(
+                            reason::RECEIVE_MAXIMUM_EXCEEDED,
+                            format!("more than {max} QoS 2 messages awaiting PUBREL"),
+                        )];
+                    }
+                }
+                if bad_payload {
+                    return vec![Action::Send(Packet::PubRec(PubAckLike::new(
+                        pid,
+                        self.ack(reason::PAYLOAD_FORMAT_INVALID),
+                    )))];
+                }
+                let n = sink.publish(self.to_message(&p));
+                self.awaiting_rel.insert(pid, now);
+                let code = if n == 0 { reason::NO_MATCHING_SUBSCRIBERS } else { 0 };
+                vec![Action::Send(Packet::PubRec(PubAckLike::new(pid, self.ack(code))))]
+            }
+        }
+    }
+
+    fn to_message(&self, p: &Publish) -> Message {
+        let mut m = Message::from_publish(self.client_id.clone(), p);
+        if let Some(max) = self.settings.message_expiry_interval {
+            let max = max.as_secs().min(u64::from(u32::MAX)) as u32;
+            m.expiry_secs = Some(m.expiry_secs.map_or(max, |e| e.min(max)));
+        }
+        m
+    }
+
+    fn handle_pubrel(&mut self, pid: u16) -> Vec<Action> {
+        let code = if self.awaiting_rel.remove(&pid).is_some() {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        vec![Action::Send(Packet::PubComp(PubAckLike::new(pid, self.ack(code))))]
+    }
+
+    fn handle_puback(&mut self, pid: u16) -> Vec<Action> {
+        match self.inflight.get(&pid) {
+            Some(Inflight { state: InflightState::Publish(d), .. }) if d.qos == QoS::AtLeastOnce => {
+                self.inflight.remove(&pid);
+                self.counters.delivered += 1;
+                self.drain(Instant::now())
+            }
+            _ => vec![],
+        }
+    }
+
+    fn handle_pubrec(&mut self, a: PubAckLike, now: Instant) -> Vec<Action> {
+        let pid = a.packet_id;
+        match self.inflight.get_mut(&pid) {
+            Some(f) => match &f.state {
+                InflightState::Publish(d) if d.qos == QoS::ExactlyOnce => {
+                    if a.reason_code >= 0x80 {
+                        // The client refused it: the exchange ends here.
+                        self.inflight.remove(&pid);
+                        return self.drain(now);
+                    }
+                    f.state = InflightState::Release;
+                    f.sent_at = now;
+                    vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))]
+                }
+                InflightState::Release => vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))],
+                _ => vec![],
+            },
+            None => vec![Action::Send(Packet::PubRel(PubAckLike::new(
+                pid,
+                self.ack(reason::PACKET_IDENTIFIER_NOT_FOUND),
+            )))],
+        }
+    }
+
+    fn handle_pubcomp(&mut self, pid: u16) -> Vec<Action> {
+        if let Some(Inflight { state: InflightState::Release, .. }) = self.inflight.get(&pid) {
+            self.inflight.remove(&pid);
+            self.counters.delivered += 1;
+            return self.drain(Instant::now());
+        }
+        vec![]
+    }
+
+    fn handle_subscribe(&mut self, s: Subscribe) -> Vec<Action> {
+        let st = self.settings.clone();
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut requests = Vec::with_capacity(s.filters.len());
+        for (filter, mut opts) in s.filters {
+            let mut refused = None;
+            let shared = topic::parse_shared(&filter);
+            if topic::validate_topic_filter(&filter, st.max_topic_levels).is_err() || shared.is_err() {
+                refused = Some(reason::TOPIC_FILTER_INVALID);
+            } else if !st.wildcard_subscription && topic::is_wildcard(&filter) {
+                refused = Some(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+            } else if matches!(shared, Ok(Some(_))) {
+                if !st.shared_subscription {
+                    refused = Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+                } else if opts.no_local && self.is_v5() {
+                    // MQTT 5.0 3.8.3.1: no local on a shared subscription is a protocol error.
+                    return vec![self.close(reason::PROTOCOL_ERROR, "no local on a shared subscription")];
+                }
+            }
+            if refused.is_none() {
+                if let Some(max) = st.max_subscriptions {
+                    if self.subscriptions.len() >= max && !self.subscriptions.contains_key(&filter) {
+                        refused = Some(reason::QUOTA_EXCEEDED);
+                    }
+                }
+            }
+            opts.qos = opts.qos.min(st.max_qos_allowed);
+            requests.push(SubRequest { filter, opts, sub_id, refused });
+        }
+        vec![Action::Subscribe { packet_id: s.packet_id, requests }]
+    }
+
+    /// Completes a SUBSCRIBE after the broker applied it. `outcomes` has one
+    /// entry per request: `Some(is_new)` when it was applied, `None` when
+    /// refused. Returns the SUBACK and the filters whose retained messages
+    /// must now be sent (per the retain handling option).
+    pub fn subscribed(
+        &mut self,
+        packet_id: u16,
+        requests: &[SubRequest],
+        outcomes: &[Option<bool>],
+    ) -> (Packet, Vec<(String, SubscriptionOptions, Option<u32>)>) {
+        let mut codes = Vec::with_capacity(requests.len());
+        let mut retained = Vec::new();
+        for (r, o) in requests.iter().zip(outcomes) {
+            match (r.refused, o) {
+                (None, Some(is_new)) => {
+                    self.subscriptions.insert(r.filter.clone(), (r.opts, r.sub_id));
+                    codes.push(r.opts.qos as u8);
+                    let shared = matches!(topic::parse_shared(&r.filter), Ok(Some(_)));
+                    let send = match r.opts.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => *is_new,
+                        RetainHandling::DoNotSend => false,
+                    };
+                    // Retained messages are not sent for shared subscriptions (MQTT 5.0 4.8.2).
+                    if send && !shared {
+                        retained.push((r.filter.clone(), r.opts, r.sub_id));
+                    }
+                }
+                (Some(code), _) => codes.push(code),
+                (None, None) => codes.push(reason::UNSPECIFIED_ERROR),
+            }
+        }
+        let ack = Packet::SubAck(SubAck {
+            packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        });
+        (ack, retained)
+    }
+
+    fn handle_unsubscribe(&mut self, u: Unsubscribe) -> Vec<Action> {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        let mut removed = Vec::new();
+        for f in u.filters {
+            if self.subscriptions.remove(&f).is_some() {
+                codes.push(reason::SUCCESS);
+                removed.push(f);
+            } else if topic::validate_topic_filter(&f, self.settings.max_topic_levels).is_err() {
+                codes.push(reason::TOPIC_FILTER_INVALID);
+            } else {
+                codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        if !self.is_v5() {
+            codes.clear();
+        }
+        vec![
+            Action::Unsubscribe(removed),
+            Action::Send(Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Properties::default(),
+                reason_codes: codes,
+            })),
+        ]
+    }
+
+    /// Accepts a message from the broker: sends it now, queues it, or drops it.
+    /// `can_send_qos0` is false while the socket is backed up.
+    pub fn deliver(&mut self, d: Delivery, now: Instant, can_send_qos0: bool) -> Vec<Action> {
+        let now_wall = now_ms();
+        if d.msg.is_expired(now_wall) {
+            self.counters.dropped += 1;
+            self.counters.dropped_expired += 1;
+            return vec![];
+        }
+        if !self.connected {
+            if d.qos == QoS::AtMostOnce && !self.settings.mqueue_store_qos0 {
+                self.counters.dropped += 1;
+                return vec![];
+            }
+            self.enqueue(d);
+            return vec![];
+        }
+        if d.qos == QoS::AtMostOnce {
+            if !can_send_qos0 {
+                self.counters.dropped += 1;
+                return vec![];
+            }
+            return self.send_publish(d, None, now_wall).into_iter().collect();
+        }
+        if self.inflight_full() || !self.mqueue.is_empty() {
+            self.enqueue(d);
+            return vec![];
+        }
+        self.send_inflight(d, now, now_wall).into_iter().collect()
+    }
+
+    fn inflight_full(&self) -> bool {
+        let window = self.settings.max_inflight.min(self.client_receive_max) as usize;
+        self.inflight.len() >= window.max(1)
+    }
+
+    fn enqueue(&mut self, d: Delivery) {
+        if let Some(max) = self.settings.max_mqueue_len {
+            if max == 0 {
+                self.counters.dropped += 1;
+                return;
+            }
+            if self.mqueue.len() >= max {
+                // Full: the oldest message makes room for the newest.
+                self.mqueue.pop_front();
+                self.counters.dropped += 1;
+            }
+        }
+        self.counters.enqueued += 1;
+        self.mqueue.push_back(d);
+    }
+
+    fn alloc_pid(&mut self) -> Option<u16> {
+        for _ in 0..=u16::MAX {
+            let pid = self.next_pid;
+            self.next_pid = if self.next_pid == u16::MAX { 1 } else { self.next_pid + 1 };
+            if !self.inflight.contains_key(&pid) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    fn send_inflight(&mut self, d: Delivery, now: Instant, now_wall: u64) -> Option<Action> {
+        let pid = self.alloc_pid()?;
+        let action = self.send_publish(d.clone(), Some(pid), now_wall)?;
+        self.inflight_seq += 1;
+        self.inflight.insert(
+            pid,
+            Inflight {
+                state: InflightState::Publish(d),
+                sent_at: now,
+                seq: self.inflight_seq,
+            },
+        );
+        Some(action)
+    }
+
+    /// Builds the PUBLISH for a delivery; `None` when it cannot be sent
+    /// (larger than the client's maximum packet size: dropped, 3.1.2-24).
+    fn send_publish(&mut self, d: Delivery, pid: Option<u16>, now_wall: u64) -> Option<Action> {
+        let mut props = Properties::default();
+        let mut topic = d.msg.topic.to_string();
+        if self.is_v5() {
+            props = d.msg.properties.clone();
+            props.message_expiry_interval = d.msg.remaining_expiry(now_wall);
+            props.subscription_identifiers = d.sub_ids.clone();
+            if self.client_topic_alias_max > 0 {
+                if let Some(a) = self.out_aliases.get(&d.msg.topic) {
+                    props.topic_alias = Some(*a);
+                    topic.clear();
+                } else if self.out_aliases.len() < self.client_topic_alias_max as usize {
+                    let a = self.out_aliases.len() as u16 + 1;
+                    self.out_aliases.insert(d.msg.topic.clone(), a);
+                    props.topic_alias = Some(a);
+                }
+            }
+        }
+        let p = Packet::Publish(Publish {
+            dup: false,
+            qos: d.qos,
+            retain: d.retain,
+            topic,
+            packet_id: pid,
+            properties: props,
+            payload: d.msg.payload.clone(),
+        });
+        if let Some(max) = self.client_max_packet {
+            if codec::encoded_len(&p, self.version) > max as usize {
+                self.counters.dropped += 1;
+                self.counters.dropped_too_large += 1;
+                return None;
+            }
+        }
+        if pid.is_none() {
+            self.counters.delivered += 1;
+        }
+        Some(Action::Send(p))
+    }
+
+    /// Moves queued messages into the inflight window while there is room.
+    pub fn drain(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.connected {
+            return out;
+        }
+        let now_wall = now_ms();
+        while let Some(d) = self.mqueue.front() {
+            if d.msg.is_expired(now_wall) {
+                self.mqueue.pop_front();
+                self.counters.dropped += 1;
+                self.counters.dropped_expired += 1;
+                continue;
+            }
+            if d.qos != QoS::AtMostOnce && self.inflight_full() {
+                break;
+            }
+            let Some(d) = self.mqueue.pop_front() else { break };
+            let a = if d.qos == QoS::AtMostOnce {
+                self.send_publish(d, None, now_wall)
+            } else {
+                self.send_inflight(d, now, now_wall)
+            };
+            out.extend(a);
+        }
+        out
+    }
+
+    /// After a reconnect to an existing session: resend the inflight window
+    /// in order (PUBLISH with DUP, or PUBREL), then the queue (MQTT 4.4).
+    pub fn resume(&mut self, now: Instant) -> Vec<Action> {
+        let mut pending: Vec<(u64, u16)> = self.inflight.iter().map(|(p, f)| (f.seq, *p)).collect();
+        pending.sort_unstable();
+        let mut out = Vec::new();
+        for (_, pid) in pending {
+            out.extend(self.resend(pid, now));
+        }
+        out.extend(self.drain(now));
+        out
+    }
+
+    fn resend(&mut self, pid: u16, now: Instant) -> Option<Action> {
+        let now_wall = now_ms();
+        let f = self.inflight.get(&pid)?;
+        match f.state.clone() {
+            InflightState::Release => {
+                if let Some(f) = self.inflight.get_mut(&pid) {
+                    f.sent_at = now;
+                }
+                Some(Action::Send(Packet::PubRel(PubAckLike::new(pid, 0))))
+            }
+            InflightState::Publish(d) => {
+                if d.msg.is_expired(now_wall) && self.is_v5() {
+                    self.inflight.remove(&pid);
+                    self.counters.dropped += 1;
+                    self.counters.dropped_expired += 1;
+                    return None;
+                }
+                // A resend always carries the full topic: aliases are per connection.
+                let saved = std::mem::take(&mut self.out_aliases);
+                let a = self.send_publish(d, Some(pid), now_wall);
+                self.out_aliases = saved;
+                if let Some(f) = self.inflight.get_mut(&pid) {
+                    f.sent_at = now;
+                }
+                match a {
+                    Some(Action::Send(Packet::Publish(mut p))) => {
+                        p.dup = true;
+                        Some(Action::Send(Packet::Publish(p)))
+                    }
+                    _ => {
+                        self.inflight.remove(&pid);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic work: resend what waited longer than `retry_interval`, and
+    /// forget QoS 2 ids whose PUBREL never came within `await_rel_timeout`.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let timeout = self.settings.await_rel_timeout;
+        self.awaiting_rel.retain(|_, t| now.duration_since(*t) < timeout);
+        let mut out = Vec::new();
+        if !self.connected {
+            return out;
+        }
+        if let Some(retry) = self.settings.retry_interval {
+            let mut due: Vec<(u64, u16)> = self
+                .inflight
+                .iter()
+                .filter(|(_, f)| now.duration_since(f.sent_at) >= retry)
+                .map(|(p, f)| (f.seq, *p))
+                .collect();
+            due.sort_unstable();
+            for (_, pid) in due {
+                out.extend(self.resend(pid, now));
+            }
+        }
+        out
+    }
+
+    /// The DISCONNECT (v5) or nothing (3.x) for a server-side close.
+    pub fn disconnect_packet(&self, code: u8, why: &str) -> Option<Packet> {
+        if self.is_v5() {
+            Some(Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: self.reason_props(why),
+            }))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,281 @@
+//! One client connection: a tokio task that owns the socket.
+//!
+//! It reads and decodes packets, enforces the CONNECT timeout and the
+//! keepalive, and writes the bytes the session actor hands it. The session
+//! actor (not this task) holds all protocol state, so a connection is cheap
+//! and a session can outlive it. Reading pauses while too many bytes wait
+//! to be written, which bounds memory for a client that stops reading.
+
+use crate::cm::Cm;
+use crate::codec::{self, DecodeError};
+use crate::metrics::{add, inc, Stats};
+use crate::packet::*;
+use crate::session::{CloseCause, SessionMsg};
+use crate::Ctx;
+use bytes::{Bytes, BytesMut};
+use ractor::ActorRef;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+
+/// Commands from the session actor to its connection task.
+#[derive(Debug)]
+pub enum ConnCmd {
+    Write(Bytes),
+    /// Flush what was queued, then close the socket.
+    Close,
+}
+
+/// The session actor's handle on a live connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    pub peer: SocketAddr,
+    tx: mpsc::UnboundedSender<ConnCmd>,
+    /// Bytes queued and not yet written, shared with the connection task.
+    pending: Arc<AtomicUsize>,
+}
+
+impl ConnHandle {
+    /// Queues an encoded packet; false if the connection is gone.
+    pub fn write(&self, b: Bytes) -> bool {
+        self.pending.fetch_add(b.len(), Ordering::Relaxed);
+        self.tx.send(ConnCmd::Write(b)).is_ok()
+    }
+
+    pub fn close(&self) {
+        let _ = self.tx.send(ConnCmd::Close);
+    }
+
+    /// Bytes waiting to be written to the socket.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one accepted socket until it closes.
+pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stats = ctx.broker.stats.clone();
+    Stats::add(&stats.live_connections, None, 1);
+    run(stream, peer, ctx).await;
+    Stats::add(&stats.live_connections, None, -1);
+}
+
+async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = ctx.settings.clone();
+    let metrics = ctx.broker.metrics.clone();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let max = settings.max_packet_size;
+
+    // 1. CONNECT, within idle_timeout.
+    let first = timeout(settings.idle_timeout, read_packet(&mut rd, &mut rbuf, None, max)).await;
+    let connect = match first {
+        Err(_) => {
+            tracing::info!(%peer, "closing connection: no CONNECT within {:?}", settings.idle_timeout);
+            return;
+        }
+        Ok(Err(ReadErr::Io)) => return,
+        Ok(Err(ReadErr::Decode(e))) => {
+            inc(&metrics.packets_malformed);
+            tracing::info!(%peer, "closing connection: bad first packet: {e}");
+            if let DecodeError::UnsupportedProtocol { level, .. } = &e {
+                // Answer in the version the client can read (MQTT 5.0 3.1.2.2).
+                let (v, code) = if *level == 5 {
+                    (ProtocolVersion::V5, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                } else {
+                    (ProtocolVersion::V4, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                };
+                let _ = write_packet(&mut wr, &connack_err(code), v).await;
+            }
+            let _ = wr.shutdown().await;
+            return;
+        }
+        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(other)) => {
+            tracing::info!(%peer, "closing connection: {} before CONNECT", other.kind());
+            return;
+        }
+    };
+    inc(&metrics.packets_connect);
+    let version = connect.protocol;
+    if let Err((code, why)) = crate::channel::check_connect(&connect, &settings) {
+        tracing::info!(%peer, client_id = %connect.client_id, "CONNECT refused: {why}");
+        inc(&metrics.packets_connack_error);
+        let _ = write_packet(&mut wr, &connack_err(code), version).await;
+        let _ = wr.shutdown().await;
+        return;
+    }
+    let keepalive = crate::channel::effective_keepalive(&connect, &settings);
+    let ka_timeout = crate::channel::keepalive_timeout(keepalive, &settings);
+
+    // 2. Hand the connection to a session (new, resumed or taken over).
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let pending = Arc::new(AtomicUsize::new(0));
+    let handle = ConnHandle {
+        id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+        peer,
+        tx,
+        pending: pending.clone(),
+    };
+    let conn_id = handle.id;
+    let session: ActorRef<SessionMsg> = match Cm::open(&ctx, connect, handle).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, "could not open a session: {e}");
+            let _ = write_packet(&mut wr, &connack_err(reason::SERVER_UNAVAILABLE), version).await;
+            return;
+        }
+    };
+
+    // 3. Read packets and write what the session sends, until either side closes.
+    let mut deadline = ka_timeout.map(|d| Instant::now() + d);
+    let mut out = Vec::with_capacity(8 * 1024);
+    let cause = loop {
+        let paused = pending.load(Ordering::Relaxed) > settings.max_pending_write;
+        tokio::select! {
+            biased;
+            cmd = rx.recv() => match cmd {
+                Some(ConnCmd::Write(b)) => {
+                    out.clear();
+                    let mut n = b.len();
+                    out.extend_from_slice(&b);
+                    let mut close = false;
+                    // Batch what is already queued into one write.
+                    while out.len() < 64 * 1024 {
+                        match rx.try_recv() {
+                            Ok(ConnCmd::Write(b)) => { n += b.len(); out.extend_from_slice(&b); }
+                            Ok(ConnCmd::Close) => { close = true; break; }
+                            Err(_) => break,
+                        }
+                    }
+                    match timeout(settings.send_timeout, wr.write_all(&out)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break CloseCause::SocketError,
+                        Err(_) => break CloseCause::SendTimeout,
+                    }
+                    pending.fetch_sub(n, Ordering::Relaxed);
+                    add(&metrics.bytes_sent, n as u64);
+                    if close {
+                        let _ = wr.shutdown().await;
+                        return;
+                    }
+                }
+                Some(ConnCmd::Close) | None => {
+                    let _ = wr.flush().await;
+                    let _ = wr.shutdown().await;
+                    return;
+                }
+            },
+            r = rd.read_buf(&mut rbuf), if !paused => match r {
+                Ok(0) | Err(_) => break CloseCause::Closed,
+                Ok(n) => {
+                    add(&metrics.bytes_received, n as u64);
+                    if let Some(d) = ka_timeout {
+                        deadline = Some(Instant::now() + d);
+                    }
+                    let mut err = None;
+                    loop {
+                        match codec::decode(&mut rbuf, Some(version), max) {
+                            Ok(Some(p)) => {
+                                inc(&metrics.packets_received);
+                                if session.cast(SessionMsg::Inbound(conn_id, p)).is_err() {
+                                    err = Some(CloseCause::Closed);
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                inc(&metrics.packets_malformed);
+                                err = Some(CloseCause::Decode(e));
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(c) = err {
+                        break c;
+                    }
+                    if rbuf.capacity() > 64 * 1024 && rbuf.is_empty() {
+                        rbuf = BytesMut::with_capacity(1024);
+                    }
+                }
+            },
+            _ = sleep_until(deadline) => break CloseCause::KeepaliveTimeout,
+        }
+    };
+    // Tell the session; it may still want to write a DISCONNECT.
+    let _ = session.cast(SessionMsg::ConnClosed(conn_id, cause.clone()));
+    if matches!(cause, CloseCause::Decode(_) | CloseCause::KeepaliveTimeout) {
+        // Give the session a moment to queue its DISCONNECT, then flush it.
+        let grace = Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(cmd)) = tokio::time::timeout_at(grace, rx.recv()).await {
+            match cmd {
+                ConnCmd::Write(b) => {
+                    if wr.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+                ConnCmd::Close => break,
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn connack_err(code: u8) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties: Properties::default(),
+    })
+}
+
+enum ReadErr {
+    Io,
+    Decode(DecodeError),
+}
+
+async fn read_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    version: Option<ProtocolVersion>,
+    max: usize,
+) -> Result<Packet, ReadErr> {
+    loop {
+        match codec::decode(buf, version, max) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(ReadErr::Decode(e)),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(ReadErr::Io),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_packet<W: AsyncWrite + Unpin>(w: &mut W, p: &Packet, v: ProtocolVersion) -> std::io::Result<()> {
+    let mut b = BytesMut::new();
+    codec::encode(p, v, &mut b);
+    w.write_all(&b).await?;
+    w.flush().await
+}

@@ -1,0 +1,140 @@
+//! Retained messages: the last retained PUBLISH of each topic.
+//!
+//! A plain map behind a `RwLock`: retained messages are read when a client
+//! subscribes and written by publishes with the retain flag, both far less
+//! often than ordinary publishes, so a lock is cheaper than an actor round
+//! trip and keeps `retainer info` answers consistent.
+
+use crate::message::{now_ms, Message};
+use crate::topic;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the retainer (`retainer.*` in emqx.conf).
+#[derive(Debug, Clone)]
+pub struct RetainerSettings {
+    pub enable: bool,
+    /// 0 means no limit.
+    pub max_retained_messages: usize,
+    pub max_payload_size: usize,
+    /// Expiry for retained messages that carry no message expiry; zero = never.
+    pub msg_expiry_interval: Duration,
+}
+
+impl Default for RetainerSettings {
+    fn default() -> Self {
+        RetainerSettings {
+            enable: true,
+            max_retained_messages: 0,
+            max_payload_size: 1024 * 1024,
+            msg_expiry_interval: Duration::ZERO,
+        }
+    }
+}
+
+/// Why a retained message was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetainRefused {
+    Disabled,
+    PayloadTooLarge,
+    Full,
+}
+
+pub struct Retainer {
+    settings: RetainerSettings,
+    msgs: RwLock<HashMap<Arc<str>, Arc<Message>>>,
+}
+
+impl Retainer {
+    pub fn new(settings: RetainerSettings) -> Retainer {
+        Retainer {
+            settings,
+            msgs: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enable
+    }
+
+    fn expired(&self, m: &Message, now: u64) -> bool {
+        if m.expiry_secs.is_some() {
+            return m.is_expired(now);
+        }
+        let d = self.settings.msg_expiry_interval;
+        !d.is_zero() && now >= m.timestamp_ms + d.as_millis() as u64
+    }
+
+    /// Stores (or, for an empty payload, clears) the retained message of a topic.
+    pub fn store(&self, msg: &Arc<Message>) -> Result<(), RetainRefused> {
+        if !self.settings.enable {
+            return Err(RetainRefused::Disabled);
+        }
+        let mut map = self.msgs.write();
+        if msg.payload.is_empty() {
+            map.remove(&msg.topic);
+            return Ok(());
+        }
+        if msg.payload.len() > self.settings.max_payload_size {
+            return Err(RetainRefused::PayloadTooLarge);
+        }
+        let max = self.settings.max_retained_messages;
+        if max > 0 && map.len() >= max && !map.contains_key(&msg.topic) {
+            return Err(RetainRefused::Full);
+        }
+        map.insert(msg.topic.clone(), msg.clone());
+        Ok(())
+    }
+
+    /// Every live retained message whose topic matches `filter`.
+    pub fn matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = now_ms();
+        let map = self.msgs.read();
+        if !topic::is_wildcard(filter) {
+            return map
+                .get(filter)
+                .filter(|m| !self.expired(m, now))
+                .cloned()
+                .into_iter()
+                .collect();
+        }
+        map.values()
+            .filter(|m| topic::matches(filter, &m.topic) && !self.expired(m, now))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of retained messages (expired ones included until cleaned).
+    pub fn count(&self) -> usize {
+        self.msgs.read().len()
+    }
+
+    /// Sorted retained topics.
+    pub fn topics(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.msgs.read().keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Removes all retained messages, or those matching `filter`; returns how many.
+    pub fn clean(&self, filter: Option<&str>) -> usize {
+        let mut map = self.msgs.write();
+        let before = map.len();
+        match filter {
+            None => map.clear(),
+            Some(f) => map.retain(|t, _| !topic::matches(f, t)),
+        }
+        before - map.len()
+    }
+
+    /// Drops expired messages; run periodically.
+    pub fn purge_expired(&self) -> usize {
+        let now = now_ms();
+        let mut map = self.msgs.write();
+        let before = map.len();
+        map.retain(|_, m| !self.expired(m, now));
+        before - map.len()
+    }
+}

@@ -1,0 +1,527 @@
+//! The session actor: one per client id, local to this node (never
+//! remotable), alive while the client is connected and, for a persistent
+//! session, until its expiry interval runs out after the connection ends.
+//!
+//! It owns a [`Channel`] (all protocol and session state) and does the
+//! I/O the channel asks for: writing packets to the connection task,
+//! subscribing through the broker's shard actors, publishing, timers.
+
+use crate::broker::{SubMatch, Subscriber};
+use crate::channel::{Action, Channel, Delivery, PublishSink, SubRequest};
+use crate::codec::{self, DecodeError};
+use crate::conn::ConnHandle;
+use crate::message::{now_ms, Message};
+use crate::metrics::{inc, Stats};
+use crate::packet::*;
+use crate::Ctx;
+use bytes::BytesMut;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a connection ended, as seen by its connection task.
+#[derive(Debug, Clone)]
+pub enum CloseCause {
+    /// EOF or reset from the client.
+    Closed,
+    SocketError,
+    SendTimeout,
+    KeepaliveTimeout,
+    Decode(DecodeError),
+}
+
+/// What `ctl clients` shows of a session.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub peer: Option<String>,
+    pub proto_ver: u8,
+    pub clean_start: bool,
+    pub keepalive: u16,
+    pub session_expiry: u32,
+    pub subscriptions: Vec<(String, SubscriptionOptions)>,
+    pub inflight: usize,
+    pub awaiting_rel: usize,
+    pub mqueue_len: usize,
+    pub delivered: u64,
+    pub enqueued: u64,
+    pub dropped: u64,
+    pub connected: bool,
+    pub created_at: u64,
+    pub connected_at: u64,
+    pub disconnected_at: Option<u64>,
+}
+
+#[derive(RactorMessage)]
+pub enum SessionMsg {
+    /// A message from the broker, with the subscriptions it matched.
+    Deliver(Arc<Message>, Vec<SubMatch>),
+    /// A packet read by connection `u64`.
+    Inbound(u64, Packet),
+    /// Connection `u64` ended.
+    ConnClosed(u64, CloseCause),
+    /// A new connection resumes this session (clean_start = false); replies
+    /// once the CONNACK was queued.
+    Resume(Connect, ConnHandle, RpcReplyPort<()>),
+    /// Another connection with clean_start = true replaces this session.
+    Discard(RpcReplyPort<()>),
+    /// `ctl clients kick`: end the connection and the session.
+    Kick(RpcReplyPort<()>),
+    Info(RpcReplyPort<ClientInfo>),
+    /// `ctl subscriptions add`.
+    AddSub(String, QoS, RpcReplyPort<Result<(), String>>),
+    /// `ctl subscriptions del`.
+    DelSub(String, RpcReplyPort<bool>),
+    /// Periodic retry / await-rel check.
+    Tick,
+    /// Session expiry timer of connection generation `u64`.
+    Expire(u64),
+    /// Delayed will of connection generation `u64`.
+    Will(u64),
+}
+
+pub struct SessionActor;
+
+/// Arguments of a new session: the CONNECT and its connection.
+pub struct SessionArgs {
+    pub ctx: Arc<Ctx>,
+    pub connect: Connect,
+    pub conn: ConnHandle,
+    pub client_id: Arc<str>,
+    pub assigned: bool,
+}
+
+pub struct SessionState {
+    ctx: Arc<Ctx>,
+    ch: Channel,
+    conn: Option<ConnHandle>,
+    /// Bumped on every attach/detach so stale timers are ignored.
+    gen: u64,
+    /// Set when the session must end once the connection is closed.
+    ending: bool,
+}
+
+struct Sink<'a> {
+    ctx: &'a Ctx,
+}
+
+impl PublishSink for Sink<'_> {
+    fn publish(&mut self, msg: Message) -> usize {
+        self.ctx.publish(msg)
+    }
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        a: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
+        let ch = Channel::new(a.ctx.settings.clone(), &a.connect, a.client_id.clone());
+        let mut st = SessionState {
+            ctx: a.ctx,
+            ch,
+            conn: Some(a.conn),
+            gen: 1,
+            ending: false,
+        };
+        let ack = st.ch.connack(&a.connect, false, a.assigned);
+        st.send(Packet::ConnAck(ack));
+        st.on_connected();
+        let m = &st.ctx.broker.metrics;
+        inc(&m.session_created);
+        Stats::add(&st.ctx.broker.stats.sessions, Some(&st.ctx.broker.stats.sessions_max), 1);
+        if let Some(retry) = st.ctx.settings.retry_interval {
+            let tick = retry.min(st.ctx.settings.await_rel_timeout).clamp(Duration::from_millis(500), Duration::from_secs(5));
+            myself.send_interval(tick, || SessionMsg::Tick);
+        } else {
+            myself.send_interval(Duration::from_secs(5), || SessionMsg::Tick);
+        }
+        Ok(st)
+    }
+
+    async fn post_stop(&self, myself: ActorRef<SessionMsg>, st: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        let subs: Vec<String> = st.ch.subscriptions.keys().cloned().collect();
+        for f in subs {
+            let _ = st.ctx.broker.unsubscribe(&f, st.ch.client_id.clone()).await;
+        }
+        st.ctx.cm.unregister(&st.ch.client_id, myself.get_id());
+        Stats::add(&st.ctx.broker.stats.sessions, None, -1);
+        inc(&st.ctx.broker.metrics.session_terminated);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Deliver(m, matches) => {
+                let d = Delivery::from_matches(m, &matches, st.ctx.settings.upgrade_qos);
+                let can = st.conn.as_ref().is_some_and(|c| c.pending() < st.ctx.settings.max_pending_write);
+                let acts = st.ch.deliver(d, Instant::now(), can);
+                st.run(&myself, acts).await;
+            }
+            SessionMsg::Inbound(id, p) => {
+                if st.conn.as_ref().map(|c| c.id) != Some(id) {
+                    return Ok(());
+                }
+                count_inbound(&st.ctx, &p);
+                let acts = {
+                    let ctx = st.ctx.clone();
+                    let mut sink = Sink { ctx: &ctx };
+                    st.ch.handle(p, Instant::now(), &mut sink)
+                };
+                st.run(&myself, acts).await;
+            }
+            SessionMsg::ConnClosed(id, cause) => {
+                if st.conn.as_ref().map(|c| c.id) != Some(id) {
+                    return Ok(());
+                }
+                let (code, why) = match &cause {
+                    CloseCause::Decode(e) => (Some(e.reason_code()), e.to_string()),
+                    CloseCause::KeepaliveTimeout => (Some(reason::KEEP_ALIVE_TIMEOUT), "keepalive timeout".to_string()),
+                    CloseCause::SendTimeout => (None, "send timeout: client is not reading".to_string()),
+                    CloseCause::Closed => (None, "connection closed by client".to_string()),
+                    CloseCause::SocketError => (None, "socket error".to_string()),
+                };
+                if !matches!(cause, CloseCause::Closed) {
+                    tracing::info!(client_id = %st.ch.client_id, "closing connection: {why}");
+                }
+                st.close_conn(&myself, code, &why);
+            }
+            SessionMsg::Resume(connect, conn, reply) => {
+                // Takeover on this node: the old connection (if any) is told
+                // and closed, the session moves to the new one.
+                if st.conn.is_some() {
+                    st.send_disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
+                    if let Some(old) = st.conn.take() {
+                        old.close();
+                    }
+                    inc(&st.ctx.broker.metrics.session_takenover);
+                    st.after_conn_lost(&myself, true);
+                }
+                st.gen += 1;
+                st.ending = false;
+                st.ch.attach(&connect);
+                st.conn = Some(conn);
+                let ack = st.ch.connack(&connect, true, false);
+                st.send(Packet::ConnAck(ack));
+                inc(&st.ctx.broker.metrics.session_resumed);
+                st.on_connected();
+                let acts = st.ch.resume(Instant::now());
+                st.run(&myself, acts).await;
+                let _ = reply.send(());
+            }
+            SessionMsg::Discard(reply) => {
+                inc(&st.ctx.broker.metrics.session_discarded);
+                st.send_disconnect(reason::SESSION_TAKEN_OVER, "session discarded by a new connection");
+                st.end(&myself, true);
+                let _ = reply.send(());
+            }
+            SessionMsg::Kick(reply) => {
+                st.send_disconnect(reason::ADMINISTRATIVE_ACTION, "kicked by an administrator");
+                st.end(&myself, true);
+                let _ = reply.send(());
+            }
+            SessionMsg::Info(reply) => {
+                let _ = reply.send(st.info());
+            }
+            SessionMsg::AddSub(filter, qos, reply) => {
+                let opts = SubscriptionOptions { qos, ..Default::default() };
+                let req = SubRequest { filter, opts, sub_id: None, refused: None };
+                let r = st.apply_subscribe(&myself, 0, vec![req], false).await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::DelSub(filter, reply) => {
+                let had = st.ch.subscriptions.remove(&filter).is_some();
+                if had {
+                    let _ = st.ctx.broker.unsubscribe(&filter, st.ch.client_id.clone()).await;
+                }
+                let _ = reply.send(had);
+            }
+            SessionMsg::Tick => {
+                let acts = st.ch.tick(Instant::now());
+                st.run(&myself, acts).await;
+            }
+            SessionMsg::Expire(gen) => {
+                if gen == st.gen && st.conn.is_none() {
+                    tracing::debug!(client_id = %st.ch.client_id, "session expired");
+                    st.publish_will();
+                    myself.stop(None);
+                }
+            }
+            SessionMsg::Will(gen) => {
+                if gen == st.gen && st.conn.is_none() {
+                    st.publish_will();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn count_inbound(ctx: &Ctx, p: &Packet) {
+    let m = &ctx.broker.metrics;
+    match p {
+        Packet::Publish(p) => {
+            inc(&m.packets_publish_received);
+            inc(&m.messages_received);
+            match p.qos {
+                QoS::AtMostOnce => inc(&m.messages_qos0_received),
+                QoS::AtLeastOnce => inc(&m.messages_qos1_received),
+                QoS::ExactlyOnce => inc(&m.messages_qos2_received),
+            }
+        }
+        Packet::PubAck(_) => inc(&m.packets_puback_received),
+        Packet::Subscribe(_) => inc(&m.packets_subscribe_received),
+        Packet::Unsubscribe(_) => inc(&m.packets_unsubscribe_received),
+        Packet::PingReq => inc(&m.packets_pingreq_received),
+        Packet::Disconnect(_) => inc(&m.packets_disconnect_received),
+        _ => {}
+    }
+}
+
+impl SessionState {
+    fn send(&mut self, p: Packet) {
+        let Some(conn) = &self.conn else { return };
+        let m = &self.ctx.broker.metrics;
+        inc(&m.packets_sent);
+        match &p {
+            Packet::Publish(_) => {
+                inc(&m.packets_publish_sent);
+                inc(&m.messages_sent);
+            }
+            Packet::PubAck(_) => inc(&m.packets_puback_sent),
+            Packet::ConnAck(_) => inc(&m.packets_connack_sent),
+            Packet::Disconnect(_) => inc(&m.packets_disconnect_sent),
+            _ => {}
+        }
+        let mut b = BytesMut::with_capacity(codec::encoded_len(&p, self.ch.version));
+        codec::encode(&p, self.ch.version, &mut b);
+        conn.write(b.freeze());
+    }
+
+    fn send_disconnect(&mut self, code: u8, why: &str) {
+        if let Some(p) = self.ch.disconnect_packet(code, why) {
+            self.send(p);
+        }
+    }
+
+    fn on_connected(&mut self) {
+        let ctx = self.ctx.clone();
+        inc(&ctx.broker.metrics.client_connected);
+        Stats::add(&ctx.broker.stats.connections, Some(&ctx.broker.stats.connections_max), 1);
+        ctx.sys_client_event(&self.ch, self.conn.as_ref(), true, "");
+    }
+
+    /// Carries out the channel's actions in order.
+    async fn run(&mut self, myself: &ActorRef<SessionMsg>, acts: Vec<Action>) {
+        for a in acts {
+            match a {
+                Action::Send(p) => self.send(p),
+                Action::Subscribe { packet_id, requests } => {
+                    let _ = self.apply_subscribe(myself, packet_id, requests, true).await;
+                }
+                Action::Unsubscribe(filters) => {
+                    inc(&self.ctx.broker.metrics.client_unsubscribe);
+                    for f in filters {
+                        let _ = self.ctx.broker.unsubscribe(&f, self.ch.client_id.clone()).await;
+                    }
+                }
+                Action::Close { reason, why } => {
+                    if let Some(code) = reason {
+                        tracing::info!(client_id = %self.ch.client_id, "disconnecting client: {why} (reason 0x{code:02X})");
+                    }
+                    self.close_conn(myself, reason, &why);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn apply_subscribe(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        packet_id: u16,
+        requests: Vec<SubRequest>,
+        send_ack: bool,
+    ) -> Result<(), String> {
+        inc(&self.ctx.broker.metrics.client_subscribe);
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut err = Ok(());
+        for r in &requests {
+            if r.refused.is_some() {
+                outcomes.push(None);
+                continue;
+            }
+            let sub = Subscriber {
+                client_id: self.ch.client_id.clone(),
+                session: myself.clone(),
+                opts: r.opts,
+                sub_id: r.sub_id,
+            };
+            match self.ctx.broker.subscribe(&r.filter, sub).await {
+                Ok(o) => outcomes.push(Some(o.is_new)),
+                Err(e) => {
+                    err = Err(e.to_string());
+                    outcomes.push(None)
+                }
+            }
+        }
+        let (ack, retained) = self.ch.subscribed(packet_id, &requests, &outcomes);
+        if send_ack {
+            self.send(ack);
+        }
+        if self.ctx.broker.retainer.enabled() {
+            for (filter, opts, sub_id) in retained {
+                for m in self.ctx.broker.retainer.matching(&filter) {
+                    let can = self.conn.as_ref().is_some_and(|c| c.pending() < self.ctx.settings.max_pending_write);
+                    let acts = self.ch.deliver(Delivery::retained(m, &opts, sub_id), Instant::now(), can);
+                    for a in acts {
+                        if let Action::Send(p) = a {
+                            self.send(p);
+                        }
+                    }
+                }
+            }
+        }
+        err
+    }
+
+    /// Ends the current connection: DISCONNECT (v5, when a reason is given),
+    /// close, then will and expiry handling.
+    fn close_conn(&mut self, myself: &ActorRef<SessionMsg>, reason: Option<u8>, why: &str) {
+        if let Some(code) = reason {
+            self.send_disconnect(code, why);
+        }
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+        self.after_conn_lost(myself, false);
+    }
+
+    /// Bookkeeping once a connection is gone: stats, the will, and either
+    /// ending the session or arming its expiry timer.
+    fn after_conn_lost(&mut self, myself: &ActorRef<SessionMsg>, taken_over: bool) {
+        self.ch.detach();
+        self.gen += 1;
+        let ctx = self.ctx.clone();
+        inc(&ctx.broker.metrics.client_disconnected);
+        Stats::add(&ctx.broker.stats.connections, None, -1);
+        ctx.sys_client_event(&self.ch, None, false, "normal");
+        if taken_over {
+            // The session continues on the new connection: a will without
+            // delay is published, a delayed one is cancelled (MQTT 5.0 3.1.3.2.2).
+            if self.will_delay() == 0 {
+                self.publish_will();
+            } else {
+                self.ch.will = None;
+            }
+            return;
+        }
+        let expiry = self.ch.session_expiry;
+        if expiry == 0 {
+            self.publish_will();
+            myself.stop(None);
+            return;
+        }
+        if self.ch.will.is_some() {
+            let delay = self.will_delay().min(expiry);
+            if delay == 0 {
+                self.publish_will();
+            } else {
+                let gen = self.gen;
+                myself.send_after(Duration::from_secs(u64::from(delay)), move || SessionMsg::Will(gen));
+            }
+        }
+        if expiry != u32::MAX {
+            let gen = self.gen;
+            myself.send_after(Duration::from_secs(u64::from(expiry)), move || SessionMsg::Expire(gen));
+        }
+    }
+
+    /// Ends the session now (kick, discard): close, will, stop.
+    fn end(&mut self, myself: &ActorRef<SessionMsg>, publish_will: bool) {
+        self.ending = true;
+        let was_connected = self.conn.is_some();
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+        if was_connected {
+            self.ch.detach();
+            inc(&self.ctx.broker.metrics.client_disconnected);
+            Stats::add(&self.ctx.broker.stats.connections, None, -1);
+            let ctx = self.ctx.clone();
+            ctx.sys_client_event(&self.ch, None, false, "kicked");
+        }
+        if publish_will {
+            self.publish_will();
+        }
+        myself.stop(None);
+    }
+
+    fn will_delay(&self) -> u32 {
+        self.ch
+            .will
+            .as_ref()
+            .and_then(|w| w.properties.will_delay_interval)
+            .unwrap_or(0)
+    }
+
+    fn publish_will(&mut self) {
+        let Some(w) = self.ch.will.take() else { return };
+        let p = Publish {
+            dup: false,
+            qos: w.qos,
+            retain: w.retain,
+            topic: w.topic,
+            packet_id: None,
+            properties: w.properties,
+            payload: w.payload,
+        };
+        let mut m = Message::from_publish(self.ch.client_id.clone(), &p);
+        m.properties.will_delay_interval = None;
+        self.ctx.publish(m);
+    }
+
+    fn info(&self) -> ClientInfo {
+        let ch = &self.ch;
+        let mut subscriptions: Vec<(String, SubscriptionOptions)> =
+            ch.subscriptions.iter().map(|(f, (o, _))| (f.clone(), *o)).collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        ClientInfo {
+            client_id: ch.client_id.to_string(),
+            username: ch.username.clone(),
+            peer: self.conn.as_ref().map(|c| c.peer.to_string()),
+            proto_ver: ch.version.level(),
+            clean_start: ch.clean_start,
+            keepalive: ch.keepalive,
+            session_expiry: ch.session_expiry,
+            subscriptions,
+            inflight: ch.inflight.len(),
+            awaiting_rel: ch.awaiting_rel.len(),
+            mqueue_len: ch.mqueue.len(),
+            delivered: ch.counters.delivered,
+            enqueued: ch.counters.enqueued,
+            dropped: ch.counters.dropped,
+            connected: self.conn.is_some(),
+            created_at: ch.created_at_ms,
+            connected_at: ch.connected_at_ms,
+            disconnected_at: ch.disconnected_at_ms,
+        }
+    }
+}
+
+/// Wall-clock now in ms, re-exported for $SYS payloads.
+pub fn wall_ms() -> u64 {
+    now_ms()
+}

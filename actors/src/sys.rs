@@ -1,0 +1,167 @@
+//! `$SYS/brokers/<node>/...` topics: broker identity, uptime, stats,
+//! metrics, and client connected/disconnected events.
+
+use crate::channel::Channel;
+use crate::conn::ConnHandle;
+use crate::message::{now_ms, Message};
+use crate::Ctx;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `sys_topics.*` of emqx.conf.
+#[derive(Debug, Clone)]
+pub struct SysSettings {
+    /// Period of stats/metrics/uptime messages; zero disables them.
+    pub sys_msg_interval: Duration,
+    /// Period of the uptime/datetime heartbeat; zero disables it.
+    pub sys_heartbeat_interval: Duration,
+    pub client_connected: bool,
+    pub client_disconnected: bool,
+}
+
+impl Default for SysSettings {
+    fn default() -> Self {
+        SysSettings {
+            sys_msg_interval: Duration::from_secs(60),
+            sys_heartbeat_interval: Duration::from_secs(30),
+            client_connected: true,
+            client_disconnected: true,
+        }
+    }
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const SYSDESCR: &str = "emqx-rs";
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Formats seconds the way EMQX prints uptime: `1 days, 2 hours, 3 minutes, 4 seconds`.
+pub fn human_uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut parts = Vec::new();
+    if d > 0 {
+        parts.push(format!("{d} days"));
+    }
+    if d > 0 || h > 0 {
+        parts.push(format!("{h} hours"));
+    }
+    if d > 0 || h > 0 || m > 0 {
+        parts.push(format!("{m} minutes"));
+    }
+    parts.push(format!("{s} seconds"));
+    parts.join(", ")
+}
+
+impl Ctx {
+    fn sys_topic(&self, rest: &str) -> String {
+        format!("$SYS/brokers/{}/{}", self.node, rest)
+    }
+
+    /// Publishes a client connected/disconnected event.
+    pub fn sys_client_event(&self, ch: &Channel, conn: Option<&ConnHandle>, connected: bool, reason: &str) {
+        let enabled = if connected { self.sys.client_connected } else { self.sys.client_disconnected };
+        if !enabled {
+            return;
+        }
+        let payload = if connected {
+            format!(
+                "{{\"clientid\":{},\"username\":{},\"ipaddress\":{},\"proto_ver\":{},\"keepalive\":{},\"clean_start\":{},\"connected_at\":{},\"ts\":{}}}",
+                json_str(&ch.client_id),
+                ch.username.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
+                json_str(&conn.map(|c| c.peer.ip().to_string()).unwrap_or_default()),
+                ch.version.level(),
+                ch.keepalive,
+                ch.clean_start,
+                ch.connected_at_ms,
+                now_ms()
+            )
+        } else {
+            format!(
+                "{{\"clientid\":{},\"username\":{},\"reason\":{},\"disconnected_at\":{},\"ts\":{}}}",
+                json_str(&ch.client_id),
+                ch.username.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
+                json_str(reason),
+                now_ms(),
+                now_ms()
+            )
+        };
+        let what = if connected { "connected" } else { "disconnected" };
+        let t = self.sys_topic(&format!("clients/{}/{}", ch.client_id, what));
+        self.publish(Message::system(t, payload, false));
+    }
+
+    /// The stats gauges as `(name, value)`, sorted, named as EMQX names them.
+    pub fn stats(&self) -> Vec<(&'static str, i64)> {
+        let s = &self.broker.stats;
+        let l = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
+        let retained = self.broker.retainer.count() as i64;
+        let topics = self.broker.topics_count() as i64;
+        let mut v = vec![
+            ("connections.count", l(&s.connections)),
+            ("connections.max", l(&s.connections_max)),
+            ("live_connections.count", l(&s.live_connections)),
+            ("sessions.count", l(&s.sessions)),
+            ("sessions.max", l(&s.sessions_max)),
+            ("subscriptions.count", l(&s.subscriptions)),
+            ("subscriptions.max", l(&s.subscriptions_max)),
+            ("subscriptions.shared.count", l(&s.shared_subscriptions)),
+            ("retained.count", retained),
+            ("topics.count", topics),
+        ];
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+
+    /// Publishes version, sysdescr (retained), then uptime/datetime and
+    /// stats/metrics every period until the node stops the returned task.
+    pub fn spawn_sys(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            ctx.publish(Message::system(ctx.sys_topic("version"), VERSION, true));
+            ctx.publish(Message::system(ctx.sys_topic("sysdescr"), SYSDESCR, true));
+            let hb = ctx.sys.sys_heartbeat_interval;
+            let msg = ctx.sys.sys_msg_interval;
+            let tick = Duration::from_secs(1);
+            let mut since_hb = Duration::ZERO;
+            let mut since_msg = Duration::ZERO;
+            loop {
+                tokio::time::sleep(tick).await;
+                since_hb += tick;
+                since_msg += tick;
+                if !hb.is_zero() && since_hb >= hb {
+                    since_hb = Duration::ZERO;
+                    let up = ctx.started_at.elapsed().as_secs();
+                    ctx.publish(Message::system(ctx.sys_topic("uptime"), human_uptime(up), false));
+                    ctx.publish(Message::system(ctx.sys_topic("datetime"), now_ms().to_string(), false));
+                }
+                if !msg.is_zero() && since_msg >= msg {
+                    since_msg = Duration::ZERO;
+                    for (k, v) in ctx.stats() {
+                        let t = ctx.sys_topic(&format!("stats/{}", k.replace('.', "/")));
+                        ctx.publish(Message::system(t, v.to_string(), false));
+                    }
+                    for (k, v) in ctx.broker.metrics.snapshot() {
+                        let t = ctx.sys_topic(&format!("metrics/{}", k.replace('.', "/")));
+                        ctx.publish(Message::system(t, v.to_string(), false));
+                    }
+                    ctx.broker.retainer.purge_expired();
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_reads_like_emqx() {
+        assert_eq!(human_uptime(5), "5 seconds");
+        assert_eq!(human_uptime(65), "1 minutes, 5 seconds");
+        assert_eq!(human_uptime(90061), "1 days, 1 hours, 1 minutes, 1 seconds");
+    }
+}
