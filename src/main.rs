@@ -1,1 +1,129 @@
-fn main() {}
+//! `emqx-rs`: the command line of the broker node.
+//!
+//! `start | foreground | console | stop | ping | ctl ... | remote_console |
+//! version`, with Erlang-style flags (`-name`, `-setcookie`, `-config`).
+
+mod config;
+mod ctl;
+mod node;
+mod remote;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags common to every command.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub name: Option<String>,
+    pub cookie: Option<String>,
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<String>,
+}
+
+const USAGE: &str = "Usage: emqx-rs COMMAND [-name NAME@HOST] [-setcookie COOKIE] [-config FILE] [ARGS]
+
+Commonly used commands:
+  start            start the node in the background
+  foreground       run the node in the foreground (logs to the console)
+  console          run the node in the foreground with a command prompt
+  stop             stop the running node
+  ctl ...          run a management command on the running node ('ctl help')
+
+More:
+  ping             check that the node is running (prints pong)
+  remote_console   interactive shell for ctl commands on the running node
+  version          print the version
+";
+
+fn parse_flags(args: &[String]) -> Result<(Flags, Vec<String>), String> {
+    let mut f = Flags::default();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let mut take = |what: &str| -> Result<String, String> {
+            i += 1;
+            args.get(i).cloned().ok_or_else(|| format!("{what} needs a value"))
+        };
+        match a {
+            "-name" | "--name" => f.name = Some(take(a)?),
+            "-setcookie" | "--setcookie" | "-cookie" => f.cookie = Some(take(a)?),
+            "-config" | "--config" | "-c" => f.config = Some(PathBuf::from(take(a)?)),
+            "-data_dir" | "--data-dir" => f.data_dir = Some(take(a)?),
+            _ => rest.push(args[i].clone()),
+        }
+        i += 1;
+    }
+    Ok((f, rest))
+}
+
+/// Loads the configuration for any command; exits 2 on error.
+pub fn load_config(flags: &Flags) -> Result<config::Config, ExitCode> {
+    let path = match &flags.config {
+        Some(p) => Some(p.clone()),
+        None => {
+            let p = PathBuf::from("etc/emqx.conf");
+            p.exists().then_some(p)
+        }
+    };
+    let overrides = config::Overrides {
+        name: flags.name.clone(),
+        cookie: flags.cookie.clone(),
+        data_dir: flags.data_dir.clone(),
+    };
+    config::Config::load(path.as_deref(), std::env::vars(), &overrides).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (flags, rest) = match parse_flags(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(cmd) = rest.first().cloned() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(1);
+    };
+    let cmd_args: Vec<String> = rest[1..].to_vec();
+    match cmd.as_str() {
+        "version" | "-v" | "--version" => {
+            println!("emqx-rs {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        "foreground" | "console" => {
+            let cfg = match load_config(&flags) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            node::run_foreground(cfg, cmd == "console")
+        }
+        "start" => {
+            let cfg = match load_config(&flags) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            node::start_daemon(cfg, &args)
+        }
+        "stop" | "ping" | "ctl" | "remote_console" | "attach" => {
+            let cfg = match load_config(&flags) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            remote::main(&cfg, &cmd, cmd_args)
+        }
+        other => {
+            eprintln!("Unknown command: {other}\n\n{USAGE}");
+            ExitCode::from(1)
+        }
+    }
+}

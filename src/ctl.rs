@@ -1,0 +1,320 @@
+//! `emqx-rs ctl` commands, run inside the node (EMQX's emqx_ctl and
+//! emqx_mgmt_cli), and the control actor that serves them to remote shells
+//! over the inter-node protocol.
+
+use crate::node::Node;
+use emqx_actors::packet::QoS;
+use emqx_actors::session::ClientInfo;
+use emqx_actors::sys::{human_uptime, SYSDESCR, VERSION};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use std::sync::Arc;
+
+/// The process group the control actor joins; a remote shell finds the
+/// node's control actor there.
+pub const CTL_GROUP: &str = "emqx_ctl";
+
+/// Messages of the control actor; this is the only remotable actor of a
+/// node, so its variants are part of the inter-node protocol.
+#[derive(RactorClusterMessage)]
+pub enum ControlMsg {
+    /// Runs a ctl command given as a JSON array of words; replies with a
+    /// JSON object `{"code": exit code, "out": text}`.
+    #[rpc]
+    Run(String, RpcReplyPort<String>),
+}
+
+pub struct ControlActor;
+
+impl Actor for ControlActor {
+    type Msg = ControlMsg;
+    type State = Arc<Node>;
+    type Arguments = Arc<Node>;
+
+    async fn pre_start(&self, _me: ActorRef<ControlMsg>, node: Arc<Node>) -> Result<Arc<Node>, ActorProcessingErr> {
+        Ok(node)
+    }
+
+    async fn handle(&self, _me: ActorRef<ControlMsg>, msg: ControlMsg, node: &mut Arc<Node>) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ControlMsg::Run(args, reply) => {
+                let (code, out) = match serde_json::from_str::<Vec<String>>(&args) {
+                    Ok(words) => {
+                        // Commands may wait on sessions; never block the actor on them.
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            let (code, out) = run(&node, &words).await;
+                            let _ = reply.send(serde_json::json!({"code": code, "out": out}).to_string());
+                        });
+                        return Ok(());
+                    }
+                    Err(e) => (2, format!("bad ctl request: {e}\n")),
+                };
+                let _ = reply.send(serde_json::json!({"code": code, "out": out}).to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// (name, usage, description) of each command, for `ctl help`.
+const COMMANDS: &[(&str, &str, &str)] = &[
+    ("status", "status", "Show broker status"),
+    ("broker", "broker", "Show broker version, uptime and description"),
+    ("broker", "broker stats", "Show broker statistics of clients, topics, subscribers"),
+    ("broker", "broker metrics", "Show broker metrics"),
+    ("clients", "clients list", "List all clients"),
+    ("clients", "clients show <ClientId>", "Show a client"),
+    ("clients", "clients kick <ClientId>", "Kick out a client"),
+    ("subscriptions", "subscriptions list", "List all subscriptions"),
+    ("subscriptions", "subscriptions show <ClientId>", "Show subscriptions of a client"),
+    ("subscriptions", "subscriptions add <ClientId> <Topic> <QoS>", "Add a static subscription manually"),
+    ("subscriptions", "subscriptions del <ClientId> <Topic>", "Delete a static subscription manually"),
+    ("topics", "topics list", "List all topics"),
+    ("topics", "topics show <Topic>", "Show a topic"),
+    ("retainer", "retainer info", "Show the count of retained messages"),
+    ("retainer", "retainer topics", "Show all topics of retained messages"),
+    ("retainer", "retainer clean", "Clean all retained messages"),
+    ("retainer", "retainer clean <Topic>", "Clean retained messages by the specified topic filter"),
+];
+
+/// Usage text of one command group, or of all, as EMQX prints it.
+pub fn usage(group: Option<&str>) -> String {
+    let rows: Vec<&(&str, &str, &str)> = COMMANDS.iter().filter(|c| group.is_none_or(|g| c.0 == g)).collect();
+    let mut out = String::new();
+    if group.is_none() {
+        out.push_str("Usage: emqx-rs ctl\n");
+    }
+    let mut last = "";
+    for (g, u, d) in rows.iter().map(|r| (r.0, r.1, r.2)) {
+        if g != last {
+            if group.is_none() {
+                out.push_str(&"-".repeat(110));
+                out.push('\n');
+            }
+            last = g;
+        }
+        let width = COMMANDS.iter().filter(|c| c.0 == g).map(|c| c.1.len()).max().unwrap_or(0);
+        out.push_str(&format!("{u:<w$} # {d}\n", w = width + 1));
+    }
+    out
+}
+
+fn ok() -> (i32, String) {
+    (0, "ok\n".into())
+}
+
+/// Runs one ctl command; returns (exit code, output).
+pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
+    let w: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
+    let ctx = &node.ctx;
+    match w.as_slice() {
+        ["ping"] => (0, "pong\n".into()),
+        ["stop"] => {
+            let _ = node.shutdown.send(true);
+            ok()
+        }
+        ["status"] => (0, format!("Node '{}' {} is started\n", node.name, VERSION)),
+        ["broker"] => {
+            let up = ctx.started_at.elapsed().as_secs();
+            let now = chrono_like_now();
+            (
+                0,
+                format!(
+                    "{:<10}: {}\n{:<10}: {}\n{:<10}: {}\n{:<10}: {}\n",
+                    "sysdescr", SYSDESCR, "version", VERSION, "datetime", now, "uptime", human_uptime(up)
+                ),
+            )
+        }
+        ["broker", "stats"] => {
+            let out: String = ctx.stats().iter().map(|(k, v)| format!("{k:<30}: {v}\n")).collect();
+            (0, out)
+        }
+        ["broker", "metrics"] => {
+            let out: String = ctx.broker.metrics.snapshot().iter().map(|(k, v)| format!("{k:<30}: {v}\n")).collect();
+            (0, out)
+        }
+        ["clients", "list"] => {
+            let all = ctx.cm.all_info().await;
+            if all.is_empty() {
+                return (0, "No clients.\n".into());
+            }
+            (0, all.iter().map(format_client).collect())
+        }
+        ["clients", "show", id] => match ctx.cm.info(id).await {
+            Some(i) => (0, format_client(&i)),
+            None => (0, "Not Found.\n".into()),
+        },
+        ["clients", "kick", id] => {
+            if !ctx.cm.kick(id).await {
+                tracing::warn!("ctl clients kick: client {id} not found");
+            }
+            ok()
+        }
+        ["subscriptions", "list"] => {
+            let all = ctx.cm.all_info().await;
+            let out: String = all.iter().flat_map(format_subs).collect();
+            if out.is_empty() {
+                (0, "No subscriptions.\n".into())
+            } else {
+                (0, out)
+            }
+        }
+        ["subscriptions", "show", id] => match ctx.cm.info(id).await {
+            Some(i) if !i.subscriptions.is_empty() => (0, format_subs(&i).concat()),
+            _ => (0, "Not Found.\n".into()),
+        },
+        ["subscriptions", "add", id, topic, qos] => {
+            let Some(q) = qos.parse::<u8>().ok().and_then(QoS::from_u8) else {
+                return (1, "QoS should be 0, 1, 2\n".into());
+            };
+            let Some(s) = ctx.cm.lookup(id) else {
+                return (1, "Error: client not found\n".into());
+            };
+            let r = s
+                .call(|r| emqx_actors::session::SessionMsg::AddSub(topic.to_string(), q, r), Some(std::time::Duration::from_secs(5)))
+                .await;
+            match r {
+                Ok(ractor::rpc::CallResult::Success(Ok(()))) => ok(),
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => (1, format!("Error: {e}\n")),
+                _ => (1, "Error: the session did not answer\n".into()),
+            }
+        }
+        ["subscriptions", "del", id, topic] => {
+            let Some(s) = ctx.cm.lookup(id) else {
+                return (1, "Error: client not found\n".into());
+            };
+            let _ = s
+                .call(|r| emqx_actors::session::SessionMsg::DelSub(topic.to_string(), r), Some(std::time::Duration::from_secs(5)))
+                .await;
+            ok()
+        }
+        ["topics", "list"] => {
+            let r = ctx.broker.routes();
+            if r.is_empty() {
+                return (0, "No topics.\n".into());
+            }
+            (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
+        }
+        ["topics", "show", t] => {
+            let r: Vec<(String, String)> = ctx.broker.routes().into_iter().filter(|(f, _)| f == t).collect();
+            if r.is_empty() {
+                return (0, "Not Found.\n".into());
+            }
+            (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
+        }
+        ["retainer", rest @ ..] if !ctx.broker.retainer.enabled() && !rest.is_empty() => {
+            (1, "Retainer is not enabled\n".into())
+        }
+        ["retainer", "info"] => (0, format!("Number of retained messages: {}\n", ctx.broker.retainer.count())),
+        ["retainer", "topics", page @ ..] => {
+            let topics = ctx.broker.retainer.topics();
+            let (start, len) = match page {
+                [s, l] => (s.parse::<usize>().unwrap_or(1).max(1), l.parse::<usize>().unwrap_or(1000)),
+                _ => (1, 1000),
+            };
+            let mut out = format!("Number of retained messages: {}\n", topics.len());
+            for t in topics.iter().skip((start - 1) * len).take(len) {
+                out.push_str(t);
+                out.push('\n');
+            }
+            (0, out)
+        }
+        ["retainer", "clean"] => {
+            ctx.broker.retainer.clean(None);
+            ok()
+        }
+        ["retainer", "clean", t] => {
+            ctx.broker.retainer.clean(Some(t));
+            ok()
+        }
+        [] | ["help"] => (0, usage(None)),
+        [g, ..] if COMMANDS.iter().any(|c| c.0 == *g) => (1, usage(Some(g))),
+        _ => (1, usage(None)),
+    }
+}
+
+fn chrono_like_now() -> String {
+    // RFC 3339 in UTC without an extra date crate.
+    let ms = emqx_actors::message::now_ms();
+    let secs = ms / 1000;
+    let days = secs / 86400;
+    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+/// One `clients list` line, in EMQX's shape.
+pub fn format_client(i: &ClientInfo) -> String {
+    let mut s = format!(
+        "Client({}, username={}, peername={}, clean_start={}, keepalive={}, session_expiry_interval={}, subscriptions={}, inflight={}, awaiting_rel={}, delivered_msgs={}, enqueued_msgs={}, dropped_msgs={}, connected={}, created_at={}, connected_at={}",
+        i.client_id,
+        i.username.as_deref().unwrap_or("undefined"),
+        i.peer.as_deref().unwrap_or("undefined"),
+        i.clean_start,
+        i.keepalive,
+        i.session_expiry,
+        i.subscriptions.len(),
+        i.inflight,
+        i.awaiting_rel,
+        i.delivered,
+        i.enqueued,
+        i.dropped,
+        i.connected,
+        i.created_at,
+        i.connected_at
+    );
+    if let Some(d) = i.disconnected_at {
+        s.push_str(&format!(", disconnected_at={d}"));
+    }
+    s.push_str(")\n");
+    s
+}
+
+fn format_subs(i: &ClientInfo) -> Vec<String> {
+    i.subscriptions
+        .iter()
+        .map(|(t, o)| {
+            format!(
+                "{} -> topic:{} qos:{} nl:{} rh:{} rap:{}\n",
+                i.client_id,
+                t,
+                o.qos as u8,
+                u8::from(o.no_local),
+                o.retain_handling as u8,
+                u8::from(o.retain_as_published)
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_lines_are_padded_and_commented() {
+        let u = usage(Some("retainer"));
+        assert!(u.lines().all(|l| l.contains(" # ")));
+        let col: Vec<usize> = u.lines().map(|l| l.find(" # ").unwrap_or(0)).collect();
+        assert!(col.windows(2).all(|w| w[0] == w[1]), "{u}");
+        assert!(usage(None).starts_with("Usage: emqx-rs ctl\n"));
+    }
+
+    #[test]
+    fn datetime_is_rfc3339() {
+        let d = chrono_like_now();
+        assert_eq!(d.len(), 20, "{d}");
+        assert!(d.ends_with('Z'));
+    }
+}

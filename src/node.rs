@@ -1,0 +1,363 @@
+//! Running a node: the broker, its listeners, the inter-node server that
+//! carries ctl commands, and the background (`start`) mode.
+
+use crate::config::Config;
+use crate::ctl::{ControlActor, ControlMsg, CTL_GROUP};
+use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
+use emqx_actors::metrics::{Metrics, Stats};
+use emqx_actors::packet::QoS;
+use emqx_actors::retainer::{Retainer, RetainerSettings};
+use emqx_actors::settings::MqttSettings;
+use emqx_actors::sys::SysSettings;
+use emqx_actors::Ctx;
+use ractor::{Actor, ActorRef};
+use ractor_cluster::NodeServer;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The running node, as seen by ctl commands.
+pub struct Node {
+    pub name: String,
+    pub ctx: Arc<Ctx>,
+    /// Set to true to stop the node.
+    pub shutdown: watch::Sender<bool>,
+}
+
+/// Translates `mqtt.*` into the broker crate's settings.
+pub fn mqtt_settings(c: &Config) -> MqttSettings {
+    let m = &c.mqtt;
+    MqttSettings {
+        max_packet_size: m.max_packet_size as usize,
+        max_clientid_len: usize::from(m.max_clientid_len),
+        max_topic_levels: usize::from(m.max_topic_levels),
+        max_topic_alias: m.max_topic_alias,
+        max_qos_allowed: QoS::from_u8(m.max_qos_allowed).unwrap_or(QoS::ExactlyOnce),
+        retain_available: m.retain_available,
+        wildcard_subscription: m.wildcard_subscription,
+        shared_subscription: m.shared_subscription,
+        ignore_loop_deliver: m.ignore_loop_deliver,
+        response_information: m.response_information.clone(),
+        server_keepalive: m.server_keepalive,
+        keepalive_multiplier: m.keepalive_multiplier,
+        idle_timeout: m.idle_timeout,
+        retry_interval: m.retry_interval,
+        session_expiry_interval: m.session_expiry_interval,
+        message_expiry_interval: m.message_expiry_interval,
+        max_awaiting_rel: m.max_awaiting_rel.map(|v| v as usize),
+        await_rel_timeout: m.await_rel_timeout,
+        max_inflight: m.max_inflight,
+        max_mqueue_len: m.max_mqueue_len.map(|v| v as usize),
+        mqueue_store_qos0: m.mqueue_store_qos0,
+        max_subscriptions: m.max_subscriptions.map(|v| v as usize),
+        upgrade_qos: m.upgrade_qos,
+        ..MqttSettings::default()
+    }
+}
+
+fn init_logging(cfg: &Config, console: bool) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, EnvFilter};
+    let level = |l: &str| match l {
+        "emergency" | "alert" | "critical" | "error" => "error",
+        "warning" => "warn",
+        "notice" | "info" => "info",
+        other => if other == "debug" { "debug" } else { "info" },
+    };
+    let console_layer = (cfg.log.console.enable || console).then(|| {
+        let lvl = level(cfg.log.console.level.as_str());
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(EnvFilter::new(format!("warn,emqx_rs={lvl},emqx_actors={lvl}")))
+    });
+    let file_layer = if cfg.log.file.enable {
+        let path = cfg.log_file_path();
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            Ok(f) => {
+                let lvl = level(cfg.log.file.level.as_str());
+                Some(
+                    fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(std::sync::Mutex::new(f))
+                        .with_filter(EnvFilter::new(format!("warn,emqx_rs={lvl},emqx_actors={lvl}"))),
+                )
+            }
+            Err(e) => {
+                eprintln!("cannot open log file {}: {e}", path.display());
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let _ = tracing_subscriber::registry().with(console_layer).with(file_layer).try_init();
+}
+
+pub fn pid_file(cfg: &Config) -> PathBuf {
+    cfg.node.data_dir.join(format!("{}.pid", cfg.node.name))
+}
+
+/// `foreground` / `console`: runs until stopped.
+pub fn run_foreground(cfg: Config, console: bool) -> ExitCode {
+    init_logging(&cfg, console);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cfg, console)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            tracing::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn host_ip(name: &str) -> Option<IpAddr> {
+    name.split('@').nth(1).and_then(|h| h.parse().ok())
+}
+
+async fn run(cfg: Config, console: bool) -> Result<(), String> {
+    let name = cfg.node.name.clone();
+    if cfg.uses_default_cookie() {
+        tracing::warn!("the default (insecure) cookie is in use; set node.cookie or -setcookie");
+    }
+    std::fs::create_dir_all(&cfg.node.data_dir)
+        .map_err(|e| format!("cannot create node.data_dir {}: {e}", cfg.node.data_dir.display()))?;
+    for (kind, map) in [("ssl", &cfg.listeners.ssl), ("ws", &cfg.listeners.ws), ("wss", &cfg.listeners.wss)] {
+        for (lname, l) in map.iter() {
+            if l.enable {
+                tracing::warn!("listeners.{kind}.{lname} is configured but {kind} listeners are not served yet");
+            }
+        }
+    }
+
+    // Inter-node port first: it is how `ping`, `stop` and `ctl` find us.
+    let dist_port = cfg.dist_port();
+    let (short, host) = name.split_once('@').unwrap_or((name.as_str(), "127.0.0.1"));
+    let listen_ip = host_ip(&name).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    std::net::TcpListener::bind(SocketAddr::new(listen_ip, dist_port))
+        .map_err(|e| format!("inter-node port {dist_port} on {listen_ip} is not available: {e}"))?;
+
+    let metrics = Arc::new(Metrics::default());
+    let stats = Arc::new(Stats::default());
+    let retainer = Retainer::new(RetainerSettings {
+        enable: cfg.retainer.enable,
+        max_retained_messages: cfg.retainer.max_retained_messages as usize,
+        max_payload_size: cfg.retainer.max_payload_size as usize,
+        msg_expiry_interval: cfg.retainer.msg_expiry_interval,
+    });
+    let settings = mqtt_settings(&cfg);
+    let bsettings = BrokerSettings {
+        shared_strategy: SharedStrategy::parse(cfg.mqtt.shared_subscription_strategy.as_str())
+            .unwrap_or_default(),
+        max_topic_levels: settings.max_topic_levels,
+        ..BrokerSettings::default()
+    };
+    let node_name: Arc<str> = Arc::from(name.as_str());
+    let broker = Broker::start(node_name.clone(), bsettings, retainer, metrics, stats)
+        .await
+        .map_err(|e| format!("cannot start the broker: {e}"))?;
+    let sys = SysSettings {
+        sys_msg_interval: cfg.sys_topics.sys_msg_interval.unwrap_or(Duration::ZERO),
+        sys_heartbeat_interval: cfg.sys_topics.sys_heartbeat_interval.unwrap_or(Duration::ZERO),
+        client_connected: cfg.sys_topics.sys_event_messages.client_connected,
+        client_disconnected: cfg.sys_topics.sys_event_messages.client_disconnected,
+    };
+    let ctx = Arc::new(Ctx {
+        node: node_name,
+        settings: Arc::new(settings),
+        broker,
+        cm: Default::default(),
+        sys,
+        started_at: Instant::now(),
+    });
+    let sys_task = ctx.spawn_sys();
+
+    // MQTT listeners.
+    let mut listener_tasks = Vec::new();
+    for (lname, l) in &cfg.listeners.tcp {
+        if !l.enable {
+            continue;
+        }
+        let sock = TcpListener::bind(l.bind)
+            .await
+            .map_err(|e| format!("listeners.tcp.{lname}: cannot listen on {}: {e}", l.bind))?;
+        tracing::info!("listener tcp:{lname} on {}", l.bind);
+        let max_conn = l.max_connections;
+        listener_tasks.push(tokio::spawn(accept_loop(sock, ctx.clone(), max_conn, lname.clone())));
+    }
+
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let node = Arc::new(Node {
+        name: name.clone(),
+        ctx: ctx.clone(),
+        shutdown,
+    });
+
+    // The inter-node server and the control actor behind ctl.
+    let server = NodeServer::new(
+        dist_port,
+        cfg.node.cookie.clone(),
+        short.to_string(),
+        host.to_string(),
+        None,
+        Some(ractor_cluster::node::NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(listen_ip);
+    let (node_server, _) = Actor::spawn(Some(format!("emqx_node_server:{name}")), server, ())
+        .await
+        .map_err(|e| format!("cannot start the inter-node server on port {dist_port}: {e}"))?;
+    let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
+        .await
+        .map_err(|e| format!("cannot start the control actor: {e}"))?;
+    ractor::pg::join(CTL_GROUP.to_string(), vec![control.get_cell()]);
+
+    let pid = pid_file(&cfg);
+    let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
+    println!("emqx-rs {} is running as {name} (MQTT on {}, inter-node port {dist_port})",
+        env!("CARGO_PKG_VERSION"),
+        cfg.listeners.tcp.values().filter(|l| l.enable).map(|l| l.bind.to_string()).collect::<Vec<_>>().join(", "));
+    tracing::info!("node {name} started");
+
+    if console {
+        let node = node.clone();
+        std::thread::spawn(move || crate::remote::local_console(node));
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = shutdown_rx.wait_for(|v| *v) => tracing::info!("stop requested"),
+    }
+
+    // Graceful stop: no new connections, sessions closed, tables dropped.
+    for t in &listener_tasks {
+        t.abort();
+    }
+    sys_task.abort();
+    ctx.cm.stop_all().await;
+    ctx.broker.stop();
+    control.stop(None);
+    node_server.stop(None);
+    let _ = std::fs::remove_file(&pid);
+    tracing::info!("node {name} stopped");
+    Ok(())
+}
+
+async fn accept_loop(sock: TcpListener, ctx: Arc<Ctx>, max_conn: Option<u64>, name: String) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let open = Arc::new(AtomicU64::new(0));
+    loop {
+        let (stream, peer) = match sock.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("listener tcp:{name}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Some(max) = max_conn {
+            if open.load(Ordering::Relaxed) >= max {
+                tracing::info!(%peer, "listener tcp:{name}: max_connections ({max}) reached, closing");
+                drop(stream);
+                continue;
+            }
+        }
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let open = open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            emqx_actors::conn::serve(stream, peer, ctx).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// `start`: runs `foreground` as a background process and waits until it
+/// answers pings.
+pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
+    let name = cfg.node.name.clone();
+    if crate::remote::ping_quiet(&cfg) {
+        eprintln!("Node {name} is already running!");
+        return ExitCode::from(1);
+    }
+    let log_dir = cfg.node.data_dir.join("log");
+    if let Err(e) = std::fs::create_dir_all(&log_dir) {
+        eprintln!("cannot create {}: {e}", log_dir.display());
+        return ExitCode::from(1);
+    }
+    let out_path = log_dir.join(format!("{name}.out"));
+    let out = match std::fs::OpenOptions::new().create(true).append(true).open(&out_path) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("cannot open {}: {e}", out_path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let err = match out.try_clone() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("cannot open {}: {e}", out_path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cannot find the emqx-rs executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut child_args: Vec<String> = args.iter().filter(|a| *a != "start").cloned().collect();
+    child_args.insert(0, "foreground".into());
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&child_args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot start the node: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let wait: u64 = std::env::var("EMQX_WAIT_FOR_START").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("Node {name} failed to start ({status}); see {}", out_path.display());
+            if let Ok(text) = std::fs::read_to_string(&out_path) {
+                for l in text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
+                    eprintln!("  {l}");
+                }
+            }
+            return ExitCode::from(1);
+        }
+        if crate::remote::ping_quiet(&cfg) {
+            println!("emqx-rs {} is started successfully!", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("Node {name} is started, but failed to complete the boot sequence in time.");
+    ExitCode::from(3)
+}
