@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need, checks format
+# and lints, builds, and runs the whole suite. Every broker process a test
+# starts is killed by the test itself; the trap below is a last resort.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+cleanup() {
+    pkill -f "$ROOT/target/debug/emqx-rs" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+
+need_apt=()
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "== installing ${need_apt[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
+    echo "== installing paho-mqtt"
+    python3 -m pip install -q 'paho-mqtt>=2,<3' || echo "warning: paho-mqtt could not be installed; its tests will fail"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build"
+cargo build --workspace --all-targets
+echo "== benchmarks compile and run once"
+cargo bench -p emqx-actors --bench codec -- --test >/dev/null
+echo "== tests"
+cargo test --workspace -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt
+status=${PIPESTATUS[0]}
+passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' target/test-output.txt | awk '{s+=$1} END {print s+0}')
+echo "$passed passed, $failed failed"
+exit "$status"

@@ -1,0 +1,1742 @@
+//! Typed configuration, loaded the way EMQX 5 loads it.
+//!
+//! Layers, lowest first: built-in defaults (equal to EMQX's, with the few
+//! documented exceptions), `etc/emqx.conf` (HOCON, see [`hocon`]),
+//! `EMQX_`-prefixed environment variables, command-line flags
+//! (`-name`, `-setcookie`, data dir). See `docs/configuration.md`.
+
+pub mod hocon;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use self::hocon::{HoconError, Node, Object, Origin, Value};
+
+/// The first path segments that belong to us. An `EMQX_<ROOT>__...`
+/// variable under one of these must name a real key; any other `EMQX_`
+/// variable is left to scripts and ignored.
+pub const KNOWN_ROOTS: &[&str] = &[
+    "node",
+    "cluster",
+    "listeners",
+    "mqtt",
+    "retainer",
+    "log",
+    "sys_topics",
+    "broker",
+    "rpc",
+    "dashboard",
+    "api",
+];
+
+/// Values from command-line flags; they beat the environment.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `-name emqx1@127.0.0.1` -> `node.name`
+    pub name: Option<String>,
+    /// `-setcookie secret` -> `node.cookie`
+    pub cookie: Option<String>,
+    /// data directory flag -> `node.data_dir`
+    pub data_dir: Option<String>,
+}
+
+/// A configuration error; its `Display` is one line naming the key, where
+/// the value came from and what is wrong.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// HOCON syntax error (file, line, what was expected).
+    Syntax(HoconError),
+    /// A key that no schema knows.
+    UnknownKey { key: String, origin: Origin },
+    /// A key with a value of the wrong type, out of range, or missing.
+    Invalid {
+        key: String,
+        origin: Origin,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Io { path, error } => {
+                write!(f, "emqx.conf: cannot read {}: {error}", path.display())
+            }
+            ConfigError::Syntax(e) => write!(f, "{e}"),
+            ConfigError::UnknownKey { key, origin } => write!(f, "{origin}: unknown key '{key}'"),
+            ConfigError::Invalid {
+                key,
+                origin,
+                message,
+            } => write!(f, "emqx.conf: {origin}: key '{key}': {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Io { error, .. } => Some(error),
+            ConfigError::Syntax(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<HoconError> for ConfigError {
+    fn from(e: HoconError) -> Self {
+        ConfigError::Syntax(e)
+    }
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// Defines a keyword enum: EMQX atoms such as `round_robin`.
+macro_rules! keyword_enum {
+    ($(#[$m:meta])* $name:ident, default $default:ident, { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[allow(dead_code)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        #[allow(dead_code)]
+        impl $name {
+            /// Every accepted spelling, in the order documented.
+            pub const ALL: &'static [&'static str] = &[$($text),+];
+
+            /// The EMQX spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses the EMQX spelling.
+            pub fn from_keyword(s: &str) -> Option<Self> {
+                match s { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self { $name::$default }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+keyword_enum!(
+    /// `node.db_role`
+    DbRole, default Core, { Core = "core", Replicant = "replicant" });
+keyword_enum!(
+/// `cluster.discovery_strategy`
+DiscoveryStrategy, default Manual, {
+    Manual = "manual", Static = "static", Singleton = "singleton",
+    Dns = "dns", Etcd = "etcd", K8s = "k8s",
+});
+keyword_enum!(
+    /// `cluster.dns.record_type`
+    DnsRecordType, default A, { A = "a", Aaaa = "aaaa", Srv = "srv" });
+keyword_enum!(
+    /// `cluster.k8s.address_type`
+    K8sAddressType, default Ip, { Ip = "ip", Dns = "dns", Hostname = "hostname" });
+keyword_enum!(
+    /// `cluster.etcd.ssl_options.verify`
+    TlsVerify, default VerifyNone, { VerifyPeer = "verify_peer", VerifyNone = "verify_none" });
+keyword_enum!(
+/// `mqtt.shared_subscription_strategy`
+SharedSubStrategy, default RoundRobin, {
+    Random = "random", RoundRobin = "round_robin",
+    RoundRobinPerGroup = "round_robin_per_group", Sticky = "sticky",
+    Local = "local", HashTopic = "hash_topic", HashClientid = "hash_clientid",
+});
+keyword_enum!(
+/// `mqtt.shared_subscription_initial_sticky_pick`
+InitialStickyPick, default Random, {
+    Random = "random", Local = "local", HashTopic = "hash_topic",
+    HashClientid = "hash_clientid",
+});
+keyword_enum!(
+/// `mqtt.peer_cert_as_username` / `mqtt.peer_cert_as_clientid`
+PeerCertAs, default Disabled, {
+    Disabled = "disabled", Cn = "cn", Dn = "dn", Crt = "crt", Pem = "pem", Md5 = "md5",
+});
+keyword_enum!(
+    /// `mqtt.mqueue_default_priority`
+    MqueuePriority, default Lowest, { Highest = "highest", Lowest = "lowest" });
+keyword_enum!(
+/// `log.console.level` / `log.file.level`
+LogLevel, default Warning, {
+    Emergency = "emergency", Alert = "alert", Critical = "critical", Error = "error",
+    Warning = "warning", Notice = "notice", Info = "info", Debug = "debug",
+});
+keyword_enum!(
+    /// `rpc.port_discovery`
+    RpcPortDiscovery, default Stateless, { Stateless = "stateless", Manual = "manual" });
+
+/// The whole configuration.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub listeners: ListenersConfig,
+    pub mqtt: MqttConfig,
+    pub retainer: RetainerConfig,
+    pub sys_topics: SysTopicsConfig,
+    pub log: LogConfig,
+    pub broker: BrokerConfig,
+    pub rpc: RpcConfig,
+    pub dashboard: DashboardConfig,
+}
+
+/// `node.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// `name@host`, default `emqx@127.0.0.1`.
+    pub name: String,
+    /// Shared secret of the cluster, default `emqxsecretcookie`.
+    pub cookie: String,
+    /// Default `data`.
+    pub data_dir: PathBuf,
+    /// Default `core`.
+    pub db_role: DbRole,
+    /// Our key: inter-node (distribution) port; default computed by
+    /// [`Config::dist_port`].
+    pub dist_listen_port: Option<u16>,
+    /// Our key: message-forwarding (gen_rpc-like) port; default computed
+    /// by [`Config::forward_port`].
+    pub forward_listen_port: Option<u16>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "emqx@127.0.0.1".to_string(),
+            cookie: "emqxsecretcookie".to_string(),
+            data_dir: PathBuf::from("data"),
+            db_role: DbRole::Core,
+            dist_listen_port: None,
+            forward_listen_port: None,
+        }
+    }
+}
+
+/// `cluster.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Default `emqxcl`.
+    pub name: String,
+    /// Default `manual`.
+    pub discovery_strategy: DiscoveryStrategy,
+    /// Default `true`.
+    pub autoheal: bool,
+    /// Default `5m` (EMQX 5.1+ uses 24h).
+    pub autoclean: Duration,
+    /// `cluster.static.*`
+    pub static_: StaticDiscovery,
+    /// `cluster.dns.*`
+    pub dns: DnsDiscovery,
+    /// `cluster.etcd.*`
+    pub etcd: EtcdDiscovery,
+    /// `cluster.k8s.*`
+    pub k8s: K8sDiscovery,
+    /// Static core list for replicants (EMQX 5.0–5.7). Default empty.
+    pub core_nodes: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "emqxcl".to_string(),
+            discovery_strategy: DiscoveryStrategy::Manual,
+            autoheal: true,
+            autoclean: Duration::from_secs(5 * 60),
+            static_: StaticDiscovery::default(),
+            dns: DnsDiscovery::default(),
+            etcd: EtcdDiscovery::default(),
+            k8s: K8sDiscovery::default(),
+            core_nodes: Vec::new(),
+        }
+    }
+}
+
+/// `cluster.static.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StaticDiscovery {
+    /// Node names (`name@host`). Default empty.
+    pub seeds: Vec<String>,
+}
+
+/// `cluster.dns.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsDiscovery {
+    /// Default `localhost`.
+    pub name: String,
+    /// Default `a`.
+    pub record_type: DnsRecordType,
+    /// Our key: DNS server `ip:port` to ask instead of the system resolver.
+    pub resolver: Option<SocketAddr>,
+}
+
+impl Default for DnsDiscovery {
+    fn default() -> Self {
+        DnsDiscovery {
+            name: "localhost".to_string(),
+            record_type: DnsRecordType::A,
+            resolver: None,
+        }
+    }
+}
+
+/// `cluster.etcd.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdDiscovery {
+    /// Server URLs (comma-separated string or array). Default empty;
+    /// required when the strategy is `etcd`.
+    pub server: Vec<String>,
+    /// Default `emqxcl`.
+    pub prefix: String,
+    /// Default `1m`.
+    pub node_ttl: Duration,
+    /// `cluster.etcd.ssl_options.*` (alias `ssl`)
+    pub ssl_options: EtcdSslOptions,
+}
+
+impl Default for EtcdDiscovery {
+    fn default() -> Self {
+        EtcdDiscovery {
+            server: Vec::new(),
+            prefix: "emqxcl".to_string(),
+            node_ttl: Duration::from_secs(60),
+            ssl_options: EtcdSslOptions::default(),
+        }
+    }
+}
+
+/// `cluster.etcd.ssl_options.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EtcdSslOptions {
+    /// Default `false`.
+    pub enable: bool,
+    pub cacertfile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    /// Default `verify_none`.
+    pub verify: TlsVerify,
+}
+
+/// `cluster.k8s.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct K8sDiscovery {
+    /// Default `https://kubernetes.default.svc:443`.
+    pub apiserver: String,
+    /// Default `emqx`.
+    pub service_name: String,
+    /// Default `ip`.
+    pub address_type: K8sAddressType,
+    /// Default `default`.
+    pub namespace: String,
+    /// Default `pod.local`.
+    pub suffix: String,
+}
+
+impl Default for K8sDiscovery {
+    fn default() -> Self {
+        K8sDiscovery {
+            apiserver: "https://kubernetes.default.svc:443".to_string(),
+            service_name: "emqx".to_string(),
+            address_type: K8sAddressType::Ip,
+            namespace: "default".to_string(),
+            suffix: "pod.local".to_string(),
+        }
+    }
+}
+
+/// `listeners.*`, each type a map by listener name.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenersConfig {
+    /// `listeners.tcp.<name>`; `default` exists unless configured away
+    /// (`enable = false`).
+    pub tcp: BTreeMap<String, TcpListener>,
+    /// `listeners.ssl.<name>`: parsed, not served yet. Default none.
+    pub ssl: BTreeMap<String, OtherListener>,
+    /// `listeners.ws.<name>`: parsed, not served yet. Default none.
+    pub ws: BTreeMap<String, OtherListener>,
+    /// `listeners.wss.<name>`: parsed, not served yet. Default none.
+    pub wss: BTreeMap<String, OtherListener>,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        let mut tcp = BTreeMap::new();
+        tcp.insert("default".to_string(), TcpListener::default());
+        ListenersConfig {
+            tcp,
+            ssl: BTreeMap::new(),
+            ws: BTreeMap::new(),
+            wss: BTreeMap::new(),
+        }
+    }
+}
+
+/// `listeners.tcp.<name>.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpListener {
+    /// Default `true`.
+    pub enable: bool,
+    /// Default `0.0.0.0:1883` (required for listeners other than `default`).
+    pub bind: SocketAddr,
+    /// `None` = `infinity` (the default).
+    pub max_connections: Option<u64>,
+    /// Default 16.
+    pub acceptors: u32,
+    /// Default "".
+    pub mountpoint: String,
+    /// Default `default`.
+    pub zone: String,
+    /// Default `false`.
+    pub proxy_protocol: bool,
+    /// Default `3s`.
+    pub proxy_protocol_timeout: Duration,
+    /// Default `true`.
+    pub enable_authn: bool,
+}
+
+impl Default for TcpListener {
+    fn default() -> Self {
+        TcpListener {
+            enable: true,
+            bind: any_addr(1883),
+            max_connections: None,
+            acceptors: 16,
+            mountpoint: String::new(),
+            zone: "default".to_string(),
+            proxy_protocol: false,
+            proxy_protocol_timeout: Duration::from_secs(3),
+            enable_authn: true,
+        }
+    }
+}
+
+/// `listeners.{ssl,ws,wss}.<name>.*`: only `enable` and `bind` for now.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtherListener {
+    pub enable: bool,
+    pub bind: SocketAddr,
+}
+
+/// `mqtt.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub idle_timeout: Duration,
+    pub max_packet_size: u64,
+    pub max_clientid_len: u16,
+    pub max_topic_levels: u16,
+    pub max_topic_alias: u16,
+    pub max_qos_allowed: u8,
+    pub retain_available: bool,
+    pub wildcard_subscription: bool,
+    pub shared_subscription: bool,
+    pub exclusive_subscription: bool,
+    pub shared_subscription_strategy: SharedSubStrategy,
+    pub shared_subscription_initial_sticky_pick: InitialStickyPick,
+    pub ignore_loop_deliver: bool,
+    pub strict_mode: bool,
+    pub response_information: String,
+    /// `None` = `disabled` (the default).
+    pub server_keepalive: Option<u16>,
+    pub keepalive_multiplier: f64,
+    pub keepalive_check_interval: Duration,
+    /// `None` = `infinity` (no retry). Default `30s`.
+    pub retry_interval: Option<Duration>,
+    pub use_username_as_clientid: bool,
+    pub peer_cert_as_username: PeerCertAs,
+    pub peer_cert_as_clientid: PeerCertAs,
+    pub session_expiry_interval: Duration,
+    /// `None` = `infinity` (the default).
+    pub message_expiry_interval: Option<Duration>,
+    /// `None` = `infinity`. Default 100.
+    pub max_awaiting_rel: Option<u64>,
+    pub await_rel_timeout: Duration,
+    pub max_inflight: u16,
+    /// `None` = `infinity`. Default 1000.
+    pub max_mqueue_len: Option<u64>,
+    pub mqueue_store_qos0: bool,
+    /// `None` = `disabled` (the default); else topic -> priority 1..=255.
+    pub mqueue_priorities: Option<BTreeMap<String, u8>>,
+    pub mqueue_default_priority: MqueuePriority,
+    /// `None` = `infinity` (the default).
+    pub max_subscriptions: Option<u64>,
+    pub upgrade_qos: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            idle_timeout: Duration::from_secs(15),
+            max_packet_size: 1024 * 1024,
+            max_clientid_len: 65535,
+            max_topic_levels: 128,
+            max_topic_alias: 65535,
+            max_qos_allowed: 2,
+            retain_available: true,
+            wildcard_subscription: true,
+            shared_subscription: true,
+            exclusive_subscription: false,
+            shared_subscription_strategy: SharedSubStrategy::RoundRobin,
+            shared_subscription_initial_sticky_pick: InitialStickyPick::Random,
+            ignore_loop_deliver: false,
+            strict_mode: false,
+            response_information: String::new(),
+            server_keepalive: None,
+            keepalive_multiplier: 1.5,
+            keepalive_check_interval: Duration::from_secs(30),
+            retry_interval: Some(Duration::from_secs(30)),
+            use_username_as_clientid: false,
+            peer_cert_as_username: PeerCertAs::Disabled,
+            peer_cert_as_clientid: PeerCertAs::Disabled,
+            session_expiry_interval: Duration::from_secs(2 * 3600),
+            message_expiry_interval: None,
+            max_awaiting_rel: Some(100),
+            await_rel_timeout: Duration::from_secs(300),
+            max_inflight: 32,
+            max_mqueue_len: Some(1000),
+            mqueue_store_qos0: true,
+            mqueue_priorities: None,
+            mqueue_default_priority: MqueuePriority::Lowest,
+            max_subscriptions: None,
+            upgrade_qos: false,
+        }
+    }
+}
+
+/// `retainer.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetainerConfig {
+    /// Default `true`.
+    pub enable: bool,
+    /// 0 = unlimited (the default).
+    pub max_retained_messages: u64,
+    /// Default 1MB.
+    pub max_payload_size: u64,
+    /// Zero = never expire (the default).
+    pub msg_expiry_interval: Duration,
+    /// Zero = no periodic clean (the default).
+    pub msg_clear_interval: Duration,
+}
+
+impl Default for RetainerConfig {
+    fn default() -> Self {
+        RetainerConfig {
+            enable: true,
+            max_retained_messages: 0,
+            max_payload_size: 1024 * 1024,
+            msg_expiry_interval: Duration::ZERO,
+            msg_clear_interval: Duration::ZERO,
+        }
+    }
+}
+
+/// `sys_topics.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct SysTopicsConfig {
+    /// `None` = `disabled`. Default `1m`.
+    pub sys_msg_interval: Option<Duration>,
+    /// `None` = `disabled`. Default `30s`.
+    pub sys_heartbeat_interval: Option<Duration>,
+    pub sys_event_messages: SysEventMessages,
+}
+
+impl Default for SysTopicsConfig {
+    fn default() -> Self {
+        SysTopicsConfig {
+            sys_msg_interval: Some(Duration::from_secs(60)),
+            sys_heartbeat_interval: Some(Duration::from_secs(30)),
+            sys_event_messages: SysEventMessages::default(),
+        }
+    }
+}
+
+/// `sys_topics.sys_event_messages.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct SysEventMessages {
+    pub client_connected: bool,
+    pub client_disconnected: bool,
+}
+
+impl Default for SysEventMessages {
+    fn default() -> Self {
+        SysEventMessages {
+            client_connected: true,
+            client_disconnected: true,
+        }
+    }
+}
+
+/// `log.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogConfig {
+    pub console: LogConsole,
+    pub file: LogFile,
+}
+
+/// `log.console.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConsole {
+    pub enable: bool,
+    pub level: LogLevel,
+}
+
+impl Default for LogConsole {
+    fn default() -> Self {
+        LogConsole {
+            enable: true,
+            level: LogLevel::Warning,
+        }
+    }
+}
+
+/// `log.file.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogFile {
+    pub enable: bool,
+    pub level: LogLevel,
+    /// Default `<node.data_dir>/log/emqx.log`, see [`Config::log_file_path`].
+    pub path: Option<PathBuf>,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            enable: true,
+            level: LogLevel::Warning,
+            path: None,
+        }
+    }
+}
+
+/// `broker.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    /// Default `true`.
+    pub enable_session_registry: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            enable_session_registry: true,
+        }
+    }
+}
+
+/// `rpc.*` (only what decides the forwarding port).
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcConfig {
+    /// Default `stateless` (port 5370 + node-name suffix); `manual` uses
+    /// `server_port` (EMQX's Docker image sets `manual`).
+    pub port_discovery: RpcPortDiscovery,
+    /// Default 5369.
+    pub server_port: u16,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            port_discovery: RpcPortDiscovery::Stateless,
+            server_port: 5369,
+        }
+    }
+}
+
+/// `dashboard.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DashboardConfig {
+    pub listeners: DashboardListeners,
+    /// Default `admin`.
+    pub default_username: String,
+    /// Default `public`.
+    pub default_password: String,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            listeners: DashboardListeners::default(),
+            default_username: "admin".to_string(),
+            default_password: "public".to_string(),
+        }
+    }
+}
+
+/// `dashboard.listeners.*`
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DashboardListeners {
+    pub http: DashboardHttp,
+}
+
+/// `dashboard.listeners.http.*`: the HTTP management API.
+#[allow(dead_code)]
+#[derive(Debug, Clone, PartialEq)]
+pub struct DashboardHttp {
+    /// Default `true`.
+    pub enable: bool,
+    /// Default `0.0.0.0:18083`.
+    pub bind: SocketAddr,
+}
+
+impl Default for DashboardHttp {
+    fn default() -> Self {
+        DashboardHttp {
+            enable: true,
+            bind: any_addr(18083),
+        }
+    }
+}
+
+fn any_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
+}
+
+/// The numeric suffix of a node's short name, `rem 60000` (EMQX's port
+/// offset): `emqx@h` -> 0, `emqx1@h` -> 1, `emqx-12@h` -> 12.
+#[allow(dead_code)]
+pub fn port_offset(node_name: &str) -> u16 {
+    let short = node_name.split('@').next().unwrap_or("");
+    let digits: Vec<u32> = short.chars().rev().map_while(|c| c.to_digit(10)).collect();
+    let offset = digits
+        .iter()
+        .rev()
+        .fold(0u32, |acc, d| (acc * 10 + d) % 60000);
+    offset as u16
+}
+
+#[allow(dead_code)]
+impl Config {
+    /// Loads the configuration: defaults, then the file at `path` (when
+    /// given it must exist), then `EMQX_` variables from `env`, then the
+    /// flags in `overrides`; then validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config> {
+        let (text, source) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|error| ConfigError::Io {
+                    path: p.to_path_buf(),
+                    error,
+                })?;
+                (Some(text), p.display().to_string())
+            }
+            None => (None, String::new()),
+        };
+        Config::load_str(text.as_deref(), &source, env, overrides)
+    }
+
+    /// As [`Config::load`], with the file's text given directly (`None`
+    /// for no file); `source` names it in errors.
+    pub fn load_str(
+        text: Option<&str>,
+        source: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let env_map: HashMap<&str, &str> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let lookup = |k: &str| env_map.get(k).map(|v| v.to_string());
+        let mut tree = match text {
+            Some(text) => hocon::parse(text, source, &lookup)?,
+            None => Node::object(Origin::Default),
+        };
+        apply_env(&mut tree, &env, &lookup)?;
+        apply_overrides(&mut tree, overrides);
+        Config::from_tree(&tree)
+    }
+
+    /// Decodes and validates a merged HOCON tree on top of the defaults.
+    pub fn from_tree(tree: &Node) -> Result<Config> {
+        let mut c = Config::default();
+        let mut root = Fields::new(String::new(), tree)?;
+        root.section("node", |o| c.node.apply(o))?;
+        root.section("cluster", |o| c.cluster.apply(o))?;
+        root.section("listeners", |o| c.listeners.apply(o))?;
+        root.section("mqtt", |o| c.mqtt.apply(o))?;
+        root.section("retainer", |o| c.retainer.apply(o))?;
+        root.section("sys_topics", |o| c.sys_topics.apply(o))?;
+        root.section("log", |o| c.log.apply(o))?;
+        root.section("broker", |o| {
+            o.set(
+                "enable_session_registry",
+                &mut c.broker.enable_session_registry,
+                Field::bool,
+            )
+        })?;
+        root.section("rpc", |o| {
+            o.set("port_discovery", &mut c.rpc.port_discovery, |f| {
+                f.keyword(RpcPortDiscovery::from_keyword, RpcPortDiscovery::ALL)
+            })?;
+            o.set("server_port", &mut c.rpc.server_port, |f| f.port())
+        })?;
+        root.section("dashboard", |o| c.dashboard.apply(o))?;
+        // `api` is reserved for our own keys; none exist yet.
+        root.section("api", |_| Ok(()))?;
+        root.finish()?;
+
+        if c.cluster.discovery_strategy == DiscoveryStrategy::Etcd
+            && c.cluster.etcd.server.is_empty()
+        {
+            let origin = tree
+                .get_path(&["cluster", "discovery_strategy"])
+                .map(|n| n.origin.clone())
+                .unwrap_or(Origin::Default);
+            return Err(ConfigError::Invalid {
+                key: "cluster.etcd.server".to_string(),
+                origin,
+                message: "required when cluster.discovery_strategy = etcd".to_string(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// The inter-node port: `node.dist_listen_port`, or 4370 + the numeric
+    /// suffix of the short name (`emqx1@h` -> 4371), as EMQX's ekka does.
+    pub fn dist_port(&self) -> u16 {
+        self.node
+            .dist_listen_port
+            .unwrap_or(4370 + port_offset(&self.node.name))
+    }
+
+    /// The forwarding port: `node.forward_listen_port`, or `rpc.server_port`
+    /// when `rpc.port_discovery = manual`, or 5370 + the numeric suffix of
+    /// the short name (as gen_rpc's stateless discovery).
+    pub fn forward_port(&self) -> u16 {
+        match (self.node.forward_listen_port, self.rpc.port_discovery) {
+            (Some(p), _) => p,
+            (None, RpcPortDiscovery::Manual) => self.rpc.server_port,
+            (None, RpcPortDiscovery::Stateless) => 5370 + port_offset(&self.node.name),
+        }
+    }
+
+    /// `log.file.path`, or `<node.data_dir>/log/emqx.log`.
+    pub fn log_file_path(&self) -> PathBuf {
+        self.log
+            .file
+            .path
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("log").join("emqx.log"))
+    }
+
+    /// Whether `node.cookie` is still the shipped default (EMQX warns).
+    pub fn uses_default_cookie(&self) -> bool {
+        self.node.cookie == NodeConfig::default().cookie
+    }
+}
+
+/// Applies `EMQX_` variables to the tree (see the module docs).
+fn apply_env(
+    tree: &mut Node,
+    env: &[(String, String)],
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let is_set = |name: &str| env.iter().any(|(k, _)| k == name);
+    let mut entries: Vec<(Vec<String>, &str, &str)> = Vec::new();
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("EMQX_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            // Legacy single-underscore names, honoured when the new form
+            // is not set (as bin/emqx does).
+            let target = match rest {
+                "NODE_NAME" if !is_set("EMQX_NODE__NAME") => "name",
+                "NODE_COOKIE" if !is_set("EMQX_NODE__COOKIE") => "cookie",
+                _ => continue,
+            };
+            entries.push((vec!["node".into(), target.into()], var, value));
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if !KNOWN_ROOTS.contains(&path[0].as_str()) {
+            continue;
+        }
+        if path.iter().any(|s| s.is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: path.join("."),
+                origin: Origin::Env { var: var.clone() },
+                message: "empty path segment (levels are separated by exactly two underscores)"
+                    .to_string(),
+            });
+        }
+        entries.push((path, var, value));
+    }
+    // Shallow paths first, so `EMQX_A__B={...}` does not wipe `EMQX_A__B__C`.
+    entries.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then(a.1.cmp(b.1)));
+    for (path, var, value) in entries {
+        let origin = Origin::Env {
+            var: var.to_string(),
+        };
+        let node =
+            hocon::parse_env_value(value, &origin, lookup).map_err(|e| ConfigError::Invalid {
+                key: path.join("."),
+                origin: origin.clone(),
+                message: e.message,
+            })?;
+        tree.set_path(&path, node);
+    }
+    Ok(())
+}
+
+fn apply_overrides(tree: &mut Node, o: &Overrides) {
+    let flags = [
+        (&o.name, "name", "-name"),
+        (&o.cookie, "cookie", "-setcookie"),
+        (&o.data_dir, "data_dir", "-data_dir"),
+    ];
+    for (value, key, flag) in flags {
+        if let Some(v) = value {
+            let origin = Origin::Flag {
+                flag: flag.to_string(),
+            };
+            tree.set_path(
+                &["node".to_string(), key.to_string()],
+                Node::new(Value::Str(v.clone()), origin),
+            );
+        }
+    }
+}
+
+/// The keys of one object being decoded; remembers which were used so
+/// that the rest can be reported as unknown.
+struct Fields<'a> {
+    path: String,
+    map: &'a Object,
+    used: BTreeSet<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(path: String, node: &'a Node) -> Result<Self> {
+        match &node.value {
+            Value::Object(map) => Ok(Fields {
+                path,
+                map,
+                used: BTreeSet::new(),
+            }),
+            other => Err(ConfigError::Invalid {
+                key: path,
+                origin: node.origin.clone(),
+                message: format!("expected an object, got {}", other.describe()),
+            }),
+        }
+    }
+
+    fn key(&self, k: &str) -> String {
+        if self.path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{}.{}", self.path, k)
+        }
+    }
+
+    /// The field `k`, marked as used; `None` when absent or `null`.
+    fn take(&mut self, k: &str) -> Option<Field<'a>> {
+        let (name, node) = self.map.get_key_value(k)?;
+        self.used.insert(name.as_str());
+        if node.value == Value::Null {
+            return None;
+        }
+        Some(Field {
+            key: self.key(k),
+            node,
+        })
+    }
+
+    /// Sets `*dst` from field `k` when present.
+    fn set<T>(
+        &mut self,
+        k: &str,
+        dst: &mut T,
+        conv: impl FnOnce(&Field<'a>) -> Result<T>,
+    ) -> Result<()> {
+        if let Some(f) = self.take(k) {
+            *dst = conv(&f)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the object under `k` (when present) with `body`, then
+    /// checks it for unknown keys.
+    fn section(&mut self, k: &str, body: impl FnOnce(&mut Fields<'a>) -> Result<()>) -> Result<()> {
+        if let Some(f) = self.take(k) {
+            let mut inner = f.fields()?;
+            body(&mut inner)?;
+            inner.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Every entry (for maps keyed by user-chosen names), all marked used.
+    fn entries(&mut self) -> Vec<Field<'a>> {
+        let mut out = Vec::new();
+        for (k, node) in self.map {
+            self.used.insert(k.as_str());
+            if node.value != Value::Null {
+                out.push(Field {
+                    key: self.key(k),
+                    node,
+                });
+            }
+        }
+        out
+    }
+
+    /// Fails on the first key nobody asked for.
+    fn finish(self) -> Result<()> {
+        let unknown = self
+            .map
+            .iter()
+            .filter(|(k, _)| !self.used.contains(k.as_str()))
+            .min_by_key(|(_, n)| n.line().unwrap_or(0));
+        match unknown {
+            Some((k, n)) => Err(ConfigError::UnknownKey {
+                key: self.key(k),
+                origin: n.origin.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One value being converted to a typed field.
+struct Field<'a> {
+    key: String,
+    node: &'a Node,
+}
+
+impl<'a> Field<'a> {
+    fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: self.key.clone(),
+            origin: self.node.origin.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn got(&self) -> String {
+        self.node.value.describe()
+    }
+
+    /// The last path segment (a listener's name, a topic).
+    fn name(&self) -> &str {
+        self.key.rsplit('.').next().unwrap_or("")
+    }
+
+    fn fields(&self) -> Result<Fields<'a>> {
+        Fields::new(self.key.clone(), self.node)
+    }
+
+    /// A scalar as text: strings, numbers as written, booleans.
+    fn scalar(&self) -> Option<&'a str> {
+        match &self.node.value {
+            Value::Str(s) | Value::Num(s) => Some(s.as_str()),
+            Value::Bool(true) => Some("true"),
+            Value::Bool(false) => Some("false"),
+            _ => None,
+        }
+    }
+
+    fn string(&self) -> Result<String> {
+        self.scalar()
+            .map(str::to_string)
+            .ok_or_else(|| self.invalid(format!("expected a string, got {}", self.got())))
+    }
+
+    fn nonempty_string(&self) -> Result<String> {
+        let s = self.string()?;
+        if s.is_empty() {
+            return Err(self.invalid("must not be empty"));
+        }
+        Ok(s)
+    }
+
+    fn path(&self) -> Result<PathBuf> {
+        self.nonempty_string().map(PathBuf::from)
+    }
+
+    fn opt_path(&self) -> Result<Option<PathBuf>> {
+        let s = self.string()?;
+        Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+    }
+
+    fn bool(&self) -> Result<bool> {
+        match (&self.node.value, self.scalar()) {
+            (Value::Bool(b), _) => Ok(*b),
+            (Value::Str(_), Some("true")) => Ok(true),
+            (Value::Str(_), Some("false")) => Ok(false),
+            _ => Err(self.invalid(format!("expected true or false, got {}", self.got()))),
+        }
+    }
+
+    /// An integer in `min..=max` (numbers, or strings holding digits).
+    fn uint(&self, min: u64, max: u64) -> Result<u64> {
+        let expected = || self.invalid(format!("expected an integer, got {}", self.got()));
+        let text = match &self.node.value {
+            Value::Num(s) | Value::Str(s) => s.trim(),
+            _ => return Err(expected()),
+        };
+        let n: u64 = match text.parse() {
+            Ok(n) => n,
+            Err(_) if text.starts_with('-') && is_all_digits(&text[1..]) => {
+                return Err(self.invalid(format!("must be between {min} and {max}, got {text}")))
+            }
+            Err(_) if is_all_digits(text) => {
+                return Err(self.invalid(format!("must be between {min} and {max}, got {text}")))
+            }
+            Err(_) => return Err(expected()),
+        };
+        if n < min || n > max {
+            return Err(self.invalid(format!("must be between {min} and {max}, got {n}")));
+        }
+        Ok(n)
+    }
+
+    fn int<T: TryFrom<u64>>(&self, min: u64, max: u64) -> Result<T> {
+        let n = self.uint(min, max)?;
+        T::try_from(n).map_err(|_| self.invalid(format!("{n} is out of range")))
+    }
+
+    /// `keyword` (e.g. `infinity`) -> `None`, else an integer in range.
+    fn uint_or(&self, keyword: &str, min: u64, max: u64) -> Result<Option<u64>> {
+        if self.scalar() == Some(keyword) {
+            return Ok(None);
+        }
+        match self.uint(min, max) {
+            Ok(n) => Ok(Some(n)),
+            Err(ConfigError::Invalid { message, .. }) if message.starts_with("expected") => {
+                Err(self.invalid(format!(
+                    "expected {keyword} or an integer, got {}",
+                    self.got()
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn port(&self) -> Result<u16> {
+        self.int(1, 65535)
+    }
+
+    fn float_positive(&self) -> Result<f64> {
+        let v = match &self.node.value {
+            Value::Num(s) | Value::Str(s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        match v {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            Some(v) => Err(self.invalid(format!("must be a number greater than 0, got {v}"))),
+            None => Err(self.invalid(format!("expected a number, got {}", self.got()))),
+        }
+    }
+
+    /// A humantime duration: `100ms`, `30s`, `5m`, `2h`, `1d`.
+    fn duration(&self) -> Result<Duration> {
+        match &self.node.value {
+            Value::Str(s) => humantime::parse_duration(s.trim()).map_err(|_| {
+                self.invalid(format!(
+                    "invalid duration {s:?} (expected e.g. 100ms, 30s, 5m, 2h)"
+                ))
+            }),
+            Value::Num(n) => Err(self.invalid(format!(
+                "invalid duration {n}: a unit is required (e.g. {n}s or {n}ms)"
+            ))),
+            _ => Err(self.invalid(format!("expected a duration, got {}", self.got()))),
+        }
+    }
+
+    /// One of `keywords` (`infinity`, `disabled`) -> `None`, else a duration.
+    fn duration_or(&self, keywords: &[&str]) -> Result<Option<Duration>> {
+        if let Some(s) = self.scalar() {
+            if keywords.contains(&s) {
+                return Ok(None);
+            }
+        }
+        self.duration().map(Some).map_err(|e| match e {
+            ConfigError::Invalid {
+                key,
+                origin,
+                message,
+            } => ConfigError::Invalid {
+                key,
+                origin,
+                message: format!("{message}; or {}", keywords.join(" or ")),
+            },
+            e => e,
+        })
+    }
+
+    /// A byte size: `512B`, `64KB`, `1MB`, `1GB` (powers of 1024), or a
+    /// bare integer of bytes.
+    fn size(&self) -> Result<u64> {
+        let text = match &self.node.value {
+            Value::Num(s) | Value::Str(s) => s.trim(),
+            _ => return Err(self.invalid(format!("expected a byte size, got {}", self.got()))),
+        };
+        parse_size(text).ok_or_else(|| self.invalid(format!("invalid byte size {text:?}")))
+    }
+
+    fn keyword<E>(&self, parse: fn(&str) -> Option<E>, all: &[&str]) -> Result<E> {
+        let bad = || {
+            self.invalid(format!(
+                "expected one of {}, got {}",
+                all.join(", "),
+                self.got()
+            ))
+        };
+        match &self.node.value {
+            Value::Str(s) => parse(s.trim()).ok_or_else(bad),
+            _ => Err(bad()),
+        }
+    }
+
+    /// `ip:port`, `[v6]:port`, or a bare port (all interfaces).
+    fn socket_addr(&self) -> Result<SocketAddr> {
+        let text = self
+            .scalar()
+            .ok_or_else(|| {
+                self.invalid(format!(
+                    "expected an address such as 0.0.0.0:1883, got {}",
+                    self.got()
+                ))
+            })?
+            .trim();
+        if is_all_digits(text) {
+            return text
+                .parse::<u16>()
+                .map(any_addr)
+                .map_err(|_| self.invalid(format!("invalid port {text}")));
+        }
+        text.parse::<SocketAddr>().map_err(|_| {
+            self.invalid(format!(
+                "invalid address {text:?} (expected ip:port such as 0.0.0.0:1883, or a port)"
+            ))
+        })
+    }
+
+    fn node_name(&self) -> Result<String> {
+        let s = self.string()?;
+        check_node_name(&s).map_err(|m| self.invalid(m))?;
+        Ok(s)
+    }
+
+    /// An array of strings, or one comma-separated string.
+    fn string_list(&self) -> Result<Vec<String>> {
+        match &self.node.value {
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    Field {
+                        key: format!("{}.{}", self.key, i + 1),
+                        node: n,
+                    }
+                    .nonempty_string()
+                })
+                .collect(),
+            Value::Str(s) => Ok(s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()),
+            _ => Err(self.invalid(format!(
+                "expected an array or a comma-separated string, got {}",
+                self.got()
+            ))),
+        }
+    }
+
+    fn node_list(&self) -> Result<Vec<String>> {
+        let names = self.string_list()?;
+        for n in &names {
+            check_node_name(n).map_err(|m| self.invalid(m))?;
+        }
+        Ok(names)
+    }
+}
+
+fn is_all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `512B`, `64KB`, `1MB`, `1GB` (case-insensitive, powers of 1024), or
+/// digits alone (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `name@host` with `name` matching `^[0-9A-Za-z_-]+$` and a plausible host.
+pub fn check_node_name(s: &str) -> std::result::Result<(), String> {
+    let Some((name, host)) = s.split_once('@') else {
+        return Err(format!("invalid node name {s:?}: expected name@host"));
+    };
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "invalid node name {s:?}: the part before '@' must match ^[0-9A-Za-z_-]+$"
+        ));
+    }
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+    {
+        return Err(format!(
+            "invalid node name {s:?}: the host must be an IP address or a host name"
+        ));
+    }
+    Ok(())
+}
+
+impl NodeConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.set("name", &mut self.name, Field::node_name)?;
+        o.set("cookie", &mut self.cookie, Field::nonempty_string)?;
+        o.set("data_dir", &mut self.data_dir, Field::path)?;
+        // `node.role` is EMQX's alias of `node.db_role`.
+        for k in ["role", "db_role"] {
+            o.set(k, &mut self.db_role, |f| {
+                f.keyword(DbRole::from_keyword, DbRole::ALL)
+            })?;
+        }
+        o.set("dist_listen_port", &mut self.dist_listen_port, |f| {
+            f.port().map(Some)
+        })?;
+        o.set("forward_listen_port", &mut self.forward_listen_port, |f| {
+            f.port().map(Some)
+        })?;
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.set("name", &mut self.name, Field::nonempty_string)?;
+        o.set("discovery_strategy", &mut self.discovery_strategy, |f| {
+            f.keyword(DiscoveryStrategy::from_keyword, DiscoveryStrategy::ALL)
+        })?;
+        o.set("autoheal", &mut self.autoheal, Field::bool)?;
+        o.set("autoclean", &mut self.autoclean, Field::duration)?;
+        o.set("core_nodes", &mut self.core_nodes, Field::node_list)?;
+        o.section("static", |s| {
+            s.set("seeds", &mut self.static_.seeds, Field::node_list)
+        })?;
+        o.section("dns", |s| {
+            s.set("name", &mut self.dns.name, Field::nonempty_string)?;
+            s.set("record_type", &mut self.dns.record_type, |f| {
+                f.keyword(DnsRecordType::from_keyword, DnsRecordType::ALL)
+            })?;
+            s.set("resolver", &mut self.dns.resolver, |f| {
+                f.socket_addr().map(Some)
+            })
+        })?;
+        o.section("etcd", |s| self.etcd.apply(s))?;
+        o.section("k8s", |s| {
+            let k = &mut self.k8s;
+            s.set("apiserver", &mut k.apiserver, Field::nonempty_string)?;
+            s.set("service_name", &mut k.service_name, Field::nonempty_string)?;
+            s.set("address_type", &mut k.address_type, |f| {
+                f.keyword(K8sAddressType::from_keyword, K8sAddressType::ALL)
+            })?;
+            s.set("namespace", &mut k.namespace, Field::nonempty_string)?;
+            s.set("suffix", &mut k.suffix, Field::string)
+        })?;
+        Ok(())
+    }
+}
+
+impl EtcdDiscovery {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.set("server", &mut self.server, Field::string_list)?;
+        o.set("prefix", &mut self.prefix, Field::nonempty_string)?;
+        o.set("node_ttl", &mut self.node_ttl, Field::duration)?;
+        // `ssl` is EMQX's alias of `ssl_options`.
+        for k in ["ssl", "ssl_options"] {
+            o.section(k, |s| {
+                let t = &mut self.ssl_options;
+                s.set("enable", &mut t.enable, Field::bool)?;
+                s.set("cacertfile", &mut t.cacertfile, Field::opt_path)?;
+                s.set("certfile", &mut t.certfile, Field::opt_path)?;
+                s.set("keyfile", &mut t.keyfile, Field::opt_path)?;
+                s.set("verify", &mut t.verify, |f| {
+                    f.keyword(TlsVerify::from_keyword, TlsVerify::ALL)
+                })
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn check_listener_name(f: &Field) -> Result<()> {
+    let name = f.name();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(f.invalid(format!(
+            "invalid listener name {name:?} (letters, digits, '_' and '-' only)"
+        )));
+    }
+    Ok(())
+}
+
+impl ListenersConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.section("tcp", |t| {
+            for f in t.entries() {
+                check_listener_name(&f)?;
+                let name = f.name().to_string();
+                let existing = self.tcp.get(&name).cloned();
+                let mut l = existing.clone().unwrap_or_default();
+                let mut s = f.fields()?;
+                let had_bind = s.map.contains_key("bind");
+                s.set("enable", &mut l.enable, Field::bool)?;
+                s.set("bind", &mut l.bind, Field::socket_addr)?;
+                s.set("max_connections", &mut l.max_connections, |f| {
+                    f.uint_or("infinity", 1, u64::MAX)
+                })?;
+                s.set("acceptors", &mut l.acceptors, |f| f.int(1, 1024))?;
+                s.set("mountpoint", &mut l.mountpoint, Field::string)?;
+                s.set("zone", &mut l.zone, Field::nonempty_string)?;
+                s.set("proxy_protocol", &mut l.proxy_protocol, Field::bool)?;
+                s.set(
+                    "proxy_protocol_timeout",
+                    &mut l.proxy_protocol_timeout,
+                    Field::duration,
+                )?;
+                s.set("enable_authn", &mut l.enable_authn, Field::bool)?;
+                s.finish()?;
+                if existing.is_none() && !had_bind {
+                    return Err(f.invalid(format!("missing required key '{}.bind'", f.key)));
+                }
+                self.tcp.insert(name, l);
+            }
+            Ok(())
+        })?;
+        for (kind, default_port) in [("ssl", 8883), ("ws", 8083), ("wss", 8084)] {
+            let map = match kind {
+                "ssl" => &mut self.ssl,
+                "ws" => &mut self.ws,
+                _ => &mut self.wss,
+            };
+            o.section(kind, |t| {
+                for f in t.entries() {
+                    check_listener_name(&f)?;
+                    let name = f.name().to_string();
+                    let mut s = f.fields()?;
+                    let mut l = map.get(&name).cloned().unwrap_or(OtherListener {
+                        enable: true,
+                        bind: any_addr(default_port),
+                    });
+                    let known = map.contains_key(&name) || name == "default";
+                    if !known && !s.map.contains_key("bind") {
+                        return Err(f.invalid(format!("missing required key '{}.bind'", f.key)));
+                    }
+                    s.set("enable", &mut l.enable, Field::bool)?;
+                    s.set("bind", &mut l.bind, Field::socket_addr)?;
+                    s.finish()?;
+                    map.insert(name, l);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl MqttConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.set("idle_timeout", &mut self.idle_timeout, Field::duration)?;
+        o.set("max_packet_size", &mut self.max_packet_size, |f| {
+            let n = f.size()?;
+            if !(1..=268_435_455).contains(&n) {
+                return Err(f.invalid(format!(
+                    "must be between 1 and 268435455 bytes (256MB - 1), got {n}"
+                )));
+            }
+            Ok(n)
+        })?;
+        o.set("max_clientid_len", &mut self.max_clientid_len, |f| {
+            f.int(23, 65535)
+        })?;
+        o.set("max_topic_levels", &mut self.max_topic_levels, |f| {
+            f.int(1, 65535)
+        })?;
+        o.set("max_topic_alias", &mut self.max_topic_alias, |f| {
+            f.int(0, 65535)
+        })?;
+        o.set("max_qos_allowed", &mut self.max_qos_allowed, |f| {
+            f.int(0, 2)
+        })?;
+        o.set("retain_available", &mut self.retain_available, Field::bool)?;
+        o.set(
+            "wildcard_subscription",
+            &mut self.wildcard_subscription,
+            Field::bool,
+        )?;
+        o.set(
+            "shared_subscription",
+            &mut self.shared_subscription,
+            Field::bool,
+        )?;
+        o.set(
+            "exclusive_subscription",
+            &mut self.exclusive_subscription,
+            Field::bool,
+        )?;
+        o.set(
+            "shared_subscription_strategy",
+            &mut self.shared_subscription_strategy,
+            |f| f.keyword(SharedSubStrategy::from_keyword, SharedSubStrategy::ALL),
+        )?;
+        o.set(
+            "shared_subscription_initial_sticky_pick",
+            &mut self.shared_subscription_initial_sticky_pick,
+            |f| f.keyword(InitialStickyPick::from_keyword, InitialStickyPick::ALL),
+        )?;
+        o.set(
+            "ignore_loop_deliver",
+            &mut self.ignore_loop_deliver,
+            Field::bool,
+        )?;
+        o.set("strict_mode", &mut self.strict_mode, Field::bool)?;
+        o.set(
+            "response_information",
+            &mut self.response_information,
+            Field::string,
+        )?;
+        o.set("server_keepalive", &mut self.server_keepalive, |f| {
+            Ok(f.uint_or("disabled", 1, 65535)?.map(|n| n as u16))
+        })?;
+        o.set(
+            "keepalive_multiplier",
+            &mut self.keepalive_multiplier,
+            Field::float_positive,
+        )?;
+        o.set(
+            "keepalive_check_interval",
+            &mut self.keepalive_check_interval,
+            Field::duration,
+        )?;
+        o.set("retry_interval", &mut self.retry_interval, |f| {
+            f.duration_or(&["infinity"])
+        })?;
+        o.set(
+            "use_username_as_clientid",
+            &mut self.use_username_as_clientid,
+            Field::bool,
+        )?;
+        o.set(
+            "peer_cert_as_username",
+            &mut self.peer_cert_as_username,
+            |f| f.keyword(PeerCertAs::from_keyword, PeerCertAs::ALL),
+        )?;
+        o.set(
+            "peer_cert_as_clientid",
+            &mut self.peer_cert_as_clientid,
+            |f| f.keyword(PeerCertAs::from_keyword, PeerCertAs::ALL),
+        )?;
+        o.set(
+            "session_expiry_interval",
+            &mut self.session_expiry_interval,
+            Field::duration,
+        )?;
+        o.set(
+            "message_expiry_interval",
+            &mut self.message_expiry_interval,
+            |f| f.duration_or(&["infinity"]),
+        )?;
+        o.set("max_awaiting_rel", &mut self.max_awaiting_rel, |f| {
+            f.uint_or("infinity", 0, u64::MAX)
+        })?;
+        o.set(
+            "await_rel_timeout",
+            &mut self.await_rel_timeout,
+            Field::duration,
+        )?;
+        o.set("max_inflight", &mut self.max_inflight, |f| f.int(1, 65535))?;
+        o.set("max_mqueue_len", &mut self.max_mqueue_len, |f| {
+            f.uint_or("infinity", 0, u64::MAX)
+        })?;
+        o.set(
+            "mqueue_store_qos0",
+            &mut self.mqueue_store_qos0,
+            Field::bool,
+        )?;
+        if let Some(f) = o.take("mqueue_priorities") {
+            self.mqueue_priorities = if f.scalar() == Some("disabled") {
+                None
+            } else if matches!(f.node.value, Value::Object(_)) {
+                let mut map = BTreeMap::new();
+                let mut topics = f.fields()?;
+                for t in topics.entries() {
+                    map.insert(t.name().to_string(), t.int(1, 255)?);
+                }
+                Some(map)
+            } else {
+                return Err(f.invalid(format!(
+                    "expected disabled or an object of topic = priority (1..255), got {}",
+                    f.got()
+                )));
+            };
+        }
+        o.set(
+            "mqueue_default_priority",
+            &mut self.mqueue_default_priority,
+            |f| f.keyword(MqueuePriority::from_keyword, MqueuePriority::ALL),
+        )?;
+        o.set("max_subscriptions", &mut self.max_subscriptions, |f| {
+            f.uint_or("infinity", 1, u64::MAX)
+        })?;
+        o.set("upgrade_qos", &mut self.upgrade_qos, Field::bool)?;
+        Ok(())
+    }
+}
+
+impl RetainerConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.set("enable", &mut self.enable, Field::bool)?;
+        o.set(
+            "max_retained_messages",
+            &mut self.max_retained_messages,
+            |f| f.uint(0, u64::MAX),
+        )?;
+        o.set("max_payload_size", &mut self.max_payload_size, Field::size)?;
+        o.set(
+            "msg_expiry_interval",
+            &mut self.msg_expiry_interval,
+            Field::duration,
+        )?;
+        o.set(
+            "msg_clear_interval",
+            &mut self.msg_clear_interval,
+            Field::duration,
+        )?;
+        Ok(())
+    }
+}
+
+impl SysTopicsConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.set("sys_msg_interval", &mut self.sys_msg_interval, |f| {
+            f.duration_or(&["disabled"])
+        })?;
+        o.set(
+            "sys_heartbeat_interval",
+            &mut self.sys_heartbeat_interval,
+            |f| f.duration_or(&["disabled"]),
+        )?;
+        o.section("sys_event_messages", |s| {
+            let e = &mut self.sys_event_messages;
+            s.set("client_connected", &mut e.client_connected, Field::bool)?;
+            s.set(
+                "client_disconnected",
+                &mut e.client_disconnected,
+                Field::bool,
+            )
+        })
+    }
+}
+
+impl LogConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        let level = |f: &Field| f.keyword(LogLevel::from_keyword, LogLevel::ALL);
+        o.section("console", |s| {
+            s.set("enable", &mut self.console.enable, Field::bool)?;
+            s.set("level", &mut self.console.level, level)
+        })?;
+        o.section("file", |s| {
+            s.set("enable", &mut self.file.enable, Field::bool)?;
+            s.set("level", &mut self.file.level, level)?;
+            s.set("path", &mut self.file.path, Field::opt_path)
+        })
+    }
+}
+
+impl DashboardConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        o.set(
+            "default_username",
+            &mut self.default_username,
+            Field::nonempty_string,
+        )?;
+        o.set(
+            "default_password",
+            &mut self.default_password,
+            Field::nonempty_string,
+        )?;
+        o.section("listeners", |l| {
+            l.section("http", |h| {
+                let http = &mut self.listeners.http;
+                h.set("enable", &mut http.enable, Field::bool)?;
+                h.set("bind", &mut http.bind, Field::socket_addr)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

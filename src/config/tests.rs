@@ -1,0 +1,730 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load(text: &str, pairs: &[(&str, &str)]) -> Result<Config> {
+    Config::load_str(
+        Some(text),
+        "etc/emqx.conf",
+        env(pairs),
+        &Overrides::default(),
+    )
+}
+
+fn ok(text: &str, pairs: &[(&str, &str)]) -> Config {
+    load(text, pairs).unwrap_or_else(|e| panic!("load failed: {e}"))
+}
+
+fn err(text: &str, pairs: &[(&str, &str)]) -> String {
+    match load(text, pairs) {
+        Ok(c) => panic!("expected an error, got {c:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[test]
+fn defaults_match_emqx() {
+    let c = Config::default();
+    assert_eq!(c.node.name, "emqx@127.0.0.1");
+    assert_eq!(c.node.cookie, "emqxsecretcookie");
+    assert_eq!(c.node.data_dir, PathBuf::from("data"));
+    assert_eq!(c.node.db_role, DbRole::Core);
+    assert_eq!(c.cluster.name, "emqxcl");
+    assert_eq!(c.cluster.discovery_strategy, DiscoveryStrategy::Manual);
+    assert!(c.cluster.autoheal);
+    assert_eq!(c.cluster.autoclean, secs(300));
+    assert!(c.cluster.static_.seeds.is_empty());
+    assert_eq!(c.cluster.dns.name, "localhost");
+    assert_eq!(c.cluster.dns.record_type, DnsRecordType::A);
+    assert_eq!(c.cluster.etcd.prefix, "emqxcl");
+    assert_eq!(c.cluster.etcd.node_ttl, secs(60));
+    assert_eq!(
+        c.cluster.k8s.apiserver,
+        "https://kubernetes.default.svc:443"
+    );
+    assert_eq!(c.cluster.k8s.service_name, "emqx");
+    assert_eq!(c.cluster.k8s.namespace, "default");
+    assert_eq!(c.cluster.k8s.suffix, "pod.local");
+    assert_eq!(c.listeners.tcp.len(), 1);
+    let l = &c.listeners.tcp["default"];
+    assert_eq!(l.bind, "0.0.0.0:1883".parse().unwrap());
+    assert!(l.enable && l.enable_authn && !l.proxy_protocol);
+    assert_eq!((l.acceptors, l.max_connections), (16, None));
+    assert_eq!(l.proxy_protocol_timeout, secs(3));
+    assert_eq!(l.zone, "default");
+    assert!(c.listeners.ssl.is_empty() && c.listeners.ws.is_empty() && c.listeners.wss.is_empty());
+    let m = &c.mqtt;
+    assert_eq!(m.idle_timeout, secs(15));
+    assert_eq!(m.max_packet_size, 1 << 20);
+    assert_eq!(m.max_clientid_len, 65535);
+    assert_eq!(m.max_topic_levels, 128);
+    assert_eq!(m.max_qos_allowed, 2);
+    assert_eq!(
+        m.shared_subscription_strategy,
+        SharedSubStrategy::RoundRobin
+    );
+    assert_eq!(m.server_keepalive, None);
+    assert_eq!(m.keepalive_multiplier, 1.5);
+    assert_eq!(m.retry_interval, Some(secs(30)));
+    assert_eq!(m.session_expiry_interval, secs(7200));
+    assert_eq!(m.message_expiry_interval, None);
+    assert_eq!(m.max_awaiting_rel, Some(100));
+    assert_eq!(m.await_rel_timeout, secs(300));
+    assert_eq!(m.max_inflight, 32);
+    assert_eq!(m.max_mqueue_len, Some(1000));
+    assert_eq!(m.max_subscriptions, None);
+    assert!(m.mqueue_store_qos0 && !m.upgrade_qos);
+    assert!(c.retainer.enable);
+    assert_eq!(c.retainer.max_payload_size, 1 << 20);
+    assert_eq!(c.sys_topics.sys_msg_interval, Some(secs(60)));
+    assert_eq!(c.sys_topics.sys_heartbeat_interval, Some(secs(30)));
+    assert_eq!(c.log.console.level, LogLevel::Warning);
+    assert_eq!(c.log_file_path(), PathBuf::from("data/log/emqx.log"));
+    assert!(c.broker.enable_session_registry);
+    assert_eq!(
+        c.dashboard.listeners.http.bind,
+        "0.0.0.0:18083".parse().unwrap()
+    );
+    assert_eq!((c.dist_port(), c.forward_port()), (4370, 5370));
+    // No file and no env is the defaults.
+    let loaded = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+    assert_eq!(loaded, c);
+}
+
+#[test]
+fn shipped_emqx_conf_loads_and_equals_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/emqx.conf");
+    let c = Config::load(Some(&path), Vec::new(), &Overrides::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn shipped_emqx_conf_documents_every_key() {
+    // Every leaf we parse appears in the shipped file (commented or not).
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/emqx.conf"))
+        .unwrap();
+    for key in [
+        "name = \"emqx@",
+        "cookie = ",
+        "data_dir = ",
+        "db_role",
+        "dist_listen_port",
+        "forward_listen_port",
+        "discovery_strategy",
+        "autoheal",
+        "autoclean",
+        "seeds",
+        "record_type",
+        "resolver",
+        "node_ttl",
+        "cacertfile",
+        "apiserver",
+        "service_name",
+        "address_type",
+        "namespace",
+        "suffix",
+        "core_nodes",
+        "max_connections",
+        "acceptors",
+        "mountpoint",
+        "zone",
+        "proxy_protocol_timeout",
+        "enable_authn",
+        "idle_timeout",
+        "max_packet_size",
+        "max_clientid_len",
+        "max_topic_levels",
+        "max_topic_alias",
+        "max_qos_allowed",
+        "retain_available",
+        "wildcard_subscription",
+        "exclusive_subscription",
+        "shared_subscription_strategy",
+        "shared_subscription_initial_sticky_pick",
+        "ignore_loop_deliver",
+        "strict_mode",
+        "response_information",
+        "server_keepalive",
+        "keepalive_multiplier",
+        "keepalive_check_interval",
+        "retry_interval",
+        "use_username_as_clientid",
+        "peer_cert_as_username",
+        "peer_cert_as_clientid",
+        "session_expiry_interval",
+        "message_expiry_interval",
+        "max_awaiting_rel",
+        "await_rel_timeout",
+        "max_inflight",
+        "max_mqueue_len",
+        "mqueue_store_qos0",
+        "mqueue_priorities",
+        "mqueue_default_priority",
+        "max_subscriptions",
+        "upgrade_qos",
+        "max_retained_messages",
+        "max_payload_size",
+        "msg_expiry_interval",
+        "msg_clear_interval",
+        "sys_msg_interval",
+        "sys_heartbeat_interval",
+        "client_connected",
+        "client_disconnected",
+        "enable_session_registry",
+        "port_discovery",
+        "server_port",
+        "default_username",
+        "default_password",
+        "18083",
+    ] {
+        assert!(text.contains(key), "etc/emqx.conf does not mention {key}");
+    }
+}
+
+#[test]
+fn shipped_emqx_conf_commented_defaults_are_the_defaults() {
+    // Uncomment every `# key = value` line: the result must still be the
+    // defaults, except for the few example values that are not defaults.
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/emqx.conf"))
+        .unwrap();
+    let mut uncommented = String::new();
+    let mut count = 0;
+    for line in text.lines() {
+        let t = line.trim_start();
+        let is_setting = t.strip_prefix("# ").is_some_and(|rest| {
+            let key = rest.split(" = ").next().unwrap_or("");
+            rest.contains(" = ")
+                && !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+        });
+        if is_setting {
+            count += 1;
+            uncommented.push_str(&t[2..]);
+        } else {
+            uncommented.push_str(line);
+        }
+        uncommented.push('\n');
+    }
+    assert!(count > 70, "only {count} commented settings");
+    let c = Config::load_str(
+        Some(&uncommented),
+        "uncommented",
+        Vec::new(),
+        &Overrides::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut expected = Config::default();
+    expected.cluster.dns.resolver = Some("127.0.0.1:53".parse().unwrap());
+    expected.cluster.etcd.server = vec!["http://127.0.0.1:2379".to_string()];
+    let certs = Path::new("etc/certs");
+    let ssl = &mut expected.cluster.etcd.ssl_options;
+    ssl.cacertfile = Some(certs.join("cacert.pem"));
+    ssl.certfile = Some(certs.join("cert.pem"));
+    ssl.keyfile = Some(certs.join("key.pem"));
+    expected.log.file.path = Some(PathBuf::from("data/log/emqx.log"));
+    for (map, port) in [
+        (&mut expected.listeners.ssl, 8883),
+        (&mut expected.listeners.ws, 8083),
+        (&mut expected.listeners.wss, 8084),
+    ] {
+        map.insert(
+            "default".into(),
+            OtherListener {
+                enable: true,
+                bind: any_addr(port),
+            },
+        );
+    }
+    expected.node.dist_listen_port = Some(4370);
+    expected.node.forward_listen_port = Some(5370);
+    assert_eq!(c, expected);
+}
+
+#[test]
+fn file_values_are_read() {
+    let c = ok(
+        r#"
+node {
+  name = "emqx1@10.0.0.1"
+  cookie = s3cret
+  data_dir = "/var/lib/emqx"
+  db_role = replicant
+}
+cluster {
+  discovery_strategy = static
+  static.seeds = [emqx1@10.0.0.1, "emqx2@10.0.0.2"]
+  autoclean = 1h
+  dns { record_type = srv, resolver = "127.0.0.1:5353" }
+}
+listeners.tcp.default {
+  bind = "127.0.0.1:11883"
+  max_connections = 1024
+  proxy_protocol = true
+}
+listeners.tcp.internal.bind = 11884
+listeners.ssl.default.enable = false
+mqtt {
+  max_inflight = 64
+  max_packet_size = 64KB
+  retry_interval = infinity
+  server_keepalive = 60
+  keepalive_multiplier = 2
+  shared_subscription_strategy = round_robin_per_group
+  mqueue_priorities { "t/1" = 10, "t/2" = 1 }
+  max_mqueue_len = infinity
+}
+retainer.max_payload_size = 512
+sys_topics.sys_msg_interval = disabled
+log.console.level = debug
+log.file.path = "/tmp/x.log"
+dashboard.listeners.http.bind = "127.0.0.1:18084"
+"#,
+        &[],
+    );
+    assert_eq!(c.node.name, "emqx1@10.0.0.1");
+    assert_eq!(c.node.cookie, "s3cret");
+    assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/emqx"));
+    assert_eq!(c.node.db_role, DbRole::Replicant);
+    assert_eq!(c.cluster.discovery_strategy, DiscoveryStrategy::Static);
+    assert_eq!(
+        c.cluster.static_.seeds,
+        vec!["emqx1@10.0.0.1", "emqx2@10.0.0.2"]
+    );
+    assert_eq!(c.cluster.autoclean, secs(3600));
+    assert_eq!(c.cluster.dns.record_type, DnsRecordType::Srv);
+    assert_eq!(
+        c.cluster.dns.resolver,
+        Some("127.0.0.1:5353".parse().unwrap())
+    );
+    let d = &c.listeners.tcp["default"];
+    assert_eq!(d.bind, "127.0.0.1:11883".parse().unwrap());
+    assert_eq!(d.max_connections, Some(1024));
+    assert!(d.proxy_protocol);
+    assert_eq!(d.acceptors, 16, "untouched fields keep their defaults");
+    assert_eq!(
+        c.listeners.tcp["internal"].bind,
+        "0.0.0.0:11884".parse().unwrap()
+    );
+    assert_eq!(
+        c.listeners.ssl["default"],
+        OtherListener {
+            enable: false,
+            bind: "0.0.0.0:8883".parse().unwrap()
+        }
+    );
+    assert_eq!(c.mqtt.max_inflight, 64);
+    assert_eq!(c.mqtt.max_packet_size, 64 * 1024);
+    assert_eq!(c.mqtt.retry_interval, None);
+    assert_eq!(c.mqtt.server_keepalive, Some(60));
+    assert_eq!(c.mqtt.keepalive_multiplier, 2.0);
+    assert_eq!(
+        c.mqtt.shared_subscription_strategy,
+        SharedSubStrategy::RoundRobinPerGroup
+    );
+    let prio = c.mqtt.mqueue_priorities.as_ref().unwrap();
+    assert_eq!((prio["t/1"], prio["t/2"]), (10, 1));
+    assert_eq!(c.mqtt.max_mqueue_len, None);
+    assert_eq!(c.retainer.max_payload_size, 512);
+    assert_eq!(c.sys_topics.sys_msg_interval, None);
+    assert_eq!(c.log.console.level, LogLevel::Debug);
+    assert_eq!(c.log_file_path(), PathBuf::from("/tmp/x.log"));
+    assert_eq!(
+        c.dashboard.listeners.http.bind,
+        "127.0.0.1:18084".parse().unwrap()
+    );
+    assert_eq!((c.dist_port(), c.forward_port()), (4371, 5371));
+}
+
+#[test]
+fn env_beats_file() {
+    let file = "node.name = emqx@10.0.0.1\nmqtt.max_inflight = 10\nlisteners.tcp.default.bind = \"0.0.0.0:1883\"\n";
+    let c = ok(
+        file,
+        &[
+            ("EMQX_NODE__NAME", "emqx7@10.0.0.7"),
+            ("EMQX_MQTT__MAX_INFLIGHT", "20"),
+            ("EMQX_LISTENERS__TCP__DEFAULT__BIND", "0.0.0.0:1884"),
+            ("EMQX_CLUSTER__AUTOHEAL", "false"),
+            ("EMQX_CLUSTER__AUTOCLEAN", "10m"),
+            ("EMQX_MQTT__MAX_PACKET_SIZE", "2MB"),
+            ("EMQX_NODE__COOKIE", "12345"),
+        ],
+    );
+    assert_eq!(c.node.name, "emqx7@10.0.0.7");
+    assert_eq!(c.mqtt.max_inflight, 20);
+    assert_eq!(c.listeners.tcp["default"].bind.port(), 1884);
+    assert!(!c.cluster.autoheal);
+    assert_eq!(c.cluster.autoclean, secs(600));
+    assert_eq!(c.mqtt.max_packet_size, 2 << 20);
+    assert_eq!(c.node.cookie, "12345", "numbers are fine as strings");
+    assert_eq!(c.dist_port(), 4377);
+}
+
+#[test]
+fn flags_beat_env() {
+    let o = Overrides {
+        name: Some("emqx-12@127.0.0.1".into()),
+        cookie: Some("flagcookie".into()),
+        data_dir: Some("/data/x".into()),
+    };
+    let c = Config::load_str(
+        Some("node.name = a@h\nnode.cookie = filecookie\n"),
+        "etc/emqx.conf",
+        env(&[
+            ("EMQX_NODE__NAME", "b@h"),
+            ("EMQX_NODE__COOKIE", "envcookie"),
+        ]),
+        &o,
+    )
+    .unwrap();
+    assert_eq!(c.node.name, "emqx-12@127.0.0.1");
+    assert_eq!(c.node.cookie, "flagcookie");
+    assert_eq!(c.node.data_dir, PathBuf::from("/data/x"));
+    assert_eq!(c.log_file_path(), PathBuf::from("/data/x/log/emqx.log"));
+    // A bad flag value names the flag.
+    let o = Overrides {
+        name: Some("bad name".into()),
+        ..Default::default()
+    };
+    let e = Config::load_str(None, "", Vec::new(), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("command-line flag -name") && e.contains("node.name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn env_creates_a_second_listener() {
+    let c = ok(
+        "",
+        &[
+            ("EMQX_LISTENERS__TCP__SECOND__BIND", "0.0.0.0:1885"),
+            ("EMQX_LISTENERS__TCP__SECOND__MAX_CONNECTIONS", "100"),
+        ],
+    );
+    assert_eq!(c.listeners.tcp.len(), 2);
+    assert_eq!(c.listeners.tcp["default"].bind.port(), 1883);
+    let l = &c.listeners.tcp["second"];
+    assert_eq!(l.bind.port(), 1885);
+    assert_eq!(l.max_connections, Some(100));
+    assert_eq!(l.acceptors, 16);
+    // Without a bind a new listener is an error.
+    let e = err("", &[("EMQX_LISTENERS__TCP__THIRD__ENABLE", "true")]);
+    assert!(e.contains("listeners.tcp.third.bind"), "{e}");
+    // A whole object in one variable.
+    let c = ok(
+        "",
+        &[(
+            "EMQX_LISTENERS__TCP__X",
+            "{bind = \"127.0.0.1:2000\", enable = false}",
+        )],
+    );
+    assert!(!c.listeners.tcp["x"].enable);
+}
+
+#[test]
+fn env_static_seeds_array_and_string() {
+    let c = ok(
+        "",
+        &[
+            ("EMQX_CLUSTER__DISCOVERY_STRATEGY", "static"),
+            ("EMQX_CLUSTER__STATIC__SEEDS", "[emqx@n1,emqx@n2]"),
+        ],
+    );
+    assert_eq!(c.cluster.discovery_strategy, DiscoveryStrategy::Static);
+    assert_eq!(c.cluster.static_.seeds, vec!["emqx@n1", "emqx@n2"]);
+    let c = ok("", &[("EMQX_CLUSTER__STATIC__SEEDS", "emqx@n1, emqx@n2")]);
+    assert_eq!(c.cluster.static_.seeds, vec!["emqx@n1", "emqx@n2"]);
+    let e = err("", &[("EMQX_CLUSTER__STATIC__SEEDS", "[emqx@n1, nohost]")]);
+    assert!(
+        e.contains("EMQX_CLUSTER__STATIC__SEEDS") && e.contains("nohost"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_key_in_file_names_key_and_line() {
+    let e = err("node.name = a@b\n\nmqtt.max_inflite = 3\n", &[]);
+    assert_eq!(e, "etc/emqx.conf:3: unknown key 'mqtt.max_inflite'");
+    let e = err(
+        "listeners.tcp.default {\n  bind = 1883\n  bnd = 1884\n}\n",
+        &[],
+    );
+    assert_eq!(
+        e,
+        "etc/emqx.conf:3: unknown key 'listeners.tcp.default.bnd'"
+    );
+    let e = err("clustr { name = x }\n", &[]);
+    assert_eq!(e, "etc/emqx.conf:1: unknown key 'clustr'");
+    let e = err("listeners.quic.default.bind = 1\n", &[]);
+    assert!(e.contains("unknown key 'listeners.quic'"), "{e}");
+    let e = err("cluster.etcd.ssl_options.foo = 1\n", &[]);
+    assert!(
+        e.contains("unknown key 'cluster.etcd.ssl_options.foo'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_leaf_via_env_names_the_variable() {
+    let e = err("", &[("EMQX_MQTT__MAX_INFLITE", "3")]);
+    assert_eq!(
+        e,
+        "environment variable EMQX_MQTT__MAX_INFLITE: unknown key 'mqtt.max_inflite'"
+    );
+    let e = err("", &[("EMQX_NODE__NAMEX", "a@b")]);
+    assert!(
+        e.contains("EMQX_NODE__NAMEX") && e.contains("node.namex"),
+        "{e}"
+    );
+    let e = err("", &[("EMQX_API__HTTP__BIND", "1")]);
+    assert!(e.contains("EMQX_API__HTTP__BIND"), "{e}");
+    let e = err("", &[("EMQX_MQTT____X", "1")]);
+    assert!(e.contains("EMQX_MQTT____X"), "{e}");
+}
+
+#[test]
+fn unrelated_emqx_vars_are_ignored() {
+    let c = ok(
+        "",
+        &[
+            ("EMQX_WAIT_FOR_START", "60"),
+            ("EMQX_LOG_DIR", "/var/log/emqx"),
+            ("EMQX_HOST", "10.0.0.1"),
+            ("EMQX_AUTHENTICATION__1__ENABLE", "true"),
+            ("EMQX_GATEWAY__STOMP__X", "1"),
+            ("PATH", "/usr/bin"),
+            ("MQTT__MAX_INFLIGHT", "nonsense"),
+        ],
+    );
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn legacy_node_name_and_cookie() {
+    let c = ok(
+        "",
+        &[
+            ("EMQX_NODE_NAME", "emqx3@h"),
+            ("EMQX_NODE_COOKIE", "legacy"),
+        ],
+    );
+    assert_eq!(c.node.name, "emqx3@h");
+    assert_eq!(c.node.cookie, "legacy");
+    // The double-underscore form wins when both are set.
+    let c = ok(
+        "",
+        &[
+            ("EMQX_NODE_NAME", "old@h"),
+            ("EMQX_NODE__NAME", "new@h"),
+            ("EMQX_NODE_COOKIE", "c1"),
+        ],
+    );
+    assert_eq!(c.node.name, "new@h");
+    assert_eq!(c.node.cookie, "c1");
+}
+
+#[test]
+fn wrong_type_names_file_line_and_key() {
+    let e = err(
+        "mqtt {\n  retain_available = true\n\n\n\n\n\n\n\n\n\n  max_inflight = lots\n}\n",
+        &[],
+    );
+    assert_eq!(
+        e,
+        "emqx.conf: etc/emqx.conf:12: key 'mqtt.max_inflight': expected an integer, got \"lots\""
+    );
+    let e = err("mqtt.retain_available = yes\n", &[]);
+    assert!(e.contains("expected true or false, got \"yes\""), "{e}");
+    let e = err("cluster.discovery_strategy = mcast\n", &[]);
+    assert!(
+        e.contains("expected one of manual, static, singleton, dns, etcd, k8s"),
+        "{e}"
+    );
+    let e = err("mqtt = 5\n", &[]);
+    assert!(e.contains("key 'mqtt': expected an object"), "{e}");
+    let e = err("listeners.tcp.default.bind = \"localhost:1883\"\n", &[]);
+    assert!(e.contains("invalid address \"localhost:1883\""), "{e}");
+}
+
+#[test]
+fn out_of_range_values() {
+    for (text, needle) in [
+        ("mqtt.max_qos_allowed = 3", "must be between 0 and 2, got 3"),
+        ("mqtt.max_clientid_len = 10", "must be between 23 and 65535"),
+        (
+            "mqtt.max_inflight = 0",
+            "must be between 1 and 65535, got 0",
+        ),
+        (
+            "mqtt.max_inflight = 70000",
+            "must be between 1 and 65535, got 70000",
+        ),
+        (
+            "mqtt.max_topic_alias = -1",
+            "must be between 0 and 65535, got -1",
+        ),
+        (
+            "mqtt.max_packet_size = 1GB",
+            "must be between 1 and 268435455",
+        ),
+        ("mqtt.server_keepalive = 0", "must be between 1 and 65535"),
+        ("mqtt.keepalive_multiplier = 0", "greater than 0"),
+        (
+            "node.dist_listen_port = 70000",
+            "must be between 1 and 65535",
+        ),
+        (
+            "mqtt.mqueue_priorities { t = 300 }",
+            "must be between 1 and 255",
+        ),
+    ] {
+        let e = err(text, &[]);
+        assert!(e.contains(needle), "{text}: {e}");
+        assert!(e.starts_with("emqx.conf: etc/emqx.conf:1: key '"), "{e}");
+    }
+}
+
+#[test]
+fn bad_durations_and_sizes() {
+    let e = err("", &[("EMQX_MQTT__MAX_PACKET_SIZE", "12XB")]);
+    assert_eq!(
+        e,
+        "emqx.conf: environment variable EMQX_MQTT__MAX_PACKET_SIZE: key 'mqtt.max_packet_size': invalid byte size \"12XB\""
+    );
+    let e = err("mqtt.idle_timeout = 15\n", &[]);
+    assert!(
+        e.contains("key 'mqtt.idle_timeout'") && e.contains("unit is required"),
+        "{e}"
+    );
+    let e = err("cluster.autoclean = soon\n", &[]);
+    assert!(e.contains("invalid duration \"soon\""), "{e}");
+    let e = err("mqtt.retry_interval = forever\n", &[]);
+    assert!(e.contains("or infinity"), "{e}");
+    let e = err("retainer.max_payload_size = 1.5MB\n", &[]);
+    assert!(e.contains("invalid byte size"), "{e}");
+    let c = ok(
+        "mqtt.max_packet_size = 512b\nmqtt.await_rel_timeout = 100ms\n",
+        &[],
+    );
+    assert_eq!(c.mqtt.max_packet_size, 512);
+    assert_eq!(c.mqtt.await_rel_timeout, Duration::from_millis(100));
+    assert_eq!(parse_size("1GB"), Some(1 << 30));
+    assert_eq!(parse_size("64kb"), Some(64 << 10));
+    assert_eq!(parse_size("MB"), None);
+    assert_eq!(parse_size("99999999999999999999GB"), None);
+}
+
+#[test]
+fn bad_node_names() {
+    for bad in [
+        "emqx",
+        "emqx@",
+        "@host",
+        "em qx@host",
+        "emqx.1@host",
+        "a@b@c",
+    ] {
+        let e = Config::load_str(
+            None,
+            "",
+            env(&[("EMQX_NODE__NAME", bad)]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("invalid node name") && e.contains("EMQX_NODE__NAME"),
+            "{bad}: {e}"
+        );
+    }
+    for good in ["emqx@127.0.0.1", "emqx_1-a@node1.example.com", "e@::1"] {
+        assert!(check_node_name(good).is_ok(), "{good}");
+    }
+}
+
+#[test]
+fn dist_and_forward_ports() {
+    let port = |name: &str| {
+        let mut c = Config::default();
+        c.node.name = name.to_string();
+        (c.dist_port(), c.forward_port())
+    };
+    assert_eq!(port("emqx@h"), (4370, 5370));
+    assert_eq!(port("emqx1@h"), (4371, 5371));
+    assert_eq!(port("emqx-12@h"), (4382, 5382));
+    assert_eq!(port("n60001@h"), (4371, 5371));
+    assert_eq!(port("n123456789012345678901234567890@h").0, 4370 + 7890);
+    let c = ok(
+        "node.dist_listen_port = 9000\nnode.forward_listen_port = 9001\n",
+        &[],
+    );
+    assert_eq!((c.dist_port(), c.forward_port()), (9000, 9001));
+    // EMQX's Docker image sets manual port discovery: port 5369.
+    let c = ok("", &[("EMQX_RPC__PORT_DISCOVERY", "manual")]);
+    assert_eq!(c.forward_port(), 5369);
+}
+
+#[test]
+fn etcd_needs_a_server() {
+    let e = err("cluster.discovery_strategy = etcd\n", &[]);
+    assert!(e.contains("cluster.etcd.server") && e.contains(":1"), "{e}");
+    let c = ok(
+        "cluster { discovery_strategy = etcd, etcd.server = \"http://a:2379,http://b:2379\", etcd.ssl.enable = true }\n",
+        &[],
+    );
+    assert_eq!(
+        c.cluster.etcd.server,
+        vec!["http://a:2379", "http://b:2379"]
+    );
+    assert!(c.cluster.etcd.ssl_options.enable);
+}
+
+#[test]
+fn substitution_uses_the_given_env() {
+    let c = ok(
+        "node.name = \"emqx@\"${POD_IP}\n",
+        &[("POD_IP", "10.1.2.3")],
+    );
+    assert_eq!(c.node.name, "emqx@10.1.2.3");
+    let e = err("node.name = ${NOPE}\n", &[]);
+    assert!(
+        e.starts_with("etc/emqx.conf:1:") && e.contains("NOPE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn syntax_and_io_errors() {
+    let e = err("node {\n  name = a@b\n", &[]);
+    assert!(
+        e.starts_with("etc/emqx.conf:3:") && e.contains("opened at line 1"),
+        "{e}"
+    );
+    let missing = Path::new("/nonexistent/emqx.conf");
+    let e = Config::load(Some(missing), Vec::new(), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent/emqx.conf"), "{e}");
+}
+
+#[test]
+fn null_keeps_the_default_and_aliases_work() {
+    let c = ok("mqtt.max_inflight = null\nnode.role = replicant\n", &[]);
+    assert_eq!(c.mqtt.max_inflight, 32);
+    assert_eq!(c.node.db_role, DbRole::Replicant);
+}

@@ -1,0 +1,266 @@
+//! Test harness: runs real `emqx-rs` processes on loopback with their own
+//! ports and data directories, and kills them when the test ends (even on
+//! panic, through `Drop`).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_emqx-rs");
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let p = l.local_addr().expect("local addr").port();
+        drop(l);
+        // Avoid handing the same port twice within one test binary.
+        if NEXT.swap(p, Ordering::Relaxed) != p {
+            return p;
+        }
+    }
+}
+
+/// One broker node under test.
+pub struct Node {
+    pub name: String,
+    pub mqtt_port: u16,
+    pub dist_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub cookie: String,
+    child: Option<Child>,
+}
+
+/// Options for a node; `extra` is appended to the generated emqx.conf.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub extra: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Node {
+    /// Writes a config and starts `emqx-rs foreground`, waiting until the
+    /// MQTT port accepts connections.
+    pub fn start() -> Node {
+        Node::start_with(Opts::default())
+    }
+
+    pub fn start_with(opts: Opts) -> Node {
+        let mut n = Node::prepare(&opts.extra);
+        n.spawn(&opts.env);
+        n
+    }
+
+    /// Creates the config without starting anything.
+    pub fn prepare(extra: &str) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mqtt_port = free_port();
+        let dist_port = free_port();
+        let name = format!("t{}@127.0.0.1", dist_port);
+        let cookie = "testcookie".to_string();
+        let config = dir.path().join("emqx.conf");
+        let text = format!(
+            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n  dist_listen_port = {dist_port}\n}}\nlisteners.tcp.default.bind = \"127.0.0.1:{mqtt_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
+            data = dir.path().join("data").display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        Node { name, mqtt_port, dist_port, dir, config, cookie, child: None }
+    }
+
+    pub fn spawn(&mut self, env: &[(String, String)]) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("foreground").arg("-config").arg(&self.config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn emqx-rs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(self.addr()).is_ok() {
+                break;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("emqx-rs exited at start ({st}): {err}");
+            }
+            assert!(Instant::now() < deadline, "emqx-rs did not open its MQTT port in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Drain stderr in the background so the node never blocks on it.
+        if let Some(mut e) = child.stderr.take() {
+            let log = self.dir.path().join("stderr.log");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut f = std::fs::File::create(log).ok();
+                while let Ok(n) = e.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Some(f) = f.as_mut() {
+                        let _ = f.write_all(&buf[..n]);
+                    }
+                }
+            });
+        }
+        self.child = Some(child);
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.mqtt_port))
+    }
+
+    /// Runs `emqx-rs <args>` against this node's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("-config").arg(&self.config);
+        cmd.stdin(Stdio::null());
+        cmd.output().expect("run emqx-rs")
+    }
+
+    /// `emqx-rs ctl <args>`: (exit code, stdout).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String) {
+        let mut a = vec!["ctl"];
+        a.extend_from_slice(args);
+        let o = self.cli(&a);
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// The node's stderr log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A raw TCP client for bad-input tests.
+pub struct Raw {
+    pub s: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(n: &Node) -> Raw {
+        let s = TcpStream::connect(n.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        Raw { s }
+    }
+
+    pub fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).expect("write");
+    }
+
+    /// Reads until EOF or timeout; returns what arrived and whether the
+    /// server closed the connection.
+    pub fn read_all(&mut self, timeout: Duration) -> (Vec<u8>, bool) {
+        let _ = self.s.set_read_timeout(Some(timeout));
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.s.read(&mut buf) {
+                Ok(0) => return (out, true),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+                Err(_) => return (out, false),
+            }
+        }
+    }
+
+    /// Reads exactly `n` bytes (or panics after 5 s).
+    pub fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut v = vec![0u8; n];
+        self.s.read_exact(&mut v).expect("read_exact");
+        v
+    }
+}
+
+/// Bytes of a v5 CONNECT with a client id and clean start.
+pub fn connect_v5(client_id: &str, keepalive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02];
+    body.extend_from_slice(&keepalive.to_be_bytes());
+    body.push(0); // no properties
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+/// Bytes of a 3.1.1 CONNECT with a client id and clean session.
+pub fn connect_v4(client_id: &str, keepalive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&keepalive.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+/// A packet with a fixed header byte and a body (remaining length encoded).
+pub fn frame(header: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![header];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        v.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    v.extend_from_slice(body);
+    v
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
