@@ -31,11 +31,20 @@ impl Actor for ControlActor {
     type State = Arc<Node>;
     type Arguments = Arc<Node>;
 
-    async fn pre_start(&self, _me: ActorRef<ControlMsg>, node: Arc<Node>) -> Result<Arc<Node>, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ControlMsg>,
+        node: Arc<Node>,
+    ) -> Result<Arc<Node>, ActorProcessingErr> {
         Ok(node)
     }
 
-    async fn handle(&self, _me: ActorRef<ControlMsg>, msg: ControlMsg, node: &mut Arc<Node>) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<ControlMsg>,
+        msg: ControlMsg,
+        node: &mut Arc<Node>,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ControlMsg::Run(args, reply) => {
                 let (code, out) = match serde_json::from_str::<Vec<String>>(&args) {
@@ -44,7 +53,8 @@ impl Actor for ControlActor {
                         let node = node.clone();
                         tokio::spawn(async move {
                             let (code, out) = run(&node, &words).await;
-                            let _ = reply.send(serde_json::json!({"code": code, "out": out}).to_string());
+                            let _ = reply
+                                .send(serde_json::json!({"code": code, "out": out}).to_string());
                         });
                         return Ok(());
                     }
@@ -60,27 +70,66 @@ impl Actor for ControlActor {
 /// (name, usage, description) of each command, for `ctl help`.
 const COMMANDS: &[(&str, &str, &str)] = &[
     ("status", "status", "Show broker status"),
-    ("broker", "broker", "Show broker version, uptime and description"),
-    ("broker", "broker stats", "Show broker statistics of clients, topics, subscribers"),
+    (
+        "broker",
+        "broker",
+        "Show broker version, uptime and description",
+    ),
+    (
+        "broker",
+        "broker stats",
+        "Show broker statistics of clients, topics, subscribers",
+    ),
     ("broker", "broker metrics", "Show broker metrics"),
     ("clients", "clients list", "List all clients"),
     ("clients", "clients show <ClientId>", "Show a client"),
     ("clients", "clients kick <ClientId>", "Kick out a client"),
-    ("subscriptions", "subscriptions list", "List all subscriptions"),
-    ("subscriptions", "subscriptions show <ClientId>", "Show subscriptions of a client"),
-    ("subscriptions", "subscriptions add <ClientId> <Topic> <QoS>", "Add a static subscription manually"),
-    ("subscriptions", "subscriptions del <ClientId> <Topic>", "Delete a static subscription manually"),
+    (
+        "subscriptions",
+        "subscriptions list",
+        "List all subscriptions",
+    ),
+    (
+        "subscriptions",
+        "subscriptions show <ClientId>",
+        "Show subscriptions of a client",
+    ),
+    (
+        "subscriptions",
+        "subscriptions add <ClientId> <Topic> <QoS>",
+        "Add a static subscription manually",
+    ),
+    (
+        "subscriptions",
+        "subscriptions del <ClientId> <Topic>",
+        "Delete a static subscription manually",
+    ),
     ("topics", "topics list", "List all topics"),
     ("topics", "topics show <Topic>", "Show a topic"),
-    ("retainer", "retainer info", "Show the count of retained messages"),
-    ("retainer", "retainer topics", "Show all topics of retained messages"),
+    (
+        "retainer",
+        "retainer info",
+        "Show the count of retained messages",
+    ),
+    (
+        "retainer",
+        "retainer topics",
+        "Show all topics of retained messages",
+    ),
     ("retainer", "retainer clean", "Clean all retained messages"),
-    ("retainer", "retainer clean <Topic>", "Clean retained messages by the specified topic filter"),
+    (
+        "retainer",
+        "retainer clean <Topic>",
+        "Clean retained messages by the specified topic filter",
+    ),
 ];
 
 /// Usage text of one command group, or of all, as EMQX prints it.
 pub fn usage(group: Option<&str>) -> String {
-    let rows: Vec<&(&str, &str, &str)> = COMMANDS.iter().filter(|c| group.is_none_or(|g| c.0 == g)).collect();
+    let rows: Vec<&(&str, &str, &str)> = COMMANDS
+        .iter()
+        .filter(|c| group.is_none_or(|g| c.0 == g))
+        .collect();
     let mut out = String::new();
     if group.is_none() {
         out.push_str("Usage: emqx-rs ctl\n");
@@ -94,7 +143,12 @@ pub fn usage(group: Option<&str>) -> String {
             }
             last = g;
         }
-        let width = COMMANDS.iter().filter(|c| c.0 == g).map(|c| c.1.len()).max().unwrap_or(0);
+        let width = COMMANDS
+            .iter()
+            .filter(|c| c.0 == g)
+            .map(|c| c.1.len())
+            .max()
+            .unwrap_or(0);
         out.push_str(&format!("{u:<w$} # {d}\n", w = width + 1));
     }
     out
@@ -122,16 +176,33 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
                 0,
                 format!(
                     "{:<10}: {}\n{:<10}: {}\n{:<10}: {}\n{:<10}: {}\n",
-                    "sysdescr", SYSDESCR, "version", VERSION, "datetime", now, "uptime", human_uptime(up)
+                    "sysdescr",
+                    SYSDESCR,
+                    "version",
+                    VERSION,
+                    "datetime",
+                    now,
+                    "uptime",
+                    human_uptime(up)
                 ),
             )
         }
         ["broker", "stats"] => {
-            let out: String = ctx.stats().iter().map(|(k, v)| format!("{k:<30}: {v}\n")).collect();
+            let out: String = ctx
+                .stats()
+                .iter()
+                .map(|(k, v)| format!("{k:<30}: {v}\n"))
+                .collect();
             (0, out)
         }
         ["broker", "metrics"] => {
-            let out: String = ctx.broker.metrics.snapshot().iter().map(|(k, v)| format!("{k:<30}: {v}\n")).collect();
+            let out: String = ctx
+                .broker
+                .metrics
+                .snapshot()
+                .iter()
+                .map(|(k, v)| format!("{k:<30}: {v}\n"))
+                .collect();
             (0, out)
         }
         ["clients", "list"] => {
@@ -172,7 +243,10 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
                 return (1, "Error: client not found\n".into());
             };
             let r = s
-                .call(|r| emqx_actors::session::SessionMsg::AddSub(topic.to_string(), q, r), Some(std::time::Duration::from_secs(5)))
+                .call(
+                    |r| emqx_actors::session::SessionMsg::AddSub(topic.to_string(), q, r),
+                    Some(std::time::Duration::from_secs(5)),
+                )
                 .await;
             match r {
                 Ok(ractor::rpc::CallResult::Success(Ok(()))) => ok(),
@@ -185,7 +259,10 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
                 return (1, "Error: client not found\n".into());
             };
             let _ = s
-                .call(|r| emqx_actors::session::SessionMsg::DelSub(topic.to_string(), r), Some(std::time::Duration::from_secs(5)))
+                .call(
+                    |r| emqx_actors::session::SessionMsg::DelSub(topic.to_string(), r),
+                    Some(std::time::Duration::from_secs(5)),
+                )
                 .await;
             ok()
         }
@@ -197,7 +274,12 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
         }
         ["topics", "show", t] => {
-            let r: Vec<(String, String)> = ctx.broker.routes().into_iter().filter(|(f, _)| f == t).collect();
+            let r: Vec<(String, String)> = ctx
+                .broker
+                .routes()
+                .into_iter()
+                .filter(|(f, _)| f == t)
+                .collect();
             if r.is_empty() {
                 return (0, "Not Found.\n".into());
             }
@@ -206,11 +288,20 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
         ["retainer", rest @ ..] if !ctx.broker.retainer.enabled() && !rest.is_empty() => {
             (1, "Retainer is not enabled\n".into())
         }
-        ["retainer", "info"] => (0, format!("Number of retained messages: {}\n", ctx.broker.retainer.count())),
+        ["retainer", "info"] => (
+            0,
+            format!(
+                "Number of retained messages: {}\n",
+                ctx.broker.retainer.count()
+            ),
+        ),
         ["retainer", "topics", page @ ..] => {
             let topics = ctx.broker.retainer.topics();
             let (start, len) = match page {
-                [s, l] => (s.parse::<usize>().unwrap_or(1).max(1), l.parse::<usize>().unwrap_or(1000)),
+                [s, l] => (
+                    s.parse::<usize>().unwrap_or(1).max(1),
+                    l.parse::<usize>().unwrap_or(1000),
+                ),
                 _ => (1, 1000),
             };
             let mut out = format!("Number of retained messages: {}\n", topics.len());

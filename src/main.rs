@@ -20,7 +20,8 @@ pub struct Flags {
     pub data_dir: Option<String>,
 }
 
-const USAGE: &str = "Usage: emqx-rs COMMAND [-name NAME@HOST] [-setcookie COOKIE] [-config FILE] [ARGS]
+const USAGE: &str =
+    "Usage: emqx-rs COMMAND [-name NAME@HOST] [-setcookie COOKIE] [-config FILE] [ARGS]
 
 Commonly used commands:
   start            start the node in the background
@@ -43,7 +44,9 @@ fn parse_flags(args: &[String]) -> Result<(Flags, Vec<String>), String> {
         let a = args[i].as_str();
         let mut take = |what: &str| -> Result<String, String> {
             i += 1;
-            args.get(i).cloned().ok_or_else(|| format!("{what} needs a value"))
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| format!("{what} needs a value"))
         };
         match a {
             "-name" | "--name" => f.name = Some(take(a)?),

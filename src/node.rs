@@ -66,27 +66,41 @@ fn init_logging(cfg: &Config, console: bool) {
         "emergency" | "alert" | "critical" | "error" => "error",
         "warning" => "warn",
         "notice" | "info" => "info",
-        other => if other == "debug" { "debug" } else { "info" },
+        other => {
+            if other == "debug" {
+                "debug"
+            } else {
+                "info"
+            }
+        }
     };
     let console_layer = (cfg.log.console.enable || console).then(|| {
         let lvl = level(cfg.log.console.level.as_str());
         fmt::layer()
             .with_writer(std::io::stderr)
-            .with_filter(EnvFilter::new(format!("warn,emqx_rs={lvl},emqx_actors={lvl}")))
+            .with_filter(EnvFilter::new(format!(
+                "warn,emqx_rs={lvl},emqx_actors={lvl}"
+            )))
     });
     let file_layer = if cfg.log.file.enable {
         let path = cfg.log_file_path();
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
             Ok(f) => {
                 let lvl = level(cfg.log.file.level.as_str());
                 Some(
                     fmt::layer()
                         .with_ansi(false)
                         .with_writer(std::sync::Mutex::new(f))
-                        .with_filter(EnvFilter::new(format!("warn,emqx_rs={lvl},emqx_actors={lvl}"))),
+                        .with_filter(EnvFilter::new(format!(
+                            "warn,emqx_rs={lvl},emqx_actors={lvl}"
+                        ))),
                 )
             }
             Err(e) => {
@@ -97,7 +111,10 @@ fn init_logging(cfg: &Config, console: bool) {
     } else {
         None
     };
-    let _ = tracing_subscriber::registry().with(console_layer).with(file_layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(console_layer)
+        .with(file_layer)
+        .try_init();
 }
 
 pub fn pid_file(cfg: &Config) -> PathBuf {
@@ -107,7 +124,10 @@ pub fn pid_file(cfg: &Config) -> PathBuf {
 /// `foreground` / `console`: runs until stopped.
 pub fn run_foreground(cfg: Config, console: bool) -> ExitCode {
     init_logging(&cfg, console);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
@@ -133,9 +153,17 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     if cfg.uses_default_cookie() {
         tracing::warn!("the default (insecure) cookie is in use; set node.cookie or -setcookie");
     }
-    std::fs::create_dir_all(&cfg.node.data_dir)
-        .map_err(|e| format!("cannot create node.data_dir {}: {e}", cfg.node.data_dir.display()))?;
-    for (kind, map) in [("ssl", &cfg.listeners.ssl), ("ws", &cfg.listeners.ws), ("wss", &cfg.listeners.wss)] {
+    std::fs::create_dir_all(&cfg.node.data_dir).map_err(|e| {
+        format!(
+            "cannot create node.data_dir {}: {e}",
+            cfg.node.data_dir.display()
+        )
+    })?;
+    for (kind, map) in [
+        ("ssl", &cfg.listeners.ssl),
+        ("ws", &cfg.listeners.ws),
+        ("wss", &cfg.listeners.wss),
+    ] {
         for (lname, l) in map.iter() {
             if l.enable {
                 tracing::warn!("listeners.{kind}.{lname} is configured but {kind} listeners are not served yet");
@@ -171,7 +199,10 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot start the broker: {e}"))?;
     let sys = SysSettings {
         sys_msg_interval: cfg.sys_topics.sys_msg_interval.unwrap_or(Duration::ZERO),
-        sys_heartbeat_interval: cfg.sys_topics.sys_heartbeat_interval.unwrap_or(Duration::ZERO),
+        sys_heartbeat_interval: cfg
+            .sys_topics
+            .sys_heartbeat_interval
+            .unwrap_or(Duration::ZERO),
         client_connected: cfg.sys_topics.sys_event_messages.client_connected,
         client_disconnected: cfg.sys_topics.sys_event_messages.client_disconnected,
     };
@@ -196,7 +227,12 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             .map_err(|e| format!("listeners.tcp.{lname}: cannot listen on {}: {e}", l.bind))?;
         tracing::info!("listener tcp:{lname} on {}", l.bind);
         let max_conn = l.max_connections;
-        listener_tasks.push(tokio::spawn(accept_loop(sock, ctx.clone(), max_conn, lname.clone())));
+        listener_tasks.push(tokio::spawn(accept_loop(
+            sock,
+            ctx.clone(),
+            max_conn,
+            lname.clone(),
+        )));
     }
 
     let (shutdown, mut shutdown_rx) = watch::channel(false);
@@ -226,9 +262,17 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
 
     let pid = pid_file(&cfg);
     let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
-    println!("emqx-rs {} is running as {name} (MQTT on {}, inter-node port {dist_port})",
+    println!(
+        "emqx-rs {} is running as {name} (MQTT on {}, inter-node port {dist_port})",
         env!("CARGO_PKG_VERSION"),
-        cfg.listeners.tcp.values().filter(|l| l.enable).map(|l| l.bind.to_string()).collect::<Vec<_>>().join(", "));
+        cfg.listeners
+            .tcp
+            .values()
+            .filter(|l| l.enable)
+            .map(|l| l.bind.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     tracing::info!("node {name} started");
 
     if console {
@@ -303,7 +347,11 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
         return ExitCode::from(1);
     }
     let out_path = log_dir.join(format!("{name}.out"));
-    let out = match std::fs::OpenOptions::new().create(true).append(true).open(&out_path) {
+    let out = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out_path)
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("cannot open {}: {e}", out_path.display());
@@ -340,20 +388,36 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let wait: u64 = std::env::var("EMQX_WAIT_FOR_START").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let wait: u64 = std::env::var("EMQX_WAIT_FOR_START")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     let deadline = Instant::now() + Duration::from_secs(wait);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            eprintln!("Node {name} failed to start ({status}); see {}", out_path.display());
+            eprintln!(
+                "Node {name} failed to start ({status}); see {}",
+                out_path.display()
+            );
             if let Ok(text) = std::fs::read_to_string(&out_path) {
-                for l in text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
+                for l in text
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
                     eprintln!("  {l}");
                 }
             }
             return ExitCode::from(1);
         }
         if crate::remote::ping_quiet(&cfg) {
-            println!("emqx-rs {} is started successfully!", env!("CARGO_PKG_VERSION"));
+            println!(
+                "emqx-rs {} is started successfully!",
+                env!("CARGO_PKG_VERSION")
+            );
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(Duration::from_millis(200));

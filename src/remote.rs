@@ -70,7 +70,11 @@ impl Remote {
             None,
             Some(ractor_cluster::node::NodeConnectionMode::Isolated),
         )
-        .with_listen_addr("127.0.0.1".parse().map_err(|_| RemoteErr::NotResponding("bad address".into()))?);
+        .with_listen_addr(
+            "127.0.0.1"
+                .parse()
+                .map_err(|_| RemoteErr::NotResponding("bad address".into()))?,
+        );
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| RemoteErr::NotResponding(format!("cannot start the shell node: {e}")))?;
@@ -83,10 +87,20 @@ impl Remote {
             server.stop(None);
             Err(e)
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, ractor_cluster::client_connect(&server, addr.as_str())).await {
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ractor_cluster::client_connect(&server, addr.as_str()),
+        )
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return fail(RemoteErr::NotResponding(e.to_string()), &server),
-            Err(_) => return fail(RemoteErr::NotResponding("connect timed out".into()), &server),
+            Err(_) => {
+                return fail(
+                    RemoteErr::NotResponding("connect timed out".into()),
+                    &server,
+                )
+            }
         }
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut authenticated = false;
@@ -103,17 +117,31 @@ impl Remote {
                     };
                     return fail(e, &server);
                 }
-                Err(_) => return fail(RemoteErr::NotResponding("no answer to the handshake".into()), &server),
+                Err(_) => {
+                    return fail(
+                        RemoteErr::NotResponding("no answer to the handshake".into()),
+                        &server,
+                    )
+                }
             }
         }
         // The control actor's group membership arrives with `ready`; allow a moment.
         for _ in 0..50 {
-            if let Some(cell) = ractor::pg::get_members(&CTL_GROUP.to_string()).into_iter().next() {
-                return Ok(Remote { control: cell.into(), server });
+            if let Some(cell) = ractor::pg::get_members(&CTL_GROUP.to_string())
+                .into_iter()
+                .next()
+            {
+                return Ok(Remote {
+                    control: cell.into(),
+                    server,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        fail(RemoteErr::NotResponding("the node has no control actor".into()), &server)
+        fail(
+            RemoteErr::NotResponding("the node has no control actor".into()),
+            &server,
+        )
     }
 
     /// Runs a ctl command on the node: (exit code, output).
@@ -125,8 +153,8 @@ impl Remote {
             .await;
         match r {
             Ok(ractor::rpc::CallResult::Success(s)) => {
-                let v: serde_json::Value =
-                    serde_json::from_str(&s).map_err(|e| RemoteErr::NotResponding(format!("bad reply: {e}")))?;
+                let v: serde_json::Value = serde_json::from_str(&s)
+                    .map_err(|e| RemoteErr::NotResponding(format!("bad reply: {e}")))?;
                 let code = v["code"].as_i64().unwrap_or(1) as i32;
                 let out = v["out"].as_str().unwrap_or("").to_string();
                 Ok((code, out))
@@ -213,11 +241,16 @@ pub fn main(cfg: &Config, cmd: &str, args: Vec<String>) -> ExitCode {
 }
 
 async fn stop(cfg: &Config, remote: &Remote) -> ExitCode {
-    let pid = std::fs::read_to_string(crate::node::pid_file(cfg)).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    let pid = std::fs::read_to_string(crate::node::pid_file(cfg))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
     if let Err(e) = remote.run(&["stop".into()]).await {
         return report(cfg, e);
     }
-    let wait: u64 = std::env::var("EMQX_WAIT_FOR_STOP").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let wait: u64 = std::env::var("EMQX_WAIT_FOR_STOP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
     let deadline = Instant::now() + Duration::from_secs(wait);
     while Instant::now() < deadline {
         let gone = match pid {
@@ -236,7 +269,11 @@ async fn stop(cfg: &Config, remote: &Remote) -> ExitCode {
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -280,7 +317,13 @@ async fn console_loop(remote: &Remote) -> ExitCode {
 
 /// `console`: the same commands typed into the node's own terminal.
 pub fn local_console(node: Arc<Node>) {
-    let Some(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build().ok() else { return };
+    let Some(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+    else {
+        return;
+    };
     let stdin = std::io::stdin();
     print!("emqx-rs> ");
     let _ = std::io::stdout().flush();

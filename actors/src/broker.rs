@@ -211,7 +211,11 @@ impl Broker {
     }
 
     /// Removes `client`'s subscription to `filter`; false when it had none.
-    pub async fn unsubscribe(&self, filter: &str, client_id: Arc<str>) -> Result<bool, BrokerError> {
+    pub async fn unsubscribe(
+        &self,
+        filter: &str,
+        client_id: Arc<str>,
+    ) -> Result<bool, BrokerError> {
         let shard = &self.shards[owner_shard(filter, self.shards.len())];
         let filter: Arc<str> = Arc::from(filter);
         ractor::call!(shard, |r| ShardMsg::Unsubscribe(filter, client_id, r))

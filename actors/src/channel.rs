@@ -85,7 +85,11 @@ impl Delivery {
 
     /// A retained message sent because of a new subscription: the retain
     /// flag stays set (MQTT 5.0 3.3.1.3).
-    pub fn retained(msg: Arc<Message>, opts: &SubscriptionOptions, sub_id: Option<u32>) -> Delivery {
+    pub fn retained(
+        msg: Arc<Message>,
+        opts: &SubscriptionOptions,
+        sub_id: Option<u32>,
+    ) -> Delivery {
         Delivery {
             qos: msg.qos.min(opts.qos),
             retain: true,
@@ -424,18 +428,29 @@ impl Channel {
         }]
     }
 
-    fn handle_publish(&mut self, mut p: Publish, now: Instant, sink: &mut dyn PublishSink) -> Vec<Action> {
+    fn handle_publish(
+        &mut self,
+        mut p: Publish,
+        now: Instant,
+        sink: &mut dyn PublishSink,
+    ) -> Vec<Action> {
         let s = self.settings.clone();
         // Topic alias (v5): resolve before anything looks at the topic.
         if let Some(alias) = p.properties.topic_alias {
             if alias == 0 || alias > s.max_topic_alias {
-                return vec![self.close(reason::TOPIC_ALIAS_INVALID, format!("topic alias {alias} out of range"))];
+                return vec![self.close(
+                    reason::TOPIC_ALIAS_INVALID,
+                    format!("topic alias {alias} out of range"),
+                )];
             }
             if p.topic.is_empty() {
                 match self.in_aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
                     None => {
-                        return vec![self.close(reason::PROTOCOL_ERROR, format!("unknown topic alias {alias}"))]
+                        return vec![self.close(
+                            reason::PROTOCOL_ERROR,
+                            format!("unknown topic alias {alias}"),
+                        )]
                     }
                 }
             } else {
@@ -446,10 +461,16 @@ impl Channel {
             return vec![self.close(reason::PROTOCOL_ERROR, "empty topic without a topic alias")];
         }
         if let Err(e) = topic::validate_topic_name(&p.topic, s.max_topic_levels) {
-            return vec![self.close(reason::TOPIC_NAME_INVALID, format!("invalid topic name {:?}: {e:?}", p.topic))];
+            return vec![self.close(
+                reason::TOPIC_NAME_INVALID,
+                format!("invalid topic name {:?}: {e:?}", p.topic),
+            )];
         }
         if p.qos > s.max_qos_allowed {
-            return vec![self.close(reason::QOS_NOT_SUPPORTED, format!("QoS {} above maximum", p.qos as u8))];
+            return vec![self.close(
+                reason::QOS_NOT_SUPPORTED,
+                format!("QoS {} above maximum", p.qos as u8),
+            )];
         }
         if p.retain && !s.retain_available {
             return vec![self.close(reason::RETAIN_NOT_SUPPORTED, "retain is not available")];
@@ -472,7 +493,10 @@ impl Channel {
                 } else {
                     reason::SUCCESS
                 };
-                vec![Action::Send(Packet::PubAck(PubAckLike::new(pid, self.ack(code))))]
+                vec![Action::Send(Packet::PubAck(PubAckLike::new(
+                    pid,
+                    self.ack(code),
+                )))]
             }
             QoS::ExactlyOnce => {
                 if self.awaiting_rel.contains_key(&pid) {
@@ -495,8 +519,15 @@ impl Channel {
                 }
                 let n = sink.publish(self.to_message(&p));
                 self.awaiting_rel.insert(pid, now);
-                let code = if n == 0 { reason::NO_MATCHING_SUBSCRIBERS } else { 0 };
-                vec![Action::Send(Packet::PubRec(PubAckLike::new(pid, self.ack(code))))]
+                let code = if n == 0 {
+                    reason::NO_MATCHING_SUBSCRIBERS
+                } else {
+                    0
+                };
+                vec![Action::Send(Packet::PubRec(PubAckLike::new(
+                    pid,
+                    self.ack(code),
+                )))]
             }
         }
     }
@@ -516,12 +547,18 @@ impl Channel {
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
-        vec![Action::Send(Packet::PubComp(PubAckLike::new(pid, self.ack(code))))]
+        vec![Action::Send(Packet::PubComp(PubAckLike::new(
+            pid,
+            self.ack(code),
+        )))]
     }
 
     fn handle_puback(&mut self, pid: u16) -> Vec<Action> {
         match self.inflight.get(&pid) {
-            Some(Inflight { state: InflightState::Publish(d), .. }) if d.qos == QoS::AtLeastOnce => {
+            Some(Inflight {
+                state: InflightState::Publish(d),
+                ..
+            }) if d.qos == QoS::AtLeastOnce => {
                 self.inflight.remove(&pid);
                 self.counters.delivered += 1;
                 self.drain(Instant::now())
@@ -544,7 +581,9 @@ impl Channel {
                     f.sent_at = now;
                     vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))]
                 }
-                InflightState::Release => vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))],
+                InflightState::Release => {
+                    vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))]
+                }
                 _ => vec![],
             },
             None => vec![Action::Send(Packet::PubRel(PubAckLike::new(
@@ -555,7 +594,11 @@ impl Channel {
     }
 
     fn handle_pubcomp(&mut self, pid: u16) -> Vec<Action> {
-        if let Some(Inflight { state: InflightState::Release, .. }) = self.inflight.get(&pid) {
+        if let Some(Inflight {
+            state: InflightState::Release,
+            ..
+        }) = self.inflight.get(&pid)
+        {
             self.inflight.remove(&pid);
             self.counters.delivered += 1;
             return self.drain(Instant::now());
@@ -570,7 +613,9 @@ impl Channel {
         for (filter, mut opts) in s.filters {
             let mut refused = None;
             let shared = topic::parse_shared(&filter);
-            if topic::validate_topic_filter(&filter, st.max_topic_levels).is_err() || shared.is_err() {
+            if topic::validate_topic_filter(&filter, st.max_topic_levels).is_err()
+                || shared.is_err()
+            {
                 refused = Some(reason::TOPIC_FILTER_INVALID);
             } else if !st.wildcard_subscription && topic::is_wildcard(&filter) {
                 refused = Some(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
@@ -579,20 +624,31 @@ impl Channel {
                     refused = Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
                 } else if opts.no_local && self.is_v5() {
                     // MQTT 5.0 3.8.3.1: no local on a shared subscription is a protocol error.
-                    return vec![self.close(reason::PROTOCOL_ERROR, "no local on a shared subscription")];
+                    return vec![
+                        self.close(reason::PROTOCOL_ERROR, "no local on a shared subscription")
+                    ];
                 }
             }
             if refused.is_none() {
                 if let Some(max) = st.max_subscriptions {
-                    if self.subscriptions.len() >= max && !self.subscriptions.contains_key(&filter) {
+                    if self.subscriptions.len() >= max && !self.subscriptions.contains_key(&filter)
+                    {
                         refused = Some(reason::QUOTA_EXCEEDED);
                     }
                 }
             }
             opts.qos = opts.qos.min(st.max_qos_allowed);
-            requests.push(SubRequest { filter, opts, sub_id, refused });
+            requests.push(SubRequest {
+                filter,
+                opts,
+                sub_id,
+                refused,
+            });
         }
-        vec![Action::Subscribe { packet_id: s.packet_id, requests }]
+        vec![Action::Subscribe {
+            packet_id: s.packet_id,
+            requests,
+        }]
     }
 
     /// Completes a SUBSCRIBE after the broker applied it. `outcomes` has one
@@ -610,7 +666,8 @@ impl Channel {
         for (r, o) in requests.iter().zip(outcomes) {
             match (r.refused, o) {
                 (None, Some(is_new)) => {
-                    self.subscriptions.insert(r.filter.clone(), (r.opts, r.sub_id));
+                    self.subscriptions
+                        .insert(r.filter.clone(), (r.opts, r.sub_id));
                     codes.push(r.opts.qos as u8);
                     let shared = matches!(topic::parse_shared(&r.filter), Ok(Some(_)));
                     let send = match r.opts.retain_handling {
@@ -716,7 +773,11 @@ impl Channel {
     fn alloc_pid(&mut self) -> Option<u16> {
         for _ in 0..=u16::MAX {
             let pid = self.next_pid;
-            self.next_pid = if self.next_pid == u16::MAX { 1 } else { self.next_pid + 1 };
+            self.next_pid = if self.next_pid == u16::MAX {
+                1
+            } else {
+                self.next_pid + 1
+            };
             if !self.inflight.contains_key(&pid) {
                 return Some(pid);
             }
@@ -798,7 +859,9 @@ impl Channel {
             if d.qos != QoS::AtMostOnce && self.inflight_full() {
                 break;
             }
-            let Some(d) = self.mqueue.pop_front() else { break };
+            let Some(d) = self.mqueue.pop_front() else {
+                break;
+            };
             let a = if d.qos == QoS::AtMostOnce {
                 self.send_publish(d, None, now_wall)
             } else {
@@ -864,7 +927,8 @@ impl Channel {
     /// forget QoS 2 ids whose PUBREL never came within `await_rel_timeout`.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let timeout = self.settings.await_rel_timeout;
-        self.awaiting_rel.retain(|_, t| now.duration_since(*t) < timeout);
+        self.awaiting_rel
+            .retain(|_, t| now.duration_since(*t) < timeout);
         let mut out = Vec::new();
         if !self.connected {
             return out;

@@ -65,13 +65,22 @@ impl Cm {
     fn assign_id(&self, node: &str) -> String {
         let n = self.next_assigned.fetch_add(1, Ordering::Relaxed);
         let r: u32 = rand::random();
-        format!("emqx-rs-{}-{:08x}{:x}", node.split('@').next().unwrap_or("node"), r, n)
+        format!(
+            "emqx-rs-{}-{:08x}{:x}",
+            node.split('@').next().unwrap_or("node"),
+            r,
+            n
+        )
     }
 
     /// Opens the session for a new connection: resumes or discards an
     /// existing session of the same client id, or starts a new one. The
     /// session actor sends the CONNACK.
-    pub async fn open(ctx: &Arc<Ctx>, connect: Connect, conn: ConnHandle) -> Result<ActorRef<SessionMsg>, String> {
+    pub async fn open(
+        ctx: &Arc<Ctx>,
+        connect: Connect,
+        conn: ConnHandle,
+    ) -> Result<ActorRef<SessionMsg>, String> {
         let cm = &ctx.cm;
         let (client_id, assigned): (Arc<str>, bool) = if connect.client_id.is_empty() {
             (Arc::from(cm.assign_id(&ctx.node)), true)
@@ -87,7 +96,10 @@ impl Cm {
                 cm.unregister(&client_id, old.get_id());
             } else {
                 let r = old
-                    .call(|r| SessionMsg::Resume(connect.clone(), conn.clone(), r), Some(TAKEOVER_TIMEOUT))
+                    .call(
+                        |r| SessionMsg::Resume(connect.clone(), conn.clone(), r),
+                        Some(TAKEOVER_TIMEOUT),
+                    )
                     .await;
                 if let Ok(ractor::rpc::CallResult::Success(())) = r {
                     return Ok(old);

@@ -81,7 +81,11 @@ where
     let max = settings.max_packet_size;
 
     // 1. CONNECT, within idle_timeout.
-    let first = timeout(settings.idle_timeout, read_packet(&mut rd, &mut rbuf, None, max)).await;
+    let first = timeout(
+        settings.idle_timeout,
+        read_packet(&mut rd, &mut rbuf, None, max),
+    )
+    .await;
     let connect = match first {
         Err(_) => {
             tracing::info!(%peer, "closing connection: no CONNECT within {:?}", settings.idle_timeout);
@@ -273,7 +277,11 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_packet<W: AsyncWrite + Unpin>(w: &mut W, p: &Packet, v: ProtocolVersion) -> std::io::Result<()> {
+async fn write_packet<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    p: &Packet,
+    v: ProtocolVersion,
+) -> std::io::Result<()> {
     let mut b = BytesMut::new();
     codec::encode(p, v, &mut b);
     w.write_all(&b).await?;

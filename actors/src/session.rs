@@ -136,9 +136,15 @@ impl Actor for SessionActor {
         st.on_connected();
         let m = &st.ctx.broker.metrics;
         inc(&m.session_created);
-        Stats::add(&st.ctx.broker.stats.sessions, Some(&st.ctx.broker.stats.sessions_max), 1);
+        Stats::add(
+            &st.ctx.broker.stats.sessions,
+            Some(&st.ctx.broker.stats.sessions_max),
+            1,
+        );
         if let Some(retry) = st.ctx.settings.retry_interval {
-            let tick = retry.min(st.ctx.settings.await_rel_timeout).clamp(Duration::from_millis(500), Duration::from_secs(5));
+            let tick = retry
+                .min(st.ctx.settings.await_rel_timeout)
+                .clamp(Duration::from_millis(500), Duration::from_secs(5));
             myself.send_interval(tick, || SessionMsg::Tick);
         } else {
             myself.send_interval(Duration::from_secs(5), || SessionMsg::Tick);
@@ -146,7 +152,11 @@ impl Actor for SessionActor {
         Ok(st)
     }
 
-    async fn post_stop(&self, myself: ActorRef<SessionMsg>, st: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        st: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         let subs: Vec<String> = st.ch.subscriptions.keys().cloned().collect();
         for f in subs {
             let _ = st.ctx.broker.unsubscribe(&f, st.ch.client_id.clone()).await;
@@ -166,7 +176,10 @@ impl Actor for SessionActor {
         match msg {
             SessionMsg::Deliver(m, matches) => {
                 let d = Delivery::from_matches(m, &matches, st.ctx.settings.upgrade_qos);
-                let can = st.conn.as_ref().is_some_and(|c| c.pending() < st.ctx.settings.max_pending_write);
+                let can = st
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.pending() < st.ctx.settings.max_pending_write);
                 let acts = st.ch.deliver(d, Instant::now(), can);
                 st.run(&myself, acts).await;
             }
@@ -188,8 +201,13 @@ impl Actor for SessionActor {
                 }
                 let (code, why) = match &cause {
                     CloseCause::Decode(e) => (Some(e.reason_code()), e.to_string()),
-                    CloseCause::KeepaliveTimeout => (Some(reason::KEEP_ALIVE_TIMEOUT), "keepalive timeout".to_string()),
-                    CloseCause::SendTimeout => (None, "send timeout: client is not reading".to_string()),
+                    CloseCause::KeepaliveTimeout => (
+                        Some(reason::KEEP_ALIVE_TIMEOUT),
+                        "keepalive timeout".to_string(),
+                    ),
+                    CloseCause::SendTimeout => {
+                        (None, "send timeout: client is not reading".to_string())
+                    }
                     CloseCause::Closed => (None, "connection closed by client".to_string()),
                     CloseCause::SocketError => (None, "socket error".to_string()),
                 };
@@ -223,7 +241,10 @@ impl Actor for SessionActor {
             }
             SessionMsg::Discard(reply) => {
                 inc(&st.ctx.broker.metrics.session_discarded);
-                st.send_disconnect(reason::SESSION_TAKEN_OVER, "session discarded by a new connection");
+                st.send_disconnect(
+                    reason::SESSION_TAKEN_OVER,
+                    "session discarded by a new connection",
+                );
                 st.end(&myself, true);
                 let _ = reply.send(());
             }
@@ -236,15 +257,27 @@ impl Actor for SessionActor {
                 let _ = reply.send(st.info());
             }
             SessionMsg::AddSub(filter, qos, reply) => {
-                let opts = SubscriptionOptions { qos, ..Default::default() };
-                let req = SubRequest { filter, opts, sub_id: None, refused: None };
+                let opts = SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                };
+                let req = SubRequest {
+                    filter,
+                    opts,
+                    sub_id: None,
+                    refused: None,
+                };
                 let r = st.apply_subscribe(&myself, 0, vec![req], false).await;
                 let _ = reply.send(r);
             }
             SessionMsg::DelSub(filter, reply) => {
                 let had = st.ch.subscriptions.remove(&filter).is_some();
                 if had {
-                    let _ = st.ctx.broker.unsubscribe(&filter, st.ch.client_id.clone()).await;
+                    let _ = st
+                        .ctx
+                        .broker
+                        .unsubscribe(&filter, st.ch.client_id.clone())
+                        .await;
                 }
                 let _ = reply.send(had);
             }
@@ -319,7 +352,11 @@ impl SessionState {
     fn on_connected(&mut self) {
         let ctx = self.ctx.clone();
         inc(&ctx.broker.metrics.client_connected);
-        Stats::add(&ctx.broker.stats.connections, Some(&ctx.broker.stats.connections_max), 1);
+        Stats::add(
+            &ctx.broker.stats.connections,
+            Some(&ctx.broker.stats.connections_max),
+            1,
+        );
         ctx.sys_client_event(&self.ch, self.conn.as_ref(), true, "");
     }
 
@@ -328,13 +365,22 @@ impl SessionState {
         for a in acts {
             match a {
                 Action::Send(p) => self.send(p),
-                Action::Subscribe { packet_id, requests } => {
-                    let _ = self.apply_subscribe(myself, packet_id, requests, true).await;
+                Action::Subscribe {
+                    packet_id,
+                    requests,
+                } => {
+                    let _ = self
+                        .apply_subscribe(myself, packet_id, requests, true)
+                        .await;
                 }
                 Action::Unsubscribe(filters) => {
                     inc(&self.ctx.broker.metrics.client_unsubscribe);
                     for f in filters {
-                        let _ = self.ctx.broker.unsubscribe(&f, self.ch.client_id.clone()).await;
+                        let _ = self
+                            .ctx
+                            .broker
+                            .unsubscribe(&f, self.ch.client_id.clone())
+                            .await;
                     }
                 }
                 Action::Close { reason, why } => {
@@ -384,8 +430,13 @@ impl SessionState {
         if self.ctx.broker.retainer.enabled() {
             for (filter, opts, sub_id) in retained {
                 for m in self.ctx.broker.retainer.matching(&filter) {
-                    let can = self.conn.as_ref().is_some_and(|c| c.pending() < self.ctx.settings.max_pending_write);
-                    let acts = self.ch.deliver(Delivery::retained(m, &opts, sub_id), Instant::now(), can);
+                    let can = self
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| c.pending() < self.ctx.settings.max_pending_write);
+                    let acts =
+                        self.ch
+                            .deliver(Delivery::retained(m, &opts, sub_id), Instant::now(), can);
                     for a in acts {
                         if let Action::Send(p) = a {
                             self.send(p);
@@ -440,12 +491,16 @@ impl SessionState {
                 self.publish_will();
             } else {
                 let gen = self.gen;
-                myself.send_after(Duration::from_secs(u64::from(delay)), move || SessionMsg::Will(gen));
+                myself.send_after(Duration::from_secs(u64::from(delay)), move || {
+                    SessionMsg::Will(gen)
+                });
             }
         }
         if expiry != u32::MAX {
             let gen = self.gen;
-            myself.send_after(Duration::from_secs(u64::from(expiry)), move || SessionMsg::Expire(gen));
+            myself.send_after(Duration::from_secs(u64::from(expiry)), move || {
+                SessionMsg::Expire(gen)
+            });
         }
     }
 
@@ -495,8 +550,11 @@ impl SessionState {
 
     fn info(&self) -> ClientInfo {
         let ch = &self.ch;
-        let mut subscriptions: Vec<(String, SubscriptionOptions)> =
-            ch.subscriptions.iter().map(|(f, (o, _))| (f.clone(), *o)).collect();
+        let mut subscriptions: Vec<(String, SubscriptionOptions)> = ch
+            .subscriptions
+            .iter()
+            .map(|(f, (o, _))| (f.clone(), *o))
+            .collect();
         subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
         ClientInfo {
             client_id: ch.client_id.to_string(),

@@ -118,8 +118,15 @@ impl ShardState {
         let (is_new, _) = self.with_entry(real, |e| match group {
             None => e.subs.insert(sub.client_id.clone(), sub).is_none(),
             Some(g) => {
-                let grp = e.groups.entry(Arc::from(g)).or_insert_with(SharedGroup::default);
-                match grp.members.iter_mut().find(|m| m.client_id == sub.client_id) {
+                let grp = e
+                    .groups
+                    .entry(Arc::from(g))
+                    .or_insert_with(SharedGroup::default);
+                match grp
+                    .members
+                    .iter_mut()
+                    .find(|m| m.client_id == sub.client_id)
+                {
                     Some(m) => {
                         *m = sub;
                         false

@@ -61,8 +61,18 @@ impl Ctx {
     }
 
     /// Publishes a client connected/disconnected event.
-    pub fn sys_client_event(&self, ch: &Channel, conn: Option<&ConnHandle>, connected: bool, reason: &str) {
-        let enabled = if connected { self.sys.client_connected } else { self.sys.client_disconnected };
+    pub fn sys_client_event(
+        &self,
+        ch: &Channel,
+        conn: Option<&ConnHandle>,
+        connected: bool,
+        reason: &str,
+    ) {
+        let enabled = if connected {
+            self.sys.client_connected
+        } else {
+            self.sys.client_disconnected
+        };
         if !enabled {
             return;
         }
@@ -88,7 +98,11 @@ impl Ctx {
                 now_ms()
             )
         };
-        let what = if connected { "connected" } else { "disconnected" };
+        let what = if connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
         let t = self.sys_topic(&format!("clients/{}/{}", ch.client_id, what));
         self.publish(Message::system(t, payload, false));
     }
@@ -134,8 +148,16 @@ impl Ctx {
                 if !hb.is_zero() && since_hb >= hb {
                     since_hb = Duration::ZERO;
                     let up = ctx.started_at.elapsed().as_secs();
-                    ctx.publish(Message::system(ctx.sys_topic("uptime"), human_uptime(up), false));
-                    ctx.publish(Message::system(ctx.sys_topic("datetime"), now_ms().to_string(), false));
+                    ctx.publish(Message::system(
+                        ctx.sys_topic("uptime"),
+                        human_uptime(up),
+                        false,
+                    ));
+                    ctx.publish(Message::system(
+                        ctx.sys_topic("datetime"),
+                        now_ms().to_string(),
+                        false,
+                    ));
                 }
                 if !msg.is_zero() && since_msg >= msg {
                     since_msg = Duration::ZERO;

@@ -49,7 +49,9 @@ pub fn check_node_name(s: &str) -> Result<(), DiscoveryError> {
     if name.is_empty()
         || host.is_empty()
         || host.contains('@')
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     {
         return Err(bad());
     }
@@ -81,7 +83,12 @@ impl<S: Strategy> Actor for DiscoveryActor<S> {
         Ok(s)
     }
 
-    async fn handle(&self, _me: ActorRef<DiscoveryMsg>, msg: DiscoveryMsg, s: &mut S) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<DiscoveryMsg>,
+        msg: DiscoveryMsg,
+        s: &mut S,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DiscoveryMsg::Discover(reply) => {
                 let r = s.discover().await;
@@ -112,7 +119,9 @@ mod tests {
     #[tokio::test]
     async fn the_actor_answers_with_its_strategy() {
         let s = Static::new(vec!["a@h1".into(), "b@h2".into()]).expect("valid seeds");
-        let (a, h) = Actor::spawn(None, DiscoveryActor::<Static>::default(), s).await.expect("spawn");
+        let (a, h) = Actor::spawn(None, DiscoveryActor::<Static>::default(), s)
+            .await
+            .expect("spawn");
         let r = ractor::call!(a, DiscoveryMsg::Discover).expect("call");
         assert_eq!(r, Ok(vec!["a@h1".to_string(), "b@h2".to_string()]));
         a.stop(None);

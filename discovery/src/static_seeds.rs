@@ -41,7 +41,10 @@ mod tests {
     #[tokio::test]
     async fn static_returns_its_seeds_once_each_in_order() {
         let mut s = Static::new(vec!["b@h".into(), "a@h".into(), "b@h".into()]).expect("valid");
-        assert_eq!(s.discover().await, Ok(vec!["b@h".to_string(), "a@h".to_string()]));
+        assert_eq!(
+            s.discover().await,
+            Ok(vec!["b@h".to_string(), "a@h".to_string()])
+        );
         assert!(s.autocluster());
     }
 
