@@ -55,6 +55,7 @@ pub fn mqtt_settings(c: &Config) -> MqttSettings {
         mqueue_store_qos0: m.mqueue_store_qos0,
         max_subscriptions: m.max_subscriptions.map(|v| v as usize),
         upgrade_qos: m.upgrade_qos,
+        use_username_as_clientid: m.use_username_as_clientid,
         ..MqttSettings::default()
     }
 }
@@ -191,6 +192,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         shared_strategy: SharedStrategy::parse(cfg.mqtt.shared_subscription_strategy.as_str())
             .unwrap_or_default(),
         max_topic_levels: settings.max_topic_levels,
+        ignore_loop_deliver: cfg.mqtt.ignore_loop_deliver,
         ..BrokerSettings::default()
     };
     let node_name: Arc<str> = Arc::from(name.as_str());
@@ -221,6 +223,11 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     for (lname, l) in &cfg.listeners.tcp {
         if !l.enable {
             continue;
+        }
+        if !l.mountpoint.is_empty() {
+            tracing::warn!(
+                "listeners.tcp.{lname}.mountpoint is set but mountpoints are not applied yet"
+            );
         }
         let sock = TcpListener::bind(l.bind)
             .await

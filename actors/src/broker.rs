@@ -124,6 +124,10 @@ pub struct BrokerSettings {
     pub shared_strategy: SharedStrategy,
     pub max_topic_levels: usize,
     pub shards: usize,
+    /// Do not deliver a client's messages back to itself, whatever its
+    /// subscription options (`mqtt.ignore_loop_deliver`, for MQTT 3.x
+    /// clients that have no no-local option).
+    pub ignore_loop_deliver: bool,
 }
 
 impl Default for BrokerSettings {
@@ -132,6 +136,7 @@ impl Default for BrokerSettings {
             shared_strategy: SharedStrategy::RoundRobin,
             max_topic_levels: 128,
             shards: 8,
+            ignore_loop_deliver: false,
         }
     }
 }
@@ -228,8 +233,9 @@ impl Broker {
     pub fn publish(&self, msg: Arc<Message>) -> usize {
         let mut out: HashMap<Arc<str>, (ActorRef<SessionMsg>, Vec<SubMatch>)> = HashMap::new();
         let strategy = self.settings.shared_strategy;
+        let no_loop = self.settings.ignore_loop_deliver;
         let mut visit = |filter: &str, e: &FilterEntry| {
-            collect(filter, e, &msg, strategy, &mut out);
+            collect(filter, e, &msg, strategy, no_loop, &mut out);
         };
         {
             let t = &msg.topic;
@@ -273,10 +279,11 @@ fn collect(
     e: &FilterEntry,
     msg: &Message,
     strategy: SharedStrategy,
+    no_loop: bool,
     out: &mut HashMap<Arc<str>, (ActorRef<SessionMsg>, Vec<SubMatch>)>,
 ) {
     for s in e.subs.values() {
-        if s.opts.no_local && *s.client_id == *msg.from {
+        if (s.opts.no_local || no_loop) && *s.client_id == *msg.from {
             continue;
         }
         push(out, s, Arc::from(filter));

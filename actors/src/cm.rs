@@ -82,6 +82,12 @@ impl Cm {
         conn: ConnHandle,
     ) -> Result<ActorRef<SessionMsg>, String> {
         let cm = &ctx.cm;
+        let mut connect = connect;
+        if ctx.settings.use_username_as_clientid {
+            if let Some(u) = connect.username.as_ref().filter(|u| !u.is_empty()) {
+                connect.client_id = u.clone();
+            }
+        }
         let (client_id, assigned): (Arc<str>, bool) = if connect.client_id.is_empty() {
             (Arc::from(cm.assign_id(&ctx.node)), true)
         } else {

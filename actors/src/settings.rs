@@ -36,6 +36,8 @@ pub struct MqttSettings {
     pub mqueue_store_qos0: bool,
     pub max_subscriptions: Option<usize>,
     pub upgrade_qos: bool,
+    /// Use the CONNECT username as the client id (`mqtt.use_username_as_clientid`).
+    pub use_username_as_clientid: bool,
     /// Bytes waiting to be written to one socket above which QoS 0
     /// deliveries are dropped and reading from the client pauses.
     pub max_pending_write: usize,
@@ -69,6 +71,7 @@ impl Default for MqttSettings {
             mqueue_store_qos0: true,
             max_subscriptions: None,
             upgrade_qos: false,
+            use_username_as_clientid: false,
             max_pending_write: 4 * 1024 * 1024,
             send_timeout: Duration::from_secs(15),
         }
