@@ -221,10 +221,23 @@ impl Broker {
         filter: &str,
         client_id: Arc<str>,
     ) -> Result<bool, BrokerError> {
+        self.unsubscribe_owned(filter, client_id, None).await
+    }
+
+    /// As [`Broker::unsubscribe`], but only removes the subscription if it
+    /// belongs to session actor `owner`.
+    pub async fn unsubscribe_owned(
+        &self,
+        filter: &str,
+        client_id: Arc<str>,
+        owner: Option<ractor::ActorId>,
+    ) -> Result<bool, BrokerError> {
         let shard = &self.shards[owner_shard(filter, self.shards.len())];
         let filter: Arc<str> = Arc::from(filter);
-        ractor::call!(shard, |r| ShardMsg::Unsubscribe(filter, client_id, r))
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))
+        ractor::call!(shard, |r| ShardMsg::Unsubscribe(
+            filter, client_id, owner, r
+        ))
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }
 
     /// Delivers a message to every matching local subscriber and returns

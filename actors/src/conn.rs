@@ -174,12 +174,14 @@ where
                     add(&metrics.bytes_sent, n as u64);
                     if close {
                         let _ = wr.shutdown().await;
+                        linger(&mut rd).await;
                         return;
                     }
                 }
                 Some(ConnCmd::Close) | None => {
                     let _ = wr.flush().await;
                     let _ = wr.shutdown().await;
+                    linger(&mut rd).await;
                     return;
                 }
             },
@@ -236,6 +238,24 @@ where
         }
     }
     let _ = wr.shutdown().await;
+    if !matches!(cause, CloseCause::Closed | CloseCause::SocketError) {
+        linger(&mut rd).await;
+    }
+}
+
+/// After the server closes its side, reads and discards what the client
+/// still sends until it closes too (or 2 s pass). Closing a socket with
+/// unread data makes the kernel send RST, and a client still writing (a
+/// PUBREL after our DISCONNECT, say) would see a reset instead of a clean
+/// close and might lose our DISCONNECT.
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -159,7 +159,11 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         let subs: Vec<String> = st.ch.subscriptions.keys().cloned().collect();
         for f in subs {
-            let _ = st.ctx.broker.unsubscribe(&f, st.ch.client_id.clone()).await;
+            let _ = st
+                .ctx
+                .broker
+                .unsubscribe_owned(&f, st.ch.client_id.clone(), Some(myself.get_id()))
+                .await;
         }
         st.ctx.cm.unregister(&st.ch.client_id, myself.get_id());
         Stats::add(&st.ctx.broker.stats.sessions, None, -1);

@@ -8,14 +8,17 @@
 use crate::broker::{shard_of, FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
 use crate::metrics::Stats;
 use crate::topic;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
 
 #[derive(RactorMessage)]
 pub enum ShardMsg {
     Subscribe(Arc<str>, Subscriber, RpcReplyPort<SubscribeOutcome>),
-    Unsubscribe(Arc<str>, Arc<str>, RpcReplyPort<bool>),
+    /// Removes a client's subscription; with `Some(actor)`, only if the
+    /// subscription belongs to that session actor (a session that ends must
+    /// not remove the subscriptions of its successor with the same id).
+    Unsubscribe(Arc<str>, Arc<str>, Option<ActorId>, RpcReplyPort<bool>),
 }
 
 pub struct ShardActor;
@@ -56,8 +59,8 @@ impl Actor for ShardActor {
                 let out = st.subscribe(&filter, sub);
                 let _ = reply.send(out);
             }
-            ShardMsg::Unsubscribe(filter, client, reply) => {
-                let out = st.unsubscribe(&filter, &client);
+            ShardMsg::Unsubscribe(filter, client, owner, reply) => {
+                let out = st.unsubscribe(&filter, &client, owner);
                 let _ = reply.send(out);
             }
         }
@@ -156,15 +159,28 @@ impl ShardState {
         SubscribeOutcome { is_new }
     }
 
-    fn unsubscribe(&mut self, filter: &Arc<str>, client: &Arc<str>) -> bool {
+    fn unsubscribe(
+        &mut self,
+        filter: &Arc<str>,
+        client: &Arc<str>,
+        owner: Option<ActorId>,
+    ) -> bool {
         let (group, real) = split(filter);
+        let owned = |s: &Subscriber| owner.is_none_or(|id| s.session.get_id() == id);
         let (removed, empty) = self.with_entry(real, |e| match group {
-            None => e.subs.remove(client).is_some(),
+            None => {
+                if e.subs.get(client).is_some_and(owned) {
+                    e.subs.remove(client).is_some()
+                } else {
+                    false
+                }
+            }
             Some(g) => {
                 let mut removed = false;
                 if let Some(grp) = e.groups.get_mut(g) {
                     let before = grp.members.len();
-                    grp.members.retain(|m| &m.client_id != client);
+                    grp.members
+                        .retain(|m| !(&m.client_id == client && owned(m)));
                     removed = grp.members.len() != before;
                     if grp.members.is_empty() {
                         e.groups.remove(g);
