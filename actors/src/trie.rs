@@ -843,6 +843,15 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn node_layout_is_compact() {
+        // Documented in the module header; keep it honest.
+        assert_eq!(std::mem::size_of::<Node<u64>>(), 40);
+        assert_eq!(std::mem::size_of::<Node<[u8; 256]>>(), 40);
+        assert_eq!(std::mem::size_of::<LevelHasher>(), 0);
+    }
+
+    #[test]
     fn trie_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<TopicTrie<u64>>();
