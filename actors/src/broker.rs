@@ -384,3 +384,204 @@ impl std::fmt::Display for BrokerError {
 }
 
 impl std::error::Error for BrokerError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::QoS;
+    use crate::retainer::RetainerSettings;
+    use ractor::ActorProcessingErr;
+    use tokio::sync::mpsc;
+
+    /// Stands in for a session: forwards deliveries to the test.
+    struct Probe;
+
+    impl Actor for Probe {
+        type Msg = SessionMsg;
+        type State = (
+            Arc<str>,
+            mpsc::UnboundedSender<(Arc<str>, Arc<Message>, Vec<SubMatch>)>,
+        );
+        type Arguments = Self::State;
+
+        async fn pre_start(
+            &self,
+            _me: ActorRef<SessionMsg>,
+            a: Self::State,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(a)
+        }
+
+        async fn handle(
+            &self,
+            _me: ActorRef<SessionMsg>,
+            msg: SessionMsg,
+            st: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if let SessionMsg::Deliver(m, matches) = msg {
+                let _ = st.1.send((st.0.clone(), m, matches));
+            }
+            Ok(())
+        }
+    }
+
+    type Rx = mpsc::UnboundedReceiver<(Arc<str>, Arc<Message>, Vec<SubMatch>)>;
+
+    async fn setup(
+        strategy: SharedStrategy,
+    ) -> (
+        Arc<Broker>,
+        Rx,
+        mpsc::UnboundedSender<(Arc<str>, Arc<Message>, Vec<SubMatch>)>,
+    ) {
+        let b = Broker::start(
+            Arc::from("n@h"),
+            BrokerSettings {
+                shared_strategy: strategy,
+                ..Default::default()
+            },
+            Retainer::new(RetainerSettings::default()),
+            Arc::new(Metrics::default()),
+            Arc::new(Stats::default()),
+        )
+        .await
+        .expect("broker");
+        let (tx, rx) = mpsc::unbounded_channel();
+        (b, rx, tx)
+    }
+
+    async fn sub(
+        b: &Broker,
+        tx: &mpsc::UnboundedSender<(Arc<str>, Arc<Message>, Vec<SubMatch>)>,
+        client: &str,
+        filters: &[(&str, QoS)],
+    ) -> ActorRef<SessionMsg> {
+        let id: Arc<str> = Arc::from(client);
+        let (a, _) = Actor::spawn(None, Probe, (id.clone(), tx.clone()))
+            .await
+            .expect("probe");
+        for (f, q) in filters {
+            let s = Subscriber {
+                client_id: id.clone(),
+                session: a.clone(),
+                opts: SubscriptionOptions {
+                    qos: *q,
+                    ..Default::default()
+                },
+                sub_id: None,
+            };
+            b.subscribe(f, s).await.expect("subscribe");
+        }
+        a
+    }
+
+    fn publish(b: &Broker, topic: &str, from: &str) -> usize {
+        let mut m = Message::system(topic, "x", false);
+        m.from = Arc::from(from);
+        m.qos = QoS::ExactlyOnce;
+        b.publish(Arc::new(m))
+    }
+
+    async fn drain(rx: &mut Rx) -> Vec<(Arc<str>, Vec<SubMatch>)> {
+        let mut out = Vec::new();
+        while let Ok(Some((c, _, m))) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), rx.recv()).await
+        {
+            out.push((c, m));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn overlapping_subscriptions_of_one_client_make_one_delivery() {
+        let (b, mut rx, tx) = setup(SharedStrategy::RoundRobin).await;
+        sub(
+            &b,
+            &tx,
+            "c1",
+            &[
+                ("a/#", QoS::AtMostOnce),
+                ("a/b", QoS::ExactlyOnce),
+                ("+/b", QoS::AtLeastOnce),
+            ],
+        )
+        .await;
+        assert_eq!(publish(&b, "a/b", "p"), 1);
+        let got = drain(&mut rx).await;
+        assert_eq!(got.len(), 1);
+        let mut filters: Vec<&str> = got[0].1.iter().map(|m| &*m.filter).collect();
+        filters.sort();
+        assert_eq!(filters, vec!["+/b", "a/#", "a/b"]);
+    }
+
+    #[tokio::test]
+    async fn round_robin_shares_evenly_and_each_message_goes_to_one_member() {
+        let (b, mut rx, tx) = setup(SharedStrategy::RoundRobin).await;
+        for c in ["m1", "m2", "m3"] {
+            sub(&b, &tx, c, &[("$share/g/t/+", QoS::AtLeastOnce)]).await;
+        }
+        for _ in 0..30 {
+            assert_eq!(publish(&b, "t/1", "p"), 1);
+        }
+        let got = drain(&mut rx).await;
+        assert_eq!(got.len(), 30);
+        for c in ["m1", "m2", "m3"] {
+            assert_eq!(got.iter().filter(|(x, _)| &**x == c).count(), 10, "{c}");
+        }
+        assert_eq!(&*got[0].1[0].filter, "$share/g/t/+");
+    }
+
+    #[tokio::test]
+    async fn sticky_keeps_one_member_and_hash_clientid_is_stable_per_publisher() {
+        for strategy in [SharedStrategy::Sticky, SharedStrategy::HashClientId] {
+            let (b, mut rx, tx) = setup(strategy).await;
+            for c in ["m1", "m2", "m3"] {
+                sub(&b, &tx, c, &[("$share/g/t", QoS::AtLeastOnce)]).await;
+            }
+            for _ in 0..20 {
+                publish(&b, "t", "same-publisher");
+            }
+            let got = drain(&mut rx).await;
+            assert_eq!(got.len(), 20);
+            assert!(got.iter().all(|(c, _)| *c == got[0].0), "{strategy:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_and_plain_subscribers_each_get_a_copy() {
+        let (b, mut rx, tx) = setup(SharedStrategy::Random).await;
+        sub(&b, &tx, "g1a", &[("$share/g1/t", QoS::AtMostOnce)]).await;
+        sub(&b, &tx, "g2a", &[("$share/g2/t", QoS::AtMostOnce)]).await;
+        sub(&b, &tx, "q", &[("$queue/t", QoS::AtMostOnce)]).await;
+        sub(&b, &tx, "plain", &[("t", QoS::AtMostOnce)]).await;
+        assert_eq!(publish(&b, "t", "p"), 4);
+        assert_eq!(drain(&mut rx).await.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn unsubscribing_the_last_subscriber_removes_the_route() {
+        let (b, _rx, tx) = setup(SharedStrategy::RoundRobin).await;
+        sub(&b, &tx, "c1", &[("x/+", QoS::AtMostOnce)]).await;
+        sub(&b, &tx, "c2", &[("x/+", QoS::AtMostOnce)]).await;
+        assert_eq!(b.routes(), vec![("x/+".to_string(), "n@h".to_string())]);
+        assert!(b.unsubscribe("x/+", Arc::from("c1")).await.expect("unsub"));
+        assert_eq!(b.topics_count(), 1);
+        assert!(b.unsubscribe("x/+", Arc::from("c2")).await.expect("unsub"));
+        assert!(b.routes().is_empty());
+        assert!(!b.unsubscribe("x/+", Arc::from("c2")).await.expect("unsub"));
+        assert_eq!(publish(&b, "x/1", "p"), 0);
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_cannot_remove_its_successors_subscription() {
+        let (b, _rx, tx) = setup(SharedStrategy::RoundRobin).await;
+        let old = sub(&b, &tx, "c1", &[]).await;
+        let _new = sub(&b, &tx, "c1", &[("t", QoS::AtMostOnce)]).await;
+        let removed = b
+            .unsubscribe_owned("t", Arc::from("c1"), Some(old.get_id()))
+            .await
+            .expect("unsub");
+        assert!(!removed);
+        assert_eq!(publish(&b, "t", "p"), 1);
+    }
+}

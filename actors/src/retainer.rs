@@ -138,3 +138,73 @@ impl Retainer {
         before - map.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: &'static str) -> Arc<Message> {
+        Arc::new(Message::system(topic, payload, true))
+    }
+
+    #[test]
+    fn the_last_retained_message_per_topic_is_kept_and_empty_payload_clears() {
+        let r = Retainer::new(RetainerSettings::default());
+        r.store(&msg("a/b", "1")).expect("store");
+        r.store(&msg("a/b", "2")).expect("store");
+        r.store(&msg("a/c", "3")).expect("store");
+        assert_eq!(r.count(), 2);
+        assert_eq!(r.matching("a/b")[0].payload, "2");
+        assert_eq!(r.matching("a/+").len(), 2);
+        r.store(&msg("a/b", "")).expect("clear");
+        assert_eq!(r.topics(), vec!["a/c".to_string()]);
+    }
+
+    #[test]
+    fn wildcards_follow_the_dollar_rule() {
+        let r = Retainer::new(RetainerSettings::default());
+        r.store(&msg("$SYS/x", "1")).expect("store");
+        r.store(&msg("x", "2")).expect("store");
+        assert_eq!(r.matching("#").len(), 1);
+        assert_eq!(r.matching("$SYS/#").len(), 1);
+    }
+
+    #[test]
+    fn limits_refuse_and_expiry_hides() {
+        let r = Retainer::new(RetainerSettings {
+            max_retained_messages: 1,
+            max_payload_size: 3,
+            ..Default::default()
+        });
+        r.store(&msg("a", "1")).expect("store");
+        assert_eq!(r.store(&msg("b", "1")), Err(RetainRefused::Full));
+        assert_eq!(
+            r.store(&msg("a", "1234")),
+            Err(RetainRefused::PayloadTooLarge)
+        );
+        r.store(&msg("a", "22"))
+            .expect("replacing is allowed when full");
+        let mut old = Message::system("a", "x", true);
+        old.expiry_secs = Some(1);
+        old.timestamp_ms = 0;
+        r.store(&Arc::new(old)).expect("store");
+        assert!(r.matching("a").is_empty());
+        assert_eq!(r.purge_expired(), 1);
+        let off = Retainer::new(RetainerSettings {
+            enable: false,
+            ..Default::default()
+        });
+        assert_eq!(off.store(&msg("a", "1")), Err(RetainRefused::Disabled));
+    }
+
+    #[test]
+    fn clean_by_filter_or_all() {
+        let r = Retainer::new(RetainerSettings::default());
+        for t in ["a/1", "a/2", "b/1"] {
+            r.store(&msg(t, "x")).expect("store");
+        }
+        assert_eq!(r.clean(Some("a/#")), 2);
+        assert_eq!(r.clean(None), 1);
+        assert_eq!(r.count(), 0);
+    }
+}
