@@ -67,7 +67,7 @@ impl Delivery {
     pub fn from_matches(msg: Arc<Message>, matches: &[SubMatch], upgrade_qos: bool) -> Delivery {
         let max_sub = matches.iter().map(|m| m.opts.qos).max().unwrap_or_default();
         let qos = if upgrade_qos {
-            max_sub
+            msg.qos.max(max_sub)
         } else {
             msg.qos.min(max_sub)
         };
@@ -386,10 +386,10 @@ impl Channel {
         match pkt {
             Packet::Connect(_) => vec![self.close(reason::PROTOCOL_ERROR, "second CONNECT")],
             Packet::Publish(p) => self.handle_publish(p, now, sink),
-            Packet::PubAck(a) => self.handle_puback(a.packet_id),
+            Packet::PubAck(a) => self.handle_puback(a.packet_id, now),
             Packet::PubRec(a) => self.handle_pubrec(a, now),
             Packet::PubRel(a) => self.handle_pubrel(a.packet_id),
-            Packet::PubComp(a) => self.handle_pubcomp(a.packet_id),
+            Packet::PubComp(a) => self.handle_pubcomp(a.packet_id, now),
             Packet::Subscribe(s) => self.handle_subscribe(s),
             Packet::Unsubscribe(u) => self.handle_unsubscribe(u),
             Packet::PingReq => vec![Action::Send(Packet::PingResp)],
@@ -553,7 +553,7 @@ impl Channel {
         )))]
     }
 
-    fn handle_puback(&mut self, pid: u16) -> Vec<Action> {
+    fn handle_puback(&mut self, pid: u16, now: Instant) -> Vec<Action> {
         match self.inflight.get(&pid) {
             Some(Inflight {
                 state: InflightState::Publish(d),
@@ -561,7 +561,7 @@ impl Channel {
             }) if d.qos == QoS::AtLeastOnce => {
                 self.inflight.remove(&pid);
                 self.counters.delivered += 1;
-                self.drain(Instant::now())
+                self.drain(now)
             }
             _ => vec![],
         }
@@ -593,7 +593,7 @@ impl Channel {
         }
     }
 
-    fn handle_pubcomp(&mut self, pid: u16) -> Vec<Action> {
+    fn handle_pubcomp(&mut self, pid: u16, now: Instant) -> Vec<Action> {
         if let Some(Inflight {
             state: InflightState::Release,
             ..
@@ -601,7 +601,7 @@ impl Channel {
         {
             self.inflight.remove(&pid);
             self.counters.delivered += 1;
-            return self.drain(Instant::now());
+            return self.drain(now);
         }
         vec![]
     }
@@ -610,6 +610,7 @@ impl Channel {
         let st = self.settings.clone();
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut requests = Vec::with_capacity(s.filters.len());
+        let mut added: Vec<String> = Vec::new();
         for (filter, mut opts) in s.filters {
             let mut refused = None;
             let shared = topic::parse_shared(&filter);
@@ -631,9 +632,13 @@ impl Channel {
             }
             if refused.is_none() {
                 if let Some(max) = st.max_subscriptions {
-                    if self.subscriptions.len() >= max && !self.subscriptions.contains_key(&filter)
-                    {
-                        refused = Some(reason::QUOTA_EXCEEDED);
+                    let known = self.subscriptions.contains_key(&filter) || added.contains(&filter);
+                    if !known {
+                        if self.subscriptions.len() + added.len() >= max {
+                            refused = Some(reason::QUOTA_EXCEEDED);
+                        } else {
+                            added.push(filter.clone());
+                        }
                     }
                 }
             }
@@ -740,7 +745,10 @@ impl Channel {
                 self.counters.dropped += 1;
                 return vec![];
             }
-            return self.send_publish(d, None, now_wall).into_iter().collect();
+            return self
+                .send_publish(d, None, now_wall, true)
+                .into_iter()
+                .collect();
         }
         if self.inflight_full() || !self.mqueue.is_empty() {
             self.enqueue(d);
@@ -787,7 +795,7 @@ impl Channel {
 
     fn send_inflight(&mut self, d: Delivery, now: Instant, now_wall: u64) -> Option<Action> {
         let pid = self.alloc_pid()?;
-        let action = self.send_publish(d.clone(), Some(pid), now_wall)?;
+        let action = self.send_publish(d.clone(), Some(pid), now_wall, true)?;
         self.inflight_seq += 1;
         self.inflight.insert(
             pid,
@@ -802,21 +810,27 @@ impl Channel {
 
     /// Builds the PUBLISH for a delivery; `None` when it cannot be sent
     /// (larger than the client's maximum packet size: dropped, 3.1.2-24).
-    fn send_publish(&mut self, d: Delivery, pid: Option<u16>, now_wall: u64) -> Option<Action> {
+    fn send_publish(
+        &mut self,
+        d: Delivery,
+        pid: Option<u16>,
+        now_wall: u64,
+        use_alias: bool,
+    ) -> Option<Action> {
         let mut props = Properties::default();
+        let mut new_alias = None;
         let mut topic = d.msg.topic.to_string();
         if self.is_v5() {
             props = d.msg.properties.clone();
             props.message_expiry_interval = d.msg.remaining_expiry(now_wall);
             props.subscription_identifiers = d.sub_ids.clone();
-            if self.client_topic_alias_max > 0 {
+            if use_alias && self.client_topic_alias_max > 0 {
                 if let Some(a) = self.out_aliases.get(&d.msg.topic) {
                     props.topic_alias = Some(*a);
                     topic.clear();
                 } else if self.out_aliases.len() < self.client_topic_alias_max as usize {
-                    let a = self.out_aliases.len() as u16 + 1;
-                    self.out_aliases.insert(d.msg.topic.clone(), a);
-                    props.topic_alias = Some(a);
+                    new_alias = Some(self.out_aliases.len() as u16 + 1);
+                    props.topic_alias = new_alias;
                 }
             }
         }
@@ -835,6 +849,9 @@ impl Channel {
                 self.counters.dropped_too_large += 1;
                 return None;
             }
+        }
+        if let Some(a) = new_alias {
+            self.out_aliases.insert(d.msg.topic.clone(), a);
         }
         if pid.is_none() {
             self.counters.delivered += 1;
@@ -863,7 +880,7 @@ impl Channel {
                 break;
             };
             let a = if d.qos == QoS::AtMostOnce {
-                self.send_publish(d, None, now_wall)
+                self.send_publish(d, None, now_wall, true)
             } else {
                 self.send_inflight(d, now, now_wall)
             };
@@ -902,10 +919,9 @@ impl Channel {
                     self.counters.dropped_expired += 1;
                     return None;
                 }
-                // A resend always carries the full topic: aliases are per connection.
-                let saved = std::mem::take(&mut self.out_aliases);
-                let a = self.send_publish(d, Some(pid), now_wall);
-                self.out_aliases = saved;
+                // A resend always carries the full topic and no alias, so it
+                // never rebinds an alias the client knows.
+                let a = self.send_publish(d, Some(pid), now_wall, false);
                 if let Some(f) = self.inflight.get_mut(&pid) {
                     f.sent_at = now;
                 }
