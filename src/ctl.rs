@@ -165,7 +165,13 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
     match w.as_slice() {
         ["ping"] => (0, "pong\n".into()),
         ["stop"] => {
-            let _ = node.shutdown.send(true);
+            // Answer first: the caller must see `ok` before the inter-node
+            // server that carries the reply goes away.
+            let tx = node.shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let _ = tx.send(true);
+            });
             ok()
         }
         ["status"] => (0, format!("Node '{}' {} is started\n", node.name, VERSION)),

@@ -25,7 +25,7 @@ pub struct Node {
     pub name: String,
     pub ctx: Arc<Ctx>,
     /// Set to true to stop the node.
-    pub shutdown: watch::Sender<bool>,
+    pub shutdown: Arc<watch::Sender<bool>>,
 }
 
 /// Translates `mqtt.*` into the broker crate's settings.
@@ -246,7 +246,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     let node = Arc::new(Node {
         name: name.clone(),
         ctx: ctx.clone(),
-        shutdown,
+        shutdown: Arc::new(shutdown),
     });
 
     // The inter-node server and the control actor behind ctl.

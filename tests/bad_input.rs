@@ -857,7 +857,7 @@ fn garbage_first_packet() {
     h.check("after garbage");
 }
 
-/// 16. 1000 connections send half a CONNECT and stall: closed after
+/// Case 16: 1000 connections send half a CONNECT and stall: closed after
 /// mqtt.idle_timeout (2 s); the healthy pair works throughout.
 #[test]
 fn half_connect_stall() {

@@ -124,6 +124,10 @@ pub struct ChannelCounters {
     pub dropped: u64,
     pub dropped_expired: u64,
     pub dropped_too_large: u64,
+    /// Dropped because the message queue was full (the oldest goes).
+    pub dropped_queue_full: u64,
+    /// QoS 0 dropped: offline without `mqueue_store_qos0`, or socket backed up.
+    pub dropped_qos0: u64,
 }
 
 pub struct Channel {
@@ -735,6 +739,7 @@ impl Channel {
         if !self.connected {
             if d.qos == QoS::AtMostOnce && !self.settings.mqueue_store_qos0 {
                 self.counters.dropped += 1;
+                self.counters.dropped_qos0 += 1;
                 return vec![];
             }
             self.enqueue(d);
@@ -743,6 +748,7 @@ impl Channel {
         if d.qos == QoS::AtMostOnce {
             if !can_send_qos0 {
                 self.counters.dropped += 1;
+                self.counters.dropped_qos0 += 1;
                 return vec![];
             }
             return self
@@ -766,12 +772,14 @@ impl Channel {
         if let Some(max) = self.settings.max_mqueue_len {
             if max == 0 {
                 self.counters.dropped += 1;
+                self.counters.dropped_queue_full += 1;
                 return;
             }
             if self.mqueue.len() >= max {
                 // Full: the oldest message makes room for the newest.
                 self.mqueue.pop_front();
                 self.counters.dropped += 1;
+                self.counters.dropped_queue_full += 1;
             }
         }
         self.counters.enqueued += 1;

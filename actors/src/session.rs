@@ -7,11 +7,11 @@
 //! subscribing through the broker's shard actors, publishing, timers.
 
 use crate::broker::{SubMatch, Subscriber};
-use crate::channel::{Action, Channel, Delivery, PublishSink, SubRequest};
+use crate::channel::{Action, Channel, ChannelCounters, Delivery, PublishSink, SubRequest};
 use crate::codec::{self, DecodeError};
 use crate::conn::ConnHandle;
 use crate::message::{now_ms, Message};
-use crate::metrics::{inc, Stats};
+use crate::metrics::{add, inc, Stats};
 use crate::packet::*;
 use crate::Ctx;
 use bytes::BytesMut;
@@ -101,6 +101,8 @@ pub struct SessionState {
     gen: u64,
     /// Set when the session must end once the connection is closed.
     ending: bool,
+    /// The channel's drop counters already added to the node's metrics.
+    reported: ChannelCounters,
 }
 
 struct Sink<'a> {
@@ -130,6 +132,7 @@ impl Actor for SessionActor {
             conn: Some(a.conn),
             gen: 1,
             ending: false,
+            reported: ChannelCounters::default(),
         };
         let ack = st.ch.connack(&a.connect, false, a.assigned);
         st.send(Packet::ConnAck(ack));
@@ -186,6 +189,7 @@ impl Actor for SessionActor {
                     .is_some_and(|c| c.pending() < st.ctx.settings.max_pending_write);
                 let acts = st.ch.deliver(d, Instant::now(), can);
                 st.run(&myself, acts).await;
+                st.report_drops();
             }
             SessionMsg::Inbound(id, p) => {
                 if st.conn.as_ref().map(|c| c.id) != Some(id) {
@@ -288,6 +292,7 @@ impl Actor for SessionActor {
             SessionMsg::Tick => {
                 let acts = st.ch.tick(Instant::now());
                 st.run(&myself, acts).await;
+                st.report_drops();
             }
             SessionMsg::Expire(gen) => {
                 if gen == st.gen && st.conn.is_none() {
@@ -328,6 +333,32 @@ fn count_inbound(ctx: &Ctx, p: &Packet) {
 }
 
 impl SessionState {
+    /// Adds what the channel dropped since last time to the node's
+    /// `delivery.dropped*` metrics.
+    fn report_drops(&mut self) {
+        let c = &self.ch.counters;
+        let r = &mut self.reported;
+        if c.dropped == r.dropped {
+            return;
+        }
+        let m = &self.ctx.broker.metrics;
+        add(&m.delivery_dropped, c.dropped - r.dropped);
+        add(
+            &m.delivery_dropped_queue_full,
+            c.dropped_queue_full - r.dropped_queue_full,
+        );
+        add(&m.delivery_dropped_qos0, c.dropped_qos0 - r.dropped_qos0);
+        add(
+            &m.delivery_dropped_expired,
+            c.dropped_expired - r.dropped_expired,
+        );
+        add(
+            &m.delivery_dropped_too_large,
+            c.dropped_too_large - r.dropped_too_large,
+        );
+        *r = c.clone();
+    }
+
     fn send(&mut self, p: Packet) {
         let Some(conn) = &self.conn else { return };
         let m = &self.ctx.broker.metrics;

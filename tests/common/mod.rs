@@ -71,7 +71,15 @@ impl Node {
             data = dir.path().join("data").display()
         );
         std::fs::write(&config, text).expect("write config");
-        Node { name, mqtt_port, dist_port, dir, config, cookie, child: None }
+        Node {
+            name,
+            mqtt_port,
+            dist_port,
+            dir,
+            config,
+            cookie,
+            child: None,
+        }
     }
 
     pub fn spawn(&mut self, env: &[(String, String)]) {
@@ -80,7 +88,9 @@ impl Node {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn emqx-rs");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -94,7 +104,10 @@ impl Node {
                 }
                 panic!("emqx-rs exited at start ({st}): {err}");
             }
-            assert!(Instant::now() < deadline, "emqx-rs did not open its MQTT port in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "emqx-rs did not open its MQTT port in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         // Drain stderr in the background so the node never blocks on it.
@@ -133,7 +146,10 @@ impl Node {
         let mut a = vec!["ctl"];
         a.extend_from_slice(args);
         let o = self.cli(&a);
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
     }
 
     /// The node's stderr log so far.
@@ -191,7 +207,8 @@ pub struct Raw {
 impl Raw {
     pub fn connect(n: &Node) -> Raw {
         let s = TcpStream::connect(n.addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         Raw { s }
     }
 

@@ -316,7 +316,8 @@ fn body_len(packet: &Packet, version: ProtocolVersion) -> usize {
 /// On MQTT 3.x, `Disconnect` and `Auth` write nothing (the server never
 /// sends DISCONNECT before MQTT 5, and AUTH only exists in MQTT 5).
 /// Properties are only written on v5, and only those allowed for the packet
-/// type.
+/// type. A QoS > 0 PUBLISH without a packet id (a caller bug) is written with
+/// id 0.
 pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
     let Some(first) = first_byte(packet, version) else {
         return;

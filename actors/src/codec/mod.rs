@@ -50,9 +50,6 @@ mod props;
 #[cfg(test)]
 mod tests;
 
-use crate::packet::{Packet, ProtocolVersion};
-use bytes::BytesMut;
-
 pub use decode::decode;
 pub use encode::{encode, encoded_len};
 
@@ -105,11 +102,3 @@ impl std::fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
-
-/// Signature check: keeps the public API exactly as documented.
-#[allow(dead_code)]
-const _API: (
-    fn(&mut BytesMut, Option<ProtocolVersion>, usize) -> Result<Option<Packet>, DecodeError>,
-    fn(&Packet, ProtocolVersion, &mut BytesMut),
-    fn(&Packet, ProtocolVersion) -> usize,
-) = (decode, encode, encoded_len);

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::packet::*;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ProtocolVersion::{V3, V4, V5};
 
 const MAX: usize = 1 << 20;
@@ -169,8 +169,10 @@ fn connect_v5_with_will_properties() {
     ];
     let mut c = connect(V5, "a");
     c.keep_alive = 0;
-    let mut wp = Properties::default();
-    wp.will_delay_interval = Some(5);
+    let wp = Properties {
+        will_delay_interval: Some(5),
+        ..Properties::default()
+    };
     c.will = Some(LastWill {
         topic: "t".into(),
         payload: Bytes::new(),
@@ -351,9 +353,11 @@ fn connack_v5() {
             properties: Properties::default(),
         }),
     );
-    let mut props = Properties::default();
-    props.maximum_qos = Some(1);
-    props.receive_maximum = Some(10);
+    let props = Properties {
+        maximum_qos: Some(1),
+        receive_maximum: Some(10),
+        ..Properties::default()
+    };
     let bytes = [0x20, 0x08, 0x01, 0x00, 0x05, 0x21, 0x00, 0x0A, 0x24, 0x01];
     both(
         &bytes,
@@ -567,8 +571,10 @@ fn subscribe_v311() {
 
 #[test]
 fn subscribe_v5_options_and_id() {
-    let mut props = Properties::default();
-    props.subscription_identifiers = vec![5];
+    let props = Properties {
+        subscription_identifiers: vec![5],
+        ..Properties::default()
+    };
     both(
         &[0x82, 0x09, 0, 1, 2, 0x0B, 5, 0, 1, b'a', 0x2D],
         V5,
@@ -664,8 +670,10 @@ fn unsubscribe() {
             filters: vec!["a/b".into()],
         }),
     );
-    let mut props = Properties::default();
-    props.user_properties = vec![("a".into(), "b".into())];
+    let props = Properties {
+        user_properties: vec![("a".into(), "b".into())],
+        ..Properties::default()
+    };
     both(
         &[0xA2, 13, 0, 2, 7, 0x26, 0, 1, b'a', 0, 1, b'b', 0, 1, b'x'],
         V5,
@@ -727,8 +735,10 @@ fn disconnect() {
     }
     both(&[0xE0, 0], V5, d(0));
     both(&[0xE0, 1, 0x04], V5, d(0x04));
-    let mut props = Properties::default();
-    props.session_expiry_interval = Some(0);
+    let props = Properties {
+        session_expiry_interval: Some(0),
+        ..Properties::default()
+    };
     both(
         &[0xE0, 7, 0x00, 5, 0x11, 0, 0, 0, 0],
         V5,
@@ -751,8 +761,10 @@ fn auth() {
         })
     };
     both(&[0xF0, 0], V5, a(0, Properties::default()));
-    let mut props = Properties::default();
-    props.authentication_method = Some("x".into());
+    let props = Properties {
+        authentication_method: Some("x".into()),
+        ..Properties::default()
+    };
     both(&[0xF0, 6, 0x18, 4, 0x15, 0, 1, b'x'], V5, a(0x18, props));
     // AUTH does not exist before MQTT 5.
     malformed(&[0xF0, 0], Some(V4));
