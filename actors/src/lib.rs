@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub mod cm;
 pub mod codec;
 pub mod conn;

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A published message, shared (`Arc`) by every subscriber it is delivered
 /// to, so a fan-out to 500 sessions copies a pointer, not the payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// Unique within this node's lifetime; used in logs and to tell copies apart.
     pub id: u64,

@@ -7,6 +7,7 @@
 //! session logic is written once.
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// The protocol level byte of CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,7 +32,9 @@ impl ProtocolVersion {
 }
 
 /// Quality of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 pub enum QoS {
     #[default]
     AtMostOnce = 0,
@@ -54,7 +57,7 @@ impl QoS {
 /// Properties of every packet type, as one struct: the codec only reads and
 /// writes the ones allowed for the packet at hand (MQTT 5.0 section 2.2.2.2).
 /// On MQTT 3.x connections this is always empty.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Properties {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
@@ -159,7 +162,7 @@ impl PubAckLike {
 }
 
 /// How retained messages are sent at subscribe time (v5 subscription option).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum RetainHandling {
     /// 0: send retained messages at the time of the subscribe.
     #[default]
@@ -170,7 +173,7 @@ pub enum RetainHandling {
     DoNotSend = 2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct SubscriptionOptions {
     pub qos: QoS,
     pub no_local: bool,

@@ -1,0 +1,7 @@
+//! Clustering: membership, failure detection, route replication and the
+//! actors that run them over ractor_cluster (the control plane). Messages
+//! between nodes travel on the forwarding channel ([`crate::forward`]).
+
+pub mod detector;
+pub mod membership;
+pub mod routes;
