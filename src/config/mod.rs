@@ -257,6 +257,10 @@ pub struct ClusterConfig {
     pub k8s: K8sDiscovery,
     /// Static core list for replicants (EMQX 5.0–5.7). Default empty.
     pub core_nodes: Vec<String>,
+    /// How often each node sends a heartbeat to every peer (default `2s`; our own key).
+    pub heartbeat_interval: Duration,
+    /// A peer not heard from for this long is marked down (default `6s`; our own key).
+    pub down_timeout: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -271,6 +275,8 @@ impl Default for ClusterConfig {
             etcd: EtcdDiscovery::default(),
             k8s: K8sDiscovery::default(),
             core_nodes: Vec::new(),
+            heartbeat_interval: Duration::from_secs(2),
+            down_timeout: Duration::from_secs(6),
         }
     }
 }
@@ -1380,6 +1386,8 @@ impl ClusterConfig {
         o.set("autoheal", &mut self.autoheal, Field::bool)?;
         o.set("autoclean", &mut self.autoclean, Field::duration)?;
         o.set("core_nodes", &mut self.core_nodes, Field::node_list)?;
+        o.set("heartbeat_interval", &mut self.heartbeat_interval, Field::duration)?;
+        o.set("down_timeout", &mut self.down_timeout, Field::duration)?;
         o.section("static", |s| {
             s.set("seeds", &mut self.static_.seeds, Field::node_list)
         })?;

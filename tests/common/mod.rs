@@ -36,6 +36,8 @@ pub struct Node {
     pub config: PathBuf,
     pub cookie: String,
     child: Option<Child>,
+    /// The loopback address the node listens on.
+    pub host: String,
 }
 
 /// Options for a node; `extra` is appended to the generated emqx.conf.
@@ -80,6 +82,32 @@ impl Node {
             cookie,
             child: None,
         }
+    }
+
+    /// A cluster node on 127.0.0.`ip`, named `emqx<N>@127.0.0.<ip>` so its
+    /// inter-node port (4370 + N) and forwarding port (5370 + N) follow
+    /// from the name, as `cluster join <name>` needs. N is random with
+    /// both ports free.
+    pub fn prepare_cluster(ip: u8, extra: &str) -> Node {
+        let host = format!("127.0.0.{ip}");
+        let n = loop {
+            let n: u16 = 100 + (rand_u32() % 9000) as u16;
+            let free = |p: u16| TcpListener::bind((host.as_str(), p)).is_ok();
+            if free(4370 + n) && free(5370 + n) {
+                break n;
+            }
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mqtt_port = free_port();
+        let name = format!("emqx{n}@{host}");
+        let cookie = "clustercookie".to_string();
+        let config = dir.path().join("emqx.conf");
+        let text = format!(
+            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n}}\nlisteners.tcp.default.bind = \"{host}:{mqtt_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
+            data = dir.path().join("data").display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        Node { name, mqtt_port, dist_port: 4370 + n, dir, config, cookie, child: None, host }
     }
 
     pub fn spawn(&mut self, env: &[(String, String)]) {
@@ -130,7 +158,8 @@ impl Node {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.mqtt_port))
+        let ip: std::net::IpAddr = self.host.parse().expect("loopback address");
+        SocketAddr::new(ip, self.mqtt_port)
     }
 
     /// Runs `emqx-rs <args>` against this node's config.
@@ -185,6 +214,19 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A random number from the OS-seeded std hasher (no rand dependency).
+pub fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
