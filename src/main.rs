@@ -3,6 +3,7 @@
 //! `start | foreground | console | stop | ping | ctl ... | remote_console |
 //! version`, with Erlang-style flags (`-name`, `-setcookie`, `-config`).
 
+mod bench;
 mod config;
 mod ctl;
 mod node;
@@ -33,6 +34,7 @@ Commonly used commands:
 More:
   ping             check that the node is running (prints pong)
   remote_console   interactive shell for ctl commands on the running node
+  bench conn|pub|sub  load generator (emqx-rs bench --help)
   version          print the version
 ";
 
@@ -51,7 +53,7 @@ fn parse_flags(args: &[String]) -> Result<(Flags, Vec<String>), String> {
         match a {
             "-name" | "--name" => f.name = Some(take(a)?),
             "-setcookie" | "--setcookie" | "-cookie" => f.cookie = Some(take(a)?),
-            "-config" | "--config" | "-c" => f.config = Some(PathBuf::from(take(a)?)),
+            "-config" | "--config" => f.config = Some(PathBuf::from(take(a)?)),
             "-data_dir" | "--data-dir" => f.data_dir = Some(take(a)?),
             _ => rest.push(args[i].clone()),
         }
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
             };
             node::start_daemon(cfg, &args)
         }
+        "bench" => bench::main(cmd_args),
         "stop" | "ping" | "ctl" | "remote_console" | "attach" => {
             let cfg = match load_config(&flags) {
                 Ok(c) => c,

@@ -1386,7 +1386,11 @@ impl ClusterConfig {
         o.set("autoheal", &mut self.autoheal, Field::bool)?;
         o.set("autoclean", &mut self.autoclean, Field::duration)?;
         o.set("core_nodes", &mut self.core_nodes, Field::node_list)?;
-        o.set("heartbeat_interval", &mut self.heartbeat_interval, Field::duration)?;
+        o.set(
+            "heartbeat_interval",
+            &mut self.heartbeat_interval,
+            Field::duration,
+        )?;
         o.set("down_timeout", &mut self.down_timeout, Field::duration)?;
         o.section("static", |s| {
             s.set("seeds", &mut self.static_.seeds, Field::node_list)

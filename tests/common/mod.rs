@@ -81,6 +81,7 @@ impl Node {
             config,
             cookie,
             child: None,
+            host: "127.0.0.1".into(),
         }
     }
 
@@ -107,7 +108,16 @@ impl Node {
             data = dir.path().join("data").display()
         );
         std::fs::write(&config, text).expect("write config");
-        Node { name, mqtt_port, dist_port: 4370 + n, dir, config, cookie, child: None, host }
+        Node {
+            name,
+            mqtt_port,
+            dist_port: 4370 + n,
+            dir,
+            config,
+            cookie,
+            child: None,
+            host,
+        }
     }
 
     pub fn spawn(&mut self, env: &[(String, String)]) {

@@ -1,0 +1,448 @@
+//! A small async MQTT client on top of the project's codec, made for load
+//! generation: one TCP connection, a read and a write buffer, and the QoS
+//! 1/2 state machines of both directions.
+//!
+//! The owner drives it from its own `select!` loop: [`Client::io`] makes one
+//! step of I/O progress (a read, decoded and answered, or a write) and is
+//! cancel safe, so it can race against timers. Messages that arrive are
+//! collected in [`Client::received`]; completed and refused publishes are
+//! counted in [`Client::completed`] and [`Client::refused`].
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use emqx_actors::codec::{self, DecodeError};
+use emqx_actors::packet::*;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Largest packet accepted from the broker.
+const MAX_PACKET: usize = 268_435_460;
+/// Bytes reserved in the read buffer before each read.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub enum ClientError {
+    Io(std::io::Error),
+    Decode(DecodeError),
+    /// CONNACK with a failure reason code.
+    Refused(u8),
+    /// The broker closed the connection (with a DISCONNECT reason code on v5).
+    Closed(Option<u8>),
+    Protocol(String),
+    Timeout(&'static str),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "{e}"),
+            ClientError::Decode(e) => write!(f, "bad packet from the broker: {e}"),
+            ClientError::Refused(rc) => write!(f, "connection refused, reason code 0x{rc:02X}"),
+            ClientError::Closed(None) => write!(f, "connection closed by the broker"),
+            ClientError::Closed(Some(rc)) => {
+                write!(f, "broker sent DISCONNECT, reason code 0x{rc:02X}")
+            }
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::Timeout(what) => write!(f, "timed out waiting for {what}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> Self {
+        ClientError::Decode(e)
+    }
+}
+
+/// Where an outgoing QoS 1/2 publish stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// QoS 1, waiting for PUBACK.
+    Ack,
+    /// QoS 2, waiting for PUBREC.
+    Rec,
+    /// QoS 2, PUBREL sent, waiting for PUBCOMP.
+    Comp,
+}
+
+/// What to put in CONNECT.
+#[derive(Debug, Clone)]
+pub struct ConnectOpts {
+    pub version: ProtocolVersion,
+    pub client_id: String,
+    pub clean: bool,
+    pub keepalive: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+pub struct Client {
+    stream: TcpStream,
+    version: ProtocolVersion,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// When bytes were last written (for keep alive).
+    last_write: Instant,
+    /// Outgoing QoS 1/2 publishes by packet id.
+    inflight: HashMap<u16, Stage>,
+    /// At most this many outgoing QoS 1/2 publishes unacknowledged.
+    window: usize,
+    next_id: u16,
+    /// Incoming QoS 2 packet ids delivered and waiting for PUBREL.
+    qos2_in: HashSet<u16>,
+    /// SUBACK of the pending subscribe.
+    suback: Option<SubAck>,
+    /// Messages delivered to this client, for the owner to drain.
+    pub received: Vec<Publish>,
+    /// Outgoing QoS 1/2 publishes completed successfully, for the owner to take.
+    pub completed: u64,
+    /// Outgoing QoS 1/2 publishes refused by the broker (reason >= 0x80).
+    pub refused: u64,
+}
+
+impl Client {
+    /// Opens a TCP connection (from `local` if given), sends CONNECT and
+    /// waits for a successful CONNACK. `inflight` is the publisher's window;
+    /// a v5 broker's Receive Maximum lowers it.
+    pub async fn connect(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        opts: &ConnectOpts,
+        inflight: usize,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        tokio::time::timeout(timeout, Self::connect_inner(addr, local, opts, inflight))
+            .await
+            .map_err(|_| ClientError::Timeout("CONNACK"))?
+    }
+
+    async fn connect_inner(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        opts: &ConnectOpts,
+        inflight: usize,
+    ) -> Result<Client, ClientError> {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local {
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = sock.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut c = Client {
+            stream,
+            version: opts.version,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(4096),
+            last_write: Instant::now(),
+            inflight: HashMap::new(),
+            window: inflight.clamp(1, 65535),
+            next_id: 0,
+            qos2_in: HashSet::new(),
+            suback: None,
+            received: Vec::new(),
+            completed: 0,
+            refused: 0,
+        };
+        let connect = Packet::Connect(Connect {
+            protocol: opts.version,
+            protocol_name: String::new(),
+            clean_start: opts.clean,
+            keep_alive: opts.keepalive,
+            client_id: opts.client_id.clone(),
+            will: None,
+            username: opts.username.clone(),
+            password: opts.password.clone().map(Bytes::from),
+            properties: Properties::default(),
+        });
+        c.queue(&connect);
+        c.flush().await?;
+        let ack = loop {
+            if let Some(p) = codec::decode(&mut c.rbuf, Some(c.version), MAX_PACKET)? {
+                break p;
+            }
+            c.rbuf.reserve(READ_CHUNK);
+            if c.stream.read_buf(&mut c.rbuf).await? == 0 {
+                return Err(ClientError::Closed(None));
+            }
+        };
+        match ack {
+            Packet::ConnAck(a) if a.reason_code < 0x80 => {
+                if let Some(rm) = a.properties.receive_maximum {
+                    c.window = c.window.min(usize::from(rm).max(1));
+                }
+                Ok(c)
+            }
+            Packet::ConnAck(a) => Err(ClientError::Refused(a.reason_code)),
+            Packet::Disconnect(d) => Err(ClientError::Closed(Some(d.reason_code))),
+            other => Err(ClientError::Protocol(format!(
+                "expected CONNACK, got {}",
+                other.kind()
+            ))),
+        }
+    }
+
+    /// Appends a packet to the write buffer.
+    fn queue(&mut self, p: &Packet) {
+        codec::encode(p, self.version, &mut self.wbuf);
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_write(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Outgoing QoS 1/2 publishes not yet completed.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// True when a publish at `qos` would stay inside the inflight window.
+    pub fn can_publish(&self, qos: QoS) -> bool {
+        qos == QoS::AtMostOnce || self.inflight.len() < self.window
+    }
+
+    /// Writes the whole write buffer.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+            self.last_write = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Queues a PUBLISH; returns its packet id (QoS 1/2). The caller checks
+    /// [`Client::can_publish`] first.
+    pub fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: Bytes) -> Option<u16> {
+        let packet_id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            let id = self.alloc_id();
+            let stage = if qos == QoS::AtLeastOnce {
+                Stage::Ack
+            } else {
+                Stage::Rec
+            };
+            self.inflight.insert(id, stage);
+            Some(id)
+        };
+        self.queue(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: topic.to_string(),
+            packet_id,
+            properties: Properties::default(),
+            payload,
+        }));
+        packet_id
+    }
+
+    fn alloc_id(&mut self) -> u16 {
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id != 0 && !self.inflight.contains_key(&self.next_id) {
+                return self.next_id;
+            }
+        }
+    }
+
+    /// Subscribes to one filter and waits for the SUBACK; returns the
+    /// granted QoS or failure code. Messages arriving meanwhile stay in
+    /// [`Client::received`].
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<u8, ClientError> {
+        let id = self.alloc_id();
+        self.queue(&Packet::Subscribe(Subscribe {
+            packet_id: id,
+            properties: Properties::default(),
+            filters: vec![(
+                filter.to_string(),
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            )],
+        }));
+        self.suback = None;
+        loop {
+            if let Some(ack) = self.suback.take() {
+                if ack.packet_id != id {
+                    return Err(ClientError::Protocol(format!(
+                        "SUBACK for packet id {} instead of {id}",
+                        ack.packet_id
+                    )));
+                }
+                return ack
+                    .reason_codes
+                    .first()
+                    .copied()
+                    .ok_or_else(|| ClientError::Protocol("SUBACK without reason code".into()));
+            }
+            self.io().await?;
+        }
+    }
+
+    /// Queues a PINGREQ if nothing was written for `idle`.
+    pub fn ping_if_idle(&mut self, idle: Duration) {
+        if self.wbuf.is_empty() && self.last_write.elapsed() >= idle {
+            self.queue(&Packet::PingReq);
+        }
+    }
+
+    /// Sends DISCONNECT (the codec writes nothing for it before MQTT 5, so
+    /// the two bytes are written by hand there) and closes the connection.
+    pub async fn disconnect(mut self, timeout: Duration) {
+        if self.version == ProtocolVersion::V5 {
+            self.queue(&Packet::Disconnect(Disconnect {
+                reason_code: reason::SUCCESS,
+                properties: Properties::default(),
+            }));
+        } else {
+            self.wbuf.put_slice(&[0xE0, 0x00]);
+        }
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    /// One step of I/O: either reads what is available and handles every
+    /// complete packet (answering acknowledgements), or writes part of the
+    /// write buffer. Cancel safe: nothing is lost if the future is dropped.
+    pub async fn io(&mut self) -> Result<(), ClientError> {
+        enum Step {
+            Read(std::io::Result<usize>),
+            Wrote(std::io::Result<usize>),
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let step = {
+            let (mut rd, mut wr) = self.stream.split();
+            let wbuf = &self.wbuf;
+            let rbuf = &mut self.rbuf;
+            tokio::select! {
+                r = rd.read_buf(rbuf) => Step::Read(r),
+                r = wr.write(wbuf), if !wbuf.is_empty() => Step::Wrote(r),
+            }
+        };
+        match step {
+            Step::Read(r) => {
+                if r? == 0 {
+                    return Err(ClientError::Closed(None));
+                }
+                while let Some(p) = codec::decode(&mut self.rbuf, Some(self.version), MAX_PACKET)? {
+                    self.handle(p)?;
+                }
+            }
+            Step::Wrote(r) => {
+                let n = r?;
+                if n == 0 {
+                    return Err(ClientError::Closed(None));
+                }
+                self.wbuf.advance(n);
+                self.last_write = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, p: Packet) -> Result<(), ClientError> {
+        match p {
+            Packet::Publish(m) => match (m.qos, m.packet_id) {
+                (QoS::AtMostOnce, _) => self.received.push(m),
+                (QoS::AtLeastOnce, Some(id)) => {
+                    self.queue(&Packet::PubAck(PubAckLike::new(id, reason::SUCCESS)));
+                    self.received.push(m);
+                }
+                (QoS::ExactlyOnce, Some(id)) => {
+                    // Delivered on first receipt; a resend before PUBREL is
+                    // only acknowledged again.
+                    if self.qos2_in.insert(id) {
+                        self.received.push(m);
+                    }
+                    self.queue(&Packet::PubRec(PubAckLike::new(id, reason::SUCCESS)));
+                }
+                _ => return Err(ClientError::Protocol("PUBLISH without packet id".into())),
+            },
+            Packet::PubRel(a) => {
+                let rc = if self.qos2_in.remove(&a.packet_id) {
+                    reason::SUCCESS
+                } else {
+                    reason::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.queue(&Packet::PubComp(PubAckLike::new(a.packet_id, rc)));
+            }
+            Packet::PubAck(a) => match self.inflight.get(&a.packet_id) {
+                Some(Stage::Ack) => {
+                    self.inflight.remove(&a.packet_id);
+                    if a.reason_code < 0x80 {
+                        self.completed += 1;
+                    } else {
+                        self.refused += 1;
+                    }
+                }
+                _ => return Err(unexpected("PUBACK", a.packet_id)),
+            },
+            Packet::PubRec(a) => match self.inflight.get(&a.packet_id) {
+                Some(Stage::Rec) => {
+                    if a.reason_code < 0x80 {
+                        self.inflight.insert(a.packet_id, Stage::Comp);
+                        self.queue(&Packet::PubRel(PubAckLike::new(
+                            a.packet_id,
+                            reason::SUCCESS,
+                        )));
+                    } else {
+                        self.inflight.remove(&a.packet_id);
+                        self.refused += 1;
+                    }
+                }
+                // A PUBREC resent after our PUBREL: send PUBREL again.
+                Some(Stage::Comp) => self.queue(&Packet::PubRel(PubAckLike::new(
+                    a.packet_id,
+                    reason::SUCCESS,
+                ))),
+                _ => return Err(unexpected("PUBREC", a.packet_id)),
+            },
+            Packet::PubComp(a) => match self.inflight.get(&a.packet_id) {
+                Some(Stage::Comp) => {
+                    self.inflight.remove(&a.packet_id);
+                    if a.reason_code < 0x80 {
+                        self.completed += 1;
+                    } else {
+                        self.refused += 1;
+                    }
+                }
+                _ => return Err(unexpected("PUBCOMP", a.packet_id)),
+            },
+            Packet::SubAck(a) => self.suback = Some(a),
+            Packet::UnsubAck(_) | Packet::PingResp => {}
+            Packet::Disconnect(d) => return Err(ClientError::Closed(Some(d.reason_code))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {} from the broker",
+                    other.kind()
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unexpected(kind: &str, id: u16) -> ClientError {
+    ClientError::Protocol(format!("{kind} for unknown packet id {id}"))
+}
