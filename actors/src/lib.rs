@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cm;
 pub mod codec;
 pub mod conn;
+pub mod forward;
 pub mod message;
 pub mod metrics;
 pub mod packet;

@@ -1,0 +1,134 @@
+//! The listener: accepts connections, runs each handshake in its own task
+//! with a timeout, then reads frames and hands their messages to
+//! `on_receive`.
+
+use super::handshake::{self, HandshakeError};
+use super::wire::{self, DecodeError};
+use super::Shared;
+use bytes::{Buf, BytesMut};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                shared.tasks.spawn(connection(shared.clone(), stream, addr));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!("forwarding listener accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Counts an inbound connection as up for as long as it lives.
+struct Up<'a>(&'a Shared);
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        self.0.inbound.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum End {
+    Closed,
+    Io(io::Error),
+    TooLarge(usize),
+    Malformed(DecodeError),
+}
+
+async fn connection(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr) {
+    let cfg = &shared.cfg;
+    let _ = stream.set_nodelay(true);
+    let peer = match timeout(
+        cfg.handshake_timeout,
+        handshake::accept(&mut stream, &cfg.node, &cfg.cookie),
+    )
+    .await
+    {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(e)) => {
+            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            match e {
+                HandshakeError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%addr, "forwarding connection closed during handshake")
+                }
+                e => tracing::warn!(%addr, "inbound forwarding handshake failed: {e}"),
+            }
+            return;
+        }
+        Err(_) => {
+            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%addr, "inbound forwarding handshake timed out after {:?}", cfg.handshake_timeout);
+            return;
+        }
+    };
+    shared.inbound.fetch_add(1, Ordering::Relaxed);
+    let _up = Up(&shared);
+    tracing::debug!(%addr, %peer, "inbound forwarding connection up");
+    let received = shared.received_counter(&peer);
+    match read_loop(&shared, &peer, &received, stream).await {
+        End::Closed => tracing::debug!(%addr, %peer, "inbound forwarding connection closed"),
+        End::Io(e) => tracing::debug!(%addr, %peer, "inbound forwarding connection failed: {e}"),
+        End::TooLarge(n) => {
+            shared.malformed_frames.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%addr, %peer, "frame of {n} bytes exceeds the {} byte limit; closing", wire::MAX_FRAME)
+        }
+        End::Malformed(e) => {
+            shared.malformed_frames.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%addr, %peer, "malformed forwarding frame: {e}; closing")
+        }
+    }
+}
+
+async fn read_loop(
+    shared: &Shared,
+    peer: &str,
+    received: &std::sync::atomic::AtomicU64,
+    mut stream: TcpStream,
+) -> End {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        // Hand over every complete frame in the buffer.
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > wire::MAX_FRAME {
+                return End::TooLarge(len);
+            }
+            if buf.len() < 4 + len {
+                buf.reserve(4 + len - buf.len());
+                break;
+            }
+            buf.advance(4);
+            let body = buf.split_to(len).freeze();
+            let msgs = match wire::decode_frame(body) {
+                Ok(m) => m,
+                Err(e) => return End::Malformed(e),
+            };
+            let n = msgs.len() as u64;
+            for m in msgs {
+                (shared.on_receive)(peer, m);
+            }
+            received.fetch_add(n, Ordering::Relaxed);
+            shared.received_total.fetch_add(n, Ordering::Relaxed);
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return End::Closed,
+            Ok(_) => {}
+            Err(e) => return End::Io(e),
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! The data plane: forwarding published messages to other nodes.
+//!
+//! EMQX forwards publishes over gen_rpc, a pool of TCP connections separate
+//! from Erlang distribution (emqx-reference.md 1.3 and 8.2). This is ours: a
+//! few TCP connections per peer node, on the forwarding port (5370 + N in
+//! production), separate from the ractor_cluster control plane.
+//!
+//! # Connections
+//!
+//! Each node listens on [`ForwardConfig::listen`] and opens
+//! [`ForwardConfig::conns_per_peer`] outgoing connections to every peer
+//! registered with [`Forwarder::add_peer`]; messages flow one way on a
+//! connection, from the node that opened it. A message goes on connection
+//! `hash(topic) % conns`, so all messages of one topic share one connection
+//! and keep their order (as `gen_rpc:ordered_cast` keyed by `phash2(Topic)`).
+//!
+//! Every connection starts with a mutual cookie handshake (see
+//! [`handshake`]), bounded by `handshake_timeout` and run in the
+//! connection's own task, so a silent socket never holds up another. A
+//! wrong cookie closes the connection at both ends with one warning line on
+//! each. A connection that fails or closes is reopened with exponential
+//! backoff and jitter (`reconnect_min` doubling up to `reconnect_max`) for as
+//! long as the peer stays registered.
+//!
+//! After the handshake the connecting side sends length-prefixed frames,
+//! each a batch of up to `batch_max` messages (see [`wire`]): the writer
+//! drains whatever is queued into one frame per write. The receiving side
+//! decodes a frame whole and calls `on_receive(from_node, msg)` for each
+//! message in order. A malformed or oversized frame closes that connection
+//! with a warning.
+//!
+//! # Queues and the drop policy
+//!
+//! Each connection has one bounded queue of `queue_limit` messages, filled by
+//! [`Forwarder::forward`] (which never blocks) and drained by the
+//! connection's writer. While a connection is down its queue keeps filling
+//! and is sent once it reconnects.
+//!
+//! - **QoS 0** over the limit is dropped and counted:
+//!   [`ForwardError::Dropped`].
+//! - **QoS 1 and 2** over the limit are **held back up to 2x the limit, then
+//!   dropped and counted** too. The 2x is a hard cap: a queue never holds
+//!   more than `2 * queue_limit` messages.
+//! - When the connection is down and the queue is full, the error is
+//!   [`ForwardError::PeerDown`] instead (still dropped and counted).
+//! - A socket that makes no write progress for `send_timeout` is closed and
+//!   reopened; the frame being written is lost and counted as dropped
+//!   (the rest of the queue is kept).
+//! - [`Forwarder::remove_peer`] drops the peer's queues and counts them
+//!   (a frame being written at that moment is lost uncounted).
+//!
+//! Like EMQX's async forwarding, delivery is at most once across nodes:
+//! nothing is acknowledged or resent by this layer.
+//!
+//! # Lifecycle
+//!
+//! Every task (accept loop, one per inbound connection, one per outgoing
+//! connection) is tracked; [`Forwarder::stop`] aborts them all, which closes
+//! every socket and the listener, and [`Forwarder::shutdown`] also waits
+//! for them, so a broker can be stopped and started again in one process.
+
+pub mod handshake;
+mod inbound;
+mod outbound;
+mod tasks;
+pub mod wire;
+
+use crate::message::Message;
+use crate::packet::QoS;
+use parking_lot::{Mutex, RwLock};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+/// Settings of a node's forwarding channel.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// This node's name, `name@host`.
+    pub node: Arc<str>,
+    /// Shared secret proved by both ends of every connection; never sent.
+    pub cookie: String,
+    /// Where this node accepts forwarding connections (5370 + N in production).
+    pub listen: SocketAddr,
+    /// Bind every outgoing socket to this local address before connecting.
+    pub bind_ip: Option<IpAddr>,
+    /// Outgoing connections per peer (default 4).
+    pub conns_per_peer: usize,
+    /// Queue limit per connection, in messages (default 10 000).
+    pub queue_limit: usize,
+    /// Most messages in one frame (default 256, as EMQX's `rpc.async_batch_size`).
+    pub batch_max: usize,
+    /// Bound on connecting plus the handshake (default 5 s).
+    pub handshake_timeout: Duration,
+    /// A socket with no write progress for this long is reopened (default 15 s).
+    pub send_timeout: Duration,
+    /// First reconnect delay (default 250 ms); doubles per failed attempt.
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay (default 10 s).
+    pub reconnect_max: Duration,
+}
+
+impl ForwardConfig {
+    /// The defaults, for a node name, cookie and listen address.
+    pub fn new(
+        node: impl Into<Arc<str>>,
+        cookie: impl Into<String>,
+        listen: SocketAddr,
+    ) -> ForwardConfig {
+        ForwardConfig {
+            node: node.into(),
+            cookie: cookie.into(),
+            listen,
+            bind_ip: None,
+            conns_per_peer: 4,
+            queue_limit: 10_000,
+            batch_max: 256,
+            handshake_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(15),
+            reconnect_min: Duration::from_millis(250),
+            reconnect_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Called for every received message with the sending node's name, in the
+/// order the messages were sent on their connection.
+pub type OnReceive = Arc<dyn Fn(&str, Message) + Send + Sync>;
+
+/// Why [`Forwarder::forward`] did not queue a message. It is counted as
+/// dropped in every case but `UnknownPeer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    #[error("unknown peer node")]
+    UnknownPeer,
+    /// Over the queue limit (QoS 0), or over twice the limit (QoS 1/2).
+    #[error("forwarding queue full, message dropped")]
+    Dropped,
+    /// The connection is down and its queue is full.
+    #[error("peer down and its forwarding queue full, message dropped")]
+    PeerDown,
+}
+
+/// A snapshot of one peer's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub node: String,
+    pub addr: SocketAddr,
+    /// Outgoing connections that finished their handshake and are up.
+    pub connected: usize,
+    /// Messages waiting in this peer's queues.
+    pub queued: usize,
+    /// Messages written to the peer's sockets.
+    pub sent: u64,
+    /// Messages dropped: queue full, frame lost on a failed write, peer removed.
+    pub dropped: u64,
+    /// Frame bytes written (length prefixes included).
+    pub bytes_sent: u64,
+    /// Frames written (`sent / frames_sent` is the average batch).
+    pub frames_sent: u64,
+    /// Messages received from this node on its connections to us.
+    pub received: u64,
+    /// Outgoing connection attempts so far.
+    pub connect_attempts: u64,
+    /// Outgoing attempts whose connect or handshake failed.
+    pub connect_failures: u64,
+}
+
+/// Node-wide counters of the listener side.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Inbound connections currently up (handshake done).
+    pub connections: usize,
+    /// TCP connections accepted so far.
+    pub accepted: u64,
+    /// Inbound handshakes that failed or timed out.
+    pub handshake_failures: u64,
+    /// Frames that failed to decode or exceeded the size limit.
+    pub malformed_frames: u64,
+    /// Messages received from all nodes.
+    pub received: u64,
+    /// Messages dropped by this node's outgoing side, removed peers included.
+    pub dropped: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct PeerCounters {
+    pub queued: AtomicUsize,
+    pub connected: AtomicUsize,
+    pub sent: AtomicU64,
+    pub dropped: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub connect_attempts: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Set once a "peer unreachable" warning was logged; cleared on connect,
+    /// so an outage logs one line, not one per connection and attempt.
+    pub down_logged: AtomicBool,
+}
+
+/// One outgoing connection's queue.
+pub(crate) struct Slot {
+    pub queue: Mutex<VecDeque<Arc<Message>>>,
+    pub notify: Notify,
+    pub connected: AtomicBool,
+}
+
+pub(crate) struct Peer {
+    pub node: Arc<str>,
+    pub addr: Mutex<SocketAddr>,
+    pub slots: Vec<Arc<Slot>>,
+    pub stats: PeerCounters,
+    pub tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Peer {
+    pub(crate) fn count_dropped(&self, shared: &Shared, n: u64) {
+        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        shared.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What the tasks share; they never hold the `Forwarder` itself, so
+/// dropping the last `Arc<Forwarder>` stops everything.
+pub(crate) struct Shared {
+    pub cfg: ForwardConfig,
+    pub on_receive: OnReceive,
+    pub tasks: tasks::Tasks,
+    /// Messages received per sending node.
+    pub received: RwLock<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    pub inbound: AtomicUsize,
+    pub accepted: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub malformed_frames: AtomicU64,
+    pub received_total: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn received_counter(&self, node: &str) -> Arc<AtomicU64> {
+        if let Some(c) = self.received.read().get(node) {
+            return c.clone();
+        }
+        self.received
+            .write()
+            .entry(Arc::from(node))
+            .or_default()
+            .clone()
+    }
+}
+
+/// A node's forwarding channel: the listener and the connections to peers.
+pub struct Forwarder {
+    shared: Arc<Shared>,
+    peers: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
+    local_addr: SocketAddr,
+}
+
+impl Forwarder {
+    /// Binds the listener and spawns the accept loop.
+    pub async fn start(
+        cfg: ForwardConfig,
+        on_receive: OnReceive,
+    ) -> std::io::Result<Arc<Forwarder>> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let mut cfg = cfg;
+        cfg.conns_per_peer = cfg.conns_per_peer.max(1);
+        cfg.queue_limit = cfg.queue_limit.max(1);
+        cfg.batch_max = cfg.batch_max.max(1);
+        let shared = Arc::new(Shared {
+            cfg,
+            on_receive,
+            tasks: tasks::Tasks::new(tokio::runtime::Handle::current()),
+            received: RwLock::default(),
+            inbound: AtomicUsize::new(0),
+            accepted: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
+            malformed_frames: AtomicU64::new(0),
+            received_total: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        shared
+            .tasks
+            .spawn(inbound::accept_loop(shared.clone(), listener));
+        tracing::info!(node = %shared.cfg.node, %local_addr, "forwarding listener started");
+        Ok(Arc::new(Forwarder {
+            shared,
+            peers: RwLock::default(),
+            local_addr,
+        }))
+    }
+
+    /// The listener's address (useful when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Registers a peer and opens its connections, which reconnect with
+    /// backoff while it stays registered. Idempotent; a new address for a
+    /// known node reopens its connections there, keeping its queues.
+    /// Does nothing once stopped.
+    pub fn add_peer(&self, node: &str, addr: SocketAddr) {
+        if self.shared.tasks.is_stopped() {
+            return;
+        }
+        let mut peers = self.peers.write();
+        if let Some(peer) = peers.get(node) {
+            if *peer.addr.lock() == addr {
+                return;
+            }
+            *peer.addr.lock() = addr;
+            let old = std::mem::take(&mut *peer.tasks.lock());
+            for t in old {
+                t.abort();
+            }
+            self.spawn_slots(peer);
+            return;
+        }
+        let n = self.shared.cfg.conns_per_peer;
+        let peer = Arc::new(Peer {
+            node: Arc::from(node),
+            addr: Mutex::new(addr),
+            slots: (0..n)
+                .map(|_| {
+                    Arc::new(Slot {
+                        queue: Mutex::new(VecDeque::new()),
+                        notify: Notify::new(),
+                        connected: AtomicBool::new(false),
+                    })
+                })
+                .collect(),
+            stats: PeerCounters::default(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        self.spawn_slots(&peer);
+        peers.insert(peer.node.clone(), peer);
+    }
+
+    fn spawn_slots(&self, peer: &Arc<Peer>) {
+        let mut tasks = peer.tasks.lock();
+        for i in 0..peer.slots.len() {
+            if let Some(t) =
+                self.shared
+                    .tasks
+                    .spawn(outbound::run(self.shared.clone(), peer.clone(), i))
+            {
+                tasks.push(t);
+            }
+        }
+    }
+
+    /// Unregisters a peer: closes its connections and drops (and counts)
+    /// whatever was queued for it.
+    pub fn remove_peer(&self, node: &str) {
+        let Some(peer) = self.peers.write().remove(node) else {
+            return;
+        };
+        self.close_peer(&peer);
+    }
+
+    fn close_peer(&self, peer: &Peer) {
+        for t in peer.tasks.lock().drain(..) {
+            t.abort();
+        }
+        let mut n = 0;
+        for slot in &peer.slots {
+            let mut q = slot.queue.lock();
+            n += q.len();
+            peer.stats.queued.fetch_sub(q.len(), Ordering::Relaxed);
+            q.clear();
+        }
+        if n > 0 {
+            peer.count_dropped(&self.shared, n as u64);
+            tracing::info!(peer = %peer.node, dropped = n, "forwarding peer removed, queued messages dropped");
+        }
+    }
+
+    /// Queues `msg` for `node` on the connection its topic hashes to. Never
+    /// blocks; see the module docs for the drop policy.
+    pub fn forward(&self, node: &str, msg: Arc<Message>) -> Result<(), ForwardError> {
+        let peer = self
+            .peers
+            .read()
+            .get(node)
+            .cloned()
+            .ok_or(ForwardError::UnknownPeer)?;
+        let slot = &peer.slots[slot_of(&msg.topic, peer.slots.len())];
+        let limit = self.shared.cfg.queue_limit;
+        let cap = if msg.qos == QoS::AtMostOnce {
+            limit
+        } else {
+            limit.saturating_mul(2)
+        };
+        let mut q = slot.queue.lock();
+        let len = q.len();
+        if len >= cap {
+            drop(q);
+            peer.count_dropped(&self.shared, 1);
+            return Err(if slot.connected.load(Ordering::Relaxed) {
+                ForwardError::Dropped
+            } else {
+                ForwardError::PeerDown
+            });
+        }
+        q.push_back(msg);
+        peer.stats.queued.fetch_add(1, Ordering::Relaxed);
+        drop(q);
+        if len == 0 {
+            // The writer drains everything before it waits, so only the
+            // first message into an empty queue needs to wake it.
+            slot.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Counters of every registered peer, sorted by node name.
+    pub fn peers(&self) -> Vec<PeerStats> {
+        let received = self.shared.received.read();
+        let mut v: Vec<PeerStats> = self
+            .peers
+            .read()
+            .values()
+            .map(|p| {
+                let s = &p.stats;
+                PeerStats {
+                    node: p.node.to_string(),
+                    addr: *p.addr.lock(),
+                    connected: s.connected.load(Ordering::Relaxed),
+                    queued: s.queued.load(Ordering::Relaxed),
+                    sent: s.sent.load(Ordering::Relaxed),
+                    dropped: s.dropped.load(Ordering::Relaxed),
+                    bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+                    frames_sent: s.frames_sent.load(Ordering::Relaxed),
+                    received: received
+                        .get(&*p.node)
+                        .map_or(0, |c| c.load(Ordering::Relaxed)),
+                    connect_attempts: s.connect_attempts.load(Ordering::Relaxed),
+                    connect_failures: s.connect_failures.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.node.cmp(&b.node));
+        v
+    }
+
+    /// Counters of the listener side and node-wide totals.
+    pub fn listener_stats(&self) -> ListenerStats {
+        let s = &self.shared;
+        ListenerStats {
+            connections: s.inbound.load(Ordering::Relaxed),
+            accepted: s.accepted.load(Ordering::Relaxed),
+            handshake_failures: s.handshake_failures.load(Ordering::Relaxed),
+            malformed_frames: s.malformed_frames.load(Ordering::Relaxed),
+            received: s.received_total.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Tasks spawned by this forwarder that have not ended yet.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.tasks.live()
+    }
+
+    /// Stops every task and so closes every socket, the listener included;
+    /// forgets every peer (their queues are dropped and counted). Does not
+    /// wait: aborted tasks end at their next poll. Idempotent.
+    pub fn stop(&self) {
+        self.shared.tasks.stop();
+        let peers: Vec<_> = self.peers.write().drain().map(|(_, p)| p).collect();
+        for p in peers {
+            self.close_peer(&p);
+        }
+    }
+
+    /// [`stop`](Self::stop), then waits until every task has ended, so the
+    /// listener port is free and no socket is open when it returns.
+    pub async fn shutdown(&self) {
+        self.stop();
+        self.shared.tasks.join_stopped().await;
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The connection a topic's messages use: stable for the process lifetime.
+fn slot_of(topic: &str, n: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    topic.hash(&mut h);
+    (h.finish() % n as u64) as usize
+}

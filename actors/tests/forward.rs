@@ -1,0 +1,716 @@
+//! The inter-node forwarding channel over real sockets on loopback.
+
+use bytes::Bytes;
+use emqx_actors::forward::{handshake, ForwardConfig, ForwardError, Forwarder, OnReceive};
+use emqx_actors::message::Message;
+use emqx_actors::packet::{Properties, QoS};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+const COOKIE: &str = "s3cret";
+
+fn any_port() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+}
+
+fn cfg(node: &str, cookie: &str) -> ForwardConfig {
+    let mut c = ForwardConfig::new(node, cookie, any_port());
+    c.reconnect_min = Duration::from_millis(100);
+    c.reconnect_max = Duration::from_secs(1);
+    c
+}
+
+/// Everything a node received, with the sending node's name.
+#[derive(Default)]
+struct Sink {
+    msgs: Mutex<Vec<(String, Message)>>,
+    count: AtomicUsize,
+}
+
+impl Sink {
+    fn on_receive(self: &Arc<Self>) -> OnReceive {
+        let me = self.clone();
+        Arc::new(move |from: &str, m: Message| {
+            me.msgs.lock().push((from.to_owned(), m));
+            me.count.fetch_add(1, Ordering::Release);
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "received {} of {n} messages within {within:?}",
+                self.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A counting sink that keeps nothing, for the throughput run.
+fn counting(count: Arc<AtomicUsize>) -> OnReceive {
+    Arc::new(move |_: &str, _: Message| {
+        count.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn msg(topic: &str, seq: u64, qos: QoS) -> Message {
+    let mut m = Message::system(topic, format!("{topic}#{seq}"), seq.is_multiple_of(3));
+    m.qos = qos;
+    m.from = Arc::from(format!("client-{}", seq % 7).as_str());
+    m.timestamp_ms = 1_700_000_000_000 + seq;
+    m.expiry_secs = if seq.is_multiple_of(2) {
+        Some(30 + seq as u32)
+    } else {
+        None
+    };
+    m.properties = Properties {
+        payload_format_indicator: Some(1),
+        content_type: Some("text/plain".into()),
+        response_topic: Some(format!("reply/{topic}")),
+        correlation_data: Some(Bytes::from(seq.to_be_bytes().to_vec())),
+        user_properties: vec![("seq".into(), seq.to_string()), ("k".into(), "v".into())],
+        ..Default::default()
+    };
+    m
+}
+
+fn seq_of(m: &Message) -> u64 {
+    let s = std::str::from_utf8(&m.payload).unwrap();
+    s.rsplit('#').next().unwrap().parse().unwrap()
+}
+
+/// Checks that each topic's messages arrived complete and in order.
+fn check_order(received: &[(String, Message)], per_topic: &HashMap<String, u64>) {
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    for (_, m) in received {
+        let n = next.entry(&m.topic).or_insert(0);
+        assert_eq!(seq_of(m), *n, "topic {} out of order", m.topic);
+        *n += 1;
+    }
+    for (t, count) in per_topic {
+        assert_eq!(
+            next.get(t.as_str()).copied().unwrap_or(0),
+            *count,
+            "topic {t} incomplete"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_messages_arrive_intact_and_in_order() {
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
+        .await
+        .unwrap();
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    a.add_peer("b@host", b.local_addr()); // idempotent
+
+    let topics: Vec<String> = (0..10).map(|i| format!("t/{i}")).collect();
+    let mut sent = Vec::new();
+    let mut per_topic = HashMap::new();
+    for seq in 0..10_000u64 {
+        let topic = &topics[(seq % 10) as usize];
+        let n = per_topic.entry(topic.clone()).or_insert(0u64);
+        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][(seq % 3) as usize];
+        let m = msg(topic, *n, qos);
+        *n += 1;
+        a.forward("b@host", Arc::new(m.clone())).unwrap();
+        sent.push(m);
+    }
+    sink.wait_for(10_000, Duration::from_secs(20)).await;
+
+    let got = sink.msgs.lock().clone();
+    assert_eq!(got.len(), 10_000);
+    check_order(&got, &per_topic);
+    let by_key: HashMap<(String, u64), &Message> = sent
+        .iter()
+        .map(|m| ((m.topic.to_string(), seq_of(m)), m))
+        .collect();
+    for (from, m) in &got {
+        assert_eq!(from, "a@host");
+        let orig = by_key[&(m.topic.to_string(), seq_of(m))];
+        assert_eq!(m.payload, orig.payload);
+        assert_eq!(m.qos, orig.qos);
+        assert_eq!(m.retain, orig.retain);
+        assert_eq!(m.from, orig.from);
+        assert_eq!(m.timestamp_ms, orig.timestamp_ms);
+        assert_eq!(m.expiry_secs, orig.expiry_secs);
+        assert_eq!(m.properties, orig.properties);
+    }
+    let pa = &a.peers()[0];
+    assert_eq!((pa.sent, pa.dropped, pa.queued), (10_000, 0, 0));
+    assert!(pa.bytes_sent > 10_000 * 50);
+    assert_eq!(b.listener_stats().received, 10_000);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn order_per_topic_holds_across_four_connections() {
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
+        .await
+        .unwrap();
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    wait_until("4 connections", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+    assert_eq!(b.listener_stats().connections, 4);
+
+    // 64 topics, interleaved round-robin, forwarded from 4 tasks at once
+    // (each task owns 16 topics, so per-topic order is the task's order).
+    let mut per_topic = HashMap::new();
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let a = a.clone();
+        let topics: Vec<String> = (0..16).map(|i| format!("w{w}/topic/{i}")).collect();
+        for t in &topics {
+            per_topic.insert(t.clone(), 500u64);
+        }
+        handles.push(tokio::spawn(async move {
+            for seq in 0..500 {
+                for t in &topics {
+                    a.forward("b@host", Arc::new(msg(t, seq, QoS::AtLeastOnce)))
+                        .unwrap();
+                }
+                if seq % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    sink.wait_for(32_000, Duration::from_secs(30)).await;
+    check_order(&sink.msgs.lock(), &per_topic);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Collects formatted log lines of the current thread.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// current_thread: every task runs on this thread, under the scoped subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn wrong_cookie_delivers_nothing_logs_both_sides_and_backs_off() {
+    let logs = LogBuf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", "cookie-b"), sink.on_receive())
+        .await
+        .unwrap();
+    let mut ca = cfg("a@host", "cookie-a");
+    ca.reconnect_min = Duration::from_millis(200);
+    ca.reconnect_max = Duration::from_secs(5);
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    for seq in 0..100 {
+        let _ = a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let p = a.peers().remove(0);
+    assert_eq!(sink.len(), 0, "nothing delivered with a wrong cookie");
+    assert_eq!(p.connected, 0);
+    assert_eq!(p.queued, 100, "messages wait for a connection");
+    // 4 connections, backoff 200 ms doubling with jitter: about 4 attempts
+    // each in 2 s. A busy loop would make thousands.
+    assert!(p.connect_attempts >= 8, "retries: {}", p.connect_attempts);
+    assert!(
+        p.connect_attempts <= 24,
+        "too many attempts in 2 s: {}",
+        p.connect_attempts
+    );
+    assert_eq!(p.connect_failures, p.connect_attempts);
+    let ls = b.listener_stats();
+    assert!(ls.handshake_failures >= 8, "{ls:?}");
+    assert_eq!(ls.connections, 0);
+
+    let text = String::from_utf8(logs.0.lock().clone()).unwrap();
+    let server_side = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("wrong cookie"))
+        .count();
+    let client_side = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("rejected by the peer"))
+        .count();
+    assert!(server_side >= 1 && client_side >= 1, "logs:\n{text}");
+    // One line per failed connection on each side, naming the peer.
+    assert!(text
+        .lines()
+        .any(|l| l.contains("wrong cookie") && l.contains("a@host") && l.contains("127.0.0.1")));
+    assert!(text
+        .lines()
+        .any(|l| l.contains("rejected") && l.contains("b@host")));
+    assert!(server_side as u64 <= p.connect_attempts && client_side as u64 <= p.connect_attempts);
+
+    // Still retrying, still slowly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = a.peers()[0].connect_attempts;
+    assert!(
+        later > p.connect_attempts && later <= p.connect_attempts + 12,
+        "{later}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_does_not_block_a_real_peer() {
+    let sink = Arc::new(Sink::default());
+    let mut cb = cfg("b@host", COOKIE);
+    cb.handshake_timeout = Duration::from_secs(2);
+    let b = Forwarder::start(cb, sink.on_receive()).await.unwrap();
+
+    // Several silent sockets, connected before the real peer.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(b.local_addr()).await.unwrap());
+    }
+    let t0 = Instant::now();
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    for seq in 0..100 {
+        a.forward("b@host", Arc::new(msg("t", seq, QoS::AtMostOnce)))
+            .unwrap();
+    }
+    sink.wait_for(100, Duration::from_secs(1)).await;
+    assert!(t0.elapsed() < Duration::from_secs(1));
+
+    // The silent sockets are closed once the handshake timeout passes.
+    for mut s in silent {
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(4), s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "silent socket still open");
+        assert!(
+            buf.starts_with(&handshake::MAGIC),
+            "the server speaks first"
+        );
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(b.listener_stats().handshake_failures, 3);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Accepts connections and never reads from them; with `handshake`, it
+/// completes the handshake first (so the forwarder counts it connected).
+async fn stalled_peer(handshake: bool) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind(any_port()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            if handshake {
+                let _ = handshake::accept(&mut s, "b@host", COOKIE).await;
+            }
+            held.push(s);
+        }
+    });
+    (addr, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_that_never_reads_keeps_queues_bounded() {
+    let (addr, server) = stalled_peer(true).await;
+    let mut ca = cfg("a@host", COOKIE);
+    ca.queue_limit = 100;
+    ca.send_timeout = Duration::from_secs(1);
+    let limit_total = 2 * 100 * ca.conns_per_peer;
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", addr);
+    wait_until("connections", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    let (mut ok, mut dropped, mut down) = (0u64, 0u64, 0u64);
+    let t0 = Instant::now();
+    let mut seq = 0u64;
+    while t0.elapsed() < Duration::from_millis(2500) {
+        for _ in 0..200 {
+            let qos = if seq.is_multiple_of(4) {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            };
+            let mut m = Message::system(format!("t/{}", seq % 32), payload.clone(), false);
+            m.qos = qos;
+            match a.forward("b@host", Arc::new(m)) {
+                Ok(()) => ok += 1,
+                Err(ForwardError::Dropped) => dropped += 1,
+                Err(ForwardError::PeerDown) => down += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+            seq += 1;
+        }
+        let p = &a.peers()[0];
+        assert!(
+            p.queued <= limit_total,
+            "queued {} > {limit_total}",
+            p.queued
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let p = a.peers().remove(0);
+    assert!(
+        dropped > 0,
+        "QoS 0 past the limit is dropped (ok {ok}, down {down})"
+    );
+    assert!(p.queued <= limit_total);
+    // Every refusal was counted; in-flight frames lost to send_timeout add to it.
+    assert!(p.dropped >= dropped + down, "{p:?}");
+    // No write progress for send_timeout: connections were closed and reopened.
+    assert!(p.connect_attempts > 4, "{p:?}");
+    assert_eq!(ok + dropped + down, seq);
+    // Accepted = sent + queued + in a frame being written or lost with one.
+    assert!(ok >= p.sent + p.queued as u64, "{p:?}");
+    a.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_never_answers_the_handshake_keeps_queues_bounded() {
+    let (addr, server) = stalled_peer(false).await;
+    let mut ca = cfg("a@host", COOKIE);
+    ca.queue_limit = 100;
+    ca.handshake_timeout = Duration::from_millis(300);
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", addr);
+    let mut results = HashMap::new();
+    for seq in 0..2000u64 {
+        // One topic per message spreads them evenly over the 4 connections.
+        let mut m = msg(&format!("t/{seq}"), seq, QoS::AtMostOnce);
+        if seq >= 1000 {
+            m.qos = QoS::AtLeastOnce;
+        }
+        *results
+            .entry(format!("{:?}", a.forward("b@host", Arc::new(m))))
+            .or_insert(0) += 1;
+    }
+    let p = a.peers().remove(0);
+    // QoS 0 fills each queue to the limit, QoS 1 to twice the limit, never more.
+    assert_eq!(p.queued, 2 * 100 * 4, "{results:?}");
+    assert_eq!(results["Ok(())"], 800);
+    assert_eq!(results["Err(PeerDown)"], 1200);
+    assert_eq!(p.dropped, 1200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        a.peers()[0].connect_attempts > 4,
+        "handshake timeouts lead to reconnects"
+    );
+    a.remove_peer("b@host");
+    assert_eq!(
+        a.listener_stats().dropped,
+        2000,
+        "removing a peer drops and counts its queue"
+    );
+    assert_eq!(
+        a.forward("b@host", Arc::new(msg("t", 0, QoS::AtMostOnce))),
+        Err(ForwardError::UnknownPeer)
+    );
+    a.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnects_to_a_restarted_peer() {
+    let sink1 = Arc::new(Sink::default());
+    let b1 = Forwarder::start(cfg("b@host", COOKIE), sink1.on_receive())
+        .await
+        .unwrap();
+    let addr = b1.local_addr();
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", addr);
+    for seq in 0..100 {
+        a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    sink1.wait_for(100, Duration::from_secs(5)).await;
+
+    b1.shutdown().await;
+    wait_until("disconnect seen", Duration::from_secs(5), || {
+        a.peers()[0].connected == 0
+    })
+    .await;
+    // Queued while the peer is away.
+    for seq in 0..50 {
+        a.forward("b@host", Arc::new(msg("u", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let sink2 = Arc::new(Sink::default());
+    let mut cb = cfg("b@host", COOKIE);
+    cb.listen = addr;
+    let b2 = Forwarder::start(cb, sink2.on_receive()).await.unwrap();
+    for seq in 50..100 {
+        a.forward("b@host", Arc::new(msg("u", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    // reconnect_max is 1 s.
+    sink2.wait_for(100, Duration::from_secs(5)).await;
+    check_order(&sink2.msgs.lock(), &HashMap::from([("u".to_string(), 100)]));
+    wait_until("all reconnected", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+    a.shutdown().await;
+    b2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_frees_the_port_and_ends_every_task() {
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
+        .await
+        .unwrap();
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    b.add_peer("a@host", a.local_addr());
+    a.forward("b@host", Arc::new(msg("t", 0, QoS::AtMostOnce)))
+        .unwrap();
+    sink.wait_for(1, Duration::from_secs(5)).await;
+    wait_until("both ways up", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4 && b.peers()[0].connected == 4
+    })
+    .await;
+    // accept loop + 4 outgoing + 4 inbound
+    assert_eq!(a.live_tasks(), 9);
+    let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+
+    // stop() alone: no waiting, yet everything ends promptly.
+    a.stop();
+    wait_until("a's tasks end", Duration::from_secs(2), || {
+        a.live_tasks() == 0
+    })
+    .await;
+    assert!(a.peers().is_empty());
+    std::net::TcpListener::bind(a_addr).expect("a's port is free after stop");
+    // Its sockets closed too: b sees its inbound connections from a go.
+    wait_until("b's inbound closed", Duration::from_secs(2), || {
+        b.listener_stats().connections == 0
+    })
+    .await;
+    assert_eq!(
+        a.forward("b@host", Arc::new(msg("t", 1, QoS::AtMostOnce))),
+        Err(ForwardError::UnknownPeer)
+    );
+    a.add_peer("b@host", b_addr); // inert once stopped
+    assert!(a.peers().is_empty());
+    assert_eq!(a.live_tasks(), 0);
+
+    // shutdown() waits, so the port is free the moment it returns.
+    b.shutdown().await;
+    assert_eq!(b.live_tasks(), 0);
+    std::net::TcpListener::bind(b_addr).expect("b's port is free after shutdown");
+
+    // A broker restarted in-process gets its port back.
+    let mut again = cfg("b@host", COOKIE);
+    again.listen = b_addr;
+    let b2 = Forwarder::start(again, sink.on_receive()).await.unwrap();
+    assert_eq!(b2.local_addr(), b_addr);
+    drop(b2); // dropping the last handle stops it as well
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_sockets_bind_to_bind_ip() {
+    let l = TcpListener::bind(any_port()).await.unwrap();
+    let mut ca = cfg("a@host", COOKIE);
+    ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    ca.conns_per_peer = 2;
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", l.local_addr().unwrap());
+    for _ in 0..2 {
+        let (_s, peer) = tokio::time::timeout(Duration::from_secs(5), l.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(peer.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    }
+    a.shutdown().await;
+
+    // And end to end with a real peer.
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
+        .await
+        .unwrap();
+    let mut ca = cfg("a@host", COOKIE);
+    ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    a.forward("b@host", Arc::new(msg("t", 0, QoS::AtMostOnce)))
+        .unwrap();
+    sink.wait_for(1, Duration::from_secs(5)).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frame_closes_only_that_connection() {
+    use tokio::io::AsyncWriteExt;
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
+        .await
+        .unwrap();
+
+    // A well-authenticated client that then sends garbage.
+    let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
+    handshake::connect(&mut s, "evil@host", "b@host", COOKIE)
+        .await
+        .unwrap();
+    s.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 9]).await.unwrap(); // count 9, no messages
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // An oversized length prefix.
+    let mut s = TcpStream::connect(b.local_addr()).await.unwrap();
+    handshake::connect(&mut s, "evil@host", "b@host", COOKIE)
+        .await
+        .unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.listener_stats().malformed_frames, 2);
+
+    // A real peer is undisturbed.
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    a.forward("b@host", Arc::new(msg("t", 0, QoS::AtMostOnce)))
+        .unwrap();
+    sink.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(sink.len(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Not a timed assertion: prints msgs/s for 64-byte payloads over loopback.
+/// `FWD_BENCH_MSGS=2000000 cargo test --release -p emqx-actors --test forward
+/// throughput -- --nocapture` for a real number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throughput_64_byte_payloads() {
+    let total: usize = std::env::var("FWD_BENCH_MSGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let count = Arc::new(AtomicUsize::new(0));
+    let b = Forwarder::start(cfg("b@host", COOKIE), counting(count.clone()))
+        .await
+        .unwrap();
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    wait_until("connections", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+
+    let payload = Bytes::from(vec![b'x'; 64]);
+    let msgs: Vec<Arc<Message>> = (0..64)
+        .map(|i| {
+            let mut m = Message::system(format!("bench/{i}"), payload.clone(), false);
+            m.qos = QoS::AtLeastOnce;
+            Arc::new(m)
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut retries = 0u64;
+    for i in 0..total {
+        while a.forward("b@host", msgs[i % msgs.len()].clone()).is_err() {
+            retries += 1;
+            tokio::task::yield_now().await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::Relaxed) < total {
+        assert!(Instant::now() < deadline, "throughput run stalled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let dt = t0.elapsed();
+    let p = &a.peers()[0];
+    println!(
+        "forward throughput: {total} msgs of 64 B in {:.3} s = {:.0} msgs/s \
+         ({:.1} MB/s on the wire, {:.1} msgs/frame, {retries} full-queue retries)",
+        dt.as_secs_f64(),
+        total as f64 / dt.as_secs_f64(),
+        p.bytes_sent as f64 / dt.as_secs_f64() / 1e6,
+        p.sent as f64 / p.frames_sent.max(1) as f64,
+    );
+    assert_eq!(p.dropped, retries);
+    a.shutdown().await;
+    b.shutdown().await;
+}
