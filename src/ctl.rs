@@ -3,16 +3,20 @@
 //! over the inter-node protocol.
 
 use crate::node::Node;
+use emqx_actors::cluster::service::SvcMsg;
 use emqx_actors::packet::QoS;
 use emqx_actors::session::ClientInfo;
 use emqx_actors::sys::{human_uptime, SYSDESCR, VERSION};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// The process group the control actor joins; a remote shell finds the
-/// node's control actor there.
-pub const CTL_GROUP: &str = "emqx_ctl";
+/// The process group of a node's control actor; a remote shell (or
+/// another cluster node) finds it there by the node's name.
+pub fn ctl_group(node: &str) -> String {
+    format!("emqx_ctl:{node}")
+}
 
 /// Messages of the control actor; this is the only remotable actor of a
 /// node, so its variants are part of the inter-node protocol.
@@ -81,6 +85,14 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "Show broker statistics of clients, topics, subscribers",
     ),
     ("broker", "broker metrics", "Show broker metrics"),
+    ("cluster", "cluster join <Node>", "Join the cluster"),
+    ("cluster", "cluster leave", "Leave the cluster"),
+    (
+        "cluster",
+        "cluster force-leave <Node>",
+        "Force the node leave from cluster",
+    ),
+    ("cluster", "cluster status [--json]", "Cluster status"),
     ("clients", "clients list", "List all clients"),
     ("clients", "clients show <ClientId>", "Show a client"),
     ("clients", "clients kick <ClientId>", "Kick out a client"),
@@ -211,20 +223,69 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
                 .collect();
             (0, out)
         }
-        ["clients", "list"] => {
-            let all = ctx.cm.all_info().await;
-            if all.is_empty() {
+        ["cluster", "join", target] => {
+            let t = target.to_string();
+            call_cluster(node, |r| SvcMsg::Join(t, r), 30).await
+        }
+        ["cluster", "leave"] => call_cluster(node, SvcMsg::Leave, 30).await,
+        ["cluster", "force-leave", target] => {
+            let t = target.to_string();
+            call_cluster(node, |r| SvcMsg::ForceLeave(t, r), 30).await
+        }
+        ["cluster", "status"] => {
+            let (c, out) = call_cluster(node, |r| SvcMsg::Status(false, r), 5).await;
+            (c, format!("{out}\n"))
+        }
+        ["cluster", "status", "--json"] => {
+            let (c, out) = call_cluster(node, |r| SvcMsg::Status(true, r), 5).await;
+            (c, format!("{out}\n"))
+        }
+        ["clients", "list", rest @ ..] => {
+            let mut out: String = ctx
+                .cm
+                .all_info()
+                .await
+                .iter()
+                .map(|i| format_client(i, &node.name))
+                .collect();
+            if rest != ["--local"] {
+                for (_, o) in on_peers(node, &["clients", "list", "--local"]).await {
+                    if o != "No clients.\n" {
+                        out.push_str(&o);
+                    }
+                }
+            }
+            if out.is_empty() {
                 return (0, "No clients.\n".into());
             }
-            (0, all.iter().map(format_client).collect())
+            (0, out)
         }
-        ["clients", "show", id] => match ctx.cm.info(id).await {
-            Some(i) => (0, format_client(&i)),
+        ["clients", "show", id, rest @ ..] => match ctx.cm.info(id).await {
+            Some(i) => (0, format_client(&i, &node.name)),
+            None if rest != ["--local"] => {
+                for (_, o) in on_peers(node, &["clients", "show", id, "--local"]).await {
+                    if o != "Not Found.\n" {
+                        return (0, o);
+                    }
+                }
+                (0, "Not Found.\n".into())
+            }
             None => (0, "Not Found.\n".into()),
         },
-        ["clients", "kick", id] => {
+        ["clients", "kick", id, rest @ ..] => {
             if !ctx.cm.kick(id).await {
-                tracing::warn!("ctl clients kick: client {id} not found");
+                let mut found = false;
+                if rest != ["--local"] {
+                    for (_, o) in on_peers(node, &["clients", "kick", id, "--local"]).await {
+                        found |= o == "ok\n";
+                    }
+                }
+                if !found {
+                    tracing::warn!("ctl clients kick: client {id} not found");
+                }
+                if rest == ["--local"] {
+                    return (0, "Not Found.\n".into());
+                }
             }
             ok()
         }
@@ -273,16 +334,14 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             ok()
         }
         ["topics", "list"] => {
-            let r = ctx.broker.routes();
+            let r = all_routes(node);
             if r.is_empty() {
                 return (0, "No topics.\n".into());
             }
             (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
         }
         ["topics", "show", t] => {
-            let r: Vec<(String, String)> = ctx
-                .broker
-                .routes()
+            let r: Vec<(String, String)> = all_routes(node)
                 .into_iter()
                 .filter(|(f, _)| f == t)
                 .collect();
@@ -290,6 +349,28 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
                 return (0, "Not Found.\n".into());
             }
             (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
+        }
+        ["broker", "stats", "--cluster"] => {
+            let mut sums: std::collections::BTreeMap<String, i64> = ctx
+                .stats()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            for (_, o) in on_peers(node, &["broker", "stats"]).await {
+                for line in o.lines() {
+                    if let Some((k, v)) = line.split_once(':') {
+                        if let Ok(v) = v.trim().parse::<i64>() {
+                            *sums.entry(k.trim().to_string()).or_default() += v;
+                        }
+                    }
+                }
+            }
+            (
+                0,
+                sums.iter()
+                    .map(|(k, v)| format!("{k:<30}: {v}\n"))
+                    .collect(),
+            )
         }
         ["retainer", rest @ ..] if !ctx.broker.retainer.enabled() && !rest.is_empty() => {
             (1, "Retainer is not enabled\n".into())
@@ -331,6 +412,67 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
     }
 }
 
+/// Calls the cluster service and returns its text as the command output.
+async fn call_cluster<F>(node: &Node, msg: F, timeout_s: u64) -> (i32, String)
+where
+    F: FnOnce(RpcReplyPort<String>) -> SvcMsg,
+{
+    match node
+        .cluster
+        .call(msg, Some(Duration::from_secs(timeout_s)))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(out)) => {
+            let code = if out.starts_with("Failed") { 1 } else { 0 };
+            (code, out)
+        }
+        _ => (1, "Error: the cluster service did not answer\n".into()),
+    }
+}
+
+/// Runs a ctl command on every running peer through its control actor.
+async fn on_peers(node: &Node, words: &[&str]) -> Vec<(String, String)> {
+    let peers = match node
+        .cluster
+        .call(SvcMsg::RunningPeers, Some(Duration::from_secs(5)))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(p)) => p,
+        _ => return Vec::new(),
+    };
+    let req = serde_json::to_string(words).unwrap_or_else(|_| "[]".into());
+    let mut out = Vec::new();
+    for p in peers {
+        let Some(cell) = ractor::pg::get_members(&ctl_group(&p)).into_iter().next() else {
+            continue;
+        };
+        let actor: ActorRef<ControlMsg> = cell.into();
+        let r = actor
+            .call(
+                |rp| ControlMsg::Run(req.clone(), rp),
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+        if let Ok(ractor::rpc::CallResult::Success(s)) = r {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) {
+                out.push((p, v["out"].as_str().unwrap_or("").to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Routes of this node and of every other node, sorted.
+fn all_routes(node: &Node) -> Vec<(String, String)> {
+    let mut r = node.ctx.broker.routes();
+    if let Some(v) = node.ctx.broker.cluster.get() {
+        r.extend(v.routes.read().all());
+    }
+    r.sort();
+    r.dedup();
+    r
+}
+
 fn chrono_like_now() -> String {
     // RFC 3339 in UTC without an extra date crate.
     let ms = emqx_actors::message::now_ms();
@@ -352,7 +494,7 @@ fn chrono_like_now() -> String {
 }
 
 /// One `clients list` line, in EMQX's shape.
-pub fn format_client(i: &ClientInfo) -> String {
+pub fn format_client(i: &ClientInfo, node: &str) -> String {
     let mut s = format!(
         "Client({}, username={}, peername={}, clean_start={}, keepalive={}, session_expiry_interval={}, subscriptions={}, inflight={}, awaiting_rel={}, delivered_msgs={}, enqueued_msgs={}, dropped_msgs={}, connected={}, created_at={}, connected_at={}",
         i.client_id,
@@ -374,7 +516,7 @@ pub fn format_client(i: &ClientInfo) -> String {
     if let Some(d) = i.disconnected_at {
         s.push_str(&format!(", disconnected_at={d}"));
     }
-    s.push_str(")\n");
+    s.push_str(&format!(", node={node})\n"));
     s
 }
 

@@ -2,8 +2,13 @@
 //! carries ctl commands, and the background (`start`) mode.
 
 use crate::config::Config;
-use crate::ctl::{ControlActor, ControlMsg, CTL_GROUP};
+use crate::ctl::{ctl_group, ControlActor, ControlMsg};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
+use emqx_actors::cluster::membership::{MemberInfo, Role};
+use emqx_actors::cluster::service::{
+    group_of, ClusterService, ClusterSettings, ClusterView, Endpoint, SvcArgs, SvcMsg,
+};
+use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
 use emqx_actors::packet::QoS;
 use emqx_actors::retainer::{Retainer, RetainerSettings};
@@ -18,12 +23,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
 
 /// The running node, as seen by ctl commands.
 pub struct Node {
     pub name: String,
     pub ctx: Arc<Ctx>,
+    /// The cluster service (membership, joins, routes).
+    pub cluster: ActorRef<SvcMsg>,
     /// Set to true to stop the node.
     pub shutdown: Arc<watch::Sender<bool>>,
 }
@@ -215,6 +223,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         cm: Default::default(),
         sys,
         started_at: Instant::now(),
+        retain_tx: Default::default(),
     });
     let sys_task = ctx.spawn_sys();
 
@@ -242,14 +251,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         )));
     }
 
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
-    let node = Arc::new(Node {
-        name: name.clone(),
-        ctx: ctx.clone(),
-        shutdown: Arc::new(shutdown),
-    });
-
-    // The inter-node server and the control actor behind ctl.
+    // The inter-node server (ping, stop, ctl, and the cluster's control plane).
     let server = NodeServer::new(
         dist_port,
         cfg.node.cookie.clone(),
@@ -262,10 +264,82 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     let (node_server, _) = Actor::spawn(Some(format!("emqx_node_server:{name}")), server, ())
         .await
         .map_err(|e| format!("cannot start the inter-node server on port {dist_port}: {e}"))?;
+
+    // The data plane: message forwarding between nodes.
+    let fwd_port = cfg.forward_port();
+    let mut fwd_cfg = ForwardConfig::new(
+        ctx.node.clone(),
+        cfg.node.cookie.clone(),
+        SocketAddr::new(listen_ip, fwd_port),
+    );
+    fwd_cfg.bind_ip = host_ip(&name);
+    let b = ctx.broker.clone();
+    let on_receive: OnReceive = Arc::new(move |_from: &str, msg, shared| {
+        b.publish_forwarded(Arc::new(msg), shared);
+    });
+    let forwarder = Forwarder::start(fwd_cfg, on_receive)
+        .await
+        .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
+
+    // The cluster service.
+    let adv_ip = host_ip(&name).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let me = MemberInfo {
+        node: name.clone(),
+        dist_addr: SocketAddr::new(adv_ip, dist_port).to_string(),
+        fwd_addr: SocketAddr::new(adv_ip, fwd_port).to_string(),
+        role: match cfg.node.db_role.as_str() {
+            "replicant" => Role::Replicant,
+            _ => Role::Core,
+        },
+        incarnation: emqx_actors::message::now_ms(),
+    };
+    let view = Arc::new(ClusterView {
+        me: ctx.node.clone(),
+        routes: Default::default(),
+        up: Default::default(),
+        forwarder: forwarder.clone(),
+    });
+    let _ = ctx.broker.cluster.set(view.clone());
+    let (route_tx, route_rx) = mpsc::unbounded_channel();
+    let _ = ctx.broker.tables.route_tx.set(route_tx);
+    let (retain_tx, retain_rx) = mpsc::unbounded_channel();
+    let _ = ctx.retain_tx.set(retain_tx);
+    let (cluster, _) = Actor::spawn(
+        None,
+        ClusterService,
+        SvcArgs {
+            ctx: ctx.clone(),
+            me,
+            node_server: node_server.clone(),
+            view,
+            settings: ClusterSettings {
+                heartbeat_interval: cfg.cluster.heartbeat_interval,
+                down_timeout: cfg.cluster.down_timeout,
+                data_dir: cfg.node.data_dir.clone(),
+                bind_ip: host_ip(&name),
+            },
+            route_rx,
+            retain_rx,
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot start the cluster service: {e}"))?;
+    let (endpoint, _) = Actor::spawn(None, Endpoint, cluster.clone())
+        .await
+        .map_err(|e| format!("cannot start the cluster endpoint: {e}"))?;
+    ractor::pg::join(group_of(&name), vec![endpoint.get_cell()]);
+
+    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let node = Arc::new(Node {
+        name: name.clone(),
+        ctx: ctx.clone(),
+        cluster: cluster.clone(),
+        shutdown: Arc::new(shutdown),
+    });
     let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
         .await
         .map_err(|e| format!("cannot start the control actor: {e}"))?;
-    ractor::pg::join(CTL_GROUP.to_string(), vec![control.get_cell()]);
+    ractor::pg::join(ctl_group(&name), vec![control.get_cell()]);
 
     let pid = pid_file(&cfg);
     let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
@@ -302,6 +376,9 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     sys_task.abort();
     ctx.cm.stop_all().await;
     ctx.broker.stop();
+    forwarder.stop();
+    endpoint.stop(None);
+    cluster.stop(None);
     control.stop(None);
     node_server.stop(None);
     let _ = std::fs::remove_file(&pid);

@@ -4,7 +4,7 @@
 //! `emqx_ctl` process group, and call it.
 
 use crate::config::Config;
-use crate::ctl::{ControlMsg, CTL_GROUP};
+use crate::ctl::{ctl_group, ControlMsg};
 use crate::node::Node;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
@@ -127,7 +127,7 @@ impl Remote {
         }
         // The control actor's group membership arrives with `ready`; allow a moment.
         for _ in 0..50 {
-            if let Some(cell) = ractor::pg::get_members(&CTL_GROUP.to_string())
+            if let Some(cell) = ractor::pg::get_members(&ctl_group(&cfg.node.name))
                 .into_iter()
                 .next()
             {

@@ -769,8 +769,8 @@ fn assert_names(err: &str, key: &str, n: &Node) {
 fn config_error_unknown_key_names_key_and_file() {
     let (n, err) = config_error("mqtt.max_inflite = 3", &[]);
     assert_names(&err, "mqtt.max_inflite", &n);
-    // Line 10: 9 generated lines precede `extra`.
-    assert!(err.contains(&format!("{}:10", n.config.display())), "{err}");
+    // Line 11: 10 generated lines precede `extra`.
+    assert!(err.contains(&format!("{}:11", n.config.display())), "{err}");
 }
 
 #[test]
@@ -804,8 +804,8 @@ fn config_error_syntax_error_names_file_and_line() {
     let (n, err) = config_error("mqtt {\n  max_inflight = 3\n", &[]);
     let path = n.config.display().to_string();
     assert!(err.contains(&path), "no file in {err:?}");
-    // The brace opens on line 10 and the text ends on line 12 or 13.
-    let has_line = (10..=13).any(|l| err.contains(&format!("{path}:{l}")));
+    // The brace opens on line 11 and the text ends on line 13 or 14.
+    let has_line = (11..=14).any(|l| err.contains(&format!("{path}:{l}")));
     assert!(has_line, "no line number in {err:?}");
 }
 
@@ -943,8 +943,10 @@ fn shipped_etc_emqx_conf_loads_and_serves_with_env_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let mqtt = free_port();
     let dist = free_port();
+    let fwd = free_port();
     let name = format!("shipped{dist}@127.0.0.1");
     let env = [
+        ("EMQX_NODE__FORWARD_LISTEN_PORT", fwd.to_string()),
         ("EMQX_NODE__NAME", name.clone()),
         (
             "EMQX_NODE__DATA_DIR",

@@ -104,6 +104,10 @@ pub struct Tables {
     /// Routes: filter -> nodes with subscribers (only this node for now;
     /// the cluster replicates this table).
     pub routes: RwLock<BTreeMap<Arc<str>, Vec<Arc<str>>>>,
+    /// Where the shard actors report this node's route changes, once the
+    /// cluster service listens.
+    pub route_tx:
+        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::cluster::routes::RouteOp>>,
 }
 
 pub fn shard_of(key: &str, n: usize) -> usize {
@@ -150,6 +154,10 @@ pub struct Broker {
     pub retainer: Retainer,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<Stats>,
+    /// The cluster's routes and forwarder, once this node runs the cluster service.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::service::ClusterView>>,
+    /// Round-robin position for choosing among nodes of a shared group.
+    rr: AtomicUsize,
 }
 
 /// Result of a subscribe applied by a shard.
@@ -173,6 +181,7 @@ impl Broker {
             exact: (0..n).map(|_| RwLock::new(HashMap::new())).collect(),
             wild: RwLock::new(TopicTrie::new()),
             routes: RwLock::new(BTreeMap::new()),
+            route_tx: std::sync::OnceLock::new(),
         });
         let mut shards = Vec::with_capacity(n);
         for i in 0..n {
@@ -192,6 +201,8 @@ impl Broker {
             retainer,
             metrics,
             stats,
+            cluster: std::sync::OnceLock::new(),
+            rr: AtomicUsize::new(0),
         }))
     }
 
@@ -244,11 +255,91 @@ impl Broker {
     /// how many sessions it went to. Does not store retained messages: the
     /// caller decides (retain flag, retain_available).
     pub fn publish(&self, msg: Arc<Message>) -> usize {
+        self.dispatch(msg, Target::All)
+    }
+
+    /// Delivers a message that another node forwarded here: to the plain
+    /// subscribers only, or to one member of the named shared group (the
+    /// publisher's node already chose this node for it). Never forwards.
+    pub fn publish_forwarded(&self, msg: Arc<Message>, shared: Option<(String, String)>) -> usize {
+        inc(&self.metrics.messages_forwarded_in);
+        match shared {
+            None => self.dispatch(msg, Target::PlainOnly),
+            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)),
+        }
+    }
+
+    /// The publish path. Reads the local tables and, in a cluster, the
+    /// replicated routes; each remote node with a matching route gets the
+    /// message once, and each shared group gets it once cluster-wide.
+    fn dispatch(&self, msg: Arc<Message>, target: Target) -> usize {
         let mut out: HashMap<Arc<str>, (ActorRef<SessionMsg>, Vec<SubMatch>)> = HashMap::new();
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
+        let view = match target {
+            Target::All => self.cluster.get(),
+            _ => None,
+        };
+        // Remote side first: which nodes have plain routes, and which have
+        // members of each shared group matching this topic.
+        let mut remote_plain: Vec<Arc<str>> = Vec::new();
+        let mut remote_groups: HashMap<GroupKey, Vec<Arc<str>>> = HashMap::new();
+        if let Some(v) = view {
+            let up = v.up.read();
+            v.routes.read().match_each(&msg.topic, |filter, fr| {
+                for n in fr.nodes.iter().filter(|n| up.contains(*n)) {
+                    if !remote_plain.contains(n) {
+                        remote_plain.push(n.clone());
+                    }
+                }
+                for (g, nodes) in &fr.groups {
+                    let live: Vec<Arc<str>> =
+                        nodes.iter().filter(|n| up.contains(*n)).cloned().collect();
+                    if !live.is_empty() {
+                        remote_groups.insert((Arc::from(filter), g.clone()), live);
+                    }
+                }
+            });
+        }
+        let mut shared_fwd: Vec<(Arc<str>, String, String)> = Vec::new();
         let mut visit = |filter: &str, e: &FilterEntry| {
-            collect(filter, e, &msg, strategy, no_loop, &mut out);
+            if !matches!(target, Target::Group(..)) {
+                for s in e.subs.values() {
+                    if (s.opts.no_local || no_loop) && *s.client_id == *msg.from {
+                        continue;
+                    }
+                    push(&mut out, s, Arc::from(filter));
+                }
+            }
+            for (group, g) in &e.groups {
+                match &target {
+                    Target::PlainOnly => continue,
+                    Target::Group(tg, tf) if tg.as_str() != &**group || tf.as_str() != filter => {
+                        continue
+                    }
+                    _ => {}
+                }
+                let remote = remote_groups.remove(&(Arc::from(filter), group.clone()));
+                let pick_local = match &remote {
+                    None => true,
+                    Some(nodes) => match choose(strategy, nodes.len() + 1, &msg, &self.rr) {
+                        0 => true,
+                        i => {
+                            shared_fwd.push((
+                                nodes[i - 1].clone(),
+                                group.to_string(),
+                                filter.to_string(),
+                            ));
+                            false
+                        }
+                    },
+                };
+                if pick_local {
+                    if let Some(s) = pick_member(g, &msg, strategy) {
+                        push(&mut out, s, shared_filter(group, filter));
+                    }
+                }
+            }
         };
         {
             let t = &msg.topic;
@@ -258,8 +349,31 @@ impl Broker {
             }
         }
         self.tables.wild.read().match_each(&msg.topic, &mut visit);
-        let n = out.len();
-        if n == 0 {
+        // Groups with members only on other nodes.
+        for ((filter, group), nodes) in remote_groups {
+            let i = match strategy {
+                SharedStrategy::Local => rand::thread_rng().gen_range(0..nodes.len()),
+                _ => choose(strategy, nodes.len(), &msg, &self.rr),
+            };
+            shared_fwd.push((nodes[i].clone(), group.to_string(), filter.to_string()));
+        }
+        let mut n = out.len();
+        if let Some(v) = view {
+            for node in &remote_plain {
+                match v.forwarder.forward(node, msg.clone()) {
+                    Ok(()) => inc(&self.metrics.messages_forward),
+                    Err(_) => inc(&self.metrics.messages_forward_dropped),
+                }
+            }
+            for (node, group, filter) in &shared_fwd {
+                match v.forwarder.forward_shared(node, msg.clone(), group, filter) {
+                    Ok(()) => inc(&self.metrics.messages_forward),
+                    Err(_) => inc(&self.metrics.messages_forward_dropped),
+                }
+            }
+            n += remote_plain.len() + shared_fwd.len();
+        }
+        if n == 0 && matches!(target, Target::All) {
             inc(&self.metrics.messages_dropped_no_subscribers);
             inc(&self.metrics.messages_dropped);
         }
@@ -287,29 +401,42 @@ impl Broker {
     }
 }
 
-fn collect(
-    filter: &str,
-    e: &FilterEntry,
-    msg: &Message,
-    strategy: SharedStrategy,
-    no_loop: bool,
-    out: &mut HashMap<Arc<str>, (ActorRef<SessionMsg>, Vec<SubMatch>)>,
-) {
-    for s in e.subs.values() {
-        if (s.opts.no_local || no_loop) && *s.client_id == *msg.from {
-            continue;
-        }
-        push(out, s, Arc::from(filter));
+/// `(filter, group)` of a shared subscription.
+type GroupKey = (Arc<str>, Arc<str>);
+
+/// Which subscribers a dispatch may reach.
+enum Target {
+    /// A publish on this node: everyone, here and on other nodes.
+    All,
+    /// Forwarded from another node: plain subscribers here only.
+    PlainOnly,
+    /// Forwarded from another node for one shared group of one filter.
+    Group(String, String),
+}
+
+/// The subscribed form of a shared filter.
+fn shared_filter(group: &str, filter: &str) -> Arc<str> {
+    if group == "$queue" {
+        Arc::from(format!("$queue/{filter}"))
+    } else {
+        Arc::from(format!("$share/{group}/{filter}"))
     }
-    for (group, g) in &e.groups {
-        if let Some(s) = pick_member(g, msg, strategy) {
-            let f: Arc<str> = if &**group == "$queue" {
-                Arc::from(format!("$queue/{filter}"))
-            } else {
-                Arc::from(format!("$share/{group}/{filter}"))
-            };
-            push(out, s, f);
+}
+
+/// Picks one of `n` candidate nodes for a shared-group message; candidate
+/// 0 is this node when it has members (so `local` and `sticky` prefer it).
+fn choose(strategy: SharedStrategy, n: usize, msg: &Message, rr: &AtomicUsize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    match strategy {
+        SharedStrategy::Local | SharedStrategy::Sticky => 0,
+        SharedStrategy::Random => rand::thread_rng().gen_range(0..n),
+        SharedStrategy::RoundRobin | SharedStrategy::RoundRobinPerGroup => {
+            rr.fetch_add(1, Ordering::Relaxed) % n
         }
+        SharedStrategy::HashClientId => (hash_str(&msg.from) % n as u64) as usize,
+        SharedStrategy::HashTopic => (hash_str(&msg.topic) % n as u64) as usize,
     }
 }
 

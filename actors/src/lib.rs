@@ -32,6 +32,9 @@ pub struct Ctx {
     pub sys: sys::SysSettings,
     /// When the broker started, for `uptime`.
     pub started_at: std::time::Instant,
+    /// Where retained messages published here go to be replicated, once
+    /// the cluster service listens.
+    pub retain_tx: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<message::Message>>,
 }
 
 impl Ctx {
@@ -43,7 +46,12 @@ impl Ctx {
         metrics::inc(&b.metrics.messages_publish);
         if msg.retain {
             match b.retainer.store(&msg) {
-                Ok(()) => metrics::inc(&b.metrics.messages_retained),
+                Ok(()) => {
+                    metrics::inc(&b.metrics.messages_retained);
+                    if let Some(tx) = self.retain_tx.get() {
+                        let _ = tx.send((*msg).clone());
+                    }
+                }
                 Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
             }
         }

@@ -67,6 +67,12 @@ counters!(Metrics {
     session_takenover => "session.takenover",
     session_discarded => "session.discarded",
     session_terminated => "session.terminated",
+    cluster_joined => "cluster.joined",
+    cluster_nodes_up => "cluster.nodes.up",
+    cluster_nodes_down => "cluster.nodes.down",
+    messages_forward => "messages.forward",
+    messages_forward_dropped => "messages.forward.dropped",
+    messages_forwarded_in => "messages.forwarded.received",
 });
 
 /// Current values (gauges) plus their high-water marks.

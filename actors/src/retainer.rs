@@ -106,6 +106,17 @@ impl Retainer {
             .collect()
     }
 
+    /// Every live retained message (for a node joining the cluster).
+    pub fn all(&self) -> Vec<Arc<Message>> {
+        let now = now_ms();
+        self.msgs
+            .read()
+            .values()
+            .filter(|m| !self.expired(m, now))
+            .cloned()
+            .collect()
+    }
+
     /// Number of retained messages (expired ones included until cleaned).
     pub fn count(&self) -> usize {
         self.msgs.read().len()

@@ -6,6 +6,7 @@
 //! tables concurrently only ever see a complete subscription.
 
 use crate::broker::{shard_of, FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
+use crate::cluster::routes::{RouteKey, RouteOp};
 use crate::metrics::Stats;
 use crate::topic;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -83,7 +84,36 @@ fn split(filter: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// The cluster routes an entry stands for: one for its plain subscribers,
+/// one per shared-subscription group.
+fn route_keys(real: &str, e: &FilterEntry) -> Vec<RouteKey> {
+    let mut v = Vec::with_capacity(1 + e.groups.len());
+    if !e.subs.is_empty() {
+        v.push(RouteKey::plain(real));
+    }
+    for g in e.groups.keys() {
+        v.push(RouteKey {
+            filter: real.to_string(),
+            group: Some(g.to_string()),
+        });
+    }
+    v
+}
+
 impl ShardState {
+    /// Tells the cluster service which routes of this node appeared or went.
+    fn emit(&self, before: Vec<RouteKey>, after: Vec<RouteKey>) {
+        let Some(tx) = self.tables.route_tx.get() else {
+            return;
+        };
+        for k in before.iter().filter(|k| !after.contains(k)) {
+            let _ = tx.send(RouteOp::Del(k.clone()));
+        }
+        for k in after.iter().filter(|k| !before.contains(k)) {
+            let _ = tx.send(RouteOp::Add(k.clone()));
+        }
+    }
+
     fn with_entry<R>(&self, real: &str, f: impl FnOnce(&mut FilterEntry) -> R) -> (R, bool) {
         // Returns f's result and whether the entry is empty afterwards.
         if topic::is_wildcard(real) {
@@ -93,7 +123,9 @@ impl ShardState {
             }
             let (r, empty) = match t.get_mut(real) {
                 Some(e) => {
+                    let before = route_keys(real, e);
                     let r = f(e);
+                    self.emit(before, route_keys(real, e));
                     (r, e.is_empty())
                 }
                 None => unreachable_entry(),
@@ -106,7 +138,9 @@ impl ShardState {
             let shard = &self.tables.exact[shard_of(real, self.tables.exact.len())];
             let mut m = shard.write();
             let e = m.entry(Arc::from(real)).or_default();
+            let before = route_keys(real, e);
             let r = f(e);
+            self.emit(before, route_keys(real, e));
             let empty = e.is_empty();
             if empty {
                 m.remove(real);

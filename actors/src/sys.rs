@@ -107,6 +107,20 @@ impl Ctx {
         self.publish(Message::system(t, payload, false));
     }
 
+    /// Publishes a cluster node up/down event and counts it.
+    pub fn sys_node_event(&self, node: &str, up: bool) {
+        let m = &self.broker.metrics;
+        crate::metrics::inc(if up {
+            &m.cluster_nodes_up
+        } else {
+            &m.cluster_nodes_down
+        });
+        let what = if up { "nodeup" } else { "nodedown" };
+        let t = self.sys_topic(&format!("cluster/{what}"));
+        let payload = format!("{{\"node\":{},\"ts\":{}}}", json_str(node), now_ms());
+        self.publish(Message::system(t, payload, false));
+    }
+
     /// The stats gauges as `(name, value)`, sorted, named as EMQX names them.
     pub fn stats(&self) -> Vec<(&'static str, i64)> {
         let s = &self.broker.stats;

@@ -36,10 +36,12 @@ struct Sink {
 impl Sink {
     fn on_receive(self: &Arc<Self>) -> OnReceive {
         let me = self.clone();
-        Arc::new(move |from: &str, m: Message| {
-            me.msgs.lock().push((from.to_owned(), m));
-            me.count.fetch_add(1, Ordering::Release);
-        })
+        Arc::new(
+            move |from: &str, m: Message, _shared: Option<(String, String)>| {
+                me.msgs.lock().push((from.to_owned(), m));
+                me.count.fetch_add(1, Ordering::Release);
+            },
+        )
     }
 
     fn len(&self) -> usize {
@@ -61,7 +63,7 @@ impl Sink {
 
 /// A counting sink that keeps nothing, for the throughput run.
 fn counting(count: Arc<AtomicUsize>) -> OnReceive {
-    Arc::new(move |_: &str, _: Message| {
+    Arc::new(move |_: &str, _: Message, _: Option<(String, String)>| {
         count.fetch_add(1, Ordering::Relaxed);
     })
 }
@@ -123,7 +125,7 @@ async fn ten_thousand_messages_arrive_intact_and_in_order() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -175,7 +177,7 @@ async fn order_per_topic_holds_across_four_connections() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -249,7 +251,7 @@ async fn wrong_cookie_delivers_nothing_logs_both_sides_and_backs_off() {
     let mut ca = cfg("a@host", "cookie-a");
     ca.reconnect_min = Duration::from_millis(200);
     ca.reconnect_max = Duration::from_secs(5);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -318,7 +320,7 @@ async fn silent_client_does_not_block_a_real_peer() {
         silent.push(TcpStream::connect(b.local_addr()).await.unwrap());
     }
     let t0 = Instant::now();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -370,7 +372,7 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
     ca.queue_limit = 100;
     ca.send_timeout = Duration::from_secs(1);
     let limit_total = 2 * 100 * ca.conns_per_peer;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -431,7 +433,7 @@ async fn peer_that_never_answers_the_handshake_keeps_queues_bounded() {
     let mut ca = cfg("a@host", COOKIE);
     ca.queue_limit = 100;
     ca.handshake_timeout = Duration::from_millis(300);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -478,7 +480,7 @@ async fn reconnects_to_a_restarted_peer() {
         .await
         .unwrap();
     let addr = b1.local_addr();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -525,7 +527,7 @@ async fn stop_frees_the_port_and_ends_every_task() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -581,7 +583,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     ca.conns_per_peer = 2;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", l.local_addr().unwrap());
@@ -601,7 +603,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
         .unwrap();
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -645,7 +647,7 @@ async fn malformed_frame_closes_only_that_connection() {
     assert_eq!(b.listener_stats().malformed_frames, 2);
 
     // A real peer is undisturbed.
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -670,7 +672,7 @@ async fn throughput_64_byte_payloads() {
     let b = Forwarder::start(cfg("b@host", COOKIE), counting(count.clone()))
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());

@@ -65,11 +65,12 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let mqtt_port = free_port();
         let dist_port = free_port();
+        let fwd_port = free_port();
         let name = format!("t{}@127.0.0.1", dist_port);
         let cookie = "testcookie".to_string();
         let config = dir.path().join("emqx.conf");
         let text = format!(
-            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n  dist_listen_port = {dist_port}\n}}\nlisteners.tcp.default.bind = \"127.0.0.1:{mqtt_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
+            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n  dist_listen_port = {dist_port}\n  forward_listen_port = {fwd_port}\n}}\nlisteners.tcp.default.bind = \"127.0.0.1:{mqtt_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
             data = dir.path().join("data").display()
         );
         std::fs::write(&config, text).expect("write config");

@@ -73,6 +73,9 @@ class Broker:
         dist_port = free_port()
         while dist_port == self.port:
             dist_port = free_port()
+        fwd_port = free_port()
+        while fwd_port in (self.port, dist_port):
+            fwd_port = free_port()
         data = os.path.join(self.dir, "data")
         conf = os.path.join(self.dir, "emqx.conf")
         with open(conf, "w") as f:
@@ -82,6 +85,7 @@ class Broker:
                 '  cookie = "testcookie"\n'
                 f'  data_dir = "{data}"\n'
                 f"  dist_listen_port = {dist_port}\n"
+                f"  forward_listen_port = {fwd_port}\n"
                 "}\n"
                 f'listeners.tcp.default.bind = "{HOST}:{self.port}"\n'
                 "log.console.level = info\n"

@@ -5,3 +5,5 @@
 pub mod detector;
 pub mod membership;
 pub mod routes;
+pub mod service;
+pub mod wire;

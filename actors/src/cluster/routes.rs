@@ -228,6 +228,14 @@ impl ClusterRoutes {
         o.keys.len()
     }
 
+    /// The routes held for `origin`.
+    pub fn keys_of(&self, origin: &str) -> Vec<RouteKey> {
+        self.origins
+            .get(origin)
+            .map(|o| o.keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Origins known here.
     pub fn origins(&self) -> Vec<Arc<str>> {
         self.origins.keys().cloned().collect()

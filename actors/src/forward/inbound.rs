@@ -116,8 +116,8 @@ async fn read_loop(
                 Err(e) => return End::Malformed(e),
             };
             let n = msgs.len() as u64;
-            for m in msgs {
-                (shared.on_receive)(peer, m);
+            for (m, target) in msgs {
+                (shared.on_receive)(peer, m, target);
             }
             received.fetch_add(n, Ordering::Relaxed);
             shared.received_total.fetch_add(n, Ordering::Relaxed);

@@ -131,7 +131,18 @@ impl ForwardConfig {
 
 /// Called for every received message with the sending node's name, in the
 /// order the messages were sent on their connection.
-pub type OnReceive = Arc<dyn Fn(&str, Message) + Send + Sync>;
+/// Called for each received message with the sending node and, for a
+/// shared-subscription message, the `(group, filter)` the sending node
+/// picked this node for.
+pub type OnReceive = Arc<dyn Fn(&str, Message, Option<(String, String)>) + Send + Sync>;
+
+/// A queued message and, for a shared-subscription delivery, the group and
+/// filter whose member on the receiving node must get it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub msg: Arc<Message>,
+    pub shared: Option<Arc<(String, String)>>,
+}
 
 /// Why [`Forwarder::forward`] did not queue a message. It is counted as
 /// dropped in every case but `UnknownPeer`.
@@ -206,7 +217,7 @@ pub(crate) struct PeerCounters {
 
 /// One outgoing connection's queue.
 pub(crate) struct Slot {
-    pub queue: Mutex<VecDeque<Arc<Message>>>,
+    pub queue: Mutex<VecDeque<Envelope>>,
     pub notify: Notify,
     pub connected: AtomicBool,
 }
@@ -385,6 +396,24 @@ impl Forwarder {
     /// Queues `msg` for `node` on the connection its topic hashes to. Never
     /// blocks; see the module docs for the drop policy.
     pub fn forward(&self, node: &str, msg: Arc<Message>) -> Result<(), ForwardError> {
+        self.enqueue(node, Envelope { msg, shared: None })
+    }
+
+    /// As [`Forwarder::forward`], for one member of shared group `group` of
+    /// `filter` on that node (the pick of node was made here).
+    pub fn forward_shared(
+        &self,
+        node: &str,
+        msg: Arc<Message>,
+        group: &str,
+        filter: &str,
+    ) -> Result<(), ForwardError> {
+        let shared = Some(Arc::new((group.to_string(), filter.to_string())));
+        self.enqueue(node, Envelope { msg, shared })
+    }
+
+    fn enqueue(&self, node: &str, env: Envelope) -> Result<(), ForwardError> {
+        let msg = &env.msg;
         let peer = self
             .peers
             .read()
@@ -409,7 +438,7 @@ impl Forwarder {
                 ForwardError::PeerDown
             });
         }
-        q.push_back(msg);
+        q.push_back(env);
         peer.stats.queued.fetch_add(1, Ordering::Relaxed);
         drop(q);
         if len == 0 {

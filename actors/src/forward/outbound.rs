@@ -3,8 +3,7 @@
 
 use super::handshake::{self, HandshakeError};
 use super::wire;
-use super::{ForwardConfig, Peer, Shared, Slot};
-use crate::message::Message;
+use super::{Envelope, ForwardConfig, Peer, Shared, Slot};
 use bytes::BytesMut;
 use rand::Rng;
 use std::io;
@@ -172,7 +171,7 @@ async fn write_loop(shared: &Shared, peer: &Peer, slot: &Slot, stream: TcpStream
     let cfg = &shared.cfg;
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut batch: Vec<Arc<Message>> = Vec::with_capacity(cfg.batch_max);
+    let mut batch: Vec<Envelope> = Vec::with_capacity(cfg.batch_max);
     let mut probe = [0u8; 64];
     loop {
         {
@@ -199,11 +198,11 @@ async fn write_loop(shared: &Shared, peer: &Peer, slot: &Slot, stream: TcpStream
             let mut count: u32 = 0;
             while i < batch.len() && buf.len() < wire::SOFT_FRAME {
                 let mark = buf.len();
-                wire::encode_message(&mut buf, &batch[i]);
+                wire::encode_message_to(&mut buf, &batch[i].msg, batch[i].shared.as_deref());
                 if buf.len() - mark > wire::MAX_FRAME - (wire::HEADER_LEN - 4) {
                     buf.truncate(mark);
                     peer.count_dropped(shared, 1);
-                    tracing::warn!(peer = %peer.node, topic = %batch[i].topic, "message too large to forward, dropped");
+                    tracing::warn!(peer = %peer.node, topic = %batch[i].msg.topic, "message too large to forward, dropped");
                     i += 1;
                     continue;
                 }
@@ -250,7 +249,7 @@ async fn write_frame(wr: &mut OwnedWriteHalf, frame: &[u8], limit: Duration) -> 
 
 /// Puts the not-yet-written rest of a batch back at the head of the queue,
 /// in order, for the next connection.
-fn requeue(peer: &Peer, slot: &Slot, batch: &mut Vec<Arc<Message>>, from: usize) {
+fn requeue(peer: &Peer, slot: &Slot, batch: &mut Vec<Envelope>, from: usize) {
     let rest = batch.len() - from;
     if rest > 0 {
         let mut q = slot.queue.lock();

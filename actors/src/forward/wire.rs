@@ -90,11 +90,18 @@ pub fn finish_frame(b: &mut BytesMut, count: u32) {
 
 /// Appends one message to a frame.
 pub fn encode_message(b: &mut BytesMut, m: &Message) {
+    encode_message_to(b, m, None)
+}
+
+/// Appends one message to a frame, with the shared-subscription
+/// `(group, filter)` it is meant for, if any (flag bit 5).
+pub fn encode_message_to(b: &mut BytesMut, m: &Message, shared: Option<&(String, String)>) {
     let has_props = !m.properties.is_empty();
     let flags = (m.qos as u8)
         | (u8::from(m.retain) << 2)
         | (u8::from(m.expiry_secs.is_some()) << 3)
-        | (u8::from(has_props) << 4);
+        | (u8::from(has_props) << 4)
+        | (u8::from(shared.is_some()) << 5);
     b.reserve(16 + m.topic.len() + m.from.len() + m.payload.len());
     b.put_u8(flags);
     put_bytes(b, m.topic.as_bytes());
@@ -105,6 +112,10 @@ pub fn encode_message(b: &mut BytesMut, m: &Message) {
     }
     if has_props {
         put_props(b, &m.properties);
+    }
+    if let Some((g, f)) = shared {
+        put_bytes(b, g.as_bytes());
+        put_bytes(b, f.as_bytes());
     }
     put_bytes(b, &m.payload);
 }
@@ -209,10 +220,13 @@ impl Reader {
     }
 }
 
+/// A received message and the shared-subscription `(group, filter)` it is for.
+pub type Received = (Message, Option<(String, String)>);
+
 /// Decodes one message. The receiving node gives it a fresh local `id`.
-fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
+fn decode_message(r: &mut Reader) -> Result<Received, DecodeError> {
     let flags = r.u8()?;
-    if flags & !0x1f != 0 {
+    if flags & !0x3f != 0 {
         return Err(DecodeError::BadFlags(flags));
     }
     let qos = QoS::from_u8(flags & 0x03).ok_or(DecodeError::BadQos(flags & 0x03))?;
@@ -229,6 +243,11 @@ fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
     } else {
         Properties::default()
     };
+    let shared = if flags & 0x20 != 0 {
+        Some((r.string()?, r.string()?))
+    } else {
+        None
+    };
     let payload = r.blob()?;
     let mut m = Message::system(topic, payload, flags & 0x04 != 0);
     m.qos = qos;
@@ -236,12 +255,12 @@ fn decode_message(r: &mut Reader) -> Result<Message, DecodeError> {
     m.properties = properties;
     m.timestamp_ms = timestamp_ms;
     m.expiry_secs = expiry_secs;
-    Ok(m)
+    Ok((m, shared))
 }
 
 /// Decodes a frame body (without its length prefix) into its messages, all
 /// or nothing: a malformed frame yields no message at all.
-pub fn decode_frame(body: Bytes) -> Result<Vec<Message>, DecodeError> {
+pub fn decode_frame(body: Bytes) -> Result<Vec<Received>, DecodeError> {
     let mut r = Reader { buf: body, pos: 0 };
     let kind = r.u8()?;
     if kind != KIND_BATCH {
@@ -415,10 +434,26 @@ mod tests {
         assert_eq!(len, frame.len() - 4);
         let out = decode_frame(frame.slice(4..)).unwrap();
         assert_eq!(out.len(), 3);
-        for (a, b) in msgs.iter().zip(&out) {
+        for (a, (b, shared)) in msgs.iter().zip(&out) {
             same(a, b);
+            assert!(shared.is_none());
         }
-        assert_ne!(out[0].id, msgs[0].id, "the receiver assigns its own ids");
+        assert_ne!(out[0].0.id, msgs[0].id, "the receiver assigns its own ids");
+    }
+
+    #[test]
+    fn the_shared_group_target_travels_with_the_message() {
+        let m = full_message();
+        let target = ("g".to_string(), "t/#".to_string());
+        let mut b = BytesMut::new();
+        begin_frame(&mut b);
+        encode_message_to(&mut b, &m, Some(&target));
+        encode_message(&mut b, &m);
+        finish_frame(&mut b, 2);
+        let out = decode_frame(b.freeze().slice(4..)).expect("decode");
+        same(&m, &out[0].0);
+        assert_eq!(out[0].1.as_ref(), Some(&target));
+        assert_eq!(out[1].1, None);
     }
 
     #[test]

@@ -1,0 +1,957 @@
+//! The cluster service of a node: membership, heartbeats, route
+//! replication and joins, over ractor_cluster (the control plane).
+//!
+//! Two actors per node:
+//! - [`Endpoint`], the node's only remotable cluster actor, in process group
+//!   `emqx_cluster:<node>`; it decodes what peers send and hands it on.
+//! - [`ClusterService`], local, which owns all cluster state. Work that
+//!   waits on the network (dialing, joining, catching up on routes) runs
+//!   in spawned tasks that report back, so the service never blocks.
+
+use super::detector::{Backoff, FailureDetector, Liveness};
+use super::membership::{status_json, status_line, MemberInfo, Membership};
+use super::routes::{ClusterRoutes, LocalRouteLog, RouteOp};
+use super::wire::{self, JoinSnapshot, Note, Req, Resp};
+use crate::forward::Forwarder;
+use crate::metrics::inc;
+use crate::Ctx;
+use parking_lot::RwLock;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServerMessage};
+use ractor_cluster::{RactorClusterMessage, RactorMessage};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The process group of a node's endpoint.
+pub fn group_of(node: &str) -> String {
+    format!("emqx_cluster:{node}")
+}
+
+/// How long a join or a peer call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a dialed link to become ready.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The remotable face of the cluster service.
+#[derive(RactorClusterMessage)]
+pub enum EndpointMsg {
+    #[rpc]
+    Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    Cast(Vec<u8>),
+}
+
+pub struct Endpoint;
+
+impl Actor for Endpoint {
+    type Msg = EndpointMsg;
+    type State = ActorRef<SvcMsg>;
+    type Arguments = ActorRef<SvcMsg>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<EndpointMsg>,
+        svc: Self::State,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(svc)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<EndpointMsg>,
+        msg: EndpointMsg,
+        svc: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            EndpointMsg::Call(bytes, reply) => match wire::decode::<Req>(&bytes) {
+                Ok(req) => {
+                    let _ = svc.cast(SvcMsg::Remote(req, reply));
+                }
+                Err(e) => {
+                    tracing::warn!("cluster: {e}");
+                    let _ = reply.send(wire::encode(&Resp::Refused(e)));
+                }
+            },
+            EndpointMsg::Cast(bytes) => match wire::decode::<Note>(&bytes) {
+                Ok(note) => {
+                    let _ = svc.cast(SvcMsg::Note(note));
+                }
+                Err(e) => tracing::warn!("cluster: {e}"),
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Finds a peer's endpoint (after its link is ready).
+pub fn endpoint_of(node: &str) -> Option<ActorRef<EndpointMsg>> {
+    ractor::pg::get_members(&group_of(node))
+        .into_iter()
+        .next()
+        .map(Into::into)
+}
+
+/// Sends a request to a peer and decodes its reply.
+pub async fn call_peer(node: &str, req: &Req) -> Result<Resp, String> {
+    let ep = endpoint_of(node).ok_or_else(|| format!("no link to {node}"))?;
+    let bytes = wire::encode(req);
+    match ep
+        .call(|r| EndpointMsg::Call(bytes, r), Some(CALL_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(b)) => wire::decode(&b),
+        Ok(_) => Err(format!("{node} did not answer")),
+        Err(e) => Err(format!("{node}: {e}")),
+    }
+}
+
+fn cast_peer(node: &str, note: &Note) -> bool {
+    match endpoint_of(node) {
+        Some(ep) => ep.cast(EndpointMsg::Cast(wire::encode(note))).is_ok(),
+        None => false,
+    }
+}
+
+/// What the broker's publish path reads: remote routes and which peers are up.
+pub struct ClusterView {
+    pub me: Arc<str>,
+    pub routes: RwLock<ClusterRoutes>,
+    pub up: RwLock<HashSet<Arc<str>>>,
+    pub forwarder: Arc<Forwarder>,
+}
+
+/// Settings of the cluster service.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub heartbeat_interval: Duration,
+    pub down_timeout: Duration,
+    /// Where `cluster.json` lives.
+    pub data_dir: PathBuf,
+    /// Outgoing inter-node sockets bind to this address first.
+    pub bind_ip: Option<IpAddr>,
+}
+
+#[derive(RactorMessage)]
+pub enum SvcMsg {
+    Remote(Req, RpcReplyPort<Vec<u8>>),
+    Note(Note),
+    LinkUp(String),
+    LinkDown(String),
+    Tick,
+    LocalRoute(RouteOp),
+    /// A retained message published on this node, to replicate.
+    Retained(crate::message::Message),
+    DialDone(String, bool),
+    RoutesFetched(String, Result<Resp, String>),
+    // The local API (ctl).
+    Join(String, RpcReplyPort<String>),
+    Adopt(String, Box<JoinSnapshot>, RpcReplyPort<()>),
+    Leave(RpcReplyPort<String>),
+    ForceLeave(String, RpcReplyPort<String>),
+    Status(bool, RpcReplyPort<String>),
+    RunningPeers(RpcReplyPort<Vec<String>>),
+}
+
+pub struct ClusterService;
+
+pub struct SvcArgs {
+    pub ctx: Arc<Ctx>,
+    pub me: MemberInfo,
+    pub node_server: ActorRef<NodeServerMessage>,
+    pub view: Arc<ClusterView>,
+    pub settings: ClusterSettings,
+    pub route_rx: mpsc::UnboundedReceiver<RouteOp>,
+    pub retain_rx: mpsc::UnboundedReceiver<crate::message::Message>,
+}
+
+pub struct SvcState {
+    ctx: Arc<Ctx>,
+    membership: Membership,
+    detector: FailureDetector,
+    backoff: HashMap<String, Backoff>,
+    dialing: HashSet<String>,
+    syncing: HashSet<String>,
+    /// Peers with a ready ractor_cluster link.
+    links: HashSet<String>,
+    incarnations: HashMap<String, u64>,
+    local: LocalRouteLog,
+    view: Arc<ClusterView>,
+    node_server: ActorRef<NodeServerMessage>,
+    settings: ClusterSettings,
+    last_heartbeat: Instant,
+}
+
+struct LinkEvents(ActorRef<SvcMsg>);
+
+impl NodeEventSubscription for LinkEvents {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}
+    fn node_session_ready(&self, s: NodeServerSessionInformation) {
+        if let Some(p) = s.peer_name {
+            let _ = self.0.cast(SvcMsg::LinkUp(p.name));
+        }
+    }
+    fn node_session_disconnected(&self, s: NodeServerSessionInformation) {
+        match s.peer_name {
+            Some(p) => {
+                let _ = self.0.cast(SvcMsg::LinkDown(p.name));
+            }
+            None => {
+                tracing::warn!(peer = %s.peer_addr, "inter-node connection closed before authentication (wrong cookie?)")
+            }
+        }
+    }
+}
+
+impl Actor for ClusterService {
+    type Msg = SvcMsg;
+    type State = SvcState;
+    type Arguments = SvcArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SvcMsg>,
+        a: SvcArgs,
+    ) -> Result<SvcState, ActorProcessingErr> {
+        let path = a.settings.data_dir.join("cluster.json");
+        let membership = Membership::load(a.me.clone(), &path)
+            .map_err(|e| -> ActorProcessingErr { e.into() })?;
+        let now = Instant::now();
+        let mut detector = FailureDetector::new(a.settings.down_timeout);
+        for p in membership.peers() {
+            detector.watch(&p.info.node, now);
+            add_forward_peer(&a.view, &p.info);
+        }
+        let _ = a.node_server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "emqx_cluster".into(),
+            subscription: Box::new(LinkEvents(myself.clone())),
+        });
+        // Local route changes and retained messages arrive on channels
+        // (the shard actors and publishers must never wait on us).
+        let (me1, me2) = (myself.clone(), myself.clone());
+        let (mut rrx, mut trx) = (a.route_rx, a.retain_rx);
+        tokio::spawn(async move {
+            while let Some(op) = rrx.recv().await {
+                if me1.cast(SvcMsg::LocalRoute(op)).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(m) = trx.recv().await {
+                if me2.cast(SvcMsg::Retained(m)).is_err() {
+                    break;
+                }
+            }
+        });
+        myself.send_interval(Duration::from_millis(500), || SvcMsg::Tick);
+        if !membership.is_alone() {
+            tracing::info!(
+                "cluster: rejoining {} known member(s)",
+                membership.peers().count()
+            );
+        }
+        Ok(SvcState {
+            ctx: a.ctx,
+            membership,
+            detector,
+            backoff: HashMap::new(),
+            dialing: HashSet::new(),
+            syncing: HashSet::new(),
+            links: HashSet::new(),
+            incarnations: HashMap::new(),
+            local: LocalRouteLog::new(10_000),
+            view: a.view,
+            node_server: a.node_server,
+            settings: a.settings,
+            last_heartbeat: now,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SvcMsg>,
+        msg: SvcMsg,
+        st: &mut SvcState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SvcMsg::Remote(req, reply) => {
+                let resp = st.on_request(req).await;
+                let _ = reply.send(wire::encode(&resp));
+            }
+            SvcMsg::Note(n) => st.on_note(&myself, n),
+            SvcMsg::LinkUp(node) => {
+                st.links.insert(node.clone());
+                if let Some(b) = st.backoff.get_mut(&node) {
+                    b.reset();
+                }
+                if st.membership.peer(&node).is_some() {
+                    st.send_heartbeat(&node);
+                }
+            }
+            SvcMsg::LinkDown(node) => {
+                st.links.remove(&node);
+                if let Some(Liveness::Down(n)) = st.detector.lost(&node) {
+                    st.mark_down(&n, "link closed");
+                }
+            }
+            SvcMsg::Tick => st.tick(&myself),
+            SvcMsg::LocalRoute(op) => {
+                if let Some(v) = st.local.record(op.clone()) {
+                    let note = Note::Routes {
+                        node: st.me().to_string(),
+                        incarnation: st.membership.me.incarnation,
+                        base: v - 1,
+                        ops: vec![op],
+                    };
+                    st.broadcast(&note);
+                }
+            }
+            SvcMsg::Retained(m) => st.broadcast(&Note::Retain { msg: m }),
+            SvcMsg::DialDone(node, ok) => {
+                st.dialing.remove(&node);
+                if !ok {
+                    let b = st.backoff.entry(node).or_insert_with(|| {
+                        Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
+                    });
+                    b.failed(Instant::now(), &mut rand::thread_rng());
+                }
+            }
+            SvcMsg::RoutesFetched(node, r) => {
+                st.syncing.remove(&node);
+                match r {
+                    Ok(Resp::Routes {
+                        incarnation,
+                        version,
+                        delta,
+                        snapshot,
+                    }) => {
+                        let mut routes = st.view.routes.write();
+                        if st.incarnations.insert(node.clone(), incarnation) != Some(incarnation)
+                            && delta.is_some()
+                        {
+                            // Only a delta from zero fits a run we knew nothing of.
+                            routes.purge(&node);
+                        }
+                        match (delta, snapshot) {
+                            (Some((base, ops)), _) if routes.apply(&node, base, &ops).is_err() => {
+                                tracing::warn!(
+                                    "cluster: route delta from {node} does not fit; will resync"
+                                );
+                            }
+                            (None, Some(keys)) => routes.replace(&node, version, keys),
+                            _ => {}
+                        }
+                    }
+                    Ok(other) => {
+                        tracing::warn!("cluster: unexpected route reply from {node}: {other:?}")
+                    }
+                    Err(e) => tracing::info!("cluster: route sync with {node} failed: {e}"),
+                }
+            }
+            SvcMsg::Join(target, reply) => st.start_join(&myself, target, reply),
+            SvcMsg::Adopt(via, snap, reply) => {
+                st.adopt(&via, *snap);
+                let _ = reply.send(());
+            }
+            SvcMsg::Leave(reply) => {
+                let out = st.leave().await;
+                let _ = reply.send(out);
+            }
+            SvcMsg::ForceLeave(node, reply) => {
+                let out = st.force_leave(&node);
+                let _ = reply.send(out);
+            }
+            SvcMsg::Status(json, reply) => {
+                let (r, s) = st.membership.status();
+                let _ = reply.send(if json {
+                    status_json(&r, &s)
+                } else {
+                    status_line(&r, &s)
+                });
+            }
+            SvcMsg::RunningPeers(reply) => {
+                let v = st
+                    .membership
+                    .peers()
+                    .filter(|m| m.running)
+                    .map(|m| m.info.node.clone())
+                    .collect();
+                let _ = reply.send(v);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add_forward_peer(view: &ClusterView, info: &MemberInfo) {
+    match info.fwd_addr.parse::<SocketAddr>() {
+        Ok(a) => view.forwarder.add_peer(&info.node, a),
+        Err(_) => tracing::warn!(
+            "cluster: bad forwarding address {:?} for {}",
+            info.fwd_addr,
+            info.node
+        ),
+    }
+}
+
+/// Opens an inter-node connection from our own address (so a rule that
+/// cuts one loopback alias from another cuts it too) and hands it to the
+/// node server, which runs the cookie handshake.
+pub async fn dial(
+    node_server: &ActorRef<NodeServerMessage>,
+    bind_ip: Option<IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    if let Some(ip) = bind_ip {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = tokio::time::timeout(LINK_TIMEOUT, sock.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let peer_addr = stream.peer_addr()?;
+    let local_addr = stream.local_addr()?;
+    node_server
+        .cast(NodeServerMessage::ConnectionOpened {
+            stream: Box::new(NetworkStream::Raw {
+                peer_addr,
+                local_addr,
+                stream,
+            }),
+            is_server: false,
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The inter-node address of a node from its name: host part, port 4370 +
+/// the trailing number of the short name.
+pub fn dist_addr_of(node: &str) -> Option<SocketAddr> {
+    let (short, host) = node.split_once('@')?;
+    let digits: String = short
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let offset = digits
+        .parse::<u64>()
+        .map(|n| (n % 60000) as u16)
+        .unwrap_or(0);
+    let ip: IpAddr = host.parse().ok()?;
+    Some(SocketAddr::new(ip, 4370 + offset))
+}
+
+impl SvcState {
+    fn me(&self) -> &str {
+        &self.membership.me.node
+    }
+
+    fn save(&self) {
+        if let Err(e) = self
+            .membership
+            .save(&self.settings.data_dir.join("cluster.json"))
+        {
+            tracing::error!("cluster: {e}");
+        }
+    }
+
+    fn broadcast(&self, note: &Note) {
+        for m in self.membership.peers() {
+            if m.running && self.links.contains(&m.info.node) {
+                cast_peer(&m.info.node, note);
+            }
+        }
+    }
+
+    fn send_heartbeat(&self, node: &str) {
+        cast_peer(
+            node,
+            &Note::Heartbeat {
+                node: self.me().to_string(),
+                incarnation: self.membership.me.incarnation,
+                route_version: self.local.version,
+            },
+        );
+    }
+
+    fn tick(&mut self, myself: &ActorRef<SvcMsg>) {
+        let now = Instant::now();
+        if now.duration_since(self.last_heartbeat) >= self.settings.heartbeat_interval {
+            self.last_heartbeat = now;
+            let peers: Vec<String> = self
+                .membership
+                .peers()
+                .map(|m| m.info.node.clone())
+                .collect();
+            for p in peers {
+                if self.links.contains(&p) {
+                    self.send_heartbeat(&p);
+                }
+            }
+        }
+        for l in self.detector.tick(now) {
+            if let Liveness::Down(n) = l {
+                self.mark_down(&n, "no heartbeat within the down timeout");
+            }
+        }
+        // Dial members we have no link to.
+        let targets: Vec<MemberInfo> = self
+            .membership
+            .peers()
+            .filter(|m| !self.links.contains(&m.info.node) && !self.dialing.contains(&m.info.node))
+            .map(|m| m.info.clone())
+            .collect();
+        for info in targets {
+            let ready = self.backoff.get(&info.node).is_none_or(|b| b.ready(now));
+            if !ready {
+                continue;
+            }
+            let Ok(addr) = info.dist_addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            self.dialing.insert(info.node.clone());
+            let ns = self.node_server.clone();
+            let me = myself.clone();
+            let ip = self.settings.bind_ip;
+            tokio::spawn(async move {
+                let ok = match dial(&ns, ip, addr).await {
+                    Ok(()) => {
+                        // Success means the link became ready in time.
+                        let deadline = Instant::now() + LINK_TIMEOUT;
+                        loop {
+                            if endpoint_of(&info.node).is_some() {
+                                break true;
+                            }
+                            if Instant::now() > deadline {
+                                break false;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    Err(_) => false,
+                };
+                let _ = me.cast(SvcMsg::DialDone(info.node, ok));
+            });
+        }
+    }
+
+    fn mark_down(&mut self, node: &str, why: &str) {
+        if self.membership.set_running(node, false) {
+            tracing::warn!("cluster: node {node} is down ({why})");
+            self.view.up.write().remove(node);
+            let ctx = self.ctx.clone();
+            ctx.sys_node_event(node, false);
+        }
+    }
+
+    fn mark_up(&mut self, node: &str) {
+        if self.membership.set_running(node, true) {
+            tracing::info!("cluster: node {node} is up");
+            self.view.up.write().insert(Arc::from(node));
+            let ctx = self.ctx.clone();
+            ctx.sys_node_event(node, true);
+        }
+    }
+
+    fn on_note(&mut self, myself: &ActorRef<SvcMsg>, n: Note) {
+        match n {
+            Note::Heartbeat {
+                node,
+                incarnation,
+                route_version,
+            } => {
+                if self.membership.peer(&node).is_none() {
+                    return;
+                }
+                if let Some(Liveness::Up(n)) = self.detector.heard(&node, Instant::now()) {
+                    self.mark_up(&n);
+                }
+                self.check_routes(myself, &node, incarnation, route_version);
+            }
+            Note::Routes {
+                node,
+                incarnation,
+                base,
+                ops,
+            } => {
+                if self.membership.peer(&node).is_none() {
+                    return;
+                }
+                let known = self.incarnations.get(&node).copied();
+                if known == Some(incarnation) {
+                    let r = self.view.routes.write().apply(&node, base, &ops);
+                    if r.is_err() {
+                        self.fetch_routes(myself, &node);
+                    }
+                } else {
+                    self.check_routes(myself, &node, incarnation, base + ops.len() as u64);
+                }
+            }
+            Note::MemberUp { info } => {
+                if info.node == self.me() {
+                    return;
+                }
+                let node = info.node.clone();
+                add_forward_peer(&self.view, &info);
+                if self.membership.upsert(info, false) {
+                    tracing::info!("cluster: {node} joined the cluster");
+                    self.detector.watch(&node, Instant::now());
+                    self.save();
+                }
+                if self.links.contains(&node) {
+                    self.send_heartbeat(&node);
+                }
+            }
+            Note::MemberLeft { node } => {
+                if node == self.me() {
+                    tracing::warn!("cluster: this node was removed from the cluster");
+                    self.reset_to_single();
+                } else {
+                    self.forget(&node);
+                }
+                self.save();
+            }
+            Note::Retain { msg } => {
+                let _ = self.ctx.broker.retainer.store(&Arc::new(msg));
+            }
+        }
+    }
+
+    /// Starts a route sync with `node` unless its versions already agree.
+    /// A new incarnation (the peer restarted) invalidates what we hold.
+    fn check_routes(
+        &mut self,
+        myself: &ActorRef<SvcMsg>,
+        node: &str,
+        incarnation: u64,
+        version: u64,
+    ) {
+        if self.incarnations.get(node) != Some(&incarnation) {
+            if self.syncing.contains(node) {
+                return;
+            }
+            self.incarnations.remove(node);
+            self.view.routes.write().purge(node);
+        } else if self.view.routes.read().version(node) == version {
+            return;
+        }
+        self.fetch_routes(myself, node);
+    }
+
+    fn fetch_routes(&mut self, myself: &ActorRef<SvcMsg>, node: &str) {
+        if !self.syncing.insert(node.to_string()) {
+            return;
+        }
+        let node = node.to_string();
+        let since = self.view.routes.read().version(&node);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let r = call_peer(&node, &Req::RoutesSince { since }).await;
+            let _ = me.cast(SvcMsg::RoutesFetched(node, r));
+        });
+    }
+
+    /// Forgets a node that left or was removed: membership, routes, links.
+    fn forget(&mut self, node: &str) {
+        if self.membership.remove(node) {
+            tracing::info!("cluster: {node} left the cluster");
+        }
+        self.detector.unwatch(node);
+        self.view.up.write().remove(node);
+        let purged = self.view.routes.write().purge(node);
+        if purged > 0 {
+            tracing::info!("cluster: purged {purged} route(s) of {node}");
+        }
+        self.incarnations.remove(node);
+        self.view.forwarder.remove_peer(node);
+        self.backoff.remove(node);
+        self.disconnect(node);
+    }
+
+    fn disconnect(&self, node: &str) {
+        let ns = self.node_server.clone();
+        let node = node.to_string();
+        tokio::spawn(async move {
+            // Let what was just cast to the peer (MemberLeft) go out first.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(sessions) = ractor::call_t!(ns, NodeServerMessage::GetSessions, 2000) {
+                for s in sessions.values() {
+                    if s.peer_name.as_ref().is_some_and(|p| p.name == node) {
+                        s.actor.stop(Some("left the cluster".into()));
+                    }
+                }
+            }
+        });
+    }
+
+    fn reset_to_single(&mut self) {
+        let peers: Vec<String> = self
+            .membership
+            .peers()
+            .map(|m| m.info.node.clone())
+            .collect();
+        for p in peers {
+            self.forget(&p);
+        }
+        self.membership.reset();
+    }
+
+    async fn on_request(&mut self, req: Req) -> Resp {
+        match req {
+            Req::Join { info } => {
+                if info.node == self.me() {
+                    return Resp::Refused("cannot_join_itself".into());
+                }
+                let node = info.node.clone();
+                add_forward_peer(&self.view, &info);
+                let others: Vec<String> = self
+                    .membership
+                    .peers()
+                    .map(|m| m.info.node.clone())
+                    .collect();
+                self.membership.upsert(info.clone(), false);
+                self.detector.watch(&node, Instant::now());
+                // A rejoining node's old routes are stale: it sends its own.
+                self.view.routes.write().purge(&node);
+                self.incarnations.remove(&node);
+                self.save();
+                for o in others {
+                    if o != node {
+                        cast_peer(&o, &Note::MemberUp { info: info.clone() });
+                    }
+                }
+                tracing::info!("cluster: {node} joined through this node");
+                let (v, keys) = self.local.snapshot();
+                let mut routes = vec![(
+                    self.me().to_string(),
+                    self.membership.me.incarnation,
+                    v,
+                    keys,
+                )];
+                {
+                    let r = self.view.routes.read();
+                    for origin in r.origins() {
+                        if &*origin == node.as_str() {
+                            continue;
+                        }
+                        let inc = self.incarnations.get(&*origin).copied().unwrap_or(0);
+                        routes.push((
+                            origin.to_string(),
+                            inc,
+                            r.version(&origin),
+                            r.keys_of(&origin),
+                        ));
+                    }
+                }
+                let retained = self
+                    .ctx
+                    .broker
+                    .retainer
+                    .all()
+                    .into_iter()
+                    .map(|m| (*m).clone())
+                    .collect();
+                let mut members = self.membership.all_infos();
+                members.retain(|m| m.node != node);
+                Resp::Joined(Box::new(JoinSnapshot {
+                    members,
+                    routes,
+                    retained,
+                }))
+            }
+            Req::RoutesSince { since } => {
+                let inc = self.membership.me.incarnation;
+                match self.local.since(since) {
+                    Some(ops) => Resp::Routes {
+                        incarnation: inc,
+                        version: self.local.version,
+                        delta: Some((since, ops)),
+                        snapshot: None,
+                    },
+                    None => {
+                        let (v, keys) = self.local.snapshot();
+                        Resp::Routes {
+                            incarnation: inc,
+                            version: v,
+                            delta: None,
+                            snapshot: Some(keys),
+                        }
+                    }
+                }
+            }
+            Req::Ctl { .. } => Resp::Refused("ctl is served by the control actor".into()),
+            Req::Kick { client } => Resp::Bool(self.ctx.cm.kick(&client).await),
+        }
+    }
+
+    fn start_join(
+        &mut self,
+        myself: &ActorRef<SvcMsg>,
+        target: String,
+        reply: RpcReplyPort<String>,
+    ) {
+        let target = if target.contains('@') {
+            target
+        } else {
+            // EMQX appends the local host when no host is given.
+            let host = self
+                .me()
+                .split_once('@')
+                .map(|(_, h)| h)
+                .unwrap_or("127.0.0.1");
+            format!("{target}@{host}")
+        };
+        if target == self.me() {
+            let _ = reply.send(format!(
+                "Failed to join the cluster: {{cannot_join_itself,'{target}'}}\n"
+            ));
+            return;
+        }
+        if self.membership.peer(&target).is_some() {
+            let _ = reply.send(format!(
+                "Failed to join the cluster: {{already_in_cluster,'{target}'}}\n"
+            ));
+            return;
+        }
+        let Some(addr) = dist_addr_of(&target) else {
+            let _ = reply.send(format!(
+                "Failed to join the cluster: {{node_down,'{target}'}}\n"
+            ));
+            return;
+        };
+        let ns = self.node_server.clone();
+        let ip = self.settings.bind_ip;
+        let me_info = self.membership.me.clone();
+        let svc = myself.clone();
+        tokio::spawn(async move {
+            let down = || format!("Failed to join the cluster: {{node_down,'{target}'}}\n");
+            if endpoint_of(&target).is_none() {
+                if dial(&ns, ip, addr).await.is_err() {
+                    let _ = reply.send(down());
+                    return;
+                }
+                let deadline = Instant::now() + LINK_TIMEOUT;
+                while endpoint_of(&target).is_none() {
+                    if Instant::now() > deadline {
+                        let _ = reply.send(down());
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            match call_peer(&target, &Req::Join { info: me_info }).await {
+                Ok(Resp::Joined(snap)) => {
+                    let _ = svc
+                        .call(
+                            |r| SvcMsg::Adopt(target.clone(), snap, r),
+                            Some(CALL_TIMEOUT),
+                        )
+                        .await;
+                    let status = match svc
+                        .call(|r| SvcMsg::Status(false, r), Some(CALL_TIMEOUT))
+                        .await
+                    {
+                        Ok(ractor::rpc::CallResult::Success(s)) => s,
+                        _ => String::new(),
+                    };
+                    let _ = reply.send(format!("Join the cluster successfully.\n{status}\n"));
+                }
+                Ok(Resp::Refused(why)) => {
+                    let _ = reply.send(format!(
+                        "Failed to join the cluster: {{{why},'{target}'}}\n"
+                    ));
+                }
+                Ok(_) | Err(_) => {
+                    let _ = reply.send(down());
+                }
+            }
+        });
+    }
+
+    /// The newcomer's side of a join: drop our cluster data, adopt theirs.
+    fn adopt(&mut self, via: &str, snap: JoinSnapshot) {
+        self.reset_to_single();
+        let now = Instant::now();
+        for info in snap.members {
+            if info.node == self.me() {
+                continue;
+            }
+            let node = info.node.clone();
+            add_forward_peer(&self.view, &info);
+            self.membership.upsert(info, false);
+            self.detector.watch(&node, now);
+        }
+        {
+            let mut routes = self.view.routes.write();
+            for origin in routes.origins() {
+                routes.purge(&origin);
+            }
+            for (origin, inc, version, keys) in snap.routes {
+                if origin == self.me() {
+                    continue;
+                }
+                self.incarnations.insert(origin.clone(), inc);
+                routes.replace(&origin, version, keys);
+            }
+        }
+        let retainer = &self.ctx.broker.retainer;
+        retainer.clean(None);
+        for m in snap.retained {
+            let _ = retainer.store(&Arc::new(m));
+        }
+        inc(&self.ctx.broker.metrics.cluster_joined);
+        self.save();
+        if self.links.contains(via) {
+            // We just heard from it: it is up.
+            if let Some(Liveness::Up(n)) = self.detector.heard(via, now) {
+                self.mark_up(&n);
+            }
+            self.send_heartbeat(via);
+        }
+        tracing::info!("cluster: joined the cluster through {via}");
+    }
+
+    async fn leave(&mut self) -> String {
+        if self.membership.is_alone() {
+            return "Failed to leave the cluster: node_not_in_cluster\n".into();
+        }
+        let me = self.me().to_string();
+        self.broadcast(&Note::MemberLeft { node: me });
+        self.reset_to_single();
+        self.save();
+        let (r, s) = self.membership.status();
+        format!("Leave the cluster successfully.\n{}\n", status_line(&r, &s))
+    }
+
+    fn force_leave(&mut self, node: &str) -> String {
+        if node == self.me() {
+            return "Ignore.\n".into();
+        }
+        if self.membership.peer(node).is_none() {
+            return "Failed to remove the node from cluster: node_not_in_cluster\n".into();
+        }
+        let note = Note::MemberLeft {
+            node: node.to_string(),
+        };
+        self.broadcast(&note);
+        self.forget(node);
+        self.save();
+        let (r, s) = self.membership.status();
+        format!(
+            "Remove the node from cluster successfully.\n{}\n",
+            status_line(&r, &s)
+        )
+    }
+}

@@ -1,0 +1,116 @@
+//! What cluster nodes say to each other on the control plane.
+//!
+//! The remotable endpoint actor carries opaque bytes (ractor_cluster's
+//! derive needs `BytesConvertable` fields); the typed requests, replies and
+//! notes below are encoded with bincode 2. New variants may be added at the
+//! end without breaking older nodes' decoding of the existing ones.
+
+use super::membership::MemberInfo;
+use super::routes::{RouteKey, RouteOp};
+use crate::message::Message;
+use serde::{Deserialize, Serialize};
+
+/// A request that expects a reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Req {
+    /// A node asks to join the cluster of the receiver.
+    Join { info: MemberInfo },
+    /// The receiver's own route changes after version `since`, or a
+    /// snapshot when its log no longer reaches back that far.
+    RoutesSince { since: u64 },
+    /// Runs a ctl command on the receiver, for its own node only.
+    Ctl { args: Vec<String> },
+    /// Kicks a client if it is connected to the receiver.
+    Kick { client: String },
+}
+
+/// Replies to [`Req`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Resp {
+    Joined(Box<JoinSnapshot>),
+    Refused(String),
+    Routes {
+        incarnation: u64,
+        version: u64,
+        delta: Option<(u64, Vec<RouteOp>)>,
+        snapshot: Option<Vec<RouteKey>>,
+    },
+    Ctl {
+        code: i32,
+        out: String,
+    },
+    Bool(bool),
+}
+
+/// Everything a newcomer adopts when it joins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinSnapshot {
+    /// Every member, the answering node first.
+    pub members: Vec<MemberInfo>,
+    /// `(origin, incarnation, version, routes)` of every origin known.
+    pub routes: Vec<(String, u64, u64, Vec<RouteKey>)>,
+    pub retained: Vec<Message>,
+}
+
+/// A one-way message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum Note {
+    /// Sent every heartbeat interval and whenever a link comes up.
+    Heartbeat {
+        node: String,
+        incarnation: u64,
+        route_version: u64,
+    },
+    /// Route changes of `node` taking it from `base` to `base + ops.len()`.
+    Routes {
+        node: String,
+        incarnation: u64,
+        base: u64,
+        ops: Vec<RouteOp>,
+    },
+    /// A node joined (sent by the node it joined through).
+    MemberUp { info: MemberInfo },
+    /// A node left or was removed.
+    MemberLeft { node: String },
+    /// A retained message to store (an empty payload clears the topic).
+    Retain { msg: Message },
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 64 * 1024 * 1024 }>()
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Encoding plain owned data into a Vec cannot fail short of the size
+    // limit, which only the join snapshot could reach.
+    bincode::serde::encode_to_vec(v, config()).unwrap_or_default()
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
+    bincode::serde::decode_from_slice(b, config())
+        .map(|(v, _)| v)
+        .map_err(|e| format!("undecodable cluster message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_and_replies_round_trip() {
+        let n = Note::Routes {
+            node: "a@h".into(),
+            incarnation: 3,
+            base: 7,
+            ops: vec![RouteOp::Add(RouteKey::of_subscription("$share/g/t/#"))],
+        };
+        let back: Note = decode(&encode(&n)).expect("decode");
+        assert!(matches!(back, Note::Routes { base: 7, ref ops, .. } if ops.len() == 1));
+        let mut m = Message::system("t", "payload", true);
+        m.properties.user_properties.push(("k".into(), "v".into()));
+        let r: Note = decode(&encode(&Note::Retain { msg: m.clone() })).expect("decode");
+        assert!(matches!(r, Note::Retain { msg } if msg == m));
+        assert!(decode::<Note>(&[0xff, 0xff, 0xff]).is_err());
+    }
+}
