@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::ctl::{ctl_group, ControlActor, ControlMsg};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
+use emqx_actors::cluster::registry::Registry;
 use emqx_actors::cluster::service::{
     group_of, ClusterService, ClusterSettings, ClusterView, Endpoint, SvcArgs, SvcMsg,
 };
@@ -224,6 +225,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         sys,
         started_at: Instant::now(),
         retain_tx: Default::default(),
+        registry: Default::default(),
     });
     let sys_task = ctx.spawn_sys();
 
@@ -324,6 +326,9 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot start the cluster service: {e}"))?;
+    let registry = Arc::new(Registry::new(ctx.node.clone()));
+    registry.set_service(cluster.clone());
+    let _ = ctx.registry.set(registry);
     let (endpoint, _) = Actor::spawn(None, Endpoint, cluster.clone())
         .await
         .map_err(|e| format!("cannot start the cluster endpoint: {e}"))?;

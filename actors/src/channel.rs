@@ -52,7 +52,7 @@ pub struct SubRequest {
 }
 
 /// A message on its way to this client, as decided from its matches.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Delivery {
     pub msg: Arc<Message>,
     pub qos: QoS,
@@ -100,7 +100,7 @@ impl Delivery {
 }
 
 /// An outgoing QoS 1/2 message not yet fully acknowledged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum InflightState {
     /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
     Publish(Delivery),
@@ -162,6 +162,20 @@ pub struct Channel {
     pub created_at_ms: u64,
     pub connected_at_ms: u64,
     pub disconnected_at_ms: Option<u64>,
+}
+
+/// A persistent session's state in transit between nodes (takeover).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionSnapshot {
+    pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
+    /// In the order first sent.
+    pub inflight: Vec<(u16, InflightState)>,
+    pub mqueue: Vec<Delivery>,
+    pub awaiting_rel: Vec<u16>,
+    pub next_pid: u16,
+    pub created_at_ms: u64,
+    /// delivered, enqueued, dropped.
+    pub counters: (u64, u64, u64),
 }
 
 /// Result of accepting a CONNECT.
@@ -251,6 +265,70 @@ pub fn requested_expiry(c: &Connect, s: &MqttSettings) -> u32 {
 
 impl Channel {
     /// A fresh session for an accepted CONNECT (`client_id` already assigned).
+    /// The session state that moves to another node when a client with a
+    /// persistent session reconnects there: subscriptions, the inflight
+    /// window (in send order), the queue and the QoS 2 ids awaiting PUBREL.
+    pub fn snapshot(&self) -> SessionSnapshot {
+        let mut inflight: Vec<(u64, u16, InflightState)> = self
+            .inflight
+            .iter()
+            .map(|(pid, f)| (f.seq, *pid, f.state.clone()))
+            .collect();
+        inflight.sort_by_key(|(seq, _, _)| *seq);
+        SessionSnapshot {
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, (o, id))| (f.clone(), *o, *id))
+                .collect(),
+            inflight: inflight.into_iter().map(|(_, p, s)| (p, s)).collect(),
+            mqueue: self.mqueue.iter().cloned().collect(),
+            awaiting_rel: self.awaiting_rel.keys().copied().collect(),
+            next_pid: self.next_pid,
+            created_at_ms: self.created_at_ms,
+            counters: (
+                self.counters.delivered,
+                self.counters.enqueued,
+                self.counters.dropped,
+            ),
+        }
+    }
+
+    /// A session resumed from another node's snapshot, attached to `c`.
+    pub fn restore(
+        settings: Arc<MqttSettings>,
+        c: &Connect,
+        client_id: Arc<str>,
+        snap: SessionSnapshot,
+    ) -> Channel {
+        let mut ch = Channel::new(settings, c, client_id);
+        let now = Instant::now();
+        ch.subscriptions = snap
+            .subscriptions
+            .into_iter()
+            .map(|(f, o, id)| (f, (o, id)))
+            .collect();
+        for (pid, state) in snap.inflight {
+            ch.inflight_seq += 1;
+            ch.inflight.insert(
+                pid,
+                Inflight {
+                    state,
+                    sent_at: now,
+                    seq: ch.inflight_seq,
+                },
+            );
+        }
+        ch.mqueue = snap.mqueue.into();
+        ch.awaiting_rel = snap.awaiting_rel.into_iter().map(|p| (p, now)).collect();
+        ch.next_pid = snap.next_pid.max(1);
+        ch.created_at_ms = snap.created_at_ms;
+        ch.counters.delivered = snap.counters.0;
+        ch.counters.enqueued = snap.counters.1;
+        ch.counters.dropped = snap.counters.2;
+        ch
+    }
+
     pub fn new(settings: Arc<MqttSettings>, c: &Connect, client_id: Arc<str>) -> Channel {
         let now = now_ms();
         let mut ch = Channel {

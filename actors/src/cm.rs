@@ -2,6 +2,7 @@
 //! the per-client-id lock that makes two simultaneous CONNECTs with one id
 //! end with exactly one session.
 
+use crate::channel::SessionSnapshot;
 use crate::conn::ConnHandle;
 use crate::packet::Connect;
 use crate::session::{ClientInfo, SessionActor, SessionArgs, SessionMsg};
@@ -95,6 +96,29 @@ impl Cm {
         };
         let stripe = crate::broker::shard_of(&client_id, LOCKS);
         let _guard = cm.locks[stripe].lock().await;
+        // Cluster-wide: lock the id, then discard or take over a session of
+        // it on another node (an assigned id is new everywhere).
+        let held = match (ctx.registry.get(), assigned) {
+            (Some(r), false) => Some(r.lock(&client_id).await?),
+            _ => None,
+        };
+        let r = Cm::open_locked(ctx, connect, conn, client_id, assigned, held.as_ref()).await;
+        if let (Some(reg), Some(h)) = (ctx.registry.get(), held) {
+            reg.unlock(h).await;
+        }
+        r
+    }
+
+    async fn open_locked(
+        ctx: &Arc<Ctx>,
+        connect: Connect,
+        conn: ConnHandle,
+        client_id: Arc<str>,
+        assigned: bool,
+        held: Option<&crate::cluster::registry::Held>,
+    ) -> Result<ActorRef<SessionMsg>, String> {
+        let cm = &ctx.cm;
+        let mut restored = None;
         if let Some(old) = cm.lookup(&client_id) {
             if connect.clean_start {
                 let _ = old.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
@@ -113,6 +137,14 @@ impl Cm {
                 // The old session died meanwhile: start afresh.
                 cm.unregister(&client_id, old.get_id());
             }
+        } else if let (Some(reg), Some(h)) = (ctx.registry.get(), held) {
+            if !h.peers.is_empty() {
+                if connect.clean_start {
+                    reg.discard_elsewhere(&client_id, &h.peers).await;
+                } else {
+                    restored = reg.takeover_elsewhere(&client_id, &h.peers).await;
+                }
+            }
         }
         let args = SessionArgs {
             ctx: ctx.clone(),
@@ -120,12 +152,41 @@ impl Cm {
             conn,
             client_id: client_id.clone(),
             assigned,
+            restored,
         };
         let (actor, _) = Actor::spawn(None, SessionActor, args)
             .await
             .map_err(|e| format!("session spawn failed: {e}"))?;
         cm.sessions.lock().insert(client_id, actor.clone());
         Ok(actor)
+    }
+
+    /// Ends this node's session of `client` because a clean-start connect
+    /// happened on another node; false if there was none.
+    pub async fn discard(&self, client_id: &str) -> bool {
+        let Some(s) = self.lookup(client_id) else {
+            return false;
+        };
+        let _ = s.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
+        wait_stopped(&s).await;
+        self.unregister(client_id, s.get_id());
+        true
+    }
+
+    /// Hands this node's session of `client` to another node: the session
+    /// closes its connection with DISCONNECT 0x8E and stops; its state is
+    /// returned.
+    pub async fn takeover_out(&self, client_id: &str) -> Option<SessionSnapshot> {
+        let s = self.lookup(client_id)?;
+        let r = s
+            .call(SessionMsg::TakeoverOut, Some(TAKEOVER_TIMEOUT))
+            .await;
+        wait_stopped(&s).await;
+        self.unregister(client_id, s.get_id());
+        match r {
+            Ok(ractor::rpc::CallResult::Success(snap)) => Some(snap),
+            _ => None,
+        }
     }
 
     /// Disconnects and ends a client's session; false if unknown here.

@@ -35,6 +35,8 @@ pub struct Ctx {
     /// Where retained messages published here go to be replicated, once
     /// the cluster service listens.
     pub retain_tx: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<message::Message>>,
+    /// The cluster-wide client id lock and takeover, once clustered.
+    pub registry: std::sync::OnceLock<Arc<cluster::registry::Registry>>,
 }
 
 impl Ctx {

@@ -7,7 +7,9 @@
 //! subscribing through the broker's shard actors, publishing, timers.
 
 use crate::broker::{SubMatch, Subscriber};
-use crate::channel::{Action, Channel, ChannelCounters, Delivery, PublishSink, SubRequest};
+use crate::channel::{
+    Action, Channel, ChannelCounters, Delivery, PublishSink, SessionSnapshot, SubRequest,
+};
 use crate::codec::{self, DecodeError};
 use crate::conn::ConnHandle;
 use crate::message::{now_ms, Message};
@@ -69,6 +71,9 @@ pub enum SessionMsg {
     Discard(RpcReplyPort<()>),
     /// `ctl clients kick`: end the connection and the session.
     Kick(RpcReplyPort<()>),
+    /// The client resumed its session on another node: hand over the state
+    /// and stop.
+    TakeoverOut(RpcReplyPort<SessionSnapshot>),
     Info(RpcReplyPort<ClientInfo>),
     /// `ctl subscriptions add`.
     AddSub(String, QoS, RpcReplyPort<Result<(), String>>),
@@ -91,6 +96,8 @@ pub struct SessionArgs {
     pub conn: ConnHandle,
     pub client_id: Arc<str>,
     pub assigned: bool,
+    /// State handed over by another node (cross-node takeover).
+    pub restored: Option<SessionSnapshot>,
 }
 
 pub struct SessionState {
@@ -125,7 +132,16 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         a: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        let ch = Channel::new(a.ctx.settings.clone(), &a.connect, a.client_id.clone());
+        let resumed = a.restored.is_some();
+        let ch = match a.restored {
+            Some(snap) => Channel::restore(
+                a.ctx.settings.clone(),
+                &a.connect,
+                a.client_id.clone(),
+                snap,
+            ),
+            None => Channel::new(a.ctx.settings.clone(), &a.connect, a.client_id.clone()),
+        };
         let mut st = SessionState {
             ctx: a.ctx,
             ch,
@@ -134,9 +150,37 @@ impl Actor for SessionActor {
             ending: false,
             reported: ChannelCounters::default(),
         };
-        let ack = st.ch.connack(&a.connect, false, a.assigned);
+        if resumed {
+            // Routes must point here before the client hears it is back.
+            let subs: Vec<(String, SubscriptionOptions, Option<u32>)> = st
+                .ch
+                .subscriptions
+                .iter()
+                .map(|(f, (o, id))| (f.clone(), *o, *id))
+                .collect();
+            for (f, opts, sub_id) in subs {
+                let sub = Subscriber {
+                    client_id: st.ch.client_id.clone(),
+                    session: myself.clone(),
+                    opts,
+                    sub_id,
+                };
+                if let Err(e) = st.ctx.broker.subscribe(&f, sub).await {
+                    tracing::warn!(client_id = %st.ch.client_id, "resubscribing {f} after takeover failed: {e}");
+                }
+            }
+            inc(&st.ctx.broker.metrics.session_resumed);
+        }
+        let ack = st.ch.connack(&a.connect, resumed, a.assigned);
         st.send(Packet::ConnAck(ack));
         st.on_connected();
+        if resumed {
+            for a in st.ch.resume(Instant::now()) {
+                if let Action::Send(p) = a {
+                    st.send(p);
+                }
+            }
+        }
         let m = &st.ctx.broker.metrics;
         inc(&m.session_created);
         Stats::add(
@@ -255,6 +299,20 @@ impl Actor for SessionActor {
                 );
                 st.end(&myself, true);
                 let _ = reply.send(());
+            }
+            SessionMsg::TakeoverOut(reply) => {
+                inc(&st.ctx.broker.metrics.session_takenover);
+                st.send_disconnect(
+                    reason::SESSION_TAKEN_OVER,
+                    "session taken over by another node",
+                );
+                if let Some(old) = st.conn.take() {
+                    old.close();
+                    st.after_conn_lost(&myself, true);
+                }
+                st.ending = true;
+                let _ = reply.send(st.ch.snapshot());
+                myself.stop(None);
             }
             SessionMsg::Kick(reply) => {
                 st.send_disconnect(reason::ADMINISTRATIVE_ACTION, "kicked by an administrator");

@@ -4,6 +4,7 @@
 
 pub mod detector;
 pub mod membership;
+pub mod registry;
 pub mod routes;
 pub mod service;
 pub mod wire;

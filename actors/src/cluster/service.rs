@@ -279,10 +279,34 @@ impl Actor for ClusterService {
         st: &mut SvcState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SvcMsg::Remote(req, reply) => {
-                let resp = st.on_request(req).await;
-                let _ = reply.send(wire::encode(&resp));
-            }
+            SvcMsg::Remote(req, reply) => match req {
+                // These wait on local sessions: never hold the service up.
+                Req::Discard { client } => {
+                    let ctx = st.ctx.clone();
+                    tokio::spawn(async move {
+                        let found = ctx.cm.discard(&client).await;
+                        let _ = reply.send(wire::encode(&Resp::Bool(found)));
+                    });
+                }
+                Req::Takeover { client } => {
+                    let ctx = st.ctx.clone();
+                    tokio::spawn(async move {
+                        let snap = ctx.cm.takeover_out(&client).await.map(Box::new);
+                        let _ = reply.send(wire::encode(&Resp::Session(snap)));
+                    });
+                }
+                Req::Kick { client } => {
+                    let ctx = st.ctx.clone();
+                    tokio::spawn(async move {
+                        let found = ctx.cm.kick(&client).await;
+                        let _ = reply.send(wire::encode(&Resp::Bool(found)));
+                    });
+                }
+                req => {
+                    let resp = st.on_request(req).await;
+                    let _ = reply.send(wire::encode(&resp));
+                }
+            },
             SvcMsg::Note(n) => st.on_note(&myself, n),
             SvcMsg::LinkUp(node) => {
                 st.links.insert(node.clone());
@@ -792,7 +816,19 @@ impl SvcState {
                 }
             }
             Req::Ctl { .. } => Resp::Refused("ctl is served by the control actor".into()),
-            Req::Kick { client } => Resp::Bool(self.ctx.cm.kick(&client).await),
+            Req::Lock { client, holder } => Resp::Bool(match self.ctx.registry.get() {
+                Some(r) => r.try_lock_local(&client, &holder),
+                None => true,
+            }),
+            Req::Unlock { client, holder } => {
+                if let Some(r) = self.ctx.registry.get() {
+                    r.unlock_local(&client, &holder);
+                }
+                Resp::Bool(true)
+            }
+            Req::Kick { .. } | Req::Discard { .. } | Req::Takeover { .. } => {
+                Resp::Refused("handled asynchronously".into())
+            }
         }
     }
 

@@ -14,14 +14,41 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Req {
     /// A node asks to join the cluster of the receiver.
-    Join { info: MemberInfo },
+    Join {
+        info: MemberInfo,
+    },
     /// The receiver's own route changes after version `since`, or a
     /// snapshot when its log no longer reaches back that far.
-    RoutesSince { since: u64 },
+    RoutesSince {
+        since: u64,
+    },
     /// Runs a ctl command on the receiver, for its own node only.
-    Ctl { args: Vec<String> },
+    Ctl {
+        args: Vec<String>,
+    },
     /// Kicks a client if it is connected to the receiver.
-    Kick { client: String },
+    Kick {
+        client: String,
+    },
+    /// Takes the cluster lock of a client id for `holder` (the receiver
+    /// owns that id's lock).
+    Lock {
+        client: String,
+        holder: String,
+    },
+    Unlock {
+        client: String,
+        holder: String,
+    },
+    /// Ends the receiver's session of a client id (a clean start elsewhere).
+    Discard {
+        client: String,
+    },
+    /// Hands the receiver's session of a client id over (a persistent
+    /// session resumed elsewhere).
+    Takeover {
+        client: String,
+    },
 }
 
 /// Replies to [`Req`].
@@ -40,6 +67,7 @@ pub enum Resp {
         out: String,
     },
     Bool(bool),
+    Session(Option<Box<crate::channel::SessionSnapshot>>),
 }
 
 /// Everything a newcomer adopts when it joins.

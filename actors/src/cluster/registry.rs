@@ -1,0 +1,218 @@
+//! The cluster-wide side of the client registry (EMQX's emqx_cm with its
+//! cluster lock): a client id is unique in the whole cluster.
+//!
+//! Every connect of a client id takes a lock held by one node chosen from
+//! the running members by the id's hash, so two simultaneous connects on
+//! two nodes are serialized and end with exactly one session. Holding it,
+//! the connecting node asks the other running nodes to discard
+//! (clean start) or hand over (persistent session) any session of that id,
+//! then starts its own and releases the lock.
+//!
+//! Without a replicated registry table this costs one request per running
+//! peer for each non-new client id on connect; fine for the cluster sizes a
+//! full mesh supports, and the table can replace the fan-out later.
+
+use super::service::{call_peer, SvcMsg};
+use super::wire::{Req, Resp};
+use crate::channel::SessionSnapshot;
+use parking_lot::Mutex;
+use ractor::ActorRef;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A lock whose holder vanished is free again after this long.
+const LEASE: Duration = Duration::from_secs(15);
+/// How long a connect waits for a busy lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Registry {
+    pub me: Arc<str>,
+    svc: OnceLock<ActorRef<SvcMsg>>,
+    /// Locks this node holds for the client ids it owns: id -> (holder, expiry).
+    locks: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+/// The peers a connect talked to, to release the lock afterwards.
+pub struct Held {
+    client: String,
+    owner: String,
+    pub peers: Vec<String>,
+}
+
+impl Registry {
+    pub fn new(me: Arc<str>) -> Registry {
+        Registry {
+            me,
+            svc: OnceLock::new(),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn set_service(&self, svc: ActorRef<SvcMsg>) {
+        let _ = self.svc.set(svc);
+    }
+
+    /// Running peers (never this node).
+    pub async fn peers(&self) -> Vec<String> {
+        let Some(svc) = self.svc.get() else {
+            return Vec::new();
+        };
+        match svc
+            .call(SvcMsg::RunningPeers, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(p)) => p,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The node that holds the lock of `client`, among `peers` and us.
+    pub fn owner(&self, client: &str, peers: &[String]) -> String {
+        let mut all: Vec<&str> = peers.iter().map(|s| s.as_str()).collect();
+        all.push(&self.me);
+        all.sort_unstable();
+        let mut h = DefaultHasher::new();
+        client.hash(&mut h);
+        all[(h.finish() % all.len() as u64) as usize].to_string()
+    }
+
+    /// Takes the lock if it is free, expired, or already `holder`'s.
+    pub fn try_lock_local(&self, client: &str, holder: &str) -> bool {
+        let now = Instant::now();
+        let mut l = self.locks.lock();
+        match l.get(client) {
+            Some((h, exp)) if h != holder && *exp > now => false,
+            _ => {
+                l.insert(client.to_string(), (holder.to_string(), now + LEASE));
+                true
+            }
+        }
+    }
+
+    pub fn unlock_local(&self, client: &str, holder: &str) {
+        let mut l = self.locks.lock();
+        if l.get(client).is_some_and(|(h, _)| h == holder) {
+            l.remove(client);
+        }
+    }
+
+    /// Takes the cluster lock of `client`, waiting up to a few seconds.
+    pub async fn lock(&self, client: &str) -> Result<Held, String> {
+        let peers = self.peers().await;
+        let owner = self.owner(client, &peers);
+        let deadline = Instant::now() + LOCK_WAIT;
+        let mut wait = Duration::from_millis(5);
+        loop {
+            let got = if owner == *self.me {
+                self.try_lock_local(client, &self.me)
+            } else {
+                let req = Req::Lock {
+                    client: client.to_string(),
+                    holder: self.me.to_string(),
+                };
+                match call_peer(&owner, &req).await {
+                    Ok(Resp::Bool(b)) => b,
+                    // The owner is unreachable: going on is better than
+                    // refusing every client whose lock it holds.
+                    _ => true,
+                }
+            };
+            if got {
+                return Ok(Held {
+                    client: client.to_string(),
+                    owner,
+                    peers,
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(format!("client id {client} is locked by another connect"));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    pub async fn unlock(&self, held: Held) {
+        if held.owner == *self.me {
+            self.unlock_local(&held.client, &self.me);
+        } else {
+            let req = Req::Unlock {
+                client: held.client,
+                holder: self.me.to_string(),
+            };
+            let _ = call_peer(&held.owner, &req).await;
+        }
+    }
+
+    /// Ends the sessions of `client` on every other node (clean start).
+    pub async fn discard_elsewhere(&self, client: &str, peers: &[String]) {
+        for p in peers {
+            let _ = call_peer(
+                p,
+                &Req::Discard {
+                    client: client.to_string(),
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Takes the session of `client` over from whichever node holds it.
+    pub async fn takeover_elsewhere(
+        &self,
+        client: &str,
+        peers: &[String],
+    ) -> Option<SessionSnapshot> {
+        for p in peers {
+            if let Ok(Resp::Session(Some(s))) = call_peer(
+                p,
+                &Req::Takeover {
+                    client: client.to_string(),
+                },
+            )
+            .await
+            {
+                tracing::info!(client_id = %client, "session taken over from {p}");
+                return Some(*s);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_agrees_on_the_lock_owner() {
+        let a = Registry::new(Arc::from("a@h"));
+        let b = Registry::new(Arc::from("b@h"));
+        let c = Registry::new(Arc::from("c@h"));
+        for id in ["x", "client-1", "sensor/42", ""] {
+            let oa = a.owner(id, &["b@h".into(), "c@h".into()]);
+            let ob = b.owner(id, &["c@h".into(), "a@h".into()]);
+            let oc = c.owner(id, &["a@h".into(), "b@h".into()]);
+            assert_eq!(oa, ob);
+            assert_eq!(ob, oc);
+        }
+    }
+
+    #[test]
+    fn a_lock_is_exclusive_reentrant_and_released_by_its_holder_only() {
+        let r = Registry::new(Arc::from("a@h"));
+        assert!(r.try_lock_local("c1", "a@h"));
+        assert!(
+            r.try_lock_local("c1", "a@h"),
+            "the holder may take it again"
+        );
+        assert!(!r.try_lock_local("c1", "b@h"));
+        r.unlock_local("c1", "b@h");
+        assert!(!r.try_lock_local("c1", "b@h"), "only the holder releases");
+        r.unlock_local("c1", "a@h");
+        assert!(r.try_lock_local("c1", "b@h"));
+    }
+}
