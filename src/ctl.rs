@@ -93,6 +93,16 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "Force the node leave from cluster",
     ),
     ("cluster", "cluster status [--json]", "Cluster status"),
+    (
+        "cluster",
+        "cluster discovery enable",
+        "Enable and run automatic cluster discovery",
+    ),
+    (
+        "cluster",
+        "cluster forwarding",
+        "Message forwarding statistics per peer node",
+    ),
     ("clients", "clients list", "List all clients"),
     ("clients", "clients show <ClientId>", "Show a client"),
     ("clients", "clients kick <ClientId>", "Kick out a client"),
@@ -227,7 +237,44 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             let t = target.to_string();
             call_cluster(node, |r| SvcMsg::Join(t, r), 30).await
         }
-        ["cluster", "leave"] => call_cluster(node, SvcMsg::Leave, 30).await,
+        ["cluster", "leave"] => {
+            let mut notice = String::new();
+            if node.discovery_strategy != "manual" {
+                notice = "Automatic cluster discovery is disabled on this node: it will not rejoin by itself.\nTo enable it run: 'emqx-rs ctl cluster discovery enable' or restart the node.\n".into();
+            }
+            let (c, out) = call_cluster(node, SvcMsg::Leave, 30).await;
+            (c, format!("{notice}{out}"))
+        }
+        ["cluster", "discovery", "enable"] => {
+            let _ = node
+                .cluster
+                .call(SvcMsg::EnableDiscovery, Some(Duration::from_secs(5)))
+                .await;
+            (0, "Automatic cluster discovery enabled.\n".into())
+        }
+        ["cluster", "forwarding"] => {
+            let stats = match node
+                .cluster
+                .call(SvcMsg::ForwardStats, Some(Duration::from_secs(5)))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(s)) => s,
+                _ => return (1, "Error: the cluster service did not answer\n".into()),
+            };
+            if stats.is_empty() {
+                return (0, "No peers.\n".into());
+            }
+            let out = stats
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} addr={} connections={} queued={} sent={} dropped={} bytes_sent={} received={}\n",
+                        p.node, p.addr, p.connected, p.queued, p.sent, p.dropped, p.bytes_sent, p.received
+                    )
+                })
+                .collect();
+            (0, out)
+        }
         ["cluster", "force-leave", target] => {
             let t = target.to_string();
             call_cluster(node, |r| SvcMsg::ForceLeave(t, r), 30).await

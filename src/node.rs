@@ -33,6 +33,8 @@ pub struct Node {
     pub ctx: Arc<Ctx>,
     /// The cluster service (membership, joins, routes).
     pub cluster: ActorRef<SvcMsg>,
+    /// `cluster.discovery_strategy`.
+    pub discovery_strategy: String,
     /// Set to true to stop the node.
     pub shutdown: Arc<watch::Sender<bool>>,
 }
@@ -284,6 +286,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
 
     // The cluster service.
+    let me_start = emqx_actors::message::now_ms();
     let adv_ip = host_ip(&name).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let me = MemberInfo {
         node: name.clone(),
@@ -293,7 +296,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             "replicant" => Role::Replicant,
             _ => Role::Core,
         },
-        incarnation: emqx_actors::message::now_ms(),
+        incarnation: me_start,
     };
     let view = Arc::new(ClusterView {
         me: ctx.node.clone(),
@@ -334,10 +337,33 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot start the cluster endpoint: {e}"))?;
     ractor::pg::join(group_of(&name), vec![endpoint.get_cell()]);
 
+    // Autocluster by the configured discovery strategy.
+    let strategy = cfg.cluster.discovery_strategy.as_str().to_string();
+    let autocluster_task = match strategy.as_str() {
+        "static" => {
+            let seeds = emqx_discovery::Static::new(cfg.cluster.static_.seeds.clone())
+                .map_err(|e| format!("cluster.static.seeds: {e}"))?;
+            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
+                seeds,
+                cluster.clone(),
+                node_server.clone(),
+                host_ip(&name),
+                name.clone(),
+                me_start,
+            )))
+        }
+        "manual" | "singleton" => None,
+        other => {
+            tracing::warn!("cluster.discovery_strategy = {other} is not available yet; nodes join with `ctl cluster join`");
+            None
+        }
+    };
+
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
         name: name.clone(),
         ctx: ctx.clone(),
+        discovery_strategy: strategy,
         cluster: cluster.clone(),
         shutdown: Arc::new(shutdown),
     });
@@ -379,6 +405,9 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         t.abort();
     }
     sys_task.abort();
+    if let Some(t) = autocluster_task {
+        t.abort();
+    }
     ctx.cm.stop_all().await;
     ctx.broker.stop();
     forwarder.stop();

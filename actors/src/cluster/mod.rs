@@ -2,6 +2,7 @@
 //! actors that run them over ractor_cluster (the control plane). Messages
 //! between nodes travel on the forwarding channel ([`crate::forward`]).
 
+pub mod autocluster;
 pub mod detector;
 pub mod membership;
 pub mod registry;

@@ -154,6 +154,12 @@ pub enum SvcMsg {
     ForceLeave(String, RpcReplyPort<String>),
     Status(bool, RpcReplyPort<String>),
     RunningPeers(RpcReplyPort<Vec<String>>),
+    /// Whether this node has other members, and whether autocluster may run.
+    Clustered(RpcReplyPort<(bool, bool)>),
+    /// `cluster discovery enable`.
+    EnableDiscovery(RpcReplyPort<()>),
+    /// Forwarding statistics per peer.
+    ForwardStats(RpcReplyPort<Vec<crate::forward::PeerStats>>),
 }
 
 pub struct ClusterService;
@@ -183,6 +189,8 @@ pub struct SvcState {
     node_server: ActorRef<NodeServerMessage>,
     settings: ClusterSettings,
     last_heartbeat: Instant,
+    /// Autocluster may join; `cluster leave` turns it off until re-enabled.
+    discovery: bool,
 }
 
 struct LinkEvents(ActorRef<SvcMsg>);
@@ -269,6 +277,7 @@ impl Actor for ClusterService {
             node_server: a.node_server,
             settings: a.settings,
             last_heartbeat: now,
+            discovery: true,
         })
     }
 
@@ -398,6 +407,16 @@ impl Actor for ClusterService {
                     status_line(&r, &s)
                 });
             }
+            SvcMsg::Clustered(reply) => {
+                let _ = reply.send((!st.membership.is_alone(), st.discovery));
+            }
+            SvcMsg::EnableDiscovery(reply) => {
+                st.discovery = true;
+                let _ = reply.send(());
+            }
+            SvcMsg::ForwardStats(reply) => {
+                let _ = reply.send(st.view.forwarder.peers());
+            }
             SvcMsg::RunningPeers(reply) => {
                 let v = st
                     .membership
@@ -455,6 +474,31 @@ pub async fn dial(
             is_server: false,
         })
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Asks a node when it started, linking to it first if needed.
+pub async fn probe(
+    node_server: &ActorRef<NodeServerMessage>,
+    bind_ip: Option<IpAddr>,
+    node: &str,
+) -> Option<(u64, usize)> {
+    if endpoint_of(node).is_none() {
+        dial(node_server, bind_ip, dist_addr_of(node)?).await.ok()?;
+        let deadline = Instant::now() + LINK_TIMEOUT;
+        while endpoint_of(node).is_none() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    match call_peer(node, &Req::Info).await {
+        Ok(Resp::Info {
+            incarnation,
+            members,
+        }) => Some((incarnation, members)),
+        _ => None,
+    }
 }
 
 /// The inter-node address of a node from its name: host part, port 4370 +
@@ -826,6 +870,10 @@ impl SvcState {
                 }
                 Resp::Bool(true)
             }
+            Req::Info => Resp::Info {
+                incarnation: self.membership.me.incarnation,
+                members: self.membership.peers().count() + 1,
+            },
             Req::Kick { .. } | Req::Discard { .. } | Req::Takeover { .. } => {
                 Resp::Refused("handled asynchronously".into())
             }
@@ -965,6 +1013,7 @@ impl SvcState {
         }
         let me = self.me().to_string();
         self.broadcast(&Note::MemberLeft { node: me });
+        self.discovery = false;
         self.reset_to_single();
         self.save();
         let (r, s) = self.membership.status();

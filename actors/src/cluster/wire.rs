@@ -49,6 +49,9 @@ pub enum Req {
     Takeover {
         client: String,
     },
+    /// When the receiver started and how many members its cluster has
+    /// (autocluster joins the oldest node it finds).
+    Info,
 }
 
 /// Replies to [`Req`].
@@ -68,6 +71,10 @@ pub enum Resp {
     },
     Bool(bool),
     Session(Option<Box<crate::channel::SessionSnapshot>>),
+    Info {
+        incarnation: u64,
+        members: usize,
+    },
 }
 
 /// Everything a newcomer adopts when it joins.

@@ -1,0 +1,110 @@
+//! The autocluster loop (EMQX's ekka_autocluster): while discovery is on
+//! and the node is alone, every few seconds ask the discovery strategy for
+//! node names, find out when each of them started, and join the oldest
+//! one found. Nodes started together therefore all join the same node and
+//! form one cluster instead of several.
+
+use super::service::{probe, SvcMsg};
+use emqx_discovery::Strategy;
+use ractor::ActorRef;
+use ractor_cluster::NodeServerMessage;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// How often the loop runs until the node has joined (EMQX: 5 s).
+pub const PERIOD: Duration = Duration::from_secs(5);
+
+/// Picks the node to join among `(name, started_at)` candidates, this node
+/// included: the oldest, ties broken by name. `None` when it is this node.
+pub fn pick_oldest(me: &str, my_start: u64, found: &[(String, u64)]) -> Option<String> {
+    let mut best = (my_start, me.to_string());
+    for (n, t) in found {
+        if (*t, n.clone()) < best {
+            best = (*t, n.clone());
+        }
+    }
+    (best.1 != me).then_some(best.1)
+}
+
+/// Runs until the service goes away.
+pub async fn run<S: Strategy>(
+    mut strategy: S,
+    svc: ActorRef<SvcMsg>,
+    node_server: ActorRef<NodeServerMessage>,
+    bind_ip: Option<IpAddr>,
+    me: String,
+    my_start: u64,
+) {
+    if !strategy.autocluster() {
+        return;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    loop {
+        let state = svc
+            .call(SvcMsg::Clustered, Some(Duration::from_secs(5)))
+            .await;
+        let (clustered, enabled) = match state {
+            Ok(ractor::rpc::CallResult::Success(s)) => s,
+            Ok(_) => (false, false),
+            Err(_) => return,
+        };
+        if enabled && !clustered {
+            match strategy.discover().await {
+                Ok(names) => {
+                    let mut found = Vec::new();
+                    for n in names.into_iter().filter(|n| *n != me) {
+                        if let Some((start, _)) = probe(&node_server, bind_ip, &n).await {
+                            found.push((n, start));
+                        }
+                    }
+                    if let Some(target) = pick_oldest(&me, my_start, &found) {
+                        tracing::info!(strategy = strategy.name(), "autocluster: joining {target}");
+                        let t = target.clone();
+                        let r = svc
+                            .call(|r| SvcMsg::Join(t, r), Some(Duration::from_secs(30)))
+                            .await;
+                        if let Ok(ractor::rpc::CallResult::Success(out)) = r {
+                            tracing::info!("autocluster: {}", out.lines().next().unwrap_or(""));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    strategy = strategy.name(),
+                    "autocluster: discovery failed: {e}"
+                ),
+            }
+        }
+        tokio::time::sleep(PERIOD).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everyone_picks_the_same_oldest_node() {
+        let started = [
+            ("a@h".to_string(), 30),
+            ("b@h".to_string(), 10),
+            ("c@h".to_string(), 20),
+        ];
+        for (me, t) in &started {
+            let others: Vec<(String, u64)> =
+                started.iter().filter(|(n, _)| n != me).cloned().collect();
+            let pick = pick_oldest(me, *t, &others);
+            if me == "b@h" {
+                assert_eq!(pick, None, "the oldest waits for the others");
+            } else {
+                assert_eq!(pick.as_deref(), Some("b@h"));
+            }
+        }
+    }
+
+    #[test]
+    fn ties_go_to_the_smallest_name() {
+        let pick = pick_oldest("b@h", 5, &[("a@h".into(), 5), ("c@h".into(), 5)]);
+        assert_eq!(pick.as_deref(), Some("a@h"));
+        assert_eq!(pick_oldest("a@h", 5, &[("b@h".into(), 5)]), None);
+    }
+}
