@@ -187,7 +187,8 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     let dist_port = cfg.dist_port();
     let (short, host) = name.split_once('@').unwrap_or((name.as_str(), "127.0.0.1"));
     let listen_ip = host_ip(&name).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    std::net::TcpListener::bind(SocketAddr::new(listen_ip, dist_port))
+    let dist_listener = TcpListener::bind(SocketAddr::new(listen_ip, dist_port))
+        .await
         .map_err(|e| format!("inter-node port {dist_port} on {listen_ip} is not available: {e}"))?;
 
     let metrics = Arc::new(Metrics::default());
@@ -256,15 +257,17 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     }
 
     // The inter-node server (ping, stop, ctl, and the cluster's control plane).
+    // We accept inter-node connections ourselves (to time out handshakes);
+    // the node server's own listener sits unused on an ephemeral loopback port.
     let server = NodeServer::new(
-        dist_port,
+        0,
         cfg.node.cookie.clone(),
         short.to_string(),
         host.to_string(),
         None,
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(listen_ip);
+    .with_listen_addr(IpAddr::from([127, 0, 0, 1]));
     let (node_server, _) = Actor::spawn(Some(format!("emqx_node_server:{name}")), server, ())
         .await
         .map_err(|e| format!("cannot start the inter-node server on port {dist_port}: {e}"))?;
@@ -337,6 +340,14 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot start the cluster endpoint: {e}"))?;
     ractor::pg::join(group_of(&name), vec![endpoint.get_cell()]);
 
+    // Only now (the cluster service watches authentications) take
+    // inter-node connections.
+    let dist_task = tokio::spawn(emqx_actors::cluster::guard::accept_loop(
+        dist_listener,
+        node_server.clone(),
+        Duration::from_secs(5),
+    ));
+
     // Autocluster by the configured discovery strategy.
     let strategy = cfg.cluster.discovery_strategy.as_str().to_string();
     let autocluster_task = match strategy.as_str() {
@@ -405,6 +416,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         t.abort();
     }
     sys_task.abort();
+    dist_task.abort();
     if let Some(t) = autocluster_task {
         t.abort();
     }

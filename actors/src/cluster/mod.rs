@@ -4,6 +4,7 @@
 
 pub mod autocluster;
 pub mod detector;
+pub mod guard;
 pub mod membership;
 pub mod registry;
 pub mod routes;

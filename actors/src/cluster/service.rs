@@ -197,7 +197,9 @@ struct LinkEvents(ActorRef<SvcMsg>);
 
 impl NodeEventSubscription for LinkEvents {
     fn node_session_opened(&self, _: NodeServerSessionInformation) {}
-    fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, s: NodeServerSessionInformation) {
+        super::guard::authenticated(&s.peer_addr);
+    }
     fn node_session_ready(&self, s: NodeServerSessionInformation) {
         if let Some(p) = s.peer_name {
             let _ = self.0.cast(SvcMsg::LinkUp(p.name));
