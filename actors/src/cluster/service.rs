@@ -181,8 +181,11 @@ pub struct SvcState {
     backoff: HashMap<String, Backoff>,
     dialing: HashSet<String>,
     syncing: HashSet<String>,
-    /// Peers with a ready ractor_cluster link.
-    links: HashSet<String>,
+    /// Peers with ready ractor_cluster links, and how many.
+    links: HashMap<String, usize>,
+    /// Nodes this node left: their heartbeats are answered with MemberLeft
+    /// so a member that missed the leave learns of it.
+    left_from: HashSet<String>,
     incarnations: HashMap<String, u64>,
     local: LocalRouteLog,
     view: Arc<ClusterView>,
@@ -193,26 +196,45 @@ pub struct SvcState {
     discovery: bool,
 }
 
-struct LinkEvents(ActorRef<SvcMsg>);
+/// Turns the node server's session events into link up/down for the
+/// service. Only sessions that became ready count: a session that lost the
+/// election between two simultaneous dials, or failed the cookie check,
+/// never marks a peer up or down.
+struct LinkEvents {
+    svc: ActorRef<SvcMsg>,
+    authenticated: parking_lot::Mutex<HashSet<ractor::ActorId>>,
+    ready: parking_lot::Mutex<HashSet<ractor::ActorId>>,
+}
 
 impl NodeEventSubscription for LinkEvents {
     fn node_session_opened(&self, _: NodeServerSessionInformation) {}
     fn node_session_authenticated(&self, s: NodeServerSessionInformation) {
         super::guard::authenticated(&s.peer_addr);
+        self.authenticated.lock().insert(s.actor.get_id());
     }
     fn node_session_ready(&self, s: NodeServerSessionInformation) {
         if let Some(p) = s.peer_name {
-            let _ = self.0.cast(SvcMsg::LinkUp(p.name));
+            self.ready.lock().insert(s.actor.get_id());
+            let _ = self.svc.cast(SvcMsg::LinkUp(p.name));
         }
     }
     fn node_session_disconnected(&self, s: NodeServerSessionInformation) {
-        match s.peer_name {
-            Some(p) => {
-                let _ = self.0.cast(SvcMsg::LinkDown(p.name));
-            }
-            None => {
-                tracing::warn!(peer = %s.peer_addr, "inter-node connection closed before authentication (wrong cookie?)")
-            }
+        let id = s.actor.get_id();
+        let was_authenticated = self.authenticated.lock().remove(&id);
+        let was_ready = self.ready.lock().remove(&id);
+        let name = s
+            .peer_name
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        if was_ready {
+            let _ = self.svc.cast(SvcMsg::LinkDown(name));
+        } else if !was_authenticated {
+            tracing::warn!(
+                peer = %s.peer_addr,
+                node = %name,
+                "inter-node connection closed before authentication (wrong cookie, or the loser of two simultaneous connections)"
+            );
         }
     }
 }
@@ -238,7 +260,11 @@ impl Actor for ClusterService {
         }
         let _ = a.node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "emqx_cluster".into(),
-            subscription: Box::new(LinkEvents(myself.clone())),
+            subscription: Box::new(LinkEvents {
+                svc: myself.clone(),
+                authenticated: Default::default(),
+                ready: Default::default(),
+            }),
         });
         // Local route changes and retained messages arrive on channels
         // (the shard actors and publishers must never wait on us).
@@ -272,7 +298,8 @@ impl Actor for ClusterService {
             backoff: HashMap::new(),
             dialing: HashSet::new(),
             syncing: HashSet::new(),
-            links: HashSet::new(),
+            links: HashMap::new(),
+            left_from: HashSet::new(),
             incarnations: HashMap::new(),
             local: LocalRouteLog::new(10_000),
             view: a.view,
@@ -320,7 +347,7 @@ impl Actor for ClusterService {
             },
             SvcMsg::Note(n) => st.on_note(&myself, n),
             SvcMsg::LinkUp(node) => {
-                st.links.insert(node.clone());
+                *st.links.entry(node.clone()).or_default() += 1;
                 if let Some(b) = st.backoff.get_mut(&node) {
                     b.reset();
                 }
@@ -329,9 +356,19 @@ impl Actor for ClusterService {
                 }
             }
             SvcMsg::LinkDown(node) => {
-                st.links.remove(&node);
-                if let Some(Liveness::Down(n)) = st.detector.lost(&node) {
-                    st.mark_down(&n, "link closed");
+                // Another ready session to the same peer may remain.
+                let left = match st.links.get_mut(&node) {
+                    Some(n) => {
+                        *n = n.saturating_sub(1);
+                        *n
+                    }
+                    None => 0,
+                };
+                if left == 0 {
+                    st.links.remove(&node);
+                    if let Some(Liveness::Down(n)) = st.detector.lost(&node) {
+                        st.mark_down(&n, "link closed");
+                    }
                 }
             }
             SvcMsg::Tick => st.tick(&myself),
@@ -539,7 +576,7 @@ impl SvcState {
 
     fn broadcast(&self, note: &Note) {
         for m in self.membership.peers() {
-            if m.running && self.links.contains(&m.info.node) {
+            if m.running && self.links.contains_key(&m.info.node) {
                 cast_peer(&m.info.node, note);
             }
         }
@@ -566,7 +603,7 @@ impl SvcState {
                 .map(|m| m.info.node.clone())
                 .collect();
             for p in peers {
-                if self.links.contains(&p) {
+                if self.links.contains_key(&p) {
                     self.send_heartbeat(&p);
                 }
             }
@@ -580,7 +617,9 @@ impl SvcState {
         let targets: Vec<MemberInfo> = self
             .membership
             .peers()
-            .filter(|m| !self.links.contains(&m.info.node) && !self.dialing.contains(&m.info.node))
+            .filter(|m| {
+                !self.links.contains_key(&m.info.node) && !self.dialing.contains(&m.info.node)
+            })
             .map(|m| m.info.clone())
             .collect();
         for info in targets {
@@ -643,6 +682,14 @@ impl SvcState {
                 route_version,
             } => {
                 if self.membership.peer(&node).is_none() {
+                    if self.left_from.contains(&node) {
+                        cast_peer(
+                            &node,
+                            &Note::MemberLeft {
+                                node: self.me().to_string(),
+                            },
+                        );
+                    }
                     return;
                 }
                 if let Some(Liveness::Up(n)) = self.detector.heard(&node, Instant::now()) {
@@ -680,7 +727,7 @@ impl SvcState {
                     self.detector.watch(&node, Instant::now());
                     self.save();
                 }
-                if self.links.contains(&node) {
+                if self.links.contains_key(&node) {
                     self.send_heartbeat(&node);
                 }
             }
@@ -785,6 +832,7 @@ impl SvcState {
                     return Resp::Refused("cannot_join_itself".into());
                 }
                 let node = info.node.clone();
+                self.left_from.remove(&node);
                 add_forward_peer(&self.view, &info);
                 let others: Vec<String> = self
                     .membership
@@ -969,6 +1017,7 @@ impl SvcState {
     /// The newcomer's side of a join: drop our cluster data, adopt theirs.
     fn adopt(&mut self, via: &str, snap: JoinSnapshot) {
         self.reset_to_single();
+        self.left_from.clear();
         let now = Instant::now();
         for info in snap.members {
             if info.node == self.me() {
@@ -999,7 +1048,7 @@ impl SvcState {
         }
         inc(&self.ctx.broker.metrics.cluster_joined);
         self.save();
-        if self.links.contains(via) {
+        if self.links.contains_key(via) {
             // We just heard from it: it is up.
             if let Some(Liveness::Up(n)) = self.detector.heard(via, now) {
                 self.mark_up(&n);
@@ -1014,7 +1063,13 @@ impl SvcState {
             return "Failed to leave the cluster: node_not_in_cluster\n".into();
         }
         let me = self.me().to_string();
-        self.broadcast(&Note::MemberLeft { node: me });
+        let note = Note::MemberLeft { node: me };
+        for m in self.membership.peers() {
+            // Every member we can reach, running or not; the others learn
+            // it from our answer to their next heartbeat.
+            cast_peer(&m.info.node, &note);
+            self.left_from.insert(m.info.node.clone());
+        }
         self.discovery = false;
         self.reset_to_single();
         self.save();

@@ -1,0 +1,1153 @@
+//! End-to-end cluster tests: several real `emqx-rs` processes on loopback
+//! aliases (127.0.0.1 .. 127.0.0.9), joined with `ctl cluster join`, with
+//! `rumqttc` clients on different nodes. Every wait is bounded.
+
+mod common;
+
+use common::Node;
+use rumqttc::{Client, Connection, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Fast failure detection for every test node.
+const FAST: &str = "cluster.heartbeat_interval = 1s\ncluster.down_timeout = 3s\n";
+const DOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------
+// nodes and ctl
+// ---------------------------------------------------------------------------
+
+/// A cluster node on 127.0.0.`ip`, not started. Its MQTT port is moved
+/// out of the kernel's ephemeral range (32768..61000): nodes dial from
+/// their own address with ephemeral ports, so while a node is down another
+/// node on the same address could take an ephemeral MQTT port and the
+/// restart would fail with `Address already in use`.
+///
+/// Nodes prepared concurrently by parallel tests could also draw the same
+/// or overlapping inter-node ports (4370+N of one = 5370+N' of another),
+/// since the harness only checks that the ports are free at that moment;
+/// every port handed out in this test binary is remembered and never
+/// handed out again.
+fn prepare(ip: u8) -> Node {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut n = loop {
+        let n = Node::prepare_cluster(ip, FAST);
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        let ports = [n.dist_port, fwd_port(&n)];
+        if ports.iter().all(|p| !taken.contains(p)) {
+            taken.extend(ports);
+            break n;
+        }
+    };
+    let port = loop {
+        let p = 20_000 + (common::rand_u32() % 10_000) as u16;
+        if std::net::TcpListener::bind((n.host.as_str(), p)).is_ok() {
+            break p;
+        }
+    };
+    let text = std::fs::read_to_string(&n.config).expect("read config");
+    let old = format!(
+        "listeners.tcp.default.bind = \"{}:{}\"",
+        n.host, n.mqtt_port
+    );
+    assert!(text.contains(&old), "config has no {old}: {text}");
+    let new = format!("listeners.tcp.default.bind = \"{}:{port}\"", n.host);
+    std::fs::write(&n.config, text.replace(&old, &new)).expect("write config");
+    n.mqtt_port = port;
+    n
+}
+
+/// A running node on 127.0.0.`ip`.
+fn node(ip: u8) -> Node {
+    let mut n = prepare(ip);
+    n.spawn(&[]);
+    n
+}
+
+/// The forwarding (data plane) port of a cluster node: 5370 + N.
+fn fwd_port(n: &Node) -> u16 {
+    n.dist_port + 1000
+}
+
+/// The last lines of a node's log, for failure messages.
+fn tail(n: &Node) -> String {
+    let log = n.log();
+    // The ctl shells' sessions are noise here.
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains("remsh")).collect();
+    let from = lines.len().saturating_sub(25);
+    format!(
+        "--- log of {} (last {} lines) ---\n{}\n",
+        n.name,
+        lines.len() - from,
+        lines[from..].join("\n")
+    )
+}
+
+fn tails(nodes: &[&Node]) -> String {
+    nodes.iter().map(|n| tail(n)).collect()
+}
+
+fn sorted_names(nodes: &[&Node]) -> Vec<String> {
+    let mut v: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    v.sort();
+    v
+}
+
+/// `Cluster status: #{running_nodes => [...],stopped_nodes => [...]}`.
+fn status_line(running: &[&Node], stopped: &[&Node]) -> String {
+    let list = |v: &[&Node]| {
+        sorted_names(v)
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "Cluster status: #{{running_nodes => [{}],stopped_nodes => [{}]}}",
+        list(running),
+        list(stopped)
+    )
+}
+
+/// Polls `ctl <args>` on `n` every 200 ms until `pred` holds on its output;
+/// returns whether it did and the last output.
+fn poll_ctl(
+    n: &Node,
+    args: &[&str],
+    timeout: Duration,
+    mut pred: impl FnMut(&str) -> bool,
+) -> (bool, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, out) = n.ctl(args);
+        if pred(&out) {
+            return (true, out);
+        }
+        if Instant::now() >= deadline {
+            return (false, out);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `cluster status` on `n` prints exactly `line`.
+fn wait_status(n: &Node, line: &str, timeout: Duration, all: &[&Node]) {
+    let (ok, out) = poll_ctl(n, &["cluster", "status"], timeout, |o| o.trim_end() == line);
+    assert!(
+        ok,
+        "cluster status on {} after {timeout:?}:\n  got:      {}\n  expected: {line}\n{}",
+        n.name,
+        out.trim_end(),
+        tails(all)
+    );
+}
+
+/// `ctl cluster join <target>` on `n`, asserting success.
+fn join(n: &Node, target: &Node) -> String {
+    let (code, out) = n.ctl(&["cluster", "join", &target.name]);
+    assert!(
+        code == 0 && out.starts_with("Join the cluster successfully.\n"),
+        "{} joining {}: exit {code}, output {out:?}\n{}",
+        n.name,
+        target.name,
+        tails(&[n, target])
+    );
+    out
+}
+
+/// Starts nodes on the given loopback addresses and joins every node to
+/// the first; returns when every node reports every node running.
+fn cluster(ips: &[u8]) -> Vec<Node> {
+    let nodes: Vec<Node> = ips.iter().map(|ip| node(*ip)).collect();
+    for n in &nodes[1..] {
+        join(n, &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let line = status_line(&all, &[]);
+    for n in &nodes {
+        wait_status(n, &line, Duration::from_secs(10), &all);
+    }
+    nodes
+}
+
+/// `topic -> node` lines of `topics list`.
+fn routes(n: &Node) -> Vec<String> {
+    let (_, out) = n.ctl(&["topics", "list"]);
+    out.lines().map(str::to_string).collect()
+}
+
+/// Waits until `topics list` on `n` has (or, with `present` false, lacks)
+/// the line `<filter> -> <owner>`.
+fn wait_route(n: &Node, filter: &str, owner: &Node, present: bool, timeout: Duration) {
+    let line = format!("{filter} -> {}", owner.name);
+    let (ok, out) = poll_ctl(n, &["topics", "list"], timeout, |o| {
+        o.lines().any(|l| l == line) == present
+    });
+    assert!(
+        ok,
+        "topics list on {} after {timeout:?} should {}contain {line:?}; got:\n{out}\n{}",
+        n.name,
+        if present { "" } else { "not " },
+        tails(&[n, owner])
+    );
+}
+
+/// A `name : value` line of `broker stats` / `broker metrics`.
+fn stat(out: &str, key: &str) -> Option<i64> {
+    out.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if k.trim() == key {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+fn retained_count(n: &Node) -> Option<i64> {
+    let (_, out) = n.ctl(&["retainer", "info"]);
+    out.trim()
+        .strip_prefix("Number of retained messages: ")
+        .and_then(|v| v.parse().ok())
+}
+
+fn retained_topics(n: &Node) -> Vec<String> {
+    let (_, out) = n.ctl(&["retainer", "topics"]);
+    out.lines().skip(1).map(str::to_string).collect()
+}
+
+// ---------------------------------------------------------------------------
+// MQTT clients (rumqttc, synchronous API; every wait bounded)
+// ---------------------------------------------------------------------------
+
+type Ev = Result<Event, ConnectionError>;
+
+/// Runs a connection's event loop on its own thread and hands its events
+/// (up to and including the first error) to a channel.
+fn pump(mut conn: Connection) -> Receiver<Ev> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            let err = ev.is_err();
+            if tx.send(ev).is_err() || err {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A v3.1.1 client with its received publishes buffered.
+struct Mq {
+    id: String,
+    c: Client,
+    rx: Receiver<Ev>,
+    got: VecDeque<rumqttc::Publish>,
+    error: Option<String>,
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+fn mq(n: &Node, id: &str) -> Mq {
+    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, conn) = Client::new(o, 1000);
+    let mut m = Mq {
+        id: id.to_string(),
+        c,
+        rx: pump(conn),
+        got: VecDeque::new(),
+        error: None,
+    };
+    let ok = m.wait_for(Duration::from_secs(5), |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    });
+    assert!(
+        ok,
+        "{id}: no CONNACK from {} in 5 s ({:?})",
+        n.name, m.error
+    );
+    m
+}
+
+impl Mq {
+    /// Handles events until `pred` matches one (true), the time is up or
+    /// the connection fails (false). Publishes are buffered on the way.
+    fn wait_for(&mut self, t: Duration, mut pred: impl FnMut(&Event) -> bool) -> bool {
+        let deadline = Instant::now() + t;
+        loop {
+            if self.error.is_some() {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Ok(ev)) => {
+                    if let Event::Incoming(Packet::Publish(p)) = &ev {
+                        self.got.push_back(p.clone());
+                    }
+                    if pred(&ev) {
+                        return true;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.error = Some(format!("{e:?}"));
+                    return false;
+                }
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.error = Some("event loop ended".into());
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn sub(&mut self, filter: &str, q: u8) {
+        self.c.subscribe(filter, qos(q)).expect("subscribe request");
+        let mut rc = None;
+        let ok = self.wait_for(Duration::from_secs(5), |e| match e {
+            Event::Incoming(Packet::SubAck(a)) => {
+                rc = Some(a.return_codes.clone());
+                true
+            }
+            _ => false,
+        });
+        assert!(ok, "{}: no SUBACK for {filter} ({:?})", self.id, self.error);
+        let rc = rc.unwrap_or_default();
+        assert!(
+            rc.iter()
+                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+            "{}: SUBACK for {filter}: {rc:?}",
+            self.id
+        );
+    }
+
+    fn unsub(&mut self, filter: &str) {
+        self.c.unsubscribe(filter).expect("unsubscribe request");
+        let ok = self.wait_for(Duration::from_secs(5), |e| {
+            matches!(e, Event::Incoming(Packet::UnsubAck(_)))
+        });
+        assert!(
+            ok,
+            "{}: no UNSUBACK for {filter} ({:?})",
+            self.id, self.error
+        );
+    }
+
+    /// Publishes and waits for the end of the QoS flow (sent / PUBACK / PUBCOMP).
+    fn publish(&mut self, topic: &str, q: u8, retain: bool, payload: &[u8]) {
+        self.c
+            .publish(topic, qos(q), retain, payload.to_vec())
+            .expect("publish request");
+        let ok = self.wait_for(Duration::from_secs(5), |e| match q {
+            0 => matches!(e, Event::Outgoing(Outgoing::Publish(_))),
+            1 => matches!(e, Event::Incoming(Packet::PubAck(_))),
+            _ => matches!(e, Event::Incoming(Packet::PubComp(_))),
+        });
+        assert!(
+            ok,
+            "{}: publish to {topic} (QoS {q}) not completed in 5 s ({:?})",
+            self.id, self.error
+        );
+    }
+
+    /// Waits until at least `n` publishes arrived (or `t` passes), then
+    /// returns and clears what arrived.
+    fn collect(&mut self, n: usize, t: Duration) -> Vec<rumqttc::Publish> {
+        let deadline = Instant::now() + t;
+        while self.got.len() < n && Instant::now() < deadline && self.error.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_for(left, |e| matches!(e, Event::Incoming(Packet::Publish(_))));
+        }
+        self.got.drain(..).collect()
+    }
+
+    /// Everything that arrives within `t`.
+    fn quiet(&mut self, t: Duration) -> Vec<rumqttc::Publish> {
+        self.wait_for(t, |_| false);
+        self.got.drain(..).collect()
+    }
+}
+
+fn payloads(v: &[rumqttc::Publish]) -> Vec<String> {
+    v.iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. join and status
+// ---------------------------------------------------------------------------
+
+#[test]
+fn three_nodes_join_and_every_node_reports_all_running_in_emqx_format() {
+    let a = node(1);
+    let b = node(2);
+    let c = node(3);
+    let out = join(&b, &a);
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("Cluster status: ")),
+        "join prints the status after the success line: {out:?}"
+    );
+    join(&c, &a);
+    let all = [&a, &b, &c];
+    let line = status_line(&all, &[]);
+    for n in all {
+        wait_status(n, &line, Duration::from_secs(10), &all);
+    }
+    let names = sorted_names(&all);
+    for n in all {
+        let (code, out) = n.ctl(&["cluster", "status", "--json"]);
+        assert_eq!(code, 0, "status --json on {}: {out}", n.name);
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("status --json on {} is not JSON ({e}): {out:?}", n.name));
+        assert_eq!(
+            v,
+            serde_json::json!({"running_nodes": names, "stopped_nodes": []}),
+            "status --json on {}",
+            n.name
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. cross-node delivery
+// ---------------------------------------------------------------------------
+
+#[test]
+fn cross_node_delivery_is_exactly_once_at_min_qos_with_one_forward_per_node() {
+    let nodes = cluster(&[1, 2, 3]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut b1 = mq(b, "b1");
+    b1.sub("t/#", 1);
+    let mut b2 = mq(b, "b2");
+    b2.sub("t/+", 2);
+    let mut c1 = mq(c, "c1");
+    c1.sub("t/+", 2);
+    for (f, o) in [("t/#", b), ("t/+", b), ("t/+", c)] {
+        wait_route(a, f, o, true, Duration::from_secs(5));
+    }
+    let mut p = mq(a, "pub-a");
+    for q in 0..=2u8 {
+        p.publish("t/x", q, false, format!("q{q}").as_bytes());
+    }
+    for (sub, max) in [(&mut b1, 1u8), (&mut b2, 2), (&mut c1, 2)] {
+        let mut got = sub.collect(3, Duration::from_secs(5));
+        got.extend(sub.quiet(Duration::from_millis(500)));
+        let seen: Vec<(String, u8)> = got
+            .iter()
+            .map(|p| {
+                (
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                    p.qos as u8,
+                )
+            })
+            .collect();
+        let mut seen_sorted = seen.clone();
+        seen_sorted.sort();
+        let expected: Vec<(String, u8)> =
+            (0..=2u8).map(|q| (format!("q{q}"), q.min(max))).collect();
+        assert_eq!(
+            seen_sorted, expected,
+            "{} (max QoS {max}) should get each of q0,q1,q2 once at min(pub, sub) QoS; got {seen:?}\n{}",
+            sub.id,
+            tails(&[a, b, c])
+        );
+    }
+    let (_, m) = b.ctl(&["broker", "metrics"]);
+    assert_eq!(
+        stat(&m, "messages.forwarded.received"),
+        Some(3),
+        "B has two matching subscribers but must receive one forward per publish:\n{m}"
+    );
+    let (_, m) = c.ctl(&["broker", "metrics"]);
+    assert_eq!(stat(&m, "messages.forwarded.received"), Some(3), "C:\n{m}");
+}
+
+// ---------------------------------------------------------------------------
+// 3. routes
+// ---------------------------------------------------------------------------
+
+#[test]
+fn topics_list_shows_remote_routes_and_unsubscribe_removes_them_everywhere() {
+    let nodes = cluster(&[1, 2, 3]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut sb = mq(b, "sb");
+    sb.sub("t/#", 1);
+    let mut sc = mq(c, "sc");
+    sc.sub("t/+", 2);
+    wait_route(a, "t/#", b, true, Duration::from_secs(5));
+    wait_route(a, "t/+", c, true, Duration::from_secs(5));
+    let r = routes(a);
+    assert!(
+        r.contains(&format!("t/# -> {}", b.name)) && r.contains(&format!("t/+ -> {}", c.name)),
+        "{r:?}"
+    );
+    // Every node sees both routes.
+    wait_route(b, "t/+", c, true, Duration::from_secs(5));
+    wait_route(c, "t/#", b, true, Duration::from_secs(5));
+    sb.unsub("t/#");
+    sc.unsub("t/+");
+    for n in [a, b, c] {
+        wait_route(n, "t/#", b, false, Duration::from_secs(5));
+        wait_route(n, "t/+", c, false, Duration::from_secs(5));
+    }
+    assert_eq!(routes(a), vec!["No topics.".to_string()]);
+}
+
+// ---------------------------------------------------------------------------
+// 4. retained messages
+// ---------------------------------------------------------------------------
+
+#[test]
+fn retained_messages_replicate_to_members_and_late_joiners_and_clear_everywhere() {
+    let nodes = cluster(&[1, 2, 3]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut p = mq(a, "ret-pub");
+    p.publish("r/1", 1, true, b"kept");
+    let (ok, out) = poll_ctl(c, &["retainer", "topics"], Duration::from_secs(5), |o| {
+        o.lines().any(|l| l == "r/1")
+    });
+    assert!(ok, "C's retainer never got r/1: {out}\n{}", tails(&[a, c]));
+    let mut sc = mq(c, "ret-sub-c");
+    sc.sub("r/#", 1);
+    let got = sc.collect(1, Duration::from_secs(5));
+    assert_eq!(payloads(&got), vec!["kept"], "new subscriber on C");
+    assert!(
+        got[0].retain,
+        "retained flag set on delivery to a new subscriber"
+    );
+
+    // A node that joins later gets the retained message too.
+    let d = node(4);
+    join(&d, b);
+    let (ok, out) = poll_ctl(&d, &["retainer", "topics"], Duration::from_secs(5), |o| {
+        o.lines().any(|l| l == "r/1")
+    });
+    assert!(ok, "late joiner D has no r/1: {out}\n{}", tails(&[b, &d]));
+    let mut sd = mq(&d, "ret-sub-d");
+    sd.sub("r/#", 1);
+    let got = sd.collect(1, Duration::from_secs(5));
+    assert_eq!(payloads(&got), vec!["kept"], "new subscriber on D");
+
+    let all = [a, b, c, &d];
+    let counts: Vec<Option<i64>> = all.iter().map(|n| retained_count(n)).collect();
+    assert!(
+        counts.iter().all(|x| x.is_some() && *x == counts[0]),
+        "retainer info counts of A, B, C, D disagree: {counts:?}; topics: {:?}",
+        all.iter().map(|n| retained_topics(n)).collect::<Vec<_>>()
+    );
+
+    // An empty retained publish on B clears it everywhere.
+    let mut pb = mq(b, "ret-clear");
+    pb.publish("r/1", 1, true, b"");
+    for n in all {
+        let (ok, out) = poll_ctl(n, &["retainer", "topics"], Duration::from_secs(5), |o| {
+            !o.lines().any(|l| l == "r/1")
+        });
+        assert!(
+            ok,
+            "the empty retained publish on B did not clear r/1 on {} in 5 s: {out}\n{}",
+            n.name,
+            tails(&all)
+        );
+    }
+    let after: Vec<Option<i64>> = all.iter().map(|n| retained_count(n)).collect();
+    assert!(
+        after.iter().all(|x| x.is_some() && *x == after[0]),
+        "retainer info counts after clearing disagree: {after:?}"
+    );
+    assert_eq!(
+        after[0].zip(counts[0]).map(|(x, y)| y - x),
+        Some(1),
+        "exactly r/1 was removed: before {counts:?}, after {after:?}"
+    );
+    let mut late = mq(c, "ret-late");
+    late.sub("r/#", 1);
+    let got = late.quiet(Duration::from_millis(700));
+    assert!(
+        got.is_empty(),
+        "cleared message delivered: {:?}",
+        payloads(&got)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. shared subscriptions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn shared_group_across_nodes_gets_each_message_once_round_robin() {
+    let nodes = cluster(&[1, 2, 3]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut ma = mq(a, "share-a");
+    ma.sub("$share/g/s/1", 1);
+    let mut mb = mq(b, "share-b");
+    mb.sub("$share/g/s/1", 1);
+    for o in [a, b] {
+        let needle = format!(" -> {}", o.name);
+        let (ok, out) = poll_ctl(c, &["topics", "list"], Duration::from_secs(5), |t| {
+            t.lines().any(|l| l.contains("s/1") && l.ends_with(&needle))
+        });
+        assert!(ok, "C never saw the shared route of {}: {out}", o.name);
+    }
+    let mut p = mq(c, "share-pub");
+    for i in 0..40 {
+        p.publish("s/1", 1, false, format!("m{i}").as_bytes());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    while ga.len() + gb.len() < 40 && Instant::now() < deadline {
+        ga.extend(payloads(&ma.collect(1, Duration::from_millis(100))));
+        gb.extend(payloads(&mb.collect(1, Duration::from_millis(100))));
+    }
+    ga.extend(payloads(&ma.quiet(Duration::from_millis(500))));
+    gb.extend(payloads(&mb.quiet(Duration::from_millis(100))));
+    let all: Vec<&String> = ga.iter().chain(gb.iter()).collect();
+    let distinct: HashSet<&String> = all.iter().copied().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (40, 40),
+        "40 deliveries, none duplicated; A got {} {ga:?}, B got {} {gb:?}\n{}",
+        ga.len(),
+        gb.len(),
+        tails(&[a, b, c])
+    );
+    assert!(
+        !ga.is_empty() && !gb.is_empty(),
+        "round_robin spreads over both members: A {}, B {}",
+        ga.len(),
+        gb.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. leave
+// ---------------------------------------------------------------------------
+
+#[test]
+fn leave_removes_the_node_from_status_routes_and_delivery() {
+    let nodes = cluster(&[1, 2, 3]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut sc = mq(c, "leave-sub");
+    sc.sub("l/#", 1);
+    wait_route(a, "l/#", c, true, Duration::from_secs(5));
+    let mut p = mq(a, "leave-pub");
+    p.publish("l/1", 1, false, b"before");
+    assert_eq!(
+        payloads(&sc.collect(1, Duration::from_secs(5))),
+        vec!["before"],
+        "delivery before leaving"
+    );
+
+    let (code, out) = c.ctl(&["cluster", "leave"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "Leave the cluster successfully.\n{}\n",
+            status_line(&[c], &[])
+        )
+    );
+    let rest = status_line(&[a, b], &[]);
+    wait_status(a, &rest, Duration::from_secs(10), &[a, b, c]);
+    wait_status(b, &rest, Duration::from_secs(10), &[a, b, c]);
+    wait_route(a, "l/#", c, false, Duration::from_secs(10));
+    assert!(
+        !routes(a)
+            .iter()
+            .any(|l| l.ends_with(&format!(" -> {}", c.name))),
+        "A still has a route of C: {:?}",
+        routes(a)
+    );
+    p.publish("l/1", 1, false, b"after");
+    let got = sc.quiet(Duration::from_millis(1500));
+    assert!(
+        got.is_empty(),
+        "a publish on A reached C after C left: {:?}",
+        payloads(&got)
+    );
+    let (code, out) = c.ctl(&["cluster", "leave"]);
+    assert_eq!(out, "Failed to leave the cluster: node_not_in_cluster\n");
+    assert_ne!(code, 0, "a failed leave exits non-zero");
+}
+
+// ---------------------------------------------------------------------------
+// 7. force-leave
+// ---------------------------------------------------------------------------
+
+#[test]
+fn force_leave_removes_the_member_and_purges_its_routes() {
+    let nodes = cluster(&[1, 2, 3]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut sb = mq(b, "fl-sub");
+    sb.sub("f/#", 1);
+    wait_route(a, "f/#", b, true, Duration::from_secs(5));
+    wait_route(c, "f/#", b, true, Duration::from_secs(5));
+
+    let (code, out) = a.ctl(&["cluster", "force-leave", &b.name]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        format!(
+            "Remove the node from cluster successfully.\n{}\n",
+            status_line(&[a, c], &[])
+        ),
+        "{}",
+        tails(&[a, b])
+    );
+    let r = routes(a);
+    assert!(
+        !r.iter().any(|l| l.ends_with(&format!(" -> {}", b.name))),
+        "B's routes are purged on A at once: {r:?}"
+    );
+    // The others learn of it too, and B itself is alone.
+    wait_status(
+        c,
+        &status_line(&[a, c], &[]),
+        Duration::from_secs(10),
+        &[a, b, c],
+    );
+    wait_route(c, "f/#", b, false, Duration::from_secs(5));
+    wait_status(
+        b,
+        &status_line(&[b], &[]),
+        Duration::from_secs(10),
+        &[a, b, c],
+    );
+
+    let (_, out) = a.ctl(&["cluster", "force-leave", &a.name]);
+    assert_eq!(out, "Ignore.\n", "force-leave of self");
+    let (code, out) = a.ctl(&["cluster", "force-leave", &b.name]);
+    assert_eq!(
+        out, "Failed to remove the node from cluster: node_not_in_cluster\n",
+        "force-leave of a non-member"
+    );
+    assert_ne!(code, 0);
+    // B does not come back by itself (it was removed, not just down).
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, out) = a.ctl(&["cluster", "status"]);
+    assert_eq!(out.trim_end(), status_line(&[a, c], &[]));
+}
+
+// ---------------------------------------------------------------------------
+// 8. failure detection and restart
+// ---------------------------------------------------------------------------
+
+#[test]
+fn killed_node_is_reported_stopped_traffic_continues_and_restart_rejoins() {
+    let mut nodes = cluster(&[1, 2, 3]);
+    let mut b = nodes.remove(1);
+    let (a, c) = (&nodes[0], &nodes[1]);
+    let mut sc = mq(c, "kd-sub-c");
+    sc.sub("k/#", 1);
+    let mut sb = mq(&b, "kd-sub-b");
+    sb.sub("k/#", 1);
+    wait_route(a, "k/#", c, true, Duration::from_secs(5));
+    wait_route(a, "k/#", &b, true, Duration::from_secs(5));
+
+    // A publishes to k/<i> at about 10 Hz from its own thread.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut p = mq(a, "kd-pub");
+    let stop2 = stop.clone();
+    let publisher = std::thread::spawn(move || {
+        let mut i = 0u32;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            p.publish(&format!("k/{i}"), 1, false, format!("{i}").as_bytes());
+            i += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        i
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    b.kill();
+    drop(sb);
+    let down = status_line(&[a, c], &[&b]);
+    for n in [a, c] {
+        let left = (DOWN_TIMEOUT + Duration::from_secs(3)).saturating_sub(killed.elapsed());
+        let (ok, out) = poll_ctl(n, &["cluster", "status"], left, |o| o.trim_end() == down);
+        assert!(
+            ok,
+            "{} within down_timeout + 3 s of the kill:\n  got:      {}\n  expected: {down}\n{}",
+            n.name,
+            out.trim_end(),
+            tails(&[a, c])
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = publisher.join().expect("publisher thread");
+    let got = sc.collect(sent as usize, Duration::from_secs(5));
+    let got: Vec<u32> = payloads(&got)
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let missing: Vec<u32> = (0..sent).filter(|i| !got.contains(i)).collect();
+    assert!(
+        missing.is_empty() && got.len() == sent as usize,
+        "C must get all {sent} messages from A while B dies; missing {missing:?}, got {} in total\n{}",
+        got.len(),
+        tails(&[a, c])
+    );
+
+    // B comes back on the same data dir and rejoins by itself.
+    let restarted = Instant::now();
+    b.spawn(&[]);
+    let all = status_line(&[a, &b, c], &[]);
+    for n in [a, c, &b] {
+        let left = Duration::from_secs(15).saturating_sub(restarted.elapsed());
+        wait_status(n, &all, left, &[a, &b, c]);
+    }
+    let mut sb = mq(&b, "kd-sub-b2");
+    sb.sub("k/#", 1);
+    let mut p = mq(a, "kd-pub2");
+    let mut got = Vec::new();
+    while got.is_empty() && restarted.elapsed() < Duration::from_secs(15) {
+        p.publish("k/again", 1, false, b"again");
+        got = sb.collect(1, Duration::from_millis(500));
+    }
+    assert!(
+        payloads(&got).contains(&"again".to_string()),
+        "a subscriber on the restarted B gets nothing from A within 15 s\n{}",
+        tails(&[a, &b])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 9. join errors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn join_reports_node_down_itself_and_already_in_cluster_like_emqx() {
+    let a = node(1);
+    let b = node(2);
+    let t = Instant::now();
+    let (code, out) = a.ctl(&["cluster", "join", "emqx9999@127.0.0.9"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        out,
+        "Failed to join the cluster: {node_down,'emqx9999@127.0.0.9'}\n"
+    );
+    assert_ne!(code, 0, "a failed join exits non-zero");
+
+    let (code, out) = a.ctl(&["cluster", "join", &a.name]);
+    assert!(out.contains("cannot_join_itself"), "{out:?}");
+    assert!(out.starts_with("Failed to join the cluster: "), "{out:?}");
+    assert_ne!(code, 0);
+
+    join(&b, &a);
+    let (code, out) = b.ctl(&["cluster", "join", &a.name]);
+    assert_eq!(
+        out,
+        format!(
+            "Failed to join the cluster: {{already_in_cluster,'{}'}}\n",
+            a.name
+        )
+    );
+    assert_ne!(code, 0);
+    let (_, out) = a.ctl(&["cluster", "join", &b.name]);
+    assert_eq!(
+        out,
+        format!(
+            "Failed to join the cluster: {{already_in_cluster,'{}'}}\n",
+            b.name
+        )
+    );
+    // Nothing changed.
+    let (_, out) = a.ctl(&["cluster", "status"]);
+    assert_eq!(out.trim_end(), status_line(&[&a, &b], &[]));
+}
+
+#[test]
+fn node_with_another_cookie_cannot_join_and_target_logs_the_rejected_connection() {
+    let a = node(1);
+    let mut w = prepare(5);
+    let text = std::fs::read_to_string(&w.config).expect("read config");
+    let line = format!("cookie = \"{}\"", w.cookie);
+    assert!(text.contains(&line), "config has no {line}: {text}");
+    std::fs::write(&w.config, text.replace(&line, "cookie = \"othercookie\"")).expect("write");
+    w.cookie = "othercookie".into();
+    w.spawn(&[]);
+    let t = Instant::now();
+    let (code, out) = w.ctl(&["cluster", "join", &a.name]);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        out,
+        format!("Failed to join the cluster: {{node_down,'{}'}}\n", a.name),
+        "{}",
+        tails(&[&a, &w])
+    );
+    assert_ne!(code, 0);
+    let ok = common::wait_until(Duration::from_secs(3), || {
+        a.log().contains("closed before authentication")
+    });
+    assert!(
+        ok,
+        "A logs the connection closed before authentication\n{}",
+        tail(&a)
+    );
+    let (_, out) = a.ctl(&["cluster", "status"]);
+    assert_eq!(out.trim_end(), status_line(&[&a], &[]));
+    let (_, out) = w.ctl(&["cluster", "status"]);
+    assert_eq!(out.trim_end(), status_line(&[&w], &[]));
+}
+
+// ---------------------------------------------------------------------------
+// 10. socket addresses
+// ---------------------------------------------------------------------------
+
+/// (local, peer) of every established TCP connection.
+fn established() -> Vec<(SocketAddr, SocketAddr)> {
+    let o = std::process::Command::new("ss")
+        .args(["-tnH", "state", "established"])
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let a: Vec<SocketAddr> = l
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (a.len() == 2).then(|| (a[0], a[1]))
+        })
+        .collect()
+}
+
+#[test]
+fn outgoing_inter_node_sockets_are_bound_to_the_nodes_own_address() {
+    let nodes = cluster(&[1, 2]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // Traffic both ways so both forwarding links exist.
+    let mut sa = mq(a, "bind-a");
+    sa.sub("x/a", 1);
+    let mut sb = mq(b, "bind-b");
+    sb.sub("x/b", 1);
+    wait_route(a, "x/b", b, true, Duration::from_secs(5));
+    wait_route(b, "x/a", a, true, Duration::from_secs(5));
+    let mut pa = mq(a, "bind-pa");
+    pa.publish("x/b", 1, false, b"to-b");
+    let mut pb = mq(b, "bind-pb");
+    pb.publish("x/a", 1, false, b"to-a");
+    assert_eq!(
+        payloads(&sb.collect(1, Duration::from_secs(5))),
+        vec!["to-b"]
+    );
+    assert_eq!(
+        payloads(&sa.collect(1, Duration::from_secs(5))),
+        vec!["to-a"]
+    );
+    // Let the ctl shells' connections close.
+    std::thread::sleep(Duration::from_millis(500));
+    let conns = established();
+    let ip = |n: &Node| -> std::net::IpAddr { n.host.parse().expect("ip") };
+    let mut dist_links = 0;
+    for (server, client) in [(a, b), (b, a)] {
+        for port in [server.dist_port, fwd_port(server)] {
+            let target = SocketAddr::new(ip(server), port);
+            let others: Vec<SocketAddr> = conns
+                .iter()
+                .filter_map(|(l, p)| {
+                    if *p == target {
+                        Some(*l)
+                    } else if *l == target {
+                        Some(*p)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            // One ractor link serves both directions of the control
+            // plane; each node dials its own forwarding link.
+            if port == fwd_port(server) {
+                assert!(
+                    !others.is_empty(),
+                    "no established connection to {target} ({}): {conns:?}",
+                    server.name
+                );
+            } else {
+                dist_links += others.len();
+            }
+            assert!(
+                others.iter().all(|o| o.ip() == ip(client)),
+                "connections to {target} of {} must come from {} only; they come from {others:?}",
+                server.name,
+                client.host
+            );
+        }
+    }
+    assert!(
+        dist_links > 0,
+        "no inter-node link between A and B: {conns:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 11. cluster-wide management
+// ---------------------------------------------------------------------------
+
+#[test]
+fn clients_are_listed_kicked_and_counted_cluster_wide() {
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as P5};
+    use rumqttc::v5::{Client as C5, Event as E5, MqttOptions as O5};
+    let nodes = cluster(&[1, 2]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let _ca = mq(a, "mgmt-on-a");
+    let _cb = mq(b, "mgmt-on-b");
+    let mut o = O5::new("kick-me", b.host.clone(), b.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (_c5, mut conn) = C5::new(o, 10);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            let err = ev.is_err();
+            // rumqttc reports a server DISCONNECT as an error of the event loop.
+            let ev = ev.map_err(|e| match e {
+                rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                ) => Ok(reason_code),
+                e => Err(format!("{e:?}")),
+            });
+            if tx.send(ev).is_err() || err {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(E5::Incoming(P5::ConnAck(_)))) => break,
+            Ok(Ok(_)) => continue,
+            other => panic!("kick-me: no CONNACK from B: {other:?}"),
+        }
+    }
+
+    let (_, list) = a.ctl(&["clients", "list"]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with("Client(kick-me,"))
+        .unwrap_or_else(|| panic!("clients list on A lacks kick-me (on B):\n{list}"));
+    assert!(
+        line.ends_with(&format!(", node={})", b.name)),
+        "the line names B: {line}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("Client(mgmt-on-a,")
+                && l.ends_with(&format!(", node={})", a.name))),
+        "{list}"
+    );
+
+    let (_, sa) = a.ctl(&["broker", "stats"]);
+    let (_, sb) = b.ctl(&["broker", "stats"]);
+    let (_, all) = a.ctl(&["broker", "stats", "--cluster"]);
+    let (la, lb) = (
+        stat(&sa, "connections.count"),
+        stat(&sb, "connections.count"),
+    );
+    assert_eq!(
+        (la, lb),
+        (Some(1), Some(2)),
+        "local counts:\nA:\n{sa}\nB:\n{sb}"
+    );
+    assert_eq!(
+        stat(&all, "connections.count"),
+        Some(3),
+        "broker stats --cluster on A sums connections.count:\n{all}"
+    );
+
+    let (code, out) = a.ctl(&["clients", "kick", "kick-me"]);
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut reason = None;
+    let mut ended = false;
+    while Instant::now() < deadline && !ended {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(E5::Incoming(P5::Disconnect(d)))) => {
+                reason = Some(format!("{:?}", d.reason_code))
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(Ok(rc))) => {
+                reason = Some(format!("{rc:?}"));
+                ended = true;
+            }
+            Ok(Err(Err(e))) => {
+                reason.get_or_insert(format!("no DISCONNECT; connection error {e}"));
+                ended = true;
+            }
+            Err(RecvTimeoutError::Disconnected) => ended = true,
+            Err(RecvTimeoutError::Timeout) => break,
+        }
+    }
+    assert!(
+        ended,
+        "kick on A did not disconnect kick-me on B within 5 s\n{}",
+        tails(&[a, b])
+    );
+    assert_eq!(
+        reason,
+        Some(format!("{:?}", DisconnectReasonCode::AdministrativeAction)),
+        "a kicked v5 client gets DISCONNECT 0x98"
+    );
+    let (ok, list) = poll_ctl(a, &["clients", "list"], Duration::from_secs(5), |o| {
+        !o.contains("Client(kick-me,")
+    });
+    assert!(ok, "kick-me still listed after the kick:\n{list}");
+    let (_, missing) = a.ctl(&["clients", "show", "kick-me"]);
+    assert_eq!(missing, "Not Found.\n");
+}
+
+// ---------------------------------------------------------------------------
+// 12. restart of the seed node
+// ---------------------------------------------------------------------------
+
+#[test]
+fn restarted_node_rejoins_its_cluster_automatically() {
+    let mut nodes = cluster(&[1, 2, 3]);
+    let mut a = nodes.remove(0);
+    let (b, c) = (&nodes[0], &nodes[1]);
+    let json = std::fs::read_to_string(a.data_dir().join("cluster.json"))
+        .expect("membership is persisted in data_dir/cluster.json");
+    assert!(json.contains(&b.name) && json.contains(&c.name), "{json}");
+    a.kill();
+    let restarted = Instant::now();
+    a.spawn(&[]);
+    let all = status_line(&[&a, b, c], &[]);
+    for n in [&a, b, c] {
+        let left = Duration::from_secs(15).saturating_sub(restarted.elapsed());
+        wait_status(n, &all, left, &[&a, b, c]);
+    }
+    // Routes work both ways again.
+    let mut sa = mq(&a, "rj-sub-a");
+    sa.sub("rj/#", 1);
+    wait_route(b, "rj/#", &a, true, Duration::from_secs(5));
+    let mut pb = mq(b, "rj-pub-b");
+    pb.publish("rj/1", 1, false, b"hello-a");
+    assert_eq!(
+        payloads(&sa.collect(1, Duration::from_secs(5))),
+        vec!["hello-a"],
+        "{}",
+        tails(&[&a, b])
+    );
+}
