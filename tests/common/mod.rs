@@ -13,18 +13,23 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_emqx-rs");
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
+/// (32768 and up) so an outgoing connection of another test cannot take it
+/// between this check and the node's bind, and never the same port twice
+/// in one test binary.
 pub fn free_port() -> u16 {
+    const LO: u16 = 30_000;
+    const SPAN: u16 = 2_700;
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let p = l.local_addr().expect("local addr").port();
-        drop(l);
-        // Avoid handing the same port twice within one test binary.
-        if NEXT.swap(p, Ordering::Relaxed) != p {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| NEXT.store((rand_u32() % u32::from(SPAN)) as u16, Ordering::Relaxed));
+    for _ in 0..SPAN {
+        let p = LO + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
     }
+    panic!("no free port in {LO}..{}", LO + SPAN);
 }
 
 /// One broker node under test.
