@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Node;
+use common::{wait_until, Node};
 use rumqttc::{Client, Connection, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -1127,6 +1127,14 @@ fn restarted_node_rejoins_its_cluster_automatically() {
     let mut nodes = cluster(&[1, 2, 3]);
     let mut a = nodes.remove(0);
     let (b, c) = (&nodes[0], &nodes[1]);
+    // A retained message the restarted node must get back.
+    let mut pr = mq(b, "rj-retain-b");
+    pr.publish("rk/kept", 1, true, b"kept");
+    assert!(
+        wait_until(Duration::from_secs(5), || retained_topics(&a)
+            .contains(&"rk/kept".to_string())),
+        "retained message not replicated before the restart"
+    );
     let json = std::fs::read_to_string(a.data_dir().join("cluster.json"))
         .expect("membership is persisted in data_dir/cluster.json");
     assert!(json.contains(&b.name) && json.contains(&c.name), "{json}");
@@ -1138,6 +1146,13 @@ fn restarted_node_rejoins_its_cluster_automatically() {
         let left = Duration::from_secs(15).saturating_sub(restarted.elapsed());
         wait_status(n, &all, left, &[&a, b, c]);
     }
+    // The restarted node lost its in-memory retained set and fetched it back.
+    assert!(
+        wait_until(Duration::from_secs(10), || retained_topics(&a)
+            .contains(&"rk/kept".to_string())),
+        "restarted node did not get the retained set back: {}",
+        tails(&[&a, b])
+    );
     // Routes work both ways again.
     let mut sa = mq(&a, "rj-sub-a");
     sa.sub("rj/#", 1);

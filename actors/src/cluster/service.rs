@@ -194,6 +194,9 @@ pub struct SvcState {
     last_heartbeat: Instant,
     /// Autocluster may join; `cluster leave` turns it off until re-enabled.
     discovery: bool,
+    /// A member restarted with an empty retainer: fetch the cluster's
+    /// retained messages from the first peer that comes up.
+    retained_sync: bool,
 }
 
 /// Turns the node server's session events into link up/down for the
@@ -291,6 +294,7 @@ impl Actor for ClusterService {
                 membership.peers().count()
             );
         }
+        let retained_sync = !membership.is_alone();
         Ok(SvcState {
             ctx: a.ctx,
             membership,
@@ -307,6 +311,7 @@ impl Actor for ClusterService {
             settings: a.settings,
             last_heartbeat: now,
             discovery: true,
+            retained_sync,
         })
     }
 
@@ -666,6 +671,22 @@ impl SvcState {
     }
 
     fn mark_up(&mut self, node: &str) {
+        if std::mem::take(&mut self.retained_sync) {
+            let ctx = self.ctx.clone();
+            let peer = node.to_string();
+            tokio::spawn(async move {
+                match call_peer(&peer, &Req::RetainedAll).await {
+                    Ok(Resp::Retained(msgs)) => {
+                        let n = msgs.len();
+                        for m in msgs {
+                            let _ = ctx.broker.retainer.store(&Arc::new(m));
+                        }
+                        tracing::info!("cluster: {n} retained message(s) synced from {peer}");
+                    }
+                    other => tracing::warn!("cluster: retained sync from {peer} failed: {other:?}"),
+                }
+            });
+        }
         if self.membership.set_running(node, true) {
             tracing::info!("cluster: node {node} is up");
             self.view.up.write().insert(Arc::from(node));
@@ -920,6 +941,15 @@ impl SvcState {
                 }
                 Resp::Bool(true)
             }
+            Req::RetainedAll => Resp::Retained(
+                self.ctx
+                    .broker
+                    .retainer
+                    .all()
+                    .into_iter()
+                    .map(|m| (*m).clone())
+                    .collect(),
+            ),
             Req::Info => Resp::Info {
                 incarnation: self.membership.me.incarnation,
                 members: self.membership.peers().count() + 1,

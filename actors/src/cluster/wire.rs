@@ -52,6 +52,9 @@ pub enum Req {
     /// When the receiver started and how many members its cluster has
     /// (autocluster joins the oldest node it finds).
     Info,
+    /// Every retained message the receiver holds (a restarted member
+    /// catching up).
+    RetainedAll,
 }
 
 /// Replies to [`Req`].
@@ -75,6 +78,7 @@ pub enum Resp {
         incarnation: u64,
         members: usize,
     },
+    Retained(Vec<Message>),
 }
 
 /// Everything a newcomer adopts when it joins.
