@@ -325,6 +325,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
                 down_timeout: cfg.cluster.down_timeout,
                 data_dir: cfg.node.data_dir.clone(),
                 bind_ip: host_ip(&name),
+                singleton: cfg.cluster.discovery_strategy.as_str() == "singleton",
             },
             route_rx,
             retain_rx,

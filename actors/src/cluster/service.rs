@@ -133,6 +133,8 @@ pub struct ClusterSettings {
     pub data_dir: PathBuf,
     /// Outgoing inter-node sockets bind to this address first.
     pub bind_ip: Option<IpAddr>,
+    /// `cluster.discovery_strategy = singleton`: no join either way.
+    pub singleton: bool,
 }
 
 #[derive(RactorMessage)]
@@ -852,6 +854,9 @@ impl SvcState {
                 if info.node == self.me() {
                     return Resp::Refused("cannot_join_itself".into());
                 }
+                if self.settings.singleton {
+                    return Resp::Refused("singleton".into());
+                }
                 let node = info.node.clone();
                 self.left_from.remove(&node);
                 add_forward_peer(&self.view, &info);
@@ -981,6 +986,10 @@ impl SvcState {
             let _ = reply.send(format!(
                 "Failed to join the cluster: {{cannot_join_itself,'{target}'}}\n"
             ));
+            return;
+        }
+        if self.settings.singleton {
+            let _ = reply.send("Failed to join the cluster: singleton\n".into());
             return;
         }
         if self.membership.peer(&target).is_some() {
