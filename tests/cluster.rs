@@ -1166,3 +1166,139 @@ fn restarted_node_rejoins_its_cluster_automatically() {
         tails(&[&a, b])
     );
 }
+
+/// A 3.1.1 client with clean_session = false; returns it and whether the
+/// broker said a session was present.
+fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
+    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(false);
+    let (c, conn) = Client::new(o, 1000);
+    let mut m = Mq {
+        id: id.to_string(),
+        c,
+        rx: pump(conn),
+        got: VecDeque::new(),
+        error: None,
+    };
+    let mut present = None;
+    let ok = m.wait_for(Duration::from_secs(5), |e| match e {
+        Event::Incoming(Packet::ConnAck(a)) => {
+            present = Some(a.session_present);
+            true
+        }
+        _ => false,
+    });
+    assert!(ok, "{id}: no CONNACK from {} ({:?})", n.name, m.error);
+    (m, present.unwrap_or(false))
+}
+
+fn client_lines(n: &Node, id: &str) -> Vec<String> {
+    let (_, out) = n.ctl(&["clients", "list"]);
+    out.lines()
+        .filter(|l| l.starts_with(&format!("Client({id},")))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn persistent_session_moves_to_the_node_the_client_reconnects_to_with_its_queued_messages() {
+    let nodes = cluster(&[1, 2]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (mut s, present) = mq_persistent(a, "tk-move");
+    assert!(!present);
+    s.sub("tk/#", 1);
+    wait_route(b, "tk/#", a, true, Duration::from_secs(5));
+    s.c.disconnect().expect("disconnect");
+    s.wait_for(Duration::from_secs(2), |_| false);
+    drop(s);
+    // Published on B while the client is away: queued in its session on A.
+    let mut p = mq(b, "tk-pub");
+    for i in 0..3 {
+        p.publish("tk/x", 1, false, format!("m{i}").as_bytes());
+    }
+    let (mut s2, present) = mq_persistent(b, "tk-move");
+    assert!(
+        present,
+        "CONNACK on the other node must say session present"
+    );
+    assert_eq!(
+        payloads(&s2.collect(3, Duration::from_secs(5))),
+        vec!["m0", "m1", "m2"],
+        "{}",
+        tails(&[a, b])
+    );
+    // The route follows the session, and the client exists once, on B.
+    wait_route(a, "tk/#", b, true, Duration::from_secs(5));
+    wait_route(b, "tk/#", a, false, Duration::from_secs(5));
+    let lines = client_lines(a, "tk-move");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].ends_with(&format!("node={})", b.name)),
+        "{lines:?}"
+    );
+    // New messages reach it on B.
+    p.publish("tk/y", 1, false, b"after");
+    assert_eq!(
+        payloads(&s2.collect(1, Duration::from_secs(5))),
+        vec!["after"]
+    );
+}
+
+#[test]
+fn clean_start_elsewhere_discards_the_session_and_simultaneous_connects_leave_one() {
+    let nodes = cluster(&[1, 2]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (s, _) = mq_persistent(a, "tk-clean");
+    drop(s);
+    let mut o = MqttOptions::new("tk-clean", b.host.clone(), b.mqtt_port);
+    o.set_clean_session(true);
+    let (c, conn) = Client::new(o, 100);
+    let mut m = Mq {
+        id: "tk-clean".into(),
+        c,
+        rx: pump(conn),
+        got: VecDeque::new(),
+        error: None,
+    };
+    let mut present = None;
+    assert!(m.wait_for(Duration::from_secs(5), |e| match e {
+        Event::Incoming(Packet::ConnAck(a)) => {
+            present = Some(a.session_present);
+            true
+        }
+        _ => false,
+    }));
+    assert_eq!(present, Some(false));
+    assert!(
+        wait_until(Duration::from_secs(5), || client_lines(a, "tk-clean").len()
+            == 1),
+        "{:?}",
+        client_lines(a, "tk-clean")
+    );
+    // Two raw connects with one id on two nodes at the same moment.
+    let mut ra = common::Raw::connect(a);
+    let mut rb = common::Raw::connect(b);
+    let pkt = common::connect_v4("tk-dup", 30);
+    let t = std::thread::spawn({
+        let pkt = pkt.clone();
+        move || {
+            ra.send(&pkt);
+            ra
+        }
+    });
+    rb.send(&pkt);
+    let mut ra = t.join().expect("thread");
+    assert!(wait_until(Duration::from_secs(10), || client_lines(
+        a, "tk-dup"
+    )
+    .len()
+        == 1));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(client_lines(a, "tk-dup").len(), 1, "{}", tails(&[a, b]));
+    assert_eq!(client_lines(b, "tk-dup").len(), 1);
+    // Exactly one of the two sockets is still open.
+    let (_, closed_a) = ra.read_all(Duration::from_millis(500));
+    let (_, closed_b) = rb.read_all(Duration::from_millis(500));
+    assert!(closed_a ^ closed_b, "closed: a={closed_a} b={closed_b}");
+}
