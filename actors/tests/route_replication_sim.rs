@@ -77,9 +77,9 @@ impl Net {
 }
 
 fn key(i: u32) -> RouteKey {
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         RouteKey::of_subscription(&format!("$share/g/t/{}", i % 7))
-    } else if i % 3 == 0 {
+    } else if i.is_multiple_of(3) {
         RouteKey::plain(&format!("w/+/{}", i % 11))
     } else {
         RouteKey::plain(&format!("t/{}", i % 13))
@@ -229,8 +229,8 @@ fn run(seed: u64) -> Result<(), String> {
     // Heal: every link up, nothing lost any more; heartbeats until quiet.
     net.up = vec![vec![true; n]; n];
     for _round in 0..4 {
-        for o in 0..n {
-            let version = nodes[o].local.version;
+        let versions: Vec<u64> = nodes.iter().map(|x| x.local.version).collect();
+        for (o, &version) in versions.iter().enumerate() {
             for p in (0..n).filter(|p| *p != o) {
                 net.send(&mut rng, o, p, Msg::Heartbeat { origin: o, version }, false);
             }
