@@ -2255,3 +2255,50 @@ fn server_disconnect_packet_exists_on_v5_only_with_a_reason_string() {
         }))
     );
 }
+
+#[test]
+fn a_session_snapshot_restored_on_another_node_resends_inflight_then_drains_the_queue() {
+    let s = MqttSettings {
+        max_inflight: 2,
+        ..MqttSettings::default()
+    };
+    let mut c = connect(V4);
+    c.clean_start = false;
+    let mut a = channel_with(s.clone(), &c);
+    a.subscriptions.insert(
+        "t/#".into(),
+        (
+            SubscriptionOptions {
+                qos: Q1,
+                ..Default::default()
+            },
+            None,
+        ),
+    );
+    let now = Instant::now();
+    for t in ["t/1", "t/2", "t/3"] {
+        a.deliver(delivery(t, Q1), now, true);
+    }
+    a.awaiting_rel.insert(9, now);
+    a.detach();
+    // Through the wire format the cluster uses.
+    let snap = a.snapshot();
+    let bytes = bincode::serde::encode_to_vec(&snap, bincode::config::standard()).expect("encode");
+    let (snap, _): (SessionSnapshot, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
+    let mut b = Channel::restore(Arc::new(s), &c, Arc::from("c1"), snap);
+    assert!(b.subscriptions.contains_key("t/#"));
+    assert!(b.awaiting_rel.contains_key(&9));
+    assert_eq!(b.mqueue.len(), 1);
+    let acts = b.resume(now);
+    assert_eq!(
+        acts,
+        vec![
+            sent(dup(out("t/1", Q1, Some(1)))),
+            sent(dup(out("t/2", Q1, Some(2)))),
+        ],
+        "inflight first, in order; the window is full so the queue waits"
+    );
+    let acts = b.handle(Packet::PubAck(ack_in(1)), now, &mut Recorder::default());
+    assert_eq!(acts, vec![sent(out("t/3", Q1, Some(3)))]);
+}
