@@ -326,6 +326,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
                 data_dir: cfg.node.data_dir.clone(),
                 bind_ip: host_ip(&name),
                 singleton: cfg.cluster.discovery_strategy.as_str() == "singleton",
+                autoclean: cfg.cluster.autoclean,
             },
             route_rx,
             retain_rx,

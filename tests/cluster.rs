@@ -1302,3 +1302,57 @@ fn clean_start_elsewhere_discards_the_session_and_simultaneous_connects_leave_on
     let (_, closed_b) = rb.read_all(Duration::from_millis(500));
     assert!(closed_a ^ closed_b, "closed: a={closed_a} b={closed_b}");
 }
+
+#[test]
+fn autoclean_removes_a_node_down_longer_than_the_period_and_tells_it_when_it_returns() {
+    let extra = "cluster.autoclean = 4s";
+    let mut nodes: Vec<Node> = [1u8, 2, 3]
+        .iter()
+        .map(|ip| {
+            let mut n = prepare(*ip);
+            let text = std::fs::read_to_string(&n.config).expect("config");
+            std::fs::write(&n.config, format!("{text}\n{extra}\n")).expect("config");
+            n.spawn(&[]);
+            n
+        })
+        .collect();
+    for i in 1..3 {
+        join(&nodes[i], &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let line = status_line(&all, &[]);
+    for n in &nodes {
+        wait_status(n, &line, Duration::from_secs(10), &all);
+    }
+    let mut sc = mq(&nodes[2], "ac-sub");
+    sc.sub("ac/#", 1);
+    wait_route(&nodes[0], "ac/#", &nodes[2], true, Duration::from_secs(5));
+    drop(sc);
+    let mut c = nodes.remove(2);
+    c.kill();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // Down (3 s timeout), then removed after the 4 s period (checked every 1 s).
+    let removed = status_line(&[a, b], &[]);
+    for n in [a, b] {
+        wait_status(n, &removed, Duration::from_secs(15), &[a, b]);
+    }
+    assert!(
+        !routes(a).iter().any(|r| r.ends_with(&c.name)),
+        "{:?}",
+        routes(a)
+    );
+    let (_, metrics) = a.ctl(&["broker", "metrics"]);
+    assert_eq!(
+        stat(&metrics, "cluster.autoclean.removed"),
+        Some(1),
+        "{metrics}"
+    );
+    // It comes back (manual discovery): it is told it was removed and
+    // stands alone instead of half in the cluster.
+    c.spawn(&[]);
+    let alone = status_line(&[&c], &[]);
+    wait_status(&c, &alone, Duration::from_secs(15), &[&c, a, b]);
+    for n in [a, b] {
+        wait_status(n, &removed, Duration::from_secs(5), &[a, b]);
+    }
+}

@@ -70,6 +70,7 @@ counters!(Metrics {
     cluster_joined => "cluster.joined",
     cluster_nodes_up => "cluster.nodes.up",
     cluster_nodes_down => "cluster.nodes.down",
+    cluster_autocleaned => "cluster.autoclean.removed",
     messages_forward => "messages.forward",
     messages_forward_dropped => "messages.forward.dropped",
     messages_forwarded_in => "messages.forwarded.received",

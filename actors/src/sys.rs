@@ -121,6 +121,13 @@ impl Ctx {
         self.publish(Message::system(t, payload, false));
     }
 
+    /// Publishes a cluster event (`autoclean`, ...) about a node.
+    pub fn sys_cluster_event(&self, what: &str, node: &str) {
+        let t = self.sys_topic(&format!("cluster/{what}"));
+        let payload = format!("{{\"node\":{},\"ts\":{}}}", json_str(node), now_ms());
+        self.publish(Message::system(t, payload, false));
+    }
+
     /// The stats gauges as `(name, value)`, sorted, named as EMQX names them.
     pub fn stats(&self) -> Vec<(&'static str, i64)> {
         let s = &self.broker.stats;

@@ -135,6 +135,8 @@ pub struct ClusterSettings {
     pub bind_ip: Option<IpAddr>,
     /// `cluster.discovery_strategy = singleton`: no join either way.
     pub singleton: bool,
+    /// `cluster.autoclean`: a member down this long is removed; zero = never.
+    pub autoclean: Duration,
 }
 
 #[derive(RactorMessage)]
@@ -199,6 +201,12 @@ pub struct SvcState {
     /// A member restarted with an empty retainer: fetch the cluster's
     /// retained messages from the first peer that comes up.
     retained_sync: bool,
+    /// When each member currently down went down (for autoclean).
+    down_since: HashMap<String, Instant>,
+    last_autoclean: Instant,
+    /// Nodes removed by autoclean: if one comes back, it is told so (and
+    /// rejoins through discovery, if that is on there).
+    removed: HashSet<String>,
 }
 
 /// Turns the node server's session events into link up/down for the
@@ -314,6 +322,9 @@ impl Actor for ClusterService {
             last_heartbeat: now,
             discovery: true,
             retained_sync,
+            down_since: HashMap::new(),
+            last_autoclean: now,
+            removed: HashSet::new(),
         })
     }
 
@@ -600,8 +611,51 @@ impl SvcState {
         );
     }
 
+    /// Autoclean (checked every quarter of the period): members down for
+    /// longer than `cluster.autoclean` are removed and their routes purged.
+    fn autoclean(&mut self, now: Instant) {
+        let period = self.settings.autoclean;
+        if period.is_zero() || now.duration_since(self.last_autoclean) < period / 4 {
+            return;
+        }
+        self.last_autoclean = now;
+        // Members never seen running since we started count from now.
+        let unseen: Vec<String> = self
+            .membership
+            .peers()
+            .filter(|m| !m.running && !self.down_since.contains_key(&m.info.node))
+            .map(|m| m.info.node.clone())
+            .collect();
+        for n in unseen {
+            self.down_since.insert(n, now);
+        }
+        let expired: Vec<(String, Duration)> = self
+            .down_since
+            .iter()
+            .filter(|(n, t)| {
+                now.duration_since(**t) >= period
+                    && self.membership.peer(n).is_some_and(|m| !m.running)
+            })
+            .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+            .collect();
+        for (node, down) in expired {
+            tracing::warn!(
+                "cluster: autoclean removes {node}, down for {}s",
+                down.as_secs()
+            );
+            self.forget(&node);
+            self.down_since.remove(&node);
+            self.removed.insert(node.clone());
+            inc(&self.ctx.broker.metrics.cluster_autocleaned);
+            let ctx = self.ctx.clone();
+            ctx.sys_cluster_event("autoclean", &node);
+            self.save();
+        }
+    }
+
     fn tick(&mut self, myself: &ActorRef<SvcMsg>) {
         let now = Instant::now();
+        self.autoclean(now);
         if now.duration_since(self.last_heartbeat) >= self.settings.heartbeat_interval {
             self.last_heartbeat = now;
             let peers: Vec<String> = self
@@ -664,6 +718,9 @@ impl SvcState {
     }
 
     fn mark_down(&mut self, node: &str, why: &str) {
+        self.down_since
+            .entry(node.to_string())
+            .or_insert_with(Instant::now);
         if self.membership.set_running(node, false) {
             tracing::warn!("cluster: node {node} is down ({why})");
             self.view.up.write().remove(node);
@@ -673,6 +730,7 @@ impl SvcState {
     }
 
     fn mark_up(&mut self, node: &str) {
+        self.down_since.remove(node);
         if std::mem::take(&mut self.retained_sync) {
             let ctx = self.ctx.clone();
             let peer = node.to_string();
@@ -705,7 +763,10 @@ impl SvcState {
                 route_version,
             } => {
                 if self.membership.peer(&node).is_none() {
-                    if self.left_from.contains(&node) {
+                    if self.removed.contains(&node) {
+                        // Autocleaned while it was away: tell it.
+                        cast_peer(&node, &Note::MemberLeft { node: node.clone() });
+                    } else if self.left_from.contains(&node) {
                         cast_peer(
                             &node,
                             &Note::MemberLeft {
@@ -805,6 +866,7 @@ impl SvcState {
 
     /// Forgets a node that left or was removed: membership, routes, links.
     fn forget(&mut self, node: &str) {
+        self.down_since.remove(node);
         if self.membership.remove(node) {
             tracing::info!("cluster: {node} left the cluster");
         }
@@ -859,6 +921,7 @@ impl SvcState {
                 }
                 let node = info.node.clone();
                 self.left_from.remove(&node);
+                self.removed.remove(&node);
                 add_forward_peer(&self.view, &info);
                 let others: Vec<String> = self
                     .membership
