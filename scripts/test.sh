@@ -16,6 +16,8 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 
 need_apt=()
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+[ -x /usr/sbin/dnsmasq ] || [ -x /usr/bin/dnsmasq ] || need_apt+=(dnsmasq-base)
+command -v ss >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq

@@ -365,6 +365,24 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
                 me_start,
             )))
         }
+        "dns" => {
+            use emqx_discovery::dns::{Dns, RecordType};
+            let rt = match cfg.cluster.dns.record_type.as_str() {
+                "srv" => RecordType::Srv,
+                "aaaa" => RecordType::Aaaa,
+                _ => RecordType::A,
+            };
+            let dns = Dns::new(&cfg.cluster.dns.name, rt, &name, cfg.cluster.dns.resolver)
+                .map_err(|e| format!("cluster.dns: {e}"))?;
+            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
+                dns,
+                cluster.clone(),
+                node_server.clone(),
+                host_ip(&name),
+                name.clone(),
+                me_start,
+            )))
+        }
         "manual" | "singleton" => None,
         other => {
             tracing::warn!("cluster.discovery_strategy = {other} is not available yet; nodes join with `ctl cluster join`");

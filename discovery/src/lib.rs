@@ -9,9 +9,11 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::future::Future;
 
+pub mod dns;
 pub mod manual;
 pub mod static_seeds;
 
+pub use dns::Dns;
 pub use manual::Manual;
 pub use static_seeds::Static;
 

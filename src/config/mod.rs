@@ -837,6 +837,29 @@ impl Config {
                 message: "required when cluster.discovery_strategy = etcd".to_string(),
             });
         }
+        if c.cluster.discovery_strategy == DiscoveryStrategy::Dns
+            && c.cluster.dns.record_type != DnsRecordType::Srv
+        {
+            let host = c.node.name.split('@').nth(1).unwrap_or("");
+            let ok = match c.cluster.dns.record_type {
+                DnsRecordType::A => host.parse::<std::net::Ipv4Addr>().is_ok(),
+                _ => host.parse::<std::net::Ipv6Addr>().is_ok(),
+            };
+            if !ok {
+                let origin = tree
+                    .get_path(&["node", "name"])
+                    .map(|n| n.origin.clone())
+                    .unwrap_or(Origin::Default);
+                return Err(ConfigError::Invalid {
+                    key: "node.name".to_string(),
+                    origin,
+                    message: format!(
+                        "must be name@<IP address> when cluster.dns.record_type = {}",
+                        c.cluster.dns.record_type.as_str()
+                    ),
+                });
+            }
+        }
         Ok(c)
     }
 

@@ -1,0 +1,143 @@
+//! Autocluster against a real DNS server: dnsmasq on a loopback port
+//! serving A and SRV records for nodes on 127.0.0.1-127.0.0.3.
+
+mod common;
+
+use common::{wait_until, Node};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A dnsmasq serving `emqx.test` A records and `_emqx._tcp.emqx.test`
+/// SRV records, killed on drop.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+}
+
+impl Dnsmasq {
+    fn start(a: &[&str], srv: &[&str]) -> Dnsmasq {
+        let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("dnsmasq is not installed: run scripts/test.sh, which installs dnsmasq-base");
+        let port = common::free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--no-daemon",
+            &format!("--port={port}"),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--log-facility=/dev/null",
+        ]);
+        for ip in a {
+            cmd.arg(format!("--host-record=emqx.test,{ip}"));
+        }
+        for target in srv {
+            cmd.arg(format!("--srv-host=_emqx._tcp.emqx.test,{target},4370"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        // Ready once something answers on the port (UDP: probe by binding).
+        std::thread::sleep(Duration::from_millis(300));
+        Dnsmasq { child, port }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three nodes sharing one short name `emqx<N>` on 127.0.0.1-3 (as A
+/// records require), each with `extra` config.
+fn nodes(extra: &str) -> Vec<Node> {
+    let n = loop {
+        let n: u16 = 100 + (common::rand_u32() % 9000) as u16;
+        let free = |ip: &str, p: u16| TcpListener::bind((ip, p)).is_ok();
+        if (1..=3).all(|i| {
+            let ip = format!("127.0.0.{i}");
+            free(&ip, 4370 + n) && free(&ip, 5370 + n)
+        }) {
+            break n;
+        }
+    };
+    (1..=3u8)
+        .map(|i| {
+            let mut node = Node::prepare_cluster(i, extra);
+            let name = format!("emqx{n}@127.0.0.{i}");
+            let text = std::fs::read_to_string(&node.config).expect("config");
+            let text = text.replace(&node.name, &name);
+            std::fs::write(&node.config, text).expect("config");
+            node.name = name;
+            node.dist_port = 4370 + n;
+            node
+        })
+        .collect()
+}
+
+fn status(n: &Node) -> String {
+    n.ctl(&["cluster", "status"]).1
+}
+
+fn all_running(nodes: &[Node]) -> bool {
+    let mut names: Vec<String> = nodes.iter().map(|n| format!("'{}'", n.name)).collect();
+    names.sort();
+    let want = format!("running_nodes => [{}],stopped_nodes => []", names.join(","));
+    nodes.iter().all(|n| status(n).contains(&want))
+}
+
+#[test]
+fn nodes_started_together_form_one_cluster_from_dns_a_records() {
+    let dns = Dnsmasq::start(&["127.0.0.1", "127.0.0.2", "127.0.0.3"], &[]);
+    let extra = format!(
+        "cluster.discovery_strategy = dns\ncluster.dns.name = \"emqx.test\"\ncluster.dns.record_type = a\ncluster.dns.resolver = \"127.0.0.1:{}\"\n",
+        dns.port
+    );
+    let mut ns = nodes(&extra);
+    for n in ns.iter_mut() {
+        n.spawn(&[]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || all_running(&ns)),
+        "{}",
+        ns.iter().map(status).collect::<Vec<_>>().join("")
+    );
+}
+
+#[test]
+fn srv_records_name_the_nodes_by_their_targets() {
+    let dns = Dnsmasq::start(&[], &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let extra = format!(
+        "cluster.discovery_strategy = dns\ncluster.dns.name = \"_emqx._tcp.emqx.test\"\ncluster.dns.record_type = srv\ncluster.dns.resolver = \"127.0.0.1:{}\"\n",
+        dns.port
+    );
+    let mut ns = nodes(&extra);
+    for n in ns.iter_mut() {
+        n.spawn(&[]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || all_running(&ns)),
+        "{}",
+        ns.iter().map(status).collect::<Vec<_>>().join("")
+    );
+}
+
+#[test]
+fn a_record_discovery_requires_an_ip_address_host_in_the_node_name() {
+    let n = Node::prepare("cluster.discovery_strategy = dns\ncluster.dns.record_type = a\nnode.name = \"emqx@localhost\"\n");
+    let o = n.cli(&["foreground"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("node.name") && err.contains("IP address"),
+        "{err}"
+    );
+}
