@@ -106,7 +106,7 @@ fn nodes_started_together_form_one_cluster_from_dns_a_records() {
         n.spawn(&[]);
     }
     assert!(
-        wait_until(Duration::from_secs(30), || all_running(&ns)),
+        wait_until(Duration::from_secs(45), || all_running(&ns)),
         "{}",
         ns.iter().map(status).collect::<Vec<_>>().join("")
     );
@@ -124,7 +124,7 @@ fn srv_records_name_the_nodes_by_their_targets() {
         n.spawn(&[]);
     }
     assert!(
-        wait_until(Duration::from_secs(30), || all_running(&ns)),
+        wait_until(Duration::from_secs(45), || all_running(&ns)),
         "{}",
         ns.iter().map(status).collect::<Vec<_>>().join("")
     );

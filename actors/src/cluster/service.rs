@@ -158,6 +158,8 @@ pub enum SvcMsg {
     ForceLeave(String, RpcReplyPort<String>),
     Status(bool, RpcReplyPort<String>),
     RunningPeers(RpcReplyPort<Vec<String>>),
+    /// Our join finished (either way).
+    JoinEnded,
     /// Whether this node has other members, and whether autocluster may run.
     Clustered(RpcReplyPort<(bool, bool)>),
     /// `cluster discovery enable`.
@@ -207,6 +209,12 @@ pub struct SvcState {
     /// Nodes removed by autoclean: if one comes back, it is told so (and
     /// rejoins through discovery, if that is on there).
     removed: HashSet<String>,
+    /// A join of ours is in flight.
+    joining: bool,
+    /// Members announced (MemberUp) while our join was in flight; applied
+    /// after the join snapshot so a node joining at the same moment through
+    /// the same member is not lost.
+    pending_ups: Vec<MemberInfo>,
 }
 
 /// Turns the node server's session events into link up/down for the
@@ -325,6 +333,8 @@ impl Actor for ClusterService {
             down_since: HashMap::new(),
             last_autoclean: now,
             removed: HashSet::new(),
+            joining: false,
+            pending_ups: Vec::new(),
         })
     }
 
@@ -474,6 +484,10 @@ impl Actor for ClusterService {
             SvcMsg::ForwardStats(reply) => {
                 let _ = reply.send(st.view.forwarder.peers());
             }
+            SvcMsg::JoinEnded => {
+                st.joining = false;
+                st.pending_ups.clear();
+            }
             SvcMsg::RunningPeers(reply) => {
                 let v = st
                     .membership
@@ -555,6 +569,49 @@ pub async fn probe(
             members,
         }) => Some((incarnation, members)),
         _ => None,
+    }
+}
+
+/// The newcomer's side of `cluster join`: link, ask, adopt; returns the
+/// text for ctl.
+async fn join_task(
+    ns: &ActorRef<NodeServerMessage>,
+    ip: Option<IpAddr>,
+    addr: SocketAddr,
+    target: &str,
+    me_info: MemberInfo,
+    svc: &ActorRef<SvcMsg>,
+) -> String {
+    let down = || format!("Failed to join the cluster: {{node_down,'{target}'}}\n");
+    if endpoint_of(target).is_none() {
+        if dial(ns, ip, addr).await.is_err() {
+            return down();
+        }
+        let deadline = Instant::now() + LINK_TIMEOUT;
+        while endpoint_of(target).is_none() {
+            if Instant::now() > deadline {
+                return down();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    match call_peer(target, &Req::Join { info: me_info }).await {
+        Ok(Resp::Joined(snap)) => {
+            let t = target.to_string();
+            let _ = svc
+                .call(|r| SvcMsg::Adopt(t, snap, r), Some(CALL_TIMEOUT))
+                .await;
+            let status = match svc
+                .call(|r| SvcMsg::Status(false, r), Some(CALL_TIMEOUT))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(s)) => s,
+                _ => String::new(),
+            };
+            format!("Join the cluster successfully.\n{status}\n")
+        }
+        Ok(Resp::Refused(why)) => format!("Failed to join the cluster: {{{why},'{target}'}}\n"),
+        Ok(_) | Err(_) => down(),
     }
 }
 
@@ -803,6 +860,11 @@ impl SvcState {
             Note::MemberUp { info } => {
                 if info.node == self.me() {
                     return;
+                }
+                if self.joining {
+                    // Our own join is under way: this news about the cluster
+                    // we are joining must survive the adoption of its snapshot.
+                    self.pending_ups.push(info.clone());
                 }
                 let node = info.node.clone();
                 add_forward_peer(&self.view, &info);
@@ -1071,48 +1133,11 @@ impl SvcState {
         let ip = self.settings.bind_ip;
         let me_info = self.membership.me.clone();
         let svc = myself.clone();
+        self.joining = true;
         tokio::spawn(async move {
-            let down = || format!("Failed to join the cluster: {{node_down,'{target}'}}\n");
-            if endpoint_of(&target).is_none() {
-                if dial(&ns, ip, addr).await.is_err() {
-                    let _ = reply.send(down());
-                    return;
-                }
-                let deadline = Instant::now() + LINK_TIMEOUT;
-                while endpoint_of(&target).is_none() {
-                    if Instant::now() > deadline {
-                        let _ = reply.send(down());
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-            match call_peer(&target, &Req::Join { info: me_info }).await {
-                Ok(Resp::Joined(snap)) => {
-                    let _ = svc
-                        .call(
-                            |r| SvcMsg::Adopt(target.clone(), snap, r),
-                            Some(CALL_TIMEOUT),
-                        )
-                        .await;
-                    let status = match svc
-                        .call(|r| SvcMsg::Status(false, r), Some(CALL_TIMEOUT))
-                        .await
-                    {
-                        Ok(ractor::rpc::CallResult::Success(s)) => s,
-                        _ => String::new(),
-                    };
-                    let _ = reply.send(format!("Join the cluster successfully.\n{status}\n"));
-                }
-                Ok(Resp::Refused(why)) => {
-                    let _ = reply.send(format!(
-                        "Failed to join the cluster: {{{why},'{target}'}}\n"
-                    ));
-                }
-                Ok(_) | Err(_) => {
-                    let _ = reply.send(down());
-                }
-            }
+            let out = join_task(&ns, ip, addr, &target, me_info, &svc).await;
+            let _ = svc.cast(SvcMsg::JoinEnded);
+            let _ = reply.send(out);
         });
     }
 
@@ -1120,6 +1145,7 @@ impl SvcState {
     fn adopt(&mut self, via: &str, snap: JoinSnapshot) {
         self.reset_to_single();
         self.left_from.clear();
+        let ups = std::mem::take(&mut self.pending_ups);
         let now = Instant::now();
         for info in snap.members {
             if info.node == self.me() {
@@ -1147,6 +1173,16 @@ impl SvcState {
         retainer.clean(None);
         for m in snap.retained {
             let _ = retainer.store(&Arc::new(m));
+        }
+        for info in ups {
+            if info.node == self.me() || info.node == via {
+                continue;
+            }
+            let node = info.node.clone();
+            add_forward_peer(&self.view, &info);
+            if self.membership.upsert(info, false) {
+                self.detector.watch(&node, now);
+            }
         }
         inc(&self.ctx.broker.metrics.cluster_joined);
         self.save();
