@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# emqx-rs beside Mosquitto and rumqttd, in one run, on one machine.
+#
+#   benches/run.sh                   # everything, 3 repetitions
+#   REPS=5 DUR=10 benches/run.sh     # more repetitions / longer runs
+#   SCENARIOS="a c" benches/run.sh   # a subset (a a1 b c d lat e)
+#
+# Installs the peers (Debian's mosquitto, `cargo install rumqttd`), builds
+# emqx-rs in release, then for every scenario and repetition starts each
+# broker fresh on 127.0.0.1 (one at a time, the order rotated between
+# repetitions), drives it with `emqx-rs bench`, and stops it. Results go to
+# $OUT/results.jsonl; benches/report.py prints the markdown table of medians
+# and ratios at the end. Every broker and bench process started here is
+# killed on exit. Nothing leaves 127.0.0.0/8.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+OUT=${OUT:-/tmp/emqx-rs-benches.$$}
+REPS=${REPS:-3}
+DUR=${DUR:-10}                       # seconds of publishing per run
+SCENARIOS=${SCENARIOS:-"a a1 b c d lat e"}
+BROKERS=${BROKERS:-"emqx-rs mosquitto rumqttd"}
+IDLE_CONNS=${IDLE_CONNS:-10000}       # scenario (d)
+E_SUBS=${E_SUBS:-100000}             # scenario (e)
+PORT_EMQX=${PORT_EMQX:-21883}
+PORT_MOSQ=${PORT_MOSQ:-21884}
+PORT_RUMQ=${PORT_RUMQ:-21885}
+BENCH="$ROOT/target/release/emqx-rs"
+PROTO=4   # MQTT 3.1.1 for all: rumqttd's v5 support is partial
+
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# ---------------------------------------------------------------- cleanup
+PIDS=()
+BROKER_PID=""
+cleanup() {
+    local p
+    for p in "${PIDS[@]}" $BROKER_PID; do
+        [ -n "$p" ] && kill "$p" 2>/dev/null
+    done
+    sleep 0.5
+    for p in "${PIDS[@]}" $BROKER_PID; do
+        [ -n "$p" ] && kill -9 "$p" 2>/dev/null
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The broker and the load generator both need one descriptor a connection.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 20000 2>/dev/null || true
+log "open files limit: $(ulimit -n); results in $OUT"
+
+# ------------------------------------------------------------ installation
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+    log "installing mosquitto (apt)"
+    apt-get install -y mosquitto >"$OUT/apt.log" 2>&1 ||
+        { apt-get update >>"$OUT/apt.log" 2>&1 && apt-get install -y mosquitto >>"$OUT/apt.log" 2>&1; } ||
+        { echo "cannot install mosquitto, see $OUT/apt.log" >&2; exit 1; }
+fi
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+# Debian starts a service on install; we run our own process instead.
+systemctl stop mosquitto >/dev/null 2>&1 || true
+
+RUMQTTD="$HOME/.cargo/bin/rumqttd"
+if [ ! -x "$RUMQTTD" ]; then
+    log "installing rumqttd (cargo install, several minutes)"
+    cargo install rumqttd >"$OUT/rumqttd-install.log" 2>&1 ||
+        { echo "cannot install rumqttd, see $OUT/rumqttd-install.log" >&2; exit 1; }
+fi
+
+log "building emqx-rs (release)"
+(cd "$ROOT" && cargo build --release >"$OUT/build.log" 2>&1) ||
+    { echo "build failed, see $OUT/build.log" >&2; exit 1; }
+
+# ---------------------------------------------------------------- configs
+mkdir -p "$OUT/conf"
+cat >"$OUT/conf/mosquitto.conf" <<EOF
+# Defaults otherwise (max_queued_messages 1000, max_inflight_messages 20).
+listener $PORT_MOSQ 127.0.0.1
+allow_anonymous true
+max_connections -1
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+EOF
+
+cat >"$OUT/conf/emqx.conf" <<EOF
+# Defaults otherwise (mqueue 1000, inflight 32).
+node {
+  name = "emqxbench@127.0.0.1"
+  cookie = "benchcookie"
+  data_dir = "$OUT/emqx-data"
+  dist_listen_port = 24370
+}
+cluster {
+  name = benchcl
+  discovery_strategy = manual
+}
+rpc {
+  port_discovery = manual
+  server_port = 25369
+}
+listeners.tcp.default {
+  bind = "127.0.0.1:$PORT_EMQX"
+  max_connections = infinity
+}
+log {
+  file.enable = false
+}
+EOF
+
+# rumqttd: its shipped rumqttd.toml with every listener moved to loopback
+# ports of ours and the connection limits raised.
+SHIPPED=$(ls -d "$HOME"/.cargo/registry/src/*/rumqttd-*/ 2>/dev/null | sort -V | tail -1)
+if [ -z "$SHIPPED" ] || [ ! -f "$SHIPPED/rumqttd.toml" ]; then
+    echo "cannot find rumqttd.toml under ~/.cargo/registry/src" >&2
+    exit 1
+fi
+python3 "$HERE/rumqttd_conf.py" "$SHIPPED/rumqttd.toml" "$PORT_RUMQ" 40000 \
+    >"$OUT/conf/rumqttd.toml" || exit 1
+cp "$SHIPPED/rumqttd.toml" "$OUT/conf/rumqttd.shipped.toml"
+
+# ---------------------------------------------------------------- brokers
+port_of() {
+    case $1 in
+    emqx-rs) echo "$PORT_EMQX" ;;
+    mosquitto) echo "$PORT_MOSQ" ;;
+    rumqttd) echo "$PORT_RUMQ" ;;
+    esac
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start_broker() {
+    local b=$1 port
+    port=$(port_of "$b")
+    if port_open "$port"; then
+        echo "port $port is already taken; set PORT_* to free ports" >&2
+        exit 1
+    fi
+    case $b in
+    emqx-rs)
+        rm -rf "$OUT/emqx-data"
+        "$BENCH" foreground -config "$OUT/conf/emqx.conf" >"$OUT/broker-$b.log" 2>&1 &
+        ;;
+    mosquitto)
+        "$MOSQUITTO" -c "$OUT/conf/mosquitto.conf" >"$OUT/broker-$b.log" 2>&1 &
+        ;;
+    rumqttd)
+        "$RUMQTTD" -c "$OUT/conf/rumqttd.toml" >"$OUT/broker-$b.log" 2>&1 &
+        ;;
+    esac
+    BROKER_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        port_open "$port" && { sleep 0.3; return 0; }
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$b did not start; log:" >&2
+    tail -20 "$OUT/broker-$b.log" >&2
+    exit 1
+}
+
+stop_broker() {
+    [ -z "$BROKER_PID" ] && return
+    kill "$BROKER_PID" 2>/dev/null
+    local i
+    for i in $(seq 1 50); do
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$BROKER_PID" 2>/dev/null
+    wait "$BROKER_PID" 2>/dev/null
+    BROKER_PID=""
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# The SUMMARY json of a bench output file, or {} when there is none.
+summary_of() {
+    local s
+    s=$(grep '^SUMMARY ' "$1" 2>/dev/null | tail -1 | cut -d' ' -f2-)
+    echo "${s:-{\}}"
+}
+
+# Waits (bounded) until a bench process reports `connected=N` on stderr.
+wait_connected() {
+    local errfile=$1 n=$2 pid=$3 limit=$4 i
+    for i in $(seq 1 $((limit * 10))); do
+        if grep -q "connected=$n " "$errfile" 2>/dev/null; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# Stops a background bench process with SIGINT (it then prints its summary).
+stop_bench() {
+    local pid=$1 i
+    kill -INT "$pid" 2>/dev/null
+    for i in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+
+record() {  # scenario broker rep json...
+    python3 - "$@" >>"$RESULTS" <<'EOF'
+import json, sys
+sc, broker, rep = sys.argv[1:4]
+d = {"scenario": sc, "broker": broker, "rep": int(rep)}
+for kv in sys.argv[4:]:
+    k, v = kv.split("=", 1)
+    try:
+        d[k] = json.loads(v)
+    except ValueError:
+        d[k] = v
+print(json.dumps(d))
+EOF
+}
+
+# ----------------------------------------------------------- pub/sub runs
+# pubsub SCENARIO BROKER REP FANOUT "SUB ARGS" "PUB ARGS"
+# Subscribers first (all of them connected and given a moment to
+# subscribe), then the publishers for $DUR seconds, then 2 s to drain, then
+# the subscribers are stopped.
+pubsub() {
+    local sc=$1 b=$2 rep=$3 fanout=$4 subargs=$5 pubargs=$6
+    local port tag subn
+    port=$(port_of "$b")
+    tag="$OUT/$sc-$b-$rep"
+    subn=$(sed -E 's/.*-c ([0-9]+).*/\1/' <<<"$subargs")
+    # shellcheck disable=SC2086
+    timeout $((DUR + 90)) "$BENCH" bench sub -V "$PROTO" -p "$port" --prefix "s$rep" $subargs \
+        >"$tag.sub.out" 2>"$tag.sub.err" &
+    local spid=$!
+    PIDS+=("$spid")
+    if ! wait_connected "$tag.sub.err" "$subn" "$spid" 30; then
+        log "$sc $b: subscribers did not all connect"
+    fi
+    sleep 1
+    # shellcheck disable=SC2086
+    timeout $((DUR + 60)) "$BENCH" bench pub -V "$PROTO" -p "$port" --prefix "p$rep" $pubargs --duration "$DUR" \
+        >"$tag.pub.out" 2>"$tag.pub.err"
+    sleep 2
+    stop_bench "$spid"
+    local rss
+    rss=$(rss_kb "$BROKER_PID")
+    record "$sc" "$b" "$rep" fanout="$fanout" rss_kb="$rss" \
+        pub="$(summary_of "$tag.pub.out")" sub="$(summary_of "$tag.sub.out")"
+}
+
+# (a) 100 pairs, QoS 0, 64 bytes, each publisher one message a millisecond
+#     (100,000 msg/s offered): delivered rate and loss.
+sc_a() {
+    pubsub a "$1" "$2" 1 "-c 100 -i 1 -t a/%i -q 0" "-c 100 -i 1 -t a/%i -q 0 -s 64 -I 1"
+}
+# (a1) the same pairs at QoS 1, as fast as a window of 100 unacknowledged
+#      publishes per publisher allows (the closed-loop variant).
+sc_a1() {
+    pubsub a1 "$1" "$2" 1 "-c 100 -i 1 -t a/%i -q 1" \
+        "-c 100 -i 1 -t a/%i -q 1 -s 64 -I 0 --inflight 100"
+}
+# (b) fan-out: one topic, 500 subscribers, 2 publishers of one message a
+#     millisecond each (bench's interval is whole milliseconds, so 2,000 msg/s
+#     takes two publishers): 1,000,000 deliveries/s offered.
+sc_b() {
+    pubsub b "$1" "$2" 500 "-c 500 -i 1 -t fan/1 -q 0" "-c 2 -i 1 -t fan/1 -q 0 -s 64 -I 1"
+}
+# (c) fan-in: 200 QoS 1 publishers (window 100) on t/<i>, one QoS 1
+#     subscriber on t/+.
+sc_c() {
+    pubsub c "$1" "$2" 1 "-c 1 -i 1 -t t/+ -q 1" "-c 200 -i 1 -t t/%i -q 1 -s 64 -I 0 --inflight 100"
+}
+# (lat) latency at a rate every broker sustains: the pairs of (a) at one
+#       message per 10 ms each, 10,000 msg/s.
+sc_lat() {
+    pubsub lat "$1" "$2" 1 "-c 100 -i 1 -t a/%i -q 0" "-c 100 -i 1 -t a/%i -q 0 -s 64 -I 10"
+}
+
+# (d) idle connections: IDLE_CONNS clients from D_PROCS bench processes
+#     started together, each opening one connection a millisecond (so
+#     D_PROCS * 1000 connections/s offered, paced rather than one burst that
+#     would overflow the listen backlog), each from its own loopback source
+#     address new to this run (no TIME_WAIT left over). Connect rate, and
+#     broker RSS growth per connection once all are in (or after 60 s).
+D_RUN=0
+D_PROCS=${D_PROCS:-10}
+sc_d() {
+    local b=$1 rep=$2 port tag
+    port=$(port_of "$b")
+    tag="$OUT/d-$b-$rep"
+    D_RUN=$((D_RUN + 1))
+    local per=$((IDLE_CONNS / D_PROCS)) j
+    sleep 0.5
+    local before after
+    before=$(rss_kb "$BROKER_PID")
+    local cpids=()
+    for j in $(seq 1 "$D_PROCS"); do
+        timeout 200 "$BENCH" bench conn -V "$PROTO" -p "$port" -c "$per" -i 1 -k 300 \
+            -n $(((j - 1) * per)) --ifaddr "127.3.$D_RUN.$j" --prefix "c$rep" --duration 150 \
+            >"$tag.$j.out" 2>"$tag.$j.err" &
+        cpids+=("$!")
+        PIDS+=("$!")
+    done
+    local i done_n
+    for i in $(seq 1 600); do
+        done_n=0
+        for j in $(seq 1 "$D_PROCS"); do
+            grep -q "connected=$per " "$tag.$j.err" 2>/dev/null && done_n=$((done_n + 1))
+        done
+        [ "$done_n" -eq "$D_PROCS" ] && break
+        sleep 0.1
+    done
+    [ "$done_n" -eq "$D_PROCS" ] || log "d $b: not all connected within 60 s"
+    sleep 1
+    after=$(rss_kb "$BROKER_PID")
+    for j in "${cpids[@]}"; do kill -INT "$j" 2>/dev/null; done
+    for j in "${cpids[@]}"; do stop_bench "$j"; done
+    local conns="["
+    for j in $(seq 1 "$D_PROCS"); do conns+="$(summary_of "$tag.$j.out"),"; done
+    conns="${conns%,}]"
+    record d "$b" "$rep" rss_before_kb="$before" rss_after_kb="$after" conns="$conns"
+}
+
+# (e) E_SUBS wildcard subscriptions (e/<conn>/<k>/+) from 10 connections:
+#     subscribe rate, RSS growth, and the cost of a publish that walks the
+#     filters without matching (e/<c>/<k>/x/y), from the QoS 1 publish rate of
+#     one closed-loop publisher before and after subscribing.
+sc_e() {
+    local b=$1 rep=$2 port tag
+    port=$(port_of "$b")
+    tag="$OUT/e-$b-$rep"
+    local edur=5
+    timeout 60 "$BENCH" bench pub -V "$PROTO" -p "$port" -c 1 -q 1 -I 0 --inflight 100 -s 64 \
+        -t e/3/777/x/y --prefix "e0$rep" --duration "$edur" >"$tag.pub0.out" 2>"$tag.pub0.err"
+    local before after
+    before=$(rss_kb "$BROKER_PID")
+    python3 -u "$HERE/subscribe_many.py" "$port" 10 "$E_SUBS" >"$tag.subs.out" 2>"$tag.subs.err" &
+    local ppid=$!
+    PIDS+=("$ppid")
+    local i
+    for i in $(seq 1 1200); do
+        grep -q '^READY' "$tag.subs.out" 2>/dev/null && break
+        kill -0 "$ppid" 2>/dev/null || break
+        sleep 0.1
+    done
+    sleep 1
+    after=$(rss_kb "$BROKER_PID")
+    timeout 60 "$BENCH" bench pub -V "$PROTO" -p "$port" -c 1 -q 1 -I 0 --inflight 100 -s 64 \
+        -t e/3/777/x/y --prefix "e1$rep" --duration "$edur" >"$tag.pub1.out" 2>"$tag.pub1.err"
+    kill "$ppid" 2>/dev/null
+    wait "$ppid" 2>/dev/null
+    local subs
+    subs=$(grep '^READY' "$tag.subs.out" | tail -1 | cut -d' ' -f2-)
+    record e "$b" "$rep" rss_before_kb="$before" rss_after_kb="$after" \
+        subs="${subs:-{\}}" pub0="$(summary_of "$tag.pub0.out")" pub1="$(summary_of "$tag.pub1.out")"
+}
+
+# ------------------------------------------------------------------- run
+log "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GB; $(uname -r)"
+log "emqx-rs $(git -C "$ROOT" rev-parse --short HEAD), $("$MOSQUITTO" -h 2>/dev/null | head -1), rumqttd $(basename "$SHIPPED")"
+read -r -a blist <<<"$BROKERS"
+for sc in $SCENARIOS; do
+    for rep in $(seq 1 "$REPS"); do
+        # Rotate the order so no broker always runs first or last.
+        n=${#blist[@]}
+        for k in $(seq 0 $((n - 1))); do
+            b=${blist[$(((k + rep - 1) % n))]}
+            log "scenario $sc, run $rep, $b"
+            start_broker "$b"
+            "sc_$sc" "$b" "$rep"
+            stop_broker
+            sleep 1
+        done
+    done
+done
+PIDS=()
+
+python3 "$HERE/report.py" "$RESULTS" | tee "$OUT/table.md"
+log "done; raw results in $RESULTS"
