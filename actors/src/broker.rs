@@ -61,6 +61,11 @@ pub struct Subscriber {
     pub session: ActorRef<SessionMsg>,
     pub opts: SubscriptionOptions,
     pub sub_id: Option<u32>,
+    /// Deliveries sent to the session and not yet handled by it. Shared
+    /// with the session; past [`BrokerSettings::max_session_backlog`] new
+    /// deliveries are dropped here, so a session that cannot keep up never
+    /// grows its mailbox without bound.
+    pub backlog: Arc<AtomicUsize>,
 }
 
 /// What a session needs to know about the subscription a message matched.
@@ -128,6 +133,9 @@ pub struct BrokerSettings {
     pub shared_strategy: SharedStrategy,
     pub max_topic_levels: usize,
     pub shards: usize,
+    /// Deliveries waiting in one session's mailbox beyond which more are
+    /// dropped (and counted as `delivery.dropped.queue_full`).
+    pub max_session_backlog: usize,
     /// Do not deliver a client's messages back to itself, whatever its
     /// subscription options (`mqtt.ignore_loop_deliver`, for MQTT 3.x
     /// clients that have no no-local option).
@@ -140,6 +148,7 @@ impl Default for BrokerSettings {
             shared_strategy: SharedStrategy::RoundRobin,
             max_topic_levels: 128,
             shards: 8,
+            max_session_backlog: 10_000,
             ignore_loop_deliver: false,
         }
     }
@@ -273,7 +282,7 @@ impl Broker {
     /// replicated routes; each remote node with a matching route gets the
     /// message once, and each shared group gets it once cluster-wide.
     fn dispatch(&self, msg: Arc<Message>, target: Target) -> usize {
-        let mut out: HashMap<Arc<str>, (ActorRef<SessionMsg>, Vec<SubMatch>)> = HashMap::new();
+        let mut out: HashMap<Arc<str>, Pending> = HashMap::new();
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
         let view = match target {
@@ -377,7 +386,14 @@ impl Broker {
             inc(&self.metrics.messages_dropped_no_subscribers);
             inc(&self.metrics.messages_dropped);
         }
-        for (_, (session, matches)) in out {
+        let max = self.settings.max_session_backlog;
+        for (_, (session, backlog, matches)) in out {
+            if backlog.load(Ordering::Relaxed) >= max {
+                inc(&self.metrics.delivery_dropped);
+                inc(&self.metrics.delivery_dropped_queue_full);
+                continue;
+            }
+            backlog.fetch_add(1, Ordering::Relaxed);
             let _ = session.cast(SessionMsg::Deliver(msg.clone(), matches));
         }
         n
@@ -440,19 +456,18 @@ fn choose(strategy: SharedStrategy, n: usize, msg: &Message, rr: &AtomicUsize) -
     }
 }
 
-fn push(
-    out: &mut HashMap<Arc<str>, (ActorRef<SessionMsg>, Vec<SubMatch>)>,
-    s: &Subscriber,
-    filter: Arc<str>,
-) {
+/// A delivery being gathered for one session.
+type Pending = (ActorRef<SessionMsg>, Arc<AtomicUsize>, Vec<SubMatch>);
+
+fn push(out: &mut HashMap<Arc<str>, Pending>, s: &Subscriber, filter: Arc<str>) {
     let m = SubMatch {
         filter,
         opts: s.opts,
         sub_id: s.sub_id,
     };
     out.entry(s.client_id.clone())
-        .or_insert_with(|| (s.session.clone(), Vec::new()))
-        .1
+        .or_insert_with(|| (s.session.clone(), s.backlog.clone(), Vec::new()))
+        .2
         .push(m);
 }
 
@@ -589,6 +604,7 @@ mod tests {
             .expect("probe");
         for (f, q) in filters {
             let s = Subscriber {
+                backlog: Default::default(),
                 client_id: id.clone(),
                 session: a.clone(),
                 opts: SubscriptionOptions {

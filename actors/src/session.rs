@@ -110,6 +110,8 @@ pub struct SessionState {
     ending: bool,
     /// The channel's drop counters already added to the node's metrics.
     reported: ChannelCounters,
+    /// Deliveries queued in our mailbox (see `Subscriber::backlog`).
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Sink<'a> {
@@ -149,6 +151,7 @@ impl Actor for SessionActor {
             gen: 1,
             ending: false,
             reported: ChannelCounters::default(),
+            backlog: Default::default(),
         };
         if resumed {
             // Routes must point here before the client hears it is back.
@@ -160,6 +163,7 @@ impl Actor for SessionActor {
                 .collect();
             for (f, opts, sub_id) in subs {
                 let sub = Subscriber {
+                    backlog: st.backlog.clone(),
                     client_id: st.ch.client_id.clone(),
                     session: myself.clone(),
                     opts,
@@ -226,6 +230,8 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Deliver(m, matches) => {
+                st.backlog
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 let d = Delivery::from_matches(m, &matches, st.ctx.settings.upgrade_qos);
                 let can = st
                     .conn
@@ -503,6 +509,7 @@ impl SessionState {
                 continue;
             }
             let sub = Subscriber {
+                backlog: self.backlog.clone(),
                 client_id: self.ch.client_id.clone(),
                 session: myself.clone(),
                 opts: r.opts,
