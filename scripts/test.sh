@@ -18,6 +18,7 @@ need_apt=()
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 [ -x /usr/sbin/dnsmasq ] || [ -x /usr/bin/dnsmasq ] || need_apt+=(dnsmasq-base)
 command -v ss >/dev/null || need_apt+=(iproute2)
+[ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq

@@ -352,6 +352,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
 
     // Autocluster by the configured discovery strategy.
     let strategy = cfg.cluster.discovery_strategy.as_str().to_string();
+    let mut etcd_handle: Option<Arc<emqx_discovery::Etcd>> = None;
     let autocluster_task = match strategy.as_str() {
         "static" => {
             let seeds = emqx_discovery::Static::new(cfg.cluster.static_.seeds.clone())
@@ -376,6 +377,32 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
                 .map_err(|e| format!("cluster.dns: {e}"))?;
             Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
                 dns,
+                cluster.clone(),
+                node_server.clone(),
+                host_ip(&name),
+                name.clone(),
+                me_start,
+            )))
+        }
+        "etcd" => {
+            if cfg.cluster.etcd.ssl_options.enable {
+                return Err(
+                    "cluster.etcd.ssl_options.enable = true: TLS to etcd is not supported yet"
+                        .into(),
+                );
+            }
+            let etcd = Arc::new(
+                emqx_discovery::Etcd::new(
+                    cfg.cluster.etcd.server.clone(),
+                    cfg.cluster.etcd.prefix.clone(),
+                    cfg.cluster.etcd.node_ttl,
+                    name.clone(),
+                )
+                .map_err(|e| format!("cluster.etcd: {e}"))?,
+            );
+            etcd_handle = Some(etcd.clone());
+            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
+                etcd,
                 cluster.clone(),
                 node_server.clone(),
                 host_ip(&name),
@@ -439,6 +466,11 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     dist_task.abort();
     if let Some(t) = autocluster_task {
         t.abort();
+    }
+    if let Some(etcd) = &etcd_handle {
+        if let Err(e) = etcd.revoke().await {
+            tracing::warn!("etcd: {e}");
+        }
     }
     ctx.cm.stop_all().await;
     ctx.broker.stop();

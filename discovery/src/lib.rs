@@ -10,10 +10,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::future::Future;
 
 pub mod dns;
+pub mod etcd;
 pub mod manual;
 pub mod static_seeds;
 
 pub use dns::Dns;
+pub use etcd::Etcd;
 pub use manual::Manual;
 pub use static_seeds::Static;
 

@@ -1,0 +1,718 @@
+//! `etcd`: node names registered in etcd (`cluster.etcd.*`), EMQX's
+//! `ekka_cluster_etcd` with the v3 API.
+//!
+//! Each node grants a lease of `node_ttl` seconds, puts the key
+//! `<prefix>/ekkacl/nodes/<node>` (value: the node name) bound to that
+//! lease and keeps the lease alive every `node_ttl / 3`. Discovery is a
+//! range read of every key under `<prefix>/ekkacl/nodes/`. A node that
+//! stops cleanly revokes its lease ([`Etcd::revoke`]) so its key goes at
+//! once; a node that dies loses it when the lease expires.
+//!
+//! The lock EMQX takes while joining is [`Etcd::lock`]: etcd's lock
+//! service on `<prefix>/ekkacl/lock/`, owned by this node's lease.
+//!
+//! etcd is spoken to through its v3 JSON gateway (`/v3/...`) with a tiny
+//! HTTP/1.1 client over a plain TCP stream (one request per connection);
+//! keys and values travel base64-encoded.
+//!
+//! Differences from EMQX: the lease TTL is `node_ttl` (EMQX v3 uses a
+//! fixed 5 s and ignores `node_ttl`); the range read is a real prefix scan
+//! (EMQX uses `range_end = "\0"`, which also returns keys of later
+//! prefixes); TLS to etcd is not supported yet.
+
+use crate::{check_node_name, DiscoveryError, Strategy};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+/// Time allowed for one request (connect, send, read the answer), except
+/// for lock requests, which wait as long as the lock is held elsewhere.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer read from etcd.
+const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// The etcd discovery strategy.
+pub struct Etcd {
+    client: Client,
+    me: String,
+    node_key: String,
+    nodes_prefix: String,
+    lock_name: String,
+    ttl: Duration,
+    /// The current lease id, 0 when none is held.
+    lease: Arc<AtomicI64>,
+    /// The keepalive task while this node is registered.
+    keepalive: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Etcd {
+    /// `servers` are URLs like `http://127.0.0.1:2379` (or bare
+    /// `host:port`); `prefix` is `cluster.etcd.prefix`; `node_ttl` the
+    /// lease TTL (at least 1 s); `me` this node's name. Nothing is sent
+    /// to etcd until the first [`discover`](Strategy::discover) (or
+    /// [`register`](Etcd::register)). `https://` servers are refused: TLS
+    /// to etcd is not supported yet.
+    pub fn new(
+        servers: Vec<String>,
+        prefix: String,
+        node_ttl: Duration,
+        me: String,
+    ) -> Result<Etcd, DiscoveryError> {
+        check_node_name(&me)?;
+        if servers.is_empty() {
+            return Err(DiscoveryError::Unavailable(
+                "cluster.etcd.server: no etcd server given".into(),
+            ));
+        }
+        let servers = servers
+            .iter()
+            .map(|s| parse_server(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prefix = prefix.trim_end_matches('/');
+        let nodes_prefix = format!("{prefix}/ekkacl/nodes/");
+        Ok(Etcd {
+            client: Client { servers },
+            node_key: format!("{nodes_prefix}{me}"),
+            nodes_prefix,
+            lock_name: format!("{prefix}/ekkacl/lock/"),
+            me,
+            ttl: node_ttl.max(Duration::from_secs(1)),
+            lease: Arc::new(AtomicI64::new(0)),
+            keepalive: Mutex::new(None),
+        })
+    }
+
+    /// The key this node registers under.
+    pub fn node_key(&self) -> &str {
+        &self.node_key
+    }
+
+    /// The lease currently held, if registered.
+    pub fn lease_id(&self) -> Option<i64> {
+        match self.lease.load(Ordering::SeqCst) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Grants a lease, puts this node's key on it and starts the
+    /// keepalive task, unless that is already running. `discover` calls
+    /// this first, so calling it is only needed to register early.
+    pub async fn register(&self) -> Result<(), DiscoveryError> {
+        let mut task = self.keepalive.lock().await;
+        if task.as_ref().is_some_and(|t| !t.is_finished()) && self.lease_id().is_some() {
+            return Ok(());
+        }
+        if let Some(t) = task.take() {
+            t.abort();
+        }
+        let id = grant_and_put(&self.client, self.ttl, &self.node_key, &self.me).await?;
+        self.lease.store(id, Ordering::SeqCst);
+        *task = Some(tokio::spawn(keepalive_loop(
+            self.client.clone(),
+            self.ttl,
+            self.node_key.clone(),
+            self.me.clone(),
+            self.lease.clone(),
+        )));
+        Ok(())
+    }
+
+    /// Stops the keepalive and revokes the lease, so this node's key (and
+    /// any lock it holds) goes at once. For a clean stop; a later
+    /// `discover` registers again with a new lease.
+    pub async fn revoke(&self) -> Result<(), DiscoveryError> {
+        let mut task = self.keepalive.lock().await;
+        if let Some(t) = task.take() {
+            t.abort();
+        }
+        let id = self.lease.swap(0, Ordering::SeqCst);
+        if id == 0 {
+            return Ok(());
+        }
+        self.client
+            .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+            .await
+            .map(|_| ())
+            .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease revoke: {e}")))
+    }
+
+    /// Takes the cluster lock `<prefix>/ekkacl/lock/` (etcd's lock
+    /// service), owned by this node's lease, registering first if needed.
+    /// Waits for as long as another node holds it (as EMQX does: wrap the
+    /// call in a timeout to bound the wait). The lock is released by
+    /// [`LockGuard::unlock`], by dropping the guard (an unlock sent from a
+    /// spawned task) or, if this node dies, when its lease expires.
+    ///
+    /// EMQX takes it around a join so that nodes starting together do not
+    /// join each other at the same time.
+    pub async fn lock(&self) -> Result<LockGuard, DiscoveryError> {
+        self.register().await?;
+        let lease = self
+            .lease_id()
+            .ok_or_else(|| DiscoveryError::Unavailable("etcd lock: no lease".into()))?;
+        let body = json!({
+            "name": b64_encode(self.lock_name.as_bytes()),
+            "lease": lease.to_string(),
+        });
+        let v = self
+            .client
+            .call_with_timeout("/v3/lock/lock", &body, None)
+            .await
+            .map_err(|e| DiscoveryError::Unavailable(format!("etcd lock: {e}")))?;
+        let key = v
+            .get("key")
+            .and_then(Value::as_str)
+            .and_then(b64_decode)
+            .ok_or_else(|| {
+                DiscoveryError::Unavailable(format!("etcd lock: answer without a key: {v}"))
+            })?;
+        Ok(LockGuard {
+            client: self.client.clone(),
+            key: Some(key),
+        })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(t) = self.keepalive.get_mut().take() {
+            t.abort();
+        }
+    }
+}
+
+impl Strategy for Etcd {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
+        self.nodes().await
+    }
+}
+
+/// Shared, so the node can keep a handle for [`Etcd::revoke`] and
+/// [`Etcd::lock`] while the autocluster loop owns the strategy.
+impl Strategy for Arc<Etcd> {
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+
+    async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
+        self.nodes().await
+    }
+}
+
+impl Etcd {
+    /// One discovery round (what `discover` does): registers this node if
+    /// it is not yet, then lists the node names under the prefix, sorted
+    /// by key.
+    pub async fn nodes(&self) -> Result<Vec<String>, DiscoveryError> {
+        self.register().await?;
+        let start = self.nodes_prefix.as_bytes();
+        let body = json!({
+            "key": b64_encode(start),
+            "range_end": b64_encode(&prefix_end(start)),
+            "sort_order": "ASCEND",
+            "sort_target": "KEY",
+        });
+        let v = self
+            .client
+            .call("/v3/kv/range", &body)
+            .await
+            .map_err(|e| DiscoveryError::Unavailable(format!("etcd range: {e}")))?;
+        let mut nodes = Vec::new();
+        let kvs = match v.get("kvs") {
+            None | Some(Value::Null) => return Ok(nodes),
+            Some(Value::Array(kvs)) => kvs,
+            Some(other) => {
+                return Err(DiscoveryError::Unavailable(format!(
+                    "etcd range: kvs is not a list: {other}"
+                )))
+            }
+        };
+        for kv in kvs {
+            let name = kv
+                .get("value")
+                .and_then(Value::as_str)
+                .and_then(b64_decode)
+                .and_then(|b| String::from_utf8(b).ok());
+            match name {
+                Some(n) if check_node_name(&n).is_ok() => nodes.push(n),
+                _ => tracing::warn!("etcd: ignoring a key without a valid node name: {kv}"),
+            }
+        }
+        Ok(nodes)
+    }
+}
+
+/// A held etcd lock. Release it with [`unlock`](LockGuard::unlock);
+/// dropping it sends the unlock from a spawned task.
+pub struct LockGuard {
+    client: Client,
+    key: Option<Vec<u8>>,
+}
+
+impl LockGuard {
+    /// The etcd key that marks the lock as held.
+    pub fn key(&self) -> &[u8] {
+        self.key.as_deref().unwrap_or_default()
+    }
+
+    /// Releases the lock.
+    pub async fn unlock(mut self) -> Result<(), DiscoveryError> {
+        match self.key.take() {
+            Some(key) => unlock(&self.client, &key).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let client = self.client.clone();
+                rt.spawn(async move {
+                    if let Err(e) = unlock(&client, &key).await {
+                        tracing::warn!("{e}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn unlock(client: &Client, key: &[u8]) -> Result<(), DiscoveryError> {
+    client
+        .call("/v3/lock/unlock", &json!({ "key": b64_encode(key) }))
+        .await
+        .map(|_| ())
+        .map_err(|e| DiscoveryError::Unavailable(format!("etcd unlock: {e}")))
+}
+
+/// Grants a lease of `ttl` and puts `key = value` on it; the lease id.
+async fn grant_and_put(
+    client: &Client,
+    ttl: Duration,
+    key: &str,
+    value: &str,
+) -> Result<i64, DiscoveryError> {
+    let v = client
+        .call(
+            "/v3/lease/grant",
+            &json!({ "TTL": ttl.as_secs().to_string() }),
+        )
+        .await
+        .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease grant: {e}")))?;
+    if let Some(err) = v
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+    {
+        return Err(DiscoveryError::Unavailable(format!(
+            "etcd lease grant: {err}"
+        )));
+    }
+    let id = v
+        .get("ID")
+        .and_then(as_i64)
+        .filter(|id| *id != 0)
+        .ok_or_else(|| {
+            DiscoveryError::Unavailable(format!("etcd lease grant: answer without an ID: {v}"))
+        })?;
+    let put = json!({
+        "key": b64_encode(key.as_bytes()),
+        "value": b64_encode(value.as_bytes()),
+        "lease": id.to_string(),
+    });
+    if let Err(e) = client.call("/v3/kv/put", &put).await {
+        // Do not leave the lease behind.
+        let _ = client
+            .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+            .await;
+        return Err(DiscoveryError::Unavailable(format!("etcd put {key}: {e}")));
+    }
+    Ok(id)
+}
+
+/// Refreshes the lease every `ttl / 3`. If etcd says the lease is gone
+/// (it expired while etcd was unreachable), registers again with a new
+/// one, so a node that has joined (and no longer calls `discover`) stays
+/// listed.
+async fn keepalive_loop(
+    client: Client,
+    ttl: Duration,
+    key: String,
+    value: String,
+    lease: Arc<AtomicI64>,
+) {
+    let period = (ttl / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let id = lease.load(Ordering::SeqCst);
+        let alive = if id == 0 {
+            Ok(false)
+        } else {
+            client
+                .call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
+                .await
+                .map(|v| {
+                    // A streamed answer: {"result": {"ID", "TTL"}}; TTL 0
+                    // or absent means the lease no longer exists.
+                    let r = v.get("result").unwrap_or(&v);
+                    r.get("TTL").and_then(as_i64).unwrap_or(0) > 0
+                })
+        };
+        match alive {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("etcd: lease {id:x} is gone; registering {key} again");
+                match grant_and_put(&client, ttl, &key, &value).await {
+                    Ok(new) => lease.store(new, Ordering::SeqCst),
+                    Err(e) => tracing::warn!("etcd: {e}"),
+                }
+            }
+            Err(e) => tracing::warn!("etcd lease keepalive: {e}"),
+        }
+    }
+}
+
+/// The end of a prefix range: the prefix with its last byte incremented
+/// (bytes 0xff dropped first); `"\0"` (everything) if all bytes are 0xff.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// etcd's JSON gateway writes int64 as strings; accept both.
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+/// `http://host:port[/]` or `host:port` to `host:port` (port 2379 if
+/// none); `https://` is refused.
+fn parse_server(s: &str) -> Result<String, DiscoveryError> {
+    let bad = |why: &str| DiscoveryError::Unavailable(format!("etcd server {s:?}: {why}"));
+    let t = s.trim();
+    let rest = if let Some((scheme, rest)) = t.split_once("://") {
+        match scheme.to_ascii_lowercase().as_str() {
+            "http" => rest,
+            "https" => return Err(bad("TLS to etcd is not supported yet")),
+            _ => return Err(bad("expected http://host:port")),
+        }
+    } else {
+        t
+    };
+    let hostport = rest.split('/').next().unwrap_or_default();
+    if hostport.is_empty() || hostport.contains('@') {
+        return Err(bad("expected http://host:port"));
+    }
+    let has_port = match hostport.rsplit_once(':') {
+        Some((h, p)) => {
+            !h.is_empty() && p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']'))
+        }
+        None => false,
+    };
+    Ok(if has_port {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:2379")
+    })
+}
+
+/// A minimal JSON-over-HTTP/1.1 client for etcd's gateway: one POST per
+/// connection, servers tried in order until one answers.
+#[derive(Clone)]
+struct Client {
+    servers: Vec<String>,
+}
+
+impl Client {
+    async fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
+        self.call_with_timeout(path, body, Some(REQUEST_TIMEOUT))
+            .await
+    }
+
+    async fn call_with_timeout(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, String> {
+        let body = body.to_string();
+        let mut errors = Vec::new();
+        for server in &self.servers {
+            let r = match timeout {
+                Some(t) => tokio::time::timeout(t, post(server, path, &body))
+                    .await
+                    .unwrap_or_else(|_| Err(Failure::Transport(format!("no answer within {t:?}")))),
+                None => post(server, path, &body).await,
+            };
+            match r {
+                Ok(v) => return Ok(v),
+                Err(Failure::Transport(e)) => errors.push(format!("{server}{path}: {e}")),
+                // etcd answered: trying another member would not help.
+                Err(Failure::Etcd(e)) => return Err(format!("{server}{path}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+}
+
+enum Failure {
+    /// Could not reach the server or read its answer.
+    Transport(String),
+    /// The server answered with an error.
+    Etcd(String),
+}
+
+async fn post(server: &str, path: &str, body: &str) -> Result<Value, Failure> {
+    let t = |e: std::io::Error| Failure::Transport(e.to_string());
+    let mut conn = TcpStream::connect(server)
+        .await
+        .map_err(|e| Failure::Transport(format!("connect: {e}")))?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\n\
+         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).await.map_err(t)?;
+    let mut raw = Vec::new();
+    (&mut conn)
+        .take(MAX_RESPONSE as u64 + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(t)?;
+    if raw.len() > MAX_RESPONSE {
+        return Err(Failure::Transport("answer too large".into()));
+    }
+    let (status, body) = parse_response(&raw).map_err(Failure::Transport)?;
+    // A streamed answer is a sequence of JSON objects: take the first.
+    let value = serde_json::Deserializer::from_slice(&body)
+        .into_iter::<Value>()
+        .next();
+    let snippet = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+    match value {
+        Some(Ok(v)) if status == 200 => {
+            // A stream that failed after the header carries {"error": ...}.
+            if let Some(e) = v
+                .get("error")
+                .filter(|e| !e.is_null() && v.get("result").is_none())
+            {
+                return Err(Failure::Etcd(format!("etcd error: {e}")));
+            }
+            Ok(v)
+        }
+        Some(Ok(v)) => Err(Failure::Etcd(format!(
+            "HTTP {status}: {}",
+            v.get("message")
+                .or_else(|| v.get("error"))
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| v.to_string())
+        ))),
+        _ if status == 200 => Err(Failure::Transport(format!(
+            "answer is not JSON: {}",
+            snippet()
+        ))),
+        _ => Err(Failure::Etcd(format!("HTTP {status}: {}", snippet()))),
+    }
+}
+
+/// Splits a full HTTP/1.1 response into its status and (de-chunked) body.
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let end = find(raw, b"\r\n\r\n").ok_or("truncated HTTP answer (no header end)")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "HTTP header is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| status_line.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("bad HTTP status line {status_line:?}"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            } else if k.eq_ignore_ascii_case("content-length") {
+                length = Some(v.parse::<usize>().map_err(|_| "bad Content-Length")?);
+            }
+        }
+    }
+    let rest = &raw[end + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else if let Some(n) = length {
+        rest.get(..n).ok_or("truncated HTTP body")?.to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok((status, body))
+}
+
+/// Decodes a chunked body. A stream cut short after whole chunks (the
+/// server closed a streaming answer) keeps what was read.
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = find(data, b"\r\n") else {
+            return Ok(out);
+        };
+        let size_str = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
+        let size_str = size_str.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_str, 16)
+            .map_err(|_| format!("bad chunk size {size_str:?}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let start = eol + 2;
+        let chunk = data
+            .get(start..start + size)
+            .ok_or("truncated HTTP chunk")?;
+        out.extend_from_slice(chunk);
+        data = data.get(start + size + 2..).unwrap_or_default();
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+fn b64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(c.get(1).copied().unwrap_or(0)) << 8)
+            | u32::from(c.get(2).copied().unwrap_or(0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard (or URL-safe) base64, padding optional; `None` if invalid.
+fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in s.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // A lone trailing 6-bit group cannot encode a byte.
+    if bits >= 6 {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("emqxcl/ekkacl/nodes/", "ZW1xeGNsL2Vra2FjbC9ub2Rlcy8="),
+        ] {
+            assert_eq!(b64_encode(plain.as_bytes()), enc);
+            assert_eq!(b64_decode(enc).as_deref(), Some(plain.as_bytes()));
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(b64_decode(&b64_encode(&all)), Some(all));
+        assert_eq!(b64_decode("Z"), None);
+        assert_eq!(b64_decode("Zm9v!"), None);
+    }
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn servers() {
+        assert_eq!(
+            parse_server("http://127.0.0.1:2379").ok().as_deref(),
+            Some("127.0.0.1:2379")
+        );
+        assert_eq!(
+            parse_server("http://etcd/").ok().as_deref(),
+            Some("etcd:2379")
+        );
+        assert_eq!(parse_server("h:1").ok().as_deref(), Some("h:1"));
+        assert_eq!(
+            parse_server("http://[::1]:2379").ok().as_deref(),
+            Some("[::1]:2379")
+        );
+        let e = parse_server("https://h:2379").err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("TLS")));
+        assert!(parse_server("ftp://h").is_err());
+        assert!(Etcd::new(vec![], "p".into(), Duration::from_secs(2), "a@h".into()).is_err());
+        assert!(Etcd::new(
+            vec!["h:1".into()],
+            "p".into(),
+            Duration::from_secs(2),
+            "bad".into()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn responses() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(r), Ok((200, b"{}".to_vec())));
+        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
+        assert_eq!(parse_response(r), Ok((200, b"{\"a\":1}".to_vec())));
+        assert!(parse_response(b"HTTP/1.1 200").is_err());
+        assert!(parse_response(b"garbage\r\n\r\n").is_err());
+    }
+}

@@ -1,0 +1,197 @@
+//! The etcd discovery strategy against a real etcd (Debian package
+//! `etcd-server`, `/usr/bin/etcd`) on loopback ports.
+
+mod common;
+
+use emqx_discovery::{Etcd, Strategy};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// A one-member etcd on 127.0.0.1, killed on drop.
+struct EtcdServer {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    async fn start() -> EtcdServer {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} is not installed: run scripts/test.sh or `apt-get install -y etcd-server`"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = format!("http://127.0.0.1:{}", common::free_port());
+        let peer = format!("http://127.0.0.1:{}", common::free_port());
+        let child = Command::new(ETCD)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--name",
+                "default",
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("default={peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let server = EtcdServer {
+            child,
+            url: client,
+            _dir: dir,
+        };
+        // Ready once a discovery round goes through.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut probe = server.etcd("probe@127.0.0.9", 2);
+            match probe.discover().await {
+                Ok(_) => {
+                    let _ = probe.revoke().await;
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => panic!("etcd did not start: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        server
+    }
+
+    fn etcd(&self, me: &str, ttl_secs: u64) -> Etcd {
+        Etcd::new(
+            vec![self.url.clone()],
+            "emqxcl".into(),
+            Duration::from_secs(ttl_secs),
+            me.into(),
+        )
+        .expect("valid etcd settings")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Discovers with `e` until `check` holds (or panics after `secs`).
+async fn discover_until(e: &mut Etcd, secs: u64, check: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let nodes = e.discover().await.expect("discover");
+        if check(&nodes) {
+            return nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "discovery still returns {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const A: &str = "a@127.0.0.1";
+const B: &str = "b@127.0.0.2";
+
+#[tokio::test]
+async fn both_nodes_are_found_and_a_revoked_one_goes() {
+    let server = EtcdServer::start().await;
+    let mut a = server.etcd(A, 2);
+    let mut b = std::sync::Arc::new(server.etcd(B, 2));
+    assert_eq!(a.name(), "etcd");
+    assert_eq!(b.name(), "etcd");
+    assert_eq!(a.node_key(), "emqxcl/ekkacl/nodes/a@127.0.0.1");
+    b.discover().await.expect("b registers");
+    let nodes = a.discover().await.expect("a registers and discovers");
+    assert_eq!(nodes, vec![A.to_string(), B.to_string()]);
+    assert_eq!(b.discover().await.expect("b"), nodes);
+
+    // The keepalive holds the 2 s leases well past their TTL (the same
+    // leases: not re-granted).
+    let (la, lb) = (a.lease_id(), b.lease_id());
+    assert!(la.is_some() && lb.is_some() && la != lb);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(a.discover().await.expect("a"), nodes);
+    assert_eq!((a.lease_id(), b.lease_id()), (la, lb));
+
+    b.revoke().await.expect("revoke");
+    assert_eq!(b.lease_id(), None);
+    assert_eq!(a.discover().await.expect("a"), vec![A.to_string()]);
+}
+
+#[tokio::test]
+async fn a_dropped_node_goes_when_its_lease_expires() {
+    let server = EtcdServer::start().await;
+    let mut a = server.etcd(A, 2);
+    let mut b = server.etcd(B, 2);
+    b.discover().await.expect("b registers");
+    discover_until(&mut a, 5, |n| n.len() == 2).await;
+    // Dropping stops the keepalive without revoking: the key stays until
+    // the lease runs out.
+    drop(b);
+    let gone = Instant::now();
+    let nodes = discover_until(&mut a, 10, |n| n.len() == 1).await;
+    assert_eq!(nodes, vec![A.to_string()]);
+    assert!(
+        gone.elapsed() >= Duration::from_millis(500),
+        "gone too soon"
+    );
+}
+
+#[tokio::test]
+async fn the_lock_is_exclusive() {
+    let server = EtcdServer::start().await;
+    let a = server.etcd(A, 2);
+    let b = std::sync::Arc::new(server.etcd(B, 2));
+
+    let guard = tokio::time::timeout(Duration::from_secs(5), a.lock())
+        .await
+        .expect("a locks in time")
+        .expect("a locks");
+    assert!(guard.key().starts_with(b"emqxcl/ekkacl/lock/"));
+
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let b2 = b.clone();
+    let waiter = tokio::spawn(async move {
+        let g = b2.lock().await;
+        let _ = tx.send(());
+        g
+    });
+    // b waits while a holds the lock.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rx.try_recv().is_err(), "b got the lock while a held it");
+
+    guard.unlock().await.expect("a unlocks");
+    let g = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("b locks once a unlocked")
+        .expect("join")
+        .expect("b locks");
+    g.unlock().await.expect("b unlocks");
+
+    // Again, released by revoking the holder's lease instead.
+    let _held = b.lock().await.expect("b locks again");
+    let a = std::sync::Arc::new(a);
+    let a2 = a.clone();
+    let waiter = tokio::spawn(async move { a2.lock().await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "a got the lock while b held it");
+    b.revoke().await.expect("revoke");
+    let g = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("a locks once b's lease went")
+        .expect("join")
+        .expect("a locks");
+    g.unlock().await.expect("a unlocks");
+}
