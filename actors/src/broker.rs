@@ -312,12 +312,14 @@ impl Broker {
         }
         let mut shared_fwd: Vec<(Arc<str>, String, String)> = Vec::new();
         let mut visit = |filter: &str, e: &FilterEntry| {
-            if !matches!(target, Target::Group(..)) {
+            if !matches!(target, Target::Group(..)) && !e.subs.is_empty() {
+                // One shared copy of the filter for every subscriber of it.
+                let f: Arc<str> = Arc::from(filter);
                 for s in e.subs.values() {
                     if (s.opts.no_local || no_loop) && *s.client_id == *msg.from {
                         continue;
                     }
-                    push(&mut out, s, Arc::from(filter));
+                    push(&mut out, s, f.clone());
                 }
             }
             for (group, g) in &e.groups {
