@@ -195,3 +195,42 @@ async fn the_lock_is_exclusive() {
         .expect("a locks");
     g.unlock().await.expect("a unlocks");
 }
+
+/// Real nodes: three emqx-rs processes with `cluster.discovery_strategy =
+/// etcd` started together form one cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_started_together_cluster_through_etcd() {
+    let etcd = EtcdServer::start().await;
+    let extra = format!(
+        "cluster.discovery_strategy = etcd\ncluster.etcd.server = \"{}\"\ncluster.etcd.node_ttl = 5s\n",
+        etcd.url
+    );
+    let mut nodes: Vec<common::Node> = (1..=3u8)
+        .map(|i| common::Node::prepare_cluster(i, &extra))
+        .collect();
+    for n in nodes.iter_mut() {
+        n.spawn(&[]);
+    }
+    let mut names: Vec<String> = nodes.iter().map(|n| format!("'{}'", n.name)).collect();
+    names.sort();
+    let want = format!("running_nodes => [{}],stopped_nodes => []", names.join(","));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let all = nodes
+            .iter()
+            .all(|n| n.ctl(&["cluster", "status"]).1.contains(&want));
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single cluster: {}",
+            nodes
+                .iter()
+                .map(|n| n.ctl(&["cluster", "status"]).1)
+                .collect::<Vec<_>>()
+                .join("")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
