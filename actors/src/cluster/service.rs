@@ -547,21 +547,38 @@ pub async fn dial(
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
+/// Makes sure there is a ready link to `node` (dialing `addr` if there is
+/// none) and its endpoint is known; false if not within the link timeout.
+async fn ensure_link(
+    node_server: &ActorRef<NodeServerMessage>,
+    bind_ip: Option<IpAddr>,
+    node: &str,
+    addr: SocketAddr,
+) -> bool {
+    if endpoint_of(node).is_some() {
+        return true;
+    }
+    if dial(node_server, bind_ip, addr).await.is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + LINK_TIMEOUT;
+    while endpoint_of(node).is_none() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 /// Asks a node when it started, linking to it first if needed.
 pub async fn probe(
     node_server: &ActorRef<NodeServerMessage>,
     bind_ip: Option<IpAddr>,
     node: &str,
 ) -> Option<(u64, usize)> {
-    if endpoint_of(node).is_none() {
-        dial(node_server, bind_ip, dist_addr_of(node)?).await.ok()?;
-        let deadline = Instant::now() + LINK_TIMEOUT;
-        while endpoint_of(node).is_none() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    if !ensure_link(node_server, bind_ip, node, dist_addr_of(node)?).await {
+        return None;
     }
     match call_peer(node, &Req::Info).await {
         Ok(Resp::Info {
@@ -583,17 +600,8 @@ async fn join_task(
     svc: &ActorRef<SvcMsg>,
 ) -> String {
     let down = || format!("Failed to join the cluster: {{node_down,'{target}'}}\n");
-    if endpoint_of(target).is_none() {
-        if dial(ns, ip, addr).await.is_err() {
-            return down();
-        }
-        let deadline = Instant::now() + LINK_TIMEOUT;
-        while endpoint_of(target).is_none() {
-            if Instant::now() > deadline {
-                return down();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    if !ensure_link(ns, ip, target, addr).await {
+        return down();
     }
     match call_peer(target, &Req::Join { info: me_info }).await {
         Ok(Resp::Joined(snap)) => {
@@ -753,22 +761,7 @@ impl SvcState {
             let me = myself.clone();
             let ip = self.settings.bind_ip;
             tokio::spawn(async move {
-                let ok = match dial(&ns, ip, addr).await {
-                    Ok(()) => {
-                        // Success means the link became ready in time.
-                        let deadline = Instant::now() + LINK_TIMEOUT;
-                        loop {
-                            if endpoint_of(&info.node).is_some() {
-                                break true;
-                            }
-                            if Instant::now() > deadline {
-                                break false;
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                    Err(_) => false,
-                };
+                let ok = ensure_link(&ns, ip, &info.node, addr).await;
                 let _ = me.cast(SvcMsg::DialDone(info.node, ok));
             });
         }
