@@ -229,6 +229,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         started_at: Instant::now(),
         retain_tx: Default::default(),
         registry: Default::default(),
+        listeners: tokio::sync::watch::channel(true).0,
     });
     let sys_task = ctx.spawn_sys();
 
@@ -250,6 +251,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         let max_conn = l.max_connections;
         listener_tasks.push(tokio::spawn(accept_loop(
             sock,
+            l.bind,
             ctx.clone(),
             max_conn,
             lname.clone(),
@@ -327,6 +329,11 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
                 bind_ip: host_ip(&name),
                 singleton: cfg.cluster.discovery_strategy.as_str() == "singleton",
                 autoclean: cfg.cluster.autoclean,
+                heal: emqx_actors::cluster::autoheal::HealConfig {
+                    enabled: cfg.cluster.autoheal,
+                    confirm: Duration::from_secs(3),
+                    delay: cfg.cluster.autoheal_delay,
+                },
             },
             route_rx,
             retain_rx,
@@ -484,11 +491,52 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     Ok(())
 }
 
-async fn accept_loop(sock: TcpListener, ctx: Arc<Ctx>, max_conn: Option<u64>, name: String) {
+/// Accepts MQTT connections on one listener. While an autoheal restart
+/// has the listeners closed (`ctx.listeners` is false) the socket itself
+/// is closed, so connects are refused rather than queued, and it is bound
+/// again once the node has rejoined.
+async fn accept_loop(
+    sock: TcpListener,
+    bind: SocketAddr,
+    ctx: Arc<Ctx>,
+    max_conn: Option<u64>,
+    name: String,
+) {
     use std::sync::atomic::{AtomicU64, Ordering};
     let open = Arc::new(AtomicU64::new(0));
+    let mut state = ctx.listeners.subscribe();
+    let mut sock = Some(sock);
     loop {
-        let (stream, peer) = match sock.accept().await {
+        let Some(listener) = sock.as_ref() else {
+            if state.wait_for(|open| *open).await.is_err() {
+                return;
+            }
+            match TcpListener::bind(bind).await {
+                Ok(l) => {
+                    tracing::info!("listener tcp:{name} on {bind} reopened");
+                    sock = Some(l);
+                }
+                Err(e) => {
+                    tracing::warn!("listener tcp:{name}: cannot listen on {bind} again: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            continue;
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            changed = state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if !*state.borrow_and_update() {
+                    tracing::info!("listener tcp:{name} on {bind} closed for a broker restart");
+                    sock = None;
+                }
+                continue;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

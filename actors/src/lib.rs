@@ -37,6 +37,10 @@ pub struct Ctx {
     pub retain_tx: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<message::Message>>,
     /// The cluster-wide client id lock and takeover, once clustered.
     pub registry: std::sync::OnceLock<Arc<cluster::registry::Registry>>,
+    /// Whether the MQTT listeners are open: an autoheal restart closes
+    /// them (new connects are refused) and opens them again once the node
+    /// has rejoined.
+    pub listeners: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ctx {

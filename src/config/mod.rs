@@ -245,6 +245,10 @@ pub struct ClusterConfig {
     pub discovery_strategy: DiscoveryStrategy,
     /// Default `true`.
     pub autoheal: bool,
+    /// `cluster.autoheal_delay` (our own key): how long the autoheal
+    /// leader waits after the last partition report before it takes the
+    /// split view. Default `15s`, as EMQX.
+    pub autoheal_delay: Duration,
     /// Default `5m` (EMQX 5.1+ uses 24h).
     pub autoclean: Duration,
     /// `cluster.static.*`
@@ -269,6 +273,7 @@ impl Default for ClusterConfig {
             name: "emqxcl".to_string(),
             discovery_strategy: DiscoveryStrategy::Manual,
             autoheal: true,
+            autoheal_delay: Duration::from_secs(15),
             autoclean: Duration::from_secs(5 * 60),
             static_: StaticDiscovery::default(),
             dns: DnsDiscovery::default(),
@@ -1407,6 +1412,7 @@ impl ClusterConfig {
             f.keyword(DiscoveryStrategy::from_keyword, DiscoveryStrategy::ALL)
         })?;
         o.set("autoheal", &mut self.autoheal, Field::bool)?;
+        o.set("autoheal_delay", &mut self.autoheal_delay, Field::duration)?;
         o.set("autoclean", &mut self.autoclean, Field::duration)?;
         o.set("core_nodes", &mut self.core_nodes, Field::node_list)?;
         o.set(

@@ -3,6 +3,7 @@
 //! between nodes travel on the forwarding channel ([`crate::forward`]).
 
 pub mod autocluster;
+pub mod autoheal;
 pub mod detector;
 pub mod guard;
 pub mod membership;

@@ -8,8 +8,9 @@
 //!   waits on the network (dialing, joining, catching up on routes) runs
 //!   in spawned tasks that report back, so the service never blocks.
 
-use super::detector::{Backoff, FailureDetector, Liveness};
-use super::membership::{status_json, status_line, MemberInfo, Membership};
+use super::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
+use super::detector::Backoff;
+use super::membership::{atom, status_json, status_line, MemberInfo, Membership};
 use super::routes::{ClusterRoutes, LocalRouteLog, RouteOp};
 use super::wire::{self, JoinSnapshot, Note, Req, Resp};
 use crate::forward::Forwarder;
@@ -20,7 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServerMessage};
 use ractor_cluster::{RactorClusterMessage, RactorMessage};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub fn group_of(node: &str) -> String {
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a dialed link to become ready.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an autoheal restart of one node may take.
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The remotable face of the cluster service.
 #[derive(RactorClusterMessage)]
@@ -97,10 +100,15 @@ pub fn endpoint_of(node: &str) -> Option<ActorRef<EndpointMsg>> {
 
 /// Sends a request to a peer and decodes its reply.
 pub async fn call_peer(node: &str, req: &Req) -> Result<Resp, String> {
+    call_peer_within(node, req, CALL_TIMEOUT).await
+}
+
+/// [`call_peer`] with its own timeout.
+pub async fn call_peer_within(node: &str, req: &Req, timeout: Duration) -> Result<Resp, String> {
     let ep = endpoint_of(node).ok_or_else(|| format!("no link to {node}"))?;
     let bytes = wire::encode(req);
     match ep
-        .call(|r| EndpointMsg::Call(bytes, r), Some(CALL_TIMEOUT))
+        .call(|r| EndpointMsg::Call(bytes, r), Some(timeout))
         .await
     {
         Ok(ractor::rpc::CallResult::Success(b)) => wire::decode(&b),
@@ -137,6 +145,8 @@ pub struct ClusterSettings {
     pub singleton: bool,
     /// `cluster.autoclean`: a member down this long is removed; zero = never.
     pub autoclean: Duration,
+    /// `cluster.autoheal`, `cluster.autoheal_delay`.
+    pub heal: HealConfig,
 }
 
 #[derive(RactorMessage)]
@@ -166,6 +176,16 @@ pub enum SvcMsg {
     EnableDiscovery(RpcReplyPort<()>),
     /// Forwarding statistics per peer.
     ForwardStats(RpcReplyPort<Vec<crate::forward::PeerStats>>),
+    /// Autoheal: the split view the leader collected.
+    Views(BTreeMap<String, SplitView>),
+    /// Autoheal: this node is being restarted by the coordinator (named):
+    /// drop the cluster data, take a new incarnation, and answer with our
+    /// new member info and the coordinator's address to rejoin through.
+    RebootReset(String, RpcReplyPort<Option<(MemberInfo, SocketAddr)>>),
+    /// Autoheal: our restart (as a minority node) finished.
+    RebootEnded,
+    /// Autoheal: the heal we coordinated finished.
+    HealEnded,
 }
 
 pub struct ClusterService;
@@ -183,7 +203,8 @@ pub struct SvcArgs {
 pub struct SvcState {
     ctx: Arc<Ctx>,
     membership: Membership,
-    detector: FailureDetector,
+    /// Failure detection, partitions and autoheal (plain state machine).
+    monitor: Monitor,
     backoff: HashMap<String, Backoff>,
     dialing: HashSet<String>,
     syncing: HashSet<String>,
@@ -215,6 +236,10 @@ pub struct SvcState {
     /// after the join snapshot so a node joining at the same moment through
     /// the same member is not lost.
     pending_ups: Vec<MemberInfo>,
+    /// Autoheal: we coordinate a heal (restarting the minority).
+    coordinating: bool,
+    /// Autoheal: we are being restarted.
+    rebooting: bool,
 }
 
 /// Turns the node server's session events into link up/down for the
@@ -274,9 +299,15 @@ impl Actor for ClusterService {
         let membership = Membership::load(a.me.clone(), &path)
             .map_err(|e| -> ActorProcessingErr { e.into() })?;
         let now = Instant::now();
-        let mut detector = FailureDetector::new(a.settings.down_timeout);
+        let mut monitor = Monitor::new(
+            &a.me.node,
+            a.me.incarnation,
+            a.me.role,
+            a.settings.heal.clone(),
+            a.settings.down_timeout,
+        );
         for p in membership.peers() {
-            detector.watch(&p.info.node, now);
+            monitor.add_member(&p.info.node, p.info.role, now);
             add_forward_peer(&a.view, &p.info);
         }
         let _ = a.node_server.cast(NodeServerMessage::SubscribeToEvents {
@@ -316,7 +347,7 @@ impl Actor for ClusterService {
         Ok(SvcState {
             ctx: a.ctx,
             membership,
-            detector,
+            monitor,
             backoff: HashMap::new(),
             dialing: HashSet::new(),
             syncing: HashSet::new(),
@@ -335,6 +366,8 @@ impl Actor for ClusterService {
             removed: HashSet::new(),
             joining: false,
             pending_ups: Vec::new(),
+            coordinating: false,
+            rebooting: false,
         })
     }
 
@@ -368,6 +401,21 @@ impl Actor for ClusterService {
                         let _ = reply.send(wire::encode(&Resp::Bool(found)));
                     });
                 }
+                Req::Reboot { coordinator } => {
+                    if std::mem::replace(&mut st.rebooting, true) {
+                        let _ = reply.send(wire::encode(&Resp::Bool(false)));
+                    } else {
+                        let ctx = st.ctx.clone();
+                        let svc = myself.clone();
+                        let ns = st.node_server.clone();
+                        let ip = st.settings.bind_ip;
+                        tokio::spawn(async move {
+                            let ok = reboot(ctx, &svc, ns, ip, coordinator).await;
+                            let _ = svc.cast(SvcMsg::RebootEnded);
+                            let _ = reply.send(wire::encode(&Resp::Bool(ok)));
+                        });
+                    }
+                }
                 req => {
                     let resp = st.on_request(req).await;
                     let _ = reply.send(wire::encode(&resp));
@@ -394,9 +442,8 @@ impl Actor for ClusterService {
                 };
                 if left == 0 {
                     st.links.remove(&node);
-                    if let Some(Liveness::Down(n)) = st.detector.lost(&node) {
-                        st.mark_down(&n, "link closed");
-                    }
+                    let eff = st.monitor.on_link_lost(&node);
+                    st.apply(&myself, eff, "link closed");
                 }
             }
             SvcMsg::Tick => st.tick(&myself),
@@ -468,12 +515,49 @@ impl Actor for ClusterService {
             }
             SvcMsg::Status(json, reply) => {
                 let (r, s) = st.membership.status();
-                let _ = reply.send(if json {
-                    status_json(&r, &s)
+                let parts = st.monitor.partitions();
+                let heal = if !st.settings.heal.enabled {
+                    "off"
+                } else if st.rebooting {
+                    "restarting this node"
+                } else if st.coordinating {
+                    "restarting the minority"
+                } else {
+                    "pending"
+                };
+                let out = if json {
+                    let mut v: serde_json::Value =
+                        serde_json::from_str(&status_json(&r, &s)).unwrap_or_default();
+                    if !parts.is_empty() || st.rebooting || st.coordinating {
+                        v["partitions"] = serde_json::json!(parts);
+                        v["autoheal"] = serde_json::json!(heal);
+                    }
+                    v.to_string()
+                } else if !parts.is_empty() || st.rebooting || st.coordinating {
+                    let list: Vec<String> = parts.iter().map(|n| atom(n)).collect();
+                    format!(
+                        "{}\nPartitioned from: [{}] (autoheal: {heal})",
+                        status_line(&r, &s),
+                        list.join(",")
+                    )
                 } else {
                     status_line(&r, &s)
-                });
+                };
+                let _ = reply.send(out);
             }
+            SvcMsg::Views(views) => {
+                let eff = st.monitor.on_views(&views, Instant::now());
+                st.apply(&myself, eff, "");
+            }
+            SvcMsg::RebootReset(coordinator, reply) => {
+                let _ = reply.send(st.reboot_reset(&coordinator));
+            }
+            SvcMsg::RebootEnded => {
+                st.rebooting = false;
+                st.joining = false;
+                st.pending_ups.clear();
+            }
+            SvcMsg::HealEnded => st.coordinating = false,
             SvcMsg::Clustered(reply) => {
                 let _ = reply.send((!st.membership.is_alone(), st.discovery));
             }
@@ -623,6 +707,52 @@ async fn join_task(
     }
 }
 
+/// A minority node's autoheal restart: listeners closed, every MQTT
+/// client disconnected and its session dropped, the cluster data dropped,
+/// then a rejoin through the coordinator (which brings its members, routes
+/// and retained messages), then the listeners open again.
+async fn reboot(
+    ctx: Arc<Ctx>,
+    svc: &ActorRef<SvcMsg>,
+    ns: ActorRef<NodeServerMessage>,
+    ip: Option<IpAddr>,
+    coordinator: String,
+) -> bool {
+    tracing::warn!(
+        "autoheal: {coordinator} restarts this node's broker: clients are disconnected and the cluster data is synced again from {coordinator}"
+    );
+    inc(&ctx.broker.metrics.cluster_autoheal_restarts);
+    ctx.listeners.send_replace(false);
+    ctx.cm.stop_all().await;
+    let c = coordinator.clone();
+    let reset = svc
+        .call(|r| SvcMsg::RebootReset(c, r), Some(CALL_TIMEOUT))
+        .await;
+    let Ok(ractor::rpc::CallResult::Success(Some((info, addr)))) = reset else {
+        tracing::error!("autoheal: cannot reset the cluster state for the restart");
+        ctx.listeners.send_replace(true);
+        return false;
+    };
+    let mut ok = false;
+    for attempt in 1..=3 {
+        let out = join_task(&ns, ip, addr, &coordinator, info.clone(), svc).await;
+        if out.starts_with("Join the cluster successfully") {
+            ok = true;
+            break;
+        }
+        tracing::warn!(
+            "autoheal: rejoining {coordinator} failed (attempt {attempt}): {}",
+            out.trim()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    ctx.listeners.send_replace(true);
+    if ok {
+        tracing::warn!("autoheal: this node restarted and rejoined through {coordinator}");
+    }
+    ok
+}
+
 /// The inter-node address of a node from its name: host part, port 4370 +
 /// the trailing number of the short name.
 pub fn dist_addr_of(node: &str) -> Option<SocketAddr> {
@@ -672,6 +802,7 @@ impl SvcState {
                 node: self.me().to_string(),
                 incarnation: self.membership.me.incarnation,
                 route_version: self.local.version,
+                saw_down: self.monitor.beat().saw_down,
             },
         );
     }
@@ -734,11 +865,8 @@ impl SvcState {
                 }
             }
         }
-        for l in self.detector.tick(now) {
-            if let Liveness::Down(n) = l {
-                self.mark_down(&n, "no heartbeat within the down timeout");
-            }
-        }
+        let eff = self.monitor.tick(now);
+        self.apply(myself, eff, "no heartbeat within the down timeout");
         // Dial members we have no link to.
         let targets: Vec<MemberInfo> = self
             .membership
@@ -811,6 +939,7 @@ impl SvcState {
                 node,
                 incarnation,
                 route_version,
+                saw_down,
             } => {
                 if self.membership.peer(&node).is_none() {
                     if self.removed.contains(&node) {
@@ -826,10 +955,15 @@ impl SvcState {
                     }
                     return;
                 }
-                if let Some(Liveness::Up(n)) = self.detector.heard(&node, Instant::now()) {
-                    self.mark_up(&n);
+                let beat = Beat {
+                    incarnation,
+                    saw_down,
+                };
+                let eff = self.monitor.on_beat(&node, &beat, Instant::now());
+                self.apply(myself, eff, "");
+                if self.monitor.is_running(&node) {
+                    self.check_routes(myself, &node, incarnation, route_version);
                 }
-                self.check_routes(myself, &node, incarnation, route_version);
             }
             Note::Routes {
                 node,
@@ -861,11 +995,12 @@ impl SvcState {
                 }
                 let node = info.node.clone();
                 add_forward_peer(&self.view, &info);
-                if self.membership.upsert(info, false) {
+                let (role, running) = (info.role, self.monitor.is_running(&node));
+                if self.membership.upsert(info, running) {
                     tracing::info!("cluster: {node} joined the cluster");
-                    self.detector.watch(&node, Instant::now());
                     self.save();
                 }
+                self.monitor.add_member(&node, role, Instant::now());
                 if self.links.contains_key(&node) {
                     self.send_heartbeat(&node);
                 }
@@ -882,7 +1017,178 @@ impl SvcState {
             Note::Retain { msg } => {
                 let _ = self.ctx.broker.retainer.store(&Arc::new(msg));
             }
+            Note::Report { node } => {
+                let eff = self.monitor.on_report(&node, Instant::now());
+                self.apply(myself, eff, "");
+            }
+            Note::Heal { cliques } => self.start_heal(myself, cliques),
         }
+    }
+
+    /// Carries out what the monitor decided.
+    fn apply(&mut self, myself: &ActorRef<SvcMsg>, effects: Vec<Effect>, why: &str) {
+        for e in effects {
+            match e {
+                Effect::MarkUp(n) => self.mark_up(&n),
+                Effect::MarkDown(n) => self.mark_down(&n, why),
+                Effect::PartitionDetected(n) => {
+                    if self.settings.heal.enabled {
+                        tracing::warn!(
+                            "cluster: partition detected with {n}: both ran on while each saw the other down; autoheal will report it to the leader"
+                        );
+                    } else {
+                        tracing::warn!(
+                            "cluster: partition detected with {n}: both ran on while each saw the other down; cluster.autoheal is off, so it stays split until one side restarts"
+                        );
+                    }
+                    inc(&self.ctx.broker.metrics.cluster_partition_detected);
+                    let ctx = self.ctx.clone();
+                    ctx.sys_cluster_event("partition", &n);
+                }
+                Effect::PartitionHealed(n) => {
+                    tracing::info!("cluster: partition with {n} healed ({n} restarted)");
+                    inc(&self.ctx.broker.metrics.cluster_partition_healed);
+                    let ctx = self.ctx.clone();
+                    ctx.sys_cluster_event("healed", &n);
+                }
+                Effect::Report { leader } => {
+                    let me = self.me().to_string();
+                    tracing::info!(
+                        "autoheal: reporting partitions with {:?} to the leader {leader}",
+                        self.monitor.partitions()
+                    );
+                    if leader == me {
+                        let eff = self.monitor.on_report(&me, Instant::now());
+                        self.apply(myself, eff, why);
+                    } else {
+                        cast_peer(&leader, &Note::Report { node: me });
+                    }
+                }
+                Effect::NotLeader { from, leader } => tracing::error!(
+                    "autoheal: {from} reported a partition here, but the leader is {leader}; ignored"
+                ),
+                Effect::MajorityUnreachable { unreachable, cores } => tracing::warn!(
+                    "autoheal: {} of {cores} core node(s) unreachable ({unreachable:?}); no heal without a majority, trying again in {:?}",
+                    unreachable.len(),
+                    self.settings.heal.delay
+                ),
+                Effect::CollectViews { cores } => self.collect_views(myself, cores),
+                Effect::NothingToHeal => {
+                    tracing::info!("autoheal: the split view shows one cluster; nothing to heal")
+                }
+                Effect::LeaderDisputed { by, leader } => tracing::info!(
+                    "autoheal: {by} says {leader} leads; taking the split view again later"
+                ),
+                Effect::Heal {
+                    coordinator,
+                    cliques,
+                } => {
+                    tracing::warn!(
+                        "autoheal: split view {cliques:?}: {coordinator} coordinates, every node outside {:?} restarts",
+                        cliques.first()
+                    );
+                    if coordinator == self.me() {
+                        self.start_heal(myself, cliques);
+                    } else {
+                        cast_peer(&coordinator, &Note::Heal { cliques });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leader: asks every reachable core for its view, all at once.
+    fn collect_views(&self, myself: &ActorRef<SvcMsg>, cores: Vec<String>) {
+        let me = self.me().to_string();
+        let own = self.monitor.split_view();
+        let svc = myself.clone();
+        tokio::spawn(async move {
+            let mut views = BTreeMap::from([(me.clone(), own)]);
+            let mut calls = tokio::task::JoinSet::new();
+            for c in cores.into_iter().filter(|c| *c != me) {
+                calls.spawn(async move {
+                    let r = call_peer(&c, &Req::SplitView).await;
+                    (c, r)
+                });
+            }
+            while let Some(Ok((c, r))) = calls.join_next().await {
+                match r {
+                    Ok(Resp::SplitView(v)) => {
+                        views.insert(c, v);
+                    }
+                    other => tracing::warn!("autoheal: no split view from {c}: {other:?}"),
+                }
+            }
+            let _ = svc.cast(SvcMsg::Views(views));
+        });
+    }
+
+    /// Coordinator: restarts every node outside the first clique, one
+    /// after the other, each rejoining through this node.
+    fn start_heal(&mut self, myself: &ActorRef<SvcMsg>, cliques: Vec<Vec<String>>) {
+        let me = self.me().to_string();
+        if !cliques.first().is_some_and(|c| c.contains(&me)) {
+            tracing::warn!(
+                "autoheal: asked to coordinate {cliques:?} from outside its majority; ignored"
+            );
+            return;
+        }
+        if std::mem::replace(&mut self.coordinating, true) {
+            tracing::info!("autoheal: a heal is already under way here; {cliques:?} ignored");
+            return;
+        }
+        let targets: Vec<String> = cliques[1..].iter().flatten().cloned().collect();
+        let svc = myself.clone();
+        tokio::spawn(async move {
+            for t in targets {
+                tracing::warn!("autoheal: restarting {t}");
+                let req = Req::Reboot {
+                    coordinator: me.clone(),
+                };
+                match call_peer_within(&t, &req, REBOOT_TIMEOUT).await {
+                    Ok(Resp::Bool(true)) => tracing::info!("autoheal: {t} restarted and rejoined"),
+                    other => tracing::warn!("autoheal: restarting {t} failed: {other:?}"),
+                }
+            }
+            let _ = svc.cast(SvcMsg::HealEnded);
+        });
+    }
+
+    /// A minority node's restart, cluster side: forget every member and
+    /// route (links stay up: the new incarnation tells peers we restarted),
+    /// and take a new incarnation. Nothing is saved until the rejoin
+    /// succeeds, so a crash in between restarts into the old membership.
+    fn reboot_reset(&mut self, coordinator: &str) -> Option<(MemberInfo, SocketAddr)> {
+        let addr = self
+            .membership
+            .peer(coordinator)
+            .and_then(|m| m.info.dist_addr.parse().ok())
+            .or_else(|| dist_addr_of(coordinator))?;
+        let inc = crate::message::now_ms().max(self.membership.me.incarnation + 1);
+        self.membership.reset();
+        self.membership.me.incarnation = inc;
+        self.monitor = Monitor::new(
+            &self.membership.me.node,
+            inc,
+            self.membership.me.role,
+            self.settings.heal.clone(),
+            self.settings.down_timeout,
+        );
+        self.view.up.write().clear();
+        {
+            let mut routes = self.view.routes.write();
+            for origin in routes.origins() {
+                routes.purge(&origin);
+            }
+        }
+        self.incarnations.clear();
+        self.down_since.clear();
+        self.removed.clear();
+        self.left_from.clear();
+        self.pending_ups.clear();
+        self.joining = true;
+        self.ctx.broker.retainer.clean(None);
+        Some((self.membership.me.clone(), addr))
     }
 
     /// Starts a route sync with `node` unless its versions already agree.
@@ -925,7 +1231,7 @@ impl SvcState {
         if self.membership.remove(node) {
             tracing::info!("cluster: {node} left the cluster");
         }
-        self.detector.unwatch(node);
+        self.monitor.remove_member(node);
         self.view.up.write().remove(node);
         let purged = self.view.routes.write().purge(node);
         if purged > 0 {
@@ -983,8 +1289,11 @@ impl SvcState {
                     .peers()
                     .map(|m| m.info.node.clone())
                     .collect();
-                self.membership.upsert(info.clone(), false);
-                self.detector.watch(&node, Instant::now());
+                // A member rejoining after an autoheal restart keeps its
+                // running state until its new incarnation is heard.
+                let running = self.monitor.is_running(&node);
+                self.membership.upsert(info.clone(), running);
+                self.monitor.add_member(&node, info.role, Instant::now());
                 // A rejoining node's old routes are stale: it sends its own.
                 self.view.routes.write().purge(&node);
                 self.incarnations.remove(&node);
@@ -1077,7 +1386,8 @@ impl SvcState {
                 incarnation: self.membership.me.incarnation,
                 members: self.membership.peers().count() + 1,
             },
-            Req::Kick { .. } | Req::Discard { .. } | Req::Takeover { .. } => {
+            Req::SplitView => Resp::SplitView(self.monitor.split_view()),
+            Req::Kick { .. } | Req::Discard { .. } | Req::Takeover { .. } | Req::Reboot { .. } => {
                 Resp::Refused("handled asynchronously".into())
             }
         }
@@ -1137,6 +1447,11 @@ impl SvcState {
     /// The newcomer's side of a join: drop our cluster data, adopt theirs.
     fn adopt(&mut self, via: &str, snap: JoinSnapshot) {
         self.reset_to_single();
+        let via_incarnation = snap
+            .members
+            .iter()
+            .find(|m| m.node == via)
+            .map(|m| m.incarnation);
         self.left_from.clear();
         let ups = std::mem::take(&mut self.pending_ups);
         let now = Instant::now();
@@ -1146,8 +1461,8 @@ impl SvcState {
             }
             let node = info.node.clone();
             add_forward_peer(&self.view, &info);
+            self.monitor.add_member(&node, info.role, now);
             self.membership.upsert(info, false);
-            self.detector.watch(&node, now);
         }
         {
             let mut routes = self.view.routes.write();
@@ -1173,16 +1488,23 @@ impl SvcState {
             }
             let node = info.node.clone();
             add_forward_peer(&self.view, &info);
-            if self.membership.upsert(info, false) {
-                self.detector.watch(&node, now);
-            }
+            self.monitor.add_member(&node, info.role, now);
+            self.membership.upsert(info, false);
         }
         inc(&self.ctx.broker.metrics.cluster_joined);
         self.save();
         if self.links.contains_key(via) {
             // We just heard from it: it is up.
-            if let Some(Liveness::Up(n)) = self.detector.heard(via, now) {
-                self.mark_up(&n);
+            if let Some(inc) = via_incarnation {
+                let beat = Beat {
+                    incarnation: inc,
+                    saw_down: Vec::new(),
+                };
+                for e in self.monitor.on_beat(via, &beat, now) {
+                    if let Effect::MarkUp(n) = e {
+                        self.mark_up(&n);
+                    }
+                }
             }
             self.send_heartbeat(via);
         }

@@ -5,6 +5,7 @@
 //! notes below are encoded with bincode 2. New variants may be added at the
 //! end without breaking older nodes' decoding of the existing ones.
 
+use super::autoheal::SplitView;
 use super::membership::MemberInfo;
 use super::routes::{RouteKey, RouteOp};
 use crate::message::Message;
@@ -55,6 +56,13 @@ pub enum Req {
     /// Every retained message the receiver holds (a restarted member
     /// catching up).
     RetainedAll,
+    /// Autoheal: the receiver's part of the split view.
+    SplitView,
+    /// Autoheal: the coordinator restarts the receiver, which then rejoins
+    /// through it; answered once that is done.
+    Reboot {
+        coordinator: String,
+    },
 }
 
 /// Replies to [`Req`].
@@ -79,6 +87,7 @@ pub enum Resp {
         members: usize,
     },
     Retained(Vec<Message>),
+    SplitView(SplitView),
 }
 
 /// Everything a newcomer adopts when it joins.
@@ -100,6 +109,9 @@ pub enum Note {
         node: String,
         incarnation: u64,
         route_version: u64,
+        /// Peers the sender saw go down while it ran on (partition
+        /// detection, see [`super::autoheal`]).
+        saw_down: Vec<(String, u64)>,
     },
     /// Route changes of `node` taking it from `base` to `base + ops.len()`.
     Routes {
@@ -114,6 +126,11 @@ pub enum Note {
     MemberLeft { node: String },
     /// A retained message to store (an empty payload clears the topic).
     Retain { msg: Message },
+    /// Autoheal: the sender has partitions (sent to the leader).
+    Report { node: String },
+    /// Autoheal: the leader's decision, sent to the coordinator, who
+    /// restarts every node outside the first clique.
+    Heal { cliques: Vec<Vec<String>> },
 }
 
 fn config() -> impl bincode::config::Config {
