@@ -87,14 +87,27 @@ impl Remote {
             server.stop(None);
             Err(e)
         };
-        match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            ractor_cluster::client_connect(&server, addr.as_str()),
-        )
-        .await
-        {
+        // From the node's own address when that is an address of this
+        // host (the usual case: ctl runs beside the node), so a firewall
+        // rule that cuts one node off from its peers leaves its shell
+        // reachable; from any address otherwise.
+        let connect = async {
+            let Ok(target) = addr.parse::<std::net::SocketAddr>() else {
+                return ractor_cluster::client_connect(&server, addr.as_str())
+                    .await
+                    .map_err(|e| e.to_string());
+            };
+            let dial = emqx_actors::cluster::service::dial;
+            match dial(&server, Some(target.ip()), target).await {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    dial(&server, None, target).await.map_err(|e| e.to_string())
+                }
+                r => r.map_err(|e| e.to_string()),
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return fail(RemoteErr::NotResponding(e.to_string()), &server),
+            Ok(Err(e)) => return fail(RemoteErr::NotResponding(e), &server),
             Err(_) => {
                 return fail(
                     RemoteErr::NotResponding("connect timed out".into()),

@@ -101,14 +101,25 @@ struct Sim {
     slots: Vec<Option<Ev>>,
     names: Vec<String>,
     nodes: Vec<Node>,
-    /// Directed links that drop everything.
+    /// Directed links that carry nothing.
     cut: BTreeSet<(usize, usize)>,
+    /// When true, what is sent on a cut link waits in the socket and is
+    /// delivered, in order, once the link is back (TCP retransmitting);
+    /// when false it is lost.
+    hold: bool,
+    held: BTreeMap<(usize, usize), Vec<Msg>>,
     next_inc: u64,
     next_id: u64,
     cfg: HealConfig,
     decisions: Vec<Decision>,
     /// `(time, node, decision)` of every restart a coordinator did.
     reboots: Vec<(u64, usize, usize)>,
+    /// `(a, b) -> (a's incarnation, b's)` while a has b marked down.
+    down: BTreeMap<(usize, usize), (u64, u64)>,
+    /// Real partitions: a and b each had the other marked down at the same
+    /// time, in these incarnations. Their data may have diverged, so one
+    /// of them must restart before the cluster counts as whole.
+    diverged: Vec<(usize, usize, u64, u64)>,
     trace: Vec<String>,
 }
 
@@ -130,11 +141,15 @@ impl Sim {
             names,
             nodes: Vec::new(),
             cut: BTreeSet::new(),
+            hold: false,
+            held: BTreeMap::new(),
             next_inc: 1,
             next_id: 1,
             cfg,
             decisions: Vec::new(),
             reboots: Vec::new(),
+            down: BTreeMap::new(),
+            diverged: Vec::new(),
             trace: Vec::new(),
         };
         for i in 0..n {
@@ -187,10 +202,18 @@ impl Sim {
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         if self.cut.contains(&(from, to)) {
+            if self.hold {
+                self.held.entry((from, to)).or_default().push(msg);
+            }
             return;
         }
         let lat = self.rng.gen_range(1..=30);
         self.at(lat, Ev::Deliver { from, to, msg });
+    }
+
+    /// A node's current incarnation (0 while crashed).
+    fn inc(&self, i: usize) -> u64 {
+        self.nodes[i].mon.as_ref().map_or(0, |m| m.incarnation())
     }
 
     fn alive(&self, i: usize) -> bool {
@@ -223,7 +246,7 @@ impl Sim {
                 let effects = self.nodes[i].mon.as_mut().map(|m| m.tick(now));
                 if self.now >= self.nodes[i].last_beat + BEAT_MS {
                     self.nodes[i].last_beat = self.now;
-                    if let Some(beat) = self.nodes[i].mon.as_ref().map(|m| m.beat()) {
+                    if let Some(beat) = self.nodes[i].mon.as_mut().map(|m| m.beat()) {
                         for j in 0..self.names.len() {
                             if j != i {
                                 self.send(i, j, Msg::Beat(beat.clone()));
@@ -234,8 +257,14 @@ impl Sim {
                 self.apply(i, effects.unwrap_or_default());
             }
             Ev::Deliver { from, to, msg } => {
-                // A packet in flight when a link is cut is lost too.
-                if self.cut.contains(&(from, to)) || !self.alive(to) {
+                if !self.alive(to) {
+                    return;
+                }
+                if self.cut.contains(&(from, to)) {
+                    // In flight when the link was cut: lost or held.
+                    if self.hold {
+                        self.held.entry((from, to)).or_default().push(msg);
+                    }
                     return;
                 }
                 self.deliver(from, to, msg);
@@ -342,7 +371,22 @@ impl Sim {
         let me = self.names[i].clone();
         for e in effects {
             match e {
-                Effect::MarkUp(_) | Effect::MarkDown(_) => {}
+                Effect::MarkUp(p) => {
+                    self.trace(format!("{me} marks {p} up"));
+                    if let Some(j) = self.idx(&p) {
+                        self.down.remove(&(i, j));
+                    }
+                }
+                Effect::MarkDown(p) => {
+                    if let Some(j) = self.idx(&p) {
+                        let (x, y) = (self.inc(i), self.inc(j));
+                        self.trace(format!("{me}({x}) marks {p}({y}) down"));
+                        self.down.insert((i, j), (x, y));
+                        if self.down.get(&(j, i)) == Some(&(y, x)) {
+                            self.diverged.push((i, j, x, y));
+                        }
+                    }
+                }
                 Effect::PartitionDetected(p) => self.trace(format!("{me} partitioned from {p}")),
                 Effect::PartitionHealed(p) => self.trace(format!("{me} healed with {p}")),
                 e @ (Effect::NotLeader { .. }
@@ -480,6 +524,8 @@ impl Sim {
         self.nodes[i].mon = None;
         self.nodes[i].collect = None;
         self.nodes[i].heal = None;
+        // Its sockets are gone, and what waited in them.
+        self.held.retain(|(a, b), _| *a != i && *b != i);
         // Peers with a working link see the socket close.
         for j in 0..self.names.len() {
             if j != i && !self.cut.contains(&(i, j)) {
@@ -505,17 +551,35 @@ impl Sim {
         self.nodes[i].mon = Some(m);
     }
 
+    /// Changes which links are cut; what waited on a link that is back
+    /// is delivered first, in order.
+    fn set_cut(&mut self, cut: BTreeSet<(usize, usize)>) {
+        self.cut = cut;
+        let back: Vec<(usize, usize)> = self
+            .held
+            .keys()
+            .filter(|l| !self.cut.contains(l))
+            .copied()
+            .collect();
+        for (a, b) in back {
+            for (k, msg) in self.held.remove(&(a, b)).unwrap_or_default().into_iter().enumerate() {
+                self.at(1 + k as u64, Ev::Deliver { from: a, to: b, msg });
+            }
+        }
+    }
+
     fn split(&mut self, groups: usize) {
         let n = self.names.len();
         let side: Vec<usize> = (0..n).map(|_| self.rng.gen_range(0..groups)).collect();
-        self.cut.clear();
+        let mut cut = BTreeSet::new();
         for a in 0..n {
             for b in 0..n {
                 if a != b && side[a] != side[b] {
-                    self.cut.insert((a, b));
+                    cut.insert((a, b));
                 }
             }
         }
+        self.set_cut(cut);
         self.trace(format!("split {side:?}"));
     }
 
@@ -535,12 +599,14 @@ impl Sim {
             4 => {
                 let a = self.rng.gen_range(0..n);
                 let b = (a + self.rng.gen_range(1..n)) % n;
-                self.cut.remove(&(a, b));
-                self.cut.remove(&(b, a));
+                let mut cut = self.cut.clone();
+                cut.remove(&(a, b));
+                cut.remove(&(b, a));
+                self.set_cut(cut);
                 self.trace(format!("link {a}<->{b} restored"));
             }
             5..=6 => {
-                self.cut.clear();
+                self.set_cut(BTreeSet::new());
                 self.trace("network healed".into());
             }
             7 => {
@@ -595,6 +661,7 @@ fn run_schedule(seed: u64) -> Result<(usize, usize), String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let n = rng.gen_range(3..=7);
     let mut sim = Sim::new(seed, n);
+    sim.hold = rng.gen_bool(0.5);
     // Form the cluster.
     sim.run_until(10_000);
     if !sim.converged() {
@@ -609,7 +676,7 @@ fn run_schedule(seed: u64) -> Result<(usize, usize), String> {
         sim.run_until(until);
     }
     // Everything comes back.
-    sim.cut.clear();
+    sim.set_cut(BTreeSet::new());
     for i in 0..n {
         sim.restart(i);
     }
@@ -628,6 +695,18 @@ fn run_schedule(seed: u64) -> Result<(usize, usize), String> {
             sim.state(),
             sim.trace[sim.trace.len().saturating_sub(60)..].join("\n")
         ));
+    }
+    // Every real partition ended with one side restarted: nothing that
+    // diverged was merged silently.
+    for &(i, j, x, y) in &sim.diverged {
+        if sim.inc(i) == x && sim.inc(j) == y {
+            return Err(format!(
+                "{} and {} each saw the other down (incarnations {x}, {y}) and run together again without a restart\n{}",
+                sim.names[i],
+                sim.names[j],
+                sim.trace.join("\n")
+            ));
+        }
     }
     // Heals decided once the network was whole restarted exactly the
     // nodes outside their majority, once each.

@@ -52,9 +52,17 @@ impl Default for HealConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Beat {
     pub incarnation: u64,
+    /// Numbers this node's heartbeats within its incarnation.
+    pub seq: u64,
     /// Peers this node saw go down while it kept running, each with the
     /// incarnation it had then, and that have not come back since.
     pub saw_down: Vec<(String, u64)>,
+    /// For each peer, the `seq` of the last heartbeat received from it.
+    /// A node that saw a peer down decides about it only on a heartbeat
+    /// that acknowledges one of its own sent after that: heartbeats queued
+    /// in a socket during the split, delivered when it ends, predate the
+    /// peer's own view of the split and would make it look one-sided.
+    pub heard: Vec<(String, u64)>,
 }
 
 /// One core's part of the split view.
@@ -109,6 +117,10 @@ struct Peer {
     running: bool,
     /// The incarnation it had when this node saw it go down.
     saw_down: Option<u64>,
+    /// Our heartbeat number when we saw it go down.
+    down_seq: u64,
+    /// The number of the last heartbeat received from it.
+    seq_in: u64,
     partitioned: bool,
 }
 
@@ -121,6 +133,8 @@ pub struct Monitor {
     cfg: HealConfig,
     detector: FailureDetector,
     peers: BTreeMap<String, Peer>,
+    /// The number of our last heartbeat.
+    seq: u64,
     /// When to (re)port our partitions to the leader.
     report_at: Option<Instant>,
     /// Leader: nodes that reported, and when to take the split view.
@@ -145,6 +159,7 @@ impl Monitor {
             cfg,
             detector: FailureDetector::new(down_timeout),
             peers: BTreeMap::new(),
+            seq: 0,
             report_at: None,
             reports: BTreeSet::new(),
             split_at: None,
@@ -175,6 +190,8 @@ impl Monitor {
             incarnation: None,
             running: false,
             saw_down: None,
+            down_seq: 0,
+            seq_in: 0,
             partitioned: false,
         });
     }
@@ -212,14 +229,22 @@ impl Monitor {
         self.collecting = false;
     }
 
-    /// What this node puts in its heartbeats.
-    pub fn beat(&self) -> Beat {
+    /// The next heartbeat to send (each call numbers a new one).
+    pub fn beat(&mut self) -> Beat {
+        self.seq += 1;
         Beat {
             incarnation: self.incarnation,
+            seq: self.seq,
             saw_down: self
                 .peers
                 .iter()
                 .filter_map(|(n, p)| p.saw_down.map(|i| (n.clone(), i)))
+                .collect(),
+            heard: self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.seq_in > 0)
+                .map(|(n, p)| (n.clone(), p.seq_in))
                 .collect(),
         }
     }
@@ -306,31 +331,58 @@ impl Monitor {
         let restarted = p.incarnation.is_some_and(|i| i != beat.incarnation);
         p.incarnation = Some(beat.incarnation);
         if restarted {
-            // A new run of the peer knows nothing of any split.
-            p.saw_down = None;
-            if std::mem::take(&mut p.partitioned) {
-                out.push(Effect::PartitionHealed(from.to_string()));
+            p.seq_in = 0;
+        }
+        p.seq_in = p.seq_in.max(beat.seq);
+        let lists_me = beat.saw_down.contains(&me);
+        if p.partitioned {
+            if !(restarted && !lists_me) {
+                return out;
             }
+            // Restarted (healed, or by hand) with no memory of the split.
+            p.partitioned = false;
+            p.saw_down = None;
+            out.push(Effect::PartitionHealed(from.to_string()));
         }
-        if p.running || p.partitioned {
-            return out;
-        }
-        if p.saw_down == Some(beat.incarnation) {
-            if beat.saw_down.contains(&me) {
-                // Both ran on while each saw the other down.
+        if p.saw_down.is_some() {
+            if lists_me {
+                // Each saw the other down while both ran on (this run of
+                // ours, and a run of the peer's that had run with us):
+                // their data may differ.
                 p.partitioned = true;
+                if std::mem::take(&mut p.running) {
+                    out.push(Effect::MarkDown(from.to_string()));
+                }
                 out.push(Effect::PartitionDetected(from.to_string()));
                 if enabled && self.report_at.is_none() {
                     self.report_at = Some(now + confirm);
                 }
                 return out;
             }
-            // Only this side saw the other down: nothing diverged that
-            // route versions cannot repair.
-            p.saw_down = None;
+            let acked = beat
+                .heard
+                .iter()
+                .find(|(n, _)| *n == me.0)
+                .map_or(0, |(_, s)| *s);
+            if acked > p.down_seq {
+                // Sent after it heard from us again, and it has not seen
+                // us down. If it is a new run of the peer, the record is
+                // about the old one and goes; if not, it stays until one
+                // of us restarts, so that the peer's view of the split,
+                // should it arrive late, is still recognised.
+                if p.saw_down != Some(beat.incarnation) {
+                    p.saw_down = None;
+                }
+            } else if !p.running {
+                // Sent before it heard from us after the split: it may yet
+                // turn out to have seen us down too.
+                return out;
+            }
         }
-        p.running = true;
-        out.push(Effect::MarkUp(from.to_string()));
+        if !p.running {
+            p.running = true;
+            out.push(Effect::MarkUp(from.to_string()));
+        }
         out
     }
 
@@ -347,6 +399,7 @@ impl Monitor {
             Some(p) if p.running => {
                 p.running = false;
                 p.saw_down = p.incarnation;
+                p.down_seq = self.seq;
                 vec![Effect::MarkDown(node.to_string())]
             }
             _ => Vec::new(),
@@ -622,6 +675,13 @@ mod tests {
         assert_eq!(cliques(&v, "x")[0], vec!["a", "b"], "then the smaller list");
     }
 
+    /// Each sends a heartbeat to the other; returns what each decided.
+    fn exchange(a: &mut Monitor, b: &mut Monitor, t: Instant) -> (Vec<Effect>, Vec<Effect>) {
+        let (ba, bb) = (a.beat(), b.beat());
+        let (an, bn) = (a.me().to_string(), b.me().to_string());
+        (a.on_beat(&bn, &bb, t), b.on_beat(&an, &ba, t))
+    }
+
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
     }
@@ -644,34 +704,32 @@ mod tests {
         let t0 = Instant::now();
         let mut a = mon("a", 1, &["b"], t0);
         let mut b = mon("b", 2, &["a"], t0);
-        assert_eq!(
-            a.on_beat("b", &b.beat(), t0),
-            vec![Effect::MarkUp("b".into())]
-        );
-        assert_eq!(
-            b.on_beat("a", &a.beat(), t0),
-            vec![Effect::MarkUp("a".into())]
-        );
+        let up = |n: &str| vec![Effect::MarkUp(n.into())];
+        assert_eq!(exchange(&mut a, &mut b, t0), (up("b"), up("a")));
         // Only a loses b.
         assert_eq!(a.on_link_lost("b"), vec![Effect::MarkDown("b".into())]);
-        assert_eq!(a.beat().saw_down, vec![("b".to_string(), 2)]);
-        assert_eq!(
-            a.on_beat("b", &b.beat(), t0),
-            vec![Effect::MarkUp("b".into())]
-        );
-        assert!(a.beat().saw_down.is_empty());
-        // Both lose each other.
+        let ba = a.beat();
+        assert_eq!(ba.saw_down, vec![("b".to_string(), 2)]);
+        // A beat b sent before it heard a again (say, queued in a socket
+        // during the split) decides nothing...
+        assert!(a.on_beat("b", &b.beat(), t0).is_empty());
+        assert!(b.on_beat("a", &ba, t0).is_empty());
+        // ...one that acknowledges a's later beat does: b never saw a down.
+        // a keeps the record: a late view of b's would still count.
+        assert_eq!(a.on_beat("b", &b.beat(), t0), up("b"));
+        assert_eq!(a.beat().saw_down.len(), 1);
+        // Both lose each other: the first heartbeats that say so find the
+        // partition.
         a.on_link_lost("b");
         b.on_link_lost("a");
-        let (ba, bb) = (a.beat(), b.beat());
         assert_eq!(
-            a.on_beat("b", &bb, t0),
-            vec![Effect::PartitionDetected("b".into())]
+            exchange(&mut a, &mut b, t0),
+            (
+                vec![Effect::PartitionDetected("b".into())],
+                vec![Effect::PartitionDetected("a".into())]
+            )
         );
-        assert_eq!(
-            b.on_beat("a", &ba, t0),
-            vec![Effect::PartitionDetected("a".into())]
-        );
+        let bb = b.beat();
         assert!(a.on_beat("b", &bb, t0).is_empty(), "stays partitioned");
         assert!(!a.is_running("b") && a.is_reachable("b"));
         // a is the leader (older); b reports after the confirm delay.
@@ -745,7 +803,7 @@ mod tests {
     fn the_leader_waits_for_a_majority_of_cores() {
         let t0 = Instant::now();
         let mut a = mon("a", 1, &["b", "c"], t0);
-        let c = mon("c", 3, &["a", "b"], t0);
+        let mut c = mon("c", 3, &["a", "b"], t0);
         a.on_beat("c", &c.beat(), t0);
         a.on_report("c", t0);
         // b was never heard: 1 of 3 unreachable is not fewer than 3/2 = 1.
@@ -768,13 +826,11 @@ mod tests {
         let mut b = Monitor::new("b", 2, Role::Core, cfg, secs(6));
         a.add_member("b", Role::Core, t0);
         b.add_member("a", Role::Core, t0);
-        a.on_beat("b", &b.beat(), t0);
-        b.on_beat("a", &a.beat(), t0);
+        exchange(&mut a, &mut b, t0);
         a.on_link_lost("b");
         b.on_link_lost("a");
-        let bb = b.beat();
         assert_eq!(
-            a.on_beat("b", &bb, t0),
+            exchange(&mut a, &mut b, t0).0,
             vec![Effect::PartitionDetected("b".into())]
         );
         assert!(a.tick(t0 + secs(60)).is_empty());

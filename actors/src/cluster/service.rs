@@ -795,14 +795,14 @@ impl SvcState {
         }
     }
 
-    fn send_heartbeat(&self, node: &str) {
+    fn send_heartbeat(&mut self, node: &str) {
+        let beat = self.monitor.beat();
         cast_peer(
             node,
             &Note::Heartbeat {
                 node: self.me().to_string(),
-                incarnation: self.membership.me.incarnation,
                 route_version: self.local.version,
-                saw_down: self.monitor.beat().saw_down,
+                beat,
             },
         );
     }
@@ -937,9 +937,8 @@ impl SvcState {
         match n {
             Note::Heartbeat {
                 node,
-                incarnation,
                 route_version,
-                saw_down,
+                beat,
             } => {
                 if self.membership.peer(&node).is_none() {
                     if self.removed.contains(&node) {
@@ -955,14 +954,10 @@ impl SvcState {
                     }
                     return;
                 }
-                let beat = Beat {
-                    incarnation,
-                    saw_down,
-                };
                 let eff = self.monitor.on_beat(&node, &beat, Instant::now());
                 self.apply(myself, eff, "");
                 if self.monitor.is_running(&node) {
-                    self.check_routes(myself, &node, incarnation, route_version);
+                    self.check_routes(myself, &node, beat.incarnation, route_version);
                 }
             }
             Note::Routes {
@@ -1498,7 +1493,9 @@ impl SvcState {
             if let Some(inc) = via_incarnation {
                 let beat = Beat {
                     incarnation: inc,
+                    seq: 0,
                     saw_down: Vec::new(),
+                    heard: Vec::new(),
                 };
                 for e in self.monitor.on_beat(via, &beat, now) {
                     if let Effect::MarkUp(n) = e {

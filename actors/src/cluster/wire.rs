@@ -107,11 +107,10 @@ pub enum Note {
     /// Sent every heartbeat interval and whenever a link comes up.
     Heartbeat {
         node: String,
-        incarnation: u64,
         route_version: u64,
-        /// Peers the sender saw go down while it ran on (partition
-        /// detection, see [`super::autoheal`]).
-        saw_down: Vec<(String, u64)>,
+        /// The sender's incarnation and what partition detection needs
+        /// (see [`super::autoheal`]).
+        beat: super::autoheal::Beat,
     },
     /// Route changes of `node` taking it from `base` to `base + ops.len()`.
     Routes {

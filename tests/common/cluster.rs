@@ -1,0 +1,399 @@
+//! Helpers for tests of clusters of real nodes: nodes on loopback
+//! aliases, `ctl` polling, and `rumqttc` clients with buffered events.
+
+use super::Node;
+use rumqttc::{Client, Connection, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// Fast failure detection for every test node.
+pub const FAST: &str = "cluster.heartbeat_interval = 1s\ncluster.down_timeout = 3s\n";
+pub const DOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------
+// nodes and ctl
+// ---------------------------------------------------------------------------
+
+/// A cluster node on 127.0.0.`ip`, not started. Its MQTT port is moved
+/// out of the kernel's ephemeral range (32768..61000): nodes dial from
+/// their own address with ephemeral ports, so while a node is down another
+/// node on the same address could take an ephemeral MQTT port and the
+/// restart would fail with `Address already in use`.
+///
+/// Nodes prepared concurrently by parallel tests could also draw the same
+/// or overlapping inter-node ports (4370+N of one = 5370+N' of another),
+/// since the harness only checks that the ports are free at that moment;
+/// every port handed out in this test binary is remembered and never
+/// handed out again.
+pub fn prepare(ip: u8) -> Node {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut n = loop {
+        let n = Node::prepare_cluster(ip, FAST);
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        let ports = [n.dist_port, fwd_port(&n)];
+        if ports.iter().all(|p| !taken.contains(p)) {
+            taken.extend(ports);
+            break n;
+        }
+    };
+    let port = loop {
+        let p = 20_000 + (super::rand_u32() % 10_000) as u16;
+        if std::net::TcpListener::bind((n.host.as_str(), p)).is_ok() {
+            break p;
+        }
+    };
+    let text = std::fs::read_to_string(&n.config).expect("read config");
+    let old = format!(
+        "listeners.tcp.default.bind = \"{}:{}\"",
+        n.host, n.mqtt_port
+    );
+    assert!(text.contains(&old), "config has no {old}: {text}");
+    let new = format!("listeners.tcp.default.bind = \"{}:{port}\"", n.host);
+    std::fs::write(&n.config, text.replace(&old, &new)).expect("write config");
+    n.mqtt_port = port;
+    n
+}
+
+/// A running node on 127.0.0.`ip`.
+pub fn node(ip: u8) -> Node {
+    let mut n = prepare(ip);
+    n.spawn(&[]);
+    n
+}
+
+/// The forwarding (data plane) port of a cluster node: 5370 + N.
+pub fn fwd_port(n: &Node) -> u16 {
+    n.dist_port + 1000
+}
+
+/// The last lines of a node's log, for failure messages.
+pub fn tail(n: &Node) -> String {
+    let log = n.log();
+    // The ctl shells' sessions are noise here.
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains("remsh")).collect();
+    let from = lines.len().saturating_sub(25);
+    format!(
+        "--- log of {} (last {} lines) ---\n{}\n",
+        n.name,
+        lines.len() - from,
+        lines[from..].join("\n")
+    )
+}
+
+pub fn tails(nodes: &[&Node]) -> String {
+    nodes.iter().map(|n| tail(n)).collect()
+}
+
+pub fn sorted_names(nodes: &[&Node]) -> Vec<String> {
+    let mut v: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    v.sort();
+    v
+}
+
+/// `Cluster status: #{running_nodes => [...],stopped_nodes => [...]}`.
+pub fn status_line(running: &[&Node], stopped: &[&Node]) -> String {
+    let list = |v: &[&Node]| {
+        sorted_names(v)
+            .iter()
+            .map(|n| format!("'{n}'"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "Cluster status: #{{running_nodes => [{}],stopped_nodes => [{}]}}",
+        list(running),
+        list(stopped)
+    )
+}
+
+/// Polls `ctl <args>` on `n` every 200 ms until `pred` holds on its output;
+/// returns whether it did and the last output.
+pub fn poll_ctl(
+    n: &Node,
+    args: &[&str],
+    timeout: Duration,
+    mut pred: impl FnMut(&str) -> bool,
+) -> (bool, String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, out) = n.ctl(args);
+        if pred(&out) {
+            return (true, out);
+        }
+        if Instant::now() >= deadline {
+            return (false, out);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `cluster status` on `n` prints exactly `line`.
+pub fn wait_status(n: &Node, line: &str, timeout: Duration, all: &[&Node]) {
+    let (ok, out) = poll_ctl(n, &["cluster", "status"], timeout, |o| o.trim_end() == line);
+    assert!(
+        ok,
+        "cluster status on {} after {timeout:?}:\n  got:      {}\n  expected: {line}\n{}",
+        n.name,
+        out.trim_end(),
+        tails(all)
+    );
+}
+
+/// `ctl cluster join <target>` on `n`, asserting success.
+pub fn join(n: &Node, target: &Node) -> String {
+    let (code, out) = n.ctl(&["cluster", "join", &target.name]);
+    assert!(
+        code == 0 && out.starts_with("Join the cluster successfully.\n"),
+        "{} joining {}: exit {code}, output {out:?}\n{}",
+        n.name,
+        target.name,
+        tails(&[n, target])
+    );
+    out
+}
+
+/// Starts nodes on the given loopback addresses and joins every node to
+/// the first; returns when every node reports every node running.
+pub fn cluster(ips: &[u8]) -> Vec<Node> {
+    let nodes: Vec<Node> = ips.iter().map(|ip| node(*ip)).collect();
+    for n in &nodes[1..] {
+        join(n, &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let line = status_line(&all, &[]);
+    for n in &nodes {
+        wait_status(n, &line, Duration::from_secs(10), &all);
+    }
+    nodes
+}
+
+/// `topic -> node` lines of `topics list`.
+pub fn routes(n: &Node) -> Vec<String> {
+    let (_, out) = n.ctl(&["topics", "list"]);
+    out.lines().map(str::to_string).collect()
+}
+
+/// Waits until `topics list` on `n` has (or, with `present` false, lacks)
+/// the line `<filter> -> <owner>`.
+pub fn wait_route(n: &Node, filter: &str, owner: &Node, present: bool, timeout: Duration) {
+    let line = format!("{filter} -> {}", owner.name);
+    let (ok, out) = poll_ctl(n, &["topics", "list"], timeout, |o| {
+        o.lines().any(|l| l == line) == present
+    });
+    assert!(
+        ok,
+        "topics list on {} after {timeout:?} should {}contain {line:?}; got:\n{out}\n{}",
+        n.name,
+        if present { "" } else { "not " },
+        tails(&[n, owner])
+    );
+}
+
+/// A `name : value` line of `broker stats` / `broker metrics`.
+pub fn stat(out: &str, key: &str) -> Option<i64> {
+    out.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        if k.trim() == key {
+            v.trim().parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+pub fn retained_count(n: &Node) -> Option<i64> {
+    let (_, out) = n.ctl(&["retainer", "info"]);
+    out.trim()
+        .strip_prefix("Number of retained messages: ")
+        .and_then(|v| v.parse().ok())
+}
+
+pub fn retained_topics(n: &Node) -> Vec<String> {
+    let (_, out) = n.ctl(&["retainer", "topics"]);
+    out.lines().skip(1).map(str::to_string).collect()
+}
+
+// ---------------------------------------------------------------------------
+// MQTT clients (rumqttc, synchronous API; every wait bounded)
+// ---------------------------------------------------------------------------
+
+pub type Ev = Result<Event, ConnectionError>;
+
+/// Runs a connection's event loop on its own thread and hands its events
+/// (up to and including the first error) to a channel.
+pub fn pump(mut conn: Connection) -> Receiver<Ev> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for ev in conn.iter() {
+            let err = ev.is_err();
+            if tx.send(ev).is_err() || err {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A v3.1.1 client with its received publishes buffered.
+pub struct Mq {
+    pub id: String,
+    pub c: Client,
+    pub rx: Receiver<Ev>,
+    pub got: VecDeque<rumqttc::Publish>,
+    pub error: Option<String>,
+}
+
+pub fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+pub fn mq(n: &Node, id: &str) -> Mq {
+    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, conn) = Client::new(o, 1000);
+    let mut m = Mq {
+        id: id.to_string(),
+        c,
+        rx: pump(conn),
+        got: VecDeque::new(),
+        error: None,
+    };
+    let ok = m.wait_for(Duration::from_secs(5), |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    });
+    assert!(
+        ok,
+        "{id}: no CONNACK from {} in 5 s ({:?})",
+        n.name, m.error
+    );
+    m
+}
+
+impl Mq {
+    /// Handles events until `pred` matches one (true), the time is up or
+    /// the connection fails (false). Publishes are buffered on the way.
+    pub fn wait_for(&mut self, t: Duration, mut pred: impl FnMut(&Event) -> bool) -> bool {
+        let deadline = Instant::now() + t;
+        loop {
+            if self.error.is_some() {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Ok(ev)) => {
+                    if let Event::Incoming(Packet::Publish(p)) = &ev {
+                        self.got.push_back(p.clone());
+                    }
+                    if pred(&ev) {
+                        return true;
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.error = Some(format!("{e:?}"));
+                    return false;
+                }
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.error = Some("event loop ended".into());
+                    return false;
+                }
+            }
+        }
+    }
+
+    pub fn sub(&mut self, filter: &str, q: u8) {
+        self.c.subscribe(filter, qos(q)).expect("subscribe request");
+        let mut rc = None;
+        let ok = self.wait_for(Duration::from_secs(5), |e| match e {
+            Event::Incoming(Packet::SubAck(a)) => {
+                rc = Some(a.return_codes.clone());
+                true
+            }
+            _ => false,
+        });
+        assert!(ok, "{}: no SUBACK for {filter} ({:?})", self.id, self.error);
+        let rc = rc.unwrap_or_default();
+        assert!(
+            rc.iter()
+                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+            "{}: SUBACK for {filter}: {rc:?}",
+            self.id
+        );
+    }
+
+    pub fn unsub(&mut self, filter: &str) {
+        self.c.unsubscribe(filter).expect("unsubscribe request");
+        let ok = self.wait_for(Duration::from_secs(5), |e| {
+            matches!(e, Event::Incoming(Packet::UnsubAck(_)))
+        });
+        assert!(
+            ok,
+            "{}: no UNSUBACK for {filter} ({:?})",
+            self.id, self.error
+        );
+    }
+
+    /// Publishes and waits for the end of the QoS flow (sent / PUBACK / PUBCOMP).
+    pub fn publish(&mut self, topic: &str, q: u8, retain: bool, payload: &[u8]) {
+        self.c
+            .publish(topic, qos(q), retain, payload.to_vec())
+            .expect("publish request");
+        let ok = self.wait_for(Duration::from_secs(5), |e| match q {
+            0 => matches!(e, Event::Outgoing(Outgoing::Publish(_))),
+            1 => matches!(e, Event::Incoming(Packet::PubAck(_))),
+            _ => matches!(e, Event::Incoming(Packet::PubComp(_))),
+        });
+        assert!(
+            ok,
+            "{}: publish to {topic} (QoS {q}) not completed in 5 s ({:?})",
+            self.id, self.error
+        );
+    }
+
+    /// Waits until at least `n` publishes arrived (or `t` passes), then
+    /// returns and clears what arrived.
+    pub fn collect(&mut self, n: usize, t: Duration) -> Vec<rumqttc::Publish> {
+        let deadline = Instant::now() + t;
+        while self.got.len() < n && Instant::now() < deadline && self.error.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.wait_for(left, |e| matches!(e, Event::Incoming(Packet::Publish(_))));
+        }
+        self.got.drain(..).collect()
+    }
+
+    /// Everything that arrives within `t`.
+    pub fn quiet(&mut self, t: Duration) -> Vec<rumqttc::Publish> {
+        self.wait_for(t, |_| false);
+        self.got.drain(..).collect()
+    }
+}
+
+pub fn payloads(v: &[rumqttc::Publish]) -> Vec<String> {
+    v.iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+/// (local, peer) of every established TCP connection.
+pub fn established() -> Vec<(SocketAddr, SocketAddr)> {
+    let o = std::process::Command::new("ss")
+        .args(["-tnH", "state", "established"])
+        .output()
+        .expect("run ss");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let a: Vec<SocketAddr> = l
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (a.len() == 2).then(|| (a[0], a[1]))
+        })
+        .collect()
+}

@@ -1,0 +1,412 @@
+//! Network partitions with real packet loss, and autoheal.
+//!
+//! Nodes run on loopback aliases (127.0.0.1 ..) and bind every outgoing
+//! inter-node socket to their own address (checked in `cluster.rs`), so an
+//! iptables rule that drops TCP between two addresses on the nodes'
+//! inter-node and forwarding ports cuts exactly the cluster traffic between
+//! those two nodes, while test clients still reach every node's MQTT port.
+//! Every rule carries a comment naming this process and is removed when
+//! the test ends, even on panic; rules left by an earlier run that died are
+//! removed at the start.
+//!
+//! Needs root and `iptables` (installed by `scripts/test.sh`). The tests
+//! run one at a time so the heal times they print are not skewed by each
+//! other.
+
+mod common;
+
+use common::cluster::*;
+use common::Node;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Fast failure detection and a short autoheal delay for every node.
+const HEAL: &str = "cluster.autoheal_delay = 3s\n";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn iptables(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("iptables")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run iptables (scripts/test.sh installs it): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn tag() -> String {
+    format!("emqx-rs-partition-test-{}", std::process::id())
+}
+
+/// Removes rules left behind by runs of this test that are gone.
+fn remove_stale_rules() {
+    let Ok(out) = Command::new("iptables").args(["-S", "INPUT"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains("emqx-rs-partition-test-") || line.contains(&tag()) {
+            continue;
+        }
+        let spec: Vec<&str> = line
+            .trim_start_matches("-A INPUT ")
+            .split_whitespace()
+            .collect();
+        let mut args = vec!["-D", "INPUT"];
+        args.extend(spec);
+        let _ = iptables(&args);
+    }
+}
+
+/// Drop rules between groups of nodes; removed on `heal` or drop.
+struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Partition {
+    /// Cuts the inter-node traffic between every node of one group and
+    /// every node of the others.
+    fn split(groups: &[&[&Node]]) -> Partition {
+        remove_stale_rules();
+        let mut p = Partition { rules: Vec::new() };
+        for (i, g) in groups.iter().enumerate() {
+            for other in groups.iter().skip(i + 1) {
+                for a in g.iter() {
+                    for b in other.iter() {
+                        p.cut(a, b);
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    fn cut(&mut self, a: &Node, b: &Node) {
+        let ports = format!(
+            "{},{},{},{}",
+            a.dist_port,
+            fwd_port(a),
+            b.dist_port,
+            fwd_port(b)
+        );
+        for (src, dst) in [(&a.host, &b.host), (&b.host, &a.host)] {
+            let rule: Vec<String> = [
+                "INPUT",
+                "-s",
+                src,
+                "-d",
+                dst,
+                "-p",
+                "tcp",
+                "-m",
+                "multiport",
+                "--ports",
+                &ports,
+                "-m",
+                "comment",
+                "--comment",
+                &tag(),
+                "-j",
+                "DROP",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut args = vec!["-I"];
+            args.extend(rule.iter().map(String::as_str));
+            if let Err(e) = iptables(&args) {
+                self.heal();
+                panic!("{e}");
+            }
+            self.rules.push(rule);
+        }
+    }
+
+    /// Removes the rules between `a` and `b` only.
+    fn restore(&mut self, a: &Node, b: &Node) {
+        let hosts = [a.host.as_str(), b.host.as_str()];
+        let (gone, kept): (Vec<_>, Vec<_>) = self
+            .rules
+            .drain(..)
+            .partition(|r| hosts.contains(&r[2].as_str()) && hosts.contains(&r[4].as_str()));
+        self.rules = kept;
+        for r in gone {
+            let mut args = vec!["-D"];
+            args.extend(r.iter().map(String::as_str));
+            let _ = iptables(&args);
+        }
+    }
+
+    /// Removes every rule; returns when that was done.
+    fn heal(&mut self) -> Instant {
+        for r in self.rules.drain(..) {
+            let mut args = vec!["-D"];
+            args.extend(r.iter().map(String::as_str));
+            let _ = iptables(&args);
+        }
+        Instant::now()
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+/// A node prepared with fast detection plus `extra`, then started.
+fn start(ip: u8, extra: &str) -> Node {
+    let mut n = prepare(ip);
+    let text = std::fs::read_to_string(&n.config).expect("read config");
+    std::fs::write(&n.config, format!("{text}{HEAL}{extra}\n")).expect("write config");
+    n.spawn(&[]);
+    n
+}
+
+/// Starts nodes and joins them all to the first.
+fn cluster_with(ips: &[u8], extra: &str) -> Vec<Node> {
+    let nodes: Vec<Node> = ips.iter().map(|ip| start(*ip, extra)).collect();
+    for n in &nodes[1..] {
+        join(n, &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    for n in &nodes {
+        wait_status(n, &status_line(&all, &[]), Duration::from_secs(15), &all);
+    }
+    nodes
+}
+
+fn metric(n: &Node, key: &str) -> i64 {
+    let (_, out) = n.ctl(&["broker", "metrics"]);
+    stat(&out, key).unwrap_or(0)
+}
+
+/// Waits until every node of `side` sees exactly `side` running and the
+/// rest stopped.
+fn wait_side(side: &[&Node], rest: &[&Node], all: &[&Node], timeout: Duration) {
+    let line = status_line(side, rest);
+    for n in side {
+        let (ok, out) = poll_ctl(n, &["cluster", "status"], timeout, |o| {
+            o.lines().next() == Some(line.as_str())
+        });
+        assert!(
+            ok,
+            "{} during the split:\n  got:      {}\n  expected: {line}\n{}",
+            n.name,
+            out.trim_end(),
+            tails(all)
+        );
+    }
+}
+
+/// Waits until every node reports every node running and no partition;
+/// returns how long that took from `since`.
+fn wait_healed(all: &[&Node], since: Instant, timeout: Duration) -> Duration {
+    let line = status_line(all, &[]);
+    for n in all {
+        let left = timeout.saturating_sub(since.elapsed());
+        wait_status(n, &line, left, all);
+    }
+    since.elapsed()
+}
+
+/// A publish from every node reaches a subscriber on every node.
+fn every_node_reaches_every_node(nodes: &[&Node], tag: &str) {
+    let filter = format!("{tag}/#");
+    let mut subs: Vec<Mq> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut m = mq(n, &format!("{tag}-sub-{i}"));
+            m.sub(&filter, 1);
+            m
+        })
+        .collect();
+    for (i, n) in nodes.iter().enumerate() {
+        for o in nodes.iter() {
+            wait_route(n, &filter, o, true, Duration::from_secs(10));
+        }
+        let mut p = mq(n, &format!("{tag}-pub-{i}"));
+        p.publish(&format!("{tag}/{i}"), 1, false, format!("from-{i}").as_bytes());
+    }
+    for (i, s) in subs.iter_mut().enumerate() {
+        let mut got = payloads(&s.collect(nodes.len(), Duration::from_secs(10)));
+        got.sort();
+        let want: Vec<String> = (0..nodes.len()).map(|k| format!("from-{k}")).collect();
+        assert_eq!(
+            got, want,
+            "subscriber on {} after the heal",
+            nodes[i].name
+        );
+    }
+}
+
+fn log_has(n: &Node, what: &str) -> bool {
+    n.log().contains(what)
+}
+
+#[test]
+fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minority() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = cluster_with(&[1, 2, 3], "");
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let all = [a, b, c];
+    // Events of the cluster, as an operator would watch them.
+    let mut sys = mq(a, "sys-watch");
+    sys.sub("$SYS/brokers/+/cluster/#", 0);
+    let mut sa = mq(a, "split-sa");
+    sa.sub("side/#", 1);
+    let mut sc = mq(c, "split-sc");
+    sc.sub("side/#", 1);
+    wait_route(a, "side/#", c, true, Duration::from_secs(5));
+
+    let mut cut = Partition::split(&[&[a, b], &[c]]);
+    wait_side(&[a, b], &[c], &all, Duration::from_secs(20));
+    wait_side(&[c], &[a, b], &all, Duration::from_secs(20));
+
+    // Each side keeps serving its own clients.
+    let mut pa = mq(a, "split-pa");
+    pa.publish("side/a", 1, false, b"on-a");
+    assert_eq!(
+        payloads(&sa.collect(1, Duration::from_secs(5))),
+        vec!["on-a"]
+    );
+    let mut pc = mq(c, "split-pc");
+    pc.publish("side/c", 1, false, b"on-c");
+    assert_eq!(
+        payloads(&sc.collect(1, Duration::from_secs(5))),
+        vec!["on-c"]
+    );
+    let mut late = mq(c, "split-late");
+    late.sub("late/#", 1);
+
+    let restored = cut.heal();
+    let took = wait_healed(&all, restored, Duration::from_secs(60));
+    println!("HEAL 3 nodes 2/1: {:.1}s from link restore to one cluster", took.as_secs_f64());
+
+    // The minority (c) restarted: its clients were dropped; a and b were not.
+    sc.wait_for(Duration::from_secs(3), |_| false);
+    assert!(
+        sc.error.is_some(),
+        "the client on the restarted node {} is still connected\n{}",
+        c.name,
+        tails(&all)
+    );
+    assert!(
+        sa.error.is_none(),
+        "client on {} was disconnected: {:?}",
+        a.name,
+        sa.error
+    );
+    assert_eq!(metric(c, "cluster.autoheal.restarts"), 1, "{}", tails(&all));
+    assert_eq!(metric(a, "cluster.autoheal.restarts"), 0);
+    assert_eq!(metric(b, "cluster.autoheal.restarts"), 0);
+    assert!(metric(a, "cluster.partition.detected") >= 1);
+    assert!(metric(a, "cluster.partition.healed") >= 1);
+    assert!(log_has(c, "restarts this node's broker"), "{}", tail(c));
+    let events: Vec<(String, String)> = sys
+        .quiet(Duration::from_millis(500))
+        .iter()
+        .map(|p| (p.topic.clone(), String::from_utf8_lossy(&p.payload).to_string()))
+        .collect();
+    for what in ["partition", "healed"] {
+        let topic = format!("$SYS/brokers/{}/cluster/{what}", a.name);
+        assert!(
+            events.iter().any(|(t, p)| *t == topic && p.contains(&c.name)),
+            "no {topic} about {}: {events:?}",
+            c.name
+        );
+    }
+
+    // Clients reconnect; routes agree everywhere again.
+    every_node_reaches_every_node(&all, "after21");
+}
+
+#[test]
+fn five_nodes_split_three_two_heal_by_restarting_the_two() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = cluster_with(&[1, 2, 3, 4, 5], "");
+    let all: Vec<&Node> = nodes.iter().collect();
+    let (major, minor) = (&all[..3], &all[3..]);
+    let mut cut = Partition::split(&[major, minor]);
+    wait_side(major, minor, &all, Duration::from_secs(20));
+    wait_side(minor, major, &all, Duration::from_secs(20));
+    let restored = cut.heal();
+    let took = wait_healed(&all, restored, Duration::from_secs(60));
+    println!("HEAL 5 nodes 3/2: {:.1}s from link restore to one cluster", took.as_secs_f64());
+    for n in minor {
+        assert_eq!(metric(n, "cluster.autoheal.restarts"), 1, "{}", tails(&all));
+    }
+    for n in major {
+        assert_eq!(metric(n, "cluster.autoheal.restarts"), 0, "{}", tails(&all));
+    }
+    every_node_reaches_every_node(&all, "after32");
+}
+
+#[test]
+fn three_way_split_heals_only_once_a_majority_is_reachable() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = cluster_with(&[1, 2, 3], "");
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let all = [a, b, c];
+    let mut cut = Partition::split(&[&[a], &[b], &[c]]);
+    for n in all {
+        let rest: Vec<&Node> = all.iter().copied().filter(|o| o.name != n.name).collect();
+        wait_side(&[n], &rest, &all, Duration::from_secs(20));
+    }
+    // a and b meet again; c is still cut off. With 1 of 3 cores unreachable
+    // the leader must not heal (it needs fewer than 3/2 = 1 unreachable).
+    cut.restore(a, b);
+    let (seen, out) = poll_ctl(a, &["cluster", "status"], Duration::from_secs(20), |o| {
+        o.contains("Partitioned from")
+    });
+    assert!(seen, "a and b never saw their partition: {out}\n{}", tails(&all));
+    std::thread::sleep(Duration::from_secs(12));
+    for n in all {
+        assert_eq!(metric(n, "cluster.autoheal.restarts"), 0, "{}", tails(&all));
+    }
+    let (_, out) = a.ctl(&["cluster", "status"]);
+    assert!(out.contains("Partitioned from"), "{out}");
+    let leader_log = [a, b]
+        .iter()
+        .any(|n| log_has(n, "no heal without a majority"));
+    assert!(leader_log, "the leader did not say why it waits\n{}", tails(&all));
+    // c comes back: now the split view is taken and the cluster heals.
+    let restored = cut.heal();
+    let took = wait_healed(&all, restored, Duration::from_secs(60));
+    println!("HEAL 3 nodes three-way: {:.1}s from the last link restore to one cluster", took.as_secs_f64());
+    let restarts: i64 = all.iter().map(|n| metric(n, "cluster.autoheal.restarts")).sum();
+    assert_eq!(restarts, 2, "two of three one-node cliques restart\n{}", tails(&all));
+    every_node_reaches_every_node(&all, "after111");
+}
+
+#[test]
+fn with_autoheal_off_a_split_stays_split_after_the_network_returns() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = cluster_with(&[1, 2, 3], "cluster.autoheal = false");
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let all = [a, b, c];
+    let mut cut = Partition::split(&[&[a, b], &[c]]);
+    wait_side(&[a, b], &[c], &all, Duration::from_secs(20));
+    wait_side(&[c], &[a, b], &all, Duration::from_secs(20));
+    cut.heal();
+    let (seen, out) = poll_ctl(c, &["cluster", "status"], Duration::from_secs(30), |o| {
+        o.contains("Partitioned from")
+    });
+    assert!(seen, "{out}\n{}", tails(&all));
+    assert!(out.contains("autoheal: off"), "{out}");
+    // Well past what a heal takes with autoheal on.
+    std::thread::sleep(Duration::from_secs(15));
+    wait_side(&[a, b], &[c], &all, Duration::from_secs(1));
+    wait_side(&[c], &[a, b], &all, Duration::from_secs(1));
+    for n in all {
+        assert_eq!(metric(n, "cluster.autoheal.restarts"), 0);
+    }
+    assert!(log_has(c, "cluster.autoheal is off"), "{}", tail(c));
+}
