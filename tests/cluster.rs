@@ -544,7 +544,6 @@ fn node_with_another_cookie_cannot_join_and_target_logs_the_rejected_connection(
 // 10. socket addresses
 // ---------------------------------------------------------------------------
 
-
 #[test]
 fn outgoing_inter_node_sockets_are_bound_to_the_nodes_own_address() {
     let nodes = cluster(&[1, 2]);

@@ -233,17 +233,18 @@ fn every_node_reaches_every_node(nodes: &[&Node], tag: &str) {
             wait_route(n, &filter, o, true, Duration::from_secs(10));
         }
         let mut p = mq(n, &format!("{tag}-pub-{i}"));
-        p.publish(&format!("{tag}/{i}"), 1, false, format!("from-{i}").as_bytes());
+        p.publish(
+            &format!("{tag}/{i}"),
+            1,
+            false,
+            format!("from-{i}").as_bytes(),
+        );
     }
     for (i, s) in subs.iter_mut().enumerate() {
         let mut got = payloads(&s.collect(nodes.len(), Duration::from_secs(10)));
         got.sort();
         let want: Vec<String> = (0..nodes.len()).map(|k| format!("from-{k}")).collect();
-        assert_eq!(
-            got, want,
-            "subscriber on {} after the heal",
-            nodes[i].name
-        );
+        assert_eq!(got, want, "subscriber on {} after the heal", nodes[i].name);
     }
 }
 
@@ -288,7 +289,10 @@ fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minorit
 
     let restored = cut.heal();
     let took = wait_healed(&all, restored, Duration::from_secs(60));
-    println!("HEAL 3 nodes 2/1: {:.1}s from link restore to one cluster", took.as_secs_f64());
+    println!(
+        "HEAL 3 nodes 2/1: {:.1}s from link restore to one cluster",
+        took.as_secs_f64()
+    );
 
     // The minority (c) restarted: its clients were dropped; a and b were not.
     sc.wait_for(Duration::from_secs(3), |_| false);
@@ -313,12 +317,19 @@ fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minorit
     let events: Vec<(String, String)> = sys
         .quiet(Duration::from_millis(500))
         .iter()
-        .map(|p| (p.topic.clone(), String::from_utf8_lossy(&p.payload).to_string()))
+        .map(|p| {
+            (
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).to_string(),
+            )
+        })
         .collect();
     for what in ["partition", "healed"] {
         let topic = format!("$SYS/brokers/{}/cluster/{what}", a.name);
         assert!(
-            events.iter().any(|(t, p)| *t == topic && p.contains(&c.name)),
+            events
+                .iter()
+                .any(|(t, p)| *t == topic && p.contains(&c.name)),
             "no {topic} about {}: {events:?}",
             c.name
         );
@@ -339,7 +350,10 @@ fn five_nodes_split_three_two_heal_by_restarting_the_two() {
     wait_side(minor, major, &all, Duration::from_secs(20));
     let restored = cut.heal();
     let took = wait_healed(&all, restored, Duration::from_secs(60));
-    println!("HEAL 5 nodes 3/2: {:.1}s from link restore to one cluster", took.as_secs_f64());
+    println!(
+        "HEAL 5 nodes 3/2: {:.1}s from link restore to one cluster",
+        took.as_secs_f64()
+    );
     for n in minor {
         assert_eq!(metric(n, "cluster.autoheal.restarts"), 1, "{}", tails(&all));
     }
@@ -366,7 +380,11 @@ fn three_way_split_heals_only_once_a_majority_is_reachable() {
     let (seen, out) = poll_ctl(a, &["cluster", "status"], Duration::from_secs(20), |o| {
         o.contains("Partitioned from")
     });
-    assert!(seen, "a and b never saw their partition: {out}\n{}", tails(&all));
+    assert!(
+        seen,
+        "a and b never saw their partition: {out}\n{}",
+        tails(&all)
+    );
     std::thread::sleep(Duration::from_secs(12));
     for n in all {
         assert_eq!(metric(n, "cluster.autoheal.restarts"), 0, "{}", tails(&all));
@@ -376,13 +394,28 @@ fn three_way_split_heals_only_once_a_majority_is_reachable() {
     let leader_log = [a, b]
         .iter()
         .any(|n| log_has(n, "no heal without a majority"));
-    assert!(leader_log, "the leader did not say why it waits\n{}", tails(&all));
+    assert!(
+        leader_log,
+        "the leader did not say why it waits\n{}",
+        tails(&all)
+    );
     // c comes back: now the split view is taken and the cluster heals.
     let restored = cut.heal();
     let took = wait_healed(&all, restored, Duration::from_secs(60));
-    println!("HEAL 3 nodes three-way: {:.1}s from the last link restore to one cluster", took.as_secs_f64());
-    let restarts: i64 = all.iter().map(|n| metric(n, "cluster.autoheal.restarts")).sum();
-    assert_eq!(restarts, 2, "two of three one-node cliques restart\n{}", tails(&all));
+    println!(
+        "HEAL 3 nodes three-way: {:.1}s from the last link restore to one cluster",
+        took.as_secs_f64()
+    );
+    let restarts: i64 = all
+        .iter()
+        .map(|n| metric(n, "cluster.autoheal.restarts"))
+        .sum();
+    assert_eq!(
+        restarts,
+        2,
+        "two of three one-node cliques restart\n{}",
+        tails(&all)
+    );
     every_node_reaches_every_node(&all, "after111");
 }
 

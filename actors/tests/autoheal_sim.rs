@@ -17,8 +17,9 @@
 //! - every heal decided after the network came back restarted exactly the
 //!   nodes outside its chosen majority, once each, and nobody inside it.
 //!
-//! `AUTOHEAL_SIM_SEEDS` sets how many schedules run (default 300);
-//! `AUTOHEAL_SIM_SEED` replays one. A failure prints its seed.
+//! `AUTOHEAL_SIM_SEEDS` sets how many schedules run (default 1000);
+//! `AUTOHEAL_SIM_SEED` replays one, and `AUTOHEAL_SIM_TRACE=i,j` adds
+//! every heartbeat between nodes i and j to the trace a failure prints.
 
 use emqx_actors::cluster::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
 use emqx_actors::cluster::membership::Role;
@@ -301,6 +302,17 @@ impl Sim {
                     .as_mut()
                     .map(|m| m.on_beat(&from_name, &b, now))
                     .unwrap_or_default();
+                if let Ok(d) = std::env::var("AUTOHEAL_SIM_TRACE") {
+                    let (x, y): (usize, usize) = d
+                        .split_once(',')
+                        .map(|(a, b)| (a.parse().unwrap_or(0), b.parse().unwrap_or(0)))
+                        .unwrap_or((0, 0));
+                    if (to == x && from == y) || (to == y && from == x) {
+                        let line =
+                            format!("DBG {from_name} -> {}: {b:?} => {eff:?}", self.names[to]);
+                        self.trace(line);
+                    }
+                }
                 self.apply(to, eff);
             }
             Msg::LinkLost => {
@@ -562,8 +574,21 @@ impl Sim {
             .copied()
             .collect();
         for (a, b) in back {
-            for (k, msg) in self.held.remove(&(a, b)).unwrap_or_default().into_iter().enumerate() {
-                self.at(1 + k as u64, Ev::Deliver { from: a, to: b, msg });
+            for (k, msg) in self
+                .held
+                .remove(&(a, b))
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                self.at(
+                    1 + k as u64,
+                    Ev::Deliver {
+                        from: a,
+                        to: b,
+                        msg,
+                    },
+                );
             }
         }
     }
@@ -752,7 +777,7 @@ fn random_partitions_crashes_and_heals_end_in_one_cluster() {
             let n = std::env::var("AUTOHEAL_SIM_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(300u64);
+                .unwrap_or(1000u64);
             (0..n).collect()
         }
     };

@@ -57,12 +57,13 @@ pub struct Beat {
     /// Peers this node saw go down while it kept running, each with the
     /// incarnation it had then, and that have not come back since.
     pub saw_down: Vec<(String, u64)>,
-    /// For each peer, the `seq` of the last heartbeat received from it.
+    /// For each peer, its incarnation and the `seq` of the last heartbeat
+    /// received from that run of it.
     /// A node that saw a peer down decides about it only on a heartbeat
     /// that acknowledges one of its own sent after that: heartbeats queued
     /// in a socket during the split, delivered when it ends, predate the
     /// peer's own view of the split and would make it look one-sided.
-    pub heard: Vec<(String, u64)>,
+    pub heard: Vec<(String, u64, u64)>,
 }
 
 /// One core's part of the split view.
@@ -119,6 +120,10 @@ struct Peer {
     saw_down: Option<u64>,
     /// Our heartbeat number when we saw it go down.
     down_seq: u64,
+    /// Set when it runs with us again while the down record stands: the
+    /// record goes once it acknowledges a heartbeat of ours numbered above
+    /// this without listing us.
+    confirm_seq: Option<u64>,
     /// The number of the last heartbeat received from it.
     seq_in: u64,
     partitioned: bool,
@@ -191,6 +196,7 @@ impl Monitor {
             running: false,
             saw_down: None,
             down_seq: 0,
+            confirm_seq: None,
             seq_in: 0,
             partitioned: false,
         });
@@ -243,8 +249,10 @@ impl Monitor {
             heard: self
                 .peers
                 .iter()
-                .filter(|(_, p)| p.seq_in > 0)
-                .map(|(n, p)| (n.clone(), p.seq_in))
+                .filter_map(|(n, p)| {
+                    let inc = p.incarnation?;
+                    (p.seq_in > 0).then(|| (n.clone(), inc, p.seq_in))
+                })
                 .collect(),
         }
     }
@@ -345,11 +353,16 @@ impl Monitor {
             out.push(Effect::PartitionHealed(from.to_string()));
         }
         if p.saw_down.is_some() {
+            if restarted {
+                // A new run of the peer: the record now stands against it,
+                // so that the peer can recognise it too.
+                p.saw_down = Some(beat.incarnation);
+            }
             if lists_me {
-                // Each saw the other down while both ran on (this run of
-                // ours, and a run of the peer's that had run with us):
-                // their data may differ.
+                // Each saw the other down while both ran on: their data
+                // may differ.
                 p.partitioned = true;
+                p.confirm_seq = None;
                 if std::mem::take(&mut p.running) {
                     out.push(Effect::MarkDown(from.to_string()));
                 }
@@ -362,21 +375,25 @@ impl Monitor {
             let acked = beat
                 .heard
                 .iter()
-                .find(|(n, _)| *n == me.0)
-                .map_or(0, |(_, s)| *s);
-            if acked > p.down_seq {
-                // Sent after it heard from us again, and it has not seen
-                // us down. If it is a new run of the peer, the record is
-                // about the old one and goes; if not, it stays until one
-                // of us restarts, so that the peer's view of the split,
-                // should it arrive late, is still recognised.
-                if p.saw_down != Some(beat.incarnation) {
-                    p.saw_down = None;
-                }
-            } else if !p.running {
+                .find(|(n, inc, _)| *n == me.0 && *inc == me.1)
+                .map_or(0, |(_, _, s)| *s);
+            if acked <= p.down_seq {
                 // Sent before it heard from us after the split: it may yet
                 // turn out to have seen us down too.
-                return out;
+                if !p.running {
+                    return out;
+                }
+            } else if p.confirm_seq.is_some_and(|c| acked > c) {
+                // It has heard us since we run with it again and still
+                // never saw us down: the split was one-sided.
+                p.saw_down = None;
+                p.confirm_seq = None;
+            } else if !p.running {
+                // It had not seen us down when it sent this, but heartbeats
+                // it sent later (queued, or after a split of its own) may
+                // say otherwise: run with it, keep the record until it
+                // confirms.
+                p.confirm_seq = Some(self.seq);
             }
         }
         if !p.running {
@@ -400,6 +417,7 @@ impl Monitor {
                 p.running = false;
                 p.saw_down = p.incarnation;
                 p.down_seq = self.seq;
+                p.confirm_seq = None;
                 vec![Effect::MarkDown(node.to_string())]
             }
             _ => Vec::new(),
