@@ -344,7 +344,7 @@ impl Monitor {
         p.seq_in = p.seq_in.max(beat.seq);
         let lists_me = beat.saw_down.contains(&me);
         if p.partitioned {
-            if !(restarted && !lists_me) {
+            if !restarted || lists_me {
                 return out;
             }
             // Restarted (healed, or by hand) with no memory of the split.
