@@ -410,6 +410,33 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
                 me_start,
             )))
         }
+        "k8s" => {
+            use emqx_discovery::k8s::{AddressType, K8sSettings};
+            let k = &cfg.cluster.k8s;
+            let settings = K8sSettings {
+                apiserver: k.apiserver.clone(),
+                service_name: k.service_name.clone(),
+                namespace: k.namespace.clone(),
+                address_type: match k.address_type.as_str() {
+                    "dns" => AddressType::Dns,
+                    "hostname" => AddressType::Hostname,
+                    _ => AddressType::Ip,
+                },
+                suffix: k.suffix.clone(),
+                token_file: k.token_file.clone(),
+                ca_file: k.ca_file.clone(),
+            };
+            let k8s = emqx_discovery::K8s::new(settings, &name)
+                .map_err(|e| format!("cluster.k8s: {e}"))?;
+            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
+                k8s,
+                cluster.clone(),
+                node_server.clone(),
+                host_ip(&name),
+                name.clone(),
+                me_start,
+            )))
+        }
         "manual" | "singleton" => None,
         other => {
             tracing::warn!("cluster.discovery_strategy = {other} is not available yet; nodes join with `ctl cluster join`");

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{wait_until, Node};
-use std::net::TcpListener;
+use common::{
+    all_running, cluster_status as status, nodes_sharing_a_short_name as nodes, wait_until, Node,
+};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -54,44 +55,6 @@ impl Drop for Dnsmasq {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Three nodes sharing one short name `emqx<N>` on 127.0.0.1-3 (as A
-/// records require), each with `extra` config.
-fn nodes(extra: &str) -> Vec<Node> {
-    let n = loop {
-        let n: u16 = 100 + (common::rand_u32() % 9000) as u16;
-        let free = |ip: &str, p: u16| TcpListener::bind((ip, p)).is_ok();
-        if (1..=3).all(|i| {
-            let ip = format!("127.0.0.{i}");
-            free(&ip, 4370 + n) && free(&ip, 5370 + n)
-        }) {
-            break n;
-        }
-    };
-    (1..=3u8)
-        .map(|i| {
-            let mut node = Node::prepare_cluster(i, extra);
-            let name = format!("emqx{n}@127.0.0.{i}");
-            let text = std::fs::read_to_string(&node.config).expect("config");
-            let text = text.replace(&node.name, &name);
-            std::fs::write(&node.config, text).expect("config");
-            node.name = name;
-            node.dist_port = 4370 + n;
-            node
-        })
-        .collect()
-}
-
-fn status(n: &Node) -> String {
-    n.ctl(&["cluster", "status"]).1
-}
-
-fn all_running(nodes: &[Node]) -> bool {
-    let mut names: Vec<String> = nodes.iter().map(|n| format!("'{}'", n.name)).collect();
-    names.sort();
-    let want = format!("running_nodes => [{}],stopped_nodes => []", names.join(","));
-    nodes.iter().all(|n| status(n).contains(&want))
 }
 
 #[test]

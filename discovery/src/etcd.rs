@@ -11,8 +11,8 @@
 //! The lock EMQX takes while joining is [`Etcd::lock`]: etcd's lock
 //! service on `<prefix>/ekkacl/lock/`, owned by this node's lease.
 //!
-//! etcd is spoken to through its v3 JSON gateway (`/v3/...`) with a tiny
-//! HTTP/1.1 client over a plain TCP stream (one request per connection);
+//! etcd is spoken to through its v3 JSON gateway (`/v3/...`) with the
+//! crate's small HTTP/1.1 client (plain TCP, one request per connection);
 //! keys and values travel base64-encoded.
 //!
 //! Differences from EMQX: the lease TTL is `node_ttl` (EMQX v3 uses a
@@ -20,21 +20,17 @@
 //! (EMQX uses `range_end = "\0"`, which also returns keys of later
 //! prefixes); TLS to etcd is not supported yet.
 
-use crate::{check_node_name, DiscoveryError, Strategy};
+use crate::{check_node_name, http, DiscoveryError, Strategy};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 /// Time allowed for one request (connect, send, read the answer), except
 /// for lock requests, which wait as long as the lock is held elsewhere.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest answer read from etcd.
-const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 
 /// The etcd discovery strategy.
 pub struct Etcd {
@@ -410,35 +406,15 @@ fn as_i64(v: &Value) -> Option<i64> {
 /// none); `https://` is refused.
 fn parse_server(s: &str) -> Result<String, DiscoveryError> {
     let bad = |why: &str| DiscoveryError::Unavailable(format!("etcd server {s:?}: {why}"));
-    let t = s.trim();
-    let rest = if let Some((scheme, rest)) = t.split_once("://") {
-        match scheme.to_ascii_lowercase().as_str() {
-            "http" => rest,
-            "https" => return Err(bad("TLS to etcd is not supported yet")),
-            _ => return Err(bad("expected http://host:port")),
-        }
-    } else {
-        t
-    };
-    let hostport = rest.split('/').next().unwrap_or_default();
-    if hostport.is_empty() || hostport.contains('@') {
-        return Err(bad("expected http://host:port"));
+    let url = http::Url::parse(s, true).map_err(|_| bad("expected http://host:port"))?;
+    if url.tls {
+        return Err(bad("TLS to etcd is not supported yet"));
     }
-    let has_port = match hostport.rsplit_once(':') {
-        Some((h, p)) => {
-            !h.is_empty() && p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']'))
-        }
-        None => false,
-    };
-    Ok(if has_port {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:2379")
-    })
+    Ok(url.authority(2379))
 }
 
-/// A minimal JSON-over-HTTP/1.1 client for etcd's gateway: one POST per
-/// connection, servers tried in order until one answers.
+/// A JSON client for etcd's gateway: one POST per connection, servers
+/// tried in order until one answers.
 #[derive(Clone)]
 struct Client {
     servers: Vec<String>,
@@ -459,13 +435,7 @@ impl Client {
         let body = body.to_string();
         let mut errors = Vec::new();
         for server in &self.servers {
-            let r = match timeout {
-                Some(t) => tokio::time::timeout(t, post(server, path, &body))
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::Transport(format!("no answer within {t:?}")))),
-                None => post(server, path, &body).await,
-            };
-            match r {
+            match post(server, path, &body, timeout).await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Transport(e)) => errors.push(format!("{server}{path}: {e}")),
                 // etcd answered: trying another member would not help.
@@ -483,27 +453,25 @@ enum Failure {
     Etcd(String),
 }
 
-async fn post(server: &str, path: &str, body: &str) -> Result<Value, Failure> {
-    let t = |e: std::io::Error| Failure::Transport(e.to_string());
-    let mut conn = TcpStream::connect(server)
+async fn post(
+    server: &str,
+    path: &str,
+    body: &str,
+    timeout: Option<Duration>,
+) -> Result<Value, Failure> {
+    let req = http::Request {
+        method: "POST",
+        authority: server,
+        path,
+        headers: &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ],
+        body: body.as_bytes(),
+    };
+    let (status, body) = http::send(&req, None, timeout)
         .await
-        .map_err(|e| Failure::Transport(format!("connect: {e}")))?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\n\
-         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).await.map_err(t)?;
-    let mut raw = Vec::new();
-    (&mut conn)
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(t)?;
-    if raw.len() > MAX_RESPONSE {
-        return Err(Failure::Transport("answer too large".into()));
-    }
-    let (status, body) = parse_response(&raw).map_err(Failure::Transport)?;
+        .map_err(Failure::Transport)?;
     // A streamed answer is a sequence of JSON objects: take the first.
     let value = serde_json::Deserializer::from_slice(&body)
         .into_iter::<Value>()
@@ -533,69 +501,6 @@ async fn post(server: &str, path: &str, body: &str) -> Result<Value, Failure> {
         ))),
         _ => Err(Failure::Etcd(format!("HTTP {status}: {}", snippet()))),
     }
-}
-
-/// Splits a full HTTP/1.1 response into its status and (de-chunked) body.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("truncated HTTP answer (no header end)")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "HTTP header is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("bad HTTP status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            let (k, v) = (k.trim(), v.trim());
-            if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            } else if k.eq_ignore_ascii_case("content-length") {
-                length = Some(v.parse::<usize>().map_err(|_| "bad Content-Length")?);
-            }
-        }
-    }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        rest.get(..n).ok_or("truncated HTTP body")?.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok((status, body))
-}
-
-/// Decodes a chunked body. A stream cut short after whole chunks (the
-/// server closed a streaming answer) keeps what was read.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = find(data, b"\r\n") else {
-            return Ok(out);
-        };
-        let size_str = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
-        let size_str = size_str.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| format!("bad chunk size {size_str:?}"))?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let start = eol + 2;
-        let chunk = data
-            .get(start..start + size)
-            .ok_or("truncated HTTP chunk")?;
-        out.extend_from_slice(chunk);
-        data = data.get(start + size + 2..).unwrap_or_default();
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -704,15 +609,5 @@ mod tests {
             "bad".into()
         )
         .is_err());
-    }
-
-    #[test]
-    fn responses() {
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(r), Ok((200, b"{}".to_vec())));
-        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
-        assert_eq!(parse_response(r), Ok((200, b"{\"a\":1}".to_vec())));
-        assert!(parse_response(b"HTTP/1.1 200").is_err());
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
     }
 }

@@ -3,19 +3,22 @@
 //!
 //! A strategy is plain code behind the [`Strategy`] trait; the
 //! [`DiscoveryActor`] wraps one so the autocluster loop can ask it for
-//! node names without caring how they are found. `manual` and `static`
-//! live here; DNS, etcd and Kubernetes follow the same shape.
+//! node names without caring how they are found: `manual`, `static`,
+//! `dns`, `etcd` and `k8s` (the Kubernetes API server).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::future::Future;
 
 pub mod dns;
 pub mod etcd;
+mod http;
+pub mod k8s;
 pub mod manual;
 pub mod static_seeds;
 
 pub use dns::Dns;
 pub use etcd::Etcd;
+pub use k8s::K8s;
 pub use manual::Manual;
 pub use static_seeds::Static;
 
