@@ -8,8 +8,12 @@
 //! stops cleanly revokes its lease ([`Etcd::revoke`]) so its key goes at
 //! once; a node that dies loses it when the lease expires.
 //!
-//! The lock EMQX takes while joining is [`Etcd::lock`]: etcd's lock
-//! service on `<prefix>/ekkacl/lock/`, owned by this node's lease.
+//! The lock EMQX takes while joining is [`Etcd::acquire_lock`]: etcd's
+//! lock service on `<prefix>/ekkacl/lock/`. The autocluster loop holds it
+//! around each discovery-and-join round ([`Strategy::lock`]), so nodes
+//! started together join one after another. Each hold has its own short
+//! lease ([`LOCK_TTL`], kept alive while held), so the lock of a node that
+//! dies holding it goes within seconds, whatever `node_ttl` is.
 //!
 //! etcd is spoken to through its v3 JSON gateway (`/v3/...`) with the
 //! crate's small HTTP/1.1 client (plain TCP, one request per connection);
@@ -31,6 +35,11 @@ use tokio::task::JoinHandle;
 /// Time allowed for one request (connect, send, read the answer), except
 /// for lock requests, which wait as long as the lock is held elsewhere.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The TTL of the lease a held lock is bound to.
+pub const LOCK_TTL: Duration = Duration::from_secs(5);
+/// How long [`Strategy::lock`] waits for another holder before the round
+/// gives up (EMQX waits forever).
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// The etcd discovery strategy.
 pub struct Etcd {
@@ -44,6 +53,8 @@ pub struct Etcd {
     lease: Arc<AtomicI64>,
     /// The keepalive task while this node is registered.
     keepalive: Mutex<Option<JoinHandle<()>>>,
+    /// The lock taken through [`Strategy::lock`], until `unlock`.
+    held: Mutex<Option<LockGuard>>,
 }
 
 impl Etcd {
@@ -80,6 +91,7 @@ impl Etcd {
             ttl: node_ttl.max(Duration::from_secs(1)),
             lease: Arc::new(AtomicI64::new(0)),
             keepalive: Mutex::new(None),
+            held: Mutex::new(None),
         })
     }
 
@@ -119,39 +131,43 @@ impl Etcd {
         Ok(())
     }
 
-    /// Stops the keepalive and revokes the lease, so this node's key (and
-    /// any lock it holds) goes at once. For a clean stop; a later
+    /// Releases the lock held through [`Strategy::lock`], stops the
+    /// keepalive and revokes the lease, so this node's key goes at once. For a clean stop; a later
     /// `discover` registers again with a new lease.
     pub async fn revoke(&self) -> Result<(), DiscoveryError> {
+        if let Some(g) = self.held.lock().await.take() {
+            if let Err(e) = g.unlock().await {
+                tracing::warn!("{e}");
+            }
+        }
         let mut task = self.keepalive.lock().await;
         if let Some(t) = task.take() {
             t.abort();
         }
-        let id = self.lease.swap(0, Ordering::SeqCst);
-        if id == 0 {
-            return Ok(());
-        }
-        self.client
-            .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
-            .await
-            .map(|_| ())
-            .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease revoke: {e}")))
+        revoke_lease(&self.client, self.lease.swap(0, Ordering::SeqCst)).await
     }
 
     /// Takes the cluster lock `<prefix>/ekkacl/lock/` (etcd's lock
-    /// service), owned by this node's lease, registering first if needed.
-    /// Waits for as long as another node holds it (as EMQX does: wrap the
-    /// call in a timeout to bound the wait). The lock is released by
-    /// [`LockGuard::unlock`], by dropping the guard (an unlock sent from a
-    /// spawned task) or, if this node dies, when its lease expires.
-    ///
-    /// EMQX takes it around a join so that nodes starting together do not
-    /// join each other at the same time.
-    pub async fn lock(&self) -> Result<LockGuard, DiscoveryError> {
-        self.register().await?;
-        let lease = self
-            .lease_id()
-            .ok_or_else(|| DiscoveryError::Unavailable("etcd lock: no lease".into()))?;
+    /// service), bound to a new lease of [`LOCK_TTL`] that the returned
+    /// guard keeps alive. Waits for as long as another node holds it (as
+    /// EMQX does: wrap the call in a timeout to bound the wait; a wait
+    /// given up that way leaves nothing behind). The lock is released by
+    /// [`LockGuard::unlock`], by dropping the guard (the lease is revoked
+    /// from a spawned task) or, if this process dies, when the lease
+    /// expires.
+    pub async fn acquire_lock(&self) -> Result<LockGuard, DiscoveryError> {
+        let lease = grant(&self.client, LOCK_TTL)
+            .await
+            .map_err(|e| DiscoveryError::Unavailable(format!("etcd lock: {e}")))?;
+        // From here on, dropping the guard (also when this future is
+        // dropped while waiting) revokes the lease and with it our place
+        // in the lock's queue.
+        let mut guard = LockGuard {
+            client: self.client.clone(),
+            lease,
+            key: None,
+            keepalive: Some(tokio::spawn(lock_keepalive(self.client.clone(), lease))),
+        };
         let body = json!({
             "name": b64_encode(self.lock_name.as_bytes()),
             "lease": lease.to_string(),
@@ -168,10 +184,39 @@ impl Etcd {
             .ok_or_else(|| {
                 DiscoveryError::Unavailable(format!("etcd lock: answer without a key: {v}"))
             })?;
-        Ok(LockGuard {
-            client: self.client.clone(),
-            key: Some(key),
-        })
+        guard.key = Some(key);
+        Ok(guard)
+    }
+
+    /// [`Strategy::lock`]: takes the lock within [`LOCK_WAIT`] and keeps
+    /// it until [`release_lock`](Etcd::release_lock).
+    pub async fn hold_lock(&self) -> Result<(), DiscoveryError> {
+        if let Some(old) = self.held.lock().await.take() {
+            let _ = old.unlock().await;
+        }
+        let guard = tokio::time::timeout(LOCK_WAIT, self.acquire_lock())
+            .await
+            .map_err(|_| {
+                DiscoveryError::Unavailable(format!(
+                    "etcd lock: still held by another node after {LOCK_WAIT:?}"
+                ))
+            })??;
+        *self.held.lock().await = Some(guard);
+        Ok(())
+    }
+
+    /// [`Strategy::unlock`]: releases the lock taken by
+    /// [`hold_lock`](Etcd::hold_lock), if any.
+    pub async fn release_lock(&self) -> Result<(), DiscoveryError> {
+        match self.held.lock().await.take() {
+            Some(g) => g.unlock().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether [`hold_lock`](Etcd::hold_lock) holds the lock now.
+    pub async fn holds_lock(&self) -> bool {
+        self.held.lock().await.is_some()
     }
 }
 
@@ -191,10 +236,18 @@ impl Strategy for Etcd {
     async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
         self.nodes().await
     }
+
+    async fn lock(&mut self) -> Result<bool, DiscoveryError> {
+        self.hold_lock().await.map(|()| true)
+    }
+
+    async fn unlock(&mut self) -> Result<(), DiscoveryError> {
+        self.release_lock().await
+    }
 }
 
 /// Shared, so the node can keep a handle for [`Etcd::revoke`] and
-/// [`Etcd::lock`] while the autocluster loop owns the strategy.
+/// the lock while the autocluster loop owns the strategy.
 impl Strategy for Arc<Etcd> {
     fn name(&self) -> &'static str {
         "etcd"
@@ -202,6 +255,14 @@ impl Strategy for Arc<Etcd> {
 
     async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
         self.nodes().await
+    }
+
+    async fn lock(&mut self) -> Result<bool, DiscoveryError> {
+        self.hold_lock().await.map(|()| true)
+    }
+
+    async fn unlock(&mut self) -> Result<(), DiscoveryError> {
+        self.release_lock().await
     }
 }
 
@@ -248,11 +309,14 @@ impl Etcd {
     }
 }
 
-/// A held etcd lock. Release it with [`unlock`](LockGuard::unlock);
-/// dropping it sends the unlock from a spawned task.
+/// A held etcd lock (or, inside [`Etcd::acquire_lock`], a place in its
+/// queue). Release it with [`unlock`](LockGuard::unlock); dropping it
+/// revokes its lease from a spawned task.
 pub struct LockGuard {
     client: Client,
+    lease: i64,
     key: Option<Vec<u8>>,
+    keepalive: Option<JoinHandle<()>>,
 }
 
 impl LockGuard {
@@ -261,22 +325,42 @@ impl LockGuard {
         self.key.as_deref().unwrap_or_default()
     }
 
-    /// Releases the lock.
+    /// Releases the lock: deletes its key and revokes its lease.
     pub async fn unlock(mut self) -> Result<(), DiscoveryError> {
-        match self.key.take() {
+        if let Some(t) = self.keepalive.take() {
+            t.abort();
+        }
+        let unlocked = match self.key.take() {
             Some(key) => unlock(&self.client, &key).await,
             None => Ok(()),
+        };
+        let lease = std::mem::take(&mut self.lease);
+        let revoked = revoke_lease(&self.client, lease).await;
+        unlocked.and(revoked)
+    }
+
+    /// Stops keeping the lease alive without releasing anything, as if
+    /// this process had died: the lock goes when the lease expires.
+    pub fn abandon(mut self) {
+        if let Some(t) = self.keepalive.take() {
+            t.abort();
         }
+        self.key = None;
+        self.lease = 0;
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
+        if let Some(t) = self.keepalive.take() {
+            t.abort();
+        }
+        let lease = std::mem::take(&mut self.lease);
+        if lease != 0 {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let client = self.client.clone();
                 rt.spawn(async move {
-                    if let Err(e) = unlock(&client, &key).await {
+                    if let Err(e) = revoke_lease(&client, lease).await {
                         tracing::warn!("{e}");
                     }
                 });
@@ -293,6 +377,68 @@ async fn unlock(client: &Client, key: &[u8]) -> Result<(), DiscoveryError> {
         .map_err(|e| DiscoveryError::Unavailable(format!("etcd unlock: {e}")))
 }
 
+async fn revoke_lease(client: &Client, id: i64) -> Result<(), DiscoveryError> {
+    if id == 0 {
+        return Ok(());
+    }
+    client
+        .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+        .await
+        .map(|_| ())
+        .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease revoke: {e}")))
+}
+
+/// Keeps a lock's lease alive every third of [`LOCK_TTL`] until aborted
+/// or the lease is gone.
+async fn lock_keepalive(client: Client, id: i64) {
+    loop {
+        tokio::time::sleep(LOCK_TTL / 3).await;
+        match keepalive_once(&client, id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("etcd: the lease of the cluster lock expired; the lock is lost");
+                return;
+            }
+            Err(e) => tracing::warn!("etcd lock lease keepalive: {e}"),
+        }
+    }
+}
+
+/// One keepalive of lease `id`: whether it still exists.
+async fn keepalive_once(client: &Client, id: i64) -> Result<bool, String> {
+    client
+        .call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
+        .await
+        .map(|v| {
+            // A streamed answer: {"result": {"ID", "TTL"}}; TTL 0 or
+            // absent means the lease no longer exists.
+            let r = v.get("result").unwrap_or(&v);
+            r.get("TTL").and_then(as_i64).unwrap_or(0) > 0
+        })
+}
+
+/// Grants a lease of `ttl`; its id.
+async fn grant(client: &Client, ttl: Duration) -> Result<i64, String> {
+    let v = client
+        .call(
+            "/v3/lease/grant",
+            &json!({ "TTL": ttl.as_secs().max(1).to_string() }),
+        )
+        .await
+        .map_err(|e| format!("lease grant: {e}"))?;
+    if let Some(err) = v
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+    {
+        return Err(format!("lease grant: {err}"));
+    }
+    v.get("ID")
+        .and_then(as_i64)
+        .filter(|id| *id != 0)
+        .ok_or_else(|| format!("lease grant: answer without an ID: {v}"))
+}
+
 /// Grants a lease of `ttl` and puts `key = value` on it; the lease id.
 async fn grant_and_put(
     client: &Client,
@@ -300,29 +446,9 @@ async fn grant_and_put(
     key: &str,
     value: &str,
 ) -> Result<i64, DiscoveryError> {
-    let v = client
-        .call(
-            "/v3/lease/grant",
-            &json!({ "TTL": ttl.as_secs().to_string() }),
-        )
+    let id = grant(client, ttl)
         .await
-        .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease grant: {e}")))?;
-    if let Some(err) = v
-        .get("error")
-        .and_then(Value::as_str)
-        .filter(|e| !e.is_empty())
-    {
-        return Err(DiscoveryError::Unavailable(format!(
-            "etcd lease grant: {err}"
-        )));
-    }
-    let id = v
-        .get("ID")
-        .and_then(as_i64)
-        .filter(|id| *id != 0)
-        .ok_or_else(|| {
-            DiscoveryError::Unavailable(format!("etcd lease grant: answer without an ID: {v}"))
-        })?;
+        .map_err(|e| DiscoveryError::Unavailable(format!("etcd {e}")))?;
     let put = json!({
         "key": b64_encode(key.as_bytes()),
         "value": b64_encode(value.as_bytes()),
@@ -330,9 +456,7 @@ async fn grant_and_put(
     });
     if let Err(e) = client.call("/v3/kv/put", &put).await {
         // Do not leave the lease behind.
-        let _ = client
-            .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
-            .await;
+        let _ = revoke_lease(client, id).await;
         return Err(DiscoveryError::Unavailable(format!("etcd put {key}: {e}")));
     }
     Ok(id)
@@ -356,15 +480,7 @@ async fn keepalive_loop(
         let alive = if id == 0 {
             Ok(false)
         } else {
-            client
-                .call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
-                .await
-                .map(|v| {
-                    // A streamed answer: {"result": {"ID", "TTL"}}; TTL 0
-                    // or absent means the lease no longer exists.
-                    let r = v.get("result").unwrap_or(&v);
-                    r.get("TTL").and_then(as_i64).unwrap_or(0) > 0
-                })
+            keepalive_once(&client, id).await
         };
         match alive {
             Ok(true) => {}
