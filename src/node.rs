@@ -156,12 +156,17 @@ pub fn run_foreground(cfg: Config, console: bool) -> ExitCode {
     }
 }
 
+/// The address of the node name's host: an IP address as it is, a host
+/// name as looked up once (through `cluster.dns.resolver` when set).
 fn host_ip(name: &str) -> Option<IpAddr> {
-    name.split('@').nth(1).and_then(|h| h.parse().ok())
+    name.split('@')
+        .nth(1)
+        .and_then(emqx_discovery::hosts::lookup_once)
 }
 
 async fn run(cfg: Config, console: bool) -> Result<(), String> {
     let name = cfg.node.name.clone();
+    emqx_discovery::hosts::use_server(cfg.cluster.dns.resolver);
     if cfg.uses_default_cookie() {
         tracing::warn!("the default (insecure) cookie is in use; set node.cookie or -setcookie");
     }

@@ -59,7 +59,12 @@ impl Remote {
     pub async fn connect(cfg: &Config) -> Result<Remote, RemoteErr> {
         let name = &cfg.node.name;
         let host = name.split_once('@').map(|(_, h)| h).unwrap_or("127.0.0.1");
-        let addr = format!("{host}:{}", cfg.dist_port());
+        // A host name is looked up as the node itself does.
+        emqx_discovery::hosts::use_server(cfg.cluster.dns.resolver);
+        let ip = emqx_discovery::hosts::lookup(host)
+            .await
+            .ok_or_else(|| RemoteErr::NotResponding(format!("cannot resolve {host}")))?;
+        let addr = std::net::SocketAddr::new(ip, cfg.dist_port()).to_string();
         // A hidden helper node, like EMQX's remsh nodes: port 0, never meshed.
         let me = format!("remsh{}", std::process::id());
         let server = NodeServer::new(

@@ -11,6 +11,7 @@ use std::future::Future;
 
 pub mod dns;
 pub mod etcd;
+pub mod hosts;
 mod http;
 pub mod k8s;
 pub mod manual;

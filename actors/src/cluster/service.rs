@@ -577,7 +577,8 @@ pub async fn probe(
     bind_ip: Option<IpAddr>,
     node: &str,
 ) -> Option<(u64, usize)> {
-    if !ensure_link(node_server, bind_ip, node, dist_addr_of(node)?).await {
+    let addr = resolve_dist_addr(node).await?;
+    if !ensure_link(node_server, bind_ip, node, addr).await {
         return None;
     }
     match call_peer(node, &Req::Info).await {
@@ -594,12 +595,14 @@ pub async fn probe(
 async fn join_task(
     ns: &ActorRef<NodeServerMessage>,
     ip: Option<IpAddr>,
-    addr: SocketAddr,
     target: &str,
     me_info: MemberInfo,
     svc: &ActorRef<SvcMsg>,
 ) -> String {
     let down = || format!("Failed to join the cluster: {{node_down,'{target}'}}\n");
+    let Some(addr) = resolve_dist_addr(target).await else {
+        return down();
+    };
     if !ensure_link(ns, ip, target, addr).await {
         return down();
     }
@@ -623,10 +626,24 @@ async fn join_task(
     }
 }
 
-/// The inter-node address of a node from its name: host part, port 4370 +
-/// the trailing number of the short name.
+/// The inter-node address of a node from its name: host part (an IP
+/// address; see [`resolve_dist_addr`] for host names), port 4370 + the
+/// trailing number of the short name.
 pub fn dist_addr_of(node: &str) -> Option<SocketAddr> {
     let (short, host) = node.split_once('@')?;
+    Some(SocketAddr::new(host.parse().ok()?, dist_port_of(short)))
+}
+
+/// [`dist_addr_of`] for any node name: a host name is looked up now
+/// (discovery may name nodes by DNS SRV targets or pod host names).
+pub async fn resolve_dist_addr(node: &str) -> Option<SocketAddr> {
+    let (short, host) = node.split_once('@')?;
+    let ip = emqx_discovery::hosts::lookup(host).await?;
+    Some(SocketAddr::new(ip, dist_port_of(short)))
+}
+
+/// 4370 + the trailing number of a short name (`emqx12` -> 4382).
+fn dist_port_of(short: &str) -> u16 {
     let digits: String = short
         .chars()
         .rev()
@@ -639,8 +656,7 @@ pub fn dist_addr_of(node: &str) -> Option<SocketAddr> {
         .parse::<u64>()
         .map(|n| (n % 60000) as u16)
         .unwrap_or(0);
-    let ip: IpAddr = host.parse().ok()?;
-    Some(SocketAddr::new(ip, 4370 + offset))
+    4370 + offset
 }
 
 impl SvcState {
@@ -1116,19 +1132,13 @@ impl SvcState {
             ));
             return;
         }
-        let Some(addr) = dist_addr_of(&target) else {
-            let _ = reply.send(format!(
-                "Failed to join the cluster: {{node_down,'{target}'}}\n"
-            ));
-            return;
-        };
         let ns = self.node_server.clone();
         let ip = self.settings.bind_ip;
         let me_info = self.membership.me.clone();
         let svc = myself.clone();
         self.joining = true;
         tokio::spawn(async move {
-            let out = join_task(&ns, ip, addr, &target, me_info, &svc).await;
+            let out = join_task(&ns, ip, &target, me_info, &svc).await;
             let _ = svc.cast(SvcMsg::JoinEnded);
             let _ = reply.send(out);
         });
