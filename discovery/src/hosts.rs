@@ -101,10 +101,9 @@ mod tests {
             lookup("127.0.0.3").await,
             Some(IpAddr::from([127, 0, 0, 3]))
         );
-        // `localhost` is in every /etc/hosts.
+        // `localhost` is in every /etc/hosts (no DNS query leaves the host).
         assert!(lookup("localhost").await.is_some_and(|ip| ip.is_loopback()));
         assert_eq!(lookup_once("127.0.0.4"), Some(IpAddr::from([127, 0, 0, 4])));
         assert!(lookup_once("localhost").is_some_and(|ip| ip.is_loopback()));
-        assert_eq!(lookup("no-such-host.invalid").await, None);
     }
 }
