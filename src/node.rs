@@ -156,12 +156,17 @@ pub fn run_foreground(cfg: Config, console: bool) -> ExitCode {
     }
 }
 
+/// The address of the node name's host: an IP address as it is, a host
+/// name as looked up once (through `cluster.dns.resolver` when set).
 fn host_ip(name: &str) -> Option<IpAddr> {
-    name.split('@').nth(1).and_then(|h| h.parse().ok())
+    name.split('@')
+        .nth(1)
+        .and_then(emqx_discovery::hosts::lookup_once)
 }
 
 async fn run(cfg: Config, console: bool) -> Result<(), String> {
     let name = cfg.node.name.clone();
+    emqx_discovery::hosts::use_server(cfg.cluster.dns.resolver);
     if cfg.uses_default_cookie() {
         tracing::warn!("the default (insecure) cookie is in use; set node.cookie or -setcookie");
     }
@@ -410,6 +415,33 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             etcd_handle = Some(etcd.clone());
             Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
                 etcd,
+                cluster.clone(),
+                node_server.clone(),
+                host_ip(&name),
+                name.clone(),
+                me_start,
+            )))
+        }
+        "k8s" => {
+            use emqx_discovery::k8s::{AddressType, K8sSettings};
+            let k = &cfg.cluster.k8s;
+            let settings = K8sSettings {
+                apiserver: k.apiserver.clone(),
+                service_name: k.service_name.clone(),
+                namespace: k.namespace.clone(),
+                address_type: match k.address_type.as_str() {
+                    "dns" => AddressType::Dns,
+                    "hostname" => AddressType::Hostname,
+                    _ => AddressType::Ip,
+                },
+                suffix: k.suffix.clone(),
+                token_file: k.token_file.clone(),
+                ca_file: k.ca_file.clone(),
+            };
+            let k8s = emqx_discovery::K8s::new(settings, &name)
+                .map_err(|e| format!("cluster.k8s: {e}"))?;
+            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
+                k8s,
                 cluster.clone(),
                 node_server.clone(),
                 host_ip(&name),

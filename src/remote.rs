@@ -59,7 +59,12 @@ impl Remote {
     pub async fn connect(cfg: &Config) -> Result<Remote, RemoteErr> {
         let name = &cfg.node.name;
         let host = name.split_once('@').map(|(_, h)| h).unwrap_or("127.0.0.1");
-        let addr = format!("{host}:{}", cfg.dist_port());
+        // A host name is looked up as the node itself does.
+        emqx_discovery::hosts::use_server(cfg.cluster.dns.resolver);
+        let ip = emqx_discovery::hosts::lookup(host)
+            .await
+            .ok_or_else(|| RemoteErr::NotResponding(format!("cannot resolve {host}")))?;
+        let target = std::net::SocketAddr::new(ip, cfg.dist_port());
         // A hidden helper node, like EMQX's remsh nodes: port 0, never meshed.
         let me = format!("remsh{}", std::process::id());
         let server = NodeServer::new(
@@ -92,11 +97,6 @@ impl Remote {
         // rule that cuts one node off from its peers leaves its shell
         // reachable; from any address otherwise.
         let connect = async {
-            let Ok(target) = addr.parse::<std::net::SocketAddr>() else {
-                return ractor_cluster::client_connect(&server, addr.as_str())
-                    .await
-                    .map_err(|e| e.to_string());
-            };
             let dial = emqx_actors::cluster::service::dial;
             match dial(&server, Some(target.ip()), target).await {
                 Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {

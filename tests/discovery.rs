@@ -3,20 +3,21 @@
 
 mod common;
 
-use common::{wait_until, Node};
-use std::net::TcpListener;
+use common::{
+    all_running, cluster_status as status, nodes_sharing_a_short_name as nodes, wait_until, Node,
+};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A dnsmasq serving `emqx.test` A records and `_emqx._tcp.emqx.test`
-/// SRV records, killed on drop.
+/// A dnsmasq serving `emqx.test` A records, `_emqx._tcp.emqx.test` SRV
+/// records and A records of other `hosts`, killed on drop.
 struct Dnsmasq {
     child: Child,
     port: u16,
 }
 
 impl Dnsmasq {
-    fn start(a: &[&str], srv: &[&str]) -> Dnsmasq {
+    fn start(a: &[&str], srv: &[&str], hosts: &[(String, String)]) -> Dnsmasq {
         let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -34,6 +35,9 @@ impl Dnsmasq {
         ]);
         for ip in a {
             cmd.arg(format!("--host-record=emqx.test,{ip}"));
+        }
+        for (host, ip) in hosts {
+            cmd.arg(format!("--host-record={host},{ip}"));
         }
         for target in srv {
             cmd.arg(format!("--srv-host=_emqx._tcp.emqx.test,{target},4370"));
@@ -56,78 +60,81 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// Three nodes sharing one short name `emqx<N>` on 127.0.0.1-3 (as A
-/// records require), each with `extra` config.
-fn nodes(extra: &str) -> Vec<Node> {
-    let n = loop {
-        let n: u16 = 100 + (common::rand_u32() % 9000) as u16;
-        let free = |ip: &str, p: u16| TcpListener::bind((ip, p)).is_ok();
-        if (1..=3).all(|i| {
-            let ip = format!("127.0.0.{i}");
-            free(&ip, 4370 + n) && free(&ip, 5370 + n)
-        }) {
-            break n;
-        }
-    };
-    (1..=3u8)
-        .map(|i| {
-            let mut node = Node::prepare_cluster(i, extra);
-            let name = format!("emqx{n}@127.0.0.{i}");
-            let text = std::fs::read_to_string(&node.config).expect("config");
-            let text = text.replace(&node.name, &name);
-            std::fs::write(&node.config, text).expect("config");
-            node.name = name;
-            node.dist_port = 4370 + n;
-            node
-        })
-        .collect()
-}
-
-fn status(n: &Node) -> String {
-    n.ctl(&["cluster", "status"]).1
-}
-
-fn all_running(nodes: &[Node]) -> bool {
-    let mut names: Vec<String> = nodes.iter().map(|n| format!("'{}'", n.name)).collect();
-    names.sort();
-    let want = format!("running_nodes => [{}],stopped_nodes => []", names.join(","));
-    nodes.iter().all(|n| status(n).contains(&want))
+/// Starts the nodes together and waits until each sees all of them running.
+fn start_as_one_cluster(ns: &mut [Node]) {
+    for n in ns.iter_mut() {
+        n.spawn(&[]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(45), || all_running(ns)),
+        "{}",
+        ns.iter().map(status).collect::<Vec<_>>().join("")
+    );
 }
 
 #[test]
 fn nodes_started_together_form_one_cluster_from_dns_a_records() {
-    let dns = Dnsmasq::start(&["127.0.0.1", "127.0.0.2", "127.0.0.3"], &[]);
+    let dns = Dnsmasq::start(&["127.0.0.1", "127.0.0.2", "127.0.0.3"], &[], &[]);
     let extra = format!(
         "cluster.discovery_strategy = dns\ncluster.dns.name = \"emqx.test\"\ncluster.dns.record_type = a\ncluster.dns.resolver = \"127.0.0.1:{}\"\n",
         dns.port
     );
     let mut ns = nodes(&extra);
-    for n in ns.iter_mut() {
-        n.spawn(&[]);
-    }
-    assert!(
-        wait_until(Duration::from_secs(45), || all_running(&ns)),
-        "{}",
-        ns.iter().map(status).collect::<Vec<_>>().join("")
-    );
+    start_as_one_cluster(&mut ns);
 }
 
 #[test]
 fn srv_records_name_the_nodes_by_their_targets() {
-    let dns = Dnsmasq::start(&[], &["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let dns = Dnsmasq::start(&[], &["127.0.0.1", "127.0.0.2", "127.0.0.3"], &[]);
     let extra = format!(
         "cluster.discovery_strategy = dns\ncluster.dns.name = \"_emqx._tcp.emqx.test\"\ncluster.dns.record_type = srv\ncluster.dns.resolver = \"127.0.0.1:{}\"\n",
         dns.port
     );
     let mut ns = nodes(&extra);
-    for n in ns.iter_mut() {
-        n.spawn(&[]);
-    }
-    assert!(
-        wait_until(Duration::from_secs(45), || all_running(&ns)),
-        "{}",
-        ns.iter().map(status).collect::<Vec<_>>().join("")
+    start_as_one_cluster(&mut ns);
+}
+
+/// SRV targets that are host names (as in EMQX's Docker setup, where each
+/// node is `emqx@<hostname>.<dns name>`): nodes named after them listen on
+/// the address the name resolves to, dial each other by name, and `ctl`
+/// reaches them by name, all through the configured DNS server.
+#[test]
+fn srv_targets_that_are_host_names() {
+    let hosts: Vec<(String, String)> = (1..=3)
+        .map(|i| (format!("n{i}.emqx.test"), format!("127.0.0.{i}")))
+        .collect();
+    let targets: Vec<&str> = hosts.iter().map(|(h, _)| h.as_str()).collect();
+    let dns = Dnsmasq::start(&[], &targets, &hosts);
+    let extra = format!(
+        "cluster.discovery_strategy = dns\ncluster.dns.name = \"_emqx._tcp.emqx.test\"\ncluster.dns.record_type = srv\ncluster.dns.resolver = \"127.0.0.1:{}\"\n",
+        dns.port
     );
+    let mut ns = nodes(&extra);
+    for (n, (host, _)) in ns.iter_mut().zip(&hosts) {
+        let short = n.name.split('@').next().expect("short name").to_string();
+        let name = format!("{short}@{host}");
+        let text = std::fs::read_to_string(&n.config).expect("config");
+        std::fs::write(&n.config, text.replace(&n.name, &name)).expect("config");
+        n.name = name;
+    }
+    start_as_one_cluster(&mut ns);
+    // Each listens on its name's address, not on every interface: the
+    // inter-node port is still free on another loopback address.
+    for (i, n) in ns.iter().enumerate() {
+        let other = format!("127.0.0.{}", 4 + i);
+        assert!(
+            std::net::TcpListener::bind((other.as_str(), n.dist_port)).is_ok(),
+            "{} listens beyond 127.0.0.{}",
+            n.name,
+            i + 1
+        );
+        assert!(
+            std::net::TcpListener::bind((format!("127.0.0.{}", i + 1).as_str(), n.dist_port))
+                .is_err(),
+            "{} does not listen on its own address",
+            n.name
+        );
+    }
 }
 
 #[test]

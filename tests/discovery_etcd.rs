@@ -155,7 +155,7 @@ async fn the_lock_is_exclusive() {
     let a = server.etcd(A, 2);
     let b = std::sync::Arc::new(server.etcd(B, 2));
 
-    let guard = tokio::time::timeout(Duration::from_secs(5), a.lock())
+    let guard = tokio::time::timeout(Duration::from_secs(5), a.acquire_lock())
         .await
         .expect("a locks in time")
         .expect("a locks");
@@ -164,7 +164,7 @@ async fn the_lock_is_exclusive() {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let b2 = b.clone();
     let waiter = tokio::spawn(async move {
-        let g = b2.lock().await;
+        let g = b2.acquire_lock().await;
         let _ = tx.send(());
         g
     });
@@ -179,21 +179,95 @@ async fn the_lock_is_exclusive() {
         .expect("join")
         .expect("b locks");
     g.unlock().await.expect("b unlocks");
+}
 
-    // Again, released by revoking the holder's lease instead.
-    let _held = b.lock().await.expect("b locks again");
-    let a = std::sync::Arc::new(a);
-    let a2 = a.clone();
-    let waiter = tokio::spawn(async move { a2.lock().await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiter.is_finished(), "a got the lock while b held it");
-    b.revoke().await.expect("revoke");
-    let g = tokio::time::timeout(Duration::from_secs(5), waiter)
+#[tokio::test]
+async fn a_lock_whose_holder_died_expires_with_its_lease() {
+    let server = EtcdServer::start().await;
+    let a = server.etcd(A, 60);
+    let b = server.etcd(B, 60);
+    let held = a.acquire_lock().await.expect("a locks");
+    // As if a's process died: nothing released, no more keepalives. The
+    // lock's own lease (LOCK_TTL), not the 60 s node TTL, frees it.
+    held.abandon();
+    let t = Instant::now();
+    let g = tokio::time::timeout(Duration::from_secs(15), b.acquire_lock())
         .await
-        .expect("a locks once b's lease went")
-        .expect("join")
-        .expect("a locks");
-    g.unlock().await.expect("a unlocks");
+        .expect("b locks once a's lock lease expired")
+        .expect("b locks");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "b locked while the abandoned lease still lived"
+    );
+    g.unlock().await.expect("b unlocks");
+}
+
+#[tokio::test]
+async fn a_wait_given_up_leaves_no_trace_in_the_queue() {
+    let server = EtcdServer::start().await;
+    let a = server.etcd(A, 60);
+    let b = server.etcd(B, 60);
+    let c = server.etcd("c@127.0.0.3", 60);
+    let held = a.acquire_lock().await.expect("a locks");
+    // b queues behind a, then gives up.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), b.acquire_lock())
+            .await
+            .is_err(),
+        "b got the lock while a held it"
+    );
+    // Let the dropped wait's lease revocation go through.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.unlock().await.expect("a unlocks");
+    // c is next: b's abandoned place in the queue does not hold it up.
+    let g = tokio::time::timeout(Duration::from_secs(3), c.acquire_lock())
+        .await
+        .expect("c locks at once")
+        .expect("c locks");
+    g.unlock().await.expect("c unlocks");
+}
+
+/// The lock as the autocluster loop takes it (`Strategy::lock`/`unlock`):
+/// a second node's `lock` waits until the first one's `unlock`, and
+/// revoking a node (a clean stop) releases a lock it holds.
+#[tokio::test]
+async fn the_autocluster_lock_waits_for_unlock() {
+    let server = EtcdServer::start().await;
+    let mut a = std::sync::Arc::new(server.etcd(A, 60));
+    let b = std::sync::Arc::new(server.etcd(B, 60));
+    assert_eq!(Strategy::lock(&mut a).await, Ok(true));
+    assert!(a.holds_lock().await);
+
+    let mut b2 = b.clone();
+    let waiter = tokio::spawn(async move { Strategy::lock(&mut b2).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiter.is_finished(), "b locked while a held the lock");
+    assert!(!b.holds_lock().await);
+
+    Strategy::unlock(&mut a).await.expect("a unlocks");
+    assert!(!a.holds_lock().await);
+    let r = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("b locks once a unlocked")
+        .expect("join");
+    assert_eq!(r, Ok(true));
+    assert!(b.holds_lock().await);
+
+    // A clean stop of the holder releases the lock at once.
+    let mut a2 = a.clone();
+    let waiter = tokio::spawn(async move { Strategy::lock(&mut a2).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "a locked while b held the lock");
+    b.revoke().await.expect("b stops");
+    assert!(!b.holds_lock().await);
+    let r = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("a locks once b stopped")
+        .expect("join");
+    assert_eq!(r, Ok(true));
+    Strategy::unlock(&mut a).await.expect("a unlocks");
+    // Unlocking with nothing held is fine.
+    Strategy::unlock(&mut a).await.expect("a unlocks again");
 }
 
 /// Real nodes: three emqx-rs processes with `cluster.discovery_strategy =
@@ -232,5 +306,14 @@ async fn three_nodes_started_together_cluster_through_etcd() {
                 .join("")
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every node took and released the lock around its rounds.
+    for n in &nodes {
+        let log = n.log();
+        assert!(
+            log.contains("autocluster: lock taken") && log.contains("autocluster: lock released"),
+            "{}: {log}",
+            n.name
+        );
     }
 }

@@ -36,26 +36,33 @@ impl Dns {
         server: Option<SocketAddr>,
     ) -> Result<Dns, DiscoveryError> {
         let short_name = me.split('@').next().unwrap_or("emqx").to_string();
-        let mut opts = ResolverOpts::default();
-        opts.timeout = Duration::from_secs(2);
-        opts.attempts = 2;
-        // Discovery wants the records as they are now.
-        opts.cache_size = 0;
-        let resolver = match server {
-            Some(addr) => {
-                let mut cfg = ResolverConfig::new();
-                cfg.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
-                TokioAsyncResolver::tokio(cfg, opts)
-            }
-            None => TokioAsyncResolver::tokio_from_system_conf()
-                .map_err(|e| DiscoveryError::Unavailable(format!("system resolver: {e}")))?,
-        };
+        let resolver = resolver_for(server)?;
         Ok(Dns {
             name: name.to_string(),
             record_type,
             short_name,
             resolver,
         })
+    }
+}
+
+/// A resolver asking `server`, or the system's when `None`; no cache, so
+/// every lookup sees the records as they are now.
+pub(crate) fn resolver_for(
+    server: Option<SocketAddr>,
+) -> Result<TokioAsyncResolver, DiscoveryError> {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(2);
+    opts.attempts = 2;
+    opts.cache_size = 0;
+    match server {
+        Some(addr) => {
+            let mut cfg = ResolverConfig::new();
+            cfg.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
+            Ok(TokioAsyncResolver::tokio(cfg, opts))
+        }
+        None => TokioAsyncResolver::tokio_from_system_conf()
+            .map_err(|e| DiscoveryError::Unavailable(format!("system resolver: {e}"))),
     }
 }
 

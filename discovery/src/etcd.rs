@@ -8,11 +8,15 @@
 //! stops cleanly revokes its lease ([`Etcd::revoke`]) so its key goes at
 //! once; a node that dies loses it when the lease expires.
 //!
-//! The lock EMQX takes while joining is [`Etcd::lock`]: etcd's lock
-//! service on `<prefix>/ekkacl/lock/`, owned by this node's lease.
+//! The lock EMQX takes while joining is [`Etcd::acquire_lock`]: etcd's
+//! lock service on `<prefix>/ekkacl/lock/`. The autocluster loop holds it
+//! around each discovery-and-join round ([`Strategy::lock`]), so nodes
+//! started together join one after another. Each hold has its own short
+//! lease ([`LOCK_TTL`], kept alive while held), so the lock of a node that
+//! dies holding it goes within seconds, whatever `node_ttl` is.
 //!
-//! etcd is spoken to through its v3 JSON gateway (`/v3/...`) with a tiny
-//! HTTP/1.1 client over a plain TCP stream (one request per connection);
+//! etcd is spoken to through its v3 JSON gateway (`/v3/...`) with the
+//! crate's small HTTP/1.1 client (plain TCP, one request per connection);
 //! keys and values travel base64-encoded.
 //!
 //! Differences from EMQX: the lease TTL is `node_ttl` (EMQX v3 uses a
@@ -20,21 +24,22 @@
 //! (EMQX uses `range_end = "\0"`, which also returns keys of later
 //! prefixes); TLS to etcd is not supported yet.
 
-use crate::{check_node_name, DiscoveryError, Strategy};
+use crate::{check_node_name, http, DiscoveryError, Strategy};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 /// Time allowed for one request (connect, send, read the answer), except
 /// for lock requests, which wait as long as the lock is held elsewhere.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest answer read from etcd.
-const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+/// The TTL of the lease a held lock is bound to.
+pub const LOCK_TTL: Duration = Duration::from_secs(5);
+/// How long [`Strategy::lock`] waits for another holder before the round
+/// gives up (EMQX waits forever).
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// The etcd discovery strategy.
 pub struct Etcd {
@@ -48,6 +53,8 @@ pub struct Etcd {
     lease: Arc<AtomicI64>,
     /// The keepalive task while this node is registered.
     keepalive: Mutex<Option<JoinHandle<()>>>,
+    /// The lock taken through [`Strategy::lock`], until `unlock`.
+    held: Mutex<Option<LockGuard>>,
 }
 
 impl Etcd {
@@ -84,6 +91,7 @@ impl Etcd {
             ttl: node_ttl.max(Duration::from_secs(1)),
             lease: Arc::new(AtomicI64::new(0)),
             keepalive: Mutex::new(None),
+            held: Mutex::new(None),
         })
     }
 
@@ -123,39 +131,43 @@ impl Etcd {
         Ok(())
     }
 
-    /// Stops the keepalive and revokes the lease, so this node's key (and
-    /// any lock it holds) goes at once. For a clean stop; a later
+    /// Releases the lock held through [`Strategy::lock`], stops the
+    /// keepalive and revokes the lease, so this node's key goes at once. For a clean stop; a later
     /// `discover` registers again with a new lease.
     pub async fn revoke(&self) -> Result<(), DiscoveryError> {
+        if let Some(g) = self.held.lock().await.take() {
+            if let Err(e) = g.unlock().await {
+                tracing::warn!("{e}");
+            }
+        }
         let mut task = self.keepalive.lock().await;
         if let Some(t) = task.take() {
             t.abort();
         }
-        let id = self.lease.swap(0, Ordering::SeqCst);
-        if id == 0 {
-            return Ok(());
-        }
-        self.client
-            .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
-            .await
-            .map(|_| ())
-            .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease revoke: {e}")))
+        revoke_lease(&self.client, self.lease.swap(0, Ordering::SeqCst)).await
     }
 
     /// Takes the cluster lock `<prefix>/ekkacl/lock/` (etcd's lock
-    /// service), owned by this node's lease, registering first if needed.
-    /// Waits for as long as another node holds it (as EMQX does: wrap the
-    /// call in a timeout to bound the wait). The lock is released by
-    /// [`LockGuard::unlock`], by dropping the guard (an unlock sent from a
-    /// spawned task) or, if this node dies, when its lease expires.
-    ///
-    /// EMQX takes it around a join so that nodes starting together do not
-    /// join each other at the same time.
-    pub async fn lock(&self) -> Result<LockGuard, DiscoveryError> {
-        self.register().await?;
-        let lease = self
-            .lease_id()
-            .ok_or_else(|| DiscoveryError::Unavailable("etcd lock: no lease".into()))?;
+    /// service), bound to a new lease of [`LOCK_TTL`] that the returned
+    /// guard keeps alive. Waits for as long as another node holds it (as
+    /// EMQX does: wrap the call in a timeout to bound the wait; a wait
+    /// given up that way leaves nothing behind). The lock is released by
+    /// [`LockGuard::unlock`], by dropping the guard (the lease is revoked
+    /// from a spawned task) or, if this process dies, when the lease
+    /// expires.
+    pub async fn acquire_lock(&self) -> Result<LockGuard, DiscoveryError> {
+        let lease = grant(&self.client, LOCK_TTL)
+            .await
+            .map_err(|e| DiscoveryError::Unavailable(format!("etcd lock: {e}")))?;
+        // From here on, dropping the guard (also when this future is
+        // dropped while waiting) revokes the lease and with it our place
+        // in the lock's queue.
+        let mut guard = LockGuard {
+            client: self.client.clone(),
+            lease,
+            key: None,
+            keepalive: Some(tokio::spawn(lock_keepalive(self.client.clone(), lease))),
+        };
         let body = json!({
             "name": b64_encode(self.lock_name.as_bytes()),
             "lease": lease.to_string(),
@@ -172,10 +184,39 @@ impl Etcd {
             .ok_or_else(|| {
                 DiscoveryError::Unavailable(format!("etcd lock: answer without a key: {v}"))
             })?;
-        Ok(LockGuard {
-            client: self.client.clone(),
-            key: Some(key),
-        })
+        guard.key = Some(key);
+        Ok(guard)
+    }
+
+    /// [`Strategy::lock`]: takes the lock within [`LOCK_WAIT`] and keeps
+    /// it until [`release_lock`](Etcd::release_lock).
+    pub async fn hold_lock(&self) -> Result<(), DiscoveryError> {
+        if let Some(old) = self.held.lock().await.take() {
+            let _ = old.unlock().await;
+        }
+        let guard = tokio::time::timeout(LOCK_WAIT, self.acquire_lock())
+            .await
+            .map_err(|_| {
+                DiscoveryError::Unavailable(format!(
+                    "etcd lock: still held by another node after {LOCK_WAIT:?}"
+                ))
+            })??;
+        *self.held.lock().await = Some(guard);
+        Ok(())
+    }
+
+    /// [`Strategy::unlock`]: releases the lock taken by
+    /// [`hold_lock`](Etcd::hold_lock), if any.
+    pub async fn release_lock(&self) -> Result<(), DiscoveryError> {
+        match self.held.lock().await.take() {
+            Some(g) => g.unlock().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether [`hold_lock`](Etcd::hold_lock) holds the lock now.
+    pub async fn holds_lock(&self) -> bool {
+        self.held.lock().await.is_some()
     }
 }
 
@@ -195,10 +236,18 @@ impl Strategy for Etcd {
     async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
         self.nodes().await
     }
+
+    async fn lock(&mut self) -> Result<bool, DiscoveryError> {
+        self.hold_lock().await.map(|()| true)
+    }
+
+    async fn unlock(&mut self) -> Result<(), DiscoveryError> {
+        self.release_lock().await
+    }
 }
 
 /// Shared, so the node can keep a handle for [`Etcd::revoke`] and
-/// [`Etcd::lock`] while the autocluster loop owns the strategy.
+/// the lock while the autocluster loop owns the strategy.
 impl Strategy for Arc<Etcd> {
     fn name(&self) -> &'static str {
         "etcd"
@@ -206,6 +255,14 @@ impl Strategy for Arc<Etcd> {
 
     async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
         self.nodes().await
+    }
+
+    async fn lock(&mut self) -> Result<bool, DiscoveryError> {
+        self.hold_lock().await.map(|()| true)
+    }
+
+    async fn unlock(&mut self) -> Result<(), DiscoveryError> {
+        self.release_lock().await
     }
 }
 
@@ -252,11 +309,14 @@ impl Etcd {
     }
 }
 
-/// A held etcd lock. Release it with [`unlock`](LockGuard::unlock);
-/// dropping it sends the unlock from a spawned task.
+/// A held etcd lock (or, inside [`Etcd::acquire_lock`], a place in its
+/// queue). Release it with [`unlock`](LockGuard::unlock); dropping it
+/// revokes its lease from a spawned task.
 pub struct LockGuard {
     client: Client,
+    lease: i64,
     key: Option<Vec<u8>>,
+    keepalive: Option<JoinHandle<()>>,
 }
 
 impl LockGuard {
@@ -265,22 +325,42 @@ impl LockGuard {
         self.key.as_deref().unwrap_or_default()
     }
 
-    /// Releases the lock.
+    /// Releases the lock: deletes its key and revokes its lease.
     pub async fn unlock(mut self) -> Result<(), DiscoveryError> {
-        match self.key.take() {
+        if let Some(t) = self.keepalive.take() {
+            t.abort();
+        }
+        let unlocked = match self.key.take() {
             Some(key) => unlock(&self.client, &key).await,
             None => Ok(()),
+        };
+        let lease = std::mem::take(&mut self.lease);
+        let revoked = revoke_lease(&self.client, lease).await;
+        unlocked.and(revoked)
+    }
+
+    /// Stops keeping the lease alive without releasing anything, as if
+    /// this process had died: the lock goes when the lease expires.
+    pub fn abandon(mut self) {
+        if let Some(t) = self.keepalive.take() {
+            t.abort();
         }
+        self.key = None;
+        self.lease = 0;
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
+        if let Some(t) = self.keepalive.take() {
+            t.abort();
+        }
+        let lease = std::mem::take(&mut self.lease);
+        if lease != 0 {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 let client = self.client.clone();
                 rt.spawn(async move {
-                    if let Err(e) = unlock(&client, &key).await {
+                    if let Err(e) = revoke_lease(&client, lease).await {
                         tracing::warn!("{e}");
                     }
                 });
@@ -297,6 +377,68 @@ async fn unlock(client: &Client, key: &[u8]) -> Result<(), DiscoveryError> {
         .map_err(|e| DiscoveryError::Unavailable(format!("etcd unlock: {e}")))
 }
 
+async fn revoke_lease(client: &Client, id: i64) -> Result<(), DiscoveryError> {
+    if id == 0 {
+        return Ok(());
+    }
+    client
+        .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
+        .await
+        .map(|_| ())
+        .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease revoke: {e}")))
+}
+
+/// Keeps a lock's lease alive every third of [`LOCK_TTL`] until aborted
+/// or the lease is gone.
+async fn lock_keepalive(client: Client, id: i64) {
+    loop {
+        tokio::time::sleep(LOCK_TTL / 3).await;
+        match keepalive_once(&client, id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("etcd: the lease of the cluster lock expired; the lock is lost");
+                return;
+            }
+            Err(e) => tracing::warn!("etcd lock lease keepalive: {e}"),
+        }
+    }
+}
+
+/// One keepalive of lease `id`: whether it still exists.
+async fn keepalive_once(client: &Client, id: i64) -> Result<bool, String> {
+    client
+        .call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
+        .await
+        .map(|v| {
+            // A streamed answer: {"result": {"ID", "TTL"}}; TTL 0 or
+            // absent means the lease no longer exists.
+            let r = v.get("result").unwrap_or(&v);
+            r.get("TTL").and_then(as_i64).unwrap_or(0) > 0
+        })
+}
+
+/// Grants a lease of `ttl`; its id.
+async fn grant(client: &Client, ttl: Duration) -> Result<i64, String> {
+    let v = client
+        .call(
+            "/v3/lease/grant",
+            &json!({ "TTL": ttl.as_secs().max(1).to_string() }),
+        )
+        .await
+        .map_err(|e| format!("lease grant: {e}"))?;
+    if let Some(err) = v
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+    {
+        return Err(format!("lease grant: {err}"));
+    }
+    v.get("ID")
+        .and_then(as_i64)
+        .filter(|id| *id != 0)
+        .ok_or_else(|| format!("lease grant: answer without an ID: {v}"))
+}
+
 /// Grants a lease of `ttl` and puts `key = value` on it; the lease id.
 async fn grant_and_put(
     client: &Client,
@@ -304,29 +446,9 @@ async fn grant_and_put(
     key: &str,
     value: &str,
 ) -> Result<i64, DiscoveryError> {
-    let v = client
-        .call(
-            "/v3/lease/grant",
-            &json!({ "TTL": ttl.as_secs().to_string() }),
-        )
+    let id = grant(client, ttl)
         .await
-        .map_err(|e| DiscoveryError::Unavailable(format!("etcd lease grant: {e}")))?;
-    if let Some(err) = v
-        .get("error")
-        .and_then(Value::as_str)
-        .filter(|e| !e.is_empty())
-    {
-        return Err(DiscoveryError::Unavailable(format!(
-            "etcd lease grant: {err}"
-        )));
-    }
-    let id = v
-        .get("ID")
-        .and_then(as_i64)
-        .filter(|id| *id != 0)
-        .ok_or_else(|| {
-            DiscoveryError::Unavailable(format!("etcd lease grant: answer without an ID: {v}"))
-        })?;
+        .map_err(|e| DiscoveryError::Unavailable(format!("etcd {e}")))?;
     let put = json!({
         "key": b64_encode(key.as_bytes()),
         "value": b64_encode(value.as_bytes()),
@@ -334,9 +456,7 @@ async fn grant_and_put(
     });
     if let Err(e) = client.call("/v3/kv/put", &put).await {
         // Do not leave the lease behind.
-        let _ = client
-            .call("/v3/lease/revoke", &json!({ "ID": id.to_string() }))
-            .await;
+        let _ = revoke_lease(client, id).await;
         return Err(DiscoveryError::Unavailable(format!("etcd put {key}: {e}")));
     }
     Ok(id)
@@ -360,15 +480,7 @@ async fn keepalive_loop(
         let alive = if id == 0 {
             Ok(false)
         } else {
-            client
-                .call("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))
-                .await
-                .map(|v| {
-                    // A streamed answer: {"result": {"ID", "TTL"}}; TTL 0
-                    // or absent means the lease no longer exists.
-                    let r = v.get("result").unwrap_or(&v);
-                    r.get("TTL").and_then(as_i64).unwrap_or(0) > 0
-                })
+            keepalive_once(&client, id).await
         };
         match alive {
             Ok(true) => {}
@@ -410,35 +522,15 @@ fn as_i64(v: &Value) -> Option<i64> {
 /// none); `https://` is refused.
 fn parse_server(s: &str) -> Result<String, DiscoveryError> {
     let bad = |why: &str| DiscoveryError::Unavailable(format!("etcd server {s:?}: {why}"));
-    let t = s.trim();
-    let rest = if let Some((scheme, rest)) = t.split_once("://") {
-        match scheme.to_ascii_lowercase().as_str() {
-            "http" => rest,
-            "https" => return Err(bad("TLS to etcd is not supported yet")),
-            _ => return Err(bad("expected http://host:port")),
-        }
-    } else {
-        t
-    };
-    let hostport = rest.split('/').next().unwrap_or_default();
-    if hostport.is_empty() || hostport.contains('@') {
-        return Err(bad("expected http://host:port"));
+    let url = http::Url::parse(s, true).map_err(|_| bad("expected http://host:port"))?;
+    if url.tls {
+        return Err(bad("TLS to etcd is not supported yet"));
     }
-    let has_port = match hostport.rsplit_once(':') {
-        Some((h, p)) => {
-            !h.is_empty() && p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']'))
-        }
-        None => false,
-    };
-    Ok(if has_port {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:2379")
-    })
+    Ok(url.authority(2379))
 }
 
-/// A minimal JSON-over-HTTP/1.1 client for etcd's gateway: one POST per
-/// connection, servers tried in order until one answers.
+/// A JSON client for etcd's gateway: one POST per connection, servers
+/// tried in order until one answers.
 #[derive(Clone)]
 struct Client {
     servers: Vec<String>,
@@ -459,13 +551,7 @@ impl Client {
         let body = body.to_string();
         let mut errors = Vec::new();
         for server in &self.servers {
-            let r = match timeout {
-                Some(t) => tokio::time::timeout(t, post(server, path, &body))
-                    .await
-                    .unwrap_or_else(|_| Err(Failure::Transport(format!("no answer within {t:?}")))),
-                None => post(server, path, &body).await,
-            };
-            match r {
+            match post(server, path, &body, timeout).await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Transport(e)) => errors.push(format!("{server}{path}: {e}")),
                 // etcd answered: trying another member would not help.
@@ -483,27 +569,25 @@ enum Failure {
     Etcd(String),
 }
 
-async fn post(server: &str, path: &str, body: &str) -> Result<Value, Failure> {
-    let t = |e: std::io::Error| Failure::Transport(e.to_string());
-    let mut conn = TcpStream::connect(server)
+async fn post(
+    server: &str,
+    path: &str,
+    body: &str,
+    timeout: Option<Duration>,
+) -> Result<Value, Failure> {
+    let req = http::Request {
+        method: "POST",
+        authority: server,
+        path,
+        headers: &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+        ],
+        body: body.as_bytes(),
+    };
+    let (status, body) = http::send(&req, None, timeout)
         .await
-        .map_err(|e| Failure::Transport(format!("connect: {e}")))?;
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\n\
-         Accept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(req.as_bytes()).await.map_err(t)?;
-    let mut raw = Vec::new();
-    (&mut conn)
-        .take(MAX_RESPONSE as u64 + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(t)?;
-    if raw.len() > MAX_RESPONSE {
-        return Err(Failure::Transport("answer too large".into()));
-    }
-    let (status, body) = parse_response(&raw).map_err(Failure::Transport)?;
+        .map_err(Failure::Transport)?;
     // A streamed answer is a sequence of JSON objects: take the first.
     let value = serde_json::Deserializer::from_slice(&body)
         .into_iter::<Value>()
@@ -533,69 +617,6 @@ async fn post(server: &str, path: &str, body: &str) -> Result<Value, Failure> {
         ))),
         _ => Err(Failure::Etcd(format!("HTTP {status}: {}", snippet()))),
     }
-}
-
-/// Splits a full HTTP/1.1 response into its status and (de-chunked) body.
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = find(raw, b"\r\n\r\n").ok_or("truncated HTTP answer (no header end)")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "HTTP header is not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("bad HTTP status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':') {
-            let (k, v) = (k.trim(), v.trim());
-            if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            } else if k.eq_ignore_ascii_case("content-length") {
-                length = Some(v.parse::<usize>().map_err(|_| "bad Content-Length")?);
-            }
-        }
-    }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        rest.get(..n).ok_or("truncated HTTP body")?.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok((status, body))
-}
-
-/// Decodes a chunked body. A stream cut short after whole chunks (the
-/// server closed a streaming answer) keeps what was read.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = find(data, b"\r\n") else {
-            return Ok(out);
-        };
-        let size_str = std::str::from_utf8(&data[..eol]).map_err(|_| "bad chunk size")?;
-        let size_str = size_str.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| format!("bad chunk size {size_str:?}"))?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let start = eol + 2;
-        let chunk = data
-            .get(start..start + size)
-            .ok_or("truncated HTTP chunk")?;
-        out.extend_from_slice(chunk);
-        data = data.get(start + size + 2..).unwrap_or_default();
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -704,15 +725,5 @@ mod tests {
             "bad".into()
         )
         .is_err());
-    }
-
-    #[test]
-    fn responses() {
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_response(r), Ok((200, b"{}".to_vec())));
-        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
-        assert_eq!(parse_response(r), Ok((200, b"{\"a\":1}".to_vec())));
-        assert!(parse_response(b"HTTP/1.1 200").is_err());
-        assert!(parse_response(b"garbage\r\n\r\n").is_err());
     }
 }

@@ -3,19 +3,23 @@
 //!
 //! A strategy is plain code behind the [`Strategy`] trait; the
 //! [`DiscoveryActor`] wraps one so the autocluster loop can ask it for
-//! node names without caring how they are found. `manual` and `static`
-//! live here; DNS, etcd and Kubernetes follow the same shape.
+//! node names without caring how they are found: `manual`, `static`,
+//! `dns`, `etcd` and `k8s` (the Kubernetes API server).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::future::Future;
 
 pub mod dns;
 pub mod etcd;
+pub mod hosts;
+mod http;
+pub mod k8s;
 pub mod manual;
 pub mod static_seeds;
 
 pub use dns::Dns;
 pub use etcd::Etcd;
+pub use k8s::K8s;
 pub use manual::Manual;
 pub use static_seeds::Static;
 
@@ -37,6 +41,21 @@ pub trait Strategy: Send + Sync + 'static {
 
     /// The node names found now (this node may be among them).
     fn discover(&mut self) -> impl Future<Output = Result<Vec<String>, DiscoveryError>> + Send;
+
+    /// Takes the strategy's cluster lock before a discovery-and-join
+    /// round, waiting a bounded time for another holder: `Ok(true)` when
+    /// it is held, `Ok(false)` when the strategy has none (EMQX's
+    /// `ignore`; the default), an error when the round should be skipped.
+    /// The autocluster loop calls [`unlock`](Strategy::unlock) after the
+    /// round whatever its outcome.
+    fn lock(&mut self) -> impl Future<Output = Result<bool, DiscoveryError>> + Send {
+        async { Ok(false) }
+    }
+
+    /// Releases what [`lock`](Strategy::lock) took; a no-op by default.
+    fn unlock(&mut self) -> impl Future<Output = Result<(), DiscoveryError>> + Send {
+        async { Ok(()) }
+    }
 
     /// Whether the node should run the autocluster loop at all
     /// (`manual` never does: joins are typed by an operator).

@@ -369,6 +369,13 @@ pub struct K8sDiscovery {
     pub namespace: String,
     /// Default `pod.local`.
     pub suffix: String,
+    /// Our key: the service-account token sent as a bearer token. Default
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    pub token_file: PathBuf,
+    /// Our key: the CA the API server's certificate is verified against
+    /// (not verified when the file does not exist). Default
+    /// `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`.
+    pub ca_file: PathBuf,
 }
 
 impl Default for K8sDiscovery {
@@ -379,6 +386,8 @@ impl Default for K8sDiscovery {
             address_type: K8sAddressType::Ip,
             namespace: "default".to_string(),
             suffix: "pod.local".to_string(),
+            token_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            ca_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"),
         }
     }
 }
@@ -1442,7 +1451,9 @@ impl ClusterConfig {
                 f.keyword(K8sAddressType::from_keyword, K8sAddressType::ALL)
             })?;
             s.set("namespace", &mut k.namespace, Field::nonempty_string)?;
-            s.set("suffix", &mut k.suffix, Field::string)
+            s.set("suffix", &mut k.suffix, Field::string)?;
+            s.set("token_file", &mut k.token_file, Field::path)?;
+            s.set("ca_file", &mut k.ca_file, Field::path)
         })?;
         Ok(())
     }

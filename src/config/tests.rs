@@ -728,3 +728,44 @@ fn null_keeps_the_default_and_aliases_work() {
     assert_eq!(c.mqtt.max_inflight, 32);
     assert_eq!(c.node.db_role, DbRole::Replicant);
 }
+
+#[test]
+fn k8s_keys_including_our_token_and_ca_files() {
+    let c = Config::default();
+    assert_eq!(
+        c.cluster.k8s.token_file,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    );
+    assert_eq!(
+        c.cluster.k8s.ca_file,
+        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    );
+    let c = ok(
+        r#"
+cluster {
+  discovery_strategy = k8s
+  k8s {
+    apiserver = "http://127.0.0.1:8001"
+    service_name = "mqtt"
+    namespace = "prod"
+    address_type = hostname
+    suffix = "svc.cluster.local"
+    token_file = "/run/k8s/token"
+    ca_file = "/run/k8s/ca.crt"
+  }
+}
+"#,
+        &[],
+    );
+    let k = &c.cluster.k8s;
+    assert_eq!(c.cluster.discovery_strategy, DiscoveryStrategy::K8s);
+    assert_eq!(k.apiserver, "http://127.0.0.1:8001");
+    assert_eq!(
+        (k.service_name.as_str(), k.namespace.as_str()),
+        ("mqtt", "prod")
+    );
+    assert_eq!(k.address_type, K8sAddressType::Hostname);
+    assert_eq!(k.suffix, "svc.cluster.local");
+    assert_eq!(k.token_file, PathBuf::from("/run/k8s/token"));
+    assert_eq!(k.ca_file, PathBuf::from("/run/k8s/ca.crt"));
+}

@@ -234,6 +234,48 @@ impl Drop for Node {
     }
 }
 
+/// Three cluster nodes on 127.0.0.1-3 sharing one short name `emqx<N>`
+/// (so one inter-node port, 4370 + N), as discovery by address needs:
+/// every address found becomes `<my short name>@<address>`. Each gets
+/// `extra` config; none is started.
+pub fn nodes_sharing_a_short_name(extra: &str) -> Vec<Node> {
+    let n = loop {
+        let n: u16 = 100 + (rand_u32() % 9000) as u16;
+        let free = |ip: &str, p: u16| TcpListener::bind((ip, p)).is_ok();
+        if (1..=3).all(|i| {
+            let ip = format!("127.0.0.{i}");
+            free(&ip, 4370 + n) && free(&ip, 5370 + n)
+        }) {
+            break n;
+        }
+    };
+    (1..=3u8)
+        .map(|i| {
+            let mut node = Node::prepare_cluster(i, extra);
+            let name = format!("emqx{n}@127.0.0.{i}");
+            let text = std::fs::read_to_string(&node.config).expect("config");
+            let text = text.replace(&node.name, &name);
+            std::fs::write(&node.config, text).expect("config");
+            node.name = name;
+            node.dist_port = 4370 + n;
+            node
+        })
+        .collect()
+}
+
+/// `ctl cluster status` as the node prints it.
+pub fn cluster_status(n: &Node) -> String {
+    n.ctl(&["cluster", "status"]).1
+}
+
+/// True when every node reports all of them running and none stopped.
+pub fn all_running(nodes: &[Node]) -> bool {
+    let mut names: Vec<String> = nodes.iter().map(|n| format!("'{}'", n.name)).collect();
+    names.sort();
+    let want = format!("running_nodes => [{}],stopped_nodes => []", names.join(","));
+    nodes.iter().all(|n| cluster_status(n).contains(&want))
+}
+
 /// A random number from the OS-seeded std hasher (no rand dependency).
 pub fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};

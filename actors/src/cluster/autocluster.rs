@@ -49,32 +49,73 @@ pub async fn run<S: Strategy>(
             Err(_) => return,
         };
         if enabled && !clustered {
-            match strategy.discover().await {
-                Ok(names) => {
-                    let mut found = Vec::new();
-                    for n in names.into_iter().filter(|n| *n != me) {
-                        if let Some((start, _)) = probe(&node_server, bind_ip, &n).await {
-                            found.push((n, start));
-                        }
+            // The strategy's lock (etcd's) is held for the whole round, so
+            // nodes starting together join one at a time; it is released
+            // whatever the round's outcome.
+            match strategy.lock().await {
+                Ok(locked) => {
+                    if locked {
+                        tracing::info!(strategy = strategy.name(), "autocluster: lock taken");
                     }
-                    if let Some(target) = pick_oldest(&me, my_start, &found) {
-                        tracing::info!(strategy = strategy.name(), "autocluster: joining {target}");
-                        let t = target.clone();
-                        let r = svc
-                            .call(|r| SvcMsg::Join(t, r), Some(Duration::from_secs(30)))
-                            .await;
-                        if let Ok(ractor::rpc::CallResult::Success(out)) = r {
-                            tracing::info!("autocluster: {}", out.lines().next().unwrap_or(""));
+                    round(&mut strategy, &svc, &node_server, bind_ip, &me, my_start).await;
+                    if locked {
+                        match strategy.unlock().await {
+                            Ok(()) => tracing::info!(
+                                strategy = strategy.name(),
+                                "autocluster: lock released"
+                            ),
+                            Err(e) => tracing::warn!(
+                                strategy = strategy.name(),
+                                "autocluster: unlock failed: {e}"
+                            ),
                         }
                     }
                 }
                 Err(e) => tracing::warn!(
                     strategy = strategy.name(),
-                    "autocluster: discovery failed: {e}"
+                    "autocluster: cannot take the lock: {e}"
                 ),
             }
         }
         tokio::time::sleep(PERIOD).await;
+    }
+}
+
+/// One round: discover, ask each node found when it started, join the
+/// oldest (unless that is this node).
+async fn round<S: Strategy>(
+    strategy: &mut S,
+    svc: &ActorRef<SvcMsg>,
+    node_server: &ActorRef<NodeServerMessage>,
+    bind_ip: Option<IpAddr>,
+    me: &str,
+    my_start: u64,
+) {
+    let names = match strategy.discover().await {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::warn!(
+                strategy = strategy.name(),
+                "autocluster: discovery failed: {e}"
+            );
+            return;
+        }
+    };
+    let mut found = Vec::new();
+    for n in names.into_iter().filter(|n| n != me) {
+        if let Some((start, _)) = probe(node_server, bind_ip, &n).await {
+            found.push((n, start));
+        }
+    }
+    if let Some(target) = pick_oldest(me, my_start, &found) {
+        tracing::info!(strategy = strategy.name(), "autocluster: joining {target}");
+        let t = target.clone();
+        let r = svc
+            .call(|r| SvcMsg::Join(t, r), Some(Duration::from_secs(30)))
+            .await;
+        if let Ok(ractor::rpc::CallResult::Success(out)) = r {
+            tracing::info!("autocluster: {}", out.lines().next().unwrap_or(""));
+        }
     }
 }
 

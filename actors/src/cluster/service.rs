@@ -178,10 +178,9 @@ pub enum SvcMsg {
     ForwardStats(RpcReplyPort<Vec<crate::forward::PeerStats>>),
     /// Autoheal: the split view the leader collected.
     Views(BTreeMap<String, SplitView>),
-    /// Autoheal: this node is being restarted by the coordinator (named):
-    /// drop the cluster data, take a new incarnation, and answer with our
-    /// new member info and the coordinator's address to rejoin through.
-    RebootReset(String, RpcReplyPort<Option<(MemberInfo, SocketAddr)>>),
+    /// Autoheal: this node is being restarted: drop the cluster data, take
+    /// a new incarnation, and answer with our new member info.
+    RebootReset(RpcReplyPort<MemberInfo>),
     /// Autoheal: our restart (as a minority node) finished.
     RebootEnded,
     /// Autoheal: the heal we coordinated finished.
@@ -549,8 +548,8 @@ impl Actor for ClusterService {
                 let eff = st.monitor.on_views(&views, Instant::now());
                 st.apply(&myself, eff, "");
             }
-            SvcMsg::RebootReset(coordinator, reply) => {
-                let _ = reply.send(st.reboot_reset(&coordinator));
+            SvcMsg::RebootReset(reply) => {
+                let _ = reply.send(st.reboot_reset());
             }
             SvcMsg::RebootEnded => {
                 st.rebooting = false;
@@ -661,7 +660,8 @@ pub async fn probe(
     bind_ip: Option<IpAddr>,
     node: &str,
 ) -> Option<(u64, usize)> {
-    if !ensure_link(node_server, bind_ip, node, dist_addr_of(node)?).await {
+    let addr = resolve_dist_addr(node).await?;
+    if !ensure_link(node_server, bind_ip, node, addr).await {
         return None;
     }
     match call_peer(node, &Req::Info).await {
@@ -678,12 +678,14 @@ pub async fn probe(
 async fn join_task(
     ns: &ActorRef<NodeServerMessage>,
     ip: Option<IpAddr>,
-    addr: SocketAddr,
     target: &str,
     me_info: MemberInfo,
     svc: &ActorRef<SvcMsg>,
 ) -> String {
     let down = || format!("Failed to join the cluster: {{node_down,'{target}'}}\n");
+    let Some(addr) = resolve_dist_addr(target).await else {
+        return down();
+    };
     if !ensure_link(ns, ip, target, addr).await {
         return down();
     }
@@ -724,18 +726,15 @@ async fn reboot(
     inc(&ctx.broker.metrics.cluster_autoheal_restarts);
     ctx.listeners.send_replace(false);
     ctx.cm.stop_all().await;
-    let c = coordinator.clone();
-    let reset = svc
-        .call(|r| SvcMsg::RebootReset(c, r), Some(CALL_TIMEOUT))
-        .await;
-    let Ok(ractor::rpc::CallResult::Success(Some((info, addr)))) = reset else {
+    let reset = svc.call(SvcMsg::RebootReset, Some(CALL_TIMEOUT)).await;
+    let Ok(ractor::rpc::CallResult::Success(info)) = reset else {
         tracing::error!("autoheal: cannot reset the cluster state for the restart");
         ctx.listeners.send_replace(true);
         return false;
     };
     let mut ok = false;
     for attempt in 1..=3 {
-        let out = join_task(&ns, ip, addr, &coordinator, info.clone(), svc).await;
+        let out = join_task(&ns, ip, &coordinator, info.clone(), svc).await;
         if out.starts_with("Join the cluster successfully") {
             ok = true;
             break;
@@ -753,10 +752,24 @@ async fn reboot(
     ok
 }
 
-/// The inter-node address of a node from its name: host part, port 4370 +
-/// the trailing number of the short name.
+/// The inter-node address of a node from its name: host part (an IP
+/// address; see [`resolve_dist_addr`] for host names), port 4370 + the
+/// trailing number of the short name.
 pub fn dist_addr_of(node: &str) -> Option<SocketAddr> {
     let (short, host) = node.split_once('@')?;
+    Some(SocketAddr::new(host.parse().ok()?, dist_port_of(short)))
+}
+
+/// [`dist_addr_of`] for any node name: a host name is looked up now
+/// (discovery may name nodes by DNS SRV targets or pod host names).
+pub async fn resolve_dist_addr(node: &str) -> Option<SocketAddr> {
+    let (short, host) = node.split_once('@')?;
+    let ip = emqx_discovery::hosts::lookup(host).await?;
+    Some(SocketAddr::new(ip, dist_port_of(short)))
+}
+
+/// 4370 + the trailing number of a short name (`emqx12` -> 4382).
+fn dist_port_of(short: &str) -> u16 {
     let digits: String = short
         .chars()
         .rev()
@@ -769,8 +782,7 @@ pub fn dist_addr_of(node: &str) -> Option<SocketAddr> {
         .parse::<u64>()
         .map(|n| (n % 60000) as u16)
         .unwrap_or(0);
-    let ip: IpAddr = host.parse().ok()?;
-    Some(SocketAddr::new(ip, 4370 + offset))
+    4370 + offset
 }
 
 impl SvcState {
@@ -1153,12 +1165,7 @@ impl SvcState {
     /// route (links stay up: the new incarnation tells peers we restarted),
     /// and take a new incarnation. Nothing is saved until the rejoin
     /// succeeds, so a crash in between restarts into the old membership.
-    fn reboot_reset(&mut self, coordinator: &str) -> Option<(MemberInfo, SocketAddr)> {
-        let addr = self
-            .membership
-            .peer(coordinator)
-            .and_then(|m| m.info.dist_addr.parse().ok())
-            .or_else(|| dist_addr_of(coordinator))?;
+    fn reboot_reset(&mut self) -> MemberInfo {
         let inc = crate::message::now_ms().max(self.membership.me.incarnation + 1);
         self.membership.reset();
         self.membership.me.incarnation = inc;
@@ -1183,7 +1190,7 @@ impl SvcState {
         self.pending_ups.clear();
         self.joining = true;
         self.ctx.broker.retainer.clean(None);
-        Some((self.membership.me.clone(), addr))
+        self.membership.me.clone()
     }
 
     /// Starts a route sync with `node` unless its versions already agree.
@@ -1421,19 +1428,13 @@ impl SvcState {
             ));
             return;
         }
-        let Some(addr) = dist_addr_of(&target) else {
-            let _ = reply.send(format!(
-                "Failed to join the cluster: {{node_down,'{target}'}}\n"
-            ));
-            return;
-        };
         let ns = self.node_server.clone();
         let ip = self.settings.bind_ip;
         let me_info = self.membership.me.clone();
         let svc = myself.clone();
         self.joining = true;
         tokio::spawn(async move {
-            let out = join_task(&ns, ip, addr, &target, me_info, &svc).await;
+            let out = join_task(&ns, ip, &target, me_info, &svc).await;
             let _ = svc.cast(SvcMsg::JoinEnded);
             let _ = reply.send(out);
         });
