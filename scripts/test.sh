@@ -20,6 +20,7 @@ command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v ss >/dev/null || need_apt+=(iproute2)
 [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
+[ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq
