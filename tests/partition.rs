@@ -248,6 +248,17 @@ fn every_node_reaches_every_node(nodes: &[&Node], tag: &str) {
     }
 }
 
+/// Open file descriptors of a node's process.
+fn fds(n: &Node) -> usize {
+    let pid = n.pid().expect("node runs");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+fn stats(n: &Node, key: &str) -> i64 {
+    let (_, out) = n.ctl(&["broker", "stats"]);
+    stat(&out, key).unwrap_or(-1)
+}
+
 fn log_has(n: &Node, what: &str) -> bool {
     n.log().contains(what)
 }
@@ -286,6 +297,7 @@ fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minorit
     );
     let mut late = mq(c, "split-late");
     late.sub("late/#", 1);
+    let fds_before = fds(c);
 
     let restored = cut.heal();
     let took = wait_healed(&all, restored, Duration::from_secs(60));
@@ -314,6 +326,17 @@ fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minorit
     assert!(metric(a, "cluster.partition.detected") >= 1);
     assert!(metric(a, "cluster.partition.healed") >= 1);
     assert!(log_has(c, "restarts this node's broker"), "{}", tail(c));
+    // Nothing of the old run is left on c: no session, subscription or
+    // connection, and fewer open files than with its three clients.
+    for key in ["sessions.count", "subscriptions.count", "connections.count"] {
+        assert_eq!(stats(c, key), 0, "{key} on {} after its restart", c.name);
+    }
+    let fds_after = fds(c);
+    assert!(
+        fds_after < fds_before,
+        "{} had {fds_before} open files with 3 clients before the split, {fds_after} after the restart",
+        c.name
+    );
     let events: Vec<(String, String)> = sys
         .quiet(Duration::from_millis(500))
         .iter()
