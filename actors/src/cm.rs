@@ -127,7 +127,7 @@ impl Cm {
             } else {
                 let r = old
                     .call(
-                        |r| SessionMsg::Resume(connect.clone(), conn.clone(), r),
+                        |r| SessionMsg::Resume(Box::new(connect.clone()), conn.clone(), r),
                         Some(TAKEOVER_TIMEOUT),
                     )
                     .await;

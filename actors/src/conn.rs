@@ -146,7 +146,9 @@ where
 
     // 3. Read packets and write what the session sends, until either side closes.
     let mut deadline = ka_timeout.map(|d| Instant::now() + d);
-    let mut out = Vec::with_capacity(8 * 1024);
+    // The write buffer grows on the first write and is dropped again after
+    // a large one, so an idle connection holds none.
+    let mut out = Vec::new();
     let cause = loop {
         let paused = pending.load(Ordering::Relaxed) > settings.max_pending_write;
         tokio::select! {
@@ -172,6 +174,9 @@ where
                     }
                     pending.fetch_sub(n, Ordering::Relaxed);
                     add(&metrics.bytes_sent, n as u64);
+                    if out.capacity() > 16 * 1024 {
+                        out = Vec::new();
+                    }
                     if close {
                         let _ = wr.shutdown().await;
                         linger(&mut rd).await;
@@ -197,7 +202,7 @@ where
                         match codec::decode(&mut rbuf, Some(version), max) {
                             Ok(Some(p)) => {
                                 inc(&metrics.packets_received);
-                                if session.cast(SessionMsg::Inbound(conn_id, p)).is_err() {
+                                if session.cast(SessionMsg::Inbound(conn_id, Box::new(p))).is_err() {
                                     err = Some(CloseCause::Closed);
                                     break;
                                 }

@@ -60,13 +60,15 @@ pub struct ClientInfo {
 pub enum SessionMsg {
     /// A message from the broker, with the subscriptions it matched.
     Deliver(Arc<Message>, Vec<SubMatch>),
-    /// A packet read by connection `u64`.
-    Inbound(u64, Packet),
+    /// A packet read by connection `u64`. Boxed, as is the CONNECT of
+    /// `Resume`: ractor boxes every message, and the size of the largest
+    /// variant is what every delivery allocates and copies.
+    Inbound(u64, Box<Packet>),
     /// Connection `u64` ended.
     ConnClosed(u64, CloseCause),
     /// A new connection resumes this session (clean_start = false); replies
     /// once the CONNACK was queued.
-    Resume(Connect, ConnHandle, RpcReplyPort<()>),
+    Resume(Box<Connect>, ConnHandle, RpcReplyPort<()>),
     /// Another connection with clean_start = true replaces this session.
     Discard(RpcReplyPort<()>),
     /// `ctl clients kick`: end the connection and the session.
@@ -245,6 +247,7 @@ impl Actor for SessionActor {
                 if st.conn.as_ref().map(|c| c.id) != Some(id) {
                     return Ok(());
                 }
+                let p = *p;
                 count_inbound(&st.ctx, &p);
                 let acts = {
                     let ctx = st.ctx.clone();
@@ -682,4 +685,16 @@ impl SessionState {
 /// Wall-clock now in ms, re-exported for $SYS payloads.
 pub fn wall_ms() -> u64 {
     now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    /// ractor boxes every message it carries, so every delivery to a
+    /// session allocates and copies a whole `SessionMsg`: large payloads
+    /// (a CONNECT, a decoded packet) stay behind their own box.
+    #[test]
+    fn session_messages_stay_small() {
+        let size = std::mem::size_of::<super::SessionMsg>();
+        assert!(size <= 128, "SessionMsg grew to {size} bytes");
+    }
 }
