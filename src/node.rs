@@ -397,20 +397,30 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             )))
         }
         "etcd" => {
-            if cfg.cluster.etcd.ssl_options.enable {
-                return Err(
-                    "cluster.etcd.ssl_options.enable = true: TLS to etcd is not supported yet"
-                        .into(),
-                );
-            }
+            let ssl = &cfg.cluster.etcd.ssl_options;
+            let tls = ssl.enable.then(|| emqx_discovery::tls::TlsOptions {
+                key_prefix: "cluster.etcd.ssl_options".into(),
+                cacertfile: ssl.cacertfile.clone(),
+                certfile: ssl.certfile.clone(),
+                keyfile: ssl.keyfile.clone(),
+                verify: match ssl.verify {
+                    crate::config::TlsVerify::VerifyPeer => emqx_discovery::tls::Verify::Peer,
+                    crate::config::TlsVerify::VerifyNone => emqx_discovery::tls::Verify::None,
+                },
+                server_name_indication: ssl.server_name_indication.clone(),
+            });
             let etcd = Arc::new(
-                emqx_discovery::Etcd::new(
+                emqx_discovery::Etcd::with_tls(
                     cfg.cluster.etcd.server.clone(),
                     cfg.cluster.etcd.prefix.clone(),
                     cfg.cluster.etcd.node_ttl,
                     name.clone(),
+                    tls.as_ref(),
                 )
-                .map_err(|e| format!("cluster.etcd: {e}"))?,
+                .map_err(|e| match e {
+                    emqx_discovery::DiscoveryError::Config(e) => e,
+                    e => format!("cluster.etcd: {e}"),
+                })?,
             );
             etcd_handle = Some(etcd.clone());
             Some(tokio::spawn(emqx_actors::cluster::autocluster::run(

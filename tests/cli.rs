@@ -724,34 +724,9 @@ fn remote_console_runs_commands_from_stdin_and_quits() {
 /// config error (exit 2) and returns stderr.
 fn config_error(extra: &str, env: &[(&str, &str)]) -> (Node, String) {
     let n = Node::prepare(extra);
-    let mut cmd = Command::new(BIN);
-    cmd.arg("foreground").arg("-config").arg(&n.config);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard(cmd.spawn().expect("spawn"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "emqx-rs started despite the bad config {extra:?} {env:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let Some((status, err)) = n.foreground_exit(env, Duration::from_secs(15)) else {
+        panic!("emqx-rs started despite the bad config {extra:?} {env:?}");
     };
-    let mut err = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
     assert_eq!(status.code(), Some(2), "exit code; stderr: {err}");
     (n, err)
 }

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{all_running, cluster_status, nodes_sharing_a_short_name, wait_until};
+use common::{all_running, cluster_status, nodes_sharing_a_short_name, pki, wait_until};
 use emqx_discovery::k8s::{AddressType, K8sSettings};
 use emqx_discovery::{DiscoveryError, K8s, Strategy};
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,85 +167,16 @@ struct Pki {
     server: Arc<rustls::ServerConfig>,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl is not installed: run scripts/test.sh, which installs it");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 fn make_pki(dir: &Path, tag: &str) -> Pki {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let ca_key = format!("{tag}-ca.key");
-    let ca = format!("{tag}-ca.crt");
-    let mut args = vec!["req", "-x509"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test apiserver CA",
-    ]);
-    openssl(dir, &args);
-    let mut args = vec!["req"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(dir, &args);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext file");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &ca,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ],
-    );
+    let ca = pki::make_ca(dir, tag);
+    let issued = pki::issue(dir, &ca, "server", "127.0.0.1", pki::SERVER_EXT);
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(dir.join("server.crt"))
+    let certs = CertificateDer::pem_file_iter(&issued.cert)
         .expect("server.crt")
         .collect::<Result<Vec<_>, _>>()
         .expect("server.crt");
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+    let key = PrivateKeyDer::from_pem_file(&issued.key).expect("server.key");
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -255,7 +185,7 @@ fn make_pki(dir: &Path, tag: &str) -> Pki {
         .with_single_cert(certs, key)
         .expect("server cert");
     Pki {
-        ca: dir.join(ca),
+        ca: ca.cert,
         server: Arc::new(server),
     }
 }

@@ -16,14 +16,22 @@
 //! dies holding it goes within seconds, whatever `node_ttl` is.
 //!
 //! etcd is spoken to through its v3 JSON gateway (`/v3/...`) with the
-//! crate's small HTTP/1.1 client (plain TCP, one request per connection);
-//! keys and values travel base64-encoded.
+//! crate's small HTTP/1.1 client (one request per connection); keys and
+//! values travel base64-encoded.
+//!
+//! TLS ([`Etcd::with_tls`], `cluster.etcd.ssl_options`): as in EMQX, it
+//! applies to every server when enabled, whatever the URL's scheme. The
+//! server is verified against `cacertfile` (`verify_peer`) or not at all
+//! (`verify_none`); `certfile` + `keyfile` give a client certificate for
+//! an etcd started with `--client-cert-auth`.
 //!
 //! Differences from EMQX: the lease TTL is `node_ttl` (EMQX v3 uses a
 //! fixed 5 s and ignores `node_ttl`); the range read is a real prefix scan
 //! (EMQX uses `range_end = "\0"`, which also returns keys of later
-//! prefixes); TLS to etcd is not supported yet.
+//! prefixes); an `https://` server without TLS enabled is refused (EMQX
+//! would speak plain TCP to it).
 
+use crate::tls::{TlsOptions, Verify};
 use crate::{check_node_name, http, DiscoveryError, Strategy};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -62,28 +70,64 @@ impl Etcd {
     /// `host:port`); `prefix` is `cluster.etcd.prefix`; `node_ttl` the
     /// lease TTL (at least 1 s); `me` this node's name. Nothing is sent
     /// to etcd until the first [`discover`](Strategy::discover) (or
-    /// [`register`](Etcd::register)). `https://` servers are refused: TLS
-    /// to etcd is not supported yet.
+    /// [`register`](Etcd::register)). Plain TCP: `https://` servers are
+    /// refused (see [`with_tls`](Etcd::with_tls)).
     pub fn new(
         servers: Vec<String>,
         prefix: String,
         node_ttl: Duration,
         me: String,
     ) -> Result<Etcd, DiscoveryError> {
+        Etcd::with_tls(servers, prefix, node_ttl, me, None)
+    }
+
+    /// [`new`](Etcd::new), speaking TLS to every server when `tls` is
+    /// given. Its files are read here: a missing or unusable one is a
+    /// [`DiscoveryError::Config`] naming the key and the file.
+    pub fn with_tls(
+        servers: Vec<String>,
+        prefix: String,
+        node_ttl: Duration,
+        me: String,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Etcd, DiscoveryError> {
         check_node_name(&me)?;
         if servers.is_empty() {
-            return Err(DiscoveryError::Unavailable(
+            return Err(DiscoveryError::Config(
                 "cluster.etcd.server: no etcd server given".into(),
             ));
         }
         let servers = servers
             .iter()
-            .map(|s| parse_server(s))
+            .map(|s| parse_server(s, tls))
             .collect::<Result<Vec<_>, _>>()?;
+        let no_client_cert = tls.is_some_and(|t| t.certfile.is_none());
+        let tls = match tls {
+            None => None,
+            Some(opts) => {
+                let cfg = opts.client_config().map_err(DiscoveryError::Config)?;
+                if opts.verify == Verify::None {
+                    tracing::warn!(
+                        "{}.verify = verify_none: the certificate of etcd is not checked",
+                        opts.key_prefix
+                    );
+                }
+                Some(cfg)
+            }
+        };
         let prefix = prefix.trim_end_matches('/');
         let nodes_prefix = format!("{prefix}/ekkacl/nodes/");
         Ok(Etcd {
-            client: Client { servers },
+            client: Client {
+                servers,
+                tls,
+                alert_hint: if no_client_cert {
+                    " (no client certificate is configured: an etcd run with \
+                     --client-cert-auth needs cluster.etcd.ssl_options.certfile and keyfile)"
+                } else {
+                    ""
+                },
+            },
             node_key: format!("{nodes_prefix}{me}"),
             nodes_prefix,
             lock_name: format!("{prefix}/ekkacl/lock/"),
@@ -518,22 +562,53 @@ fn as_i64(v: &Value) -> Option<i64> {
     }
 }
 
-/// `http://host:port[/]` or `host:port` to `host:port` (port 2379 if
-/// none); `https://` is refused.
-fn parse_server(s: &str) -> Result<String, DiscoveryError> {
-    let bad = |why: &str| DiscoveryError::Unavailable(format!("etcd server {s:?}: {why}"));
-    let url = http::Url::parse(s, true).map_err(|_| bad("expected http://host:port"))?;
-    if url.tls {
-        return Err(bad("TLS to etcd is not supported yet"));
+/// One etcd server: where to connect and, with TLS, the name to ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Server {
+    /// `host:port`.
+    authority: String,
+    /// The TLS server name (the URL's host, or `server_name_indication`).
+    name: String,
+}
+
+/// `http(s)://host:port[/]` or `host:port` to a [`Server`] (port 2379 if
+/// none). `https://` needs `tls`; with `tls`, every server speaks TLS
+/// whatever its scheme (as in EMQX), and an explicit `http://` is warned
+/// about.
+fn parse_server(s: &str, tls: Option<&TlsOptions>) -> Result<Server, DiscoveryError> {
+    let bad = |why: &str| DiscoveryError::Config(format!("cluster.etcd.server {s:?}: {why}"));
+    let url = http::Url::parse(s, true).map_err(|_| bad("expected http(s)://host:port"))?;
+    match tls {
+        None if url.tls => {
+            return Err(bad(
+                "an https:// server needs cluster.etcd.ssl_options.enable = true",
+            ))
+        }
+        Some(_) if !url.tls && s.trim().to_ascii_lowercase().starts_with("http://") => {
+            tracing::warn!(
+                "cluster.etcd.server {s:?}: spoken to with TLS, since ssl_options.enable = true"
+            );
+        }
+        _ => {}
     }
-    Ok(url.authority(2379))
+    Ok(Server {
+        authority: url.authority(2379),
+        name: match tls {
+            Some(t) => t.server_name(url.bare_host()).to_string(),
+            None => url.bare_host().to_string(),
+        },
+    })
 }
 
 /// A JSON client for etcd's gateway: one POST per connection, servers
 /// tried in order until one answers.
 #[derive(Clone)]
 struct Client {
-    servers: Vec<String>,
+    servers: Vec<Server>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Added to a TLS alert from the server when no client certificate
+    /// is configured.
+    alert_hint: &'static str,
 }
 
 impl Client {
@@ -551,11 +626,20 @@ impl Client {
         let body = body.to_string();
         let mut errors = Vec::new();
         for server in &self.servers {
-            match post(server, path, &body, timeout).await {
+            let tls = self.tls.as_ref().map(|c| (c, server.name.as_str()));
+            let at = &server.authority;
+            match post(at, tls, path, &body, timeout).await {
                 Ok(v) => return Ok(v),
-                Err(Failure::Transport(e)) => errors.push(format!("{server}{path}: {e}")),
+                Err(Failure::Transport(e)) => {
+                    let hint = if e.contains("fatal alert") {
+                        self.alert_hint
+                    } else {
+                        ""
+                    };
+                    errors.push(format!("{at}{path}: {e}{hint}"))
+                }
                 // etcd answered: trying another member would not help.
-                Err(Failure::Etcd(e)) => return Err(format!("{server}{path}: {e}")),
+                Err(Failure::Etcd(e)) => return Err(format!("{at}{path}: {e}")),
             }
         }
         Err(errors.join("; "))
@@ -571,6 +655,7 @@ enum Failure {
 
 async fn post(
     server: &str,
+    tls: Option<(&Arc<rustls::ClientConfig>, &str)>,
     path: &str,
     body: &str,
     timeout: Option<Duration>,
@@ -585,7 +670,7 @@ async fn post(
         ],
         body: body.as_bytes(),
     };
-    let (status, body) = http::send(&req, None, timeout)
+    let (status, body) = http::send(&req, tls, timeout)
         .await
         .map_err(Failure::Transport)?;
     // A streamed answer is a sequence of JSON objects: take the first.
@@ -701,22 +786,35 @@ mod tests {
 
     #[test]
     fn servers() {
+        let plain = |s: &str| parse_server(s, None).ok().map(|s| s.authority);
         assert_eq!(
-            parse_server("http://127.0.0.1:2379").ok().as_deref(),
+            plain("http://127.0.0.1:2379").as_deref(),
             Some("127.0.0.1:2379")
         );
+        assert_eq!(plain("http://etcd/").as_deref(), Some("etcd:2379"));
+        assert_eq!(plain("h:1").as_deref(), Some("h:1"));
+        assert_eq!(plain("http://[::1]:2379").as_deref(), Some("[::1]:2379"));
+        let e = parse_server("https://h:2379", None)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("needs cluster.etcd.ssl_options.enable = true")));
+        assert!(parse_server("ftp://h", None).is_err());
+
+        let mut tls = TlsOptions::default();
+        let s = parse_server("https://[::1]:2379", Some(&tls)).expect("https");
         assert_eq!(
-            parse_server("http://etcd/").ok().as_deref(),
-            Some("etcd:2379")
+            (s.authority.as_str(), s.name.as_str()),
+            ("[::1]:2379", "::1")
         );
-        assert_eq!(parse_server("h:1").ok().as_deref(), Some("h:1"));
+        // The scheme does not decide: TLS is on for every server.
+        let s = parse_server("http://etcd-0", Some(&tls)).expect("http with TLS");
         assert_eq!(
-            parse_server("http://[::1]:2379").ok().as_deref(),
-            Some("[::1]:2379")
+            (s.authority.as_str(), s.name.as_str()),
+            ("etcd-0:2379", "etcd-0")
         );
-        let e = parse_server("https://h:2379").err().map(|e| e.to_string());
-        assert!(e.is_some_and(|e| e.contains("TLS")));
-        assert!(parse_server("ftp://h").is_err());
+        tls.server_name_indication = Some("etcd.cluster.local".into());
+        let s = parse_server("https://10.0.0.1:2379", Some(&tls)).expect("sni");
+        assert_eq!(s.name, "etcd.cluster.local");
         assert!(Etcd::new(vec![], "p".into(), Duration::from_secs(2), "a@h".into()).is_err());
         assert!(Etcd::new(
             vec!["h:1".into()],

@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 
 /// Largest answer read.
 pub(crate) const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+/// How long a failed send waits for the reason (a TLS alert) to arrive.
+const ALERT_WAIT: Duration = Duration::from_millis(500);
 
 /// Where requests go: `scheme://host[:port][/base path]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +109,7 @@ pub(crate) async fn send(
                 let stream = tokio_rustls::TlsConnector::from(cfg.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| format!("TLS: {e}"))?;
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
                 exchange(stream, req).await
             }
         }
@@ -135,10 +137,23 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         "Content-Length: {}\r\nConnection: close\r\n\r\n",
         req.body.len()
     ));
-    let io = |e: std::io::Error| e.to_string();
-    conn.write_all(head.as_bytes()).await.map_err(io)?;
-    conn.write_all(req.body).await.map_err(io)?;
-    conn.flush().await.map_err(io)?;
+    let sent = async {
+        conn.write_all(head.as_bytes()).await?;
+        conn.write_all(req.body).await?;
+        conn.flush().await
+    }
+    .await;
+    if let Err(e) = sent {
+        // A TLS server that refuses the client's certificate says why in
+        // an alert sent after the client's side of the handshake, then
+        // closes: the alert, if it came, is the better error.
+        let mut byte = [0u8; 1];
+        let alert = tokio::time::timeout(ALERT_WAIT, conn.read(&mut byte)).await;
+        return Err(match alert {
+            Ok(Err(why)) => format!("sending the request: {why}"),
+            _ => format!("sending the request: {e}"),
+        });
+    }
     let mut raw = Vec::new();
     let read = (&mut conn)
         .take(MAX_RESPONSE as u64 + 1)
@@ -148,7 +163,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         // Servers that close a TLS connection without close_notify are
         // common; what was read is still a whole answer if it parses.
         if raw.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
-            return Err(e.to_string());
+            return Err(format!("reading the answer: {e}"));
         }
     }
     if raw.len() > MAX_RESPONSE {

@@ -20,11 +20,9 @@
 //! projected tokens.
 
 use crate::http::{self, Url};
+use crate::tls;
 use crate::{check_node_name, DiscoveryError, Strategy};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::ClientConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -261,91 +259,19 @@ fn node_names(json: &[u8], app: &str, s: &K8sSettings) -> Result<Vec<String>, St
 /// A client config for the API server: verified against `ca_file` when it
 /// exists (true), unverified when it does not (false).
 fn tls_config(ca_file: &Path) -> Result<(Arc<ClientConfig>, bool), String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?;
-    let pem = match std::fs::read(ca_file) {
-        Ok(p) => Some(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("cannot read {}: {e}", ca_file.display())),
-    };
-    let (cfg, verified) = match pem {
-        Some(pem) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{}: no certificate in it", ca_file.display()));
-            }
-            (
-                builder.with_root_certificates(roots).with_no_client_auth(),
-                true,
-            )
+    if let Err(e) = std::fs::metadata(ca_file) {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Ok((Arc::new(tls::unverified_config()?), false));
         }
-        None => (
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-                .with_no_client_auth(),
-            false,
-        ),
-    };
-    Ok((Arc::new(cfg), verified))
-}
-
-/// Accepts any server certificate (EMQX's `verify_none` when there is no
-/// CA file); the handshake signatures are still checked.
-#[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    let roots = tls::load_roots(ca_file)?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((Arc::new(cfg), true))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod http;
 pub mod k8s;
 pub mod manual;
 pub mod static_seeds;
+pub mod tls;
 
 pub use dns::Dns;
 pub use etcd::Etcd;
@@ -32,6 +33,10 @@ pub enum DiscoveryError {
     /// The backing service (DNS, etcd, API server) could not be reached.
     #[error("discovery backend unavailable: {0}")]
     Unavailable(String),
+    /// Settings that cannot work (a missing file, a bad URL): the node
+    /// should not start. The text names the configuration key.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A way of finding cluster members.

@@ -353,6 +353,9 @@ pub struct EtcdSslOptions {
     pub keyfile: Option<PathBuf>,
     /// Default `verify_none`.
     pub verify: TlsVerify,
+    /// The TLS server name to send and check instead of the URL's host;
+    /// `disable` sends none. Default unset.
+    pub server_name_indication: Option<String>,
 }
 
 /// `cluster.k8s.*`
@@ -1474,7 +1477,12 @@ impl EtcdDiscovery {
                 s.set("keyfile", &mut t.keyfile, Field::opt_path)?;
                 s.set("verify", &mut t.verify, |f| {
                     f.keyword(TlsVerify::from_keyword, TlsVerify::ALL)
-                })
+                })?;
+                s.set(
+                    "server_name_indication",
+                    &mut t.server_name_indication,
+                    |f| f.string().map(|v| Some(v).filter(|v| !v.is_empty())),
+                )
             })?;
         }
         Ok(())

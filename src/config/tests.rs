@@ -128,6 +128,7 @@ fn shipped_emqx_conf_documents_every_key() {
         "resolver",
         "node_ttl",
         "cacertfile",
+        "server_name_indication",
         "apiserver",
         "service_name",
         "address_type",
@@ -233,6 +234,7 @@ fn shipped_emqx_conf_commented_defaults_are_the_defaults() {
     ssl.cacertfile = Some(certs.join("cacert.pem"));
     ssl.certfile = Some(certs.join("cert.pem"));
     ssl.keyfile = Some(certs.join("key.pem"));
+    ssl.server_name_indication = Some("etcd.example.com".into());
     expected.log.file.path = Some(PathBuf::from("data/log/emqx.log"));
     for (map, port) in [
         (&mut expected.listeners.ssl, 8883),
@@ -692,6 +694,14 @@ fn etcd_needs_a_server() {
         vec!["http://a:2379", "http://b:2379"]
     );
     assert!(c.cluster.etcd.ssl_options.enable);
+    let c = ok(
+        "cluster.etcd.ssl_options { enable = true, verify = verify_peer, cacertfile = \"/c/ca.pem\", server_name_indication = \"etcd.local\" }\n",
+        &[],
+    );
+    let ssl = &c.cluster.etcd.ssl_options;
+    assert_eq!(ssl.verify, TlsVerify::VerifyPeer);
+    assert_eq!(ssl.cacertfile.as_deref(), Some(Path::new("/c/ca.pem")));
+    assert_eq!(ssl.server_name_indication.as_deref(), Some("etcd.local"));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod pki;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -128,7 +129,12 @@ impl Node {
         }
     }
 
-    pub fn spawn(&mut self, env: &[(String, String)]) {
+    /// Starts `emqx-rs foreground` with this node's config and `env`,
+    /// stderr piped.
+    fn spawn_foreground<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+        &self,
+        env: &[(K, V)],
+    ) -> Child {
         let mut cmd = Command::new(BIN);
         cmd.arg("foreground").arg("-config").arg(&self.config);
         for (k, v) in env {
@@ -137,7 +143,11 @@ impl Node {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn emqx-rs");
+        cmd.spawn().expect("spawn emqx-rs")
+    }
+
+    pub fn spawn(&mut self, env: &[(String, String)]) {
+        let mut child = self.spawn_foreground(env);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if TcpStream::connect(self.addr()).is_ok() {
@@ -186,6 +196,34 @@ impl Node {
         cmd.args(args).arg("-config").arg(&self.config);
         cmd.stdin(Stdio::null());
         cmd.output().expect("run emqx-rs")
+    }
+
+    /// Runs `emqx-rs foreground` with this node's config (and `env`) for
+    /// at most `timeout`: its exit status and stderr, or `None` (the node
+    /// is then killed) if it was still running.
+    pub fn foreground_exit(
+        &self,
+        env: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Option<(std::process::ExitStatus, String)> {
+        let mut child = self.spawn_foreground(env);
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        Some((status, err))
     }
 
     /// `emqx-rs ctl <args>`: (exit code, stdout).
