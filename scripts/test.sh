@@ -41,7 +41,7 @@ echo "== codec benchmark runs once (test mode, debug build)"
 cargo test -p emqx-actors --bench codec >/dev/null
 echo "== tests"
 set +e
-cargo test --workspace -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt
+cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
 echo "== paho-mqtt interoperability tests"
 python3 -m unittest discover -s tests/paho -v 2>&1 | tee target/paho-output.txt

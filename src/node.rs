@@ -191,7 +191,11 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     // Inter-node port first: it is how `ping`, `stop` and `ctl` find us.
     let dist_port = cfg.dist_port();
     let (short, host) = name.split_once('@').unwrap_or((name.as_str(), "127.0.0.1"));
-    let listen_ip = host_ip(&name).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    // A host name that does not resolve is a configuration error: bound to
+    // every interface, the node would advertise an address it cannot know.
+    let listen_ip = host_ip(&name).ok_or_else(|| {
+        format!("node.name = {name}: cannot resolve the host {host} (checked through cluster.dns.resolver when set, else the system resolver)")
+    })?;
     let dist_listener = TcpListener::bind(SocketAddr::new(listen_ip, dist_port))
         .await
         .map_err(|e| format!("inter-node port {dist_port} on {listen_ip} is not available: {e}"))?;

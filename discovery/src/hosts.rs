@@ -59,9 +59,10 @@ pub async fn lookup(host: &str) -> Option<IpAddr> {
 }
 
 /// [`lookup`] for code that is not async (or runs before the node's own
-/// listeners exist): resolved once per host on a helper thread, then
+/// listeners exist): resolved on a helper thread, trying for up to about
+/// 15 s (a DNS server starting next to the node may not answer yet), then
 /// remembered for the life of the process, so every caller sees the same
-/// address.
+/// address. A failure is not remembered.
 pub fn lookup_once(host: &str) -> Option<IpAddr> {
     static SEEN: OnceLock<Mutex<HashMap<String, Option<IpAddr>>>> = OnceLock::new();
     if let Some(ip) = literal(host) {
@@ -73,17 +74,25 @@ pub fn lookup_once(host: &str) -> Option<IpAddr> {
     }
     let h = host.to_string();
     let r = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .ok()
-            .and_then(|rt| rt.block_on(lookup(&h)))
+            .ok()?;
+        rt.block_on(async {
+            for _ in 0..3 {
+                if let Some(ip) = lookup(&h).await {
+                    return Some(ip);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            None
+        })
     })
     .join()
     .ok()
     .flatten();
-    if let Ok(mut m) = seen.lock() {
-        m.insert(host.to_string(), r);
+    if let (Some(ip), Ok(mut m)) = (r, seen.lock()) {
+        m.insert(host.to_string(), Some(ip));
     }
     r
 }
