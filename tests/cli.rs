@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -70,17 +70,11 @@ impl Mqtt {
         let mut o = MqttOptions::new(id, "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(keepalive));
         o.set_clean_session(true);
-        let (client, mut conn) = Client::new(o, 64);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                let err = ev.is_err();
-                if tx.send(ev).is_err() || err {
-                    break;
-                }
-            }
-        });
-        let m = Mqtt { client, rx };
+        let (client, conn) = Client::new(o, 64);
+        let m = Mqtt {
+            client,
+            rx: common::cluster::pump(conn),
+        };
         m.wait_for(Duration::from_secs(10), |p| matches!(p, Packet::ConnAck(_)))
             .unwrap_or_else(|| panic!("{id}: no CONNACK"));
         m

@@ -781,17 +781,7 @@ fn restarted_node_rejoins_its_cluster_automatically() {
 /// A 3.1.1 client with clean_session = false; returns it and whether the
 /// broker said a session was present.
 fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
-    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_clean_session(false);
-    let (c, conn) = Client::new(o, 1000);
-    let mut m = Mq {
-        id: id.to_string(),
-        c,
-        rx: pump(conn),
-        got: VecDeque::new(),
-        error: None,
-    };
+    let mut m = Mq::open(n, id, false);
     let mut present = None;
     let ok = m.wait_for(Duration::from_secs(5), |e| match e {
         Event::Incoming(Packet::ConnAck(a)) => {

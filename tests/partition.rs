@@ -160,26 +160,9 @@ impl Drop for Partition {
     }
 }
 
-/// A node prepared with fast detection plus `extra`, then started.
-fn start(ip: u8, extra: &str) -> Node {
-    let mut n = prepare(ip);
-    let text = std::fs::read_to_string(&n.config).expect("read config");
-    std::fs::write(&n.config, format!("{text}{HEAL}{extra}\n")).expect("write config");
-    n.spawn(&[]);
-    n
-}
-
-/// Starts nodes and joins them all to the first.
-fn cluster_with(ips: &[u8], extra: &str) -> Vec<Node> {
-    let nodes: Vec<Node> = ips.iter().map(|ip| start(*ip, extra)).collect();
-    for n in &nodes[1..] {
-        join(n, &nodes[0]);
-    }
-    let all: Vec<&Node> = nodes.iter().collect();
-    for n in &nodes {
-        wait_status(n, &status_line(&all, &[]), Duration::from_secs(15), &all);
-    }
-    nodes
+/// A cluster of nodes with the short autoheal delay plus `extra`.
+fn healing_cluster(ips: &[u8], extra: &str) -> Vec<Node> {
+    cluster_with(ips, &format!("{HEAL}{extra}\n"))
 }
 
 fn metric(n: &Node, key: &str) -> i64 {
@@ -266,7 +249,7 @@ fn log_has(n: &Node, what: &str) -> bool {
 #[test]
 fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minority() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let nodes = cluster_with(&[1, 2, 3], "");
+    let nodes = healing_cluster(&[1, 2, 3], "");
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let all = [a, b, c];
     // Events of the cluster, as an operator would watch them.
@@ -365,7 +348,7 @@ fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minorit
 #[test]
 fn five_nodes_split_three_two_heal_by_restarting_the_two() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let nodes = cluster_with(&[1, 2, 3, 4, 5], "");
+    let nodes = healing_cluster(&[1, 2, 3, 4, 5], "");
     let all: Vec<&Node> = nodes.iter().collect();
     let (major, minor) = (&all[..3], &all[3..]);
     let mut cut = Partition::split(&[major, minor]);
@@ -389,7 +372,7 @@ fn five_nodes_split_three_two_heal_by_restarting_the_two() {
 #[test]
 fn three_way_split_heals_only_once_a_majority_is_reachable() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let nodes = cluster_with(&[1, 2, 3], "");
+    let nodes = healing_cluster(&[1, 2, 3], "");
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let all = [a, b, c];
     let mut cut = Partition::split(&[&[a], &[b], &[c]]);
@@ -445,7 +428,7 @@ fn three_way_split_heals_only_once_a_majority_is_reachable() {
 #[test]
 fn with_autoheal_off_a_split_stays_split_after_the_network_returns() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let nodes = cluster_with(&[1, 2, 3], "cluster.autoheal = false");
+    let nodes = healing_cluster(&[1, 2, 3], "cluster.autoheal = false");
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let all = [a, b, c];
     let mut cut = Partition::split(&[&[a, b], &[c]]);

@@ -28,9 +28,14 @@ pub const DOWN_TIMEOUT: Duration = Duration::from_secs(3);
 /// every port handed out in this test binary is remembered and never
 /// handed out again.
 pub fn prepare(ip: u8) -> Node {
+    prepare_with(ip, "")
+}
+
+/// [`prepare`] with `extra` appended to the node's config.
+pub fn prepare_with(ip: u8, extra: &str) -> Node {
     static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut n = loop {
-        let n = Node::prepare_cluster(ip, FAST);
+        let n = Node::prepare_cluster(ip, &format!("{FAST}{extra}"));
         let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
         let ports = [n.dist_port, fwd_port(&n)];
         if ports.iter().all(|p| !taken.contains(p)) {
@@ -58,7 +63,12 @@ pub fn prepare(ip: u8) -> Node {
 
 /// A running node on 127.0.0.`ip`.
 pub fn node(ip: u8) -> Node {
-    let mut n = prepare(ip);
+    node_with(ip, "")
+}
+
+/// [`node`] with `extra` appended to the node's config.
+pub fn node_with(ip: u8, extra: &str) -> Node {
+    let mut n = prepare_with(ip, extra);
     n.spawn(&[]);
     n
 }
@@ -157,14 +167,19 @@ pub fn join(n: &Node, target: &Node) -> String {
 /// Starts nodes on the given loopback addresses and joins every node to
 /// the first; returns when every node reports every node running.
 pub fn cluster(ips: &[u8]) -> Vec<Node> {
-    let nodes: Vec<Node> = ips.iter().map(|ip| node(*ip)).collect();
+    cluster_with(ips, "")
+}
+
+/// [`cluster`] of nodes with `extra` appended to their config.
+pub fn cluster_with(ips: &[u8], extra: &str) -> Vec<Node> {
+    let nodes: Vec<Node> = ips.iter().map(|ip| node_with(*ip, extra)).collect();
     for n in &nodes[1..] {
         join(n, &nodes[0]);
     }
     let all: Vec<&Node> = nodes.iter().collect();
     let line = status_line(&all, &[]);
     for n in &nodes {
-        wait_status(n, &line, Duration::from_secs(10), &all);
+        wait_status(n, &line, Duration::from_secs(15), &all);
     }
     nodes
 }
@@ -254,16 +269,7 @@ pub fn qos(q: u8) -> QoS {
 }
 
 pub fn mq(n: &Node, id: &str) -> Mq {
-    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, conn) = Client::new(o, 1000);
-    let mut m = Mq {
-        id: id.to_string(),
-        c,
-        rx: pump(conn),
-        got: VecDeque::new(),
-        error: None,
-    };
+    let mut m = Mq::open(n, id, true);
     let ok = m.wait_for(Duration::from_secs(5), |e| {
         matches!(e, Event::Incoming(Packet::ConnAck(_)))
     });
@@ -276,6 +282,22 @@ pub fn mq(n: &Node, id: &str) -> Mq {
 }
 
 impl Mq {
+    /// Starts a 3.1.1 client of `n` (keepalive 30 s) without waiting for
+    /// its CONNACK.
+    pub fn open(n: &Node, id: &str, clean_session: bool) -> Mq {
+        let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_clean_session(clean_session);
+        let (c, conn) = Client::new(o, 1000);
+        Mq {
+            id: id.to_string(),
+            c,
+            rx: pump(conn),
+            got: VecDeque::new(),
+            error: None,
+        }
+    }
+
     /// Handles events until `pred` matches one (true), the time is up or
     /// the connection fails (false). Publishes are buffered on the way.
     pub fn wait_for(&mut self, t: Duration, mut pred: impl FnMut(&Event) -> bool) -> bool {

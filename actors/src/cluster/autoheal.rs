@@ -180,10 +180,6 @@ impl Monitor {
         self.incarnation
     }
 
-    pub fn config(&self) -> &HealConfig {
-        &self.cfg
-    }
-
     /// Starts watching a member (not running until heard from).
     pub fn add_member(&mut self, node: &str, role: Role, now: Instant) {
         if node == self.me {
@@ -263,10 +259,6 @@ impl Monitor {
 
     pub fn is_reachable(&self, node: &str) -> bool {
         node == self.me || self.detector.is_up(node)
-    }
-
-    pub fn is_partitioned(&self, node: &str) -> bool {
-        self.peers.get(node).is_some_and(|p| p.partitioned)
     }
 
     /// Peers partitioned from this node, sorted.

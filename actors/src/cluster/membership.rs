@@ -183,7 +183,12 @@ pub fn status_line(running: &[String], stopped: &[String]) -> String {
 
 /// `cluster status --json`.
 pub fn status_json(running: &[String], stopped: &[String]) -> String {
-    serde_json::json!({"running_nodes": running, "stopped_nodes": stopped}).to_string()
+    status_value(running, stopped).to_string()
+}
+
+/// `cluster status --json` as a value, for callers that add fields.
+pub fn status_value(running: &[String], stopped: &[String]) -> serde_json::Value {
+    serde_json::json!({"running_nodes": running, "stopped_nodes": stopped})
 }
 
 #[cfg(test)]

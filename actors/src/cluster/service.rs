@@ -10,7 +10,7 @@
 
 use super::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
 use super::detector::Backoff;
-use super::membership::{atom, status_json, status_line, MemberInfo, Membership};
+use super::membership::{atom, status_json, status_line, status_value, MemberInfo, Membership};
 use super::routes::{ClusterRoutes, LocalRouteLog, RouteOp};
 use super::wire::{self, JoinSnapshot, Note, Req, Resp};
 use crate::forward::Forwarder;
@@ -513,36 +513,7 @@ impl Actor for ClusterService {
                 let _ = reply.send(out);
             }
             SvcMsg::Status(json, reply) => {
-                let (r, s) = st.membership.status();
-                let parts = st.monitor.partitions();
-                let heal = if !st.settings.heal.enabled {
-                    "off"
-                } else if st.rebooting {
-                    "restarting this node"
-                } else if st.coordinating {
-                    "restarting the minority"
-                } else {
-                    "pending"
-                };
-                let out = if json {
-                    let mut v: serde_json::Value =
-                        serde_json::from_str(&status_json(&r, &s)).unwrap_or_default();
-                    if !parts.is_empty() || st.rebooting || st.coordinating {
-                        v["partitions"] = serde_json::json!(parts);
-                        v["autoheal"] = serde_json::json!(heal);
-                    }
-                    v.to_string()
-                } else if !parts.is_empty() || st.rebooting || st.coordinating {
-                    let list: Vec<String> = parts.iter().map(|n| atom(n)).collect();
-                    format!(
-                        "{}\nPartitioned from: [{}] (autoheal: {heal})",
-                        status_line(&r, &s),
-                        list.join(",")
-                    )
-                } else {
-                    status_line(&r, &s)
-                };
-                let _ = reply.send(out);
+                let _ = reply.send(st.status(json));
             }
             SvcMsg::Views(views) => {
                 let eff = st.monitor.on_views(&views, Instant::now());
@@ -788,6 +759,42 @@ fn dist_port_of(short: &str) -> u16 {
 impl SvcState {
     fn me(&self) -> &str {
         &self.membership.me.node
+    }
+
+    /// `cluster status [--json]`, with the partitions and the state of
+    /// autoheal while there are any (or a heal is under way).
+    fn status(&self, json: bool) -> String {
+        let (r, s) = self.membership.status();
+        let parts = self.monitor.partitions();
+        let heal = if parts.is_empty() && !self.rebooting && !self.coordinating {
+            None
+        } else if !self.settings.heal.enabled {
+            Some("off")
+        } else if self.rebooting {
+            Some("restarting this node")
+        } else if self.coordinating {
+            Some("restarting the minority")
+        } else {
+            Some("pending")
+        };
+        match (json, heal) {
+            (true, None) => status_json(&r, &s),
+            (true, Some(heal)) => {
+                let mut v = status_value(&r, &s);
+                v["partitions"] = serde_json::json!(parts);
+                v["autoheal"] = serde_json::json!(heal);
+                v.to_string()
+            }
+            (false, None) => status_line(&r, &s),
+            (false, Some(heal)) => {
+                let list: Vec<String> = parts.iter().map(|n| atom(n)).collect();
+                format!(
+                    "{}\nPartitioned from: [{}] (autoheal: {heal})",
+                    status_line(&r, &s),
+                    list.join(",")
+                )
+            }
+        }
     }
 
     fn save(&self) {
