@@ -8,11 +8,11 @@
 //! filters that hash to it, so two subscribes to one filter are applied in
 //! order and a subscribe never waits behind a publish for long.
 
+use crate::inbox::{Inbox, Matches, Pushed};
 use crate::message::Message;
 use crate::metrics::{inc, Metrics, Stats};
-use crate::packet::SubscriptionOptions;
+use crate::packet::{QoS, SubscriptionOptions};
 use crate::retainer::Retainer;
-use crate::session::SessionMsg;
 use crate::shard::{owner_shard, ShardActor, ShardMsg};
 use crate::trie::TopicTrie;
 use crate::{topic, topic::TopicError};
@@ -58,14 +58,12 @@ impl SharedStrategy {
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub client_id: Arc<str>,
-    pub session: ActorRef<SessionMsg>,
+    /// Where deliveries for the session go; past
+    /// [`BrokerSettings::max_session_backlog`] waiting in it, new ones are
+    /// dropped, so a session that cannot keep up never grows without bound.
+    pub inbox: Arc<Inbox>,
     pub opts: SubscriptionOptions,
     pub sub_id: Option<u32>,
-    /// Deliveries sent to the session and not yet handled by it. Shared
-    /// with the session; past [`BrokerSettings::max_session_backlog`] new
-    /// deliveries are dropped here, so a session that cannot keep up never
-    /// grows its mailbox without bound.
-    pub backlog: Arc<AtomicUsize>,
 }
 
 /// What a session needs to know about the subscription a message matched.
@@ -133,8 +131,9 @@ pub struct BrokerSettings {
     pub shared_strategy: SharedStrategy,
     pub max_topic_levels: usize,
     pub shards: usize,
-    /// Deliveries waiting in one session's mailbox beyond which more are
-    /// dropped (and counted as `delivery.dropped.queue_full`).
+    /// Deliveries waiting in one session's inbox beyond which more are
+    /// dropped (and counted as `delivery.dropped.queue_full`). Past half of
+    /// it, publishers of QoS 1/2 messages to it are slowed down.
     pub max_session_backlog: usize,
     /// Do not deliver a client's messages back to itself, whatever its
     /// subscription options (`mqtt.ignore_loop_deliver`, for MQTT 3.x
@@ -264,6 +263,13 @@ impl Broker {
     /// how many sessions it went to. Does not store retained messages: the
     /// caller decides (retain flag, retain_available).
     pub fn publish(&self, msg: Arc<Message>) -> usize {
+        self.dispatch(msg, Target::All).0
+    }
+
+    /// As [`Broker::publish`], and also names a subscriber's inbox that this
+    /// QoS 1/2 message pushed past its high-water mark, if any: the
+    /// publisher should pause until it drains.
+    pub fn publish_flow(&self, msg: Arc<Message>) -> (usize, Option<Arc<Inbox>>) {
         self.dispatch(msg, Target::All)
     }
 
@@ -273,16 +279,16 @@ impl Broker {
     pub fn publish_forwarded(&self, msg: Arc<Message>, shared: Option<(String, String)>) -> usize {
         inc(&self.metrics.messages_forwarded_in);
         match shared {
-            None => self.dispatch(msg, Target::PlainOnly),
-            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)),
+            None => self.dispatch(msg, Target::PlainOnly).0,
+            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)).0,
         }
     }
 
     /// The publish path. Reads the local tables and, in a cluster, the
     /// replicated routes; each remote node with a matching route gets the
     /// message once, and each shared group gets it once cluster-wide.
-    fn dispatch(&self, msg: Arc<Message>, target: Target) -> usize {
-        let mut out: HashMap<Arc<str>, Pending> = HashMap::new();
+    fn dispatch(&self, msg: Arc<Message>, target: Target) -> (usize, Option<Arc<Inbox>>) {
+        let mut out = Gather::default();
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
         let view = match target {
@@ -315,11 +321,12 @@ impl Broker {
             if !matches!(target, Target::Group(..)) && !e.subs.is_empty() {
                 // One shared copy of the filter for every subscriber of it.
                 let f: Arc<str> = Arc::from(filter);
+                out.sources += 1;
                 for s in e.subs.values() {
                     if (s.opts.no_local || no_loop) && *s.client_id == *msg.from {
                         continue;
                     }
-                    push(&mut out, s, f.clone());
+                    out.push(s, f.clone());
                 }
             }
             for (group, g) in &e.groups {
@@ -347,7 +354,8 @@ impl Broker {
                 };
                 if pick_local {
                     if let Some(s) = pick_member(g, &msg, strategy) {
-                        push(&mut out, s, shared_filter(group, filter));
+                        out.sources += 1;
+                        out.push(s, shared_filter(group, filter));
                     }
                 }
             }
@@ -368,6 +376,7 @@ impl Broker {
             };
             shared_fwd.push((nodes[i].clone(), group.to_string(), filter.to_string()));
         }
+        let out = out.merged();
         let mut n = out.len();
         if let Some(v) = view {
             for node in &remote_plain {
@@ -389,16 +398,25 @@ impl Broker {
             inc(&self.metrics.messages_dropped);
         }
         let max = self.settings.max_session_backlog;
-        for (_, (session, backlog, matches)) in out {
-            if backlog.load(Ordering::Relaxed) >= max {
-                inc(&self.metrics.delivery_dropped);
-                inc(&self.metrics.delivery_dropped_queue_full);
-                continue;
+        let mut congested = None;
+        for (_, inbox, matches) in out {
+            // QoS 0 may be dropped; only QoS 1/2 deliveries slow publishers.
+            let flow =
+                msg.qos != QoS::AtMostOnce && matches.iter().any(|m| m.opts.qos != QoS::AtMostOnce);
+            match inbox.push((msg.clone(), matches), max) {
+                Pushed::Queued => {}
+                Pushed::Congested => {
+                    if flow && congested.is_none() {
+                        congested = Some(inbox);
+                    }
+                }
+                Pushed::Full => {
+                    inc(&self.metrics.delivery_dropped);
+                    inc(&self.metrics.delivery_dropped_queue_full);
+                }
             }
-            backlog.fetch_add(1, Ordering::Relaxed);
-            let _ = session.cast(SessionMsg::Deliver(msg.clone(), matches));
         }
-        n
+        (n, congested)
     }
 
     /// Sorted `(filter, node)` pairs of the route table (`ctl topics list`).
@@ -458,19 +476,45 @@ fn choose(strategy: SharedStrategy, n: usize, msg: &Message, rr: &AtomicUsize) -
     }
 }
 
-/// A delivery being gathered for one session.
-type Pending = (ActorRef<SessionMsg>, Arc<AtomicUsize>, Vec<SubMatch>);
+/// The deliveries of one publish, gathered per session.
+#[derive(Default)]
+struct Gather {
+    out: Vec<(Arc<str>, Arc<Inbox>, Matches)>,
+    /// Filters and shared groups that added subscribers; with more than
+    /// one, a session may appear twice and its matches are merged.
+    sources: usize,
+}
 
-fn push(out: &mut HashMap<Arc<str>, Pending>, s: &Subscriber, filter: Arc<str>) {
-    let m = SubMatch {
-        filter,
-        opts: s.opts,
-        sub_id: s.sub_id,
-    };
-    out.entry(s.client_id.clone())
-        .or_insert_with(|| (s.session.clone(), s.backlog.clone(), Vec::new()))
-        .2
-        .push(m);
+impl Gather {
+    fn push(&mut self, s: &Subscriber, filter: Arc<str>) {
+        let m = SubMatch {
+            filter,
+            opts: s.opts,
+            sub_id: s.sub_id,
+        };
+        self.out
+            .push((s.client_id.clone(), s.inbox.clone(), smallvec::smallvec![m]));
+    }
+
+    /// One entry per session (MQTT 5.0 3.3.4: overlapping subscriptions
+    /// give one message), in the order first seen.
+    fn merged(self) -> Vec<(Arc<str>, Arc<Inbox>, Matches)> {
+        if self.sources <= 1 {
+            return self.out;
+        }
+        let mut at: HashMap<Arc<str>, usize> = HashMap::with_capacity(self.out.len());
+        let mut merged: Vec<(Arc<str>, Arc<Inbox>, Matches)> = Vec::with_capacity(self.out.len());
+        for (c, inbox, m) in self.out {
+            match at.get(&c) {
+                Some(&i) => merged[i].2.extend(m),
+                None => {
+                    at.insert(c.clone(), merged.len());
+                    merged.push((c, inbox, m));
+                }
+            }
+        }
+        merged
+    }
 }
 
 /// Picks the member of a shared group that gets `msg`.
@@ -532,28 +576,33 @@ impl std::error::Error for BrokerError {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::QoS;
     use crate::retainer::RetainerSettings;
+    use crate::session::SessionMsg;
     use ractor::ActorProcessingErr;
     use tokio::sync::mpsc;
 
     /// Stands in for a session: forwards deliveries to the test.
     struct Probe;
 
+    type Delivered = (Arc<str>, Arc<Message>, Vec<SubMatch>);
+
     impl Actor for Probe {
         type Msg = SessionMsg;
-        type State = (
+        type State = (Arc<str>, mpsc::UnboundedSender<Delivered>, Arc<Inbox>);
+        type Arguments = (
             Arc<str>,
-            mpsc::UnboundedSender<(Arc<str>, Arc<Message>, Vec<SubMatch>)>,
+            mpsc::UnboundedSender<Delivered>,
+            tokio::sync::oneshot::Sender<Arc<Inbox>>,
         );
-        type Arguments = Self::State;
 
         async fn pre_start(
             &self,
-            _me: ActorRef<SessionMsg>,
-            a: Self::State,
+            me: ActorRef<SessionMsg>,
+            (id, tx, give): Self::Arguments,
         ) -> Result<Self::State, ActorProcessingErr> {
-            Ok(a)
+            let inbox = Inbox::new(me);
+            let _ = give.send(inbox.clone());
+            Ok((id, tx, inbox))
         }
 
         async fn handle(
@@ -562,22 +611,22 @@ mod tests {
             msg: SessionMsg,
             st: &mut Self::State,
         ) -> Result<(), ActorProcessingErr> {
-            if let SessionMsg::Deliver(m, matches) = msg {
-                let _ = st.1.send((st.0.clone(), m, matches));
+            if let SessionMsg::Drain = msg {
+                let mut got = Vec::new();
+                while st.2.take(100, &mut got, usize::MAX) {}
+                for (m, matches) in got {
+                    let _ = st.1.send((st.0.clone(), m, matches.to_vec()));
+                }
             }
             Ok(())
         }
     }
 
-    type Rx = mpsc::UnboundedReceiver<(Arc<str>, Arc<Message>, Vec<SubMatch>)>;
+    type Rx = mpsc::UnboundedReceiver<Delivered>;
 
     async fn setup(
         strategy: SharedStrategy,
-    ) -> (
-        Arc<Broker>,
-        Rx,
-        mpsc::UnboundedSender<(Arc<str>, Arc<Message>, Vec<SubMatch>)>,
-    ) {
+    ) -> (Arc<Broker>, Rx, mpsc::UnboundedSender<Delivered>) {
         let b = Broker::start(
             Arc::from("n@h"),
             BrokerSettings {
@@ -596,19 +645,20 @@ mod tests {
 
     async fn sub(
         b: &Broker,
-        tx: &mpsc::UnboundedSender<(Arc<str>, Arc<Message>, Vec<SubMatch>)>,
+        tx: &mpsc::UnboundedSender<Delivered>,
         client: &str,
         filters: &[(&str, QoS)],
     ) -> ActorRef<SessionMsg> {
         let id: Arc<str> = Arc::from(client);
-        let (a, _) = Actor::spawn(None, Probe, (id.clone(), tx.clone()))
+        let (give, got) = tokio::sync::oneshot::channel();
+        let (a, _) = Actor::spawn(None, Probe, (id.clone(), tx.clone(), give))
             .await
             .expect("probe");
+        let inbox = got.await.expect("inbox");
         for (f, q) in filters {
             let s = Subscriber {
-                backlog: Default::default(),
+                inbox: inbox.clone(),
                 client_id: id.clone(),
-                session: a.clone(),
                 opts: SubscriptionOptions {
                     qos: *q,
                     ..Default::default()

@@ -841,6 +841,13 @@ impl Channel {
         self.send_inflight(d, now, now_wall).into_iter().collect()
     }
 
+    /// Connected, with the inflight window full and messages queued behind
+    /// it: more deliveries now would only grow the queue (and then drop
+    /// from it), so they had better wait where publishers can see them.
+    pub fn backed_up(&self) -> bool {
+        self.connected && !self.mqueue.is_empty() && self.inflight_full()
+    }
+
     fn inflight_full(&self) -> bool {
         let window = self.settings.max_inflight.min(self.client_receive_max) as usize;
         self.inflight.len() >= window.max(1)

@@ -8,11 +8,13 @@
 
 use crate::cm::Cm;
 use crate::codec::{self, DecodeError};
+use crate::inbox::Inbox;
 use crate::metrics::{add, inc, Stats};
 use crate::packet::*;
 use crate::session::{CloseCause, SessionMsg};
 use crate::Ctx;
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use ractor::ActorRef;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,21 +32,43 @@ pub enum ConnCmd {
     Close,
 }
 
+/// How long reading from a publisher pauses at most for one congested
+/// subscriber (see [`ConnHandle::throttle`]).
+const MAX_THROTTLE: Duration = Duration::from_secs(1);
+
+/// What the session and the connection task share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Bytes queued and not yet written.
+    pending: AtomicUsize,
+    /// A subscriber's inbox this client's publishes filled past its
+    /// high-water mark: reading pauses until it drains.
+    throttle: Mutex<Option<Arc<Inbox>>>,
+}
+
 /// The session actor's handle on a live connection.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: u64,
     pub peer: SocketAddr,
     tx: mpsc::UnboundedSender<ConnCmd>,
-    /// Bytes queued and not yet written, shared with the connection task.
-    pending: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl ConnHandle {
     /// Queues an encoded packet; false if the connection is gone.
     pub fn write(&self, b: Bytes) -> bool {
-        self.pending.fetch_add(b.len(), Ordering::Relaxed);
+        self.shared.pending.fetch_add(b.len(), Ordering::Relaxed);
         self.tx.send(ConnCmd::Write(b)).is_ok()
+    }
+
+    /// Pauses reading from this client until `inbox` (a subscriber its
+    /// QoS 1/2 messages go to) drains to its low-water mark, or for
+    /// [`MAX_THROTTLE`] at most. Back-pressure: the client's own TCP
+    /// window then slows it down, instead of the subscriber's queue
+    /// overflowing. Takes effect before the next read.
+    pub fn throttle(&self, inbox: Arc<Inbox>) {
+        *self.shared.throttle.lock() = Some(inbox);
     }
 
     pub fn close(&self) {
@@ -53,7 +77,7 @@ impl ConnHandle {
 
     /// Bytes waiting to be written to the socket.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.shared.pending.load(Ordering::Relaxed)
     }
 }
 
@@ -127,13 +151,15 @@ where
 
     // 2. Hand the connection to a session (new, resumed or taken over).
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let pending = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared::default());
     let handle = ConnHandle {
         id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
         peer,
         tx,
-        pending: pending.clone(),
+        shared: shared.clone(),
     };
+    let pending = &shared.pending;
+    let inbox_cap = ctx.broker.settings.max_session_backlog;
     let conn_id = handle.id;
     let session: ActorRef<SessionMsg> = match Cm::open(&ctx, connect, handle).await {
         Ok(s) => s,
@@ -149,8 +175,16 @@ where
     // The write buffer grows on the first write and is dropped again after
     // a large one, so an idle connection holds none.
     let mut out = Vec::new();
+    let mut throttled: Option<(Arc<Inbox>, Instant)> = None;
     let cause = loop {
-        let paused = pending.load(Ordering::Relaxed) > settings.max_pending_write;
+        if throttled.is_none() {
+            if let Some(ib) = shared.throttle.lock().take() {
+                inc(&metrics.client_throttled);
+                throttled = Some((ib, Instant::now() + MAX_THROTTLE));
+            }
+        }
+        let paused =
+            throttled.is_some() || pending.load(Ordering::Relaxed) > settings.max_pending_write;
         tokio::select! {
             biased;
             cmd = rx.recv() => match cmd {
@@ -190,6 +224,7 @@ where
                     return;
                 }
             },
+            _ = drained(&throttled, inbox_cap), if throttled.is_some() => throttled = None,
             r = rd.read_buf(&mut rbuf), if !paused => match r {
                 Ok(0) | Err(_) => break CloseCause::Closed,
                 Ok(n) => {
@@ -260,6 +295,14 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
         if n == 0 {
             break;
         }
+    }
+}
+
+/// Waits until a throttling inbox drains, or the throttle's deadline.
+async fn drained(t: &Option<(Arc<Inbox>, Instant)>, cap: usize) {
+    if let Some((ib, until)) = t {
+        let left = until.saturating_duration_since(Instant::now());
+        ib.wait_drained(cap, left).await;
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cm;
 pub mod codec;
 pub mod conn;
 pub mod forward;
+pub mod inbox;
 pub mod message;
 pub mod metrics;
 pub mod packet;
@@ -47,6 +48,12 @@ impl Ctx {
     /// Publishes a message into the broker: stores it if retained, then
     /// delivers it to every matching subscriber. Returns the subscriber count.
     pub fn publish(&self, msg: message::Message) -> usize {
+        self.publish_flow(msg).0
+    }
+
+    /// As [`Ctx::publish`], also naming a subscriber's inbox this message
+    /// filled past its high-water mark (see [`broker::Broker::publish_flow`]).
+    pub fn publish_flow(&self, msg: message::Message) -> (usize, Option<Arc<inbox::Inbox>>) {
         let msg = Arc::new(msg);
         let b = &self.broker;
         metrics::inc(&b.metrics.messages_publish);
@@ -61,6 +68,6 @@ impl Ctx {
                 Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
             }
         }
-        b.publish(msg)
+        b.publish_flow(msg)
     }
 }

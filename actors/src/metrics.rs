@@ -62,6 +62,7 @@ counters!(Metrics {
     client_disconnected => "client.disconnected",
     client_subscribe => "client.subscribe",
     client_unsubscribe => "client.unsubscribe",
+    client_throttled => "client.throttled",
     session_created => "session.created",
     session_resumed => "session.resumed",
     session_takenover => "session.takenover",

@@ -6,12 +6,13 @@
 //! I/O the channel asks for: writing packets to the connection task,
 //! subscribing through the broker's shard actors, publishing, timers.
 
-use crate::broker::{SubMatch, Subscriber};
+use crate::broker::Subscriber;
 use crate::channel::{
     Action, Channel, ChannelCounters, Delivery, PublishSink, SessionSnapshot, SubRequest,
 };
 use crate::codec::{self, DecodeError};
 use crate::conn::ConnHandle;
+use crate::inbox::{Inbox, Item};
 use crate::message::{now_ms, Message};
 use crate::metrics::{add, inc, Stats};
 use crate::packet::*;
@@ -58,8 +59,8 @@ pub struct ClientInfo {
 
 #[derive(RactorMessage)]
 pub enum SessionMsg {
-    /// A message from the broker, with the subscriptions it matched.
-    Deliver(Arc<Message>, Vec<SubMatch>),
+    /// Deliveries wait in the session's [`Inbox`]: take them.
+    Drain,
     /// A packet read by connection `u64`. Boxed, as is the CONNECT of
     /// `Resume`: ractor boxes every message, and the size of the largest
     /// variant is what every delivery allocates and copies.
@@ -112,19 +113,35 @@ pub struct SessionState {
     ending: bool,
     /// The channel's drop counters already added to the node's metrics.
     reported: ChannelCounters,
-    /// Deliveries queued in our mailbox (see `Subscriber::backlog`).
-    backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// Where the broker leaves deliveries for this session.
+    inbox: Arc<Inbox>,
+    /// Packets encoded and not yet handed to the connection: everything a
+    /// message to the actor produces goes out in one write.
+    wbuf: BytesMut,
+    /// Deliveries taken from the inbox, being handled (kept for its
+    /// capacity).
+    batch: Vec<Item>,
 }
 
 struct Sink<'a> {
     ctx: &'a Ctx,
+    /// A subscriber's inbox that a publish filled past its high-water mark.
+    congested: Option<Arc<Inbox>>,
 }
 
 impl PublishSink for Sink<'_> {
     fn publish(&mut self, msg: Message) -> usize {
-        self.ctx.publish(msg)
+        let (n, congested) = self.ctx.publish_flow(msg);
+        if congested.is_some() {
+            self.congested = congested;
+        }
+        n
     }
 }
+
+/// Deliveries handled per `Drain` before the session lets its mailbox
+/// (acknowledgements above all) have a turn.
+const DRAIN_BATCH: usize = 64;
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
@@ -153,7 +170,9 @@ impl Actor for SessionActor {
             gen: 1,
             ending: false,
             reported: ChannelCounters::default(),
-            backlog: Default::default(),
+            inbox: Inbox::new(myself.clone()),
+            wbuf: BytesMut::new(),
+            batch: Vec::new(),
         };
         if resumed {
             // Routes must point here before the client hears it is back.
@@ -165,9 +184,8 @@ impl Actor for SessionActor {
                 .collect();
             for (f, opts, sub_id) in subs {
                 let sub = Subscriber {
-                    backlog: st.backlog.clone(),
+                    inbox: st.inbox.clone(),
                     client_id: st.ch.client_id.clone(),
-                    session: myself.clone(),
                     opts,
                     sub_id,
                 };
@@ -202,6 +220,7 @@ impl Actor for SessionActor {
         } else {
             myself.send_interval(Duration::from_secs(5), || SessionMsg::Tick);
         }
+        st.flush();
         Ok(st)
     }
 
@@ -231,30 +250,28 @@ impl Actor for SessionActor {
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Deliver(m, matches) => {
-                st.backlog
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                let d = Delivery::from_matches(m, &matches, st.ctx.settings.upgrade_qos);
-                let can = st
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.pending() < st.ctx.settings.max_pending_write);
-                let acts = st.ch.deliver(d, Instant::now(), can);
-                st.run(&myself, acts).await;
-                st.report_drops();
-            }
+            SessionMsg::Drain => st.pump(&myself, true).await,
             SessionMsg::Inbound(id, p) => {
                 if st.conn.as_ref().map(|c| c.id) != Some(id) {
                     return Ok(());
                 }
                 let p = *p;
                 count_inbound(&st.ctx, &p);
-                let acts = {
+                let (acts, congested) = {
                     let ctx = st.ctx.clone();
-                    let mut sink = Sink { ctx: &ctx };
-                    st.ch.handle(p, Instant::now(), &mut sink)
+                    let mut sink = Sink {
+                        ctx: &ctx,
+                        congested: None,
+                    };
+                    let acts = st.ch.handle(p, Instant::now(), &mut sink);
+                    (acts, sink.congested)
                 };
+                if let (Some(inbox), Some(conn)) = (congested, &st.conn) {
+                    conn.throttle(inbox);
+                }
                 st.run(&myself, acts).await;
+                // An acknowledgement may have opened the inflight window.
+                st.pump(&myself, false).await;
             }
             SessionMsg::ConnClosed(id, cause) => {
                 if st.conn.as_ref().map(|c| c.id) != Some(id) {
@@ -276,12 +293,15 @@ impl Actor for SessionActor {
                     tracing::info!(client_id = %st.ch.client_id, "closing connection: {why}");
                 }
                 st.close_conn(&myself, code, &why);
+                // Offline now: what waits in the inbox goes to the queue.
+                st.pump(&myself, false).await;
             }
             SessionMsg::Resume(connect, conn, reply) => {
                 // Takeover on this node: the old connection (if any) is told
                 // and closed, the session moves to the new one.
                 if st.conn.is_some() {
                     st.send_disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
+                    st.flush();
                     if let Some(old) = st.conn.take() {
                         old.close();
                     }
@@ -298,6 +318,8 @@ impl Actor for SessionActor {
                 st.on_connected();
                 let acts = st.ch.resume(Instant::now());
                 st.run(&myself, acts).await;
+                st.pump(&myself, false).await;
+                st.flush();
                 let _ = reply.send(());
             }
             SessionMsg::Discard(reply) => {
@@ -315,6 +337,7 @@ impl Actor for SessionActor {
                     reason::SESSION_TAKEN_OVER,
                     "session taken over by another node",
                 );
+                st.flush();
                 if let Some(old) = st.conn.take() {
                     old.close();
                     st.after_conn_lost(&myself, true);
@@ -342,7 +365,7 @@ impl Actor for SessionActor {
                     sub_id: None,
                     refused: None,
                 };
-                let r = st.apply_subscribe(&myself, 0, vec![req], false).await;
+                let r = st.apply_subscribe(0, vec![req], false).await;
                 let _ = reply.send(r);
             }
             SessionMsg::DelSub(filter, reply) => {
@@ -359,6 +382,7 @@ impl Actor for SessionActor {
             SessionMsg::Tick => {
                 let acts = st.ch.tick(Instant::now());
                 st.run(&myself, acts).await;
+                st.pump(&myself, false).await;
                 st.report_drops();
             }
             SessionMsg::Expire(gen) => {
@@ -374,6 +398,7 @@ impl Actor for SessionActor {
                 }
             }
         }
+        st.flush();
         Ok(())
     }
 }
@@ -440,9 +465,68 @@ impl SessionState {
             Packet::Disconnect(_) => inc(&m.packets_disconnect_sent),
             _ => {}
         }
-        let mut b = BytesMut::with_capacity(codec::encoded_len(&p, self.ch.version));
-        codec::encode(&p, self.ch.version, &mut b);
-        conn.write(b.freeze());
+        let _ = conn;
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = BytesMut::with_capacity(codec::encoded_len(&p, self.ch.version));
+        }
+        codec::encode(&p, self.ch.version, &mut self.wbuf);
+    }
+
+    /// Hands what was encoded to the connection in one piece; an idle
+    /// session keeps no buffer.
+    fn flush(&mut self) {
+        if self.wbuf.is_empty() {
+            return;
+        }
+        let b = std::mem::take(&mut self.wbuf).freeze();
+        if let Some(conn) = &self.conn {
+            conn.write(b);
+        }
+    }
+
+    /// Takes deliveries from the inbox and hands them to the channel, in
+    /// batches of [`DRAIN_BATCH`]. While the client is connected and its
+    /// inflight window and queue are full, leaves the rest in the inbox
+    /// (still marked scheduled; an acknowledgement, the tick or the end of
+    /// the connection brings the session back). `woken`: called for a
+    /// `Drain`, which must be answered even with nothing to do.
+    async fn pump(&mut self, myself: &ActorRef<SessionMsg>, woken: bool) {
+        if !woken && self.inbox.is_empty() {
+            return;
+        }
+        if self.ch.backed_up() {
+            return;
+        }
+        let cap = self.ctx.broker.settings.max_session_backlog;
+        let mut batch = std::mem::take(&mut self.batch);
+        let more = self.inbox.take(DRAIN_BATCH, &mut batch, cap);
+        let now = Instant::now();
+        let upgrade = self.ctx.settings.upgrade_qos;
+        let max_pending = self.ctx.settings.max_pending_write;
+        let mut other = Vec::new();
+        for (m, matches) in batch.drain(..) {
+            let d = Delivery::from_matches(m, &matches, upgrade);
+            // Encoded but unflushed bytes count toward the write backlog.
+            let can = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.pending() + self.wbuf.len() < max_pending);
+            for a in self.ch.deliver(d, now, can) {
+                match a {
+                    Action::Send(p) => self.send(p),
+                    a => other.push(a),
+                }
+            }
+        }
+        self.batch = batch;
+        if !other.is_empty() {
+            self.run(myself, other).await;
+        }
+        self.report_drops();
+        if more {
+            // Let the mailbox have a turn before the next batch.
+            let _ = myself.cast(SessionMsg::Drain);
+        }
     }
 
     fn send_disconnect(&mut self, code: u8, why: &str) {
@@ -471,9 +555,7 @@ impl SessionState {
                     packet_id,
                     requests,
                 } => {
-                    let _ = self
-                        .apply_subscribe(myself, packet_id, requests, true)
-                        .await;
+                    let _ = self.apply_subscribe(packet_id, requests, true).await;
                 }
                 Action::Unsubscribe(filters) => {
                     inc(&self.ctx.broker.metrics.client_unsubscribe);
@@ -498,7 +580,6 @@ impl SessionState {
 
     async fn apply_subscribe(
         &mut self,
-        myself: &ActorRef<SessionMsg>,
         packet_id: u16,
         requests: Vec<SubRequest>,
         send_ack: bool,
@@ -512,9 +593,8 @@ impl SessionState {
                 continue;
             }
             let sub = Subscriber {
-                backlog: self.backlog.clone(),
+                inbox: self.inbox.clone(),
                 client_id: self.ch.client_id.clone(),
-                session: myself.clone(),
                 opts: r.opts,
                 sub_id: r.sub_id,
             };
@@ -557,6 +637,7 @@ impl SessionState {
         if let Some(code) = reason {
             self.send_disconnect(code, why);
         }
+        self.flush();
         if let Some(c) = self.conn.take() {
             c.close();
         }
@@ -611,6 +692,7 @@ impl SessionState {
     fn end(&mut self, myself: &ActorRef<SessionMsg>, publish_will: bool) {
         self.ending = true;
         let was_connected = self.conn.is_some();
+        self.flush();
         if let Some(c) = self.conn.take() {
             c.close();
         }

@@ -200,7 +200,7 @@ impl ShardState {
         owner: Option<ActorId>,
     ) -> bool {
         let (group, real) = split(filter);
-        let owned = |s: &Subscriber| owner.is_none_or(|id| s.session.get_id() == id);
+        let owned = |s: &Subscriber| owner.is_none_or(|id| s.inbox.session_id() == id);
         let (removed, empty) = self.with_entry(real, |e| match group {
             None => {
                 if e.subs.get(client).is_some_and(owned) {

@@ -1,0 +1,291 @@
+//! A session's delivery inbox: where the publish path leaves messages for
+//! one session, outside the session actor's mailbox.
+//!
+//! Going through the mailbox cost one boxed actor message per delivery,
+//! and put the subscriber's own acknowledgements behind every delivery
+//! already queued, so a busy subscriber's inflight window reopened only
+//! after its whole backlog had been moved. Here, a publisher appends to a
+//! locked queue and wakes the session with one `SessionMsg::Drain` when the
+//! queue goes from idle to busy; the session takes deliveries in batches,
+//! and between batches its mailbox (acknowledgements, connection events)
+//! is served. The session also stops taking while its client's inflight
+//! window and queue are full, so a slow subscriber's backlog stays here,
+//! where it is bounded and where publishers can see it and slow down.
+
+use crate::broker::SubMatch;
+use crate::message::Message;
+use crate::session::SessionMsg;
+use parking_lot::Mutex;
+use ractor::{ActorId, ActorRef};
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The subscriptions one message matched for one session; nearly always
+/// one, kept inline.
+pub type Matches = SmallVec<[SubMatch; 1]>;
+
+/// One message for one session.
+pub type Item = (Arc<Message>, Matches);
+
+/// The outcome of [`Inbox::push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and the inbox is past its high-water mark: the publisher
+    /// should slow down.
+    Congested,
+    /// The inbox is full: the message was dropped.
+    Full,
+}
+
+struct State {
+    q: VecDeque<Item>,
+    /// A `Drain` is on its way to the session, or the session will look at
+    /// the inbox again by itself (it paused because its client is behind).
+    scheduled: bool,
+}
+
+pub struct Inbox {
+    session: ActorRef<SessionMsg>,
+    state: Mutex<State>,
+    /// Woken when the inbox falls to its low-water mark (see
+    /// [`Inbox::wait_drained`]).
+    drained: Notify,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox")
+            .field("session", &self.session.get_id())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Inbox {
+    pub fn new(session: ActorRef<SessionMsg>) -> Arc<Inbox> {
+        Arc::new(Inbox {
+            session,
+            state: Mutex::new(State {
+                q: VecDeque::new(),
+                scheduled: false,
+            }),
+            drained: Notify::new(),
+        })
+    }
+
+    pub fn session_id(&self) -> ActorId {
+        self.session.get_id()
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a message unless `cap` are already waiting; wakes the
+    /// session if it was idle. Past half of `cap`, says so.
+    pub fn push(&self, item: Item, cap: usize) -> Pushed {
+        let mut s = self.state.lock();
+        let len = s.q.len();
+        if len >= cap {
+            return Pushed::Full;
+        }
+        s.q.push_back(item);
+        let wake = !s.scheduled;
+        s.scheduled = true;
+        drop(s);
+        if wake {
+            // A stopped session is unsubscribing: the message is lost with it.
+            let _ = self.session.cast(SessionMsg::Drain);
+        }
+        if len + 1 > high_water(cap) {
+            Pushed::Congested
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Session side: moves up to `max` messages into `out`. Returns true
+    /// when more remain (the caller must come back: it is still marked
+    /// scheduled); false when the inbox is empty and idle again.
+    pub fn take(&self, max: usize, out: &mut Vec<Item>, cap: usize) -> bool {
+        let mut s = self.state.lock();
+        let before = s.q.len();
+        let n = before.min(max);
+        out.extend(s.q.drain(..n));
+        let left = s.q.len();
+        if left == 0 {
+            s.scheduled = false;
+        }
+        drop(s);
+        if before > low_water(cap) && left <= low_water(cap) {
+            self.drained.notify_waiters();
+        }
+        left > 0
+    }
+
+    /// Session side: gives up the inbox without taking from it, so the
+    /// next push wakes the session again.
+    pub fn unschedule_if_empty(&self) {
+        let mut s = self.state.lock();
+        if s.q.is_empty() {
+            s.scheduled = false;
+        }
+    }
+
+    /// Publisher side: waits until this inbox is down to its low-water mark
+    /// (for `cap`), or `max` has passed. Used to pause reading from a
+    /// publisher whose messages fill a subscriber faster than it drains.
+    pub async fn wait_drained(&self, cap: usize, max: Duration) {
+        let deadline = Instant::now() + max;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.len() <= low_water(cap) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn high_water(cap: usize) -> usize {
+    cap / 2
+}
+
+fn low_water(cap: usize) -> usize {
+    cap / 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::SubscriptionOptions;
+    use ractor::{Actor, ActorProcessingErr};
+    use tokio::sync::mpsc;
+
+    /// Counts the Drain wake-ups it gets.
+    struct Waker;
+
+    impl Actor for Waker {
+        type Msg = SessionMsg;
+        type State = mpsc::UnboundedSender<()>;
+        type Arguments = mpsc::UnboundedSender<()>;
+
+        async fn pre_start(
+            &self,
+            _me: ActorRef<SessionMsg>,
+            a: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(a)
+        }
+
+        async fn handle(
+            &self,
+            _me: ActorRef<SessionMsg>,
+            msg: SessionMsg,
+            st: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            if matches!(msg, SessionMsg::Drain) {
+                let _ = st.send(());
+            }
+            Ok(())
+        }
+    }
+
+    fn item(i: u32) -> Item {
+        let m = Message::system(format!("t/{i}").as_str(), "x", false);
+        let sm = SubMatch {
+            filter: Arc::from("t/+"),
+            opts: SubscriptionOptions::default(),
+            sub_id: Some(i),
+        };
+        (Arc::new(m), SmallVec::from_elem(sm, 1))
+    }
+
+    #[tokio::test]
+    async fn one_wake_per_busy_period_and_a_bound() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
+        let ib = Inbox::new(a.clone());
+        let cap = 8;
+        let mut got = Vec::new();
+        for i in 0..4 {
+            assert_eq!(ib.push(item(i), cap), Pushed::Queued);
+        }
+        assert_eq!(ib.push(item(4), cap), Pushed::Congested);
+        for i in 5..8 {
+            assert_eq!(ib.push(item(i), cap), Pushed::Congested);
+        }
+        assert_eq!(ib.push(item(8), cap), Pushed::Full);
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("a wake")
+            .expect("open");
+        // Taking part leaves it scheduled: no new wake for new pushes.
+        assert!(ib.take(5, &mut got, cap));
+        assert_eq!(got.len(), 5);
+        ib.push(item(9), cap);
+        assert!(!ib.take(100, &mut got, cap));
+        let ids: Vec<u32> = got.iter().filter_map(|(_, m)| m[0].sub_id).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4, 5, 6, 7, 9], "in order");
+        // Empty and idle: the next push wakes again.
+        ib.push(item(10), cap);
+        tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("a second wake")
+            .expect("open");
+        assert!(
+            rx.try_recv().is_err(),
+            "exactly two wakes for two busy periods"
+        );
+        a.stop(None);
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_at_low_water() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
+        let ib = Inbox::new(a.clone());
+        let cap = 8;
+        for i in 0..8 {
+            ib.push(item(i), cap);
+        }
+        let waiter = {
+            let ib = ib.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                ib.wait_drained(cap, Duration::from_secs(30)).await;
+                t.elapsed()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "8 waiting is above low water");
+        let mut got = Vec::new();
+        ib.take(6, &mut got, cap);
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("join");
+        assert!(waited < Duration::from_secs(30));
+        // And the wait is bounded when nothing drains.
+        for i in 0..8 {
+            ib.push(item(i), cap);
+        }
+        let t = Instant::now();
+        ib.wait_drained(cap, Duration::from_millis(100)).await;
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        a.stop(None);
+    }
+}
