@@ -132,7 +132,7 @@ pub struct BrokerSettings {
     pub max_topic_levels: usize,
     pub shards: usize,
     /// Deliveries waiting in one session's inbox beyond which more are
-    /// dropped (and counted as `delivery.dropped.queue_full`). Past half of
+    /// dropped (and counted as `delivery.dropped.queue_full`). Past a fifth of
     /// it, publishers of QoS 1/2 messages to it are slowed down.
     pub max_session_backlog: usize,
     /// Do not deliver a client's messages back to itself, whatever its

@@ -17,11 +17,11 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{timeout, Instant};
 
 /// Commands from the session actor to its connection task.
@@ -32,9 +32,16 @@ pub enum ConnCmd {
     Close,
 }
 
-/// How long reading from a publisher pauses at most for one congested
-/// subscriber (see [`ConnHandle::throttle`]).
-const MAX_THROTTLE: Duration = Duration::from_secs(1);
+/// A throttled publisher's reading resumes when the subscriber it waits
+/// for has taken nothing from its inbox for this long: a stalled
+/// subscriber must not stop its publishers for good (its inbox then fills
+/// and drops, counted).
+const STALLED: Duration = Duration::from_secs(1);
+
+/// Packets read and handed to the session but not yet handled by it,
+/// beyond which reading pauses: the session's mailbox stays short, and a
+/// throttle takes effect within this many packets.
+const MAX_INBOUND: usize = 32;
 
 /// What the session and the connection task share.
 #[derive(Debug, Default)]
@@ -44,6 +51,12 @@ struct Shared {
     /// A subscriber's inbox this client's publishes filled past its
     /// high-water mark: reading pauses until it drains.
     throttle: Mutex<Option<Arc<Inbox>>>,
+    /// Set with `throttle`, so the reader checks a flag, not a lock.
+    throttle_set: AtomicBool,
+    /// Packets handed to the session and not yet handled.
+    inbound: AtomicUsize,
+    /// The session caught up with `inbound`.
+    inbound_wake: Notify,
 }
 
 /// The session actor's handle on a live connection.
@@ -63,12 +76,21 @@ impl ConnHandle {
     }
 
     /// Pauses reading from this client until `inbox` (a subscriber its
-    /// QoS 1/2 messages go to) drains to its low-water mark, or for
-    /// [`MAX_THROTTLE`] at most. Back-pressure: the client's own TCP
+    /// QoS 1/2 messages go to) drains to its low-water mark, or stops
+    /// draining for [`STALLED`]. Back-pressure: the client's own TCP
     /// window then slows it down, instead of the subscriber's queue
-    /// overflowing. Takes effect before the next read.
+    /// overflowing. Takes effect before the next packet is decoded.
     pub fn throttle(&self, inbox: Arc<Inbox>) {
         *self.shared.throttle.lock() = Some(inbox);
+        self.shared.throttle_set.store(true, Ordering::Release);
+    }
+
+    /// The session handled one packet of this connection.
+    pub fn inbound_done(&self) {
+        let prev = self.shared.inbound.fetch_sub(1, Ordering::AcqRel);
+        if prev == MAX_INBOUND / 2 + 1 {
+            self.shared.inbound_wake.notify_one();
+        }
     }
 
     pub fn close(&self) {
@@ -175,16 +197,59 @@ where
     // The write buffer grows on the first write and is dropped again after
     // a large one, so an idle connection holds none.
     let mut out = Vec::new();
-    let mut throttled: Option<(Arc<Inbox>, Instant)> = None;
+    let mut throttled: Option<Arc<Inbox>> = None;
+    // Complete packets may wait in `rbuf`: decoding stops early when the
+    // session falls behind or a throttle is set.
+    let mut buffered = false;
     let cause = loop {
-        if throttled.is_none() {
+        if throttled.is_none() && shared.throttle_set.swap(false, Ordering::AcqRel) {
             if let Some(ib) = shared.throttle.lock().take() {
                 inc(&metrics.client_throttled);
-                throttled = Some((ib, Instant::now() + MAX_THROTTLE));
+                throttled = Some(ib);
             }
         }
+        let busy = shared.inbound.load(Ordering::Acquire) >= MAX_INBOUND;
+        let hold = throttled.is_some() || busy;
+        if buffered && !hold {
+            let mut err = None;
+            buffered = false;
+            loop {
+                if shared.inbound.load(Ordering::Acquire) >= MAX_INBOUND
+                    || shared.throttle_set.load(Ordering::Acquire)
+                {
+                    buffered = true;
+                    break;
+                }
+                match codec::decode(&mut rbuf, Some(version), max) {
+                    Ok(Some(p)) => {
+                        inc(&metrics.packets_received);
+                        shared.inbound.fetch_add(1, Ordering::AcqRel);
+                        if session
+                            .cast(SessionMsg::Inbound(conn_id, Box::new(p)))
+                            .is_err()
+                        {
+                            err = Some(CloseCause::Closed);
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        inc(&metrics.packets_malformed);
+                        err = Some(CloseCause::Decode(e));
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = err {
+                break c;
+            }
+            if !buffered && rbuf.capacity() > 64 * 1024 && rbuf.is_empty() {
+                rbuf = BytesMut::with_capacity(1024);
+            }
+            continue;
+        }
         let paused =
-            throttled.is_some() || pending.load(Ordering::Relaxed) > settings.max_pending_write;
+            hold || buffered || pending.load(Ordering::Relaxed) > settings.max_pending_write;
         tokio::select! {
             biased;
             cmd = rx.recv() => match cmd {
@@ -225,6 +290,7 @@ where
                 }
             },
             _ = drained(&throttled, inbox_cap), if throttled.is_some() => throttled = None,
+            _ = shared.inbound_wake.notified(), if busy => {}
             r = rd.read_buf(&mut rbuf), if !paused => match r {
                 Ok(0) | Err(_) => break CloseCause::Closed,
                 Ok(n) => {
@@ -232,30 +298,7 @@ where
                     if let Some(d) = ka_timeout {
                         deadline = Some(Instant::now() + d);
                     }
-                    let mut err = None;
-                    loop {
-                        match codec::decode(&mut rbuf, Some(version), max) {
-                            Ok(Some(p)) => {
-                                inc(&metrics.packets_received);
-                                if session.cast(SessionMsg::Inbound(conn_id, Box::new(p))).is_err() {
-                                    err = Some(CloseCause::Closed);
-                                    break;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                inc(&metrics.packets_malformed);
-                                err = Some(CloseCause::Decode(e));
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(c) = err {
-                        break c;
-                    }
-                    if rbuf.capacity() > 64 * 1024 && rbuf.is_empty() {
-                        rbuf = BytesMut::with_capacity(1024);
-                    }
+                    buffered = true;
                 }
             },
             _ = sleep_until(deadline) => break CloseCause::KeepaliveTimeout,
@@ -298,11 +341,10 @@ async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
     }
 }
 
-/// Waits until a throttling inbox drains, or the throttle's deadline.
-async fn drained(t: &Option<(Arc<Inbox>, Instant)>, cap: usize) {
-    if let Some((ib, until)) = t {
-        let left = until.saturating_duration_since(Instant::now());
-        ib.wait_drained(cap, left).await;
+/// Waits until a throttling inbox drains, or stops draining.
+async fn drained(t: &Option<Arc<Inbox>>, cap: usize) {
+    if let Some(ib) = t {
+        ib.wait_drained(cap, STALLED).await;
     }
 }
 

@@ -19,10 +19,10 @@ use parking_lot::Mutex;
 use ractor::{ActorId, ActorRef};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 /// The subscriptions one message matched for one session; nearly always
 /// one, kept inline.
@@ -55,6 +55,9 @@ pub struct Inbox {
     /// Woken when the inbox falls to its low-water mark (see
     /// [`Inbox::wait_drained`]).
     drained: Notify,
+    /// Messages taken by the session so far: tells a slow subscriber from a
+    /// stalled one.
+    taken: AtomicU64,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -75,6 +78,7 @@ impl Inbox {
                 scheduled: false,
             }),
             drained: Notify::new(),
+            taken: AtomicU64::new(0),
         })
     }
 
@@ -91,7 +95,8 @@ impl Inbox {
     }
 
     /// Appends a message unless `cap` are already waiting; wakes the
-    /// session if it was idle. Past half of `cap`, says so.
+    /// session if it was idle. Past the high-water mark (a fifth of `cap`),
+    /// says so.
     pub fn push(&self, item: Item, cap: usize) -> Pushed {
         let mut s = self.state.lock();
         let len = s.q.len();
@@ -121,6 +126,7 @@ impl Inbox {
         let before = s.q.len();
         let n = before.min(max);
         out.extend(s.q.drain(..n));
+        self.taken.fetch_add(n as u64, Ordering::Release);
         let left = s.q.len();
         if left == 0 {
             s.scheduled = false;
@@ -142,10 +148,10 @@ impl Inbox {
     }
 
     /// Publisher side: waits until this inbox is down to its low-water mark
-    /// (for `cap`), or `max` has passed. Used to pause reading from a
-    /// publisher whose messages fill a subscriber faster than it drains.
-    pub async fn wait_drained(&self, cap: usize, max: Duration) {
-        let deadline = Instant::now() + max;
+    /// (for `cap`), or its session has taken nothing from it for `stalled`.
+    /// Used to pause reading from a publisher whose messages fill a
+    /// subscriber faster than it drains.
+    pub async fn wait_drained(&self, cap: usize, stalled: Duration) {
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
@@ -153,19 +159,25 @@ impl Inbox {
             if self.len() <= low_water(cap) {
                 return;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            let taken = self.taken.load(Ordering::Acquire);
+            if tokio::time::timeout(stalled, notified).await.is_err()
+                && self.taken.load(Ordering::Acquire) == taken
+            {
                 return;
             }
         }
     }
 }
 
+/// Past this many waiting, QoS 1/2 publishers are slowed down: a fifth of
+/// the bound, so that each of many publishers may still overshoot by what
+/// it already read before the inbox is full.
 fn high_water(cap: usize) -> usize {
-    cap / 2
+    cap / 5
 }
 
 fn low_water(cap: usize) -> usize {
-    cap / 4
+    cap / 10
 }
 
 #[cfg(test)]
@@ -219,29 +231,30 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
         let ib = Inbox::new(a.clone());
-        let cap = 8;
+        // High water 4, low water 2.
+        let cap = 20;
         let mut got = Vec::new();
         for i in 0..4 {
             assert_eq!(ib.push(item(i), cap), Pushed::Queued);
         }
-        assert_eq!(ib.push(item(4), cap), Pushed::Congested);
-        for i in 5..8 {
+        for i in 4..20 {
             assert_eq!(ib.push(item(i), cap), Pushed::Congested);
         }
-        assert_eq!(ib.push(item(8), cap), Pushed::Full);
+        assert_eq!(ib.push(item(20), cap), Pushed::Full);
         tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .expect("a wake")
             .expect("open");
         // Taking part leaves it scheduled: no new wake for new pushes.
-        assert!(ib.take(5, &mut got, cap));
-        assert_eq!(got.len(), 5);
-        ib.push(item(9), cap);
+        assert!(ib.take(15, &mut got, cap));
+        assert_eq!(got.len(), 15);
+        ib.push(item(21), cap);
         assert!(!ib.take(100, &mut got, cap));
         let ids: Vec<u32> = got.iter().filter_map(|(_, m)| m[0].sub_id).collect();
-        assert_eq!(ids, vec![0, 1, 2, 3, 4, 5, 6, 7, 9], "in order");
+        let want: Vec<u32> = (0..20).chain([21]).collect();
+        assert_eq!(ids, want, "in order, the one over the bound dropped");
         // Empty and idle: the next push wakes again.
-        ib.push(item(10), cap);
+        ib.push(item(22), cap);
         tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .expect("a second wake")
@@ -254,38 +267,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiters_wake_at_low_water() {
+    async fn waiters_wake_at_low_water_or_when_the_session_stalls() {
         let (tx, _rx) = mpsc::unbounded_channel();
         let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
         let ib = Inbox::new(a.clone());
-        let cap = 8;
+        let cap = 20;
         for i in 0..8 {
             ib.push(item(i), cap);
         }
         let waiter = {
             let ib = ib.clone();
             tokio::spawn(async move {
-                let t = Instant::now();
+                let t = std::time::Instant::now();
                 ib.wait_drained(cap, Duration::from_secs(30)).await;
                 t.elapsed()
             })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "8 waiting is above low water");
+        // A slow session keeps the waiter waiting...
         let mut got = Vec::new();
-        ib.take(6, &mut got, cap);
+        ib.take(2, &mut got, cap);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "6 waiting is above low water");
+        // ... until it is down to low water.
+        ib.take(4, &mut got, cap);
         let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("woken")
             .expect("join");
         assert!(waited < Duration::from_secs(30));
-        // And the wait is bounded when nothing drains.
+        // A session that takes nothing releases the waiter after `stalled`,
+        // one that keeps taking does not.
         for i in 0..8 {
             ib.push(item(i), cap);
         }
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         ib.wait_drained(cap, Duration::from_millis(100)).await;
-        assert!(t.elapsed() >= Duration::from_millis(100));
+        let e = t.elapsed();
+        assert!(
+            e >= Duration::from_millis(100) && e < Duration::from_secs(5),
+            "{e:?}"
+        );
+        let slow = {
+            let ib = ib.clone();
+            tokio::spawn(async move {
+                for _ in 0..8 {
+                    tokio::time::sleep(Duration::from_millis(60)).await;
+                    let mut v = Vec::new();
+                    ib.take(1, &mut v, cap);
+                }
+            })
+        };
+        let t = std::time::Instant::now();
+        ib.wait_drained(cap, Duration::from_millis(500)).await;
+        assert!(
+            ib.len() <= 2,
+            "released at low water, not for a stall ({} left after {:?})",
+            ib.len(),
+            t.elapsed()
+        );
+        slow.await.expect("join");
         a.stop(None);
     }
 }

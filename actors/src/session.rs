@@ -252,8 +252,9 @@ impl Actor for SessionActor {
         match msg {
             SessionMsg::Drain => st.pump(&myself, true).await,
             SessionMsg::Inbound(id, p) => {
-                if st.conn.as_ref().map(|c| c.id) != Some(id) {
-                    return Ok(());
+                match &st.conn {
+                    Some(c) if c.id == id => c.inbound_done(),
+                    _ => return Ok(()),
                 }
                 let p = *p;
                 count_inbound(&st.ctx, &p);
