@@ -13,6 +13,7 @@ use crate::message::{now_ms, Message};
 use crate::packet::*;
 use crate::settings::MqttSettings;
 use crate::topic;
+use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -839,6 +840,44 @@ impl Channel {
             return vec![];
         }
         self.send_inflight(d, now, now_wall).into_iter().collect()
+    }
+
+    /// The fast path of [`Channel::deliver`] for the bulk of fan-out: a QoS
+    /// 0 message with nothing per client in it (no subscription
+    /// identifiers, properties, expiry or topic alias) to a connected
+    /// client, encoded straight into `out`. Returns whether it was written
+    /// (false: dropped and counted, as `deliver` would), or gives the
+    /// delivery back when it does not qualify.
+    pub fn deliver_plain(
+        &mut self,
+        d: Delivery,
+        can_send_qos0: bool,
+        out: &mut BytesMut,
+    ) -> Result<bool, Delivery> {
+        let v5 = self.is_v5();
+        if !self.connected
+            || d.qos != QoS::AtMostOnce
+            || !d.sub_ids.is_empty()
+            || d.msg.expiry_secs.is_some()
+            || (v5 && (self.client_topic_alias_max > 0 || !d.msg.properties.is_empty()))
+        {
+            return Err(d);
+        }
+        if !can_send_qos0 {
+            self.counters.dropped += 1;
+            self.counters.dropped_qos0 += 1;
+            return Ok(false);
+        }
+        if let Some(max) = self.client_max_packet {
+            if codec::plain_qos0_len(&d.msg.topic, &d.msg.payload, v5) > max as usize {
+                self.counters.dropped += 1;
+                self.counters.dropped_too_large += 1;
+                return Ok(false);
+            }
+        }
+        codec::encode_plain_qos0(&d.msg.topic, &d.msg.payload, d.retain, v5, out);
+        self.counters.delivered += 1;
+        Ok(true)
     }
 
     /// Connected, with the inflight window full and messages queued behind

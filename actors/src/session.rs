@@ -505,19 +505,36 @@ impl SessionState {
         let upgrade = self.ctx.settings.upgrade_qos;
         let max_pending = self.ctx.settings.max_pending_write;
         let mut other = Vec::new();
+        let pending = self.conn.as_ref().map(|c| c.pending());
+        let mut plain = 0;
         for (m, matches) in batch.drain(..) {
             let d = Delivery::from_matches(m, &matches, upgrade);
             // Encoded but unflushed bytes count toward the write backlog.
-            let can = self
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.pending() + self.wbuf.len() < max_pending);
+            let can = pending.is_some_and(|p| p + self.wbuf.len() < max_pending);
+            let d = if pending.is_some() {
+                match self.ch.deliver_plain(d, can, &mut self.wbuf) {
+                    Ok(sent) => {
+                        plain += usize::from(sent);
+                        continue;
+                    }
+                    Err(d) => d,
+                }
+            } else {
+                d
+            };
             for a in self.ch.deliver(d, now, can) {
                 match a {
                     Action::Send(p) => self.send(p),
                     a => other.push(a),
                 }
             }
+        }
+        if plain > 0 {
+            let m = &self.ctx.broker.metrics;
+            let n = plain as u64;
+            add(&m.packets_sent, n);
+            add(&m.packets_publish_sent, n);
+            add(&m.messages_sent, n);
         }
         self.batch = batch;
         if !other.is_empty() {

@@ -2302,3 +2302,66 @@ fn a_session_snapshot_restored_on_another_node_resends_inflight_then_drains_the_
     let acts = b.handle(Packet::PubAck(ack_in(1)), now, &mut Recorder::default());
     assert_eq!(acts, vec![sent(out("t/3", Q1, Some(3)))]);
 }
+
+#[test]
+fn plain_qos0_fast_path_matches_deliver_or_declines() {
+    let encoded = |v: ProtocolVersion, a: Vec<Action>| {
+        let mut b = BytesMut::new();
+        for a in a {
+            if let Action::Send(p) = a {
+                codec::encode(&p, v, &mut b);
+            }
+        }
+        b
+    };
+    // Qualifies on 3.1, 3.1.1 and on 5.0 without anything per client: the
+    // same bytes as the general path, counted as delivered.
+    for v in [V3, V4, V5] {
+        let mut general = channel(v);
+        let mut fast = channel(v);
+        general.attach(&connect(v));
+        fast.attach(&connect(v));
+        let want = encoded(
+            v,
+            general.deliver(delivery("t/1", Q0), Instant::now(), true),
+        );
+        let mut got = BytesMut::new();
+        assert_eq!(
+            fast.deliver_plain(delivery("t/1", Q0), true, &mut got).ok(),
+            Some(true)
+        );
+        assert_eq!(got, want, "{v:?}");
+        assert_eq!(fast.counters.delivered, general.counters.delivered);
+        // A full write buffer drops it, counted as the general path does.
+        assert_eq!(
+            fast.deliver_plain(delivery("t/1", Q0), false, &mut got)
+                .ok(),
+            Some(false)
+        );
+        assert_eq!(fast.counters.dropped_qos0, 1);
+    }
+    // Declines what needs the general path.
+    let mut ch = channel(V5);
+    ch.attach(&connect(V5));
+    let mut buf = BytesMut::new();
+    assert!(ch.deliver_plain(delivery("t", Q1), true, &mut buf).is_err());
+    let mut d = delivery("t", Q0);
+    d.sub_ids = vec![7];
+    assert!(ch.deliver_plain(d, true, &mut buf).is_err());
+    let mut m = message("t", Q0);
+    m.expiry_secs = Some(10);
+    let d = Delivery {
+        msg: Arc::new(m),
+        qos: Q0,
+        retain: false,
+        sub_ids: vec![],
+    };
+    assert!(ch.deliver_plain(d, true, &mut buf).is_err());
+    let mut aliasing = aliasing_channel(4, MqttSettings::default());
+    assert!(aliasing
+        .deliver_plain(delivery("t", Q0), true, &mut buf)
+        .is_err());
+    ch.detach();
+    assert!(ch.deliver_plain(delivery("t", Q0), true, &mut buf).is_err());
+    assert!(buf.is_empty());
+}

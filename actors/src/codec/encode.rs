@@ -337,3 +337,33 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
     let len = body_len(packet, version);
     1 + varint_len(len) + len
 }
+
+/// Appends a QoS 0 PUBLISH that carries no properties (any MQTT 3.x
+/// PUBLISH, or a 5.0 one with an empty property list) and returns its size.
+/// This is the bulk of fan-out, so it skips building a [`Packet`] and the
+/// sizing pass; it writes the same bytes as [`encode`].
+pub fn encode_plain_qos0(
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+    v5: bool,
+    buf: &mut BytesMut,
+) -> usize {
+    let len = 2 + topic.len() + usize::from(v5) + payload.len();
+    let total = 1 + varint_len(len) + len;
+    buf.reserve(total);
+    Sink::put_u8(buf, 0x30 | u8::from(retain));
+    buf.put_varint(len);
+    buf.put_str(topic);
+    if v5 {
+        Sink::put_u8(buf, 0);
+    }
+    Sink::put_slice(buf, payload);
+    total
+}
+
+/// The size [`encode_plain_qos0`] would write.
+pub fn plain_qos0_len(topic: &str, payload: &[u8], v5: bool) -> usize {
+    let len = 2 + topic.len() + usize::from(v5) + payload.len();
+    1 + varint_len(len) + len
+}

@@ -51,7 +51,7 @@ mod props;
 mod tests;
 
 pub use decode::decode;
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encode_plain_qos0, encoded_len, plain_qos0_len};
 
 /// Why a packet could not be decoded, with the MQTT 5 reason code to answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]

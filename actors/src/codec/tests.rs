@@ -948,3 +948,30 @@ fn empty_buffer() {
     assert_eq!(decode(&mut buf, None, MAX), Ok(None));
     assert_eq!(decode(&mut buf, Some(V5), MAX), Ok(None));
 }
+
+#[test]
+fn plain_qos0_fast_path_writes_what_encode_writes() {
+    for v in [V3, V4, V5] {
+        for retain in [false, true] {
+            for (topic, size) in [("a", 0usize), ("t/1", 64), ("x/y/z", 200), ("long", 20_000)] {
+                let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+                let p = Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain,
+                    topic: topic.to_string(),
+                    packet_id: None,
+                    properties: Properties::default(),
+                    payload: Bytes::from(payload.clone()),
+                });
+                let mut want = BytesMut::new();
+                encode(&p, v, &mut want);
+                let mut got = BytesMut::from(&b"prefix"[..]);
+                let n = encode_plain_qos0(topic, &payload, retain, v == V5, &mut got);
+                assert_eq!(&got[6..], &want[..], "{v:?} retain={retain} {topic}");
+                assert_eq!(n, want.len());
+                assert_eq!(plain_qos0_len(topic, &payload, v == V5), want.len());
+            }
+        }
+    }
+}
