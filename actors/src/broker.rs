@@ -69,8 +69,6 @@ pub struct Subscriber {
 /// What a session needs to know about the subscription a message matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubMatch {
-    /// The filter as subscribed (with `$share/<g>/` for shared ones).
-    pub filter: Arc<str>,
     pub opts: SubscriptionOptions,
     pub sub_id: Option<u32>,
 }
@@ -132,8 +130,8 @@ pub struct BrokerSettings {
     pub max_topic_levels: usize,
     pub shards: usize,
     /// Deliveries waiting in one session's inbox beyond which more are
-    /// dropped (and counted as `delivery.dropped.queue_full`). Past a fifth of
-    /// it, publishers of QoS 1/2 messages to it are slowed down.
+    /// dropped (and counted as `delivery.dropped.queue_full`). Past 256 (or
+    /// a fifth of it), publishers of QoS 1/2 messages to it are slowed down.
     pub max_session_backlog: usize,
     /// Do not deliver a client's messages back to itself, whatever its
     /// subscription options (`mqtt.ignore_loop_deliver`, for MQTT 3.x
@@ -288,7 +286,6 @@ impl Broker {
     /// replicated routes; each remote node with a matching route gets the
     /// message once, and each shared group gets it once cluster-wide.
     fn dispatch(&self, msg: Arc<Message>, target: Target) -> (usize, Option<Arc<Inbox>>) {
-        let mut out = Gather::default();
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
         let view = match target {
@@ -316,58 +313,32 @@ impl Broker {
                 }
             });
         }
-        let mut shared_fwd: Vec<(Arc<str>, String, String)> = Vec::new();
-        let mut visit = |filter: &str, e: &FilterEntry| {
-            if !matches!(target, Target::Group(..)) && !e.subs.is_empty() {
-                // One shared copy of the filter for every subscriber of it.
-                let f: Arc<str> = Arc::from(filter);
-                out.sources += 1;
-                for s in e.subs.values() {
-                    if (s.opts.no_local || no_loop) && *s.client_id == *msg.from {
-                        continue;
-                    }
-                    out.push(s, f.clone());
-                }
-            }
-            for (group, g) in &e.groups {
-                match &target {
-                    Target::PlainOnly => continue,
-                    Target::Group(tg, tf) if tg.as_str() != &**group || tf.as_str() != filter => {
-                        continue
-                    }
-                    _ => {}
-                }
-                let remote = remote_groups.remove(&(Arc::from(filter), group.clone()));
-                let pick_local = match &remote {
-                    None => true,
-                    Some(nodes) => match choose(strategy, nodes.len() + 1, &msg, &self.rr) {
-                        0 => true,
-                        i => {
-                            shared_fwd.push((
-                                nodes[i - 1].clone(),
-                                group.to_string(),
-                                filter.to_string(),
-                            ));
-                            false
-                        }
-                    },
-                };
-                if pick_local {
-                    if let Some(s) = pick_member(g, &msg, strategy) {
-                        out.sources += 1;
-                        out.push(s, shared_filter(group, filter));
-                    }
-                }
-            }
+        // The tables stay read-locked until the deliveries are queued, so
+        // the subscribers are borrowed, not cloned. Writers take one of
+        // these locks at a time, so holding both cannot deadlock.
+        let t: &str = &msg.topic;
+        let exact = self.tables.exact[shard_of(t, self.tables.exact.len())].read();
+        let wild = self.tables.wild.read();
+        let mut v = Visit {
+            out: Gather::default(),
+            shared_fwd: Vec::new(),
+            remote_groups,
+            target: &target,
+            msg: &msg,
+            strategy,
+            no_loop,
+            rr: &self.rr,
         };
-        {
-            let t = &msg.topic;
-            let shard = self.tables.exact[shard_of(t, self.tables.exact.len())].read();
-            if let Some(e) = shard.get(t.as_ref()) {
-                visit(t, e);
-            }
+        if let Some(e) = exact.get(t) {
+            v.visit(t, e);
         }
-        self.tables.wild.read().match_each(&msg.topic, &mut visit);
+        wild.match_each(t, |f, e| v.visit(f, e));
+        let Visit {
+            out,
+            mut shared_fwd,
+            remote_groups,
+            ..
+        } = v;
         // Groups with members only on other nodes.
         for ((filter, group), nodes) in remote_groups {
             let i = match strategy {
@@ -378,6 +349,27 @@ impl Broker {
         }
         let out = out.merged();
         let mut n = out.len();
+        let max = self.settings.max_session_backlog;
+        let mut congested = None;
+        for (s, matches) in out {
+            // QoS 0 may be dropped; only QoS 1/2 deliveries slow publishers.
+            let flow =
+                msg.qos != QoS::AtMostOnce && matches.iter().any(|m| m.opts.qos != QoS::AtMostOnce);
+            match s.inbox.push((msg.clone(), matches), max) {
+                Pushed::Queued => {}
+                Pushed::Congested => {
+                    if flow && congested.is_none() {
+                        congested = Some(s.inbox.clone());
+                    }
+                }
+                Pushed::Full => {
+                    inc(&self.metrics.delivery_dropped);
+                    inc(&self.metrics.delivery_dropped_queue_full);
+                }
+            }
+        }
+        drop(wild);
+        drop(exact);
         if let Some(v) = view {
             for node in &remote_plain {
                 match v.forwarder.forward(node, msg.clone()) {
@@ -396,25 +388,6 @@ impl Broker {
         if n == 0 && matches!(target, Target::All) {
             inc(&self.metrics.messages_dropped_no_subscribers);
             inc(&self.metrics.messages_dropped);
-        }
-        let max = self.settings.max_session_backlog;
-        let mut congested = None;
-        for (_, inbox, matches) in out {
-            // QoS 0 may be dropped; only QoS 1/2 deliveries slow publishers.
-            let flow =
-                msg.qos != QoS::AtMostOnce && matches.iter().any(|m| m.opts.qos != QoS::AtMostOnce);
-            match inbox.push((msg.clone(), matches), max) {
-                Pushed::Queued => {}
-                Pushed::Congested => {
-                    if flow && congested.is_none() {
-                        congested = Some(inbox);
-                    }
-                }
-                Pushed::Full => {
-                    inc(&self.metrics.delivery_dropped);
-                    inc(&self.metrics.delivery_dropped_queue_full);
-                }
-            }
         }
         (n, congested)
     }
@@ -450,15 +423,6 @@ enum Target {
     Group(String, String),
 }
 
-/// The subscribed form of a shared filter.
-fn shared_filter(group: &str, filter: &str) -> Arc<str> {
-    if group == "$queue" {
-        Arc::from(format!("$queue/{filter}"))
-    } else {
-        Arc::from(format!("$share/{group}/{filter}"))
-    }
-}
-
 /// Picks one of `n` candidate nodes for a shared-group message; candidate
 /// 0 is this node when it has members (so `local` and `sticky` prefer it).
 fn choose(strategy: SharedStrategy, n: usize, msg: &Message, rr: &AtomicUsize) -> usize {
@@ -476,40 +440,99 @@ fn choose(strategy: SharedStrategy, n: usize, msg: &Message, rr: &AtomicUsize) -
     }
 }
 
+/// The local side of one dispatch: walks the matching filter entries,
+/// borrowed from the read-locked tables.
+struct Visit<'a> {
+    out: Gather<'a>,
+    /// Shared-group messages to forward: (node, group, filter).
+    shared_fwd: Vec<(Arc<str>, String, String)>,
+    remote_groups: HashMap<GroupKey, Vec<Arc<str>>>,
+    target: &'a Target,
+    msg: &'a Message,
+    strategy: SharedStrategy,
+    no_loop: bool,
+    rr: &'a AtomicUsize,
+}
+
+impl<'a> Visit<'a> {
+    fn visit(&mut self, filter: &str, e: &'a FilterEntry) {
+        let msg = self.msg;
+        if !matches!(self.target, Target::Group(..)) && !e.subs.is_empty() {
+            self.out.sources += 1;
+            for s in e.subs.values() {
+                if (s.opts.no_local || self.no_loop) && *s.client_id == *msg.from {
+                    continue;
+                }
+                self.out.push(s);
+            }
+        }
+        for (group, g) in &e.groups {
+            match self.target {
+                Target::PlainOnly => continue,
+                Target::Group(tg, tf) if tg.as_str() != &**group || tf.as_str() != filter => {
+                    continue
+                }
+                _ => {}
+            }
+            let remote = self
+                .remote_groups
+                .remove(&(Arc::from(filter), group.clone()));
+            let pick_local = match &remote {
+                None => true,
+                Some(nodes) => match choose(self.strategy, nodes.len() + 1, msg, self.rr) {
+                    0 => true,
+                    i => {
+                        self.shared_fwd.push((
+                            nodes[i - 1].clone(),
+                            group.to_string(),
+                            filter.to_string(),
+                        ));
+                        false
+                    }
+                },
+            };
+            if pick_local {
+                if let Some(s) = pick_member(g, msg, self.strategy) {
+                    self.out.sources += 1;
+                    self.out.push(s);
+                }
+            }
+        }
+    }
+}
+
 /// The deliveries of one publish, gathered per session.
 #[derive(Default)]
-struct Gather {
-    out: Vec<(Arc<str>, Arc<Inbox>, Matches)>,
+struct Gather<'a> {
+    out: Vec<(&'a Subscriber, Matches)>,
     /// Filters and shared groups that added subscribers; with more than
     /// one, a session may appear twice and its matches are merged.
     sources: usize,
 }
 
-impl Gather {
-    fn push(&mut self, s: &Subscriber, filter: Arc<str>) {
+impl<'a> Gather<'a> {
+    fn push(&mut self, s: &'a Subscriber) {
         let m = SubMatch {
-            filter,
             opts: s.opts,
             sub_id: s.sub_id,
         };
-        self.out
-            .push((s.client_id.clone(), s.inbox.clone(), smallvec::smallvec![m]));
+        self.out.push((s, smallvec::smallvec![m]));
     }
 
     /// One entry per session (MQTT 5.0 3.3.4: overlapping subscriptions
     /// give one message), in the order first seen.
-    fn merged(self) -> Vec<(Arc<str>, Arc<Inbox>, Matches)> {
+    fn merged(self) -> Vec<(&'a Subscriber, Matches)> {
         if self.sources <= 1 {
             return self.out;
         }
-        let mut at: HashMap<Arc<str>, usize> = HashMap::with_capacity(self.out.len());
-        let mut merged: Vec<(Arc<str>, Arc<Inbox>, Matches)> = Vec::with_capacity(self.out.len());
-        for (c, inbox, m) in self.out {
-            match at.get(&c) {
-                Some(&i) => merged[i].2.extend(m),
+        let mut at: HashMap<&str, usize> = HashMap::with_capacity(self.out.len());
+        let mut merged: Vec<(&'a Subscriber, Matches)> = Vec::with_capacity(self.out.len());
+        for (s, m) in self.out {
+            match at.get(&*s.client_id) {
+                Some(&i) => merged[i].1.extend(m),
                 None => {
-                    at.insert(c.clone(), merged.len());
-                    merged.push((c, inbox, m));
+                    at.insert(&s.client_id, merged.len());
+                    merged.push((s, m));
                 }
             }
         }
@@ -655,7 +678,8 @@ mod tests {
             .await
             .expect("probe");
         let inbox = got.await.expect("inbox");
-        for (f, q) in filters {
+        // Subscription identifiers 1, 2, ... tell the filters apart.
+        for (i, (f, q)) in filters.iter().enumerate() {
             let s = Subscriber {
                 inbox: inbox.clone(),
                 client_id: id.clone(),
@@ -663,7 +687,7 @@ mod tests {
                     qos: *q,
                     ..Default::default()
                 },
-                sub_id: None,
+                sub_id: Some(i as u32 + 1),
             };
             b.subscribe(f, s).await.expect("subscribe");
         }
@@ -704,9 +728,9 @@ mod tests {
         assert_eq!(publish(&b, "a/b", "p"), 1);
         let got = drain(&mut rx).await;
         assert_eq!(got.len(), 1);
-        let mut filters: Vec<&str> = got[0].1.iter().map(|m| &*m.filter).collect();
-        filters.sort();
-        assert_eq!(filters, vec!["+/b", "a/#", "a/b"]);
+        let mut ids: Vec<u32> = got[0].1.iter().filter_map(|m| m.sub_id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2, 3], "one delivery with all three matches");
     }
 
     #[tokio::test]
@@ -723,7 +747,7 @@ mod tests {
         for c in ["m1", "m2", "m3"] {
             assert_eq!(got.iter().filter(|(x, _)| &**x == c).count(), 10, "{c}");
         }
-        assert_eq!(&*got[0].1[0].filter, "$share/g/t/+");
+        assert_eq!(got[0].1[0].opts.qos, QoS::AtLeastOnce);
     }
 
     #[tokio::test]

@@ -256,17 +256,28 @@ where
                 Some(ConnCmd::Write(b)) => {
                     out.clear();
                     let mut n = b.len();
-                    out.extend_from_slice(&b);
+                    // A lone buffer (a session's whole batch) is written as
+                    // it is; several queued ones are joined into one write.
+                    let mut lone = Some(b);
                     let mut close = false;
-                    // Batch what is already queued into one write.
                     while out.len() < 64 * 1024 {
                         match rx.try_recv() {
-                            Ok(ConnCmd::Write(b)) => { n += b.len(); out.extend_from_slice(&b); }
+                            Ok(ConnCmd::Write(b)) => {
+                                if let Some(first) = lone.take() {
+                                    out.extend_from_slice(&first);
+                                }
+                                n += b.len();
+                                out.extend_from_slice(&b);
+                            }
                             Ok(ConnCmd::Close) => { close = true; break; }
                             Err(_) => break,
                         }
                     }
-                    match timeout(settings.send_timeout, wr.write_all(&out)).await {
+                    let buf: &[u8] = match &lone {
+                        Some(b) => b,
+                        None => &out,
+                    };
+                    match timeout(settings.send_timeout, wr.write_all(buf)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break CloseCause::SocketError,
                         Err(_) => break CloseCause::SendTimeout,

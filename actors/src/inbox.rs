@@ -95,7 +95,7 @@ impl Inbox {
     }
 
     /// Appends a message unless `cap` are already waiting; wakes the
-    /// session if it was idle. Past the high-water mark (a fifth of `cap`),
+    /// session if it was idle. Past the high-water mark ([`high_water`]),
     /// says so.
     pub fn push(&self, item: Item, cap: usize) -> Pushed {
         let mut s = self.state.lock();
@@ -169,15 +169,17 @@ impl Inbox {
     }
 }
 
-/// Past this many waiting, QoS 1/2 publishers are slowed down: a fifth of
-/// the bound, so that each of many publishers may still overshoot by what
-/// it already read before the inbox is full.
+/// Past this many waiting, QoS 1/2 publishers are slowed down: 256, or a
+/// fifth of the bound if that is less, so that each of many publishers
+/// may still overshoot by what it already read (32 packets at most) before
+/// the inbox is full. Low enough that a throttled pair's latency stays in
+/// the tens of milliseconds.
 fn high_water(cap: usize) -> usize {
-    cap / 5
+    (cap / 5).min(256)
 }
 
 fn low_water(cap: usize) -> usize {
-    cap / 10
+    high_water(cap) / 2
 }
 
 #[cfg(test)]
@@ -219,7 +221,6 @@ mod tests {
     fn item(i: u32) -> Item {
         let m = Message::system(format!("t/{i}").as_str(), "x", false);
         let sm = SubMatch {
-            filter: Arc::from("t/+"),
             opts: SubscriptionOptions::default(),
             sub_id: Some(i),
         };

@@ -430,7 +430,7 @@ impl<V> TopicTrie<V> {
     /// topic name `topic` (MQTT rules, see [`crate::topic::matches`]), in no
     /// particular order. Does not allocate unless more than 16 `+` branches
     /// are pending at once.
-    pub fn match_each<F: FnMut(&str, &V)>(&self, topic: &str, f: F) {
+    pub fn match_each<'a, F: FnMut(&'a str, &'a V)>(&'a self, topic: &str, f: F) {
         self.walk(topic, f)
     }
 

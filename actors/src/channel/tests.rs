@@ -251,9 +251,10 @@ fn will(topic: &str) -> LastWill {
     }
 }
 
-fn sub_match(filter: &str, qos: QoS, sub_id: Option<u32>, rap: bool) -> SubMatch {
+/// A match of the subscription to `_filter` (named for the reader: the
+/// channel only sees the options and the identifier).
+fn sub_match(_filter: &str, qos: QoS, sub_id: Option<u32>, rap: bool) -> SubMatch {
     SubMatch {
-        filter: Arc::from(filter),
         opts: SubscriptionOptions {
             qos,
             retain_as_published: rap,

@@ -321,7 +321,7 @@ impl ClusterRoutes {
         if let Some(e) = self.exact.get(topic) {
             f(topic, e);
         }
-        self.wild.match_each(topic, |flt, e| f(flt, e));
+        self.wild.match_each(topic, f);
     }
 }
 
