@@ -183,7 +183,10 @@ where
     let pending = &shared.pending;
     let inbox_cap = ctx.broker.settings.max_session_backlog;
     let conn_id = handle.id;
-    let session: ActorRef<SessionMsg> = match Cm::open(&ctx, connect, handle).await {
+    // Boxed: `Cm::open` (locks, takeover, actor spawn) is a large future,
+    // and an await inline would size this task's state for it for the
+    // whole life of the connection.
+    let session: ActorRef<SessionMsg> = match Box::pin(Cm::open(&ctx, connect, handle)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, "could not open a session: {e}");
@@ -344,7 +347,9 @@ where
 /// close and might lose our DISCONNECT.
 async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut buf = [0u8; 4096];
+    // On the heap: a stack array here would be part of the connection
+    // task's state (4 KB) for the whole life of every connection.
+    let mut buf = vec![0u8; 4096];
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
         if n == 0 {
             break;
