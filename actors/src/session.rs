@@ -366,17 +366,14 @@ impl Actor for SessionActor {
                     sub_id: None,
                     refused: None,
                 };
-                let r = st.apply_subscribe(0, vec![req], false).await;
+                let r = Box::pin(st.apply_subscribe(0, vec![req], false)).await;
                 let _ = reply.send(r);
             }
             SessionMsg::DelSub(filter, reply) => {
                 let had = st.ch.subscriptions.remove(&filter).is_some();
                 if had {
-                    let _ = st
-                        .ctx
-                        .broker
-                        .unsubscribe(&filter, st.ch.client_id.clone())
-                        .await;
+                    let _ =
+                        Box::pin(st.ctx.broker.unsubscribe(&filter, st.ch.client_id.clone())).await;
                 }
                 let _ = reply.send(had);
             }
@@ -569,20 +566,21 @@ impl SessionState {
         for a in acts {
             match a {
                 Action::Send(p) => self.send(p),
+                // The broker calls are boxed: they are large futures, and
+                // awaited inline they would size every session actor's
+                // resident state (its message loop) for them.
                 Action::Subscribe {
                     packet_id,
                     requests,
                 } => {
-                    let _ = self.apply_subscribe(packet_id, requests, true).await;
+                    let _ = Box::pin(self.apply_subscribe(packet_id, requests, true)).await;
                 }
                 Action::Unsubscribe(filters) => {
                     inc(&self.ctx.broker.metrics.client_unsubscribe);
                     for f in filters {
-                        let _ = self
-                            .ctx
-                            .broker
-                            .unsubscribe(&f, self.ch.client_id.clone())
-                            .await;
+                        let _ =
+                            Box::pin(self.ctx.broker.unsubscribe(&f, self.ch.client_id.clone()))
+                                .await;
                     }
                 }
                 Action::Close { reason, why } => {
