@@ -1073,6 +1073,15 @@ impl Channel {
 
     /// Periodic work: resend what waited longer than `retry_interval`, and
     /// forget QoS 2 ids whose PUBREL never came within `await_rel_timeout`.
+    /// Whether [`Channel::tick`] has anything to do: QoS 2 ids awaiting
+    /// PUBREL to expire, or (while connected) inflight messages to resend.
+    pub fn needs_tick(&self) -> bool {
+        !self.awaiting_rel.is_empty()
+            || (self.connected
+                && self.settings.retry_interval.is_some()
+                && !self.inflight.is_empty())
+    }
+
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
         let timeout = self.settings.await_rel_timeout;
         self.awaiting_rel

@@ -121,6 +121,11 @@ pub struct SessionState {
     /// Deliveries taken from the inbox, being handled (kept for its
     /// capacity).
     batch: Vec<Item>,
+    /// Period of the retry / await-rel check.
+    tick: Duration,
+    /// Whether a `Tick` is on its way. A timer runs only while the channel
+    /// has something to check, so an idle session holds no timer task.
+    tick_armed: bool,
 }
 
 struct Sink<'a> {
@@ -163,6 +168,12 @@ impl Actor for SessionActor {
             ),
             None => Channel::new(a.ctx.settings.clone(), &a.connect, a.client_id.clone()),
         };
+        let tick = match a.ctx.settings.retry_interval {
+            Some(retry) => retry
+                .min(a.ctx.settings.await_rel_timeout)
+                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            None => Duration::from_secs(5),
+        };
         let mut st = SessionState {
             ctx: a.ctx,
             ch,
@@ -173,6 +184,8 @@ impl Actor for SessionActor {
             inbox: Inbox::new(myself.clone()),
             wbuf: BytesMut::new(),
             batch: Vec::new(),
+            tick,
+            tick_armed: false,
         };
         if resumed {
             // Routes must point here before the client hears it is back.
@@ -212,14 +225,7 @@ impl Actor for SessionActor {
             Some(&st.ctx.broker.stats.sessions_max),
             1,
         );
-        if let Some(retry) = st.ctx.settings.retry_interval {
-            let tick = retry
-                .min(st.ctx.settings.await_rel_timeout)
-                .clamp(Duration::from_millis(500), Duration::from_secs(5));
-            myself.send_interval(tick, || SessionMsg::Tick);
-        } else {
-            myself.send_interval(Duration::from_secs(5), || SessionMsg::Tick);
-        }
+        st.arm_tick(&myself);
         st.flush();
         Ok(st)
     }
@@ -378,6 +384,7 @@ impl Actor for SessionActor {
                 let _ = reply.send(had);
             }
             SessionMsg::Tick => {
+                st.tick_armed = false;
                 let acts = st.ch.tick(Instant::now());
                 st.run(&myself, acts).await;
                 st.pump(&myself, false).await;
@@ -396,6 +403,7 @@ impl Actor for SessionActor {
                 }
             }
         }
+        st.arm_tick(&myself);
         st.flush();
         Ok(())
     }
@@ -423,6 +431,15 @@ fn count_inbound(ctx: &Ctx, p: &Packet) {
 }
 
 impl SessionState {
+    /// Schedules the next `Tick` if the channel has inflight messages to
+    /// retry or QoS 2 ids to expire and none is scheduled yet.
+    fn arm_tick(&mut self, myself: &ActorRef<SessionMsg>) {
+        if !self.tick_armed && self.ch.needs_tick() {
+            self.tick_armed = true;
+            myself.send_after(self.tick, || SessionMsg::Tick);
+        }
+    }
+
     /// Adds what the channel dropped since last time to the node's
     /// `delivery.dropped*` metrics.
     fn report_drops(&mut self) {
