@@ -879,3 +879,23 @@ async fn slow_consumer_does_not_stall_or_bloat() {
     );
     drop(slow);
 }
+
+/// Packets a client sends right behind its CONNECT may arrive in the same
+/// read; they must be handled then, not when the client next sends.
+#[test]
+fn packets_in_the_same_read_as_connect_are_handled_at_once() {
+    let n = Node::start();
+    let mut r = Raw::connect(&n);
+    let mut bytes = connect_v4("same-read", 60);
+    bytes.extend_from_slice(&[0xC0, 0x00]); // PINGREQ
+    r.send(&bytes);
+    let want = [0x20, 0x02, 0x00, 0x00, 0xD0, 0x00];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    while got.len() < want.len() && Instant::now() < deadline {
+        let (b, closed) = r.read_all(Duration::from_millis(200));
+        got.extend_from_slice(&b);
+        assert!(!closed, "closed after {got:02X?}");
+    }
+    assert_eq!(got, want, "CONNACK then PINGRESP, without another packet");
+}

@@ -141,7 +141,8 @@ pub struct Channel {
     pub keepalive: u16,
     /// Seconds the session outlives its connection (0 = ends with it).
     pub session_expiry: u32,
-    pub will: Option<LastWill>,
+    /// Boxed: a `LastWill` is about 400 bytes and most sessions have none.
+    pub will: Option<Box<LastWill>>,
     pub connected: bool,
     /// Limits the client announced in CONNECT.
     client_receive_max: u16,
@@ -375,7 +376,7 @@ impl Channel {
         self.clean_start = c.clean_start;
         self.keepalive = effective_keepalive(c, &self.settings);
         self.session_expiry = requested_expiry(c, &self.settings);
-        self.will = c.will.clone();
+        self.will = c.will.clone().map(Box::new);
         self.connected = true;
         self.client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
         self.client_max_packet = c.properties.maximum_packet_size;

@@ -767,7 +767,7 @@ fn normal_disconnect_discards_the_will_and_closes_without_reason() {
     let mut c = connect(V5);
     c.will = Some(will("w"));
     let mut ch = channel_with(MqttSettings::default(), &c);
-    assert_eq!(ch.will, Some(will("w")));
+    assert_eq!(ch.will.as_deref(), Some(&will("w")));
     let mut sink = Recorder::default();
     let actions = feed(&mut ch, disconnect(reason::SUCCESS, None), &mut sink);
     assert_eq!(
@@ -805,7 +805,7 @@ fn disconnect_with_will_message_0x04_keeps_the_will() {
         actions.as_slice(),
         [Action::Close { reason: None, .. }]
     ));
-    assert_eq!(ch.will, Some(will("w")));
+    assert_eq!(ch.will.as_deref(), Some(&will("w")));
 }
 
 #[test]
@@ -820,7 +820,11 @@ fn v5_disconnect_raising_session_expiry_from_zero_closes_with_0x82() {
         reason::PROTOCOL_ERROR,
     );
     assert_eq!(ch.session_expiry, 0);
-    assert_eq!(ch.will, Some(will("w")), "a protocol error keeps the will");
+    assert_eq!(
+        ch.will.as_deref(),
+        Some(&will("w")),
+        "a protocol error keeps the will"
+    );
 }
 
 #[test]
@@ -2122,7 +2126,7 @@ fn attach_takes_the_new_connection_parameters_and_keeps_the_session() {
     ch.attach(&c);
     assert_eq!(ch.version, V5);
     assert_eq!(ch.username.as_deref(), Some("u"));
-    assert_eq!(ch.will, Some(will("w")));
+    assert_eq!(ch.will.as_deref(), Some(&will("w")));
     assert_eq!(ch.keepalive, 30);
     assert!(ch.connected);
     assert_eq!(ch.disconnected_at_ms, None);
