@@ -46,7 +46,7 @@ fn connect_v5() -> Packet {
         content_type: Some("text/plain".into()),
         ..Properties::default()
     };
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V5,
         protocol_name: "MQTT".into(),
         clean_start: true,
@@ -62,7 +62,7 @@ fn connect_v5() -> Packet {
         username: Some("bench".into()),
         password: Some(Bytes::from_static(b"secret-password")),
         properties,
-    })
+    }))
 }
 
 fn bench_packet(c: &mut Criterion, name: &str, p: &Packet, v: ProtocolVersion) {

@@ -487,7 +487,7 @@ where
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (handle, rx) = ConnHandle::new(conn_id, peer);
-    let session: ActorRef<SessionMsg> = match Box::pin(Cm::open(ctx, connect, handle)).await {
+    let session: ActorRef<SessionMsg> = match Box::pin(Cm::open(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, "could not open a session: {e}");

@@ -224,9 +224,10 @@ pub struct Auth {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(clippy::large_enum_variant)]
 pub enum Packet {
-    Connect(Connect),
+    /// Boxed: a CONNECT is by far the largest packet, and every other
+    /// packet would otherwise be moved and allocated at its size.
+    Connect(Box<Connect>),
     ConnAck(ConnAck),
     Publish(Publish),
     PubAck(PubAckLike),

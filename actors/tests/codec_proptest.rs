@@ -211,7 +211,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     )
         .prop_map(
             move |(clean_start, keep_alive, client_id, will, username, password, properties)| {
-                Packet::Connect(Connect {
+                Packet::Connect(Box::new(Connect {
                     protocol: v,
                     protocol_name: if v == V3 { "MQIsdp" } else { "MQTT" }.into(),
                     clean_start,
@@ -221,7 +221,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     username,
                     password,
                     properties,
-                })
+                }))
             },
         )
 }

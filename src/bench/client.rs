@@ -156,7 +156,7 @@ impl Client {
             completed: 0,
             refused: 0,
         };
-        let connect = Packet::Connect(Connect {
+        let connect = Packet::Connect(Box::new(Connect {
             protocol: opts.version,
             protocol_name: String::new(),
             clean_start: opts.clean,
@@ -166,7 +166,7 @@ impl Client {
             username: opts.username.clone(),
             password: opts.password.clone().map(Bytes::from),
             properties: Properties::default(),
-        });
+        }));
         c.queue(&connect);
         c.flush().await?;
         let ack = loop {

@@ -722,7 +722,7 @@ fn second_connect_closes_with_0x82() {
     let mut ch = channel(V5);
     let mut sink = Recorder::default();
     assert_close(
-        &feed(&mut ch, Packet::Connect(connect(V5)), &mut sink),
+        &feed(&mut ch, Packet::Connect(Box::new(connect(V5))), &mut sink),
         reason::PROTOCOL_ERROR,
     );
 }

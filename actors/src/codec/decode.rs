@@ -220,7 +220,7 @@ fn body(
     r: &mut Reader,
 ) -> Result<Packet, DecodeError> {
     if ptype == 1 {
-        return connect(r).map(Packet::Connect);
+        return connect(r).map(|c| Packet::Connect(Box::new(c)));
     }
     let Some(v) = version else {
         return Err(protocol("first packet must be CONNECT"));

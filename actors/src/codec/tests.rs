@@ -100,7 +100,7 @@ fn connect_v311_minimal() {
             0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'a',
         ],
         V4,
-        Packet::Connect(connect(V4, "a")),
+        Packet::Connect(Box::new(connect(V4, "a"))),
     );
 }
 
@@ -111,7 +111,7 @@ fn connect_v31_mqisdp() {
             0x10, 0x0F, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 0x02, 0, 60, 0, 1, b'a',
         ],
         V3,
-        Packet::Connect(connect(V3, "a")),
+        Packet::Connect(Box::new(connect(V3, "a"))),
     );
 }
 
@@ -136,13 +136,13 @@ fn connect_v311_will_user_password() {
     });
     c.username = Some("user".into());
     c.password = Some(Bytes::from_static(&[1, 2, 3]));
-    both(&bytes, V4, Packet::Connect(c));
+    both(&bytes, V4, Packet::Connect(Box::new(c)));
 }
 
 #[test]
 fn connect_empty_client_id() {
     let bytes = v4_connect(0x02, &[0, 0]);
-    both(&bytes, V4, Packet::Connect(connect(V4, "")));
+    both(&bytes, V4, Packet::Connect(Box::new(connect(V4, ""))));
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn connect_v5_with_properties() {
     ];
     let mut c = connect(V5, "a");
     c.properties.session_expiry_interval = Some(120);
-    both(&bytes, V5, Packet::Connect(c));
+    both(&bytes, V5, Packet::Connect(Box::new(c)));
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn connect_v5_with_will_properties() {
         retain: false,
         properties: wp,
     });
-    both(&bytes, V5, Packet::Connect(c));
+    both(&bytes, V5, Packet::Connect(Box::new(c)));
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn second_connect_is_decoded_anyway() {
     for v in [V3, V4, V5] {
         assert_eq!(
             dec(&bytes, Some(v)).unwrap(),
-            Some(Packet::Connect(connect(V4, "a")))
+            Some(Packet::Connect(Box::new(connect(V4, "a"))))
         );
     }
 }
@@ -869,7 +869,7 @@ fn split_byte_by_byte() {
     let mut c = connect(V5, "client-1");
     c.properties.receive_maximum = Some(20);
     c.username = Some("u".into());
-    let bytes = enc(&Packet::Connect(c.clone()), V5);
+    let bytes = enc(&Packet::Connect(Box::new(c.clone())), V5);
     let mut buf = BytesMut::new();
     for (i, b) in bytes.iter().enumerate() {
         buf.extend_from_slice(&[*b]);
@@ -878,7 +878,7 @@ fn split_byte_by_byte() {
             assert_eq!(r, None, "decoded early at byte {i}");
             assert_eq!(buf.len(), i + 1);
         } else {
-            assert_eq!(r, Some(Packet::Connect(c.clone())));
+            assert_eq!(r, Some(Packet::Connect(Box::new(c.clone()))));
             assert!(buf.is_empty());
         }
     }
@@ -899,8 +899,11 @@ fn user_properties_may_repeat_in_connect() {
     let mut c = connect(V5, "a");
     c.properties.user_properties = vec![("a".into(), "1".into()), ("a".into(), "2".into())];
     c.properties.maximum_packet_size = Some(1024);
-    let bytes = enc(&Packet::Connect(c.clone()), V5);
-    assert_eq!(dec(&bytes, None).unwrap(), Some(Packet::Connect(c)));
+    let bytes = enc(&Packet::Connect(Box::new(c.clone())), V5);
+    assert_eq!(
+        dec(&bytes, None).unwrap(),
+        Some(Packet::Connect(Box::new(c)))
+    );
 }
 
 #[test]
