@@ -3,6 +3,7 @@
 # cpu-clock event: this VM has no hardware counters).
 #
 #   benches/profile.sh a     # scenario (a): 100 QoS 0 pairs, 100k msg/s offered
+#   benches/profile.sh a1    # scenario (a1): 100 QoS 1 pairs, closed loop
 #   benches/profile.sh b     # scenario (b): 2,000 msg/s to 500 subscribers
 #   benches/profile.sh c     # scenario (c): 200 QoS 1 publishers into t/+
 #
@@ -50,9 +51,10 @@ done
 
 case $SC in
 a)  SUB="-c 100 -i 1 -t a/%i -q 0"; PUB="-c 100 -i 1 -t a/%i -q 0 -s 64 -I 1" ;;
+a1) SUB="-c 100 -i 1 -t a/%i -q 1"; PUB="-c 100 -i 1 -t a/%i -q 1 -s 64 -I 0 --inflight 100" ;;
 b)  SUB="-c 500 -i 1 -t fan/1 -q 0"; PUB="-c 2 -i 1 -t fan/1 -q 0 -s 64 -I 1" ;;
 c)  SUB="-c 1 -i 1 -t t/+ -q 1"; PUB="-c 200 -i 1 -t t/%i -q 1 -s 64 -I 0 --inflight 100" ;;
-*)  echo "scenario a, b or c" >&2; exit 2 ;;
+*)  echo "scenario a, a1, b or c" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2086
 timeout $((SECS + 60)) "$BIN" bench sub -V 4 -p "$PORT" $SUB >"$OUT/sub.out" 2>"$OUT/sub.err" &
