@@ -31,21 +31,21 @@ fn publish(v5: bool) -> Packet {
 }
 
 fn connect_v5() -> Packet {
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         session_expiry_interval: Some(7200),
         receive_maximum: Some(100),
         maximum_packet_size: Some(1 << 20),
         topic_alias_maximum: Some(16),
         request_problem_information: Some(1),
         user_properties: vec![("region".into(), "eu-west-1".into())],
-        ..Properties::default()
-    };
-    let will_properties = Properties {
+        ..PropertyValues::default()
+    });
+    let will_properties = Properties::from(PropertyValues {
         will_delay_interval: Some(30),
         message_expiry_interval: Some(600),
         content_type: Some("text/plain".into()),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V5,
         protocol_name: "MQTT".into(),

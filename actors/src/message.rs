@@ -117,13 +117,13 @@ mod tests {
             retain: true,
             topic: "a/b".into(),
             packet_id: Some(1),
-            properties: Properties {
+            properties: Properties::from(crate::packet::PropertyValues {
                 topic_alias: Some(3),
                 message_expiry_interval: Some(5),
                 subscription_identifiers: vec![7],
                 content_type: Some("text/plain".into()),
                 ..Default::default()
-            },
+            }),
             payload: Bytes::from_static(b"hi"),
         };
         let m = Message::from_publish(Arc::from("c1"), &p);

@@ -54,11 +54,18 @@ impl QoS {
     }
 }
 
-/// Properties of every packet type, as one struct: the codec only reads and
-/// writes the ones allowed for the packet at hand (MQTT 5.0 section 2.2.2.2).
-/// On MQTT 3.x connections this is always empty.
+/// Properties of every packet type (MQTT 5.0 section 2.2.2.2). Empty in
+/// every MQTT 3.x packet and in most 5.0 ones, so the values live behind a
+/// box allocated on the first write: an empty set is one null pointer, and
+/// a packet or message moves and allocates a few dozen bytes for it instead
+/// of 344. Read and write the fields through `Deref` / `DerefMut`.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
+/// The values of [`Properties`], as one struct: the codec only reads and
+/// writes the ones allowed for the packet at hand.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Properties {
+pub struct PropertyValues {
     pub payload_format_indicator: Option<u8>,
     pub message_expiry_interval: Option<u32>,
     pub content_type: Option<String>,
@@ -89,10 +96,92 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
+static NO_PROPERTIES: PropertyValues = PropertyValues {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifiers_available: None,
+    shared_subscription_available: None,
+};
+
 impl Properties {
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        match &self.0 {
+            None => true,
+            Some(v) => **v == NO_PROPERTIES,
+        }
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(v: PropertyValues) -> Properties {
+        if v == NO_PROPERTIES {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(v)))
+        }
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for Properties {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Properties, D::Error> {
+        PropertyValues::deserialize(d).map(Properties::from)
     }
 }
 

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use emqx_actors::forward::{handshake, ForwardConfig, ForwardError, Forwarder, OnReceive};
 use emqx_actors::message::Message;
-use emqx_actors::packet::{Properties, QoS};
+use emqx_actors::packet::{Properties, PropertyValues, QoS};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -86,14 +86,14 @@ fn msg(topic: &str, seq: u64, qos: QoS) -> Message {
     } else {
         None
     };
-    m.properties = Properties {
+    m.properties = Properties::from(PropertyValues {
         payload_format_indicator: Some(1),
         content_type: Some("text/plain".into()),
         response_topic: Some(format!("reply/{topic}")),
         correlation_data: Some(Bytes::from(seq.to_be_bytes().to_vec())),
         user_properties: vec![("seq".into(), seq.to_string()), ("k".into(), "v".into())],
         ..Default::default()
-    };
+    });
     m
 }
 

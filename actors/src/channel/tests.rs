@@ -234,10 +234,10 @@ fn unsubscribe(pid: u16, filters: &[&str]) -> Packet {
 fn disconnect(code: u8, expiry: Option<u32>) -> Packet {
     Packet::Disconnect(Disconnect {
         reason_code: code,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval: expiry,
             ..Default::default()
-        },
+        }),
     })
 }
 
@@ -947,10 +947,10 @@ fn subscription_identifier_is_attached_to_every_request_and_stored() {
     let mut sink = Recorder::default();
     let p = Packet::Subscribe(Subscribe {
         packet_id: 2,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             subscription_identifiers: vec![42],
             ..Default::default()
-        },
+        }),
         filters: vec![("a".into(), opts(Q1)), ("b".into(), opts(Q0))],
     });
     let requests = sub_requests(feed(&mut ch, p, &mut sink), 2);
@@ -2154,7 +2154,7 @@ fn v5_connack_announces_the_server_limits_and_the_assigned_client_id() {
         ConnAck {
             session_present: false,
             reason_code: reason::SUCCESS,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 assigned_client_identifier: Some("auto-1".into()),
                 server_keep_alive: Some(20),
                 receive_maximum: Some(10),
@@ -2162,7 +2162,7 @@ fn v5_connack_announces_the_server_limits_and_the_assigned_client_id() {
                 topic_alias_maximum: Some(65535),
                 subscription_identifiers_available: Some(1),
                 ..Default::default()
-            },
+            }),
         }
     );
 }
@@ -2174,13 +2174,13 @@ fn v5_connack_without_assigned_id_or_server_keepalive_omits_them() {
     assert!(ack.session_present);
     assert_eq!(
         ack.properties,
-        Properties {
+        Properties::from(PropertyValues {
             receive_maximum: Some(100),
             maximum_packet_size: Some(1024 * 1024),
             topic_alias_maximum: Some(65535),
             subscription_identifiers_available: Some(1),
             ..Default::default()
-        }
+        })
     );
 }
 
@@ -2200,7 +2200,7 @@ fn v5_connack_announces_disabled_features() {
     let ch = channel_with(s, &c);
     assert_eq!(
         ch.connack(&c, false, false).properties,
-        Properties {
+        Properties::from(PropertyValues {
             maximum_qos: Some(1),
             retain_available: Some(0),
             wildcard_subscription_available: Some(0),
@@ -2210,7 +2210,7 @@ fn v5_connack_announces_disabled_features() {
             topic_alias_maximum: Some(65535),
             subscription_identifiers_available: Some(1),
             ..Default::default()
-        }
+        })
     );
 }
 
@@ -2239,10 +2239,10 @@ fn server_disconnect_packet_exists_on_v5_only_with_a_reason_string() {
         ch.disconnect_packet(reason::KEEP_ALIVE_TIMEOUT, "keepalive"),
         Some(Packet::Disconnect(Disconnect {
             reason_code: reason::KEEP_ALIVE_TIMEOUT,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 reason_string: Some("keepalive".into()),
                 ..Default::default()
-            },
+            }),
         }))
     );
     assert_eq!(

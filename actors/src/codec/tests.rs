@@ -169,10 +169,10 @@ fn connect_v5_with_will_properties() {
     ];
     let mut c = connect(V5, "a");
     c.keep_alive = 0;
-    let wp = Properties {
+    let wp = Properties::from(PropertyValues {
         will_delay_interval: Some(5),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     c.will = Some(LastWill {
         topic: "t".into(),
         payload: Bytes::new(),
@@ -353,11 +353,11 @@ fn connack_v5() {
             properties: Properties::default(),
         }),
     );
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         maximum_qos: Some(1),
         receive_maximum: Some(10),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     let bytes = [0x20, 0x08, 0x01, 0x00, 0x05, 0x21, 0x00, 0x0A, 0x24, 0x01];
     both(
         &bytes,
@@ -571,10 +571,10 @@ fn subscribe_v311() {
 
 #[test]
 fn subscribe_v5_options_and_id() {
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         subscription_identifiers: vec![5],
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     both(
         &[0x82, 0x09, 0, 1, 2, 0x0B, 5, 0, 1, b'a', 0x2D],
         V5,
@@ -670,10 +670,10 @@ fn unsubscribe() {
             filters: vec!["a/b".into()],
         }),
     );
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         user_properties: vec![("a".into(), "b".into())],
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     both(
         &[0xA2, 13, 0, 2, 7, 0x26, 0, 1, b'a', 0, 1, b'b', 0, 1, b'x'],
         V5,
@@ -735,10 +735,10 @@ fn disconnect() {
     }
     both(&[0xE0, 0], V5, d(0));
     both(&[0xE0, 1, 0x04], V5, d(0x04));
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         session_expiry_interval: Some(0),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     both(
         &[0xE0, 7, 0x00, 5, 0x11, 0, 0, 0, 0],
         V5,
@@ -761,10 +761,10 @@ fn auth() {
         })
     };
     both(&[0xF0, 0], V5, a(0, Properties::default()));
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         authentication_method: Some("x".into()),
-        ..Properties::default()
-    };
+        ..PropertyValues::default()
+    });
     both(&[0xF0, 6, 0x18, 4, 0x15, 0, 1, b'x'], V5, a(0x18, props));
     // AUTH does not exist before MQTT 5.
     malformed(&[0xF0, 0], Some(V4));

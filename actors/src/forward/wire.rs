@@ -379,7 +379,7 @@ mod tests {
         m.from = Arc::from("client-1");
         m.timestamp_ms = 1_700_000_000_123;
         m.expiry_secs = Some(60);
-        m.properties = Properties {
+        m.properties = Properties::from(crate::packet::PropertyValues {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(u32::MAX),
             content_type: Some("text/plain".into()),
@@ -407,7 +407,7 @@ mod tests {
             wildcard_subscription_available: Some(0),
             subscription_identifiers_available: Some(1),
             shared_subscription_available: Some(0),
-        };
+        });
         m
     }
 
