@@ -4,7 +4,9 @@
 //! keepalive, and writes the bytes the session actor hands it. The session
 //! actor (not this task) holds all protocol state, so a connection is cheap
 //! and a session can outlive it. Reading pauses while too many bytes wait
-//! to be written, which bounds memory for a client that stops reading.
+//! to be written (a client that stops reading), while the session has not
+//! caught up with what was read, and while the client is throttled for
+//! filling a subscriber's inbox (see `docs/architecture.md`, flow control).
 
 use crate::cm::Cm;
 use crate::codec::{self, DecodeError};

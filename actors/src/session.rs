@@ -469,8 +469,12 @@ impl SessionState {
         *r = c.clone();
     }
 
+    /// Encodes a packet for the connection; it goes out with the next
+    /// [`SessionState::flush`]. Nothing without a connection.
     fn send(&mut self, p: Packet) {
-        let Some(conn) = &self.conn else { return };
+        if self.conn.is_none() {
+            return;
+        }
         let m = &self.ctx.broker.metrics;
         inc(&m.packets_sent);
         match &p {
@@ -483,7 +487,6 @@ impl SessionState {
             Packet::Disconnect(_) => inc(&m.packets_disconnect_sent),
             _ => {}
         }
-        let _ = conn;
         if self.wbuf.capacity() == 0 {
             self.wbuf = BytesMut::with_capacity(codec::encoded_len(&p, self.ch.version));
         }
