@@ -353,6 +353,15 @@ impl Actor for SessionActor {
                     st.after_conn_lost(&myself, true);
                 }
                 st.ending = true;
+                // What waits in the inbox goes with the session: offline
+                // now, the channel queues it (up to `max_mqueue_len`).
+                let cap = st.ctx.broker.settings.max_session_backlog;
+                for _ in 0..=cap / DRAIN_BATCH {
+                    if st.inbox.is_empty() {
+                        break;
+                    }
+                    st.pump(&myself, false).await;
+                }
                 let _ = reply.send(st.ch.snapshot());
                 myself.stop(None);
             }
