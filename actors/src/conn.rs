@@ -289,7 +289,12 @@ where
     // sent right behind its CONNECT may have come in the same read.
     let mut buffered = !rbuf.is_empty();
     let cause = loop {
-        if throttled.is_none() && rx.throttle_set.swap(false, Ordering::AcqRel) {
+        // A plain load first: the swap writes the flag's cache line, and this
+        // runs on every turn of the loop.
+        if throttled.is_none()
+            && rx.throttle_set.load(Ordering::Acquire)
+            && rx.throttle_set.swap(false, Ordering::AcqRel)
+        {
             if let Some(ib) = rx.throttle.lock().take() {
                 inc(&metrics.client_throttled);
                 throttled = Some(Box::pin(async move {

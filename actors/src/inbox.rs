@@ -138,15 +138,6 @@ impl Inbox {
         left > 0
     }
 
-    /// Session side: gives up the inbox without taking from it, so the
-    /// next push wakes the session again.
-    pub fn unschedule_if_empty(&self) {
-        let mut s = self.state.lock();
-        if s.q.is_empty() {
-            s.scheduled = false;
-        }
-    }
-
     /// Publisher side: waits until this inbox is down to its low-water mark
     /// (for `cap`), or its session has taken nothing from it for `stalled`.
     /// Used to pause reading from a publisher whose messages fill a

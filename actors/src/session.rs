@@ -256,7 +256,7 @@ impl Actor for SessionActor {
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Drain => st.pump(&myself, true).await,
+            SessionMsg::Drain => st.pump(&myself).await,
             SessionMsg::Inbound(id, p) => {
                 match &st.conn {
                     Some(c) if c.id == id => c.inbound_done(),
@@ -281,7 +281,7 @@ impl Actor for SessionActor {
                 }
                 st.run(&myself, acts).await;
                 // An acknowledgement may have opened the inflight window.
-                st.pump(&myself, false).await;
+                st.pump(&myself).await;
             }
             SessionMsg::ConnClosed(id, cause) => {
                 if st.conn.as_ref().map(|c| c.id) != Some(id) {
@@ -304,7 +304,7 @@ impl Actor for SessionActor {
                 }
                 st.close_conn(&myself, code, &why);
                 // Offline now: what waits in the inbox goes to the queue.
-                st.pump(&myself, false).await;
+                st.pump(&myself).await;
             }
             SessionMsg::Resume(connect, conn, reply) => {
                 // Takeover on this node: the old connection (if any) is told
@@ -328,7 +328,7 @@ impl Actor for SessionActor {
                 st.on_connected();
                 let acts = st.ch.resume(Instant::now());
                 st.run(&myself, acts).await;
-                st.pump(&myself, false).await;
+                st.pump(&myself).await;
                 st.flush();
                 let _ = reply.send(());
             }
@@ -360,7 +360,7 @@ impl Actor for SessionActor {
                     if st.inbox.is_empty() {
                         break;
                     }
-                    st.pump(&myself, false).await;
+                    st.pump(&myself).await;
                 }
                 let _ = reply.send(st.ch.snapshot());
                 myself.stop(None);
@@ -399,7 +399,7 @@ impl Actor for SessionActor {
                 st.tick_armed = false;
                 let acts = st.ch.tick(Instant::now());
                 st.run(&myself, acts).await;
-                st.pump(&myself, false).await;
+                st.pump(&myself).await;
                 st.report_drops();
             }
             SessionMsg::Expire(gen) => {
@@ -518,10 +518,11 @@ impl SessionState {
     /// batches of [`DRAIN_BATCH`]. While the client is connected and its
     /// inflight window and queue are full, leaves the rest in the inbox
     /// (still marked scheduled; an acknowledgement, the tick or the end of
-    /// the connection brings the session back). `woken`: called for a
-    /// `Drain`, which must be answered even with nothing to do.
-    async fn pump(&mut self, myself: &ActorRef<SessionMsg>, woken: bool) {
-        if !woken && self.inbox.is_empty() {
+    /// the connection brings the session back). An empty inbox is never
+    /// marked scheduled (the take that empties it clears the mark), so
+    /// there is nothing to do then.
+    async fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
+        if self.inbox.is_empty() {
             return;
         }
         if self.ch.backed_up() {

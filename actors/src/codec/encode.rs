@@ -349,7 +349,7 @@ pub fn encode_plain_qos0(
     v5: bool,
     buf: &mut BytesMut,
 ) -> usize {
-    let len = 2 + topic.len() + usize::from(v5) + payload.len();
+    let len = plain_qos0_body_len(topic, payload, v5);
     let total = 1 + varint_len(len) + len;
     buf.reserve(total);
     Sink::put_u8(buf, 0x30 | u8::from(retain));
@@ -364,6 +364,11 @@ pub fn encode_plain_qos0(
 
 /// The size [`encode_plain_qos0`] would write.
 pub fn plain_qos0_len(topic: &str, payload: &[u8], v5: bool) -> usize {
-    let len = 2 + topic.len() + usize::from(v5) + payload.len();
+    let len = plain_qos0_body_len(topic, payload, v5);
     1 + varint_len(len) + len
+}
+
+/// Topic with its length, the empty property list on 5.0, the payload.
+fn plain_qos0_body_len(topic: &str, payload: &[u8], v5: bool) -> usize {
+    2 + topic.len() + usize::from(v5) + payload.len()
 }
