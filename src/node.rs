@@ -248,22 +248,21 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         if !l.enable {
             continue;
         }
-        if !l.mountpoint.is_empty() {
-            tracing::warn!(
-                "listeners.tcp.{lname}.mountpoint is set but mountpoints are not applied yet"
-            );
-        }
         let sock = TcpListener::bind(l.bind)
             .await
             .map_err(|e| format!("listeners.tcp.{lname}: cannot listen on {}: {e}", l.bind))?;
         tracing::info!("listener tcp:{lname} on {}", l.bind);
         let max_conn = l.max_connections;
+        let mountpoint = Some(l.mountpoint.as_str())
+            .filter(|m| !m.is_empty())
+            .map(Arc::from);
         listener_tasks.push(tokio::spawn(accept_loop(
             sock,
             l.bind,
             ctx.clone(),
             max_conn,
             lname.clone(),
+            mountpoint,
         )));
     }
 
@@ -547,6 +546,7 @@ async fn accept_loop(
     ctx: Arc<Ctx>,
     max_conn: Option<u64>,
     name: String,
+    mountpoint: Option<Arc<str>>,
 ) {
     use std::sync::atomic::{AtomicU64, Ordering};
     let open = Arc::new(AtomicU64::new(0));
@@ -601,9 +601,10 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let open = open.clone();
+        let mountpoint = mountpoint.clone();
         open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            emqx_actors::conn::serve(stream, peer, ctx).await;
+            emqx_actors::conn::serve(stream, peer, ctx, mountpoint).await;
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }

@@ -86,13 +86,19 @@ impl Delivery {
 
     /// A retained message sent because of a new subscription: the retain
     /// flag stays set (MQTT 5.0 3.3.1.3).
+    /// `upgrade_qos` as for live messages (`mqtt.upgrade_qos`).
     pub fn retained(
         msg: Arc<Message>,
         opts: &SubscriptionOptions,
         sub_id: Option<u32>,
+        upgrade_qos: bool,
     ) -> Delivery {
         Delivery {
-            qos: msg.qos.min(opts.qos),
+            qos: if upgrade_qos {
+                msg.qos.max(opts.qos)
+            } else {
+                msg.qos.min(opts.qos)
+            },
             retain: true,
             sub_ids: sub_id.into_iter().collect(),
             msg,
@@ -129,6 +135,8 @@ pub struct ChannelCounters {
     pub dropped_queue_full: u64,
     /// QoS 0 dropped: offline without `mqueue_store_qos0`, or socket backed up.
     pub dropped_qos0: u64,
+    /// PUBLISHes from the client refused as not authorized (`$SYS/...`).
+    pub publish_refused: u64,
 }
 
 pub struct Channel {
@@ -149,6 +157,10 @@ pub struct Channel {
     client_max_packet: Option<u32>,
     client_topic_alias_max: u16,
     request_problem_info: bool,
+    /// The listener's mount point rendered for this client: prefixed to
+    /// the topics it publishes and the filters it subscribes, removed from
+    /// the topics delivered to it.
+    mountpoint: Option<String>,
     /// Topic aliases the client set for its PUBLISHes to us.
     in_aliases: HashMap<u16, String>,
     /// Topic aliases we set for PUBLISHes to the client.
@@ -219,6 +231,14 @@ pub fn check_connect(c: &Connect, s: &MqttSettings) -> Result<(), (u8, String)> 
         }
         if w.retain && !s.retain_available {
             return Err((reason::RETAIN_NOT_SUPPORTED, "retained will refused".into()));
+        }
+        if topic::is_broker_topic(&w.topic) {
+            return Err((reason::NOT_AUTHORIZED, "will topic under $SYS".into()));
+        }
+        if let Some(rt) = &w.properties.response_topic {
+            if topic::validate_topic_name(rt, usize::MAX).is_err() {
+                return Err((reason::PROTOCOL_ERROR, "invalid will response topic".into()));
+            }
         }
     }
     if c.properties.receive_maximum == Some(0) {
@@ -344,6 +364,7 @@ impl Channel {
             connected: false,
             client_receive_max: u16::MAX,
             client_max_packet: None,
+            mountpoint: None,
             client_topic_alias_max: 0,
             request_problem_info: true,
             in_aliases: HashMap::new(),
@@ -386,6 +407,27 @@ impl Channel {
         self.out_aliases.clear();
         self.connected_at_ms = now_ms();
         self.disconnected_at_ms = None;
+    }
+
+    /// Sets the mount point of the listener the client connected through
+    /// (call after [`Channel::new`], [`Channel::restore`] or
+    /// [`Channel::attach`]); the will, already taken from the CONNECT, is
+    /// mounted too.
+    pub fn set_mountpoint(&mut self, template: Option<&str>) {
+        self.mountpoint = template
+            .filter(|t| !t.is_empty())
+            .map(|t| topic::render_mountpoint(t, &self.client_id, self.username.as_deref()));
+        if let (Some(mp), Some(w)) = (&self.mountpoint, self.will.as_mut()) {
+            w.topic = topic::mount(mp, &w.topic);
+        }
+    }
+
+    /// The topic as the client knows it.
+    fn unmounted<'a>(&self, topic: &'a str) -> &'a str {
+        match &self.mountpoint {
+            Some(mp) => topic::unmount(mp, topic),
+            None => topic,
+        }
     }
 
     /// The CONNACK for this connection.
@@ -550,6 +592,15 @@ impl Channel {
                 format!("invalid topic name {:?}: {e:?}", p.topic),
             )];
         }
+        if let Some(rt) = &p.properties.response_topic {
+            // MQTT-3.3.2-13/14: a topic name, so no wildcards.
+            if topic::validate_topic_name(rt, usize::MAX).is_err() {
+                return vec![self.close(
+                    reason::PROTOCOL_ERROR,
+                    format!("invalid response topic {rt:?}"),
+                )];
+            }
+        }
         if p.qos > s.max_qos_allowed {
             return vec![self.close(
                 reason::QOS_NOT_SUPPORTED,
@@ -562,6 +613,14 @@ impl Channel {
         let bad_payload = p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err();
         let pid = p.packet_id.unwrap_or(0);
+        if topic::is_broker_topic(&p.topic) {
+            // The broker's own topics: clients read them, only the broker
+            // writes them (as EMQX's default authorization has it).
+            return self.refuse_publish(&p, now);
+        }
+        if let Some(mp) = &self.mountpoint {
+            p.topic = topic::mount(mp, &p.topic);
+        }
         match p.qos {
             QoS::AtMostOnce => {
                 if !bad_payload {
@@ -612,6 +671,28 @@ impl Channel {
                     pid,
                     self.ack(code),
                 )))]
+            }
+        }
+    }
+
+    /// A PUBLISH the client is not allowed to make: QoS 0 dropped, QoS 1/2
+    /// acknowledged with 0x87 Not authorized on MQTT 5 and with a plain
+    /// acknowledgement on 3.x (which has no way to say no); the message is
+    /// never published. A QoS 2 refusal keeps no awaiting-rel entry (a
+    /// PUBREC with an error code ends the exchange).
+    fn refuse_publish(&mut self, p: &Publish, now: Instant) -> Vec<Action> {
+        self.counters.publish_refused += 1;
+        let pid = p.packet_id.unwrap_or(0);
+        let code = self.ack(reason::NOT_AUTHORIZED);
+        match p.qos {
+            QoS::AtMostOnce => vec![],
+            QoS::AtLeastOnce => vec![Action::Send(Packet::PubAck(PubAckLike::new(pid, code)))],
+            QoS::ExactlyOnce => {
+                if !self.is_v5() {
+                    // 3.x: the client goes on with PUBREL and expects PUBCOMP.
+                    self.awaiting_rel.insert(pid, now);
+                }
+                vec![Action::Send(Packet::PubRec(PubAckLike::new(pid, code)))]
             }
         }
     }
@@ -697,6 +778,10 @@ impl Channel {
         let mut added: Vec<String> = Vec::new();
         for (filter, mut opts) in s.filters {
             let mut refused = None;
+            let filter_mounted = match &self.mountpoint {
+                Some(mp) => topic::mount(mp, &filter),
+                None => filter.clone(),
+            };
             let shared = topic::parse_shared(&filter);
             if topic::validate_topic_filter(&filter, st.max_topic_levels).is_err()
                 || shared.is_err()
@@ -716,19 +801,20 @@ impl Channel {
             }
             if refused.is_none() {
                 if let Some(max) = st.max_subscriptions {
-                    let known = self.subscriptions.contains_key(&filter) || added.contains(&filter);
+                    let known = self.subscriptions.contains_key(&filter_mounted)
+                        || added.contains(&filter_mounted);
                     if !known {
                         if self.subscriptions.len() + added.len() >= max {
                             refused = Some(reason::QUOTA_EXCEEDED);
                         } else {
-                            added.push(filter.clone());
+                            added.push(filter_mounted.clone());
                         }
                     }
                 }
             }
             opts.qos = opts.qos.min(st.max_qos_allowed);
             requests.push(SubRequest {
-                filter,
+                filter: filter_mounted,
                 opts,
                 sub_id,
                 refused,
@@ -785,9 +871,13 @@ impl Channel {
         let mut codes = Vec::with_capacity(u.filters.len());
         let mut removed = Vec::new();
         for f in u.filters {
-            if self.subscriptions.remove(&f).is_some() {
+            let mounted = match &self.mountpoint {
+                Some(mp) => topic::mount(mp, &f),
+                None => f.clone(),
+            };
+            if self.subscriptions.remove(&mounted).is_some() {
                 codes.push(reason::SUCCESS);
-                removed.push(f);
+                removed.push(mounted);
             } else if topic::validate_topic_filter(&f, self.settings.max_topic_levels).is_err() {
                 codes.push(reason::TOPIC_FILTER_INVALID);
             } else {
@@ -869,14 +959,15 @@ impl Channel {
             self.counters.dropped_qos0 += 1;
             return Ok(false);
         }
+        let topic = self.unmounted(&d.msg.topic);
         if let Some(max) = self.client_max_packet {
-            if codec::plain_qos0_len(&d.msg.topic, &d.msg.payload, v5) > max as usize {
+            if codec::plain_qos0_len(topic, &d.msg.payload, v5) > max as usize {
                 self.counters.dropped += 1;
                 self.counters.dropped_too_large += 1;
                 return Ok(false);
             }
         }
-        codec::encode_plain_qos0(&d.msg.topic, &d.msg.payload, d.retain, v5, out);
+        codec::encode_plain_qos0(topic, &d.msg.payload, d.retain, v5, out);
         self.counters.delivered += 1;
         Ok(true)
     }
@@ -952,7 +1043,7 @@ impl Channel {
     ) -> Option<Action> {
         let mut props = Properties::default();
         let mut new_alias = None;
-        let mut topic = d.msg.topic.to_string();
+        let mut topic = self.unmounted(&d.msg.topic).to_string();
         if self.is_v5() {
             props = d.msg.properties.clone();
             props.message_expiry_interval = d.msg.remaining_expiry(now_wall);
@@ -1107,6 +1198,22 @@ impl Channel {
     }
 
     /// The DISCONNECT (v5) or nothing (3.x) for a server-side close.
+    /// Makes a control packet fit the client's Maximum Packet Size by
+    /// leaving out optional properties ([`codec::fit`]). `false`: it does
+    /// not fit even bare and must not be sent; the connection is closed
+    /// instead ([MQTT-3.1.2-24]).
+    pub fn fit_outgoing(&self, p: &mut Packet) -> bool {
+        match self.client_max_packet {
+            Some(max) => codec::fit(p, self.version, max as usize),
+            None => true,
+        }
+    }
+
+    /// The client's Maximum Packet Size, if it set one.
+    pub fn client_max_packet(&self) -> Option<u32> {
+        self.client_max_packet
+    }
+
     pub fn disconnect_packet(&self, code: u8, why: &str) -> Option<Packet> {
         if self.is_v5() {
             Some(Packet::Disconnect(Disconnect {

@@ -131,10 +131,12 @@ impl Cm {
                         Some(TAKEOVER_TIMEOUT),
                     )
                     .await;
-                if let Ok(ractor::rpc::CallResult::Success(())) = r {
+                if let Ok(ractor::rpc::CallResult::Success(true)) = r {
                     return Ok(old);
                 }
-                // The old session died meanwhile: start afresh.
+                // The old session ended with its connection, or died
+                // meanwhile: start afresh.
+                wait_stopped(&old).await;
                 cm.unregister(&client_id, old.get_id());
             }
         } else if let (Some(reg), Some(h)) = (ctx.registry.get(), held) {
@@ -184,7 +186,7 @@ impl Cm {
         wait_stopped(&s).await;
         self.unregister(client_id, s.get_id());
         match r {
-            Ok(ractor::rpc::CallResult::Success(snap)) => Some(snap),
+            Ok(ractor::rpc::CallResult::Success(snap)) => snap,
             _ => None,
         }
     }

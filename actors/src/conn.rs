@@ -42,6 +42,8 @@ pub enum ConnCmd {
 pub struct ConnHandle {
     pub id: u64,
     pub peer: SocketAddr,
+    /// The mount point template of the listener the client came through.
+    pub mountpoint: Option<Arc<str>>,
     out: Arc<Outbox>,
 }
 
@@ -159,6 +161,7 @@ impl Clone for ConnHandle {
         ConnHandle {
             id: self.id,
             peer: self.peer,
+            mountpoint: self.mountpoint.clone(),
             out: self.out.clone(),
         }
     }
@@ -179,13 +182,14 @@ impl Drop for ConnHandle {
 
 impl ConnHandle {
     /// A new connection's handle and the connection task's end of it.
-    fn new(id: u64, peer: SocketAddr) -> (ConnHandle, ConnEnd) {
+    fn new(id: u64, peer: SocketAddr, mountpoint: Option<Arc<str>>) -> (ConnHandle, ConnEnd) {
         let out = Arc::new(Outbox::default());
         out.state.lock().handles = 1;
         (
             ConnHandle {
                 id,
                 peer,
+                mountpoint,
                 out: out.clone(),
             },
             ConnEnd(out),
@@ -228,14 +232,15 @@ impl ConnHandle {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one accepted socket until it closes.
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+/// Serves one accepted socket until it closes. `mountpoint` is the
+/// listener's mount point template (EMQX's `listeners.*.*.mountpoint`).
+pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>, mountpoint: Option<Arc<str>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stats = ctx.broker.stats.clone();
     Stats::add(&stats.live_connections, None, 1);
-    run(stream, peer, ctx).await;
+    run(stream, peer, ctx, mountpoint).await;
     Stats::add(&stats.live_connections, None, -1);
 }
 
@@ -248,7 +253,7 @@ struct Opened {
     rx: ConnEnd,
 }
 
-async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>)
+async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>, mountpoint: Option<Arc<str>>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -267,7 +272,7 @@ where
         version,
         ka_timeout,
         rx,
-    }) = Box::pin(open(&mut rd, &mut wr, &mut rbuf, peer, &ctx)).await
+    }) = Box::pin(open(&mut rd, &mut wr, &mut rbuf, peer, &ctx, mountpoint)).await
     else {
         return;
     };
@@ -441,6 +446,7 @@ async fn open<R, W>(
     rbuf: &mut BytesMut,
     peer: SocketAddr,
     ctx: &Arc<Ctx>,
+    mountpoint: Option<Arc<str>>,
 ) -> Option<Opened>
 where
     R: AsyncRead + Unpin,
@@ -468,7 +474,7 @@ where
                 } else {
                     (ProtocolVersion::V4, reason::UNSUPPORTED_PROTOCOL_VERSION)
                 };
-                let _ = write_packet(wr, &connack_err(code), v).await;
+                let _ = write_packet(wr, connack_err(code), v, None).await;
             }
             let _ = wr.shutdown().await;
             return None;
@@ -481,10 +487,11 @@ where
     };
     inc(&metrics.packets_connect);
     let version = connect.protocol;
+    let client_max = connect.properties.maximum_packet_size;
     if let Err((code, why)) = crate::channel::check_connect(&connect, settings) {
         tracing::info!(%peer, client_id = %connect.client_id, "CONNECT refused: {why}");
         inc(&metrics.packets_connack_error);
-        let _ = write_packet(wr, &connack_err(code), version).await;
+        let _ = write_packet(wr, connack_err(code), version, client_max).await;
         let _ = wr.shutdown().await;
         return None;
     }
@@ -493,12 +500,18 @@ where
 
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (handle, rx) = ConnHandle::new(conn_id, peer);
+    let (handle, rx) = ConnHandle::new(conn_id, peer, mountpoint);
     let session: ActorRef<SessionMsg> = match Box::pin(Cm::open(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, "could not open a session: {e}");
-            let _ = write_packet(wr, &connack_err(reason::SERVER_UNAVAILABLE), version).await;
+            let _ = write_packet(
+                wr,
+                connack_err(reason::SERVER_UNAVAILABLE),
+                version,
+                client_max,
+            )
+            .await;
             return None;
         }
     };
@@ -596,20 +609,28 @@ async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
+/// Writes one packet, unless it does not fit the client's Maximum Packet
+/// Size (`max`), in which case nothing is written ([MQTT-3.1.2-24]).
 async fn write_packet<W: AsyncWrite + Unpin>(
     w: &mut W,
-    p: &Packet,
+    mut p: Packet,
     v: ProtocolVersion,
+    max: Option<u32>,
 ) -> std::io::Result<()> {
+    if let Some(max) = max {
+        if !codec::fit(&mut p, v, max as usize) {
+            return Ok(());
+        }
+    }
     let mut b = BytesMut::new();
-    codec::encode(p, v, &mut b);
+    codec::encode(&p, v, &mut b);
     w.write_all(&b).await?;
     w.flush().await
 }
 
 #[cfg(test)]
 mod tests {
-    fn ret_size<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
+    fn ret_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
@@ -618,7 +639,7 @@ mod tests {
         use super::{ConnCmd, ConnHandle};
         use bytes::Bytes;
         use std::time::Duration;
-        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap());
+        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap(), None);
         let h2 = h.clone();
         assert!(h.write(Bytes::from_static(b"ab")));
         h2.close();
@@ -641,7 +662,7 @@ mod tests {
         drop(w.await.unwrap());
         assert!(rx.recv().await.is_none());
         // The connection task is gone: writes fail.
-        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap());
+        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap(), None);
         drop(rx);
         assert!(!h.write(Bytes::from_static(b"x")));
     }

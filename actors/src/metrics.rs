@@ -33,6 +33,7 @@ counters!(Metrics {
     packets_publish_received => "packets.publish.received",
     packets_publish_sent => "packets.publish.sent",
     packets_publish_error => "packets.publish.error",
+    packets_publish_auth_error => "packets.publish.auth_error",
     packets_puback_received => "packets.puback.received",
     packets_puback_sent => "packets.puback.sent",
     packets_subscribe_received => "packets.subscribe.received",

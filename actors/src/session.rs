@@ -68,15 +68,19 @@ pub enum SessionMsg {
     /// Connection `u64` ended.
     ConnClosed(u64, CloseCause),
     /// A new connection resumes this session (clean_start = false); replies
-    /// once the CONNACK was queued.
-    Resume(Box<Connect>, ConnHandle, RpcReplyPort<()>),
+    /// `true` once the CONNACK was queued, `false` if this session ends with
+    /// its connection (session expiry 0) and is gone instead: the new
+    /// connection starts a new session.
+    Resume(Box<Connect>, ConnHandle, RpcReplyPort<bool>),
     /// Another connection with clean_start = true replaces this session.
     Discard(RpcReplyPort<()>),
     /// `ctl clients kick`: end the connection and the session.
     Kick(RpcReplyPort<()>),
     /// The client resumed its session on another node: hand over the state
     /// and stop.
-    TakeoverOut(RpcReplyPort<SessionSnapshot>),
+    /// `None` if this session ends with its connection (session expiry 0):
+    /// there is nothing to hand over and it is gone.
+    TakeoverOut(RpcReplyPort<Option<SessionSnapshot>>),
     Info(RpcReplyPort<ClientInfo>),
     /// `ctl subscriptions add`.
     AddSub(String, QoS, RpcReplyPort<Result<(), String>>),
@@ -159,7 +163,7 @@ impl Actor for SessionActor {
         a: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let resumed = a.restored.is_some();
-        let ch = match a.restored {
+        let mut ch = match a.restored {
             Some(snap) => Channel::restore(
                 a.ctx.settings.clone(),
                 &a.connect,
@@ -168,6 +172,7 @@ impl Actor for SessionActor {
             ),
             None => Channel::new(a.ctx.settings.clone(), &a.connect, a.client_id.clone()),
         };
+        ch.set_mountpoint(a.conn.mountpoint.as_deref());
         let tick = match a.ctx.settings.retry_interval {
             Some(retry) => retry
                 .min(a.ctx.settings.await_rel_timeout)
@@ -307,41 +312,21 @@ impl Actor for SessionActor {
                 st.pump(&myself).await;
             }
             SessionMsg::Resume(connect, conn, reply) => {
-                // Takeover on this node: the old connection (if any) is told
-                // and closed, the session moves to the new one.
-                if st.conn.is_some() {
-                    st.send_disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
-                    st.flush();
-                    if let Some(old) = st.conn.take() {
-                        old.close();
-                    }
-                    inc(&st.ctx.broker.metrics.session_takenover);
-                    st.after_conn_lost(&myself, true);
-                }
-                st.gen += 1;
-                st.ending = false;
-                st.ch.attach(&connect);
-                st.conn = Some(conn);
-                let ack = st.ch.connack(&connect, true, false);
-                st.send(Packet::ConnAck(ack));
-                inc(&st.ctx.broker.metrics.session_resumed);
-                st.on_connected();
-                let acts = st.ch.resume(Instant::now());
-                st.run(&myself, acts).await;
-                st.pump(&myself).await;
-                st.flush();
-                let _ = reply.send(());
+                // Boxed: rare, and its awaits would otherwise size every
+                // session's resident message loop.
+                let resumed = Box::pin(st.resume(&myself, connect, conn)).await;
+                let _ = reply.send(resumed);
             }
             SessionMsg::Discard(reply) => {
-                inc(&st.ctx.broker.metrics.session_discarded);
-                st.send_disconnect(
-                    reason::SESSION_TAKEN_OVER,
-                    "session discarded by a new connection",
-                );
-                st.end(&myself, true);
+                st.discard(&myself);
                 let _ = reply.send(());
             }
             SessionMsg::TakeoverOut(reply) => {
+                if st.ch.session_expiry == 0 {
+                    st.discard(&myself);
+                    let _ = reply.send(None);
+                    return Ok(());
+                }
                 inc(&st.ctx.broker.metrics.session_takenover);
                 st.send_disconnect(
                     reason::SESSION_TAKEN_OVER,
@@ -362,7 +347,7 @@ impl Actor for SessionActor {
                     }
                     st.pump(&myself).await;
                 }
-                let _ = reply.send(st.ch.snapshot());
+                let _ = reply.send(Some(st.ch.snapshot()));
                 myself.stop(None);
             }
             SessionMsg::Kick(reply) => {
@@ -457,10 +442,14 @@ impl SessionState {
     fn report_drops(&mut self) {
         let c = &self.ch.counters;
         let r = &mut self.reported;
-        if c.dropped == r.dropped {
+        if c.dropped == r.dropped && c.publish_refused == r.publish_refused {
             return;
         }
         let m = &self.ctx.broker.metrics;
+        add(
+            &m.packets_publish_auth_error,
+            c.publish_refused - r.publish_refused,
+        );
         add(&m.delivery_dropped, c.dropped - r.dropped);
         add(
             &m.delivery_dropped_queue_full,
@@ -480,8 +469,22 @@ impl SessionState {
 
     /// Encodes a packet for the connection; it goes out with the next
     /// [`SessionState::flush`]. Nothing without a connection.
-    fn send(&mut self, p: Packet) {
+    fn send(&mut self, mut p: Packet) {
         if self.conn.is_none() {
+            return;
+        }
+        // A PUBLISH that does not fit was dropped by the channel already.
+        if !matches!(p, Packet::Publish(_)) && !self.ch.fit_outgoing(&mut p) {
+            tracing::info!(
+                client_id = %self.ch.client_id,
+                "closing connection: {} does not fit the client's maximum packet size of {} bytes",
+                p.kind(),
+                self.ch.client_max_packet().unwrap_or_default()
+            );
+            self.flush();
+            if let Some(c) = &self.conn {
+                c.close();
+            }
             return;
         }
         let m = &self.ctx.broker.metrics;
@@ -696,15 +699,18 @@ impl SessionState {
             self.send(ack);
         }
         if self.ctx.broker.retainer.enabled() {
+            let upgrade = self.ctx.settings.upgrade_qos;
             for (filter, opts, sub_id) in retained {
                 for m in self.ctx.broker.retainer.matching(&filter) {
                     let can = self
                         .conn
                         .as_ref()
                         .is_some_and(|c| c.pending() < self.ctx.settings.max_pending_write);
-                    let acts =
-                        self.ch
-                            .deliver(Delivery::retained(m, &opts, sub_id), Instant::now(), can);
+                    let acts = self.ch.deliver(
+                        Delivery::retained(m, &opts, sub_id, upgrade),
+                        Instant::now(),
+                        can,
+                    );
                     for a in acts {
                         if let Action::Send(p) = a {
                             self.send(p);
@@ -774,6 +780,60 @@ impl SessionState {
     }
 
     /// Ends the session now (kick, discard): close, will, stop.
+    /// A new connection resumes this session on this node (clean_start =
+    /// false). Returns false, and ends the session, when it must end with
+    /// its connection instead.
+    async fn resume(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        connect: Box<Connect>,
+        conn: ConnHandle,
+    ) -> bool {
+        if self.ch.session_expiry == 0 {
+            // A session that ends with its network connection is
+            // never resumed, even while the close of that
+            // connection is still on its way here (MQTT-3.1.2-6,
+            // MQTT 5.0 3.1.2.11.2).
+            self.discard(myself);
+            return false;
+        }
+        // Takeover on this node: the old connection (if any) is told
+        // and closed, the session moves to the new one.
+        if self.conn.is_some() {
+            self.send_disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
+            self.flush();
+            if let Some(old) = self.conn.take() {
+                old.close();
+            }
+            inc(&self.ctx.broker.metrics.session_takenover);
+            self.after_conn_lost(myself, true);
+        }
+        self.gen += 1;
+        self.ending = false;
+        self.ch.attach(&connect);
+        self.ch.set_mountpoint(conn.mountpoint.as_deref());
+        self.conn = Some(conn);
+        let ack = self.ch.connack(&connect, true, false);
+        self.send(Packet::ConnAck(ack));
+        inc(&self.ctx.broker.metrics.session_resumed);
+        self.on_connected();
+        let acts = self.ch.resume(Instant::now());
+        self.run(myself, acts).await;
+        self.pump(myself).await;
+        self.flush();
+        true
+    }
+
+    /// A new connection of this client id replaces the session.
+    fn discard(&mut self, myself: &ActorRef<SessionMsg>) {
+        inc(&self.ctx.broker.metrics.session_discarded);
+        self.send_disconnect(
+            reason::SESSION_TAKEN_OVER,
+            "session discarded by a new connection",
+        );
+        self.end(myself, true);
+    }
+
     fn end(&mut self, myself: &ActorRef<SessionMsg>, publish_will: bool) {
         self.ending = true;
         let was_connected = self.conn.is_some();

@@ -197,6 +197,65 @@ pub fn parse_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
     }
 }
 
+/// The placeholders a listener's mount point may use, as EMQX names them.
+pub const MOUNTPOINT_VARS: [&str; 2] = ["${clientid}", "${username}"];
+
+/// Checks a mount point template: every `${...}` must be one of
+/// [`MOUNTPOINT_VARS`]. Returns the first unknown placeholder.
+pub fn check_mountpoint(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i..];
+        let Some(end) = after.find('}') else {
+            return Err(after.to_string());
+        };
+        let var = &after[..=end];
+        if !MOUNTPOINT_VARS.contains(&var) {
+            return Err(var.to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+/// A listener's mount point for one client: `${clientid}` and
+/// `${username}` replaced. A client without a user name keeps the
+/// placeholder as written, as EMQX renders an undefined variable.
+pub fn render_mountpoint(template: &str, client_id: &str, username: Option<&str>) -> String {
+    let mut s = template.replace("${clientid}", client_id);
+    if let Some(u) = username {
+        s = s.replace("${username}", u);
+    }
+    s
+}
+
+/// Puts a topic or filter under a mount point. Of a shared filter only the
+/// inner filter is prefixed (`$share/g/t` becomes `$share/g/<mp>t`).
+pub fn mount(mountpoint: &str, topic: &str) -> String {
+    let inner = match parse_shared(topic) {
+        Ok(Some((_, inner))) => inner,
+        _ => topic,
+    };
+    let head = &topic[..topic.len() - inner.len()];
+    let mut out = String::with_capacity(topic.len() + mountpoint.len());
+    out.push_str(head);
+    out.push_str(mountpoint);
+    out.push_str(inner);
+    out
+}
+
+/// The topic a client under `mountpoint` sees: the prefix removed when
+/// present, the topic unchanged otherwise.
+pub fn unmount<'a>(mountpoint: &str, topic: &'a str) -> &'a str {
+    topic.strip_prefix(mountpoint).unwrap_or(topic)
+}
+
+/// Whether a topic is one of the broker's own (`$SYS/...`), which clients
+/// may read but not write.
+pub fn is_broker_topic(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,5 +530,31 @@ mod tests {
         );
         let e: Box<dyn std::error::Error + Send + Sync> = Box::new(TopicError::NullChar);
         assert!(e.to_string().contains("NUL"));
+    }
+
+    #[test]
+    fn mount_points_prefix_topics_and_the_inner_filter_of_shares() {
+        assert_eq!(mount("t1/", "a/b"), "t1/a/b");
+        assert_eq!(mount("t1/", "a/#"), "t1/a/#");
+        assert_eq!(mount("t1/", "$share/g/a/+"), "$share/g/t1/a/+");
+        assert_eq!(mount("t1/", "$queue/a"), "$queue/t1/a");
+        assert_eq!(unmount("t1/", "t1/a/b"), "a/b");
+        assert_eq!(unmount("t1/", "other/a"), "other/a");
+        assert_eq!(
+            render_mountpoint("${username}/${clientid}/", "c1", Some("u")),
+            "u/c1/"
+        );
+        assert_eq!(
+            render_mountpoint("${username}/", "c1", None),
+            "${username}/"
+        );
+        assert!(check_mountpoint("dev/${clientid}/${username}/").is_ok());
+        assert_eq!(check_mountpoint("x/${zone}/"), Err("${zone}".to_string()));
+        assert_eq!(
+            check_mountpoint("x/${clientid"),
+            Err("${clientid".to_string())
+        );
+        assert!(is_broker_topic("$SYS/brokers") && is_broker_topic("$SYS"));
+        assert!(!is_broker_topic("$SYSX/a") && !is_broker_topic("a/$SYS"));
     }
 }

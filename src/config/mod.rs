@@ -1140,6 +1140,21 @@ impl<'a> Field<'a> {
         Ok(s)
     }
 
+    /// A listener mount point: a topic prefix without wildcards, with
+    /// `${clientid}` / `${username}` placeholders only.
+    fn mountpoint(&self) -> Result<String> {
+        let s = self.string()?;
+        if s.contains(['+', '#', '\0']) {
+            return Err(self.invalid("a mount point must not contain '+', '#' or NUL"));
+        }
+        if let Err(var) = emqx_actors::topic::check_mountpoint(&s) {
+            return Err(self.invalid(format!(
+                "unknown placeholder {var:?} (supported: ${{clientid}}, ${{username}})"
+            )));
+        }
+        Ok(s)
+    }
+
     fn path(&self) -> Result<PathBuf> {
         self.nonempty_string().map(PathBuf::from)
     }
@@ -1519,7 +1534,7 @@ impl ListenersConfig {
                     f.uint_or("infinity", 1, u64::MAX)
                 })?;
                 s.set("acceptors", &mut l.acceptors, |f| f.int(1, 1024))?;
-                s.set("mountpoint", &mut l.mountpoint, Field::string)?;
+                s.set("mountpoint", &mut l.mountpoint, Field::mountpoint)?;
                 s.set("zone", &mut l.zone, Field::nonempty_string)?;
                 s.set("proxy_protocol", &mut l.proxy_protocol, Field::bool)?;
                 s.set(

@@ -1274,7 +1274,7 @@ fn delivery_with_upgrade_qos_never_downgrades_the_message_qos() {
 #[test]
 fn retained_delivery_keeps_the_retain_flag_and_the_subscription_identifier() {
     let m = Arc::new(message("a", Q2));
-    let d = Delivery::retained(m, &opts(Q1), Some(9));
+    let d = Delivery::retained(m, &opts(Q1), Some(9), false);
     assert_eq!((d.qos, d.retain, d.sub_ids), (Q1, true, vec![9]));
 }
 
@@ -1307,7 +1307,7 @@ fn qos0_delivery_is_dropped_when_the_socket_is_backed_up() {
 #[test]
 fn retained_delivery_sets_the_retain_flag_of_the_publish() {
     let mut ch = channel(V5);
-    let d = Delivery::retained(Arc::new(message("t", Q0)), &opts(Q0), None);
+    let d = Delivery::retained(Arc::new(message("t", Q0)), &opts(Q0), None, false);
     let mut expected = out("t", Q0, None);
     expected.retain = true;
     assert_eq!(ch.deliver(d, Instant::now(), true), vec![sent(expected)]);

@@ -158,7 +158,14 @@ fn check_first_byte(
             }
         }
         6 | 8 | 10 => {
-            if flags != 0b0010 {
+            // MQTT 3.1 marks a retried PUBREL, SUBSCRIBE or UNSUBSCRIBE
+            // with DUP; the fixed 0010 is MQTT 3.1.1's and 5.0's rule.
+            let checked = if version == Some(ProtocolVersion::V3) {
+                flags & !0x08
+            } else {
+                flags
+            };
+            if checked != 0b0010 {
                 return Err(malformed(format!(
                     "packet type {ptype} with fixed header flags 0x{flags:X}, expected 0x2"
                 )));

@@ -46,12 +46,14 @@
 
 mod decode;
 mod encode;
+mod fit;
 mod props;
 #[cfg(test)]
 mod tests;
 
 pub use decode::decode;
 pub use encode::{encode, encode_plain_qos0, encoded_len, plain_qos0_len};
+pub use fit::fit;
 
 /// Why a packet could not be decoded, with the MQTT 5 reason code to answer with.
 #[derive(Debug, Clone, PartialEq, Eq)]
