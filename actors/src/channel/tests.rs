@@ -2370,3 +2370,193 @@ fn plain_qos0_fast_path_matches_deliver_or_declines() {
     assert!(ch.deliver_plain(delivery("t", Q0), true, &mut buf).is_err());
     assert!(buf.is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// Response Topic, $SYS, mount points, retained QoS upgrade, packet size
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_response_topic_with_wildcards_closes_with_0x82_and_publishes_nothing() {
+    for rt in ["#", "resp/#", "a/+/b", ""] {
+        let mut ch = channel(V5);
+        let mut sink = Recorder::with_subscribers(1);
+        let mut p = publish_in("topic", Q1, 0x1234);
+        p.properties.response_topic = Some(rt.into());
+        let acts = feed_publish(&mut ch, p, &mut sink);
+        assert!(
+            matches!(
+                acts.as_slice(),
+                [Action::Close {
+                    reason: Some(0x82),
+                    ..
+                }]
+            ),
+            "{rt:?}: {acts:?}"
+        );
+        assert!(sink.msgs.is_empty());
+    }
+    let mut ch = channel(V5);
+    let mut sink = Recorder::with_subscribers(1);
+    let mut p = publish_in("topic", Q1, 1);
+    p.properties.response_topic = Some("resp/1".into());
+    assert_eq!(feed_publish(&mut ch, p, &mut sink), vec![puback(1, 0)]);
+}
+
+#[test]
+fn a_will_with_a_wildcard_response_topic_or_a_sys_topic_is_refused() {
+    let s = MqttSettings::default();
+    let mut c = connect(V5);
+    let mut w = will("w");
+    w.properties.response_topic = Some("r/#".into());
+    c.will = Some(w);
+    assert_eq!(check_connect(&c, &s).map_err(|e| e.0), Err(0x82));
+    c.will = Some(will("$SYS/brokers/x"));
+    assert_eq!(check_connect(&c, &s).map_err(|e| e.0), Err(0x87));
+}
+
+#[test]
+fn clients_may_not_publish_to_sys_topics() {
+    // v5: QoS 1 and 2 are answered 0x87, QoS 0 is dropped.
+    let mut ch = channel(V5);
+    let mut sink = Recorder::with_subscribers(1);
+    let acts = feed_publish(&mut ch, publish_in("$SYS/brokers/x", Q1, 1), &mut sink);
+    assert_eq!(acts, vec![puback(1, 0x87)]);
+    let acts = feed_publish(&mut ch, publish_in("$SYS/brokers/x", Q2, 2), &mut sink);
+    assert_eq!(acts, vec![pubrec(2, 0x87)]);
+    assert!(ch.awaiting_rel.is_empty());
+    let acts = feed_publish(&mut ch, publish_in("$SYS", Q0, 0), &mut sink);
+    assert!(acts.is_empty());
+    assert!(sink.msgs.is_empty());
+    assert_eq!(ch.counters.publish_refused, 3);
+    // 3.x: acknowledged as usual (there is no refusal code), not published;
+    // the QoS 2 exchange completes.
+    let mut ch = channel(V4);
+    let acts = feed_publish(&mut ch, publish_in("$SYS/x", Q1, 1), &mut sink);
+    assert_eq!(acts, vec![puback(1, 0)]);
+    let acts = feed_publish(&mut ch, publish_in("$SYS/x", Q2, 2), &mut sink);
+    assert_eq!(acts, vec![pubrec(2, 0)]);
+    let acts = feed(&mut ch, Packet::PubRel(PubAckLike::new(2, 0)), &mut sink);
+    assert_eq!(acts, vec![pubcomp(2, 0)]);
+    assert!(sink.msgs.is_empty());
+    // Topics that merely look alike are ordinary.
+    let mut ch = channel(V5);
+    feed_publish(&mut ch, publish_in("$SYSX/a", Q0, 0), &mut sink);
+    feed_publish(&mut ch, publish_in("a/$SYS", Q0, 0), &mut sink);
+    assert_eq!(sink.topics(), ["$SYSX/a", "a/$SYS"]);
+}
+
+fn mounted_channel(version: ProtocolVersion) -> Channel {
+    let mut c = connect(version);
+    c.username = Some("u1".into());
+    c.will = Some(will("gone"));
+    let mut ch = channel_with(MqttSettings::default(), &c);
+    ch.set_mountpoint(Some("t/${username}/${clientid}/"));
+    ch
+}
+
+#[test]
+fn a_mount_point_prefixes_what_the_client_publishes_and_subscribes() {
+    let mut ch = mounted_channel(V5);
+    let mut sink = Recorder::with_subscribers(1);
+    feed_publish(&mut ch, publish_in("a/b", Q1, 1), &mut sink);
+    assert_eq!(sink.topics(), ["t/u1/c1/a/b"]);
+    // The will goes where the client's messages go.
+    assert_eq!(
+        ch.will.as_ref().map(|w| w.topic.as_str()),
+        Some("t/u1/c1/gone")
+    );
+    let acts = feed(
+        &mut ch,
+        subscribe(2, &[("a/#", opts(Q1)), ("$share/g/x", opts(Q0))]),
+        &mut sink,
+    );
+    let requests = sub_requests(acts, 2);
+    assert_eq!(
+        requests,
+        vec![
+            request("t/u1/c1/a/#", opts(Q1), None),
+            request("$share/g/t/u1/c1/x", opts(Q0), None),
+        ]
+    );
+    ch.subscribed(2, &requests, &[Some(true), Some(true)]);
+    assert!(ch.subscriptions.contains_key("t/u1/c1/a/#"));
+    // UNSUBSCRIBE names the filter as the client knows it.
+    let acts = feed(&mut ch, unsubscribe(3, &["a/#", "b"]), &mut sink);
+    assert_eq!(acts[0], Action::Unsubscribe(vec!["t/u1/c1/a/#".into()]));
+    assert!(!ch.subscriptions.contains_key("t/u1/c1/a/#"));
+}
+
+#[test]
+fn a_mount_point_is_removed_from_what_the_client_receives() {
+    let mut ch = mounted_channel(V5);
+    let now = Instant::now();
+    let acts = ch.deliver(delivery("t/u1/c1/a/b", Q0), now, true);
+    assert_eq!(acts, vec![sent(out("a/b", Q0, None))]);
+    let acts = ch.deliver(delivery("t/u1/c1/a/c", Q1), now, true);
+    assert_eq!(acts, vec![sent(out("a/c", Q1, Some(1)))]);
+    // The QoS 0 fast path writes the same bytes as the general path.
+    let mut plain = BytesMut::new();
+    assert_eq!(
+        ch.deliver_plain(delivery("t/u1/c1/a/b", Q0), true, &mut plain)
+            .ok(),
+        Some(true)
+    );
+    let mut general = BytesMut::new();
+    codec::encode(&Packet::Publish(out("a/b", Q0, None)), V5, &mut general);
+    assert_eq!(plain, general);
+    // A client without a user name keeps the placeholder, as EMQX does.
+    let mut ch = channel(V4);
+    ch.set_mountpoint(Some("${username}/"));
+    let mut sink = Recorder::with_subscribers(1);
+    feed_publish(&mut ch, publish_in("x", Q0, 0), &mut sink);
+    assert_eq!(sink.topics(), ["${username}/x"]);
+    // An empty mount point is none.
+    let mut ch = channel(V4);
+    ch.set_mountpoint(Some(""));
+    feed_publish(&mut ch, publish_in("y", Q0, 0), &mut sink);
+    assert_eq!(sink.topics(), ["${username}/x", "y"]);
+}
+
+#[test]
+fn sys_topics_are_checked_as_the_client_names_them_before_mounting() {
+    let mut ch = mounted_channel(V5);
+    let mut sink = Recorder::with_subscribers(1);
+    let acts = feed_publish(&mut ch, publish_in("$SYS/x", Q1, 1), &mut sink);
+    assert_eq!(acts, vec![puback(1, 0x87)]);
+    assert!(sink.msgs.is_empty());
+}
+
+#[test]
+fn upgrade_qos_applies_to_retained_messages_sent_at_subscribe() {
+    let m = Arc::new(message("r/1", Q0));
+    let d = Delivery::retained(m.clone(), &opts(Q1), None, true);
+    assert_eq!((d.qos, d.retain), (Q1, true));
+    let d = Delivery::retained(m, &opts(Q1), None, false);
+    assert_eq!(d.qos, Q0);
+    let m = Arc::new(message("r/1", Q2));
+    assert_eq!(Delivery::retained(m, &opts(Q1), None, true).qos, Q2);
+}
+
+#[test]
+fn control_packets_are_fitted_to_the_clients_maximum_packet_size() {
+    let mut c = connect(V5);
+    c.properties.maximum_packet_size = Some(5);
+    c.properties.request_problem_information = Some(1);
+    let ch = channel_with(MqttSettings::default(), &c);
+    let mut ack = Packet::ConnAck(ch.connack(&c, false, false));
+    assert!(ch.fit_outgoing(&mut ack));
+    let mut b = BytesMut::new();
+    codec::encode(&ack, V5, &mut b);
+    assert_eq!(&b[..], [0x20, 0x03, 0x00, 0x00, 0x00]);
+    let mut d = ch.disconnect_packet(0x81, "a long reason").unwrap();
+    assert!(ch.fit_outgoing(&mut d));
+    // A SUBACK for two filters is 7 bytes bare: it is not sent.
+    let mut s = suback(1, &[0, 1]);
+    assert!(!ch.fit_outgoing(&mut s));
+    // Without a limit nothing changes.
+    let ch = channel(V5);
+    let mut d = ch.disconnect_packet(0x81, "a long reason").unwrap();
+    let before = d.clone();
+    assert!(ch.fit_outgoing(&mut d));
+    assert_eq!(d, before);
+}

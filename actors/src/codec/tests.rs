@@ -978,3 +978,143 @@ fn plain_qos0_fast_path_writes_what_encode_writes() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// MQTT 3.1 DUP on retried PUBREL / SUBSCRIBE / UNSUBSCRIBE
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mqtt31_accepts_dup_on_pubrel_subscribe_and_unsubscribe() {
+    let v3 = Some(ProtocolVersion::V3);
+    let v4 = Some(ProtocolVersion::V4);
+    let v5 = Some(ProtocolVersion::V5);
+    let pubrel = [0x6A, 0x02, 0x00, 0x01];
+    assert_eq!(
+        dec(&pubrel, v3).unwrap(),
+        Some(Packet::PubRel(PubAckLike::new(1, 0)))
+    );
+    let sub = [0x8A, 0x06, 0x00, 0x02, 0x00, 0x01, b'a', 0x01];
+    assert!(matches!(
+        dec(&sub, v3).unwrap(),
+        Some(Packet::Subscribe(s)) if s.packet_id == 2 && s.filters.len() == 1
+    ));
+    let unsub = [0xAA, 0x05, 0x00, 0x03, 0x00, 0x01, b'a'];
+    assert!(matches!(
+        dec(&unsub, v3).unwrap(),
+        Some(Packet::Unsubscribe(u)) if u.packet_id == 3 && u.filters == ["a"]
+    ));
+    // MQTT 3.1.1 and 5.0 fix the flags at 0010.
+    for v in [v4, v5] {
+        malformed(&pubrel, v);
+        malformed(&sub, v);
+        malformed(&unsub, v);
+    }
+    // Only DUP is free on 3.1: QoS bits other than 1 and RETAIN stay errors.
+    malformed(&[0x60, 0x02, 0x00, 0x01], v3);
+    malformed(&[0x63, 0x02, 0x00, 0x01], v3);
+    // Other packet types take no DUP on 3.1 either.
+    malformed(&[0x48, 0x02, 0x00, 0x01], v3);
+}
+
+// ---------------------------------------------------------------------------
+// Fitting control packets into the client's Maximum Packet Size
+// ---------------------------------------------------------------------------
+
+fn full_connack() -> Packet {
+    let mut p = Properties::default();
+    p.receive_maximum = Some(100);
+    p.topic_alias_maximum = Some(65535);
+    p.maximum_packet_size = Some(1048576);
+    p.subscription_identifiers_available = Some(1);
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: 0,
+        properties: p,
+    })
+}
+
+#[test]
+fn fit_leaves_a_packet_that_fits_unchanged() {
+    let mut p = full_connack();
+    assert_eq!(enc(&p, ProtocolVersion::V5).len(), 18);
+    assert!(fit(&mut p, ProtocolVersion::V5, 18));
+    assert_eq!(p, full_connack());
+}
+
+#[test]
+fn fit_drops_connack_properties_until_it_fits() {
+    let v5 = ProtocolVersion::V5;
+    for max in [5usize, 10, 16, 17] {
+        let mut p = full_connack();
+        assert!(fit(&mut p, v5, max), "limit {max}");
+        let n = enc(&p, v5).len();
+        assert!(n <= max, "limit {max}: {n} bytes");
+    }
+    // 17: one property less is enough, and it is the one that restates a
+    // default (subscription identifiers are available).
+    let mut p = full_connack();
+    assert!(fit(&mut p, v5, 17));
+    let Packet::ConnAck(a) = &p else { panic!() };
+    assert_eq!(a.properties.subscription_identifiers_available, None);
+    assert_eq!(a.properties.receive_maximum, Some(100));
+    // 5: the bare CONNACK, with no property block allocated.
+    let mut p = full_connack();
+    assert!(fit(&mut p, v5, 5));
+    assert_eq!(enc(&p, v5), [0x20, 0x03, 0x00, 0x00, 0x00]);
+    let Packet::ConnAck(a) = &p else { panic!() };
+    assert!(a.properties.is_empty());
+}
+
+#[test]
+fn fit_gives_up_the_reason_string_and_user_properties_first() {
+    let v5 = ProtocolVersion::V5;
+    let mut props = Properties::default();
+    props.reason_string = Some("x".repeat(70));
+    props.user_properties = vec![("k".into(), "v".into())];
+    let mut p = Packet::Disconnect(Disconnect {
+        reason_code: 0x81,
+        properties: props.clone(),
+    });
+    assert!(fit(&mut p, v5, 20));
+    assert_eq!(
+        enc(&p, v5),
+        [0xE0, 0x09, 0x81, 0x07, 0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v']
+    );
+    let mut p = Packet::Disconnect(Disconnect {
+        reason_code: 0x81,
+        properties: props.clone(),
+    });
+    assert!(fit(&mut p, v5, 10));
+    assert_eq!(enc(&p, v5), [0xE0, 0x01, 0x81]);
+    // Room for the user property but not the reason string: the user
+    // property stays.
+    let mut p = Packet::PubAck(PubAckLike {
+        packet_id: 7,
+        reason_code: 0x10,
+        properties: props,
+    });
+    assert!(fit(&mut p, v5, 20));
+    let Packet::PubAck(a) = &p else { panic!() };
+    assert_eq!(a.properties.reason_string, None);
+    assert_eq!(a.properties.user_properties.len(), 1);
+}
+
+#[test]
+fn fit_refuses_what_does_not_fit_even_bare() {
+    let v5 = ProtocolVersion::V5;
+    let mut p = full_connack();
+    assert!(!fit(&mut p, v5, 4));
+    let mut p = full_connack();
+    assert!(!fit(&mut p, v5, 2));
+    let mut p = Packet::SubAck(SubAck {
+        packet_id: 1,
+        properties: Properties::default(),
+        reason_codes: vec![0, 1, 2],
+    });
+    assert!(!fit(&mut p, v5, 7));
+    assert!(fit(&mut p, v5, 8));
+    // 3.x packets have nothing optional: they fit or they do not.
+    let mut p = Packet::PubAck(PubAckLike::new(1, 0));
+    assert!(fit(&mut p, ProtocolVersion::V4, 4));
+    assert!(!fit(&mut p, ProtocolVersion::V4, 3));
+}
