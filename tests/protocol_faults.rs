@@ -700,7 +700,7 @@ fn race_across_cluster_never_session_present() {
 // 3. DUP on PUBREL / SUBSCRIBE / UNSUBSCRIBE
 // ---------------------------------------------------------------------------
 
-/// 3. MQTT 3.1 (MQIsdp, level 3) accepts the DUP flag on a re-sent
+/// Fault 3: MQTT 3.1 (MQIsdp, level 3) accepts the DUP flag on a re-sent
 /// PUBREL, SUBSCRIBE and UNSUBSCRIBE.
 #[test]
 fn mqtt31_accepts_dup_on_pubrel_subscribe_unsubscribe() {
@@ -738,7 +738,7 @@ fn mqtt31_accepts_dup_on_pubrel_subscribe_unsubscribe() {
     ping(&mut r, "after UNSUBSCRIBE with DUP");
 }
 
-/// 3. On MQTT 3.1.1 the fixed header flags rule holds: a PUBREL with DUP
+/// Fault 3: on MQTT 3.1.1 the fixed header flags rule holds: a PUBREL with DUP
 /// closes the connection.
 #[test]
 fn mqtt311_pubrel_with_dup_closes() {
