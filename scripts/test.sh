@@ -38,7 +38,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo build"
 cargo build --workspace --all-targets
 echo "== codec benchmark runs once (test mode, debug build)"
-cargo test -p emqx-actors --bench codec >/dev/null
+cargo test -p emqx-mqtt --bench codec >/dev/null
 echo "== tests"
 set +e
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt

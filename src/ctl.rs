@@ -4,9 +4,9 @@
 
 use crate::node::Node;
 use emqx_actors::cluster::service::SvcMsg;
-use emqx_actors::packet::QoS;
 use emqx_actors::session::ClientInfo;
 use emqx_actors::sys::{human_uptime, SYSDESCR, VERSION};
+use emqx_mqtt::packet::QoS;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use std::sync::Arc;
@@ -522,7 +522,7 @@ fn all_routes(node: &Node) -> Vec<(String, String)> {
 
 fn chrono_like_now() -> String {
     // RFC 3339 in UTC without an extra date crate.
-    let ms = emqx_actors::message::now_ms();
+    let ms = emqx_actors::clock::now_ms();
     let secs = ms / 1000;
     let days = secs / 86400;
     let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);

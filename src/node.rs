@@ -11,11 +11,11 @@ use emqx_actors::cluster::service::{
 };
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
-use emqx_actors::packet::QoS;
 use emqx_actors::retainer::{Retainer, RetainerSettings};
-use emqx_actors::settings::MqttSettings;
 use emqx_actors::sys::SysSettings;
 use emqx_actors::Ctx;
+use emqx_mqtt::packet::QoS;
+use emqx_mqtt::settings::MqttSettings;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServer;
 use std::net::{IpAddr, SocketAddr};
@@ -299,7 +299,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
 
     // The cluster service.
-    let me_start = emqx_actors::message::now_ms();
+    let me_start = emqx_actors::clock::now_ms();
     let adv_ip = host_ip(&name).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let me = MemberInfo {
         node: name.clone(),

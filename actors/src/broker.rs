@@ -9,13 +9,14 @@
 //! order and a subscribe never waits behind a publish for long.
 
 use crate::inbox::{Inbox, Matches, Pushed};
-use crate::message::Message;
 use crate::metrics::{inc, Metrics, Stats};
-use crate::packet::{QoS, SubscriptionOptions};
 use crate::retainer::Retainer;
 use crate::shard::{owner_shard, ShardActor, ShardMsg};
-use crate::trie::TopicTrie;
-use crate::{topic, topic::TopicError};
+use emqx_mqtt::delivery::SubMatch;
+use emqx_mqtt::message::Message;
+use emqx_mqtt::packet::{QoS, SubscriptionOptions};
+use emqx_mqtt::topic::{self, TopicError};
+use emqx_mqtt::trie::TopicTrie;
 use parking_lot::{Mutex, RwLock};
 use ractor::{Actor, ActorRef};
 use rand::Rng;
@@ -62,13 +63,6 @@ pub struct Subscriber {
     /// [`BrokerSettings::max_session_backlog`] waiting in it, new ones are
     /// dropped, so a session that cannot keep up never grows without bound.
     pub inbox: Arc<Inbox>,
-    pub opts: SubscriptionOptions,
-    pub sub_id: Option<u32>,
-}
-
-/// What a session needs to know about the subscription a message matched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubMatch {
     pub opts: SubscriptionOptions,
     pub sub_id: Option<u32>,
 }
@@ -695,7 +689,7 @@ mod tests {
     }
 
     fn publish(b: &Broker, topic: &str, from: &str) -> usize {
-        let mut m = Message::system(topic, "x", false);
+        let mut m = Message::system(topic, "x", false, crate::clock::now_ms());
         m.from = Arc::from(from);
         m.qos = QoS::ExactlyOnce;
         b.publish(Arc::new(m))

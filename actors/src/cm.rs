@@ -2,11 +2,11 @@
 //! the per-client-id lock that makes two simultaneous CONNECTs with one id
 //! end with exactly one session.
 
-use crate::channel::SessionSnapshot;
 use crate::conn::ConnHandle;
-use crate::packet::Connect;
 use crate::session::{ClientInfo, SessionActor, SessionArgs, SessionMsg};
 use crate::Ctx;
+use emqx_mqtt::channel::SessionSnapshot;
+use emqx_mqtt::packet::Connect;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorId, ActorRef};
 use std::collections::HashMap;

@@ -9,13 +9,13 @@
 //! filling a subscriber's inbox (see `docs/architecture.md`, flow control).
 
 use crate::cm::Cm;
-use crate::codec::{self, DecodeError};
 use crate::inbox::Inbox;
 use crate::metrics::{add, inc, Stats};
-use crate::packet::*;
 use crate::session::{CloseCause, SessionMsg};
 use crate::Ctx;
 use bytes::{Bytes, BytesMut};
+use emqx_mqtt::codec::{self, DecodeError};
+use emqx_mqtt::packet::*;
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use std::collections::VecDeque;
@@ -488,15 +488,15 @@ where
     inc(&metrics.packets_connect);
     let version = connect.protocol;
     let client_max = connect.properties.maximum_packet_size;
-    if let Err((code, why)) = crate::channel::check_connect(&connect, settings) {
+    if let Err((code, why)) = emqx_mqtt::channel::check_connect(&connect, settings) {
         tracing::info!(%peer, client_id = %connect.client_id, "CONNECT refused: {why}");
         inc(&metrics.packets_connack_error);
         let _ = write_packet(wr, connack_err(code), version, client_max).await;
         let _ = wr.shutdown().await;
         return None;
     }
-    let keepalive = crate::channel::effective_keepalive(&connect, settings);
-    let ka_timeout = crate::channel::keepalive_timeout(keepalive, settings);
+    let keepalive = emqx_mqtt::channel::effective_keepalive(&connect, settings);
+    let ka_timeout = emqx_mqtt::channel::keepalive_timeout(keepalive, settings);
 
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);

@@ -12,9 +12,9 @@
 //! window and queue are full, so a slow subscriber's backlog stays here,
 //! where it is bounded and where publishers can see it and slow down.
 
-use crate::broker::SubMatch;
-use crate::message::Message;
 use crate::session::SessionMsg;
+use emqx_mqtt::delivery::SubMatch;
+use emqx_mqtt::message::Message;
 use parking_lot::Mutex;
 use ractor::{ActorId, ActorRef};
 use smallvec::SmallVec;
@@ -176,7 +176,7 @@ fn low_water(cap: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::SubscriptionOptions;
+    use emqx_mqtt::packet::SubscriptionOptions;
     use ractor::{Actor, ActorProcessingErr};
     use tokio::sync::mpsc;
 
@@ -210,7 +210,12 @@ mod tests {
     }
 
     fn item(i: u32) -> Item {
-        let m = Message::system(format!("t/{i}").as_str(), "x", false);
+        let m = Message::system(
+            format!("t/{i}").as_str(),
+            "x",
+            false,
+            crate::clock::now_ms(),
+        );
         let sm = SubMatch {
             opts: SubscriptionOptions::default(),
             sub_id: Some(i),

@@ -3,24 +3,19 @@
 //! (sessions, topic shards) with the connection tasks that feed them.
 
 pub mod broker;
-pub mod channel;
+pub mod clock;
 pub mod cluster;
 pub mod cm;
-pub mod codec;
 pub mod conn;
 pub mod forward;
 pub mod inbox;
-pub mod message;
 pub mod metrics;
-pub mod packet;
 pub mod retainer;
 pub mod session;
-pub mod settings;
 pub mod shard;
 pub mod sys;
-pub mod topic;
-pub mod trie;
 
+use emqx_mqtt::{message, settings};
 use std::sync::Arc;
 
 /// Everything a session or connection needs from its node, cheap to clone.

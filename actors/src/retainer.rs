@@ -5,8 +5,9 @@
 //! often than ordinary publishes, so a lock is cheaper than an actor round
 //! trip and keeps `retainer info` answers consistent.
 
-use crate::message::{now_ms, Message};
-use crate::topic;
+use crate::clock::now_ms;
+use emqx_mqtt::message::Message;
+use emqx_mqtt::topic;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -155,7 +156,12 @@ mod tests {
     use super::*;
 
     fn msg(topic: &str, payload: &'static str) -> Arc<Message> {
-        Arc::new(Message::system(topic, payload, true))
+        Arc::new(Message::system(
+            topic,
+            payload,
+            true,
+            crate::clock::now_ms(),
+        ))
     }
 
     #[test]
@@ -195,7 +201,7 @@ mod tests {
         );
         r.store(&msg("a", "22"))
             .expect("replacing is allowed when full");
-        let mut old = Message::system("a", "x", true);
+        let mut old = Message::system("a", "x", true, crate::clock::now_ms());
         old.expiry_secs = Some(1);
         old.timestamp_ms = 0;
         r.store(&Arc::new(old)).expect("store");

@@ -7,21 +7,23 @@
 //! subscribing through the broker's shard actors, publishing, timers.
 
 use crate::broker::Subscriber;
-use crate::channel::{
-    Action, Channel, ChannelCounters, Delivery, PublishSink, SessionSnapshot, SubRequest,
-};
-use crate::codec::{self, DecodeError};
+use crate::clock::{self, now_ms};
 use crate::conn::ConnHandle;
 use crate::inbox::{Inbox, Item};
-use crate::message::{now_ms, Message};
 use crate::metrics::{add, inc, Stats};
-use crate::packet::*;
 use crate::Ctx;
 use bytes::BytesMut;
+use emqx_mqtt::channel::{
+    Action, Channel, ChannelCounters, PublishSink, SessionSnapshot, SubRequest,
+};
+use emqx_mqtt::codec::{self, DecodeError};
+use emqx_mqtt::delivery::Delivery;
+use emqx_mqtt::message::Message;
+use emqx_mqtt::packet::*;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Why a connection ended, as seen by its connection task.
 #[derive(Debug, Clone)]
@@ -169,8 +171,14 @@ impl Actor for SessionActor {
                 &a.connect,
                 a.client_id.clone(),
                 snap,
+                clock::now(),
             ),
-            None => Channel::new(a.ctx.settings.clone(), &a.connect, a.client_id.clone()),
+            None => Channel::new(
+                a.ctx.settings.clone(),
+                &a.connect,
+                a.client_id.clone(),
+                clock::now(),
+            ),
         };
         ch.set_mountpoint(a.conn.mountpoint.as_deref());
         let tick = match a.ctx.settings.retry_interval {
@@ -217,7 +225,7 @@ impl Actor for SessionActor {
         st.send(Packet::ConnAck(ack));
         st.on_connected();
         if resumed {
-            for a in st.ch.resume(Instant::now()) {
+            for a in st.ch.resume(clock::now()) {
                 if let Action::Send(p) = a {
                     st.send(p);
                 }
@@ -278,7 +286,7 @@ impl Actor for SessionActor {
                         ctx: &ctx,
                         congested: None,
                     };
-                    let acts = st.ch.handle(p, Instant::now(), &mut sink);
+                    let acts = st.ch.handle(p, clock::now(), &mut sink);
                     (acts, sink.congested)
                 };
                 if let (Some(inbox), Some(conn)) = (congested, &st.conn) {
@@ -382,7 +390,7 @@ impl Actor for SessionActor {
             }
             SessionMsg::Tick => {
                 st.tick_armed = false;
-                let acts = st.ch.tick(Instant::now());
+                let acts = st.ch.tick(clock::now());
                 st.run(&myself, acts).await;
                 st.pump(&myself).await;
                 st.report_drops();
@@ -534,7 +542,7 @@ impl SessionState {
         let cap = self.ctx.broker.settings.max_session_backlog;
         let mut batch = std::mem::take(&mut self.batch);
         let more = self.inbox.take(DRAIN_BATCH, &mut batch, cap);
-        let now = Instant::now();
+        let now = clock::now();
         let upgrade = self.ctx.settings.upgrade_qos;
         let max_pending = self.ctx.settings.max_pending_write;
         let mut other = Vec::new();
@@ -708,7 +716,7 @@ impl SessionState {
                         .is_some_and(|c| c.pending() < self.ctx.settings.max_pending_write);
                     let acts = self.ch.deliver(
                         Delivery::retained(m, &opts, sub_id, upgrade),
-                        Instant::now(),
+                        clock::now(),
                         can,
                     );
                     for a in acts {
@@ -738,7 +746,7 @@ impl SessionState {
     /// Bookkeeping once a connection is gone: stats, the will, and either
     /// ending the session or arming its expiry timer.
     fn after_conn_lost(&mut self, myself: &ActorRef<SessionMsg>, taken_over: bool) {
-        self.ch.detach();
+        self.ch.detach(clock::now());
         self.gen += 1;
         let ctx = self.ctx.clone();
         inc(&ctx.broker.metrics.client_disconnected);
@@ -810,14 +818,14 @@ impl SessionState {
         }
         self.gen += 1;
         self.ending = false;
-        self.ch.attach(&connect);
+        self.ch.attach(&connect, clock::now());
         self.ch.set_mountpoint(conn.mountpoint.as_deref());
         self.conn = Some(conn);
         let ack = self.ch.connack(&connect, true, false);
         self.send(Packet::ConnAck(ack));
         inc(&self.ctx.broker.metrics.session_resumed);
         self.on_connected();
-        let acts = self.ch.resume(Instant::now());
+        let acts = self.ch.resume(clock::now());
         self.run(myself, acts).await;
         self.pump(myself).await;
         self.flush();
@@ -842,7 +850,7 @@ impl SessionState {
             c.close();
         }
         if was_connected {
-            self.ch.detach();
+            self.ch.detach(clock::now());
             inc(&self.ctx.broker.metrics.client_disconnected);
             Stats::add(&self.ctx.broker.stats.connections, None, -1);
             let ctx = self.ctx.clone();
@@ -874,7 +882,7 @@ impl SessionState {
             properties: w.properties,
             payload: w.payload,
         };
-        let mut m = Message::from_publish(self.ch.client_id.clone(), &p);
+        let mut m = Message::from_publish(self.ch.client_id.clone(), &p, now_ms());
         m.properties.will_delay_interval = None;
         self.ctx.publish(m);
     }

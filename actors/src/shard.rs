@@ -8,7 +8,7 @@
 use crate::broker::{shard_of, FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
 use crate::cluster::routes::{RouteKey, RouteOp};
 use crate::metrics::Stats;
-use crate::topic;
+use emqx_mqtt::topic;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;

@@ -1,10 +1,11 @@
 //! `$SYS/brokers/<node>/...` topics: broker identity, uptime, stats,
 //! metrics, and client connected/disconnected events.
 
-use crate::channel::Channel;
+use crate::clock::now_ms;
 use crate::conn::ConnHandle;
-use crate::message::{now_ms, Message};
 use crate::Ctx;
+use emqx_mqtt::channel::Channel;
+use emqx_mqtt::message::Message;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +105,7 @@ impl Ctx {
             "disconnected"
         };
         let t = self.sys_topic(&format!("clients/{}/{}", ch.client_id, what));
-        self.publish(Message::system(t, payload, false));
+        self.publish(Message::system(t, payload, false, now_ms()));
     }
 
     /// Publishes a cluster node up/down event and counts it.
@@ -118,14 +119,14 @@ impl Ctx {
         let what = if up { "nodeup" } else { "nodedown" };
         let t = self.sys_topic(&format!("cluster/{what}"));
         let payload = format!("{{\"node\":{},\"ts\":{}}}", json_str(node), now_ms());
-        self.publish(Message::system(t, payload, false));
+        self.publish(Message::system(t, payload, false, now_ms()));
     }
 
     /// Publishes a cluster event (`autoclean`, ...) about a node.
     pub fn sys_cluster_event(&self, what: &str, node: &str) {
         let t = self.sys_topic(&format!("cluster/{what}"));
         let payload = format!("{{\"node\":{},\"ts\":{}}}", json_str(node), now_ms());
-        self.publish(Message::system(t, payload, false));
+        self.publish(Message::system(t, payload, false, now_ms()));
     }
 
     /// The stats gauges as `(name, value)`, sorted, named as EMQX names them.
@@ -155,8 +156,18 @@ impl Ctx {
     pub fn spawn_sys(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let ctx = self.clone();
         tokio::spawn(async move {
-            ctx.publish(Message::system(ctx.sys_topic("version"), VERSION, true));
-            ctx.publish(Message::system(ctx.sys_topic("sysdescr"), SYSDESCR, true));
+            ctx.publish(Message::system(
+                ctx.sys_topic("version"),
+                VERSION,
+                true,
+                now_ms(),
+            ));
+            ctx.publish(Message::system(
+                ctx.sys_topic("sysdescr"),
+                SYSDESCR,
+                true,
+                now_ms(),
+            ));
             let hb = ctx.sys.sys_heartbeat_interval;
             let msg = ctx.sys.sys_msg_interval;
             let tick = Duration::from_secs(1);
@@ -173,22 +184,24 @@ impl Ctx {
                         ctx.sys_topic("uptime"),
                         human_uptime(up),
                         false,
+                        now_ms(),
                     ));
                     ctx.publish(Message::system(
                         ctx.sys_topic("datetime"),
                         now_ms().to_string(),
                         false,
+                        now_ms(),
                     ));
                 }
                 if !msg.is_zero() && since_msg >= msg {
                     since_msg = Duration::ZERO;
                     for (k, v) in ctx.stats() {
                         let t = ctx.sys_topic(&format!("stats/{}", k.replace('.', "/")));
-                        ctx.publish(Message::system(t, v.to_string(), false));
+                        ctx.publish(Message::system(t, v.to_string(), false, now_ms()));
                     }
                     for (k, v) in ctx.broker.metrics.snapshot() {
                         let t = ctx.sys_topic(&format!("metrics/{}", k.replace('.', "/")));
-                        ctx.publish(Message::system(t, v.to_string(), false));
+                        ctx.publish(Message::system(t, v.to_string(), false, now_ms()));
                     }
                     ctx.broker.retainer.purge_expired();
                 }

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use emqx_actors::forward::{handshake, ForwardConfig, ForwardError, Forwarder, OnReceive};
-use emqx_actors::message::Message;
-use emqx_actors::packet::{Properties, PropertyValues, QoS};
+use emqx_mqtt::message::Message;
+use emqx_mqtt::packet::{Properties, PropertyValues, QoS};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -77,7 +77,12 @@ async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn msg(topic: &str, seq: u64, qos: QoS) -> Message {
-    let mut m = Message::system(topic, format!("{topic}#{seq}"), seq.is_multiple_of(3));
+    let mut m = Message::system(
+        topic,
+        format!("{topic}#{seq}"),
+        seq.is_multiple_of(3),
+        emqx_actors::clock::now_ms(),
+    );
     m.qos = qos;
     m.from = Arc::from(format!("client-{}", seq % 7).as_str());
     m.timestamp_ms = 1_700_000_000_000 + seq;
@@ -392,7 +397,12 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
             } else {
                 QoS::AtMostOnce
             };
-            let mut m = Message::system(format!("t/{}", seq % 32), payload.clone(), false);
+            let mut m = Message::system(
+                format!("t/{}", seq % 32),
+                payload.clone(),
+                false,
+                emqx_actors::clock::now_ms(),
+            );
             m.qos = qos;
             match a.forward("b@host", Arc::new(m)) {
                 Ok(()) => ok += 1,
@@ -684,7 +694,12 @@ async fn throughput_64_byte_payloads() {
     let payload = Bytes::from(vec![b'x'; 64]);
     let msgs: Vec<Arc<Message>> = (0..64)
         .map(|i| {
-            let mut m = Message::system(format!("bench/{i}"), payload.clone(), false);
+            let mut m = Message::system(
+                format!("bench/{i}"),
+                payload.clone(),
+                false,
+                emqx_actors::clock::now_ms(),
+            );
             m.qos = QoS::AtLeastOnce;
             Arc::new(m)
         })

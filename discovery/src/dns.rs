@@ -6,7 +6,7 @@
 //! The resolver is the system's, or a given server (tests point it at a
 //! local dnsmasq).
 
-use crate::{DiscoveryError, Strategy};
+use crate::strategy::{DiscoveryError, Strategy};
 use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
 use hickory_resolver::TokioAsyncResolver;
 use std::net::SocketAddr;

@@ -31,8 +31,9 @@
 //! prefixes); an `https://` server without TLS enabled is refused (EMQX
 //! would speak plain TCP to it).
 
+use crate::http;
+use crate::strategy::{check_node_name, DiscoveryError, Strategy};
 use crate::tls::{TlsOptions, Verify};
-use crate::{check_node_name, http, DiscoveryError, Strategy};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -20,8 +20,8 @@
 //! projected tokens.
 
 use crate::http::{self, Url};
+use crate::strategy::{check_node_name, DiscoveryError, Strategy};
 use crate::tls;
-use crate::{check_node_name, DiscoveryError, Strategy};
 use rustls::ClientConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

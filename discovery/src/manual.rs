@@ -1,6 +1,6 @@
 //! `manual`: no discovery; nodes join with `emqx-rs ctl cluster join`.
 
-use crate::{DiscoveryError, Strategy};
+use crate::strategy::{DiscoveryError, Strategy};
 
 #[derive(Debug, Default, Clone)]
 pub struct Manual;

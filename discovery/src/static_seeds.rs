@@ -1,6 +1,6 @@
 //! `static`: a fixed list of seed nodes (`cluster.static.seeds`).
 
-use crate::{check_node_name, DiscoveryError, Strategy};
+use crate::strategy::{check_node_name, DiscoveryError, Strategy};
 
 #[derive(Debug, Clone)]
 pub struct Static {

@@ -9,8 +9,8 @@
 //! counted in [`Client::completed`] and [`Client::refused`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use emqx_actors::codec::{self, DecodeError};
-use emqx_actors::packet::*;
+use emqx_mqtt::codec::{self, DecodeError};
+use emqx_mqtt::packet::*;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

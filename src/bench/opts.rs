@@ -1,7 +1,7 @@
 //! Command line of `emqx-rs bench`, parsed by hand so every bad option gets
 //! a message that names it.
 
-use emqx_actors::packet::{ProtocolVersion, QoS};
+use emqx_mqtt::packet::{ProtocolVersion, QoS};
 use std::net::IpAddr;
 
 /// What the run does.

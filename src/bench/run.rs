@@ -5,7 +5,7 @@ use super::client::{Client, ClientError, ConnectOpts};
 use super::opts::{Mode, Opts};
 use super::stats::{Seen, SeqTrack, Stats};
 use bytes::{BufMut, Bytes, BytesMut};
-use emqx_actors::packet::QoS;
+use emqx_mqtt::packet::QoS;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;

@@ -1147,7 +1147,7 @@ impl<'a> Field<'a> {
         if s.contains(['+', '#', '\0']) {
             return Err(self.invalid("a mount point must not contain '+', '#' or NUL"));
         }
-        if let Err(var) = emqx_actors::topic::check_mountpoint(&s) {
+        if let Err(var) = emqx_mqtt::topic::check_mountpoint(&s) {
             return Err(self.invalid(format!(
                 "unknown placeholder {var:?} (supported: ${{clientid}}, ${{username}})"
             )));

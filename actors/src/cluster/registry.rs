@@ -14,7 +14,7 @@
 
 use super::service::{call_peer, SvcMsg};
 use super::wire::{Req, Resp};
-use crate::channel::SessionSnapshot;
+use emqx_mqtt::channel::SessionSnapshot;
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use std::collections::hash_map::DefaultHasher;

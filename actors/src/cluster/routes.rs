@@ -9,8 +9,8 @@
 //! longer reaches back that far. So a node that reconnects catches up
 //! without a full resend whenever it can.
 
-use crate::topic;
-use crate::trie::TopicTrie;
+use emqx_mqtt::topic;
+use emqx_mqtt::trie::TopicTrie;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;

@@ -158,7 +158,7 @@ pub enum SvcMsg {
     Tick,
     LocalRoute(RouteOp),
     /// A retained message published on this node, to replicate.
-    Retained(crate::message::Message),
+    Retained(emqx_mqtt::message::Message),
     DialDone(String, bool),
     RoutesFetched(String, Result<Resp, String>),
     // The local API (ctl).
@@ -196,7 +196,7 @@ pub struct SvcArgs {
     pub view: Arc<ClusterView>,
     pub settings: ClusterSettings,
     pub route_rx: mpsc::UnboundedReceiver<RouteOp>,
-    pub retain_rx: mpsc::UnboundedReceiver<crate::message::Message>,
+    pub retain_rx: mpsc::UnboundedReceiver<emqx_mqtt::message::Message>,
 }
 
 pub struct SvcState {
@@ -1173,7 +1173,7 @@ impl SvcState {
     /// and take a new incarnation. Nothing is saved until the rejoin
     /// succeeds, so a crash in between restarts into the old membership.
     fn reboot_reset(&mut self) -> MemberInfo {
-        let inc = crate::message::now_ms().max(self.membership.me.incarnation + 1);
+        let inc = crate::clock::now_ms().max(self.membership.me.incarnation + 1);
         self.membership.reset();
         self.membership.me.incarnation = inc;
         self.monitor = Monitor::new(

@@ -8,7 +8,7 @@
 use super::autoheal::SplitView;
 use super::membership::MemberInfo;
 use super::routes::{RouteKey, RouteOp};
-use crate::message::Message;
+use emqx_mqtt::message::Message;
 use serde::{Deserialize, Serialize};
 
 /// A request that expects a reply.
@@ -81,7 +81,7 @@ pub enum Resp {
         out: String,
     },
     Bool(bool),
-    Session(Option<Box<crate::channel::SessionSnapshot>>),
+    Session(Option<Box<emqx_mqtt::channel::SessionSnapshot>>),
     Info {
         incarnation: u64,
         members: usize,
@@ -162,7 +162,7 @@ mod tests {
         };
         let back: Note = decode(&encode(&n)).expect("decode");
         assert!(matches!(back, Note::Routes { base: 7, ref ops, .. } if ops.len() == 1));
-        let mut m = Message::system("t", "payload", true);
+        let mut m = Message::system("t", "payload", true, crate::clock::now_ms());
         m.properties.user_properties.push(("k".into(), "v".into()));
         let r: Note = decode(&encode(&Note::Retain { msg: m.clone() })).expect("decode");
         assert!(matches!(r, Note::Retain { msg } if msg == m));

@@ -3,8 +3,8 @@
 //! `on_receive`.
 
 use super::handshake::{self, HandshakeError};
+use super::state::Shared;
 use super::wire::{self, DecodeError};
-use super::Shared;
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::SocketAddr;

@@ -62,209 +62,24 @@
 pub mod handshake;
 mod inbound;
 mod outbound;
+mod state;
 mod tasks;
+
+pub use state::{Envelope, ForwardConfig, ForwardError, ListenerStats, OnReceive, PeerStats};
+use state::{Peer, PeerCounters, Shared, Slot};
 pub mod wire;
 
-use crate::message::Message;
-use crate::packet::QoS;
+use emqx_mqtt::message::Message;
+use emqx_mqtt::packet::QoS;
 use parking_lot::{Mutex, RwLock};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
-
-/// Settings of a node's forwarding channel.
-#[derive(Debug, Clone)]
-pub struct ForwardConfig {
-    /// This node's name, `name@host`.
-    pub node: Arc<str>,
-    /// Shared secret proved by both ends of every connection; never sent.
-    pub cookie: String,
-    /// Where this node accepts forwarding connections (5370 + N in production).
-    pub listen: SocketAddr,
-    /// Bind every outgoing socket to this local address before connecting.
-    pub bind_ip: Option<IpAddr>,
-    /// Outgoing connections per peer (default 4).
-    pub conns_per_peer: usize,
-    /// Queue limit per connection, in messages (default 10 000).
-    pub queue_limit: usize,
-    /// Most messages in one frame (default 256, as EMQX's `rpc.async_batch_size`).
-    pub batch_max: usize,
-    /// Bound on connecting plus the handshake (default 5 s).
-    pub handshake_timeout: Duration,
-    /// A socket with no write progress for this long is reopened (default 15 s).
-    pub send_timeout: Duration,
-    /// First reconnect delay (default 250 ms); doubles per failed attempt.
-    pub reconnect_min: Duration,
-    /// Longest reconnect delay (default 10 s).
-    pub reconnect_max: Duration,
-}
-
-impl ForwardConfig {
-    /// The defaults, for a node name, cookie and listen address.
-    pub fn new(
-        node: impl Into<Arc<str>>,
-        cookie: impl Into<String>,
-        listen: SocketAddr,
-    ) -> ForwardConfig {
-        ForwardConfig {
-            node: node.into(),
-            cookie: cookie.into(),
-            listen,
-            bind_ip: None,
-            conns_per_peer: 4,
-            queue_limit: 10_000,
-            batch_max: 256,
-            handshake_timeout: Duration::from_secs(5),
-            send_timeout: Duration::from_secs(15),
-            reconnect_min: Duration::from_millis(250),
-            reconnect_max: Duration::from_secs(10),
-        }
-    }
-}
-
-/// Called for every received message with the sending node's name, in the
-/// order the messages were sent on their connection.
-/// Called for each received message with the sending node and, for a
-/// shared-subscription message, the `(group, filter)` the sending node
-/// picked this node for.
-pub type OnReceive = Arc<dyn Fn(&str, Message, Option<(String, String)>) + Send + Sync>;
-
-/// A queued message and, for a shared-subscription delivery, the group and
-/// filter whose member on the receiving node must get it.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    pub msg: Arc<Message>,
-    pub shared: Option<Arc<(String, String)>>,
-}
-
-/// Why [`Forwarder::forward`] did not queue a message. It is counted as
-/// dropped in every case but `UnknownPeer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ForwardError {
-    #[error("unknown peer node")]
-    UnknownPeer,
-    /// Over the queue limit (QoS 0), or over twice the limit (QoS 1/2).
-    #[error("forwarding queue full, message dropped")]
-    Dropped,
-    /// The connection is down and its queue is full.
-    #[error("peer down and its forwarding queue full, message dropped")]
-    PeerDown,
-}
-
-/// A snapshot of one peer's counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStats {
-    pub node: String,
-    pub addr: SocketAddr,
-    /// Outgoing connections that finished their handshake and are up.
-    pub connected: usize,
-    /// Messages waiting in this peer's queues.
-    pub queued: usize,
-    /// Messages written to the peer's sockets.
-    pub sent: u64,
-    /// Messages dropped: queue full, frame lost on a failed write, peer removed.
-    pub dropped: u64,
-    /// Frame bytes written (length prefixes included).
-    pub bytes_sent: u64,
-    /// Frames written (`sent / frames_sent` is the average batch).
-    pub frames_sent: u64,
-    /// Messages received from this node on its connections to us.
-    pub received: u64,
-    /// Outgoing connection attempts so far.
-    pub connect_attempts: u64,
-    /// Outgoing attempts whose connect or handshake failed.
-    pub connect_failures: u64,
-}
-
-/// Node-wide counters of the listener side.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListenerStats {
-    /// Inbound connections currently up (handshake done).
-    pub connections: usize,
-    /// TCP connections accepted so far.
-    pub accepted: u64,
-    /// Inbound handshakes that failed or timed out.
-    pub handshake_failures: u64,
-    /// Frames that failed to decode or exceeded the size limit.
-    pub malformed_frames: u64,
-    /// Messages received from all nodes.
-    pub received: u64,
-    /// Messages dropped by this node's outgoing side, removed peers included.
-    pub dropped: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct PeerCounters {
-    pub queued: AtomicUsize,
-    pub connected: AtomicUsize,
-    pub sent: AtomicU64,
-    pub dropped: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub frames_sent: AtomicU64,
-    pub connect_attempts: AtomicU64,
-    pub connect_failures: AtomicU64,
-    /// Set once a "peer unreachable" warning was logged; cleared on connect,
-    /// so an outage logs one line, not one per connection and attempt.
-    pub down_logged: AtomicBool,
-}
-
-/// One outgoing connection's queue.
-pub(crate) struct Slot {
-    pub queue: Mutex<VecDeque<Envelope>>,
-    pub notify: Notify,
-    pub connected: AtomicBool,
-}
-
-pub(crate) struct Peer {
-    pub node: Arc<str>,
-    pub addr: Mutex<SocketAddr>,
-    pub slots: Vec<Arc<Slot>>,
-    pub stats: PeerCounters,
-    pub tasks: Mutex<Vec<AbortHandle>>,
-}
-
-impl Peer {
-    pub(crate) fn count_dropped(&self, shared: &Shared, n: u64) {
-        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
-        shared.dropped.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// What the tasks share; they never hold the `Forwarder` itself, so
-/// dropping the last `Arc<Forwarder>` stops everything.
-pub(crate) struct Shared {
-    pub cfg: ForwardConfig,
-    pub on_receive: OnReceive,
-    pub tasks: tasks::Tasks,
-    /// Messages received per sending node.
-    pub received: RwLock<HashMap<Arc<str>, Arc<AtomicU64>>>,
-    pub inbound: AtomicUsize,
-    pub accepted: AtomicU64,
-    pub handshake_failures: AtomicU64,
-    pub malformed_frames: AtomicU64,
-    pub received_total: AtomicU64,
-    pub dropped: AtomicU64,
-}
-
-impl Shared {
-    pub(crate) fn received_counter(&self, node: &str) -> Arc<AtomicU64> {
-        if let Some(c) = self.received.read().get(node) {
-            return c.clone();
-        }
-        self.received
-            .write()
-            .entry(Arc::from(node))
-            .or_default()
-            .clone()
-    }
-}
 
 /// A node's forwarding channel: the listener and the connections to peers.
 pub struct Forwarder {

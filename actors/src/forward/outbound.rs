@@ -2,8 +2,8 @@
 //! frames until the socket fails; then back off and start again.
 
 use super::handshake::{self, HandshakeError};
+use super::state::{Envelope, ForwardConfig, Peer, Shared, Slot};
 use super::wire;
-use super::{Envelope, ForwardConfig, Peer, Shared, Slot};
 use bytes::BytesMut;
 use rand::Rng;
 use std::io;

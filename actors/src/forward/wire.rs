@@ -18,9 +18,9 @@
 //! checked against what is left, so nothing a peer sends can make the decoder
 //! allocate more than the frame it already sent, or panic.
 
-use crate::message::Message;
-use crate::packet::{Properties, QoS};
 use bytes::{BufMut, Bytes, BytesMut};
+use emqx_mqtt::message::Message;
+use emqx_mqtt::packet::{Properties, QoS};
 use std::sync::Arc;
 
 /// Largest frame body accepted or sent; a bigger length prefix is a protocol
@@ -249,11 +249,10 @@ fn decode_message(r: &mut Reader) -> Result<Received, DecodeError> {
         None
     };
     let payload = r.blob()?;
-    let mut m = Message::system(topic, payload, flags & 0x04 != 0);
+    let mut m = Message::system(topic, payload, flags & 0x04 != 0, timestamp_ms);
     m.qos = qos;
     m.from = from;
     m.properties = properties;
-    m.timestamp_ms = timestamp_ms;
     m.expiry_secs = expiry_secs;
     Ok((m, shared))
 }
@@ -374,12 +373,17 @@ mod tests {
     use super::*;
 
     fn full_message() -> Message {
-        let mut m = Message::system("a/b/c", Bytes::from_static(b"payload"), true);
+        let mut m = Message::system(
+            "a/b/c",
+            Bytes::from_static(b"payload"),
+            true,
+            crate::clock::now_ms(),
+        );
         m.qos = QoS::ExactlyOnce;
         m.from = Arc::from("client-1");
         m.timestamp_ms = 1_700_000_000_123;
         m.expiry_secs = Some(60);
-        m.properties = Properties::from(crate::packet::PropertyValues {
+        m.properties = Properties::from(emqx_mqtt::packet::PropertyValues {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(u32::MAX),
             content_type: Some("text/plain".into()),
@@ -426,8 +430,8 @@ mod tests {
     fn roundtrip_every_field() {
         let msgs = vec![
             full_message(),
-            Message::system("", Bytes::new(), false),
-            Message::system("x", vec![7u8; 100_000], false),
+            Message::system("", Bytes::new(), false, crate::clock::now_ms()),
+            Message::system("x", vec![7u8; 100_000], false, crate::clock::now_ms()),
         ];
         let frame = encode_frame(&msgs).freeze();
         let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;

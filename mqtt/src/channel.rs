@@ -7,11 +7,12 @@
 //! going into the broker. The session actor wraps it and does the I/O, so
 //! every rule here is tested directly and fast.
 
-use crate::broker::SubMatch;
 use crate::codec;
-use crate::message::{now_ms, Message};
+use crate::delivery::Delivery;
+use crate::message::Message;
 use crate::packet::*;
 use crate::settings::MqttSettings;
+use crate::time::Now;
 use crate::topic;
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
@@ -50,60 +51,6 @@ pub struct SubRequest {
     pub sub_id: Option<u32>,
     /// `Some(code)` when the filter is refused before reaching the broker.
     pub refused: Option<u8>,
-}
-
-/// A message on its way to this client, as decided from its matches.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Delivery {
-    pub msg: Arc<Message>,
-    pub qos: QoS,
-    pub retain: bool,
-    pub sub_ids: Vec<u32>,
-}
-
-impl Delivery {
-    /// Combines the subscriptions one message matched (MQTT 5.0 3.3.4:
-    /// overlapping subscriptions deliver once at the highest granted QoS,
-    /// with every subscription identifier).
-    pub fn from_matches(msg: Arc<Message>, matches: &[SubMatch], upgrade_qos: bool) -> Delivery {
-        let max_sub = matches.iter().map(|m| m.opts.qos).max().unwrap_or_default();
-        let qos = if upgrade_qos {
-            msg.qos.max(max_sub)
-        } else {
-            msg.qos.min(max_sub)
-        };
-        let retain = msg.retain && matches.iter().any(|m| m.opts.retain_as_published);
-        let mut sub_ids: Vec<u32> = matches.iter().filter_map(|m| m.sub_id).collect();
-        sub_ids.sort_unstable();
-        sub_ids.dedup();
-        Delivery {
-            msg,
-            qos,
-            retain,
-            sub_ids,
-        }
-    }
-
-    /// A retained message sent because of a new subscription: the retain
-    /// flag stays set (MQTT 5.0 3.3.1.3).
-    /// `upgrade_qos` as for live messages (`mqtt.upgrade_qos`).
-    pub fn retained(
-        msg: Arc<Message>,
-        opts: &SubscriptionOptions,
-        sub_id: Option<u32>,
-        upgrade_qos: bool,
-    ) -> Delivery {
-        Delivery {
-            qos: if upgrade_qos {
-                msg.qos.max(opts.qos)
-            } else {
-                msg.qos.min(opts.qos)
-            },
-            retain: true,
-            sub_ids: sub_id.into_iter().collect(),
-            msg,
-        }
-    }
 }
 
 /// An outgoing QoS 1/2 message not yet fully acknowledged.
@@ -192,14 +139,6 @@ pub struct SessionSnapshot {
     pub counters: (u64, u64, u64),
 }
 
-/// Result of accepting a CONNECT.
-#[derive(Debug)]
-pub struct ConnectOutcome {
-    pub connack: ConnAck,
-    /// Whether the client id was assigned by us.
-    pub assigned: bool,
-}
-
 /// Checks a CONNECT before any session is looked up. On failure returns
 /// the CONNACK reason code to refuse with.
 pub fn check_connect(c: &Connect, s: &MqttSettings) -> Result<(), (u8, String)> {
@@ -286,7 +225,6 @@ pub fn requested_expiry(c: &Connect, s: &MqttSettings) -> u32 {
 }
 
 impl Channel {
-    /// A fresh session for an accepted CONNECT (`client_id` already assigned).
     /// The session state that moves to another node when a client with a
     /// persistent session reconnects there: subscriptions, the inflight
     /// window (in send order), the queue and the QoS 2 ids awaiting PUBREL.
@@ -322,9 +260,10 @@ impl Channel {
         c: &Connect,
         client_id: Arc<str>,
         snap: SessionSnapshot,
+        now: Now,
     ) -> Channel {
-        let mut ch = Channel::new(settings, c, client_id);
-        let now = Instant::now();
+        let mut ch = Channel::new(settings, c, client_id, now);
+        let now = now.mono;
         ch.subscriptions = snap
             .subscriptions
             .into_iter()
@@ -351,8 +290,8 @@ impl Channel {
         ch
     }
 
-    pub fn new(settings: Arc<MqttSettings>, c: &Connect, client_id: Arc<str>) -> Channel {
-        let now = now_ms();
+    /// A fresh session for an accepted CONNECT (`client_id` already assigned).
+    pub fn new(settings: Arc<MqttSettings>, c: &Connect, client_id: Arc<str>, now: Now) -> Channel {
         let mut ch = Channel {
             client_id,
             version: c.protocol,
@@ -376,12 +315,12 @@ impl Channel {
             awaiting_rel: HashMap::new(),
             next_pid: 1,
             counters: ChannelCounters::default(),
-            created_at_ms: now,
-            connected_at_ms: now,
+            created_at_ms: now.wall_ms,
+            connected_at_ms: now.wall_ms,
             disconnected_at_ms: None,
             settings,
         };
-        ch.attach(c);
+        ch.attach(c, now);
         ch
     }
 
@@ -391,7 +330,7 @@ impl Channel {
 
     /// Binds the session to a (new) connection's CONNECT: the per-connection
     /// state is reset, the session state is kept.
-    pub fn attach(&mut self, c: &Connect) {
+    pub fn attach(&mut self, c: &Connect, now: Now) {
         self.version = c.protocol;
         self.username = c.username.clone();
         self.clean_start = c.clean_start;
@@ -405,7 +344,7 @@ impl Channel {
         self.request_problem_info = c.properties.request_problem_information != Some(0);
         self.in_aliases.clear();
         self.out_aliases.clear();
-        self.connected_at_ms = now_ms();
+        self.connected_at_ms = now.wall_ms;
         self.disconnected_at_ms = None;
     }
 
@@ -473,9 +412,9 @@ impl Channel {
     }
 
     /// Called when the connection goes away (the session may live on).
-    pub fn detach(&mut self) {
+    pub fn detach(&mut self, now: Now) {
         self.connected = false;
-        self.disconnected_at_ms = Some(now_ms());
+        self.disconnected_at_ms = Some(now.wall_ms);
         self.in_aliases.clear();
         self.out_aliases.clear();
     }
@@ -508,7 +447,7 @@ impl Channel {
     }
 
     /// Handles one packet from the client.
-    pub fn handle(&mut self, pkt: Packet, now: Instant, sink: &mut dyn PublishSink) -> Vec<Action> {
+    pub fn handle(&mut self, pkt: Packet, now: Now, sink: &mut dyn PublishSink) -> Vec<Action> {
         match pkt {
             Packet::Connect(_) => vec![self.close(reason::PROTOCOL_ERROR, "second CONNECT")],
             Packet::Publish(p) => self.handle_publish(p, now, sink),
@@ -557,7 +496,7 @@ impl Channel {
     fn handle_publish(
         &mut self,
         mut p: Publish,
-        now: Instant,
+        now: Now,
         sink: &mut dyn PublishSink,
     ) -> Vec<Action> {
         let s = self.settings.clone();
@@ -624,14 +563,14 @@ impl Channel {
         match p.qos {
             QoS::AtMostOnce => {
                 if !bad_payload {
-                    sink.publish(self.to_message(&p));
+                    sink.publish(self.to_message(&p, now));
                 }
                 vec![]
             }
             QoS::AtLeastOnce => {
                 let code = if bad_payload {
                     reason::PAYLOAD_FORMAT_INVALID
-                } else if sink.publish(self.to_message(&p)) == 0 {
+                } else if sink.publish(self.to_message(&p, now)) == 0 {
                     reason::NO_MATCHING_SUBSCRIBERS
                 } else {
                     reason::SUCCESS
@@ -660,8 +599,8 @@ impl Channel {
                         self.ack(reason::PAYLOAD_FORMAT_INVALID),
                     )))];
                 }
-                let n = sink.publish(self.to_message(&p));
-                self.awaiting_rel.insert(pid, now);
+                let n = sink.publish(self.to_message(&p, now));
+                self.awaiting_rel.insert(pid, now.mono);
                 let code = if n == 0 {
                     reason::NO_MATCHING_SUBSCRIBERS
                 } else {
@@ -680,7 +619,7 @@ impl Channel {
     /// acknowledgement on 3.x (which has no way to say no); the message is
     /// never published. A QoS 2 refusal keeps no awaiting-rel entry (a
     /// PUBREC with an error code ends the exchange).
-    fn refuse_publish(&mut self, p: &Publish, now: Instant) -> Vec<Action> {
+    fn refuse_publish(&mut self, p: &Publish, now: Now) -> Vec<Action> {
         self.counters.publish_refused += 1;
         let pid = p.packet_id.unwrap_or(0);
         let code = self.ack(reason::NOT_AUTHORIZED);
@@ -690,15 +629,15 @@ impl Channel {
             QoS::ExactlyOnce => {
                 if !self.is_v5() {
                     // 3.x: the client goes on with PUBREL and expects PUBCOMP.
-                    self.awaiting_rel.insert(pid, now);
+                    self.awaiting_rel.insert(pid, now.mono);
                 }
                 vec![Action::Send(Packet::PubRec(PubAckLike::new(pid, code)))]
             }
         }
     }
 
-    fn to_message(&self, p: &Publish) -> Message {
-        let mut m = Message::from_publish(self.client_id.clone(), p);
+    fn to_message(&self, p: &Publish, now: Now) -> Message {
+        let mut m = Message::from_publish(self.client_id.clone(), p, now.wall_ms);
         if let Some(max) = self.settings.message_expiry_interval {
             let max = max.as_secs().min(u64::from(u32::MAX)) as u32;
             m.expiry_secs = Some(m.expiry_secs.map_or(max, |e| e.min(max)));
@@ -718,7 +657,7 @@ impl Channel {
         )))]
     }
 
-    fn handle_puback(&mut self, pid: u16, now: Instant) -> Vec<Action> {
+    fn handle_puback(&mut self, pid: u16, now: Now) -> Vec<Action> {
         match self.inflight.get(&pid) {
             Some(Inflight {
                 state: InflightState::Publish(d),
@@ -732,7 +671,7 @@ impl Channel {
         }
     }
 
-    fn handle_pubrec(&mut self, a: PubAckLike, now: Instant) -> Vec<Action> {
+    fn handle_pubrec(&mut self, a: PubAckLike, now: Now) -> Vec<Action> {
         let pid = a.packet_id;
         match self.inflight.get_mut(&pid) {
             Some(f) => match &f.state {
@@ -743,7 +682,7 @@ impl Channel {
                         return self.drain(now);
                     }
                     f.state = InflightState::Release;
-                    f.sent_at = now;
+                    f.sent_at = now.mono;
                     vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))]
                 }
                 InflightState::Release => {
@@ -758,7 +697,7 @@ impl Channel {
         }
     }
 
-    fn handle_pubcomp(&mut self, pid: u16, now: Instant) -> Vec<Action> {
+    fn handle_pubcomp(&mut self, pid: u16, now: Now) -> Vec<Action> {
         if let Some(Inflight {
             state: InflightState::Release,
             ..
@@ -899,8 +838,8 @@ impl Channel {
 
     /// Accepts a message from the broker: sends it now, queues it, or drops it.
     /// `can_send_qos0` is false while the socket is backed up.
-    pub fn deliver(&mut self, d: Delivery, now: Instant, can_send_qos0: bool) -> Vec<Action> {
-        let now_wall = now_ms();
+    pub fn deliver(&mut self, d: Delivery, now: Now, can_send_qos0: bool) -> Vec<Action> {
+        let now_wall = now.wall_ms;
         if d.msg.is_expired(now_wall) {
             self.counters.dropped += 1;
             self.counters.dropped_expired += 1;
@@ -930,7 +869,7 @@ impl Channel {
             self.enqueue(d);
             return vec![];
         }
-        self.send_inflight(d, now, now_wall).into_iter().collect()
+        self.send_inflight(d, now).into_iter().collect()
     }
 
     /// The fast path of [`Channel::deliver`] for the bulk of fan-out: a QoS
@@ -1017,7 +956,8 @@ impl Channel {
         None
     }
 
-    fn send_inflight(&mut self, d: Delivery, now: Instant, now_wall: u64) -> Option<Action> {
+    fn send_inflight(&mut self, d: Delivery, now: Now) -> Option<Action> {
+        let now_wall = now.wall_ms;
         let pid = self.alloc_pid()?;
         let action = self.send_publish(d.clone(), Some(pid), now_wall, true)?;
         self.inflight_seq += 1;
@@ -1025,7 +965,7 @@ impl Channel {
             pid,
             Inflight {
                 state: InflightState::Publish(d),
-                sent_at: now,
+                sent_at: now.mono,
                 seq: self.inflight_seq,
             },
         );
@@ -1084,12 +1024,12 @@ impl Channel {
     }
 
     /// Moves queued messages into the inflight window while there is room.
-    pub fn drain(&mut self, now: Instant) -> Vec<Action> {
+    pub fn drain(&mut self, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
         if !self.connected {
             return out;
         }
-        let now_wall = now_ms();
+        let now_wall = now.wall_ms;
         while let Some(d) = self.mqueue.front() {
             if d.msg.is_expired(now_wall) {
                 self.mqueue.pop_front();
@@ -1106,7 +1046,7 @@ impl Channel {
             let a = if d.qos == QoS::AtMostOnce {
                 self.send_publish(d, None, now_wall, true)
             } else {
-                self.send_inflight(d, now, now_wall)
+                self.send_inflight(d, now)
             };
             out.extend(a);
         }
@@ -1115,7 +1055,7 @@ impl Channel {
 
     /// After a reconnect to an existing session: resend the inflight window
     /// in order (PUBLISH with DUP, or PUBREL), then the queue (MQTT 4.4).
-    pub fn resume(&mut self, now: Instant) -> Vec<Action> {
+    pub fn resume(&mut self, now: Now) -> Vec<Action> {
         let mut pending: Vec<(u64, u16)> = self.inflight.iter().map(|(p, f)| (f.seq, *p)).collect();
         pending.sort_unstable();
         let mut out = Vec::new();
@@ -1126,13 +1066,13 @@ impl Channel {
         out
     }
 
-    fn resend(&mut self, pid: u16, now: Instant) -> Option<Action> {
-        let now_wall = now_ms();
+    fn resend(&mut self, pid: u16, now: Now) -> Option<Action> {
+        let now_wall = now.wall_ms;
         let f = self.inflight.get(&pid)?;
         match f.state.clone() {
             InflightState::Release => {
                 if let Some(f) = self.inflight.get_mut(&pid) {
-                    f.sent_at = now;
+                    f.sent_at = now.mono;
                 }
                 Some(Action::Send(Packet::PubRel(PubAckLike::new(pid, 0))))
             }
@@ -1147,7 +1087,7 @@ impl Channel {
                 // never rebinds an alias the client knows.
                 let a = self.send_publish(d, Some(pid), now_wall, false);
                 if let Some(f) = self.inflight.get_mut(&pid) {
-                    f.sent_at = now;
+                    f.sent_at = now.mono;
                 }
                 match a {
                     Some(Action::Send(Packet::Publish(mut p))) => {
@@ -1163,8 +1103,6 @@ impl Channel {
         }
     }
 
-    /// Periodic work: resend what waited longer than `retry_interval`, and
-    /// forget QoS 2 ids whose PUBREL never came within `await_rel_timeout`.
     /// Whether [`Channel::tick`] has anything to do: QoS 2 ids awaiting
     /// PUBREL to expire, or (while connected) inflight messages to resend.
     pub fn needs_tick(&self) -> bool {
@@ -1174,10 +1112,12 @@ impl Channel {
                 && !self.inflight.is_empty())
     }
 
-    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+    /// Periodic work: resend what waited longer than `retry_interval`, and
+    /// forget QoS 2 ids whose PUBREL never came within `await_rel_timeout`.
+    pub fn tick(&mut self, now: Now) -> Vec<Action> {
         let timeout = self.settings.await_rel_timeout;
         self.awaiting_rel
-            .retain(|_, t| now.duration_since(*t) < timeout);
+            .retain(|_, t| now.mono.duration_since(*t) < timeout);
         let mut out = Vec::new();
         if !self.connected {
             return out;
@@ -1186,7 +1126,7 @@ impl Channel {
             let mut due: Vec<(u64, u16)> = self
                 .inflight
                 .iter()
-                .filter(|(_, f)| now.duration_since(f.sent_at) >= retry)
+                .filter(|(_, f)| now.mono.duration_since(f.sent_at) >= retry)
                 .map(|(p, f)| (f.seq, *p))
                 .collect();
             due.sort_unstable();
@@ -1197,7 +1137,6 @@ impl Channel {
         out
     }
 
-    /// The DISCONNECT (v5) or nothing (3.x) for a server-side close.
     /// Makes a control packet fit the client's Maximum Packet Size by
     /// leaving out optional properties ([`codec::fit`]). `false`: it does
     /// not fit even bare and must not be sent; the connection is closed
@@ -1214,6 +1153,7 @@ impl Channel {
         self.client_max_packet
     }
 
+    /// The DISCONNECT (v5) or nothing (3.x) for a server-side close.
     pub fn disconnect_packet(&self, code: u8, why: &str) -> Option<Packet> {
         if self.is_v5() {
             Some(Packet::Disconnect(Disconnect {

@@ -2,8 +2,8 @@
 //! for every protocol version, and robustness against arbitrary bytes.
 
 use bytes::{Bytes, BytesMut};
-use emqx_actors::codec::{decode, encode, encoded_len, DecodeError};
-use emqx_actors::packet::*;
+use emqx_mqtt::codec::{decode, encode, encoded_len, DecodeError};
+use emqx_mqtt::packet::*;
 use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;

@@ -6,8 +6,8 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use emqx_actors::codec::{decode, encode, encoded_len};
-use emqx_actors::packet::*;
+use emqx_mqtt::codec::{decode, encode, encoded_len};
+use emqx_mqtt::packet::*;
 use std::hint::black_box;
 
 const MAX: usize = 1 << 20;

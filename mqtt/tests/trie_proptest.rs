@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use emqx_actors::topic::{matches, validate_topic_filter, validate_topic_name};
-use emqx_actors::trie::TopicTrie;
+use emqx_mqtt::topic::{matches, validate_topic_filter, validate_topic_name};
+use emqx_mqtt::trie::TopicTrie;
 use proptest::prelude::*;
 
 /// Literal levels of filters and topics; `""` exercises empty levels.

@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use emqx_actors::topic::matches;
-use emqx_actors::trie::TopicTrie;
+use emqx_mqtt::topic::matches;
+use emqx_mqtt::trie::TopicTrie;
 
 struct Counting;
 

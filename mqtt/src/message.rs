@@ -4,7 +4,6 @@ use crate::packet::{Properties, Publish, QoS};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A published message, shared (`Arc`) by every subscriber it is delivered
 /// to, so a fan-out to 500 sessions copies a pointer, not the payload.
@@ -33,17 +32,10 @@ pub struct Message {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Message {
-    /// Builds a message from a client's PUBLISH (topic alias already resolved).
-    pub fn from_publish(from: Arc<str>, p: &Publish) -> Message {
+    /// Builds a message from a client's PUBLISH (topic alias already
+    /// resolved), published at wall-clock `timestamp_ms`.
+    pub fn from_publish(from: Arc<str>, p: &Publish, timestamp_ms: u64) -> Message {
         let mut properties = p.properties.clone();
         let expiry_secs = properties.message_expiry_interval.take();
         properties.topic_alias = None;
@@ -56,13 +48,19 @@ impl Message {
             retain: p.retain,
             from,
             properties,
-            timestamp_ms: now_ms(),
+            timestamp_ms,
             expiry_secs,
         }
     }
 
-    /// A message the broker itself publishes ($SYS, wills are from clients).
-    pub fn system(topic: impl Into<Arc<str>>, payload: impl Into<Bytes>, retain: bool) -> Message {
+    /// A message the broker itself publishes ($SYS, wills are from
+    /// clients), at wall-clock `timestamp_ms`.
+    pub fn system(
+        topic: impl Into<Arc<str>>,
+        payload: impl Into<Bytes>,
+        retain: bool,
+        timestamp_ms: u64,
+    ) -> Message {
         Message {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             topic: topic.into(),
@@ -71,7 +69,7 @@ impl Message {
             retain,
             from: Arc::from(""),
             properties: Properties::default(),
-            timestamp_ms: now_ms(),
+            timestamp_ms,
             expiry_secs: None,
         }
     }
@@ -100,7 +98,7 @@ mod tests {
 
     #[test]
     fn expiry_counts_down_and_expires() {
-        let mut m = Message::system("t", "x", false);
+        let mut m = Message::system("t", "x", false, 0);
         m.expiry_secs = Some(10);
         m.timestamp_ms = 1_000;
         assert_eq!(m.remaining_expiry(1_000), Some(10));
@@ -126,7 +124,7 @@ mod tests {
             }),
             payload: Bytes::from_static(b"hi"),
         };
-        let m = Message::from_publish(Arc::from("c1"), &p);
+        let m = Message::from_publish(Arc::from("c1"), &p, 1_000);
         assert_eq!(m.expiry_secs, Some(5));
         assert_eq!(m.properties.topic_alias, None);
         assert!(m.properties.subscription_identifiers.is_empty());

@@ -1,9 +1,9 @@
 //! MQTT 5 properties (MQTT 5.0 section 2.2.2): which property may appear in
 //! which packet, and reading/writing them.
 
-use super::decode::Reader;
-use super::encode::{Counter, Sink};
-use super::DecodeError;
+use super::error::DecodeError;
+use super::reader::Reader;
+use super::sink::{Counter, Sink};
 use crate::packet::Properties;
 
 /// The packet (or will message) a property list belongs to.

@@ -3,7 +3,17 @@
 //! packets and actions that come out.
 
 use super::*;
+use crate::delivery::SubMatch;
 use bytes::Bytes;
+
+/// The clocks, read by the tests only: the channel takes time as an argument.
+fn test_now() -> Now {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Now::new(Instant::now(), wall)
+}
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -59,7 +69,7 @@ fn connect(version: ProtocolVersion) -> Connect {
 }
 
 fn channel_with(s: MqttSettings, c: &Connect) -> Channel {
-    Channel::new(Arc::new(s), c, Arc::from(c.client_id.as_str()))
+    Channel::new(Arc::new(s), c, Arc::from(c.client_id.as_str()), test_now())
 }
 
 fn channel(version: ProtocolVersion) -> Channel {
@@ -91,7 +101,7 @@ fn publish_in(topic: &str, qos: QoS, pid: u16) -> Publish {
 }
 
 fn feed(ch: &mut Channel, p: Packet, sink: &mut Recorder) -> Vec<Action> {
-    ch.handle(p, Instant::now(), sink)
+    ch.handle(p, test_now(), sink)
 }
 
 fn feed_publish(ch: &mut Channel, p: Publish, sink: &mut Recorder) -> Vec<Action> {
@@ -135,7 +145,7 @@ fn assert_close(actions: &[Action], code: u8) {
 
 /// A message from the broker (payload `x`).
 fn message(topic: &str, qos: QoS) -> Message {
-    let mut m = Message::system(topic, Bytes::from_static(b"x"), false);
+    let mut m = Message::system(topic, Bytes::from_static(b"x"), false, test_now().wall_ms);
     m.qos = qos;
     m
 }
@@ -526,8 +536,8 @@ fn topic_aliases_are_forgotten_when_the_session_is_attached_to_a_new_connection(
     let mut p = publish_in("a", Q0, 0);
     p.properties.topic_alias = Some(1);
     feed_publish(&mut ch, p, &mut sink);
-    ch.detach();
-    ch.attach(&connect(V5));
+    ch.detach(test_now());
+    ch.attach(&connect(V5), test_now());
     let mut p = publish_in("", Q0, 0);
     p.properties.topic_alias = Some(1);
     assert_close(&feed_publish(&mut ch, p, &mut sink), reason::PROTOCOL_ERROR);
@@ -1285,7 +1295,7 @@ fn retained_delivery_keeps_the_retain_flag_and_the_subscription_identifier() {
 #[test]
 fn qos0_delivery_is_sent_without_packet_id_and_not_kept() {
     let mut ch = channel(V5);
-    let actions = ch.deliver(delivery("t", Q0), Instant::now(), true);
+    let actions = ch.deliver(delivery("t", Q0), test_now(), true);
     assert_eq!(actions, vec![sent(out("t", Q0, None))]);
     assert!(ch.inflight.is_empty());
     assert_eq!(ch.counters.delivered, 1);
@@ -1294,12 +1304,12 @@ fn qos0_delivery_is_sent_without_packet_id_and_not_kept() {
 #[test]
 fn qos0_delivery_is_dropped_when_the_socket_is_backed_up() {
     let mut ch = channel(V5);
-    assert_eq!(ch.deliver(delivery("t", Q0), Instant::now(), false), vec![]);
+    assert_eq!(ch.deliver(delivery("t", Q0), test_now(), false), vec![]);
     assert_eq!(ch.counters.dropped, 1);
     assert!(ch.mqueue.is_empty());
     // QoS 1 is not affected.
     assert_eq!(
-        ch.deliver(delivery("t", Q1), Instant::now(), false),
+        ch.deliver(delivery("t", Q1), test_now(), false),
         vec![sent(out("t", Q1, Some(1)))]
     );
 }
@@ -1310,7 +1320,7 @@ fn retained_delivery_sets_the_retain_flag_of_the_publish() {
     let d = Delivery::retained(Arc::new(message("t", Q0)), &opts(Q0), None, false);
     let mut expected = out("t", Q0, None);
     expected.retain = true;
-    assert_eq!(ch.deliver(d, Instant::now(), true), vec![sent(expected)]);
+    assert_eq!(ch.deliver(d, test_now(), true), vec![sent(expected)]);
 }
 
 fn inflight_settings(max_inflight: u16) -> MqttSettings {
@@ -1323,7 +1333,7 @@ fn inflight_settings(max_inflight: u16) -> MqttSettings {
 #[test]
 fn qos1_deliveries_fill_the_inflight_window_then_queue() {
     let mut ch = settings_channel(V5, inflight_settings(2));
-    let now = Instant::now();
+    let now = test_now();
     assert_eq!(
         ch.deliver(delivery("a", Q1), now, true),
         vec![sent(out("a", Q1, Some(1)))]
@@ -1343,7 +1353,7 @@ fn qos1_deliveries_fill_the_inflight_window_then_queue() {
 #[test]
 fn qos0_delivery_is_sent_even_when_the_inflight_window_is_full() {
     let mut ch = settings_channel(V5, inflight_settings(1));
-    let now = Instant::now();
+    let now = test_now();
     ch.deliver(delivery("a", Q1), now, true);
     ch.deliver(delivery("b", Q1), now, true);
     assert_eq!(
@@ -1356,7 +1366,7 @@ fn qos0_delivery_is_sent_even_when_the_inflight_window_is_full() {
 fn puback_frees_a_slot_and_the_next_queued_message_is_sent() {
     let mut ch = settings_channel(V5, inflight_settings(1));
     let mut sink = Recorder::default();
-    let now = Instant::now();
+    let now = test_now();
     ch.deliver(delivery("a", Q1), now, true);
     ch.deliver(delivery("b", Q1), now, true);
     ch.deliver(delivery("c", Q0), now, true);
@@ -1374,13 +1384,13 @@ fn puback_frees_a_slot_and_the_next_queued_message_is_sent() {
 fn queued_qos0_messages_behind_the_window_are_sent_when_it_opens() {
     let mut ch = settings_channel(V5, inflight_settings(1));
     let mut sink = Recorder::default();
-    let now = Instant::now();
+    let now = test_now();
     ch.deliver(delivery("a", Q1), now, true);
     ch.deliver(delivery("b", Q1), now, true);
-    ch.detach();
+    ch.detach(test_now());
     ch.deliver(delivery("c", Q0), now, true);
     ch.deliver(delivery("d", Q1), now, true);
-    ch.attach(&connect(V5));
+    ch.attach(&connect(V5), test_now());
     // Resume resends a, the queue stays blocked behind the full window.
     assert_eq!(ch.resume(now), vec![sent(dup(out("a", Q1, Some(1))))]);
     assert_eq!(
@@ -1397,7 +1407,7 @@ fn queued_qos0_messages_behind_the_window_are_sent_when_it_opens() {
 fn puback_for_an_unknown_or_qos2_packet_id_is_ignored() {
     let mut ch = channel(V5);
     let mut sink = Recorder::default();
-    ch.deliver(delivery("a", Q2), Instant::now(), true);
+    ch.deliver(delivery("a", Q2), test_now(), true);
     assert_eq!(feed(&mut ch, Packet::PubAck(ack_in(1)), &mut sink), vec![]);
     assert_eq!(feed(&mut ch, Packet::PubAck(ack_in(77)), &mut sink), vec![]);
     assert_eq!(ch.inflight.len(), 1);
@@ -1407,7 +1417,7 @@ fn puback_for_an_unknown_or_qos2_packet_id_is_ignored() {
 fn outgoing_packet_ids_are_unique_non_zero_and_skip_ids_in_flight() {
     let mut ch = settings_channel(V5, inflight_settings(100));
     let mut sink = Recorder::default();
-    let now = Instant::now();
+    let now = test_now();
     ch.next_pid = u16::MAX - 1;
     let pids = |actions: Vec<Action>| -> Vec<u16> {
         actions
@@ -1434,7 +1444,7 @@ fn client_receive_maximum_smaller_than_max_inflight_bounds_the_window() {
     let mut c = connect(V5);
     c.properties.receive_maximum = Some(2);
     let mut ch = channel_with(inflight_settings(10), &c);
-    let now = Instant::now();
+    let now = test_now();
     assert_eq!(ch.deliver(delivery("a", Q1), now, true).len(), 1);
     assert_eq!(ch.deliver(delivery("b", Q2), now, true).len(), 1);
     assert_eq!(ch.deliver(delivery("c", Q1), now, true), vec![]);
@@ -1446,7 +1456,7 @@ fn client_receive_maximum_smaller_than_max_inflight_bounds_the_window() {
 fn qos2_outbound_pubrec_is_answered_with_pubrel_and_pubcomp_completes() {
     let mut ch = settings_channel(V5, inflight_settings(1));
     let mut sink = Recorder::default();
-    let now = Instant::now();
+    let now = test_now();
     assert_eq!(
         ch.deliver(delivery("a", Q2), now, true),
         vec![sent(out("a", Q2, Some(1)))]
@@ -1478,7 +1488,7 @@ fn qos2_outbound_pubrec_is_answered_with_pubrel_and_pubcomp_completes() {
 fn pubrec_with_an_error_code_ends_the_qos2_exchange() {
     let mut ch = settings_channel(V5, inflight_settings(1));
     let mut sink = Recorder::default();
-    let now = Instant::now();
+    let now = test_now();
     ch.deliver(delivery("a", Q2), now, true);
     ch.deliver(delivery("b", Q1), now, true);
     let refused = PubAckLike::new(1, reason::NOT_AUTHORIZED);
@@ -1512,7 +1522,7 @@ fn mqueue_is_bounded_by_max_mqueue_len_dropping_the_oldest_message() {
         ..Default::default()
     };
     let mut ch = settings_channel(V5, s);
-    let now = Instant::now();
+    let now = test_now();
     for t in ["a", "b", "c", "d"] {
         ch.deliver(delivery(t, Q1), now, true);
     }
@@ -1529,8 +1539,8 @@ fn mqueue_of_length_zero_drops_everything_that_cannot_be_sent() {
         ..Default::default()
     };
     let mut ch = settings_channel(V5, s);
-    ch.detach();
-    assert_eq!(ch.deliver(delivery("a", Q1), Instant::now(), true), vec![]);
+    ch.detach(test_now());
+    assert_eq!(ch.deliver(delivery("a", Q1), test_now(), true), vec![]);
     assert!(ch.mqueue.is_empty());
     assert_eq!(ch.counters.dropped, 1);
 }
@@ -1542,8 +1552,8 @@ fn qos0_is_not_queued_while_offline_when_mqueue_store_qos0_is_false() {
         ..Default::default()
     };
     let mut ch = settings_channel(V5, s);
-    ch.detach();
-    let now = Instant::now();
+    ch.detach(test_now());
+    let now = test_now();
     assert_eq!(ch.deliver(delivery("a", Q0), now, true), vec![]);
     assert_eq!(ch.deliver(delivery("b", Q1), now, true), vec![]);
     let queued: Vec<_> = ch.mqueue.iter().map(|d| d.msg.topic.to_string()).collect();
@@ -1554,8 +1564,8 @@ fn qos0_is_not_queued_while_offline_when_mqueue_store_qos0_is_false() {
 #[test]
 fn qos0_is_queued_while_offline_when_mqueue_store_qos0_is_true() {
     let mut ch = channel(V5);
-    ch.detach();
-    assert_eq!(ch.deliver(delivery("a", Q0), Instant::now(), true), vec![]);
+    ch.detach(test_now());
+    assert_eq!(ch.deliver(delivery("a", Q0), test_now(), true), vec![]);
     assert_eq!(ch.mqueue.len(), 1);
     assert_eq!(ch.counters.dropped, 0);
 }
@@ -1563,16 +1573,16 @@ fn qos0_is_queued_while_offline_when_mqueue_store_qos0_is_true() {
 #[test]
 fn drain_sends_nothing_while_disconnected() {
     let mut ch = channel(V5);
-    ch.detach();
-    ch.deliver(delivery("a", Q1), Instant::now(), true);
-    assert_eq!(ch.drain(Instant::now()), vec![]);
+    ch.detach(test_now());
+    ch.deliver(delivery("a", Q1), test_now(), true);
+    assert_eq!(ch.drain(test_now()), vec![]);
     assert_eq!(ch.mqueue.len(), 1);
 }
 
 #[test]
 fn resume_after_attach_resends_inflight_with_dup_in_original_order_then_drains_the_queue() {
     let mut ch = settings_channel(V5, inflight_settings(3));
-    let now = Instant::now();
+    let now = test_now();
     // Ids wrap so that the send order differs from the id order.
     ch.next_pid = u16::MAX;
     assert_eq!(
@@ -1583,11 +1593,11 @@ fn resume_after_attach_resends_inflight_with_dup_in_original_order_then_drains_t
         ch.deliver(delivery("b", Q2), now, true),
         vec![sent(out("b", Q2, Some(1)))]
     );
-    ch.detach();
+    ch.detach(test_now());
     assert!(!ch.connected);
     assert_eq!(ch.deliver(delivery("c", Q1), now, true), vec![]);
     assert_eq!(ch.deliver(delivery("d", Q0), now, true), vec![]);
-    ch.attach(&connect(V5));
+    ch.attach(&connect(V5), test_now());
     assert!(ch.connected);
     assert_eq!(
         ch.resume(now),
@@ -1605,12 +1615,12 @@ fn resume_after_attach_resends_inflight_with_dup_in_original_order_then_drains_t
 fn pubrel_in_flight_is_resent_as_pubrel_on_resume() {
     let mut ch = channel(V5);
     let mut sink = Recorder::default();
-    let now = Instant::now();
+    let now = test_now();
     ch.deliver(delivery("a", Q2), now, true);
     ch.deliver(delivery("b", Q1), now, true);
     feed(&mut ch, Packet::PubRec(ack_in(1)), &mut sink);
-    ch.detach();
-    ch.attach(&connect(V5));
+    ch.detach(test_now());
+    ch.attach(&connect(V5), test_now());
     assert_eq!(
         ch.resume(now),
         vec![pubrel(1, 0), sent(dup(out("b", Q1, Some(2))))]
@@ -1620,10 +1630,10 @@ fn pubrel_in_flight_is_resent_as_pubrel_on_resume() {
 #[test]
 fn v4_resume_resends_inflight_publish_with_dup() {
     let mut ch = channel(V4);
-    let now = Instant::now();
+    let now = test_now();
     ch.deliver(delivery("a", Q1), now, true);
-    ch.detach();
-    ch.attach(&connect(V4));
+    ch.detach(test_now());
+    ch.attach(&connect(V4), test_now());
     assert_eq!(ch.resume(now), vec![sent(dup(out("a", Q1, Some(1))))]);
 }
 
@@ -1631,7 +1641,7 @@ fn v4_resume_resends_inflight_publish_with_dup() {
 fn tick_after_retry_interval_resends_unacknowledged_messages_with_dup() {
     let mut ch = channel(V5);
     let mut sink = Recorder::default();
-    let t0 = Instant::now();
+    let t0 = test_now();
     ch.deliver(delivery("a", Q1), t0, true);
     ch.deliver(delivery("b", Q2), t0, true);
     ch.deliver(delivery("c", Q2), t0 + Duration::from_secs(10), true);
@@ -1665,12 +1675,12 @@ fn tick_resends_nothing_when_retry_interval_is_off_or_while_disconnected() {
         ..Default::default()
     };
     let mut ch = settings_channel(V5, s);
-    let t0 = Instant::now();
+    let t0 = test_now();
     ch.deliver(delivery("a", Q1), t0, true);
     assert_eq!(ch.tick(t0 + Duration::from_secs(3600)), vec![]);
     let mut ch = channel(V5);
     ch.deliver(delivery("a", Q1), t0, true);
-    ch.detach();
+    ch.detach(test_now());
     assert_eq!(ch.tick(t0 + Duration::from_secs(3600)), vec![]);
 }
 
@@ -1682,7 +1692,7 @@ fn tick_drops_awaiting_rel_entries_older_than_await_rel_timeout() {
     };
     let mut ch = settings_channel(V5, s);
     let mut sink = Recorder::with_subscribers(1);
-    let t0 = Instant::now();
+    let t0 = test_now();
     ch.handle(Packet::Publish(publish_in("a", Q2, 1)), t0, &mut sink);
     ch.handle(
         Packet::Publish(publish_in("a", Q2, 2)),
@@ -1694,11 +1704,11 @@ fn tick_drops_awaiting_rel_entries_older_than_await_rel_timeout() {
     ch.tick(t0 + Duration::from_secs(10));
     assert_eq!(ch.awaiting_rel.keys().collect::<Vec<_>>(), vec![&2]);
     // Also while disconnected.
-    ch.detach();
+    ch.detach(test_now());
     ch.tick(t0 + Duration::from_secs(15));
     assert!(ch.awaiting_rel.is_empty());
     // Once forgotten, the id is a new message again.
-    ch.attach(&connect(V5));
+    ch.attach(&connect(V5), test_now());
     assert_eq!(
         ch.handle(Packet::Publish(publish_in("a", Q2, 1)), t0, &mut sink),
         vec![pubrec(1, 0)]
@@ -1711,7 +1721,7 @@ fn message_sent_after_an_ack_is_retried_retry_interval_after_the_ack_time() {
     let mut ch = settings_channel(V5, inflight_settings(1));
     let mut sink = Recorder::default();
     // A clock one hour ahead of the real one (the channel is sans-IO).
-    let t0 = Instant::now() + Duration::from_secs(3600);
+    let t0 = test_now() + Duration::from_secs(3600);
     ch.deliver(delivery("a", Q1), t0, true);
     ch.deliver(delivery("b", Q1), t0, true);
     assert_eq!(
@@ -1724,7 +1734,7 @@ fn message_sent_after_an_ack_is_retried_retry_interval_after_the_ack_time() {
 fn expiring(topic: &str, qos: QoS, expiry_secs: u32, age_ms: u64) -> Delivery {
     let mut m = message(topic, qos);
     m.expiry_secs = Some(expiry_secs);
-    m.timestamp_ms = now_ms() - age_ms;
+    m.timestamp_ms = test_now().wall_ms - age_ms;
     Delivery {
         msg: Arc::new(m),
         qos,
@@ -1737,7 +1747,7 @@ fn expiring(topic: &str, qos: QoS, expiry_secs: u32, age_ms: u64) -> Delivery {
 fn expired_message_is_dropped_on_delivery() {
     let mut ch = channel(V5);
     assert_eq!(
-        ch.deliver(expiring("a", Q1, 5, 10_000), Instant::now(), true),
+        ch.deliver(expiring("a", Q1, 5, 10_000), test_now(), true),
         vec![]
     );
     assert!(ch.inflight.is_empty());
@@ -1748,13 +1758,13 @@ fn expired_message_is_dropped_on_delivery() {
 #[test]
 fn expired_queued_message_is_dropped_when_the_queue_drains() {
     let mut ch = channel(V5);
-    ch.detach();
-    ch.deliver(delivery("a", Q1), Instant::now(), true);
+    ch.detach(test_now());
+    ch.deliver(delivery("a", Q1), test_now(), true);
     ch.mqueue.push_back(expiring("b", Q1, 5, 10_000));
-    ch.deliver(delivery("c", Q1), Instant::now(), true);
-    ch.attach(&connect(V5));
+    ch.deliver(delivery("c", Q1), test_now(), true);
+    ch.attach(&connect(V5), test_now());
     assert_eq!(
-        ch.resume(Instant::now()),
+        ch.resume(test_now()),
         vec![sent(out("a", Q1, Some(1))), sent(out("c", Q1, Some(2)))]
     );
     assert_eq!(ch.counters.dropped_expired, 1);
@@ -1771,9 +1781,9 @@ fn expired_inflight_message_is_not_resent_on_v5() {
             seq: 1,
         },
     );
-    ch.detach();
-    ch.attach(&connect(V5));
-    assert_eq!(ch.resume(Instant::now()), vec![]);
+    ch.detach(test_now());
+    ch.attach(&connect(V5), test_now());
+    assert_eq!(ch.resume(test_now()), vec![]);
     assert!(ch.inflight.is_empty());
     assert_eq!(ch.counters.dropped_expired, 1);
 }
@@ -1784,7 +1794,7 @@ fn v5_publish_carries_the_remaining_message_expiry() {
     let mut expected = out("a", Q1, Some(1));
     expected.properties.message_expiry_interval = Some(8);
     assert_eq!(
-        ch.deliver(expiring("a", Q1, 10, 2_500), Instant::now(), true),
+        ch.deliver(expiring("a", Q1, 10, 2_500), test_now(), true),
         vec![sent(expected)]
     );
 }
@@ -1805,7 +1815,7 @@ fn v5_publish_carries_message_properties_and_subscription_identifiers() {
     expected.properties.content_type = Some("text/plain".into());
     expected.properties.user_properties = vec![("k".into(), "v".into())];
     expected.properties.subscription_identifiers = vec![3, 7];
-    assert_eq!(ch.deliver(d, Instant::now(), true), vec![sent(expected)]);
+    assert_eq!(ch.deliver(d, test_now(), true), vec![sent(expected)]);
 }
 
 #[test]
@@ -1822,7 +1832,7 @@ fn v3_and_v4_publish_carries_no_properties() {
             sub_ids: vec![3],
         };
         assert_eq!(
-            ch.deliver(d, Instant::now(), true),
+            ch.deliver(d, test_now(), true),
             vec![sent(out("a", Q1, Some(1)))],
             "{version:?}"
         );
@@ -1832,7 +1842,7 @@ fn v3_and_v4_publish_carries_no_properties() {
 #[test]
 fn outbound_topic_alias_is_set_on_first_publish_and_used_alone_afterwards() {
     let mut ch = aliasing_channel(2, MqttSettings::default());
-    let now = Instant::now();
+    let now = test_now();
     assert_eq!(
         ch.deliver(delivery("a/b", Q0), now, true),
         vec![sent(with_alias(out("a/b", Q0, None), 1))]
@@ -1855,7 +1865,7 @@ fn outbound_topic_alias_is_set_on_first_publish_and_used_alone_afterwards() {
 #[test]
 fn outbound_topic_alias_is_not_used_when_the_client_announced_none() {
     let mut ch = channel(V5);
-    let now = Instant::now();
+    let now = test_now();
     for _ in 0..2 {
         assert_eq!(
             ch.deliver(delivery("a/b", Q0), now, true),
@@ -1867,12 +1877,12 @@ fn outbound_topic_alias_is_not_used_when_the_client_announced_none() {
 #[test]
 fn resent_publish_carries_the_full_topic_and_aliases_restart_after_reconnect() {
     let mut ch = aliasing_channel(5, MqttSettings::default());
-    let now = Instant::now();
+    let now = test_now();
     ch.deliver(delivery("a", Q1), now, true);
-    ch.detach();
+    ch.detach(test_now());
     let mut c = connect(V5);
     c.properties.topic_alias_maximum = Some(5);
-    ch.attach(&c);
+    ch.attach(&c, test_now());
     let mut client = ClientAliases::default();
     let resent = ch.resume(now);
     assert_eq!(client.resolve_all(&resent), vec![Some("a".to_string())]);
@@ -1892,7 +1902,7 @@ fn resent_publish_carries_the_full_topic_and_aliases_restart_after_reconnect() {
 fn retried_publish_never_rebinds_an_alias_the_client_already_knows() {
     let mut ch = aliasing_channel(10, MqttSettings::default());
     let mut client = ClientAliases::default();
-    let t0 = Instant::now();
+    let t0 = test_now();
     let mut seen = Vec::new();
     seen.extend(client.resolve_all(&ch.deliver(delivery("a", Q1), t0, true)));
     seen.extend(client.resolve_all(&ch.deliver(delivery("b", Q1), t0, true)));
@@ -1927,7 +1937,7 @@ fn big(topic: &str, qos: QoS) -> Delivery {
 #[test]
 fn message_larger_than_the_client_maximum_packet_size_is_dropped() {
     let mut ch = small_packets_channel(0);
-    let now = Instant::now();
+    let now = test_now();
     assert_eq!(ch.deliver(big("a", Q0), now, true), vec![]);
     assert_eq!(ch.deliver(big("a", Q1), now, true), vec![]);
     assert!(ch.inflight.is_empty());
@@ -1942,7 +1952,7 @@ fn message_larger_than_the_client_maximum_packet_size_is_dropped() {
 #[test]
 fn dropped_oversized_message_does_not_consume_a_topic_alias() {
     let mut ch = small_packets_channel(5);
-    let now = Instant::now();
+    let now = test_now();
     assert_eq!(ch.deliver(big("a", Q0), now, true), vec![]);
     assert_eq!(
         ch.deliver(delivery("a", Q0), now, true),
@@ -2117,13 +2127,13 @@ fn requested_session_expiry_depends_on_version_and_clean_session() {
 #[test]
 fn attach_takes_the_new_connection_parameters_and_keeps_the_session() {
     let mut ch = subscribed_channel(V4, &["a"]);
-    ch.detach();
-    ch.deliver(delivery("a", Q1), Instant::now(), true);
+    ch.detach(test_now());
+    ch.deliver(delivery("a", Q1), test_now(), true);
     let mut c = connect(V5);
     c.username = Some("u".into());
     c.will = Some(will("w"));
     c.keep_alive = 30;
-    ch.attach(&c);
+    ch.attach(&c, test_now());
     assert_eq!(ch.version, V5);
     assert_eq!(ch.username.as_deref(), Some("u"));
     assert_eq!(ch.will.as_deref(), Some(&will("w")));
@@ -2147,7 +2157,7 @@ fn v5_connack_announces_the_server_limits_and_the_assigned_client_id() {
     };
     let mut c = connect(V5);
     c.client_id.clear();
-    let ch = Channel::new(Arc::new(s), &c, Arc::from("auto-1"));
+    let ch = Channel::new(Arc::new(s), &c, Arc::from("auto-1"), test_now());
     let ack = ch.connack(&c, false, true);
     assert_eq!(
         ack,
@@ -2280,18 +2290,18 @@ fn a_session_snapshot_restored_on_another_node_resends_inflight_then_drains_the_
             None,
         ),
     );
-    let now = Instant::now();
+    let now = test_now();
     for t in ["t/1", "t/2", "t/3"] {
         a.deliver(delivery(t, Q1), now, true);
     }
-    a.awaiting_rel.insert(9, now);
-    a.detach();
+    a.awaiting_rel.insert(9, now.mono);
+    a.detach(test_now());
     // Through the wire format the cluster uses.
     let snap = a.snapshot();
     let bytes = bincode::serde::encode_to_vec(&snap, bincode::config::standard()).expect("encode");
     let (snap, _): (SessionSnapshot, usize) =
         bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).expect("decode");
-    let mut b = Channel::restore(Arc::new(s), &c, Arc::from("c1"), snap);
+    let mut b = Channel::restore(Arc::new(s), &c, Arc::from("c1"), snap, test_now());
     assert!(b.subscriptions.contains_key("t/#"));
     assert!(b.awaiting_rel.contains_key(&9));
     assert_eq!(b.mqueue.len(), 1);
@@ -2324,12 +2334,9 @@ fn plain_qos0_fast_path_matches_deliver_or_declines() {
     for v in [V3, V4, V5] {
         let mut general = channel(v);
         let mut fast = channel(v);
-        general.attach(&connect(v));
-        fast.attach(&connect(v));
-        let want = encoded(
-            v,
-            general.deliver(delivery("t/1", Q0), Instant::now(), true),
-        );
+        general.attach(&connect(v), test_now());
+        fast.attach(&connect(v), test_now());
+        let want = encoded(v, general.deliver(delivery("t/1", Q0), test_now(), true));
         let mut got = BytesMut::new();
         assert_eq!(
             fast.deliver_plain(delivery("t/1", Q0), true, &mut got).ok(),
@@ -2347,7 +2354,7 @@ fn plain_qos0_fast_path_matches_deliver_or_declines() {
     }
     // Declines what needs the general path.
     let mut ch = channel(V5);
-    ch.attach(&connect(V5));
+    ch.attach(&connect(V5), test_now());
     let mut buf = BytesMut::new();
     assert!(ch.deliver_plain(delivery("t", Q1), true, &mut buf).is_err());
     let mut d = delivery("t", Q0);
@@ -2366,7 +2373,7 @@ fn plain_qos0_fast_path_matches_deliver_or_declines() {
     assert!(aliasing
         .deliver_plain(delivery("t", Q0), true, &mut buf)
         .is_err());
-    ch.detach();
+    ch.detach(test_now());
     assert!(ch.deliver_plain(delivery("t", Q0), true, &mut buf).is_err());
     assert!(buf.is_empty());
 }
@@ -2489,7 +2496,7 @@ fn a_mount_point_prefixes_what_the_client_publishes_and_subscribes() {
 #[test]
 fn a_mount_point_is_removed_from_what_the_client_receives() {
     let mut ch = mounted_channel(V5);
-    let now = Instant::now();
+    let now = test_now();
     let acts = ch.deliver(delivery("t/u1/c1/a/b", Q0), now, true);
     assert_eq!(acts, vec![sent(out("a/b", Q0, None))]);
     let acts = ch.deliver(delivery("t/u1/c1/a/c", Q1), now, true);

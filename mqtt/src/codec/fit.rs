@@ -10,7 +10,7 @@
 //! A packet that does not fit even bare is not sent at all, and the
 //! connection is closed instead.
 
-use super::encoded_len;
+use super::encode::encoded_len;
 use crate::packet::{Packet, Properties, PropertyValues, ProtocolVersion};
 
 /// Optional properties in the order they are given up. A packet carries
