@@ -512,9 +512,7 @@ async fn on_peers(node: &Node, words: &[&str]) -> Vec<(String, String)> {
 /// Routes of this node and of every other node, sorted.
 fn all_routes(node: &Node) -> Vec<(String, String)> {
     let mut r = node.ctx.broker.routes();
-    if let Some(v) = node.ctx.broker.cluster.get() {
-        r.extend(v.routes.read().all());
-    }
+    r.extend(node.view.routes.read().all());
     r.sort();
     r.dedup();
     r

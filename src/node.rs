@@ -11,6 +11,7 @@ use emqx_actors::cluster::service::{
 };
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
+use emqx_actors::peers::BrokerLinks;
 use emqx_actors::retainer::{Retainer, RetainerSettings};
 use emqx_actors::sys::SysSettings;
 use emqx_actors::Ctx;
@@ -33,6 +34,8 @@ pub struct Node {
     pub ctx: Arc<Ctx>,
     /// The cluster service (membership, joins, routes).
     pub cluster: ActorRef<SvcMsg>,
+    /// The other nodes' routes, as the publish path reads them.
+    pub view: Arc<ClusterView>,
     /// `cluster.discovery_strategy`.
     pub discovery_strategy: String,
     /// Set to true to stop the node.
@@ -200,6 +203,22 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         .await
         .map_err(|e| format!("inter-node port {dist_port} on {listen_ip} is not available: {e}"))?;
 
+    let node_name: Arc<str> = Arc::from(name.as_str());
+    // The data plane: message forwarding between nodes.
+    let fwd_port = cfg.forward_port();
+    let mut fwd_cfg = ForwardConfig::new(
+        node_name.clone(),
+        cfg.node.cookie.clone(),
+        SocketAddr::new(listen_ip, fwd_port),
+    );
+    fwd_cfg.bind_ip = host_ip(&name);
+    let (forwarder, fwd_listener) = Forwarder::bind(fwd_cfg)
+        .await
+        .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
+    // What the publish path reads of the other nodes, kept by the cluster
+    // service.
+    let view = Arc::new(ClusterView::new(node_name.clone(), forwarder.clone()));
+
     let metrics = Arc::new(Metrics::default());
     let stats = Arc::new(Stats::default());
     let retainer = Retainer::new(RetainerSettings {
@@ -216,10 +235,27 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         ignore_loop_deliver: cfg.mqtt.ignore_loop_deliver,
         ..BrokerSettings::default()
     };
-    let node_name: Arc<str> = Arc::from(name.as_str());
-    let broker = Broker::start(node_name.clone(), bsettings, retainer, metrics, stats)
-        .await
-        .map_err(|e| format!("cannot start the broker: {e}"))?;
+    let (route_tx, route_rx) = mpsc::unbounded_channel();
+    let links = BrokerLinks {
+        remote: Some(view.clone()),
+        route_tx: Some(route_tx),
+    };
+    let broker = Broker::start(
+        node_name.clone(),
+        bsettings,
+        retainer,
+        metrics,
+        stats,
+        links,
+    )
+    .await
+    .map_err(|e| format!("cannot start the broker: {e}"))?;
+    // Messages other nodes forward go to the broker.
+    let b = broker.clone();
+    let on_receive: OnReceive = Arc::new(move |_from: &str, msg, shared| {
+        b.publish_forwarded(Arc::new(msg), shared);
+    });
+    forwarder.serve(fwd_listener, on_receive);
     let sys = SysSettings {
         sys_msg_interval: cfg.sys_topics.sys_msg_interval.unwrap_or(Duration::ZERO),
         sys_heartbeat_interval: cfg
@@ -229,42 +265,22 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         client_connected: cfg.sys_topics.sys_event_messages.client_connected,
         client_disconnected: cfg.sys_topics.sys_event_messages.client_disconnected,
     };
+    let (retain_tx, retain_rx) = mpsc::unbounded_channel();
+    // The cluster-wide client id registry: the cluster service keeps it
+    // informed of who runs.
+    let registry = Arc::new(Registry::new(node_name.clone()));
     let ctx = Arc::new(Ctx {
-        node: node_name,
+        node: node_name.clone(),
         settings: Arc::new(settings),
         broker,
         cm: Default::default(),
         sys,
         started_at: Instant::now(),
-        retain_tx: Default::default(),
-        registry: Default::default(),
+        retain_tx: Some(retain_tx),
+        registry: Some(registry.clone()),
         listeners: tokio::sync::watch::channel(true).0,
     });
     let sys_task = ctx.spawn_sys();
-
-    // MQTT listeners.
-    let mut listener_tasks = Vec::new();
-    for (lname, l) in &cfg.listeners.tcp {
-        if !l.enable {
-            continue;
-        }
-        let sock = TcpListener::bind(l.bind)
-            .await
-            .map_err(|e| format!("listeners.tcp.{lname}: cannot listen on {}: {e}", l.bind))?;
-        tracing::info!("listener tcp:{lname} on {}", l.bind);
-        let max_conn = l.max_connections;
-        let mountpoint = Some(l.mountpoint.as_str())
-            .filter(|m| !m.is_empty())
-            .map(Arc::from);
-        listener_tasks.push(tokio::spawn(accept_loop(
-            sock,
-            l.bind,
-            ctx.clone(),
-            max_conn,
-            lname.clone(),
-            mountpoint,
-        )));
-    }
 
     // The inter-node server (ping, stop, ctl, and the cluster's control plane).
     // We accept inter-node connections ourselves (to time out handshakes);
@@ -282,22 +298,6 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot start the inter-node server on port {dist_port}: {e}"))?;
 
-    // The data plane: message forwarding between nodes.
-    let fwd_port = cfg.forward_port();
-    let mut fwd_cfg = ForwardConfig::new(
-        ctx.node.clone(),
-        cfg.node.cookie.clone(),
-        SocketAddr::new(listen_ip, fwd_port),
-    );
-    fwd_cfg.bind_ip = host_ip(&name);
-    let b = ctx.broker.clone();
-    let on_receive: OnReceive = Arc::new(move |_from: &str, msg, shared| {
-        b.publish_forwarded(Arc::new(msg), shared);
-    });
-    let forwarder = Forwarder::start(fwd_cfg, on_receive)
-        .await
-        .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
-
     // The cluster service.
     let me_start = emqx_actors::clock::now_ms();
     let adv_ip = host_ip(&name).unwrap_or(IpAddr::from([127, 0, 0, 1]));
@@ -311,17 +311,6 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         },
         incarnation: me_start,
     };
-    let view = Arc::new(ClusterView {
-        me: ctx.node.clone(),
-        routes: Default::default(),
-        up: Default::default(),
-        forwarder: forwarder.clone(),
-    });
-    let _ = ctx.broker.cluster.set(view.clone());
-    let (route_tx, route_rx) = mpsc::unbounded_channel();
-    let _ = ctx.broker.tables.route_tx.set(route_tx);
-    let (retain_tx, retain_rx) = mpsc::unbounded_channel();
-    let _ = ctx.retain_tx.set(retain_tx);
     let (cluster, _) = Actor::spawn(
         None,
         ClusterService,
@@ -329,7 +318,8 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             ctx: ctx.clone(),
             me,
             node_server: node_server.clone(),
-            view,
+            view: view.clone(),
+            registry,
             settings: ClusterSettings {
                 heartbeat_interval: cfg.cluster.heartbeat_interval,
                 down_timeout: cfg.cluster.down_timeout,
@@ -349,9 +339,6 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("cannot start the cluster service: {e}"))?;
-    let registry = Arc::new(Registry::new(ctx.node.clone()));
-    registry.set_service(cluster.clone());
-    let _ = ctx.registry.set(registry);
     let (endpoint, _) = Actor::spawn(None, Endpoint, cluster.clone())
         .await
         .map_err(|e| format!("cannot start the cluster endpoint: {e}"))?;
@@ -475,12 +462,38 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         ctx: ctx.clone(),
         discovery_strategy: strategy,
         cluster: cluster.clone(),
+        view: view.clone(),
         shutdown: Arc::new(shutdown),
     });
     let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
         .await
         .map_err(|e| format!("cannot start the control actor: {e}"))?;
     ractor::pg::join(ctl_group(&name), vec![control.get_cell()]);
+
+    // MQTT listeners, once the node is wired: a client that connects
+    // now gets the cluster-wide client id lock and the remote routes.
+    let mut listener_tasks = Vec::new();
+    for (lname, l) in &cfg.listeners.tcp {
+        if !l.enable {
+            continue;
+        }
+        let sock = TcpListener::bind(l.bind)
+            .await
+            .map_err(|e| format!("listeners.tcp.{lname}: cannot listen on {}: {e}", l.bind))?;
+        tracing::info!("listener tcp:{lname} on {}", l.bind);
+        let max_conn = l.max_connections;
+        let mountpoint = Some(l.mountpoint.as_str())
+            .filter(|m| !m.is_empty())
+            .map(Arc::from);
+        listener_tasks.push(tokio::spawn(accept_loop(
+            sock,
+            l.bind,
+            ctx.clone(),
+            max_conn,
+            lname.clone(),
+            mountpoint,
+        )));
+    }
 
     let pid = pid_file(&cfg);
     let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));

@@ -10,6 +10,7 @@
 
 use crate::inbox::{Inbox, Matches, Pushed};
 use crate::metrics::{inc, Metrics, Stats};
+use crate::peers::{BrokerLinks, GroupKey, RemoteRoutes, RouteOp};
 use crate::retainer::Retainer;
 use crate::shard::{owner_shard, ShardActor, ShardMsg};
 use emqx_mqtt::delivery::SubMatch;
@@ -99,10 +100,9 @@ pub struct Tables {
     /// Routes: filter -> nodes with subscribers (only this node for now;
     /// the cluster replicates this table).
     pub routes: RwLock<BTreeMap<Arc<str>, Vec<Arc<str>>>>,
-    /// Where the shard actors report this node's route changes, once the
-    /// cluster service listens.
-    pub route_tx:
-        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::cluster::routes::RouteOp>>,
+    /// Where the shard actors report this node's route changes for the
+    /// cluster to replicate.
+    pub route_tx: Option<tokio::sync::mpsc::UnboundedSender<RouteOp>>,
 }
 
 pub fn shard_of(key: &str, n: usize) -> usize {
@@ -154,8 +154,8 @@ pub struct Broker {
     pub retainer: Retainer,
     pub metrics: Arc<Metrics>,
     pub stats: Arc<Stats>,
-    /// The cluster's routes and forwarder, once this node runs the cluster service.
-    pub cluster: std::sync::OnceLock<Arc<crate::cluster::service::ClusterView>>,
+    /// The other nodes' routes and the way to them.
+    remote: Option<Arc<dyn RemoteRoutes>>,
     /// Round-robin position for choosing among nodes of a shared group.
     rr: AtomicUsize,
 }
@@ -175,13 +175,14 @@ impl Broker {
         retainer: Retainer,
         metrics: Arc<Metrics>,
         stats: Arc<Stats>,
+        links: BrokerLinks,
     ) -> Result<Arc<Broker>, ractor::SpawnErr> {
         let n = settings.shards.max(1);
         let tables = Arc::new(Tables {
             exact: (0..n).map(|_| RwLock::new(HashMap::new())).collect(),
             wild: RwLock::new(TopicTrie::new()),
             routes: RwLock::new(BTreeMap::new()),
-            route_tx: std::sync::OnceLock::new(),
+            route_tx: links.route_tx,
         });
         let mut shards = Vec::with_capacity(n);
         for i in 0..n {
@@ -201,7 +202,7 @@ impl Broker {
             retainer,
             metrics,
             stats,
-            cluster: std::sync::OnceLock::new(),
+            remote: links.remote,
             rr: AtomicUsize::new(0),
         }))
     }
@@ -282,30 +283,16 @@ impl Broker {
     fn dispatch(&self, msg: Arc<Message>, target: Target) -> (usize, Option<Arc<Inbox>>) {
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
-        let view = match target {
-            Target::All => self.cluster.get(),
+        let remote = match target {
+            Target::All => self.remote.as_deref(),
             _ => None,
         };
         // Remote side first: which nodes have plain routes, and which have
         // members of each shared group matching this topic.
         let mut remote_plain: Vec<Arc<str>> = Vec::new();
         let mut remote_groups: HashMap<GroupKey, Vec<Arc<str>>> = HashMap::new();
-        if let Some(v) = view {
-            let up = v.up.read();
-            v.routes.read().match_each(&msg.topic, |filter, fr| {
-                for n in fr.nodes.iter().filter(|n| up.contains(*n)) {
-                    if !remote_plain.contains(n) {
-                        remote_plain.push(n.clone());
-                    }
-                }
-                for (g, nodes) in &fr.groups {
-                    let live: Vec<Arc<str>> =
-                        nodes.iter().filter(|n| up.contains(*n)).cloned().collect();
-                    if !live.is_empty() {
-                        remote_groups.insert((Arc::from(filter), g.clone()), live);
-                    }
-                }
-            });
+        if let Some(r) = remote {
+            r.matching(&msg.topic, &mut remote_plain, &mut remote_groups);
         }
         // The tables stay read-locked until the deliveries are queued, so
         // the subscribers are borrowed, not cloned. Writers take one of
@@ -364,17 +351,19 @@ impl Broker {
         }
         drop(wild);
         drop(exact);
-        if let Some(v) = view {
+        if let Some(r) = remote {
             for node in &remote_plain {
-                match v.forwarder.forward(node, msg.clone()) {
-                    Ok(()) => inc(&self.metrics.messages_forward),
-                    Err(_) => inc(&self.metrics.messages_forward_dropped),
+                if r.forward(node, msg.clone()) {
+                    inc(&self.metrics.messages_forward);
+                } else {
+                    inc(&self.metrics.messages_forward_dropped);
                 }
             }
             for (node, group, filter) in &shared_fwd {
-                match v.forwarder.forward_shared(node, msg.clone(), group, filter) {
-                    Ok(()) => inc(&self.metrics.messages_forward),
-                    Err(_) => inc(&self.metrics.messages_forward_dropped),
+                if r.forward_shared(node, msg.clone(), group, filter) {
+                    inc(&self.metrics.messages_forward);
+                } else {
+                    inc(&self.metrics.messages_forward_dropped);
                 }
             }
             n += remote_plain.len() + shared_fwd.len();
@@ -403,9 +392,6 @@ impl Broker {
         self.tables.routes.read().len()
     }
 }
-
-/// `(filter, group)` of a shared subscription.
-type GroupKey = (Arc<str>, Arc<str>);
 
 /// Which subscribers a dispatch may reach.
 enum Target {
@@ -653,6 +639,7 @@ mod tests {
             Retainer::new(RetainerSettings::default()),
             Arc::new(Metrics::default()),
             Arc::new(Stats::default()),
+            Default::default(),
         )
         .await
         .expect("broker");

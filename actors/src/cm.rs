@@ -3,6 +3,7 @@
 //! end with exactly one session.
 
 use crate::conn::ConnHandle;
+use crate::peers::{ClientLock, RegistryError};
 use crate::session::{ClientInfo, SessionActor, SessionArgs, SessionMsg};
 use crate::Ctx;
 use emqx_mqtt::channel::SessionSnapshot;
@@ -13,6 +14,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Why a connection could not get a session.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Locked(#[from] RegistryError),
+    #[error("session spawn failed: {0}")]
+    Spawn(String),
+}
 
 /// Number of lock stripes; a client id always maps to the same stripe.
 const LOCKS: usize = 64;
@@ -81,7 +91,7 @@ impl Cm {
         ctx: &Arc<Ctx>,
         connect: Connect,
         conn: ConnHandle,
-    ) -> Result<ActorRef<SessionMsg>, String> {
+    ) -> Result<ActorRef<SessionMsg>, OpenError> {
         let cm = &ctx.cm;
         let mut connect = connect;
         if ctx.settings.use_username_as_clientid {
@@ -98,12 +108,12 @@ impl Cm {
         let _guard = cm.locks[stripe].lock().await;
         // Cluster-wide: lock the id, then discard or take over a session of
         // it on another node (an assigned id is new everywhere).
-        let held = match (ctx.registry.get(), assigned) {
+        let held = match (ctx.registry.as_deref(), assigned) {
             (Some(r), false) => Some(r.lock(&client_id).await?),
             _ => None,
         };
         let r = Cm::open_locked(ctx, connect, conn, client_id, assigned, held.as_ref()).await;
-        if let (Some(reg), Some(h)) = (ctx.registry.get(), held) {
+        if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
             reg.unlock(h).await;
         }
         r
@@ -115,8 +125,8 @@ impl Cm {
         conn: ConnHandle,
         client_id: Arc<str>,
         assigned: bool,
-        held: Option<&crate::cluster::registry::Held>,
-    ) -> Result<ActorRef<SessionMsg>, String> {
+        held: Option<&ClientLock>,
+    ) -> Result<ActorRef<SessionMsg>, OpenError> {
         let cm = &ctx.cm;
         let mut restored = None;
         if let Some(old) = cm.lookup(&client_id) {
@@ -139,12 +149,12 @@ impl Cm {
                 wait_stopped(&old).await;
                 cm.unregister(&client_id, old.get_id());
             }
-        } else if let (Some(reg), Some(h)) = (ctx.registry.get(), held) {
+        } else if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
             if !h.peers.is_empty() {
                 if connect.clean_start {
-                    reg.discard_elsewhere(&client_id, &h.peers).await;
+                    reg.discard_elsewhere(h).await;
                 } else {
-                    restored = reg.takeover_elsewhere(&client_id, &h.peers).await;
+                    restored = reg.takeover_elsewhere(h).await;
                 }
             }
         }
@@ -158,7 +168,7 @@ impl Cm {
         };
         let (actor, _) = Actor::spawn(None, SessionActor, args)
             .await
-            .map_err(|e| format!("session spawn failed: {e}"))?;
+            .map_err(|e| OpenError::Spawn(e.to_string()))?;
         cm.sessions.lock().insert(client_id, actor.clone());
         Ok(actor)
     }

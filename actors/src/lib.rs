@@ -10,6 +10,7 @@ pub mod conn;
 pub mod forward;
 pub mod inbox;
 pub mod metrics;
+pub mod peers;
 pub mod retainer;
 pub mod session;
 pub mod shard;
@@ -28,11 +29,11 @@ pub struct Ctx {
     pub sys: sys::SysSettings,
     /// When the broker started, for `uptime`.
     pub started_at: std::time::Instant,
-    /// Where retained messages published here go to be replicated, once
-    /// the cluster service listens.
-    pub retain_tx: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<message::Message>>,
-    /// The cluster-wide client id lock and takeover, once clustered.
-    pub registry: std::sync::OnceLock<Arc<cluster::registry::Registry>>,
+    /// Where retained messages published here go to be replicated.
+    pub retain_tx: Option<tokio::sync::mpsc::UnboundedSender<message::Message>>,
+    /// The cluster-wide client id lock and takeover (`None` only for a
+    /// node built without a cluster, in tests).
+    pub registry: Option<Arc<dyn peers::ClientRegistry>>,
     /// Whether the MQTT listeners are open: an autoheal restart closes
     /// them (new connects are refused) and opens them again once the node
     /// has rejoined.
@@ -56,7 +57,7 @@ impl Ctx {
             match b.retainer.store(&msg) {
                 Ok(()) => {
                     metrics::inc(&b.metrics.messages_retained);
-                    if let Some(tx) = self.retain_tx.get() {
+                    if let Some(tx) = &self.retain_tx {
                         let _ = tx.send((*msg).clone());
                     }
                 }

@@ -6,8 +6,8 @@
 //! tables concurrently only ever see a complete subscription.
 
 use crate::broker::{shard_of, FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
-use crate::cluster::routes::{RouteKey, RouteOp};
 use crate::metrics::Stats;
+use crate::peers::{RouteKey, RouteOp};
 use emqx_mqtt::topic;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -103,7 +103,7 @@ fn route_keys(real: &str, e: &FilterEntry) -> Vec<RouteKey> {
 impl ShardState {
     /// Tells the cluster service which routes of this node appeared or went.
     fn emit(&self, before: Vec<RouteKey>, after: Vec<RouteKey>) {
-        let Some(tx) = self.tables.route_tx.get() else {
+        let Some(tx) = &self.tables.route_tx else {
             return;
         };
         for k in before.iter().filter(|k| !after.contains(k)) {

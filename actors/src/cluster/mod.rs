@@ -9,5 +9,7 @@ pub mod guard;
 pub mod membership;
 pub mod registry;
 pub mod routes;
+pub mod rpc;
 pub mod service;
+pub mod view;
 pub mod wire;

@@ -12,15 +12,15 @@
 //! peer for each non-new client id on connect; fine for the cluster sizes a
 //! full mesh supports, and the table can replace the fan-out later.
 
-use super::service::{call_peer, SvcMsg};
+use super::rpc::call_peer;
 use super::wire::{Req, Resp};
+use crate::peers::{BoxFuture, ClientLock, ClientRegistry, RegistryError};
 use emqx_mqtt::channel::SessionSnapshot;
-use parking_lot::Mutex;
-use ractor::ActorRef;
+use parking_lot::{Mutex, RwLock};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A lock whose holder vanished is free again after this long.
@@ -30,43 +30,33 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Registry {
     pub me: Arc<str>,
-    svc: OnceLock<ActorRef<SvcMsg>>,
+    /// The running peers (never this node), as the cluster service last
+    /// saw them.
+    running: RwLock<Vec<String>>,
     /// Locks this node holds for the client ids it owns: id -> (holder, expiry).
     locks: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-/// The peers a connect talked to, to release the lock afterwards.
-pub struct Held {
-    client: String,
-    owner: String,
-    pub peers: Vec<String>,
 }
 
 impl Registry {
     pub fn new(me: Arc<str>) -> Registry {
         Registry {
             me,
-            svc: OnceLock::new(),
+            running: RwLock::new(Vec::new()),
             locks: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn set_service(&self, svc: ActorRef<SvcMsg>) {
-        let _ = self.svc.set(svc);
+    /// The cluster service tells the registry who runs, after every change.
+    pub fn set_running(&self, peers: Vec<String>) {
+        let mut r = self.running.write();
+        if *r != peers {
+            *r = peers;
+        }
     }
 
     /// Running peers (never this node).
-    pub async fn peers(&self) -> Vec<String> {
-        let Some(svc) = self.svc.get() else {
-            return Vec::new();
-        };
-        match svc
-            .call(SvcMsg::RunningPeers, Some(Duration::from_secs(5)))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(p)) => p,
-            _ => Vec::new(),
-        }
+    pub fn peers(&self) -> Vec<String> {
+        self.running.read().clone()
     }
 
     /// The node that holds the lock of `client`, among `peers` and us.
@@ -100,8 +90,8 @@ impl Registry {
     }
 
     /// Takes the cluster lock of `client`, waiting up to a few seconds.
-    pub async fn lock(&self, client: &str) -> Result<Held, String> {
-        let peers = self.peers().await;
+    pub async fn lock(&self, client: &str) -> Result<ClientLock, RegistryError> {
+        let peers = self.peers();
         let owner = self.owner(client, &peers);
         let deadline = Instant::now() + LOCK_WAIT;
         let mut wait = Duration::from_millis(5);
@@ -121,21 +111,21 @@ impl Registry {
                 }
             };
             if got {
-                return Ok(Held {
+                return Ok(ClientLock {
                     client: client.to_string(),
                     owner,
                     peers,
                 });
             }
             if Instant::now() > deadline {
-                return Err(format!("client id {client} is locked by another connect"));
+                return Err(RegistryError::Locked(client.to_string()));
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(200));
         }
     }
 
-    pub async fn unlock(&self, held: Held) {
+    pub async fn unlock(&self, held: ClientLock) {
         if held.owner == *self.me {
             self.unlock_local(&held.client, &self.me);
         } else {
@@ -180,6 +170,31 @@ impl Registry {
             }
         }
         None
+    }
+}
+
+impl ClientRegistry for Registry {
+    fn lock<'a>(&'a self, client: &'a str) -> BoxFuture<'a, Result<ClientLock, RegistryError>> {
+        Box::pin(Registry::lock(self, client))
+    }
+
+    fn unlock(&self, lock: ClientLock) -> BoxFuture<'_, ()> {
+        Box::pin(Registry::unlock(self, lock))
+    }
+
+    fn discard_elsewhere<'a>(&'a self, lock: &'a ClientLock) -> BoxFuture<'a, ()> {
+        Box::pin(Registry::discard_elsewhere(self, &lock.client, &lock.peers))
+    }
+
+    fn takeover_elsewhere<'a>(
+        &'a self,
+        lock: &'a ClientLock,
+    ) -> BoxFuture<'a, Option<SessionSnapshot>> {
+        Box::pin(Registry::takeover_elsewhere(
+            self,
+            &lock.client,
+            &lock.peers,
+        ))
     }
 }
 

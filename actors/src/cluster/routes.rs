@@ -9,45 +9,11 @@
 //! longer reaches back that far. So a node that reconnects catches up
 //! without a full resend whenever it can.
 
+pub use crate::peers::{RouteKey, RouteOp};
 use emqx_mqtt::topic;
 use emqx_mqtt::trie::TopicTrie;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-
-/// What a route is for: plain subscribers of a filter, or the members of
-/// one shared-subscription group of a filter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct RouteKey {
-    pub filter: String,
-    pub group: Option<String>,
-}
-
-impl RouteKey {
-    pub fn plain(filter: &str) -> RouteKey {
-        RouteKey {
-            filter: filter.to_string(),
-            group: None,
-        }
-    }
-
-    /// The key of a subscribed filter (`$share/g/f` and `$queue/f` included).
-    pub fn of_subscription(filter: &str) -> RouteKey {
-        match topic::parse_shared(filter) {
-            Ok(Some((g, f))) => RouteKey {
-                filter: f.to_string(),
-                group: Some(g.to_string()),
-            },
-            _ => RouteKey::plain(filter),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RouteOp {
-    Add(RouteKey),
-    Del(RouteKey),
-}
 
 /// This node's own route changes, numbered, with a bounded history.
 #[derive(Debug, Clone)]

@@ -11,16 +11,18 @@
 use super::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
 use super::detector::Backoff;
 use super::membership::{atom, status_json, status_line, status_value, MemberInfo, Membership};
-use super::routes::{ClusterRoutes, LocalRouteLog, RouteOp};
+use super::registry::Registry;
+use super::routes::{LocalRouteLog, RouteOp};
+pub use super::rpc::{call_peer, call_peer_within, endpoint_of, group_of, EndpointMsg};
+use super::rpc::{cast_peer, CALL_TIMEOUT};
+pub use super::view::ClusterView;
 use super::wire::{self, JoinSnapshot, Note, Req, Resp};
-use crate::forward::Forwarder;
 use crate::metrics::inc;
 use crate::Ctx;
-use parking_lot::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::RactorMessage;
 use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServerMessage};
-use ractor_cluster::{RactorClusterMessage, RactorMessage};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -28,25 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// The process group of a node's endpoint.
-pub fn group_of(node: &str) -> String {
-    format!("emqx_cluster:{node}")
-}
-
-/// How long a join or a peer call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a dialed link to become ready.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an autoheal restart of one node may take.
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The remotable face of the cluster service.
-#[derive(RactorClusterMessage)]
-pub enum EndpointMsg {
-    #[rpc]
-    Call(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    Cast(Vec<u8>),
-}
 
 pub struct Endpoint;
 
@@ -90,48 +77,6 @@ impl Actor for Endpoint {
     }
 }
 
-/// Finds a peer's endpoint (after its link is ready).
-pub fn endpoint_of(node: &str) -> Option<ActorRef<EndpointMsg>> {
-    ractor::pg::get_members(&group_of(node))
-        .into_iter()
-        .next()
-        .map(Into::into)
-}
-
-/// Sends a request to a peer and decodes its reply.
-pub async fn call_peer(node: &str, req: &Req) -> Result<Resp, String> {
-    call_peer_within(node, req, CALL_TIMEOUT).await
-}
-
-/// [`call_peer`] with its own timeout.
-pub async fn call_peer_within(node: &str, req: &Req, timeout: Duration) -> Result<Resp, String> {
-    let ep = endpoint_of(node).ok_or_else(|| format!("no link to {node}"))?;
-    let bytes = wire::encode(req);
-    match ep
-        .call(|r| EndpointMsg::Call(bytes, r), Some(timeout))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(b)) => wire::decode(&b),
-        Ok(_) => Err(format!("{node} did not answer")),
-        Err(e) => Err(format!("{node}: {e}")),
-    }
-}
-
-fn cast_peer(node: &str, note: &Note) -> bool {
-    match endpoint_of(node) {
-        Some(ep) => ep.cast(EndpointMsg::Cast(wire::encode(note))).is_ok(),
-        None => false,
-    }
-}
-
-/// What the broker's publish path reads: remote routes and which peers are up.
-pub struct ClusterView {
-    pub me: Arc<str>,
-    pub routes: RwLock<ClusterRoutes>,
-    pub up: RwLock<HashSet<Arc<str>>>,
-    pub forwarder: Arc<Forwarder>,
-}
-
 /// Settings of the cluster service.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
@@ -160,7 +105,7 @@ pub enum SvcMsg {
     /// A retained message published on this node, to replicate.
     Retained(emqx_mqtt::message::Message),
     DialDone(String, bool),
-    RoutesFetched(String, Result<Resp, String>),
+    RoutesFetched(String, Result<Resp, super::rpc::PeerError>),
     // The local API (ctl).
     Join(String, RpcReplyPort<String>),
     Adopt(String, Box<JoinSnapshot>, RpcReplyPort<()>),
@@ -194,6 +139,9 @@ pub struct SvcArgs {
     pub me: MemberInfo,
     pub node_server: ActorRef<NodeServerMessage>,
     pub view: Arc<ClusterView>,
+    /// The client id registry the node's connect sequence uses; this
+    /// service serves its lock requests and tells it who runs.
+    pub registry: Arc<Registry>,
     pub settings: ClusterSettings,
     pub route_rx: mpsc::UnboundedReceiver<RouteOp>,
     pub retain_rx: mpsc::UnboundedReceiver<emqx_mqtt::message::Message>,
@@ -201,6 +149,7 @@ pub struct SvcArgs {
 
 pub struct SvcState {
     ctx: Arc<Ctx>,
+    registry: Arc<Registry>,
     membership: Membership,
     /// Failure detection, partitions and autoheal (plain state machine).
     monitor: Monitor,
@@ -343,8 +292,9 @@ impl Actor for ClusterService {
             );
         }
         let retained_sync = !membership.is_alone();
-        Ok(SvcState {
+        let st = SvcState {
             ctx: a.ctx,
+            registry: a.registry,
             membership,
             monitor,
             backoff: HashMap::new(),
@@ -367,7 +317,9 @@ impl Actor for ClusterService {
             pending_ups: Vec::new(),
             coordinating: false,
             rebooting: false,
-        })
+        };
+        st.publish_running();
+        Ok(st)
     }
 
     async fn handle(
@@ -552,6 +504,7 @@ impl Actor for ClusterService {
                 let _ = reply.send(v);
             }
         }
+        st.publish_running();
         Ok(())
     }
 }
@@ -757,6 +710,18 @@ fn dist_port_of(short: &str) -> u16 {
 }
 
 impl SvcState {
+    /// Hands the running peers to the client registry, which reads them
+    /// on every connect.
+    fn publish_running(&self) {
+        self.registry.set_running(
+            self.membership
+                .peers()
+                .filter(|m| m.running)
+                .map(|m| m.info.node.clone())
+                .collect(),
+        );
+    }
+
     fn me(&self) -> &str {
         &self.membership.me.node
     }
@@ -1372,14 +1337,11 @@ impl SvcState {
                 }
             }
             Req::Ctl { .. } => Resp::Refused("ctl is served by the control actor".into()),
-            Req::Lock { client, holder } => Resp::Bool(match self.ctx.registry.get() {
-                Some(r) => r.try_lock_local(&client, &holder),
-                None => true,
-            }),
+            Req::Lock { client, holder } => {
+                Resp::Bool(self.registry.try_lock_local(&client, &holder))
+            }
             Req::Unlock { client, holder } => {
-                if let Some(r) = self.ctx.registry.get() {
-                    r.unlock_local(&client, &holder);
-                }
+                self.registry.unlock_local(&client, &holder);
                 Resp::Bool(true)
             }
             Req::RetainedAll => Resp::Retained(

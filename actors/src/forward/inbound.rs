@@ -3,7 +3,7 @@
 //! `on_receive`.
 
 use super::handshake::{self, HandshakeError};
-use super::state::Shared;
+use super::state::{OnReceive, Shared};
 use super::wire::{self, DecodeError};
 use bytes::{Buf, BytesMut};
 use std::io;
@@ -15,12 +15,14 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, on_receive: OnReceive) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
-                shared.tasks.spawn(connection(shared.clone(), stream, addr));
+                shared
+                    .tasks
+                    .spawn(connection(shared.clone(), stream, addr, on_receive.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.
@@ -47,7 +49,12 @@ enum End {
     Malformed(DecodeError),
 }
 
-async fn connection(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr) {
+async fn connection(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    on_receive: OnReceive,
+) {
     let cfg = &shared.cfg;
     let _ = stream.set_nodelay(true);
     let peer = match timeout(
@@ -77,7 +84,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr
     let _up = Up(&shared);
     tracing::debug!(%addr, %peer, "inbound forwarding connection up");
     let received = shared.received_counter(&peer);
-    match read_loop(&shared, &peer, &received, stream).await {
+    match read_loop(&shared, &on_receive, &peer, &received, stream).await {
         End::Closed => tracing::debug!(%addr, %peer, "inbound forwarding connection closed"),
         End::Io(e) => tracing::debug!(%addr, %peer, "inbound forwarding connection failed: {e}"),
         End::TooLarge(n) => {
@@ -93,6 +100,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, addr: SocketAddr
 
 async fn read_loop(
     shared: &Shared,
+    on_receive: &OnReceive,
     peer: &str,
     received: &std::sync::atomic::AtomicU64,
     mut stream: TcpStream,
@@ -117,7 +125,7 @@ async fn read_loop(
             };
             let n = msgs.len() as u64;
             for (m, target) in msgs {
-                (shared.on_receive)(peer, m, target);
+                on_receive(peer, m, target);
             }
             received.fetch_add(n, Ordering::Relaxed);
             shared.received_total.fetch_add(n, Ordering::Relaxed);

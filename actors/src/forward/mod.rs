@@ -88,12 +88,26 @@ pub struct Forwarder {
     local_addr: SocketAddr,
 }
 
+/// The forwarding listener between [`Forwarder::bind`] and
+/// [`Forwarder::serve`].
+pub struct ForwardListener(TcpListener);
+
 impl Forwarder {
-    /// Binds the listener and spawns the accept loop.
+    /// Binds the listener and spawns the accept loop: [`Forwarder::bind`]
+    /// and [`Forwarder::serve`] in one step.
     pub async fn start(
         cfg: ForwardConfig,
         on_receive: OnReceive,
     ) -> std::io::Result<Arc<Forwarder>> {
+        let (f, listener) = Forwarder::bind(cfg).await?;
+        f.serve(listener, on_receive);
+        Ok(f)
+    }
+
+    /// Binds the listener; nothing is accepted until [`Forwarder::serve`].
+    /// Messages can be forwarded to peers already, so what delivers
+    /// received messages (the broker) can be built with this forwarder.
+    pub async fn bind(cfg: ForwardConfig) -> std::io::Result<(Arc<Forwarder>, ForwardListener)> {
         let listener = TcpListener::bind(cfg.listen).await?;
         let local_addr = listener.local_addr()?;
         let mut cfg = cfg;
@@ -102,7 +116,6 @@ impl Forwarder {
         cfg.batch_max = cfg.batch_max.max(1);
         let shared = Arc::new(Shared {
             cfg,
-            on_receive,
             tasks: tasks::Tasks::new(tokio::runtime::Handle::current()),
             received: RwLock::default(),
             inbound: AtomicUsize::new(0),
@@ -112,15 +125,23 @@ impl Forwarder {
             received_total: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         });
-        shared
-            .tasks
-            .spawn(inbound::accept_loop(shared.clone(), listener));
-        tracing::info!(node = %shared.cfg.node, %local_addr, "forwarding listener started");
-        Ok(Arc::new(Forwarder {
+        let f = Arc::new(Forwarder {
             shared,
             peers: RwLock::default(),
             local_addr,
-        }))
+        });
+        Ok((f, ForwardListener(listener)))
+    }
+
+    /// Accepts connections from peers; `on_receive` gets every message
+    /// they forward.
+    pub fn serve(&self, listener: ForwardListener, on_receive: OnReceive) {
+        self.shared.tasks.spawn(inbound::accept_loop(
+            self.shared.clone(),
+            listener.0,
+            on_receive,
+        ));
+        tracing::info!(node = %self.shared.cfg.node, local_addr = %self.local_addr, "forwarding listener started");
     }
 
     /// The listener's address (useful when `listen` had port 0).

@@ -175,7 +175,6 @@ impl Peer {
 /// dropping the last `Arc<Forwarder>` stops everything.
 pub(crate) struct Shared {
     pub cfg: ForwardConfig,
-    pub on_receive: OnReceive,
     pub tasks: Tasks,
     /// Messages received per sending node.
     pub received: RwLock<HashMap<Arc<str>, Arc<AtomicU64>>>,

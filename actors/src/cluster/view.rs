@@ -1,0 +1,66 @@
+//! The cluster's side of the publish path: the replicated routes of the
+//! other nodes, which of them are up, and the forwarder that reaches them,
+//! offered to the broker as [`RemoteRoutes`].
+
+use super::routes::ClusterRoutes;
+use crate::forward::Forwarder;
+use crate::peers::{GroupKey, RemoteRoutes};
+use emqx_mqtt::message::Message;
+use parking_lot::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Remote routes and which peers are up; written by the cluster service,
+/// read by every publish.
+pub struct ClusterView {
+    pub me: Arc<str>,
+    pub routes: RwLock<ClusterRoutes>,
+    pub up: RwLock<HashSet<Arc<str>>>,
+    pub forwarder: Arc<Forwarder>,
+}
+
+impl ClusterView {
+    pub fn new(me: Arc<str>, forwarder: Arc<Forwarder>) -> ClusterView {
+        ClusterView {
+            me,
+            routes: RwLock::default(),
+            up: RwLock::default(),
+            forwarder,
+        }
+    }
+}
+
+impl RemoteRoutes for ClusterView {
+    fn matching(
+        &self,
+        topic: &str,
+        plain: &mut Vec<Arc<str>>,
+        groups: &mut HashMap<GroupKey, Vec<Arc<str>>>,
+    ) {
+        let up = self.up.read();
+        self.routes.read().match_each(topic, |filter, fr| {
+            for n in fr.nodes.iter().filter(|n| up.contains(*n)) {
+                if !plain.contains(n) {
+                    plain.push(n.clone());
+                }
+            }
+            for (g, nodes) in &fr.groups {
+                let live: Vec<Arc<str>> =
+                    nodes.iter().filter(|n| up.contains(*n)).cloned().collect();
+                if !live.is_empty() {
+                    groups.insert((Arc::from(filter), g.clone()), live);
+                }
+            }
+        });
+    }
+
+    fn forward(&self, node: &str, msg: Arc<Message>) -> bool {
+        self.forwarder.forward(node, msg).is_ok()
+    }
+
+    fn forward_shared(&self, node: &str, msg: Arc<Message>, group: &str, filter: &str) -> bool {
+        self.forwarder
+            .forward_shared(node, msg, group, filter)
+            .is_ok()
+    }
+}

@@ -1,0 +1,133 @@
+//! What the node runtime needs from the other nodes of its cluster,
+//! declared here, at the bottom of the node layer, and implemented by the
+//! cluster (`cluster/`, `forward/`). The node never imports the cluster:
+//! it is handed these at construction.
+//!
+//! * [`RemoteRoutes`]: the publish path asks which other nodes want a
+//!   topic and hands them the message.
+//! * [`RouteOp`]: the changes of this node's own routes, which the shard
+//!   actors report for the cluster to replicate.
+//! * [`ClientRegistry`]: the cluster-wide side of opening a session: a
+//!   client id is locked cluster-wide, and its sessions on other nodes are
+//!   discarded or handed over.
+
+use emqx_mqtt::channel::SessionSnapshot;
+use emqx_mqtt::message::Message;
+use emqx_mqtt::topic;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What a route is for: plain subscribers of a filter, or the members of
+/// one shared-subscription group of a filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RouteKey {
+    pub filter: String,
+    pub group: Option<String>,
+}
+
+impl RouteKey {
+    pub fn plain(filter: &str) -> RouteKey {
+        RouteKey {
+            filter: filter.to_string(),
+            group: None,
+        }
+    }
+
+    /// The key of a subscribed filter (`$share/g/f` and `$queue/f` included).
+    pub fn of_subscription(filter: &str) -> RouteKey {
+        match topic::parse_shared(filter) {
+            Ok(Some((g, f))) => RouteKey {
+                filter: f.to_string(),
+                group: Some(g.to_string()),
+            },
+            _ => RouteKey::plain(filter),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteOp {
+    Add(RouteKey),
+    Del(RouteKey),
+}
+
+/// `(filter, group)` of a shared subscription.
+pub type GroupKey = (Arc<str>, Arc<str>);
+
+/// The other nodes' routes and the way to them, as the publish path sees
+/// them. Called once per publish on this node, so implementations read
+/// shared tables and never wait.
+pub trait RemoteRoutes: Send + Sync {
+    /// For `topic`: the other live nodes with plain subscribers of a
+    /// matching filter (each once, into `plain`), and for each shared group
+    /// of a matching filter its live nodes with members (into `groups`).
+    fn matching(
+        &self,
+        topic: &str,
+        plain: &mut Vec<Arc<str>>,
+        groups: &mut HashMap<GroupKey, Vec<Arc<str>>>,
+    );
+
+    /// Hands `msg` to `node` for its plain subscribers. False when it was
+    /// dropped (the node's queue is full or it is gone).
+    fn forward(&self, node: &str, msg: Arc<Message>) -> bool;
+
+    /// Hands `msg` to `node` for one member of shared group `group` of
+    /// `filter` there. False when it was dropped.
+    fn forward_shared(&self, node: &str, msg: Arc<Message>, group: &str, filter: &str) -> bool;
+}
+
+/// The cluster as a broker is built with it. Both are `None` for a broker
+/// that runs alone (unit tests); a node always has both.
+#[derive(Default, Clone)]
+pub struct BrokerLinks {
+    /// Other nodes' routes, read by the publish path.
+    pub remote: Option<Arc<dyn RemoteRoutes>>,
+    /// Where the shard actors report this node's route changes.
+    pub route_tx: Option<UnboundedSender<RouteOp>>,
+}
+
+/// A future a trait object can return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The cluster-wide lock of one client id, held while its session opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLock {
+    pub client: String,
+    /// The node that keeps the lock.
+    pub owner: String,
+    /// The running peers when the lock was taken: where other sessions of
+    /// the client id may live.
+    pub peers: Vec<String>,
+}
+
+/// Why a client id could not be locked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("client id {0} is locked by another connect")]
+    Locked(String),
+}
+
+/// The cluster-wide client registry (EMQX's emqx_cm with its cluster
+/// lock), as the connect sequence uses it.
+pub trait ClientRegistry: Send + Sync {
+    /// Takes the cluster lock of `client`, waiting a few seconds at most.
+    fn lock<'a>(&'a self, client: &'a str) -> BoxFuture<'a, Result<ClientLock, RegistryError>>;
+
+    fn unlock(&self, lock: ClientLock) -> BoxFuture<'_, ()>;
+
+    /// Ends the sessions of the locked client id on every other node
+    /// (clean start).
+    fn discard_elsewhere<'a>(&'a self, lock: &'a ClientLock) -> BoxFuture<'a, ()>;
+
+    /// Takes the session of the locked client id over from whichever
+    /// other node holds it.
+    fn takeover_elsewhere<'a>(
+        &'a self,
+        lock: &'a ClientLock,
+    ) -> BoxFuture<'a, Option<SessionSnapshot>>;
+}
