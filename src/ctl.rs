@@ -2,7 +2,7 @@
 //! emqx_mgmt_cli), and the control actor that serves them to remote shells
 //! over the inter-node protocol.
 
-use crate::node::Node;
+use crate::running::Node;
 use emqx_actors::cluster::service::SvcMsg;
 use emqx_actors::session::ClientInfo;
 use emqx_actors::sys::{human_uptime, SYSDESCR, VERSION};

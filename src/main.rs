@@ -8,6 +8,7 @@ mod config;
 mod ctl;
 mod node;
 mod remote;
+mod running;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,11 +3,12 @@
 
 use crate::config::Config;
 use crate::ctl::{ctl_group, ControlActor, ControlMsg};
+use crate::running::{pid_file, Node};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
 use emqx_actors::cluster::registry::Registry;
 use emqx_actors::cluster::service::{
-    group_of, ClusterService, ClusterSettings, ClusterView, Endpoint, SvcArgs, SvcMsg,
+    group_of, ClusterService, ClusterSettings, ClusterView, Endpoint, SvcArgs,
 };
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
@@ -20,27 +21,12 @@ use emqx_mqtt::settings::MqttSettings;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServer;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
-
-/// The running node, as seen by ctl commands.
-pub struct Node {
-    pub name: String,
-    pub ctx: Arc<Ctx>,
-    /// The cluster service (membership, joins, routes).
-    pub cluster: ActorRef<SvcMsg>,
-    /// The other nodes' routes, as the publish path reads them.
-    pub view: Arc<ClusterView>,
-    /// `cluster.discovery_strategy`.
-    pub discovery_strategy: String,
-    /// Set to true to stop the node.
-    pub shutdown: Arc<watch::Sender<bool>>,
-}
 
 /// Translates `mqtt.*` into the broker crate's settings.
 pub fn mqtt_settings(c: &Config) -> MqttSettings {
@@ -130,10 +116,6 @@ fn init_logging(cfg: &Config, console: bool) {
         .with(console_layer)
         .with(file_layer)
         .try_init();
-}
-
-pub fn pid_file(cfg: &Config) -> PathBuf {
-    cfg.node.data_dir.join(format!("{}.pid", cfg.node.name))
 }
 
 /// `foreground` / `console`: runs until stopped.

@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::ctl::{ctl_group, ControlMsg};
-use crate::node::Node;
+use crate::running::Node;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
@@ -254,7 +254,7 @@ pub fn main(cfg: &Config, cmd: &str, args: Vec<String>) -> ExitCode {
 }
 
 async fn stop(cfg: &Config, remote: &Remote) -> ExitCode {
-    let pid = std::fs::read_to_string(crate::node::pid_file(cfg))
+    let pid = std::fs::read_to_string(crate::running::pid_file(cfg))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok());
     if let Err(e) = remote.run(&["stop".into()]).await {

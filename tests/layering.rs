@@ -2,36 +2,15 @@
 //!
 //! * no import cycle between the files of any crate (an import is a `use`
 //!   or a path naming another file's module: `crate::a::b`, `super::x`, a
-//!   child module named in a `use`);
+//!   child module by its name); test-only code does not count;
 //! * the protocol crate (`mqtt/`) depends on no runtime (tokio, ractor) and
 //!   reads no clock;
 //! * the node runtime in `actors/` never imports the cluster (`cluster/`,
 //!   `forward/`): what it needs from other nodes is declared in
 //!   `actors/src/peers.rs` and handed to it at construction.
-//!
-//! Where the code does not hold a rule yet (import cycles), the exceptions
-//! are listed below by name. The list may only shrink: an exception that
-//! no longer occurs fails the test too, so whoever removes one also removes
-//! it here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// Import cycles that still exist, each as the sorted files of one
-/// strongly connected component (crate-relative paths).
-const KNOWN_CYCLES: &[&[&str]] = &[
-    &[
-        "actors/src/broker.rs",
-        "actors/src/cm.rs",
-        "actors/src/conn.rs",
-        "actors/src/inbox.rs",
-        "actors/src/lib.rs",
-        "actors/src/session.rs",
-        "actors/src/shard.rs",
-        "actors/src/sys.rs",
-    ],
-    &["src/ctl.rs", "src/node.rs", "src/remote.rs"],
-];
 
 /// The crates and their source roots.
 const CRATES: &[(&str, &str)] = &[
@@ -386,21 +365,14 @@ fn all_graphs() -> Vec<(&'static str, BTreeMap<String, BTreeSet<String>>)> {
 }
 
 #[test]
-fn no_import_cycles_between_files_beyond_the_known_ones() {
+fn no_import_cycles_between_files() {
     let mut found: Vec<Vec<String>> = Vec::new();
     for (_, g) in all_graphs() {
         found.extend(cycles(&g));
     }
-    let known: Vec<Vec<String>> = KNOWN_CYCLES
-        .iter()
-        .map(|c| c.iter().map(|s| s.to_string()).collect())
-        .collect();
-    let new: Vec<_> = found.iter().filter(|c| !known.contains(c)).collect();
-    let gone: Vec<_> = known.iter().filter(|c| !found.contains(c)).collect();
     assert!(
-        new.is_empty() && gone.is_empty(),
-        "import cycles changed.\nnew cycles (break them): {new:#?}\n\
-         listed cycles that no longer exist (remove them from KNOWN_CYCLES): {gone:#?}"
+        found.is_empty(),
+        "import cycles between files (move the shared types into a file both import): {found:#?}"
     );
 }
 

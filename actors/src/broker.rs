@@ -8,22 +8,22 @@
 //! filters that hash to it, so two subscribes to one filter are applied in
 //! order and a subscribe never waits behind a publish for long.
 
+use crate::hashing::{bucket, hash_str};
 use crate::inbox::{Inbox, Matches, Pushed};
 use crate::metrics::{inc, Metrics, Stats};
-use crate::peers::{BrokerLinks, GroupKey, RemoteRoutes, RouteOp};
+use crate::peers::{BrokerLinks, GroupKey, RemoteRoutes};
 use crate::retainer::Retainer;
 use crate::shard::{owner_shard, ShardActor, ShardMsg};
+pub use crate::tables::{FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
 use emqx_mqtt::delivery::SubMatch;
 use emqx_mqtt::message::Message;
-use emqx_mqtt::packet::{QoS, SubscriptionOptions};
+use emqx_mqtt::packet::QoS;
 use emqx_mqtt::topic::{self, TopicError};
 use emqx_mqtt::trie::TopicTrie;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use ractor::{Actor, ActorRef};
 use rand::Rng;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -54,67 +54,6 @@ impl SharedStrategy {
             _ => return None,
         })
     }
-}
-
-/// One subscriber of one filter.
-#[derive(Debug, Clone)]
-pub struct Subscriber {
-    pub client_id: Arc<str>,
-    /// Where deliveries for the session go; past
-    /// [`BrokerSettings::max_session_backlog`] waiting in it, new ones are
-    /// dropped, so a session that cannot keep up never grows without bound.
-    pub inbox: Arc<Inbox>,
-    pub opts: SubscriptionOptions,
-    pub sub_id: Option<u32>,
-}
-
-/// Members of one shared-subscription group of one filter.
-#[derive(Debug, Default)]
-pub struct SharedGroup {
-    pub members: Vec<Subscriber>,
-    next: AtomicUsize,
-    /// The member a sticky group keeps sending to while it stays subscribed.
-    sticky: Mutex<Option<Arc<str>>>,
-}
-
-/// Everything subscribed to one filter on this node.
-#[derive(Debug, Default)]
-pub struct FilterEntry {
-    pub subs: HashMap<Arc<str>, Subscriber>,
-    pub groups: BTreeMap<Arc<str>, SharedGroup>,
-}
-
-impl FilterEntry {
-    pub fn is_empty(&self) -> bool {
-        self.subs.is_empty() && self.groups.is_empty()
-    }
-}
-
-/// The tables every publish reads.
-pub struct Tables {
-    /// Non-wildcard filters, sharded by the filter's hash; a publish to
-    /// topic T only reads shard hash(T), because only filter T can match.
-    pub exact: Vec<RwLock<HashMap<Arc<str>, FilterEntry>>>,
-    /// Wildcard filters.
-    pub wild: RwLock<TopicTrie<FilterEntry>>,
-    /// Routes: filter -> nodes with subscribers (only this node for now;
-    /// the cluster replicates this table).
-    pub routes: RwLock<BTreeMap<Arc<str>, Vec<Arc<str>>>>,
-    /// Where the shard actors report this node's route changes for the
-    /// cluster to replicate.
-    pub route_tx: Option<tokio::sync::mpsc::UnboundedSender<RouteOp>>,
-}
-
-pub fn shard_of(key: &str, n: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % n as u64) as usize
-}
-
-fn hash_str(s: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
 }
 
 /// Settings the broker reads from `mqtt.*`.
@@ -158,13 +97,6 @@ pub struct Broker {
     remote: Option<Arc<dyn RemoteRoutes>>,
     /// Round-robin position for choosing among nodes of a shared group.
     rr: AtomicUsize,
-}
-
-/// Result of a subscribe applied by a shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubscribeOutcome {
-    /// False when the same client already had this filter (options replaced).
-    pub is_new: bool,
 }
 
 impl Broker {
@@ -298,7 +230,7 @@ impl Broker {
         // the subscribers are borrowed, not cloned. Writers take one of
         // these locks at a time, so holding both cannot deadlock.
         let t: &str = &msg.topic;
-        let exact = self.tables.exact[shard_of(t, self.tables.exact.len())].read();
+        let exact = self.tables.exact[bucket(t, self.tables.exact.len())].read();
         let wild = self.tables.wild.read();
         let mut v = Visit {
             out: Gather::default(),
@@ -581,6 +513,7 @@ mod tests {
     use super::*;
     use crate::retainer::RetainerSettings;
     use crate::session::SessionMsg;
+    use emqx_mqtt::packet::SubscriptionOptions;
     use ractor::ActorProcessingErr;
     use tokio::sync::mpsc;
 

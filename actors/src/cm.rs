@@ -1,40 +1,27 @@
 //! The client registry (EMQX's emqx_cm): client id -> session actor, and
 //! the per-client-id lock that makes two simultaneous CONNECTs with one id
-//! end with exactly one session.
+//! end with exactly one session (taken by [`crate::connect`]).
 
-use crate::conn::ConnHandle;
-use crate::peers::{ClientLock, RegistryError};
-use crate::session::{ClientInfo, SessionActor, SessionArgs, SessionMsg};
-use crate::Ctx;
+use crate::session_msg::{ClientInfo, SessionMsg};
 use emqx_mqtt::channel::SessionSnapshot;
-use emqx_mqtt::packet::Connect;
 use parking_lot::Mutex;
-use ractor::{Actor, ActorId, ActorRef};
+use ractor::{ActorId, ActorRef};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Why a connection could not get a session.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error(transparent)]
-    Locked(#[from] RegistryError),
-    #[error("session spawn failed: {0}")]
-    Spawn(String),
-}
-
 /// Number of lock stripes; a client id always maps to the same stripe.
-const LOCKS: usize = 64;
+pub(crate) const LOCKS: usize = 64;
 
 /// How long an old session may take to hand over or go away.
-const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Cm {
-    sessions: Mutex<HashMap<Arc<str>, ActorRef<SessionMsg>>>,
+    pub(crate) sessions: Mutex<HashMap<Arc<str>, ActorRef<SessionMsg>>>,
     /// Striped async locks held across the whole open sequence (look up,
     /// discard or resume, spawn, register) of one client id.
-    locks: Vec<tokio::sync::Mutex<()>>,
+    pub(crate) locks: Vec<tokio::sync::Mutex<()>>,
     next_assigned: AtomicU64,
 }
 
@@ -73,7 +60,7 @@ impl Cm {
     }
 
     /// A client id for a client that sent an empty one.
-    fn assign_id(&self, node: &str) -> String {
+    pub(crate) fn assign_id(&self, node: &str) -> String {
         let n = self.next_assigned.fetch_add(1, Ordering::Relaxed);
         let r: u32 = rand::random();
         format!(
@@ -82,95 +69,6 @@ impl Cm {
             r,
             n
         )
-    }
-
-    /// Opens the session for a new connection: resumes or discards an
-    /// existing session of the same client id, or starts a new one. The
-    /// session actor sends the CONNACK.
-    pub async fn open(
-        ctx: &Arc<Ctx>,
-        connect: Connect,
-        conn: ConnHandle,
-    ) -> Result<ActorRef<SessionMsg>, OpenError> {
-        let cm = &ctx.cm;
-        let mut connect = connect;
-        if ctx.settings.use_username_as_clientid {
-            if let Some(u) = connect.username.as_ref().filter(|u| !u.is_empty()) {
-                connect.client_id = u.clone();
-            }
-        }
-        let (client_id, assigned): (Arc<str>, bool) = if connect.client_id.is_empty() {
-            (Arc::from(cm.assign_id(&ctx.node)), true)
-        } else {
-            (Arc::from(connect.client_id.as_str()), false)
-        };
-        let stripe = crate::broker::shard_of(&client_id, LOCKS);
-        let _guard = cm.locks[stripe].lock().await;
-        // Cluster-wide: lock the id, then discard or take over a session of
-        // it on another node (an assigned id is new everywhere).
-        let held = match (ctx.registry.as_deref(), assigned) {
-            (Some(r), false) => Some(r.lock(&client_id).await?),
-            _ => None,
-        };
-        let r = Cm::open_locked(ctx, connect, conn, client_id, assigned, held.as_ref()).await;
-        if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
-            reg.unlock(h).await;
-        }
-        r
-    }
-
-    async fn open_locked(
-        ctx: &Arc<Ctx>,
-        connect: Connect,
-        conn: ConnHandle,
-        client_id: Arc<str>,
-        assigned: bool,
-        held: Option<&ClientLock>,
-    ) -> Result<ActorRef<SessionMsg>, OpenError> {
-        let cm = &ctx.cm;
-        let mut restored = None;
-        if let Some(old) = cm.lookup(&client_id) {
-            if connect.clean_start {
-                let _ = old.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
-                wait_stopped(&old).await;
-                cm.unregister(&client_id, old.get_id());
-            } else {
-                let r = old
-                    .call(
-                        |r| SessionMsg::Resume(Box::new(connect.clone()), conn.clone(), r),
-                        Some(TAKEOVER_TIMEOUT),
-                    )
-                    .await;
-                if let Ok(ractor::rpc::CallResult::Success(true)) = r {
-                    return Ok(old);
-                }
-                // The old session ended with its connection, or died
-                // meanwhile: start afresh.
-                wait_stopped(&old).await;
-                cm.unregister(&client_id, old.get_id());
-            }
-        } else if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
-            if !h.peers.is_empty() {
-                if connect.clean_start {
-                    reg.discard_elsewhere(h).await;
-                } else {
-                    restored = reg.takeover_elsewhere(h).await;
-                }
-            }
-        }
-        let args = SessionArgs {
-            ctx: ctx.clone(),
-            connect,
-            conn,
-            client_id: client_id.clone(),
-            assigned,
-            restored,
-        };
-        let (actor, _) = Actor::spawn(None, SessionActor, args)
-            .await
-            .map_err(|e| OpenError::Spawn(e.to_string()))?;
-        cm.sessions.lock().insert(client_id, actor.clone());
-        Ok(actor)
     }
 
     /// Ends this node's session of `client` because a clean-start connect
@@ -240,7 +138,7 @@ impl Cm {
     }
 }
 
-async fn wait_stopped(a: &ActorRef<SessionMsg>) {
+pub(crate) async fn wait_stopped(a: &ActorRef<SessionMsg>) {
     for _ in 0..100 {
         if matches!(a.get_status(), ractor::ActorStatus::Stopped) {
             return;

@@ -8,227 +8,24 @@
 //! caught up with what was read, and while the client is throttled for
 //! filling a subscriber's inbox (see `docs/architecture.md`, flow control).
 
-use crate::cm::Cm;
-use crate::inbox::Inbox;
+use crate::connect::open_session;
 use crate::metrics::{add, inc, Stats};
-use crate::session::{CloseCause, SessionMsg};
+pub use crate::outbox::ConnHandle;
+use crate::outbox::{ConnCmd, ConnEnd, MAX_INBOUND, STALLED};
+use crate::session_msg::{CloseCause, SessionMsg};
 use crate::Ctx;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use emqx_mqtt::codec::{self, DecodeError};
 use emqx_mqtt::packet::*;
-use parking_lot::Mutex;
 use ractor::ActorRef;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio::time::{timeout, Instant};
-
-/// Commands from the session actor to its connection task.
-#[derive(Debug)]
-pub enum ConnCmd {
-    Write(Bytes),
-    /// Flush what was queued, then close the socket.
-    Close,
-}
-
-/// The session actor's handle on a live connection.
-#[derive(Debug)]
-pub struct ConnHandle {
-    pub id: u64,
-    pub peer: SocketAddr,
-    /// The mount point template of the listener the client came through.
-    pub mountpoint: Option<Arc<str>>,
-    out: Arc<Outbox>,
-}
-
-/// A throttled publisher's reading resumes when the subscriber it waits
-/// for has taken nothing from its inbox for this long: a stalled
-/// subscriber must not stop its publishers for good (its inbox then fills
-/// and drops, counted).
-const STALLED: Duration = Duration::from_secs(1);
-
-/// Packets read and handed to the session but not yet handled by it,
-/// beyond which reading pauses: the session's mailbox stays short, and a
-/// throttle takes effect within this many packets.
-const MAX_INBOUND: usize = 32;
-
-/// What a session and its connection task share: the queue from the
-/// session to the task (a locked deque that holds memory only while
-/// commands wait, and a `Notify`; a tokio unbounded mpsc allocates about
-/// 1.5 KB up front per connection) and the flow-control state.
-#[derive(Debug, Default)]
-struct Outbox {
-    /// Bytes queued and not yet written.
-    pending: AtomicUsize,
-    state: Mutex<OutboxState>,
-    notify: Notify,
-    /// A subscriber's inbox this client's publishes filled past its
-    /// high-water mark: reading pauses until it drains.
-    throttle: Mutex<Option<Arc<Inbox>>>,
-    /// Set with `throttle`, so the reader checks a flag, not a lock.
-    throttle_set: AtomicBool,
-    /// Packets handed to the session and not yet handled.
-    inbound: AtomicUsize,
-    /// The session caught up with `inbound`.
-    inbound_wake: Notify,
-}
-
-#[derive(Debug, Default)]
-struct OutboxState {
-    cmds: VecDeque<ConnCmd>,
-    /// Live `ConnHandle`s: the connection ends when the last one is dropped.
-    handles: usize,
-    /// The connection task is gone: nothing more is queued.
-    closed: bool,
-}
-
-impl Outbox {
-    /// Queues a command; false if the connection task is gone.
-    fn push(&self, cmd: ConnCmd) -> bool {
-        {
-            let mut s = self.state.lock();
-            if s.closed {
-                return false;
-            }
-            s.cmds.push_back(cmd);
-        }
-        self.notify.notify_one();
-        true
-    }
-
-    /// The next queued command, if any. The deque's memory is freed once
-    /// it is empty, so an idle connection holds none.
-    fn try_recv(&self) -> Option<ConnCmd> {
-        let mut s = self.state.lock();
-        let cmd = s.cmds.pop_front();
-        if cmd.is_some() && s.cmds.is_empty() {
-            s.cmds = VecDeque::new();
-        }
-        cmd
-    }
-
-    /// The next command; None once every `ConnHandle` is dropped and the
-    /// queue is empty. Cancel-safe: nothing is taken before it returns.
-    async fn recv(&self) -> Option<ConnCmd> {
-        loop {
-            {
-                let mut s = self.state.lock();
-                if let Some(cmd) = s.cmds.pop_front() {
-                    if s.cmds.is_empty() {
-                        s.cmds = VecDeque::new();
-                    }
-                    return Some(cmd);
-                }
-                if s.handles == 0 {
-                    return None;
-                }
-            }
-            // `notify_one` stores a permit when nobody waits, so a push
-            // between the check above and this await is not missed.
-            self.notify.notified().await;
-        }
-    }
-}
-
-/// The connection task's end of an [`Outbox`]: when the task ends, later
-/// writes fail and what was queued is dropped.
-struct ConnEnd(Arc<Outbox>);
-
-impl std::ops::Deref for ConnEnd {
-    type Target = Outbox;
-    fn deref(&self) -> &Outbox {
-        &self.0
-    }
-}
-
-impl Drop for ConnEnd {
-    fn drop(&mut self) {
-        let mut s = self.0.state.lock();
-        s.closed = true;
-        s.cmds = VecDeque::new();
-    }
-}
-
-impl Clone for ConnHandle {
-    fn clone(&self) -> Self {
-        self.out.state.lock().handles += 1;
-        ConnHandle {
-            id: self.id,
-            peer: self.peer,
-            mountpoint: self.mountpoint.clone(),
-            out: self.out.clone(),
-        }
-    }
-}
-
-impl Drop for ConnHandle {
-    fn drop(&mut self) {
-        let last = {
-            let mut s = self.out.state.lock();
-            s.handles -= 1;
-            s.handles == 0
-        };
-        if last {
-            self.out.notify.notify_one();
-        }
-    }
-}
-
-impl ConnHandle {
-    /// A new connection's handle and the connection task's end of it.
-    fn new(id: u64, peer: SocketAddr, mountpoint: Option<Arc<str>>) -> (ConnHandle, ConnEnd) {
-        let out = Arc::new(Outbox::default());
-        out.state.lock().handles = 1;
-        (
-            ConnHandle {
-                id,
-                peer,
-                mountpoint,
-                out: out.clone(),
-            },
-            ConnEnd(out),
-        )
-    }
-
-    /// Queues an encoded packet; false if the connection is gone.
-    pub fn write(&self, b: Bytes) -> bool {
-        self.out.pending.fetch_add(b.len(), Ordering::Relaxed);
-        self.out.push(ConnCmd::Write(b))
-    }
-
-    pub fn close(&self) {
-        let _ = self.out.push(ConnCmd::Close);
-    }
-
-    /// Bytes waiting to be written to the socket.
-    pub fn pending(&self) -> usize {
-        self.out.pending.load(Ordering::Relaxed)
-    }
-
-    /// Pauses reading from this client until `inbox` (a subscriber its
-    /// QoS 1/2 messages go to) drains to its low-water mark, or stops
-    /// draining for [`STALLED`]. Back-pressure: the client's own TCP
-    /// window then slows it down, instead of the subscriber's queue
-    /// overflowing. Takes effect before the next packet is decoded.
-    pub fn throttle(&self, inbox: Arc<Inbox>) {
-        *self.out.throttle.lock() = Some(inbox);
-        self.out.throttle_set.store(true, Ordering::Release);
-    }
-
-    /// The session handled one packet of this connection.
-    pub fn inbound_done(&self) {
-        let prev = self.out.inbound.fetch_sub(1, Ordering::AcqRel);
-        if prev == MAX_INBOUND / 2 + 1 {
-            self.out.inbound_wake.notify_one();
-        }
-    }
-}
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -501,7 +298,7 @@ where
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (handle, rx) = ConnHandle::new(conn_id, peer, mountpoint);
-    let session: ActorRef<SessionMsg> = match Box::pin(Cm::open(ctx, *connect, handle)).await {
+    let session: ActorRef<SessionMsg> = match Box::pin(open_session(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, "could not open a session: {e}");
@@ -632,39 +429,6 @@ async fn write_packet<W: AsyncWrite + Unpin>(
 mod tests {
     fn ret_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
         std::mem::size_of::<R>()
-    }
-
-    #[tokio::test]
-    async fn outbox_keeps_order_and_ends_with_the_last_handle() {
-        use super::{ConnCmd, ConnHandle};
-        use bytes::Bytes;
-        use std::time::Duration;
-        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap(), None);
-        let h2 = h.clone();
-        assert!(h.write(Bytes::from_static(b"ab")));
-        h2.close();
-        assert_eq!(h.pending(), 2);
-        assert!(matches!(rx.recv().await, Some(ConnCmd::Write(b)) if &b[..] == b"ab"));
-        assert!(matches!(rx.recv().await, Some(ConnCmd::Close)));
-        assert!(rx.try_recv().is_none());
-        // A handle is left: recv waits, and wakes for a later write.
-        drop(h);
-        assert!(tokio::time::timeout(Duration::from_millis(20), rx.recv())
-            .await
-            .is_err());
-        let w = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            h2.write(Bytes::from_static(b"c"));
-            h2
-        });
-        assert!(matches!(rx.recv().await, Some(ConnCmd::Write(b)) if &b[..] == b"c"));
-        // The last handle goes: the connection ends.
-        drop(w.await.unwrap());
-        assert!(rx.recv().await.is_none());
-        // The connection task is gone: writes fail.
-        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap(), None);
-        drop(rx);
-        assert!(!h.write(Bytes::from_static(b"x")));
     }
 
     /// What one idle connection keeps resident is its task's future: it

@@ -5,18 +5,17 @@
 //! and put the subscriber's own acknowledgements behind every delivery
 //! already queued, so a busy subscriber's inflight window reopened only
 //! after its whole backlog had been moved. Here, a publisher appends to a
-//! locked queue and wakes the session with one `SessionMsg::Drain` when the
+//! locked queue and wakes the session (one `SessionMsg::Drain`) when the
 //! queue goes from idle to busy; the session takes deliveries in batches,
 //! and between batches its mailbox (acknowledgements, connection events)
 //! is served. The session also stops taking while its client's inflight
 //! window and queue are full, so a slow subscriber's backlog stays here,
 //! where it is bounded and where publishers can see it and slow down.
 
-use crate::session::SessionMsg;
 use emqx_mqtt::delivery::SubMatch;
 use emqx_mqtt::message::Message;
 use parking_lot::Mutex;
-use ractor::{ActorId, ActorRef};
+use ractor::ActorId;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +48,16 @@ struct State {
     scheduled: bool,
 }
 
+/// The session's side of an inbox: how it is woken, and who it is. The
+/// session actor implements it; the inbox knows nothing else of it.
+pub trait Wake: Send + Sync {
+    /// Asks the session to take from its inbox. False when it is gone.
+    fn wake(&self) -> bool;
+    fn id(&self) -> ActorId;
+}
+
 pub struct Inbox {
-    session: ActorRef<SessionMsg>,
+    session: Box<dyn Wake>,
     state: Mutex<State>,
     /// Woken when the inbox falls to its low-water mark (see
     /// [`Inbox::wait_drained`]).
@@ -63,16 +70,16 @@ pub struct Inbox {
 impl std::fmt::Debug for Inbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbox")
-            .field("session", &self.session.get_id())
+            .field("session", &self.session.id())
             .field("len", &self.len())
             .finish()
     }
 }
 
 impl Inbox {
-    pub fn new(session: ActorRef<SessionMsg>) -> Arc<Inbox> {
+    pub fn new(session: impl Wake + 'static) -> Arc<Inbox> {
         Arc::new(Inbox {
-            session,
+            session: Box::new(session),
             state: Mutex::new(State {
                 q: VecDeque::new(),
                 scheduled: false,
@@ -83,7 +90,7 @@ impl Inbox {
     }
 
     pub fn session_id(&self) -> ActorId {
-        self.session.get_id()
+        self.session.id()
     }
 
     pub fn len(&self) -> usize {
@@ -95,7 +102,7 @@ impl Inbox {
     }
 
     /// Appends a message unless `cap` are already waiting; wakes the
-    /// session if it was idle. Past the high-water mark ([`high_water`]),
+    /// session if it was idle. Past the high-water mark (`high_water`),
     /// says so.
     pub fn push(&self, item: Item, cap: usize) -> Pushed {
         let mut s = self.state.lock();
@@ -109,7 +116,7 @@ impl Inbox {
         drop(s);
         if wake {
             // A stopped session is unsubscribing: the message is lost with it.
-            let _ = self.session.cast(SessionMsg::Drain);
+            let _ = self.session.wake();
         }
         if len + 1 > high_water(cap) {
             Pushed::Congested
@@ -176,8 +183,9 @@ fn low_water(cap: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::SessionMsg;
     use emqx_mqtt::packet::SubscriptionOptions;
-    use ractor::{Actor, ActorProcessingErr};
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
     use tokio::sync::mpsc;
 
     /// Counts the Drain wake-ups it gets.

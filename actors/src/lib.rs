@@ -7,14 +7,19 @@ pub mod clock;
 pub mod cluster;
 pub mod cm;
 pub mod conn;
+pub mod connect;
 pub mod forward;
+pub mod hashing;
 pub mod inbox;
 pub mod metrics;
+pub mod outbox;
 pub mod peers;
 pub mod retainer;
 pub mod session;
+pub mod session_msg;
 pub mod shard;
 pub mod sys;
+pub mod tables;
 
 use emqx_mqtt::{message, settings};
 use std::sync::Arc;
@@ -26,7 +31,7 @@ pub struct Ctx {
     pub settings: Arc<settings::MqttSettings>,
     pub broker: Arc<broker::Broker>,
     pub cm: cm::Cm,
-    pub sys: sys::SysSettings,
+    pub sys: SysSettings,
     /// When the broker started, for `uptime`.
     pub started_at: std::time::Instant,
     /// Where retained messages published here go to be replicated.
@@ -65,5 +70,27 @@ impl Ctx {
             }
         }
         b.publish_flow(msg)
+    }
+}
+
+/// `sys_topics.*` of emqx.conf.
+#[derive(Debug, Clone)]
+pub struct SysSettings {
+    /// Period of stats/metrics/uptime messages; zero disables them.
+    pub sys_msg_interval: std::time::Duration,
+    /// Period of the uptime/datetime heartbeat; zero disables it.
+    pub sys_heartbeat_interval: std::time::Duration,
+    pub client_connected: bool,
+    pub client_disconnected: bool,
+}
+
+impl Default for SysSettings {
+    fn default() -> Self {
+        SysSettings {
+            sys_msg_interval: std::time::Duration::from_secs(60),
+            sys_heartbeat_interval: std::time::Duration::from_secs(30),
+            client_connected: true,
+            client_disconnected: true,
+        }
     }
 }

@@ -5,9 +5,10 @@
 //! the route table under short write locks, so publishers reading the same
 //! tables concurrently only ever see a complete subscription.
 
-use crate::broker::{shard_of, FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
+use crate::hashing::bucket;
 use crate::metrics::Stats;
 use crate::peers::{RouteKey, RouteOp};
+use crate::tables::{FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
 use emqx_mqtt::topic;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -73,7 +74,7 @@ impl Actor for ShardActor {
 /// `a/b` and `$share/g/a/b` (which share one table entry and one route)
 /// are always written by the same actor, in order.
 pub fn owner_shard(filter: &str, n: usize) -> usize {
-    shard_of(split(filter).1, n)
+    bucket(split(filter).1, n)
 }
 
 /// Splits a subscribed filter into (shared group, real filter).
@@ -135,7 +136,7 @@ impl ShardState {
             }
             (r, empty)
         } else {
-            let shard = &self.tables.exact[shard_of(real, self.tables.exact.len())];
+            let shard = &self.tables.exact[bucket(real, self.tables.exact.len())];
             let mut m = shard.write();
             let e = m.entry(Arc::from(real)).or_default();
             let before = route_keys(real, e);

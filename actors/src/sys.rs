@@ -2,7 +2,7 @@
 //! metrics, and client connected/disconnected events.
 
 use crate::clock::now_ms;
-use crate::conn::ConnHandle;
+use crate::outbox::ConnHandle;
 use crate::Ctx;
 use emqx_mqtt::channel::Channel;
 use emqx_mqtt::message::Message;
@@ -10,27 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `sys_topics.*` of emqx.conf.
-#[derive(Debug, Clone)]
-pub struct SysSettings {
-    /// Period of stats/metrics/uptime messages; zero disables them.
-    pub sys_msg_interval: Duration,
-    /// Period of the uptime/datetime heartbeat; zero disables it.
-    pub sys_heartbeat_interval: Duration,
-    pub client_connected: bool,
-    pub client_disconnected: bool,
-}
-
-impl Default for SysSettings {
-    fn default() -> Self {
-        SysSettings {
-            sys_msg_interval: Duration::from_secs(60),
-            sys_heartbeat_interval: Duration::from_secs(30),
-            client_connected: true,
-            client_disconnected: true,
-        }
-    }
-}
+pub use crate::SysSettings;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const SYSDESCR: &str = "emqx-rs";

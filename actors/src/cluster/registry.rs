@@ -17,9 +17,7 @@ use super::wire::{Req, Resp};
 use crate::peers::{BoxFuture, ClientLock, ClientRegistry, RegistryError};
 use emqx_mqtt::channel::SessionSnapshot;
 use parking_lot::{Mutex, RwLock};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,9 +62,7 @@ impl Registry {
         let mut all: Vec<&str> = peers.iter().map(|s| s.as_str()).collect();
         all.push(&self.me);
         all.sort_unstable();
-        let mut h = DefaultHasher::new();
-        client.hash(&mut h);
-        all[(h.finish() % all.len() as u64) as usize].to_string()
+        all[crate::hashing::bucket(client, all.len())].to_string()
     }
 
     /// Takes the lock if it is free, expired, or already `holder`'s.

@@ -72,9 +72,7 @@ pub mod wire;
 use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::QoS;
 use parking_lot::{Mutex, RwLock};
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -360,7 +358,5 @@ impl Drop for Forwarder {
 
 /// The connection a topic's messages use: stable for the process lifetime.
 fn slot_of(topic: &str, n: usize) -> usize {
-    let mut h = DefaultHasher::new();
-    topic.hash(&mut h);
-    (h.finish() % n as u64) as usize
+    crate::hashing::bucket(topic, n)
 }

@@ -1,0 +1,93 @@
+//! What a session actor is told, and what it answers: the contract
+//! between the session and everyone who talks to it (its connection task,
+//! the client registry, the inbox, `ctl`). Its own file, so they need not
+//! import the session itself.
+
+use crate::inbox::Wake;
+use crate::outbox::ConnHandle;
+use emqx_mqtt::channel::SessionSnapshot;
+use emqx_mqtt::codec::DecodeError;
+use emqx_mqtt::packet::{Connect, Packet, QoS, SubscriptionOptions};
+use ractor::{ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+
+/// An inbox wakes its session with one `Drain`.
+impl Wake for ActorRef<SessionMsg> {
+    fn wake(&self) -> bool {
+        self.cast(SessionMsg::Drain).is_ok()
+    }
+
+    fn id(&self) -> ractor::ActorId {
+        self.get_id()
+    }
+}
+
+/// Why a connection ended, as seen by its connection task.
+#[derive(Debug, Clone)]
+pub enum CloseCause {
+    /// EOF or reset from the client.
+    Closed,
+    SocketError,
+    SendTimeout,
+    KeepaliveTimeout,
+    Decode(DecodeError),
+}
+
+/// What `ctl clients` shows of a session.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub peer: Option<String>,
+    pub proto_ver: u8,
+    pub clean_start: bool,
+    pub keepalive: u16,
+    pub session_expiry: u32,
+    pub subscriptions: Vec<(String, SubscriptionOptions)>,
+    pub inflight: usize,
+    pub awaiting_rel: usize,
+    pub mqueue_len: usize,
+    pub delivered: u64,
+    pub enqueued: u64,
+    pub dropped: u64,
+    pub connected: bool,
+    pub created_at: u64,
+    pub connected_at: u64,
+    pub disconnected_at: Option<u64>,
+}
+
+#[derive(RactorMessage)]
+pub enum SessionMsg {
+    /// Deliveries wait in the session's inbox: take them.
+    Drain,
+    /// A packet read by connection `u64`. Boxed, as is the CONNECT of
+    /// `Resume`: ractor boxes every message, and the size of the largest
+    /// variant is what every delivery allocates and copies.
+    Inbound(u64, Box<Packet>),
+    /// Connection `u64` ended.
+    ConnClosed(u64, CloseCause),
+    /// A new connection resumes this session (clean_start = false); replies
+    /// `true` once the CONNACK was queued, `false` if this session ends with
+    /// its connection (session expiry 0) and is gone instead: the new
+    /// connection starts a new session.
+    Resume(Box<Connect>, ConnHandle, RpcReplyPort<bool>),
+    /// Another connection with clean_start = true replaces this session.
+    Discard(RpcReplyPort<()>),
+    /// `ctl clients kick`: end the connection and the session.
+    Kick(RpcReplyPort<()>),
+    /// The client resumed its session on another node: hand over the state
+    /// and stop; `None` if this session ends with its connection (session
+    /// expiry 0): there is nothing to hand over and it is gone.
+    TakeoverOut(RpcReplyPort<Option<SessionSnapshot>>),
+    Info(RpcReplyPort<ClientInfo>),
+    /// `ctl subscriptions add`.
+    AddSub(String, QoS, RpcReplyPort<Result<(), String>>),
+    /// `ctl subscriptions del`.
+    DelSub(String, RpcReplyPort<bool>),
+    /// Periodic retry / await-rel check.
+    Tick,
+    /// Session expiry timer of connection generation `u64`.
+    Expire(u64),
+    /// Delayed will of connection generation `u64`.
+    Will(u64),
+}

@@ -1,0 +1,28 @@
+//! The running node as the command handlers see it, and where its pid
+//! file is: what `ctl`, the remote console and the node's start-up share.
+
+use crate::config::Config;
+use emqx_actors::cluster::service::{ClusterView, SvcMsg};
+use emqx_actors::Ctx;
+use ractor::ActorRef;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The running node, as seen by ctl commands.
+pub struct Node {
+    pub name: String,
+    pub ctx: Arc<Ctx>,
+    /// The cluster service (membership, joins, routes).
+    pub cluster: ActorRef<SvcMsg>,
+    /// The other nodes' routes, as the publish path reads them.
+    pub view: Arc<ClusterView>,
+    /// `cluster.discovery_strategy`.
+    pub discovery_strategy: String,
+    /// Set to true to stop the node.
+    pub shutdown: Arc<watch::Sender<bool>>,
+}
+
+pub fn pid_file(cfg: &Config) -> PathBuf {
+    cfg.node.data_dir.join(format!("{}.pid", cfg.node.name))
+}
