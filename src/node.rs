@@ -218,9 +218,11 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         ..BrokerSettings::default()
     };
     let (route_tx, route_rx) = mpsc::unbounded_channel();
+    let (retain_tx, retain_rx) = mpsc::unbounded_channel();
     let links = BrokerLinks {
         remote: Some(view.clone()),
         route_tx: Some(route_tx),
+        retain_tx: Some(retain_tx),
     };
     let broker = Broker::start(
         node_name.clone(),
@@ -247,7 +249,6 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         client_connected: cfg.sys_topics.sys_event_messages.client_connected,
         client_disconnected: cfg.sys_topics.sys_event_messages.client_disconnected,
     };
-    let (retain_tx, retain_rx) = mpsc::unbounded_channel();
     // The cluster-wide client id registry: the cluster service keeps it
     // informed of who runs.
     let registry = Arc::new(Registry::new(node_name.clone()));
@@ -258,7 +259,6 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         cm: Default::default(),
         sys,
         started_at: Instant::now(),
-        retain_tx: Some(retain_tx),
         registry: Some(registry.clone()),
         listeners: tokio::sync::watch::channel(true).0,
     });

@@ -95,8 +95,19 @@ pub struct Broker {
     pub stats: Arc<Stats>,
     /// The other nodes' routes and the way to them.
     remote: Option<Arc<dyn RemoteRoutes>>,
+    /// Where retained messages published here go to be replicated.
+    retain_tx: Option<tokio::sync::mpsc::UnboundedSender<Message>>,
     /// Round-robin position for choosing among nodes of a shared group.
     rr: AtomicUsize,
+}
+
+/// What a local publish reached.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Sessions here and nodes elsewhere the message went to.
+    pub subscribers: usize,
+    /// A subscriber's inbox past its high-water mark.
+    pub congested: Option<Arc<Inbox>>,
 }
 
 impl Broker {
@@ -135,6 +146,7 @@ impl Broker {
             metrics,
             stats,
             remote: links.remote,
+            retain_tx: links.retain_tx,
             rr: AtomicUsize::new(0),
         }))
     }
@@ -184,18 +196,31 @@ impl Broker {
         .map_err(|e| BrokerError::Unavailable(e.to_string()))
     }
 
-    /// Delivers a message to every matching local subscriber and returns
-    /// how many sessions it went to. Does not store retained messages: the
-    /// caller decides (retain flag, retain_available).
-    pub fn publish(&self, msg: Arc<Message>) -> usize {
-        self.dispatch(msg, Target::All).0
-    }
-
-    /// As [`Broker::publish`], and also names a subscriber's inbox that this
-    /// QoS 1/2 message pushed past its high-water mark, if any: the
-    /// publisher should pause until it drains.
-    pub fn publish_flow(&self, msg: Arc<Message>) -> (usize, Option<Arc<Inbox>>) {
-        self.dispatch(msg, Target::All)
+    /// The door for every message published on this node (by a client,
+    /// a will, `$SYS`): a retained one is stored and handed to the cluster
+    /// for replication, then it goes to every matching subscriber here and
+    /// on other nodes. Says how many it reached, and names a subscriber's
+    /// inbox this QoS 1/2 message pushed past its high-water mark, if any:
+    /// the publisher should pause until it drains.
+    pub fn publish(&self, msg: Message) -> Published {
+        let msg = Arc::new(msg);
+        inc(&self.metrics.messages_publish);
+        if msg.retain {
+            match self.retainer.store(&msg) {
+                Ok(()) => {
+                    inc(&self.metrics.messages_retained);
+                    if let Some(tx) = &self.retain_tx {
+                        let _ = tx.send((*msg).clone());
+                    }
+                }
+                Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
+            }
+        }
+        let (subscribers, congested) = self.dispatch(msg, Target::All);
+        Published {
+            subscribers,
+            congested,
+        }
     }
 
     /// Delivers a message that another node forwarded here: to the plain
@@ -612,7 +637,7 @@ mod tests {
         let mut m = Message::system(topic, "x", false, crate::clock::now_ms());
         m.from = Arc::from(from);
         m.qos = QoS::ExactlyOnce;
-        b.publish(Arc::new(m))
+        b.dispatch(Arc::new(m), Target::All).0
     }
 
     async fn drain(rx: &mut Rx) -> Vec<(Arc<str>, Vec<SubMatch>)> {

@@ -21,7 +21,7 @@ pub mod shard;
 pub mod sys;
 pub mod tables;
 
-use emqx_mqtt::{message, settings};
+use emqx_mqtt::settings;
 use std::sync::Arc;
 
 /// Everything a session or connection needs from its node, cheap to clone.
@@ -34,8 +34,6 @@ pub struct Ctx {
     pub sys: SysSettings,
     /// When the broker started, for `uptime`.
     pub started_at: std::time::Instant,
-    /// Where retained messages published here go to be replicated.
-    pub retain_tx: Option<tokio::sync::mpsc::UnboundedSender<message::Message>>,
     /// The cluster-wide client id lock and takeover (`None` only for a
     /// node built without a cluster, in tests).
     pub registry: Option<Arc<dyn peers::ClientRegistry>>,
@@ -43,34 +41,6 @@ pub struct Ctx {
     /// them (new connects are refused) and opens them again once the node
     /// has rejoined.
     pub listeners: tokio::sync::watch::Sender<bool>,
-}
-
-impl Ctx {
-    /// Publishes a message into the broker: stores it if retained, then
-    /// delivers it to every matching subscriber. Returns the subscriber count.
-    pub fn publish(&self, msg: message::Message) -> usize {
-        self.publish_flow(msg).0
-    }
-
-    /// As [`Ctx::publish`], also naming a subscriber's inbox this message
-    /// filled past its high-water mark (see [`broker::Broker::publish_flow`]).
-    pub fn publish_flow(&self, msg: message::Message) -> (usize, Option<Arc<inbox::Inbox>>) {
-        let msg = Arc::new(msg);
-        let b = &self.broker;
-        metrics::inc(&b.metrics.messages_publish);
-        if msg.retain {
-            match b.retainer.store(&msg) {
-                Ok(()) => {
-                    metrics::inc(&b.metrics.messages_retained);
-                    if let Some(tx) = &self.retain_tx {
-                        let _ = tx.send((*msg).clone());
-                    }
-                }
-                Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
-            }
-        }
-        b.publish_flow(msg)
-    }
 }
 
 /// `sys_topics.*` of emqx.conf.

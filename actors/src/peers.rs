@@ -81,7 +81,7 @@ pub trait RemoteRoutes: Send + Sync {
     fn forward_shared(&self, node: &str, msg: Arc<Message>, group: &str, filter: &str) -> bool;
 }
 
-/// The cluster as a broker is built with it. Both are `None` for a broker
+/// The cluster as a broker is built with it. All are `None` for a broker
 /// that runs alone (unit tests); a node always has both.
 #[derive(Default, Clone)]
 pub struct BrokerLinks {
@@ -89,6 +89,8 @@ pub struct BrokerLinks {
     pub remote: Option<Arc<dyn RemoteRoutes>>,
     /// Where the shard actors report this node's route changes.
     pub route_tx: Option<UnboundedSender<RouteOp>>,
+    /// Where retained messages published here go to be replicated.
+    pub retain_tx: Option<UnboundedSender<Message>>,
 }
 
 /// A future a trait object can return.

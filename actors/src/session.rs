@@ -72,7 +72,8 @@ struct Sink<'a> {
 
 impl PublishSink for Sink<'_> {
     fn publish(&mut self, msg: Message) -> usize {
-        let (n, congested) = self.ctx.publish_flow(msg);
+        let p = self.ctx.broker.publish(msg);
+        let (n, congested) = (p.subscribers, p.congested);
         if congested.is_some() {
             self.congested = congested;
         }
@@ -814,7 +815,7 @@ impl SessionState {
         };
         let mut m = Message::from_publish(self.ch.client_id.clone(), &p, now_ms());
         m.properties.will_delay_interval = None;
-        self.ctx.publish(m);
+        self.ctx.broker.publish(m);
     }
 
     fn info(&self) -> ClientInfo {

@@ -85,7 +85,8 @@ impl Ctx {
             "disconnected"
         };
         let t = self.sys_topic(&format!("clients/{}/{}", ch.client_id, what));
-        self.publish(Message::system(t, payload, false, now_ms()));
+        self.broker
+            .publish(Message::system(t, payload, false, now_ms()));
     }
 
     /// Publishes a cluster node up/down event and counts it.
@@ -99,14 +100,16 @@ impl Ctx {
         let what = if up { "nodeup" } else { "nodedown" };
         let t = self.sys_topic(&format!("cluster/{what}"));
         let payload = format!("{{\"node\":{},\"ts\":{}}}", json_str(node), now_ms());
-        self.publish(Message::system(t, payload, false, now_ms()));
+        self.broker
+            .publish(Message::system(t, payload, false, now_ms()));
     }
 
     /// Publishes a cluster event (`autoclean`, ...) about a node.
     pub fn sys_cluster_event(&self, what: &str, node: &str) {
         let t = self.sys_topic(&format!("cluster/{what}"));
         let payload = format!("{{\"node\":{},\"ts\":{}}}", json_str(node), now_ms());
-        self.publish(Message::system(t, payload, false, now_ms()));
+        self.broker
+            .publish(Message::system(t, payload, false, now_ms()));
     }
 
     /// The stats gauges as `(name, value)`, sorted, named as EMQX names them.
@@ -136,13 +139,13 @@ impl Ctx {
     pub fn spawn_sys(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let ctx = self.clone();
         tokio::spawn(async move {
-            ctx.publish(Message::system(
+            ctx.broker.publish(Message::system(
                 ctx.sys_topic("version"),
                 VERSION,
                 true,
                 now_ms(),
             ));
-            ctx.publish(Message::system(
+            ctx.broker.publish(Message::system(
                 ctx.sys_topic("sysdescr"),
                 SYSDESCR,
                 true,
@@ -160,13 +163,13 @@ impl Ctx {
                 if !hb.is_zero() && since_hb >= hb {
                     since_hb = Duration::ZERO;
                     let up = ctx.started_at.elapsed().as_secs();
-                    ctx.publish(Message::system(
+                    ctx.broker.publish(Message::system(
                         ctx.sys_topic("uptime"),
                         human_uptime(up),
                         false,
                         now_ms(),
                     ));
-                    ctx.publish(Message::system(
+                    ctx.broker.publish(Message::system(
                         ctx.sys_topic("datetime"),
                         now_ms().to_string(),
                         false,
@@ -177,11 +180,13 @@ impl Ctx {
                     since_msg = Duration::ZERO;
                     for (k, v) in ctx.stats() {
                         let t = ctx.sys_topic(&format!("stats/{}", k.replace('.', "/")));
-                        ctx.publish(Message::system(t, v.to_string(), false, now_ms()));
+                        ctx.broker
+                            .publish(Message::system(t, v.to_string(), false, now_ms()));
                     }
                     for (k, v) in ctx.broker.metrics.snapshot() {
                         let t = ctx.sys_topic(&format!("metrics/{}", k.replace('.', "/")));
-                        ctx.publish(Message::system(t, v.to_string(), false, now_ms()));
+                        ctx.broker
+                            .publish(Message::system(t, v.to_string(), false, now_ms()));
                     }
                     ctx.broker.retainer.purge_expired();
                 }
