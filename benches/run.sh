@@ -15,7 +15,8 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
+# ROOT: the tree whose emqx-rs is measured (another checkout for an A/B).
+ROOT=${ROOT:-$(cd "$HERE/.." && pwd)}
 OUT=${OUT:-/tmp/emqx-rs-benches.$$}
 REPS=${REPS:-3}
 DUR=${DUR:-10}                       # seconds of publishing per run
@@ -55,7 +56,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 20000 2>/dev/null || true
 log "open files limit: $(ulimit -n); results in $OUT"
 
 # ------------------------------------------------------------ installation
-if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+wants() { case " $BROKERS " in *" $1 "*) return 0 ;; esac; return 1; }
+if wants mosquitto && ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     log "installing mosquitto (apt)"
     apt-get install -y mosquitto >"$OUT/apt.log" 2>&1 ||
         { apt-get update >>"$OUT/apt.log" 2>&1 && apt-get install -y mosquitto >>"$OUT/apt.log" 2>&1; } ||
@@ -66,7 +68,7 @@ MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 systemctl stop mosquitto >/dev/null 2>&1 || true
 
 RUMQTTD="$HOME/.cargo/bin/rumqttd"
-if [ ! -x "$RUMQTTD" ]; then
+if wants rumqttd && [ ! -x "$RUMQTTD" ]; then
     log "installing rumqttd (cargo install, several minutes)"
     cargo install rumqttd >"$OUT/rumqttd-install.log" 2>&1 ||
         { echo "cannot install rumqttd, see $OUT/rumqttd-install.log" >&2; exit 1; }
@@ -116,13 +118,15 @@ EOF
 
 # rumqttd: its shipped rumqttd.toml with every listener moved to loopback
 # ports of ours and the connection limits raised.
-SHIPPED=$(ls -d "$HOME"/.cargo/registry/src/*/rumqttd-*/ 2>/dev/null | sort -V | tail -1)
-if [ -z "$SHIPPED" ] || [ ! -f "$SHIPPED/rumqttd.toml" ]; then
-    echo "cannot find rumqttd.toml under ~/.cargo/registry/src" >&2
-    exit 1
+if wants rumqttd; then
+    SHIPPED=$(ls -d "$HOME"/.cargo/registry/src/*/rumqttd-*/ 2>/dev/null | sort -V | tail -1)
+    if [ -z "$SHIPPED" ] || [ ! -f "$SHIPPED/rumqttd.toml" ]; then
+        echo "cannot find rumqttd.toml under ~/.cargo/registry/src" >&2
+        exit 1
+    fi
+    python3 "$HERE/rumqttd_conf.py" "$SHIPPED/rumqttd.toml" "$PORT_RUMQ" 40000 \
+        >"$OUT/conf/rumqttd.toml" || exit 1
 fi
-python3 "$HERE/rumqttd_conf.py" "$SHIPPED/rumqttd.toml" "$PORT_RUMQ" 40000 \
-    >"$OUT/conf/rumqttd.toml" || exit 1
 cp "$SHIPPED/rumqttd.toml" "$OUT/conf/rumqttd.shipped.toml"
 
 # ---------------------------------------------------------------- brokers

@@ -9,6 +9,8 @@ use emqx_actors::sys::{human_uptime, SYSDESCR, VERSION};
 use emqx_mqtt::packet::QoS;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,11 +183,56 @@ fn ok() -> (i32, String) {
 }
 
 /// Runs one ctl command; returns (exit code, output).
+/// Output of a command: exit code and text.
+type Out = (i32, String);
+
+/// One group of commands (`ctl <group> ...`).
+type Handler =
+    for<'a> fn(&'a Node, &'a [&'a str]) -> Pin<Box<dyn Future<Output = Out> + Send + 'a>>;
+
+/// The command groups and their handlers; each matches its own words.
+const HANDLERS: &[(&str, Handler)] = &[
+    ("ping", |n, w| Box::pin(cmd_ping(n, w))),
+    ("stop", |n, w| Box::pin(cmd_stop(n, w))),
+    ("status", |n, w| Box::pin(cmd_status(n, w))),
+    ("broker", |n, w| Box::pin(cmd_broker(n, w))),
+    ("cluster", |n, w| Box::pin(cmd_cluster(n, w))),
+    ("clients", |n, w| Box::pin(cmd_clients(n, w))),
+    ("subscriptions", |n, w| Box::pin(cmd_subscriptions(n, w))),
+    ("topics", |n, w| Box::pin(cmd_topics(n, w))),
+    ("retainer", |n, w| Box::pin(cmd_retainer(n, w))),
+];
+
+/// A command of `group` that does not exist: that group's usage, or the
+/// whole usage for a command without subcommands.
+fn unknown(group: &str) -> Out {
+    if COMMANDS.iter().any(|c| c.0 == group) {
+        (1, usage(Some(group)))
+    } else {
+        (1, usage(None))
+    }
+}
+
 pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
     let w: Vec<&str> = words.iter().map(|s| s.as_str()).collect();
-    let ctx = &node.ctx;
-    match w.as_slice() {
+    match w.first() {
+        None | Some(&"help") => (0, usage(None)),
+        Some(g) => match HANDLERS.iter().find(|(name, _)| name == g) {
+            Some((_, h)) => h(node, &w).await,
+            None => (1, usage(None)),
+        },
+    }
+}
+
+async fn cmd_ping(_node: &Node, w: &[&str]) -> (i32, String) {
+    match w {
         ["ping"] => (0, "pong\n".into()),
+        _ => unknown("ping"),
+    }
+}
+
+async fn cmd_stop(node: &Node, w: &[&str]) -> (i32, String) {
+    match w {
         ["stop"] => {
             // Answer first: the caller must see `ok` before the inter-node
             // server that carries the reply goes away.
@@ -196,7 +243,20 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             });
             ok()
         }
+        _ => unknown("stop"),
+    }
+}
+
+async fn cmd_status(node: &Node, w: &[&str]) -> (i32, String) {
+    match w {
         ["status"] => (0, format!("Node '{}' {} is started\n", node.name, VERSION)),
+        _ => unknown("status"),
+    }
+}
+
+async fn cmd_broker(node: &Node, w: &[&str]) -> (i32, String) {
+    let ctx = &node.ctx;
+    match w {
         ["broker"] => {
             let up = ctx.started_at.elapsed().as_secs();
             let now = chrono_like_now();
@@ -233,6 +293,34 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
                 .collect();
             (0, out)
         }
+        ["broker", "stats", "--cluster"] => {
+            let mut sums: std::collections::BTreeMap<String, i64> = ctx
+                .stats()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            for (_, o) in on_peers(node, &["broker", "stats"]).await {
+                for line in o.lines() {
+                    if let Some((k, v)) = line.split_once(':') {
+                        if let Ok(v) = v.trim().parse::<i64>() {
+                            *sums.entry(k.trim().to_string()).or_default() += v;
+                        }
+                    }
+                }
+            }
+            (
+                0,
+                sums.iter()
+                    .map(|(k, v)| format!("{k:<30}: {v}\n"))
+                    .collect(),
+            )
+        }
+        _ => unknown("broker"),
+    }
+}
+
+async fn cmd_cluster(node: &Node, w: &[&str]) -> (i32, String) {
+    match w {
         ["cluster", "join", target] => {
             let t = target.to_string();
             call_cluster(node, |r| SvcMsg::Join(t, r), 30).await
@@ -287,6 +375,13 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             let (c, out) = call_cluster(node, |r| SvcMsg::Status(true, r), 5).await;
             (c, format!("{out}\n"))
         }
+        _ => unknown("cluster"),
+    }
+}
+
+async fn cmd_clients(node: &Node, w: &[&str]) -> (i32, String) {
+    let ctx = &node.ctx;
+    match w {
         ["clients", "list", rest @ ..] => {
             let mut out: String = ctx
                 .cm
@@ -336,6 +431,13 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             }
             ok()
         }
+        _ => unknown("clients"),
+    }
+}
+
+async fn cmd_subscriptions(node: &Node, w: &[&str]) -> (i32, String) {
+    let ctx = &node.ctx;
+    match w {
         ["subscriptions", "list"] => {
             let all = ctx.cm.all_info().await;
             let out: String = all.iter().flat_map(format_subs).collect();
@@ -380,6 +482,12 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
                 .await;
             ok()
         }
+        _ => unknown("subscriptions"),
+    }
+}
+
+async fn cmd_topics(node: &Node, w: &[&str]) -> (i32, String) {
+    match w {
         ["topics", "list"] => {
             let r = all_routes(node);
             if r.is_empty() {
@@ -397,28 +505,13 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             }
             (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
         }
-        ["broker", "stats", "--cluster"] => {
-            let mut sums: std::collections::BTreeMap<String, i64> = ctx
-                .stats()
-                .iter()
-                .map(|(k, v)| (k.to_string(), *v))
-                .collect();
-            for (_, o) in on_peers(node, &["broker", "stats"]).await {
-                for line in o.lines() {
-                    if let Some((k, v)) = line.split_once(':') {
-                        if let Ok(v) = v.trim().parse::<i64>() {
-                            *sums.entry(k.trim().to_string()).or_default() += v;
-                        }
-                    }
-                }
-            }
-            (
-                0,
-                sums.iter()
-                    .map(|(k, v)| format!("{k:<30}: {v}\n"))
-                    .collect(),
-            )
-        }
+        _ => unknown("topics"),
+    }
+}
+
+async fn cmd_retainer(node: &Node, w: &[&str]) -> (i32, String) {
+    let ctx = &node.ctx;
+    match w {
         ["retainer", rest @ ..] if !ctx.broker.retainer.enabled() && !rest.is_empty() => {
             (1, "Retainer is not enabled\n".into())
         }
@@ -453,9 +546,7 @@ pub async fn run(node: &Node, words: &[String]) -> (i32, String) {
             ctx.broker.retainer.clean(Some(t));
             ok()
         }
-        [] | ["help"] => (0, usage(None)),
-        [g, ..] if COMMANDS.iter().any(|c| c.0 == *g) => (1, usage(Some(g))),
-        _ => (1, usage(None)),
+        _ => unknown("retainer"),
     }
 }
 

@@ -337,100 +337,27 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     // Autocluster by the configured discovery strategy.
     let strategy = cfg.cluster.discovery_strategy.as_str().to_string();
     let mut etcd_handle: Option<Arc<emqx_discovery::Etcd>> = None;
+    let ac = Autocluster {
+        cluster: cluster.clone(),
+        node_server: node_server.clone(),
+        bind_ip: host_ip(&name),
+        name: name.clone(),
+        me_start,
+    };
     let autocluster_task = match strategy.as_str() {
-        "static" => {
-            let seeds = emqx_discovery::Static::new(cfg.cluster.static_.seeds.clone())
-                .map_err(|e| format!("cluster.static.seeds: {e}"))?;
-            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
-                seeds,
-                cluster.clone(),
-                node_server.clone(),
-                host_ip(&name),
-                name.clone(),
-                me_start,
-            )))
-        }
-        "dns" => {
-            use emqx_discovery::dns::{Dns, RecordType};
-            let rt = match cfg.cluster.dns.record_type.as_str() {
-                "srv" => RecordType::Srv,
-                "aaaa" => RecordType::Aaaa,
-                _ => RecordType::A,
-            };
-            let dns = Dns::new(&cfg.cluster.dns.name, rt, &name, cfg.cluster.dns.resolver)
-                .map_err(|e| format!("cluster.dns: {e}"))?;
-            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
-                dns,
-                cluster.clone(),
-                node_server.clone(),
-                host_ip(&name),
-                name.clone(),
-                me_start,
-            )))
-        }
+        "static" => Some(
+            ac.spawn(
+                emqx_discovery::Static::new(cfg.cluster.static_.seeds.clone())
+                    .map_err(|e| format!("cluster.static.seeds: {e}"))?,
+            ),
+        ),
+        "dns" => Some(ac.spawn(dns_strategy(&cfg, &name)?)),
         "etcd" => {
-            let ssl = &cfg.cluster.etcd.ssl_options;
-            let tls = ssl.enable.then(|| emqx_discovery::tls::TlsOptions {
-                key_prefix: "cluster.etcd.ssl_options".into(),
-                cacertfile: ssl.cacertfile.clone(),
-                certfile: ssl.certfile.clone(),
-                keyfile: ssl.keyfile.clone(),
-                verify: match ssl.verify {
-                    crate::config::TlsVerify::VerifyPeer => emqx_discovery::tls::Verify::Peer,
-                    crate::config::TlsVerify::VerifyNone => emqx_discovery::tls::Verify::None,
-                },
-                server_name_indication: ssl.server_name_indication.clone(),
-            });
-            let etcd = Arc::new(
-                emqx_discovery::Etcd::with_tls(
-                    cfg.cluster.etcd.server.clone(),
-                    cfg.cluster.etcd.prefix.clone(),
-                    cfg.cluster.etcd.node_ttl,
-                    name.clone(),
-                    tls.as_ref(),
-                )
-                .map_err(|e| match e {
-                    emqx_discovery::DiscoveryError::Config(e) => e,
-                    e => format!("cluster.etcd: {e}"),
-                })?,
-            );
+            let etcd = Arc::new(etcd_strategy(&cfg, &name)?);
             etcd_handle = Some(etcd.clone());
-            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
-                etcd,
-                cluster.clone(),
-                node_server.clone(),
-                host_ip(&name),
-                name.clone(),
-                me_start,
-            )))
+            Some(ac.spawn(etcd))
         }
-        "k8s" => {
-            use emqx_discovery::k8s::{AddressType, K8sSettings};
-            let k = &cfg.cluster.k8s;
-            let settings = K8sSettings {
-                apiserver: k.apiserver.clone(),
-                service_name: k.service_name.clone(),
-                namespace: k.namespace.clone(),
-                address_type: match k.address_type.as_str() {
-                    "dns" => AddressType::Dns,
-                    "hostname" => AddressType::Hostname,
-                    _ => AddressType::Ip,
-                },
-                suffix: k.suffix.clone(),
-                token_file: k.token_file.clone(),
-                ca_file: k.ca_file.clone(),
-            };
-            let k8s = emqx_discovery::K8s::new(settings, &name)
-                .map_err(|e| format!("cluster.k8s: {e}"))?;
-            Some(tokio::spawn(emqx_actors::cluster::autocluster::run(
-                k8s,
-                cluster.clone(),
-                node_server.clone(),
-                host_ip(&name),
-                name.clone(),
-                me_start,
-            )))
-        }
+        "k8s" => Some(ac.spawn(k8s_strategy(&cfg, &name)?)),
         "manual" | "singleton" => None,
         other => {
             tracing::warn!("cluster.discovery_strategy = {other} is not available yet; nodes join with `ctl cluster join`");
@@ -696,4 +623,85 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
     }
     eprintln!("Node {name} is started, but failed to complete the boot sequence in time.");
     ExitCode::from(3)
+}
+
+/// Starts the autocluster loop with one discovery strategy.
+struct Autocluster {
+    cluster: ActorRef<emqx_actors::cluster::service::SvcMsg>,
+    node_server: ActorRef<ractor_cluster::NodeServerMessage>,
+    bind_ip: Option<IpAddr>,
+    name: String,
+    me_start: u64,
+}
+
+impl Autocluster {
+    fn spawn<S: emqx_discovery::Strategy>(&self, strategy: S) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(emqx_actors::cluster::autocluster::run(
+            strategy,
+            self.cluster.clone(),
+            self.node_server.clone(),
+            self.bind_ip,
+            self.name.clone(),
+            self.me_start,
+        ))
+    }
+}
+
+/// `cluster.dns.*`.
+fn dns_strategy(cfg: &Config, name: &str) -> Result<emqx_discovery::Dns, String> {
+    use emqx_discovery::dns::{Dns, RecordType};
+    let rt = match cfg.cluster.dns.record_type.as_str() {
+        "srv" => RecordType::Srv,
+        "aaaa" => RecordType::Aaaa,
+        _ => RecordType::A,
+    };
+    Dns::new(&cfg.cluster.dns.name, rt, name, cfg.cluster.dns.resolver)
+        .map_err(|e| format!("cluster.dns: {e}"))
+}
+
+/// `cluster.etcd.*`.
+fn etcd_strategy(cfg: &Config, name: &str) -> Result<emqx_discovery::Etcd, String> {
+    let ssl = &cfg.cluster.etcd.ssl_options;
+    let tls = ssl.enable.then(|| emqx_discovery::tls::TlsOptions {
+        key_prefix: "cluster.etcd.ssl_options".into(),
+        cacertfile: ssl.cacertfile.clone(),
+        certfile: ssl.certfile.clone(),
+        keyfile: ssl.keyfile.clone(),
+        verify: match ssl.verify {
+            crate::config::TlsVerify::VerifyPeer => emqx_discovery::tls::Verify::Peer,
+            crate::config::TlsVerify::VerifyNone => emqx_discovery::tls::Verify::None,
+        },
+        server_name_indication: ssl.server_name_indication.clone(),
+    });
+    emqx_discovery::Etcd::with_tls(
+        cfg.cluster.etcd.server.clone(),
+        cfg.cluster.etcd.prefix.clone(),
+        cfg.cluster.etcd.node_ttl,
+        name.to_string(),
+        tls.as_ref(),
+    )
+    .map_err(|e| match e {
+        emqx_discovery::DiscoveryError::Config(e) => e,
+        e => format!("cluster.etcd: {e}"),
+    })
+}
+
+/// `cluster.k8s.*`.
+fn k8s_strategy(cfg: &Config, name: &str) -> Result<emqx_discovery::K8s, String> {
+    use emqx_discovery::k8s::{AddressType, K8sSettings};
+    let k = &cfg.cluster.k8s;
+    let settings = K8sSettings {
+        apiserver: k.apiserver.clone(),
+        service_name: k.service_name.clone(),
+        namespace: k.namespace.clone(),
+        address_type: match k.address_type.as_str() {
+            "dns" => AddressType::Dns,
+            "hostname" => AddressType::Hostname,
+            _ => AddressType::Ip,
+        },
+        suffix: k.suffix.clone(),
+        token_file: k.token_file.clone(),
+        ca_file: k.ca_file.clone(),
+    };
+    emqx_discovery::K8s::new(settings, name).map_err(|e| format!("cluster.k8s: {e}"))
 }
