@@ -118,6 +118,7 @@ EOF
 
 # rumqttd: its shipped rumqttd.toml with every listener moved to loopback
 # ports of ours and the connection limits raised.
+SHIPPED=""
 if wants rumqttd; then
     SHIPPED=$(ls -d "$HOME"/.cargo/registry/src/*/rumqttd-*/ 2>/dev/null | sort -V | tail -1)
     if [ -z "$SHIPPED" ] || [ ! -f "$SHIPPED/rumqttd.toml" ]; then
@@ -126,8 +127,8 @@ if wants rumqttd; then
     fi
     python3 "$HERE/rumqttd_conf.py" "$SHIPPED/rumqttd.toml" "$PORT_RUMQ" 40000 \
         >"$OUT/conf/rumqttd.toml" || exit 1
+    cp "$SHIPPED/rumqttd.toml" "$OUT/conf/rumqttd.shipped.toml"
 fi
-cp "$SHIPPED/rumqttd.toml" "$OUT/conf/rumqttd.shipped.toml"
 
 # ---------------------------------------------------------------- brokers
 port_of() {
@@ -371,7 +372,7 @@ sc_e() {
 
 # ------------------------------------------------------------------- run
 log "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GB; $(uname -r)"
-log "emqx-rs $(git -C "$ROOT" rev-parse --short HEAD), $("$MOSQUITTO" -h 2>/dev/null | head -1), rumqttd $(basename "$SHIPPED")"
+log "emqx-rs $(git -C "$ROOT" rev-parse --short HEAD), $("$MOSQUITTO" -h 2>/dev/null | head -1), rumqttd ${SHIPPED:+$(basename "$SHIPPED")}"
 read -r -a blist <<<"$BROKERS"
 for sc in $SCENARIOS; do
     for rep in $(seq 1 "$REPS"); do

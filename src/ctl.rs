@@ -323,7 +323,19 @@ async fn cmd_cluster(node: &Node, w: &[&str]) -> (i32, String) {
     match w {
         ["cluster", "join", target] => {
             let t = target.to_string();
-            call_cluster(node, |r| SvcMsg::Join(t, r), 30).await
+            match node
+                .cluster
+                .call(|r| SvcMsg::Join(t, r), Some(Duration::from_secs(30)))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(Ok(status))) => {
+                    (0, format!("Join the cluster successfully.\n{status}\n"))
+                }
+                Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                    (1, format!("Failed to join the cluster: {e}\n"))
+                }
+                _ => (1, "Error: the cluster service did not answer\n".into()),
+            }
         }
         ["cluster", "leave"] => {
             let mut notice = String::new();

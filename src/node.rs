@@ -8,7 +8,7 @@ use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
 use emqx_actors::cluster::registry::Registry;
 use emqx_actors::cluster::service::{
-    group_of, ClusterService, ClusterSettings, ClusterView, Endpoint, SvcArgs,
+    group_of, ClusterService, ClusterSettings, ClusterView, Endpoint, SvcArgs, SvcMsg,
 };
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
@@ -21,6 +21,7 @@ use emqx_mqtt::settings::MqttSettings;
 use ractor::{Actor, ActorRef};
 use ractor_cluster::NodeServer;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -149,8 +150,66 @@ fn host_ip(name: &str) -> Option<IpAddr> {
         .and_then(emqx_discovery::hosts::lookup_once)
 }
 
+/// The node's life: each step builds what the next needs, in order, and
+/// hands it over; nothing is filled in later (docs/architecture.md,
+/// "Start-up").
 async fn run(cfg: Config, console: bool) -> Result<(), String> {
-    let name = cfg.node.name.clone();
+    prepare(&cfg)?;
+    let dist = bind_inter_node(&cfg).await?;
+    let (core, replication) = start_broker(&cfg, &dist).await?;
+    let cluster = start_cluster(&cfg, dist, &core, replication).await?;
+    let discovery = start_discovery(&cfg, &cluster)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let node = Arc::new(Node {
+        name: cfg.node.name.clone(),
+        ctx: core.ctx.clone(),
+        discovery_strategy: cfg.cluster.discovery_strategy.as_str().to_string(),
+        cluster: cluster.service.clone(),
+        view: core.view.clone(),
+        shutdown: Arc::new(shutdown),
+    });
+    let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
+        .await
+        .map_err(|e| format!("cannot start the control actor: {e}"))?;
+    ractor::pg::join(ctl_group(&node.name), vec![control.get_cell()]);
+    // MQTT listeners, once the node is wired: a client that connects now
+    // gets the cluster-wide client id lock and the remote routes.
+    let listeners = start_listeners(&cfg, &core.ctx).await?;
+    let pid = announce(&cfg, cluster.dist_port);
+    if console {
+        let node = node.clone();
+        std::thread::spawn(move || crate::remote::local_console(node));
+    }
+    wait_for_stop(shutdown_rx).await?;
+
+    // Graceful stop: no new connections, sessions closed, tables dropped.
+    for t in &listeners {
+        t.abort();
+    }
+    core.sys_task.abort();
+    cluster.dist_task.abort();
+    if let Some(t) = discovery.task {
+        t.abort();
+    }
+    if let Some(etcd) = &discovery.etcd {
+        if let Err(e) = etcd.revoke().await {
+            tracing::warn!("etcd: {e}");
+        }
+    }
+    core.ctx.cm.stop_all().await;
+    core.ctx.broker.stop();
+    core.forwarder.stop();
+    cluster.endpoint.stop(None);
+    cluster.service.stop(None);
+    control.stop(None);
+    cluster.node_server.stop(None);
+    let _ = std::fs::remove_file(&pid);
+    tracing::info!("node {} stopped", cfg.node.name);
+    Ok(())
+}
+
+/// Checks and warnings before anything starts.
+fn prepare(cfg: &Config) -> Result<(), String> {
     emqx_discovery::hosts::use_server(cfg.cluster.dns.resolver);
     if cfg.uses_default_cookie() {
         tracing::warn!("the default (insecure) cookie is in use; set node.cookie or -setcookie");
@@ -172,28 +231,62 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
 
-    // Inter-node port first: it is how `ping`, `stop` and `ctl` find us.
-    let dist_port = cfg.dist_port();
-    let (short, host) = name.split_once('@').unwrap_or((name.as_str(), "127.0.0.1"));
+/// The inter-node port, bound first: it is how `ping`, `stop` and `ctl`
+/// find the node.
+struct InterNode {
+    listener: TcpListener,
+    ip: IpAddr,
+    port: u16,
+}
+
+async fn bind_inter_node(cfg: &Config) -> Result<InterNode, String> {
+    let name = &cfg.node.name;
+    let port = cfg.dist_port();
+    let host = name.split_once('@').map_or("127.0.0.1", |(_, h)| h);
     // A host name that does not resolve is a configuration error: bound to
     // every interface, the node would advertise an address it cannot know.
-    let listen_ip = host_ip(&name).ok_or_else(|| {
+    let ip = host_ip(name).ok_or_else(|| {
         format!("node.name = {name}: cannot resolve the host {host} (checked through cluster.dns.resolver when set, else the system resolver)")
     })?;
-    let dist_listener = TcpListener::bind(SocketAddr::new(listen_ip, dist_port))
+    let listener = TcpListener::bind(SocketAddr::new(ip, port))
         .await
-        .map_err(|e| format!("inter-node port {dist_port} on {listen_ip} is not available: {e}"))?;
+        .map_err(|e| format!("inter-node port {port} on {ip} is not available: {e}"))?;
+    Ok(InterNode { listener, ip, port })
+}
 
+/// What the broker sends the cluster to replicate: the receiving ends,
+/// which the cluster service takes.
+struct Replication {
+    route_rx: mpsc::UnboundedReceiver<emqx_actors::peers::RouteOp>,
+    retain_rx: mpsc::UnboundedReceiver<emqx_mqtt::message::Message>,
+}
+
+/// The broker and what it is built with.
+struct Core {
+    ctx: Arc<Ctx>,
+    forwarder: Arc<Forwarder>,
+    view: Arc<ClusterView>,
+    registry: Arc<Registry>,
+    fwd_port: u16,
+    sys_task: tokio::task::JoinHandle<()>,
+}
+
+/// The forwarder (bound, not yet serving), the view of the other nodes
+/// around it, the broker built with both, the client registry and `Ctx`.
+async fn start_broker(cfg: &Config, dist: &InterNode) -> Result<(Core, Replication), String> {
+    let name = &cfg.node.name;
     let node_name: Arc<str> = Arc::from(name.as_str());
     // The data plane: message forwarding between nodes.
     let fwd_port = cfg.forward_port();
     let mut fwd_cfg = ForwardConfig::new(
         node_name.clone(),
         cfg.node.cookie.clone(),
-        SocketAddr::new(listen_ip, fwd_port),
+        SocketAddr::new(dist.ip, fwd_port),
     );
-    fwd_cfg.bind_ip = host_ip(&name);
+    fwd_cfg.bind_ip = host_ip(name);
     let (forwarder, fwd_listener) = Forwarder::bind(fwd_cfg)
         .await
         .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
@@ -209,7 +302,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         max_payload_size: cfg.retainer.max_payload_size as usize,
         msg_expiry_interval: cfg.retainer.msg_expiry_interval,
     });
-    let settings = mqtt_settings(&cfg);
+    let settings = mqtt_settings(cfg);
     let bsettings = BrokerSettings {
         shared_strategy: SharedStrategy::parse(cfg.mqtt.shared_subscription_strategy.as_str())
             .unwrap_or_default(),
@@ -253,7 +346,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     // informed of who runs.
     let registry = Arc::new(Registry::new(node_name.clone()));
     let ctx = Arc::new(Ctx {
-        node: node_name.clone(),
+        node: node_name,
         settings: Arc::new(settings),
         broker,
         cm: Default::default(),
@@ -263,7 +356,42 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         listeners: tokio::sync::watch::channel(true).0,
     });
     let sys_task = ctx.spawn_sys();
+    let core = Core {
+        ctx,
+        forwarder,
+        view,
+        registry,
+        fwd_port,
+        sys_task,
+    };
+    Ok((
+        core,
+        Replication {
+            route_rx,
+            retain_rx,
+        },
+    ))
+}
 
+/// The cluster: the inter-node server, the cluster service and its
+/// endpoint, and the inter-node accept loop.
+struct ClusterParts {
+    node_server: ActorRef<ractor_cluster::NodeServerMessage>,
+    service: ActorRef<SvcMsg>,
+    endpoint: ActorRef<emqx_actors::cluster::service::EndpointMsg>,
+    dist_task: tokio::task::JoinHandle<()>,
+    dist_port: u16,
+    me_start: u64,
+}
+
+async fn start_cluster(
+    cfg: &Config,
+    dist: InterNode,
+    core: &Core,
+    replication: Replication,
+) -> Result<ClusterParts, String> {
+    let name = &cfg.node.name;
+    let (short, host) = name.split_once('@').unwrap_or((name.as_str(), "127.0.0.1"));
     // The inter-node server (ping, stop, ctl, and the cluster's control plane).
     // We accept inter-node connections ourselves (to time out handshakes);
     // the node server's own listener sits unused on an ephemeral loopback port.
@@ -278,35 +406,39 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
     .with_listen_addr(IpAddr::from([127, 0, 0, 1]));
     let (node_server, _) = Actor::spawn(Some(format!("emqx_node_server:{name}")), server, ())
         .await
-        .map_err(|e| format!("cannot start the inter-node server on port {dist_port}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot start the inter-node server on port {}: {e}",
+                dist.port
+            )
+        })?;
 
-    // The cluster service.
     let me_start = emqx_actors::clock::now_ms();
-    let adv_ip = host_ip(&name).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let adv_ip = host_ip(name).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let me = MemberInfo {
         node: name.clone(),
-        dist_addr: SocketAddr::new(adv_ip, dist_port).to_string(),
-        fwd_addr: SocketAddr::new(adv_ip, fwd_port).to_string(),
+        dist_addr: SocketAddr::new(adv_ip, dist.port).to_string(),
+        fwd_addr: SocketAddr::new(adv_ip, core.fwd_port).to_string(),
         role: match cfg.node.db_role.as_str() {
             "replicant" => Role::Replicant,
             _ => Role::Core,
         },
         incarnation: me_start,
     };
-    let (cluster, _) = Actor::spawn(
+    let (service, _) = Actor::spawn(
         None,
         ClusterService,
         SvcArgs {
-            ctx: ctx.clone(),
+            ctx: core.ctx.clone(),
             me,
             node_server: node_server.clone(),
-            view: view.clone(),
-            registry,
+            view: core.view.clone(),
+            registry: core.registry.clone(),
             settings: ClusterSettings {
                 heartbeat_interval: cfg.cluster.heartbeat_interval,
                 down_timeout: cfg.cluster.down_timeout,
                 data_dir: cfg.node.data_dir.clone(),
-                bind_ip: host_ip(&name),
+                bind_ip: host_ip(name),
                 singleton: cfg.cluster.discovery_strategy.as_str() == "singleton",
                 autoclean: cfg.cluster.autoclean,
                 heal: emqx_actors::cluster::autoheal::HealConfig {
@@ -315,73 +447,80 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
                     delay: cfg.cluster.autoheal_delay,
                 },
             },
-            route_rx,
-            retain_rx,
+            route_rx: replication.route_rx,
+            retain_rx: replication.retain_rx,
         },
     )
     .await
     .map_err(|e| format!("cannot start the cluster service: {e}"))?;
-    let (endpoint, _) = Actor::spawn(None, Endpoint, cluster.clone())
+    let (endpoint, _) = Actor::spawn(None, Endpoint, service.clone())
         .await
         .map_err(|e| format!("cannot start the cluster endpoint: {e}"))?;
-    ractor::pg::join(group_of(&name), vec![endpoint.get_cell()]);
+    ractor::pg::join(group_of(name), vec![endpoint.get_cell()]);
 
     // Only now (the cluster service watches authentications) take
     // inter-node connections.
     let dist_task = tokio::spawn(emqx_actors::cluster::guard::accept_loop(
-        dist_listener,
+        dist.listener,
         node_server.clone(),
         Duration::from_secs(5),
     ));
-
-    // Autocluster by the configured discovery strategy.
-    let strategy = cfg.cluster.discovery_strategy.as_str().to_string();
-    let mut etcd_handle: Option<Arc<emqx_discovery::Etcd>> = None;
-    let ac = Autocluster {
-        cluster: cluster.clone(),
-        node_server: node_server.clone(),
-        bind_ip: host_ip(&name),
-        name: name.clone(),
+    Ok(ClusterParts {
+        node_server,
+        service,
+        endpoint,
+        dist_task,
+        dist_port: dist.port,
         me_start,
+    })
+}
+
+/// The autocluster loop with the configured discovery strategy.
+struct Discovery {
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Its lease is revoked at stop.
+    etcd: Option<Arc<emqx_discovery::Etcd>>,
+}
+
+fn start_discovery(cfg: &Config, cluster: &ClusterParts) -> Result<Discovery, String> {
+    let name = &cfg.node.name;
+    let ac = Autocluster {
+        cluster: cluster.service.clone(),
+        node_server: cluster.node_server.clone(),
+        bind_ip: host_ip(name),
+        name: name.clone(),
+        me_start: cluster.me_start,
     };
-    let autocluster_task = match strategy.as_str() {
+    let mut etcd = None;
+    let task = match cfg.cluster.discovery_strategy.as_str() {
         "static" => Some(
             ac.spawn(
                 emqx_discovery::Static::new(cfg.cluster.static_.seeds.clone())
                     .map_err(|e| format!("cluster.static.seeds: {e}"))?,
             ),
         ),
-        "dns" => Some(ac.spawn(dns_strategy(&cfg, &name)?)),
+        "dns" => Some(ac.spawn(dns_strategy(cfg, name)?)),
         "etcd" => {
-            let etcd = Arc::new(etcd_strategy(&cfg, &name)?);
-            etcd_handle = Some(etcd.clone());
-            Some(ac.spawn(etcd))
+            let e = Arc::new(etcd_strategy(cfg, name)?);
+            etcd = Some(e.clone());
+            Some(ac.spawn(e))
         }
-        "k8s" => Some(ac.spawn(k8s_strategy(&cfg, &name)?)),
+        "k8s" => Some(ac.spawn(k8s_strategy(cfg, name)?)),
         "manual" | "singleton" => None,
         other => {
             tracing::warn!("cluster.discovery_strategy = {other} is not available yet; nodes join with `ctl cluster join`");
             None
         }
     };
+    Ok(Discovery { task, etcd })
+}
 
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
-    let node = Arc::new(Node {
-        name: name.clone(),
-        ctx: ctx.clone(),
-        discovery_strategy: strategy,
-        cluster: cluster.clone(),
-        view: view.clone(),
-        shutdown: Arc::new(shutdown),
-    });
-    let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
-        .await
-        .map_err(|e| format!("cannot start the control actor: {e}"))?;
-    ractor::pg::join(ctl_group(&name), vec![control.get_cell()]);
-
-    // MQTT listeners, once the node is wired: a client that connects
-    // now gets the cluster-wide client id lock and the remote routes.
-    let mut listener_tasks = Vec::new();
+/// One accept loop per enabled MQTT listener.
+async fn start_listeners(
+    cfg: &Config,
+    ctx: &Arc<Ctx>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let mut tasks = Vec::new();
     for (lname, l) in &cfg.listeners.tcp {
         if !l.enable {
             continue;
@@ -390,21 +529,25 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             .await
             .map_err(|e| format!("listeners.tcp.{lname}: cannot listen on {}: {e}", l.bind))?;
         tracing::info!("listener tcp:{lname} on {}", l.bind);
-        let max_conn = l.max_connections;
         let mountpoint = Some(l.mountpoint.as_str())
             .filter(|m| !m.is_empty())
             .map(Arc::from);
-        listener_tasks.push(tokio::spawn(accept_loop(
+        tasks.push(tokio::spawn(accept_loop(
             sock,
             l.bind,
             ctx.clone(),
-            max_conn,
+            l.max_connections,
             lname.clone(),
             mountpoint,
         )));
     }
+    Ok(tasks)
+}
 
-    let pid = pid_file(&cfg);
+/// Writes the pid file and says the node runs; returns the pid file.
+fn announce(cfg: &Config, dist_port: u16) -> PathBuf {
+    let name = &cfg.node.name;
+    let pid = pid_file(cfg);
     let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
     println!(
         "emqx-rs {} is running as {name} (MQTT on {}, inter-node port {dist_port})",
@@ -418,43 +561,18 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
             .join(", ")
     );
     tracing::info!("node {name} started");
+    pid
+}
 
-    if console {
-        let node = node.clone();
-        std::thread::spawn(move || crate::remote::local_console(node));
-    }
-
+/// Until SIGINT, SIGTERM or `stop`.
+async fn wait_for_stop(mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = shutdown_rx.wait_for(|v| *v) => tracing::info!("stop requested"),
+        _ = shutdown.wait_for(|v| *v) => tracing::info!("stop requested"),
     }
-
-    // Graceful stop: no new connections, sessions closed, tables dropped.
-    for t in &listener_tasks {
-        t.abort();
-    }
-    sys_task.abort();
-    dist_task.abort();
-    if let Some(t) = autocluster_task {
-        t.abort();
-    }
-    if let Some(etcd) = &etcd_handle {
-        if let Err(e) = etcd.revoke().await {
-            tracing::warn!("etcd: {e}");
-        }
-    }
-    ctx.cm.stop_all().await;
-    ctx.broker.stop();
-    forwarder.stop();
-    endpoint.stop(None);
-    cluster.stop(None);
-    control.stop(None);
-    node_server.stop(None);
-    let _ = std::fs::remove_file(&pid);
-    tracing::info!("node {name} stopped");
     Ok(())
 }
 

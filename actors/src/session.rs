@@ -849,11 +849,6 @@ impl SessionState {
     }
 }
 
-/// Wall-clock now in ms, re-exported for $SYS payloads.
-pub fn wall_ms() -> u64 {
-    now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     /// ractor boxes every message it carries, so every delivery to a

@@ -39,7 +39,7 @@ fn qos() -> impl Strategy<Value = QoS> {
 
 /// Where a property list appears; mirrors MQTT 5.0 table 2-4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ctx {
+enum Owner {
     Connect,
     Will,
     ConnAck,
@@ -118,8 +118,8 @@ fn any_properties() -> impl Strategy<Value = Properties> {
 }
 
 /// Keeps only the properties allowed in `ctx`.
-fn restrict(mut p: Properties, ctx: Ctx) -> Properties {
-    use Ctx::*;
+fn restrict(mut p: Properties, ctx: Owner) -> Properties {
+    use Owner::*;
     if !matches!(ctx, Publish | Will) {
         p.payload_format_indicator = None;
         p.message_expiry_interval = None;
@@ -179,7 +179,7 @@ fn restrict(mut p: Properties, ctx: Ctx) -> Properties {
 }
 
 /// Properties valid for `ctx` on `v`: always empty before MQTT 5.
-fn props(v: ProtocolVersion, ctx: Ctx) -> BoxedStrategy<Properties> {
+fn props(v: ProtocolVersion, ctx: Owner) -> BoxedStrategy<Properties> {
     if v == V5 {
         any_properties().prop_map(move |p| restrict(p, ctx)).boxed()
     } else {
@@ -193,7 +193,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         binary(16),
         qos(),
         any::<bool>(),
-        props(v, Ctx::Will),
+        props(v, Owner::Will),
     )
         .prop_map(|(topic, payload, qos, retain, properties)| LastWill {
             topic,
@@ -209,7 +209,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         will,
         opt(string()),
         opt(binary(16)),
-        props(v, Ctx::Connect),
+        props(v, Owner::Connect),
     )
         .prop_map(
             move |(clean_start, keep_alive, client_id, will, username, password, properties)| {
@@ -235,13 +235,15 @@ fn connack(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         // The reason codes that survive the 3.x return code mapping.
         prop::sample::select(vec![0x00u8, 0x84, 0x85, 0x88, 0x86, 0x87]).boxed()
     };
-    (any::<bool>(), code, props(v, Ctx::ConnAck)).prop_map(move |(sp, reason_code, properties)| {
-        Packet::ConnAck(ConnAck {
-            session_present: sp && reason_code == 0 && v != V3,
-            reason_code,
-            properties,
-        })
-    })
+    (any::<bool>(), code, props(v, Owner::ConnAck)).prop_map(
+        move |(sp, reason_code, properties)| {
+            Packet::ConnAck(ConnAck {
+                session_present: sp && reason_code == 0 && v != V3,
+                reason_code,
+                properties,
+            })
+        },
+    )
 }
 
 fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -251,7 +253,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
         any::<bool>(),
         string(),
         1u16..,
-        props(v, Ctx::Publish),
+        props(v, Owner::Publish),
         binary(64),
     )
         .prop_map(|(qos, dup, retain, topic, id, properties, payload)| {
@@ -274,7 +276,7 @@ fn pub_resp(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     } else {
         Just(0u8).boxed()
     };
-    (0..4u8, 1u16.., code, props(v, Ctx::PubResp)).prop_map(
+    (0..4u8, 1u16.., code, props(v, Owner::PubResp)).prop_map(
         |(kind, packet_id, reason_code, properties)| {
             let ack = PubAckLike {
                 packet_id,
@@ -317,7 +319,7 @@ fn sub_options(v: ProtocolVersion) -> impl Strategy<Value = SubscriptionOptions>
 fn subscribe(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     (
         1u16..,
-        props(v, Ctx::Subscribe),
+        props(v, Owner::Subscribe),
         vec((string(), sub_options(v)), 1..4),
     )
         .prop_map(|(packet_id, properties, filters)| {
@@ -335,7 +337,7 @@ fn suback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     } else {
         prop::sample::select(vec![0u8, 1, 2, 0x80]).boxed()
     };
-    (1u16.., props(v, Ctx::SubAck), vec(code, 1..4)).prop_map(
+    (1u16.., props(v, Owner::SubAck), vec(code, 1..4)).prop_map(
         |(packet_id, properties, reason_codes)| {
             Packet::SubAck(SubAck {
                 packet_id,
@@ -347,7 +349,7 @@ fn suback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
 }
 
 fn unsubscribe(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    (1u16.., props(v, Ctx::Unsubscribe), vec(string(), 1..4)).prop_map(
+    (1u16.., props(v, Owner::Unsubscribe), vec(string(), 1..4)).prop_map(
         |(packet_id, properties, filters)| {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id,
@@ -364,7 +366,7 @@ fn unsuback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     } else {
         Just(Vec::new()).boxed()
     };
-    (1u16.., props(v, Ctx::UnsubAck), codes).prop_map(|(packet_id, properties, reason_codes)| {
+    (1u16.., props(v, Owner::UnsubAck), codes).prop_map(|(packet_id, properties, reason_codes)| {
         Packet::UnsubAck(UnsubAck {
             packet_id,
             properties,
@@ -374,7 +376,7 @@ fn unsuback(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
 }
 
 fn disconnect() -> impl Strategy<Value = Packet> {
-    (any::<u8>(), props(V5, Ctx::Disconnect)).prop_map(|(reason_code, properties)| {
+    (any::<u8>(), props(V5, Owner::Disconnect)).prop_map(|(reason_code, properties)| {
         Packet::Disconnect(Disconnect {
             reason_code,
             properties,
@@ -383,7 +385,7 @@ fn disconnect() -> impl Strategy<Value = Packet> {
 }
 
 fn auth() -> impl Strategy<Value = Packet> {
-    (any::<u8>(), props(V5, Ctx::Auth)).prop_map(|(reason_code, properties)| {
+    (any::<u8>(), props(V5, Owner::Auth)).prop_map(|(reason_code, properties)| {
         Packet::Auth(Auth {
             reason_code,
             properties,

@@ -113,8 +113,14 @@ async fn round<S: Strategy>(
         let r = svc
             .call(|r| SvcMsg::Join(t, r), Some(Duration::from_secs(30)))
             .await;
-        if let Ok(ractor::rpc::CallResult::Success(out)) = r {
-            tracing::info!("autocluster: {}", out.lines().next().unwrap_or(""));
+        match r {
+            Ok(ractor::rpc::CallResult::Success(Ok(_))) => {
+                tracing::info!("autocluster: joined the cluster through {target}")
+            }
+            Ok(ractor::rpc::CallResult::Success(Err(e))) => {
+                tracing::info!("autocluster: failed to join the cluster: {e}")
+            }
+            _ => {}
         }
     }
 }

@@ -107,7 +107,8 @@ pub enum SvcMsg {
     DialDone(String, bool),
     RoutesFetched(String, Result<Resp, super::rpc::PeerError>),
     // The local API (ctl).
-    Join(String, RpcReplyPort<String>),
+    /// `cluster join`: the cluster status after joining, or why not.
+    Join(String, RpcReplyPort<Result<String, JoinError>>),
     Adopt(String, Box<JoinSnapshot>, RpcReplyPort<()>),
     Leave(RpcReplyPort<String>),
     ForceLeave(String, RpcReplyPort<String>),
@@ -597,21 +598,38 @@ pub async fn probe(
     }
 }
 
+/// Why `cluster join` failed. Displayed as EMQX prints the reason
+/// (`{node_down,'x@h'}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("{{node_down,'{0}'}}")]
+    NodeDown(String),
+    #[error("{{cannot_join_itself,'{0}'}}")]
+    CannotJoinItself(String),
+    #[error("{{already_in_cluster,'{0}'}}")]
+    AlreadyInCluster(String),
+    #[error("singleton")]
+    Singleton,
+    /// The target refused, for the reason it gave.
+    #[error("{{{why},'{target}'}}")]
+    Refused { why: String, target: String },
+}
+
 /// The newcomer's side of `cluster join`: link, ask, adopt; returns the
-/// text for ctl.
+/// cluster status afterwards.
 async fn join_task(
     ns: &ActorRef<NodeServerMessage>,
     ip: Option<IpAddr>,
     target: &str,
     me_info: MemberInfo,
     svc: &ActorRef<SvcMsg>,
-) -> String {
-    let down = || format!("Failed to join the cluster: {{node_down,'{target}'}}\n");
+) -> Result<String, JoinError> {
+    let down = || JoinError::NodeDown(target.to_string());
     let Some(addr) = resolve_dist_addr(target).await else {
-        return down();
+        return Err(down());
     };
     if !ensure_link(ns, ip, target, addr).await {
-        return down();
+        return Err(down());
     }
     match call_peer(target, &Req::Join { info: me_info }).await {
         Ok(Resp::Joined(snap)) => {
@@ -626,10 +644,13 @@ async fn join_task(
                 Ok(ractor::rpc::CallResult::Success(s)) => s,
                 _ => String::new(),
             };
-            format!("Join the cluster successfully.\n{status}\n")
+            Ok(status)
         }
-        Ok(Resp::Refused(why)) => format!("Failed to join the cluster: {{{why},'{target}'}}\n"),
-        Ok(_) | Err(_) => down(),
+        Ok(Resp::Refused(why)) => Err(JoinError::Refused {
+            why,
+            target: target.to_string(),
+        }),
+        Ok(_) | Err(_) => Err(down()),
     }
 }
 
@@ -658,15 +679,15 @@ async fn reboot(
     };
     let mut ok = false;
     for attempt in 1..=3 {
-        let out = join_task(&ns, ip, &coordinator, info.clone(), svc).await;
-        if out.starts_with("Join the cluster successfully") {
-            ok = true;
-            break;
+        match join_task(&ns, ip, &coordinator, info.clone(), svc).await {
+            Ok(_) => {
+                ok = true;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!("autoheal: rejoining {coordinator} failed (attempt {attempt}): {e}")
+            }
         }
-        tracing::warn!(
-            "autoheal: rejoining {coordinator} failed (attempt {attempt}): {}",
-            out.trim()
-        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     ctx.listeners.send_replace(true);
@@ -1368,7 +1389,7 @@ impl SvcState {
         &mut self,
         myself: &ActorRef<SvcMsg>,
         target: String,
-        reply: RpcReplyPort<String>,
+        reply: RpcReplyPort<Result<String, JoinError>>,
     ) {
         let target = if target.contains('@') {
             target
@@ -1382,19 +1403,15 @@ impl SvcState {
             format!("{target}@{host}")
         };
         if target == self.me() {
-            let _ = reply.send(format!(
-                "Failed to join the cluster: {{cannot_join_itself,'{target}'}}\n"
-            ));
+            let _ = reply.send(Err(JoinError::CannotJoinItself(target)));
             return;
         }
         if self.settings.singleton {
-            let _ = reply.send("Failed to join the cluster: singleton\n".into());
+            let _ = reply.send(Err(JoinError::Singleton));
             return;
         }
         if self.membership.peer(&target).is_some() {
-            let _ = reply.send(format!(
-                "Failed to join the cluster: {{already_in_cluster,'{target}'}}\n"
-            ));
+            let _ = reply.send(Err(JoinError::AlreadyInCluster(target)));
             return;
         }
         let ns = self.node_server.clone();

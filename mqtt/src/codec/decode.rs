@@ -1,7 +1,7 @@
 //! Decoding: fixed header, then the body of each of the 15 packet types.
 
 use super::error::DecodeError;
-use super::props::{self, Ctx};
+use super::props::{self, Owner};
 use super::reader::{malformed, protocol, Reader};
 use crate::packet::*;
 use bytes::{Buf, BytesMut};
@@ -144,14 +144,15 @@ fn body(
             Packet::PingResp
         }
         14 => {
-            let (reason_code, properties) = reason_and_props(r, v5, Ctx::Disconnect, "DISCONNECT")?;
+            let (reason_code, properties) =
+                reason_and_props(r, v5, Owner::Disconnect, "DISCONNECT")?;
             Packet::Disconnect(Disconnect {
                 reason_code,
                 properties,
             })
         }
         15 => {
-            let (reason_code, properties) = reason_and_props(r, v5, Ctx::Auth, "AUTH")?;
+            let (reason_code, properties) = reason_and_props(r, v5, Owner::Auth, "AUTH")?;
             Packet::Auth(Auth {
                 reason_code,
                 properties,
@@ -162,7 +163,7 @@ fn body(
     Ok(p)
 }
 
-fn v5_props(r: &mut Reader, v5: bool, ctx: Ctx) -> Result<Properties, DecodeError> {
+fn v5_props(r: &mut Reader, v5: bool, ctx: Owner) -> Result<Properties, DecodeError> {
     if v5 {
         props::read(r, ctx)
     } else {
@@ -210,10 +211,10 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         ));
     }
     let keep_alive = r.u16()?;
-    let properties = v5_props(r, v5, Ctx::Connect)?;
+    let properties = v5_props(r, v5, Owner::Connect)?;
     let client_id = r.string("client identifier")?;
     let will = if will_flag {
-        let properties = v5_props(r, v5, Ctx::Will)?;
+        let properties = v5_props(r, v5, Owner::Will)?;
         let topic = r.string("will topic")?;
         let payload = r.binary()?;
         Some(LastWill {
@@ -257,7 +258,7 @@ fn connack(r: &mut Reader, v: ProtocolVersion) -> Result<ConnAck, DecodeError> {
     }
     let code = r.u8()?;
     let (reason_code, properties) = if v == ProtocolVersion::V5 {
-        (code, props::read(r, Ctx::ConnAck)?)
+        (code, props::read(r, Owner::ConnAck)?)
     } else {
         let rc = match code {
             0 => reason::SUCCESS,
@@ -286,7 +287,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
     } else {
         Some(packet_id(r, "PUBLISH")?)
     };
-    let properties = v5_props(r, v5, Ctx::Publish)?;
+    let properties = v5_props(r, v5, Owner::Publish)?;
     Ok(Publish {
         dup: flags & 0x08 != 0,
         qos,
@@ -306,7 +307,7 @@ fn pub_resp(r: &mut Reader, v5: bool, what: &str) -> Result<PubAckLike, DecodeEr
     if v5 && r.remaining() > 0 {
         ack.reason_code = r.u8()?;
         if r.remaining() > 0 {
-            ack.properties = props::read(r, Ctx::PubResp)?;
+            ack.properties = props::read(r, Owner::PubResp)?;
         }
     }
     r.finish(what)?;
@@ -319,7 +320,7 @@ fn pub_resp(r: &mut Reader, v5: bool, what: &str) -> Result<PubAckLike, DecodeEr
 fn reason_and_props(
     r: &mut Reader,
     v5: bool,
-    ctx: Ctx,
+    ctx: Owner,
     what: &str,
 ) -> Result<(u8, Properties), DecodeError> {
     let mut reason_code = reason::SUCCESS;
@@ -359,7 +360,7 @@ fn subscription_options(o: u8, v5: bool) -> Result<SubscriptionOptions, DecodeEr
 
 fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     let packet_id = packet_id(r, "SUBSCRIBE")?;
-    let properties = v5_props(r, v5, Ctx::Subscribe)?;
+    let properties = v5_props(r, v5, Owner::Subscribe)?;
     let mut filters = Vec::new();
     while r.remaining() > 0 {
         let filter = r.string("topic filter")?;
@@ -378,7 +379,7 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
 
 fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let packet_id = r.u16()?;
-    let properties = v5_props(r, v5, Ctx::SubAck)?;
+    let properties = v5_props(r, v5, Owner::SubAck)?;
     let reason_codes = r.rest().to_vec();
     if reason_codes.is_empty() {
         return Err(protocol("SUBACK without a reason code"));
@@ -392,7 +393,7 @@ fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
 
 fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
     let packet_id = packet_id(r, "UNSUBSCRIBE")?;
-    let properties = v5_props(r, v5, Ctx::Unsubscribe)?;
+    let properties = v5_props(r, v5, Owner::Unsubscribe)?;
     let mut filters = Vec::new();
     while r.remaining() > 0 {
         filters.push(r.string("topic filter")?);
@@ -410,7 +411,7 @@ fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
 fn unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = r.u16()?;
     let (properties, reason_codes) = if v5 {
-        let p = props::read(r, Ctx::UnsubAck)?;
+        let p = props::read(r, Owner::UnsubAck)?;
         (p, r.rest().to_vec())
     } else {
         r.finish("UNSUBACK")?;

@@ -2,7 +2,7 @@
 //! same code against a [`Counter`] gives the exact size, so `encoded_len`
 //! and `encode` cannot disagree.
 
-use super::props::{self, Ctx};
+use super::props::{self, Owner};
 use super::sink::{varint_len, Counter, Sink};
 use crate::packet::*;
 use bytes::BytesMut;
@@ -77,7 +77,7 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
             s.put_u8(u8::from(session_present));
             if v5 {
                 s.put_u8(a.reason_code);
-                props::write(&a.properties, Ctx::ConnAck, s);
+                props::write(&a.properties, Owner::ConnAck, s);
             } else {
                 s.put_u8(connack_return_code(a.reason_code));
             }
@@ -88,20 +88,20 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
                 s.put_u16(p.packet_id.unwrap_or(0));
             }
             if v5 {
-                props::write(&p.properties, Ctx::Publish, s);
+                props::write(&p.properties, Owner::Publish, s);
             }
             s.put_slice(&p.payload);
         }
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             s.put_u16(a.packet_id);
             if v5 {
-                short_form(a.reason_code, &a.properties, Ctx::PubResp, s);
+                short_form(a.reason_code, &a.properties, Owner::PubResp, s);
             }
         }
         Packet::Subscribe(sub) => {
             s.put_u16(sub.packet_id);
             if v5 {
-                props::write(&sub.properties, Ctx::Subscribe, s);
+                props::write(&sub.properties, Owner::Subscribe, s);
             }
             for (filter, o) in &sub.filters {
                 s.put_str(filter);
@@ -117,7 +117,7 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
         Packet::SubAck(a) => {
             s.put_u16(a.packet_id);
             if v5 {
-                props::write(&a.properties, Ctx::SubAck, s);
+                props::write(&a.properties, Owner::SubAck, s);
                 s.put_slice(&a.reason_codes);
             } else {
                 for rc in &a.reason_codes {
@@ -128,7 +128,7 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
         Packet::Unsubscribe(u) => {
             s.put_u16(u.packet_id);
             if v5 {
-                props::write(&u.properties, Ctx::Unsubscribe, s);
+                props::write(&u.properties, Owner::Unsubscribe, s);
             }
             for filter in &u.filters {
                 s.put_str(filter);
@@ -137,19 +137,19 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
         Packet::UnsubAck(a) => {
             s.put_u16(a.packet_id);
             if v5 {
-                props::write(&a.properties, Ctx::UnsubAck, s);
+                props::write(&a.properties, Owner::UnsubAck, s);
                 s.put_slice(&a.reason_codes);
             }
         }
         Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(d) => {
             if v5 {
-                short_form(d.reason_code, &d.properties, Ctx::Disconnect, s);
+                short_form(d.reason_code, &d.properties, Owner::Disconnect, s);
             }
         }
         Packet::Auth(a) => {
             if v5 {
-                short_form(a.reason_code, &a.properties, Ctx::Auth, s);
+                short_form(a.reason_code, &a.properties, Owner::Auth, s);
             }
         }
     }
@@ -158,7 +158,7 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, s: &mut S) {
 /// Reason code plus properties, using the v5 short forms: nothing when the
 /// reason is 0 and there are no properties, the reason alone when there are
 /// no properties.
-fn short_form<S: Sink>(rc: u8, p: &Properties, ctx: Ctx, s: &mut S) {
+fn short_form<S: Sink>(rc: u8, p: &Properties, ctx: Owner, s: &mut S) {
     if props::len(p, ctx) == 0 {
         if rc != reason::SUCCESS {
             s.put_u8(rc);
@@ -196,12 +196,12 @@ fn connect<S: Sink>(c: &Connect, version: ProtocolVersion, s: &mut S) {
     s.put_u8(flags);
     s.put_u16(c.keep_alive);
     if v5 {
-        props::write(&c.properties, Ctx::Connect, s);
+        props::write(&c.properties, Owner::Connect, s);
     }
     s.put_str(&c.client_id);
     if let Some(w) = &c.will {
         if v5 {
-            props::write(&w.properties, Ctx::Will, s);
+            props::write(&w.properties, Owner::Will, s);
         }
         s.put_str(&w.topic);
         s.put_bin(&w.payload);

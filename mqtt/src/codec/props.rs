@@ -8,7 +8,7 @@ use crate::packet::Properties;
 
 /// The packet (or will message) a property list belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ctx {
+pub(crate) enum Owner {
     Connect,
     Will,
     ConnAck,
@@ -23,20 +23,20 @@ pub(crate) enum Ctx {
     Auth,
 }
 
-impl Ctx {
+impl Owner {
     fn name(self) -> &'static str {
         match self {
-            Ctx::Connect => "CONNECT",
-            Ctx::Will => "will properties",
-            Ctx::ConnAck => "CONNACK",
-            Ctx::Publish => "PUBLISH",
-            Ctx::PubResp => "PUBACK/PUBREC/PUBREL/PUBCOMP",
-            Ctx::Subscribe => "SUBSCRIBE",
-            Ctx::SubAck => "SUBACK",
-            Ctx::Unsubscribe => "UNSUBSCRIBE",
-            Ctx::UnsubAck => "UNSUBACK",
-            Ctx::Disconnect => "DISCONNECT",
-            Ctx::Auth => "AUTH",
+            Owner::Connect => "CONNECT",
+            Owner::Will => "will properties",
+            Owner::ConnAck => "CONNACK",
+            Owner::Publish => "PUBLISH",
+            Owner::PubResp => "PUBACK/PUBREC/PUBREL/PUBCOMP",
+            Owner::Subscribe => "SUBSCRIBE",
+            Owner::SubAck => "SUBACK",
+            Owner::Unsubscribe => "UNSUBSCRIBE",
+            Owner::UnsubAck => "UNSUBACK",
+            Owner::Disconnect => "DISCONNECT",
+            Owner::Auth => "AUTH",
         }
     }
 }
@@ -71,8 +71,8 @@ pub(crate) const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
 
 /// `None` for an unknown property id, otherwise whether it may appear in `ctx`
 /// (MQTT 5.0 table 2-4).
-pub(crate) fn allowed(id: u8, ctx: Ctx) -> Option<bool> {
-    use Ctx::*;
+pub(crate) fn allowed(id: u8, ctx: Owner) -> Option<bool> {
+    use Owner::*;
     let ok = match id {
         PAYLOAD_FORMAT_INDICATOR
         | MESSAGE_EXPIRY_INTERVAL
@@ -107,7 +107,7 @@ pub(crate) fn allowed(id: u8, ctx: Ctx) -> Option<bool> {
     Some(ok)
 }
 
-fn set<T>(slot: &mut Option<T>, value: T, id: u8, ctx: Ctx) -> Result<(), DecodeError> {
+fn set<T>(slot: &mut Option<T>, value: T, id: u8, ctx: Owner) -> Result<(), DecodeError> {
     if slot.is_some() {
         return Err(DecodeError::Protocol(format!(
             "property 0x{id:02X} appears more than once in {}",
@@ -137,7 +137,7 @@ fn non_zero_u16(r: &mut Reader, id: u8) -> Result<u16, DecodeError> {
 }
 
 /// Reads a property length and the property list that follows it.
-pub(crate) fn read(r: &mut Reader, ctx: Ctx) -> Result<Properties, DecodeError> {
+pub(crate) fn read(r: &mut Reader, ctx: Owner) -> Result<Properties, DecodeError> {
     let len = r.varint()? as usize;
     let mut r = r.sub(len, "property list")?;
     let mut p = Properties::default();
@@ -168,7 +168,7 @@ pub(crate) fn read(r: &mut Reader, ctx: Ctx) -> Result<Properties, DecodeError> 
                 if v == 0 {
                     return Err(DecodeError::Protocol("subscription identifier 0".into()));
                 }
-                if ctx != Ctx::Publish && !p.subscription_identifiers.is_empty() {
+                if ctx != Owner::Publish && !p.subscription_identifiers.is_empty() {
                     return Err(DecodeError::Protocol(format!(
                         "subscription identifier appears more than once in {}",
                         ctx.name()
@@ -266,7 +266,7 @@ pub(crate) fn read(r: &mut Reader, ctx: Ctx) -> Result<Properties, DecodeError> 
 /// Writes the properties of `p` that are allowed in `ctx`, without the
 /// length prefix. Fields not allowed in `ctx` are skipped; in anything but
 /// PUBLISH only the first subscription identifier is written.
-fn write_items<S: Sink>(p: &Properties, ctx: Ctx, s: &mut S) {
+fn write_items<S: Sink>(p: &Properties, ctx: Owner, s: &mut S) {
     let ok = |id: u8| allowed(id, ctx) == Some(true);
     macro_rules! prop {
         ($id:expr, $field:expr, $put:ident) => {
@@ -292,7 +292,7 @@ fn write_items<S: Sink>(p: &Properties, ctx: Ctx, s: &mut S) {
     prop!(RESPONSE_TOPIC, p.response_topic, put_str);
     prop!(CORRELATION_DATA, p.correlation_data, put_bin);
     if ok(SUBSCRIPTION_IDENTIFIER) {
-        let n = if ctx == Ctx::Publish { usize::MAX } else { 1 };
+        let n = if ctx == Owner::Publish { usize::MAX } else { 1 };
         for v in p.subscription_identifiers.iter().take(n) {
             s.put_u8(SUBSCRIPTION_IDENTIFIER);
             s.put_varint(*v as usize);
@@ -354,14 +354,14 @@ fn write_items<S: Sink>(p: &Properties, ctx: Ctx, s: &mut S) {
 }
 
 /// Size of the property list of `p` in `ctx`, without the length prefix.
-pub(crate) fn len(p: &Properties, ctx: Ctx) -> usize {
+pub(crate) fn len(p: &Properties, ctx: Owner) -> usize {
     let mut c = Counter::default();
     write_items(p, ctx, &mut c);
     c.0
 }
 
 /// Writes the property length followed by the properties.
-pub(crate) fn write<S: Sink>(p: &Properties, ctx: Ctx, s: &mut S) {
+pub(crate) fn write<S: Sink>(p: &Properties, ctx: Owner, s: &mut S) {
     s.put_varint(len(p, ctx));
     write_items(p, ctx, s);
 }
