@@ -1,0 +1,177 @@
+//! Failure detection as the service runs it: heartbeats, up and down, forgetting a node, and autoclean.
+
+use super::*;
+
+impl SvcState {
+    pub(super) fn send_heartbeat(&mut self, node: &str) {
+        let beat = self.monitor.beat();
+        cast_peer(
+            node,
+            &Note::Heartbeat {
+                node: self.me().to_string(),
+                route_version: self.local.version,
+                beat,
+            },
+        );
+    }
+
+    /// Autoclean (checked every quarter of the period): members down for
+    /// longer than `cluster.autoclean` are removed and their routes purged.
+    pub(super) fn autoclean(&mut self, now: Instant) {
+        let period = self.settings.autoclean;
+        if period.is_zero() || now.duration_since(self.last_autoclean) < period / 4 {
+            return;
+        }
+        self.last_autoclean = now;
+        // Members never seen running since we started count from now.
+        let unseen: Vec<String> = self
+            .membership
+            .peers()
+            .filter(|m| !m.running && !self.down_since.contains_key(&m.info.node))
+            .map(|m| m.info.node.clone())
+            .collect();
+        for n in unseen {
+            self.down_since.insert(n, now);
+        }
+        let expired: Vec<(String, Duration)> = self
+            .down_since
+            .iter()
+            .filter(|(n, t)| {
+                now.duration_since(**t) >= period
+                    && self.membership.peer(n).is_some_and(|m| !m.running)
+            })
+            .map(|(n, t)| (n.clone(), now.duration_since(*t)))
+            .collect();
+        for (node, down) in expired {
+            tracing::warn!(
+                "cluster: autoclean removes {node}, down for {}s",
+                down.as_secs()
+            );
+            self.forget(&node);
+            self.down_since.remove(&node);
+            self.removed.insert(node.clone());
+            inc(&self.ctx.broker.metrics.cluster_autocleaned);
+            let ctx = self.ctx.clone();
+            ctx.sys_cluster_event("autoclean", &node);
+            self.save();
+        }
+    }
+
+    pub(super) fn tick(&mut self, myself: &ActorRef<SvcMsg>) {
+        let now = Instant::now();
+        self.autoclean(now);
+        if now.duration_since(self.last_heartbeat) >= self.settings.heartbeat_interval {
+            self.last_heartbeat = now;
+            let peers: Vec<String> = self
+                .membership
+                .peers()
+                .map(|m| m.info.node.clone())
+                .collect();
+            for p in peers {
+                if self.links.contains_key(&p) {
+                    self.send_heartbeat(&p);
+                }
+            }
+        }
+        let eff = self.monitor.tick(now);
+        self.apply(myself, eff, "no heartbeat within the down timeout");
+        // Dial members we have no link to.
+        let targets: Vec<MemberInfo> = self
+            .membership
+            .peers()
+            .filter(|m| {
+                !self.links.contains_key(&m.info.node) && !self.dialing.contains(&m.info.node)
+            })
+            .map(|m| m.info.clone())
+            .collect();
+        for info in targets {
+            let ready = self.backoff.get(&info.node).is_none_or(|b| b.ready(now));
+            if !ready {
+                continue;
+            }
+            let Ok(addr) = info.dist_addr.parse::<SocketAddr>() else {
+                continue;
+            };
+            self.dialing.insert(info.node.clone());
+            let ns = self.node_server.clone();
+            let me = myself.clone();
+            let ip = self.settings.bind_ip;
+            tokio::spawn(async move {
+                let ok = ensure_link(&ns, ip, &info.node, addr).await;
+                let _ = me.cast(SvcMsg::DialDone(info.node, ok));
+            });
+        }
+    }
+
+    pub(super) fn mark_down(&mut self, node: &str, why: &str) {
+        self.down_since
+            .entry(node.to_string())
+            .or_insert_with(Instant::now);
+        if self.membership.set_running(node, false) {
+            tracing::warn!("cluster: node {node} is down ({why})");
+            self.view.up.write().remove(node);
+            let ctx = self.ctx.clone();
+            ctx.sys_node_event(node, false);
+        }
+    }
+
+    pub(super) fn mark_up(&mut self, node: &str) {
+        self.down_since.remove(node);
+        if std::mem::take(&mut self.retained_sync) {
+            let ctx = self.ctx.clone();
+            let peer = node.to_string();
+            tokio::spawn(async move {
+                match call_peer(&peer, &Req::RetainedAll).await {
+                    Ok(Resp::Retained(msgs)) => {
+                        let n = msgs.len();
+                        for m in msgs {
+                            let _ = ctx.broker.retainer.store(&Arc::new(m));
+                        }
+                        tracing::info!("cluster: {n} retained message(s) synced from {peer}");
+                    }
+                    other => tracing::warn!("cluster: retained sync from {peer} failed: {other:?}"),
+                }
+            });
+        }
+        if self.membership.set_running(node, true) {
+            tracing::info!("cluster: node {node} is up");
+            self.view.up.write().insert(Arc::from(node));
+            let ctx = self.ctx.clone();
+            ctx.sys_node_event(node, true);
+        }
+    }
+
+    /// Forgets a node that left or was removed: membership, routes, links.
+    pub(super) fn forget(&mut self, node: &str) {
+        self.down_since.remove(node);
+        if self.membership.remove(node) {
+            tracing::info!("cluster: {node} left the cluster");
+        }
+        self.monitor.remove_member(node);
+        self.view.up.write().remove(node);
+        let purged = self.view.routes.write().purge(node);
+        if purged > 0 {
+            tracing::info!("cluster: purged {purged} route(s) of {node}");
+        }
+        self.incarnations.remove(node);
+        self.view.forwarder.remove_peer(node);
+        self.backoff.remove(node);
+        self.disconnect(node);
+    }
+
+    pub(super) fn disconnect(&self, node: &str) {
+        let ns = self.node_server.clone();
+        let node = node.to_string();
+        tokio::spawn(async move {
+            // Let what was just cast to the peer (MemberLeft) go out first.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(sessions) = ractor::call_t!(ns, NodeServerMessage::GetSessions, 2000) {
+                for s in sessions.values() {
+                    if s.peer_name.as_ref().is_some_and(|p| p.name == node) {
+                        s.actor.stop(Some("left the cluster".into()));
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,211 @@
+//! What peers send: notes (heartbeats, route changes, retained messages, membership) and requests (join, locks, takeover, snapshots).
+
+use super::*;
+
+impl SvcState {
+    pub(super) fn on_note(&mut self, myself: &ActorRef<SvcMsg>, n: Note) {
+        match n {
+            Note::Heartbeat {
+                node,
+                route_version,
+                beat,
+            } => {
+                if self.membership.peer(&node).is_none() {
+                    if self.removed.contains(&node) {
+                        // Autocleaned while it was away: tell it.
+                        cast_peer(&node, &Note::MemberLeft { node: node.clone() });
+                    } else if self.left_from.contains(&node) {
+                        cast_peer(
+                            &node,
+                            &Note::MemberLeft {
+                                node: self.me().to_string(),
+                            },
+                        );
+                    }
+                    return;
+                }
+                let eff = self.monitor.on_beat(&node, &beat, Instant::now());
+                self.apply(myself, eff, "");
+                if self.monitor.is_running(&node) {
+                    self.check_routes(myself, &node, beat.incarnation, route_version);
+                }
+            }
+            Note::Routes {
+                node,
+                incarnation,
+                base,
+                ops,
+            } => {
+                if self.membership.peer(&node).is_none() {
+                    return;
+                }
+                let known = self.incarnations.get(&node).copied();
+                if known == Some(incarnation) {
+                    let r = self.view.routes.write().apply(&node, base, &ops);
+                    if r.is_err() {
+                        self.fetch_routes(myself, &node);
+                    }
+                } else {
+                    self.check_routes(myself, &node, incarnation, base + ops.len() as u64);
+                }
+            }
+            Note::MemberUp { info } => {
+                if info.node == self.me() {
+                    return;
+                }
+                if self.joining {
+                    // Our own join is under way: this news about the cluster
+                    // we are joining must survive the adoption of its snapshot.
+                    self.pending_ups.push(info.clone());
+                }
+                let node = info.node.clone();
+                add_forward_peer(&self.view, &info);
+                let (role, running) = (info.role, self.monitor.is_running(&node));
+                if self.membership.upsert(info, running) {
+                    tracing::info!("cluster: {node} joined the cluster");
+                    self.save();
+                }
+                self.monitor.add_member(&node, role, Instant::now());
+                if self.links.contains_key(&node) {
+                    self.send_heartbeat(&node);
+                }
+            }
+            Note::MemberLeft { node } => {
+                if node == self.me() {
+                    tracing::warn!("cluster: this node was removed from the cluster");
+                    self.reset_to_single();
+                } else {
+                    self.forget(&node);
+                }
+                self.save();
+            }
+            Note::Retain { msg } => {
+                let _ = self.ctx.broker.retainer.store(&Arc::new(msg));
+            }
+            Note::Report { node } => {
+                let eff = self.monitor.on_report(&node, Instant::now());
+                self.apply(myself, eff, "");
+            }
+            Note::Heal { cliques } => self.start_heal(myself, cliques),
+        }
+    }
+
+    pub(super) async fn on_request(&mut self, req: Req) -> Resp {
+        match req {
+            Req::Join { info } => {
+                if info.node == self.me() {
+                    return Resp::Refused("cannot_join_itself".into());
+                }
+                if self.settings.singleton {
+                    return Resp::Refused("singleton".into());
+                }
+                let node = info.node.clone();
+                self.left_from.remove(&node);
+                self.removed.remove(&node);
+                add_forward_peer(&self.view, &info);
+                let others: Vec<String> = self
+                    .membership
+                    .peers()
+                    .map(|m| m.info.node.clone())
+                    .collect();
+                // A member rejoining after an autoheal restart keeps its
+                // running state until its new incarnation is heard.
+                let running = self.monitor.is_running(&node);
+                self.membership.upsert(info.clone(), running);
+                self.monitor.add_member(&node, info.role, Instant::now());
+                // A rejoining node's old routes are stale: it sends its own.
+                self.view.routes.write().purge(&node);
+                self.incarnations.remove(&node);
+                self.save();
+                for o in others {
+                    if o != node {
+                        cast_peer(&o, &Note::MemberUp { info: info.clone() });
+                    }
+                }
+                tracing::info!("cluster: {node} joined through this node");
+                let (v, keys) = self.local.snapshot();
+                let mut routes = vec![(
+                    self.me().to_string(),
+                    self.membership.me.incarnation,
+                    v,
+                    keys,
+                )];
+                {
+                    let r = self.view.routes.read();
+                    for origin in r.origins() {
+                        if &*origin == node.as_str() {
+                            continue;
+                        }
+                        let inc = self.incarnations.get(&*origin).copied().unwrap_or(0);
+                        routes.push((
+                            origin.to_string(),
+                            inc,
+                            r.version(&origin),
+                            r.keys_of(&origin),
+                        ));
+                    }
+                }
+                let retained = self
+                    .ctx
+                    .broker
+                    .retainer
+                    .all()
+                    .into_iter()
+                    .map(|m| (*m).clone())
+                    .collect();
+                let mut members = self.membership.all_infos();
+                members.retain(|m| m.node != node);
+                Resp::Joined(Box::new(JoinSnapshot {
+                    members,
+                    routes,
+                    retained,
+                }))
+            }
+            Req::RoutesSince { since } => {
+                let inc = self.membership.me.incarnation;
+                match self.local.since(since) {
+                    Some(ops) => Resp::Routes {
+                        incarnation: inc,
+                        version: self.local.version,
+                        delta: Some((since, ops)),
+                        snapshot: None,
+                    },
+                    None => {
+                        let (v, keys) = self.local.snapshot();
+                        Resp::Routes {
+                            incarnation: inc,
+                            version: v,
+                            delta: None,
+                            snapshot: Some(keys),
+                        }
+                    }
+                }
+            }
+            Req::Ctl { .. } => Resp::Refused("ctl is served by the control actor".into()),
+            Req::Lock { client, holder } => {
+                Resp::Bool(self.registry.try_lock_local(&client, &holder))
+            }
+            Req::Unlock { client, holder } => {
+                self.registry.unlock_local(&client, &holder);
+                Resp::Bool(true)
+            }
+            Req::RetainedAll => Resp::Retained(
+                self.ctx
+                    .broker
+                    .retainer
+                    .all()
+                    .into_iter()
+                    .map(|m| (*m).clone())
+                    .collect(),
+            ),
+            Req::Info => Resp::Info {
+                incarnation: self.membership.me.incarnation,
+                members: self.membership.peers().count() + 1,
+            },
+            Req::SplitView => Resp::SplitView(self.monitor.split_view()),
+            Req::Kick { .. } | Req::Discard { .. } | Req::Takeover { .. } | Req::Reboot { .. } => {
+                Resp::Refused("handled asynchronously".into())
+            }
+        }
+    }
+}
