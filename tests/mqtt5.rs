@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{frame, Node, Opts, Raw};
+use common::{frame, parse_props, read_varint, Node, Opts, Raw};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Filter, LastWill, LastWillProperties, Packet, Publish, PublishProperties,
     RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
@@ -422,52 +422,6 @@ fn split_packets(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
         }
         out.push((h, b[i..i + len].to_vec()));
         b = &b[i + len..];
-    }
-    out
-}
-
-fn read_varint(b: &[u8], i: &mut usize) -> usize {
-    let mut n = 0usize;
-    let mut mult = 1usize;
-    loop {
-        let x = b[*i];
-        *i += 1;
-        n += (x & 0x7f) as usize * mult;
-        mult *= 128;
-        if x & 0x80 == 0 {
-            return n;
-        }
-    }
-}
-
-/// Parses a v5 property block into (id, value bytes).
-fn parse_props(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let id = b[i];
-        i += 1;
-        let n = match id {
-            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
-            0x13 | 0x21 | 0x22 | 0x23 => 2,
-            0x02 | 0x11 | 0x18 | 0x27 => 4,
-            0x0B => {
-                let s = i;
-                read_varint(b, &mut i);
-                out.push((id, b[s..i].to_vec()));
-                continue;
-            }
-            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
-                2 + u16::from_be_bytes([b[i], b[i + 1]]) as usize
-            }
-            0x26 => {
-                let k = 2 + u16::from_be_bytes([b[i], b[i + 1]]) as usize;
-                k + 2 + u16::from_be_bytes([b[i + k], b[i + k + 1]]) as usize
-            }
-            other => panic!("unknown property 0x{other:02X} in {b:?}"),
-        };
-        out.push((id, b[i..i + n].to_vec()));
-        i += n;
     }
     out
 }

@@ -421,3 +421,51 @@ pub fn frame(header: u8, body: &[u8]) -> Vec<u8> {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A variable byte integer (remaining length, property length) at `*i`,
+/// advancing `*i` past it.
+pub fn read_varint(b: &[u8], i: &mut usize) -> usize {
+    let mut n = 0usize;
+    let mut shift = 0;
+    loop {
+        let x = b[*i];
+        *i += 1;
+        n |= usize::from(x & 0x7F) << shift;
+        shift += 7;
+        if x & 0x80 == 0 {
+            return n;
+        }
+    }
+}
+
+/// A v5 property block as (id, value bytes).
+pub fn parse_props(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let id = b[i];
+        i += 1;
+        let n = match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+            0x13 | 0x21 | 0x22 | 0x23 => 2,
+            0x02 | 0x11 | 0x18 | 0x27 => 4,
+            0x0B => {
+                let s = i;
+                read_varint(b, &mut i);
+                out.push((id, b[s..i].to_vec()));
+                continue;
+            }
+            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
+                2 + u16::from_be_bytes([b[i], b[i + 1]]) as usize
+            }
+            0x26 => {
+                let k = 2 + u16::from_be_bytes([b[i], b[i + 1]]) as usize;
+                k + 2 + u16::from_be_bytes([b[i + k], b[i + k + 1]]) as usize
+            }
+            other => panic!("unknown property 0x{other:02X} in {b:02X?}"),
+        };
+        out.push((id, b[i..i + n].to_vec()));
+        i += n;
+    }
+    out
+}
