@@ -6,7 +6,7 @@
 //! I/O the channel asks for: writing packets to the connection task,
 //! subscribing through the broker's shard actors, publishing, timers.
 
-use crate::broker::Subscriber;
+use crate::broker::{BrokerError, Subscriber};
 use crate::clock::{self, now_ms};
 use crate::inbox::{Inbox, Item};
 use crate::metrics::{add, inc, Stats};
@@ -610,7 +610,7 @@ impl SessionState {
         packet_id: u16,
         requests: Vec<SubRequest>,
         send_ack: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), BrokerError> {
         inc(&self.ctx.broker.metrics.client_subscribe);
         let mut outcomes = Vec::with_capacity(requests.len());
         let mut err = Ok(());
@@ -628,7 +628,7 @@ impl SessionState {
             match self.ctx.broker.subscribe(&r.filter, sub).await {
                 Ok(o) => outcomes.push(Some(o.is_new)),
                 Err(e) => {
-                    err = Err(e.to_string());
+                    err = Err(e);
                     outcomes.push(None)
                 }
             }

@@ -3,6 +3,7 @@
 //! the client registry, the inbox, `ctl`). Its own file, so they need not
 //! import the session itself.
 
+use crate::broker::BrokerError;
 use crate::inbox::Wake;
 use crate::outbox::ConnHandle;
 use emqx_mqtt::channel::SessionSnapshot;
@@ -81,7 +82,7 @@ pub enum SessionMsg {
     TakeoverOut(RpcReplyPort<Option<SessionSnapshot>>),
     Info(RpcReplyPort<ClientInfo>),
     /// `ctl subscriptions add`.
-    AddSub(String, QoS, RpcReplyPort<Result<(), String>>),
+    AddSub(String, QoS, RpcReplyPort<Result<(), BrokerError>>),
     /// `ctl subscriptions del`.
     DelSub(String, RpcReplyPort<bool>),
     /// Periodic retry / await-rel check.

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `node.db_role`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -43,6 +43,17 @@ pub struct Membership {
     members: BTreeMap<String, Member>,
 }
 
+/// Why `cluster.json` could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipFileError {
+    #[error("cannot read {}: {1}", .0.display())]
+    Read(PathBuf, String),
+    #[error("{}: not a valid membership file: {1}", .0.display())]
+    Invalid(PathBuf, String),
+    #[error("cannot write {}: {1}", .0.display())]
+    Write(PathBuf, String),
+}
+
 #[derive(Serialize, Deserialize)]
 struct Persisted {
     members: Vec<MemberInfo>,
@@ -59,15 +70,15 @@ impl Membership {
 
     /// Loads the members saved in `path` (if any); all start as stopped
     /// until they are heard from.
-    pub fn load(me: MemberInfo, path: &Path) -> Result<Membership, String> {
+    pub fn load(me: MemberInfo, path: &Path) -> Result<Membership, MembershipFileError> {
         let mut m = Membership::single(me);
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(m),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => return Err(MembershipFileError::Read(path.to_path_buf(), e.to_string())),
         };
         let p: Persisted = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not a valid membership file: {e}", path.display()))?;
+            .map_err(|e| MembershipFileError::Invalid(path.to_path_buf(), e.to_string()))?;
         for info in p.members {
             if info.node != m.me.node {
                 m.members.insert(
@@ -83,14 +94,17 @@ impl Membership {
     }
 
     /// Writes the member list (atomically: temp file then rename).
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<(), MembershipFileError> {
         let p = Persisted {
             members: self.members.values().map(|m| m.info.clone()).collect(),
         };
-        let text = serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&p)
+            .map_err(|e| MembershipFileError::Write(path.to_path_buf(), e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        std::fs::write(&tmp, text)
+            .map_err(|e| MembershipFileError::Write(tmp.clone(), e.to_string()))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| MembershipFileError::Write(path.to_path_buf(), e.to_string()))
     }
 
     pub fn is_member(&self, node: &str) -> bool {

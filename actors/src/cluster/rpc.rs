@@ -24,7 +24,7 @@ pub enum PeerError {
     #[error("{0}: {1}")]
     Call(String, String),
     #[error("{0}: {1}")]
-    Decode(String, String),
+    Decode(String, wire::WireError),
 }
 
 /// The remotable face of the cluster service.

@@ -75,7 +75,7 @@ impl Actor for Endpoint {
                 }
                 Err(e) => {
                     tracing::warn!("cluster: {e}");
-                    let _ = reply.send(wire::encode(&Resp::Refused(e)));
+                    let _ = reply.send(wire::encode(&Resp::Refused(e.to_string())));
                 }
             },
             EndpointMsg::Cast(bytes) => match wire::decode::<Note>(&bytes) {

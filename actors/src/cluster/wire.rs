@@ -142,10 +142,15 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, config()).unwrap_or_default()
 }
 
-pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, String> {
+/// A cluster message that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable cluster message: {0}")]
+pub struct WireError(String);
+
+pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, WireError> {
     bincode::serde::decode_from_slice(b, config())
         .map(|(v, _)| v)
-        .map_err(|e| format!("undecodable cluster message: {e}"))
+        .map_err(|e| WireError(e.to_string()))
 }
 
 #[cfg(test)]
