@@ -439,9 +439,9 @@ impl SessionState {
             _ => {}
         }
         if self.wbuf.capacity() == 0 {
-            self.wbuf = BytesMut::with_capacity(codec::encoded_len(&p, self.ch.version));
+            self.wbuf = BytesMut::with_capacity(codec::encoded_len(&p, self.ch.conn.version));
         }
-        codec::encode(&p, self.ch.version, &mut self.wbuf);
+        codec::encode(&p, self.ch.conn.version, &mut self.wbuf);
     }
 
     /// Hands what was encoded to the connection in one piece; an idle
@@ -689,7 +689,7 @@ impl SessionState {
             if self.will_delay() == 0 {
                 self.publish_will();
             } else {
-                self.ch.will = None;
+                self.ch.conn.will = None;
             }
             return;
         }
@@ -699,7 +699,7 @@ impl SessionState {
             myself.stop(None);
             return;
         }
-        if self.ch.will.is_some() {
+        if self.ch.conn.will.is_some() {
             let delay = self.will_delay().min(expiry);
             if delay == 0 {
                 self.publish_will();
@@ -795,6 +795,7 @@ impl SessionState {
 
     fn will_delay(&self) -> u32 {
         self.ch
+            .conn
             .will
             .as_ref()
             .and_then(|w| w.properties.will_delay_interval)
@@ -802,7 +803,9 @@ impl SessionState {
     }
 
     fn publish_will(&mut self) {
-        let Some(w) = self.ch.will.take() else { return };
+        let Some(w) = self.ch.conn.will.take() else {
+            return;
+        };
         let w = *w;
         let p = Publish {
             dup: false,
@@ -828,11 +831,11 @@ impl SessionState {
         subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
         ClientInfo {
             client_id: ch.client_id.to_string(),
-            username: ch.username.clone(),
+            username: ch.conn.username.clone(),
             peer: self.conn.as_ref().map(|c| c.peer.to_string()),
-            proto_ver: ch.version.level(),
-            clean_start: ch.clean_start,
-            keepalive: ch.keepalive,
+            proto_ver: ch.conn.version.level(),
+            clean_start: ch.conn.clean_start,
+            keepalive: ch.conn.keepalive,
             session_expiry: ch.session_expiry,
             subscriptions,
             inflight: ch.inflight.len(),
@@ -843,8 +846,8 @@ impl SessionState {
             dropped: ch.counters.dropped,
             connected: self.conn.is_some(),
             created_at: ch.created_at_ms,
-            connected_at: ch.connected_at_ms,
-            disconnected_at: ch.disconnected_at_ms,
+            connected_at: ch.conn.connected_at_ms,
+            disconnected_at: ch.conn.disconnected_at_ms,
         }
     }
 }

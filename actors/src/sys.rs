@@ -61,19 +61,19 @@ impl Ctx {
             format!(
                 "{{\"clientid\":{},\"username\":{},\"ipaddress\":{},\"proto_ver\":{},\"keepalive\":{},\"clean_start\":{},\"connected_at\":{},\"ts\":{}}}",
                 json_str(&ch.client_id),
-                ch.username.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
+                ch.conn.username.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
                 json_str(&conn.map(|c| c.peer.ip().to_string()).unwrap_or_default()),
-                ch.version.level(),
-                ch.keepalive,
-                ch.clean_start,
-                ch.connected_at_ms,
+                ch.conn.version.level(),
+                ch.conn.keepalive,
+                ch.conn.clean_start,
+                ch.conn.connected_at_ms,
                 now_ms()
             )
         } else {
             format!(
                 "{{\"clientid\":{},\"username\":{},\"reason\":{},\"disconnected_at\":{},\"ts\":{}}}",
                 json_str(&ch.client_id),
-                ch.username.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
+                ch.conn.username.as_deref().map(json_str).unwrap_or_else(|| "null".into()),
                 json_str(reason),
                 now_ms(),
                 now_ms()

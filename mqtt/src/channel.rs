@@ -86,16 +86,18 @@ pub struct ChannelCounters {
     pub publish_refused: u64,
 }
 
-pub struct Channel {
-    settings: Arc<MqttSettings>,
-    pub client_id: Arc<str>,
+/// What belongs to the client's current (or, once it is gone, last)
+/// network connection: what its CONNECT said and what is negotiated per
+/// connection. [`Channel::attach`] replaces it whole; the session state
+/// beside it in [`Channel`] is kept (EMQX's emqx_channel against
+/// emqx_session).
+#[derive(Debug)]
+pub struct ConnState {
     pub version: ProtocolVersion,
     pub username: Option<String>,
     pub clean_start: bool,
     /// The keepalive in force (ours when `server_keepalive` is set).
     pub keepalive: u16,
-    /// Seconds the session outlives its connection (0 = ends with it).
-    pub session_expiry: u32,
     /// Boxed: a `LastWill` is about 400 bytes and most sessions have none.
     pub will: Option<Box<LastWill>>,
     pub connected: bool,
@@ -112,6 +114,40 @@ pub struct Channel {
     in_aliases: HashMap<u16, String>,
     /// Topic aliases we set for PUBLISHes to the client.
     out_aliases: HashMap<Arc<str>, u16>,
+    pub connected_at_ms: u64,
+    pub disconnected_at_ms: Option<u64>,
+}
+
+impl ConnState {
+    fn from_connect(c: &Connect, settings: &MqttSettings, now: Now) -> ConnState {
+        ConnState {
+            version: c.protocol,
+            username: c.username.clone(),
+            clean_start: c.clean_start,
+            keepalive: effective_keepalive(c, settings),
+            will: c.will.clone().map(Box::new),
+            connected: true,
+            client_receive_max: c.properties.receive_maximum.unwrap_or(u16::MAX),
+            client_max_packet: c.properties.maximum_packet_size,
+            client_topic_alias_max: c.properties.topic_alias_maximum.unwrap_or(0),
+            request_problem_info: c.properties.request_problem_information != Some(0),
+            mountpoint: None,
+            in_aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            connected_at_ms: now.wall_ms,
+            disconnected_at_ms: None,
+        }
+    }
+}
+
+/// One client's protocol and session state.
+pub struct Channel {
+    settings: Arc<MqttSettings>,
+    pub client_id: Arc<str>,
+    /// The connection's side.
+    pub conn: ConnState,
+    /// Seconds the session outlives its connection (0 = ends with it).
+    pub session_expiry: u32,
     pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
     pub inflight: HashMap<u16, Inflight>,
     inflight_seq: u64,
@@ -121,8 +157,6 @@ pub struct Channel {
     next_pid: u16,
     pub counters: ChannelCounters,
     pub created_at_ms: u64,
-    pub connected_at_ms: u64,
-    pub disconnected_at_ms: Option<u64>,
 }
 
 /// A persistent session's state in transit between nodes (takeover).
@@ -292,22 +326,10 @@ impl Channel {
 
     /// A fresh session for an accepted CONNECT (`client_id` already assigned).
     pub fn new(settings: Arc<MqttSettings>, c: &Connect, client_id: Arc<str>, now: Now) -> Channel {
-        let mut ch = Channel {
+        Channel {
             client_id,
-            version: c.protocol,
-            username: None,
-            clean_start: c.clean_start,
-            keepalive: 0,
-            session_expiry: 0,
-            will: None,
-            connected: false,
-            client_receive_max: u16::MAX,
-            client_max_packet: None,
-            mountpoint: None,
-            client_topic_alias_max: 0,
-            request_problem_info: true,
-            in_aliases: HashMap::new(),
-            out_aliases: HashMap::new(),
+            conn: ConnState::from_connect(c, &settings, now),
+            session_expiry: requested_expiry(c, &settings),
             subscriptions: HashMap::new(),
             inflight: HashMap::new(),
             inflight_seq: 0,
@@ -316,12 +338,8 @@ impl Channel {
             next_pid: 1,
             counters: ChannelCounters::default(),
             created_at_ms: now.wall_ms,
-            connected_at_ms: now.wall_ms,
-            disconnected_at_ms: None,
             settings,
-        };
-        ch.attach(c, now);
-        ch
+        }
     }
 
     pub fn settings(&self) -> &MqttSettings {
@@ -331,21 +349,8 @@ impl Channel {
     /// Binds the session to a (new) connection's CONNECT: the per-connection
     /// state is reset, the session state is kept.
     pub fn attach(&mut self, c: &Connect, now: Now) {
-        self.version = c.protocol;
-        self.username = c.username.clone();
-        self.clean_start = c.clean_start;
-        self.keepalive = effective_keepalive(c, &self.settings);
+        self.conn = ConnState::from_connect(c, &self.settings, now);
         self.session_expiry = requested_expiry(c, &self.settings);
-        self.will = c.will.clone().map(Box::new);
-        self.connected = true;
-        self.client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
-        self.client_max_packet = c.properties.maximum_packet_size;
-        self.client_topic_alias_max = c.properties.topic_alias_maximum.unwrap_or(0);
-        self.request_problem_info = c.properties.request_problem_information != Some(0);
-        self.in_aliases.clear();
-        self.out_aliases.clear();
-        self.connected_at_ms = now.wall_ms;
-        self.disconnected_at_ms = None;
     }
 
     /// Sets the mount point of the listener the client connected through
@@ -353,17 +358,17 @@ impl Channel {
     /// [`Channel::attach`]); the will, already taken from the CONNECT, is
     /// mounted too.
     pub fn set_mountpoint(&mut self, template: Option<&str>) {
-        self.mountpoint = template
+        self.conn.mountpoint = template
             .filter(|t| !t.is_empty())
-            .map(|t| topic::render_mountpoint(t, &self.client_id, self.username.as_deref()));
-        if let (Some(mp), Some(w)) = (&self.mountpoint, self.will.as_mut()) {
+            .map(|t| topic::render_mountpoint(t, &self.client_id, self.conn.username.as_deref()));
+        if let (Some(mp), Some(w)) = (&self.conn.mountpoint, self.conn.will.as_mut()) {
             w.topic = topic::mount(mp, &w.topic);
         }
     }
 
     /// The topic as the client knows it.
     fn unmounted<'a>(&self, topic: &'a str) -> &'a str {
-        match &self.mountpoint {
+        match &self.conn.mountpoint {
             Some(mp) => topic::unmount(mp, topic),
             None => topic,
         }
@@ -372,7 +377,7 @@ impl Channel {
     /// The CONNACK for this connection.
     pub fn connack(&self, c: &Connect, session_present: bool, assigned: bool) -> ConnAck {
         let mut p = Properties::default();
-        if self.version == ProtocolVersion::V5 {
+        if self.conn.version == ProtocolVersion::V5 {
             let s = &self.settings;
             if assigned {
                 p.assigned_client_identifier = Some(self.client_id.to_string());
@@ -413,14 +418,14 @@ impl Channel {
 
     /// Called when the connection goes away (the session may live on).
     pub fn detach(&mut self, now: Now) {
-        self.connected = false;
-        self.disconnected_at_ms = Some(now.wall_ms);
-        self.in_aliases.clear();
-        self.out_aliases.clear();
+        self.conn.connected = false;
+        self.conn.disconnected_at_ms = Some(now.wall_ms);
+        self.conn.in_aliases.clear();
+        self.conn.out_aliases.clear();
     }
 
     fn is_v5(&self) -> bool {
-        self.version == ProtocolVersion::V5
+        self.conn.version == ProtocolVersion::V5
     }
 
     fn close(&self, reason: u8, why: impl Into<String>) -> Action {
@@ -440,7 +445,7 @@ impl Channel {
 
     fn reason_props(&self, why: &str) -> Properties {
         let mut p = Properties::default();
-        if self.is_v5() && self.request_problem_info {
+        if self.is_v5() && self.conn.request_problem_info {
             p.reason_string = Some(why.to_string());
         }
         p
@@ -485,7 +490,7 @@ impl Channel {
         }
         if d.reason_code != reason::DISCONNECT_WITH_WILL {
             // Normal disconnect: the will is discarded (MQTT 3.1.2.5 / 3.14.4).
-            self.will = None;
+            self.conn.will = None;
         }
         vec![Action::Close {
             reason: None,
@@ -509,7 +514,7 @@ impl Channel {
                 )];
             }
             if p.topic.is_empty() {
-                match self.in_aliases.get(&alias) {
+                match self.conn.in_aliases.get(&alias) {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         return vec![self.close(
@@ -519,7 +524,7 @@ impl Channel {
                     }
                 }
             } else {
-                self.in_aliases.insert(alias, p.topic.clone());
+                self.conn.in_aliases.insert(alias, p.topic.clone());
             }
         }
         if p.topic.is_empty() {
@@ -557,7 +562,7 @@ impl Channel {
             // writes them (as EMQX's default authorization has it).
             return self.refuse_publish(&p, now);
         }
-        if let Some(mp) = &self.mountpoint {
+        if let Some(mp) = &self.conn.mountpoint {
             p.topic = topic::mount(mp, &p.topic);
         }
         match p.qos {
@@ -717,7 +722,7 @@ impl Channel {
         let mut added: Vec<String> = Vec::new();
         for (filter, mut opts) in s.filters {
             let mut refused = None;
-            let filter_mounted = match &self.mountpoint {
+            let filter_mounted = match &self.conn.mountpoint {
                 Some(mp) => topic::mount(mp, &filter),
                 None => filter.clone(),
             };
@@ -810,7 +815,7 @@ impl Channel {
         let mut codes = Vec::with_capacity(u.filters.len());
         let mut removed = Vec::new();
         for f in u.filters {
-            let mounted = match &self.mountpoint {
+            let mounted = match &self.conn.mountpoint {
                 Some(mp) => topic::mount(mp, &f),
                 None => f.clone(),
             };
@@ -845,7 +850,7 @@ impl Channel {
             self.counters.dropped_expired += 1;
             return vec![];
         }
-        if !self.connected {
+        if !self.conn.connected {
             if d.qos == QoS::AtMostOnce && !self.settings.mqueue_store_qos0 {
                 self.counters.dropped += 1;
                 self.counters.dropped_qos0 += 1;
@@ -885,11 +890,11 @@ impl Channel {
         out: &mut BytesMut,
     ) -> Result<bool, Delivery> {
         let v5 = self.is_v5();
-        if !self.connected
+        if !self.conn.connected
             || d.qos != QoS::AtMostOnce
             || !d.sub_ids.is_empty()
             || d.msg.expiry_secs.is_some()
-            || (v5 && (self.client_topic_alias_max > 0 || !d.msg.properties.is_empty()))
+            || (v5 && (self.conn.client_topic_alias_max > 0 || !d.msg.properties.is_empty()))
         {
             return Err(d);
         }
@@ -899,7 +904,7 @@ impl Channel {
             return Ok(false);
         }
         let topic = self.unmounted(&d.msg.topic);
-        if let Some(max) = self.client_max_packet {
+        if let Some(max) = self.conn.client_max_packet {
             if codec::plain_qos0_len(topic, &d.msg.payload, v5) > max as usize {
                 self.counters.dropped += 1;
                 self.counters.dropped_too_large += 1;
@@ -915,11 +920,11 @@ impl Channel {
     /// it: more deliveries now would only grow the queue (and then drop
     /// from it), so they had better wait where publishers can see them.
     pub fn backed_up(&self) -> bool {
-        self.connected && !self.mqueue.is_empty() && self.inflight_full()
+        self.conn.connected && !self.mqueue.is_empty() && self.inflight_full()
     }
 
     fn inflight_full(&self) -> bool {
-        let window = self.settings.max_inflight.min(self.client_receive_max) as usize;
+        let window = self.settings.max_inflight.min(self.conn.client_receive_max) as usize;
         self.inflight.len() >= window.max(1)
     }
 
@@ -988,12 +993,12 @@ impl Channel {
             props = d.msg.properties.clone();
             props.message_expiry_interval = d.msg.remaining_expiry(now_wall);
             props.subscription_identifiers = d.sub_ids.clone();
-            if use_alias && self.client_topic_alias_max > 0 {
-                if let Some(a) = self.out_aliases.get(&d.msg.topic) {
+            if use_alias && self.conn.client_topic_alias_max > 0 {
+                if let Some(a) = self.conn.out_aliases.get(&d.msg.topic) {
                     props.topic_alias = Some(*a);
                     topic.clear();
-                } else if self.out_aliases.len() < self.client_topic_alias_max as usize {
-                    new_alias = Some(self.out_aliases.len() as u16 + 1);
+                } else if self.conn.out_aliases.len() < self.conn.client_topic_alias_max as usize {
+                    new_alias = Some(self.conn.out_aliases.len() as u16 + 1);
                     props.topic_alias = new_alias;
                 }
             }
@@ -1007,15 +1012,15 @@ impl Channel {
             properties: props,
             payload: d.msg.payload.clone(),
         });
-        if let Some(max) = self.client_max_packet {
-            if codec::encoded_len(&p, self.version) > max as usize {
+        if let Some(max) = self.conn.client_max_packet {
+            if codec::encoded_len(&p, self.conn.version) > max as usize {
                 self.counters.dropped += 1;
                 self.counters.dropped_too_large += 1;
                 return None;
             }
         }
         if let Some(a) = new_alias {
-            self.out_aliases.insert(d.msg.topic.clone(), a);
+            self.conn.out_aliases.insert(d.msg.topic.clone(), a);
         }
         if pid.is_none() {
             self.counters.delivered += 1;
@@ -1026,7 +1031,7 @@ impl Channel {
     /// Moves queued messages into the inflight window while there is room.
     pub fn drain(&mut self, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
-        if !self.connected {
+        if !self.conn.connected {
             return out;
         }
         let now_wall = now.wall_ms;
@@ -1107,7 +1112,7 @@ impl Channel {
     /// PUBREL to expire, or (while connected) inflight messages to resend.
     pub fn needs_tick(&self) -> bool {
         !self.awaiting_rel.is_empty()
-            || (self.connected
+            || (self.conn.connected
                 && self.settings.retry_interval.is_some()
                 && !self.inflight.is_empty())
     }
@@ -1119,7 +1124,7 @@ impl Channel {
         self.awaiting_rel
             .retain(|_, t| now.mono.duration_since(*t) < timeout);
         let mut out = Vec::new();
-        if !self.connected {
+        if !self.conn.connected {
             return out;
         }
         if let Some(retry) = self.settings.retry_interval {
@@ -1142,15 +1147,15 @@ impl Channel {
     /// not fit even bare and must not be sent; the connection is closed
     /// instead ([MQTT-3.1.2-24]).
     pub fn fit_outgoing(&self, p: &mut Packet) -> bool {
-        match self.client_max_packet {
-            Some(max) => codec::fit(p, self.version, max as usize),
+        match self.conn.client_max_packet {
+            Some(max) => codec::fit(p, self.conn.version, max as usize),
             None => true,
         }
     }
 
     /// The client's Maximum Packet Size, if it set one.
     pub fn client_max_packet(&self) -> Option<u32> {
-        self.client_max_packet
+        self.conn.client_max_packet
     }
 
     /// The DISCONNECT (v5) or nothing (3.x) for a server-side close.

@@ -777,7 +777,7 @@ fn normal_disconnect_discards_the_will_and_closes_without_reason() {
     let mut c = connect(V5);
     c.will = Some(will("w"));
     let mut ch = channel_with(MqttSettings::default(), &c);
-    assert_eq!(ch.will.as_deref(), Some(&will("w")));
+    assert_eq!(ch.conn.will.as_deref(), Some(&will("w")));
     let mut sink = Recorder::default();
     let actions = feed(&mut ch, disconnect(reason::SUCCESS, None), &mut sink);
     assert_eq!(
@@ -787,7 +787,7 @@ fn normal_disconnect_discards_the_will_and_closes_without_reason() {
             why: "client disconnected".into()
         }]
     );
-    assert_eq!(ch.will, None);
+    assert_eq!(ch.conn.will, None);
 }
 
 #[test]
@@ -797,7 +797,7 @@ fn v4_disconnect_discards_the_will() {
     let mut ch = channel_with(MqttSettings::default(), &c);
     let mut sink = Recorder::default();
     feed(&mut ch, disconnect(0, None), &mut sink);
-    assert_eq!(ch.will, None);
+    assert_eq!(ch.conn.will, None);
 }
 
 #[test]
@@ -815,7 +815,7 @@ fn disconnect_with_will_message_0x04_keeps_the_will() {
         actions.as_slice(),
         [Action::Close { reason: None, .. }]
     ));
-    assert_eq!(ch.will.as_deref(), Some(&will("w")));
+    assert_eq!(ch.conn.will.as_deref(), Some(&will("w")));
 }
 
 #[test]
@@ -831,7 +831,7 @@ fn v5_disconnect_raising_session_expiry_from_zero_closes_with_0x82() {
     );
     assert_eq!(ch.session_expiry, 0);
     assert_eq!(
-        ch.will.as_deref(),
+        ch.conn.will.as_deref(),
         Some(&will("w")),
         "a protocol error keeps the will"
     );
@@ -1594,11 +1594,11 @@ fn resume_after_attach_resends_inflight_with_dup_in_original_order_then_drains_t
         vec![sent(out("b", Q2, Some(1)))]
     );
     ch.detach(test_now());
-    assert!(!ch.connected);
+    assert!(!ch.conn.connected);
     assert_eq!(ch.deliver(delivery("c", Q1), now, true), vec![]);
     assert_eq!(ch.deliver(delivery("d", Q0), now, true), vec![]);
     ch.attach(&connect(V5), test_now());
-    assert!(ch.connected);
+    assert!(ch.conn.connected);
     assert_eq!(
         ch.resume(now),
         vec![
@@ -2089,7 +2089,7 @@ fn server_keepalive_overrides_the_client_keepalive_on_v5_only() {
         60
     );
     let ch = channel_with(s, &connect(V5));
-    assert_eq!(ch.keepalive, 20);
+    assert_eq!(ch.conn.keepalive, 20);
 }
 
 #[test]
@@ -2134,12 +2134,12 @@ fn attach_takes_the_new_connection_parameters_and_keeps_the_session() {
     c.will = Some(will("w"));
     c.keep_alive = 30;
     ch.attach(&c, test_now());
-    assert_eq!(ch.version, V5);
-    assert_eq!(ch.username.as_deref(), Some("u"));
-    assert_eq!(ch.will.as_deref(), Some(&will("w")));
-    assert_eq!(ch.keepalive, 30);
-    assert!(ch.connected);
-    assert_eq!(ch.disconnected_at_ms, None);
+    assert_eq!(ch.conn.version, V5);
+    assert_eq!(ch.conn.username.as_deref(), Some("u"));
+    assert_eq!(ch.conn.will.as_deref(), Some(&will("w")));
+    assert_eq!(ch.conn.keepalive, 30);
+    assert!(ch.conn.connected);
+    assert_eq!(ch.conn.disconnected_at_ms, None);
     assert_eq!(ch.subscriptions.len(), 1);
     assert_eq!(ch.mqueue.len(), 1);
 }
@@ -2469,7 +2469,7 @@ fn a_mount_point_prefixes_what_the_client_publishes_and_subscribes() {
     assert_eq!(sink.topics(), ["t/u1/c1/a/b"]);
     // The will goes where the client's messages go.
     assert_eq!(
-        ch.will.as_ref().map(|w| w.topic.as_str()),
+        ch.conn.will.as_ref().map(|w| w.topic.as_str()),
         Some("t/u1/c1/gone")
     );
     let acts = feed(
