@@ -197,9 +197,26 @@ fn named_paths(src: &str, module: &[String], children: &[String]) -> Vec<Vec<Str
 
 /// `a::{b, c::{d, e}}` -> `a::b`, `a::c::d`, `a::c::e`.
 fn expand(u: &str) -> Vec<String> {
-    let u: String = u.split_whitespace().collect::<Vec<_>>().join("");
+    // Without its spaces and its renames (`x as y`): only the paths count.
+    let toks: Vec<&str> = u.split_whitespace().collect();
+    let mut u = String::new();
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i] == "as" && i + 1 < toks.len() {
+            let alias = toks[i + 1];
+            u.extend(
+                alias
+                    .chars()
+                    .skip_while(|c| c.is_alphanumeric() || *c == '_'),
+            );
+            i += 2;
+            continue;
+        }
+        u.push_str(toks[i]);
+        i += 1;
+    }
     let Some(open) = u.find('{') else {
-        return vec![u.split(" as ").next().unwrap_or(&u).to_string()];
+        return vec![u];
     };
     let prefix = &u[..open];
     let inner = &u[open + 1..u.rfind('}').unwrap_or(u.len())];
@@ -435,10 +452,12 @@ fn the_checker_sees_imports() {
     // A file importing its sibling through `crate::`, a grouped `use` and
     // `super::` are all edges; a path in a comment is not.
     let module = vec!["a".to_string()];
-    let src = "use crate::{b, c::D};\nfn f() { super::e::g(); }\n// crate::z\n";
+    let src =
+        "use crate::{b, c::D as E};\nuse crate::h as i;\nfn f() { super::e::g(); }\n// crate::z\n";
     let paths = named_paths(src, &module, &[]);
     assert!(paths.contains(&vec!["b".to_string()]));
     assert!(paths.contains(&vec!["c".to_string(), "D".to_string()]));
     assert!(paths.contains(&vec!["e".to_string(), "g".to_string()]));
+    assert!(paths.contains(&vec!["h".to_string()]));
     assert!(!paths.iter().any(|p| p.first().is_some_and(|s| s == "z")));
 }
