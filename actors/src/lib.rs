@@ -1,6 +1,9 @@
-//! emqx-rs broker core: the MQTT codec, protocol state machines as plain
-//! code (channel, topic trie), and the actors that own the broker's state
-//! (sessions, topic shards) with the connection tasks that feed them.
+//! emqx-rs node runtime and cluster: the actors and tasks that own a
+//! node's state (sessions, topic shards, the client registry, `$SYS`) with
+//! the connection tasks that feed them, and, in `cluster/` and `forward/`,
+//! what makes nodes one broker. The protocol itself is plain code in
+//! `emqx-mqtt`; the node runtime reaches other nodes only through the
+//! contracts in [`peers`].
 
 pub mod broker;
 pub mod clock;

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use emqx_mqtt::channel::{
     Action, Channel, ChannelCounters, PublishSink, SessionSnapshot, SubRequest,
 };
-use emqx_mqtt::codec::{self};
+use emqx_mqtt::codec;
 use emqx_mqtt::delivery::Delivery;
 use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::*;
