@@ -1,7 +1,8 @@
 //! `emqx-rs`: the command line of the broker node.
 //!
 //! `start | foreground | console | stop | ping | ctl ... | remote_console |
-//! version`, with Erlang-style flags (`-name`, `-setcookie`, `-config`).
+//! check_config | version`, with Erlang-style flags (`-name`, `-setcookie`,
+//! `-config`).
 
 mod bench;
 mod config;
@@ -35,6 +36,7 @@ Commonly used commands:
 More:
   ping             check that the node is running (prints pong)
   remote_console   interactive shell for ctl commands on the running node
+  check_config     validate the configuration (file and EMQX_ variables)
   bench conn|pub|sub  load generator (emqx-rs bench --help)
   version          print the version
 ";
@@ -120,6 +122,21 @@ fn main() -> ExitCode {
             };
             node::start_daemon(cfg, &args)
         }
+        "check_config" => match load_config(&flags) {
+            // The first error was printed; exit 2 as the node would.
+            Err(code) => code,
+            Ok(_) => {
+                let file = flags
+                    .config
+                    .clone()
+                    .or_else(|| Some(PathBuf::from("etc/emqx.conf")).filter(|p| p.exists()));
+                match file {
+                    Some(f) => println!("{}: the configuration is valid", f.display()),
+                    None => println!("no configuration file: the defaults are valid"),
+                }
+                ExitCode::SUCCESS
+            }
+        },
         "bench" => bench::main(cmd_args),
         "stop" | "ping" | "ctl" | "remote_console" | "attach" => {
             let cfg = match load_config(&flags) {

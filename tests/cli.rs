@@ -954,3 +954,44 @@ fn shipped_etc_emqx_conf_loads_and_serves_with_env_overrides() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(stdout(&o), format!("Node '{name}' {VERSION} is started\n"));
 }
+
+#[test]
+fn check_config_validates_and_a_key_that_does_not_work_stops_the_node() {
+    // A valid configuration.
+    let good = Node::prepare("");
+    let o = good.cli(&["check_config"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("the configuration is valid"),
+        "{o:?}"
+    );
+    // A key EMQX has that does not work here yet: refused by check_config
+    // and by the node itself, naming the key and the file.
+    let bad = Node::prepare("listeners.tcp.default.proxy_protocol = true\n");
+    let o = bad.cli(&["check_config"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("emqx.conf")
+            && err.contains("'listeners.tcp.default.proxy_protocol'")
+            && err.contains("not supported yet"),
+        "{err}"
+    );
+    let (status, err) = bad
+        .foreground_exit(&[], Duration::from_secs(20))
+        .expect("the node must refuse to start");
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+    // The same from the environment, for a root we do not implement.
+    let (status, err) = good
+        .foreground_exit(
+            &[("EMQX_AUTHORIZATION__NO_MATCH", "deny")],
+            Duration::from_secs(20),
+        )
+        .expect("the node must refuse to start");
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("EMQX_AUTHORIZATION__NO_MATCH") && err.contains("not supported yet"),
+        "{err}"
+    );
+}

@@ -32,6 +32,47 @@ pub const KNOWN_ROOTS: &[&str] = &[
     "api",
 ];
 
+/// EMQX's other configuration roots: not implemented yet, so a setting
+/// under one of them, in the file or as an `EMQX_` variable, is refused
+/// instead of being ignored.
+pub const UNSUPPORTED_ROOTS: &[&str] = &[
+    "authentication",
+    "authorization",
+    "actions",
+    "sources",
+    "bridges",
+    "connectors",
+    "rule_engine",
+    "gateway",
+    "exhook",
+    "plugins",
+    "prometheus",
+    "opentelemetry",
+    "telemetry",
+    "delayed",
+    "auto_subscribe",
+    "slow_subs",
+    "topic_metrics",
+    "psk_authentication",
+    "durable_sessions",
+    "durable_storage",
+    "session_persistence",
+    "flapping_detect",
+    "force_shutdown",
+    "force_gc",
+    "overload_protection",
+    "conn_congestion",
+    "stats",
+    "alarm",
+    "sysmon",
+    "limiter",
+    "file_transfer",
+    "license",
+    "api_key",
+    "schema_registry",
+    "zones",
+];
+
 /// Values from command-line flags; they beat the environment.
 #[allow(dead_code)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -827,7 +868,7 @@ impl Config {
             o.set(
                 "enable_session_registry",
                 &mut c.broker.enable_session_registry,
-                Field::bool,
+                |f| f.only(Field::bool, true, "true"),
             )
         })?;
         root.section("rpc", |o| {
@@ -836,9 +877,16 @@ impl Config {
             })?;
             o.set("server_port", &mut c.rpc.server_port, |f| f.port())
         })?;
-        root.section("dashboard", |o| c.dashboard.apply(o))?;
+        if let Some(f) = root.take("dashboard") {
+            return Err(f.invalid("not supported yet: the dashboard and HTTP API are not served"));
+        }
         // `api` is reserved for our own keys; none exist yet.
         root.section("api", |_| Ok(()))?;
+        for r in UNSUPPORTED_ROOTS {
+            if let Some(f) = root.take(r) {
+                return Err(f.invalid(format!("not supported yet ({r} is not implemented)")));
+            }
+        }
         root.finish()?;
 
         if c.cluster.discovery_strategy == DiscoveryStrategy::Etcd
@@ -938,6 +986,13 @@ fn apply_env(
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if UNSUPPORTED_ROOTS.contains(&path[0].as_str()) {
+            return Err(ConfigError::Invalid {
+                key: path.join("."),
+                origin: Origin::Env { var: var.clone() },
+                message: format!("not supported yet ({} is not implemented)", path[0]),
+            });
+        }
         if !KNOWN_ROOTS.contains(&path[0].as_str()) {
             continue;
         }
@@ -1138,6 +1193,23 @@ impl<'a> Field<'a> {
             return Err(self.invalid("must not be empty"));
         }
         Ok(s)
+    }
+
+    /// A key EMQX has and we parse, whose only value that works today is
+    /// `works` (its default): any other value is refused at start rather
+    /// than accepted and ignored.
+    fn only<T: PartialEq>(
+        &self,
+        conv: impl FnOnce(&Field<'a>) -> Result<T>,
+        works: T,
+        shown: &str,
+    ) -> Result<T> {
+        let v = conv(self)?;
+        if v == works {
+            Ok(v)
+        } else {
+            Err(self.invalid(format!("not supported yet (only {shown} works today)")))
+        }
     }
 
     /// A listener mount point: a topic prefix without wildcards, with
@@ -1441,7 +1513,9 @@ impl ClusterConfig {
         o.set("autoheal", &mut self.autoheal, Field::bool)?;
         o.set("autoheal_delay", &mut self.autoheal_delay, Field::duration)?;
         o.set("autoclean", &mut self.autoclean, Field::duration)?;
-        o.set("core_nodes", &mut self.core_nodes, Field::node_list)?;
+        o.set("core_nodes", &mut self.core_nodes, |f| {
+            f.only(Field::node_list, Vec::new(), "[]")
+        })?;
         o.set(
             "heartbeat_interval",
             &mut self.heartbeat_interval,
@@ -1533,14 +1607,20 @@ impl ListenersConfig {
                 s.set("max_connections", &mut l.max_connections, |f| {
                     f.uint_or("infinity", 1, u64::MAX)
                 })?;
-                s.set("acceptors", &mut l.acceptors, |f| f.int(1, 1024))?;
+                s.set("acceptors", &mut l.acceptors, |f| {
+                    f.only(|f| f.int(1, 1024), 16, "16: one accept loop per listener")
+                })?;
                 s.set("mountpoint", &mut l.mountpoint, Field::mountpoint)?;
-                s.set("zone", &mut l.zone, Field::nonempty_string)?;
-                s.set("proxy_protocol", &mut l.proxy_protocol, Field::bool)?;
+                s.set("zone", &mut l.zone, |f| {
+                    f.only(Field::nonempty_string, "default".into(), "default")
+                })?;
+                s.set("proxy_protocol", &mut l.proxy_protocol, |f| {
+                    f.only(Field::bool, false, "false")
+                })?;
                 s.set(
                     "proxy_protocol_timeout",
                     &mut l.proxy_protocol_timeout,
-                    Field::duration,
+                    |f| f.only(Field::duration, Duration::from_secs(3), "3s"),
                 )?;
                 s.set("enable_authn", &mut l.enable_authn, Field::bool)?;
                 s.finish()?;
@@ -1620,7 +1700,7 @@ impl MqttConfig {
         o.set(
             "exclusive_subscription",
             &mut self.exclusive_subscription,
-            Field::bool,
+            |f| f.only(Field::bool, false, "false"),
         )?;
         o.set(
             "shared_subscription_strategy",
@@ -1630,14 +1710,22 @@ impl MqttConfig {
         o.set(
             "shared_subscription_initial_sticky_pick",
             &mut self.shared_subscription_initial_sticky_pick,
-            |f| f.keyword(InitialStickyPick::from_keyword, InitialStickyPick::ALL),
+            |f| {
+                f.only(
+                    |f| f.keyword(InitialStickyPick::from_keyword, InitialStickyPick::ALL),
+                    InitialStickyPick::Random,
+                    "random",
+                )
+            },
         )?;
         o.set(
             "ignore_loop_deliver",
             &mut self.ignore_loop_deliver,
             Field::bool,
         )?;
-        o.set("strict_mode", &mut self.strict_mode, Field::bool)?;
+        o.set("strict_mode", &mut self.strict_mode, |f| {
+            f.only(Field::bool, false, "false")
+        })?;
         o.set(
             "response_information",
             &mut self.response_information,
@@ -1654,7 +1742,13 @@ impl MqttConfig {
         o.set(
             "keepalive_check_interval",
             &mut self.keepalive_check_interval,
-            Field::duration,
+            |f| {
+                f.only(
+                    Field::duration,
+                    Duration::from_secs(30),
+                    "30s: keepalive is timed per connection",
+                )
+            },
         )?;
         o.set("retry_interval", &mut self.retry_interval, |f| {
             f.duration_or(&["infinity"])
@@ -1664,16 +1758,18 @@ impl MqttConfig {
             &mut self.use_username_as_clientid,
             Field::bool,
         )?;
-        o.set(
-            "peer_cert_as_username",
-            &mut self.peer_cert_as_username,
-            |f| f.keyword(PeerCertAs::from_keyword, PeerCertAs::ALL),
-        )?;
-        o.set(
-            "peer_cert_as_clientid",
-            &mut self.peer_cert_as_clientid,
-            |f| f.keyword(PeerCertAs::from_keyword, PeerCertAs::ALL),
-        )?;
+        for (key, dst) in [
+            ("peer_cert_as_username", &mut self.peer_cert_as_username),
+            ("peer_cert_as_clientid", &mut self.peer_cert_as_clientid),
+        ] {
+            o.set(key, dst, |f| {
+                f.only(
+                    |f| f.keyword(PeerCertAs::from_keyword, PeerCertAs::ALL),
+                    PeerCertAs::Disabled,
+                    "disabled: there is no TLS listener yet",
+                )
+            })?;
+        }
         o.set(
             "session_expiry_interval",
             &mut self.session_expiry_interval,
@@ -1717,11 +1813,20 @@ impl MqttConfig {
                     f.got()
                 )));
             };
+            if self.mqueue_priorities.is_some() {
+                return Err(f.invalid("not supported yet (only disabled works today)"));
+            }
         }
         o.set(
             "mqueue_default_priority",
             &mut self.mqueue_default_priority,
-            |f| f.keyword(MqueuePriority::from_keyword, MqueuePriority::ALL),
+            |f| {
+                f.only(
+                    |f| f.keyword(MqueuePriority::from_keyword, MqueuePriority::ALL),
+                    MqueuePriority::Lowest,
+                    "lowest",
+                )
+            },
         )?;
         o.set("max_subscriptions", &mut self.max_subscriptions, |f| {
             f.uint_or("infinity", 1, u64::MAX)
@@ -1745,11 +1850,13 @@ impl RetainerConfig {
             &mut self.msg_expiry_interval,
             Field::duration,
         )?;
-        o.set(
-            "msg_clear_interval",
-            &mut self.msg_clear_interval,
-            Field::duration,
-        )?;
+        o.set("msg_clear_interval", &mut self.msg_clear_interval, |f| {
+            f.only(
+                Field::duration,
+                Duration::ZERO,
+                "0s: expired messages are dropped when read",
+            )
+        })?;
         Ok(())
     }
 }
@@ -1787,28 +1894,6 @@ impl LogConfig {
             s.set("enable", &mut self.file.enable, Field::bool)?;
             s.set("level", &mut self.file.level, level)?;
             s.set("path", &mut self.file.path, Field::opt_path)
-        })
-    }
-}
-
-impl DashboardConfig {
-    fn apply(&mut self, o: &mut Fields) -> Result<()> {
-        o.set(
-            "default_username",
-            &mut self.default_username,
-            Field::nonempty_string,
-        )?;
-        o.set(
-            "default_password",
-            &mut self.default_password,
-            Field::nonempty_string,
-        )?;
-        o.section("listeners", |l| {
-            l.section("http", |h| {
-                let http = &mut self.listeners.http;
-                h.set("enable", &mut http.enable, Field::bool)?;
-                h.set("bind", &mut http.bind, Field::socket_addr)
-            })
         })
     }
 }
