@@ -220,17 +220,6 @@ fn prepare(cfg: &Config) -> Result<(), String> {
             cfg.node.data_dir.display()
         )
     })?;
-    for (kind, map) in [
-        ("ssl", &cfg.listeners.ssl),
-        ("ws", &cfg.listeners.ws),
-        ("wss", &cfg.listeners.wss),
-    ] {
-        for (lname, l) in map.iter() {
-            if l.enable {
-                tracing::warn!("listeners.{kind}.{lname} is configured but {kind} listeners are not served yet");
-            }
-        }
-    }
     Ok(())
 }
 

@@ -1653,6 +1653,11 @@ impl ListenersConfig {
                     s.set("enable", &mut l.enable, Field::bool)?;
                     s.set("bind", &mut l.bind, Field::socket_addr)?;
                     s.finish()?;
+                    if l.enable {
+                        return Err(f.invalid(format!(
+                            "not supported yet: {kind} listeners are not served (only enable = false works today)"
+                        )));
+                    }
                     map.insert(name, l);
                 }
                 Ok(())

@@ -244,7 +244,7 @@ fn shipped_emqx_conf_commented_defaults_are_the_defaults() {
         map.insert(
             "default".into(),
             OtherListener {
-                enable: true,
+                enable: false,
                 bind: any_addr(port),
             },
         );
@@ -840,6 +840,8 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
         ),
         ("dashboard.listeners.http.bind = 18084", "dashboard"),
         ("authentication = []", "authentication"),
+        ("listeners.ssl.default.bind = 8883", "listeners.ssl.default"),
+        ("listeners.ws.default.enable = true", "listeners.ws.default"),
         ("authorization.no_match = deny", "authorization"),
     ] {
         let e = err(text, &[]);
