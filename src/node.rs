@@ -61,7 +61,60 @@ pub fn mqtt_settings(c: &Config) -> MqttSettings {
     }
 }
 
-fn init_logging(cfg: &Config, console: bool) {
+/// The log file: writes go to the file open now, and `reopen` (on SIGHUP,
+/// after logrotate moved the file away) starts a new one at the same path.
+struct LogFile {
+    path: PathBuf,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl LogFile {
+    fn open(path: PathBuf) -> std::io::Result<LogFile> {
+        let file = LogFile::open_file(&path)?;
+        Ok(LogFile {
+            path,
+            file: std::sync::Mutex::new(file),
+        })
+    }
+
+    fn open_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    }
+
+    fn reopen(&self) -> std::io::Result<()> {
+        let f = LogFile::open_file(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = f;
+        Ok(())
+    }
+}
+
+/// One log line's hold on the file.
+struct LogWriter<'a>(std::sync::MutexGuard<'a, std::fs::File>);
+
+impl std::io::Write for LogWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The log layer's handle on the [`LogFile`] the signal handler reopens.
+struct SharedLog(Arc<LogFile>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SharedLog {
+    type Writer = LogWriter<'a>;
+    fn make_writer(&'a self) -> LogWriter<'a> {
+        LogWriter(self.0.file.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Sets up logging; returns the log file, if any, for SIGHUP to reopen.
+fn init_logging(cfg: &Config, console: bool) -> Option<Arc<LogFile>> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{fmt, EnvFilter};
     let level = |l: &str| match l {
@@ -84,22 +137,21 @@ fn init_logging(cfg: &Config, console: bool) {
                 "warn,emqx_rs={lvl},emqx_actors={lvl}"
             )))
     });
+    let mut log_file = None;
     let file_layer = if cfg.log.file.enable {
         let path = cfg.log_file_path();
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-        {
+        match LogFile::open(path.clone()) {
             Ok(f) => {
                 let lvl = level(cfg.log.file.level.as_str());
+                let f = Arc::new(f);
+                log_file = Some(f.clone());
                 Some(
                     fmt::layer()
                         .with_ansi(false)
-                        .with_writer(std::sync::Mutex::new(f))
+                        .with_writer(SharedLog(f))
                         .with_filter(EnvFilter::new(format!(
                             "warn,emqx_rs={lvl},emqx_actors={lvl}"
                         ))),
@@ -117,11 +169,12 @@ fn init_logging(cfg: &Config, console: bool) {
         .with(console_layer)
         .with(file_layer)
         .try_init();
+    log_file
 }
 
 /// `foreground` / `console`: runs until stopped.
 pub fn run_foreground(cfg: Config, console: bool) -> ExitCode {
-    init_logging(&cfg, console);
+    let log_file = init_logging(&cfg, console);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,7 +185,7 @@ pub fn run_foreground(cfg: Config, console: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cfg, console)) {
+    match rt.block_on(run(cfg, console, log_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
@@ -153,7 +206,9 @@ fn host_ip(name: &str) -> Option<IpAddr> {
 /// The node's life: each step builds what the next needs, in order, and
 /// hands it over; nothing is filled in later (docs/architecture.md,
 /// "Start-up").
-async fn run(cfg: Config, console: bool) -> Result<(), String> {
+async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Result<(), String> {
+    // Signals first: SIGHUP must never stop the node, even during start-up.
+    let signals = Signals::install(log_file)?;
     prepare(&cfg)?;
     let dist = bind_inter_node(&cfg).await?;
     let (core, replication) = start_broker(&cfg, &dist).await?;
@@ -180,7 +235,7 @@ async fn run(cfg: Config, console: bool) -> Result<(), String> {
         let node = node.clone();
         std::thread::spawn(move || crate::remote::local_console(node));
     }
-    wait_for_stop(shutdown_rx).await?;
+    signals.wait_for_stop(shutdown_rx).await;
 
     // Graceful stop: no new connections, sessions closed, tables dropped.
     for t in &listeners {
@@ -553,16 +608,54 @@ fn announce(cfg: &Config, dist_port: u16) -> PathBuf {
     pid
 }
 
-/// Until SIGINT, SIGTERM or `stop`.
-async fn wait_for_stop(mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = shutdown.wait_for(|v| *v) => tracing::info!("stop requested"),
+/// The signals a node handles: SIGINT and SIGTERM stop it; SIGHUP (as
+/// logrotate's postrotate sends) reopens the log file and never stops it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    log_file: Option<Arc<LogFile>>,
+}
+
+impl Signals {
+    fn install(log_file: Option<Arc<LogFile>>) -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| format!("cannot install the SIGTERM handler: {e}"))?;
+        let hup = signal(SignalKind::hangup())
+            .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+        Ok(Signals {
+            term,
+            hup,
+            log_file,
+        })
     }
-    Ok(())
+
+    /// Until SIGINT, SIGTERM or `stop`; SIGHUPs on the way reopen the log.
+    async fn wait_for_stop(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT: stopping");
+                    return;
+                }
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    return;
+                }
+                _ = shutdown.wait_for(|v| *v) => {
+                    tracing::info!("stop requested");
+                    return;
+                }
+                _ = self.hup.recv() => match &self.log_file {
+                    Some(f) => match f.reopen() {
+                        Ok(()) => tracing::info!("SIGHUP: log file {} reopened", f.path.display()),
+                        Err(e) => tracing::error!("SIGHUP: cannot reopen the log file {}: {e}", f.path.display()),
+                    },
+                    None => tracing::info!("SIGHUP: no log file to reopen"),
+                },
+            }
+        }
+    }
 }
 
 /// Accepts MQTT connections on one listener. While an autoheal restart

@@ -995,3 +995,45 @@ fn check_config_validates_and_a_key_that_does_not_work_stops_the_node() {
         "{err}"
     );
 }
+
+#[test]
+fn sighup_reopens_the_log_file_and_never_stops_the_node() {
+    let mut node = Node::start();
+    let log = node.data_dir().join("log").join("emqx.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || log.exists()),
+        "no log file at {}",
+        log.display()
+    );
+    // logrotate moves the file away, then sends SIGHUP.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    let pid = node.pid().expect("pid");
+    let kill = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {sig} {pid} failed");
+    };
+    kill("-HUP");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("SIGHUP: log file"))),
+        "the log file was not reopened at {}",
+        log.display()
+    );
+    // Still running and answering, after a second SIGHUP too.
+    kill("-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(node.alive(), "SIGHUP stopped the node");
+    assert_eq!(node.ctl(&["status"]).0, 0);
+    // What is logged now goes to the new file, not to the rotated one.
+    let before = std::fs::read_to_string(&rotated).unwrap_or_default();
+    assert_eq!(node.ctl(&["cluster", "join", "nobody9999@127.0.0.9"]).0, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap_or_default(),
+        before
+    );
+}
