@@ -157,7 +157,7 @@ fn named_paths(src: &str, module: &[String], children: &[String]) -> Vec<Vec<Str
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)
                 .collect();
-            out.extend(resolve(&p, &here, children, true));
+            out.extend(resolve(&p, &here, children));
         }
     }
     // Inline paths anywhere in the code: from the crate root, the parent,
@@ -187,7 +187,7 @@ fn named_paths(src: &str, module: &[String], children: &[String]) -> Vec<Vec<Str
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
                     .collect();
-                out.extend(resolve(&p, &here, children, true));
+                out.extend(resolve(&p, &here, children));
             }
             rest = &rest[i + len.max(1)..];
         }
@@ -255,18 +255,13 @@ fn expand(u: &str) -> Vec<String> {
 /// A path as a module path from the crate root. A file `a/b.rs` is module
 /// `a::b` and its `super` is `a`; a `mod.rs` file is the module of its
 /// directory.
-fn resolve(
-    p: &[String],
-    here: &[String],
-    children: &[String],
-    in_use: bool,
-) -> Option<Vec<String>> {
+fn resolve(p: &[String], here: &[String], children: &[String]) -> Option<Vec<String>> {
     let first = p.first()?;
     let mut base: Vec<String> = match first.as_str() {
         "crate" => Vec::new(),
         "super" => here[..here.len().saturating_sub(1)].to_vec(),
         "self" => here.to_vec(),
-        c if in_use && children.iter().any(|x| x == c) => {
+        c if children.iter().any(|x| x == c) => {
             let mut b = here.to_vec();
             b.push(c.to_string());
             b

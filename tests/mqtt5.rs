@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{frame, parse_props, read_varint, Node, Opts, Raw};
+use common::{frame, parse_props, read_varint, varint, Node, Opts, Raw};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, Filter, LastWill, LastWillProperties, Packet, Publish, PublishProperties,
     RetainForwardRule, SubscribeProperties, SubscribeReasonCode,
@@ -320,21 +320,6 @@ fn node_with(extra: &str) -> Node {
 // ---------------------------------------------------------------------------
 // Raw MQTT 5 bytes
 // ---------------------------------------------------------------------------
-
-fn varint(mut n: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        v.push(b);
-        if n == 0 {
-            return v;
-        }
-    }
-}
 
 fn mqtt_str(s: &str) -> Vec<u8> {
     let mut v = (s.len() as u16).to_be_bytes().to_vec();

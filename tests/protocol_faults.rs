@@ -13,7 +13,7 @@
 mod common;
 
 use common::cluster;
-use common::{frame, parse_props, rand_u32, read_varint, wait_until, Node, Opts, Raw};
+use common::{frame, parse_props, rand_u32, read_varint, varint, wait_until, Node, Opts, Raw};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -32,21 +32,6 @@ fn ms(m: u64) -> Duration {
 /// A client id unique to this test run.
 fn uid(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), rand_u32() % 1_000_000)
-}
-
-fn varint(mut n: usize) -> Vec<u8> {
-    let mut v = Vec::new();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        v.push(b);
-        if n == 0 {
-            return v;
-        }
-    }
 }
 
 fn str16(s: &[u8]) -> Vec<u8> {

@@ -402,20 +402,25 @@ pub fn connect_v4(client_id: &str, keepalive: u16) -> Vec<u8> {
 /// A packet with a fixed header byte and a body (remaining length encoded).
 pub fn frame(header: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![header];
-    let mut len = body.len();
+    v.extend(varint(body.len()));
+    v.extend_from_slice(body);
+    v
+}
+
+/// `n` as an MQTT variable byte integer.
+pub fn varint(mut n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
     loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
             b |= 0x80;
         }
         v.push(b);
-        if len == 0 {
-            break;
+        if n == 0 {
+            return v;
         }
     }
-    v.extend_from_slice(body);
-    v
 }
 
 pub fn path_str(p: &Path) -> String {

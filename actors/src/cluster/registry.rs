@@ -46,10 +46,7 @@ impl Registry {
 
     /// The cluster service tells the registry who runs, after every change.
     pub fn set_running(&self, peers: Vec<String>) {
-        let mut r = self.running.write();
-        if *r != peers {
-            *r = peers;
-        }
+        *self.running.write() = peers;
     }
 
     /// Running peers (never this node).
