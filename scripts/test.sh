@@ -21,14 +21,15 @@ command -v ss >/dev/null || need_apt+=(iproute2)
 [ -x /usr/bin/etcd ] || need_apt+=(etcd-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
 [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
+[ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
-    echo "== installing paho-mqtt"
-    python3 -m pip install -q 'paho-mqtt>=2,<3' || echo "warning: paho-mqtt could not be installed; its tests will fail"
+if ! python3 -c 'import paho.mqtt, websockets' 2>/dev/null; then
+    echo "== installing paho-mqtt and websockets"
+    python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' || echo "warning: paho-mqtt or websockets could not be installed; their tests will fail"
 fi
 
 echo "== cargo fmt --check"

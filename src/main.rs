@@ -7,6 +7,7 @@
 mod bench;
 mod config;
 mod ctl;
+mod listeners;
 mod node;
 mod remote;
 mod running;
@@ -125,7 +126,11 @@ fn main() -> ExitCode {
         "check_config" => match load_config(&flags) {
             // The first error was printed; exit 2 as the node would.
             Err(code) => code,
-            Ok(_) => {
+            Ok(cfg) => {
+                if let Err(e) = listeners::check(&cfg) {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
                 let file = flags
                     .config
                     .clone()

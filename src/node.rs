@@ -134,7 +134,7 @@ fn init_logging(cfg: &Config, console: bool) -> Option<Arc<LogFile>> {
         fmt::layer()
             .with_writer(std::io::stderr)
             .with_filter(EnvFilter::new(format!(
-                "warn,emqx_rs={lvl},emqx_actors={lvl}"
+                "warn,rustls=error,emqx_rs={lvl},emqx_actors={lvl}"
             )))
     });
     let mut log_file = None;
@@ -153,7 +153,7 @@ fn init_logging(cfg: &Config, console: bool) -> Option<Arc<LogFile>> {
                         .with_ansi(false)
                         .with_writer(SharedLog(f))
                         .with_filter(EnvFilter::new(format!(
-                            "warn,emqx_rs={lvl},emqx_actors={lvl}"
+                            "warn,rustls=error,emqx_rs={lvl},emqx_actors={lvl}"
                         ))),
                 )
             }
@@ -229,7 +229,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     ractor::pg::join(ctl_group(&node.name), vec![control.get_cell()]);
     // MQTT listeners, once the node is wired: a client that connects now
     // gets the cluster-wide client id lock and the remote routes.
-    let listeners = start_listeners(&cfg, &core.ctx).await?;
+    let listeners = crate::listeners::start(&cfg, &core.ctx).await?;
     let pid = announce(&cfg, cluster.dist_port);
     if console {
         let node = node.clone();
@@ -275,6 +275,8 @@ fn prepare(cfg: &Config) -> Result<(), String> {
             cfg.node.data_dir.display()
         )
     })?;
+    // The listeners open last; their certificates are checked first.
+    crate::listeners::check(cfg)?;
     Ok(())
 }
 
@@ -559,35 +561,6 @@ fn start_discovery(cfg: &Config, cluster: &ClusterParts) -> Result<Discovery, St
     Ok(Discovery { task, etcd })
 }
 
-/// One accept loop per enabled MQTT listener.
-async fn start_listeners(
-    cfg: &Config,
-    ctx: &Arc<Ctx>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let mut tasks = Vec::new();
-    for (lname, l) in &cfg.listeners.tcp {
-        if !l.enable {
-            continue;
-        }
-        let sock = TcpListener::bind(l.bind)
-            .await
-            .map_err(|e| format!("listeners.tcp.{lname}: cannot listen on {}: {e}", l.bind))?;
-        tracing::info!("listener tcp:{lname} on {}", l.bind);
-        let mountpoint = Some(l.mountpoint.as_str())
-            .filter(|m| !m.is_empty())
-            .map(Arc::from);
-        tasks.push(tokio::spawn(accept_loop(
-            sock,
-            l.bind,
-            ctx.clone(),
-            l.max_connections,
-            lname.clone(),
-            mountpoint,
-        )));
-    }
-    Ok(tasks)
-}
-
 /// Writes the pid file and says the node runs; returns the pid file.
 fn announce(cfg: &Config, dist_port: u16) -> PathBuf {
     let name = &cfg.node.name;
@@ -597,10 +570,9 @@ fn announce(cfg: &Config, dist_port: u16) -> PathBuf {
         "emqx-rs {} is running as {name} (MQTT on {}, inter-node port {dist_port})",
         env!("CARGO_PKG_VERSION"),
         cfg.listeners
-            .tcp
-            .values()
-            .filter(|l| l.enable)
-            .map(|l| l.bind.to_string())
+            .all()
+            .filter(|(_, _, l)| l.enable)
+            .map(|(kind, _, l)| format!("{kind} {}", l.bind))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -655,80 +627,6 @@ impl Signals {
                 },
             }
         }
-    }
-}
-
-/// Accepts MQTT connections on one listener. While an autoheal restart
-/// has the listeners closed (`ctx.listeners` is false) the socket itself
-/// is closed, so connects are refused rather than queued, and it is bound
-/// again once the node has rejoined.
-async fn accept_loop(
-    sock: TcpListener,
-    bind: SocketAddr,
-    ctx: Arc<Ctx>,
-    max_conn: Option<u64>,
-    name: String,
-    mountpoint: Option<Arc<str>>,
-) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let open = Arc::new(AtomicU64::new(0));
-    let mut state = ctx.listeners.subscribe();
-    let mut sock = Some(sock);
-    loop {
-        let Some(listener) = sock.as_ref() else {
-            if state.wait_for(|open| *open).await.is_err() {
-                return;
-            }
-            match TcpListener::bind(bind).await {
-                Ok(l) => {
-                    tracing::info!("listener tcp:{name} on {bind} reopened");
-                    sock = Some(l);
-                }
-                Err(e) => {
-                    tracing::warn!("listener tcp:{name}: cannot listen on {bind} again: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            continue;
-        };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            changed = state.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if !*state.borrow_and_update() {
-                    tracing::info!("listener tcp:{name} on {bind} closed for a broker restart");
-                    sock = None;
-                }
-                continue;
-            }
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!("listener tcp:{name}: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Some(max) = max_conn {
-            if open.load(Ordering::Relaxed) >= max {
-                tracing::info!(%peer, "listener tcp:{name}: max_connections ({max}) reached, closing");
-                drop(stream);
-                continue;
-            }
-        }
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let open = open.clone();
-        let mountpoint = mountpoint.clone();
-        open.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            emqx_actors::conn::serve(stream, peer, ctx, mountpoint).await;
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
     }
 }
 

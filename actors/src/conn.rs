@@ -29,15 +29,42 @@ use tokio::time::{timeout, Instant};
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one accepted socket until it closes. `mountpoint` is the
-/// listener's mount point template (EMQX's `listeners.*.*.mountpoint`).
-pub async fn serve<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>, mountpoint: Option<Arc<str>>)
+/// What the listener learned of a connection before its first packet.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The client's address: the socket's peer, or the source address a
+    /// load balancer's PROXY protocol header gave.
+    pub peer: SocketAddr,
+    /// The listener's mount point template (EMQX's
+    /// `listeners.*.*.mountpoint`).
+    pub mountpoint: Option<Arc<str>>,
+    /// Taken from the client's TLS certificate (`mqtt.peer_cert_as_username`
+    /// and `mqtt.peer_cert_as_clientid`): they replace what the CONNECT says.
+    pub cert_username: Option<String>,
+    pub cert_client_id: Option<String>,
+}
+
+impl Accepted {
+    /// A plain connection: its address and the listener's mount point.
+    pub fn new(peer: SocketAddr, mountpoint: Option<Arc<str>>) -> Self {
+        Accepted {
+            peer,
+            mountpoint,
+            cert_username: None,
+            cert_client_id: None,
+        }
+    }
+}
+
+/// Serves one accepted connection (a socket, or a TLS or WebSocket
+/// stream over one) until it closes.
+pub async fn serve<S>(stream: S, acc: Accepted, ctx: Arc<Ctx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stats = ctx.broker.stats.clone();
     Stats::add(&stats.live_connections, None, 1);
-    run(stream, peer, ctx, mountpoint).await;
+    run(stream, acc, ctx).await;
     Stats::add(&stats.live_connections, None, -1);
 }
 
@@ -50,7 +77,7 @@ struct Opened {
     rx: ConnEnd,
 }
 
-async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Ctx>, mountpoint: Option<Arc<str>>)
+async fn run<S>(stream: S, acc: Accepted, ctx: Arc<Ctx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -69,7 +96,7 @@ where
         version,
         ka_timeout,
         rx,
-    }) = Box::pin(open(&mut rd, &mut wr, &mut rbuf, peer, &ctx, mountpoint)).await
+    }) = Box::pin(open(&mut rd, &mut wr, &mut rbuf, acc, &ctx)).await
     else {
         return;
     };
@@ -175,7 +202,13 @@ where
                         Some(b) => b,
                         None => &out,
                     };
-                    match timeout(settings.send_timeout, wr.write_all(buf)).await {
+                    // Flushed: TLS and WebSocket streams may hold bytes
+                    // until then (a no-op on a plain socket).
+                    let sent = async {
+                        wr.write_all(buf).await?;
+                        wr.flush().await
+                    };
+                    match timeout(settings.send_timeout, sent).await {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => break CloseCause::SocketError,
                         Err(_) => break CloseCause::SendTimeout,
@@ -241,9 +274,8 @@ async fn open<R, W>(
     rd: &mut R,
     wr: &mut W,
     rbuf: &mut BytesMut,
-    peer: SocketAddr,
+    acc: Accepted,
     ctx: &Arc<Ctx>,
-    mountpoint: Option<Arc<str>>,
 ) -> Option<Opened>
 where
     R: AsyncRead + Unpin,
@@ -252,6 +284,7 @@ where
     let settings = &ctx.settings;
     let metrics = &ctx.broker.metrics;
     let max = settings.max_packet_size;
+    let peer = acc.peer;
 
     // 1. CONNECT, within idle_timeout.
     let first = timeout(settings.idle_timeout, read_packet(rd, rbuf, None, max)).await;
@@ -276,7 +309,15 @@ where
             let _ = wr.shutdown().await;
             return None;
         }
-        Ok(Ok(Packet::Connect(c))) => c,
+        Ok(Ok(Packet::Connect(mut c))) => {
+            if let Some(u) = acc.cert_username {
+                c.username = Some(u);
+            }
+            if let Some(id) = acc.cert_client_id {
+                c.client_id = id;
+            }
+            c
+        }
         Ok(Ok(other)) => {
             tracing::info!(%peer, "closing connection: {} before CONNECT", other.kind());
             return None;
@@ -297,7 +338,7 @@ where
 
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (handle, rx) = ConnHandle::new(conn_id, peer, mountpoint);
+    let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint);
     let session: ActorRef<SessionMsg> = match Box::pin(open_session(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {
@@ -427,7 +468,7 @@ async fn write_packet<W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    fn ret_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+    fn ret_size<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 

@@ -107,7 +107,7 @@ impl TlsOptions {
 }
 
 /// Reads every certificate of a PEM file; an error names the file.
-pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -119,7 +119,7 @@ pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 }
 
 /// A root store of every certificate in a PEM file.
-pub(crate) fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(path)? {
         roots

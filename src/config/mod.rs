@@ -437,24 +437,23 @@ impl Default for K8sDiscovery {
 }
 
 /// `listeners.*`, each type a map by listener name.
-#[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenersConfig {
     /// `listeners.tcp.<name>`; `default` exists unless configured away
     /// (`enable = false`).
-    pub tcp: BTreeMap<String, TcpListener>,
-    /// `listeners.ssl.<name>`: parsed, not served yet. Default none.
-    pub ssl: BTreeMap<String, OtherListener>,
-    /// `listeners.ws.<name>`: parsed, not served yet. Default none.
-    pub ws: BTreeMap<String, OtherListener>,
-    /// `listeners.wss.<name>`: parsed, not served yet. Default none.
-    pub wss: BTreeMap<String, OtherListener>,
+    pub tcp: BTreeMap<String, Listener>,
+    /// `listeners.ssl.<name>` (MQTT over TLS). Default none.
+    pub ssl: BTreeMap<String, Listener>,
+    /// `listeners.ws.<name>` (MQTT over WebSocket). Default none.
+    pub ws: BTreeMap<String, Listener>,
+    /// `listeners.wss.<name>` (MQTT over WebSocket over TLS). Default none.
+    pub wss: BTreeMap<String, Listener>,
 }
 
 impl Default for ListenersConfig {
     fn default() -> Self {
         let mut tcp = BTreeMap::new();
-        tcp.insert("default".to_string(), TcpListener::default());
+        tcp.insert("default".to_string(), Listener::new(1883));
         ListenersConfig {
             tcp,
             ssl: BTreeMap::new(),
@@ -464,13 +463,60 @@ impl Default for ListenersConfig {
     }
 }
 
-/// `listeners.tcp.<name>.*`
-#[allow(dead_code)]
+keyword_enum!(
+    /// The transport of a listener: the `<type>` in `listeners.<type>.<name>`.
+    ListenerKind, default Tcp, { Tcp = "tcp", Ssl = "ssl", Ws = "ws", Wss = "wss" });
+
+impl ListenerKind {
+    /// EMQX's default port of the type.
+    pub fn default_port(self) -> u16 {
+        match self {
+            ListenerKind::Tcp => 1883,
+            ListenerKind::Ssl => 8883,
+            ListenerKind::Ws => 8083,
+            ListenerKind::Wss => 8084,
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, ListenerKind::Ssl | ListenerKind::Wss)
+    }
+
+    pub fn websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+impl ListenersConfig {
+    /// Every configured listener with its type and name, enabled or not.
+    pub fn all(&self) -> impl Iterator<Item = (ListenerKind, &String, &Listener)> {
+        [
+            (ListenerKind::Tcp, &self.tcp),
+            (ListenerKind::Ssl, &self.ssl),
+            (ListenerKind::Ws, &self.ws),
+            (ListenerKind::Wss, &self.wss),
+        ]
+        .into_iter()
+        .flat_map(|(k, m)| m.iter().map(move |(n, l)| (k, n, l)))
+    }
+
+    fn map_mut(&mut self, kind: ListenerKind) -> &mut BTreeMap<String, Listener> {
+        match kind {
+            ListenerKind::Tcp => &mut self.tcp,
+            ListenerKind::Ssl => &mut self.ssl,
+            ListenerKind::Ws => &mut self.ws,
+            ListenerKind::Wss => &mut self.wss,
+        }
+    }
+}
+
+/// `listeners.<type>.<name>.*`
 #[derive(Debug, Clone, PartialEq)]
-pub struct TcpListener {
+pub struct Listener {
     /// Default `true`.
     pub enable: bool,
-    /// Default `0.0.0.0:1883` (required for listeners other than `default`).
+    /// Default `0.0.0.0:<the type's port>` (required for listeners other
+    /// than `default`).
     pub bind: SocketAddr,
     /// `None` = `infinity` (the default).
     pub max_connections: Option<u64>,
@@ -480,19 +526,23 @@ pub struct TcpListener {
     pub mountpoint: String,
     /// Default `default`.
     pub zone: String,
-    /// Default `false`.
+    /// Default `false`: a PROXY protocol v1/v2 header is expected first.
     pub proxy_protocol: bool,
     /// Default `3s`.
     pub proxy_protocol_timeout: Duration,
     /// Default `true`.
     pub enable_authn: bool,
+    /// `ssl_options.*`, for `ssl` and `wss` listeners.
+    pub ssl_options: SslOptions,
+    /// `websocket.*`, for `ws` and `wss` listeners.
+    pub websocket: WsOptions,
 }
 
-impl Default for TcpListener {
-    fn default() -> Self {
-        TcpListener {
+impl Listener {
+    fn new(port: u16) -> Self {
+        Listener {
             enable: true,
-            bind: any_addr(1883),
+            bind: any_addr(port),
             max_connections: None,
             acceptors: 16,
             mountpoint: String::new(),
@@ -500,16 +550,121 @@ impl Default for TcpListener {
             proxy_protocol: false,
             proxy_protocol_timeout: Duration::from_secs(3),
             enable_authn: true,
+            ssl_options: SslOptions::default(),
+            websocket: WsOptions::default(),
         }
     }
 }
 
-/// `listeners.{ssl,ws,wss}.<name>.*`: only `enable` and `bind` for now.
-#[allow(dead_code)]
+keyword_enum!(
+    /// One entry of `ssl_options.versions`.
+    TlsVersion, default Tls13, { Tls13 = "tlsv1.3", Tls12 = "tlsv1.2" });
+
+/// `listeners.{ssl,wss}.<name>.ssl_options.*`
 #[derive(Debug, Clone, PartialEq)]
-pub struct OtherListener {
-    pub enable: bool,
-    pub bind: SocketAddr,
+pub struct SslOptions {
+    /// PEM bundle client certificates must chain to (`verify_peer`).
+    pub cacertfile: Option<PathBuf>,
+    /// PEM server certificate chain. Required.
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of `certfile`. Required.
+    pub keyfile: Option<PathBuf>,
+    /// Default `verify_none`: no client certificate is asked for.
+    pub verify: TlsVerify,
+    /// Default `false`: with `verify_peer`, a client without a
+    /// certificate is still let in.
+    pub fail_if_no_peer_cert: bool,
+    /// Default `[tlsv1.3, tlsv1.2]`.
+    pub versions: Vec<TlsVersion>,
+    /// IANA names of the suites allowed; empty (the default) = all the
+    /// suites rustls offers.
+    pub ciphers: Vec<String>,
+    /// Default `15s`.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for SslOptions {
+    fn default() -> Self {
+        SslOptions {
+            cacertfile: None,
+            certfile: None,
+            keyfile: None,
+            verify: TlsVerify::VerifyNone,
+            fail_if_no_peer_cert: false,
+            versions: vec![TlsVersion::Tls13, TlsVersion::Tls12],
+            ciphers: Vec::new(),
+            handshake_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The cipher suites a listener can offer: (OpenSSL name, IANA name).
+/// rustls implements no CBC, DHE or RSA-key-exchange suite.
+pub const CIPHER_SUITES: &[(&str, &str)] = &[
+    ("TLS_AES_256_GCM_SHA384", "TLS13_AES_256_GCM_SHA384"),
+    ("TLS_AES_128_GCM_SHA256", "TLS13_AES_128_GCM_SHA256"),
+    (
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS13_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    ),
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ),
+    (
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    ),
+    (
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    ),
+    (
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+];
+
+/// `listeners.{ws,wss}.<name>.websocket.*`
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsOptions {
+    /// Default `/mqtt`; other paths get HTTP 404.
+    pub mqtt_path: String,
+    /// Default `mqtt, mqtt-v3, mqtt-v3.1.1, mqtt-v5, mqttv3.1, mqttv5`.
+    pub supported_subprotocols: Vec<String>,
+    /// Default `true`: an upgrade that offers none of them gets HTTP 400.
+    pub fail_if_no_subprotocol: bool,
+    /// `None` = `infinity` (the default).
+    pub max_frame_size: Option<u64>,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        WsOptions {
+            mqtt_path: "/mqtt".to_string(),
+            supported_subprotocols: [
+                "mqtt",
+                "mqtt-v3",
+                "mqtt-v3.1.1",
+                "mqtt-v5",
+                "mqttv3.1",
+                "mqttv5",
+            ]
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+            fail_if_no_subprotocol: true,
+            max_frame_size: None,
+        }
+    }
 }
 
 /// `mqtt.*`
@@ -1594,75 +1749,189 @@ fn check_listener_name(f: &Field) -> Result<()> {
 
 impl ListenersConfig {
     fn apply(&mut self, o: &mut Fields) -> Result<()> {
-        o.section("tcp", |t| {
-            for f in t.entries() {
-                check_listener_name(&f)?;
-                let name = f.name().to_string();
-                let existing = self.tcp.get(&name).cloned();
-                let mut l = existing.clone().unwrap_or_default();
-                let mut s = f.fields()?;
-                let had_bind = s.map.contains_key("bind");
-                s.set("enable", &mut l.enable, Field::bool)?;
-                s.set("bind", &mut l.bind, Field::socket_addr)?;
-                s.set("max_connections", &mut l.max_connections, |f| {
-                    f.uint_or("infinity", 1, u64::MAX)
-                })?;
-                s.set("acceptors", &mut l.acceptors, |f| {
-                    f.only(|f| f.int(1, 1024), 16, "16: one accept loop per listener")
-                })?;
-                s.set("mountpoint", &mut l.mountpoint, Field::mountpoint)?;
-                s.set("zone", &mut l.zone, |f| {
-                    f.only(Field::nonempty_string, "default".into(), "default")
-                })?;
-                s.set("proxy_protocol", &mut l.proxy_protocol, |f| {
-                    f.only(Field::bool, false, "false")
-                })?;
-                s.set(
-                    "proxy_protocol_timeout",
-                    &mut l.proxy_protocol_timeout,
-                    |f| f.only(Field::duration, Duration::from_secs(3), "3s"),
-                )?;
-                s.set("enable_authn", &mut l.enable_authn, Field::bool)?;
-                s.finish()?;
-                if existing.is_none() && !had_bind {
-                    return Err(f.invalid(format!("missing required key '{}.bind'", f.key)));
-                }
-                self.tcp.insert(name, l);
-            }
-            Ok(())
-        })?;
-        for (kind, default_port) in [("ssl", 8883), ("ws", 8083), ("wss", 8084)] {
-            let map = match kind {
-                "ssl" => &mut self.ssl,
-                "ws" => &mut self.ws,
-                _ => &mut self.wss,
-            };
-            o.section(kind, |t| {
+        for kind in [
+            ListenerKind::Tcp,
+            ListenerKind::Ssl,
+            ListenerKind::Ws,
+            ListenerKind::Wss,
+        ] {
+            let map = self.map_mut(kind);
+            o.section(kind.as_str(), |t| {
                 for f in t.entries() {
                     check_listener_name(&f)?;
                     let name = f.name().to_string();
+                    let existing = map.get(&name).cloned();
                     let mut s = f.fields()?;
-                    let mut l = map.get(&name).cloned().unwrap_or(OtherListener {
-                        enable: true,
-                        bind: any_addr(default_port),
-                    });
-                    let known = map.contains_key(&name) || name == "default";
-                    if !known && !s.map.contains_key("bind") {
+                    if existing.is_none() && name != "default" && !s.map.contains_key("bind") {
                         return Err(f.invalid(format!("missing required key '{}.bind'", f.key)));
                     }
-                    s.set("enable", &mut l.enable, Field::bool)?;
-                    s.set("bind", &mut l.bind, Field::socket_addr)?;
+                    let mut l = existing.unwrap_or_else(|| Listener::new(kind.default_port()));
+                    l.apply(kind, &mut s)?;
                     s.finish()?;
-                    if l.enable {
-                        return Err(f.invalid(format!(
-                            "not supported yet: {kind} listeners are not served (only enable = false works today)"
-                        )));
+                    if l.enable && kind.tls() {
+                        l.ssl_options.check_required(&f)?;
                     }
                     map.insert(name, l);
                 }
                 Ok(())
             })?;
         }
+        Ok(())
+    }
+}
+
+impl Listener {
+    fn apply(&mut self, kind: ListenerKind, s: &mut Fields) -> Result<()> {
+        s.set("enable", &mut self.enable, Field::bool)?;
+        s.set("bind", &mut self.bind, Field::socket_addr)?;
+        s.set("max_connections", &mut self.max_connections, |f| {
+            f.uint_or("infinity", 1, u64::MAX)
+        })?;
+        s.set("acceptors", &mut self.acceptors, |f| {
+            f.only(|f| f.int(1, 1024), 16, "16: one accept loop per listener")
+        })?;
+        s.set("mountpoint", &mut self.mountpoint, Field::mountpoint)?;
+        s.set("zone", &mut self.zone, |f| {
+            f.only(Field::nonempty_string, "default".into(), "default")
+        })?;
+        s.set("proxy_protocol", &mut self.proxy_protocol, Field::bool)?;
+        s.set(
+            "proxy_protocol_timeout",
+            &mut self.proxy_protocol_timeout,
+            Field::duration,
+        )?;
+        s.set("enable_authn", &mut self.enable_authn, Field::bool)?;
+        if kind.tls() {
+            s.section("ssl_options", |t| self.ssl_options.apply(t))?;
+        }
+        if kind.websocket() {
+            s.section("websocket", |t| self.websocket.apply(t))?;
+        }
+        Ok(())
+    }
+}
+
+impl SslOptions {
+    fn apply(&mut self, t: &mut Fields) -> Result<()> {
+        t.set("cacertfile", &mut self.cacertfile, Field::opt_path)?;
+        t.set("certfile", &mut self.certfile, Field::opt_path)?;
+        t.set("keyfile", &mut self.keyfile, Field::opt_path)?;
+        t.set("verify", &mut self.verify, |f| {
+            f.keyword(TlsVerify::from_keyword, TlsVerify::ALL)
+        })?;
+        t.set(
+            "fail_if_no_peer_cert",
+            &mut self.fail_if_no_peer_cert,
+            Field::bool,
+        )?;
+        t.set("versions", &mut self.versions, |f| {
+            let mut out = Vec::new();
+            for v in f.string_list()? {
+                match TlsVersion::from_keyword(&v) {
+                    Some(v) if !out.contains(&v) => out.push(v),
+                    Some(_) => {}
+                    None if matches!(v.as_str(), "tlsv1" | "tlsv1.1") => {
+                        return Err(f.invalid(format!(
+                            "{v} is not supported (rustls speaks tlsv1.2 and tlsv1.3 only)"
+                        )))
+                    }
+                    None => {
+                        return Err(f.invalid(format!(
+                            "unknown TLS version {v:?} (expected tlsv1.3, tlsv1.2)"
+                        )))
+                    }
+                }
+            }
+            if out.is_empty() {
+                return Err(f.invalid("at least one TLS version is required"));
+            }
+            Ok(out)
+        })?;
+        t.set("ciphers", &mut self.ciphers, |f| {
+            let mut out: Vec<String> = Vec::new();
+            for c in f.string_list()? {
+                let Some((_, iana)) = CIPHER_SUITES
+                    .iter()
+                    .find(|(openssl, iana)| *openssl == c || *iana == c)
+                else {
+                    let names: Vec<&str> = CIPHER_SUITES.iter().map(|(o, _)| *o).collect();
+                    return Err(f.invalid(format!(
+                        "cipher suite {c:?} is not supported (supported: {})",
+                        names.join(", ")
+                    )));
+                };
+                if !out.iter().any(|x| x == iana) {
+                    out.push(iana.to_string());
+                }
+            }
+            Ok(out)
+        })?;
+        t.set(
+            "handshake_timeout",
+            &mut self.handshake_timeout,
+            Field::duration,
+        )?;
+        Ok(())
+    }
+
+    /// An enabled TLS listener needs its certificate, its key, and with
+    /// `verify_peer` the CA to check clients against.
+    fn check_required(&self, f: &Field) -> Result<()> {
+        let need = |what: &str| {
+            f.invalid(format!(
+                "missing required key '{}.ssl_options.{what}'",
+                f.key
+            ))
+        };
+        if self.certfile.is_none() {
+            return Err(need("certfile"));
+        }
+        if self.keyfile.is_none() {
+            return Err(need("keyfile"));
+        }
+        if self.verify == TlsVerify::VerifyPeer && self.cacertfile.is_none() {
+            return Err(f.invalid(format!(
+                "missing required key '{}.ssl_options.cacertfile' (verify = verify_peer)",
+                f.key
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl WsOptions {
+    fn apply(&mut self, t: &mut Fields) -> Result<()> {
+        t.set("mqtt_path", &mut self.mqtt_path, |f| {
+            let p = f.nonempty_string()?;
+            if !p.starts_with('/') {
+                return Err(f.invalid(format!("a path must start with '/', got {p:?}")));
+            }
+            Ok(p)
+        })?;
+        t.set(
+            "supported_subprotocols",
+            &mut self.supported_subprotocols,
+            Field::string_list,
+        )?;
+        t.set(
+            "fail_if_no_subprotocol",
+            &mut self.fail_if_no_subprotocol,
+            Field::bool,
+        )?;
+        t.set("max_frame_size", &mut self.max_frame_size, |f| {
+            f.uint_or("infinity", 1, u64::MAX)
+        })?;
+        let mut piggyback = String::from("multiple");
+        t.set("mqtt_piggyback", &mut piggyback, |f| {
+            f.only(Field::string, "multiple".into(), "multiple")
+        })?;
+        let mut off = false;
+        t.set("compress", &mut off, |f| {
+            f.only(Field::bool, false, "false")
+        })?;
+        t.set("check_origin_enable", &mut off, |f| {
+            f.only(Field::bool, false, "false")
+        })?;
         Ok(())
     }
 }
@@ -1768,11 +2037,13 @@ impl MqttConfig {
             ("peer_cert_as_clientid", &mut self.peer_cert_as_clientid),
         ] {
             o.set(key, dst, |f| {
-                f.only(
-                    |f| f.keyword(PeerCertAs::from_keyword, PeerCertAs::ALL),
-                    PeerCertAs::Disabled,
-                    "disabled: there is no TLS listener yet",
-                )
+                let v = f.keyword(PeerCertAs::from_keyword, PeerCertAs::ALL)?;
+                if v == PeerCertAs::Crt {
+                    return Err(f.invalid(
+                        "crt is not supported (the DER bytes of a certificate are not a UTF-8 string); use pem or md5",
+                    ));
+                }
+                Ok(v)
             })?;
         }
         o.set(

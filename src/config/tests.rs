@@ -241,13 +241,9 @@ fn shipped_emqx_conf_commented_defaults_are_the_defaults() {
         (&mut expected.listeners.ws, 8083),
         (&mut expected.listeners.wss, 8084),
     ] {
-        map.insert(
-            "default".into(),
-            OtherListener {
-                enable: false,
-                bind: any_addr(port),
-            },
-        );
+        let mut l = Listener::new(port);
+        l.enable = false;
+        map.insert("default".into(), l);
     }
     expected.node.dist_listen_port = Some(4370);
     expected.node.forward_listen_port = Some(5370);
@@ -318,13 +314,9 @@ log.file.path = "/tmp/x.log"
         c.listeners.tcp["internal"].bind,
         "0.0.0.0:11884".parse().unwrap()
     );
-    assert_eq!(
-        c.listeners.ssl["default"],
-        OtherListener {
-            enable: false,
-            bind: "0.0.0.0:8883".parse().unwrap()
-        }
-    );
+    let ssl = &c.listeners.ssl["default"];
+    assert!(!ssl.enable);
+    assert_eq!(ssl.bind, "0.0.0.0:8883".parse().unwrap());
     assert_eq!(c.mqtt.max_inflight, 64);
     assert_eq!(c.mqtt.max_packet_size, 64 * 1024);
     assert_eq!(c.mqtt.retry_interval, None);
@@ -785,14 +777,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
     // ... any other value is refused, in the file and from the environment.
     for (text, key) in [
         (
-            "listeners.tcp.default.proxy_protocol = true",
-            "listeners.tcp.default.proxy_protocol",
-        ),
-        (
-            "listeners.tcp.default.proxy_protocol_timeout = 5s",
-            "listeners.tcp.default.proxy_protocol_timeout",
-        ),
-        (
             "listeners.tcp.default.zone = external",
             "listeners.tcp.default.zone",
         ),
@@ -808,14 +792,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
         (
             "mqtt.keepalive_check_interval = 5s",
             "mqtt.keepalive_check_interval",
-        ),
-        (
-            "mqtt.peer_cert_as_username = cn",
-            "mqtt.peer_cert_as_username",
-        ),
-        (
-            "mqtt.peer_cert_as_clientid = dn",
-            "mqtt.peer_cert_as_clientid",
         ),
         (
             "mqtt.mqueue_priorities { t = 10 }",
@@ -840,8 +816,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
         ),
         ("dashboard.listeners.http.bind = 18084", "dashboard"),
         ("authentication = []", "authentication"),
-        ("listeners.ssl.default.bind = 8883", "listeners.ssl.default"),
-        ("listeners.ws.default.enable = true", "listeners.ws.default"),
         ("authorization.no_match = deny", "authorization"),
     ] {
         let e = err(text, &[]);
@@ -855,9 +829,101 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
         e.contains("EMQX_AUTHENTICATION__1__ENABLE") && e.contains("not supported yet"),
         "{e}"
     );
-    let e = err(
-        "",
-        &[("EMQX_LISTENERS__TCP__DEFAULT__PROXY_PROTOCOL", "true")],
-    );
+    let e = err("", &[("EMQX_LISTENERS__TCP__DEFAULT__ZONE", "external")]);
     assert!(e.contains("not supported yet"), "{e}");
+}
+
+#[test]
+fn tls_and_websocket_listeners_are_read_and_checked() {
+    let c = ok(
+        r#"
+listeners.ssl.default {
+  bind = "127.0.0.1:18883"
+  ssl_options {
+    certfile = "etc/certs/cert.pem"
+    keyfile = "etc/certs/key.pem"
+    cacertfile = "etc/certs/cacert.pem"
+    verify = verify_peer
+    fail_if_no_peer_cert = true
+    versions = ["tlsv1.2"]
+    ciphers = ["ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"]
+    handshake_timeout = 5s
+  }
+  proxy_protocol = true
+  proxy_protocol_timeout = 1s
+}
+listeners.ws.default { bind = 18083, websocket.mqtt_path = "/m", websocket.fail_if_no_subprotocol = false }
+listeners.wss.edge {
+  bind = 18084
+  ssl_options { certfile = "c.pem", keyfile = "k.pem" }
+  websocket { supported_subprotocols = "mqtt, mqttv3.1", max_frame_size = 65536 }
+}
+mqtt.peer_cert_as_username = cn
+mqtt.peer_cert_as_clientid = md5
+"#,
+        &[],
+    );
+    let ssl = &c.listeners.ssl["default"];
+    assert!(ssl.proxy_protocol);
+    assert_eq!(ssl.proxy_protocol_timeout, secs(1));
+    let o = &ssl.ssl_options;
+    assert_eq!(o.verify, TlsVerify::VerifyPeer);
+    assert!(o.fail_if_no_peer_cert);
+    assert_eq!(o.versions, vec![TlsVersion::Tls12]);
+    assert_eq!(
+        o.ciphers,
+        vec![
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "TLS13_AES_128_GCM_SHA256"
+        ]
+    );
+    assert_eq!(o.handshake_timeout, secs(5));
+    let ws = &c.listeners.ws["default"];
+    assert_eq!(ws.bind.port(), 18083);
+    assert_eq!(ws.websocket.mqtt_path, "/m");
+    assert!(!ws.websocket.fail_if_no_subprotocol);
+    let wss = &c.listeners.wss["edge"].websocket;
+    assert_eq!(wss.supported_subprotocols, vec!["mqtt", "mqttv3.1"]);
+    assert_eq!(wss.max_frame_size, Some(65536));
+    assert_eq!(c.mqtt.peer_cert_as_username, PeerCertAs::Cn);
+    assert_eq!(c.mqtt.peer_cert_as_clientid, PeerCertAs::Md5);
+
+    for (text, expect) in [
+        (
+            "listeners.ssl.default.bind = 8883",
+            "missing required key 'listeners.ssl.default.ssl_options.certfile'",
+        ),
+        (
+            "listeners.ssl.a { bind = 1, ssl_options { certfile = c, keyfile = k, verify = verify_peer } }",
+            "missing required key 'listeners.ssl.a.ssl_options.cacertfile'",
+        ),
+        (
+            "listeners.ssl.a { bind = 1, ssl_options { certfile = c, keyfile = k, versions = [tlsv1.1] } }",
+            "tlsv1.1 is not supported",
+        ),
+        (
+            "listeners.ssl.a { bind = 1, ssl_options { certfile = c, keyfile = k, ciphers = [\"AES256-SHA\"] } }",
+            "cipher suite \"AES256-SHA\" is not supported",
+        ),
+        (
+            "listeners.tcp.default.ssl_options.certfile = c",
+            "unknown key 'listeners.tcp.default.ssl_options'",
+        ),
+        (
+            "listeners.ssl.a { bind = 1, websocket.mqtt_path = \"/x\" }",
+            "unknown key 'listeners.ssl.a.websocket'",
+        ),
+        (
+            "listeners.ws.default.websocket.mqtt_path = mqtt",
+            "a path must start with '/'",
+        ),
+        (
+            "listeners.ws.default.websocket.compress = true",
+            "not supported yet",
+        ),
+        ("mqtt.peer_cert_as_username = crt", "crt is not supported"),
+    ] {
+        let e = err(text, &[]);
+        assert!(e.contains(expect), "{text}: {e}");
+    }
 }

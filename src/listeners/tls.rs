@@ -1,0 +1,208 @@
+//! TLS for the `ssl` and `wss` listeners: the rustls server configuration
+//! built from EMQX's `ssl_options`, re-read when its files change, and
+//! what `mqtt.peer_cert_as_*` takes from a client's certificate.
+
+use crate::config::{PeerCertAs, SslOptions, TlsVerify, TlsVersion};
+use md5::{Digest, Md5};
+use parking_lot::RwLock;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_rustls::TlsAcceptor;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// How often the certificate, key and CA files are checked for changes.
+const RELOAD_CHECK: Duration = Duration::from_secs(2);
+
+/// A listener's TLS: the configuration new handshakes use, swapped when
+/// the files on disk change.
+pub struct Tls {
+    /// `listeners.ssl.default.ssl_options`, for messages.
+    key: String,
+    opts: SslOptions,
+    current: RwLock<TlsAcceptor>,
+}
+
+impl Tls {
+    /// Reads the files and builds the configuration; an error names the key
+    /// and the file.
+    pub fn new(key: String, opts: SslOptions) -> Result<Arc<Tls>, String> {
+        let cfg = server_config(&key, &opts)?;
+        Ok(Arc::new(Tls {
+            key,
+            opts,
+            current: RwLock::new(TlsAcceptor::from(cfg)),
+        }))
+    }
+
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.current.read().clone()
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        self.opts.handshake_timeout
+    }
+
+    /// Watches the files and rebuilds the configuration when one changes
+    /// (a renewed certificate takes effect without a restart). A change
+    /// that does not load is logged and the previous configuration stays.
+    pub fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = Arc::downgrade(self);
+        let files: Vec<PathBuf> = [
+            &self.opts.certfile,
+            &self.opts.keyfile,
+            &self.opts.cacertfile,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        tokio::spawn(async move {
+            let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
+                files
+                    .iter()
+                    .map(|f| {
+                        let m = std::fs::metadata(f).ok()?;
+                        Some((m.modified().ok()?, m.len()))
+                    })
+                    .collect()
+            };
+            let mut seen = stamp(&files);
+            loop {
+                tokio::time::sleep(RELOAD_CHECK).await;
+                let Some(tls) = this.upgrade() else { return };
+                let now = stamp(&files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match server_config(&tls.key, &tls.opts) {
+                    Ok(cfg) => {
+                        *tls.current.write() = TlsAcceptor::from(cfg);
+                        tracing::info!("{}: certificate files changed, reloaded", tls.key);
+                    }
+                    Err(e) => tracing::error!(
+                        "{}: certificate files changed but do not load, keeping the previous ones: {e}",
+                        tls.key
+                    ),
+                }
+            }
+        })
+    }
+}
+
+fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, String> {
+    let k = |f: &str| format!("{key}.{f}");
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !o.ciphers.is_empty() {
+        provider
+            .cipher_suites
+            .retain(|s| o.ciphers.iter().any(|c| *c == format!("{:?}", s.suite())));
+    }
+    let provider = Arc::new(provider);
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = o
+        .versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+        })
+        .collect();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("{} / {}: {e}", k("versions"), k("ciphers")))?;
+    let builder = match o.verify {
+        TlsVerify::VerifyNone => builder.with_no_client_auth(),
+        TlsVerify::VerifyPeer => {
+            let ca = o.cacertfile.as_ref().ok_or_else(|| {
+                format!("{}: required with verify = verify_peer", k("cacertfile"))
+            })?;
+            let roots = emqx_discovery::tls::load_roots(ca)
+                .map_err(|e| format!("{}: {e}", k("cacertfile")))?;
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if !o.fail_if_no_peer_cert {
+                v = v.allow_unauthenticated();
+            }
+            let v = v.build().map_err(|e| format!("{}: {e}", k("cacertfile")))?;
+            builder.with_client_cert_verifier(v)
+        }
+    };
+    let certfile = o
+        .certfile
+        .as_ref()
+        .ok_or_else(|| format!("{}: required", k("certfile")))?;
+    let keyfile = o
+        .keyfile
+        .as_ref()
+        .ok_or_else(|| format!("{}: required", k("keyfile")))?;
+    let chain =
+        emqx_discovery::tls::load_certs(certfile).map_err(|e| format!("{}: {e}", k("certfile")))?;
+    let pk = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| {
+        format!(
+            "{}: {}: no usable private key: {e}",
+            k("keyfile"),
+            keyfile.display()
+        )
+    })?;
+    let cfg = builder.with_single_cert(chain, pk).map_err(|e| {
+        format!(
+            "{} / {}: {} and {} do not make a usable certificate: {e}",
+            k("certfile"),
+            k("keyfile"),
+            certfile.display(),
+            keyfile.display()
+        )
+    })?;
+    Ok(Arc::new(cfg))
+}
+
+/// Checks a listener's TLS settings by building them once (for
+/// `check_config` and start-up).
+pub fn check(key: &str, o: &SslOptions) -> Result<(), String> {
+    server_config(key, o).map(|_| ())
+}
+
+/// What `mqtt.peer_cert_as_*` takes from the client's certificate (DER):
+/// `cn`, the subject's `dn`, `pem` (the DER in base64, as EMQX gives it)
+/// or `md5` (hex of the DER's MD5). `None` when there is nothing to take.
+pub fn peer_cert_field(how: PeerCertAs, der: &CertificateDer<'_>) -> Option<String> {
+    match how {
+        PeerCertAs::Disabled | PeerCertAs::Crt => None,
+        PeerCertAs::Pem => Some(data_encoding::BASE64.encode(der)),
+        PeerCertAs::Md5 => Some(data_encoding::HEXLOWER.encode(&Md5::digest(der.as_ref()))),
+        PeerCertAs::Cn | PeerCertAs::Dn => {
+            let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+            let subject = cert.subject();
+            if how == PeerCertAs::Cn {
+                return subject.iter_common_name().next().map(attr_text);
+            }
+            let registry = x509_parser::objects::oid_registry();
+            let rdns: Vec<String> = subject
+                .iter_rdn()
+                .map(|rdn| {
+                    rdn.iter()
+                        .map(|a| {
+                            let name = x509_parser::objects::oid2abbrev(a.attr_type(), registry)
+                                .map(str::to_string)
+                                .unwrap_or_else(|_| a.attr_type().to_id_string());
+                            format!("{name}={}", attr_text(a))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("+")
+                })
+                .collect();
+            Some(rdns.join(","))
+        }
+    }
+}
+
+fn attr_text(a: &x509_parser::x509::AttributeTypeAndValue<'_>) -> String {
+    match a.as_str() {
+        Ok(s) => s.to_string(),
+        Err(_) => String::from_utf8_lossy(a.as_slice()).into_owned(),
+    }
+}
