@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::ctl::{ctl_group, ControlActor, ControlMsg};
+use crate::listeners::Listeners;
 use crate::running::{pid_file, Node};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
@@ -210,6 +211,8 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     // Signals first: SIGHUP must never stop the node, even during start-up.
     let signals = Signals::install(log_file)?;
     prepare(&cfg)?;
+    // The MQTT listeners are built (certificates read) first and opened last.
+    let listeners = Arc::new(Listeners::new(&cfg)?);
     let dist = bind_inter_node(&cfg).await?;
     let (core, replication) = start_broker(&cfg, &dist).await?;
     let cluster = start_cluster(&cfg, dist, &core, replication).await?;
@@ -222,6 +225,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         cluster: cluster.service.clone(),
         view: core.view.clone(),
         shutdown: Arc::new(shutdown),
+        listeners: listeners.clone(),
     });
     let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
         .await
@@ -229,7 +233,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     ractor::pg::join(ctl_group(&node.name), vec![control.get_cell()]);
     // MQTT listeners, once the node is wired: a client that connects now
     // gets the cluster-wide client id lock and the remote routes.
-    let listeners = crate::listeners::start(&cfg, &core.ctx).await?;
+    let listener_tasks = listeners.start(&core.ctx).await?;
     let pid = announce(&cfg, cluster.dist_port);
     if console {
         let node = node.clone();
@@ -238,7 +242,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     signals.wait_for_stop(shutdown_rx).await;
 
     // Graceful stop: no new connections, sessions closed, tables dropped.
-    for t in &listeners {
+    for t in &listener_tasks {
         t.abort();
     }
     core.sys_task.abort();
@@ -275,8 +279,6 @@ fn prepare(cfg: &Config) -> Result<(), String> {
             cfg.node.data_dir.display()
         )
     })?;
-    // The listeners open last; their certificates are checked first.
-    crate::listeners::check(cfg)?;
     Ok(())
 }
 

@@ -520,6 +520,10 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// `None` = `infinity` (the default).
     pub max_connections: Option<u64>,
+    /// `max_conn_rate`: at most this many connections accepted per
+    /// interval; the rest wait in the kernel's backlog. `None` =
+    /// `infinity` (the default).
+    pub max_conn_rate: Option<Rate>,
     /// Default 16.
     pub acceptors: u32,
     /// Default "".
@@ -544,6 +548,7 @@ impl Listener {
             enable: true,
             bind: any_addr(port),
             max_connections: None,
+            max_conn_rate: None,
             acceptors: 16,
             mountpoint: String::new(),
             zone: "default".to_string(),
@@ -554,6 +559,13 @@ impl Listener {
             websocket: WsOptions::default(),
         }
     }
+}
+
+/// A rate such as EMQX's `1000/s` or `500/10s`: `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub per: Duration,
 }
 
 keyword_enum!(
@@ -1521,6 +1533,32 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// `infinity`, or a rate: `N` (per second), `N/s`, `N/m`, `N/10s`.
+    fn rate(&self) -> Result<Option<Rate>> {
+        let bad = || {
+            self.invalid(format!(
+                "expected infinity or a rate such as 1000/s or 500/10s, got {}",
+                self.got()
+            ))
+        };
+        let text = self.scalar().ok_or_else(bad)?.trim();
+        if text == "infinity" {
+            return Ok(None);
+        }
+        let (n, per) = text.split_once('/').unwrap_or((text, "s"));
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let per = per.trim();
+        let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+            humantime::parse_duration(per).map_err(|_| bad())?
+        } else {
+            humantime::parse_duration(&format!("1{per}")).map_err(|_| bad())?
+        };
+        if count == 0 || per.is_zero() {
+            return Err(self.invalid("a rate must be greater than zero"));
+        }
+        Ok(Some(Rate { count, per }))
+    }
+
     /// `ip:port`, `[v6]:port`, or a bare port (all interfaces).
     fn socket_addr(&self) -> Result<SocketAddr> {
         let text = self
@@ -1787,6 +1825,7 @@ impl Listener {
         s.set("max_connections", &mut self.max_connections, |f| {
             f.uint_or("infinity", 1, u64::MAX)
         })?;
+        s.set("max_conn_rate", &mut self.max_conn_rate, Field::rate)?;
         s.set("acceptors", &mut self.acceptors, |f| {
             f.only(|f| f.int(1, 1024), 16, "16: one accept loop per listener")
         })?;
