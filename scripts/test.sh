@@ -22,6 +22,8 @@ command -v ss >/dev/null || need_apt+=(iproute2)
 command -v openssl >/dev/null || need_apt+=(openssl)
 [ -x /usr/sbin/iptables ] || need_apt+=(iptables)
 [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq

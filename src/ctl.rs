@@ -141,6 +141,22 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "Show all topics of retained messages",
     ),
     ("retainer", "retainer clean", "Clean all retained messages"),
+    ("listeners", "listeners", "List listeners"),
+    (
+        "listeners",
+        "listeners stop <Identifier>",
+        "Stop a listener (open connections stay)",
+    ),
+    (
+        "listeners",
+        "listeners start <Identifier>",
+        "Start a listener",
+    ),
+    (
+        "listeners",
+        "listeners restart <Identifier>",
+        "Restart a listener",
+    ),
     (
         "retainer",
         "retainer clean <Topic>",
@@ -201,6 +217,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("subscriptions", |n, w| Box::pin(cmd_subscriptions(n, w))),
     ("topics", |n, w| Box::pin(cmd_topics(n, w))),
     ("retainer", |n, w| Box::pin(cmd_retainer(n, w))),
+    ("listeners", |n, w| Box::pin(cmd_listeners(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -518,6 +535,73 @@ async fn cmd_topics(node: &Node, w: &[&str]) -> (i32, String) {
             (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
         }
         _ => unknown("topics"),
+    }
+}
+
+/// `listeners`: EMQX's listing (id, then `key : value` lines), and stop,
+/// start and restart of one listener by its id (`tcp:default`).
+async fn cmd_listeners(node: &Node, w: &[&str]) -> (i32, String) {
+    use crate::listeners::State;
+    use std::sync::atomic::Ordering;
+    let find = |id: &str| node.listeners.find(id).cloned();
+    let failed =
+        |verb: &str, id: &str, why: &str| (1, format!("Failed to {verb} {id} listener: {why}\n"));
+    match w {
+        ["listeners"] => {
+            let mut out = String::new();
+            for l in &node.listeners.all {
+                let state = l.state();
+                let max = l
+                    .max_connections
+                    .map_or("infinity".to_string(), |m| m.to_string());
+                out.push_str(&format!("{}\n", l.id));
+                for (k, v) in [
+                    ("listen_on", l.bind.to_string()),
+                    ("acceptors", l.acceptors.to_string()),
+                    ("proxy_protocol", l.proxy_protocol().to_string()),
+                    ("running", (state == State::Running).to_string()),
+                    ("current_conn", l.open.load(Ordering::Relaxed).to_string()),
+                    ("max_conns", max),
+                ] {
+                    out.push_str(&format!("  {k:<16}: {v}\n"));
+                }
+            }
+            (0, out)
+        }
+        ["listeners", verb @ ("stop" | "start" | "restart"), id] => {
+            let Some(l) = find(id) else {
+                return (1, format!("Invalid listener: {id}\n"));
+            };
+            match *verb {
+                "stop" => match l.set_wanted(false).await {
+                    State::Stopped => (0, format!("Stop {id} listener successfully.\n")),
+                    State::Failed(e) => failed("stop", id, &e),
+                    State::Running => failed("stop", id, "still running"),
+                },
+                _ => {
+                    if *verb == "restart" {
+                        if let State::Failed(e) = l.set_wanted(false).await {
+                            return failed("restart", id, &e);
+                        }
+                    }
+                    let (done, verb) = if *verb == "start" {
+                        ("Started", "start")
+                    } else {
+                        ("Restarted", "restart")
+                    };
+                    match l.set_wanted(true).await {
+                        State::Running => (0, format!("{done} {id} listener successfully.\n")),
+                        State::Failed(e) => failed(verb, id, &e),
+                        State::Stopped => failed(
+                            verb,
+                            id,
+                            "not running (the node is restarting for autoheal)",
+                        ),
+                    }
+                }
+            }
+        }
+        _ => unknown("listeners"),
     }
 }
 

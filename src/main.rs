@@ -9,6 +9,7 @@ mod config;
 mod ctl;
 mod listeners;
 mod node;
+mod peer_tls;
 mod remote;
 mod running;
 

@@ -3,12 +3,14 @@
 
 use crate::config::Config;
 use crate::ctl::{ctl_group, ControlActor, ControlMsg};
+use crate::listeners::Listeners;
+use crate::peer_tls::NodeTls;
 use crate::running::{pid_file, Node};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
 use emqx_actors::cluster::registry::Registry;
 use emqx_actors::cluster::service::{
-    group_of, ClusterService, ClusterSettings, ClusterView, Endpoint, SvcArgs, SvcMsg,
+    group_of, ClusterService, ClusterSettings, ClusterView, Dialer, Endpoint, SvcArgs, SvcMsg,
 };
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
@@ -210,10 +212,19 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     // Signals first: SIGHUP must never stop the node, even during start-up.
     let signals = Signals::install(log_file)?;
     prepare(&cfg)?;
+    // The MQTT listeners are built (certificates read) first and opened last.
+    let listeners = Arc::new(Listeners::new(&cfg)?);
+    let tls = NodeTls::from_config(&cfg)?;
+    let on = |t: &Option<_>| if t.is_some() { "on" } else { "off" };
+    tracing::info!(
+        "TLS between nodes: control plane {}, forwarding {}",
+        on(&tls.dist),
+        on(&tls.rpc)
+    );
     let dist = bind_inter_node(&cfg).await?;
-    let (core, replication) = start_broker(&cfg, &dist).await?;
-    let cluster = start_cluster(&cfg, dist, &core, replication).await?;
-    let discovery = start_discovery(&cfg, &cluster)?;
+    let (core, replication) = start_broker(&cfg, &dist, &tls).await?;
+    let cluster = start_cluster(&cfg, dist, &core, replication, &tls).await?;
+    let discovery = start_discovery(&cfg, &cluster, &tls)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
         name: cfg.node.name.clone(),
@@ -222,6 +233,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         cluster: cluster.service.clone(),
         view: core.view.clone(),
         shutdown: Arc::new(shutdown),
+        listeners: listeners.clone(),
     });
     let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
         .await
@@ -229,7 +241,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     ractor::pg::join(ctl_group(&node.name), vec![control.get_cell()]);
     // MQTT listeners, once the node is wired: a client that connects now
     // gets the cluster-wide client id lock and the remote routes.
-    let listeners = crate::listeners::start(&cfg, &core.ctx).await?;
+    let listener_tasks = listeners.start(&core.ctx).await?;
     let pid = announce(&cfg, cluster.dist_port);
     if console {
         let node = node.clone();
@@ -238,7 +250,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     signals.wait_for_stop(shutdown_rx).await;
 
     // Graceful stop: no new connections, sessions closed, tables dropped.
-    for t in &listeners {
+    for t in &listener_tasks {
         t.abort();
     }
     core.sys_task.abort();
@@ -275,8 +287,6 @@ fn prepare(cfg: &Config) -> Result<(), String> {
             cfg.node.data_dir.display()
         )
     })?;
-    // The listeners open last; their certificates are checked first.
-    crate::listeners::check(cfg)?;
     Ok(())
 }
 
@@ -322,7 +332,11 @@ struct Core {
 
 /// The forwarder (bound, not yet serving), the view of the other nodes
 /// around it, the broker built with both, the client registry and `Ctx`.
-async fn start_broker(cfg: &Config, dist: &InterNode) -> Result<(Core, Replication), String> {
+async fn start_broker(
+    cfg: &Config,
+    dist: &InterNode,
+    tls: &NodeTls,
+) -> Result<(Core, Replication), String> {
     let name = &cfg.node.name;
     let node_name: Arc<str> = Arc::from(name.as_str());
     // The data plane: message forwarding between nodes.
@@ -333,6 +347,7 @@ async fn start_broker(cfg: &Config, dist: &InterNode) -> Result<(Core, Replicati
         SocketAddr::new(dist.ip, fwd_port),
     );
     fwd_cfg.bind_ip = host_ip(name);
+    fwd_cfg.tls = tls.rpc.clone();
     let (forwarder, fwd_listener) = Forwarder::bind(fwd_cfg)
         .await
         .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
@@ -435,6 +450,7 @@ async fn start_cluster(
     dist: InterNode,
     core: &Core,
     replication: Replication,
+    tls: &NodeTls,
 ) -> Result<ClusterParts, String> {
     let name = &cfg.node.name;
     let (short, host) = name.split_once('@').unwrap_or((name.as_str(), "127.0.0.1"));
@@ -484,7 +500,10 @@ async fn start_cluster(
                 heartbeat_interval: cfg.cluster.heartbeat_interval,
                 down_timeout: cfg.cluster.down_timeout,
                 data_dir: cfg.node.data_dir.clone(),
-                bind_ip: host_ip(name),
+                dialer: Dialer {
+                    bind_ip: host_ip(name),
+                    tls: tls.dist.clone(),
+                },
                 singleton: cfg.cluster.discovery_strategy.as_str() == "singleton",
                 autoclean: cfg.cluster.autoclean,
                 heal: emqx_actors::cluster::autoheal::HealConfig {
@@ -510,6 +529,7 @@ async fn start_cluster(
         dist.listener,
         node_server.clone(),
         Duration::from_secs(5),
+        tls.dist.as_ref().map(|t| t.acceptor.clone()),
     ));
     Ok(ClusterParts {
         node_server,
@@ -528,12 +548,19 @@ struct Discovery {
     etcd: Option<Arc<emqx_discovery::Etcd>>,
 }
 
-fn start_discovery(cfg: &Config, cluster: &ClusterParts) -> Result<Discovery, String> {
+fn start_discovery(
+    cfg: &Config,
+    cluster: &ClusterParts,
+    tls: &NodeTls,
+) -> Result<Discovery, String> {
     let name = &cfg.node.name;
     let ac = Autocluster {
         cluster: cluster.service.clone(),
         node_server: cluster.node_server.clone(),
-        bind_ip: host_ip(name),
+        dialer: Dialer {
+            bind_ip: host_ip(name),
+            tls: tls.dist.clone(),
+        },
         name: name.clone(),
         me_start: cluster.me_start,
     };
@@ -727,7 +754,7 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
 struct Autocluster {
     cluster: ActorRef<emqx_actors::cluster::service::SvcMsg>,
     node_server: ActorRef<ractor_cluster::NodeServerMessage>,
-    bind_ip: Option<IpAddr>,
+    dialer: Dialer,
     name: String,
     me_start: u64,
 }
@@ -738,7 +765,7 @@ impl Autocluster {
             strategy,
             self.cluster.clone(),
             self.node_server.clone(),
-            self.bind_ip,
+            self.dialer.clone(),
             self.name.clone(),
             self.me_start,
         ))

@@ -96,11 +96,22 @@ impl Remote {
         // host (the usual case: ctl runs beside the node), so a firewall
         // rule that cuts one node off from its peers leaves its shell
         // reachable; from any address otherwise.
+        // With cluster.proto_dist = inet_tls, with the node's certificate.
+        let tls = crate::peer_tls::NodeTls::from_config(cfg)
+            .map_err(RemoteErr::NotResponding)?
+            .dist;
         let connect = async {
-            let dial = emqx_actors::cluster::service::dial;
-            match dial(&server, Some(target.ip()), target).await {
+            use emqx_actors::cluster::service::{dial, Dialer};
+            let mut dialer = Dialer {
+                bind_ip: Some(target.ip()),
+                tls,
+            };
+            match dial(&server, &dialer, target).await {
                 Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
-                    dial(&server, None, target).await.map_err(|e| e.to_string())
+                    dialer.bind_ip = None;
+                    dial(&server, &dialer, target)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
                 r => r.map_err(|e| e.to_string()),
             }

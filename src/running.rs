@@ -2,6 +2,7 @@
 //! file is: what `ctl`, the remote console and the node's start-up share.
 
 use crate::config::Config;
+use crate::listeners::Listeners;
 use emqx_actors::cluster::service::{ClusterView, SvcMsg};
 use emqx_actors::Ctx;
 use ractor::ActorRef;
@@ -21,6 +22,8 @@ pub struct Node {
     pub discovery_strategy: String,
     /// Set to true to stop the node.
     pub shutdown: Arc<watch::Sender<bool>>,
+    /// The MQTT listeners (`ctl listeners`).
+    pub listeners: Arc<Listeners>,
 }
 
 pub fn pid_file(cfg: &Config) -> PathBuf {

@@ -16,6 +16,7 @@ pub mod hashing;
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;
+pub mod peer_tls;
 pub mod peers;
 pub mod retainer;
 pub mod session;

@@ -306,6 +306,11 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// A peer not heard from for this long is marked down (default `6s`; our own key).
     pub down_timeout: Duration,
+    /// `proto_dist`: `inet_tcp` (default) or `inet_tls`.
+    pub proto_dist: ProtoDist,
+    /// `ssl_options.*`: the control plane's TLS (our key: EMQX reads an
+    /// Erlang `ssl_dist.conf` instead). Required with `inet_tls`.
+    pub ssl_options: PeerTlsOptions,
 }
 
 impl Default for ClusterConfig {
@@ -323,6 +328,8 @@ impl Default for ClusterConfig {
             core_nodes: Vec::new(),
             heartbeat_interval: Duration::from_secs(2),
             down_timeout: Duration::from_secs(6),
+            proto_dist: ProtoDist::InetTcp,
+            ssl_options: PeerTlsOptions::default(),
         }
     }
 }
@@ -520,6 +527,10 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// `None` = `infinity` (the default).
     pub max_connections: Option<u64>,
+    /// `max_conn_rate`: at most this many connections accepted per
+    /// interval; the rest wait in the kernel's backlog. `None` =
+    /// `infinity` (the default).
+    pub max_conn_rate: Option<Rate>,
     /// Default 16.
     pub acceptors: u32,
     /// Default "".
@@ -544,6 +555,7 @@ impl Listener {
             enable: true,
             bind: any_addr(port),
             max_connections: None,
+            max_conn_rate: None,
             acceptors: 16,
             mountpoint: String::new(),
             zone: "default".to_string(),
@@ -554,6 +566,13 @@ impl Listener {
             websocket: WsOptions::default(),
         }
     }
+}
+
+/// A rate such as EMQX's `1000/s` or `500/10s`: `count` per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u64,
+    pub per: Duration,
 }
 
 keyword_enum!(
@@ -889,6 +908,11 @@ pub struct RpcConfig {
     pub port_discovery: RpcPortDiscovery,
     /// Default 5369.
     pub server_port: u16,
+    /// `driver` (alias `protocol`): `tcp` (default) or `ssl`.
+    pub driver: RpcDriver,
+    /// `certfile`, `keyfile`, `cacertfile`, `tls_versions`, `ciphers`:
+    /// required with `driver = ssl`.
+    pub tls: PeerTlsOptions,
 }
 
 impl Default for RpcConfig {
@@ -896,7 +920,84 @@ impl Default for RpcConfig {
         RpcConfig {
             port_discovery: RpcPortDiscovery::Stateless,
             server_port: 5369,
+            driver: RpcDriver::Tcp,
+            tls: PeerTlsOptions::default(),
         }
+    }
+}
+
+keyword_enum!(
+    /// `rpc.driver`: the forwarding channel's transport.
+    RpcDriver, default Tcp, { Tcp = "tcp", Ssl = "ssl" });
+keyword_enum!(
+    /// `cluster.proto_dist`: the control plane's transport.
+    ProtoDist, default InetTcp, { InetTcp = "inet_tcp", InetTls = "inet_tls" });
+
+/// TLS between nodes: every node presents `certfile` and accepts only peers
+/// whose certificate chains to `cacertfile` (mutual verification, always).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerTlsOptions {
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub cacertfile: Option<PathBuf>,
+    /// Default `[tlsv1.3, tlsv1.2]`.
+    pub versions: Vec<TlsVersion>,
+    /// IANA names; empty = every suite rustls offers.
+    pub ciphers: Vec<String>,
+}
+
+impl Default for PeerTlsOptions {
+    fn default() -> Self {
+        PeerTlsOptions {
+            certfile: None,
+            keyfile: None,
+            cacertfile: None,
+            versions: vec![TlsVersion::Tls13, TlsVersion::Tls12],
+            ciphers: Vec::new(),
+        }
+    }
+}
+
+impl PeerTlsOptions {
+    /// As listener options: the peer must present a certificate of the CA.
+    pub fn as_ssl_options(&self) -> SslOptions {
+        SslOptions {
+            cacertfile: self.cacertfile.clone(),
+            certfile: self.certfile.clone(),
+            keyfile: self.keyfile.clone(),
+            verify: TlsVerify::VerifyPeer,
+            fail_if_no_peer_cert: true,
+            versions: self.versions.clone(),
+            ciphers: self.ciphers.clone(),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn apply(&mut self, o: &mut Fields, versions_key: &str) -> Result<()> {
+        o.set("certfile", &mut self.certfile, Field::opt_path)?;
+        o.set("keyfile", &mut self.keyfile, Field::opt_path)?;
+        o.set("cacertfile", &mut self.cacertfile, Field::opt_path)?;
+        o.set(versions_key, &mut self.versions, Field::tls_versions)?;
+        o.set("ciphers", &mut self.ciphers, Field::ciphers)?;
+        Ok(())
+    }
+
+    /// With TLS on, the three files are required; `what` names the switch.
+    fn require(&self, prefix: &str, what: &str, origin: &Origin) -> Result<()> {
+        for (k, v) in [
+            ("certfile", &self.certfile),
+            ("keyfile", &self.keyfile),
+            ("cacertfile", &self.cacertfile),
+        ] {
+            if v.is_none() {
+                return Err(ConfigError::Invalid {
+                    key: format!("{prefix}.{k}"),
+                    origin: origin.clone(),
+                    message: format!("required with {what}"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1030,7 +1131,30 @@ impl Config {
             o.set("port_discovery", &mut c.rpc.port_discovery, |f| {
                 f.keyword(RpcPortDiscovery::from_keyword, RpcPortDiscovery::ALL)
             })?;
-            o.set("server_port", &mut c.rpc.server_port, |f| f.port())
+            o.set("server_port", &mut c.rpc.server_port, |f| f.port())?;
+            // `protocol` is EMQX's alias of `driver`.
+            let mut driver = None;
+            for k in ["driver", "protocol"] {
+                if let Some(f) = o.take(k) {
+                    c.rpc.driver = f.keyword(RpcDriver::from_keyword, RpcDriver::ALL)?;
+                    driver = Some(f);
+                }
+            }
+            c.rpc.tls.apply(o, "tls_versions")?;
+            let mut fallback = false;
+            o.set("insecure_fallback", &mut fallback, |f| {
+                f.only(
+                    Field::bool,
+                    false,
+                    "false: a node never falls back to clear text",
+                )
+            })?;
+            if let (Some(f), RpcDriver::Ssl) = (&driver, c.rpc.driver) {
+                c.rpc
+                    .tls
+                    .require("rpc", "rpc.driver = ssl", &f.node.origin)?;
+            }
+            Ok(())
         })?;
         if let Some(f) = root.take("dashboard") {
             return Err(f.invalid("not supported yet: the dashboard and HTTP API are not served"));
@@ -1521,6 +1645,80 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// TLS versions: `[tlsv1.3, tlsv1.2]` or a subset.
+    fn tls_versions(&self) -> Result<Vec<TlsVersion>> {
+        let f = self;
+        let mut out = Vec::new();
+        for v in f.string_list()? {
+            match TlsVersion::from_keyword(&v) {
+                Some(v) if !out.contains(&v) => out.push(v),
+                Some(_) => {}
+                None if matches!(v.as_str(), "tlsv1" | "tlsv1.1") => {
+                    return Err(f.invalid(format!(
+                        "{v} is not supported (rustls speaks tlsv1.2 and tlsv1.3 only)"
+                    )))
+                }
+                None => {
+                    return Err(f.invalid(format!(
+                        "unknown TLS version {v:?} (expected tlsv1.3, tlsv1.2)"
+                    )))
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(f.invalid("at least one TLS version is required"));
+        }
+        Ok(out)
+    }
+
+    /// Cipher suites by OpenSSL or IANA name, as IANA names.
+    fn ciphers(&self) -> Result<Vec<String>> {
+        let f = self;
+        let mut out: Vec<String> = Vec::new();
+        for c in f.string_list()? {
+            let Some((_, iana)) = CIPHER_SUITES
+                .iter()
+                .find(|(openssl, iana)| *openssl == c || *iana == c)
+            else {
+                let names: Vec<&str> = CIPHER_SUITES.iter().map(|(o, _)| *o).collect();
+                return Err(f.invalid(format!(
+                    "cipher suite {c:?} is not supported (supported: {})",
+                    names.join(", ")
+                )));
+            };
+            if !out.iter().any(|x| x == iana) {
+                out.push(iana.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// `infinity`, or a rate: `N` (per second), `N/s`, `N/m`, `N/10s`.
+    fn rate(&self) -> Result<Option<Rate>> {
+        let bad = || {
+            self.invalid(format!(
+                "expected infinity or a rate such as 1000/s or 500/10s, got {}",
+                self.got()
+            ))
+        };
+        let text = self.scalar().ok_or_else(bad)?.trim();
+        if text == "infinity" {
+            return Ok(None);
+        }
+        let (n, per) = text.split_once('/').unwrap_or((text, "s"));
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        let per = per.trim();
+        let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+            humantime::parse_duration(per).map_err(|_| bad())?
+        } else {
+            humantime::parse_duration(&format!("1{per}")).map_err(|_| bad())?
+        };
+        if count == 0 || per.is_zero() {
+            return Err(self.invalid("a rate must be greater than zero"));
+        }
+        Ok(Some(Rate { count, per }))
+    }
+
     /// `ip:port`, `[v6]:port`, or a bare port (all interfaces).
     fn socket_addr(&self) -> Result<SocketAddr> {
         let text = self
@@ -1677,6 +1875,18 @@ impl ClusterConfig {
             Field::duration,
         )?;
         o.set("down_timeout", &mut self.down_timeout, Field::duration)?;
+        let proto = o.take("proto_dist");
+        if let Some(f) = &proto {
+            self.proto_dist = f.keyword(ProtoDist::from_keyword, ProtoDist::ALL)?;
+        }
+        o.section("ssl_options", |t| self.ssl_options.apply(t, "versions"))?;
+        if let (Some(f), ProtoDist::InetTls) = (&proto, self.proto_dist) {
+            self.ssl_options.require(
+                "cluster.ssl_options",
+                "cluster.proto_dist = inet_tls",
+                &f.node.origin,
+            )?;
+        }
         o.section("static", |s| {
             s.set("seeds", &mut self.static_.seeds, Field::node_list)
         })?;
@@ -1787,6 +1997,7 @@ impl Listener {
         s.set("max_connections", &mut self.max_connections, |f| {
             f.uint_or("infinity", 1, u64::MAX)
         })?;
+        s.set("max_conn_rate", &mut self.max_conn_rate, Field::rate)?;
         s.set("acceptors", &mut self.acceptors, |f| {
             f.only(|f| f.int(1, 1024), 16, "16: one accept loop per listener")
         })?;
@@ -1824,48 +2035,8 @@ impl SslOptions {
             &mut self.fail_if_no_peer_cert,
             Field::bool,
         )?;
-        t.set("versions", &mut self.versions, |f| {
-            let mut out = Vec::new();
-            for v in f.string_list()? {
-                match TlsVersion::from_keyword(&v) {
-                    Some(v) if !out.contains(&v) => out.push(v),
-                    Some(_) => {}
-                    None if matches!(v.as_str(), "tlsv1" | "tlsv1.1") => {
-                        return Err(f.invalid(format!(
-                            "{v} is not supported (rustls speaks tlsv1.2 and tlsv1.3 only)"
-                        )))
-                    }
-                    None => {
-                        return Err(f.invalid(format!(
-                            "unknown TLS version {v:?} (expected tlsv1.3, tlsv1.2)"
-                        )))
-                    }
-                }
-            }
-            if out.is_empty() {
-                return Err(f.invalid("at least one TLS version is required"));
-            }
-            Ok(out)
-        })?;
-        t.set("ciphers", &mut self.ciphers, |f| {
-            let mut out: Vec<String> = Vec::new();
-            for c in f.string_list()? {
-                let Some((_, iana)) = CIPHER_SUITES
-                    .iter()
-                    .find(|(openssl, iana)| *openssl == c || *iana == c)
-                else {
-                    let names: Vec<&str> = CIPHER_SUITES.iter().map(|(o, _)| *o).collect();
-                    return Err(f.invalid(format!(
-                        "cipher suite {c:?} is not supported (supported: {})",
-                        names.join(", ")
-                    )));
-                };
-                if !out.iter().any(|x| x == iana) {
-                    out.push(iana.to_string());
-                }
-            }
-            Ok(out)
-        })?;
+        t.set("versions", &mut self.versions, Field::tls_versions)?;
+        t.set("ciphers", &mut self.ciphers, Field::ciphers)?;
         t.set(
             "handshake_timeout",
             &mut self.handshake_timeout,

@@ -9,7 +9,7 @@ pub mod proxy;
 pub mod tls;
 pub mod ws;
 
-use crate::config::{Config, Listener, ListenerKind, PeerCertAs};
+use crate::config::{Config, Listener, ListenerKind, PeerCertAs, Rate};
 use bytes::Bytes;
 use emqx_actors::conn::{self, Accepted};
 use emqx_actors::Ctx;
@@ -21,15 +21,18 @@ use std::time::Duration;
 use tls::Tls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 
 /// One listener, as its connections need it.
 pub struct Spec {
     /// EMQX's listener id, `<type>:<name>` (`ssl:default`).
     pub id: String,
     pub bind: SocketAddr,
-    max_connections: Option<u64>,
+    pub acceptors: u32,
+    pub max_connections: Option<u64>,
+    max_conn_rate: Option<Rate>,
     mountpoint: Option<Arc<str>>,
     /// `proxy_protocol_timeout` when `proxy_protocol = true`.
     proxy: Option<Duration>,
@@ -39,12 +42,24 @@ pub struct Spec {
     cert_as_clientid: PeerCertAs,
     /// Connections open now.
     pub open: AtomicU64,
+    /// Whether the operator wants it open (`ctl listeners stop|start`).
+    wanted: watch::Sender<bool>,
+    /// Whether its socket is bound now, or why it could not be.
+    state: watch::Sender<State>,
+}
+
+/// What a listener's accept loop is doing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Running,
+    Stopped,
+    /// The socket could not be bound again (the port is taken).
+    Failed(String),
 }
 
 impl Spec {
     /// Builds what a listener needs, reading its certificate files.
     pub fn new(cfg: &Config, kind: ListenerKind, name: &str, l: &Listener) -> Result<Spec, String> {
-        let id = format!("{kind}:{name}");
         let tls = if kind.tls() {
             Some(Tls::new(
                 format!("listeners.{kind}.{name}.ssl_options"),
@@ -54,9 +69,11 @@ impl Spec {
             None
         };
         Ok(Spec {
-            id,
+            id: format!("{kind}:{name}"),
             bind: l.bind,
+            acceptors: l.acceptors,
             max_connections: l.max_connections,
+            max_conn_rate: l.max_conn_rate,
             mountpoint: Some(l.mountpoint.as_str())
                 .filter(|m| !m.is_empty())
                 .map(Arc::from),
@@ -66,7 +83,86 @@ impl Spec {
             cert_as_username: cfg.mqtt.peer_cert_as_username,
             cert_as_clientid: cfg.mqtt.peer_cert_as_clientid,
             open: AtomicU64::new(0),
+            wanted: watch::channel(true).0,
+            state: watch::channel(State::Stopped).0,
         })
+    }
+
+    pub fn proxy_protocol(&self) -> bool {
+        self.proxy.is_some()
+    }
+
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// Opens (`true`) or closes the listening socket, and waits (up to
+    /// 5 s) for the accept loop to say how it went. Open connections are
+    /// not touched.
+    pub async fn set_wanted(&self, open: bool) -> State {
+        let done =
+            |s: &State| matches!((s, open), (State::Running, true) | (State::Stopped, false));
+        let mut state = self.state.subscribe();
+        state.mark_unchanged();
+        self.wanted.send_replace(open);
+        if done(&state.borrow()) {
+            return self.state();
+        }
+        // The accept loop's next report (a bind that fails is retried and
+        // reported again).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Ok(Ok(())) = tokio::time::timeout_at(deadline, state.changed()).await {
+            let s = state.borrow_and_update().clone();
+            if done(&s) || matches!(s, State::Failed(_)) {
+                return s;
+            }
+        }
+        self.state()
+    }
+}
+
+/// Every configured listener of the node, enabled ones running.
+pub struct Listeners {
+    pub all: Vec<Arc<Spec>>,
+}
+
+impl Listeners {
+    /// Builds every enabled listener (reading certificate files); nothing
+    /// is bound yet.
+    pub fn new(cfg: &Config) -> Result<Listeners, String> {
+        let mut all = Vec::new();
+        for (kind, name, l) in cfg.listeners.all() {
+            if l.enable {
+                all.push(Arc::new(Spec::new(cfg, kind, name, l)?));
+            }
+        }
+        Ok(Listeners { all })
+    }
+
+    pub fn find(&self, id: &str) -> Option<&Arc<Spec>> {
+        self.all.iter().find(|s| s.id == id)
+    }
+
+    /// Binds every listener (an error names the one that cannot listen)
+    /// and starts the accept loops.
+    pub async fn start(&self, ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, String> {
+        let mut tasks = Vec::new();
+        for spec in &self.all {
+            let sock = TcpListener::bind(spec.bind).await.map_err(|e| {
+                let (kind, name) = spec.id.split_once(':').unwrap_or((&spec.id, ""));
+                format!(
+                    "listeners.{kind}.{name}: cannot listen on {}: {e}",
+                    spec.bind
+                )
+            })?;
+            tracing::info!("listener {} on {}", spec.id, spec.bind);
+            spec.state.send_replace(State::Running);
+            if let Some(t) = &spec.tls {
+                tasks.push(t.watch());
+            }
+            tasks.push(tokio::spawn(accept_loop(sock, spec.clone(), ctx.clone())));
+        }
+        Ok(tasks)
     }
 }
 
@@ -83,63 +179,86 @@ pub fn check(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds every enabled listener and starts its accept loop.
-pub async fn start(cfg: &Config, ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, String> {
-    let mut tasks = Vec::new();
-    for (kind, name, l) in cfg.listeners.all() {
-        if !l.enable {
-            continue;
-        }
-        let spec = Arc::new(Spec::new(cfg, kind, name, l)?);
-        let sock = TcpListener::bind(l.bind)
-            .await
-            .map_err(|e| format!("listeners.{kind}.{name}: cannot listen on {}: {e}", l.bind))?;
-        tracing::info!("listener {} on {}", spec.id, l.bind);
-        if let Some(t) = &spec.tls {
-            tasks.push(t.watch());
-        }
-        tasks.push(tokio::spawn(accept_loop(sock, spec, ctx.clone())));
-    }
-    Ok(tasks)
+/// `max_conn_rate` as a token bucket: up to `count` connections at once,
+/// refilled at `count` per `per`.
+struct Bucket {
+    rate: Rate,
+    tokens: f64,
+    at: Instant,
 }
 
-/// Accepts connections on one listener. While an autoheal restart has the
-/// listeners closed (`ctx.listeners` is false) the socket itself is
-/// closed, so connects are refused rather than queued, and it is bound
-/// again once the node has rejoined.
+impl Bucket {
+    fn new(rate: Rate) -> Bucket {
+        Bucket {
+            rate,
+            tokens: rate.count as f64,
+            at: Instant::now(),
+        }
+    }
+
+    /// How long to wait before the next connection may be accepted; takes
+    /// its token.
+    fn take(&mut self) -> Duration {
+        let per_token = self.rate.per.as_secs_f64() / self.rate.count as f64;
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() / per_token;
+        self.tokens = (self.tokens + refill).min(self.rate.count as f64);
+        self.at = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens * per_token)
+        }
+    }
+}
+
+/// Accepts connections on one listener. The socket is open while both the
+/// node (an autoheal restart closes every listener: `ctx.listeners`) and
+/// the operator (`ctl listeners stop`) want it; closed, connects are
+/// refused rather than queued.
 async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
     let (id, bind) = (&spec.id, spec.bind);
-    let mut state = ctx.listeners.subscribe();
+    let mut node_open = ctx.listeners.subscribe();
+    let mut wanted = spec.wanted.subscribe();
     let mut sock = Some(sock);
+    let mut bucket = spec.max_conn_rate.map(Bucket::new);
     loop {
-        let Some(listener) = sock.as_ref() else {
-            if state.wait_for(|open| *open).await.is_err() {
-                return;
-            }
+        let want = *node_open.borrow_and_update() && *wanted.borrow_and_update();
+        if !want && sock.take().is_some() {
+            tracing::info!("listener {id} on {bind} closed");
+            spec.state.send_replace(State::Stopped);
+        }
+        if want && sock.is_none() {
             match TcpListener::bind(bind).await {
                 Ok(l) => {
-                    tracing::info!("listener {id} on {bind} reopened");
+                    tracing::info!("listener {id} on {bind} open again");
                     sock = Some(l);
+                    spec.state.send_replace(State::Running);
                 }
                 Err(e) => {
                     tracing::warn!("listener {id}: cannot listen on {bind} again: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    spec.state.send_replace(State::Failed(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        r = node_open.changed() => if r.is_err() { return },
+                        r = wanted.changed() => if r.is_err() { return },
+                    }
+                    continue;
                 }
+            }
+        }
+        let Some(listener) = sock.as_ref() else {
+            tokio::select! {
+                r = node_open.changed() => if r.is_err() { return },
+                r = wanted.changed() => if r.is_err() { return },
             }
             continue;
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            changed = state.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                if !*state.borrow_and_update() {
-                    tracing::info!("listener {id} on {bind} closed for a broker restart");
-                    sock = None;
-                }
-                continue;
-            }
+            r = node_open.changed() => if r.is_err() { return } else { continue },
+            r = wanted.changed() => if r.is_err() { return } else { continue },
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -159,11 +278,18 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
         }
         let _ = stream.set_nodelay(true);
         spec.open.fetch_add(1, Ordering::Relaxed);
-        let (spec, ctx) = (spec.clone(), ctx.clone());
+        let (s, c) = (spec.clone(), ctx.clone());
         tokio::spawn(async move {
-            handle(stream, peer, &spec, ctx).await;
-            spec.open.fetch_sub(1, Ordering::Relaxed);
+            handle(stream, peer, &s, c).await;
+            s.open.fetch_sub(1, Ordering::Relaxed);
         });
+        // Over max_conn_rate: the next connections wait in the backlog.
+        if let Some(b) = bucket.as_mut() {
+            let wait = b.take();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 

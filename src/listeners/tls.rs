@@ -95,23 +95,31 @@ impl Tls {
     }
 }
 
-fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, String> {
-    let k = |f: &str| format!("{key}.{f}");
+/// The crypto provider with only the `ciphers` given (all when empty).
+pub fn crypto_provider(ciphers: &[String]) -> Arc<rustls::crypto::CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    if !o.ciphers.is_empty() {
+    if !ciphers.is_empty() {
         provider
             .cipher_suites
-            .retain(|s| o.ciphers.iter().any(|c| *c == format!("{:?}", s.suite())));
+            .retain(|s| ciphers.iter().any(|c| *c == format!("{:?}", s.suite())));
     }
-    let provider = Arc::new(provider);
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = o
-        .versions
-        .iter()
+    Arc::new(provider)
+}
+
+pub fn protocol_versions(v: &[TlsVersion]) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    v.iter()
         .map(|v| match v {
             TlsVersion::Tls13 => &rustls::version::TLS13,
             TlsVersion::Tls12 => &rustls::version::TLS12,
         })
-        .collect();
+        .collect()
+}
+
+/// A server configuration from `ssl_options`; errors name `key.<file key>`.
+pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, String> {
+    let k = |f: &str| format!("{key}.{f}");
+    let provider = crypto_provider(&o.ciphers);
+    let versions = protocol_versions(&o.versions);
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| format!("{} / {}: {e}", k("versions"), k("ciphers")))?;

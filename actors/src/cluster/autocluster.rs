@@ -4,11 +4,10 @@
 //! one found. Nodes started together therefore all join the same node and
 //! form one cluster instead of several.
 
-use super::service::{probe, SvcMsg};
+use super::service::{probe, Dialer, SvcMsg};
 use emqx_discovery::Strategy;
 use ractor::ActorRef;
 use ractor_cluster::NodeServerMessage;
-use std::net::IpAddr;
 use std::time::Duration;
 
 /// How often the loop runs until the node has joined (EMQX: 5 s).
@@ -31,7 +30,7 @@ pub async fn run<S: Strategy>(
     mut strategy: S,
     svc: ActorRef<SvcMsg>,
     node_server: ActorRef<NodeServerMessage>,
-    bind_ip: Option<IpAddr>,
+    dialer: Dialer,
     me: String,
     my_start: u64,
 ) {
@@ -57,7 +56,7 @@ pub async fn run<S: Strategy>(
                     if locked {
                         tracing::info!(strategy = strategy.name(), "autocluster: lock taken");
                     }
-                    round(&mut strategy, &svc, &node_server, bind_ip, &me, my_start).await;
+                    round(&mut strategy, &svc, &node_server, &dialer, &me, my_start).await;
                     if locked {
                         match strategy.unlock().await {
                             Ok(()) => tracing::info!(
@@ -87,7 +86,7 @@ async fn round<S: Strategy>(
     strategy: &mut S,
     svc: &ActorRef<SvcMsg>,
     node_server: &ActorRef<NodeServerMessage>,
-    bind_ip: Option<IpAddr>,
+    dialer: &Dialer,
     me: &str,
     my_start: u64,
 ) {
@@ -103,7 +102,7 @@ async fn round<S: Strategy>(
     };
     let mut found = Vec::new();
     for n in names.into_iter().filter(|n| n != me) {
-        if let Some((start, _)) = probe(node_server, bind_ip, &n).await {
+        if let Some((start, _)) = probe(node_server, dialer, &n).await {
             found.push((n, start));
         }
     }

@@ -8,6 +8,7 @@
 //! Authentication is reported by the node server's session events, keyed by
 //! the peer's address.
 
+use crate::peer_tls::TLS_HINT;
 use parking_lot::Mutex;
 use ractor::ActorRef;
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
@@ -21,6 +22,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// Connections accepted and not yet authenticated, by peer address.
 static PENDING: LazyLock<Mutex<HashMap<String, Arc<Gate>>>> = LazyLock::new(Default::default);
@@ -41,7 +43,7 @@ pub fn authenticated(peer_addr: &str) {
 }
 
 struct GuardedRead {
-    inner: tokio::net::tcp::OwnedReadHalf,
+    inner: BoxRead,
     gate: Arc<Gate>,
 }
 
@@ -64,8 +66,14 @@ impl AsyncRead for GuardedRead {
     }
 }
 
+/// An accepted inter-node stream, in clear text or TLS.
+enum Accepted {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 struct Guarded {
-    stream: TcpStream,
+    stream: Accepted,
     peer: SocketAddr,
     local: SocketAddr,
     gate: Arc<Gate>,
@@ -73,13 +81,22 @@ struct Guarded {
 
 impl ClusterBidiStream for Guarded {
     fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
-        let (r, w) = self.stream.into_split();
+        let (r, w): (BoxRead, BoxWrite) = match self.stream {
+            Accepted::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Accepted::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (Box::new(r), Box::new(w))
+            }
+        };
         (
             Box::new(GuardedRead {
                 inner: r,
                 gate: self.gate,
             }),
-            Box::new(w),
+            w,
         )
     }
 
@@ -92,12 +109,36 @@ impl ClusterBidiStream for Guarded {
     }
 }
 
+/// A TLS connection this node opened to a peer.
+pub struct TlsClient {
+    pub stream: tokio_rustls::client::TlsStream<TcpStream>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+impl ClusterBidiStream for TlsClient {
+    fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (r, w) = tokio::io::split(self.stream);
+        (Box::new(r), Box::new(w))
+    }
+
+    fn peer_label(&self) -> Option<String> {
+        Some(self.peer.to_string())
+    }
+
+    fn local_label(&self) -> Option<String> {
+        Some(self.local.to_string())
+    }
+}
+
 /// Accepts inter-node connections on `listener` forever, handing each to
-/// the node server and closing it if it has not authenticated in `timeout`.
+/// the node server and closing it if it has not authenticated in `timeout`
+/// (the TLS handshake, with `tls`, included).
 pub async fn accept_loop(
     listener: TcpListener,
     node_server: ActorRef<NodeServerMessage>,
     timeout: Duration,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -127,20 +168,50 @@ pub async fn accept_loop(
                 }
             }
         });
-        let s = Guarded {
-            stream,
-            peer,
-            local,
-            gate,
+        let Some(acceptor) = tls.clone() else {
+            let s = Guarded {
+                stream: Accepted::Plain(stream),
+                peer,
+                local,
+                gate,
+            };
+            if !hand_over(&node_server, s) {
+                return;
+            }
+            continue;
         };
-        if node_server
-            .cast(NodeServerMessage::ConnectionOpenedExternal {
-                stream: Box::new(s),
-                is_server: true,
-            })
-            .is_err()
-        {
-            return;
-        }
+        // The handshake in its own task: a peer that never finishes it
+        // must not hold up the others.
+        let ns = node_server.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    let s = Guarded {
+                        stream: Accepted::Tls(Box::new(s)),
+                        peer,
+                        local,
+                        gate,
+                    };
+                    hand_over(&ns, s);
+                }
+                Ok(Err(e)) => {
+                    PENDING.lock().remove(&peer.to_string());
+                    tracing::warn!(%peer, "inter-node connection refused: TLS handshake failed: {e} ({TLS_HINT})");
+                }
+                Err(_) => {
+                    PENDING.lock().remove(&peer.to_string());
+                    tracing::warn!(%peer, "inter-node connection refused: no TLS handshake within {timeout:?} (a peer with cluster.proto_dist = inet_tcp?)");
+                }
+            }
+        });
     }
+}
+
+fn hand_over(node_server: &ActorRef<NodeServerMessage>, s: Guarded) -> bool {
+    node_server
+        .cast(NodeServerMessage::ConnectionOpenedExternal {
+            stream: Box::new(s),
+            is_server: true,
+        })
+        .is_ok()
 }

@@ -30,6 +30,7 @@ use super::rpc::{cast_peer, CALL_TIMEOUT};
 pub use super::view::ClusterView;
 use super::wire::{self, JoinSnapshot, Note, Req, Resp};
 use crate::metrics::inc;
+use crate::peer_tls::{PeerTls, TLS_HINT};
 use crate::Ctx;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeServerSessionInformation;
@@ -96,8 +97,8 @@ pub struct ClusterSettings {
     pub down_timeout: Duration,
     /// Where `cluster.json` lives.
     pub data_dir: PathBuf,
-    /// Outgoing inter-node sockets bind to this address first.
-    pub bind_ip: Option<IpAddr>,
+    /// How inter-node connections are opened.
+    pub dialer: Dialer,
     /// `cluster.discovery_strategy = singleton`: no join either way.
     pub singleton: bool,
     /// `cluster.autoclean`: a member down this long is removed; zero = never.
@@ -240,7 +241,7 @@ impl NodeEventSubscription for LinkEvents {
             tracing::warn!(
                 peer = %s.peer_addr,
                 node = %name,
-                "inter-node connection closed before authentication (wrong cookie, or the loser of two simultaneous connections)"
+                "inter-node connection closed before authentication (wrong cookie, TLS on one side only (cluster.proto_dist), or the loser of two simultaneous connections)"
             );
         }
     }
@@ -372,9 +373,9 @@ impl Actor for ClusterService {
                         let ctx = st.ctx.clone();
                         let svc = myself.clone();
                         let ns = st.node_server.clone();
-                        let ip = st.settings.bind_ip;
+                        let ip = st.settings.dialer.clone();
                         tokio::spawn(async move {
-                            let ok = reboot(ctx, &svc, ns, ip, coordinator).await;
+                            let ok = reboot(ctx, &svc, ns, &ip, coordinator).await;
                             let _ = svc.cast(SvcMsg::RebootEnded);
                             let _ = reply.send(wire::encode(&Resp::Bool(ok)));
                         });
@@ -533,12 +534,21 @@ fn add_forward_peer(view: &ClusterView, info: &MemberInfo) {
     }
 }
 
+/// How this node opens inter-node connections.
+#[derive(Debug, Clone, Default)]
+pub struct Dialer {
+    /// Outgoing sockets bind to this address first (the node's own).
+    pub bind_ip: Option<IpAddr>,
+    /// TLS (`cluster.proto_dist = inet_tls`); clear text when `None`.
+    pub tls: Option<PeerTls>,
+}
+
 /// Opens an inter-node connection from our own address (so a rule that
 /// cuts one loopback alias from another cuts it too) and hands it to the
 /// node server, which runs the cookie handshake.
 pub async fn dial(
     node_server: &ActorRef<NodeServerMessage>,
-    bind_ip: Option<IpAddr>,
+    dialer: &Dialer,
     addr: SocketAddr,
 ) -> std::io::Result<()> {
     let sock = if addr.is_ipv4() {
@@ -546,7 +556,7 @@ pub async fn dial(
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
-    if let Some(ip) = bind_ip {
+    if let Some(ip) = dialer.bind_ip {
         sock.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = tokio::time::timeout(LINK_TIMEOUT, sock.connect(addr))
@@ -555,15 +565,38 @@ pub async fn dial(
     stream.set_nodelay(true)?;
     let peer_addr = stream.peer_addr()?;
     let local_addr = stream.local_addr()?;
-    node_server
-        .cast(NodeServerMessage::ConnectionOpened {
+    let opened = match &dialer.tls {
+        None => NodeServerMessage::ConnectionOpened {
             stream: Box::new(NetworkStream::Raw {
                 peer_addr,
                 local_addr,
                 stream,
             }),
             is_server: false,
-        })
+        },
+        Some(tls) => {
+            let stream = tokio::time::timeout(LINK_TIMEOUT, tls.connect(stream, peer_addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })?
+                .map_err(|e| {
+                    std::io::Error::other(format!(
+                        "TLS handshake with {peer_addr} failed: {e} ({TLS_HINT})"
+                    ))
+                })?;
+            NodeServerMessage::ConnectionOpenedExternal {
+                stream: Box::new(super::guard::TlsClient {
+                    stream,
+                    peer: peer_addr,
+                    local: local_addr,
+                }),
+                is_server: false,
+            }
+        }
+    };
+    node_server
+        .cast(opened)
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
@@ -571,14 +604,18 @@ pub async fn dial(
 /// none) and its endpoint is known; false if not within the link timeout.
 async fn ensure_link(
     node_server: &ActorRef<NodeServerMessage>,
-    bind_ip: Option<IpAddr>,
+    dialer: &Dialer,
     node: &str,
     addr: SocketAddr,
 ) -> bool {
     if endpoint_of(node).is_some() {
         return true;
     }
-    if dial(node_server, bind_ip, addr).await.is_err() {
+    if let Err(e) = dial(node_server, dialer, addr).await {
+        tracing::debug!("cannot link to {node} at {addr}: {e}");
+        if dialer.tls.is_some() && e.kind() != std::io::ErrorKind::ConnectionRefused {
+            tracing::warn!("cannot link to {node} at {addr}: {e}");
+        }
         return false;
     }
     let deadline = Instant::now() + LINK_TIMEOUT;
@@ -594,11 +631,11 @@ async fn ensure_link(
 /// Asks a node when it started, linking to it first if needed.
 pub async fn probe(
     node_server: &ActorRef<NodeServerMessage>,
-    bind_ip: Option<IpAddr>,
+    dialer: &Dialer,
     node: &str,
 ) -> Option<(u64, usize)> {
     let addr = resolve_dist_addr(node).await?;
-    if !ensure_link(node_server, bind_ip, node, addr).await {
+    if !ensure_link(node_server, dialer, node, addr).await {
         return None;
     }
     match call_peer(node, &Req::Info).await {
@@ -631,7 +668,7 @@ pub enum JoinError {
 /// cluster status afterwards.
 async fn join_task(
     ns: &ActorRef<NodeServerMessage>,
-    ip: Option<IpAddr>,
+    ip: &Dialer,
     target: &str,
     me_info: MemberInfo,
     svc: &ActorRef<SvcMsg>,
@@ -674,7 +711,7 @@ async fn reboot(
     ctx: Arc<Ctx>,
     svc: &ActorRef<SvcMsg>,
     ns: ActorRef<NodeServerMessage>,
-    ip: Option<IpAddr>,
+    ip: &Dialer,
     coordinator: String,
 ) -> bool {
     tracing::warn!(

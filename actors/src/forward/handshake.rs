@@ -39,6 +39,9 @@ pub enum HandshakeError {
     Io(#[from] io::Error),
     #[error("not a forwarding peer (bad magic)")]
     BadMagic,
+    /// The peer opened with a TLS handshake while this node has TLS off.
+    #[error("the peer speaks TLS and this node has rpc.driver = tcp: set rpc.driver = ssl on every node")]
+    PeerSpeaksTls,
     #[error("invalid node name (empty, too long or not utf-8)")]
     BadName,
     /// The peer's proof does not match our cookie.
@@ -120,7 +123,14 @@ async fn read_name<S: AsyncRead + Unpin>(s: &mut S) -> Result<String, HandshakeE
 
 async fn read_magic<S: AsyncRead + Unpin>(s: &mut S) -> Result<(), HandshakeError> {
     let mut m = [0u8; 8];
-    s.read_exact(&mut m).await?;
+    // A TLS record starts 0x16 0x03 (a handshake, TLS 1.x): the peer has
+    // TLS on and this node has not. Told apart before reading all 8 bytes,
+    // which a ClientHello may not be followed by.
+    s.read_exact(&mut m[..2]).await?;
+    if m[..2] == [0x16, 0x03] {
+        return Err(HandshakeError::PeerSpeaksTls);
+    }
+    s.read_exact(&mut m[2..]).await?;
     if m != MAGIC {
         return Err(HandshakeError::BadMagic);
     }

@@ -5,13 +5,14 @@
 use super::handshake::{self, HandshakeError};
 use super::state::{OnReceive, Shared};
 use super::wire::{self, DecodeError};
+use crate::peer_tls::TLS_HINT;
 use bytes::{Buf, BytesMut};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
@@ -51,12 +52,34 @@ enum End {
 
 async fn connection(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
     on_receive: OnReceive,
 ) {
     let cfg = &shared.cfg;
     let _ = stream.set_nodelay(true);
+    let Some(tls) = &cfg.tls else {
+        return serve(&shared, stream, addr, &on_receive).await;
+    };
+    match timeout(cfg.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => serve(&shared, s, addr, &on_receive).await,
+        Ok(Err(e)) => {
+            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%addr, "inbound forwarding connection refused: TLS handshake failed: {e} ({TLS_HINT})");
+        }
+        Err(_) => {
+            shared.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%addr, "inbound forwarding connection refused: no TLS handshake within {:?} (a peer without rpc.driver = ssl?)", cfg.handshake_timeout);
+        }
+    }
+}
+
+/// The cookie handshake, then the frames, on a plain or TLS stream.
+async fn serve<S>(shared: &Arc<Shared>, mut stream: S, addr: SocketAddr, on_receive: &OnReceive)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let cfg = &shared.cfg;
     let peer = match timeout(
         cfg.handshake_timeout,
         handshake::accept(&mut stream, &cfg.node, &cfg.cookie),
@@ -81,10 +104,10 @@ async fn connection(
         }
     };
     shared.inbound.fetch_add(1, Ordering::Relaxed);
-    let _up = Up(&shared);
+    let _up = Up(shared);
     tracing::debug!(%addr, %peer, "inbound forwarding connection up");
     let received = shared.received_counter(&peer);
-    match read_loop(&shared, &on_receive, &peer, &received, stream).await {
+    match read_loop(shared, on_receive, &peer, &received, stream).await {
         End::Closed => tracing::debug!(%addr, %peer, "inbound forwarding connection closed"),
         End::Io(e) => tracing::debug!(%addr, %peer, "inbound forwarding connection failed: {e}"),
         End::TooLarge(n) => {
@@ -98,12 +121,12 @@ async fn connection(
     }
 }
 
-async fn read_loop(
+async fn read_loop<S: AsyncRead + Unpin>(
     shared: &Shared,
     on_receive: &OnReceive,
     peer: &str,
     received: &std::sync::atomic::AtomicU64,
-    mut stream: TcpStream,
+    mut stream: S,
 ) -> End {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {

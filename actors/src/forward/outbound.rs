@@ -4,6 +4,7 @@
 use super::handshake::{self, HandshakeError};
 use super::state::{Envelope, ForwardConfig, Peer, Shared, Slot};
 use super::wire;
+use crate::peer_tls::TLS_HINT;
 use bytes::BytesMut;
 use rand::Rng;
 use std::io;
@@ -11,8 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
@@ -20,7 +20,14 @@ use tokio::time::timeout;
 enum ConnectError {
     Io(io::Error),
     Timeout,
+    Tls(io::Error),
     Handshake(HandshakeError),
+}
+
+/// A connection to a peer, in clear text or TLS (`rpc.driver`).
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// Why an established connection ended.
@@ -83,8 +90,15 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, idx: usize) {
                     e => {
                         let why = match e {
                             ConnectError::Io(e) => e.to_string(),
+                            ConnectError::Timeout if cfg.tls.is_none() => format!(
+                                "no handshake within {:?} (does the peer have rpc.driver = ssl?)",
+                                cfg.handshake_timeout
+                            ),
                             ConnectError::Timeout => {
                                 format!("no handshake within {:?}", cfg.handshake_timeout)
+                            }
+                            ConnectError::Tls(e) => {
+                                format!("TLS handshake failed: {e} ({TLS_HINT})")
                             }
                             ConnectError::Handshake(e) => e.to_string(),
                         };
@@ -140,7 +154,7 @@ async fn connect(
     cfg: &ForwardConfig,
     expected: &str,
     addr: SocketAddr,
-) -> Result<TcpStream, ConnectError> {
+) -> Result<Conn, ConnectError> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -157,6 +171,20 @@ async fn connect(
         .map_err(|_| ConnectError::Timeout)?
         .map_err(ConnectError::Io)?;
     stream.set_nodelay(true).map_err(ConnectError::Io)?;
+    let Some(tls) = &cfg.tls else {
+        timeout(
+            t,
+            handshake::connect(&mut stream, &cfg.node, expected, &cfg.cookie),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(ConnectError::Handshake)?;
+        return Ok(Conn::Plain(stream));
+    };
+    let mut stream = timeout(t, tls.connect(stream, addr))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(ConnectError::Tls)?;
     timeout(
         t,
         handshake::connect(&mut stream, &cfg.node, expected, &cfg.cookie),
@@ -164,12 +192,28 @@ async fn connect(
     .await
     .map_err(|_| ConnectError::Timeout)?
     .map_err(ConnectError::Handshake)?;
-    Ok(stream)
+    Ok(Conn::Tls(Box::new(stream)))
 }
 
-async fn write_loop(shared: &Shared, peer: &Peer, slot: &Slot, stream: TcpStream) -> End {
+async fn write_loop(shared: &Shared, peer: &Peer, slot: &Slot, conn: Conn) -> End {
+    match conn {
+        Conn::Plain(s) => {
+            let (rd, wr) = s.into_split();
+            write_loop_on(shared, peer, slot, rd, wr).await
+        }
+        Conn::Tls(s) => {
+            let (rd, wr) = tokio::io::split(*s);
+            write_loop_on(shared, peer, slot, rd, wr).await
+        }
+    }
+}
+
+async fn write_loop_on<R, W>(shared: &Shared, peer: &Peer, slot: &Slot, mut rd: R, mut wr: W) -> End
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let cfg = &shared.cfg;
-    let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut batch: Vec<Envelope> = Vec::with_capacity(cfg.batch_max);
     let mut probe = [0u8; 64];
@@ -239,8 +283,18 @@ async fn write_loop(shared: &Shared, peer: &Peer, slot: &Slot, stream: TcpStream
     }
 }
 
-async fn write_frame(wr: &mut OwnedWriteHalf, frame: &[u8], limit: Duration) -> Result<(), End> {
-    match timeout(limit, wr.write_all(frame)).await {
+async fn write_frame<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    frame: &[u8],
+    limit: Duration,
+) -> Result<(), End> {
+    // Flushed: a TLS stream may hold the last record until then (a no-op
+    // on a plain socket).
+    let sent = async {
+        wr.write_all(frame).await?;
+        wr.flush().await
+    };
+    match timeout(limit, sent).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(End::Io(e)),
         Err(_) => Err(End::SendTimeout),

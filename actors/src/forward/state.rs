@@ -3,6 +3,7 @@
 //! tasks can use it without importing the forwarder that starts them.
 
 use super::tasks::Tasks;
+use crate::peer_tls::PeerTls;
 use emqx_mqtt::message::Message;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
@@ -38,6 +39,8 @@ pub struct ForwardConfig {
     pub reconnect_min: Duration,
     /// Longest reconnect delay (default 10 s).
     pub reconnect_max: Duration,
+    /// TLS on every connection (`rpc.driver = ssl`); clear text when `None`.
+    pub tls: Option<PeerTls>,
 }
 
 impl ForwardConfig {
@@ -58,6 +61,7 @@ impl ForwardConfig {
             handshake_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(15),
             reconnect_min: Duration::from_millis(250),
+            tls: None,
             reconnect_max: Duration::from_secs(10),
         }
     }

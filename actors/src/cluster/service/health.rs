@@ -95,9 +95,9 @@ impl SvcState {
             self.dialing.insert(info.node.clone());
             let ns = self.node_server.clone();
             let me = myself.clone();
-            let ip = self.settings.bind_ip;
+            let ip = self.settings.dialer.clone();
             tokio::spawn(async move {
-                let ok = ensure_link(&ns, ip, &info.node, addr).await;
+                let ok = ensure_link(&ns, &ip, &info.node, addr).await;
                 let _ = me.cast(SvcMsg::DialDone(info.node, ok));
             });
         }

@@ -33,12 +33,12 @@ impl SvcState {
             return;
         }
         let ns = self.node_server.clone();
-        let ip = self.settings.bind_ip;
+        let ip = self.settings.dialer.clone();
         let me_info = self.membership.me.clone();
         let svc = myself.clone();
         self.joining = true;
         tokio::spawn(async move {
-            let out = join_task(&ns, ip, &target, me_info, &svc).await;
+            let out = join_task(&ns, &ip, &target, me_info, &svc).await;
             let _ = svc.cast(SvcMsg::JoinEnded);
             let _ = reply.send(out);
         });
