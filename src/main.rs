@@ -111,14 +111,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "foreground" | "console" => {
-            let cfg = match load_config(&flags) {
+            let cfg = match load_config(&flags).and_then(check_files) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             node::run_foreground(cfg, cmd == "console")
         }
         "start" => {
-            let cfg = match load_config(&flags) {
+            let cfg = match load_config(&flags).and_then(check_files) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -128,9 +128,8 @@ fn main() -> ExitCode {
             // The first error was printed; exit 2 as the node would.
             Err(code) => code,
             Ok(cfg) => {
-                if let Err(e) = listeners::check(&cfg) {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
+                if let Err(code) = check_files(cfg) {
+                    return code;
                 }
                 let file = flags
                     .config
@@ -154,6 +153,20 @@ fn main() -> ExitCode {
         other => {
             eprintln!("Unknown command: {other}\n\n{USAGE}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Reads the files the configuration names (listener and inter-node
+/// certificates): one that is missing or unusable is a configuration
+/// error, reported before anything starts (exit 2).
+fn check_files(cfg: config::Config) -> Result<config::Config, ExitCode> {
+    let checked = listeners::check(&cfg).and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()));
+    match checked {
+        Ok(()) => Ok(cfg),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(2))
         }
     }
 }

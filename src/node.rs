@@ -134,6 +134,7 @@ fn init_logging(cfg: &Config, console: bool) -> Option<Arc<LogFile>> {
     let console_layer = (cfg.log.console.enable || console).then(|| {
         let lvl = level(cfg.log.console.level.as_str());
         fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(EnvFilter::new(format!(
                 "warn,rustls=error,emqx_rs={lvl},emqx_actors={lvl}"

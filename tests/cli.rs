@@ -967,13 +967,13 @@ fn check_config_validates_and_a_key_that_does_not_work_stops_the_node() {
     );
     // A key EMQX has that does not work here yet: refused by check_config
     // and by the node itself, naming the key and the file.
-    let bad = Node::prepare("listeners.tcp.default.proxy_protocol = true\n");
+    let bad = Node::prepare("listeners.tcp.default.zone = external\n");
     let o = bad.cli(&["check_config"]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("emqx.conf")
-            && err.contains("'listeners.tcp.default.proxy_protocol'")
+            && err.contains("'listeners.tcp.default.zone'")
             && err.contains("not supported yet"),
         "{err}"
     );

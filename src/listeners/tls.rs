@@ -131,7 +131,7 @@ pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, Str
             })?;
             let roots = emqx_discovery::tls::load_roots(ca)
                 .map_err(|e| format!("{}: {e}", k("cacertfile")))?;
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             if !o.fail_if_no_peer_cert {
                 v = v.allow_unauthenticated();
             }
@@ -156,6 +156,23 @@ pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, Str
             keyfile.display()
         )
     })?;
+    // A suite list that leaves nothing the key can sign with (ECDHE-RSA
+    // suites only, with an EC key, on TLS 1.2) would fail every handshake.
+    if let Ok(signer) = provider.key_provider.load_private_key(pk.clone_key()) {
+        let alg = signer.algorithm();
+        let usable = provider.cipher_suites.iter().any(|s| {
+            versions.iter().any(|v| v.version == s.version().version)
+                && s.usable_for_signature_algorithm(alg)
+        });
+        if !usable {
+            return Err(format!(
+                "{} / {}: no allowed cipher suite can be used with the {alg:?} key in {}",
+                k("ciphers"),
+                k("versions"),
+                keyfile.display()
+            ));
+        }
+    }
     let cfg = builder.with_single_cert(chain, pk).map_err(|e| {
         format!(
             "{} / {}: {} and {} do not make a usable certificate: {e}",
@@ -197,7 +214,7 @@ pub fn peer_cert_field(how: PeerCertAs, der: &CertificateDer<'_>) -> Option<Stri
                             let name = x509_parser::objects::oid2abbrev(a.attr_type(), registry)
                                 .map(str::to_string)
                                 .unwrap_or_else(|_| a.attr_type().to_id_string());
-                            format!("{name}={}", attr_text(a))
+                            format!("{name}={}", escape_dn(&attr_text(a)))
                         })
                         .collect::<Vec<_>>()
                         .join("+")
@@ -208,9 +225,36 @@ pub fn peer_cert_field(how: PeerCertAs, der: &CertificateDer<'_>) -> Option<Stri
     }
 }
 
+/// RFC 4514 escaping of one attribute value, so a `,` or `+` in a value
+/// cannot be read as a separator.
+fn escape_dn(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == '#' || c == ' '))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn attr_text(a: &x509_parser::x509::AttributeTypeAndValue<'_>) -> String {
     match a.as_str() {
         Ok(s) => s.to_string(),
         Err(_) => String::from_utf8_lossy(a.as_slice()).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dn_values_are_escaped() {
+        assert_eq!(super::escape_dn("Acme, Inc+Co"), "Acme\\, Inc\\+Co");
+        assert_eq!(super::escape_dn(" #x "), "\\ #x\\ ");
+        assert_eq!(super::escape_dn("device-1"), "device-1");
     }
 }

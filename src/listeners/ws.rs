@@ -2,59 +2,78 @@
 //! `websocket.mqtt_path` with one of the MQTT subprotocols, then the
 //! binary frames as a byte stream for the connection code. MQTT packets
 //! may span frames or share one, so frames are only a transport here.
-//! The WebSocket protocol itself is tungstenite's.
+//! The upgrade request is parsed with httparse; the WebSocket protocol
+//! after it is tungstenite's.
 
 use crate::config::WsOptions;
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-/// Accepts the upgrade on `stream`; the error says why it was refused
-/// (the client already got its HTTP answer).
-// The HTTP error response is the callback type tungstenite asks for.
-#[allow(clippy::result_large_err)]
-pub async fn accept<S>(stream: S, opts: &WsOptions, max_packet: usize) -> Result<WsIo<S>, String>
+/// Longest HTTP request head accepted.
+const MAX_HEAD: usize = 8192;
+
+/// Reads the HTTP upgrade request on `stream` and answers it: 101 and the
+/// WebSocket, or an HTTP error (404 for another path, 400 for a request
+/// that is not a WebSocket upgrade or offers no MQTT subprotocol) and the
+/// reason. The request is parsed here (httparse), so every request gets an
+/// HTTP answer; frames that arrive right behind the request are kept.
+pub async fn accept<S>(mut stream: S, opts: &WsOptions, max_packet: usize) -> Result<WsIo<S>, String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut refused = None;
-    let check = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() != opts.mqtt_path {
-            return Err(http_error(StatusCode::NOT_FOUND, "not found"));
+    let mut buf = BytesMut::with_capacity(1024);
+    let (head_len, answer) = loop {
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed before a complete HTTP request".into());
         }
-        let offered = req
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .find(|p| opts.supported_subprotocols.iter().any(|s| s == p))
-            .map(str::to_string);
-        match offered {
-            Some(p) => {
-                if let Ok(v) = HeaderValue::from_str(&p) {
-                    resp.headers_mut().insert("sec-websocket-protocol", v);
-                }
+        let mut headers = [httparse::EMPTY_HEADER; 48];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => break (n, check(&req, opts)),
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                break (0, Err((431, "request header fields too large".to_string())))
             }
-            None if opts.fail_if_no_subprotocol => {
-                return Err(http_error(
-                    StatusCode::BAD_REQUEST,
-                    "no supported MQTT subprotocol offered",
-                ));
-            }
-            None => {}
+            Err(e) => break (0, Err((400, format!("bad HTTP request: {e}")))),
         }
-        Ok(resp)
     };
+    let (accept_key, protocol) = match answer {
+        Ok(x) => x,
+        Err((status, why)) => {
+            let reason = match status {
+                404 => "Not Found",
+                431 => "Request Header Fields Too Large",
+                _ => "Bad Request",
+            };
+            let resp = format!(
+                "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}",
+                why.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return Err(format!("{status} {reason}: {why}"));
+        }
+    };
+    let mut resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept_key}\r\n"
+    );
+    if let Some(p) = protocol {
+        resp.push_str(&format!("sec-websocket-protocol: {p}\r\n"));
+    }
+    resp.push_str("\r\n");
+    let sent = async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.flush().await
+    };
+    sent.await.map_err(|e| e.to_string())?;
     let bound = opts
         .max_frame_size
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
@@ -64,36 +83,57 @@ where
         .write_buffer_size(0)
         .max_frame_size(Some(bound))
         .max_message_size(Some(bound));
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        |req: &Request, resp: Response| {
-            let r = check(req, resp);
-            if let Err(e) = &r {
-                refused = Some(format!(
-                    "{} {}: {}",
-                    req.uri().path(),
-                    e.status(),
-                    e.body().as_deref().unwrap_or("")
-                ));
-            }
-            r
-        },
-        Some(config),
-    )
-    .await;
-    match ws {
-        Ok(ws) => Ok(WsIo {
-            ws,
-            rd: Bytes::new(),
-        }),
-        Err(e) => Err(refused.unwrap_or_else(|| format!("WebSocket upgrade failed: {e}"))),
-    }
+    let rest = buf.split_off(head_len).to_vec();
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+    Ok(WsIo {
+        ws,
+        rd: Bytes::new(),
+    })
 }
 
-fn http_error(status: StatusCode, body: &str) -> ErrorResponse {
-    let mut r = ErrorResponse::new(Some(body.to_string()));
-    *r.status_mut() = status;
-    r
+type Refusal = (u16, String);
+
+/// The `Sec-WebSocket-Accept` value and the chosen subprotocol, or why
+/// the request is refused.
+fn check(req: &httparse::Request<'_, '_>, opts: &WsOptions) -> Result<(String, Option<String>), Refusal> {
+    let path = req.path.unwrap_or("");
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    if path != opts.mqtt_path {
+        return Err((404, format!("no WebSocket endpoint at {path}")));
+    }
+    if req.method != Some("GET") {
+        return Err((400, "a WebSocket upgrade is a GET request".into()));
+    }
+    fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &'a str) -> impl Iterator<Item = &'a str> {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+    }
+    let header = |name: &'static str| header(req, name);
+    let has_token = |name: &'static str, token: &str| {
+        header(name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err((400, "not a WebSocket upgrade request".into()));
+    }
+    if !header("sec-websocket-version").any(|v| v.trim() == "13") {
+        return Err((400, "Sec-WebSocket-Version 13 is required".into()));
+    }
+    let Some(key) = header("sec-websocket-key").next() else {
+        return Err((400, "no Sec-WebSocket-Key".into()));
+    };
+    let offered = header("sec-websocket-protocol")
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| opts.supported_subprotocols.iter().any(|s| s == p))
+        .map(str::to_string);
+    if offered.is_none() && opts.fail_if_no_subprotocol {
+        return Err((400, "no supported MQTT subprotocol offered".into()));
+    }
+    Ok((derive_accept_key(key.trim().as_bytes()), offered))
 }
 
 /// A WebSocket connection as a byte stream: binary frames in, binary
