@@ -161,7 +161,8 @@ fn main() -> ExitCode {
 /// certificates): one that is missing or unusable is a configuration
 /// error, reported before anything starts (exit 2).
 fn check_files(cfg: config::Config) -> Result<config::Config, ExitCode> {
-    let checked = listeners::check(&cfg).and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()));
+    let checked =
+        listeners::check(&cfg).and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()));
     match checked {
         Ok(()) => Ok(cfg),
         Err(e) => {

@@ -1126,6 +1126,28 @@ fn ws_http_answers() {
         assert_eq!(answered, *echoed, "{url} offering {proto:?}: {headers}");
     }
 
+    // Plain HTTP requests (no upgrade headers) get an answer too.
+    for (url, status) in [(format!("{a}/wrong"), "404"), (format!("{a}/mqtt"), "400")] {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                &url,
+            ])
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            status,
+            "plain GET {url}"
+        );
+    }
+
     let out = run_python(
         "ws http",
         WS_HTTP,

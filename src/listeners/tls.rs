@@ -131,7 +131,8 @@ pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, Str
             })?;
             let roots = emqx_discovery::tls::load_roots(ca)
                 .map_err(|e| format!("{}: {e}", k("cacertfile")))?;
-            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let mut v =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
             if !o.fail_if_no_peer_cert {
                 v = v.allow_unauthenticated();
             }

@@ -25,24 +25,40 @@ const MAX_HEAD: usize = 8192;
 /// that is not a WebSocket upgrade or offers no MQTT subprotocol) and the
 /// reason. The request is parsed here (httparse), so every request gets an
 /// HTTP answer; frames that arrive right behind the request are kept.
-pub async fn accept<S>(mut stream: S, opts: &WsOptions, max_packet: usize) -> Result<WsIo<S>, String>
+pub async fn accept<S>(
+    mut stream: S,
+    opts: &WsOptions,
+    max_packet: usize,
+) -> Result<WsIo<S>, String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(1024);
-    let (head_len, answer) = loop {
+    let (head_len, path, answer) = loop {
         if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
             return Err("closed before a complete HTTP request".into());
         }
         let mut headers = [httparse::EMPTY_HEADER; 48];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => break (n, check(&req, opts)),
+            Ok(httparse::Status::Complete(n)) => {
+                break (n, req.path.unwrap_or("").to_string(), check(&req, opts))
+            }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
             Ok(httparse::Status::Partial) => {
-                break (0, Err((431, "request header fields too large".to_string())))
+                break (
+                    0,
+                    String::new(),
+                    Err((431, "request header fields too large".into())),
+                )
             }
-            Err(e) => break (0, Err((400, format!("bad HTTP request: {e}")))),
+            Err(e) => {
+                break (
+                    0,
+                    String::new(),
+                    Err((400, format!("bad HTTP request: {e}"))),
+                )
+            }
         }
     };
     let (accept_key, protocol) = match answer {
@@ -59,7 +75,7 @@ where
             );
             let _ = stream.write_all(resp.as_bytes()).await;
             let _ = stream.shutdown().await;
-            return Err(format!("{status} {reason}: {why}"));
+            return Err(format!("{path} {status} {reason}: {why}"));
         }
     };
     let mut resp = format!(
@@ -95,16 +111,22 @@ type Refusal = (u16, String);
 
 /// The `Sec-WebSocket-Accept` value and the chosen subprotocol, or why
 /// the request is refused.
-fn check(req: &httparse::Request<'_, '_>, opts: &WsOptions) -> Result<(String, Option<String>), Refusal> {
+fn check(
+    req: &httparse::Request<'_, '_>,
+    opts: &WsOptions,
+) -> Result<(String, Option<String>), Refusal> {
     let path = req.path.unwrap_or("");
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     if path != opts.mqtt_path {
-        return Err((404, format!("no WebSocket endpoint at {path}")));
+        return Err((404, "not found".into()));
     }
     if req.method != Some("GET") {
         return Err((400, "a WebSocket upgrade is a GET request".into()));
     }
-    fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &'a str) -> impl Iterator<Item = &'a str> {
+    fn header<'a>(
+        req: &'a httparse::Request<'_, '_>,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a str> {
         req.headers
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
