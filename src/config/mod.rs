@@ -455,6 +455,8 @@ pub struct ListenersConfig {
     pub ws: BTreeMap<String, Listener>,
     /// `listeners.wss.<name>` (MQTT over WebSocket over TLS). Default none.
     pub wss: BTreeMap<String, Listener>,
+    /// `listeners.quic.<name>` (MQTT over QUIC). Default none.
+    pub quic: BTreeMap<String, Listener>,
 }
 
 impl Default for ListenersConfig {
@@ -466,13 +468,14 @@ impl Default for ListenersConfig {
             ssl: BTreeMap::new(),
             ws: BTreeMap::new(),
             wss: BTreeMap::new(),
+            quic: BTreeMap::new(),
         }
     }
 }
 
 keyword_enum!(
     /// The transport of a listener: the `<type>` in `listeners.<type>.<name>`.
-    ListenerKind, default Tcp, { Tcp = "tcp", Ssl = "ssl", Ws = "ws", Wss = "wss" });
+    ListenerKind, default Tcp, { Tcp = "tcp", Ssl = "ssl", Ws = "ws", Wss = "wss", Quic = "quic" });
 
 impl ListenerKind {
     /// EMQX's default port of the type.
@@ -482,11 +485,15 @@ impl ListenerKind {
             ListenerKind::Ssl => 8883,
             ListenerKind::Ws => 8083,
             ListenerKind::Wss => 8084,
+            ListenerKind::Quic => 14567,
         }
     }
 
     pub fn tls(self) -> bool {
-        matches!(self, ListenerKind::Ssl | ListenerKind::Wss)
+        matches!(
+            self,
+            ListenerKind::Ssl | ListenerKind::Wss | ListenerKind::Quic
+        )
     }
 
     pub fn websocket(self) -> bool {
@@ -502,6 +509,7 @@ impl ListenersConfig {
             (ListenerKind::Ssl, &self.ssl),
             (ListenerKind::Ws, &self.ws),
             (ListenerKind::Wss, &self.wss),
+            (ListenerKind::Quic, &self.quic),
         ]
         .into_iter()
         .flat_map(|(k, m)| m.iter().map(move |(n, l)| (k, n, l)))
@@ -513,6 +521,7 @@ impl ListenersConfig {
             ListenerKind::Ssl => &mut self.ssl,
             ListenerKind::Ws => &mut self.ws,
             ListenerKind::Wss => &mut self.wss,
+            ListenerKind::Quic => &mut self.quic,
         }
     }
 }
@@ -1964,6 +1973,7 @@ impl ListenersConfig {
             ListenerKind::Ssl,
             ListenerKind::Ws,
             ListenerKind::Wss,
+            ListenerKind::Quic,
         ] {
             let map = self.map_mut(kind);
             o.section(kind.as_str(), |t| {
@@ -2005,7 +2015,13 @@ impl Listener {
         s.set("zone", &mut self.zone, |f| {
             f.only(Field::nonempty_string, "default".into(), "default")
         })?;
-        s.set("proxy_protocol", &mut self.proxy_protocol, Field::bool)?;
+        s.set("proxy_protocol", &mut self.proxy_protocol, |f| {
+            if kind == ListenerKind::Quic {
+                f.only(Field::bool, false, "false: QUIC carries no PROXY header")
+            } else {
+                f.bool()
+            }
+        })?;
         s.set(
             "proxy_protocol_timeout",
             &mut self.proxy_protocol_timeout,

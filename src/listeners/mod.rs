@@ -6,6 +6,7 @@
 //! transport.
 
 pub mod proxy;
+pub mod quic;
 pub mod tls;
 pub mod ws;
 
@@ -29,6 +30,7 @@ use tokio::time::{timeout, Instant};
 pub struct Spec {
     /// EMQX's listener id, `<type>:<name>` (`ssl:default`).
     pub id: String,
+    pub kind: ListenerKind,
     pub bind: SocketAddr,
     pub acceptors: u32,
     pub max_connections: Option<u64>,
@@ -64,12 +66,14 @@ impl Spec {
             Some(Tls::new(
                 format!("listeners.{kind}.{name}.ssl_options"),
                 l.ssl_options.clone(),
+                kind == ListenerKind::Quic,
             )?)
         } else {
             None
         };
         Ok(Spec {
             id: format!("{kind}:{name}"),
+            kind,
             bind: l.bind,
             acceptors: l.acceptors,
             max_connections: l.max_connections,
@@ -86,6 +90,16 @@ impl Spec {
             wanted: watch::channel(true).0,
             state: watch::channel(State::Stopped).0,
         })
+    }
+
+    /// What `mqtt.peer_cert_as_*` takes from the client's certificate.
+    fn cert_identity(&self, acc: &mut Accepted, cert: &rustls::pki_types::CertificateDer<'_>) {
+        if self.cert_as_username != PeerCertAs::Disabled {
+            acc.cert_username = tls::peer_cert_field(self.cert_as_username, cert);
+        }
+        if self.cert_as_clientid != PeerCertAs::Disabled {
+            acc.cert_client_id = tls::peer_cert_field(self.cert_as_clientid, cert);
+        }
     }
 
     pub fn proxy_protocol(&self) -> bool {
@@ -148,18 +162,31 @@ impl Listeners {
     pub async fn start(&self, ctx: &Arc<Ctx>) -> Result<Vec<JoinHandle<()>>, String> {
         let mut tasks = Vec::new();
         for spec in &self.all {
-            let sock = TcpListener::bind(spec.bind).await.map_err(|e| {
+            let cannot = |e: std::io::Error| {
                 let (kind, name) = spec.id.split_once(':').unwrap_or((&spec.id, ""));
                 format!(
                     "listeners.{kind}.{name}: cannot listen on {}: {e}",
                     spec.bind
                 )
-            })?;
-            tracing::info!("listener {} on {}", spec.id, spec.bind);
-            spec.state.send_replace(State::Running);
+            };
             if let Some(t) = &spec.tls {
                 tasks.push(t.watch());
             }
+            if spec.kind == ListenerKind::Quic {
+                let tls = spec.tls.as_ref().ok_or("a QUIC listener without TLS")?;
+                let endpoint = quic::endpoint(spec.bind, tls).map_err(cannot)?;
+                tracing::info!("listener {} on {} (UDP)", spec.id, spec.bind);
+                spec.state.send_replace(State::Running);
+                tasks.push(tokio::spawn(quic::accept_loop(
+                    endpoint,
+                    spec.clone(),
+                    ctx.clone(),
+                )));
+                continue;
+            }
+            let sock = TcpListener::bind(spec.bind).await.map_err(cannot)?;
+            tracing::info!("listener {} on {}", spec.id, spec.bind);
+            spec.state.send_replace(State::Running);
             tasks.push(tokio::spawn(accept_loop(sock, spec.clone(), ctx.clone())));
         }
         Ok(tasks)
@@ -181,14 +208,14 @@ pub fn check(cfg: &Config) -> Result<(), String> {
 
 /// `max_conn_rate` as a token bucket: up to `count` connections at once,
 /// refilled at `count` per `per`.
-struct Bucket {
+pub(crate) struct Bucket {
     rate: Rate,
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
-    fn new(rate: Rate) -> Bucket {
+    pub(crate) fn new(rate: Rate) -> Bucket {
         Bucket {
             rate,
             tokens: rate.count as f64,
@@ -198,7 +225,7 @@ impl Bucket {
 
     /// How long to wait before the next connection may be accepted; takes
     /// its token.
-    fn take(&mut self) -> Duration {
+    pub(crate) fn take(&mut self) -> Duration {
         let per_token = self.rate.per.as_secs_f64() / self.rate.count as f64;
         let now = Instant::now();
         let refill = now.duration_since(self.at).as_secs_f64() / per_token;
@@ -269,12 +296,9 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
                 continue;
             }
         };
-        if let Some(max) = spec.max_connections {
-            if spec.open.load(Ordering::Relaxed) >= max {
-                tracing::info!(%peer, "listener {id}: max_connections ({max}) reached, closing");
-                drop(stream);
-                continue;
-            }
+        if !handle_limits(&spec, peer) {
+            drop(stream);
+            continue;
         }
         let _ = stream.set_nodelay(true);
         spec.open.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +314,17 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// Whether `max_connections` leaves room for one more connection.
+fn handle_limits(spec: &Spec, peer: SocketAddr) -> bool {
+    match spec.max_connections {
+        Some(max) if spec.open.load(Ordering::Relaxed) >= max => {
+            tracing::info!(%peer, "listener {}: max_connections ({max}) reached, closing", spec.id);
+            false
+        }
+        _ => true,
     }
 }
 
@@ -347,12 +382,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, spec: &Spec, ctx: Arc<Ctx>) {
         .peer_certificates()
         .and_then(|c| c.first())
     {
-        if spec.cert_as_username != PeerCertAs::Disabled {
-            acc.cert_username = tls::peer_cert_field(spec.cert_as_username, cert);
-        }
-        if spec.cert_as_clientid != PeerCertAs::Disabled {
-            acc.cert_client_id = tls::peer_cert_field(spec.cert_as_clientid, cert);
-        }
+        spec.cert_identity(&mut acc, cert);
     }
     upgrade(stream, acc, spec, ctx).await
 }

@@ -24,23 +24,45 @@ pub struct Tls {
     /// `listeners.ssl.default.ssl_options`, for messages.
     key: String,
     opts: SslOptions,
-    current: RwLock<TlsAcceptor>,
+    /// For a QUIC listener: TLS 1.3 with ALPN `mqtt`.
+    quic: bool,
+    current: RwLock<Arc<ServerConfig>>,
+    /// Bumped on every reload, for listeners that must be told (QUIC).
+    generation: tokio::sync::watch::Sender<u64>,
 }
+
+/// The ALPN protocol of MQTT over QUIC.
+pub const QUIC_ALPN: &[u8] = b"mqtt";
 
 impl Tls {
     /// Reads the files and builds the configuration; an error names the key
-    /// and the file.
-    pub fn new(key: String, opts: SslOptions) -> Result<Arc<Tls>, String> {
-        let cfg = server_config(&key, &opts)?;
+    /// and the file. A QUIC listener's is TLS 1.3 only, with ALPN `mqtt`.
+    pub fn new(key: String, opts: SslOptions, quic: bool) -> Result<Arc<Tls>, String> {
+        let mut opts = opts;
+        if quic {
+            opts.versions = vec![TlsVersion::Tls13];
+        }
+        let cfg = build(&key, &opts, quic)?;
         Ok(Arc::new(Tls {
             key,
             opts,
-            current: RwLock::new(TlsAcceptor::from(cfg)),
+            quic,
+            current: RwLock::new(cfg),
+            generation: tokio::sync::watch::channel(0).0,
         }))
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config())
+    }
+
+    pub fn config(&self) -> Arc<ServerConfig> {
         self.current.read().clone()
+    }
+
+    /// Changes whenever the configuration is reloaded.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn handshake_timeout(&self) -> Duration {
@@ -80,9 +102,10 @@ impl Tls {
                     continue;
                 }
                 seen = now;
-                match server_config(&tls.key, &tls.opts) {
+                match build(&tls.key, &tls.opts, tls.quic) {
                     Ok(cfg) => {
-                        *tls.current.write() = TlsAcceptor::from(cfg);
+                        *tls.current.write() = cfg;
+                        tls.generation.send_modify(|g| *g += 1);
                         tracing::info!("{}: certificate files changed, reloaded", tls.key);
                     }
                     Err(e) => tracing::error!(
@@ -113,6 +136,16 @@ pub fn protocol_versions(v: &[TlsVersion]) -> Vec<&'static rustls::SupportedProt
             TlsVersion::Tls12 => &rustls::version::TLS12,
         })
         .collect()
+}
+
+fn build(key: &str, o: &SslOptions, quic: bool) -> Result<Arc<ServerConfig>, String> {
+    let cfg = server_config(key, o)?;
+    if !quic {
+        return Ok(cfg);
+    }
+    let mut cfg = (*cfg).clone();
+    cfg.alpn_protocols = vec![QUIC_ALPN.to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// A server configuration from `ssl_options`; errors name `key.<file key>`.
