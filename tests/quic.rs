@@ -125,7 +125,7 @@ fn quic_clients_publish_and_subscribe_beside_tcp_clients() {
     let ca = ca.cert.display().to_string();
 
     // A TCP subscriber sees what the QUIC client publishes.
-    let mut tcp_sub = Command::new("mosquitto_sub")
+    let tcp_sub = Command::new("mosquitto_sub")
         .args([
             "-h",
             "127.0.0.1",

@@ -458,8 +458,8 @@ fn unknown_key_in_file_names_key_and_line() {
     );
     let e = err("clustr { name = x }\n", &[]);
     assert_eq!(e, "etc/emqx.conf:1: unknown key 'clustr'");
-    let e = err("listeners.quic.default.bind = 1\n", &[]);
-    assert!(e.contains("unknown key 'listeners.quic'"), "{e}");
+    let e = err("listeners.kcp.default.bind = 1\n", &[]);
+    assert!(e.contains("unknown key 'listeners.kcp'"), "{e}");
     let e = err("cluster.etcd.ssl_options.foo = 1\n", &[]);
     assert!(
         e.contains("unknown key 'cluster.etcd.ssl_options.foo'"),
