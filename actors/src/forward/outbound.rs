@@ -264,7 +264,7 @@ where
             wire::finish_frame(&mut buf, count);
             if let Err(end) = write_frame(&mut wr, &buf, cfg.send_timeout).await {
                 peer.count_dropped(shared, u64::from(count));
-                requeue(peer, slot, &mut batch, i);
+                requeue(shared, peer, slot, &mut batch, i);
                 return end;
             }
             peer.stats
@@ -302,15 +302,28 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 /// Puts the not-yet-written rest of a batch back at the head of the queue,
-/// in order, for the next connection.
-fn requeue(peer: &Peer, slot: &Slot, batch: &mut Vec<Envelope>, from: usize) {
+/// in order, for the next connection. The queue stays within its limit:
+/// while the batch was out, new messages may have filled it, and the
+/// newest beyond the limit are dropped (and counted).
+fn requeue(shared: &Shared, peer: &Peer, slot: &Slot, batch: &mut Vec<Envelope>, from: usize) {
     let rest = batch.len() - from;
     if rest > 0 {
         let mut q = slot.queue.lock();
         for m in batch.drain(from..).rev() {
             q.push_front(m);
         }
-        peer.stats.queued.fetch_add(rest, Ordering::Relaxed);
+        // `forward` keeps the queue within the limit, so at most `rest`
+        // are over it.
+        let keep = q
+            .len()
+            .min(shared.cfg.queue_limit.max(q.len().saturating_sub(rest)));
+        let over = q.len() - keep;
+        q.truncate(keep);
+        drop(q);
+        peer.stats.queued.fetch_add(rest - over, Ordering::Relaxed);
+        if over > 0 {
+            peer.count_dropped(shared, over as u64);
+        }
     }
     batch.clear();
 }
