@@ -47,6 +47,8 @@ pub enum RemoteErr {
     NotResponding(String),
     /// The node closed the session before authentication: another cookie.
     BadCookie,
+    /// The TLS settings (`cluster.ssl_options`) could not be used.
+    Tls(String),
 }
 
 /// A connection from this CLI process to the running node.
@@ -97,9 +99,10 @@ impl Remote {
         // rule that cuts one node off from its peers leaves its shell
         // reachable; from any address otherwise.
         // With cluster.proto_dist = inet_tls, with the node's certificate.
-        let tls = crate::peer_tls::NodeTls::from_config(cfg)
-            .map_err(RemoteErr::NotResponding)?
-            .dist;
+        let tls = match crate::peer_tls::NodeTls::from_config(cfg) {
+            Ok(t) => t.dist,
+            Err(e) => return fail(RemoteErr::Tls(e), &server),
+        };
         let connect = async {
             use emqx_actors::cluster::service::{dial, Dialer};
             let mut dialer = Dialer {
@@ -223,8 +226,14 @@ fn report(cfg: &Config, e: RemoteErr) -> ExitCode {
             eprintln!("Node '{name}' not responding to pings.");
             tracing::debug!("{why}");
         }
+        RemoteErr::BadCookie if cfg.cluster.proto_dist == crate::config::ProtoDist::InetTls => {
+            eprintln!("Node '{name}' refused the connection: the cookie does not match, or the node does not accept this certificate (cluster.ssl_options; see the node's log).");
+        }
         RemoteErr::BadCookie => {
             eprintln!("Node '{name}' refused the connection: the cookie does not match (check -setcookie / node.cookie / EMQX_NODE__COOKIE).");
+        }
+        RemoteErr::Tls(why) => {
+            eprintln!("Cannot reach node '{name}' over TLS: {why}");
         }
     }
     ExitCode::from(1)

@@ -266,6 +266,11 @@ fn tls_between_nodes_needs_its_files() {
         ),
         ("rpc.insecure_fallback = true\n", "rpc.insecure_fallback"),
         ("cluster.proto_dist = inet6_tls\n", "cluster.proto_dist"),
+        (
+            "cluster.ssl_options.certfile = c.pem\n",
+            "cluster.proto_dist is not inet_tls",
+        ),
+        ("rpc.certfile = c.pem\n", "rpc.driver is not ssl"),
     ] {
         let n = Node::prepare(extra);
         let o = n.cli(&["check_config"]);

@@ -165,7 +165,7 @@ fn max_connections_closes_the_connection_past_the_limit() {
 
 #[test]
 fn max_conn_rate_spaces_out_accepts() {
-    // 5 at once, then 10 per second: 35 connections need at least 3 s.
+    // 10 at once, then 10 per second: 35 connections need at least 2.5 s.
     // (Only the lower bound is checked: a slow machine may take longer.)
     let n = Node::start_with(Opts {
         extra: "listeners.tcp.default.max_conn_rate = \"10/s\"\n".into(),

@@ -298,6 +298,10 @@ fn quic_listener_settings_are_checked() {
             "QUIC carries no PROXY header",
         ),
         (
+            "listeners.quic.default { bind = 14999, proxy_protocol_timeout = 1s, ssl_options { certfile = c, keyfile = k } }\n",
+            "QUIC carries no PROXY header",
+        ),
+        (
             "listeners.quic.default { bind = 14999, websocket.mqtt_path = \"/x\" }\n",
             "unknown key 'listeners.quic.default.websocket'",
         ),
@@ -307,5 +311,18 @@ fn quic_listener_settings_are_checked() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{extra}: {err}");
         assert!(err.contains(expect), "{extra}: {err}");
+    }
+    // With real files: TLS settings QUIC cannot use.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, srv) = server_files(dir.path());
+    for (more, expect) in [
+        ("versions = [tlsv1.2]", "QUIC needs tlsv1.3"),
+        ("ciphers = [TLS_AES_256_GCM_SHA384]", "not usable for QUIC"),
+    ] {
+        let n = Node::prepare(&listener(14999, &format!("{}, {more}", ssl_opts(&srv))));
+        let o = n.cli(&["check_config"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{more}: {err}");
+        assert!(err.contains(expect), "{more}: {err}");
     }
 }

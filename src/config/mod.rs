@@ -626,7 +626,8 @@ impl Default for SslOptions {
     }
 }
 
-/// The cipher suites a listener can offer: (OpenSSL name, IANA name).
+/// The cipher suites a listener can offer: (OpenSSL name, rustls name);
+/// either is accepted (for TLS 1.3 suites the OpenSSL name is the IANA one).
 /// rustls implements no CBC, DHE or RSA-key-exchange suite.
 pub const CIPHER_SUITES: &[(&str, &str)] = &[
     ("TLS_AES_256_GCM_SHA384", "TLS13_AES_256_GCM_SHA384"),
@@ -1149,13 +1150,22 @@ impl Config {
                     driver = Some(f);
                 }
             }
+            if c.rpc.driver != RpcDriver::Ssl {
+                for k in ["certfile", "keyfile", "cacertfile", "tls_versions", "ciphers"] {
+                    if let Some(f) = o.take(k) {
+                        return Err(f.invalid(
+                            "set, but rpc.driver is not ssl: set rpc.driver = ssl to use it, or remove it",
+                        ));
+                    }
+                }
+            }
             c.rpc.tls.apply(o, "tls_versions")?;
             let mut fallback = false;
             o.set("insecure_fallback", &mut fallback, |f| {
-                f.only(
+                f.fixed(
                     Field::bool,
                     false,
-                    "false: a node never falls back to clear text",
+                    "only false: a node with rpc.driver = ssl never falls back to clear text",
                 )
             })?;
             if let (Some(f), RpcDriver::Ssl) = (&driver, c.rpc.driver) {
@@ -1494,9 +1504,27 @@ impl<'a> Field<'a> {
     ) -> Result<T> {
         let v = conv(self)?;
         if v == works {
+            return Ok(v);
+        }
+        Err(self.invalid(match shown.split_once(": ") {
+            Some((value, why)) => format!("not supported yet (only {value} works today: {why})"),
+            None => format!("not supported yet (only {shown} works today)"),
+        }))
+    }
+
+    /// A key whose one value is `works` for good, with `why` the others
+    /// are refused.
+    fn fixed<T: PartialEq>(
+        &self,
+        conv: impl FnOnce(&Field<'a>) -> Result<T>,
+        works: T,
+        why: &str,
+    ) -> Result<T> {
+        let v = conv(self)?;
+        if v == works {
             Ok(v)
         } else {
-            Err(self.invalid(format!("not supported yet (only {shown} works today)")))
+            Err(self.invalid(why))
         }
     }
 
@@ -1888,7 +1916,16 @@ impl ClusterConfig {
         if let Some(f) = &proto {
             self.proto_dist = f.keyword(ProtoDist::from_keyword, ProtoDist::ALL)?;
         }
-        o.section("ssl_options", |t| self.ssl_options.apply(t, "versions"))?;
+        if let Some(f) = o.take("ssl_options") {
+            if self.proto_dist != ProtoDist::InetTls {
+                return Err(f.invalid(
+                    "set, but cluster.proto_dist is not inet_tls: set cluster.proto_dist = inet_tls to use it, or remove it",
+                ));
+            }
+            let mut t = f.fields()?;
+            self.ssl_options.apply(&mut t, "versions")?;
+            t.finish()?;
+        }
         if let (Some(f), ProtoDist::InetTls) = (&proto, self.proto_dist) {
             self.ssl_options.require(
                 "cluster.ssl_options",
@@ -2017,7 +2054,11 @@ impl Listener {
         })?;
         s.set("proxy_protocol", &mut self.proxy_protocol, |f| {
             if kind == ListenerKind::Quic {
-                f.only(Field::bool, false, "false: QUIC carries no PROXY header")
+                f.fixed(
+                    Field::bool,
+                    false,
+                    "only false: QUIC carries no PROXY header",
+                )
             } else {
                 f.bool()
             }
@@ -2025,7 +2066,17 @@ impl Listener {
         s.set(
             "proxy_protocol_timeout",
             &mut self.proxy_protocol_timeout,
-            Field::duration,
+            |f| {
+                if kind == ListenerKind::Quic {
+                    f.fixed(
+                        Field::duration,
+                        Duration::from_secs(3),
+                        "QUIC carries no PROXY header: remove the key",
+                    )
+                } else {
+                    f.duration()
+                }
+            },
         )?;
         s.set("enable_authn", &mut self.enable_authn, Field::bool)?;
         if kind.tls() {

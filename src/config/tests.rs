@@ -236,15 +236,6 @@ fn shipped_emqx_conf_commented_defaults_are_the_defaults() {
     ssl.keyfile = Some(certs.join("key.pem"));
     ssl.server_name_indication = Some("etcd.example.com".into());
     expected.log.file.path = Some(PathBuf::from("data/log/emqx.log"));
-    for (map, port) in [
-        (&mut expected.listeners.ssl, 8883),
-        (&mut expected.listeners.ws, 8083),
-        (&mut expected.listeners.wss, 8084),
-    ] {
-        let mut l = Listener::new(port);
-        l.enable = false;
-        map.insert("default".into(), l);
-    }
     expected.node.dist_listen_port = Some(4370);
     expected.node.forward_listen_port = Some(5370);
     assert_eq!(c, expected);

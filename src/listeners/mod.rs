@@ -63,11 +63,16 @@ impl Spec {
     /// Builds what a listener needs, reading its certificate files.
     pub fn new(cfg: &Config, kind: ListenerKind, name: &str, l: &Listener) -> Result<Spec, String> {
         let tls = if kind.tls() {
-            Some(Tls::new(
-                format!("listeners.{kind}.{name}.ssl_options"),
+            let key = format!("listeners.{kind}.{name}.ssl_options");
+            let t = Tls::new(
+                key.clone(),
                 l.ssl_options.clone(),
                 kind == ListenerKind::Quic,
-            )?)
+            )?;
+            if kind == ListenerKind::Quic {
+                quic::check(&key, &t)?;
+            }
+            Some(t)
         } else {
             None
         };
@@ -197,10 +202,13 @@ impl Listeners {
 pub fn check(cfg: &Config) -> Result<(), String> {
     for (kind, name, l) in cfg.listeners.all() {
         if l.enable && kind.tls() {
-            tls::check(
-                &format!("listeners.{kind}.{name}.ssl_options"),
-                &l.ssl_options,
-            )?;
+            let key = format!("listeners.{kind}.{name}.ssl_options");
+            if kind == ListenerKind::Quic {
+                let t = Tls::new(key.clone(), l.ssl_options.clone(), true)?;
+                quic::check(&key, &t)?;
+            } else {
+                tls::check(&key, &l.ssl_options)?;
+            }
         }
     }
     Ok(())
@@ -307,13 +315,27 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             handle(stream, peer, &s, c).await;
             s.open.fetch_sub(1, Ordering::Relaxed);
         });
-        // Over max_conn_rate: the next connections wait in the backlog.
+        // Over max_conn_rate: the next connections wait in the backlog
+        // (a stop or an autoheal restart does not wait for the token).
         if let Some(b) = bucket.as_mut() {
-            let wait = b.take();
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            rate_wait(b.take(), &mut node_open, &mut wanted).await;
         }
+    }
+}
+
+/// Sleeps `wait`, or less if the listener is to close meanwhile.
+async fn rate_wait(
+    wait: Duration,
+    node_open: &mut watch::Receiver<bool>,
+    wanted: &mut watch::Receiver<bool>,
+) {
+    if wait.is_zero() {
+        return;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = node_open.changed() => {}
+        _ = wanted.changed() => {}
     }
 }
 

@@ -25,6 +25,10 @@ const MAX_V1: usize = 107;
 /// PP2_TYPE_SSL and its PP2_SUBTYPE_SSL_CN.
 const PP2_TYPE_SSL: u8 = 0x20;
 const PP2_SUBTYPE_SSL_CN: u8 = 0x22;
+/// The `client` bits of PP2_TYPE_SSL: TLS, and a certificate presented on
+/// this connection or its session.
+const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT: u8 = 0x02 | 0x04;
 
 /// What a PROXY header said.
 #[derive(Debug, Default, PartialEq)]
@@ -156,6 +160,13 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(usize, ProxyInfo)>, ProxyError> {
 /// The CN sub-TLV of a PP2_TYPE_SSL value: `client` (1 byte), `verify`
 /// (4 bytes), then sub-TLVs of type (1), length (2, big-endian), value.
 fn ssl_common_name(value: &[u8]) -> Option<String> {
+    // Only from a client that connected over TLS with a certificate
+    // (PP2_CLIENT_SSL and PP2_CLIENT_CERT_CONN or _SESS) which the
+    // balancer verified (`verify` 0).
+    let (&client, verify) = (value.first()?, value.get(1..5)?);
+    if client & PP2_CLIENT_SSL == 0 || client & PP2_CLIENT_CERT == 0 || verify != [0, 0, 0, 0] {
+        return None;
+    }
     let mut rest = value.get(5..)?;
     while rest.len() >= 3 {
         let kind = rest[0];
@@ -261,7 +272,12 @@ mod tests {
     /// A v2 header: signature, PROXY over TCP/IPv4, 12 address bytes and a
     /// PP2_TYPE_SSL TLV with a CN sub-TLV, built by hand per the spec.
     fn v2_header(cn: &[u8]) -> Vec<u8> {
-        let mut ssl = vec![0x01, 0, 0, 0, 0];
+        v2_header_with(cn, 0x03, 0)
+    }
+
+    fn v2_header_with(cn: &[u8], client: u8, verify: u32) -> Vec<u8> {
+        let mut ssl = vec![client];
+        ssl.extend_from_slice(&verify.to_be_bytes());
         ssl.push(PP2_SUBTYPE_SSL_CN);
         ssl.extend_from_slice(&(cn.len() as u16).to_be_bytes());
         ssl.extend_from_slice(cn);
@@ -314,10 +330,20 @@ mod tests {
         assert!(read(&long).await.is_err());
     }
 
+    #[tokio::test]
+    async fn a_cn_counts_only_from_a_verified_client_certificate() {
+        for (client, verify) in [(0x01, 0), (0x03, 1), (0x00, 0)] {
+            let (info, _) = read(&v2_header_with(b"dev", client, verify)).await.unwrap();
+            assert_eq!(info.ssl_cn, None, "client {client:#x} verify {verify}");
+        }
+        let (info, _) = read(&v2_header_with(b"dev", 0x05, 0)).await.unwrap();
+        assert_eq!(info.ssl_cn.as_deref(), Some("dev"));
+    }
+
     #[test]
     fn a_truncated_ssl_tlv_gives_no_cn() {
         assert_eq!(
-            ssl_common_name(&[1, 0, 0, 0, 0, PP2_SUBTYPE_SSL_CN, 0, 9, b'a']),
+            ssl_common_name(&[3, 0, 0, 0, 0, PP2_SUBTYPE_SSL_CN, 0, 9, b'a']),
             None
         );
         assert_eq!(ssl_common_name(&[1, 0]), None);

@@ -33,6 +33,14 @@ fn server_config(tls: &Tls) -> io::Result<quinn::ServerConfig> {
     Ok(cfg)
 }
 
+/// Whether the TLS settings make a QUIC configuration (TLS 1.3 with its
+/// initial suite, TLS_AES_128_GCM_SHA256, among the ciphers).
+pub fn check(key: &str, tls: &Tls) -> Result<(), String> {
+    server_config(tls).map(|_| ()).map_err(|e| {
+        format!("{key}.ciphers: not usable for QUIC ({e}; QUIC needs TLS_AES_128_GCM_SHA256)")
+    })
+}
+
 /// Binds the UDP socket of a QUIC listener.
 pub fn endpoint(bind: SocketAddr, tls: &Tls) -> io::Result<Endpoint> {
     Endpoint::server(server_config(tls)?, bind)
@@ -92,10 +100,7 @@ pub async fn accept_loop(endpoint: Endpoint, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             s.open.fetch_sub(1, Ordering::Relaxed);
         });
         if let Some(b) = bucket.as_mut() {
-            let wait = b.take();
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            super::rate_wait(b.take(), &mut node_open, &mut wanted).await;
         }
     }
 }

@@ -40,6 +40,10 @@ impl Tls {
     pub fn new(key: String, opts: SslOptions, quic: bool) -> Result<Arc<Tls>, String> {
         let mut opts = opts;
         if quic {
+            // QUIC is TLS 1.3 only.
+            if !opts.versions.contains(&TlsVersion::Tls13) {
+                return Err(format!("{key}.versions: QUIC needs tlsv1.3"));
+            }
             opts.versions = vec![TlsVersion::Tls13];
         }
         let cfg = build(&key, &opts, quic)?;

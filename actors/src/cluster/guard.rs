@@ -159,6 +159,10 @@ pub async fn accept_loop(
         let g = gate.clone();
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
+            // Already closed (a failed TLS handshake, logged there).
+            if g.expired.load(Ordering::Acquire) {
+                return;
+            }
             if !g.authenticated.load(Ordering::Acquire) {
                 PENDING.lock().remove(&peer.to_string());
                 tracing::warn!(%peer, "closing inter-node connection: no cookie handshake within {timeout:?}");
@@ -196,10 +200,12 @@ pub async fn accept_loop(
                 }
                 Ok(Err(e)) => {
                     PENDING.lock().remove(&peer.to_string());
+                    gate.expired.store(true, Ordering::Release);
                     tracing::warn!(%peer, "inter-node connection refused: TLS handshake failed: {e} ({TLS_HINT})");
                 }
                 Err(_) => {
                     PENDING.lock().remove(&peer.to_string());
+                    gate.expired.store(true, Ordering::Release);
                     tracing::warn!(%peer, "inter-node connection refused: no TLS handshake within {timeout:?} (a peer with cluster.proto_dist = inet_tcp?)");
                 }
             }
