@@ -141,35 +141,49 @@ fn quic_clients_publish_and_subscribe_beside_tcp_clients() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");
-    std::thread::sleep(Duration::from_millis(500));
+    let (subscribed, list) = common::cluster::poll_ctl(
+        &n,
+        &["subscriptions", "list"],
+        Duration::from_secs(20),
+        |o| o.contains("topic:q/from-quic"),
+    );
+    assert!(subscribed, "mosquitto_sub did not subscribe: {list}");
 
-    // The QUIC subscriber gets what a TCP client publishes.
-    let tcp_port = n.mqtt_port;
-    let publisher = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(2));
-        for i in 0..3 {
-            let st = Command::new("mosquitto_pub")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &tcp_port.to_string(),
-                    "-t",
-                    "q/from-tcp",
-                    "-q",
-                    "1",
-                    "-m",
-                    &format!("tcp-{i}"),
-                ])
-                .status()
-                .expect("mosquitto_pub");
-            assert!(st.success());
-        }
+    // The QUIC subscriber gets what a TCP client publishes, once its
+    // subscription is in.
+    let out = std::thread::scope(|sc| {
+        let node = &n;
+        sc.spawn(move || {
+            let (subscribed, list) = common::cluster::poll_ctl(
+                node,
+                &["subscriptions", "list"],
+                Duration::from_secs(40),
+                |o| o.contains("quic-1 -> topic:q/#"),
+            );
+            assert!(subscribed, "no QUIC subscription: {list}");
+            for i in 0..3 {
+                let st = Command::new("mosquitto_pub")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &node.mqtt_port.to_string(),
+                        "-t",
+                        "q/from-tcp",
+                        "-q",
+                        "1",
+                        "-m",
+                        &format!("tcp-{i}"),
+                    ])
+                    .status()
+                    .expect("mosquitto_pub");
+                assert!(st.success());
+            }
+        });
+        quic_client(serde_json::json!({
+            "port": port, "alpn": "mqtt", "ca": ca, "cid": "quic-1", "sub": true, "want": 4, "timeout": 45,
+        }))
     });
-    let out = quic_client(serde_json::json!({
-        "port": port, "alpn": "mqtt", "ca": ca, "cid": "quic-1", "sub": true, "want": 4,
-    }));
-    publisher.join().expect("publisher");
     assert!(out.contains("CONNACK 0000"), "{out}\n{}", n.log());
     assert!(out.contains("SUBACK 000101"), "{out}");
     // Its own publish comes back (it subscribed to q/#), then the three from TCP.

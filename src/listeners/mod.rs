@@ -7,138 +7,26 @@
 
 pub mod proxy;
 pub mod quic;
+pub mod spec;
 pub mod tls;
 pub mod ws;
 
-use crate::config::{Config, Listener, ListenerKind, PeerCertAs, Rate};
+use crate::config::{Config, ListenerKind, PeerCertAs};
 use bytes::Bytes;
 use emqx_actors::conn::{self, Accepted};
 use emqx_actors::Ctx;
 use proxy::Prefixed;
+use spec::{handle_limits, rate_wait, Bucket};
+pub use spec::{Spec, State};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tls::Tls;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{timeout, Instant};
-
-/// One listener, as its connections need it.
-pub struct Spec {
-    /// EMQX's listener id, `<type>:<name>` (`ssl:default`).
-    pub id: String,
-    pub kind: ListenerKind,
-    pub bind: SocketAddr,
-    pub acceptors: u32,
-    pub max_connections: Option<u64>,
-    max_conn_rate: Option<Rate>,
-    mountpoint: Option<Arc<str>>,
-    /// `proxy_protocol_timeout` when `proxy_protocol = true`.
-    proxy: Option<Duration>,
-    tls: Option<Arc<Tls>>,
-    ws: Option<crate::config::WsOptions>,
-    cert_as_username: PeerCertAs,
-    cert_as_clientid: PeerCertAs,
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// Whether the operator wants it open (`ctl listeners stop|start`).
-    wanted: watch::Sender<bool>,
-    /// Whether its socket is bound now, or why it could not be.
-    state: watch::Sender<State>,
-}
-
-/// What a listener's accept loop is doing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum State {
-    Running,
-    Stopped,
-    /// The socket could not be bound again (the port is taken).
-    Failed(String),
-}
-
-impl Spec {
-    /// Builds what a listener needs, reading its certificate files.
-    pub fn new(cfg: &Config, kind: ListenerKind, name: &str, l: &Listener) -> Result<Spec, String> {
-        let tls = if kind.tls() {
-            let key = format!("listeners.{kind}.{name}.ssl_options");
-            let t = Tls::new(
-                key.clone(),
-                l.ssl_options.clone(),
-                kind == ListenerKind::Quic,
-            )?;
-            if kind == ListenerKind::Quic {
-                quic::check(&key, &t)?;
-            }
-            Some(t)
-        } else {
-            None
-        };
-        Ok(Spec {
-            id: format!("{kind}:{name}"),
-            kind,
-            bind: l.bind,
-            acceptors: l.acceptors,
-            max_connections: l.max_connections,
-            max_conn_rate: l.max_conn_rate,
-            mountpoint: Some(l.mountpoint.as_str())
-                .filter(|m| !m.is_empty())
-                .map(Arc::from),
-            proxy: l.proxy_protocol.then_some(l.proxy_protocol_timeout),
-            tls,
-            ws: kind.websocket().then(|| l.websocket.clone()),
-            cert_as_username: cfg.mqtt.peer_cert_as_username,
-            cert_as_clientid: cfg.mqtt.peer_cert_as_clientid,
-            open: AtomicU64::new(0),
-            wanted: watch::channel(true).0,
-            state: watch::channel(State::Stopped).0,
-        })
-    }
-
-    /// What `mqtt.peer_cert_as_*` takes from the client's certificate.
-    fn cert_identity(&self, acc: &mut Accepted, cert: &rustls::pki_types::CertificateDer<'_>) {
-        if self.cert_as_username != PeerCertAs::Disabled {
-            acc.cert_username = tls::peer_cert_field(self.cert_as_username, cert);
-        }
-        if self.cert_as_clientid != PeerCertAs::Disabled {
-            acc.cert_client_id = tls::peer_cert_field(self.cert_as_clientid, cert);
-        }
-    }
-
-    pub fn proxy_protocol(&self) -> bool {
-        self.proxy.is_some()
-    }
-
-    pub fn state(&self) -> State {
-        self.state.borrow().clone()
-    }
-
-    /// Opens (`true`) or closes the listening socket, and waits (up to
-    /// 5 s) for the accept loop to say how it went. Open connections are
-    /// not touched.
-    pub async fn set_wanted(&self, open: bool) -> State {
-        let done =
-            |s: &State| matches!((s, open), (State::Running, true) | (State::Stopped, false));
-        let mut state = self.state.subscribe();
-        state.mark_unchanged();
-        self.wanted.send_replace(open);
-        if done(&state.borrow()) {
-            return self.state();
-        }
-        // The accept loop's next report (a bind that fails is retried and
-        // reported again).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Ok(Ok(())) = tokio::time::timeout_at(deadline, state.changed()).await {
-            let s = state.borrow_and_update().clone();
-            if done(&s) || matches!(s, State::Failed(_)) {
-                return s;
-            }
-        }
-        self.state()
-    }
-}
+use tokio::time::timeout;
 
 /// Every configured listener of the node, enabled ones running.
 pub struct Listeners {
@@ -152,7 +40,11 @@ impl Listeners {
         let mut all = Vec::new();
         for (kind, name, l) in cfg.listeners.all() {
             if l.enable {
-                all.push(Arc::new(Spec::new(cfg, kind, name, l)?));
+                let spec = Spec::new(cfg, kind, name, l)?;
+                if let (ListenerKind::Quic, Some(t)) = (kind, &spec.tls) {
+                    quic::check(&format!("listeners.{kind}.{name}.ssl_options"), t)?;
+                }
+                all.push(Arc::new(spec));
             }
         }
         Ok(Listeners { all })
@@ -212,40 +104,6 @@ pub fn check(cfg: &Config) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `max_conn_rate` as a token bucket: up to `count` connections at once,
-/// refilled at `count` per `per`.
-pub(crate) struct Bucket {
-    rate: Rate,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    pub(crate) fn new(rate: Rate) -> Bucket {
-        Bucket {
-            rate,
-            tokens: rate.count as f64,
-            at: Instant::now(),
-        }
-    }
-
-    /// How long to wait before the next connection may be accepted; takes
-    /// its token.
-    pub(crate) fn take(&mut self) -> Duration {
-        let per_token = self.rate.per.as_secs_f64() / self.rate.count as f64;
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() / per_token;
-        self.tokens = (self.tokens + refill).min(self.rate.count as f64);
-        self.at = now;
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens * per_token)
-        }
-    }
 }
 
 /// Accepts connections on one listener. The socket is open while both the
@@ -320,33 +178,6 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
         if let Some(b) = bucket.as_mut() {
             rate_wait(b.take(), &mut node_open, &mut wanted).await;
         }
-    }
-}
-
-/// Sleeps `wait`, or less if the listener is to close meanwhile.
-async fn rate_wait(
-    wait: Duration,
-    node_open: &mut watch::Receiver<bool>,
-    wanted: &mut watch::Receiver<bool>,
-) {
-    if wait.is_zero() {
-        return;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => {}
-        _ = node_open.changed() => {}
-        _ = wanted.changed() => {}
-    }
-}
-
-/// Whether `max_connections` leaves room for one more connection.
-fn handle_limits(spec: &Spec, peer: SocketAddr) -> bool {
-    match spec.max_connections {
-        Some(max) if spec.open.load(Ordering::Relaxed) >= max => {
-            tracing::info!(%peer, "listener {}: max_connections ({max}) reached, closing", spec.id);
-            false
-        }
-        _ => true,
     }
 }
 

@@ -3,7 +3,7 @@
 //! default single-stream mode), served by the same connection code as
 //! every other transport. QUIC itself is quinn's.
 
-use super::{handle_limits, Bucket, Spec, State};
+use super::spec::{handle_limits, rate_wait, Bucket, Spec, State};
 use crate::listeners::tls::Tls;
 use emqx_actors::conn::{self, Accepted};
 use emqx_actors::Ctx;
@@ -100,7 +100,7 @@ pub async fn accept_loop(endpoint: Endpoint, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             s.open.fetch_sub(1, Ordering::Relaxed);
         });
         if let Some(b) = bucket.as_mut() {
-            super::rate_wait(b.take(), &mut node_open, &mut wanted).await;
+            rate_wait(b.take(), &mut node_open, &mut wanted).await;
         }
     }
 }
