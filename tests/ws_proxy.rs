@@ -148,7 +148,7 @@ def ws_open(uri, protos=('mqtt',), **kw):
     if 'proxy' in inspect.signature(ws_connect).parameters:
         kw['proxy'] = None  # websockets 15 would honour $https_proxy and friends
     return ws_connect(uri, subprotocols=list(protos) if protos is not None else None,
-                      open_timeout=5, compression=None, **kw)
+                      open_timeout=15, compression=None, **kw)
 
 def pattern(n):
     return bytes(i % 251 for i in range(n))
