@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Markdown table of medians and ratios from benches/run.sh's results.jsonl.
+"""Markdown tables of medians and ratios from benches/run.sh's results.jsonl.
 
     report.py results.jsonl
 
 Every metric is computed per run, then the median over the runs of one
 broker is taken; the ratios divide emqx-rs's median by the other broker's.
+When a scenario ran over TLS or WebSocket as well as TCP (a and a_tls, ...),
+a second table sets each transport beside TCP for every broker.
 """
 import json
 import statistics
@@ -45,15 +47,30 @@ def rss_mb(r):
     return r["rss_kb"] / 1024 if r.get("rss_kb") else None
 
 
+def cpu(r, delivered):
+    """The broker's CPU time per delivered message (microseconds) and its
+    average CPU use (cores) from just before publishing to the end of the
+    drain."""
+    c, wall = r.get("cpu_s"), r.get("cpu_wall_s")
+    if c is None:
+        return {}
+    return {
+        "broker CPU us per delivered msg": c * 1e6 / delivered if delivered else None,
+        "broker CPU cores": c / wall if wall else None,
+    }
+
+
 def m_a(r):
     d = {"offered msg/s": g(r, "pub", "sent_rate"), "delivered msg/s": g(r, "sub", "recv_rate")}
     d.update(pubsub_common(r))
+    d.update(cpu(r, g(r, "sub", "received")))
     return d
 
 
 def m_a1(r):
     d = {"acked msg/s": g(r, "pub", "sent_rate"), "delivered msg/s": g(r, "sub", "recv_rate")}
     d.update(pubsub_common(r))
+    d.update(cpu(r, g(r, "sub", "received")))
     return d
 
 
@@ -62,13 +79,14 @@ def m_b(r):
     d = {"offered deliveries/s": sr * r.get("fanout", 1) if sr is not None else None,
          "delivered msg/s": g(r, "sub", "recv_rate")}
     d.update(pubsub_common(r))
+    d.update(cpu(r, g(r, "sub", "received")))
     return d
 
 
 def m_c(r):
     acked = g(r, "pub", "acked")
     recv = g(r, "sub", "received")
-    return {
+    d = {
         "published msg/s": g(r, "pub", "sent_rate"),
         "delivered msg/s": g(r, "sub", "recv_rate"),
         "delivered % of acked": pct(recv, acked),
@@ -77,10 +95,12 @@ def m_c(r):
         "latency p99 ms": g(r, "sub", "latency_ms", "p99"),
         "broker RSS at end MB": rss_mb(r),
     }
+    d.update(cpu(r, recv))
+    return d
 
 
 def m_lat(r):
-    return {
+    d = {
         "delivered msg/s": g(r, "sub", "recv_rate"),
         "delivered %": pct(g(r, "sub", "received"), g(r, "pub", "sent")),
         "latency p50 ms": g(r, "sub", "latency_ms", "p50"),
@@ -88,6 +108,8 @@ def m_lat(r):
         "latency p99 ms": g(r, "sub", "latency_ms", "p99"),
         "latency max ms": g(r, "sub", "latency_ms", "max"),
     }
+    d.update(cpu(r, g(r, "sub", "received")))
+    return d
 
 
 def m_d(r):
@@ -99,11 +121,13 @@ def m_d(r):
     grow = (r.get("rss_after_kb") or 0) - (r.get("rss_before_kb") or 0)
     p99 = [g(c, "connect_latency_ms", "p99") for c in cs]
     p99 = [x for x in p99 if x is not None]
+    c = r.get("cpu_s")
     return {
         "connected": conn,
         "errors": sum(c.get("errors", 0) for c in cs),
         "connect/s": conn / max(windows) if windows else None,
         "connect p99 ms": max(p99) if p99 else None,
+        "broker CPU ms per connection": c * 1e3 / conn if c is not None and conn else None,
         "RSS before MB": (r.get("rss_before_kb") or 0) / 1024,
         "RSS KB per connection": grow / conn if conn else None,
     }
@@ -131,7 +155,7 @@ def m_e(r):
     }
 
 
-SCEN = [
+BASE = [
     ("a", "(a) 100 pairs, QoS 0, 64 B, 100k msg/s offered", m_a),
     ("a1", "(a1) 100 pairs, QoS 1, 64 B, closed loop (window 100)", m_a1),
     ("b", "(b) fan-out 2,000 msg/s to 500 subscribers", m_b),
@@ -139,6 +163,34 @@ SCEN = [
     ("d", "(d) idle connections", m_d),
     ("e", "(e) wildcard subscriptions", m_e),
     ("lat", "(lat) latency, 100 pairs at 10k msg/s QoS 0", m_lat),
+]
+TRANSPORTS = [("tcp", ""), ("tls", " over TLS"), ("ws", " over WebSocket"),
+              ("wss", " over WebSocket over TLS")]
+# Every scenario run.sh can produce: the base ones, then each over the
+# other transports (a_tls, ...).
+SCEN = [(key if tr == "tcp" else f"{key}_{tr}", title + suffix, fn, key, tr)
+        for tr, suffix in TRANSPORTS for key, title, fn in BASE]
+
+# Rows of the transport table: (base scenario, metric, how it compares
+# with TCP: "ratio" or "diff").
+TRANSPORT_ROWS = [
+    ("a", "delivered msg/s", "ratio"),
+    ("a", "delivered %", "ratio"),
+    ("a", "latency p99 ms", "ratio"),
+    ("a", "broker CPU us per delivered msg", "ratio"),
+    ("a1", "delivered msg/s", "ratio"),
+    ("a1", "broker CPU us per delivered msg", "ratio"),
+    ("b", "delivered msg/s", "ratio"),
+    ("b", "broker CPU us per delivered msg", "ratio"),
+    ("c", "delivered msg/s", "ratio"),
+    ("c", "broker CPU us per delivered msg", "ratio"),
+    ("lat", "delivered msg/s", "ratio"),
+    ("lat", "latency p50 ms", "ratio"),
+    ("lat", "latency p99 ms", "ratio"),
+    ("lat", "broker CPU us per delivered msg", "ratio"),
+    ("d", "connect/s", "ratio"),
+    ("d", "broker CPU ms per connection", "ratio"),
+    ("d", "RSS KB per connection", "diff"),
 ]
 
 
@@ -160,32 +212,80 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def diff(a, b):
+    if a is None or b is None:
+        return "-"
+    return f"{a - b:+.1f}"
+
+
+def medians(by, key, fn):
+    """{broker: {metric: median}} and {broker: number of runs}."""
+    runs = {b: [fn(r) for r in by.get((key, b), [])] for b in BROKERS}
+    metrics = []
+    for b in BROKERS:
+        for m in runs[b]:
+            for k in m:
+                if k not in metrics:
+                    metrics.append(k)
+    med = {}
+    for b in BROKERS:
+        med[b] = {}
+        for k in metrics:
+            vals = [m[k] for m in runs[b] if m.get(k) is not None]
+            med[b][k] = statistics.median(vals) if vals else None
+    return metrics, med, {b: len(runs[b]) for b in BROKERS}
+
+
 def main():
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     by = defaultdict(list)
     for r in rows:
         by[(r["scenario"], r["broker"])].append(r)
-    print("| scenario / metric | emqx-rs | mosquitto | rumqttd | emqx-rs / mosquitto | emqx-rs / rumqttd |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for key, title, fn in SCEN:
+    # Columns for the brokers that ran (all three unless BROKERS said
+    # otherwise), then emqx-rs's ratio to each other one.
+    present = [b for b in BROKERS if any(k[1] == b for k in by)] or BROKERS
+    peers = [b for b in present if b != "emqx-rs"]
+    print("| scenario / metric | " + " | ".join(present + [f"emqx-rs / {b}" for b in peers]) + " |")
+    print("|---|" + "---:|" * (len(present) + len(peers)))
+    meds = {}
+    for key, title, fn, base, tr in SCEN:
         if not any((key, b) in by for b in BROKERS):
             continue
-        runs = {b: [fn(r) for r in by.get((key, b), [])] for b in BROKERS}
-        n = {b: len(runs[b]) for b in BROKERS}
-        print(f"| **{title}** (runs: {', '.join(str(n[b]) for b in BROKERS)}) | | | | | |")
-        metrics = []
-        for b in BROKERS:
-            for m in runs[b]:
-                for k in m:
-                    if k not in metrics:
-                        metrics.append(k)
+        metrics, med, n = medians(by, key, fn)
+        meds[(base, tr)] = med
+        print(f"| **{title}** (runs: {', '.join(str(n[b]) for b in present)}) |"
+              + " |" * (len(present) + len(peers)))
         for k in metrics:
-            med = {}
-            for b in BROKERS:
-                vals = [m[k] for m in runs[b] if m.get(k) is not None]
-                med[b] = statistics.median(vals) if vals else None
-            print(f"| {k} | {fmt(med['emqx-rs'])} | {fmt(med['mosquitto'])} | {fmt(med['rumqttd'])} "
-                  f"| {ratio(med['emqx-rs'], med['mosquitto'])} | {ratio(med['emqx-rs'], med['rumqttd'])} |")
+            vals = [fmt(med[b][k]) for b in present]
+            ratios = [ratio(med["emqx-rs"][k], med[b][k]) for b in peers]
+            print(f"| {k} | " + " | ".join(vals + ratios) + " |")
+
+    # Each transport beside TCP, per broker (same run, medians).
+    others = [tr for tr, _ in TRANSPORTS[1:] if any(t == tr and (b, "tcp") in meds
+                                                  for b, t in meds)]
+    if not others:
+        return
+    shown = [b for b in BROKERS if any(med.get(b) and any(v is not None for v in med[b].values())
+                                       for (base, tr), med in meds.items() if tr != "tcp")]
+    print()
+    print("Each transport against TCP, per broker (medians of the same run; \"vs tcp\" is "
+          "the ratio, or for RSS KB per connection the difference in KB):")
+    print()
+    print("| scenario / metric | transport | " + " | ".join(f"{b} | vs tcp" for b in shown) + " |")
+    print("|---|---|" + "---:|---:|" * len(shown))
+    for base, metric, how in TRANSPORT_ROWS:
+        if (base, "tcp") not in meds:
+            continue
+        for tr in ["tcp"] + others:
+            if (base, tr) not in meds:
+                continue
+            cells = []
+            for b in shown:
+                v = meds[(base, tr)].get(b, {}).get(metric)
+                t = meds[(base, "tcp")].get(b, {}).get(metric)
+                cmp = "" if tr == "tcp" else (diff(v, t) if how == "diff" else ratio(v, t))
+                cells.append(f"{fmt(v)} | {cmp}")
+            print(f"| ({base}) {metric} | {tr} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! A small async MQTT client on top of the project's codec, made for load
-//! generation: one TCP connection, a read and a write buffer, and the QoS
-//! 1/2 state machines of both directions.
+//! generation: one connection (TCP, TLS, WebSocket or WebSocket over TLS,
+//! see [`super::transport`]), a read and a write buffer, and the QoS 1/2
+//! state machines of both directions.
 //!
 //! The owner drives it from its own `select!` loop: [`Client::io`] makes one
 //! step of I/O progress (a read, decoded and answered, or a write) and is
@@ -8,20 +9,26 @@
 //! collected in [`Client::received`]; completed and refused publishes are
 //! counted in [`Client::completed`] and [`Client::refused`].
 
+use super::transport::{Connector, Stream};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use emqx_mqtt::codec::{self, DecodeError};
 use emqx_mqtt::packet::*;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 
 /// Largest packet accepted from the broker.
 const MAX_PACKET: usize = 268_435_460;
-/// Bytes reserved in the read buffer before each read.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes reserved in the read buffer before a read, at first: an idle
+/// client (10,000 of them in one process) keeps its buffers small.
+const READ_CHUNK_MIN: usize = 2048;
+/// ... and at most, once reads keep filling what was reserved.
+const READ_CHUNK_MAX: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -86,10 +93,16 @@ pub struct ConnectOpts {
 }
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     version: ProtocolVersion,
     rbuf: BytesMut,
+    /// What to reserve before a read: doubles (up to [`READ_CHUNK_MAX`])
+    /// whenever a read fills all the room it had.
+    read_chunk: usize,
     wbuf: BytesMut,
+    /// Bytes were written since the last flush: TLS and WebSocket keep
+    /// what they could not write yet until the stream is flushed.
+    unflushed: bool,
     /// When bytes were last written (for keep alive).
     last_write: Instant,
     /// Outgoing QoS 1/2 publishes by packet id.
@@ -110,42 +123,44 @@ pub struct Client {
 }
 
 impl Client {
-    /// Opens a TCP connection (from `local` if given), sends CONNECT and
-    /// waits for a successful CONNACK. `inflight` is the publisher's window;
-    /// a v5 broker's Receive Maximum lowers it.
+    /// Opens a connection (from `local` if given) through `connector`
+    /// (TCP, TLS handshake, WebSocket upgrade), sends CONNECT and waits
+    /// for a successful CONNACK. `inflight` is the publisher's window; a
+    /// v5 broker's Receive Maximum lowers it.
     pub async fn connect(
+        connector: &Connector,
         addr: SocketAddr,
         local: Option<IpAddr>,
         opts: &ConnectOpts,
         inflight: usize,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        tokio::time::timeout(timeout, Self::connect_inner(addr, local, opts, inflight))
-            .await
-            .map_err(|_| ClientError::Timeout("CONNACK"))?
+        tokio::time::timeout(
+            timeout,
+            Self::connect_inner(connector, addr, local, opts, inflight),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("CONNACK"))?
     }
 
     async fn connect_inner(
+        connector: &Connector,
         addr: SocketAddr,
         local: Option<IpAddr>,
         opts: &ConnectOpts,
         inflight: usize,
     ) -> Result<Client, ClientError> {
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = local {
-            sock.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = sock.connect(addr).await?;
-        stream.set_nodelay(true)?;
+        // Boxed: the TLS and WebSocket handshakes take about 10 KB of
+        // future state, which would otherwise stay in every client's task
+        // for its whole life.
+        let stream = Box::pin(connector.connect(addr, local)).await?;
         let mut c = Client {
             stream,
             version: opts.version,
-            rbuf: BytesMut::with_capacity(READ_CHUNK),
-            wbuf: BytesMut::with_capacity(4096),
+            rbuf: BytesMut::with_capacity(READ_CHUNK_MIN),
+            read_chunk: READ_CHUNK_MIN,
+            wbuf: BytesMut::with_capacity(256),
+            unflushed: false,
             last_write: Instant::now(),
             inflight: HashMap::new(),
             window: inflight.clamp(1, 65535),
@@ -173,7 +188,7 @@ impl Client {
             if let Some(p) = codec::decode(&mut c.rbuf, Some(c.version), MAX_PACKET)? {
                 break p;
             }
-            c.rbuf.reserve(READ_CHUNK);
+            c.rbuf.reserve(READ_CHUNK_MIN);
             if c.stream.read_buf(&mut c.rbuf).await? == 0 {
                 return Err(ClientError::Closed(None));
             }
@@ -214,12 +229,17 @@ impl Client {
         qos == QoS::AtMostOnce || self.inflight.len() < self.window
     }
 
-    /// Writes the whole write buffer.
+    /// Writes the whole write buffer and flushes the stream.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
             self.wbuf.clear();
             self.last_write = Instant::now();
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            self.stream.flush().await?;
+            self.unflushed = false;
         }
         Ok(())
     }
@@ -322,28 +342,47 @@ impl Client {
 
     /// One step of I/O: either reads what is available and handles every
     /// complete packet (answering acknowledgements), or writes part of the
-    /// write buffer. Cancel safe: nothing is lost if the future is dropped.
+    /// write buffer, or flushes what was written. Cancel safe: nothing is
+    /// lost if the future is dropped.
     pub async fn io(&mut self) -> Result<(), ClientError> {
         enum Step {
             Read(std::io::Result<usize>),
             Wrote(std::io::Result<usize>),
+            FlushFailed(std::io::Error),
         }
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 4 {
+            self.rbuf.reserve(self.read_chunk);
         }
-        let step = {
-            let (mut rd, mut wr) = self.stream.split();
-            let wbuf = &self.wbuf;
-            let rbuf = &mut self.rbuf;
-            tokio::select! {
-                r = rd.read_buf(rbuf) => Step::Read(r),
-                r = wr.write(wbuf), if !wbuf.is_empty() => Step::Wrote(r),
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        // Read and write readiness are polled together; each attempt is a
+        // fresh future polled once, so dropping this one loses nothing. A
+        // completed flush is not a step of its own: the read stays pending.
+        let step = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = pin!(self.stream.read_buf(&mut self.rbuf)).poll(cx) {
+                return Poll::Ready(Step::Read(r));
             }
-        };
+            if !self.wbuf.is_empty() {
+                if let Poll::Ready(r) = pin!(self.stream.write(&self.wbuf)).poll(cx) {
+                    return Poll::Ready(Step::Wrote(r));
+                }
+            } else if self.unflushed {
+                match pin!(self.stream.flush()).poll(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::FlushFailed(e)),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await;
         match step {
             Step::Read(r) => {
-                if r? == 0 {
+                let n = r?;
+                if n == 0 {
                     return Err(ClientError::Closed(None));
+                }
+                if n == room && self.read_chunk < READ_CHUNK_MAX {
+                    self.read_chunk *= 2;
                 }
                 while let Some(p) = codec::decode(&mut self.rbuf, Some(self.version), MAX_PACKET)? {
                     self.handle(p)?;
@@ -356,7 +395,9 @@ impl Client {
                 }
                 self.wbuf.advance(n);
                 self.last_write = Instant::now();
+                self.unflushed = true;
             }
+            Step::FlushFailed(e) => return Err(e.into()),
         }
         Ok(())
     }

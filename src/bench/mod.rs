@@ -11,8 +11,9 @@ mod client;
 mod opts;
 mod run;
 mod stats;
+mod transport;
 
-use opts::{Mode, Opts, ParseError};
+use opts::{Mode, Opts, ParseError, Transport};
 use run::Shared;
 use serde_json::json;
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use transport::Connector;
 
 /// How long clients get to disconnect once the run stops.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -56,17 +58,27 @@ pub fn main(args: Vec<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Certificate files are read now: a bad one is a bad option.
+    let connector = match Connector::new(&opts) {
+        Ok(c) => c,
+        Err(m) => {
+            eprintln!("emqx-rs bench: {m}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if opts.transport.tls() {
+        rt.on_thread_start(transport::warm_up);
+    }
+    let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("emqx-rs bench: cannot start the runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run(opts))
+    rt.block_on(run(opts, connector))
 }
 
 /// Why the run ended.
@@ -77,7 +89,7 @@ enum End {
     Signal,
 }
 
-async fn run(opts: Opts) -> ExitCode {
+async fn run(opts: Opts, connector: Connector) -> ExitCode {
     let addr = match tokio::net::lookup_host((opts.host.as_str(), opts.port)).await {
         Ok(mut it) => match it.next() {
             Some(a) => a,
@@ -94,13 +106,32 @@ async fn run(opts: Opts) -> ExitCode {
     let sh = Arc::new(Shared {
         opts,
         addr,
+        connector,
         stats: stats::Stats::new(),
     });
     let o = &sh.opts;
     eprintln!(
-        "bench {}: {} clients to {addr}, MQTT {}{}",
+        "bench {}: {} clients to {addr} over {}, MQTT {}{}",
         o.mode.name(),
         o.clients,
+        match o.transport {
+            Transport::Tcp => "tcp".to_string(),
+            Transport::Tls | Transport::Wss => format!(
+                "{}{} ({})",
+                o.transport.name(),
+                if o.transport.websocket() {
+                    format!(" {}", o.ws_path)
+                } else {
+                    String::new()
+                },
+                if o.cafile.is_some() {
+                    "server certificate verified"
+                } else {
+                    "server certificate NOT verified"
+                }
+            ),
+            Transport::Ws => format!("ws {}", o.ws_path),
+        },
         match o.version.level() {
             3 => "3.1",
             4 => "3.1.1",
@@ -326,6 +357,7 @@ fn summary(sh: &Shared, end: End, elapsed: f64) {
     }
     let mut j = json!({
         "cmd": o.mode.name(),
+        "transport": o.transport.name(),
         "end": match end { End::Done => "done", End::Duration => "duration", End::Signal => "signal" },
         "elapsed_s": round(elapsed, 3),
         "clients": o.clients,

@@ -3,6 +3,7 @@
 
 use emqx_mqtt::packet::{ProtocolVersion, QoS};
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 /// What the run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +19,46 @@ impl Mode {
             Mode::Conn => "conn",
             Mode::Pub => "pub",
             Mode::Sub => "sub",
+        }
+    }
+}
+
+/// What MQTT travels over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    pub fn websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+
+    /// The port EMQX listens on for this transport by default.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tcp => 1883,
+            Transport::Tls => 8883,
+            Transport::Ws => 8083,
+            Transport::Wss => 8084,
         }
     }
 }
@@ -52,6 +93,15 @@ pub struct Opts {
     pub duration_s: f64,
     pub inflight: usize,
     pub retain: bool,
+    pub transport: Transport,
+    /// CA the broker's certificate must chain to (tls/wss); without it the
+    /// certificate is not checked.
+    pub cafile: Option<PathBuf>,
+    /// Client certificate and its key (tls/wss), both or neither.
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    /// HTTP path of the WebSocket upgrade (ws/wss).
+    pub ws_path: String,
 }
 
 /// The payload carries a timestamp (8 bytes) and a publisher index plus
@@ -69,7 +119,8 @@ pub const USAGE: &str = "Usage: emqx-rs bench conn|pub|sub [OPTIONS]
 
 Options (default in brackets):
   -h, --host HOST            broker address [127.0.0.1]
-  -p, --port PORT            broker port [1883]
+  -p, --port PORT            broker port [1883; 8883 with tls, 8083 with ws,
+                             8084 with wss]
   -c, --count N              number of clients [200]
   -i, --interval MS          milliseconds between connection attempts [10]
   -t, --topic TOPIC          topic (pub) or filter (sub); %i = client index,
@@ -93,7 +144,16 @@ Options (default in brackets):
       --duration SECS        stop after this many seconds; 0 = until Ctrl-C
                              or the limit [0]
       --inflight N           QoS 1/2 messages a publisher may have unacked [32]
-  -S, --ssl                  TLS (not supported yet)
+      --transport T          tcp, tls, ws (MQTT over WebSocket) or wss
+                             (WebSocket over TLS) [tcp]
+      --cafile PATH          tls/wss: PEM CA the broker's certificate must
+                             chain to, and name -h; WITHOUT IT THE BROKER'S
+                             CERTIFICATE IS NOT VERIFIED AT ALL
+      --certfile PATH        tls/wss: PEM client certificate (chain)
+      --keyfile PATH         tls/wss: its private key (with --certfile)
+      --ws-path PATH         ws/wss: HTTP path of the upgrade [/mqtt]; the
+                             subprotocol offered is \"mqtt\"
+  -S, --ssl                  not supported: use --transport tls
       --help                 this text
 ";
 
@@ -126,6 +186,13 @@ fn boolean(opt: &str, what: &str, v: &str) -> Result<bool, ParseError> {
             "bad value for {opt} ({what}): {v:?}, expected true or false"
         ))),
     }
+}
+
+fn path(opt: &str, v: &str) -> Result<PathBuf, ParseError> {
+    if v.is_empty() {
+        return Err(bad(format!("bad value for {opt}: empty path")));
+    }
+    Ok(PathBuf::from(v))
 }
 
 /// Parses the arguments after `bench`.
@@ -166,8 +233,15 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
         duration_s: 0.0,
         inflight: 32,
         retain: false,
+        transport: Transport::Tcp,
+        cafile: None,
+        certfile: None,
+        keyfile: None,
+        ws_path: "/mqtt".into(),
     };
     let mut topic_given = false;
+    let mut port_given = false;
+    let mut ws_path_given = false;
     let mut i = 1;
     while i < args.len() {
         let arg = args[i].as_str();
@@ -187,7 +261,10 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
         };
         match name {
             "-h" | "--host" => o.host = value("host")?,
-            "-p" | "--port" => o.port = num(name, "port", &value("port")?)?,
+            "-p" | "--port" => {
+                o.port = num(name, "port", &value("port")?)?;
+                port_given = true;
+            }
             "-c" | "--count" | "--clients" => {
                 o.clients = num(name, "number of clients", &value("number of clients")?)?;
                 if o.clients == 0 {
@@ -296,8 +373,40 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
                 }
                 o.inflight = n;
             }
+            "--transport" => {
+                let v = value("transport")?;
+                o.transport = match v.trim().to_ascii_lowercase().as_str() {
+                    "tcp" => Transport::Tcp,
+                    "tls" | "ssl" => Transport::Tls,
+                    "ws" => Transport::Ws,
+                    "wss" => Transport::Wss,
+                    _ => {
+                        return Err(bad(format!(
+                            "bad value for {name} (transport): {v:?}, expected tcp, tls, ws or wss"
+                        )))
+                    }
+                };
+            }
+            "--cafile" | "--cacertfile" => o.cafile = Some(path(name, &value("CA file")?)?),
+            "--certfile" => o.certfile = Some(path(name, &value("certificate file")?)?),
+            "--keyfile" => o.keyfile = Some(path(name, &value("key file")?)?),
+            "--ws-path" => {
+                let v = value("WebSocket path")?;
+                if !v.starts_with('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(bad(format!(
+                        "bad value for {name} (WebSocket path): {v:?}, expected a path such as /mqtt"
+                    )));
+                }
+                o.ws_path = v;
+                ws_path_given = true;
+            }
             "--help" | "-help" => return Err(ParseError::Help),
-            "-S" | "--ssl" => return Err(bad("TLS is not supported yet (option -S)")),
+            // emqtt-bench's switch; here the transport is named instead.
+            "-S" | "--ssl" => {
+                return Err(bad(
+                    "TLS is not supported yet as option -S: use --transport tls (or wss)",
+                ))
+            }
             // Global flags of the emqx-rs command line may appear anywhere;
             // they mean nothing to bench.
             "-config" | "--config" | "-name" | "--name" | "-setcookie" | "--setcookie"
@@ -316,6 +425,34 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
     }
     if o.port == 0 {
         return Err(bad("bad value for -p (port): 0"));
+    }
+    if !port_given {
+        o.port = o.transport.default_port();
+    }
+    if !o.transport.tls() {
+        for (opt, given) in [
+            ("--cafile", o.cafile.is_some()),
+            ("--certfile", o.certfile.is_some()),
+            ("--keyfile", o.keyfile.is_some()),
+        ] {
+            if given {
+                return Err(bad(format!(
+                    "option {opt} needs --transport tls or wss (the transport is {})",
+                    o.transport.name()
+                )));
+            }
+        }
+    }
+    match (&o.certfile, &o.keyfile) {
+        (Some(_), None) => return Err(bad("option --certfile needs --keyfile as well")),
+        (None, Some(_)) => return Err(bad("option --keyfile needs --certfile as well")),
+        _ => {}
+    }
+    if ws_path_given && !o.transport.websocket() {
+        return Err(bad(format!(
+            "option --ws-path needs --transport ws or wss (the transport is {})",
+            o.transport.name()
+        )));
     }
     Ok(o)
 }
@@ -382,5 +519,37 @@ mod tests {
         assert!(msg("pub -t a -S").contains("TLS is not supported yet"));
         assert!(msg("what").contains("conn, pub or sub"));
         assert_eq!(p("conn --help").unwrap_err(), ParseError::Help);
+    }
+
+    #[test]
+    fn transports() {
+        let o = p("conn").unwrap();
+        assert_eq!(
+            (o.transport, o.port, o.ws_path.as_str()),
+            (Transport::Tcp, 1883, "/mqtt")
+        );
+        // The port follows the transport unless given.
+        assert_eq!(p("conn --transport tls").unwrap().port, 8883);
+        assert_eq!(p("conn --transport ws").unwrap().port, 8083);
+        assert_eq!(p("conn --transport=wss").unwrap().port, 8084);
+        assert_eq!(p("conn -p 1234 --transport tls").unwrap().port, 1234);
+        let o = p(
+            "conn --transport wss --cafile ca.pem --certfile c.pem --keyfile k.pem --ws-path /x",
+        )
+        .unwrap();
+        assert_eq!(o.transport, Transport::Wss);
+        assert_eq!(o.cafile.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!(o.certfile.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert_eq!(o.keyfile.as_deref(), Some(std::path::Path::new("k.pem")));
+        assert_eq!(o.ws_path, "/x");
+
+        assert!(msg("conn --transport quic").contains("--transport"));
+        assert!(msg("conn --cafile ca.pem").contains("--cafile needs --transport tls"));
+        assert!(msg("conn --transport ws --keyfile k.pem").contains("--keyfile"));
+        assert!(msg("conn --transport tls --certfile c.pem").contains("--keyfile"));
+        assert!(msg("conn --transport tls --keyfile k.pem").contains("--certfile"));
+        assert!(msg("conn --ws-path /mqtt").contains("--ws-path needs --transport ws"));
+        assert!(msg("conn --transport ws --ws-path mqtt").contains("--ws-path"));
+        assert!(msg("conn -S").contains("--transport tls"));
     }
 }

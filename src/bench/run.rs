@@ -4,6 +4,7 @@
 use super::client::{Client, ClientError, ConnectOpts};
 use super::opts::{Mode, Opts};
 use super::stats::{Seen, SeqTrack, Stats};
+use super::transport::Connector;
 use bytes::{BufMut, Bytes, BytesMut};
 use emqx_mqtt::packet::QoS;
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ const BATCH: usize = 64;
 pub struct Shared {
     pub opts: Opts,
     pub addr: SocketAddr,
+    pub connector: Connector,
     pub stats: Stats,
 }
 
@@ -95,7 +97,7 @@ pub async fn client(sh: Arc<Shared>, index: usize, mut stop: watch::Receiver<boo
     let t0 = st.now();
     Stats::note_window(&st.first_connect, &st.last_connack, t0);
     let mut c = tokio::select! {
-        r = Client::connect(sh.addr, local, &copts, o.inflight, CONNECT_TIMEOUT) => match r {
+        r = Client::connect(&sh.connector, sh.addr, local, &copts, o.inflight, CONNECT_TIMEOUT) => match r {
             Ok(c) => c,
             Err(e) => {
                 st.error(format_args!("{client_id}: connect: {e}"));
