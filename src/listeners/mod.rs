@@ -81,7 +81,7 @@ impl Listeners {
                 )));
                 continue;
             }
-            let sock = TcpListener::bind(spec.bind).await.map_err(cannot)?;
+            let sock = bind(spec.bind).map_err(cannot)?;
             tracing::info!("listener {} on {}", spec.id, spec.bind);
             spec.state.send_replace(State::Running);
             tasks.push(tokio::spawn(accept_loop(sock, spec.clone(), ctx.clone())));
@@ -123,7 +123,7 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             spec.state.send_replace(State::Stopped);
         }
         if want && sock.is_none() {
-            match TcpListener::bind(bind).await {
+            match self::bind(bind) {
                 Ok(l) => {
                     tracing::info!("listener {id} on {bind} open again");
                     sock = Some(l);
@@ -181,8 +181,33 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
     }
 }
 
-/// One connection: PROXY header, TLS, WebSocket, then MQTT.
+/// A connection's byte stream after its PROXY header, TLS handshake or
+/// WebSocket upgrade.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One connection: PROXY header, TLS, WebSocket, then MQTT. A plain TCP
+/// listener serves the socket as it is. The other layers are set up in a
+/// boxed future that is freed once they are done, and the connection is
+/// served through one boxed stream type: the task that lives as long as
+/// the connection stays as small as a plain one (an idle connection's
+/// memory is mostly this task).
 async fn handle(tcp: TcpStream, peer: SocketAddr, spec: &Spec, ctx: Arc<Ctx>) {
+    if spec.proxy.is_none() && spec.tls.is_none() && spec.ws.is_none() {
+        let acc = Accepted::new(peer, spec.mountpoint.clone());
+        return conn::serve(tcp, acc, ctx).await;
+    }
+    if let Some((io, acc)) = Box::pin(setup(tcp, peer, spec, &ctx)).await {
+        conn::serve(io, acc, ctx).await;
+    }
+}
+
+async fn setup(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    spec: &Spec,
+    ctx: &Ctx,
+) -> Option<(Box<dyn Io>, Accepted)> {
     let id = &spec.id;
     let mut acc = Accepted::new(peer, spec.mountpoint.clone());
     let stream = match spec.proxy {
@@ -206,11 +231,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, spec: &Spec, ctx: Arc<Ctx>) {
             }
             Ok(Err(e)) => {
                 tracing::info!(%peer, "listener {id}: closing connection: {e}");
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::info!(%peer, "listener {id}: closing connection: no PROXY header within {limit:?}");
-                return;
+                return None;
             }
         },
     };
@@ -222,11 +247,11 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, spec: &Spec, ctx: Arc<Ctx>) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(peer = %acc.peer, "listener {id}: TLS handshake failed: {e}");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::info!(peer = %acc.peer, "listener {id}: TLS handshake not done within {limit:?}, closing");
-            return;
+            return None;
         }
     };
     if let Some(cert) = stream
@@ -240,13 +265,18 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, spec: &Spec, ctx: Arc<Ctx>) {
     upgrade(stream, acc, spec, ctx).await
 }
 
-/// The WebSocket upgrade on a `ws`/`wss` listener, then MQTT.
-async fn upgrade<S>(stream: S, acc: Accepted, spec: &Spec, ctx: Arc<Ctx>)
+/// The WebSocket upgrade on a `ws`/`wss` listener.
+async fn upgrade<S>(
+    stream: S,
+    acc: Accepted,
+    spec: &Spec,
+    ctx: &Ctx,
+) -> Option<(Box<dyn Io>, Accepted)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(opts) = &spec.ws else {
-        return conn::serve(stream, acc, ctx).await;
+        return Some((Box::new(stream), acc));
     };
     let limit = ctx.settings.idle_timeout;
     match timeout(
@@ -255,12 +285,42 @@ where
     )
     .await
     {
-        Ok(Ok(io)) => conn::serve(io, acc, ctx).await,
+        Ok(Ok(io)) => Some((Box::new(io), acc)),
         Ok(Err(e)) => {
             tracing::info!(peer = %acc.peer, "listener {}: WebSocket upgrade refused: {e}", spec.id);
+            None
         }
         Err(_) => {
             tracing::info!(peer = %acc.peer, "listener {}: no WebSocket upgrade within {limit:?}, closing", spec.id);
+            None
         }
+    }
+}
+
+/// Binds a listening socket with EMQX's backlog (1024; tokio's default
+/// is 128, which a burst of TLS connects overflows).
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    fn ret_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// An idle connection's memory is mostly its task: the setup of TLS
+    /// and WebSocket must not be part of it.
+    #[test]
+    fn the_connection_task_stays_small() {
+        let n = ret_size(super::handle);
+        assert!(n <= 1536, "the connection task grew to {n} bytes");
     }
 }
