@@ -180,6 +180,7 @@ pub fn run_foreground(cfg: Config, console: bool) -> ExitCode {
     let log_file = init_logging(&cfg, console);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(crate::listeners::tls::warm_up)
         .build()
     {
         Ok(rt) => rt,

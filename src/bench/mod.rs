@@ -69,7 +69,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
     if opts.transport.tls() {
-        rt.on_thread_start(transport::warm_up);
+        rt.on_thread_start(crate::listeners::tls::warm_up);
     }
     let rt = match rt.build() {
         Ok(rt) => rt,

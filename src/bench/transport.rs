@@ -127,17 +127,6 @@ impl Connector {
     }
 }
 
-/// Seeds aws-lc's random generator on the calling thread. The first use
-/// on a thread gathers jitter entropy for about 50 ms, which would
-/// otherwise land in the connect latency of the first TLS clients; the
-/// bench runtime calls this as each worker thread starts.
-pub fn warm_up() {
-    let mut seed = [0u8; 32];
-    let _ = rustls::crypto::aws_lc_rs::default_provider()
-        .secure_random
-        .fill(&mut seed);
-}
-
 /// The rustls client configuration of a run.
 fn client_config(o: &Opts) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

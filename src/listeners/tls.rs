@@ -122,6 +122,17 @@ impl Tls {
     }
 }
 
+/// Seeds aws-lc's random generator on the calling thread. The first use
+/// on a thread gathers jitter entropy for about 50 ms, which would
+/// otherwise land in the first TLS handshakes; the node's and the bench's
+/// runtimes call this as each worker thread starts.
+pub fn warm_up() {
+    let mut seed = [0u8; 32];
+    let _ = rustls::crypto::aws_lc_rs::default_provider()
+        .secure_random
+        .fill(&mut seed);
+}
+
 /// The crypto provider with only the `ciphers` given (all when empty).
 pub fn crypto_provider(ciphers: &[String]) -> Arc<rustls::crypto::CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
