@@ -141,9 +141,9 @@ pub(crate) fn unverified_config() -> Result<ClientConfig, String> {
 }
 
 /// Accepts any server certificate (EMQX's `verify_none`); the handshake
-/// signatures are still checked.
+/// signatures are still checked with the provider's algorithms.
 #[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+pub struct Unverified(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for Unverified {
     fn verify_server_cert(

@@ -9,18 +9,16 @@
 //! full handshake, as a fleet of distinct devices would on first connect.
 
 use super::opts::{Opts, Transport};
-use bytes::{Buf, Bytes};
-use futures_util::{Sink, Stream as _};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use crate::listeners::ws::WsIo;
 use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -28,8 +26,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
 
 /// WebSocket read buffer of a client (tungstenite allocates it up front
 /// and zero-fills it on the first read, so it is resident for the life of
@@ -120,10 +117,7 @@ impl Connector {
         let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(config))
             .await
             .map_err(ws_err)?;
-        Ok(WsIo {
-            ws,
-            rd: Bytes::new(),
-        })
+        Ok(WsIo::new(ws))
     }
 }
 
@@ -135,21 +129,18 @@ fn client_config(o: &Opts) -> Result<Arc<ClientConfig>, String> {
         .map_err(|e| format!("TLS: {e}"))?;
     let builder = match &o.cafile {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in load_certs("--cafile", ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("--cafile {}: {e}", ca.display()))?;
-            }
+            let roots =
+                emqx_discovery::tls::load_roots(ca).map_err(|e| format!("--cafile: {e}"))?;
             builder.with_root_certificates(roots)
         }
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider))),
+            .with_custom_certificate_verifier(Arc::new(emqx_discovery::tls::Unverified(provider))),
     };
     let mut cfg = match (&o.certfile, &o.keyfile) {
         (Some(cert), Some(key)) => {
-            let chain = load_certs("--certfile", cert)?;
+            let chain =
+                emqx_discovery::tls::load_certs(cert).map_err(|e| format!("--certfile: {e}"))?;
             let pk = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| format!("--keyfile {}: no usable private key: {e}", key.display()))?;
             builder.with_client_auth_cert(chain, pk).map_err(|e| {
@@ -165,72 +156,6 @@ fn client_config(o: &Opts) -> Result<Arc<ClientConfig>, String> {
     };
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
-}
-
-/// Every certificate of a PEM file; an error names the option and the file.
-fn load_certs(opt: &str, path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("{opt}: cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{opt} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{opt} {}: no PEM certificate in it",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// Accepts any server certificate (no `--cafile`); the handshake
-/// signatures are still checked.
-#[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// A connected client's byte stream. The TLS and WebSocket states are
@@ -286,85 +211,6 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Wss(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A client WebSocket connection as a byte stream: binary frames in,
-/// one binary frame per write out (MQTT packets may span frames or share
-/// one). A text frame is an error (MQTT-6.0.0-1); a close frame ends the
-/// stream. Written frames reach the socket on flush.
-pub struct WsIo<S> {
-    ws: WebSocketStream<S>,
-    /// The rest of the last frame read.
-    rd: Bytes,
-}
-
-fn io_err(e: WsError) -> io::Error {
-    match e {
-        WsError::Io(e) => e,
-        e => io::Error::new(io::ErrorKind::InvalidData, e),
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            if !self.rd.is_empty() {
-                let n = self.rd.len().min(buf.remaining());
-                buf.put_slice(&self.rd[..n]);
-                self.rd.advance(n);
-                if self.rd.is_empty() {
-                    // Let go of the frame (and the read buffer it shares).
-                    self.rd = Bytes::new();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
-                Some(Ok(Message::Binary(b))) => self.rd = b,
-                Some(Ok(Message::Text(_))) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the broker sent a text frame (MQTT travels in binary frames only)",
-                    )))
-                }
-                // Pings are answered by tungstenite.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
-                    return Poll::Ready(Ok(()))
-                }
-                Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_err)?;
-        Pin::new(&mut self.ws)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
-            .map_err(io_err)?;
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.ws).poll_flush(cx).map_err(io_err)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match ready!(Pin::new(&mut self.ws).poll_close(cx)) {
-            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(io_err(e))),
         }
     }
 }

@@ -101,10 +101,7 @@ where
         .max_message_size(Some(bound));
     let rest = buf.split_off(head_len).to_vec();
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
-    Ok(WsIo {
-        ws,
-        rd: Bytes::new(),
-    })
+    Ok(WsIo::new(ws))
 }
 
 type Refusal = (u16, String);
@@ -159,12 +156,22 @@ fn check(
 }
 
 /// A WebSocket connection as a byte stream: binary frames in, binary
-/// frames out (one per write). A text frame is a protocol error
-/// (MQTT-6.0.0-1); a close frame ends the stream.
+/// frames out (one per write, sent on flush). A text frame is a protocol
+/// error (MQTT-6.0.0-1); a close frame ends the stream. Used by the
+/// listeners and by the bench client.
 pub struct WsIo<S> {
     ws: WebSocketStream<S>,
     /// The rest of the last frame read.
     rd: Bytes,
+}
+
+impl<S> WsIo<S> {
+    pub fn new(ws: WebSocketStream<S>) -> Self {
+        WsIo {
+            ws,
+            rd: Bytes::new(),
+        }
+    }
 }
 
 fn io_err(e: WsError) -> io::Error {
@@ -185,6 +192,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
                 let n = self.rd.len().min(buf.remaining());
                 buf.put_slice(&self.rd[..n]);
                 self.rd.advance(n);
+                if self.rd.is_empty() {
+                    // Let go of the frame (and the read buffer it shares).
+                    self.rd = Bytes::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
