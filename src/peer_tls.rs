@@ -7,12 +7,11 @@
 //! is still checked after the handshake.
 
 use crate::config::PeerTlsOptions;
-use crate::listeners::tls::{crypto_provider, server_config};
+use crate::listeners::tls::{crypto_provider, load_identity, server_config};
 use emqx_actors::peer_tls::PeerTls;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
 use std::sync::Arc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -31,19 +30,7 @@ pub fn peer_tls(key: &str, o: &PeerTlsOptions) -> Result<PeerTls, String> {
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| format!("{}: {e}", k("cacertfile")))?;
-    let (certfile, keyfile) = match (&o.certfile, &o.keyfile) {
-        (Some(c), Some(k)) => (c, k),
-        _ => return Err(format!("{} and {}: required", k("certfile"), k("keyfile"))),
-    };
-    let chain =
-        emqx_discovery::tls::load_certs(certfile).map_err(|e| format!("{}: {e}", k("certfile")))?;
-    let pk = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| {
-        format!(
-            "{}: {}: no usable private key: {e}",
-            k("keyfile"),
-            keyfile.display()
-        )
-    })?;
+    let (chain, pk) = load_identity(key, o.certfile.as_ref(), o.keyfile.as_ref())?;
     let versions = crate::listeners::tls::protocol_versions(&o.versions);
     let client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)

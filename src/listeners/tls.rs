@@ -163,6 +163,28 @@ fn build(key: &str, o: &SslOptions, quic: bool) -> Result<Arc<ServerConfig>, Str
     Ok(Arc::new(cfg))
 }
 
+/// A certificate chain and its private key from `certfile` and `keyfile`
+/// (PEM); errors name `key.certfile` / `key.keyfile` and the file.
+pub fn load_identity(
+    key: &str,
+    certfile: Option<&PathBuf>,
+    keyfile: Option<&PathBuf>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let k = |f: &str| format!("{key}.{f}");
+    let certfile = certfile.ok_or_else(|| format!("{}: required", k("certfile")))?;
+    let keyfile = keyfile.ok_or_else(|| format!("{}: required", k("keyfile")))?;
+    let chain =
+        emqx_discovery::tls::load_certs(certfile).map_err(|e| format!("{}: {e}", k("certfile")))?;
+    let pk = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| {
+        format!(
+            "{}: {}: no usable private key: {e}",
+            k("keyfile"),
+            keyfile.display()
+        )
+    })?;
+    Ok((chain, pk))
+}
+
 /// A server configuration from `ssl_options`; errors name `key.<file key>`.
 pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, String> {
     let k = |f: &str| format!("{key}.{f}");
@@ -188,23 +210,12 @@ pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, Str
             builder.with_client_cert_verifier(v)
         }
     };
-    let certfile = o
-        .certfile
-        .as_ref()
-        .ok_or_else(|| format!("{}: required", k("certfile")))?;
-    let keyfile = o
-        .keyfile
-        .as_ref()
-        .ok_or_else(|| format!("{}: required", k("keyfile")))?;
-    let chain =
-        emqx_discovery::tls::load_certs(certfile).map_err(|e| format!("{}: {e}", k("certfile")))?;
-    let pk = PrivateKeyDer::from_pem_file(keyfile).map_err(|e| {
-        format!(
-            "{}: {}: no usable private key: {e}",
-            k("keyfile"),
-            keyfile.display()
-        )
-    })?;
+    let (chain, pk) = load_identity(key, o.certfile.as_ref(), o.keyfile.as_ref())?;
+    let shown = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or(String::new(), |p| p.display().to_string())
+    };
+    let (certfile, keyfile) = (shown(&o.certfile), shown(&o.keyfile));
     // A suite list that leaves nothing the key can sign with (ECDHE-RSA
     // suites only, with an EC key, on TLS 1.2) would fail every handshake.
     if let Ok(signer) = provider.key_provider.load_private_key(pk.clone_key()) {
@@ -218,7 +229,7 @@ pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, Str
                 "{} / {}: no allowed cipher suite can be used with the {alg:?} key in {}",
                 k("ciphers"),
                 k("versions"),
-                keyfile.display()
+                keyfile
             ));
         }
     }
@@ -227,8 +238,8 @@ pub fn server_config(key: &str, o: &SslOptions) -> Result<Arc<ServerConfig>, Str
             "{} / {}: {} and {} do not make a usable certificate: {e}",
             k("certfile"),
             k("keyfile"),
-            certfile.display(),
-            keyfile.display()
+            certfile,
+            keyfile
         )
     })?;
     Ok(Arc::new(cfg))
