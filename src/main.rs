@@ -157,12 +157,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads the files the configuration names (listener and inter-node
-/// certificates): one that is missing or unusable is a configuration
+/// Reads the files the configuration names (listener, inter-node and
+/// etcd certificates) and builds the discovery strategy: one that is missing or unusable is a configuration
 /// error, reported before anything starts (exit 2).
 fn check_files(cfg: config::Config) -> Result<config::Config, ExitCode> {
-    let checked =
-        listeners::check(&cfg).and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()));
+    let checked = listeners::check(&cfg)
+        .and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()))
+        .and_then(|()| node::check_discovery(&cfg));
     match checked {
         Ok(()) => Ok(cfg),
         Err(e) => {

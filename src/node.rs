@@ -590,6 +590,23 @@ fn start_discovery(
     Ok(Discovery { task, etcd })
 }
 
+/// Builds the configured discovery strategy without starting it, so a
+/// node whose strategy cannot work (an etcd certificate file that is
+/// missing, a bad seed list, a Kubernetes name that is not one) is told
+/// at `check_config` and before anything binds a port. DNS is checked
+/// when the node starts (its resolver belongs to the runtime).
+pub fn check_discovery(cfg: &Config) -> Result<(), String> {
+    let name = &cfg.node.name;
+    match cfg.cluster.discovery_strategy.as_str() {
+        "static" => emqx_discovery::Static::new(cfg.cluster.static_.seeds.clone())
+            .map(|_| ())
+            .map_err(|e| format!("cluster.static.seeds: {e}")),
+        "etcd" => etcd_strategy(cfg, name).map(|_| ()),
+        "k8s" => k8s_strategy(cfg, name).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
 /// Writes the pid file and says the node runs; returns the pid file.
 fn announce(cfg: &Config, dist_port: u16) -> PathBuf {
     let name = &cfg.node.name;

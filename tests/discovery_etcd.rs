@@ -602,7 +602,8 @@ fn bad_tls_files_are_configuration_errors() {
 }
 
 /// A node whose etcd TLS files are unusable does not start: it exits
-/// non-zero at once, naming the key and the file.
+/// with 2 (a configuration error) before binding any port, naming the key
+/// and the file.
 #[test]
 fn a_node_with_a_missing_etcd_ca_file_exits_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -616,7 +617,7 @@ fn a_node_with_a_missing_etcd_ca_file_exits_at_start() {
     let Some((status, err)) = n.foreground_exit(&[], Duration::from_secs(20)) else {
         panic!("the node kept running with an absent etcd CA file");
     };
-    assert_eq!(status.code(), Some(1), "stderr: {err}");
+    assert_eq!(status.code(), Some(2), "stderr: {err}");
     assert!(
         err.contains("cluster.etcd.ssl_options.cacertfile: cannot read")
             && err.contains(&absent.display().to_string()),
