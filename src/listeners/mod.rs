@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod quic;
 pub mod spec;
 pub mod tls;
+pub mod tls_stream;
 pub mod ws;
 
 use crate::config::{Config, ListenerKind, PeerCertAs};
@@ -243,7 +244,7 @@ async fn setup(
         return upgrade(stream, acc, spec, ctx).await;
     };
     let limit = tls.handshake_timeout();
-    let stream = match timeout(limit, tls.acceptor().accept(stream)).await {
+    let stream = match timeout(limit, tls_stream::TlsStream::accept(stream, tls.config())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(peer = %acc.peer, "listener {id}: TLS handshake failed: {e}");
@@ -254,12 +255,7 @@ async fn setup(
             return None;
         }
     };
-    if let Some(cert) = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-    {
+    if let Some(cert) = stream.peer_certificates().and_then(|c| c.first()) {
         spec.cert_identity(&mut acc, cert);
     }
     upgrade(stream, acc, spec, ctx).await

@@ -12,7 +12,6 @@ use rustls::ServerConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio_rustls::TlsAcceptor;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// How often the certificate, key and CA files are checked for changes.
@@ -54,10 +53,6 @@ impl Tls {
             current: RwLock::new(cfg),
             generation: tokio::sync::watch::channel(0).0,
         }))
-    }
-
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.config())
     }
 
     pub fn config(&self) -> Arc<ServerConfig> {
