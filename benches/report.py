@@ -5,7 +5,7 @@
 
 Every metric is computed per run, then the median over the runs of one
 broker is taken; the ratios divide emqx-rs's median by the other broker's.
-When a scenario ran over TLS or WebSocket as well as TCP (a and a_tls, ...),
+When a scenario ran over TLS, WebSocket or QUIC as well as TCP (a and a_tls, ...),
 a second table sets each transport beside TCP for every broker.
 """
 import json
@@ -165,7 +165,7 @@ BASE = [
     ("lat", "(lat) latency, 100 pairs at 10k msg/s QoS 0", m_lat),
 ]
 TRANSPORTS = [("tcp", ""), ("tls", " over TLS"), ("ws", " over WebSocket"),
-              ("wss", " over WebSocket over TLS")]
+              ("wss", " over WebSocket over TLS"), ("quic", " over QUIC")]
 # Every scenario run.sh can produce: the base ones, then each over the
 # other transports (a_tls, ...).
 SCEN = [(key if tr == "tcp" else f"{key}_{tr}", title + suffix, fn, key, tr)

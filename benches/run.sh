@@ -9,7 +9,8 @@
 # A scenario name with a suffix _tls, _ws or _wss runs that scenario (any
 # but e) over TLS, MQTT over WebSocket, or WebSocket over TLS instead of
 # plain TCP, against emqx-rs and Mosquitto (rumqttd is left out of those,
-# see serves() below). The TLS clients verify the broker's certificate
+# see serves() below); _quic runs it over MQTT over QUIC, against emqx-rs
+# only (neither Mosquitto nor rumqttd serves QUIC). The TLS clients verify the broker's certificate
 # against a throwaway CA made with openssl in $OUT/certs.
 #
 # Installs the peers (Debian's mosquitto, `cargo install rumqttd`), builds
@@ -43,6 +44,7 @@ PORT_EMQX_WS=${PORT_EMQX_WS:-21888}
 PORT_MOSQ_WS=${PORT_MOSQ_WS:-21889}
 PORT_EMQX_WSS=${PORT_EMQX_WSS:-21890}
 PORT_MOSQ_WSS=${PORT_MOSQ_WSS:-21891}
+PORT_EMQX_QUIC=${PORT_EMQX_QUIC:-21892}   # UDP
 BENCH="$ROOT/target/release/emqx-rs"
 PROTO=4   # MQTT 3.1.1 for all: rumqttd's v5 support is partial
 
@@ -53,11 +55,11 @@ for sc in $SCENARIOS; do
     base=${sc%_*}
     tr=tcp
     [ "$base" != "$sc" ] && tr=${sc##*_}
-    case $tr in tcp | tls | ws | wss) ;; *) base=bad ;; esac
+    case $tr in tcp | tls | ws | wss | quic) ;; *) base=bad ;; esac
     case $base:$tr in
     a:* | a1:* | b:* | c:* | d:* | lat:* | e:tcp) ;;
     *)
-        echo "unknown scenario $sc (a a1 b c d lat e; all but e also with _tls, _ws or _wss)" >&2
+        echo "unknown scenario $sc (a a1 b c d lat e; all but e also with _tls, _ws, _wss or _quic)" >&2
         exit 2
         ;;
     esac
@@ -206,6 +208,15 @@ listeners.wss.default {
     cacertfile = "$CERTS/ca.pem"
   }
 }
+listeners.quic.default {
+  bind = "127.0.0.1:$PORT_EMQX_QUIC"
+  max_connections = infinity
+  ssl_options {
+    certfile = "$CERTS/server.pem"
+    keyfile = "$CERTS/server.key"
+    cacertfile = "$CERTS/ca.pem"
+  }
+}
 log {
   file.enable = false
 }
@@ -226,7 +237,7 @@ if wants rumqttd; then
 fi
 
 # ---------------------------------------------------------------- brokers
-# The transport of the scenario running now (tcp, tls, ws or wss).
+# The transport of the scenario running now (tcp, tls, ws, wss or quic).
 TR=tcp
 
 # port_of BROKER [TRANSPORT]
@@ -236,6 +247,7 @@ port_of() {
     emqx-rs:tls) echo "$PORT_EMQX_TLS" ;;
     emqx-rs:ws) echo "$PORT_EMQX_WS" ;;
     emqx-rs:wss) echo "$PORT_EMQX_WSS" ;;
+    emqx-rs:quic) echo "$PORT_EMQX_QUIC" ;;
     mosquitto:tcp) echo "$PORT_MOSQ" ;;
     mosquitto:tls) echo "$PORT_MOSQ_TLS" ;;
     mosquitto:ws) echo "$PORT_MOSQ_WS" ;;
@@ -250,16 +262,21 @@ targs() {
     case $TR in
     tcp) ;;
     ws) echo "--transport ws" ;;
-    tls | wss) echo "--transport $TR --cafile $CERTS/ca.pem" ;;
+    tls | wss | quic) echo "--transport $TR --cafile $CERTS/ca.pem" ;;
     esac
 }
 
 # Whether a broker takes part in a transport's scenarios. rumqttd runs the
 # TCP ones only: its TLS listener takes a CA only to make client
 # certificates mandatory, and its WebSocket listener is another server
-# section of its configuration; neither was set up.
+# section of its configuration; neither was set up. QUIC is emqx-rs's
+# alone.
 serves() {
-    [ "$2" = tcp ] || [ "$1" != rumqttd ]
+    case $2 in
+    tcp) true ;;
+    quic) [ "$1" = emqx-rs ] ;;
+    *) [ "$1" != rumqttd ] ;;
+    esac
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -267,6 +284,9 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 start_broker() {
     local b=$1 port p
     port=$(port_of "$b")
+    # QUIC's port is UDP: readiness is seen on the TCP listener, which
+    # opens with it.
+    [ "$TR" = quic ] && port=$(port_of "$b" tcp)
     for p in $(port_of "$b" tcp) "$port"; do
         if port_open "$p"; then
             echo "port $p is already taken; set PORT_* to free ports" >&2

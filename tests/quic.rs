@@ -340,3 +340,94 @@ fn quic_listener_settings_are_checked() {
         assert!(err.contains(expect), "{more}: {err}");
     }
 }
+
+/// `emqx-rs bench --transport quic` (quinn) against the QUIC listener,
+/// checking the broker's certificate: subscribers on QUIC get every QoS 1
+/// message a QUIC publisher sends, once and in order, and the bench
+/// clients are seen on the node as they come and go.
+#[test]
+fn bench_clients_over_quic_count_every_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, srv) = server_files(dir.path());
+    let port = free_port();
+    let n = Node::start_with(Opts {
+        extra: listener(port, &ssl_opts(&srv)),
+        ..Default::default()
+    });
+    let ca = ca.cert.display().to_string();
+    let bench = |args: &[&str]| {
+        let mut c = Command::new(common::BIN);
+        c.args(["bench"])
+            .args(args)
+            .args(["--transport", "quic", "--cafile", &ca, "-h", "localhost"])
+            .args(["-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let sub = bench(&[
+        "sub",
+        "-c",
+        "2",
+        "-t",
+        "bq/t",
+        "-q",
+        "1",
+        "--duration",
+        "15",
+    ])
+    .spawn()
+    .expect("bench sub");
+    let (subscribed, list) = common::cluster::poll_ctl(
+        &n,
+        &["subscriptions", "list"],
+        Duration::from_secs(20),
+        |o| o.matches("topic:bq/t").count() == 2,
+    );
+    assert!(subscribed, "the QUIC subscribers did not subscribe: {list}");
+    let p = bench(&[
+        "pub", "-c", "3", "-t", "bq/t", "-q", "1", "-I", "10", "-L", "50",
+    ])
+    .output()
+    .expect("bench pub");
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert_eq!(p.status.code(), Some(0), "{}", text(&p));
+    let summary = |o: &std::process::Output| -> serde_json::Value {
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("SUMMARY "))
+            .unwrap_or_else(|| panic!("no SUMMARY: {}", text(o)))
+            .to_string();
+        serde_json::from_str(&line).expect("SUMMARY is JSON")
+    };
+    let ps = summary(&p);
+    assert_eq!(
+        (&ps["sent"], &ps["acked"], &ps["errors"]),
+        (&150.into(), &150.into(), &0.into()),
+        "{}",
+        text(&p)
+    );
+    assert!(text(&p).contains("over quic"), "{}", text(&p));
+    let s = sub.wait_with_output().expect("bench sub");
+    let ss = summary(&s);
+    assert_eq!(ss["received"], 300, "{}", text(&s));
+    assert_eq!(
+        (
+            &ss["loss"],
+            &ss["duplicates"],
+            &ss["out_of_order"],
+            &ss["errors"]
+        ),
+        (&0.into(), &0.into(), &0.into(), &0.into()),
+        "{}",
+        text(&s)
+    );
+}

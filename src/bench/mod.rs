@@ -116,7 +116,7 @@ async fn run(opts: Opts, connector: Connector) -> ExitCode {
         o.clients,
         match o.transport {
             Transport::Tcp => "tcp".to_string(),
-            Transport::Tls | Transport::Wss => format!(
+            Transport::Tls | Transport::Wss | Transport::Quic => format!(
                 "{}{} ({})",
                 o.transport.name(),
                 if o.transport.websocket() {

@@ -32,6 +32,8 @@ pub enum Transport {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// MQTT over QUIC (ALPN `mqtt`, one bidirectional stream).
+    Quic,
 }
 
 impl Transport {
@@ -41,11 +43,13 @@ impl Transport {
             Transport::Tls => "tls",
             Transport::Ws => "ws",
             Transport::Wss => "wss",
+            Transport::Quic => "quic",
         }
     }
 
+    /// Whether the transport carries TLS (QUIC always does).
     pub fn tls(self) -> bool {
-        matches!(self, Transport::Tls | Transport::Wss)
+        matches!(self, Transport::Tls | Transport::Wss | Transport::Quic)
     }
 
     pub fn websocket(self) -> bool {
@@ -59,6 +63,7 @@ impl Transport {
             Transport::Tls => 8883,
             Transport::Ws => 8083,
             Transport::Wss => 8084,
+            Transport::Quic => 14567,
         }
     }
 }
@@ -144,13 +149,14 @@ Options (default in brackets):
       --duration SECS        stop after this many seconds; 0 = until Ctrl-C
                              or the limit [0]
       --inflight N           QoS 1/2 messages a publisher may have unacked [32]
-      --transport T          tcp, tls, ws (MQTT over WebSocket) or wss
-                             (WebSocket over TLS) [tcp]
-      --cafile PATH          tls/wss: PEM CA the broker's certificate must
-                             chain to, and name -h; WITHOUT IT THE BROKER'S
-                             CERTIFICATE IS NOT VERIFIED AT ALL
-      --certfile PATH        tls/wss: PEM client certificate (chain)
-      --keyfile PATH         tls/wss: its private key (with --certfile)
+      --transport T          tcp, tls, ws (MQTT over WebSocket), wss
+                             (WebSocket over TLS) or quic (MQTT over QUIC,
+                             ALPN \"mqtt\", one stream) [tcp]
+      --cafile PATH          tls/wss/quic: PEM CA the broker's certificate
+                             must chain to, and name -h; WITHOUT IT THE
+                             BROKER'S CERTIFICATE IS NOT VERIFIED AT ALL
+      --certfile PATH        tls/wss/quic: PEM client certificate (chain)
+      --keyfile PATH         tls/wss/quic: its private key (with --certfile)
       --ws-path PATH         ws/wss: HTTP path of the upgrade [/mqtt]; the
                              subprotocol offered is \"mqtt\"
   -S, --ssl                  not supported: use --transport tls
@@ -380,9 +386,10 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
                     "tls" | "ssl" => Transport::Tls,
                     "ws" => Transport::Ws,
                     "wss" => Transport::Wss,
+                    "quic" => Transport::Quic,
                     _ => {
                         return Err(bad(format!(
-                            "bad value for {name} (transport): {v:?}, expected tcp, tls, ws or wss"
+                            "bad value for {name} (transport): {v:?}, expected tcp, tls, ws, wss or quic"
                         )))
                     }
                 };
@@ -437,7 +444,7 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
         ] {
             if given {
                 return Err(bad(format!(
-                    "option {opt} needs --transport tls or wss (the transport is {})",
+                    "option {opt} needs --transport tls, wss or quic (the transport is {})",
                     o.transport.name()
                 )));
             }
@@ -543,7 +550,10 @@ mod tests {
         assert_eq!(o.keyfile.as_deref(), Some(std::path::Path::new("k.pem")));
         assert_eq!(o.ws_path, "/x");
 
-        assert!(msg("conn --transport quic").contains("--transport"));
+        assert_eq!(p("conn --transport quic").unwrap().port, 14567);
+        assert!(p("conn --transport quic --cafile ca.pem").is_ok());
+        assert!(msg("conn --transport quic --ws-path /m").contains("--ws-path"));
+        assert!(msg("conn --transport udp").contains("--transport"));
         assert!(msg("conn --cafile ca.pem").contains("--cafile needs --transport tls"));
         assert!(msg("conn --transport ws --keyfile k.pem").contains("--keyfile"));
         assert!(msg("conn --transport tls --certfile c.pem").contains("--keyfile"));

@@ -1,6 +1,9 @@
 //! The byte stream a bench client speaks MQTT over: plain TCP, TLS, MQTT
-//! over WebSocket (binary frames on `--ws-path`, subprotocol `mqtt`) or
-//! WebSocket over TLS.
+//! over WebSocket (binary frames on `--ws-path`, subprotocol `mqtt`),
+//! WebSocket over TLS, or QUIC (quinn; ALPN `mqtt`, TLS 1.3, one
+//! bidirectional stream a connection, as EMQX's default mode). The QUIC
+//! clients of a bench process share one UDP socket (endpoint) per source
+//! address, as a QUIC client may.
 //!
 //! TLS is rustls with the aws-lc-rs provider, as in the broker. Without
 //! `--cafile` the server's certificate is not checked at all (the handshake
@@ -9,11 +12,15 @@
 //! full handshake, as a fleet of distinct devices would on first connect.
 
 use super::opts::{Opts, Transport};
+use crate::listeners::quic::QuicIo;
+use crate::listeners::tls::QUIC_ALPN;
 use crate::listeners::ws::WsIo;
+use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::ClientConfig;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -40,13 +47,32 @@ pub struct Connector {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     /// `ws://host:port/path` or `wss://...` for the upgrade request.
     ws_uri: String,
+    /// QUIC: the client configuration and the server name.
+    quic: Option<(quinn::ClientConfig, String)>,
+    /// QUIC: one endpoint (UDP socket) per source address, made on first
+    /// use (an endpoint needs the runtime).
+    endpoints: std::sync::Mutex<HashMap<Option<IpAddr>, quinn::Endpoint>>,
 }
 
 impl Connector {
     /// Reads the certificate files and builds the TLS configuration. An
     /// error names the option whose file is wrong.
     pub fn new(o: &Opts) -> Result<Connector, String> {
-        let tls = if o.transport.tls() {
+        let quic = if o.transport == Transport::Quic {
+            let mut tls = (*client_config(o)?).clone();
+            tls.alpn_protocols = vec![QUIC_ALPN.to_vec()];
+            let crypto = QuicClientConfig::try_from(tls).map_err(|e| format!("QUIC: {e}"))?;
+            let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+            let mut transport = quinn::TransportConfig::default();
+            // MQTT's keepalive watches the connection (bench conn -k can be
+            // longer than QUIC's default 30 s idle timeout).
+            transport.max_idle_timeout(None);
+            cfg.transport_config(Arc::new(transport));
+            Some((cfg, o.host.clone()))
+        } else {
+            None
+        };
+        let tls = if o.transport.tls() && quic.is_none() {
             let cfg = client_config(o)?;
             let name = ServerName::try_from(o.host.clone())
                 .map_err(|e| format!("-h {:?} is not a usable TLS server name: {e}", o.host))?;
@@ -63,12 +89,17 @@ impl Connector {
             transport: o.transport,
             tls,
             ws_uri: format!("{scheme}://{host}:{}{}", o.port, o.ws_path),
+            quic,
+            endpoints: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     /// Opens a connection (from `local` if given) and does the TLS
     /// handshake and the WebSocket upgrade the transport asks for.
     pub async fn connect(&self, addr: SocketAddr, local: Option<IpAddr>) -> io::Result<Stream> {
+        if let Some((cfg, name)) = &self.quic {
+            return self.quic(cfg, name, addr, local).await;
+        }
         let sock = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -87,7 +118,48 @@ impl Connector {
                 let tls = self.handshake(tcp).await?;
                 Stream::Wss(Box::new(self.upgrade(tls).await?))
             }
+            Transport::Quic => unreachable!("QUIC is connected above"),
         })
+    }
+
+    async fn quic(
+        &self,
+        cfg: &quinn::ClientConfig,
+        name: &str,
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> io::Result<Stream> {
+        let endpoint = {
+            let mut eps = self
+                .endpoints
+                .lock()
+                .map_err(|_| io::Error::other("QUIC endpoints poisoned"))?;
+            match eps.get(&local) {
+                Some(e) => e.clone(),
+                None => {
+                    let ip = local.unwrap_or(if addr.is_ipv4() {
+                        IpAddr::from([0u8; 4])
+                    } else {
+                        IpAddr::from([0u16; 8])
+                    });
+                    let e = quinn::Endpoint::client(SocketAddr::new(ip, 0))?;
+                    eps.insert(local, e.clone());
+                    e
+                }
+            }
+        };
+        let quic_err = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("QUIC {what}: {e}"),
+            )
+        };
+        let connecting = endpoint
+            .connect_with(cfg.clone(), addr, name)
+            .map_err(|e| quic_err("connect", &e))?;
+        let conn = connecting.await.map_err(|e| quic_err("handshake", &e))?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| quic_err("stream", &e))?;
+        Ok(Stream::Quic(Box::new(QuicIo::new(conn, send, recv))))
     }
 
     async fn handshake(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
@@ -165,6 +237,7 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
     Ws(Box<WsIo<TcpStream>>),
     Wss(Box<WsIo<TlsStream<TcpStream>>>),
+    Quic(Box<QuicIo>),
 }
 
 impl AsyncRead for Stream {
@@ -178,6 +251,7 @@ impl AsyncRead for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Wss(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Quic(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -193,6 +267,7 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Wss(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Quic(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -202,6 +277,7 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Wss(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Quic(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -211,6 +287,7 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Wss(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Quic(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -144,20 +144,26 @@ async fn serve(incoming: quinn::Incoming, spec: &Spec, ctx: Arc<Ctx>) {
             spec.cert_identity(&mut acc, cert);
         }
     }
-    let io = QuicIo {
-        recv,
-        send,
-        _conn: conn,
-    };
+    let io = QuicIo::new(conn, send, recv);
     conn::serve(io, acc, ctx).await;
 }
 
 /// A QUIC connection's one stream as a byte stream. The connection is
 /// held with it: dropping the last handle of a connection closes it.
-struct QuicIo {
+pub struct QuicIo {
     recv: RecvStream,
     send: SendStream,
     _conn: Connection,
+}
+
+impl QuicIo {
+    pub fn new(conn: Connection, send: SendStream, recv: RecvStream) -> QuicIo {
+        QuicIo {
+            recv,
+            send,
+            _conn: conn,
+        }
+    }
 }
 
 impl AsyncRead for QuicIo {
