@@ -52,7 +52,11 @@ enum Next {
     More,
     /// The handshake is complete (during the handshake only).
     Ready,
-    /// The peer closed the TLS session.
+    /// The data to send is encrypted into `tx`.
+    Sent,
+    /// The peer sent close_notify (once); we may still send.
+    PeerClosed,
+    /// Both sides closed.
     Closed,
 }
 
@@ -60,34 +64,82 @@ fn tls_err(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-fn grow(tx: &mut Vec<u8>, need: usize) {
-    let len = tx.len();
-    tx.resize(len + need, 0);
+/// Why rustls did not write its output.
+enum OutErr {
+    /// The room it needs.
+    Room(usize),
+    Fail(String),
 }
 
-/// Processes the records in `input` as far as they go, appending decrypted
-/// application data to `plain` (or to `out` first, when given) and
-/// handshake/alert output to `tx`. Returns the bytes of `input` consumed
-/// and what it came to. Fields are passed one by one so the connection's
-/// borrow of `input` does not hold the whole stream.
-#[allow(clippy::too_many_arguments)]
+impl From<EncodeError> for OutErr {
+    fn from(e: EncodeError) -> OutErr {
+        match e {
+            EncodeError::InsufficientSize(s) => OutErr::Room(s.required_size),
+            e => OutErr::Fail(e.to_string()),
+        }
+    }
+}
+
+impl From<EncryptError> for OutErr {
+    fn from(e: EncryptError) -> OutErr {
+        match e {
+            EncryptError::InsufficientSize(s) => OutErr::Room(s.required_size),
+            e => OutErr::Fail(e.to_string()),
+        }
+    }
+}
+
+/// Appends what `write` (one of rustls's encode/encrypt calls) produces to
+/// `tx`, starting with `room` bytes of space and growing it as asked.
+fn append(
+    tx: &mut Vec<u8>,
+    mut room: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, OutErr>,
+) -> io::Result<()> {
+    let start = tx.len();
+    loop {
+        tx.resize(start + room, 0);
+        match write(&mut tx[start..]) {
+            Ok(n) => {
+                tx.truncate(start + n);
+                return Ok(());
+            }
+            Err(OutErr::Room(need)) if need > room => room = need,
+            Err(e) => {
+                tx.truncate(start);
+                let msg = match e {
+                    OutErr::Fail(m) => m,
+                    OutErr::Room(_) => "TLS output does not fit".into(),
+                };
+                return Err(io::Error::other(msg));
+            }
+        }
+    }
+}
+
+/// Processes the records in `input` as far as they go: decrypted
+/// application data goes to `out` while it has room, then to `plain`;
+/// handshake and alert output to `tx`; with `send`, once rustls may
+/// encrypt, that data is encrypted into `tx` too. Returns the bytes of
+/// `input` consumed and what it came to. Fields are passed one by one so
+/// the connection's borrow of `input` does not hold the whole stream.
 fn process(
     conn: &mut UnbufferedServerConnection,
     input: &mut [u8],
     mut out: Option<&mut ReadBuf<'_>>,
     plain: &mut Vec<u8>,
     tx: &mut Vec<u8>,
-) -> Result<(usize, Next), rustls::Error> {
+    send: Option<&[u8]>,
+) -> io::Result<(usize, Next)> {
     let mut off = 0;
     loop {
         let handshaking = conn.is_handshaking();
         let status = conn.process_tls_records(&mut input[off..]);
         let discard = status.discard;
-        let next = match status.state? {
+        let next = match status.state.map_err(tls_err)? {
             ConnectionState::ReadTraffic(mut r) => {
                 while let Some(rec) = r.next_record() {
-                    let rec = rec?;
-                    let mut payload = rec.payload;
+                    let mut payload = rec.map_err(tls_err)?.payload;
                     if let Some(out) = out.as_deref_mut() {
                         let n = payload.len().min(out.remaining());
                         out.put_slice(&payload[..n]);
@@ -98,23 +150,7 @@ fn process(
                 None
             }
             ConnectionState::EncodeTlsData(mut e) => {
-                let start = tx.len();
-                grow(tx, 2048);
-                loop {
-                    match e.encode(&mut tx[start..]) {
-                        Ok(n) => {
-                            tx.truncate(start + n);
-                            break;
-                        }
-                        Err(EncodeError::InsufficientSize(s)) => {
-                            tx.resize(start + s.required_size, 0);
-                        }
-                        Err(other) => {
-                            tx.truncate(start);
-                            return Err(rustls::Error::General(other.to_string()));
-                        }
-                    }
-                }
+                append(tx, 2048, |b| Ok(e.encode(b)?))?;
                 None
             }
             // The output is in `tx`, which is sent before anything written
@@ -124,22 +160,28 @@ fn process(
                 None
             }
             ConnectionState::BlockedHandshake => Some(Next::More),
-            ConnectionState::WriteTraffic(_) => {
-                Some(if handshaking { Next::Ready } else { Next::More })
-            }
-            ConnectionState::PeerClosed | ConnectionState::Closed => Some(Next::Closed),
+            ConnectionState::WriteTraffic(mut w) => Some(match send {
+                Some(data) => {
+                    // Per 16 KB record: 5 header, 1 type and 16 tag bytes.
+                    let room = data.len() + 22 * (data.len() / 16384 + 1);
+                    append(tx, room, |b| Ok(w.encrypt(data, b)?))?;
+                    Next::Sent
+                }
+                None if handshaking => Next::Ready,
+                None => Next::More,
+            }),
+            ConnectionState::PeerClosed => Some(Next::PeerClosed),
+            ConnectionState::Closed => Some(Next::Closed),
             // Early data is not enabled; no other state is known.
             _ => {
-                return Err(rustls::Error::General(
-                    "unexpected TLS connection state".into(),
-                ));
+                return Err(io::Error::other("unexpected TLS connection state"));
             }
         };
         off += discard;
         if let Some(n) = next {
             return Ok((off, n));
         }
-        if handshaking && !conn.is_handshaking() {
+        if handshaking && !conn.is_handshaking() && send.is_none() {
             // Done, maybe with application data right behind the client's
             // Finished (kept in `plain`).
             return Ok((off, Next::Ready));
@@ -168,54 +210,63 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         Ok(s)
     }
 
+    /// Processes `rx` (see [`process`]) and drops what was consumed.
+    fn process_rx(
+        &mut self,
+        out: Option<&mut ReadBuf<'_>>,
+        send: Option<&[u8]>,
+    ) -> io::Result<Next> {
+        let r = process(
+            &mut self.conn,
+            &mut self.rx,
+            out,
+            &mut self.plain,
+            &mut self.tx,
+            send,
+        );
+        let (used, next) = r?;
+        self.rx.drain(..used);
+        if self.rx.is_empty() {
+            self.rx = Vec::new();
+        }
+        if matches!(next, Next::PeerClosed | Next::Closed) {
+            self.read_eof = true;
+        }
+        Ok(next)
+    }
+
     async fn handshake(&mut self) -> io::Result<()> {
         loop {
-            let r = process(
-                &mut self.conn,
-                &mut self.rx,
-                None,
-                &mut self.plain,
-                &mut self.tx,
-            );
-            let (used, next) = match r {
-                Ok(x) => x,
+            let next = match self.process_rx(None, None) {
+                Ok(n) => n,
                 Err(e) => {
                     // rustls queued an alert for the client (unknown CA,
                     // certificate required, ...): send it, then fail.
                     let mut ignored = Vec::new();
-                    let _ = process(&mut self.conn, &mut [], None, &mut ignored, &mut self.tx);
+                    let _ = process(
+                        &mut self.conn,
+                        &mut [],
+                        None,
+                        &mut ignored,
+                        &mut self.tx,
+                        None,
+                    );
                     let _ = self.send_tx().await;
-                    return Err(tls_err(e));
+                    return Err(e);
                 }
             };
-            self.rx.drain(..used);
             self.send_tx().await?;
             match next {
                 Next::Ready => {
                     // Records right behind the client's Finished (its
                     // CONNECT, usually) are decrypted now: the client
                     // waits for an answer, so a read would wait forever.
-                    let r = process(
-                        &mut self.conn,
-                        &mut self.rx,
-                        None,
-                        &mut self.plain,
-                        &mut self.tx,
-                    );
-                    let (used, next) = r.map_err(tls_err)?;
-                    self.rx.drain(..used);
+                    self.process_rx(None, None)?;
                     self.send_tx().await?;
-                    if matches!(next, Next::Closed) {
-                        self.read_eof = true;
-                    }
-                    if self.rx.is_empty() {
-                        self.rx = Vec::new();
-                    } else {
-                        self.rx.shrink_to_fit();
-                    }
+                    self.rx.shrink_to_fit();
                     return Ok(());
                 }
-                Next::Closed => {
+                Next::PeerClosed | Next::Closed | Next::Sent => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the client closed the TLS session during the handshake",
@@ -225,15 +276,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                     let len = self.rx.len();
                     self.rx.resize(len + READ_STEP, 0);
                     let n = self.io.read(&mut self.rx[len..]).await;
-                    let n = match n {
-                        Ok(n) => n,
-                        Err(e) => {
-                            self.rx.truncate(len);
-                            return Err(e);
-                        }
-                    };
-                    self.rx.truncate(len + n);
-                    if n == 0 {
+                    self.rx.truncate(len + *n.as_ref().unwrap_or(&0));
+                    if n? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the client closed the connection during the TLS handshake",
@@ -289,27 +333,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         }
         true
     }
-
-    /// Processes the ciphertext in `rx` (after a read appended to it),
-    /// decrypting into `out` and `plain`.
-    fn process_rx(&mut self, out: &mut ReadBuf<'_>) -> io::Result<()> {
-        let r = process(
-            &mut self.conn,
-            &mut self.rx,
-            Some(out),
-            &mut self.plain,
-            &mut self.tx,
-        );
-        let (used, next) = r.map_err(tls_err)?;
-        self.rx.drain(..used);
-        if self.rx.is_empty() {
-            self.rx = Vec::new();
-        }
-        if matches!(next, Next::Closed) {
-            self.read_eof = true;
-        }
-        Ok(())
-    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
@@ -335,13 +358,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 // keep only what is left of an incomplete record.
                 let mut tmp = [0u8; READ_STEP];
                 let mut rb = ReadBuf::new(&mut tmp);
-                match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
-                    Poll::Pending => {
-                        this.read_waker = Some(cx.waker().clone());
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {}
+                if Pin::new(&mut this.io).poll_read(cx, &mut rb)?.is_pending() {
+                    this.read_waker = Some(cx.waker().clone());
+                    return Poll::Pending;
                 }
                 let n = rb.filled().len();
                 if n == 0 {
@@ -354,12 +373,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                     Some(out),
                     &mut this.plain,
                     &mut this.tx,
+                    None,
                 );
-                let (used, next) = r.map_err(tls_err)?;
-                if used < n {
-                    this.rx.extend_from_slice(&tmp[used..n]);
-                }
-                if matches!(next, Next::Closed) {
+                let (used, next) = r?;
+                this.rx.extend_from_slice(&tmp[used..n]);
+                if matches!(next, Next::PeerClosed | Next::Closed) {
                     this.read_eof = true;
                 }
             } else {
@@ -369,20 +387,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 let polled = Pin::new(&mut this.io).poll_read(cx, &mut rb);
                 let n = rb.filled().len();
                 this.rx.truncate(len + n);
-                match polled {
-                    Poll::Pending => {
-                        this.read_waker = Some(cx.waker().clone());
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {}
+                if polled?.is_pending() {
+                    this.read_waker = Some(cx.waker().clone());
+                    return Poll::Pending;
                 }
                 if n == 0 {
                     // Closed in the middle of a record.
                     this.read_eof = true;
                     return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                 }
-                this.process_rx(out)?;
+                this.process_rx(Some(out), None)?;
             }
             if out.filled().len() > before {
                 return Poll::Ready(Ok(()));
@@ -404,78 +418,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         if this.close_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        // Records rustls has to process first (a complete one cannot wait
-        // in `rx`: reads process everything they can) leave `rx` as it is;
-        // what a writer's processing decrypts is the reader's.
-        let mut decrypted = false;
+        // `rx` holds at most an incomplete record (reads process all they
+        // can), so this mostly encrypts at once; whatever it decrypts on
+        // the way is the reader's.
+        let had = this.plain.len();
         loop {
-            let status = this.conn.process_tls_records(&mut this.rx);
-            let discard = status.discard;
-            let state = status.state.map_err(tls_err)?;
-            let done = match state {
-                ConnectionState::WriteTraffic(mut w) => {
-                    let start = this.tx.len();
-                    // Record overhead: 5 header + 16 tag + 1 type per 16 KB.
-                    let mut room = buf.len() + 22 * (buf.len() / 16384 + 1);
-                    loop {
-                        this.tx.resize(start + room, 0);
-                        match w.encrypt(buf, &mut this.tx[start..]) {
-                            Ok(n) => {
-                                this.tx.truncate(start + n);
-                                break;
-                            }
-                            Err(EncryptError::InsufficientSize(s)) => room = s.required_size,
-                            Err(e) => {
-                                this.tx.truncate(start);
-                                return Poll::Ready(Err(io::Error::other(e.to_string())));
-                            }
-                        }
-                    }
-                    true
-                }
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(rec) = r.next_record() {
-                        let rec = rec.map_err(tls_err)?;
-                        this.plain.extend_from_slice(rec.payload);
-                        decrypted = true;
-                    }
-                    false
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    let start = this.tx.len();
-                    let mut room = 2048;
-                    loop {
-                        this.tx.resize(start + room, 0);
-                        match e.encode(&mut this.tx[start..]) {
-                            Ok(n) => {
-                                this.tx.truncate(start + n);
-                                break;
-                            }
-                            Err(EncodeError::InsufficientSize(s)) => room = s.required_size,
-                            Err(e) => {
-                                this.tx.truncate(start);
-                                return Poll::Ready(Err(io::Error::other(e.to_string())));
-                            }
-                        }
-                    }
-                    false
-                }
-                ConnectionState::TransmitTlsData(t) => {
-                    t.done();
-                    false
-                }
-                ConnectionState::PeerClosed => {
-                    this.read_eof = true;
-                    false
-                }
+            match this.process_rx(None, Some(buf))? {
+                Next::Sent => break,
+                // Edge-triggered: the next turn can encrypt.
+                Next::PeerClosed => {}
                 _ => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            };
-            this.rx.drain(..discard);
-            if done {
-                break;
             }
         }
-        if decrypted {
+        if this.plain.len() > had {
             if let Some(w) = this.read_waker.take() {
                 w.wake();
             }
@@ -499,12 +454,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             this.close_sent = true;
             let status = this.conn.process_tls_records(&mut []);
             if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
-                let start = this.tx.len();
-                this.tx.resize(start + 64, 0);
-                match w.queue_close_notify(&mut this.tx[start..]) {
-                    Ok(n) => this.tx.truncate(start + n),
-                    Err(_) => this.tx.truncate(start),
-                }
+                // Best effort: a session that cannot say close_notify is
+                // closed with the socket anyway.
+                let _ = append(&mut this.tx, 64, |b| Ok(w.queue_close_notify(b)?));
             }
         }
         ready!(this.poll_send(cx))?;
