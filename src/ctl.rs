@@ -143,6 +143,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("retainer", "retainer clean", "Clean all retained messages"),
     ("listeners", "listeners", "List listeners"),
     (
+        "acl",
+        "acl reload",
+        "Read the authorization files (acl.conf) again; a file that does not parse keeps its rules in force",
+    ),
+    (
         "listeners",
         "listeners stop <Identifier>",
         "Stop a listener (open connections stay)",
@@ -218,6 +223,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("topics", |n, w| Box::pin(cmd_topics(n, w))),
     ("retainer", |n, w| Box::pin(cmd_retainer(n, w))),
     ("listeners", |n, w| Box::pin(cmd_listeners(n, w))),
+    ("acl", |n, w| Box::pin(cmd_acl(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -535,6 +541,24 @@ async fn cmd_topics(node: &Node, w: &[&str]) -> (i32, String) {
             (0, r.iter().map(|(t, n)| format!("{t} -> {n}\n")).collect())
         }
         _ => unknown("topics"),
+    }
+}
+
+/// `acl reload`: the rules of every authorization file read again.
+async fn cmd_acl(node: &Node, w: &[&str]) -> (i32, String) {
+    match w {
+        ["acl", "reload"] => {
+            let (ok, lines) = crate::authz::reload(&node.ctx.settings.authz);
+            for l in &lines {
+                if ok {
+                    tracing::info!("ctl acl reload: {l}");
+                } else {
+                    tracing::warn!("ctl acl reload: {l}");
+                }
+            }
+            (if ok { 0 } else { 1 }, lines.join("\n") + "\n")
+        }
+        _ => unknown("acl"),
     }
 }
 

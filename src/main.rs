@@ -4,6 +4,7 @@
 //! check_config | version`, with Erlang-style flags (`-name`, `-setcookie`,
 //! `-config`).
 
+mod authz;
 mod bench;
 mod config;
 mod ctl;
@@ -158,12 +159,13 @@ fn main() -> ExitCode {
 }
 
 /// Reads the files the configuration names (listener, inter-node and
-/// etcd certificates) and builds the discovery strategy: one that is missing or unusable is a configuration
+/// etcd certificates, acl.conf) and builds the discovery strategy: one that is missing or unusable is a configuration
 /// error, reported before anything starts (exit 2).
 fn check_files(cfg: config::Config) -> Result<config::Config, ExitCode> {
     let checked = listeners::check(&cfg)
         .and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()))
-        .and_then(|()| node::check_discovery(&cfg));
+        .and_then(|()| node::check_discovery(&cfg))
+        .and_then(|()| authz::build(&cfg).map(|_| ()));
     match checked {
         Ok(()) => Ok(cfg),
         Err(e) => {

@@ -365,7 +365,8 @@ async fn start_broker(
         max_payload_size: cfg.retainer.max_payload_size as usize,
         msg_expiry_interval: cfg.retainer.msg_expiry_interval,
     });
-    let settings = mqtt_settings(cfg);
+    let mut settings = mqtt_settings(cfg);
+    settings.authz = Arc::new(crate::authz::build(cfg)?);
     let bsettings = BrokerSettings {
         shared_strategy: SharedStrategy::parse(cfg.mqtt.shared_subscription_strategy.as_str())
             .unwrap_or_default(),

@@ -42,6 +42,9 @@ pub struct Accepted {
     /// and `mqtt.peer_cert_as_clientid`): they replace what the CONNECT says.
     pub cert_username: Option<String>,
     pub cert_client_id: Option<String>,
+    /// The common name of the client's certificate (for authorization
+    /// rules' `${cert_common_name}`).
+    pub cert_cn: Option<Arc<str>>,
 }
 
 impl Accepted {
@@ -52,6 +55,7 @@ impl Accepted {
             mountpoint,
             cert_username: None,
             cert_client_id: None,
+            cert_cn: None,
         }
     }
 }
@@ -338,7 +342,7 @@ where
 
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint);
+    let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint, acc.cert_cn);
     let session: ActorRef<SessionMsg> = match Box::pin(open_session(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {

@@ -28,6 +28,8 @@ pub struct ConnHandle {
     pub peer: SocketAddr,
     /// The mount point template of the listener the client came through.
     pub mountpoint: Option<Arc<str>>,
+    /// The common name of the client's TLS certificate, if it sent one.
+    pub cert_cn: Option<Arc<str>>,
     out: Arc<Outbox>,
 }
 
@@ -146,6 +148,7 @@ impl Clone for ConnHandle {
             id: self.id,
             peer: self.peer,
             mountpoint: self.mountpoint.clone(),
+            cert_cn: self.cert_cn.clone(),
             out: self.out.clone(),
         }
     }
@@ -170,6 +173,7 @@ impl ConnHandle {
         id: u64,
         peer: SocketAddr,
         mountpoint: Option<Arc<str>>,
+        cert_cn: Option<Arc<str>>,
     ) -> (ConnHandle, ConnEnd) {
         let out = Arc::new(Outbox::default());
         out.state.lock().handles = 1;
@@ -178,6 +182,7 @@ impl ConnHandle {
                 id,
                 peer,
                 mountpoint,
+                cert_cn,
                 out: out.clone(),
             },
             ConnEnd(out),
@@ -225,7 +230,7 @@ mod tests {
         use super::{ConnCmd, ConnHandle};
         use bytes::Bytes;
         use std::time::Duration;
-        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap(), None);
+        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap(), None, None);
         let h2 = h.clone();
         assert!(h.write(Bytes::from_static(b"ab")));
         h2.close();
@@ -248,7 +253,7 @@ mod tests {
         drop(w.await.unwrap());
         assert!(rx.recv().await.is_none());
         // The connection task is gone: writes fail.
-        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap(), None);
+        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap(), None, None);
         drop(rx);
         assert!(!h.write(Bytes::from_static(b"x")));
     }

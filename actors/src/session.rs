@@ -112,6 +112,10 @@ impl Actor for SessionActor {
             ),
         };
         ch.set_mountpoint(a.conn.mountpoint.as_deref());
+        ch.set_peer(
+            Some(a.conn.peer.ip()),
+            a.conn.cert_cn.as_deref().map(String::from),
+        );
         let tick = match a.ctx.settings.retry_interval {
             Some(retry) => retry
                 .min(a.ctx.settings.await_rel_timeout)
@@ -641,6 +645,9 @@ impl SessionState {
             let upgrade = self.ctx.settings.upgrade_qos;
             for (filter, opts, sub_id) in retained {
                 for m in self.ctx.broker.retainer.matching(&filter) {
+                    if !self.ch.may_receive(&m.topic, m.qos, clock::now()) {
+                        continue;
+                    }
                     let can = self
                         .conn
                         .as_ref()
@@ -751,6 +758,10 @@ impl SessionState {
         self.ending = false;
         self.ch.attach(&connect, clock::now());
         self.ch.set_mountpoint(conn.mountpoint.as_deref());
+        self.ch.set_peer(
+            Some(conn.peer.ip()),
+            conn.cert_cn.as_deref().map(String::from),
+        );
         self.conn = Some(conn);
         let ack = self.ch.connack(&connect, true, false);
         self.send(Packet::ConnAck(ack));
@@ -803,7 +814,7 @@ impl SessionState {
     }
 
     fn publish_will(&mut self) {
-        let Some(w) = self.ch.conn.will.take() else {
+        let Some(w) = self.ch.take_will(clock::now()) else {
             return;
         };
         let w = *w;

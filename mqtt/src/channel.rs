@@ -7,6 +7,8 @@
 //! going into the broker. The session actor wraps it and does the I/O, so
 //! every rule here is tested directly and fast.
 
+use crate::acl::{AclAction, ClientInfo, Permission, Request};
+use crate::authz::{AuthzCache, DenyAction};
 use crate::codec;
 use crate::delivery::Delivery;
 use crate::message::Message;
@@ -16,6 +18,7 @@ use crate::time::Now;
 use crate::topic;
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -116,6 +119,12 @@ pub struct ConnState {
     out_aliases: HashMap<Arc<str>, u16>,
     pub connected_at_ms: u64,
     pub disconnected_at_ms: Option<u64>,
+    /// The client's address and its TLS certificate's common name, as
+    /// authorization rules see them (see [`Channel::set_peer`]).
+    pub peer: Option<IpAddr>,
+    pub cert_cn: Option<String>,
+    /// Authorization decisions of this connection.
+    authz_cache: AuthzCache,
 }
 
 impl ConnState {
@@ -136,6 +145,9 @@ impl ConnState {
             out_aliases: HashMap::new(),
             connected_at_ms: now.wall_ms,
             disconnected_at_ms: None,
+            peer: None,
+            cert_cn: None,
+            authz_cache: AuthzCache::default(),
         }
     }
 }
@@ -366,6 +378,76 @@ impl Channel {
         }
     }
 
+    /// Sets the client's address and its certificate's common name (call
+    /// with [`Channel::set_mountpoint`]): authorization rules by address
+    /// and `${cert_common_name}` use them.
+    pub fn set_peer(&mut self, peer: Option<IpAddr>, cert_cn: Option<String>) {
+        self.conn.peer = peer;
+        self.conn.cert_cn = cert_cn;
+        self.conn.authz_cache.clear();
+    }
+
+    /// Whether authorization lets this client do `action` on `topic` (as
+    /// the client names it, without the mount point).
+    fn permitted(
+        &mut self,
+        action: AclAction,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        now: Now,
+    ) -> bool {
+        let authz = &self.settings.authz;
+        if authz.allows_everything() {
+            return true;
+        }
+        let r = Request {
+            action,
+            topic,
+            qos: qos as u8,
+            retain,
+        };
+        let ConnState {
+            authz_cache,
+            username,
+            peer,
+            cert_cn,
+            ..
+        } = &mut self.conn;
+        let client = || ClientInfo {
+            client_id: self.client_id.to_string(),
+            username: username.clone(),
+            peer: *peer,
+            cert_cn: cert_cn.clone(),
+        };
+        authz_cache.check(authz, client, &r, now.mono) == Permission::Allow
+    }
+
+    /// Whether the client may receive a message on `topic` (mounted, as
+    /// the broker has it): its retained messages are checked one by one,
+    /// as a subscription to the topic itself.
+    pub fn may_receive(&mut self, topic: &str, qos: QoS, now: Now) -> bool {
+        if self.settings.authz.allows_everything() {
+            return true;
+        }
+        let t = self.unmounted(topic).to_string();
+        self.permitted(AclAction::Subscribe, &t, qos, false, now)
+    }
+
+    /// Takes the will to publish it; `None` when there is none or the
+    /// client may not publish it (checked now, when it is sent, as EMQX
+    /// does).
+    pub fn take_will(&mut self, now: Now) -> Option<Box<LastWill>> {
+        let w = self.conn.will.take()?;
+        let t = self.unmounted(&w.topic).to_string();
+        if self.permitted(AclAction::Publish, &t, w.qos, w.retain, now) {
+            Some(w)
+        } else {
+            self.counters.publish_refused += 1;
+            None
+        }
+    }
+
     /// The topic as the client knows it.
     fn unmounted<'a>(&self, topic: &'a str) -> &'a str {
         match &self.conn.mountpoint {
@@ -460,7 +542,7 @@ impl Channel {
             Packet::PubRec(a) => self.handle_pubrec(a, now),
             Packet::PubRel(a) => self.handle_pubrel(a.packet_id),
             Packet::PubComp(a) => self.handle_pubcomp(a.packet_id, now),
-            Packet::Subscribe(s) => self.handle_subscribe(s),
+            Packet::Subscribe(s) => self.handle_subscribe(s, now),
             Packet::Unsubscribe(u) => self.handle_unsubscribe(u),
             Packet::PingReq => vec![Action::Send(Packet::PingResp)],
             Packet::Disconnect(d) => self.handle_disconnect(d),
@@ -560,6 +642,16 @@ impl Channel {
         if topic::is_broker_topic(&p.topic) {
             // The broker's own topics: clients read them, only the broker
             // writes them (as EMQX's default authorization has it).
+            return self.refuse_publish(&p, now);
+        }
+        if !self.permitted(AclAction::Publish, &p.topic, p.qos, p.retain, now) {
+            if s.authz.deny_action == DenyAction::Disconnect {
+                self.counters.publish_refused += 1;
+                return vec![self.close(
+                    reason::NOT_AUTHORIZED,
+                    format!("not authorized to publish to {:?}", p.topic),
+                )];
+            }
             return self.refuse_publish(&p, now);
         }
         if let Some(mp) = &self.conn.mountpoint {
@@ -715,7 +807,7 @@ impl Channel {
         vec![]
     }
 
-    fn handle_subscribe(&mut self, s: Subscribe) -> Vec<Action> {
+    fn handle_subscribe(&mut self, s: Subscribe, now: Now) -> Vec<Action> {
         let st = self.settings.clone();
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut requests = Vec::with_capacity(s.filters.len());
@@ -741,6 +833,17 @@ impl Channel {
                     return vec![
                         self.close(reason::PROTOCOL_ERROR, "no local on a shared subscription")
                     ];
+                }
+            }
+            if refused.is_none() {
+                // Rules see the filter as the client wrote it; of a shared
+                // subscription, the filter without `$share/<group>/`.
+                let real = match &shared {
+                    Ok(Some((_, inner))) => inner,
+                    _ => filter.as_str(),
+                };
+                if !self.permitted(AclAction::Subscribe, real, opts.qos, false, now) {
+                    refused = Some(reason::NOT_AUTHORIZED);
                 }
             }
             if refused.is_none() {

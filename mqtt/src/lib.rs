@@ -9,6 +9,8 @@
 //!
 //! The layer above (`emqx-actors`) owns sockets, actors and timers.
 
+pub mod acl;
+pub mod authz;
 pub mod channel;
 pub mod codec;
 pub mod delivery;

@@ -1,7 +1,9 @@
 //! The protocol settings a channel reads (`mqtt.*` of emqx.conf), as one
 //! typed struct so the broker crate does not depend on the config parser.
 
+use crate::authz::Authz;
 use crate::packet::QoS;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct MqttSettings {
     pub max_pending_write: usize,
     /// A socket whose pending writes make no progress this long is closed.
     pub send_timeout: Duration,
+    /// Authorization (`authorization.*`), shared by every channel.
+    pub authz: Arc<Authz>,
 }
 
 impl Default for MqttSettings {
@@ -74,6 +78,7 @@ impl Default for MqttSettings {
             use_username_as_clientid: false,
             max_pending_write: 4 * 1024 * 1024,
             send_timeout: Duration::from_secs(15),
+            authz: Arc::new(Authz::default()),
         }
     }
 }

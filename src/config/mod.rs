@@ -30,6 +30,7 @@ pub const KNOWN_ROOTS: &[&str] = &[
     "rpc",
     "dashboard",
     "api",
+    "authorization",
 ];
 
 /// EMQX's other configuration roots: not implemented yet, so a setting
@@ -37,7 +38,6 @@ pub const KNOWN_ROOTS: &[&str] = &[
 /// instead of being ignored.
 pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "authentication",
-    "authorization",
     "actions",
     "sources",
     "bridges",
@@ -241,6 +241,114 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub rpc: RpcConfig,
     pub dashboard: DashboardConfig,
+    pub authorization: AuthorizationConfig,
+}
+
+/// `authorization.*` (EMQX's defaults: the file source, `no_match =
+/// allow`, `deny_action = ignore`, a cache of 32 entries for 1 minute).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthorizationConfig {
+    pub sources: Vec<AuthzSourceConfig>,
+    /// `allow` (true) or `deny`.
+    pub no_match_allow: bool,
+    /// `disconnect` (true) or `ignore`.
+    pub deny_disconnect: bool,
+    pub cache_enable: bool,
+    pub cache_max_size: usize,
+    pub cache_ttl: Duration,
+}
+
+/// One entry of `authorization.sources`: today `type = file` only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthzSourceConfig {
+    /// `authorization.sources.N`, for messages.
+    pub key: String,
+    pub enable: bool,
+    /// `None`: EMQX's default, `acl.conf` in the etc directory (see
+    /// `authz::default_acl_path`).
+    pub path: Option<PathBuf>,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        AuthorizationConfig {
+            sources: vec![AuthzSourceConfig {
+                key: "authorization.sources.1".into(),
+                enable: true,
+                path: None,
+            }],
+            no_match_allow: true,
+            deny_disconnect: false,
+            cache_enable: true,
+            cache_max_size: 32,
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AuthorizationConfig {
+    fn apply(&mut self, o: &mut Fields) -> Result<()> {
+        if let Some(f) = o.take("sources") {
+            let Value::Array(items) = &f.node.value else {
+                return Err(f.invalid(format!("expected an array of sources, got {}", f.got())));
+            };
+            let mut sources = Vec::with_capacity(items.len());
+            for (i, node) in items.iter().enumerate() {
+                let key = format!("{}.{}", f.key, i + 1);
+                let mut s = Fields::new(key.clone(), node)?;
+                let kind = s.take("type").ok_or_else(|| ConfigError::Invalid {
+                    key: format!("{key}.type"),
+                    origin: node.origin.clone(),
+                    message: "required (file)".into(),
+                })?;
+                let t = kind.string()?;
+                if t != "file" {
+                    return Err(kind.invalid(format!(
+                        "not supported yet: {t:?} (only type = file works today)"
+                    )));
+                }
+                let mut src = AuthzSourceConfig {
+                    key: key.clone(),
+                    enable: true,
+                    path: None,
+                };
+                s.set("enable", &mut src.enable, Field::bool)?;
+                if let Some(p) = s.take("path") {
+                    src.path = Some(p.path()?);
+                }
+                s.finish()?;
+                sources.push(src);
+            }
+            self.sources = sources;
+        }
+        o.set("no_match", &mut self.no_match_allow, |f| {
+            match f.string()?.as_str() {
+                "allow" => Ok(true),
+                "deny" => Ok(false),
+                other => Err(f.invalid(format!("expected allow or deny, got {other:?}"))),
+            }
+        })?;
+        o.set("deny_action", &mut self.deny_disconnect, |f| {
+            match f.string()?.as_str() {
+                "ignore" => Ok(false),
+                "disconnect" => Ok(true),
+                other => Err(f.invalid(format!("expected ignore or disconnect, got {other:?}"))),
+            }
+        })?;
+        o.section("cache", |c| {
+            c.set("enable", &mut self.cache_enable, Field::bool)?;
+            c.set("max_size", &mut self.cache_max_size, |f| {
+                f.uint(1, 1_048_576).map(|v| v as usize)
+            })?;
+            c.set("ttl", &mut self.cache_ttl, Field::duration)?;
+            // EMQX's own: dropping every client's cache on a timer.
+            let mut excludes = Vec::new();
+            c.set("excludes", &mut excludes, |f| {
+                f.only(Field::string_list, Vec::new(), "[]")
+            })
+        })?;
+        Ok(())
+    }
 }
 
 /// `node.*`
@@ -1128,6 +1236,7 @@ impl Config {
         root.section("listeners", |o| c.listeners.apply(o))?;
         root.section("mqtt", |o| c.mqtt.apply(o))?;
         root.section("retainer", |o| c.retainer.apply(o))?;
+        root.section("authorization", |o| c.authorization.apply(o))?;
         root.section("sys_topics", |o| c.sys_topics.apply(o))?;
         root.section("log", |o| c.log.apply(o))?;
         root.section("broker", |o| {

@@ -807,7 +807,7 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
         ),
         ("dashboard.listeners.http.bind = 18084", "dashboard"),
         ("authentication = []", "authentication"),
-        ("authorization.no_match = deny", "authorization"),
+        ("flapping_detect.enable = true", "flapping_detect"),
     ] {
         let e = err(text, &[]);
         assert!(
@@ -916,5 +916,74 @@ mqtt.peer_cert_as_clientid = md5
     ] {
         let e = err(text, &[]);
         assert!(e.contains(expect), "{text}: {e}");
+    }
+}
+
+#[test]
+fn authorization_is_read_with_emqx_defaults() {
+    let c = Config::default();
+    let a = &c.authorization;
+    assert_eq!(a.sources.len(), 1);
+    assert!(a.sources[0].enable && a.sources[0].path.is_none());
+    assert!(a.no_match_allow && !a.deny_disconnect);
+    assert!(a.cache_enable);
+    assert_eq!((a.cache_max_size, a.cache_ttl), (32, secs(60)));
+
+    let c = ok(
+        r#"authorization {
+             sources = [{type = file, enable = true, path = "/etc/x/acl.conf"}]
+             no_match = deny
+             deny_action = disconnect
+             cache { enable = false, max_size = 100, ttl = 5s }
+           }"#,
+        &[],
+    );
+    let a = &c.authorization;
+    assert_eq!(a.sources[0].path, Some(PathBuf::from("/etc/x/acl.conf")));
+    assert_eq!(a.sources[0].key, "authorization.sources.1");
+    assert!(!a.no_match_allow && a.deny_disconnect && !a.cache_enable);
+    assert_eq!((a.cache_max_size, a.cache_ttl), (100, secs(5)));
+
+    // The environment, as EMQX users set it.
+    let c = ok(
+        "",
+        &[(
+            "EMQX_AUTHORIZATION__SOURCES",
+            r#"[{type = file, enable = true, path = "/tmp/acl.conf"}]"#,
+        )],
+    );
+    assert_eq!(
+        c.authorization.sources[0].path,
+        Some(PathBuf::from("/tmp/acl.conf"))
+    );
+    let c = ok("", &[("EMQX_AUTHORIZATION__SOURCES", "[]")]);
+    assert!(c.authorization.sources.is_empty());
+
+    for (text, want) in [
+        (
+            "authorization.sources = [{type = http, enable = true}]",
+            "'authorization.sources.1.type'",
+        ),
+        (
+            "authorization.sources = [{type = file}, {enable = true}]",
+            "'authorization.sources.2.type'",
+        ),
+        (
+            "authorization.sources = [{type = file, pth = x}]",
+            "'authorization.sources.1.pth'",
+        ),
+        ("authorization.no_match = maybe", "'authorization.no_match'"),
+        (
+            "authorization.deny_action = drop",
+            "'authorization.deny_action'",
+        ),
+        (
+            "authorization.cache.excludes = [\"t/#\"]",
+            "'authorization.cache.excludes'",
+        ),
+        ("authorization.sources = file", "'authorization.sources'"),
+    ] {
+        let e = err(text, &[]);
+        assert!(e.contains(want), "{text}: {e}");
     }
 }

@@ -221,6 +221,7 @@ async fn setup(
                 // A balancer that terminated TLS passes the certificate's
                 // CN (PROXY v2 only); nothing else of it.
                 if let Some(cn) = info.ssl_cn {
+                    acc.cert_cn = Some(cn.as_str().into());
                     if spec.cert_as_username == PeerCertAs::Cn {
                         acc.cert_username = Some(cn.clone());
                     }

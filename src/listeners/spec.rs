@@ -86,6 +86,7 @@ impl Spec {
         acc: &mut Accepted,
         cert: &rustls::pki_types::CertificateDer<'_>,
     ) {
+        acc.cert_cn = tls::peer_cert_field(PeerCertAs::Cn, cert).map(Into::into);
         if self.cert_as_username != PeerCertAs::Disabled {
             acc.cert_username = tls::peer_cert_field(self.cert_as_username, cert);
         }

@@ -2567,3 +2567,127 @@ fn control_packets_are_fitted_to_the_clients_maximum_packet_size() {
     assert!(ch.fit_outgoing(&mut d));
     assert_eq!(d, before);
 }
+
+// ---------------------------------------------------------------------------
+// Authorization
+// ---------------------------------------------------------------------------
+
+fn authz_settings(rules: &str, deny: crate::authz::DenyAction) -> MqttSettings {
+    use crate::authz::{Authz, CacheSettings, Source};
+    MqttSettings {
+        authz: Arc::new(Authz::new(
+            vec![Source {
+                name: "acl.conf".into(),
+                acl: crate::acl::Acl::parse(rules).expect("rules"),
+            }],
+            crate::acl::Permission::Allow,
+            deny,
+            CacheSettings::default(),
+        )),
+        ..MqttSettings::default()
+    }
+}
+
+const RULES: &str = r##"
+{deny, all, publish, ["secret/#"]}.
+{deny, all, subscribe, ["private/+", {eq, "#"}]}.
+{allow, {ipaddr, "10.0.0.0/8"}, publish, ["net/${clientid}"]}.
+{deny, all, publish, ["net/#"]}.
+"##;
+
+#[test]
+fn a_denied_publish_is_refused_like_a_sys_publish() {
+    use crate::authz::DenyAction::Ignore;
+    for v in [V4, V5] {
+        let mut ch = settings_channel(v, authz_settings(RULES, Ignore));
+        let mut sink = Recorder::with_subscribers(1);
+        let code = if v == V5 { 0x87 } else { 0 };
+        let acts = feed_publish(&mut ch, publish_in("secret/a", Q1, 1), &mut sink);
+        assert_eq!(acts, vec![puback(1, code)], "{v:?}");
+        let acts = feed_publish(&mut ch, publish_in("secret/b", Q0, 0), &mut sink);
+        assert!(acts.is_empty());
+        // Allowed topics go through.
+        let acts = feed_publish(&mut ch, publish_in("open", Q1, 2), &mut sink);
+        assert_eq!(acts, vec![puback(2, 0)]);
+        assert_eq!(sink.topics(), vec!["open"]);
+        assert_eq!(ch.counters.publish_refused, 2);
+    }
+}
+
+#[test]
+fn deny_action_disconnect_closes_with_0x87() {
+    let mut ch = settings_channel(
+        V5,
+        authz_settings(RULES, crate::authz::DenyAction::Disconnect),
+    );
+    let mut sink = Recorder::with_subscribers(1);
+    let acts = feed_publish(&mut ch, publish_in("secret/a", Q1, 1), &mut sink);
+    assert!(
+        matches!(
+            acts.as_slice(),
+            [Action::Close {
+                reason: Some(0x87),
+                ..
+            }]
+        ),
+        "{acts:?}"
+    );
+    assert!(sink.msgs.is_empty());
+}
+
+#[test]
+fn denied_filters_are_refused_with_0x87_and_shared_ones_by_their_filter() {
+    let mut ch = settings_channel(V5, authz_settings(RULES, crate::authz::DenyAction::Ignore));
+    let mut sink = Recorder::default();
+    let acts = feed(
+        &mut ch,
+        subscribe(
+            3,
+            &[
+                ("private/x", opts(Q1)),
+                ("#", opts(Q0)),
+                ("$share/g/private/y", opts(Q0)),
+                ("private/x/y", opts(Q1)),
+                ("a/#", opts(Q1)),
+            ],
+        ),
+        &mut sink,
+    );
+    let refused: Vec<_> = sub_requests(acts, 3).iter().map(|r| r.refused).collect();
+    assert_eq!(
+        refused,
+        vec![Some(0x87), Some(0x87), Some(0x87), None, None]
+    );
+}
+
+#[test]
+fn rules_by_address_and_placeholders_use_the_peer() {
+    let mut ch = settings_channel(V5, authz_settings(RULES, crate::authz::DenyAction::Ignore));
+    let mut sink = Recorder::with_subscribers(1);
+    // No address known yet: the ipaddr rule does not match.
+    let acts = feed_publish(&mut ch, publish_in("net/c1", Q1, 1), &mut sink);
+    assert_eq!(acts, vec![puback(1, 0x87)]);
+    ch.set_peer(Some("10.1.2.3".parse().expect("ip")), None);
+    let acts = feed_publish(&mut ch, publish_in("net/c1", Q1, 2), &mut sink);
+    assert_eq!(acts, vec![puback(2, 0)]);
+    let acts = feed_publish(&mut ch, publish_in("net/other", Q1, 3), &mut sink);
+    assert_eq!(acts, vec![puback(3, 0x87)]);
+}
+
+#[test]
+fn a_will_is_checked_when_it_is_sent_and_retained_messages_one_by_one() {
+    let s = authz_settings(RULES, crate::authz::DenyAction::Ignore);
+    let mut c = connect(V5);
+    c.will = Some(will("secret/w"));
+    let mut ch = channel_with(s.clone(), &c);
+    assert!(ch.take_will(test_now()).is_none());
+    assert_eq!(ch.counters.publish_refused, 1);
+    c.will = Some(will("fine/w"));
+    let mut ch = channel_with(s, &c);
+    assert_eq!(
+        ch.take_will(test_now()).map(|w| w.topic),
+        Some("fine/w".into())
+    );
+    assert!(!ch.may_receive("private/a", Q0, test_now()));
+    assert!(ch.may_receive("private/a/b", Q0, test_now()));
+}

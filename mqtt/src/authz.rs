@@ -1,0 +1,300 @@
+//! Authorization as EMQX 5 does it: the sources are tried in order, the
+//! first rule that matches decides, and `no_match` decides when none
+//! does. A denied publish is dropped or ends the connection
+//! (`deny_action`); each client keeps a small cache of decisions
+//! (`cache.max_size` entries for `cache.ttl`), emptied when the rules
+//! change.
+//!
+//! The sources are `acl.conf` files ([`Acl`]); the rules of one can be
+//! replaced on a running node ([`Authz::replace`]).
+
+use crate::acl::{Acl, AclAction, ClientInfo, Permission, Request};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// What a denied publish does (`authorization.deny_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyAction {
+    /// Drop it (v5: acknowledged with 0x87 Not authorized).
+    Ignore,
+    /// End the connection (v5: DISCONNECT 0x87).
+    Disconnect,
+}
+
+/// `authorization.cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub enable: bool,
+    pub max_size: usize,
+    pub ttl: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enable: true,
+            max_size: 32,
+            ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One source: a name for logs and its rules.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub acl: Acl,
+}
+
+/// The node's authorization: shared by every channel.
+#[derive(Debug)]
+pub struct Authz {
+    sources: RwLock<Arc<Vec<Source>>>,
+    /// Bumped whenever the rules change; a cache of another generation is
+    /// emptied before use.
+    generation: AtomicU64,
+    pub no_match: Permission,
+    pub deny_action: DenyAction,
+    pub cache: CacheSettings,
+    /// No source and `no_match = allow` (fixed: sources are replaced,
+    /// never added or removed).
+    open: bool,
+}
+
+impl Default for Authz {
+    /// No sources and `no_match = allow`: everything is allowed.
+    fn default() -> Self {
+        Authz::new(
+            Vec::new(),
+            Permission::Allow,
+            DenyAction::Ignore,
+            CacheSettings::default(),
+        )
+    }
+}
+
+impl Authz {
+    pub fn new(
+        sources: Vec<Source>,
+        no_match: Permission,
+        deny_action: DenyAction,
+        cache: CacheSettings,
+    ) -> Authz {
+        Authz {
+            open: sources.is_empty() && no_match == Permission::Allow,
+            sources: RwLock::new(Arc::new(sources)),
+            generation: AtomicU64::new(1),
+            no_match,
+            deny_action,
+            cache,
+        }
+    }
+
+    /// Whether every request is allowed without looking (no source and
+    /// `no_match = allow`), so a channel can skip the work.
+    pub fn allows_everything(&self) -> bool {
+        self.open
+    }
+
+    fn current(&self) -> Arc<Vec<Source>> {
+        match self.sources.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The sources in order (for `ctl`).
+    pub fn sources(&self) -> Arc<Vec<Source>> {
+        self.current()
+    }
+
+    /// Replaces the rules of the source named `name`; false when there is
+    /// no such source. Every client's cache is emptied.
+    pub fn replace(&self, name: &str, acl: Acl) -> bool {
+        let mut guard = match self.sources.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut next = (**guard).clone();
+        let Some(s) = next.iter_mut().find(|s| s.name == name) else {
+            return false;
+        };
+        s.acl = acl;
+        *guard = Arc::new(next);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The decision for one request, without a cache.
+    pub fn authorize(&self, c: &ClientInfo, r: &Request<'_>) -> Permission {
+        self.current()
+            .iter()
+            .find_map(|s| s.acl.check(c, r))
+            .unwrap_or(self.no_match)
+    }
+}
+
+/// A client's cache of decisions: per topic, one slot per action, QoS
+/// and retain flag.
+#[derive(Debug, Default)]
+pub struct AuthzCache {
+    generation: u64,
+    entries: HashMap<String, [Option<(Permission, Instant)>; SLOTS]>,
+}
+
+/// Publish: 3 QoS x 2 retain flags; subscribe: 3 QoS.
+const SLOTS: usize = 9;
+
+fn slot(r: &Request<'_>) -> usize {
+    let q = usize::from(r.qos.min(2));
+    match r.action {
+        AclAction::Publish => q * 2 + usize::from(r.retain),
+        AclAction::Subscribe => 6 + q,
+    }
+}
+
+impl AuthzCache {
+    /// The decision for `r`, from the cache when it has a fresh one.
+    pub fn check(
+        &mut self,
+        authz: &Authz,
+        client: impl FnOnce() -> ClientInfo,
+        r: &Request<'_>,
+        now: Instant,
+    ) -> Permission {
+        if !authz.cache.enable || authz.cache.max_size == 0 {
+            return authz.authorize(&client(), r);
+        }
+        let generation = authz.generation();
+        if generation != self.generation {
+            self.entries.clear();
+            self.generation = generation;
+        }
+        let i = slot(r);
+        if let Some(Some((p, until))) = self.entries.get(r.topic).map(|e| e[i]) {
+            if now < until {
+                return p;
+            }
+        }
+        let p = authz.authorize(&client(), r);
+        if !self.entries.contains_key(r.topic) && self.entries.len() >= authz.cache.max_size {
+            self.entries
+                .retain(|_, e| e.iter().flatten().any(|(_, until)| now < *until));
+            if self.entries.len() >= authz.cache.max_size {
+                self.entries.clear();
+            }
+        }
+        self.entries.entry(r.topic.to_string()).or_default()[i] = Some((p, now + authz.cache.ttl));
+        p
+    }
+
+    /// Forgets everything (the client's identity changed).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authz(text: &str, no_match: Permission) -> Authz {
+        Authz::new(
+            vec![Source {
+                name: "file".into(),
+                acl: Acl::parse(text).expect("acl"),
+            }],
+            no_match,
+            DenyAction::Ignore,
+            CacheSettings::default(),
+        )
+    }
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            client_id: "c1".into(),
+            ..ClientInfo::default()
+        }
+    }
+
+    fn publish(topic: &str) -> Request<'_> {
+        Request {
+            action: AclAction::Publish,
+            topic,
+            qos: 1,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn no_match_decides_when_no_rule_matches() {
+        let a = authz(r#"{deny, all, publish, ["x"]}."#, Permission::Allow);
+        assert_eq!(a.authorize(&client(), &publish("x")), Permission::Deny);
+        assert_eq!(a.authorize(&client(), &publish("y")), Permission::Allow);
+        let a = authz(r#"{allow, all, publish, ["x"]}."#, Permission::Deny);
+        assert_eq!(a.authorize(&client(), &publish("y")), Permission::Deny);
+        assert!(!a.allows_everything());
+        assert!(Authz::default().allows_everything());
+    }
+
+    #[test]
+    fn the_cache_answers_until_its_ttl_or_a_rule_change() {
+        let a = authz(r#"{deny, all, publish, ["x"]}."#, Permission::Allow);
+        let mut cache = AuthzCache::default();
+        let t0 = Instant::now();
+        let asked = std::cell::Cell::new(0);
+        let check = |cache: &mut AuthzCache, t| {
+            cache.check(
+                &a,
+                || {
+                    asked.set(asked.get() + 1);
+                    client()
+                },
+                &publish("x"),
+                t,
+            )
+        };
+        assert_eq!(check(&mut cache, t0), Permission::Deny);
+        assert_eq!(
+            check(&mut cache, t0 + Duration::from_secs(59)),
+            Permission::Deny
+        );
+        assert_eq!(asked.get(), 1, "the second answer came from the cache");
+        assert_eq!(
+            check(&mut cache, t0 + Duration::from_secs(61)),
+            Permission::Deny
+        );
+        assert_eq!(asked.get(), 2, "expired after the ttl");
+        // New rules: the cache is not trusted any more.
+        assert!(a.replace("file", Acl::parse("{allow, all}.").expect("acl")));
+        assert!(!a.replace("nope", Acl::default()));
+        let got = cache.check(&a, client, &publish("x"), t0 + Duration::from_secs(62));
+        assert_eq!(got, Permission::Allow);
+    }
+
+    #[test]
+    fn the_cache_stays_within_max_size() {
+        let a = authz("{allow, all}.", Permission::Deny);
+        let mut cache = AuthzCache::default();
+        let t0 = Instant::now();
+        for i in 0..100 {
+            let t = format!("t/{i}");
+            cache.check(&a, client, &publish(&t), t0);
+            assert!(cache.entries.len() <= 32);
+        }
+        // Different QoS or retain flags are different questions.
+        let r = Request {
+            action: AclAction::Publish,
+            topic: "q",
+            qos: 2,
+            retain: true,
+        };
+        assert_ne!(slot(&r), slot(&publish("q")));
+    }
+}
