@@ -140,21 +140,26 @@ impl Authz {
     }
 }
 
-/// A client's cache of decisions: per topic, one slot per action, QoS
-/// and retain flag.
+/// A client's cache of decisions: per topic, the answers to the
+/// questions asked about it (an action with a QoS and retain flag).
 #[derive(Debug, Default)]
 pub struct AuthzCache {
     generation: u64,
-    entries: HashMap<String, [Option<(Permission, Instant)>; SLOTS]>,
+    entries: HashMap<Box<str>, Vec<Cached>>,
 }
 
-/// Publish: 3 QoS x 2 retain flags; subscribe: 3 QoS.
-const SLOTS: usize = 9;
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    slot: u8,
+    permission: Permission,
+    until: Instant,
+}
 
-fn slot(r: &Request<'_>) -> usize {
-    let q = usize::from(r.qos.min(2));
+/// Publish: 3 QoS x 2 retain flags (0-5); subscribe: 3 QoS (6-8).
+fn slot(r: &Request<'_>) -> u8 {
+    let q = r.qos.min(2);
     match r.action {
-        AclAction::Publish => q * 2 + usize::from(r.retain),
+        AclAction::Publish => q * 2 + u8::from(r.retain),
         AclAction::Subscribe => 6 + q,
     }
 }
@@ -168,7 +173,7 @@ impl AuthzCache {
         r: &Request<'_>,
         now: Instant,
     ) -> Permission {
-        if !authz.cache.enable || authz.cache.max_size == 0 {
+        if !authz.cache.enable {
             return authz.authorize(&client(), r);
         }
         let generation = authz.generation();
@@ -176,27 +181,37 @@ impl AuthzCache {
             self.entries.clear();
             self.generation = generation;
         }
-        let i = slot(r);
-        if let Some(Some((p, until))) = self.entries.get(r.topic).map(|e| e[i]) {
-            if now < until {
-                return p;
-            }
+        let s = slot(r);
+        let hit = self
+            .entries
+            .get(r.topic)
+            .and_then(|e| e.iter().find(|c| c.slot == s && now < c.until));
+        if let Some(c) = hit {
+            return c.permission;
         }
-        let p = authz.authorize(&client(), r);
+        let permission = authz.authorize(&client(), r);
         if !self.entries.contains_key(r.topic) && self.entries.len() >= authz.cache.max_size {
-            self.entries
-                .retain(|_, e| e.iter().flatten().any(|(_, until)| now < *until));
+            self.entries.retain(|_, e| {
+                e.retain(|c| now < c.until);
+                !e.is_empty()
+            });
             if self.entries.len() >= authz.cache.max_size {
                 self.entries.clear();
             }
         }
-        self.entries.entry(r.topic.to_string()).or_default()[i] = Some((p, now + authz.cache.ttl));
-        p
+        let e = self.entries.entry(r.topic.into()).or_default();
+        e.retain(|c| c.slot != s);
+        e.push(Cached {
+            slot: s,
+            permission,
+            until: now + authz.cache.ttl,
+        });
+        permission
     }
 
     /// Forgets everything (the client's identity changed).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.entries = HashMap::new();
     }
 }
 
