@@ -28,8 +28,6 @@ pub struct ConnHandle {
     pub peer: SocketAddr,
     /// The mount point template of the listener the client came through.
     pub mountpoint: Option<Arc<str>>,
-    /// The common name of the client's TLS certificate, if it sent one.
-    pub cert_cn: Option<Arc<str>>,
     out: Arc<Outbox>,
 }
 
@@ -63,6 +61,9 @@ pub(crate) struct Outbox {
     pub(crate) inbound: AtomicUsize,
     /// The session caught up with `inbound`.
     pub(crate) inbound_wake: Notify,
+    /// The common name of the client's TLS certificate, if it sent one
+    /// (kept here, not in every `ConnHandle`, which session futures hold).
+    pub(crate) cert_cn: Option<Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -148,7 +149,6 @@ impl Clone for ConnHandle {
             id: self.id,
             peer: self.peer,
             mountpoint: self.mountpoint.clone(),
-            cert_cn: self.cert_cn.clone(),
             out: self.out.clone(),
         }
     }
@@ -175,18 +175,25 @@ impl ConnHandle {
         mountpoint: Option<Arc<str>>,
         cert_cn: Option<Arc<str>>,
     ) -> (ConnHandle, ConnEnd) {
-        let out = Arc::new(Outbox::default());
+        let out = Arc::new(Outbox {
+            cert_cn,
+            ..Outbox::default()
+        });
         out.state.lock().handles = 1;
         (
             ConnHandle {
                 id,
                 peer,
                 mountpoint,
-                cert_cn,
                 out: out.clone(),
             },
             ConnEnd(out),
         )
+    }
+
+    /// The common name of the client's TLS certificate, if it sent one.
+    pub fn cert_cn(&self) -> Option<&str> {
+        self.out.cert_cn.as_deref()
     }
 
     /// Queues an encoded packet; false if the connection is gone.
