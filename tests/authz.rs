@@ -15,7 +15,8 @@ use std::time::Duration;
 /// username, source address, will), subscribes to `subs` (printing the
 /// SUBACK codes), publishes `pubs` (printing each acknowledgement's code
 /// for QoS 1), then collects messages for `wait` seconds and prints them,
-/// and how the broker disconnected it, as one JSON object.
+/// and how it was first disconnected (the broker's reason code, or 0 for
+/// its own DISCONNECT), as one JSON object.
 const CLIENT: &str = r#"
 import json, sys, time, threading
 import paho.mqtt.client as mqtt
@@ -53,7 +54,9 @@ def on_message(cl, ud, m):
         out["msgs"].append([m.topic, m.payload.decode(), m.retain])
 def on_disconnect(cl, ud, flags, rc, props):
     with lock:
-        out["disconnect"] = rc.value
+        # The first one: the broker's, when it closed the connection.
+        if out["disconnect"] is None:
+            out["disconnect"] = rc.value
         lock.notify_all()
 c.on_connect, c.on_subscribe, c.on_publish = on_connect, on_subscribe, on_publish
 c.on_message, c.on_disconnect = on_message, on_disconnect
@@ -120,14 +123,20 @@ const RULES: &str = r#"
 {allow, all}.
 "#;
 
-#[test]
-fn acl_rules_decide_publish_and_subscribe() {
+/// A node whose one authorization source is a file holding `rules`.
+fn node_with(rules: &str) -> (tempfile::TempDir, Node) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let acl = write_acl(dir.path(), RULES);
+    let acl = write_acl(dir.path(), rules);
     let n = Node::start_with(Opts {
         extra: with_acl(&acl, ""),
         ..Default::default()
     });
+    (dir, n)
+}
+
+#[test]
+fn acl_rules_decide_publish_and_subscribe() {
+    let (_dir, n) = node_with(RULES);
     let port = n.mqtt_port;
     // Subscriptions: refused with 0x87 on v5 and 0x80 on v3.1.1.
     let v5 = paho(json!({"port": port, "cid": "other", "subs": ["private/x", "open/#"]}));
@@ -200,12 +209,7 @@ fn the_shipped_rules_keep_sys_and_everything_from_other_hosts() {
 
 #[test]
 fn wills_and_retained_messages_are_checked_too() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let acl = write_acl(dir.path(), RULES);
-    let n = Node::start_with(Opts {
-        extra: with_acl(&acl, ""),
-        ..Default::default()
-    });
+    let (_dir, n) = node_with(RULES);
     let port = n.mqtt_port;
     // Retained messages under a subtree the subscriber may not read.
     let r = paho(json!({"port": port, "cid": "reader", "pubs": [
