@@ -346,7 +346,14 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(n: &Node) -> Raw {
-        let s = TcpStream::connect(n.addr()).expect("connect");
+        let s = TcpStream::connect(n.addr()).unwrap_or_else(|e| {
+            panic!(
+                "connect to {} ({}): {e}\nnode log:\n{}",
+                n.addr(),
+                n.name,
+                n.log()
+            )
+        });
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         Raw { s }
