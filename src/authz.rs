@@ -5,7 +5,7 @@
 use crate::config::{AuthzSourceConfig, Config};
 use emqx_mqtt::acl::{Acl, Permission};
 use emqx_mqtt::authz::{Authz, CacheSettings, DenyAction, Source};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// EMQX's shipped `acl.conf`, the rules of a node whose default file is
 /// absent (the same file is installed as `etc/acl.conf`).
@@ -21,16 +21,12 @@ pub fn default_acl_path() -> PathBuf {
     etc.join("acl.conf")
 }
 
-/// The rules of one source: its file, or for the default source whose
-/// file is absent, the shipped rules. Errors name the key, the file, the
-/// line and the column.
-fn load(src: &AuthzSourceConfig) -> Result<(String, Acl), String> {
-    let (path, default) = match &src.path {
-        Some(p) => (p.clone(), false),
-        None => (default_acl_path(), true),
-    };
-    let name = path.display().to_string();
-    let text = match std::fs::read_to_string(&path) {
+/// The rules in the file at `path`; when it is the default source's file
+/// and absent, the shipped rules. Errors name the file, and the line and
+/// column of a parse error.
+fn read_rules(path: &Path, default: bool) -> Result<Acl, String> {
+    let name = path.display();
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if default && e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(
@@ -38,10 +34,19 @@ fn load(src: &AuthzSourceConfig) -> Result<(String, Acl), String> {
             );
             SHIPPED_ACL.to_string()
         }
-        Err(e) => return Err(format!("{}.path: cannot read {name}: {e}", src.key)),
+        Err(e) => return Err(format!("cannot read {name}: {e}")),
     };
-    let acl = Acl::parse(&text).map_err(|e| format!("{}.path: {name}: {e}", src.key))?;
-    Ok((name, acl))
+    Acl::parse(&text).map_err(|e| format!("{name}: {e}"))
+}
+
+/// The rules of one configured source; errors are prefixed with its key.
+fn load(src: &AuthzSourceConfig) -> Result<(String, Acl), String> {
+    let (path, default) = match &src.path {
+        Some(p) => (p.clone(), false),
+        None => (default_acl_path(), true),
+    };
+    let acl = read_rules(&path, default).map_err(|e| format!("{}.path: {e}", src.key))?;
+    Ok((path.display().to_string(), acl))
 }
 
 /// The node's authorization from `authorization.*`.
@@ -81,21 +86,7 @@ pub fn reload(authz: &Authz) -> (bool, Vec<String>) {
     let mut lines = Vec::new();
     for s in authz.sources().iter() {
         let path = PathBuf::from(&s.name);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == default_acl_path() => {
-                SHIPPED_ACL.to_string()
-            }
-            Err(e) => {
-                ok = false;
-                lines.push(format!(
-                    "{}: cannot read: {e}; the rules in force are kept",
-                    s.name
-                ));
-                continue;
-            }
-        };
-        match Acl::parse(&text) {
+        match read_rules(&path, path == default_acl_path()) {
             Ok(acl) => {
                 let n = acl.len();
                 authz.replace(&s.name, acl);
@@ -103,7 +94,7 @@ pub fn reload(authz: &Authz) -> (bool, Vec<String>) {
             }
             Err(e) => {
                 ok = false;
-                lines.push(format!("{}: {e}; the rules in force are kept", s.name));
+                lines.push(format!("{e}; the rules in force are kept"));
             }
         }
     }

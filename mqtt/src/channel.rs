@@ -430,8 +430,8 @@ impl Channel {
         if self.settings.authz.allows_everything() {
             return true;
         }
-        let t = self.unmounted(topic).to_string();
-        self.permitted(AclAction::Subscribe, &t, qos, false, now)
+        let t = self.unmounted(topic);
+        self.permitted(AclAction::Subscribe, t, qos, false, now)
     }
 
     /// Takes the will to publish it; `None` when there is none or the
@@ -439,8 +439,8 @@ impl Channel {
     /// does).
     pub fn take_will(&mut self, now: Now) -> Option<Box<LastWill>> {
         let w = self.conn.will.take()?;
-        let t = self.unmounted(&w.topic).to_string();
-        if self.permitted(AclAction::Publish, &t, w.qos, w.retain, now) {
+        let t = self.unmounted(&w.topic);
+        if self.permitted(AclAction::Publish, t, w.qos, w.retain, now) {
             Some(w)
         } else {
             self.counters.publish_refused += 1;
