@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod peer_tls;
 pub mod peers;
+pub mod replicated;
 pub mod retainer;
 pub mod session;
 pub mod session_msg;
