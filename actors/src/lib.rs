@@ -5,6 +5,7 @@
 //! `emqx-mqtt`; the node runtime reaches other nodes only through the
 //! contracts in [`peers`].
 
+pub mod authn;
 pub mod broker;
 pub mod clock;
 pub mod cluster;
