@@ -147,6 +147,23 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "acl reload",
         "Read the authorization files (acl.conf) again; a file that does not parse keeps its rules in force",
     ),
+    ("users", "users list", "List the built-in authentication database's users"),
+    (
+        "users",
+        "users add <UserId> <Password> [--superuser]",
+        "Add a user (a Password of - is read from stdin)",
+    ),
+    (
+        "users",
+        "users passwd <UserId> <Password>",
+        "Change a user's password (- reads it from stdin)",
+    ),
+    (
+        "users",
+        "users superuser <UserId> <true|false>",
+        "Make a user a superuser, or not",
+    ),
+    ("users", "users del <UserId>", "Delete a user"),
     (
         "listeners",
         "listeners stop <Identifier>",
@@ -224,6 +241,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("retainer", |n, w| Box::pin(cmd_retainer(n, w))),
     ("listeners", |n, w| Box::pin(cmd_listeners(n, w))),
     ("acl", |n, w| Box::pin(cmd_acl(n, w))),
+    ("users", |n, w| Box::pin(cmd_users(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -559,6 +577,19 @@ async fn cmd_acl(node: &Node, w: &[&str]) -> (i32, String) {
             (if ok { 0 } else { 1 }, lines.join("\n") + "\n")
         }
         _ => unknown("acl"),
+    }
+}
+
+/// `users ...`: the built-in authentication database (ours: EMQX offers
+/// this over its HTTP API only).
+async fn cmd_users(node: &Node, w: &[&str]) -> (i32, String) {
+    let args: Vec<String> = w[1..].iter().map(|s| s.to_string()).collect();
+    let authn = node.ctx.authn.clone();
+    // Hashing a new password (bcrypt, PBKDF2) is slow: off the runtime.
+    match tokio::task::spawn_blocking(move || crate::authn::ctl(&authn, &args)).await {
+        Ok(Some(out)) => out,
+        Ok(None) => unknown("users"),
+        Err(e) => (1, format!("users: {e}\n")),
     }
 }
 

@@ -4,6 +4,7 @@
 //! check_config | version`, with Erlang-style flags (`-name`, `-setcookie`,
 //! `-config`).
 
+mod authn;
 mod authz;
 mod bench;
 mod config;
@@ -165,7 +166,8 @@ fn check_files(cfg: config::Config) -> Result<config::Config, ExitCode> {
     let checked = listeners::check(&cfg)
         .and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()))
         .and_then(|()| node::check_discovery(&cfg))
-        .and_then(|()| authz::build(&cfg).map(|_| ()));
+        .and_then(|()| authz::build(&cfg).map(|_| ()))
+        .and_then(|()| authn::check(&cfg));
     match checked {
         Ok(()) => Ok(cfg),
         Err(e) => {

@@ -15,6 +15,7 @@ use emqx_actors::cluster::service::{
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
 use emqx_actors::peers::BrokerLinks;
+use emqx_actors::replicated::ReplTables;
 use emqx_actors::retainer::{Retainer, RetainerSettings};
 use emqx_actors::sys::SysSettings;
 use emqx_actors::Ctx;
@@ -320,6 +321,8 @@ async fn bind_inter_node(cfg: &Config) -> Result<InterNode, String> {
 struct Replication {
     route_rx: mpsc::UnboundedReceiver<emqx_actors::peers::RouteOp>,
     retain_rx: mpsc::UnboundedReceiver<emqx_mqtt::message::Message>,
+    tables: Arc<ReplTables>,
+    table_rx: mpsc::UnboundedReceiver<emqx_actors::replicated::TableOps>,
 }
 
 /// The broker and what it is built with.
@@ -367,6 +370,15 @@ async fn start_broker(
     });
     let mut settings = mqtt_settings(cfg);
     settings.authz = Arc::new(crate::authz::build(cfg)?);
+    // The replicated tables (authentication users), kept in data_dir.
+    let (tables, table_rx) = ReplTables::open(
+        name,
+        Some(&cfg.node.data_dir),
+        &[emqx_actors::authn::USERS_TABLE],
+    )
+    .map_err(|e| format!("cannot open the replicated tables: {e}"))?;
+    let tables = Arc::new(tables);
+    let authn = Arc::new(crate::authn::build(cfg, &tables)?);
     let bsettings = BrokerSettings {
         shared_strategy: SharedStrategy::parse(cfg.mqtt.shared_subscription_strategy.as_str())
             .unwrap_or_default(),
@@ -418,6 +430,7 @@ async fn start_broker(
         started_at: Instant::now(),
         registry: Some(registry.clone()),
         listeners: tokio::sync::watch::channel(true).0,
+        authn,
     });
     let sys_task = ctx.spawn_sys();
     let core = Core {
@@ -433,6 +446,8 @@ async fn start_broker(
         Replication {
             route_rx,
             retain_rx,
+            tables,
+            table_rx,
         },
     ))
 }
@@ -517,6 +532,8 @@ async fn start_cluster(
             },
             route_rx: replication.route_rx,
             retain_rx: replication.retain_rx,
+            tables: replication.tables,
+            table_rx: replication.table_rx,
         },
     )
     .await

@@ -240,7 +240,23 @@ fn report(cfg: &Config, e: RemoteErr) -> ExitCode {
 }
 
 /// `ping`, `stop`, `ctl ...`, `remote_console`.
-pub fn main(cfg: &Config, cmd: &str, args: Vec<String>) -> ExitCode {
+pub fn main(cfg: &Config, cmd: &str, mut args: Vec<String>) -> ExitCode {
+    // `ctl users add|passwd <id> -`: the password comes from stdin, here,
+    // so it never shows in a process list.
+    if cmd == "ctl"
+        && args.len() >= 4
+        && args[0] == "users"
+        && matches!(args[1].as_str(), "add" | "passwd")
+        && args[3] == "-"
+    {
+        match crate::authn::password_from_stdin() {
+            Ok(p) => args[3] = p,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let Some(rt) = runtime() else {
         eprintln!("cannot start the runtime");
         return ExitCode::from(1);

@@ -8,6 +8,7 @@
 //! caught up with what was read, and while the client is throttled for
 //! filling a subscriber's inbox (see `docs/architecture.md`, flow control).
 
+use crate::authn::{Credentials, ListenerAuthn, Refusal, Verdict};
 use crate::connect::open_session;
 use crate::metrics::{add, inc, Stats};
 pub use crate::outbox::ConnHandle;
@@ -45,6 +46,8 @@ pub struct Accepted {
     /// The common name of the client's certificate (for authorization
     /// rules' `${cert_common_name}`).
     pub cert_cn: Option<Arc<str>>,
+    /// The listener's `enable_authn`.
+    pub authn: ListenerAuthn,
 }
 
 impl Accepted {
@@ -56,6 +59,7 @@ impl Accepted {
             cert_username: None,
             cert_client_id: None,
             cert_cn: None,
+            authn: ListenerAuthn::Enabled,
         }
     }
 }
@@ -337,12 +341,39 @@ where
         let _ = wr.shutdown().await;
         return None;
     }
+    let creds = Credentials {
+        client_id: connect.client_id.clone(),
+        username: connect.username.clone(),
+        password: connect.password.clone(),
+        peer: peer.ip(),
+    };
+    let superuser = match ctx.authn.authenticate(&creds, acc.authn).await {
+        Verdict::Allow { superuser } => superuser,
+        Verdict::Deny(why) => {
+            let (code, text) = match why {
+                Refusal::BadUsernameOrPassword => (
+                    reason::BAD_USER_NAME_OR_PASSWORD,
+                    "bad username or password",
+                ),
+                Refusal::NotAuthorized => (reason::NOT_AUTHORIZED, "not authorized"),
+            };
+            // Never the password.
+            tracing::info!(%peer, client_id = %connect.client_id,
+                username = connect.username.as_deref().unwrap_or(""),
+                "authentication failed: {text}");
+            inc(&metrics.packets_connack_auth_error);
+            inc(&metrics.packets_connack_error);
+            let _ = write_packet(wr, connack_err(code), version, client_max).await;
+            let _ = wr.shutdown().await;
+            return None;
+        }
+    };
     let keepalive = emqx_mqtt::channel::effective_keepalive(&connect, settings);
     let ka_timeout = emqx_mqtt::channel::keepalive_timeout(keepalive, settings);
 
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint, acc.cert_cn);
+    let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint, acc.cert_cn, superuser);
     let session: ActorRef<SessionMsg> = match Box::pin(open_session(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {

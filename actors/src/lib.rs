@@ -47,6 +47,8 @@ pub struct Ctx {
     /// them (new connects are refused) and opens them again once the node
     /// has rejoined.
     pub listeners: tokio::sync::watch::Sender<bool>,
+    /// The authentication chain (empty: every client is allowed).
+    pub authn: Arc<authn::Authn>,
 }
 
 /// `sys_topics.*` of emqx.conf.

@@ -30,6 +30,7 @@ counters!(Metrics {
     packets_connect => "packets.connect.received",
     packets_connack_sent => "packets.connack.sent",
     packets_connack_error => "packets.connack.error",
+    packets_connack_auth_error => "packets.connack.auth_error",
     packets_publish_received => "packets.publish.received",
     packets_publish_sent => "packets.publish.sent",
     packets_publish_error => "packets.publish.error",

@@ -64,6 +64,9 @@ pub(crate) struct Outbox {
     /// The common name of the client's TLS certificate, if it sent one
     /// (kept here, not in every `ConnHandle`, which session futures hold).
     pub(crate) cert_cn: Option<Arc<str>>,
+    /// Authentication made the client a superuser: authorization does not
+    /// apply to it.
+    pub(crate) superuser: bool,
 }
 
 #[derive(Debug, Default)]
@@ -174,9 +177,11 @@ impl ConnHandle {
         peer: SocketAddr,
         mountpoint: Option<Arc<str>>,
         cert_cn: Option<Arc<str>>,
+        superuser: bool,
     ) -> (ConnHandle, ConnEnd) {
         let out = Arc::new(Outbox {
             cert_cn,
+            superuser,
             ..Outbox::default()
         });
         out.state.lock().handles = 1;
@@ -194,6 +199,11 @@ impl ConnHandle {
     /// The common name of the client's TLS certificate, if it sent one.
     pub fn cert_cn(&self) -> Option<&str> {
         self.out.cert_cn.as_deref()
+    }
+
+    /// Whether authentication made the client a superuser.
+    pub fn superuser(&self) -> bool {
+        self.out.superuser
     }
 
     /// Queues an encoded packet; false if the connection is gone.
@@ -237,7 +247,7 @@ mod tests {
         use super::{ConnCmd, ConnHandle};
         use bytes::Bytes;
         use std::time::Duration;
-        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap(), None, None);
+        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap(), None, None, false);
         let h2 = h.clone();
         assert!(h.write(Bytes::from_static(b"ab")));
         h2.close();
@@ -260,7 +270,7 @@ mod tests {
         drop(w.await.unwrap());
         assert!(rx.recv().await.is_none());
         // The connection task is gone: writes fail.
-        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap(), None, None);
+        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap(), None, None, false);
         drop(rx);
         assert!(!h.write(Bytes::from_static(b"x")));
     }

@@ -112,7 +112,11 @@ impl Actor for SessionActor {
             ),
         };
         ch.set_mountpoint(a.conn.mountpoint.as_deref());
-        ch.set_peer(Some(a.conn.peer.ip()), a.conn.cert_cn().map(String::from));
+        ch.set_peer(
+            Some(a.conn.peer.ip()),
+            a.conn.cert_cn().map(String::from),
+            a.conn.superuser(),
+        );
         let tick = match a.ctx.settings.retry_interval {
             Some(retry) => retry
                 .min(a.ctx.settings.await_rel_timeout)
@@ -755,8 +759,11 @@ impl SessionState {
         self.ending = false;
         self.ch.attach(&connect, clock::now());
         self.ch.set_mountpoint(conn.mountpoint.as_deref());
-        self.ch
-            .set_peer(Some(conn.peer.ip()), conn.cert_cn().map(String::from));
+        self.ch.set_peer(
+            Some(conn.peer.ip()),
+            conn.cert_cn().map(String::from),
+            conn.superuser(),
+        );
         self.conn = Some(conn);
         let ack = self.ch.connack(&connect, true, false);
         self.send(Packet::ConnAck(ack));

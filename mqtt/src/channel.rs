@@ -123,6 +123,8 @@ pub struct ConnState {
     /// authorization rules see them (see [`Channel::set_peer`]).
     pub peer: Option<IpAddr>,
     pub cert_cn: Option<String>,
+    /// Authenticated as a superuser: every action is allowed.
+    pub superuser: bool,
     /// Authorization decisions of this connection.
     authz_cache: AuthzCache,
 }
@@ -147,6 +149,7 @@ impl ConnState {
             disconnected_at_ms: None,
             peer: None,
             cert_cn: None,
+            superuser: false,
             authz_cache: AuthzCache::default(),
         }
     }
@@ -378,12 +381,14 @@ impl Channel {
         }
     }
 
-    /// Sets the client's address and its certificate's common name (call
-    /// with [`Channel::set_mountpoint`]): authorization rules by address
-    /// and `${cert_common_name}` use them.
-    pub fn set_peer(&mut self, peer: Option<IpAddr>, cert_cn: Option<String>) {
+    /// Sets the client's address, its certificate's common name and
+    /// whether authentication made it a superuser (call with
+    /// [`Channel::set_mountpoint`]): authorization rules by address and
+    /// `${cert_common_name}` use them, and a superuser skips authorization.
+    pub fn set_peer(&mut self, peer: Option<IpAddr>, cert_cn: Option<String>, superuser: bool) {
         self.conn.peer = peer;
         self.conn.cert_cn = cert_cn;
+        self.conn.superuser = superuser;
         self.conn.authz_cache.clear();
     }
 
@@ -398,7 +403,7 @@ impl Channel {
         now: Now,
     ) -> bool {
         let authz = &self.settings.authz;
-        if authz.allows_everything() {
+        if authz.allows_everything() || self.conn.superuser {
             return true;
         }
         let r = Request {
@@ -427,7 +432,7 @@ impl Channel {
     /// the broker has it): its retained messages are checked one by one,
     /// as a subscription to the topic itself.
     pub fn may_receive(&mut self, topic: &str, qos: QoS, now: Now) -> bool {
-        if self.settings.authz.allows_everything() {
+        if self.settings.authz.allows_everything() || self.conn.superuser {
             return true;
         }
         let t = self.unmounted(topic);

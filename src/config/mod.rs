@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::hocon::{HoconError, Node, Object, Origin, Value};
+use emqx_actors::authn::hash::HashAlgo;
+use emqx_actors::authn::{ListenerAuthn, UserIdType};
 
 /// The first path segments that belong to us. An `EMQX_<ROOT>__...`
 /// variable under one of these must name a real key; any other `EMQX_`
@@ -31,13 +33,13 @@ pub const KNOWN_ROOTS: &[&str] = &[
     "dashboard",
     "api",
     "authorization",
+    "authentication",
 ];
 
 /// EMQX's other configuration roots: not implemented yet, so a setting
 /// under one of them, in the file or as an `EMQX_` variable, is refused
 /// instead of being ignored.
 pub const UNSUPPORTED_ROOTS: &[&str] = &[
-    "authentication",
     "actions",
     "sources",
     "bridges",
@@ -242,6 +244,160 @@ pub struct Config {
     pub rpc: RpcConfig,
     pub dashboard: DashboardConfig,
     pub authorization: AuthorizationConfig,
+    /// `authentication = [...]`, in order (empty: every client allowed).
+    pub authentication: Vec<AuthnConfig>,
+}
+
+/// One authenticator of `authentication`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthnConfig {
+    /// `authentication.N`, for messages.
+    pub key: String,
+    pub enable: bool,
+    pub kind: AuthnKind,
+}
+
+/// What an authenticator is (`mechanism` and `backend`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthnKind {
+    /// `mechanism = password_based, backend = built_in_database`.
+    BuiltInDb {
+        user_id_type: UserIdType,
+        algo: HashAlgo,
+        /// `None`: EMQX's default, `auth-built-in-db-bootstrap.csv` in the
+        /// etc directory, read when it exists.
+        bootstrap_file: Option<PathBuf>,
+        /// `bootstrap_type = hash` (true) or `plain`.
+        bootstrap_hash: bool,
+    },
+}
+
+fn parse_authenticator(key: String, node: &Node) -> Result<AuthnConfig> {
+    let mut s = Fields::new(key.clone(), node)?;
+    let required = |k: &str, what: &str| ConfigError::Invalid {
+        key: format!("{key}.{k}"),
+        origin: node.origin.clone(),
+        message: format!("required ({what})"),
+    };
+    let mech = s
+        .take("mechanism")
+        .ok_or_else(|| required("mechanism", "password_based"))?;
+    let m = mech.string()?;
+    if m != "password_based" {
+        return Err(mech.invalid(format!(
+            "not supported yet: {m:?} (only mechanism = password_based works today)"
+        )));
+    }
+    let backend = s
+        .take("backend")
+        .ok_or_else(|| required("backend", "built_in_database"))?;
+    let b = backend.string()?;
+    if b != "built_in_database" {
+        return Err(backend.invalid(format!(
+            "not supported yet: {b:?} (only backend = built_in_database works today)"
+        )));
+    }
+    let mut enable = true;
+    s.set("enable", &mut enable, Field::bool)?;
+    let mut user_id_type = UserIdType::Username;
+    s.set("user_id_type", &mut user_id_type, |f| {
+        match f.string()?.as_str() {
+            "username" => Ok(UserIdType::Username),
+            "clientid" => Ok(UserIdType::ClientId),
+            other => Err(f.invalid(format!("expected username or clientid, got {other:?}"))),
+        }
+    })?;
+    let mut algo = HashAlgo::default();
+    if let Some(f) = s.take("password_hash_algorithm") {
+        algo = parse_hash_algorithm(&f.key, f.node)?;
+    }
+    let mut bootstrap_file = None;
+    if let Some(f) = s.take("bootstrap_file") {
+        bootstrap_file = Some(f.path()?);
+    }
+    let mut bootstrap_hash = false;
+    s.set("bootstrap_type", &mut bootstrap_hash, |f| {
+        match f.string()?.as_str() {
+            "plain" => Ok(false),
+            "hash" => Ok(true),
+            other => Err(f.invalid(format!("expected plain or hash, got {other:?}"))),
+        }
+    })?;
+    s.finish()?;
+    Ok(AuthnConfig {
+        key,
+        enable,
+        kind: AuthnKind::BuiltInDb {
+            user_id_type,
+            algo,
+            bootstrap_file,
+            bootstrap_hash,
+        },
+    })
+}
+
+fn parse_hash_algorithm(key: &str, node: &Node) -> Result<HashAlgo> {
+    use emqx_actors::authn::hash::{MacFun, SaltPosition, Simple, MAX_BCRYPT_ROUNDS};
+    use emqx_actors::authn::hash::{MAX_DK_LENGTH, MAX_PBKDF2_ITERATIONS};
+    let mut h = Fields::new(key.to_string(), node)?;
+    let name_f = h.take("name").ok_or_else(|| ConfigError::Invalid {
+        key: format!("{key}.name"),
+        origin: node.origin.clone(),
+        message: "required (plain, md5, sha, sha256, sha512, bcrypt or pbkdf2)".into(),
+    })?;
+    let name = name_f.string()?;
+    let simple = match name.as_str() {
+        "plain" => Some(Simple::Plain),
+        "md5" => Some(Simple::Md5),
+        "sha" => Some(Simple::Sha),
+        "sha256" => Some(Simple::Sha256),
+        "sha512" => Some(Simple::Sha512),
+        _ => None,
+    };
+    let algo = if let Some(name) = simple {
+        let mut salt = SaltPosition::Prefix;
+        h.set("salt_position", &mut salt, |f| match f.string()?.as_str() {
+            "disable" => Ok(SaltPosition::Disable),
+            "prefix" => Ok(SaltPosition::Prefix),
+            "suffix" => Ok(SaltPosition::Suffix),
+            other => Err(f.invalid(format!("expected disable, prefix or suffix, got {other:?}"))),
+        })?;
+        HashAlgo::Simple { name, salt }
+    } else if name == "bcrypt" {
+        let mut salt_rounds = 10;
+        h.set("salt_rounds", &mut salt_rounds, |f| {
+            f.uint(4, MAX_BCRYPT_ROUNDS as u64).map(|v| v as u32)
+        })?;
+        HashAlgo::Bcrypt { salt_rounds }
+    } else if name == "pbkdf2" {
+        let mac_f = h.take("mac_fun").ok_or_else(|| ConfigError::Invalid {
+            key: format!("{key}.mac_fun"),
+            origin: node.origin.clone(),
+            message: format!("required ({})", MacFun::ALL.join(", ")),
+        })?;
+        let mac = mac_f.keyword(MacFun::from_name, MacFun::ALL)?;
+        let it_f = h.take("iterations").ok_or_else(|| ConfigError::Invalid {
+            key: format!("{key}.iterations"),
+            origin: node.origin.clone(),
+            message: "required (a positive integer)".into(),
+        })?;
+        let iterations = it_f.uint(1, MAX_PBKDF2_ITERATIONS as u64)? as u32;
+        let mut dk_length = None;
+        h.set("dk_length", &mut dk_length, |f| {
+            f.uint(1, MAX_DK_LENGTH as u64).map(|v| Some(v as u32))
+        })?;
+        HashAlgo::Pbkdf2 {
+            mac,
+            iterations,
+            dk_length,
+        }
+    } else {
+        return Err(name_f.invalid(format!(
+            "unknown password hash algorithm {name:?} (plain, md5, sha, sha256, sha512, bcrypt or pbkdf2)"
+        )));
+    };
+    h.finish()?;
+    Ok(algo)
 }
 
 /// `authorization.*` (EMQX's defaults: the file source, `no_match =
@@ -658,8 +814,8 @@ pub struct Listener {
     pub proxy_protocol: bool,
     /// Default `3s`.
     pub proxy_protocol_timeout: Duration,
-    /// Default `true`.
-    pub enable_authn: bool,
+    /// `true` (the default), `false` or `quick_deny_anonymous`.
+    pub enable_authn: ListenerAuthn,
     /// `ssl_options.*`, for `ssl` and `wss` listeners.
     pub ssl_options: SslOptions,
     /// `websocket.*`, for `ws` and `wss` listeners.
@@ -678,7 +834,7 @@ impl Listener {
             zone: "default".to_string(),
             proxy_protocol: false,
             proxy_protocol_timeout: Duration::from_secs(3),
-            enable_authn: true,
+            enable_authn: ListenerAuthn::Enabled,
             ssl_options: SslOptions::default(),
             websocket: WsOptions::default(),
         }
@@ -1237,6 +1393,23 @@ impl Config {
         root.section("mqtt", |o| c.mqtt.apply(o))?;
         root.section("retainer", |o| c.retainer.apply(o))?;
         root.section("authorization", |o| c.authorization.apply(o))?;
+        if let Some(f) = root.take("authentication") {
+            // One authenticator or a chain of them (EMQX takes both).
+            let items: Vec<&Node> = match &f.node.value {
+                Value::Array(items) => items.iter().collect(),
+                Value::Object(_) => vec![f.node],
+                _ => {
+                    return Err(f.invalid(format!(
+                        "expected an array of authenticators, got {}",
+                        f.got()
+                    )))
+                }
+            };
+            for (i, node) in items.into_iter().enumerate() {
+                let a = parse_authenticator(format!("authentication.{}", i + 1), node)?;
+                c.authentication.push(a);
+            }
+        }
         root.section("sys_topics", |o| c.sys_topics.apply(o))?;
         root.section("log", |o| c.log.apply(o))?;
         root.section("broker", |o| {
@@ -1387,6 +1560,11 @@ fn apply_env(
             let target = match rest {
                 "NODE_NAME" if !is_set("EMQX_NODE__NAME") => "name",
                 "NODE_COOKIE" if !is_set("EMQX_NODE__COOKIE") => "cookie",
+                // A root that is an array: `EMQX_AUTHENTICATION='[{...}]'`.
+                "AUTHENTICATION" => {
+                    entries.push((vec!["authentication".into()], var, value));
+                    continue;
+                }
                 _ => continue,
             };
             entries.push((vec!["node".into(), target.into()], var, value));
@@ -2187,7 +2365,21 @@ impl Listener {
                 }
             },
         )?;
-        s.set("enable_authn", &mut self.enable_authn, Field::bool)?;
+        s.set("enable_authn", &mut self.enable_authn, |f| {
+            match &f.node.value {
+                Value::Bool(true) => return Ok(ListenerAuthn::Enabled),
+                Value::Bool(false) => return Ok(ListenerAuthn::Disabled),
+                _ => {}
+            }
+            match f.string()?.as_str() {
+                "true" => Ok(ListenerAuthn::Enabled),
+                "false" => Ok(ListenerAuthn::Disabled),
+                "quick_deny_anonymous" => Ok(ListenerAuthn::QuickDenyAnonymous),
+                other => Err(f.invalid(format!(
+                    "expected true, false or quick_deny_anonymous, got {other:?}"
+                ))),
+            }
+        })?;
         if kind.tls() {
             s.section("ssl_options", |t| self.ssl_options.apply(t))?;
         }

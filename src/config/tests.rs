@@ -57,7 +57,11 @@ fn defaults_match_emqx() {
     assert_eq!(c.listeners.tcp.len(), 1);
     let l = &c.listeners.tcp["default"];
     assert_eq!(l.bind, "0.0.0.0:1883".parse().unwrap());
-    assert!(l.enable && l.enable_authn && !l.proxy_protocol);
+    assert!(
+        l.enable
+            && l.enable_authn == emqx_actors::authn::ListenerAuthn::Enabled
+            && !l.proxy_protocol
+    );
     assert_eq!((l.acceptors, l.max_connections), (16, None));
     assert_eq!(l.proxy_protocol_timeout, secs(3));
     assert_eq!(l.zone, "default");
@@ -806,7 +810,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "broker.enable_session_registry",
         ),
         ("dashboard.listeners.http.bind = 18084", "dashboard"),
-        ("authentication = []", "authentication"),
         ("flapping_detect.enable = true", "flapping_detect"),
     ] {
         let e = err(text, &[]);
@@ -815,11 +818,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "{text}: {e}"
         );
     }
-    let e = err("", &[("EMQX_AUTHENTICATION__1__ENABLE", "true")]);
-    assert!(
-        e.contains("EMQX_AUTHENTICATION__1__ENABLE") && e.contains("not supported yet"),
-        "{e}"
-    );
     let e = err("", &[("EMQX_LISTENERS__TCP__DEFAULT__ZONE", "external")]);
     assert!(e.contains("not supported yet"), "{e}");
 }
@@ -985,5 +983,146 @@ fn authorization_is_read_with_emqx_defaults() {
     ] {
         let e = err(text, &[]);
         assert!(e.contains(want), "{text}: {e}");
+    }
+}
+
+#[test]
+fn the_authentication_chain_is_read_with_emqx_keys() {
+    use emqx_actors::authn::hash::{HashAlgo, MacFun, SaltPosition, Simple};
+    use emqx_actors::authn::{ListenerAuthn, UserIdType};
+    let c = ok(
+        r#"
+authentication = [
+  {mechanism = password_based, backend = built_in_database}
+  {
+    mechanism = password_based
+    backend = built_in_database
+    enable = false
+    user_id_type = clientid
+    password_hash_algorithm {name = pbkdf2, mac_fun = sha512, iterations = 1000, dk_length = 64}
+    bootstrap_file = "/x/users.csv"
+    bootstrap_type = hash
+  }
+  {mechanism = password_based, backend = built_in_database, password_hash_algorithm {name = md5, salt_position = suffix}}
+  {mechanism = password_based, backend = built_in_database, password_hash_algorithm {name = bcrypt, salt_rounds = 12}}
+]
+listeners.tcp.default.enable_authn = quick_deny_anonymous
+listeners.ws.default.enable_authn = false
+"#,
+        &[],
+    );
+    assert_eq!(c.authentication.len(), 4);
+    let AuthnKind::BuiltInDb {
+        user_id_type,
+        algo,
+        bootstrap_file,
+        bootstrap_hash,
+    } = &c.authentication[0].kind;
+    assert_eq!(
+        (
+            *user_id_type,
+            *algo,
+            bootstrap_file.as_ref(),
+            *bootstrap_hash
+        ),
+        (UserIdType::Username, HashAlgo::default(), None, false)
+    );
+    assert!(c.authentication[0].enable && !c.authentication[1].enable);
+    let AuthnKind::BuiltInDb {
+        user_id_type,
+        algo,
+        bootstrap_file,
+        bootstrap_hash,
+    } = &c.authentication[1].kind;
+    assert_eq!(*user_id_type, UserIdType::ClientId);
+    assert_eq!(
+        *algo,
+        HashAlgo::Pbkdf2 {
+            mac: MacFun::Sha512,
+            iterations: 1000,
+            dk_length: Some(64)
+        }
+    );
+    assert_eq!(
+        bootstrap_file.as_deref(),
+        Some(std::path::Path::new("/x/users.csv"))
+    );
+    assert!(*bootstrap_hash);
+    let AuthnKind::BuiltInDb { algo, .. } = &c.authentication[2].kind;
+    assert_eq!(
+        *algo,
+        HashAlgo::Simple {
+            name: Simple::Md5,
+            salt: SaltPosition::Suffix
+        }
+    );
+    let AuthnKind::BuiltInDb { algo, .. } = &c.authentication[3].kind;
+    assert_eq!(*algo, HashAlgo::Bcrypt { salt_rounds: 12 });
+    assert_eq!(
+        c.listeners.tcp["default"].enable_authn,
+        ListenerAuthn::QuickDenyAnonymous
+    );
+    assert_eq!(
+        c.listeners.ws["default"].enable_authn,
+        ListenerAuthn::Disabled
+    );
+    // The whole chain from the environment, as EMQX's docker images take it.
+    let c = ok(
+        "",
+        &[(
+            "EMQX_AUTHENTICATION",
+            "[{mechanism = password_based, backend = built_in_database, user_id_type = clientid}]",
+        )],
+    );
+    assert_eq!(c.authentication.len(), 1);
+    assert!(ok("", &[]).authentication.is_empty());
+}
+
+#[test]
+fn bad_authenticators_are_refused_by_key() {
+    for (text, key, what) in [
+        (
+            "authentication = [{mechanism = password_based, backend = built_in_database, password_hash_algorithm {name = sha3}}]",
+            "authentication.1.password_hash_algorithm.name",
+            "unknown password hash algorithm",
+        ),
+        (
+            "authentication = [{mechanism = password_based, backend = built_in_database, password_hash_algorithm {name = pbkdf2, iterations = 10}}]",
+            "authentication.1.password_hash_algorithm.mac_fun",
+            "required",
+        ),
+        (
+            "authentication = [{mechanism = password_based, backend = built_in_database, password_hash_algorithm {name = bcrypt, salt_rounds = 40}}]",
+            "authentication.1.password_hash_algorithm.salt_rounds",
+            "",
+        ),
+        (
+            "authentication = [{mechanism = jwt, secret = x}]",
+            "authentication.1.mechanism",
+            "not supported yet",
+        ),
+        (
+            "authentication = [{mechanism = password_based, backend = http}]",
+            "authentication.1.backend",
+            "not supported yet",
+        ),
+        (
+            "authentication = [{mechanism = password_based, backend = built_in_database, user_id_type = email}]",
+            "authentication.1.user_id_type",
+            "username or clientid",
+        ),
+        (
+            "authentication = [{mechanism = password_based, backend = built_in_database, bootstrap_typ = hash}]",
+            "authentication.1.bootstrap_typ",
+            "",
+        ),
+        (
+            "listeners.tcp.default.enable_authn = maybe",
+            "listeners.tcp.default.enable_authn",
+            "quick_deny_anonymous",
+        ),
+    ] {
+        let e = err(text, &[]);
+        assert!(e.contains(&format!("'{key}'")) && e.contains(what), "{text}: {e}");
     }
 }

@@ -195,7 +195,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// memory is mostly this task).
 async fn handle(tcp: TcpStream, peer: SocketAddr, spec: &Spec, ctx: Arc<Ctx>) {
     if spec.proxy.is_none() && spec.tls.is_none() && spec.ws.is_none() {
-        let acc = Accepted::new(peer, spec.mountpoint.clone());
+        let acc = spec.accepted(peer);
         return conn::serve(tcp, acc, ctx).await;
     }
     if let Some((io, acc)) = Box::pin(setup(tcp, peer, spec, &ctx)).await {
@@ -210,7 +210,7 @@ async fn setup(
     ctx: &Ctx,
 ) -> Option<(Box<dyn Io>, Accepted)> {
     let id = &spec.id;
-    let mut acc = Accepted::new(peer, spec.mountpoint.clone());
+    let mut acc = spec.accepted(peer);
     let stream = match spec.proxy {
         None => Prefixed::new(tcp, Bytes::new()),
         Some(limit) => match timeout(limit, proxy::read_header(tcp)).await {

@@ -5,7 +5,7 @@
 
 use super::spec::{handle_limits, rate_wait, Bucket, Spec, State};
 use crate::listeners::tls::Tls;
-use emqx_actors::conn::{self, Accepted};
+use emqx_actors::conn;
 use emqx_actors::Ctx;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
@@ -135,7 +135,7 @@ async fn serve(incoming: quinn::Incoming, spec: &Spec, ctx: Arc<Ctx>) {
             return;
         }
     };
-    let mut acc = Accepted::new(peer, spec.mountpoint.clone());
+    let mut acc = spec.accepted(peer);
     if let Some(certs) = conn.peer_identity().and_then(|i| {
         i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
             .ok()

@@ -29,6 +29,8 @@ pub struct Spec {
     pub(super) ws: Option<crate::config::WsOptions>,
     pub(super) cert_as_username: PeerCertAs,
     pub(super) cert_as_clientid: PeerCertAs,
+    /// `enable_authn`.
+    pub(super) authn: emqx_actors::authn::ListenerAuthn,
     /// Connections open now.
     pub open: AtomicU64,
     /// Whether the operator wants it open (`ctl listeners stop|start`).
@@ -47,6 +49,14 @@ pub enum State {
 }
 
 impl Spec {
+    /// What the connection starts with: its address and this listener's
+    /// mount point and `enable_authn`.
+    pub(super) fn accepted(&self, peer: SocketAddr) -> emqx_actors::conn::Accepted {
+        let mut acc = emqx_actors::conn::Accepted::new(peer, self.mountpoint.clone());
+        acc.authn = self.authn;
+        acc
+    }
+
     /// Builds what a listener needs, reading its certificate files.
     pub fn new(cfg: &Config, kind: ListenerKind, name: &str, l: &Listener) -> Result<Spec, String> {
         let tls = if kind.tls() {
@@ -74,6 +84,7 @@ impl Spec {
             ws: kind.websocket().then(|| l.websocket.clone()),
             cert_as_username: cfg.mqtt.peer_cert_as_username,
             cert_as_clientid: cfg.mqtt.peer_cert_as_clientid,
+            authn: l.enable_authn,
             open: AtomicU64::new(0),
             wanted: watch::channel(true).0,
             state: watch::channel(State::Stopped).0,

@@ -31,6 +31,7 @@ pub use super::view::ClusterView;
 use super::wire::{self, JoinSnapshot, Note, Req, Resp};
 use crate::metrics::inc;
 use crate::peer_tls::{PeerTls, TLS_HINT};
+use crate::replicated::{ReplTables, TableOps};
 use crate::Ctx;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeServerSessionInformation;
@@ -117,6 +118,8 @@ pub enum SvcMsg {
     LocalRoute(RouteOp),
     /// A retained message published on this node, to replicate.
     Retained(emqx_mqtt::message::Message),
+    /// A write to a replicated table made on this node, to replicate.
+    TableWrite(TableOps),
     DialDone(String, bool),
     RoutesFetched(String, Result<Resp, super::rpc::PeerError>),
     // The local API (ctl).
@@ -159,10 +162,14 @@ pub struct SvcArgs {
     pub settings: ClusterSettings,
     pub route_rx: mpsc::UnboundedReceiver<RouteOp>,
     pub retain_rx: mpsc::UnboundedReceiver<emqx_mqtt::message::Message>,
+    /// The replicated tables (users), and this node's writes to them.
+    pub tables: Arc<ReplTables>,
+    pub table_rx: mpsc::UnboundedReceiver<TableOps>,
 }
 
 pub struct SvcState {
     ctx: Arc<Ctx>,
+    tables: Arc<ReplTables>,
     registry: Arc<Registry>,
     membership: Membership,
     /// Failure detection, partitions and autoheal (plain state machine).
@@ -298,6 +305,14 @@ impl Actor for ClusterService {
                 }
             }
         });
+        let (me3, mut wrx) = (myself.clone(), a.table_rx);
+        tokio::spawn(async move {
+            while let Some(ops) = wrx.recv().await {
+                if me3.cast(SvcMsg::TableWrite(ops)).is_err() {
+                    break;
+                }
+            }
+        });
         myself.send_interval(Duration::from_millis(500), || SvcMsg::Tick);
         if !membership.is_alone() {
             tracing::info!(
@@ -307,6 +322,7 @@ impl Actor for ClusterService {
         }
         let retained_sync = !membership.is_alone();
         let st = SvcState {
+            tables: a.tables,
             ctx: a.ctx,
             registry: a.registry,
             membership,
@@ -424,6 +440,7 @@ impl Actor for ClusterService {
                 }
             }
             SvcMsg::Retained(m) => st.broadcast(&Note::Retain { msg: m }),
+            SvcMsg::TableWrite(ops) => st.broadcast(&Note::Table(ops)),
             SvcMsg::DialDone(node, ok) => {
                 st.dialing.remove(&node);
                 if !ok {

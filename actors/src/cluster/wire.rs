@@ -98,6 +98,8 @@ pub struct JoinSnapshot {
     /// `(origin, incarnation, version, routes)` of every origin known.
     pub routes: Vec<(String, u64, u64, Vec<RouteKey>)>,
     pub retained: Vec<Message>,
+    /// The replicated tables, in full.
+    pub tables: Vec<crate::replicated::TableOps>,
 }
 
 /// A one-way message.
@@ -130,6 +132,9 @@ pub enum Note {
     /// Autoheal: the leader's decision, sent to the coordinator, who
     /// restarts every node outside the first clique.
     Heal { cliques: Vec<Vec<String>> },
+    /// Writes to a replicated table: one as it is made, or a whole table
+    /// (in chunks) pushed to a peer that came up.
+    Table(crate::replicated::TableOps),
 }
 
 fn config() -> impl bincode::config::Config {

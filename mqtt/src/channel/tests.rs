@@ -2667,7 +2667,7 @@ fn rules_by_address_and_placeholders_use_the_peer() {
     // No address known yet: the ipaddr rule does not match.
     let acts = feed_publish(&mut ch, publish_in("net/c1", Q1, 1), &mut sink);
     assert_eq!(acts, vec![puback(1, 0x87)]);
-    ch.set_peer(Some("10.1.2.3".parse().expect("ip")), None);
+    ch.set_peer(Some("10.1.2.3".parse().expect("ip")), None, false);
     let acts = feed_publish(&mut ch, publish_in("net/c1", Q1, 2), &mut sink);
     assert_eq!(acts, vec![puback(2, 0)]);
     let acts = feed_publish(&mut ch, publish_in("net/other", Q1, 3), &mut sink);

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Entries per message when a whole table is pushed to a peer.
+const TABLE_CHUNK: usize = 2_000;
+
 impl SvcState {
     pub(super) fn send_heartbeat(&mut self, node: &str) {
         let beat = self.monitor.beat();
@@ -117,6 +120,7 @@ impl SvcState {
 
     pub(super) fn mark_up(&mut self, node: &str) {
         self.down_since.remove(node);
+
         if std::mem::take(&mut self.retained_sync) {
             let ctx = self.ctx.clone();
             let peer = node.to_string();
@@ -135,6 +139,17 @@ impl SvcState {
         }
         if self.membership.set_running(node, true) {
             tracing::info!("cluster: node {node} is up");
+            // Anti-entropy: whatever the peer missed of our tables while it was
+            // unreachable (both sides push, so both catch up).
+            for ops in self.tables.snapshot() {
+                for chunk in ops.entries.chunks(TABLE_CHUNK) {
+                    let note = Note::Table(TableOps {
+                        table: ops.table.clone(),
+                        entries: chunk.to_vec(),
+                    });
+                    cast_peer(node, &note);
+                }
+            }
             self.view.up.write().insert(Arc::from(node));
             let ctx = self.ctx.clone();
             ctx.sys_node_event(node, true);

@@ -82,6 +82,9 @@ impl SvcState {
         for m in snap.retained {
             let _ = retainer.store(&Arc::new(m));
         }
+        if let Err(e) = self.tables.replace_all(snap.tables) {
+            tracing::error!("cluster: cannot take the cluster's replicated tables: {e}");
+        }
         for info in ups {
             if info.node == self.me() || info.node == via {
                 continue;

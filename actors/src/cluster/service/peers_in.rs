@@ -87,6 +87,11 @@ impl SvcState {
                 self.apply(myself, eff, "");
             }
             Note::Heal { cliques } => self.start_heal(myself, cliques),
+            Note::Table(ops) => match self.tables.merge(&ops) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("cluster: {n} change(s) to table {}", ops.table),
+                Err(e) => tracing::error!("cluster: replicated table {}: {e}", ops.table),
+            },
         }
     }
 
@@ -159,6 +164,7 @@ impl SvcState {
                     members,
                     routes,
                     retained,
+                    tables: self.tables.snapshot(),
                 }))
             }
             Req::RoutesSince { since } => {
