@@ -278,8 +278,9 @@ mod tests {
             ("abcd", "s1")
         );
         for (text, want) in [
+            ("user_id,password,is_superuser\nalice,pw\n", "line 2"),
             (
-                "user_id,password,is_superuser\nalice,pw\nbob,pw,true,extra\n",
+                "user_id,password,is_superuser\nalice,pw,true\nbob,pw,true,extra\n",
                 "line 3",
             ),
             (
