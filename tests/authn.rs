@@ -1,0 +1,443 @@
+//! Authentication against the built-in database, checked from the
+//! outside. Password hashes are made by Python (`hashlib`, and the
+//! `bcrypt` package scripts/test.sh installs), never by the broker; paho
+//! reports v5 CONNACK reason codes, raw 3.1.1 CONNECTs show the v3 return
+//! codes, and mosquitto_pub and rumqttc connect as users do.
+
+mod common;
+
+use common::{frame, Node, Opts, Raw};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Writes a `bootstrap_type = hash` CSV with Python's own hashing: each
+/// user `[id, password, superuser]` hashed as EMQX stores it for `algo`.
+const MAKE_CSV: &str = r#"
+import csv, hashlib, json, os, sys
+plan = json.loads(sys.argv[1])
+a = plan["algo"]
+rows = []
+for uid, pw, su in plan["users"]:
+    pw = pw.encode()
+    salt = os.urandom(8).hex()
+    name = a["name"]
+    if name == "bcrypt":
+        import bcrypt
+        h = bcrypt.hashpw(pw, bcrypt.gensalt(rounds=a["salt_rounds"])).decode()
+        salt = h[:29]
+    elif name == "pbkdf2":
+        h = hashlib.pbkdf2_hmac(a["mac_fun"], pw, salt.encode(), a["iterations"],
+                                a.get("dk_length")).hex()
+    else:
+        pos = a.get("salt_position", "prefix")
+        if pos == "disable":
+            salt, data = "", pw
+        elif pos == "prefix":
+            data = salt.encode() + pw
+        else:
+            data = pw + salt.encode()
+        h = data.decode() if name == "plain" else hashlib.new(
+            {"sha": "sha1"}.get(name, name), data).hexdigest()
+    rows.append([uid, h, salt, "true" if su else "false"])
+with open(plan["path"], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["user_id", "password_hash", "salt", "is_superuser"])
+    w.writerows(rows)
+"#;
+
+/// Connects with paho (v5 unless `v5 = false`) and prints the CONNACK's
+/// reason code.
+const CONNECT: &str = r#"
+import json, sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+plan = json.loads(sys.argv[1])
+done = threading.Event()
+out = {}
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=plan["cid"], protocol=mqtt.MQTTv5)
+if plan.get("user") is not None:
+    c.username_pw_set(plan["user"], plan.get("pw"))
+def on_connect(cl, ud, flags, rc, props):
+    out["rc"] = rc.value
+    done.set()
+c.on_connect = on_connect
+c.connect(plan.get("host", "127.0.0.1"), plan["port"], 30)
+c.loop_start()
+done.wait(20)
+c.disconnect()
+c.loop_stop()
+print(json.dumps(out))
+"#;
+
+fn python(script: &str, arg: &Value) -> String {
+    let o = Command::new("timeout")
+        .args(["-k", "2", "60", "python3", "-c", script])
+        .arg(arg.to_string())
+        .output()
+        .expect("python3 (scripts/test.sh installs paho-mqtt and bcrypt)");
+    assert!(
+        o.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// The v5 CONNACK reason code for these credentials.
+fn v5_code(n: &Node, cid: &str, user: Option<&str>, pw: Option<&str>) -> i64 {
+    let out = python(
+        CONNECT,
+        &json!({"host": n.host, "port": n.mqtt_port, "cid": cid, "user": user, "pw": pw}),
+    );
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("paho output {out:?}: {e}"));
+    v["rc"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no CONNACK: {out}\n{}", n.log()))
+}
+
+/// The 3.1.1 CONNACK return code, from a raw CONNECT.
+fn v3_code(n: &Node, cid: &str, user: Option<&str>, pw: Option<&str>) -> u8 {
+    let mut flags = 0x02;
+    let mut payload = Vec::new();
+    let mut field = |b: &[u8]| {
+        payload.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        payload.extend_from_slice(b);
+    };
+    field(cid.as_bytes());
+    if let Some(u) = user {
+        flags |= 0x80;
+        field(u.as_bytes());
+    }
+    if let Some(p) = pw {
+        flags |= 0x40;
+        field(p.as_bytes());
+    }
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 30];
+    body.extend_from_slice(&payload);
+    let mut r = Raw::connect(n);
+    r.send(&frame(0x10, &body));
+    let ack = r.read_n(4);
+    assert_eq!(ack[0], 0x20, "CONNACK expected: {ack:?}");
+    ack[3]
+}
+
+fn node_with_chain(authn: &str, more: &str) -> Node {
+    Node::start_with(Opts {
+        extra: format!("authentication = [{authn}]\n{more}"),
+        ..Default::default()
+    })
+}
+
+fn db(extra: &str) -> String {
+    format!("{{mechanism = password_based, backend = built_in_database{extra}}}")
+}
+
+fn csv_for(dir: &Path, algo: &Value, users: &Value) -> String {
+    let path = dir.join("users.csv");
+    python(
+        MAKE_CSV,
+        &json!({"path": path.display().to_string(), "algo": algo, "users": users}),
+    );
+    path.display().to_string()
+}
+
+#[test]
+fn hashes_made_by_python_authenticate_for_every_algorithm() {
+    let algos = [
+        (
+            json!({"name": "plain", "salt_position": "disable"}),
+            "{name = plain, salt_position = disable}",
+        ),
+        (
+            json!({"name": "md5", "salt_position": "suffix"}),
+            "{name = md5, salt_position = suffix}",
+        ),
+        (
+            json!({"name": "sha", "salt_position": "prefix"}),
+            "{name = sha, salt_position = prefix}",
+        ),
+        (
+            json!({"name": "sha256", "salt_position": "disable"}),
+            "{name = sha256, salt_position = disable}",
+        ),
+        (
+            json!({"name": "sha512", "salt_position": "suffix"}),
+            "{name = sha512, salt_position = suffix}",
+        ),
+        (
+            json!({"name": "bcrypt", "salt_rounds": 5}),
+            "{name = bcrypt, salt_rounds = 5}",
+        ),
+        (
+            json!({"name": "pbkdf2", "mac_fun": "sha256", "iterations": 1000, "dk_length": 32}),
+            "{name = pbkdf2, mac_fun = sha256, iterations = 1000, dk_length = 32}",
+        ),
+        (
+            json!({"name": "pbkdf2", "mac_fun": "sha1", "iterations": 10}),
+            "{name = pbkdf2, mac_fun = sha, iterations = 10}",
+        ),
+    ];
+    for (py, conf) in algos {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = csv_for(
+            dir.path(),
+            &py,
+            &json!([["alice", "right-pw", false], ["root", "root-pw", true]]),
+        );
+        let n = node_with_chain(
+            &db(&format!(
+                ", password_hash_algorithm = {conf}, bootstrap_file = \"{csv}\", bootstrap_type = hash"
+            )),
+            "",
+        );
+        assert_eq!(
+            v5_code(&n, "c1", Some("alice"), Some("right-pw")),
+            0,
+            "{conf}"
+        );
+        assert_eq!(
+            v5_code(&n, "c2", Some("root"), Some("root-pw")),
+            0,
+            "{conf}"
+        );
+        assert_eq!(
+            v5_code(&n, "c3", Some("alice"), Some("wrong")),
+            0x86,
+            "{conf}"
+        );
+        assert_eq!(
+            v3_code(&n, "c4", Some("alice"), Some("right-pw")),
+            0,
+            "{conf}"
+        );
+        assert_eq!(
+            v3_code(&n, "c5", Some("alice"), Some("Right-pw")),
+            4,
+            "{conf}"
+        );
+        // Nobody claims an unknown user or an anonymous client.
+        assert_eq!(
+            v5_code(&n, "c6", Some("mallory"), Some("x")),
+            0x87,
+            "{conf}"
+        );
+        assert_eq!(v5_code(&n, "c7", None, None), 0x87, "{conf}");
+        assert_eq!(v3_code(&n, "c8", None, None), 5, "{conf}");
+        let log = n.log();
+        assert!(
+            !log.contains("right-pw") && !log.contains("wrong"),
+            "{conf}: a password in the log"
+        );
+    }
+}
+
+#[test]
+fn users_managed_with_ctl_take_effect_at_once() {
+    let n = node_with_chain(
+        &db(""),
+        r#"
+listeners.ws.default.enable = false
+authorization {
+  sources = []
+  no_match = deny
+}
+"#,
+    );
+    assert_eq!(n.ctl(&["users", "list"]), (0, String::new()));
+    assert_eq!(n.ctl(&["users", "add", "dev", "s3cret"]).0, 0);
+    assert_eq!(n.ctl(&["users", "add", "admin", "adm", "--superuser"]).0, 0);
+    let (code, out) = n.ctl(&["users", "add", "dev", "again"]);
+    assert!(code != 0 && out.contains("already exists"), "{out}");
+    let (_, list) = n.ctl(&["users", "list"]);
+    assert_eq!(
+        list,
+        "admin (is_superuser=true, hash=sha256)\ndev (is_superuser=false, hash=sha256)\n"
+    );
+    assert_eq!(v5_code(&n, "d1", Some("dev"), Some("s3cret")), 0);
+    // A password from stdin (kept out of the process list).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emqx-rs"))
+        .args(["ctl", "-config"])
+        .arg(&n.config)
+        .args(["users", "passwd", "dev", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctl");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"n3w-pass\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(v5_code(&n, "d2", Some("dev"), Some("s3cret")), 0x86);
+    assert_eq!(v5_code(&n, "d3", Some("dev"), Some("n3w-pass")), 0);
+    // A superuser is not bound by authorization (no_match = deny here).
+    let sub = |user: &str, pw: &str| {
+        Command::new("timeout")
+            .args(["10", "mosquitto_sub", "-h", "127.0.0.1", "-p"])
+            .arg(n.mqtt_port.to_string())
+            .args([
+                "-u", user, "-P", pw, "-t", "t/1", "-C", "1", "-W", "3", "-V", "mqttv5",
+            ])
+            .output()
+            .expect("mosquitto_sub")
+    };
+    let denied = sub("dev", "n3w-pass");
+    let allowed = Command::new("timeout")
+        .args(["10", "mosquitto_pub", "-h", "127.0.0.1", "-p"])
+        .arg(n.mqtt_port.to_string())
+        .args([
+            "-u", "admin", "-P", "adm", "-t", "t/1", "-m", "x", "-q", "1", "-V", "mqttv5",
+        ])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(allowed.status.success(), "superuser publish: {allowed:?}");
+    let err = String::from_utf8_lossy(&denied.stderr).to_string()
+        + &String::from_utf8_lossy(&denied.stdout);
+    assert!(
+        err.contains("subscription requests were denied"),
+        "an ordinary user's subscription is denied: {err}"
+    );
+    assert_eq!(n.ctl(&["users", "superuser", "dev", "true"]).0, 0);
+    let ok = sub("dev", "n3w-pass");
+    let text = String::from_utf8_lossy(&ok.stderr).to_string();
+    assert!(!text.contains("denied"), "after superuser: {text}");
+    assert_eq!(n.ctl(&["users", "del", "dev"]).0, 0);
+    assert_eq!(v5_code(&n, "d4", Some("dev"), Some("n3w-pass")), 0x87);
+    let (code, out) = n.ctl(&["users", "del", "dev"]);
+    assert!(code != 0 && out.contains("not found"), "{out}");
+    let (code, out) = n.ctl(&["users", "frobnicate"]);
+    assert!(code != 0 && out.contains("users add"), "{out}");
+}
+
+#[test]
+fn listeners_may_skip_authentication_or_refuse_anonymous_clients_first() {
+    let n = node_with_chain(
+        "",
+        "listeners.tcp.default.enable_authn = quick_deny_anonymous\n",
+    );
+    // An empty chain allows everyone, except anonymous clients here.
+    assert_eq!(v5_code(&n, "q1", Some("anyone"), Some("x")), 0);
+    assert_eq!(v5_code(&n, "q2", None, None), 0x87);
+    assert_eq!(v3_code(&n, "q3", None, None), 5);
+    let n = node_with_chain(&db(""), "listeners.tcp.default.enable_authn = false\n");
+    assert_eq!(v5_code(&n, "q4", None, None), 0);
+    // rumqttc with a user that does not exist: allowed, no authentication.
+    let mut o = rumqttc::MqttOptions::new("q5", "127.0.0.1", n.mqtt_port);
+    o.set_credentials("ghost", "pw");
+    let (_c, mut conn) = rumqttc::Client::new(o, 10);
+    let ev = conn.recv_timeout(Duration::from_secs(5));
+    assert!(
+        matches!(ev, Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ref a))))
+            if a.code == rumqttc::ConnectReturnCode::Success),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn a_bootstrap_file_that_does_not_parse_stops_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("bad.csv");
+    std::fs::write(&p, "user_id,password,is_superuser\nalice,pw,true\nbob,pw\n").expect("write");
+    let n = Node::prepare(&format!(
+        "authentication = [{}]\n",
+        db(&format!(", bootstrap_file = \"{}\"", p.display()))
+    ));
+    let out = n.cli(&["check_config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("authentication.1.bootstrap_file")
+            && err.contains("bad.csv")
+            && err.contains("line 3"),
+        "{err}"
+    );
+    let n = Node::prepare(&format!(
+        "authentication = [{}]\n",
+        db(", password_hash_algorithm {name = argon2}")
+    ));
+    let out = n.cli(&["check_config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(0) && err.contains("unknown password hash algorithm"),
+        "{err}"
+    );
+}
+
+#[test]
+fn users_are_kept_across_a_restart() {
+    let mut n = node_with_chain(&db(""), "");
+    assert_eq!(n.ctl(&["users", "add", "keep", "pw"]).0, 0);
+    n.kill();
+    n.spawn(&[]);
+    let t = Instant::now();
+    assert_eq!(
+        v5_code(&n, "r1", Some("keep"), Some("pw")),
+        0,
+        "after {:?}",
+        t.elapsed()
+    );
+}
+
+/// The v5 code once it is `want` (polling every 100 ms for `within`), and
+/// how long that took.
+fn wait_code(n: &Node, user: &str, pw: &str, want: i64, within: Duration) -> Duration {
+    let t = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        let got = v5_code(n, &format!("w{i}"), Some(user), Some(pw));
+        if got == want {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < within,
+            "{}: {user} still gets {got:#x}, not {want:#x}, after {within:?}\n{}",
+            n.name,
+            common::cluster::tails(&[n])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn users_are_replicated_to_every_node_and_to_nodes_that_join_or_come_back() {
+    use common::cluster::*;
+    let chain = format!("authentication = [{}]\n", db(""));
+    let mut nodes = cluster_with(&[1, 2], &chain);
+    assert_eq!(nodes[0].ctl(&["users", "add", "u1", "pw1"]).0, 0);
+    // Effective on the other node within a second (measured from ctl's
+    // return; each poll is a whole paho connect).
+    let took = wait_code(&nodes[1], "u1", "pw1", 0, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(2), "replicated in {took:?}");
+    // A node that joins later gets the users.
+    let n3 = node_with(3, &chain);
+    join(&n3, &nodes[0]);
+    wait_code(&n3, "u1", "pw1", 0, Duration::from_secs(5));
+    // A change on the newcomer reaches the others.
+    assert_eq!(n3.ctl(&["users", "passwd", "u1", "pw2"]).0, 0);
+    wait_code(&nodes[0], "u1", "pw2", 0, Duration::from_secs(5));
+    wait_code(&nodes[1], "u1", "pw1", 0x86, Duration::from_secs(5));
+    // A member that was down catches up when it comes back.
+    nodes[1].kill();
+    assert_eq!(nodes[0].ctl(&["users", "add", "u2", "pw"]).0, 0);
+    assert_eq!(nodes[0].ctl(&["users", "del", "u1"]).0, 0);
+    nodes[1].spawn(&[]);
+    wait_code(&nodes[1], "u2", "pw", 0, Duration::from_secs(15));
+    wait_code(&nodes[1], "u1", "pw2", 0x87, Duration::from_secs(5));
+    let (_, l1) = nodes[1].ctl(&["users", "list"]);
+    let (_, l3) = n3.ctl(&["users", "list"]);
+    assert_eq!(l1, "u2 (is_superuser=false, hash=sha256)\n");
+    assert_eq!(l1, l3);
+}
