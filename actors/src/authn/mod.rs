@@ -285,6 +285,12 @@ impl Authenticator {
                     return Step::Ignore;
                 };
                 let ok = if user.algo.is_slow() {
+                    // At most half the cores hash at once: a storm of
+                    // bcrypt connects waits here instead of taking the CPU
+                    // from the clients already connected.
+                    let Ok(_permit) = slow_checks().acquire().await else {
+                        return Step::Ignore;
+                    };
                     let u = user.clone();
                     tokio::task::spawn_blocking(move || {
                         u.algo.verify(&password, &u.password_hash, &u.salt)
@@ -304,6 +310,15 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// The permits of slow hash checks: half the cores, at least one.
+fn slow_checks() -> &'static tokio::sync::Semaphore {
+    static S: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new((cores / 2).max(1))
+    })
 }
 
 #[cfg(test)]
