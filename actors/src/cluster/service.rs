@@ -179,6 +179,8 @@ pub struct SvcState {
     syncing: HashSet<String>,
     /// Peers with ready ractor_cluster links, and how many.
     links: HashMap<String, usize>,
+    /// Members without a link, since when (see `health::dial_now`).
+    want_link: HashMap<String, Instant>,
     /// Nodes this node left: their heartbeats are answered with MemberLeft
     /// so a member that missed the leave learns of it.
     left_from: HashSet<String>,
@@ -331,6 +333,7 @@ impl Actor for ClusterService {
             dialing: HashSet::new(),
             syncing: HashSet::new(),
             links: HashMap::new(),
+            want_link: HashMap::new(),
             left_from: HashSet::new(),
             incarnations: HashMap::new(),
             local: LocalRouteLog::new(10_000),
@@ -404,6 +407,7 @@ impl Actor for ClusterService {
             },
             SvcMsg::Note(n) => st.on_note(&myself, n),
             SvcMsg::LinkUp(node) => {
+                st.want_link.remove(&node);
                 *st.links.entry(node.clone()).or_default() += 1;
                 if let Some(b) = st.backoff.get_mut(&node) {
                     b.reset();

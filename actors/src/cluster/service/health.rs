@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// How long the node whose name sorts last waits for the other to dial.
+const DIAL_GRACE: Duration = Duration::from_millis(1500);
+
+/// Whether to dial a member we have had no link to since `since`. Two
+/// nodes that learn of each other at the same moment (a third joining
+/// through one of them) would otherwise dial each other at once, and
+/// ractor_cluster may then close both sessions as duplicates: the node
+/// whose name sorts first dials at once, the other only after a grace
+/// period (if the first never dials, say because it does not know us yet).
+pub(super) fn dial_now(me: &str, peer: &str, since: Instant, now: Instant) -> bool {
+    me < peer || now.saturating_duration_since(since) >= DIAL_GRACE
+}
+
 /// Entries per message when a whole table is pushed to a peer.
 const TABLE_CHUNK: usize = 2_000;
 
@@ -87,9 +100,11 @@ impl SvcState {
             })
             .map(|m| m.info.clone())
             .collect();
+        let me = self.me().to_string();
         for info in targets {
             let ready = self.backoff.get(&info.node).is_none_or(|b| b.ready(now));
-            if !ready {
+            let since = *self.want_link.entry(info.node.clone()).or_insert(now);
+            if !ready || !dial_now(&me, &info.node, since, now) {
                 continue;
             }
             let Ok(addr) = info.dist_addr.parse::<SocketAddr>() else {
@@ -158,6 +173,7 @@ impl SvcState {
 
     /// Forgets a node that left or was removed: membership, routes, links.
     pub(super) fn forget(&mut self, node: &str) {
+        self.want_link.remove(node);
         self.down_since.remove(node);
         if self.membership.remove(node) {
             tracing::info!("cluster: {node} left the cluster");
@@ -188,5 +204,26 @@ impl SvcState {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn of_two_nodes_missing_a_link_only_the_first_by_name_dials_at_once() {
+        let t0 = Instant::now();
+        let (a, b) = ("emqx1@127.0.0.1", "emqx2@127.0.0.2");
+        assert!(dial_now(a, b, t0, t0));
+        assert!(!dial_now(b, a, t0, t0));
+        assert!(!dial_now(
+            b,
+            a,
+            t0,
+            t0 + DIAL_GRACE - Duration::from_millis(1)
+        ));
+        // The other still dials if the first does not.
+        assert!(dial_now(b, a, t0, t0 + DIAL_GRACE));
     }
 }
