@@ -147,6 +147,17 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "acl reload",
         "Read the authorization files (acl.conf) again; a file that does not parse keeps its rules in force",
     ),
+    ("banned", "banned list", "List the banned clients"),
+    (
+        "banned",
+        "banned add <clientid|username|peerhost> <Who> [<Duration>|infinity] [<Reason>]",
+        "Ban a client id, username or address (peerhost: an address or CIDR block) on every node, for a duration (1h, 30m, ...) or for ever (the default)",
+    ),
+    (
+        "banned",
+        "banned del <clientid|username|peerhost> <Who>",
+        "Lift a ban",
+    ),
     ("users", "users list", "List the built-in authentication database's users"),
     (
         "users",
@@ -242,6 +253,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("listeners", |n, w| Box::pin(cmd_listeners(n, w))),
     ("acl", |n, w| Box::pin(cmd_acl(n, w))),
     ("users", |n, w| Box::pin(cmd_users(n, w))),
+    ("banned", |n, w| Box::pin(cmd_banned(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -590,6 +602,98 @@ async fn cmd_users(node: &Node, w: &[&str]) -> (i32, String) {
         Ok(Some(out)) => out,
         Ok(None) => unknown("users"),
         Err(e) => (1, format!("users: {e}\n")),
+    }
+}
+
+/// `banned ...`: bans replicated to every node (EMQX manages them over its
+/// HTTP API; these commands are ours).
+async fn cmd_banned(node: &Node, w: &[&str]) -> (i32, String) {
+    use emqx_actors::banned::{Ban, BanKind};
+    let banned = &node.ctx.banned;
+    let now = emqx_actors::clock::now_ms();
+    let time = |ms: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    };
+    let kind = |s: &str| {
+        BanKind::from_name(s).ok_or_else(|| {
+            (
+                1,
+                format!(
+                    "unknown ban type {s:?}: expected {}\n",
+                    BanKind::ALL.join(", ")
+                ),
+            )
+        })
+    };
+    match w {
+        ["banned", "list"] => {
+            banned.purge_expired(now);
+            let mut out = String::new();
+            for b in banned.list() {
+                out.push_str(&format!(
+                    "{} {} (reason={:?}, by={}, at={}, until={})\n",
+                    b.kind.name(),
+                    b.who,
+                    b.reason,
+                    b.by,
+                    time(b.at_ms),
+                    b.until_ms.map_or("infinity".to_string(), time)
+                ));
+            }
+            (0, out)
+        }
+        ["banned", "add", k, who, rest @ ..] => {
+            let kind = match kind(k) {
+                Ok(k) => k,
+                Err(e) => return e,
+            };
+            let (until_ms, reason) = match rest {
+                [] => (None, String::new()),
+                [d, reason @ ..] => {
+                    let until = if *d == "infinity" {
+                        None
+                    } else {
+                        match humantime::parse_duration(d) {
+                            Ok(d) if !d.is_zero() => Some(now.saturating_add(d.as_millis() as u64)),
+                            _ => {
+                                return (
+                                    1,
+                                    format!(
+                                    "bad duration {d:?}: expected 30s, 10m, 1h, 7d or infinity\n"
+                                ),
+                                )
+                            }
+                        }
+                    };
+                    (until, reason.join(" "))
+                }
+            };
+            banned.purge_expired(now);
+            let ban = Ban {
+                kind,
+                who: who.to_string(),
+                reason,
+                by: "ctl".into(),
+                at_ms: now,
+                until_ms,
+            };
+            match banned.add(ban) {
+                Ok(()) => (0, "ok\n".into()),
+                Err(e) => (1, format!("{e}\n")),
+            }
+        }
+        ["banned", "del", k, who] => {
+            let kind = match kind(k) {
+                Ok(k) => k,
+                Err(e) => return e,
+            };
+            match banned.delete(kind, who) {
+                Ok(()) => (0, "ok\n".into()),
+                Err(e) => (1, format!("{e}\n")),
+            }
+        }
+        _ => unknown("banned"),
     }
 }
 

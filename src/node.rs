@@ -374,11 +374,16 @@ async fn start_broker(
     let (tables, table_rx) = ReplTables::open(
         name,
         Some(&cfg.node.data_dir),
-        &[emqx_actors::authn::USERS_TABLE],
+        &[
+            emqx_actors::authn::USERS_TABLE,
+            emqx_actors::banned::BANNED_TABLE,
+        ],
     )
     .map_err(|e| format!("cannot open the replicated tables: {e}"))?;
     let tables = Arc::new(tables);
     let authn = Arc::new(crate::authn::build(cfg, &tables)?);
+    let banned =
+        Arc::new(emqx_actors::banned::Banned::new(tables.clone()).map_err(|e| e.to_string())?);
     let bsettings = BrokerSettings {
         shared_strategy: SharedStrategy::parse(cfg.mqtt.shared_subscription_strategy.as_str())
             .unwrap_or_default(),
@@ -431,6 +436,7 @@ async fn start_broker(
         registry: Some(registry.clone()),
         listeners: tokio::sync::watch::channel(true).0,
         authn,
+        banned,
     });
     let sys_task = ctx.spawn_sys();
     let core = Core {

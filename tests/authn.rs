@@ -440,4 +440,62 @@ fn users_are_replicated_to_every_node_and_to_nodes_that_join_or_come_back() {
     let (_, l3) = n3.ctl(&["users", "list"]);
     assert_eq!(l1, "u2 (is_superuser=false, hash=sha256)\n");
     assert_eq!(l1, l3);
+    // A ban made on one node refuses the client on the others, before its
+    // (right) password is looked at.
+    assert_eq!(
+        n3.ctl(&["banned", "add", "username", "u2", "1h", "too", "chatty"])
+            .0,
+        0
+    );
+    wait_code(&nodes[0], "u2", "pw", 0x8A, Duration::from_secs(5));
+    assert_eq!(v3_code(&nodes[1], "b3", Some("u2"), Some("pw")), 5);
+    let (_, list) = nodes[0].ctl(&["banned", "list"]);
+    assert!(
+        list.starts_with("username u2 (reason=\"too chatty\", by=ctl, at=")
+            && list.lines().count() == 1,
+        "{list}"
+    );
+    assert_eq!(nodes[1].ctl(&["banned", "del", "username", "u2"]).0, 0);
+    wait_code(&nodes[0], "u2", "pw", 0, Duration::from_secs(5));
+}
+
+#[test]
+fn bans_by_client_id_and_address_hold_until_they_expire() {
+    let n = Node::start();
+    assert_eq!(n.ctl(&["banned", "add", "clientid", "bad-one"]).0, 0);
+    assert_eq!(v5_code(&n, "bad-one", None, None), 0x8A);
+    assert_eq!(v3_code(&n, "bad-one", None, None), 5);
+    assert_eq!(v5_code(&n, "good-one", None, None), 0);
+    assert_eq!(
+        n.ctl(&["banned", "add", "peerhost", "127.0.0.0/8", "2s"]).0,
+        0
+    );
+    assert_eq!(v5_code(&n, "good-one", None, None), 0x8A);
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(v5_code(&n, "good-one", None, None), 0);
+    let (_, list) = n.ctl(&["banned", "list"]);
+    assert!(
+        list.starts_with("clientid bad-one")
+            && list.contains("until=infinity")
+            && list.lines().count() == 1,
+        "{list}"
+    );
+    for (args, want) in [
+        (
+            &["banned", "add", "peerhost", "10.0.0.0/40"][..],
+            "not an address",
+        ),
+        (&["banned", "add", "ip", "x"][..], "unknown ban type"),
+        (
+            &["banned", "add", "clientid", "x", "soon"][..],
+            "bad duration",
+        ),
+        (
+            &["banned", "del", "clientid", "nobody"][..],
+            "no ban of clientid",
+        ),
+    ] {
+        let (code, out) = n.ctl(args);
+        assert!(code == 1 && out.contains(want), "{args:?}: {out}");
+    }
 }

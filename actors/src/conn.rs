@@ -341,6 +341,20 @@ where
         let _ = wr.shutdown().await;
         return None;
     }
+    if let Some(ban) = ctx.banned.check(
+        &connect.client_id,
+        connect.username.as_deref(),
+        peer.ip(),
+        crate::clock::now_ms(),
+    ) {
+        tracing::info!(%peer, client_id = %connect.client_id,
+            "CONNECT refused: banned ({} {})", ban.kind.name(), ban.who);
+        inc(&metrics.packets_connack_auth_error);
+        inc(&metrics.packets_connack_error);
+        let _ = write_packet(wr, connack_err(reason::BANNED), version, client_max).await;
+        let _ = wr.shutdown().await;
+        return None;
+    }
     let creds = Credentials {
         client_id: connect.client_id.clone(),
         username: connect.username.clone(),

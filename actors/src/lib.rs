@@ -6,6 +6,7 @@
 //! contracts in [`peers`].
 
 pub mod authn;
+pub mod banned;
 pub mod broker;
 pub mod clock;
 pub mod cluster;
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub listeners: tokio::sync::watch::Sender<bool>,
     /// The authentication chain (empty: every client is allowed).
     pub authn: Arc<authn::Authn>,
+    /// Banned clients, checked before authentication.
+    pub banned: Arc<banned::Banned>,
 }
 
 /// `sys_topics.*` of emqx.conf.

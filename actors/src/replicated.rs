@@ -1,6 +1,6 @@
 //! Replicated tables: small key-value tables every node holds in full and
 //! any node may write (the users of the built-in authentication database,
-//! later the banned list and the built-in authorization rules). EMQX keeps
+//! the banned clients; later the built-in authorization rules). EMQX keeps
 //! these in Mria tables; here each table is a last-writer-wins map.
 //!
 //! - Every write is stamped with a hybrid logical clock `(ms, node)`: the

@@ -1,0 +1,312 @@
+//! Banned clients (EMQX's `emqx_banned`): bans by client id, username or
+//! peer address (one address or a CIDR block), each until a time or for
+//! ever, kept in the replicated table [`BANNED_TABLE`] so a ban made on one
+//! node refuses the client on every node. A banned client gets CONNACK
+//! 0x8A Banned (MQTT 3.1.1: 5, not authorized) before authentication runs.
+
+use crate::replicated::{ReplTables, Table, TableError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// The replicated table of bans.
+pub const BANNED_TABLE: &str = "banned";
+
+/// What a ban matches (EMQX's `as`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BanKind {
+    ClientId,
+    Username,
+    Peerhost,
+}
+
+impl BanKind {
+    pub const ALL: &'static [&'static str] = &["clientid", "username", "peerhost"];
+
+    pub fn from_name(s: &str) -> Option<BanKind> {
+        Some(match s {
+            "clientid" => BanKind::ClientId,
+            "username" => BanKind::Username,
+            "peerhost" => BanKind::Peerhost,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BanKind::ClientId => "clientid",
+            BanKind::Username => "username",
+            BanKind::Peerhost => "peerhost",
+        }
+    }
+}
+
+/// One ban.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ban {
+    pub kind: BanKind,
+    /// The client id, the username, or the address (`10.0.0.7`,
+    /// `10.0.0.0/8`, `fd00::/8`).
+    pub who: String,
+    pub reason: String,
+    pub by: String,
+    /// Wall-clock milliseconds: when it was made, and until when it holds
+    /// (`None`: for ever).
+    pub at_ms: u64,
+    pub until_ms: Option<u64>,
+}
+
+impl Ban {
+    fn key(kind: BanKind, who: &str) -> String {
+        format!("{}:{who}", kind.name())
+    }
+
+    fn live(&self, now_ms: u64) -> bool {
+        self.until_ms.is_none_or(|u| u > now_ms)
+    }
+}
+
+/// An address block: `net`/`bits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    /// `a.b.c.d`, `a.b.c.d/n`, or an IPv6 address with or without `/n`.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (ip, bits) = match s.split_once('/') {
+            Some((ip, b)) => (ip.parse::<IpAddr>().ok()?, Some(b.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = bits.unwrap_or(max);
+        (bits <= max).then_some(Cidr { net: ip, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.bits as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.bits as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why a ban could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BanError {
+    #[error("not an address or CIDR block: {0:?}")]
+    BadAddress(String),
+    #[error("nothing to ban: empty {0}")]
+    Empty(&'static str),
+    #[error("no ban of {0} {1:?}")]
+    NotFound(&'static str, String),
+    #[error(transparent)]
+    Table(#[from] TableError),
+}
+
+/// The address bans and until when each holds.
+type Nets = Arc<Vec<(Cidr, Option<u64>)>>;
+
+/// The node's view of the bans.
+pub struct Banned {
+    tables: Arc<ReplTables>,
+    table: Arc<Table>,
+    /// The address bans, rebuilt when the table changes (checked on every
+    /// connect without decoding the table).
+    nets: Mutex<(u64, Nets)>,
+}
+
+impl Banned {
+    pub fn new(tables: Arc<ReplTables>) -> Result<Banned, TableError> {
+        let table = tables
+            .table(BANNED_TABLE)
+            .cloned()
+            .ok_or_else(|| TableError::Unknown(BANNED_TABLE.into()))?;
+        Ok(Banned {
+            tables,
+            table,
+            nets: Mutex::new((u64::MAX, Arc::new(Vec::new()))),
+        })
+    }
+
+    fn decode(b: &[u8]) -> Option<Ban> {
+        bincode::serde::decode_from_slice(b, bincode::config::standard())
+            .ok()
+            .map(|(v, _)| v)
+    }
+
+    fn get(&self, kind: BanKind, who: &str) -> Option<Ban> {
+        self.table
+            .get(&Ban::key(kind, who))
+            .and_then(|b| Banned::decode(&b))
+    }
+
+    /// Whether a client is banned now; the ban if so.
+    pub fn check(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        peer: IpAddr,
+        now_ms: u64,
+    ) -> Option<Ban> {
+        if self.table.is_empty() {
+            return None;
+        }
+        if let Some(b) = self
+            .get(BanKind::ClientId, client_id)
+            .filter(|b| b.live(now_ms))
+        {
+            return Some(b);
+        }
+        if let Some(u) = username {
+            if let Some(b) = self.get(BanKind::Username, u).filter(|b| b.live(now_ms)) {
+                return Some(b);
+            }
+        }
+        let nets = self.nets();
+        let hit = nets
+            .iter()
+            .any(|(c, until)| until.is_none_or(|u| u > now_ms) && c.contains(peer));
+        if hit {
+            return self.list().into_iter().find(|b| {
+                b.kind == BanKind::Peerhost
+                    && b.live(now_ms)
+                    && Cidr::parse(&b.who).is_some_and(|c| c.contains(peer))
+            });
+        }
+        None
+    }
+
+    fn nets(&self) -> Nets {
+        let gen = self.table.generation();
+        let mut n = self.nets.lock();
+        if n.0 != gen {
+            let v: Vec<(Cidr, Option<u64>)> = self
+                .list()
+                .into_iter()
+                .filter(|b| b.kind == BanKind::Peerhost)
+                .filter_map(|b| Cidr::parse(&b.who).map(|c| (c, b.until_ms)))
+                .collect();
+            *n = (gen, Arc::new(v));
+        }
+        n.1.clone()
+    }
+
+    /// Every ban, ordered by kind and who.
+    pub fn list(&self) -> Vec<Ban> {
+        self.table
+            .list()
+            .into_iter()
+            .filter_map(|(_, v)| Banned::decode(&v))
+            .collect()
+    }
+
+    /// Bans (or bans again, replacing) `who`, cluster-wide.
+    pub fn add(&self, ban: Ban) -> Result<(), BanError> {
+        if ban.who.is_empty() {
+            return Err(BanError::Empty(ban.kind.name()));
+        }
+        if ban.kind == BanKind::Peerhost && Cidr::parse(&ban.who).is_none() {
+            return Err(BanError::BadAddress(ban.who));
+        }
+        let bytes =
+            bincode::serde::encode_to_vec(&ban, bincode::config::standard()).unwrap_or_default();
+        Ok(self
+            .tables
+            .write(BANNED_TABLE, &Ban::key(ban.kind, &ban.who), Some(bytes))?)
+    }
+
+    pub fn delete(&self, kind: BanKind, who: &str) -> Result<(), BanError> {
+        if self.get(kind, who).is_none() {
+            return Err(BanError::NotFound(kind.name(), who.to_string()));
+        }
+        Ok(self
+            .tables
+            .write(BANNED_TABLE, &Ban::key(kind, who), None)?)
+    }
+
+    /// Deletes the bans that have run out; how many.
+    pub fn purge_expired(&self, now_ms: u64) -> usize {
+        let mut n = 0;
+        for b in self.list().into_iter().filter(|b| !b.live(now_ms)) {
+            if self.delete(b.kind, &b.who).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn banned() -> Banned {
+        let (t, _rx) = ReplTables::open("a@h", None, &[BANNED_TABLE]).expect("open");
+        Banned::new(Arc::new(t)).expect("banned")
+    }
+
+    fn ban(kind: BanKind, who: &str, until_ms: Option<u64>) -> Ban {
+        Ban {
+            kind,
+            who: who.into(),
+            reason: "r".into(),
+            by: "test".into(),
+            at_ms: 0,
+            until_ms,
+        }
+    }
+
+    #[test]
+    fn bans_match_by_client_id_username_and_address_until_they_expire() {
+        let b = banned();
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(b.check("c", Some("u"), ip("10.1.2.3"), 0).is_none());
+        b.add(ban(BanKind::ClientId, "bad-client", None))
+            .expect("add");
+        b.add(ban(BanKind::Username, "bad-user", Some(1_000)))
+            .expect("add");
+        b.add(ban(BanKind::Peerhost, "10.9.0.0/16", None))
+            .expect("add");
+        b.add(ban(BanKind::Peerhost, "2001:db8::1", None))
+            .expect("add");
+        assert!(b.check("bad-client", None, ip("127.0.0.1"), 5).is_some());
+        assert!(b
+            .check("c", Some("bad-user"), ip("127.0.0.1"), 999)
+            .is_some());
+        assert!(b
+            .check("c", Some("bad-user"), ip("127.0.0.1"), 1_000)
+            .is_none());
+        assert!(b.check("c", None, ip("10.9.255.1"), 5).is_some());
+        assert!(b.check("c", None, ip("::ffff:10.9.0.1"), 5).is_some());
+        assert!(b.check("c", None, ip("10.10.0.1"), 5).is_none());
+        assert!(b.check("c", None, ip("2001:db8::1"), 5).is_some());
+        assert!(b.check("c", None, ip("2001:db8::2"), 5).is_none());
+        assert!(matches!(
+            b.add(ban(BanKind::Peerhost, "10.0.0.0/33", None)),
+            Err(BanError::BadAddress(_))
+        ));
+        b.delete(BanKind::Peerhost, "10.9.0.0/16").expect("del");
+        assert!(b.check("c", None, ip("10.9.255.1"), 5).is_none());
+        assert_eq!(b.purge_expired(2_000), 1);
+        assert_eq!(b.list().len(), 2);
+        assert!(matches!(
+            b.delete(BanKind::Username, "bad-user"),
+            Err(BanError::NotFound(..))
+        ));
+    }
+}
