@@ -196,7 +196,9 @@ pub struct LastWill {
     pub properties: Properties,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` leaves the password out (only its length is shown), so a
+/// packet that ends up in a log never carries a secret.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: ProtocolVersion,
     /// The protocol name as sent (`MQTT` or `MQIsdp`), kept for logs.
@@ -209,6 +211,28 @@ pub struct Connect {
     pub username: Option<String>,
     pub password: Option<Bytes>,
     pub properties: Properties,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("protocol", &self.protocol)
+            .field("protocol_name", &self.protocol_name)
+            .field("clean_start", &self.clean_start)
+            .field("keep_alive", &self.keep_alive)
+            .field("client_id", &self.client_id)
+            .field("will", &self.will)
+            .field("username", &self.username)
+            .field(
+                "password",
+                &self
+                    .password
+                    .as_ref()
+                    .map(|p| format!("<{} bytes>", p.len())),
+            )
+            .field("properties", &self.properties)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

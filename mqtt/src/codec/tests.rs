@@ -1118,3 +1118,16 @@ fn fit_refuses_what_does_not_fit_even_bare() {
     assert!(fit(&mut p, ProtocolVersion::V4, 4));
     assert!(!fit(&mut p, ProtocolVersion::V4, 3));
 }
+
+#[test]
+fn a_connect_in_a_log_shows_the_passwords_length_not_the_password() {
+    let mut c = connect(ProtocolVersion::V5, "c1");
+    c.username = Some("alice".into());
+    c.password = Some(Bytes::from_static(b"hunter2-secret"));
+    let text = format!("{c:?}");
+    assert!(
+        text.contains("alice") && text.contains("<14 bytes>"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
