@@ -29,9 +29,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! python3 -c 'import paho.mqtt, websockets, aioquic, bcrypt' 2>/dev/null; then
-    echo "== installing paho-mqtt, websockets, aioquic and bcrypt"
-    python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' 'aioquic>=1.2,<2' 'bcrypt>=4,<6' || echo "warning: paho-mqtt, websockets, aioquic or bcrypt could not be installed; their tests will fail"
+if ! python3 -c 'import paho.mqtt, websockets, aioquic, bcrypt, jwt, cryptography' 2>/dev/null; then
+    echo "== installing paho-mqtt, websockets, aioquic, bcrypt and PyJWT"
+    python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' 'aioquic>=1.2,<2' 'bcrypt>=4,<6' 'pyjwt[crypto]>=2.8,<3' || echo "warning: paho-mqtt, websockets, aioquic, bcrypt or PyJWT could not be installed; their tests will fail"
 fi
 
 echo "== cargo fmt --check"

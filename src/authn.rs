@@ -3,8 +3,9 @@
 //! bootstrap file (EMQX's `auth-built-in-db-bootstrap.csv`), and the
 //! `ctl users` commands.
 
-use crate::config::{AuthnConfig, AuthnKind, Config};
+use crate::config::{AuthnConfig, AuthnKind, Config, JwtConfig, JwtKeys};
 use emqx_actors::authn::hash::HashAlgo;
+use emqx_actors::authn::jwt::{ClaimCheck, Jwks, JwtAuthn, Key, Keys, TokenFrom};
 use emqx_actors::authn::{Authenticator, Authn, UserRecord, Users};
 use emqx_actors::replicated::ReplTables;
 use std::path::{Path, PathBuf};
@@ -126,7 +127,10 @@ fn bootstrap_of(a: &AuthnConfig) -> Result<Vec<BootstrapUser>, String> {
         bootstrap_file,
         bootstrap_hash,
         ..
-    } = &a.kind;
+    } = &a.kind
+    else {
+        return Ok(Vec::new());
+    };
     let (path, default) = match bootstrap_file {
         Some(p) => (p.clone(), false),
         None => (default_bootstrap_path(), true),
@@ -142,17 +146,93 @@ fn bootstrap_of(a: &AuthnConfig) -> Result<Vec<BootstrapUser>, String> {
 pub fn check(cfg: &Config) -> Result<(), String> {
     for a in cfg.authentication.iter().filter(|a| a.enable) {
         bootstrap_of(a)?;
+        if let AuthnKind::Jwt(j) = &a.kind {
+            jwt_keys(&a.key, j)?;
+        }
     }
     Ok(())
+}
+
+/// A JWT authenticator's keys: the secret or public key read and checked
+/// now, or the JWKS endpoint (fetched once the node runs).
+fn jwt_keys(key: &str, j: &JwtConfig) -> Result<Keys, String> {
+    Ok(match &j.keys {
+        JwtKeys::Hmac { secret, base64 } => {
+            Keys::Fixed(Key::hmac(secret, *base64).map_err(|e| format!("{key}.secret: {e}"))?)
+        }
+        JwtKeys::PublicKey(pk) => {
+            let pem = if pk.trim_start().starts_with("-----BEGIN") {
+                pk.as_bytes().to_vec()
+            } else {
+                std::fs::read(pk).map_err(|e| format!("{key}.public_key: cannot read {pk}: {e}"))?
+            };
+            Keys::Fixed(Key::public_pem(&pem).map_err(|e| format!("{key}.public_key: {e}"))?)
+        }
+        JwtKeys::Jwks {
+            endpoint,
+            refresh_interval,
+            headers,
+            ssl,
+        } => {
+            let tls = ssl.enable.then(|| emqx_discovery::tls::TlsOptions {
+                key_prefix: format!("{key}.ssl"),
+                cacertfile: ssl.cacertfile.clone(),
+                certfile: ssl.certfile.clone(),
+                keyfile: ssl.keyfile.clone(),
+                verify: match ssl.verify {
+                    crate::config::TlsVerify::VerifyPeer => emqx_discovery::tls::Verify::Peer,
+                    crate::config::TlsVerify::VerifyNone => emqx_discovery::tls::Verify::None,
+                },
+                server_name_indication: ssl.server_name_indication.clone(),
+            });
+            if let Some(t) = &tls {
+                // Reads the files now, so a bad path stops the start.
+                t.client_config()?;
+            }
+            Keys::Jwks(Jwks::new(
+                endpoint.clone(),
+                headers.clone(),
+                tls,
+                *refresh_interval,
+            ))
+        }
+    })
 }
 
 /// The chain, with the bootstrap users laid into the tables.
 pub fn build(cfg: &Config, tables: &Arc<ReplTables>) -> Result<Authn, String> {
     let mut chain = Vec::new();
     for a in cfg.authentication.iter().filter(|a| a.enable) {
-        let AuthnKind::BuiltInDb {
-            user_id_type, algo, ..
-        } = &a.kind;
+        let (user_id_type, algo) = match &a.kind {
+            AuthnKind::BuiltInDb {
+                user_id_type, algo, ..
+            } => (user_id_type, algo),
+            AuthnKind::Jwt(j) => {
+                let keys = jwt_keys(&a.key, j)?;
+                if let Keys::Jwks(jwks) = &keys {
+                    jwks.start();
+                }
+                chain.push(Authenticator::Jwt(JwtAuthn {
+                    from: if j.from_username {
+                        TokenFrom::Username
+                    } else {
+                        TokenFrom::Password
+                    },
+                    keys,
+                    verify_claims: j
+                        .verify_claims
+                        .iter()
+                        .map(|(name, template)| ClaimCheck {
+                            name: name.clone(),
+                            template: template.clone(),
+                        })
+                        .collect(),
+                    acl_claim_name: j.acl_claim_name.clone(),
+                    disconnect_after_expire: j.disconnect_after_expire,
+                }));
+                continue;
+            }
+        };
         let users = Users::new(tables.clone()).map_err(|e| e.to_string())?;
         let boot = bootstrap_of(a)?;
         let n = boot.len();

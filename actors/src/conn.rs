@@ -361,8 +361,8 @@ where
         password: connect.password.clone(),
         peer: peer.ip(),
     };
-    let superuser = match ctx.authn.authenticate(&creds, acc.authn).await {
-        Verdict::Allow { superuser } => superuser,
+    let auth = match ctx.authn.authenticate(&creds, acc.authn).await {
+        Verdict::Allow(info) => info,
         Verdict::Deny(why) => {
             let (code, text) = match why {
                 Refusal::BadUsernameOrPassword => (
@@ -387,7 +387,7 @@ where
 
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint, acc.cert_cn, superuser);
+    let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint, acc.cert_cn, auth);
     let session: ActorRef<SessionMsg> = match Box::pin(open_session(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {

@@ -5,6 +5,7 @@
 
 use crate::inbox::Inbox;
 use bytes::Bytes;
+use emqx_mqtt::acl::AuthInfo;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -64,9 +65,9 @@ pub(crate) struct Outbox {
     /// The common name of the client's TLS certificate, if it sent one
     /// (kept here, not in every `ConnHandle`, which session futures hold).
     pub(crate) cert_cn: Option<Arc<str>>,
-    /// Authentication made the client a superuser: authorization does not
-    /// apply to it.
-    pub(crate) superuser: bool,
+    /// What authentication said: superuser, the client's own rules, when
+    /// its credentials expire.
+    pub(crate) auth: AuthInfo,
 }
 
 #[derive(Debug, Default)]
@@ -177,11 +178,11 @@ impl ConnHandle {
         peer: SocketAddr,
         mountpoint: Option<Arc<str>>,
         cert_cn: Option<Arc<str>>,
-        superuser: bool,
+        auth: AuthInfo,
     ) -> (ConnHandle, ConnEnd) {
         let out = Arc::new(Outbox {
             cert_cn,
-            superuser,
+            auth,
             ..Outbox::default()
         });
         out.state.lock().handles = 1;
@@ -201,9 +202,9 @@ impl ConnHandle {
         self.out.cert_cn.as_deref()
     }
 
-    /// Whether authentication made the client a superuser.
-    pub fn superuser(&self) -> bool {
-        self.out.superuser
+    /// What authentication said about the client.
+    pub fn auth(&self) -> &AuthInfo {
+        &self.out.auth
     }
 
     /// Queues an encoded packet; false if the connection is gone.
@@ -247,7 +248,13 @@ mod tests {
         use super::{ConnCmd, ConnHandle};
         use bytes::Bytes;
         use std::time::Duration;
-        let (h, rx) = ConnHandle::new(1, "127.0.0.1:1".parse().unwrap(), None, None, false);
+        let (h, rx) = ConnHandle::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            None,
+            super::AuthInfo::default(),
+        );
         let h2 = h.clone();
         assert!(h.write(Bytes::from_static(b"ab")));
         h2.close();
@@ -270,7 +277,13 @@ mod tests {
         drop(w.await.unwrap());
         assert!(rx.recv().await.is_none());
         // The connection task is gone: writes fail.
-        let (h, rx) = ConnHandle::new(2, "127.0.0.1:1".parse().unwrap(), None, None, false);
+        let (h, rx) = ConnHandle::new(
+            2,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            None,
+            super::AuthInfo::default(),
+        );
         drop(rx);
         assert!(!h.write(Bytes::from_static(b"x")));
     }

@@ -115,7 +115,7 @@ impl Actor for SessionActor {
         ch.set_peer(
             Some(a.conn.peer.ip()),
             a.conn.cert_cn().map(String::from),
-            a.conn.superuser(),
+            a.conn.auth().clone(),
         );
         let tick = match a.ctx.settings.retry_interval {
             Some(retry) => retry
@@ -160,6 +160,7 @@ impl Actor for SessionActor {
         let ack = st.ch.connack(&a.connect, resumed, a.assigned);
         st.send(Packet::ConnAck(ack));
         st.on_connected();
+        st.arm_auth_expiry(&myself);
         if resumed {
             for a in st.ch.resume(clock::now()) {
                 if let Action::Send(p) = a {
@@ -336,6 +337,11 @@ impl Actor for SessionActor {
                     tracing::debug!(client_id = %st.ch.client_id, "session expired");
                     st.publish_will();
                     myself.stop(None);
+                }
+            }
+            SessionMsg::AuthExpired(gen) => {
+                if gen == st.gen && st.conn.is_some() {
+                    st.close_for(&myself, Some(reason::NOT_AUTHORIZED), "credentials expired");
                 }
             }
             SessionMsg::Will(gen) => {
@@ -528,6 +534,18 @@ impl SessionState {
         if let Some(p) = self.ch.disconnect_packet(code, why) {
             self.send(p);
         }
+    }
+
+    /// Closes the connection when its credentials expire (the
+    /// authenticator set `expire_at_ms`); a later connection of the
+    /// session has its own generation, so an old timer does nothing.
+    fn arm_auth_expiry(&self, myself: &ActorRef<SessionMsg>) {
+        let Some(at) = self.conn.as_ref().and_then(|c| c.auth().expire_at_ms) else {
+            return;
+        };
+        let wait = Duration::from_millis(at.saturating_sub(clock::now_ms()));
+        let gen = self.gen;
+        myself.send_after(wait, move || SessionMsg::AuthExpired(gen));
     }
 
     fn on_connected(&mut self) {
@@ -762,13 +780,14 @@ impl SessionState {
         self.ch.set_peer(
             Some(conn.peer.ip()),
             conn.cert_cn().map(String::from),
-            conn.superuser(),
+            conn.auth().clone(),
         );
         self.conn = Some(conn);
         let ack = self.ch.connack(&connect, true, false);
         self.send(Packet::ConnAck(ack));
         inc(&self.ctx.broker.metrics.session_resumed);
         self.on_connected();
+        self.arm_auth_expiry(myself);
         let acts = self.ch.resume(clock::now());
         self.run(myself, acts).await;
         self.pump(myself).await;

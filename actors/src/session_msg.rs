@@ -91,4 +91,7 @@ pub enum SessionMsg {
     Expire(u64),
     /// Delayed will of connection generation `u64`.
     Will(u64),
+    /// The credentials of connection generation `u64` expired (a JWT's
+    /// `exp` with `disconnect_after_expire`).
+    AuthExpired(u64),
 }

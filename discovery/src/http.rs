@@ -1,5 +1,6 @@
 //! A deliberately small HTTP/1.1 client for the discovery backends (etcd's
-//! JSON gateway, the Kubernetes API server): one request per connection
+//! JSON gateway, the Kubernetes API server) and for fetching a JWKS
+//! ([`get`]): one request per connection
 //! (`Connection: close`), plain TCP or TLS (rustls), the whole answer read
 //! into memory, chunked bodies decoded. Nothing here is specific to one
 //! backend; interpreting the status and body is the caller's job.
@@ -119,6 +120,35 @@ pub(crate) async fn send(
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {t:?}"))),
         None => exchange.await,
+    }
+}
+
+/// GETs a whole `http://` or `https://` URL (TLS with `tls`, which an
+/// `https` URL requires) and returns the status and body.
+pub async fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+    tls: Option<&crate::tls::TlsOptions>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    let u = Url::parse(url, false)?;
+    let authority = u.authority(if u.tls { 443 } else { 80 });
+    let path = if u.base.is_empty() { "/" } else { &u.base };
+    let req = Request {
+        method: "GET",
+        authority: &authority,
+        path,
+        headers,
+        body: b"",
+    };
+    match (u.tls, tls) {
+        (false, _) => send(&req, None, Some(timeout)).await,
+        (true, None) => Err(format!("{url}: an https URL needs TLS options")),
+        (true, Some(o)) => {
+            let cfg = o.client_config()?;
+            let name = o.server_name(u.bare_host()).to_string();
+            send(&req, Some((&cfg, &name)), Some(timeout)).await
+        }
     }
 }
 

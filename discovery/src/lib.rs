@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 pub mod dns;
 pub mod etcd;
 pub mod hosts;
-mod http;
+pub mod http;
 pub mod k8s;
 pub mod manual;
 pub mod static_seeds;

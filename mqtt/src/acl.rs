@@ -27,6 +27,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What a matching rule says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,6 +169,78 @@ impl Acl {
             .find(|rule| rule.matches(c, r))
             .map(|rule| rule.permission)
     }
+}
+
+/// One rule given as data rather than as `acl.conf` text (the rules a
+/// JWT carries in its `acl` claim): it applies to the client it came
+/// with, so it names no Who.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub permission: Permission,
+    pub publish: bool,
+    pub subscribe: bool,
+    /// The QoS levels the rule is about; `None`: any.
+    pub qos: Option<Vec<u8>>,
+    /// Publishing with this retain flag only; `None`: either.
+    pub retain: Option<bool>,
+    /// `None`: every topic.
+    pub topics: Option<Vec<TopicSpec>>,
+}
+
+/// A topic of a [`RuleSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicSpec {
+    /// The topic or filter exactly as written.
+    Eq(String),
+    /// A filter, with `${username}`, `${clientid}` and
+    /// `${cert_common_name}` filled in.
+    Filter(String),
+}
+
+impl Acl {
+    /// Rules from data, tried in order like a file's.
+    pub fn from_specs(specs: Vec<RuleSpec>) -> Acl {
+        let rules = specs
+            .into_iter()
+            .map(|s| Rule {
+                permission: s.permission,
+                who: Who::All,
+                action: ActionSpec {
+                    publish: s.publish,
+                    subscribe: s.subscribe,
+                    qos: s
+                        .qos
+                        .map(|l| l.iter().filter(|q| **q <= 2).fold(0u8, |m, q| m | 1 << q)),
+                    retain: s.retain,
+                },
+                topics: s.topics.map(|ts| {
+                    ts.into_iter()
+                        .map(|t| match t {
+                            TopicSpec::Eq(e) => TopicRule::Eq(e),
+                            TopicSpec::Filter(f) => TopicRule::Filter(f),
+                        })
+                        .collect()
+                }),
+            })
+            .collect();
+        Acl { rules }
+    }
+}
+
+/// What authentication learned about a client beyond "it may connect".
+#[derive(Debug, Clone, Default)]
+pub struct AuthInfo {
+    /// Authorization does not apply to it.
+    pub superuser: bool,
+    /// Rules of its own (a JWT's `acl` claim), tried before every
+    /// authorization source; when none matches, the sources decide.
+    pub acl: Option<Arc<Acl>>,
+    /// When `acl` stops holding (wall clock, ms since the Unix epoch):
+    /// from then on the client may do nothing.
+    pub acl_expire_ms: Option<u64>,
+    /// When the client's credentials expire and its connection is closed
+    /// (a JWT's `exp` with `disconnect_after_expire`).
+    pub expire_at_ms: Option<u64>,
 }
 
 impl Rule {

@@ -7,7 +7,7 @@
 //! going into the broker. The session actor wraps it and does the I/O, so
 //! every rule here is tested directly and fast.
 
-use crate::acl::{AclAction, ClientInfo, Permission, Request};
+use crate::acl::{AclAction, AuthInfo, ClientInfo, Permission, Request};
 use crate::authz::{AuthzCache, DenyAction};
 use crate::codec;
 use crate::delivery::Delivery;
@@ -123,8 +123,9 @@ pub struct ConnState {
     /// authorization rules see them (see [`Channel::set_peer`]).
     pub peer: Option<IpAddr>,
     pub cert_cn: Option<String>,
-    /// Authenticated as a superuser: every action is allowed.
-    pub superuser: bool,
+    /// What authentication said: a superuser may do everything; rules of
+    /// the client's own come before the node's sources.
+    pub auth: AuthInfo,
     /// Authorization decisions of this connection.
     authz_cache: AuthzCache,
 }
@@ -149,7 +150,7 @@ impl ConnState {
             disconnected_at_ms: None,
             peer: None,
             cert_cn: None,
-            superuser: false,
+            auth: AuthInfo::default(),
             authz_cache: AuthzCache::default(),
         }
     }
@@ -382,13 +383,14 @@ impl Channel {
     }
 
     /// Sets the client's address, its certificate's common name and
-    /// whether authentication made it a superuser (call with
+    /// what authentication said about it (call with
     /// [`Channel::set_mountpoint`]): authorization rules by address and
-    /// `${cert_common_name}` use them, and a superuser skips authorization.
-    pub fn set_peer(&mut self, peer: Option<IpAddr>, cert_cn: Option<String>, superuser: bool) {
+    /// `${cert_common_name}` use them, a superuser skips authorization and
+    /// the client's own rules come first.
+    pub fn set_peer(&mut self, peer: Option<IpAddr>, cert_cn: Option<String>, auth: AuthInfo) {
         self.conn.peer = peer;
         self.conn.cert_cn = cert_cn;
-        self.conn.superuser = superuser;
+        self.conn.auth = auth;
         self.conn.authz_cache.clear();
     }
 
@@ -403,7 +405,7 @@ impl Channel {
         now: Now,
     ) -> bool {
         let authz = &self.settings.authz;
-        if authz.allows_everything() || self.conn.superuser {
+        if self.conn.auth.superuser {
             return true;
         }
         let r = Request {
@@ -412,6 +414,28 @@ impl Channel {
             qos: qos as u8,
             retain,
         };
+        if let Some(own) = &self.conn.auth.acl {
+            if self
+                .conn
+                .auth
+                .acl_expire_ms
+                .is_some_and(|exp| now.wall_ms > exp)
+            {
+                return false;
+            }
+            let client = ClientInfo {
+                client_id: self.client_id.to_string(),
+                username: self.conn.username.clone(),
+                peer: self.conn.peer,
+                cert_cn: self.conn.cert_cn.clone(),
+            };
+            if let Some(p) = own.check(&client, &r) {
+                return p == Permission::Allow;
+            }
+        }
+        if authz.allows_everything() {
+            return true;
+        }
         let ConnState {
             authz_cache,
             username,
@@ -432,7 +456,9 @@ impl Channel {
     /// the broker has it): its retained messages are checked one by one,
     /// as a subscription to the topic itself.
     pub fn may_receive(&mut self, topic: &str, qos: QoS, now: Now) -> bool {
-        if self.settings.authz.allows_everything() || self.conn.superuser {
+        if self.conn.auth.superuser
+            || (self.settings.authz.allows_everything() && self.conn.auth.acl.is_none())
+        {
             return true;
         }
         let t = self.unmounted(topic);

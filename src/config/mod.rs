@@ -270,6 +270,39 @@ pub enum AuthnKind {
         /// `bootstrap_type = hash` (true) or `plain`.
         bootstrap_hash: bool,
     },
+    /// `mechanism = jwt`.
+    Jwt(JwtConfig),
+}
+
+/// `mechanism = jwt` (EMQX's keys and defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    /// `from = password` (false, the default) or `username` (true).
+    pub from_username: bool,
+    pub keys: JwtKeys,
+    /// `verify_claims = {claim = "value or ${clientid} / ${username}"}`.
+    pub verify_claims: Vec<(String, String)>,
+    /// Default `acl`.
+    pub acl_claim_name: String,
+    /// Default true.
+    pub disconnect_after_expire: bool,
+}
+
+/// Where a JWT authenticator's keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKeys {
+    /// `algorithm = hmac-based`: `secret`, `secret_base64_encoded`.
+    Hmac { secret: String, base64: bool },
+    /// `algorithm = public-key`: `public_key`, PEM text or a file's path.
+    PublicKey(String),
+    /// `use_jwks = true`.
+    Jwks {
+        endpoint: String,
+        /// Default 300 s.
+        refresh_interval: Duration,
+        headers: Vec<(String, String)>,
+        ssl: EtcdSslOptions,
+    },
 }
 
 fn parse_authenticator(key: String, node: &Node) -> Result<AuthnConfig> {
@@ -281,11 +314,14 @@ fn parse_authenticator(key: String, node: &Node) -> Result<AuthnConfig> {
     };
     let mech = s
         .take("mechanism")
-        .ok_or_else(|| required("mechanism", "password_based"))?;
+        .ok_or_else(|| required("mechanism", "password_based or jwt"))?;
     let m = mech.string()?;
+    if m == "jwt" {
+        return parse_jwt(key, s);
+    }
     if m != "password_based" {
         return Err(mech.invalid(format!(
-            "not supported yet: {m:?} (only mechanism = password_based works today)"
+            "not supported yet: {m:?} (password_based and jwt work today)"
         )));
     }
     let backend = s
@@ -333,6 +369,155 @@ fn parse_authenticator(key: String, node: &Node) -> Result<AuthnConfig> {
             bootstrap_file,
             bootstrap_hash,
         },
+    })
+}
+
+/// The rest of a `mechanism = jwt` entry.
+fn parse_jwt(key: String, mut s: Fields) -> Result<AuthnConfig> {
+    let mut enable = true;
+    s.set("enable", &mut enable, Field::bool)?;
+    let mut from_username = false;
+    s.set("from", &mut from_username, |f| match f.string()?.as_str() {
+        "password" => Ok(false),
+        "username" => Ok(true),
+        other => Err(f.invalid(format!("expected password or username, got {other:?}"))),
+    })?;
+    let mut use_jwks = false;
+    s.set("use_jwks", &mut use_jwks, Field::bool)?;
+    let mut acl_claim_name = "acl".to_string();
+    s.set(
+        "acl_claim_name",
+        &mut acl_claim_name,
+        Field::nonempty_string,
+    )?;
+    let mut disconnect_after_expire = true;
+    s.set(
+        "disconnect_after_expire",
+        &mut disconnect_after_expire,
+        Field::bool,
+    )?;
+    let mut verify_claims = Vec::new();
+    if let Some(f) = s.take("verify_claims") {
+        let mut o = f.fields()?;
+        for c in o.entries() {
+            let v = c.string()?;
+            verify_claims.push((c.name().to_string(), v));
+        }
+    }
+    let keys = if use_jwks {
+        let endpoint = s.take("endpoint").ok_or_else(|| ConfigError::Invalid {
+            key: format!("{key}.endpoint"),
+            origin: s.map_origin(),
+            message: "required with use_jwks = true (the JWKS URL)".into(),
+        })?;
+        let endpoint_f = endpoint.key.clone();
+        let endpoint = endpoint.nonempty_string()?;
+        let mut refresh_interval = Duration::from_secs(300);
+        // EMQX takes seconds as an integer; a duration is accepted too.
+        s.set("refresh_interval", &mut refresh_interval, |f| {
+            match &f.node.value {
+                crate::config::hocon::Value::Num(_) => f.uint(1, 86_400).map(Duration::from_secs),
+                _ => f.duration(),
+            }
+        })?;
+        let mut headers = Vec::new();
+        if let Some(f) = s.take("headers") {
+            let mut o = f.fields()?;
+            for h in o.entries() {
+                headers.push((h.name().to_string(), h.string()?));
+            }
+        }
+        let mut ssl = EtcdSslOptions::default();
+        s.section("ssl", |t| {
+            t.set("enable", &mut ssl.enable, Field::bool)?;
+            t.set("cacertfile", &mut ssl.cacertfile, Field::opt_path)?;
+            t.set("certfile", &mut ssl.certfile, Field::opt_path)?;
+            t.set("keyfile", &mut ssl.keyfile, Field::opt_path)?;
+            t.set("verify", &mut ssl.verify, |f| {
+                f.keyword(TlsVerify::from_keyword, TlsVerify::ALL)
+            })?;
+            t.set(
+                "server_name_indication",
+                &mut ssl.server_name_indication,
+                |f| f.string().map(|v| Some(v).filter(|v| !v.is_empty())),
+            )
+        })?;
+        let https = endpoint.to_ascii_lowercase().starts_with("https://");
+        if !https && !endpoint.to_ascii_lowercase().starts_with("http://") {
+            return Err(ConfigError::Invalid {
+                key: endpoint_f,
+                origin: s.map_origin(),
+                message: format!("expected an http:// or https:// URL, got {endpoint:?}"),
+            });
+        }
+        if https != ssl.enable {
+            return Err(ConfigError::Invalid {
+                key: format!("{key}.ssl.enable"),
+                origin: s.map_origin(),
+                message: if https {
+                    "the endpoint is https: set ssl.enable = true (and ssl.cacertfile or verify = verify_none)".into()
+                } else {
+                    "the endpoint is http://: TLS needs an https:// endpoint".into()
+                },
+            });
+        }
+        for k in ["algorithm", "secret", "secret_base64_encoded", "public_key"] {
+            if let Some(f) = s.take(k) {
+                return Err(
+                    f.invalid("not used with use_jwks = true (the keys come from the endpoint)")
+                );
+            }
+        }
+        JwtKeys::Jwks {
+            endpoint,
+            refresh_interval,
+            headers,
+            ssl,
+        }
+    } else {
+        let algo = s.take("algorithm").ok_or_else(|| ConfigError::Invalid {
+            key: format!("{key}.algorithm"),
+            origin: s.map_origin(),
+            message: "required (hmac-based or public-key), or use_jwks = true".into(),
+        })?;
+        match algo.string()?.as_str() {
+            "hmac-based" => {
+                let secret = s.take("secret").ok_or_else(|| ConfigError::Invalid {
+                    key: format!("{key}.secret"),
+                    origin: s.map_origin(),
+                    message: "required with algorithm = hmac-based".into(),
+                })?;
+                let secret = secret.nonempty_string()?;
+                let mut base64 = false;
+                s.set("secret_base64_encoded", &mut base64, Field::bool)?;
+                JwtKeys::Hmac { secret, base64 }
+            }
+            "public-key" => {
+                let pk = s.take("public_key").ok_or_else(|| ConfigError::Invalid {
+                    key: format!("{key}.public_key"),
+                    origin: s.map_origin(),
+                    message: "required with algorithm = public-key (PEM text or a file)".into(),
+                })?;
+                JwtKeys::PublicKey(pk.nonempty_string()?)
+            }
+            other => {
+                return Err(
+                    algo.invalid(format!("expected hmac-based or public-key, got {other:?}"))
+                )
+            }
+        }
+    };
+    s.finish()?;
+    Ok(AuthnConfig {
+        key,
+        enable,
+        kind: AuthnKind::Jwt(JwtConfig {
+            from_username,
+            keys,
+            verify_claims,
+            acl_claim_name,
+            disconnect_after_expire,
+        }),
     })
 }
 
@@ -1632,6 +1817,8 @@ fn apply_overrides(tree: &mut Node, o: &Overrides) {
 struct Fields<'a> {
     path: String,
     map: &'a Object,
+    /// Where the object itself was written.
+    origin: Origin,
     used: BTreeSet<&'a str>,
 }
 
@@ -1641,6 +1828,7 @@ impl<'a> Fields<'a> {
             Value::Object(map) => Ok(Fields {
                 path,
                 map,
+                origin: node.origin.clone(),
                 used: BTreeSet::new(),
             }),
             other => Err(ConfigError::Invalid {
@@ -1709,6 +1897,11 @@ impl<'a> Fields<'a> {
             }
         }
         out
+    }
+
+    /// Where this object is, for errors about a key it lacks.
+    fn map_origin(&self) -> Origin {
+        self.origin.clone()
     }
 
     /// Fails on the first key nobody asked for.

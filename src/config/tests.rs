@@ -1017,7 +1017,10 @@ listeners.ws.default.enable_authn = false
         algo,
         bootstrap_file,
         bootstrap_hash,
-    } = &c.authentication[0].kind;
+    } = &c.authentication[0].kind
+    else {
+        panic!("built-in database expected")
+    };
     assert_eq!(
         (
             *user_id_type,
@@ -1033,7 +1036,10 @@ listeners.ws.default.enable_authn = false
         algo,
         bootstrap_file,
         bootstrap_hash,
-    } = &c.authentication[1].kind;
+    } = &c.authentication[1].kind
+    else {
+        panic!("built-in database expected")
+    };
     assert_eq!(*user_id_type, UserIdType::ClientId);
     assert_eq!(
         *algo,
@@ -1048,7 +1054,9 @@ listeners.ws.default.enable_authn = false
         Some(std::path::Path::new("/x/users.csv"))
     );
     assert!(*bootstrap_hash);
-    let AuthnKind::BuiltInDb { algo, .. } = &c.authentication[2].kind;
+    let AuthnKind::BuiltInDb { algo, .. } = &c.authentication[2].kind else {
+        panic!("built-in database expected")
+    };
     assert_eq!(
         *algo,
         HashAlgo::Simple {
@@ -1056,7 +1064,9 @@ listeners.ws.default.enable_authn = false
             salt: SaltPosition::Suffix
         }
     );
-    let AuthnKind::BuiltInDb { algo, .. } = &c.authentication[3].kind;
+    let AuthnKind::BuiltInDb { algo, .. } = &c.authentication[3].kind else {
+        panic!("built-in database expected")
+    };
     assert_eq!(*algo, HashAlgo::Bcrypt { salt_rounds: 12 });
     assert_eq!(
         c.listeners.tcp["default"].enable_authn,
@@ -1098,8 +1108,23 @@ fn bad_authenticators_are_refused_by_key() {
         ),
         (
             "authentication = [{mechanism = jwt, secret = x}]",
+            "authentication.1.algorithm",
+            "required",
+        ),
+        (
+            "authentication = [{mechanism = scram, backend = built_in_database}]",
             "authentication.1.mechanism",
             "not supported yet",
+        ),
+        (
+            "authentication = [{mechanism = jwt, algorithm = hmac-based, secret = s, from = clientid}]",
+            "authentication.1.from",
+            "password or username",
+        ),
+        (
+            "authentication = [{mechanism = jwt, use_jwks = true, endpoint = \"https://h/k\", secret = s, ssl {enable = true}}]",
+            "authentication.1.secret",
+            "not used with use_jwks",
         ),
         (
             "authentication = [{mechanism = password_based, backend = http}]",
@@ -1125,4 +1150,64 @@ fn bad_authenticators_are_refused_by_key() {
         let e = err(text, &[]);
         assert!(e.contains(&format!("'{key}'")) && e.contains(what), "{text}: {e}");
     }
+}
+
+#[test]
+fn jwt_authenticators_take_emqx_keys_and_defaults() {
+    use crate::config::{JwtConfig, JwtKeys};
+    let c = ok(
+        r#"
+authentication = [
+  {mechanism = jwt, algorithm = hmac-based, secret = "c2VjcmV0", secret_base64_encoded = true,
+   from = username, verify_claims {sub = "${clientid}", iss = "me"}, acl_claim_name = rules,
+   disconnect_after_expire = false}
+  {mechanism = jwt, algorithm = public-key, public_key = "/etc/k.pem"}
+  {mechanism = jwt, use_jwks = true, endpoint = "https://idp:8443/jwks", refresh_interval = 60,
+   headers {Authorization = "Bearer x"}, ssl {enable = true, verify = verify_none}}
+]
+"#,
+        &[],
+    );
+    let jwt = |i: usize| match &c.authentication[i].kind {
+        AuthnKind::Jwt(j) => j.clone(),
+        other => panic!("jwt expected, got {other:?}"),
+    };
+    let mut claims = jwt(0).verify_claims;
+    claims.sort();
+    assert_eq!(
+        jwt(0),
+        JwtConfig {
+            from_username: true,
+            keys: JwtKeys::Hmac {
+                secret: "c2VjcmV0".into(),
+                base64: true
+            },
+            verify_claims: jwt(0).verify_claims,
+            acl_claim_name: "rules".into(),
+            disconnect_after_expire: false,
+        }
+    );
+    assert_eq!(
+        claims,
+        vec![
+            ("iss".to_string(), "me".to_string()),
+            ("sub".to_string(), "${clientid}".to_string())
+        ]
+    );
+    let j = jwt(1);
+    assert_eq!(j.keys, JwtKeys::PublicKey("/etc/k.pem".into()));
+    assert!(!j.from_username && j.disconnect_after_expire && j.acl_claim_name == "acl");
+    let JwtKeys::Jwks {
+        endpoint,
+        refresh_interval,
+        headers,
+        ssl,
+    } = jwt(2).keys
+    else {
+        panic!("jwks expected")
+    };
+    assert_eq!(endpoint, "https://idp:8443/jwks");
+    assert_eq!(refresh_interval, Duration::from_secs(60));
+    assert_eq!(headers, vec![("Authorization".into(), "Bearer x".into())]);
+    assert!(ssl.enable);
 }

@@ -9,8 +9,10 @@
 //! is known on every node.
 
 pub mod hash;
+pub mod jwt;
 
 use crate::replicated::{ReplTables, Table, TableError};
+use emqx_mqtt::acl::AuthInfo;
 use hash::{HashAlgo, HashError};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -174,6 +176,8 @@ pub enum Authenticator {
         algo: HashAlgo,
         users: Users,
     },
+    /// `mechanism = jwt`.
+    Jwt(jwt::JwtAuthn),
 }
 
 /// `enable_authn` of a listener.
@@ -204,14 +208,14 @@ pub enum Refusal {
 }
 
 /// The chain's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Verdict {
-    Allow { superuser: bool },
+    Allow(AuthInfo),
     Deny(Refusal),
 }
 
 enum Step {
-    Allow { superuser: bool },
+    Allow(AuthInfo),
     Deny(Refusal),
     Ignore,
 }
@@ -229,19 +233,17 @@ impl Authn {
 
     /// The built-in database's users, if the chain has that authenticator.
     pub fn users(&self) -> Option<(&Users, HashAlgo)> {
-        self.chain
-            .iter()
-            .map(|a| match a {
-                Authenticator::BuiltInDb { users, algo, .. } => (users, *algo),
-            })
-            .next()
+        self.chain.iter().find_map(|a| match a {
+            Authenticator::BuiltInDb { users, algo, .. } => Some((users, *algo)),
+            Authenticator::Jwt(_) => None,
+        })
     }
 
     /// Runs the chain. Slow hashes (bcrypt, PBKDF2) run on the blocking
     /// pool, never on the connection's task.
     pub async fn authenticate(&self, c: &Credentials, mode: ListenerAuthn) -> Verdict {
         match mode {
-            ListenerAuthn::Disabled => return Verdict::Allow { superuser: false },
+            ListenerAuthn::Disabled => return Verdict::Allow(AuthInfo::default()),
             ListenerAuthn::QuickDenyAnonymous
                 if c.username.as_deref().is_none_or(str::is_empty) =>
             {
@@ -250,11 +252,11 @@ impl Authn {
             _ => {}
         }
         if self.chain.is_empty() {
-            return Verdict::Allow { superuser: false };
+            return Verdict::Allow(AuthInfo::default());
         }
         for a in &self.chain {
             match a.check(c).await {
-                Step::Allow { superuser } => return Verdict::Allow { superuser },
+                Step::Allow(info) => return Verdict::Allow(info),
                 Step::Deny(r) => return Verdict::Deny(r),
                 Step::Ignore => {}
             }
@@ -301,13 +303,20 @@ impl Authenticator {
                     user.algo.verify(&password, &user.password_hash, &user.salt)
                 };
                 if ok {
-                    Step::Allow {
+                    Step::Allow(AuthInfo {
                         superuser: user.is_superuser,
-                    }
+                        ..AuthInfo::default()
+                    })
                 } else {
                     Step::Deny(Refusal::BadUsernameOrPassword)
                 }
             }
+            Authenticator::Jwt(j) => j.check(
+                &c.client_id,
+                c.username.as_deref(),
+                c.password.as_deref(),
+                crate::clock::now_ms() as f64 / 1000.0,
+            ),
         }
     }
 }

@@ -2667,7 +2667,11 @@ fn rules_by_address_and_placeholders_use_the_peer() {
     // No address known yet: the ipaddr rule does not match.
     let acts = feed_publish(&mut ch, publish_in("net/c1", Q1, 1), &mut sink);
     assert_eq!(acts, vec![puback(1, 0x87)]);
-    ch.set_peer(Some("10.1.2.3".parse().expect("ip")), None, false);
+    ch.set_peer(
+        Some("10.1.2.3".parse().expect("ip")),
+        None,
+        crate::acl::AuthInfo::default(),
+    );
     let acts = feed_publish(&mut ch, publish_in("net/c1", Q1, 2), &mut sink);
     assert_eq!(acts, vec![puback(2, 0)]);
     let acts = feed_publish(&mut ch, publish_in("net/other", Q1, 3), &mut sink);
@@ -2690,4 +2694,106 @@ fn a_will_is_checked_when_it_is_sent_and_retained_messages_one_by_one() {
     );
     assert!(!ch.may_receive("private/a", Q0, test_now()));
     assert!(ch.may_receive("private/a/b", Q0, test_now()));
+}
+
+/// The rules a client brought (a JWT's `acl` claim) as specs.
+fn own_rules(specs: &[(crate::acl::Permission, bool, bool, &str)]) -> crate::acl::Acl {
+    use crate::acl::{RuleSpec, TopicSpec};
+    crate::acl::Acl::from_specs(
+        specs
+            .iter()
+            .map(|(permission, publish, subscribe, t)| RuleSpec {
+                permission: *permission,
+                publish: *publish,
+                subscribe: *subscribe,
+                qos: None,
+                retain: None,
+                topics: Some(vec![TopicSpec::Filter(t.to_string())]),
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_clients_own_rules_come_before_the_sources_and_fall_through_when_none_matches() {
+    use crate::acl::{AuthInfo, Permission::*};
+    let mut ch = settings_channel(V5, authz_settings(RULES, crate::authz::DenyAction::Ignore));
+    let acl = own_rules(&[
+        (Allow, true, false, "secret/${clientid}"),
+        (Deny, true, true, "open/x"),
+    ]);
+    ch.set_peer(
+        None,
+        None,
+        AuthInfo {
+            acl: Some(Arc::new(acl)),
+            ..AuthInfo::default()
+        },
+    );
+    let mut sink = Recorder::with_subscribers(1);
+    // Allowed by its own rule although the file denies secret/#.
+    let client_id = ch.client_id.to_string();
+    let acts = feed_publish(
+        &mut ch,
+        publish_in(&format!("secret/{client_id}"), Q1, 1),
+        &mut sink,
+    );
+    assert_eq!(acts, vec![puback(1, 0)]);
+    // Its own deny holds although the file has nothing against open/x.
+    let acts = feed_publish(&mut ch, publish_in("open/x", Q1, 2), &mut sink);
+    assert_eq!(acts, vec![puback(2, 0x87)]);
+    // No own rule matches: the file decides.
+    let acts = feed_publish(&mut ch, publish_in("secret/other", Q1, 3), &mut sink);
+    assert_eq!(acts, vec![puback(3, 0x87)]);
+    let acts = feed_publish(&mut ch, publish_in("open/y", Q1, 4), &mut sink);
+    assert_eq!(acts, vec![puback(4, 0)]);
+}
+
+#[test]
+fn own_rules_apply_on_an_open_node_and_deny_everything_once_expired() {
+    use crate::acl::{AuthInfo, Permission::*};
+    let now = test_now();
+    let mut ch = channel(V5);
+    let acl = Arc::new(own_rules(&[(Deny, true, true, "no/#")]));
+    ch.set_peer(
+        None,
+        None,
+        AuthInfo {
+            acl: Some(acl.clone()),
+            acl_expire_ms: Some(now.wall_ms + 60_000),
+            ..AuthInfo::default()
+        },
+    );
+    let mut sink = Recorder::with_subscribers(1);
+    let acts = feed_publish(&mut ch, publish_in("no/a", Q1, 1), &mut sink);
+    assert_eq!(acts, vec![puback(1, 0x87)]);
+    let acts = feed_publish(&mut ch, publish_in("yes/a", Q1, 2), &mut sink);
+    assert_eq!(acts, vec![puback(2, 0)]);
+    assert!(!ch.may_receive("no/b", Q0, now));
+    assert!(ch.may_receive("yes/b", Q0, now));
+    // Past the token's expiry nothing is allowed.
+    ch.set_peer(
+        None,
+        None,
+        AuthInfo {
+            acl: Some(acl.clone()),
+            acl_expire_ms: Some(now.wall_ms - 1_000),
+            ..AuthInfo::default()
+        },
+    );
+    let acts = feed_publish(&mut ch, publish_in("yes/a", Q1, 3), &mut sink);
+    assert_eq!(acts, vec![puback(3, 0x87)]);
+    // A superuser is never checked.
+    ch.set_peer(
+        None,
+        None,
+        AuthInfo {
+            superuser: true,
+            acl: Some(acl),
+            acl_expire_ms: Some(now.wall_ms - 1_000),
+            ..AuthInfo::default()
+        },
+    );
+    let acts = feed_publish(&mut ch, publish_in("no/a", Q1, 4), &mut sink);
+    assert_eq!(acts, vec![puback(4, 0)]);
 }
