@@ -382,8 +382,16 @@ async fn start_broker(
     .map_err(|e| format!("cannot open the replicated tables: {e}"))?;
     let tables = Arc::new(tables);
     let authn = Arc::new(crate::authn::build(cfg, &tables)?);
-    let banned =
-        Arc::new(emqx_actors::banned::Banned::new(tables.clone()).map_err(|e| e.to_string())?);
+    let mut banned = emqx_actors::banned::Banned::new(tables.clone()).map_err(|e| e.to_string())?;
+    let fd = &cfg.flapping_detect;
+    if fd.enable {
+        banned = banned.with_flapping(emqx_actors::banned::FlappingSettings {
+            max_count: fd.max_count,
+            window: fd.window_time,
+            ban_time: fd.ban_time,
+        });
+    }
+    let banned = Arc::new(banned);
     let bsettings = BrokerSettings {
         shared_strategy: SharedStrategy::parse(cfg.mqtt.shared_subscription_strategy.as_str())
             .unwrap_or_default(),

@@ -512,3 +512,38 @@ fn bans_by_client_id_and_address_hold_until_they_expire() {
         assert!(code == 1 && out.contains(want), "{args:?}: {out}");
     }
 }
+
+#[test]
+fn a_client_that_flaps_is_banned_for_ban_time() {
+    let n = Node::start_with(Opts {
+        extra:
+            "flapping_detect { enable = true, max_count = 3, window_time = 30s, ban_time = 2s }\n"
+                .into(),
+        ..Default::default()
+    });
+    // Three connections of one client id that end within the window.
+    for _ in 0..3 {
+        assert_eq!(v5_code(&n, "flappy", None, None), 0);
+    }
+    // The disconnect is counted once the session has seen it.
+    let t = Instant::now();
+    loop {
+        let got = raw_code(&n, 5, "flappy", None, None);
+        if got == 0x8A {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "not banned: {got:#x}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(v3_code(&n, "flappy", None, None), 5);
+    assert_eq!(v5_code(&n, "steady", None, None), 0);
+    let (_, list) = n.ctl(&["banned", "list"]);
+    assert!(
+        list.starts_with("clientid flappy (reason=\"flapping is detected\", by=flapping_detect"),
+        "{list}"
+    );
+    assert!(n.log().contains("flapping detected"), "{}", n.log());
+    // The ban runs out.
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(v5_code(&n, "flappy", None, None), 0);
+}

@@ -125,6 +125,8 @@ type Nets = Arc<Vec<(Cidr, Option<u64>)>>;
 pub struct Banned {
     tables: Arc<ReplTables>,
     table: Arc<Table>,
+    /// `flapping_detect`, when enabled.
+    flapping: Option<Flapping>,
     /// The address bans, rebuilt when the table changes (checked on every
     /// connect without decoding the table).
     nets: Mutex<(u64, Nets)>,
@@ -139,8 +141,75 @@ impl Banned {
         Ok(Banned {
             tables,
             table,
+            flapping: None,
             nets: Mutex::new((u64::MAX, Arc::new(Vec::new()))),
         })
+    }
+
+    /// Turns on flapping detection: a client id that disconnects
+    /// `max_count` times within `window` is banned for `ban_time`.
+    pub fn with_flapping(mut self, f: FlappingSettings) -> Banned {
+        self.flapping = Some(Flapping {
+            settings: f,
+            seen: Mutex::new(FlapCounts::default()),
+        });
+        self
+    }
+
+    /// Counts a connection of `client_id` that ended (EMQX counts every
+    /// disconnect on the node it happened on); bans the client id, on
+    /// every node, when it flaps. The ban if one was made.
+    pub fn client_disconnected(&self, client_id: &str, now_ms: u64) -> Option<Ban> {
+        let f = self.flapping.as_ref()?;
+        let window = f.settings.window.as_millis() as u64;
+        let flapping = {
+            let mut seen = f.seen.lock();
+            if now_ms.saturating_sub(seen.purged_ms) >= window {
+                seen.by_client
+                    .retain(|_, (since, _)| now_ms.saturating_sub(*since) < window);
+                seen.purged_ms = now_ms;
+            }
+            let e = seen
+                .by_client
+                .entry(client_id.into())
+                .or_insert((now_ms, 0));
+            if now_ms.saturating_sub(e.0) >= window {
+                *e = (now_ms, 0);
+            }
+            e.1 += 1;
+            let hit = e.1 >= f.settings.max_count;
+            if hit {
+                seen.by_client.remove(client_id);
+            }
+            hit
+        };
+        if !flapping {
+            return None;
+        }
+        let ban = Ban {
+            kind: BanKind::ClientId,
+            who: client_id.to_string(),
+            reason: "flapping is detected".into(),
+            by: "flapping_detect".into(),
+            at_ms: now_ms,
+            until_ms: Some(now_ms + f.settings.ban_time.as_millis() as u64),
+        };
+        match self.add(ban.clone()) {
+            Ok(()) => {
+                tracing::warn!(
+                    client_id,
+                    "flapping detected: {} disconnects within {}; banned for {}",
+                    f.settings.max_count,
+                    humantime_ms(window),
+                    humantime_ms(f.settings.ban_time.as_millis() as u64)
+                );
+                Some(ban)
+            }
+            Err(e) => {
+                tracing::warn!(client_id, "flapping detected, but the ban failed: {e}");
+                None
+            }
+        }
     }
 
     fn decode(b: &[u8]) -> Option<Ban> {
@@ -251,6 +320,37 @@ impl Banned {
     }
 }
 
+/// `flapping_detect` (EMQX's keys: `max_count`, `window_time`,
+/// `ban_time`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlappingSettings {
+    pub max_count: u32,
+    pub window: std::time::Duration,
+    pub ban_time: std::time::Duration,
+}
+
+struct Flapping {
+    settings: FlappingSettings,
+    seen: Mutex<FlapCounts>,
+}
+
+/// Disconnects per client id in the current window: (window start, count).
+#[derive(Default)]
+struct FlapCounts {
+    by_client: std::collections::HashMap<Box<str>, (u64, u32)>,
+    purged_ms: u64,
+}
+
+fn humantime_ms(ms: u64) -> String {
+    if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +408,36 @@ mod tests {
             b.delete(BanKind::Username, "bad-user"),
             Err(BanError::NotFound(..))
         ));
+    }
+
+    #[test]
+    fn a_client_that_disconnects_max_count_times_within_the_window_is_banned() {
+        let b = banned().with_flapping(FlappingSettings {
+            max_count: 3,
+            window: std::time::Duration::from_secs(10),
+            ban_time: std::time::Duration::from_secs(60),
+        });
+        let ip = "127.0.0.1".parse::<IpAddr>().expect("ip");
+        // Two in one window, then the window passes: counting starts over.
+        assert!(b.client_disconnected("f", 1_000).is_none());
+        assert!(b.client_disconnected("f", 2_000).is_none());
+        assert!(b.client_disconnected("f", 12_000).is_none());
+        assert!(b.client_disconnected("f", 13_000).is_none());
+        assert!(b.client_disconnected("other", 13_500).is_none());
+        let ban = b.client_disconnected("f", 14_000).expect("flapping");
+        assert_eq!(
+            (ban.until_ms, ban.by.as_str()),
+            (Some(74_000), "flapping_detect")
+        );
+        assert!(b.check("f", None, ip, 20_000).is_some());
+        assert!(b.check("f", None, ip, 74_000).is_none());
+        assert!(b.check("other", None, ip, 20_000).is_none());
+        // Counting starts over after a ban.
+        assert!(b.client_disconnected("f", 75_000).is_none());
+        // Without the setting nothing is counted.
+        let plain = banned();
+        for t in 0..100 {
+            assert!(plain.client_disconnected("f", t).is_none());
+        }
     }
 }

@@ -709,6 +709,8 @@ impl SessionState {
         inc(&ctx.broker.metrics.client_disconnected);
         Stats::add(&ctx.broker.stats.connections, None, -1);
         ctx.sys_client_event(&self.ch, None, false, "normal");
+        ctx.banned
+            .client_disconnected(&self.ch.client_id, clock::now_ms());
         if taken_over {
             // The session continues on the new connection: a will without
             // delay is published, a delayed one is cancelled (MQTT 5.0 3.1.3.2.2).

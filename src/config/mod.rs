@@ -59,7 +59,6 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "durable_sessions",
     "durable_storage",
     "session_persistence",
-    "flapping_detect",
     "force_shutdown",
     "force_gc",
     "overload_protection",
@@ -246,6 +245,28 @@ pub struct Config {
     pub authorization: AuthorizationConfig,
     /// `authentication = [...]`, in order (empty: every client allowed).
     pub authentication: Vec<AuthnConfig>,
+    pub flapping_detect: FlappingDetect,
+}
+
+/// `flapping_detect.*` (EMQX's defaults: off, 15 disconnects within 1
+/// minute ban the client id for 5 minutes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlappingDetect {
+    pub enable: bool,
+    pub max_count: u32,
+    pub window_time: Duration,
+    pub ban_time: Duration,
+}
+
+impl Default for FlappingDetect {
+    fn default() -> Self {
+        FlappingDetect {
+            enable: false,
+            max_count: 15,
+            window_time: Duration::from_secs(60),
+            ban_time: Duration::from_secs(300),
+        }
+    }
 }
 
 /// One authenticator of `authentication`.
@@ -1595,6 +1616,15 @@ impl Config {
                 c.authentication.push(a);
             }
         }
+        root.section("flapping_detect", |o| {
+            let f = &mut c.flapping_detect;
+            o.set("enable", &mut f.enable, Field::bool)?;
+            o.set("max_count", &mut f.max_count, |x| {
+                x.uint(1, u64::from(u32::MAX)).map(|v| v as u32)
+            })?;
+            o.set("window_time", &mut f.window_time, Field::positive_duration)?;
+            o.set("ban_time", &mut f.ban_time, Field::positive_duration)
+        })?;
         root.section("sys_topics", |o| c.sys_topics.apply(o))?;
         root.section("log", |o| c.log.apply(o))?;
         root.section("broker", |o| {
@@ -2115,6 +2145,15 @@ impl<'a> Field<'a> {
             ))),
             _ => Err(self.invalid(format!("expected a duration, got {}", self.got()))),
         }
+    }
+
+    /// A duration longer than zero.
+    fn positive_duration(&self) -> Result<Duration> {
+        let d = self.duration()?;
+        if d.is_zero() {
+            return Err(self.invalid("must be longer than 0"));
+        }
+        Ok(d)
     }
 
     /// One of `keywords` (`infinity`, `disabled`) -> `None`, else a duration.

@@ -810,7 +810,7 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "broker.enable_session_registry",
         ),
         ("dashboard.listeners.http.bind = 18084", "dashboard"),
-        ("flapping_detect.enable = true", "flapping_detect"),
+        ("overload_protection.enable = true", "overload_protection"),
     ] {
         let e = err(text, &[]);
         assert!(
@@ -1210,4 +1210,32 @@ authentication = [
     assert_eq!(refresh_interval, Duration::from_secs(60));
     assert_eq!(headers, vec![("Authorization".into(), "Bearer x".into())]);
     assert!(ssl.enable);
+}
+
+#[test]
+fn flapping_detect_takes_emqx_keys() {
+    let c = ok("", &[]);
+    assert!(!c.flapping_detect.enable);
+    assert_eq!(c.flapping_detect.max_count, 15);
+    let c = ok(
+        "flapping_detect { enable = true, max_count = 3, window_time = 10s, ban_time = 2m }",
+        &[],
+    );
+    let f = &c.flapping_detect;
+    assert!(f.enable && f.max_count == 3);
+    assert_eq!(
+        (f.window_time, f.ban_time),
+        (Duration::from_secs(10), Duration::from_secs(120))
+    );
+    for (text, key) in [
+        ("flapping_detect.max_count = 0", "flapping_detect.max_count"),
+        (
+            "flapping_detect.window_time = 0s",
+            "flapping_detect.window_time",
+        ),
+        ("flapping_detect.enabled = true", "flapping_detect.enabled"),
+    ] {
+        let e = err(text, &[]);
+        assert!(e.contains(key), "{text}: {e}");
+    }
 }
