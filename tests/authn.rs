@@ -461,6 +461,7 @@ fn users_are_replicated_to_every_node_and_to_nodes_that_join_or_come_back() {
         0
     );
     wait_code(&nodes[0], "u2", "pw", 0x8A, Duration::from_secs(5));
+    wait_code(&nodes[1], "u2", "pw", 0x8A, Duration::from_secs(5));
     assert_eq!(v3_code(&nodes[1], "b3", Some("u2"), Some("pw")), 5);
     let (_, list) = nodes[0].ctl(&["banned", "list"]);
     assert!(
