@@ -548,3 +548,26 @@ fn a_client_that_flaps_is_banned_for_ban_time() {
     std::thread::sleep(Duration::from_millis(2_100));
     assert_eq!(v5_code(&n, "flappy", None, None), 0);
 }
+
+#[test]
+fn rumqttc_sees_the_right_and_wrong_password_answers() {
+    let n = node_with_chain(&db(""), "");
+    assert_eq!(n.ctl(&["users", "add", "alice", "s3cret"]).0, 0);
+    let first = |cid: &str, creds: Option<(&str, &str)>| {
+        let mut o = rumqttc::MqttOptions::new(cid, "127.0.0.1", n.mqtt_port);
+        if let Some((u, p)) = creds {
+            o.set_credentials(u, p);
+        }
+        let (_c, mut conn) = rumqttc::Client::new(o, 10);
+        format!("{:?}", conn.recv_timeout(Duration::from_secs(5)))
+    };
+    let ok = first("r1", Some(("alice", "s3cret")));
+    assert!(ok.contains("ConnAck") && ok.contains("Success"), "{ok}");
+    let bad = first("r2", Some(("alice", "wrong")));
+    assert!(
+        bad.contains("ConnectionRefused(BadUserNamePassword)"),
+        "{bad}"
+    );
+    let anon = first("r3", None);
+    assert!(anon.contains("ConnectionRefused(NotAuthorized)"), "{anon}");
+}

@@ -60,7 +60,7 @@ def on_disconnect(cl, ud, flags, rc, props):
         lock.notify_all()
 c.on_connect, c.on_subscribe, c.on_publish = on_connect, on_subscribe, on_publish
 c.on_message, c.on_disconnect = on_message, on_disconnect
-c.connect("127.0.0.1", plan["port"], 30, bind_address=plan.get("bind", ""))
+c.connect(plan.get("host", "127.0.0.1"), plan["port"], 30, bind_address=plan.get("bind", ""))
 c.loop_start()
 with lock:
     lock.wait_for(lambda: out["connack"] is not None, 10)
@@ -316,4 +316,65 @@ fn a_broken_acl_file_stops_the_node_naming_file_line_and_column() {
         err.contains("cannot read") && err.contains("nope.conf"),
         "{err}"
     );
+}
+
+#[test]
+fn rules_hold_for_publishes_and_retained_messages_from_another_node() {
+    use common::cluster::*;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let acl = write_acl(dir.path(), RULES);
+    let nodes = cluster_with(&[1, 2], &with_acl(&acl, ""));
+    let (p1, p2) = (nodes[0].mqtt_port, nodes[1].mqtt_port);
+    let (h1, h2) = (nodes[0].host.clone(), nodes[1].host.clone());
+    assert_eq!((h1.as_str(), h2.as_str()), ("127.0.0.1", "127.0.0.2"));
+    // A subscriber on node 2; the publisher on node 1, whose rules refuse
+    // secret/# before anything is forwarded.
+    let watcher = std::thread::spawn(move || {
+        paho(
+            json!({"port": p2, "cid": "watch2", "subs": ["secret/#", "open/#"], "wait": 4,
+                    "host": "127.0.0.2"}),
+        )
+    });
+    wait_route(
+        &nodes[0],
+        "open/#",
+        &nodes[1],
+        true,
+        Duration::from_secs(10),
+    );
+    let r = paho(json!({"port": p1, "cid": "pub1", "pubs": [
+        {"topic": "secret/x", "payload": "no"},
+        {"topic": "open/x", "payload": "yes"},
+    ]}));
+    assert_eq!(r["pubacks"], json!([0x87, 0]), "{r}");
+    let w = watcher.join().expect("watcher");
+    assert_eq!(w["suback"], json!([[1], [1]]), "{w}");
+    assert_eq!(w["msgs"], json!([["open/x", "yes", false]]), "{w}");
+    // Retained messages set on node 1 reach a subscriber on node 2 only
+    // where node 2's rules let it read.
+    let r = paho(json!({"port": p1, "cid": "reader", "pubs": [
+        {"topic": "private/r", "payload": "hidden", "retain": true},
+        {"topic": "public/r", "payload": "shown", "retain": true},
+    ]}));
+    assert_eq!(r["pubacks"], json!([0x10, 0x10]), "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = paho(
+            json!({"port": p2, "cid": "late2", "subs": ["+/r"], "wait": 1,
+                            "host": "127.0.0.2"}),
+        );
+        if s["msgs"] == json!([["public/r", "shown", true]]) {
+            break;
+        }
+        assert!(
+            s["msgs"].as_array().is_some_and(|m| m.len() <= 1)
+                && std::time::Instant::now() < deadline,
+            "{s}"
+        );
+    }
+    let rd = paho(
+        json!({"port": p2, "cid": "reader", "subs": ["private/#"], "wait": 1,
+                         "host": "127.0.0.2"}),
+    );
+    assert_eq!(rd["msgs"], json!([["private/r", "hidden", true]]), "{rd}");
 }
