@@ -147,6 +147,21 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "acl reload",
         "Read the authorization files (acl.conf) again; a file that does not parse keeps its rules in force",
     ),
+    (
+        "acl",
+        "acl rules list",
+        "List the built-in database source's rules",
+    ),
+    (
+        "acl",
+        "acl rules add <clientid <Id>|username <Name>|all> <allow|deny> <publish|subscribe|all> <Topic> [qos=0,1,2] [retain=true|false]",
+        "Add a rule on every node, after the owner's others (eq <Topic> matches exactly)",
+    ),
+    (
+        "acl",
+        "acl rules del <clientid <Id>|username <Name>|all>",
+        "Delete an owner's rules on every node",
+    ),
     ("banned", "banned list", "List the banned clients"),
     (
         "banned",
@@ -577,6 +592,12 @@ async fn cmd_topics(node: &Node, w: &[&str]) -> (i32, String) {
 /// `acl reload`: the rules of every authorization file read again.
 async fn cmd_acl(node: &Node, w: &[&str]) -> (i32, String) {
     match w {
+        ["acl", "rules", rest @ ..] => {
+            match crate::authz::ctl_rules(node.ctx.authz_rules.as_deref(), rest) {
+                Some(r) => r,
+                None => unknown("acl"),
+            }
+        }
         ["acl", "reload"] => {
             let (ok, lines) = crate::authz::reload(&node.ctx.settings.authz);
             for l in &lines {

@@ -166,7 +166,7 @@ fn check_files(cfg: config::Config) -> Result<config::Config, ExitCode> {
     let checked = listeners::check(&cfg)
         .and_then(|()| peer_tls::NodeTls::from_config(&cfg).map(|_| ()))
         .and_then(|()| node::check_discovery(&cfg))
-        .and_then(|()| authz::build(&cfg).map(|_| ()))
+        .and_then(|()| authz::build(&cfg, None).map(|_| ()))
         .and_then(|()| authn::check(&cfg));
     match checked {
         Ok(()) => Ok(cfg),

@@ -369,18 +369,21 @@ async fn start_broker(
         msg_expiry_interval: cfg.retainer.msg_expiry_interval,
     });
     let mut settings = mqtt_settings(cfg);
-    settings.authz = Arc::new(crate::authz::build(cfg)?);
-    // The replicated tables (authentication users), kept in data_dir.
+    // The replicated tables (authentication users, bans, authorization
+    // rules), kept in data_dir.
     let (tables, table_rx) = ReplTables::open(
         name,
         Some(&cfg.node.data_dir),
         &[
             emqx_actors::authn::USERS_TABLE,
             emqx_actors::banned::BANNED_TABLE,
+            emqx_actors::authz_db::AUTHZ_RULES_TABLE,
         ],
     )
     .map_err(|e| format!("cannot open the replicated tables: {e}"))?;
     let tables = Arc::new(tables);
+    let (authz, authz_rules) = crate::authz::build(cfg, Some(&tables))?;
+    settings.authz = Arc::new(authz);
     let authn = Arc::new(crate::authn::build(cfg, &tables)?);
     let mut banned = emqx_actors::banned::Banned::new(tables.clone()).map_err(|e| e.to_string())?;
     let fd = &cfg.flapping_detect;
@@ -445,6 +448,7 @@ async fn start_broker(
         listeners: tokio::sync::watch::channel(true).0,
         authn,
         banned,
+        authz_rules,
     });
     let sys_task = ctx.spawn_sys();
     let core = Core {

@@ -378,3 +378,115 @@ fn rules_hold_for_publishes_and_retained_messages_from_another_node() {
     );
     assert_eq!(rd["msgs"], json!([["private/r", "hidden", true]]), "{rd}");
 }
+
+/// A raw MQTT 5 connection (client id only) for checks that span a rule
+/// change: PUBLISH at QoS 1, the PUBACK's reason code back.
+struct V5(common::Raw, u16);
+
+impl V5 {
+    fn connect(n: &Node, cid: &str) -> V5 {
+        let mut r = common::Raw::connect(n);
+        r.send(&common::connect_v5(cid, 60));
+        let head = r.read_n(2);
+        assert!(head[0] == 0x20 && head[1] < 128, "CONNACK {head:?}");
+        let ack = r.read_n(head[1] as usize);
+        assert_eq!(ack[1], 0, "CONNACK {ack:?}");
+        V5(r, 0)
+    }
+
+    fn publish(&mut self, topic: &str) -> u8 {
+        self.1 += 1;
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&self.1.to_be_bytes());
+        body.push(0); // no properties
+        body.extend_from_slice(b"x");
+        self.0.send(&common::frame(0x32, &body));
+        let head = self.0.read_n(2);
+        assert_eq!(head[0], 0x40, "PUBACK expected: {head:?}");
+        let rest = self.0.read_n(head[1] as usize);
+        let code = rest.get(2).copied().unwrap_or(0);
+        // No matching subscribers (0x10) is an allowed publish.
+        if code == 0x10 {
+            0
+        } else {
+            code
+        }
+    }
+}
+
+#[test]
+fn built_in_database_rules_are_managed_with_ctl_and_hold_on_every_node() {
+    use common::cluster::*;
+    let conf = "authorization {\n  sources = [{type = built_in_database, max_rules = 3}]\n  no_match = allow\n}\n";
+    let nodes = cluster_with(&[1, 2], conf);
+    // A connected client's cached decision goes when the rules change.
+    let mut held = V5::connect(&nodes[1], "held");
+    assert_eq!(held.publish("open/1"), 0);
+    let add = |n: &Node, args: &[&str]| {
+        let mut a = vec!["acl", "rules", "add"];
+        a.extend_from_slice(args);
+        let (code, out) = n.ctl(&a);
+        assert_eq!(code, 0, "{args:?}: {out}");
+    };
+    add(&nodes[0], &["all", "deny", "publish", "secret/#"]);
+    add(
+        &nodes[0],
+        &["clientid", "held", "deny", "publish", "open/#"],
+    );
+    let wait = |f: &mut dyn FnMut() -> bool| {
+        let t = std::time::Instant::now();
+        while !f() {
+            assert!(t.elapsed() < Duration::from_secs(5), "rules did not arrive");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait(&mut || held.publish("open/1") == 0x87);
+    assert_eq!(held.publish("secret/1"), 0x87);
+    assert_eq!(held.publish("other"), 0);
+    // Username rules come before the rules for all (paho, user u1).
+    add(
+        &nodes[1],
+        &["username", "u1", "allow", "publish", "secret/${username}"],
+    );
+    wait(&mut || {
+        let r = paho(
+            json!({"port": nodes[0].mqtt_port, "cid": "p1", "user": "u1", "pubs": [
+            {"topic": "secret/u1", "payload": "a"}, {"topic": "secret/u2", "payload": "b"}]}),
+        );
+        r["pubacks"] == json!([0x10, 0x87])
+    });
+    // Subscriptions too, with `eq` for the literal filter.
+    add(&nodes[0], &["all", "deny", "subscribe", "eq #"]);
+    wait(&mut || {
+        let s = paho(
+            json!({"port": nodes[1].mqtt_port, "cid": "s1", "host": "127.0.0.2",
+                            "subs": ["#", "a/#"]}),
+        );
+        s["suback"] == json!([[0x87], [1]])
+    });
+    let (_, list) = nodes[1].ctl(&["acl", "rules", "list"]);
+    assert_eq!(
+        list,
+        "clientid held: deny publish \"open/#\"\n\
+         username u1: allow publish \"secret/${username}\"\n\
+         all: deny publish \"secret/#\"\n\
+         all: deny subscribe \"eq #\"\n"
+    );
+    // max_rules per owner, bad input, deleting.
+    add(
+        &nodes[0],
+        &["all", "allow", "all", "x", "qos=1,2", "retain=false"],
+    );
+    let (code, out) = nodes[0].ctl(&["acl", "rules", "add", "all", "allow", "all", "y"]);
+    assert!(code == 1 && out.contains("max_rules is 3"), "{out}");
+    let (code, out) = nodes[0].ctl(&["acl", "rules", "add", "all", "perhaps", "all", "y"]);
+    assert!(code == 1 && out.contains("allow or deny"), "{out}");
+    assert_eq!(
+        nodes[0].ctl(&["acl", "rules", "del", "clientid", "held"]).0,
+        0
+    );
+    wait(&mut || held.publish("open/1") == 0);
+    let (code, _) = nodes[0].ctl(&["acl", "rules", "del", "clientid", "held"]);
+    assert_eq!(code, 1);
+}

@@ -6,6 +6,7 @@
 //! contracts in [`peers`].
 
 pub mod authn;
+pub mod authz_db;
 pub mod banned;
 pub mod broker;
 pub mod clock;
@@ -52,6 +53,9 @@ pub struct Ctx {
     pub authn: Arc<authn::Authn>,
     /// Banned clients, checked before authentication.
     pub banned: Arc<banned::Banned>,
+    /// The built-in database authorization source's rules, when one is
+    /// configured (the channels reach them through the settings' authz).
+    pub authz_rules: Option<Arc<authz_db::AuthzRules>>,
 }
 
 /// `sys_topics.*` of emqx.conf.

@@ -197,6 +197,17 @@ pub enum TopicSpec {
     Filter(String),
 }
 
+impl TopicSpec {
+    /// A topic as EMQX writes it outside acl.conf: `"eq t"` for an exact
+    /// match, anything else a filter.
+    pub fn parse(t: &str) -> TopicSpec {
+        match t.strip_prefix("eq ") {
+            Some(exact) => TopicSpec::Eq(exact.to_string()),
+            None => TopicSpec::Filter(t.to_string()),
+        }
+    }
+}
+
 impl Acl {
     /// Rules from data, tried in order like a file's.
     pub fn from_specs(specs: Vec<RuleSpec>) -> Acl {

@@ -5,8 +5,9 @@
 //! (`cache.max_size` entries for `cache.ttl`), emptied when the rules
 //! change.
 //!
-//! The sources are `acl.conf` files ([`Acl`]); the rules of one can be
-//! replaced on a running node ([`Authz::replace`]).
+//! The sources are `acl.conf` files ([`Acl`]), whose rules can be
+//! replaced on a running node ([`Authz::replace`]), and rule stores
+//! ([`RuleStore`], the built-in database) that hold rules per client.
 
 use crate::acl::{Acl, AclAction, ClientInfo, Permission, Request};
 use std::collections::HashMap;
@@ -45,16 +46,44 @@ impl Default for CacheSettings {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub name: String,
-    pub acl: Acl,
+    pub rules: Rules,
+}
+
+/// Where a source's rules are.
+#[derive(Debug, Clone)]
+pub enum Rules {
+    /// The rules of an `acl.conf`.
+    File(Acl),
+    /// Rules looked up per client (the built-in database).
+    Store(Arc<dyn RuleStore>),
+}
+
+/// Rules kept per client outside the configuration.
+pub trait RuleStore: Send + Sync + std::fmt::Debug {
+    /// The permission of the first of this client's rules that matches.
+    fn check(&self, c: &ClientInfo, r: &Request<'_>) -> Option<Permission>;
+    /// Grows whenever a rule changes, so cached decisions are dropped.
+    fn generation(&self) -> u64;
+}
+
+impl Rules {
+    fn check(&self, c: &ClientInfo, r: &Request<'_>) -> Option<Permission> {
+        match self {
+            Rules::File(acl) => acl.check(c, r),
+            Rules::Store(s) => s.check(c, r),
+        }
+    }
 }
 
 /// The node's authorization: shared by every channel.
 #[derive(Debug)]
 pub struct Authz {
     sources: RwLock<Arc<Vec<Source>>>,
-    /// Bumped whenever the rules change; a cache of another generation is
-    /// emptied before use.
+    /// Bumped whenever a file's rules are replaced; with the stores'
+    /// generations, a cache of another generation is emptied before use.
     generation: AtomicU64,
+    /// The sources whose rules live in a store (fixed, like the sources).
+    stores: Vec<Arc<dyn RuleStore>>,
     pub no_match: Permission,
     pub deny_action: DenyAction,
     pub cache: CacheSettings,
@@ -82,8 +111,16 @@ impl Authz {
         deny_action: DenyAction,
         cache: CacheSettings,
     ) -> Authz {
+        let stores = sources
+            .iter()
+            .filter_map(|s| match &s.rules {
+                Rules::Store(st) => Some(st.clone()),
+                Rules::File(_) => None,
+            })
+            .collect();
         Authz {
             open: sources.is_empty() && no_match == Permission::Allow,
+            stores,
             sources: RwLock::new(Arc::new(sources)),
             generation: AtomicU64::new(1),
             no_match,
@@ -118,24 +155,31 @@ impl Authz {
             Err(p) => p.into_inner(),
         };
         let mut next = (**guard).clone();
-        let Some(s) = next.iter_mut().find(|s| s.name == name) else {
+        let Some(s) = next
+            .iter_mut()
+            .find(|s| s.name == name && matches!(s.rules, Rules::File(_)))
+        else {
             return false;
         };
-        s.acl = acl;
+        s.rules = Rules::File(acl);
         *guard = Arc::new(next);
         self.generation.fetch_add(1, Ordering::AcqRel);
         true
     }
 
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.stores
+            .iter()
+            .fold(self.generation.load(Ordering::Acquire), |g, s| {
+                g.wrapping_add(s.generation())
+            })
     }
 
     /// The decision for one request, without a cache.
     pub fn authorize(&self, c: &ClientInfo, r: &Request<'_>) -> Permission {
         self.current()
             .iter()
-            .find_map(|s| s.acl.check(c, r))
+            .find_map(|s| s.rules.check(c, r))
             .unwrap_or(self.no_match)
     }
 }
@@ -223,7 +267,7 @@ mod tests {
         Authz::new(
             vec![Source {
                 name: "file".into(),
-                acl: Acl::parse(text).expect("acl"),
+                rules: Rules::File(Acl::parse(text).expect("acl")),
             }],
             no_match,
             DenyAction::Ignore,
@@ -311,5 +355,58 @@ mod tests {
             retain: true,
         };
         assert_ne!(slot(&r), slot(&publish("q")));
+    }
+
+    /// A store whose one rule set can be swapped, as the built-in database
+    /// changes.
+    #[derive(Debug, Default)]
+    struct Swappable {
+        acl: RwLock<Acl>,
+        gen: AtomicU64,
+    }
+
+    impl RuleStore for Swappable {
+        fn check(&self, c: &ClientInfo, r: &Request<'_>) -> Option<Permission> {
+            self.acl.read().ok()?.check(c, r)
+        }
+        fn generation(&self) -> u64 {
+            self.gen.load(Ordering::Acquire)
+        }
+    }
+
+    #[test]
+    fn a_store_decides_in_source_order_and_its_changes_empty_the_caches() {
+        let store = Arc::new(Swappable::default());
+        let a = Authz::new(
+            vec![
+                Source {
+                    name: "built_in_database".into(),
+                    rules: Rules::Store(store.clone()),
+                },
+                Source {
+                    name: "file".into(),
+                    rules: Rules::File(Acl::parse(r#"{deny, all, publish, ["x"]}."#).expect("acl")),
+                },
+            ],
+            Permission::Allow,
+            DenyAction::Ignore,
+            CacheSettings::default(),
+        );
+        let mut cache = AuthzCache::default();
+        let t0 = Instant::now();
+        // Nothing in the store: the file decides.
+        assert_eq!(cache.check(&a, client, &publish("x"), t0), Permission::Deny);
+        // A rule for the client in the store, ahead of the file: the cached
+        // answer goes as soon as the store changes.
+        *store.acl.write().expect("lock") =
+            Acl::parse(r#"{allow, {clientid, "c1"}, publish, ["x"]}."#).expect("acl");
+        assert_eq!(cache.check(&a, client, &publish("x"), t0), Permission::Deny);
+        store.gen.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(
+            cache.check(&a, client, &publish("x"), t0),
+            Permission::Allow
+        );
+        // Only files are replaced by a reload.
+        assert!(!a.replace("built_in_database", Acl::default()));
     }
 }

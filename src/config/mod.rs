@@ -620,15 +620,19 @@ pub struct AuthorizationConfig {
     pub cache_ttl: Duration,
 }
 
-/// One entry of `authorization.sources`: today `type = file` only.
+/// One entry of `authorization.sources`: `type = file` or
+/// `type = built_in_database`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuthzSourceConfig {
     /// `authorization.sources.N`, for messages.
     pub key: String,
     pub enable: bool,
-    /// `None`: EMQX's default, `acl.conf` in the etc directory (see
-    /// `authz::default_acl_path`).
+    /// `type = file`: the file; `None`: EMQX's default, `acl.conf` in the
+    /// etc directory (see `authz::default_acl_path`).
     pub path: Option<PathBuf>,
+    /// `type = built_in_database`: its `max_rules` (rules per client id,
+    /// username or `all`; default 100).
+    pub built_in_database: Option<usize>,
 }
 
 impl Default for AuthorizationConfig {
@@ -638,6 +642,7 @@ impl Default for AuthorizationConfig {
                 key: "authorization.sources.1".into(),
                 enable: true,
                 path: None,
+                built_in_database: None,
             }],
             no_match_allow: true,
             deny_disconnect: false,
@@ -661,22 +666,34 @@ impl AuthorizationConfig {
                 let kind = s.take("type").ok_or_else(|| ConfigError::Invalid {
                     key: format!("{key}.type"),
                     origin: node.origin.clone(),
-                    message: "required (file)".into(),
+                    message: "required (file or built_in_database)".into(),
                 })?;
                 let t = kind.string()?;
-                if t != "file" {
-                    return Err(kind.invalid(format!(
-                        "not supported yet: {t:?} (only type = file works today)"
-                    )));
-                }
                 let mut src = AuthzSourceConfig {
                     key: key.clone(),
                     enable: true,
                     path: None,
+                    built_in_database: None,
                 };
                 s.set("enable", &mut src.enable, Field::bool)?;
-                if let Some(p) = s.take("path") {
-                    src.path = Some(p.path()?);
+                match t.as_str() {
+                    "file" => {
+                        if let Some(p) = s.take("path") {
+                            src.path = Some(p.path()?);
+                        }
+                    }
+                    "built_in_database" => {
+                        let mut max = 100;
+                        s.set("max_rules", &mut max, |f| {
+                            f.uint(1, 1_000_000).map(|v| v as usize)
+                        })?;
+                        src.built_in_database = Some(max);
+                    }
+                    _ => {
+                        return Err(kind.invalid(format!(
+                            "not supported yet: {t:?} (file and built_in_database work today)"
+                        )))
+                    }
                 }
                 s.finish()?;
                 sources.push(src);

@@ -17,13 +17,22 @@
 //! Signatures are checked by the `jsonwebtoken` crate; `alg = none` and
 //! an algorithm of another family than the key are refused by it.
 
-use super::Step;
 use emqx_mqtt::acl::{Acl, AuthInfo, Permission, RuleSpec, TopicSpec};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::RwLock;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What the authenticator says of a client.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Allow(AuthInfo),
+    /// Bad username or password (0x86).
+    Deny,
+    /// Not ours to decide: the next authenticator does.
+    Ignore,
+}
 
 /// Where the token is (`from`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,24 +213,24 @@ pub struct JwtAuthn {
 
 impl JwtAuthn {
     /// Checks the token of a client (`now_s`: the wall clock in seconds).
-    pub(super) fn check(
+    pub fn check(
         &self,
         client_id: &str,
         username: Option<&str>,
         password: Option<&[u8]>,
         now_s: f64,
-    ) -> Step {
+    ) -> Outcome {
         let token = match self.from {
             TokenFrom::Password => password.and_then(|p| std::str::from_utf8(p).ok()),
             TokenFrom::Username => username,
         };
         let Some(token) = token.filter(|t| !t.is_empty()) else {
-            return Step::Ignore;
+            return Outcome::Ignore;
         };
         // Not a JWT, or an algorithm the crate does not know (`none`
         // among them): no key can verify it.
         let Ok(header) = jsonwebtoken::decode_header(token) else {
-            return Step::Ignore;
+            return Outcome::Ignore;
         };
         let fixed;
         let keys: &[Key] = match &self.keys {
@@ -232,14 +241,14 @@ impl JwtAuthn {
             Keys::Jwks(j) => &j.keys(),
         };
         let Some(claims) = keys.iter().find_map(|k| k.verify(token, header.alg)) else {
-            return Step::Ignore;
+            return Outcome::Ignore;
         };
         match self.accept(claims, client_id, username, now_s) {
-            Ok(info) => Step::Allow(info),
+            Ok(info) => Outcome::Allow(info),
             Err(why) => {
                 // The token itself is never logged.
                 tracing::info!(client_id, "JWT refused: {why}");
-                Step::Deny(super::Refusal::BadUsernameOrPassword)
+                Outcome::Deny
             }
         }
     }
@@ -379,10 +388,7 @@ pub fn parse_acl_claim(v: &Value) -> Result<Acl, String> {
 }
 
 fn topic_spec(t: &str) -> TopicSpec {
-    match t.strip_prefix("eq ") {
-        Some(exact) => TopicSpec::Eq(exact.to_string()),
-        None => TopicSpec::Filter(t.to_string()),
-    }
+    TopicSpec::parse(t)
 }
 
 fn rule_spec(r: &Value) -> Result<RuleSpec, String> {
@@ -482,22 +488,22 @@ mod tests {
         let a = authn("a-shared-secret");
         let now = 1_796_280_000.0;
         let step = a.check("c1", None, Some(HS256.as_bytes()), now);
-        let Step::Allow(info) = step else {
+        let Outcome::Allow(info) = step else {
             panic!("not allowed")
         };
         assert_eq!(info.expire_at_ms, Some(1_796_280_862_000));
         assert!(!info.superuser && info.acl.is_none());
         assert!(matches!(
             a.check("c2", None, Some(HS256.as_bytes()), now),
-            Step::Deny(super::super::Refusal::BadUsernameOrPassword)
+            Outcome::Deny
         ));
         assert!(matches!(
             a.check("c1", None, Some(HS256.as_bytes()), 1_796_280_862.0),
-            Step::Deny(_)
+            Outcome::Deny
         ));
         assert!(matches!(
             authn("other").check("c1", None, Some(HS256.as_bytes()), now),
-            Step::Ignore
+            Outcome::Ignore
         ));
     }
 }

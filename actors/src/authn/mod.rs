@@ -311,12 +311,16 @@ impl Authenticator {
                     Step::Deny(Refusal::BadUsernameOrPassword)
                 }
             }
-            Authenticator::Jwt(j) => j.check(
+            Authenticator::Jwt(j) => match j.check(
                 &c.client_id,
                 c.username.as_deref(),
                 c.password.as_deref(),
                 crate::clock::now_ms() as f64 / 1000.0,
-            ),
+            ) {
+                jwt::Outcome::Allow(info) => Step::Allow(info),
+                jwt::Outcome::Deny => Step::Deny(Refusal::BadUsernameOrPassword),
+                jwt::Outcome::Ignore => Step::Ignore,
+            },
         }
     }
 }

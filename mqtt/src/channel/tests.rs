@@ -2578,7 +2578,7 @@ fn authz_settings(rules: &str, deny: crate::authz::DenyAction) -> MqttSettings {
         authz: Arc::new(Authz::new(
             vec![Source {
                 name: "acl.conf".into(),
-                acl: crate::acl::Acl::parse(rules).expect("rules"),
+                rules: crate::authz::Rules::File(crate::acl::Acl::parse(rules).expect("rules")),
             }],
             crate::acl::Permission::Allow,
             deny,
