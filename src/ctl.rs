@@ -165,12 +165,12 @@ const COMMANDS: &[(&str, &str, &str)] = &[
     ("banned", "banned list", "List the banned clients"),
     (
         "banned",
-        "banned add <clientid|username|peerhost> <Who> [<Duration>|infinity] [<Reason>]",
-        "Ban a client id, username or address (peerhost: an address or CIDR block) on every node, for a duration (1h, 30m, ...) or for ever (the default)",
+        "banned add <clientid|username|peerhost|clientid_re|username_re> <Who> [<Duration>|infinity] [<Reason>]",
+        "Ban a client id, username or address (peerhost: an address or CIDR block), or every client id or username a regular expression finds, on every node, for a duration (1h, 30m, ...) or for ever (the default)",
     ),
     (
         "banned",
-        "banned del <clientid|username|peerhost> <Who>",
+        "banned del <clientid|username|peerhost|clientid_re|username_re> <Who>",
         "Lift a ban",
     ),
     ("users", "users list", "List the built-in authentication database's users"),

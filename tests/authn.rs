@@ -571,3 +571,25 @@ fn rumqttc_sees_the_right_and_wrong_password_answers() {
     let anon = first("r3", None);
     assert!(anon.contains("ConnectionRefused(NotAuthorized)"), "{anon}");
 }
+
+#[test]
+fn bans_by_regular_expression_find_client_ids_and_usernames() {
+    let n = Node::start();
+    assert_eq!(
+        n.ctl(&["banned", "add", "clientid_re", "^bot-[0-9]+$"]).0,
+        0
+    );
+    assert_eq!(n.ctl(&["banned", "add", "username_re", "spam"]).0, 0);
+    assert_eq!(v5_code(&n, "bot-42", None, None), 0x8A);
+    assert_eq!(v3_code(&n, "bot-43", None, None), 5);
+    assert_eq!(v5_code(&n, "bot-x", None, None), 0);
+    assert_eq!(v5_code(&n, "c1", Some("a-spammer"), Some("pw")), 0x8A);
+    assert_eq!(v5_code(&n, "c2", Some("alice"), Some("pw")), 0);
+    let (code, out) = n.ctl(&["banned", "add", "clientid_re", "(unclosed"]);
+    assert!(
+        code == 1 && out.contains("not a regular expression"),
+        "{out}"
+    );
+    assert_eq!(n.ctl(&["banned", "del", "username_re", "spam"]).0, 0);
+    assert_eq!(v5_code(&n, "c1", Some("a-spammer"), Some("pw")), 0);
+}

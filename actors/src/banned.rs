@@ -19,16 +19,29 @@ pub enum BanKind {
     ClientId,
     Username,
     Peerhost,
+    /// A regular expression searched in the client id (EMQX's
+    /// `clientid_re`).
+    ClientIdRe,
+    /// A regular expression searched in the username (`username_re`).
+    UsernameRe,
 }
 
 impl BanKind {
-    pub const ALL: &'static [&'static str] = &["clientid", "username", "peerhost"];
+    pub const ALL: &'static [&'static str] = &[
+        "clientid",
+        "username",
+        "peerhost",
+        "clientid_re",
+        "username_re",
+    ];
 
     pub fn from_name(s: &str) -> Option<BanKind> {
         Some(match s {
             "clientid" => BanKind::ClientId,
             "username" => BanKind::Username,
             "peerhost" => BanKind::Peerhost,
+            "clientid_re" => BanKind::ClientIdRe,
+            "username_re" => BanKind::UsernameRe,
             _ => return None,
         })
     }
@@ -38,8 +51,19 @@ impl BanKind {
             BanKind::ClientId => "clientid",
             BanKind::Username => "username",
             BanKind::Peerhost => "peerhost",
+            BanKind::ClientIdRe => "clientid_re",
+            BanKind::UsernameRe => "username_re",
         }
     }
+}
+
+/// The most a ban's regular expression may compile to.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+fn compile_re(re: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(re)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
 }
 
 /// One ban.
@@ -110,6 +134,8 @@ impl Cidr {
 pub enum BanError {
     #[error("not an address or CIDR block: {0:?}")]
     BadAddress(String),
+    #[error("not a regular expression: {0}")]
+    BadRegex(String),
     #[error("nothing to ban: empty {0}")]
     Empty(&'static str),
     #[error("no ban of {0} {1:?}")]
@@ -118,8 +144,14 @@ pub enum BanError {
     Table(#[from] TableError),
 }
 
-/// The address bans and until when each holds.
-type Nets = Arc<Vec<(Cidr, Option<u64>)>>;
+/// The bans checked by matching rather than by key (addresses and
+/// regular expressions), each with until when it holds.
+#[derive(Default)]
+struct Patterns {
+    nets: Vec<(Cidr, Option<u64>, String)>,
+    client_ids: Vec<(regex::Regex, Option<u64>, String)>,
+    usernames: Vec<(regex::Regex, Option<u64>, String)>,
+}
 
 /// The node's view of the bans.
 pub struct Banned {
@@ -127,9 +159,9 @@ pub struct Banned {
     table: Arc<Table>,
     /// `flapping_detect`, when enabled.
     flapping: Option<Flapping>,
-    /// The address bans, rebuilt when the table changes (checked on every
-    /// connect without decoding the table).
-    nets: Mutex<(u64, Nets)>,
+    /// The address and regular-expression bans, rebuilt when the table
+    /// changes (checked on every connect without decoding the table).
+    patterns: Mutex<(u64, Arc<Patterns>)>,
 }
 
 impl Banned {
@@ -142,7 +174,7 @@ impl Banned {
             tables,
             table,
             flapping: None,
-            nets: Mutex::new((u64::MAX, Arc::new(Vec::new()))),
+            patterns: Mutex::new((u64::MAX, Arc::new(Patterns::default()))),
         })
     }
 
@@ -246,31 +278,54 @@ impl Banned {
                 return Some(b);
             }
         }
-        let nets = self.nets();
-        let hit = nets
+        let p = self.patterns();
+        let live = |until: &Option<u64>| until.is_none_or(|u| u > now_ms);
+        let hit = p
+            .nets
             .iter()
-            .any(|(c, until)| until.is_none_or(|u| u > now_ms) && c.contains(peer));
-        if hit {
-            return self.list().into_iter().find(|b| {
-                b.kind == BanKind::Peerhost
-                    && b.live(now_ms)
-                    && Cidr::parse(&b.who).is_some_and(|c| c.contains(peer))
+            .find(|(c, until, _)| live(until) && c.contains(peer))
+            .map(|(_, _, who)| (BanKind::Peerhost, who))
+            .or_else(|| {
+                p.client_ids
+                    .iter()
+                    .find(|(re, until, _)| live(until) && re.is_match(client_id))
+                    .map(|(_, _, who)| (BanKind::ClientIdRe, who))
+            })
+            .or_else(|| {
+                let u = username?;
+                p.usernames
+                    .iter()
+                    .find(|(re, until, _)| live(until) && re.is_match(u))
+                    .map(|(_, _, who)| (BanKind::UsernameRe, who))
             });
-        }
-        None
+        hit.and_then(|(kind, who)| self.get(kind, who))
     }
 
-    fn nets(&self) -> Nets {
+    fn patterns(&self) -> Arc<Patterns> {
         let gen = self.table.generation();
-        let mut n = self.nets.lock();
+        let mut n = self.patterns.lock();
         if n.0 != gen {
-            let v: Vec<(Cidr, Option<u64>)> = self
-                .list()
-                .into_iter()
-                .filter(|b| b.kind == BanKind::Peerhost)
-                .filter_map(|b| Cidr::parse(&b.who).map(|c| (c, b.until_ms)))
-                .collect();
-            *n = (gen, Arc::new(v));
+            let mut p = Patterns::default();
+            for b in self.list() {
+                match b.kind {
+                    BanKind::Peerhost => {
+                        if let Some(c) = Cidr::parse(&b.who) {
+                            p.nets.push((c, b.until_ms, b.who));
+                        }
+                    }
+                    BanKind::ClientIdRe | BanKind::UsernameRe => {
+                        let Ok(re) = compile_re(&b.who) else { continue };
+                        let l = if b.kind == BanKind::ClientIdRe {
+                            &mut p.client_ids
+                        } else {
+                            &mut p.usernames
+                        };
+                        l.push((re, b.until_ms, b.who));
+                    }
+                    BanKind::ClientId | BanKind::Username => {}
+                }
+            }
+            *n = (gen, Arc::new(p));
         }
         n.1.clone()
     }
@@ -291,6 +346,9 @@ impl Banned {
         }
         if ban.kind == BanKind::Peerhost && Cidr::parse(&ban.who).is_none() {
             return Err(BanError::BadAddress(ban.who));
+        }
+        if matches!(ban.kind, BanKind::ClientIdRe | BanKind::UsernameRe) {
+            compile_re(&ban.who).map_err(|e| BanError::BadRegex(e.to_string()))?;
         }
         let bytes =
             bincode::serde::encode_to_vec(&ban, bincode::config::standard()).unwrap_or_default();
@@ -439,5 +497,24 @@ mod tests {
         for t in 0..100 {
             assert!(plain.client_disconnected("f", t).is_none());
         }
+    }
+
+    #[test]
+    fn regular_expression_bans_search_client_ids_and_usernames() {
+        let b = banned();
+        let ip = "127.0.0.1".parse::<IpAddr>().expect("ip");
+        b.add(ban(BanKind::ClientIdRe, "^bot-[0-9]+$", None))
+            .expect("add");
+        b.add(ban(BanKind::UsernameRe, "spam", Some(100)))
+            .expect("add");
+        assert!(b.check("bot-17", None, ip, 0).is_some());
+        assert!(b.check("bot-x", None, ip, 0).is_none());
+        let hit = b.check("c", Some("a-spammer"), ip, 50).expect("banned");
+        assert_eq!((hit.kind, hit.who.as_str()), (BanKind::UsernameRe, "spam"));
+        assert!(b.check("c", Some("a-spammer"), ip, 100).is_none());
+        assert!(matches!(
+            b.add(ban(BanKind::ClientIdRe, "(", None)),
+            Err(BanError::BadRegex(_))
+        ));
     }
 }
