@@ -291,6 +291,30 @@ authorization {
     );
     assert_eq!(v5_code(&n, "d2", Some("dev"), Some("s3cret")), 0x86);
     assert_eq!(v5_code(&n, "d3", Some("dev"), Some("n3w-pass")), 0);
+    // A 1 MB password (more than MQTT can carry) is refused, and the
+    // node goes on.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emqx-rs"))
+        .args(["ctl", "-config"])
+        .arg(&n.config)
+        .args(["users", "add", "huge", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctl");
+    let big = vec![b'p'; 1 << 20];
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&big)
+        .expect("write");
+    let out = child.wait_with_output().expect("ctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("password longer than 65535 bytes"),
+        "{text}"
+    );
+    assert_eq!(v5_code(&n, "d4", Some("dev"), Some("n3w-pass")), 0);
     // A superuser is not bound by authorization (no_match = deny here).
     let sub = |user: &str, pw: &str| {
         Command::new("timeout")
