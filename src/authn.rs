@@ -174,17 +174,7 @@ fn jwt_keys(key: &str, j: &JwtConfig) -> Result<Keys, String> {
             headers,
             ssl,
         } => {
-            let tls = ssl.enable.then(|| emqx_discovery::tls::TlsOptions {
-                key_prefix: format!("{key}.ssl"),
-                cacertfile: ssl.cacertfile.clone(),
-                certfile: ssl.certfile.clone(),
-                keyfile: ssl.keyfile.clone(),
-                verify: match ssl.verify {
-                    crate::config::TlsVerify::VerifyPeer => emqx_discovery::tls::Verify::Peer,
-                    crate::config::TlsVerify::VerifyNone => emqx_discovery::tls::Verify::None,
-                },
-                server_name_indication: ssl.server_name_indication.clone(),
-            });
+            let tls = ssl.client_tls(&format!("{key}.ssl"));
             if let Some(t) = &tls {
                 // Reads the files now, so a bad path stops the start.
                 t.client_config()?;

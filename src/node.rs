@@ -841,18 +841,11 @@ fn dns_strategy(cfg: &Config, name: &str) -> Result<emqx_discovery::Dns, String>
 
 /// `cluster.etcd.*`.
 fn etcd_strategy(cfg: &Config, name: &str) -> Result<emqx_discovery::Etcd, String> {
-    let ssl = &cfg.cluster.etcd.ssl_options;
-    let tls = ssl.enable.then(|| emqx_discovery::tls::TlsOptions {
-        key_prefix: "cluster.etcd.ssl_options".into(),
-        cacertfile: ssl.cacertfile.clone(),
-        certfile: ssl.certfile.clone(),
-        keyfile: ssl.keyfile.clone(),
-        verify: match ssl.verify {
-            crate::config::TlsVerify::VerifyPeer => emqx_discovery::tls::Verify::Peer,
-            crate::config::TlsVerify::VerifyNone => emqx_discovery::tls::Verify::None,
-        },
-        server_name_indication: ssl.server_name_indication.clone(),
-    });
+    let tls = cfg
+        .cluster
+        .etcd
+        .ssl_options
+        .client_tls("cluster.etcd.ssl_options");
     emqx_discovery::Etcd::with_tls(
         cfg.cluster.etcd.server.clone(),
         cfg.cluster.etcd.prefix.clone(),

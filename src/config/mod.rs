@@ -449,20 +449,7 @@ fn parse_jwt(key: String, mut s: Fields) -> Result<AuthnConfig> {
             }
         }
         let mut ssl = EtcdSslOptions::default();
-        s.section("ssl", |t| {
-            t.set("enable", &mut ssl.enable, Field::bool)?;
-            t.set("cacertfile", &mut ssl.cacertfile, Field::opt_path)?;
-            t.set("certfile", &mut ssl.certfile, Field::opt_path)?;
-            t.set("keyfile", &mut ssl.keyfile, Field::opt_path)?;
-            t.set("verify", &mut ssl.verify, |f| {
-                f.keyword(TlsVerify::from_keyword, TlsVerify::ALL)
-            })?;
-            t.set(
-                "server_name_indication",
-                &mut ssl.server_name_indication,
-                |f| f.string().map(|v| Some(v).filter(|v| !v.is_empty())),
-            )
-        })?;
+        s.section("ssl", |t| ssl.apply(t))?;
         let https = endpoint.to_ascii_lowercase().starts_with("https://");
         if !https && !endpoint.to_ascii_lowercase().starts_with("http://") {
             return Err(ConfigError::Invalid {
@@ -891,6 +878,41 @@ pub struct EtcdSslOptions {
     /// The TLS server name to send and check instead of the URL's host;
     /// `disable` sends none. Default unset.
     pub server_name_indication: Option<String>,
+}
+
+impl EtcdSslOptions {
+    /// Reads `enable`, `cacertfile`, `certfile`, `keyfile`, `verify` and
+    /// `server_name_indication`.
+    fn apply(&mut self, s: &mut Fields) -> Result<()> {
+        s.set("enable", &mut self.enable, Field::bool)?;
+        s.set("cacertfile", &mut self.cacertfile, Field::opt_path)?;
+        s.set("certfile", &mut self.certfile, Field::opt_path)?;
+        s.set("keyfile", &mut self.keyfile, Field::opt_path)?;
+        s.set("verify", &mut self.verify, |f| {
+            f.keyword(TlsVerify::from_keyword, TlsVerify::ALL)
+        })?;
+        s.set(
+            "server_name_indication",
+            &mut self.server_name_indication,
+            |f| f.string().map(|v| Some(v).filter(|v| !v.is_empty())),
+        )
+    }
+
+    /// The client TLS options these say, `None` when TLS is off; errors
+    /// will name keys under `key_prefix`.
+    pub fn client_tls(&self, key_prefix: &str) -> Option<emqx_discovery::tls::TlsOptions> {
+        self.enable.then(|| emqx_discovery::tls::TlsOptions {
+            key_prefix: key_prefix.into(),
+            cacertfile: self.cacertfile.clone(),
+            certfile: self.certfile.clone(),
+            keyfile: self.keyfile.clone(),
+            verify: match self.verify {
+                TlsVerify::VerifyPeer => emqx_discovery::tls::Verify::Peer,
+                TlsVerify::VerifyNone => emqx_discovery::tls::Verify::None,
+            },
+            server_name_indication: self.server_name_indication.clone(),
+        })
+    }
 }
 
 /// `cluster.k8s.*`
@@ -2505,21 +2527,7 @@ impl EtcdDiscovery {
         o.set("node_ttl", &mut self.node_ttl, Field::duration)?;
         // `ssl` is EMQX's alias of `ssl_options`.
         for k in ["ssl", "ssl_options"] {
-            o.section(k, |s| {
-                let t = &mut self.ssl_options;
-                s.set("enable", &mut t.enable, Field::bool)?;
-                s.set("cacertfile", &mut t.cacertfile, Field::opt_path)?;
-                s.set("certfile", &mut t.certfile, Field::opt_path)?;
-                s.set("keyfile", &mut t.keyfile, Field::opt_path)?;
-                s.set("verify", &mut t.verify, |f| {
-                    f.keyword(TlsVerify::from_keyword, TlsVerify::ALL)
-                })?;
-                s.set(
-                    "server_name_indication",
-                    &mut t.server_name_indication,
-                    |f| f.string().map(|v| Some(v).filter(|v| !v.is_empty())),
-                )
-            })?;
+            o.section(k, |s| self.ssl_options.apply(s))?;
         }
         Ok(())
     }
