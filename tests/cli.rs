@@ -1037,3 +1037,45 @@ fn sighup_reopens_the_log_file_and_never_stops_the_node() {
         before
     );
 }
+
+#[test]
+fn deeply_nested_config_is_refused_with_exit_2_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("deep.conf");
+    std::fs::write(
+        &file,
+        format!("node.cookie = x\nlog {}", "{a:".repeat(30_000)),
+    )
+    .expect("write");
+    let run = |config: &Path, env: &[(&str, String)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check_config", "-config"]).arg(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("run emqx-rs");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout),
+        )
+    };
+    let (code, err) = run(&file, &[]);
+    assert!(
+        code == Some(2) && err.contains("deep.conf") && err.contains("nested deeper"),
+        "{code:?}: {err}"
+    );
+    // The same through the environment: a deep value, and a deep name.
+    let n = Node::prepare("");
+    let (code, err) = run(&n.config, &[("EMQX_NODE__COOKIE", "[".repeat(10_000))]);
+    assert!(
+        code == Some(2) && err.contains("EMQX_NODE__COOKIE") && err.contains("nested deeper"),
+        "{code:?}: {err}"
+    );
+    let name = format!("EMQX_NODE{}", "__A".repeat(30_000));
+    let (code, err) = run(&n.config, &[(name.as_str(), "1".to_string())]);
+    assert!(
+        code == Some(2) && err.contains("nested deeper"),
+        "{code:?}: {}",
+        &err[..err.len().min(500)]
+    );
+}

@@ -340,8 +340,16 @@ impl Actor for SessionActor {
                 }
             }
             SessionMsg::AuthExpired(gen) => {
-                if gen == st.gen && st.conn.is_some() {
+                let due = st
+                    .conn
+                    .as_ref()
+                    .and_then(|c| c.auth().expire_at_ms)
+                    .is_some_and(|at| clock::now_ms() >= at);
+                if gen == st.gen && due {
                     st.close_for(&myself, Some(reason::NOT_AUTHORIZED), "credentials expired");
+                } else if gen == st.gen {
+                    // Woken early (a far expiry is waited for in steps).
+                    st.arm_auth_expiry(&myself);
                 }
             }
             SessionMsg::Will(gen) => {
@@ -543,7 +551,9 @@ impl SessionState {
         let Some(at) = self.conn.as_ref().and_then(|c| c.auth().expire_at_ms) else {
             return;
         };
-        let wait = Duration::from_millis(at.saturating_sub(clock::now_ms()));
+        // At most a day at a time: the timer is re-armed until the time.
+        let wait = Duration::from_millis(at.saturating_sub(clock::now_ms()))
+            .min(Duration::from_secs(86_400));
         let gen = self.gen;
         myself.send_after(wait, move || SessionMsg::AuthExpired(gen));
     }

@@ -276,10 +276,17 @@ enum Piece {
     Subst(Option<String>),
 }
 
+/// The deepest a value may sit (objects, arrays and dotted key segments
+/// together): real configurations stay under ten; the limit keeps a
+/// hostile file or variable from exhausting the stack.
+pub const MAX_NESTING: usize = 64;
+
 struct Parser<'e> {
     chars: Vec<char>,
     pos: usize,
     line: usize,
+    /// How deep the value being parsed sits.
+    depth: usize,
     source: Arc<str>,
     env: &'e dyn Fn(&str) -> Option<String>,
 }
@@ -290,6 +297,7 @@ impl<'e> Parser<'e> {
             chars: text.chars().collect(),
             pos: 0,
             line: 1,
+            depth: 0,
             source: Arc::from(source),
             env,
         }
@@ -410,12 +418,25 @@ impl<'e> Parser<'e> {
         Ok(node)
     }
 
+    /// Goes `n` levels deeper; an error past [`MAX_NESTING`].
+    fn descend(&mut self, n: usize) -> Result<(), HoconError> {
+        self.depth += n;
+        if self.depth > MAX_NESTING {
+            return Err(self.error(format!(
+                "nested deeper than {MAX_NESTING} levels (objects, arrays and dotted keys)"
+            )));
+        }
+        Ok(())
+    }
+
     /// `{ fields }`, the cursor on `{`.
     fn parse_braced_object(&mut self) -> Result<Node, HoconError> {
         let open_line = self.line;
+        self.descend(1)?;
         self.bump(); // '{'
         let map = self.parse_fields(Some(open_line))?;
         self.bump(); // '}'
+        self.depth -= 1;
         Ok(Node::new(Value::Object(map), self.origin(open_line)))
     }
 
@@ -442,6 +463,9 @@ impl<'e> Parser<'e> {
             let key_line = self.line;
             let path = self.parse_key()?;
             let dotted = path.join(".");
+            // The value sits under every segment but the last.
+            let extra = path.len() - 1;
+            self.descend(extra)?;
             self.skip_ws_inline();
             let value = match self.peek() {
                 Some('{') => Some(self.parse_braced_object()?),
@@ -473,6 +497,7 @@ impl<'e> Parser<'e> {
                     )))
                 }
             };
+            self.depth -= extra;
             if let Some(value) = value {
                 root.set_path(&path, value);
             }
@@ -547,6 +572,7 @@ impl<'e> Parser<'e> {
 
     fn parse_array(&mut self) -> Result<Node, HoconError> {
         let open_line = self.line;
+        self.descend(1)?;
         self.bump(); // '['
         let mut items = Vec::new();
         loop {
@@ -582,6 +608,7 @@ impl<'e> Parser<'e> {
                 }
             }
         }
+        self.depth -= 1;
         Ok(Node::new(Value::Array(items), self.origin(open_line)))
     }
 
@@ -1003,6 +1030,36 @@ mod tests {
         assert!(e.message.contains("expected a key"), "{e}");
         let e = err("include \"other.conf\"\n");
         assert!(e.message.contains("include"), "{e}");
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_an_error_not_a_crash() {
+        for text in [
+            format!("a = {}", "[".repeat(10_000)),
+            "{a:".repeat(30_000),
+            format!("{} = 1", vec!["k"; 30_000].join(".")),
+            format!("a {{ {} = 1 }}", vec!["k"; MAX_NESTING + 1].join(".")),
+        ] {
+            let e = parse(&text, "deep.conf", &no_env).expect_err("too deep");
+            assert!(
+                e.to_string().contains("deep.conf") && e.to_string().contains("nested deeper"),
+                "{e}"
+            );
+        }
+        let env = parse_env_value(
+            &"[".repeat(10_000),
+            &Origin::Env {
+                var: "EMQX_X".into(),
+            },
+            &no_env,
+        )
+        .expect_err("too deep");
+        assert!(env.to_string().contains("EMQX_X"), "{env}");
+        // Up to the limit is fine.
+        let ok = format!("{} = 1", vec!["k"; MAX_NESTING].join("."));
+        assert!(parse(&ok, "ok.conf", &no_env).is_ok());
+        let ok = format!("{}{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
+        assert!(parse(&format!("a = {ok}"), "ok.conf", &no_env).is_ok());
     }
 
     #[test]

@@ -1835,6 +1835,17 @@ fn apply_env(
         if !KNOWN_ROOTS.contains(&path[0].as_str()) {
             continue;
         }
+        if path.len() > hocon::MAX_NESTING {
+            return Err(ConfigError::Invalid {
+                key: format!("{}...", path[..4].join(".")),
+                origin: Origin::Env { var: var.clone() },
+                message: format!(
+                    "{} levels: nested deeper than {}",
+                    path.len(),
+                    hocon::MAX_NESTING
+                ),
+            });
+        }
         if path.iter().any(|s| s.is_empty()) {
             return Err(ConfigError::Invalid {
                 key: path.join("."),
