@@ -217,8 +217,25 @@ impl AuthzCache {
         r: &Request<'_>,
         now: Instant,
     ) -> Permission {
+        self.check_with(authz, None, client, r, now)
+    }
+
+    /// [`AuthzCache::check`] with the client's own rules (fixed for the
+    /// connection, see [`crate::acl::AuthInfo`]) tried before the sources.
+    pub fn check_with(
+        &mut self,
+        authz: &Authz,
+        own: Option<&Acl>,
+        client: impl FnOnce() -> ClientInfo,
+        r: &Request<'_>,
+        now: Instant,
+    ) -> Permission {
+        let decide = |c: &ClientInfo| {
+            own.and_then(|a| a.check(c, r))
+                .unwrap_or_else(|| authz.authorize(c, r))
+        };
         if !authz.cache.enable {
-            return authz.authorize(&client(), r);
+            return decide(&client());
         }
         let generation = authz.generation();
         if generation != self.generation {
@@ -233,7 +250,7 @@ impl AuthzCache {
         if let Some(c) = hit {
             return c.permission;
         }
-        let permission = authz.authorize(&client(), r);
+        let permission = decide(&client());
         if !self.entries.contains_key(r.topic) && self.entries.len() >= authz.cache.max_size {
             self.entries.retain(|_, e| {
                 e.retain(|c| now < c.until);

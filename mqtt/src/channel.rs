@@ -404,9 +404,12 @@ impl Channel {
         retain: bool,
         now: Now,
     ) -> bool {
-        let authz = &self.settings.authz;
-        if self.conn.auth.superuser {
+        if self.needs_no_check() {
             return true;
+        }
+        let auth = &self.conn.auth;
+        if auth.acl_expire_ms.is_some_and(|exp| now.wall_ms > exp) {
+            return false;
         }
         let r = Request {
             action,
@@ -414,33 +417,12 @@ impl Channel {
             qos: qos as u8,
             retain,
         };
-        if let Some(own) = &self.conn.auth.acl {
-            if self
-                .conn
-                .auth
-                .acl_expire_ms
-                .is_some_and(|exp| now.wall_ms > exp)
-            {
-                return false;
-            }
-            let client = ClientInfo {
-                client_id: self.client_id.to_string(),
-                username: self.conn.username.clone(),
-                peer: self.conn.peer,
-                cert_cn: self.conn.cert_cn.clone(),
-            };
-            if let Some(p) = own.check(&client, &r) {
-                return p == Permission::Allow;
-            }
-        }
-        if authz.allows_everything() {
-            return true;
-        }
         let ConnState {
             authz_cache,
             username,
             peer,
             cert_cn,
+            auth,
             ..
         } = &mut self.conn;
         let client = || ClientInfo {
@@ -449,16 +431,27 @@ impl Channel {
             peer: *peer,
             cert_cn: cert_cn.clone(),
         };
-        authz_cache.check(authz, client, &r, now.mono) == Permission::Allow
+        authz_cache.check_with(
+            &self.settings.authz,
+            auth.acl.as_deref(),
+            client,
+            &r,
+            now.mono,
+        ) == Permission::Allow
+    }
+
+    /// A superuser, or a node that allows everything to a client without
+    /// rules of its own: nothing to check.
+    fn needs_no_check(&self) -> bool {
+        self.conn.auth.superuser
+            || (self.settings.authz.allows_everything() && self.conn.auth.acl.is_none())
     }
 
     /// Whether the client may receive a message on `topic` (mounted, as
     /// the broker has it): its retained messages are checked one by one,
     /// as a subscription to the topic itself.
     pub fn may_receive(&mut self, topic: &str, qos: QoS, now: Now) -> bool {
-        if self.conn.auth.superuser
-            || (self.settings.authz.allows_everything() && self.conn.auth.acl.is_none())
-        {
+        if self.needs_no_check() {
             return true;
         }
         let t = self.unmounted(topic);
