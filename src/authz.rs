@@ -63,9 +63,10 @@ pub fn build(
     let a = &cfg.authorization;
     let mut sources = Vec::new();
     let mut db = None;
+    let mut seen_db = false;
     for src in a.sources.iter().filter(|s| s.enable) {
         if let Some(max_rules) = src.built_in_database {
-            if db.is_some() {
+            if std::mem::replace(&mut seen_db, true) {
                 return Err(format!(
                     "{}.type: only one built_in_database source may be configured",
                     src.key

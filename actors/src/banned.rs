@@ -232,8 +232,8 @@ impl Banned {
                     client_id,
                     "flapping detected: {} disconnects within {}; banned for {}",
                     f.settings.max_count,
-                    humantime_ms(window),
-                    humantime_ms(f.settings.ban_time.as_millis() as u64)
+                    humantime::format_duration(f.settings.window),
+                    humantime::format_duration(f.settings.ban_time)
                 );
                 Some(ban)
             }
@@ -397,16 +397,6 @@ struct Flapping {
 struct FlapCounts {
     by_client: std::collections::HashMap<Box<str>, (u64, u32)>,
     purged_ms: u64,
-}
-
-fn humantime_ms(ms: u64) -> String {
-    if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
 }
 
 #[cfg(test)]

@@ -428,7 +428,7 @@ fn parse_jwt(key: String, mut s: Fields) -> Result<AuthnConfig> {
     let keys = if use_jwks {
         let endpoint = s.take("endpoint").ok_or_else(|| ConfigError::Invalid {
             key: format!("{key}.endpoint"),
-            origin: s.map_origin(),
+            origin: s.origin.clone(),
             message: "required with use_jwks = true (the JWKS URL)".into(),
         })?;
         let endpoint_f = endpoint.key.clone();
@@ -454,14 +454,14 @@ fn parse_jwt(key: String, mut s: Fields) -> Result<AuthnConfig> {
         if !https && !endpoint.to_ascii_lowercase().starts_with("http://") {
             return Err(ConfigError::Invalid {
                 key: endpoint_f,
-                origin: s.map_origin(),
+                origin: s.origin.clone(),
                 message: format!("expected an http:// or https:// URL, got {endpoint:?}"),
             });
         }
         if https != ssl.enable {
             return Err(ConfigError::Invalid {
                 key: format!("{key}.ssl.enable"),
-                origin: s.map_origin(),
+                origin: s.origin.clone(),
                 message: if https {
                     "the endpoint is https: set ssl.enable = true (and ssl.cacertfile or verify = verify_none)".into()
                 } else {
@@ -485,14 +485,14 @@ fn parse_jwt(key: String, mut s: Fields) -> Result<AuthnConfig> {
     } else {
         let algo = s.take("algorithm").ok_or_else(|| ConfigError::Invalid {
             key: format!("{key}.algorithm"),
-            origin: s.map_origin(),
+            origin: s.origin.clone(),
             message: "required (hmac-based or public-key), or use_jwks = true".into(),
         })?;
         match algo.string()?.as_str() {
             "hmac-based" => {
                 let secret = s.take("secret").ok_or_else(|| ConfigError::Invalid {
                     key: format!("{key}.secret"),
-                    origin: s.map_origin(),
+                    origin: s.origin.clone(),
                     message: "required with algorithm = hmac-based".into(),
                 })?;
                 let secret = secret.nonempty_string()?;
@@ -503,7 +503,7 @@ fn parse_jwt(key: String, mut s: Fields) -> Result<AuthnConfig> {
             "public-key" => {
                 let pk = s.take("public_key").ok_or_else(|| ConfigError::Invalid {
                     key: format!("{key}.public_key"),
-                    origin: s.map_origin(),
+                    origin: s.origin.clone(),
                     message: "required with algorithm = public-key (PEM text or a file)".into(),
                 })?;
                 JwtKeys::PublicKey(pk.nonempty_string()?)
@@ -1977,11 +1977,6 @@ impl<'a> Fields<'a> {
             }
         }
         out
-    }
-
-    /// Where this object is, for errors about a key it lacks.
-    fn map_origin(&self) -> Origin {
-        self.origin.clone()
     }
 
     /// Fails on the first key nobody asked for.

@@ -232,13 +232,13 @@ impl JwtAuthn {
         let Ok(header) = jsonwebtoken::decode_header(token) else {
             return Outcome::Ignore;
         };
-        let fixed;
+        let fetched;
         let keys: &[Key] = match &self.keys {
-            Keys::Fixed(k) => {
-                fixed = [k.clone()];
-                &fixed
+            Keys::Fixed(k) => std::slice::from_ref(k),
+            Keys::Jwks(j) => {
+                fetched = j.keys();
+                &fetched
             }
-            Keys::Jwks(j) => &j.keys(),
         };
         let Some(claims) = keys.iter().find_map(|k| k.verify(token, header.alg)) else {
             return Outcome::Ignore;
@@ -257,13 +257,13 @@ impl JwtAuthn {
     /// client may do.
     fn accept(
         &self,
-        mut claims: Map<String, Value>,
+        claims: Map<String, Value>,
         client_id: &str,
         username: Option<&str>,
         now_s: f64,
     ) -> Result<AuthInfo, String> {
-        let exp = number_claim(&mut claims, "exp")?;
-        let nbf = number_claim(&mut claims, "nbf")?;
+        let exp = number_claim(&claims, "exp")?;
+        let nbf = number_claim(&claims, "nbf")?;
         if let Some(exp) = exp {
             if now_s >= exp {
                 return Err("expired (exp)".into());
@@ -321,7 +321,7 @@ fn truthy(v: Option<&Value>) -> bool {
 
 /// `exp` / `nbf` as a number (EMQX also takes a numeric string); absent
 /// is fine, anything else is refused.
-fn number_claim(claims: &mut Map<String, Value>, name: &str) -> Result<Option<f64>, String> {
+fn number_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, String> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
