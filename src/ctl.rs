@@ -162,6 +162,12 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "acl rules del <clientid <Id>|username <Name>|all>",
         "Delete an owner's rules on every node",
     ),
+    ("alarms", "alarms list", "List the active alarms of every node"),
+    (
+        "alarms",
+        "alarms history",
+        "List the deactivated alarms of every node (alarm.size_limit, alarm.validity_period)",
+    ),
     ("banned", "banned list", "List the banned clients"),
     (
         "banned",
@@ -269,6 +275,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("acl", |n, w| Box::pin(cmd_acl(n, w))),
     ("users", |n, w| Box::pin(cmd_users(n, w))),
     ("banned", |n, w| Box::pin(cmd_banned(n, w))),
+    ("alarms", |n, w| Box::pin(cmd_alarms(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -628,6 +635,49 @@ async fn cmd_users(node: &Node, w: &[&str]) -> (i32, String) {
 
 /// `banned ...`: bans replicated to every node (EMQX manages them over its
 /// HTTP API; these commands are ours).
+async fn cmd_alarms(node: &Node, w: &[&str]) -> (i32, String) {
+    let (which, rest) = match w {
+        ["alarms", which @ ("list" | "history"), rest @ ..] if rest.is_empty() || rest == ["--local"] => {
+            (*which, rest)
+        }
+        _ => return unknown("alarms"),
+    };
+    let time = |us: u64| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_micros(us))
+            .to_string()
+    };
+    let alarms = &node.ctx.alarms;
+    let list = if which == "list" {
+        alarms.active()
+    } else {
+        alarms.history(emqx_actors::clock::now_ms() * 1000)
+    };
+    let mut out = String::new();
+    for a in list {
+        out.push_str(&format!("{} (node={}, activated={}", a.name, node.name, time(a.activate_at_us)));
+        if let Some(d) = a.deactivate_at_us {
+            out.push_str(&format!(", deactivated={}", time(d)));
+        }
+        out.push_str(&format!(", message={:?}, details={})\n", a.message, a.details));
+    }
+    let none = if which == "list" {
+        "No active alarms.\n"
+    } else {
+        "No deactivated alarms.\n"
+    };
+    if rest.is_empty() {
+        for (_, o) in on_peers(node, &["alarms", which, "--local"]).await {
+            if o != none {
+                out.push_str(&o);
+            }
+        }
+    }
+    if out.is_empty() {
+        return (0, none.into());
+    }
+    (0, out)
+}
+
 async fn cmd_banned(node: &Node, w: &[&str]) -> (i32, String) {
     use emqx_actors::banned::{Ban, BanKind};
     let banned = &node.ctx.banned;

@@ -6,6 +6,7 @@ use crate::ctl::{ctl_group, ControlActor, ControlMsg};
 use crate::listeners::Listeners;
 use crate::peer_tls::NodeTls;
 use crate::running::{pid_file, Node};
+use emqx_actors::alarms::{AlarmSettings, Alarms};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
 use emqx_actors::cluster::registry::Registry;
@@ -60,6 +61,8 @@ pub fn mqtt_settings(c: &Config) -> MqttSettings {
         max_subscriptions: m.max_subscriptions.map(|v| v as usize),
         upgrade_qos: m.upgrade_qos,
         use_username_as_clientid: m.use_username_as_clientid,
+        max_held_bytes: Some(c.force_shutdown.max_heap_size as usize),
+        force_shutdown: c.force_shutdown.enable,
         ..MqttSettings::default()
     }
 }
@@ -400,6 +403,7 @@ async fn start_broker(
             .unwrap_or_default(),
         max_topic_levels: settings.max_topic_levels,
         ignore_loop_deliver: cfg.mqtt.ignore_loop_deliver,
+        max_session_bytes: cfg.force_shutdown.max_heap_size as usize,
         ..BrokerSettings::default()
     };
     let (route_tx, route_rx) = mpsc::unbounded_channel();
@@ -449,6 +453,12 @@ async fn start_broker(
         authn,
         banned,
         authz_rules,
+        alarms: Arc::new(Alarms::new(AlarmSettings {
+            log: cfg.alarm.log,
+            publish: cfg.alarm.publish,
+            size_limit: cfg.alarm.size_limit as usize,
+            validity_period: cfg.alarm.validity_period,
+        })),
     });
     let sys_task = ctx.spawn_sys();
     let core = Core {

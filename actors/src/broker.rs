@@ -9,7 +9,7 @@
 //! order and a subscribe never waits behind a publish for long.
 
 use crate::hashing::{bucket, hash_str};
-use crate::inbox::{Inbox, Matches, Pushed};
+use crate::inbox::{Bounds, Inbox, Matches, Pushed};
 use crate::metrics::{inc, Metrics, Stats};
 use crate::peers::{BrokerLinks, GroupKey, RemoteRoutes};
 use crate::retainer::Retainer;
@@ -66,6 +66,9 @@ pub struct BrokerSettings {
     /// dropped (and counted as `delivery.dropped.queue_full`). Past 256 (or
     /// a fifth of it), publishers of QoS 1/2 messages to it are slowed down.
     pub max_session_backlog: usize,
+    /// Bytes waiting in one session's inbox beyond which more are dropped
+    /// (`force_shutdown.max_heap_size`; see [`crate::inbox::Bounds`]).
+    pub max_session_bytes: usize,
     /// Do not deliver a client's messages back to itself, whatever its
     /// subscription options (`mqtt.ignore_loop_deliver`, for MQTT 3.x
     /// clients that have no no-local option).
@@ -79,6 +82,7 @@ impl Default for BrokerSettings {
             max_topic_levels: 128,
             shards: 8,
             max_session_backlog: 10_000,
+            max_session_bytes: 32 * 1024 * 1024,
             ignore_loop_deliver: false,
         }
     }
@@ -287,7 +291,10 @@ impl Broker {
         }
         let out = out.merged();
         let mut n = out.len();
-        let max = self.settings.max_session_backlog;
+        let max = Bounds {
+            count: self.settings.max_session_backlog,
+            bytes: self.settings.max_session_bytes,
+        };
         let mut congested = None;
         for (s, matches) in out {
             // QoS 0 may be dropped; only QoS 1/2 deliveries slow publishers.

@@ -12,7 +12,7 @@ use crate::authn::{Credentials, ListenerAuthn, Refusal, Verdict};
 use crate::connect::open_session;
 use crate::metrics::{add, inc, Stats};
 pub use crate::outbox::ConnHandle;
-use crate::outbox::{ConnCmd, ConnEnd, MAX_INBOUND, STALLED};
+use crate::outbox::{ConnCmd, ConnEnd, MAX_INBOUND};
 use crate::session_msg::{CloseCause, SessionMsg};
 use crate::Ctx;
 use bytes::BytesMut;
@@ -135,7 +135,7 @@ where
             if let Some(ib) = rx.throttle.lock().take() {
                 inc(&metrics.client_throttled);
                 throttled = Some(Box::pin(async move {
-                    ib.wait_drained(inbox_cap, STALLED).await;
+                    ib.wait_drained(inbox_cap).await;
                 }));
             }
         }

@@ -18,9 +18,11 @@ use parking_lot::Mutex;
 use ractor::ActorId;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+// tokio's clock, so tests can pause and advance it.
+use tokio::time::Instant;
 use tokio::sync::Notify;
 
 /// The subscriptions one message matched for one session; nearly always
@@ -34,18 +36,46 @@ pub type Item = (Arc<Message>, Matches);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// Queued, and the inbox is past its high-water mark: the publisher
-    /// should slow down.
+    /// Queued, and the inbox is past its high-water mark while its session
+    /// keeps taking: the publisher should slow down.
     Congested,
-    /// The inbox is full: the message was dropped.
+    /// The inbox is full (by count or by bytes): the message was dropped.
     Full,
 }
 
+/// How much one session's inbox may hold: messages (`count`) and bytes of
+/// topics and payloads (`bytes`, `force_shutdown.max_heap_size`; its queue
+/// and inflight window are bounded by as much again, in the channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub count: usize,
+    pub bytes: usize,
+}
+
+/// A session that has taken nothing from its inbox for this long, while
+/// the inbox is past its high-water mark, is not slowing its publishers
+/// down any more: the inbox buffers instead (up to half its bound), so a
+/// consumer that stopped does not hold up the clients it shares topics
+/// with.
+pub const SLOW: Duration = Duration::from_millis(200);
+
+/// A session that has taken nothing for this long while its inbox is more
+/// than half full has stopped: publishers are never paused for it again
+/// until it catches up, and its own queue drops (see
+/// [`Inbox::is_stopped`]). A consumer that pauses for less (a client busy
+/// for a few seconds) loses nothing: its publishers wait for it.
+pub const STOPPED: Duration = Duration::from_secs(5);
+
 struct State {
     q: VecDeque<Item>,
+    /// Bytes of the messages in `q` (see [`Message::size`]).
+    bytes: usize,
     /// A `Drain` is on its way to the session, or the session will look at
     /// the inbox again by itself (it paused because its client is behind).
     scheduled: bool,
+    /// When the session last took from the inbox, or when messages started
+    /// waiting in it, whichever is later: how long it has made no progress.
+    progress: Instant,
 }
 
 /// The session's side of an inbox: how it is woken, and who it is. The
@@ -62,9 +92,11 @@ pub struct Inbox {
     /// Woken when the inbox falls to its low-water mark (see
     /// [`Inbox::wait_drained`]).
     drained: Notify,
-    /// Messages taken by the session so far: tells a slow subscriber from a
-    /// stalled one.
-    taken: AtomicU64,
+    /// The session made no progress for [`STOPPED`]: see
+    /// [`Inbox::is_stopped`].
+    stopped: AtomicBool,
+    /// A message was dropped because the session was over its byte bound.
+    over_bytes: AtomicBool,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -82,10 +114,13 @@ impl Inbox {
             session: Box::new(session),
             state: Mutex::new(State {
                 q: VecDeque::new(),
+                bytes: 0,
                 scheduled: false,
+                progress: Instant::now(),
             }),
             drained: Notify::new(),
-            taken: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            over_bytes: AtomicBool::new(false),
         })
     }
 
@@ -101,44 +136,113 @@ impl Inbox {
         self.len() == 0
     }
 
-    /// Appends a message unless `cap` are already waiting; wakes the
-    /// session if it was idle. Past the high-water mark (`high_water`),
-    /// says so.
-    pub fn push(&self, item: Item, cap: usize) -> Pushed {
+    /// Bytes of the messages waiting.
+    pub fn bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Appends a message unless the inbox is at its bounds; wakes the
+    /// session if it was idle. Past the high-water mark, says whether the
+    /// publisher should slow down: only while the session keeps taking
+    /// (see [`SLOW`] and [`STOPPED`]).
+    pub fn push(&self, item: Item, b: Bounds) -> Pushed {
+        let size = item.0.size();
         let mut s = self.state.lock();
         let len = s.q.len();
-        if len >= cap {
+        if len >= b.count {
             return Pushed::Full;
         }
+        if s.bytes + size > b.bytes {
+            drop(s);
+            self.over_bytes.store(true, Ordering::Relaxed);
+            // The session decides (force_shutdown) and frees its queue.
+            let _ = self.session.wake();
+            return Pushed::Full;
+        }
+        if len == 0 {
+            s.progress = Instant::now();
+        }
         s.q.push_back(item);
+        s.bytes += size;
         let wake = !s.scheduled;
         s.scheduled = true;
+        let congested = len + 1 > high_water(b.count) && self.congested(&s, len + 1, b.count);
         drop(s);
         if wake {
             // A stopped session is unsubscribing: the message is lost with it.
             let _ = self.session.wake();
         }
-        if len + 1 > high_water(cap) {
+        if congested {
             Pushed::Congested
         } else {
             Pushed::Queued
         }
     }
 
+    /// Past the high-water mark: whether the session is still taking, so
+    /// its publishers should wait for it. Marks it stopped when it is not.
+    fn congested(&self, s: &State, len: usize, cap: usize) -> bool {
+        if self.stopped.load(Ordering::Relaxed) {
+            return false;
+        }
+        let idle = s.progress.elapsed();
+        if len <= hard_water(cap) {
+            return idle < SLOW;
+        }
+        if idle < STOPPED {
+            return true;
+        }
+        self.mark_stopped();
+        false
+    }
+
+    fn mark_stopped(&self) {
+        if !self.stopped.swap(true, Ordering::AcqRel) {
+            // The session takes everything now, into its bounded queue.
+            let _ = self.session.wake();
+        }
+    }
+
+    /// The session has taken nothing for [`STOPPED`] while its inbox was
+    /// more than half full: publishers are not paused for it, and it takes
+    /// from its inbox even while its client is behind (its queue then
+    /// drops, with EMQX's policy), until [`Inbox::resume`].
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Session side: its client caught up; publishers wait for it again.
+    pub fn resume(&self) {
+        self.stopped.store(false, Ordering::Relaxed);
+    }
+
+    /// Session side: whether a message was dropped for the byte bound since
+    /// the last call.
+    pub fn take_over_bytes(&self) -> bool {
+        self.over_bytes.load(Ordering::Relaxed) && self.over_bytes.swap(false, Ordering::AcqRel)
+    }
+
     /// Session side: moves up to `max` messages into `out`. Returns true
     /// when more remain (the caller must come back: it is still marked
     /// scheduled); false when the inbox is empty and idle again.
     pub fn take(&self, max: usize, out: &mut Vec<Item>, cap: usize) -> bool {
-        let mut s = self.state.lock();
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
         let before = s.q.len();
         let n = before.min(max);
-        out.extend(s.q.drain(..n));
-        self.taken.fetch_add(n as u64, Ordering::Release);
+        for it in s.q.drain(..n) {
+            s.bytes = s.bytes.saturating_sub(it.0.size());
+            out.push(it);
+        }
+        if n > 0 {
+            s.progress = Instant::now();
+        }
         let left = s.q.len();
         if left == 0 {
             s.scheduled = false;
+            s.bytes = 0;
         }
-        drop(s);
+        drop(guard);
         if before > low_water(cap) && left <= low_water(cap) {
             self.drained.notify_waiters();
         }
@@ -146,23 +250,36 @@ impl Inbox {
     }
 
     /// Publisher side: waits until this inbox is down to its low-water mark
-    /// (for `cap`), or its session has taken nothing from it for `stalled`.
-    /// Used to pause reading from a publisher whose messages fill a
-    /// subscriber faster than it drains.
-    pub async fn wait_drained(&self, cap: usize, stalled: Duration) {
+    /// (for `cap`), or its session stops taking from it: [`SLOW`] without
+    /// progress while the inbox is at most half full, [`STOPPED`] beyond
+    /// (then the session is marked stopped). Used to pause reading from a
+    /// publisher whose messages fill a subscriber faster than it drains.
+    pub async fn wait_drained(&self, cap: usize) {
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.len() <= low_water(cap) {
-                return;
-            }
-            let taken = self.taken.load(Ordering::Acquire);
-            if tokio::time::timeout(stalled, notified).await.is_err()
-                && self.taken.load(Ordering::Acquire) == taken
-            {
-                return;
-            }
+            let wait = {
+                let s = self.state.lock();
+                if s.q.len() <= low_water(cap) || self.is_stopped() {
+                    return;
+                }
+                let limit = if s.q.len() > hard_water(cap) {
+                    STOPPED
+                } else {
+                    SLOW
+                };
+                let idle = s.progress.elapsed();
+                if idle >= limit {
+                    if limit == STOPPED {
+                        drop(s);
+                        self.mark_stopped();
+                    }
+                    return;
+                }
+                limit - idle
+            };
+            let _ = tokio::time::timeout(wait, notified).await;
         }
     }
 }
@@ -178,6 +295,12 @@ fn high_water(cap: usize) -> usize {
 
 fn low_water(cap: usize) -> usize {
     high_water(cap) / 2
+}
+
+/// Past this many waiting, a session that takes nothing for [`STOPPED`]
+/// is stopped; below it, one that takes nothing for [`SLOW`] is let buffer.
+fn hard_water(cap: usize) -> usize {
+    (cap / 2).max(high_water(cap))
 }
 
 #[cfg(test)]
@@ -231,35 +354,43 @@ mod tests {
         (Arc::new(m), SmallVec::from_elem(sm, 1))
     }
 
-    #[tokio::test]
+    fn bounds(count: usize) -> Bounds {
+        Bounds {
+            count,
+            bytes: usize::MAX,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn one_wake_per_busy_period_and_a_bound() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
         let ib = Inbox::new(a.clone());
-        // High water 4, low water 2.
-        let cap = 20;
+        // High water 4, low water 2, hard water 10.
+        let b = bounds(20);
         let mut got = Vec::new();
         for i in 0..4 {
-            assert_eq!(ib.push(item(i), cap), Pushed::Queued);
+            assert_eq!(ib.push(item(i), b), Pushed::Queued);
         }
         for i in 4..20 {
-            assert_eq!(ib.push(item(i), cap), Pushed::Congested);
+            assert_eq!(ib.push(item(i), b), Pushed::Congested);
         }
-        assert_eq!(ib.push(item(20), cap), Pushed::Full);
+        assert_eq!(ib.push(item(20), b), Pushed::Full);
         tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .expect("a wake")
             .expect("open");
         // Taking part leaves it scheduled: no new wake for new pushes.
-        assert!(ib.take(15, &mut got, cap));
+        assert!(ib.take(15, &mut got, b.count));
         assert_eq!(got.len(), 15);
-        ib.push(item(21), cap);
-        assert!(!ib.take(100, &mut got, cap));
+        ib.push(item(21), b);
+        assert!(!ib.take(100, &mut got, b.count));
         let ids: Vec<u32> = got.iter().filter_map(|(_, m)| m[0].sub_id).collect();
         let want: Vec<u32> = (0..20).chain([21]).collect();
         assert_eq!(ids, want, "in order, the one over the bound dropped");
+        assert_eq!(ib.bytes(), 0);
         // Empty and idle: the next push wakes again.
-        ib.push(item(22), cap);
+        ib.push(item(22), b);
         tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .expect("a second wake")
@@ -271,68 +402,125 @@ mod tests {
         a.stop(None);
     }
 
-    #[tokio::test]
-    async fn waiters_wake_at_low_water_or_when_the_session_stalls() {
+    #[tokio::test(start_paused = true)]
+    async fn a_byte_bound_drops_and_tells_the_session() {
         let (tx, _rx) = mpsc::unbounded_channel();
         let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
         let ib = Inbox::new(a.clone());
-        let cap = 20;
+        // Each item is "t/N" and "x": 4 bytes.
+        let b = Bounds {
+            count: 100,
+            bytes: 20,
+        };
+        let mut n = 0;
+        while ib.push(item(n), b) != Pushed::Full {
+            n += 1;
+            assert!(n < 10, "the byte bound never bit");
+        }
+        assert_eq!(n, 5, "5 items of 4 bytes fit in 20");
+        assert_eq!(ib.bytes(), 20);
+        assert!(ib.take_over_bytes(), "the session is told");
+        assert!(!ib.take_over_bytes(), "once");
+        let mut got = Vec::new();
+        ib.take(2, &mut got, b.count);
+        assert_eq!(ib.bytes(), 12);
+        assert_eq!(ib.push(item(9), b), Pushed::Queued);
+        a.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_that_stops_taking_stops_slowing_its_publishers() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
+        let ib = Inbox::new(a.clone());
+        // High water 4, hard water 10.
+        let b = bounds(20);
+        for i in 0..4 {
+            ib.push(item(i), b);
+        }
+        assert_eq!(ib.push(item(4), b), Pushed::Congested, "just went busy");
+        // Nothing taken for SLOW: below hard water, the inbox buffers.
+        tokio::time::advance(SLOW).await;
+        for i in 5..10 {
+            assert_eq!(ib.push(item(i), b), Pushed::Queued);
+        }
+        // Past hard water, publishers wait again, up to STOPPED.
+        assert_eq!(ib.push(item(10), b), Pushed::Congested);
+        assert!(!ib.is_stopped());
+        tokio::time::advance(STOPPED - SLOW).await;
+        assert_eq!(ib.push(item(11), b), Pushed::Queued);
+        assert!(ib.is_stopped(), "no progress for STOPPED: stopped");
+        assert_eq!(ib.push(item(12), b), Pushed::Queued);
+        // Taking does not end it; the session says when its client caught up.
+        let mut got = Vec::new();
+        ib.take(100, &mut got, b.count);
+        assert!(ib.is_stopped());
+        ib.resume();
+        assert!(!ib.is_stopped());
+        // A session that keeps taking is never stopped, however long.
+        for round in 0..20u32 {
+            for i in 0..12 {
+                ib.push(item(round * 100 + i), b);
+            }
+            tokio::time::advance(SLOW / 2).await;
+            assert_eq!(ib.push(item(round * 100 + 99), b), Pushed::Congested);
+            got.clear();
+            ib.take(100, &mut got, b.count);
+        }
+        assert!(!ib.is_stopped());
+        a.stop(None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_wake_at_low_water_or_when_the_session_stops_taking() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
+        let ib = Inbox::new(a.clone());
+        let b = bounds(20);
+        let cap = b.count;
         for i in 0..8 {
-            ib.push(item(i), cap);
+            ib.push(item(i), b);
         }
         let waiter = {
             let ib = ib.clone();
             tokio::spawn(async move {
-                let t = std::time::Instant::now();
-                ib.wait_drained(cap, Duration::from_secs(30)).await;
+                let t = Instant::now();
+                ib.wait_drained(cap).await;
                 t.elapsed()
             })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "8 waiting is above low water");
-        // A slow session keeps the waiter waiting...
+        // A session that takes keeps the waiter waiting...
         let mut got = Vec::new();
         ib.take(2, &mut got, cap);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::advance(SLOW / 2).await;
         assert!(!waiter.is_finished(), "6 waiting is above low water");
         // ... until it is down to low water.
         ib.take(4, &mut got, cap);
-        let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .expect("join");
-        assert!(waited < Duration::from_secs(30));
-        // A session that takes nothing releases the waiter after `stalled`,
-        // one that keeps taking does not.
+        let waited = waiter.await.expect("join");
+        assert!(waited < SLOW, "{waited:?}");
+        // Below hard water, a session that takes nothing releases the
+        // waiter after SLOW and is not marked stopped.
         for i in 0..8 {
-            ib.push(item(i), cap);
+            ib.push(item(i), b);
         }
-        let t = std::time::Instant::now();
-        ib.wait_drained(cap, Duration::from_millis(100)).await;
-        let e = t.elapsed();
-        assert!(
-            e >= Duration::from_millis(100) && e < Duration::from_secs(5),
-            "{e:?}"
-        );
-        let slow = {
-            let ib = ib.clone();
-            tokio::spawn(async move {
-                for _ in 0..8 {
-                    tokio::time::sleep(Duration::from_millis(60)).await;
-                    let mut v = Vec::new();
-                    ib.take(1, &mut v, cap);
-                }
-            })
-        };
-        let t = std::time::Instant::now();
-        ib.wait_drained(cap, Duration::from_millis(500)).await;
-        assert!(
-            ib.len() <= 2,
-            "released at low water, not for a stall ({} left after {:?})",
-            ib.len(),
-            t.elapsed()
-        );
-        slow.await.expect("join");
+        let t = Instant::now();
+        ib.wait_drained(cap).await;
+        assert_eq!(t.elapsed(), SLOW);
+        assert!(!ib.is_stopped());
+        // Past hard water, after STOPPED since it last took, and it is.
+        for i in 0..8 {
+            ib.push(item(i), b);
+        }
+        let t = Instant::now();
+        ib.wait_drained(cap).await;
+        assert_eq!(t.elapsed(), STOPPED - SLOW);
+        assert!(ib.is_stopped());
+        // A stopped session holds no one.
+        let t = Instant::now();
+        ib.wait_drained(cap).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
         a.stop(None);
     }
 }

@@ -5,6 +5,7 @@
 //! `emqx-mqtt`; the node runtime reaches other nodes only through the
 //! contracts in [`peers`].
 
+pub mod alarms;
 pub mod authn;
 pub mod authz_db;
 pub mod banned;
@@ -56,6 +57,8 @@ pub struct Ctx {
     /// The built-in database authorization source's rules, when one is
     /// configured (the channels reach them through the settings' authz).
     pub authz_rules: Option<Arc<authz_db::AuthzRules>>,
+    /// This node's active alarms and their history.
+    pub alarms: Arc<alarms::Alarms>,
 }
 
 /// `sys_topics.*` of emqx.conf.

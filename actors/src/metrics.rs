@@ -65,6 +65,8 @@ counters!(Metrics {
     client_subscribe => "client.subscribe",
     client_unsubscribe => "client.unsubscribe",
     client_throttled => "client.throttled",
+    client_slow_consumer => "client.slow_consumer",
+    client_force_shutdown => "client.force_shutdown",
     session_created => "session.created",
     session_resumed => "session.resumed",
     session_takenover => "session.takenover",

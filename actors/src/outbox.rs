@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Commands from the session actor to its connection task.
@@ -31,12 +30,6 @@ pub struct ConnHandle {
     pub mountpoint: Option<Arc<str>>,
     out: Arc<Outbox>,
 }
-
-/// A throttled publisher's reading resumes when the subscriber it waits
-/// for has taken nothing from its inbox for this long: a stalled
-/// subscriber must not stop its publishers for good (its inbox then fills
-/// and drops, counted).
-pub(crate) const STALLED: Duration = Duration::from_secs(1);
 
 /// Packets read and handed to the session but not yet handled by it,
 /// beyond which reading pauses: the session's mailbox stays short, and a
@@ -224,7 +217,7 @@ impl ConnHandle {
 
     /// Pauses reading from this client until `inbox` (a subscriber its
     /// QoS 1/2 messages go to) drains to its low-water mark, or stops
-    /// draining for [`STALLED`]. Back-pressure: the client's own TCP
+    /// draining (see [`Inbox::wait_drained`]). Back-pressure: the client's own TCP
     /// window then slows it down, instead of the subscriber's queue
     /// overflowing. Takes effect before the next packet is decoded.
     pub fn throttle(&self, inbox: Arc<Inbox>) {

@@ -8,7 +8,7 @@
 
 use crate::broker::{BrokerError, Subscriber};
 use crate::clock::{self, now_ms};
-use crate::inbox::{Inbox, Item};
+use crate::inbox::{Inbox, Item, STOPPED};
 use crate::metrics::{add, inc, Stats};
 use crate::outbox::ConnHandle;
 use crate::Ctx;
@@ -62,6 +62,9 @@ pub struct SessionState {
     /// Whether a `Tick` is on its way. A timer runs only while the channel
     /// has something to check, so an idle session holds no timer task.
     tick_armed: bool,
+    /// The connected client stopped taking its messages: logged, counted
+    /// and alarmed once, until it catches up (see [`Inbox::is_stopped`]).
+    slow: bool,
 }
 
 struct Sink<'a> {
@@ -135,6 +138,7 @@ impl Actor for SessionActor {
             batch: Vec::new(),
             tick,
             tick_armed: false,
+            slow: false,
         };
         if resumed {
             // Routes must point here before the client hears it is back.
@@ -194,6 +198,7 @@ impl Actor for SessionActor {
                 .await;
         }
         st.ctx.cm.unregister(&st.ch.client_id, myself.get_id());
+        st.clear_slow();
         Stats::add(&st.ctx.broker.stats.sessions, None, -1);
         inc(&st.ctx.broker.metrics.session_terminated);
         Ok(())
@@ -483,10 +488,86 @@ impl SessionState {
     /// marked scheduled (the take that empties it clears the mark), so
     /// there is nothing to do then.
     async fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
+        self.take_inbox(myself).await;
+        self.check_flow(myself);
+        self.report_drops();
+    }
+
+    /// After taking from the inbox: a connected client over its byte bound
+    /// is shut down (`force_shutdown`); one that stopped taking is logged,
+    /// counted and alarmed once; one that caught up is waited for again.
+    fn check_flow(&mut self, myself: &ActorRef<SessionMsg>) {
+        let over = self.inbox.take_over_bytes()
+            || self.ch.counters.dropped_over_bytes > self.reported.dropped_over_bytes;
+        if self.conn.is_none() {
+            self.clear_slow();
+            return;
+        }
+        if over && self.ctx.settings.force_shutdown {
+            inc(&self.ctx.broker.metrics.client_force_shutdown);
+            let max = self.ctx.broker.settings.max_session_bytes;
+            tracing::warn!(
+                client_id = %self.ch.client_id,
+                "force shutdown: the messages waiting for the client passed force_shutdown.max_heap_size ({max} bytes)"
+            );
+            self.close_conn(myself, Some(reason::QUOTA_EXCEEDED), "too many bytes waiting");
+            self.clear_slow();
+            return;
+        }
+        let stopped = self.inbox.is_stopped();
+        if stopped && !self.slow {
+            self.slow = true;
+            inc(&self.ctx.broker.metrics.client_slow_consumer);
+            let waiting = self.ch.mqueue.len() + self.ch.inflight.len();
+            tracing::warn!(
+                client_id = %self.ch.client_id,
+                "slow consumer: the client took no message for {}s with {waiting} waiting; \
+                 its publishers are no longer held up for it, and its queue drops past its bounds",
+                STOPPED.as_secs()
+            );
+            let details = serde_json::json!({
+                "clientid": &*self.ch.client_id,
+                "username": self.ch.conn.username,
+                "peername": self.conn.as_ref().map(|c| c.peer.to_string()),
+                "inflight": self.ch.inflight.len(),
+                "mqueue_len": self.ch.mqueue.len(),
+            });
+            self.ctx.alarm_activate(
+                &self.slow_alarm(),
+                details,
+                format!(
+                    "client {} took no message for {}s",
+                    self.ch.client_id,
+                    STOPPED.as_secs()
+                ),
+            );
+        } else if stopped && self.inbox.is_empty() && !self.ch.backed_up() {
+            tracing::info!(client_id = %self.ch.client_id, "slow consumer caught up");
+            self.clear_slow();
+        }
+    }
+
+    fn slow_alarm(&self) -> String {
+        format!("slow_consumer/{}", self.ch.client_id)
+    }
+
+    /// Publishers wait for this session again; its alarm, if any, clears.
+    fn clear_slow(&mut self) {
+        self.inbox.resume();
+        if std::mem::take(&mut self.slow) {
+            self.ctx.alarm_deactivate(&self.slow_alarm());
+        }
+    }
+
+    /// The body of [`SessionState::pump`]. A client that stopped taking
+    /// (see [`Inbox::is_stopped`]) has its inbox taken whatever its window:
+    /// its queue then drops, QoS 0 first, then the oldest, and publishers
+    /// are not held up by it.
+    async fn take_inbox(&mut self, myself: &ActorRef<SessionMsg>) {
         if self.inbox.is_empty() {
             return;
         }
-        if self.ch.backed_up() {
+        if self.ch.backed_up() && !self.inbox.is_stopped() {
             return;
         }
         let cap = self.ctx.broker.settings.max_session_backlog;
@@ -531,7 +612,6 @@ impl SessionState {
         if !other.is_empty() {
             self.run(myself, other).await;
         }
-        self.report_drops();
         if more {
             // Let the mailbox have a turn before the next batch.
             let _ = myself.cast(SessionMsg::Drain);

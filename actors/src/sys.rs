@@ -104,6 +104,41 @@ impl Ctx {
             .publish(Message::system(t, payload, false, now_ms()));
     }
 
+    /// Raises alarm `name` (nothing when it is active already): logs it and
+    /// publishes `$SYS/brokers/<node>/alarms/activate`, as
+    /// `alarm.actions` say.
+    pub fn alarm_activate(&self, name: &str, details: serde_json::Value, message: String) {
+        let now_us = now_ms() * 1000;
+        if let Some(a) = self.alarms.activate(name, details, message, now_us) {
+            self.alarm_changed(&a, "activate");
+        }
+    }
+
+    /// Clears alarm `name` (nothing when it is not active).
+    pub fn alarm_deactivate(&self, name: &str) {
+        let now_us = now_ms() * 1000;
+        if let Some(a) = self.alarms.deactivate(name, now_us) {
+            self.alarm_changed(&a, "deactivate");
+        }
+    }
+
+    fn alarm_changed(&self, a: &crate::alarms::Alarm, what: &str) {
+        let s = self.alarms.settings();
+        if s.log {
+            if what == "activate" {
+                tracing::warn!(alarm = %a.name, "alarm raised: {}", a.message);
+            } else {
+                tracing::warn!(alarm = %a.name, "alarm cleared: {}", a.message);
+            }
+        }
+        if s.publish {
+            let t = self.sys_topic(&format!("alarms/{what}"));
+            let mut m = Message::system(t, a.sys_payload().to_string(), false, now_ms());
+            m.properties.content_type = Some("application/json".into());
+            self.broker.publish(m);
+        }
+    }
+
     /// Publishes a cluster event (`autoclean`, ...) about a node.
     pub fn sys_cluster_event(&self, what: &str, node: &str) {
         let t = self.sys_topic(&format!("cluster/{what}"));

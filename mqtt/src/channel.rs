@@ -87,6 +87,9 @@ pub struct ChannelCounters {
     pub dropped_qos0: u64,
     /// PUBLISHes from the client refused as not authorized (`$SYS/...`).
     pub publish_refused: u64,
+    /// Of `dropped_queue_full`, those dropped because the queue and the
+    /// inflight window held `max_held_bytes` (see [`Channel::held_bytes`]).
+    pub dropped_over_bytes: u64,
 }
 
 /// What belongs to the client's current (or, once it is gone, last)
@@ -168,6 +171,8 @@ pub struct Channel {
     pub inflight: HashMap<u16, Inflight>,
     inflight_seq: u64,
     pub mqueue: VecDeque<Delivery>,
+    /// Bytes of the messages in `mqueue` (topic and payload).
+    mqueue_bytes: usize,
     /// QoS 2 packet ids received and not yet released (exactly-once).
     pub awaiting_rel: HashMap<u16, Instant>,
     next_pid: u16,
@@ -331,6 +336,7 @@ impl Channel {
             );
         }
         ch.mqueue = snap.mqueue.into();
+        ch.mqueue_bytes = ch.mqueue.iter().map(|d| d.msg.size()).sum();
         ch.awaiting_rel = snap.awaiting_rel.into_iter().map(|p| (p, now)).collect();
         ch.next_pid = snap.next_pid.max(1);
         ch.created_at_ms = snap.created_at_ms;
@@ -350,6 +356,7 @@ impl Channel {
             inflight: HashMap::new(),
             inflight_seq: 0,
             mqueue: VecDeque::new(),
+            mqueue_bytes: 0,
             awaiting_rel: HashMap::new(),
             next_pid: 1,
             counters: ChannelCounters::default(),
@@ -1056,21 +1063,90 @@ impl Channel {
     }
 
     fn enqueue(&mut self, d: Delivery) {
-        if let Some(max) = self.settings.max_mqueue_len {
-            if max == 0 {
+        let size = d.msg.size();
+        let max_len = self.settings.max_mqueue_len.unwrap_or(usize::MAX);
+        let max_bytes = self.settings.max_held_bytes.unwrap_or(usize::MAX);
+        if max_len == 0 {
+            self.counters.dropped += 1;
+            self.counters.dropped_queue_full += 1;
+            return;
+        }
+        // Only computed when a byte bound is set: at most the window's size.
+        let inflight = if max_bytes == usize::MAX {
+            0
+        } else {
+            self.inflight_bytes()
+        };
+        if inflight + size > max_bytes {
+            // Never fits, whatever is dropped from the queue.
+            self.counters.dropped += 1;
+            self.counters.dropped_queue_full += 1;
+            self.counters.dropped_over_bytes += 1;
+            return;
+        }
+        while self.mqueue.len() >= max_len
+            || inflight + self.mqueue_bytes + size > max_bytes
+        {
+            let by_bytes = self.mqueue.len() < max_len;
+            // Full: a QoS 0 message goes first, then the oldest.
+            if !self.drop_one_for(&d) {
+                // The newcomer is the QoS 0 message to drop.
                 self.counters.dropped += 1;
                 self.counters.dropped_queue_full += 1;
+                self.counters.dropped_over_bytes += u64::from(by_bytes);
                 return;
             }
-            if self.mqueue.len() >= max {
-                // Full: the oldest message makes room for the newest.
-                self.mqueue.pop_front();
-                self.counters.dropped += 1;
-                self.counters.dropped_queue_full += 1;
-            }
+            self.counters.dropped += 1;
+            self.counters.dropped_queue_full += 1;
+            self.counters.dropped_over_bytes += u64::from(by_bytes);
         }
         self.counters.enqueued += 1;
+        self.mqueue_bytes += size;
         self.mqueue.push_back(d);
+    }
+
+    /// Makes room in a full queue for `new`: drops the oldest QoS 0
+    /// message, or when there is none the oldest message (true); or, when
+    /// `new` is itself QoS 0 and nothing queued is, says to drop `new`
+    /// (false). EMQX's policy: QoS 0 first, then the oldest.
+    fn drop_one_for(&mut self, new: &Delivery) -> bool {
+        let qos0 = self.mqueue.iter().position(|q| q.qos == QoS::AtMostOnce);
+        match qos0 {
+            Some(i) => {
+                if let Some(q) = self.mqueue.remove(i) {
+                    self.mqueue_bytes = self.mqueue_bytes.saturating_sub(q.msg.size());
+                }
+                true
+            }
+            None if new.qos == QoS::AtMostOnce => false,
+            None => self.mqueue_pop().is_some(),
+        }
+    }
+
+    fn mqueue_pop(&mut self) -> Option<Delivery> {
+        let d = self.mqueue.pop_front()?;
+        self.mqueue_bytes = self.mqueue_bytes.saturating_sub(d.msg.size());
+        if self.mqueue.is_empty() {
+            self.mqueue_bytes = 0;
+        }
+        Some(d)
+    }
+
+    /// Bytes (topics and payloads) of the messages in the inflight window.
+    fn inflight_bytes(&self) -> usize {
+        self.inflight
+            .values()
+            .map(|f| match &f.state {
+                InflightState::Publish(d) => d.msg.size(),
+                InflightState::Release => 0,
+            })
+            .sum()
+    }
+
+    /// Bytes of the messages this session holds for its client: queued and
+    /// in its inflight window (what `max_held_bytes` bounds).
+    pub fn held_bytes(&self) -> usize {
+        self.mqueue_bytes + self.inflight_bytes()
     }
 
     fn alloc_pid(&mut self) -> Option<u16> {
@@ -1164,7 +1240,7 @@ impl Channel {
         let now_wall = now.wall_ms;
         while let Some(d) = self.mqueue.front() {
             if d.msg.is_expired(now_wall) {
-                self.mqueue.pop_front();
+                self.mqueue_pop();
                 self.counters.dropped += 1;
                 self.counters.dropped_expired += 1;
                 continue;
@@ -1172,7 +1248,7 @@ impl Channel {
             if d.qos != QoS::AtMostOnce && self.inflight_full() {
                 break;
             }
-            let Some(d) = self.mqueue.pop_front() else {
+            let Some(d) = self.mqueue_pop() else {
                 break;
             };
             let a = if d.qos == QoS::AtMostOnce {

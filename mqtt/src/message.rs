@@ -75,6 +75,12 @@ impl Message {
     }
 
     /// True once the publisher's message expiry interval has passed.
+    /// The bytes a message is counted for in a session's bounds: its topic
+    /// and payload.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+
     pub fn is_expired(&self, now_ms: u64) -> bool {
         match self.expiry_secs {
             Some(s) => now_ms >= self.timestamp_ms + u64::from(s) * 1000,

@@ -35,6 +35,13 @@ pub struct MqttSettings {
     pub await_rel_timeout: Duration,
     pub max_inflight: u16,
     pub max_mqueue_len: Option<usize>,
+    /// Bytes a session may hold in its queue and inflight window together
+    /// (`force_shutdown.max_heap_size`); past it the queue drops, QoS 0
+    /// first, then the oldest.
+    pub max_held_bytes: Option<usize>,
+    /// A connected client whose waiting messages pass `max_held_bytes` is
+    /// disconnected (`force_shutdown.enable`); otherwise its queue drops.
+    pub force_shutdown: bool,
     pub mqueue_store_qos0: bool,
     pub max_subscriptions: Option<usize>,
     pub upgrade_qos: bool,
@@ -72,6 +79,8 @@ impl Default for MqttSettings {
             await_rel_timeout: Duration::from_secs(300),
             max_inflight: 32,
             max_mqueue_len: Some(1000),
+            max_held_bytes: Some(32 * 1024 * 1024),
+            force_shutdown: true,
             mqueue_store_qos0: true,
             max_subscriptions: None,
             upgrade_qos: false,

@@ -59,12 +59,10 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "durable_sessions",
     "durable_storage",
     "session_persistence",
-    "force_shutdown",
     "force_gc",
     "overload_protection",
     "conn_congestion",
     "stats",
-    "alarm",
     "sysmon",
     "limiter",
     "file_transfer",
@@ -246,6 +244,49 @@ pub struct Config {
     /// `authentication = [...]`, in order (empty: every client allowed).
     pub authentication: Vec<AuthnConfig>,
     pub flapping_detect: FlappingDetect,
+    pub force_shutdown: ForceShutdown,
+    pub alarm: AlarmConfig,
+}
+
+/// `force_shutdown.*`: what one session may hold for its client.
+/// `max_heap_size` bounds the bytes (topics and payloads) of the messages
+/// waiting for it, in its inbox and again in its queue and inflight window;
+/// past it the queue drops (QoS 0 first, then the oldest) and, with
+/// `enable`, a connected client is disconnected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForceShutdown {
+    pub enable: bool,
+    pub max_heap_size: u64,
+}
+
+impl Default for ForceShutdown {
+    fn default() -> Self {
+        ForceShutdown {
+            enable: true,
+            max_heap_size: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// `alarm.*` (EMQX's defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlarmConfig {
+    /// `actions`: `log` and/or `publish`.
+    pub log: bool,
+    pub publish: bool,
+    pub size_limit: u64,
+    pub validity_period: Duration,
+}
+
+impl Default for AlarmConfig {
+    fn default() -> Self {
+        AlarmConfig {
+            log: true,
+            publish: true,
+            size_limit: 1000,
+            validity_period: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `flapping_detect.*` (EMQX's defaults: off, 15 disconnects within 1
@@ -1663,6 +1704,52 @@ impl Config {
             })?;
             o.set("window_time", &mut f.window_time, Field::positive_duration)?;
             o.set("ban_time", &mut f.ban_time, Field::positive_duration)
+        })?;
+        root.section("force_shutdown", |o| {
+            let f = &mut c.force_shutdown;
+            o.set("enable", &mut f.enable, Field::bool)?;
+            o.set("max_heap_size", &mut f.max_heap_size, |x| {
+                let v = x.size()?;
+                if v < 1024 {
+                    return Err(x.invalid("must be at least 1KB"));
+                }
+                Ok(v)
+            })?;
+            for k in ["max_mailbox_size", "max_message_queue_len"] {
+                if let Some(x) = o.take(k) {
+                    return Err(x.invalid(
+                        "not supported: messages waiting for a session are bounded by \
+                         force_shutdown.max_heap_size (bytes) and mqtt.max_mqueue_len; \
+                         its delivery inbox holds at most 10000",
+                    ));
+                }
+            }
+            Ok(())
+        })?;
+        root.section("alarm", |o| {
+            let a = &mut c.alarm;
+            if let Some(x) = o.take("actions") {
+                let list = x.string_list()?;
+                a.log = false;
+                a.publish = false;
+                for s in &list {
+                    match s.as_str() {
+                        "log" => a.log = true,
+                        "publish" => a.publish = true,
+                        other => {
+                            return Err(x.invalid(format!(
+                                "expected a list of log, publish; got {other:?}"
+                            )))
+                        }
+                    }
+                }
+            }
+            o.set("size_limit", &mut a.size_limit, |x| x.uint(1, 3000))?;
+            o.set(
+                "validity_period",
+                &mut a.validity_period,
+                Field::positive_duration,
+            )
         })?;
         root.section("sys_topics", |o| c.sys_topics.apply(o))?;
         root.section("log", |o| c.log.apply(o))?;

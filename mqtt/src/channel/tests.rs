@@ -1533,6 +1533,65 @@ fn mqueue_is_bounded_by_max_mqueue_len_dropping_the_oldest_message() {
 }
 
 #[test]
+fn a_full_mqueue_drops_a_qos0_message_first_then_the_oldest() {
+    let s = MqttSettings {
+        max_mqueue_len: Some(3),
+        ..Default::default()
+    };
+    let mut ch = settings_channel(V5, s);
+    let now = test_now();
+    ch.detach(now);
+    for (t, q) in [("a", Q1), ("b", Q0), ("c", Q1), ("d", Q1), ("e", Q1)] {
+        ch.deliver(delivery(t, q), now, true);
+    }
+    let queued: Vec<_> = ch.mqueue.iter().map(|d| d.msg.topic.to_string()).collect();
+    assert_eq!(queued, ["c", "d", "e"], "b (QoS 0) went first, then a");
+    // A QoS 0 newcomer to a queue of QoS 1 messages is itself dropped.
+    ch.deliver(delivery("f", Q0), now, true);
+    let queued: Vec<_> = ch.mqueue.iter().map(|d| d.msg.topic.to_string()).collect();
+    assert_eq!(queued, ["c", "d", "e"]);
+    assert_eq!(ch.counters.dropped_queue_full, 3);
+    assert_eq!(ch.counters.dropped_over_bytes, 0);
+}
+
+#[test]
+fn queue_and_inflight_are_bounded_in_bytes() {
+    // Each delivery is topic "tN" and payload "x": 3 bytes.
+    let s = MqttSettings {
+        max_inflight: 2,
+        max_held_bytes: Some(15),
+        ..Default::default()
+    };
+    let mut ch = settings_channel(V5, s);
+    let now = test_now();
+    for i in 0..8 {
+        ch.deliver(delivery(&format!("t{i}"), Q1), now, true);
+    }
+    assert_eq!(ch.inflight.len(), 2, "the window is full");
+    let queued: Vec<_> = ch.mqueue.iter().map(|d| d.msg.topic.to_string()).collect();
+    assert_eq!(queued, ["t5", "t6", "t7"], "2 in flight + 3 queued = 15 bytes");
+    assert_eq!(ch.held_bytes(), 15);
+    assert_eq!(ch.counters.dropped_over_bytes, 3);
+    assert_eq!(ch.counters.dropped_queue_full, 3);
+    // A message larger than the bound on its own is never queued.
+    let mut big = delivery("big", Q1);
+    let mut m = (*big.msg).clone();
+    m.payload = bytes::Bytes::from(vec![0u8; 64]);
+    big.msg = std::sync::Arc::new(m);
+    ch.deliver(big, now, true);
+    assert_eq!(ch.mqueue.len(), 3);
+    assert_eq!(ch.counters.dropped_over_bytes, 4);
+    // Acknowledging frees room: the queue moves up, the count follows.
+    let pids: Vec<u16> = ch.inflight.keys().copied().collect();
+    let mut sink = Recorder::default();
+    for pid in pids {
+        feed(&mut ch, Packet::PubAck(ack_in(pid)), &mut sink);
+    }
+    assert_eq!(ch.mqueue.len(), 1);
+    assert_eq!(ch.held_bytes(), 9);
+}
+
+#[test]
 fn mqueue_of_length_zero_drops_everything_that_cannot_be_sent() {
     let s = MqttSettings {
         max_mqueue_len: Some(0),
