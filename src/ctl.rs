@@ -637,7 +637,9 @@ async fn cmd_users(node: &Node, w: &[&str]) -> (i32, String) {
 /// HTTP API; these commands are ours).
 async fn cmd_alarms(node: &Node, w: &[&str]) -> (i32, String) {
     let (which, rest) = match w {
-        ["alarms", which @ ("list" | "history"), rest @ ..] if rest.is_empty() || rest == ["--local"] => {
+        ["alarms", which @ ("list" | "history"), rest @ ..]
+            if rest.is_empty() || rest == ["--local"] =>
+        {
             (*which, rest)
         }
         _ => return unknown("alarms"),
@@ -654,11 +656,19 @@ async fn cmd_alarms(node: &Node, w: &[&str]) -> (i32, String) {
     };
     let mut out = String::new();
     for a in list {
-        out.push_str(&format!("{} (node={}, activated={}", a.name, node.name, time(a.activate_at_us)));
+        out.push_str(&format!(
+            "{} (node={}, activated={}",
+            a.name,
+            node.name,
+            time(a.activate_at_us)
+        ));
         if let Some(d) = a.deactivate_at_us {
             out.push_str(&format!(", deactivated={}", time(d)));
         }
-        out.push_str(&format!(", message={:?}, details={})\n", a.message, a.details));
+        out.push_str(&format!(
+            ", message={:?}, details={})\n",
+            a.message, a.details
+        ));
     }
     let none = if which == "list" {
         "No active alarms.\n"

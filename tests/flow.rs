@@ -94,3 +94,144 @@ async fn a_stalled_qos1_subscriber_throttles_its_publisher_and_loses_nothing() {
     );
     assert_eq!(publishes, TOTAL, "no duplicates");
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+fn bench_pub(n: &Node, topic: &str, size: usize, count: usize) {
+    let st = Command::new(BIN)
+        .args(["bench", "pub", "-p", &n.mqtt_port.to_string()])
+        .args(["-c", "1", "-q", "1", "--inflight", "20"])
+        .args(["-s", &size.to_string(), "-t", topic, "-I", "0"])
+        .args(["-L", &count.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("bench pub");
+    assert!(st.success(), "bench pub: {st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_sessions_stop_at_their_byte_bound() {
+    // 10 offline persistent sessions on big/#, then 1000 messages of 512 KB
+    // (500 MB). Without a byte bound each session would keep all of them
+    // (max_mqueue_len is 1000); with the default 32 MB bound each keeps
+    // the newest 63, the same shared 32 MB for all ten. The ceiling leaves
+    // room for the allocator's retained free memory.
+    let n = Node::start();
+    const SESSIONS: usize = 10;
+    const SIZE: usize = 512 * 1024;
+    const COUNT: usize = 1000;
+    for i in 0..SESSIONS {
+        let mut o = MqttOptions::new(format!("offline-{i}"), "127.0.0.1", n.mqtt_port);
+        o.set_clean_session(false);
+        let (c, mut el) = AsyncClient::new(o, 10);
+        c.subscribe("big/#", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no SUBACK");
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+                break;
+            }
+        }
+        c.disconnect().await.expect("disconnect");
+        while el.poll().await.is_ok() {}
+    }
+    let pid = n.pid().expect("pid");
+    let before = rss(pid);
+    bench_pub(&n, "big/1", SIZE, COUNT);
+    let grown = rss(pid).saturating_sub(before);
+    eprintln!("RSS grew by {} MB", grown / (1024 * 1024));
+    assert!(
+        grown < 160 * 1024 * 1024,
+        "RSS grew by {} MB for 10 sessions bounded at 32 MB each, sharing the messages",
+        grown / (1024 * 1024)
+    );
+    let per = 32 * 1024 * 1024 / (SIZE + "big/1".len());
+    let dropped = metric(&n, "delivery.dropped.queue_full");
+    assert!(
+        dropped >= (SESSIONS * (COUNT - per)) as u64,
+        "only {dropped} drops counted"
+    );
+
+    // One session comes back: the newest messages, at most the bound.
+    let mut o = MqttOptions::new("offline-0", "127.0.0.1", n.mqtt_port);
+    o.set_clean_session(false);
+    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let (_c, mut el) = AsyncClient::new(o, 10);
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                assert_eq!(p.payload.len(), SIZE);
+                got += 1;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("resumed session failed: {e}"),
+            Err(_) => break,
+        }
+    }
+    assert!(got > 0 && got <= per, "{got} messages kept, bound {per}");
+}
+
+#[test]
+fn force_shutdown_disconnects_a_client_past_max_heap_size() {
+    // A v5 client that reads and never acknowledges, with 1 MB allowed:
+    // 400 messages of 8 KB pass it, and it is told why it goes.
+    let n = Node::start_with(common::Opts {
+        extra: "force_shutdown.max_heap_size = 1MB\n".into(),
+        ..Default::default()
+    });
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&common::connect_v5("hoarder", 0));
+    let (b, _) = raw.read_all(Duration::from_millis(500));
+    assert_eq!(b.first(), Some(&0x20), "CONNACK");
+    raw.send(&common::frame(
+        0x82,
+        &[0, 1, 0, 0, 5, b'h', b'o', b'a', b'r', b'd', 1],
+    ));
+    let (b, _) = raw.read_all(Duration::from_millis(500));
+    assert_eq!(b.first(), Some(&0x90), "SUBACK");
+    let publisher = std::thread::spawn({
+        let port = n.mqtt_port;
+        move || {
+            Command::new(BIN)
+                .args(["bench", "pub", "-p", &port.to_string()])
+                .args(["-c", "1", "-q", "1", "--inflight", "20", "-s", "8192"])
+                .args(["-t", "hoard", "-I", "0", "-L", "400"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("bench pub")
+        }
+    });
+    let (b, closed) = raw.read_all(Duration::from_secs(30));
+    assert!(closed, "still connected after {} bytes", b.len());
+    // The last packet is a DISCONNECT with 0x97 (quota exceeded).
+    let (mut i, mut last) = (0, None);
+    while i < b.len() {
+        let start = i;
+        i += 1;
+        let len = common::read_varint(&b, &mut i);
+        if i + len > b.len() {
+            break;
+        }
+        last = Some((b[start], b.get(i).copied()));
+        i += len;
+    }
+    assert_eq!(last, Some((0xE0, Some(0x97))), "DISCONNECT, quota exceeded");
+    assert!(publisher.join().expect("join").success());
+    assert_eq!(metric(&n, "client.force_shutdown"), 1);
+    assert!(n.log().contains("force shutdown"), "{}", n.log());
+}

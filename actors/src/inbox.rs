@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 // tokio's clock, so tests can pause and advance it.
-use tokio::time::Instant;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// The subscriptions one message matched for one session; nearly always
 /// one, kept inline.

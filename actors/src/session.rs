@@ -510,7 +510,11 @@ impl SessionState {
                 client_id = %self.ch.client_id,
                 "force shutdown: the messages waiting for the client passed force_shutdown.max_heap_size ({max} bytes)"
             );
-            self.close_conn(myself, Some(reason::QUOTA_EXCEEDED), "too many bytes waiting");
+            self.close_conn(
+                myself,
+                Some(reason::QUOTA_EXCEEDED),
+                "too many bytes waiting",
+            );
             self.clear_slow();
             return;
         }

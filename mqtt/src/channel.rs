@@ -1084,9 +1084,7 @@ impl Channel {
             self.counters.dropped_over_bytes += 1;
             return;
         }
-        while self.mqueue.len() >= max_len
-            || inflight + self.mqueue_bytes + size > max_bytes
-        {
+        while self.mqueue.len() >= max_len || inflight + self.mqueue_bytes + size > max_bytes {
             let by_bytes = self.mqueue.len() < max_len;
             // Full: a QoS 0 message goes first, then the oldest.
             if !self.drop_one_for(&d) {

@@ -1569,7 +1569,11 @@ fn queue_and_inflight_are_bounded_in_bytes() {
     }
     assert_eq!(ch.inflight.len(), 2, "the window is full");
     let queued: Vec<_> = ch.mqueue.iter().map(|d| d.msg.topic.to_string()).collect();
-    assert_eq!(queued, ["t5", "t6", "t7"], "2 in flight + 3 queued = 15 bytes");
+    assert_eq!(
+        queued,
+        ["t5", "t6", "t7"],
+        "2 in flight + 3 queued = 15 bytes"
+    );
     assert_eq!(ch.held_bytes(), 15);
     assert_eq!(ch.counters.dropped_over_bytes, 3);
     assert_eq!(ch.counters.dropped_queue_full, 3);
