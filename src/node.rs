@@ -7,6 +7,7 @@ use crate::listeners::Listeners;
 use crate::peer_tls::NodeTls;
 use crate::running::{pid_file, Node};
 use emqx_actors::alarms::{AlarmSettings, Alarms};
+use emqx_actors::overload::{Overload, OverloadSettings};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
 use emqx_actors::cluster::registry::Registry;
@@ -32,6 +33,29 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
+
+/// `overload_protection.*` in bytes of this node's memory.
+fn overload_settings(cfg: &Config) -> Result<OverloadSettings, String> {
+    let o = &cfg.overload_protection;
+    let limit = emqx_actors::overload::memory_limit().unwrap_or(u64::MAX);
+    let (high, low) = (
+        o.mem_high_watermark.bytes(limit),
+        o.mem_low_watermark.bytes(limit),
+    );
+    if o.enable && low >= high {
+        return Err(format!(
+            "overload_protection.mem_low_watermark ({low} bytes) must be below \
+             mem_high_watermark ({high} bytes)"
+        ));
+    }
+    Ok(OverloadSettings {
+        enable: o.enable,
+        backoff_new_conn: o.backoff_new_conn,
+        high_watermark: high,
+        low_watermark: low,
+        check_interval: o.mem_check_interval,
+    })
+}
 
 /// Translates `mqtt.*` into the broker crate's settings.
 pub fn mqtt_settings(c: &Config) -> MqttSettings {
@@ -260,6 +284,9 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         t.abort();
     }
     core.sys_task.abort();
+    if let Some(t) = &core.overload_task {
+        t.abort();
+    }
     cluster.dist_task.abort();
     if let Some(t) = discovery.task {
         t.abort();
@@ -336,6 +363,7 @@ struct Core {
     registry: Arc<Registry>,
     fwd_port: u16,
     sys_task: tokio::task::JoinHandle<()>,
+    overload_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The forwarder (bound, not yet serving), the view of the other nodes
@@ -459,8 +487,10 @@ async fn start_broker(
             size_limit: cfg.alarm.size_limit as usize,
             validity_period: cfg.alarm.validity_period,
         })),
+        overload: Arc::new(Overload::new(overload_settings(cfg)?)),
     });
     let sys_task = ctx.spawn_sys();
+    let overload_task = emqx_actors::overload::spawn_monitor(ctx.clone());
     let core = Core {
         ctx,
         forwarder,
@@ -468,6 +498,7 @@ async fn start_broker(
         registry,
         fwd_port,
         sys_task,
+        overload_task,
     };
     Ok((
         core,

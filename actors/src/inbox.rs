@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use ractor::ActorId;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 // tokio's clock, so tests can pause and advance it.
@@ -97,6 +97,9 @@ pub struct Inbox {
     stopped: AtomicBool,
     /// A message was dropped because the session was over its byte bound.
     over_bytes: AtomicBool,
+    /// Bytes the session's queue holds, as it last said (only while it is
+    /// large: see [`crate::overload`]).
+    held: AtomicUsize,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -121,6 +124,7 @@ impl Inbox {
             drained: Notify::new(),
             stopped: AtomicBool::new(false),
             over_bytes: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
         })
     }
 
@@ -214,6 +218,16 @@ impl Inbox {
     /// Session side: its client caught up; publishers wait for it again.
     pub fn resume(&self) {
         self.stopped.store(false, Ordering::Relaxed);
+    }
+
+    /// Session side: the bytes its queue holds now.
+    pub fn set_held(&self, bytes: usize) {
+        self.held.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The bytes the session's queue held when it last said.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Session side: whether a message was dropped for the byte bound since

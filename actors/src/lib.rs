@@ -20,6 +20,7 @@ pub mod hashing;
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;
+pub mod overload;
 pub mod peer_tls;
 pub mod peers;
 pub mod replicated;
@@ -59,6 +60,8 @@ pub struct Ctx {
     pub authz_rules: Option<Arc<authz_db::AuthzRules>>,
     /// This node's active alarms and their history.
     pub alarms: Arc<alarms::Alarms>,
+    /// Node-wide overload protection (`overload_protection.*`).
+    pub overload: Arc<overload::Overload>,
 }
 
 /// `sys_topics.*` of emqx.conf.

@@ -67,6 +67,8 @@ counters!(Metrics {
     client_throttled => "client.throttled",
     client_slow_consumer => "client.slow_consumer",
     client_force_shutdown => "client.force_shutdown",
+    overload_protection_new_conn => "overload_protection.new_conn",
+    overload_protection_shed => "overload_protection.shed",
     session_created => "session.created",
     session_resumed => "session.resumed",
     session_takenover => "session.takenover",

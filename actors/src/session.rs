@@ -9,6 +9,7 @@
 use crate::broker::{BrokerError, Subscriber};
 use crate::clock::{self, now_ms};
 use crate::inbox::{Inbox, Item, STOPPED};
+use crate::overload::HEAVY;
 use crate::metrics::{add, inc, Stats};
 use crate::outbox::ConnHandle;
 use crate::Ctx;
@@ -65,6 +66,9 @@ pub struct SessionState {
     /// The connected client stopped taking its messages: logged, counted
     /// and alarmed once, until it catches up (see [`Inbox::is_stopped`]).
     slow: bool,
+    /// Registered with the overload monitor: the queue holds at least
+    /// [`crate::overload::HEAVY`] bytes.
+    heavy: bool,
 }
 
 struct Sink<'a> {
@@ -139,6 +143,7 @@ impl Actor for SessionActor {
             tick,
             tick_armed: false,
             slow: false,
+            heavy: false,
         };
         if resumed {
             // Routes must point here before the client hears it is back.
@@ -199,6 +204,9 @@ impl Actor for SessionActor {
         }
         st.ctx.cm.unregister(&st.ch.client_id, myself.get_id());
         st.clear_slow();
+        if st.heavy {
+            st.ctx.overload.set_heavy(&myself, None);
+        }
         Stats::add(&st.ctx.broker.stats.sessions, None, -1);
         inc(&st.ctx.broker.metrics.session_terminated);
         Ok(())
@@ -362,6 +370,27 @@ impl Actor for SessionActor {
                     st.publish_will();
                 }
             }
+            SessionMsg::Shed => {
+                // The inbox first: what waits there would refill the queue.
+                let mut batch = std::mem::take(&mut st.batch);
+                let cap = st.ctx.broker.settings.max_session_backlog;
+                while st.inbox.take(DRAIN_BATCH, &mut batch, cap) {
+                    st.ch.counters.dropped += batch.len() as u64;
+                    st.ch.counters.dropped_queue_full += batch.len() as u64;
+                    batch.clear();
+                }
+                let n = batch.len() as u64 + st.ch.shed_queue() as u64;
+                st.ch.counters.dropped += batch.len() as u64;
+                st.ch.counters.dropped_queue_full += batch.len() as u64;
+                batch.clear();
+                st.batch = batch;
+                tracing::warn!(
+                    client_id = %st.ch.client_id,
+                    "node overloaded: dropped the session's queued messages (at least {n})"
+                );
+                st.check_flow(&myself);
+                st.report_drops();
+            }
         }
         st.arm_tick(&myself);
         st.flush();
@@ -497,6 +526,17 @@ impl SessionState {
     /// is shut down (`force_shutdown`); one that stopped taking is logged,
     /// counted and alarmed once; one that caught up is waited for again.
     fn check_flow(&mut self, myself: &ActorRef<SessionMsg>) {
+        let queued = self.ch.queued_bytes();
+        if self.heavy || queued >= HEAVY {
+            self.inbox.set_held(queued);
+            if !self.heavy {
+                self.heavy = true;
+                self.ctx.overload.set_heavy(myself, Some(&self.inbox));
+            } else if queued < HEAVY / 2 {
+                self.heavy = false;
+                self.ctx.overload.set_heavy(myself, None);
+            }
+        }
         let over = self.inbox.take_over_bytes()
             || self.ch.counters.dropped_over_bytes > self.reported.dropped_over_bytes;
         if self.conn.is_none() {

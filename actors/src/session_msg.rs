@@ -94,4 +94,6 @@ pub enum SessionMsg {
     /// The credentials of connection generation `u64` expired (a JWT's
     /// `exp` with `disconnect_after_expire`).
     AuthExpired(u64),
+    /// The node is past its memory watermark: drop the queued messages.
+    Shed,
 }

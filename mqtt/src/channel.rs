@@ -1141,6 +1141,22 @@ impl Channel {
             .sum()
     }
 
+    /// Bytes of the queued messages (not those in flight).
+    pub fn queued_bytes(&self) -> usize {
+        self.mqueue_bytes
+    }
+
+    /// Drops every queued message (the node is overloaded); returns how
+    /// many, counted as dropped for a full queue.
+    pub fn shed_queue(&mut self) -> usize {
+        let n = self.mqueue.len();
+        self.mqueue.clear();
+        self.mqueue_bytes = 0;
+        self.counters.dropped += n as u64;
+        self.counters.dropped_queue_full += n as u64;
+        n
+    }
+
     /// Bytes of the messages this session holds for its client: queued and
     /// in its inflight window (what `max_held_bytes` bounds).
     pub fn held_bytes(&self) -> usize {

@@ -60,7 +60,6 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "durable_storage",
     "session_persistence",
     "force_gc",
-    "overload_protection",
     "conn_congestion",
     "stats",
     "sysmon",
@@ -246,6 +245,49 @@ pub struct Config {
     pub flapping_detect: FlappingDetect,
     pub force_shutdown: ForceShutdown,
     pub alarm: AlarmConfig,
+    pub overload_protection: OverloadProtection,
+}
+
+/// A memory watermark: a share of the memory the node may use (its
+/// cgroup's limit, else the machine's), or a size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Watermark {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl Watermark {
+    /// In bytes, given the memory limit.
+    pub fn bytes(self, limit: u64) -> u64 {
+        match self {
+            Watermark::Percent(p) => (limit as f64 * p / 100.0) as u64,
+            Watermark::Bytes(b) => b,
+        }
+    }
+}
+
+/// `overload_protection.*`, keyed on the node's resident memory (EMQX
+/// keys on the Erlang run queue; its `backoff_delay`, `backoff_gc` and
+/// `backoff_hibernation` have no equivalent here and are refused).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverloadProtection {
+    pub enable: bool,
+    pub backoff_new_conn: bool,
+    pub mem_high_watermark: Watermark,
+    pub mem_low_watermark: Watermark,
+    pub mem_check_interval: Duration,
+}
+
+impl Default for OverloadProtection {
+    fn default() -> Self {
+        OverloadProtection {
+            enable: true,
+            backoff_new_conn: true,
+            mem_high_watermark: Watermark::Percent(80.0),
+            mem_low_watermark: Watermark::Percent(70.0),
+            mem_check_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `force_shutdown.*`: what one session may hold for its client.
@@ -1726,6 +1768,40 @@ impl Config {
             }
             Ok(())
         })?;
+        root.section("overload_protection", |o| {
+            let p = &mut c.overload_protection;
+            o.set("enable", &mut p.enable, Field::bool)?;
+            o.set("backoff_new_conn", &mut p.backoff_new_conn, Field::bool)?;
+            o.set("mem_high_watermark", &mut p.mem_high_watermark, Field::watermark)?;
+            o.set("mem_low_watermark", &mut p.mem_low_watermark, Field::watermark)?;
+            o.set(
+                "mem_check_interval",
+                &mut p.mem_check_interval,
+                Field::positive_duration,
+            )?;
+            for k in ["backoff_delay", "backoff_gc", "backoff_hibernation"] {
+                if let Some(x) = o.take(k) {
+                    return Err(x.invalid(
+                        "not supported: it tunes Erlang's scheduler, garbage collector and \
+                         hibernation, which emqx-rs does not have (overload is measured on \
+                         memory: see mem_high_watermark)",
+                    ));
+                }
+            }
+            let (hi, lo) = (p.mem_high_watermark, p.mem_low_watermark);
+            let same_kind = matches!(
+                (hi, lo),
+                (Watermark::Percent(_), Watermark::Percent(_)) | (Watermark::Bytes(_), Watermark::Bytes(_))
+            );
+            if same_kind && lo.bytes(1 << 40) >= hi.bytes(1 << 40) {
+                return Err(ConfigError::Invalid {
+                    key: "overload_protection.mem_low_watermark".into(),
+                    origin: Origin::Default,
+                    message: "must be below mem_high_watermark".into(),
+                });
+            }
+            Ok(())
+        })?;
         root.section("alarm", |o| {
             let a = &mut c.alarm;
             if let Some(x) = o.take("actions") {
@@ -2317,6 +2393,21 @@ impl<'a> Field<'a> {
             _ => return Err(self.invalid(format!("expected a byte size, got {}", self.got()))),
         };
         parse_size(text).ok_or_else(|| self.invalid(format!("invalid byte size {text:?}")))
+    }
+
+    /// `80%` (of the node's memory) or a byte size.
+    fn watermark(&self) -> Result<Watermark> {
+        if let Value::Str(s) = &self.node.value {
+            if let Some(p) = s.trim().strip_suffix('%') {
+                return match p.trim().parse::<f64>() {
+                    Ok(v) if v > 0.0 && v < 100.0 => Ok(Watermark::Percent(v)),
+                    _ => Err(self.invalid(format!(
+                        "expected a percentage between 0% and 100%, got {s:?}"
+                    ))),
+                };
+            }
+        }
+        Ok(Watermark::Bytes(self.size()?))
     }
 
     fn keyword<E>(&self, parse: fn(&str) -> Option<E>, all: &[&str]) -> Result<E> {

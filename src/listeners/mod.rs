@@ -111,6 +111,17 @@ pub fn check(cfg: &Config) -> Result<(), String> {
 /// node (an autoheal restart closes every listener: `ctx.listeners`) and
 /// the operator (`ctl listeners stop`) want it; closed, connects are
 /// refused rather than queued.
+/// The node is past its memory watermark with `backoff_new_conn`: a new
+/// connection is closed at once, before a byte is read (as EMQX does),
+/// and counted.
+pub(crate) fn overloaded(ctx: &Ctx) -> bool {
+    if ctx.overload.refuse_new_conn() {
+        emqx_actors::metrics::inc(&ctx.broker.metrics.overload_protection_new_conn);
+        return true;
+    }
+    false
+}
+
 async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
     let (id, bind) = (&spec.id, spec.bind);
     let mut node_open = ctx.listeners.subscribe();
@@ -163,7 +174,7 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
                 continue;
             }
         };
-        if !handle_limits(&spec, peer) {
+        if !handle_limits(&spec, peer) || overloaded(&ctx) {
             drop(stream);
             continue;
         }

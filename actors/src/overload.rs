@@ -1,0 +1,204 @@
+//! Node-wide overload protection, keyed on the node's memory
+//! (`overload_protection.*`; EMQX keys on the Erlang run queue instead, see
+//! docs/configuration.md). Once a second the monitor reads the process's
+//! resident memory. Past the high watermark the node is overloaded: an
+//! alarm is raised, new connections are refused (`backoff_new_conn`), and
+//! the largest session queues are shed, largest first, until what they
+//! held covers the excess. Below the low watermark the alarm clears and
+//! connections are taken again.
+//!
+//! Only sessions holding at least [`HEAVY`] bytes in their queue are
+//! candidates; they register themselves here while they do, so the node
+//! keeps no list of every session for this.
+
+use crate::inbox::Inbox;
+use crate::metrics::inc;
+use crate::session_msg::SessionMsg;
+use crate::Ctx;
+use parking_lot::Mutex;
+use ractor::{ActorId, ActorRef};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Queued bytes from which a session may be shed.
+pub const HEAVY: usize = 1024 * 1024;
+
+/// The alarm raised while the node is past its memory watermark.
+pub const ALARM: &str = "high_process_memory_usage";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverloadSettings {
+    pub enable: bool,
+    /// Refuse new connections while overloaded (`backoff_new_conn`).
+    pub backoff_new_conn: bool,
+    /// Resident bytes past which the node is overloaded.
+    pub high_watermark: u64,
+    /// Resident bytes below which it is not any more.
+    pub low_watermark: u64,
+    /// How often memory is read.
+    pub check_interval: Duration,
+}
+
+#[derive(Debug)]
+pub struct Overload {
+    settings: OverloadSettings,
+    overloaded: AtomicBool,
+    /// Sessions holding at least [`HEAVY`] queued bytes.
+    heavy: Mutex<HashMap<ActorId, (ActorRef<SessionMsg>, Arc<Inbox>)>>,
+}
+
+impl Overload {
+    pub fn new(settings: OverloadSettings) -> Overload {
+        Overload {
+            settings,
+            overloaded: AtomicBool::new(false),
+            heavy: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &OverloadSettings {
+        &self.settings
+    }
+
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
+    /// Whether a listener should refuse the connection it just accepted.
+    pub fn refuse_new_conn(&self) -> bool {
+        self.settings.backoff_new_conn && self.is_overloaded()
+    }
+
+    /// Session side: it holds at least [`HEAVY`] queued bytes (its inbox
+    /// says how many), or no longer does (`None`).
+    pub fn set_heavy(&self, actor: &ActorRef<SessionMsg>, inbox: Option<&Arc<Inbox>>) {
+        let mut h = self.heavy.lock();
+        match inbox {
+            Some(ib) => {
+                h.insert(actor.get_id(), (actor.clone(), ib.clone()));
+            }
+            None => {
+                h.remove(&actor.get_id());
+            }
+        }
+    }
+
+    /// The heavy sessions to shed to free `excess` bytes, largest first.
+    fn pick(&self, excess: u64) -> Vec<(ActorRef<SessionMsg>, usize)> {
+        let mut all: Vec<(ActorRef<SessionMsg>, usize)> = self
+            .heavy
+            .lock()
+            .values()
+            .map(|(a, ib)| (a.clone(), ib.held()))
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut freed = 0u64;
+        let mut out = Vec::new();
+        for (a, n) in all {
+            if freed >= excess {
+                break;
+            }
+            freed += n as u64;
+            out.push((a, n));
+        }
+        out
+    }
+}
+
+/// Resident memory of this process, in bytes (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The memory this process may use: its cgroup's limit if it has one,
+/// otherwise the machine's memory (Linux).
+pub fn memory_limit() -> Option<u64> {
+    if let Ok(s) = std::fs::read_to_string("/sys/fs/cgroup/memory.max") {
+        if let Ok(n) = s.trim().parse::<u64>() {
+            return Some(n);
+        }
+    }
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Watches the node's memory until the returned task is aborted.
+pub fn spawn_monitor(ctx: Arc<Ctx>) -> Option<tokio::task::JoinHandle<()>> {
+    let s = ctx.overload.settings().clone();
+    if !s.enable {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(s.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(rss) = resident_bytes() else {
+                continue;
+            };
+            check(&ctx, &s, rss);
+        }
+    }))
+}
+
+fn check(ctx: &Ctx, s: &OverloadSettings, rss: u64) {
+    let ov = &ctx.overload;
+    if rss >= s.high_watermark {
+        if !ov.overloaded.swap(true, Ordering::AcqRel) {
+            ctx.alarm_activate(
+                ALARM,
+                serde_json::json!({
+                    "usage": rss,
+                    "high_watermark": s.high_watermark,
+                    "low_watermark": s.low_watermark,
+                }),
+                format!(
+                    "node memory {} is past overload_protection.mem_high_watermark ({})",
+                    mb(rss),
+                    mb(s.high_watermark)
+                ),
+            );
+        }
+        let excess = rss.saturating_sub(s.low_watermark);
+        let shed = ov.pick(excess);
+        if !shed.is_empty() {
+            let total: usize = shed.iter().map(|(_, n)| n).sum();
+            tracing::warn!(
+                "overloaded at {}: shedding the queues of {} sessions ({})",
+                mb(rss),
+                shed.len(),
+                mb(total as u64)
+            );
+        }
+        for (a, _) in shed {
+            inc(&ctx.broker.metrics.overload_protection_shed);
+            let _ = a.cast(SessionMsg::Shed);
+        }
+    } else if rss < s.low_watermark && ov.overloaded.swap(false, Ordering::AcqRel) {
+        tracing::info!("no longer overloaded: node memory {}", mb(rss));
+        ctx.alarm_deactivate(ALARM);
+    }
+}
