@@ -7,7 +7,6 @@ use crate::listeners::Listeners;
 use crate::peer_tls::NodeTls;
 use crate::running::{pid_file, Node};
 use emqx_actors::alarms::{AlarmSettings, Alarms};
-use emqx_actors::overload::{Overload, OverloadSettings};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
 use emqx_actors::cluster::membership::{MemberInfo, Role};
 use emqx_actors::cluster::registry::Registry;
@@ -16,6 +15,7 @@ use emqx_actors::cluster::service::{
 };
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
+use emqx_actors::overload::{Overload, OverloadSettings};
 use emqx_actors::peers::BrokerLinks;
 use emqx_actors::replicated::ReplTables;
 use emqx_actors::retainer::{Retainer, RetainerSettings};

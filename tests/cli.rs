@@ -985,13 +985,13 @@ fn check_config_validates_and_a_key_that_does_not_work_stops_the_node() {
     // The same from the environment, for a root we do not implement.
     let (status, err) = good
         .foreground_exit(
-            &[("EMQX_OVERLOAD_PROTECTION__ENABLE", "true")],
+            &[("EMQX_SLOW_SUBS__ENABLE", "true")],
             Duration::from_secs(20),
         )
         .expect("the node must refuse to start");
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(
-        err.contains("EMQX_OVERLOAD_PROTECTION__ENABLE") && err.contains("not supported yet"),
+        err.contains("EMQX_SLOW_SUBS__ENABLE") && err.contains("not supported yet"),
         "{err}"
     );
 }

@@ -154,17 +154,35 @@ pub fn spawn_monitor(ctx: Arc<Ctx>) -> Option<tokio::task::JoinHandle<()>> {
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(s.check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shed = false;
         loop {
             tick.tick().await;
+            if std::mem::take(&mut shed) {
+                // The sessions dropped their queues since the last check:
+                // give the freed memory back, so the watermark sees it.
+                let _ = tokio::task::spawn_blocking(release_free_memory).await;
+            }
             let Some(rss) = resident_bytes() else {
                 continue;
             };
-            check(&ctx, &s, rss);
+            shed = check(&ctx, &s, rss);
         }
     }))
 }
 
-fn check(ctx: &Ctx, s: &OverloadSettings, rss: u64) {
+/// Returns the allocator's free pages to the system. glibc keeps freed
+/// memory in its arenas, where the resident size would not show it.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // takes no pointer and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// One look at memory; returns whether sessions were told to shed.
+fn check(ctx: &Ctx, s: &OverloadSettings, rss: u64) -> bool {
     let ov = &ctx.overload;
     if rss >= s.high_watermark {
         if !ov.overloaded.swap(true, Ordering::AcqRel) {
@@ -193,12 +211,16 @@ fn check(ctx: &Ctx, s: &OverloadSettings, rss: u64) {
                 mb(total as u64)
             );
         }
+        let any = !shed.is_empty();
         for (a, _) in shed {
             inc(&ctx.broker.metrics.overload_protection_shed);
             let _ = a.cast(SessionMsg::Shed);
         }
-    } else if rss < s.low_watermark && ov.overloaded.swap(false, Ordering::AcqRel) {
+        return any;
+    }
+    if rss < s.low_watermark && ov.overloaded.swap(false, Ordering::AcqRel) {
         tracing::info!("no longer overloaded: node memory {}", mb(rss));
         ctx.alarm_deactivate(ALARM);
     }
+    false
 }

@@ -9,9 +9,9 @@
 use crate::broker::{BrokerError, Subscriber};
 use crate::clock::{self, now_ms};
 use crate::inbox::{Inbox, Item, STOPPED};
-use crate::overload::HEAVY;
 use crate::metrics::{add, inc, Stats};
 use crate::outbox::ConnHandle;
+use crate::overload::HEAVY;
 use crate::Ctx;
 use bytes::BytesMut;
 use emqx_mqtt::channel::{

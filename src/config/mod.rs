@@ -34,6 +34,10 @@ pub const KNOWN_ROOTS: &[&str] = &[
     "api",
     "authorization",
     "authentication",
+    "flapping_detect",
+    "force_shutdown",
+    "alarm",
+    "overload_protection",
 ];
 
 /// EMQX's other configuration roots: not implemented yet, so a setting
@@ -1772,8 +1776,16 @@ impl Config {
             let p = &mut c.overload_protection;
             o.set("enable", &mut p.enable, Field::bool)?;
             o.set("backoff_new_conn", &mut p.backoff_new_conn, Field::bool)?;
-            o.set("mem_high_watermark", &mut p.mem_high_watermark, Field::watermark)?;
-            o.set("mem_low_watermark", &mut p.mem_low_watermark, Field::watermark)?;
+            o.set(
+                "mem_high_watermark",
+                &mut p.mem_high_watermark,
+                Field::watermark,
+            )?;
+            o.set(
+                "mem_low_watermark",
+                &mut p.mem_low_watermark,
+                Field::watermark,
+            )?;
             o.set(
                 "mem_check_interval",
                 &mut p.mem_check_interval,
@@ -1791,7 +1803,8 @@ impl Config {
             let (hi, lo) = (p.mem_high_watermark, p.mem_low_watermark);
             let same_kind = matches!(
                 (hi, lo),
-                (Watermark::Percent(_), Watermark::Percent(_)) | (Watermark::Bytes(_), Watermark::Bytes(_))
+                (Watermark::Percent(_), Watermark::Percent(_))
+                    | (Watermark::Bytes(_), Watermark::Bytes(_))
             );
             if same_kind && lo.bytes(1 << 40) >= hi.bytes(1 << 40) {
                 return Err(ConfigError::Invalid {

@@ -810,7 +810,7 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "broker.enable_session_registry",
         ),
         ("dashboard.listeners.http.bind = 18084", "dashboard"),
-        ("overload_protection.enable = true", "overload_protection"),
+        ("conn_congestion.enable_alarm = true", "conn_congestion"),
     ] {
         let e = err(text, &[]);
         assert!(
@@ -1237,5 +1237,94 @@ fn flapping_detect_takes_emqx_keys() {
     ] {
         let e = err(text, &[]);
         assert!(e.contains(key), "{text}: {e}");
+    }
+}
+
+#[test]
+fn force_shutdown_alarm_and_overload_protection_take_their_keys() {
+    let c = ok("", &[]);
+    assert_eq!(c.force_shutdown, ForceShutdown::default());
+    assert_eq!(c.force_shutdown.max_heap_size, 32 * 1024 * 1024);
+    assert!(c.alarm.log && c.alarm.publish);
+    assert_eq!(c.alarm.size_limit, 1000);
+    assert!(c.overload_protection.enable);
+    assert_eq!(
+        c.overload_protection.mem_high_watermark,
+        Watermark::Percent(80.0)
+    );
+    let c = ok(
+        "force_shutdown { enable = false, max_heap_size = 8MB }\n\
+         alarm { actions = [log], size_limit = 10, validity_period = 1h }\n\
+         overload_protection { enable = true, backoff_new_conn = false, \
+         mem_high_watermark = 2GB, mem_low_watermark = 1GB, mem_check_interval = 5s }",
+        &[],
+    );
+    assert!(!c.force_shutdown.enable);
+    assert_eq!(c.force_shutdown.max_heap_size, 8 * 1024 * 1024);
+    assert!(c.alarm.log && !c.alarm.publish);
+    assert_eq!(
+        (c.alarm.size_limit, c.alarm.validity_period),
+        (10, Duration::from_secs(3600))
+    );
+    let o = &c.overload_protection;
+    assert!(!o.backoff_new_conn);
+    assert_eq!(o.mem_high_watermark, Watermark::Bytes(2 << 30));
+    assert_eq!(o.mem_low_watermark, Watermark::Bytes(1 << 30));
+    assert_eq!(o.mem_check_interval, Duration::from_secs(5));
+    // Every root parsed here takes EMQX_ variables, and names a bad one.
+    for root in [
+        "FLAPPING_DETECT",
+        "FORCE_SHUTDOWN",
+        "ALARM",
+        "OVERLOAD_PROTECTION",
+    ] {
+        let var = format!("EMQX_{root}__NOPE");
+        let e = err("", &[(var.as_str(), "1")]);
+        assert!(e.contains(&var), "{var}: {e}");
+    }
+    let c = ok("", &[("EMQX_FLAPPING_DETECT__MAX_COUNT", "4")]);
+    assert_eq!(c.flapping_detect.max_count, 4);
+    let c = ok(
+        "",
+        &[
+            ("EMQX_OVERLOAD_PROTECTION__MEM_HIGH_WATERMARK", "65%"),
+            ("EMQX_OVERLOAD_PROTECTION__MEM_LOW_WATERMARK", "50%"),
+        ],
+    );
+    assert_eq!(
+        c.overload_protection.mem_high_watermark,
+        Watermark::Percent(65.0)
+    );
+    for (text, key, why) in [
+        (
+            "force_shutdown.max_mailbox_size = 1000",
+            "force_shutdown.max_mailbox_size",
+            "not supported",
+        ),
+        (
+            "force_shutdown.max_heap_size = 10B",
+            "force_shutdown.max_heap_size",
+            "1KB",
+        ),
+        ("alarm.actions = [log, email]", "alarm.actions", "email"),
+        ("alarm.size_limit = 0", "alarm.size_limit", ""),
+        (
+            "overload_protection.backoff_gc = true",
+            "overload_protection.backoff_gc",
+            "not supported",
+        ),
+        (
+            "overload_protection.mem_high_watermark = \"120%\"",
+            "overload_protection.mem_high_watermark",
+            "percentage",
+        ),
+        (
+            "overload_protection { mem_high_watermark = 50%, mem_low_watermark = 60% }",
+            "overload_protection.mem_low_watermark",
+            "below",
+        ),
+    ] {
+        let e = err(text, &[]);
+        assert!(e.contains(key) && e.contains(why), "{text}: {e}");
     }
 }

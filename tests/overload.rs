@@ -1,0 +1,128 @@
+//! Node-wide overload protection: a publish storm into offline sessions
+//! takes the node past its memory watermark; it raises an alarm, refuses
+//! new connections, sheds the largest queues, and takes connections again
+//! once the storm is over.
+
+mod common;
+
+use common::{connect_v5, Node, Opts, Raw, BIN};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn metric(n: &Node, name: &str) -> u64 {
+    let (_, out) = n.ctl(&["broker", "metrics"]);
+    out.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k.trim_end() == name).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{out}"))
+}
+
+/// A CONNECT on a fresh socket: true if a CONNACK came back.
+fn connects(n: &Node) -> bool {
+    let mut r = Raw::connect(n);
+    r.send(&connect_v5("probe", 0));
+    let (b, _) = r.read_all(Duration::from_secs(3));
+    b.first() == Some(&0x20)
+}
+
+/// A CONNECT on a fresh socket that the node closes without a CONNACK
+/// (not merely a slow answer).
+fn refused(n: &Node) -> bool {
+    let mut r = Raw::connect(n);
+    // The node may close before reading it: the write can fail.
+    let _ = std::io::Write::write_all(&mut r.s, &connect_v5("probe", 0));
+    let (b, closed) = r.read_all(Duration::from_secs(3));
+    closed && b.is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_past_the_memory_watermark_is_refused_and_shed_then_the_node_recovers() {
+    let n = Node::start_with(Opts {
+        extra: "overload_protection {\n  mem_high_watermark = 200MB\n  mem_low_watermark = 150MB\n  mem_check_interval = 200ms\n}\n".into(),
+        ..Default::default()
+    });
+    // 8 offline sessions, each on its own topic: what they queue is theirs.
+    const SESSIONS: usize = 8;
+    for i in 0..SESSIONS {
+        let mut o = MqttOptions::new(format!("heavy-{i}"), "127.0.0.1", n.mqtt_port);
+        o.set_clean_session(false);
+        let (c, mut el) = AsyncClient::new(o, 10);
+        c.subscribe(format!("storm/{i}"), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no SUBACK");
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+                break;
+            }
+        }
+        c.disconnect().await.expect("disconnect");
+        while el.poll().await.is_ok() {}
+    }
+    assert!(connects(&n), "the node takes connections before the storm");
+
+    // The storm: 512 KB messages into every session for 8 s (each session
+    // may hold 32 MB: 8 of them, 256 MB, pass the 200 MB watermark).
+    let mut storm = Command::new(BIN)
+        .args(["bench", "pub", "-p", &n.mqtt_port.to_string()])
+        .args(["-c", &SESSIONS.to_string(), "-i", "0", "-q", "1"])
+        .args([
+            "--inflight",
+            "8",
+            "-s",
+            "524288",
+            "-t",
+            "storm/%i",
+            "-I",
+            "0",
+        ])
+        .args(["--duration", "8"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("bench pub");
+
+    let alarm = "high_process_memory_usage";
+    let raised = common::wait_until(Duration::from_secs(30), || {
+        let (_, l) = n.ctl(&["alarms", "list"]);
+        let (_, h) = n.ctl(&["alarms", "history"]);
+        l.contains(alarm) || h.contains(alarm)
+    });
+    assert!(raised, "no {alarm} alarm\n{}", n.log());
+
+    // While the storm lasts, new connections are refused (now and then:
+    // shedding may bring the node under its low watermark for a moment).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut was_refused = false;
+    while Instant::now() < deadline && storm.try_wait().expect("wait").is_none() {
+        if refused(&n) {
+            was_refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = storm.wait();
+    assert!(was_refused, "no connection was refused\n{}", n.log());
+    assert!(metric(&n, "overload_protection.new_conn") >= 1);
+    assert!(metric(&n, "overload_protection.shed") >= 1);
+    assert!(metric(&n, "delivery.dropped.queue_full") >= 1);
+    assert!(n.log().contains("shedding the queues"), "{}", n.log());
+
+    // The storm is over: the alarm clears and connections are taken again.
+    let recovered = common::wait_until(Duration::from_secs(30), || {
+        !n.ctl(&["alarms", "list"]).1.contains(alarm)
+    });
+    assert!(
+        recovered,
+        "still overloaded: {:?}\n{}",
+        n.ctl(&["alarms", "list"]),
+        n.log()
+    );
+    assert!(n.ctl(&["alarms", "history"]).1.contains(alarm));
+    assert!(connects(&n), "no connection after the storm");
+}
