@@ -41,12 +41,16 @@ pub struct OverloadSettings {
     pub check_interval: Duration,
 }
 
+/// A session holding many queued bytes, and its inbox, where it says how
+/// many.
+type Heavy = (ActorRef<SessionMsg>, Arc<Inbox>);
+
 #[derive(Debug)]
 pub struct Overload {
     settings: OverloadSettings,
     overloaded: AtomicBool,
     /// Sessions holding at least [`HEAVY`] queued bytes.
-    heavy: Mutex<HashMap<ActorId, (ActorRef<SessionMsg>, Arc<Inbox>)>>,
+    heavy: Mutex<HashMap<ActorId, Heavy>>,
 }
 
 impl Overload {
@@ -93,7 +97,7 @@ impl Overload {
             .values()
             .map(|(a, ib)| (a.clone(), ib.held()))
             .collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1));
+        all.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
         let mut freed = 0u64;
         let mut out = Vec::new();
         for (a, n) in all {
