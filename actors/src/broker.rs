@@ -115,6 +115,14 @@ pub struct Published {
 }
 
 impl Broker {
+    /// How much one session's inbox may hold.
+    pub fn inbox_bounds(&self) -> Bounds {
+        Bounds {
+            count: self.settings.max_session_backlog,
+            bytes: self.settings.max_session_bytes,
+        }
+    }
+
     /// Creates the tables and spawns one shard actor per shard.
     pub async fn start(
         node: Arc<str>,
@@ -291,10 +299,7 @@ impl Broker {
         }
         let out = out.merged();
         let mut n = out.len();
-        let max = Bounds {
-            count: self.settings.max_session_backlog,
-            bytes: self.settings.max_session_bytes,
-        };
+        let max = self.inbox_bounds();
         let mut congested = None;
         for (s, matches) in out {
             // QoS 0 may be dropped; only QoS 1/2 deliveries slow publishers.
@@ -581,7 +586,7 @@ mod tests {
         ) -> Result<(), ActorProcessingErr> {
             if let SessionMsg::Drain = msg {
                 let mut got = Vec::new();
-                while st.2.take(100, &mut got, usize::MAX) {}
+                while st.2.take(100, &mut got, Bounds::NONE) {}
                 for (m, matches) in got {
                     let _ = st.1.send((st.0.clone(), m, matches.to_vec()));
                 }

@@ -117,7 +117,7 @@ where
     if rbuf.is_empty() {
         rbuf = BytesMut::new();
     }
-    let inbox_cap = ctx.broker.settings.max_session_backlog;
+    let inbox_bounds = ctx.broker.inbox_bounds();
     // While throttled: the wait for the subscriber's inbox to drain, boxed
     // (it holds a timer) so an unthrottled connection does not carry it.
     let mut throttled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
@@ -135,7 +135,7 @@ where
             if let Some(ib) = rx.throttle.lock().take() {
                 inc(&metrics.client_throttled);
                 throttled = Some(Box::pin(async move {
-                    ib.wait_drained(inbox_cap).await;
+                    ib.wait_drained(inbox_bounds).await;
                 }));
             }
         }

@@ -52,6 +52,14 @@ pub struct Bounds {
     pub bytes: usize,
 }
 
+impl Bounds {
+    /// No bound at all (tests, tools).
+    pub const NONE: Bounds = Bounds {
+        count: usize::MAX,
+        bytes: usize::MAX,
+    };
+}
+
 /// A session that has taken nothing from its inbox for this long, while
 /// the inbox is past its high-water mark, is not slowing its publishers
 /// down any more: the inbox buffers instead (up to half its bound), so a
@@ -170,7 +178,8 @@ impl Inbox {
         s.bytes += size;
         let wake = !s.scheduled;
         s.scheduled = true;
-        let congested = len + 1 > high_water(b.count) && self.congested(&s, len + 1, b.count);
+        let lvl = level(len + 1, s.bytes, b);
+        let congested = lvl >= Level::High && self.congested(&s, lvl);
         drop(s);
         if wake {
             // A stopped session is unsubscribing: the message is lost with it.
@@ -185,12 +194,12 @@ impl Inbox {
 
     /// Past the high-water mark: whether the session is still taking, so
     /// its publishers should wait for it. Marks it stopped when it is not.
-    fn congested(&self, s: &State, len: usize, cap: usize) -> bool {
+    fn congested(&self, s: &State, lvl: Level) -> bool {
         if self.stopped.load(Ordering::Relaxed) {
             return false;
         }
         let idle = s.progress.elapsed();
-        if len <= hard_water(cap) {
+        if lvl < Level::Hard {
             return idle < SLOW;
         }
         if idle < STOPPED {
@@ -239,10 +248,11 @@ impl Inbox {
     /// Session side: moves up to `max` messages into `out`. Returns true
     /// when more remain (the caller must come back: it is still marked
     /// scheduled); false when the inbox is empty and idle again.
-    pub fn take(&self, max: usize, out: &mut Vec<Item>, cap: usize) -> bool {
+    pub fn take(&self, max: usize, out: &mut Vec<Item>, b: Bounds) -> bool {
         let mut guard = self.state.lock();
         let s = &mut *guard;
         let before = s.q.len();
+        let was = level(before, s.bytes, b);
         let n = before.min(max);
         for it in s.q.drain(..n) {
             s.bytes = s.bytes.saturating_sub(it.0.size());
@@ -256,33 +266,31 @@ impl Inbox {
             s.scheduled = false;
             s.bytes = 0;
         }
+        let now = level(left, s.bytes, b);
         drop(guard);
-        if before > low_water(cap) && left <= low_water(cap) {
+        if was > Level::Low && now == Level::Low {
             self.drained.notify_waiters();
         }
         left > 0
     }
 
     /// Publisher side: waits until this inbox is down to its low-water mark
-    /// (for `cap`), or its session stops taking from it: [`SLOW`] without
+    /// (for `b`), or its session stops taking from it: [`SLOW`] without
     /// progress while the inbox is at most half full, [`STOPPED`] beyond
     /// (then the session is marked stopped). Used to pause reading from a
     /// publisher whose messages fill a subscriber faster than it drains.
-    pub async fn wait_drained(&self, cap: usize) {
+    pub async fn wait_drained(&self, b: Bounds) {
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let wait = {
                 let s = self.state.lock();
-                if s.q.len() <= low_water(cap) || self.is_stopped() {
+                let lvl = level(s.q.len(), s.bytes, b);
+                if lvl == Level::Low || self.is_stopped() {
                     return;
                 }
-                let limit = if s.q.len() > hard_water(cap) {
-                    STOPPED
-                } else {
-                    SLOW
-                };
+                let limit = if lvl == Level::Hard { STOPPED } else { SLOW };
                 let idle = s.progress.elapsed();
                 if idle >= limit {
                     if limit == STOPPED {
@@ -315,6 +323,32 @@ fn low_water(cap: usize) -> usize {
 /// is stopped; below it, one that takes nothing for [`SLOW`] is let buffer.
 fn hard_water(cap: usize) -> usize {
     (cap / 2).max(high_water(cap))
+}
+
+/// How full an inbox is, by count or by bytes, whichever is further: at
+/// most its low-water mark (publishers waiting for it resume), between,
+/// past its high-water mark (publishers slow down while it takes), past
+/// half its bounds (it may be found stopped). In bytes the marks are a
+/// sixteenth, an eighth and a half of the bound, so large messages slow
+/// publishers down before the byte bound drops them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Low,
+    Normal,
+    High,
+    Hard,
+}
+
+fn level(len: usize, bytes: usize, b: Bounds) -> Level {
+    if len > hard_water(b.count) || bytes > b.bytes / 2 {
+        Level::Hard
+    } else if len > high_water(b.count) || bytes > b.bytes / 8 {
+        Level::High
+    } else if len <= low_water(b.count) && bytes <= b.bytes / 16 {
+        Level::Low
+    } else {
+        Level::Normal
+    }
 }
 
 #[cfg(test)]
@@ -371,7 +405,7 @@ mod tests {
     fn bounds(count: usize) -> Bounds {
         Bounds {
             count,
-            bytes: usize::MAX,
+            ..Bounds::NONE
         }
     }
 
@@ -395,10 +429,10 @@ mod tests {
             .expect("a wake")
             .expect("open");
         // Taking part leaves it scheduled: no new wake for new pushes.
-        assert!(ib.take(15, &mut got, b.count));
+        assert!(ib.take(15, &mut got, b));
         assert_eq!(got.len(), 15);
         ib.push(item(21), b);
-        assert!(!ib.take(100, &mut got, b.count));
+        assert!(!ib.take(100, &mut got, b));
         let ids: Vec<u32> = got.iter().filter_map(|(_, m)| m[0].sub_id).collect();
         let want: Vec<u32> = (0..20).chain([21]).collect();
         assert_eq!(ids, want, "in order, the one over the bound dropped");
@@ -436,9 +470,9 @@ mod tests {
         assert!(ib.take_over_bytes(), "the session is told");
         assert!(!ib.take_over_bytes(), "once");
         let mut got = Vec::new();
-        ib.take(2, &mut got, b.count);
+        ib.take(2, &mut got, b);
         assert_eq!(ib.bytes(), 12);
-        assert_eq!(ib.push(item(9), b), Pushed::Queued);
+        assert_ne!(ib.push(item(9), b), Pushed::Full, "room again");
         a.stop(None);
     }
 
@@ -467,7 +501,7 @@ mod tests {
         assert_eq!(ib.push(item(12), b), Pushed::Queued);
         // Taking does not end it; the session says when its client caught up.
         let mut got = Vec::new();
-        ib.take(100, &mut got, b.count);
+        ib.take(100, &mut got, b);
         assert!(ib.is_stopped());
         ib.resume();
         assert!(!ib.is_stopped());
@@ -479,7 +513,7 @@ mod tests {
             tokio::time::advance(SLOW / 2).await;
             assert_eq!(ib.push(item(round * 100 + 99), b), Pushed::Congested);
             got.clear();
-            ib.take(100, &mut got, b.count);
+            ib.take(100, &mut got, b);
         }
         assert!(!ib.is_stopped());
         a.stop(None);
@@ -491,7 +525,6 @@ mod tests {
         let (a, _h) = Actor::spawn(None, Waker, tx).await.expect("spawn");
         let ib = Inbox::new(a.clone());
         let b = bounds(20);
-        let cap = b.count;
         for i in 0..8 {
             ib.push(item(i), b);
         }
@@ -499,7 +532,7 @@ mod tests {
             let ib = ib.clone();
             tokio::spawn(async move {
                 let t = Instant::now();
-                ib.wait_drained(cap).await;
+                ib.wait_drained(b).await;
                 t.elapsed()
             })
         };
@@ -507,11 +540,11 @@ mod tests {
         assert!(!waiter.is_finished(), "8 waiting is above low water");
         // A session that takes keeps the waiter waiting...
         let mut got = Vec::new();
-        ib.take(2, &mut got, cap);
+        ib.take(2, &mut got, b);
         tokio::time::advance(SLOW / 2).await;
         assert!(!waiter.is_finished(), "6 waiting is above low water");
         // ... until it is down to low water.
-        ib.take(4, &mut got, cap);
+        ib.take(4, &mut got, b);
         let waited = waiter.await.expect("join");
         assert!(waited < SLOW, "{waited:?}");
         // Below hard water, a session that takes nothing releases the
@@ -520,7 +553,7 @@ mod tests {
             ib.push(item(i), b);
         }
         let t = Instant::now();
-        ib.wait_drained(cap).await;
+        ib.wait_drained(b).await;
         assert_eq!(t.elapsed(), SLOW);
         assert!(!ib.is_stopped());
         // Past hard water, after STOPPED since it last took, and it is.
@@ -528,12 +561,12 @@ mod tests {
             ib.push(item(i), b);
         }
         let t = Instant::now();
-        ib.wait_drained(cap).await;
+        ib.wait_drained(b).await;
         assert_eq!(t.elapsed(), STOPPED - SLOW);
         assert!(ib.is_stopped());
         // A stopped session holds no one.
         let t = Instant::now();
-        ib.wait_drained(cap).await;
+        ib.wait_drained(b).await;
         assert_eq!(t.elapsed(), Duration::ZERO);
         a.stop(None);
     }

@@ -373,8 +373,8 @@ impl Actor for SessionActor {
             SessionMsg::Shed => {
                 // The inbox first: what waits there would refill the queue.
                 let mut batch = std::mem::take(&mut st.batch);
-                let cap = st.ctx.broker.settings.max_session_backlog;
-                while st.inbox.take(DRAIN_BATCH, &mut batch, cap) {
+                let b = st.ctx.broker.inbox_bounds();
+                while st.inbox.take(DRAIN_BATCH, &mut batch, b) {
                     st.ch.counters.dropped += batch.len() as u64;
                     st.ch.counters.dropped_queue_full += batch.len() as u64;
                     batch.clear();
@@ -516,8 +516,65 @@ impl SessionState {
     /// the connection brings the session back). An empty inbox is never
     /// marked scheduled (the take that empties it clears the mark), so
     /// there is nothing to do then.
+    ///
+    /// A client that stopped taking (see [`Inbox::is_stopped`]) has its
+    /// inbox taken whatever its window: its queue then drops, QoS 0 first,
+    /// then the oldest, and publishers are not held up by it.
     async fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
-        self.take_inbox(myself).await;
+        if self.inbox.is_empty() || (self.ch.backed_up() && !self.inbox.is_stopped()) {
+            self.after_pump(myself);
+            return;
+        }
+        let b = self.ctx.broker.inbox_bounds();
+        let mut batch = std::mem::take(&mut self.batch);
+        let more = self.inbox.take(DRAIN_BATCH, &mut batch, b);
+        let now = clock::now();
+        let upgrade = self.ctx.settings.upgrade_qos;
+        let max_pending = self.ctx.settings.max_pending_write;
+        let mut other = Vec::new();
+        let pending = self.conn.as_ref().map(|c| c.pending());
+        let mut plain = 0;
+        for (m, matches) in batch.drain(..) {
+            let d = Delivery::from_matches(m, &matches, upgrade);
+            // Encoded but unflushed bytes count toward the write backlog.
+            let can = pending.is_some_and(|p| p + self.wbuf.len() < max_pending);
+            let d = if pending.is_some() {
+                match self.ch.deliver_plain(d, can, &mut self.wbuf) {
+                    Ok(sent) => {
+                        plain += usize::from(sent);
+                        continue;
+                    }
+                    Err(d) => d,
+                }
+            } else {
+                d
+            };
+            for a in self.ch.deliver(d, now, can) {
+                match a {
+                    Action::Send(p) => self.send(p),
+                    a => other.push(a),
+                }
+            }
+        }
+        if plain > 0 {
+            let m = &self.ctx.broker.metrics;
+            let n = plain as u64;
+            add(&m.packets_sent, n);
+            add(&m.packets_publish_sent, n);
+            add(&m.messages_sent, n);
+        }
+        self.batch = batch;
+        if !other.is_empty() {
+            self.run(myself, other).await;
+        }
+        self.after_pump(myself);
+        if more {
+            // Let the mailbox have a turn before the next batch.
+            let _ = myself.cast(SessionMsg::Drain);
+        }
+    }
+
+    fn after_pump(&mut self, myself: &ActorRef<SessionMsg>) {
         self.check_flow(myself);
         self.report_drops();
     }
@@ -600,65 +657,6 @@ impl SessionState {
         self.inbox.resume();
         if std::mem::take(&mut self.slow) {
             self.ctx.alarm_deactivate(&self.slow_alarm());
-        }
-    }
-
-    /// The body of [`SessionState::pump`]. A client that stopped taking
-    /// (see [`Inbox::is_stopped`]) has its inbox taken whatever its window:
-    /// its queue then drops, QoS 0 first, then the oldest, and publishers
-    /// are not held up by it.
-    async fn take_inbox(&mut self, myself: &ActorRef<SessionMsg>) {
-        if self.inbox.is_empty() {
-            return;
-        }
-        if self.ch.backed_up() && !self.inbox.is_stopped() {
-            return;
-        }
-        let cap = self.ctx.broker.settings.max_session_backlog;
-        let mut batch = std::mem::take(&mut self.batch);
-        let more = self.inbox.take(DRAIN_BATCH, &mut batch, cap);
-        let now = clock::now();
-        let upgrade = self.ctx.settings.upgrade_qos;
-        let max_pending = self.ctx.settings.max_pending_write;
-        let mut other = Vec::new();
-        let pending = self.conn.as_ref().map(|c| c.pending());
-        let mut plain = 0;
-        for (m, matches) in batch.drain(..) {
-            let d = Delivery::from_matches(m, &matches, upgrade);
-            // Encoded but unflushed bytes count toward the write backlog.
-            let can = pending.is_some_and(|p| p + self.wbuf.len() < max_pending);
-            let d = if pending.is_some() {
-                match self.ch.deliver_plain(d, can, &mut self.wbuf) {
-                    Ok(sent) => {
-                        plain += usize::from(sent);
-                        continue;
-                    }
-                    Err(d) => d,
-                }
-            } else {
-                d
-            };
-            for a in self.ch.deliver(d, now, can) {
-                match a {
-                    Action::Send(p) => self.send(p),
-                    a => other.push(a),
-                }
-            }
-        }
-        if plain > 0 {
-            let m = &self.ctx.broker.metrics;
-            let n = plain as u64;
-            add(&m.packets_sent, n);
-            add(&m.packets_publish_sent, n);
-            add(&m.messages_sent, n);
-        }
-        self.batch = batch;
-        if !other.is_empty() {
-            self.run(myself, other).await;
-        }
-        if more {
-            // Let the mailbox have a turn before the next batch.
-            let _ = myself.cast(SessionMsg::Drain);
         }
     }
 
