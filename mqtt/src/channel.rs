@@ -173,6 +173,8 @@ pub struct Channel {
     pub mqueue: VecDeque<Delivery>,
     /// Bytes of the messages in `mqueue` (topic and payload).
     mqueue_bytes: usize,
+    /// Bytes of the messages in `inflight` (those still being published).
+    inflight_bytes: usize,
     /// QoS 2 packet ids received and not yet released (exactly-once).
     pub awaiting_rel: HashMap<u16, Instant>,
     next_pid: u16,
@@ -326,12 +328,13 @@ impl Channel {
             .collect();
         for (pid, state) in snap.inflight {
             ch.inflight_seq += 1;
-            ch.inflight.insert(
+            let seq = ch.inflight_seq;
+            ch.inflight_put(
                 pid,
                 Inflight {
                     state,
                     sent_at: now,
-                    seq: ch.inflight_seq,
+                    seq,
                 },
             );
         }
@@ -357,6 +360,7 @@ impl Channel {
             inflight_seq: 0,
             mqueue: VecDeque::new(),
             mqueue_bytes: 0,
+            inflight_bytes: 0,
             awaiting_rel: HashMap::new(),
             next_pid: 1,
             counters: ChannelCounters::default(),
@@ -791,7 +795,7 @@ impl Channel {
                 state: InflightState::Publish(d),
                 ..
             }) if d.qos == QoS::AtLeastOnce => {
-                self.inflight.remove(&pid);
+                self.inflight_take(pid);
                 self.counters.delivered += 1;
                 self.drain(now)
             }
@@ -806,9 +810,10 @@ impl Channel {
                 InflightState::Publish(d) if d.qos == QoS::ExactlyOnce => {
                     if a.reason_code >= 0x80 {
                         // The client refused it: the exchange ends here.
-                        self.inflight.remove(&pid);
+                        self.inflight_take(pid);
                         return self.drain(now);
                     }
+                    self.inflight_bytes = self.inflight_bytes.saturating_sub(d.msg.size());
                     f.state = InflightState::Release;
                     f.sent_at = now.mono;
                     vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))]
@@ -831,7 +836,7 @@ impl Channel {
             ..
         }) = self.inflight.get(&pid)
         {
-            self.inflight.remove(&pid);
+            self.inflight_take(pid);
             self.counters.delivered += 1;
             return self.drain(now);
         }
@@ -1071,12 +1076,7 @@ impl Channel {
             self.counters.dropped_queue_full += 1;
             return;
         }
-        // Only computed when a byte bound is set: at most the window's size.
-        let inflight = if max_bytes == usize::MAX {
-            0
-        } else {
-            self.inflight_bytes()
-        };
+        let inflight = self.inflight_bytes;
         if inflight + size > max_bytes {
             // Never fits, whatever is dropped from the queue.
             self.counters.dropped += 1;
@@ -1130,15 +1130,25 @@ impl Channel {
         Some(d)
     }
 
-    /// Bytes (topics and payloads) of the messages in the inflight window.
-    fn inflight_bytes(&self) -> usize {
-        self.inflight
-            .values()
-            .map(|f| match &f.state {
-                InflightState::Publish(d) => d.msg.size(),
-                InflightState::Release => 0,
-            })
-            .sum()
+    /// Bytes (topic and payload) an inflight entry holds.
+    fn entry_bytes(f: &Inflight) -> usize {
+        match &f.state {
+            InflightState::Publish(d) => d.msg.size(),
+            InflightState::Release => 0,
+        }
+    }
+
+    fn inflight_put(&mut self, pid: u16, f: Inflight) {
+        self.inflight_bytes += Self::entry_bytes(&f);
+        if let Some(old) = self.inflight.insert(pid, f) {
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(Self::entry_bytes(&old));
+        }
+    }
+
+    fn inflight_take(&mut self, pid: u16) -> Option<Inflight> {
+        let f = self.inflight.remove(&pid)?;
+        self.inflight_bytes = self.inflight_bytes.saturating_sub(Self::entry_bytes(&f));
+        Some(f)
     }
 
     /// Bytes of the queued messages (not those in flight).
@@ -1160,7 +1170,7 @@ impl Channel {
     /// Bytes of the messages this session holds for its client: queued and
     /// in its inflight window (what `max_held_bytes` bounds).
     pub fn held_bytes(&self) -> usize {
-        self.mqueue_bytes + self.inflight_bytes()
+        self.mqueue_bytes + self.inflight_bytes
     }
 
     fn alloc_pid(&mut self) -> Option<u16> {
@@ -1183,12 +1193,13 @@ impl Channel {
         let pid = self.alloc_pid()?;
         let action = self.send_publish(d.clone(), Some(pid), now_wall, true)?;
         self.inflight_seq += 1;
-        self.inflight.insert(
+        let seq = self.inflight_seq;
+        self.inflight_put(
             pid,
             Inflight {
                 state: InflightState::Publish(d),
                 sent_at: now.mono,
-                seq: self.inflight_seq,
+                seq,
             },
         );
         Some(action)
@@ -1300,7 +1311,7 @@ impl Channel {
             }
             InflightState::Publish(d) => {
                 if d.msg.is_expired(now_wall) && self.is_v5() {
-                    self.inflight.remove(&pid);
+                    self.inflight_take(pid);
                     self.counters.dropped += 1;
                     self.counters.dropped_expired += 1;
                     return None;
@@ -1317,7 +1328,7 @@ impl Channel {
                         Some(Action::Send(Packet::Publish(p)))
                     }
                     _ => {
-                        self.inflight.remove(&pid);
+                        self.inflight_take(pid);
                         None
                     }
                 }

@@ -2860,3 +2860,35 @@ fn own_rules_apply_on_an_open_node_and_deny_everything_once_expired() {
     let acts = feed_publish(&mut ch, publish_in("no/a", Q1, 4), &mut sink);
     assert_eq!(acts, vec![puback(4, 0)]);
 }
+
+#[test]
+fn inflight_bytes_follow_the_qos2_exchange() {
+    let mut ch = channel(V5);
+    let now = test_now();
+    ch.deliver(delivery("t1", Q2), now, true);
+    ch.deliver(delivery("t22", Q1), now, true);
+    assert_eq!(ch.held_bytes(), 3 + 4);
+    let pids = ch
+        .inflight
+        .iter()
+        .map(|(p, f)| match &f.state {
+            InflightState::Publish(d) => (*p, d.qos),
+            InflightState::Release => (*p, Q0),
+        })
+        .collect::<Vec<_>>();
+    // The QoS 2 exchange first, so the QoS 1 message is still in flight.
+    let mut pids = pids;
+    pids.sort_by_key(|(_, q)| *q != Q2);
+    let mut sink = Recorder::default();
+    for (pid, q) in pids {
+        if q == Q2 {
+            feed(&mut ch, Packet::PubRec(ack_in(pid)), &mut sink);
+            assert_eq!(ch.held_bytes(), 4, "PUBREC: the message is delivered");
+            feed(&mut ch, Packet::PubComp(ack_in(pid)), &mut sink);
+        } else {
+            feed(&mut ch, Packet::PubAck(ack_in(pid)), &mut sink);
+        }
+    }
+    assert!(ch.inflight.is_empty());
+    assert_eq!(ch.held_bytes(), 0);
+}
