@@ -69,24 +69,47 @@ fn parse_flags(args: &[String]) -> Result<(Flags, Vec<String>), String> {
     Ok((f, rest))
 }
 
+/// Finds the configuration file (see `config::locate`) and predefines
+/// `EMQX_ETC_DIR`, `EMQX_DATA_DIR` and `EMQX_LOG_DIR` in this process's
+/// environment when they are unset, for `${...}` in the file and for the
+/// default paths of acl.conf and the bootstrap CSV (a node started with
+/// `start` inherits them).
+pub fn locate_config(flags: &Flags) -> config::Location {
+    let exe = std::env::current_exe().ok();
+    let env = |k: &str| std::env::var(k).ok();
+    let loc = config::locate(flags.config.as_deref(), &env, exe.as_deref(), &|p| {
+        p.is_file()
+    });
+    let dirs = [
+        ("EMQX_ETC_DIR", loc.etc_dir.clone()),
+        ("EMQX_DATA_DIR", loc.sibling("data")),
+        ("EMQX_LOG_DIR", loc.sibling("log")),
+    ];
+    for (var, dir) in dirs {
+        if std::env::var_os(var).is_none() {
+            // Called from main before any other thread exists.
+            std::env::set_var(var, dir);
+        }
+    }
+    loc
+}
+
 /// Loads the configuration for any command; exits 2 on error.
 pub fn load_config(flags: &Flags) -> Result<config::Config, ExitCode> {
-    let path = match &flags.config {
-        Some(p) => Some(p.clone()),
-        None => {
-            let p = PathBuf::from("etc/emqx.conf");
-            p.exists().then_some(p)
-        }
-    };
+    let loc = locate_config(flags);
+    let path = loc.file.clone();
     let overrides = config::Overrides {
         name: flags.name.clone(),
         cookie: flags.cookie.clone(),
         data_dir: flags.data_dir.clone(),
     };
-    config::Config::load(path.as_deref(), std::env::vars(), &overrides).map_err(|e| {
-        eprintln!("{e}");
-        ExitCode::from(2)
-    })
+    let mut cfg =
+        config::Config::load(path.as_deref(), std::env::vars(), &overrides).map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        })?;
+    cfg.location = loc;
+    Ok(cfg)
 }
 
 fn main() -> ExitCode {
@@ -133,11 +156,7 @@ fn main() -> ExitCode {
                 if let Err(code) = check_files(cfg) {
                     return code;
                 }
-                let file = flags
-                    .config
-                    .clone()
-                    .or_else(|| Some(PathBuf::from("etc/emqx.conf")).filter(|p| p.exists()));
-                match file {
+                match locate_config(&flags).file {
                     Some(f) => println!("{}: the configuration is valid", f.display()),
                     None => println!("no configuration file: the defaults are valid"),
                 }

@@ -684,11 +684,28 @@ pub fn check_discovery(cfg: &Config) -> Result<(), String> {
     }
 }
 
+/// "using config <file> (found ...)", or that none was found.
+pub fn using_config(cfg: &Config) -> String {
+    let loc = &cfg.location;
+    match &loc.file {
+        Some(f) => format!("using config {} (from {})", f.display(), loc.how),
+        None => format!(
+            "no configuration file found (looked for -config, $EMQX_CONF, \
+             $EMQX_ETC_DIR/emqx.conf, etc/emqx.conf here and beside the executable, {}): \
+             using the defaults",
+            crate::config::SYSTEM_CONFIG
+        ),
+    }
+}
+
 /// Writes the pid file and says the node runs; returns the pid file.
 fn announce(cfg: &Config, dist_port: u16) -> PathBuf {
     let name = &cfg.node.name;
     let pid = pid_file(cfg);
     let _ = std::fs::write(&pid, format!("{}\n", std::process::id()));
+    let using = using_config(cfg);
+    tracing::info!("{using}");
+    println!("{using}");
     println!(
         "emqx-rs {} is running as {name} (MQTT on {}, inter-node port {dist_port})",
         env!("CARGO_PKG_VERSION"),
@@ -834,6 +851,7 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
         if crate::remote::ping_quiet(&cfg) {
+            println!("{}", using_config(&cfg));
             println!(
                 "emqx-rs {} is started successfully!",
                 env!("CARGO_PKG_VERSION")

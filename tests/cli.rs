@@ -1079,3 +1079,113 @@ fn deeply_nested_config_is_refused_with_exit_2_not_a_crash() {
         &err[..err.len().min(500)]
     );
 }
+
+/// An unpacked release in a temporary directory: `bin/emqx-rs` (a copy of
+/// the binary), `etc/emqx.conf` that includes `etc/listeners.conf` and
+/// leaves `node.data_dir` to `${EMQX_DATA_DIR}` (`data` beside `etc`).
+fn release_tree() -> (tempfile::TempDir, PathBuf, String, u16) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let bin = root.path().join("bin");
+    let etc = root.path().join("etc");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::create_dir_all(&etc).expect("etc");
+    let exe = bin.join("emqx-rs");
+    std::fs::copy(BIN, &exe).expect("copy the binary");
+    let (mqtt, dist, fwd) = (free_port(), free_port(), free_port());
+    let name = format!("rel{dist}@127.0.0.1");
+    std::fs::write(
+        etc.join("emqx.conf"),
+        format!(
+            "node {{\n  name = \"{name}\"\n  cookie = \"relcookie\"\n  dist_listen_port = {dist}\n  forward_listen_port = {fwd}\n}}\ninclude \"listeners.conf\"\n"
+        ),
+    )
+    .expect("emqx.conf");
+    std::fs::write(
+        etc.join("listeners.conf"),
+        format!("listeners.tcp.default.bind = \"127.0.0.1:{mqtt}\"\n"),
+    )
+    .expect("listeners.conf");
+    (root, exe, name, mqtt)
+}
+
+/// Kills the node of a pid file if a test ends before stopping it.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}
+
+#[test]
+fn the_config_is_found_beside_the_executable_from_any_directory() {
+    let (root, exe, name, mqtt) = release_tree();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(&exe)
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env_remove("EMQX_ETC_DIR")
+            .env_remove("EMQX_DATA_DIR")
+            .env_remove("EMQX_LOG_DIR")
+            .env_remove("EMQX_CONF")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    };
+    let conf = root.path().join("bin/../etc/emqx.conf");
+    let o = run(&["check_config"], &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("{}: the configuration is valid", conf.display())),
+        "{}",
+        stdout(&o)
+    );
+
+    // `start` from elsewhere: the node runs with that file (and the file it
+    // includes), and says so; its data goes beside etc/.
+    let o = run(&["start"], &[]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "using config {} (from beside the executable)",
+            conf.display()
+        )),
+        "{}",
+        stdout(&o)
+    );
+    let pid_file = root
+        .path()
+        .join("bin/../etc/../data")
+        .join(format!("{name}.pid"));
+    assert!(pid_file.exists(), "no {}", pid_file.display());
+    let _guard = KillOnDrop(pid_file.clone());
+    assert!(
+        TcpStream::connect(("127.0.0.1", mqtt)).is_ok(),
+        "MQTT port from listeners.conf"
+    );
+    // ctl and ping find the same node, from yet another directory.
+    let o = run(&["ping"], &[]);
+    assert_eq!(stdout(&o).trim(), "pong", "{}", stderr(&o));
+    let o = run(&["ctl", "status"], &[]);
+    assert!(stdout(&o).contains(&name), "{}", stdout(&o));
+
+    // $EMQX_CONF names another file, which comes before the one beside
+    // the executable: a file that does not exist is an error naming it.
+    let o = run(
+        &["check_config"],
+        &[("EMQX_CONF", "/nonexistent/emqx.conf")],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("/nonexistent/emqx.conf"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&["stop"], &[]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}

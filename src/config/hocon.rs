@@ -7,10 +7,14 @@
 //! strings, unquoted strings (`emqx@127.0.0.1`, `0.0.0.0:1883`, `5m`),
 //! numbers, `true`/`false`, `null`; arrays separated by commas and/or
 //! newlines; repeated keys merge (objects merge recursively, the later value
-//! wins per leaf); `${VAR}` / `${?VAR}` substitution from the environment.
+//! wins per leaf); `${VAR}` / `${?VAR}` substitution from the environment;
+//! `include "file"` (also `required("file")`, `file("file")`), relative to
+//! the including file, its fields merged where it stands (a missing file
+//! is an error, at most [`MAX_INCLUDE_DEPTH`] files deep).
 //!
-//! Not supported: `include`, `+=`, substitutions that refer to other config
-//! paths, and concatenation of arrays or objects.
+//! Not supported: `+=`, substitutions that refer to other config paths,
+//! `include url(...)`/`classpath(...)`, and concatenation of arrays or
+//! objects.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -192,8 +196,13 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Node, HoconError> {
     let mut p = Parser::new(text, source, env);
+    p.includes = true;
     p.parse_root()
 }
+
+/// Files included from files including ... from the one being read, at
+/// most: a loop of includes stops here with an error.
+pub const MAX_INCLUDE_DEPTH: usize = 8;
 
 /// Parses one value as written in an environment variable: `[a, b]` is an
 /// array, `{...}` an object, `"..."` a quoted string, and anything else is
@@ -289,6 +298,10 @@ struct Parser<'e> {
     depth: usize,
     source: Arc<str>,
     env: &'e dyn Fn(&str) -> Option<String>,
+    /// `include "file"` is read (a file; not in an environment variable).
+    includes: bool,
+    /// How many includes deep this text is.
+    include_depth: usize,
 }
 
 impl<'e> Parser<'e> {
@@ -300,7 +313,62 @@ impl<'e> Parser<'e> {
             depth: 0,
             source: Arc::from(source),
             env,
+            includes: false,
+            include_depth: 0,
         }
+    }
+
+    /// `include "file"`, `include required("file")` or `include
+    /// file("file")`, the cursor after the word `include`: the file's
+    /// fields, parsed as if written here. A relative path is taken from
+    /// the directory of the including file. A missing file is an error.
+    fn parse_include(&mut self, line: usize) -> Result<Node, HoconError> {
+        if !self.includes {
+            return Err(self.error_at(line, "'include' is only read in files"));
+        }
+        let mut closers = 0;
+        for word in ["required(", "file("] {
+            if self.starts_with(word) {
+                for _ in 0..word.len() {
+                    self.bump();
+                }
+                closers += 1;
+                self.skip_ws_inline();
+            }
+        }
+        if self.peek() != Some('"') {
+            return Err(self.error(format!(
+                "expected a quoted file name after 'include', found {}",
+                self.describe_next()
+            )));
+        }
+        let name = self.parse_quoted()?;
+        for _ in 0..closers {
+            self.skip_ws_inline();
+            if self.peek() != Some(')') {
+                return Err(self.error(format!("expected ')', found {}", self.describe_next())));
+            }
+            self.bump();
+        }
+        if self.include_depth >= MAX_INCLUDE_DEPTH {
+            return Err(self.error_at(
+                line,
+                format!("includes nested deeper than {MAX_INCLUDE_DEPTH} files (a loop?)"),
+            ));
+        }
+        let written = std::path::Path::new(&name);
+        let path = match std::path::Path::new(&*self.source).parent() {
+            Some(dir) if written.is_relative() => dir.join(written),
+            _ => written.to_path_buf(),
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| self.error_at(line, format!("cannot include {}: {e}", path.display())))?;
+        let label = path.display().to_string();
+        let mut p = Parser::new(&text, &label, self.env);
+        p.includes = true;
+        p.include_depth = self.include_depth + 1;
+        p.depth = self.depth;
+        p.parse_root()
     }
 
     fn origin(&self, line: usize) -> Origin {
@@ -488,7 +556,9 @@ impl<'e> Parser<'e> {
                     )))
                 }
                 _ if dotted == "include" => {
-                    return Err(self.error_at(key_line, "'include' is not supported"));
+                    let included = self.parse_include(key_line)?;
+                    merge_into(&mut root, included);
+                    None
                 }
                 _ => {
                     return Err(self.error(format!(
@@ -1028,8 +1098,12 @@ mod tests {
         );
         let e = err("= 3\n");
         assert!(e.message.contains("expected a key"), "{e}");
-        let e = err("include \"other.conf\"\n");
-        assert!(e.message.contains("include"), "{e}");
+        // An include is read from files only, not from a variable's value.
+        let o = Origin::Env {
+            var: "EMQX_NODE".into(),
+        };
+        let e = parse_env_value("{include \"x.conf\"}", &o, &no_env).unwrap_err();
+        assert!(e.message.contains("only read in files"), "{e}");
     }
 
     #[test]
@@ -1060,6 +1134,75 @@ mod tests {
         assert!(parse(&ok, "ok.conf", &no_env).is_ok());
         let ok = format!("{}{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
         assert!(parse(&format!("a = {ok}"), "ok.conf", &no_env).is_ok());
+    }
+
+    #[test]
+    fn include_reads_a_file_beside_the_including_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        let w =
+            |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+        w(
+            "sub/a.conf",
+            "a = 1\nb { c = 2, d = 2 }\ninclude required(\"b.conf\")\n",
+        );
+        w("sub/b.conf", "deep = yes\n");
+        w(
+            "main.conf",
+            "b.d = 0\ninclude \"sub/a.conf\"\nb.c = 3\nnode { include file(\"sub/b.conf\") }\n",
+        );
+        let main = dir.path().join("main.conf");
+        let text = std::fs::read_to_string(&main).expect("read");
+        let n = parse(&text, &main.display().to_string(), &no_env).expect("parse");
+        assert_eq!(get(&n, "a"), &num("1"));
+        assert_eq!(
+            get(&n, "b.c"),
+            &num("3"),
+            "a later field wins over the include"
+        );
+        assert_eq!(
+            get(&n, "b.d"),
+            &num("2"),
+            "the include wins over an earlier field"
+        );
+        assert_eq!(
+            get(&n, "deep"),
+            &s("yes"),
+            "included from the included file's dir"
+        );
+        assert_eq!(
+            get(&n, "node.deep"),
+            &s("yes"),
+            "an include inside an object"
+        );
+        let origin = n.get_path(&["a"]).expect("a").origin.to_string();
+        assert!(
+            origin.contains("a.conf") && origin.ends_with(":1"),
+            "{origin}"
+        );
+        // A missing file names itself and the line.
+        w("bad.conf", "x = 1\ninclude \"nope.conf\"\n");
+        let bad = dir.path().join("bad.conf");
+        let e = parse(
+            "x = 1\ninclude \"nope.conf\"\n",
+            &bad.display().to_string(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("nope.conf"), "{e}");
+        // A loop stops.
+        w("loop.conf", "include \"loop.conf\"\n");
+        let lp = dir.path().join("loop.conf");
+        let e = parse(
+            "include \"loop.conf\"\n",
+            &lp.display().to_string(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("nested deeper"), "{e}");
+        let e = err("include nope.conf\n");
+        assert!(e.message.contains("quoted file name"), "{e}");
     }
 
     #[test]

@@ -75,6 +75,89 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "zones",
 ];
 
+/// Where a configuration file was found (see [`locate`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    /// The file, or `None`: none was found, the defaults apply.
+    pub file: Option<PathBuf>,
+    /// How it was found, for the start-up line.
+    pub how: &'static str,
+    /// The directory `${EMQX_ETC_DIR}` stands for.
+    pub etc_dir: PathBuf,
+}
+
+/// The system-wide configuration file, the last place looked in.
+pub const SYSTEM_CONFIG: &str = "/etc/emqx-rs/emqx.conf";
+
+/// Finds the configuration file, in this order: `-config FILE`; the file
+/// `$EMQX_CONF`; `emqx.conf` in `$EMQX_ETC_DIR`; `etc/emqx.conf` in the
+/// working directory; `../etc/emqx.conf` and `etc/emqx.conf` beside the
+/// executable (an unpacked release: `bin/emqx-rs`, `etc/`); and
+/// [`SYSTEM_CONFIG`]. A file named by `-config` or `$EMQX_CONF` is used
+/// even if it is missing (reading it then fails, naming it); the others
+/// only when they exist. `exists` is the file system's, given for tests.
+pub fn locate(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    exe: Option<&Path>,
+    exists: &dyn Fn(&Path) -> bool,
+) -> Location {
+    let env_etc = env("EMQX_ETC_DIR")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    let found = |file: PathBuf, how: &'static str| {
+        let etc_dir = env_etc.clone().unwrap_or_else(|| match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        });
+        Location {
+            file: Some(file),
+            how,
+            etc_dir,
+        }
+    };
+    if let Some(p) = explicit {
+        return found(p.to_path_buf(), "-config");
+    }
+    if let Some(p) = env("EMQX_CONF").filter(|s| !s.is_empty()) {
+        return found(PathBuf::from(p), "$EMQX_CONF");
+    }
+    let mut candidates: Vec<(PathBuf, &'static str)> = Vec::new();
+    if let Some(d) = &env_etc {
+        candidates.push((d.join("emqx.conf"), "$EMQX_ETC_DIR"));
+    }
+    candidates.push((PathBuf::from("etc/emqx.conf"), "the working directory"));
+    if let Some(dir) = exe.and_then(Path::parent) {
+        candidates.push((dir.join("../etc/emqx.conf"), "beside the executable"));
+        candidates.push((dir.join("etc/emqx.conf"), "beside the executable"));
+    }
+    candidates.push((PathBuf::from(SYSTEM_CONFIG), "the system configuration"));
+    for (p, how) in candidates {
+        if exists(&p) {
+            return found(p, how);
+        }
+    }
+    Location {
+        file: None,
+        how: "none found",
+        etc_dir: env_etc.unwrap_or_else(|| PathBuf::from("etc")),
+    }
+}
+
+impl Location {
+    /// `${EMQX_DATA_DIR}` and `${EMQX_LOG_DIR}` when the environment does
+    /// not set them: `data` and `log` beside an etc directory named `etc`,
+    /// as in an unpacked release (`/opt/emqx-rs/etc` -> `/opt/emqx-rs/data`;
+    /// `etc` -> `data`), otherwise in the working directory.
+    pub fn sibling(&self, name: &str) -> PathBuf {
+        let parent = self.etc_dir.parent().filter(|p| !p.as_os_str().is_empty());
+        match (self.etc_dir.file_name(), parent) {
+            (Some(n), Some(p)) if n == "etc" => p.join(name),
+            _ => PathBuf::from(name),
+        }
+    }
+}
+
 /// Values from command-line flags; they beat the environment.
 #[allow(dead_code)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -250,6 +333,8 @@ pub struct Config {
     pub force_shutdown: ForceShutdown,
     pub alarm: AlarmConfig,
     pub overload_protection: OverloadProtection,
+    /// Where the file was found (set by the caller of [`Config::load`]).
+    pub location: Location,
 }
 
 /// A memory watermark: a share of the memory the node may use (its
@@ -1712,6 +1797,21 @@ impl Config {
         };
         apply_env(&mut tree, &env, &lookup)?;
         apply_overrides(&mut tree, overrides);
+        // `node.data_dir` unset: `$EMQX_DATA_DIR` when there is one (the
+        // start-up predefines it beside the etc directory).
+        if tree.get_path(&["node", "data_dir"]).is_none() {
+            if let Some(d) = lookup("EMQX_DATA_DIR").filter(|d| !d.is_empty()) {
+                tree.set_path(
+                    &["node".to_string(), "data_dir".to_string()],
+                    Node::new(
+                        Value::Str(d),
+                        Origin::Env {
+                            var: "EMQX_DATA_DIR".into(),
+                        },
+                    ),
+                );
+            }
+        }
         Config::from_tree(&tree)
     }
 

@@ -1328,3 +1328,74 @@ fn force_shutdown_alarm_and_overload_protection_take_their_keys() {
         assert!(e.contains(key) && e.contains(why), "{text}: {e}");
     }
 }
+
+#[test]
+fn the_config_file_is_looked_for_in_a_documented_order() {
+    use std::collections::HashSet;
+    let exe = Path::new("/opt/emqx-rs/bin/emqx-rs");
+    let look = |explicit: Option<&str>, env: &[(&str, &str)], files: &[&str]| {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let files: HashSet<PathBuf> = files.iter().map(PathBuf::from).collect();
+        locate(
+            explicit.map(Path::new),
+            &|k| env.get(k).cloned(),
+            Some(exe),
+            &|p| files.contains(p),
+        )
+    };
+    let all = [
+        "/e/emqx.conf",
+        "etc/emqx.conf",
+        "/opt/emqx-rs/bin/../etc/emqx.conf",
+        "/opt/emqx-rs/bin/etc/emqx.conf",
+        SYSTEM_CONFIG,
+    ];
+    let l = look(Some("my.conf"), &[("EMQX_CONF", "/c.conf")], &all);
+    assert_eq!((l.file, l.how), (Some(PathBuf::from("my.conf")), "-config"));
+    assert_eq!(l.etc_dir, PathBuf::from("."));
+    let l = look(None, &[("EMQX_CONF", "/c/x.conf")], &all);
+    assert_eq!(
+        l.file,
+        Some(PathBuf::from("/c/x.conf")),
+        "used even if missing"
+    );
+    assert_eq!(l.etc_dir, PathBuf::from("/c"));
+    let l = look(None, &[("EMQX_ETC_DIR", "/e")], &all);
+    assert_eq!(l.file, Some(PathBuf::from("/e/emqx.conf")));
+    let l = look(None, &[("EMQX_ETC_DIR", "/empty")], &all);
+    assert_eq!(l.file, Some(PathBuf::from("etc/emqx.conf")));
+    assert_eq!(
+        l.etc_dir,
+        PathBuf::from("/empty"),
+        "EMQX_ETC_DIR still names etc"
+    );
+    let l = look(None, &[], &all[2..]);
+    assert_eq!(l.how, "beside the executable");
+    assert_eq!(l.etc_dir, PathBuf::from("/opt/emqx-rs/bin/../etc"));
+    assert_eq!(l.sibling("data"), PathBuf::from("/opt/emqx-rs/bin/../data"));
+    let l = look(None, &[], &all[3..]);
+    assert_eq!(
+        l.file,
+        Some(PathBuf::from("/opt/emqx-rs/bin/etc/emqx.conf"))
+    );
+    let l = look(None, &[], &all[4..]);
+    assert_eq!(l.file, Some(PathBuf::from(SYSTEM_CONFIG)));
+    assert_eq!(
+        l.sibling("data"),
+        PathBuf::from("data"),
+        "/etc/emqx-rs is not an etc/"
+    );
+    let l = look(None, &[], &[]);
+    assert_eq!((&l.file, &l.etc_dir), (&None, &PathBuf::from("etc")));
+    assert_eq!(l.sibling("log"), PathBuf::from("log"));
+    // node.data_dir follows $EMQX_DATA_DIR unless the file sets it.
+    let c = ok("", &[("EMQX_DATA_DIR", "/var/lib/x")]);
+    assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/x"));
+    let c = ok("node.data_dir = d", &[("EMQX_DATA_DIR", "/var/lib/x")]);
+    assert_eq!(c.node.data_dir, PathBuf::from("d"));
+    let c = ok("node.cookie = ${EMQX_ETC_DIR}", &[("EMQX_ETC_DIR", "/e")]);
+    assert_eq!(c.node.cookie, "/e");
+}
