@@ -93,25 +93,39 @@ pub fn mqtt_settings(c: &Config) -> MqttSettings {
 
 /// The log file: writes go to the file open now, and `reopen` (on SIGHUP,
 /// after logrotate moved the file away) starts a new one at the same path.
+/// Past `rotation_size` bytes the file is rotated here (`emqx.log` ->
+/// `emqx.log.1` -> ... -> `emqx.log.<rotation_count>`, the oldest dropped),
+/// as EMQX's `log.file.rotation_*` do; done in this writer because it owns
+/// the file that SIGHUP reopens.
 struct LogFile {
     path: PathBuf,
-    file: std::sync::Mutex<std::fs::File>,
+    rotation: Option<(u64, u32)>,
+    file: std::sync::Mutex<OpenLog>,
+}
+
+struct OpenLog {
+    file: std::fs::File,
+    /// Bytes in the file now.
+    size: u64,
 }
 
 impl LogFile {
-    fn open(path: PathBuf) -> std::io::Result<LogFile> {
+    fn open(path: PathBuf, rotation: Option<(u64, u32)>) -> std::io::Result<LogFile> {
         let file = LogFile::open_file(&path)?;
         Ok(LogFile {
             path,
+            rotation,
             file: std::sync::Mutex::new(file),
         })
     }
 
-    fn open_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-        std::fs::OpenOptions::new()
+    fn open_file(path: &std::path::Path) -> std::io::Result<OpenLog> {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)
+            .open(path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(OpenLog { file, size })
     }
 
     fn reopen(&self) -> std::io::Result<()> {
@@ -119,17 +133,53 @@ impl LogFile {
         *self.file.lock().unwrap_or_else(|e| e.into_inner()) = f;
         Ok(())
     }
+
+    /// `emqx.log.<n>`.
+    fn rotated(&self, n: u32) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(format!(".{n}"));
+        PathBuf::from(p)
+    }
+
+    /// Shifts the rotated files up by one and starts a new file.
+    fn rotate(&self, open: &mut OpenLog, count: u32) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(self.rotated(count));
+        for n in (1..count).rev() {
+            let from = self.rotated(n);
+            if from.exists() {
+                std::fs::rename(&from, self.rotated(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        *open = LogFile::open_file(&self.path)?;
+        Ok(())
+    }
 }
 
 /// One log line's hold on the file.
-struct LogWriter<'a>(std::sync::MutexGuard<'a, std::fs::File>);
+struct LogWriter<'a> {
+    log: &'a LogFile,
+    open: std::sync::MutexGuard<'a, OpenLog>,
+}
 
 impl std::io::Write for LogWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        let n = self.open.file.write(buf)?;
+        self.open.size += n as u64;
+        if let Some((max, count)) = self.log.rotation {
+            // A line is written whole by one call: rotate between lines.
+            if self.open.size >= max && buf.ends_with(b"\n") {
+                if let Err(e) = self.log.rotate(&mut self.open, count) {
+                    eprintln!("cannot rotate {}: {e}", self.log.path.display());
+                    // Try again after as much again.
+                    self.open.size = 0;
+                }
+            }
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        self.open.file.flush()
     }
 }
 
@@ -139,34 +189,58 @@ struct SharedLog(Arc<LogFile>);
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for SharedLog {
     type Writer = LogWriter<'a>;
     fn make_writer(&'a self) -> LogWriter<'a> {
-        LogWriter(self.0.file.lock().unwrap_or_else(|e| e.into_inner()))
+        LogWriter {
+            log: &self.0,
+            open: self.0.file.lock().unwrap_or_else(|e| e.into_inner()),
+        }
     }
+}
+
+/// Set by `start` on the node it starts: its standard output and error
+/// go to `<name>.out` beside the log, so the console log is left out when
+/// the log file is on (each line once; a panic still reaches `.out`).
+pub const STARTED_ENV: &str = "EMQX_RS_STARTED_DETACHED";
+
+/// The crates of emqx-rs, which `log.*.level` applies to (others log
+/// warnings and errors only).
+const OUR_CRATES: &[&str] = &["emqx_rs", "emqx_actors", "emqx_mqtt", "emqx_discovery"];
+
+/// A level filter: `RUST_LOG` when it is set (it replaces the configured
+/// levels), else the configured level for our crates.
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    if let Ok(f) = EnvFilter::try_from_default_env() {
+        return f;
+    }
+    let mut spec = String::from("warn,rustls=error");
+    for c in OUR_CRATES {
+        spec.push_str(&format!(",{c}={level}"));
+    }
+    EnvFilter::new(spec)
 }
 
 /// Sets up logging; returns the log file, if any, for SIGHUP to reopen.
 fn init_logging(cfg: &Config, console: bool) -> Option<Arc<LogFile>> {
+    use crate::config::LogFormatter;
     use tracing_subscriber::prelude::*;
-    use tracing_subscriber::{fmt, EnvFilter};
+    use tracing_subscriber::{fmt, Layer};
     let level = |l: &str| match l {
         "emergency" | "alert" | "critical" | "error" => "error",
         "warning" => "warn",
-        "notice" | "info" => "info",
-        other => {
-            if other == "debug" {
-                "debug"
-            } else {
-                "info"
-            }
-        }
+        "debug" => "debug",
+        _ => "info",
     };
-    let console_layer = (cfg.log.console.enable || console).then(|| {
+    let detached = std::env::var_os(STARTED_ENV).is_some() && cfg.log.file.enable;
+    let console_layer = ((cfg.log.console.enable || console) && !detached).then(|| {
         let lvl = level(cfg.log.console.level.as_str());
-        fmt::layer()
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr)
-            .with_filter(EnvFilter::new(format!(
-                "warn,rustls=error,emqx_rs={lvl},emqx_actors={lvl}"
-            )))
+        let l = fmt::layer().with_writer(std::io::stderr);
+        let l: Box<dyn Layer<_> + Send + Sync> = match cfg.log.console.formatter {
+            LogFormatter::Json => Box::new(l.json()),
+            LogFormatter::Text => {
+                Box::new(l.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
+            }
+        };
+        l.with_filter(log_filter(lvl))
     });
     let mut log_file = None;
     let file_layer = if cfg.log.file.enable {
@@ -174,19 +248,22 @@ fn init_logging(cfg: &Config, console: bool) -> Option<Arc<LogFile>> {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        match LogFile::open(path.clone()) {
+        let rotation = cfg
+            .log
+            .file
+            .rotation_size
+            .map(|s| (s, cfg.log.file.rotation_count));
+        match LogFile::open(path.clone(), rotation) {
             Ok(f) => {
                 let lvl = level(cfg.log.file.level.as_str());
                 let f = Arc::new(f);
                 log_file = Some(f.clone());
-                Some(
-                    fmt::layer()
-                        .with_ansi(false)
-                        .with_writer(SharedLog(f))
-                        .with_filter(EnvFilter::new(format!(
-                            "warn,rustls=error,emqx_rs={lvl},emqx_actors={lvl}"
-                        ))),
-                )
+                let l = fmt::layer().with_ansi(false).with_writer(SharedLog(f));
+                let l: Box<dyn Layer<_> + Send + Sync> = match cfg.log.file.formatter {
+                    LogFormatter::Json => Box::new(l.json()),
+                    LogFormatter::Text => Box::new(l),
+                };
+                Some(l.with_filter(log_filter(lvl)))
             }
             Err(e) => {
                 eprintln!("cannot open log file {}: {e}", path.display());
@@ -814,6 +891,7 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&child_args)
+        .env(STARTED_ENV, "1")
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -1189,3 +1189,72 @@ fn the_config_is_found_beside_the_executable_from_any_directory() {
     let o = run(&["stop"], &[]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 }
+
+#[test]
+fn the_log_file_rotates_by_size_in_json_and_rust_log_sets_the_levels() {
+    // The file's level says warning; RUST_LOG says debug for our crates,
+    // and wins. 2 KB files, two kept.
+    let n = Node::start_with(Opts {
+        extra: "log.file { level = warning, formatter = json, rotation_size = 2KB, rotation_count = 2 }\n"
+            .into(),
+        env: vec![("RUST_LOG".into(), "debug".into())],
+    });
+    let log = n.data_dir().join("log").join("emqx.log");
+    let rotated = |k: u32| PathBuf::from(format!("{}.{k}", log.display()));
+    // Commands (each a connection between nodes, logged at debug) until
+    // the file has rotated twice over.
+    let rotated_twice = wait_until(Duration::from_secs(60), || {
+        n.ctl(&["status"]);
+        rotated(2).exists()
+    });
+    assert!(rotated_twice, "no {}", rotated(2).display());
+    assert!(!rotated(3).exists(), "rotation_count = 2 keeps two");
+    let mut levels = std::collections::HashSet::new();
+    for p in [log.clone(), rotated(1), rotated(2)] {
+        let text = std::fs::read_to_string(&p).expect("read log");
+        assert!(
+            text.len() < 2 * 2048 + 4096,
+            "{} is {} bytes",
+            p.display(),
+            text.len()
+        );
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}) in {}: {line}", p.display()));
+            if let Some(l) = v["level"].as_str() {
+                levels.insert(l.to_string());
+            }
+        }
+    }
+    assert!(
+        levels.contains("DEBUG") && levels.contains("INFO"),
+        "RUST_LOG had no effect: {levels:?}"
+    );
+}
+
+#[test]
+fn a_started_node_logs_each_line_once() {
+    // Under `start`, standard output and error go to <name>.out and the
+    // log to emqx.log: a line is in the log file and not again in .out.
+    let n = Node::prepare("");
+    let o = n.cli(&["start"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let _guard = KillOnDrop(n.data_dir().join(format!("{}.pid", n.name)));
+    let log = n.data_dir().join("log").join("emqx.log");
+    let line = "forwarding listener started";
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains(line))),
+        "{line:?} is not in {}",
+        log.display()
+    );
+    let out = n.data_dir().join("log").join(format!("{}.out", n.name));
+    let out_text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        !out_text.contains(line),
+        "logged twice, also in {}:\n{out_text}",
+        out.display()
+    );
+    let o = n.cli(&["stop"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}

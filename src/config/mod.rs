@@ -1543,6 +1543,7 @@ pub struct LogConfig {
 pub struct LogConsole {
     pub enable: bool,
     pub level: LogLevel,
+    pub formatter: LogFormatter,
 }
 
 impl Default for LogConsole {
@@ -1550,9 +1551,14 @@ impl Default for LogConsole {
         LogConsole {
             enable: true,
             level: LogLevel::Warning,
+            formatter: LogFormatter::Text,
         }
     }
 }
+
+keyword_enum!(
+    /// `log.*.formatter`: one line of text, or one JSON object, per event.
+    LogFormatter, default Text, { Text = "text", Json = "json" });
 
 /// `log.file.*`
 #[allow(dead_code)]
@@ -1562,6 +1568,12 @@ pub struct LogFile {
     pub level: LogLevel,
     /// Default `<node.data_dir>/log/emqx.log`, see [`Config::log_file_path`].
     pub path: Option<PathBuf>,
+    pub formatter: LogFormatter,
+    /// Past this many bytes the file is rotated (`emqx.log` -> `emqx.log.1`
+    /// -> ...); `None` (`infinity`): never.
+    pub rotation_size: Option<u64>,
+    /// Rotated files kept.
+    pub rotation_count: u32,
 }
 
 impl Default for LogFile {
@@ -1570,6 +1582,9 @@ impl Default for LogFile {
             enable: true,
             level: LogLevel::Warning,
             path: None,
+            formatter: LogFormatter::Text,
+            rotation_size: Some(50 * 1024 * 1024),
+            rotation_count: 10,
         }
     }
 }
@@ -3255,14 +3270,30 @@ impl SysTopicsConfig {
 impl LogConfig {
     fn apply(&mut self, o: &mut Fields) -> Result<()> {
         let level = |f: &Field| f.keyword(LogLevel::from_keyword, LogLevel::ALL);
+        let formatter = |f: &Field| f.keyword(LogFormatter::from_keyword, LogFormatter::ALL);
         o.section("console", |s| {
             s.set("enable", &mut self.console.enable, Field::bool)?;
-            s.set("level", &mut self.console.level, level)
+            s.set("level", &mut self.console.level, level)?;
+            s.set("formatter", &mut self.console.formatter, formatter)
         })?;
         o.section("file", |s| {
             s.set("enable", &mut self.file.enable, Field::bool)?;
             s.set("level", &mut self.file.level, level)?;
-            s.set("path", &mut self.file.path, Field::opt_path)
+            s.set("path", &mut self.file.path, Field::opt_path)?;
+            s.set("formatter", &mut self.file.formatter, formatter)?;
+            s.set("rotation_size", &mut self.file.rotation_size, |f| {
+                if matches!(&f.node.value, Value::Str(v) if v.trim() == "infinity") {
+                    return Ok(None);
+                }
+                let v = f.size()?;
+                if v < 1024 {
+                    return Err(f.invalid("must be at least 1KB, or infinity"));
+                }
+                Ok(Some(v))
+            })?;
+            s.set("rotation_count", &mut self.file.rotation_count, |f| {
+                f.int(1, 128)
+            })
         })
     }
 }

@@ -1399,3 +1399,31 @@ fn the_config_file_is_looked_for_in_a_documented_order() {
     let c = ok("node.cookie = ${EMQX_ETC_DIR}", &[("EMQX_ETC_DIR", "/e")]);
     assert_eq!(c.node.cookie, "/e");
 }
+
+#[test]
+fn log_formatter_and_rotation_take_emqx_keys() {
+    let c = ok("", &[]);
+    assert_eq!(c.log.file.rotation_size, Some(50 * 1024 * 1024));
+    assert_eq!(c.log.file.rotation_count, 10);
+    assert_eq!(c.log.console.formatter, LogFormatter::Text);
+    let c = ok(
+        "log.console.formatter = json\nlog.file { formatter = json, rotation_size = 10MB, rotation_count = 3 }",
+        &[],
+    );
+    assert_eq!(c.log.console.formatter, LogFormatter::Json);
+    assert_eq!(c.log.file.formatter, LogFormatter::Json);
+    assert_eq!(
+        (c.log.file.rotation_size, c.log.file.rotation_count),
+        (Some(10 * 1024 * 1024), 3)
+    );
+    let c = ok("log.file.rotation_size = infinity", &[]);
+    assert_eq!(c.log.file.rotation_size, None);
+    for (text, key) in [
+        ("log.file.formatter = xml", "log.file.formatter"),
+        ("log.file.rotation_count = 0", "log.file.rotation_count"),
+        ("log.file.rotation_size = 10B", "log.file.rotation_size"),
+    ] {
+        let e = err(text, &[]);
+        assert!(e.contains(key), "{text}: {e}");
+    }
+}
