@@ -87,6 +87,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "Show broker statistics of clients, topics, subscribers",
     ),
     ("broker", "broker metrics", "Show broker metrics"),
+    (
+        "broker",
+        "broker stats|metrics --json",
+        "Show this node's statistics or metrics as a JSON object",
+    ),
     ("cluster", "cluster join <Node>", "Join the cluster"),
     ("cluster", "cluster leave", "Leave the cluster"),
     (
@@ -106,6 +111,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "Message forwarding statistics per peer node",
     ),
     ("clients", "clients list", "List all clients"),
+    (
+        "clients",
+        "clients list --json",
+        "List all clients as a JSON array (EMQX's REST field names)",
+    ),
     ("clients", "clients show <ClientId>", "Show a client"),
     ("clients", "clients kick <ClientId>", "Kick out a client"),
     (
@@ -329,9 +339,42 @@ async fn cmd_status(node: &Node, w: &[&str]) -> (i32, String) {
     }
 }
 
+/// `w` without `--json`, and whether it was there.
+fn json_flag<'a>(w: &[&'a str]) -> (Vec<&'a str>, bool) {
+    let json = w.contains(&"--json");
+    (
+        w.iter().filter(|x| **x != "--json").copied().collect(),
+        json,
+    )
+}
+
+/// `(name, value)` pairs as one JSON object, a line.
+fn json_object<V: serde::Serialize>(pairs: impl IntoIterator<Item = (String, V)>) -> String {
+    let m: serde_json::Map<String, serde_json::Value> = pairs
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::json!(v)))
+        .collect();
+    format!("{}\n", serde_json::Value::Object(m))
+}
+
 async fn cmd_broker(node: &Node, w: &[&str]) -> (i32, String) {
     let ctx = &node.ctx;
-    match w {
+    let (w, json) = json_flag(w);
+    match w.as_slice() {
+        ["broker", "stats"] if json => (
+            0,
+            json_object(ctx.stats().into_iter().map(|(k, v)| (k.to_string(), v))),
+        ),
+        ["broker", "metrics"] if json => (
+            0,
+            json_object(
+                ctx.broker
+                    .metrics
+                    .snapshot()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v)),
+            ),
+        ),
         ["broker"] => {
             let up = ctx.started_at.elapsed().as_secs();
             let now = chrono_like_now();
@@ -468,7 +511,25 @@ async fn cmd_cluster(node: &Node, w: &[&str]) -> (i32, String) {
 
 async fn cmd_clients(node: &Node, w: &[&str]) -> (i32, String) {
     let ctx = &node.ctx;
-    match w {
+    let (w, json) = json_flag(w);
+    match w.as_slice() {
+        ["clients", "list", rest @ ..] if json => {
+            let mut all: Vec<serde_json::Value> = ctx
+                .cm
+                .all_info()
+                .await
+                .iter()
+                .map(|i| client_json(i, &node.name))
+                .collect();
+            if rest != ["--local"] {
+                for (_, o) in on_peers(node, &["clients", "list", "--local", "--json"]).await {
+                    if let Ok(serde_json::Value::Array(v)) = serde_json::from_str(&o) {
+                        all.extend(v);
+                    }
+                }
+            }
+            (0, format!("{}\n", serde_json::Value::Array(all)))
+        }
         ["clients", "list", rest @ ..] => {
             let mut out: String = ctx
                 .cm
@@ -966,6 +1027,37 @@ fn chrono_like_now() -> String {
 }
 
 /// One `clients list` line, in EMQX's shape.
+/// A client as EMQX's `GET /api/v5/clients` names its fields.
+fn client_json(i: &ClientInfo, node: &str) -> serde_json::Value {
+    let (ip, port) = i
+        .peer
+        .as_deref()
+        .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
+        .map(|a| (Some(a.ip().to_string()), Some(a.port())))
+        .unwrap_or((None, None));
+    serde_json::json!({
+        "clientid": i.client_id,
+        "username": i.username,
+        "ip_address": ip,
+        "port": port,
+        "node": node,
+        "connected": i.connected,
+        "proto_ver": i.proto_ver,
+        "clean_start": i.clean_start,
+        "keepalive": i.keepalive,
+        "expiry_interval": i.session_expiry,
+        "subscriptions_cnt": i.subscriptions.len(),
+        "inflight_cnt": i.inflight,
+        "awaiting_rel_cnt": i.awaiting_rel,
+        "mqueue_len": i.mqueue_len,
+        "mqueue_dropped": i.dropped,
+        "send_msg": i.delivered,
+        "created_at": i.created_at,
+        "connected_at": i.connected_at,
+        "disconnected_at": i.disconnected_at,
+    })
+}
+
 pub fn format_client(i: &ClientInfo, node: &str) -> String {
     let mut s = format!(
         "Client({}, username={}, peername={}, clean_start={}, keepalive={}, session_expiry_interval={}, subscriptions={}, inflight={}, awaiting_rel={}, delivered_msgs={}, enqueued_msgs={}, dropped_msgs={}, connected={}, created_at={}, connected_at={}",

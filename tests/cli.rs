@@ -1258,3 +1258,29 @@ fn a_started_node_logs_each_line_once() {
     let o = n.cli(&["stop"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
 }
+
+#[test]
+fn ctl_broker_and_clients_answer_in_json_for_scripts() {
+    let n = Node::start();
+    let mut c = Raw::connect(&n);
+    c.send(&common::connect_v5("json-client", 0));
+    let (b, _) = c.read_all(Duration::from_millis(500));
+    assert_eq!(b.first(), Some(&0x20));
+    let parse = |args: &[&str]| -> serde_json::Value {
+        let (rc, out) = n.ctl(args);
+        assert_eq!(rc, 0, "{args:?}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+    };
+    let stats = parse(&["broker", "stats", "--json"]);
+    assert_eq!(stats["connections.count"], 1, "{stats}");
+    let metrics = parse(&["broker", "metrics", "--json"]);
+    assert!(metrics["client.connected"].as_u64() >= Some(1), "{metrics}");
+    let clients = parse(&["clients", "list", "--json"]);
+    let list = clients.as_array().expect("an array");
+    assert_eq!(list.len(), 1, "{clients}");
+    assert_eq!(list[0]["clientid"], "json-client");
+    assert_eq!(list[0]["ip_address"], "127.0.0.1");
+    assert_eq!(list[0]["proto_ver"], 5);
+    assert_eq!(list[0]["node"], n.name.as_str());
+    assert_eq!(list[0]["connected"], true);
+}
