@@ -1,7 +1,10 @@
 //! The k8s discovery strategy against a local stand-in for the Kubernetes
 //! API server: a small HTTP(S) server on 127.0.0.1 that checks the bearer
-//! token and answers `GET /api/v1/namespaces/default/endpoints/emqx` with
-//! a recorded Endpoints object. (No real API server can run here.)
+//! token and answers the service's EndpointSlices list with a recorded
+//! EndpointSliceList, and `GET /api/v1/namespaces/default/endpoints/emqx`
+//! with a recorded Endpoints object; or, as an API server without the
+//! discovery.k8s.io API, the Endpoints object only. (No real API server
+//! can run here.)
 
 mod common;
 
@@ -54,14 +57,67 @@ const ENDPOINTS: &str = r#"{
   ]
 }"#;
 
+const SLICES_PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Demqx";
+
+/// The same pods as [`ENDPOINTS`], as `kubectl get endpointslices -l
+/// kubernetes.io/service-name=emqx -o json` prints them: the fourth pod is
+/// not ready.
+const SLICES: &str = r#"{
+  "kind": "EndpointSliceList",
+  "apiVersion": "discovery.k8s.io/v1",
+  "metadata": {"resourceVersion": "48215"},
+  "items": [
+    {
+      "kind": "EndpointSlice",
+      "apiVersion": "discovery.k8s.io/v1",
+      "metadata": {
+        "name": "emqx-5dq8r",
+        "generateName": "emqx-",
+        "namespace": "default",
+        "uid": "c1a4e7d2-98b3-4f60-a2d5-6e0f3b9c8a17",
+        "resourceVersion": "48214",
+        "labels": {"kubernetes.io/service-name": "emqx", "service.kubernetes.io/headless": "",
+                   "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "emqx",
+                             "uid": "0b6f3c1e-7d2a-4c58-a1e9-5f3b8d2c6e47",
+                             "controller": true, "blockOwnerDeletion": true}]
+      },
+      "addressType": "IPv4",
+      "endpoints": [
+        {"addresses": ["127.0.0.1"], "conditions": {"ready": true, "serving": true, "terminating": false},
+         "hostname": "emqx-0", "nodeName": "kind-worker",
+         "targetRef": {"kind": "Pod", "namespace": "default", "name": "emqx-0", "uid": "6a0d4e2b-3f1c-4b97-8e55-c2a9f0d71b38"}},
+        {"addresses": ["127.0.0.2"], "conditions": {"ready": true, "serving": true, "terminating": false},
+         "hostname": "emqx-1", "nodeName": "kind-worker2",
+         "targetRef": {"kind": "Pod", "namespace": "default", "name": "emqx-1", "uid": "9e3b7c15-0a4d-4f26-b8c1-7d5e2a0f9c64"}},
+        {"addresses": ["127.0.0.3"], "conditions": {"ready": true, "serving": true, "terminating": false},
+         "hostname": "emqx-2", "nodeName": "kind-worker3",
+         "targetRef": {"kind": "Pod", "namespace": "default", "name": "emqx-2", "uid": "d41f8a27-6c3e-4e08-9b72-1a6c5e3d8f90"}},
+        {"addresses": ["127.0.0.4"], "conditions": {"ready": false, "serving": false, "terminating": false},
+         "hostname": "emqx-3", "nodeName": "kind-worker",
+         "targetRef": {"kind": "Pod", "namespace": "default", "name": "emqx-3", "uid": "2c7e9b40-5d1a-4a63-8f3e-b0d6c4a2e715"}}
+      ],
+      "ports": [
+        {"name": "mqtt", "port": 1883, "protocol": "TCP"},
+        {"name": "ekka", "port": 4370, "protocol": "TCP"}
+      ]
+    }
+  ]
+}"#;
+
+/// What the API server answers a selector that matches no slice.
+const NO_SLICES: &str = r#"{"kind":"EndpointSliceList","apiVersion":"discovery.k8s.io/v1","metadata":{"resourceVersion":"48215"},"items":[]}"#;
+
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
 const NOT_FOUND: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"endpoints \"x\" not found","reason":"NotFound","code":404}"#;
 
 /// The stand-in API server, on its own runtime, stopped on drop.
 struct ApiServer {
     port: u16,
-    /// Requests answered with the Endpoints object.
+    /// Requests answered with the Endpoints object or the slices.
     served: Arc<AtomicUsize>,
+    /// Of those, the Endpoints object.
+    served_endpoints: Arc<AtomicUsize>,
     /// Requests refused (bad token, unknown path).
     refused: Arc<AtomicUsize>,
     rt: Option<tokio::runtime::Runtime>,
@@ -69,6 +125,11 @@ struct ApiServer {
 
 impl ApiServer {
     fn start(token: &str, tls: Option<Arc<rustls::ServerConfig>>) -> ApiServer {
+        ApiServer::start_with(token, tls, true)
+    }
+
+    /// `slices`: whether the server has the discovery.k8s.io API.
+    fn start_with(token: &str, tls: Option<Arc<rustls::ServerConfig>>, slices: bool) -> ApiServer {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -78,8 +139,10 @@ impl ApiServer {
         std.set_nonblocking(true).expect("nonblocking");
         let port = std.local_addr().expect("addr").port();
         let served = Arc::new(AtomicUsize::new(0));
+        let served_endpoints = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
         let (s, r) = (served.clone(), refused.clone());
+        let se = served_endpoints.clone();
         let auth = format!("Bearer {token}");
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std).expect("listener");
@@ -89,12 +152,19 @@ impl ApiServer {
                     continue;
                 };
                 let (s, r, auth, acceptor) = (s.clone(), r.clone(), auth.clone(), acceptor.clone());
+                let se = se.clone();
                 tokio::spawn(async move {
+                    let c = Counters {
+                        served: &s,
+                        served_endpoints: &se,
+                        refused: &r,
+                        slices,
+                    };
                     match acceptor {
-                        None => answer(tcp, &auth, &s, &r).await,
+                        None => answer(tcp, &auth, c).await,
                         Some(a) => {
                             if let Ok(stream) = a.accept(tcp).await {
-                                answer(stream, &auth, &s, &r).await
+                                answer(stream, &auth, c).await
                             }
                         }
                     }
@@ -104,6 +174,7 @@ impl ApiServer {
         ApiServer {
             port,
             served,
+            served_endpoints,
             refused,
             rt: Some(rt),
         }
@@ -118,13 +189,16 @@ impl Drop for ApiServer {
     }
 }
 
+#[derive(Clone, Copy)]
+struct Counters<'a> {
+    served: &'a AtomicUsize,
+    served_endpoints: &'a AtomicUsize,
+    refused: &'a AtomicUsize,
+    slices: bool,
+}
+
 /// Reads one request and answers it like the API server would.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
-    mut conn: S,
-    auth: &str,
-    served: &AtomicUsize,
-    refused: &AtomicUsize,
-) {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut conn: S, auth: &str, c: Counters<'_>) {
     let mut req = Vec::new();
     let mut buf = [0u8; 4096];
     while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -140,17 +214,23 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         l.split_once(':')
             .is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == auth)
     });
+    let slices_api = "GET /apis/discovery.k8s.io/v1/namespaces/default/endpointslices?";
     let (status, body) = if !authorized {
         ("401 Unauthorized", UNAUTHORIZED)
     } else if request_line == format!("GET {PATH} HTTP/1.1") {
+        c.served_endpoints.fetch_add(1, Ordering::SeqCst);
         ("200 OK", ENDPOINTS)
+    } else if c.slices && request_line == format!("GET {SLICES_PATH} HTTP/1.1") {
+        ("200 OK", SLICES)
+    } else if c.slices && request_line.starts_with(slices_api) {
+        ("200 OK", NO_SLICES)
     } else {
         ("404 Not Found", NOT_FOUND)
     };
     if status.starts_with("200") {
-        served.fetch_add(1, Ordering::SeqCst);
+        c.served.fetch_add(1, Ordering::SeqCst);
     } else {
-        refused.fetch_add(1, Ordering::SeqCst);
+        c.refused.fetch_add(1, Ordering::SeqCst);
     }
     let resp = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -234,6 +314,11 @@ async fn the_strategy_reads_ready_addresses_with_the_token() {
         ])
     );
     assert_eq!(api.served.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        api.served_endpoints.load(Ordering::SeqCst),
+        0,
+        "slices only"
+    );
 
     // A wrong token: the API server's 401 is an error naming the status.
     std::fs::write(&tf, "another-token").expect("token file");
@@ -249,7 +334,8 @@ async fn the_strategy_reads_ready_addresses_with_the_token() {
     let e = unavailable(k.discover().await);
     assert!(e.contains("HTTP 401") && e.contains("no token"), "{e}");
 
-    // Another service: 404 with the API server's message.
+    // Another service: no slice, and the Endpoints object's 404 with the
+    // API server's message.
     let mut s = settings(api.port, false, &tf, &absent);
     std::fs::write(&tf, &token).expect("token file");
     s.service_name = "x".into();
@@ -257,7 +343,27 @@ async fn the_strategy_reads_ready_addresses_with_the_token() {
     let e = unavailable(k.discover().await);
     assert!(e.contains("HTTP 404") && e.contains("not found"), "{e}");
     assert_eq!(api.refused.load(Ordering::SeqCst), 3);
-    assert_eq!(api.served.load(Ordering::SeqCst), 1);
+    assert_eq!(api.served.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn without_endpoint_slices_the_endpoints_object_is_read() {
+    // An API server without discovery.k8s.io (404 for the slices): the
+    // strategy falls back to v1 Endpoints, and keeps to it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (token, tf) = token_file(dir.path());
+    let api = ApiServer::start_with(&token, None, false);
+    let absent = dir.path().join("no-ca.crt");
+    let mut k = K8s::new(settings(api.port, false, &tf, &absent), "emqx@127.0.0.1")
+        .expect("valid settings");
+    let want: Vec<String> = ["emqx@127.0.0.1", "emqx@127.0.0.2", "emqx@127.0.0.3"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(k.discover().await, Ok(want.clone()));
+    assert_eq!(api.refused.load(Ordering::SeqCst), 1, "the slices, once");
+    assert_eq!(k.discover().await, Ok(want));
+    assert_eq!(api.refused.load(Ordering::SeqCst), 1, "not asked again");
+    assert_eq!(api.served_endpoints.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]

@@ -1,10 +1,18 @@
-//! `k8s`: node names from a Kubernetes service's Endpoints object
+//! `k8s`: node names from a Kubernetes service's endpoints
 //! (`cluster.k8s.*`), EMQX's `ekka_cluster_k8s`.
 //!
-//! Each round reads `GET {apiserver}/api/v1/namespaces/{namespace}/endpoints/{service_name}`
-//! with the pod's service-account token as a bearer token, and turns every
-//! *ready* address (`subsets[*].addresses[*]`; `notReadyAddresses` are
-//! ignored) into a node name, the short name being this node's own:
+//! Each round lists the service's EndpointSlices,
+//! `GET {apiserver}/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices?labelSelector=kubernetes.io/service-name={service_name}`
+//! (the v1 Endpoints API is deprecated since Kubernetes 1.33), with the
+//! pod's service-account token as a bearer token. An API server without
+//! that API (404), or a service account not allowed to list slices (403),
+//! makes the strategy read `GET {apiserver}/api/v1/namespaces/{namespace}/endpoints/{service_name}`
+//! instead, from then on; a round that finds no slice at all asks the
+//! Endpoints object too (it says when the service does not exist). Every
+//! *ready* address (a slice endpoint whose `conditions.ready` is not
+//! false; an Endpoints `subsets[*].addresses[*]`, not
+//! `notReadyAddresses`) becomes a node name, the short name being this
+//! node's own:
 //!
 //! | `address_type` | node name |
 //! | --- | --- |
@@ -60,7 +68,12 @@ pub struct K8sSettings {
 /// The k8s discovery strategy.
 pub struct K8s {
     url: Url,
+    /// The v1 Endpoints object.
     path: String,
+    /// The service's EndpointSlices.
+    slices_path: String,
+    /// The API server has no EndpointSlices for us (404/403): Endpoints only.
+    endpoints_only: bool,
     authority: String,
     app: String,
     settings: K8sSettings,
@@ -93,6 +106,11 @@ impl K8s {
                 "{}/api/v1/namespaces/{}/endpoints/{}",
                 url.base, settings.namespace, settings.service_name
             ),
+            slices_path: format!(
+                "{}/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{}",
+                url.base, settings.namespace, settings.service_name
+            ),
+            endpoints_only: false,
             authority: url.authority(if url.tls { 443 } else { 80 }),
             url,
             app,
@@ -101,15 +119,29 @@ impl K8s {
         })
     }
 
-    /// The URL asked each round.
+    /// The URL of the v1 Endpoints object.
     pub fn endpoint_url(&self) -> String {
-        let scheme = if self.url.tls { "https" } else { "http" };
-        format!("{scheme}://{}{}", self.authority, self.path)
+        self.url_of(&self.path)
     }
 
-    async fn fetch(&mut self) -> Result<Vec<u8>, DiscoveryError> {
-        let url = self.endpoint_url();
-        let fail = |e: String| DiscoveryError::Unavailable(format!("k8s {url}: {e}"));
+    /// The URL of the service's EndpointSlices.
+    pub fn slices_url(&self) -> String {
+        self.url_of(&self.slices_path)
+    }
+
+    fn url_of(&self, path: &str) -> String {
+        let scheme = if self.url.tls { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.authority)
+    }
+
+    /// GET `path`: the body of a 200, or the status and the API server's
+    /// message (`Err(Ok(..))`), or a failure to ask (`Err(Err(..))`).
+    async fn fetch(
+        &mut self,
+        path: &str,
+    ) -> Result<Vec<u8>, Result<(u16, String), DiscoveryError>> {
+        let url = self.url_of(path);
+        let fail = |e: String| Err(DiscoveryError::Unavailable(format!("k8s {url}: {e}")));
         let token = match tokio::fs::read_to_string(&self.settings.token_file).await {
             Ok(t) => Some(t.trim().to_string()).filter(|t| !t.is_empty()),
             Err(e) => {
@@ -143,7 +175,7 @@ impl K8s {
         let req = http::Request {
             method: "GET",
             authority: &self.authority,
-            path: &self.path,
+            path,
             headers: &headers,
             body: b"",
         };
@@ -172,12 +204,28 @@ impl K8s {
                     " (no token could be read from {})",
                     self.settings.token_file.display()
                 ),
-                (403, _) => " (the service account needs `get` on `endpoints`)".to_string(),
+                (403, _) if path == self.path => {
+                    " (the service account needs `get` on `endpoints`, or `list` on \
+                     `endpointslices` in discovery.k8s.io)"
+                        .to_string()
+                }
                 _ => String::new(),
             };
-            return Err(fail(format!("HTTP {status}: {message}{hint}")));
+            return Err(Ok((status, format!("HTTP {status}: {message}{hint}"))));
         }
         Ok(body)
+    }
+
+    /// The node names of the v1 Endpoints object.
+    async fn read_endpoints(&mut self) -> Result<Vec<String>, DiscoveryError> {
+        let url = self.endpoint_url();
+        let path = self.path.clone();
+        let body = self.fetch(&path).await.map_err(|e| match e {
+            Ok((_, m)) => DiscoveryError::Unavailable(format!("k8s {url}: {m}")),
+            Err(e) => e,
+        })?;
+        node_names(&body, &self.app, &self.settings)
+            .map_err(|e| DiscoveryError::Unavailable(format!("k8s {url}: {e}")))
     }
 }
 
@@ -187,9 +235,34 @@ impl Strategy for K8s {
     }
 
     async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
-        let body = self.fetch().await?;
-        node_names(&body, &self.app, &self.settings)
-            .map_err(|e| DiscoveryError::Unavailable(format!("k8s {}: {e}", self.endpoint_url())))
+        if self.endpoints_only {
+            return self.read_endpoints().await;
+        }
+        let url = self.slices_url();
+        let path = self.slices_path.clone();
+        match self.fetch(&path).await {
+            Ok(body) => {
+                let (names, slices) = slice_names(&body, &self.app, &self.settings)
+                    .map_err(|e| DiscoveryError::Unavailable(format!("k8s {url}: {e}")))?;
+                if slices == 0 {
+                    // No slice: a service that does not exist (the
+                    // Endpoints answer says so) or has no endpoints yet.
+                    return self.read_endpoints().await;
+                }
+                Ok(names)
+            }
+            Err(Ok((403 | 404, m))) => {
+                tracing::warn!(
+                    "k8s: cannot list EndpointSlices ({m}); reading the v1 Endpoints object \
+                     {} from now on",
+                    self.endpoint_url()
+                );
+                self.endpoints_only = true;
+                self.read_endpoints().await
+            }
+            Err(Ok((_, m))) => Err(DiscoveryError::Unavailable(format!("k8s {url}: {m}"))),
+            Err(Err(e)) => Err(e),
+        }
     }
 }
 
@@ -212,6 +285,65 @@ struct Address {
     hostname: Option<String>,
 }
 
+/// The part of an EndpointSliceList discovery reads.
+#[derive(Deserialize)]
+struct SliceList {
+    kind: Option<String>,
+    items: Option<Vec<Slice>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Slice {
+    address_type: Option<String>,
+    endpoints: Option<Vec<SliceEndpoint>>,
+}
+
+#[derive(Deserialize)]
+struct SliceEndpoint {
+    addresses: Option<Vec<String>>,
+    conditions: Option<Conditions>,
+    hostname: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Conditions {
+    /// Absent: ready (the API's rule).
+    ready: Option<bool>,
+}
+
+/// The node names an EndpointSliceList (JSON) lists, sorted, each once,
+/// and how many slices it had. Slices of FQDN addresses are skipped.
+fn slice_names(json: &[u8], app: &str, s: &K8sSettings) -> Result<(Vec<String>, usize), String> {
+    let list: SliceList =
+        serde_json::from_slice(json).map_err(|e| format!("not an EndpointSliceList: {e}"))?;
+    if let Some(kind) = list.kind.as_deref().filter(|k| *k != "EndpointSliceList") {
+        return Err(format!("expected kind EndpointSliceList, got {kind}"));
+    }
+    let items = list.items.unwrap_or_default();
+    let mut addrs = Vec::new();
+    for slice in &items {
+        if !matches!(
+            slice.address_type.as_deref(),
+            None | Some("IPv4") | Some("IPv6")
+        ) {
+            continue;
+        }
+        for ep in slice.endpoints.iter().flatten() {
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for ip in ep.addresses.iter().flatten() {
+                addrs.push(Address {
+                    ip: ip.clone(),
+                    hostname: ep.hostname.clone(),
+                });
+            }
+        }
+    }
+    Ok((names_of(addrs.iter(), app, s), items.len()))
+}
+
 /// The node names an Endpoints object (JSON) lists, sorted, each once.
 fn node_names(json: &[u8], app: &str, s: &K8sSettings) -> Result<Vec<String>, String> {
     let ep: Endpoints =
@@ -219,13 +351,22 @@ fn node_names(json: &[u8], app: &str, s: &K8sSettings) -> Result<Vec<String>, St
     if let Some(kind) = ep.kind.as_deref().filter(|k| *k != "Endpoints") {
         return Err(format!("expected kind Endpoints, got {kind}"));
     }
-    let mut names = Vec::new();
-    for addr in ep
+    let addrs = ep
         .subsets
         .iter()
         .flatten()
-        .flat_map(|s| s.addresses.iter().flatten())
-    {
+        .flat_map(|s| s.addresses.iter().flatten());
+    Ok(names_of(addrs, app, s))
+}
+
+/// Ready addresses as node names, sorted, each once.
+fn names_of<'a>(
+    addrs: impl Iterator<Item = &'a Address>,
+    app: &str,
+    s: &K8sSettings,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for addr in addrs {
         let host = match (s.address_type, s.suffix.is_empty()) {
             (AddressType::Ip, _) | (_, true) => addr.ip.clone(),
             (AddressType::Dns, false) => {
@@ -253,7 +394,7 @@ fn node_names(json: &[u8], app: &str, s: &K8sSettings) -> Result<Vec<String>, St
     }
     names.sort();
     names.dedup();
-    Ok(names)
+    names
 }
 
 /// A client config for the API server: verified against `ca_file` when it
@@ -334,6 +475,88 @@ mod tests {
     }
   ]
 }"#;
+
+    /// An EndpointSliceList as `kubectl get endpointslices -l
+    /// kubernetes.io/service-name=emqx -o json` prints it for the same
+    /// pods: two slices (Kubernetes splits large services), one pod
+    /// terminating (ready false), one with no conditions (ready), and an
+    /// FQDN slice that is skipped.
+    const SLICES: &str = r#"{
+      "kind": "EndpointSliceList",
+      "apiVersion": "discovery.k8s.io/v1",
+      "metadata": {"resourceVersion": "91342"},
+      "items": [
+        {
+          "kind": "EndpointSlice",
+          "apiVersion": "discovery.k8s.io/v1",
+          "metadata": {
+            "name": "emqx-7xk2p",
+            "namespace": "mqtt",
+            "labels": {"kubernetes.io/service-name": "emqx",
+                       "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "emqx",
+                                 "uid": "3f0c2a9e-51d4-4e7b-9a36-0e8d2b7c4f15"}]
+          },
+          "addressType": "IPv4",
+          "endpoints": [
+            {"addresses": ["10.244.1.17"], "conditions": {"ready": true, "serving": true, "terminating": false},
+             "hostname": "emqx-0", "nodeName": "node-a",
+             "targetRef": {"kind": "Pod", "namespace": "mqtt", "name": "emqx-0"}},
+            {"addresses": ["10.244.2.9"], "conditions": {"ready": true, "serving": true, "terminating": false},
+             "hostname": "emqx-1", "nodeName": "node-b",
+             "targetRef": {"kind": "Pod", "namespace": "mqtt", "name": "emqx-1"}},
+            {"addresses": ["10.244.1.18"], "conditions": {"ready": false, "serving": false, "terminating": true},
+             "hostname": "emqx-3", "nodeName": "node-a",
+             "targetRef": {"kind": "Pod", "namespace": "mqtt", "name": "emqx-3"}}
+          ],
+          "ports": [{"name": "mqtt", "port": 1883, "protocol": "TCP"}]
+        },
+        {
+          "kind": "EndpointSlice",
+          "apiVersion": "discovery.k8s.io/v1",
+          "metadata": {"name": "emqx-q9c4d", "namespace": "mqtt",
+                       "labels": {"kubernetes.io/service-name": "emqx"}},
+          "addressType": "IPv4",
+          "endpoints": [
+            {"addresses": ["10.244.3.4"], "hostname": "emqx-2", "nodeName": "node-c"}
+          ]
+        },
+        {
+          "kind": "EndpointSlice",
+          "metadata": {"name": "emqx-fqdn", "namespace": "mqtt"},
+          "addressType": "FQDN",
+          "endpoints": [{"addresses": ["example.com"], "conditions": {"ready": true}}]
+        }
+      ]
+    }"#;
+
+    #[test]
+    fn endpoint_slices_give_the_same_ready_nodes() {
+        for (t, suffix) in [
+            (AddressType::Ip, "pod.local"),
+            (AddressType::Hostname, "svc.cluster.local"),
+            (AddressType::Dns, "pod.cluster.local"),
+        ] {
+            let (got, n) =
+                slice_names(SLICES.as_bytes(), "emqx", &settings(t, suffix)).expect("valid JSON");
+            assert_eq!(n, 3, "three slices");
+            assert_eq!(got, names(t, suffix), "{t:?}");
+        }
+        let (none, n) = slice_names(
+            br#"{"kind":"EndpointSliceList","items":[]}"#,
+            "emqx",
+            &settings(AddressType::Ip, ""),
+        )
+        .expect("valid");
+        assert_eq!((none.len(), n), (0, 0));
+        let e = slice_names(
+            br#"{"kind":"Status"}"#,
+            "emqx",
+            &settings(AddressType::Ip, ""),
+        )
+        .unwrap_err();
+        assert!(e.contains("EndpointSliceList"), "{e}");
+    }
 
     fn settings(address_type: AddressType, suffix: &str) -> K8sSettings {
         K8sSettings {
