@@ -6,22 +6,11 @@
 
 mod common;
 
-use common::{Node, BIN};
+use common::{metric, offline_session, Node, BIN};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A metric from `ctl broker metrics`.
-fn metric(n: &Node, name: &str) -> u64 {
-    let (_, out) = n.ctl(&["broker", "metrics"]);
-    out.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(": ")?;
-            (k.trim_end() == name).then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{out}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_qos1_subscriber_throttles_its_publisher_and_loses_nothing() {
@@ -131,21 +120,7 @@ async fn offline_sessions_stop_at_their_byte_bound() {
     const SIZE: usize = 512 * 1024;
     const COUNT: usize = 1000;
     for i in 0..SESSIONS {
-        let mut o = MqttOptions::new(format!("offline-{i}"), "127.0.0.1", n.mqtt_port);
-        o.set_clean_session(false);
-        let (c, mut el) = AsyncClient::new(o, 10);
-        c.subscribe("big/#", QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "no SUBACK");
-            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
-                break;
-            }
-        }
-        c.disconnect().await.expect("disconnect");
-        while el.poll().await.is_ok() {}
+        offline_session(&n, &format!("offline-{i}"), "big/#").await;
     }
     let pid = n.pid().expect("pid");
     let before = rss(pid);

@@ -5,20 +5,9 @@
 
 mod common;
 
-use common::{connect_v5, Node, Opts, Raw, BIN};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use common::{connect_v5, metric, offline_session, Node, Opts, Raw, BIN};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn metric(n: &Node, name: &str) -> u64 {
-    let (_, out) = n.ctl(&["broker", "metrics"]);
-    out.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(": ")?;
-            (k.trim_end() == name).then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{out}"))
-}
 
 /// A CONNECT on a fresh socket: true if a CONNACK came back.
 fn connects(n: &Node) -> bool {
@@ -47,21 +36,7 @@ async fn a_storm_past_the_memory_watermark_is_refused_and_shed_then_the_node_rec
     // 8 offline sessions, each on its own topic: what they queue is theirs.
     const SESSIONS: usize = 8;
     for i in 0..SESSIONS {
-        let mut o = MqttOptions::new(format!("heavy-{i}"), "127.0.0.1", n.mqtt_port);
-        o.set_clean_session(false);
-        let (c, mut el) = AsyncClient::new(o, 10);
-        c.subscribe(format!("storm/{i}"), QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            assert!(Instant::now() < deadline, "no SUBACK");
-            if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
-                break;
-            }
-        }
-        c.disconnect().await.expect("disconnect");
-        while el.poll().await.is_ok() {}
+        offline_session(&n, &format!("heavy-{i}"), &format!("storm/{i}")).await;
     }
     assert!(connects(&n), "the node takes connections before the storm");
 

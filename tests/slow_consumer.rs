@@ -7,24 +7,13 @@
 
 mod common;
 
-use common::{connect_v5, frame, Node, BIN};
+use common::{connect_v5, frame, metric, Node, BIN};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A metric from `ctl broker metrics`.
-fn metric(n: &Node, name: &str) -> u64 {
-    let (_, out) = n.ctl(&["broker", "metrics"]);
-    out.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(": ")?;
-            (k.trim_end() == name).then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{out}"))
-}
 
 async fn client(n: &Node, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
     let mut o = MqttOptions::new(id, "127.0.0.1", n.mqtt_port);

@@ -111,18 +111,23 @@ impl Overload {
     }
 }
 
-/// Resident memory of this process, in bytes (Linux).
-pub fn resident_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+/// The `<key>: <n> kB` line of a `/proc` file, in bytes.
+fn proc_kb(path: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
     let kb: u64 = s
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
     Some(kb * 1024)
+}
+
+/// Resident memory of this process, in bytes (Linux).
+pub fn resident_bytes() -> Option<u64> {
+    proc_kb("/proc/self/status", "VmRSS")
 }
 
 /// The memory this process may use: its cgroup's limit if it has one,
@@ -133,16 +138,7 @@ pub fn memory_limit() -> Option<u64> {
             return Some(n);
         }
     }
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    proc_kb("/proc/meminfo", "MemTotal")
 }
 
 fn mb(b: u64) -> String {
@@ -227,4 +223,16 @@ fn check(ctx: &Ctx, s: &OverloadSettings, rss: u64) -> bool {
         ctx.alarm_deactivate(ALARM);
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_read_from_proc() {
+        let rss = resident_bytes().expect("VmRSS");
+        let limit = memory_limit().expect("a limit");
+        assert!(rss > 1024 * 1024 && rss < limit, "{rss} of {limit}");
+    }
 }

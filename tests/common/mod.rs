@@ -20,6 +20,39 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_emqx-rs");
 /// (32768 and up) so an outgoing connection of another test cannot take it
 /// between this check and the node's bind, and never the same port twice
 /// in one test binary.
+/// A metric from `ctl broker metrics`; panics when the node has none of
+/// that name.
+pub fn metric(n: &Node, name: &str) -> u64 {
+    let (_, out) = n.ctl(&["broker", "metrics"]);
+    out.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            (k.trim_end() == name).then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{out}"))
+}
+
+/// A persistent session (MQTT 3.1.1, clean session false) of `client_id`
+/// subscribed to `filter` at QoS 1, then left offline.
+pub async fn offline_session(n: &Node, client_id: &str, filter: &str) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", n.mqtt_port);
+    o.set_clean_session(false);
+    let (c, mut el) = AsyncClient::new(o, 10);
+    c.subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "{client_id}: no SUBACK");
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+            break;
+        }
+    }
+    c.disconnect().await.expect("disconnect");
+    while el.poll().await.is_ok() {}
+}
+
 pub fn free_port() -> u16 {
     const LO: u16 = 30_000;
     const SPAN: u16 = 2_700;
