@@ -210,3 +210,56 @@ fn force_shutdown_disconnects_a_client_past_max_heap_size() {
     assert_eq!(metric(&n, "client.force_shutdown"), 1);
     assert!(n.log().contains("force shutdown"), "{}", n.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_large_messages_is_held_within_its_bound_and_loses_nothing() {
+    // 120 messages of 512 KB (60 MB) at QoS 1 to a subscriber that takes
+    // 20 ms per message: more than its 32 MB bound is in the air, but it
+    // keeps taking, so the rest waits (the publisher slowed down) instead
+    // of being dropped or the subscriber being disconnected.
+    let n = Node::start();
+    const TOTAL: usize = 120;
+    let mut o = MqttOptions::new("big-reader", "127.0.0.1", n.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    let (c, mut el) = AsyncClient::new(o, 10);
+    c.subscribe("bigflow/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no SUBACK");
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+            break;
+        }
+    }
+    let port = n.mqtt_port;
+    let publisher = std::thread::spawn(move || {
+        Command::new(BIN)
+            .args(["bench", "pub", "-p", &port.to_string()])
+            .args(["-c", "1", "-q", "1", "--inflight", "32", "-s", "524288"])
+            .args(["-t", "bigflow/1", "-I", "0", "-L", &TOTAL.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("bench pub")
+    });
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while got < TOTAL {
+        assert!(Instant::now() < deadline, "{got} of {TOTAL}");
+        match tokio::time::timeout(Duration::from_secs(15), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                assert_eq!(p.payload.len(), 524288);
+                got += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("subscriber failed after {got}: {other:?}\n{}", n.log()),
+        }
+    }
+    assert!(publisher.join().expect("join").success());
+    assert_eq!(metric(&n, "client.force_shutdown"), 0);
+    assert_eq!(metric(&n, "delivery.dropped"), 0);
+}

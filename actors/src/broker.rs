@@ -586,7 +586,7 @@ mod tests {
         ) -> Result<(), ActorProcessingErr> {
             if let SessionMsg::Drain = msg {
                 let mut got = Vec::new();
-                while st.2.take(100, &mut got, Bounds::NONE) {}
+                while st.2.take(100, &mut got, Bounds::NONE, usize::MAX) {}
                 for (m, matches) in got {
                     let _ = st.1.send((st.0.clone(), m, matches.to_vec()));
                 }

@@ -245,19 +245,29 @@ impl Inbox {
         self.over_bytes.load(Ordering::Relaxed) && self.over_bytes.swap(false, Ordering::AcqRel)
     }
 
-    /// Session side: moves up to `max` messages into `out`. Returns true
-    /// when more remain (the caller must come back: it is still marked
-    /// scheduled); false when the inbox is empty and idle again.
-    pub fn take(&self, max: usize, out: &mut Vec<Item>, b: Bounds) -> bool {
+    /// Session side: moves up to `max` messages, and at most `budget`
+    /// bytes of them, into `out` (a message larger than the whole byte
+    /// bound never fits: it is taken alone, for the session to drop).
+    /// Returns true when more remain (the caller must come back: it is
+    /// still marked scheduled); false when the inbox is empty and idle
+    /// again.
+    pub fn take(&self, max: usize, out: &mut Vec<Item>, b: Bounds, budget: usize) -> bool {
         let mut guard = self.state.lock();
         let s = &mut *guard;
         let before = s.q.len();
         let was = level(before, s.bytes, b);
-        let n = before.min(max);
-        for it in s.q.drain(..n) {
-            s.bytes = s.bytes.saturating_sub(it.0.size());
-            out.push(it);
+        let (mut n, mut bytes) = (0, 0usize);
+        for it in s.q.iter().take(max) {
+            let size = it.0.size();
+            let never_fits = n == 0 && size > b.bytes;
+            if bytes + size > budget && !never_fits {
+                break;
+            }
+            bytes += size;
+            n += 1;
         }
+        out.extend(s.q.drain(..n));
+        s.bytes = s.bytes.saturating_sub(bytes);
         if n > 0 {
             s.progress = Instant::now();
         }
@@ -429,10 +439,10 @@ mod tests {
             .expect("a wake")
             .expect("open");
         // Taking part leaves it scheduled: no new wake for new pushes.
-        assert!(ib.take(15, &mut got, b));
+        assert!(ib.take(15, &mut got, b, usize::MAX));
         assert_eq!(got.len(), 15);
         ib.push(item(21), b);
-        assert!(!ib.take(100, &mut got, b));
+        assert!(!ib.take(100, &mut got, b, usize::MAX));
         let ids: Vec<u32> = got.iter().filter_map(|(_, m)| m[0].sub_id).collect();
         let want: Vec<u32> = (0..20).chain([21]).collect();
         assert_eq!(ids, want, "in order, the one over the bound dropped");
@@ -470,9 +480,38 @@ mod tests {
         assert!(ib.take_over_bytes(), "the session is told");
         assert!(!ib.take_over_bytes(), "once");
         let mut got = Vec::new();
-        ib.take(2, &mut got, b);
+        ib.take(2, &mut got, b, usize::MAX);
         assert_eq!(ib.bytes(), 12);
         assert_ne!(ib.push(item(9), b), Pushed::Full, "room again");
+        // The session takes what its budget has room for, in order.
+        let mut got = Vec::new();
+        assert!(ib.take(100, &mut got, b, 9), "more remain");
+        assert_eq!(got.len(), 2, "two of 4 bytes fit in 9");
+        ib.take(100, &mut got, b, 0);
+        assert_eq!(got.len(), 2, "nothing fits in 0");
+        // A message larger than the whole bound is taken alone, to be
+        // dropped by the session, not left blocking the inbox.
+        let mut big = item(0);
+        let mut m = (*big.0).clone();
+        m.payload = bytes::Bytes::from(vec![0u8; 64]);
+        big.0 = Arc::new(m);
+        let tiny = Bounds {
+            count: 100,
+            bytes: 20,
+        };
+        let (tx2, _rx2) = mpsc::unbounded_channel();
+        let (a2, _h2) = Actor::spawn(None, Waker, tx2).await.expect("spawn");
+        let ib2 = Inbox::new(a2.clone());
+        {
+            let mut st = ib2.state.lock();
+            st.bytes += big.0.size();
+            st.q.push_back(big);
+            st.scheduled = true;
+        }
+        let mut got = Vec::new();
+        assert!(!ib2.take(100, &mut got, tiny, 5));
+        assert_eq!(got.len(), 1);
+        a2.stop(None);
         a.stop(None);
     }
 
@@ -501,7 +540,7 @@ mod tests {
         assert_eq!(ib.push(item(12), b), Pushed::Queued);
         // Taking does not end it; the session says when its client caught up.
         let mut got = Vec::new();
-        ib.take(100, &mut got, b);
+        ib.take(100, &mut got, b, usize::MAX);
         assert!(ib.is_stopped());
         ib.resume();
         assert!(!ib.is_stopped());
@@ -513,7 +552,7 @@ mod tests {
             tokio::time::advance(SLOW / 2).await;
             assert_eq!(ib.push(item(round * 100 + 99), b), Pushed::Congested);
             got.clear();
-            ib.take(100, &mut got, b);
+            ib.take(100, &mut got, b, usize::MAX);
         }
         assert!(!ib.is_stopped());
         a.stop(None);
@@ -540,11 +579,11 @@ mod tests {
         assert!(!waiter.is_finished(), "8 waiting is above low water");
         // A session that takes keeps the waiter waiting...
         let mut got = Vec::new();
-        ib.take(2, &mut got, b);
+        ib.take(2, &mut got, b, usize::MAX);
         tokio::time::advance(SLOW / 2).await;
         assert!(!waiter.is_finished(), "6 waiting is above low water");
         // ... until it is down to low water.
-        ib.take(4, &mut got, b);
+        ib.take(4, &mut got, b, usize::MAX);
         let waited = waiter.await.expect("join");
         assert!(waited < SLOW, "{waited:?}");
         // Below hard water, a session that takes nothing releases the

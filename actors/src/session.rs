@@ -374,7 +374,7 @@ impl Actor for SessionActor {
                 // The inbox first: what waits there would refill the queue.
                 let mut batch = std::mem::take(&mut st.batch);
                 let b = st.ctx.broker.inbox_bounds();
-                while st.inbox.take(DRAIN_BATCH, &mut batch, b) {
+                while st.inbox.take(DRAIN_BATCH, &mut batch, b, usize::MAX) {
                     st.ch.counters.dropped += batch.len() as u64;
                     st.ch.counters.dropped_queue_full += batch.len() as u64;
                     batch.clear();
@@ -526,8 +526,23 @@ impl SessionState {
             return;
         }
         let b = self.ctx.broker.inbox_bounds();
+        // A connected client that keeps taking gets what its byte bound
+        // has room for; the rest waits here, where publishers see it. An
+        // offline or stopped one takes all, and its queue drops.
+        let budget = if self.conn.is_some() && !self.inbox.is_stopped() {
+            self.ch.room_bytes()
+        } else {
+            usize::MAX
+        };
         let mut batch = std::mem::take(&mut self.batch);
-        let more = self.inbox.take(DRAIN_BATCH, &mut batch, b);
+        let more = self.inbox.take(DRAIN_BATCH, &mut batch, b, budget);
+        if batch.is_empty() {
+            // Nothing fits now (still scheduled): an acknowledgement
+            // brings the session back.
+            self.batch = batch;
+            self.after_pump(myself);
+            return;
+        }
         let now = clock::now();
         let upgrade = self.ctx.settings.upgrade_qos;
         let max_pending = self.ctx.settings.max_pending_write;

@@ -1151,6 +1151,15 @@ impl Channel {
         Some(f)
     }
 
+    /// Bytes that can still be taken in before the queue and the inflight
+    /// window hold `max_held_bytes`.
+    pub fn room_bytes(&self) -> usize {
+        match self.settings.max_held_bytes {
+            Some(max) => max.saturating_sub(self.held_bytes()),
+            None => usize::MAX,
+        }
+    }
+
     /// Bytes of the queued messages (not those in flight).
     pub fn queued_bytes(&self) -> usize {
         self.mqueue_bytes
