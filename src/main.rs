@@ -76,7 +76,16 @@ fn parse_flags(args: &[String]) -> Result<(Flags, Vec<String>), String> {
 /// `start` inherits them).
 pub fn locate_config(flags: &Flags) -> config::Location {
     let exe = std::env::current_exe().ok();
-    let env = |k: &str| std::env::var(k).ok();
+    // Variables predefined by the process that started this one (`start`)
+    // are not the operator's: they do not change where the file is looked
+    // for (the same order finds the same file).
+    let ours = std::env::var(PREDEFINED).unwrap_or_default();
+    let env = |k: &str| {
+        if ours.split(',').any(|v| v == k) {
+            return None;
+        }
+        std::env::var(k).ok()
+    };
     let loc = config::locate(flags.config.as_deref(), &env, exe.as_deref(), &|p| {
         p.is_file()
     });
@@ -85,14 +94,23 @@ pub fn locate_config(flags: &Flags) -> config::Location {
         ("EMQX_DATA_DIR", loc.sibling("data")),
         ("EMQX_LOG_DIR", loc.sibling("log")),
     ];
+    let mut set = Vec::new();
     for (var, dir) in dirs {
         if std::env::var_os(var).is_none() {
             // Called from main before any other thread exists.
             std::env::set_var(var, dir);
+            set.push(var);
         }
+    }
+    if !set.is_empty() {
+        std::env::set_var(PREDEFINED, set.join(","));
     }
     loc
 }
+
+/// Names the `EMQX_*_DIR` variables this program predefined (see
+/// [`locate_config`]).
+const PREDEFINED: &str = "EMQX_RS_PREDEFINED";
 
 /// Loads the configuration for any command; exits 2 on error.
 pub fn load_config(flags: &Flags) -> Result<config::Config, ExitCode> {

@@ -929,7 +929,6 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
         if crate::remote::ping_quiet(&cfg) {
-            println!("{}", using_config(&cfg));
             println!(
                 "emqx-rs {} is started successfully!",
                 env!("CARGO_PKG_VERSION")

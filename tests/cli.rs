@@ -1146,23 +1146,22 @@ fn the_config_is_found_beside_the_executable_from_any_directory() {
     );
 
     // `start` from elsewhere: the node runs with that file (and the file it
-    // includes), and says so; its data goes beside etc/.
+    // includes), and says so in its output file; its data goes beside etc/.
+    let data = root.path().join("bin/../etc/../data");
+    let pid_file = data.join(format!("{name}.pid"));
+    let _guard = KillOnDrop(pid_file.clone());
     let o = run(&["start"], &[]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(pid_file.exists(), "no {}", pid_file.display());
+    let out =
+        std::fs::read_to_string(data.join("log").join(format!("{name}.out"))).unwrap_or_default();
     assert!(
-        stdout(&o).contains(&format!(
+        out.contains(&format!(
             "using config {} (from beside the executable)",
             conf.display()
         )),
-        "{}",
-        stdout(&o)
+        "{out}"
     );
-    let pid_file = root
-        .path()
-        .join("bin/../etc/../data")
-        .join(format!("{name}.pid"));
-    assert!(pid_file.exists(), "no {}", pid_file.display());
-    let _guard = KillOnDrop(pid_file.clone());
     assert!(
         TcpStream::connect(("127.0.0.1", mqtt)).is_ok(),
         "MQTT port from listeners.conf"
