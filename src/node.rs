@@ -567,7 +567,7 @@ async fn start_broker(
         overload: Arc::new(Overload::new(overload_settings(cfg)?)),
     });
     let sys_task = ctx.spawn_sys();
-    let overload_task = emqx_actors::overload::spawn_monitor(ctx.clone());
+    let overload_task = emqx_actors::overload_monitor::spawn_monitor(ctx.clone());
     let core = Core {
         ctx,
         forwarder,

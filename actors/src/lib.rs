@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod metrics;
 pub mod outbox;
 pub mod overload;
+pub mod overload_monitor;
 pub mod peer_tls;
 pub mod peers;
 pub mod replicated;

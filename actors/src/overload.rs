@@ -9,12 +9,11 @@
 //!
 //! Only sessions holding at least [`HEAVY`] bytes in their queue are
 //! candidates; they register themselves here while they do, so the node
-//! keeps no list of every session for this.
+//! keeps no list of every session for this. The monitor itself, which
+//! needs the node's context, is `overload_monitor.rs`.
 
 use crate::inbox::Inbox;
-use crate::metrics::inc;
 use crate::session_msg::SessionMsg;
-use crate::Ctx;
 use parking_lot::Mutex;
 use ractor::{ActorId, ActorRef};
 use std::collections::HashMap;
@@ -70,6 +69,12 @@ impl Overload {
         self.overloaded.load(Ordering::Relaxed)
     }
 
+    /// Monitor side: marks the node overloaded or not; returns the state
+    /// before.
+    pub fn set_overloaded(&self, on: bool) -> bool {
+        self.overloaded.swap(on, Ordering::AcqRel)
+    }
+
     /// Whether a listener should refuse the connection it just accepted.
     pub fn refuse_new_conn(&self) -> bool {
         self.settings.backoff_new_conn && self.is_overloaded()
@@ -90,7 +95,7 @@ impl Overload {
     }
 
     /// The heavy sessions to shed to free `excess` bytes, largest first.
-    fn pick(&self, excess: u64) -> Vec<(ActorRef<SessionMsg>, usize)> {
+    pub fn pick(&self, excess: u64) -> Vec<(ActorRef<SessionMsg>, usize)> {
         let mut all: Vec<(ActorRef<SessionMsg>, usize)> = self
             .heavy
             .lock()
@@ -139,90 +144,6 @@ pub fn memory_limit() -> Option<u64> {
         }
     }
     proc_kb("/proc/meminfo", "MemTotal")
-}
-
-fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / (1024.0 * 1024.0))
-}
-
-/// Watches the node's memory until the returned task is aborted.
-pub fn spawn_monitor(ctx: Arc<Ctx>) -> Option<tokio::task::JoinHandle<()>> {
-    let s = ctx.overload.settings().clone();
-    if !s.enable {
-        return None;
-    }
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(s.check_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shed = false;
-        loop {
-            tick.tick().await;
-            if std::mem::take(&mut shed) {
-                // The sessions dropped their queues since the last check:
-                // give the freed memory back, so the watermark sees it.
-                let _ = tokio::task::spawn_blocking(release_free_memory).await;
-            }
-            let Some(rss) = resident_bytes() else {
-                continue;
-            };
-            shed = check(&ctx, &s, rss);
-        }
-    }))
-}
-
-/// Returns the allocator's free pages to the system. glibc keeps freed
-/// memory in its arenas, where the resident size would not show it.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it
-    // takes no pointer and is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// One look at memory; returns whether sessions were told to shed.
-fn check(ctx: &Ctx, s: &OverloadSettings, rss: u64) -> bool {
-    let ov = &ctx.overload;
-    if rss >= s.high_watermark {
-        if !ov.overloaded.swap(true, Ordering::AcqRel) {
-            ctx.alarm_activate(
-                ALARM,
-                serde_json::json!({
-                    "usage": rss,
-                    "high_watermark": s.high_watermark,
-                    "low_watermark": s.low_watermark,
-                }),
-                format!(
-                    "node memory {} is past overload_protection.mem_high_watermark ({})",
-                    mb(rss),
-                    mb(s.high_watermark)
-                ),
-            );
-        }
-        let excess = rss.saturating_sub(s.low_watermark);
-        let shed = ov.pick(excess);
-        if !shed.is_empty() {
-            let total: usize = shed.iter().map(|(_, n)| n).sum();
-            tracing::warn!(
-                "overloaded at {}: shedding the queues of {} sessions ({})",
-                mb(rss),
-                shed.len(),
-                mb(total as u64)
-            );
-        }
-        let any = !shed.is_empty();
-        for (a, _) in shed {
-            inc(&ctx.broker.metrics.overload_protection_shed);
-            let _ = a.cast(SessionMsg::Shed);
-        }
-        return any;
-    }
-    if rss < s.low_watermark && ov.overloaded.swap(false, Ordering::AcqRel) {
-        tracing::info!("no longer overloaded: node memory {}", mb(rss));
-        ctx.alarm_deactivate(ALARM);
-    }
-    false
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use emqx_actors::conn::{self, Accepted};
 use emqx_actors::Ctx;
 use proxy::Prefixed;
-use spec::{handle_limits, rate_wait, Bucket};
+use spec::{handle_limits, overloaded, rate_wait, Bucket};
 pub use spec::{Spec, State};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -111,17 +111,6 @@ pub fn check(cfg: &Config) -> Result<(), String> {
 /// node (an autoheal restart closes every listener: `ctx.listeners`) and
 /// the operator (`ctl listeners stop`) want it; closed, connects are
 /// refused rather than queued.
-/// The node is past its memory watermark with `backoff_new_conn`: a new
-/// connection is closed at once, before a byte is read (as EMQX does),
-/// and counted.
-pub(crate) fn overloaded(ctx: &Ctx) -> bool {
-    if ctx.overload.refuse_new_conn() {
-        emqx_actors::metrics::inc(&ctx.broker.metrics.overload_protection_new_conn);
-        return true;
-    }
-    false
-}
-
 async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
     let (id, bind) = (&spec.id, spec.bind);
     let mut node_open = ctx.listeners.subscribe();

@@ -3,7 +3,7 @@
 //! default single-stream mode), served by the same connection code as
 //! every other transport. QUIC itself is quinn's.
 
-use super::spec::{handle_limits, rate_wait, Bucket, Spec, State};
+use super::spec::{handle_limits, overloaded, rate_wait, Bucket, Spec, State};
 use crate::listeners::tls::Tls;
 use emqx_actors::conn;
 use emqx_actors::Ctx;
@@ -89,7 +89,7 @@ pub async fn accept_loop(endpoint: Endpoint, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             r = wanted.changed() => if r.is_err() { return } else { continue },
             r = reloads.changed() => if r.is_err() { return } else { continue },
         };
-        if !handle_limits(&spec, incoming.remote_address()) || super::overloaded(&ctx) {
+        if !handle_limits(&spec, incoming.remote_address()) || overloaded(&ctx) {
             incoming.refuse();
             continue;
         }

@@ -189,6 +189,17 @@ pub(super) async fn rate_wait(
     }
 }
 
+/// The node is past its memory watermark with `backoff_new_conn`: a new
+/// connection is closed at once, before a byte is read (as EMQX does),
+/// and counted.
+pub(super) fn overloaded(ctx: &emqx_actors::Ctx) -> bool {
+    if ctx.overload.refuse_new_conn() {
+        emqx_actors::metrics::inc(&ctx.broker.metrics.overload_protection_new_conn);
+        return true;
+    }
+    false
+}
+
 /// Whether `max_connections` leaves room for one more connection.
 pub(super) fn handle_limits(spec: &Spec, peer: SocketAddr) -> bool {
     match spec.max_connections {
