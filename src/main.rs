@@ -171,10 +171,11 @@ fn main() -> ExitCode {
             // The first error was printed; exit 2 as the node would.
             Err(code) => code,
             Ok(cfg) => {
+                let file = cfg.location.file.clone();
                 if let Err(code) = check_files(cfg) {
                     return code;
                 }
-                match locate_config(&flags).file {
+                match file {
                     Some(f) => println!("{}: the configuration is valid", f.display()),
                     None => println!("no configuration file: the defaults are valid"),
                 }

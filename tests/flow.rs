@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::{metric, offline_session, Node, BIN};
+use common::{bench_pub, metric, offline_session, wait_suback, Node};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::collections::HashSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,26 +24,19 @@ async fn a_stalled_qos1_subscriber_throttles_its_publisher_and_loses_nothing() {
     c.subscribe("flow/#", QoS::AtLeastOnce)
         .await
         .expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "no SUBACK");
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
-            break;
-        }
-    }
+    wait_suback(&mut el, "subscriber").await;
 
     // The publisher: QoS 1, as fast as its window of 100 allows. Without
     // back-pressure it would have every message acknowledged in a second
     // or two, far more than the subscriber's inbox holds (10,000).
-    let publisher = Command::new(BIN)
-        .args(["bench", "pub", "-p", &n.mqtt_port.to_string()])
-        .args(["-c", "1", "-q", "1", "--inflight", "100", "-s", "16"])
-        .args(["-t", "flow/1", "-I", "0", "-L", &TOTAL.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn bench pub");
+    let total = TOTAL.to_string();
+    let publisher = bench_pub(
+        n.mqtt_port,
+        &["-c", "1", "-q", "1", "--inflight", "100", "-s", "16"],
+    )
+    .args(["-t", "flow/1", "-I", "0", "-L", &total])
+    .spawn()
+    .expect("spawn bench pub");
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Now read: every message must arrive, once.
@@ -94,15 +86,11 @@ fn rss(pid: u32) -> u64 {
         * 1024
 }
 
-fn bench_pub(n: &Node, topic: &str, size: usize, count: usize) {
-    let st = Command::new(BIN)
-        .args(["bench", "pub", "-p", &n.mqtt_port.to_string()])
-        .args(["-c", "1", "-q", "1", "--inflight", "20"])
+/// Publishes `count` QoS 1 messages of `size` bytes to `topic`, and waits.
+fn publish_all(n: &Node, topic: &str, size: usize, count: usize) {
+    let st = bench_pub(n.mqtt_port, &["-c", "1", "-q", "1", "--inflight", "20"])
         .args(["-s", &size.to_string(), "-t", topic, "-I", "0"])
         .args(["-L", &count.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .status()
         .expect("bench pub");
     assert!(st.success(), "bench pub: {st}");
@@ -124,7 +112,7 @@ async fn offline_sessions_stop_at_their_byte_bound() {
     }
     let pid = n.pid().expect("pid");
     let before = rss(pid);
-    bench_pub(&n, "big/1", SIZE, COUNT);
+    publish_all(&n, "big/1", SIZE, COUNT);
     let grown = rss(pid).saturating_sub(before);
     eprintln!("RSS grew by {} MB", grown / (1024 * 1024));
     assert!(
@@ -180,15 +168,13 @@ fn force_shutdown_disconnects_a_client_past_max_heap_size() {
     let publisher = std::thread::spawn({
         let port = n.mqtt_port;
         move || {
-            Command::new(BIN)
-                .args(["bench", "pub", "-p", &port.to_string()])
-                .args(["-c", "1", "-q", "1", "--inflight", "20", "-s", "8192"])
-                .args(["-t", "hoard", "-I", "0", "-L", "400"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("bench pub")
+            bench_pub(
+                port,
+                &["-c", "1", "-q", "1", "--inflight", "20", "-s", "8192"],
+            )
+            .args(["-t", "hoard", "-I", "0", "-L", "400"])
+            .status()
+            .expect("bench pub")
         }
     });
     let (b, closed) = raw.read_all(Duration::from_secs(30));
@@ -226,24 +212,16 @@ async fn a_slow_reader_of_large_messages_is_held_within_its_bound_and_loses_noth
     c.subscribe("bigflow/#", QoS::AtLeastOnce)
         .await
         .expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "no SUBACK");
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
-            break;
-        }
-    }
+    wait_suback(&mut el, "subscriber").await;
     let port = n.mqtt_port;
     let publisher = std::thread::spawn(move || {
-        Command::new(BIN)
-            .args(["bench", "pub", "-p", &port.to_string()])
-            .args(["-c", "1", "-q", "1", "--inflight", "32", "-s", "524288"])
-            .args(["-t", "bigflow/1", "-I", "0", "-L", &TOTAL.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("bench pub")
+        bench_pub(
+            port,
+            &["-c", "1", "-q", "1", "--inflight", "32", "-s", "524288"],
+        )
+        .args(["-t", "bigflow/1", "-I", "0", "-L", &TOTAL.to_string()])
+        .status()
+        .expect("bench pub")
     });
     let mut got = 0;
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{connect_v5, metric, offline_session, Node, Opts, Raw, BIN};
-use std::process::{Command, Stdio};
+use common::{bench_pub, connect_v5, metric, offline_session, Node, Opts, Raw};
 use std::time::{Duration, Instant};
 
 /// A CONNECT on a fresh socket: true if a CONNACK came back.
@@ -42,25 +41,23 @@ async fn a_storm_past_the_memory_watermark_is_refused_and_shed_then_the_node_rec
 
     // The storm: 512 KB messages into every session for 8 s (each session
     // may hold 32 MB: 8 of them, 256 MB, pass the 200 MB watermark).
-    let mut storm = Command::new(BIN)
-        .args(["bench", "pub", "-p", &n.mqtt_port.to_string()])
-        .args(["-c", &SESSIONS.to_string(), "-i", "0", "-q", "1"])
-        .args([
-            "--inflight",
-            "8",
-            "-s",
-            "524288",
-            "-t",
-            "storm/%i",
-            "-I",
-            "0",
-        ])
-        .args(["--duration", "8"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("bench pub");
+    let sessions = SESSIONS.to_string();
+    let mut storm = bench_pub(
+        n.mqtt_port,
+        &["-c", &sessions, "-i", "0", "-q", "1", "--inflight", "8"],
+    )
+    .args([
+        "-s",
+        "524288",
+        "-t",
+        "storm/%i",
+        "-I",
+        "0",
+        "--duration",
+        "8",
+    ])
+    .spawn()
+    .expect("bench pub");
 
     let alarm = "high_process_memory_usage";
     let raised = common::wait_until(Duration::from_secs(30), || {

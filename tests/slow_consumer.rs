@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::{connect_v5, frame, metric, Node, BIN};
+use common::{bench_pub, connect_v5, frame, metric, Node};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::io::Read;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,15 +147,13 @@ fn stuck_client(n: &Node, id: &str, read: bool) -> TcpStream {
 /// Floods `flood/<id>` (only the stuck client gets it) with QoS 1 until the
 /// stuck client is found stopped: its alarm is raised.
 fn drive_to_stopped(n: &Node, id: &str) {
-    let mut flood = Command::new(BIN)
-        .args(["bench", "pub", "-p", &n.mqtt_port.to_string()])
-        .args(["-c", "1", "-q", "1", "--inflight", "100", "-s", "64"])
-        .args(["-t", &format!("flood/{id}"), "-I", "0", "-L", "8000"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn bench pub");
+    let mut flood = bench_pub(
+        n.mqtt_port,
+        &["-c", "1", "-q", "1", "--inflight", "100", "-s", "64"],
+    )
+    .args(["-t", &format!("flood/{id}"), "-I", "0", "-L", "8000"])
+    .spawn()
+    .expect("spawn bench pub");
     let alarm = format!("slow_consumer/{id}");
     let raised = common::wait_until(Duration::from_secs(60), || {
         n.ctl(&["alarms", "list"]).1.contains(&alarm)

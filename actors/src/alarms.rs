@@ -126,10 +126,6 @@ impl Alarms {
         Some(a)
     }
 
-    pub fn is_active(&self, name: &str) -> bool {
-        self.inner.lock().active.contains_key(name)
-    }
-
     /// Active alarms, by name.
     pub fn active(&self) -> Vec<Alarm> {
         self.inner.lock().active.values().cloned().collect()

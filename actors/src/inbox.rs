@@ -166,9 +166,11 @@ impl Inbox {
         }
         if s.bytes + size > b.bytes {
             drop(s);
-            self.over_bytes.store(true, Ordering::Relaxed);
-            // The session decides (force_shutdown) and frees its queue.
-            let _ = self.session.wake();
+            // The session decides (force_shutdown) and frees its queue:
+            // woken once, not once per message dropped meanwhile.
+            if !self.over_bytes.swap(true, Ordering::AcqRel) {
+                let _ = self.session.wake();
+            }
             return Pushed::Full;
         }
         if len == 0 {

@@ -372,21 +372,18 @@ impl Actor for SessionActor {
             }
             SessionMsg::Shed => {
                 // The inbox first: what waits there would refill the queue.
-                let mut batch = std::mem::take(&mut st.batch);
+                // (A local vector: the session's batch keeps its capacity.)
+                let mut all = Vec::new();
                 let b = st.ctx.broker.inbox_bounds();
-                while st.inbox.take(DRAIN_BATCH, &mut batch, b, usize::MAX) {
-                    st.ch.counters.dropped += batch.len() as u64;
-                    st.ch.counters.dropped_queue_full += batch.len() as u64;
-                    batch.clear();
-                }
-                let n = batch.len() as u64 + st.ch.shed_queue() as u64;
-                st.ch.counters.dropped += batch.len() as u64;
-                st.ch.counters.dropped_queue_full += batch.len() as u64;
-                batch.clear();
-                st.batch = batch;
+                st.inbox.take(usize::MAX, &mut all, b, usize::MAX);
+                let from_inbox = all.len() as u64;
+                drop(all);
+                st.ch.counters.dropped += from_inbox;
+                st.ch.counters.dropped_queue_full += from_inbox;
+                let n = from_inbox + st.ch.shed_queue() as u64;
                 tracing::warn!(
                     client_id = %st.ch.client_id,
-                    "node overloaded: dropped the session's queued messages (at least {n})"
+                    "node overloaded: dropped the session's {n} queued messages"
                 );
                 st.check_flow(&myself);
                 st.report_drops();

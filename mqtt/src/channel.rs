@@ -173,6 +173,9 @@ pub struct Channel {
     pub mqueue: VecDeque<Delivery>,
     /// Bytes of the messages in `mqueue` (topic and payload).
     mqueue_bytes: usize,
+    /// QoS 0 messages in `mqueue`: a full queue looks for one to drop
+    /// only when there is one.
+    mqueue_qos0: usize,
     /// Bytes of the messages in `inflight` (those still being published).
     inflight_bytes: usize,
     /// QoS 2 packet ids received and not yet released (exactly-once).
@@ -340,6 +343,11 @@ impl Channel {
         }
         ch.mqueue = snap.mqueue.into();
         ch.mqueue_bytes = ch.mqueue.iter().map(|d| d.msg.size()).sum();
+        ch.mqueue_qos0 = ch
+            .mqueue
+            .iter()
+            .filter(|d| d.qos == QoS::AtMostOnce)
+            .count();
         ch.awaiting_rel = snap.awaiting_rel.into_iter().map(|p| (p, now)).collect();
         ch.next_pid = snap.next_pid.max(1);
         ch.created_at_ms = snap.created_at_ms;
@@ -360,6 +368,7 @@ impl Channel {
             inflight_seq: 0,
             mqueue: VecDeque::new(),
             mqueue_bytes: 0,
+            mqueue_qos0: 0,
             inflight_bytes: 0,
             awaiting_rel: HashMap::new(),
             next_pid: 1,
@@ -1100,6 +1109,7 @@ impl Channel {
         }
         self.counters.enqueued += 1;
         self.mqueue_bytes += size;
+        self.mqueue_qos0 += usize::from(d.qos == QoS::AtMostOnce);
         self.mqueue.push_back(d);
     }
 
@@ -1108,11 +1118,16 @@ impl Channel {
     /// `new` is itself QoS 0 and nothing queued is, says to drop `new`
     /// (false). EMQX's policy: QoS 0 first, then the oldest.
     fn drop_one_for(&mut self, new: &Delivery) -> bool {
-        let qos0 = self.mqueue.iter().position(|q| q.qos == QoS::AtMostOnce);
+        let qos0 = if self.mqueue_qos0 > 0 {
+            self.mqueue.iter().position(|q| q.qos == QoS::AtMostOnce)
+        } else {
+            None
+        };
         match qos0 {
             Some(i) => {
                 if let Some(q) = self.mqueue.remove(i) {
                     self.mqueue_bytes = self.mqueue_bytes.saturating_sub(q.msg.size());
+                    self.mqueue_qos0 = self.mqueue_qos0.saturating_sub(1);
                 }
                 true
             }
@@ -1124,8 +1139,12 @@ impl Channel {
     fn mqueue_pop(&mut self) -> Option<Delivery> {
         let d = self.mqueue.pop_front()?;
         self.mqueue_bytes = self.mqueue_bytes.saturating_sub(d.msg.size());
+        self.mqueue_qos0 = self
+            .mqueue_qos0
+            .saturating_sub(usize::from(d.qos == QoS::AtMostOnce));
         if self.mqueue.is_empty() {
             self.mqueue_bytes = 0;
+            self.mqueue_qos0 = 0;
         }
         Some(d)
     }
@@ -1171,6 +1190,7 @@ impl Channel {
         let n = self.mqueue.len();
         self.mqueue.clear();
         self.mqueue_bytes = 0;
+        self.mqueue_qos0 = 0;
         self.counters.dropped += n as u64;
         self.counters.dropped_queue_full += n as u64;
         n

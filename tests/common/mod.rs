@@ -32,25 +32,43 @@ pub fn metric(n: &Node, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{out}"))
 }
 
+/// Polls a rumqttc event loop until its SUBACK arrives (10 s at most).
+pub async fn wait_suback(el: &mut rumqttc::EventLoop, who: &str) {
+    use rumqttc::{Event, Packet};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "{who}: no SUBACK");
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
+            return;
+        }
+    }
+}
+
 /// A persistent session (MQTT 3.1.1, clean session false) of `client_id`
 /// subscribed to `filter` at QoS 1, then left offline.
 pub async fn offline_session(n: &Node, client_id: &str, filter: &str) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
     let mut o = MqttOptions::new(client_id, "127.0.0.1", n.mqtt_port);
     o.set_clean_session(false);
     let (c, mut el) = AsyncClient::new(o, 10);
     c.subscribe(filter, QoS::AtLeastOnce)
         .await
         .expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "{client_id}: no SUBACK");
-        if let Ok(Event::Incoming(Packet::SubAck(_))) = el.poll().await {
-            break;
-        }
-    }
+    wait_suback(&mut el, client_id).await;
     c.disconnect().await.expect("disconnect");
     while el.poll().await.is_ok() {}
+}
+
+/// `emqx-rs bench pub -p <port> <args>`, its output discarded; the caller
+/// spawns it or waits for it.
+pub fn bench_pub(port: u16, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["bench", "pub", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
 }
 
 pub fn free_port() -> u16 {
