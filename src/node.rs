@@ -404,23 +404,61 @@ fn prepare(cfg: &Config) -> Result<(), String> {
 /// find the node.
 struct InterNode {
     listener: TcpListener,
+    /// The node name's address: what the node advertises and peers dial.
     ip: IpAddr,
     port: u16,
+    /// Outgoing inter-node connections start from this address.
+    source: Option<IpAddr>,
+}
+
+/// Where outgoing connections of a listener bound to `listen` (`None`: the
+/// name's address `name_ip`) start from: the bound address, or wherever
+/// the kernel routes them when it is bound to every interface.
+fn source_ip(listen: Option<IpAddr>, name_ip: IpAddr) -> Option<IpAddr> {
+    match listen {
+        None => Some(name_ip),
+        Some(a) if a.is_unspecified() => None,
+        Some(a) => Some(a),
+    }
+}
+
+/// The words added to a bind error when the address is not on this host.
+fn not_local_hint(e: &std::io::Error, key: &str) -> String {
+    if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+        format!(
+            " (the address is not on this host: set {key} = \"0.0.0.0\" or to one of the host's \
+             addresses; the node name stays the address peers dial, see docs/clustering.md)"
+        )
+    } else {
+        String::new()
+    }
 }
 
 async fn bind_inter_node(cfg: &Config) -> Result<InterNode, String> {
     let name = &cfg.node.name;
     let port = cfg.dist_port();
     let host = name.split_once('@').map_or("127.0.0.1", |(_, h)| h);
-    // A host name that does not resolve is a configuration error: bound to
-    // every interface, the node would advertise an address it cannot know.
+    // A host name that does not resolve is a configuration error: the node
+    // would advertise an address it cannot know.
     let ip = host_ip(name).ok_or_else(|| {
         format!("node.name = {name}: cannot resolve the host {host} (checked through cluster.dns.resolver when set, else the system resolver)")
     })?;
-    let listener = TcpListener::bind(SocketAddr::new(ip, port))
+    let listen = cfg.node.dist_listen_address;
+    let at = listen.unwrap_or(ip);
+    let listener = TcpListener::bind(SocketAddr::new(at, port))
         .await
-        .map_err(|e| format!("inter-node port {port} on {ip} is not available: {e}"))?;
-    Ok(InterNode { listener, ip, port })
+        .map_err(|e| {
+            format!(
+                "inter-node port {port} on {at} is not available: {e}{}",
+                not_local_hint(&e, "node.dist_listen_address")
+            )
+        })?;
+    Ok(InterNode {
+        listener,
+        ip,
+        port,
+        source: source_ip(listen, ip),
+    })
 }
 
 /// What the broker sends the cluster to replicate: the receiving ends,
@@ -454,16 +492,21 @@ async fn start_broker(
     let node_name: Arc<str> = Arc::from(name.as_str());
     // The data plane: message forwarding between nodes.
     let fwd_port = cfg.forward_port();
+    let listen = cfg.rpc.listen_address.or(cfg.node.dist_listen_address);
+    let at = listen.unwrap_or(dist.ip);
     let mut fwd_cfg = ForwardConfig::new(
         node_name.clone(),
         cfg.node.cookie.clone(),
-        SocketAddr::new(dist.ip, fwd_port),
+        SocketAddr::new(at, fwd_port),
     );
-    fwd_cfg.bind_ip = host_ip(name);
+    fwd_cfg.bind_ip = source_ip(listen, dist.ip);
     fwd_cfg.tls = tls.rpc.clone();
-    let (forwarder, fwd_listener) = Forwarder::bind(fwd_cfg)
-        .await
-        .map_err(|e| format!("cannot listen for forwarded messages on port {fwd_port}: {e}"))?;
+    let (forwarder, fwd_listener) = Forwarder::bind(fwd_cfg).await.map_err(|e| {
+        format!(
+            "cannot listen for forwarded messages on port {fwd_port} on {at}: {e}{}",
+            not_local_hint(&e, "rpc.listen_address")
+        )
+    })?;
     // What the publish path reads of the other nodes, kept by the cluster
     // service.
     let view = Arc::new(ClusterView::new(node_name.clone(), forwarder.clone()));
@@ -596,6 +639,8 @@ struct ClusterParts {
     endpoint: ActorRef<emqx_actors::cluster::service::EndpointMsg>,
     dist_task: tokio::task::JoinHandle<()>,
     dist_port: u16,
+    /// Outgoing inter-node connections start from this address.
+    source: Option<IpAddr>,
     me_start: u64,
 }
 
@@ -630,7 +675,7 @@ async fn start_cluster(
         })?;
 
     let me_start = emqx_actors::clock::now_ms();
-    let adv_ip = host_ip(name).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let adv_ip = dist.ip;
     let me = MemberInfo {
         node: name.clone(),
         dist_addr: SocketAddr::new(adv_ip, dist.port).to_string(),
@@ -655,7 +700,7 @@ async fn start_cluster(
                 down_timeout: cfg.cluster.down_timeout,
                 data_dir: cfg.node.data_dir.clone(),
                 dialer: Dialer {
-                    bind_ip: host_ip(name),
+                    bind_ip: dist.source,
                     tls: tls.dist.clone(),
                 },
                 singleton: cfg.cluster.discovery_strategy.as_str() == "singleton",
@@ -693,6 +738,7 @@ async fn start_cluster(
         endpoint,
         dist_task,
         dist_port: dist.port,
+        source: dist.source,
         me_start,
     })
 }
@@ -714,7 +760,7 @@ fn start_discovery(
         cluster: cluster.service.clone(),
         node_server: cluster.node_server.clone(),
         dialer: Dialer {
-            bind_ip: host_ip(name),
+            bind_ip: cluster.source,
             tls: tls.dist.clone(),
         },
         name: name.clone(),

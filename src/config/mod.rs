@@ -907,6 +907,10 @@ pub struct NodeConfig {
     /// Our key: message-forwarding (gen_rpc-like) port; default computed
     /// by [`Config::forward_port`].
     pub forward_listen_port: Option<u16>,
+    /// Our key: the address the inter-node port is bound to (`0.0.0.0`,
+    /// `::` or one of the host's addresses); default the address the node
+    /// name resolves to. The name stays what peers dial.
+    pub dist_listen_address: Option<IpAddr>,
 }
 
 impl Default for NodeConfig {
@@ -918,6 +922,7 @@ impl Default for NodeConfig {
             db_role: DbRole::Core,
             dist_listen_port: None,
             forward_listen_port: None,
+            dist_listen_address: None,
         }
     }
 }
@@ -1619,6 +1624,10 @@ pub struct RpcConfig {
     /// `certfile`, `keyfile`, `cacertfile`, `tls_versions`, `ciphers`:
     /// required with `driver = ssl`.
     pub tls: PeerTlsOptions,
+    /// `listen_address`: the address the forwarding port is bound to;
+    /// default `node.dist_listen_address`, else the address the node name
+    /// resolves to (EMQX binds `0.0.0.0`).
+    pub listen_address: Option<IpAddr>,
 }
 
 impl Default for RpcConfig {
@@ -1628,6 +1637,7 @@ impl Default for RpcConfig {
             server_port: 5369,
             driver: RpcDriver::Tcp,
             tls: PeerTlsOptions::default(),
+            listen_address: None,
         }
     }
 }
@@ -1969,6 +1979,9 @@ impl Config {
                 f.keyword(RpcPortDiscovery::from_keyword, RpcPortDiscovery::ALL)
             })?;
             o.set("server_port", &mut c.rpc.server_port, |f| f.port())?;
+            o.set("listen_address", &mut c.rpc.listen_address, |f| {
+                f.ip_addr().map(Some)
+            })?;
             // `protocol` is EMQX's alias of `driver`.
             let mut driver = None;
             for k in ["driver", "protocol"] {
@@ -2627,6 +2640,20 @@ impl<'a> Field<'a> {
     }
 
     /// `ip:port`, `[v6]:port`, or a bare port (all interfaces).
+    /// An IP address alone (`0.0.0.0`, `::`, `10.0.0.1`, `[::1]`).
+    fn ip_addr(&self) -> Result<IpAddr> {
+        let text = self.scalar().map(str::trim).unwrap_or_default();
+        text.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| {
+                self.invalid(format!(
+                    "expected an IP address such as 0.0.0.0, :: or 10.0.0.1, got {}",
+                    self.got()
+                ))
+            })
+    }
+
     fn socket_addr(&self) -> Result<SocketAddr> {
         let text = self
             .scalar()
@@ -2759,6 +2786,9 @@ impl NodeConfig {
         })?;
         o.set("forward_listen_port", &mut self.forward_listen_port, |f| {
             f.port().map(Some)
+        })?;
+        o.set("dist_listen_address", &mut self.dist_listen_address, |f| {
+            f.ip_addr().map(Some)
         })?;
         Ok(())
     }

@@ -662,6 +662,30 @@ fn dist_and_forward_ports() {
 }
 
 #[test]
+fn listen_addresses() {
+    let c = ok("", &[]);
+    assert_eq!(
+        (c.node.dist_listen_address, c.rpc.listen_address),
+        (None, None)
+    );
+    let c = ok(
+        "node.dist_listen_address = \"0.0.0.0\"\nrpc.listen_address = \"[::]\"\n",
+        &[],
+    );
+    assert_eq!(c.node.dist_listen_address, Some("0.0.0.0".parse().unwrap()));
+    assert_eq!(c.rpc.listen_address, Some("::".parse().unwrap()));
+    let c = ok("", &[("EMQX_RPC__LISTEN_ADDRESS", "10.0.0.7")]);
+    assert_eq!(c.rpc.listen_address, Some("10.0.0.7".parse().unwrap()));
+    let e = err("node.dist_listen_address = \"eth0\"\n", &[]);
+    assert!(
+        e.contains("key 'node.dist_listen_address'") && e.contains("expected an IP address"),
+        "{e}"
+    );
+    let e = err("rpc.listen_address = \"0.0.0.0:5370\"\n", &[]);
+    assert!(e.contains("key 'rpc.listen_address'"), "{e}");
+}
+
+#[test]
 fn etcd_needs_a_server() {
     let e = err("cluster.discovery_strategy = etcd\n", &[]);
     assert!(e.contains("cluster.etcd.server") && e.contains(":1"), "{e}");
