@@ -22,7 +22,6 @@ use emqx_mqtt::topic::{self, TopicError};
 use emqx_mqtt::trie::TopicTrie;
 use parking_lot::RwLock;
 use ractor::{Actor, ActorRef};
-use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -292,7 +291,7 @@ impl Broker {
         // Groups with members only on other nodes.
         for ((filter, group), nodes) in remote_groups {
             let i = match strategy {
-                SharedStrategy::Local => rand::thread_rng().gen_range(0..nodes.len()),
+                SharedStrategy::Local => rand::random_range(0..nodes.len()),
                 _ => choose(strategy, nodes.len(), &msg, &self.rr),
             };
             shared_fwd.push((nodes[i].clone(), group.to_string(), filter.to_string()));
@@ -380,7 +379,7 @@ fn choose(strategy: SharedStrategy, n: usize, msg: &Message, rr: &AtomicUsize) -
     }
     match strategy {
         SharedStrategy::Local | SharedStrategy::Sticky => 0,
-        SharedStrategy::Random => rand::thread_rng().gen_range(0..n),
+        SharedStrategy::Random => rand::random_range(0..n),
         SharedStrategy::RoundRobin | SharedStrategy::RoundRobinPerGroup => {
             rr.fetch_add(1, Ordering::Relaxed) % n
         }
@@ -500,7 +499,7 @@ pub fn pick_member<'a>(
         return None;
     }
     let i = match strategy {
-        SharedStrategy::Random | SharedStrategy::Local => rand::thread_rng().gen_range(0..n),
+        SharedStrategy::Random | SharedStrategy::Local => rand::random_range(0..n),
         SharedStrategy::RoundRobin | SharedStrategy::RoundRobinPerGroup => {
             g.next.fetch_add(1, Ordering::Relaxed) % n
         }
@@ -513,7 +512,7 @@ pub fn pick_member<'a>(
                     return g.members.get(i);
                 }
             }
-            let i = rand::thread_rng().gen_range(0..n);
+            let i = rand::random_range(0..n);
             *st = Some(g.members[i].client_id.clone());
             i
         }

@@ -24,7 +24,7 @@
 use emqx_actors::cluster::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
 use emqx_actors::cluster::membership::Role;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
@@ -161,7 +161,7 @@ impl Sim {
                 collect: None,
                 heal: None,
             });
-            let first = s.rng.gen_range(0..TICK_MS);
+            let first = s.rng.random_range(0..TICK_MS);
             s.at(first, Ev::Tick(i));
         }
         s
@@ -208,7 +208,7 @@ impl Sim {
             }
             return;
         }
-        let lat = self.rng.gen_range(1..=30);
+        let lat = self.rng.random_range(1..=30);
         self.at(lat, Ev::Deliver { from, to, msg });
     }
 
@@ -541,7 +541,7 @@ impl Sim {
         // Peers with a working link see the socket close.
         for j in 0..self.names.len() {
             if j != i && !self.cut.contains(&(i, j)) {
-                let lat = self.rng.gen_range(1..=30);
+                let lat = self.rng.random_range(1..=30);
                 self.at(
                     lat,
                     Ev::Deliver {
@@ -595,7 +595,7 @@ impl Sim {
 
     fn split(&mut self, groups: usize) {
         let n = self.names.len();
-        let side: Vec<usize> = (0..n).map(|_| self.rng.gen_range(0..groups)).collect();
+        let side: Vec<usize> = (0..n).map(|_| self.rng.random_range(0..groups)).collect();
         let mut cut = BTreeSet::new();
         for a in 0..n {
             for b in 0..n {
@@ -610,20 +610,20 @@ impl Sim {
 
     fn random_fault(&mut self) {
         let n = self.names.len();
-        match self.rng.gen_range(0..10) {
+        match self.rng.random_range(0..10) {
             0..=2 => {
-                let g = self.rng.gen_range(2..=3);
+                let g = self.rng.random_range(2..=3);
                 self.split(g);
             }
             3 => {
-                let a = self.rng.gen_range(0..n);
-                let b = (a + self.rng.gen_range(1..n)) % n;
+                let a = self.rng.random_range(0..n);
+                let b = (a + self.rng.random_range(1..n)) % n;
                 self.cut.insert((a, b));
                 self.trace(format!("one-way cut {a}->{b}"));
             }
             4 => {
-                let a = self.rng.gen_range(0..n);
-                let b = (a + self.rng.gen_range(1..n)) % n;
+                let a = self.rng.random_range(0..n);
+                let b = (a + self.rng.random_range(1..n)) % n;
                 let mut cut = self.cut.clone();
                 cut.remove(&(a, b));
                 cut.remove(&(b, a));
@@ -635,11 +635,11 @@ impl Sim {
                 self.trace("network healed".into());
             }
             7 => {
-                let a = self.rng.gen_range(0..n);
+                let a = self.rng.random_range(0..n);
                 self.crash(a);
             }
             _ => {
-                let a = self.rng.gen_range(0..n);
+                let a = self.rng.random_range(0..n);
                 self.restart(a);
             }
         }
@@ -684,19 +684,19 @@ impl Sim {
 
 fn run_schedule(seed: u64) -> Result<(usize, usize), String> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let n = rng.gen_range(3..=7);
+    let n = rng.random_range(3..=7);
     let mut sim = Sim::new(seed, n);
-    sim.hold = rng.gen_bool(0.5);
+    sim.hold = rng.random_bool(0.5);
     // Form the cluster.
     sim.run_until(10_000);
     if !sim.converged() {
         return Err(format!("the cluster never formed:\n{}", sim.state()));
     }
     // Faults.
-    let fault_end = 10_000 + rng.gen_range(0..90_000);
+    let fault_end = 10_000 + rng.random_range(0..90_000);
     while sim.now < fault_end {
         sim.random_fault();
-        let step = rng.gen_range(500..12_000);
+        let step = rng.random_range(500..12_000);
         let until = (sim.now + step).min(fault_end);
         sim.run_until(until);
     }

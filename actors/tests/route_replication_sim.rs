@@ -11,7 +11,7 @@
 
 use emqx_actors::cluster::routes::{ClusterRoutes, LocalRouteLog, RouteKey, RouteOp};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeSet, VecDeque};
 
 #[derive(Debug, Clone)]
@@ -54,12 +54,12 @@ struct Net {
 
 impl Net {
     fn send(&mut self, rng: &mut StdRng, from: usize, to: usize, m: Msg, lossy: bool) {
-        if !self.up[from][to] || (lossy && rng.gen_bool(0.1)) {
+        if !self.up[from][to] || (lossy && rng.random_bool(0.1)) {
             return;
         }
-        let copies = if lossy && rng.gen_bool(0.05) { 2 } else { 1 };
+        let copies = if lossy && rng.random_bool(0.05) { 2 } else { 1 };
         for _ in 0..copies {
-            let at = self.now + rng.gen_range(1..20);
+            let at = self.now + rng.random_range(1..20);
             self.queue.push_back((at, from, to, m.clone()));
         }
     }
@@ -69,7 +69,7 @@ impl Net {
             return None;
         }
         // Deliver something due, not always the oldest: reordering.
-        let i = rng.gen_range(0..self.queue.len().min(4));
+        let i = rng.random_range(0..self.queue.len().min(4));
         let (at, f, t, m) = self.queue.remove(i)?;
         self.now = self.now.max(at);
         Some((f, t, m))
@@ -162,10 +162,10 @@ fn handle(
 
 fn run(seed: u64) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let n = rng.gen_range(3..=7);
+    let n = rng.random_range(3..=7);
     let mut nodes: Vec<Node> = (0..n)
         .map(|_| Node {
-            local: LocalRouteLog::new(rng.gen_range(2..40)),
+            local: LocalRouteLog::new(rng.random_range(2..40)),
             remote: ClusterRoutes::new(),
         })
         .collect();
@@ -176,10 +176,10 @@ fn run(seed: u64) -> Result<(), String> {
     };
     for step in 0..400 {
         net.now += 1;
-        match rng.gen_range(0..10) {
+        match rng.random_range(0..10) {
             0..=4 => {
-                let o = rng.gen_range(0..n);
-                let k = key(rng.gen_range(0..60));
+                let o = rng.random_range(0..n);
+                let k = key(rng.random_range(0..60));
                 let op = if nodes[o].local.keys.contains(&k) {
                     RouteOp::Del(k)
                 } else {
@@ -202,7 +202,7 @@ fn run(seed: u64) -> Result<(), String> {
                 }
             }
             5 => {
-                let (a, b) = (rng.gen_range(0..n), rng.gen_range(0..n));
+                let (a, b) = (rng.random_range(0..n), rng.random_range(0..n));
                 if a != b {
                     let v = !net.up[a][b];
                     net.up[a][b] = v;
@@ -210,14 +210,14 @@ fn run(seed: u64) -> Result<(), String> {
                 }
             }
             6 => {
-                let o = rng.gen_range(0..n);
+                let o = rng.random_range(0..n);
                 let version = nodes[o].local.version;
                 for p in (0..n).filter(|p| *p != o) {
                     net.send(&mut rng, o, p, Msg::Heartbeat { origin: o, version }, true);
                 }
             }
             _ => {
-                for _ in 0..rng.gen_range(1..6) {
+                for _ in 0..rng.random_range(1..6) {
                     if let Some((f, t, m)) = net.next(&mut rng) {
                         handle(&mut nodes, &mut net, &mut rng, f, t, m, true);
                     }

@@ -7,8 +7,11 @@
 //! local dnsmasq).
 
 use crate::strategy::{DiscoveryError, Strategy};
-use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
-use hickory_resolver::TokioAsyncResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,7 +27,7 @@ pub struct Dns {
     name: String,
     record_type: RecordType,
     short_name: String,
-    resolver: TokioAsyncResolver,
+    resolver: TokioResolver,
 }
 
 impl Dns {
@@ -48,22 +51,27 @@ impl Dns {
 
 /// A resolver asking `server`, or the system's when `None`; no cache, so
 /// every lookup sees the records as they are now.
-pub(crate) fn resolver_for(
-    server: Option<SocketAddr>,
-) -> Result<TokioAsyncResolver, DiscoveryError> {
-    let mut opts = ResolverOpts::default();
+pub(crate) fn resolver_for(server: Option<SocketAddr>) -> Result<TokioResolver, DiscoveryError> {
+    let mut builder = match server {
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let ns = NameServerConfig::new(addr.ip(), true, vec![udp]);
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                TokioRuntimeProvider::default(),
+            )
+        }
+        None => TokioResolver::builder_tokio()
+            .map_err(|e| DiscoveryError::Unavailable(format!("system resolver: {e}")))?,
+    };
+    let opts = builder.options_mut();
     opts.timeout = Duration::from_secs(2);
     opts.attempts = 2;
     opts.cache_size = 0;
-    match server {
-        Some(addr) => {
-            let mut cfg = ResolverConfig::new();
-            cfg.add_name_server(NameServerConfig::new(addr, Protocol::Udp));
-            Ok(TokioAsyncResolver::tokio(cfg, opts))
-        }
-        None => TokioAsyncResolver::tokio_from_system_conf()
-            .map_err(|e| DiscoveryError::Unavailable(format!("system resolver: {e}"))),
-    }
+    builder
+        .build()
+        .map_err(|e| DiscoveryError::Unavailable(format!("DNS resolver: {e}")))
 }
 
 impl Strategy for Dns {
@@ -72,35 +80,27 @@ impl Strategy for Dns {
     }
 
     async fn discover(&mut self) -> Result<Vec<String>, DiscoveryError> {
-        let fail = |e: hickory_resolver::error::ResolveError| {
-            DiscoveryError::Unavailable(format!("DNS lookup failed: {e}"))
-        };
-        let mut hosts: Vec<String> = match self.record_type {
-            RecordType::A => self
-                .resolver
-                .ipv4_lookup(self.name.as_str())
-                .await
-                .map_err(fail)?
-                .iter()
-                .map(|a| a.0.to_string())
-                .collect(),
-            RecordType::Aaaa => self
-                .resolver
-                .ipv6_lookup(self.name.as_str())
-                .await
-                .map_err(fail)?
-                .iter()
-                .map(|a| a.0.to_string())
-                .collect(),
-            RecordType::Srv => self
-                .resolver
-                .srv_lookup(self.name.as_str())
-                .await
-                .map_err(fail)?
-                .iter()
-                .map(|s| s.target().to_utf8().trim_end_matches('.').to_string())
-                .collect(),
-        };
+        let fail = |e: NetError| DiscoveryError::Unavailable(format!("DNS lookup failed: {e}"));
+        let name = self.name.as_str();
+        let lookup = match self.record_type {
+            RecordType::A => self.resolver.ipv4_lookup(name).await,
+            RecordType::Aaaa => self.resolver.ipv6_lookup(name).await,
+            RecordType::Srv => self.resolver.srv_lookup(name).await,
+        }
+        .map_err(fail)?;
+        // Only the records asked for (a CNAME on the way is skipped).
+        let mut hosts: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match (&r.data, self.record_type) {
+                (RData::A(a), RecordType::A) => Some(a.0.to_string()),
+                (RData::AAAA(a), RecordType::Aaaa) => Some(a.0.to_string()),
+                (RData::SRV(s), RecordType::Srv) => {
+                    Some(s.target.to_utf8().trim_end_matches('.').to_string())
+                }
+                _ => None,
+            })
+            .collect();
         hosts.sort();
         hosts.dedup();
         Ok(hosts

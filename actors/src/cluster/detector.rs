@@ -6,7 +6,7 @@
 //! heartbeat to every peer every `interval`, and a peer not heard from for
 //! `timeout` is declared down, whatever its socket says.
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -128,7 +128,7 @@ impl Backoff {
         let cap = exp.min(self.max).max(self.base);
         let lo = self.base / 2;
         let wait = if cap > lo {
-            lo + Duration::from_millis(rng.gen_range(0..=(cap - lo).as_millis() as u64))
+            lo + Duration::from_millis(rng.random_range(0..=(cap - lo).as_millis() as u64))
         } else {
             cap
         };

@@ -451,7 +451,7 @@ impl Actor for ClusterService {
                     let b = st.backoff.entry(node).or_insert_with(|| {
                         Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
                     });
-                    b.failed(Instant::now(), &mut rand::thread_rng());
+                    b.failed(Instant::now(), &mut rand::rng());
                 }
             }
             SvcMsg::RoutesFetched(node, r) => {

@@ -16,7 +16,6 @@
 //! whole exchange with `handshake_timeout`.
 
 use hmac::{Hmac, KeyInit, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -58,7 +57,7 @@ pub enum HandshakeError {
 
 fn nonce() -> [u8; NONCE] {
     let mut n = [0u8; NONCE];
-    rand::thread_rng().fill_bytes(&mut n);
+    rand::fill(&mut n);
     n
 }
 

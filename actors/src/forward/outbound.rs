@@ -6,7 +6,6 @@ use super::state::{Envelope, ForwardConfig, Peer, Shared, Slot};
 use super::wire;
 use crate::peer_tls::TLS_HINT;
 use bytes::BytesMut;
-use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -146,7 +145,7 @@ pub(crate) fn backoff(cfg: &ForwardConfig, failures: u32) -> Duration {
     let exp = min
         .saturating_mul(1u64 << failures.saturating_sub(1).min(30))
         .min(max);
-    let ms = exp / 2 + rand::thread_rng().gen_range(0..=exp - exp / 2);
+    let ms = exp / 2 + rand::random_range(0..=exp - exp / 2);
     Duration::from_millis(ms)
 }
 

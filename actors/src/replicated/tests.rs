@@ -1,6 +1,6 @@
 use super::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 
 fn mem(node: &str) -> (ReplTables, mpsc::UnboundedReceiver<TableOps>) {
     ReplTables::open(node, None, &["users", "banned"]).expect("open")
@@ -135,10 +135,10 @@ fn tables_survive_a_reopen() {
 fn nodes_converge_under_loss_reordering_and_partitions() {
     for seed in 0..60u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let n = rng.gen_range(2..=5);
+        let n = rng.random_range(2..=5);
         let mut nodes: Vec<(ReplTables, mpsc::UnboundedReceiver<TableOps>)> =
             (0..n).map(|i| mem(&format!("n{i}@h"))).collect();
-        let skew: Vec<i64> = (0..n).map(|_| rng.gen_range(-3_000..3_000)).collect();
+        let skew: Vec<i64> = (0..n).map(|_| rng.random_range(-3_000..3_000)).collect();
         // side[i]: which half of a split node i is in (all 0: no split).
         let mut side = vec![0u8; n];
         // (from, to, ops)
@@ -147,7 +147,7 @@ fn nodes_converge_under_loss_reordering_and_partitions() {
         let keys = ["k1", "k2", "k3", "k4"];
         for step in 0..400u64 {
             let t = 10_000 + step * 7;
-            match rng.gen_range(0..10) {
+            match rng.random_range(0..10) {
                 0 => {
                     // Split or heal; a heal pushes full tables both ways.
                     let healing = side.iter().any(|s| *s != 0);
@@ -163,13 +163,13 @@ fn nodes_converge_under_loss_reordering_and_partitions() {
                             }
                         }
                     } else {
-                        side.iter_mut().for_each(|s| *s = rng.gen_range(0..2));
+                        side.iter_mut().for_each(|s| *s = rng.random_range(0..2));
                     }
                 }
                 1..=4 => {
-                    let i = rng.gen_range(0..n);
-                    let key = keys[rng.gen_range(0..keys.len())];
-                    let value = if rng.gen_bool(0.2) {
+                    let i = rng.random_range(0..n);
+                    let key = keys[rng.random_range(0..keys.len())];
+                    let value = if rng.random_bool(0.2) {
                         None
                     } else {
                         Some(format!("{i}:{step}").into_bytes())
@@ -180,12 +180,12 @@ fn nodes_converge_under_loss_reordering_and_partitions() {
                 _ => {
                     // Deliver, drop or duplicate one message.
                     if !wire.is_empty() {
-                        let k = rng.gen_range(0..wire.len());
+                        let k = rng.random_range(0..wire.len());
                         let (from, to, ops) = wire.swap_remove(k);
                         // Lost across the split, or lost anyway (10%).
-                        if side[from] == side[to] && !rng.gen_bool(0.1) {
+                        if side[from] == side[to] && !rng.random_bool(0.1) {
                             let _ = nodes[to].0.merge(&ops);
-                            if rng.gen_bool(0.1) {
+                            if rng.random_bool(0.1) {
                                 wire.push((from, to, ops));
                             }
                         }
