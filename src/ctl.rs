@@ -28,6 +28,10 @@ pub enum ControlMsg {
     /// JSON object `{"code": exit code, "out": text}`.
     #[rpc]
     Run(String, RpcReplyPort<String>),
+    /// Answers one HTTP API question about this node ([`crate::mgmt::Call`]
+    /// as JSON); replies with the answer as JSON.
+    #[rpc]
+    Api(String, RpcReplyPort<String>),
 }
 
 pub struct ControlActor;
@@ -67,6 +71,21 @@ impl Actor for ControlActor {
                     Err(e) => (2, format!("bad ctl request: {e}\n")),
                 };
                 let _ = reply.send(serde_json::json!({"code": code, "out": out}).to_string());
+            }
+            ControlMsg::Api(call, reply) => {
+                match serde_json::from_str::<crate::mgmt::Call>(&call) {
+                    Ok(call) => {
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            let v = crate::mgmt::answer(&node, &call).await;
+                            let _ = reply.send(v.to_string());
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("bad API request from a peer: {e}");
+                        let _ = reply.send("null".into());
+                    }
+                }
             }
         }
         Ok(())
@@ -519,7 +538,7 @@ async fn cmd_clients(node: &Node, w: &[&str]) -> (i32, String) {
                 .all_info()
                 .await
                 .iter()
-                .map(|i| client_json(i, &node.name))
+                .map(|i| crate::mgmt::client_json(i, &node.name))
                 .collect();
             if rest != ["--local"] {
                 for (_, o) in on_peers(node, &["clients", "list", "--local", "--json"]).await {
@@ -1027,37 +1046,6 @@ fn chrono_like_now() -> String {
 }
 
 /// One `clients list` line, in EMQX's shape.
-/// A client as EMQX's `GET /api/v5/clients` names its fields.
-fn client_json(i: &ClientInfo, node: &str) -> serde_json::Value {
-    let (ip, port) = i
-        .peer
-        .as_deref()
-        .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
-        .map(|a| (Some(a.ip().to_string()), Some(a.port())))
-        .unwrap_or((None, None));
-    serde_json::json!({
-        "clientid": i.client_id,
-        "username": i.username,
-        "ip_address": ip,
-        "port": port,
-        "node": node,
-        "connected": i.connected,
-        "proto_ver": i.proto_ver,
-        "clean_start": i.clean_start,
-        "keepalive": i.keepalive,
-        "expiry_interval": i.session_expiry,
-        "subscriptions_cnt": i.subscriptions.len(),
-        "inflight_cnt": i.inflight,
-        "awaiting_rel_cnt": i.awaiting_rel,
-        "mqueue_len": i.mqueue_len,
-        "mqueue_dropped": i.dropped,
-        "send_msg": i.delivered,
-        "created_at": i.created_at,
-        "connected_at": i.connected_at,
-        "disconnected_at": i.disconnected_at,
-    })
-}
-
 pub fn format_client(i: &ClientInfo, node: &str) -> String {
     let mut s = format!(
         "Client({}, username={}, peername={}, clean_start={}, keepalive={}, session_expiry_interval={}, subscriptions={}, inflight={}, awaiting_rel={}, delivered_msgs={}, enqueued_msgs={}, dropped_msgs={}, connected={}, created_at={}, connected_at={}",

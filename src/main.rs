@@ -4,12 +4,14 @@
 //! check_config | version`, with Erlang-style flags (`-name`, `-setcookie`,
 //! `-config`).
 
+mod api;
 mod authn;
 mod authz;
 mod bench;
 mod config;
 mod ctl;
 mod listeners;
+mod mgmt;
 mod node;
 mod peer_tls;
 mod remote;

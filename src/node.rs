@@ -329,7 +329,19 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         on(&tls.rpc)
     );
     let dist = bind_inter_node(&cfg).await?;
+    let http = &cfg.dashboard.listeners.http;
+    let api_listener = crate::api::bind(http.enable, http.bind).await?;
     let (core, replication) = start_broker(&cfg, &dist, &tls).await?;
+    let api_auth = crate::api::auth::Auth::new(
+        core.tables.clone(),
+        &cfg.node.cookie,
+        (
+            &cfg.dashboard.default_username,
+            &cfg.dashboard.default_password,
+        ),
+        cfg.api_key.bootstrap_file.as_deref(),
+        cfg.dashboard.token_expired_time,
+    )?;
     let cluster = start_cluster(&cfg, dist, &core, replication, &tls).await?;
     let discovery = start_discovery(&cfg, &cluster, &tls)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -341,6 +353,13 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         view: core.view.clone(),
         shutdown: Arc::new(shutdown),
         listeners: listeners.clone(),
+        role: cfg.node.db_role.as_str(),
+        log_dir: cfg
+            .log
+            .file
+            .enable
+            .then(|| cfg.log_file_path())
+            .and_then(|p| p.parent().map(|d| d.display().to_string())),
     });
     let (control, _): (ActorRef<ControlMsg>, _) = Actor::spawn(None, ControlActor, node.clone())
         .await
@@ -349,6 +368,17 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     // MQTT listeners, once the node is wired: a client that connects now
     // gets the cluster-wide client id lock and the remote routes.
     let listener_tasks = listeners.start(&core.ctx).await?;
+    let api_task = api_listener.map(|l| {
+        crate::api::serve(
+            l,
+            crate::api::Api {
+                node: node.clone(),
+                auth: api_auth,
+                cluster_name: cfg.cluster.name.clone(),
+                prometheus_auth: cfg.prometheus.enable_basic_auth,
+            },
+        )
+    });
     let pid = announce(&cfg, cluster.dist_port);
     if console {
         let node = node.clone();
@@ -358,6 +388,9 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
 
     // Graceful stop: no new connections, sessions closed, tables dropped.
     for t in &listener_tasks {
+        t.abort();
+    }
+    if let Some(t) = &api_task {
         t.abort();
     }
     core.sys_task.abort();
@@ -479,6 +512,8 @@ struct Core {
     fwd_port: u16,
     sys_task: tokio::task::JoinHandle<()>,
     overload_task: Option<tokio::task::JoinHandle<()>>,
+    /// The replicated tables (the API keeps its users there).
+    tables: Arc<ReplTables>,
 }
 
 /// The forwarder (bound, not yet serving), the view of the other nodes
@@ -529,6 +564,7 @@ async fn start_broker(
             emqx_actors::authn::USERS_TABLE,
             emqx_actors::banned::BANNED_TABLE,
             emqx_actors::authz_db::AUTHZ_RULES_TABLE,
+            crate::api::auth::USERS_TABLE,
         ],
     )
     .map_err(|e| format!("cannot open the replicated tables: {e}"))?;
@@ -619,6 +655,7 @@ async fn start_broker(
         fwd_port,
         sys_task,
         overload_task,
+        tables: tables.clone(),
     };
     Ok((
         core,

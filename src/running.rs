@@ -24,6 +24,10 @@ pub struct Node {
     pub shutdown: Arc<watch::Sender<bool>>,
     /// The MQTT listeners (`ctl listeners`).
     pub listeners: Arc<Listeners>,
+    /// `node.db_role`: `core` or `replicant`.
+    pub role: &'static str,
+    /// Where the log file is written, if it is.
+    pub log_dir: Option<String>,
 }
 
 pub fn pid_file(cfg: &Config) -> PathBuf {

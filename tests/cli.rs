@@ -738,8 +738,8 @@ fn assert_names(err: &str, key: &str, n: &Node) {
 fn config_error_unknown_key_names_key_and_file() {
     let (n, err) = config_error("mqtt.max_inflite = 3", &[]);
     assert_names(&err, "mqtt.max_inflite", &n);
-    // Line 11: 10 generated lines precede `extra`.
-    assert!(err.contains(&format!("{}:11", n.config.display())), "{err}");
+    // Line 12: 11 generated lines precede `extra`.
+    assert!(err.contains(&format!("{}:12", n.config.display())), "{err}");
 }
 
 #[test]
@@ -773,8 +773,8 @@ fn config_error_syntax_error_names_file_and_line() {
     let (n, err) = config_error("mqtt {\n  max_inflight = 3\n", &[]);
     let path = n.config.display().to_string();
     assert!(err.contains(&path), "no file in {err:?}");
-    // The brace opens on line 11 and the text ends on line 13 or 14.
-    let has_line = (11..=14).any(|l| err.contains(&format!("{path}:{l}")));
+    // The brace opens on line 12 and the text ends on line 14 or 15.
+    let has_line = (12..=15).any(|l| err.contains(&format!("{path}:{l}")));
     assert!(has_line, "no line number in {err:?}");
 }
 
@@ -925,6 +925,10 @@ fn shipped_etc_emqx_conf_loads_and_serves_with_env_overrides() {
         (
             "EMQX_LISTENERS__TCP__DEFAULT__BIND",
             format!("127.0.0.1:{mqtt}"),
+        ),
+        (
+            "EMQX_DASHBOARD__LISTENERS__HTTP__BIND",
+            format!("127.0.0.1:{}", free_port()),
         ),
     ];
     let mut cmd = Command::new(BIN);
@@ -1102,7 +1106,10 @@ fn release_tree() -> (tempfile::TempDir, PathBuf, String, u16) {
     .expect("emqx.conf");
     std::fs::write(
         etc.join("listeners.conf"),
-        format!("listeners.tcp.default.bind = \"127.0.0.1:{mqtt}\"\n"),
+        format!(
+            "listeners.tcp.default.bind = \"127.0.0.1:{mqtt}\"\ndashboard.listeners.http.bind = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
     )
     .expect("listeners.conf");
     (root, exe, name, mqtt)

@@ -234,6 +234,21 @@ impl Broker {
         }
     }
 
+    /// Removes the retained message of `topic` on every node (as an empty
+    /// retained publish would, but delivered to nobody); false when this
+    /// node holds none for it.
+    pub fn clear_retained(&self, topic: &str) -> bool {
+        if !self.retainer.topics().iter().any(|t| t == topic) {
+            return false;
+        }
+        let empty = Message::system(topic, bytes::Bytes::new(), true, crate::clock::now_ms());
+        let _ = self.retainer.store(&Arc::new(empty.clone()));
+        if let Some(tx) = &self.retain_tx {
+            let _ = tx.send(empty);
+        }
+        true
+    }
+
     /// Delivers a message that another node forwarded here: to the plain
     /// subscribers only, or to one member of the named shared group (the
     /// publisher's node already chose this node for it). Never forwards.

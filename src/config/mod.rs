@@ -38,6 +38,8 @@ pub const KNOWN_ROOTS: &[&str] = &[
     "force_shutdown",
     "alarm",
     "overload_protection",
+    "api_key",
+    "prometheus",
 ];
 
 /// EMQX's other configuration roots: not implemented yet, so a setting
@@ -52,7 +54,6 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "gateway",
     "exhook",
     "plugins",
-    "prometheus",
     "opentelemetry",
     "telemetry",
     "delayed",
@@ -70,7 +71,6 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "limiter",
     "file_transfer",
     "license",
-    "api_key",
     "schema_registry",
     "zones",
 ];
@@ -326,6 +326,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub rpc: RpcConfig,
     pub dashboard: DashboardConfig,
+    pub api_key: ApiKeyConfig,
+    pub prometheus: PrometheusConfig,
     pub authorization: AuthorizationConfig,
     /// `authentication = [...]`, in order (empty: every client allowed).
     pub authentication: Vec<AuthnConfig>,
@@ -1726,6 +1728,8 @@ pub struct DashboardConfig {
     pub default_username: String,
     /// Default `public`.
     pub default_password: String,
+    /// How long a login token is valid; default 60 minutes.
+    pub token_expired_time: Duration,
 }
 
 impl Default for DashboardConfig {
@@ -1734,8 +1738,24 @@ impl Default for DashboardConfig {
             listeners: DashboardListeners::default(),
             default_username: "admin".to_string(),
             default_password: "public".to_string(),
+            token_expired_time: Duration::from_secs(3600),
         }
     }
+}
+
+/// `api_key.*`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApiKeyConfig {
+    /// Lines `key:secret[:role]` loaded at start (EMQX's bootstrap file).
+    pub bootstrap_file: Option<PathBuf>,
+}
+
+/// `prometheus.*`
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PrometheusConfig {
+    /// Whether `GET /api/v5/prometheus/stats` needs credentials; default
+    /// false, as EMQX.
+    pub enable_basic_auth: bool,
 }
 
 /// `dashboard.listeners.*`
@@ -2015,9 +2035,70 @@ impl Config {
             }
             Ok(())
         })?;
-        if let Some(f) = root.take("dashboard") {
-            return Err(f.invalid("not supported yet: the dashboard and HTTP API are not served"));
-        }
+        root.section("dashboard", |o| {
+            let d = &mut c.dashboard;
+            o.section("listeners", |l| {
+                l.section("http", |h| {
+                    h.set("enable", &mut d.listeners.http.enable, Field::bool)?;
+                    h.set("bind", &mut d.listeners.http.bind, Field::socket_addr)
+                })?;
+                if let Some(f) = l.take("https") {
+                    // `https { enable = false }` asks for nothing.
+                    let off = f.fields().ok().is_some_and(|mut t| {
+                        t.take("enable")
+                            .is_some_and(|e| matches!(e.bool(), Ok(false)))
+                    });
+                    if !off {
+                        return Err(f.invalid(
+                            "not supported yet: the API is served over http only; put a TLS \
+                             proxy in front of it or set dashboard.listeners.https.enable = false",
+                        ));
+                    }
+                }
+                Ok(())
+            })?;
+            o.set(
+                "default_username",
+                &mut d.default_username,
+                Field::nonempty_string,
+            )?;
+            o.set(
+                "default_password",
+                &mut d.default_password,
+                Field::nonempty_string,
+            )?;
+            o.set(
+                "token_expired_time",
+                &mut d.token_expired_time,
+                Field::positive_duration,
+            )
+        })?;
+        root.section("api_key", |o| {
+            o.set("bootstrap_file", &mut c.api_key.bootstrap_file, |f| {
+                f.path().map(Some)
+            })
+        })?;
+        root.section("prometheus", |o| {
+            o.set(
+                "enable_basic_auth",
+                &mut c.prometheus.enable_basic_auth,
+                Field::bool,
+            )?;
+            // EMQX's push gateway and collector settings.
+            let rest: Vec<String> = o
+                .map
+                .keys()
+                .filter(|k| !o.used.contains(k.as_str()))
+                .cloned()
+                .collect();
+            if let Some(f) = rest.first().and_then(|k| o.take(k)) {
+                return Err(f.invalid(
+                    "not supported yet: the node serves GET /api/v5/prometheus/stats to be \
+                     scraped; only prometheus.enable_basic_auth is read",
+                ));
+            }
+            Ok(())
+        })?;
         // `api` is reserved for our own keys; none exist yet.
         root.section("api", |_| Ok(()))?;
         for r in UNSUPPORTED_ROOTS {

@@ -833,7 +833,14 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "broker.enable_session_registry = false",
             "broker.enable_session_registry",
         ),
-        ("dashboard.listeners.http.bind = 18084", "dashboard"),
+        (
+            "dashboard.listeners.https { enable = true, bind = 18084 }",
+            "dashboard.listeners.https",
+        ),
+        (
+            "prometheus.push_gateway_server = \"x\"",
+            "prometheus.push_gateway_server",
+        ),
         ("conn_congestion.enable_alarm = true", "conn_congestion"),
     ] {
         let e = err(text, &[]);

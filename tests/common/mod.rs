@@ -90,6 +90,8 @@ pub fn free_port() -> u16 {
 pub struct Node {
     pub name: String,
     pub mqtt_port: u16,
+    /// The HTTP API's port (`dashboard.listeners.http.bind`).
+    pub api_port: u16,
     pub dist_port: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -125,17 +127,19 @@ impl Node {
         let mqtt_port = free_port();
         let dist_port = free_port();
         let fwd_port = free_port();
+        let api_port = free_port();
         let name = format!("t{}@127.0.0.1", dist_port);
         let cookie = "testcookie".to_string();
         let config = dir.path().join("emqx.conf");
         let text = format!(
-            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n  dist_listen_port = {dist_port}\n  forward_listen_port = {fwd_port}\n}}\nlisteners.tcp.default.bind = \"127.0.0.1:{mqtt_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
+            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n  dist_listen_port = {dist_port}\n  forward_listen_port = {fwd_port}\n}}\nlisteners.tcp.default.bind = \"127.0.0.1:{mqtt_port}\"\ndashboard.listeners.http.bind = \"127.0.0.1:{api_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
             data = dir.path().join("data").display()
         );
         std::fs::write(&config, text).expect("write config");
         Node {
             name,
             mqtt_port,
+            api_port,
             dist_port,
             dir,
             config,
@@ -160,17 +164,19 @@ impl Node {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let mqtt_port = free_port();
+        let api_port = free_port();
         let name = format!("emqx{n}@{host}");
         let cookie = "clustercookie".to_string();
         let config = dir.path().join("emqx.conf");
         let text = format!(
-            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n}}\nlisteners.tcp.default.bind = \"{host}:{mqtt_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
+            "node {{\n  name = \"{name}\"\n  cookie = \"{cookie}\"\n  data_dir = \"{data}\"\n}}\nlisteners.tcp.default.bind = \"{host}:{mqtt_port}\"\ndashboard.listeners.http.bind = \"{host}:{api_port}\"\nlog.console.level = info\nlog.file.level = info\n{extra}\n",
             data = dir.path().join("data").display()
         );
         std::fs::write(&config, text).expect("write config");
         Node {
             name,
             mqtt_port,
+            api_port,
             dist_port: 4370 + n,
             dir,
             config,

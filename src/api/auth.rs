@@ -1,0 +1,361 @@
+//! Who may call the HTTP API: dashboard users (`POST /api/v5/login` gives
+//! a bearer token) and API keys (`key:secret` over HTTP Basic), each with
+//! a role, as EMQX has them.
+//!
+//! Users live in the replicated table [`USERS_TABLE`] (a password change
+//! on one node holds on every node), hashed with a fresh salt; the default
+//! user (`dashboard.default_username` / `default_password`) is a bootstrap
+//! row that any real write replaces. A token is a JWT (HS256) signed with
+//! a key derived from the cluster cookie, so any node checks a token made
+//! by another; it names a fingerprint of the user's salt, so a password
+//! change or a deleted user ends every token given before.
+//! API keys come from `api_key.bootstrap_file`.
+
+use emqx_actors::authn::hash::HashAlgo;
+use emqx_actors::replicated::ReplTables;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// The replicated table of dashboard users.
+pub const USERS_TABLE: &str = "dashboard_users";
+
+/// What a caller may do (EMQX's roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything.
+    Administrator,
+    /// Only reads (`GET`).
+    Viewer,
+    /// Only `POST /api/v5/publish` and `/publish/bulk`.
+    Publisher,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "administrator" => Some(Role::Administrator),
+            "viewer" => Some(Role::Viewer),
+            "publisher" => Some(Role::Publisher),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Administrator => "administrator",
+            Role::Viewer => "viewer",
+            Role::Publisher => "publisher",
+        }
+    }
+
+    /// Whether this role may make a request with `method` to `path`.
+    pub fn allows(self, method: &axum::http::Method, path: &str) -> bool {
+        match self {
+            Role::Administrator => true,
+            Role::Viewer => method == axum::http::Method::GET,
+            Role::Publisher => {
+                method == axum::http::Method::POST
+                    && (path == "/api/v5/publish" || path == "/api/v5/publish/bulk")
+            }
+        }
+    }
+}
+
+/// A dashboard user as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub password_hash: String,
+    pub salt: String,
+    pub role: Role,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl User {
+    fn new(password: &str, role: Role, description: String) -> Result<User, String> {
+        let (password_hash, salt) = HashAlgo::default()
+            .hash_new(password.as_bytes())
+            .map_err(|e| e.0)?;
+        Ok(User {
+            password_hash,
+            salt,
+            role,
+            description,
+        })
+    }
+
+    fn verify(&self, password: &str) -> bool {
+        HashAlgo::default().verify(password.as_bytes(), &self.password_hash, &self.salt)
+    }
+
+    /// Changes with every password set: ties tokens to the password.
+    fn fingerprint(&self) -> String {
+        let d = Sha256::digest(self.salt.as_bytes());
+        d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// An API key from the bootstrap file.
+#[derive(Debug, Clone)]
+struct ApiKey {
+    secret: String,
+    role: Role,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    iat: u64,
+    fp: String,
+}
+
+/// Why a request is refused: EMQX's error codes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// 401 `BAD_TOKEN`: no credentials, or a token that is not ours.
+    BadToken,
+    /// 401 `TOKEN_TIME_OUT`.
+    TokenExpired,
+    /// 401 `BAD_API_KEY_OR_SECRET`.
+    BadApiKey,
+}
+
+/// Users, API keys and the token key.
+pub struct Auth {
+    tables: Arc<ReplTables>,
+    keys: HashMap<String, ApiKey>,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl: Duration,
+}
+
+impl Auth {
+    /// Seeds the default user, reads the API key file.
+    pub fn new(
+        tables: Arc<ReplTables>,
+        cookie: &str,
+        default_user: (&str, &str),
+        api_key_file: Option<&Path>,
+        ttl: Duration,
+    ) -> Result<Auth, String> {
+        let seed = User::new(default_user.1, Role::Administrator, "administrator".into())?;
+        let bytes = serde_json::to_vec(&seed).map_err(|e| e.to_string())?;
+        tables
+            .seed(USERS_TABLE, default_user.0, bytes)
+            .map_err(|e| format!("cannot keep dashboard users: {e}"))?;
+        let keys = match api_key_file {
+            Some(p) => read_api_keys(p)?,
+            None => HashMap::new(),
+        };
+        let mut h = Sha256::new();
+        h.update(b"emqx-rs api token\0");
+        h.update(cookie.as_bytes());
+        let secret = h.finalize();
+        let key_err = |e: jsonwebtoken::errors::Error| format!("API token key: {e}");
+        let auth = Auth {
+            tables,
+            keys,
+            encoding: EncodingKey::from_secret(&secret).map_err(key_err)?,
+            decoding: DecodingKey::from_secret(&secret).map_err(key_err)?,
+            ttl,
+        };
+        if auth
+            .user(default_user.0)
+            .is_some_and(|u| u.verify("public"))
+        {
+            tracing::warn!(
+                "the API user {} still has the default password: change it (POST /api/v5/users/{}/change_pwd)",
+                default_user.0,
+                default_user.0
+            );
+        }
+        Ok(auth)
+    }
+
+    pub fn user(&self, name: &str) -> Option<User> {
+        let raw = self.tables.table(USERS_TABLE)?.get(name)?;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    pub fn users(&self) -> Vec<(String, User)> {
+        let Some(t) = self.tables.table(USERS_TABLE) else {
+            return Vec::new();
+        };
+        t.list()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, serde_json::from_slice(&v).ok()?)))
+            .collect()
+    }
+
+    /// Adds or replaces a user, cluster-wide.
+    pub fn put_user(
+        &self,
+        name: &str,
+        password: &str,
+        role: Role,
+        description: String,
+    ) -> Result<(), String> {
+        let u = User::new(password, role, description)?;
+        let bytes = serde_json::to_vec(&u).map_err(|e| e.to_string())?;
+        self.tables
+            .write(USERS_TABLE, name, Some(bytes))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn delete_user(&self, name: &str) -> Result<(), String> {
+        self.tables
+            .write(USERS_TABLE, name, None)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A token for `name` when `password` is right, and the user's role.
+    pub fn login(&self, name: &str, password: &str) -> Option<(String, Role)> {
+        let u = self.user(name)?;
+        if !u.verify(password) {
+            return None;
+        }
+        let now = emqx_actors::clock::now_ms() / 1000;
+        let claims = Claims {
+            sub: name.to_string(),
+            iat: now,
+            exp: now + self.ttl.as_secs(),
+            fp: u.fingerprint(),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()?;
+        Some((token, u.role))
+    }
+
+    /// Who is calling, from the `Authorization` header.
+    pub fn check(&self, header: Option<&str>) -> Result<(String, Role), Denied> {
+        let h = header.ok_or(Denied::BadToken)?;
+        if let Some(token) = h.strip_prefix("Bearer ") {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.leeway = 0;
+            v.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
+            let data =
+                jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &v).map_err(|e| {
+                    match e.kind() {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => Denied::TokenExpired,
+                        _ => Denied::BadToken,
+                    }
+                })?;
+            let c = data.claims;
+            let u = self.user(&c.sub).ok_or(Denied::BadToken)?;
+            if u.fingerprint() != c.fp {
+                return Err(Denied::BadToken);
+            }
+            return Ok((c.sub, u.role));
+        }
+        if let Some(b64) = h.strip_prefix("Basic ") {
+            let raw = data_encoding::BASE64
+                .decode(b64.trim().as_bytes())
+                .map_err(|_| Denied::BadApiKey)?;
+            let text = String::from_utf8(raw).map_err(|_| Denied::BadApiKey)?;
+            let (key, secret) = text.split_once(':').ok_or(Denied::BadApiKey)?;
+            let k = self.keys.get(key).ok_or(Denied::BadApiKey)?;
+            let given = Sha256::digest(secret.as_bytes());
+            let known = Sha256::digest(k.secret.as_bytes());
+            if !bool::from(given.as_slice().ct_eq(known.as_slice())) {
+                return Err(Denied::BadApiKey);
+            }
+            return Ok((key.to_string(), k.role));
+        }
+        Err(Denied::BadToken)
+    }
+}
+
+/// `api_key.bootstrap_file`: one `key:secret[:role]` per line (role
+/// `administrator` when absent); blank lines and `#` comments skipped.
+fn read_api_keys(path: &Path) -> Result<HashMap<String, ApiKey>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "api_key.bootstrap_file: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
+    let mut keys = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| {
+            format!(
+                "api_key.bootstrap_file: {}:{}: {why}",
+                path.display(),
+                i + 1
+            )
+        };
+        let parts: Vec<&str> = line.split(':').collect();
+        let (key, secret, role) = match parts.as_slice() {
+            [k, s] => (*k, *s, Role::Administrator),
+            [k, s, r] => (
+                *k,
+                *s,
+                Role::parse(r).ok_or_else(|| {
+                    bad(&format!(
+                        "unknown role {r:?} (administrator, viewer or publisher)"
+                    ))
+                })?,
+            ),
+            _ => return Err(bad("expected key:secret or key:secret:role")),
+        };
+        if key.is_empty() || secret.is_empty() {
+            return Err(bad("the key and the secret must not be empty"));
+        }
+        if keys
+            .insert(
+                key.to_string(),
+                ApiKey {
+                    secret: secret.to_string(),
+                    role,
+                },
+            )
+            .is_some()
+        {
+            return Err(bad(&format!("key {key:?} is given twice")));
+        }
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_limit_methods_and_paths() {
+        use axum::http::Method;
+        assert!(Role::Viewer.allows(&Method::GET, "/api/v5/clients"));
+        assert!(!Role::Viewer.allows(&Method::DELETE, "/api/v5/clients/c"));
+        assert!(Role::Publisher.allows(&Method::POST, "/api/v5/publish"));
+        assert!(!Role::Publisher.allows(&Method::GET, "/api/v5/clients"));
+        assert!(Role::Administrator.allows(&Method::DELETE, "/api/v5/clients/c"));
+    }
+
+    #[test]
+    fn api_key_file_errors_name_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("keys");
+        std::fs::write(&p, "# keys\nk1:s1\nk2:s2:viewer\n").expect("write");
+        let k = read_api_keys(&p).expect("valid");
+        assert_eq!(k.len(), 2);
+        assert_eq!(k["k2"].role, Role::Viewer);
+        std::fs::write(&p, "k1:s1\nk2:s2:root\n").expect("write");
+        let e = read_api_keys(&p).unwrap_err();
+        assert!(e.contains(":2: unknown role"), "{e}");
+        std::fs::write(&p, "k1:s1\nk1:s3\n").expect("write");
+        assert!(read_api_keys(&p).unwrap_err().contains("given twice"));
+        std::fs::write(&p, "justakey\n").expect("write");
+        assert!(read_api_keys(&p).unwrap_err().contains(":1: expected"));
+    }
+}

@@ -1,0 +1,1000 @@
+//! The HTTP management API on `dashboard.listeners.http.bind` (18083), in
+//! the shape of EMQX 5's `/api/v5`: paths, parameters, JSON field names,
+//! status codes and the `{code, message}` error body. Every answer covers
+//! the whole cluster from whichever node is asked: the node asks each
+//! running node ([`crate::mgmt`], through the peers' control actors) and
+//! merges what they say.
+//!
+//! It runs on the node's runtime beside the brokers' tasks, never on the
+//! MQTT path: a request costs the sessions it lists one message each.
+
+pub mod auth;
+mod prometheus;
+
+use crate::ctl::{ctl_group, ControlMsg};
+use crate::mgmt::{self, Call};
+use crate::running::Node;
+use auth::{Auth, Denied, Role};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use emqx_actors::cluster::service::SvcMsg;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long one node may take to answer.
+const NODE_TIMEOUT: Duration = Duration::from_secs(10);
+/// EMQX's bounds on `limit`.
+const MAX_LIMIT: usize = 10_000;
+const DEFAULT_LIMIT: usize = 100;
+
+/// What the handlers share.
+pub struct Api {
+    pub node: Arc<Node>,
+    pub auth: Auth,
+    /// `cluster.name`
+    pub cluster_name: String,
+    /// `prometheus.enable_basic_auth`
+    pub prometheus_auth: bool,
+}
+
+type Shared = Arc<Api>;
+
+/// Binds the API port (so a port in use stops the start with a clear
+/// message), or `None` when `dashboard.listeners.http.enable = false`.
+pub async fn bind(enable: bool, addr: SocketAddr) -> Result<Option<TcpListener>, String> {
+    if !enable {
+        return Ok(None);
+    }
+    TcpListener::bind(addr).await.map(Some).map_err(|e| {
+        format!("dashboard.listeners.http.bind = {addr}: cannot listen for the HTTP API: {e}")
+    })
+}
+
+/// Serves the API on `listener` until the task is aborted.
+pub fn serve(listener: TcpListener, api: Api) -> tokio::task::JoinHandle<()> {
+    let addr = listener.local_addr().ok();
+    let app = router(Arc::new(api));
+    tokio::spawn(async move {
+        if let Some(a) = addr {
+            tracing::info!("HTTP API listening on {a}");
+        }
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP API stopped: {e}");
+        }
+    })
+}
+
+fn router(api: Shared) -> Router {
+    let open = Router::new()
+        .route("/api/v5/status", get(status))
+        .route("/api/v5/login", post(login));
+    let prom = Router::new().route("/api/v5/prometheus/stats", get(prometheus_stats));
+    let prom = if api.prometheus_auth {
+        prom.layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
+    } else {
+        prom
+    };
+    let guarded = Router::new()
+        .route("/api/v5/nodes", get(nodes))
+        .route("/api/v5/nodes/{node}", get(node_one))
+        .route("/api/v5/cluster", get(cluster))
+        .route("/api/v5/stats", get(stats))
+        .route("/api/v5/metrics", get(metrics))
+        .route("/api/v5/clients", get(clients))
+        .route("/api/v5/clients/{clientid}", get(client_one).delete(kick))
+        .route(
+            "/api/v5/clients/{clientid}/subscriptions",
+            get(client_subscriptions),
+        )
+        .route("/api/v5/subscriptions", get(subscriptions))
+        .route("/api/v5/topics", get(topics))
+        .route("/api/v5/publish", post(publish))
+        .route("/api/v5/publish/bulk", post(publish_bulk))
+        .route("/api/v5/mqtt/retainer/messages", get(retained_list))
+        .route(
+            "/api/v5/mqtt/retainer/message/{topic}",
+            get(retained_one).delete(retained_delete),
+        )
+        .route("/api/v5/users", get(users).post(user_add))
+        .route("/api/v5/users/{username}", delete(user_delete))
+        .route("/api/v5/users/{username}/change_pwd", post(change_pwd))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
+    open.merge(prom)
+        .merge(guarded)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(api)
+}
+
+/// EMQX's error body.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+}
+
+/// A JSON request body; a missing, malformed or unexpected one (a field
+/// we do not know included) is a 400 in EMQX's error shape.
+struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(bad_request(e.body_text())),
+        }
+    }
+}
+
+/// An error answer on its way up to a handler.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "BAD_REQUEST",
+            message: message.into(),
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "SERVICE_UNAVAILABLE",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, self.code, self.message)
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "NOT_FOUND", "Request path not found")
+}
+
+/// Logs every request: method, path, status, time.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        target: "emqx_rs::api",
+        "{method} {path} -> {} in {:?}",
+        resp.status().as_u16(),
+        started.elapsed()
+    );
+    resp
+}
+
+/// Credentials and role, before any guarded handler.
+async fn authorize(State(api): State<Shared>, req: Request, next: Next) -> Response {
+    let h = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match api.auth.check(h) {
+        Ok((who, role)) => {
+            if !role.allows(req.method(), req.uri().path()) {
+                tracing::warn!(target: "emqx_rs::api", "{who} ({}) may not {} {}", role.name(), req.method(), req.uri().path());
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN",
+                    format!("role {} may not do this", role.name()),
+                );
+            }
+            next.run(req).await
+        }
+        Err(d) => {
+            let (code, message) = match d {
+                Denied::BadToken => (
+                    "BAD_TOKEN",
+                    "Get a token with POST /api/v5/login, or use an API key",
+                ),
+                Denied::TokenExpired => ("TOKEN_TIME_OUT", "Token expired, get a new one"),
+                Denied::BadApiKey => ("BAD_API_KEY_OR_SECRET", "Check api_key/api_secret"),
+            };
+            let mut r = error(StatusCode::UNAUTHORIZED, code, message);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"emqx-rs\""),
+            );
+            r
+        }
+    }
+}
+
+// ---------------------------------------------------------------- status
+
+async fn status(State(api): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let node = &api.node;
+    let running = *node.ctx.listeners.borrow();
+    let code = if running {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut r = if q.get("format").map(String::as_str) == Some("json") {
+        (
+            code,
+            Json(json!({
+                "node_name": node.name,
+                "rel_vsn": emqx_actors::sys::VERSION,
+                "broker_status": if running { "started" } else { "stopped" },
+                "app_status": if running { "running" } else { "not_running" },
+            })),
+        )
+            .into_response()
+    } else {
+        (
+            code,
+            format!(
+                "Node {} is {}\nemqx is {}",
+                node.name,
+                if running { "started" } else { "stopped" },
+                if running { "running" } else { "not_running" }
+            ),
+        )
+            .into_response()
+    };
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("15"));
+    r
+}
+
+// ---------------------------------------------------------------- prometheus
+
+async fn prometheus_stats(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    use prometheus::{Mode, NodeFigures};
+    let Some(mode) = Mode::parse(q.get("mode").map(String::as_str)) else {
+        return bad_request("mode: expected node, all_nodes_aggregated or all_nodes_unaggregated");
+    };
+    let (running, stopped) = api.members().await;
+    let asked = match mode {
+        Mode::Node => vec![api.node.name.clone()],
+        Mode::Aggregated | Mode::Unaggregated => running.clone(),
+    };
+    let mut nodes = Vec::new();
+    for n in asked {
+        let (stats, metrics) = match (
+            api.ask(&n, &Call::Stats).await,
+            api.ask(&n, &Call::Metrics).await,
+        ) {
+            (Ok(s), Ok(m)) => (s, m),
+            (Err(e), _) | (_, Err(e)) => return ApiError::unavailable(e).into_response(),
+        };
+        nodes.push(NodeFigures {
+            node: n,
+            stats,
+            metrics,
+        });
+    }
+    let text = prometheus::render(&nodes, running.len(), stopped.len(), mode);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------- login, users
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginReq {
+    username: String,
+    password: String,
+}
+
+async fn login(State(api): State<Shared>, Body(req): Body<LoginReq>) -> Response {
+    match api.auth.login(&req.username, &req.password) {
+        Some((token, role)) => Json(json!({
+            "token": token,
+            "version": emqx_actors::sys::VERSION,
+            "license": {"edition": "opensource"},
+            "role": role.name(),
+        }))
+        .into_response(),
+        None => {
+            tracing::warn!(target: "emqx_rs::api", "failed login for user {:?}", req.username);
+            error(
+                StatusCode::UNAUTHORIZED,
+                "BAD_USERNAME_OR_PWD",
+                "Auth failed",
+            )
+        }
+    }
+}
+
+async fn users(State(api): State<Shared>) -> Response {
+    let list: Vec<Value> = api
+        .auth
+        .users()
+        .into_iter()
+        .map(|(name, u)| {
+            json!({"username": name, "role": u.role.name(), "description": u.description})
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    username: String,
+    password: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    description: String,
+}
+
+async fn user_add(State(api): State<Shared>, Body(u): Body<NewUser>) -> Response {
+    if !valid_username(&u.username) {
+        return bad_request("username: 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    if u.password.len() < 8 || u.password.len() > 64 {
+        return bad_request("password: 8 to 64 characters");
+    }
+    let role = match u.role.as_deref() {
+        None => Role::Administrator,
+        Some(r) => match Role::parse(r) {
+            Some(r) => r,
+            None => return bad_request(format!("role: unknown role {r:?}")),
+        },
+    };
+    if api.auth.user(&u.username).is_some() {
+        return bad_request(format!("username {} already exists", u.username));
+    }
+    match api
+        .auth
+        .put_user(&u.username, &u.password, role, u.description.clone())
+    {
+        Ok(()) => {
+            Json(json!({"username": u.username, "role": role.name(), "description": u.description}))
+                .into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e),
+    }
+}
+
+fn valid_username(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+async fn user_delete(State(api): State<Shared>, Path(name): Path<String>) -> Response {
+    if api.auth.user(&name).is_none() {
+        return error(StatusCode::NOT_FOUND, "USER_NOT_FOUND", "User not found");
+    }
+    let admins = api
+        .auth
+        .users()
+        .iter()
+        .filter(|(n, u)| u.role == Role::Administrator && *n != name)
+        .count();
+    if admins == 0 {
+        return bad_request("cannot delete the last administrator");
+    }
+    match api.auth.delete_user(&name) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePwd {
+    old_pwd: String,
+    new_pwd: String,
+}
+
+async fn change_pwd(
+    State(api): State<Shared>,
+    Path(name): Path<String>,
+    Body(c): Body<ChangePwd>,
+) -> Response {
+    let Some(u) = api.auth.user(&name) else {
+        return error(StatusCode::NOT_FOUND, "USER_NOT_FOUND", "User not found");
+    };
+    if api.auth.login(&name, &c.old_pwd).is_none() {
+        return bad_request("The old password is incorrect");
+    }
+    if c.new_pwd.len() < 8 || c.new_pwd.len() > 64 {
+        return bad_request("new_pwd: 8 to 64 characters");
+    }
+    match api.auth.put_user(&name, &c.new_pwd, u.role, u.description) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e),
+    }
+}
+
+// ---------------------------------------------------------------- cluster-wide answers
+
+impl Api {
+    /// The running nodes (this one first) and the stopped ones.
+    async fn members(&self) -> (Vec<String>, Vec<String>) {
+        let status = match self
+            .node
+            .cluster
+            .call(|r| SvcMsg::Status(true, r), Some(NODE_TIMEOUT))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(s)) => s,
+            _ => String::new(),
+        };
+        let v: Value = serde_json::from_str(&status).unwrap_or(Value::Null);
+        let list = |k: &str| -> Vec<String> {
+            v[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut running = list("running_nodes");
+        if !running.contains(&self.node.name) {
+            running.push(self.node.name.clone());
+        }
+        running.sort();
+        (running, list("stopped_nodes"))
+    }
+
+    /// Asks `node` (this one or a peer).
+    async fn ask(&self, node: &str, call: &Call) -> Result<Value, String> {
+        if node == self.node.name {
+            return Ok(mgmt::answer(&self.node, call).await);
+        }
+        let cell = ractor::pg::get_members(&ctl_group(node))
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("node {node} is not reachable"))?;
+        let actor: ractor::ActorRef<ControlMsg> = cell.into();
+        let req = serde_json::to_string(call).map_err(|e| e.to_string())?;
+        match actor
+            .call(|rp| ControlMsg::Api(req, rp), Some(NODE_TIMEOUT))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(s)) => {
+                serde_json::from_str(&s).map_err(|e| format!("node {node}: bad answer: {e}"))
+            }
+            _ => Err(format!("node {node} did not answer")),
+        }
+    }
+
+    /// Asks every running node at once; `(node, answer)` sorted by node.
+    async fn ask_all(&self, call: &Call) -> Result<Vec<(String, Value)>, ApiError> {
+        let (running, _) = self.members().await;
+        let answers =
+            futures_util::future::join_all(running.iter().map(|n| self.ask(n, call))).await;
+        running
+            .into_iter()
+            .zip(answers)
+            .map(|(n, a)| match a {
+                Ok(v) => Ok((n, v)),
+                Err(e) => Err(ApiError::unavailable(e)),
+            })
+            .collect()
+    }
+}
+
+async fn nodes(State(api): State<Shared>) -> Response {
+    let (_, stopped) = api.members().await;
+    let mut all = match api.ask_all(&Call::Node).await {
+        Ok(v) => v.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        Err(r) => return r.into_response(),
+    };
+    for n in stopped {
+        all.push(json!({"node": n, "node_status": "stopped"}));
+    }
+    Json(all).into_response()
+}
+
+async fn node_one(State(api): State<Shared>, Path(node): Path<String>) -> Response {
+    let (running, stopped) = api.members().await;
+    if running.contains(&node) {
+        match api.ask(&node, &Call::Node).await {
+            Ok(v) => Json(v).into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", e),
+        }
+    } else if stopped.contains(&node) {
+        Json(json!({"node": node, "node_status": "stopped"})).into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "NOT_FOUND", "Node not found")
+    }
+}
+
+async fn cluster(State(api): State<Shared>) -> Response {
+    let (mut running, stopped) = api.members().await;
+    running.extend(stopped);
+    running.sort();
+    Json(json!({"name": api.cluster_name, "nodes": running, "self": api.node.name})).into_response()
+}
+
+/// `?aggregate=true`: one object summed over the nodes; else one object per
+/// node with its `node`.
+async fn per_node_numbers(api: &Api, call: Call, q: &HashMap<String, String>) -> Response {
+    let aggregate = match q.get("aggregate").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return bad_request(format!("aggregate: expected true or false, got {other:?}"))
+        }
+    };
+    let answers = match api.ask_all(&call).await {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    if aggregate {
+        let mut sums: BTreeMap<String, i64> = BTreeMap::new();
+        for (_, v) in &answers {
+            if let Some(o) = v.as_object() {
+                for (k, x) in o {
+                    *sums.entry(k.clone()).or_default() += x.as_i64().unwrap_or(0);
+                }
+            }
+        }
+        return Json(sums).into_response();
+    }
+    let list: Vec<Value> = answers
+        .into_iter()
+        .map(|(n, mut v)| {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("node".into(), json!(n));
+            }
+            v
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn stats(State(api): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    per_node_numbers(&api, Call::Stats, &q).await
+}
+
+async fn metrics(State(api): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    per_node_numbers(&api, Call::Metrics, &q).await
+}
+
+// ---------------------------------------------------------------- paging
+
+/// `page` (from 1) and `limit` (1 to 10,000, default 100); any parameter
+/// other than those and `filters` is refused.
+fn paging(q: &HashMap<String, String>, filters: &[&str]) -> Result<(usize, usize), ApiError> {
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "page" | "limit") && !filters.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad(format!("unknown parameter {k:?}")));
+    }
+    let num = |k: &str, default: usize, max: usize| -> Result<usize, ApiError> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(s) => match s.parse::<usize>() {
+                Ok(v) if (1..=max).contains(&v) => Ok(v),
+                _ => Err(ApiError::bad(format!(
+                    "{k}: expected an integer from 1 to {max}, got {s:?}"
+                ))),
+            },
+        }
+    };
+    Ok((
+        num("page", 1, usize::MAX)?,
+        num("limit", DEFAULT_LIMIT, MAX_LIMIT)?,
+    ))
+}
+
+/// One page of `rows`, with EMQX's `meta`.
+fn page_of(rows: Vec<Value>, page: usize, limit: usize) -> Response {
+    let count = rows.len();
+    let start = (page - 1).saturating_mul(limit);
+    let data: Vec<Value> = rows.into_iter().skip(start).take(limit).collect();
+    let hasnext = start.saturating_add(limit) < count;
+    Json(json!({
+        "data": data,
+        "meta": {"count": count, "page": page, "limit": limit, "hasnext": hasnext},
+    }))
+    .into_response()
+}
+
+// ---------------------------------------------------------------- clients
+
+/// Checks the client filters EMQX's `GET /clients` takes.
+fn check_client_query(q: &HashMap<String, String>) -> Result<(), ApiError> {
+    for (k, v) in q {
+        match k.as_str() {
+            "conn_state" if v == "connected" || v == "disconnected" => {}
+            "conn_state" => {
+                return Err(ApiError::bad(
+                    "conn_state: expected connected or disconnected",
+                ))
+            }
+            "proto_ver" if v.parse::<u8>().is_ok() => {}
+            "proto_ver" => return Err(ApiError::bad("proto_ver: expected 3, 4 or 5")),
+            "clean_start" if v == "true" || v == "false" => {}
+            "clean_start" => return Err(ApiError::bad("clean_start: expected true or false")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether client `c` passes the (checked) filters.
+fn client_matches(c: &Value, q: &HashMap<String, String>) -> bool {
+    let s = |k: &str| c[k].as_str().unwrap_or("");
+    q.iter().all(|(k, want)| match k.as_str() {
+        "clientid" => s("clientid") == want,
+        "username" => s("username") == want,
+        "node" => s("node") == want,
+        "ip_address" => s("ip_address") == want,
+        "like_clientid" => s("clientid").contains(want.as_str()),
+        "like_username" => s("username").contains(want.as_str()),
+        "conn_state" => s("conn_state") == want,
+        "proto_ver" => c["proto_ver"].as_u64().map(|v| v.to_string()).as_deref() == Some(want),
+        "clean_start" => c["clean_start"].as_bool() == Some(want == "true"),
+        _ => true,
+    })
+}
+
+async fn clients(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (page, limit) = paging(
+        &q,
+        &[
+            "clientid",
+            "username",
+            "node",
+            "ip_address",
+            "like_clientid",
+            "like_username",
+            "conn_state",
+            "proto_ver",
+            "clean_start",
+        ],
+    )?;
+    check_client_query(&q)?;
+    let answers = api.ask_all(&Call::Clients).await?;
+    let mut rows = Vec::new();
+    for (_, v) in answers {
+        if let Value::Array(list) = v {
+            rows.extend(list.into_iter().filter(|c| client_matches(c, &q)));
+        }
+    }
+    // Stable across pages: node, then client id.
+    rows.sort_by(|a, b| {
+        (a["node"].as_str(), a["clientid"].as_str())
+            .cmp(&(b["node"].as_str(), b["clientid"].as_str()))
+    });
+    Ok(page_of(
+        rows.into_iter().map(with_dates).collect(),
+        page,
+        limit,
+    ))
+}
+
+/// A client as the API shows it: `created_at` / `connected_at` /
+/// `disconnected_at` as RFC 3339 times, its subscriptions left to their
+/// own endpoint.
+fn with_dates(mut c: Value) -> Value {
+    if let Some(o) = c.as_object_mut() {
+        o.remove("subscriptions");
+    }
+    for k in ["created_at", "connected_at", "disconnected_at"] {
+        if let Some(ms) = c[k].as_u64() {
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            c[k] = json!(humantime::format_rfc3339_millis(t).to_string());
+        }
+    }
+    c
+}
+
+/// The client, from whichever node holds it.
+async fn find_client(api: &Api, id: &str) -> Result<Option<(String, Value)>, ApiError> {
+    let call = Call::Client {
+        clientid: id.to_string(),
+    };
+    let answers = api.ask_all(&call).await?;
+    Ok(answers.into_iter().find(|(_, v)| !v.is_null()))
+}
+
+fn client_not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "CLIENTID_NOT_FOUND",
+        "Client ID not found",
+    )
+}
+
+async fn client_one(State(api): State<Shared>, Path(id): Path<String>) -> Response {
+    match find_client(&api, &id).await {
+        Ok(Some((_, c))) => Json(with_dates(c)).into_response(),
+        Ok(None) => client_not_found(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn kick(State(api): State<Shared>, Path(id): Path<String>) -> Response {
+    let node = match find_client(&api, &id).await {
+        Ok(Some((n, _))) => n,
+        Ok(None) => return client_not_found(),
+        Err(r) => return r.into_response(),
+    };
+    let call = Call::Kick {
+        clientid: id.clone(),
+    };
+    match api.ask(&node, &call).await {
+        Ok(Value::Bool(true)) => {
+            tracing::info!(target: "emqx_rs::api", "client {id} kicked on {node}");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(_) => client_not_found(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", e),
+    }
+}
+
+async fn client_subscriptions(State(api): State<Shared>, Path(id): Path<String>) -> Response {
+    match find_client(&api, &id).await {
+        Ok(Some((_, c))) => Json(c["subscriptions"].clone()).into_response(),
+        Ok(None) => client_not_found(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn subscriptions(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (page, limit) = paging(
+        &q,
+        &[
+            "clientid",
+            "topic",
+            "qos",
+            "node",
+            "match_topic",
+            "share_group",
+        ],
+    )?;
+    if let Some(m) = q.get("match_topic") {
+        if emqx_mqtt::topic::validate_topic_filter(m, 128).is_err() {
+            return Err(ApiError::bad(format!(
+                "match_topic: not a topic filter: {m:?}"
+            )));
+        }
+    }
+    let answers = api.ask_all(&Call::Clients).await?;
+    let mut rows = Vec::new();
+    for (_, v) in answers {
+        for c in v.as_array().into_iter().flatten() {
+            rows.extend(c["subscriptions"].as_array().into_iter().flatten().cloned());
+        }
+    }
+    rows.retain(|s| {
+        let t = s["topic"].as_str().unwrap_or("");
+        q.get("clientid")
+            .is_none_or(|v| s["clientid"].as_str() == Some(v))
+            && q.get("topic").is_none_or(|v| t == v)
+            && q.get("node").is_none_or(|v| s["node"].as_str() == Some(v))
+            && q.get("qos").is_none_or(|v| {
+                s["qos"].as_u64().map(|x| x.to_string()).as_deref() == Some(v.as_str())
+            })
+            && q.get("match_topic")
+                .is_none_or(|m| emqx_mqtt::topic::matches(m, t) || emqx_mqtt::topic::matches(t, m))
+            && q.get("share_group").is_none_or(
+                |g| matches!(emqx_mqtt::topic::parse_shared(t), Ok(Some((group, _))) if group == g),
+            )
+    });
+    rows.sort_by(|a, b| {
+        (
+            a["node"].as_str(),
+            a["clientid"].as_str(),
+            a["topic"].as_str(),
+        )
+            .cmp(&(
+                b["node"].as_str(),
+                b["clientid"].as_str(),
+                b["topic"].as_str(),
+            ))
+    });
+    Ok(page_of(rows, page, limit))
+}
+
+async fn topics(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (page, limit) = paging(&q, &["topic", "node"])?;
+    let node = &api.node;
+    let mut r = node.ctx.broker.routes();
+    r.extend(node.view.routes.read().all());
+    r.sort();
+    r.dedup();
+    let rows: Vec<Value> = r
+        .into_iter()
+        .filter(|(t, n)| {
+            q.get("topic").is_none_or(|v| v == t) && q.get("node").is_none_or(|v| v == n)
+        })
+        .map(|(t, n)| json!({"topic": t, "node": n}))
+        .collect();
+    Ok(page_of(rows, page, limit))
+}
+
+// ---------------------------------------------------------------- publish
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishReq {
+    topic: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    #[serde(default)]
+    payload_encoding: Option<String>,
+    #[serde(default)]
+    clientid: Option<String>,
+}
+
+/// Publishes one message; `(status, body)` as EMQX answers it.
+fn publish_one(api: &Api, p: PublishReq) -> (StatusCode, Value) {
+    let bad = |m: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"code": "BAD_REQUEST", "message": m}),
+        )
+    };
+    if let Err(e) = emqx_mqtt::topic::validate_topic_name(&p.topic, 128) {
+        return bad(format!("topic: {e:?}"));
+    }
+    let Some(qos) = emqx_mqtt::packet::QoS::from_u8(p.qos) else {
+        return bad(format!("qos: expected 0, 1 or 2, got {}", p.qos));
+    };
+    let payload = match p.payload_encoding.as_deref() {
+        None | Some("plain") => p.payload.into_bytes(),
+        Some("base64") => match data_encoding::BASE64.decode(p.payload.as_bytes()) {
+            Ok(b) => b,
+            Err(e) => return bad(format!("payload: not base64: {e}")),
+        },
+        Some(other) => {
+            return bad(format!(
+                "payload_encoding: expected plain or base64, got {other:?}"
+            ))
+        }
+    };
+    let mut m = emqx_mqtt::message::Message::system(
+        p.topic,
+        payload,
+        p.retain,
+        emqx_actors::clock::now_ms(),
+    );
+    m.qos = qos;
+    if let Some(c) = p.clientid {
+        m.from = Arc::from(c.as_str());
+    }
+    let id = format!("{:032X}", m.id);
+    let published = api.node.ctx.broker.publish(m);
+    if published.subscribers == 0 {
+        (
+            StatusCode::ACCEPTED,
+            json!({"id": id, "reason_code": 16, "message": "no_matching_subscribers"}),
+        )
+    } else {
+        (StatusCode::OK, json!({"id": id}))
+    }
+}
+
+async fn publish(State(api): State<Shared>, Body(p): Body<PublishReq>) -> Response {
+    let (status, v) = publish_one(&api, p);
+    (status, Json(v)).into_response()
+}
+
+async fn publish_bulk(State(api): State<Shared>, Body(list): Body<Vec<PublishReq>>) -> Response {
+    let mut out = Vec::new();
+    let mut all_ok = true;
+    for p in list {
+        let (status, v) = publish_one(&api, p);
+        all_ok &= status == StatusCode::OK;
+        out.push(v);
+    }
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (status, Json(out)).into_response()
+}
+
+// ---------------------------------------------------------------- retained
+
+fn retained_json(m: &emqx_mqtt::message::Message, with_payload: bool) -> Value {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(m.timestamp_ms);
+    let mut v = json!({
+        "topic": m.topic.as_ref(),
+        "qos": m.qos as u8,
+        "from_clientid": m.from.as_ref(),
+        "publish_at": humantime::format_rfc3339_millis(t).to_string(),
+        "msgid": format!("{:032X}", m.id),
+    });
+    if with_payload {
+        v["payload"] = json!(data_encoding::BASE64.encode(&m.payload));
+    }
+    v
+}
+
+async fn retained_list(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (page, limit) = paging(&q, &[])?;
+    let mut all = api.node.ctx.broker.retainer.all();
+    all.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let rows = all.iter().map(|m| retained_json(m, false)).collect();
+    Ok(page_of(rows, page, limit))
+}
+
+async fn retained_one(State(api): State<Shared>, Path(topic): Path<String>) -> Response {
+    let found = api
+        .node
+        .ctx
+        .broker
+        .retainer
+        .all()
+        .into_iter()
+        .find(|m| *m.topic == *topic);
+    match found {
+        Some(m) => Json(retained_json(&m, true)).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "Viewed message doesn't exist",
+        ),
+    }
+}
+
+async fn retained_delete(State(api): State<Shared>, Path(topic): Path<String>) -> Response {
+    if !api.node.ctx.broker.clear_retained(&topic) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "Viewed message doesn't exist",
+        );
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

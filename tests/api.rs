@@ -1,0 +1,489 @@
+//! The HTTP API over real HTTP (curl is the client): EMQX's paths, status
+//! codes and bodies, credentials and roles, and cluster-wide answers from
+//! any node of a three-node cluster.
+
+mod common;
+
+use common::cluster::{self, mq, Mq};
+use common::Node;
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// `curl` against `node`'s API: (status, body as JSON or as a string).
+fn http(
+    n: &Node,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let url = format!("http://{}:{}{path}", n.host, n.api_port);
+    let mut c = Command::new("curl");
+    c.args(["-s", "-m", "20", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(a) = auth {
+        c.args(["-H", &format!("Authorization: {a}")]);
+    }
+    if let Some(b) = body {
+        c.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &b.to_string(),
+        ]);
+    }
+    c.arg(&url);
+    let o = c.output().expect("curl (scripts/test.sh installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let code: u16 = code.trim().parse().unwrap_or(0);
+    let v = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
+    (code, v)
+}
+
+/// Raw headers and body of a GET.
+fn http_raw(n: &Node, path: &str) -> String {
+    let url = format!("http://{}:{}{path}", n.host, n.api_port);
+    let o = Command::new("curl")
+        .args(["-s", "-i", "-m", "20", &url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn login(n: &Node, user: &str, password: &str) -> Option<String> {
+    let (code, v) = http(
+        n,
+        "POST",
+        "/api/v5/login",
+        None,
+        Some(&json!({"username": user, "password": password})),
+    );
+    (code == 200).then(|| format!("Bearer {}", v["token"].as_str().unwrap_or_default()))
+}
+
+fn basic(key: &str, secret: &str) -> String {
+    let o = Command::new("sh")
+        .args(["-c", &format!("printf '%s' '{key}:{secret}' | base64 -w0")])
+        .output()
+        .expect("base64");
+    format!("Basic {}", String::from_utf8_lossy(&o.stdout))
+}
+
+fn wait_for(t: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+#[test]
+fn status_login_keys_roles_and_errors_on_one_node() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let file = keys.path().join("api_keys");
+    std::fs::write(
+        &file,
+        "# test keys\nops:s3cret\nlook:l00k:viewer\npub:pub1:publisher\n",
+    )
+    .expect("key file");
+    let n = Node::start_with(common::Opts {
+        extra: format!("api_key.bootstrap_file = \"{}\"\n", file.display()),
+        ..Default::default()
+    });
+
+    // Health check: no credentials, EMQX's text and JSON, retry-after.
+    let raw = http_raw(&n, "/api/v5/status");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("retry-after: 15"),
+        "{raw}"
+    );
+    assert!(
+        raw.ends_with(&format!("Node {} is started\nemqx is running", n.name)),
+        "{raw}"
+    );
+    let (code, v) = http(&n, "GET", "/api/v5/status?format=json", None, None);
+    assert_eq!(code, 200);
+    assert_eq!(v["node_name"], json!(n.name));
+    assert_eq!(v["app_status"], json!("running"));
+
+    // No credentials, bad credentials.
+    let (code, v) = http(&n, "GET", "/api/v5/clients", None, None);
+    assert_eq!((code, v["code"].as_str()), (401, Some("BAD_TOKEN")), "{v}");
+    let (code, v) = http(
+        &n,
+        "GET",
+        "/api/v5/clients",
+        Some("Bearer not.a.token"),
+        None,
+    );
+    assert_eq!((code, v["code"].as_str()), (401, Some("BAD_TOKEN")), "{v}");
+    let (code, v) = http(
+        &n,
+        "GET",
+        "/api/v5/clients",
+        Some(&basic("ops", "wrong")),
+        None,
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (401, Some("BAD_API_KEY_OR_SECRET")),
+        "{v}"
+    );
+    assert!(login(&n, "admin", "nope").is_none());
+    let (code, v) = http(
+        &n,
+        "POST",
+        "/api/v5/login",
+        None,
+        Some(&json!({"username": "admin", "password": "nope"})),
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (401, Some("BAD_USERNAME_OR_PWD"))
+    );
+    assert!(n.log().contains("failed login for user \"admin\""));
+
+    // The default user, and API keys from the bootstrap file.
+    let admin = login(&n, "admin", "public").expect("admin/public logs in");
+    let ops = basic("ops", "s3cret");
+    for auth in [&admin, &ops] {
+        let (code, v) = http(&n, "GET", "/api/v5/clients", Some(auth), None);
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(
+            v["meta"],
+            json!({"count": 0, "page": 1, "limit": 100, "hasnext": false})
+        );
+    }
+
+    // Roles: a viewer reads only, a publisher only publishes.
+    let viewer = basic("look", "l00k");
+    assert_eq!(http(&n, "GET", "/api/v5/nodes", Some(&viewer), None).0, 200);
+    let (code, v) = http(&n, "DELETE", "/api/v5/clients/x", Some(&viewer), None);
+    assert_eq!((code, v["code"].as_str()), (403, Some("FORBIDDEN")), "{v}");
+    let publisher = basic("pub", "pub1");
+    assert_eq!(
+        http(&n, "GET", "/api/v5/nodes", Some(&publisher), None).0,
+        403
+    );
+    let (code, v) = http(
+        &n,
+        "POST",
+        "/api/v5/publish",
+        Some(&publisher),
+        Some(&json!({"topic": "nobody/listens", "payload": "x"})),
+    );
+    assert_eq!(code, 202, "{v}");
+    assert_eq!(v["reason_code"], json!(16));
+    assert_eq!(v["message"], json!("no_matching_subscribers"));
+
+    // Bad parameters: 400 with EMQX's body; unknown things: 404.
+    for q in [
+        "limit=0",
+        "limit=10001",
+        "page=0",
+        "page=x",
+        "conn_state=maybe",
+        "proto_ver=x",
+        "nosuch=1",
+    ] {
+        let (code, v) = http(&n, "GET", &format!("/api/v5/clients?{q}"), Some(&ops), None);
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{q}: {v}"
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let (code, v) = http(&n, "GET", "/api/v5/clients/ghost", Some(&ops), None);
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (404, Some("CLIENTID_NOT_FOUND")),
+        "{v}"
+    );
+    assert_eq!(
+        http(&n, "DELETE", "/api/v5/clients/ghost", Some(&ops), None).0,
+        404
+    );
+    assert_eq!(
+        http(&n, "GET", "/api/v5/nodes/nobody@nowhere", Some(&ops), None).0,
+        404
+    );
+    let refused = |body: Value| {
+        let (code, v) = http(&n, "POST", "/api/v5/publish", Some(&ops), Some(&body));
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{v}"
+        );
+        v["message"].as_str().unwrap_or_default().to_string()
+    };
+    refused(json!({"topic": "a/+", "payload": "x"}));
+    refused(json!({"topic": "a/b", "payload": "x", "qos": 3}));
+    // A field we do not act on is refused, not ignored.
+    let m = refused(
+        json!({"topic": "a/b", "payload": "x", "properties": {"message_expiry_interval": 5}}),
+    );
+    assert!(m.contains("properties"), "{m}");
+    let (code, _) = http(
+        &n,
+        "GET",
+        "/api/v5/mqtt/retainer/messages?topic=x",
+        Some(&ops),
+        None,
+    );
+    assert_eq!(code, 400);
+    // A client: listed with EMQX's fields, its subscriptions, kicked.
+    let mut c = mq(&n, "api-c1");
+    c.sub("t/#", 1);
+    let (code, v) = http(&n, "GET", "/api/v5/clients/api-c1", Some(&ops), None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["clientid"], json!("api-c1"));
+    assert_eq!(v["node"], json!(n.name));
+    assert_eq!(v["conn_state"], json!("connected"));
+    assert_eq!(v["proto_ver"], json!(4));
+    assert_eq!(v["subscriptions_cnt"], json!(1));
+    assert!(
+        v["connected_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
+    let (_, v) = http(
+        &n,
+        "GET",
+        "/api/v5/clients/api-c1/subscriptions",
+        Some(&ops),
+        None,
+    );
+    assert_eq!(v[0]["topic"], json!("t/#"));
+    assert_eq!(v[0]["qos"], json!(1));
+    let (code, v) = http(
+        &n,
+        "POST",
+        "/api/v5/publish",
+        Some(&ops),
+        Some(&json!({"topic": "t/1", "payload": "aGk=", "payload_encoding": "base64", "qos": 1})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(v["id"].as_str().is_some());
+    let got = c.collect(1, Duration::from_secs(10));
+    assert_eq!(cluster::payloads(&got), vec!["hi".to_string()]);
+    assert_eq!(
+        http(&n, "DELETE", "/api/v5/clients/api-c1", Some(&ops), None).0,
+        204
+    );
+    assert!(wait_for(Duration::from_secs(5), || {
+        http(&n, "GET", "/api/v5/clients/api-c1", Some(&ops), None).0 == 404
+    }));
+
+    // Prometheus: no credentials by default, EMQX's names, no _total.
+    let (code, text) = http(&n, "GET", "/api/v5/prometheus/stats", None, None);
+    assert_eq!(code, 200);
+    let text = text.as_str().unwrap_or_default().to_string();
+    for line in [
+        "# TYPE emqx_connections_count gauge",
+        "# TYPE emqx_messages_received counter",
+        "# TYPE emqx_messages_sent counter",
+        "# TYPE emqx_messages_dropped counter",
+        "emqx_cluster_nodes_running 1",
+        "emqx_cluster_nodes_stopped 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(!text.contains("_total"), "{text}");
+    assert_eq!(
+        http(&n, "GET", "/api/v5/prometheus/stats?mode=bad", None, None).0,
+        400
+    );
+
+    // A new password ends the tokens given before and the old password.
+    let (code, v) = http(
+        &n,
+        "POST",
+        "/api/v5/users/admin/change_pwd",
+        Some(&admin),
+        Some(&json!({"old_pwd": "wrong", "new_pwd": "an0ther-pass"})),
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (400, Some("BAD_REQUEST")),
+        "{v}"
+    );
+    let (code, _) = http(
+        &n,
+        "POST",
+        "/api/v5/users/admin/change_pwd",
+        Some(&admin),
+        Some(&json!({"old_pwd": "public", "new_pwd": "an0ther-pass"})),
+    );
+    assert_eq!(code, 204);
+    assert_eq!(http(&n, "GET", "/api/v5/nodes", Some(&admin), None).0, 401);
+    assert!(login(&n, "admin", "public").is_none());
+    assert!(login(&n, "admin", "an0ther-pass").is_some());
+    assert!(n.log().contains("still has the default password"));
+}
+
+#[test]
+fn answers_cover_the_cluster_from_any_node() {
+    let nodes = cluster::cluster(&[1, 2, 3]);
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    // A token made on node 1 is good on node 3.
+    let t = login(n1, "admin", "public").expect("login on node 1");
+    let auth = Some(t.as_str());
+
+    // Two clients per node.
+    let mut clients: Vec<Mq> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for k in 0..2 {
+            clients.push(mq(n, &format!("cl-{}-{k}", i + 1)));
+        }
+    }
+    clients[0].sub("api/x", 1);
+    cluster::wait_route(n2, "api/x", n1, true, Duration::from_secs(10));
+
+    let (code, v) = http(n3, "GET", "/api/v5/clients", auth, None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["meta"]["count"], json!(6), "{v}");
+    // Paging across nodes gives every client exactly once.
+    let mut seen = Vec::new();
+    for page in 1..=4 {
+        let (_, v) = http(
+            n2,
+            "GET",
+            &format!("/api/v5/clients?limit=2&page={page}"),
+            auth,
+            None,
+        );
+        assert_eq!(v["meta"]["hasnext"], json!(page < 3), "page {page}: {v}");
+        for c in v["data"].as_array().into_iter().flatten() {
+            seen.push(c["clientid"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    seen.sort();
+    let mut want: Vec<String> = clients.iter().map(|c| c.id.clone()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    // Filters.
+    let (_, v) = http(
+        n1,
+        "GET",
+        &format!("/api/v5/clients?node={}", n2.name),
+        auth,
+        None,
+    );
+    assert_eq!(v["meta"]["count"], json!(2), "{v}");
+    let (_, v) = http(n1, "GET", "/api/v5/clients?like_clientid=cl-3", auth, None);
+    assert_eq!(v["meta"]["count"], json!(2), "{v}");
+    let (_, v) = http(n1, "GET", "/api/v5/clients?clientid=cl-2-1", auth, None);
+    assert_eq!(v["data"][0]["node"], json!(n2.name), "{v}");
+
+    // A client of node 1 kicked through node 3.
+    assert_eq!(
+        http(n3, "DELETE", "/api/v5/clients/cl-1-1", auth, None).0,
+        204
+    );
+    assert!(wait_for(Duration::from_secs(5), || {
+        http(n1, "GET", "/api/v5/clients/cl-1-1", auth, None).0 == 404
+    }));
+
+    // A message published through node 2's API reaches node 1's subscriber.
+    let (code, v) = http(
+        n2,
+        "POST",
+        "/api/v5/publish",
+        auth,
+        Some(&json!({"topic": "api/x", "payload": "via http", "qos": 1})),
+    );
+    assert_eq!(code, 200, "{v}");
+    let got = clients[0].collect(1, Duration::from_secs(10));
+    assert_eq!(cluster::payloads(&got), vec!["via http".to_string()]);
+
+    // Nodes, cluster, stats, metrics, subscriptions, topics.
+    let (_, v) = http(n2, "GET", "/api/v5/nodes", auth, None);
+    let names: Vec<&str> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x["node"].as_str())
+        .collect();
+    assert_eq!(names.len(), 3, "{v}");
+    assert!(v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|x| x["node_status"] == json!("running")));
+    let (_, v) = http(n2, "GET", &format!("/api/v5/nodes/{}", n3.name), auth, None);
+    assert_eq!(v["node"], json!(n3.name));
+    assert_eq!(v["connections"], json!(2));
+    let (_, v) = http(n1, "GET", "/api/v5/cluster", auth, None);
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["self"], json!(n1.name));
+    let (_, v) = http(n3, "GET", "/api/v5/stats?aggregate=true", auth, None);
+    assert_eq!(v["connections.count"], json!(5), "{v}");
+    let (_, v) = http(n3, "GET", "/api/v5/metrics", auth, None);
+    assert_eq!(v.as_array().map(Vec::len), Some(3), "{v}");
+    assert!(
+        v[0]["node"].is_string() && v[0]["messages.received"].is_number(),
+        "{v}"
+    );
+    let (_, v) = http(n3, "GET", "/api/v5/subscriptions?topic=api/x", auth, None);
+    assert_eq!(v["data"][0]["clientid"], json!("cl-1-0"), "{v}");
+    assert_eq!(v["data"][0]["node"], json!(n1.name), "{v}");
+    let (_, v) = http(n3, "GET", "/api/v5/topics?topic=api/x", auth, None);
+    assert_eq!(
+        v["data"],
+        json!([{"topic": "api/x", "node": n1.name}]),
+        "{v}"
+    );
+
+    // A password changed on node 1 holds on node 2.
+    let (code, _) = http(
+        n1,
+        "POST",
+        "/api/v5/users/admin/change_pwd",
+        auth,
+        Some(&json!({"old_pwd": "public", "new_pwd": "cluster-pass-1"})),
+    );
+    assert_eq!(code, 204);
+    assert!(wait_for(Duration::from_secs(10), || login(
+        n2,
+        "admin",
+        "cluster-pass-1"
+    )
+    .is_some()));
+    assert!(login(n3, "admin", "public").is_none());
+
+    // Prometheus, one series per node.
+    let (_, text) = http(
+        n1,
+        "GET",
+        "/api/v5/prometheus/stats?mode=all_nodes_unaggregated",
+        None,
+        None,
+    );
+    let text = text.as_str().unwrap_or_default().to_string();
+    for n in &nodes {
+        let line = format!("emqx_connections_count{{node=\"{}\"}} 2", n.name);
+        let alt = format!("emqx_connections_count{{node=\"{}\"}} 1", n.name);
+        assert!(text.contains(&line) || text.contains(&alt), "{text}");
+    }
+    let (_, text) = http(
+        n1,
+        "GET",
+        "/api/v5/prometheus/stats?mode=all_nodes_aggregated",
+        None,
+        None,
+    );
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.lines().any(|l| l == "emqx_connections_count 5"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "emqx_cluster_nodes_running 3"),
+        "{text}"
+    );
+}
