@@ -627,7 +627,13 @@ async fn cmd_subscriptions(node: &Node, w: &[&str]) -> (i32, String) {
             };
             let r = s
                 .call(
-                    |r| emqx_actors::session::SessionMsg::AddSub(topic.to_string(), q, r),
+                    |r| {
+                        let opts = emqx_mqtt::packet::SubscriptionOptions {
+                            qos: q,
+                            ..Default::default()
+                        };
+                        emqx_actors::session::SessionMsg::AddSub(topic.to_string(), opts, r)
+                    },
                     Some(std::time::Duration::from_secs(5)),
                 )
                 .await;

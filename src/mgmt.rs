@@ -6,6 +6,7 @@
 use crate::running::Node;
 use emqx_actors::session::ClientInfo;
 use emqx_actors::sys::VERSION;
+use emqx_mqtt::packet::{QoS, RetainHandling, SubscriptionOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -25,6 +26,19 @@ pub enum Call {
     Client { clientid: String },
     /// Disconnects a client and drops its session; `true` when found.
     Kick { clientid: String },
+    /// Subscribes a client on its behalf: `null` when the node does not
+    /// hold it, else `{"ok": true}` or `{"error": ...}`.
+    Subscribe {
+        clientid: String,
+        topic: String,
+        qos: u8,
+        nl: bool,
+        rap: bool,
+        rh: u8,
+    },
+    /// Unsubscribes a client: `null` when the node does not hold it, else
+    /// whether it was subscribed.
+    Unsubscribe { clientid: String, topic: String },
 }
 
 /// Answers `call` from this node's own state.
@@ -59,6 +73,34 @@ pub async fn answer(node: &Node, call: &Call) -> Value {
             None => Value::Null,
         },
         Call::Kick { clientid } => json!(ctx.cm.kick(clientid).await),
+        Call::Subscribe {
+            clientid,
+            topic,
+            qos,
+            nl,
+            rap,
+            rh,
+        } => {
+            let opts = SubscriptionOptions {
+                qos: QoS::from_u8(*qos).unwrap_or(QoS::AtMostOnce),
+                no_local: *nl,
+                retain_as_published: *rap,
+                retain_handling: match rh {
+                    1 => RetainHandling::SendIfNew,
+                    2 => RetainHandling::DoNotSend,
+                    _ => RetainHandling::SendAtSubscribe,
+                },
+            };
+            match ctx.cm.subscribe(clientid, topic, opts).await {
+                None => Value::Null,
+                Some(Ok(())) => json!({"ok": true}),
+                Some(Err(e)) => json!({"error": e}),
+            }
+        }
+        Call::Unsubscribe { clientid, topic } => match ctx.cm.unsubscribe(clientid, topic).await {
+            None => Value::Null,
+            Some(had) => json!(had),
+        },
     }
 }
 

@@ -401,6 +401,73 @@ fn answers_cover_the_cluster_from_any_node() {
     let got = clients[0].collect(1, Duration::from_secs(10));
     assert_eq!(cluster::payloads(&got), vec!["via http".to_string()]);
 
+    // Subscribed on its behalf through node 3, node 1's client gets what a
+    // node 2 client publishes; unsubscribed through node 2, the route goes.
+    let (code, v) = http(
+        n3,
+        "POST",
+        "/api/v5/clients/cl-1-0/subscribe",
+        auth,
+        Some(&json!({"topic": "api/behalf/#", "qos": 1})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["node"].as_str(), v["qos"].as_u64()),
+        (Some(n1.name.as_str()), Some(1)),
+        "{v}"
+    );
+    cluster::wait_route(n2, "api/behalf/#", n1, true, Duration::from_secs(10));
+    let (_, v) = http(
+        n2,
+        "GET",
+        "/api/v5/clients/cl-1-0/subscriptions",
+        auth,
+        None,
+    );
+    assert!(
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["topic"] == json!("api/behalf/#")),
+        "{v}"
+    );
+    clients[2].publish("api/behalf/1", 1, false, b"on behalf");
+    let got = clients[0].collect(1, Duration::from_secs(10));
+    assert_eq!(cluster::payloads(&got), vec!["on behalf".to_string()]);
+    assert_eq!(
+        http(
+            n2,
+            "POST",
+            "/api/v5/clients/cl-1-0/unsubscribe",
+            auth,
+            Some(&json!({"topic": "api/behalf/#"})),
+        )
+        .0,
+        204
+    );
+    cluster::wait_route(n3, "api/behalf/#", n1, false, Duration::from_secs(10));
+    let sub = |id: &str, topic: &str| {
+        http(
+            n1,
+            "POST",
+            &format!("/api/v5/clients/{id}/subscribe"),
+            auth,
+            Some(&json!({"topic": topic})),
+        )
+    };
+    let (code, v) = sub("nobody", "a/b");
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (404, Some("CLIENTID_NOT_FOUND")),
+        "{v}"
+    );
+    let (code, v) = sub("cl-2-0", "a/#/b");
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (400, Some("BAD_REQUEST")),
+        "{v}"
+    );
+
     // Nodes, cluster, stats, metrics, subscriptions, topics.
     let (_, v) = http(n2, "GET", "/api/v5/nodes", auth, None);
     let names: Vec<&str> = v

@@ -4,6 +4,7 @@
 
 use crate::session_msg::{ClientInfo, SessionMsg};
 use emqx_mqtt::channel::SessionSnapshot;
+use emqx_mqtt::packet::SubscriptionOptions;
 use parking_lot::Mutex;
 use ractor::{ActorId, ActorRef};
 use std::collections::HashMap;
@@ -107,6 +108,44 @@ impl Cm {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Subscribes a client's session to `filter` on its behalf (the API's
+    /// subscribe); `None` if the client is unknown here.
+    pub async fn subscribe(
+        &self,
+        client_id: &str,
+        filter: &str,
+        opts: SubscriptionOptions,
+    ) -> Option<Result<(), String>> {
+        let s = self.lookup(client_id)?;
+        let filter = filter.to_string();
+        Some(
+            match s
+                .call(
+                    |r| SessionMsg::AddSub(filter, opts, r),
+                    Some(TAKEOVER_TIMEOUT),
+                )
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(|e| e.to_string()),
+                _ => Err("the session did not answer".into()),
+            },
+        )
+    }
+
+    /// Unsubscribes a client's session from `filter`; `None` if the client
+    /// is unknown here, else whether it was subscribed.
+    pub async fn unsubscribe(&self, client_id: &str, filter: &str) -> Option<bool> {
+        let s = self.lookup(client_id)?;
+        let filter = filter.to_string();
+        match s
+            .call(|r| SessionMsg::DelSub(filter, r), Some(TAKEOVER_TIMEOUT))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(had)) => Some(had),
+            _ => Some(false),
         }
     }
 

@@ -316,11 +316,7 @@ impl Actor for SessionActor {
             SessionMsg::Info(reply) => {
                 let _ = reply.send(st.info());
             }
-            SessionMsg::AddSub(filter, qos, reply) => {
-                let opts = SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                };
+            SessionMsg::AddSub(filter, opts, reply) => {
                 let req = SubRequest {
                     filter,
                     opts,

@@ -8,7 +8,7 @@ use crate::inbox::Wake;
 use crate::outbox::ConnHandle;
 use emqx_mqtt::channel::SessionSnapshot;
 use emqx_mqtt::codec::DecodeError;
-use emqx_mqtt::packet::{Connect, Packet, QoS, SubscriptionOptions};
+use emqx_mqtt::packet::{Connect, Packet, SubscriptionOptions};
 use ractor::{ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
@@ -81,9 +81,14 @@ pub enum SessionMsg {
     /// expiry 0): there is nothing to hand over and it is gone.
     TakeoverOut(RpcReplyPort<Option<SessionSnapshot>>),
     Info(RpcReplyPort<ClientInfo>),
-    /// `ctl subscriptions add`.
-    AddSub(String, QoS, RpcReplyPort<Result<(), BrokerError>>),
-    /// `ctl subscriptions del`.
+    /// `ctl subscriptions add`, the API's subscribe on the client's behalf.
+    AddSub(
+        String,
+        SubscriptionOptions,
+        RpcReplyPort<Result<(), BrokerError>>,
+    ),
+    /// `ctl subscriptions del`, the API's unsubscribe; `true` if it was
+    /// subscribed.
     DelSub(String, RpcReplyPort<bool>),
     /// Periodic retry / await-rel check.
     Tick,

@@ -94,6 +94,16 @@ fn router(api: Shared) -> Router {
             "/api/v5/clients/{clientid}/subscriptions",
             get(client_subscriptions),
         )
+        .route("/api/v5/clients/{clientid}/subscribe", post(subscribe))
+        .route(
+            "/api/v5/clients/{clientid}/subscribe/bulk",
+            post(subscribe_bulk),
+        )
+        .route("/api/v5/clients/{clientid}/unsubscribe", post(unsubscribe))
+        .route(
+            "/api/v5/clients/{clientid}/unsubscribe/bulk",
+            post(unsubscribe_bulk),
+        )
         .route("/api/v5/subscriptions", get(subscriptions))
         .route("/api/v5/topics", get(topics))
         .route("/api/v5/publish", post(publish))
@@ -773,6 +783,171 @@ async fn client_subscriptions(State(api): State<Shared>, Path(id): Path<String>)
         Ok(None) => client_not_found(),
         Err(r) => r.into_response(),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubReq {
+    topic: String,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    nl: u8,
+    #[serde(default)]
+    rap: u8,
+    #[serde(default)]
+    rh: u8,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubReq {
+    topic: String,
+}
+
+/// A topic filter as a client may send it (`$share/<group>/...` too).
+fn check_filter(topic: &str) -> Result<(), ApiError> {
+    let inner = match emqx_mqtt::topic::parse_shared(topic) {
+        Ok(Some((_, f))) => f,
+        Ok(None) => topic,
+        Err(e) => return Err(ApiError::bad(format!("topic: {e:?}"))),
+    };
+    emqx_mqtt::topic::validate_topic_filter(inner, 128)
+        .map_err(|e| ApiError::bad(format!("topic: {e:?}")))
+}
+
+fn sub_call(clientid: &str, r: &SubReq) -> Result<Call, ApiError> {
+    check_filter(&r.topic)?;
+    let bit = |k: &str, v: u8| match v {
+        0 | 1 => Ok(v == 1),
+        _ => Err(ApiError::bad(format!("{k}: expected 0 or 1, got {v}"))),
+    };
+    if r.qos > 2 || r.rh > 2 {
+        return Err(ApiError::bad("qos and rh: expected 0, 1 or 2"));
+    }
+    Ok(Call::Subscribe {
+        clientid: clientid.to_string(),
+        topic: r.topic.clone(),
+        qos: r.qos,
+        nl: bit("nl", r.nl)?,
+        rap: bit("rap", r.rap)?,
+        rh: r.rh,
+    })
+}
+
+/// Has the node holding a client carry out `calls` for it, in order; `None`
+/// if no node holds the client (or it left meanwhile).
+async fn on_behalf(
+    api: &Api,
+    clientid: &str,
+    calls: &[Call],
+) -> Result<Option<(String, Vec<Value>)>, ApiError> {
+    let Some((node, _)) = find_client(api, clientid).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for c in calls {
+        match api.ask(&node, c).await {
+            Ok(Value::Null) => return Ok(None),
+            Ok(v) => out.push(v),
+            Err(e) => return Err(ApiError::unavailable(e)),
+        }
+    }
+    Ok(Some((node, out)))
+}
+
+/// The subscriptions made, as EMQX answers them, or the first refusal;
+/// `None` if no node holds the client.
+async fn do_subscribe(
+    api: &Api,
+    clientid: &str,
+    reqs: &[SubReq],
+) -> Result<Option<Vec<Value>>, ApiError> {
+    let calls = reqs
+        .iter()
+        .map(|r| sub_call(clientid, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((node, answers)) = on_behalf(api, clientid, &calls).await? else {
+        return Ok(None);
+    };
+    if let Some(e) = answers.iter().find_map(|a| a["error"].as_str()) {
+        return Err(ApiError::bad(e.to_string()));
+    }
+    tracing::info!(
+        target: "emqx_rs::api",
+        "client {clientid} subscribed on {node} to {} filter(s)",
+        reqs.len()
+    );
+    Ok(Some(
+        reqs.iter()
+            .map(|r| {
+                json!({"clientid": clientid, "topic": r.topic, "qos": r.qos,
+                       "nl": r.nl, "rap": r.rap, "rh": r.rh, "node": node})
+            })
+            .collect(),
+    ))
+}
+
+async fn subscribe(
+    State(api): State<Shared>,
+    Path(id): Path<String>,
+    Body(r): Body<SubReq>,
+) -> Result<Response, ApiError> {
+    Ok(
+        match do_subscribe(&api, &id, std::slice::from_ref(&r)).await? {
+            Some(mut v) => Json(v.swap_remove(0)).into_response(),
+            None => client_not_found(),
+        },
+    )
+}
+
+async fn subscribe_bulk(
+    State(api): State<Shared>,
+    Path(id): Path<String>,
+    Body(rs): Body<Vec<SubReq>>,
+) -> Result<Response, ApiError> {
+    Ok(match do_subscribe(&api, &id, &rs).await? {
+        Some(v) => Json(v).into_response(),
+        None => client_not_found(),
+    })
+}
+
+async fn do_unsubscribe(
+    api: &Api,
+    clientid: &str,
+    topics: &[String],
+) -> Result<Response, ApiError> {
+    for t in topics {
+        check_filter(t)?;
+    }
+    let calls: Vec<Call> = topics
+        .iter()
+        .map(|t| Call::Unsubscribe {
+            clientid: clientid.to_string(),
+            topic: t.clone(),
+        })
+        .collect();
+    match on_behalf(api, clientid, &calls).await? {
+        None => Ok(client_not_found()),
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn unsubscribe(
+    State(api): State<Shared>,
+    Path(id): Path<String>,
+    Body(r): Body<UnsubReq>,
+) -> Result<Response, ApiError> {
+    do_unsubscribe(&api, &id, &[r.topic]).await
+}
+
+async fn unsubscribe_bulk(
+    State(api): State<Shared>,
+    Path(id): Path<String>,
+    Body(rs): Body<Vec<UnsubReq>>,
+) -> Result<Response, ApiError> {
+    let topics: Vec<String> = rs.into_iter().map(|r| r.topic).collect();
+    do_unsubscribe(&api, &id, &topics).await
 }
 
 async fn subscriptions(
