@@ -328,7 +328,7 @@ fn status_login_keys_roles_and_errors_on_one_node() {
 
 #[test]
 fn answers_cover_the_cluster_from_any_node() {
-    let nodes = cluster::cluster(&[1, 2, 3]);
+    let mut nodes = cluster::cluster(&[1, 2, 3]);
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
     // A token made on node 1 is good on node 3.
     let t = login(n1, "admin", "public").expect("login on node 1");
@@ -553,4 +553,65 @@ fn answers_cover_the_cluster_from_any_node() {
         text.lines().any(|l| l == "emqx_cluster_nodes_running 3"),
         "{text}"
     );
+
+    // The password change ended the old token on every node.
+    assert_eq!(http(n3, "GET", "/api/v5/nodes", auth, None).0, 401);
+    let t = login(n1, "admin", "cluster-pass-1").expect("login with the new password");
+    let auth = Some(t.as_str());
+
+    // Node 3 dies: listed as stopped, then removed through node 1.
+    let (code, v) = http(
+        &nodes[0],
+        "DELETE",
+        &format!("/api/v5/cluster/{}/force_leave", nodes[0].name),
+        auth,
+        None,
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (400, Some("BAD_REQUEST")),
+        "{v}"
+    );
+    let (code, v) = http(
+        &nodes[0],
+        "DELETE",
+        "/api/v5/cluster/nobody@127.0.0.9/force_leave",
+        auth,
+        None,
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("node_not_in_cluster")),
+        "{v}"
+    );
+    let gone = nodes[2].name.clone();
+    nodes[2].kill();
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            let (_, v) = http(n2, "GET", &format!("/api/v5/nodes/{gone}"), auth, None);
+            v["node_status"] == json!("stopped")
+        }),
+        "node 3 never listed as stopped"
+    );
+    assert_eq!(
+        http(
+            n1,
+            "DELETE",
+            &format!("/api/v5/cluster/{gone}/force_leave"),
+            auth,
+            None
+        )
+        .0,
+        204
+    );
+    let (_, v) = http(n1, "GET", "/api/v5/cluster", auth, None);
+    let mut want = vec![n1.name.clone(), n2.name.clone()];
+    want.sort();
+    assert_eq!(v["nodes"], json!(want), "{v}");
+    assert!(wait_for(Duration::from_secs(10), || {
+        http(n2, "GET", &format!("/api/v5/nodes/{gone}"), auth, None).0 == 404
+    }));
 }

@@ -86,6 +86,7 @@ fn router(api: Shared) -> Router {
         .route("/api/v5/nodes", get(nodes))
         .route("/api/v5/nodes/{node}", get(node_one))
         .route("/api/v5/cluster", get(cluster))
+        .route("/api/v5/cluster/{node}/force_leave", delete(force_leave))
         .route("/api/v5/stats", get(stats))
         .route("/api/v5/metrics", get(metrics))
         .route("/api/v5/clients", get(clients))
@@ -552,6 +553,40 @@ async fn cluster(State(api): State<Shared>) -> Response {
     running.extend(stopped);
     running.sort();
     Json(json!({"name": api.cluster_name, "nodes": running, "self": api.node.name})).into_response()
+}
+
+/// Removes a node that is down (or unwanted) from the cluster, as `ctl
+/// cluster force-leave`: 204, or 400 with why not.
+async fn force_leave(State(api): State<Shared>, Path(node): Path<String>) -> Response {
+    if node == api.node.name {
+        return bad_request("cannot remove the node answering this request");
+    }
+    let t = node.clone();
+    match api
+        .node
+        .cluster
+        .call(|r| SvcMsg::ForceLeave(t, r), Some(NODE_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(out)) if out.starts_with("Remove") => {
+            tracing::warn!(target: "emqx_rs::api", "node {node} removed from the cluster");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(ractor::rpc::CallResult::Success(out)) => {
+            let why = out
+                .trim()
+                .rsplit(": ")
+                .next()
+                .unwrap_or("failed")
+                .to_string();
+            bad_request(why)
+        }
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "the cluster service did not answer",
+        ),
+    }
 }
 
 /// `?aggregate=true`: one object summed over the nodes; else one object per
