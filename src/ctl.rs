@@ -192,6 +192,18 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "Delete an owner's rules on every node",
     ),
     ("alarms", "alarms list", "List the active alarms of every node"),
+    ("api_keys", "api_keys list", "List the HTTP API keys"),
+    (
+        "api_keys",
+        "api_keys add <Name> [administrator|viewer|publisher]",
+        "Create an API key; its secret is shown once",
+    ),
+    ("api_keys", "api_keys del <Name>", "Revoke an API key on every node"),
+    (
+        "api_keys",
+        "api_keys enable|disable <Name>",
+        "Enable or disable an API key on every node",
+    ),
     (
         "alarms",
         "alarms history",
@@ -305,6 +317,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("users", |n, w| Box::pin(cmd_users(n, w))),
     ("banned", |n, w| Box::pin(cmd_banned(n, w))),
     ("alarms", |n, w| Box::pin(cmd_alarms(n, w))),
+    ("api_keys", |n, w| Box::pin(cmd_api_keys(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -716,6 +729,76 @@ async fn cmd_users(node: &Node, w: &[&str]) -> (i32, String) {
         Ok(Some(out)) => out,
         Ok(None) => unknown("users"),
         Err(e) => (1, format!("users: {e}\n")),
+    }
+}
+
+/// `api_keys ...`: the HTTP API's keys (EMQX manages them over the API and
+/// its dashboard only), replicated to every node.
+async fn cmd_api_keys(node: &Node, w: &[&str]) -> (i32, String) {
+    use crate::api::auth::{KeyChange, Role};
+    let auth = &node.api_auth;
+    match w {
+        ["api_keys", "list"] => {
+            let keys = auth.api_keys();
+            if keys.is_empty() {
+                return (
+                    0,
+                    "No API keys.
+"
+                    .into(),
+                );
+            }
+            let now = emqx_actors::clock::now_ms() / 1000;
+            let out = keys
+                .iter()
+                .map(|(key, k)| {
+                    format!(
+                        "name={} api_key={key} role={} enable={} expired={} desc={:?}\n",
+                        k.name,
+                        k.role.name(),
+                        k.enable,
+                        k.expired(now),
+                        k.desc
+                    )
+                })
+                .collect();
+            (0, out)
+        }
+        ["api_keys", "add", name, rest @ ..] if rest.len() <= 1 => {
+            let role = match rest.first() {
+                None => Role::Administrator,
+                Some(r) => match Role::parse(r) {
+                    Some(r) => r,
+                    None => return (1, format!("Error: unknown role {r:?}\n")),
+                },
+            };
+            match auth.add_api_key(name, role, None, "created by ctl".into()) {
+                Ok((key, secret, _)) => (
+                    0,
+                    format!(
+                        "api_key: {key}\napi_secret: {secret}\n(the secret is not shown again)\n"
+                    ),
+                ),
+                Err(e) => (1, format!("Error: {e}\n")),
+            }
+        }
+        ["api_keys", "del", name] => match auth.delete_api_key(name) {
+            Ok(true) => ok(),
+            Ok(false) => (1, "Error: API key not found\n".into()),
+            Err(e) => (1, format!("Error: {e}\n")),
+        },
+        ["api_keys", op @ ("enable" | "disable"), name] => {
+            let change = KeyChange {
+                enable: Some(*op == "enable"),
+                ..Default::default()
+            };
+            match auth.update_api_key(name, change) {
+                Some(Ok(_)) => ok(),
+                Some(Err(e)) => (1, format!("Error: {e}\n")),
+                None => (1, "Error: API key not found\n".into()),
+            }
+        }
+        _ => unknown("api_keys"),
     }
 }
 

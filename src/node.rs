@@ -332,7 +332,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     let http = &cfg.dashboard.listeners.http;
     let api_listener = crate::api::bind(http.enable, http.bind).await?;
     let (core, replication) = start_broker(&cfg, &dist, &tls).await?;
-    let api_auth = crate::api::auth::Auth::new(
+    let api_auth = Arc::new(crate::api::auth::Auth::new(
         core.tables.clone(),
         &cfg.node.cookie,
         (
@@ -341,7 +341,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         ),
         cfg.api_key.bootstrap_file.as_deref(),
         cfg.dashboard.token_expired_time,
-    )?;
+    )?);
     let cluster = start_cluster(&cfg, dist, &core, replication, &tls).await?;
     let discovery = start_discovery(&cfg, &cluster, &tls)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -354,6 +354,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         shutdown: Arc::new(shutdown),
         listeners: listeners.clone(),
         role: cfg.node.db_role.as_str(),
+        api_auth: api_auth.clone(),
         log_dir: cfg
             .log
             .file
@@ -565,6 +566,7 @@ async fn start_broker(
             emqx_actors::banned::BANNED_TABLE,
             emqx_actors::authz_db::AUTHZ_RULES_TABLE,
             crate::api::auth::USERS_TABLE,
+            crate::api::auth::API_KEYS_TABLE,
         ],
     )
     .map_err(|e| format!("cannot open the replicated tables: {e}"))?;

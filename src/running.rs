@@ -28,6 +28,8 @@ pub struct Node {
     pub role: &'static str,
     /// Where the log file is written, if it is.
     pub log_dir: Option<String>,
+    /// API users and keys (`ctl api_keys`, the HTTP API).
+    pub api_auth: Arc<crate::api::auth::Auth>,
 }
 
 pub fn pid_file(cfg: &Config) -> PathBuf {

@@ -333,6 +333,12 @@ fn answers_cover_the_cluster_from_any_node() {
     // A token made on node 1 is good on node 3.
     let t = login(n1, "admin", "public").expect("login on node 1");
     let auth = Some(t.as_str());
+    // An API key made on node 1 is good on node 3.
+    let (k, secret) = ctl_key(n1, "everywhere", "viewer");
+    let key = basic(&k, &secret);
+    assert!(wait_for(Duration::from_secs(10), || {
+        http(n3, "GET", "/api/v5/nodes", Some(&key), None).0 == 200
+    }));
 
     // Two clients per node.
     let mut clients: Vec<Mq> = Vec::new();
@@ -614,4 +620,119 @@ fn answers_cover_the_cluster_from_any_node() {
     assert!(wait_for(Duration::from_secs(10), || {
         http(n2, "GET", &format!("/api/v5/nodes/{gone}"), auth, None).0 == 404
     }));
+}
+
+/// `key: value` lines of `ctl api_keys add`.
+fn ctl_key(n: &Node, name: &str, role: &str) -> (String, String) {
+    let (code, out) = n.ctl(&["api_keys", "add", name, role]);
+    assert_eq!(code, 0, "{out}");
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {k} in {out}"))
+    };
+    (field("api_key:"), field("api_secret:"))
+}
+
+#[test]
+fn api_keys_are_made_changed_and_revoked_over_http_and_ctl() {
+    let n = Node::start();
+    let admin = login(&n, "admin", "public").expect("login");
+    let admin = Some(admin.as_str());
+
+    // Made over HTTP: the secret is answered once and works at once.
+    let (code, v) = http(
+        &n,
+        "POST",
+        "/api/v5/api_key",
+        admin,
+        Some(&json!({"name": "grafana", "role": "viewer", "desc": "dashboards"})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["expired_at"], json!("infinity"), "{v}");
+    let key = basic(
+        v["api_key"].as_str().unwrap_or_default(),
+        v["api_secret"].as_str().unwrap_or_default(),
+    );
+    assert_eq!(http(&n, "GET", "/api/v5/nodes", Some(&key), None).0, 200);
+    assert_eq!(
+        http(&n, "DELETE", "/api/v5/clients/x", Some(&key), None).0,
+        403
+    );
+    let (_, v) = http(&n, "GET", "/api/v5/api_key/grafana", admin, None);
+    assert_eq!(
+        (
+            v["role"].as_str(),
+            v["enable"].as_bool(),
+            v["api_secret"].is_null()
+        ),
+        (Some("viewer"), Some(true), true),
+        "{v}"
+    );
+    // A name given twice, a bad name, an unknown field: 400.
+    for body in [
+        json!({"name": "grafana"}),
+        json!({"name": "9lives"}),
+        json!({"name": "x", "scopes": ["all"]}),
+    ] {
+        let (code, v) = http(&n, "POST", "/api/v5/api_key", admin, Some(&body));
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{body}: {v}"
+        );
+    }
+    // Disabled, it is refused; enabled again, it works; expired, refused.
+    let put = |body: Value| http(&n, "PUT", "/api/v5/api_key/grafana", admin, Some(&body));
+    assert_eq!(put(json!({"enable": false})).0, 200);
+    let (code, v) = http(&n, "GET", "/api/v5/nodes", Some(&key), None);
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (401, Some("BAD_API_KEY_OR_SECRET")),
+        "{v}"
+    );
+    assert_eq!(put(json!({"enable": true})).0, 200);
+    assert_eq!(http(&n, "GET", "/api/v5/nodes", Some(&key), None).0, 200);
+    let (code, v) = put(json!({"expired_at": "2001-01-01T00:00:00Z"}));
+    assert_eq!((code, v["expired"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(http(&n, "GET", "/api/v5/nodes", Some(&key), None).0, 401);
+    assert_eq!(put(json!({"expired_at": "soon"})).0, 400);
+    assert_eq!(put(json!({"expired_at": "infinity"})).0, 200);
+    assert_eq!(http(&n, "GET", "/api/v5/nodes", Some(&key), None).0, 200);
+
+    // Made by ctl, an administrator key; it may not manage keys or users.
+    let (k, s) = ctl_key(&n, "ops-script", "administrator");
+    let ops = basic(&k, &s);
+    assert_eq!(http(&n, "GET", "/api/v5/clients", Some(&ops), None).0, 200);
+    for path in ["/api/v5/api_key", "/api/v5/users"] {
+        let (code, v) = http(&n, "GET", path, Some(&ops), None);
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (403, Some("FORBIDDEN")),
+            "{path}: {v}"
+        );
+    }
+    let (_, out) = n.ctl(&["api_keys", "list"]);
+    assert!(
+        out.contains("name=grafana") && out.contains(&format!("api_key={k}")),
+        "{out}"
+    );
+    assert!(!out.contains(&s), "a secret is never listed: {out}");
+    // Revoked by ctl and over HTTP: refused at once.
+    assert_eq!(n.ctl(&["api_keys", "disable", "ops-script"]).0, 0);
+    assert_eq!(http(&n, "GET", "/api/v5/clients", Some(&ops), None).0, 401);
+    assert_eq!(n.ctl(&["api_keys", "del", "ops-script"]).0, 0);
+    assert_eq!(n.ctl(&["api_keys", "del", "ops-script"]).0, 1);
+    assert_eq!(
+        http(&n, "DELETE", "/api/v5/api_key/grafana", admin, None).0,
+        204
+    );
+    assert_eq!(http(&n, "GET", "/api/v5/nodes", Some(&key), None).0, 401);
+    assert_eq!(
+        http(&n, "GET", "/api/v5/api_key/grafana", admin, None).0,
+        404
+    );
+    let (code, out) = n.ctl(&["api_keys", "add", "x", "root"]);
+    assert_eq!(code, 1, "{out}");
 }

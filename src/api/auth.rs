@@ -9,7 +9,9 @@
 //! a key derived from the cluster cookie, so any node checks a token made
 //! by another; it names a fingerprint of the user's salt, so a password
 //! change or a deleted user ends every token given before.
-//! API keys come from `api_key.bootstrap_file`.
+//! API keys live in the replicated table [`API_KEYS_TABLE`], keyed by the
+//! key, with the secret hashed: created over the API or `ctl api_keys`
+//! (the secret is shown once), and seeded from `api_key.bootstrap_file`.
 
 use emqx_actors::authn::hash::HashAlgo;
 use emqx_actors::replicated::ReplTables;
@@ -20,10 +22,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 
 /// The replicated table of dashboard users.
 pub const USERS_TABLE: &str = "dashboard_users";
+/// The replicated table of API keys.
+pub const API_KEYS_TABLE: &str = "api_keys";
 
 /// What a caller may do (EMQX's roles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,11 +105,53 @@ impl User {
     }
 }
 
-/// An API key from the bootstrap file.
+/// An API key as stored (under its key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// What paths and listings call it.
+    pub name: String,
+    pub secret_hash: String,
+    pub salt: String,
+    pub role: Role,
+    pub enable: bool,
+    /// Unix seconds; `None`: never.
+    pub expired_at: Option<u64>,
+    /// Unix seconds.
+    pub created_at: u64,
+    #[serde(default)]
+    pub desc: String,
+}
+
+impl ApiKey {
+    pub fn expired(&self, now_s: u64) -> bool {
+        self.expired_at.is_some_and(|t| t <= now_s)
+    }
+}
+
+/// A key read from the bootstrap file.
 #[derive(Debug, Clone)]
-struct ApiKey {
+struct BootKey {
     secret: String,
     role: Role,
+}
+
+/// What can change about an API key.
+#[derive(Debug, Default)]
+pub struct KeyChange {
+    pub role: Option<Role>,
+    pub enable: Option<bool>,
+    /// `Some(None)`: never expires.
+    pub expired_at: Option<Option<u64>>,
+    pub desc: Option<String>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+    /// Through an API key (not a login token).
+    pub api_key: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -124,14 +169,22 @@ pub enum Denied {
     BadToken,
     /// 401 `TOKEN_TIME_OUT`.
     TokenExpired,
-    /// 401 `BAD_API_KEY_OR_SECRET`.
+    /// 401 `BAD_API_KEY_OR_SECRET` (also a disabled or expired key).
     BadApiKey,
+}
+
+/// An API key's name: a letter, then letters, digits, `-` and `_` (EMQX's
+/// rule), at most 256 bytes.
+pub fn valid_key_name(s: &str) -> bool {
+    s.len() <= 256
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Users, API keys and the token key.
 pub struct Auth {
     tables: Arc<ReplTables>,
-    keys: HashMap<String, ApiKey>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     ttl: Duration,
@@ -151,10 +204,29 @@ impl Auth {
         tables
             .seed(USERS_TABLE, default_user.0, bytes)
             .map_err(|e| format!("cannot keep dashboard users: {e}"))?;
-        let keys = match api_key_file {
+        let boot = match api_key_file {
             Some(p) => read_api_keys(p)?,
             None => HashMap::new(),
         };
+        for (key, b) in boot {
+            let (secret_hash, salt) = HashAlgo::default()
+                .hash_new(b.secret.as_bytes())
+                .map_err(|e| e.0)?;
+            let row = ApiKey {
+                name: key.clone(),
+                secret_hash,
+                salt,
+                role: b.role,
+                enable: true,
+                expired_at: None,
+                created_at: 0,
+                desc: "from api_key.bootstrap_file".into(),
+            };
+            let bytes = serde_json::to_vec(&row).map_err(|e| e.to_string())?;
+            tables
+                .seed(API_KEYS_TABLE, &key, bytes)
+                .map_err(|e| format!("cannot keep API keys: {e}"))?;
+        }
         let mut h = Sha256::new();
         h.update(b"emqx-rs api token\0");
         h.update(cookie.as_bytes());
@@ -162,7 +234,6 @@ impl Auth {
         let key_err = |e: jsonwebtoken::errors::Error| format!("API token key: {e}");
         let auth = Auth {
             tables,
-            keys,
             encoding: EncodingKey::from_secret(&secret).map_err(key_err)?,
             decoding: DecodingKey::from_secret(&secret).map_err(key_err)?,
             ttl,
@@ -234,8 +305,108 @@ impl Auth {
         Some((token, u.role))
     }
 
+    /// Every API key, `(key, row)`, by name.
+    pub fn api_keys(&self) -> Vec<(String, ApiKey)> {
+        let Some(t) = self.tables.table(API_KEYS_TABLE) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(String, ApiKey)> = t
+            .list()
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, serde_json::from_slice(&v).ok()?)))
+            .collect();
+        v.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+        v
+    }
+
+    /// The API key named `name`, `(key, row)`.
+    pub fn api_key(&self, name: &str) -> Option<(String, ApiKey)> {
+        self.api_keys().into_iter().find(|(_, k)| k.name == name)
+    }
+
+    /// Creates an API key, cluster-wide: `(key, secret, row)`. The secret
+    /// is kept only hashed: this is the one time it is seen.
+    pub fn add_api_key(
+        &self,
+        name: &str,
+        role: Role,
+        expired_at: Option<u64>,
+        desc: String,
+    ) -> Result<(String, String, ApiKey), String> {
+        if !valid_key_name(name) {
+            return Err(format!(
+                "name {name:?}: a letter, then letters, digits, '-' or '_' (at most 256)"
+            ));
+        }
+        if self.api_key(name).is_some() {
+            return Err(format!("an API key named {name:?} exists"));
+        }
+        let mut k = [0u8; 8];
+        let mut sec = [0u8; 24];
+        rand::fill(&mut k);
+        rand::fill(&mut sec);
+        let key = data_encoding::HEXLOWER.encode(&k);
+        let secret = data_encoding::BASE64URL_NOPAD.encode(&sec);
+        let (secret_hash, salt) = HashAlgo::default()
+            .hash_new(secret.as_bytes())
+            .map_err(|e| e.0)?;
+        let row = ApiKey {
+            name: name.to_string(),
+            secret_hash,
+            salt,
+            role,
+            enable: true,
+            expired_at,
+            created_at: emqx_actors::clock::now_ms() / 1000,
+            desc,
+        };
+        self.put_key(&key, &row)?;
+        Ok((key, secret, row))
+    }
+
+    fn put_key(&self, key: &str, row: &ApiKey) -> Result<(), String> {
+        let bytes = serde_json::to_vec(row).map_err(|e| e.to_string())?;
+        self.tables
+            .write(API_KEYS_TABLE, key, Some(bytes))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Changes an API key: `(key, row)` after the change; `None` when there
+    /// is no key named `name`.
+    pub fn update_api_key(
+        &self,
+        name: &str,
+        c: KeyChange,
+    ) -> Option<Result<(String, ApiKey), String>> {
+        let (key, mut row) = self.api_key(name)?;
+        if let Some(r) = c.role {
+            row.role = r;
+        }
+        if let Some(e) = c.enable {
+            row.enable = e;
+        }
+        if let Some(t) = c.expired_at {
+            row.expired_at = t;
+        }
+        if let Some(d) = c.desc {
+            row.desc = d;
+        }
+        Some(self.put_key(&key, &row).map(|_| (key, row)))
+    }
+
+    /// Removes an API key; `false` when there is no key named `name`.
+    pub fn delete_api_key(&self, name: &str) -> Result<bool, String> {
+        let Some((key, _)) = self.api_key(name) else {
+            return Ok(false);
+        };
+        self.tables
+            .write(API_KEYS_TABLE, &key, None)
+            .map(|_| true)
+            .map_err(|e| e.to_string())
+    }
+
     /// Who is calling, from the `Authorization` header.
-    pub fn check(&self, header: Option<&str>) -> Result<(String, Role), Denied> {
+    pub fn check(&self, header: Option<&str>) -> Result<Caller, Denied> {
         let h = header.ok_or(Denied::BadToken)?;
         if let Some(token) = h.strip_prefix("Bearer ") {
             let mut v = Validation::new(Algorithm::HS256);
@@ -253,7 +424,11 @@ impl Auth {
             if u.fingerprint() != c.fp {
                 return Err(Denied::BadToken);
             }
-            return Ok((c.sub, u.role));
+            return Ok(Caller {
+                name: c.sub,
+                role: u.role,
+                api_key: false,
+            });
         }
         if let Some(b64) = h.strip_prefix("Basic ") {
             let raw = data_encoding::BASE64
@@ -261,13 +436,22 @@ impl Auth {
                 .map_err(|_| Denied::BadApiKey)?;
             let text = String::from_utf8(raw).map_err(|_| Denied::BadApiKey)?;
             let (key, secret) = text.split_once(':').ok_or(Denied::BadApiKey)?;
-            let k = self.keys.get(key).ok_or(Denied::BadApiKey)?;
-            let given = Sha256::digest(secret.as_bytes());
-            let known = Sha256::digest(k.secret.as_bytes());
-            if !bool::from(given.as_slice().ct_eq(known.as_slice())) {
+            let raw = self
+                .tables
+                .table(API_KEYS_TABLE)
+                .and_then(|t| t.get(key))
+                .ok_or(Denied::BadApiKey)?;
+            let k: ApiKey = serde_json::from_slice(&raw).map_err(|_| Denied::BadApiKey)?;
+            // Hash first, then refuse: a disabled key costs what a good one does.
+            let right = HashAlgo::default().verify(secret.as_bytes(), &k.secret_hash, &k.salt);
+            if !right || !k.enable || k.expired(emqx_actors::clock::now_ms() / 1000) {
                 return Err(Denied::BadApiKey);
             }
-            return Ok((key.to_string(), k.role));
+            return Ok(Caller {
+                name: k.name,
+                role: k.role,
+                api_key: true,
+            });
         }
         Err(Denied::BadToken)
     }
@@ -275,7 +459,7 @@ impl Auth {
 
 /// `api_key.bootstrap_file`: one `key:secret[:role]` per line (role
 /// `administrator` when absent); blank lines and `#` comments skipped.
-fn read_api_keys(path: &Path) -> Result<HashMap<String, ApiKey>, String> {
+fn read_api_keys(path: &Path) -> Result<HashMap<String, BootKey>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!(
             "api_key.bootstrap_file: cannot read {}: {e}",
@@ -315,7 +499,7 @@ fn read_api_keys(path: &Path) -> Result<HashMap<String, ApiKey>, String> {
         if keys
             .insert(
                 key.to_string(),
-                ApiKey {
+                BootKey {
                     secret: secret.to_string(),
                     role,
                 },

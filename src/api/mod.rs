@@ -38,7 +38,7 @@ const DEFAULT_LIMIT: usize = 100;
 /// What the handlers share.
 pub struct Api {
     pub node: Arc<Node>,
-    pub auth: Auth,
+    pub auth: Arc<Auth>,
     /// `cluster.name`
     pub cluster_name: String,
     /// `prometheus.enable_basic_auth`
@@ -113,6 +113,11 @@ fn router(api: Shared) -> Router {
         .route(
             "/api/v5/mqtt/retainer/message/{topic}",
             get(retained_one).delete(retained_delete),
+        )
+        .route("/api/v5/api_key", get(api_keys).post(api_key_add))
+        .route(
+            "/api/v5/api_key/{name}",
+            get(api_key_one).put(api_key_update).delete(api_key_delete),
         )
         .route("/api/v5/users", get(users).post(user_add))
         .route("/api/v5/users/{username}", delete(user_delete))
@@ -210,9 +215,21 @@ async fn authorize(State(api): State<Shared>, req: Request, next: Next) -> Respo
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match api.auth.check(h) {
-        Ok((who, role)) => {
-            if !role.allows(req.method(), req.uri().path()) {
-                tracing::warn!(target: "emqx_rs::api", "{who} ({}) may not {} {}", role.name(), req.method(), req.uri().path());
+        Ok(caller) => {
+            let path = req.uri().path();
+            let role = caller.role;
+            if caller.api_key
+                && (path.starts_with("/api/v5/users") || path.starts_with("/api/v5/api_key"))
+            {
+                tracing::warn!(target: "emqx_rs::api", "API key {} may not {} {path}", caller.name, req.method());
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "FORBIDDEN",
+                    "API keys may not manage users or API keys: log in as a user",
+                );
+            }
+            if !role.allows(req.method(), path) {
+                tracing::warn!(target: "emqx_rs::api", "{} ({}) may not {} {path}", caller.name, role.name(), req.method());
                 return error(
                     StatusCode::FORBIDDEN,
                     "FORBIDDEN",
@@ -448,6 +465,166 @@ async fn change_pwd(
     }
     match api.auth.put_user(&name, &c.new_pwd, u.role, u.description) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e),
+    }
+}
+
+// ---------------------------------------------------------------- API keys
+
+/// `expired_at` as EMQX writes it: RFC 3339, or `infinity`.
+fn expiry_text(t: Option<u64>) -> Value {
+    match t {
+        None => json!("infinity"),
+        Some(s) => json!(humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(s)
+        )
+        .to_string()),
+    }
+}
+
+/// `"infinity"` or an RFC 3339 time in UTC, as unix seconds.
+fn parse_expiry(v: &str) -> Result<Option<u64>, ApiError> {
+    if v == "infinity" {
+        return Ok(None);
+    }
+    humantime::parse_rfc3339_weak(v)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| Some(d.as_secs()))
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "expired_at: expected infinity or a time such as 2030-01-01T00:00:00Z, got {v:?}"
+            ))
+        })
+}
+
+fn api_key_json(key: &str, k: &auth::ApiKey) -> Value {
+    json!({
+        "name": k.name,
+        "api_key": key,
+        "role": k.role.name(),
+        "enable": k.enable,
+        "expired_at": expiry_text(k.expired_at),
+        "expired": k.expired(emqx_actors::clock::now_ms() / 1000),
+        "created_at": expiry_text(Some(k.created_at)),
+        "desc": k.desc,
+    })
+}
+
+fn role_of(r: Option<&str>) -> Result<Option<Role>, ApiError> {
+    r.map(|r| {
+        Role::parse(r).ok_or_else(|| {
+            ApiError::bad(format!(
+                "role: expected administrator, viewer or publisher, got {r:?}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+async fn api_keys(State(api): State<Shared>) -> Response {
+    let list: Vec<Value> = api
+        .auth
+        .api_keys()
+        .iter()
+        .map(|(key, k)| api_key_json(key, k))
+        .collect();
+    Json(list).into_response()
+}
+
+fn key_not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "NOT_FOUND", "API key not found")
+}
+
+async fn api_key_one(State(api): State<Shared>, Path(name): Path<String>) -> Response {
+    match api.auth.api_key(&name) {
+        Some((key, k)) => Json(api_key_json(&key, &k)).into_response(),
+        None => key_not_found(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+    #[serde(default)]
+    expired_at: Option<String>,
+    #[serde(default)]
+    desc: String,
+    #[serde(default)]
+    enable: Option<bool>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+async fn api_key_add(
+    State(api): State<Shared>,
+    Body(n): Body<NewKey>,
+) -> Result<Response, ApiError> {
+    let role = role_of(n.role.as_deref())?.unwrap_or(Role::Administrator);
+    let expiry = n
+        .expired_at
+        .as_deref()
+        .map(parse_expiry)
+        .transpose()?
+        .flatten();
+    let (key, secret, mut row) = api
+        .auth
+        .add_api_key(&n.name, role, expiry, n.desc)
+        .map_err(ApiError::bad)?;
+    if n.enable == Some(false) {
+        let change = auth::KeyChange {
+            enable: Some(false),
+            ..Default::default()
+        };
+        if let Some(r) = api.auth.update_api_key(&n.name, change) {
+            row = r.map_err(ApiError::bad)?.1;
+        }
+    }
+    tracing::info!(target: "emqx_rs::api", "API key {} created ({})", row.name, role.name());
+    let mut v = api_key_json(&key, &row);
+    v["api_secret"] = json!(secret);
+    Ok(Json(v).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyUpdate {
+    #[serde(default)]
+    expired_at: Option<String>,
+    #[serde(default)]
+    desc: Option<String>,
+    #[serde(default)]
+    enable: Option<bool>,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+async fn api_key_update(
+    State(api): State<Shared>,
+    Path(name): Path<String>,
+    Body(u): Body<KeyUpdate>,
+) -> Result<Response, ApiError> {
+    let change = auth::KeyChange {
+        role: role_of(u.role.as_deref())?,
+        enable: u.enable,
+        expired_at: u.expired_at.as_deref().map(parse_expiry).transpose()?,
+        desc: u.desc,
+    };
+    Ok(match api.auth.update_api_key(&name, change) {
+        None => key_not_found(),
+        Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e),
+        Some(Ok((key, row))) => Json(api_key_json(&key, &row)).into_response(),
+    })
+}
+
+async fn api_key_delete(State(api): State<Shared>, Path(name): Path<String>) -> Response {
+    match api.auth.delete_api_key(&name) {
+        Ok(true) => {
+            tracing::info!(target: "emqx_rs::api", "API key {name} deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => key_not_found(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e),
     }
 }
