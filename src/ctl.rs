@@ -802,8 +802,7 @@ async fn cmd_api_keys(node: &Node, w: &[&str]) -> (i32, String) {
     }
 }
 
-/// `banned ...`: bans replicated to every node (EMQX manages them over its
-/// HTTP API; these commands are ours).
+/// `alarms list|history`: every node's alarms (`--local`: this node's).
 async fn cmd_alarms(node: &Node, w: &[&str]) -> (i32, String) {
     let (which, rest) = match w {
         ["alarms", which @ ("list" | "history"), rest @ ..]
@@ -857,6 +856,8 @@ async fn cmd_alarms(node: &Node, w: &[&str]) -> (i32, String) {
     (0, out)
 }
 
+/// `banned ...`: bans replicated to every node (EMQX manages them over its
+/// HTTP API; these commands are ours).
 async fn cmd_banned(node: &Node, w: &[&str]) -> (i32, String) {
     use emqx_actors::banned::{Ban, BanKind};
     let banned = &node.ctx.banned;

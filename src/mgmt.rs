@@ -39,6 +39,10 @@ pub enum Call {
     /// Unsubscribes a client: `null` when the node does not hold it, else
     /// whether it was subscribed.
     Unsubscribe { clientid: String, topic: String },
+    /// The node's active (or deactivated) alarms, as EMQX lists them.
+    Alarms { activated: bool },
+    /// Forgets the node's deactivated alarms.
+    ClearAlarms,
 }
 
 /// Answers `call` from this node's own state.
@@ -101,6 +105,41 @@ pub async fn answer(node: &Node, call: &Call) -> Value {
             None => Value::Null,
             Some(had) => json!(had),
         },
+        Call::Alarms { activated } => {
+            let now_us = emqx_actors::clock::now_ms() * 1000;
+            let list = if *activated {
+                ctx.alarms.active()
+            } else {
+                ctx.alarms.history(now_us)
+            };
+            let time = |us: u64| {
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_micros(us),
+                )
+                .to_string()
+            };
+            Value::Array(
+                list.iter()
+                    .map(|a| {
+                        let end = a.deactivate_at_us.unwrap_or(now_us);
+                        json!({
+                            "node": node.name,
+                            "name": a.name,
+                            "message": a.message,
+                            "details": a.details,
+                            "duration": end.saturating_sub(a.activate_at_us) / 1000,
+                            "activate_at": time(a.activate_at_us),
+                            "deactivate_at": a.deactivate_at_us.map_or(json!("infinity"), |t| json!(time(t))),
+                            "activated": a.deactivate_at_us.is_none(),
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        Call::ClearAlarms => {
+            ctx.alarms.clear_history();
+            json!(true)
+        }
     }
 }
 

@@ -736,3 +736,98 @@ fn api_keys_are_made_changed_and_revoked_over_http_and_ctl() {
     let (code, out) = n.ctl(&["api_keys", "add", "x", "root"]);
     assert_eq!(code, 1, "{out}");
 }
+
+#[test]
+fn alarms_over_http() {
+    // A watermark below what any process uses raises the memory alarm.
+    let n = Node::start_with(common::Opts {
+        extra: "overload_protection {\n  mem_high_watermark = 2MB\n  mem_low_watermark = 1MB\n  mem_check_interval = 200ms\n}\n".into(),
+        ..Default::default()
+    });
+    let admin = login(&n, "admin", "public").expect("login");
+    let auth = Some(admin.as_str());
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let (_, v) = http(&n, "GET", "/api/v5/alarms", auth, None);
+            v["data"].as_array().into_iter().flatten().any(|a| {
+                a["name"] == json!("high_process_memory_usage")
+                    && a["node"] == json!(n.name)
+                    && a["activated"] == json!(true)
+                    && a["deactivate_at"] == json!("infinity")
+            })
+        }),
+        "no memory alarm listed"
+    );
+    let (code, v) = http(&n, "GET", "/api/v5/alarms?activated=false", auth, None);
+    assert_eq!((code, v["meta"]["count"].as_u64()), (200, Some(0)), "{v}");
+    assert_eq!(
+        http(&n, "GET", "/api/v5/alarms?activated=maybe", auth, None).0,
+        400
+    );
+    assert_eq!(http(&n, "DELETE", "/api/v5/alarms", auth, None).0, 204);
+}
+
+#[test]
+fn bans_made_over_http_refuse_the_client() {
+    let n = Node::start();
+    let admin = login(&n, "admin", "public").expect("login");
+    let auth = Some(admin.as_str());
+    let ban = json!({"as": "clientid", "who": "bad-1", "reason": "testing"});
+    let (code, v) = http(&n, "POST", "/api/v5/banned", auth, Some(&ban));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["as"].as_str(), v["until"].as_str(), v["by"].as_str()),
+        (Some("clientid"), Some("infinity"), Some("mgmt_api")),
+        "{v}"
+    );
+    let (code, v) = http(&n, "POST", "/api/v5/banned", auth, Some(&ban));
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (400, Some("ALREADY_EXISTS")),
+        "{v}"
+    );
+    for bad in [
+        json!({"as": "peerhost", "who": "not-an-address"}),
+        json!({"as": "nickname", "who": "x"}),
+        json!({"as": "clientid", "who": "x", "until": "2001-01-01T00:00:00Z"}),
+    ] {
+        let (code, v) = http(&n, "POST", "/api/v5/banned", auth, Some(&bad));
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{bad}: {v}"
+        );
+    }
+    let (_, v) = http(&n, "GET", "/api/v5/banned", auth, None);
+    assert_eq!(v["meta"]["count"], json!(1), "{v}");
+    assert_eq!(v["data"][0]["who"], json!("bad-1"), "{v}");
+    // The banned client id gets CONNACK 0x8A (banned), another one 0x00.
+    let connack = |id: &str| {
+        let mut r = common::Raw::connect(&n);
+        r.send(&common::connect_v5(id, 30));
+        r.read_n(4)
+    };
+    assert_eq!(connack("bad-1")[3], 0x8A);
+    assert_eq!(connack("good-1")[3], 0x00);
+    assert_eq!(
+        http(&n, "DELETE", "/api/v5/banned/clientid/bad-1", auth, None).0,
+        204
+    );
+    let (code, v) = http(&n, "DELETE", "/api/v5/banned/clientid/bad-1", auth, None);
+    assert_eq!((code, v["code"].as_str()), (404, Some("NOT_FOUND")), "{v}");
+    assert_eq!(connack("bad-1")[3], 0x00);
+    assert_eq!(
+        http(
+            &n,
+            "POST",
+            "/api/v5/banned",
+            auth,
+            Some(&json!({"as": "username", "who": "u"}))
+        )
+        .0,
+        200
+    );
+    assert_eq!(http(&n, "DELETE", "/api/v5/banned", auth, None).0, 204);
+    let (_, v) = http(&n, "GET", "/api/v5/banned", auth, None);
+    assert_eq!(v["meta"]["count"], json!(0), "{v}");
+}

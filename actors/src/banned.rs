@@ -250,7 +250,8 @@ impl Banned {
             .map(|(v, _)| v)
     }
 
-    fn get(&self, kind: BanKind, who: &str) -> Option<Ban> {
+    /// The ban of `who` as `kind`, live or not.
+    pub fn get(&self, kind: BanKind, who: &str) -> Option<Ban> {
         self.table
             .get(&Ban::key(kind, who))
             .and_then(|b| Banned::decode(&b))

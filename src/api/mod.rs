@@ -114,6 +114,12 @@ fn router(api: Shared) -> Router {
             "/api/v5/mqtt/retainer/message/{topic}",
             get(retained_one).delete(retained_delete),
         )
+        .route("/api/v5/alarms", get(alarms).delete(alarms_clear))
+        .route(
+            "/api/v5/banned",
+            get(banned_list).post(banned_add).delete(banned_clear),
+        )
+        .route("/api/v5/banned/{kind}/{who}", delete(banned_delete))
         .route("/api/v5/api_key", get(api_keys).post(api_key_add))
         .route(
             "/api/v5/api_key/{name}",
@@ -467,6 +473,177 @@ async fn change_pwd(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", e),
     }
+}
+
+// ---------------------------------------------------------------- alarms, banned
+
+async fn alarms(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (page, limit) = paging(&q, &["activated"])?;
+    let activated = match q.get("activated").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(o) => {
+            return Err(ApiError::bad(format!(
+                "activated: expected true or false, got {o:?}"
+            )))
+        }
+    };
+    let answers = api.ask_all(&Call::Alarms { activated }).await?;
+    let mut rows: Vec<Value> = answers
+        .into_iter()
+        .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
+        .collect();
+    rows.sort_by(|a, b| {
+        (
+            a["node"].as_str(),
+            a["activate_at"].as_str(),
+            a["name"].as_str(),
+        )
+            .cmp(&(
+                b["node"].as_str(),
+                b["activate_at"].as_str(),
+                b["name"].as_str(),
+            ))
+    });
+    Ok(page_of(rows, page, limit))
+}
+
+async fn alarms_clear(State(api): State<Shared>) -> Result<Response, ApiError> {
+    api.ask_all(&Call::ClearAlarms).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn ms_text(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn ban_json(b: &emqx_actors::banned::Ban) -> Value {
+    json!({
+        "as": b.kind.name(),
+        "who": b.who,
+        "by": b.by,
+        "reason": b.reason,
+        "at": ms_text(b.at_ms),
+        "until": b.until_ms.map_or("infinity".to_string(), ms_text),
+    })
+}
+
+fn ban_kind(s: &str) -> Result<emqx_actors::banned::BanKind, ApiError> {
+    emqx_actors::banned::BanKind::from_name(s).ok_or_else(|| {
+        ApiError::bad(format!(
+            "as: expected one of {}, got {s:?}",
+            emqx_actors::banned::BanKind::ALL.join(", ")
+        ))
+    })
+}
+
+async fn banned_list(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (page, limit) = paging(&q, &[])?;
+    let banned = &api.node.ctx.banned;
+    banned.purge_expired(emqx_actors::clock::now_ms());
+    let rows = banned.list().iter().map(ban_json).collect();
+    Ok(page_of(rows, page, limit))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBan {
+    #[serde(rename = "as")]
+    kind: String,
+    who: String,
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+}
+
+/// An RFC 3339 time in UTC as wall-clock milliseconds.
+fn parse_time(key: &str, v: &str) -> Result<u64, ApiError> {
+    humantime::parse_rfc3339_weak(v)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "{key}: expected a time such as 2030-01-01T00:00:00Z, got {v:?}"
+            ))
+        })
+}
+
+async fn banned_add(
+    State(api): State<Shared>,
+    Body(n): Body<NewBan>,
+) -> Result<Response, ApiError> {
+    let kind = ban_kind(&n.kind)?;
+    let now = emqx_actors::clock::now_ms();
+    let at_ms =
+        n.at.as_deref()
+            .map(|v| parse_time("at", v))
+            .transpose()?
+            .unwrap_or(now);
+    let until_ms = match n.until.as_deref() {
+        None | Some("infinity") => None,
+        Some(v) => Some(parse_time("until", v)?),
+    };
+    if until_ms.is_some_and(|u| u <= now) {
+        return Err(ApiError::bad("until: already past"));
+    }
+    let banned = &api.node.ctx.banned;
+    banned.purge_expired(now);
+    if banned.get(kind, &n.who).is_some() {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            "ALREADY_EXISTS",
+            "this client is already banned",
+        ));
+    }
+    let ban = emqx_actors::banned::Ban {
+        kind,
+        who: n.who,
+        reason: n.reason,
+        by: n.by.unwrap_or_else(|| "mgmt_api".into()),
+        at_ms,
+        until_ms,
+    };
+    banned
+        .add(ban.clone())
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    tracing::info!(target: "emqx_rs::api", "banned {} {}", ban.kind.name(), ban.who);
+    Ok(Json(ban_json(&ban)).into_response())
+}
+
+async fn banned_delete(
+    State(api): State<Shared>,
+    Path((kind, who)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind = ban_kind(&kind)?;
+    Ok(match api.node.ctx.banned.delete(kind, &who) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ emqx_actors::banned::BanError::NotFound(..)) => {
+            error(StatusCode::NOT_FOUND, "NOT_FOUND", e.to_string())
+        }
+        Err(e) => return Err(ApiError::unavailable(e.to_string())),
+    })
+}
+
+async fn banned_clear(State(api): State<Shared>) -> Result<Response, ApiError> {
+    let banned = &api.node.ctx.banned;
+    for b in banned.list() {
+        banned
+            .delete(b.kind, &b.who)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---------------------------------------------------------------- API keys
