@@ -831,3 +831,88 @@ fn bans_made_over_http_refuse_the_client() {
     let (_, v) = http(&n, "GET", "/api/v5/banned", auth, None);
     assert_eq!(v["meta"]["count"], json!(0), "{v}");
 }
+
+/// `mosquitto_pub` with a user name and password: whether it got in.
+fn mqtt_login(n: &Node, user: &str, pw: &str) -> bool {
+    Command::new("timeout")
+        .args(["10", "mosquitto_pub", "-h", &n.host, "-p"])
+        .arg(n.mqtt_port.to_string())
+        .args(["-u", user, "-P", pw, "-t", "t/1", "-m", "x", "-q", "1"])
+        .output()
+        .expect("mosquitto_pub (scripts/test.sh installs it)")
+        .status
+        .success()
+}
+
+#[test]
+fn built_in_database_users_over_http() {
+    let n = Node::start_with(common::Opts {
+        extra: "authentication = [{mechanism = password_based, backend = built_in_database}]\n"
+            .into(),
+        ..Default::default()
+    });
+    let admin = login(&n, "admin", "public").expect("login");
+    let auth = Some(admin.as_str());
+    let base = "/api/v5/authentication/password_based%3Abuilt_in_database/users";
+    let (code, v) = http(
+        &n,
+        "POST",
+        base,
+        auth,
+        Some(&json!({"user_id": "dev-1", "password": "s3cret!"})),
+    );
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v, json!({"user_id": "dev-1", "is_superuser": false}));
+    assert!(mqtt_login(&n, "dev-1", "s3cret!"));
+    assert!(!mqtt_login(&n, "dev-1", "wrong"));
+    let (code, v) = http(
+        &n,
+        "POST",
+        base,
+        auth,
+        Some(&json!({"user_id": "dev-1", "password": "again"})),
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (409, Some("ALREADY_EXISTS")),
+        "{v}"
+    );
+    for i in 2..=4 {
+        let body = json!({"user_id": format!("dev-{i}"), "password": "p", "is_superuser": i == 4});
+        assert_eq!(http(&n, "POST", base, auth, Some(&body)).0, 201);
+    }
+    let (_, v) = http(&n, "GET", &format!("{base}?limit=3&page=2"), auth, None);
+    assert_eq!(v["meta"]["count"], json!(4), "{v}");
+    assert_eq!(
+        v["data"],
+        json!([{"user_id": "dev-4", "is_superuser": true}]),
+        "{v}"
+    );
+    let (_, v) = http(&n, "GET", &format!("{base}?is_superuser=true"), auth, None);
+    assert_eq!(v["meta"]["count"], json!(1), "{v}");
+    // A new password: the old one no longer gets in.
+    let (code, v) = http(
+        &n,
+        "PUT",
+        &format!("{base}/dev-1"),
+        auth,
+        Some(&json!({"password": "n3w"})),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(mqtt_login(&n, "dev-1", "n3w"));
+    assert!(!mqtt_login(&n, "dev-1", "s3cret!"));
+    assert_eq!(
+        http(&n, "DELETE", &format!("{base}/dev-1"), auth, None).0,
+        204
+    );
+    assert!(!mqtt_login(&n, "dev-1", "n3w"));
+    assert_eq!(http(&n, "GET", &format!("{base}/dev-1"), auth, None).0, 404);
+    let (code, _) = http(
+        &n,
+        "GET",
+        "/api/v5/authentication/password_based%3Ahttp/users",
+        auth,
+        None,
+    );
+    assert_eq!(code, 404);
+}

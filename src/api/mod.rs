@@ -9,6 +9,8 @@
 //! MQTT path: a request costs the sessions it lists one message each.
 
 pub mod auth;
+mod authn_users;
+mod http;
 mod prometheus;
 
 use crate::ctl::{ctl_group, ControlMsg};
@@ -22,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use emqx_actors::cluster::service::SvcMsg;
+use http::{bad_request, error, page_of, paging, ApiError, Body};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -31,9 +34,6 @@ use tokio::net::TcpListener;
 
 /// How long one node may take to answer.
 const NODE_TIMEOUT: Duration = Duration::from_secs(10);
-/// EMQX's bounds on `limit`.
-const MAX_LIMIT: usize = 10_000;
-const DEFAULT_LIMIT: usize = 100;
 
 /// What the handlers share.
 pub struct Api {
@@ -128,71 +128,13 @@ fn router(api: Shared) -> Router {
         .route("/api/v5/users", get(users).post(user_add))
         .route("/api/v5/users/{username}", delete(user_delete))
         .route("/api/v5/users/{username}/change_pwd", post(change_pwd))
+        .merge(authn_users::routes(api.node.ctx.authn.clone()))
         .layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
     open.merge(prom)
         .merge(guarded)
         .fallback(not_found)
         .layer(axum::middleware::from_fn(log_request))
         .with_state(api)
-}
-
-/// EMQX's error body.
-pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"code": code, "message": message.into()})),
-    )
-        .into_response()
-}
-
-fn bad_request(message: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
-}
-
-/// A JSON request body; a missing, malformed or unexpected one (a field
-/// we do not know included) is a 400 in EMQX's error shape.
-struct Body<T>(T);
-
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
-    type Rejection = Response;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(bad_request(e.body_text())),
-        }
-    }
-}
-
-/// An error answer on its way up to a handler.
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn bad(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "BAD_REQUEST",
-            message: message.into(),
-        }
-    }
-
-    fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "SERVICE_UNAVAILABLE",
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        error(self.status, self.code, self.message)
-    }
 }
 
 async fn not_found() -> Response {
@@ -986,47 +928,6 @@ async fn stats(State(api): State<Shared>, Query(q): Query<HashMap<String, String
 
 async fn metrics(State(api): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     per_node_numbers(&api, Call::Metrics, &q).await
-}
-
-// ---------------------------------------------------------------- paging
-
-/// `page` (from 1) and `limit` (1 to 10,000, default 100); any parameter
-/// other than those and `filters` is refused.
-fn paging(q: &HashMap<String, String>, filters: &[&str]) -> Result<(usize, usize), ApiError> {
-    if let Some(k) = q
-        .keys()
-        .find(|k| !matches!(k.as_str(), "page" | "limit") && !filters.contains(&k.as_str()))
-    {
-        return Err(ApiError::bad(format!("unknown parameter {k:?}")));
-    }
-    let num = |k: &str, default: usize, max: usize| -> Result<usize, ApiError> {
-        match q.get(k) {
-            None => Ok(default),
-            Some(s) => match s.parse::<usize>() {
-                Ok(v) if (1..=max).contains(&v) => Ok(v),
-                _ => Err(ApiError::bad(format!(
-                    "{k}: expected an integer from 1 to {max}, got {s:?}"
-                ))),
-            },
-        }
-    };
-    Ok((
-        num("page", 1, usize::MAX)?,
-        num("limit", DEFAULT_LIMIT, MAX_LIMIT)?,
-    ))
-}
-
-/// One page of `rows`, with EMQX's `meta`.
-fn page_of(rows: Vec<Value>, page: usize, limit: usize) -> Response {
-    let count = rows.len();
-    let start = (page - 1).saturating_mul(limit);
-    let data: Vec<Value> = rows.into_iter().skip(start).take(limit).collect();
-    let hasnext = start.saturating_add(limit) < count;
-    Json(json!({
-        "data": data,
-        "meta": {"count": count, "page": page, "limit": limit, "hasnext": hasnext},
-    }))
-    .into_response()
 }
 
 // ---------------------------------------------------------------- clients
