@@ -916,3 +916,148 @@ fn built_in_database_users_over_http() {
     );
     assert_eq!(code, 404);
 }
+
+/// `mosquitto_sub` (MQTT 5) as `clientid` on `topic`: whether the
+/// subscription was refused.
+fn sub_denied(n: &Node, clientid: &str, topic: &str) -> bool {
+    let o = Command::new("timeout")
+        .args(["10", "mosquitto_sub", "-h", &n.host, "-p"])
+        .arg(n.mqtt_port.to_string())
+        .args([
+            "-i", clientid, "-t", topic, "-C", "1", "-W", "1", "-V", "mqttv5",
+        ])
+        .output()
+        .expect("mosquitto_sub (scripts/test.sh installs it)");
+    String::from_utf8_lossy(&o.stderr).contains("denied")
+        || String::from_utf8_lossy(&o.stdout).contains("denied")
+}
+
+#[test]
+fn built_in_database_acl_rules_over_http() {
+    let n = Node::start_with(common::Opts {
+        extra: "authorization {\n  sources = [{type = built_in_database, max_rules = 3}]\n  no_match = allow\n  cache.enable = false\n}\n".into(),
+        ..Default::default()
+    });
+    let admin = login(&n, "admin", "public").expect("login");
+    let auth = Some(admin.as_str());
+    let base = "/api/v5/authorization/sources/built_in_database/rules";
+    assert!(!sub_denied(&n, "s1", "secret/x"));
+    let rules = json!([{"clientid": "s1", "rules": [
+        {"topic": "secret/#", "permission": "deny", "action": "subscribe"},
+        {"topic": "t/1", "permission": "allow", "action": "publish", "qos": [1], "retain": false}
+    ]}]);
+    let (code, v) = http(&n, "POST", &format!("{base}/clients"), auth, Some(&rules));
+    assert_eq!(code, 204, "{v}");
+    assert!(sub_denied(&n, "s1", "secret/x"));
+    assert!(!sub_denied(&n, "s2", "secret/x"));
+    let (code, v) = http(&n, "POST", &format!("{base}/clients"), auth, Some(&rules));
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (409, Some("ALREADY_EXISTS")),
+        "{v}"
+    );
+    let (_, v) = http(&n, "GET", &format!("{base}/clients/s1"), auth, None);
+    assert_eq!(
+        v["rules"][1],
+        json!({"topic": "t/1", "permission": "allow", "action": "publish", "qos": [1], "retain": false}),
+        "{v}"
+    );
+    let (_, v) = http(
+        &n,
+        "GET",
+        &format!("{base}/clients?like_clientid=s"),
+        auth,
+        None,
+    );
+    assert_eq!(v["meta"]["count"], json!(1), "{v}");
+    // The same table as ctl's.
+    let (_, out) = n.ctl(&["acl", "rules", "list"]);
+    assert!(
+        out.contains("clientid s1: deny subscribe \"secret/#\""),
+        "{out}"
+    );
+    // Bad rules, too many rules, a body naming another client: 400.
+    for (method, path, body) in [
+        (
+            "POST",
+            "clients",
+            json!([{"clientid": "s3", "rules": [{"topic": "a", "permission": "maybe", "action": "all"}]}]),
+        ),
+        (
+            "POST",
+            "clients",
+            json!([{"clientid": "s3", "rules": [{"topic": "a", "permission": "allow", "action": "all", "qos": [3]}]}]),
+        ),
+        ("POST", "clients", json!([{"username": "s3", "rules": []}])),
+        ("PUT", "clients/s1", json!({"clientid": "s9", "rules": []})),
+        (
+            "POST",
+            "all",
+            json!({"rules": [
+            {"topic": "a", "permission": "allow", "action": "all"},
+            {"topic": "b", "permission": "allow", "action": "all"},
+            {"topic": "c", "permission": "allow", "action": "all"},
+            {"topic": "d", "permission": "allow", "action": "all"}]}),
+        ),
+    ] {
+        let (code, v) = http(&n, method, &format!("{base}/{path}"), auth, Some(&body));
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{body}: {v}"
+        );
+    }
+    // Replaced by PUT: the denial goes.
+    let (code, v) = http(
+        &n,
+        "PUT",
+        &format!("{base}/clients/s1"),
+        auth,
+        Some(
+            &json!({"clientid": "s1", "rules": [{"topic": "other/#", "permission": "deny", "action": "subscribe"}]}),
+        ),
+    );
+    assert_eq!(code, 204, "{v}");
+    assert!(!sub_denied(&n, "s1", "secret/x"));
+    // Rules for a username and for all.
+    let (code, _) = http(
+        &n,
+        "POST",
+        &format!("{base}/all"),
+        auth,
+        Some(&json!({"rules": [{"topic": "secret/#", "permission": "deny", "action": "all"}]})),
+    );
+    assert_eq!(code, 204);
+    assert!(sub_denied(&n, "s2", "secret/x"));
+    let (_, v) = http(&n, "GET", &format!("{base}/all"), auth, None);
+    assert_eq!(v["rules"][0]["retain"], json!("all"), "{v}");
+    assert_eq!(
+        http(&n, "DELETE", &format!("{base}/all"), auth, None).0,
+        204
+    );
+    assert!(!sub_denied(&n, "s2", "secret/x"));
+    let (code, _) = http(
+        &n,
+        "POST",
+        &format!("{base}/users"),
+        auth,
+        Some(
+            &json!([{"username": "u1", "rules": [{"topic": "x", "permission": "deny", "action": "publish"}]}]),
+        ),
+    );
+    assert_eq!(code, 204);
+    let (_, v) = http(&n, "GET", &format!("{base}/users"), auth, None);
+    assert_eq!(v["data"][0]["username"], json!("u1"), "{v}");
+    assert_eq!(
+        http(&n, "DELETE", &format!("{base}/users/u1"), auth, None).0,
+        204
+    );
+    assert_eq!(
+        http(&n, "DELETE", &format!("{base}/users/u1"), auth, None).0,
+        404
+    );
+    assert_eq!(
+        http(&n, "GET", &format!("{base}/clients/nobody"), auth, None).0,
+        404
+    );
+}

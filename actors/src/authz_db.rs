@@ -216,6 +216,24 @@ impl AuthzRules {
         Ok(all.len())
     }
 
+    /// Replaces an owner's rules, cluster-wide (no rules: removes them).
+    pub fn set(&self, owner: &RuleOwner, rules: &[DbRule]) -> Result<(), RulesError> {
+        if matches!(owner, RuleOwner::ClientId(s) | RuleOwner::Username(s) if s.is_empty()) {
+            return Err(RulesError::Empty);
+        }
+        if rules.len() > self.max_rules {
+            return Err(RulesError::TooMany(
+                owner.clone(),
+                rules.len(),
+                self.max_rules,
+            ));
+        }
+        let value = (!rules.is_empty()).then(|| {
+            bincode::serde::encode_to_vec(rules, bincode::config::standard()).unwrap_or_default()
+        });
+        Ok(self.tables.write(AUTHZ_RULES_TABLE, &owner.key(), value)?)
+    }
+
     /// Removes every rule of an owner, cluster-wide.
     pub fn delete(&self, owner: &RuleOwner) -> Result<(), RulesError> {
         if self.table.get(&owner.key()).is_none() {

@@ -10,6 +10,7 @@
 
 pub mod auth;
 mod authn_users;
+mod authz_rules;
 mod http;
 mod prometheus;
 
@@ -129,6 +130,7 @@ fn router(api: Shared) -> Router {
         .route("/api/v5/users/{username}", delete(user_delete))
         .route("/api/v5/users/{username}/change_pwd", post(change_pwd))
         .merge(authn_users::routes(api.node.ctx.authn.clone()))
+        .merge(authz_rules::routes(api.node.ctx.authz_rules.clone()))
         .layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
     open.merge(prom)
         .merge(guarded)
