@@ -329,8 +329,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         on(&tls.rpc)
     );
     let dist = bind_inter_node(&cfg).await?;
-    let http = &cfg.dashboard.listeners.http;
-    let api_listener = crate::api::bind(http.enable, http.bind).await?;
+    let api_listener = crate::api::bind(&cfg.dashboard.listeners).await?;
     let (core, replication) = start_broker(&cfg, &dist, &tls).await?;
     let api_auth = Arc::new(crate::api::auth::Auth::new(
         core.tables.clone(),
@@ -369,17 +368,15 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     // MQTT listeners, once the node is wired: a client that connects now
     // gets the cluster-wide client id lock and the remote routes.
     let listener_tasks = listeners.start(&core.ctx).await?;
-    let api_task = api_listener.map(|l| {
-        crate::api::serve(
-            l,
-            crate::api::Api {
-                node: node.clone(),
-                auth: api_auth,
-                cluster_name: cfg.cluster.name.clone(),
-                prometheus_auth: cfg.prometheus.enable_basic_auth,
-            },
-        )
-    });
+    let api_task = crate::api::serve(
+        api_listener,
+        crate::api::Api {
+            node: node.clone(),
+            auth: api_auth,
+            cluster_name: cfg.cluster.name.clone(),
+            prometheus_auth: cfg.prometheus.enable_basic_auth,
+        },
+    );
     let pid = announce(&cfg, cluster.dist_port);
     if console {
         let node = node.clone();
@@ -391,9 +388,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     for t in &listener_tasks {
         t.abort();
     }
-    if let Some(t) = &api_task {
-        t.abort();
-    }
+    api_task.abort();
     core.sys_task.abort();
     if let Some(t) = &core.overload_task {
         t.abort();

@@ -13,8 +13,11 @@ mod authn_users;
 mod authz_rules;
 mod http;
 mod prometheus;
+mod tls_listener;
 
+use crate::config::DashboardListeners;
 use crate::ctl::{ctl_group, ControlMsg};
+use crate::listeners::tls::Tls;
 use crate::mgmt::{self, Call};
 use crate::running::Node;
 use auth::{Auth, Denied, Role};
@@ -48,28 +51,67 @@ pub struct Api {
 
 type Shared = Arc<Api>;
 
-/// Binds the API port (so a port in use stops the start with a clear
-/// message), or `None` when `dashboard.listeners.http.enable = false`.
-pub async fn bind(enable: bool, addr: SocketAddr) -> Result<Option<TcpListener>, String> {
-    if !enable {
-        return Ok(None);
-    }
-    TcpListener::bind(addr).await.map(Some).map_err(|e| {
-        format!("dashboard.listeners.http.bind = {addr}: cannot listen for the HTTP API: {e}")
-    })
+/// The API's ports, bound before anything else starts.
+pub struct Bound {
+    http: Option<TcpListener>,
+    https: Option<(TcpListener, Arc<Tls>)>,
 }
 
-/// Serves the API on `listener` until the task is aborted.
-pub fn serve(listener: TcpListener, api: Api) -> tokio::task::JoinHandle<()> {
-    let addr = listener.local_addr().ok();
+/// Binds the API's ports (so a port in use stops the start with a clear
+/// message) and reads the HTTPS certificate; a listener whose `enable` is
+/// false is not bound.
+pub async fn bind(cfg: &DashboardListeners) -> Result<Bound, String> {
+    let listen = |key: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|e| {
+            format!("dashboard.listeners.{key}.bind = {addr}: cannot listen for the HTTP API: {e}")
+        })
+    };
+    let http = match cfg.http.enable {
+        true => Some(listen("http", cfg.http.bind).await?),
+        false => None,
+    };
+    let https = match cfg.https.enable {
+        true => {
+            let tls = Tls::new(
+                "dashboard.listeners.https.ssl_options".into(),
+                cfg.https.ssl_options.clone(),
+                false,
+            )?;
+            Some((listen("https", cfg.https.bind).await?, tls))
+        }
+        false => None,
+    };
+    Ok(Bound { http, https })
+}
+
+/// Serves the API on the bound ports until the task is aborted.
+pub fn serve(bound: Bound, api: Api) -> tokio::task::JoinHandle<()> {
     let app = router(Arc::new(api));
-    tokio::spawn(async move {
-        if let Some(a) = addr {
-            tracing::info!("HTTP API listening on {a}");
+    let Bound { http, https } = bound;
+    let plain = {
+        let app = app.clone();
+        async move {
+            let Some(l) = http else { return };
+            if let Ok(a) = l.local_addr() {
+                tracing::info!("HTTP API listening on http://{a}");
+            }
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!("HTTP API stopped: {e}");
+            }
+        }
+    };
+    let secure = async move {
+        let Some((l, tls)) = https else { return };
+        let listener = tls_listener::TlsListener::new(l, tls);
+        if let Ok(a) = axum::serve::Listener::local_addr(&listener) {
+            tracing::info!("HTTP API listening on https://{a}");
         }
         if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP API stopped: {e}");
+            tracing::error!("HTTPS API stopped: {e}");
         }
+    };
+    tokio::spawn(async move {
+        tokio::join!(plain, secure);
     })
 }
 

@@ -1763,6 +1763,28 @@ pub struct PrometheusConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DashboardListeners {
     pub http: DashboardHttp,
+    pub https: DashboardHttps,
+}
+
+/// `dashboard.listeners.https.*`: the API over TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DashboardHttps {
+    /// Default `false`.
+    pub enable: bool,
+    /// Default `0.0.0.0:18084`.
+    pub bind: SocketAddr,
+    /// As an MQTT listener's; `certfile` and `keyfile` are required.
+    pub ssl_options: SslOptions,
+}
+
+impl Default for DashboardHttps {
+    fn default() -> Self {
+        DashboardHttps {
+            enable: false,
+            bind: any_addr(18084),
+            ssl_options: SslOptions::default(),
+        }
+    }
 }
 
 /// `dashboard.listeners.http.*`: the HTTP management API.
@@ -2043,16 +2065,14 @@ impl Config {
                     h.set("bind", &mut d.listeners.http.bind, Field::socket_addr)
                 })?;
                 if let Some(f) = l.take("https") {
-                    // `https { enable = false }` asks for nothing.
-                    let off = f.fields().ok().is_some_and(|mut t| {
-                        t.take("enable")
-                            .is_some_and(|e| matches!(e.bool(), Ok(false)))
-                    });
-                    if !off {
-                        return Err(f.invalid(
-                            "not supported yet: the API is served over http only; put a TLS \
-                             proxy in front of it or set dashboard.listeners.https.enable = false",
-                        ));
+                    let https = &mut d.listeners.https;
+                    let mut h = f.fields()?;
+                    h.set("enable", &mut https.enable, Field::bool)?;
+                    h.set("bind", &mut https.bind, Field::socket_addr)?;
+                    h.section("ssl_options", |s| https.ssl_options.apply(s))?;
+                    h.finish()?;
+                    if https.enable {
+                        https.ssl_options.check_required(&f)?;
                     }
                 }
                 Ok(())

@@ -834,10 +834,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "broker.enable_session_registry",
         ),
         (
-            "dashboard.listeners.https { enable = true, bind = 18084 }",
-            "dashboard.listeners.https",
-        ),
-        (
             "prometheus.push_gateway_server = \"x\"",
             "prometheus.push_gateway_server",
         ),
@@ -1457,4 +1453,41 @@ fn log_formatter_and_rotation_take_emqx_keys() {
         let e = err(text, &[]);
         assert!(e.contains(key), "{text}: {e}");
     }
+}
+
+#[test]
+fn dashboard_https_is_read_and_needs_its_certificate() {
+    let c = ok(
+        "dashboard.listeners.https {\n  enable = true\n  bind = \"127.0.0.1:28084\"\n  ssl_options { certfile = \"c.pem\", keyfile = \"k.pem\" }\n}\n",
+        &[],
+    );
+    let h = &c.dashboard.listeners.https;
+    assert!(h.enable);
+    assert_eq!(h.bind.to_string(), "127.0.0.1:28084");
+    assert_eq!(
+        h.ssl_options.certfile.as_deref(),
+        Some(std::path::Path::new("c.pem"))
+    );
+    // Off by default, and off it needs nothing.
+    assert!(!ok("", &[]).dashboard.listeners.https.enable);
+    assert!(
+        !ok("dashboard.listeners.https.enable = false", &[])
+            .dashboard
+            .listeners
+            .https
+            .enable
+    );
+    let e = err("dashboard.listeners.https.enable = true", &[]);
+    assert!(
+        e.contains("missing required key 'dashboard.listeners.https.ssl_options.certfile'"),
+        "{e}"
+    );
+    let e = err(
+        "dashboard.listeners.https { enable = true, max_connections = 5 }",
+        &[],
+    );
+    assert!(
+        e.contains("dashboard.listeners.https.max_connections"),
+        "{e}"
+    );
 }
