@@ -1148,3 +1148,83 @@ fn https_serves_the_same_api_with_the_configured_certificate() {
         "{err}"
     );
 }
+
+/// A child process killed when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ten_thousand_clients_page_through_three_nodes_exactly_once() {
+    let nodes = cluster::cluster(&[1, 2, 3]);
+    let per_node = [3334usize, 3333, 3333];
+    let _benches: Vec<Reaped> = nodes
+        .iter()
+        .zip(per_node)
+        .enumerate()
+        .map(|(i, (n, count))| {
+            let child = Command::new(env!("CARGO_BIN_EXE_emqx-rs"))
+                .args(["bench", "conn", "-h", &n.host, "-p"])
+                .arg(n.mqtt_port.to_string())
+                .args(["-c", &count.to_string(), "-i", "0", "-k", "300"])
+                .args(["--prefix", &format!("n{}", i + 1), "--duration", "240"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("emqx-rs bench conn");
+            Reaped(child)
+        })
+        .collect();
+    let t = login(&nodes[1], "admin", "public").expect("login");
+    let auth = Some(t.as_str());
+    let total: usize = per_node.iter().sum();
+    assert!(
+        wait_for(Duration::from_secs(120), || {
+            let (_, v) = http(&nodes[1], "GET", "/api/v5/clients?limit=1", auth, None);
+            v["meta"]["count"].as_u64() == Some(total as u64)
+        }),
+        "not every bench client listed"
+    );
+    let started = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    let mut page = 1;
+    loop {
+        let (code, v) = http(
+            &nodes[1],
+            "GET",
+            &format!("/api/v5/clients?limit=1000&page={page}"),
+            auth,
+            None,
+        );
+        assert_eq!(code, 200, "page {page}: {v}");
+        let data = v["data"].as_array().cloned().unwrap_or_default();
+        seen.extend(
+            data.iter()
+                .filter_map(|c| c["clientid"].as_str().map(str::to_string)),
+        );
+        if v["meta"]["hasnext"] != json!(true) {
+            break;
+        }
+        page += 1;
+        assert!(page <= 11, "more pages than 10,000 clients fill");
+    }
+    let took = started.elapsed();
+    let mut want: Vec<String> = per_node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| (0..*c).map(move |k| format!("n{}_conn_{k}", i + 1)))
+        .collect();
+    want.sort();
+    let n = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), n, "a client listed twice");
+    assert_eq!(seen, want);
+    eprintln!("listed {total} clients over 3 nodes in {page} pages in {took:?}");
+}

@@ -157,15 +157,37 @@ impl Cm {
         }
     }
 
-    /// Info of every session, sorted by client id.
+    /// Info of every session, sorted by client id. Up to 64 sessions are
+    /// asked at once, so a long list costs round trips / 64.
     pub async fn all_info(&self) -> Vec<ClientInfo> {
-        let mut out = Vec::new();
-        for id in self.client_ids() {
-            if let Some(i) = self.info(&id).await {
-                out.push(i);
+        const AT_ONCE: usize = 64;
+        let sessions: Vec<ActorRef<SessionMsg>> = {
+            let g = self.sessions.lock();
+            let mut v: Vec<(&Arc<str>, &ActorRef<SessionMsg>)> = g.iter().collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v.into_iter().map(|(_, s)| s.clone()).collect()
+        };
+        let mut out = Vec::with_capacity(sessions.len());
+        let mut asking = tokio::task::JoinSet::new();
+        let mut next = sessions.into_iter().enumerate();
+        loop {
+            while asking.len() < AT_ONCE {
+                let Some((i, s)) = next.next() else { break };
+                asking.spawn(async move {
+                    match s.call(SessionMsg::Info, Some(Duration::from_secs(2))).await {
+                        Ok(ractor::rpc::CallResult::Success(info)) => Some((i, info)),
+                        _ => None,
+                    }
+                });
+            }
+            match asking.join_next().await {
+                Some(Ok(Some(r))) => out.push(r),
+                Some(_) => {}
+                None => break,
             }
         }
-        out
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, info)| info).collect()
     }
 
     /// Stops every session (node stop or broker restart).
