@@ -24,6 +24,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 command -v curl >/dev/null || need_apt+=(curl)
+{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || need_apt+=(prometheus)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq
