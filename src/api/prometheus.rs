@@ -57,16 +57,17 @@ fn metric_name(key: &str) -> String {
     n
 }
 
-/// `(name, is a gauge)` -> per-node values.
-type Series = BTreeMap<(String, bool), Vec<(String, i64)>>;
+/// `(name, is a gauge)` -> (help text, per-node values).
+type Series = BTreeMap<(String, bool), (String, Vec<(String, i64)>)>;
 
 fn add(series: &mut Series, node: &str, v: &Value, gauge: bool) {
     if let Some(o) = v.as_object() {
         for (k, x) in o {
-            series
-                .entry((metric_name(k), gauge))
-                .or_default()
-                .push((node.to_string(), x.as_i64().unwrap_or(0)));
+            let (_, values) = series.entry((metric_name(k), gauge)).or_insert_with(|| {
+                let what = if gauge { "stat" } else { "metric" };
+                (format!("The {what} {k} (GET /api/v5/{what}s)"), Vec::new())
+            });
+            values.push((node.to_string(), x.as_i64().unwrap_or(0)));
         }
     }
 }
@@ -79,17 +80,29 @@ pub fn render(nodes: &[NodeFigures], running: usize, stopped: usize, mode: Mode)
         add(&mut series, &n.node, &n.stats, true);
         add(&mut series, &n.node, &n.metrics, false);
     }
-    for (name, v) in [
-        ("emqx_cluster_nodes_running", running),
-        ("emqx_cluster_nodes_stopped", stopped),
+    for (name, v, help) in [
+        (
+            "emqx_cluster_nodes_running",
+            running,
+            "Members of the cluster this node reaches",
+        ),
+        (
+            "emqx_cluster_nodes_stopped",
+            stopped,
+            "Members of the cluster this node does not reach",
+        ),
     ] {
         series.insert(
             (name.to_string(), true),
-            nodes.iter().map(|n| (n.node.clone(), v as i64)).collect(),
+            (
+                help.to_string(),
+                nodes.iter().map(|n| (n.node.clone(), v as i64)).collect(),
+            ),
         );
     }
     let mut out = String::new();
-    for ((name, gauge), values) in &series {
+    for ((name, gauge), (help, values)) in &series {
+        let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {}", is_gauge(*gauge));
         if mode == Mode::Unaggregated {
             for (node, v) in values {
