@@ -242,6 +242,28 @@ fn stats(n: &Node, key: &str) -> i64 {
     stat(&out, key).unwrap_or(-1)
 }
 
+/// The status code of `GET /api/v5/status` at `addr` (0: no answer).
+fn status_code(addr: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /api/v5/status HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return 0;
+    }
+    let mut head = [0u8; 12];
+    if s.read_exact(&mut head).is_err() {
+        return 0;
+    }
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 fn log_has(n: &Node, what: &str) -> bool {
     n.log().contains(what)
 }
@@ -282,8 +304,37 @@ fn three_nodes_split_two_one_serve_both_sides_then_autoheal_restarts_the_minorit
     late.sub("late/#", 1);
     let fds_before = fds(c);
 
+    // A load balancer's health check on the minority, through the heal.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (addr, watching) = (format!("{}:{}", c.host, c.api_port), watching.clone());
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            let started = Instant::now();
+            while watching.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(90)
+            {
+                let code = status_code(&addr);
+                if codes.last() != Some(&code) {
+                    codes.push(code);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            codes
+        })
+    };
+
     let restored = cut.heal();
     let took = wait_healed(&all, restored, Duration::from_secs(60));
+    // Healed means rejoined, and the listeners open again right after.
+    std::thread::sleep(Duration::from_millis(500));
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let codes = watcher.join().expect("status watcher");
+    assert_eq!(
+        codes,
+        vec![200, 503, 200],
+        "GET /api/v5/status on the restarted node: 503 while it restarts, 200 before and after"
+    );
     println!(
         "HEAL 3 nodes 2/1: {:.1}s from link restore to one cluster",
         took.as_secs_f64()
