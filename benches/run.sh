@@ -45,6 +45,10 @@ PORT_MOSQ_WS=${PORT_MOSQ_WS:-21889}
 PORT_EMQX_WSS=${PORT_EMQX_WSS:-21890}
 PORT_MOSQ_WSS=${PORT_MOSQ_WSS:-21891}
 PORT_EMQX_QUIC=${PORT_EMQX_QUIC:-21892}   # UDP
+PORT_EMQX_API=${PORT_EMQX_API:-21893}
+# API_LOAD=1: while emqx-rs runs a scenario, its HTTP API is polled as a
+# dashboard and a Prometheus server would (benches/api_load.py).
+API_LOAD=${API_LOAD:-0}
 BENCH="$ROOT/target/release/emqx-rs"
 PROTO=4   # MQTT 3.1.1 for all: rumqttd's v5 support is partial
 
@@ -220,6 +224,7 @@ listeners.quic.default {
 log {
   file.enable = false
 }
+dashboard.listeners.http.bind = "127.0.0.1:$PORT_EMQX_API"
 EOF
 
 # rumqttd: its shipped rumqttd.toml with every listener moved to loopback
@@ -574,7 +579,19 @@ run_scenario() {
         b=${blist[$(((k + rep - 1) % n))]}
         log "scenario $sc, run $rep, $b (load $(cut -d' ' -f1-3 /proc/loadavg))"
         start_broker "$b"
+        local load_pid=""
+        if [ "$API_LOAD" = 1 ] && [ "$b" = emqx-rs ]; then
+            python3 "$HERE/api_load.py" "127.0.0.1:$PORT_EMQX_API" \
+                >"$OUT/api-load-$sc-$rep.json" 2>&1 &
+            load_pid=$!
+            PIDS+=("$load_pid")
+        fi
         "sc_$base" "$b" "$rep"
+        if [ -n "$load_pid" ]; then
+            kill "$load_pid" 2>/dev/null
+            wait "$load_pid" 2>/dev/null
+            log "API load during $sc run $rep: $(cat "$OUT/api-load-$sc-$rep.json")"
+        fi
         stop_broker
         sleep 1
     done
