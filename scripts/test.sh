@@ -31,9 +31,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! python3 -c 'import paho.mqtt, websockets, aioquic, bcrypt, jwt, cryptography' 2>/dev/null; then
-    echo "== installing paho-mqtt, websockets, aioquic, bcrypt and PyJWT"
-    python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' 'aioquic>=1.2,<2' 'bcrypt>=4,<6' 'pyjwt[crypto]>=2.8,<3' || echo "warning: paho-mqtt, websockets, aioquic, bcrypt or PyJWT could not be installed; their tests will fail"
+if ! python3 -c 'import paho.mqtt, websockets, aioquic, bcrypt, jwt, cryptography, openapi_spec_validator' 2>/dev/null; then
+    echo "== installing paho-mqtt, websockets, aioquic, bcrypt, PyJWT and openapi-spec-validator"
+    python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' 'aioquic>=1.2,<2' 'bcrypt>=4,<6' 'pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<0.8' || echo "warning: paho-mqtt, websockets, aioquic, bcrypt, PyJWT or openapi-spec-validator could not be installed; their tests will fail"
 fi
 
 echo "== cargo fmt --check"

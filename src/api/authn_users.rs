@@ -7,24 +7,22 @@ use super::http::{page_of, paging, ApiError, Body};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use emqx_actors::authn::{Authn, UserError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// EMQX's id of the built-in database password authenticator.
 const AUTHENTICATOR: &str = "password_based:built_in_database";
 
 /// The routes, for the guarded part of the API.
-pub fn routes<S: Clone + Send + Sync + 'static>(authn: Arc<Authn>) -> Router<S> {
-    Router::new()
-        .route("/api/v5/authentication/{id}/users", get(list).post(add))
-        .route(
-            "/api/v5/authentication/{id}/users/{user_id}",
-            get(one).put(update).delete(remove),
-        )
+pub fn routes<S: Clone + Send + Sync + 'static>(authn: Arc<Authn>) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(list, add))
+        .routes(routes!(one, update, remove))
         .with_state(authn)
 }
 
@@ -69,6 +67,15 @@ fn password_ok(p: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Users of the built-in database, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/authentication/{id}/users",
+    tag = "Authentication",
+    operation_id = "authn_users_list",
+    params(("id" = String, Path, description = "`password_based:built_in_database`"), ("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("like_user_id" = Option<String>, Query, description = "Part of the user id"), ("is_superuser" = Option<bool>, Query, description = "true or false")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "No such authenticator: `{code, message}`"))
+)]
 async fn list(
     State(authn): State<Arc<Authn>>,
     Path(id): Path<String>,
@@ -107,6 +114,15 @@ async fn list(
     Ok(page_of(rows, page, limit))
 }
 
+/// One user
+#[utoipa::path(
+    get,
+    path = "/api/v5/authentication/{id}/users/{user_id}",
+    tag = "Authentication",
+    operation_id = "authn_users_one",
+    params(("id" = String, Path, description = "`password_based:built_in_database`"), ("user_id" = String, Path, description = "User id")),
+    responses((status = 200, description = "The user"), (status = 404, description = "NOT_FOUND: `{code, message}`"))
+)]
 async fn one(
     State(authn): State<Arc<Authn>>,
     Path((id, user_id)): Path<(String, String)>,
@@ -119,7 +135,7 @@ async fn one(
     Ok(Json(json!({"user_id": user_id, "is_superuser": u.is_superuser})).into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     user_id: String,
@@ -128,6 +144,16 @@ struct NewUser {
     is_superuser: bool,
 }
 
+/// Add a user
+#[utoipa::path(
+    post,
+    path = "/api/v5/authentication/{id}/users",
+    tag = "Authentication",
+    operation_id = "authn_users_add",
+    params(("id" = String, Path, description = "`password_based:built_in_database`")),
+    request_body = NewUser,
+    responses((status = 201, description = "Added"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 409, description = "ALREADY_EXISTS"))
+)]
 async fn add(
     State(authn): State<Arc<Authn>>,
     Path(id): Path<String>,
@@ -153,7 +179,7 @@ async fn add(
         .into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Change {
     #[serde(default)]
@@ -162,6 +188,16 @@ struct Change {
     is_superuser: Option<bool>,
 }
 
+/// Change a user's password or superuser flag
+#[utoipa::path(
+    put,
+    path = "/api/v5/authentication/{id}/users/{user_id}",
+    tag = "Authentication",
+    operation_id = "authn_users_update",
+    params(("id" = String, Path, description = "`password_based:built_in_database`"), ("user_id" = String, Path, description = "User id")),
+    request_body = Change,
+    responses((status = 200, description = "The user"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "NOT_FOUND: `{code, message}`"))
+)]
 async fn update(
     State(authn): State<Arc<Authn>>,
     Path((id, user_id)): Path<(String, String)>,
@@ -189,6 +225,15 @@ async fn update(
     Ok(Json(json!({"user_id": user_id, "is_superuser": su})).into_response())
 }
 
+/// Remove a user
+#[utoipa::path(
+    delete,
+    path = "/api/v5/authentication/{id}/users/{user_id}",
+    tag = "Authentication",
+    operation_id = "authn_users_remove",
+    params(("id" = String, Path, description = "`password_based:built_in_database`"), ("user_id" = String, Path, description = "User id")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "NOT_FOUND: `{code, message}`"))
+)]
 async fn remove(
     State(authn): State<Arc<Authn>>,
     Path((id, user_id)): Path<(String, String)>,

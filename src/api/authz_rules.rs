@@ -7,45 +7,187 @@ use super::http::{page_of, paging, ApiError, Body};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use emqx_actors::authz_db::{AuthzRules, DbRule, RuleAction, RuleOwner, RulesError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 type Rules = Option<Arc<AuthzRules>>;
 
-const BASE: &str = "/api/v5/authorization/sources/built_in_database/rules";
-
 /// The routes, for the guarded part of the API.
-pub fn routes<S: Clone + Send + Sync + 'static>(rules: Rules) -> Router<S> {
-    Router::new()
-        .route(
-            &format!("{BASE}/clients"),
-            get(|s, q| list(s, q, Kind::Client)).post(|s, b| create(s, b, Kind::Client)),
-        )
-        .route(
-            &format!("{BASE}/clients/{{who}}"),
-            get(|s, p| one(s, p, Kind::Client))
-                .put(|s, p, b| replace(s, p, b, Kind::Client))
-                .delete(|s, p| remove(s, p, Kind::Client)),
-        )
-        .route(
-            &format!("{BASE}/users"),
-            get(|s, q| list(s, q, Kind::User)).post(|s, b| create(s, b, Kind::User)),
-        )
-        .route(
-            &format!("{BASE}/users/{{who}}"),
-            get(|s, p| one(s, p, Kind::User))
-                .put(|s, p, b| replace(s, p, b, Kind::User))
-                .delete(|s, p| remove(s, p, Kind::User)),
-        )
-        .route(
-            &format!("{BASE}/all"),
-            get(all_get).post(all_set).delete(all_delete),
-        )
+pub fn routes<S: Clone + Send + Sync + 'static>(rules: Rules) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(clients_list, clients_create))
+        .routes(routes!(client_get, client_replace, client_delete))
+        .routes(routes!(users_list, users_create))
+        .routes(routes!(user_get, user_replace, user_delete))
+        .routes(routes!(all_get, all_set, all_delete))
         .with_state(rules)
+}
+
+/// Rules per clientid, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/authorization/sources/built_in_database/rules/clients",
+    tag = "Authorization",
+    operation_id = "authz_clients_list",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("like_clientid" = Option<String>, Query, description = "Part of the clientid")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter"), (status = 404, description = "No built-in database source"))
+)]
+async fn clients_list(
+    s: State<Rules>,
+    q: Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    list(s, q, Kind::Client).await
+}
+
+/// Set the rules of clientids that have none
+#[utoipa::path(
+    post,
+    path = "/api/v5/authorization/sources/built_in_database/rules/clients",
+    tag = "Authorization",
+    operation_id = "authz_clients_create",
+    request_body = Vec<ClientRulesDoc>,
+    responses((status = 204, description = "Set"), (status = 400, description = "A bad rule, or more than max_rules"), (status = 409, description = "ALREADY_EXISTS"))
+)]
+async fn clients_create(s: State<Rules>, b: Body<Vec<Value>>) -> Result<Response, ApiError> {
+    create(s, b, Kind::Client).await
+}
+
+/// One clientid's rules
+#[utoipa::path(
+    get,
+    path = "/api/v5/authorization/sources/built_in_database/rules/clients/{who}",
+    tag = "Authorization",
+    operation_id = "authz_client_get",
+    params(("who" = String, Path, description = "The clientid")),
+    responses((status = 200, description = "The rules"), (status = 404, description = "No rules"))
+)]
+async fn client_get(s: State<Rules>, p: Path<String>) -> Result<Response, ApiError> {
+    one(s, p, Kind::Client).await
+}
+
+/// Replace one clientid's rules
+#[utoipa::path(
+    put,
+    path = "/api/v5/authorization/sources/built_in_database/rules/clients/{who}",
+    tag = "Authorization",
+    operation_id = "authz_client_replace",
+    params(("who" = String, Path, description = "The clientid")),
+    request_body = ClientRulesDoc,
+    responses((status = 204, description = "Replaced"), (status = 400, description = "A bad rule"))
+)]
+async fn client_replace(
+    s: State<Rules>,
+    p: Path<String>,
+    b: Body<Value>,
+) -> Result<Response, ApiError> {
+    replace(s, p, b, Kind::Client).await
+}
+
+/// Remove one clientid's rules
+#[utoipa::path(
+    delete,
+    path = "/api/v5/authorization/sources/built_in_database/rules/clients/{who}",
+    tag = "Authorization",
+    operation_id = "authz_client_delete",
+    params(("who" = String, Path, description = "The clientid")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "No rules"))
+)]
+async fn client_delete(s: State<Rules>, p: Path<String>) -> Result<Response, ApiError> {
+    remove(s, p, Kind::Client).await
+}
+
+/// Rules per username, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/authorization/sources/built_in_database/rules/users",
+    tag = "Authorization",
+    operation_id = "authz_users_list",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("like_username" = Option<String>, Query, description = "Part of the username")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter"), (status = 404, description = "No built-in database source"))
+)]
+async fn users_list(
+    s: State<Rules>,
+    q: Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    list(s, q, Kind::User).await
+}
+
+/// Set the rules of usernames that have none
+#[utoipa::path(
+    post,
+    path = "/api/v5/authorization/sources/built_in_database/rules/users",
+    tag = "Authorization",
+    operation_id = "authz_users_create",
+    request_body = Vec<UserRulesDoc>,
+    responses((status = 204, description = "Set"), (status = 400, description = "A bad rule, or more than max_rules"), (status = 409, description = "ALREADY_EXISTS"))
+)]
+async fn users_create(s: State<Rules>, b: Body<Vec<Value>>) -> Result<Response, ApiError> {
+    create(s, b, Kind::User).await
+}
+
+/// One username's rules
+#[utoipa::path(
+    get,
+    path = "/api/v5/authorization/sources/built_in_database/rules/users/{who}",
+    tag = "Authorization",
+    operation_id = "authz_user_get",
+    params(("who" = String, Path, description = "The username")),
+    responses((status = 200, description = "The rules"), (status = 404, description = "No rules"))
+)]
+async fn user_get(s: State<Rules>, p: Path<String>) -> Result<Response, ApiError> {
+    one(s, p, Kind::User).await
+}
+
+/// Replace one username's rules
+#[utoipa::path(
+    put,
+    path = "/api/v5/authorization/sources/built_in_database/rules/users/{who}",
+    tag = "Authorization",
+    operation_id = "authz_user_replace",
+    params(("who" = String, Path, description = "The username")),
+    request_body = UserRulesDoc,
+    responses((status = 204, description = "Replaced"), (status = 400, description = "A bad rule"))
+)]
+async fn user_replace(
+    s: State<Rules>,
+    p: Path<String>,
+    b: Body<Value>,
+) -> Result<Response, ApiError> {
+    replace(s, p, b, Kind::User).await
+}
+
+/// Remove one username's rules
+#[utoipa::path(
+    delete,
+    path = "/api/v5/authorization/sources/built_in_database/rules/users/{who}",
+    tag = "Authorization",
+    operation_id = "authz_user_delete",
+    params(("who" = String, Path, description = "The username")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "No rules"))
+)]
+async fn user_delete(s: State<Rules>, p: Path<String>) -> Result<Response, ApiError> {
+    remove(s, p, Kind::User).await
+}
+
+/// A client id's rules, as the API takes them (for the document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ClientRulesDoc {
+    clientid: String,
+    rules: Vec<RuleIn>,
+}
+
+/// A username's rules, as the API takes them (for the document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UserRulesDoc {
+    username: String,
+    rules: Vec<RuleIn>,
 }
 
 #[derive(Clone, Copy)]
@@ -100,7 +242,7 @@ fn rules_error(e: RulesError) -> ApiError {
 }
 
 /// One rule as EMQX's API writes it.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleIn {
     topic: String,
@@ -312,17 +454,34 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The rules for every client
+#[utoipa::path(
+    get,
+    path = "/api/v5/authorization/sources/built_in_database/rules/all",
+    tag = "Authorization",
+    operation_id = "authz_all_get",
+    responses((status = 200, description = "`{rules}`"), (status = 404, description = "No built-in database source"))
+)]
 async fn all_get(State(r): State<Rules>) -> Result<Response, ApiError> {
     let rules = table(&r)?.get(&RuleOwner::All);
     Ok(Json(json!({"rules": rules.iter().map(rule_out).collect::<Vec<_>>()})).into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AllIn {
     rules: Vec<RuleIn>,
 }
 
+/// Replace the rules for every client
+#[utoipa::path(
+    post,
+    path = "/api/v5/authorization/sources/built_in_database/rules/all",
+    tag = "Authorization",
+    operation_id = "authz_all_set",
+    request_body = AllIn,
+    responses((status = 204, description = "Set"), (status = 400, description = "A bad rule, or more than max_rules"))
+)]
 async fn all_set(State(r): State<Rules>, Body(a): Body<AllIn>) -> Result<Response, ApiError> {
     let t = table(&r)?;
     let rules = rules_in(a.rules)?;
@@ -330,6 +489,14 @@ async fn all_set(State(r): State<Rules>, Body(a): Body<AllIn>) -> Result<Respons
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Remove the rules for every client
+#[utoipa::path(
+    delete,
+    path = "/api/v5/authorization/sources/built_in_database/rules/all",
+    tag = "Authorization",
+    operation_id = "authz_all_delete",
+    responses((status = 204, description = "Removed"))
+)]
 async fn all_delete(State(r): State<Rules>) -> Result<Response, ApiError> {
     let t = table(&r)?;
     t.set(&RuleOwner::All, &[]).map_err(rules_error)?;

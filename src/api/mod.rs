@@ -25,7 +25,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use emqx_actors::cluster::service::SvcMsg;
 use http::{bad_request, error, page_of, paging, ApiError, Body};
@@ -115,70 +115,96 @@ pub fn serve(bound: Bound, api: Api) -> tokio::task::JoinHandle<()> {
     })
 }
 
-fn router(api: Shared) -> Router {
-    let open = Router::new()
-        .route("/api/v5/status", get(status))
-        .route("/api/v5/login", post(login));
-    let prom = Router::new().route("/api/v5/prometheus/stats", get(prometheus_stats));
+/// The OpenAPI document's frame: title, version, the two ways to log in;
+/// the paths come from the handlers' `#[utoipa::path]` attributes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "emqx-rs HTTP API", description = "EMQX 5's /api/v5, answered for the whole cluster by any node."),
+    modifiers(&Credentials),
+    security(("bearer" = []), ("api_key" = []))
+)]
+struct ApiDoc;
+
+/// The security schemes: a token from `POST /api/v5/login`, or an API
+/// key as HTTP Basic.
+struct Credentials;
+
+impl utoipa::Modify for Credentials {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        c.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+    }
+}
+
+/// The routes and, from the same handlers, the OpenAPI document.
+fn routes(api: &Shared) -> (Router<Shared>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let open = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(login));
+    let prom = OpenApiRouter::new().routes(routes!(prometheus_stats));
     let prom = if api.prometheus_auth {
         prom.layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
     } else {
         prom
     };
-    let guarded = Router::new()
-        .route("/api/v5/nodes", get(nodes))
-        .route("/api/v5/nodes/{node}", get(node_one))
-        .route("/api/v5/cluster", get(cluster))
-        .route("/api/v5/cluster/{node}/force_leave", delete(force_leave))
-        .route("/api/v5/stats", get(stats))
-        .route("/api/v5/metrics", get(metrics))
-        .route("/api/v5/clients", get(clients))
-        .route("/api/v5/clients/{clientid}", get(client_one).delete(kick))
-        .route(
-            "/api/v5/clients/{clientid}/subscriptions",
-            get(client_subscriptions),
-        )
-        .route("/api/v5/clients/{clientid}/subscribe", post(subscribe))
-        .route(
-            "/api/v5/clients/{clientid}/subscribe/bulk",
-            post(subscribe_bulk),
-        )
-        .route("/api/v5/clients/{clientid}/unsubscribe", post(unsubscribe))
-        .route(
-            "/api/v5/clients/{clientid}/unsubscribe/bulk",
-            post(unsubscribe_bulk),
-        )
-        .route("/api/v5/subscriptions", get(subscriptions))
-        .route("/api/v5/topics", get(topics))
-        .route("/api/v5/publish", post(publish))
-        .route("/api/v5/publish/bulk", post(publish_bulk))
-        .route("/api/v5/mqtt/retainer/messages", get(retained_list))
-        .route(
-            "/api/v5/mqtt/retainer/message/{topic}",
-            get(retained_one).delete(retained_delete),
-        )
-        .route("/api/v5/alarms", get(alarms).delete(alarms_clear))
-        .route(
-            "/api/v5/banned",
-            get(banned_list).post(banned_add).delete(banned_clear),
-        )
-        .route("/api/v5/banned/{kind}/{who}", delete(banned_delete))
-        .route("/api/v5/api_key", get(api_keys).post(api_key_add))
-        .route(
-            "/api/v5/api_key/{name}",
-            get(api_key_one).put(api_key_update).delete(api_key_delete),
-        )
-        .route("/api/v5/users", get(users).post(user_add))
-        .route("/api/v5/users/{username}", delete(user_delete))
-        .route("/api/v5/users/{username}/change_pwd", post(change_pwd))
+    let guarded = OpenApiRouter::new()
+        .routes(routes!(nodes))
+        .routes(routes!(node_one))
+        .routes(routes!(cluster))
+        .routes(routes!(force_leave))
+        .routes(routes!(stats))
+        .routes(routes!(metrics))
+        .routes(routes!(clients))
+        .routes(routes!(client_one, kick))
+        .routes(routes!(client_subscriptions))
+        .routes(routes!(subscribe))
+        .routes(routes!(subscribe_bulk))
+        .routes(routes!(unsubscribe))
+        .routes(routes!(unsubscribe_bulk))
+        .routes(routes!(subscriptions))
+        .routes(routes!(topics))
+        .routes(routes!(publish))
+        .routes(routes!(publish_bulk))
+        .routes(routes!(retained_list))
+        .routes(routes!(retained_one, retained_delete))
+        .routes(routes!(alarms, alarms_clear))
+        .routes(routes!(banned_list, banned_add, banned_clear))
+        .routes(routes!(banned_delete))
+        .routes(routes!(api_keys, api_key_add))
+        .routes(routes!(api_key_one, api_key_update, api_key_delete))
+        .routes(routes!(users, user_add))
+        .routes(routes!(user_delete))
+        .routes(routes!(change_pwd))
         .merge(authn_users::routes(api.node.ctx.authn.clone()))
         .merge(authz_rules::routes(api.node.ctx.authz_rules.clone()))
         .layer(axum::middleware::from_fn_with_state(api.clone(), authorize));
-    open.merge(prom)
-        .merge(guarded)
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn(log_request))
-        .with_state(api)
+    open.merge(prom).merge(guarded).split_for_parts()
+}
+
+fn router(api: Shared) -> Router {
+    let (app, doc) = routes(&api);
+    let doc = Arc::new(doc);
+    app.route(
+        "/api-docs/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }),
+    )
+    .fallback(not_found)
+    .layer(axum::middleware::from_fn(log_request))
+    .with_state(api)
 }
 
 async fn not_found() -> Response {
@@ -251,6 +277,16 @@ async fn authorize(State(api): State<Shared>, req: Request, next: Next) -> Respo
 
 // ---------------------------------------------------------------- status
 
+/// The node's health for load balancers and probes
+#[utoipa::path(
+    get,
+    path = "/api/v5/status",
+    tag = "Status",
+    operation_id = "status",
+    params(("format" = Option<String>, Query, description = "`json` for a JSON answer")),
+    responses((status = 200, description = "The node serves MQTT"), (status = 503, description = "The node does not serve MQTT now (starting, stopping, autoheal restart)")),
+    security(())
+)]
 async fn status(State(api): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     let node = &api.node;
     let running = *node.ctx.listeners.borrow();
@@ -289,6 +325,16 @@ async fn status(State(api): State<Shared>, Query(q): Query<HashMap<String, Strin
 
 // ---------------------------------------------------------------- prometheus
 
+/// Stats and metrics in Prometheus text format
+#[utoipa::path(
+    get,
+    path = "/api/v5/prometheus/stats",
+    tag = "Metrics",
+    operation_id = "prometheus_stats",
+    params(("mode" = Option<String>, Query, description = "`node` (default), `all_nodes_aggregated` or `all_nodes_unaggregated`")),
+    responses((status = 200, description = "Prometheus exposition text"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer")),
+    security(())
+)]
 async fn prometheus_stats(
     State(api): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -330,13 +376,23 @@ async fn prometheus_stats(
 
 // ---------------------------------------------------------------- login, users
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LoginReq {
     username: String,
     password: String,
 }
 
+/// Log in: a bearer token for the API
+#[utoipa::path(
+    post,
+    path = "/api/v5/login",
+    tag = "Users",
+    operation_id = "login",
+    request_body = LoginReq,
+    responses((status = 200, description = "`{token, version, role, license}`"), (status = 401, description = "Wrong user name or password")),
+    security(())
+)]
 async fn login(State(api): State<Shared>, Body(req): Body<LoginReq>) -> Response {
     match api.auth.login(&req.username, &req.password) {
         Some((token, role)) => Json(json!({
@@ -357,6 +413,14 @@ async fn login(State(api): State<Shared>, Body(req): Body<LoginReq>) -> Response
     }
 }
 
+/// API users
+#[utoipa::path(
+    get,
+    path = "/api/v5/users",
+    tag = "Users",
+    operation_id = "users",
+    responses((status = 200, description = "Users"))
+)]
 async fn users(State(api): State<Shared>) -> Response {
     let list: Vec<Value> = api
         .auth
@@ -369,7 +433,7 @@ async fn users(State(api): State<Shared>) -> Response {
     Json(list).into_response()
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     username: String,
@@ -380,6 +444,15 @@ struct NewUser {
     description: String,
 }
 
+/// Add an API user
+#[utoipa::path(
+    post,
+    path = "/api/v5/users",
+    tag = "Users",
+    operation_id = "user_add",
+    request_body = NewUser,
+    responses((status = 200, description = "The user"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
+)]
 async fn user_add(State(api): State<Shared>, Body(u): Body<NewUser>) -> Response {
     if !valid_username(&u.username) {
         return bad_request("username: 1 to 64 letters, digits, '-', '_' or '.'");
@@ -415,6 +488,15 @@ fn valid_username(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Remove an API user
+#[utoipa::path(
+    delete,
+    path = "/api/v5/users/{username}",
+    tag = "Users",
+    operation_id = "user_delete",
+    params(("username" = String, Path, description = "User name")),
+    responses((status = 204, description = "Removed"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "USER_NOT_FOUND: `{code, message}`"))
+)]
 async fn user_delete(State(api): State<Shared>, Path(name): Path<String>) -> Response {
     if api.auth.user(&name).is_none() {
         return error(StatusCode::NOT_FOUND, "USER_NOT_FOUND", "User not found");
@@ -434,13 +516,23 @@ async fn user_delete(State(api): State<Shared>, Path(name): Path<String>) -> Res
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChangePwd {
     old_pwd: String,
     new_pwd: String,
 }
 
+/// Change an API user's password
+#[utoipa::path(
+    post,
+    path = "/api/v5/users/{username}/change_pwd",
+    tag = "Users",
+    operation_id = "change_pwd",
+    params(("username" = String, Path, description = "User name")),
+    request_body = ChangePwd,
+    responses((status = 204, description = "Changed"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "USER_NOT_FOUND: `{code, message}`"))
+)]
 async fn change_pwd(
     State(api): State<Shared>,
     Path(name): Path<String>,
@@ -463,6 +555,15 @@ async fn change_pwd(
 
 // ---------------------------------------------------------------- alarms, banned
 
+/// Alarms of every node, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/alarms",
+    tag = "Alarms",
+    operation_id = "alarms",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("activated" = Option<bool>, Query, description = "true (active, default) or false (history)")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn alarms(
     State(api): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -497,6 +598,14 @@ async fn alarms(
     Ok(page_of(rows, page, limit))
 }
 
+/// Forget the deactivated alarms
+#[utoipa::path(
+    delete,
+    path = "/api/v5/alarms",
+    tag = "Alarms",
+    operation_id = "alarms_clear",
+    responses((status = 204, description = "Cleared"), (status = 503, description = "A running node did not answer"))
+)]
 async fn alarms_clear(State(api): State<Shared>) -> Result<Response, ApiError> {
     api.ask_all(&Call::ClearAlarms).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -526,6 +635,15 @@ fn ban_kind(s: &str) -> Result<emqx_actors::banned::BanKind, ApiError> {
     })
 }
 
+/// Banned clients, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/banned",
+    tag = "Banned",
+    operation_id = "banned_list",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
+)]
 async fn banned_list(
     State(api): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -537,7 +655,7 @@ async fn banned_list(
     Ok(page_of(rows, page, limit))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewBan {
     #[serde(rename = "as")]
@@ -566,6 +684,15 @@ fn parse_time(key: &str, v: &str) -> Result<u64, ApiError> {
         })
 }
 
+/// Ban a client id, user name, address or pattern
+#[utoipa::path(
+    post,
+    path = "/api/v5/banned",
+    tag = "Banned",
+    operation_id = "banned_add",
+    request_body = NewBan,
+    responses((status = 200, description = "The ban"), (status = 400, description = "ALREADY_EXISTS or a bad ban"))
+)]
 async fn banned_add(
     State(api): State<Shared>,
     Body(n): Body<NewBan>,
@@ -608,6 +735,15 @@ async fn banned_add(
     Ok(Json(ban_json(&ban)).into_response())
 }
 
+/// Lift one ban
+#[utoipa::path(
+    delete,
+    path = "/api/v5/banned/{kind}/{who}",
+    tag = "Banned",
+    operation_id = "banned_delete",
+    params(("kind" = String, Path, description = "clientid, username, peerhost, clientid_re or username_re"), ("who" = String, Path, description = "What is banned")),
+    responses((status = 204, description = "Lifted"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "No such ban: `{code, message}`"))
+)]
 async fn banned_delete(
     State(api): State<Shared>,
     Path((kind, who)): Path<(String, String)>,
@@ -622,6 +758,14 @@ async fn banned_delete(
     })
 }
 
+/// Lift every ban
+#[utoipa::path(
+    delete,
+    path = "/api/v5/banned",
+    tag = "Banned",
+    operation_id = "banned_clear",
+    responses((status = 204, description = "Lifted"), (status = 503, description = "A running node did not answer"))
+)]
 async fn banned_clear(State(api): State<Shared>) -> Result<Response, ApiError> {
     let banned = &api.node.ctx.banned;
     for b in banned.list() {
@@ -685,6 +829,14 @@ fn role_of(r: Option<&str>) -> Result<Option<Role>, ApiError> {
     .transpose()
 }
 
+/// API keys (never their secrets)
+#[utoipa::path(
+    get,
+    path = "/api/v5/api_key",
+    tag = "API keys",
+    operation_id = "api_keys",
+    responses((status = 200, description = "Keys"))
+)]
 async fn api_keys(State(api): State<Shared>) -> Response {
     let list: Vec<Value> = api
         .auth
@@ -699,6 +851,15 @@ fn key_not_found() -> Response {
     error(StatusCode::NOT_FOUND, "NOT_FOUND", "API key not found")
 }
 
+/// One API key
+#[utoipa::path(
+    get,
+    path = "/api/v5/api_key/{name}",
+    tag = "API keys",
+    operation_id = "api_key_one",
+    params(("name" = String, Path, description = "Key name")),
+    responses((status = 200, description = "The key"), (status = 404, description = "NOT_FOUND: `{code, message}`"))
+)]
 async fn api_key_one(State(api): State<Shared>, Path(name): Path<String>) -> Response {
     match api.auth.api_key(&name) {
         Some((key, k)) => Json(api_key_json(&key, &k)).into_response(),
@@ -706,7 +867,7 @@ async fn api_key_one(State(api): State<Shared>, Path(name): Path<String>) -> Res
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKey {
     name: String,
@@ -720,6 +881,15 @@ struct NewKey {
     role: Option<String>,
 }
 
+/// Create an API key; the answer holds its secret, once
+#[utoipa::path(
+    post,
+    path = "/api/v5/api_key",
+    tag = "API keys",
+    operation_id = "api_key_add",
+    request_body = NewKey,
+    responses((status = 200, description = "The key with api_secret"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
+)]
 async fn api_key_add(
     State(api): State<Shared>,
     Body(n): Body<NewKey>,
@@ -750,7 +920,7 @@ async fn api_key_add(
     Ok(Json(v).into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeyUpdate {
     #[serde(default)]
@@ -763,6 +933,16 @@ struct KeyUpdate {
     role: Option<String>,
 }
 
+/// Change an API key
+#[utoipa::path(
+    put,
+    path = "/api/v5/api_key/{name}",
+    tag = "API keys",
+    operation_id = "api_key_update",
+    params(("name" = String, Path, description = "Key name")),
+    request_body = KeyUpdate,
+    responses((status = 200, description = "The key"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "NOT_FOUND: `{code, message}`"))
+)]
 async fn api_key_update(
     State(api): State<Shared>,
     Path(name): Path<String>,
@@ -781,6 +961,15 @@ async fn api_key_update(
     })
 }
 
+/// Revoke an API key
+#[utoipa::path(
+    delete,
+    path = "/api/v5/api_key/{name}",
+    tag = "API keys",
+    operation_id = "api_key_delete",
+    params(("name" = String, Path, description = "Key name")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "NOT_FOUND: `{code, message}`"))
+)]
 async fn api_key_delete(State(api): State<Shared>, Path(name): Path<String>) -> Response {
     match api.auth.delete_api_key(&name) {
         Ok(true) => {
@@ -862,6 +1051,14 @@ impl Api {
     }
 }
 
+/// Every node of the cluster
+#[utoipa::path(
+    get,
+    path = "/api/v5/nodes",
+    tag = "Nodes",
+    operation_id = "nodes",
+    responses((status = 200, description = "One object per node"), (status = 503, description = "A running node did not answer"))
+)]
 async fn nodes(State(api): State<Shared>) -> Response {
     let (_, stopped) = api.members().await;
     let mut all = match api.ask_all(&Call::Node).await {
@@ -874,6 +1071,15 @@ async fn nodes(State(api): State<Shared>) -> Response {
     Json(all).into_response()
 }
 
+/// One node
+#[utoipa::path(
+    get,
+    path = "/api/v5/nodes/{node}",
+    tag = "Nodes",
+    operation_id = "node_one",
+    params(("node" = String, Path, description = "Node name")),
+    responses((status = 200, description = "The node"), (status = 404, description = "No such node: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn node_one(State(api): State<Shared>, Path(node): Path<String>) -> Response {
     let (running, stopped) = api.members().await;
     if running.contains(&node) {
@@ -888,6 +1094,14 @@ async fn node_one(State(api): State<Shared>, Path(node): Path<String>) -> Respon
     }
 }
 
+/// The cluster's name and members
+#[utoipa::path(
+    get,
+    path = "/api/v5/cluster",
+    tag = "Cluster",
+    operation_id = "cluster",
+    responses((status = 200, description = "`{name, nodes, self}`"))
+)]
 async fn cluster(State(api): State<Shared>) -> Response {
     let (mut running, stopped) = api.members().await;
     running.extend(stopped);
@@ -895,8 +1109,15 @@ async fn cluster(State(api): State<Shared>) -> Response {
     Json(json!({"name": api.cluster_name, "nodes": running, "self": api.node.name})).into_response()
 }
 
-/// Removes a node that is down (or unwanted) from the cluster, as `ctl
-/// cluster force-leave`: 204, or 400 with why not.
+/// Remove a node from the cluster
+#[utoipa::path(
+    delete,
+    path = "/api/v5/cluster/{node}/force_leave",
+    tag = "Cluster",
+    operation_id = "force_leave",
+    params(("node" = String, Path, description = "Node name")),
+    responses((status = 204, description = "Removed"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn force_leave(State(api): State<Shared>, Path(node): Path<String>) -> Response {
     if node == api.node.name {
         return bad_request("cannot remove the node answering this request");
@@ -966,10 +1187,28 @@ async fn per_node_numbers(api: &Api, call: Call, q: &HashMap<String, String>) ->
     Json(list).into_response()
 }
 
+/// Stats per node, or summed
+#[utoipa::path(
+    get,
+    path = "/api/v5/stats",
+    tag = "Metrics",
+    operation_id = "stats",
+    params(("aggregate" = Option<bool>, Query, description = "`true` to sum over the nodes")),
+    responses((status = 200, description = "Stats"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn stats(State(api): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     per_node_numbers(&api, Call::Stats, &q).await
 }
 
+/// Metrics per node, or summed
+#[utoipa::path(
+    get,
+    path = "/api/v5/metrics",
+    tag = "Metrics",
+    operation_id = "metrics",
+    params(("aggregate" = Option<bool>, Query, description = "`true` to sum over the nodes")),
+    responses((status = 200, description = "Metrics"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn metrics(State(api): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     per_node_numbers(&api, Call::Metrics, &q).await
 }
@@ -1013,6 +1252,15 @@ fn client_matches(c: &Value, q: &HashMap<String, String>) -> bool {
     })
 }
 
+/// Clients of every node, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/clients",
+    tag = "Clients",
+    operation_id = "clients",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("clientid" = Option<String>, Query, description = "Exact client id"), ("username" = Option<String>, Query, description = "Exact user name"), ("node" = Option<String>, Query, description = "Node name"), ("ip_address" = Option<String>, Query, description = "Peer address"), ("like_clientid" = Option<String>, Query, description = "Part of the client id"), ("like_username" = Option<String>, Query, description = "Part of the user name"), ("conn_state" = Option<String>, Query, description = "`connected` or `disconnected`"), ("proto_ver" = Option<u8>, Query, description = "3, 4 or 5"), ("clean_start" = Option<bool>, Query, description = "true or false")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn clients(
     State(api): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -1084,6 +1332,15 @@ fn client_not_found() -> Response {
     )
 }
 
+/// One client, wherever it is
+#[utoipa::path(
+    get,
+    path = "/api/v5/clients/{clientid}",
+    tag = "Clients",
+    operation_id = "client_one",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 200, description = "The client"), (status = 404, description = "CLIENTID_NOT_FOUND: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn client_one(State(api): State<Shared>, Path(id): Path<String>) -> Response {
     match find_client(&api, &id).await {
         Ok(Some((_, c))) => Json(with_dates(c)).into_response(),
@@ -1092,6 +1349,15 @@ async fn client_one(State(api): State<Shared>, Path(id): Path<String>) -> Respon
     }
 }
 
+/// Kick a client: close its connection and drop its session
+#[utoipa::path(
+    delete,
+    path = "/api/v5/clients/{clientid}",
+    tag = "Clients",
+    operation_id = "kick",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 204, description = "Kicked"), (status = 404, description = "CLIENTID_NOT_FOUND: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn kick(State(api): State<Shared>, Path(id): Path<String>) -> Response {
     let node = match find_client(&api, &id).await {
         Ok(Some((n, _))) => n,
@@ -1111,6 +1377,15 @@ async fn kick(State(api): State<Shared>, Path(id): Path<String>) -> Response {
     }
 }
 
+/// A client's subscriptions
+#[utoipa::path(
+    get,
+    path = "/api/v5/clients/{clientid}/subscriptions",
+    tag = "Clients",
+    operation_id = "client_subscriptions",
+    params(("clientid" = String, Path, description = "Client id")),
+    responses((status = 200, description = "Subscriptions"), (status = 404, description = "CLIENTID_NOT_FOUND: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn client_subscriptions(State(api): State<Shared>, Path(id): Path<String>) -> Response {
     match find_client(&api, &id).await {
         Ok(Some((_, c))) => Json(c["subscriptions"].clone()).into_response(),
@@ -1119,7 +1394,7 @@ async fn client_subscriptions(State(api): State<Shared>, Path(id): Path<String>)
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubReq {
     topic: String,
@@ -1133,7 +1408,7 @@ struct SubReq {
     rh: u8,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UnsubReq {
     topic: String,
@@ -1222,6 +1497,16 @@ async fn do_subscribe(
     ))
 }
 
+/// Subscribe a client on its behalf
+#[utoipa::path(
+    post,
+    path = "/api/v5/clients/{clientid}/subscribe",
+    tag = "Clients",
+    operation_id = "subscribe",
+    params(("clientid" = String, Path, description = "Client id")),
+    request_body = SubReq,
+    responses((status = 200, description = "The subscription"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "CLIENTID_NOT_FOUND: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn subscribe(
     State(api): State<Shared>,
     Path(id): Path<String>,
@@ -1235,6 +1520,16 @@ async fn subscribe(
     )
 }
 
+/// Subscribe a client to several filters
+#[utoipa::path(
+    post,
+    path = "/api/v5/clients/{clientid}/subscribe/bulk",
+    tag = "Clients",
+    operation_id = "subscribe_bulk",
+    params(("clientid" = String, Path, description = "Client id")),
+    request_body = Vec<SubReq>,
+    responses((status = 200, description = "The subscriptions"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "CLIENTID_NOT_FOUND: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn subscribe_bulk(
     State(api): State<Shared>,
     Path(id): Path<String>,
@@ -1267,6 +1562,16 @@ async fn do_unsubscribe(
     }
 }
 
+/// Unsubscribe a client on its behalf
+#[utoipa::path(
+    post,
+    path = "/api/v5/clients/{clientid}/unsubscribe",
+    tag = "Clients",
+    operation_id = "unsubscribe",
+    params(("clientid" = String, Path, description = "Client id")),
+    request_body = UnsubReq,
+    responses((status = 204, description = "Unsubscribed"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "CLIENTID_NOT_FOUND: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn unsubscribe(
     State(api): State<Shared>,
     Path(id): Path<String>,
@@ -1275,6 +1580,16 @@ async fn unsubscribe(
     do_unsubscribe(&api, &id, &[r.topic]).await
 }
 
+/// Unsubscribe a client from several filters
+#[utoipa::path(
+    post,
+    path = "/api/v5/clients/{clientid}/unsubscribe/bulk",
+    tag = "Clients",
+    operation_id = "unsubscribe_bulk",
+    params(("clientid" = String, Path, description = "Client id")),
+    request_body = Vec<UnsubReq>,
+    responses((status = 204, description = "Unsubscribed"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "CLIENTID_NOT_FOUND: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn unsubscribe_bulk(
     State(api): State<Shared>,
     Path(id): Path<String>,
@@ -1284,6 +1599,15 @@ async fn unsubscribe_bulk(
     do_unsubscribe(&api, &id, &topics).await
 }
 
+/// Every subscription, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/subscriptions",
+    tag = "Subscriptions",
+    operation_id = "subscriptions",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("clientid" = Option<String>, Query, description = "Client id"), ("topic" = Option<String>, Query, description = "Exact filter"), ("qos" = Option<u8>, Query, description = "0, 1 or 2"), ("node" = Option<String>, Query, description = "Node name"), ("match_topic" = Option<String>, Query, description = "Subscriptions whose filter matches this topic"), ("share_group" = Option<String>, Query, description = "Shared subscription group")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
 async fn subscriptions(
     State(api): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -1343,6 +1667,15 @@ async fn subscriptions(
     Ok(page_of(rows, page, limit))
 }
 
+/// Routes: which node needs which filter
+#[utoipa::path(
+    get,
+    path = "/api/v5/topics",
+    tag = "Subscriptions",
+    operation_id = "topics",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("topic" = Option<String>, Query, description = "Exact filter"), ("node" = Option<String>, Query, description = "Node name")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
+)]
 async fn topics(
     State(api): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -1365,7 +1698,7 @@ async fn topics(
 
 // ---------------------------------------------------------------- publish
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishReq {
     topic: String,
@@ -1429,11 +1762,29 @@ fn publish_one(api: &Api, p: PublishReq) -> (StatusCode, Value) {
     }
 }
 
+/// Publish a message
+#[utoipa::path(
+    post,
+    path = "/api/v5/publish",
+    tag = "Publish",
+    operation_id = "publish",
+    request_body = PublishReq,
+    responses((status = 200, description = "Delivered to a subscriber"), (status = 202, description = "No subscriber (reason_code 16)"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
+)]
 async fn publish(State(api): State<Shared>, Body(p): Body<PublishReq>) -> Response {
     let (status, v) = publish_one(&api, p);
     (status, Json(v)).into_response()
 }
 
+/// Publish several messages
+#[utoipa::path(
+    post,
+    path = "/api/v5/publish/bulk",
+    tag = "Publish",
+    operation_id = "publish_bulk",
+    request_body = Vec<PublishReq>,
+    responses((status = 200, description = "All delivered to someone"), (status = 202, description = "Some had no subscriber"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
+)]
 async fn publish_bulk(State(api): State<Shared>, Body(list): Body<Vec<PublishReq>>) -> Response {
     let mut out = Vec::new();
     let mut all_ok = true;
@@ -1467,6 +1818,15 @@ fn retained_json(m: &emqx_mqtt::message::Message, with_payload: bool) -> Value {
     v
 }
 
+/// Retained messages, paged
+#[utoipa::path(
+    get,
+    path = "/api/v5/mqtt/retainer/messages",
+    tag = "Retainer",
+    operation_id = "retained_list",
+    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)")),
+    responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
+)]
 async fn retained_list(
     State(api): State<Shared>,
     Query(q): Query<HashMap<String, String>>,
@@ -1478,6 +1838,15 @@ async fn retained_list(
     Ok(page_of(rows, page, limit))
 }
 
+/// One retained message with its payload
+#[utoipa::path(
+    get,
+    path = "/api/v5/mqtt/retainer/message/{topic}",
+    tag = "Retainer",
+    operation_id = "retained_one",
+    params(("topic" = String, Path, description = "Topic, URL-encoded")),
+    responses((status = 200, description = "The message"), (status = 404, description = "No retained message: `{code, message}`"))
+)]
 async fn retained_one(State(api): State<Shared>, Path(topic): Path<String>) -> Response {
     let found = api
         .node
@@ -1497,6 +1866,15 @@ async fn retained_one(State(api): State<Shared>, Path(topic): Path<String>) -> R
     }
 }
 
+/// Clear a retained message on every node
+#[utoipa::path(
+    delete,
+    path = "/api/v5/mqtt/retainer/message/{topic}",
+    tag = "Retainer",
+    operation_id = "retained_delete",
+    params(("topic" = String, Path, description = "Topic, URL-encoded")),
+    responses((status = 204, description = "Cleared"), (status = 404, description = "No retained message: `{code, message}`"))
+)]
 async fn retained_delete(State(api): State<Shared>, Path(topic): Path<String>) -> Response {
     if !api.node.ctx.broker.clear_retained(&topic) {
         return error(
