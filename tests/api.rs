@@ -1264,8 +1264,7 @@ fn the_openapi_document_is_valid_and_every_path_in_it_is_served() {
             .replace("{id}", "password_based%3Abuilt_in_database")
             .replace("{topic}", "no%2Fsuch")
             .replace("{kind}", "clientid")
-            .replace('{', "")
-            .replace('}', "");
+            .replace(['{', '}'], "");
         for method in ["get", "post", "put", "delete"] {
             if item.get(method).is_none() {
                 continue;
