@@ -51,8 +51,6 @@ counters!(Metrics {
     messages_delivered => "messages.delivered",
     messages_dropped => "messages.dropped",
     messages_dropped_no_subscribers => "messages.dropped.no_subscribers",
-    messages_dropped_queue_full => "messages.dropped.queue_full",
-    messages_dropped_expired => "messages.dropped.expired",
     messages_retained => "messages.retained",
     delivery_dropped => "delivery.dropped",
     delivery_dropped_queue_full => "delivery.dropped.queue_full",
