@@ -1253,6 +1253,33 @@ fn the_openapi_document_is_valid_and_every_path_in_it_is_served() {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
+    // Each request body has its own schema (no two types share a name).
+    let schemas = doc["components"]["schemas"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for (name, fields) in [
+        ("NewUser", "role"),
+        ("NewMqttUser", "user_id"),
+        ("PublishReq", "topic"),
+    ] {
+        assert!(
+            schemas
+                .get(name)
+                .is_some_and(|s| s["properties"].get(fields).is_some()),
+            "schema {name} with {fields}: {:?}",
+            schemas.get(name)
+        );
+    }
+    let params: Vec<&str> = doc["paths"]["/api/v5/clients"]["get"]["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for want in ["page", "limit", "like_clientid", "conn_state"] {
+        assert!(params.contains(&want), "{want} not in {params:?}");
+    }
     // Every documented operation reaches a handler: never the router's
     // 404 or a 405.
     let t = login(&n, "admin", "public").expect("login");

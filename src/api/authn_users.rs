@@ -3,7 +3,7 @@
 //! same replicated table `ctl users` writes, so a user added through any
 //! node can connect to every node.
 
-use super::http::{page_of, paging, ApiError, Body};
+use super::http::{page_of, paging, ApiError, Body, Paging};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -73,7 +73,7 @@ fn password_ok(p: &str) -> Result<(), ApiError> {
     path = "/api/v5/authentication/{id}/users",
     tag = "Authentication",
     operation_id = "authn_users_list",
-    params(("id" = String, Path, description = "`password_based:built_in_database`"), ("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("like_user_id" = Option<String>, Query, description = "Part of the user id"), ("is_superuser" = Option<bool>, Query, description = "true or false")),
+    params(("id" = String, Path, description = "`password_based:built_in_database`"), Paging, ("like_user_id" = Option<String>, Query, description = "Part of the user id"), ("is_superuser" = Option<bool>, Query, description = "true or false")),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "No such authenticator: `{code, message}`"))
 )]
 async fn list(
@@ -137,7 +137,7 @@ async fn one(
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewUser {
+struct NewMqttUser {
     user_id: String,
     password: String,
     #[serde(default)]
@@ -151,13 +151,13 @@ struct NewUser {
     tag = "Authentication",
     operation_id = "authn_users_add",
     params(("id" = String, Path, description = "`password_based:built_in_database`")),
-    request_body = NewUser,
+    request_body = NewMqttUser,
     responses((status = 201, description = "Added"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 409, description = "ALREADY_EXISTS"))
 )]
 async fn add(
     State(authn): State<Arc<Authn>>,
     Path(id): Path<String>,
-    Body(u): Body<NewUser>,
+    Body(u): Body<NewMqttUser>,
 ) -> Result<Response, ApiError> {
     check(&authn, &id)?;
     password_ok(&u.password)?;
@@ -181,7 +181,7 @@ async fn add(
 
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Change {
+struct MqttUserChange {
     #[serde(default)]
     password: Option<String>,
     #[serde(default)]
@@ -195,13 +195,13 @@ struct Change {
     tag = "Authentication",
     operation_id = "authn_users_update",
     params(("id" = String, Path, description = "`password_based:built_in_database`"), ("user_id" = String, Path, description = "User id")),
-    request_body = Change,
+    request_body = MqttUserChange,
     responses((status = 200, description = "The user"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 404, description = "NOT_FOUND: `{code, message}`"))
 )]
 async fn update(
     State(authn): State<Arc<Authn>>,
     Path((id, user_id)): Path<(String, String)>,
-    Body(c): Body<Change>,
+    Body(c): Body<MqttUserChange>,
 ) -> Result<Response, ApiError> {
     check(&authn, &id)?;
     if let Some(p) = &c.password {

@@ -3,7 +3,7 @@
 //! id, per username and for all, on the replicated table `ctl acl rules`
 //! writes, so a rule set through any node holds on every node.
 
-use super::http::{page_of, paging, ApiError, Body};
+use super::http::{page_of, paging, ApiError, Body, Paging};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(rules: Rules) -> OpenApiRouter<S
     path = "/api/v5/authorization/sources/built_in_database/rules/clients",
     tag = "Authorization",
     operation_id = "authz_clients_list",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("like_clientid" = Option<String>, Query, description = "Part of the clientid")),
+    params(Paging, ("like_clientid" = Option<String>, Query, description = "Part of the clientid")),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter"), (status = 404, description = "No built-in database source"))
 )]
 async fn clients_list(
@@ -107,7 +107,7 @@ async fn client_delete(s: State<Rules>, p: Path<String>) -> Result<Response, Api
     path = "/api/v5/authorization/sources/built_in_database/rules/users",
     tag = "Authorization",
     operation_id = "authz_users_list",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("like_username" = Option<String>, Query, description = "Part of the username")),
+    params(Paging, ("like_username" = Option<String>, Query, description = "Part of the username")),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter"), (status = 404, description = "No built-in database source"))
 )]
 async fn users_list(

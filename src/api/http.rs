@@ -117,3 +117,25 @@ pub fn page_of(rows: Vec<Value>, page: usize, limit: usize) -> Response {
     }))
     .into_response()
 }
+
+/// Sorts rows by the string fields `keys`, in order (a stable order for
+/// paging over answers merged from several nodes).
+pub fn sort_rows(rows: &mut [Value], keys: &[&str]) {
+    rows.sort_by(|a, b| {
+        keys.iter()
+            .map(|k| a[*k].as_str().cmp(&b[*k].as_str()))
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+}
+
+/// `page` and `limit`, for the OpenAPI document.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct Paging {
+    /// Page, from 1.
+    page: Option<u64>,
+    /// Rows a page, 1 to 10000 (default 100).
+    limit: Option<u64>,
+}

@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use emqx_actors::cluster::service::SvcMsg;
-use http::{bad_request, error, page_of, paging, ApiError, Body};
+use http::{bad_request, error, page_of, paging, sort_rows, ApiError, Body, Paging};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -561,7 +561,7 @@ async fn change_pwd(
     path = "/api/v5/alarms",
     tag = "Alarms",
     operation_id = "alarms",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("activated" = Option<bool>, Query, description = "true (active, default) or false (history)")),
+    params(Paging, ("activated" = Option<bool>, Query, description = "true (active, default) or false (history)")),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
 )]
 async fn alarms(
@@ -583,18 +583,7 @@ async fn alarms(
         .into_iter()
         .flat_map(|(_, v)| v.as_array().cloned().unwrap_or_default())
         .collect();
-    rows.sort_by(|a, b| {
-        (
-            a["node"].as_str(),
-            a["activate_at"].as_str(),
-            a["name"].as_str(),
-        )
-            .cmp(&(
-                b["node"].as_str(),
-                b["activate_at"].as_str(),
-                b["name"].as_str(),
-            ))
-    });
+    sort_rows(&mut rows, &["node", "activate_at", "name"]);
     Ok(page_of(rows, page, limit))
 }
 
@@ -641,7 +630,7 @@ fn ban_kind(s: &str) -> Result<emqx_actors::banned::BanKind, ApiError> {
     path = "/api/v5/banned",
     tag = "Banned",
     operation_id = "banned_list",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)")),
+    params(Paging),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
 )]
 async fn banned_list(
@@ -1258,7 +1247,7 @@ fn client_matches(c: &Value, q: &HashMap<String, String>) -> bool {
     path = "/api/v5/clients",
     tag = "Clients",
     operation_id = "clients",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("clientid" = Option<String>, Query, description = "Exact client id"), ("username" = Option<String>, Query, description = "Exact user name"), ("node" = Option<String>, Query, description = "Node name"), ("ip_address" = Option<String>, Query, description = "Peer address"), ("like_clientid" = Option<String>, Query, description = "Part of the client id"), ("like_username" = Option<String>, Query, description = "Part of the user name"), ("conn_state" = Option<String>, Query, description = "`connected` or `disconnected`"), ("proto_ver" = Option<u8>, Query, description = "3, 4 or 5"), ("clean_start" = Option<bool>, Query, description = "true or false")),
+    params(Paging, ("clientid" = Option<String>, Query, description = "Exact client id"), ("username" = Option<String>, Query, description = "Exact user name"), ("node" = Option<String>, Query, description = "Node name"), ("ip_address" = Option<String>, Query, description = "Peer address"), ("like_clientid" = Option<String>, Query, description = "Part of the client id"), ("like_username" = Option<String>, Query, description = "Part of the user name"), ("conn_state" = Option<String>, Query, description = "`connected` or `disconnected`"), ("proto_ver" = Option<u8>, Query, description = "3, 4 or 5"), ("clean_start" = Option<bool>, Query, description = "true or false")),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
 )]
 async fn clients(
@@ -1288,10 +1277,7 @@ async fn clients(
         }
     }
     // Stable across pages: node, then client id.
-    rows.sort_by(|a, b| {
-        (a["node"].as_str(), a["clientid"].as_str())
-            .cmp(&(b["node"].as_str(), b["clientid"].as_str()))
-    });
+    sort_rows(&mut rows, &["node", "clientid"]);
     Ok(page_of(
         rows.into_iter().map(with_dates).collect(),
         page,
@@ -1605,7 +1591,7 @@ async fn unsubscribe_bulk(
     path = "/api/v5/subscriptions",
     tag = "Subscriptions",
     operation_id = "subscriptions",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("clientid" = Option<String>, Query, description = "Client id"), ("topic" = Option<String>, Query, description = "Exact filter"), ("qos" = Option<u8>, Query, description = "0, 1 or 2"), ("node" = Option<String>, Query, description = "Node name"), ("match_topic" = Option<String>, Query, description = "Subscriptions whose filter matches this topic"), ("share_group" = Option<String>, Query, description = "Shared subscription group")),
+    params(Paging, ("clientid" = Option<String>, Query, description = "Client id"), ("topic" = Option<String>, Query, description = "Exact filter"), ("qos" = Option<u8>, Query, description = "0, 1 or 2"), ("node" = Option<String>, Query, description = "Node name"), ("match_topic" = Option<String>, Query, description = "Subscriptions whose filter matches this topic"), ("share_group" = Option<String>, Query, description = "Shared subscription group")),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
 )]
 async fn subscriptions(
@@ -1652,18 +1638,7 @@ async fn subscriptions(
                 |g| matches!(emqx_mqtt::topic::parse_shared(t), Ok(Some((group, _))) if group == g),
             )
     });
-    rows.sort_by(|a, b| {
-        (
-            a["node"].as_str(),
-            a["clientid"].as_str(),
-            a["topic"].as_str(),
-        )
-            .cmp(&(
-                b["node"].as_str(),
-                b["clientid"].as_str(),
-                b["topic"].as_str(),
-            ))
-    });
+    sort_rows(&mut rows, &["node", "clientid", "topic"]);
     Ok(page_of(rows, page, limit))
 }
 
@@ -1673,7 +1648,7 @@ async fn subscriptions(
     path = "/api/v5/topics",
     tag = "Subscriptions",
     operation_id = "topics",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)"), ("topic" = Option<String>, Query, description = "Exact filter"), ("node" = Option<String>, Query, description = "Node name")),
+    params(Paging, ("topic" = Option<String>, Query, description = "Exact filter"), ("node" = Option<String>, Query, description = "Node name")),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
 )]
 async fn topics(
@@ -1824,7 +1799,7 @@ fn retained_json(m: &emqx_mqtt::message::Message, with_payload: bool) -> Value {
     path = "/api/v5/mqtt/retainer/messages",
     tag = "Retainer",
     operation_id = "retained_list",
-    params(("page" = Option<u64>, Query, description = "Page, from 1"), ("limit" = Option<u64>, Query, description = "Rows a page, 1 to 10000 (default 100)")),
+    params(Paging),
     responses((status = 200, description = "`{data, meta}`"), (status = 400, description = "Bad parameter or body: `{code, message}`"))
 )]
 async fn retained_list(
