@@ -951,6 +951,7 @@ async fn cmd_banned(node: &Node, w: &[&str]) -> (i32, String) {
 /// `listeners`: EMQX's listing (id, then `key : value` lines), and stop,
 /// start and restart of one listener by its id (`tcp:default`).
 async fn cmd_listeners(node: &Node, w: &[&str]) -> (i32, String) {
+    use crate::listeners::spec::Action;
     use crate::listeners::State;
     use std::sync::atomic::Ordering;
     let find = |id: &str| node.listeners.find(id).cloned();
@@ -982,33 +983,17 @@ async fn cmd_listeners(node: &Node, w: &[&str]) -> (i32, String) {
             let Some(l) = find(id) else {
                 return (1, format!("Invalid listener: {id}\n"));
             };
-            match *verb {
-                "stop" => match l.set_wanted(false).await {
-                    State::Stopped => (0, format!("Stop {id} listener successfully.\n")),
-                    State::Failed(e) => failed("stop", id, &e),
-                    State::Running => failed("stop", id, "still running"),
-                },
-                _ => {
-                    if *verb == "restart" {
-                        if let State::Failed(e) = l.set_wanted(false).await {
-                            return failed("restart", id, &e);
-                        }
-                    }
-                    let (done, verb) = if *verb == "start" {
-                        ("Started", "start")
-                    } else {
-                        ("Restarted", "restart")
-                    };
-                    match l.set_wanted(true).await {
-                        State::Running => (0, format!("{done} {id} listener successfully.\n")),
-                        State::Failed(e) => failed(verb, id, &e),
-                        State::Stopped => failed(
-                            verb,
-                            id,
-                            "not running (the node is restarting for autoheal)",
-                        ),
-                    }
-                }
+            let Some(action) = Action::parse(verb) else {
+                return unknown("listeners");
+            };
+            let done = match action {
+                Action::Stop => "Stop",
+                Action::Start => "Started",
+                Action::Restart => "Restarted",
+            };
+            match l.act(action).await {
+                Ok(()) => (0, format!("{done} {id} listener successfully.\n")),
+                Err(e) => failed(verb, id, &e),
             }
         }
         _ => unknown("listeners"),

@@ -3,12 +3,15 @@
 //! asks every running node, itself directly and the others through their
 //! control actor (`ControlMsg::Api`), and merges the answers.
 
+use crate::listeners::spec::Action;
+use crate::listeners::{Spec, State};
 use crate::running::Node;
 use emqx_actors::session::ClientInfo;
 use emqx_actors::sys::VERSION;
 use emqx_mqtt::packet::{QoS, RetainHandling, SubscriptionOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 
 /// One question to one node; travels as JSON between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +46,11 @@ pub enum Call {
     Alarms { activated: bool },
     /// Forgets the node's deactivated alarms.
     ClearAlarms,
+    /// The node's listeners: settings, state, connections.
+    Listeners,
+    /// Starts, stops or restarts one listener: `null` when the node has no
+    /// such listener, else `{"ok": true}` or `{"error": ...}`.
+    Listener { id: String, action: String },
 }
 
 /// Answers `call` from this node's own state.
@@ -140,7 +148,36 @@ pub async fn answer(node: &Node, call: &Call) -> Value {
             ctx.alarms.clear_history();
             json!(true)
         }
+        Call::Listeners => Value::Array(node.listeners.all.iter().map(|l| listener(l)).collect()),
+        Call::Listener { id, action } => {
+            let Some(l) = node.listeners.find(id) else {
+                return Value::Null;
+            };
+            let Some(action) = Action::parse(action) else {
+                return json!({"error": format!("unknown action {action:?}")});
+            };
+            match l.act(action).await {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"error": e}),
+            }
+        }
     }
+}
+
+/// One listener as EMQX's `GET /api/v5/listeners` shows it on one node.
+fn listener(l: &Spec) -> Value {
+    let (kind, name) = l.id.split_once(':').unwrap_or((&l.id, ""));
+    json!({
+        "id": l.id,
+        "type": kind,
+        "name": name,
+        "bind": l.bind.to_string(),
+        "acceptors": l.acceptors,
+        "proxy_protocol": l.proxy_protocol(),
+        "running": l.state() == State::Running,
+        "current_connections": l.open.load(Ordering::Relaxed),
+        "max_connections": l.max_connections.map_or(json!("infinity"), |m| json!(m)),
+    })
 }
 
 /// A node as EMQX's `GET /api/v5/nodes` describes it, with what this

@@ -565,6 +565,72 @@ fn answers_cover_the_cluster_from_any_node() {
     let t = login(n1, "admin", "cluster-pass-1").expect("login with the new password");
     let auth = Some(t.as_str());
 
+    // Listeners: one id, its connections summed over the three nodes.
+    let tcp = |n: &Node| {
+        let (code, v) = http(n, "GET", "/api/v5/listeners?type=tcp", auth, None);
+        assert_eq!(code, 200, "{v}");
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["id"] == json!("tcp:default"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let l = tcp(n2);
+    assert_eq!(l["status"]["current_connections"], json!(5), "{l}");
+    assert_eq!(l["status"]["running"], json!(true), "{l}");
+    assert_eq!(l["node_status"].as_array().map(Vec::len), Some(3), "{l}");
+    let (code, v) = http(n1, "GET", "/api/v5/listeners?type=smtp", auth, None);
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (400, Some("BAD_REQUEST")),
+        "{v}"
+    );
+    let (code, v) = http(n1, "GET", "/api/v5/listeners/tcp:nope", auth, None);
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (404, Some("BAD_LISTENER_ID")),
+        "{v}"
+    );
+    let (code, v) = http(
+        n1,
+        "POST",
+        "/api/v5/listeners/tcp:default/pause",
+        auth,
+        None,
+    );
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (400, Some("BAD_REQUEST")),
+        "{v}"
+    );
+    // Stopped through node 2, node 3 takes no new MQTT connection; the
+    // open ones stay; started again, it does.
+    let (code, v) = http(n2, "POST", "/api/v5/listeners/tcp:default/stop", auth, None);
+    assert_eq!(code, 200, "{v}");
+    let l = tcp(n1);
+    assert_eq!(l["status"]["running"], json!(false), "{l}");
+    assert_eq!(l["status"]["current_connections"], json!(5), "{l}");
+    assert!(std::net::TcpStream::connect((n3.host.as_str(), n3.mqtt_port)).is_err());
+    let (code, v) = http(
+        n2,
+        "POST",
+        "/api/v5/listeners/tcp:default/start",
+        auth,
+        None,
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(tcp(n3)["status"]["running"], json!(true));
+    let mut late = mq(n3, "after-restart");
+    late.sub("late/x", 0);
+    // No partition in a healthy cluster.
+    let (_, v) = http(n3, "GET", "/api/v5/cluster", auth, None);
+    assert_eq!(
+        (v["partitions"].clone(), v["autoheal"].clone()),
+        (json!([]), Value::Null),
+        "{v}"
+    );
+
     // Node 3 dies: listed as stopped, then removed through node 1.
     let (code, v) = http(
         &nodes[0],

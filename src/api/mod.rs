@@ -178,6 +178,9 @@ fn routes(api: &Shared) -> (Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(publish_bulk))
         .routes(routes!(retained_list))
         .routes(routes!(retained_one, retained_delete))
+        .routes(routes!(listeners))
+        .routes(routes!(listener_one))
+        .routes(routes!(listener_action))
         .routes(routes!(alarms, alarms_clear))
         .routes(routes!(banned_list, banned_add, banned_clear))
         .routes(routes!(banned_delete))
@@ -974,7 +977,9 @@ async fn api_key_delete(State(api): State<Shared>, Path(name): Path<String>) -> 
 
 impl Api {
     /// The running nodes (this one first) and the stopped ones.
-    async fn members(&self) -> (Vec<String>, Vec<String>) {
+    /// `cluster status --json` of this node: running and stopped nodes,
+    /// and while there are any, its partitions and the autoheal state.
+    async fn cluster_view(&self) -> Value {
         let status = match self
             .node
             .cluster
@@ -984,7 +989,11 @@ impl Api {
             Ok(ractor::rpc::CallResult::Success(s)) => s,
             _ => String::new(),
         };
-        let v: Value = serde_json::from_str(&status).unwrap_or(Value::Null);
+        serde_json::from_str(&status).unwrap_or(Value::Null)
+    }
+
+    async fn members(&self) -> (Vec<String>, Vec<String>) {
+        let v = self.cluster_view().await;
         let list = |k: &str| -> Vec<String> {
             v[k].as_array()
                 .map(|a| {
@@ -1089,13 +1098,21 @@ async fn node_one(State(api): State<Shared>, Path(node): Path<String>) -> Respon
     path = "/api/v5/cluster",
     tag = "Cluster",
     operation_id = "cluster",
-    responses((status = 200, description = "`{name, nodes, self}`"))
+    responses((status = 200, description = "`{name, nodes, self, partitions, autoheal}`: the partitions this node sees and, while there are any, the autoheal state (`pending`, `off`, `restarting this node`, `restarting the minority`)"))
 )]
 async fn cluster(State(api): State<Shared>) -> Response {
+    let view = api.cluster_view().await;
     let (mut running, stopped) = api.members().await;
     running.extend(stopped);
     running.sort();
-    Json(json!({"name": api.cluster_name, "nodes": running, "self": api.node.name})).into_response()
+    Json(json!({
+        "name": api.cluster_name,
+        "nodes": running,
+        "self": api.node.name,
+        "partitions": view.get("partitions").cloned().unwrap_or(json!([])),
+        "autoheal": view.get("autoheal").cloned().unwrap_or(Value::Null),
+    }))
+    .into_response()
 }
 
 /// Remove a node from the cluster
@@ -1859,4 +1876,158 @@ async fn retained_delete(State(api): State<Shared>, Path(topic): Path<String>) -
         );
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+// ---------------------------------------------------------------- listeners
+
+/// Every node's answer for its listeners, merged by listener id: the
+/// settings of the first node, `status` summed over the nodes (running
+/// when it runs on all of them) and each node's own `node_status`.
+async fn listener_rows(api: &Api) -> Result<Vec<Value>, ApiError> {
+    let answers = api.ask_all(&Call::Listeners).await?;
+    let mut by_id: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
+    for (node, list) in answers {
+        for l in list.as_array().cloned().unwrap_or_default() {
+            let Some(id) = l["id"].as_str().map(str::to_string) else {
+                continue;
+            };
+            let status = json!({
+                "running": l["running"],
+                "current_connections": l["current_connections"],
+                "max_connections": l["max_connections"],
+            });
+            let e = by_id.entry(id).or_insert_with(|| (l.clone(), Vec::new()));
+            e.1.push(json!({"node": node, "status": status}));
+        }
+    }
+    Ok(by_id
+        .into_values()
+        .map(|(mut l, nodes)| {
+            let running = nodes.iter().all(|n| n["status"]["running"] == json!(true));
+            let current: u64 = nodes
+                .iter()
+                .filter_map(|n| n["status"]["current_connections"].as_u64())
+                .sum();
+            let max = if nodes
+                .iter()
+                .all(|n| n["status"]["max_connections"].is_u64())
+            {
+                json!(nodes
+                    .iter()
+                    .filter_map(|n| n["status"]["max_connections"].as_u64())
+                    .sum::<u64>())
+            } else {
+                json!("infinity")
+            };
+            if let Some(o) = l.as_object_mut() {
+                o.remove("running");
+                o.remove("current_connections");
+                o.insert(
+                    "status".into(),
+                    json!({"running": running, "current_connections": current, "max_connections": max}),
+                );
+                o.insert("node_status".into(), json!(nodes));
+            }
+            l
+        })
+        .collect())
+}
+
+/// Listeners of every node
+#[utoipa::path(
+    get,
+    path = "/api/v5/listeners",
+    tag = "Listeners",
+    operation_id = "listeners",
+    params(("type" = Option<String>, Query, description = "Only listeners of this type: tcp, ssl, ws, wss or quic")),
+    responses((status = 200, description = "One object per listener id, with `status` for the cluster and `node_status` per node"), (status = 400, description = "Bad parameter or body: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
+async fn listeners(
+    State(api): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if let Some(k) = q.keys().find(|k| *k != "type") {
+        return Err(ApiError::bad(format!("unknown parameter {k:?}")));
+    }
+    let kind = q.get("type").map(String::as_str);
+    if let Some(k) = kind.filter(|k| !matches!(*k, "tcp" | "ssl" | "ws" | "wss" | "quic")) {
+        return Err(ApiError::bad(format!(
+            "type: expected tcp, ssl, ws, wss or quic, got {k:?}"
+        )));
+    }
+    let rows = listener_rows(&api).await?;
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .filter(|l| kind.is_none_or(|k| l["type"] == json!(k)))
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+/// One listener
+#[utoipa::path(
+    get,
+    path = "/api/v5/listeners/{id}",
+    tag = "Listeners",
+    operation_id = "listener_one",
+    params(("id" = String, Path, description = "Listener id, `type:name` (tcp:default)")),
+    responses((status = 200, description = "The listener"), (status = 404, description = "No such listener: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
+async fn listener_one(
+    State(api): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rows = listener_rows(&api).await?;
+    match rows.into_iter().find(|l| l["id"] == json!(id)) {
+        Some(l) => Ok(Json(l).into_response()),
+        None => Ok(error(
+            StatusCode::NOT_FOUND,
+            "BAD_LISTENER_ID",
+            "Listener not found",
+        )),
+    }
+}
+
+/// Start, stop or restart a listener on every node
+#[utoipa::path(
+    post,
+    path = "/api/v5/listeners/{id}/{action}",
+    tag = "Listeners",
+    operation_id = "listener_action",
+    params(("id" = String, Path, description = "Listener id, `type:name` (tcp:default)"), ("action" = String, Path, description = "start, stop or restart")),
+    responses((status = 200, description = "Done on every running node"), (status = 400, description = "Bad action, or a node could not do it (the port is taken): `{code, message}`"), (status = 404, description = "No such listener: `{code, message}`"), (status = 503, description = "A running node did not answer"))
+)]
+async fn listener_action(
+    State(api): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    if crate::listeners::spec::Action::parse(&action).is_none() {
+        return Err(ApiError::bad(format!(
+            "action: expected start, stop or restart, got {action:?}"
+        )));
+    }
+    let answers = api
+        .ask_all(&Call::Listener {
+            id: id.clone(),
+            action: action.clone(),
+        })
+        .await?;
+    if answers.iter().all(|(_, v)| v.is_null()) {
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            "BAD_LISTENER_ID",
+            "Listener not found",
+        ));
+    }
+    let failed: Vec<String> = answers
+        .iter()
+        .filter_map(|(n, v)| v["error"].as_str().map(|e| format!("{n}: {e}")))
+        .collect();
+    if !failed.is_empty() {
+        return Err(ApiError::bad(format!(
+            "failed to {action} {id}: {}",
+            failed.join("; ")
+        )));
+    }
+    tracing::warn!(target: "emqx_rs::api", "listener {id}: {action} on every node");
+    Ok(StatusCode::OK.into_response())
 }

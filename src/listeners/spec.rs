@@ -137,6 +137,44 @@ impl Spec {
         }
         self.state()
     }
+
+    /// `stop`, `start` or `restart` as `ctl listeners` and the HTTP API
+    /// do it: `Err` says why the listener is not in the state asked for.
+    pub async fn act(&self, action: Action) -> Result<(), String> {
+        if action == Action::Restart {
+            if let State::Failed(e) = self.set_wanted(false).await {
+                return Err(e);
+            }
+        }
+        let open = action != Action::Stop;
+        match (self.set_wanted(open).await, open) {
+            (State::Running, true) | (State::Stopped, false) => Ok(()),
+            (State::Failed(e), _) => Err(e),
+            (State::Running, false) => Err("still running".into()),
+            (State::Stopped, true) => {
+                Err("not running (the node is restarting for autoheal)".into())
+            }
+        }
+    }
+}
+
+/// What an operator can do to a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "start" => Some(Action::Start),
+            "stop" => Some(Action::Stop),
+            "restart" => Some(Action::Restart),
+            _ => None,
+        }
+    }
 }
 
 /// `max_conn_rate` as a token bucket: up to `count` connections at once,
