@@ -26,6 +26,9 @@ command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 command -v curl >/dev/null || need_apt+=(curl)
 { [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq
@@ -34,6 +37,11 @@ fi
 if ! python3 -c 'import paho.mqtt, websockets, aioquic, bcrypt, jwt, cryptography, openapi_spec_validator' 2>/dev/null; then
     echo "== installing paho-mqtt, websockets, aioquic, bcrypt, PyJWT and openapi-spec-validator"
     python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' 'aioquic>=1.2,<2' 'bcrypt>=4,<6' 'pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<0.8' || echo "warning: paho-mqtt, websockets, aioquic, bcrypt, PyJWT or openapi-spec-validator could not be installed; their tests will fail"
+fi
+
+if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
+    echo "== installing playwright-core (drives Chromium through the dashboard)"
+    (cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error) || echo "warning: playwright-core could not be installed; the dashboard test will fail"
 fi
 
 echo "== cargo fmt --check"

@@ -13,6 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
+/// Stats that count something every node holds whole (the route table,
+/// the replicated retained messages): summing them over the nodes would
+/// count each thing once per node, so a cluster-wide figure takes the
+/// largest node's value instead (EMQX takes the answering node's).
+pub const CLUSTER_WIDE_STATS: &[&str] = &["retained.count", "topics.count"];
+
 /// One question to one node; travels as JSON between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

@@ -11,6 +11,7 @@
 pub mod auth;
 mod authn_users;
 mod authz_rules;
+mod dashboard;
 mod http;
 mod prometheus;
 mod tls_listener;
@@ -205,6 +206,7 @@ fn router(api: Shared) -> Router {
             async move { Json(doc.as_ref().clone()) }
         }),
     )
+    .merge(dashboard::routes())
     .fallback(not_found)
     .layer(axum::middleware::from_fn(log_request))
     .with_state(api)
@@ -1175,7 +1177,13 @@ async fn per_node_numbers(api: &Api, call: Call, q: &HashMap<String, String>) ->
         for (_, v) in &answers {
             if let Some(o) = v.as_object() {
                 for (k, x) in o {
-                    *sums.entry(k.clone()).or_default() += x.as_i64().unwrap_or(0);
+                    let x = x.as_i64().unwrap_or(0);
+                    let sum = sums.entry(k.clone()).or_default();
+                    if mgmt::CLUSTER_WIDE_STATS.contains(&k.as_str()) {
+                        *sum = (*sum).max(x);
+                    } else {
+                        *sum += x;
+                    }
                 }
             }
         }

@@ -112,12 +112,22 @@ pub fn render(nodes: &[NodeFigures], running: usize, stopped: usize, mode: Mode)
             // The same figure seen from every node: not a sum.
             let v = values.first().map_or(0, |(_, v)| *v);
             let _ = writeln!(out, "{name} {v}");
+        } else if *gauge && cluster_wide(name) {
+            // Every node holds all of them: one node's count, not a sum.
+            let v = values.iter().map(|(_, v)| *v).max().unwrap_or(0);
+            let _ = writeln!(out, "{name} {v}");
         } else {
             let v: i64 = values.iter().map(|(_, v)| v).sum();
             let _ = writeln!(out, "{name} {v}");
         }
     }
     out
+}
+
+fn cluster_wide(name: &str) -> bool {
+    crate::mgmt::CLUSTER_WIDE_STATS
+        .iter()
+        .any(|k| metric_name(k) == name)
 }
 
 /// A label value as the exposition format wants it.
@@ -135,7 +145,7 @@ mod tests {
     fn modes_sum_or_label() {
         let fig = |n: &str, c: i64, r: i64| NodeFigures {
             node: n.into(),
-            stats: serde_json::json!({"connections.count": c}),
+            stats: serde_json::json!({"connections.count": c, "retained.count": 7}),
             metrics: serde_json::json!({"messages.received": r}),
         };
         let nodes = [fig("a@h", 2, 10), fig("b@h", 3, 5)];
@@ -144,6 +154,8 @@ mod tests {
             t.contains("# TYPE emqx_connections_count gauge\nemqx_connections_count 5\n"),
             "{t}"
         );
+        // Every node holds the 7 retained messages: 7, not 14.
+        assert!(t.contains("\nemqx_retained_count 7\n"), "{t}");
         assert!(
             t.contains("# TYPE emqx_messages_received counter\nemqx_messages_received 15\n"),
             "{t}"

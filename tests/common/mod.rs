@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http;
 pub mod pki;
 
 use std::io::{Read, Write};
