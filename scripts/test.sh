@@ -29,14 +29,15 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "== installing ${need_apt[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! python3 -c 'import paho.mqtt, websockets, aioquic, bcrypt, jwt, cryptography, openapi_spec_validator' 2>/dev/null; then
-    echo "== installing paho-mqtt, websockets, aioquic, bcrypt, PyJWT and openapi-spec-validator"
-    python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' 'aioquic>=1.2,<2' 'bcrypt>=4,<6' 'pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<0.8' || echo "warning: paho-mqtt, websockets, aioquic, bcrypt, PyJWT or openapi-spec-validator could not be installed; their tests will fail"
+if ! python3 -c 'import paho.mqtt, websockets, aioquic, bcrypt, jwt, cryptography, openapi_spec_validator, kubernetes_validate, yaml' 2>/dev/null; then
+    echo "== installing paho-mqtt, websockets, aioquic, bcrypt, PyJWT, openapi-spec-validator and kubernetes-validate"
+    python3 -m pip install -q 'paho-mqtt>=2,<3' 'websockets>=13,<16' 'aioquic>=1.2,<2' 'bcrypt>=4,<6' 'pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<0.8' 'kubernetes-validate>=1.34,<2' || echo "warning: paho-mqtt, websockets, aioquic, bcrypt, PyJWT, openapi-spec-validator or kubernetes-validate could not be installed; their tests will fail"
 fi
 
 if [ ! -d tests/dashboard/node_modules/playwright-core ]; then
