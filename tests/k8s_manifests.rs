@@ -701,14 +701,15 @@ fn probes_ports_services_and_names_agree_with_the_config() {
         BTreeSet::from([ports["mqtt"], ports["api"]])
     );
 
-    // Probes: readiness is the API's status on the API port, liveness the
-    // MQTT port.
+    // Probes: readiness is the API's status on the API port, liveness a
+    // connect to the API port (which stays open while an operator stops an
+    // MQTT listener, or autoheal restarts the node's listeners).
     let ready = &c["readinessProbe"]["httpGet"];
     assert_eq!(ready["path"], "/api/v5/status");
     assert_eq!(resolve_port(&r, &ready["port"]), ports["api"]);
     assert!(ready["scheme"].is_null() || ready["scheme"] == "HTTP");
     let live = &c["livenessProbe"];
-    assert_eq!(resolve_port(&r, &live["tcpSocket"]["port"]), ports["mqtt"]);
+    assert_eq!(resolve_port(&r, &live["tcpSocket"]["port"]), ports["api"]);
     let tolerance = live["periodSeconds"].as_u64().unwrap_or(10)
         * live["failureThreshold"].as_u64().unwrap_or(3);
     assert!(tolerance >= 60, "liveness gives up after {tolerance} s");
