@@ -65,6 +65,7 @@ counters!(Metrics {
     client_throttled => "client.throttled",
     client_slow_consumer => "client.slow_consumer",
     client_force_shutdown => "client.force_shutdown",
+    connections_refused_max_connections => "connections.refused.max_connections",
     overload_protection_new_conn => "overload_protection.new_conn",
     overload_protection_shed => "overload_protection.shed",
     session_created => "session.created",

@@ -163,7 +163,7 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
                 continue;
             }
         };
-        if !handle_limits(&spec, peer) || overloaded(&ctx) {
+        if !handle_limits(&spec, &ctx, peer) || overloaded(&ctx) {
             drop(stream);
             continue;
         }

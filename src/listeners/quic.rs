@@ -89,7 +89,7 @@ pub async fn accept_loop(endpoint: Endpoint, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             r = wanted.changed() => if r.is_err() { return } else { continue },
             r = reloads.changed() => if r.is_err() { return } else { continue },
         };
-        if !handle_limits(&spec, incoming.remote_address()) || overloaded(&ctx) {
+        if !handle_limits(&spec, &ctx, incoming.remote_address()) || overloaded(&ctx) {
             incoming.refuse();
             continue;
         }

@@ -238,10 +238,12 @@ pub(super) fn overloaded(ctx: &emqx_actors::Ctx) -> bool {
     false
 }
 
-/// Whether `max_connections` leaves room for one more connection.
-pub(super) fn handle_limits(spec: &Spec, peer: SocketAddr) -> bool {
+/// Whether `max_connections` leaves room for one more connection; a
+/// refusal is counted.
+pub(super) fn handle_limits(spec: &Spec, ctx: &emqx_actors::Ctx, peer: SocketAddr) -> bool {
     match spec.max_connections {
         Some(max) if spec.open.load(Ordering::Relaxed) >= max => {
+            emqx_actors::metrics::inc(&ctx.broker.metrics.connections_refused_max_connections);
             tracing::info!(%peer, "listener {}: max_connections ({max}) reached, closing", spec.id);
             false
         }
