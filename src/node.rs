@@ -375,6 +375,12 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
             auth: api_auth,
             cluster_name: cfg.cluster.name.clone(),
             prometheus_auth: cfg.prometheus.enable_basic_auth,
+            config_file: cfg
+                .location
+                .file
+                .as_ref()
+                .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())),
+            cookie: cfg.node.cookie.clone(),
         },
     );
     let pid = announce(&cfg, cluster.dist_port);

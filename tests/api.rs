@@ -1349,3 +1349,72 @@ fn the_openapi_document_is_valid_and_every_path_in_it_is_served() {
         404
     );
 }
+
+#[test]
+fn a_node_is_invited_into_the_cluster_over_http() {
+    let n1 = cluster::node(1);
+    let n2 = cluster::node(2);
+    let t = login(&n1, "admin", "public").expect("login");
+    let auth = Some(t.as_str());
+    let invite = |who: &str, body: Option<&Value>| {
+        http(
+            &n1,
+            "PUT",
+            &format!("/api/v5/cluster/{who}/invite"),
+            auth,
+            body,
+        )
+    };
+    for (who, body, why) in [
+        ("nope", None, "name@host"),
+        (n1.name.as_str(), None, "answering"),
+        (
+            n2.name.as_str(),
+            Some(json!({"timeout": "forever"})),
+            "timeout",
+        ),
+        (n2.name.as_str(), Some(json!({"wait": 1})), "unknown field"),
+    ] {
+        let (code, v) = invite(who, body.as_ref());
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("BAD_REQUEST")),
+            "{v}"
+        );
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(why)),
+            "{why}: {v}"
+        );
+    }
+    // Nothing listens for this name: refused with the reason, in time.
+    let started = Instant::now();
+    let (code, v) = invite("emqx9@127.0.0.9", Some(&json!({"timeout": "8s"})));
+    assert_eq!(code, 400, "{v}");
+    assert!(started.elapsed() < Duration::from_secs(12), "{v}");
+
+    // Node 2 joins node 1's cluster on node 1's invitation.
+    let (code, v) = invite(&n2.name, Some(&json!({"timeout": 20000})));
+    assert_eq!(code, 200, "{v}\n{}", cluster::tails(&[&n1, &n2]));
+    let all = [&n1, &n2];
+    let line = cluster::status_line(&all, &[]);
+    cluster::wait_status(&n2, &line, Duration::from_secs(15), &all);
+    cluster::wait_status(&n1, &line, Duration::from_secs(15), &all);
+    // The token node 1 gave before the join is still good (both nodes
+    // seeded the same default user).
+    let (code, v) = invite(&n2.name, None);
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already in the cluster")),
+        "{v}"
+    );
+    // And works as a member: a client of node 2 gets node 1's publish.
+    let mut sub = mq(&n2, "invited-sub");
+    sub.sub("invited/x", 1);
+    cluster::wait_route(&n1, "invited/x", &n2, true, Duration::from_secs(10));
+    let mut publisher = mq(&n1, "invited-pub");
+    publisher.publish("invited/x", 1, false, b"welcome");
+    let got = sub.collect(1, Duration::from_secs(10));
+    assert_eq!(cluster::payloads(&got), vec!["welcome".to_string()]);
+}

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: Debian's Chromium, driven by
-//! playwright-core (tests/dashboard/drive.mjs), logs in to node 3 of a
-//! three-node cluster, sees the three nodes, watches the message charts
+//! playwright-core (tests/dashboard/drive.mjs), logs in to node 2 of a
+//! two-node cluster, invites a third node through the overview's form,
+//! sees the three nodes, watches the message charts
 //! rise while `emqx-rs bench` runs, finds a client of node 1 and kicks it,
 //! and adds an MQTT user, an ACL rule and a ban through the forms. This
 //! test then checks each of those on its own, over MQTT and the API of
@@ -35,12 +36,13 @@ fn an_operator_runs_the_cluster_from_the_dashboard_in_a_browser() {
     );
     // The built-in database authenticator and ACL exist (their pages have
     // something to show) but the MQTT listener lets anonymous clients in.
-    let nodes = cluster::cluster_with(
-        &[1, 2, 3],
-        "authentication = [{mechanism = password_based, backend = built_in_database}]\n\
-         authorization.sources = [{type = built_in_database}]\n\
-         listeners.tcp.default.enable_authn = false\n",
-    );
+    let extra = "authentication = [{mechanism = password_based, backend = built_in_database}]\n\
+                 authorization.sources = [{type = built_in_database}]\n\
+                 listeners.tcp.default.enable_authn = false\n";
+    // Nodes 1 and 2 form the cluster; node 3 starts alone and is invited
+    // from the browser.
+    let mut nodes = cluster::cluster_with(&[1, 2], extra);
+    nodes.push(cluster::node_with(3, extra));
     let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
 
     let mut victim = mq(n1, "dash-victim");
@@ -48,7 +50,7 @@ fn an_operator_runs_the_cluster_from_the_dashboard_in_a_browser() {
     let mut publisher = mq(n2, "dash-publisher");
     publisher.publish("dash/retained", 1, true, b"kept for the dashboard");
     assert!(common::wait_until(Duration::from_secs(10), || {
-        cluster::retained_topics(n3).contains(&"dash/retained".to_string())
+        cluster::retained_topics(n1).contains(&"dash/retained".to_string())
     }));
 
     // While the charts are watched: a subscriber on node 2 and publishers
@@ -79,7 +81,8 @@ fn an_operator_runs_the_cluster_from_the_dashboard_in_a_browser() {
         .arg("drive.mjs")
         .current_dir(SCRIPT_DIR)
         .env("CHROMIUM", &chromium)
-        .env("DASH_URL", format!("http://{}:{}/", n3.host, n3.api_port))
+        .env("DASH_URL", format!("http://{}:{}/", n2.host, n2.api_port))
+        .env("DASH_INVITE", &n3.name)
         .env("DASH_OUT", SHOTS)
         .env("DASH_NODES", names.join(","))
         .env("DASH_VICTIM", "dash-victim")
@@ -101,6 +104,13 @@ fn an_operator_runs_the_cluster_from_the_dashboard_in_a_browser() {
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or(Value::Null);
+
+    // Node 3 joined on the browser's invitation: every node says so.
+    let all = [n1, n2, n3];
+    let line = cluster::status_line(&all, &[]);
+    for n in all {
+        cluster::wait_status(n, &line, Duration::from_secs(15), &all);
+    }
 
     // What the browser saw.
     assert_eq!(seen["bad_login"], json!("Wrong user name or password."));

@@ -159,10 +159,7 @@ fn max_connections_closes_the_connection_past_the_limit() {
     );
     assert!(pings(&mut b), "the others are undisturbed");
     // Counted, so a Prometheus alert can say the listener is full.
-    assert_eq!(
-        common::metric(&n, "connections.refused.max_connections"),
-        1
-    );
+    assert_eq!(common::metric(&n, "connections.refused.max_connections"), 1);
     drop(a);
     wait_field(&n, "tcp:default", "current_conn", "1");
     assert!(mqtt_connect(n.addr(), "max-d").is_some(), "room again");

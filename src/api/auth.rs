@@ -94,6 +94,29 @@ impl User {
         })
     }
 
+    /// The default user as every node of a cluster seeds it: its salt
+    /// comes from the cookie and the user name instead of chance.
+    fn seeded(cookie: &str, name: &str, password: &str) -> Result<User, String> {
+        let mut h = Sha256::new();
+        h.update(b"emqx-rs default user salt\0");
+        h.update(cookie.as_bytes());
+        h.update(b"\0");
+        h.update(name.as_bytes());
+        let salt: String = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let password_hash = HashAlgo::default()
+            .hash_with(password.as_bytes(), &salt)
+            .map_err(|e| e.0)?;
+        Ok(User {
+            password_hash,
+            salt,
+            role: Role::Administrator,
+            description: "administrator".into(),
+        })
+    }
+
     fn verify(&self, password: &str) -> bool {
         HashAlgo::default().verify(password.as_bytes(), &self.password_hash, &self.salt)
     }
@@ -199,7 +222,10 @@ impl Auth {
         api_key_file: Option<&Path>,
         ttl: Duration,
     ) -> Result<Auth, String> {
-        let seed = User::new(default_user.1, Role::Administrator, "administrator".into())?;
+        // Every node seeds the same row (same salt, so the same hash):
+        // when nodes that each started alone join, the default user they
+        // merge is one row, and a token given before the join stays good.
+        let seed = User::seeded(cookie, default_user.0, default_user.1)?;
         let bytes = serde_json::to_vec(&seed).map_err(|e| e.to_string())?;
         tables
             .seed(USERS_TABLE, default_user.0, bytes)

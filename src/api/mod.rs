@@ -48,6 +48,11 @@ pub struct Api {
     pub cluster_name: String,
     /// `prometheus.enable_basic_auth`
     pub prometheus_auth: bool,
+    /// The configuration file the node was started with, handed to the
+    /// `ctl` process that carries an invitation.
+    pub config_file: Option<std::path::PathBuf>,
+    /// `node.cookie`, for that process.
+    pub cookie: String,
 }
 
 type Shared = Arc<Api>;
@@ -164,6 +169,7 @@ fn routes(api: &Shared) -> (Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(routes!(node_one))
         .routes(routes!(cluster))
         .routes(routes!(force_leave))
+        .routes(routes!(invite))
         .routes(routes!(stats))
         .routes(routes!(metrics))
         .routes(routes!(clients))
@@ -1156,6 +1162,127 @@ async fn force_leave(State(api): State<Shared>, Path(node): Path<String>) -> Res
             "the cluster service did not answer",
         ),
     }
+}
+
+/// How long an invitation may take by default, and at most.
+const INVITE_TIMEOUT: Duration = Duration::from_secs(15);
+const INVITE_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct Invitation {
+    /// How long to wait for the node to join: `"15s"` or milliseconds.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    timeout: Option<Value>,
+}
+
+fn invite_timeout(v: Option<&Value>) -> Result<Duration, String> {
+    let t = match v {
+        None => return Ok(INVITE_TIMEOUT),
+        Some(Value::Number(n)) => n.as_u64().map(Duration::from_millis),
+        Some(Value::String(s)) => humantime::parse_duration(s).ok(),
+        Some(_) => None,
+    };
+    match t {
+        Some(t) if !t.is_zero() && t <= INVITE_TIMEOUT_MAX => Ok(t),
+        _ => Err(format!(
+            "timeout: expected a duration such as \"15s\" or milliseconds, at most 5 minutes, got {}",
+            v.map_or(String::new(), Value::to_string)
+        )),
+    }
+}
+
+/// Invite a node to join this node's cluster
+///
+/// The invited node runs `cluster join` toward the node answering, as if
+/// an operator had typed it there: it leaves its own cluster, if any, and
+/// joins this one. The node answering reaches it as `emqx-rs ctl` does
+/// (the inter-node port its name implies, the cookie, `cluster.proto_dist`),
+/// from a separate process, so a node that is not a member never meets
+/// this node's cluster state.
+#[utoipa::path(
+    put,
+    path = "/api/v5/cluster/{node}/invite",
+    tag = "Cluster",
+    operation_id = "invite",
+    params(("node" = String, Path, description = "The node to invite, `name@host`")),
+    request_body(content = Option<Invitation>, description = "Optional: `{\"timeout\": \"15s\"}`"),
+    responses((status = 200, description = "The node joined"), (status = 400, description = "Bad name or timeout, a member already, or the join failed (the reason, as `ctl cluster join` says it): `{code, message}`"))
+)]
+async fn invite(
+    State(api): State<Shared>,
+    Path(node): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let inv: Invitation = if body.iter().all(u8::is_ascii_whitespace) {
+        Invitation { timeout: None }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("body: {e}")))?
+    };
+    let timeout = invite_timeout(inv.timeout.as_ref()).map_err(ApiError::bad)?;
+    let well_formed = node.split_once('@').is_some_and(|(n, h)| {
+        !n.is_empty()
+            && !h.is_empty()
+            && node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '-' | '_'))
+    });
+    if !well_formed {
+        return Err(ApiError::bad(format!(
+            "node: expected name@host, got {node:?}"
+        )));
+    }
+    if node == api.node.name {
+        return Err(ApiError::bad(
+            "cannot invite the node answering this request",
+        ));
+    }
+    let (running, _) = api.members().await;
+    if running.contains(&node) {
+        return Err(ApiError::bad(format!("{node} is already in the cluster")));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| ApiError::bad(format!("cannot find this program to reach {node}: {e}")))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    if let Some(f) = &api.config_file {
+        cmd.arg("-config").arg(f);
+    }
+    let port =
+        emqx_actors::cluster::service::dist_port_of(node.split_once('@').map_or("", |(n, _)| n));
+    cmd.args(["-name", &node, "ctl", "cluster", "join", &api.node.name])
+        .env("EMQX_NODE__COOKIE", json!(api.cookie).to_string())
+        .env("EMQX_NODE__DIST_LISTEN_PORT", port.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tracing::warn!(target: "emqx_rs::api", "inviting {node} to join the cluster");
+    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+        Err(_) => {
+            return Err(ApiError::bad(format!(
+                "{node} did not join within {}",
+                humantime::format_duration(timeout)
+            )))
+        }
+        Ok(Err(e)) => return Err(ApiError::bad(format!("cannot reach {node}: {e}"))),
+        Ok(Ok(o)) => o,
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && text.starts_with("Join the cluster successfully") {
+        tracing::warn!(target: "emqx_rs::api", "{node} joined the cluster on invitation");
+        return Ok(StatusCode::OK.into_response());
+    }
+    let why = text
+        .lines()
+        .next()
+        .unwrap_or("no answer")
+        .trim()
+        .to_string();
+    tracing::warn!(target: "emqx_rs::api", "invitation of {node} failed: {why}");
+    Err(ApiError::bad(format!("{node}: {why}")))
 }
 
 /// `?aggregate=true`: one object summed over the nodes; else one object per

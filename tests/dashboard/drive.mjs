@@ -6,6 +6,8 @@
 //   DASH_URL         the dashboard of one node (http://127.0.0.3:PORT/)
 //   DASH_OUT         folder for the screenshots
 //   DASH_NODES       the node names the overview must show, comma-separated
+//   DASH_INVITE      one of them, not yet a member: invited through the
+//                    overview's form before the nodes are checked
 //   DASH_VICTIM      a connected client to find and kick; DASH_VICTIM_NODE,
 //                    DASH_VICTIM_TOPIC: its node and one of its subscriptions
 //   DASH_RETAINED    topic=payload of a retained message to find
@@ -26,6 +28,7 @@ const env = name => {
 const URL_ = env('DASH_URL');
 const OUT = env('DASH_OUT');
 const NODES = env('DASH_NODES').split(',').sort();
+const INVITE = env('DASH_INVITE');
 const VICTIM = env('DASH_VICTIM');
 const VICTIM_NODE = env('DASH_VICTIM_NODE');
 const VICTIM_TOPIC = env('DASH_VICTIM_TOPIC');
@@ -85,8 +88,17 @@ async function main() {
     await page.click('#login-button');
     await page.waitForSelector('#app', { state: 'visible' });
 
-    // Overview: every node, running, and the default-password warning.
-    await page.waitForFunction(n => document.querySelectorAll('#nodes tbody tr[data-key]').length === n, NODES.length);
+    // Overview: the members; the last node is invited through the form.
+    await page.waitForFunction(n => document.querySelectorAll('#nodes tbody tr[data-key]').length === n, NODES.length - 1);
+    await page.fill('#invite-node', INVITE);
+    await page.click('#invite button[type=submit]');
+    await page.waitForFunction(w => document.getElementById('flash').textContent === `${w} joined the cluster.`, INVITE, { timeout: 40000 });
+    seen.invited = INVITE;
+    // Every node, running, and the default-password warning.
+    await page.waitForFunction(n => {
+      const rows = document.querySelectorAll('#nodes tbody tr[data-key]');
+      return rows.length === n && [...rows].every(r => r.querySelector('.badge').textContent === 'running');
+    }, NODES.length);
     seen.nodes = await page.$$eval('#nodes tbody tr[data-key]', rows => rows.map(r => ({
       node: r.dataset.key,
       status: r.querySelector('.badge').textContent,

@@ -142,7 +142,7 @@ impl HashAlgo {
 
     /// The hash of `password` with `salt` (not for bcrypt, whose salt is in
     /// its hash).
-    fn hash_with(&self, password: &[u8], salt: &str) -> Result<String, HashError> {
+    pub fn hash_with(&self, password: &[u8], salt: &str) -> Result<String, HashError> {
         match *self {
             HashAlgo::Simple { name, salt: pos } => {
                 let mut data = Vec::with_capacity(password.len() + salt.len());

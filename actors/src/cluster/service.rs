@@ -784,7 +784,7 @@ pub async fn resolve_dist_addr(node: &str) -> Option<SocketAddr> {
 }
 
 /// 4370 + the trailing number of a short name (`emqx12` -> 4382).
-fn dist_port_of(short: &str) -> u16 {
+pub fn dist_port_of(short: &str) -> u16 {
     let digits: String = short
         .chars()
         .rev()

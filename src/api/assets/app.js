@@ -266,7 +266,16 @@ async function overview(root) {
   const nodesBox = el('div', { class: 'scroll' });
   const chartIn = chart('chart-in', 'Messages in per second (received from publishers)');
   const chartOut = chart('chart-out', 'Messages out per second (sent to subscribers)');
-  root.append(cards, health, el('h3', { text: 'Nodes' }), nodesBox,
+  const inviteName = el('input', { id: 'invite-node', placeholder: 'name@host of a node to invite', required: true, size: 32 });
+  const inviteForm = el('form', { class: 'filters', id: 'invite', onsubmit: ev => { ev.preventDefault(); guarded(async () => {
+    const who = inviteName.value.trim();
+    flash(`Inviting ${who}…`);
+    await api('PUT', `${API}/cluster/${encodeURIComponent(who)}/invite`, { timeout: '30s' });
+    flash(`${who} joined the cluster.`);
+    inviteName.value = '';
+    await tick();
+  }); } }, inviteName, el('button', { type: 'submit', text: 'Invite' }));
+  root.append(cards, health, el('h3', { text: 'Nodes' }), nodesBox, inviteForm,
     el('div', { class: 'charts' }, chartIn.box, chartOut.box));
   const series = {};
   let prev = null;
@@ -308,6 +317,12 @@ async function overview(root) {
       ['Memory', n => bytes(n.memory_used)],
       ['Load (1 min)', n => n.load1],
       ['Version', n => n.version],
+      ['', n => n.node_status === 'stopped' ? el('button', { type: 'button', class: 'danger', text: 'Remove', onclick: () => guarded(async () => {
+        if (!confirm(`Remove ${n.node} from the cluster? Its routes go with it.`)) return;
+        await api('DELETE', `${API}/cluster/${encodeURIComponent(n.node)}/force_leave`);
+        flash(`${n.node} removed from the cluster.`);
+        await tick();
+      }) }) : ''],
     ], nodes.map(n => ({ ...n, __key: n.node }))));
 
     const now = performance.now();
@@ -381,7 +396,7 @@ function niceCeil(v) {
 function shortNumber(v) {
   if (v >= 1e6) return (v / 1e6).toFixed(v % 1e6 ? 1 : 0) + 'M';
   if (v >= 1e3) return (v / 1e3).toFixed(v % 1e3 ? 1 : 0) + 'k';
-  return String(Math.round(v * 10) / 10);
+  return String(Math.round(v * 100) / 100);
 }
 
 // ---------------- clients
