@@ -40,10 +40,20 @@ pub fn read_bootstrap(
     algo: HashAlgo,
 ) -> Result<Vec<BootstrapUser>, String> {
     let name = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    parse_bootstrap(&name.to_string(), file, hashed, algo)
+}
+
+/// [`read_bootstrap`] of any reader; `name` names it in errors.
+pub fn parse_bootstrap(
+    name: &str,
+    input: impl std::io::Read,
+    hashed: bool,
+    algo: HashAlgo,
+) -> Result<Vec<BootstrapUser>, String> {
     let mut rd = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| format!("cannot read {name}: {e}"))?;
+        .from_reader(input);
     let headers = rd
         .headers()
         .map_err(|e| format!("{name}: line 1: {e}"))?

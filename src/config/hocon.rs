@@ -200,6 +200,29 @@ pub fn parse(
     p.parse_root()
 }
 
+/// The largest file `include` reads.
+pub const MAX_INCLUDE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// An included file's text: a regular file (not a device, a pipe or a
+/// directory, which could be read forever) of at most
+/// [`MAX_INCLUDE_BYTES`].
+fn read_included(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let f = std::fs::File::open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    f.take(MAX_INCLUDE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_INCLUDE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("larger than {MAX_INCLUDE_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Files included from files including ... from the one being read, at
 /// most: a loop of includes stops here with an error.
 pub const MAX_INCLUDE_DEPTH: usize = 8;
@@ -361,7 +384,7 @@ impl<'e> Parser<'e> {
             Some(dir) if written.is_relative() => dir.join(written),
             _ => written.to_path_buf(),
         };
-        let text = std::fs::read_to_string(&path)
+        let text = read_included(&path)
             .map_err(|e| self.error_at(line, format!("cannot include {}: {e}", path.display())))?;
         let label = path.display().to_string();
         let mut p = Parser::new(&text, &label, self.env);
@@ -1134,6 +1157,16 @@ mod tests {
         assert!(parse(&ok, "ok.conf", &no_env).is_ok());
         let ok = format!("{}{}", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
         assert!(parse(&format!("a = {ok}"), "ok.conf", &no_env).is_ok());
+    }
+
+    #[test]
+    fn include_refuses_what_is_not_a_regular_file() {
+        let env = |_: &str| None;
+        for target in ["/dev/zero", "/"] {
+            let text = format!("include \"{target}\"\n");
+            let e = parse(&text, "/etc/emqx.conf", &env).expect_err(target);
+            assert!(e.to_string().contains("cannot include"), "{target}: {e}");
+        }
     }
 
     #[test]

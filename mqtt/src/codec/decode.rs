@@ -272,8 +272,15 @@ fn connack(r: &mut Reader, v: ProtocolVersion) -> Result<ConnAck, DecodeError> {
         (rc, Properties::default())
     };
     r.finish("CONNACK")?;
+    // 3.1.1 MQTT-3.2.2-4, 5.0 MQTT-3.2.2-6: a refusal says no session.
+    if ack_flags & 0x01 != 0 && reason_code != reason::SUCCESS {
+        return Err(protocol(
+            "CONNACK refusing the connection with Session Present set",
+        ));
+    }
     Ok(ConnAck {
-        session_present: ack_flags & 0x01 != 0,
+        // MQTT 3.1 has no Session Present flag: that byte is reserved.
+        session_present: ack_flags & 0x01 != 0 && v != ProtocolVersion::V3,
         reason_code,
         properties,
     })
@@ -377,12 +384,25 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     })
 }
 
+/// The SUBACK codes each version defines (3.1.1 3.9.3, 5.0 3.9.3): a
+/// granted QoS, or a failure.
+const SUBACK_CODES_V4: &[u8] = &[0x00, 0x01, 0x02, 0x80];
+const SUBACK_CODES_V5: &[u8] = &[
+    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
+];
+
 fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
-    let packet_id = r.u16()?;
+    let packet_id = packet_id(r, "SUBACK")?;
     let properties = v5_props(r, v5, Owner::SubAck)?;
     let reason_codes = r.rest().to_vec();
     if reason_codes.is_empty() {
         return Err(protocol("SUBACK without a reason code"));
+    }
+    let known = if v5 { SUBACK_CODES_V5 } else { SUBACK_CODES_V4 };
+    if let Some(c) = reason_codes.iter().find(|c| !known.contains(c)) {
+        return Err(malformed(format!(
+            "SUBACK with the reserved code 0x{c:02X}"
+        )));
     }
     Ok(SubAck {
         packet_id,

@@ -655,6 +655,24 @@ fn suback() {
     });
     assert_eq!(enc(&p, V4), [0x90, 6, 0, 1, 2, 0x80, 0x80, 0x80]);
     protocol_err(&[0x90, 2, 0, 1], Some(V4));
+    // Found by fuzzing (fuzz/fuzz_targets/mqtt_decode.rs): reserved codes
+    // decoded, then encoded as 0x80, so the packet changed on its way
+    // round; and packet id 0.
+    malformed(&[0x90, 3, 0, 1, 0x23], Some(V4));
+    malformed(&[0x90, 4, 0, 1, 0, 0x23], Some(V5));
+    malformed(&[0x90, 3, 0, 0, 0x00], Some(V4));
+}
+
+#[test]
+fn connack_refusal_with_session_present_is_a_protocol_error() {
+    // Found by fuzzing: decoded, then written without the flag.
+    protocol_err(&[0x20, 2, 0x01, 0x01], Some(V4));
+    protocol_err(&[0x20, 3, 0x01, 0x87, 0x00], Some(V5));
+    // MQTT 3.1 has no such flag (the byte is reserved): read as no session.
+    let Ok(Some(Packet::ConnAck(a))) = dec(&[0x20, 2, 0x01, 0x00], Some(V3)) else {
+        panic!("a 3.1 CONNACK");
+    };
+    assert!(!a.session_present);
 }
 
 // ------------------------------------------------------- UNSUBSCRIBE/UNSUBACK

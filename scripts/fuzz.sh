@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets in fuzz/ and runs each one for a fixed time
+# on its committed seeds (fuzz/seeds/<target>) plus what earlier runs found
+# (fuzz/corpus/<target>, not committed); a crash, a leak, an allocation over
+# the limit or a hang fails the run and leaves the input in
+# fuzz/artifacts/<target>/.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   (default: 10 s, every target)
+#
+# This is the short run scripts/test.sh makes. It needs no cargo-fuzz: it
+# builds with the coverage flags cargo-fuzz uses, without AddressSanitizer
+# (the targets' own code has no unsafe; long runs use `cargo fuzz run`,
+# which adds it; see docs/fuzzing.md).
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+SECS=${1:-10}
+shift || true
+TARGETS=("$@")
+if [ ${#TARGETS[@]} -eq 0 ]; then
+    TARGETS=(mqtt_decode mqtt_channel acl_conf forward_frame forward_handshake cluster_wire proxy_header config bootstrap_csv)
+fi
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing \
+-Cllvm-args=-simplifycfg-branch-fold-threshold=0 -Cllvm-args=-sanitizer-coverage-stack-depth \
+-Ccodegen-units=1 -Cdebug-assertions -Coverflow-checks"
+echo "== building the fuzz targets"
+cargo build --release --locked --target "$TRIPLE" --bins
+failed=()
+for t in "${TARGETS[@]}"; do
+    mkdir -p "corpus/$t" "artifacts/$t"
+    seeds=()
+    [ -d "seeds/$t" ] && seeds=("seeds/$t")
+    log="target/fuzz-$t.log"
+    if "target/$TRIPLE/release/$t" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=512 \
+        -timeout=10 -artifact_prefix="artifacts/$t/" "corpus/$t" "${seeds[@]}" >"$log" 2>&1; then
+        echo "fuzz $t: ok, $(grep -Eo '^Done [0-9]+ runs' "$log" | grep -Eo '[0-9]+') runs in ${SECS} s"
+    else
+        echo "fuzz $t: FAILED"
+        grep -E "panicked at|^SUMMARY|Test unit written" "$log" | head -5 || true
+        failed+=("$t")
+    fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "fuzz targets failed: ${failed[*]}"
+    exit 1
+fi
