@@ -7,10 +7,11 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   (default: 10 s, every target)
 #
-# This is the short run scripts/test.sh makes. It needs no cargo-fuzz: it
-# builds with the coverage flags cargo-fuzz uses, without AddressSanitizer
-# (the targets' own code has no unsafe; long runs use `cargo fuzz run`,
-# which adds it; see docs/fuzzing.md).
+# This is the short run scripts/test.sh makes. It needs neither cargo-fuzz
+# nor a nightly toolchain: it builds with the coverage flags cargo-fuzz
+# uses, without AddressSanitizer and with several codegen units, to build
+# in a few minutes (the long runs use `cargo fuzz run`, which adds
+# AddressSanitizer and libFuzzer's allocation limit; see docs/fuzzing.md).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECS=${1:-10}
@@ -24,7 +25,9 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing \
 -Cllvm-args=-simplifycfg-branch-fold-threshold=0 -Cllvm-args=-sanitizer-coverage-stack-depth \
--Ccodegen-units=1 -Cdebug-assertions -Coverflow-checks"
+-Cdebug-assertions -Coverflow-checks"
+# Apart from cargo fuzz's own builds (other flags): no rebuild back and forth.
+export CARGO_TARGET_DIR=target/short
 echo "== building the fuzz targets"
 cargo build --release --locked --target "$TRIPLE" --bins
 failed=()
@@ -32,8 +35,8 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     seeds=()
     [ -d "seeds/$t" ] && seeds=("seeds/$t")
-    log="target/fuzz-$t.log"
-    if "target/$TRIPLE/release/$t" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=512 \
+    log="$CARGO_TARGET_DIR/fuzz-$t.log"
+    if "$CARGO_TARGET_DIR/$TRIPLE/release/$t" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=512 \
         -timeout=10 -artifact_prefix="artifacts/$t/" "corpus/$t" "${seeds[@]}" >"$log" 2>&1; then
         echo "fuzz $t: ok, $(grep -Eo '^Done [0-9]+ runs' "$log" | grep -Eo '[0-9]+') runs in ${SECS} s"
     else

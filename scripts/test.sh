@@ -60,15 +60,21 @@ status=${PIPESTATUS[0]}
 echo "== paho-mqtt interoperability tests"
 python3 -m unittest discover -s tests/paho -v 2>&1 | tee target/paho-output.txt
 pstatus=${PIPESTATUS[0]}
+echo "== fuzz targets, ${FUZZ_SECONDS:-10} s each"
+scripts/fuzz.sh "${FUZZ_SECONDS:-10}" 2>&1 | tee target/fuzz-output.txt
+fstatus=${PIPESTATUS[0]}
 # Counting must not trip pipefail when a pattern has no match.
 count() { grep -Eo "$1" "$2" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}' || true; }
 passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}' || true)
 failed=$(count '[0-9]+ failed' target/test-output.txt)
 pran=$(count '^Ran [0-9]+ test' target/paho-output.txt)
 pfail=$(count '^FAILED \((failures|errors)=[0-9]+(, (failures|errors)=[0-9]+)?' target/paho-output.txt)
-passed=$(( ${passed:-0} + ${pran:-0} - ${pfail:-0} ))
-failed=$(( ${failed:-0} + ${pfail:-0} ))
+fpass=$(grep -Ec '^fuzz [a-z_0-9]+: ok' target/fuzz-output.txt || true)
+ffail=$(grep -Ec '^fuzz [a-z_0-9]+: FAILED' target/fuzz-output.txt || true)
+passed=$(( ${passed:-0} + ${pran:-0} - ${pfail:-0} + ${fpass:-0} ))
+failed=$(( ${failed:-0} + ${pfail:-0} + ${ffail:-0} ))
 if [ "$pstatus" != 0 ] && [ "${pfail:-0}" = 0 ]; then failed=$((failed + 1)); fi
+if [ "$fstatus" != 0 ] && [ "${ffail:-0}" = 0 ]; then failed=$((failed + 1)); fi
 echo "$passed passed, $failed failed"
-if [ "$status" != 0 ] || [ "$pstatus" != 0 ]; then exit 1; fi
+if [ "$status" != 0 ] || [ "$pstatus" != 0 ] || [ "$fstatus" != 0 ]; then exit 1; fi
 exit 0

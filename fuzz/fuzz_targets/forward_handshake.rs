@@ -3,10 +3,12 @@
 //! cannot know the cookie's HMAC).
 #![no_main]
 
+mod rt;
+
 use emqx_actors::forward::handshake::{accept, connect};
 use libfuzzer_sys::fuzz_target;
+use rt::rt;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -42,15 +44,6 @@ impl AsyncWrite for Peer<'_> {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
-}
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-    })
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -5,8 +5,9 @@
 //! must never send what the specification forbids:
 //! - a PUBACK only for a QoS 1 PUBLISH with that packet id, a PUBREC only
 //!   for a QoS 2 one, a PUBCOMP only for a PUBREL, a PUBREL only for a
-//!   PUBREC, a SUBACK / UNSUBACK only for a SUBSCRIBE / UNSUBSCRIBE with
-//!   that packet id, a PINGRESP only for a PINGREQ;
+//!   PUBREC or again on the retry timer for a QoS 2 message in flight, a
+//!   SUBACK / UNSUBACK only for a SUBSCRIBE / UNSUBSCRIBE with that packet
+//!   id, a PINGRESP only for a PINGREQ;
 //! - a new QoS 1/2 PUBLISH never reuses a packet id still in flight, and a
 //!   QoS 0 PUBLISH carries none;
 //! - every packet it sends encodes to bytes that decode to the same packet.
@@ -93,6 +94,15 @@ impl Run {
             Packet::PubComp(a) => assert!(
                 answers(&|c| matches!(c, Packet::PubRel(x) if x.packet_id == a.packet_id)),
                 "PUBCOMP {} answers {cause:?}",
+                a.packet_id
+            ),
+            // A PUBREL answers a PUBREC, or is sent again on the retry
+            // timer (as EMQX's retry_interval does) for a QoS 2 message
+            // in flight.
+            Packet::PubRel(a) if cause.is_none() => assert_eq!(
+                self.in_flight.get(&a.packet_id),
+                Some(&QoS::ExactlyOnce),
+                "PUBREL {} sent again but not in flight",
                 a.packet_id
             ),
             Packet::PubRel(a) => {

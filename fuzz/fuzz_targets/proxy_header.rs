@@ -3,22 +3,15 @@
 //! header that parses are handed on untouched.
 #![no_main]
 
+mod rt;
+
 #[path = "../../src/listeners/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;
 
 use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
+use rt::rt;
 use tokio::io::AsyncReadExt;
-
-fn rt() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     rt().block_on(async {
