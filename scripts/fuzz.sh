@@ -7,6 +7,12 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]   (default: 10 s, every target)
 #
+# The fuzzer's random seed is fixed (FUZZ_SEED, default 1), so on a fresh
+# clone a commit's short run tries the same inputs every time: a red run
+# can be replayed, and a green one stays green unless the code changes.
+# Exploring is for the long runs (docs/fuzzing.md). FUZZ_CORPUS_DIR
+# (default fuzz/corpus) says where the inputs found are kept.
+#
 # This is the short run scripts/test.sh makes. It needs neither cargo-fuzz
 # nor a nightly toolchain: it builds with the coverage flags cargo-fuzz
 # uses, without AddressSanitizer and with several codegen units, to build
@@ -32,12 +38,13 @@ echo "== building the fuzz targets"
 cargo build --release --locked --target "$TRIPLE" --bins
 failed=()
 for t in "${TARGETS[@]}"; do
-    mkdir -p "corpus/$t" "artifacts/$t"
+    corpus="${FUZZ_CORPUS_DIR:-corpus}/$t"
+    mkdir -p "$corpus" "artifacts/$t"
     seeds=()
     [ -d "seeds/$t" ] && seeds=("seeds/$t")
     log="$CARGO_TARGET_DIR/fuzz-$t.log"
     if "$CARGO_TARGET_DIR/$TRIPLE/release/$t" -max_total_time="$SECS" -rss_limit_mb=2048 -malloc_limit_mb=512 \
-        -timeout=10 -artifact_prefix="artifacts/$t/" "corpus/$t" "${seeds[@]}" >"$log" 2>&1; then
+        -timeout=10 -seed="${FUZZ_SEED:-1}" -artifact_prefix="artifacts/$t/" "$corpus" "${seeds[@]}" >"$log" 2>&1; then
         echo "fuzz $t: ok, $(grep -Eo '^Done [0-9]+ runs' "$log" | grep -Eo '[0-9]+') runs in ${SECS} s"
     else
         echo "fuzz $t: FAILED"
