@@ -14,7 +14,7 @@
 mod common;
 
 use common::cluster::{self, mq};
-use common::{free_port, Node, BIN};
+use common::{free_port, output_text, Node, BIN};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -44,15 +44,6 @@ fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("{what}: {e} (scripts/test.sh installs the tools)"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The alert names of the shipped rules file, in order.
@@ -141,12 +132,12 @@ fn promtool_accepts_the_rules_their_unit_tests_and_the_scrape_config() {
     let o = run(Command::new("promtool")
         .args(["check", "rules"])
         .arg(path(RULES)));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let want = format!("SUCCESS: {} rules found", alerts.len());
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(&want),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 
     // rule_files is relative to the config's directory, where the rules
@@ -154,17 +145,21 @@ fn promtool_accepts_the_rules_their_unit_tests_and_the_scrape_config() {
     let o = run(Command::new("promtool")
         .args(["check", "config"])
         .arg(path(PROM_CONFIG)));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("SUCCESS: 1 rule files found"), "{}", text(&o));
-    assert!(out.contains(&want), "{}", text(&o));
+    assert!(
+        out.contains("SUCCESS: 1 rule files found"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(out.contains(&want), "{}", output_text(&o));
 
     // The rules' own unit tests: each alert fires after its `for`, for
     // the node past its threshold only, with the annotations rendered.
     let o = run(Command::new("promtool")
         .args(["test", "rules"])
         .arg(path(RULES_TEST)));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let tests = read(RULES_TEST);
     for a in &alerts {
         assert!(
@@ -558,7 +553,7 @@ fn prometheus_scrapes_a_node_and_evaluates_the_dashboard_and_the_rules() {
     let o = run(Command::new("promtool")
         .args(["check", "config"])
         .arg(&cfg_path));
-    assert!(o.status.success(), "{}\n{cfg}", text(&o));
+    assert!(o.status.success(), "{}\n{cfg}", output_text(&o));
 
     let port = free_port();
     let log = dir.path().join("prometheus.log");
@@ -778,8 +773,13 @@ fn systemd_analyze_verifies_the_unit() {
     // and value, and checks that the commands are executable, without a
     // running systemd.
     let o = run(Command::new("systemd-analyze").arg("verify").arg(&unit));
-    assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stderr), "", "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "",
+        "{}",
+        output_text(&o)
+    );
 
     // The same check fails on a unit with a mistake, so it is real.
     let bad = dir.path().join("bad").join("emqx-rs.service");
@@ -797,7 +797,7 @@ fn systemd_analyze_verifies_the_unit() {
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Failed to parse service restart specifier"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
 }
 
@@ -888,7 +888,7 @@ fn the_units_commands_start_reload_and_stop_the_node() {
         .map(str::to_string)
         .collect();
     let o = run(Command::new(&reload[0]).args(&reload[1..]));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let file_log = writable.join("log/emqx.log");
     let reopened = poll(Duration::from_secs(20), || {
         std::fs::read_to_string(&file_log)
@@ -912,7 +912,7 @@ fn the_units_commands_start_reload_and_stop_the_node() {
         .parse()
         .expect("TimeoutStopSec in seconds");
     let o = run(Command::new("kill").args(["-s", &signal, &pid]));
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let status = poll(Duration::from_secs(timeout), || {
         node.child.try_wait().ok().flatten()
     })
@@ -990,7 +990,7 @@ fn the_operations_haproxy_config_checks_nodes_over_http_and_sends_proxy_v2() {
     let as_written = dir.path().join("as-written.cfg");
     std::fs::write(&as_written, &cfg).expect("write");
     let o = run(Command::new("haproxy").args(["-c", "-f"]).arg(&as_written));
-    assert!(o.status.success(), "{}\n{cfg}", text(&o));
+    assert!(o.status.success(), "{}\n{cfg}", output_text(&o));
 
     // A node with the guide's `lb` listener (PROXY protocol required) on
     // 127.0.0.1; the guide's servers 10.0.0.N:1884 become 127.0.0.N:<lb>,

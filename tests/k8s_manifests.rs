@@ -12,6 +12,9 @@
 //! the test, naming what to install. No cluster is needed, nothing listens
 //! and nothing leaves the machine.
 
+mod common;
+
+use common::output_text;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -89,15 +92,6 @@ fn run(cmd: &mut Command, timeout: Duration, missing: &str) -> Output {
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Fails the test unless python3 can import kubernetes_validate and yaml.
 fn need_validator() {
     let o = run(
@@ -105,7 +99,7 @@ fn need_validator() {
         Duration::from_secs(60),
         NEED_PYTHON,
     );
-    assert!(o.status.success(), "{NEED_VALIDATE}\n{}", text(&o));
+    assert!(o.status.success(), "{NEED_VALIDATE}\n{}", output_text(&o));
 }
 
 // -------------------------------------------------------------- rendering
@@ -152,7 +146,7 @@ fn render() -> Rendered {
     assert!(
         o.status.success(),
         "kubectl kustomize {MANIFESTS} failed (an old kubectl without `kustomize`? {NEED_KUBECTL})\n{}",
-        text(&o)
+        output_text(&o)
     );
     let yaml = String::from_utf8(o.stdout).expect("kubectl kustomize: not UTF-8");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -169,7 +163,7 @@ fn render() -> Rendered {
     assert!(
         o.status.success(),
         "{HELPER} could not read the rendered YAML ({NEED_VALIDATE})\n{}",
-        text(&o)
+        output_text(&o)
     );
     let objects: Vec<Value> = serde_json::from_slice(&o.stdout).expect("helper output: JSON");
     Rendered { dir, yaml, objects }
@@ -508,7 +502,7 @@ fn every_rendered_object_validates_strictly_and_a_misspelled_field_does_not() {
     need_validator();
     let r = render();
     let o = validate(&r.path());
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(
         o.status.success(),
         "kubernetes-validate --strict -k {K8S_VERSION}:\n{out}"
@@ -534,9 +528,9 @@ fn every_rendered_object_validates_strictly_and_a_misspelled_field_does_not() {
     .expect("write");
     let o = validate(&bad);
     assert!(
-        !o.status.success() && text(&o).contains("replicass"),
+        !o.status.success() && output_text(&o).contains("replicass"),
         "a misspelled `replicass` passed validation:\n{}",
-        text(&o)
+        output_text(&o)
     );
 }
 
@@ -561,7 +555,7 @@ fn the_shipped_config_with_the_pod_environment_passes_check_config() {
             && String::from_utf8_lossy(&o.stdout)
                 .contains(&format!("{}: the configuration is valid", file.display())),
         "check_config of the shipped emqx.conf as {POD}:\n{}",
-        text(&o)
+        output_text(&o)
     );
 
     // The node takes its name from that environment: `ping` (which reads
@@ -575,7 +569,7 @@ fn the_shipped_config_with_the_pod_environment_passes_check_config() {
             && String::from_utf8_lossy(&o.stderr)
                 .contains(&format!("Node '{expected}' not responding to pings.")),
         "ping did not name {expected}:\n{}",
-        text(&o)
+        output_text(&o)
     );
 
     // Unexpanded (the downward-API variables missing or listed after it)
@@ -587,9 +581,9 @@ fn the_shipped_config_with_the_pod_environment_passes_check_config() {
     );
     let o = emqx_rs(&["check_config"], &file, &raw, dir.path());
     assert!(
-        o.status.code() == Some(2) && text(&o).contains("EMQX_NODE__NAME"),
+        o.status.code() == Some(2) && output_text(&o).contains("EMQX_NODE__NAME"),
         "an unexpanded node name was accepted:\n{}",
-        text(&o)
+        output_text(&o)
     );
 }
 

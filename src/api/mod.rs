@@ -1002,6 +1002,12 @@ impl Api {
 
     async fn members(&self) -> (Vec<String>, Vec<String>) {
         let v = self.cluster_view().await;
+        self.members_of(&v)
+    }
+
+    /// Running (this node always among them) and stopped members in a view
+    /// from [`Api::cluster_view`].
+    fn members_of(&self, v: &Value) -> (Vec<String>, Vec<String>) {
         let list = |k: &str| -> Vec<String> {
             v[k].as_array()
                 .map(|a| {
@@ -1110,7 +1116,7 @@ async fn node_one(State(api): State<Shared>, Path(node): Path<String>) -> Respon
 )]
 async fn cluster(State(api): State<Shared>) -> Response {
     let view = api.cluster_view().await;
-    let (mut running, stopped) = api.members().await;
+    let (mut running, stopped) = api.members_of(&view);
     running.extend(stopped);
     running.sort();
     Json(json!({

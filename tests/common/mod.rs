@@ -17,6 +17,16 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_emqx-rs");
 
+/// A finished command's exit code, stdout and stderr, for failure messages.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
 /// (32768 and up) so an outgoing connection of another test cannot take it
 /// between this check and the node's bind, and never the same port twice
