@@ -62,9 +62,16 @@ pub type GroupKey = (Arc<str>, Arc<str>);
 /// them. Called once per publish on this node, so implementations read
 /// shared tables and never wait.
 pub trait RemoteRoutes: Send + Sync {
-    /// For `topic`: the other live nodes with plain subscribers of a
-    /// matching filter (each once, into `plain`), and for each shared group
-    /// of a matching filter its live nodes with members (into `groups`).
+    /// For `topic`: the other nodes with plain subscribers of a matching
+    /// filter (each once, into `plain`), whether they are up or not, and for
+    /// each shared group of a matching filter its live nodes with members
+    /// (into `groups`).
+    ///
+    /// A member that is down (or only seems down: a slow link, a split that
+    /// will heal) keeps its plain routes here, so its subscribers' messages
+    /// wait in the forwarder's queue for it (bounded by the queue limit)
+    /// instead of being dropped; a node that leaves or is removed has no
+    /// routes left. A shared group picks among live members only.
     fn matching(
         &self,
         topic: &str,

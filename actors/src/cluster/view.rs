@@ -39,7 +39,7 @@ impl RemoteRoutes for ClusterView {
     ) {
         let up = self.up.read();
         self.routes.read().match_each(topic, |filter, fr| {
-            for n in fr.nodes.iter().filter(|n| up.contains(*n)) {
+            for n in fr.nodes.iter() {
                 if !plain.contains(n) {
                     plain.push(n.clone());
                 }
