@@ -535,7 +535,7 @@ class Nemesis:
             desc = f"SIGSTOP {a.name}"
             hit = [a]
         elif kind == "slow":
-            rate = r.choice([64, 128, 256])
+            rate = r.choice([512, 1024, 2048])
             loss = r.choice([0.01, 0.03, 0.05])
             self.net.slow(rate)
             for a in n:

@@ -500,3 +500,114 @@ fn with_autoheal_off_a_split_stays_split_after_the_network_returns() {
     }
     assert!(log_has(c, "cluster.autoheal is off"), "{}", tail(c));
 }
+
+/// Opens a persistent (clean_session = false) client and returns it with
+/// the CONNACK's session present flag.
+fn persistent(n: &Node, id: &str) -> (Mq, bool) {
+    let mut m = Mq::open(n, id, false);
+    let mut present = None;
+    let ok = m.wait_for(Duration::from_secs(10), |e| match e {
+        rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => {
+            present = Some(a.session_present);
+            true
+        }
+        _ => false,
+    });
+    assert!(ok, "{id}: no CONNACK from {} ({:?})", n.name, m.error);
+    (m, present.unwrap_or(false))
+}
+
+#[test]
+fn autoheal_keeps_the_minoritys_persistent_sessions_and_a_client_id_stays_unique() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = healing_cluster(&[1, 2, 3], "");
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let all = [a, b, c];
+    // Two persistent sessions on the node that will be the minority.
+    let (mut keeper, _) = persistent(c, "heal-keeper");
+    keeper.sub("keep/#", 1);
+    let (mut mover, _) = persistent(c, "heal-mover");
+    mover.sub("moved/#", 1);
+    drop(mover);
+    wait_route(a, "keep/#", c, true, Duration::from_secs(5));
+    wait_route(a, "moved/#", c, true, Duration::from_secs(5));
+
+    let mut cut = Partition::split(&[&[a, b], &[c]]);
+    wait_side(&[a, b], &[c], &all, Duration::from_secs(20));
+    wait_side(&[c], &[a, b], &all, Duration::from_secs(20));
+    // Acknowledged on the majority while c is cut off: it waits for c.
+    let mut p = mq(a, "heal-pub");
+    p.publish("keep/during", 1, false, b"during the split");
+    // The mover's client comes back on the majority: c cannot be asked,
+    // so a starts a new session for the id.
+    let (mut moved, present) = persistent(a, "heal-mover");
+    assert!(!present, "a cannot have taken the session over from c");
+    moved.sub("moved/#", 1);
+    // Acknowledged on the minority while cut off.
+    let mut pc = mq(c, "heal-pub-c");
+    pc.publish("keep/on-c", 1, false, b"on c during the split");
+    let got = payloads(&keeper.collect(1, Duration::from_secs(5)));
+    assert_eq!(got, vec!["on c during the split"]);
+
+    let restored = cut.heal();
+    wait_healed(&all, restored, Duration::from_secs(60));
+    assert_eq!(metric(c, "cluster.autoheal.restarts"), 1, "{}", tails(&all));
+    // The restart disconnected the keeper's client and kept its session,
+    // which got the message acknowledged on a during the split: on the old
+    // connection if it arrived before the restart, else on the new one.
+    keeper.wait_for(Duration::from_secs(5), |_| false);
+    assert!(
+        keeper.error.is_some(),
+        "the keeper's client is still connected"
+    );
+    let mut got = payloads(&keeper.quiet(Duration::from_millis(1)));
+    let ok = common::wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(c.addr()).is_ok()
+    });
+    assert!(
+        ok,
+        "{} does not accept connections after its restart",
+        c.name
+    );
+    let (mut keeper, present) = persistent(c, "heal-keeper");
+    assert!(
+        present,
+        "the keeper's session on {} was not kept\n{}",
+        c.name,
+        tail(c)
+    );
+    if got.is_empty() {
+        got = payloads(&keeper.collect(1, Duration::from_secs(10)));
+    }
+    got.extend(payloads(&keeper.quiet(Duration::from_secs(1))));
+    assert_eq!(got, vec!["during the split"], "{}", tails(&all));
+    // One session per client id: c discarded its copy of the mover's, the
+    // majority's stays, and only a routes moved/# now.
+    assert!(
+        log_has(c, "session discarded here"),
+        "{} kept a second session of heal-mover\n{}",
+        c.name,
+        tail(c)
+    );
+    wait_route(b, "moved/#", c, false, Duration::from_secs(10));
+    wait_route(b, "moved/#", a, true, Duration::from_secs(10));
+    let (_, out) = a.ctl(&["clients", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("clients list --json");
+    let movers: Vec<&serde_json::Value> = list
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter(|x| x["clientid"] == "heal-mover")
+        .collect();
+    assert_eq!(movers.len(), 1, "heal-mover in the cluster: {movers:?}");
+    assert_eq!(movers[0]["node"], a.name.as_str());
+    p.publish("moved/x", 1, false, b"to the mover");
+    assert_eq!(
+        payloads(&moved.collect(1, Duration::from_secs(10))),
+        vec!["to the mover"]
+    );
+    assert!(
+        moved.quiet(Duration::from_secs(1)).is_empty(),
+        "delivered twice"
+    );
+}

@@ -191,6 +191,17 @@ impl Cm {
     }
 
     /// Stops every session (node stop or broker restart).
+    /// Closes every client's connection as [`SessionMsg::Shutdown`] does:
+    /// sessions with an expiry stay, the others end.
+    pub async fn disconnect_all(&self) {
+        let all: Vec<ActorRef<SessionMsg>> = self.sessions.lock().values().cloned().collect();
+        for s in all {
+            let _ = s
+                .call(SessionMsg::Shutdown, Some(Duration::from_secs(2)))
+                .await;
+        }
+    }
+
     pub async fn stop_all(&self) {
         let all: Vec<ActorRef<SessionMsg>> = self.sessions.lock().values().cloned().collect();
         for s in all {

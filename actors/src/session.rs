@@ -308,6 +308,18 @@ impl Actor for SessionActor {
                 let _ = reply.send(Some(st.ch.snapshot()));
                 myself.stop(None);
             }
+            SessionMsg::Shutdown(reply) => {
+                if st.conn.is_some() {
+                    st.close_conn(
+                        &myself,
+                        Some(reason::SERVER_SHUTTING_DOWN),
+                        "the node restarts (autoheal)",
+                    );
+                    // Offline now: what waits in the inbox goes to the queue.
+                    st.pump(&myself).await;
+                }
+                let _ = reply.send(());
+            }
             SessionMsg::Kick(reply) => {
                 st.send_disconnect(reason::ADMINISTRATIVE_ACTION, "kicked by an administrator");
                 st.end(&myself, true);

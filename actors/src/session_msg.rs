@@ -76,6 +76,11 @@ pub enum SessionMsg {
     Discard(RpcReplyPort<()>),
     /// `ctl clients kick`: end the connection and the session.
     Kick(RpcReplyPort<()>),
+    /// The node closes every connection and keeps the sessions (the
+    /// autoheal restart): DISCONNECT 0x8B Server shutting down on v5, then
+    /// as when the network drops the client: the will per its delay, and a
+    /// session with an expiry stays for it.
+    Shutdown(RpcReplyPort<()>),
     /// The client resumed its session on another node: hand over the state
     /// and stop; `None` if this session ends with its connection (session
     /// expiry 0): there is nothing to hand over and it is gone.

@@ -637,7 +637,12 @@ async fn malformed_frame_closes_only_that_connection() {
     handshake::connect(&mut s, "evil@host", "b@host", COOKIE)
         .await
         .unwrap();
-    s.write_all(&[0, 0, 0, 5, 1, 0, 0, 0, 9]).await.unwrap(); // count 9, no messages
+    // Stream 7, first message 1, count 9, and no messages.
+    let mut f = vec![0, 0, 0, 21, 2];
+    f.extend_from_slice(&7u64.to_be_bytes());
+    f.extend_from_slice(&1u64.to_be_bytes());
+    f.extend_from_slice(&9u32.to_be_bytes());
+    s.write_all(&f).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
         .await
@@ -730,4 +735,113 @@ async fn throughput_64_byte_payloads() {
     assert_eq!(p.dropped, retries);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// A TCP relay to `to`. On the first connection through it, once `swallow`
+/// is set, nothing from `to` gets back (the acknowledgements are lost),
+/// and `cut` closes that connection at both ends; later connections relay
+/// both ways.
+async fn lossy_relay(
+    to: SocketAddr,
+    swallow: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncWriteExt;
+    let l = TcpListener::bind(any_port()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = tokio::spawn(async move {
+        let mut n = 0;
+        let mut held = Vec::new();
+        loop {
+            let (down, _) = l.accept().await.unwrap();
+            n += 1;
+            let first = n == 1;
+            let up = TcpStream::connect(to).await.unwrap();
+            let (mut dr, mut dw) = down.into_split();
+            let (mut ur, mut uw) = up.into_split();
+            let fwd = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut dr, &mut uw).await;
+            });
+            let sw = swallow.clone();
+            let back = tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match ur.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => {
+                            if !(first && sw.load(Ordering::SeqCst))
+                                && dw.write_all(&buf[..k]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            if first {
+                let cut = cut.clone();
+                held.push(tokio::spawn(async move {
+                    cut.notified().await;
+                    fwd.abort();
+                    back.abort();
+                }));
+            }
+        }
+    });
+    (addr, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_lost_with_unacknowledged_frames_loses_and_repeats_nothing() {
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
+        .await
+        .unwrap();
+    let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let (relay, relay_task) = lossy_relay(b.local_addr(), swallow.clone(), cut.clone()).await;
+    let mut ca = cfg("a@host", COOKIE);
+    ca.conns_per_peer = 1;
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
+        .await
+        .unwrap();
+    a.add_peer("b@host", relay);
+    wait_until("connected", Duration::from_secs(5), || {
+        a.peers()[0].connected == 1
+    })
+    .await;
+    // From now on b's acknowledgements of the first connection are lost.
+    swallow.store(true, Ordering::SeqCst);
+    for seq in 0..500 {
+        a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    sink.wait_for(500, Duration::from_secs(5)).await;
+    // b handed all 500 on, a heard of none: the connection dies.
+    cut.notify_one();
+    for seq in 500..1000 {
+        a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    sink.wait_for(1000, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each message once, in order, though the first 500 crossed twice.
+    assert_eq!(sink.len(), 1000);
+    check_order(&sink.msgs.lock(), &HashMap::from([("t".to_string(), 1000)]));
+    let st = b.listener_stats();
+    assert_eq!(st.duplicates, 500, "{st:?}");
+    assert_eq!(st.received, 1000, "{st:?}");
+    let p = a.peers().remove(0);
+    assert_eq!(p.dropped, 0, "{p:?}");
+    assert_eq!(p.sent, 1000, "{p:?}");
+    assert!(p.connect_attempts >= 2, "{p:?}");
+    // Everything is acknowledged now: a holds nothing back.
+    wait_until("all acknowledged", Duration::from_secs(5), || {
+        let p = &a.peers()[0];
+        p.queued == 0 && p.unacked == 0
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    relay_task.abort();
 }

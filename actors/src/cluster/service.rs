@@ -725,9 +725,14 @@ async fn join_task(
 }
 
 /// A minority node's autoheal restart: listeners closed, every MQTT
-/// client disconnected and its session dropped, the cluster data dropped,
-/// then a rejoin through the coordinator (which brings its members, routes
-/// and retained messages), then the listeners open again.
+/// client disconnected (persistent sessions stay, as when the network drops
+/// a client), the cluster data dropped, then a rejoin through the
+/// coordinator (which brings its members, routes and retained messages).
+/// A kept session whose client id has a session on another node (the
+/// client reconnected on the other side of the split) is discarded: the
+/// majority's wins, so a client id stays unique. Then the listeners open
+/// again. The peers see the new incarnation and fetch this node's routes,
+/// the kept sessions' subscriptions among them.
 async fn reboot(
     ctx: Arc<Ctx>,
     svc: &ActorRef<SvcMsg>,
@@ -740,7 +745,7 @@ async fn reboot(
     );
     inc(&ctx.broker.metrics.cluster_autoheal_restarts);
     ctx.listeners.send_replace(false);
-    ctx.cm.stop_all().await;
+    ctx.cm.disconnect_all().await;
     let reset = svc.call(SvcMsg::RebootReset, Some(CALL_TIMEOUT)).await;
     let Ok(ractor::rpc::CallResult::Success(info)) = reset else {
         tracing::error!("autoheal: cannot reset the cluster state for the restart");
@@ -760,12 +765,69 @@ async fn reboot(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    if ok {
+        drop_duplicate_sessions(&ctx, svc, &coordinator).await;
+    }
     ctx.listeners.send_replace(true);
     if ok {
         tracing::warn!("autoheal: this node restarted and rejoined through {coordinator}");
     }
     ok
 }
+
+/// After an autoheal rejoin: discards each session kept here whose client
+/// id also has a session on a running peer.
+async fn drop_duplicate_sessions(ctx: &Ctx, svc: &ActorRef<SvcMsg>, coordinator: &str) {
+    let kept: Vec<String> = ctx.cm.client_ids().iter().map(|c| c.to_string()).collect();
+    if kept.is_empty() {
+        return;
+    }
+    // The coordinator runs with us once the join is adopted; wait for the
+    // rest of the links a little.
+    let mut peers = Vec::new();
+    for _ in 0..20 {
+        if let Ok(ractor::rpc::CallResult::Success(p)) =
+            svc.call(SvcMsg::RunningPeers, Some(CALL_TIMEOUT)).await
+        {
+            peers = p;
+        }
+        if peers.iter().any(|p| p == coordinator) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut dropped = 0usize;
+    for peer in &peers {
+        for chunk in kept.chunks(SESSION_QUERY_CHUNK) {
+            let req = Req::Sessions {
+                clients: chunk.to_vec(),
+            };
+            match call_peer(peer, &req).await {
+                Ok(Resp::Clients(there)) => {
+                    for c in there {
+                        if ctx.cm.discard(&c).await {
+                            dropped += 1;
+                            tracing::info!(
+                                client_id = %c,
+                                "autoheal: session discarded here, {peer} has the client's session"
+                            );
+                        }
+                    }
+                }
+                other => {
+                    tracing::warn!("autoheal: cannot ask {peer} which sessions it holds: {other:?}")
+                }
+            }
+        }
+    }
+    tracing::info!(
+        "autoheal: kept {} session(s) across the restart, {dropped} discarded as held elsewhere",
+        kept.len() - dropped.min(kept.len())
+    );
+}
+
+/// Client ids per [`Req::Sessions`] request.
+const SESSION_QUERY_CHUNK: usize = 10_000;
 
 /// The inter-node address of a node from its name: host part (an IP
 /// address; see [`resolve_dist_addr`] for host names), port 4370 + the

@@ -63,6 +63,11 @@ pub enum Req {
     Reboot {
         coordinator: String,
     },
+    /// Which of these client ids the receiver holds a session of (a node
+    /// back from an autoheal restart with the sessions it kept).
+    Sessions {
+        clients: Vec<String>,
+    },
 }
 
 /// Replies to [`Req`].
@@ -88,6 +93,7 @@ pub enum Resp {
     },
     Retained(Vec<Message>),
     SplitView(SplitView),
+    Clients(Vec<String>),
 }
 
 /// Everything a newcomer adopts when it joins.

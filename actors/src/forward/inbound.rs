@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
@@ -121,16 +121,18 @@ where
     }
 }
 
-async fn read_loop<S: AsyncRead + Unpin>(
+async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     on_receive: &OnReceive,
     peer: &str,
     received: &std::sync::atomic::AtomicU64,
-    mut stream: S,
+    stream: S,
 ) -> End {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        // Hand over every complete frame in the buffer.
+        // Hand over every complete frame in the buffer, then acknowledge.
+        let mut to_ack = None;
         while buf.len() >= 4 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
             if len > wire::MAX_FRAME {
@@ -142,21 +144,36 @@ async fn read_loop<S: AsyncRead + Unpin>(
             }
             buf.advance(4);
             let body = buf.split_to(len).freeze();
-            let msgs = match wire::decode_frame(body) {
-                Ok(m) => m,
+            let frame = match wire::decode_frame(body) {
+                Ok(f) => f,
                 Err(e) => return End::Malformed(e),
             };
-            let n = msgs.len() as u64;
-            for (m, target) in msgs {
+            let count = frame.msgs.len() as u64;
+            let skip = shared.accept_frame(frame.stream, frame.first_seq, count);
+            for (m, target) in frame.msgs.into_iter().skip(skip as usize) {
                 on_receive(peer, m, target);
             }
+            let n = count - skip;
             received.fetch_add(n, Ordering::Relaxed);
             shared.received_total.fetch_add(n, Ordering::Relaxed);
+            to_ack = Some(frame.stream);
+        }
+        if let Some(stream) = to_ack {
+            let ack = shared.last_seq(stream).to_be_bytes();
+            // Flushed: a TLS stream holds the record until then.
+            if let Err(e) = async {
+                wr.write_all(&ack).await?;
+                wr.flush().await
+            }
+            .await
+            {
+                return End::Io(e);
+            }
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }
-        match stream.read_buf(&mut buf).await {
+        match rd.read_buf(&mut buf).await {
             Ok(0) => return End::Closed,
             Ok(_) => {}
             Err(e) => return End::Io(e),

@@ -23,11 +23,26 @@
 //! long as the peer stays registered.
 //!
 //! After the handshake the connecting side sends length-prefixed frames,
-//! each a batch of up to `batch_max` messages (see [`wire`]): the writer
-//! drains whatever is queued into one frame per write. The receiving side
-//! decodes a frame whole and calls `on_receive(from_node, msg)` for each
-//! message in order. A malformed or oversized frame closes that connection
-//! with a warning.
+//! each a batch of up to `batch_max` numbered messages (see [`wire`]): the
+//! writer drains whatever is queued into one frame per write. The receiving
+//! side decodes a frame whole, calls `on_receive(from_node, msg)` for each
+//! message in order, and acknowledges on the same connection. A malformed
+//! or oversized frame closes that connection with a warning.
+//!
+//! # Acknowledgements
+//!
+//! Each connection slot numbers its messages on a stream of its own (a
+//! random id, fixed for the life of the process). A message stays in the
+//! slot's unacknowledged buffer, after it is written, until the peer
+//! acknowledges it; when a connection fails (a partition, a peer that
+//! closed, no write progress or no acknowledgement for `send_timeout`), the
+//! next connection sends the unacknowledged messages again, in order,
+//! before anything new. The receiver remembers per stream the last number
+//! it handed on and skips what it already had. So across reconnects a
+//! message reaches the peer once, in order: a TCP connection that dies with
+//! frames in its buffers loses nothing. The buffer holds at most
+//! `queue_limit` messages per slot; a peer that stops acknowledging stops
+//! the writer there, and the queue in front of it fills as below.
 //!
 //! # Queues and the drop policy
 //!
@@ -43,14 +58,18 @@
 //!   more than `2 * queue_limit` messages.
 //! - When the connection is down and the queue is full, the error is
 //!   [`ForwardError::PeerDown`] instead (still dropped and counted).
-//! - A socket that makes no write progress for `send_timeout` is closed and
-//!   reopened; the frame being written is lost and counted as dropped
-//!   (the rest of the queue is kept).
-//! - [`Forwarder::remove_peer`] drops the peer's queues and counts them
-//!   (a frame being written at that moment is lost uncounted).
+//! - A socket that makes no write progress for `send_timeout`, or whose
+//!   peer acknowledges nothing for that long while messages wait, is closed
+//!   and reopened; nothing is lost (see above).
+//! - [`Forwarder::remove_peer`] drops the peer's queues and unacknowledged
+//!   messages and counts them.
 //!
-//! Like EMQX's async forwarding, delivery is at most once across nodes:
-//! nothing is acknowledged or resent by this layer.
+//! EMQX's async forwarding (gen_rpc casts) is at most once: what is in a
+//! connection that fails is lost. Here a message queued for a peer that
+//! stays registered is delivered once, whatever happens to the
+//! connections, as long as both processes live; it is lost only with the
+//! sending process (kill -9; an autoheal restart is not one), with the
+//! queue limits above, or when the peer is removed.
 //!
 //! # Lifecycle
 //!
@@ -72,12 +91,11 @@ pub mod wire;
 use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::QoS;
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
 /// A node's forwarding channel: the listener and the connections to peers.
 pub struct Forwarder {
@@ -122,6 +140,8 @@ impl Forwarder {
             malformed_frames: AtomicU64::new(0),
             received_total: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            streams: Mutex::default(),
+            duplicates: AtomicU64::new(0),
         });
         let f = Arc::new(Forwarder {
             shared,
@@ -172,15 +192,7 @@ impl Forwarder {
         let peer = Arc::new(Peer {
             node: Arc::from(node),
             addr: Mutex::new(addr),
-            slots: (0..n)
-                .map(|_| {
-                    Arc::new(Slot {
-                        queue: Mutex::new(VecDeque::new()),
-                        notify: Notify::new(),
-                        connected: AtomicBool::new(false),
-                    })
-                })
-                .collect(),
+            slots: (0..n).map(|_| Arc::new(Slot::new())).collect(),
             stats: PeerCounters::default(),
             tasks: Mutex::new(Vec::new()),
         });
@@ -220,6 +232,10 @@ impl Forwarder {
             n += q.len();
             peer.stats.queued.fetch_sub(q.len(), Ordering::Relaxed);
             q.clear();
+            drop(q);
+            let mut u = slot.unacked.lock();
+            n += u.len();
+            u.clear();
         }
         if n > 0 {
             peer.count_dropped(&self.shared, n as u64);
@@ -297,6 +313,7 @@ impl Forwarder {
                     addr: *p.addr.lock(),
                     connected: s.connected.load(Ordering::Relaxed),
                     queued: s.queued.load(Ordering::Relaxed),
+                    unacked: p.slots.iter().map(|s| s.unacked.lock().len()).sum(),
                     sent: s.sent.load(Ordering::Relaxed),
                     dropped: s.dropped.load(Ordering::Relaxed),
                     bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
@@ -323,6 +340,7 @@ impl Forwarder {
             malformed_frames: s.malformed_frames.load(Ordering::Relaxed),
             received: s.received_total.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
+            duplicates: s.duplicates.load(Ordering::Relaxed),
         }
     }
 

@@ -6,11 +6,12 @@ use super::state::{Envelope, ForwardConfig, Peer, Shared, Slot};
 use super::wire;
 use crate::peer_tls::TLS_HINT;
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -34,7 +35,6 @@ enum End {
     ClosedByPeer,
     Io(io::Error),
     SendTimeout,
-    UnexpectedData,
 }
 
 /// The connection task of slot `idx` of `peer`; runs until aborted.
@@ -65,12 +65,9 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, idx: usize) {
                     }
                     End::SendTimeout => tracing::warn!(
                         peer = %peer.node, %addr, conn = idx,
-                        "forwarding connection made no write progress for {:?}; reconnecting",
+                        "forwarding connection made no write progress or got no acknowledgement for {:?}; reconnecting",
                         cfg.send_timeout
                     ),
-                    End::UnexpectedData => {
-                        tracing::warn!(peer = %peer.node, %addr, conn = idx, "peer sent unexpected data; reconnecting")
-                    }
                 }
             }
             Err(e) => {
@@ -207,47 +204,95 @@ async fn write_loop(shared: &Shared, peer: &Peer, slot: &Slot, conn: Conn) -> En
     }
 }
 
-async fn write_loop_on<R, W>(shared: &Shared, peer: &Peer, slot: &Slot, mut rd: R, mut wr: W) -> End
+async fn write_loop_on<R, W>(shared: &Shared, peer: &Peer, slot: &Slot, rd: R, mut wr: W) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let cfg = &shared.cfg;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut batch: Vec<Envelope> = Vec::with_capacity(cfg.batch_max);
-    let mut probe = [0u8; 64];
+    let mut batch: Vec<(u64, Envelope)> = Vec::with_capacity(cfg.batch_max);
+    // The acknowledgements, read while this loop writes.
+    let mut acks = Box::pin(read_acks(slot, rd));
+    // What the last connection sent and the peer did not acknowledge goes
+    // first, in order; the peer skips what it handed on already.
+    let mut resend: VecDeque<(u64, Envelope)> = slot.unacked.lock().iter().cloned().collect();
+    let mut waiting_since: Option<Instant> = None;
     loop {
-        {
+        batch.clear();
+        if !resend.is_empty() {
+            let n = resend.len().min(cfg.batch_max);
+            batch.extend(resend.drain(..n));
+        } else {
+            let room = cfg
+                .queue_limit
+                .saturating_sub(slot.unacked.lock().len())
+                .min(cfg.batch_max);
             let mut q = slot.queue.lock();
-            let n = q.len().min(cfg.batch_max);
-            batch.extend(q.drain(..n));
-            peer.stats.queued.fetch_sub(n, Ordering::Relaxed);
-        }
-        if batch.is_empty() {
-            // Idle: wait for work, and notice at once if the peer closes.
-            tokio::select! {
-                _ = slot.notify.notified() => continue,
-                r = rd.read(&mut probe) => return match r {
-                    Ok(0) => End::ClosedByPeer,
-                    Ok(_) => End::UnexpectedData,
-                    Err(e) => End::Io(e),
-                },
+            let n = q.len().min(room);
+            if n > 0 {
+                let first = slot.next_seq.fetch_add(n as u64, Ordering::Relaxed);
+                let mut u = slot.unacked.lock();
+                for (k, env) in q.drain(..n).enumerate() {
+                    let seq = first + k as u64;
+                    u.push_back((seq, env.clone()));
+                    batch.push((seq, env));
+                }
+                drop(u);
+                peer.stats.queued.fetch_sub(n, Ordering::Relaxed);
+                peer.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
+        if batch.is_empty() {
+            // Idle, or the peer has not acknowledged `queue_limit` messages:
+            // wait for work or an acknowledgement, and notice at once if the
+            // peer closes. A peer that acknowledges nothing for
+            // `send_timeout` while messages wait is reconnected.
+            let pending = !slot.unacked.lock().is_empty();
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if pending && since.elapsed() >= cfg.send_timeout {
+                return End::SendTimeout;
+            }
+            let wait = if pending {
+                cfg.send_timeout.saturating_sub(since.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            tokio::select! {
+                _ = slot.notify.notified() => {}
+                end = &mut acks => return end,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+        waiting_since = None;
         let mut i = 0;
         while i < batch.len() {
             buf.clear();
-            wire::begin_frame(&mut buf);
+            wire::begin_frame(&mut buf, slot.stream, batch[i].0);
             let mut count: u32 = 0;
             while i < batch.len() && buf.len() < wire::SOFT_FRAME {
+                // Numbers in a frame are consecutive: a message dropped as
+                // too large ends the frame, and the peer sees a gap.
+                if count > 0 && batch[i].0 != batch[i - 1].0 + 1 {
+                    break;
+                }
                 let mark = buf.len();
-                wire::encode_message_to(&mut buf, &batch[i].msg, batch[i].shared.as_deref());
+                let (_, env) = &batch[i];
+                wire::encode_message_to(&mut buf, &env.msg, env.shared.as_deref());
                 if buf.len() - mark > wire::MAX_FRAME - (wire::HEADER_LEN - 4) {
                     buf.truncate(mark);
                     peer.count_dropped(shared, 1);
-                    tracing::warn!(peer = %peer.node, topic = %batch[i].msg.topic, "message too large to forward, dropped");
+                    tracing::warn!(peer = %peer.node, topic = %env.msg.topic, "message too large to forward, dropped");
+                    let seq = batch[i].0;
+                    slot.unacked.lock().retain(|(s, _)| *s != seq);
                     i += 1;
-                    continue;
+                    if count == 0 && i < batch.len() {
+                        buf.clear();
+                        wire::begin_frame(&mut buf, slot.stream, batch[i].0);
+                        continue;
+                    }
+                    break;
                 }
                 if buf.len() - 4 > wire::MAX_FRAME {
                     // Does not fit behind the others: it starts the next frame.
@@ -261,23 +306,40 @@ where
                 continue;
             }
             wire::finish_frame(&mut buf, count);
-            if let Err(end) = write_frame(&mut wr, &buf, cfg.send_timeout).await {
-                peer.count_dropped(shared, u64::from(count));
-                requeue(shared, peer, slot, &mut batch, i);
-                return end;
+            tokio::select! {
+                r = write_frame(&mut wr, &buf, cfg.send_timeout) => {
+                    if let Err(end) = r {
+                        // Kept in `unacked`: sent again on the next connection.
+                        return end;
+                    }
+                }
+                end = &mut acks => return end,
             }
-            peer.stats
-                .sent
-                .fetch_add(u64::from(count), Ordering::Relaxed);
             peer.stats
                 .bytes_sent
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
             peer.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         }
-        batch.clear();
         if buf.capacity() > 4 * wire::SOFT_FRAME {
             // Do not keep a huge buffer around after one big message.
             buf = BytesMut::with_capacity(64 * 1024);
+        }
+    }
+}
+
+/// Reads the peer's acknowledgements until the connection ends: each one
+/// releases what it covers and wakes the writer.
+async fn read_acks<R: AsyncRead + Unpin>(slot: &Slot, mut rd: R) -> End {
+    let mut ack = [0u8; wire::ACK_LEN];
+    loop {
+        match rd.read_exact(&mut ack).await {
+            Ok(_) => {
+                if slot.acked(u64::from_be_bytes(ack)) > 0 {
+                    slot.notify.notify_one();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return End::ClosedByPeer,
+            Err(e) => return End::Io(e),
         }
     }
 }
@@ -298,31 +360,4 @@ async fn write_frame<W: AsyncWrite + Unpin>(
         Ok(Err(e)) => Err(End::Io(e)),
         Err(_) => Err(End::SendTimeout),
     }
-}
-
-/// Puts the not-yet-written rest of a batch back at the head of the queue,
-/// in order, for the next connection. The queue stays within its limit:
-/// while the batch was out, new messages may have filled it, and the
-/// newest beyond the limit are dropped (and counted).
-fn requeue(shared: &Shared, peer: &Peer, slot: &Slot, batch: &mut Vec<Envelope>, from: usize) {
-    let rest = batch.len() - from;
-    if rest > 0 {
-        let mut q = slot.queue.lock();
-        for m in batch.drain(from..).rev() {
-            q.push_front(m);
-        }
-        // `forward` keeps the queue within the limit, so at most `rest`
-        // are over it.
-        let keep = q
-            .len()
-            .min(shared.cfg.queue_limit.max(q.len().saturating_sub(rest)));
-        let over = q.len() - keep;
-        q.truncate(keep);
-        drop(q);
-        peer.stats.queued.fetch_add(rest - over, Ordering::Relaxed);
-        if over > 0 {
-            peer.count_dropped(shared, over as u64);
-        }
-    }
-    batch.clear();
 }

@@ -105,7 +105,11 @@ pub struct PeerStats {
     pub connected: usize,
     /// Messages waiting in this peer's queues.
     pub queued: usize,
-    /// Messages written to the peer's sockets.
+    /// Messages sent and not acknowledged yet (sent again on the next
+    /// connection if it fails).
+    pub unacked: usize,
+    /// Messages written to the peer's sockets (the first time; a message
+    /// sent again after a reconnect counts once).
     pub sent: u64,
     /// Messages dropped: queue full, frame lost on a failed write, peer removed.
     pub dropped: u64,
@@ -136,6 +140,9 @@ pub struct ListenerStats {
     pub received: u64,
     /// Messages dropped by this node's outgoing side, removed peers included.
     pub dropped: u64,
+    /// Messages a peer sent again after a reconnect that had been handed on
+    /// already, and were not handed on twice.
+    pub duplicates: u64,
 }
 
 #[derive(Default)]
@@ -153,11 +160,43 @@ pub(crate) struct PeerCounters {
     pub down_logged: AtomicBool,
 }
 
-/// One outgoing connection's queue.
+/// One outgoing connection's queue, and its stream: the numbered messages
+/// it sent that the peer has not acknowledged yet, kept across connections.
 pub(crate) struct Slot {
     pub queue: Mutex<VecDeque<Envelope>>,
     pub notify: Notify,
     pub connected: AtomicBool,
+    /// Random, fixed for the life of the slot (see [`super::wire`]).
+    pub stream: u64,
+    /// Sent and not acknowledged, oldest first, with their numbers; at
+    /// most `queue_limit`.
+    pub unacked: Mutex<VecDeque<(u64, Envelope)>>,
+    /// The number of the next message sent for the first time.
+    pub next_seq: AtomicU64,
+}
+
+impl Slot {
+    pub(crate) fn new() -> Slot {
+        Slot {
+            queue: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            connected: AtomicBool::new(false),
+            stream: rand::random::<u64>(),
+            unacked: Mutex::new(VecDeque::new()),
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
+    /// The peer acknowledged every message up to `seq`: forget them.
+    pub(crate) fn acked(&self, seq: u64) -> usize {
+        let mut u = self.unacked.lock();
+        let mut n = 0;
+        while u.front().is_some_and(|(s, _)| *s <= seq) {
+            u.pop_front();
+            n += 1;
+        }
+        n
+    }
 }
 
 pub(crate) struct Peer {
@@ -188,9 +227,52 @@ pub(crate) struct Shared {
     pub malformed_frames: AtomicU64,
     pub received_total: AtomicU64,
     pub dropped: AtomicU64,
+    /// Receiving side: per stream, the last message number handed on and
+    /// when the stream was last seen (see [`super::wire`]).
+    pub streams: Mutex<HashMap<u64, (u64, std::time::Instant)>>,
+    /// Messages received again after a reconnect and not handed on twice.
+    pub duplicates: AtomicU64,
 }
 
+/// Streams remembered by the receiving side; past this, the one seen
+/// least recently is forgotten (a stream lives as long as the sending
+/// process, so this only grows with peer restarts).
+const MAX_STREAMS: usize = 4096;
+
 impl Shared {
+    /// Of a frame of `stream` numbered from `first_seq` with `count`
+    /// messages: how many at its head were handed on already (and are to be
+    /// skipped). Records the frame as handed on.
+    pub(crate) fn accept_frame(&self, stream: u64, first_seq: u64, count: u64) -> u64 {
+        let now = std::time::Instant::now();
+        let mut streams = self.streams.lock();
+        if !streams.contains_key(&stream) && streams.len() >= MAX_STREAMS {
+            if let Some(oldest) = streams.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                streams.remove(&oldest);
+            }
+        }
+        let e = streams.entry(stream).or_insert((0, now));
+        let last = e.0;
+        let end = first_seq + count - 1;
+        e.1 = now;
+        if count == 0 {
+            return 0;
+        }
+        if end > last {
+            e.0 = end;
+        }
+        let skip = last.saturating_sub(first_seq - 1).min(count);
+        if skip > 0 {
+            self.duplicates.fetch_add(skip, Ordering::Relaxed);
+        }
+        skip
+    }
+
+    /// The last message number handed on for `stream`.
+    pub(crate) fn last_seq(&self, stream: u64) -> u64 {
+        self.streams.lock().get(&stream).map_or(0, |e| e.0)
+    }
+
     pub(crate) fn received_counter(&self, node: &str) -> Arc<AtomicU64> {
         if let Some(c) = self.received.read().get(node) {
             return c.clone();

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! frame   = len:u32be body                      (len = body length, <= MAX_FRAME)
-//! body    = kind:u8(=1, batch) count:u32be message{count}
+//! body    = kind:u8(=2, batch) stream:u64be first_seq:u64be count:u32be message{count}
 //! message = flags:u8 topic:str from:str timestamp_ms:varint
 //!           [expiry_secs:varint]  (flag bit 3)
 //!           [properties]          (flag bit 4)
@@ -11,6 +11,22 @@
 //! str     = len:varint utf-8 bytes;  bytes = len:varint raw bytes
 //! properties = mask:varint, then each present field in field order (see `props_codec!`)
 //! ```
+//!
+//! Messages are numbered per stream: each outgoing connection slot of a
+//! node has a random stream id, fixed for the life of the process, and
+//! numbers its messages 1, 2, 3, ... over every connection it opens; the
+//! messages of a frame carry `first_seq`, `first_seq + 1`, ... The
+//! receiving node answers on the same connection with acknowledgements:
+//!
+//! ```text
+//! ack     = seq:u64be        (every message of the stream up to seq was handed on)
+//! ```
+//!
+//! The sender keeps what is not acknowledged and sends it again, in order,
+//! on its next connection; the receiver hands a message on only if its
+//! number is above the last one it handed on for that stream. So a frame
+//! lost with a connection (a partition, a send timeout, a peer that closed)
+//! is neither lost nor delivered twice.
 //!
 //! Integers are LEB128 varints. A hand-written format rather than serde: the
 //! message types stay free of serde derives, payloads and correlation data
@@ -29,10 +45,13 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// The writer stops adding messages to a frame once it is this big, so one
 /// frame of large messages does not delay the next for long.
 pub const SOFT_FRAME: usize = 1024 * 1024;
-/// Length prefix plus kind plus count.
-pub const HEADER_LEN: usize = 4 + 1 + 4;
-/// The only frame kind so far: a batch of messages.
-pub const KIND_BATCH: u8 = 1;
+/// Length prefix, kind, stream, first sequence number, count.
+pub const HEADER_LEN: usize = 4 + 1 + 8 + 8 + 4;
+/// The only frame kind: a numbered batch of messages. (Kind 1, the
+/// unnumbered batch of earlier versions, is refused.)
+pub const KIND_BATCH: u8 = 2;
+/// Bytes of an acknowledgement.
+pub const ACK_LEN: usize = 8;
 
 /// Why a frame could not be decoded. Any of these closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,11 +91,14 @@ fn put_bytes(b: &mut BytesMut, s: &[u8]) {
     b.put_slice(s);
 }
 
-/// Starts a batch frame in `b` (which should be empty): placeholders for the
-/// length and the count, patched by [`finish_frame`].
-pub fn begin_frame(b: &mut BytesMut) {
+/// Starts a batch frame of `stream` in `b` (which should be empty), whose
+/// first message is number `first_seq`: placeholders for the length and
+/// the count, patched by [`finish_frame`].
+pub fn begin_frame(b: &mut BytesMut, stream: u64, first_seq: u64) {
     b.put_u32(0);
     b.put_u8(KIND_BATCH);
+    b.put_u64(stream);
+    b.put_u64(first_seq);
     b.put_u32(0);
 }
 
@@ -85,7 +107,7 @@ pub fn begin_frame(b: &mut BytesMut) {
 pub fn finish_frame(b: &mut BytesMut, count: u32) {
     let body = (b.len() - 4) as u32;
     b[0..4].copy_from_slice(&body.to_be_bytes());
-    b[5..9].copy_from_slice(&count.to_be_bytes());
+    b[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&count.to_be_bytes());
 }
 
 /// Appends one message to a frame.
@@ -122,9 +144,9 @@ pub fn encode_message_to(b: &mut BytesMut, m: &Message, shared: Option<&(String,
 
 /// Encodes `msgs` as one complete frame (length prefix included); for tests
 /// and tools. The writer builds frames incrementally instead.
-pub fn encode_frame(msgs: &[Message]) -> BytesMut {
+pub fn encode_frame(stream: u64, first_seq: u64, msgs: &[Message]) -> BytesMut {
     let mut b = BytesMut::new();
-    begin_frame(&mut b);
+    begin_frame(&mut b, stream, first_seq);
     for m in msgs {
         encode_message(&mut b, m);
     }
@@ -154,6 +176,13 @@ impl Reader {
     fn u32be(&mut self) -> Result<u32, DecodeError> {
         let s = self.take(4)?;
         Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    fn u64be(&mut self) -> Result<u64, DecodeError> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&s[..8]);
+        Ok(u64::from_be_bytes(a))
     }
 
     fn varint(&mut self) -> Result<u64, DecodeError> {
@@ -257,15 +286,29 @@ fn decode_message(r: &mut Reader) -> Result<Received, DecodeError> {
     Ok((m, shared))
 }
 
+/// A decoded frame: its stream, the number of its first message, and the
+/// messages in order.
+#[derive(Debug, PartialEq)]
+pub struct Frame {
+    pub stream: u64,
+    pub first_seq: u64,
+    pub msgs: Vec<Received>,
+}
+
 /// Decodes a frame body (without its length prefix) into its messages, all
 /// or nothing: a malformed frame yields no message at all.
-pub fn decode_frame(body: Bytes) -> Result<Vec<Received>, DecodeError> {
+pub fn decode_frame(body: Bytes) -> Result<Frame, DecodeError> {
     let mut r = Reader { buf: body, pos: 0 };
     let kind = r.u8()?;
     if kind != KIND_BATCH {
         return Err(DecodeError::UnknownKind(kind));
     }
+    let stream = r.u64be()?;
+    let first_seq = r.u64be()?;
     let count = r.u32be()? as usize;
+    if first_seq == 0 || first_seq.checked_add(count as u64).is_none() {
+        return Err(DecodeError::Range(first_seq));
+    }
     // Every message takes at least 5 bytes: never trust `count` for capacity.
     let mut out = Vec::with_capacity(count.min(r.remaining() / 5 + 1));
     for _ in 0..count {
@@ -274,7 +317,11 @@ pub fn decode_frame(body: Bytes) -> Result<Vec<Received>, DecodeError> {
     if r.remaining() != 0 {
         return Err(DecodeError::Trailing(r.remaining()));
     }
-    Ok(out)
+    Ok(Frame {
+        stream,
+        first_seq,
+        msgs: out,
+    })
 }
 
 // ---------------------------------------------------------------- properties
@@ -433,10 +480,12 @@ mod tests {
             Message::system("", Bytes::new(), false, crate::clock::now_ms()),
             Message::system("x", vec![7u8; 100_000], false, crate::clock::now_ms()),
         ];
-        let frame = encode_frame(&msgs).freeze();
+        let frame = encode_frame(7, 41, &msgs).freeze();
         let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(len, frame.len() - 4);
-        let out = decode_frame(frame.slice(4..)).unwrap();
+        let f = decode_frame(frame.slice(4..)).unwrap();
+        assert_eq!((f.stream, f.first_seq), (7, 41));
+        let out = f.msgs;
         assert_eq!(out.len(), 3);
         for (a, (b, shared)) in msgs.iter().zip(&out) {
             same(a, b);
@@ -450,11 +499,11 @@ mod tests {
         let m = full_message();
         let target = ("g".to_string(), "t/#".to_string());
         let mut b = BytesMut::new();
-        begin_frame(&mut b);
+        begin_frame(&mut b, 1, 1);
         encode_message_to(&mut b, &m, Some(&target));
         encode_message(&mut b, &m);
         finish_frame(&mut b, 2);
-        let out = decode_frame(b.freeze().slice(4..)).expect("decode");
+        let out = decode_frame(b.freeze().slice(4..)).expect("decode").msgs;
         same(&m, &out[0].0);
         assert_eq!(out[0].1.as_ref(), Some(&target));
         assert_eq!(out[1].1, None);
@@ -462,7 +511,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
-        let frame = encode_frame(&[full_message(), full_message()]).freeze();
+        let frame = encode_frame(1, 1, &[full_message(), full_message()]).freeze();
         let body = frame.slice(4..);
         for n in 0..body.len() {
             assert!(decode_frame(body.slice(..n)).is_err(), "prefix {n}");
@@ -474,7 +523,7 @@ mod tests {
 
     #[test]
     fn corrupted_bytes_never_panic() {
-        let body = encode_frame(&[full_message()]).freeze().slice(4..);
+        let body = encode_frame(1, 1, &[full_message()]).freeze().slice(4..);
         for i in 0..body.len() {
             for x in [0x00u8, 0x7f, 0x80, 0xff] {
                 let mut b = BytesMut::from(&body[..]);
@@ -485,6 +534,8 @@ mod tests {
         // A huge count with nothing behind it must not allocate for it.
         let mut b = BytesMut::new();
         b.put_u8(KIND_BATCH);
+        b.put_u64(1);
+        b.put_u64(1);
         b.put_u32(u32::MAX);
         assert_eq!(decode_frame(b.freeze()), Err(DecodeError::Truncated));
     }
@@ -495,12 +546,28 @@ mod tests {
         b.put_u8(9);
         assert_eq!(decode_frame(b.freeze()), Err(DecodeError::UnknownKind(9)));
         let mut b = BytesMut::new();
+        b.put_u8(1); // the unnumbered batch of earlier versions
+        b.put_u32(0);
+        assert_eq!(decode_frame(b.freeze()), Err(DecodeError::UnknownKind(1)));
+        for first in [0, u64::MAX] {
+            let mut b = BytesMut::new();
+            b.put_u8(KIND_BATCH);
+            b.put_u64(1);
+            b.put_u64(first);
+            b.put_u32(1);
+            assert_eq!(decode_frame(b.freeze()), Err(DecodeError::Range(first)));
+        }
+        let mut b = BytesMut::new();
         b.put_u8(KIND_BATCH);
+        b.put_u64(1);
+        b.put_u64(1);
         b.put_u32(1);
         b.put_u8(0x03); // qos 3
         assert_eq!(decode_frame(b.freeze()), Err(DecodeError::BadQos(3)));
         let mut b = BytesMut::new();
         b.put_u8(KIND_BATCH);
+        b.put_u64(1);
+        b.put_u64(1);
         b.put_u32(1);
         b.put_u8(0x08); // has expiry
         put_bytes(&mut b, b"t");

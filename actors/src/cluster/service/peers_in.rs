@@ -204,6 +204,12 @@ impl SvcState {
                     .map(|m| (*m).clone())
                     .collect(),
             ),
+            Req::Sessions { clients } => Resp::Clients(
+                clients
+                    .into_iter()
+                    .filter(|c| self.ctx.cm.lookup(c).is_some())
+                    .collect(),
+            ),
             Req::Info => Resp::Info {
                 incarnation: self.membership.me.incarnation,
                 members: self.membership.peers().count() + 1,
