@@ -518,8 +518,8 @@ async fn cmd_cluster(node: &Node, w: &[&str]) -> (i32, String) {
                 .iter()
                 .map(|p| {
                     format!(
-                        "{} addr={} connections={} queued={} sent={} dropped={} bytes_sent={} received={}\n",
-                        p.node, p.addr, p.connected, p.queued, p.sent, p.dropped, p.bytes_sent, p.received
+                        "{} addr={} connections={} queued={} unacked={} sent={} dropped={} bytes_sent={} received={}\n",
+                        p.node, p.addr, p.connected, p.queued, p.unacked, p.sent, p.dropped, p.bytes_sent, p.received
                     )
                 })
                 .collect();

@@ -463,11 +463,19 @@ impl Actor for ClusterService {
                         delta,
                         snapshot,
                     }) => {
+                        let new_run = st.incarnations.get(&node) != Some(&incarnation);
+                        if new_run && delta.as_ref().is_some_and(|(base, _)| *base != 0) {
+                            // A delta of a run we knew nothing of fits only
+                            // from zero: ask for that, keeping the routes we
+                            // have meanwhile.
+                            st.fetch_routes_since(&myself, &node, 0);
+                            return Ok(());
+                        }
+                        st.incarnations.insert(node.clone(), incarnation);
                         let mut routes = st.view.routes.write();
-                        if st.incarnations.insert(node.clone(), incarnation) != Some(incarnation)
-                            && delta.is_some()
-                        {
-                            // Only a delta from zero fits a run we knew nothing of.
+                        if new_run && delta.is_some() {
+                            // Replaced in one step under the lock: no
+                            // publish sees the node without routes.
                             routes.purge(&node);
                         }
                         match (delta, snapshot) {

@@ -118,8 +118,9 @@ impl SvcState {
                 let running = self.monitor.is_running(&node);
                 self.membership.upsert(info.clone(), running);
                 self.monitor.add_member(&node, info.role, Instant::now());
-                // A rejoining node's old routes are stale: it sends its own.
-                self.view.routes.write().purge(&node);
+                // A rejoining node's routes are fetched again from its new
+                // run and replace the old ones in one step; until then the
+                // old ones stay (an autoheal restart keeps its sessions).
                 self.incarnations.remove(&node);
                 self.save();
                 for o in others {
