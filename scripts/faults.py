@@ -35,11 +35,13 @@ the seed to replay:
 
 - lost: an acknowledged message (PUBACK / PUBCOMP received) published
   while a subscriber was subscribed that the subscriber never got. Losses
-  that follow a session the broker dropped (the subscriber reconnected and
-  was told session_present = 0) are reported apart, with the cause (the
-  node was killed, or restarted by autoheal); dropping a persistent
-  session counts against the verdict unless `--allow-session-loss` names
-  the cause.
+  with a known cause are reported apart: a session the broker dropped
+  (the subscriber reconnected and was told session_present = 0) because
+  its node was killed (`lost_with_session[kill]`), and messages the
+  publisher's node acknowledged and was killed before forwarding
+  (`lost_with_publisher_node[kill]`). They fail the run too, unless
+  `--allow-loss kill` is given; a session dropped with no kill of its
+  node always fails it.
 - dup: a message delivered twice to one subscriber at QoS 2 (QoS 1 may
   repeat and is only counted).
 - unknown: a message nobody published.
@@ -280,6 +282,12 @@ class Net:
         self.drop(a, b)
         self.drop(b, a)
 
+    def split(self, side, other):
+        """Cuts every node of `side` from every node of `other`."""
+        for a in side:
+            for b in other:
+                self.cut(a, b)
+
     def slow(self, rate_kbit):
         sh("tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "1")
         sh("tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb",
@@ -498,16 +506,12 @@ class Nemesis:
             r.shuffle(order)
             k = r.randint(1, (len(n) - 1) // 2)
             minority, majority = order[:k], order[k:]
-            for a in minority:
-                for b in majority:
-                    self.net.cut(a, b)
+            self.net.split(minority, majority)
             desc = f"split {names(majority)} | {names(minority)}"
             hit = minority
         elif kind == "isolate":
             a = r.choice(n)
-            for b in n:
-                if b is not a:
-                    self.net.cut(a, b)
+            self.net.split([a], [b for b in n if b is not a])
             desc = f"isolate {a.name}"
             hit = [a]
         elif kind == "bridge":
@@ -516,9 +520,7 @@ class Nemesis:
             bridge, rest = order[0], order[1:]
             half = len(rest) // 2
             g1, g2 = rest[:half], rest[half:]
-            for a in g1:
-                for b in g2:
-                    self.net.cut(a, b)
+            self.net.split(g1, g2)
             desc = f"bridge {bridge.name} between {names(g1)} and {names(g2)}"
             hit = g1 + g2
         elif kind == "oneway":
@@ -652,6 +654,13 @@ def check(hist, subs, nemesis_events, nodes, log, allow_session_loss):
                 if m["sent"] <= start:
                     continue
                 if end is None:
+                    killed = publisher_node_killed(m, nodes, nemesis_events)
+                    if killed:
+                        counters["lost_with_publisher_node[kill]"] += 1
+                        details.append(
+                            f"{s.id}: lost {key}: acknowledged by {killed} "
+                            f"{m['acked']:.2f}, killed before it forwarded it")
+                        break
                     counters["lost"] += 1
                     details.append(
                         f"{s.id}: lost {key} (QoS {m['qos']}, published via node {m['node']}, "
@@ -682,11 +691,21 @@ def check(hist, subs, nemesis_events, nodes, log, allow_session_loss):
                 details.append(f"{s.id}: session on {s.node.name} dropped ({cause})")
     ok = all(counters[k] == 0 for k in ("lost", "dup", "unknown", "order", "sessions_lost_unallowed"))
     for k, v in counters.items():
-        if k.startswith("lost_with_session") and v:
-            cause = k[len("lost_with_session["):-1]
+        if k.startswith("lost_with_") and v:
+            cause = k[k.index("[") + 1:-1]
             if cause not in allow_session_loss:
                 ok = False
     return ok, counters, details
+
+
+def publisher_node_killed(m, nodes, events):
+    """The node that acknowledged `m`, if it was killed within 5 s after:
+    what it had not forwarded yet died with its memory."""
+    name = nodes[m["node"] - 1].name
+    for e in events:
+        if e["kind"] == "kill" and name in e["nodes"] and m["acked"] <= e["start"] <= m["acked"] + 5:
+            return name
+    return None
 
 
 def loss_cause(sub, down, back, events):
@@ -718,8 +737,8 @@ def main():
     ap.add_argument("--extra", help="a config file appended to every node's config")
     ap.add_argument("--dir", help="where logs, history and the report go")
     ap.add_argument("--converge-timeout", type=float, default=90)
-    ap.add_argument("--allow-session-loss", default="",
-                    help="causes (kill, 'autoheal after partition', ...) whose session losses are reported but pass")
+    ap.add_argument("--allow-loss", default="",
+                    help="causes of loss (only 'kill' so far) that are reported and do not fail the run")
     args = ap.parse_args()
     if args.nodes < 2 or args.nodes > 9:
         ap.error("--nodes must be 2 .. 9")
@@ -741,9 +760,11 @@ def main():
     if not os.access(args.bin, os.X_OK):
         sys.exit(f"faults: {args.bin} is not an executable (cargo build first)")
     args.bin = os.path.abspath(args.bin)
-    allow = {a.strip() for a in args.allow_session_loss.split(",") if a.strip()}
+    allow = {a.strip() for a in args.allow_loss.split(",") if a.strip()}
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     rng = random.Random(seed)
+    if args.dir and os.path.isdir(args.dir) and os.listdir(args.dir):
+        sys.exit(f"faults: {args.dir} is not empty (nodes would start from an earlier run's data)")
     args.dir = os.path.abspath(args.dir or tempfile.mkdtemp(prefix=f"emqx-rs-faults-{seed}-"))
     os.makedirs(args.dir, exist_ok=True)
     extra = open(args.extra).read() if args.extra else ""

@@ -63,6 +63,11 @@ pstatus=${PIPESTATUS[0]}
 echo "== fuzz targets, ${FUZZ_SECONDS:-10} s each"
 scripts/fuzz.sh "${FUZZ_SECONDS:-10}" 2>&1 | tee target/fuzz-output.txt
 fstatus=${PIPESTATUS[0]}
+echo "== fault suite: one short seed (docs/faults.md)"
+rm -rf target/faults
+python3 scripts/faults.py --nodes 3 --seed "${FAULTS_SEED:-1}" --faults partition,pause,slow \
+    --time "${FAULTS_TIME:-40}" --dir target/faults 2>&1 | tee target/faults-output.txt
+qstatus=${PIPESTATUS[0]}
 # Counting must not trip pipefail when a pattern has no match.
 count() { grep -Eo "$1" "$2" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}' || true; }
 passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}' || true)
@@ -71,10 +76,13 @@ pran=$(count '^Ran [0-9]+ test' target/paho-output.txt)
 pfail=$(count '^FAILED \((failures|errors)=[0-9]+(, (failures|errors)=[0-9]+)?' target/paho-output.txt)
 fpass=$(grep -Ec '^fuzz [a-z_0-9]+: ok' target/fuzz-output.txt || true)
 ffail=$(grep -Ec '^fuzz [a-z_0-9]+: FAILED' target/fuzz-output.txt || true)
-passed=$(( ${passed:-0} + ${pran:-0} - ${pfail:-0} + ${fpass:-0} ))
-failed=$(( ${failed:-0} + ${pfail:-0} + ${ffail:-0} ))
+qpass=$(grep -Ec '^faults: PASS' target/faults-output.txt || true)
+qfail=$(grep -Ec '^faults: FAIL' target/faults-output.txt || true)
+passed=$(( ${passed:-0} + ${pran:-0} - ${pfail:-0} + ${fpass:-0} + ${qpass:-0} ))
+failed=$(( ${failed:-0} + ${pfail:-0} + ${ffail:-0} + ${qfail:-0} ))
 if [ "$pstatus" != 0 ] && [ "${pfail:-0}" = 0 ]; then failed=$((failed + 1)); fi
 if [ "$fstatus" != 0 ] && [ "${ffail:-0}" = 0 ]; then failed=$((failed + 1)); fi
+if [ "$qstatus" != 0 ] && [ "${qfail:-0}" = 0 ]; then failed=$((failed + 1)); fi
 echo "$passed passed, $failed failed"
-if [ "$status" != 0 ] || [ "$pstatus" != 0 ] || [ "$fstatus" != 0 ]; then exit 1; fi
+if [ "$status" != 0 ] || [ "$pstatus" != 0 ] || [ "$fstatus" != 0 ] || [ "$qstatus" != 0 ]; then exit 1; fi
 exit 0

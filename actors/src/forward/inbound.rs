@@ -3,7 +3,7 @@
 //! `on_receive`.
 
 use super::handshake::{self, HandshakeError};
-use super::state::{OnReceive, Shared};
+use super::state::{OnReceive, Shared, StreamState};
 use super::wire::{self, DecodeError};
 use crate::peer_tls::TLS_HINT;
 use bytes::{Buf, BytesMut};
@@ -130,6 +130,8 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> End {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // The stream of this connection (one per connection in practice).
+    let mut stream_state: Option<(u64, Arc<parking_lot::Mutex<StreamState>>)> = None;
     loop {
         // Hand over every complete frame in the buffer, then acknowledge.
         let mut to_ack = None;
@@ -149,17 +151,31 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => return End::Malformed(e),
             };
             let count = frame.msgs.len() as u64;
-            let skip = shared.accept_frame(frame.stream, frame.first_seq, count);
+            let state = match &stream_state {
+                Some((id, s)) if *id == frame.stream => s.clone(),
+                _ => {
+                    let s = shared.stream(frame.stream);
+                    stream_state = Some((frame.stream, s.clone()));
+                    s
+                }
+            };
+            let mut st = state.lock();
+            let skip = st.accept(frame.first_seq, count);
             for (m, target) in frame.msgs.into_iter().skip(skip as usize) {
                 on_receive(peer, m, target);
+            }
+            let last = st.last;
+            drop(st);
+            if skip > 0 {
+                shared.duplicates.fetch_add(skip, Ordering::Relaxed);
             }
             let n = count - skip;
             received.fetch_add(n, Ordering::Relaxed);
             shared.received_total.fetch_add(n, Ordering::Relaxed);
-            to_ack = Some(frame.stream);
+            to_ack = Some(last);
         }
-        if let Some(stream) = to_ack {
-            let ack = shared.last_seq(stream).to_be_bytes();
+        if let Some(last) = to_ack {
+            let ack = last.to_be_bytes();
             // Flushed: a TLS stream holds the record until then.
             if let Err(e) = async {
                 wr.write_all(&ack).await?;

@@ -227,11 +227,35 @@ pub(crate) struct Shared {
     pub malformed_frames: AtomicU64,
     pub received_total: AtomicU64,
     pub dropped: AtomicU64,
-    /// Receiving side: per stream, the last message number handed on and
-    /// when the stream was last seen (see [`super::wire`]).
-    pub streams: Mutex<HashMap<u64, (u64, std::time::Instant)>>,
+    /// Receiving side: the state of each stream (see [`super::wire`]).
+    pub streams: Mutex<HashMap<u64, Arc<Mutex<StreamState>>>>,
     /// Messages received again after a reconnect and not handed on twice.
     pub duplicates: AtomicU64,
+}
+
+/// What the receiving side knows of one stream. Locked while a frame of
+/// the stream is handed on, so two connections of one stream (an old one
+/// not yet closed and its successor) never hand messages on out of order.
+pub(crate) struct StreamState {
+    /// The last message number handed on.
+    pub last: u64,
+    /// When a frame of the stream last arrived.
+    pub seen: std::time::Instant,
+}
+
+impl StreamState {
+    /// Of a frame numbered from `first_seq` with `count` messages: how many
+    /// at its head were handed on already (to be skipped). Records the
+    /// frame as handed on.
+    pub(crate) fn accept(&mut self, first_seq: u64, count: u64) -> u64 {
+        self.seen = std::time::Instant::now();
+        if count == 0 {
+            return 0;
+        }
+        let skip = self.last.saturating_sub(first_seq - 1).min(count);
+        self.last = self.last.max(first_seq + count - 1);
+        skip
+    }
 }
 
 /// Streams remembered by the receiving side; past this, the one seen
@@ -240,37 +264,27 @@ pub(crate) struct Shared {
 const MAX_STREAMS: usize = 4096;
 
 impl Shared {
-    /// Of a frame of `stream` numbered from `first_seq` with `count`
-    /// messages: how many at its head were handed on already (and are to be
-    /// skipped). Records the frame as handed on.
-    pub(crate) fn accept_frame(&self, stream: u64, first_seq: u64, count: u64) -> u64 {
-        let now = std::time::Instant::now();
+    /// The receiving side's state of `stream` (see [`super::wire`]).
+    pub(crate) fn stream(&self, stream: u64) -> Arc<Mutex<StreamState>> {
         let mut streams = self.streams.lock();
-        if !streams.contains_key(&stream) && streams.len() >= MAX_STREAMS {
-            if let Some(oldest) = streams.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                streams.remove(&oldest);
+        if let Some(s) = streams.get(&stream) {
+            return s.clone();
+        }
+        if streams.len() >= MAX_STREAMS {
+            let oldest = streams
+                .iter()
+                .min_by_key(|(_, s)| s.lock().seen)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                streams.remove(&k);
             }
         }
-        let e = streams.entry(stream).or_insert((0, now));
-        let last = e.0;
-        let end = first_seq + count - 1;
-        e.1 = now;
-        if count == 0 {
-            return 0;
-        }
-        if end > last {
-            e.0 = end;
-        }
-        let skip = last.saturating_sub(first_seq - 1).min(count);
-        if skip > 0 {
-            self.duplicates.fetch_add(skip, Ordering::Relaxed);
-        }
-        skip
-    }
-
-    /// The last message number handed on for `stream`.
-    pub(crate) fn last_seq(&self, stream: u64) -> u64 {
-        self.streams.lock().get(&stream).map_or(0, |e| e.0)
+        let s = Arc::new(Mutex::new(StreamState {
+            last: 0,
+            seen: std::time::Instant::now(),
+        }));
+        streams.insert(stream, s.clone());
+        s
     }
 
     pub(crate) fn received_counter(&self, node: &str) -> Arc<AtomicU64> {
@@ -282,5 +296,31 @@ impl Shared {
             .entry(Arc::from(node))
             .or_default()
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamState;
+
+    #[test]
+    fn a_stream_skips_what_it_handed_on_and_accepts_gaps() {
+        let mut s = StreamState {
+            last: 0,
+            seen: std::time::Instant::now(),
+        };
+        assert_eq!(s.accept(1, 5), 0);
+        assert_eq!(s.last, 5);
+        // Sent again from 3 after a reconnect, with two new ones behind.
+        assert_eq!(s.accept(3, 5), 3);
+        assert_eq!(s.last, 7);
+        // Wholly old.
+        assert_eq!(s.accept(1, 3), 3);
+        assert_eq!(s.last, 7);
+        // A gap (the sender dropped a message too large to forward).
+        assert_eq!(s.accept(9, 2), 0);
+        assert_eq!(s.last, 10);
+        assert_eq!(s.accept(11, 0), 0);
+        assert_eq!(s.last, 10);
     }
 }
