@@ -217,7 +217,9 @@ where
     // What the last connection sent and the peer did not acknowledge goes
     // first, in order; the peer skips what it handed on already.
     let mut resend: VecDeque<(u64, Envelope)> = slot.unacked.lock().iter().cloned().collect();
-    let mut waiting_since: Option<Instant> = None;
+    // Since when the writer waits, and how many messages were
+    // unacknowledged at the last look.
+    let mut waiting_since: Option<(Instant, usize)> = None;
     loop {
         batch.clear();
         if !resend.is_empty() {
@@ -248,8 +250,14 @@ where
             // wait for work or an acknowledgement, and notice at once if the
             // peer closes. A peer that acknowledges nothing for
             // `send_timeout` while messages wait is reconnected.
-            let pending = !slot.unacked.lock().is_empty();
-            let since = *waiting_since.get_or_insert_with(Instant::now);
+            let unacked = slot.unacked.lock().len();
+            let pending = unacked > 0;
+            // An acknowledgement since the last look is progress.
+            let since = match waiting_since {
+                Some((t, n)) if n <= unacked => t,
+                _ => Instant::now(),
+            };
+            waiting_since = Some((since, unacked));
             if pending && since.elapsed() >= cfg.send_timeout {
                 return End::SendTimeout;
             }
