@@ -190,9 +190,8 @@ impl Cm {
         out.into_iter().map(|(_, info)| info).collect()
     }
 
-    /// Stops every session (node stop or broker restart).
-    /// Closes every client's connection as [`SessionMsg::Shutdown`] does:
-    /// sessions with an expiry stay, the others end.
+    /// Closes every client's connection as [`SessionMsg::Shutdown`] does
+    /// (the autoheal restart): sessions with an expiry stay, the others end.
     pub async fn disconnect_all(&self) {
         let all: Vec<ActorRef<SessionMsg>> = self.sessions.lock().values().cloned().collect();
         for s in all {
@@ -202,6 +201,7 @@ impl Cm {
         }
     }
 
+    /// Stops every session (node stop or broker restart).
     pub async fn stop_all(&self) {
         let all: Vec<ActorRef<SessionMsg>> = self.sessions.lock().values().cloned().collect();
         for s in all {
