@@ -45,7 +45,7 @@ pub fn prepare_with(ip: u8, extra: &str) -> Node {
     };
     let port = loop {
         let p = 20_000 + (super::rand_u32() % 10_000) as u16;
-        if std::net::TcpListener::bind((n.host.as_str(), p)).is_ok() {
+        if std::net::TcpListener::bind((n.host.as_str(), p)).is_ok() && super::claim_port(p) {
             break p;
         }
     };

@@ -27,10 +27,6 @@ pub fn output_text(o: &Output) -> String {
     )
 }
 
-/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
-/// (32768 and up) so an outgoing connection of another test cannot take it
-/// between this check and the node's bind, and never the same port twice
-/// in one test binary.
 /// A metric from `ctl broker metrics`; panics when the node has none of
 /// that name.
 pub fn metric(n: &Node, name: &str) -> u64 {
@@ -82,6 +78,37 @@ pub fn bench_pub(port: u16, args: &[&str]) -> Command {
     cmd
 }
 
+/// Claims port number `port` for this test process against every other
+/// test process (the suite runs several test binaries at once, each
+/// choosing ports): a lock on a file named after it in
+/// `$TMPDIR/emqx-rs-test-ports`, held until the process exits, so two
+/// binaries never pick the same port between one's check and its node's
+/// bind. False if another process (or this one) holds it.
+pub fn claim_port(port: u16) -> bool {
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("emqx-rs-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(f) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        // No lock directory: the bind check alone, as before.
+        return true;
+    };
+    if f.try_lock().is_err() {
+        return false;
+    }
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    true
+}
+
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range
+/// (32768 and up) so an outgoing connection of another test cannot take it
+/// between this check and the node's bind, claimed against the other test
+/// binaries ([`claim_port`]), and never the same port twice in one test
+/// binary.
 pub fn free_port() -> u16 {
     const LO: u16 = 30_000;
     const SPAN: u16 = 2_700;
@@ -90,7 +117,7 @@ pub fn free_port() -> u16 {
     INIT.call_once(|| NEXT.store((rand_u32() % u32::from(SPAN)) as u16, Ordering::Relaxed));
     for _ in 0..SPAN {
         let p = LO + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && claim_port(p) {
             return p;
         }
     }
@@ -168,7 +195,7 @@ impl Node {
         let host = format!("127.0.0.{ip}");
         let n = loop {
             let n: u16 = 100 + (rand_u32() % 9000) as u16;
-            let free = |p: u16| TcpListener::bind((host.as_str(), p)).is_ok();
+            let free = |p: u16| TcpListener::bind((host.as_str(), p)).is_ok() && claim_port(p);
             if free(4370 + n) && free(5370 + n) {
                 break n;
             }
@@ -351,7 +378,9 @@ pub fn nodes_sharing_a_short_name(extra: &str) -> Vec<Node> {
         if (1..=3).all(|i| {
             let ip = format!("127.0.0.{i}");
             free(&ip, 4370 + n) && free(&ip, 5370 + n)
-        }) {
+        }) && claim_port(4370 + n)
+            && claim_port(5370 + n)
+        {
             break n;
         }
     };
