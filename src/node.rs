@@ -13,6 +13,7 @@ use emqx_actors::cluster::registry::Registry;
 use emqx_actors::cluster::service::{
     group_of, ClusterService, ClusterSettings, ClusterView, Dialer, Endpoint, SvcArgs, SvcMsg,
 };
+use emqx_actors::durable::Durable;
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::metrics::{Metrics, Stats};
 use emqx_actors::overload::{Overload, OverloadSettings};
@@ -550,12 +551,23 @@ async fn start_broker(
 
     let metrics = Arc::new(Metrics::default());
     let stats = Arc::new(Stats::default());
-    let retainer = Retainer::new(RetainerSettings {
+    let retainer_settings = RetainerSettings {
         enable: cfg.retainer.enable,
         max_retained_messages: cfg.retainer.max_retained_messages as usize,
         max_payload_size: cfg.retainer.max_payload_size as usize,
         msg_expiry_interval: cfg.retainer.msg_expiry_interval,
-    });
+    };
+    // The durable store (group-committed writes in data_dir): retained
+    // messages, unless `retainer.backend.storage_type = ram`.
+    let retainer = if cfg.retainer.disc {
+        let durable = Durable::open(&cfg.node.data_dir).map_err(|e| e.to_string())?;
+        let r = Retainer::open(retainer_settings, durable)
+            .map_err(|e| format!("cannot read the retained messages: {e}"))?;
+        tracing::info!("{} retained message(s) read from disk", r.count());
+        r
+    } else {
+        Retainer::new(retainer_settings)
+    };
     let mut settings = mqtt_settings(cfg);
     // The replicated tables (authentication users, bans, authorization
     // rules), kept in data_dir.

@@ -757,7 +757,7 @@ fn restarted_node_rejoins_its_cluster_automatically() {
         let left = Duration::from_secs(15).saturating_sub(restarted.elapsed());
         wait_status(n, &all, left, &[&a, b, c]);
     }
-    // The restarted node lost its in-memory retained set and fetched it back.
+    // The restarted node read its retained set from disk and synced it.
     assert!(
         wait_until(Duration::from_secs(10), || retained_topics(&a)
             .contains(&"rk/kept".to_string())),

@@ -111,6 +111,9 @@ pub struct Published {
     pub subscribers: usize,
     /// A subscriber's inbox past its high-water mark.
     pub congested: Option<Arc<Inbox>>,
+    /// A retained message being written to disk: the publisher's
+    /// acknowledgement waits for it.
+    pub durable: Option<crate::durable::Ticket>,
 }
 
 impl Broker {
@@ -216,9 +219,11 @@ impl Broker {
     pub fn publish(&self, msg: Message) -> Published {
         let msg = Arc::new(msg);
         inc(&self.metrics.messages_publish);
+        let mut durable = None;
         if msg.retain {
             match self.retainer.store(&msg) {
-                Ok(()) => {
+                Ok(ticket) => {
+                    durable = ticket;
                     inc(&self.metrics.messages_retained);
                     if let Some(tx) = &self.retain_tx {
                         let _ = tx.send((*msg).clone());
@@ -231,6 +236,7 @@ impl Broker {
         Published {
             subscribers,
             congested,
+            durable,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod cm;
 pub mod conn;
 pub mod connect;
+pub mod durable;
 pub mod forward;
 pub mod hashing;
 pub mod inbox;

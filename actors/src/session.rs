@@ -75,6 +75,9 @@ struct Sink<'a> {
     ctx: &'a Ctx,
     /// A subscriber's inbox that a publish filled past its high-water mark.
     congested: Option<Arc<Inbox>>,
+    /// The last retained message of this packet being written to disk
+    /// (boxed: it lives in the session's resident handle future).
+    durable: Option<Box<crate::durable::Ticket>>,
 }
 
 impl PublishSink for Sink<'_> {
@@ -83,6 +86,10 @@ impl PublishSink for Sink<'_> {
         let (n, congested) = (p.subscribers, p.congested);
         if congested.is_some() {
             self.congested = congested;
+        }
+        if let Some(t) = p.durable {
+            // Tickets complete in order: the last one covers the others.
+            self.durable = Some(Box::new(t));
         }
         n
     }
@@ -228,19 +235,26 @@ impl Actor for SessionActor {
                 // The packet lives in this block only: a local that was
                 // borrowed stays in the future's state across the awaits
                 // below, and a `Packet` is about 860 bytes.
-                let (acts, congested) = {
+                let (acts, congested, durable) = {
                     let p = *p;
                     count_inbound(&st.ctx, &p);
                     let ctx = st.ctx.clone();
                     let mut sink = Sink {
                         ctx: &ctx,
                         congested: None,
+                        durable: None,
                     };
                     let acts = st.ch.handle(p, clock::now(), &mut sink);
-                    (acts, sink.congested)
+                    (acts, sink.congested, sink.durable)
                 };
                 if let (Some(inbox), Some(conn)) = (congested, &st.conn) {
                     conn.throttle(inbox);
+                }
+                if let Some(t) = durable {
+                    // A retained message is acknowledged once it is on disk.
+                    if let Err(e) = Box::pin(t.wait()).await {
+                        tracing::error!(client_id = %st.ch.client_id, "retained message kept in memory only: {e}");
+                    }
                 }
                 st.run(&myself, acts).await;
                 // An acknowledgement may have opened the inflight window.

@@ -1484,6 +1484,9 @@ pub struct RetainerConfig {
     pub msg_expiry_interval: Duration,
     /// Zero = no periodic clean (the default).
     pub msg_clear_interval: Duration,
+    /// `backend.storage_type`: `disc` (the default here; EMQX's is `ram`)
+    /// keeps retained messages in `node.data_dir` across restarts.
+    pub disc: bool,
 }
 
 impl Default for RetainerConfig {
@@ -1494,6 +1497,7 @@ impl Default for RetainerConfig {
             max_payload_size: 1024 * 1024,
             msg_expiry_interval: Duration::ZERO,
             msg_clear_interval: Duration::ZERO,
+            disc: true,
         }
     }
 }
@@ -3371,6 +3375,26 @@ impl RetainerConfig {
                 Duration::ZERO,
                 "0s: expired messages are dropped when read",
             )
+        })?;
+        o.section("backend", |b| {
+            let mut kind = String::from("built_in_database");
+            b.set("type", &mut kind, |f| {
+                f.fixed(
+                    Field::string,
+                    "built_in_database".to_string(),
+                    "the only retainer backend is built_in_database",
+                )
+            })?;
+            b.set("storage_type", &mut self.disc, |f| {
+                f.keyword(
+                    |s| match s {
+                        "disc" => Some(true),
+                        "ram" => Some(false),
+                        _ => None,
+                    },
+                    &["disc", "ram"],
+                )
+            })
         })?;
         Ok(())
     }

@@ -1491,3 +1491,35 @@ fn dashboard_https_is_read_and_needs_its_certificate() {
         "{e}"
     );
 }
+
+#[test]
+fn the_retainer_storage_type_is_disc_unless_ram_is_asked_for() {
+    assert!(ok("", &[]).retainer.disc);
+    assert!(
+        !ok("retainer.backend.storage_type = ram\n", &[])
+            .retainer
+            .disc
+    );
+    let c = ok(
+        "retainer.backend { type = built_in_database, storage_type = disc }\n",
+        &[],
+    );
+    assert!(c.retainer.disc);
+    assert!(
+        !ok("", &[("EMQX_RETAINER__BACKEND__STORAGE_TYPE", "ram")])
+            .retainer
+            .disc
+    );
+    let e = err("retainer.backend.storage_type = disk\n", &[]);
+    assert!(
+        e.contains("retainer.backend.storage_type") && e.contains("expected one of disc, ram"),
+        "{e}"
+    );
+    let e = err("retainer.backend.type = redis\n", &[]);
+    assert!(
+        e.contains("the only retainer backend is built_in_database"),
+        "{e}"
+    );
+    let e = err("retainer.backend.index_specs = [[1, 2]]\n", &[]);
+    assert!(e.contains("retainer.backend.index_specs"), "{e}");
+}

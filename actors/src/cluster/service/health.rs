@@ -142,11 +142,18 @@ impl SvcState {
             tokio::spawn(async move {
                 match call_peer(&peer, &Req::RetainedAll).await {
                     Ok(Resp::Retained(msgs)) => {
+                        // The newer copy of each topic wins; what this node
+                        // has that is newer (kept on disk while it was
+                        // away, or published here since) goes back.
                         let n = msgs.len();
-                        for m in msgs {
-                            let _ = ctx.broker.retainer.store(&Arc::new(m));
+                        let back = ctx.broker.retainer.merge_synced(msgs);
+                        tracing::info!(
+                            "cluster: {n} retained message(s) synced from {peer}, {} newer here",
+                            back.len()
+                        );
+                        for msg in back {
+                            cast_peer(&peer, &Note::Retain { msg });
                         }
-                        tracing::info!("cluster: {n} retained message(s) synced from {peer}");
                     }
                     other => tracing::warn!("cluster: retained sync from {peer} failed: {other:?}"),
                 }

@@ -196,15 +196,9 @@ impl SvcState {
                 self.registry.unlock_local(&client, &holder);
                 Resp::Bool(true)
             }
-            Req::RetainedAll => Resp::Retained(
-                self.ctx
-                    .broker
-                    .retainer
-                    .all()
-                    .into_iter()
-                    .map(|m| (*m).clone())
-                    .collect(),
-            ),
+            // Clears too (empty payloads): a node that comes back with an
+            // older copy on disk must drop what was cleared meanwhile.
+            Req::RetainedAll => Resp::Retained(self.ctx.broker.retainer.all_with_tombstones()),
             Req::Sessions { clients } => Resp::Clients(
                 clients
                     .into_iter()

@@ -1,0 +1,325 @@
+//! The node's durable store: `<node.data_dir>/durable.redb`, written by one
+//! thread that commits everything waiting in one transaction (group
+//! commit: one fsync for every write queued while the previous commit ran,
+//! never one per message), and says to each writer when its write is on
+//! disk.
+//!
+//! redb is a copy-on-write B-tree with checksummed commit slots: a commit
+//! is durable once `commit()` returns (fsync), and a write torn by a crash
+//! is rolled back to the last commit when the file is opened again. A file
+//! redb cannot open makes the node refuse to start, naming it.
+//!
+//! This module is the only one that knows the engine: the retainer (and
+//! the persistent sessions after it) see tables of byte keys and values.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Why the store could not be opened, read or written.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DurableError {
+    #[error("cannot open {path}: {error}")]
+    Open { path: PathBuf, error: String },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: String },
+    #[error("{path}: the store's writer has stopped")]
+    Stopped { path: PathBuf },
+}
+
+/// One change to one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        table: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: &'static str,
+        key: Vec<u8>,
+    },
+    /// Empties the table.
+    Clear {
+        table: &'static str,
+    },
+}
+
+struct Job {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<(), DurableError>>>,
+}
+
+/// Resolves once the writes it was given for are committed (or failed).
+/// Tickets complete in the order their writes were submitted.
+pub struct Ticket(oneshot::Receiver<Result<(), DurableError>>, PathBuf);
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ticket({})", self.1.display())
+    }
+}
+
+impl Ticket {
+    pub async fn wait(self) -> Result<(), DurableError> {
+        match self.0.await {
+            Ok(r) => r,
+            Err(_) => Err(DurableError::Stopped { path: self.1 }),
+        }
+    }
+}
+
+/// Counters of the writer, for `ctl` and tests.
+#[derive(Debug, Default)]
+pub struct DurableStats {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Changes committed.
+    pub ops: AtomicU64,
+    /// Commits that failed (each failure also goes to the log).
+    pub failures: AtomicU64,
+}
+
+/// A stored `(key, value)`.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+/// Most jobs one transaction takes: bounds the latency of the first one.
+const MAX_BATCH: usize = 8192;
+
+/// The store. Cheap to clone; the writer thread ends when every clone is
+/// dropped, after committing what was queued.
+#[derive(Clone)]
+pub struct Durable {
+    db: Arc<redb::Database>,
+    path: PathBuf,
+    tx: std_mpsc::Sender<Job>,
+    pub stats: Arc<DurableStats>,
+}
+
+impl Durable {
+    /// Opens (or creates) `<dir>/durable.redb` and starts its writer.
+    pub fn open(dir: &Path) -> Result<Durable, DurableError> {
+        let path = dir.join("durable.redb");
+        let db = redb::Database::create(&path).map_err(|e| DurableError::Open {
+            path: path.clone(),
+            error: e.to_string(),
+        })?;
+        let db = Arc::new(db);
+        let stats = Arc::new(DurableStats::default());
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let (wdb, wpath, wstats) = (db.clone(), path.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("durable-writer".into())
+            .spawn(move || writer(&wdb, &wpath, &wstats, rx))
+            .map_err(|e| DurableError::Open {
+                path: path.clone(),
+                error: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Durable {
+            db,
+            path,
+            tx,
+            stats,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues `ops`; they commit with whatever else is queued. The ticket
+    /// says when they are on disk.
+    pub fn submit(&self, ops: Vec<Op>) -> Ticket {
+        let (done, rx) = oneshot::channel();
+        if let Err(std_mpsc::SendError(job)) = self.tx.send(Job {
+            ops,
+            done: Some(done),
+        }) {
+            if let Some(d) = job.done {
+                let _ = d.send(Err(DurableError::Stopped {
+                    path: self.path.clone(),
+                }));
+            }
+        }
+        Ticket(rx, self.path.clone())
+    }
+
+    /// Queues `ops` without waiting for them (writes nobody acknowledges
+    /// to a client: a copy the cluster also holds).
+    pub fn submit_nowait(&self, ops: Vec<Op>) {
+        let _ = self.tx.send(Job { ops, done: None });
+    }
+
+    /// Every `(key, value)` of `table`, in key order (empty when the table
+    /// was never written).
+    pub fn load(&self, table: &'static str) -> Result<Vec<Row>, DurableError> {
+        let err = |e: &dyn std::fmt::Display| DurableError::Io {
+            path: self.path.clone(),
+            error: format!("table {table}: {e}"),
+        };
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let t = match tx.open_table(def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(err(&e)),
+        };
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| err(&e))? {
+            let (k, v) = row.map_err(|e| err(&e))?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let n: usize = batch.iter().map(|j| j.ops.len()).sum();
+        let res = commit(db, &batch).map_err(|e| DurableError::Io {
+            path: path.to_path_buf(),
+            error: e,
+        });
+        match &res {
+            Ok(()) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.ops.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("durable store: {n} change(s) not written: {e}");
+            }
+        }
+        for j in batch.drain(..) {
+            if let Some(d) = j.done {
+                let _ = d.send(res.clone());
+            }
+        }
+    }
+}
+
+fn commit(db: &redb::Database, batch: &[Job]) -> Result<(), String> {
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    for op in batch.iter().flat_map(|j| &j.ops) {
+        match op {
+            Op::Put { table, key, value } => {
+                let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
+                let mut t = tx.open_table(def).map_err(|e| e.to_string())?;
+                t.insert(key.as_slice(), value.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            Op::Delete { table, key } => {
+                let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
+                let mut t = tx.open_table(def).map_err(|e| e.to_string())?;
+                t.remove(key.as_slice()).map_err(|e| e.to_string())?;
+            }
+            Op::Clear { table } => {
+                let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
+                tx.delete_table(def).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> Op {
+        Op::Put {
+            table: "t",
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        }
+    }
+
+    fn rows(d: &Durable) -> Vec<(String, String)> {
+        d.load("t")
+            .expect("load")
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8(k).expect("utf8"),
+                    String::from_utf8(v).expect("utf8"),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn writes_are_committed_in_order_and_read_back_after_reopening() {
+        let dir = std::env::temp_dir().join(format!("emqx-rs-durable-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        {
+            let d = Durable::open(&dir).expect("open");
+            assert!(rows(&d).is_empty());
+            let mut tickets = Vec::new();
+            for i in 0..200 {
+                tickets.push(d.submit(vec![put(&format!("k{:03}", i % 50), &i.to_string())]));
+            }
+            d.submit_nowait(vec![Op::Delete {
+                table: "t",
+                key: b"k000".to_vec(),
+            }]);
+            let last = d.submit(vec![put("z", "1")]);
+            for t in tickets {
+                t.wait().await.expect("committed");
+            }
+            last.wait().await.expect("committed");
+            // Later writes to a key win, and writes queued together share
+            // commits.
+            assert!(d.stats.commits.load(Ordering::Relaxed) <= 202);
+            assert_eq!(d.stats.ops.load(Ordering::Relaxed), 202);
+        }
+        // The writer ends with the last clone (and then closes the file,
+        // which may take a moment); the file stays.
+        let mut reopened = Durable::open(&dir);
+        for _ in 0..100 {
+            if reopened.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            reopened = Durable::open(&dir);
+        }
+        let d = reopened.expect("reopen");
+        let r = rows(&d);
+        assert_eq!(r.len(), 50);
+        assert_eq!(r[0], ("k001".to_string(), "151".to_string()));
+        assert_eq!(r[48], ("k049".to_string(), "199".to_string()));
+        assert_eq!(r[49], ("z".to_string(), "1".to_string()));
+        d.submit(vec![Op::Clear { table: "t" }])
+            .wait()
+            .await
+            .expect("clear");
+        assert!(rows(&d).is_empty());
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("emqx-rs-durable-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("durable.redb"), vec![0x5a; 8192]).expect("write");
+        match Durable::open(&dir) {
+            Err(DurableError::Open { path, .. }) => assert!(path.ends_with("durable.redb")),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a garbage file was opened"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,196 @@
+//! What survives a restart: retained messages on disk
+//! (`retainer.backend.storage_type = disc`, the default), through kill -9
+//! and a clean stop, and a node that was away syncing its older copy with
+//! the cluster's. Real processes; the publishers are rumqttc and Debian's
+//! `mosquitto_pub`, the readers rumqttc and `mosquitto_sub`.
+
+mod common;
+
+use common::cluster::{self, mq, payloads, retained_topics, status_line, tails, wait_status};
+use common::{wait_until, Node, Opts};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Topic and payload of every retained message `mosquitto_sub` gets for
+/// `filter` from `n` (it gets them right after its SUBACK and stops after
+/// a second without messages).
+fn retained_seen(n: &Node, filter: &str) -> Vec<String> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", &n.host, "-p", &n.mqtt_port.to_string()])
+        .args(["-t", filter, "-v", "-W", "3", "--retained-only"])
+        .args(["-q", "1", "-i", "durable-reader"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run mosquitto_sub ({e}): run scripts/test.sh to install mosquitto-clients"
+            )
+        });
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn mosquitto_pub(n: &Node, args: &[&str]) {
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            &n.host,
+            "-p",
+            &n.mqtt_port.to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run mosquitto_pub ({e}): run scripts/test.sh to install mosquitto-clients"
+            )
+        });
+    assert!(st.success(), "mosquitto_pub {args:?}: {st}");
+}
+
+#[test]
+fn acknowledged_retained_messages_survive_kill_9_and_a_clean_stop() {
+    let mut n = Node::start_with(Opts::default());
+    // 300 retained QoS 1 publishes, each acknowledged (rumqttc waits for
+    // every PUBACK); a topic replaced, one cleared, one with an expiry.
+    let mut p = mq(&n, "durable-pub");
+    for i in 0..300 {
+        p.publish(&format!("keep/{i:03}"), 1, true, format!("v{i}").as_bytes());
+    }
+    p.publish("keep/000", 1, true, b"replaced");
+    p.publish("keep/001", 1, true, b"");
+    drop(p);
+    mosquitto_pub(
+        &n,
+        &[
+            "-t",
+            "short/lived",
+            "-m",
+            "x",
+            "-r",
+            "-q",
+            "1",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "2",
+        ],
+    );
+    mosquitto_pub(&n, &["-t", "keep/last", "-m", "last", "-r", "-q", "2"]);
+    // No grace: the node dies right after the last acknowledgement.
+    n.kill();
+    n.spawn(&[]);
+    let seen = retained_seen(&n, "keep/#");
+    assert_eq!(seen.len(), 300, "after kill -9: {seen:?}\n{}", n.log());
+    assert!(seen.contains(&"keep/000 replaced".to_string()));
+    assert!(!seen.iter().any(|l| l.starts_with("keep/001 ")));
+    assert!(seen.contains(&"keep/299 v299".to_string()));
+    assert!(seen.contains(&"keep/last last".to_string()));
+    assert!(
+        n.log().contains("retained message(s) read from disk"),
+        "{}",
+        n.log()
+    );
+    // The message expiry still holds after the restart.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(retained_seen(&n, "short/#").is_empty());
+
+    // A clean stop, with a clear and a `retainer clean` by filter before it.
+    mosquitto_pub(&n, &["-t", "keep/last", "-n", "-r", "-q", "1"]);
+    for t in ["gone/a", "gone/b/c"] {
+        mosquitto_pub(&n, &["-t", t, "-m", "x", "-r", "-q", "1"]);
+    }
+    let (code, out) = n.ctl(&["retainer", "clean", "gone/#"]);
+    assert_eq!(code, 0, "{out}");
+    let st = n.cli(&["stop"]);
+    assert!(st.status.success(), "{}", common::output_text(&st));
+    assert!(
+        wait_until(Duration::from_secs(10), || !n.alive()),
+        "the node did not stop"
+    );
+    n.spawn(&[]);
+    let seen = retained_seen(&n, "#");
+    assert_eq!(seen.len(), 299, "after a clean stop: {seen:?}");
+    // `ctl` agrees (besides the node's own retained `$SYS` messages).
+    let topics = retained_topics(&n);
+    let mine = topics.iter().filter(|t| !t.starts_with("$SYS/")).count();
+    assert_eq!(mine, 299, "{topics:?}");
+    assert!(
+        !seen.iter().any(|l| l.starts_with("keep/last ")),
+        "{seen:?}"
+    );
+    assert!(seen.contains(&"keep/000 replaced".to_string()), "{seen:?}");
+    assert!(seen.contains(&"keep/010 v10".to_string()), "{seen:?}");
+}
+
+#[test]
+fn a_ram_retainer_forgets_on_restart() {
+    let mut n = Node::start_with(Opts {
+        extra: "retainer.backend.storage_type = ram\n".into(),
+        ..Opts::default()
+    });
+    mosquitto_pub(&n, &["-t", "ram/1", "-m", "x", "-r", "-q", "1"]);
+    assert_eq!(retained_seen(&n, "ram/#"), vec!["ram/1 x"]);
+    n.kill();
+    n.spawn(&[]);
+    assert!(retained_seen(&n, "ram/#").is_empty());
+    assert!(!n.data_dir().join("durable.redb").exists());
+}
+
+#[test]
+fn a_node_back_from_the_dead_takes_the_clusters_newer_retained_copy() {
+    let mut nodes = cluster::cluster(&[1, 2]);
+    let mut b = nodes.remove(1);
+    let a = &nodes[0];
+    let mut pa = mq(a, "sync-pub-a");
+    for t in ["s/cleared", "s/replaced", "s/kept"] {
+        pa.publish(t, 1, true, b"old");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || retained_seen(&b, "s/#").len()
+            == 3),
+        "retained messages not replicated: {:?} {}",
+        retained_topics(&b),
+        tails(&[a, &b])
+    );
+    b.kill();
+    // While b is away: a clear, a replacement and a new topic.
+    pa.publish("s/cleared", 1, true, b"");
+    pa.publish("s/replaced", 1, true, b"new");
+    pa.publish("s/added", 1, true, b"new");
+    drop(pa);
+    let restarted = Instant::now();
+    b.spawn(&[]);
+    let all = status_line(&[a, &b], &[]);
+    for n in [a, &b] {
+        let left = Duration::from_secs(15).saturating_sub(restarted.elapsed());
+        wait_status(n, &all, left, &[a, &b]);
+    }
+    let want = vec![
+        "s/added new".to_string(),
+        "s/kept old".to_string(),
+        "s/replaced new".to_string(),
+    ];
+    assert!(
+        wait_until(Duration::from_secs(10), || retained_seen(&b, "s/#") == want),
+        "b holds {:?}, a holds {:?}\n{}",
+        retained_seen(&b, "s/#"),
+        retained_seen(a, "s/#"),
+        tails(&[a, &b])
+    );
+    assert_eq!(retained_seen(a, "s/#"), want);
+    // And a subscriber on b gets the cluster's copy, not its old one.
+    let mut sb = mq(&b, "sync-sub-b");
+    sb.sub("s/replaced", 1);
+    assert_eq!(
+        payloads(&sb.collect(1, Duration::from_secs(5))),
+        vec!["new"]
+    );
+}
