@@ -107,6 +107,25 @@ impl Durable {
             path: path.clone(),
             error: e.to_string(),
         })?;
+        Durable::start(db, path)
+    }
+
+    /// Opens a store kept by another storage backend (the simulated disk
+    /// of the crash tests); `label` names it in errors.
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        label: PathBuf,
+    ) -> Result<Durable, DurableError> {
+        let db = redb::Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| DurableError::Open {
+                path: label.clone(),
+                error: e.to_string(),
+            })?;
+        Durable::start(db, label)
+    }
+
+    fn start(db: redb::Database, path: PathBuf) -> Result<Durable, DurableError> {
         let db = Arc::new(db);
         let stats = Arc::new(DurableStats::default());
         let (tx, rx) = std_mpsc::channel::<Job>();
