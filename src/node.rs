@@ -366,6 +366,12 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         .await
         .map_err(|e| format!("cannot start the control actor: {e}"))?;
     ractor::pg::join(ctl_group(&node.name), vec![control.get_cell()]);
+    // Sessions parked at the last stop come back offline (and leave the
+    // store) before any client is served.
+    let unparked = emqx_actors::parking::restore(&core.ctx, &core.durable).await?;
+    if unparked > 0 {
+        tracing::info!("{unparked} persistent session(s) back from disk");
+    }
     // MQTT listeners, once the node is wired: a client that connects now
     // gets the cluster-wide client id lock and the remote routes.
     let listener_tasks = listeners.start(&core.ctx).await?;
@@ -409,9 +415,17 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
             tracing::warn!("etcd: {e}");
         }
     }
+    // No more forwarded messages (the peers keep what they have not had
+    // acknowledged, for the next start); then persistent sessions are kept
+    // on disk, with what reached them, and the others end.
+    core.forwarder.shutdown().await;
+    let parked = emqx_actors::parking::park_all(&core.ctx).await;
+    match emqx_actors::parking::save(&core.durable, &parked).await {
+        Ok(()) => tracing::info!("{} persistent session(s) kept on disk", parked.len()),
+        Err(e) => tracing::error!("{} persistent session(s) lost: {e}", parked.len()),
+    }
     core.ctx.cm.stop_all().await;
     core.ctx.broker.stop();
-    core.forwarder.stop();
     cluster.endpoint.stop(None);
     cluster.service.stop(None);
     control.stop(None);
@@ -517,6 +531,7 @@ struct Core {
     overload_task: Option<tokio::task::JoinHandle<()>>,
     /// The replicated tables (the API keeps its users there).
     tables: Arc<ReplTables>,
+    durable: Durable,
 }
 
 /// The forwarder (bound, not yet serving), the view of the other nodes
@@ -558,10 +573,11 @@ async fn start_broker(
         msg_expiry_interval: cfg.retainer.msg_expiry_interval,
     };
     // The durable store (group-committed writes in data_dir): retained
-    // messages, unless `retainer.backend.storage_type = ram`.
+    // messages (unless `retainer.backend.storage_type = ram`) and the
+    // sessions parked across a stop.
+    let durable = Durable::open(&cfg.node.data_dir).map_err(|e| e.to_string())?;
     let retainer = if cfg.retainer.disc {
-        let durable = Durable::open(&cfg.node.data_dir).map_err(|e| e.to_string())?;
-        let r = Retainer::open(retainer_settings, durable)
+        let r = Retainer::open(retainer_settings, durable.clone())
             .map_err(|e| format!("cannot read the retained messages: {e}"))?;
         tracing::info!("{} retained message(s) read from disk", r.count());
         r
@@ -671,6 +687,7 @@ async fn start_broker(
         sys_task,
         overload_task,
         tables: tables.clone(),
+        durable,
     };
     Ok((
         core,

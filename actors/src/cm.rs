@@ -24,6 +24,11 @@ pub struct Cm {
     /// discard or resume, spawn, register) of one client id.
     pub(crate) locks: Vec<tokio::sync::Mutex<()>>,
     next_assigned: AtomicU64,
+    /// Sessions brought back from disk at start whose clients have not
+    /// returned: another node may hold a newer session of the same client
+    /// (made while this node was stopped), checked when a peer comes up
+    /// and when the client connects.
+    unparked: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Default for Cm {
@@ -32,6 +37,7 @@ impl Default for Cm {
             sessions: Mutex::new(HashMap::new()),
             locks: (0..LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             next_assigned: AtomicU64::new(1),
+            unparked: Mutex::new(std::collections::HashSet::new()),
         }
     }
 }
@@ -39,6 +45,32 @@ impl Default for Cm {
 impl Cm {
     pub fn lookup(&self, client_id: &str) -> Option<ActorRef<SessionMsg>> {
         self.sessions.lock().get(client_id).cloned()
+    }
+
+    /// Registers a session brought back from disk.
+    pub(crate) fn insert(&self, client_id: Arc<str>, a: ActorRef<SessionMsg>) {
+        self.sessions.lock().insert(client_id, a);
+    }
+
+    pub(crate) fn note_unparked(&self, client_id: Arc<str>) {
+        self.unparked.lock().insert(client_id);
+    }
+
+    /// Whether `client_id`'s session came back from disk and its client
+    /// has not returned yet (and forgets it: it is checked once).
+    pub fn take_unparked(&self, client_id: &str) -> bool {
+        self.unparked.lock().remove(client_id)
+    }
+
+    /// Client ids of the sessions back from disk whose clients have not
+    /// returned.
+    pub fn unparked(&self) -> Vec<String> {
+        self.unparked.lock().iter().map(|c| c.to_string()).collect()
+    }
+
+    /// Every session actor.
+    pub fn actors(&self) -> Vec<ActorRef<SessionMsg>> {
+        self.sessions.lock().values().cloned().collect()
     }
 
     /// Removes the entry of `client_id` if it still points at actor `id`.

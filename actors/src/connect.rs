@@ -66,7 +66,29 @@ async fn open_locked(
 ) -> Result<ActorRef<SessionMsg>, OpenError> {
     let cm = &ctx.cm;
     let mut restored = None;
-    if let Some(old) = cm.lookup(&client_id) {
+    if let (Some(old), Some(reg), Some(h)) = (cm.lookup(&client_id), ctx.registry.as_deref(), held)
+    {
+        if cm.take_unparked(&client_id) && !h.peers.is_empty() {
+            // This session came back from disk: the client may have made
+            // a newer one elsewhere while this node was stopped. That one
+            // wins; ours goes.
+            let newer = if connect.clean_start {
+                reg.discard_elsewhere(h).await;
+                None
+            } else {
+                reg.takeover_elsewhere(h).await
+            };
+            if newer.is_some() {
+                let _ = old.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
+                wait_stopped(&old).await;
+                cm.unregister(&client_id, old.get_id());
+                restored = newer;
+            }
+        }
+    }
+    if restored.is_some() {
+        // Taken over from another node, above.
+    } else if let Some(old) = cm.lookup(&client_id) {
         if connect.clean_start {
             let _ = old.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
             wait_stopped(&old).await;
@@ -98,10 +120,11 @@ async fn open_locked(
     let args = SessionArgs {
         ctx: ctx.clone(),
         connect,
-        conn,
+        conn: Some(conn),
         client_id: client_id.clone(),
         assigned,
         restored,
+        unparked: None,
     };
     let (actor, _) = Actor::spawn(None, SessionActor, args)
         .await

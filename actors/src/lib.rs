@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod overload;
 pub mod overload_monitor;
+pub mod parking;
 pub mod peer_tls;
 pub mod peers;
 pub mod replicated;

@@ -25,7 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::session_msg::{ClientInfo, CloseCause, SessionMsg};
+pub use crate::session_msg::{ClientInfo, CloseCause, Parked, SessionMsg};
 
 pub struct SessionActor;
 
@@ -33,11 +33,17 @@ pub struct SessionActor;
 pub struct SessionArgs {
     pub ctx: Arc<Ctx>,
     pub connect: Connect,
-    pub conn: ConnHandle,
+    /// `None`: a session kept on disk across a stop of the node, brought
+    /// back offline (with `restored` and `unparked`) until its client
+    /// returns.
+    pub conn: Option<ConnHandle>,
     pub client_id: Arc<str>,
     pub assigned: bool,
     /// State handed over by another node (cross-node takeover).
     pub restored: Option<SessionSnapshot>,
+    /// For a session brought back from disk: its expiry and the seconds
+    /// of it left.
+    pub unparked: Option<(u32, u32)>,
 }
 
 pub struct SessionState {
@@ -125,12 +131,14 @@ impl Actor for SessionActor {
                 clock::now(),
             ),
         };
-        ch.set_mountpoint(a.conn.mountpoint.as_deref());
-        ch.set_peer(
-            Some(a.conn.peer.ip()),
-            a.conn.cert_cn().map(String::from),
-            a.conn.auth().clone(),
-        );
+        if let Some(conn) = &a.conn {
+            ch.set_mountpoint(conn.mountpoint.as_deref());
+            ch.set_peer(
+                Some(conn.peer.ip()),
+                conn.cert_cn().map(String::from),
+                conn.auth().clone(),
+            );
+        }
         let tick = match a.ctx.settings.retry_interval {
             Some(retry) => retry
                 .min(a.ctx.settings.await_rel_timeout)
@@ -140,7 +148,7 @@ impl Actor for SessionActor {
         let mut st = SessionState {
             ctx: a.ctx,
             ch,
-            conn: Some(a.conn),
+            conn: a.conn,
             gen: 1,
             ending: false,
             reported: ChannelCounters::default(),
@@ -173,15 +181,28 @@ impl Actor for SessionActor {
             }
             inc(&st.ctx.broker.metrics.session_resumed);
         }
-        let ack = st.ch.connack(&a.connect, resumed, a.assigned);
-        st.send(Packet::ConnAck(ack));
-        st.on_connected();
-        st.arm_auth_expiry(&myself);
-        if resumed {
-            for a in st.ch.resume(clock::now()) {
-                if let Action::Send(p) = a {
-                    st.send(p);
+        if st.conn.is_some() {
+            let ack = st.ch.connack(&a.connect, resumed, a.assigned);
+            st.send(Packet::ConnAck(ack));
+            st.on_connected();
+            st.arm_auth_expiry(&myself);
+            if resumed {
+                for a in st.ch.resume(clock::now()) {
+                    if let Action::Send(p) = a {
+                        st.send(p);
+                    }
                 }
+            }
+        } else {
+            // Back from disk, offline: the expiry runs on from the stop.
+            st.ch.detach(clock::now());
+            let (expiry, left) = a.unparked.unwrap_or((0, 0));
+            st.ch.session_expiry = expiry;
+            if left != u32::MAX {
+                let gen = st.gen;
+                myself.send_after(Duration::from_secs(u64::from(left)), move || {
+                    SessionMsg::Expire(gen)
+                });
             }
         }
         let m = &st.ctx.broker.metrics;
@@ -333,6 +354,18 @@ impl Actor for SessionActor {
                     st.pump(&myself).await;
                 }
                 let _ = reply.send(());
+            }
+            SessionMsg::Park(reply) => {
+                if st.ch.session_expiry == 0 {
+                    st.send_disconnect(reason::SERVER_SHUTTING_DOWN, "the node stops");
+                    st.end(&myself, true);
+                    let _ = reply.send(None);
+                    return Ok(());
+                }
+                Box::pin(st.park(&myself)).await;
+                let _ = reply.send(Some(Box::new(st.parked())));
+                st.ending = true;
+                myself.stop(None);
             }
             SessionMsg::Kick(reply) => {
                 st.send_disconnect(reason::ADMINISTRATIVE_ACTION, "kicked by an administrator");
@@ -961,6 +994,36 @@ impl SessionState {
         self.pump(myself).await;
         self.flush();
         true
+    }
+
+    /// The node stops and this session is kept on disk: the connection
+    /// closes, what waits in the inbox goes to the queue, and a will still
+    /// waiting for its delay is published now (no timer outlives the
+    /// process).
+    async fn park(&mut self, myself: &ActorRef<SessionMsg>) {
+        if self.conn.is_some() {
+            self.close_conn(myself, Some(reason::SERVER_SHUTTING_DOWN), "the node stops");
+        }
+        let cap = self.ctx.broker.settings.max_session_backlog;
+        for _ in 0..=cap / DRAIN_BATCH {
+            if self.inbox.is_empty() {
+                break;
+            }
+            self.pump(myself).await;
+        }
+        self.publish_will();
+    }
+
+    fn parked(&self) -> Parked {
+        Parked {
+            client_id: self.ch.client_id.to_string(),
+            proto_level: self.ch.conn.version.level(),
+            keep_alive: self.ch.conn.keepalive,
+            username: self.ch.conn.username.clone(),
+            session_expiry: self.ch.session_expiry,
+            parked_at_ms: now_ms(),
+            snapshot: self.ch.snapshot(),
+        }
     }
 
     /// A new connection of this client id replaces the session.

@@ -57,6 +57,60 @@ pub struct ClientInfo {
     pub disconnected_at: Option<u64>,
 }
 
+/// A persistent session kept on disk while its node is stopped: what a
+/// new CONNECT does not bring back (the client's limits come with it).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Parked {
+    pub client_id: String,
+    /// The protocol level (3, 4, 5).
+    pub proto_level: u8,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    /// Seconds; `u32::MAX` never expires.
+    pub session_expiry: u32,
+    /// Wall-clock ms when the node stopped: the expiry runs from there.
+    pub parked_at_ms: u64,
+    pub snapshot: SessionSnapshot,
+}
+
+impl Parked {
+    /// Seconds left at wall-clock `now_ms`; `None` once expired.
+    pub fn remaining(&self, now_ms: u64) -> Option<u32> {
+        if self.session_expiry == u32::MAX {
+            return Some(u32::MAX);
+        }
+        let gone = now_ms.saturating_sub(self.parked_at_ms) / 1000;
+        let left = u64::from(self.session_expiry).saturating_sub(gone);
+        (left > 0).then_some(left as u32)
+    }
+
+    /// A CONNECT that brings the session back offline (what its client
+    /// sends when it returns replaces it).
+    pub fn connect(&self) -> Connect {
+        let protocol = match self.proto_level {
+            3 => emqx_mqtt::packet::ProtocolVersion::V3,
+            4 => emqx_mqtt::packet::ProtocolVersion::V4,
+            _ => emqx_mqtt::packet::ProtocolVersion::V5,
+        };
+        Connect {
+            protocol,
+            protocol_name: if self.proto_level == 3 {
+                "MQIsdp"
+            } else {
+                "MQTT"
+            }
+            .to_string(),
+            clean_start: false,
+            keep_alive: self.keep_alive,
+            client_id: self.client_id.clone(),
+            will: None,
+            username: self.username.clone(),
+            password: None,
+            properties: Default::default(),
+        }
+    }
+}
+
 #[derive(RactorMessage)]
 pub enum SessionMsg {
     /// Deliveries wait in the session's inbox: take them.
@@ -85,6 +139,11 @@ pub enum SessionMsg {
     /// and stop; `None` if this session ends with its connection (session
     /// expiry 0): there is nothing to hand over and it is gone.
     TakeoverOut(RpcReplyPort<Option<SessionSnapshot>>),
+    /// The node stops: close the connection (DISCONNECT 0x8B on v5),
+    /// take what waits in the inbox into the queue, publish a will still
+    /// pending, and hand over the session to be kept on disk; `None` for a
+    /// session that ends with its connection (it ends).
+    Park(RpcReplyPort<Option<Box<Parked>>>),
     Info(RpcReplyPort<ClientInfo>),
     /// `ctl subscriptions add`, the API's subscribe on the client's behalf.
     AddSub(

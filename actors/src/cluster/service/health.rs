@@ -159,6 +159,35 @@ impl SvcState {
                 }
             });
         }
+        let unparked = self.ctx.cm.unparked();
+        if !unparked.is_empty() {
+            // Sessions back from disk: the peer may hold newer ones of the
+            // same clients, made while this node was stopped. Theirs win.
+            let ctx = self.ctx.clone();
+            let peer = node.to_string();
+            tokio::spawn(async move {
+                for chunk in unparked.chunks(SESSION_QUERY_CHUNK) {
+                    let req = Req::Sessions {
+                        clients: chunk.to_vec(),
+                    };
+                    match call_peer(&peer, &req).await {
+                        Ok(Resp::Clients(there)) => {
+                            for c in there {
+                                if ctx.cm.take_unparked(&c) && ctx.cm.discard(&c).await {
+                                    tracing::info!(
+                                        client_id = %c,
+                                        "cluster: session back from disk discarded, {peer} holds a newer one"
+                                    );
+                                }
+                            }
+                        }
+                        other => tracing::warn!(
+                            "cluster: cannot ask {peer} which sessions it holds: {other:?}"
+                        ),
+                    }
+                }
+            });
+        }
         if self.membership.set_running(node, true) {
             tracing::info!("cluster: node {node} is up");
             // Anti-entropy: whatever the peer missed of our tables while it was

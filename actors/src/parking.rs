@@ -1,0 +1,131 @@
+//! Persistent sessions kept across a stop of the node: at `stop` every
+//! session with an expiry hands over its state ([`SessionMsg::Park`]) and
+//! the lot is written to the durable store in one transaction; at the next
+//! start they come back offline, before the listeners open, with their
+//! subscriptions (routes), inflight window, queue and QoS 2 ids, and their
+//! expiry running on from the stop. The records are then removed from the
+//! store (and that removal committed) before any client is served, so a
+//! later crash cannot bring back a stale copy.
+//!
+//! A kill -9 does not park: sessions held by a node that is killed are
+//! lost until their state is written as it changes (docs/durability.md).
+
+use crate::clock::now_ms;
+use crate::durable::{Durable, DurableError, Op};
+use crate::session::{Parked, SessionActor, SessionArgs, SessionMsg};
+use crate::Ctx;
+use ractor::{Actor, ActorRef};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The durable store's table of parked sessions (client id -> record).
+pub const PARKED_TABLE: &str = "parked_sessions";
+
+fn bincode_cfg() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// Parks every session of the node: those with an expiry are returned,
+/// the others end (their connections get DISCONNECT 0x8B on v5).
+pub async fn park_all(ctx: &Ctx) -> Vec<Parked> {
+    let all: Vec<ActorRef<SessionMsg>> = ctx.cm.actors();
+    let mut out = Vec::new();
+    for s in all {
+        match s.call(SessionMsg::Park, Some(Duration::from_secs(5))).await {
+            Ok(ractor::rpc::CallResult::Success(Some(p))) => out.push(*p),
+            Ok(ractor::rpc::CallResult::Success(None)) => {}
+            other => tracing::warn!("a session could not be parked: {other:?}"),
+        }
+    }
+    out
+}
+
+/// Writes `parked` (replacing what the table held) and waits until it is
+/// on disk.
+pub async fn save(durable: &Durable, parked: &[Parked]) -> Result<(), DurableError> {
+    let mut ops = vec![Op::Clear {
+        table: PARKED_TABLE,
+    }];
+    for p in parked {
+        let value =
+            bincode::serde::encode_to_vec(p, bincode_cfg()).map_err(|e| DurableError::Io {
+                path: durable.path().to_path_buf(),
+                error: format!("session {:?} cannot be encoded: {e}", p.client_id),
+            })?;
+        ops.push(Op::Put {
+            table: PARKED_TABLE,
+            key: p.client_id.as_bytes().to_vec(),
+            value,
+        });
+    }
+    durable.submit(ops).wait().await
+}
+
+/// Reads the parked sessions: a record that cannot be read is an error
+/// naming the file and the client id.
+pub fn load(durable: &Durable) -> Result<Vec<Parked>, DurableError> {
+    let mut out = Vec::new();
+    for (k, v) in durable.load(PARKED_TABLE)? {
+        let decoded: Result<(Parked, usize), _> =
+            bincode::serde::decode_from_slice(&v, bincode_cfg());
+        match decoded {
+            Ok((p, _)) if p.client_id.as_bytes() == k.as_slice() => out.push(p),
+            Ok(_) => {
+                return Err(DurableError::Io {
+                    path: durable.path().to_path_buf(),
+                    error: format!(
+                        "table {PARKED_TABLE}: row {:?} holds another client's session",
+                        String::from_utf8_lossy(&k)
+                    ),
+                })
+            }
+            Err(e) => {
+                return Err(DurableError::Io {
+                    path: durable.path().to_path_buf(),
+                    error: format!(
+                        "table {PARKED_TABLE}: session {:?} cannot be read: {e}",
+                        String::from_utf8_lossy(&k)
+                    ),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Brings the parked sessions back offline (those not expired since the
+/// stop), then empties the table. Returns how many came back.
+pub async fn restore(ctx: &Arc<Ctx>, durable: &Durable) -> Result<usize, String> {
+    let parked = load(durable).map_err(|e| format!("cannot read the parked sessions: {e}"))?;
+    let now = now_ms();
+    let mut n = 0;
+    for p in parked {
+        let Some(left) = p.remaining(now) else {
+            continue;
+        };
+        let client_id: Arc<str> = Arc::from(p.client_id.as_str());
+        let args = SessionArgs {
+            ctx: ctx.clone(),
+            connect: p.connect(),
+            conn: None,
+            client_id: client_id.clone(),
+            assigned: false,
+            unparked: Some((p.session_expiry, left)),
+            restored: Some(p.snapshot),
+        };
+        let (actor, _) = Actor::spawn(None, SessionActor, args)
+            .await
+            .map_err(|e| format!("cannot bring back the session of {client_id:?}: {e}"))?;
+        ctx.cm.insert(client_id.clone(), actor);
+        ctx.cm.note_unparked(client_id);
+        n += 1;
+    }
+    durable
+        .submit(vec![Op::Clear {
+            table: PARKED_TABLE,
+        }])
+        .wait()
+        .await
+        .map_err(|e| format!("cannot remove the parked sessions once back: {e}"))?;
+    Ok(n)
+}
