@@ -314,3 +314,69 @@ fn persistent_sessions_and_their_queues_survive_a_clean_stop() {
         "a stale copy of ps4's session came back"
     );
 }
+
+fn disconnect(mut m: cluster::Mq) {
+    m.c.disconnect().expect("disconnect request");
+    assert!(m.wait_for(Duration::from_secs(5), |e| matches!(
+        e,
+        rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)
+    )));
+}
+
+/// Whether `n` itself holds a session of `id` (`clients show` looks
+/// cluster-wide and names the node).
+fn holds_session(n: &Node, id: &str) -> bool {
+    let out = n.ctl(&["clients", "show", id]).1;
+    out.contains(&format!("Client({id},")) && out.contains(&format!("node={})", n.name))
+}
+
+#[test]
+fn a_session_made_elsewhere_while_its_node_was_stopped_wins_over_the_parked_one() {
+    let mut nodes = cluster::cluster(&[1, 2]);
+    let mut b = nodes.remove(1);
+    let a = &nodes[0];
+    let mut m = cluster::Mq::open(&b, "cs", false);
+    assert!(!connack_session_present(&mut m));
+    m.sub("cs/old", 1);
+    disconnect(m);
+    let st = b.cli(&["stop"]);
+    assert!(st.status.success(), "{}", common::output_text(&st));
+    assert!(wait_until(Duration::from_secs(10), || !b.alive()));
+    // While b is stopped the client starts over on a.
+    let mut m = cluster::Mq::open(a, "cs", false);
+    assert!(!connack_session_present(&mut m));
+    m.sub("cs/new", 1);
+    disconnect(m);
+    let restarted = Instant::now();
+    b.spawn(&[]);
+    assert!(
+        wait_until(Duration::from_secs(5), || b
+            .log()
+            .contains("1 persistent session(s) back from disk")),
+        "{}",
+        b.log()
+    );
+    let all = status_line(&[a, &b], &[]);
+    for n in [a, &b] {
+        let left = Duration::from_secs(15).saturating_sub(restarted.elapsed());
+        wait_status(n, &all, left, &[a, &b]);
+    }
+    // b learns that a holds a newer session of the client and drops its own.
+    assert!(
+        wait_until(Duration::from_secs(10), || !holds_session(&b, "cs")),
+        "{}",
+        tails(&[a, &b])
+    );
+    assert!(holds_session(a, "cs"));
+    // The client comes back to b and gets a's session, not the old one.
+    let mut m = cluster::Mq::open(&b, "cs", false);
+    assert!(connack_session_present(&mut m));
+    let (_, subs) = b.ctl(&["subscriptions", "show", "cs"]);
+    assert!(
+        subs.contains("cs/new") && !subs.contains("cs/old"),
+        "{subs}"
+    );
+    assert!(wait_until(Duration::from_secs(5), || !holds_session(
+        a, "cs"
+    )));
+}
