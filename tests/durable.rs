@@ -380,3 +380,70 @@ fn a_session_made_elsewhere_while_its_node_was_stopped_wins_over_the_parked_one(
         a, "cs"
     )));
 }
+
+/// One MQTT 3.1.1 packet: fixed header byte, remaining length, body.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn utf8(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+#[test]
+fn acknowledgements_keep_the_order_of_publishes_while_retained_ones_wait_for_the_disk() {
+    use std::io::{Read, Write};
+    let n = Node::start_with(Opts::default());
+    let mut s = std::net::TcpStream::connect(n.addr()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // CONNECT 3.1.1, clean session, keepalive 60.
+    let mut body = utf8("MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 60]);
+    body.extend(utf8("order-pub"));
+    s.write_all(&packet(0x10, &body)).expect("connect");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("connack");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    // 300 QoS 1 publishes in one write, every third one retained: the
+    // broker reads them all while the retained ones are being written.
+    let mut burst = Vec::new();
+    for pid in 1..=300u16 {
+        let retain = pid % 3 == 0;
+        let mut b = utf8(&format!("order/{}", pid % 7));
+        b.extend_from_slice(&pid.to_be_bytes());
+        b.extend_from_slice(format!("p{pid}").as_bytes());
+        burst.extend(packet(if retain { 0x33 } else { 0x32 }, &b));
+    }
+    s.write_all(&burst).expect("publish");
+    let mut acks = vec![0u8; 300 * 4];
+    s.read_exact(&mut acks).expect("300 PUBACKs");
+    let pids: Vec<u16> = acks
+        .chunks(4)
+        .map(|a| {
+            assert_eq!(&a[..2], &[0x40, 2], "not a PUBACK: {a:?}");
+            u16::from_be_bytes([a[2], a[3]])
+        })
+        .collect();
+    assert_eq!(pids, (1..=300).collect::<Vec<u16>>());
+    // The last retained message of each topic is the one on disk.
+    let seen = retained_seen(&n, "order/#");
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert!(seen.contains(&"order/6 p300".to_string()), "{seen:?}");
+}

@@ -13,6 +13,7 @@
 //! the persistent sessions after it) see tables of byte keys and values.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -228,24 +229,55 @@ fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::
     }
 }
 
+/// What one batch does to one table: emptied first or not, then the last
+/// write of each key (`None`: deleted).
+#[derive(Default)]
+struct TableBatch<'a> {
+    cleared: bool,
+    keys: BTreeMap<&'a [u8], Option<&'a [u8]>>,
+}
+
+/// Commits a batch in one transaction: each table is opened once, and
+/// only the last write of each key is applied, in key order.
 fn commit(db: &redb::Database, batch: &[Job]) -> Result<(), String> {
-    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    let mut tables: BTreeMap<&'static str, TableBatch<'_>> = BTreeMap::new();
     for op in batch.iter().flat_map(|j| &j.ops) {
         match op {
             Op::Put { table, key, value } => {
-                let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
-                let mut t = tx.open_table(def).map_err(|e| e.to_string())?;
-                t.insert(key.as_slice(), value.as_slice())
-                    .map_err(|e| e.to_string())?;
+                tables
+                    .entry(table)
+                    .or_default()
+                    .keys
+                    .insert(key, Some(value));
             }
             Op::Delete { table, key } => {
-                let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
-                let mut t = tx.open_table(def).map_err(|e| e.to_string())?;
-                t.remove(key.as_slice()).map_err(|e| e.to_string())?;
+                tables.entry(table).or_default().keys.insert(key, None);
             }
             Op::Clear { table } => {
-                let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
-                tx.delete_table(def).map_err(|e| e.to_string())?;
+                let t = tables.entry(table).or_default();
+                t.cleared = true;
+                t.keys.clear();
+            }
+        }
+    }
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    for (name, b) in &tables {
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
+        if b.cleared {
+            tx.delete_table(def).map_err(|e| e.to_string())?;
+        }
+        if b.keys.is_empty() {
+            continue;
+        }
+        let mut t = tx.open_table(def).map_err(|e| e.to_string())?;
+        for (k, v) in &b.keys {
+            match v {
+                Some(v) => {
+                    t.insert(*k, *v).map_err(|e| e.to_string())?;
+                }
+                None => {
+                    t.remove(*k).map_err(|e| e.to_string())?;
+                }
             }
         }
     }

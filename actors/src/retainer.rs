@@ -195,7 +195,7 @@ impl Retainer {
         if msg.payload.is_empty() {
             st.msgs.remove(&msg.topic);
             st.tombs.insert(msg.topic.clone(), msg.timestamp_ms);
-            return Ok(self.persist(put_op(msg)));
+            return Ok(self.persist(msg));
         }
         if msg.payload.len() > self.settings.max_payload_size {
             return Err(RetainRefused::PayloadTooLarge);
@@ -204,18 +204,18 @@ impl Retainer {
         if max > 0 && st.msgs.len() >= max && !st.msgs.contains_key(&msg.topic) {
             return Err(RetainRefused::Full);
         }
-        st.tombs.remove(&msg.topic);
+        if !st.tombs.is_empty() {
+            st.tombs.remove(&msg.topic);
+        }
         st.msgs.insert(msg.topic.clone(), msg.clone());
         // Queued under the lock: the file takes the changes of a topic in
         // the order the memory did.
-        Ok(self.persist(put_op(msg)))
+        Ok(self.persist(msg))
     }
 
-    fn persist(&self, op: Option<Op>) -> Option<Ticket> {
-        match (&self.durable, op) {
-            (Some(d), Some(op)) => Some(d.submit(vec![op])),
-            _ => None,
-        }
+    fn persist(&self, msg: &Message) -> Option<Ticket> {
+        let d = self.durable.as_ref()?;
+        Some(d.submit(vec![put_op(msg)?]))
     }
 
     fn persist_nowait(&self, ops: Vec<Op>) {

@@ -75,6 +75,23 @@ pub struct SessionState {
     /// Registered with the overload monitor: the queue holds at least
     /// [`crate::overload::HEAVY`] bytes.
     heavy: bool,
+    /// Replies waiting for a write to disk (boxed: rare).
+    held: Option<Box<Held>>,
+}
+
+/// What the client's packets produced while a retained message it
+/// published is being written to disk: its acknowledgement waits for the
+/// write, and every later reply waits behind it, so acknowledgements keep
+/// the order of the packets (MQTT-4.6.0-2) while the session goes on
+/// reading. Many writes are then in one commit.
+#[derive(Default)]
+struct Held {
+    /// (write number or 0 for none, connection generation, actions), in
+    /// the order the packets came.
+    queue: std::collections::VecDeque<(u64, u64, Vec<Action>)>,
+    /// The last write number given, and the last one on disk.
+    issued: u64,
+    committed: u64,
 }
 
 struct Sink<'a> {
@@ -159,6 +176,7 @@ impl Actor for SessionActor {
             tick_armed: false,
             slow: false,
             heavy: false,
+            held: None,
         };
         if resumed {
             // Routes must point here before the client hears it is back.
@@ -271,11 +289,11 @@ impl Actor for SessionActor {
                 if let (Some(inbox), Some(conn)) = (congested, &st.conn) {
                     conn.throttle(inbox);
                 }
-                if let Some(t) = durable {
+                if durable.is_some() || st.held.is_some() {
                     // A retained message is acknowledged once it is on disk.
-                    if let Err(e) = Box::pin(t.wait()).await {
-                        tracing::error!(client_id = %st.ch.client_id, "retained message kept in memory only: {e}");
-                    }
+                    st.hold(&myself, acts, durable);
+                    st.pump(&myself).await;
+                    return Ok(());
                 }
                 st.run(&myself, acts).await;
                 // An acknowledgement may have opened the inflight window.
@@ -392,6 +410,10 @@ impl Actor for SessionActor {
                         Box::pin(st.ctx.broker.unsubscribe(&filter, st.ch.client_id.clone())).await;
                 }
                 let _ = reply.send(had);
+            }
+            SessionMsg::Committed(n) => {
+                Box::pin(st.release(&myself, n)).await;
+                st.pump(&myself).await;
             }
             SessionMsg::Tick => {
                 st.tick_armed = false;
@@ -994,6 +1016,84 @@ impl SessionState {
         self.pump(myself).await;
         self.flush();
         true
+    }
+
+    /// Queues the replies to one packet behind the writes to disk still
+    /// running; `durable`, the write this packet made, releases them when
+    /// it is done.
+    fn hold(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        acts: Vec<Action>,
+        durable: Option<Box<crate::durable::Ticket>>,
+    ) {
+        let gen = self.gen;
+        let h = self.held.get_or_insert_with(Default::default);
+        let n = match durable {
+            Some(t) => {
+                h.issued += 1;
+                let n = h.issued;
+                let me = myself.clone();
+                let client_id = self.ch.client_id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = t.wait().await {
+                        tracing::error!(%client_id, "retained message kept in memory only: {e}");
+                    }
+                    let _ = me.cast(SessionMsg::Committed(n));
+                });
+                n
+            }
+            None => 0,
+        };
+        h.queue.push_back((n, gen, acts));
+    }
+
+    /// Write `n` is done: runs the replies held up to the next write still
+    /// running. Replies to a connection that is gone are dropped (its
+    /// subscriptions still apply: the channel has them).
+    async fn release(&mut self, myself: &ActorRef<SessionMsg>, n: u64) {
+        let mut ready = Vec::new();
+        if let Some(h) = self.held.as_mut() {
+            h.committed = h.committed.max(n);
+            while let Some((t, _, _)) = h.queue.front() {
+                if *t != 0 && *t > h.committed {
+                    break;
+                }
+                match h.queue.pop_front() {
+                    Some(e) => ready.push(e),
+                    None => break,
+                }
+            }
+            if h.queue.is_empty() {
+                self.held = None;
+            }
+        }
+        for (_, gen, acts) in ready {
+            if gen == self.gen {
+                self.run(myself, acts).await;
+                continue;
+            }
+            for a in acts {
+                match a {
+                    Action::Subscribe {
+                        packet_id,
+                        requests,
+                    } => {
+                        let _ = self.apply_subscribe(packet_id, requests, false).await;
+                    }
+                    Action::Unsubscribe(filters) => {
+                        for f in filters {
+                            let _ = self
+                                .ctx
+                                .broker
+                                .unsubscribe(&f, self.ch.client_id.clone())
+                                .await;
+                        }
+                    }
+                    Action::Send(_) | Action::Close { .. } => {}
+                }
+            }
+        }
     }
 
     /// The node stops and this session is kept on disk: the connection

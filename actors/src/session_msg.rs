@@ -154,6 +154,9 @@ pub enum SessionMsg {
     /// `ctl subscriptions del`, the API's unsubscribe; `true` if it was
     /// subscribed.
     DelSub(String, RpcReplyPort<bool>),
+    /// The retained message of held reply number `u64` is on disk (or
+    /// failed to be written): release the replies held up to it.
+    Committed(u64),
     /// Periodic retry / await-rel check.
     Tick,
     /// Session expiry timer of connection generation `u64`.
