@@ -366,12 +366,6 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         .await
         .map_err(|e| format!("cannot start the control actor: {e}"))?;
     ractor::pg::join(ctl_group(&node.name), vec![control.get_cell()]);
-    // Sessions parked at the last stop come back offline (and leave the
-    // store) before any client is served.
-    let unparked = emqx_actors::parking::restore(&core.ctx, &core.durable).await?;
-    if unparked > 0 {
-        tracing::info!("{unparked} persistent session(s) back from disk");
-    }
     // MQTT listeners, once the node is wired: a client that connects now
     // gets the cluster-wide client id lock and the remote routes.
     let listener_tasks = listeners.start(&core.ctx).await?;
@@ -638,12 +632,6 @@ async fn start_broker(
     )
     .await
     .map_err(|e| format!("cannot start the broker: {e}"))?;
-    // Messages other nodes forward go to the broker.
-    let b = broker.clone();
-    let on_receive: OnReceive = Arc::new(move |_from: &str, msg, shared| {
-        b.publish_forwarded(Arc::new(msg), shared);
-    });
-    forwarder.serve(fwd_listener, on_receive);
     let sys = SysSettings {
         sys_msg_interval: cfg.sys_topics.sys_msg_interval.unwrap_or(Duration::ZERO),
         sys_heartbeat_interval: cfg
@@ -676,6 +664,19 @@ async fn start_broker(
         })),
         overload: Arc::new(Overload::new(overload_settings(cfg)?)),
     });
+    // Sessions parked at the last stop come back offline (and leave the
+    // store) before anything reaches this node: forwarded messages (the
+    // peers resend what the last run did not acknowledge) and clients.
+    let unparked = emqx_actors::parking::restore(&ctx, &durable).await?;
+    if unparked > 0 {
+        tracing::info!("{unparked} persistent session(s) back from disk");
+    }
+    // Messages other nodes forward go to the broker.
+    let b = ctx.broker.clone();
+    let on_receive: OnReceive = Arc::new(move |_from: &str, msg, shared| {
+        b.publish_forwarded(Arc::new(msg), shared);
+    });
+    forwarder.serve(fwd_listener, on_receive);
     let sys_task = ctx.spawn_sys();
     let overload_task = emqx_actors::overload_monitor::spawn_monitor(ctx.clone());
     let core = Core {

@@ -447,3 +447,37 @@ fn acknowledgements_keep_the_order_of_publishes_while_retained_ones_wait_for_the
     assert_eq!(seen.len(), 7, "{seen:?}");
     assert!(seen.contains(&"order/6 p300".to_string()), "{seen:?}");
 }
+
+#[test]
+fn messages_published_elsewhere_while_a_node_is_stopped_reach_its_parked_sessions() {
+    let mut nodes = cluster::cluster(&[1, 2]);
+    let mut b = nodes.remove(1);
+    let a = &nodes[0];
+    let mut m = cluster::Mq::open(&b, "fw", false);
+    assert!(!connack_session_present(&mut m));
+    m.sub("fw/#", 1);
+    disconnect(m);
+    cluster::wait_route(a, "fw/#", &b, true, Duration::from_secs(5));
+    let st = b.cli(&["stop"]);
+    assert!(st.status.success(), "{}", common::output_text(&st));
+    assert!(wait_until(Duration::from_secs(10), || !b.alive()));
+    // Published on a while b is stopped: they wait on a for b.
+    let mut p = mq(a, "fw-pub");
+    for i in 0..20 {
+        p.publish("fw/x", 1, false, format!("w{i:02}").as_bytes());
+    }
+    drop(p);
+    b.spawn(&[]);
+    let mut m = cluster::Mq::open(&b, "fw", false);
+    assert!(connack_session_present(&mut m), "{}", tails(&[a, &b]));
+    let got = payloads(&m.collect(20, Duration::from_secs(15)));
+    let want: Vec<String> = (0..20).map(|i| format!("w{i:02}")).collect();
+    assert_eq!(
+        got,
+        want,
+        "{:?} {:?} {}",
+        a.ctl(&["cluster", "forwarding"]),
+        b.ctl(&["cluster", "forwarding"]),
+        tails(&[a, &b])
+    );
+}

@@ -77,6 +77,9 @@ pub struct SessionState {
     heavy: bool,
     /// Replies waiting for a write to disk (boxed: rare).
     held: Option<Box<Held>>,
+    /// Parked for the next start of the node: its routes stay, so the
+    /// other nodes keep its messages until it is back.
+    parked: bool,
 }
 
 /// What the client's packets produced while a retained message it
@@ -177,6 +180,7 @@ impl Actor for SessionActor {
             slow: false,
             heavy: false,
             held: None,
+            parked: false,
         };
         if resumed {
             // Routes must point here before the client hears it is back.
@@ -240,7 +244,11 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        let subs: Vec<String> = st.ch.subscriptions.keys().cloned().collect();
+        let subs: Vec<String> = if st.parked {
+            Vec::new()
+        } else {
+            st.ch.subscriptions.keys().cloned().collect()
+        };
         for f in subs {
             let _ = st
                 .ctx
@@ -383,6 +391,7 @@ impl Actor for SessionActor {
                 Box::pin(st.park(&myself)).await;
                 let _ = reply.send(Some(Box::new(st.parked())));
                 st.ending = true;
+                st.parked = true;
                 myself.stop(None);
             }
             SessionMsg::Kick(reply) => {
