@@ -15,17 +15,9 @@ use std::time::{Duration, Instant};
 /// `filter` from `n` (it gets them right after its SUBACK and stops after
 /// a second without messages).
 fn retained_seen(n: &Node, filter: &str) -> Vec<String> {
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", &n.host, "-p", &n.mqtt_port.to_string()])
+    let out = run(mosquitto("mosquitto_sub", n)
         .args(["-t", filter, "-v", "-W", "3", "--retained-only"])
-        .args(["-q", "1", "-i", "durable-reader"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run mosquitto_sub ({e}): run scripts/test.sh to install mosquitto-clients"
-            )
-        });
+        .args(["-q", "1", "-i", "durable-reader"]));
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -34,25 +26,35 @@ fn retained_seen(n: &Node, filter: &str) -> Vec<String> {
     v
 }
 
+/// `mosquitto_pub` or `mosquitto_sub` (Debian's mosquitto-clients) for
+/// `n`, speaking MQTT 5.
+fn mosquitto(tool: &str, n: &Node) -> Command {
+    let mut c = Command::new(tool);
+    c.args([
+        "-h",
+        &n.host,
+        "-p",
+        &n.mqtt_port.to_string(),
+        "-V",
+        "mqttv5",
+    ])
+    .stdin(Stdio::null());
+    c
+}
+
+fn run(c: &mut Command) -> std::process::Output {
+    c.output().unwrap_or_else(|e| {
+        panic!("cannot run {c:?} ({e}): run scripts/test.sh to install mosquitto-clients")
+    })
+}
+
 fn mosquitto_pub(n: &Node, args: &[&str]) {
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            &n.host,
-            "-p",
-            &n.mqtt_port.to_string(),
-            "-V",
-            "mqttv5",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run mosquitto_pub ({e}): run scripts/test.sh to install mosquitto-clients"
-            )
-        });
-    assert!(st.success(), "mosquitto_pub {args:?}: {st}");
+    let out = run(mosquitto("mosquitto_pub", n).args(args));
+    assert!(
+        out.status.success(),
+        "mosquitto_pub {args:?}: {}",
+        out.status
+    );
 }
 
 #[test]
@@ -198,24 +200,9 @@ fn a_node_back_from_the_dead_takes_the_clusters_newer_retained_copy() {
 /// leaves a persistent session behind; otherwise it takes `count`
 /// messages (topic and payload per line).
 fn v5_sub(n: &Node, id: &str, expiry: &str, extra: &[&str]) -> Vec<String> {
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            &n.host,
-            "-p",
-            &n.mqtt_port.to_string(),
-            "-V",
-            "mqttv5",
-        ])
+    let out = run(mosquitto("mosquitto_sub", n)
         .args(["-c", "-i", id, "-x", expiry, "-q", "2", "-t", "ps/#", "-v"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run mosquitto_sub ({e}): run scripts/test.sh to install mosquitto-clients"
-            )
-        });
+        .args(extra));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -330,18 +317,28 @@ fn holds_session(n: &Node, id: &str) -> bool {
     out.contains(&format!("Client({id},")) && out.contains(&format!("node={})", n.name))
 }
 
-#[test]
-fn a_session_made_elsewhere_while_its_node_was_stopped_wins_over_the_parked_one() {
+/// Two nodes; on the second, client `id` (3.1.1, clean_session = false)
+/// subscribes to `filter` and disconnects, and the node stops cleanly
+/// once the first one routes `filter` to it.
+fn parked_on_a_stopped_node(id: &str, filter: &str) -> (Vec<Node>, Node) {
     let mut nodes = cluster::cluster(&[1, 2]);
-    let mut b = nodes.remove(1);
-    let a = &nodes[0];
-    let mut m = cluster::Mq::open(&b, "cs", false);
+    let b = nodes.remove(1);
+    let mut m = cluster::Mq::open(&b, id, false);
     assert!(!connack_session_present(&mut m));
-    m.sub("cs/old", 1);
+    m.sub(filter, 1);
     disconnect(m);
+    cluster::wait_route(&nodes[0], filter, &b, true, Duration::from_secs(5));
     let st = b.cli(&["stop"]);
     assert!(st.status.success(), "{}", common::output_text(&st));
+    let mut b = b;
     assert!(wait_until(Duration::from_secs(10), || !b.alive()));
+    (nodes, b)
+}
+
+#[test]
+fn a_session_made_elsewhere_while_its_node_was_stopped_wins_over_the_parked_one() {
+    let (nodes, mut b) = parked_on_a_stopped_node("cs", "cs/old");
+    let a = &nodes[0];
     // While b is stopped the client starts over on a.
     let mut m = cluster::Mq::open(a, "cs", false);
     assert!(!connack_session_present(&mut m));
@@ -381,25 +378,6 @@ fn a_session_made_elsewhere_while_its_node_was_stopped_wins_over_the_parked_one(
     )));
 }
 
-/// One MQTT 3.1.1 packet: fixed header byte, remaining length, body.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
 fn utf8(s: &str) -> Vec<u8> {
     let mut v = (s.len() as u16).to_be_bytes().to_vec();
     v.extend_from_slice(s.as_bytes());
@@ -413,11 +391,8 @@ fn acknowledgements_keep_the_order_of_publishes_while_retained_ones_wait_for_the
     let mut s = std::net::TcpStream::connect(n.addr()).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    // CONNECT 3.1.1, clean session, keepalive 60.
-    let mut body = utf8("MQTT");
-    body.extend_from_slice(&[4, 0x02, 0, 60]);
-    body.extend(utf8("order-pub"));
-    s.write_all(&packet(0x10, &body)).expect("connect");
+    s.write_all(&common::connect_v4("order-pub", 60))
+        .expect("connect");
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).expect("connack");
     assert_eq!(connack, [0x20, 2, 0, 0]);
@@ -429,7 +404,7 @@ fn acknowledgements_keep_the_order_of_publishes_while_retained_ones_wait_for_the
         let mut b = utf8(&format!("order/{}", pid % 7));
         b.extend_from_slice(&pid.to_be_bytes());
         b.extend_from_slice(format!("p{pid}").as_bytes());
-        burst.extend(packet(if retain { 0x33 } else { 0x32 }, &b));
+        burst.extend(common::frame(if retain { 0x33 } else { 0x32 }, &b));
     }
     s.write_all(&burst).expect("publish");
     let mut acks = vec![0u8; 300 * 4];
@@ -450,17 +425,8 @@ fn acknowledgements_keep_the_order_of_publishes_while_retained_ones_wait_for_the
 
 #[test]
 fn messages_published_elsewhere_while_a_node_is_stopped_reach_its_parked_sessions() {
-    let mut nodes = cluster::cluster(&[1, 2]);
-    let mut b = nodes.remove(1);
+    let (nodes, mut b) = parked_on_a_stopped_node("fw", "fw/#");
     let a = &nodes[0];
-    let mut m = cluster::Mq::open(&b, "fw", false);
-    assert!(!connack_session_present(&mut m));
-    m.sub("fw/#", 1);
-    disconnect(m);
-    cluster::wait_route(a, "fw/#", &b, true, Duration::from_secs(5));
-    let st = b.cli(&["stop"]);
-    assert!(st.status.success(), "{}", common::output_text(&st));
-    assert!(wait_until(Duration::from_secs(10), || !b.alive()));
     // Published on a while b is stopped: they wait on a for b.
     let mut p = mq(a, "fw-pub");
     for i in 0..20 {

@@ -799,7 +799,7 @@ impl SessionState {
             .iter()
             .any(|a| matches!(a, Action::Subscribe { .. } | Action::Unsubscribe(_)))
         {
-            Box::pin(self.run_with_broker(myself, acts)).await;
+            Box::pin(self.run_with_broker(myself, acts, true)).await;
         } else {
             self.run_local(myself, acts);
         }
@@ -821,16 +821,24 @@ impl SessionState {
         }
     }
 
-    /// `run` for a list that subscribes or unsubscribes.
-    async fn run_with_broker(&mut self, myself: &ActorRef<SessionMsg>, acts: Vec<Action>) {
+    /// `run` for a list that subscribes or unsubscribes. With `live`
+    /// false (replies to a connection that is gone) only the broker work
+    /// is done: the channel holds those subscriptions already.
+    async fn run_with_broker(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        acts: Vec<Action>,
+        live: bool,
+    ) {
         for a in acts {
             match a {
-                Action::Send(p) => self.send(p),
+                Action::Send(p) if live => self.send(p),
+                Action::Send(_) => {}
                 Action::Subscribe {
                     packet_id,
                     requests,
                 } => {
-                    let _ = self.apply_subscribe(packet_id, requests, true).await;
+                    let _ = self.apply_subscribe(packet_id, requests, live).await;
                 }
                 Action::Unsubscribe(filters) => {
                     inc(&self.ctx.broker.metrics.client_unsubscribe);
@@ -842,10 +850,11 @@ impl SessionState {
                             .await;
                     }
                 }
-                Action::Close { reason, why } => {
+                Action::Close { reason, why } if live => {
                     self.close_for(myself, reason, &why);
                     return;
                 }
+                Action::Close { .. } => {}
             }
         }
     }
@@ -1078,30 +1087,8 @@ impl SessionState {
             }
         }
         for (_, gen, acts) in ready {
-            if gen == self.gen {
-                self.run(myself, acts).await;
-                continue;
-            }
-            for a in acts {
-                match a {
-                    Action::Subscribe {
-                        packet_id,
-                        requests,
-                    } => {
-                        let _ = self.apply_subscribe(packet_id, requests, false).await;
-                    }
-                    Action::Unsubscribe(filters) => {
-                        for f in filters {
-                            let _ = self
-                                .ctx
-                                .broker
-                                .unsubscribe(&f, self.ch.client_id.clone())
-                                .await;
-                        }
-                    }
-                    Action::Send(_) | Action::Close { .. } => {}
-                }
-            }
+            let live = gen == self.gen;
+            Box::pin(self.run_with_broker(myself, acts, live)).await;
         }
     }
 
