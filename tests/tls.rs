@@ -999,6 +999,9 @@ fn read_to_close(s: &mut TcpStream, limit: Duration) -> (bool, Vec<u8>) {
             {
                 return (false, got)
             }
+            // A signal landed during the read (the harness's children
+            // come and go): read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => panic!("read: {e}"),
         }
     }

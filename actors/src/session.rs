@@ -121,6 +121,10 @@ impl PublishSink for Sink<'_> {
     }
 }
 
+/// Raised when a write to the durable store fails; it stays until the
+/// node restarts (the store refuses writes after an I/O error).
+pub const DURABLE_ALARM: &str = "durable_storage_failed";
+
 /// Deliveries handled per `Drain` before the session lets its mailbox
 /// (acknowledgements above all) have a turn.
 const DRAIN_BATCH: usize = 64;
@@ -1053,9 +1057,15 @@ impl SessionState {
                 let n = h.issued;
                 let me = myself.clone();
                 let client_id = self.ch.client_id.clone();
+                let ctx = self.ctx.clone();
                 tokio::spawn(async move {
                     if let Err(e) = t.wait().await {
                         tracing::error!(%client_id, "retained message kept in memory only: {e}");
+                        ctx.alarm_activate(
+                            DURABLE_ALARM,
+                            serde_json::json!({ "error": e.to_string() }),
+                            format!("the durable store cannot be written: {e}"),
+                        );
                     }
                     let _ = me.cast(SessionMsg::Committed(n));
                 });
