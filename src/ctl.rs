@@ -257,6 +257,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "retainer clean <Topic>",
         "Clean retained messages by the specified topic filter",
     ),
+    (
+        "durable",
+        "durable status",
+        "This node's durable store: size, commits, writes pending, journaled sessions and messages",
+    ),
 ];
 
 /// Usage text of one command group, or of all, as EMQX prints it.
@@ -318,6 +323,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("banned", |n, w| Box::pin(cmd_banned(n, w))),
     ("alarms", |n, w| Box::pin(cmd_alarms(n, w))),
     ("api_keys", |n, w| Box::pin(cmd_api_keys(n, w))),
+    ("durable", |n, w| Box::pin(cmd_durable(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -803,6 +809,52 @@ async fn cmd_api_keys(node: &Node, w: &[&str]) -> (i32, String) {
 }
 
 /// `alarms list|history`: every node's alarms (`--local`: this node's).
+/// `durable status`: what this node keeps in its durable store.
+async fn cmd_durable(node: &Node, w: &[&str]) -> (i32, String) {
+    if w != ["durable", "status"] {
+        return unknown("durable");
+    }
+    use emqx_actors::journal;
+    let d = &node.durable;
+    let st = &d.stats;
+    let count = |t: &'static str| match d.count(t) {
+        Ok(n) => n.to_string(),
+        Err(e) => format!("unreadable ({e})"),
+    };
+    let size = std::fs::metadata(d.path())
+        .map(|m| m.len().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let load = std::sync::atomic::Ordering::Acquire;
+    let rows = [
+        ("store", d.path().display().to_string()),
+        ("size_bytes", size),
+        (
+            "durable_sessions",
+            if node.ctx.broker.journal.is_some() {
+                "enabled"
+            } else {
+                "disabled"
+            }
+            .to_string(),
+        ),
+        ("commits", st.commits.load(load).to_string()),
+        ("changes", st.ops.load(load).to_string()),
+        ("pending", st.pending().to_string()),
+        ("failures", st.failures.load(load).to_string()),
+        ("sessions", count(journal::SESSIONS_TABLE)),
+        ("messages", count(journal::MESSAGES_TABLE)),
+        ("queued", count(journal::QUEUE_TABLE)),
+        ("awaiting_rel", count(journal::REL_TABLE)),
+        ("retained", count(emqx_actors::retainer::RETAINED_TABLE)),
+        ("parked", count(emqx_actors::parking::PARKED_TABLE)),
+    ];
+    let mut out = String::new();
+    for (k, v) in rows {
+        out.push_str(&format!("{k:<17}: {v}\n"));
+    }
+    (0, out)
+}
+
 async fn cmd_alarms(node: &Node, w: &[&str]) -> (i32, String) {
     let (which, rest) = match w {
         ["alarms", which @ ("list" | "history"), rest @ ..]

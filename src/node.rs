@@ -15,6 +15,7 @@ use emqx_actors::cluster::service::{
 };
 use emqx_actors::durable::Durable;
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
+use emqx_actors::journal::Journal;
 use emqx_actors::metrics::{Metrics, Stats};
 use emqx_actors::overload::{Overload, OverloadSettings};
 use emqx_actors::peers::BrokerLinks;
@@ -355,6 +356,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         listeners: listeners.clone(),
         role: cfg.node.db_role.as_str(),
         api_auth: api_auth.clone(),
+        durable: core.durable.clone(),
         log_dir: cfg
             .log
             .file
@@ -398,6 +400,9 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     api_task.abort();
     core.sys_task.abort();
     if let Some(t) = &core.overload_task {
+        t.abort();
+    }
+    if let Some(t) = &core.journal_clock {
         t.abort();
     }
     cluster.dist_task.abort();
@@ -523,6 +528,8 @@ struct Core {
     fwd_port: u16,
     sys_task: tokio::task::JoinHandle<()>,
     overload_task: Option<tokio::task::JoinHandle<()>>,
+    /// Writes the node's clock to the session journal.
+    journal_clock: Option<tokio::task::JoinHandle<()>>,
     /// The replicated tables (the API keeps its users there).
     tables: Arc<ReplTables>,
     durable: Durable,
@@ -579,6 +586,13 @@ async fn start_broker(
         Retainer::new(retainer_settings)
     };
     let mut settings = mqtt_settings(cfg);
+    // The durable session journal: persistent sessions as they change.
+    // Read even when `durable_sessions.enable` was turned off since, so
+    // the sessions it holds come back once more.
+    let (journal, recovered) = Journal::open(durable.clone(), settings.upgrade_qos)
+        .map_err(|e| format!("cannot read the durable sessions: {e}"))?;
+    let journal = cfg.durable_sessions.enable.then(|| Arc::new(journal));
+    let journal_clock = journal.as_ref().map(|j| j.spawn_clock());
     // The replicated tables (authentication users, bans, authorization
     // rules), kept in data_dir.
     let (tables, table_rx) = ReplTables::open(
@@ -629,6 +643,7 @@ async fn start_broker(
         metrics,
         stats,
         links,
+        journal,
     )
     .await
     .map_err(|e| format!("cannot start the broker: {e}"))?;
@@ -667,15 +682,17 @@ async fn start_broker(
     // Sessions parked at the last stop come back offline (and leave the
     // store) before anything reaches this node: forwarded messages (the
     // peers resend what the last run did not acknowledge) and clients.
-    let unparked = emqx_actors::parking::restore(&ctx, &durable).await?;
+    let (unparked, recovered) = emqx_actors::parking::restore(&ctx, &durable, recovered).await?;
     if unparked > 0 {
         tracing::info!("{unparked} persistent session(s) back from disk");
     }
+    if recovered > 0 {
+        tracing::info!("{recovered} persistent session(s) back from the journal (the node had not stopped cleanly)");
+    }
     // Messages other nodes forward go to the broker.
     let b = ctx.broker.clone();
-    let on_receive: OnReceive = Arc::new(move |_from: &str, msg, shared| {
-        b.publish_forwarded(Arc::new(msg), shared);
-    });
+    let on_receive: OnReceive =
+        Arc::new(move |_from: &str, msg, shared| b.publish_forwarded(Arc::new(msg), shared));
     forwarder.serve(fwd_listener, on_receive);
     let sys_task = ctx.spawn_sys();
     let overload_task = emqx_actors::overload_monitor::spawn_monitor(ctx.clone());
@@ -687,6 +704,7 @@ async fn start_broker(
         fwd_port,
         sys_task,
         overload_task,
+        journal_clock,
         tables: tables.clone(),
         durable,
     };

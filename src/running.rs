@@ -30,6 +30,8 @@ pub struct Node {
     pub log_dir: Option<String>,
     /// API users and keys (`ctl api_keys`, the HTTP API).
     pub api_auth: Arc<crate::api::auth::Auth>,
+    /// The node's durable store (`ctl durable`).
+    pub durable: emqx_actors::durable::Durable,
 }
 
 pub fn pid_file(cfg: &Config) -> PathBuf {

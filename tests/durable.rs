@@ -286,19 +286,25 @@ fn persistent_sessions_and_their_queues_survive_a_clean_stop() {
     // Its subscription routes again.
     mosquitto_pub(&n, &["-t", "ps/after", "-m", "a", "-q", "1"]);
     assert_eq!(payloads(&m.collect(1, Duration::from_secs(5))), vec!["a"]);
+    settle(&n, &["ps4"]);
     drop(m);
     // The session whose expiry ran out during the stop is gone.
     let (_, show) = n.ctl(&["clients", "show", "ps-short"]);
     assert!(!show.contains("ps-short"), "{show}");
 
-    // The parked copies left the disk once back: a kill -9 now does not
-    // bring back an old session.
+    // The parked copies left the disk once back, and the journal has the
+    // sessions since: after a kill -9, ps4 comes back as it is now, with
+    // nothing it already acknowledged.
+    settle(&n, &[]);
     n.kill();
     n.spawn(&[]);
     let mut m = cluster::Mq::open(&n, "ps4", false);
+    assert!(connack_session_present(&mut m), "{}", n.log());
+    let again = m.quiet(Duration::from_secs(1));
     assert!(
-        !connack_session_present(&mut m),
-        "a stale copy of ps4's session came back"
+        again.is_empty(),
+        "a stale copy of ps4's session came back: {:?}",
+        payloads(&again)
     );
 }
 
@@ -445,5 +451,202 @@ fn messages_published_elsewhere_while_a_node_is_stopped_reach_its_parked_session
         a.ctl(&["cluster", "forwarding"]),
         b.ctl(&["cluster", "forwarding"]),
         tails(&[a, &b])
+    );
+}
+
+/// Bytes of a 3.1.1 CONNECT with clean_session = false.
+fn connect_v4_keep(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    common::frame(0x10, &body)
+}
+
+/// A SUBSCRIBE (packet id 1) to `filter` at QoS `q`.
+fn subscribe_frame(filter: &str, q: u8) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    body.extend(utf8(filter));
+    body.push(q);
+    common::frame(0x82, &body)
+}
+
+/// The packets in `b` as (first byte, body).
+fn packets(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let h = b[i];
+        i += 1;
+        let len = common::read_varint(b, &mut i);
+        if i + len > b.len() {
+            break;
+        }
+        out.push((h, b[i..i + len].to_vec()));
+        i += len;
+    }
+    out
+}
+
+/// Waits until `n` has taken every acknowledgement of clients `ids` (none
+/// in flight) and has every change on disk (`ctl durable status`: nothing
+/// pending), so a kill -9 now loses nothing they acknowledged.
+fn settle(n: &Node, ids: &[&str]) {
+    for id in ids {
+        assert!(
+            wait_until(Duration::from_secs(5), || n
+                .ctl(&["clients", "show", id])
+                .1
+                .contains("inflight=0,")),
+            "{}",
+            n.ctl(&["clients", "show", id]).1
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || n
+            .ctl(&["durable", "status"])
+            .1
+            .contains("pending          : 0\n")),
+        "{}",
+        n.ctl(&["durable", "status"]).1
+    );
+}
+
+fn kill_and_restart(n: &mut Node, sessions: usize) {
+    n.kill();
+    n.spawn(&[]);
+    let line = format!("{sessions} persistent session(s) back from the journal");
+    assert!(
+        wait_until(Duration::from_secs(10), || n.log().contains(&line)),
+        "{}",
+        n.log()
+    );
+}
+
+#[test]
+fn acknowledged_messages_for_offline_persistent_sessions_survive_kill_9() {
+    let mut n = Node::start_with(Opts::default());
+    // MQTT 5 (expiry 1 h, QoS 2) and 3.1.1 (clean_session = false, QoS 1)
+    // sessions, offline.
+    assert!(v5_sub(&n, "k5", "3600", &["-E"]).is_empty());
+    let mut m = cluster::Mq::open(&n, "k4", false);
+    assert!(!connack_session_present(&mut m));
+    m.sub("ps/#", 1);
+    disconnect(m);
+    assert!(wait_until(Duration::from_secs(5), || {
+        n.ctl(&["clients", "show", "k4"])
+            .1
+            .contains("connected=false")
+    }));
+    // Every publish completes (PUBACK, PUBCOMP) before the kill.
+    let mut p = mq(&n, "k-pub");
+    for i in 0..60 {
+        p.publish("ps/k", 1 + (i % 2), false, format!("m{i:02}").as_bytes());
+    }
+    drop(p);
+    kill_and_restart(&mut n, 2);
+    let want: Vec<String> = (0..60).map(|i| format!("ps/k m{i:02}")).collect();
+    let mut m = cluster::Mq::open(&n, "k4", false);
+    assert!(connack_session_present(&mut m), "k4 lost its session");
+    let got = m.collect(60, Duration::from_secs(10));
+    assert_eq!(
+        got.iter()
+            .map(|p| format!("{} {}", p.topic, String::from_utf8_lossy(&p.payload)))
+            .collect::<Vec<_>>(),
+        want
+    );
+    // mosquitto_sub hands a QoS 2 message on once it is released (after
+    // PUBREL), so QoS 1 ones pass it: each QoS keeps its order.
+    let k5 = v5_sub(&n, "k5", "3600", &["-C", "60", "-W", "10"]);
+    for parity in [0, 1] {
+        let of = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .filter(|l| l.ends_with(|c: char| c.to_digit(10).is_some_and(|d| d % 2 == parity)))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(of(&k5), of(&want), "k5 got {k5:?}");
+    }
+    // The subscriptions came back too: new messages reach both.
+    mosquitto_pub(&n, &["-t", "ps/after", "-m", "a", "-q", "1"]);
+    assert_eq!(payloads(&m.collect(1, Duration::from_secs(5))), vec!["a"]);
+    assert_eq!(
+        v5_sub(&n, "k5", "3600", &["-C", "1", "-W", "5"]),
+        vec!["ps/after a"]
+    );
+    // Once delivered and acknowledged, nothing comes back after another kill.
+    settle(&n, &["k4"]);
+    drop(m);
+    kill_and_restart(&mut n, 2);
+    let mut m = cluster::Mq::open(&n, "k4", false);
+    assert!(connack_session_present(&mut m));
+    assert!(payloads(&m.quiet(Duration::from_secs(1))).is_empty());
+}
+
+#[test]
+fn a_connected_subscriber_gets_its_inflight_and_queued_messages_after_kill_9() {
+    let mut n = Node::start_with(Opts::default());
+    // A 3.1.1 subscriber (clean_session = false) that takes its messages
+    // and never acknowledges them: its inflight window fills, the rest
+    // queues.
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&connect_v4_keep("kraw"));
+    assert_eq!(raw.read_n(4), vec![0x20, 2, 0, 0]);
+    raw.send(&subscribe_frame("kr/#", 1));
+    assert_eq!(raw.read_n(5), vec![0x90, 3, 0, 1, 1]);
+    let mut p = mq(&n, "kr-pub");
+    for i in 0..100 {
+        p.publish("kr/x", 1, false, format!("r{i:03}").as_bytes());
+    }
+    drop(p);
+    let (bytes, _) = raw.read_all(Duration::from_millis(500));
+    let sent = packets(&bytes)
+        .iter()
+        .filter(|(h, _)| h & 0xF0 == 0x30)
+        .count();
+    assert!(sent >= 10, "only {sent} PUBLISHes reached the subscriber");
+    kill_and_restart(&mut n, 1);
+    drop(raw);
+    let mut m = cluster::Mq::open(&n, "kraw", false);
+    assert!(connack_session_present(&mut m), "kraw lost its session");
+    let want: Vec<String> = (0..100).map(|i| format!("r{i:03}")).collect();
+    assert_eq!(payloads(&m.collect(100, Duration::from_secs(10))), want);
+}
+
+#[test]
+fn a_qos2_message_taken_before_a_kill_9_is_not_published_twice_when_resent() {
+    let mut n = Node::start_with(Opts::default());
+    let mut sub = cluster::Mq::open(&n, "q2-sub", false);
+    sub.sub("q2/#", 2);
+    // A persistent 3.1.1 publisher: PUBLISH QoS 2, PUBREC, then the node
+    // dies before the PUBREL.
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&connect_v4_keep("q2-pub"));
+    assert_eq!(raw.read_n(4), vec![0x20, 2, 0, 0]);
+    let mut body = utf8("q2/x");
+    body.extend_from_slice(&[0, 7]);
+    body.extend_from_slice(b"once");
+    raw.send(&common::frame(0x34, &body));
+    assert_eq!(raw.read_n(4), vec![0x50, 2, 0, 7], "PUBREC");
+    assert_eq!(
+        payloads(&sub.collect(1, Duration::from_secs(5))),
+        vec!["once"]
+    );
+    settle(&n, &["q2-sub"]);
+    drop(sub);
+    kill_and_restart(&mut n, 2);
+    let mut sub = cluster::Mq::open(&n, "q2-sub", false);
+    assert!(connack_session_present(&mut sub));
+    // The client resends it (DUP) as MQTT asks: the node knows packet id 7
+    // and does not publish it again.
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&connect_v4_keep("q2-pub"));
+    assert_eq!(raw.read_n(4), vec![0x20, 2, 1, 0], "session present");
+    raw.send(&common::frame(0x3C, &body));
+    assert_eq!(raw.read_n(4), vec![0x50, 2, 0, 7], "PUBREC");
+    raw.send(&common::frame(0x62, &[0, 7]));
+    assert_eq!(raw.read_n(4), vec![0x70, 2, 0, 7], "PUBCOMP");
+    assert!(
+        payloads(&sub.quiet(Duration::from_secs(1))).is_empty(),
+        "the QoS 2 message was published twice"
     );
 }

@@ -102,6 +102,10 @@ pub struct Broker {
     retain_tx: Option<tokio::sync::mpsc::UnboundedSender<Message>>,
     /// Round-robin position for choosing among nodes of a shared group.
     rr: AtomicUsize,
+    /// The durable session journal: deliveries to persistent sessions are
+    /// written before the message reaches them (`None`:
+    /// `durable_sessions.enable = false`, or a broker in a unit test).
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 /// What a local publish reached.
@@ -111,8 +115,8 @@ pub struct Published {
     pub subscribers: usize,
     /// A subscriber's inbox past its high-water mark.
     pub congested: Option<Arc<Inbox>>,
-    /// A retained message being written to disk: the publisher's
-    /// acknowledgement waits for it.
+    /// A retained message, or deliveries to persistent sessions, being
+    /// written to disk: the publisher's acknowledgement waits for it.
     pub durable: Option<crate::durable::Ticket>,
 }
 
@@ -133,6 +137,7 @@ impl Broker {
         metrics: Arc<Metrics>,
         stats: Arc<Stats>,
         links: BrokerLinks,
+        journal: Option<Arc<crate::journal::Journal>>,
     ) -> Result<Arc<Broker>, ractor::SpawnErr> {
         let n = settings.shards.max(1);
         let tables = Arc::new(Tables {
@@ -162,6 +167,7 @@ impl Broker {
             remote: links.remote,
             retain_tx: links.retain_tx,
             rr: AtomicUsize::new(0),
+            journal,
         }))
     }
 
@@ -232,11 +238,12 @@ impl Broker {
                 Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
             }
         }
-        let (subscribers, congested) = self.dispatch(msg, Target::All);
+        let (subscribers, congested, journaled) = self.dispatch(msg, Target::All);
         Published {
             subscribers,
             congested,
-            durable,
+            // Tickets complete in order: the later one covers both.
+            durable: journaled.or(durable),
         }
     }
 
@@ -258,18 +265,29 @@ impl Broker {
     /// Delivers a message that another node forwarded here: to the plain
     /// subscribers only, or to one member of the named shared group (the
     /// publisher's node already chose this node for it). Never forwards.
-    pub fn publish_forwarded(&self, msg: Arc<Message>, shared: Option<(String, String)>) -> usize {
+    /// Returns the write of its deliveries to persistent sessions, if any.
+    pub fn publish_forwarded(
+        &self,
+        msg: Arc<Message>,
+        shared: Option<(String, String)>,
+    ) -> Option<crate::durable::Ticket> {
         inc(&self.metrics.messages_forwarded_in);
         match shared {
-            None => self.dispatch(msg, Target::PlainOnly).0,
-            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)).0,
+            None => self.dispatch(msg, Target::PlainOnly).2,
+            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)).2,
         }
     }
 
     /// The publish path. Reads the local tables and, in a cluster, the
     /// replicated routes; each remote node with a matching route gets the
     /// message once, and each shared group gets it once cluster-wide.
-    fn dispatch(&self, msg: Arc<Message>, target: Target) -> (usize, Option<Arc<Inbox>>) {
+    /// Deliveries to persistent sessions are journaled first (see
+    /// [`crate::journal`]); the third value is that write.
+    fn dispatch(
+        &self,
+        msg: Arc<Message>,
+        target: Target,
+    ) -> (usize, Option<Arc<Inbox>>, Option<crate::durable::Ticket>) {
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
         let remote = match target {
@@ -321,11 +339,23 @@ impl Broker {
         let mut n = out.len();
         let max = self.inbox_bounds();
         let mut congested = None;
-        for (s, matches) in out {
+        // Written before any session can take the message (and so remove
+        // its row).
+        let (journaled, keys) = match &self.journal {
+            Some(j) if msg.qos != QoS::AtMostOnce || j.upgrades_qos() => {
+                match j.record(&msg, out.iter().map(|(s, m)| (s.inbox.journal(), &m[..]))) {
+                    Some((t, keys)) => (Some(t), keys),
+                    None => (None, Vec::new()),
+                }
+            }
+            _ => (None, Vec::new()),
+        };
+        for (i, (s, matches)) in out.into_iter().enumerate() {
             // QoS 0 may be dropped; only QoS 1/2 deliveries slow publishers.
             let flow =
                 msg.qos != QoS::AtMostOnce && matches.iter().any(|m| m.opts.qos != QoS::AtMostOnce);
-            match s.inbox.push((msg.clone(), matches), max) {
+            let key = keys.get(i).copied().unwrap_or(0);
+            match s.inbox.push((msg.clone(), matches, key), max) {
                 Pushed::Queued => {}
                 Pushed::Congested => {
                     if flow && congested.is_none() {
@@ -335,6 +365,9 @@ impl Broker {
                 Pushed::Full => {
                     inc(&self.metrics.delivery_dropped);
                     inc(&self.metrics.delivery_dropped_queue_full);
+                    if let (Some(j), true) = (&self.journal, key != 0) {
+                        j.release(s.inbox.journal(), &[key]);
+                    }
                 }
             }
         }
@@ -361,7 +394,7 @@ impl Broker {
             inc(&self.metrics.messages_dropped_no_subscribers);
             inc(&self.metrics.messages_dropped);
         }
-        (n, congested)
+        (n, congested, journaled)
     }
 
     /// Sorted `(filter, node)` pairs of the route table (`ctl topics list`).
@@ -607,7 +640,7 @@ mod tests {
             if let SessionMsg::Drain = msg {
                 let mut got = Vec::new();
                 while st.2.take(100, &mut got, Bounds::NONE, usize::MAX) {}
-                for (m, matches) in got {
+                for (m, matches, _) in got {
                     let _ = st.1.send((st.0.clone(), m, matches.to_vec()));
                 }
             }
@@ -630,6 +663,7 @@ mod tests {
             Arc::new(Metrics::default()),
             Arc::new(Stats::default()),
             Default::default(),
+            None,
         )
         .await
         .expect("broker");

@@ -125,6 +125,7 @@ async fn open_locked(
         assigned,
         restored,
         unparked: None,
+        journal: None,
     };
     let (actor, _) = Actor::spawn(None, SessionActor, args)
         .await

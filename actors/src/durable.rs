@@ -12,7 +12,7 @@
 //! This module is the only one that knows the engine: the retainer (and
 //! the persistent sessions after it) see tables of byte keys and values.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,12 @@ pub enum Op {
     Delete {
         table: &'static str,
         key: Vec<u8>,
+    },
+    /// Removes every key `from <= key < to`.
+    DeleteRange {
+        table: &'static str,
+        from: Vec<u8>,
+        to: Vec<u8>,
     },
     /// Empties the table.
     Clear {
@@ -82,6 +88,18 @@ pub struct DurableStats {
     pub ops: AtomicU64,
     /// Commits that failed (each failure also goes to the log).
     pub failures: AtomicU64,
+    /// Changes queued, committed or not.
+    pub submitted: AtomicU64,
+    /// Changes whose commit failed.
+    pub failed_ops: AtomicU64,
+}
+
+impl DurableStats {
+    /// Changes queued and not yet committed (or failed).
+    pub fn pending(&self) -> u64 {
+        let done = self.ops.load(Ordering::Acquire) + self.failed_ops.load(Ordering::Acquire);
+        self.submitted.load(Ordering::Acquire).saturating_sub(done)
+    }
 }
 
 /// A stored `(key, value)`.
@@ -89,6 +107,11 @@ pub type Row = (Vec<u8>, Vec<u8>);
 
 /// Most jobs one transaction takes: bounds the latency of the first one.
 const MAX_BATCH: usize = 8192;
+
+/// redb's page cache (its default is 1 GiB, which a node writing large
+/// messages for its persistent sessions would fill with pages it rarely
+/// reads again).
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The store. Cheap to clone; the writer thread ends when every clone is
 /// dropped, after committing what was queued.
@@ -104,10 +127,13 @@ impl Durable {
     /// Opens (or creates) `<dir>/durable.redb` and starts its writer.
     pub fn open(dir: &Path) -> Result<Durable, DurableError> {
         let path = dir.join("durable.redb");
-        let db = redb::Database::create(&path).map_err(|e| DurableError::Open {
-            path: path.clone(),
-            error: e.to_string(),
-        })?;
+        let db = redb::Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| DurableError::Open {
+                path: path.clone(),
+                error: e.to_string(),
+            })?;
         Durable::start(db, path)
     }
 
@@ -150,9 +176,27 @@ impl Durable {
         &self.path
     }
 
+    /// Rows of `table` (0 when it was never written).
+    pub fn count(&self, table: &'static str) -> Result<u64, DurableError> {
+        let err = |e: &dyn std::fmt::Display| DurableError::Io {
+            path: self.path.clone(),
+            error: format!("table {table}: {e}"),
+        };
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        match tx.open_table(def) {
+            Ok(t) => t.len().map_err(|e| err(&e)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(err(&e)),
+        }
+    }
+
     /// Queues `ops`; they commit with whatever else is queued. The ticket
     /// says when they are on disk.
     pub fn submit(&self, ops: Vec<Op>) -> Ticket {
+        self.stats
+            .submitted
+            .fetch_add(ops.len() as u64, Ordering::AcqRel);
         let (done, rx) = oneshot::channel();
         if let Err(std_mpsc::SendError(job)) = self.tx.send(Job {
             ops,
@@ -170,6 +214,9 @@ impl Durable {
     /// Queues `ops` without waiting for them (writes nobody acknowledges
     /// to a client: a copy the cluster also holds).
     pub fn submit_nowait(&self, ops: Vec<Op>) {
+        self.stats
+            .submitted
+            .fetch_add(ops.len() as u64, Ordering::AcqRel);
         let _ = self.tx.send(Job { ops, done: None });
     }
 
@@ -214,10 +261,11 @@ fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::
         match &res {
             Ok(()) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.ops.fetch_add(n as u64, Ordering::Relaxed);
+                stats.ops.fetch_add(n as u64, Ordering::AcqRel);
             }
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
+                stats.failed_ops.fetch_add(n as u64, Ordering::AcqRel);
                 tracing::error!("durable store: {n} change(s) not written: {e}");
             }
         }
@@ -234,6 +282,9 @@ fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::
 #[derive(Default)]
 struct TableBatch<'a> {
     cleared: bool,
+    /// Key ranges removed, applied before `keys` (which holds only the
+    /// writes made after the last removal covering them).
+    ranges: Vec<(&'a [u8], &'a [u8])>,
     keys: BTreeMap<&'a [u8], Option<&'a [u8]>>,
 }
 
@@ -253,9 +304,18 @@ fn commit(db: &redb::Database, batch: &[Job]) -> Result<(), String> {
             Op::Delete { table, key } => {
                 tables.entry(table).or_default().keys.insert(key, None);
             }
+            Op::DeleteRange { table, from, to } => {
+                let t = tables.entry(table).or_default();
+                if from < to {
+                    t.keys
+                        .retain(|k, _| *k < from.as_slice() || *k >= to.as_slice());
+                    t.ranges.push((from, to));
+                }
+            }
             Op::Clear { table } => {
                 let t = tables.entry(table).or_default();
                 t.cleared = true;
+                t.ranges.clear();
                 t.keys.clear();
             }
         }
@@ -266,10 +326,14 @@ fn commit(db: &redb::Database, batch: &[Job]) -> Result<(), String> {
         if b.cleared {
             tx.delete_table(def).map_err(|e| e.to_string())?;
         }
-        if b.keys.is_empty() {
+        if b.keys.is_empty() && b.ranges.is_empty() {
             continue;
         }
         let mut t = tx.open_table(def).map_err(|e| e.to_string())?;
+        for (from, to) in &b.ranges {
+            t.retain_in::<&[u8], _>(*from..*to, |_, _| false)
+                .map_err(|e| e.to_string())?;
+        }
         for (k, v) in &b.keys {
             match v {
                 Some(v) => {
@@ -351,6 +415,24 @@ mod tests {
         assert_eq!(r[0], ("k001".to_string(), "151".to_string()));
         assert_eq!(r[48], ("k049".to_string(), "199".to_string()));
         assert_eq!(r[49], ("z".to_string(), "1".to_string()));
+        // A range removal drops what was there and what was written before
+        // it in the same batch, not what comes after it.
+        d.submit_nowait(vec![put("k0105", "x")]);
+        d.submit_nowait(vec![Op::DeleteRange {
+            table: "t",
+            from: b"k010".to_vec(),
+            to: b"k020".to_vec(),
+        }]);
+        d.submit(vec![put("k015", "y")])
+            .wait()
+            .await
+            .expect("range");
+        let r = rows(&d);
+        assert_eq!(r.len(), 50 - 10 + 1);
+        assert!(r
+            .iter()
+            .all(|(k, _)| !(k.as_str() >= "k010" && k.as_str() < "k020") || k == "k015"));
+        assert!(r.contains(&("k015".to_string(), "y".to_string())));
         d.submit(vec![Op::Clear { table: "t" }])
             .wait()
             .await

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use ractor::ActorId;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 // tokio's clock, so tests can pause and advance it.
@@ -29,8 +29,9 @@ use tokio::time::Instant;
 /// one, kept inline.
 pub type Matches = SmallVec<[SubMatch; 1]>;
 
-/// One message for one session.
-pub type Item = (Arc<Message>, Matches);
+/// One message for one session, and where the durable session journal
+/// keeps it for the session (0: nowhere; see [`crate::journal`]).
+pub type Item = (Arc<Message>, Matches, u64);
 
 /// The outcome of [`Inbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,9 @@ pub struct Inbox {
     /// Bytes the session's queue holds, as it last said (only while it is
     /// large: see [`crate::overload`]).
     held: AtomicUsize,
+    /// The session's incarnation in the durable journal while its
+    /// deliveries must be journaled (a persistent session), else 0.
+    journal: AtomicU64,
 }
 
 impl std::fmt::Debug for Inbox {
@@ -133,7 +137,18 @@ impl Inbox {
             stopped: AtomicBool::new(false),
             over_bytes: AtomicBool::new(false),
             held: AtomicUsize::new(0),
+            journal: AtomicU64::new(0),
         })
+    }
+
+    /// The session's journal incarnation (0: its deliveries are not
+    /// journaled).
+    pub fn journal(&self) -> u64 {
+        self.journal.load(Ordering::Acquire)
+    }
+
+    pub fn set_journal(&self, incarnation: u64) {
+        self.journal.store(incarnation, Ordering::Release);
     }
 
     pub fn session_id(&self) -> ActorId {
@@ -411,7 +426,7 @@ mod tests {
             opts: SubscriptionOptions::default(),
             sub_id: Some(i),
         };
-        (Arc::new(m), SmallVec::from_elem(sm, 1))
+        (Arc::new(m), SmallVec::from_elem(sm, 1), 0)
     }
 
     fn bounds(count: usize) -> Bounds {
@@ -445,7 +460,7 @@ mod tests {
         assert_eq!(got.len(), 15);
         ib.push(item(21), b);
         assert!(!ib.take(100, &mut got, b, usize::MAX));
-        let ids: Vec<u32> = got.iter().filter_map(|(_, m)| m[0].sub_id).collect();
+        let ids: Vec<u32> = got.iter().filter_map(|(_, m, _)| m[0].sub_id).collect();
         let want: Vec<u32> = (0..20).chain([21]).collect();
         assert_eq!(ids, want, "in order, the one over the bound dropped");
         assert_eq!(ib.bytes(), 0);

@@ -19,6 +19,7 @@ pub mod durable;
 pub mod forward;
 pub mod hashing;
 pub mod inbox;
+pub mod journal;
 pub mod metrics;
 pub mod outbox;
 pub mod overload;

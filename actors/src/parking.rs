@@ -7,11 +7,14 @@
 //! store (and that removal committed) before any client is served, so a
 //! later crash cannot bring back a stale copy.
 //!
-//! A kill -9 does not park: sessions held by a node that is killed are
-//! lost until their state is written as it changes (docs/durability.md).
+//! A kill -9 does not park: the durable session journal
+//! ([`crate::journal`]) has written those sessions as they changed, and
+//! they come back from it. A parked copy, complete, replaces the journal
+//! in the commit that writes it.
 
 use crate::clock::now_ms;
 use crate::durable::{Durable, DurableError, Op};
+use crate::journal::{Journal, Recovered};
 use crate::session::{Parked, SessionActor, SessionArgs, SessionMsg};
 use crate::Ctx;
 use ractor::{Actor, ActorRef};
@@ -46,6 +49,7 @@ pub async fn save(durable: &Durable, parked: &[Parked]) -> Result<(), DurableErr
     let mut ops = vec![Op::Clear {
         table: PARKED_TABLE,
     }];
+    ops.extend(Journal::clear_ops());
     for p in parked {
         let value =
             bincode::serde::encode_to_vec(p, bincode_cfg()).map_err(|e| DurableError::Io {
@@ -94,38 +98,89 @@ pub fn load(durable: &Durable) -> Result<Vec<Parked>, DurableError> {
 }
 
 /// Brings the parked sessions back offline (those not expired since the
-/// stop), then empties the table. Returns how many came back.
-pub async fn restore(ctx: &Arc<Ctx>, durable: &Durable) -> Result<usize, String> {
+/// stop), then those of the durable journal (`recovered`: the node died;
+/// a parked copy of the same client is newer), then empties the parked
+/// table. Returns how many came back from each.
+pub async fn restore(
+    ctx: &Arc<Ctx>,
+    durable: &Durable,
+    recovered: Vec<Recovered>,
+) -> Result<(usize, usize), String> {
     let parked = load(durable).map_err(|e| format!("cannot read the parked sessions: {e}"))?;
     let now = now_ms();
+    let journal = ctx.broker.journal.clone();
+    let mut seen = std::collections::HashSet::new();
     let mut n = 0;
     for p in parked {
+        seen.insert(p.client_id.clone());
         let Some(left) = p.remaining(now) else {
             continue;
         };
-        let client_id: Arc<str> = Arc::from(p.client_id.as_str());
-        let args = SessionArgs {
-            ctx: ctx.clone(),
-            connect: p.connect(),
-            conn: None,
-            client_id: client_id.clone(),
-            assigned: false,
-            unparked: Some((p.session_expiry, left)),
-            restored: Some(p.snapshot),
-        };
-        let (actor, _) = Actor::spawn(None, SessionActor, args)
-            .await
-            .map_err(|e| format!("cannot bring back the session of {client_id:?}: {e}"))?;
-        ctx.cm.insert(client_id.clone(), actor);
-        ctx.cm.note_unparked(client_id);
+        spawn(ctx, &p, left, None).await?;
         n += 1;
     }
+    let mut m = 0;
+    for mut r in recovered {
+        let shadowed = seen.contains(&r.record.client_id);
+        let left = r.remaining(now);
+        let keys: Vec<u64> = r.queue.iter().map(|d| d.journal).collect();
+        let Some(left) = left.filter(|_| !shadowed) else {
+            if let Some(j) = &journal {
+                j.forget(r.record.incarnation, &keys);
+            }
+            continue;
+        };
+        if journal.is_none() {
+            // `durable_sessions.enable` was turned off since: the session
+            // comes back, and the journal is emptied below.
+            for d in &mut r.queue {
+                d.journal = 0;
+            }
+        }
+        let p = Parked {
+            client_id: r.record.client_id.clone(),
+            proto_level: r.record.proto_level,
+            keep_alive: r.record.keep_alive,
+            username: r.record.username.clone(),
+            session_expiry: r.record.session_expiry,
+            parked_at_ms: r.offline_since_ms,
+            snapshot: r.snapshot(),
+        };
+        let inc = journal.as_ref().map(|_| r.record.incarnation);
+        spawn(ctx, &p, left, inc).await?;
+        m += 1;
+    }
+    let mut ops = vec![Op::Clear {
+        table: PARKED_TABLE,
+    }];
+    if journal.is_none() {
+        ops.extend(Journal::clear_ops());
+    }
     durable
-        .submit(vec![Op::Clear {
-            table: PARKED_TABLE,
-        }])
+        .submit(ops)
         .wait()
         .await
         .map_err(|e| format!("cannot remove the parked sessions once back: {e}"))?;
-    Ok(n)
+    Ok((n, m))
+}
+
+/// Brings one session back offline with `left` seconds of its expiry.
+async fn spawn(ctx: &Arc<Ctx>, p: &Parked, left: u32, journal: Option<u64>) -> Result<(), String> {
+    let client_id: Arc<str> = Arc::from(p.client_id.as_str());
+    let args = SessionArgs {
+        ctx: ctx.clone(),
+        connect: p.connect(),
+        conn: None,
+        client_id: client_id.clone(),
+        assigned: false,
+        unparked: Some((p.session_expiry, left)),
+        restored: Some(p.snapshot.clone()),
+        journal,
+    };
+    let (actor, _) = Actor::spawn(None, SessionActor, args)
+        .await
+        .map_err(|e| format!("cannot bring back the session of {client_id:?}: {e}"))?;
+    ctx.cm.insert(client_id.clone(), actor);
+    ctx.cm.note_unparked(client_id);
+    Ok(())
 }

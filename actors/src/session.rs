@@ -44,6 +44,10 @@ pub struct SessionArgs {
     /// For a session brought back from disk: its expiry and the seconds
     /// of it left.
     pub unparked: Option<(u32, u32)>,
+    /// For a session brought back from the durable journal after the node
+    /// died: its incarnation there (its queue's deliveries carry their
+    /// journal keys).
+    pub journal: Option<u64>,
 }
 
 pub struct SessionState {
@@ -80,6 +84,9 @@ pub struct SessionState {
     /// Parked for the next start of the node: its routes stay, so the
     /// other nodes keep its messages until it is back.
     parked: bool,
+    /// Its incarnation in the durable journal while it is journaled (a
+    /// persistent session on a node with `durable_sessions.enable`), else 0.
+    journal_inc: u64,
 }
 
 /// What the client's packets produced while a retained message it
@@ -185,7 +192,17 @@ impl Actor for SessionActor {
             heavy: false,
             held: None,
             parked: false,
+            journal_inc: 0,
         };
+        if let Some(inc) = a.journal {
+            st.journal_inc = inc;
+            st.inbox.set_journal(inc);
+        }
+        if let Some(t) = st.journal_sync() {
+            // Not waited for: a crash before it only costs the client a
+            // `session_present = 0` it can see.
+            drop(t);
+        }
         if resumed {
             // Routes must point here before the client hears it is back.
             let subs: Vec<(String, SubscriptionOptions, Option<u32>)> = st
@@ -248,6 +265,7 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        st.journal_end();
         let subs: Vec<String> = if st.parked {
             Vec::new()
         } else {
@@ -290,13 +308,18 @@ impl Actor for SessionActor {
                     let p = *p;
                     count_inbound(&st.ctx, &p);
                     let ctx = st.ctx.clone();
+                    let q2 = st.qos2_probe(&p);
                     let mut sink = Sink {
                         ctx: &ctx,
                         congested: None,
                         durable: None,
                     };
                     let acts = st.ch.handle(p, clock::now(), &mut sink);
-                    (acts, sink.congested, sink.durable)
+                    let mut durable = sink.durable;
+                    if let Some(t) = st.qos2_journal(q2) {
+                        durable = Some(Box::new(t));
+                    }
+                    (acts, sink.congested, durable)
                 };
                 if let (Some(inbox), Some(conn)) = (congested, &st.conn) {
                     conn.throttle(inbox);
@@ -413,14 +436,26 @@ impl Actor for SessionActor {
                     sub_id: None,
                     refused: None,
                 };
-                let r = Box::pin(st.apply_subscribe(0, vec![req], false)).await;
+                let r = Box::pin(async {
+                    let r = st.apply_subscribe(0, vec![req], false).await;
+                    st.journal_sync_wait().await;
+                    r
+                })
+                .await;
                 let _ = reply.send(r);
             }
             SessionMsg::DelSub(filter, reply) => {
                 let had = st.ch.subscriptions.remove(&filter).is_some();
                 if had {
-                    let _ =
-                        Box::pin(st.ctx.broker.unsubscribe(&filter, st.ch.client_id.clone())).await;
+                    Box::pin(async {
+                        let _ = st
+                            .ctx
+                            .broker
+                            .unsubscribe(&filter, st.ch.client_id.clone())
+                            .await;
+                        st.journal_sync_wait().await;
+                    })
+                    .await;
                 }
                 let _ = reply.send(had);
             }
@@ -467,7 +502,11 @@ impl Actor for SessionActor {
                 let b = st.ctx.broker.inbox_bounds();
                 st.inbox.take(usize::MAX, &mut all, b, usize::MAX);
                 let from_inbox = all.len() as u64;
+                let keys: Vec<u64> = all.iter().map(|i| i.2).filter(|k| *k != 0).collect();
                 drop(all);
+                if let Some(j) = &st.ctx.broker.journal {
+                    j.release(st.journal_inc, &keys);
+                }
                 st.ch.counters.dropped += from_inbox;
                 st.ch.counters.dropped_queue_full += from_inbox;
                 let n = from_inbox + st.ch.shed_queue() as u64;
@@ -479,6 +518,7 @@ impl Actor for SessionActor {
                 st.report_drops();
             }
         }
+        st.journal_done();
         st.arm_tick(&myself);
         st.flush();
         Ok(())
@@ -636,8 +676,9 @@ impl SessionState {
         let mut other = Vec::new();
         let pending = self.conn.as_ref().map(|c| c.pending());
         let mut plain = 0;
-        for (m, matches) in batch.drain(..) {
-            let d = Delivery::from_matches(m, &matches, upgrade);
+        for (m, matches, key) in batch.drain(..) {
+            let mut d = Delivery::from_matches(m, &matches, upgrade);
+            d.journal = key;
             // Encoded but unflushed bytes count toward the write backlog.
             let can = pending.is_some_and(|p| p + self.wbuf.len() < max_pending);
             let d = if pending.is_some() {
@@ -843,6 +884,9 @@ impl SessionState {
                     requests,
                 } => {
                     let _ = self.apply_subscribe(packet_id, requests, live).await;
+                    // The SUBACK (not sent yet) waits for the session's
+                    // subscriptions to be on disk.
+                    self.journal_sync_wait().await;
                 }
                 Action::Unsubscribe(filters) => {
                     inc(&self.ctx.broker.metrics.client_unsubscribe);
@@ -853,6 +897,7 @@ impl SessionState {
                             .unsubscribe(&f, self.ch.client_id.clone())
                             .await;
                     }
+                    self.journal_sync_wait().await;
                 }
                 Action::Close { reason, why } if live => {
                     self.close_for(myself, reason, &why);
@@ -970,6 +1015,8 @@ impl SessionState {
             myself.stop(None);
             return;
         }
+        // The expiry runs from now, also after a crash.
+        drop(self.journal_sync());
         if self.ch.conn.will.is_some() {
             let delay = self.will_delay().min(expiry);
             if delay == 0 {
@@ -1028,6 +1075,8 @@ impl SessionState {
             conn.auth().clone(),
         );
         self.conn = Some(conn);
+        // A resume may end persistence (MQTT 5 session expiry 0).
+        drop(self.journal_sync());
         let ack = self.ch.connack(&connect, true, false);
         self.send(Packet::ConnAck(ack));
         inc(&self.ctx.broker.metrics.session_resumed);
@@ -1130,6 +1179,150 @@ impl SessionState {
             parked_at_ms: now_ms(),
             snapshot: self.ch.snapshot(),
         }
+    }
+
+    /// Keeps the durable journal in step with the session: a persistent
+    /// session gets an incarnation (its deliveries are journaled from now
+    /// on, those it already holds are written) and its record is written;
+    /// a session that is not persistent (any more) leaves the journal.
+    /// Returns the record's write.
+    fn journal_sync(&mut self) -> Option<crate::durable::Ticket> {
+        let j = self.ctx.broker.journal.clone()?;
+        if self.ch.session_expiry == 0 {
+            if self.journal_inc != 0 {
+                let held = self.ch.journal_held();
+                j.forget(self.journal_inc, &held);
+                for d in self.ch.deliveries_mut() {
+                    d.journal = 0;
+                }
+                self.journal_inc = 0;
+                self.inbox.set_journal(0);
+            }
+            return None;
+        }
+        if self.journal_inc == 0 {
+            self.journal_inc = j.next_key();
+            self.inbox.set_journal(self.journal_inc);
+        }
+        j.adopt(self.journal_inc, self.ch.deliveries_mut());
+        j.save(&self.journal_record())
+    }
+
+    /// [`SessionState::journal_sync`], waiting until the record is on
+    /// disk (a SUBACK or UNSUBACK is sent after it).
+    async fn journal_sync_wait(&mut self) {
+        if let Some(t) = self.journal_sync() {
+            if let Err(e) = t.wait().await {
+                self.durable_failed(&e);
+            }
+        }
+    }
+
+    fn durable_failed(&self, e: &crate::durable::DurableError) {
+        tracing::error!(client_id = %self.ch.client_id, "session state not on disk: {e}");
+        self.ctx.alarm_activate(
+            DURABLE_ALARM,
+            serde_json::json!({ "error": e.to_string() }),
+            format!("the durable store cannot be written: {e}"),
+        );
+    }
+
+    fn journal_record(&self) -> crate::journal::SessionRecord {
+        let ch = &self.ch;
+        crate::journal::SessionRecord {
+            client_id: ch.client_id.to_string(),
+            incarnation: self.journal_inc,
+            proto_level: ch.conn.version.level(),
+            keep_alive: ch.conn.keepalive,
+            username: ch.conn.username.clone(),
+            session_expiry: ch.session_expiry,
+            created_at_ms: ch.created_at_ms,
+            subscriptions: ch
+                .subscriptions
+                .iter()
+                .map(|(f, (o, id))| (f.clone(), *o, *id))
+                .collect(),
+            disconnected_at_ms: if self.conn.is_some() {
+                None
+            } else {
+                Some(ch.conn.disconnected_at_ms.unwrap_or_else(now_ms))
+            },
+            counters: (
+                ch.counters.delivered,
+                ch.counters.enqueued,
+                ch.counters.dropped,
+            ),
+        }
+    }
+
+    /// Removes from the journal the deliveries that left the session.
+    fn journal_done(&mut self) {
+        if self.ch.journal_done.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(&mut self.ch.journal_done);
+        if let Some(j) = &self.ctx.broker.journal {
+            j.release(self.journal_inc, &keys);
+        }
+    }
+
+    /// The session ends: it leaves the journal with what it held (what
+    /// waits in its inbox too). A session parked at a clean stop stays:
+    /// the parked copy replaces the journal in one commit.
+    fn journal_end(&mut self) {
+        self.journal_done();
+        if self.parked {
+            return;
+        }
+        let Some(j) = self.ctx.broker.journal.clone() else {
+            return;
+        };
+        self.inbox.set_journal(0);
+        let mut left = Vec::new();
+        let b = self.ctx.broker.inbox_bounds();
+        self.inbox.take(usize::MAX, &mut left, b, usize::MAX);
+        let mut held = self.ch.journal_held();
+        held.extend(left.iter().map(|i| i.2).filter(|k| *k != 0));
+        if self.journal_inc != 0 {
+            j.forget(self.journal_inc, &held);
+            self.journal_inc = 0;
+        } else {
+            j.release(0, &held);
+        }
+    }
+
+    /// Before the channel takes `p`: for a journaled session, a QoS 2
+    /// PUBLISH (its packet id, and whether it was already awaiting
+    /// release) or a PUBREL (its packet id).
+    fn qos2_probe(&self, p: &Packet) -> Option<(u16, bool, bool)> {
+        if self.journal_inc == 0 {
+            return None;
+        }
+        match p {
+            Packet::Publish(x) if x.qos == QoS::ExactlyOnce => {
+                let pid = x.packet_id?;
+                Some((pid, true, self.ch.awaiting_rel.contains_key(&pid)))
+            }
+            Packet::PubRel(a) => Some((a.packet_id, false, true)),
+            _ => None,
+        }
+    }
+
+    /// After the channel took the packet [`SessionState::qos2_probe`]
+    /// looked at: a QoS 2 id newly awaiting release is written (the
+    /// PUBREC waits for it, so a resend after a crash is still known); a
+    /// released one is removed.
+    fn qos2_journal(&self, probe: Option<(u16, bool, bool)>) -> Option<crate::durable::Ticket> {
+        let (pid, publish, was) = probe?;
+        let j = self.ctx.broker.journal.as_ref()?;
+        let now = self.ch.awaiting_rel.contains_key(&pid);
+        if publish && !was && now {
+            return Some(j.rel_add(self.journal_inc, pid));
+        }
+        if !publish && !now {
+            j.rel_del(self.journal_inc, pid);
+        }
+        None
     }
 
     /// A new connection of this client id replaces the session.

@@ -188,6 +188,9 @@ fn apply(st: &mut State, op: &Op) {
         Op::Delete { key, .. } => {
             st.remove(key);
         }
+        Op::DeleteRange { from, to, .. } => {
+            st.retain(|k, _| k < from || k >= to);
+        }
         Op::Clear { .. } => st.clear(),
     }
 }
@@ -210,7 +213,16 @@ fn random_op(rng: &mut StdRng, n: usize) -> Op {
                 value,
             }
         }
-        75..=97 => Op::Delete { table: TABLE, key },
+        75..=92 => Op::Delete { table: TABLE, key },
+        93..=97 => {
+            let a = rng.random_range(0..24);
+            let b = rng.random_range(a..=24);
+            Op::DeleteRange {
+                table: TABLE,
+                from: format!("k{a:02}").into_bytes(),
+                to: format!("k{b:02}").into_bytes(),
+            }
+        }
         _ => Op::Clear { table: TABLE },
     }
 }

@@ -40,6 +40,7 @@ impl Sink {
             move |from: &str, m: Message, _shared: Option<(String, String)>| {
                 me.msgs.lock().push((from.to_owned(), m));
                 me.count.fetch_add(1, Ordering::Release);
+                None
             },
         )
     }
@@ -65,6 +66,7 @@ impl Sink {
 fn counting(count: Arc<AtomicUsize>) -> OnReceive {
     Arc::new(move |_: &str, _: Message, _: Option<(String, String)>| {
         count.fetch_add(1, Ordering::Relaxed);
+        None
     })
 }
 

@@ -306,6 +306,7 @@ fuzz_target!(|data: &[u8]| {
                     qos,
                     retain: arg & 0x40 != 0,
                     sub_ids: Vec::new(),
+                    journal: 0,
                 };
                 let actions = run.ch.deliver(d, now(elapsed), arg & 0x80 == 0);
                 run.sent(actions, None);

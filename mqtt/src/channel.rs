@@ -183,6 +183,11 @@ pub struct Channel {
     next_pid: u16,
     pub counters: ChannelCounters,
     pub created_at_ms: u64,
+    /// Journal keys ([`Delivery::journal`]) of the deliveries that left
+    /// the session since the caller last took them: acknowledged by the
+    /// client (PUBACK, PUBREC), dropped or expired. The session actor
+    /// removes them from the durable journal.
+    pub journal_done: Vec<u64>,
 }
 
 /// A persistent session's state in transit between nodes (takeover).
@@ -374,6 +379,7 @@ impl Channel {
             next_pid: 1,
             counters: ChannelCounters::default(),
             created_at_ms: now.wall_ms,
+            journal_done: Vec::new(),
             settings,
         }
     }
@@ -823,8 +829,13 @@ impl Channel {
                         return self.drain(now);
                     }
                     self.inflight_bytes = self.inflight_bytes.saturating_sub(d.msg.size());
+                    // The client has the message: only the release is left.
+                    let journal = d.journal;
                     f.state = InflightState::Release;
                     f.sent_at = now.mono;
+                    if journal != 0 {
+                        self.journal_done.push(journal);
+                    }
                     vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))]
                 }
                 InflightState::Release => {
@@ -996,12 +1007,14 @@ impl Channel {
         if d.msg.is_expired(now_wall) {
             self.counters.dropped += 1;
             self.counters.dropped_expired += 1;
+            self.gone(&d);
             return vec![];
         }
         if !self.conn.connected {
             if d.qos == QoS::AtMostOnce && !self.settings.mqueue_store_qos0 {
                 self.counters.dropped += 1;
                 self.counters.dropped_qos0 += 1;
+                self.gone(&d);
                 return vec![];
             }
             self.enqueue(d);
@@ -1011,6 +1024,7 @@ impl Channel {
             if !can_send_qos0 {
                 self.counters.dropped += 1;
                 self.counters.dropped_qos0 += 1;
+                self.gone(&d);
                 return vec![];
             }
             return self
@@ -1083,6 +1097,7 @@ impl Channel {
         if max_len == 0 {
             self.counters.dropped += 1;
             self.counters.dropped_queue_full += 1;
+            self.gone(&d);
             return;
         }
         let inflight = self.inflight_bytes;
@@ -1091,6 +1106,7 @@ impl Channel {
             self.counters.dropped += 1;
             self.counters.dropped_queue_full += 1;
             self.counters.dropped_over_bytes += 1;
+            self.gone(&d);
             return;
         }
         while self.mqueue.len() >= max_len || inflight + self.mqueue_bytes + size > max_bytes {
@@ -1101,6 +1117,7 @@ impl Channel {
                 self.counters.dropped += 1;
                 self.counters.dropped_queue_full += 1;
                 self.counters.dropped_over_bytes += u64::from(by_bytes);
+                self.gone(&d);
                 return;
             }
             self.counters.dropped += 1;
@@ -1128,11 +1145,18 @@ impl Channel {
                 if let Some(q) = self.mqueue.remove(i) {
                     self.mqueue_bytes = self.mqueue_bytes.saturating_sub(q.msg.size());
                     self.mqueue_qos0 = self.mqueue_qos0.saturating_sub(1);
+                    self.gone(&q);
                 }
                 true
             }
             None if new.qos == QoS::AtMostOnce => false,
-            None => self.mqueue_pop().is_some(),
+            None => match self.mqueue_pop() {
+                Some(q) => {
+                    self.gone(&q);
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -1167,7 +1191,46 @@ impl Channel {
     fn inflight_take(&mut self, pid: u16) -> Option<Inflight> {
         let f = self.inflight.remove(&pid)?;
         self.inflight_bytes = self.inflight_bytes.saturating_sub(Self::entry_bytes(&f));
+        if let InflightState::Publish(d) = &f.state {
+            self.gone(d);
+        }
         Some(f)
+    }
+
+    /// `d` leaves the session (sent and acknowledged, dropped, expired):
+    /// its journal entry, if any, can go.
+    fn gone(&mut self, d: &Delivery) {
+        if d.journal != 0 {
+            self.journal_done.push(d.journal);
+        }
+    }
+
+    /// Journal keys of every delivery the session still holds (inflight
+    /// and queued), for a session that ends.
+    pub fn journal_held(&self) -> Vec<u64> {
+        let inflight = self.inflight.values().filter_map(|f| match &f.state {
+            InflightState::Publish(d) if d.journal != 0 => Some(d.journal),
+            _ => None,
+        });
+        let queued = self
+            .mqueue
+            .iter()
+            .filter(|d| d.journal != 0)
+            .map(|d| d.journal);
+        inflight.chain(queued).collect()
+    }
+
+    /// Every delivery the session holds (inflight, then queued), to give
+    /// them journal keys or take them away.
+    pub fn deliveries_mut(&mut self) -> impl Iterator<Item = &mut Delivery> {
+        let inflight = self
+            .inflight
+            .values_mut()
+            .filter_map(|f| match &mut f.state {
+                InflightState::Publish(d) => Some(d),
+                InflightState::Release => None,
+            });
+        inflight.chain(self.mqueue.iter_mut())
     }
 
     /// Bytes that can still be taken in before the queue and the inflight
@@ -1188,7 +1251,9 @@ impl Channel {
     /// many, counted as dropped for a full queue.
     pub fn shed_queue(&mut self) -> usize {
         let n = self.mqueue.len();
-        self.mqueue.clear();
+        for d in std::mem::take(&mut self.mqueue) {
+            self.gone(&d);
+        }
         self.mqueue_bytes = 0;
         self.mqueue_qos0 = 0;
         self.counters.dropped += n as u64;
@@ -1219,8 +1284,14 @@ impl Channel {
 
     fn send_inflight(&mut self, d: Delivery, now: Now) -> Option<Action> {
         let now_wall = now.wall_ms;
-        let pid = self.alloc_pid()?;
-        let action = self.send_publish(d.clone(), Some(pid), now_wall, true)?;
+        let Some(pid) = self.alloc_pid() else {
+            self.gone(&d);
+            return None;
+        };
+        let Some(action) = self.send_publish(d.clone(), Some(pid), now_wall, true) else {
+            self.gone(&d);
+            return None;
+        };
         self.inflight_seq += 1;
         let seq = self.inflight_seq;
         self.inflight_put(
@@ -1273,6 +1344,10 @@ impl Channel {
             if codec::encoded_len(&p, self.conn.version) > max as usize {
                 self.counters.dropped += 1;
                 self.counters.dropped_too_large += 1;
+                if pid.is_none() {
+                    // (An inflight one goes when the caller takes it.)
+                    self.gone(&d);
+                }
                 return None;
             }
         }
@@ -1294,7 +1369,9 @@ impl Channel {
         let now_wall = now.wall_ms;
         while let Some(d) = self.mqueue.front() {
             if d.msg.is_expired(now_wall) {
-                self.mqueue_pop();
+                if let Some(d) = self.mqueue_pop() {
+                    self.gone(&d);
+                }
                 self.counters.dropped += 1;
                 self.counters.dropped_expired += 1;
                 continue;

@@ -8,7 +8,7 @@ use crate::packet::{QoS, SubscriptionOptions};
 use std::sync::Arc;
 
 /// What a session needs to know about the subscription a message matched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubMatch {
     pub opts: SubscriptionOptions,
     pub sub_id: Option<u32>,
@@ -21,6 +21,10 @@ pub struct Delivery {
     pub qos: QoS,
     pub retain: bool,
     pub sub_ids: Vec<u32>,
+    /// Where the node's durable session journal keeps this delivery (0:
+    /// nowhere). Meaningful on this node only: never sent to another.
+    #[serde(skip)]
+    pub journal: u64,
 }
 
 impl Delivery {
@@ -43,6 +47,7 @@ impl Delivery {
             qos,
             retain,
             sub_ids,
+            journal: 0,
         }
     }
 
@@ -64,6 +69,7 @@ impl Delivery {
             retain: true,
             sub_ids: sub_id.into_iter().collect(),
             msg,
+            journal: 0,
         }
     }
 }

@@ -40,6 +40,7 @@ pub const KNOWN_ROOTS: &[&str] = &[
     "overload_protection",
     "api_key",
     "prometheus",
+    "durable_sessions",
 ];
 
 /// EMQX's other configuration roots: not implemented yet, so a setting
@@ -61,7 +62,6 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "slow_subs",
     "topic_metrics",
     "psk_authentication",
-    "durable_sessions",
     "durable_storage",
     "session_persistence",
     "force_gc",
@@ -333,6 +333,7 @@ pub struct Config {
     pub authentication: Vec<AuthnConfig>,
     pub flapping_detect: FlappingDetect,
     pub force_shutdown: ForceShutdown,
+    pub durable_sessions: DurableSessions,
     pub alarm: AlarmConfig,
     pub overload_protection: OverloadProtection,
     /// Where the file was found (set by the caller of [`Config::load`]).
@@ -378,6 +379,21 @@ impl Default for OverloadProtection {
             mem_low_watermark: Watermark::Percent(70.0),
             mem_check_interval: Duration::from_secs(1),
         }
+    }
+}
+
+/// `durable_sessions.*`: whether persistent sessions (session expiry > 0)
+/// are written to `node.data_dir` as they change, so that they and the
+/// messages acknowledged for them survive a crash of the node
+/// (docs/durability.md). EMQX's key; its default is false, ours is true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableSessions {
+    pub enable: bool,
+}
+
+impl Default for DurableSessions {
+    fn default() -> Self {
+        DurableSessions { enable: true }
     }
 }
 
@@ -1913,6 +1929,9 @@ impl Config {
                 c.authentication.push(a);
             }
         }
+        root.section("durable_sessions", |o| {
+            o.set("enable", &mut c.durable_sessions.enable, Field::bool)
+        })?;
         root.section("flapping_detect", |o| {
             let f = &mut c.flapping_detect;
             o.set("enable", &mut f.enable, Field::bool)?;

@@ -135,6 +135,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // Hand over every complete frame in the buffer, then acknowledge.
         let mut to_ack = None;
+        let mut written = None;
         while buf.len() >= 4 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
             if len > wire::MAX_FRAME {
@@ -162,7 +163,10 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             let mut st = state.lock();
             let skip = st.accept(frame.first_seq, count);
             for (m, target) in frame.msgs.into_iter().skip(skip as usize) {
-                on_receive(peer, m, target);
+                if let Some(t) = on_receive(peer, m, target) {
+                    // Writes complete in order: the last covers the rest.
+                    written = Some(t);
+                }
             }
             let last = st.last;
             drop(st);
@@ -173,6 +177,11 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             received.fetch_add(n, Ordering::Relaxed);
             shared.received_total.fetch_add(n, Ordering::Relaxed);
             to_ack = Some(last);
+        }
+        if let Some(t) = written {
+            if let Err(e) = t.wait().await {
+                tracing::error!(%peer, "forwarded messages for persistent sessions not on disk: {e}");
+            }
         }
         if let Some(last) = to_ack {
             let ack = last.to_be_bytes();

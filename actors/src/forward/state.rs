@@ -71,8 +71,12 @@ impl ForwardConfig {
 /// order the messages were sent on their connection.
 /// Called for each received message with the sending node and, for a
 /// shared-subscription message, the `(group, filter)` the sending node
-/// picked this node for.
-pub type OnReceive = Arc<dyn Fn(&str, Message, Option<(String, String)>) + Send + Sync>;
+/// picked this node for. Returns a write to disk (deliveries to persistent
+/// sessions) that the acknowledgement to the sender waits for: until
+/// then the sender keeps the message and sends it again after a failure.
+pub type OnReceive = Arc<
+    dyn Fn(&str, Message, Option<(String, String)>) -> Option<crate::durable::Ticket> + Send + Sync,
+>;
 
 /// A queued message and, for a shared-subscription delivery, the group and
 /// filter whose member on the receiving node must get it.

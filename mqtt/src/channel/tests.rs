@@ -156,6 +156,7 @@ fn delivery(topic: &str, qos: QoS) -> Delivery {
         qos,
         retain: false,
         sub_ids: vec![],
+        journal: 0,
     }
 }
 
@@ -1803,6 +1804,7 @@ fn expiring(topic: &str, qos: QoS, expiry_secs: u32, age_ms: u64) -> Delivery {
         qos,
         retain: false,
         sub_ids: vec![],
+        journal: 0,
     }
 }
 
@@ -1873,6 +1875,7 @@ fn v5_publish_carries_message_properties_and_subscription_identifiers() {
         qos: Q0,
         retain: false,
         sub_ids: vec![3, 7],
+        journal: 0,
     };
     let mut expected = out("a", Q0, None);
     expected.properties.content_type = Some("text/plain".into());
@@ -1893,6 +1896,7 @@ fn v3_and_v4_publish_carries_no_properties() {
             qos: Q1,
             retain: false,
             sub_ids: vec![3],
+            journal: 0,
         };
         assert_eq!(
             ch.deliver(d, test_now(), true),
@@ -1994,6 +1998,7 @@ fn big(topic: &str, qos: QoS) -> Delivery {
         qos,
         retain: false,
         sub_ids: vec![],
+        journal: 0,
     }
 }
 
@@ -2430,6 +2435,7 @@ fn plain_qos0_fast_path_matches_deliver_or_declines() {
         qos: Q0,
         retain: false,
         sub_ids: vec![],
+        journal: 0,
     };
     assert!(ch.deliver_plain(d, true, &mut buf).is_err());
     let mut aliasing = aliasing_channel(4, MqttSettings::default());
@@ -2891,4 +2897,58 @@ fn inflight_bytes_follow_the_qos2_exchange() {
     }
     assert!(ch.inflight.is_empty());
     assert_eq!(ch.held_bytes(), 0);
+}
+
+fn journaled(topic: &str, qos: QoS, key: u64) -> Delivery {
+    let mut d = delivery(topic, qos);
+    d.journal = key;
+    d
+}
+
+#[test]
+fn journaled_deliveries_are_reported_once_when_they_leave_the_session() {
+    let mut s = inflight_settings(1);
+    s.max_mqueue_len = Some(2);
+    let mut ch = settings_channel(V5, s);
+    let mut sink = Recorder::default();
+    let now = test_now();
+    // 1 in flight (QoS 1), 2 and 3 queued; 4 pushes 2 out of the full queue.
+    ch.deliver(journaled("a", Q1, 1), now, true);
+    ch.deliver(journaled("b", Q2, 2), now, true);
+    ch.deliver(journaled("c", Q2, 3), now, true);
+    assert!(ch.journal_done.is_empty());
+    ch.deliver(journaled("d", Q1, 4), now, true);
+    assert_eq!(std::mem::take(&mut ch.journal_done), vec![2]);
+    let mut held = ch.journal_held();
+    held.sort_unstable();
+    assert_eq!(held, vec![1, 3, 4]);
+    // PUBACK of 1: done; 3 (QoS 2) goes in flight.
+    feed(&mut ch, Packet::PubAck(ack_in(1)), &mut sink);
+    assert_eq!(std::mem::take(&mut ch.journal_done), vec![1]);
+    // PUBREC of 3: the client has it; its release is no journal matter.
+    let pid3 = *ch.inflight.keys().next().expect("in flight");
+    feed(&mut ch, Packet::PubRec(ack_in(pid3)), &mut sink);
+    assert_eq!(std::mem::take(&mut ch.journal_done), vec![3]);
+    feed(&mut ch, Packet::PubComp(ack_in(pid3)), &mut sink);
+    assert!(ch.journal_done.is_empty());
+    // 4 is in flight now; shedding the (empty) queue reports nothing, an
+    // expired delivery is reported at once, a refused PUBREC too.
+    assert_eq!(ch.journal_held(), vec![4]);
+    assert_eq!(ch.shed_queue(), 0);
+    ch.deliver(journaled("e", Q1, 5), now, true);
+    assert_eq!(ch.shed_queue(), 1);
+    assert_eq!(std::mem::take(&mut ch.journal_done), vec![5]);
+    let mut old = journaled("f", Q1, 6);
+    Arc::make_mut(&mut old.msg).expiry_secs = Some(1);
+    Arc::make_mut(&mut old.msg).timestamp_ms = now.wall_ms - 5_000;
+    ch.deliver(old, now, true);
+    assert_eq!(std::mem::take(&mut ch.journal_done), vec![6]);
+    // Unjournaled deliveries (key 0) are never reported.
+    let pid = ch.inflight.keys().copied().next().unwrap_or(0);
+    feed(&mut ch, Packet::PubAck(ack_in(pid)), &mut sink);
+    assert_eq!(std::mem::take(&mut ch.journal_done), vec![4]);
+    ch.deliver(delivery("g", Q1), now, true);
+    let pid = ch.inflight.keys().copied().next().unwrap_or(0);
+    feed(&mut ch, Packet::PubAck(ack_in(pid)), &mut sink);
+    assert!(ch.journal_done.is_empty());
 }

@@ -1,0 +1,576 @@
+//! The durable session journal: what a persistent session holds, written
+//! to the node's durable store as it changes, so that a node killed (kill
+//! -9, a crash, power loss) brings its persistent sessions back with every
+//! QoS 1/2 message it acknowledged to their publishers.
+//!
+//! Tables (byte keys, bincode values):
+//! - `session_state`: incarnation -> [`SessionRecord`] (client id,
+//!   subscriptions, expiry, when the connection went);
+//! - `session_messages`: message key -> the message, once for all the
+//!   sessions it is queued for;
+//! - `session_queue`: incarnation ++ message key -> the delivery (QoS,
+//!   retain flag, subscription ids) of that message to that session;
+//! - `session_awaiting_rel`: incarnation ++ packet id -> nothing: a QoS 2
+//!   message the client published and has not released;
+//! - `session_meta`: the node's clock, written every few seconds (the
+//!   expiry of a session that was connected when the node died runs from
+//!   the last tick).
+//!
+//! The publish path writes the message and its queue rows before it
+//! hands the message to the sessions, and the publisher's acknowledgement
+//! waits for that commit (the same group-committed tickets as retained
+//! messages). A session removes a queue row once the message has left it
+//! (acknowledged by its client with PUBACK or PUBREC, dropped, expired);
+//! a message goes once no queue row needs it. An incarnation is a number
+//! given to one life of a persistent session on this node: rows left by
+//! a life that ended (a race with the end of a session) belong to no
+//! record and are removed when the node next starts.
+//!
+//! Keys (message keys and incarnations) come from one counter, started
+//! above every key on disk and above the wall clock in microseconds.
+
+use crate::clock::now_ms;
+use crate::durable::{Durable, DurableError, Op, Ticket};
+use emqx_mqtt::channel::SessionSnapshot;
+use emqx_mqtt::delivery::{Delivery, SubMatch};
+use emqx_mqtt::message::Message;
+use emqx_mqtt::packet::{QoS, SubscriptionOptions};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const SESSIONS_TABLE: &str = "session_state";
+pub const MESSAGES_TABLE: &str = "session_messages";
+pub const QUEUE_TABLE: &str = "session_queue";
+pub const REL_TABLE: &str = "session_awaiting_rel";
+pub const META_TABLE: &str = "session_meta";
+
+/// Every table of the journal (a clean stop empties them all: the parked
+/// sessions replace them).
+pub const TABLES: [&str; 5] = [
+    SESSIONS_TABLE,
+    MESSAGES_TABLE,
+    QUEUE_TABLE,
+    REL_TABLE,
+    META_TABLE,
+];
+
+const CLOCK_KEY: &[u8] = b"clock";
+
+/// How often the node's clock is written.
+pub const CLOCK_PERIOD: Duration = Duration::from_secs(5);
+
+fn cfg() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// A persistent session's own state in the journal.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    pub client_id: String,
+    pub incarnation: u64,
+    pub proto_level: u8,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    /// Seconds; `u32::MAX` never expires.
+    pub session_expiry: u32,
+    pub created_at_ms: u64,
+    pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
+    /// Wall-clock ms when its connection went; `None` while connected.
+    pub disconnected_at_ms: Option<u64>,
+    /// delivered, enqueued, dropped.
+    pub counters: (u64, u64, u64),
+}
+
+/// One queued delivery, without its message.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct QueueRow {
+    qos: QoS,
+    retain: bool,
+    sub_ids: Vec<u32>,
+}
+
+/// A session found in the journal when the node starts.
+#[derive(Debug)]
+pub struct Recovered {
+    pub record: SessionRecord,
+    /// Its queue, oldest first, each delivery with its journal key.
+    pub queue: Vec<Delivery>,
+    pub awaiting_rel: Vec<u16>,
+    /// When its expiry started: its disconnection, or for a session that
+    /// was connected when the node died, the node's last clock tick.
+    pub offline_since_ms: u64,
+}
+
+impl Recovered {
+    /// Seconds of expiry left at wall-clock `now_ms`; `None` once expired.
+    pub fn remaining(&self, now_ms: u64) -> Option<u32> {
+        let expiry = self.record.session_expiry;
+        if expiry == u32::MAX {
+            return Some(u32::MAX);
+        }
+        let gone = now_ms.saturating_sub(self.offline_since_ms) / 1000;
+        let left = u64::from(expiry).saturating_sub(gone);
+        (left > 0).then_some(left as u32)
+    }
+
+    /// The session state to bring back (offline, everything queued).
+    pub fn snapshot(&self) -> SessionSnapshot {
+        SessionSnapshot {
+            subscriptions: self.record.subscriptions.clone(),
+            inflight: Vec::new(),
+            mqueue: self.queue.clone(),
+            awaiting_rel: self.awaiting_rel.clone(),
+            next_pid: 1,
+            created_at_ms: self.record.created_at_ms,
+            counters: self.record.counters,
+        }
+    }
+}
+
+/// The journal of one node. Shared by the publish path and the sessions.
+pub struct Journal {
+    durable: Durable,
+    next: AtomicU64,
+    /// Message key -> queue rows still holding it.
+    refs: Mutex<HashMap<u64, u32>>,
+    upgrade_qos: bool,
+}
+
+fn key2(a: u64, b: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&a.to_be_bytes());
+    k.extend_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn rel_key(incarnation: u64, pid: u16) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.extend_from_slice(&incarnation.to_be_bytes());
+    k.extend_from_slice(&pid.to_be_bytes());
+    k
+}
+
+fn be64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+fn io(durable: &Durable, error: String) -> DurableError {
+    DurableError::Io {
+        path: durable.path().to_path_buf(),
+        error,
+    }
+}
+
+impl Journal {
+    /// Reads the journal: the sessions it holds (expired ones included:
+    /// the caller decides), with their queues. Rows that belong to no
+    /// session, and messages no queue row needs, are removed. A row that
+    /// cannot be read is an error naming the file, the table and the key.
+    pub fn open(
+        durable: Durable,
+        upgrade_qos: bool,
+    ) -> Result<(Journal, Vec<Recovered>), DurableError> {
+        let mut max_key = 0u64;
+        let mut by_inc: BTreeMap<u64, SessionRecord> = BTreeMap::new();
+        let mut ops = Vec::new();
+        for (k, v) in durable.load(SESSIONS_TABLE)? {
+            let inc = be64(&k)
+                .ok_or_else(|| io(&durable, format!("table {SESSIONS_TABLE}: bad key {k:?}")))?;
+            let rec: SessionRecord = bincode::serde::decode_from_slice(&v, cfg())
+                .map(|(r, _)| r)
+                .map_err(|e| {
+                    io(
+                        &durable,
+                        format!("table {SESSIONS_TABLE}: session {inc} cannot be read: {e}"),
+                    )
+                })?;
+            if rec.incarnation != inc {
+                return Err(io(
+                    &durable,
+                    format!(
+                        "table {SESSIONS_TABLE}: row {inc} holds session {} of {:?}",
+                        rec.incarnation, rec.client_id
+                    ),
+                ));
+            }
+            max_key = max_key.max(inc);
+            by_inc.insert(inc, rec);
+        }
+        // Two lives of one client (the node died between the start of the
+        // new one and the end of the old): the newer stands.
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for (inc, rec) in &by_inc {
+            newest.insert(rec.client_id.as_str(), *inc);
+        }
+        let stale: Vec<u64> = by_inc
+            .iter()
+            .filter(|(inc, rec)| newest.get(rec.client_id.as_str()) != Some(*inc))
+            .map(|(inc, _)| *inc)
+            .collect();
+        for inc in stale {
+            by_inc.remove(&inc);
+            ops.push(Op::Delete {
+                table: SESSIONS_TABLE,
+                key: inc.to_be_bytes().to_vec(),
+            });
+        }
+        let mut messages: HashMap<u64, Arc<Message>> = HashMap::new();
+        for (k, v) in durable.load(MESSAGES_TABLE)? {
+            let key = be64(&k)
+                .ok_or_else(|| io(&durable, format!("table {MESSAGES_TABLE}: bad key {k:?}")))?;
+            let m: Message = bincode::serde::decode_from_slice(&v, cfg())
+                .map(|(m, _)| m)
+                .map_err(|e| {
+                    io(
+                        &durable,
+                        format!("table {MESSAGES_TABLE}: message {key} cannot be read: {e}"),
+                    )
+                })?;
+            max_key = max_key.max(key);
+            messages.insert(key, Arc::new(m));
+        }
+        let mut queues: HashMap<u64, Vec<Delivery>> = HashMap::new();
+        let mut refs: HashMap<u64, u32> = HashMap::new();
+        for (k, v) in durable.load(QUEUE_TABLE)? {
+            let (Some(inc), Some(key)) = (be64(&k), k.get(8..).and_then(be64)) else {
+                return Err(io(&durable, format!("table {QUEUE_TABLE}: bad key {k:?}")));
+            };
+            let (Some(_), Some(msg)) = (by_inc.get(&inc), messages.get(&key)) else {
+                // A life that ended, or a message already gone.
+                ops.push(Op::Delete {
+                    table: QUEUE_TABLE,
+                    key: k,
+                });
+                continue;
+            };
+            let row: QueueRow = bincode::serde::decode_from_slice(&v, cfg())
+                .map(|(r, _)| r)
+                .map_err(|e| {
+                    io(
+                        &durable,
+                        format!("table {QUEUE_TABLE}: row {inc}/{key} cannot be read: {e}"),
+                    )
+                })?;
+            *refs.entry(key).or_default() += 1;
+            queues.entry(inc).or_default().push(Delivery {
+                msg: msg.clone(),
+                qos: row.qos,
+                retain: row.retain,
+                sub_ids: row.sub_ids,
+                journal: key,
+            });
+        }
+        for key in messages.keys() {
+            if !refs.contains_key(key) {
+                ops.push(Op::Delete {
+                    table: MESSAGES_TABLE,
+                    key: key.to_be_bytes().to_vec(),
+                });
+            }
+        }
+        let mut rels: HashMap<u64, Vec<u16>> = HashMap::new();
+        for (k, _) in durable.load(REL_TABLE)? {
+            let (Some(inc), Some(pid)) = (
+                be64(&k),
+                k.get(8..10).map(|b| u16::from_be_bytes([b[0], b[1]])),
+            ) else {
+                return Err(io(&durable, format!("table {REL_TABLE}: bad key {k:?}")));
+            };
+            if by_inc.contains_key(&inc) {
+                rels.entry(inc).or_default().push(pid);
+            } else {
+                ops.push(Op::Delete {
+                    table: REL_TABLE,
+                    key: k,
+                });
+            }
+        }
+        let clock = durable
+            .load(META_TABLE)?
+            .into_iter()
+            .find(|(k, _)| k == CLOCK_KEY)
+            .and_then(|(_, v)| be64(&v))
+            .unwrap_or_else(now_ms);
+        if !ops.is_empty() {
+            durable.submit_nowait(ops);
+        }
+        let recovered = by_inc
+            .into_values()
+            .map(|record| {
+                let inc = record.incarnation;
+                Recovered {
+                    offline_since_ms: record.disconnected_at_ms.unwrap_or(clock),
+                    queue: queues.remove(&inc).unwrap_or_default(),
+                    awaiting_rel: rels.remove(&inc).unwrap_or_default(),
+                    record,
+                }
+            })
+            .collect();
+        let now_us = now_ms().saturating_mul(1000);
+        let journal = Journal {
+            durable,
+            next: AtomicU64::new(max_key.max(now_us) + 1),
+            refs: Mutex::new(refs),
+            upgrade_qos,
+        };
+        Ok((journal, recovered))
+    }
+
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// `mqtt.upgrade_qos`: a QoS 0 message may be delivered at QoS 1/2.
+    pub fn upgrades_qos(&self) -> bool {
+        self.upgrade_qos
+    }
+
+    /// A new key: for a message, or an incarnation of a session.
+    pub fn next_key(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The QoS a delivery of `msg` for `matches` will have (as
+    /// [`Delivery::from_matches`] decides).
+    fn delivered_qos(&self, msg: &Message, matches: &[SubMatch]) -> QoS {
+        let max_sub = matches.iter().map(|m| m.opts.qos).max().unwrap_or_default();
+        if self.upgrade_qos {
+            msg.qos.max(max_sub)
+        } else {
+            msg.qos.min(max_sub)
+        }
+    }
+
+    /// The publish path: writes `msg` and one queue row for each target
+    /// that journals its deliveries (incarnation != 0) and gets it at QoS
+    /// 1 or 2. Returns the commit's ticket and each target's journal key
+    /// (0 for the others), or `None` when no target journals it. Call
+    /// before the message reaches any session, so a session's removal of
+    /// a row always comes after the row.
+    pub fn record<'a>(
+        &self,
+        msg: &Message,
+        targets: impl Iterator<Item = (u64, &'a [SubMatch])>,
+    ) -> Option<(Ticket, Vec<u64>)> {
+        let mut keys: Vec<u64> = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
+        let mut key = 0;
+        let mut n = 0u32;
+        for (i, (inc, matches)) in targets.enumerate() {
+            if inc == 0 || self.delivered_qos(msg, matches) == QoS::AtMostOnce {
+                continue;
+            }
+            if key == 0 {
+                key = self.next_key();
+                keys.resize(i, 0);
+                match bincode::serde::encode_to_vec(msg, cfg()) {
+                    Ok(value) => ops.push(Op::Put {
+                        table: MESSAGES_TABLE,
+                        key: key.to_be_bytes().to_vec(),
+                        value,
+                    }),
+                    Err(e) => {
+                        tracing::error!(topic = %msg.topic, "message not journaled: {e}");
+                        return None;
+                    }
+                }
+            }
+            keys.resize(i, 0);
+            let mut sub_ids: Vec<u32> = matches.iter().filter_map(|m| m.sub_id).collect();
+            sub_ids.sort_unstable();
+            sub_ids.dedup();
+            let row = QueueRow {
+                qos: self.delivered_qos(msg, matches),
+                retain: msg.retain && matches.iter().any(|m| m.opts.retain_as_published),
+                sub_ids,
+            };
+            match bincode::serde::encode_to_vec(&row, cfg()) {
+                Ok(value) => {
+                    ops.push(Op::Put {
+                        table: QUEUE_TABLE,
+                        key: key2(inc, key),
+                        value,
+                    });
+                    keys.push(key);
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::error!(topic = %msg.topic, "delivery not journaled: {e}");
+                    keys.push(0);
+                }
+            }
+        }
+        if key == 0 {
+            return None;
+        }
+        self.refs.lock().insert(key, n);
+        Some((self.durable.submit(ops), keys))
+    }
+
+    /// Writes deliveries a session holds that are not journaled yet (a
+    /// session that becomes persistent, one taken over from another node
+    /// or brought back from a clean stop): each gets its key.
+    pub fn adopt<'a>(&self, incarnation: u64, deliveries: impl Iterator<Item = &'a mut Delivery>) {
+        let mut ops = Vec::new();
+        let mut refs = Vec::new();
+        for d in deliveries {
+            if d.journal != 0 || d.qos == QoS::AtMostOnce {
+                continue;
+            }
+            let row = QueueRow {
+                qos: d.qos,
+                retain: d.retain,
+                sub_ids: d.sub_ids.clone(),
+            };
+            let (Ok(m), Ok(r)) = (
+                bincode::serde::encode_to_vec(&*d.msg, cfg()),
+                bincode::serde::encode_to_vec(&row, cfg()),
+            ) else {
+                continue;
+            };
+            let key = self.next_key();
+            ops.push(Op::Put {
+                table: MESSAGES_TABLE,
+                key: key.to_be_bytes().to_vec(),
+                value: m,
+            });
+            ops.push(Op::Put {
+                table: QUEUE_TABLE,
+                key: key2(incarnation, key),
+                value: r,
+            });
+            refs.push(key);
+            d.journal = key;
+        }
+        if ops.is_empty() {
+            return;
+        }
+        {
+            let mut r = self.refs.lock();
+            for k in refs {
+                r.insert(k, 1);
+            }
+        }
+        self.durable.submit_nowait(ops);
+    }
+
+    /// Deliveries `keys` left session `incarnation` (or were never taken
+    /// by it): their queue rows go, and each message no other row needs.
+    pub fn release(&self, incarnation: u64, keys: &[u64]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut ops = Vec::with_capacity(keys.len() * 2);
+        let mut r = self.refs.lock();
+        for &key in keys {
+            if incarnation != 0 {
+                ops.push(Op::Delete {
+                    table: QUEUE_TABLE,
+                    key: key2(incarnation, key),
+                });
+            }
+            if let Some(n) = r.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    r.remove(&key);
+                    ops.push(Op::Delete {
+                        table: MESSAGES_TABLE,
+                        key: key.to_be_bytes().to_vec(),
+                    });
+                }
+            }
+        }
+        drop(r);
+        if !ops.is_empty() {
+            self.durable.submit_nowait(ops);
+        }
+    }
+
+    /// Writes (replaces) a session's record.
+    pub fn save(&self, rec: &SessionRecord) -> Option<Ticket> {
+        match bincode::serde::encode_to_vec(rec, cfg()) {
+            Ok(value) => Some(self.durable.submit(vec![Op::Put {
+                table: SESSIONS_TABLE,
+                key: rec.incarnation.to_be_bytes().to_vec(),
+                value,
+            }])),
+            Err(e) => {
+                tracing::error!(client_id = %rec.client_id, "session not journaled: {e}");
+                None
+            }
+        }
+    }
+
+    /// A persistent session's life ends (expiry, discard, takeover by
+    /// another node, or it stops being persistent): its record, queue
+    /// rows and QoS 2 ids go; `held`, the deliveries it still held, are
+    /// released.
+    pub fn forget(&self, incarnation: u64, held: &[u64]) {
+        self.release(0, held);
+        let next = incarnation.saturating_add(1);
+        self.durable.submit_nowait(vec![
+            Op::Delete {
+                table: SESSIONS_TABLE,
+                key: incarnation.to_be_bytes().to_vec(),
+            },
+            Op::DeleteRange {
+                table: QUEUE_TABLE,
+                from: key2(incarnation, 0),
+                to: key2(next, 0),
+            },
+            Op::DeleteRange {
+                table: REL_TABLE,
+                from: rel_key(incarnation, 0),
+                to: rel_key(next, 0),
+            },
+        ]);
+    }
+
+    /// The client published QoS 2 packet `pid` (its PUBREC waits for the
+    /// ticket): a resend after a crash is then still recognized.
+    pub fn rel_add(&self, incarnation: u64, pid: u16) -> Ticket {
+        self.durable.submit(vec![Op::Put {
+            table: REL_TABLE,
+            key: rel_key(incarnation, pid),
+            value: Vec::new(),
+        }])
+    }
+
+    /// The client released QoS 2 packet `pid`.
+    pub fn rel_del(&self, incarnation: u64, pid: u16) {
+        self.durable.submit_nowait(vec![Op::Delete {
+            table: REL_TABLE,
+            key: rel_key(incarnation, pid),
+        }]);
+    }
+
+    /// Writes the node's clock now and every [`CLOCK_PERIOD`].
+    pub fn spawn_clock(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(CLOCK_PERIOD);
+            loop {
+                t.tick().await;
+                me.durable.submit_nowait(vec![Op::Put {
+                    table: META_TABLE,
+                    key: CLOCK_KEY.to_vec(),
+                    value: now_ms().to_be_bytes().to_vec(),
+                }]);
+            }
+        })
+    }
+
+    /// The ops that empty the journal (a clean stop: the parked sessions
+    /// replace it, in the same commit).
+    pub fn clear_ops() -> Vec<Op> {
+        TABLES.iter().map(|t| Op::Clear { table: t }).collect()
+    }
+
+    /// Message keys still held by some queue row (tests, `ctl`).
+    pub fn messages_held(&self) -> usize {
+        self.refs.lock().len()
+    }
+}
