@@ -209,6 +209,14 @@ fn v5_sub(n: &Node, id: &str, expiry: &str, extra: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// A node with the durable session journal on.
+fn journaled() -> Opts {
+    Opts {
+        extra: "durable_sessions.enable = true\n".into(),
+        ..Default::default()
+    }
+}
+
 fn connack_session_present(m: &mut cluster::Mq) -> bool {
     let mut present = None;
     let ok = m.wait_for(Duration::from_secs(5), |e| match e {
@@ -224,7 +232,7 @@ fn connack_session_present(m: &mut cluster::Mq) -> bool {
 
 #[test]
 fn persistent_sessions_and_their_queues_survive_a_clean_stop() {
-    let mut n = Node::start_with(Opts::default());
+    let mut n = Node::start_with(journaled());
     // An MQTT 5 session (expiry 1 h) and an MQTT 3.1.1 one
     // (clean_session = false), both offline, and one that expires during
     // the stop.
@@ -524,7 +532,7 @@ fn kill_and_restart(n: &mut Node, sessions: usize) {
 
 #[test]
 fn acknowledged_messages_for_offline_persistent_sessions_survive_kill_9() {
-    let mut n = Node::start_with(Opts::default());
+    let mut n = Node::start_with(journaled());
     // MQTT 5 (expiry 1 h, QoS 2) and 3.1.1 (clean_session = false, QoS 1)
     // sessions, offline.
     assert!(v5_sub(&n, "k5", "3600", &["-E"]).is_empty());
@@ -584,7 +592,7 @@ fn acknowledged_messages_for_offline_persistent_sessions_survive_kill_9() {
 
 #[test]
 fn a_connected_subscriber_gets_its_inflight_and_queued_messages_after_kill_9() {
-    let mut n = Node::start_with(Opts::default());
+    let mut n = Node::start_with(journaled());
     // A 3.1.1 subscriber (clean_session = false) that takes its messages
     // and never acknowledges them: its inflight window fills, the rest
     // queues.
@@ -614,7 +622,7 @@ fn a_connected_subscriber_gets_its_inflight_and_queued_messages_after_kill_9() {
 
 #[test]
 fn a_qos2_message_taken_before_a_kill_9_is_not_published_twice_when_resent() {
-    let mut n = Node::start_with(Opts::default());
+    let mut n = Node::start_with(journaled());
     let mut sub = cluster::Mq::open(&n, "q2-sub", false);
     sub.sub("q2/#", 2);
     // A persistent 3.1.1 publisher: PUBLISH QoS 2, PUBREC, then the node

@@ -1523,3 +1523,17 @@ fn the_retainer_storage_type_is_disc_unless_ram_is_asked_for() {
     let e = err("retainer.backend.index_specs = [[1, 2]]\n", &[]);
     assert!(e.contains("retainer.backend.index_specs"), "{e}");
 }
+
+#[test]
+fn durable_sessions_enable_is_read_and_its_other_keys_are_refused() {
+    assert!(!ok("", &[]).durable_sessions.enable);
+    assert!(
+        ok("durable_sessions.enable = true\n", &[])
+            .durable_sessions
+            .enable
+    );
+    let e = err("durable_sessions.batch_size = 10\n", &[]);
+    assert!(e.contains("durable_sessions.batch_size"), "{e}");
+    let e = err("durable_storage.messages.n_shards = 4\n", &[]);
+    assert!(e.contains("not supported"), "{e}");
+}
