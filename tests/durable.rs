@@ -658,3 +658,94 @@ fn a_qos2_message_taken_before_a_kill_9_is_not_published_twice_when_resent() {
         "the QoS 2 message was published twice"
     );
 }
+
+/// A small tmpfs mounted on a directory while it lives (lazily unmounted
+/// when dropped, so a node still running does not keep it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("data dir");
+        let out = run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir));
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (the test runs as root, as scripts/test.sh does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_publishes_that_need_it_with_0x97_and_an_alarm() {
+    let mut n = Node::prepare("durable_sessions.enable = true\n");
+    let _fs = Tmpfs::mount(&n.data_dir(), "12m");
+    n.spawn(&[]);
+    // A persistent session offline: each QoS 1 message for it must be on
+    // disk before its publisher's PUBACK.
+    let out = run(mosquitto("mosquitto_sub", &n).args([
+        "-c", "-i", "full-sub", "-x", "3600", "-q", "1", "-t", "full/#", "-E",
+    ]));
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&common::connect_v5("full-pub", 60));
+    let (b, _) = raw.read_all(Duration::from_millis(500));
+    assert_eq!(packets(&b).first().map(|p| p.0), Some(0x20), "CONNACK");
+    let payload = vec![b'x'; 256 * 1024];
+    let mut acked = 0;
+    let mut refused = None;
+    // 12 MB fill with fewer than 48 messages of 256 KB; 100 bounds the loop.
+    for pid in 1..=100u16 {
+        let mut body = utf8("full/x");
+        body.extend_from_slice(&pid.to_be_bytes());
+        body.push(0); // no properties
+        body.extend_from_slice(&payload);
+        raw.send(&common::frame(0x32, &body));
+        let ack = raw.read_n(4);
+        assert_eq!(ack[0], 0x40, "a PUBACK: {ack:?}");
+        assert_eq!(u16::from_be_bytes([ack[2], ack[3]]), pid);
+        // Reason code omitted (remaining length 2) is success.
+        let code = if ack[1] > 2 {
+            raw.read_n(usize::from(ack[1]) - 2)[0]
+        } else {
+            0
+        };
+        if code == 0 {
+            acked += 1;
+        } else {
+            refused = Some(code);
+            break;
+        }
+    }
+    assert!(acked > 0, "nothing was acknowledged");
+    assert_eq!(
+        refused,
+        Some(0x97),
+        "after {acked} acknowledged: {}",
+        n.log()
+    );
+    let (_, alarms) = n.ctl(&["alarms", "list"]);
+    assert!(alarms.contains("durable_storage_failed"), "{alarms}");
+    let (_, st) = n.ctl(&["durable", "status"]);
+    assert!(!st.contains("failures         : 0\n"), "{st}");
+    // MQTT 3.1.1 cannot refuse a publish: the connection closes without a
+    // PUBACK, and the client is to send it again.
+    let mut v3 = common::Raw::connect(&n);
+    v3.send(&common::connect_v4("full-pub3", 60));
+    assert_eq!(v3.read_n(4), vec![0x20, 2, 0, 0]);
+    let mut body = utf8("full/y");
+    body.extend_from_slice(&[0, 1]);
+    body.extend_from_slice(&payload);
+    v3.send(&common::frame(0x32, &body));
+    let (b, closed) = v3.read_all(Duration::from_secs(5));
+    assert!(closed && b.is_empty(), "closed={closed}, got {b:?}");
+    assert!(n.alive(), "the node died of a full disk");
+}

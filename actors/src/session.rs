@@ -89,19 +89,21 @@ pub struct SessionState {
     journal_inc: u64,
 }
 
-/// What the client's packets produced while a retained message it
-/// published is being written to disk: its acknowledgement waits for the
-/// write, and every later reply waits behind it, so acknowledgements keep
-/// the order of the packets (MQTT-4.6.0-2) while the session goes on
-/// reading. Many writes are then in one commit.
+/// What the client's packets produced while a message it published is
+/// being written to disk (retained, or for persistent sessions): its
+/// acknowledgement waits for the write, and every later reply waits
+/// behind it, so acknowledgements keep the order of the packets
+/// (MQTT-4.6.0-2) while the session goes on reading. Many writes are then
+/// in one commit.
 #[derive(Default)]
 struct Held {
     /// (write number or 0 for none, connection generation, actions), in
     /// the order the packets came.
     queue: std::collections::VecDeque<(u64, u64, Vec<Action>)>,
-    /// The last write number given, and the last one on disk.
+    /// The last write number given.
     issued: u64,
-    committed: u64,
+    /// Writes done and not yet released: on disk (`true`) or failed.
+    done: std::collections::HashMap<u64, bool>,
 }
 
 struct Sink<'a> {
@@ -459,8 +461,8 @@ impl Actor for SessionActor {
                 }
                 let _ = reply.send(had);
             }
-            SessionMsg::Committed(n) => {
-                Box::pin(st.release(&myself, n)).await;
+            SessionMsg::Committed(n, ok) => {
+                Box::pin(st.release(&myself, n, ok)).await;
                 st.pump(&myself).await;
             }
             SessionMsg::Tick => {
@@ -1108,15 +1110,19 @@ impl SessionState {
                 let client_id = self.ch.client_id.clone();
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = t.wait().await {
-                        tracing::error!(%client_id, "retained message kept in memory only: {e}");
-                        ctx.alarm_activate(
-                            DURABLE_ALARM,
-                            serde_json::json!({ "error": e.to_string() }),
-                            format!("the durable store cannot be written: {e}"),
-                        );
-                    }
-                    let _ = me.cast(SessionMsg::Committed(n));
+                    let ok = match t.wait().await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!(%client_id, "a publish is refused: it cannot be written to disk: {e}");
+                            ctx.alarm_activate(
+                                DURABLE_ALARM,
+                                serde_json::json!({ "error": e.to_string() }),
+                                format!("the durable store cannot be written: {e}"),
+                            );
+                            false
+                        }
+                    };
+                    let _ = me.cast(SessionMsg::Committed(n, ok));
                 });
                 n
             }
@@ -1125,19 +1131,26 @@ impl SessionState {
         h.queue.push_back((n, gen, acts));
     }
 
-    /// Write `n` is done: runs the replies held up to the next write still
-    /// running. Replies to a connection that is gone are dropped (its
-    /// subscriptions still apply: the channel has them).
-    async fn release(&mut self, myself: &ActorRef<SessionMsg>, n: u64) {
+    /// Write `n` is done (`ok`) or failed: runs the replies held up to the
+    /// next write whose outcome is not known yet, in order. The
+    /// acknowledgement of a publish whose write failed becomes a refusal
+    /// (see [`SessionState::refuse_unwritten`]). Replies to a connection
+    /// that is gone are dropped (its subscriptions still apply: the channel
+    /// has them).
+    async fn release(&mut self, myself: &ActorRef<SessionMsg>, n: u64, ok: bool) {
         let mut ready = Vec::new();
         if let Some(h) = self.held.as_mut() {
-            h.committed = h.committed.max(n);
+            h.done.insert(n, ok);
             while let Some((t, _, _)) = h.queue.front() {
-                if *t != 0 && *t > h.committed {
-                    break;
-                }
+                let ok = match *t {
+                    0 => true,
+                    t => match h.done.remove(&t) {
+                        Some(ok) => ok,
+                        None => break,
+                    },
+                };
                 match h.queue.pop_front() {
-                    Some(e) => ready.push(e),
+                    Some((_, gen, acts)) => ready.push((gen, acts, ok)),
                     None => break,
                 }
             }
@@ -1145,10 +1158,54 @@ impl SessionState {
                 self.held = None;
             }
         }
-        for (_, gen, acts) in ready {
+        for (gen, acts, ok) in ready {
             let live = gen == self.gen;
+            let acts = if ok {
+                acts
+            } else {
+                self.refuse_unwritten(acts)
+            };
             Box::pin(self.run_with_broker(myself, acts, live)).await;
         }
+    }
+
+    /// The replies to a publish whose write to disk failed (a full disk,
+    /// an I/O error): the message is not acknowledged as kept. MQTT 5 gets
+    /// its PUBACK or PUBREC with 0x97 Quota exceeded (a QoS 2 exchange
+    /// ends there); MQTT 3, which has no refusal, loses its connection
+    /// instead, and its client sends the message again.
+    fn refuse_unwritten(&mut self, acts: Vec<Action>) -> Vec<Action> {
+        let v5 = self.ch.conn.version == ProtocolVersion::V5;
+        let mut out = Vec::with_capacity(acts.len());
+        for a in acts {
+            match a {
+                Action::Send(Packet::PubAck(mut p)) if p.reason_code < 0x80 => {
+                    if !v5 {
+                        out.push(Action::Close {
+                            reason: None,
+                            why: "a publish cannot be written to disk".into(),
+                        });
+                        return out;
+                    }
+                    p.reason_code = reason::QUOTA_EXCEEDED;
+                    out.push(Action::Send(Packet::PubAck(p)));
+                }
+                Action::Send(Packet::PubRec(mut p)) if p.reason_code < 0x80 => {
+                    if !v5 {
+                        out.push(Action::Close {
+                            reason: None,
+                            why: "a publish cannot be written to disk".into(),
+                        });
+                        return out;
+                    }
+                    self.ch.awaiting_rel.remove(&p.packet_id);
+                    p.reason_code = reason::QUOTA_EXCEEDED;
+                    out.push(Action::Send(Packet::PubRec(p)));
+                }
+                a => out.push(a),
+            }
+        }
+        out
     }
 
     /// The node stops and this session is kept on disk: the connection

@@ -154,9 +154,10 @@ pub enum SessionMsg {
     /// `ctl subscriptions del`, the API's unsubscribe; `true` if it was
     /// subscribed.
     DelSub(String, RpcReplyPort<bool>),
-    /// The retained message of held reply number `u64` is on disk (or
-    /// failed to be written): release the replies held up to it.
-    Committed(u64),
+    /// The write of held reply number `u64` is on disk (`true`) or failed
+    /// (`false`: its publish is refused): release the replies held up to
+    /// it.
+    Committed(u64, bool),
     /// Periodic retry / await-rel check.
     Tick,
     /// Session expiry timer of connection generation `u64`.
