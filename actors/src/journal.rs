@@ -574,3 +574,143 @@ impl Journal {
         self.refs.lock().len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emqx_mqtt::packet::SubscriptionOptions;
+
+    fn record(client: &str, inc: u64) -> SessionRecord {
+        SessionRecord {
+            client_id: client.into(),
+            incarnation: inc,
+            proto_level: 4,
+            keep_alive: 60,
+            username: None,
+            session_expiry: 3600,
+            created_at_ms: 1,
+            subscriptions: vec![("t/#".into(), SubscriptionOptions::default(), None)],
+            disconnected_at_ms: Some(now_ms()),
+            counters: (0, 0, 0),
+        }
+    }
+
+    fn matches(q: QoS) -> Vec<SubMatch> {
+        let mut opts = SubscriptionOptions::default();
+        opts.qos = q;
+        vec![SubMatch { opts, sub_id: None }]
+    }
+
+    fn msg(payload: &str) -> Message {
+        let mut m = Message::system("t/x", payload.to_string(), false, now_ms());
+        m.qos = QoS::AtLeastOnce;
+        m
+    }
+
+    /// The store in `dir`, opened again once the previous writer is gone.
+    fn reopen(dir: &std::path::Path) -> (Journal, Vec<Recovered>) {
+        for _ in 0..100 {
+            if let Ok(d) = Durable::open(dir) {
+                return Journal::open(d, false).expect("journal");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cannot reopen {}", dir.display());
+    }
+
+    fn queue(r: &[Recovered], client: &str) -> Vec<String> {
+        r.iter()
+            .find(|r| r.record.client_id == client)
+            .map(|r| {
+                r.queue
+                    .iter()
+                    .map(|d| String::from_utf8_lossy(&d.msg.payload).to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn rows_follow_the_sessions_and_what_no_session_needs_is_removed() {
+        let dir = std::env::temp_dir().join(format!("emqx-rs-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (a, b) = {
+            let (j, r) = reopen(&dir);
+            assert!(r.is_empty());
+            let (a, b) = (j.next_key(), j.next_key());
+            j.save(&record("a", a))
+                .expect("save")
+                .wait()
+                .await
+                .expect("a");
+            j.save(&record("b", b))
+                .expect("save")
+                .wait()
+                .await
+                .expect("b");
+            let q1 = matches(QoS::AtLeastOnce);
+            let q0 = matches(QoS::AtMostOnce);
+            // m1 to a, to a session that does not journal, and to b;
+            // m2 to a only; m3 to b at QoS 0 (not journaled).
+            let (t, keys1) = j
+                .record(
+                    &msg("m1"),
+                    [(a, &q1[..]), (0, &q1[..]), (b, &q1[..])].into_iter(),
+                )
+                .expect("journaled");
+            t.wait().await.expect("m1");
+            assert_eq!(keys1.len(), 3);
+            assert_eq!(keys1[1], 0);
+            assert_eq!(keys1[0], keys1[2]);
+            let (t, keys2) = j
+                .record(&msg("m2"), [(a, &q1[..])].into_iter())
+                .expect("journaled");
+            t.wait().await.expect("m2");
+            assert!(j.record(&msg("m3"), [(b, &q0[..])].into_iter()).is_none());
+            // a acknowledges m1: b still needs it.
+            j.release(a, &[keys1[0]]);
+            assert_eq!(j.messages_held(), 2);
+            let _ = keys2;
+            (a, b)
+        };
+        let (j, r) = reopen(&dir);
+        assert_eq!(queue(&r, "a"), vec!["m2"]);
+        assert_eq!(queue(&r, "b"), vec!["m1"]);
+        assert!(r.iter().all(|r| r.remaining(now_ms()).is_some()));
+        // b ends (its held m1 released); a's life is replaced by a newer one
+        // of the same client, written before the old record went.
+        let held: Vec<u64> = r
+            .iter()
+            .find(|r| r.record.client_id == "b")
+            .map(|r| r.queue.iter().map(|d| d.journal).collect())
+            .unwrap_or_default();
+        j.forget(b, &held);
+        let a2 = j.next_key();
+        j.save(&record("a", a2))
+            .expect("save")
+            .wait()
+            .await
+            .expect("a2");
+        drop(j);
+        let (j, r) = reopen(&dir);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].record.incarnation, a2);
+        assert!(queue(&r, "a").is_empty(), "the old life's rows went");
+        // m1 (nobody needs it) and the old life of a are gone from disk.
+        let d = j.durable().clone();
+        drop(j);
+        let _ = a;
+        let mut left = 0;
+        for _ in 0..100 {
+            left = d.count(MESSAGES_TABLE).expect("count") + d.count(QUEUE_TABLE).expect("count");
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(left, 0);
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
