@@ -57,25 +57,92 @@ pub enum Op {
 
 struct Job {
     ops: Vec<Op>,
-    done: Option<oneshot::Sender<Result<(), DurableError>>>,
+    done: Option<Arc<Outcome>>,
+}
+
+/// What is to be done once a write is committed (or failed).
+type Callback = Box<dyn FnOnce(Result<(), DurableError>) + Send>;
+
+/// The outcome of one submitted write, shared by its ticket and the
+/// writer: pending (with what to call then), or known.
+struct Outcome(parking_lot::Mutex<Result<Result<(), DurableError>, Option<Callback>>>);
+
+impl Outcome {
+    fn pending() -> Arc<Outcome> {
+        Arc::new(Outcome(parking_lot::Mutex::new(Err(None))))
+    }
+
+    /// Records the outcome and runs the callback waiting for it, if any
+    /// (on the caller's thread: the writer's).
+    fn complete(&self, r: Result<(), DurableError>) {
+        let cb = {
+            let mut g = self.0.lock();
+            match std::mem::replace(&mut *g, Ok(r.clone())) {
+                Err(cb) => cb,
+                Ok(first) => {
+                    // Already known: keep the first outcome.
+                    *g = Ok(first);
+                    None
+                }
+            }
+        };
+        if let Some(cb) = cb {
+            cb(r);
+        }
+    }
+}
+
+impl Drop for Job {
+    /// A write that never reached a commit (the writer is gone).
+    fn drop(&mut self) {
+        if let Some(o) = self.done.take() {
+            o.complete(Err(DurableError::Stopped {
+                path: PathBuf::from("durable.redb"),
+            }));
+        }
+    }
 }
 
 /// Resolves once the writes it was given for are committed (or failed).
 /// Tickets complete in the order their writes were submitted.
-pub struct Ticket(oneshot::Receiver<Result<(), DurableError>>, PathBuf);
+pub struct Ticket(Arc<Outcome>);
 
 impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ticket({})", self.1.display())
+        write!(f, "Ticket")
     }
 }
 
 impl Ticket {
-    pub async fn wait(self) -> Result<(), DurableError> {
-        match self.0.await {
-            Ok(r) => r,
-            Err(_) => Err(DurableError::Stopped { path: self.1 }),
+    /// Calls `f` with the outcome once the write is committed or failed:
+    /// at once if it is known, else on the writer's thread (keep `f`
+    /// short: a message to an actor). No task is spent waiting.
+    pub fn on_done(self, f: impl FnOnce(Result<(), DurableError>) + Send + 'static) {
+        let known = {
+            let mut g = self.0 .0.lock();
+            match &mut *g {
+                Ok(r) => Some(r.clone()),
+                Err(slot) => {
+                    *slot = Some(Box::new(f));
+                    return;
+                }
+            }
+        };
+        if let Some(r) = known {
+            f(r);
         }
+    }
+
+    pub async fn wait(self) -> Result<(), DurableError> {
+        let (tx, rx) = oneshot::channel();
+        self.on_done(move |r| {
+            let _ = tx.send(r);
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(DurableError::Stopped {
+                path: PathBuf::from("durable.redb"),
+            })
+        })
     }
 }
 
@@ -197,18 +264,18 @@ impl Durable {
         self.stats
             .submitted
             .fetch_add(ops.len() as u64, Ordering::AcqRel);
-        let (done, rx) = oneshot::channel();
-        if let Err(std_mpsc::SendError(job)) = self.tx.send(Job {
+        let done = Outcome::pending();
+        if let Err(std_mpsc::SendError(mut job)) = self.tx.send(Job {
             ops,
-            done: Some(done),
+            done: Some(done.clone()),
         }) {
-            if let Some(d) = job.done {
-                let _ = d.send(Err(DurableError::Stopped {
+            if let Some(o) = job.done.take() {
+                o.complete(Err(DurableError::Stopped {
                     path: self.path.clone(),
                 }));
             }
         }
-        Ticket(rx, self.path.clone())
+        Ticket(done)
     }
 
     /// Queues `ops` without waiting for them (writes nobody acknowledges
@@ -269,9 +336,9 @@ fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::
                 tracing::error!("durable store: {n} change(s) not written: {e}");
             }
         }
-        for j in batch.drain(..) {
-            if let Some(d) = j.done {
-                let _ = d.send(res.clone());
+        for mut j in batch.drain(..) {
+            if let Some(o) = j.done.take() {
+                o.complete(res.clone());
             }
         }
     }

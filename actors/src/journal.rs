@@ -9,7 +9,9 @@
 //! - `session_messages`: message key -> the message, once for all the
 //!   sessions it is queued for;
 //! - `session_queue`: incarnation ++ message key -> the delivery (QoS,
-//!   retain flag, subscription ids) of that message to that session;
+//!   retain flag, subscription ids) of that message to that session, and
+//!   the message itself when no other session needs it (most messages:
+//!   then the row is the only write);
 //! - `session_awaiting_rel`: incarnation ++ packet id -> nothing: a QoS 2
 //!   message the client published and has not released;
 //! - `session_meta`: the node's clock, written every few seconds (the
@@ -90,6 +92,19 @@ struct QueueRow {
     qos: QoS,
     retain: bool,
     sub_ids: Vec<u32>,
+    /// The message itself when this row is the only one that needs it
+    /// (one write instead of two, nothing to count); otherwise it is in
+    /// the messages table under the row's key.
+    msg: Option<Message>,
+}
+
+/// [`QueueRow`] as it is written, borrowing the message (same encoding).
+#[derive(serde::Serialize)]
+struct QueueRowOut<'a> {
+    qos: QoS,
+    retain: bool,
+    sub_ids: &'a [u32],
+    msg: Option<&'a Message>,
 }
 
 /// A session found in the journal when the node starts.
@@ -238,14 +253,14 @@ impl Journal {
             let (Some(inc), Some(key)) = (be64(&k), k.get(8..).and_then(be64)) else {
                 return Err(io(&durable, format!("table {QUEUE_TABLE}: bad key {k:?}")));
             };
-            let (Some(_), Some(msg)) = (by_inc.get(&inc), messages.get(&key)) else {
-                // A life that ended, or a message already gone.
+            if !by_inc.contains_key(&inc) {
+                // A life that ended.
                 ops.push(Op::Delete {
                     table: QUEUE_TABLE,
                     key: k,
                 });
                 continue;
-            };
+            }
             let row: QueueRow = bincode::serde::decode_from_slice(&v, cfg())
                 .map(|(r, _)| r)
                 .map_err(|e| {
@@ -254,9 +269,25 @@ impl Journal {
                         format!("table {QUEUE_TABLE}: row {inc}/{key} cannot be read: {e}"),
                     )
                 })?;
-            *refs.entry(key).or_default() += 1;
+            let msg = match row.msg {
+                Some(m) => Arc::new(m),
+                None => match messages.get(&key) {
+                    Some(m) => {
+                        *refs.entry(key).or_default() += 1;
+                        m.clone()
+                    }
+                    None => {
+                        // Its message is gone: so is the row.
+                        ops.push(Op::Delete {
+                            table: QUEUE_TABLE,
+                            key: k,
+                        });
+                        continue;
+                    }
+                },
+            };
             queues.entry(inc).or_default().push(Delivery {
-                msg: msg.clone(),
+                msg,
                 qos: row.qos,
                 retain: row.retain,
                 sub_ids: row.sub_ids,
@@ -355,17 +386,23 @@ impl Journal {
         msg: &Message,
         targets: impl Iterator<Item = (u64, &'a [SubMatch])>,
     ) -> Option<(Ticket, Vec<u64>)> {
+        let due: smallvec::SmallVec<[(usize, u64, &'a [SubMatch]); 4]> = targets
+            .enumerate()
+            .filter(|(_, (inc, matches))| {
+                *inc != 0 && self.delivered_qos(msg, matches) != QoS::AtMostOnce
+            })
+            .map(|(i, (inc, matches))| (i, inc, matches))
+            .collect();
+        if due.is_empty() {
+            return None;
+        }
+        let inline = due.len() == 1;
         let mut keys: Vec<u64> = Vec::new();
-        let mut ops: Vec<Op> = Vec::new();
-        let mut key = 0;
+        let mut ops: Vec<Op> = Vec::with_capacity(due.len() + 1);
+        let key = self.next_key();
         let mut n = 0u32;
-        for (i, (inc, matches)) in targets.enumerate() {
-            if inc == 0 || self.delivered_qos(msg, matches) == QoS::AtMostOnce {
-                continue;
-            }
-            if key == 0 {
-                key = self.next_key();
-                keys.resize(i, 0);
+        for (i, inc, matches) in due {
+            if !inline && ops.is_empty() {
                 match bincode::serde::encode_to_vec(msg, cfg()) {
                     Ok(value) => ops.push(Op::Put {
                         table: MESSAGES_TABLE,
@@ -382,10 +419,11 @@ impl Journal {
             let mut sub_ids: Vec<u32> = matches.iter().filter_map(|m| m.sub_id).collect();
             sub_ids.sort_unstable();
             sub_ids.dedup();
-            let row = QueueRow {
+            let row = QueueRowOut {
                 qos: self.delivered_qos(msg, matches),
                 retain: msg.retain && matches.iter().any(|m| m.opts.retain_as_published),
-                sub_ids,
+                sub_ids: &sub_ids,
+                msg: inline.then_some(msg),
             };
             match bincode::serde::encode_to_vec(&row, cfg()) {
                 Ok(value) => {
@@ -403,10 +441,12 @@ impl Journal {
                 }
             }
         }
-        if key == 0 {
+        if n == 0 {
             return None;
         }
-        self.refs.lock().insert(key, n);
+        if !inline {
+            self.refs.lock().insert(key, n);
+        }
         Some((self.durable.submit(ops), keys))
     }
 
@@ -415,46 +455,30 @@ impl Journal {
     /// or brought back from a clean stop): each gets its key.
     pub fn adopt<'a>(&self, incarnation: u64, deliveries: impl Iterator<Item = &'a mut Delivery>) {
         let mut ops = Vec::new();
-        let mut refs = Vec::new();
         for d in deliveries {
             if d.journal != 0 || d.qos == QoS::AtMostOnce {
                 continue;
             }
-            let row = QueueRow {
+            let row = QueueRowOut {
                 qos: d.qos,
                 retain: d.retain,
-                sub_ids: d.sub_ids.clone(),
+                sub_ids: &d.sub_ids,
+                msg: Some(&d.msg),
             };
-            let (Ok(m), Ok(r)) = (
-                bincode::serde::encode_to_vec(&*d.msg, cfg()),
-                bincode::serde::encode_to_vec(&row, cfg()),
-            ) else {
+            let Ok(value) = bincode::serde::encode_to_vec(&row, cfg()) else {
                 continue;
             };
             let key = self.next_key();
             ops.push(Op::Put {
-                table: MESSAGES_TABLE,
-                key: key.to_be_bytes().to_vec(),
-                value: m,
-            });
-            ops.push(Op::Put {
                 table: QUEUE_TABLE,
                 key: key2(incarnation, key),
-                value: r,
+                value,
             });
-            refs.push(key);
             d.journal = key;
         }
-        if ops.is_empty() {
-            return;
+        if !ops.is_empty() {
+            self.durable.submit_nowait(ops);
         }
-        {
-            let mut r = self.refs.lock();
-            for k in refs {
-                r.insert(k, 1);
-            }
-        }
-        self.durable.submit_nowait(ops);
     }
 
     /// Deliveries `keys` left session `incarnation` (or were never taken
@@ -596,8 +620,10 @@ mod tests {
     }
 
     fn matches(q: QoS) -> Vec<SubMatch> {
-        let mut opts = SubscriptionOptions::default();
-        opts.qos = q;
+        let opts = SubscriptionOptions {
+            qos: q,
+            ..Default::default()
+        };
         vec![SubMatch { opts, sub_id: None }]
     }
 
@@ -668,9 +694,12 @@ mod tests {
                 .expect("journaled");
             t.wait().await.expect("m2");
             assert!(j.record(&msg("m3"), [(b, &q0[..])].into_iter()).is_none());
+            // m1 is shared (in the messages table), m2 is in a's row only.
+            assert_eq!(j.messages_held(), 1);
+            assert_eq!(j.durable().count(MESSAGES_TABLE).expect("count"), 1);
             // a acknowledges m1: b still needs it.
             j.release(a, &[keys1[0]]);
-            assert_eq!(j.messages_held(), 2);
+            assert_eq!(j.messages_held(), 1);
             let _ = keys2;
             (a, b)
         };

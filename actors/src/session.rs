@@ -1107,22 +1107,9 @@ impl SessionState {
                 h.issued += 1;
                 let n = h.issued;
                 let me = myself.clone();
-                let client_id = self.ch.client_id.clone();
-                let ctx = self.ctx.clone();
-                tokio::spawn(async move {
-                    let ok = match t.wait().await {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::error!(%client_id, "a publish is refused: it cannot be written to disk: {e}");
-                            ctx.alarm_activate(
-                                DURABLE_ALARM,
-                                serde_json::json!({ "error": e.to_string() }),
-                                format!("the durable store cannot be written: {e}"),
-                            );
-                            false
-                        }
-                    };
-                    let _ = me.cast(SessionMsg::Committed(n, ok));
+                // Called on the store's writer thread: a message, no task.
+                t.on_done(move |r| {
+                    let _ = me.cast(SessionMsg::Committed(n, r.is_ok()));
                 });
                 n
             }
@@ -1163,6 +1150,12 @@ impl SessionState {
             let acts = if ok {
                 acts
             } else {
+                tracing::error!(client_id = %self.ch.client_id, "a publish is refused: it cannot be written to disk (the store's error is logged above)");
+                self.ctx.alarm_activate(
+                    DURABLE_ALARM,
+                    serde_json::json!({ "clientid": &*self.ch.client_id }),
+                    "the durable store cannot be written (see the node's log)".to_string(),
+                );
                 self.refuse_unwritten(acts)
             };
             Box::pin(self.run_with_broker(myself, acts, live)).await;

@@ -132,7 +132,7 @@ async fn ten_thousand_messages_arrive_intact_and_in_order() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -184,7 +184,7 @@ async fn order_per_topic_holds_across_four_connections() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -258,7 +258,7 @@ async fn wrong_cookie_delivers_nothing_logs_both_sides_and_backs_off() {
     let mut ca = cfg("a@host", "cookie-a");
     ca.reconnect_min = Duration::from_millis(200);
     ca.reconnect_max = Duration::from_secs(5);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -327,7 +327,7 @@ async fn silent_client_does_not_block_a_real_peer() {
         silent.push(TcpStream::connect(b.local_addr()).await.unwrap());
     }
     let t0 = Instant::now();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -379,7 +379,7 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
     ca.queue_limit = 100;
     ca.send_timeout = Duration::from_secs(1);
     let limit_total = 2 * 100 * ca.conns_per_peer;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -445,7 +445,7 @@ async fn peer_that_never_answers_the_handshake_keeps_queues_bounded() {
     let mut ca = cfg("a@host", COOKIE);
     ca.queue_limit = 100;
     ca.handshake_timeout = Duration::from_millis(300);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -492,7 +492,7 @@ async fn reconnects_to_a_restarted_peer() {
         .await
         .unwrap();
     let addr = b1.local_addr();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -539,7 +539,7 @@ async fn stop_frees_the_port_and_ends_every_task() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -595,7 +595,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     ca.conns_per_peer = 2;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", l.local_addr().unwrap());
@@ -615,7 +615,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
         .unwrap();
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -664,7 +664,7 @@ async fn malformed_frame_closes_only_that_connection() {
     assert_eq!(b.listener_stats().malformed_frames, 2);
 
     // A real peer is undisturbed.
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -689,7 +689,7 @@ async fn throughput_64_byte_payloads() {
     let b = Forwarder::start(cfg("b@host", COOKIE), counting(count.clone()))
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -804,7 +804,7 @@ async fn a_connection_lost_with_unacknowledged_frames_loses_and_repeats_nothing(
     let (relay, relay_task) = lossy_relay(b.local_addr(), swallow.clone(), cut.clone()).await;
     let mut ca = cfg("a@host", COOKIE);
     ca.conns_per_peer = 1;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| {}))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
         .await
         .unwrap();
     a.add_peer("b@host", relay);
