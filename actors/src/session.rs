@@ -81,6 +81,9 @@ pub struct SessionState {
     heavy: bool,
     /// Replies waiting for a write to disk (boxed: rare).
     held: Option<Box<Held>>,
+    /// Replies released by a write that need the broker, about to run
+    /// (each with whether its connection is the current one).
+    released: Vec<(bool, Vec<Action>)>,
     /// Parked for the next start of the node: its routes stay, so the
     /// other nodes keep its messages until it is back.
     parked: bool,
@@ -193,6 +196,7 @@ impl Actor for SessionActor {
             slow: false,
             heavy: false,
             held: None,
+            released: Vec::new(),
             parked: false,
             journal_inc: 0,
         };
@@ -462,7 +466,11 @@ impl Actor for SessionActor {
                 let _ = reply.send(had);
             }
             SessionMsg::Committed(n, ok) => {
-                Box::pin(st.release(&myself, n, ok)).await;
+                // Acknowledgements only (nearly always) run here, with no
+                // future to box for them.
+                if st.release_local(&myself, n, ok) {
+                    Box::pin(st.release(&myself)).await;
+                }
                 st.pump(&myself).await;
             }
             SessionMsg::Tick => {
@@ -525,6 +533,12 @@ impl Actor for SessionActor {
         st.flush();
         Ok(())
     }
+}
+
+/// Whether a list of actions needs the broker (an await).
+fn needs_broker(acts: &[Action]) -> bool {
+    acts.iter()
+        .any(|a| matches!(a, Action::Subscribe { .. } | Action::Unsubscribe(_)))
 }
 
 fn count_inbound(ctx: &Ctx, p: &Packet) {
@@ -842,10 +856,7 @@ impl SessionState {
     /// an await here, it would be part of every session actor's resident
     /// message loop, idle or not.
     async fn run(&mut self, myself: &ActorRef<SessionMsg>, acts: Vec<Action>) {
-        if acts
-            .iter()
-            .any(|a| matches!(a, Action::Subscribe { .. } | Action::Unsubscribe(_)))
-        {
+        if needs_broker(&acts) {
             Box::pin(self.run_with_broker(myself, acts, true)).await;
         } else {
             self.run_local(myself, acts);
@@ -1118,13 +1129,12 @@ impl SessionState {
         h.queue.push_back((n, gen, acts));
     }
 
-    /// Write `n` is done (`ok`) or failed: runs the replies held up to the
-    /// next write whose outcome is not known yet, in order. The
+    /// Write `n` is done (`ok`) or failed: takes the replies held up to
+    /// the next write whose outcome is not known yet, in order, each with
+    /// whether its connection is still the current one. The
     /// acknowledgement of a publish whose write failed becomes a refusal
-    /// (see [`SessionState::refuse_unwritten`]). Replies to a connection
-    /// that is gone are dropped (its subscriptions still apply: the channel
-    /// has them).
-    async fn release(&mut self, myself: &ActorRef<SessionMsg>, n: u64, ok: bool) {
+    /// (see [`SessionState::refuse_unwritten`]).
+    fn take_released(&mut self, n: u64, ok: bool) -> Vec<(bool, Vec<Action>)> {
         let mut ready = Vec::new();
         if let Some(h) = self.held.as_mut() {
             h.done.insert(n, ok);
@@ -1145,8 +1155,8 @@ impl SessionState {
                 self.held = None;
             }
         }
+        let mut out = Vec::with_capacity(ready.len());
         for (gen, acts, ok) in ready {
-            let live = gen == self.gen;
             let acts = if ok {
                 acts
             } else {
@@ -1158,7 +1168,34 @@ impl SessionState {
                 );
                 self.refuse_unwritten(acts)
             };
-            Box::pin(self.run_with_broker(myself, acts, live)).await;
+            out.push((gen == self.gen, acts));
+        }
+        out
+    }
+
+    /// Runs the replies write `n` released when none needs the broker, and
+    /// says false; otherwise keeps them for [`SessionState::release`] and
+    /// says true.
+    fn release_local(&mut self, myself: &ActorRef<SessionMsg>, n: u64, ok: bool) -> bool {
+        let ready = self.take_released(n, ok);
+        if ready.iter().any(|(_, acts)| needs_broker(acts)) {
+            self.released = ready;
+            return true;
+        }
+        for (live, acts) in ready {
+            if live {
+                self.run_local(myself, acts);
+            }
+        }
+        false
+    }
+
+    /// Runs released replies that include broker work (a SUBSCRIBE that
+    /// came behind a held publish). Replies to a connection that is gone
+    /// are dropped (its subscriptions still apply: the channel has them).
+    async fn release(&mut self, myself: &ActorRef<SessionMsg>) {
+        for (live, acts) in std::mem::take(&mut self.released) {
+            self.run_with_broker(myself, acts, live).await;
         }
     }
 
