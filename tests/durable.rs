@@ -521,6 +521,9 @@ fn settle(n: &Node, ids: &[&str]) {
 
 fn kill_and_restart(n: &mut Node, sessions: usize) {
     n.kill();
+    // The log of this start only (its first lines may come a moment after
+    // the port opens).
+    let _ = std::fs::remove_file(n.dir.path().join("stderr.log"));
     n.spawn(&[]);
     let line = format!("{sessions} persistent session(s) back from the journal");
     assert!(
@@ -585,6 +588,9 @@ fn acknowledged_messages_for_offline_persistent_sessions_survive_kill_9() {
     settle(&n, &["k4"]);
     drop(m);
     kill_and_restart(&mut n, 2);
+    // Both again (the MQTT 5 one keeps its expiry through a second crash).
+    let (_, k5) = n.ctl(&["clients", "show", "k5"]);
+    assert!(k5.contains("session_expiry_interval=3600"), "{k5}");
     let mut m = cluster::Mq::open(&n, "k4", false);
     assert!(connack_session_present(&mut m));
     assert!(payloads(&m.quiet(Duration::from_secs(1))).is_empty());
@@ -748,4 +754,74 @@ fn a_full_disk_refuses_publishes_that_need_it_with_0x97_and_an_alarm() {
     let (b, closed) = v3.read_all(Duration::from_secs(5));
     assert!(closed && b.is_empty(), "closed={closed}, got {b:?}");
     assert!(n.alive(), "the node died of a full disk");
+}
+
+/// A v5 CONNECT (clean start) with a session expiry and a QoS 1 will on
+/// `will_topic` delayed by `delay` seconds.
+fn connect_v5_with_will(id: &str, expiry: u32, will_topic: &str, delay: u32) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x0E, 0, 60];
+    let mut props = vec![0x11];
+    props.extend_from_slice(&expiry.to_be_bytes());
+    body.extend(common::varint(props.len()));
+    body.extend(props);
+    body.extend(utf8(id));
+    let mut wprops = vec![0x18];
+    wprops.extend_from_slice(&delay.to_be_bytes());
+    body.extend(common::varint(wprops.len()));
+    body.extend(wprops);
+    body.extend(utf8(will_topic));
+    body.extend(utf8("gone"));
+    common::frame(0x10, &body)
+}
+
+#[test]
+fn wills_and_session_expiry_hold_across_kill_9() {
+    let mut n = Node::start_with(journaled());
+    // A persistent watcher of the wills, offline.
+    let mut w = cluster::Mq::open(&n, "will-watch", false);
+    assert!(!connack_session_present(&mut w));
+    w.sub("wills/#", 1);
+    disconnect(w);
+    // A connected client with a will delayed 2 s, and an offline session
+    // whose 2 s expiry runs out while the node is down.
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&connect_v5_with_will("will-c", 3600, "wills/c", 2));
+    let (b, _) = raw.read_all(Duration::from_millis(300));
+    assert_eq!(packets(&b).first().map(|p| p.0), Some(0x20), "CONNACK");
+    assert!(v5_sub(&n, "exp-short", "2", &["-E"]).is_empty());
+    settle(&n, &[]);
+    n.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = std::fs::remove_file(n.dir.path().join("stderr.log"));
+    n.spawn(&[]);
+    // will-c and the watcher come back; exp-short expired meanwhile.
+    assert!(
+        wait_until(Duration::from_secs(10), || n
+            .log()
+            .contains("2 persistent session(s) back from the journal")),
+        "{}",
+        n.log()
+    );
+    // The node died with will-c's connection: its will comes, once, as
+    // its delay (counted from the crash) has run out.
+    let mut w = cluster::Mq::open(&n, "will-watch", false);
+    assert!(connack_session_present(&mut w));
+    assert_eq!(
+        payloads(&w.collect(1, Duration::from_secs(5))),
+        vec!["gone"]
+    );
+    settle(&n, &["will-watch"]);
+    let mut e = cluster::Mq::open(&n, "exp-short", false);
+    assert!(
+        !connack_session_present(&mut e),
+        "an expired session came back"
+    );
+    drop(e);
+    // Published once: another crash does not bring the will back.
+    drop(w);
+    settle(&n, &[]);
+    kill_and_restart(&mut n, 3);
+    let mut w = cluster::Mq::open(&n, "will-watch", false);
+    assert!(connack_session_present(&mut w));
+    assert!(payloads(&w.quiet(Duration::from_secs(3))).is_empty());
 }

@@ -126,6 +126,7 @@ async fn open_locked(
         restored,
         unparked: None,
         journal: None,
+        will: None,
     };
     let (actor, _) = Actor::spawn(None, SessionActor, args)
         .await

@@ -36,7 +36,7 @@ use crate::durable::{Durable, DurableError, Op, Ticket};
 use emqx_mqtt::channel::SessionSnapshot;
 use emqx_mqtt::delivery::{Delivery, SubMatch};
 use emqx_mqtt::message::Message;
-use emqx_mqtt::packet::{QoS, SubscriptionOptions};
+use emqx_mqtt::packet::{LastWill, QoS, SubscriptionOptions};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +84,9 @@ pub struct SessionRecord {
     pub disconnected_at_ms: Option<u64>,
     /// delivered, enqueued, dropped.
     pub counters: (u64, u64, u64),
+    /// The will still to publish: the client's while it is connected (the
+    /// node dying ends its connection), or one waiting for its delay.
+    pub will: Option<LastWill>,
 }
 
 /// One queued delivery, without its message.
@@ -129,6 +132,17 @@ impl Recovered {
         let gone = now_ms.saturating_sub(self.offline_since_ms) / 1000;
         let left = u64::from(expiry).saturating_sub(gone);
         (left > 0).then_some(left as u32)
+    }
+
+    /// Its will, if any, with the seconds of its delay left at `now_ms`
+    /// (counted from when its connection went, at most the session's
+    /// expiry left).
+    pub fn will(&self, now_ms: u64) -> Option<(LastWill, u32)> {
+        let w = self.record.will.clone()?;
+        let delay = w.properties.will_delay_interval.unwrap_or(0);
+        let gone = now_ms.saturating_sub(self.offline_since_ms) / 1000;
+        let left = u64::from(delay).saturating_sub(gone) as u32;
+        Some((w, left.min(self.remaining(now_ms).unwrap_or(0))))
     }
 
     /// The session state to bring back (offline, everything queued).
@@ -616,6 +630,7 @@ mod tests {
             subscriptions: vec![("t/#".into(), SubscriptionOptions::default(), None)],
             disconnected_at_ms: Some(now_ms()),
             counters: (0, 0, 0),
+            will: None,
         }
     }
 

@@ -116,7 +116,7 @@ pub async fn restore(
         let Some(left) = p.remaining(now) else {
             continue;
         };
-        spawn(ctx, &p, left, None).await?;
+        spawn(ctx, &p, left, None, None).await?;
         n += 1;
     }
     let mut m = 0;
@@ -147,7 +147,7 @@ pub async fn restore(
             snapshot: r.snapshot(),
         };
         let inc = journal.as_ref().map(|_| r.record.incarnation);
-        spawn(ctx, &p, left, inc).await?;
+        spawn(ctx, &p, left, inc, r.will(now)).await?;
         m += 1;
     }
     let mut ops = vec![Op::Clear {
@@ -165,7 +165,13 @@ pub async fn restore(
 }
 
 /// Brings one session back offline with `left` seconds of its expiry.
-async fn spawn(ctx: &Arc<Ctx>, p: &Parked, left: u32, journal: Option<u64>) -> Result<(), String> {
+async fn spawn(
+    ctx: &Arc<Ctx>,
+    p: &Parked,
+    left: u32,
+    journal: Option<u64>,
+    will: Option<(emqx_mqtt::packet::LastWill, u32)>,
+) -> Result<(), String> {
     let client_id: Arc<str> = Arc::from(p.client_id.as_str());
     let args = SessionArgs {
         ctx: ctx.clone(),
@@ -176,6 +182,7 @@ async fn spawn(ctx: &Arc<Ctx>, p: &Parked, left: u32, journal: Option<u64>) -> R
         unparked: Some((p.session_expiry, left)),
         restored: Some(p.snapshot.clone()),
         journal,
+        will,
     };
     let (actor, _) = Actor::spawn(None, SessionActor, args)
         .await

@@ -48,6 +48,10 @@ pub struct SessionArgs {
     /// died: its incarnation there (its queue's deliveries carry their
     /// journal keys).
     pub journal: Option<u64>,
+    /// For a session brought back from the journal: the will its client
+    /// left (its connection ended with the node), and the seconds of its
+    /// delay left.
+    pub will: Option<(LastWill, u32)>,
 }
 
 pub struct SessionState {
@@ -200,9 +204,17 @@ impl Actor for SessionActor {
             parked: false,
             journal_inc: 0,
         };
+        if let Some((expiry, _)) = a.unparked {
+            // Its CONNECT is made up (a v5 one carries no expiry): the
+            // expiry it had stands, before anything looks at it.
+            st.ch.session_expiry = expiry;
+        }
         if let Some(inc) = a.journal {
             st.journal_inc = inc;
             st.inbox.set_journal(inc);
+        }
+        if let Some((w, _)) = &a.will {
+            st.ch.conn.will = Some(Box::new(w.clone()));
         }
         if let Some(t) = st.journal_sync() {
             // Not waited for: a crash before it only costs the client a
@@ -247,6 +259,16 @@ impl Actor for SessionActor {
             st.ch.detach(clock::now());
             let (expiry, left) = a.unparked.unwrap_or((0, 0));
             st.ch.session_expiry = expiry;
+            match a.will.as_ref().map(|(_, delay)| *delay) {
+                Some(0) => st.publish_will(),
+                Some(delay) => {
+                    let gen = st.gen;
+                    myself.send_after(Duration::from_secs(u64::from(delay)), move || {
+                        SessionMsg::Will(gen)
+                    });
+                }
+                None => {}
+            }
             if left != u32::MAX {
                 let gen = st.gen;
                 myself.send_after(Duration::from_secs(u64::from(left)), move || {
@@ -1339,6 +1361,7 @@ impl SessionState {
                 ch.counters.enqueued,
                 ch.counters.dropped,
             ),
+            will: ch.conn.will.as_deref().cloned(),
         }
     }
 
@@ -1468,6 +1491,10 @@ impl SessionState {
         let mut m = Message::from_publish(self.ch.client_id.clone(), &p, now_ms());
         m.properties.will_delay_interval = None;
         self.ctx.broker.publish(m);
+        if self.journal_inc != 0 {
+            // Published once: a crash now must not bring it back.
+            drop(self.journal_sync());
+        }
     }
 
     fn info(&self) -> ClientInfo {

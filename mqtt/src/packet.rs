@@ -186,7 +186,7 @@ impl<'de> Deserialize<'de> for Properties {
 }
 
 /// The will message carried in CONNECT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastWill {
     pub topic: String,
     pub payload: Bytes,
