@@ -845,6 +845,8 @@ async fn cmd_durable(node: &Node, w: &[&str]) -> (i32, String) {
         ("messages", count(journal::MESSAGES_TABLE)),
         ("queued", count(journal::QUEUE_TABLE)),
         ("awaiting_rel", count(journal::REL_TABLE)),
+        ("qos2_sent", count(journal::SENT_TABLE)),
+        ("pubrel_owed", count(journal::PUBREL_TABLE)),
         ("retained", count(emqx_actors::retainer::RETAINED_TABLE)),
         ("parked", count(emqx_actors::parking::PARKED_TABLE)),
     ];

@@ -509,14 +509,7 @@ fn settle(n: &Node, ids: &[&str]) {
             n.ctl(&["clients", "show", id]).1
         );
     }
-    assert!(
-        wait_until(Duration::from_secs(5), || n
-            .ctl(&["durable", "status"])
-            .1
-            .contains("pending          : 0\n")),
-        "{}",
-        n.ctl(&["durable", "status"]).1
-    );
+    settle_disk(n);
 }
 
 fn kill_and_restart(n: &mut Node, sessions: usize) {
@@ -662,6 +655,144 @@ fn a_qos2_message_taken_before_a_kill_9_is_not_published_twice_when_resent() {
     assert!(
         payloads(&sub.quiet(Duration::from_secs(1))).is_empty(),
         "the QoS 2 message was published twice"
+    );
+}
+
+/// The PUBLISHes (packet id, payload, DUP) and PUBRELs (packet id) in a
+/// 3.1.1 byte stream.
+fn publishes_and_pubrels(b: &[u8]) -> (Vec<(u16, String, bool)>, Vec<u16>) {
+    let (mut pubs, mut rels) = (Vec::new(), Vec::new());
+    for (h, body) in packets(b) {
+        match h & 0xF0 {
+            0x30 if body.len() >= 2 => {
+                let tl = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let Some(pid) = body.get(2 + tl..4 + tl) else {
+                    continue;
+                };
+                let pid = u16::from_be_bytes([pid[0], pid[1]]);
+                let payload = String::from_utf8_lossy(&body[4 + tl..]).to_string();
+                pubs.push((pid, payload, h & 0x08 != 0));
+            }
+            0x60 if body.len() >= 2 => rels.push(u16::from_be_bytes([body[0], body[1]])),
+            _ => {}
+        }
+    }
+    (pubs, rels)
+}
+
+#[test]
+fn outgoing_qos2_messages_keep_their_packet_ids_across_kill_9() {
+    let mut n = Node::start_with(journaled());
+    // A persistent 3.1.1 QoS 2 subscriber that takes what comes and
+    // acknowledges only the first three (PUBREC), and completes only the
+    // first release (PUBCOMP).
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&connect_v4_keep("kq2"));
+    assert_eq!(raw.read_n(4), vec![0x20, 2, 0, 0]);
+    raw.send(&subscribe_frame("kq/#", 2));
+    assert_eq!(raw.read_n(5), vec![0x90, 3, 0, 1, 2]);
+    let mut p = mq(&n, "kq-pub");
+    for i in 0..40 {
+        p.publish("kq/x", 2, false, format!("q{i:03}").as_bytes());
+    }
+    drop(p);
+    let (bytes, _) = raw.read_all(Duration::from_millis(500));
+    let (before, _) = publishes_and_pubrels(&bytes);
+    assert!(
+        before.len() >= 10,
+        "only {} PUBLISHes reached the subscriber",
+        before.len()
+    );
+    let pid_of = |payload: &str| {
+        before
+            .iter()
+            .find(|(_, p, _)| p == payload)
+            .map(|(id, _, _)| *id)
+            .unwrap_or_else(|| panic!("{payload} was not sent: {before:?}"))
+    };
+    let first: Vec<u16> = ["q000", "q001", "q002"].iter().map(|p| pid_of(p)).collect();
+    for pid in &first {
+        let mut b = vec![0x50, 2];
+        b.extend_from_slice(&pid.to_be_bytes());
+        raw.send(&b);
+        let mut rel = vec![0x62, 2];
+        rel.extend_from_slice(&pid.to_be_bytes());
+        assert_eq!(raw.read_n(4), rel, "PUBREL");
+    }
+    let mut comp = vec![0x70, 2];
+    comp.extend_from_slice(&first[0].to_be_bytes());
+    raw.send(&comp);
+    // Every change on disk before the kill.
+    assert!(
+        wait_until(Duration::from_secs(5), || n
+            .ctl(&["durable", "status"])
+            .1
+            .contains("pubrel_owed      : 2\n")),
+        "{}",
+        n.ctl(&["durable", "status"]).1
+    );
+    settle_disk(&n);
+    kill_and_restart(&mut n, 1);
+    drop(raw);
+    let mut raw = common::Raw::connect(&n);
+    raw.send(&connect_v4_keep("kq2"));
+    assert_eq!(raw.read_n(4), vec![0x20, 2, 1, 0], "session present");
+    let (bytes, _) = raw.read_all(Duration::from_millis(1000));
+    let (after, rels) = publishes_and_pubrels(&bytes);
+    // The releases still owed come first, with their packet ids.
+    assert_eq!(rels, first[1..].to_vec(), "PUBRELs after the restart");
+    // What went out before goes out again with DUP and the same packet
+    // id (the client knows it by it); nothing it received comes again.
+    for (pid, payload, dup) in &after {
+        assert!(
+            !["q000", "q001", "q002"].contains(&payload.as_str()),
+            "{payload} received before, sent again"
+        );
+        if let Some((old, _, _)) = before.iter().find(|(_, p, _)| p == payload) {
+            assert_eq!((pid, *dup), (old, true), "{payload}");
+        }
+    }
+    // Acknowledging everything brings the rest, each message once, in
+    // order.
+    let mut seen: Vec<String> = Vec::new();
+    let mut batch = after;
+    for pid in &first[1..] {
+        let mut b = vec![0x70, 2];
+        b.extend_from_slice(&pid.to_be_bytes());
+        raw.send(&b);
+    }
+    for _ in 0..20 {
+        if batch.is_empty() {
+            break;
+        }
+        for (pid, payload, _) in &batch {
+            seen.push(payload.clone());
+            let mut b = vec![0x50, 2];
+            b.extend_from_slice(&pid.to_be_bytes());
+            raw.send(&b);
+        }
+        let (bytes, _) = raw.read_all(Duration::from_millis(500));
+        let (pubs, rels) = publishes_and_pubrels(&bytes);
+        for pid in rels {
+            let mut b = vec![0x70, 2];
+            b.extend_from_slice(&pid.to_be_bytes());
+            raw.send(&b);
+        }
+        batch = pubs;
+    }
+    let want: Vec<String> = (3..40).map(|i| format!("q{i:03}")).collect();
+    assert_eq!(seen, want);
+}
+
+/// Waits until every change the node made is on disk.
+fn settle_disk(n: &Node) {
+    assert!(
+        wait_until(Duration::from_secs(5), || n
+            .ctl(&["durable", "status"])
+            .1
+            .contains("pending          : 0\n")),
+        "{}",
+        n.ctl(&["durable", "status"]).1
     );
 }
 

@@ -14,6 +14,13 @@
 //!   then the row is the only write);
 //! - `session_awaiting_rel`: incarnation ++ packet id -> nothing: a QoS 2
 //!   message the client published and has not released;
+//! - `session_sent`: incarnation ++ message key -> the packet id a queued
+//!   QoS 2 delivery went out with (written before its PUBLISH leaves: a
+//!   session brought back resends it with that id, and the client, which
+//!   knows a message again only by its id, does not take it twice);
+//! - `session_pubrel`: incarnation ++ packet id -> nothing: a QoS 2
+//!   delivery the client received (PUBREC) whose release it has not
+//!   completed (PUBCOMP);
 //! - `session_meta`: the node's clock, written every few seconds (the
 //!   expiry of a session that was connected when the node died runs from
 //!   the last tick).
@@ -33,7 +40,7 @@
 
 use crate::clock::now_ms;
 use crate::durable::{Durable, DurableError, Op, Ticket};
-use emqx_mqtt::channel::SessionSnapshot;
+use emqx_mqtt::channel::{InflightState, JournalPid, SessionSnapshot};
 use emqx_mqtt::delivery::{Delivery, SubMatch};
 use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::{LastWill, QoS, SubscriptionOptions};
@@ -48,15 +55,19 @@ pub const MESSAGES_TABLE: &str = "session_messages";
 pub const QUEUE_TABLE: &str = "session_queue";
 pub const REL_TABLE: &str = "session_awaiting_rel";
 pub const META_TABLE: &str = "session_meta";
+pub const SENT_TABLE: &str = "session_sent";
+pub const PUBREL_TABLE: &str = "session_pubrel";
 
 /// Every table of the journal (a clean stop empties them all: the parked
 /// sessions replace them).
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 7] = [
     SESSIONS_TABLE,
     MESSAGES_TABLE,
     QUEUE_TABLE,
     REL_TABLE,
     META_TABLE,
+    SENT_TABLE,
+    PUBREL_TABLE,
 ];
 
 const CLOCK_KEY: &[u8] = b"clock";
@@ -114,6 +125,9 @@ struct QueueRowOut<'a> {
 #[derive(Debug)]
 pub struct Recovered {
     pub record: SessionRecord,
+    /// Its inflight window: releases owed, then the QoS 2 deliveries
+    /// that went out, with the packet ids the client saw.
+    pub inflight: Vec<(u16, InflightState)>,
     /// Its queue, oldest first, each delivery with its journal key.
     pub queue: Vec<Delivery>,
     pub awaiting_rel: Vec<u16>,
@@ -147,12 +161,13 @@ impl Recovered {
 
     /// The session state to bring back (offline, everything queued).
     pub fn snapshot(&self) -> SessionSnapshot {
+        let last = self.inflight.iter().map(|(p, _)| *p).max().unwrap_or(0);
         SessionSnapshot {
             subscriptions: self.record.subscriptions.clone(),
-            inflight: Vec::new(),
+            inflight: self.inflight.clone(),
             mqueue: self.queue.clone(),
             awaiting_rel: self.awaiting_rel.clone(),
-            next_pid: 1,
+            next_pid: last.checked_add(1).unwrap_or(1),
             created_at_ms: self.record.created_at_ms,
             counters: self.record.counters,
         }
@@ -184,6 +199,10 @@ fn rel_key(incarnation: u64, pid: u16) -> Vec<u8> {
 
 fn be64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+fn be16(b: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(b.get(..2)?.try_into().ok()?))
 }
 
 fn io(durable: &Durable, error: String) -> DurableError {
@@ -261,12 +280,23 @@ impl Journal {
             max_key = max_key.max(key);
             messages.insert(key, Arc::new(m));
         }
+        let mut sent: HashMap<(u64, u64), u16> = HashMap::new();
+        for (k, v) in durable.load(SENT_TABLE)? {
+            let (Some(inc), Some(key), Some(pid)) =
+                (be64(&k), k.get(8..).and_then(be64), be16(&v))
+            else {
+                return Err(io(&durable, format!("table {SENT_TABLE}: bad row {k:?}")));
+            };
+            sent.insert((inc, key), pid);
+        }
         let mut queues: HashMap<u64, Vec<Delivery>> = HashMap::new();
+        let mut outgoing: HashMap<u64, Vec<(u16, InflightState)>> = HashMap::new();
         let mut refs: HashMap<u64, u32> = HashMap::new();
         for (k, v) in durable.load(QUEUE_TABLE)? {
             let (Some(inc), Some(key)) = (be64(&k), k.get(8..).and_then(be64)) else {
                 return Err(io(&durable, format!("table {QUEUE_TABLE}: bad key {k:?}")));
             };
+            max_key = max_key.max(key);
             if !by_inc.contains_key(&inc) {
                 // A life that ended.
                 ops.push(Op::Delete {
@@ -300,13 +330,46 @@ impl Journal {
                     }
                 },
             };
-            queues.entry(inc).or_default().push(Delivery {
+            let d = Delivery {
                 msg,
                 qos: row.qos,
                 retain: row.retain,
                 sub_ids: row.sub_ids,
                 journal: key,
+            };
+            match sent.remove(&(inc, key)) {
+                // It went out with this packet id: in flight again.
+                Some(pid) if d.qos == QoS::ExactlyOnce => outgoing
+                    .entry(inc)
+                    .or_default()
+                    .push((pid, InflightState::Publish(d))),
+                _ => queues.entry(inc).or_default().push(d),
+            }
+        }
+        // Packet ids of deliveries that left their queue, or of lives that
+        // ended.
+        for (inc, key) in sent.into_keys() {
+            ops.push(Op::Delete {
+                table: SENT_TABLE,
+                key: key2(inc, key),
             });
+        }
+        let mut pubrels: HashMap<u64, Vec<(u16, InflightState)>> = HashMap::new();
+        for (k, _) in durable.load(PUBREL_TABLE)? {
+            let (Some(inc), Some(pid)) = (be64(&k), k.get(8..).and_then(be16)) else {
+                return Err(io(&durable, format!("table {PUBREL_TABLE}: bad key {k:?}")));
+            };
+            if by_inc.contains_key(&inc) {
+                pubrels
+                    .entry(inc)
+                    .or_default()
+                    .push((pid, InflightState::Release));
+            } else {
+                ops.push(Op::Delete {
+                    table: PUBREL_TABLE,
+                    key: k,
+                });
+            }
         }
         for key in messages.keys() {
             if !refs.contains_key(key) {
@@ -346,8 +409,19 @@ impl Journal {
             .into_values()
             .map(|record| {
                 let inc = record.incarnation;
+                // Releases were owed before anything still unreceived went
+                // out; a packet id in both (reused) is the publish's.
+                let publishes = outgoing.remove(&inc).unwrap_or_default();
+                let mut inflight: Vec<(u16, InflightState)> = pubrels
+                    .remove(&inc)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(p, _)| !publishes.iter().any(|(q, _)| q == p))
+                    .collect();
+                inflight.extend(publishes);
                 Recovered {
                     offline_since_ms: record.disconnected_at_ms.unwrap_or(clock),
+                    inflight,
                     queue: queues.remove(&inc).unwrap_or_default(),
                     awaiting_rel: rels.remove(&inc).unwrap_or_default(),
                     record,
@@ -464,12 +538,31 @@ impl Journal {
         Some((self.durable.submit(ops), keys))
     }
 
-    /// Writes deliveries a session holds that are not journaled yet (a
-    /// session that becomes persistent, one taken over from another node
-    /// or brought back from a clean stop): each gets its key.
-    pub fn adopt<'a>(&self, incarnation: u64, deliveries: impl Iterator<Item = &'a mut Delivery>) {
+    /// Writes what a session holds that is not journaled yet (a session
+    /// that becomes persistent, one taken over from another node or
+    /// brought back from a clean stop): its inflight window in the order
+    /// first sent (a delivery with its packet id, or a release owed) and
+    /// its queue; each delivery gets its key.
+    pub fn adopt<'a>(
+        &self,
+        incarnation: u64,
+        inflight: Vec<(u16, Option<&'a mut Delivery>)>,
+        queued: Vec<&'a mut Delivery>,
+    ) {
         let mut ops = Vec::new();
-        for d in deliveries {
+        let mut deliveries = Vec::with_capacity(inflight.len() + queued.len());
+        for (pid, d) in inflight {
+            match d {
+                Some(d) => deliveries.push((Some(pid), d)),
+                None => ops.push(Op::Put {
+                    table: PUBREL_TABLE,
+                    key: rel_key(incarnation, pid),
+                    value: Vec::new(),
+                }),
+            }
+        }
+        deliveries.extend(queued.into_iter().map(|d| (None, d)));
+        for (pid, d) in deliveries {
             if d.journal != 0 || d.qos == QoS::AtMostOnce {
                 continue;
             }
@@ -488,6 +581,13 @@ impl Journal {
                 key: key2(incarnation, key),
                 value,
             });
+            if let (Some(pid), QoS::ExactlyOnce) = (pid, d.qos) {
+                ops.push(Op::Put {
+                    table: SENT_TABLE,
+                    key: key2(incarnation, key),
+                    value: pid.to_be_bytes().to_vec(),
+                });
+            }
             d.journal = key;
         }
         if !ops.is_empty() {
@@ -498,12 +598,20 @@ impl Journal {
     /// Deliveries `keys` left session `incarnation` (or were never taken
     /// by it): their queue rows go, and each message no other row needs.
     pub fn release(&self, incarnation: u64, keys: &[u64]) {
-        if keys.is_empty() {
-            return;
+        drop(self.update(incarnation, keys, &[]));
+    }
+
+    /// [`Journal::release`] of `keys`, then what `pids` says of the
+    /// session's outgoing QoS 2 packet ids, in one write. Returns its
+    /// ticket when a packet id went out ([`JournalPid::Sent`]): that
+    /// PUBLISH must wait for it.
+    pub fn update(&self, incarnation: u64, keys: &[u64], pids: &[JournalPid]) -> Option<Ticket> {
+        if keys.is_empty() && pids.is_empty() {
+            return None;
         }
-        let mut ops = Vec::with_capacity(keys.len() * 2);
+        let mut ops = Vec::with_capacity(keys.len() * 2 + pids.len() * 3);
         let mut r = self.refs.lock();
-        for &key in keys {
+        let mut left = |key: u64, ops: &mut Vec<Op>| {
             if incarnation != 0 {
                 ops.push(Op::Delete {
                     table: QUEUE_TABLE,
@@ -520,11 +628,50 @@ impl Journal {
                     });
                 }
             }
+        };
+        for &key in keys {
+            left(key, &mut ops);
+        }
+        let mut sent = false;
+        if incarnation != 0 {
+            for p in pids {
+                match *p {
+                    JournalPid::Sent { key, pid } => {
+                        sent = true;
+                        ops.push(Op::Put {
+                            table: SENT_TABLE,
+                            key: key2(incarnation, key),
+                            value: pid.to_be_bytes().to_vec(),
+                        });
+                    }
+                    JournalPid::Received { key, pid } => {
+                        left(key, &mut ops);
+                        ops.push(Op::Delete {
+                            table: SENT_TABLE,
+                            key: key2(incarnation, key),
+                        });
+                        ops.push(Op::Put {
+                            table: PUBREL_TABLE,
+                            key: rel_key(incarnation, pid),
+                            value: Vec::new(),
+                        });
+                    }
+                    JournalPid::Completed(pid) => ops.push(Op::Delete {
+                        table: PUBREL_TABLE,
+                        key: rel_key(incarnation, pid),
+                    }),
+                }
+            }
         }
         drop(r);
-        if !ops.is_empty() {
-            self.durable.submit_nowait(ops);
+        if ops.is_empty() {
+            return None;
         }
+        if sent {
+            return Some(self.durable.submit(ops));
+        }
+        self.durable.submit_nowait(ops);
+        None
     }
 
     /// Writes (replaces) a session's record.
@@ -561,6 +708,16 @@ impl Journal {
             },
             Op::DeleteRange {
                 table: REL_TABLE,
+                from: rel_key(incarnation, 0),
+                to: rel_key(next, 0),
+            },
+            Op::DeleteRange {
+                table: SENT_TABLE,
+                from: key2(incarnation, 0),
+                to: key2(next, 0),
+            },
+            Op::DeleteRange {
+                table: PUBREL_TABLE,
                 from: rel_key(incarnation, 0),
                 to: rel_key(next, 0),
             },
@@ -669,6 +826,96 @@ mod tests {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    fn inflight(r: &[Recovered]) -> Vec<(u16, Option<String>)> {
+        r[0].inflight
+            .iter()
+            .map(|(p, s)| match s {
+                InflightState::Publish(d) => {
+                    (*p, Some(String::from_utf8_lossy(&d.msg.payload).to_string()))
+                }
+                InflightState::Release => (*p, None),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn outgoing_qos2_packet_ids_come_back_with_their_session() {
+        let dir = std::env::temp_dir().join(format!("emqx-rs-journal-q2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let q2 = matches(QoS::ExactlyOnce);
+        let a = {
+            let (j, _) = reopen(&dir);
+            let a = j.next_key();
+            j.save(&record("a", a)).expect("save").wait().await.expect("a");
+            let mut keys = Vec::new();
+            for p in ["m1", "m2", "m3"] {
+                let mut m = msg(p);
+                m.qos = QoS::ExactlyOnce;
+                let (t, k) = j
+                    .record(&m, [(a, &q2[..])].into_iter())
+                    .expect("journaled");
+                t.wait().await.expect("message");
+                keys.push(k[0]);
+            }
+            // m1 and m2 go out as 7 and 8; the client receives m1.
+            let sent = [
+                JournalPid::Sent { key: keys[0], pid: 7 },
+                JournalPid::Sent { key: keys[1], pid: 8 },
+            ];
+            let t = j.update(a, &[], &sent).expect("a ticket for sent ids");
+            t.wait().await.expect("sent");
+            let received = [JournalPid::Received { key: keys[0], pid: 7 }];
+            assert!(j.update(a, &[], &received).is_none(), "nothing to wait for");
+            // A QoS 1 key leaving and nothing else: no ticket either.
+            assert!(j.update(a, &[], &[]).is_none());
+            drop(j);
+            a
+        };
+        let (j, r) = reopen(&dir);
+        assert_eq!(r.len(), 1);
+        // The release of 7 is owed, m2 is in flight as 8, m3 is queued.
+        assert_eq!(inflight(&r), vec![(7, None), (8, Some("m2".into()))]);
+        assert_eq!(queue(&r, "a"), vec!["m3"]);
+        assert_eq!(r[0].snapshot().next_pid, 9);
+        // PUBCOMP of 7; PUBREC of 8 and its PUBCOMP.
+        let key2_ = match &r[0].inflight[1].1 {
+            InflightState::Publish(d) => d.journal,
+            InflightState::Release => 0,
+        };
+        drop(j.update(
+            a,
+            &[],
+            &[
+                JournalPid::Completed(7),
+                JournalPid::Received { key: key2_, pid: 8 },
+                JournalPid::Completed(8),
+            ],
+        ));
+        drop(j);
+        let (j, r) = reopen(&dir);
+        assert!(inflight(&r).is_empty(), "{:?}", inflight(&r));
+        assert_eq!(queue(&r, "a"), vec!["m3"]);
+        // The session ends: nothing of it stays.
+        j.forget(a, &[]);
+        let d = j.durable().clone();
+        drop(j);
+        let mut left = u64::MAX;
+        for _ in 0..100 {
+            left = [QUEUE_TABLE, SENT_TABLE, PUBREL_TABLE, SESSIONS_TABLE]
+                .iter()
+                .map(|t| d.count(t).expect("count"))
+                .sum();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(left, 0);
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

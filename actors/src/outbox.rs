@@ -234,6 +234,100 @@ impl ConnHandle {
     }
 }
 
+/// What a session hands its connections when some of it must wait for a
+/// write to disk first: the PUBLISH of a journaled QoS 2 delivery leaves
+/// only once its packet id is on disk (see `emqx_mqtt::channel::JournalPid`).
+/// Everything handed over after a held piece waits behind it, so the
+/// client sees packets in the order the session made them; when nothing
+/// is held, writes go straight through. Each held piece keeps its
+/// connection open until it is written.
+#[derive(Debug, Clone, Default)]
+pub struct OutGate(Arc<Mutex<GateQueue>>);
+
+#[derive(Debug, Default)]
+struct GateQueue {
+    next: u64,
+    /// (piece number, its write is done, the connection, bytes or a close).
+    held: VecDeque<(u64, bool, ConnHandle, Option<Bytes>)>,
+}
+
+impl GateQueue {
+    /// Hands over the pieces at the front that are ready, in order.
+    fn release(&mut self) {
+        while self.held.front().is_some_and(|(_, ready, _, _)| *ready) {
+            if let Some((_, _, conn, what)) = self.held.pop_front() {
+                match what {
+                    Some(b) => {
+                        conn.write(b);
+                    }
+                    None => conn.close(),
+                }
+            }
+        }
+        if self.held.is_empty() {
+            self.held = VecDeque::new();
+        }
+    }
+}
+
+impl OutGate {
+    /// Whether nothing waits.
+    pub fn is_open(&self) -> bool {
+        self.0.lock().held.is_empty()
+    }
+
+    /// Writes `b` to `conn` once `ticket` is done (and what was held
+    /// before it is written). A failed write lets it go all the same: the
+    /// store's failure is logged and alarmed where it is seen, and the
+    /// client is better served by its message than by a stall.
+    pub fn write_after(&self, conn: &ConnHandle, b: Bytes, ticket: crate::durable::Ticket) {
+        let id = {
+            let mut q = self.0.lock();
+            let id = q.next;
+            q.next += 1;
+            q.held.push_back((id, false, conn.clone(), Some(b)));
+            id
+        };
+        let gate = self.0.clone();
+        ticket.on_done(move |r| {
+            if let Err(e) = r {
+                tracing::warn!("a QoS 2 packet id is not on disk, its PUBLISH goes out anyway: {e}");
+            }
+            let mut q = gate.lock();
+            if let Some(e) = q.held.iter_mut().find(|e| e.0 == id) {
+                e.1 = true;
+            }
+            q.release();
+        });
+    }
+
+    /// Writes `b` to `conn` behind whatever is held, or at once.
+    pub fn write(&self, conn: &ConnHandle, b: Bytes) {
+        let mut q = self.0.lock();
+        if q.held.is_empty() {
+            drop(q);
+            conn.write(b);
+            return;
+        }
+        let id = q.next;
+        q.next += 1;
+        q.held.push_back((id, true, conn.clone(), Some(b)));
+    }
+
+    /// Closes `conn` behind whatever is held for it, or at once.
+    pub fn close(&self, conn: &ConnHandle) {
+        let mut q = self.0.lock();
+        if q.held.is_empty() {
+            drop(q);
+            conn.close();
+            return;
+        }
+        let id = q.next;
+        q.next += 1;
+        q.held.push_back((id, true, conn.clone(), None));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]

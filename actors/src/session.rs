@@ -10,7 +10,7 @@ use crate::broker::{BrokerError, Subscriber};
 use crate::clock::{self, now_ms};
 use crate::inbox::{Inbox, Item, STOPPED};
 use crate::metrics::{add, inc, Stats};
-use crate::outbox::ConnHandle;
+use crate::outbox::{ConnHandle, OutGate};
 use crate::overload::HEAVY;
 use crate::Ctx;
 use bytes::BytesMut;
@@ -94,6 +94,11 @@ pub struct SessionState {
     /// Its incarnation in the durable journal while it is journaled (a
     /// persistent session on a node with `durable_sessions.enable`), else 0.
     journal_inc: u64,
+    /// The write of the packet ids of journaled QoS 2 deliveries about to
+    /// go out: the next flush holds their PUBLISHes until it is on disk.
+    sent_write: Option<crate::durable::Ticket>,
+    /// Where such held writes wait (made at the first one).
+    gate: Option<OutGate>,
 }
 
 /// What the client's packets produced while a message it published is
@@ -203,6 +208,8 @@ impl Actor for SessionActor {
             released: Vec::new(),
             parked: false,
             journal_inc: 0,
+            sent_write: None,
+            gate: None,
         };
         if let Some((expiry, _)) = a.unparked {
             // Its CONNECT is made up (a v5 one carries no expiry): the
@@ -408,7 +415,7 @@ impl Actor for SessionActor {
                 );
                 st.flush();
                 if let Some(old) = st.conn.take() {
-                    old.close();
+                    st.close_out(&old);
                     st.after_conn_lost(&myself, true);
                 }
                 st.ending = true;
@@ -640,7 +647,7 @@ impl SessionState {
             );
             self.flush();
             if let Some(c) = &self.conn {
-                c.close();
+                self.close_out(c);
             }
             return;
         }
@@ -665,12 +672,32 @@ impl SessionState {
     /// Hands what was encoded to the connection in one piece; an idle
     /// session keeps no buffer.
     fn flush(&mut self) {
+        self.journal_done();
+        let sent = self.sent_write.take();
         if self.wbuf.is_empty() {
             return;
         }
         let b = std::mem::take(&mut self.wbuf).freeze();
-        if let Some(conn) = &self.conn {
-            conn.write(b);
+        let Some(conn) = &self.conn else {
+            return;
+        };
+        match (sent, &self.gate) {
+            (Some(t), _) => self
+                .gate
+                .get_or_insert_with(OutGate::default)
+                .write_after(conn, b, t),
+            (None, Some(g)) => g.write(conn, b),
+            (None, None) => {
+                conn.write(b);
+            }
+        }
+    }
+
+    /// Closes `conn` once what was handed to it before is written.
+    fn close_out(&self, conn: &ConnHandle) {
+        match &self.gate {
+            Some(g) => g.close(conn),
+            None => conn.close(),
         }
     }
 
@@ -1018,7 +1045,7 @@ impl SessionState {
         }
         self.flush();
         if let Some(c) = self.conn.take() {
-            c.close();
+            self.close_out(&c);
         }
         self.after_conn_lost(myself, false);
     }
@@ -1095,7 +1122,7 @@ impl SessionState {
             self.send_disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
             self.flush();
             if let Some(old) = self.conn.take() {
-                old.close();
+                self.close_out(&old);
             }
             inc(&self.ctx.broker.metrics.session_takenover);
             self.after_conn_lost(myself, true);
@@ -1301,9 +1328,7 @@ impl SessionState {
             if self.journal_inc != 0 {
                 let held = self.ch.journal_held();
                 j.forget(self.journal_inc, &held);
-                for d in self.ch.deliveries_mut() {
-                    d.journal = 0;
-                }
+                self.ch.leave_journal();
                 self.journal_inc = 0;
                 self.inbox.set_journal(0);
             }
@@ -1313,7 +1338,8 @@ impl SessionState {
             self.journal_inc = j.next_key();
             self.inbox.set_journal(self.journal_inc);
         }
-        j.adopt(self.journal_inc, self.ch.deliveries_mut());
+        let (inflight, queued) = self.ch.to_journal();
+        j.adopt(self.journal_inc, inflight, queued);
         j.save(&self.journal_record())
     }
 
@@ -1365,14 +1391,19 @@ impl SessionState {
         }
     }
 
-    /// Removes from the journal the deliveries that left the session.
+    /// Removes from the journal the deliveries that left the session, and
+    /// writes what changed of its outgoing QoS 2 packet ids (the write the
+    /// next flush waits for when new ones go out).
     fn journal_done(&mut self) {
-        if self.ch.journal_done.is_empty() {
+        if self.ch.journal_done.is_empty() && self.ch.journal_pids.is_empty() {
             return;
         }
         let keys = std::mem::take(&mut self.ch.journal_done);
+        let pids = std::mem::take(&mut self.ch.journal_pids);
         if let Some(j) = &self.ctx.broker.journal {
-            j.release(self.journal_inc, &keys);
+            if let Some(t) = j.update(self.journal_inc, &keys, &pids) {
+                self.sent_write = Some(t);
+            }
         }
     }
 
@@ -1450,7 +1481,7 @@ impl SessionState {
         let was_connected = self.conn.is_some();
         self.flush();
         if let Some(c) = self.conn.take() {
-            c.close();
+            self.close_out(&c);
         }
         if was_connected {
             self.ch.detach(clock::now());

@@ -71,6 +71,26 @@ pub struct Inflight {
     pub sent_at: Instant,
     /// Insertion order, for resending in the order first sent.
     pub seq: u64,
+    /// A release ([`InflightState::Release`]) the durable journal holds:
+    /// its PUBCOMP is reported ([`JournalPid::Completed`]).
+    pub journaled: bool,
+}
+
+/// What the durable journal must learn of the packet ids of journaled
+/// outgoing QoS 2 messages ([`Delivery::journal`] != 0), so that a node
+/// that dies resends each one with the packet id the client saw
+/// (exactly once needs it: a client knows a message again only by its
+/// packet id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalPid {
+    /// Delivery `key` is about to go out as packet `pid`: its PUBLISH must
+    /// not leave before this is on disk.
+    Sent { key: u64, pid: u16 },
+    /// The client has delivery `key` (PUBREC): it leaves the queue, and
+    /// the release of `pid` is owed.
+    Received { key: u64, pid: u16 },
+    /// The client completed release `pid` (PUBCOMP).
+    Completed(u16),
 }
 
 /// Counters shown by `ctl clients list`.
@@ -188,6 +208,9 @@ pub struct Channel {
     /// client (PUBACK, PUBREC), dropped or expired. The session actor
     /// removes them from the durable journal.
     pub journal_done: Vec<u64>,
+    /// Packet ids of journaled QoS 2 deliveries, in order, since the
+    /// caller last took them (see [`JournalPid`]).
+    pub journal_pids: Vec<JournalPid>,
 }
 
 /// A persistent session's state in transit between nodes (takeover).
@@ -343,6 +366,7 @@ impl Channel {
                     state,
                     sent_at: now,
                     seq,
+                    journaled: false,
                 },
             );
         }
@@ -380,6 +404,7 @@ impl Channel {
             counters: ChannelCounters::default(),
             created_at_ms: now.wall_ms,
             journal_done: Vec::new(),
+            journal_pids: Vec::new(),
             settings,
         }
     }
@@ -834,7 +859,9 @@ impl Channel {
                     f.state = InflightState::Release;
                     f.sent_at = now.mono;
                     if journal != 0 {
-                        self.journal_done.push(journal);
+                        f.journaled = true;
+                        self.journal_pids
+                            .push(JournalPid::Received { key: journal, pid });
                     }
                     vec![Action::Send(Packet::PubRel(PubAckLike::new(pid, 0)))]
                 }
@@ -853,9 +880,13 @@ impl Channel {
     fn handle_pubcomp(&mut self, pid: u16, now: Now) -> Vec<Action> {
         if let Some(Inflight {
             state: InflightState::Release,
+            journaled,
             ..
         }) = self.inflight.get(&pid)
         {
+            if *journaled {
+                self.journal_pids.push(JournalPid::Completed(pid));
+            }
             self.inflight_take(pid);
             self.counters.delivered += 1;
             return self.drain(now);
@@ -1220,17 +1251,47 @@ impl Channel {
         inflight.chain(queued).collect()
     }
 
-    /// Every delivery the session holds (inflight, then queued), to give
-    /// them journal keys or take them away.
-    pub fn deliveries_mut(&mut self) -> impl Iterator<Item = &mut Delivery> {
-        let inflight = self
-            .inflight
-            .values_mut()
-            .filter_map(|f| match &mut f.state {
-                InflightState::Publish(d) => Some(d),
-                InflightState::Release => None,
-            });
-        inflight.chain(self.mqueue.iter_mut())
+    /// The session leaves the durable journal: nothing it holds is
+    /// journaled any more, and nothing is reported for it.
+    pub fn leave_journal(&mut self) {
+        for f in self.inflight.values_mut() {
+            f.journaled = false;
+            if let InflightState::Publish(d) = &mut f.state {
+                d.journal = 0;
+            }
+        }
+        for d in self.mqueue.iter_mut() {
+            d.journal = 0;
+        }
+        self.journal_done.clear();
+        self.journal_pids.clear();
+    }
+
+    /// What a session that joins the durable journal holds and the journal
+    /// does not have yet: the inflight window in the order first sent
+    /// (each entry with its packet id; a publish with its delivery, a
+    /// release with none, now counted as journaled), then the queue.
+    /// Entries that have journal keys already are left out.
+    pub fn to_journal(&mut self) -> (Vec<(u16, Option<&mut Delivery>)>, Vec<&mut Delivery>) {
+        let mut inflight: Vec<(u64, u16, Option<&mut Delivery>)> = Vec::new();
+        for (pid, f) in self.inflight.iter_mut() {
+            match &mut f.state {
+                InflightState::Publish(d) if d.journal == 0 => {
+                    inflight.push((f.seq, *pid, Some(d)));
+                }
+                InflightState::Release if !f.journaled => {
+                    f.journaled = true;
+                    inflight.push((f.seq, *pid, None));
+                }
+                _ => {}
+            }
+        }
+        inflight.sort_by_key(|(seq, _, _)| *seq);
+        let queued = self.mqueue.iter_mut().filter(|d| d.journal == 0).collect();
+        (
+            inflight.into_iter().map(|(_, p, d)| (p, d)).collect(),
+            queued,
+        )
     }
 
     /// Bytes that can still be taken in before the queue and the inflight
@@ -1294,12 +1355,19 @@ impl Channel {
         };
         self.inflight_seq += 1;
         let seq = self.inflight_seq;
+        if d.journal != 0 && d.qos == QoS::ExactlyOnce {
+            self.journal_pids.push(JournalPid::Sent {
+                key: d.journal,
+                pid,
+            });
+        }
         self.inflight_put(
             pid,
             Inflight {
                 state: InflightState::Publish(d),
                 sent_at: now.mono,
                 seq,
+                journaled: false,
             },
         );
         Some(action)

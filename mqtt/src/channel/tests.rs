@@ -1844,6 +1844,7 @@ fn expired_inflight_message_is_not_resent_on_v5() {
             state: InflightState::Publish(expiring("a", Q1, 5, 10_000)),
             sent_at: Instant::now(),
             seq: 1,
+            journaled: false,
         },
     );
     ch.detach(test_now());
@@ -2925,12 +2926,25 @@ fn journaled_deliveries_are_reported_once_when_they_leave_the_session() {
     // PUBACK of 1: done; 3 (QoS 2) goes in flight.
     feed(&mut ch, Packet::PubAck(ack_in(1)), &mut sink);
     assert_eq!(std::mem::take(&mut ch.journal_done), vec![1]);
-    // PUBREC of 3: the client has it; its release is no journal matter.
+    // 3 went out as a QoS 2 packet id the journal must hold first.
     let pid3 = *ch.inflight.keys().next().expect("in flight");
+    assert_eq!(
+        std::mem::take(&mut ch.journal_pids),
+        vec![JournalPid::Sent { key: 3, pid: pid3 }]
+    );
+    // PUBREC of 3: the client has it; the journal owes its release.
     feed(&mut ch, Packet::PubRec(ack_in(pid3)), &mut sink);
-    assert_eq!(std::mem::take(&mut ch.journal_done), vec![3]);
+    assert!(ch.journal_done.is_empty());
+    assert_eq!(
+        std::mem::take(&mut ch.journal_pids),
+        vec![JournalPid::Received { key: 3, pid: pid3 }]
+    );
     feed(&mut ch, Packet::PubComp(ack_in(pid3)), &mut sink);
     assert!(ch.journal_done.is_empty());
+    assert_eq!(
+        std::mem::take(&mut ch.journal_pids),
+        vec![JournalPid::Completed(pid3)]
+    );
     // 4 is in flight now; shedding the (empty) queue reports nothing, an
     // expired delivery is reported at once, a refused PUBREC too.
     assert_eq!(ch.journal_held(), vec![4]);
@@ -2951,4 +2965,76 @@ fn journaled_deliveries_are_reported_once_when_they_leave_the_session() {
     let pid = ch.inflight.keys().copied().next().unwrap_or(0);
     feed(&mut ch, Packet::PubAck(ack_in(pid)), &mut sink);
     assert!(ch.journal_done.is_empty());
+    ch.deliver(delivery("h", Q2), now, true);
+    let pid = ch.inflight.keys().copied().next().unwrap_or(0);
+    feed(&mut ch, Packet::PubRec(ack_in(pid)), &mut sink);
+    feed(&mut ch, Packet::PubComp(ack_in(pid)), &mut sink);
+    assert!(ch.journal_done.is_empty());
+    assert!(ch.journal_pids.is_empty());
+}
+
+#[test]
+fn a_session_joining_the_journal_hands_over_what_it_lacks_in_send_order() {
+    let mut s = inflight_settings(3);
+    s.max_mqueue_len = Some(10);
+    let mut ch = settings_channel(V5, s);
+    let mut sink = Recorder::default();
+    let now = test_now();
+    for t in ["a", "b", "c", "d"] {
+        ch.deliver(delivery(t, Q2), now, true);
+    }
+    let mut pids: Vec<(u64, u16)> = ch.inflight.iter().map(|(p, f)| (f.seq, *p)).collect();
+    pids.sort_unstable();
+    let pids: Vec<u16> = pids.into_iter().map(|(_, p)| p).collect();
+    // The first one is received: only its release is left.
+    feed(&mut ch, Packet::PubRec(ack_in(pids[0])), &mut sink);
+    {
+        let (inflight, queued) = ch.to_journal();
+        let seen: Vec<(u16, Option<String>)> = inflight
+            .into_iter()
+            .map(|(p, d)| (p, d.map(|d| d.msg.topic.to_string())))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (pids[0], None),
+                (pids[1], Some("b".to_string())),
+                (pids[2], Some("c".to_string()))
+            ]
+        );
+        let queued: Vec<String> = queued.iter().map(|d| d.msg.topic.to_string()).collect();
+        assert_eq!(queued, vec!["d"]);
+    }
+    // Once given keys, nothing is handed over again, and the release now
+    // held by the journal reports its PUBCOMP.
+    {
+        let (inflight, queued) = ch.to_journal();
+        assert!(inflight.is_empty(), "the release is journaled now");
+        assert!(queued.is_empty());
+    }
+    for f in ch.inflight.values_mut() {
+        if let InflightState::Publish(d) = &mut f.state {
+            d.journal = 9;
+        }
+    }
+    for d in ch.mqueue.iter_mut() {
+        d.journal = 9;
+    }
+    let (inflight, queued) = ch.to_journal();
+    assert!(inflight.is_empty() && queued.is_empty());
+    feed(&mut ch, Packet::PubComp(ack_in(pids[0])), &mut sink);
+    // The window opened: the queued one goes out, its packet id told.
+    let pid_d = ch
+        .inflight
+        .iter()
+        .find(|(_, f)| matches!(&f.state, InflightState::Publish(d) if &*d.msg.topic == "d"))
+        .map(|(p, _)| *p)
+        .expect("d in flight");
+    assert_eq!(
+        ch.journal_pids,
+        vec![
+            JournalPid::Completed(pids[0]),
+            JournalPid::Sent { key: 9, pid: pid_d }
+        ]
+    );
 }
