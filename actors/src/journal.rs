@@ -282,8 +282,7 @@ impl Journal {
         }
         let mut sent: HashMap<(u64, u64), u16> = HashMap::new();
         for (k, v) in durable.load(SENT_TABLE)? {
-            let (Some(inc), Some(key), Some(pid)) =
-                (be64(&k), k.get(8..).and_then(be64), be16(&v))
+            let (Some(inc), Some(key), Some(pid)) = (be64(&k), k.get(8..).and_then(be64), be16(&v))
             else {
                 return Err(io(&durable, format!("table {SENT_TABLE}: bad row {k:?}")));
             };
@@ -832,9 +831,10 @@ mod tests {
         r[0].inflight
             .iter()
             .map(|(p, s)| match s {
-                InflightState::Publish(d) => {
-                    (*p, Some(String::from_utf8_lossy(&d.msg.payload).to_string()))
-                }
+                InflightState::Publish(d) => (
+                    *p,
+                    Some(String::from_utf8_lossy(&d.msg.payload).to_string()),
+                ),
                 InflightState::Release => (*p, None),
             })
             .collect()
@@ -849,25 +849,36 @@ mod tests {
         let a = {
             let (j, _) = reopen(&dir);
             let a = j.next_key();
-            j.save(&record("a", a)).expect("save").wait().await.expect("a");
+            j.save(&record("a", a))
+                .expect("save")
+                .wait()
+                .await
+                .expect("a");
             let mut keys = Vec::new();
             for p in ["m1", "m2", "m3"] {
                 let mut m = msg(p);
                 m.qos = QoS::ExactlyOnce;
-                let (t, k) = j
-                    .record(&m, [(a, &q2[..])].into_iter())
-                    .expect("journaled");
+                let (t, k) = j.record(&m, [(a, &q2[..])].into_iter()).expect("journaled");
                 t.wait().await.expect("message");
                 keys.push(k[0]);
             }
             // m1 and m2 go out as 7 and 8; the client receives m1.
             let sent = [
-                JournalPid::Sent { key: keys[0], pid: 7 },
-                JournalPid::Sent { key: keys[1], pid: 8 },
+                JournalPid::Sent {
+                    key: keys[0],
+                    pid: 7,
+                },
+                JournalPid::Sent {
+                    key: keys[1],
+                    pid: 8,
+                },
             ];
             let t = j.update(a, &[], &sent).expect("a ticket for sent ids");
             t.wait().await.expect("sent");
-            let received = [JournalPid::Received { key: keys[0], pid: 7 }];
+            let received = [JournalPid::Received {
+                key: keys[0],
+                pid: 7,
+            }];
             assert!(j.update(a, &[], &received).is_none(), "nothing to wait for");
             // A QoS 1 key leaving and nothing else: no ticket either.
             assert!(j.update(a, &[], &[]).is_none());

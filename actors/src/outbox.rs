@@ -291,7 +291,9 @@ impl OutGate {
         let gate = self.0.clone();
         ticket.on_done(move |r| {
             if let Err(e) = r {
-                tracing::warn!("a QoS 2 packet id is not on disk, its PUBLISH goes out anyway: {e}");
+                tracing::warn!(
+                    "a QoS 2 packet id is not on disk, its PUBLISH goes out anyway: {e}"
+                );
             }
             let mut q = gate.lock();
             if let Some(e) = q.held.iter_mut().find(|e| e.0 == id) {
