@@ -784,6 +784,131 @@ fn outgoing_qos2_messages_keep_their_packet_ids_across_kill_9() {
     assert_eq!(seen, want);
 }
 
+#[test]
+fn a_truncated_or_overwritten_store_stops_the_node_and_names_its_file() {
+    let mut n = Node::start_with(journaled());
+    mosquitto_pub(&n, &["-t", "cr/1", "-m", "kept", "-r", "-q", "1"]);
+    assert!(v5_sub(&n, "cr5", "3600", &["-E"]).is_empty());
+    for i in 0..5 {
+        mosquitto_pub(&n, &["-t", "ps/c", "-m", &format!("c{i}"), "-q", "1"]);
+    }
+    settle_disk(&n);
+    n.kill();
+    let file = n.data_dir().join("durable.redb");
+    let good = std::fs::read(&file).expect("read the store");
+    let refused = |why: &str| {
+        let (status, err) = n
+            .foreground_exit(&[], Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{why}: the node started"));
+        assert!(!status.success(), "{why}: {status}");
+        assert!(
+            err.contains(&file.display().to_string()),
+            "{why}: the error does not name the file: {err}"
+        );
+    };
+    // Cut in half.
+    std::fs::write(&file, &good[..good.len() / 2]).expect("truncate");
+    refused("truncated");
+    // Its header overwritten.
+    let mut bad = good.clone();
+    bad[..512].fill(0xAA);
+    std::fs::write(&file, &bad).expect("overwrite");
+    refused("overwritten header");
+    // A torn tail (garbage past the last commit, as a write cut by a
+    // crash leaves) is repaired: everything is there.
+    let mut torn = good.clone();
+    torn.extend((0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    std::fs::write(&file, &torn).expect("tail");
+    let _ = std::fs::remove_file(n.dir.path().join("stderr.log"));
+    n.spawn(&[]);
+    assert_eq!(retained_seen(&n, "cr/#"), vec!["cr/1 kept"]);
+    let got = v5_sub(&n, "cr5", "3600", &["-C", "5", "-W", "10"]);
+    let want: Vec<String> = (0..5).map(|i| format!("ps/c c{i}")).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_whole_cluster_killed_at_once_comes_back_with_its_sessions_and_retained_messages() {
+    let mut nodes = cluster::cluster_with(&[1, 2, 3], "durable_sessions.enable = true");
+    // On each node an offline persistent 3.1.1 session on `all/#`.
+    let ids = ["ka-1", "ka-2", "ka-3"];
+    for (n, id) in nodes.iter().zip(ids) {
+        let mut m = cluster::Mq::open(n, id, false);
+        assert!(!connack_session_present(&mut m));
+        m.sub("all/#", 1);
+        disconnect(m);
+    }
+    for n in &nodes[1..] {
+        for owner in &nodes {
+            cluster::wait_route(n, "all/#", owner, true, Duration::from_secs(5));
+        }
+    }
+    // Ten acknowledged QoS 1 messages published on the first node (two of
+    // the three sessions get them forwarded) and a retained one on the
+    // second.
+    let mut p = mq(&nodes[0], "ka-pub");
+    for i in 0..10 {
+        p.publish("all/x", 1, false, format!("a{i}").as_bytes());
+    }
+    drop(p);
+    mosquitto_pub(&nodes[1], &["-t", "all/r", "-m", "kept", "-r", "-q", "1"]);
+    let want: Vec<String> = (0..10)
+        .map(|i| format!("a{i}"))
+        .chain(["kept".to_string()])
+        .collect();
+    for n in &nodes {
+        settle_disk(n);
+    }
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+    let restarted = Instant::now();
+    for n in nodes.iter_mut() {
+        let _ = std::fs::remove_file(n.dir.path().join("stderr.log"));
+        n.spawn(&[]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let line = status_line(&all, &[]);
+    for n in &all {
+        let left = Duration::from_secs(30).saturating_sub(restarted.elapsed());
+        wait_status(n, &line, left, &all);
+        assert!(
+            n.log()
+                .contains("1 persistent session(s) back from the journal"),
+            "{}",
+            n.log()
+        );
+    }
+    // Every session has its eleven messages, in order, and the retained
+    // message is on every node.
+    for (n, id) in nodes.iter().zip(ids) {
+        let mut m = cluster::Mq::open(n, id, false);
+        assert!(connack_session_present(&mut m), "{id} lost its session");
+        assert_eq!(
+            payloads(&m.collect(11, Duration::from_secs(10))),
+            want,
+            "{id}"
+        );
+        disconnect(m);
+        assert_eq!(retained_seen(n, "all/r"), vec!["all/r kept"], "{}", n.name);
+    }
+    // The routes came back across the cluster: a publish on the third
+    // node reaches all three sessions.
+    for owner in &nodes {
+        cluster::wait_route(&nodes[2], "all/#", owner, true, Duration::from_secs(10));
+    }
+    mosquitto_pub(&nodes[2], &["-t", "all/after", "-m", "b", "-q", "1"]);
+    for (n, id) in nodes.iter().zip(ids) {
+        let mut m = cluster::Mq::open(n, id, false);
+        assert!(connack_session_present(&mut m));
+        assert_eq!(
+            payloads(&m.collect(1, Duration::from_secs(10))),
+            vec!["b"],
+            "{id}"
+        );
+    }
+}
+
 /// Waits until every change the node made is on disk.
 fn settle_disk(n: &Node) {
     assert!(
