@@ -175,6 +175,14 @@ pub type Row = (Vec<u8>, Vec<u8>);
 /// Most jobs one transaction takes: bounds the latency of the first one.
 const MAX_BATCH: usize = 8192;
 
+/// How long changes nobody waits for (removals of what a client
+/// acknowledged, the clock, ...) may wait for others before they are
+/// committed: a commit costs the same pages and fsync whatever it holds,
+/// so the acknowledgements of one message by its 500 subscribers make one
+/// commit, not ten. A change somebody waits for is committed at once,
+/// with whatever is queued.
+const LAZY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// redb's page cache (its default is 1 GiB, which a node writing large
 /// messages for its persistent sessions would fill with pages it rarely
 /// reads again).
@@ -313,10 +321,32 @@ impl Durable {
 fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::new();
     while let Ok(first) = rx.recv() {
+        let mut waited = first.done.is_some();
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
+        let deadline = std::time::Instant::now() + LAZY;
+        loop {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        waited |= j.done.is_some();
+                        batch.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if waited || batch.len() >= MAX_BATCH {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(j) if !left.is_zero() => {
+                    waited |= j.done.is_some();
+                    batch.push(j);
+                }
+                Ok(j) => {
+                    batch.push(j);
+                    break;
+                }
                 Err(_) => break,
             }
         }

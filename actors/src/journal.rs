@@ -602,8 +602,11 @@ impl Journal {
 
     /// [`Journal::release`] of `keys`, then what `pids` says of the
     /// session's outgoing QoS 2 packet ids, in one write. Returns its
-    /// ticket when a packet id went out ([`JournalPid::Sent`]): that
-    /// PUBLISH must wait for it.
+    /// ticket when a packet id went out ([`JournalPid::Sent`]: that
+    /// PUBLISH must wait for it) or a release is owed
+    /// ([`JournalPid::Received`]: the PUBREL must wait for it, or a node
+    /// that dies after the client's PUBCOMP would send the message again
+    /// with a packet id the client has forgotten).
     pub fn update(&self, incarnation: u64, keys: &[u64], pids: &[JournalPid]) -> Option<Ticket> {
         if keys.is_empty() && pids.is_empty() {
             return None;
@@ -631,12 +634,12 @@ impl Journal {
         for &key in keys {
             left(key, &mut ops);
         }
-        let mut sent = false;
+        let mut wait = false;
         if incarnation != 0 {
             for p in pids {
                 match *p {
                     JournalPid::Sent { key, pid } => {
-                        sent = true;
+                        wait = true;
                         ops.push(Op::Put {
                             table: SENT_TABLE,
                             key: key2(incarnation, key),
@@ -644,6 +647,7 @@ impl Journal {
                         });
                     }
                     JournalPid::Received { key, pid } => {
+                        wait = true;
                         left(key, &mut ops);
                         ops.push(Op::Delete {
                             table: SENT_TABLE,
@@ -666,7 +670,7 @@ impl Journal {
         if ops.is_empty() {
             return None;
         }
-        if sent {
+        if wait {
             return Some(self.durable.submit(ops));
         }
         self.durable.submit_nowait(ops);
@@ -733,12 +737,15 @@ impl Journal {
         }])
     }
 
-    /// The client released QoS 2 packet `pid`.
-    pub fn rel_del(&self, incarnation: u64, pid: u16) {
-        self.durable.submit_nowait(vec![Op::Delete {
+    /// The client released QoS 2 packet `pid` (its PUBCOMP waits for the
+    /// ticket: the client may use the id again once it has it, and a node
+    /// that died with the id still on disk would take the new message
+    /// for the old one).
+    pub fn rel_del(&self, incarnation: u64, pid: u16) -> Ticket {
+        self.durable.submit(vec![Op::Delete {
             table: REL_TABLE,
             key: rel_key(incarnation, pid),
-        }]);
+        }])
     }
 
     /// Writes the node's clock now and every [`CLOCK_PERIOD`].
@@ -879,8 +886,10 @@ mod tests {
                 key: keys[0],
                 pid: 7,
             }];
-            assert!(j.update(a, &[], &received).is_none(), "nothing to wait for");
-            // A QoS 1 key leaving and nothing else: no ticket either.
+            let t = j.update(a, &[], &received).expect("the PUBREL waits");
+            t.wait().await.expect("received");
+            // A release completed and nothing else: nothing to wait for.
+            assert!(j.update(a, &[], &[JournalPid::Completed(1)]).is_none());
             assert!(j.update(a, &[], &[]).is_none());
             drop(j);
             a

@@ -95,7 +95,8 @@ pub struct SessionState {
     /// persistent session on a node with `durable_sessions.enable`), else 0.
     journal_inc: u64,
     /// The write of the packet ids of journaled QoS 2 deliveries about to
-    /// go out: the next flush holds their PUBLISHes until it is on disk.
+    /// go out, or received by the client: the next flush holds their
+    /// PUBLISHes (or PUBRELs) until it is on disk.
     sent_write: Option<crate::durable::Ticket>,
     /// Where such held writes wait (made at the first one).
     gate: Option<OutGate>,
@@ -1452,7 +1453,8 @@ impl SessionState {
     /// After the channel took the packet [`SessionState::qos2_probe`]
     /// looked at: a QoS 2 id newly awaiting release is written (the
     /// PUBREC waits for it, so a resend after a crash is still known); a
-    /// released one is removed.
+    /// released one is removed (the PUBCOMP waits for it, so the client
+    /// cannot use the id again before the node forgets it).
     fn qos2_journal(&self, probe: Option<(u16, bool, bool)>) -> Option<crate::durable::Ticket> {
         let (pid, publish, was) = probe?;
         let j = self.ctx.broker.journal.as_ref()?;
@@ -1461,7 +1463,7 @@ impl SessionState {
             return Some(j.rel_add(self.journal_inc, pid));
         }
         if !publish && !now {
-            j.rel_del(self.journal_inc, pid);
+            return Some(j.rel_del(self.journal_inc, pid));
         }
         None
     }
