@@ -241,3 +241,118 @@ async fn a_slow_reader_of_large_messages_is_held_within_its_bound_and_loses_noth
     assert_eq!(metric(&n, "client.force_shutdown"), 0);
     assert_eq!(metric(&n, "delivery.dropped"), 0);
 }
+
+/// A node whose forwarding connection stops taking messages (SIGSTOP)
+/// must hold back the QoS 1 publishers of the node that forwards to it,
+/// not acknowledge their messages and then drop them past twice the
+/// forwarding queue's limit (10,000 per connection); and once it reads
+/// again, a subscriber there that falls behind must slow the forwarding
+/// connection instead of losing what its full inbox cannot take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_peer_node_holds_back_qos1_publishers_and_loses_nothing() {
+    use common::cluster;
+    let nodes = cluster::cluster(&[1, 2]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 10_000;
+    const TOTAL: usize = PUBLISHERS * EACH;
+
+    let mut o = MqttOptions::new("xn-sub", b.host.clone(), b.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_inflight(100);
+    let (c, mut el) = AsyncClient::new(o, 100);
+    c.subscribe("xn/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    wait_suback(&mut el, "subscriber").await;
+    cluster::wait_route(a, "xn/#", b, true, Duration::from_secs(5));
+
+    // b stops reading anything (well within cluster.down_timeout).
+    let pid = b.pid().expect("b runs").to_string();
+    let stop = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill {sig} {pid}");
+    };
+    // The publishers connect first (a connect asks every node about its
+    // client id), then b stops.
+    let each = EACH.to_string();
+    let mut publisher = bench_pub(
+        a.mqtt_port,
+        &[
+            "-h",
+            &a.host,
+            "-c",
+            "4",
+            "-q",
+            "1",
+            "--inflight",
+            "100",
+            "-s",
+            "16",
+        ],
+    )
+    .args(["-t", "xn/1", "-I", "0", "-L", &each])
+    .spawn()
+    .expect("spawn bench pub");
+    assert!(
+        common::wait_until(Duration::from_secs(10), || a
+            .ctl(&["clients", "list"])
+            .1
+            .lines()
+            .filter(|l| l.starts_with("Client(") && l.contains("connected=true"))
+            .count()
+            >= PUBLISHERS),
+        "{}",
+        a.ctl(&["clients", "list"]).1
+    );
+    stop("-STOP");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = metric(a, "client.throttled");
+    let dropped_while_stopped = metric(a, "messages.forward.dropped");
+    let (_, fwd) = a.ctl(&["cluster", "forwarding"]);
+    stop("-CONT");
+    assert!(
+        held >= 1,
+        "the publishers were never held back (forward dropped {dropped_while_stopped}):\n{fwd}"
+    );
+    assert_eq!(
+        dropped_while_stopped, 0,
+        "acknowledged messages dropped by the forwarding queue"
+    );
+
+    // Every message arrives, once.
+    let mut seen = HashSet::new();
+    let mut publishes = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < TOTAL {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {TOTAL} distinct messages arrived; forward dropped on a: {}, dropped on b: {}",
+            seen.len(),
+            metric(a, "messages.forward.dropped"),
+            metric(b, "delivery.dropped")
+        );
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                publishes += 1;
+                // (publisher, sequence number) of the bench payload.
+                seen.insert(p.payload.get(8..16).map(<[u8]>::to_vec));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("subscriber failed: {e}"),
+            Err(_) => panic!(
+                "nothing for 10 s after {} of {TOTAL}; forward dropped on a: {}, dropped on b: {}",
+                seen.len(),
+                metric(a, "messages.forward.dropped"),
+                metric(b, "delivery.dropped")
+            ),
+        }
+    }
+    let _ = publisher.wait();
+    assert_eq!(metric(a, "messages.forward.dropped"), 0);
+    assert_eq!(metric(b, "delivery.dropped"), 0);
+    assert_eq!(publishes, TOTAL, "no duplicates");
+}

@@ -11,7 +11,7 @@
 use crate::hashing::{bucket, hash_str};
 use crate::inbox::{Bounds, Inbox, Matches, Pushed};
 use crate::metrics::{inc, Metrics, Stats};
-use crate::peers::{BrokerLinks, GroupKey, RemoteRoutes};
+use crate::peers::{Backpressure, BrokerLinks, Forwarded, GroupKey, RemoteRoutes};
 use crate::retainer::Retainer;
 use crate::shard::{owner_shard, ShardActor, ShardMsg};
 pub use crate::tables::{FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
@@ -113,11 +113,28 @@ pub struct Broker {
 pub struct Published {
     /// Sessions here and nodes elsewhere the message went to.
     pub subscribers: usize,
-    /// A subscriber's inbox past its high-water mark.
-    pub congested: Option<Arc<Inbox>>,
+    /// A subscriber's inbox past its high-water mark, or a queue to
+    /// another node past its limit: the publisher is held back.
+    pub congested: Option<Congestion>,
     /// A retained message, or deliveries to persistent sessions, being
     /// written to disk: the publisher's acknowledgement waits for it.
     pub durable: Option<crate::durable::Ticket>,
+}
+
+/// What a QoS 1/2 publish filled past its mark.
+pub enum Congestion {
+    Inbox(Arc<Inbox>),
+    /// A queue to another node (see [`crate::peers::Forwarded`]).
+    Remote(Backpressure),
+}
+
+impl std::fmt::Debug for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Congestion::Inbox(_) => write!(f, "Congestion::Inbox"),
+            Congestion::Remote(_) => write!(f, "Congestion::Remote"),
+        }
+    }
 }
 
 impl Broker {
@@ -266,15 +283,29 @@ impl Broker {
     /// subscribers only, or to one member of the named shared group (the
     /// publisher's node already chose this node for it). Never forwards.
     /// Returns the write of its deliveries to persistent sessions, if any.
+    /// Also returns what to wait for before taking more from that node: a
+    /// subscriber's inbox the message filled past its high-water mark.
     pub fn publish_forwarded(
         &self,
         msg: Arc<Message>,
         shared: Option<(String, String)>,
-    ) -> Option<crate::durable::Ticket> {
+    ) -> (Option<crate::durable::Ticket>, Option<Backpressure>) {
         inc(&self.metrics.messages_forwarded_in);
-        match shared {
-            None => self.dispatch(msg, Target::PlainOnly).2,
-            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)).2,
+        let (_, congested, written) = match shared {
+            None => self.dispatch(msg, Target::PlainOnly),
+            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)),
+        };
+        (written, congested.map(|c| self.backpressure(c)))
+    }
+
+    /// The wait for `c` to drain.
+    pub fn backpressure(&self, c: Congestion) -> Backpressure {
+        match c {
+            Congestion::Inbox(ib) => {
+                let b = self.inbox_bounds();
+                Box::pin(async move { ib.wait_drained(b).await })
+            }
+            Congestion::Remote(wait) => wait,
         }
     }
 
@@ -287,7 +318,7 @@ impl Broker {
         &self,
         msg: Arc<Message>,
         target: Target,
-    ) -> (usize, Option<Arc<Inbox>>, Option<crate::durable::Ticket>) {
+    ) -> (usize, Option<Congestion>, Option<crate::durable::Ticket>) {
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
         let remote = match target {
@@ -359,7 +390,7 @@ impl Broker {
                 Pushed::Queued => {}
                 Pushed::Congested => {
                     if flow && congested.is_none() {
-                        congested = Some(s.inbox.clone());
+                        congested = Some(Congestion::Inbox(s.inbox.clone()));
                     }
                 }
                 Pushed::Full => {
@@ -374,18 +405,20 @@ impl Broker {
         drop(wild);
         drop(exact);
         if let Some(r) = remote {
-            for node in &remote_plain {
-                if r.forward(node, msg.clone()) {
-                    inc(&self.metrics.messages_forward);
-                } else {
-                    inc(&self.metrics.messages_forward_dropped);
-                }
-            }
-            for (node, group, filter) in &shared_fwd {
-                if r.forward_shared(node, msg.clone(), group, filter) {
-                    inc(&self.metrics.messages_forward);
-                } else {
-                    inc(&self.metrics.messages_forward_dropped);
+            let plain = remote_plain.iter().map(|node| r.forward(node, msg.clone()));
+            let shared = shared_fwd
+                .iter()
+                .map(|(node, group, filter)| r.forward_shared(node, msg.clone(), group, filter));
+            for f in plain.chain(shared) {
+                match f {
+                    Forwarded::Queued => inc(&self.metrics.messages_forward),
+                    Forwarded::Congested(wait) => {
+                        inc(&self.metrics.messages_forward);
+                        if msg.qos != QoS::AtMostOnce && congested.is_none() {
+                            congested = Some(Congestion::Remote(wait));
+                        }
+                    }
+                    Forwarded::Dropped => inc(&self.metrics.messages_forward_dropped),
                 }
             }
             n += remote_plain.len() + shared_fwd.len();

@@ -117,7 +117,6 @@ where
     if rbuf.is_empty() {
         rbuf = BytesMut::new();
     }
-    let inbox_bounds = ctx.broker.inbox_bounds();
     // While throttled: the wait for the subscriber's inbox to drain, boxed
     // (it holds a timer) so an unthrottled connection does not carry it.
     let mut throttled: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
@@ -132,11 +131,9 @@ where
             && rx.throttle_set.load(Ordering::Acquire)
             && rx.throttle_set.swap(false, Ordering::AcqRel)
         {
-            if let Some(ib) = rx.throttle.lock().take() {
+            if let Some(wait) = rx.throttle.lock().0.take() {
                 inc(&metrics.client_throttled);
-                throttled = Some(Box::pin(async move {
-                    ib.wait_drained(inbox_bounds).await;
-                }));
+                throttled = Some(wait);
             }
         }
         let busy = rx.inbound.load(Ordering::Acquire) >= MAX_INBOUND;

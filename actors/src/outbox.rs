@@ -3,7 +3,6 @@
 //! with its connection task. Below both the session and the connection
 //! task, so neither imports the other for it.
 
-use crate::inbox::Inbox;
 use bytes::Bytes;
 use emqx_mqtt::acl::AuthInfo;
 use parking_lot::Mutex;
@@ -12,6 +11,25 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
+
+/// What a throttled connection waits for before it reads again: a
+/// subscriber's inbox or a queue to another node that a publish filled
+/// past its limit, draining.
+pub type Backpressure = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The wait a session set for its connection's reader, if any.
+#[derive(Default)]
+pub(crate) struct Throttle(pub(crate) Option<Backpressure>);
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Throttle({})",
+            if self.0.is_some() { "set" } else { "none" }
+        )
+    }
+}
 
 /// Commands from the session actor to its connection task.
 #[derive(Debug)]
@@ -48,7 +66,7 @@ pub(crate) struct Outbox {
     pub(crate) notify: Notify,
     /// A subscriber's inbox this client's publishes filled past its
     /// high-water mark: reading pauses until it drains.
-    pub(crate) throttle: Mutex<Option<Arc<Inbox>>>,
+    pub(crate) throttle: Mutex<Throttle>,
     /// Set with `throttle`, so the reader checks a flag, not a lock.
     pub(crate) throttle_set: AtomicBool,
     /// Packets handed to the session and not yet handled.
@@ -215,13 +233,14 @@ impl ConnHandle {
         self.out.pending.load(Ordering::Relaxed)
     }
 
-    /// Pauses reading from this client until `inbox` (a subscriber its
-    /// QoS 1/2 messages go to) drains to its low-water mark, or stops
-    /// draining (see [`Inbox::wait_drained`]). Back-pressure: the client's own TCP
-    /// window then slows it down, instead of the subscriber's queue
-    /// overflowing. Takes effect before the next packet is decoded.
-    pub fn throttle(&self, inbox: Arc<Inbox>) {
-        *self.out.throttle.lock() = Some(inbox);
+    /// Pauses reading from this client until `wait` ends: a subscriber's
+    /// inbox its QoS 1/2 messages go to drains to its low-water mark or
+    /// stops draining (see [`crate::inbox::Inbox::wait_drained`]), or a queue to
+    /// another node drains. Back-pressure: the client's own TCP window
+    /// then slows it down, instead of a queue overflowing. Takes effect
+    /// before the next packet is decoded.
+    pub fn throttle(&self, wait: Backpressure) {
+        self.out.throttle.lock().0 = Some(wait);
         self.out.throttle_set.store(true, Ordering::Release);
     }
 

@@ -21,6 +21,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use crate::outbox::Backpressure;
+
 /// What a route is for: plain subscribers of a filter, or the members of
 /// one shared-subscription group of a filter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -79,13 +81,24 @@ pub trait RemoteRoutes: Send + Sync {
         groups: &mut HashMap<GroupKey, Vec<Arc<str>>>,
     );
 
-    /// Hands `msg` to `node` for its plain subscribers. False when it was
-    /// dropped (the node's queue is full or it is gone).
-    fn forward(&self, node: &str, msg: Arc<Message>) -> bool;
+    /// Hands `msg` to `node` for its plain subscribers.
+    fn forward(&self, node: &str, msg: Arc<Message>) -> Forwarded;
 
     /// Hands `msg` to `node` for one member of shared group `group` of
-    /// `filter` there. False when it was dropped.
-    fn forward_shared(&self, node: &str, msg: Arc<Message>, group: &str, filter: &str) -> bool;
+    /// `filter` there.
+    fn forward_shared(&self, node: &str, msg: Arc<Message>, group: &str, filter: &str)
+        -> Forwarded;
+}
+
+/// What became of a message handed to another node.
+pub enum Forwarded {
+    Queued,
+    /// Queued past the queue's limit: the publisher of a QoS 1/2 message
+    /// reads nothing more from its client until this ends (its next
+    /// acknowledgement waits), as for a local subscriber's full inbox.
+    Congested(Backpressure),
+    /// Dropped (the node's queue is full or the node is gone).
+    Dropped,
 }
 
 /// The cluster as a broker is built with it. All are `None` for a broker

@@ -121,8 +121,9 @@ struct Held {
 
 struct Sink<'a> {
     ctx: &'a Ctx,
-    /// A subscriber's inbox that a publish filled past its high-water mark.
-    congested: Option<Arc<Inbox>>,
+    /// A subscriber's inbox, or a queue to another node, that a publish
+    /// filled past its mark.
+    congested: Option<crate::broker::Congestion>,
     /// The last retained message of this packet being written to disk
     /// (boxed: it lives in the session's resident handle future).
     durable: Option<Box<crate::durable::Ticket>>,
@@ -357,8 +358,8 @@ impl Actor for SessionActor {
                     }
                     (acts, sink.congested, durable)
                 };
-                if let (Some(inbox), Some(conn)) = (congested, &st.conn) {
-                    conn.throttle(inbox);
+                if let (Some(c), Some(conn)) = (congested, &st.conn) {
+                    conn.throttle(st.ctx.broker.backpressure(c));
                 }
                 if durable.is_some() || st.held.is_some() {
                     // A retained message is acknowledged once it is on disk.

@@ -1,7 +1,7 @@
 //! The inter-node forwarding channel over real sockets on loopback.
 
 use bytes::Bytes;
-use emqx_actors::forward::{handshake, ForwardConfig, ForwardError, Forwarder, OnReceive};
+use emqx_actors::forward::{handshake, ForwardConfig, ForwardError, Forwarder, OnReceive, Queued};
 use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::{Properties, PropertyValues, QoS};
 use parking_lot::Mutex;
@@ -40,7 +40,7 @@ impl Sink {
             move |from: &str, m: Message, _shared: Option<(String, String)>| {
                 me.msgs.lock().push((from.to_owned(), m));
                 me.count.fetch_add(1, Ordering::Release);
-                None
+                (None, None)
             },
         )
     }
@@ -66,7 +66,7 @@ impl Sink {
 fn counting(count: Arc<AtomicUsize>) -> OnReceive {
     Arc::new(move |_: &str, _: Message, _: Option<(String, String)>| {
         count.fetch_add(1, Ordering::Relaxed);
-        None
+        (None, None)
     })
 }
 
@@ -132,9 +132,12 @@ async fn ten_thousand_messages_arrive_intact_and_in_order() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
-        .await
-        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
     a.add_peer("b@host", b.local_addr());
     a.add_peer("b@host", b.local_addr()); // idempotent
 
@@ -184,9 +187,12 @@ async fn order_per_topic_holds_across_four_connections() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
-        .await
-        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
     a.add_peer("b@host", b.local_addr());
     wait_until("4 connections", Duration::from_secs(5), || {
         a.peers()[0].connected == 4
@@ -258,7 +264,7 @@ async fn wrong_cookie_delivers_nothing_logs_both_sides_and_backs_off() {
     let mut ca = cfg("a@host", "cookie-a");
     ca.reconnect_min = Duration::from_millis(200);
     ca.reconnect_max = Duration::from_secs(5);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -327,9 +333,12 @@ async fn silent_client_does_not_block_a_real_peer() {
         silent.push(TcpStream::connect(b.local_addr()).await.unwrap());
     }
     let t0 = Instant::now();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
-        .await
-        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
     a.add_peer("b@host", b.local_addr());
     for seq in 0..100 {
         a.forward("b@host", Arc::new(msg("t", seq, QoS::AtMostOnce)))
@@ -379,7 +388,7 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
     ca.queue_limit = 100;
     ca.send_timeout = Duration::from_secs(1);
     let limit_total = 2 * 100 * ca.conns_per_peer;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -389,7 +398,8 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
     .await;
 
     let payload = Bytes::from(vec![7u8; 16 * 1024]);
-    let (mut ok, mut dropped, mut down) = (0u64, 0u64, 0u64);
+    let (mut ok, mut dropped, mut down, mut over) = (0u64, 0u64, 0u64, 0u64);
+    let mut held_back = None;
     let t0 = Instant::now();
     let mut seq = 0u64;
     while t0.elapsed() < Duration::from_millis(2500) {
@@ -407,7 +417,12 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
             );
             m.qos = qos;
             match a.forward("b@host", Arc::new(m)) {
-                Ok(()) => ok += 1,
+                Ok(Queued::Room) => ok += 1,
+                Ok(Queued::Over(b)) => {
+                    ok += 1;
+                    over += 1;
+                    held_back.get_or_insert(b);
+                }
                 Err(ForwardError::Dropped) => dropped += 1,
                 Err(ForwardError::PeerDown) => down += 1,
                 Err(e) => panic!("{e:?}"),
@@ -427,6 +442,20 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
         dropped > 0,
         "QoS 0 past the limit is dropped (ok {ok}, down {down})"
     );
+    assert!(
+        over > 0,
+        "QoS 1 past the limit of a connected peer holds its publisher back"
+    );
+    // The hold ends by itself: the peer never reads, so its connection is
+    // reset after send_timeout, and a publisher is not held for a
+    // connection that is gone.
+    let b = held_back.expect("a publisher held back");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), b.drained())
+            .await
+            .is_ok(),
+        "held back for good"
+    );
     assert!(p.queued <= limit_total);
     // Every refusal was counted; in-flight frames lost to send_timeout add to it.
     assert!(p.dropped >= dropped + down, "{p:?}");
@@ -445,7 +474,7 @@ async fn peer_that_never_answers_the_handshake_keeps_queues_bounded() {
     let mut ca = cfg("a@host", COOKIE);
     ca.queue_limit = 100;
     ca.handshake_timeout = Duration::from_millis(300);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -456,14 +485,18 @@ async fn peer_that_never_answers_the_handshake_keeps_queues_bounded() {
         if seq >= 1000 {
             m.qos = QoS::AtLeastOnce;
         }
-        *results
-            .entry(format!("{:?}", a.forward("b@host", Arc::new(m))))
-            .or_insert(0) += 1;
+        let r = match a.forward("b@host", Arc::new(m)) {
+            Ok(Queued::Room) => "Ok".to_string(),
+            Ok(Queued::Over(_)) => "Over".to_string(),
+            Err(e) => format!("Err({e:?})"),
+        };
+        *results.entry(r).or_insert(0) += 1;
     }
     let p = a.peers().remove(0);
     // QoS 0 fills each queue to the limit, QoS 1 to twice the limit, never more.
     assert_eq!(p.queued, 2 * 100 * 4, "{results:?}");
-    assert_eq!(results["Ok(())"], 800);
+    // Never connected: nothing to hold a publisher back for.
+    assert_eq!(results["Ok"], 800);
     assert_eq!(results["Err(PeerDown)"], 1200);
     assert_eq!(p.dropped, 1200);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -477,10 +510,10 @@ async fn peer_that_never_answers_the_handshake_keeps_queues_bounded() {
         2000,
         "removing a peer drops and counts its queue"
     );
-    assert_eq!(
+    assert!(matches!(
         a.forward("b@host", Arc::new(msg("t", 0, QoS::AtMostOnce))),
         Err(ForwardError::UnknownPeer)
-    );
+    ));
     a.shutdown().await;
     server.abort();
 }
@@ -492,9 +525,12 @@ async fn reconnects_to_a_restarted_peer() {
         .await
         .unwrap();
     let addr = b1.local_addr();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
-        .await
-        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
     a.add_peer("b@host", addr);
     for seq in 0..100 {
         a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
@@ -539,9 +575,12 @@ async fn stop_frees_the_port_and_ends_every_task() {
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
-        .await
-        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
     a.add_peer("b@host", b.local_addr());
     b.add_peer("a@host", a.local_addr());
     a.forward("b@host", Arc::new(msg("t", 0, QoS::AtMostOnce)))
@@ -568,10 +607,10 @@ async fn stop_frees_the_port_and_ends_every_task() {
         b.listener_stats().connections == 0
     })
     .await;
-    assert_eq!(
+    assert!(matches!(
         a.forward("b@host", Arc::new(msg("t", 1, QoS::AtMostOnce))),
         Err(ForwardError::UnknownPeer)
-    );
+    ));
     a.add_peer("b@host", b_addr); // inert once stopped
     assert!(a.peers().is_empty());
     assert_eq!(a.live_tasks(), 0);
@@ -595,7 +634,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     ca.conns_per_peer = 2;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", l.local_addr().unwrap());
@@ -615,7 +654,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
         .unwrap();
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -664,9 +703,12 @@ async fn malformed_frame_closes_only_that_connection() {
     assert_eq!(b.listener_stats().malformed_frames, 2);
 
     // A real peer is undisturbed.
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
-        .await
-        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
     a.add_peer("b@host", b.local_addr());
     a.forward("b@host", Arc::new(msg("t", 0, QoS::AtMostOnce)))
         .unwrap();
@@ -689,9 +731,12 @@ async fn throughput_64_byte_payloads() {
     let b = Forwarder::start(cfg("b@host", COOKIE), counting(count.clone()))
         .await
         .unwrap();
-    let a = Forwarder::start(cfg("a@host", COOKIE), Arc::new(|_: &str, _, _| None))
-        .await
-        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
     a.add_peer("b@host", b.local_addr());
     wait_until("connections", Duration::from_secs(5), || {
         a.peers()[0].connected == 4
@@ -804,7 +849,7 @@ async fn a_connection_lost_with_unacknowledged_frames_loses_and_repeats_nothing(
     let (relay, relay_task) = lossy_relay(b.local_addr(), swallow.clone(), cut.clone()).await;
     let mut ca = cfg("a@host", COOKIE);
     ca.conns_per_peer = 1;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| None))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", relay);

@@ -3,8 +3,8 @@
 //! offered to the broker as [`RemoteRoutes`].
 
 use super::routes::ClusterRoutes;
-use crate::forward::Forwarder;
-use crate::peers::{GroupKey, RemoteRoutes};
+use crate::forward::{ForwardError, Forwarder, Queued};
+use crate::peers::{Forwarded, GroupKey, RemoteRoutes};
 use emqx_mqtt::message::Message;
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
@@ -17,6 +17,14 @@ pub struct ClusterView {
     pub routes: RwLock<ClusterRoutes>,
     pub up: RwLock<HashSet<Arc<str>>>,
     pub forwarder: Arc<Forwarder>,
+}
+
+fn forwarded(r: Result<Queued, ForwardError>) -> Forwarded {
+    match r {
+        Ok(Queued::Room) => Forwarded::Queued,
+        Ok(Queued::Over(b)) => Forwarded::Congested(Box::pin(b.drained())),
+        Err(_) => Forwarded::Dropped,
+    }
 }
 
 impl ClusterView {
@@ -54,13 +62,17 @@ impl RemoteRoutes for ClusterView {
         });
     }
 
-    fn forward(&self, node: &str, msg: Arc<Message>) -> bool {
-        self.forwarder.forward(node, msg).is_ok()
+    fn forward(&self, node: &str, msg: Arc<Message>) -> Forwarded {
+        forwarded(self.forwarder.forward(node, msg))
     }
 
-    fn forward_shared(&self, node: &str, msg: Arc<Message>, group: &str, filter: &str) -> bool {
-        self.forwarder
-            .forward_shared(node, msg, group, filter)
-            .is_ok()
+    fn forward_shared(
+        &self,
+        node: &str,
+        msg: Arc<Message>,
+        group: &str,
+        filter: &str,
+    ) -> Forwarded {
+        forwarded(self.forwarder.forward_shared(node, msg, group, filter))
     }
 }

@@ -136,6 +136,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         // Hand over every complete frame in the buffer, then acknowledge.
         let mut to_ack = None;
         let mut written = None;
+        let mut congested = None;
         while buf.len() >= 4 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
             if len > wire::MAX_FRAME {
@@ -163,9 +164,13 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             let mut st = state.lock();
             let skip = st.accept(frame.first_seq, count);
             for (m, target) in frame.msgs.into_iter().skip(skip as usize) {
-                if let Some(t) = on_receive(peer, m, target) {
+                let (t, c) = on_receive(peer, m, target);
+                if let Some(t) = t {
                     // Writes complete in order: the last covers the rest.
                     written = Some(t);
+                }
+                if congested.is_none() {
+                    congested = c;
                 }
             }
             let last = st.last;
@@ -194,6 +199,11 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             {
                 return End::Io(e);
             }
+        }
+        if let Some(wait) = congested {
+            // A subscriber here is behind: read nothing more from this
+            // node until it catches up (or is found stopped).
+            wait.await;
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);

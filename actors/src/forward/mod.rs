@@ -55,7 +55,12 @@
 //!   [`ForwardError::Dropped`].
 //! - **QoS 1 and 2** over the limit are **held back up to 2x the limit, then
 //!   dropped and counted** too. The 2x is a hard cap: a queue never holds
-//!   more than `2 * queue_limit` messages.
+//!   more than `2 * queue_limit` messages. While the connection is up, a
+//!   QoS 1/2 message queued past the limit comes back as
+//!   [`Queued::Over`]: its publisher reads nothing more (so its next
+//!   acknowledgement waits) until the queue is down to half the limit, so
+//!   the 2x cap is reached only by many publishers at once or a
+//!   connection that is down.
 //! - When the connection is down and the queue is full, the error is
 //!   [`ForwardError::PeerDown`] instead (still dropped and counted).
 //! - A socket that makes no write progress for `send_timeout`, or whose
@@ -96,6 +101,44 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// Where [`Forwarder::forward`] left a message.
+pub enum Queued {
+    Room,
+    /// In a queue past its limit (QoS 1/2, the connection up): its
+    /// publisher should read nothing more until [`Backlog::drained`].
+    Over(Backlog),
+}
+
+/// A peer connection's queue that a publish filled past its limit.
+pub struct Backlog {
+    slot: Arc<Slot>,
+    low: usize,
+    max_wait: std::time::Duration,
+}
+
+impl Backlog {
+    /// Returns once the queue is down to half its limit, its connection
+    /// is gone (the messages then wait for the next one, up to twice the
+    /// limit, as for a peer that is down), or after `send_timeout` (a
+    /// connection that makes no progress that long is reset anyway).
+    pub async fn drained(self) {
+        let until = tokio::time::Instant::now() + self.max_wait;
+        loop {
+            let notified = self.slot.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.slot.connected.load(Ordering::Relaxed)
+                || self.slot.queue.lock().len() <= self.low
+            {
+                return;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
 
 /// A node's forwarding channel: the listener and the connections to peers.
 pub struct Forwarder {
@@ -236,6 +279,8 @@ impl Forwarder {
             let mut u = slot.unacked.lock();
             n += u.len();
             u.clear();
+            drop(u);
+            slot.drained.notify_waiters();
         }
         if n > 0 {
             peer.count_dropped(&self.shared, n as u64);
@@ -245,7 +290,7 @@ impl Forwarder {
 
     /// Queues `msg` for `node` on the connection its topic hashes to. Never
     /// blocks; see the module docs for the drop policy.
-    pub fn forward(&self, node: &str, msg: Arc<Message>) -> Result<(), ForwardError> {
+    pub fn forward(&self, node: &str, msg: Arc<Message>) -> Result<Queued, ForwardError> {
         self.enqueue(node, Envelope { msg, shared: None })
     }
 
@@ -257,12 +302,12 @@ impl Forwarder {
         msg: Arc<Message>,
         group: &str,
         filter: &str,
-    ) -> Result<(), ForwardError> {
+    ) -> Result<Queued, ForwardError> {
         let shared = Some(Arc::new((group.to_string(), filter.to_string())));
         self.enqueue(node, Envelope { msg, shared })
     }
 
-    fn enqueue(&self, node: &str, env: Envelope) -> Result<(), ForwardError> {
+    fn enqueue(&self, node: &str, env: Envelope) -> Result<Queued, ForwardError> {
         let msg = &env.msg;
         let peer = self
             .peers
@@ -288,6 +333,7 @@ impl Forwarder {
                 ForwardError::PeerDown
             });
         }
+        let qos = msg.qos;
         q.push_back(env);
         peer.stats.queued.fetch_add(1, Ordering::Relaxed);
         drop(q);
@@ -296,7 +342,14 @@ impl Forwarder {
             // first message into an empty queue needs to wake it.
             slot.notify.notify_one();
         }
-        Ok(())
+        if qos != QoS::AtMostOnce && len >= limit && slot.connected.load(Ordering::Relaxed) {
+            return Ok(Queued::Over(Backlog {
+                slot: slot.clone(),
+                low: limit / 2,
+                max_wait: self.shared.cfg.send_timeout,
+            }));
+        }
+        Ok(Queued::Room)
     }
 
     /// Counters of every registered peer, sorted by node name.

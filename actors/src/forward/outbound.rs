@@ -130,6 +130,7 @@ impl<'a> Connected<'a> {
 impl Drop for Connected<'_> {
     fn drop(&mut self) {
         self.slot.connected.store(false, Ordering::Relaxed);
+        self.slot.drained.notify_waiters();
         self.peer.stats.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -241,6 +242,8 @@ where
                     batch.push((seq, env));
                 }
                 drop(u);
+                drop(q);
+                slot.drained.notify_waiters();
                 peer.stats.queued.fetch_sub(n, Ordering::Relaxed);
                 peer.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
             }

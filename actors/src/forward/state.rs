@@ -74,8 +74,19 @@ impl ForwardConfig {
 /// picked this node for. Returns a write to disk (deliveries to persistent
 /// sessions) that the acknowledgement to the sender waits for: until
 /// then the sender keeps the message and sends it again after a failure.
+/// Also returns what to wait for before reading more from that node (a
+/// subscriber here that the message filled past its mark): the sender's
+/// queue then fills, and its publishers are held back.
 pub type OnReceive = Arc<
-    dyn Fn(&str, Message, Option<(String, String)>) -> Option<crate::durable::Ticket> + Send + Sync,
+    dyn Fn(
+            &str,
+            Message,
+            Option<(String, String)>,
+        ) -> (
+            Option<crate::durable::Ticket>,
+            Option<crate::outbox::Backpressure>,
+        ) + Send
+        + Sync,
 >;
 
 /// A queued message and, for a shared-subscription delivery, the group and
@@ -177,6 +188,9 @@ pub(crate) struct Slot {
     pub unacked: Mutex<VecDeque<(u64, Envelope)>>,
     /// The number of the next message sent for the first time.
     pub next_seq: AtomicU64,
+    /// Woken when the writer takes from the queue, or the connection
+    /// goes: publishers held back by a full queue look again.
+    pub drained: Notify,
 }
 
 impl Slot {
@@ -188,6 +202,7 @@ impl Slot {
             stream: rand::random::<u64>(),
             unacked: Mutex::new(VecDeque::new()),
             next_seq: AtomicU64::new(1),
+            drained: Notify::new(),
         }
     }
 
