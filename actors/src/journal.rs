@@ -834,6 +834,20 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// Rows left in `tables` once the writer has had up to 2 s to empty
+    /// them.
+    async fn rows_left(d: &Durable, tables: &[&'static str]) -> u64 {
+        let mut left = u64::MAX;
+        for _ in 0..100 {
+            left = tables.iter().map(|t| d.count(t).expect("count")).sum();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        left
+    }
+
     fn inflight(r: &[Recovered]) -> Vec<(u16, Option<String>)> {
         r[0].inflight
             .iter()
@@ -922,17 +936,7 @@ mod tests {
         j.forget(a, &[]);
         let d = j.durable().clone();
         drop(j);
-        let mut left = u64::MAX;
-        for _ in 0..100 {
-            left = [QUEUE_TABLE, SENT_TABLE, PUBREL_TABLE, SESSIONS_TABLE]
-                .iter()
-                .map(|t| d.count(t).expect("count"))
-                .sum();
-            if left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let left = rows_left(&d, &[QUEUE_TABLE, SENT_TABLE, PUBREL_TABLE, SESSIONS_TABLE]).await;
         assert_eq!(left, 0);
         drop(d);
         let _ = std::fs::remove_dir_all(&dir);
@@ -1012,15 +1016,7 @@ mod tests {
         let d = j.durable().clone();
         drop(j);
         let _ = a;
-        let mut left = 0;
-        for _ in 0..100 {
-            left = d.count(MESSAGES_TABLE).expect("count") + d.count(QUEUE_TABLE).expect("count");
-            if left == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(left, 0);
+        assert_eq!(rows_left(&d, &[MESSAGES_TABLE, QUEUE_TABLE]).await, 0);
         drop(d);
         let _ = std::fs::remove_dir_all(&dir);
     }

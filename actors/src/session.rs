@@ -1259,32 +1259,28 @@ impl SessionState {
         let v5 = self.ch.conn.version == ProtocolVersion::V5;
         let mut out = Vec::with_capacity(acts.len());
         for a in acts {
-            match a {
-                Action::Send(Packet::PubAck(mut p)) if p.reason_code < 0x80 => {
-                    if !v5 {
-                        out.push(Action::Close {
-                            reason: None,
-                            why: "a publish cannot be written to disk".into(),
-                        });
-                        return out;
-                    }
-                    p.reason_code = reason::QUOTA_EXCEEDED;
-                    out.push(Action::Send(Packet::PubAck(p)));
-                }
-                Action::Send(Packet::PubRec(mut p)) if p.reason_code < 0x80 => {
-                    if !v5 {
-                        out.push(Action::Close {
-                            reason: None,
-                            why: "a publish cannot be written to disk".into(),
-                        });
-                        return out;
-                    }
+            let refused: (fn(PubAckLike) -> Packet, PubAckLike) = match a {
+                Action::Send(Packet::PubAck(p)) if p.reason_code < 0x80 => (Packet::PubAck, p),
+                Action::Send(Packet::PubRec(p)) if p.reason_code < 0x80 => {
+                    // The exchange ends here: the id is not awaiting release.
                     self.ch.awaiting_rel.remove(&p.packet_id);
-                    p.reason_code = reason::QUOTA_EXCEEDED;
-                    out.push(Action::Send(Packet::PubRec(p)));
+                    (Packet::PubRec, p)
                 }
-                a => out.push(a),
+                a => {
+                    out.push(a);
+                    continue;
+                }
+            };
+            if !v5 {
+                out.push(Action::Close {
+                    reason: None,
+                    why: "a publish cannot be written to disk".into(),
+                });
+                return out;
             }
+            let (kind, mut p) = refused;
+            p.reason_code = reason::QUOTA_EXCEEDED;
+            out.push(Action::Send(kind(p)));
         }
         out
     }
