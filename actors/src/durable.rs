@@ -92,6 +92,14 @@ impl Outcome {
     }
 }
 
+/// A ticket the test resolves itself, with `Ok(())` or an error, by
+/// calling the function returned beside it.
+#[cfg(test)]
+pub(crate) fn test_ticket() -> (Ticket, impl FnOnce(Result<(), DurableError>)) {
+    let o = Outcome::pending();
+    (Ticket(o.clone()), move |r| o.complete(r))
+}
+
 impl Drop for Job {
     /// A write that never reached a commit (the writer is gone).
     fn drop(&mut self) {

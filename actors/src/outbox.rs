@@ -352,6 +352,52 @@ impl OutGate {
 #[cfg(test)]
 mod tests {
     #[tokio::test]
+    async fn the_gate_writes_in_order_behind_a_write_to_disk() {
+        use super::{ConnCmd, ConnHandle, OutGate};
+        use crate::durable::test_ticket;
+        use bytes::Bytes;
+        let (h, rx) = ConnHandle::new(
+            3,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            None,
+            super::AuthInfo::default(),
+        );
+        let gate = OutGate::default();
+        // Nothing held: straight through.
+        gate.write(&h, Bytes::from_static(b"a"));
+        assert!(matches!(rx.try_recv(), Some(ConnCmd::Write(b)) if &b[..] == b"a"));
+        assert!(gate.is_open());
+        // Two pieces held by writes to disk, a plain one and a close
+        // behind them: nothing leaves before the first write is done.
+        let (t1, done1) = test_ticket();
+        let (t2, done2) = test_ticket();
+        gate.write_after(&h, Bytes::from_static(b"b"), t1);
+        gate.write_after(&h, Bytes::from_static(b"c"), t2);
+        gate.write(&h, Bytes::from_static(b"d"));
+        gate.close(&h);
+        // The session lets its handle go: the gate keeps the connection.
+        drop(h);
+        assert!(rx.try_recv().is_none());
+        // The second write is done first: still nothing.
+        done2(Ok(()));
+        assert!(rx.try_recv().is_none());
+        assert!(!gate.is_open());
+        // The first one fails: its piece goes out all the same, and all
+        // the rest behind it, in order.
+        done1(Err(crate::durable::DurableError::Stopped {
+            path: "durable.redb".into(),
+        }));
+        assert!(matches!(rx.recv().await, Some(ConnCmd::Write(b)) if &b[..] == b"b"));
+        assert!(matches!(rx.recv().await, Some(ConnCmd::Write(b)) if &b[..] == b"c"));
+        assert!(matches!(rx.recv().await, Some(ConnCmd::Write(b)) if &b[..] == b"d"));
+        assert!(matches!(rx.recv().await, Some(ConnCmd::Close)));
+        assert!(gate.is_open());
+        // Every handle is gone now: the connection ends.
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
     async fn outbox_keeps_order_and_ends_with_the_last_handle() {
         use super::{ConnCmd, ConnHandle};
         use bytes::Bytes;
