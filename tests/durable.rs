@@ -478,6 +478,29 @@ fn subscribe_frame(filter: &str, q: u8) -> Vec<u8> {
     common::frame(0x82, &body)
 }
 
+/// A new 3.1.1 session (clean_session = false) of `id` on a raw socket,
+/// subscribed to `filter` at QoS `q`.
+fn raw_subscriber(n: &Node, id: &str, filter: &str, q: u8) -> common::Raw {
+    let mut raw = common::Raw::connect(n);
+    raw.send(&connect_v4_keep(id));
+    assert_eq!(raw.read_n(4), vec![0x20, 2, 0, 0]);
+    raw.send(&subscribe_frame(filter, q));
+    assert_eq!(raw.read_n(5), vec![0x90, 3, 0, 1, q]);
+    raw
+}
+
+const PUBREC: u8 = 0x50;
+const PUBREL: u8 = 0x62;
+const PUBCOMP: u8 = 0x70;
+
+/// A PUBREC, PUBREL or PUBCOMP (first byte `h`) of packet id `pid`, no
+/// reason code.
+fn pid_packet(h: u8, pid: u16) -> Vec<u8> {
+    let mut b = vec![h, 2];
+    b.extend_from_slice(&pid.to_be_bytes());
+    b
+}
+
 /// The packets in `b` as (first byte, body).
 fn packets(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
@@ -595,11 +618,7 @@ fn a_connected_subscriber_gets_its_inflight_and_queued_messages_after_kill_9() {
     // A 3.1.1 subscriber (clean_session = false) that takes its messages
     // and never acknowledges them: its inflight window fills, the rest
     // queues.
-    let mut raw = common::Raw::connect(&n);
-    raw.send(&connect_v4_keep("kraw"));
-    assert_eq!(raw.read_n(4), vec![0x20, 2, 0, 0]);
-    raw.send(&subscribe_frame("kr/#", 1));
-    assert_eq!(raw.read_n(5), vec![0x90, 3, 0, 1, 1]);
+    let mut raw = raw_subscriber(&n, "kraw", "kr/#", 1);
     let mut p = mq(&n, "kr-pub");
     for i in 0..100 {
         p.publish("kr/x", 1, false, format!("r{i:03}").as_bytes());
@@ -686,11 +705,7 @@ fn outgoing_qos2_messages_keep_their_packet_ids_across_kill_9() {
     // A persistent 3.1.1 QoS 2 subscriber that takes what comes and
     // acknowledges only the first three (PUBREC), and completes only the
     // first release (PUBCOMP).
-    let mut raw = common::Raw::connect(&n);
-    raw.send(&connect_v4_keep("kq2"));
-    assert_eq!(raw.read_n(4), vec![0x20, 2, 0, 0]);
-    raw.send(&subscribe_frame("kq/#", 2));
-    assert_eq!(raw.read_n(5), vec![0x90, 3, 0, 1, 2]);
+    let mut raw = raw_subscriber(&n, "kq2", "kq/#", 2);
     let mut p = mq(&n, "kq-pub");
     for i in 0..40 {
         p.publish("kq/x", 2, false, format!("q{i:03}").as_bytes());
@@ -712,16 +727,10 @@ fn outgoing_qos2_messages_keep_their_packet_ids_across_kill_9() {
     };
     let first: Vec<u16> = ["q000", "q001", "q002"].iter().map(|p| pid_of(p)).collect();
     for pid in &first {
-        let mut b = vec![0x50, 2];
-        b.extend_from_slice(&pid.to_be_bytes());
-        raw.send(&b);
-        let mut rel = vec![0x62, 2];
-        rel.extend_from_slice(&pid.to_be_bytes());
-        assert_eq!(raw.read_n(4), rel, "PUBREL");
+        raw.send(&pid_packet(PUBREC, *pid));
+        assert_eq!(raw.read_n(4), pid_packet(PUBREL, *pid), "PUBREL");
     }
-    let mut comp = vec![0x70, 2];
-    comp.extend_from_slice(&first[0].to_be_bytes());
-    raw.send(&comp);
+    raw.send(&pid_packet(PUBCOMP, first[0]));
     // Every change on disk before the kill.
     assert!(
         wait_until(Duration::from_secs(5), || n
@@ -757,9 +766,7 @@ fn outgoing_qos2_messages_keep_their_packet_ids_across_kill_9() {
     let mut seen: Vec<String> = Vec::new();
     let mut batch = after;
     for pid in &first[1..] {
-        let mut b = vec![0x70, 2];
-        b.extend_from_slice(&pid.to_be_bytes());
-        raw.send(&b);
+        raw.send(&pid_packet(PUBCOMP, *pid));
     }
     for _ in 0..20 {
         if batch.is_empty() {
@@ -767,16 +774,12 @@ fn outgoing_qos2_messages_keep_their_packet_ids_across_kill_9() {
         }
         for (pid, payload, _) in &batch {
             seen.push(payload.clone());
-            let mut b = vec![0x50, 2];
-            b.extend_from_slice(&pid.to_be_bytes());
-            raw.send(&b);
+            raw.send(&pid_packet(PUBREC, *pid));
         }
         let (bytes, _) = raw.read_all(Duration::from_millis(500));
         let (pubs, rels) = publishes_and_pubrels(&bytes);
         for pid in rels {
-            let mut b = vec![0x70, 2];
-            b.extend_from_slice(&pid.to_be_bytes());
-            raw.send(&b);
+            raw.send(&pid_packet(PUBCOMP, pid));
         }
         batch = pubs;
     }

@@ -40,31 +40,13 @@ async fn a_stalled_qos1_subscriber_throttles_its_publisher_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Now read: every message must arrive, once.
-    let mut seen = HashSet::new();
-    let mut publishes = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.len() < TOTAL {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {TOTAL} distinct messages arrived ({} publishes); dropped: {}",
-            seen.len(),
-            publishes,
-            metric(&n, "delivery.dropped")
-        );
-        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                publishes += 1;
-                seen.insert(p.payload.to_vec());
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("subscriber failed: {e}"),
-            Err(_) => panic!(
-                "nothing for 10 s after {} of {TOTAL}; dropped: {}",
-                seen.len(),
-                metric(&n, "delivery.dropped")
-            ),
-        }
-    }
+    let publishes = receive_distinct(
+        &mut el,
+        TOTAL,
+        |p| p.to_vec(),
+        || format!("dropped: {}", metric(&n, "delivery.dropped")),
+    )
+    .await;
     let mut publisher = publisher;
     let _ = publisher.wait();
     assert_eq!(metric(&n, "delivery.dropped.queue_full"), 0);
@@ -74,6 +56,43 @@ async fn a_stalled_qos1_subscriber_throttles_its_publisher_and_loses_nothing() {
         "the publisher was never paused"
     );
     assert_eq!(publishes, TOTAL, "no duplicates");
+}
+
+/// Polls `el` until `total` distinct messages (told apart by `key` of
+/// their payload) have arrived, within 120 s and with no gap of 10 s;
+/// returns how many PUBLISHes came. `state` describes the broker on
+/// failure.
+async fn receive_distinct(
+    el: &mut rumqttc::EventLoop,
+    total: usize,
+    key: impl Fn(&[u8]) -> Vec<u8>,
+    state: impl Fn() -> String,
+) -> usize {
+    let mut seen = HashSet::new();
+    let mut publishes = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} distinct messages arrived ({publishes} publishes); {}",
+            seen.len(),
+            state()
+        );
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                publishes += 1;
+                seen.insert(key(&p.payload));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("subscriber failed: {e}"),
+            Err(_) => panic!(
+                "nothing for 10 s after {} of {total}; {}",
+                seen.len(),
+                state()
+            ),
+        }
+    }
+    publishes
 }
 
 /// Resident memory of a process, in bytes.
@@ -323,34 +342,21 @@ async fn a_stalled_peer_node_holds_back_qos1_publishers_and_loses_nothing() {
         "acknowledged messages dropped by the forwarding queue"
     );
 
-    // Every message arrives, once.
-    let mut seen = HashSet::new();
-    let mut publishes = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while seen.len() < TOTAL {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {TOTAL} distinct messages arrived; forward dropped on a: {}, dropped on b: {}",
-            seen.len(),
-            metric(a, "messages.forward.dropped"),
-            metric(b, "delivery.dropped")
-        );
-        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                publishes += 1;
-                // (publisher, sequence number) of the bench payload.
-                seen.insert(p.payload.get(8..16).map(<[u8]>::to_vec));
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("subscriber failed: {e}"),
-            Err(_) => panic!(
-                "nothing for 10 s after {} of {TOTAL}; forward dropped on a: {}, dropped on b: {}",
-                seen.len(),
+    // Every message arrives, once: told apart by the (publisher,
+    // sequence number) of the bench payload.
+    let publishes = receive_distinct(
+        &mut el,
+        TOTAL,
+        |p| p.get(8..16).map(<[u8]>::to_vec).unwrap_or_default(),
+        || {
+            format!(
+                "forward dropped on a: {}, dropped on b: {}",
                 metric(a, "messages.forward.dropped"),
                 metric(b, "delivery.dropped")
-            ),
-        }
-    }
+            )
+        },
+    )
+    .await;
     let _ = publisher.wait();
     assert_eq!(metric(a, "messages.forward.dropped"), 0);
     assert_eq!(metric(b, "delivery.dropped"), 0);

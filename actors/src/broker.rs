@@ -412,9 +412,10 @@ impl Broker {
             for f in plain.chain(shared) {
                 match f {
                     Forwarded::Queued => inc(&self.metrics.messages_forward),
+                    // Only QoS 1/2 come back congested.
                     Forwarded::Congested(wait) => {
                         inc(&self.metrics.messages_forward);
-                        if msg.qos != QoS::AtMostOnce && congested.is_none() {
+                        if congested.is_none() {
                             congested = Some(Congestion::Remote(wait));
                         }
                     }

@@ -346,14 +346,13 @@ fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::
                 break;
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
             match rx.recv_timeout(left) {
-                Ok(j) if !left.is_zero() => {
+                Ok(j) => {
                     waited |= j.done.is_some();
                     batch.push(j);
-                }
-                Ok(j) => {
-                    batch.push(j);
-                    break;
                 }
                 Err(_) => break,
             }

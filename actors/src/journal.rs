@@ -811,6 +811,14 @@ mod tests {
         m
     }
 
+    /// An empty directory of this process under the system's temp dir.
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
     /// The store in `dir`, opened again once the previous writer is gone.
     fn reopen(dir: &std::path::Path) -> (Journal, Vec<Recovered>) {
         for _ in 0..100 {
@@ -863,9 +871,7 @@ mod tests {
 
     #[tokio::test]
     async fn outgoing_qos2_packet_ids_come_back_with_their_session() {
-        let dir = std::env::temp_dir().join(format!("emqx-rs-journal-q2-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = fresh_dir("emqx-rs-journal-q2");
         let q2 = matches(QoS::ExactlyOnce);
         let a = {
             let (j, _) = reopen(&dir);
@@ -944,9 +950,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_follow_the_sessions_and_what_no_session_needs_is_removed() {
-        let dir = std::env::temp_dir().join(format!("emqx-rs-journal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = fresh_dir("emqx-rs-journal");
         let (a, b) = {
             let (j, r) = reopen(&dir);
             assert!(r.is_empty());

@@ -270,17 +270,22 @@ struct GateQueue {
     held: VecDeque<(u64, bool, ConnHandle, Option<Bytes>)>,
 }
 
+/// Writes `what` to `conn`, or closes it for `None`.
+fn hand(conn: &ConnHandle, what: Option<Bytes>) {
+    match what {
+        Some(b) => {
+            conn.write(b);
+        }
+        None => conn.close(),
+    }
+}
+
 impl GateQueue {
     /// Hands over the pieces at the front that are ready, in order.
     fn release(&mut self) {
         while self.held.front().is_some_and(|(_, ready, _, _)| *ready) {
             if let Some((_, _, conn, what)) = self.held.pop_front() {
-                match what {
-                    Some(b) => {
-                        conn.write(b);
-                    }
-                    None => conn.close(),
-                }
+                hand(&conn, what);
             }
         }
         if self.held.is_empty() {
@@ -296,9 +301,9 @@ impl OutGate {
     }
 
     /// Writes `b` to `conn` once `ticket` is done (and what was held
-    /// before it is written). A failed write lets it go all the same: the
-    /// store's failure is logged and alarmed where it is seen, and the
-    /// client is better served by its message than by a stall.
+    /// before it is written). A failed write lets it go all the same (with
+    /// a warning): the client is better served by its message than by a
+    /// stall.
     pub fn write_after(&self, conn: &ConnHandle, b: Bytes, ticket: crate::durable::Ticket) {
         let id = {
             let mut q = self.0.lock();
@@ -324,28 +329,26 @@ impl OutGate {
 
     /// Writes `b` to `conn` behind whatever is held, or at once.
     pub fn write(&self, conn: &ConnHandle, b: Bytes) {
-        let mut q = self.0.lock();
-        if q.held.is_empty() {
-            drop(q);
-            conn.write(b);
-            return;
-        }
-        let id = q.next;
-        q.next += 1;
-        q.held.push_back((id, true, conn.clone(), Some(b)));
+        self.behind(conn, Some(b));
     }
 
     /// Closes `conn` behind whatever is held for it, or at once.
     pub fn close(&self, conn: &ConnHandle) {
+        self.behind(conn, None);
+    }
+
+    /// Bytes (or a close, `None`) for `conn` that wait for nothing of
+    /// their own: queued behind what is held, else handed over now.
+    fn behind(&self, conn: &ConnHandle, what: Option<Bytes>) {
         let mut q = self.0.lock();
         if q.held.is_empty() {
             drop(q);
-            conn.close();
+            hand(conn, what);
             return;
         }
         let id = q.next;
         q.next += 1;
-        q.held.push_back((id, true, conn.clone(), None));
+        q.held.push_back((id, true, conn.clone(), what));
     }
 }
 
