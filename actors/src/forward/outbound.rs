@@ -85,6 +85,16 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, idx: usize) {
                     }
                     e => {
                         let why = match e {
+                            // A TLS peer waiting for our TLS handshake gives
+                            // up at its own timeout: the same 5 s as ours,
+                            // so its close may come first.
+                            ConnectError::Io(e)
+                            | ConnectError::Handshake(HandshakeError::Io(e))
+                                if cfg.tls.is_none()
+                                    && e.kind() == io::ErrorKind::UnexpectedEof =>
+                            {
+                                format!("the peer closed the connection during the handshake: {e} (does the peer have rpc.driver = ssl?)")
+                            }
                             ConnectError::Io(e) => e.to_string(),
                             ConnectError::Timeout if cfg.tls.is_none() => format!(
                                 "no handshake within {:?} (does the peer have rpc.driver = ssl?)",
