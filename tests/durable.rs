@@ -882,16 +882,21 @@ fn a_whole_cluster_killed_at_once_comes_back_with_its_sessions_and_retained_mess
             n.log()
         );
     }
-    // Every session has its eleven messages, in order, and the retained
-    // message is on every node.
+    // Every session has its eleven messages, the first node's in order,
+    // and the retained message is on every node.
     for (n, id) in nodes.iter().zip(ids) {
         let mut m = cluster::Mq::open(n, id, false);
         assert!(connack_session_present(&mut m), "{id} lost its session");
-        assert_eq!(
-            payloads(&m.collect(11, Duration::from_secs(10))),
-            want,
-            "{id}"
-        );
+        // Order holds per publisher only: the retained message came from
+        // another node and may overtake the last forwarded ones.
+        let mut got = payloads(&m.collect(11, Duration::from_secs(10)));
+        let at = got.iter().position(|p| p == "kept");
+        assert!(at.is_some(), "{id}: {got:?}");
+        if let Some(at) = at {
+            let kept = got.remove(at);
+            got.push(kept);
+        }
+        assert_eq!(got, want, "{id}");
         disconnect(m);
         assert_eq!(retained_seen(n, "all/r"), vec!["all/r kept"], "{}", n.name);
     }
