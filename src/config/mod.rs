@@ -2898,7 +2898,11 @@ impl NodeConfig {
         // `node.role` is EMQX's alias of `node.db_role`.
         for k in ["role", "db_role"] {
             o.set(k, &mut self.db_role, |f| {
-                f.keyword(DbRole::from_keyword, DbRole::ALL)
+                f.only(
+                    |f| f.keyword(DbRole::from_keyword, DbRole::ALL),
+                    DbRole::Core,
+                    "core: a replicant would join the core mesh as a core",
+                )
             })?;
         }
         o.set("dist_listen_port", &mut self.dist_listen_port, |f| {

@@ -253,7 +253,7 @@ node {
   name = "emqx1@10.0.0.1"
   cookie = s3cret
   data_dir = "/var/lib/emqx"
-  db_role = replicant
+  db_role = core
 }
 cluster {
   discovery_strategy = static
@@ -288,7 +288,7 @@ log.file.path = "/tmp/x.log"
     assert_eq!(c.node.name, "emqx1@10.0.0.1");
     assert_eq!(c.node.cookie, "s3cret");
     assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/emqx"));
-    assert_eq!(c.node.db_role, DbRole::Replicant);
+    assert_eq!(c.node.db_role, DbRole::Core);
     assert_eq!(c.cluster.discovery_strategy, DiscoveryStrategy::Static);
     assert_eq!(
         c.cluster.static_.seeds,
@@ -738,9 +738,9 @@ fn syntax_and_io_errors() {
 
 #[test]
 fn null_keeps_the_default_and_aliases_work() {
-    let c = ok("mqtt.max_inflight = null\nnode.role = replicant\n", &[]);
+    let c = ok("mqtt.max_inflight = null\nnode.role = core\n", &[]);
     assert_eq!(c.mqtt.max_inflight, 32);
-    assert_eq!(c.node.db_role, DbRole::Replicant);
+    assert_eq!(c.node.db_role, DbRole::Core);
 }
 
 #[test]
@@ -829,6 +829,8 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "retainer.msg_clear_interval",
         ),
         ("cluster.core_nodes = [\"a@h\"]", "cluster.core_nodes"),
+        ("node.db_role = replicant", "node.db_role"),
+        ("node.role = replicant", "node.role"),
         (
             "broker.enable_session_registry = false",
             "broker.enable_session_registry",
