@@ -8,6 +8,7 @@ pub mod detector;
 pub mod guard;
 pub mod membership;
 pub mod registry;
+pub mod rlog;
 pub mod routes;
 pub mod rpc;
 pub mod service;
