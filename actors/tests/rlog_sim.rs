@@ -26,20 +26,24 @@ struct Kv(BTreeMap<u32, u32>);
 type Op = (u32, Option<u32>);
 type Row = (u32, u32);
 
-impl Shard for Kv {
-    type Op = Op;
-    type Row = Row;
+impl Kv {
     fn rows(&self) -> Vec<Row> {
         self.0.iter().map(|(k, v)| (*k, *v)).collect()
     }
+}
+
+impl Shard for Kv {
+    type Op = Op;
+    type Row = Row;
     fn load(&mut self, rows: Vec<Row>) {
         self.0.extend(rows);
     }
-    fn apply(&mut self, op: &Op) {
+    fn apply(&mut self, op: &Op) -> bool {
         match op.1 {
             Some(v) => self.0.insert(op.0, v),
             None => self.0.remove(&op.0),
         };
+        true
     }
 }
 
@@ -135,6 +139,8 @@ struct Sim {
     rng: StdRng,
     cores: Vec<Core>,
     replicas: Vec<Replica<Kv>>,
+    /// The copy each replicant serves.
+    served: Vec<Kv>,
     net: Net,
     part_rows: usize,
     /// How many times a follower's table was compared with its core's.
@@ -228,7 +234,7 @@ impl Sim {
         };
         match m {
             Msg::Down(d) => {
-                let e = self.replicas[r].receive(d);
+                let e = self.replicas[r].receive(d, &mut self.served[r]);
                 self.event(r, e);
             }
             Msg::Up(u) if self.cores[c].up => {
@@ -236,7 +242,7 @@ impl Sim {
                 match u {
                     Up::Subscribe { stream } => {
                         let core = &mut self.cores[c];
-                        let parts = core.log.subscribe(&me, stream, &core.table);
+                        let parts = core.log.subscribe(&me, stream, core.table.rows());
                         for p in parts {
                             self.net.send(&mut self.rng, c, r, true, Msg::Down(p));
                         }
@@ -273,11 +279,10 @@ impl Sim {
             }
             self.checked += 1;
             let want = &self.cores[c].history[applied as usize];
-            if rep.table() != Some(want) {
+            if &self.served[r] != want {
                 return Err(format!(
                     "r{r} follows {core} at change {applied} but holds {:?}, not {:?}",
-                    rep.table(),
-                    want
+                    self.served[r], want
                 ));
             }
         }
@@ -303,12 +308,13 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
         .map(|_| Core::fresh(Kv::default(), part_rows))
         .collect();
     let replicas = (0..nr)
-        .map(|_| Replica::new(rng.random::<u64>(), quiet_limit))
+        .map(|_| Replica::new(rng.random::<u64>(), quiet_limit, Kv::default))
         .collect();
     let mut sim = Sim {
         rng,
         cores,
         replicas,
+        served: vec![Kv::default(); nr],
         net: Net {
             now: 0,
             links: BTreeMap::new(),
@@ -409,7 +415,7 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
                 sim.cores[c].log.seq()
             ));
         }
-        if rep.table() != Some(&sim.cores[c].table) {
+        if sim.served[r] != sim.cores[c].table {
             return Err(format!("r{r} holds another table than core{c}"));
         }
         seen.bootstraps += rep.bootstraps;

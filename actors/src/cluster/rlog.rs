@@ -46,18 +46,17 @@ pub struct StreamId {
     pub n: u64,
 }
 
-/// The contents of a shard, as both ends hold them.
-pub trait Shard: Default + std::fmt::Debug {
+/// A replicant's copy of a shard.
+pub trait Shard {
     /// One change.
     type Op: Clone + std::fmt::Debug;
     /// One row of a snapshot.
     type Row: Clone + std::fmt::Debug;
-    /// Every row, for a snapshot.
-    fn rows(&self) -> Vec<Self::Row>;
     /// Adds rows of a snapshot to a copy being built.
     fn load(&mut self, rows: Vec<Self::Row>);
-    /// Applies one change.
-    fn apply(&mut self, op: &Self::Op);
+    /// Applies one change; `false` if it does not fit this copy (the copy
+    /// and the core's table differ), which ends the stream.
+    fn apply(&mut self, op: &Self::Op) -> bool;
 }
 
 /// From a core to a replicant.
@@ -136,17 +135,17 @@ impl Upstream {
         self.agents.iter().map(|(k, v)| (k.as_str(), *v))
     }
 
-    /// A replicant asked for a stream: its snapshot, in parts, taken now.
-    /// Every change recorded from now on goes to it too.
-    pub fn subscribe<S: Shard>(
+    /// A replicant asked for a stream: its snapshot (`rows`, the shard's
+    /// whole contents now), in parts. Every change recorded from now on
+    /// goes to it too.
+    pub fn subscribe<Op, Row: Clone>(
         &mut self,
         replica: &str,
         stream: StreamId,
-        shard: &S,
-    ) -> Vec<Down<S::Op, S::Row>> {
+        rows: Vec<Row>,
+    ) -> Vec<Down<Op, Row>> {
         self.agents.insert(replica.to_string(), stream);
-        let rows = shard.rows();
-        let mut parts: Vec<Down<S::Op, S::Row>> = Vec::new();
+        let mut parts: Vec<Down<Op, Row>> = Vec::new();
         let mut chunks = rows.chunks(self.part_rows).peekable();
         if chunks.peek().is_none() {
             return vec![Down::Snapshot {
@@ -261,14 +260,16 @@ enum Phase<S: Shard> {
     },
 }
 
-/// The replicant's side of one shard.
-#[derive(Debug)]
+/// The replicant's side of one shard. The copy it serves is the caller's
+/// (behind whatever lock the readers use), passed to [`Replica::receive`];
+/// a snapshot is built in a copy of its own and moved over it when
+/// complete.
 pub struct Replica<S: Shard> {
     incarnation: u64,
     streams: u64,
     phase: Phase<S>,
-    /// The copy served; `None` until the first bootstrap completes.
-    table: Option<S>,
+    /// Makes an empty copy to build a snapshot in.
+    blank: Box<dyn Fn() -> S + Send + Sync>,
     /// Heartbeat intervals since the current stream last said anything.
     quiet: u32,
     quiet_limit: u32,
@@ -278,16 +279,33 @@ pub struct Replica<S: Shard> {
     pub lost: HashMap<&'static str, u64>,
 }
 
+impl<S: Shard + std::fmt::Debug> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("incarnation", &self.incarnation)
+            .field("streams", &self.streams)
+            .field("phase", &self.phase)
+            .field("quiet", &self.quiet)
+            .field("bootstraps", &self.bootstraps)
+            .field("lost", &self.lost)
+            .finish()
+    }
+}
+
 impl<S: Shard> Replica<S> {
     /// `incarnation` must differ between two runs of the replicant (drawn
     /// at random at start); `quiet_limit` heartbeats of silence end a
-    /// stream.
-    pub fn new(incarnation: u64, quiet_limit: u32) -> Replica<S> {
+    /// stream; `blank` makes an empty copy.
+    pub fn new(
+        incarnation: u64,
+        quiet_limit: u32,
+        blank: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Replica<S> {
         Replica {
             incarnation,
             streams: 0,
             phase: Phase::Idle,
-            table: None,
+            blank: Box::new(blank),
             quiet: 0,
             quiet_limit: quiet_limit.max(1),
             bootstraps: 0,
@@ -295,10 +313,10 @@ impl<S: Shard> Replica<S> {
         }
     }
 
-    /// The copy to read from, once one is complete. During a re-bootstrap
-    /// it is the previous complete copy.
-    pub fn table(&self) -> Option<&S> {
-        self.table.as_ref()
+    /// Whether the served copy was ever complete (it stays served, as it
+    /// was, during a re-bootstrap).
+    pub fn has_copy(&self) -> bool {
+        self.bootstraps > 0
     }
 
     /// Whether the shard follows a core and is up to date with the stream.
@@ -351,7 +369,7 @@ impl<S: Shard> Replica<S> {
             stream,
             next_part: 0,
             at: None,
-            building: S::default(),
+            building: (self.blank)(),
         };
         self.quiet = 0;
         out.push((core.to_string(), Up::Subscribe { stream }));
@@ -389,8 +407,8 @@ impl<S: Shard> Replica<S> {
         None
     }
 
-    /// A message from a core.
-    pub fn receive(&mut self, msg: Down<S::Op, S::Row>) -> Option<Event> {
+    /// A message from a core; `served` is the copy readers use.
+    pub fn receive(&mut self, msg: Down<S::Op, S::Row>, served: &mut S) -> Option<Event> {
         if Some(msg.stream()) != self.stream() {
             return None;
         }
@@ -402,8 +420,8 @@ impl<S: Shard> Replica<S> {
                 last,
                 rows,
                 ..
-            } => self.snapshot_part(snap_at, part, last, rows),
-            Down::Entries { first, ops, .. } => self.entries(first, ops),
+            } => self.snapshot_part(snap_at, part, last, rows, served),
+            Down::Entries { first, ops, .. } => self.entries(first, ops, served),
             Down::Alive { seq, .. } => match &self.phase {
                 // Everything up to `seq` was sent before this heartbeat,
                 // and the whole snapshot before anything else.
@@ -420,6 +438,7 @@ impl<S: Shard> Replica<S> {
         part: u32,
         last: bool,
         rows: Vec<S::Row>,
+        served: &mut S,
     ) -> Option<Event> {
         let Phase::Bootstrap {
             next_part,
@@ -440,34 +459,29 @@ impl<S: Shard> Replica<S> {
         *at = Some(snap_at);
         building.load(rows);
         *next_part += 1;
-        if last {
-            return self.finish_bootstrap();
+        if !last {
+            return None;
         }
-        None
-    }
-
-    fn finish_bootstrap(&mut self) -> Option<Event> {
         let Phase::Bootstrap {
             core,
             stream,
-            at: Some(at),
             building,
             ..
         } = std::mem::replace(&mut self.phase, Phase::Idle)
         else {
             return None;
         };
-        self.table = Some(building);
+        *served = building;
         self.bootstraps += 1;
         self.phase = Phase::Normal {
             core,
             stream,
-            next: at + 1,
+            next: snap_at + 1,
         };
         Some(Event::Ready)
     }
 
-    fn entries(&mut self, first: Seq, ops: Vec<S::Op>) -> Option<Event> {
+    fn entries(&mut self, first: Seq, ops: Vec<S::Op>, served: &mut S) -> Option<Event> {
         match &mut self.phase {
             Phase::Idle => None,
             // The snapshot comes first on a stream: a part was lost.
@@ -481,14 +495,13 @@ impl<S: Shard> Replica<S> {
                 if first > *next {
                     return self.lose(Lost::Gap);
                 }
-                let Some(table) = self.table.as_mut() else {
-                    return self.lose(Lost::Gap);
-                };
                 let skip = (*next - first) as usize;
                 for op in ops.iter().skip(skip) {
-                    table.apply(op);
+                    *next += 1;
+                    if !served.apply(op) {
+                        return self.lose(Lost::Gap);
+                    }
                 }
-                *next = end;
                 None
             }
         }
@@ -517,20 +530,24 @@ mod tests {
     #[derive(Default, Debug, Clone, PartialEq)]
     struct Kv(BTreeMap<u32, u32>);
 
-    impl Shard for Kv {
-        type Op = (u32, Option<u32>);
-        type Row = (u32, u32);
+    impl Kv {
         fn rows(&self) -> Vec<(u32, u32)> {
             self.0.iter().map(|(k, v)| (*k, *v)).collect()
         }
+    }
+
+    impl Shard for Kv {
+        type Op = (u32, Option<u32>);
+        type Row = (u32, u32);
         fn load(&mut self, rows: Vec<(u32, u32)>) {
             self.0.extend(rows);
         }
-        fn apply(&mut self, op: &(u32, Option<u32>)) {
+        fn apply(&mut self, op: &(u32, Option<u32>)) -> bool {
             match op.1 {
                 Some(v) => self.0.insert(op.0, v),
                 None => self.0.remove(&op.0),
             };
+            true
         }
     }
 
@@ -543,95 +560,130 @@ mod tests {
         up.record(ops).into_iter().map(|(_, d)| d).collect()
     }
 
+    fn stream_of(out: Vec<(String, Up)>) -> StreamId {
+        match out.last() {
+            Some((_, Up::Subscribe { stream })) => *stream,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn a_snapshot_in_parts_then_the_changes_after_it() {
         let mut core = Kv::default();
         let mut up = Upstream::new(2);
         write(&mut core, &mut up, (0..5).map(|k| (k, Some(k))).collect());
-        let mut r: Replica<Kv> = Replica::new(7, 3);
-        let sub = r.subscribe("c1");
-        assert_eq!(sub.len(), 1);
-        let Up::Subscribe { stream } = sub[0].1.clone() else {
-            panic!("{sub:?}")
-        };
-        let parts = up.subscribe("r1", stream, &core);
+        let mut r: Replica<Kv> = Replica::new(7, 3, Kv::default);
+        let mut served = Kv::default();
+        let stream = stream_of(r.subscribe("c1"));
+        let parts = up.subscribe("r1", stream, core.rows());
         assert_eq!(parts.len(), 3);
         // Changes recorded after the snapshot follow it.
         let late = write(&mut core, &mut up, vec![(9, Some(9)), (0, None)]);
-        assert_eq!(r.receive(parts[0].clone()), None);
-        assert_eq!(r.receive(parts[1].clone()), None);
-        assert!(
-            r.table().is_none(),
-            "no copy is served before it is complete"
+        assert_eq!(r.receive(parts[0].clone(), &mut served), None);
+        assert_eq!(r.receive(parts[1].clone(), &mut served), None);
+        assert!(!r.has_copy());
+        assert_eq!(
+            served,
+            Kv::default(),
+            "nothing is served before it is complete"
         );
-        assert_eq!(r.receive(parts[2].clone()), Some(Event::Ready));
+        assert_eq!(r.receive(parts[2].clone(), &mut served), Some(Event::Ready));
         for d in late {
-            assert_eq!(r.receive(d), None);
+            assert_eq!(r.receive(d, &mut served), None);
         }
-        assert_eq!(r.table(), Some(&core));
+        assert_eq!(served, core);
         assert_eq!(r.applied(), Some(up.seq()));
         // A duplicate is ignored; a hole ends the stream but the copy stays.
         let d = write(&mut core, &mut up, vec![(1, None)]);
-        assert_eq!(r.receive(d[0].clone()), None);
-        assert_eq!(r.receive(d[0].clone()), None);
-        assert_eq!(r.table(), Some(&core));
+        assert_eq!(r.receive(d[0].clone(), &mut served), None);
+        assert_eq!(r.receive(d[0].clone(), &mut served), None);
+        assert_eq!(served, core);
         let _lost = write(&mut core, &mut up, vec![(2, None)]);
         let d = write(&mut core, &mut up, vec![(3, None)]);
-        assert_eq!(r.receive(d[0].clone()), Some(Event::Lost(Lost::Gap)));
-        assert!(r.table().is_some());
+        assert_eq!(
+            r.receive(d[0].clone(), &mut served),
+            Some(Event::Lost(Lost::Gap))
+        );
+        assert!(r.has_copy());
         assert!(!r.is_following());
         // During a re-bootstrap the old copy is served; a change before the
         // last part means a part was lost.
         write(&mut core, &mut up, (10..15).map(|k| (k, Some(k))).collect());
-        let Up::Subscribe { stream } = r.subscribe("c1")[0].1.clone() else {
-            panic!()
-        };
-        let parts = up.subscribe("r1", stream, &core);
-        let served = r.table().cloned();
-        assert_eq!(r.receive(parts[0].clone()), None);
-        assert_eq!(r.table(), served.as_ref());
+        let stream = stream_of(r.subscribe("c1"));
+        let parts = up.subscribe("r1", stream, core.rows());
+        let before = served.clone();
+        assert_eq!(r.receive(parts[0].clone(), &mut served), None);
+        assert_eq!(served, before);
         let d = write(&mut core, &mut up, vec![(4, None)]);
-        assert_eq!(r.receive(d[0].clone()), Some(Event::Lost(Lost::Gap)));
-        assert_eq!(r.table(), served.as_ref());
+        assert_eq!(
+            r.receive(d[0].clone(), &mut served),
+            Some(Event::Lost(Lost::Gap))
+        );
+        assert_eq!(served, before);
     }
 
     #[test]
     fn a_heartbeat_ahead_of_what_arrived_is_a_gap_and_silence_ends_the_stream() {
         let mut core = Kv::default();
         let mut up = Upstream::new(10);
-        let mut r: Replica<Kv> = Replica::new(1, 3);
-        let Up::Subscribe { stream } = r.subscribe("c1")[0].1.clone() else {
-            panic!()
-        };
-        for d in up.subscribe("r1", stream, &core) {
-            r.receive(d);
+        let mut r: Replica<Kv> = Replica::new(1, 3, Kv::default);
+        let mut served = Kv::default();
+        let stream = stream_of(r.subscribe("c1"));
+        for d in up.subscribe("r1", stream, core.rows()) {
+            r.receive(d, &mut served);
         }
         assert!(r.is_following());
+        assert!(r.has_copy());
         for d in up.alive() {
-            assert_eq!(r.receive(d.1), None);
+            assert_eq!(r.receive(d.1, &mut served), None);
         }
         let _lost = write(&mut core, &mut up, vec![(1, Some(1))]);
         let beat = up.alive().remove(0).1;
-        assert_eq!(r.receive(beat), Some(Event::Lost(Lost::Gap)));
+        assert_eq!(r.receive(beat, &mut served), Some(Event::Lost(Lost::Gap)));
         // A new stream; the old one's messages are ignored.
-        let Up::Subscribe { stream: s2 } = r.subscribe("c1")[0].1.clone() else {
-            panic!()
-        };
+        let s2 = stream_of(r.subscribe("c1"));
         assert_ne!(s2, stream);
         let old = Down::Entries {
             stream,
             first: 2,
             ops: vec![(5, Some(5))],
         };
-        assert_eq!(r.receive(old), None);
+        assert_eq!(r.receive(old, &mut served), None);
         assert_eq!(r.tick(), None);
         assert_eq!(r.tick(), None);
         assert_eq!(r.tick(), Some(Event::Lost(Lost::Silent)));
     }
 
+    #[derive(Default)]
+    struct Strict(u32);
+
+    impl Shard for Strict {
+        type Op = u32;
+        type Row = u32;
+        fn load(&mut self, rows: Vec<u32>) {
+            self.0 += rows.len() as u32;
+        }
+        fn apply(&mut self, op: &u32) -> bool {
+            *op == self.0
+        }
+    }
+
+    #[test]
+    fn a_change_that_does_not_fit_the_copy_ends_the_stream() {
+        let mut up = Upstream::new(10);
+        let mut r: Replica<Strict> = Replica::new(1, 3, Strict::default);
+        let mut served = Strict::default();
+        let stream = stream_of(r.subscribe("c1"));
+        for d in up.subscribe::<u32, u32>("r1", stream, vec![1, 2]) {
+            r.receive(d, &mut served);
+        }
+        let d = up.record::<u32, u32>(vec![2, 3]).remove(0).1;
+        assert_eq!(r.receive(d, &mut served), Some(Event::Lost(Lost::Gap)));
+    }
+
     #[test]
     fn moving_to_another_core_unsubscribes_from_the_first() {
-        let mut r: Replica<Kv> = Replica::new(1, 3);
+        let mut r: Replica<Kv> = Replica::new(1, 3, Kv::default);
         r.subscribe("c1");
         let out = r.subscribe("c2");
         assert!(matches!(&out[0], (c, Up::Unsubscribe { .. }) if c == "c1"));
