@@ -9,9 +9,11 @@
 //! longer reaches back that far. So a node that reconnects catches up
 //! without a full resend whenever it can.
 
+use super::rlog::Shard;
 pub use crate::peers::{RouteKey, RouteOp};
 use emqx_mqtt::topic;
 use emqx_mqtt::trie::TopicTrie;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -110,17 +112,88 @@ impl FilterRoutes {
     }
 }
 
+/// A change to a node's table of other nodes' routes, as a core streams it
+/// to the replicants that follow it (see [`super::rlog`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteChange {
+    /// `origin` went from `base` to `base + ops.len()`.
+    Apply {
+        origin: String,
+        base: u64,
+        ops: Vec<RouteOp>,
+    },
+    /// Everything of `origin` replaced.
+    Replace {
+        origin: String,
+        version: u64,
+        keys: Vec<RouteKey>,
+    },
+    /// Everything of `origin` forgotten.
+    Purge { origin: String },
+}
+
+/// Part of a snapshot of a route table: routes of one origin (an origin
+/// with many routes spans several rows; one without any, a row with none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRow {
+    pub origin: String,
+    pub version: u64,
+    pub keys: Vec<RouteKey>,
+}
+
 /// The routes of every other node, indexed for matching.
 #[derive(Default)]
 pub struct ClusterRoutes {
     origins: HashMap<Arc<str>, Origin>,
     exact: HashMap<Arc<str>, FilterRoutes>,
     wild: TopicTrie<FilterRoutes>,
+    /// This node: a copy fed by a core carries our own routes too, and
+    /// they are left out (they are in this node's [`LocalRouteLog`]).
+    own: Option<Arc<str>>,
+    /// Changes made since [`ClusterRoutes::take_changes`], when recording.
+    changes: Option<Vec<RouteChange>>,
 }
 
 impl ClusterRoutes {
     pub fn new() -> ClusterRoutes {
         ClusterRoutes::default()
+    }
+
+    /// A table that never holds routes of `me`.
+    pub fn excluding(me: &str) -> ClusterRoutes {
+        ClusterRoutes {
+            own: Some(Arc::from(me)),
+            ..ClusterRoutes::default()
+        }
+    }
+
+    /// From now on every change is kept for [`ClusterRoutes::take_changes`]
+    /// (a core with replicants streams them).
+    pub fn record_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes made since the last call, in order.
+    pub fn take_changes(&mut self) -> Vec<RouteChange> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn is_own(&self, origin: &str) -> bool {
+        self.own.as_deref() == Some(origin)
+    }
+
+    /// The whole table as snapshot rows of at most `max_keys` routes.
+    pub fn rows(&self, max_keys: usize) -> Vec<RouteRow> {
+        let mut out = Vec::new();
+        let mut origins: Vec<_> = self.origins.iter().collect();
+        origins.sort_by(|a, b| a.0.cmp(b.0));
+        for (origin, o) in origins {
+            out.extend(origin_rows(origin, o.version, o.keys.iter(), max_keys));
+        }
+        out
     }
 
     /// The version held for `origin` (0 if unknown).
@@ -133,7 +206,7 @@ impl ClusterRoutes {
     pub fn apply(&mut self, origin: &str, base: u64, ops: &[RouteOp]) -> Result<(), Gap> {
         let have = self.version(origin);
         let end = base + ops.len() as u64;
-        if end <= have {
+        if end <= have || self.is_own(origin) {
             return Ok(());
         }
         if base > have {
@@ -141,6 +214,13 @@ impl ClusterRoutes {
         }
         let node: Arc<str> = Arc::from(origin);
         let skip = (have - base) as usize;
+        if let Some(c) = self.changes.as_mut() {
+            c.push(RouteChange::Apply {
+                origin: origin.to_string(),
+                base: have,
+                ops: ops[skip..].to_vec(),
+            });
+        }
         for op in &ops[skip..] {
             match op {
                 RouteOp::Add(k) => {
@@ -167,7 +247,17 @@ impl ClusterRoutes {
 
     /// Replaces everything known of `origin` with a snapshot.
     pub fn replace(&mut self, origin: &str, version: u64, keys: Vec<RouteKey>) {
-        self.purge(origin);
+        if self.is_own(origin) {
+            return;
+        }
+        if let Some(c) = self.changes.as_mut() {
+            c.push(RouteChange::Replace {
+                origin: origin.to_string(),
+                version,
+                keys: keys.clone(),
+            });
+        }
+        self.forget(origin);
         let node: Arc<str> = Arc::from(origin);
         let mut o = Origin {
             version,
@@ -184,6 +274,17 @@ impl ClusterRoutes {
     /// Forgets every route of `origin` (it left, was removed, or is being
     /// re-synced); returns how many routes went.
     pub fn purge(&mut self, origin: &str) -> usize {
+        if self.origins.contains_key(origin) {
+            if let Some(c) = self.changes.as_mut() {
+                c.push(RouteChange::Purge {
+                    origin: origin.to_string(),
+                });
+            }
+        }
+        self.forget(origin)
+    }
+
+    fn forget(&mut self, origin: &str) -> usize {
         let Some(o) = self.origins.remove(origin) else {
             return 0;
         };
@@ -288,6 +389,82 @@ impl ClusterRoutes {
             f(topic, e);
         }
         self.wild.match_each(topic, f);
+    }
+}
+
+/// Snapshot rows of one origin's routes, at most `max_keys` per row.
+pub fn origin_rows<'a>(
+    origin: &str,
+    version: u64,
+    keys: impl Iterator<Item = &'a RouteKey>,
+    max_keys: usize,
+) -> Vec<RouteRow> {
+    let mut out = vec![RouteRow {
+        origin: origin.to_string(),
+        version,
+        keys: Vec::new(),
+    }];
+    for k in keys {
+        if out.last().is_some_and(|r| r.keys.len() >= max_keys.max(1)) {
+            out.push(RouteRow {
+                origin: origin.to_string(),
+                version,
+                keys: Vec::new(),
+            });
+        }
+        if let Some(r) = out.last_mut() {
+            r.keys.push(k.clone());
+        }
+    }
+    out
+}
+
+/// A replicant's copy of its core's table (every origin but itself).
+impl Shard for ClusterRoutes {
+    type Op = RouteChange;
+    type Row = RouteRow;
+
+    fn load(&mut self, rows: Vec<RouteRow>) {
+        for r in rows {
+            if self.is_own(&r.origin) {
+                continue;
+            }
+            let node: Arc<str> = Arc::from(r.origin.as_str());
+            let o = self.origins.entry(node.clone()).or_default();
+            o.version = r.version;
+            let fresh: Vec<RouteKey> = r
+                .keys
+                .into_iter()
+                .filter(|k| o.keys.insert(k.clone()))
+                .collect();
+            for k in &fresh {
+                self.index_add(&node, k);
+            }
+        }
+    }
+
+    fn apply(&mut self, op: &RouteChange) -> bool {
+        match op {
+            RouteChange::Apply { origin, base, ops } => {
+                // The core sends only what changed its copy, from where its
+                // copy was: ours must be there too.
+                self.is_own(origin)
+                    || (self.version(origin) == *base
+                        && ClusterRoutes::apply(self, origin, *base, ops).is_ok())
+            }
+            RouteChange::Replace {
+                origin,
+                version,
+                keys,
+            } => {
+                self.replace(origin, *version, keys.clone());
+                true
+            }
+            RouteChange::Purge { origin } => {
+                self.purge(origin);
+                true
+            }
+        }
     }
 }
 
@@ -399,5 +576,67 @@ mod tests {
         assert_eq!(nodes_for(&r, "a/1"), Vec::<String>::new());
         assert_eq!(nodes_for(&r, "q"), vec!["c@h"]);
         assert_eq!(r.purge("nobody"), 0);
+    }
+
+    #[test]
+    fn a_replicant_copy_follows_the_recorded_changes_and_leaves_itself_out() {
+        use crate::cluster::rlog::{Down, Replica, Up, Upstream};
+        let mut core = ClusterRoutes::new();
+        core.apply("a@h", 0, &[add("x/1"), add("x/+")]).expect("a");
+        core.apply("r@h", 0, &[add("mine")]).expect("r");
+        core.record_changes();
+        let mut up = Upstream::new(2);
+        let mut rep: Replica<ClusterRoutes> =
+            Replica::new(1, 3, || ClusterRoutes::excluding("r@h"));
+        let mut served = ClusterRoutes::excluding("r@h");
+        let stream = match rep.subscribe("core@h").pop() {
+            Some((_, Up::Subscribe { stream })) => stream,
+            other => panic!("{other:?}"),
+        };
+        let mut rows = core.rows(1);
+        rows.extend(origin_rows("core@h", 3, [RouteKey::plain("c")].iter(), 1));
+        for d in up.subscribe::<RouteChange, RouteRow>("r@h", stream, rows) {
+            rep.receive(d, &mut served);
+        }
+        assert!(rep.is_following());
+        // Applied, replaced, purged; a batch already held changes nothing
+        // and is not recorded.
+        core.apply("a@h", 1, &[add("x/+"), del("x/1"), add("x/2")])
+            .expect("a");
+        core.apply("a@h", 0, &[add("x/1")]).expect("old");
+        core.replace("b@h", 9, vec![RouteKey::plain("y")]);
+        core.apply("r@h", 1, &[add("mine/2")]).expect("r");
+        core.purge("b@h");
+        core.replace("b@h", 10, vec![RouteKey::plain("z")]);
+        let changes = core.take_changes();
+        assert_eq!(changes.len(), 5, "{changes:?}");
+        assert!(matches!(&changes[0], RouteChange::Apply { base: 2, ops, .. } if ops.len() == 2));
+        for (_, d) in up.record::<RouteChange, RouteRow>(changes) {
+            assert_eq!(rep.receive(d, &mut served), None);
+        }
+        assert_eq!(rep.applied(), Some(up.seq()));
+        for o in ["a@h", "b@h"] {
+            assert_eq!(served.keys_of(o), core.keys_of(o), "{o}");
+            assert_eq!(served.version(o), core.version(o), "{o}");
+        }
+        assert_eq!(served.keys_of("core@h"), vec![RouteKey::plain("c")]);
+        assert_eq!(served.version("core@h"), 3);
+        assert!(
+            served.keys_of("r@h").is_empty(),
+            "its own routes are not in the copy"
+        );
+        assert_eq!(nodes_for(&served, "x/2"), vec!["a@h"]);
+        assert_eq!(nodes_for(&served, "mine"), Vec::<String>::new());
+        // A change from another base than the copy's ends the stream.
+        let bad = Down::Entries {
+            stream,
+            first: up.seq() + 1,
+            ops: vec![RouteChange::Apply {
+                origin: "a@h".into(),
+                base: 1,
+                ops: vec![add("q")],
+            }],
+        };
+        assert!(rep.receive(bad, &mut served).is_some());
     }
 }
