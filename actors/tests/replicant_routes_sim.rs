@@ -527,9 +527,9 @@ fn run(seed: u64) -> Result<(), String> {
         .collect();
     let mut cut = vec![vec![false; n]; n];
     // Replicants never talk to each other.
-    for a in nc..n {
-        for b in nc..n {
-            cut[a][b] = true;
+    for row in cut.iter_mut().skip(nc) {
+        for c in row.iter_mut().skip(nc) {
+            *c = true;
         }
     }
     let mut sim = Sim {
