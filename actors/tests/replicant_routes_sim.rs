@@ -515,12 +515,9 @@ fn run(seed: u64) -> Result<(), String> {
     let reps = (nc..n)
         .map(|i| {
             let me = name(i);
-            let blank = me.clone();
             Rep {
                 local: LocalRouteLog::new(rng.random_range(2..40)),
-                replica: Replica::new(rng.random::<u64>(), quiet_limit, move || {
-                    ClusterRoutes::excluding(&blank)
-                }),
+                replica: Replica::new(rng.random::<u64>(), quiet_limit),
                 served: ClusterRoutes::excluding(&me),
             }
         })

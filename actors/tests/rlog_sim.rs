@@ -35,8 +35,8 @@ impl Kv {
 impl Shard for Kv {
     type Op = Op;
     type Row = Row;
-    fn load(&mut self, rows: Vec<Row>) {
-        self.0.extend(rows);
+    fn restore(&mut self, rows: Vec<Row>) {
+        self.0 = rows.into_iter().collect();
     }
     fn apply(&mut self, op: &Op) -> bool {
         match op.1 {
@@ -308,7 +308,7 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
         .map(|_| Core::fresh(Kv::default(), part_rows))
         .collect();
     let replicas = (0..nr)
-        .map(|_| Replica::new(rng.random::<u64>(), quiet_limit, Kv::default))
+        .map(|_| Replica::new(rng.random::<u64>(), quiet_limit))
         .collect();
     let mut sim = Sim {
         rng,

@@ -8,10 +8,11 @@
 //! change `at`, cut into parts, and from then on sends every change it
 //! applies, tagged with the stream id and its number.
 //!
-//! The replicant builds the snapshot beside the copy it serves and swaps the
-//! new copy in when its last part is there: it never serves a shard that is
-//! half cleared (Mria clears the tables before a bootstrap), and a shard
-//! that was never complete is not served at all. The changes numbered after
+//! The replicant gathers the snapshot's parts beside the copy it serves and
+//! hands them over whole when the last one is there, for the copy to
+//! replace its contents in one step: it never serves a shard that is half
+//! cleared (Mria clears the tables before a bootstrap), and a shard that
+//! was never complete is not served at all. The changes numbered after
 //! `at` follow.
 //!
 //! Anything out of line ends the stream: a part or a change that is not the
@@ -52,8 +53,9 @@ pub trait Shard {
     type Op: Clone + std::fmt::Debug;
     /// One row of a snapshot.
     type Row: Clone + std::fmt::Debug;
-    /// Adds rows of a snapshot to a copy being built.
-    fn load(&mut self, rows: Vec<Self::Row>);
+    /// Replaces the whole contents with a snapshot's rows, in one step for
+    /// readers.
+    fn restore(&mut self, rows: Vec<Self::Row>);
     /// Applies one change; `false` if it does not fit this copy (the copy
     /// and the core's table differ), which ends the stream.
     fn apply(&mut self, op: &Self::Op) -> bool;
@@ -240,17 +242,16 @@ pub enum Event {
     Lost(Lost),
 }
 
-#[derive(Debug)]
 enum Phase<S: Shard> {
     /// No stream.
     Idle,
-    /// Receiving a snapshot into `building`.
+    /// Receiving a snapshot's parts into `rows`.
     Bootstrap {
         core: String,
         stream: StreamId,
         next_part: u32,
         at: Option<Seq>,
-        building: S,
+        rows: Vec<S::Row>,
     },
     /// Following: `next` is the number of the next change expected.
     Normal {
@@ -260,16 +261,34 @@ enum Phase<S: Shard> {
     },
 }
 
+impl<S: Shard> std::fmt::Debug for Phase<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Idle => write!(f, "Idle"),
+            Phase::Bootstrap {
+                core,
+                stream,
+                next_part,
+                at,
+                rows,
+            } => write!(
+                f,
+                "Bootstrap {{ core: {core}, stream: {stream:?}, next_part: {next_part}, at: {at:?}, rows: {} }}",
+                rows.len()
+            ),
+            Phase::Normal { core, stream, next } => {
+                write!(f, "Normal {{ core: {core}, stream: {stream:?}, next: {next} }}")
+            }
+        }
+    }
+}
+
 /// The replicant's side of one shard. The copy it serves is the caller's
-/// (behind whatever lock the readers use), passed to [`Replica::receive`];
-/// a snapshot is built in a copy of its own and moved over it when
-/// complete.
+/// (behind whatever lock the readers use), passed to [`Replica::receive`].
 pub struct Replica<S: Shard> {
     incarnation: u64,
     streams: u64,
     phase: Phase<S>,
-    /// Makes an empty copy to build a snapshot in.
-    blank: Box<dyn Fn() -> S + Send + Sync>,
     /// Heartbeat intervals since the current stream last said anything.
     quiet: u32,
     quiet_limit: u32,
@@ -279,7 +298,7 @@ pub struct Replica<S: Shard> {
     pub lost: HashMap<&'static str, u64>,
 }
 
-impl<S: Shard + std::fmt::Debug> std::fmt::Debug for Replica<S> {
+impl<S: Shard> std::fmt::Debug for Replica<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
             .field("incarnation", &self.incarnation)
@@ -295,17 +314,12 @@ impl<S: Shard + std::fmt::Debug> std::fmt::Debug for Replica<S> {
 impl<S: Shard> Replica<S> {
     /// `incarnation` must differ between two runs of the replicant (drawn
     /// at random at start); `quiet_limit` heartbeats of silence end a
-    /// stream; `blank` makes an empty copy.
-    pub fn new(
-        incarnation: u64,
-        quiet_limit: u32,
-        blank: impl Fn() -> S + Send + Sync + 'static,
-    ) -> Replica<S> {
+    /// stream.
+    pub fn new(incarnation: u64, quiet_limit: u32) -> Replica<S> {
         Replica {
             incarnation,
             streams: 0,
             phase: Phase::Idle,
-            blank: Box::new(blank),
             quiet: 0,
             quiet_limit: quiet_limit.max(1),
             bootstraps: 0,
@@ -369,7 +383,7 @@ impl<S: Shard> Replica<S> {
             stream,
             next_part: 0,
             at: None,
-            building: (self.blank)(),
+            rows: Vec::new(),
         };
         self.quiet = 0;
         out.push((core.to_string(), Up::Subscribe { stream }));
@@ -443,7 +457,7 @@ impl<S: Shard> Replica<S> {
         let Phase::Bootstrap {
             next_part,
             at,
-            building,
+            rows: gathered,
             ..
         } = &mut self.phase
         else {
@@ -457,21 +471,18 @@ impl<S: Shard> Replica<S> {
             return self.lose(Lost::Gap);
         }
         *at = Some(snap_at);
-        building.load(rows);
+        gathered.extend(rows);
         *next_part += 1;
         if !last {
             return None;
         }
         let Phase::Bootstrap {
-            core,
-            stream,
-            building,
-            ..
+            core, stream, rows, ..
         } = std::mem::replace(&mut self.phase, Phase::Idle)
         else {
             return None;
         };
-        *served = building;
+        served.restore(rows);
         self.bootstraps += 1;
         self.phase = Phase::Normal {
             core,
@@ -539,8 +550,8 @@ mod tests {
     impl Shard for Kv {
         type Op = (u32, Option<u32>);
         type Row = (u32, u32);
-        fn load(&mut self, rows: Vec<(u32, u32)>) {
-            self.0.extend(rows);
+        fn restore(&mut self, rows: Vec<(u32, u32)>) {
+            self.0 = rows.into_iter().collect();
         }
         fn apply(&mut self, op: &(u32, Option<u32>)) -> bool {
             match op.1 {
@@ -572,7 +583,7 @@ mod tests {
         let mut core = Kv::default();
         let mut up = Upstream::new(2);
         write(&mut core, &mut up, (0..5).map(|k| (k, Some(k))).collect());
-        let mut r: Replica<Kv> = Replica::new(7, 3, Kv::default);
+        let mut r: Replica<Kv> = Replica::new(7, 3);
         let mut served = Kv::default();
         let stream = stream_of(r.subscribe("c1"));
         let parts = up.subscribe("r1", stream, core.rows());
@@ -626,7 +637,7 @@ mod tests {
     fn a_heartbeat_ahead_of_what_arrived_is_a_gap_and_silence_ends_the_stream() {
         let mut core = Kv::default();
         let mut up = Upstream::new(10);
-        let mut r: Replica<Kv> = Replica::new(1, 3, Kv::default);
+        let mut r: Replica<Kv> = Replica::new(1, 3);
         let mut served = Kv::default();
         let stream = stream_of(r.subscribe("c1"));
         for d in up.subscribe("r1", stream, core.rows()) {
@@ -660,8 +671,8 @@ mod tests {
     impl Shard for Strict {
         type Op = u32;
         type Row = u32;
-        fn load(&mut self, rows: Vec<u32>) {
-            self.0 += rows.len() as u32;
+        fn restore(&mut self, rows: Vec<u32>) {
+            self.0 = rows.len() as u32;
         }
         fn apply(&mut self, op: &u32) -> bool {
             *op == self.0
@@ -671,7 +682,7 @@ mod tests {
     #[test]
     fn a_change_that_does_not_fit_the_copy_ends_the_stream() {
         let mut up = Upstream::new(10);
-        let mut r: Replica<Strict> = Replica::new(1, 3, Strict::default);
+        let mut r: Replica<Strict> = Replica::new(1, 3);
         let mut served = Strict::default();
         let stream = stream_of(r.subscribe("c1"));
         for d in up.subscribe::<u32, u32>("r1", stream, vec![1, 2]) {
@@ -683,7 +694,7 @@ mod tests {
 
     #[test]
     fn moving_to_another_core_unsubscribes_from_the_first() {
-        let mut r: Replica<Kv> = Replica::new(1, 3, Kv::default);
+        let mut r: Replica<Kv> = Replica::new(1, 3);
         r.subscribe("c1");
         let out = r.subscribe("c2");
         assert!(matches!(&out[0], (c, Up::Unsubscribe { .. }) if c == "c1"));

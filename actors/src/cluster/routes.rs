@@ -424,23 +424,31 @@ impl Shard for ClusterRoutes {
     type Op = RouteChange;
     type Row = RouteRow;
 
-    fn load(&mut self, rows: Vec<RouteRow>) {
+    fn restore(&mut self, rows: Vec<RouteRow>) {
+        // Built aside, then swapped: whoever holds the lock on this table
+        // swaps it whole.
+        let mut fresh = ClusterRoutes {
+            own: self.own.clone(),
+            ..ClusterRoutes::default()
+        };
         for r in rows {
-            if self.is_own(&r.origin) {
+            if fresh.is_own(&r.origin) {
                 continue;
             }
             let node: Arc<str> = Arc::from(r.origin.as_str());
-            let o = self.origins.entry(node.clone()).or_default();
+            let o = fresh.origins.entry(node.clone()).or_default();
             o.version = r.version;
-            let fresh: Vec<RouteKey> = r
+            let added: Vec<RouteKey> = r
                 .keys
                 .into_iter()
                 .filter(|k| o.keys.insert(k.clone()))
                 .collect();
-            for k in &fresh {
-                self.index_add(&node, k);
+            for k in &added {
+                fresh.index_add(&node, k);
             }
         }
+        fresh.changes = self.changes.take();
+        *self = fresh;
     }
 
     fn apply(&mut self, op: &RouteChange) -> bool {
@@ -586,8 +594,7 @@ mod tests {
         core.apply("r@h", 0, &[add("mine")]).expect("r");
         core.record_changes();
         let mut up = Upstream::new(2);
-        let mut rep: Replica<ClusterRoutes> =
-            Replica::new(1, 3, || ClusterRoutes::excluding("r@h"));
+        let mut rep: Replica<ClusterRoutes> = Replica::new(1, 3);
         let mut served = ClusterRoutes::excluding("r@h");
         let stream = match rep.subscribe("core@h").pop() {
             Some((_, Up::Subscribe { stream })) => stream,
