@@ -44,6 +44,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Route changes per batch sent to the peers at most.
+const ROUTE_BATCH: usize = 1_000;
 /// How long to wait for a dialed link to become ready.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an autoheal restart of one node may take.
@@ -115,7 +117,9 @@ pub enum SvcMsg {
     LinkUp(String),
     LinkDown(String),
     Tick,
-    LocalRoute(RouteOp),
+    /// Route changes of this node's subscribers, in order (as many as
+    /// had queued up: one batch to each peer).
+    LocalRoutes(Vec<RouteOp>),
     /// A retained message published on this node, to replicate.
     Retained(emqx_mqtt::message::Message),
     /// A write to a replicated table made on this node, to replicate.
@@ -294,8 +298,9 @@ impl Actor for ClusterService {
         let (me1, me2) = (myself.clone(), myself.clone());
         let (mut rrx, mut trx) = (a.route_rx, a.retain_rx);
         tokio::spawn(async move {
-            while let Some(op) = rrx.recv().await {
-                if me1.cast(SvcMsg::LocalRoute(op)).is_err() {
+            let mut ops = Vec::new();
+            while rrx.recv_many(&mut ops, ROUTE_BATCH).await > 0 {
+                if me1.cast(SvcMsg::LocalRoutes(std::mem::take(&mut ops))).is_err() {
                     break;
                 }
             }
@@ -432,13 +437,19 @@ impl Actor for ClusterService {
                 }
             }
             SvcMsg::Tick => st.tick(&myself),
-            SvcMsg::LocalRoute(op) => {
-                if let Some(v) = st.local.record(op.clone()) {
+            SvcMsg::LocalRoutes(ops) => {
+                // Only the changes that changed something are numbered.
+                let base = st.local.version;
+                let ops: Vec<RouteOp> = ops
+                    .into_iter()
+                    .filter(|op| st.local.record(op.clone()).is_some())
+                    .collect();
+                if !ops.is_empty() {
                     let note = Note::Routes {
                         node: st.me().to_string(),
                         incarnation: st.membership.me.incarnation,
-                        base: v - 1,
-                        ops: vec![op],
+                        base,
+                        ops,
                     };
                     st.broadcast(&note);
                 }
