@@ -4,6 +4,12 @@
 //! check_config | version`, with Erlang-style flags (`-name`, `-setcookie`,
 //! `-config`).
 
+/// jemalloc instead of the C library's malloc (feature `jemalloc`, on by
+/// default): see docs/performance.md ("The allocator") for the A/B.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod api;
 mod authn;
 mod authz;
