@@ -300,7 +300,10 @@ impl Actor for ClusterService {
         tokio::spawn(async move {
             let mut ops = Vec::new();
             while rrx.recv_many(&mut ops, ROUTE_BATCH).await > 0 {
-                if me1.cast(SvcMsg::LocalRoutes(std::mem::take(&mut ops))).is_err() {
+                if me1
+                    .cast(SvcMsg::LocalRoutes(std::mem::take(&mut ops)))
+                    .is_err()
+                {
                     break;
                 }
             }
