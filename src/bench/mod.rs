@@ -90,28 +90,36 @@ enum End {
 }
 
 async fn run(opts: Opts, connector: Connector) -> ExitCode {
-    let addr = match tokio::net::lookup_host((opts.host.as_str(), opts.port)).await {
-        Ok(mut it) => match it.next() {
-            Some(a) => a,
-            None => {
-                eprintln!("emqx-rs bench: {} has no address", opts.host);
+    let mut addrs = Vec::new();
+    for host in &opts.hosts {
+        match tokio::net::lookup_host((host.as_str(), opts.port)).await {
+            Ok(mut it) => match it.next() {
+                Some(a) => addrs.push(a),
+                None => {
+                    eprintln!("emqx-rs bench: {host} has no address");
+                    return ExitCode::from(1);
+                }
+            },
+            Err(e) => {
+                eprintln!("emqx-rs bench: cannot resolve {host}: {e}");
                 return ExitCode::from(1);
             }
-        },
-        Err(e) => {
-            eprintln!("emqx-rs bench: cannot resolve {}: {e}", opts.host);
-            return ExitCode::from(1);
         }
-    };
+    }
+    let shown = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let sh = Arc::new(Shared {
         opts,
-        addr,
+        addrs,
         connector,
         stats: stats::Stats::new(),
     });
     let o = &sh.opts;
     eprintln!(
-        "bench {}: {} clients to {addr} over {}, MQTT {}{}",
+        "bench {}: {} clients to {shown} over {}, MQTT {}{}",
         o.mode.name(),
         o.clients,
         match o.transport {

@@ -72,7 +72,11 @@ impl Transport {
 #[derive(Debug, Clone)]
 pub struct Opts {
     pub mode: Mode,
+    /// The first (or only) broker address: TLS, WebSocket and QUIC name it.
     pub host: String,
+    /// Every broker address given (`-h a,b,c`): client `i` connects to the
+    /// `i mod n`-th, to spread clients over the nodes of a cluster.
+    pub hosts: Vec<String>,
     pub port: u16,
     pub clients: usize,
     /// Milliseconds between two connection attempts.
@@ -123,7 +127,9 @@ pub const USAGE: &str = "Usage: emqx-rs bench conn|pub|sub [OPTIONS]
   pub    publish from clients to a topic
 
 Options (default in brackets):
-  -h, --host HOST            broker address [127.0.0.1]
+  -h, --host HOST[,HOST...]  broker address [127.0.0.1]; with several
+                             (tcp only), client i connects to the
+                             (i mod n)-th
   -p, --port PORT            broker port [1883; 8883 with tls, 8083 with ws,
                              8084 with wss]
   -c, --count N              number of clients [200]
@@ -220,6 +226,7 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
     let mut o = Opts {
         mode,
         host: "127.0.0.1".into(),
+        hosts: vec!["127.0.0.1".into()],
         port: 1883,
         clients: 200,
         connect_interval_ms: 10,
@@ -266,7 +273,15 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
                 .ok_or_else(|| bad(format!("option {name} ({what}) needs a value")))
         };
         match name {
-            "-h" | "--host" => o.host = value("host")?,
+            "-h" | "--host" => {
+                let v = value("host")?;
+                let hosts: Vec<String> = v.split(',').map(str::to_string).collect();
+                if hosts.iter().any(|h| h.is_empty()) {
+                    return Err(bad(format!("bad value for {name} (host): {v:?}")));
+                }
+                o.host = hosts[0].clone();
+                o.hosts = hosts;
+            }
             "-p" | "--port" => {
                 o.port = num(name, "port", &value("port")?)?;
                 port_given = true;
@@ -455,6 +470,12 @@ pub fn parse(args: &[String]) -> Result<Opts, ParseError> {
         (None, Some(_)) => return Err(bad("option --keyfile needs --certfile as well")),
         _ => {}
     }
+    if o.hosts.len() > 1 && o.transport != Transport::Tcp {
+        return Err(bad(format!(
+            "option -h with several hosts works over tcp only (the transport is {})",
+            o.transport.name()
+        )));
+    }
     if ws_path_given && !o.transport.websocket() {
         return Err(bad(format!(
             "option --ws-path needs --transport ws or wss (the transport is {})",
@@ -500,6 +521,19 @@ mod tests {
     }
 
     #[test]
+    fn several_hosts_spread_clients_over_tcp_only() {
+        let o = p("conn -h 127.0.0.1,127.0.0.2,127.0.0.3").unwrap();
+        assert_eq!(o.host, "127.0.0.1");
+        assert_eq!(o.hosts, vec!["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+        let e = p("conn -h a,b --transport ws").unwrap_err();
+        assert!(
+            matches!(&e, ParseError::Bad(m) if m.contains("tcp only")),
+            "{e:?}"
+        );
+        assert!(p("conn -h a,,b").is_err());
+    }
+
+    #[test]
     fn values() {
         let o = p(
             "sub -h h -p 1 -c 3 -i 0 -t x/%i -q 2 -s 16 -I 0 -L 7 -V 3 -u a -P b -k 0 \
@@ -507,6 +541,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((o.host.as_str(), o.port, o.clients), ("h", 1, 3));
+        assert_eq!(o.hosts, vec!["h"]);
         assert_eq!(o.qos, QoS::ExactlyOnce);
         assert_eq!(o.version, ProtocolVersion::V3);
         assert_eq!(o.ifaddrs.len(), 2);

@@ -27,7 +27,8 @@ const BATCH: usize = 64;
 /// What every client of a run shares.
 pub struct Shared {
     pub opts: Opts,
-    pub addr: SocketAddr,
+    /// Client `i` connects to `addrs[i % addrs.len()]`.
+    pub addrs: Vec<SocketAddr>,
     pub connector: Connector,
     pub stats: Stats,
 }
@@ -97,7 +98,7 @@ pub async fn client(sh: Arc<Shared>, index: usize, mut stop: watch::Receiver<boo
     let t0 = st.now();
     Stats::note_window(&st.first_connect, &st.last_connack, t0);
     let mut c = tokio::select! {
-        r = Client::connect(&sh.connector, sh.addr, local, &copts, o.inflight, CONNECT_TIMEOUT) => match r {
+        r = Client::connect(&sh.connector, sh.addrs[index % sh.addrs.len()], local, &copts, o.inflight, CONNECT_TIMEOUT) => match r {
             Ok(c) => c,
             Err(e) => {
                 st.error(format_args!("{client_id}: connect: {e}"));
