@@ -203,6 +203,30 @@ fn conn_keeps_connections_open() {
 }
 
 #[test]
+fn several_hosts_spread_the_clients_over_them() {
+    // Two brokers on one port, on two loopback addresses.
+    let mut a = common::cluster::prepare(71);
+    let mut b = common::cluster::prepare(72);
+    let text = std::fs::read_to_string(&b.config).expect("read config");
+    let old = format!("bind = \"{}:{}\"", b.host, b.mqtt_port);
+    assert!(text.contains(&old), "{text}");
+    let new = format!("bind = \"{}:{}\"", b.host, a.mqtt_port);
+    std::fs::write(&b.config, text.replace(&old, &new)).expect("write config");
+    b.mqtt_port = a.mqtt_port;
+    a.spawn(&[]);
+    b.spawn(&[]);
+    let hosts = format!("{},{}", a.host, b.host);
+    let child = spawn(&a, &["conn", "-h", &hosts, "-c", "10", "--duration", "3"]);
+    let count = |n: &Node| stat(n, "connections.count").unwrap_or(0);
+    let both = wait_until(Duration::from_secs(5), || count(&a) == 5 && count(&b) == 5);
+    let seen = (count(&a), count(&b));
+    let o = finish(child, Duration::from_secs(15));
+    assert!(both, "connections per broker: {seen:?}; {}", describe(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    assert_eq!(summary(&o)["connected"], 10, "{}", describe(&o));
+}
+
+#[test]
 fn bad_options_exit_2() {
     for (args, needle) in [
         (&["pub", "-t", "a", "-q", "3"][..], "-q"),
@@ -211,6 +235,7 @@ fn bad_options_exit_2() {
         (&["pub", "-t", "a", "-s", "4"][..], "-s"),
         (&["pub", "-t", "a", "-S"][..], "TLS is not supported yet"),
         (&["pub", "-c", "2"][..], "-t"),
+        (&["conn", "-h", "a,b", "--transport", "ws"][..], "tcp only"),
         (&["flood"][..], "conn, pub or sub"),
     ] {
         let o = run(None, args);
