@@ -21,9 +21,12 @@ use emqx_actors::cluster::rlog::{pick_core, Down, Event, Replica, Up, Upstream};
 use emqx_actors::cluster::routes::{
     origin_rows, ClusterRoutes, LocalRouteLog, RouteChange, RouteKey, RouteOp, RouteRow,
 };
+mod simnet;
+
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use simnet::{key, node_index as index, node_name as name, Net};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone)]
 enum Msg {
@@ -77,82 +80,12 @@ struct Rep {
     served: ClusterRoutes,
 }
 
-struct Net {
-    now: u64,
-    links: BTreeMap<(usize, usize), VecDeque<(u64, Msg)>>,
-    /// cut[a][b]: a and b cannot talk.
-    cut: Vec<Vec<bool>>,
-    lossy: bool,
-}
-
-impl Net {
-    fn send(&mut self, rng: &mut StdRng, from: usize, to: usize, m: Msg) {
-        if self.cut[from][to] || (self.lossy && rng.random_bool(0.04)) {
-            return;
-        }
-        let copies = if self.lossy && rng.random_bool(0.03) {
-            2
-        } else {
-            1
-        };
-        let q = self.links.entry((from, to)).or_default();
-        let last = q.back().map(|(at, _)| *at).unwrap_or(0);
-        for _ in 0..copies {
-            let at = (self.now + rng.random_range(1..15)).max(last);
-            q.push_back((at, m.clone()));
-        }
-    }
-
-    fn cut(&mut self, a: usize, b: usize, cut: bool) {
-        self.cut[a][b] = cut;
-        self.cut[b][a] = cut;
-        if cut {
-            self.links.remove(&(a, b));
-            self.links.remove(&(b, a));
-        }
-    }
-
-    fn next(&mut self, rng: &mut StdRng) -> Option<(usize, usize, Msg)> {
-        let busy: Vec<_> = self
-            .links
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        if busy.is_empty() {
-            return None;
-        }
-        let k = busy[rng.random_range(0..busy.len())];
-        let (at, m) = self.links.get_mut(&k)?.pop_front()?;
-        self.now = self.now.max(at);
-        Some((k.0, k.1, m))
-    }
-}
-
-fn name(n: usize) -> String {
-    format!("n{n}@h")
-}
-
-fn index(n: &str) -> Option<usize> {
-    n.strip_prefix('n')?.strip_suffix("@h")?.parse().ok()
-}
-
-fn key(i: u32) -> RouteKey {
-    if i.is_multiple_of(5) {
-        RouteKey::of_subscription(&format!("$share/g/t/{}", i % 7))
-    } else if i.is_multiple_of(3) {
-        RouteKey::plain(&format!("w/+/{}", i % 11))
-    } else {
-        RouteKey::plain(&format!("t/{}", i % 13))
-    }
-}
-
 struct Sim {
     rng: StdRng,
     nc: usize,
     cores: Vec<Core>,
     reps: Vec<Rep>,
-    net: Net,
+    net: Net<Msg>,
 }
 
 impl Sim {
@@ -267,7 +200,7 @@ impl Sim {
         }
         let names: Vec<String> = (0..self.nc).map(name).collect();
         let candidates: Vec<(&str, usize)> = (0..self.nc)
-            .filter(|c| !self.net.cut[*c][n])
+            .filter(|c| !self.net.is_cut(*c, n))
             .map(|c| (names[c].as_str(), self.cores[c].log.agents()))
             .collect();
         let rng = &mut self.rng;
@@ -478,7 +411,7 @@ impl Sim {
     /// Cuts or restores the link between `a` and `b`; the monitors of both
     /// notice a cut most of the time.
     fn set_cut(&mut self, a: usize, b: usize, cut: bool) {
-        self.net.cut(a, b, cut);
+        self.net.set_cut(a, b, cut);
         if !cut {
             return;
         }
@@ -522,11 +455,11 @@ fn run(seed: u64) -> Result<(), String> {
             }
         })
         .collect();
-    let mut cut = vec![vec![false; n]; n];
+    let mut net = Net::new(n);
     // Replicants never talk to each other.
-    for row in cut.iter_mut().skip(nc) {
-        for c in row.iter_mut().skip(nc) {
-            *c = true;
+    for a in nc..n {
+        for b in nc..n {
+            net.set_cut(a, b, true);
         }
     }
     let mut sim = Sim {
@@ -534,12 +467,7 @@ fn run(seed: u64) -> Result<(), String> {
         nc,
         cores,
         reps,
-        net: Net {
-            now: 0,
-            links: BTreeMap::new(),
-            cut,
-            lossy: true,
-        },
+        net,
     };
     for i in nc..n {
         sim.resubscribe(i);
@@ -558,7 +486,7 @@ fn run(seed: u64) -> Result<(), String> {
                 let a = sim.rng.random_range(0..nc);
                 let b = sim.rng.random_range(0..n);
                 if a != b {
-                    let c = !sim.net.cut[a][b];
+                    let c = !sim.net.is_cut(a, b);
                     sim.set_cut(a, b, c);
                 }
             }
@@ -593,7 +521,7 @@ fn run(seed: u64) -> Result<(), String> {
     for a in 0..nc {
         for b in 0..n {
             if a != b {
-                sim.net.cut(a, b, false);
+                sim.net.set_cut(a, b, false);
             }
         }
     }
@@ -643,10 +571,7 @@ fn run(seed: u64) -> Result<(), String> {
 
 #[test]
 fn cores_and_replicants_converge_on_every_nodes_routes() {
-    let seeds: Vec<u64> = match std::env::var("REPLICANT_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("REPLICANT_SIM_SEED is a number")],
-        Err(_) => (0..300).collect(),
-    };
+    let seeds = simnet::seeds("REPLICANT_SIM_SEED", 300);
     for seed in seeds {
         if let Err(e) = run(seed) {
             panic!("seed {seed}: {e} (replay with REPLICANT_SIM_SEED={seed})");

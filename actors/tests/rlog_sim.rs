@@ -15,10 +15,13 @@
 //! every replicant follows a core and holds its table. A failing seed is
 //! printed so it can be replayed with `RLOG_SIM_SEED`.
 
+mod simnet;
+
 use emqx_actors::cluster::rlog::{pick_core, Down, Event, Replica, Shard, Up, Upstream};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use std::collections::{BTreeMap, VecDeque};
+use simnet::{node_index as index, node_name as name, Net};
+use std::collections::BTreeMap;
 
 #[derive(Default, Debug, Clone, PartialEq)]
 struct Kv(BTreeMap<u32, u32>);
@@ -72,76 +75,15 @@ enum Msg {
     Up(Up),
 }
 
-/// Directed links between core `c` and replicant `r`, in order, each with
-/// its own queue.
-struct Net {
-    now: u64,
-    /// (core, replica, to_replica) -> queue of (due, msg).
-    links: BTreeMap<(usize, usize, bool), VecDeque<(u64, Msg)>>,
-    /// Whether core c and replica r can talk.
-    cut: Vec<Vec<bool>>,
-    lossy: bool,
-}
-
-impl Net {
-    fn send(&mut self, rng: &mut StdRng, c: usize, r: usize, to_replica: bool, m: Msg) {
-        if self.cut[c][r] || (self.lossy && rng.random_bool(0.04)) {
-            return;
-        }
-        let copies = if self.lossy && rng.random_bool(0.03) {
-            2
-        } else {
-            1
-        };
-        let q = self.links.entry((c, r, to_replica)).or_default();
-        // In order on the link: never due before what is already queued.
-        let last = q.back().map(|(at, _)| *at).unwrap_or(0);
-        for _ in 0..copies {
-            let at = (self.now + rng.random_range(1..15)).max(last);
-            q.push_back((at, m.clone()));
-        }
-    }
-
-    /// Drops everything queued to and from core `c` (a crash closes its
-    /// connections), or between `c` and `r` only.
-    fn flush(&mut self, c: usize, r: Option<usize>) {
-        self.links
-            .retain(|(lc, lr, _), _| *lc != c || r.is_some_and(|r| r != *lr));
-    }
-
-    /// The head of some link that has something queued.
-    fn next(&mut self, rng: &mut StdRng) -> Option<((usize, usize, bool), Msg)> {
-        let busy: Vec<_> = self
-            .links
-            .iter()
-            .filter(|(_, q)| !q.is_empty())
-            .map(|(k, _)| *k)
-            .collect();
-        if busy.is_empty() {
-            return None;
-        }
-        let k = busy[rng.random_range(0..busy.len())];
-        let (at, m) = self.links.get_mut(&k)?.pop_front()?;
-        self.now = self.now.max(at);
-        Some((k, m))
-    }
-}
-
-fn name(c: usize) -> String {
-    format!("core{c}@h")
-}
-
-fn index(core: &str) -> Option<usize> {
-    core.strip_prefix("core")?.strip_suffix("@h")?.parse().ok()
-}
-
 struct Sim {
     rng: StdRng,
     cores: Vec<Core>,
     replicas: Vec<Replica<Kv>>,
     /// The copy each replicant serves.
     served: Vec<Kv>,
-    net: Net,
+    /// Cores are nodes `0..nc`, replicant `r` is node `nc + r`.
+    net: Net<Msg>,
+    nc: usize,
     part_rows: usize,
     /// How many times a follower's table was compared with its core's.
     checked: u64,
@@ -152,7 +94,7 @@ impl Sim {
     fn send_up(&mut self, r: usize, out: Vec<(String, Up)>) {
         for (core, m) in out {
             if let Some(c) = index(&core) {
-                self.net.send(&mut self.rng, c, r, false, Msg::Up(m));
+                self.net.send(&mut self.rng, self.nc + r, c, Msg::Up(m));
             }
         }
     }
@@ -164,7 +106,7 @@ impl Sim {
         }
         let names: Vec<String> = (0..self.cores.len()).map(name).collect();
         let candidates: Vec<(&str, usize)> = (0..self.cores.len())
-            .filter(|c| self.cores[*c].up && !self.net.cut[*c][r])
+            .filter(|c| self.cores[*c].up && !self.net.is_cut(*c, self.nc + r))
             .map(|c| (names[c].as_str(), self.cores[c].log.agents()))
             .collect();
         let rng = &mut self.rng;
@@ -204,8 +146,11 @@ impl Sim {
         }
         let out = core.log.record::<Op, Row>(ops);
         for (replica, d) in out {
-            if let Some(r) = replica.strip_prefix('r').and_then(|x| x.parse().ok()) {
-                self.net.send(&mut self.rng, c, r, true, Msg::Down(d));
+            if let Some(r) = replica
+                .strip_prefix('r')
+                .and_then(|x| x.parse::<usize>().ok())
+            {
+                self.net.send(&mut self.rng, c, self.nc + r, Msg::Down(d));
             }
         }
     }
@@ -216,8 +161,11 @@ impl Sim {
                 continue;
             }
             for (replica, d) in self.cores[c].log.alive::<Op, Row>() {
-                if let Some(r) = replica.strip_prefix('r').and_then(|x| x.parse().ok()) {
-                    self.net.send(&mut self.rng, c, r, true, Msg::Down(d));
+                if let Some(r) = replica
+                    .strip_prefix('r')
+                    .and_then(|x| x.parse::<usize>().ok())
+                {
+                    self.net.send(&mut self.rng, c, self.nc + r, Msg::Down(d));
                 }
             }
         }
@@ -229,8 +177,14 @@ impl Sim {
     }
 
     fn deliver(&mut self) -> bool {
-        let Some(((c, r, _), m)) = self.net.next(&mut self.rng) else {
+        let Some((from, to, m)) = self.net.next(&mut self.rng) else {
             return false;
+        };
+        // Cores send only to replicants, replicants only to cores.
+        let (c, r) = if from < self.nc {
+            (from, to - self.nc)
+        } else {
+            (to, from - self.nc)
         };
         match m {
             Msg::Down(d) => {
@@ -244,7 +198,7 @@ impl Sim {
                         let core = &mut self.cores[c];
                         let parts = core.log.subscribe(&me, stream, core.table.rows());
                         for p in parts {
-                            self.net.send(&mut self.rng, c, r, true, Msg::Down(p));
+                            self.net.send(&mut self.rng, c, self.nc + r, Msg::Down(p));
                         }
                     }
                     Up::Unsubscribe { stream } => {
@@ -315,12 +269,8 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
         cores,
         replicas,
         served: vec![Kv::default(); nr],
-        net: Net {
-            now: 0,
-            links: BTreeMap::new(),
-            cut: vec![vec![false; nr]; nc],
-            lossy: true,
-        },
+        net: Net::new(nc + nr),
+        nc,
         part_rows,
         checked: 0,
     };
@@ -338,10 +288,9 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
             8 => {
                 // Cut or restore a replicant's link to a core.
                 let (c, r) = (sim.rng.random_range(0..nc), sim.rng.random_range(0..nr));
-                let cut = !sim.net.cut[c][r];
-                sim.net.cut[c][r] = cut;
+                let cut = !sim.net.is_cut(c, nc + r);
+                sim.net.set_cut(c, nc + r, cut);
                 if cut {
-                    sim.net.flush(c, Some(r));
                     sim.cores[c].log.unsubscribe(&format!("r{r}"), None);
                     if sim.rng.random_bool(0.7) {
                         let e = sim.replicas[r].node_down(&name(c));
@@ -355,7 +304,7 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
                 let c = sim.rng.random_range(0..nc);
                 if sim.cores[c].up {
                     sim.cores[c].up = false;
-                    sim.net.flush(c, None);
+                    sim.net.drop_node(c);
                     for r in 0..nr {
                         if sim.rng.random_bool(0.8) {
                             let e = sim.replicas[r].node_down(&name(c));
@@ -383,7 +332,11 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
     }
     // Heal: every link whole, every core up, nothing lost any more.
     sim.net.lossy = false;
-    sim.net.cut = vec![vec![false; nr]; nc];
+    for c in 0..nc {
+        for r in 0..nr {
+            sim.net.set_cut(c, nc + r, false);
+        }
+    }
     for c in 0..nc {
         if !sim.cores[c].up {
             let table = (0..nc)
@@ -429,10 +382,7 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
 
 #[test]
 fn replicants_follow_cores_through_loss_duplication_cuts_and_core_crashes() {
-    let seeds: Vec<u64> = match std::env::var("RLOG_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("RLOG_SIM_SEED is a number")],
-        Err(_) => (0..400).collect(),
-    };
+    let seeds = simnet::seeds("RLOG_SIM_SEED", 400);
     let mut seen = Seen::default();
     let many = seeds.len() > 1;
     for seed in seeds {

@@ -10,8 +10,11 @@
 //! so it can be replayed with `ROUTE_SIM_SEED`.
 
 use emqx_actors::cluster::routes::{ClusterRoutes, LocalRouteLog, RouteKey, RouteOp};
+mod simnet;
+
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use simnet::key;
 use std::collections::{BTreeSet, VecDeque};
 
 #[derive(Debug, Clone)]
@@ -73,16 +76,6 @@ impl Net {
         let (at, f, t, m) = self.queue.remove(i)?;
         self.now = self.now.max(at);
         Some((f, t, m))
-    }
-}
-
-fn key(i: u32) -> RouteKey {
-    if i.is_multiple_of(5) {
-        RouteKey::of_subscription(&format!("$share/g/t/{}", i % 7))
-    } else if i.is_multiple_of(3) {
-        RouteKey::plain(&format!("w/+/{}", i % 11))
-    } else {
-        RouteKey::plain(&format!("t/{}", i % 13))
     }
 }
 
@@ -270,10 +263,7 @@ fn run(seed: u64) -> Result<(), String> {
 
 #[test]
 fn replicas_converge_after_random_loss_reordering_duplication_and_partitions() {
-    let seeds: Vec<u64> = match std::env::var("ROUTE_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("ROUTE_SIM_SEED is a number")],
-        Err(_) => (0..300).collect(),
-    };
+    let seeds = simnet::seeds("ROUTE_SIM_SEED", 300);
     for seed in seeds {
         if let Err(e) = run(seed) {
             panic!("seed {seed}: {e} (replay with ROUTE_SIM_SEED={seed})");
