@@ -571,10 +571,5 @@ fn run(seed: u64) -> Result<(), String> {
 
 #[test]
 fn cores_and_replicants_converge_on_every_nodes_routes() {
-    let seeds = simnet::seeds("REPLICANT_SIM_SEED", 300);
-    for seed in seeds {
-        if let Err(e) = run(seed) {
-            panic!("seed {seed}: {e} (replay with REPLICANT_SIM_SEED={seed})");
-        }
-    }
+    simnet::check_seeds("REPLICANT_SIM_SEED", 300, run);
 }

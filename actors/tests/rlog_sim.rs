@@ -382,14 +382,9 @@ fn run(seed: u64, seen: &mut Seen) -> Result<(), String> {
 
 #[test]
 fn replicants_follow_cores_through_loss_duplication_cuts_and_core_crashes() {
-    let seeds = simnet::seeds("RLOG_SIM_SEED", 400);
     let mut seen = Seen::default();
-    let many = seeds.len() > 1;
-    for seed in seeds {
-        if let Err(e) = run(seed, &mut seen) {
-            panic!("seed {seed}: {e} (replay with RLOG_SIM_SEED={seed})");
-        }
-    }
+    let many = simnet::seeds("RLOG_SIM_SEED", 400).len() > 1;
+    simnet::check_seeds("RLOG_SIM_SEED", 400, |seed| run(seed, &mut seen));
     eprintln!(
         "checked {}, bootstraps {}, lost {:?}",
         seen.checked, seen.bootstraps, seen.lost

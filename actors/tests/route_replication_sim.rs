@@ -263,10 +263,5 @@ fn run(seed: u64) -> Result<(), String> {
 
 #[test]
 fn replicas_converge_after_random_loss_reordering_duplication_and_partitions() {
-    let seeds = simnet::seeds("ROUTE_SIM_SEED", 300);
-    for seed in seeds {
-        if let Err(e) = run(seed) {
-            panic!("seed {seed}: {e} (replay with ROUTE_SIM_SEED={seed})");
-        }
-    }
+    simnet::check_seeds("ROUTE_SIM_SEED", 300, run);
 }

@@ -116,3 +116,13 @@ pub fn seeds(var: &str, count: u64) -> Vec<u64> {
         Err(_) => (0..count).collect(),
     }
 }
+
+/// Runs `run` for each seed of [`seeds`]; a failure names its seed and how
+/// to replay it.
+pub fn check_seeds(var: &str, count: u64, mut run: impl FnMut(u64) -> Result<(), String>) {
+    for seed in seeds(var, count) {
+        if let Err(e) = run(seed) {
+            panic!("seed {seed}: {e} (replay with {var}={seed})");
+        }
+    }
+}
