@@ -258,17 +258,7 @@ impl ClusterRoutes {
             });
         }
         self.forget(origin);
-        let node: Arc<str> = Arc::from(origin);
-        let mut o = Origin {
-            version,
-            keys: BTreeSet::new(),
-        };
-        for k in keys {
-            if o.keys.insert(k.clone()) {
-                self.index_add(&node, &k);
-            }
-        }
-        self.origins.insert(node, o);
+        self.add_keys(origin, version, keys);
     }
 
     /// Forgets every route of `origin` (it left, was removed, or is being
@@ -282,6 +272,20 @@ impl ClusterRoutes {
             }
         }
         self.forget(origin)
+    }
+
+    /// Sets `origin`'s version and adds `keys` to its routes, indexed.
+    fn add_keys(&mut self, origin: &str, version: u64, keys: Vec<RouteKey>) {
+        let node: Arc<str> = Arc::from(origin);
+        let o = self.origins.entry(node.clone()).or_default();
+        o.version = version;
+        let added: Vec<RouteKey> = keys
+            .into_iter()
+            .filter(|k| o.keys.insert(k.clone()))
+            .collect();
+        for k in &added {
+            self.index_add(&node, k);
+        }
     }
 
     fn forget(&mut self, origin: &str) -> usize {
@@ -399,24 +403,18 @@ pub fn origin_rows<'a>(
     keys: impl Iterator<Item = &'a RouteKey>,
     max_keys: usize,
 ) -> Vec<RouteRow> {
-    let mut out = vec![RouteRow {
+    let row = |keys: Vec<RouteKey>| RouteRow {
         origin: origin.to_string(),
         version,
-        keys: Vec::new(),
-    }];
-    for k in keys {
-        if out.last().is_some_and(|r| r.keys.len() >= max_keys.max(1)) {
-            out.push(RouteRow {
-                origin: origin.to_string(),
-                version,
-                keys: Vec::new(),
-            });
-        }
-        if let Some(r) = out.last_mut() {
-            r.keys.push(k.clone());
-        }
+        keys,
+    };
+    let keys: Vec<RouteKey> = keys.cloned().collect();
+    if keys.is_empty() {
+        return vec![row(Vec::new())];
     }
-    out
+    keys.chunks(max_keys.max(1))
+        .map(|c| row(c.to_vec()))
+        .collect()
 }
 
 /// A replicant's copy of its core's table (every origin but itself).
@@ -432,19 +430,8 @@ impl Shard for ClusterRoutes {
             ..ClusterRoutes::default()
         };
         for r in rows {
-            if fresh.is_own(&r.origin) {
-                continue;
-            }
-            let node: Arc<str> = Arc::from(r.origin.as_str());
-            let o = fresh.origins.entry(node.clone()).or_default();
-            o.version = r.version;
-            let added: Vec<RouteKey> = r
-                .keys
-                .into_iter()
-                .filter(|k| o.keys.insert(k.clone()))
-                .collect();
-            for k in &added {
-                fresh.index_add(&node, k);
+            if !fresh.is_own(&r.origin) {
+                fresh.add_keys(&r.origin, r.version, r.keys);
             }
         }
         fresh.changes = self.changes.take();
