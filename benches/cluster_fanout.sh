@@ -24,36 +24,10 @@ BIN="$ROOT/target/release/emqx-rs"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-PIDS=()
-stop_all() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    sleep 1
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-    PIDS=()
-}
-trap stop_all EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=benches/nodes.sh
+. "$HERE/nodes.sh"
 
-start() {
-    local k=$1 dir=$2
-    mkdir -p "$dir/n$k"
-    cat >"$dir/n$k/emqx.conf" <<CONF
-node { name = "fan$k@127.0.0.$k", cookie = "fancookie", data_dir = "$dir/n$k/data" }
-cluster { name = fan, discovery_strategy = manual }
-listeners.tcp.default.bind = "127.0.0.$k:1883"
-dashboard.listeners.http.bind = "127.0.0.$k:18083"
-log { file.enable = false, console.level = warning }
-CONF
-    "$BIN" foreground -config "$dir/n$k/emqx.conf" >"$dir/n$k/log" 2>&1 &
-    PIDS+=("$!")
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.$k/1883") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "node $k did not start" >&2
-    exit 1
-}
+start() { start_node "$1" "$2" fan; }
 
 run() {
     local setup=$1 rep=$2 n=$3

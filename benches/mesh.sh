@@ -31,44 +31,13 @@ BIN="$ROOT/target/release/emqx-rs"
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    sleep 1
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=benches/nodes.sh
+. "$HERE/nodes.sh"
 
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 
-conf() {
-    local k=$1
-    mkdir -p "$OUT/n$k"
-    cat >"$OUT/n$k/emqx.conf" <<CONF
-node { name = "mesh$k@127.0.0.$k", cookie = "meshcookie", data_dir = "$OUT/n$k/data" }
-cluster { name = mesh, discovery_strategy = manual }
-listeners.tcp.default.bind = "127.0.0.$k:1883"
-dashboard.listeners.http.bind = "127.0.0.$k:18083"
-log { file.enable = false, console.level = warning }
-CONF
-}
-
-start() {
-    local k=$1
-    conf "$k"
-    "$BIN" foreground -config "$OUT/n$k/emqx.conf" >"$OUT/n$k/log" 2>&1 &
-    PIDS+=("$!")
-    echo "$!" >"$OUT/n$k/pid"
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.$k/1883") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "node $k did not start: $(tail -5 "$OUT/n$k/log")" >&2
-    exit 1
-}
+start() { start_node "$1" "$OUT" mesh; }
 
 ctl() {
     local k=$1

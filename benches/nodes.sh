@@ -1,0 +1,38 @@
+# Sourced by benches/mesh.sh and benches/cluster_fanout.sh: start nodes of
+# one cluster on loopback aliases and stop everything started. Needs BIN
+# (the emqx-rs binary).
+
+PIDS=()
+stop_all() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    sleep 1
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+    PIDS=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# start_node K DIR NAME: node NAME<K>@127.0.0.K (cluster NAME, manual
+# discovery), MQTT on 127.0.0.K:1883, files in DIR/nK (its pid in
+# DIR/nK/pid); returns once its MQTT port answers.
+start_node() {
+    local k=$1 dir=$2 name=$3
+    mkdir -p "$dir/n$k"
+    cat >"$dir/n$k/emqx.conf" <<CONF
+node { name = "$name$k@127.0.0.$k", cookie = "${name}cookie", data_dir = "$dir/n$k/data" }
+cluster { name = $name, discovery_strategy = manual }
+listeners.tcp.default.bind = "127.0.0.$k:1883"
+dashboard.listeners.http.bind = "127.0.0.$k:18083"
+log { file.enable = false, console.level = warning }
+CONF
+    "$BIN" foreground -config "$dir/n$k/emqx.conf" >"$dir/n$k/log" 2>&1 &
+    PIDS+=("$!")
+    echo "$!" >"$dir/n$k/pid"
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.$k/1883") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "node $k did not start: $(tail -5 "$dir/n$k/log")" >&2
+    exit 1
+}
