@@ -2898,11 +2898,7 @@ impl NodeConfig {
         // `node.role` is EMQX's alias of `node.db_role`.
         for k in ["role", "db_role"] {
             o.set(k, &mut self.db_role, |f| {
-                f.only(
-                    |f| f.keyword(DbRole::from_keyword, DbRole::ALL),
-                    DbRole::Core,
-                    "core: a replicant would join the core mesh as a core",
-                )
+                f.keyword(DbRole::from_keyword, DbRole::ALL)
             })?;
         }
         o.set("dist_listen_port", &mut self.dist_listen_port, |f| {

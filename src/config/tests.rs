@@ -741,6 +741,12 @@ fn null_keeps_the_default_and_aliases_work() {
     let c = ok("mqtt.max_inflight = null\nnode.role = core\n", &[]);
     assert_eq!(c.mqtt.max_inflight, 32);
     assert_eq!(c.node.db_role, DbRole::Core);
+    let r = ok("node.role = replicant\n", &[]);
+    assert_eq!(r.node.db_role, DbRole::Replicant);
+    let r = ok("", &[("EMQX_NODE__DB_ROLE", "replicant")]);
+    assert_eq!(r.node.db_role, DbRole::Replicant);
+    let e = err("node.db_role = follower\n", &[]);
+    assert!(e.contains("node.db_role"), "{e}");
 }
 
 #[test]
@@ -829,8 +835,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "retainer.msg_clear_interval",
         ),
         ("cluster.core_nodes = [\"a@h\"]", "cluster.core_nodes"),
-        ("node.db_role = replicant", "node.db_role"),
-        ("node.role = replicant", "node.role"),
         (
             "broker.enable_session_registry = false",
             "broker.enable_session_registry",

@@ -4,6 +4,7 @@
 
 pub mod autocluster;
 pub mod autoheal;
+pub mod copy;
 pub mod detector;
 pub mod guard;
 pub mod membership;

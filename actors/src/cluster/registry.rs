@@ -31,6 +31,10 @@ pub struct Registry {
     /// The running peers (never this node), as the cluster service last
     /// saw them.
     running: RwLock<Vec<String>>,
+    /// The running cores (this node included if it is one): the lock of a
+    /// client id is held by one of them. Empty on a replicant that follows
+    /// no core: its connects go on without a cluster lock.
+    lockers: RwLock<Vec<String>>,
     /// Locks this node holds for the client ids it owns: id -> (holder, expiry).
     locks: Mutex<HashMap<String, (String, Instant)>>,
 }
@@ -38,15 +42,18 @@ pub struct Registry {
 impl Registry {
     pub fn new(me: Arc<str>) -> Registry {
         Registry {
-            me,
             running: RwLock::new(Vec::new()),
+            lockers: RwLock::new(vec![me.to_string()]),
+            me,
             locks: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The cluster service tells the registry who runs, after every change.
-    pub fn set_running(&self, peers: Vec<String>) {
+    /// The cluster service tells the registry who runs, after every
+    /// change: the running peers, and the running cores among them and us.
+    pub fn set_running(&self, peers: Vec<String>, lockers: Vec<String>) {
         *self.running.write() = peers;
+        *self.lockers.write() = lockers;
     }
 
     /// Running peers (never this node).
@@ -54,12 +61,16 @@ impl Registry {
         self.running.read().clone()
     }
 
-    /// The node that holds the lock of `client`, among `peers` and us.
-    pub fn owner(&self, client: &str, peers: &[String]) -> String {
-        let mut all: Vec<&str> = peers.iter().map(|s| s.as_str()).collect();
-        all.push(&self.me);
+    /// The node that holds the lock of `client`, among `lockers` (every
+    /// node hashes the same sorted list); `None` if there is none.
+    pub fn owner(client: &str, lockers: &[String]) -> Option<String> {
+        let mut all: Vec<&str> = lockers.iter().map(|s| s.as_str()).collect();
         all.sort_unstable();
-        all[crate::hashing::bucket(client, all.len())].to_string()
+        all.dedup();
+        if all.is_empty() {
+            return None;
+        }
+        Some(all[crate::hashing::bucket(client, all.len())].to_string())
     }
 
     /// Takes the lock if it is free, expired, or already `holder`'s.
@@ -85,7 +96,10 @@ impl Registry {
     /// Takes the cluster lock of `client`, waiting up to a few seconds.
     pub async fn lock(&self, client: &str) -> Result<ClientLock, RegistryError> {
         let peers = self.peers();
-        let owner = self.owner(client, &peers);
+        let lockers = self.lockers.read().clone();
+        // A replicant cut off from every core keeps serving its clients
+        // without the cluster lock.
+        let owner = Registry::owner(client, &lockers).unwrap_or_else(|| self.me.to_string());
         let deadline = Instant::now() + LOCK_WAIT;
         let mut wait = Duration::from_millis(5);
         loop {
@@ -197,16 +211,21 @@ mod tests {
 
     #[test]
     fn every_node_agrees_on_the_lock_owner() {
-        let a = Registry::new(Arc::from("a@h"));
-        let b = Registry::new(Arc::from("b@h"));
-        let c = Registry::new(Arc::from("c@h"));
         for id in ["x", "client-1", "sensor/42", ""] {
-            let oa = a.owner(id, &["b@h".into(), "c@h".into()]);
-            let ob = b.owner(id, &["c@h".into(), "a@h".into()]);
-            let oc = c.owner(id, &["a@h".into(), "b@h".into()]);
+            let oa = Registry::owner(id, &["b@h".into(), "a@h".into(), "c@h".into()]);
+            let ob = Registry::owner(id, &["c@h".into(), "b@h".into(), "a@h".into()]);
+            let oc = Registry::owner(id, &["a@h".into(), "b@h".into(), "c@h".into()]);
+            assert!(oa.is_some());
             assert_eq!(oa, ob);
             assert_eq!(ob, oc);
         }
+        assert_eq!(Registry::owner("x", &[]), None);
+        let only = Registry::owner("x", &["c@h".into()]);
+        assert_eq!(
+            only.as_deref(),
+            Some("c@h"),
+            "a replicant's lock is a core's"
+        );
     }
 
     #[test]

@@ -167,10 +167,28 @@ impl ClusterRoutes {
         }
     }
 
+    /// An empty table that leaves out the same node as this one.
+    pub fn empty_like(&self) -> ClusterRoutes {
+        ClusterRoutes {
+            own: self.own.clone(),
+            ..ClusterRoutes::default()
+        }
+    }
+
+    /// Applies a change streamed by a core; false if it does not fit.
+    pub fn apply_change(&mut self, c: &RouteChange) -> bool {
+        <ClusterRoutes as Shard>::apply(self, c)
+    }
+
     /// From now on every change is kept for [`ClusterRoutes::take_changes`]
     /// (a core with replicants streams them).
     pub fn record_changes(&mut self) {
         self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// Stops keeping changes (the last replicant stopped following).
+    pub fn stop_recording(&mut self) {
+        self.changes = None;
     }
 
     /// The changes made since the last call, in order.

@@ -3,8 +3,11 @@
 //! and notes travel encoded ([`super::wire`]).
 
 use super::wire::{self, Note, Req, Resp};
+use parking_lot::RwLock;
 use ractor::{ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
+use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The process group of a node's endpoint.
@@ -43,13 +46,77 @@ pub fn endpoint_of(node: &str) -> Option<ActorRef<EndpointMsg>> {
         .map(Into::into)
 }
 
+/// Through which node requests reach the nodes this one has no link to:
+/// a replicant sends everything through the core it follows; a core
+/// reaches a replicant through the core that hosts it. One table per
+/// process, as the process groups that name the endpoints are.
+#[derive(Default)]
+struct Via {
+    default: Option<String>,
+    nodes: HashMap<String, String>,
+}
+
+static VIA: LazyLock<RwLock<Via>> = LazyLock::new(RwLock::default);
+
+/// The node requests to unlinked nodes go through (a replicant's core).
+pub fn set_default_via(node: Option<String>) {
+    VIA.write().default = node;
+}
+
+/// The node requests to `node` go through (the core hosting a replicant).
+pub fn set_via(node: &str, via: Option<&str>) {
+    let mut v = VIA.write();
+    match via {
+        Some(h) => v.nodes.insert(node.to_string(), h.to_string()),
+        None => v.nodes.remove(node),
+    };
+}
+
+fn via(node: &str) -> Option<String> {
+    let v = VIA.read();
+    v.nodes
+        .get(node)
+        .or(v.default.as_ref())
+        .filter(|h| *h != node)
+        .cloned()
+}
+
+/// Hops a relayed request may take: replicant, its core, the core hosting
+/// the target replicant, the target.
+pub(crate) const RELAY_HOPS: u8 = 2;
+
 /// Sends a request to a peer and decodes its reply.
 pub async fn call_peer(node: &str, req: &Req) -> Result<Resp, PeerError> {
     call_peer_within(node, req, CALL_TIMEOUT).await
 }
 
-/// [`call_peer`] with its own timeout.
+/// [`call_peer`] with its own timeout. A node without a link is reached
+/// through the node [`set_via`] or [`set_default_via`] named.
 pub async fn call_peer_within(node: &str, req: &Req, timeout: Duration) -> Result<Resp, PeerError> {
+    relay_within(node, RELAY_HOPS, req, timeout).await
+}
+
+/// Calls `node` directly, or through its relay while `hops` allow.
+pub(crate) async fn relay_within(
+    node: &str,
+    hops: u8,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, PeerError> {
+    if endpoint_of(node).is_none() && hops > 0 {
+        if let Some(v) = via(node).filter(|v| endpoint_of(v).is_some()) {
+            let relayed = Req::Relay {
+                to: node.to_string(),
+                hops: hops - 1,
+                req: Box::new(req.clone()),
+            };
+            return Box::pin(call_direct(&v, &relayed, timeout)).await;
+        }
+    }
+    call_direct(node, req, timeout).await
+}
+
+async fn call_direct(node: &str, req: &Req, timeout: Duration) -> Result<Resp, PeerError> {
     let ep = endpoint_of(node).ok_or_else(|| PeerError::NoLink(node.to_string()))?;
     let bytes = wire::encode(req);
     match ep

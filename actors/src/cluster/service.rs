@@ -14,17 +14,23 @@
 //! effects and the restart), `routes_sync.rs` (route catch-up) and
 //! `peers_in.rs` (what peers send). Calls to peers are in `../rpc.rs`.
 
+mod following;
 mod heal;
 mod health;
+mod hosting;
 mod join;
 mod peers_in;
 mod routes_sync;
 
 use super::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
+use super::copy::{Copy, CoreOp, MemberRow};
 use super::detector::Backoff;
-use super::membership::{atom, status_json, status_line, status_value, MemberInfo, Membership};
+use super::membership::{
+    atom, status_json, status_line, status_value, MemberInfo, Membership, Role,
+};
 use super::registry::Registry;
-use super::routes::{LocalRouteLog, RouteOp};
+use super::rlog::{Replica, Upstream};
+use super::routes::{LocalRouteLog, RouteChange, RouteOp};
 pub use super::rpc::{call_peer, call_peer_within, endpoint_of, group_of, EndpointMsg};
 use super::rpc::{cast_peer, CALL_TIMEOUT};
 pub use super::view::ClusterView;
@@ -37,7 +43,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::RactorMessage;
 use ractor_cluster::{NetworkStream, NodeEventSubscription, NodeServerMessage};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +56,15 @@ const ROUTE_BATCH: usize = 1_000;
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an autoheal restart of one node may take.
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Snapshot rows per message of a core's stream.
+const SNAPSHOT_PART_ROWS: usize = 4;
+
+/// Heartbeats a replicant waits for word from its core before it follows
+/// another: the down timeout, in heartbeat intervals.
+fn quiet_beats(heartbeat: Duration, down: Duration) -> u32 {
+    let hb = heartbeat.as_millis().max(1);
+    (down.as_millis().div_ceil(hb)).clamp(2, 1000) as u32
+}
 
 pub struct Endpoint;
 
@@ -215,6 +230,28 @@ pub struct SvcState {
     coordinating: bool,
     /// Autoheal: we are being restarted.
     rebooting: bool,
+    /// A core: the replicants that follow it and the changes to stream to
+    /// them (see `hosting.rs`).
+    upstream: Upstream,
+    stream_ops: Vec<CoreOp>,
+    streamed_members: Vec<MemberRow>,
+    /// The route table keeps its changes for the stream.
+    recording: bool,
+    /// A core: the core hosting each replicant (empty: none) and when that
+    /// was last said.
+    hosts: HashMap<String, (String, Instant)>,
+    /// A replicant: its stream and copy (see `following.rs`).
+    follower: Option<Follower>,
+}
+
+/// A replicant's side: the stream it follows, the copy it feeds, and its
+/// writes not yet handed to a core.
+pub(super) struct Follower {
+    replica: Replica<Copy>,
+    copy: Copy,
+    unsent: VecDeque<Note>,
+    /// The core being dialed to follow.
+    dialing: Option<String>,
 }
 
 /// Turns the node server's session events into link up/down for the
@@ -281,8 +318,11 @@ impl Actor for ClusterService {
             a.settings.heal.clone(),
             a.settings.down_timeout,
         );
+        let replicant = a.me.role == Role::Replicant;
         for p in membership.peers() {
-            monitor.add_member(&p.info.node, p.info.role, now);
+            if !replicant && p.info.role == Role::Core {
+                monitor.add_member(&p.info.node, p.info.role, now);
+            }
             add_forward_peer(&a.view, &p.info);
         }
         let _ = a.node_server.cast(NodeServerMessage::SubscribeToEvents {
@@ -330,7 +370,23 @@ impl Actor for ClusterService {
                 membership.peers().count()
             );
         }
-        let retained_sync = !membership.is_alone();
+        // A replicant takes everything from its core's stream.
+        let retained_sync = !membership.is_alone() && !replicant;
+        let follower = replicant.then(|| Follower {
+            replica: Replica::new(
+                rand::random(),
+                quiet_beats(a.settings.heartbeat_interval, a.settings.down_timeout),
+            ),
+            copy: Copy {
+                view: a.view.clone(),
+                ctx: a.ctx.clone(),
+                tables: a.tables.clone(),
+                members: Vec::new(),
+                newer_here: Vec::new(),
+            },
+            unsent: VecDeque::new(),
+            dialing: None,
+        });
         let st = SvcState {
             tables: a.tables,
             ctx: a.ctx,
@@ -358,6 +414,12 @@ impl Actor for ClusterService {
             pending_ups: Vec::new(),
             coordinating: false,
             rebooting: false,
+            upstream: Upstream::new(SNAPSHOT_PART_ROWS),
+            stream_ops: Vec::new(),
+            streamed_members: Vec::new(),
+            recording: false,
+            hosts: HashMap::new(),
+            follower,
         };
         st.publish_running();
         Ok(st)
@@ -408,6 +470,16 @@ impl Actor for ClusterService {
                         });
                     }
                 }
+                Req::Relay { to, hops, req } => {
+                    tokio::spawn(async move {
+                        let resp =
+                            match super::rpc::relay_within(&to, hops, &req, CALL_TIMEOUT).await {
+                                Ok(r) => r,
+                                Err(e) => Resp::Refused(e.to_string()),
+                            };
+                        let _ = reply.send(wire::encode(&resp));
+                    });
+                }
                 req => {
                     let resp = st.on_request(req).await;
                     let _ = reply.send(wire::encode(&resp));
@@ -420,7 +492,9 @@ impl Actor for ClusterService {
                 if let Some(b) = st.backoff.get_mut(&node) {
                     b.reset();
                 }
-                if st.membership.peer(&node).is_some() {
+                if st.follower.is_some() {
+                    st.core_linked(&myself, &node);
+                } else if st.membership.peer(&node).is_some() {
                     st.send_heartbeat(&node);
                 }
             }
@@ -437,6 +511,11 @@ impl Actor for ClusterService {
                     st.links.remove(&node);
                     let eff = st.monitor.on_link_lost(&node);
                     st.apply(&myself, eff, "link closed");
+                    if st.follower.is_some() {
+                        st.core_lost(&myself, &node);
+                    } else {
+                        st.follower_lost(&node);
+                    }
                 }
             }
             SvcMsg::Tick => st.tick(&myself),
@@ -448,19 +527,33 @@ impl Actor for ClusterService {
                     .filter(|op| st.local.record(op.clone()).is_some())
                     .collect();
                 if !ops.is_empty() {
+                    if st.follower.is_none() {
+                        st.stream_ops.push(CoreOp::Route(RouteChange::Apply {
+                            origin: st.me().to_string(),
+                            base,
+                            ops: ops.clone(),
+                        }));
+                    }
                     let note = Note::Routes {
                         node: st.me().to_string(),
                         incarnation: st.membership.me.incarnation,
                         base,
                         ops,
                     };
-                    st.broadcast(&note);
+                    st.write(note);
                 }
             }
-            SvcMsg::Retained(m) => st.broadcast(&Note::Retain { msg: m }),
-            SvcMsg::TableWrite(ops) => st.broadcast(&Note::Table(ops)),
+            SvcMsg::Retained(m) => st.write(Note::Retain { msg: m }),
+            SvcMsg::TableWrite(ops) => st.write(Note::Table(ops)),
             SvcMsg::DialDone(node, ok) => {
                 st.dialing.remove(&node);
+                let core_dialed = st
+                    .follower
+                    .as_mut()
+                    .is_some_and(|f| f.dialing.take_if(|d| *d == node).is_some());
+                if core_dialed && ok {
+                    st.core_linked(&myself, &node);
+                }
                 if !ok {
                     let b = st.backoff.entry(node).or_insert_with(|| {
                         Backoff::new(Duration::from_millis(500), Duration::from_secs(10))
@@ -561,6 +654,7 @@ impl Actor for ClusterService {
                 let _ = reply.send(v);
             }
         }
+        st.flush_stream();
         st.publish_running();
         Ok(())
     }
@@ -888,12 +982,19 @@ impl SvcState {
     /// Hands the running peers to the client registry, which reads them
     /// on every connect.
     fn publish_running(&self) {
+        let running: Vec<&super::membership::Member> =
+            self.membership.peers().filter(|m| m.running).collect();
+        let mut lockers: Vec<String> = running
+            .iter()
+            .filter(|m| m.info.role == Role::Core)
+            .map(|m| m.info.node.clone())
+            .collect();
+        if !self.is_replicant() {
+            lockers.push(self.me().to_string());
+        }
         self.registry.set_running(
-            self.membership
-                .peers()
-                .filter(|m| m.running)
-                .map(|m| m.info.node.clone())
-                .collect(),
+            running.iter().map(|m| m.info.node.clone()).collect(),
+            lockers,
         );
     }
 
@@ -946,11 +1047,30 @@ impl SvcState {
         }
     }
 
+    /// Sends a note to every running core we have a link to (replicants
+    /// hear of everything through their core's stream).
     fn broadcast(&self, note: &Note) {
         for m in self.membership.peers() {
-            if m.running && self.links.contains_key(&m.info.node) {
+            if m.running && m.info.role == Role::Core && self.links.contains_key(&m.info.node) {
                 cast_peer(&m.info.node, note);
             }
+        }
+    }
+
+    /// Whether this node is a replicant.
+    fn is_replicant(&self) -> bool {
+        self.follower.is_some()
+    }
+
+    fn role_of(&self, node: &str) -> Option<Role> {
+        self.membership.peer(node).map(|m| m.info.role)
+    }
+
+    /// Starts failure detection of a member: cores watch cores; nobody
+    /// watches a replicant by heartbeats (its core's link tells).
+    fn watch(&mut self, node: &str, role: Role, now: Instant) {
+        if !self.is_replicant() && role == Role::Core {
+            self.monitor.add_member(node, role, now);
         }
     }
 }

@@ -30,8 +30,9 @@ fn forwarded(r: Result<Queued, ForwardError>) -> Forwarded {
 impl ClusterView {
     pub fn new(me: Arc<str>, forwarder: Arc<Forwarder>) -> ClusterView {
         ClusterView {
+            // A replicant's copy carries its own routes too: left out.
+            routes: RwLock::new(ClusterRoutes::excluding(&me)),
             me,
-            routes: RwLock::default(),
             up: RwLock::default(),
             forwarder,
         }

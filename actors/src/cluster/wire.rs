@@ -68,6 +68,15 @@ pub enum Req {
     Sessions {
         clients: Vec<String>,
     },
+    /// Passes `req` on to `to`, which the sender has no link to (a
+    /// replicant reaches everybody through its core; a core reaches a
+    /// replicant through the core that hosts it). `hops` is how many more
+    /// times it may be passed on.
+    Relay {
+        to: String,
+        hops: u8,
+        req: Box<Req>,
+    },
 }
 
 /// Replies to [`Req`].
@@ -141,6 +150,28 @@ pub enum Note {
     /// Writes to a replicated table: one as it is made, or a whole table
     /// (in chunks) pushed to a peer that came up.
     Table(crate::replicated::TableOps),
+    /// A replicant to its core: start or stop following its stream.
+    Follow { node: String, up: super::rlog::Up },
+    /// A core to a replicant following it: the replication stream.
+    Stream(super::copy::CoreDown),
+    /// A core to the other cores, every heartbeat: the replicants it hosts
+    /// and where their routes are.
+    Hosted {
+        host: String,
+        replicants: Vec<HostedReplicant>,
+    },
+    /// A replicant to its core: a write of the replicant's (a retained
+    /// message, a table write) for the core to apply and pass on to the
+    /// other cores.
+    Relayed { from: String, note: Box<Note> },
+}
+
+/// A replicant as its core tells the other cores of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedReplicant {
+    pub node: String,
+    pub incarnation: u64,
+    pub route_version: u64,
 }
 
 fn config() -> impl bincode::config::Config {

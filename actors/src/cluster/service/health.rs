@@ -75,12 +75,23 @@ impl SvcState {
 
     pub(super) fn tick(&mut self, myself: &ActorRef<SvcMsg>) {
         let now = Instant::now();
-        self.autoclean(now);
-        if now.duration_since(self.last_heartbeat) >= self.settings.heartbeat_interval {
+        let beat = now.duration_since(self.last_heartbeat) >= self.settings.heartbeat_interval;
+        if beat {
             self.last_heartbeat = now;
+        }
+        if self.is_replicant() {
+            // No failure detection of its own, no autoclean, one link.
+            if beat {
+                self.replicant_tick(myself);
+            }
+            return;
+        }
+        self.autoclean(now);
+        if beat {
             let peers: Vec<String> = self
                 .membership
                 .peers()
+                .filter(|m| m.info.role == Role::Core)
                 .map(|m| m.info.node.clone())
                 .collect();
             for p in peers {
@@ -88,15 +99,19 @@ impl SvcState {
                     self.send_heartbeat(&p);
                 }
             }
+            self.beat_replicants();
         }
+        self.replicant_liveness(now);
         let eff = self.monitor.tick(now);
         self.apply(myself, eff, "no heartbeat within the down timeout");
-        // Dial members we have no link to.
+        // Dial cores we have no link to (replicants dial their core).
         let targets: Vec<MemberInfo> = self
             .membership
             .peers()
             .filter(|m| {
-                !self.links.contains_key(&m.info.node) && !self.dialing.contains(&m.info.node)
+                m.info.role == Role::Core
+                    && !self.links.contains_key(&m.info.node)
+                    && !self.dialing.contains(&m.info.node)
             })
             .map(|m| m.info.clone())
             .collect();
@@ -190,9 +205,11 @@ impl SvcState {
         }
         if self.membership.set_running(node, true) {
             tracing::info!("cluster: node {node} is up");
-            // Anti-entropy: whatever the peer missed of our tables while it was
-            // unreachable (both sides push, so both catch up).
-            for ops in self.tables.snapshot() {
+            // Anti-entropy between cores: whatever the peer missed of our
+            // tables while it was unreachable (both sides push, so both
+            // catch up). Replicants take tables from their core's stream.
+            let cores = !self.is_replicant() && self.role_of(node) == Some(Role::Core);
+            for ops in self.tables.snapshot().into_iter().filter(|_| cores) {
                 for chunk in ops.entries.chunks(TABLE_CHUNK) {
                     let note = Note::Table(TableOps {
                         table: ops.table.clone(),
@@ -221,6 +238,11 @@ impl SvcState {
             tracing::info!("cluster: purged {purged} route(s) of {node}");
         }
         self.incarnations.remove(node);
+        if self.hosts_here(node) {
+            self.upstream.unsubscribe(node, None);
+        }
+        self.hosts.remove(node);
+        super::super::rpc::set_via(node, None);
         self.view.forwarder.remove_peer(node);
         self.backoff.remove(node);
         self.disconnect(node);

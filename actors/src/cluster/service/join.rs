@@ -61,7 +61,7 @@ impl SvcState {
             }
             let node = info.node.clone();
             add_forward_peer(&self.view, &info);
-            self.monitor.add_member(&node, info.role, now);
+            self.watch(&node, info.role, now);
             self.membership.upsert(info, false);
         }
         {
@@ -91,7 +91,7 @@ impl SvcState {
             }
             let node = info.node.clone();
             add_forward_peer(&self.view, &info);
-            self.monitor.add_member(&node, info.role, now);
+            self.watch(&node, info.role, now);
             self.membership.upsert(info, false);
         }
         inc(&self.ctx.broker.metrics.cluster_joined);

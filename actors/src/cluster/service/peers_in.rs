@@ -4,6 +4,10 @@ use super::*;
 
 impl SvcState {
     pub(super) fn on_note(&mut self, myself: &ActorRef<SvcMsg>, n: Note) {
+        if self.is_replicant() {
+            self.on_note_as_replicant(myself, n);
+            return;
+        }
         match n {
             Note::Heartbeat {
                 node,
@@ -24,6 +28,13 @@ impl SvcState {
                     }
                     return;
                 }
+                if self.role_of(&node) == Some(Role::Replicant) {
+                    // A replicant beats to the core it follows only.
+                    if self.hosts_here(&node) {
+                        self.check_routes(myself, &node, beat.incarnation, route_version);
+                    }
+                    return;
+                }
                 let eff = self.monitor.on_beat(&node, &beat, Instant::now());
                 self.apply(myself, eff, "");
                 if self.monitor.is_running(&node) {
@@ -40,13 +51,23 @@ impl SvcState {
                     return;
                 }
                 let known = self.incarnations.get(&node).copied();
+                let version = base + ops.len() as u64;
                 if known == Some(incarnation) {
                     let r = self.view.routes.write().apply(&node, base, &ops);
                     if r.is_err() {
                         self.fetch_routes(myself, &node);
+                    } else if self.hosts_here(&node) {
+                        // A replicant's changes: the other cores get them
+                        // from its core.
+                        self.broadcast(&Note::Routes {
+                            node,
+                            incarnation,
+                            base,
+                            ops,
+                        });
                     }
                 } else {
-                    self.check_routes(myself, &node, incarnation, base + ops.len() as u64);
+                    self.check_routes(myself, &node, incarnation, version);
                 }
             }
             Note::MemberUp { info } => {
@@ -65,12 +86,17 @@ impl SvcState {
                     tracing::info!("cluster: {node} joined the cluster");
                     self.save();
                 }
-                self.monitor.add_member(&node, role, Instant::now());
+                self.watch(&node, role, Instant::now());
                 if self.links.contains_key(&node) {
                     self.send_heartbeat(&node);
                 }
             }
             Note::MemberLeft { node } => {
+                if self.hosts_here(&node) {
+                    // A replicant of ours leaves: the other cores hear it
+                    // from us.
+                    self.broadcast(&Note::MemberLeft { node: node.clone() });
+                }
                 if node == self.me() {
                     tracing::warn!("cluster: this node was removed from the cluster");
                     self.reset_to_single();
@@ -80,7 +106,10 @@ impl SvcState {
                 self.save();
             }
             Note::Retain { msg } => {
-                let _ = self.ctx.broker.retainer.store(&Arc::new(msg));
+                let m = Arc::new(msg);
+                if self.ctx.broker.retainer.store(&m).is_ok() && self.upstream.agents() > 0 {
+                    self.stream_ops.push(CoreOp::Retain((*m).clone()));
+                }
             }
             Note::Report { node } => {
                 let eff = self.monitor.on_report(&node, Instant::now());
@@ -89,15 +118,29 @@ impl SvcState {
             Note::Heal { cliques } => self.start_heal(myself, cliques),
             Note::Table(ops) => match self.tables.merge(&ops) {
                 Ok(0) => {}
-                Ok(n) => tracing::debug!("cluster: {n} change(s) to table {}", ops.table),
+                Ok(n) => {
+                    tracing::debug!("cluster: {n} change(s) to table {}", ops.table);
+                    if self.upstream.agents() > 0 {
+                        self.stream_ops.push(CoreOp::Table(ops));
+                    }
+                }
                 Err(e) => tracing::error!("cluster: replicated table {}: {e}", ops.table),
             },
+            Note::Follow { node, up } => self.on_follow(node, up),
+            Note::Hosted { host, replicants } => self.on_hosted(myself, host, replicants),
+            Note::Relayed { from, note } => self.on_relayed(myself, from, *note),
+            Note::Stream(_) => {
+                tracing::warn!("cluster: a replication stream reached a core; ignored")
+            }
         }
     }
 
     pub(super) async fn on_request(&mut self, req: Req) -> Resp {
         match req {
             Req::Join { info } => {
+                if self.is_replicant() {
+                    return Resp::Refused("cannot_join_to_replicant".into());
+                }
                 if info.node == self.me() {
                     return Resp::Refused("cannot_join_itself".into());
                 }
@@ -117,7 +160,7 @@ impl SvcState {
                 // running state until its new incarnation is heard.
                 let running = self.monitor.is_running(&node);
                 self.membership.upsert(info.clone(), running);
-                self.monitor.add_member(&node, info.role, Instant::now());
+                self.watch(&node, info.role, Instant::now());
                 // A rejoining node's routes are fetched again from its new
                 // run and replace the old ones in one step; until then the
                 // old ones stay (an autoheal restart keeps its sessions).
@@ -210,9 +253,11 @@ impl SvcState {
                 members: self.membership.peers().count() + 1,
             },
             Req::SplitView => Resp::SplitView(self.monitor.split_view()),
-            Req::Kick { .. } | Req::Discard { .. } | Req::Takeover { .. } | Req::Reboot { .. } => {
-                Resp::Refused("handled asynchronously".into())
-            }
+            Req::Kick { .. }
+            | Req::Discard { .. }
+            | Req::Takeover { .. }
+            | Req::Reboot { .. }
+            | Req::Relay { .. } => Resp::Refused("handled asynchronously".into()),
         }
     }
 }
