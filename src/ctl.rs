@@ -32,6 +32,84 @@ pub enum ControlMsg {
     /// as JSON); replies with the answer as JSON.
     #[rpc]
     Api(String, RpcReplyPort<String>),
+    /// Passes a `Run` or `Api` request on to a node the sender has no link
+    /// to ([`Relayed`] as JSON); replies with that node's answer.
+    #[rpc]
+    Relay(String, RpcReplyPort<String>),
+}
+
+/// Which request of the control actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ControlKind {
+    Run,
+    Api,
+}
+
+/// A control request passed on by a node in between.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Relayed {
+    to: String,
+    hops: u8,
+    kind: ControlKind,
+    body: String,
+}
+
+/// Calls the control actor of `node`: over the link to it, or else through
+/// the node the cluster reaches it by (a replicant talks to its core only;
+/// a core reaches a replicant through the core that hosts it).
+pub async fn call_control(
+    node: &str,
+    kind: ControlKind,
+    body: String,
+    timeout: Duration,
+) -> Option<String> {
+    call_control_hops(node, 2, kind, body, timeout).await
+}
+
+async fn call_control_hops(
+    node: &str,
+    hops: u8,
+    kind: ControlKind,
+    body: String,
+    timeout: Duration,
+) -> Option<String> {
+    let actor_of = |n: &str| -> Option<ActorRef<ControlMsg>> {
+        ractor::pg::get_members(&ctl_group(n))
+            .into_iter()
+            .next()
+            .map(Into::into)
+    };
+    let r = if let Some(actor) = actor_of(node) {
+        match kind {
+            ControlKind::Run => {
+                actor
+                    .call(|rp| ControlMsg::Run(body, rp), Some(timeout))
+                    .await
+            }
+            ControlKind::Api => {
+                actor
+                    .call(|rp| ControlMsg::Api(body, rp), Some(timeout))
+                    .await
+            }
+        }
+    } else {
+        let via = emqx_actors::cluster::rpc::via_of(node).filter(|_| hops > 0)?;
+        let actor = actor_of(&via)?;
+        let relayed = Relayed {
+            to: node.to_string(),
+            hops: hops - 1,
+            kind,
+            body,
+        };
+        let req = serde_json::to_string(&relayed).ok()?;
+        actor
+            .call(|rp| ControlMsg::Relay(req, rp), Some(timeout))
+            .await
+    };
+    match r {
+        Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
+        _ => None,
+    }
 }
 
 pub struct ControlActor;
@@ -72,6 +150,25 @@ impl Actor for ControlActor {
                 };
                 let _ = reply.send(serde_json::json!({"code": code, "out": out}).to_string());
             }
+            ControlMsg::Relay(req, reply) => match serde_json::from_str::<Relayed>(&req) {
+                Ok(r) => {
+                    tokio::spawn(async move {
+                        let out = Box::pin(call_control_hops(
+                            &r.to,
+                            r.hops,
+                            r.kind,
+                            r.body,
+                            Duration::from_secs(10),
+                        ))
+                        .await;
+                        let _ = reply.send(out.unwrap_or_else(|| "null".into()));
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("bad relayed control request from a peer: {e}");
+                    let _ = reply.send("null".into());
+                }
+            },
             ControlMsg::Api(call, reply) => {
                 match serde_json::from_str::<crate::mgmt::Call>(&call) {
                     Ok(call) => {
@@ -1126,17 +1223,8 @@ async fn on_peers(node: &Node, words: &[&str]) -> Vec<(String, String)> {
     let req = serde_json::to_string(words).unwrap_or_else(|_| "[]".into());
     let mut out = Vec::new();
     for p in peers {
-        let Some(cell) = ractor::pg::get_members(&ctl_group(&p)).into_iter().next() else {
-            continue;
-        };
-        let actor: ActorRef<ControlMsg> = cell.into();
-        let r = actor
-            .call(
-                |rp| ControlMsg::Run(req.clone(), rp),
-                Some(Duration::from_secs(10)),
-            )
-            .await;
-        if let Ok(ractor::rpc::CallResult::Success(s)) = r {
+        let r = call_control(&p, ControlKind::Run, req.clone(), Duration::from_secs(10)).await;
+        if let Some(s) = r {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) {
                 out.push((p, v["out"].as_str().unwrap_or("").to_string()));
             }

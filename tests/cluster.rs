@@ -780,28 +780,6 @@ fn restarted_node_rejoins_its_cluster_automatically() {
 
 /// A 3.1.1 client with clean_session = false; returns it and whether the
 /// broker said a session was present.
-fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
-    let mut m = Mq::open(n, id, false);
-    let mut present = None;
-    let ok = m.wait_for(Duration::from_secs(5), |e| match e {
-        Event::Incoming(Packet::ConnAck(a)) => {
-            present = Some(a.session_present);
-            true
-        }
-        _ => false,
-    });
-    assert!(ok, "{id}: no CONNACK from {} ({:?})", n.name, m.error);
-    (m, present.unwrap_or(false))
-}
-
-fn client_lines(n: &Node, id: &str) -> Vec<String> {
-    let (_, out) = n.ctl(&["clients", "list"]);
-    out.lines()
-        .filter(|l| l.starts_with(&format!("Client({id},")))
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn persistent_session_moves_to_the_node_the_client_reconnects_to_with_its_queued_messages() {
     let nodes = cluster(&[1, 2]);

@@ -114,6 +114,185 @@ fn replicants_serve_publishes_and_retained_messages_with_one_core_link_each() {
             peers[0]
         );
     }
-    let t0 = Instant::now();
-    let _ = t0;
+}
+
+/// The core `r` has its control link to.
+fn followed(r: &Node, all: &[&Node]) -> Option<String> {
+    let peers = control_peers(r, all);
+    (peers.len() == 1).then(|| peers[0].clone())
+}
+
+#[test]
+fn a_replicant_follows_another_core_when_its_core_is_killed_and_keeps_its_clients() {
+    let (mut cs, rs) = mixed(&[1, 2, 3], &[4, 5]);
+    let (ra, rb) = (&rs[0], &rs[1]);
+    let mut sub = mq(ra, "fo-sub");
+    sub.sub("fo/#", 1);
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    for n in &all {
+        wait_route(n, "fo/#", ra, true, Duration::from_secs(10));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let core = followed(ra, &all).expect("replicant A follows one core");
+    let idx = cs.iter().position(|c| c.name == core).expect("a core");
+    drop(all);
+    let killed = Instant::now();
+    cs[idx].kill();
+    // A subscription made during the switch.
+    let mut sub2 = mq(ra, "fo-sub2");
+    sub2.sub("during/+", 1);
+
+    let live: Vec<&Node> = cs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != idx)
+        .map(|(_, c)| c)
+        .chain(rs.iter())
+        .collect();
+    let deadline = killed + DOWN_TIMEOUT + Duration::from_secs(5);
+    let mut now_following = None;
+    while Instant::now() < deadline {
+        if let Some(c) = followed(ra, &live) {
+            now_following = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = killed.elapsed();
+    let now_following = now_following.unwrap_or_else(|| {
+        panic!(
+            "replicant A follows no live core {took:?} after its core was killed\n{}",
+            tails(&live)
+        )
+    });
+    assert_ne!(now_following, core);
+
+    // Its clients stayed connected; routes made during the switch reached
+    // every live node, and messages flow both ways.
+    for n in &live {
+        wait_route(n, "during/+", ra, true, Duration::from_secs(10));
+        wait_route(n, "fo/#", ra, true, Duration::from_secs(10));
+    }
+    let mut p = mq(rb, "fo-pub");
+    p.publish("fo/1", 1, false, b"after");
+    p.publish("during/x", 1, false, b"during");
+    assert_eq!(
+        payloads(&sub.collect(1, Duration::from_secs(10))),
+        vec!["after"],
+        "{:?}\n{}",
+        sub.error,
+        tails(&live)
+    );
+    assert_eq!(
+        payloads(&sub2.collect(1, Duration::from_secs(10))),
+        vec!["during"]
+    );
+    assert!(
+        sub.error.is_none(),
+        "the subscriber was disconnected: {:?}",
+        sub.error
+    );
+    // Status everywhere: the killed core stopped, everybody else running.
+    let running: Vec<&Node> = live.clone();
+    let stopped: Vec<&Node> = vec![&cs[idx]];
+    let line = status_line(&running, &stopped);
+    for n in &live {
+        wait_status(n, &line, Duration::from_secs(10), &live);
+    }
+}
+
+#[test]
+fn a_persistent_session_moves_from_a_replicant_to_a_core_and_back() {
+    let (cs, rs) = mixed(&[1, 2], &[3, 4]);
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    let (r1, r2, c2) = (&rs[0], &rs[1], &cs[1]);
+    let (mut s, present) = mq_persistent(r1, "mv");
+    assert!(!present);
+    s.sub("mv/#", 1);
+    for n in &all {
+        wait_route(n, "mv/#", r1, true, Duration::from_secs(10));
+    }
+    s.c.disconnect().expect("disconnect");
+    s.wait_for(Duration::from_secs(2), |_| false);
+    drop(s);
+    let mut p = mq(r2, "mv-pub");
+    for i in 0..3 {
+        p.publish("mv/x", 1, false, format!("a{i}").as_bytes());
+    }
+    // To a core: the session comes over from the replicant.
+    let (mut s, present) = mq_persistent(c2, "mv");
+    assert!(present, "session present on the core\n{}", tails(&all));
+    assert_eq!(
+        payloads(&s.collect(3, Duration::from_secs(10))),
+        vec!["a0", "a1", "a2"],
+        "{}",
+        tails(&all)
+    );
+    for n in &all {
+        wait_route(n, "mv/#", c2, true, Duration::from_secs(10));
+        wait_route(n, "mv/#", r1, false, Duration::from_secs(10));
+    }
+    s.c.disconnect().expect("disconnect");
+    s.wait_for(Duration::from_secs(2), |_| false);
+    drop(s);
+    for i in 0..2 {
+        p.publish("mv/y", 1, false, format!("b{i}").as_bytes());
+    }
+    // And back to the other replicant.
+    let (mut s, present) = mq_persistent(r2, "mv");
+    assert!(present, "session present on replicant 2\n{}", tails(&all));
+    assert_eq!(
+        payloads(&s.collect(2, Duration::from_secs(10))),
+        vec!["b0", "b1"]
+    );
+    let lines = client_lines(&cs[0], "mv");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].ends_with(&format!("node={})", r2.name)),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn shared_subscribers_on_replicants_and_cores_share_the_messages_of_every_qos() {
+    let (cs, rs) = mixed(&[1, 2], &[3, 4]);
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    let mut a = mq(&rs[0], "sh-a");
+    a.sub("$share/g/sh/+", 2);
+    let mut b = mq(&cs[1], "sh-b");
+    b.sub("$share/g/sh/+", 2);
+    for o in [&rs[0], &cs[1]] {
+        let needle = format!(" -> {}", o.name);
+        let (ok, out) = poll_ctl(&rs[1], &["topics", "list"], Duration::from_secs(10), |t| {
+            t.lines()
+                .any(|l| l.contains("sh/+") && l.ends_with(&needle))
+        });
+        assert!(
+            ok,
+            "replicant 2 never saw the shared route of {}: {out}",
+            o.name
+        );
+    }
+    let mut p = mq(&rs[1], "sh-pub");
+    for i in 0..30 {
+        p.publish("sh/1", (i % 3) as u8, false, format!("m{i}").as_bytes());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    while ga.len() + gb.len() < 30 && Instant::now() < deadline {
+        ga.extend(payloads(&a.collect(1, Duration::from_millis(100))));
+        gb.extend(payloads(&b.collect(1, Duration::from_millis(100))));
+    }
+    ga.extend(payloads(&a.quiet(Duration::from_millis(500))));
+    gb.extend(payloads(&b.quiet(Duration::from_millis(100))));
+    let mut got: Vec<String> = ga.iter().chain(gb.iter()).cloned().collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        (ga.len() + gb.len(), got.len()),
+        (30, 30),
+        "each message once: replicant got {ga:?}, core got {gb:?}\n{}",
+        tails(&all)
+    );
+    assert!(!ga.is_empty() && !gb.is_empty(), "{ga:?} {gb:?}");
 }

@@ -17,7 +17,7 @@ mod prometheus;
 mod tls_listener;
 
 use crate::config::DashboardListeners;
-use crate::ctl::{ctl_group, ControlMsg};
+use crate::ctl::{call_control, ControlKind};
 use crate::listeners::tls::Tls;
 use crate::mgmt::{self, Call};
 use crate::running::Node;
@@ -1030,20 +1030,12 @@ impl Api {
         if node == self.node.name {
             return Ok(mgmt::answer(&self.node, call).await);
         }
-        let cell = ractor::pg::get_members(&ctl_group(node))
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("node {node} is not reachable"))?;
-        let actor: ractor::ActorRef<ControlMsg> = cell.into();
         let req = serde_json::to_string(call).map_err(|e| e.to_string())?;
-        match actor
-            .call(|rp| ControlMsg::Api(req, rp), Some(NODE_TIMEOUT))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(s)) => {
+        match call_control(node, ControlKind::Api, req, NODE_TIMEOUT).await {
+            Some(s) => {
                 serde_json::from_str(&s).map_err(|e| format!("node {node}: bad answer: {e}"))
             }
-            _ => Err(format!("node {node} did not answer")),
+            None => Err(format!("node {node} is not reachable or did not answer")),
         }
     }
 

@@ -419,3 +419,28 @@ pub fn established() -> Vec<(SocketAddr, SocketAddr)> {
         })
         .collect()
 }
+
+/// A persistent (clean session false) client; whether its CONNACK said
+/// session present.
+pub fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
+    let mut m = Mq::open(n, id, false);
+    let mut present = None;
+    let ok = m.wait_for(Duration::from_secs(5), |e| match e {
+        Event::Incoming(Packet::ConnAck(a)) => {
+            present = Some(a.session_present);
+            true
+        }
+        _ => false,
+    });
+    assert!(ok, "{id}: no CONNACK from {} ({:?})", n.name, m.error);
+    (m, present.unwrap_or(false))
+}
+
+/// `clients list` lines (cluster-wide) of client `id`.
+pub fn client_lines(n: &Node, id: &str) -> Vec<String> {
+    let (_, out) = n.ctl(&["clients", "list"]);
+    out.lines()
+        .filter(|l| l.starts_with(&format!("Client({id},")))
+        .map(String::from)
+        .collect()
+}

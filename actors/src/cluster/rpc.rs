@@ -72,7 +72,8 @@ pub fn set_via(node: &str, via: Option<&str>) {
     };
 }
 
-fn via(node: &str) -> Option<String> {
+/// The node that reaches `node` for us when we have no link to it.
+pub fn via_of(node: &str) -> Option<String> {
     let v = VIA.read();
     v.nodes
         .get(node)
@@ -104,7 +105,7 @@ pub(crate) async fn relay_within(
     timeout: Duration,
 ) -> Result<Resp, PeerError> {
     if endpoint_of(node).is_none() && hops > 0 {
-        if let Some(v) = via(node).filter(|v| endpoint_of(v).is_some()) {
+        if let Some(v) = via_of(node).filter(|v| endpoint_of(v).is_some()) {
             let relayed = Req::Relay {
                 to: node.to_string(),
                 hops: hops - 1,
