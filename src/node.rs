@@ -768,10 +768,7 @@ async fn start_cluster(
         node: name.clone(),
         dist_addr: SocketAddr::new(adv_ip, dist.port).to_string(),
         fwd_addr: SocketAddr::new(adv_ip, core.fwd_port).to_string(),
-        role: match cfg.node.db_role.as_str() {
-            "replicant" => Role::Replicant,
-            _ => Role::Core,
-        },
+        role: role_of(cfg),
         incarnation: me_start,
     };
     let (service, _) = Actor::spawn(
@@ -853,6 +850,7 @@ fn start_discovery(
         },
         name: name.clone(),
         me_start: cluster.me_start,
+        role: role_of(cfg),
     };
     let mut etcd = None;
     let task = match cfg.cluster.discovery_strategy.as_str() {
@@ -869,6 +867,13 @@ fn start_discovery(
             Some(ac.spawn(e))
         }
         "k8s" => Some(ac.spawn(k8s_strategy(cfg, name)?)),
+        // A replicant's static core list (EMQX 5.0-5.7's core_nodes).
+        "manual" if !cfg.cluster.core_nodes.is_empty() => Some(
+            ac.spawn(
+                emqx_discovery::Static::new(cfg.cluster.core_nodes.clone())
+                    .map_err(|e| format!("cluster.core_nodes: {e}"))?,
+            ),
+        ),
         "manual" | "singleton" => None,
         other => {
             tracing::warn!("cluster.discovery_strategy = {other} is not available yet; nodes join with `ctl cluster join`");
@@ -1075,6 +1080,14 @@ pub fn start_daemon(cfg: Config, args: &[String]) -> ExitCode {
     ExitCode::from(3)
 }
 
+/// `node.db_role` as the cluster knows it.
+fn role_of(cfg: &Config) -> Role {
+    match cfg.node.db_role {
+        crate::config::DbRole::Replicant => Role::Replicant,
+        crate::config::DbRole::Core => Role::Core,
+    }
+}
+
 /// Starts the autocluster loop with one discovery strategy.
 struct Autocluster {
     cluster: ActorRef<emqx_actors::cluster::service::SvcMsg>,
@@ -1082,6 +1095,7 @@ struct Autocluster {
     dialer: Dialer,
     name: String,
     me_start: u64,
+    role: Role,
 }
 
 impl Autocluster {
@@ -1093,6 +1107,7 @@ impl Autocluster {
             self.dialer.clone(),
             self.name.clone(),
             self.me_start,
+            self.role,
         ))
     }
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use common::cluster::*;
-use common::Node;
+use common::{add_config, Node};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,34 @@ fn mixed(cores: &[u8], replicants: &[u8]) -> (Vec<Node>, Vec<Node>) {
         join(r, &cs[0]);
     }
     let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
-    let line = status_line(&all, &[]);
+    let line = status_with_roles(&all, &[], &rs.iter().collect::<Vec<_>>());
     for n in &all {
         wait_status(n, &line, Duration::from_secs(20), &all);
     }
     (cs, rs)
+}
+
+/// `cluster status` of a cluster with replicants: EMQX's line, then the
+/// role of every node listed.
+fn status_with_roles(running: &[&Node], stopped: &[&Node], replicants: &[&Node]) -> String {
+    let mut listed: Vec<&Node> = running.iter().chain(stopped.iter()).copied().collect();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let roles: Vec<String> = listed
+        .iter()
+        .map(|n| {
+            let role = if replicants.iter().any(|r| r.name == n.name) {
+                "replicant"
+            } else {
+                "core"
+            };
+            format!("'{}' => {role}", n.name)
+        })
+        .collect();
+    format!(
+        "{}\nRoles: #{{{}}}",
+        status_line(running, stopped),
+        roles.join(",")
+    )
 }
 
 /// Peers of the established control-plane (inter-node) connections to or
@@ -193,9 +216,8 @@ fn a_replicant_follows_another_core_when_its_core_is_killed_and_keeps_its_client
         sub.error
     );
     // Status everywhere: the killed core stopped, everybody else running.
-    let running: Vec<&Node> = live.clone();
     let stopped: Vec<&Node> = vec![&cs[idx]];
-    let line = status_line(&running, &stopped);
+    let line = status_with_roles(&live, &stopped, &rs.iter().collect::<Vec<_>>());
     for n in &live {
         wait_status(n, &line, Duration::from_secs(10), &live);
     }
@@ -295,4 +317,143 @@ fn shared_subscribers_on_replicants_and_cores_share_the_messages_of_every_qos() 
         tails(&all)
     );
     assert!(!ga.is_empty() && !gb.is_empty(), "{ga:?} {gb:?}");
+}
+
+/// Nodes of a static seed list (`names`), quoted for the config.
+fn seeds(names: &[&Node]) -> String {
+    let list: Vec<String> = names.iter().map(|n| format!("\"{}\"", n.name)).collect();
+    format!("[{}]", list.join(", "))
+}
+
+#[test]
+fn with_static_seeds_cores_form_the_cluster_and_replicants_follow_them() {
+    // Every node gets the same list, replicants in it too: cores join the
+    // oldest core, replicants a core; nobody joins a replicant.
+    let mut cs: Vec<Node> = [1u8, 2].iter().map(|ip| prepare(*ip)).collect();
+    let mut rs: Vec<Node> = [3u8, 4].iter().map(|ip| prepare(*ip)).collect();
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    let conf = format!(
+        "cluster.discovery_strategy = static\ncluster.static.seeds = {}\n",
+        seeds(&all)
+    );
+    for n in &rs {
+        add_config(n, REPLICANT);
+    }
+    for n in cs.iter().chain(rs.iter()) {
+        add_config(n, &conf);
+    }
+    // Replicants first: they must wait for a core.
+    for n in rs.iter_mut().chain(cs.iter_mut()) {
+        n.spawn(&[]);
+    }
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    let line = status_with_roles(&all, &[], &rs.iter().collect::<Vec<_>>());
+    for n in &all {
+        wait_status(n, &line, Duration::from_secs(45), &all);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for r in &rs {
+        let peers = control_peers(r, &all);
+        assert!(
+            peers.len() == 1 && cs.iter().any(|c| c.name == peers[0]),
+            "{} has control links to {peers:?}",
+            r.name
+        );
+    }
+}
+
+#[test]
+fn a_replicant_with_core_nodes_joins_by_itself_and_rejoins_after_a_restart() {
+    let cs = cluster(&[1, 2]);
+    let mut r = prepare(3);
+    add_config(
+        &r,
+        &format!(
+            "{REPLICANT}cluster.core_nodes = {}\n",
+            seeds(&cs.iter().collect::<Vec<_>>())
+        ),
+    );
+    r.spawn(&[]);
+    let all: Vec<&Node> = cs.iter().chain(std::iter::once(&r)).collect();
+    let line = status_with_roles(&all, &[], &[&r]);
+    for n in &all {
+        wait_status(n, &line, Duration::from_secs(30), &all);
+    }
+    let (_, json) = r.ctl(&["cluster", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).expect("json");
+    assert_eq!(v["roles"][&r.name], "replicant", "{json}");
+    assert_eq!(v["roles"][&cs[0].name], "core", "{json}");
+
+    // A restart (kill -9): it comes back from cluster.json and follows a
+    // core again, with the routes made meanwhile.
+    let mut sub = mq(&cs[0], "rr-sub");
+    drop(all);
+    r.kill();
+    sub.sub("rr/#", 1);
+    r.spawn(&[]);
+    let all: Vec<&Node> = cs.iter().chain(std::iter::once(&r)).collect();
+    for n in &all {
+        wait_status(n, &line, Duration::from_secs(30), &all);
+    }
+    wait_route(&r, "rr/#", &cs[0], true, Duration::from_secs(10));
+    let mut p = mq(&r, "rr-pub");
+    p.publish("rr/1", 1, false, b"back");
+    assert_eq!(
+        payloads(&sub.collect(1, Duration::from_secs(10))),
+        vec!["back"]
+    );
+}
+
+#[test]
+fn with_every_core_down_replicants_keep_serving_and_hand_their_writes_over_later() {
+    let (mut cs, rs) = mixed(&[1, 2], &[3, 4]);
+    let (r3, r4) = (&rs[0], &rs[1]);
+    let mut sub = mq(r3, "nc-sub");
+    sub.sub("x/#", 1);
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    for n in &all {
+        wait_route(n, "x/#", r3, true, Duration::from_secs(10));
+    }
+    drop(all);
+    for c in cs.iter_mut() {
+        c.kill();
+    }
+    std::thread::sleep(DOWN_TIMEOUT + Duration::from_secs(1));
+    // Replicant to replicant, from their last copy, with no core.
+    let mut p = mq(r4, "nc-pub");
+    p.publish("x/1", 1, false, b"no-core");
+    assert_eq!(
+        payloads(&sub.collect(1, Duration::from_secs(10))),
+        vec!["no-core"],
+        "{}",
+        tails(&[r3, r4])
+    );
+    // Writes made meanwhile: a subscription, a retained message, a new
+    // client (no cluster lock to take).
+    let mut sub2 = mq(r4, "nc-sub2");
+    sub2.sub("z/#", 1);
+    p.publish("ret/a", 1, true, b"while-down");
+    // The cores come back (same data directories).
+    for c in cs.iter_mut() {
+        c.spawn(&[]);
+    }
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    let line = status_with_roles(&all, &[], &rs.iter().collect::<Vec<_>>());
+    for n in &all {
+        wait_status(n, &line, Duration::from_secs(30), &all);
+    }
+    for c in &cs {
+        wait_route(c, "z/#", r4, true, Duration::from_secs(15));
+        wait_route(c, "x/#", r3, true, Duration::from_secs(15));
+        let (ok, out) = poll_ctl(c, &["retainer", "topics"], Duration::from_secs(15), |o| {
+            o.lines().any(|l| l == "ret/a")
+        });
+        assert!(ok, "ret/a never reached {}: {out}\n{}", c.name, tails(&all));
+    }
+    let mut pc = mq(&cs[0], "nc-core-pub");
+    pc.publish("z/1", 1, false, b"core-back");
+    assert_eq!(
+        payloads(&sub2.collect(1, Duration::from_secs(10))),
+        vec!["core-back"]
+    );
 }

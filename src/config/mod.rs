@@ -2147,6 +2147,26 @@ impl Config {
         }
         root.finish()?;
 
+        if !c.cluster.core_nodes.is_empty() {
+            let why = if c.node.db_role != DbRole::Replicant {
+                Some("is the core list of a replicant; this node is a core (node.db_role)")
+            } else if c.cluster.discovery_strategy != DiscoveryStrategy::Manual {
+                Some("is used with cluster.discovery_strategy = manual only; with another strategy the replicant finds its cores through that strategy")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let origin = tree
+                    .get_path(&["cluster", "core_nodes"])
+                    .map(|n| n.origin.clone())
+                    .unwrap_or(Origin::Default);
+                return Err(ConfigError::Invalid {
+                    key: "cluster.core_nodes".to_string(),
+                    origin,
+                    message: why.to_string(),
+                });
+            }
+        }
         if c.cluster.discovery_strategy == DiscoveryStrategy::Etcd
             && c.cluster.etcd.server.is_empty()
         {
@@ -2923,9 +2943,7 @@ impl ClusterConfig {
         o.set("autoheal", &mut self.autoheal, Field::bool)?;
         o.set("autoheal_delay", &mut self.autoheal_delay, Field::duration)?;
         o.set("autoclean", &mut self.autoclean, Field::duration)?;
-        o.set("core_nodes", &mut self.core_nodes, |f| {
-            f.only(Field::node_list, Vec::new(), "[]")
-        })?;
+        o.set("core_nodes", &mut self.core_nodes, Field::node_list)?;
         o.set(
             "heartbeat_interval",
             &mut self.heartbeat_interval,

@@ -747,6 +747,28 @@ fn null_keeps_the_default_and_aliases_work() {
     assert_eq!(r.node.db_role, DbRole::Replicant);
     let e = err("node.db_role = follower\n", &[]);
     assert!(e.contains("node.db_role"), "{e}");
+    // cluster.core_nodes: a replicant's cores, with manual discovery.
+    let r = ok(
+        "node.db_role = replicant\ncluster.core_nodes = [\"emqx1@10.0.0.1\", \"emqx2@10.0.0.2\"]\n",
+        &[],
+    );
+    assert_eq!(
+        r.cluster.core_nodes,
+        vec!["emqx1@10.0.0.1", "emqx2@10.0.0.2"]
+    );
+    let e = err("cluster.core_nodes = [\"emqx1@10.0.0.1\"]\n", &[]);
+    assert!(
+        e.contains("cluster.core_nodes") && e.contains("this node is a core"),
+        "{e}"
+    );
+    let e = err(
+        "node.db_role = replicant\ncluster.core_nodes = [\"emqx1@10.0.0.1\"]\ncluster.discovery_strategy = static\ncluster.static.seeds = [\"emqx1@10.0.0.1\"]\n",
+        &[],
+    );
+    assert!(
+        e.contains("cluster.core_nodes") && e.contains("manual"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -834,7 +856,6 @@ fn keys_that_do_not_work_yet_are_refused_naming_the_key() {
             "retainer.msg_clear_interval = 1m",
             "retainer.msg_clear_interval",
         ),
-        ("cluster.core_nodes = [\"a@h\"]", "cluster.core_nodes"),
         (
             "broker.enable_session_registry = false",
             "broker.enable_session_registry",

@@ -398,6 +398,13 @@ pub fn nodes_sharing_a_short_name(extra: &str) -> Vec<Node> {
         .collect()
 }
 
+/// Appends `text` to a node's config (before it starts).
+pub fn add_config(n: &Node, text: &str) {
+    let mut conf = std::fs::read_to_string(&n.config).expect("config");
+    conf.push_str(text);
+    std::fs::write(&n.config, conf).expect("config");
+}
+
 /// `ctl cluster status` as the node prints it.
 pub fn cluster_status(n: &Node) -> String {
     n.ctl(&["cluster", "status"]).1

@@ -2,8 +2,10 @@
 //! and the node is alone, every few seconds ask the discovery strategy for
 //! node names, find out when each of them started, and join the oldest
 //! one found. Nodes started together therefore all join the same node and
-//! form one cluster instead of several.
+//! form one cluster instead of several. Only cores count: a core joins the
+//! oldest core (itself included), a replicant the oldest core found.
 
+use super::membership::Role;
 use super::service::{probe, Dialer, SvcMsg};
 use emqx_discovery::Strategy;
 use ractor::ActorRef;
@@ -33,6 +35,7 @@ pub async fn run<S: Strategy>(
     dialer: Dialer,
     me: String,
     my_start: u64,
+    my_role: Role,
 ) {
     if !strategy.autocluster() {
         return;
@@ -56,7 +59,8 @@ pub async fn run<S: Strategy>(
                     if locked {
                         tracing::info!(strategy = strategy.name(), "autocluster: lock taken");
                     }
-                    round(&mut strategy, &svc, &node_server, &dialer, &me, my_start).await;
+                    let mine = (me.as_str(), my_start, my_role);
+                    round(&mut strategy, &svc, &node_server, &dialer, mine).await;
                     if locked {
                         match strategy.unlock().await {
                             Ok(()) => tracing::info!(
@@ -87,8 +91,7 @@ async fn round<S: Strategy>(
     svc: &ActorRef<SvcMsg>,
     node_server: &ActorRef<NodeServerMessage>,
     dialer: &Dialer,
-    me: &str,
-    my_start: u64,
+    (me, my_start, my_role): (&str, u64, Role),
 ) {
     let names = match strategy.discover().await {
         Ok(names) => names,
@@ -102,10 +105,19 @@ async fn round<S: Strategy>(
     };
     let mut found = Vec::new();
     for n in names.into_iter().filter(|n| n != me) {
-        if let Some((start, _)) = probe(node_server, dialer, &n).await {
-            found.push((n, start));
+        match probe(node_server, dialer, &n).await {
+            Some((start, Role::Core)) => found.push((n, start)),
+            Some((_, Role::Replicant)) => {
+                tracing::debug!("autocluster: {n} is a replicant; only cores are joined")
+            }
+            None => {}
         }
     }
+    // A replicant never starts a cluster of its own: it waits for a core.
+    let my_start = match my_role {
+        Role::Core => my_start,
+        Role::Replicant => u64::MAX,
+    };
     if let Some(target) = pick_oldest(me, my_start, &found) {
         tracing::info!(strategy = strategy.name(), "autocluster: joining {target}");
         let t = target.clone();

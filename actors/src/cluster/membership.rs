@@ -15,6 +15,16 @@ pub enum Role {
     Replicant,
 }
 
+impl Role {
+    /// `core` or `replicant`, as `node.db_role` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Core => "core",
+            Role::Replicant => "replicant",
+        }
+    }
+}
+
 /// What a node tells the cluster about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {

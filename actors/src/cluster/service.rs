@@ -765,21 +765,21 @@ async fn ensure_link(
     true
 }
 
-/// Asks a node when it started, linking to it first if needed.
+/// Asks a node when it started and its role, linking to it first if
+/// needed.
 pub async fn probe(
     node_server: &ActorRef<NodeServerMessage>,
     dialer: &Dialer,
     node: &str,
-) -> Option<(u64, usize)> {
+) -> Option<(u64, Role)> {
     let addr = resolve_dist_addr(node).await?;
     if !ensure_link(node_server, dialer, node, addr).await {
         return None;
     }
-    match call_peer(node, &Req::Info).await {
-        Ok(Resp::Info {
-            incarnation,
-            members,
-        }) => Some((incarnation, members)),
+    match call_peer(node, &Req::About).await {
+        Ok(Resp::About {
+            incarnation, role, ..
+        }) => Some((incarnation, role)),
         _ => None,
     }
 }
@@ -1018,24 +1018,54 @@ impl SvcState {
         } else {
             Some("pending")
         };
-        match (json, heal) {
-            (true, None) => status_json(&r, &s),
-            (true, Some(heal)) => {
-                let mut v = status_value(&r, &s);
+        // Roles are shown once the cluster has replicants (an all-core
+        // cluster prints exactly what EMQX prints).
+        let roles: Option<BTreeMap<&str, &str>> = {
+            let all = self.membership.all_infos();
+            all.iter().any(|m| m.role == Role::Replicant).then(|| {
+                let role = |n: &str| {
+                    if n == self.me() {
+                        self.membership.me.role
+                    } else {
+                        self.role_of(n).unwrap_or_default()
+                    }
+                };
+                r.iter()
+                    .chain(s.iter())
+                    .map(|n| (n.as_str(), role(n).as_str()))
+                    .collect()
+            })
+        };
+        if json {
+            if heal.is_none() && roles.is_none() {
+                return status_json(&r, &s);
+            }
+            let mut v = status_value(&r, &s);
+            if let Some(heal) = heal {
                 v["partitions"] = serde_json::json!(parts);
                 v["autoheal"] = serde_json::json!(heal);
-                v.to_string()
             }
-            (false, None) => status_line(&r, &s),
-            (false, Some(heal)) => {
-                let list: Vec<String> = parts.iter().map(|n| atom(n)).collect();
-                format!(
-                    "{}\nPartitioned from: [{}] (autoheal: {heal})",
-                    status_line(&r, &s),
-                    list.join(",")
-                )
+            if let Some(roles) = roles {
+                v["roles"] = serde_json::json!(roles);
             }
+            return v.to_string();
         }
+        let mut out = status_line(&r, &s);
+        if let Some(roles) = roles {
+            let list: Vec<String> = roles
+                .iter()
+                .map(|(n, r)| format!("{} => {r}", atom(n)))
+                .collect();
+            out.push_str(&format!("\nRoles: #{{{}}}", list.join(",")));
+        }
+        if let Some(heal) = heal {
+            let list: Vec<String> = parts.iter().map(|n| atom(n)).collect();
+            out.push_str(&format!(
+                "\nPartitioned from: [{}] (autoheal: {heal})",
+                list.join(",")
+            ));
+        }
+        out
     }
 
     fn save(&self) {

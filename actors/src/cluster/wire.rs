@@ -77,6 +77,8 @@ pub enum Req {
         hops: u8,
         req: Box<Req>,
     },
+    /// [`Req::Info`] with the receiver's role (autocluster joins cores only).
+    About,
 }
 
 /// Replies to [`Req`].
@@ -103,6 +105,11 @@ pub enum Resp {
     Retained(Vec<Message>),
     SplitView(SplitView),
     Clients(Vec<String>),
+    About {
+        incarnation: u64,
+        members: usize,
+        role: super::membership::Role,
+    },
 }
 
 /// Everything a newcomer adopts when it joins.

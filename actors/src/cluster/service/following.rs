@@ -146,6 +146,14 @@ impl SvcState {
             } else {
                 self.follow_core(myself);
             }
+        } else if f.replica.core() != Some(node)
+            && f.dialing.as_deref() != Some(node)
+            && self.membership.is_member(node)
+        {
+            // A member that dialed us (a core probing during its
+            // discovery): a replicant keeps one control link only. Remote
+            // shells are no members and stay.
+            self.disconnect(node);
         }
     }
 

@@ -248,6 +248,11 @@ impl SvcState {
                     .filter(|c| self.ctx.cm.lookup(c).is_some())
                     .collect(),
             ),
+            Req::About => Resp::About {
+                incarnation: self.membership.me.incarnation,
+                members: self.membership.peers().count() + 1,
+                role: self.membership.me.role,
+            },
             Req::Info => Resp::Info {
                 incarnation: self.membership.me.incarnation,
                 members: self.membership.peers().count() + 1,
