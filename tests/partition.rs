@@ -611,3 +611,97 @@ fn autoheal_keeps_the_minoritys_persistent_sessions_and_a_client_id_stays_unique
         "delivered twice"
     );
 }
+
+/// A replicant cut off from every core keeps serving its own clients; the
+/// cores see it go and never restart anybody for it (a replicant is no
+/// member of the majority); when the network returns it bootstraps again
+/// from a core and everything made on either side meanwhile converges.
+#[test]
+fn a_replicant_cut_from_every_core_serves_locally_and_converges_without_autoheal() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cores = healing_cluster(&[1, 2], "");
+    let r = node_with(3, &format!("{HEAL}node.db_role = replicant\n"));
+    join(&r, &cores[0]);
+    let all: Vec<&Node> = cores.iter().chain(std::iter::once(&r)).collect();
+    for n in &all {
+        wait_route_ready(n, &all);
+    }
+    let mut local_sub = mq(&r, "cut-local-sub");
+    local_sub.sub("loc/#", 1);
+    let mut p = Partition::split(&[&[&cores[0], &cores[1]], &[&r]]);
+    // The cores see the replicant go (a stopped replicant is not listed).
+    let core_refs: Vec<&Node> = cores.iter().collect();
+    for c in &cores {
+        let line = status_line(&core_refs, &[]);
+        let (ok, out) = poll_ctl(c, &["cluster", "status"], Duration::from_secs(20), |o| {
+            o.lines().next() == Some(line.as_str())
+        });
+        assert!(ok, "{} during the cut: {out}\n{}", c.name, tails(&all));
+    }
+    // The replicant, following no core, counts every core stopped.
+    let line = status_with_roles(&[&r], &core_refs, &[&r]);
+    wait_status(&r, &line, Duration::from_secs(20), &all);
+    // Local traffic on the replicant goes on; writes are made on both sides.
+    let mut lp = mq(&r, "cut-local-pub");
+    lp.publish("loc/1", 1, false, b"local");
+    assert_eq!(
+        payloads(&local_sub.collect(1, Duration::from_secs(5))),
+        vec!["local"]
+    );
+    lp.publish("cut/ret", 1, true, b"from-replicant");
+    let mut rsub = mq(&r, "cut-r-sub");
+    rsub.sub("fromcore/#", 1);
+    let mut csub = mq(&cores[1], "cut-c-sub");
+    csub.sub("fromrep/#", 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let healed = p.heal();
+    let line = status_with_roles(&all, &[], &[&r]);
+    for n in &all {
+        let left = Duration::from_secs(30).saturating_sub(healed.elapsed());
+        wait_status(n, &line, left, &all);
+    }
+    wait_route(&r, "fromrep/#", &cores[1], true, Duration::from_secs(15));
+    for c in &cores {
+        wait_route(c, "fromcore/#", &r, true, Duration::from_secs(15));
+        let (ok, out) = poll_ctl(c, &["retainer", "topics"], Duration::from_secs(15), |o| {
+            o.lines().any(|l| l == "cut/ret")
+        });
+        assert!(ok, "cut/ret never reached {}: {out}", c.name);
+    }
+    let mut cp = mq(&cores[0], "cut-c-pub");
+    cp.publish("fromcore/1", 1, false, b"c");
+    assert_eq!(
+        payloads(&rsub.collect(1, Duration::from_secs(10))),
+        vec!["c"]
+    );
+    lp.publish("fromrep/1", 1, false, b"r");
+    assert_eq!(
+        payloads(&csub.collect(1, Duration::from_secs(10))),
+        vec!["r"]
+    );
+    for c in &cores {
+        assert_eq!(
+            metric(c, "cluster.autoheal.restarts"),
+            0,
+            "{} was restarted by autoheal\n{}",
+            c.name,
+            tails(&all)
+        );
+        assert!(
+            !c.log().contains("autoheal: "),
+            "{} ran autoheal for a replicant:\n{}",
+            c.name,
+            tails(&all)
+        );
+    }
+    assert_eq!(metric(&r, "cluster.autoheal.restarts"), 0);
+}
+
+/// Waits until `n` lists every node of `all` running (first status line).
+fn wait_route_ready(n: &Node, all: &[&Node]) {
+    let line = status_line(all, &[]);
+    let (ok, out) = poll_ctl(n, &["cluster", "status"], Duration::from_secs(20), |o| {
+        o.lines().next() == Some(line.as_str())
+    });
+    assert!(ok, "{}: {out}\n{}", n.name, tails(all));
+}

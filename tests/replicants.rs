@@ -32,29 +32,6 @@ fn mixed(cores: &[u8], replicants: &[u8]) -> (Vec<Node>, Vec<Node>) {
     (cs, rs)
 }
 
-/// `cluster status` of a cluster with replicants: EMQX's line, then the
-/// role of every node listed.
-fn status_with_roles(running: &[&Node], stopped: &[&Node], replicants: &[&Node]) -> String {
-    let mut listed: Vec<&Node> = running.iter().chain(stopped.iter()).copied().collect();
-    listed.sort_by(|a, b| a.name.cmp(&b.name));
-    let roles: Vec<String> = listed
-        .iter()
-        .map(|n| {
-            let role = if replicants.iter().any(|r| r.name == n.name) {
-                "replicant"
-            } else {
-                "core"
-            };
-            format!("'{}' => {role}", n.name)
-        })
-        .collect();
-    format!(
-        "{}\nRoles: #{{{}}}",
-        status_line(running, stopped),
-        roles.join(",")
-    )
-}
-
 /// Peers of the established control-plane (inter-node) connections to or
 /// from `n`, by node.
 fn control_peers(n: &Node, all: &[&Node]) -> Vec<String> {

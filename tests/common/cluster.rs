@@ -444,3 +444,26 @@ pub fn client_lines(n: &Node, id: &str) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// `cluster status` of a cluster with replicants: EMQX's line, then the
+/// role of every node listed.
+pub fn status_with_roles(running: &[&Node], stopped: &[&Node], replicants: &[&Node]) -> String {
+    let mut listed: Vec<&Node> = running.iter().chain(stopped.iter()).copied().collect();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let roles: Vec<String> = listed
+        .iter()
+        .map(|n| {
+            let role = if replicants.iter().any(|r| r.name == n.name) {
+                "replicant"
+            } else {
+                "core"
+            };
+            format!("'{}' => {role}", n.name)
+        })
+        .collect();
+    format!(
+        "{}\nRoles: #{{{}}}",
+        status_line(running, stopped),
+        roles.join(",")
+    )
+}

@@ -165,7 +165,7 @@ impl SvcState {
             .and_then(|f| f.replica.node_down(node));
         if let Some(Event::Lost(why)) = lost {
             tracing::warn!("cluster: lost the stream of core {node} ({why:?})");
-            set_default_via(None);
+            self.cut_off();
             self.follow_core(myself);
         }
     }
@@ -175,9 +175,8 @@ impl SvcState {
     pub(super) fn replicant_tick(&mut self, myself: &ActorRef<SvcMsg>) {
         let lost = self.follower.as_mut().and_then(|f| f.replica.tick());
         if let Some(Event::Lost(why)) = lost {
-            let core = self.followed_core().unwrap_or_default();
-            tracing::warn!("cluster: the stream of core {core} fell silent ({why:?})");
-            set_default_via(None);
+            tracing::warn!("cluster: the stream of its core fell silent ({why:?})");
+            self.cut_off();
         }
         self.follow_core(myself);
         if let Some(core) = self.followed_core() {
@@ -196,14 +195,14 @@ impl SvcState {
                 };
                 let before = f.copy.members.clone();
                 let ev = f.replica.receive(d, &mut f.copy);
-                if f.copy.members != before {
+                if f.copy.members != before || matches!(ev, Some(Event::Ready)) {
                     self.take_members();
                 }
                 match ev {
                     Some(Event::Ready) => self.caught_up(),
                     Some(Event::Lost(why)) => {
-                        let core = self.followed_core().unwrap_or_default();
-                        tracing::warn!("cluster: the stream of core {core} broke ({why:?})");
+                        tracing::warn!("cluster: the stream of its core broke ({why:?})");
+                        self.cut_off();
                         self.follow_core(myself);
                     }
                     None => {}
@@ -217,6 +216,22 @@ impl SvcState {
             Note::MemberLeft { .. } | Note::MemberUp { .. } | Note::Heartbeat { .. } => {}
             // Everything else reaches a replicant through its stream.
             other => tracing::debug!("cluster: a replicant ignores {other:?}"),
+        }
+    }
+
+    /// Without a stream this replicant knows nothing current of the
+    /// cluster: every member counts as down until a core streams again
+    /// (its clients connect without a cluster lock meanwhile, and shared
+    /// groups pick members here).
+    fn cut_off(&mut self) {
+        set_default_via(None);
+        let peers: Vec<String> = self
+            .membership
+            .peers()
+            .map(|m| m.info.node.clone())
+            .collect();
+        for p in peers {
+            self.mark_down(&p, "this replicant follows no core");
         }
     }
 

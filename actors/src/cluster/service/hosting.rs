@@ -211,9 +211,34 @@ impl SvcState {
         }
     }
 
+    /// A follower of ours was heard from (its heartbeat).
+    pub(super) fn follower_heard(&mut self, node: &str) {
+        let me = self.me().to_string();
+        self.hosts.insert(node.to_string(), (me, Instant::now()));
+    }
+
     /// A replicant runs while a core hosts it: this one, or another that
-    /// said so within the down timeout.
+    /// said so within the down timeout. A follower of ours silent for the
+    /// down timeout (its link cut without closing) no longer is one.
     pub(super) fn replicant_liveness(&mut self, now: Instant) {
+        let silent: Vec<String> = self
+            .upstream
+            .followers()
+            .filter(|(f, _)| {
+                self.hosts
+                    .get(*f)
+                    .is_none_or(|(_, seen)| now.duration_since(*seen) >= self.settings.down_timeout)
+            })
+            .map(|(f, _)| f.to_string())
+            .collect();
+        for f in silent {
+            tracing::warn!("cluster: replicant {f} fell silent; it no longer follows this core");
+            self.upstream.unsubscribe(&f, None);
+            if let Some(h) = self.hosts.get_mut(&f) {
+                h.0.clear();
+            }
+            self.disconnect(&f);
+        }
         let replicants: Vec<(String, bool)> = self
             .membership
             .peers()

@@ -31,6 +31,7 @@ impl SvcState {
                 if self.role_of(&node) == Some(Role::Replicant) {
                     // A replicant beats to the core it follows only.
                     if self.hosts_here(&node) {
+                        self.follower_heard(&node);
                         self.check_routes(myself, &node, beat.incarnation, route_version);
                     }
                     return;
