@@ -126,6 +126,11 @@ impl Membership {
         self.members.values()
     }
 
+    /// The names of the other members.
+    pub fn peer_names(&self) -> Vec<String> {
+        self.members.keys().cloned().collect()
+    }
+
     pub fn peer(&self, node: &str) -> Option<&Member> {
         self.members.get(node)
     }

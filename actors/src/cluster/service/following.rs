@@ -225,12 +225,7 @@ impl SvcState {
     /// groups pick members here).
     fn cut_off(&mut self) {
         set_default_via(None);
-        let peers: Vec<String> = self
-            .membership
-            .peers()
-            .map(|m| m.info.node.clone())
-            .collect();
-        for p in peers {
+        for p in self.membership.peer_names() {
             self.mark_down(&p, "this replicant follows no core");
         }
     }

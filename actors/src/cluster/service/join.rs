@@ -156,12 +156,7 @@ impl SvcState {
     }
 
     pub(super) fn reset_to_single(&mut self) {
-        let peers: Vec<String> = self
-            .membership
-            .peers()
-            .map(|m| m.info.node.clone())
-            .collect();
-        for p in peers {
+        for p in self.membership.peer_names() {
             self.forget(&p);
         }
         self.membership.reset();
