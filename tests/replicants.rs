@@ -16,10 +16,15 @@ const REPLICANT: &str = "node.db_role = replicant\n";
 /// first, every replicant joins the first core; returns when every node
 /// reports every node running.
 fn mixed(cores: &[u8], replicants: &[u8]) -> (Vec<Node>, Vec<Node>) {
-    let cs = cluster(cores);
+    mixed_with(cores, replicants, "")
+}
+
+/// [`mixed`] with `extra` in every node's config.
+fn mixed_with(cores: &[u8], replicants: &[u8], extra: &str) -> (Vec<Node>, Vec<Node>) {
+    let cs = cluster_with(cores, extra);
     let rs: Vec<Node> = replicants
         .iter()
-        .map(|ip| node_with(*ip, REPLICANT))
+        .map(|ip| node_with(*ip, &format!("{REPLICANT}{extra}")))
         .collect();
     for r in &rs {
         join(r, &cs[0]);
@@ -433,4 +438,66 @@ fn with_every_core_down_replicants_keep_serving_and_hand_their_writes_over_later
         payloads(&sub2.collect(1, Duration::from_secs(10))),
         vec!["core-back"]
     );
+}
+
+#[test]
+fn replicants_leave_are_force_removed_and_autocleaned() {
+    let (cs, mut rs) = mixed_with(&[1, 2], &[3, 4, 5], "cluster.autoclean = 6s\n");
+    let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
+    let mut s3 = mq(&rs[0], "lv-sub");
+    s3.sub("lv/#", 1);
+    for n in &all {
+        wait_route(n, "lv/#", &rs[0], true, Duration::from_secs(10));
+    }
+    // `cluster leave` on a replicant.
+    let (code, out) = rs[0].ctl(&["cluster", "leave"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("Leave the cluster successfully."), "{out}");
+    let rest: Vec<&Node> = cs.iter().chain(rs[1..].iter()).collect();
+    let line = status_with_roles(&rest, &[], &rs[1..].iter().collect::<Vec<_>>());
+    for n in &rest {
+        wait_status(n, &line, Duration::from_secs(15), &all);
+        wait_route(n, "lv/#", &rs[0], false, Duration::from_secs(10));
+    }
+    let alone = |r: &Node| status_with_roles(&[r], &[], &[r]);
+    wait_status(&rs[0], &alone(&rs[0]), Duration::from_secs(10), &all);
+
+    // `cluster force-leave <replicant>` on a core that may not host it.
+    let (code, out) = cs[1].ctl(&["cluster", "force-leave", &rs[1].name]);
+    assert_eq!(code, 0, "{out}");
+    let rest: Vec<&Node> = cs.iter().chain(rs[2..].iter()).collect();
+    let line = status_with_roles(&rest, &[], &rs[2..].iter().collect::<Vec<_>>());
+    for n in &rest {
+        wait_status(n, &line, Duration::from_secs(15), &all);
+    }
+    // The removed replicant hears of it from its core's stream.
+    wait_status(&rs[1], &alone(&rs[1]), Duration::from_secs(15), &all);
+    drop(all);
+
+    // Autoclean: a replicant killed and gone longer than the period is
+    // removed (its routes go), and told so when it comes back.
+    let mut s5 = mq(&rs[2], "ac-sub");
+    s5.sub("ac/#", 1);
+    for c in &cs {
+        wait_route(c, "ac/#", &rs[2], true, Duration::from_secs(10));
+    }
+    drop(s5);
+    rs[2].kill();
+    for c in &cs {
+        wait_route(c, "ac/#", &rs[2], false, Duration::from_secs(30));
+        assert!(
+            c.log()
+                .contains(&format!("autoclean removes {}", rs[2].name)),
+            "{}",
+            tails(&[c])
+        );
+    }
+    rs[2].spawn(&[]);
+    wait_status(&rs[2], &alone(&rs[2]), Duration::from_secs(20), &[&rs[2]]);
+    let cores: Vec<&Node> = cs.iter().collect();
+    let line = status_with_roles(&cores, &[], &[]);
+    let line = line.lines().next().unwrap_or_default().to_string();
+    for c in &cs {
+        wait_status(c, &line, Duration::from_secs(10), &cores);
+    }
 }

@@ -327,6 +327,13 @@ impl<S: Shard> Replica<S> {
         }
     }
 
+    /// Ends any stream without counting it lost (the replicant left its
+    /// cluster); the next subscription starts afresh.
+    pub fn reset(&mut self) {
+        self.phase = Phase::Idle;
+        self.quiet = 0;
+    }
+
     /// Whether the served copy was ever complete (it stays served, as it
     /// was, during a re-bootstrap).
     pub fn has_copy(&self) -> bool {

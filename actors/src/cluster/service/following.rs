@@ -59,7 +59,7 @@ impl SvcState {
         let Some(f) = self.follower.as_ref() else {
             return;
         };
-        if f.replica.stream().is_some() || f.dialing.is_some() {
+        if f.replica.stream().is_some() || f.dialing.is_some() || self.membership.is_alone() {
             return;
         }
         // The cores as our last core saw them; before any stream, as the
@@ -217,6 +217,25 @@ impl SvcState {
             // Everything else reaches a replicant through its stream.
             other => tracing::debug!("cluster: a replicant ignores {other:?}"),
         }
+    }
+
+    /// A replicant that left (or was removed from) its cluster follows
+    /// nobody and keeps nothing of it.
+    pub(super) fn stop_following(&mut self) {
+        let me = self.me().to_string();
+        let Some(f) = self.follower.as_mut() else {
+            return;
+        };
+        if let (Some(core), Some(stream)) = (f.replica.core(), f.replica.stream()) {
+            let up = super::super::rlog::Up::Unsubscribe { stream };
+            cast_peer(core, &Note::Follow { node: me, up });
+        }
+        f.replica.reset();
+        f.dialing = None;
+        f.copy.members.clear();
+        f.copy.newer_here.clear();
+        f.unsent.clear();
+        set_default_via(None);
     }
 
     /// Without a stream this replicant knows nothing current of the

@@ -66,7 +66,9 @@ impl SvcState {
             }
             Up::Unsubscribe { stream } => {
                 self.upstream.unsubscribe(&node, Some(stream));
-                self.hosts.insert(node, (String::new(), Instant::now()));
+                if let Some(h) = self.hosts.get_mut(&node) {
+                    *h = (String::new(), Instant::now());
+                }
             }
         }
     }

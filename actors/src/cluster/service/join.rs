@@ -146,6 +146,12 @@ impl SvcState {
             node: node.to_string(),
         };
         self.broadcast(&note);
+        if self.role_of(node) == Some(Role::Replicant) {
+            self.removed.insert(node.to_string());
+            // Its core, if that is us, tells it; any other core does when
+            // it hears from it.
+            cast_peer(node, &note);
+        }
         self.forget(node);
         self.save();
         let (r, s) = self.membership.status();
@@ -156,6 +162,7 @@ impl SvcState {
     }
 
     pub(super) fn reset_to_single(&mut self) {
+        self.stop_following();
         for p in self.membership.peer_names() {
             self.forget(&p);
         }

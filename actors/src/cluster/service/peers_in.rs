@@ -93,6 +93,11 @@ impl SvcState {
                 }
             }
             Note::MemberLeft { node } => {
+                if self.role_of(&node) == Some(Role::Replicant) {
+                    // A replicant that still follows (or comes back) is
+                    // told it is out, as an autocleaned node is.
+                    self.removed.insert(node.clone());
+                }
                 if self.hosts_here(&node) {
                     // A replicant of ours leaves: the other cores hear it
                     // from us.
