@@ -4,7 +4,8 @@
 mod common;
 
 use common::{
-    all_running, cluster_status as status, nodes_sharing_a_short_name as nodes, wait_until, Node,
+    add_config, all_running, cluster_status as status, nodes_sharing_a_short_name as nodes,
+    wait_until, Node,
 };
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -81,6 +82,26 @@ fn nodes_started_together_form_one_cluster_from_dns_a_records() {
     );
     let mut ns = nodes(&extra);
     start_as_one_cluster(&mut ns);
+}
+
+/// Two cores and a replicant found by the same A records: the cores form
+/// the cluster, the replicant follows one of them (its status lists the
+/// roles).
+#[test]
+fn a_replicant_found_by_dns_follows_the_cores() {
+    let dns = Dnsmasq::start(&["127.0.0.1", "127.0.0.2", "127.0.0.3"], &[], &[]);
+    let extra = format!(
+        "cluster.discovery_strategy = dns\ncluster.dns.name = \"emqx.test\"\ncluster.dns.record_type = a\ncluster.dns.resolver = \"127.0.0.1:{}\"\n",
+        dns.port
+    );
+    let mut ns = nodes(&extra);
+    add_config(&ns[2], "node.db_role = replicant\n");
+    start_as_one_cluster(&mut ns);
+    let replicant = format!("'{}' => replicant", ns[2].name);
+    for n in &ns {
+        let out = status(n);
+        assert!(out.contains(&replicant), "{}: {out}", n.name);
+    }
 }
 
 #[test]

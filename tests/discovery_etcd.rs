@@ -359,12 +359,41 @@ async fn three_nodes_started_together_cluster_through_etcd() {
     three_nodes_cluster(&extra).await;
 }
 
+/// Two cores and a replicant registered in etcd: the replicant follows
+/// the cores' cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicant_registered_in_etcd_follows_the_cores() {
+    let etcd = EtcdServer::start().await;
+    let extra = format!(
+        "cluster.discovery_strategy = etcd\ncluster.etcd.server = \"{}\"\ncluster.etcd.node_ttl = 5s\n",
+        etcd.url
+    );
+    let nodes = three_nodes_cluster_with(&extra, 1).await;
+    let replicant = format!("'{}' => replicant", nodes[2].name);
+    for n in &nodes {
+        let out = n.ctl(&["cluster", "status"]).1;
+        assert!(out.contains(&replicant), "{}: {out}", n.name);
+    }
+}
+
 /// Starts three nodes with `extra` in their config and waits until each
 /// one's `cluster status` lists all three running; checks each took and
 /// released the etcd lock.
 async fn three_nodes_cluster(extra: &str) {
+    three_nodes_cluster_with(extra, 0).await;
+}
+
+/// [`three_nodes_cluster`] whose last `replicants` nodes are replicants.
+async fn three_nodes_cluster_with(extra: &str, replicants: u8) -> Vec<common::Node> {
     let mut nodes: Vec<common::Node> = (1..=3u8)
-        .map(|i| common::Node::prepare_cluster(i, extra))
+        .map(|i| {
+            let role = if i > 3 - replicants {
+                "node.db_role = replicant\n"
+            } else {
+                ""
+            };
+            common::Node::prepare_cluster(i, &format!("{extra}{role}"))
+        })
         .collect();
     for n in nodes.iter_mut() {
         n.spawn(&[]);
@@ -400,6 +429,7 @@ async fn three_nodes_cluster(extra: &str) {
             n.name
         );
     }
+    nodes
 }
 
 /// The text of an `Unavailable` error, or a panic.
