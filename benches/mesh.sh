@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# What a full mesh of cores costs: N nodes on 127.0.0.1..N joined into one
-# cluster, then ROUTES wildcard subscriptions made on the first node, then
-# one more node joining the cluster that holds them.
+# What a cluster of N nodes costs: N nodes on 127.0.0.1..N joined into one
+# cluster, then ROUTES wildcard subscriptions made on node SUB (1 by
+# default), then one more node joining the cluster that holds them. The
+# first CORES nodes are cores, the others replicants (default: all cores,
+# a full mesh); the late node is a replicant when there are any.
 #
-#   benches/mesh.sh                # N=15 ROUTES=100000
+#   benches/mesh.sh                # N=15 ROUTES=100000, 15 cores
+#   CORES=3 benches/mesh.sh        # 3 cores + 12 replicants
+#   CORES=3 SUB=15 benches/mesh.sh # the subscriptions made on a replicant
 #   N=5 ROUTES=10000 benches/mesh.sh
 #
 # Prints, as `RESULT key value` lines:
@@ -25,6 +29,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 N=${N:-15}
 ROUTES=${ROUTES:-100000}
 CONNS=${CONNS:-20}
+CORES=${CORES:-$N}
+SUB=${SUB:-1}
 OUT=${OUT:-/tmp/emqx-rs-mesh.$$}
 BIN="$ROOT/target/release/emqx-rs"
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release) || exit 1
@@ -37,7 +43,13 @@ mkdir -p "$OUT"
 now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc; }
 
-start() { start_node "$1" "$OUT" mesh; }
+start() {
+    if [ "$1" -gt "$CORES" ]; then
+        start_node "$1" "$OUT" mesh "node.db_role = replicant"
+    else
+        start_node "$1" "$OUT" mesh
+    fi
+}
 
 ctl() {
     local k=$1
@@ -69,10 +81,9 @@ echo "RESULT control_links $(count_links "$ports_ctl")"
 echo "RESULT data_links $(count_links "$ports_fwd")"
 
 t=$(now)
-python3 "$HERE/subscribe_many.py" 1883 "$CONNS" "$ROUTES" >"$OUT/subs.out" 2>&1 &
+python3 "$HERE/subscribe_many.py" 1883 "$CONNS" "$ROUTES" "127.0.0.$SUB" >"$OUT/subs.out" 2>&1 &
 SUBPID=$!
 PIDS+=("$SUBPID")
-# subscribe_many.py contacts 127.0.0.1: node 1.
 for _ in $(seq 1 600); do
     grep -q '^READY' "$OUT/subs.out" && break
     sleep 0.1
@@ -80,7 +91,7 @@ done
 echo "RESULT subscribe_s $(since "$t")"
 hosts=$(for k in $(seq 1 "$N"); do printf '127.0.0.%s ' "$k"; done)
 # shellcheck disable=SC2086
-python3 "$HERE/route_spread.py" 127.0.0.1 1883 $hosts >"$OUT/spread.out" 2>&1
+python3 "$HERE/route_spread.py" "127.0.0.$SUB" 1883 $hosts >"$OUT/spread.out" 2>&1
 all=$(awk '/^ALL/ {print $2}' "$OUT/spread.out")
 [ -n "$all" ] || { echo "routes did not spread: $(cat "$OUT/spread.out")" >&2; exit 1; }
 echo "RESULT spread_s $(echo "$all - $t" | bc)"
@@ -96,7 +107,7 @@ L=$((N + 1))
 start "$L"
 t=$(now)
 ctl "$L" cluster join "mesh1@127.0.0.1" >/dev/null || { echo "late join failed" >&2; exit 1; }
-python3 "$HERE/route_spread.py" 127.0.0.1 1883 "127.0.0.$L" >"$OUT/late.out" 2>&1
+python3 "$HERE/route_spread.py" "127.0.0.$SUB" 1883 "127.0.0.$L" >"$OUT/late.out" 2>&1
 all=$(awk '/^ALL/ {print $2}' "$OUT/late.out")
 [ -n "$all" ] || { echo "the late node routes nothing: $(cat "$OUT/late.out")" >&2; exit 1; }
 echo "RESULT late_join_s $(echo "$all - $t" | bc)"

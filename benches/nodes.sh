@@ -13,11 +13,11 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# start_node K DIR NAME: node NAME<K>@127.0.0.K (cluster NAME, manual
-# discovery), MQTT on 127.0.0.K:1883, files in DIR/nK (its pid in
-# DIR/nK/pid); returns once its MQTT port answers.
+# start_node K DIR NAME [EXTRA]: node NAME<K>@127.0.0.K (cluster NAME,
+# manual discovery, EXTRA config lines), MQTT on 127.0.0.K:1883, files in
+# DIR/nK (its pid in DIR/nK/pid); returns once its MQTT port answers.
 start_node() {
-    local k=$1 dir=$2 name=$3
+    local k=$1 dir=$2 name=$3 extra=${4:-}
     mkdir -p "$dir/n$k"
     cat >"$dir/n$k/emqx.conf" <<CONF
 node { name = "$name$k@127.0.0.$k", cookie = "${name}cookie", data_dir = "$dir/n$k/data" }
@@ -25,6 +25,7 @@ cluster { name = $name, discovery_strategy = manual }
 listeners.tcp.default.bind = "127.0.0.$k:1883"
 dashboard.listeners.http.bind = "127.0.0.$k:18083"
 log { file.enable = false, console.level = warning }
+$extra
 CONF
     "$BIN" foreground -config "$dir/n$k/emqx.conf" >"$dir/n$k/log" 2>&1 &
     PIDS+=("$!")

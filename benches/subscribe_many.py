@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Scenario (e): many wildcard subscriptions over a few MQTT 3.1.1 connections.
 
-    subscribe_many.py PORT CONNECTIONS SUBSCRIPTIONS
+    subscribe_many.py PORT CONNECTIONS SUBSCRIPTIONS [HOST]
 
 Connection c subscribes to e/<c>/<k>/+ for its share of k, 100 filters per
 SUBSCRIBE, up to 20 SUBSCRIBEs in flight. Prints one line
 `READY {"subscriptions": .., "failed": .., "elapsed_s": .., "rate": ..}` once
 every SUBACK is in, then holds the connections open (keep alive 600 s, no PINGREQ; at most 10 minutes or
-until killed). Only 127.0.0.1 is contacted.
+until killed). HOST (default 127.0.0.1) must be a loopback address.
 """
 import json
 import socket
@@ -62,7 +62,7 @@ def read_packet(sock):
 
 
 def connect(port, cid):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+    sock = socket.create_connection((HOST, port), timeout=120)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     body = s("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 600) + s(cid)
     sock.sendall(packet(0x10, body))
@@ -93,8 +93,16 @@ def subscribe_all(sock, conn, first_k, count, result):
     result.append(failed)
 
 
+HOST = "127.0.0.1"
+
+
 def main():
+    global HOST
     port, nconn, total = (int(x) for x in sys.argv[1:4])
+    if len(sys.argv) > 4:
+        HOST = sys.argv[4]
+        if not HOST.startswith("127."):
+            sys.exit("HOST must be a loopback address (127.0.0.0/8)")
     socks = [connect(port, f"esub{c}_{int(time.time())}") for c in range(nconn)]
     share = total // nconn
     result = []

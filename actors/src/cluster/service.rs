@@ -604,6 +604,8 @@ impl Actor for ClusterService {
             SvcMsg::Join(target, reply) => st.start_join(&myself, target, reply),
             SvcMsg::Adopt(via, snap, reply) => {
                 st.adopt(&via, *snap);
+                // A replicant follows a core at once (not at the next tick).
+                st.follow_core(&myself);
                 let _ = reply.send(());
             }
             SvcMsg::Leave(reply) => {

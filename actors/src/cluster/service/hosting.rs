@@ -63,6 +63,9 @@ impl SvcState {
                 self.hosts
                     .insert(node.clone(), (self.me().to_string(), Instant::now()));
                 self.mark_up(&node);
+                // The other cores count it running from now, not from our
+                // next heartbeat.
+                self.announce_hosted();
             }
             Up::Unsubscribe { stream } => {
                 self.upstream.unsubscribe(&node, Some(stream));
@@ -174,6 +177,11 @@ impl SvcState {
         for (f, d) in self.upstream.alive::<CoreOp, CoreRow>() {
             cast_peer(&f, &Note::Stream(d));
         }
+        self.announce_hosted();
+    }
+
+    /// Tells the other cores which replicants this core hosts.
+    fn announce_hosted(&self) {
         let routes = self.view.routes.read();
         let replicants: Vec<HostedReplicant> = self
             .upstream

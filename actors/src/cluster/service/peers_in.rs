@@ -178,6 +178,18 @@ impl SvcState {
                     }
                 }
                 tracing::info!("cluster: {node} joined through this node");
+                let mut members = self.membership.all_infos();
+                members.retain(|m| m.node != node);
+                if info.role == Role::Replicant {
+                    // A replicant takes the data from the stream it
+                    // follows next: the members are all it needs now.
+                    return Resp::Joined(Box::new(JoinSnapshot {
+                        members,
+                        routes: Vec::new(),
+                        retained: Vec::new(),
+                        tables: Vec::new(),
+                    }));
+                }
                 let (v, keys) = self.local.snapshot();
                 let mut routes = vec![(
                     self.me().to_string(),
@@ -208,8 +220,6 @@ impl SvcState {
                     .into_iter()
                     .map(|m| (*m).clone())
                     .collect();
-                let mut members = self.membership.all_infos();
-                members.retain(|m| m.node != node);
                 Resp::Joined(Box::new(JoinSnapshot {
                     members,
                     routes,
