@@ -63,23 +63,43 @@ fn control_peers(n: &Node, all: &[&Node]) -> Vec<String> {
 
 #[test]
 fn replicants_serve_publishes_and_retained_messages_with_one_core_link_each() {
-    let (cs, rs) = mixed(&[1, 2, 3], &[4, 5]);
+    let (cs, rs) = mixed(&[1, 2, 3], &[4, 5, 6, 7]);
     let all: Vec<&Node> = cs.iter().chain(rs.iter()).collect();
     let (ra, rb) = (&rs[0], &rs[1]);
 
-    // Subscribe on replicant A; publish on replicant B and on a core.
+    // Subscribe on replicant A; publish on replicant B and on a core, at
+    // every QoS; each message arrives once, at the lower of the two QoS.
     let mut sub = mq(ra, "rep-sub");
-    sub.sub("t/#", 1);
+    sub.sub("t/#", 2);
     for n in &all {
         wait_route(n, "t/#", ra, true, Duration::from_secs(10));
     }
     let mut pb = mq(rb, "rep-pub-b");
-    pb.publish("t/from-replicant", 1, false, b"r");
     let mut pc = mq(&cs[1], "rep-pub-core");
-    pc.publish("t/from-core", 1, false, b"c");
-    let mut got = payloads(&sub.collect(2, Duration::from_secs(10)));
-    got.sort();
-    assert_eq!(got, vec!["c", "r"], "{}", tails(&all));
+    for q in 0..3u8 {
+        pb.publish(&format!("t/r/{q}"), q, false, format!("r{q}").as_bytes());
+        pc.publish(&format!("t/c/{q}"), q, false, format!("c{q}").as_bytes());
+    }
+    let got = sub.collect(6, Duration::from_secs(10));
+    let mut seen: Vec<(String, u8)> = got
+        .iter()
+        .map(|p| {
+            (
+                String::from_utf8_lossy(&p.payload).into_owned(),
+                p.qos as u8,
+            )
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, u8)> = ["c0", "c1", "c2", "r0", "r1", "r2"]
+        .iter()
+        .map(|s| (s.to_string(), s[1..].parse::<u8>().unwrap_or(9)))
+        .collect();
+    assert_eq!(seen, want, "{}", tails(&all));
+    assert!(
+        sub.quiet(Duration::from_millis(500)).is_empty(),
+        "duplicates"
+    );
 
     // A subscriber on a core gets what a replicant publishes.
     let mut sc = mq(&cs[2], "core-sub");
