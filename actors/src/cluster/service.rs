@@ -11,8 +11,11 @@
 //! This file holds the state, the messages and their dispatch; what each
 //! message does lives with its concern: `join.rs` (join, leave),
 //! `health.rs` (heartbeats, up and down, autoclean), `heal.rs` (autoheal
-//! effects and the restart), `routes_sync.rs` (route catch-up) and
-//! `peers_in.rs` (what peers send). Calls to peers are in `../rpc.rs`.
+//! effects and the restart), `routes_sync.rs` (route catch-up),
+//! `peers_in.rs` (what peers send), `hosting.rs` (a core's replicants: its
+//! replication stream, their writes, which core hosts which) and
+//! `following.rs` (a replicant: the core it follows and its copy). Calls
+//! to peers are in `../rpc.rs`.
 
 mod following;
 mod heal;
@@ -527,7 +530,7 @@ impl Actor for ClusterService {
                     .filter(|op| st.local.record(op.clone()).is_some())
                     .collect();
                 if !ops.is_empty() {
-                    if st.follower.is_none() {
+                    if st.upstream.agents() > 0 {
                         st.stream_ops.push(CoreOp::Route(RouteChange::Apply {
                             origin: st.me().to_string(),
                             base,
