@@ -63,7 +63,7 @@ pub const ROUTES_PER_ROW: usize = 1_000;
 
 /// A replicant's copy: the route table its publishes read, its retainer
 /// and tables, and the member list as its core sees it.
-pub struct Copy {
+pub struct LocalCopy {
     pub view: Arc<ClusterView>,
     pub ctx: Arc<Ctx>,
     pub tables: Arc<ReplTables>,
@@ -73,13 +73,13 @@ pub struct Copy {
     pub newer_here: Vec<Message>,
 }
 
-impl Copy {
+impl LocalCopy {
     fn retainer(&self) -> &Retainer {
         &self.ctx.broker.retainer
     }
 }
 
-impl Shard for Copy {
+impl Shard for LocalCopy {
     type Op = CoreOp;
     type Row = CoreRow;
 

@@ -26,7 +26,7 @@ mod peers_in;
 mod routes_sync;
 
 use super::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
-use super::copy::{Copy, CoreOp, MemberRow};
+use super::copy::{CoreOp, LocalCopy, MemberRow};
 use super::detector::Backoff;
 use super::membership::{
     atom, status_json, status_line, status_value, MemberInfo, Membership, Role,
@@ -250,8 +250,8 @@ pub struct SvcState {
 /// A replicant's side: the stream it follows, the copy it feeds, and its
 /// writes not yet handed to a core.
 pub(super) struct Follower {
-    replica: Replica<Copy>,
-    copy: Copy,
+    replica: Replica<LocalCopy>,
+    copy: LocalCopy,
     unsent: VecDeque<Note>,
     /// The core being dialed to follow.
     dialing: Option<String>,
@@ -380,7 +380,7 @@ impl Actor for ClusterService {
                 rand::random(),
                 quiet_beats(a.settings.heartbeat_interval, a.settings.down_timeout),
             ),
-            copy: Copy {
+            copy: LocalCopy {
                 view: a.view.clone(),
                 ctx: a.ctx.clone(),
                 tables: a.tables.clone(),
