@@ -752,7 +752,8 @@ async fn start_cluster(
         None,
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(IpAddr::from([127, 0, 0, 1]));
+    .with_listen_addr(IpAddr::from([127, 0, 0, 1]))
+    .with_max_inbound_frame_size(emqx_actors::cluster::wire::MAX_MESSAGE as u64);
     let (node_server, _) = Actor::spawn(Some(format!("emqx_node_server:{name}")), server, ())
         .await
         .map_err(|e| {

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 
 /// How long to wait for the node to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest reply a remote shell accepts from its node.
+const SHELL_MAX_FRAME: u64 = 1 << 30;
 
 #[derive(Debug)]
 enum Event {
@@ -81,7 +83,10 @@ impl Remote {
             "127.0.0.1"
                 .parse()
                 .map_err(|_| RemoteErr::NotResponding("bad address".into()))?,
-        );
+        )
+        // The answer to `clients list` on a cluster of 100,000 clients is
+        // about 25 MB; the shell trusts the node it asked.
+        .with_max_inbound_frame_size(SHELL_MAX_FRAME);
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| RemoteErr::NotResponding(format!("cannot start the shell node: {e}")))?;

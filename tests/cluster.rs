@@ -260,6 +260,33 @@ fn shared_group_across_nodes_gets_each_message_once_round_robin() {
     );
 }
 
+/// A join snapshot bigger than ractor_cluster's default frame limit
+/// (16 MiB): 2,100 retained messages of 9,000 bytes.
+#[test]
+fn a_node_joins_a_cluster_whose_snapshot_is_bigger_than_16_mib() {
+    let a = node(1);
+    let mut p = mq(&a, "big-ret");
+    let payload = vec![b'x'; 9_000];
+    for i in 0..2_100 {
+        p.publish(&format!("big/{i}"), 1, true, &payload);
+    }
+    // `retainer info` counts the node's own $SYS retained messages too.
+    let count = |n: &Node| retained_count(n).unwrap_or(0);
+    assert!(count(&a) >= 2_100, "{}", count(&a));
+    let b = node(2);
+    join(&b, &a);
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&b) >= 2_100),
+        "B holds {} retained messages, A {}\n{}",
+        count(&b),
+        count(&a),
+        tails(&[&a, &b])
+    );
+    let mut s = mq(&b, "big-sub");
+    s.sub("big/2099", 1);
+    assert_eq!(s.collect(1, Duration::from_secs(5)).len(), 1);
+}
+
 // ---------------------------------------------------------------------------
 // 6. leave
 // ---------------------------------------------------------------------------

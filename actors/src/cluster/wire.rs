@@ -181,8 +181,13 @@ pub struct HostedReplicant {
     pub route_version: u64,
 }
 
+/// The largest cluster message decoded, and the largest frame a node
+/// accepts from a peer (ractor_cluster's default is 16 MiB: a join
+/// snapshot or a ctl reply naming every client of a big node is larger).
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ 64 * 1024 * 1024 }>()
+    bincode::config::standard().with_limit::<MAX_MESSAGE>()
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
