@@ -35,13 +35,6 @@ mkdir -p "$OUT"
 # shellcheck source=benches/nodes.sh
 . "$HERE/nodes.sh"
 
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc; }
-ctl() {
-    local k=$1
-    shift
-    "$BIN" ctl "$@" -config "$OUT/n$k/emqx.conf"
-}
 rss_kb() { ps -o rss= -p "$(cat "$OUT/n$1/pid")" | tr -d ' '; }
 connections() { ctl "$1" broker stats | awk -F: '$1 ~ /^connections.count/ {gsub(/ /, "", $2); print $2}'; }
 

@@ -40,8 +40,6 @@ mkdir -p "$OUT"
 # shellcheck source=benches/nodes.sh
 . "$HERE/nodes.sh"
 
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc; }
 
 start() {
     if [ "$1" -gt "$CORES" ]; then
@@ -51,11 +49,6 @@ start() {
     fi
 }
 
-ctl() {
-    local k=$1
-    shift
-    "$BIN" ctl "$@" -config "$OUT/n$k/emqx.conf"
-}
 
 routes_on() { ctl "$1" topics list | wc -l; }
 

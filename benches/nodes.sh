@@ -1,6 +1,7 @@
-# Sourced by benches/mesh.sh and benches/cluster_fanout.sh: start nodes of
-# one cluster on loopback aliases and stop everything started. Needs BIN
-# (the emqx-rs binary).
+# Sourced by the cluster benchmarks (mesh.sh, cluster_fanout.sh,
+# conn100k.sh): start nodes of one cluster on loopback aliases, run ctl on
+# them, time things, and stop everything started. Needs BIN (the emqx-rs
+# binary) and OUT (the directory of the nodes' files).
 
 PIDS=()
 stop_all() {
@@ -36,4 +37,15 @@ CONF
     done
     echo "node $k did not start: $(tail -5 "$dir/n$k/log")" >&2
     exit 1
+}
+
+now() { date +%s.%N; }
+# since T: seconds from T (a `now`) until now.
+since() { echo "$(now) - $1" | bc; }
+
+# ctl K ARGS...: `emqx-rs ctl ARGS` on node K (files in OUT/nK).
+ctl() {
+    local k=$1
+    shift
+    "$BIN" ctl "$@" -config "$OUT/n$k/emqx.conf"
 }
