@@ -2,11 +2,13 @@
 """The fault suite: a real emqx-rs cluster, a real MQTT workload, seeded faults,
 and a checker over what the clients saw.
 
-    scripts/faults.py [--nodes 3] [--seed N] [--faults partition,pause,...]
-                      [--time 120] [--bin target/debug/emqx-rs] [--extra FILE]
+    scripts/faults.py [--nodes 3] [--replicants 0] [--seed N]
+                      [--faults partition,pause,...] [--time 120]
+                      [--bin target/debug/emqx-rs] [--extra FILE]
 
 It starts N nodes of the given binary on 127.0.10.1 .. 127.0.10.N (one
-address per node, static discovery, fast failure detection), then runs:
+address per node, static discovery, fast failure detection; the last
+`--replicants` of them with `node.db_role = replicant`), then runs:
 
 - publishers (QoS 1 and QoS 2, clean sessions, two per node) that publish
   numbered messages on their own topic, one at a time, waiting for the
@@ -727,6 +729,8 @@ def loss_cause(sub, down, back, events):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--replicants", type=int, default=0,
+                    help="how many of the nodes (the last ones) are replicants")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--faults", default=",".join(k for k in KINDS if k != "kill"),
                     help=f"comma-separated, from {','.join(KINDS)}")
@@ -742,6 +746,8 @@ def main():
     args = ap.parse_args()
     if args.nodes < 2 or args.nodes > 9:
         ap.error("--nodes must be 2 .. 9")
+    if args.replicants < 0 or args.replicants > args.nodes - 1:
+        ap.error("--replicants must leave at least one core")
     kinds = [k for k in args.faults.split(",") if k]
     for k in kinds:
         if k not in KINDS:
@@ -770,11 +776,15 @@ def main():
     extra = open(args.extra).read() if args.extra else ""
     t0 = now()
     log = Log(os.path.join(args.dir, "events.log"), t0)
-    log(f"seed {seed}, {args.nodes} nodes, faults {','.join(kinds)}, {args.time:.0f} s, in {args.dir}")
+    log(f"seed {seed}, {args.nodes} nodes ({args.replicants} replicants), faults {','.join(kinds)}, "
+        f"{args.time:.0f} s, in {args.dir}")
 
     cookie = f"faults{rng.randrange(1 << 30)}"
     names_ = [f"emqx{NAME_BASE + i}@{NET}.{i}" for i in range(1, args.nodes + 1)]
-    nodes = [Node(i, args, cookie, names_, extra) for i in range(1, args.nodes + 1)]
+    cores = args.nodes - args.replicants
+    role = "node.db_role = replicant\n"
+    nodes = [Node(i, args, cookie, names_, extra + (role if i > cores else ""))
+             for i in range(1, args.nodes + 1)]
     net = Net(nodes)
     stop = threading.Event()
     subs = []
@@ -864,10 +874,11 @@ def main():
         summary = " ".join(f"{k}={v}" for k, v in sorted(counters.items()))
         print(
             f"faults: {'PASS' if ok else 'FAIL'} seed={seed} nodes={args.nodes} "
+            f"replicants={args.replicants} "
             f"faults={','.join(kinds)} applied={len(nem.events)} {summary} "
             f"converged={'yes' if conv_ok else 'NO'} converge_max={worst:.1f}s "
-            f"replay: scripts/faults.py --nodes {args.nodes} --seed {seed} "
-            f"--faults {','.join(kinds)} --time {args.time:g}",
+            f"replay: scripts/faults.py --nodes {args.nodes} --replicants {args.replicants} "
+            f"--seed {seed} --faults {','.join(kinds)} --time {args.time:g}",
             flush=True,
         )
         return 0 if ok else 1

@@ -138,6 +138,7 @@ impl SvcState {
     /// succeeds, so a crash in between restarts into the old membership.
     pub(super) fn reboot_reset(&mut self) -> MemberInfo {
         let inc = crate::clock::now_ms().max(self.membership.me.incarnation + 1);
+        self.drop_followers();
         self.membership.reset();
         self.membership.me.incarnation = inc;
         self.monitor = Monitor::new(

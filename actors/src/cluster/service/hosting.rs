@@ -33,10 +33,48 @@ impl SvcState {
         self.upstream.followers().any(|(f, _)| f == node)
     }
 
+    /// This core is about to drop its cluster data (an autoheal restart,
+    /// or a join of another cluster): its replicants must not copy that.
+    /// Their links are closed, so they follow a core at once, keeping the
+    /// copy they serve until the new one is complete.
+    pub(super) fn drop_followers(&mut self) {
+        let followers: Vec<String> = self
+            .upstream
+            .followers()
+            .map(|(f, _)| f.to_string())
+            .collect();
+        if followers.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            "cluster: this core resets its cluster data; its {} replicant(s) follow another core",
+            followers.len()
+        );
+        self.upstream = Upstream::new(SNAPSHOT_PART_ROWS);
+        self.stream_ops.clear();
+        self.streamed_members.clear();
+        if std::mem::take(&mut self.recording) {
+            self.view.routes.write().stop_recording();
+        }
+        for f in followers {
+            if let Some(h) = self.hosts.get_mut(&f) {
+                h.0.clear();
+            }
+            self.disconnect(&f);
+        }
+    }
+
     /// A replicant subscribes to this core's stream, or leaves it.
     pub(super) fn on_follow(&mut self, node: String, up: Up) {
         match up {
             Up::Subscribe { stream } => {
+                if self.rebooting || self.joining {
+                    // Our data is being replaced: a snapshot now would be
+                    // empty. The replicant's stream falls silent and it
+                    // picks a core again.
+                    tracing::info!("cluster: {node} asked to follow this core while it rejoins; not now");
+                    return;
+                }
                 if self.role_of(&node) != Some(Role::Replicant) {
                     tracing::warn!("cluster: {node} asked to follow this core but is no replicant member of this cluster");
                     return;

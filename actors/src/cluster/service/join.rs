@@ -163,6 +163,7 @@ impl SvcState {
 
     pub(super) fn reset_to_single(&mut self) {
         self.stop_following();
+        self.drop_followers();
         for p in self.membership.peer_names() {
             self.forget(&p);
         }
