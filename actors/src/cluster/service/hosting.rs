@@ -72,7 +72,9 @@ impl SvcState {
                     // Our data is being replaced: a snapshot now would be
                     // empty. The replicant's stream falls silent and it
                     // picks a core again.
-                    tracing::info!("cluster: {node} asked to follow this core while it rejoins; not now");
+                    tracing::info!(
+                        "cluster: {node} asked to follow this core while it rejoins; not now"
+                    );
                     return;
                 }
                 if self.role_of(&node) != Some(Role::Replicant) {
