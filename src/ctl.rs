@@ -750,13 +750,13 @@ async fn cmd_subscriptions(node: &Node, w: &[&str]) -> (i32, String) {
                         };
                         emqx_actors::session::SessionMsg::AddSub(topic.to_string(), opts, r)
                     },
-                    Some(std::time::Duration::from_secs(5)),
+                    std::time::Duration::from_secs(5),
                 )
                 .await;
             match r {
-                Ok(ractor::rpc::CallResult::Success(Ok(()))) => ok(),
-                Ok(ractor::rpc::CallResult::Success(Err(e))) => (1, format!("Error: {e}\n")),
-                _ => (1, "Error: the session did not answer\n".into()),
+                Some(Ok(())) => ok(),
+                Some(Err(e)) => (1, format!("Error: {e}\n")),
+                None => (1, "Error: the session did not answer\n".into()),
             }
         }
         ["subscriptions", "del", id, topic] => {
@@ -766,7 +766,7 @@ async fn cmd_subscriptions(node: &Node, w: &[&str]) -> (i32, String) {
             let _ = s
                 .call(
                     |r| emqx_actors::session::SessionMsg::DelSub(topic.to_string(), r),
-                    Some(std::time::Duration::from_secs(5)),
+                    std::time::Duration::from_secs(5),
                 )
                 .await;
             ok()

@@ -399,6 +399,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
     }
     api_task.abort();
     core.sys_task.abort();
+    core.hibernate_task.abort();
     if let Some(t) = &core.overload_task {
         t.abort();
     }
@@ -528,6 +529,8 @@ struct Core {
     fwd_port: u16,
     sys_task: tokio::task::JoinHandle<()>,
     overload_task: Option<tokio::task::JoinHandle<()>>,
+    /// The hibernation sweep of idle sessions.
+    hibernate_task: tokio::task::JoinHandle<()>,
     /// Writes the node's clock to the session journal.
     journal_clock: Option<tokio::task::JoinHandle<()>>,
     /// The replicated tables (the API keeps its users there).
@@ -696,7 +699,13 @@ async fn start_broker(
     forwarder.serve(fwd_listener, on_receive);
     let sys_task = ctx.spawn_sys();
     let overload_task = emqx_actors::overload_monitor::spawn_monitor(ctx.clone());
+    // Idle sessions hibernate after `mqtt.idle_timeout`, as in EMQX.
+    let hibernate_task = tokio::spawn(emqx_actors::session::hibernator(
+        Arc::downgrade(&ctx),
+        ctx.settings.idle_timeout,
+    ));
     let core = Core {
+        hibernate_task,
         ctx,
         forwarder,
         view,

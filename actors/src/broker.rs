@@ -223,7 +223,7 @@ impl Broker {
         &self,
         filter: &str,
         client_id: Arc<str>,
-        owner: Option<ractor::ActorId>,
+        owner: Option<u64>,
     ) -> Result<bool, BrokerError> {
         let shard = &self.shards[owner_shard(filter, self.shards.len())];
         let filter: Arc<str> = Arc::from(filter);
@@ -836,7 +836,7 @@ mod tests {
         let old = sub(&b, &tx, "c1", &[]).await;
         let _new = sub(&b, &tx, "c1", &[("t", QoS::AtMostOnce)]).await;
         let removed = b
-            .unsubscribe_owned("t", Arc::from("c1"), Some(old.get_id()))
+            .unsubscribe_owned("t", Arc::from("c1"), Some(old.get_id().pid()))
             .await
             .expect("unsub");
         assert!(!removed);

@@ -2,11 +2,10 @@
 //! the per-client-id lock that makes two simultaneous CONNECTs with one id
 //! end with exactly one session (taken by [`crate::connect`]).
 
-use crate::session_msg::{ClientInfo, SessionMsg};
+use crate::session_msg::{ClientInfo, SessionHandle, SessionMsg};
 use emqx_mqtt::channel::SessionSnapshot;
 use emqx_mqtt::packet::SubscriptionOptions;
 use parking_lot::Mutex;
-use ractor::{ActorId, ActorRef};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +18,7 @@ pub(crate) const LOCKS: usize = 64;
 pub(crate) const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Cm {
-    pub(crate) sessions: Mutex<HashMap<Arc<str>, ActorRef<SessionMsg>>>,
+    pub(crate) sessions: Mutex<HashMap<Arc<str>, SessionHandle>>,
     /// Striped async locks held across the whole open sequence (look up,
     /// discard or resume, spawn, register) of one client id.
     pub(crate) locks: Vec<tokio::sync::Mutex<()>>,
@@ -43,12 +42,12 @@ impl Default for Cm {
 }
 
 impl Cm {
-    pub fn lookup(&self, client_id: &str) -> Option<ActorRef<SessionMsg>> {
+    pub fn lookup(&self, client_id: &str) -> Option<SessionHandle> {
         self.sessions.lock().get(client_id).cloned()
     }
 
     /// Registers a session brought back from disk.
-    pub(crate) fn insert(&self, client_id: Arc<str>, a: ActorRef<SessionMsg>) {
+    pub(crate) fn insert(&self, client_id: Arc<str>, a: SessionHandle) {
         self.sessions.lock().insert(client_id, a);
     }
 
@@ -68,15 +67,15 @@ impl Cm {
         self.unparked.lock().iter().map(|c| c.to_string()).collect()
     }
 
-    /// Every session actor.
-    pub fn actors(&self) -> Vec<ActorRef<SessionMsg>> {
+    /// Every session.
+    pub fn handles(&self) -> Vec<SessionHandle> {
         self.sessions.lock().values().cloned().collect()
     }
 
-    /// Removes the entry of `client_id` if it still points at actor `id`.
-    pub fn unregister(&self, client_id: &str, id: ActorId) {
+    /// Removes the entry of `client_id` if it still points at session `id`.
+    pub fn unregister(&self, client_id: &str, id: u64) {
         let mut s = self.sessions.lock();
-        if s.get(client_id).is_some_and(|a| a.get_id() == id) {
+        if s.get(client_id).is_some_and(|a| a.id() == id) {
             s.remove(client_id);
         }
     }
@@ -110,9 +109,9 @@ impl Cm {
         let Some(s) = self.lookup(client_id) else {
             return false;
         };
-        let _ = s.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
-        wait_stopped(&s).await;
-        self.unregister(client_id, s.get_id());
+        let _ = s.call(SessionMsg::Discard, TAKEOVER_TIMEOUT).await;
+        s.wait_gone().await;
+        self.unregister(client_id, s.id());
         true
     }
 
@@ -121,22 +120,17 @@ impl Cm {
     /// returned.
     pub async fn takeover_out(&self, client_id: &str) -> Option<SessionSnapshot> {
         let s = self.lookup(client_id)?;
-        let r = s
-            .call(SessionMsg::TakeoverOut, Some(TAKEOVER_TIMEOUT))
-            .await;
-        wait_stopped(&s).await;
-        self.unregister(client_id, s.get_id());
-        match r {
-            Ok(ractor::rpc::CallResult::Success(snap)) => snap,
-            _ => None,
-        }
+        let r = s.call(SessionMsg::TakeoverOut, TAKEOVER_TIMEOUT).await;
+        s.wait_gone().await;
+        self.unregister(client_id, s.id());
+        r.flatten()
     }
 
     /// Disconnects and ends a client's session; false if unknown here.
     pub async fn kick(&self, client_id: &str) -> bool {
         match self.lookup(client_id) {
             Some(s) => {
-                let _ = s.call(SessionMsg::Kick, Some(TAKEOVER_TIMEOUT)).await;
+                let _ = s.call(SessionMsg::Kick, TAKEOVER_TIMEOUT).await;
                 true
             }
             None => false,
@@ -155,14 +149,11 @@ impl Cm {
         let filter = filter.to_string();
         Some(
             match s
-                .call(
-                    |r| SessionMsg::AddSub(filter, opts, r),
-                    Some(TAKEOVER_TIMEOUT),
-                )
+                .call(|r| SessionMsg::AddSub(filter, opts, r), TAKEOVER_TIMEOUT)
                 .await
             {
-                Ok(ractor::rpc::CallResult::Success(r)) => r.map_err(|e| e.to_string()),
-                _ => Err("the session did not answer".into()),
+                Some(r) => r.map_err(|e| e.to_string()),
+                None => Err("the session did not answer".into()),
             },
         )
     }
@@ -172,30 +163,25 @@ impl Cm {
     pub async fn unsubscribe(&self, client_id: &str, filter: &str) -> Option<bool> {
         let s = self.lookup(client_id)?;
         let filter = filter.to_string();
-        match s
-            .call(|r| SessionMsg::DelSub(filter, r), Some(TAKEOVER_TIMEOUT))
-            .await
-        {
-            Ok(ractor::rpc::CallResult::Success(had)) => Some(had),
-            _ => Some(false),
-        }
+        Some(
+            s.call(|r| SessionMsg::DelSub(filter, r), TAKEOVER_TIMEOUT)
+                .await
+                .unwrap_or(false),
+        )
     }
 
     pub async fn info(&self, client_id: &str) -> Option<ClientInfo> {
         let s = self.lookup(client_id)?;
-        match s.call(SessionMsg::Info, Some(Duration::from_secs(2))).await {
-            Ok(ractor::rpc::CallResult::Success(i)) => Some(i),
-            _ => None,
-        }
+        s.call(SessionMsg::Info, Duration::from_secs(2)).await
     }
 
     /// Info of every session, sorted by client id. Up to 64 sessions are
     /// asked at once, so a long list costs round trips / 64.
     pub async fn all_info(&self) -> Vec<ClientInfo> {
         const AT_ONCE: usize = 64;
-        let sessions: Vec<ActorRef<SessionMsg>> = {
+        let sessions: Vec<SessionHandle> = {
             let g = self.sessions.lock();
-            let mut v: Vec<(&Arc<str>, &ActorRef<SessionMsg>)> = g.iter().collect();
+            let mut v: Vec<(&Arc<str>, &SessionHandle)> = g.iter().collect();
             v.sort_by(|a, b| a.0.cmp(b.0));
             v.into_iter().map(|(_, s)| s.clone()).collect()
         };
@@ -206,10 +192,9 @@ impl Cm {
             while asking.len() < AT_ONCE {
                 let Some((i, s)) = next.next() else { break };
                 asking.spawn(async move {
-                    match s.call(SessionMsg::Info, Some(Duration::from_secs(2))).await {
-                        Ok(ractor::rpc::CallResult::Success(info)) => Some((i, info)),
-                        _ => None,
-                    }
+                    s.call(SessionMsg::Info, Duration::from_secs(2))
+                        .await
+                        .map(|info| (i, info))
                 });
             }
             match asking.join_next().await {
@@ -225,28 +210,33 @@ impl Cm {
     /// Closes every client's connection as [`SessionMsg::Shutdown`] does
     /// (the autoheal restart): sessions with an expiry stay, the others end.
     pub async fn disconnect_all(&self) {
-        let all: Vec<ActorRef<SessionMsg>> = self.sessions.lock().values().cloned().collect();
-        for s in all {
-            let _ = s
-                .call(SessionMsg::Shutdown, Some(Duration::from_secs(2)))
-                .await;
+        for s in self.handles() {
+            let _ = s.call(SessionMsg::Shutdown, Duration::from_secs(2)).await;
         }
     }
 
     /// Stops every session (node stop or broker restart).
     pub async fn stop_all(&self) {
-        let all: Vec<ActorRef<SessionMsg>> = self.sessions.lock().values().cloned().collect();
-        for s in all {
-            let _ = s.call(SessionMsg::Kick, Some(Duration::from_secs(2))).await;
+        for s in self.handles() {
+            let _ = s.call(SessionMsg::Kick, Duration::from_secs(2)).await;
         }
     }
-}
 
-pub(crate) async fn wait_stopped(a: &ActorRef<SessionMsg>) {
-    for _ in 0..100 {
-        if matches!(a.get_status(), ractor::ActorStatus::Stopped) {
-            return;
+    /// One round of the hibernation sweep: every session whose actor runs
+    /// and that was sent nothing since the round before is told to
+    /// hibernate (it does if it has nothing in progress). Returns how
+    /// many were told.
+    pub fn sweep_idle(&self) -> usize {
+        let idle: Vec<SessionHandle> = self
+            .sessions
+            .lock()
+            .values()
+            .filter(|h| h.idle_since_last_sweep())
+            .cloned()
+            .collect();
+        for h in &idle {
+            let _ = h.cast(SessionMsg::Hibernate);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        idle.len()
     }
 }

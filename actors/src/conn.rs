@@ -13,12 +13,11 @@ use crate::connect::open_session;
 use crate::metrics::{add, inc, Stats};
 pub use crate::outbox::ConnHandle;
 use crate::outbox::{ConnCmd, ConnEnd, MAX_INBOUND};
-use crate::session_msg::{CloseCause, SessionMsg};
+use crate::session_msg::{CloseCause, SessionHandle, SessionMsg};
 use crate::Ctx;
 use bytes::BytesMut;
 use emqx_mqtt::codec::{self, DecodeError};
 use emqx_mqtt::packet::*;
-use ractor::ActorRef;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -78,7 +77,7 @@ where
 
 /// A connection whose CONNECT was accepted and handed to a session.
 struct Opened {
-    session: ActorRef<SessionMsg>,
+    session: SessionHandle,
     conn_id: u64,
     version: ProtocolVersion,
     ka_timeout: Option<Duration>,
@@ -385,7 +384,7 @@ where
     // 2. Hand the connection to a session (new, resumed or taken over).
     let conn_id = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (handle, rx) = ConnHandle::new(conn_id, peer, acc.mountpoint, acc.cert_cn, auth);
-    let session: ActorRef<SessionMsg> = match Box::pin(open_session(ctx, *connect, handle)).await {
+    let session: SessionHandle = match Box::pin(open_session(ctx, *connect, handle)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, "could not open a session: {e}");

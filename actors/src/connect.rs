@@ -2,14 +2,14 @@
 //! gets its session, resumed, taken over from another node, or new, with
 //! the client id locked on this node and in the cluster meanwhile.
 
-use crate::cm::{wait_stopped, LOCKS, TAKEOVER_TIMEOUT};
+use crate::cm::{LOCKS, TAKEOVER_TIMEOUT};
 use crate::outbox::ConnHandle;
 use crate::peers::{ClientLock, RegistryError};
-use crate::session::{SessionActor, SessionArgs};
-use crate::session_msg::SessionMsg;
+use crate::session::{SessionActor, SessionArgs, SessionStart};
+use crate::session_msg::{SessionHandle, SessionMsg};
 use crate::Ctx;
 use emqx_mqtt::packet::Connect;
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 use std::sync::Arc;
 
 /// Why a connection could not get a session.
@@ -28,7 +28,7 @@ pub async fn open_session(
     ctx: &Arc<Ctx>,
     connect: Connect,
     conn: ConnHandle,
-) -> Result<ActorRef<SessionMsg>, OpenError> {
+) -> Result<SessionHandle, OpenError> {
     let cm = &ctx.cm;
     let mut connect = connect;
     if ctx.settings.use_username_as_clientid {
@@ -63,7 +63,7 @@ async fn open_locked(
     client_id: Arc<str>,
     assigned: bool,
     held: Option<&ClientLock>,
-) -> Result<ActorRef<SessionMsg>, OpenError> {
+) -> Result<SessionHandle, OpenError> {
     let cm = &ctx.cm;
     let mut restored = None;
     if let (Some(old), Some(reg), Some(h)) = (cm.lookup(&client_id), ctx.registry.as_deref(), held)
@@ -79,9 +79,9 @@ async fn open_locked(
                 reg.takeover_elsewhere(h).await
             };
             if newer.is_some() {
-                let _ = old.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
-                wait_stopped(&old).await;
-                cm.unregister(&client_id, old.get_id());
+                let _ = old.call(SessionMsg::Discard, TAKEOVER_TIMEOUT).await;
+                old.wait_gone().await;
+                cm.unregister(&client_id, old.id());
                 restored = newer;
             }
         }
@@ -90,23 +90,23 @@ async fn open_locked(
         // Taken over from another node, above.
     } else if let Some(old) = cm.lookup(&client_id) {
         if connect.clean_start {
-            let _ = old.call(SessionMsg::Discard, Some(TAKEOVER_TIMEOUT)).await;
-            wait_stopped(&old).await;
-            cm.unregister(&client_id, old.get_id());
+            let _ = old.call(SessionMsg::Discard, TAKEOVER_TIMEOUT).await;
+            old.wait_gone().await;
+            cm.unregister(&client_id, old.id());
         } else {
             let r = old
                 .call(
                     |r| SessionMsg::Resume(Box::new(connect.clone()), conn.clone(), r),
-                    Some(TAKEOVER_TIMEOUT),
+                    TAKEOVER_TIMEOUT,
                 )
                 .await;
-            if let Ok(ractor::rpc::CallResult::Success(true)) = r {
+            if r == Some(true) {
                 return Ok(old);
             }
             // The old session ended with its connection, or died
             // meanwhile: start afresh.
-            wait_stopped(&old).await;
-            cm.unregister(&client_id, old.get_id());
+            old.wait_gone().await;
+            cm.unregister(&client_id, old.id());
         }
     } else if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
         if !h.peers.is_empty() {
@@ -117,8 +117,10 @@ async fn open_locked(
             }
         }
     }
+    let handle = SessionHandle::new();
     let args = SessionArgs {
         ctx: ctx.clone(),
+        handle: handle.clone(),
         connect,
         conn: Some(conn),
         client_id: client_id.clone(),
@@ -128,9 +130,9 @@ async fn open_locked(
         journal: None,
         will: None,
     };
-    let (actor, _) = Actor::spawn(None, SessionActor, args)
+    Actor::spawn(None, SessionActor, SessionStart::New(Box::new(args)))
         .await
         .map_err(|e| OpenError::Spawn(e.to_string()))?;
-    cm.sessions.lock().insert(client_id, actor.clone());
-    Ok(actor)
+    cm.sessions.lock().insert(client_id, handle.clone());
+    Ok(handle)
 }

@@ -15,7 +15,6 @@
 use emqx_mqtt::delivery::SubMatch;
 use emqx_mqtt::message::Message;
 use parking_lot::Mutex;
-use ractor::ActorId;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -92,7 +91,8 @@ struct State {
 pub trait Wake: Send + Sync {
     /// Asks the session to take from its inbox. False when it is gone.
     fn wake(&self) -> bool;
-    fn id(&self) -> ActorId;
+    /// Stable for the session's life.
+    fn id(&self) -> u64;
 }
 
 pub struct Inbox {
@@ -151,7 +151,7 @@ impl Inbox {
         self.journal.store(incarnation, Ordering::Release);
     }
 
-    pub fn session_id(&self) -> ActorId {
+    pub fn session_id(&self) -> u64 {
         self.session.id()
     }
 

@@ -73,6 +73,8 @@ counters!(Metrics {
     session_takenover => "session.takenover",
     session_discarded => "session.discarded",
     session_terminated => "session.terminated",
+    session_hibernated => "session.hibernated",
+    session_woken => "session.woken",
     cluster_joined => "cluster.joined",
     cluster_nodes_up => "cluster.nodes.up",
     cluster_nodes_down => "cluster.nodes.down",

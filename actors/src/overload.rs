@@ -13,9 +13,8 @@
 //! needs the node's context, is `overload_monitor.rs`.
 
 use crate::inbox::Inbox;
-use crate::session_msg::SessionMsg;
+use crate::session_msg::SessionHandle;
 use parking_lot::Mutex;
-use ractor::{ActorId, ActorRef};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,14 +41,14 @@ pub struct OverloadSettings {
 
 /// A session holding many queued bytes, and its inbox, where it says how
 /// many.
-type Heavy = (ActorRef<SessionMsg>, Arc<Inbox>);
+type Heavy = (SessionHandle, Arc<Inbox>);
 
 #[derive(Debug)]
 pub struct Overload {
     settings: OverloadSettings,
     overloaded: AtomicBool,
     /// Sessions holding at least [`HEAVY`] queued bytes.
-    heavy: Mutex<HashMap<ActorId, Heavy>>,
+    heavy: Mutex<HashMap<u64, Heavy>>,
 }
 
 impl Overload {
@@ -82,21 +81,21 @@ impl Overload {
 
     /// Session side: it holds at least [`HEAVY`] queued bytes (its inbox
     /// says how many), or no longer does (`None`).
-    pub fn set_heavy(&self, actor: &ActorRef<SessionMsg>, inbox: Option<&Arc<Inbox>>) {
+    pub fn set_heavy(&self, actor: &SessionHandle, inbox: Option<&Arc<Inbox>>) {
         let mut h = self.heavy.lock();
         match inbox {
             Some(ib) => {
-                h.insert(actor.get_id(), (actor.clone(), ib.clone()));
+                h.insert(actor.id(), (actor.clone(), ib.clone()));
             }
             None => {
-                h.remove(&actor.get_id());
+                h.remove(&actor.id());
             }
         }
     }
 
     /// The heavy sessions to shed to free `excess` bytes, largest first.
-    pub fn pick(&self, excess: u64) -> Vec<(ActorRef<SessionMsg>, usize)> {
-        let mut all: Vec<(ActorRef<SessionMsg>, usize)> = self
+    pub fn pick(&self, excess: u64) -> Vec<(SessionHandle, usize)> {
+        let mut all: Vec<(SessionHandle, usize)> = self
             .heavy
             .lock()
             .values()

@@ -15,9 +15,9 @@
 use crate::clock::now_ms;
 use crate::durable::{Durable, DurableError, Op};
 use crate::journal::{Journal, Recovered};
-use crate::session::{Parked, SessionActor, SessionArgs, SessionMsg};
+use crate::session::{Parked, SessionActor, SessionArgs, SessionHandle, SessionMsg, SessionStart};
 use crate::Ctx;
-use ractor::{Actor, ActorRef};
+use ractor::Actor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,13 +31,13 @@ fn bincode_cfg() -> impl bincode::config::Config {
 /// Parks every session of the node: those with an expiry are returned,
 /// the others end (their connections get DISCONNECT 0x8B on v5).
 pub async fn park_all(ctx: &Ctx) -> Vec<Parked> {
-    let all: Vec<ActorRef<SessionMsg>> = ctx.cm.actors();
+    let all: Vec<SessionHandle> = ctx.cm.handles();
     let mut out = Vec::new();
     for s in all {
-        match s.call(SessionMsg::Park, Some(Duration::from_secs(5))).await {
-            Ok(ractor::rpc::CallResult::Success(Some(p))) => out.push(*p),
-            Ok(ractor::rpc::CallResult::Success(None)) => {}
-            other => tracing::warn!("a session could not be parked: {other:?}"),
+        match s.call(SessionMsg::Park, Duration::from_secs(5)).await {
+            Some(Some(p)) => out.push(*p),
+            Some(None) => {}
+            None => tracing::warn!("a session could not be parked: it did not answer"),
         }
     }
     out
@@ -173,8 +173,10 @@ async fn spawn(
     will: Option<(emqx_mqtt::packet::LastWill, u32)>,
 ) -> Result<(), String> {
     let client_id: Arc<str> = Arc::from(p.client_id.as_str());
+    let handle = SessionHandle::new();
     let args = SessionArgs {
         ctx: ctx.clone(),
+        handle: handle.clone(),
         connect: p.connect(),
         conn: None,
         client_id: client_id.clone(),
@@ -184,10 +186,10 @@ async fn spawn(
         journal,
         will,
     };
-    let (actor, _) = Actor::spawn(None, SessionActor, args)
+    Actor::spawn(None, SessionActor, SessionStart::New(Box::new(args)))
         .await
         .map_err(|e| format!("cannot bring back the session of {client_id:?}: {e}"))?;
-    ctx.cm.insert(client_id.clone(), actor);
+    ctx.cm.insert(client_id.clone(), handle);
     ctx.cm.note_unparked(client_id);
     Ok(())
 }

@@ -11,15 +11,234 @@ use emqx_mqtt::codec::DecodeError;
 use emqx_mqtt::packet::{Connect, Packet, SubscriptionOptions};
 use ractor::{ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// An inbox wakes its session with one `Drain`.
+/// An inbox wakes its session with one `Drain` (an actor without a
+/// handle: tests and tools).
 impl Wake for ActorRef<SessionMsg> {
     fn wake(&self) -> bool {
         self.cast(SessionMsg::Drain).is_ok()
     }
 
-    fn id(&self) -> ractor::ActorId {
-        self.get_id()
+    fn id(&self) -> u64 {
+        self.get_id().pid()
+    }
+}
+
+/// An inbox wakes its session with one `Drain`, bringing it back if it
+/// was dormant.
+impl Wake for SessionHandle {
+    fn wake(&self) -> bool {
+        self.cast(SessionMsg::Drain).is_ok()
+    }
+
+    fn id(&self) -> u64 {
+        self.0.id
+    }
+}
+
+/// The state of a session whose actor went away while it was idle (EMQX
+/// hibernates an idle connection process): kept as it was, and brought
+/// back into a new actor by the next message for it.
+pub trait Dormant: Send {
+    /// Spawns the session's actor again with this state; it takes what
+    /// waits for it from `handle` ([`SessionHandle::go_live`]).
+    fn wake(self: Box<Self>, handle: SessionHandle);
+    /// What `ctl clients` shows, answered without waking the session.
+    fn info(&self) -> ClientInfo;
+}
+
+enum Slot {
+    /// The actor runs; `sent`: messages handed to it since it started.
+    Live(ActorRef<SessionMsg>, u64),
+    /// The actor is being started: messages wait here, in order, and it
+    /// takes them before anything else.
+    Waking(Vec<SessionMsg>),
+    Dormant(Box<dyn Dormant>),
+    Gone,
+}
+
+struct Cell {
+    /// Stable for the session's whole life, whatever actor runs it.
+    id: u64,
+    slot: parking_lot::Mutex<Slot>,
+    /// Messages sent to the session, ever: the hibernation sweep sees
+    /// from it whether the session was left alone for a whole round.
+    activity: AtomicU64,
+    /// `activity` at the sweep before.
+    seen: AtomicU64,
+}
+
+/// The session is gone: it ended, and nothing reaches it any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the session is gone")]
+pub struct SessionGone;
+
+/// How everyone reaches a session (its connection task, its inbox, the
+/// client registry, timers, `ctl`): stable while its actor comes and goes.
+/// A message for a dormant session starts its actor again first; messages
+/// keep their order across that.
+#[derive(Clone)]
+pub struct SessionHandle(Arc<Cell>);
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionHandle({})", self.0.id)
+    }
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+impl Default for SessionHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionHandle {
+    /// A handle for a session about to start: messages wait until its
+    /// actor takes them ([`SessionHandle::go_live`]).
+    pub fn new() -> SessionHandle {
+        SessionHandle(Arc::new(Cell {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            slot: parking_lot::Mutex::new(Slot::Waking(Vec::new())),
+            activity: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// Sends `msg`; a dormant session is started again to take it (and
+    /// `Info` is answered from the dormant state).
+    pub fn cast(&self, msg: SessionMsg) -> Result<(), SessionGone> {
+        self.0.activity.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.0.slot.lock();
+        match &mut *slot {
+            Slot::Live(a, sent) => match a.cast(msg) {
+                Ok(()) => {
+                    *sent += 1;
+                    Ok(())
+                }
+                Err(_) => {
+                    *slot = Slot::Gone;
+                    Err(SessionGone)
+                }
+            },
+            Slot::Waking(q) => {
+                q.push(msg);
+                Ok(())
+            }
+            Slot::Dormant(d) => {
+                let msg = match msg {
+                    SessionMsg::Info(reply) => {
+                        let _ = reply.send(d.info());
+                        return Ok(());
+                    }
+                    m => m,
+                };
+                let Slot::Dormant(d) = std::mem::replace(&mut *slot, Slot::Waking(vec![msg]))
+                else {
+                    return Ok(());
+                };
+                drop(slot);
+                d.wake(self.clone());
+                Ok(())
+            }
+            Slot::Gone => Err(SessionGone),
+        }
+    }
+
+    /// Sends the message `f` makes and waits for its answer; `None` if
+    /// the session is gone or did not answer within `timeout`.
+    pub async fn call<T>(
+        &self,
+        f: impl FnOnce(RpcReplyPort<T>) -> SessionMsg,
+        timeout: Duration,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cast(f(RpcReplyPort::from(tx))).ok()?;
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+
+    /// Sends what `f` makes after `d` (a timer that outlives the actor
+    /// running now: it wakes a dormant session).
+    pub fn send_after(&self, d: Duration, f: impl FnOnce() -> SessionMsg + Send + 'static) {
+        let h = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let _ = h.cast(f());
+        });
+    }
+
+    /// The actor `a` runs the session from now: returns what waited for
+    /// it, to be taken before its mailbox.
+    pub fn go_live(&self, a: ActorRef<SessionMsg>) -> Vec<SessionMsg> {
+        let mut slot = self.0.slot.lock();
+        match std::mem::replace(&mut *slot, Slot::Live(a, 0)) {
+            Slot::Waking(q) => q,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The actor running the session goes away, leaving the state `take`
+    /// gives, if it has taken every message sent to it (`handled` of
+    /// them); otherwise nothing happens and it goes on. Says which.
+    pub fn go_dormant(
+        &self,
+        handled: u64,
+        take: impl FnOnce() -> Option<Box<dyn Dormant>>,
+    ) -> bool {
+        let mut slot = self.0.slot.lock();
+        match &*slot {
+            Slot::Live(_, sent) if *sent == handled => match take() {
+                Some(d) => {
+                    *slot = Slot::Dormant(d);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// The session ended: nothing reaches it any more.
+    pub fn gone(&self) {
+        *self.0.slot.lock() = Slot::Gone;
+    }
+
+    pub fn is_gone(&self) -> bool {
+        match &*self.0.slot.lock() {
+            Slot::Gone => true,
+            Slot::Live(a, _) => matches!(a.get_status(), ractor::ActorStatus::Stopped),
+            _ => false,
+        }
+    }
+
+    pub fn is_dormant(&self) -> bool {
+        matches!(&*self.0.slot.lock(), Slot::Dormant(_))
+    }
+
+    /// Waits (up to a second) until the session has ended.
+    pub async fn wait_gone(&self) {
+        for _ in 0..100 {
+            if self.is_gone() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// For the hibernation sweep: whether the session's actor runs and
+    /// nothing was sent to it since the sweep before.
+    pub fn idle_since_last_sweep(&self) -> bool {
+        let now = self.0.activity.load(Ordering::Relaxed);
+        let before = self.0.seen.swap(now, Ordering::Relaxed);
+        now == before && matches!(&*self.0.slot.lock(), Slot::Live(..))
     }
 }
 
@@ -169,4 +388,8 @@ pub enum SessionMsg {
     AuthExpired(u64),
     /// The node is past its memory watermark: drop the queued messages.
     Shed,
+    /// Nothing was sent to the session for a while (`mqtt.idle_timeout`):
+    /// if it has nothing in progress, its actor goes away and its state
+    /// waits in its handle until the next message.
+    Hibernate,
 }

@@ -10,7 +10,7 @@ use crate::metrics::Stats;
 use crate::peers::{RouteKey, RouteOp};
 use crate::tables::{FilterEntry, SharedGroup, SubscribeOutcome, Subscriber, Tables};
 use emqx_mqtt::topic;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ pub enum ShardMsg {
     /// Removes a client's subscription; with `Some(actor)`, only if the
     /// subscription belongs to that session actor (a session that ends must
     /// not remove the subscriptions of its successor with the same id).
-    Unsubscribe(Arc<str>, Arc<str>, Option<ActorId>, RpcReplyPort<bool>),
+    Unsubscribe(Arc<str>, Arc<str>, Option<u64>, RpcReplyPort<bool>),
 }
 
 pub struct ShardActor;
@@ -194,12 +194,7 @@ impl ShardState {
         SubscribeOutcome { is_new }
     }
 
-    fn unsubscribe(
-        &mut self,
-        filter: &Arc<str>,
-        client: &Arc<str>,
-        owner: Option<ActorId>,
-    ) -> bool {
+    fn unsubscribe(&mut self, filter: &Arc<str>, client: &Arc<str>, owner: Option<u64>) -> bool {
         let (group, real) = split(filter);
         let owned = |s: &Subscriber| owner.is_none_or(|id| s.inbox.session_id() == id);
         let (removed, empty) = self.with_entry(real, |e| match group {
