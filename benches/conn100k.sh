@@ -14,6 +14,8 @@
 #   - connected            connections counted by `broker stats --cluster`
 #   - rss_mb_<k>           each node's RSS with its share connected
 #   - kb_per_conn_<k>      (RSS with them - RSS before) / its share
+#   - settled_kb_per_conn_<k>  the same SETTLE (45) seconds later, once
+#                          the idle sessions hibernated
 #   - stats_cluster_s      `ctl broker stats --cluster` from node 1
 #   - clients_list_s       `ctl clients list` from node 1 (every node's)
 #   - clients_listed       lines it printed
@@ -24,7 +26,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 N=${N:-6}
 TOTAL=${TOTAL:-100000}
-HOLD=${HOLD:-90}
+SETTLE=${SETTLE:-45}
+HOLD=${HOLD:-$((90 + SETTLE))}
 OUT=${OUT:-/tmp/emqx-rs-conn100k.$$}
 BIN="$ROOT/target/release/emqx-rs"
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release) || exit 1
@@ -82,6 +85,16 @@ for k in $(seq 1 "$N"); do
     echo "RESULT rss_mb_$k $(echo "scale=1; $r / 1024" | bc)"
     echo "RESULT kb_per_conn_$k $(echo "scale=2; ($r - ${BEFORE[$k]}) / $PER" | bc)"
 done
+# Idle sessions hibernate after two sweeps of `mqtt.idle_timeout` (15 s);
+# jemalloc returns the pages their actors held within about 10 s more.
+if [ "$SETTLE" -gt 0 ]; then
+    sleep "$SETTLE"
+    for k in $(seq 1 "$N"); do
+        r=$(rss_kb "$k")
+        echo "RESULT settled_rss_mb_$k $(echo "scale=1; $r / 1024" | bc)"
+        echo "RESULT settled_kb_per_conn_$k $(echo "scale=2; ($r - ${BEFORE[$k]}) / $PER" | bc)"
+    done
+fi
 echo "RESULT connected $(ctl 1 broker stats --cluster | awk -F: '$1 ~ /^connections.count/ {gsub(/ /, "", $2); print $2}')"
 t=$(now)
 ctl 1 broker stats --cluster >/dev/null

@@ -5,6 +5,7 @@
 #   REPS=5 DUR=10 benches/run.sh     # more repetitions / longer runs
 #   SCENARIOS="a c" benches/run.sh   # a subset (a a1 b c d lat e)
 #   SCENARIOS="lat lat_tls d d_ws" BROKERS="emqx-rs mosquitto" ORDER=rep benches/run.sh
+#   BROKER_BIN=/tmp/old/emqx-rs BROKERS=emqx-rs benches/run.sh   # another build, same generator
 #
 # A scenario name with a suffix _tls, _ws or _wss runs that scenario (any
 # but e) over TLS, MQTT over WebSocket, or WebSocket over TLS instead of
@@ -50,6 +51,9 @@ PORT_EMQX_API=${PORT_EMQX_API:-21893}
 # dashboard and a Prometheus server would (benches/api_load.py).
 API_LOAD=${API_LOAD:-0}
 BENCH="$ROOT/target/release/emqx-rs"
+# BROKER_BIN: run this emqx-rs binary as the broker instead of the one
+# built here (an A/B of two builds with the same load generator).
+BROKER_BIN=${BROKER_BIN:-$BENCH}
 PROTO=4   # MQTT 3.1.1 for all: rumqttd's v5 support is partial
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -301,7 +305,7 @@ start_broker() {
     case $b in
     emqx-rs)
         rm -rf "$OUT/emqx-data"
-        "$BENCH" foreground -config "$OUT/conf/emqx.conf" >"$OUT/broker-$b.log" 2>&1 &
+        "$BROKER_BIN" foreground -config "$OUT/conf/emqx.conf" >"$OUT/broker-$b.log" 2>&1 &
         ;;
     mosquitto)
         local conf="$OUT/conf/mosquitto.conf"

@@ -5,7 +5,10 @@
 //! `-config`).
 
 /// jemalloc instead of the C library's malloc (feature `jemalloc`, on by
-/// default): see docs/performance.md ("The allocator") for the A/B.
+/// default): see docs/performance.md ("The allocator") for the A/B. Its
+/// background threads return freed pages to the system while the node is
+/// idle (the memory of sessions that hibernated, above all); without them
+/// jemalloc purges only when something allocates.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -334,3 +334,59 @@ fn a_dormant_session_is_taken_over_from_another_node() {
         vec!["after"]
     );
 }
+
+/// Sessions kept on disk come back asleep: their routes are in place and
+/// no actor runs for them until a message comes (issue 16's "without
+/// waking an actor per session").
+#[test]
+fn sessions_back_from_disk_come_back_asleep_with_their_routes() {
+    // The default idle timeout (15 s): no sweep runs during the test, so
+    // every dormant session came back that way.
+    let mut n = Node::start_with(Opts {
+        extra: "durable_sessions.enable = true\n".into(),
+        ..Default::default()
+    });
+    let ids: Vec<String> = (0..20).map(|i| format!("hd{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let (mut s, _) = mq_persistent(&n, id);
+        s.sub(&format!("hd/{i}"), 1);
+        s.c.disconnect().expect("disconnect");
+        let _ = s.quiet(Duration::from_millis(100));
+    }
+    for (round, hard) in [(0, false), (1, true)] {
+        if hard {
+            n.kill();
+        } else {
+            let st = n.cli(&["stop"]);
+            assert!(st.status.success(), "{}", common::output_text(&st));
+            assert!(wait_until(Duration::from_secs(10), || !n.alive()));
+        }
+        n.spawn(&[]);
+        assert_eq!(dormant(&n), 20, "round {round}: all 20 back asleep");
+        assert_eq!(metric(&n, "session.woken"), 0, "round {round}");
+        // Their routes are there: a publish reaches the one it is for
+        // (waking it), and only that one.
+        let mut p = mq(&n, "hdp");
+        p.publish("hd/7", 1, false, format!("r{round}").as_bytes());
+        assert!(
+            wait_until(Duration::from_secs(5), || metric(&n, "session.woken") >= 1),
+            "round {round}: the delivery woke no session"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            metric(&n, "session.woken"),
+            1,
+            "round {round}: the delivery woke others"
+        );
+        p.c.disconnect().expect("disconnect");
+        let _ = p.quiet(Duration::from_millis(200));
+        let (mut s, present) = mq_persistent(&n, "hd7");
+        assert!(present, "round {round}: hd7's session");
+        assert_eq!(
+            payloads(&s.collect(1, Duration::from_secs(5))),
+            vec![format!("r{round}")]
+        );
+        s.c.disconnect().expect("disconnect");
+        let _ = s.quiet(Duration::from_millis(300));
+    }
+}

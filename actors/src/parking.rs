@@ -15,9 +15,8 @@
 use crate::clock::now_ms;
 use crate::durable::{Durable, DurableError, Op};
 use crate::journal::{Journal, Recovered};
-use crate::session::{Parked, SessionActor, SessionArgs, SessionHandle, SessionMsg, SessionStart};
+use crate::session::{Parked, SessionArgs, SessionHandle, SessionMsg};
 use crate::Ctx;
-use ractor::Actor;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,7 +163,8 @@ pub async fn restore(
     Ok((n, m))
 }
 
-/// Brings one session back offline with `left` seconds of its expiry.
+/// Brings one session back offline with `left` seconds of its expiry,
+/// asleep (see [`crate::session::start_dormant`]).
 async fn spawn(
     ctx: &Arc<Ctx>,
     p: &Parked,
@@ -186,10 +186,9 @@ async fn spawn(
         journal,
         will,
     };
-    Actor::spawn(None, SessionActor, SessionStart::New(Box::new(args)))
-        .await
-        .map_err(|e| format!("cannot bring back the session of {client_id:?}: {e}"))?;
+    // No actor: the session sleeps until the first message for it.
     ctx.cm.insert(client_id.clone(), handle);
+    crate::session::start_dormant(args).await;
     ctx.cm.note_unparked(client_id);
     Ok(())
 }

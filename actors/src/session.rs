@@ -192,7 +192,7 @@ impl Actor for SessionActor {
         start: SessionStart,
     ) -> Result<Live, ActorProcessingErr> {
         let st = match start {
-            SessionStart::New(a) => Box::pin(SessionState::start(&myself, *a)).await,
+            SessionStart::New(a) => Box::pin(SessionState::start(*a)).await,
             SessionStart::Wake(mut st) => {
                 st.rt = None;
                 inc(&st.ctx.broker.metrics.session_woken);
@@ -223,12 +223,12 @@ impl Actor for SessionActor {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<SessionMsg>,
+        _myself: ActorRef<SessionMsg>,
         live: &mut Live,
     ) -> Result<(), ActorProcessingErr> {
         // Dormant: the session goes on without this actor.
         if let Some(st) = live.s.as_deref_mut() {
-            Box::pin(st.stopped(&myself)).await;
+            Box::pin(st.stopped()).await;
         }
         Ok(())
     }
@@ -301,10 +301,24 @@ impl Dormant for SessionState {
     }
 }
 
+/// Brings back a session kept on disk, offline, without an actor: its
+/// routes and timers are set up and it sleeps until the first message for
+/// it (its client returning, a delivery, a timer). Returns once its routes
+/// are in place.
+pub async fn start_dormant(args: SessionArgs) {
+    let handle = args.handle.clone();
+    let mut st = Box::pin(SessionState::start(args)).await;
+    st.batch = Vec::new();
+    st.wbuf = BytesMut::new();
+    st.rt = tokio::runtime::Handle::try_current().ok();
+    inc(&st.ctx.broker.metrics.session_hibernated);
+    handle.sleep_now(st);
+}
+
 impl SessionState {
     /// A new session's state: the channel, its routes when it was handed
     /// over, the CONNACK, its timers.
-    async fn start(myself: &ActorRef<SessionMsg>, a: SessionArgs) -> Box<SessionState> {
+    async fn start(a: SessionArgs) -> Box<SessionState> {
         let resumed = a.restored.is_some();
         let mut ch = match a.restored {
             Some(snap) => Channel::restore(
@@ -442,12 +456,11 @@ impl SessionState {
         );
         st.arm_tick();
         st.flush();
-        let _ = myself;
         st
     }
 
     /// The session ended: its routes and registration go.
-    async fn stopped(&mut self, _myself: &ActorRef<SessionMsg>) {
+    async fn stopped(&mut self) {
         let st = self;
         st.journal_end();
         let subs: Vec<String> = if st.parked {

@@ -129,6 +129,8 @@ impl SessionHandle {
                     Err(SessionGone)
                 }
             },
+            // Asleep already, or waking for something else.
+            Slot::Waking(_) | Slot::Dormant(_) if matches!(msg, SessionMsg::Hibernate) => Ok(()),
             Slot::Waking(q) => {
                 q.push(msg);
                 Ok(())
@@ -203,6 +205,22 @@ impl SessionHandle {
                 None => false,
             },
             _ => false,
+        }
+    }
+
+    /// A session made without an actor (brought back from disk) goes to
+    /// sleep at once with `state`; if messages came for it meanwhile, it
+    /// is woken for them instead.
+    pub fn sleep_now(&self, state: Box<dyn Dormant>) {
+        let mut slot = self.0.slot.lock();
+        match &*slot {
+            Slot::Waking(q) if q.is_empty() => *slot = Slot::Dormant(state),
+            Slot::Waking(_) => {
+                drop(slot);
+                state.wake(self.clone());
+            }
+            // Nothing else can be: the session had no actor yet.
+            _ => {}
         }
     }
 
@@ -392,4 +410,159 @@ pub enum SessionMsg {
     /// if it has nothing in progress, its actor goes away and its state
     /// waits in its handle until the next message.
     Hibernate,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::{Actor, ActorProcessingErr};
+
+    /// An actor that takes what waited in its handle, then its mailbox,
+    /// and records the `Will(n)` numbers in the order it took them.
+    struct Recorder;
+
+    type Seen = Arc<parking_lot::Mutex<Vec<u64>>>;
+
+    impl Actor for Recorder {
+        type Msg = SessionMsg;
+        type State = Seen;
+        type Arguments = (SessionHandle, Seen);
+
+        async fn pre_start(
+            &self,
+            myself: ActorRef<SessionMsg>,
+            (h, seen): (SessionHandle, Seen),
+        ) -> Result<Seen, ActorProcessingErr> {
+            for m in h.go_live(myself) {
+                if let SessionMsg::Will(n) = m {
+                    seen.lock().push(n);
+                }
+            }
+            Ok(seen)
+        }
+
+        async fn handle(
+            &self,
+            _me: ActorRef<SessionMsg>,
+            m: SessionMsg,
+            seen: &mut Seen,
+        ) -> Result<(), ActorProcessingErr> {
+            if let SessionMsg::Will(n) = m {
+                seen.lock().push(n);
+            }
+            Ok(())
+        }
+    }
+
+    /// A dormant state: waking it starts a recorder.
+    struct Asleep(Seen);
+
+    impl Dormant for Asleep {
+        fn wake(self: Box<Self>, handle: SessionHandle) {
+            tokio::spawn(async move {
+                let _ = Actor::spawn(None, Recorder, (handle, self.0)).await;
+            });
+        }
+
+        fn info(&self) -> ClientInfo {
+            ClientInfo {
+                client_id: "asleep".into(),
+                username: None,
+                peer: None,
+                proto_ver: 4,
+                clean_start: false,
+                keepalive: 0,
+                session_expiry: 0,
+                subscriptions: Vec::new(),
+                inflight: 0,
+                awaiting_rel: 0,
+                mqueue_len: 0,
+                delivered: 0,
+                enqueued: 0,
+                dropped: 0,
+                connected: false,
+                created_at: 0,
+                connected_at: 0,
+                disconnected_at: None,
+            }
+        }
+    }
+
+    async fn until(f: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("condition not met in 1 s");
+    }
+
+    #[tokio::test]
+    async fn messages_keep_their_order_across_start_sleep_and_wake() {
+        let h = SessionHandle::new();
+        let seen: Seen = Default::default();
+        // Sent before the actor runs: they wait, and come first.
+        h.cast(SessionMsg::Will(1)).expect("waiting");
+        h.cast(SessionMsg::Will(2)).expect("waiting");
+        let (a, _) = Actor::spawn(None, Recorder, (h.clone(), seen.clone()))
+            .await
+            .expect("spawn");
+        h.cast(SessionMsg::Will(3)).expect("live");
+        until(|| seen.lock().len() == 3).await;
+        assert_eq!(*seen.lock(), vec![1, 2, 3]);
+
+        // It may sleep only once it took all 1 message sent to the actor.
+        assert!(!h.go_dormant(0, || Some(Box::new(Asleep(seen.clone())))));
+        assert!(h.go_dormant(1, || Some(Box::new(Asleep(seen.clone())))));
+        assert!(h.is_dormant());
+        a.stop(None);
+
+        // Listing answers from the dormant state, and wakes nothing.
+        let info = h
+            .call(SessionMsg::Info, Duration::from_secs(1))
+            .await
+            .expect("info while dormant");
+        assert_eq!(info.client_id, "asleep");
+        assert!(h.is_dormant());
+        // A hibernation request to a dormant session is dropped.
+        h.cast(SessionMsg::Hibernate).expect("dropped");
+        assert!(h.is_dormant());
+
+        // The next message wakes it; those sent while it wakes follow it.
+        for n in 4..=20 {
+            h.cast(SessionMsg::Will(n)).expect("wakes");
+        }
+        until(|| seen.lock().len() == 20).await;
+        assert_eq!(*seen.lock(), (1..=20).collect::<Vec<u64>>());
+        assert!(!h.is_dormant());
+
+        h.gone();
+        assert_eq!(h.cast(SessionMsg::Will(21)), Err(SessionGone));
+        assert!(h.is_gone());
+    }
+
+    #[test]
+    fn the_sweep_sees_a_session_idle_only_after_a_whole_round_without_messages() {
+        let h = SessionHandle::new();
+        // Not live: never a candidate.
+        assert!(!h.idle_since_last_sweep());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let seen: Seen = Default::default();
+            let (_a, _) = Actor::spawn(None, Recorder, (h.clone(), seen))
+                .await
+                .expect("spawn");
+            assert!(
+                h.idle_since_last_sweep(),
+                "nothing sent since the last round"
+            );
+            h.cast(SessionMsg::Will(1)).expect("live");
+            assert!(!h.idle_since_last_sweep(), "a message since the last round");
+            assert!(h.idle_since_last_sweep(), "a whole round without one");
+        });
+    }
 }
