@@ -47,6 +47,10 @@ pub struct Accepted {
     pub cert_cn: Option<Arc<str>>,
     /// The listener's `enable_authn`.
     pub authn: ListenerAuthn,
+    /// The listener's count of open connections, which this connection
+    /// is in: [`serve`] takes it out when the connection ends (so the
+    /// listener's task need not outlive it: see `listeners::serve_plain`).
+    pub open: Option<Arc<AtomicU64>>,
 }
 
 impl Accepted {
@@ -59,6 +63,7 @@ impl Accepted {
             cert_client_id: None,
             cert_cn: None,
             authn: ListenerAuthn::Enabled,
+            open: None,
         }
     }
 }
@@ -70,9 +75,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let stats = ctx.broker.stats.clone();
+    let open = acc.open.clone();
     Stats::add(&stats.live_connections, None, 1);
     run(stream, acc, ctx).await;
     Stats::add(&stats.live_connections, None, -1);
+    if let Some(n) = open {
+        n.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A connection whose CONNECT was accepted and handed to a session.

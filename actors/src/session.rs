@@ -96,8 +96,6 @@ pub struct SessionState {
     /// Deliveries taken from the inbox, being handled (kept for its
     /// capacity).
     batch: Vec<Item>,
-    /// Period of the retry / await-rel check.
-    tick: Duration,
     /// Whether a `Tick` is on its way. A timer runs only while the channel
     /// has something to check, so an idle session holds no timer task.
     tick_armed: bool,
@@ -343,12 +341,6 @@ impl SessionState {
                 conn.auth().clone(),
             );
         }
-        let tick = match a.ctx.settings.retry_interval {
-            Some(retry) => retry
-                .min(a.ctx.settings.await_rel_timeout)
-                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
-            None => Duration::from_secs(5),
-        };
         let mut st = Box::new(SessionState {
             ctx: a.ctx,
             me: a.handle.clone(),
@@ -360,7 +352,6 @@ impl SessionState {
             inbox: Inbox::new(a.handle),
             wbuf: BytesMut::new(),
             batch: Vec::new(),
-            tick,
             tick_armed: false,
             slow: false,
             heavy: false,
@@ -800,12 +791,24 @@ fn count_inbound(ctx: &Ctx, p: &Packet) {
 }
 
 impl SessionState {
+    /// Period of the retry / await-rel check (computed, not kept: every
+    /// byte of the state is kept by every idle session).
+    fn tick_period(&self) -> Duration {
+        let s = &self.ctx.settings;
+        match s.retry_interval {
+            Some(retry) => retry
+                .min(s.await_rel_timeout)
+                .clamp(Duration::from_millis(500), Duration::from_secs(5)),
+            None => Duration::from_secs(5),
+        }
+    }
+
     /// Schedules the next `Tick` if the channel has inflight messages to
     /// retry or QoS 2 ids to expire and none is scheduled yet.
     fn arm_tick(&mut self) {
         if !self.tick_armed && self.ch.needs_tick() {
             self.tick_armed = true;
-            self.me.send_after(self.tick, || SessionMsg::Tick);
+            self.me.send_after(self.tick_period(), || SessionMsg::Tick);
         }
     }
 
@@ -1783,6 +1786,14 @@ mod tests {
             size <= 544,
             "the session handle future grew to {size} bytes"
         );
+    }
+
+    /// Every session, asleep or not, keeps its state in one allocation:
+    /// at most 1 KB, jemalloc's size class below 1.25 KB.
+    #[test]
+    fn session_state_stays_within_1_kb() {
+        let size = std::mem::size_of::<super::SessionState>();
+        assert!(size <= 1024, "SessionState grew to {size} bytes");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub struct Spec {
     /// `enable_authn`.
     pub(super) authn: emqx_actors::authn::ListenerAuthn,
     /// Connections open now.
-    pub open: AtomicU64,
+    pub open: Arc<AtomicU64>,
     /// Whether the operator wants it open (`ctl listeners stop|start`).
     pub(super) wanted: watch::Sender<bool>,
     /// Whether its socket is bound now, or why it could not be.
@@ -85,7 +85,7 @@ impl Spec {
             cert_as_username: cfg.mqtt.peer_cert_as_username,
             cert_as_clientid: cfg.mqtt.peer_cert_as_clientid,
             authn: l.enable_authn,
-            open: AtomicU64::new(0),
+            open: Arc::new(AtomicU64::new(0)),
             wanted: watch::channel(true).0,
             state: watch::channel(State::Stopped).0,
         })
