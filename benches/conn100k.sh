@@ -44,15 +44,7 @@ connections() { ctl "$1" broker stats | awk -F: '$1 ~ /^connections.count/ {gsub
 PER=$((TOTAL / N))
 BENCH=()
 for k in $(seq 1 "$N"); do start_node "$k" "$OUT" big; done
-for k in $(seq 2 "$N"); do
-    ctl "$k" cluster join "big1@127.0.0.1" >/dev/null || { echo "join of $k failed" >&2; exit 1; }
-done
-for _ in $(seq 1 150); do
-    running=$(ctl 1 cluster status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["running_nodes"]))')
-    [ "$running" = "$N" ] && break
-    sleep 0.2
-done
-[ "$running" = "$N" ] || { echo "the cluster did not form" >&2; exit 1; }
+form_cluster big "$N" 150 || exit 1
 declare -A BEFORE
 for k in $(seq 1 "$N"); do BEFORE[$k]=$(rss_kb "$k"); done
 

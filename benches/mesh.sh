@@ -54,14 +54,7 @@ routes_on() { ctl "$1" topics list | wc -l; }
 
 for k in $(seq 1 "$N"); do start "$k"; done
 t=$(now)
-for k in $(seq 2 "$N"); do
-    ctl "$k" cluster join "mesh1@127.0.0.1" >/dev/null || { echo "join of $k failed" >&2; exit 1; }
-done
-for _ in $(seq 1 300); do
-    running=$(ctl 1 cluster status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["running_nodes"]))')
-    [ "$running" = "$N" ] && break
-    sleep 0.2
-done
+form_cluster mesh "$N" 300 || exit 1
 echo "RESULT join_s $(since "$t")"
 sleep 3
 ports_ctl=$(seq -s '|' $((4370 + 1)) $((4370 + N + 1)))

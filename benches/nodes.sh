@@ -49,3 +49,20 @@ ctl() {
     shift
     "$BIN" ctl "$@" -config "$OUT/n$k/emqx.conf"
 }
+
+# form_cluster NAME N TRIES: nodes 2..N join NAME1@127.0.0.1, then waits
+# (TRIES rounds of 0.2 s) until node 1 counts N running nodes; fails if
+# a join fails or the cluster does not form.
+form_cluster() {
+    local name=$1 n=$2 tries=$3 k running=0
+    for k in $(seq 2 "$n"); do
+        ctl "$k" cluster join "${name}1@127.0.0.1" >/dev/null || { echo "join of $k failed" >&2; return 1; }
+    done
+    for _ in $(seq 1 "$tries"); do
+        running=$(ctl 1 cluster status --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["running_nodes"]))')
+        [ "$running" = "$n" ] && return 0
+        sleep 0.2
+    done
+    echo "the cluster did not form ($running of $n running)" >&2
+    return 1
+}
