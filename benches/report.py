@@ -119,6 +119,9 @@ def m_d(r):
     conn = sum(c.get("connected", 0) for c in cs)
     windows = [c["connected"] / c["connect_rate"] for c in cs if c.get("connect_rate")]
     grow = (r.get("rss_after_kb") or 0) - (r.get("rss_before_kb") or 0)
+    # D_SETTLE seconds later (older results have no such field).
+    settled = r.get("rss_settled_kb")
+    settled = settled - (r.get("rss_before_kb") or 0) if settled else None
     p99 = [g(c, "connect_latency_ms", "p99") for c in cs]
     p99 = [x for x in p99 if x is not None]
     c = r.get("cpu_s")
@@ -130,6 +133,9 @@ def m_d(r):
         "broker CPU ms per connection": c * 1e3 / conn if c is not None and conn else None,
         "RSS before MB": (r.get("rss_before_kb") or 0) / 1024,
         "RSS KB per connection": grow / conn if conn else None,
+        "RSS KB per connection, settled": settled / conn
+        if conn and settled is not None
+        else None,
     }
 
 
@@ -191,6 +197,7 @@ TRANSPORT_ROWS = [
     ("d", "connect/s", "ratio"),
     ("d", "broker CPU ms per connection", "ratio"),
     ("d", "RSS KB per connection", "diff"),
+    ("d", "RSS KB per connection, settled", "diff"),
 ]
 
 

@@ -478,9 +478,13 @@ sc_lat() {
 #     would overflow the listen backlog), each from its own loopback source
 #     address new to this run (no TIME_WAIT left over). Connect rate, the
 #     broker's CPU time per connection, and broker RSS growth per
-#     connection once all are in (or after 60 s).
+#     connection once all are in (or after 60 s), and again D_SETTLE
+#     seconds later (`rss_settled_kb`, default 45: emqx-rs's idle sessions
+#     hibernate after one to two `mqtt.idle_timeout`s of 15 s, and
+#     jemalloc returns their pages within about 10 s more).
 D_RUN=0
 D_PROCS=${D_PROCS:-10}
+D_SETTLE=${D_SETTLE:-45}
 sc_d() {
     local b=$1 rep=$2 port tag ta
     port=$(port_of "$b")
@@ -515,13 +519,16 @@ sc_d() {
     c1=$(cpu_ticks "$BROKER_PID")
     sleep 1
     after=$(rss_kb "$BROKER_PID")
+    sleep "$D_SETTLE"
+    local settled
+    settled=$(rss_kb "$BROKER_PID")
     for j in "${cpids[@]}"; do kill -INT "$j" 2>/dev/null; done
     for j in "${cpids[@]}"; do stop_bench "$j"; done
     local conns="["
     for j in $(seq 1 "$D_PROCS"); do conns+="$(summary_of "$tag.$j.out"),"; done
     conns="${conns%,}]"
     record "$SC" "$b" "$rep" transport="$TR" rss_before_kb="$before" rss_after_kb="$after" \
-        cpu_s="$(ticks_s "$c0" "$c1")" conns="$conns"
+        rss_settled_kb="$settled" cpu_s="$(ticks_s "$c0" "$c1")" conns="$conns"
 }
 
 # (e) E_SUBS wildcard subscriptions (e/<conn>/<k>/+) from 10 connections:
