@@ -1131,17 +1131,30 @@ fn the_config_is_found_beside_the_executable_from_any_directory() {
     let (root, exe, name, mqtt) = release_tree();
     let elsewhere = tempfile::tempdir().expect("tempdir");
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        Command::new(&exe)
-            .args(args)
-            .current_dir(elsewhere.path())
-            .env_remove("EMQX_ETC_DIR")
-            .env_remove("EMQX_DATA_DIR")
-            .env_remove("EMQX_LOG_DIR")
-            .env_remove("EMQX_CONF")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run")
+        // The copy of the binary was just written: a process another test
+        // thread forked meanwhile may still hold the written file open
+        // until it execs, and the kernel refuses to run a file open for
+        // writing (ETXTBSY). That passes within moments.
+        let mut tries = 0;
+        loop {
+            let r = Command::new(&exe)
+                .args(args)
+                .current_dir(elsewhere.path())
+                .env_remove("EMQX_ETC_DIR")
+                .env_remove("EMQX_DATA_DIR")
+                .env_remove("EMQX_LOG_DIR")
+                .env_remove("EMQX_CONF")
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .output();
+            match r {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.expect("run"),
+            }
+        }
     };
     let conf = root.path().join("bin/../etc/emqx.conf");
     let o = run(&["check_config"], &[]);
