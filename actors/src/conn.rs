@@ -48,8 +48,8 @@ pub struct Accepted {
     /// The listener's `enable_authn`.
     pub authn: ListenerAuthn,
     /// The listener's count of open connections, which this connection
-    /// is in: [`serve`] takes it out when the connection ends (so the
-    /// listener's task need not outlive it: see `listeners::serve_plain`).
+    /// is in: [`serve`] takes it out when the connection ends, so a plain
+    /// TCP connection's task can be `serve` alone.
     pub open: Option<Arc<AtomicU64>>,
 }
 

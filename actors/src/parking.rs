@@ -115,7 +115,7 @@ pub async fn restore(
         let Some(left) = p.remaining(now) else {
             continue;
         };
-        spawn(ctx, &p, left, None, None).await?;
+        bring_back(ctx, &p, left, None, None).await;
         n += 1;
     }
     let mut m = 0;
@@ -146,7 +146,7 @@ pub async fn restore(
             snapshot: r.snapshot(),
         };
         let inc = journal.as_ref().map(|_| r.record.incarnation);
-        spawn(ctx, &p, left, inc, r.will(now)).await?;
+        bring_back(ctx, &p, left, inc, r.will(now)).await;
         m += 1;
     }
     let mut ops = vec![Op::Clear {
@@ -165,13 +165,13 @@ pub async fn restore(
 
 /// Brings one session back offline with `left` seconds of its expiry,
 /// asleep (see [`crate::session::start_dormant`]).
-async fn spawn(
+async fn bring_back(
     ctx: &Arc<Ctx>,
     p: &Parked,
     left: u32,
     journal: Option<u64>,
     will: Option<(emqx_mqtt::packet::LastWill, u32)>,
-) -> Result<(), String> {
+) {
     let client_id: Arc<str> = Arc::from(p.client_id.as_str());
     let handle = SessionHandle::new();
     let args = SessionArgs {
@@ -190,5 +190,4 @@ async fn spawn(
     ctx.cm.insert(client_id.clone(), handle);
     crate::session::start_dormant(args).await;
     ctx.cm.note_unparked(client_id);
-    Ok(())
 }

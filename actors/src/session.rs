@@ -257,10 +257,7 @@ impl Live {
         if !st.can_hibernate() {
             return;
         }
-        // What an idle session need not keep.
-        st.batch = Vec::new();
-        st.wbuf = BytesMut::new();
-        st.rt = tokio::runtime::Handle::try_current().ok();
+        st.before_sleep();
         let me = st.me.clone();
         let metrics = st.ctx.broker.metrics.clone();
         let s = &mut self.s;
@@ -306,14 +303,20 @@ impl Dormant for SessionState {
 pub async fn start_dormant(args: SessionArgs) {
     let handle = args.handle.clone();
     let mut st = Box::pin(SessionState::start(args)).await;
-    st.batch = Vec::new();
-    st.wbuf = BytesMut::new();
-    st.rt = tokio::runtime::Handle::try_current().ok();
+    st.before_sleep();
     inc(&st.ctx.broker.metrics.session_hibernated);
     handle.sleep_now(st);
 }
 
 impl SessionState {
+    /// Drops what an idle session need not keep, and notes where to wake
+    /// it (a message may come from a thread outside the runtime).
+    fn before_sleep(&mut self) {
+        self.batch = Vec::new();
+        self.wbuf = BytesMut::new();
+        self.rt = tokio::runtime::Handle::try_current().ok();
+    }
+
     /// A new session's state: the channel, its routes when it was handed
     /// over, the CONNACK, its timers.
     async fn start(a: SessionArgs) -> Box<SessionState> {
