@@ -922,3 +922,97 @@ fn half_connect_stall() {
     assert_node_ok(&mut node, "no CONNECT within", 1000);
     h.check("at end");
 }
+
+/// Splits what a socket received into whole packets (first byte, body).
+fn split_packets(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some((len, off)) = parse_header(b) {
+        if b.len() < off + len {
+            break;
+        }
+        out.push((b[0], b[off..off + len].to_vec()));
+        b = &b[off + len..];
+    }
+    out
+}
+
+/// The payloads the healthy subscriber receives within `within`, in order.
+fn received(h: &Healthy, within: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while let Ok(p) =
+        h.rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        got.push(p);
+    }
+    got
+}
+
+/// Packets that came in one read with a malformed one behind them: the
+/// good ones before it are handled (acknowledged and delivered, in order),
+/// then DISCONNECT 0x81.
+#[test]
+fn packets_ahead_of_a_malformed_one_are_handled() {
+    let _g = light();
+    let mut node = Node::start();
+    let mut h = Healthy::start(&node);
+    let mut r = raw_v5(&node, "batch-bad", 60);
+    let mut bytes = Vec::new();
+    for i in 1..=3u16 {
+        let payload = format!("ahead-{i}");
+        bytes.extend_from_slice(&publish_v5(
+            0x32,
+            h.topic.as_bytes(),
+            Some(i),
+            payload.as_bytes(),
+        ));
+    }
+    bytes.extend_from_slice(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+    r.send(&bytes);
+    let (got, closed) = r.read_all(secs(3));
+    let packets = split_packets(&got);
+    let kinds: Vec<u8> = packets.iter().map(|p| p.0).collect();
+    assert_eq!(
+        kinds,
+        vec![0x40, 0x40, 0x40, 0xE0],
+        "three PUBACKs, then DISCONNECT: {got:02X?}"
+    );
+    for (i, (_, body)) in packets.iter().take(3).enumerate() {
+        assert_eq!(&body[..2], &(i as u16 + 1).to_be_bytes(), "PUBACK {i}");
+    }
+    assert_eq!(packets[3].1.first(), Some(&0x81), "DISCONNECT reason");
+    assert!(closed, "the connection is closed");
+    let want: Vec<Vec<u8>> = (1..=3).map(|i| format!("ahead-{i}").into_bytes()).collect();
+    assert_eq!(received(&h, secs(2)), want, "delivered once each, in order");
+    assert_node_ok(&mut node, "remaining length longer than 4 bytes", 1);
+    h.check("after packets ahead of a malformed one");
+}
+
+/// A DISCONNECT with packets behind it in the same read: what came before
+/// it is handled, what came after it is not.
+#[test]
+fn packets_behind_a_disconnect_are_not_handled() {
+    let _g = light();
+    let mut node = Node::start();
+    let mut h = Healthy::start(&node);
+    let mut r = raw_v5(&node, "batch-disc", 60);
+    let mut bytes = publish_v5(0x32, h.topic.as_bytes(), Some(1), b"before");
+    bytes.extend_from_slice(&[0xE0, 0x00]);
+    bytes.extend_from_slice(&publish_v5(0x32, h.topic.as_bytes(), Some(2), b"after"));
+    r.send(&bytes);
+    let (got, closed) = r.read_all(secs(3));
+    let packets = split_packets(&got);
+    assert_eq!(
+        packets,
+        vec![(0x40, vec![0, 1])],
+        "one PUBACK, for the publish before the DISCONNECT: {got:02X?}"
+    );
+    assert!(closed, "the connection is closed");
+    assert_eq!(
+        received(&h, secs(2)),
+        vec![b"before".to_vec()],
+        "only the publish before the DISCONNECT is delivered"
+    );
+    assert_alive(&mut node);
+    h.check("after packets behind a DISCONNECT");
+}

@@ -149,24 +149,21 @@ where
         if buffered && !hold {
             let mut err = None;
             buffered = false;
+            // Every complete packet goes to the session in one message,
+            // within the session's budget of undecided packets.
+            let mut batch = Vec::new();
+            let room = MAX_INBOUND.saturating_sub(rx.inbound.load(Ordering::Acquire));
             loop {
-                if rx.inbound.load(Ordering::Acquire) >= MAX_INBOUND
-                    || rx.throttle_set.load(Ordering::Acquire)
-                {
+                if batch.len() >= room || rx.throttle_set.load(Ordering::Acquire) {
                     buffered = true;
                     break;
                 }
                 match codec::decode(&mut rbuf, Some(version), max) {
                     Ok(Some(p)) => {
-                        inc(&metrics.packets_received);
-                        rx.inbound.fetch_add(1, Ordering::AcqRel);
-                        if session
-                            .cast(SessionMsg::Inbound(conn_id, Box::new(p)))
-                            .is_err()
-                        {
-                            err = Some(CloseCause::Closed);
-                            break;
+                        if batch.capacity() == 0 {
+                            batch.reserve_exact(4.min(room));
                         }
+                        batch.push(p);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -174,6 +171,14 @@ where
                         err = Some(CloseCause::Decode(e));
                         break;
                     }
+                }
+            }
+            if !batch.is_empty() {
+                // The packets before a malformed one are the session's.
+                add(&metrics.packets_received, batch.len() as u64);
+                rx.inbound.fetch_add(batch.len(), Ordering::AcqRel);
+                if session.cast(SessionMsg::Inbound(conn_id, batch)).is_err() {
+                    err = Some(CloseCause::Closed);
                 }
             }
             if let Some(c) = err {

@@ -244,10 +244,11 @@ impl ConnHandle {
         self.out.throttle_set.store(true, Ordering::Release);
     }
 
-    /// The session handled one packet of this connection.
-    pub fn inbound_done(&self) {
-        let prev = self.out.inbound.fetch_sub(1, Ordering::AcqRel);
-        if prev == MAX_INBOUND / 2 + 1 {
+    /// The session took `n` packets of this connection.
+    pub fn inbound_done(&self, n: usize) {
+        let prev = self.out.inbound.fetch_sub(n, Ordering::AcqRel);
+        // Wakes the connection when this brought the count down to half.
+        if prev > MAX_INBOUND / 2 && prev - n <= MAX_INBOUND / 2 {
             self.out.inbound_wake.notify_one();
         }
     }

@@ -21,6 +21,7 @@ use emqx_mqtt::codec;
 use emqx_mqtt::delivery::Delivery;
 use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::*;
+use emqx_mqtt::time::Now;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
@@ -516,41 +517,26 @@ impl SessionState {
         };
         match msg {
             SessionMsg::Drain => st.pump(&myself).await,
-            SessionMsg::Inbound(id, p) => {
+            SessionMsg::Inbound(id, ps) => {
                 match &st.conn {
-                    Some(c) if c.id == id => c.inbound_done(),
+                    Some(c) if c.id == id => c.inbound_done(ps.len()),
                     _ => return Ok(()),
                 }
-                // The packet lives in this block only: a local that was
-                // borrowed stays in the future's state across the awaits
-                // below, and a `Packet` is about 860 bytes.
-                let (acts, congested, durable) = {
-                    let p = *p;
-                    count_inbound(&st.ctx, &p);
-                    let ctx = st.ctx.clone();
-                    let q2 = st.qos2_probe(&p);
-                    let mut sink = Sink {
-                        ctx: &ctx,
-                        congested: None,
-                        durable: None,
+                // One clock reading and one pump for the whole batch: the
+                // packets came in one read. SUBSCRIBE and UNSUBSCRIBE are
+                // rare and boxed; the block keeps the batch out of the
+                // state every live session keeps.
+                {
+                    let broker = {
+                        let now = clock::now();
+                        let mut ps = ps.into_iter();
+                        st.inbound_local(&myself, id, &mut ps, now)
+                            .map(|acts| Box::pin(st.inbound_broker(&myself, id, acts, ps, now)))
                     };
-                    let acts = st.ch.handle(p, clock::now(), &mut sink);
-                    let mut durable = sink.durable;
-                    if let Some(t) = st.qos2_journal(q2) {
-                        durable = Some(Box::new(t));
+                    if let Some(f) = broker {
+                        f.await;
                     }
-                    (acts, sink.congested, durable)
-                };
-                if let (Some(c), Some(conn)) = (congested, &st.conn) {
-                    conn.throttle(st.ctx.broker.backpressure(c));
                 }
-                if durable.is_some() || st.held.is_some() {
-                    // A retained message is acknowledged once it is on disk.
-                    st.hold(acts, durable);
-                    st.pump(&myself).await;
-                    return Ok(());
-                }
-                st.run(&myself, acts).await;
                 // An acknowledgement may have opened the inflight window.
                 st.pump(&myself).await;
             }
@@ -1119,6 +1105,79 @@ impl SessionState {
     /// runs in a boxed future. An `Action` is about 860 bytes: held across
     /// an await here, it would be part of every session actor's resident
     /// message loop, idle or not.
+    /// Handles the packets of connection `id` in order, up to the first
+    /// one whose actions need the broker (SUBSCRIBE, UNSUBSCRIBE): returns
+    /// those, to be run before the rest.
+    fn inbound_local(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        id: u64,
+        ps: &mut std::vec::IntoIter<Packet>,
+        now: Now,
+    ) -> Option<Vec<Action>> {
+        for p in ps {
+            // A packet before this one may have ended the connection.
+            if self.stopped || self.conn.as_ref().map(|c| c.id) != Some(id) {
+                return None;
+            }
+            let Some(acts) = self.inbound(p, now) else {
+                continue;
+            };
+            if needs_broker(&acts) {
+                return Some(acts);
+            }
+            self.run_local(myself, acts);
+        }
+        None
+    }
+
+    /// Runs `acts` with the broker, then handles the rest of the packets.
+    async fn inbound_broker(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        id: u64,
+        mut acts: Vec<Action>,
+        mut ps: std::vec::IntoIter<Packet>,
+        now: Now,
+    ) {
+        loop {
+            self.run_with_broker(myself, acts, true).await;
+            match self.inbound_local(myself, id, &mut ps, now) {
+                Some(more) => acts = more,
+                None => return,
+            }
+        }
+    }
+
+    /// Hands one packet of the connection to the channel; returns what is
+    /// to be done now, or None when its replies wait for a write to disk.
+    /// Not async: a `Packet` is about 400 bytes, and the caller's future,
+    /// which every live session keeps, must not hold one across an await.
+    fn inbound(&mut self, p: Packet, now: Now) -> Option<Vec<Action>> {
+        count_inbound(&self.ctx, &p);
+        let ctx = self.ctx.clone();
+        let q2 = self.qos2_probe(&p);
+        let mut sink = Sink {
+            ctx: &ctx,
+            congested: None,
+            durable: None,
+        };
+        let acts = self.ch.handle(p, now, &mut sink);
+        let mut durable = sink.durable;
+        if let Some(t) = self.qos2_journal(q2) {
+            durable = Some(Box::new(t));
+        }
+        if let (Some(c), Some(conn)) = (sink.congested, &self.conn) {
+            conn.throttle(self.ctx.broker.backpressure(c));
+        }
+        if durable.is_some() || self.held.is_some() {
+            // A retained message is acknowledged once it is on disk.
+            self.hold(acts, durable);
+            return None;
+        }
+        Some(acts)
+    }
+
     async fn run(&mut self, myself: &ActorRef<SessionMsg>, acts: Vec<Action>) {
         if needs_broker(&acts) {
             Box::pin(self.run_with_broker(myself, acts, true)).await;

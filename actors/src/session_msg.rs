@@ -352,10 +352,12 @@ impl Parked {
 pub enum SessionMsg {
     /// Deliveries wait in the session's inbox: take them.
     Drain,
-    /// A packet read by connection `u64`. Boxed, as is the CONNECT of
-    /// `Resume`: ractor boxes every message, and the size of the largest
-    /// variant is what every delivery allocates and copies.
-    Inbound(u64, Box<Packet>),
+    /// The packets connection `u64` decoded from one read, in order (at
+    /// most `MAX_INBOUND`): one actor message for all of them. Behind a
+    /// pointer, as is the CONNECT of `Resume`: ractor boxes every message,
+    /// and the size of the largest variant is what every message
+    /// allocates and copies.
+    Inbound(u64, Vec<Packet>),
     /// Connection `u64` ended.
     ConnClosed(u64, CloseCause),
     /// A new connection resumes this session (clean_start = false); replies
