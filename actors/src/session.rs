@@ -1787,8 +1787,10 @@ impl SessionState {
             properties: w.properties,
             payload: w.payload,
         };
-        let mut m = Message::from_publish(self.ch.client_id.clone(), &p, now_ms());
-        m.properties.will_delay_interval = None;
+        let mut m = Message::from_publish(self.ch.client_id.clone(), p, now_ms());
+        if let Some(v) = m.properties.values_mut() {
+            v.will_delay_interval = None;
+        }
         self.ctx.broker.publish(m);
         if self.journal_inc != 0 {
             // Published once: a crash now must not bring it back.

@@ -735,14 +735,14 @@ impl Channel {
         match p.qos {
             QoS::AtMostOnce => {
                 if !bad_payload {
-                    sink.publish(self.to_message(&p, now));
+                    sink.publish(self.to_message(p, now));
                 }
                 vec![]
             }
             QoS::AtLeastOnce => {
                 let code = if bad_payload {
                     reason::PAYLOAD_FORMAT_INVALID
-                } else if sink.publish(self.to_message(&p, now)) == 0 {
+                } else if sink.publish(self.to_message(p, now)) == 0 {
                     reason::NO_MATCHING_SUBSCRIBERS
                 } else {
                     reason::SUCCESS
@@ -771,7 +771,7 @@ impl Channel {
                         self.ack(reason::PAYLOAD_FORMAT_INVALID),
                     )))];
                 }
-                let n = sink.publish(self.to_message(&p, now));
+                let n = sink.publish(self.to_message(p, now));
                 self.awaiting_rel.insert(pid, now.mono);
                 let code = if n == 0 {
                     reason::NO_MATCHING_SUBSCRIBERS
@@ -808,7 +808,7 @@ impl Channel {
         }
     }
 
-    fn to_message(&self, p: &Publish, now: Now) -> Message {
+    fn to_message(&self, p: Publish, now: Now) -> Message {
         let mut m = Message::from_publish(self.client_id.clone(), p, now.wall_ms);
         if let Some(max) = self.settings.message_expiry_interval {
             let max = max.as_secs().min(u64::from(u32::MAX)) as u32;
@@ -1386,9 +1386,16 @@ impl Channel {
         let mut new_alias = None;
         let mut topic = self.unmounted(&d.msg.topic).to_string();
         if self.is_v5() {
+            // Set only what is there: a message without properties
+            // delivered without one allocates none.
             props = d.msg.properties.clone();
-            props.message_expiry_interval = d.msg.remaining_expiry(now_wall);
-            props.subscription_identifiers = d.sub_ids.clone();
+            let expiry = d.msg.remaining_expiry(now_wall);
+            if expiry.is_some() || props.message_expiry_interval.is_some() {
+                props.message_expiry_interval = expiry;
+            }
+            if !d.sub_ids.is_empty() || !props.subscription_identifiers.is_empty() {
+                props.subscription_identifiers = d.sub_ids.clone();
+            }
             if use_alias && self.conn.client_topic_alias_max > 0 {
                 if let Some(a) = self.conn.out_aliases.get(&d.msg.topic) {
                     props.topic_alias = Some(*a);

@@ -34,16 +34,20 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Message {
     /// Builds a message from a client's PUBLISH (topic alias already
-    /// resolved), published at wall-clock `timestamp_ms`.
-    pub fn from_publish(from: Arc<str>, p: &Publish, timestamp_ms: u64) -> Message {
-        let mut properties = p.properties.clone();
-        let expiry_secs = properties.message_expiry_interval.take();
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
+    /// resolved), published at wall-clock `timestamp_ms`. Takes the packet:
+    /// its payload and properties become the message's without a copy.
+    pub fn from_publish(from: Arc<str>, p: Publish, timestamp_ms: u64) -> Message {
+        let mut properties = p.properties;
+        // A PUBLISH without properties (every 3.x one) allocates none here.
+        let expiry_secs = properties.values_mut().and_then(|v| {
+            v.topic_alias = None;
+            v.subscription_identifiers.clear();
+            v.message_expiry_interval.take()
+        });
         Message {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            topic: Arc::from(p.topic.as_str()),
-            payload: p.payload.clone(),
+            topic: Arc::from(p.topic),
+            payload: p.payload,
             qos: p.qos,
             retain: p.retain,
             from,
@@ -130,10 +134,31 @@ mod tests {
             }),
             payload: Bytes::from_static(b"hi"),
         };
-        let m = Message::from_publish(Arc::from("c1"), &p, 1_000);
+        let m = Message::from_publish(Arc::from("c1"), p, 1_000);
         assert_eq!(m.expiry_secs, Some(5));
         assert_eq!(m.properties.topic_alias, None);
         assert!(m.properties.subscription_identifiers.is_empty());
         assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
+    }
+
+    #[test]
+    fn a_publish_without_properties_makes_a_message_without_any() {
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a/b".into(),
+            packet_id: Some(1),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"hi"),
+        };
+        let mut m = Message::from_publish(Arc::from("c1"), p, 1_000);
+        assert!(
+            m.properties.values_mut().is_none(),
+            "no properties allocated"
+        );
+        assert_eq!(m.expiry_secs, None);
+        assert_eq!(&*m.topic, "a/b");
+        assert_eq!(&m.payload[..], b"hi");
     }
 }

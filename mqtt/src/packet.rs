@@ -127,6 +127,12 @@ static NO_PROPERTIES: PropertyValues = PropertyValues {
 };
 
 impl Properties {
+    /// The values, if any was ever set; None without allocating (unlike
+    /// `DerefMut`, which makes room for values to be set).
+    pub fn values_mut(&mut self) -> Option<&mut PropertyValues> {
+        self.0.as_deref_mut()
+    }
+
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
         match &self.0 {
