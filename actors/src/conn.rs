@@ -30,7 +30,7 @@ use tokio::time::{timeout, Instant};
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// What the listener learned of a connection before its first packet.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Accepted {
     /// The client's address: the socket's peer, or the source address a
     /// load balancer's PROXY protocol header gave.
@@ -47,10 +47,48 @@ pub struct Accepted {
     pub cert_cn: Option<Arc<str>>,
     /// The listener's `enable_authn`.
     pub authn: ListenerAuthn,
-    /// The listener's count of open connections, which this connection
-    /// is in: [`serve`] takes it out when the connection ends, so a plain
-    /// TCP connection's task can be `serve` alone.
-    pub open: Option<Arc<AtomicU64>>,
+    /// The connection's place in its listener's count of open
+    /// connections: given back when the connection ends, so a plain TCP
+    /// connection's task can be [`serve`] alone.
+    pub open: Option<OpenSlot>,
+}
+
+/// One place in a count of open connections (a listener's, for its
+/// `max_connections`), given back when dropped: when the connection ends,
+/// and also when its task panics or is cancelled, so the count cannot
+/// drift up and refuse clients that would fit.
+#[derive(Debug)]
+pub struct OpenSlot(Arc<AtomicU64>);
+
+impl OpenSlot {
+    /// Counts one more open connection in `count`.
+    pub fn take(count: &Arc<AtomicU64>) -> OpenSlot {
+        count.fetch_add(1, Ordering::Relaxed);
+        OpenSlot(count.clone())
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection in the node's `live_connections` gauge while it lives
+/// (given back on drop, as [`OpenSlot`]).
+struct Live(Arc<Stats>);
+
+impl Live {
+    fn new(stats: &Arc<Stats>) -> Live {
+        Stats::add(&stats.live_connections, None, 1);
+        Live(stats.clone())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        Stats::add(&self.0.live_connections, None, -1);
+    }
 }
 
 impl Accepted {
@@ -74,14 +112,11 @@ pub async fn serve<S>(stream: S, acc: Accepted, ctx: Arc<Ctx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let stats = ctx.broker.stats.clone();
-    let open = acc.open.clone();
-    Stats::add(&stats.live_connections, None, 1);
+    let mut acc = acc;
+    // Both are given back when this future ends or is dropped.
+    let _open = acc.open.take();
+    let _live = Live::new(&ctx.broker.stats);
     run(stream, acc, ctx).await;
-    Stats::add(&stats.live_connections, None, -1);
-    if let Some(n) = open {
-        n.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A connection whose CONNECT was accepted and handed to a session.
@@ -538,5 +573,38 @@ mod tests {
     fn connection_future_stays_small() {
         let run = ret_size(super::run::<tokio::net::TcpStream>);
         assert!(run <= 1024, "the connection future grew to {run} bytes");
+    }
+
+    /// A listener's count of open connections comes back down however a
+    /// connection's task ends: returning, panicking or cancelled.
+    #[tokio::test]
+    async fn an_open_slot_is_given_back_when_its_task_panics_or_is_cancelled() {
+        use super::OpenSlot;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let count = Arc::new(AtomicU64::new(0));
+        let (a, b, c) = (
+            OpenSlot::take(&count),
+            OpenSlot::take(&count),
+            OpenSlot::take(&count),
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 3);
+        let ended = tokio::spawn(async move {
+            let _a = a;
+        });
+        let panicked = tokio::spawn(async move {
+            let _b = b;
+            panic!("a connection task panics");
+        });
+        let cancelled = tokio::spawn(async move {
+            let _c = c;
+            std::future::pending::<()>().await;
+        });
+        assert!(ended.await.is_ok());
+        assert!(panicked.await.is_err_and(|e| e.is_panic()));
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        cancelled.abort();
+        assert!(cancelled.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(count.load(Ordering::Relaxed), 0);
     }
 }

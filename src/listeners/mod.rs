@@ -14,13 +14,12 @@ pub mod ws;
 
 use crate::config::{Config, ListenerKind, PeerCertAs};
 use bytes::Bytes;
-use emqx_actors::conn::{self, Accepted};
+use emqx_actors::conn::{self, Accepted, OpenSlot};
 use emqx_actors::Ctx;
 use proxy::Prefixed;
 use spec::{handle_limits, overloaded, rate_wait, Bucket};
 pub use spec::{Spec, State};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tls::Tls;
@@ -168,17 +167,17 @@ async fn accept_loop(sock: TcpListener, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        spec.open.fetch_add(1, Ordering::Relaxed);
+        let slot = OpenSlot::take(&spec.open);
         let (s, c) = (spec.clone(), ctx.clone());
         if s.proxy.is_none() && s.tls.is_none() && s.ws.is_none() {
             // The task is the connection itself, which gives the count
             // back when it ends: an idle connection's memory is mostly
             // this task.
             let mut acc = s.accepted(peer);
-            acc.open = Some(s.open.clone());
+            acc.open = Some(slot);
             tokio::spawn(conn::serve(stream, acc, c));
         } else {
-            tokio::spawn(serve_layered(stream, peer, s, c));
+            tokio::spawn(serve_layered(stream, peer, s, c, slot));
         }
         // Over max_conn_rate: the next connections wait in the backlog
         // (a stop or an autoheal restart does not wait for the token).
@@ -197,21 +196,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// are set up in a boxed future that is freed once they are done, and
 /// the connection is served through one boxed stream type, so this task
 /// stays about as small as a plain one.
-async fn serve_layered(tcp: TcpStream, peer: SocketAddr, spec: Arc<Spec>, ctx: Arc<Ctx>) {
-    if let Some((io, acc)) = Box::pin(setup(tcp, peer, &spec, &ctx)).await {
+async fn serve_layered(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    spec: Arc<Spec>,
+    ctx: Arc<Ctx>,
+    slot: OpenSlot,
+) {
+    if let Some((io, acc)) = Box::pin(setup(tcp, peer, &spec, &ctx, slot)).await {
         conn::serve(io, acc, ctx).await;
     }
-    spec.open.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// The layers of one connection; `slot` (its place in the listener's
+/// count) goes with the connection, or is given back when setting up
+/// fails.
 async fn setup(
     tcp: TcpStream,
     peer: SocketAddr,
     spec: &Spec,
     ctx: &Ctx,
+    slot: OpenSlot,
 ) -> Option<(Box<dyn Io>, Accepted)> {
     let id = &spec.id;
     let mut acc = spec.accepted(peer);
+    acc.open = Some(slot);
     let stream = match spec.proxy {
         None => Prefixed::new(tcp, Bytes::new()),
         Some(limit) => match timeout(limit, proxy::read_header(tcp)).await {
@@ -310,7 +319,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
-    fn ret_size<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+    fn ret_size5<A, B, C, D, E, R>(_: impl FnOnce(A, B, C, D, E) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
@@ -331,7 +340,7 @@ mod tests {
             plain <= 1408,
             "the plain connection task grew to {plain} bytes"
         );
-        let layered = ret_size(super::serve_layered);
+        let layered = ret_size5(super::serve_layered);
         assert!(
             layered <= 1536,
             "the layered connection task grew to {layered} bytes"

@@ -5,14 +5,13 @@
 
 use super::spec::{handle_limits, overloaded, rate_wait, Bucket, Spec, State};
 use crate::listeners::tls::Tls;
-use emqx_actors::conn;
+use emqx_actors::conn::{self, OpenSlot};
 use emqx_actors::Ctx;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -93,11 +92,12 @@ pub async fn accept_loop(endpoint: Endpoint, spec: Arc<Spec>, ctx: Arc<Ctx>) {
             incoming.refuse();
             continue;
         }
-        spec.open.fetch_add(1, Ordering::Relaxed);
+        let slot = OpenSlot::take(&spec.open);
         let (s, c) = (spec.clone(), ctx.clone());
         tokio::spawn(async move {
+            // Given back when the connection ends, however it ends.
+            let _slot = slot;
             serve(incoming, &s, c).await;
-            s.open.fetch_sub(1, Ordering::Relaxed);
         });
         if let Some(b) = bucket.as_mut() {
             rate_wait(b.take(), &mut node_open, &mut wanted).await;
