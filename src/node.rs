@@ -75,7 +75,7 @@ pub fn mqtt_settings(c: &Config) -> MqttSettings {
         response_information: m.response_information.clone(),
         server_keepalive: m.server_keepalive,
         keepalive_multiplier: m.keepalive_multiplier,
-        idle_timeout: m.idle_timeout,
+        idle_timeout: m.idle_timeout.unwrap_or(Duration::MAX),
         retry_interval: m.retry_interval,
         session_expiry_interval: m.session_expiry_interval,
         message_expiry_interval: m.message_expiry_interval,

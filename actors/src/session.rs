@@ -739,7 +739,8 @@ impl SessionState {
 /// Runs the hibernation sweep every `every` (`mqtt.idle_timeout`): a
 /// session left alone for one to two rounds hibernates.
 pub async fn hibernator(ctx: std::sync::Weak<Ctx>, every: Duration) {
-    if every.is_zero() {
+    // `infinity` (Duration::MAX), or anything as long: never.
+    if every.is_zero() || every >= Duration::from_secs(u64::from(u32::MAX)) {
         return;
     }
     let mut t = tokio::time::interval(every);

@@ -22,7 +22,9 @@ pub struct MqttSettings {
     /// When set, overrides the client's keepalive (v5 Server Keep Alive).
     pub server_keepalive: Option<u16>,
     pub keepalive_multiplier: f64,
-    /// How long a connection may stay silent before CONNECT.
+    /// How long a connection may stay silent before CONNECT, and how
+    /// long a session must be left alone to hibernate; `Duration::MAX`:
+    /// `infinity` (no limit, no hibernation).
     pub idle_timeout: Duration,
     /// Resend unacknowledged QoS 1/2 after this long; `None` = only on reconnect.
     pub retry_interval: Option<Duration>,

@@ -1400,7 +1400,9 @@ impl Default for WsOptions {
 #[allow(dead_code)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttConfig {
-    pub idle_timeout: Duration,
+    /// `None` = `infinity`: no limit on the wait for the CONNECT, and
+    /// sessions never hibernate.
+    pub idle_timeout: Option<Duration>,
     pub max_packet_size: u64,
     pub max_clientid_len: u16,
     pub max_topic_levels: u16,
@@ -1445,7 +1447,7 @@ pub struct MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
-            idle_timeout: Duration::from_secs(15),
+            idle_timeout: Some(Duration::from_secs(15)),
             max_packet_size: 1024 * 1024,
             max_clientid_len: 65535,
             max_topic_levels: 128,
@@ -3214,7 +3216,9 @@ impl WsOptions {
 
 impl MqttConfig {
     fn apply(&mut self, o: &mut Fields) -> Result<()> {
-        o.set("idle_timeout", &mut self.idle_timeout, Field::duration)?;
+        o.set("idle_timeout", &mut self.idle_timeout, |f| {
+            f.duration_or(&["infinity"])
+        })?;
         o.set("max_packet_size", &mut self.max_packet_size, |f| {
             let n = f.size()?;
             if !(1..=268_435_455).contains(&n) {

@@ -67,7 +67,7 @@ fn defaults_match_emqx() {
     assert_eq!(l.zone, "default");
     assert!(c.listeners.ssl.is_empty() && c.listeners.ws.is_empty() && c.listeners.wss.is_empty());
     let m = &c.mqtt;
-    assert_eq!(m.idle_timeout, secs(15));
+    assert_eq!(m.idle_timeout, Some(secs(15)));
     assert_eq!(m.max_packet_size, 1 << 20);
     assert_eq!(m.max_clientid_len, 65535);
     assert_eq!(m.max_topic_levels, 128);
@@ -271,6 +271,7 @@ listeners.ssl.default.enable = false
 mqtt {
   max_inflight = 64
   max_packet_size = 64KB
+  idle_timeout = infinity
   retry_interval = infinity
   server_keepalive = 60
   keepalive_multiplier = 2
@@ -315,6 +316,7 @@ log.file.path = "/tmp/x.log"
     assert_eq!(c.mqtt.max_inflight, 64);
     assert_eq!(c.mqtt.max_packet_size, 64 * 1024);
     assert_eq!(c.mqtt.retry_interval, None);
+    assert_eq!(c.mqtt.idle_timeout, None);
     assert_eq!(c.mqtt.server_keepalive, Some(60));
     assert_eq!(c.mqtt.keepalive_multiplier, 2.0);
     assert_eq!(
