@@ -12,7 +12,7 @@
 //! This module is the only one that knows the engine: the retainer (and
 //! the persistent sessions after it) see tables of byte keys and values.
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -306,6 +306,27 @@ impl Durable {
     /// Every `(key, value)` of `table`, in key order (empty when the table
     /// was never written).
     pub fn load(&self, table: &'static str) -> Result<Vec<Row>, DurableError> {
+        self.rows(table, ..)
+    }
+
+    /// The rows of `table` with `from <= key < to`, in key order.
+    pub fn range(
+        &self,
+        table: &'static str,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<Row>, DurableError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.rows(table, from..to)
+    }
+
+    fn rows<'a>(
+        &self,
+        table: &'static str,
+        bounds: impl std::ops::RangeBounds<&'a [u8]> + 'a,
+    ) -> Result<Vec<Row>, DurableError> {
         let err = |e: &dyn std::fmt::Display| DurableError::Io {
             path: self.path.clone(),
             error: format!("table {table}: {e}"),
@@ -318,7 +339,7 @@ impl Durable {
             Err(e) => return Err(err(&e)),
         };
         let mut out = Vec::new();
-        for row in t.iter().map_err(|e| err(&e))? {
+        for row in t.range::<&[u8]>(bounds).map_err(|e| err(&e))? {
             let (k, v) = row.map_err(|e| err(&e))?;
             out.push((k.value().to_vec(), v.value().to_vec()));
         }

@@ -6,6 +6,7 @@ pub mod autocluster;
 pub mod autoheal;
 pub mod copy;
 pub mod detector;
+pub mod ds;
 pub mod guard;
 pub mod membership;
 pub mod registry;

@@ -1,0 +1,363 @@
+//! Replicated durable storage (`ds`): the persistent sessions whose client
+//! ids fall in one shard of the client-id space live in one Raft group,
+//! replicated on several cores. [openraft](https://github.com/databendlabs/openraft)
+//! (pinned, 0.9.25) runs the consensus; this module gives it a log and a
+//! state machine kept in the node's durable store ([`crate::durable`],
+//! redb) and a network made of whatever carries [`Rpc`]s between nodes
+//! ([`Transport`]: the cluster's forwarding channel in a node, a
+//! simulated network in the tests).
+//!
+//! - [`state`]: what a shard agrees on (tables, session owners, epochs);
+//! - [`log_store`]: the Raft log and vote of a shard on a node;
+//! - [`sm_store`]: the state machine and its snapshots;
+//! - [`Replica`]: one shard's Raft on one node, with its stores.
+
+pub mod log_store;
+pub mod sm_store;
+pub mod state;
+
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{
+    BasicNode, OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote,
+};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use state::{Command, DsOp, Owner, Reply, ShardState};
+
+/// A node's id in the Raft groups: derived from its name (see [`node_id`]).
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The type configuration of the shards' Raft groups.
+    pub Ds:
+        D = Command,
+        R = Reply,
+        SnapshotData = Vec<u8>,
+);
+
+/// A shard's Raft handle.
+pub type DsRaft = openraft::Raft<Ds>;
+
+/// Log entries: `shard (2 bytes) ++ index (8 bytes)`, big-endian.
+pub const LOG_TABLE: &str = "ds_log";
+/// Vote, committed and purged pointers: `shard ++ tag`.
+pub const META_TABLE: &str = "ds_meta";
+/// The last snapshot of each shard: key `shard`.
+pub const SNAP_TABLE: &str = "ds_snapshot";
+
+/// A node's id: the first 8 bytes of the SHA-256 of its name. Stable
+/// across restarts and the same on every node; the name travels beside
+/// it (in [`BasicNode::addr`]).
+pub fn node_id(name: &str) -> NodeId {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+pub(crate) fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard())
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    b: &[u8],
+) -> Result<T, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
+}
+
+/// The timers of every shard's Raft group.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    pub heartbeat: std::time::Duration,
+    pub election_min: std::time::Duration,
+    pub election_max: std::time::Duration,
+}
+
+impl Default for Timers {
+    /// A leader heartbeats every 200 ms; a follower that hears nothing for
+    /// 1-2 s stands for election: a dead leader is replaced within about
+    /// 2 s, as the cluster's failure detector notices a dead node.
+    fn default() -> Timers {
+        Timers {
+            heartbeat: std::time::Duration::from_millis(200),
+            election_min: std::time::Duration::from_millis(1000),
+            election_max: std::time::Duration::from_millis(2000),
+        }
+    }
+}
+
+/// openraft's configuration for the shards.
+pub fn raft_config(t: &Timers) -> Result<Arc<openraft::Config>, String> {
+    let ms = |d: std::time::Duration| d.as_millis().min(u64::MAX as u128) as u64;
+    openraft::Config {
+        cluster_name: "emqx-rs-ds".into(),
+        heartbeat_interval: ms(t.heartbeat),
+        election_timeout_min: ms(t.election_min),
+        election_timeout_max: ms(t.election_max),
+        // A snapshot every 5,000 entries; 1,000 entries stay after it so a
+        // follower a little behind catches up from the log.
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .map(Arc::new)
+    .map_err(|e| format!("raft timers: {e}"))
+}
+
+/// A Raft message to one shard's replica on another node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Rpc {
+    Append(AppendEntriesRequest<Ds>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, BasicNode>,
+        data: Vec<u8>,
+    },
+}
+
+/// The answer to an [`Rpc`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcReply {
+    Append(AppendEntriesResponse<NodeId>),
+    Vote(VoteResponse<NodeId>),
+    Snapshot(SnapshotResponse<NodeId>),
+    /// The replica is not there or refused (stopped, not a member yet).
+    Refused(String),
+}
+
+/// Why an [`Rpc`] got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(pub String);
+
+/// What the shards' Raft groups send their messages with.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `rpc` to shard `shard` on node `to` (`name@host`) and waits
+    /// for its answer.
+    fn call(
+        &self,
+        to: &str,
+        shard: u16,
+        rpc: Rpc,
+    ) -> Pin<Box<dyn Future<Output = Result<RpcReply, TransportError>> + Send + 'static>>;
+}
+
+/// openraft's network factory for one shard.
+#[derive(Clone)]
+pub struct Network {
+    shard: u16,
+    transport: Arc<dyn Transport>,
+}
+
+impl Network {
+    pub fn new(shard: u16, transport: Arc<dyn Transport>) -> Network {
+        Network { shard, transport }
+    }
+}
+
+/// A connection from a shard's replica to the same shard on `target`.
+pub struct Link {
+    shard: u16,
+    name: String,
+    transport: Arc<dyn Transport>,
+}
+
+impl RaftNetworkFactory<Ds> for Network {
+    type Network = Link;
+
+    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> Link {
+        Link {
+            shard: self.shard,
+            name: node.addr.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+impl Link {
+    async fn call<E: std::error::Error>(&self, rpc: Rpc) -> Result<RpcReply, RpcErr<E>> {
+        match self.transport.call(&self.name, self.shard, rpc).await {
+            Ok(RpcReply::Refused(why)) => Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("{}: {why}", self.name)),
+            ))),
+            Ok(r) => Ok(r),
+            Err(e) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(&self, r: &RpcReply) -> RpcErr<E> {
+        RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+            "{}: unexpected answer {r:?}",
+            self.name
+        ))))
+    }
+}
+
+impl RaftNetwork<Ds> for Link {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Ds>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        match self.call(Rpc::Append(rpc)).await? {
+            RpcReply::Append(r) => Ok(r),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        match self.call(Rpc::Vote(rpc)).await? {
+            RpcReply::Vote(r) => Ok(r),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<Ds>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<Ds, Fatal<NodeId>>> {
+        let rpc = Rpc::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: *snapshot.snapshot,
+        };
+        match self.call::<InstallSnapshotError>(rpc).await {
+            Ok(RpcReply::Snapshot(r)) => Ok(r),
+            Ok(other) => Err(StreamingError::Network(NetworkError::new(
+                &std::io::Error::other(format!("{}: unexpected answer {other:?}", self.name)),
+            ))),
+            Err(RPCError::Unreachable(u)) => Err(StreamingError::Unreachable(u)),
+            Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+/// Hands an [`Rpc`] that arrived from another node to the local replica.
+pub async fn serve(raft: &DsRaft, rpc: Rpc) -> RpcReply {
+    let refused = |e: &dyn std::fmt::Display| RpcReply::Refused(e.to_string());
+    match rpc {
+        Rpc::Append(r) => match raft.append_entries(r).await {
+            Ok(a) => RpcReply::Append(a),
+            Err(e) => refused(&e),
+        },
+        Rpc::Vote(r) => match raft.vote(r).await {
+            Ok(a) => RpcReply::Vote(a),
+            Err(e) => refused(&e),
+        },
+        Rpc::Snapshot { vote, meta, data } => {
+            let snap = Snapshot {
+                meta,
+                snapshot: Box::new(data),
+            };
+            match raft.install_full_snapshot(vote, snap).await {
+                Ok(a) => RpcReply::Snapshot(a),
+                Err(e) => refused(&e),
+            }
+        }
+    }
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("shard {shard}: {error}")]
+    Storage { shard: u16, error: String },
+    #[error("shard {shard}: {error}")]
+    Raft { shard: u16, error: String },
+}
+
+/// One shard's Raft on one node, with its stores.
+#[derive(Clone)]
+pub struct Replica {
+    pub shard: u16,
+    pub raft: DsRaft,
+    pub log: log_store::LogStore,
+    pub sm: sm_store::SmStore,
+}
+
+impl Replica {
+    /// Opens shard `shard`'s log and state from `durable` and starts its
+    /// Raft as node `name`. A shard never initialised waits to be made a
+    /// member (see [`Replica::initialize`]).
+    pub async fn start(
+        name: &str,
+        shard: u16,
+        durable: &crate::durable::Durable,
+        transport: Arc<dyn Transport>,
+        config: Arc<openraft::Config>,
+    ) -> Result<Replica, ReplicaError> {
+        let st = |e: &dyn std::fmt::Display| ReplicaError::Storage {
+            shard,
+            error: e.to_string(),
+        };
+        let log = log_store::LogStore::open(durable, shard).map_err(|e| st(&e))?;
+        let sm = sm_store::SmStore::open(durable, shard).map_err(|e| st(&e))?;
+        let raft = openraft::Raft::new(
+            node_id(name),
+            config,
+            Network::new(shard, transport),
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| ReplicaError::Raft {
+            shard,
+            error: e.to_string(),
+        })?;
+        Ok(Replica {
+            shard,
+            raft,
+            log,
+            sm,
+        })
+    }
+
+    /// Makes `members` (node names) the first voters of this shard. Done
+    /// once, by one node; the others learn it from its leader.
+    pub async fn initialize(&self, members: &[String]) -> Result<(), ReplicaError> {
+        let nodes: std::collections::BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|m| (node_id(m), BasicNode { addr: m.clone() }))
+            .collect();
+        self.raft
+            .initialize(nodes)
+            .await
+            .map_err(|e| ReplicaError::Raft {
+                shard: self.shard,
+                error: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_stable_and_distinct() {
+        assert_eq!(node_id("emqx1@127.0.0.1"), node_id("emqx1@127.0.0.1"));
+        assert_ne!(node_id("emqx1@127.0.0.1"), node_id("emqx2@127.0.0.1"));
+    }
+}

@@ -1,0 +1,250 @@
+//! What one shard's Raft group agrees on: the tables of the persistent
+//! sessions whose client ids fall in the shard, and who owns each session
+//! (which node, since which epoch).
+//!
+//! Plain data and a deterministic `apply`: every replica that applies the
+//! same commands in the same order holds the same state. An epoch is the
+//! log index of the claim that set it, so epochs only grow, and a write
+//! made under an epoch that a later claim replaced is refused (fenced):
+//! a node that lost a session without knowing it cannot change it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A table of a shard: keys and values are the caller's bytes.
+pub type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// One change to one table of a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DsOp {
+    Put {
+        table: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: u8,
+        key: Vec<u8>,
+    },
+    /// Removes every key `from <= key < to`.
+    DeleteRange {
+        table: u8,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+}
+
+/// Who holds a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The node's name, `name@host`.
+    pub node: String,
+    /// The log index of the claim.
+    pub epoch: u64,
+}
+
+/// What a shard's log carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A connect on `node` takes the session of `client`: the answer is
+    /// the new epoch and the owner before (none: no session was there).
+    Claim { client: String, node: String },
+    /// Changes made by the owner of `client`'s session under `epoch`;
+    /// refused when another claim came since.
+    Write {
+        client: String,
+        epoch: u64,
+        ops: Vec<DsOp>,
+    },
+    /// The session ended (expired, or replaced by a clean start): its
+    /// owner goes, with the rows `ops` removes; fenced like a write.
+    Release {
+        client: String,
+        epoch: u64,
+        ops: Vec<DsOp>,
+    },
+}
+
+/// The answer to a [`Command`] once it is committed and applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Also the answer to the entries Raft itself adds (blank, membership).
+    Done,
+    Claimed {
+        epoch: u64,
+        previous: Option<Owner>,
+    },
+    /// The write or release was refused: `owner` holds the session now.
+    Fenced {
+        owner: Option<Owner>,
+    },
+}
+
+/// A shard's replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardState {
+    pub tables: BTreeMap<u8, Table>,
+    pub owners: BTreeMap<String, Owner>,
+}
+
+impl ShardState {
+    /// Applies a committed command found at log index `index`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Reply {
+        match cmd {
+            Command::Claim { client, node } => {
+                let previous = self.owners.insert(
+                    client.clone(),
+                    Owner {
+                        node: node.clone(),
+                        epoch: index,
+                    },
+                );
+                Reply::Claimed {
+                    epoch: index,
+                    previous,
+                }
+            }
+            Command::Write { client, epoch, ops } => {
+                if let Some(fenced) = self.fence(client, *epoch) {
+                    return fenced;
+                }
+                self.change(ops);
+                Reply::Done
+            }
+            Command::Release { client, epoch, ops } => {
+                if let Some(fenced) = self.fence(client, *epoch) {
+                    return fenced;
+                }
+                self.change(ops);
+                self.owners.remove(client);
+                Reply::Done
+            }
+        }
+    }
+
+    fn fence(&self, client: &str, epoch: u64) -> Option<Reply> {
+        match self.owners.get(client) {
+            Some(o) if o.epoch == epoch => None,
+            other => Some(Reply::Fenced {
+                owner: other.cloned(),
+            }),
+        }
+    }
+
+    fn change(&mut self, ops: &[DsOp]) {
+        for op in ops {
+            match op {
+                DsOp::Put { table, key, value } => {
+                    self.tables
+                        .entry(*table)
+                        .or_default()
+                        .insert(key.clone(), value.clone());
+                }
+                DsOp::Delete { table, key } => {
+                    if let Some(t) = self.tables.get_mut(table) {
+                        t.remove(key);
+                    }
+                }
+                DsOp::DeleteRange { table, from, to } => {
+                    if let Some(t) = self.tables.get_mut(table) {
+                        if from < to {
+                            let doomed: Vec<Vec<u8>> = t
+                                .range(from.clone()..to.clone())
+                                .map(|(k, _)| k.clone())
+                                .collect();
+                            for k in doomed {
+                                t.remove(&k);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.tables.retain(|_, t| !t.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &[u8]) -> DsOp {
+        DsOp::Put {
+            table: 1,
+            key: k.to_vec(),
+            value: b"v".to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_later_claim_fences_the_writes_of_the_owner_before() {
+        let mut s = ShardState::default();
+        let c = "c1".to_string();
+        assert_eq!(
+            s.apply(
+                3,
+                &Command::Claim {
+                    client: c.clone(),
+                    node: "a@h".into()
+                }
+            ),
+            Reply::Claimed {
+                epoch: 3,
+                previous: None
+            }
+        );
+        let w = |epoch, k: &[u8]| Command::Write {
+            client: c.clone(),
+            epoch,
+            ops: vec![put(k)],
+        };
+        assert_eq!(s.apply(4, &w(3, b"k1")), Reply::Done);
+        let second = s.apply(
+            5,
+            &Command::Claim {
+                client: c.clone(),
+                node: "b@h".into(),
+            },
+        );
+        assert_eq!(
+            second,
+            Reply::Claimed {
+                epoch: 5,
+                previous: Some(Owner {
+                    node: "a@h".into(),
+                    epoch: 3
+                })
+            }
+        );
+        // The first owner's write comes too late: refused, nothing changes.
+        let owner = Some(Owner {
+            node: "b@h".into(),
+            epoch: 5,
+        });
+        assert_eq!(
+            s.apply(6, &w(3, b"k2")),
+            Reply::Fenced {
+                owner: owner.clone()
+            }
+        );
+        assert_eq!(s.tables[&1].len(), 1);
+        assert_eq!(s.apply(7, &w(5, b"k2")), Reply::Done);
+        assert_eq!(s.tables[&1].len(), 2);
+        // A release under the old epoch is refused as well; under the
+        // current one it removes the owner and the rows.
+        let rel = |epoch| Command::Release {
+            client: c.clone(),
+            epoch,
+            ops: vec![DsOp::DeleteRange {
+                table: 1,
+                from: b"k".to_vec(),
+                to: b"l".to_vec(),
+            }],
+        };
+        assert_eq!(s.apply(8, &rel(3)), Reply::Fenced { owner });
+        assert_eq!(s.apply(9, &rel(5)), Reply::Done);
+        assert!(s.tables.is_empty() && s.owners.is_empty());
+        // Without an owner every write is refused.
+        assert_eq!(s.apply(10, &w(5, b"k3")), Reply::Fenced { owner: None });
+    }
+}

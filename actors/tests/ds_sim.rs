@@ -1,0 +1,535 @@
+//! The replicated durable storage (one Raft group per shard, openraft on
+//! the durable store) under a seeded, simulated network and simulated
+//! crashes.
+//!
+//! Three nodes hold two shards. Each node's durable store is on a
+//! simulated disk (`simdisk`): a crash keeps what was synced and a random
+//! part of the rest, some of it torn, so an acknowledgement given before
+//! its fsync shows up as a lost write. Messages between replicas go
+//! through an in-process router that encodes them as they would travel,
+//! delays them, drops some, and cuts links (partitions). The seed chooses
+//! the faults (crashes of one node or of all at once, restarts,
+//! partitions and heals) and the
+//! workload; the interleaving is the runtime's (openraft draws its own
+//! election timeouts), so a failing seed may need a few replays.
+//!
+//! Clients claim sessions and write under their epoch, and now and then
+//! write under an epoch a later claim replaced. Checked at the end, once
+//! every node is up and every link whole:
+//! - every replica of a shard holds the same state;
+//! - every write whose commit was acknowledged is there, on every replica,
+//!   whatever crashed meanwhile;
+//! - the epochs of a client's acknowledged claims only grow;
+//! - no write under a replaced epoch was acknowledged or applied.
+//!
+//! `DS_SIM_SEEDS` sets how many schedules run (default 4); `DS_SIM_SEED`
+//! replays one.
+
+mod simdisk;
+
+use emqx_actors::cluster::ds::{
+    self, node_id, Command, DsOp, DsRaft, Replica, Reply, Rpc, RpcReply, Transport, TransportError,
+};
+use emqx_actors::durable::Durable;
+use openraft::error::{ClientWriteError, RaftError};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use simdisk::SimDisk;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+const NODES: usize = 3;
+const SHARDS: u16 = 2;
+const CLIENTS_PER_SHARD: usize = 2;
+const TABLE: u8 = 1;
+
+fn name(i: usize) -> String {
+    format!("n{i}@127.0.0.1")
+}
+
+fn timers() -> ds::Timers {
+    ds::Timers {
+        heartbeat: Duration::from_millis(50),
+        election_min: Duration::from_millis(300),
+        election_max: Duration::from_millis(600),
+    }
+}
+
+/// The simulated network: which nodes are up (with their replicas),
+/// which links are cut.
+struct Router {
+    up: Mutex<HashMap<String, HashMap<u16, DsRaft>>>,
+    cut: Mutex<BTreeSet<(String, String)>>,
+    rng: Mutex<StdRng>,
+}
+
+impl Router {
+    fn raft(&self, node: &str, shard: u16) -> Option<DsRaft> {
+        self.up
+            .lock()
+            .get(node)
+            .and_then(|r| r.get(&shard).cloned())
+    }
+
+    fn blocked(&self, a: &str, b: &str) -> bool {
+        let up = self.up.lock();
+        !up.contains_key(a)
+            || !up.contains_key(b)
+            || self.cut.lock().contains(&(a.to_string(), b.to_string()))
+    }
+}
+
+struct NodeTransport {
+    from: String,
+    router: Arc<Router>,
+}
+
+impl Transport for NodeTransport {
+    fn call(
+        &self,
+        to: &str,
+        shard: u16,
+        rpc: Rpc,
+    ) -> Pin<Box<dyn Future<Output = Result<RpcReply, TransportError>> + Send + 'static>> {
+        let (from, to, router) = (self.from.clone(), to.to_string(), self.router.clone());
+        Box::pin(async move {
+            let (drop, delay) = {
+                let mut rng = router.rng.lock();
+                (rng.random_bool(0.03), rng.random_range(0..3u64))
+            };
+            let gone = || TransportError(format!("{from} -> {to}: unreachable"));
+            if drop || router.blocked(&from, &to) {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                return Err(gone());
+            }
+            // As it would travel.
+            let bytes = bincode::serde::encode_to_vec(&rpc, bincode::config::standard())
+                .map_err(|e| TransportError(e.to_string()))?;
+            let (rpc, _): (Rpc, usize) =
+                bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                    .map_err(|e| TransportError(e.to_string()))?;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let Some(raft) = router.raft(&to, shard) else {
+                return Err(gone());
+            };
+            let reply = ds::serve(&raft, rpc).await;
+            // The answer is lost if the link went meanwhile.
+            if router.blocked(&to, &from) {
+                return Err(gone());
+            }
+            Ok(reply)
+        })
+    }
+}
+
+struct Node {
+    disk: SimDisk,
+    replicas: Vec<Replica>,
+}
+
+async fn start_node(i: usize, disk: SimDisk, router: &Arc<Router>) -> Result<Node, String> {
+    let durable = Durable::open_backend(disk.clone(), PathBuf::from(format!("sim/{}", name(i))))
+        .map_err(|e| format!("{}: {e}", name(i)))?;
+    let transport: Arc<dyn Transport> = Arc::new(NodeTransport {
+        from: name(i),
+        router: router.clone(),
+    });
+    let config = ds::raft_config(&timers()).map_err(|e| e.to_string())?;
+    let mut replicas = Vec::new();
+    for shard in 0..SHARDS {
+        replicas.push(
+            Replica::start(&name(i), shard, &durable, transport.clone(), config.clone())
+                .await
+                .map_err(|e| format!("{}: {e}", name(i)))?,
+        );
+    }
+    router.up.lock().insert(
+        name(i),
+        replicas.iter().map(|r| (r.shard, r.raft.clone())).collect(),
+    );
+    Ok(Node { disk, replicas })
+}
+
+/// kill -9: the node leaves the network, its disk stops taking writes,
+/// and what survives is what the disk had synced (plus some of the rest).
+async fn crash(node: Node, i: usize, router: &Router, rng: &mut StdRng) -> SimDisk {
+    router.up.lock().remove(&name(i));
+    node.disk.crash_now();
+    for r in &node.replicas {
+        let _ = r.raft.shutdown().await;
+    }
+    SimDisk::new(node.disk.after_crash(rng))
+}
+
+#[derive(Default)]
+struct Record {
+    /// client -> epochs of its acknowledged claims, in order.
+    claims: BTreeMap<String, Vec<u64>>,
+    /// Keys whose write was acknowledged.
+    acked: BTreeSet<Vec<u8>>,
+    /// Keys written under an epoch already replaced when sent.
+    stale: BTreeSet<Vec<u8>>,
+    /// Stale writes that were acknowledged (must stay empty).
+    stale_acked: Vec<Vec<u8>>,
+    writes: u64,
+    unknown: u64,
+}
+
+/// Submits `cmd` to shard `shard`'s leader, following redirections;
+/// `None` when the outcome is unknown (no leader reachable in time).
+async fn submit(router: &Router, shard: u16, cmd: Command, rng_seed: u64) -> Option<(u64, Reply)> {
+    let mut rng = StdRng::seed_from_u64(rng_seed);
+    let mut target: Option<String> = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        let to = match target.take() {
+            Some(t) => t,
+            None => name(rng.random_range(0..NODES)),
+        };
+        let Some(raft) = router.raft(&to, shard) else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
+            Ok(Ok(resp)) => return Some((resp.log_id.index, resp.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                target = f
+                    .leader_id
+                    .and_then(|id| (0..NODES).map(name).find(|n| node_id(n) == id));
+                if target.is_none() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            // Stopped, or the leader changed before the commit: unknown.
+            Ok(Err(_)) => return None,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+async fn client(
+    router: Arc<Router>,
+    shard: u16,
+    cid: String,
+    seed: u64,
+    until: tokio::time::Instant,
+    rec: Arc<Mutex<Record>>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut epoch: Option<u64> = None;
+    let mut replaced: Vec<u64> = Vec::new();
+    let mut seq = 0u64;
+    while tokio::time::Instant::now() < until {
+        let claim = epoch.is_none() || rng.random_bool(0.05);
+        if claim {
+            let cmd = Command::Claim {
+                client: cid.clone(),
+                node: name(rng.random_range(0..NODES)),
+            };
+            match submit(&router, shard, cmd, rng.random()).await {
+                Some((_, Reply::Claimed { epoch: e, .. })) => {
+                    if let Some(old) = epoch.replace(e) {
+                        replaced.push(old);
+                    }
+                    rec.lock().claims.entry(cid.clone()).or_default().push(e);
+                }
+                Some((_, other)) => panic!("{cid}: a claim answered {other:?}"),
+                None => {
+                    // Maybe applied: whatever epoch we held may be gone.
+                    if let Some(old) = epoch.take() {
+                        replaced.push(old);
+                    }
+                    rec.lock().unknown += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            continue;
+        }
+        seq += 1;
+        let (e, stale) = match (rng.random_bool(0.1), replaced.last()) {
+            (true, Some(old)) => (*old, true),
+            _ => (epoch.unwrap_or_default(), false),
+        };
+        let key = format!("{cid}/{seq}").into_bytes();
+        if stale {
+            rec.lock().stale.insert(key.clone());
+        }
+        let cmd = Command::Write {
+            client: cid.clone(),
+            epoch: e,
+            ops: vec![DsOp::Put {
+                table: TABLE,
+                key: key.clone(),
+                value: e.to_be_bytes().to_vec(),
+            }],
+        };
+        let out = submit(&router, shard, cmd, rng.random()).await;
+        let mut lost_session = false;
+        let mut pause = false;
+        {
+            let mut r = rec.lock();
+            r.writes += 1;
+            match out {
+                Some((_, Reply::Done)) if stale => r.stale_acked.push(key),
+                Some((_, Reply::Done)) => {
+                    r.acked.insert(key);
+                }
+                // Unless the write was stale, a claim whose outcome we
+                // never learned took the session.
+                Some((_, Reply::Fenced { .. })) => lost_session = !stale,
+                Some((_, other)) => panic!("{cid}: a write answered {other:?}"),
+                None => {
+                    r.unknown += 1;
+                    pause = true;
+                }
+            }
+        }
+        if lost_session {
+            if let Some(old) = epoch.take() {
+                replaced.push(old);
+            }
+        }
+        if pause {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn schedule(seed: u64) -> Result<String, String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let router = Arc::new(Router {
+        up: Mutex::new(HashMap::new()),
+        cut: Mutex::new(BTreeSet::new()),
+        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
+    });
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for i in 0..NODES {
+        nodes.push(Some(
+            start_node(i, SimDisk::new(Vec::new()), &router).await?,
+        ));
+    }
+    let members: Vec<String> = (0..NODES).map(name).collect();
+    for r in &nodes[0].as_ref().ok_or("node 0")?.replicas {
+        r.initialize(&members).await.map_err(|e| e.to_string())?;
+    }
+
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let until = tokio::time::Instant::now() + Duration::from_millis(rng.random_range(3000..4500));
+    let mut clients = Vec::new();
+    for shard in 0..SHARDS {
+        for c in 0..CLIENTS_PER_SHARD {
+            clients.push(tokio::spawn(client(
+                router.clone(),
+                shard,
+                format!("s{shard}c{c}"),
+                rng.random(),
+                until,
+                rec.clone(),
+            )));
+        }
+    }
+
+    // Faults, while the clients run.
+    let mut down: Vec<(usize, SimDisk, tokio::time::Instant)> = Vec::new();
+    let (mut crashes, mut partitions) = (0, 0);
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+        let now = tokio::time::Instant::now();
+        // Restart those down long enough.
+        let mut i = 0;
+        while i < down.len() {
+            if down[i].2 <= now {
+                let (n, disk, _) = down.remove(i);
+                nodes[n] = Some(start_node(n, disk, &router).await?);
+            } else {
+                i += 1;
+            }
+        }
+        match rng.random_range(0..10) {
+            0..=2 => {
+                let n = rng.random_range(0..NODES);
+                if let Some(node) = nodes[n].take() {
+                    let disk = crash(node, n, &router, &mut rng).await;
+                    let back = now + Duration::from_millis(rng.random_range(200..900));
+                    down.push((n, disk, back));
+                    crashes += 1;
+                }
+            }
+            3..=4 => {
+                // Cut one node off from the others (both ways).
+                let n = rng.random_range(0..NODES);
+                let mut cut = router.cut.lock();
+                for m in (0..NODES).filter(|m| *m != n) {
+                    cut.insert((name(n), name(m)));
+                    cut.insert((name(m), name(n)));
+                }
+                partitions += 1;
+            }
+            5..=6 => router.cut.lock().clear(),
+            7 => {
+                // Every node at once (a power cut): what was acknowledged
+                // must have been on a quorum's disks.
+                for (n, slot) in nodes.iter_mut().enumerate() {
+                    if let Some(node) = slot.take() {
+                        let disk = crash(node, n, &router, &mut rng).await;
+                        let back = now + Duration::from_millis(rng.random_range(200..900));
+                        down.push((n, disk, back));
+                        crashes += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for c in clients {
+        c.await.map_err(|e| format!("a client panicked: {e}"))?;
+    }
+
+    // Heal: every link whole, every node up.
+    router.cut.lock().clear();
+    for (n, disk, _) in down.drain(..) {
+        nodes[n] = Some(start_node(n, disk, &router).await?);
+    }
+    // A write through each shard's leader, then every replica applies it.
+    for shard in 0..SHARDS {
+        let cmd = Command::Claim {
+            client: format!("probe{shard}"),
+            node: name(0),
+        };
+        let mut done = None;
+        for attempt in 0..20 {
+            if let Some((index, _)) = submit(&router, shard, cmd.clone(), seed + attempt).await {
+                done = Some(index);
+                break;
+            }
+        }
+        let index = done.ok_or(format!("shard {shard}: no leader after healing"))?;
+        for (i, node) in nodes.iter().enumerate() {
+            let node = node.as_ref().ok_or("a node is missing")?;
+            node.replicas[shard as usize]
+                .raft
+                .wait(Some(Duration::from_secs(20)))
+                .applied_index_at_least(Some(index), "probe")
+                .await
+                .map_err(|e| format!("shard {shard}: {} did not apply the probe: {e}", name(i)))?;
+        }
+    }
+
+    // The checks.
+    let rec = std::mem::take(&mut *rec.lock());
+    if !rec.stale_acked.is_empty() {
+        return Err(format!(
+            "writes under a replaced epoch were acknowledged: {:?}",
+            rec.stale_acked
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect::<Vec<_>>()
+        ));
+    }
+    for (cid, epochs) in &rec.claims {
+        if epochs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "{cid}: acknowledged epochs did not grow: {epochs:?}"
+            ));
+        }
+    }
+    for shard in 0..SHARDS {
+        let states: Vec<_> = nodes
+            .iter()
+            .flatten()
+            .map(|n| n.replicas[shard as usize].sm.read(|s| s.clone()))
+            .collect();
+        // Every replica applied at least the probe; wait out stragglers.
+        let first = &states[0];
+        for (i, s) in states.iter().enumerate() {
+            if s != first {
+                return Err(format!("shard {shard}: {} and {} differ", name(0), name(i)));
+            }
+        }
+        let table = first.tables.get(&TABLE).cloned().unwrap_or_default();
+        let prefix = format!("s{shard}c");
+        for key in rec
+            .acked
+            .iter()
+            .filter(|k| k.starts_with(prefix.as_bytes()))
+        {
+            if !table.contains_key(key) {
+                return Err(format!(
+                    "shard {shard}: acknowledged write {} lost",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+        for key in table.keys() {
+            if rec.stale.contains(key) {
+                return Err(format!(
+                    "shard {shard}: write {} under a replaced epoch was applied",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+        for (cid, epochs) in rec.claims.iter().filter(|(c, _)| c.starts_with(&prefix)) {
+            let last = epochs.last().copied().unwrap_or_default();
+            let owner = first.owners.get(cid).map(|o| o.epoch).unwrap_or_default();
+            if owner < last {
+                return Err(format!(
+                    "{cid}: owner epoch {owner} behind acknowledged {last}"
+                ));
+            }
+        }
+    }
+    for n in nodes.into_iter().flatten() {
+        for r in &n.replicas {
+            let _ = r.raft.shutdown().await;
+        }
+    }
+    Ok(format!(
+        "{} writes ({} acknowledged, {} stale, {} unknown), {} claims, {crashes} crashes, {partitions} partitions",
+        rec.writes,
+        rec.acked.len(),
+        rec.stale.len(),
+        rec.unknown,
+        rec.claims.values().map(Vec::len).sum::<usize>()
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_and_epochs_survive_crashes_and_partitions() {
+    let seeds: Vec<u64> = match std::env::var("DS_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("DS_SIM_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("DS_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(4);
+            (1..=n).collect()
+        }
+    };
+    // A panic inside openraft (its own invariant checks, in its tasks)
+    // fails the seed too, not only the checks here.
+    static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        hook(info)
+    }));
+    for seed in seeds {
+        let res = schedule(seed).await.and_then(|summary| {
+            match PANICS.swap(0, std::sync::atomic::Ordering::SeqCst) {
+                0 => Ok(summary),
+                n => Err(format!("{n} panic(s) in the replicas' tasks (above)")),
+            }
+        });
+        match res {
+            Ok(summary) => eprintln!("seed {seed}: {summary}"),
+            Err(e) => panic!("seed {seed} failed (replay with DS_SIM_SEED={seed}): {e}"),
+        }
+    }
+}
