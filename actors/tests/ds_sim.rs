@@ -27,8 +27,9 @@
 
 mod simdisk;
 
+use emqx_actors::cluster::ds::host::{replicas_of, DsHost};
 use emqx_actors::cluster::ds::{
-    self, node_id, Command, DsOp, DsRaft, Replica, Reply, Rpc, RpcReply, Transport, TransportError,
+    self, node_id, Command, DsOp, DsRaft, Reply, Rpc, RpcReply, Transport, TransportError,
 };
 use emqx_actors::durable::Durable;
 use openraft::error::{ClientWriteError, RaftError};
@@ -40,11 +41,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 const NODES: usize = 3;
 const SHARDS: u16 = 2;
+const FAULTS: Layout = Layout {
+    shards: SHARDS,
+    rf: 3,
+    n_sites: 3,
+};
 const CLIENTS_PER_SHARD: usize = 2;
 const TABLE: u8 = 1;
 
@@ -52,18 +59,22 @@ fn name(i: usize) -> String {
     format!("n{i}@127.0.0.1")
 }
 
-fn timers() -> ds::Timers {
-    ds::Timers {
+fn timers() -> ds::Tuning {
+    ds::Tuning {
         heartbeat: Duration::from_millis(50),
         election_min: Duration::from_millis(300),
         election_max: Duration::from_millis(600),
+        // Small, so that snapshots are made, purge the log, come back
+        // after a crash and go to new and lagging replicas.
+        snapshot_every: 40,
+        keep_after_snapshot: 10,
     }
 }
 
 /// The simulated network: which nodes are up (with their replicas),
 /// which links are cut.
 struct Router {
-    up: Mutex<HashMap<String, HashMap<u16, DsRaft>>>,
+    up: Mutex<HashMap<String, Arc<DsHost>>>,
     cut: Mutex<BTreeSet<(String, String)>>,
     rng: Mutex<StdRng>,
 }
@@ -73,7 +84,18 @@ impl Router {
         self.up
             .lock()
             .get(node)
-            .and_then(|r| r.get(&shard).cloned())
+            .and_then(|h| h.raft(shard).cloned())
+    }
+
+    fn host(&self, node: &str) -> Option<Arc<DsHost>> {
+        self.up.lock().get(node).cloned()
+    }
+
+    /// The nodes up, by name.
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.up.lock().keys().cloned().collect();
+        v.sort();
+        v
     }
 
     fn blocked(&self, a: &str, b: &str) -> bool {
@@ -114,10 +136,10 @@ impl Transport for NodeTransport {
                 bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
                     .map_err(|e| TransportError(e.to_string()))?;
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            let Some(raft) = router.raft(&to, shard) else {
+            let Some(host) = router.host(&to) else {
                 return Err(gone());
             };
-            let reply = ds::serve(&raft, rpc).await;
+            let reply = host.serve(shard, rpc).await;
             // The answer is lost if the link went meanwhile.
             if router.blocked(&to, &from) {
                 return Err(gone());
@@ -129,30 +151,43 @@ impl Transport for NodeTransport {
 
 struct Node {
     disk: SimDisk,
-    replicas: Vec<Replica>,
+    host: Arc<DsHost>,
 }
 
-async fn start_node(i: usize, disk: SimDisk, router: &Arc<Router>) -> Result<Node, String> {
+/// How a sim's nodes hold their shards.
+#[derive(Clone, Copy)]
+struct Layout {
+    shards: u16,
+    rf: usize,
+    n_sites: usize,
+}
+
+async fn start_node(
+    i: usize,
+    disk: SimDisk,
+    router: &Arc<Router>,
+    layout: Layout,
+) -> Result<Node, String> {
     let durable = Durable::open_backend(disk.clone(), PathBuf::from(format!("sim/{}", name(i))))
         .map_err(|e| format!("{}: {e}", name(i)))?;
     let transport: Arc<dyn Transport> = Arc::new(NodeTransport {
         from: name(i),
         router: router.clone(),
     });
-    let config = ds::raft_config(&timers()).map_err(|e| e.to_string())?;
-    let mut replicas = Vec::new();
-    for shard in 0..SHARDS {
-        replicas.push(
-            Replica::start(&name(i), shard, &durable, transport.clone(), config.clone())
-                .await
-                .map_err(|e| format!("{}: {e}", name(i)))?,
-        );
-    }
-    router.up.lock().insert(
-        name(i),
-        replicas.iter().map(|r| (r.shard, r.raft.clone())).collect(),
-    );
-    Ok(Node { disk, replicas })
+    let host = DsHost::start(
+        &name(i),
+        &durable,
+        layout.shards,
+        layout.rf,
+        layout.n_sites,
+        transport,
+        &timers(),
+    )
+    .await
+    .map_err(|e| format!("{}: {e}", name(i)))?;
+    let host = Arc::new(host);
+    router.up.lock().insert(name(i), host.clone());
+    Ok(Node { disk, host })
 }
 
 /// kill -9: the node leaves the network, its disk stops taking writes,
@@ -160,9 +195,7 @@ async fn start_node(i: usize, disk: SimDisk, router: &Arc<Router>) -> Result<Nod
 async fn crash(node: Node, i: usize, router: &Router, rng: &mut StdRng) -> SimDisk {
     router.up.lock().remove(&name(i));
     node.disk.crash_now();
-    for r in &node.replicas {
-        let _ = r.raft.shutdown().await;
-    }
+    node.host.shutdown().await;
     SimDisk::new(node.disk.after_crash(rng))
 }
 
@@ -189,7 +222,14 @@ async fn submit(router: &Router, shard: u16, cmd: Command, rng_seed: u64) -> Opt
     while tokio::time::Instant::now() < deadline {
         let to = match target.take() {
             Some(t) => t,
-            None => name(rng.random_range(0..NODES)),
+            None => {
+                let up = router.names();
+                if up.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                up[rng.random_range(0..up.len())].clone()
+            }
         };
         let Some(raft) = router.raft(&to, shard) else {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -200,8 +240,9 @@ async fn submit(router: &Router, shard: u16, cmd: Command, rng_seed: u64) -> Opt
             Ok(Ok(resp)) => return Some((resp.log_id.index, resp.data)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 target = f
-                    .leader_id
-                    .and_then(|id| (0..NODES).map(name).find(|n| node_id(n) == id));
+                    .leader_node
+                    .map(|n| n.addr)
+                    .filter(|n| f.leader_id == Some(node_id(n)));
                 if target.is_none() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -219,14 +260,14 @@ async fn client(
     shard: u16,
     cid: String,
     seed: u64,
-    until: tokio::time::Instant,
+    stop: Arc<AtomicBool>,
     rec: Arc<Mutex<Record>>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut epoch: Option<u64> = None;
     let mut replaced: Vec<u64> = Vec::new();
     let mut seq = 0u64;
-    while tokio::time::Instant::now() < until {
+    while !stop.load(Ordering::SeqCst) {
         let claim = epoch.is_none() || rng.random_bool(0.05);
         if claim {
             let cmd = Command::Claim {
@@ -302,6 +343,160 @@ async fn client(
     }
 }
 
+/// How many replicas have a snapshot.
+fn snapshots(nodes: &[Option<Node>]) -> usize {
+    nodes
+        .iter()
+        .flatten()
+        .flat_map(|n| n.host.status())
+        .filter(|s| s.snapshot.is_some())
+        .count()
+}
+
+/// The voters of `shard` as `node` sees them.
+fn voters(node: &Node, shard: u16) -> Vec<String> {
+    node.host
+        .status()
+        .into_iter()
+        .find(|s| s.shard == shard)
+        .map(|s| s.voters)
+        .unwrap_or_default()
+}
+
+fn spawn_clients(
+    router: &Arc<Router>,
+    shards: u16,
+    rng: &mut StdRng,
+    stop: &Arc<AtomicBool>,
+    rec: &Arc<Mutex<Record>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut clients = Vec::new();
+    for shard in 0..shards {
+        for c in 0..CLIENTS_PER_SHARD {
+            clients.push(tokio::spawn(client(
+                router.clone(),
+                shard,
+                format!("s{shard}c{c}"),
+                rng.random(),
+                stop.clone(),
+                rec.clone(),
+            )));
+        }
+    }
+    clients
+}
+
+/// Once every link is whole: a write through each shard's leader, which
+/// every voter up applies; then the checks over the voters' states.
+async fn check_end(
+    router: &Router,
+    nodes: &[Option<Node>],
+    shards: u16,
+    rec: &Mutex<Record>,
+    seed: u64,
+) -> Result<Record, String> {
+    // A write through each shard's leader, then every replica applies it.
+    for shard in 0..shards {
+        let cmd = Command::Claim {
+            client: format!("probe{shard}"),
+            node: name(0),
+        };
+        let mut done = None;
+        for attempt in 0..20 {
+            if let Some((index, _)) = submit(router, shard, cmd.clone(), seed + attempt).await {
+                done = Some(index);
+                break;
+            }
+        }
+        let index = done.ok_or(format!("shard {shard}: no leader after healing"))?;
+        for (i, node) in nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            if !voters(node, shard).contains(&name(i)) {
+                continue;
+            }
+            node.host
+                .raft(shard)
+                .ok_or("no replica")?
+                .wait(Some(Duration::from_secs(20)))
+                .applied_index_at_least(Some(index), "probe")
+                .await
+                .map_err(|e| format!("shard {shard}: {} did not apply the probe: {e}", name(i)))?;
+        }
+    }
+
+    // The checks.
+    let rec = std::mem::take(&mut *rec.lock());
+    if !rec.stale_acked.is_empty() {
+        return Err(format!(
+            "writes under a replaced epoch were acknowledged: {:?}",
+            rec.stale_acked
+                .iter()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect::<Vec<_>>()
+        ));
+    }
+    for (cid, epochs) in &rec.claims {
+        if epochs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(format!(
+                "{cid}: acknowledged epochs did not grow: {epochs:?}"
+            ));
+        }
+    }
+    for shard in 0..shards {
+        let states: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+            .filter(|(i, n)| voters(n, shard).contains(&name(*i)))
+            .filter_map(|(i, n)| n.host.replica(shard).map(|r| (i, r.sm.read(|s| s.clone()))))
+            .collect();
+        let (i0, first) = states
+            .first()
+            .ok_or(format!("shard {shard}: no voter up"))?;
+        for (i, s) in &states {
+            if s != first {
+                return Err(format!(
+                    "shard {shard}: {} and {} differ",
+                    name(*i0),
+                    name(*i)
+                ));
+            }
+        }
+        let table = first.tables.get(&TABLE).cloned().unwrap_or_default();
+        let prefix = format!("s{shard}c");
+        for key in rec
+            .acked
+            .iter()
+            .filter(|k| k.starts_with(prefix.as_bytes()))
+        {
+            if !table.contains_key(key) {
+                return Err(format!(
+                    "shard {shard}: acknowledged write {} lost",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+        for key in table.keys() {
+            if rec.stale.contains(key) {
+                return Err(format!(
+                    "shard {shard}: write {} under a replaced epoch was applied",
+                    String::from_utf8_lossy(key)
+                ));
+            }
+        }
+        for (cid, epochs) in rec.claims.iter().filter(|(c, _)| c.starts_with(&prefix)) {
+            let last = epochs.last().copied().unwrap_or_default();
+            let owner = first.owners.get(cid).map(|o| o.epoch).unwrap_or_default();
+            if owner < last {
+                return Err(format!(
+                    "{cid}: owner epoch {owner} behind acknowledged {last}"
+                ));
+            }
+        }
+    }
+    Ok(rec)
+}
+
 async fn schedule(seed: u64) -> Result<String, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let router = Arc::new(Router {
@@ -312,29 +507,24 @@ async fn schedule(seed: u64) -> Result<String, String> {
     let mut nodes: Vec<Option<Node>> = Vec::new();
     for i in 0..NODES {
         nodes.push(Some(
-            start_node(i, SimDisk::new(Vec::new()), &router).await?,
+            start_node(i, SimDisk::new(Vec::new()), &router, FAULTS).await?,
         ));
     }
     let members: Vec<String> = (0..NODES).map(name).collect();
-    for r in &nodes[0].as_ref().ok_or("node 0")?.replicas {
-        r.initialize(&members).await.map_err(|e| e.to_string())?;
+    let first = nodes[0].as_ref().ok_or("node 0")?;
+    let made = first
+        .host
+        .initialize_if_first(&members)
+        .await
+        .map_err(|e| e.to_string())?;
+    if made != SHARDS as usize {
+        return Err(format!("node 0 made {made} shards of {SHARDS}"));
     }
 
     let rec = Arc::new(Mutex::new(Record::default()));
     let until = tokio::time::Instant::now() + Duration::from_millis(rng.random_range(3000..4500));
-    let mut clients = Vec::new();
-    for shard in 0..SHARDS {
-        for c in 0..CLIENTS_PER_SHARD {
-            clients.push(tokio::spawn(client(
-                router.clone(),
-                shard,
-                format!("s{shard}c{c}"),
-                rng.random(),
-                until,
-                rec.clone(),
-            )));
-        }
-    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = spawn_clients(&router, SHARDS, &mut rng, &stop, &rec);
 
     // Faults, while the clients run.
     let mut down: Vec<(usize, SimDisk, tokio::time::Instant)> = Vec::new();
@@ -347,7 +537,7 @@ async fn schedule(seed: u64) -> Result<String, String> {
         while i < down.len() {
             if down[i].2 <= now {
                 let (n, disk, _) = down.remove(i);
-                nodes[n] = Some(start_node(n, disk, &router).await?);
+                nodes[n] = Some(start_node(n, disk, &router, FAULTS).await?);
             } else {
                 i += 1;
             }
@@ -388,6 +578,7 @@ async fn schedule(seed: u64) -> Result<String, String> {
             _ => {}
         }
     }
+    stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.map_err(|e| format!("a client panicked: {e}"))?;
     }
@@ -395,103 +586,15 @@ async fn schedule(seed: u64) -> Result<String, String> {
     // Heal: every link whole, every node up.
     router.cut.lock().clear();
     for (n, disk, _) in down.drain(..) {
-        nodes[n] = Some(start_node(n, disk, &router).await?);
+        nodes[n] = Some(start_node(n, disk, &router, FAULTS).await?);
     }
-    // A write through each shard's leader, then every replica applies it.
-    for shard in 0..SHARDS {
-        let cmd = Command::Claim {
-            client: format!("probe{shard}"),
-            node: name(0),
-        };
-        let mut done = None;
-        for attempt in 0..20 {
-            if let Some((index, _)) = submit(&router, shard, cmd.clone(), seed + attempt).await {
-                done = Some(index);
-                break;
-            }
-        }
-        let index = done.ok_or(format!("shard {shard}: no leader after healing"))?;
-        for (i, node) in nodes.iter().enumerate() {
-            let node = node.as_ref().ok_or("a node is missing")?;
-            node.replicas[shard as usize]
-                .raft
-                .wait(Some(Duration::from_secs(20)))
-                .applied_index_at_least(Some(index), "probe")
-                .await
-                .map_err(|e| format!("shard {shard}: {} did not apply the probe: {e}", name(i)))?;
-        }
-    }
-
-    // The checks.
-    let rec = std::mem::take(&mut *rec.lock());
-    if !rec.stale_acked.is_empty() {
-        return Err(format!(
-            "writes under a replaced epoch were acknowledged: {:?}",
-            rec.stale_acked
-                .iter()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-                .collect::<Vec<_>>()
-        ));
-    }
-    for (cid, epochs) in &rec.claims {
-        if epochs.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!(
-                "{cid}: acknowledged epochs did not grow: {epochs:?}"
-            ));
-        }
-    }
-    for shard in 0..SHARDS {
-        let states: Vec<_> = nodes
-            .iter()
-            .flatten()
-            .map(|n| n.replicas[shard as usize].sm.read(|s| s.clone()))
-            .collect();
-        // Every replica applied at least the probe; wait out stragglers.
-        let first = &states[0];
-        for (i, s) in states.iter().enumerate() {
-            if s != first {
-                return Err(format!("shard {shard}: {} and {} differ", name(0), name(i)));
-            }
-        }
-        let table = first.tables.get(&TABLE).cloned().unwrap_or_default();
-        let prefix = format!("s{shard}c");
-        for key in rec
-            .acked
-            .iter()
-            .filter(|k| k.starts_with(prefix.as_bytes()))
-        {
-            if !table.contains_key(key) {
-                return Err(format!(
-                    "shard {shard}: acknowledged write {} lost",
-                    String::from_utf8_lossy(key)
-                ));
-            }
-        }
-        for key in table.keys() {
-            if rec.stale.contains(key) {
-                return Err(format!(
-                    "shard {shard}: write {} under a replaced epoch was applied",
-                    String::from_utf8_lossy(key)
-                ));
-            }
-        }
-        for (cid, epochs) in rec.claims.iter().filter(|(c, _)| c.starts_with(&prefix)) {
-            let last = epochs.last().copied().unwrap_or_default();
-            let owner = first.owners.get(cid).map(|o| o.epoch).unwrap_or_default();
-            if owner < last {
-                return Err(format!(
-                    "{cid}: owner epoch {owner} behind acknowledged {last}"
-                ));
-            }
-        }
-    }
+    let rec = check_end(&router, &nodes, SHARDS, &rec, seed).await?;
+    let snapshots = snapshots(&nodes);
     for n in nodes.into_iter().flatten() {
-        for r in &n.replicas {
-            let _ = r.raft.shutdown().await;
-        }
+        n.host.shutdown().await;
     }
     Ok(format!(
-        "{} writes ({} acknowledged, {} stale, {} unknown), {} claims, {crashes} crashes, {partitions} partitions",
+        "{} writes ({} acknowledged, {} stale, {} unknown), {} claims, {crashes} crashes, {partitions} partitions, {snapshots} replicas on a snapshot",
         rec.writes,
         rec.acked.len(),
         rec.stale.len(),
@@ -500,9 +603,141 @@ async fn schedule(seed: u64) -> Result<String, String> {
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_and_epochs_survive_crashes_and_partitions() {
-    let seeds: Vec<u64> = match std::env::var("DS_SIM_SEED") {
+const GROW: Layout = Layout {
+    shards: 4,
+    rf: 3,
+    n_sites: 1,
+};
+
+/// Whether every shard's leader has exactly the wanted voters (and no
+/// learner or joint change left).
+fn settled(router: &Router, cores: &[String], layout: Layout) -> bool {
+    (0..layout.shards).all(|shard| {
+        let want: BTreeSet<String> = replicas_of(shard, cores, layout.rf).into_iter().collect();
+        router.names().iter().any(|n| {
+            router.host(n).is_some_and(|h| {
+                h.status().into_iter().any(|st| {
+                    st.shard == shard
+                        && st.state == "Leader"
+                        && st.learners.is_empty()
+                        && st.voters.iter().cloned().collect::<BTreeSet<_>>() == want
+                })
+            })
+        })
+    })
+}
+
+async fn wait_settled(
+    router: &Router,
+    cores: &Mutex<Vec<String>>,
+    layout: Layout,
+    what: &str,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let now: Vec<String> = cores.lock().clone();
+        if settled(router, &now, layout) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "{what}: the shards did not reach their replicas in 30 s"
+    ))
+}
+
+/// One core makes the shards alone; three more join one by one, and
+/// each shard's leader moves the shard to its three wanted cores; then a
+/// core dies for good and is removed from the cluster (autoclean), and
+/// its shards move to the cores left. Clients write all along; lossy
+/// links throughout.
+async fn placement(seed: u64) -> Result<String, String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let router = Arc::new(Router {
+        up: Mutex::new(HashMap::new()),
+        cut: Mutex::new(BTreeSet::new()),
+        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x91ace)),
+    });
+    let mut nodes: Vec<Option<Node>> = (0..4).map(|_| None).collect();
+    nodes[0] = Some(start_node(0, SimDisk::new(Vec::new()), &router, GROW).await?);
+    let cores = Arc::new(Mutex::new(vec![name(0)]));
+    let first_cores: Vec<String> = cores.lock().clone();
+    let made = nodes[0]
+        .as_ref()
+        .ok_or("node 0")?
+        .host
+        .initialize_if_first(&first_cores)
+        .await
+        .map_err(|e| e.to_string())?;
+    if made != GROW.shards as usize {
+        return Err(format!("node 0 made {made} shards"));
+    }
+    wait_settled(&router, &cores, GROW, "one core").await?;
+
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = spawn_clients(&router, GROW.shards, &mut rng, &stop, &rec);
+    // Every node reconciles every 100 ms, as the cluster service would on
+    // its heartbeat and on each membership change.
+    let reconciler = {
+        let (router, cores, stop) = (router.clone(), cores.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut changes = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let now: Vec<String> = cores.lock().clone();
+                for n in router.names() {
+                    if let Some(h) = router.host(&n) {
+                        changes += h.reconcile(&now).await.len();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            changes
+        })
+    };
+
+    let mut order = vec![1usize, 2, 3];
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    for n in order {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+        nodes[n] = Some(start_node(n, SimDisk::new(Vec::new()), &router, GROW).await?);
+        cores.lock().push(name(n));
+        wait_settled(&router, &cores, GROW, &format!("{} joined", name(n))).await?;
+    }
+    // A core dies for good; the cluster removes it.
+    let gone = rng.random_range(0..4);
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+    if let Some(node) = nodes[gone].take() {
+        let _ = crash(node, gone, &router, &mut rng).await;
+    }
+    cores.lock().retain(|c| *c != name(gone));
+    wait_settled(&router, &cores, GROW, &format!("{} removed", name(gone))).await?;
+
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.map_err(|e| format!("a client panicked: {e}"))?;
+    }
+    let changes = reconciler
+        .await
+        .map_err(|e| format!("the reconciler panicked: {e}"))?;
+    let rec = check_end(&router, &nodes, GROW.shards, &rec, seed).await?;
+    let snapshots = snapshots(&nodes);
+    for n in nodes.into_iter().flatten() {
+        n.host.shutdown().await;
+    }
+    Ok(format!(
+        "{} writes ({} acknowledged, {} unknown), {changes} membership steps, {} removed, {snapshots} replicas on a snapshot",
+        rec.writes,
+        rec.acked.len(),
+        rec.unknown,
+        name(gone)
+    ))
+}
+
+fn seeds() -> Vec<u64> {
+    match std::env::var("DS_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("DS_SIM_SEED is a number")],
         Err(_) => {
             let n: u64 = std::env::var("DS_SIM_SEEDS")
@@ -511,25 +746,49 @@ async fn acknowledged_writes_and_epochs_survive_crashes_and_partitions() {
                 .unwrap_or(4);
             (1..=n).collect()
         }
-    };
-    // A panic inside openraft (its own invariant checks, in its tasks)
-    // fails the seed too, not only the checks here.
-    static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        hook(info)
-    }));
-    for seed in seeds {
-        let res = schedule(seed).await.and_then(|summary| {
-            match PANICS.swap(0, std::sync::atomic::Ordering::SeqCst) {
+    }
+}
+
+/// Runs `f` for every seed; a panic inside openraft (its own invariant
+/// checks, in its tasks) fails the seed too, not only the checks here.
+async fn run_seeds<F, Fut>(f: F)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<String, String>>,
+{
+    static PANICS: AtomicU64 = AtomicU64::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    // One sim at a time: the panic count is the process's.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = SERIAL.lock().await;
+    HOOK.call_once(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            hook(info)
+        }));
+    });
+    PANICS.store(0, Ordering::SeqCst);
+    for seed in seeds() {
+        let res = f(seed)
+            .await
+            .and_then(|summary| match PANICS.swap(0, Ordering::SeqCst) {
                 0 => Ok(summary),
                 n => Err(format!("{n} panic(s) in the replicas' tasks (above)")),
-            }
-        });
+            });
         match res {
             Ok(summary) => eprintln!("seed {seed}: {summary}"),
             Err(e) => panic!("seed {seed} failed (replay with DS_SIM_SEED={seed}): {e}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_follow_the_cores_as_they_join_and_leave() {
+    run_seeds(placement).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_and_epochs_survive_crashes_and_partitions() {
+    run_seeds(schedule).await;
 }

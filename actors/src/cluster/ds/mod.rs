@@ -12,6 +12,7 @@
 //! - [`sm_store`]: the state machine and its snapshots;
 //! - [`Replica`]: one shard's Raft on one node, with its stores.
 
+pub mod host;
 pub mod log_store;
 pub mod sm_store;
 pub mod state;
@@ -76,39 +77,44 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
 }
 
-/// The timers of every shard's Raft group.
+/// The timers and log compaction of every shard's Raft group.
 #[derive(Debug, Clone)]
-pub struct Timers {
+pub struct Tuning {
     pub heartbeat: std::time::Duration,
     pub election_min: std::time::Duration,
     pub election_max: std::time::Duration,
+    /// A snapshot after this many entries...
+    pub snapshot_every: u64,
+    /// ...and this many entries stay in the log after it, so a follower a
+    /// little behind catches up from the log rather than a snapshot.
+    pub keep_after_snapshot: u64,
 }
 
-impl Default for Timers {
+impl Default for Tuning {
     /// A leader heartbeats every 200 ms; a follower that hears nothing for
     /// 1-2 s stands for election: a dead leader is replaced within about
     /// 2 s, as the cluster's failure detector notices a dead node.
-    fn default() -> Timers {
-        Timers {
+    fn default() -> Tuning {
+        Tuning {
             heartbeat: std::time::Duration::from_millis(200),
             election_min: std::time::Duration::from_millis(1000),
             election_max: std::time::Duration::from_millis(2000),
+            snapshot_every: 5000,
+            keep_after_snapshot: 1000,
         }
     }
 }
 
 /// openraft's configuration for the shards.
-pub fn raft_config(t: &Timers) -> Result<Arc<openraft::Config>, String> {
+pub fn raft_config(t: &Tuning) -> Result<Arc<openraft::Config>, String> {
     let ms = |d: std::time::Duration| d.as_millis().min(u64::MAX as u128) as u64;
     openraft::Config {
         cluster_name: "emqx-rs-ds".into(),
         heartbeat_interval: ms(t.heartbeat),
         election_timeout_min: ms(t.election_min),
         election_timeout_max: ms(t.election_max),
-        // A snapshot every 5,000 entries; 1,000 entries stay after it so a
-        // follower a little behind catches up from the log.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
-        max_in_snapshot_log_to_keep: 1000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        max_in_snapshot_log_to_keep: t.keep_after_snapshot,
         ..Default::default()
     }
     .validate()

@@ -1,0 +1,335 @@
+//! The shards' replicas on one node, where they live, and who changes
+//! that.
+//!
+//! Every core runs a Raft instance for every shard; the shard's
+//! membership (openraft's voters) says which of them hold it. Which cores
+//! should hold a shard is decided by rendezvous hashing over the cluster's
+//! cores ([`replicas_of`]): every node computes the same answer, and a core
+//! that joins or leaves moves only the shards it ranks first for. The
+//! leader of each shard makes the membership follow ([`DsHost::reconcile`]):
+//! a new replica first joins as a learner and catches up, then one joint
+//! change makes the wanted set the voters. A core that is down stays a
+//! replica (its shard keeps its quorum with the others); it is replaced
+//! only once the cluster removes it (autoclean, force-leave).
+
+use super::{
+    node_id, serve, DsRaft, NodeId, Replica, ReplicaError, Rpc, RpcReply, Transport, Tuning,
+};
+use crate::durable::Durable;
+use openraft::{BasicNode, ServerState};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The shard a client id falls in: stable across builds and versions (the
+/// shards are on disk), the same on every node.
+pub fn shard_of(client: &str, n_shards: u16) -> u16 {
+    (hash64(client.as_bytes()) % u64::from(n_shards.max(1))) as u16
+}
+
+fn hash64(b: &[u8]) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(b);
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(x)
+}
+
+/// The cores that should hold `shard`: the `rf` that rank highest for
+/// it (rendezvous hashing), in rank order.
+pub fn replicas_of(shard: u16, cores: &[String], rf: usize) -> Vec<String> {
+    let mut ranked: Vec<(u64, &String)> = cores
+        .iter()
+        .map(|c| {
+            let mut key = shard.to_be_bytes().to_vec();
+            key.extend_from_slice(c.as_bytes());
+            (hash64(&key), c)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked
+        .into_iter()
+        .take(rf)
+        .map(|(_, c)| c.clone())
+        .collect()
+}
+
+/// What [`DsHost::reconcile`] did to one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A core was added as a learner (catching up).
+    Learner { shard: u16, node: String },
+    /// The voters became `voters`.
+    Voters { shard: u16, voters: Vec<String> },
+}
+
+/// One shard as this node sees it.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    pub shard: u16,
+    /// Leader, Follower, Learner, Candidate, or Shutdown.
+    pub state: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub last_log: Option<u64>,
+    pub applied: Option<u64>,
+    /// The last log index the latest snapshot covers.
+    pub snapshot: Option<u64>,
+    /// On the leader: how far each replica's log is behind the leader's.
+    pub lag: BTreeMap<String, u64>,
+    pub sessions: usize,
+}
+
+/// The replicas of every shard on this node.
+pub struct DsHost {
+    me: String,
+    replicas: Vec<Replica>,
+    rf: usize,
+    n_sites: usize,
+}
+
+impl DsHost {
+    /// Opens every shard's replica from `durable`.
+    pub async fn start(
+        me: &str,
+        durable: &Durable,
+        n_shards: u16,
+        rf: usize,
+        n_sites: usize,
+        transport: Arc<dyn Transport>,
+        timers: &Tuning,
+    ) -> Result<DsHost, ReplicaError> {
+        let config =
+            super::raft_config(timers).map_err(|error| ReplicaError::Raft { shard: 0, error })?;
+        let mut replicas = Vec::with_capacity(n_shards as usize);
+        for shard in 0..n_shards {
+            replicas
+                .push(Replica::start(me, shard, durable, transport.clone(), config.clone()).await?);
+        }
+        Ok(DsHost {
+            me: me.to_string(),
+            replicas,
+            rf: rf.max(1),
+            n_sites: n_sites.max(1),
+        })
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn n_shards(&self) -> u16 {
+        self.replicas.len() as u16
+    }
+
+    pub fn replica(&self, shard: u16) -> Option<&Replica> {
+        self.replicas.get(shard as usize)
+    }
+
+    pub fn raft(&self, shard: u16) -> Option<&DsRaft> {
+        self.replica(shard).map(|r| &r.raft)
+    }
+
+    /// Hands an [`Rpc`] from another node to the shard's replica here.
+    pub async fn serve(&self, shard: u16, rpc: Rpc) -> RpcReply {
+        match self.raft(shard) {
+            Some(raft) => serve(raft, rpc).await,
+            None => RpcReply::Refused(format!("{}: no shard {shard}", self.me)),
+        }
+    }
+
+    /// The first time the cluster has `n_sites` cores, the first of them
+    /// by name makes each shard's group, with the replicas
+    /// [`replicas_of`] names; the others learn it from the leaders. Returns
+    /// how many shards this node made.
+    pub async fn initialize_if_first(&self, cores: &[String]) -> Result<usize, ReplicaError> {
+        let mut sorted: Vec<&String> = cores.iter().collect();
+        sorted.sort();
+        if cores.len() < self.n_sites || sorted.first().map(|s| s.as_str()) != Some(&self.me) {
+            return Ok(0);
+        }
+        let mut made = 0;
+        for r in &self.replicas {
+            let inited = r
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| ReplicaError::Raft {
+                    shard: r.shard,
+                    error: e.to_string(),
+                })?;
+            if inited {
+                continue;
+            }
+            r.initialize(&replicas_of(r.shard, cores, self.rf)).await?;
+            made += 1;
+        }
+        Ok(made)
+    }
+
+    /// On each shard this node leads, moves the membership one step
+    /// towards [`replicas_of`] over `cores`: adds a missing replica as a
+    /// learner (waiting for it to catch up), or, once every wanted replica
+    /// is there, makes the wanted set the voters. Errors are logged and
+    /// retried at the next call.
+    pub async fn reconcile(&self, cores: &[String]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for r in &self.replicas {
+            let m = r.raft.metrics().borrow().clone();
+            if m.state != ServerState::Leader {
+                continue;
+            }
+            let want = replicas_of(r.shard, cores, self.rf);
+            if want.is_empty() {
+                continue;
+            }
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+            let want_ids: BTreeSet<NodeId> = want.iter().map(|n| node_id(n)).collect();
+            if voters == want_ids {
+                continue;
+            }
+            // A joint change already under way finishes first.
+            if membership.get_joint_config().len() > 1 {
+                continue;
+            }
+            if let Some(missing) = want.iter().find(|n| !known.contains(&node_id(n))) {
+                let node = BasicNode {
+                    addr: missing.clone(),
+                };
+                match r.raft.add_learner(node_id(missing), node, true).await {
+                    Ok(_) => changes.push(Change::Learner {
+                        shard: r.shard,
+                        node: missing.clone(),
+                    }),
+                    Err(e) => {
+                        tracing::warn!("ds shard {}: cannot add {missing}: {e}", r.shard)
+                    }
+                }
+                continue;
+            }
+            match r.raft.change_membership(want_ids, false).await {
+                Ok(_) => changes.push(Change::Voters {
+                    shard: r.shard,
+                    voters: want.clone(),
+                }),
+                Err(e) => tracing::warn!("ds shard {}: cannot change its voters: {e}", r.shard),
+            }
+        }
+        changes
+    }
+
+    /// Every shard as this node sees it.
+    pub fn status(&self) -> Vec<ShardStatus> {
+        self.replicas
+            .iter()
+            .map(|r| {
+                let m = r.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                let name_of = |id: &NodeId| {
+                    membership
+                        .get_node(id)
+                        .map(|n| n.addr.clone())
+                        .unwrap_or_else(|| format!("#{id:016x}"))
+                };
+                let voters: Vec<String> = membership.voter_ids().map(|id| name_of(&id)).collect();
+                let learners: Vec<String> =
+                    membership.learner_ids().map(|id| name_of(&id)).collect();
+                let last = m.last_log_index.unwrap_or(0);
+                let lag = m
+                    .replication
+                    .as_ref()
+                    .map(|rep| {
+                        rep.iter()
+                            .map(|(id, matched)| {
+                                let at = matched.map(|l| l.index).unwrap_or(0);
+                                (name_of(id), last.saturating_sub(at))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ShardStatus {
+                    shard: r.shard,
+                    state: format!("{:?}", m.state),
+                    leader: m.current_leader.map(|id| name_of(&id)),
+                    term: m.current_term,
+                    voters,
+                    learners,
+                    last_log: m.last_log_index,
+                    applied: m.last_applied.map(|l| l.index),
+                    snapshot: m.snapshot.map(|l| l.index),
+                    lag,
+                    sessions: r.sm.read(|s| s.owners.len()),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops every replica.
+    pub async fn shutdown(&self) {
+        for r in &self.replicas {
+            let _ = r.raft.shutdown().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cores(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("emqx{i}@127.0.0.{i}")).collect()
+    }
+
+    #[test]
+    fn placement_is_the_same_everywhere_and_moves_little() {
+        let three = cores(3);
+        for s in 0..16 {
+            let mut r = replicas_of(s, &three, 3);
+            r.sort();
+            assert_eq!(r, three, "every core holds every shard when rf = cores");
+        }
+        // Order of the input does not matter.
+        let mut rev = cores(5);
+        rev.reverse();
+        for s in 0..16 {
+            assert_eq!(replicas_of(s, &cores(5), 3), replicas_of(s, &rev, 3));
+        }
+        // A sixth core takes over only places where it ranks in the top 3,
+        // and each shard changes at most one replica.
+        let (five, six) = (cores(5), cores(6));
+        let mut moved = 0;
+        for s in 0..64 {
+            let a: BTreeSet<_> = replicas_of(s, &five, 3).into_iter().collect();
+            let b: BTreeSet<_> = replicas_of(s, &six, 3).into_iter().collect();
+            let gone = a.difference(&b).count();
+            assert!(gone <= 1, "shard {s}: {a:?} -> {b:?}");
+            if gone == 1 {
+                assert!(b.contains(&six[5]));
+                moved += 1;
+            }
+        }
+        // About rf / cores of the shards move to the new core.
+        assert!((16..=48).contains(&moved), "{moved} of 64 moved");
+        // Shards spread over the cores.
+        let mut load: BTreeMap<String, usize> = BTreeMap::new();
+        for s in 0..64 {
+            for c in replicas_of(s, &six, 3) {
+                *load.entry(c).or_default() += 1;
+            }
+        }
+        assert!(load.values().all(|n| (16..=48).contains(n)), "{load:?}");
+    }
+
+    #[test]
+    fn a_client_id_always_falls_in_the_same_shard() {
+        // Fixed by SHA-256, not by the build's hasher: the shards are on disk.
+        assert_eq!(shard_of("client-1", 16), shard_of("client-1", 16));
+        let spread: BTreeSet<u16> = (0..200).map(|i| shard_of(&format!("c{i}"), 16)).collect();
+        assert_eq!(spread.len(), 16);
+        assert_eq!(shard_of("anything", 1), 0);
+    }
+}
