@@ -260,31 +260,34 @@ fn shared_group_across_nodes_gets_each_message_once_round_robin() {
     );
 }
 
-/// A join snapshot bigger than ractor_cluster's default frame limit
-/// (16 MiB): 2,100 retained messages of 9,000 bytes.
+/// A join snapshot bigger than the largest message between nodes (64
+/// MiB): 1,100 retained messages of 64,000 bytes (70.4 MB). It travels in
+/// parts of 8 MiB.
 #[test]
-fn a_node_joins_a_cluster_whose_snapshot_is_bigger_than_16_mib() {
+fn a_node_joins_a_cluster_whose_snapshot_is_bigger_than_64_mib() {
     let a = node(1);
     let mut p = mq(&a, "big-ret");
-    let payload = vec![b'x'; 9_000];
-    for i in 0..2_100 {
+    let payload = vec![b'x'; 64_000];
+    for i in 0..1_100 {
         p.publish(&format!("big/{i}"), 1, true, &payload);
     }
     // `retainer info` counts the node's own $SYS retained messages too.
     let count = |n: &Node| retained_count(n).unwrap_or(0);
-    assert!(count(&a) >= 2_100, "{}", count(&a));
+    assert!(count(&a) >= 1_100, "{}", count(&a));
     let b = node(2);
     join(&b, &a);
     assert!(
-        wait_until(Duration::from_secs(10), || count(&b) >= 2_100),
+        wait_until(Duration::from_secs(20), || count(&b) >= 1_100),
         "B holds {} retained messages, A {}\n{}",
         count(&b),
         count(&a),
         tails(&[&a, &b])
     );
     let mut s = mq(&b, "big-sub");
-    s.sub("big/2099", 1);
-    assert_eq!(s.collect(1, Duration::from_secs(5)).len(), 1);
+    s.sub("big/1099", 1);
+    let got = s.collect(1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload.len(), 64_000);
 }
 
 // ---------------------------------------------------------------------------

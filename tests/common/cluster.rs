@@ -288,6 +288,8 @@ impl Mq {
         let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_clean_session(clean_session);
+        // rumqttc's default (10 KB each way) is below what some tests send.
+        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (c, conn) = Client::new(o, 1000);
         Mq {
             id: id.to_string(),

@@ -119,22 +119,142 @@ pub(crate) async fn relay_within(
 
 async fn call_direct(node: &str, req: &Req, timeout: Duration) -> Result<Resp, PeerError> {
     let ep = endpoint_of(node).ok_or_else(|| PeerError::NoLink(node.to_string()))?;
-    let bytes = wire::encode(req);
-    match ep
-        .call(|r| EndpointMsg::Call(bytes, r), Some(timeout))
-        .await
-    {
-        Ok(ractor::rpc::CallResult::Success(b)) => {
-            wire::decode(&b).map_err(|e| PeerError::Decode(node.to_string(), e))
+    let call = |req: &Req| {
+        let bytes = wire::encode(req);
+        let ep = ep.clone();
+        async move {
+            match ep
+                .call(|r| EndpointMsg::Call(bytes, r), Some(timeout))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(b)) => {
+                    wire::decode(&b).map_err(|e| PeerError::Decode(node.to_string(), e))
+                }
+                Ok(_) => Err(PeerError::NoAnswer(node.to_string())),
+                Err(e) => Err(PeerError::Call(node.to_string(), e.to_string())),
+            }
         }
-        Ok(_) => Err(PeerError::NoAnswer(node.to_string())),
-        Err(e) => Err(PeerError::Call(node.to_string(), e.to_string())),
+    };
+    let (id, total, mut all) = match call(req).await? {
+        Resp::Parts { id, total, first } => (id, total, first),
+        resp => return Ok(resp),
+    };
+    // A big reply: fetch the rest from the same node, then decode it whole.
+    let total = usize::try_from(total)
+        .ok()
+        .filter(|t| *t <= wire::MAX_REPLY && *t >= all.len())
+        .ok_or_else(|| PeerError::Call(node.to_string(), format!("reply of {total} bytes")))?;
+    all.reserve(total - all.len());
+    while all.len() < total {
+        let offset = all.len() as u64;
+        match call(&Req::Part { id, offset }).await? {
+            Resp::Part(b) if !b.is_empty() && all.len() + b.len() <= total => all.extend(b),
+            Resp::Refused(why) => return Err(PeerError::Call(node.to_string(), why)),
+            _ => return Err(PeerError::NoAnswer(node.to_string())),
+        }
     }
+    wire::decode_large(&all).map_err(|e| PeerError::Decode(node.to_string(), e))
+}
+
+/// How long the parts of a big reply wait to be fetched.
+const PARTS_KEPT: Duration = Duration::from_secs(60);
+
+struct Parts {
+    made: std::time::Instant,
+    bytes: Vec<u8>,
+}
+
+/// Big replies whose parts wait to be fetched, by id.
+static PARTS: LazyLock<parking_lot::Mutex<(u64, HashMap<u64, Parts>)>> =
+    LazyLock::new(Default::default);
+
+/// The bytes of a reply to a peer's request. One bigger than
+/// [`wire::PART`] (a join snapshot holding many retained messages, a list
+/// of every client) goes in parts: its first part now, the others on
+/// [`Req::Part`], so no message between nodes exceeds the frame limit.
+pub fn reply_bytes(resp: &Resp) -> Vec<u8> {
+    let bytes = match wire::encode_large(resp) {
+        Ok(b) => b,
+        Err(e) => return wire::encode(&Resp::Refused(format!("reply too large: {e}"))),
+    };
+    if bytes.len() <= wire::PART {
+        return bytes;
+    }
+    let first = bytes[..wire::PART].to_vec();
+    let total = bytes.len() as u64;
+    let id = {
+        let mut p = PARTS.lock();
+        p.1.retain(|_, v| v.made.elapsed() < PARTS_KEPT);
+        p.0 += 1;
+        let id = p.0;
+        p.1.insert(
+            id,
+            Parts {
+                made: std::time::Instant::now(),
+                bytes,
+            },
+        );
+        id
+    };
+    wire::encode(&Resp::Parts { id, total, first })
+}
+
+/// The answer to [`Req::Part`]: the next part, or a refusal when the reply
+/// expired (or never was). The last part frees the reply.
+pub fn part(id: u64, offset: u64) -> Resp {
+    let mut p = PARTS.lock();
+    let Some(parts) = p.1.get(&id) else {
+        return Resp::Refused(format!("no reply {id} waiting (expired?)"));
+    };
+    let len = parts.bytes.len();
+    let from = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
+    let to = (from + wire::PART).min(len);
+    let chunk = parts.bytes[from..to].to_vec();
+    if to == len {
+        p.1.remove(&id);
+    }
+    Resp::Part(chunk)
 }
 
 pub fn cast_peer(node: &str, note: &Note) -> bool {
     match endpoint_of(node) {
         Some(ep) => ep.cast(EndpointMsg::Cast(wire::encode(note))).is_ok(),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_big_reply_goes_in_parts_and_comes_back_whole() {
+        // 20 MB of client ids: three parts.
+        let clients: Vec<String> = (0..200_000).map(|i| format!("{i:0>100}")).collect();
+        let resp = Resp::Clients(clients.clone());
+        let first = reply_bytes(&resp);
+        assert!(first.len() <= wire::PART + 64);
+        let Ok(Resp::Parts { id, total, first }) = wire::decode::<Resp>(&first) else {
+            panic!("not in parts");
+        };
+        let mut all = first;
+        let mut parts = 1;
+        while (all.len() as u64) < total {
+            match part(id, all.len() as u64) {
+                Resp::Part(b) => all.extend(b),
+                other => panic!("{other:?}"),
+            }
+            parts += 1;
+        }
+        assert_eq!(parts, 3);
+        match wire::decode_large::<Resp>(&all) {
+            Ok(Resp::Clients(c)) => assert_eq!(c, clients),
+            other => panic!("{other:?}"),
+        }
+        // The last part freed it.
+        assert!(matches!(part(id, 0), Resp::Refused(_)));
+        // A small reply is not split.
+        let small = reply_bytes(&Resp::Bool(true));
+        assert!(matches!(wire::decode::<Resp>(&small), Ok(Resp::Bool(true))));
     }
 }

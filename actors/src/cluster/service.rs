@@ -92,6 +92,10 @@ impl Actor for Endpoint {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             EndpointMsg::Call(bytes, reply) => match wire::decode::<Req>(&bytes) {
+                // The rest of a big reply: served here, not by the service.
+                Ok(Req::Part { id, offset }) => {
+                    let _ = reply.send(wire::encode(&super::rpc::part(id, offset)));
+                }
                 Ok(req) => {
                     let _ = svc.cast(SvcMsg::Remote(req, reply));
                 }
@@ -448,7 +452,7 @@ impl Actor for ClusterService {
                     let ctx = st.ctx.clone();
                     tokio::spawn(async move {
                         let snap = ctx.cm.takeover_out(&client).await.map(Box::new);
-                        let _ = reply.send(wire::encode(&Resp::Session(snap)));
+                        let _ = reply.send(super::rpc::reply_bytes(&Resp::Session(snap)));
                     });
                 }
                 Req::Kick { client } => {
@@ -480,12 +484,12 @@ impl Actor for ClusterService {
                                 Ok(r) => r,
                                 Err(e) => Resp::Refused(e.to_string()),
                             };
-                        let _ = reply.send(wire::encode(&resp));
+                        let _ = reply.send(super::rpc::reply_bytes(&resp));
                     });
                 }
                 req => {
                     let resp = st.on_request(req).await;
-                    let _ = reply.send(wire::encode(&resp));
+                    let _ = reply.send(super::rpc::reply_bytes(&resp));
                 }
             },
             SvcMsg::Note(n) => st.on_note(&myself, n),

@@ -79,6 +79,12 @@ pub enum Req {
     },
     /// [`Req::Info`] with the receiver's role (autocluster joins cores only).
     About,
+    /// The bytes from `offset` on of a reply that came in parts
+    /// ([`Resp::Parts`]).
+    Part {
+        id: u64,
+        offset: u64,
+    },
 }
 
 /// Replies to [`Req`].
@@ -110,6 +116,16 @@ pub enum Resp {
         members: usize,
         role: super::membership::Role,
     },
+    /// A reply bigger than [`PART`] bytes: its first part; the others
+    /// are fetched with [`Req::Part`] until `total` bytes are there,
+    /// which decode as the reply.
+    Parts {
+        id: u64,
+        total: u64,
+        first: Vec<u8>,
+    },
+    /// One part of such a reply.
+    Part(Vec<u8>),
 }
 
 /// Everything a newcomer adopts when it joins.
@@ -192,8 +208,32 @@ fn config() -> impl bincode::config::Config {
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Encoding plain owned data into a Vec cannot fail short of the size
-    // limit, which only the join snapshot could reach.
+    // limit; replies that may reach it go through `encode_large` and
+    // travel in parts.
     bincode::serde::encode_to_vec(v, config()).unwrap_or_default()
+}
+
+/// The largest reply reassembled from parts (a join snapshot with many
+/// retained messages, a list of every client of a big node).
+pub const MAX_REPLY: usize = 1024 * 1024 * 1024;
+
+/// Replies bigger than this travel in parts of this size.
+pub const PART: usize = 8 * 1024 * 1024;
+
+fn large_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_REPLY>()
+}
+
+/// Encodes a reply of up to [`MAX_REPLY`] bytes.
+pub fn encode_large<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
+    bincode::serde::encode_to_vec(v, large_config()).map_err(|e| WireError(e.to_string()))
+}
+
+/// Decodes a reply reassembled from its parts.
+pub fn decode_large<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, WireError> {
+    bincode::serde::decode_from_slice(b, large_config())
+        .map(|(v, _)| v)
+        .map_err(|e| WireError(e.to_string()))
 }
 
 /// A cluster message that could not be decoded.

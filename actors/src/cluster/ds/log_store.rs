@@ -9,7 +9,7 @@
 //! lose a tail of the changes but never one change while keeping a later
 //! one: a truncation is never lost while the append after it survives.
 
-use super::{decode, encode, Ds, NodeId, LOG_TABLE, META_TABLE};
+use super::types::{decode, encode, Ds, NodeId, LOG_TABLE, META_TABLE};
 use crate::durable::{Durable, Op};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};

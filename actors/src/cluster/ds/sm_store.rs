@@ -5,7 +5,7 @@
 //! disk).
 
 use super::state::{Reply, ShardState};
-use super::{decode, encode, Ds, NodeId, SNAP_TABLE};
+use super::types::{decode, encode, Ds, NodeId, SNAP_TABLE};
 use crate::durable::{Durable, Op};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{

@@ -274,6 +274,7 @@ impl SvcState {
                 members: self.membership.peers().count() + 1,
             },
             Req::SplitView => Resp::SplitView(self.monitor.split_view()),
+            Req::Part { id, offset } => super::super::rpc::part(id, offset),
             Req::Kick { .. }
             | Req::Discard { .. }
             | Req::Takeover { .. }
