@@ -29,10 +29,9 @@ mod simdisk;
 
 use emqx_actors::cluster::ds::host::{replicas_of, DsHost};
 use emqx_actors::cluster::ds::{
-    self, node_id, Command, DsOp, DsRaft, Reply, Rpc, RpcReply, Transport, TransportError,
+    self, session_key, Command, DsOp, Reply, Rpc, RpcReply, Transport, TransportError,
 };
 use emqx_actors::durable::Durable;
-use openraft::error::{ClientWriteError, RaftError};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -80,13 +79,6 @@ struct Router {
 }
 
 impl Router {
-    fn raft(&self, node: &str, shard: u16) -> Option<DsRaft> {
-        self.up
-            .lock()
-            .get(node)
-            .and_then(|h| h.raft(shard).cloned())
-    }
-
     fn host(&self, node: &str) -> Option<Arc<DsHost>> {
         self.up.lock().get(node).cloned()
     }
@@ -213,46 +205,19 @@ struct Record {
     unknown: u64,
 }
 
-/// Submits `cmd` to shard `shard`'s leader, following redirections;
-/// `None` when the outcome is unknown (no leader reachable in time).
+/// Submits `cmd` to shard `shard` through a random node that is up (its
+/// host finds the leader, over the simulated network when it is
+/// elsewhere); `None` when the outcome is unknown (no answer in time, or
+/// the node crashed meanwhile).
 async fn submit(router: &Router, shard: u16, cmd: Command, rng_seed: u64) -> Option<(u64, Reply)> {
     let mut rng = StdRng::seed_from_u64(rng_seed);
-    let mut target: Option<String> = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::time::Instant::now() < deadline {
-        let to = match target.take() {
-            Some(t) => t,
-            None => {
-                let up = router.names();
-                if up.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-                up[rng.random_range(0..up.len())].clone()
-            }
-        };
-        let Some(raft) = router.raft(&to, shard) else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
-            Ok(Ok(resp)) => return Some((resp.log_id.index, resp.data)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                target = f
-                    .leader_node
-                    .map(|n| n.addr)
-                    .filter(|n| f.leader_id == Some(node_id(n)));
-                if target.is_none() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            // Stopped, or the leader changed before the commit: unknown.
-            Ok(Err(_)) => return None,
-            Err(_) => return None,
-        }
+    let up = router.names();
+    if up.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        return None;
     }
-    None
+    let host = router.host(&up[rng.random_range(0..up.len())])?;
+    host.submit(shard, cmd, Duration::from_secs(2)).await.ok()
 }
 
 async fn client(
@@ -298,7 +263,7 @@ async fn client(
             (true, Some(old)) => (*old, true),
             _ => (epoch.unwrap_or_default(), false),
         };
-        let key = format!("{cid}/{seq}").into_bytes();
+        let key = session_key(&cid, &seq.to_be_bytes());
         if stale {
             rec.lock().stale.insert(key.clone());
         }
@@ -492,6 +457,31 @@ async fn check_end(
                     "{cid}: owner epoch {owner} behind acknowledged {last}"
                 ));
             }
+        }
+    }
+    // Each client's session read at its leader through a random node (a
+    // linearizable read, forwarded over the network): every acknowledged
+    // write is in it.
+    for (cid, epochs) in &rec.claims {
+        let shard: u16 = cid[1..cid.find('c').unwrap_or(1)].parse().unwrap_or(0);
+        let up = router.names();
+        let host = router
+            .host(&up[(seed as usize + cid.len()) % up.len()])
+            .ok_or("no host up")?;
+        let session = host
+            .read_session(shard, cid, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("{cid}: {e}"))?;
+        let keys: BTreeSet<&Vec<u8>> = session.rows.iter().map(|(_, k, _)| k).collect();
+        let prefix = session_key(cid, &[]);
+        for k in rec.acked.iter().filter(|k| k.starts_with(&prefix)) {
+            if !keys.contains(k) {
+                return Err(format!("{cid}: the read misses acknowledged {k:?}"));
+            }
+        }
+        let last = epochs.last().copied().unwrap_or_default();
+        if session.owner.map(|o| o.epoch).unwrap_or_default() < last {
+            return Err(format!("{cid}: the read's owner is behind epoch {last}"));
         }
     }
     Ok(rec)

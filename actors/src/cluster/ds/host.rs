@@ -13,7 +13,8 @@
 //! only once the cluster removes it (autoclean, force-leave).
 
 use super::{
-    node_id, serve, DsRaft, NodeId, Replica, ReplicaError, Rpc, RpcReply, Transport, Tuning,
+    node_id, serve, Command, DsRaft, NodeId, Redirect, Replica, ReplicaError, Reply, Rpc, RpcReply,
+    SessionRows, Transport, Tuning,
 };
 use crate::durable::Durable;
 use openraft::{BasicNode, ServerState};
@@ -82,12 +83,41 @@ pub struct ShardStatus {
     pub sessions: usize,
 }
 
+/// Why a command or a read got no answer in time. The outcome of a
+/// command is then unknown: it may still commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DsError {
+    #[error("shard {shard}: no leader answered within {waited:?} (last: {why})")]
+    NoQuorum {
+        shard: u16,
+        waited: std::time::Duration,
+        why: String,
+    },
+    #[error("no shard {0}")]
+    NoShard(u16),
+}
+
+/// Redirections followed in a row before pausing.
+const HOPS: usize = 3;
+
+/// What [`DsHost::through_leader`] runs at a shard's leader.
+enum Ask {
+    Write(Command),
+    Read(String),
+}
+
+enum Answer {
+    Written((u64, Reply)),
+    Session(SessionRows),
+}
+
 /// The replicas of every shard on this node.
 pub struct DsHost {
     me: String,
     replicas: Vec<Replica>,
     rf: usize,
     n_sites: usize,
+    transport: Arc<dyn Transport>,
 }
 
 impl DsHost {
@@ -113,6 +143,7 @@ impl DsHost {
             replicas,
             rf: rf.max(1),
             n_sites: n_sites.max(1),
+            transport,
         })
     }
 
@@ -134,9 +165,124 @@ impl DsHost {
 
     /// Hands an [`Rpc`] from another node to the shard's replica here.
     pub async fn serve(&self, shard: u16, rpc: Rpc) -> RpcReply {
-        match self.raft(shard) {
-            Some(raft) => serve(raft, rpc).await,
+        match self.replica(shard) {
+            Some(r) => serve(r, rpc).await,
             None => RpcReply::Refused(format!("{}: no shard {shard}", self.me)),
+        }
+    }
+
+    /// Commits `cmd` in shard `shard` through its leader, wherever it is
+    /// (following redirections, retrying while there is none), within
+    /// `timeout`. Returns the command's log index and answer.
+    pub async fn submit(
+        &self,
+        shard: u16,
+        cmd: Command,
+        timeout: std::time::Duration,
+    ) -> Result<(u64, Reply), DsError> {
+        match self
+            .through_leader(shard, timeout, &Ask::Write(cmd))
+            .await?
+        {
+            Answer::Written(w) => Ok(w),
+            Answer::Session(_) => Err(self.mixed_up(shard, timeout)),
+        }
+    }
+
+    /// `client`'s session in shard `shard`, read at its leader (a
+    /// linearizable read: everything committed before is in it).
+    pub async fn read_session(
+        &self,
+        shard: u16,
+        client: &str,
+        timeout: std::time::Duration,
+    ) -> Result<SessionRows, DsError> {
+        match self
+            .through_leader(shard, timeout, &Ask::Read(client.to_string()))
+            .await?
+        {
+            Answer::Session(s) => Ok(s),
+            Answer::Written(_) => Err(self.mixed_up(shard, timeout)),
+        }
+    }
+
+    fn mixed_up(&self, shard: u16, waited: std::time::Duration) -> DsError {
+        DsError::NoQuorum {
+            shard,
+            waited,
+            why: "an answer of the wrong kind".into(),
+        }
+    }
+
+    /// Runs `ask` at the shard's leader: here when this replica leads,
+    /// else at the node it names (up to [`HOPS`] redirections in a row),
+    /// pausing while no leader is known, until `timeout`.
+    async fn through_leader(
+        &self,
+        shard: u16,
+        timeout: std::time::Duration,
+        ask: &Ask,
+    ) -> Result<Answer, DsError> {
+        let replica = self.replica(shard).ok_or(DsError::NoShard(shard))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut why = String::from("none yet");
+        let mut target: Option<String> = None;
+        let mut hops = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(DsError::NoQuorum {
+                    shard,
+                    waited: timeout,
+                    why,
+                });
+            }
+            let attempt = async {
+                match target.take().filter(|t| *t != self.me) {
+                    None => match ask {
+                        Ask::Write(cmd) => {
+                            replica.write_here(cmd.clone()).await.map(Answer::Written)
+                        }
+                        Ask::Read(c) => replica.read_here(c).await.map(Answer::Session),
+                    },
+                    Some(node) => {
+                        let rpc = match ask {
+                            Ask::Write(cmd) => Rpc::Write(cmd.clone()),
+                            Ask::Read(c) => Rpc::Read { client: c.clone() },
+                        };
+                        match self.transport.call(&node, shard, rpc).await {
+                            Ok(RpcReply::Written(r)) => r.map(Answer::Written),
+                            Ok(RpcReply::Session(r)) => r.map(Answer::Session),
+                            Ok(RpcReply::Refused(w)) => {
+                                Err(Redirect::NoLeader(format!("{node}: {w}")))
+                            }
+                            Ok(_) => Err(Redirect::NoLeader(format!("{node}: unexpected answer"))),
+                            Err(e) => Err(Redirect::NoLeader(format!("{node}: {e}"))),
+                        }
+                    }
+                }
+            };
+            let outcome = match tokio::time::timeout(left, attempt).await {
+                Ok(o) => o,
+                Err(_) => Err(Redirect::NoLeader("timed out".into())),
+            };
+            match outcome {
+                Ok(a) => return Ok(a),
+                Err(Redirect::Leader(l)) if hops < HOPS => {
+                    hops += 1;
+                    why = format!("redirected to {l}");
+                    target = Some(l);
+                }
+                Err(r) => {
+                    hops = 0;
+                    why = match r {
+                        Redirect::Leader(l) => format!("redirected to {l} too often"),
+                        Redirect::NoLeader(w) => w,
+                    };
+                    let pause = std::time::Duration::from_millis(50).min(left);
+                    tokio::time::sleep(pause).await;
+                }
+            }
         }
     }
 

@@ -34,7 +34,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use state::{Command, DsOp, Owner, Reply, ShardState};
+pub use state::{session_key, Command, DsOp, Owner, Reply, SessionRows, ShardState};
 pub use types::{node_id, Ds, DsRaft, NodeId, LOG_TABLE, META_TABLE, SNAP_TABLE};
 
 /// The timers and log compaction of every shard's Raft group.
@@ -92,6 +92,21 @@ pub enum Rpc {
         meta: SnapshotMeta<NodeId, BasicNode>,
         data: Vec<u8>,
     },
+    /// A command for the shard's leader, from a node that is not it.
+    Write(Command),
+    /// A client's session as the leader holds it (a linearizable read).
+    Read {
+        client: String,
+    },
+}
+
+/// Why a node could not take a [`Rpc::Write`] or [`Rpc::Read`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Redirect {
+    /// It is not the leader; this node is, as far as it knows.
+    Leader(String),
+    /// It is not the leader and knows of none, or it stopped.
+    NoLeader(String),
 }
 
 /// The answer to an [`Rpc`].
@@ -100,6 +115,9 @@ pub enum RpcReply {
     Append(AppendEntriesResponse<NodeId>),
     Vote(VoteResponse<NodeId>),
     Snapshot(SnapshotResponse<NodeId>),
+    /// The command's log index and answer once committed and applied.
+    Written(Result<(u64, Reply), Redirect>),
+    Session(Result<SessionRows, Redirect>),
     /// The replica is not there or refused (stopped, not a member yet).
     Refused(String),
 }
@@ -221,7 +239,8 @@ impl RaftNetwork<Ds> for Link {
 }
 
 /// Hands an [`Rpc`] that arrived from another node to the local replica.
-pub async fn serve(raft: &DsRaft, rpc: Rpc) -> RpcReply {
+pub async fn serve(replica: &Replica, rpc: Rpc) -> RpcReply {
+    let raft = &replica.raft;
     let refused = |e: &dyn std::fmt::Display| RpcReply::Refused(e.to_string());
     match rpc {
         Rpc::Append(r) => match raft.append_entries(r).await {
@@ -242,6 +261,15 @@ pub async fn serve(raft: &DsRaft, rpc: Rpc) -> RpcReply {
                 Err(e) => refused(&e),
             }
         }
+        Rpc::Write(cmd) => RpcReply::Written(replica.write_here(cmd).await),
+        Rpc::Read { client } => RpcReply::Session(replica.read_here(&client).await),
+    }
+}
+
+fn redirect(f: &openraft::error::ForwardToLeader<NodeId, BasicNode>) -> Redirect {
+    match &f.leader_node {
+        Some(n) => Redirect::Leader(n.addr.clone()),
+        None => Redirect::NoLeader("no leader known".into()),
     }
 }
 
@@ -298,6 +326,30 @@ impl Replica {
             log,
             sm,
         })
+    }
+
+    /// Commits `cmd` if this replica leads its shard; otherwise says who
+    /// does. An error other than a redirection leaves the outcome unknown
+    /// (the command may still commit).
+    pub async fn write_here(&self, cmd: Command) -> Result<(u64, Reply), Redirect> {
+        use openraft::error::{ClientWriteError, RaftError};
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok((r.log_id.index, r.data)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(redirect(&f)),
+            Err(e) => Err(Redirect::NoLeader(e.to_string())),
+        }
+    }
+
+    /// `client`'s session as of now, if this replica leads its shard (it
+    /// first makes sure a quorum still follows it and its state machine
+    /// has applied everything committed).
+    pub async fn read_here(&self, client: &str) -> Result<SessionRows, Redirect> {
+        use openraft::error::{CheckIsLeaderError, RaftError};
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.sm.read(|s| s.session(client))),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(redirect(&f)),
+            Err(e) => Err(Redirect::NoLeader(e.to_string())),
+        }
     }
 
     /// Makes `members` (node names) the first voters of this shard. Done

@@ -80,6 +80,25 @@ pub enum Reply {
     },
 }
 
+/// The key of a row of `client`'s session: every table keys a session's
+/// rows by its client id and a 0 byte (MQTT client ids hold no U+0000), so
+/// [`ShardState::session`] finds them all.
+pub fn session_key(client: &str, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client.len() + 1 + rest.len());
+    k.extend_from_slice(client.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rest);
+    k
+}
+
+/// One client's session as a shard holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRows {
+    pub owner: Option<Owner>,
+    /// `(table, key, value)`, in table then key order.
+    pub rows: Vec<(u8, Vec<u8>, Vec<u8>)>,
+}
+
 /// A shard's replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardState {
@@ -119,6 +138,25 @@ impl ShardState {
                 self.owners.remove(client);
                 Reply::Done
             }
+        }
+    }
+
+    /// `client`'s owner and rows (see [`session_key`]).
+    pub fn session(&self, client: &str) -> SessionRows {
+        let from = session_key(client, &[]);
+        let mut to = from.clone();
+        if let Some(last) = to.last_mut() {
+            *last = 1;
+        }
+        let mut rows = Vec::new();
+        for (t, table) in &self.tables {
+            for (k, v) in table.range(from.clone()..to.clone()) {
+                rows.push((*t, k.clone(), v.clone()));
+            }
+        }
+        SessionRows {
+            owner: self.owners.get(client).cloned(),
+            rows,
         }
     }
 
@@ -244,6 +282,22 @@ mod tests {
         assert_eq!(s.apply(8, &rel(3)), Reply::Fenced { owner });
         assert_eq!(s.apply(9, &rel(5)), Reply::Done);
         assert!(s.tables.is_empty() && s.owners.is_empty());
+        // A session's rows are found by its client id, not a neighbour's.
+        let mut t = ShardState::default();
+        let put_s = |c: &str, k: &[u8]| DsOp::Put {
+            table: 2,
+            key: session_key(c, k),
+            value: k.to_vec(),
+        };
+        t.change(&[
+            put_s("ab", b"1"),
+            put_s("a", b"2"),
+            put_s("a", b"3"),
+            put_s("a\u{1}", b"4"),
+        ]);
+        let rows = t.session("a").rows;
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().all(|(_, k, _)| k.starts_with(b"a\0")));
         // Without an owner every write is refused.
         assert_eq!(s.apply(10, &w(5, b"k3")), Reply::Fenced { owner: None });
     }
