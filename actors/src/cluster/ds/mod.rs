@@ -34,7 +34,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use state::{session_key, Command, DsOp, Owner, Reply, SessionRows, ShardState};
+pub use state::{
+    epoch_of, session_key, Batch, Command, DsOp, Owner, Reply, SessionRows, ShardState,
+};
 pub use types::{node_id, Ds, DsRaft, NodeId, LOG_TABLE, META_TABLE, SNAP_TABLE};
 
 /// The timers and log compaction of every shard's Raft group.
@@ -289,6 +291,71 @@ pub struct Replica {
     pub raft: DsRaft,
     pub log: log_store::LogStore,
     pub sm: sm_store::SmStore,
+    proposer: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+/// A command waiting for its entry, and where its answer goes.
+type Pending = (
+    Command,
+    tokio::sync::oneshot::Sender<Result<(u64, Reply), Redirect>>,
+);
+
+/// Entries proposed and not yet answered, per shard: the commands that
+/// arrive meanwhile wait and go together in the next entry.
+const IN_FLIGHT: usize = 2;
+
+/// Proposes what `write_here` queued: each entry carries every command
+/// queued since the last one (up to [`state::MAX_BATCH`]), with at most
+/// [`IN_FLIGHT`] entries unanswered. openraft appends and replicates one
+/// entry per log flush, so one command per entry would cap a shard at one
+/// write per fsync; in batches, a flush carries every writer waiting.
+/// Commands keep their order: entries are proposed in order.
+async fn propose(raft: DsRaft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    use openraft::error::ClientWriteError;
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < state::MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let answer = |txs: Vec<tokio::sync::oneshot::Sender<_>>, r: Redirect| {
+            for tx in txs {
+                let _ = tx.send(Err(r.clone()));
+            }
+        };
+        match raft.client_write_ff(state::Batch(cmds)).await {
+            Ok(pending) => {
+                tokio::spawn(async move {
+                    let out = pending.await;
+                    drop(slot);
+                    match out {
+                        Ok(Ok(r)) => {
+                            let index = r.log_id.index;
+                            let mut replies = r.data.into_iter();
+                            for tx in txs {
+                                let reply = match replies.next() {
+                                    Some(rep) => Ok((index, rep)),
+                                    None => Err(Redirect::NoLeader("answer missing".into())),
+                                };
+                                let _ = tx.send(reply);
+                            }
+                        }
+                        Ok(Err(ClientWriteError::ForwardToLeader(f))) => answer(txs, redirect(&f)),
+                        Ok(Err(e)) => answer(txs, Redirect::NoLeader(e.to_string())),
+                        Err(_) => answer(txs, Redirect::NoLeader("stopped".into())),
+                    }
+                });
+            }
+            Err(e) => answer(txs, Redirect::NoLeader(e.to_string())),
+        }
+    }
 }
 
 impl Replica {
@@ -320,11 +387,14 @@ impl Replica {
             shard,
             error: e.to_string(),
         })?;
+        let (proposer, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(propose(raft.clone(), queued));
         Ok(Replica {
             shard,
             raft,
             log,
             sm,
+            proposer,
         })
     }
 
@@ -332,12 +402,10 @@ impl Replica {
     /// does. An error other than a redirection leaves the outcome unknown
     /// (the command may still commit).
     pub async fn write_here(&self, cmd: Command) -> Result<(u64, Reply), Redirect> {
-        use openraft::error::{ClientWriteError, RaftError};
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok((r.log_id.index, r.data)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(redirect(&f)),
-            Err(e) => Err(Redirect::NoLeader(e.to_string())),
-        }
+        let stopped = || Redirect::NoLeader("the replica stopped".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.proposer.send((cmd, tx)).map_err(|_| stopped())?;
+        rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
     /// `client`'s session as of now, if this replica leads its shard (it

@@ -125,7 +125,7 @@ impl RaftStateMachine<Ds> for SmStore {
         Ok((sm.applied, sm.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Reply>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = Entry<Ds>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -135,11 +135,11 @@ impl RaftStateMachine<Ds> for SmStore {
         for e in entries {
             sm.applied = Some(e.log_id);
             out.push(match e.payload {
-                EntryPayload::Blank => Reply::Done,
-                EntryPayload::Normal(ref cmd) => sm.state.apply(e.log_id.index, cmd),
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(ref batch) => sm.state.apply_batch(e.log_id.index, batch),
                 EntryPayload::Membership(ref m) => {
                     sm.membership = StoredMembership::new(Some(e.log_id), m.clone());
-                    Reply::Done
+                    Vec::new()
                 }
             });
         }

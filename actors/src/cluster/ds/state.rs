@@ -3,8 +3,9 @@
 //! (which node, since which epoch).
 //!
 //! Plain data and a deterministic `apply`: every replica that applies the
-//! same commands in the same order holds the same state. An epoch is the
-//! log index of the claim that set it, so epochs only grow, and a write
+//! same commands in the same order holds the same state. An epoch comes
+//! from the log position of the claim that set it ([`epoch_of`]), so epochs
+//! only grow, and a write
 //! made under an epoch that a later claim replaced is refused (fenced):
 //! a node that lost a session without knowing it cannot change it.
 
@@ -39,7 +40,7 @@ pub enum DsOp {
 pub struct Owner {
     /// The node's name, `name@host`.
     pub node: String,
-    /// The log index of the claim.
+    /// From the log position of the claim ([`epoch_of`]).
     pub epoch: u64,
 }
 
@@ -64,6 +65,20 @@ pub enum Command {
         ops: Vec<DsOp>,
     },
 }
+
+/// What one log entry carries: the commands that reached the leader
+/// while the entry before was on its way (see `Replica::write_here`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
+/// The epoch of the command at `position` in the entry at log `index`:
+/// epochs grow with the log, and two claims in one entry differ.
+pub fn epoch_of(index: u64, position: usize) -> u64 {
+    (index << 16) | (position as u64 & 0xffff)
+}
+
+/// Most commands in one entry (their epochs must fit [`epoch_of`]).
+pub const MAX_BATCH: usize = 4096;
 
 /// The answer to a [`Command`] once it is committed and applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,21 +122,28 @@ pub struct ShardState {
 }
 
 impl ShardState {
-    /// Applies a committed command found at log index `index`.
-    pub fn apply(&mut self, index: u64, cmd: &Command) -> Reply {
+    /// Applies a committed entry found at log index `index`.
+    pub fn apply_batch(&mut self, index: u64, batch: &Batch) -> Vec<Reply> {
+        batch
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, c)| self.apply(epoch_of(index, i), c))
+            .collect()
+    }
+
+    /// Applies a committed command; a claim takes `epoch`.
+    pub fn apply(&mut self, epoch: u64, cmd: &Command) -> Reply {
         match cmd {
             Command::Claim { client, node } => {
                 let previous = self.owners.insert(
                     client.clone(),
                     Owner {
                         node: node.clone(),
-                        epoch: index,
+                        epoch,
                     },
                 );
-                Reply::Claimed {
-                    epoch: index,
-                    previous,
-                }
+                Reply::Claimed { epoch, previous }
             }
             Command::Write { client, epoch, ops } => {
                 if let Some(fenced) = self.fence(client, *epoch) {
@@ -212,6 +234,26 @@ mod tests {
             key: k.to_vec(),
             value: b"v".to_vec(),
         }
+    }
+
+    #[test]
+    fn claims_in_one_entry_get_growing_epochs() {
+        let mut s = ShardState::default();
+        let claim = |c: &str| Command::Claim {
+            client: c.into(),
+            node: "a@h".into(),
+        };
+        let r = s.apply_batch(7, &Batch(vec![claim("x"), claim("x"), claim("y")]));
+        let epochs: Vec<u64> = r
+            .iter()
+            .map(|r| match r {
+                Reply::Claimed { epoch, .. } => *epoch,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(epochs[0] < epochs[1] && epochs[1] < epochs[2]);
+        assert!(epochs[2] < epoch_of(8, 0));
+        assert_eq!(s.owners["x"].epoch, epochs[1]);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The types every part of `ds` shares: the Raft type configuration, node
 //! ids, the store's tables and the encoding of what is stored.
 
-use super::state::{Command, Reply};
+use super::state::{Batch, Reply};
 use serde::Serialize;
 
 /// A node's id in the Raft groups: derived from its name (see [`node_id`]).
@@ -10,8 +10,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// The type configuration of the shards' Raft groups.
     pub Ds:
-        D = Command,
-        R = Reply,
+        D = Batch,
+        R = Vec<Reply>,
         SnapshotData = Vec<u8>,
 );
 
