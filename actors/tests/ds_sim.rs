@@ -696,6 +696,20 @@ async fn placement(seed: u64) -> Result<String, String> {
         cores.lock().push(name(n));
         wait_settled(&router, &cores, GROW, &format!("{} joined", name(n))).await?;
     }
+    // Through every node, the replicas' and the others' alike: a node
+    // that holds no replica of a shard finds its leader through the cores.
+    for n in router.names() {
+        let host = router.host(&n).ok_or("a node went")?;
+        for shard in 0..GROW.shards {
+            let probe = Command::Claim {
+                client: format!("via-{n}-{shard}"),
+                node: n.clone(),
+            };
+            host.submit(shard, probe, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("a write through {n}: {e}"))?;
+        }
+    }
     // A core dies for good; the cluster removes it.
     let gone = rng.random_range(0..4);
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;

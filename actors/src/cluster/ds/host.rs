@@ -118,6 +118,9 @@ pub struct DsHost {
     rf: usize,
     n_sites: usize,
     transport: Arc<dyn Transport>,
+    /// The cluster's cores as last given ([`DsHost::reconcile`]): where a
+    /// node that holds no replica of a shard looks for its leader.
+    cores: parking_lot::RwLock<Vec<String>>,
 }
 
 impl DsHost {
@@ -144,6 +147,7 @@ impl DsHost {
             rf: rf.max(1),
             n_sites: n_sites.max(1),
             transport,
+            cores: parking_lot::RwLock::new(vec![me.to_string()]),
         })
     }
 
@@ -161,6 +165,31 @@ impl DsHost {
 
     pub fn raft(&self, shard: u16) -> Option<&DsRaft> {
         self.replica(shard).map(|r| &r.raft)
+    }
+
+    /// The cluster's cores now (the members that may hold replicas).
+    pub fn set_cores(&self, cores: &[String]) {
+        let mut c = self.cores.write();
+        if c.as_slice() != cores {
+            *c = cores.to_vec();
+        }
+    }
+
+    /// Where to ask for shard `shard`'s leader when this node knows none:
+    /// the shard's wanted replicas, then the other cores, the `n`th first.
+    fn ask_next(&self, shard: u16, n: usize) -> Option<String> {
+        let cores = self.cores.read();
+        let mut order = replicas_of(shard, &cores, self.rf);
+        for c in cores.iter() {
+            if !order.contains(c) {
+                order.push(c.clone());
+            }
+        }
+        order.retain(|c| *c != self.me);
+        if order.is_empty() {
+            return None;
+        }
+        Some(order[n % order.len()].clone())
     }
 
     /// Hands an [`Rpc`] from another node to the shard's replica here.
@@ -228,6 +257,7 @@ impl DsHost {
         let mut why = String::from("none yet");
         let mut target: Option<String> = None;
         let mut hops = 0;
+        let mut asked = 0usize;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -237,8 +267,10 @@ impl DsHost {
                     why,
                 });
             }
+            let remote = target.take().filter(|t| *t != self.me);
+            let was_local = remote.is_none();
             let attempt = async {
-                match target.take().filter(|t| *t != self.me) {
+                match remote {
                     None => match ask {
                         Ask::Write(cmd) => {
                             replica.write_here(cmd.clone()).await.map(Answer::Written)
@@ -279,6 +311,16 @@ impl DsHost {
                         Redirect::Leader(l) => format!("redirected to {l} too often"),
                         Redirect::NoLeader(w) => w,
                     };
+                    // This node knows no leader (it may hold no replica of
+                    // the shard): another core may. Otherwise wait for an
+                    // election.
+                    if was_local {
+                        if let Some(next) = self.ask_next(shard, asked) {
+                            asked += 1;
+                            target = Some(next);
+                            continue;
+                        }
+                    }
                     let pause = std::time::Duration::from_millis(50).min(left);
                     tokio::time::sleep(pause).await;
                 }
@@ -291,6 +333,7 @@ impl DsHost {
     /// [`replicas_of`] names; the others learn it from the leaders. Returns
     /// how many shards this node made.
     pub async fn initialize_if_first(&self, cores: &[String]) -> Result<usize, ReplicaError> {
+        self.set_cores(cores);
         let mut sorted: Vec<&String> = cores.iter().collect();
         sorted.sort();
         if cores.len() < self.n_sites || sorted.first().map(|s| s.as_str()) != Some(&self.me) {
@@ -321,6 +364,7 @@ impl DsHost {
     /// is there, makes the wanted set the voters. Errors are logged and
     /// retried at the next call.
     pub async fn reconcile(&self, cores: &[String]) -> Vec<Change> {
+        self.set_cores(cores);
         let mut changes = Vec::new();
         for r in &self.replicas {
             let m = r.raft.metrics().borrow().clone();
