@@ -22,7 +22,7 @@
 //! - the epochs of a client's acknowledged claims only grow;
 //! - no write under a replaced epoch was acknowledged or applied.
 //!
-//! `DS_SIM_SEEDS` sets how many schedules run (default 4); `DS_SIM_SEED`
+//! `DS_SIM_SEEDS` sets how many schedules run (default 3); `DS_SIM_SEED`
 //! replays one.
 
 mod simdisk;
@@ -747,7 +747,7 @@ fn seeds() -> Vec<u64> {
             let n: u64 = std::env::var("DS_SIM_SEEDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(4);
+                .unwrap_or(3);
             (1..=n).collect()
         }
     }
