@@ -203,6 +203,12 @@ impl DsHost {
     /// Commits `cmd` in shard `shard` through its leader, wherever it is
     /// (following redirections, retrying while there is none), within
     /// `timeout`. Returns the command's log index and answer.
+    ///
+    /// An attempt whose outcome is unknown (the leader changed before the
+    /// commit, the answer was lost) is tried again, so a command may be
+    /// applied twice: row puts and removals come out the same, a claim
+    /// takes the later epoch, and a release tried again answers `Fenced`
+    /// (its owner is already gone).
     pub async fn submit(
         &self,
         shard: u16,

@@ -4,13 +4,15 @@
 //! (pinned, 0.9.25) runs the consensus; this module gives it a log and a
 //! state machine kept in the node's durable store ([`crate::durable`],
 //! redb) and a network made of whatever carries [`Rpc`]s between nodes
-//! ([`Transport`]: the cluster's forwarding channel in a node, a
-//! simulated network in the tests).
+//! ([`Transport`]: a simulated network in the tests; the cluster's
+//! connections once the layer is wired into nodes, which it is not yet).
 //!
 //! - [`state`]: what a shard agrees on (tables, session owners, epochs);
 //! - [`log_store`]: the Raft log and vote of a shard on a node;
 //! - [`sm_store`]: the state machine and its snapshots;
-//! - [`Replica`]: one shard's Raft on one node, with its stores.
+//! - [`Replica`]: one shard's Raft on one node, with its stores;
+//! - [`host`]: every shard's replica on a node, placement, and reaching a
+//!   shard's leader from anywhere.
 
 pub mod host;
 pub mod log_store;
