@@ -308,14 +308,18 @@ async fn client(
     }
 }
 
-/// How many replicas have a snapshot.
-fn snapshots(nodes: &[Option<Node>]) -> usize {
-    nodes
+/// Stops every node; returns how many replicas were on a snapshot.
+async fn finish(nodes: Vec<Option<Node>>) -> usize {
+    let snapshots = nodes
         .iter()
         .flatten()
         .flat_map(|n| n.host.status())
         .filter(|s| s.snapshot.is_some())
-        .count()
+        .count();
+    for n in nodes.into_iter().flatten() {
+        n.host.shutdown().await;
+    }
+    snapshots
 }
 
 /// The voters of `shard` as `node` sees them.
@@ -579,10 +583,7 @@ async fn schedule(seed: u64) -> Result<String, String> {
         nodes[n] = Some(start_node(n, disk, &router, FAULTS).await?);
     }
     let rec = check_end(&router, &nodes, SHARDS, &rec, seed).await?;
-    let snapshots = snapshots(&nodes);
-    for n in nodes.into_iter().flatten() {
-        n.host.shutdown().await;
-    }
+    let snapshots = finish(nodes).await;
     Ok(format!(
         "{} writes ({} acknowledged, {} stale, {} unknown), {} claims, {crashes} crashes, {partitions} partitions, {snapshots} replicas on a snapshot",
         rec.writes,
@@ -727,10 +728,7 @@ async fn placement(seed: u64) -> Result<String, String> {
         .await
         .map_err(|e| format!("the reconciler panicked: {e}"))?;
     let rec = check_end(&router, &nodes, GROW.shards, &rec, seed).await?;
-    let snapshots = snapshots(&nodes);
-    for n in nodes.into_iter().flatten() {
-        n.host.shutdown().await;
-    }
+    let snapshots = finish(nodes).await;
     Ok(format!(
         "{} writes ({} acknowledged, {} unknown), {changes} membership steps, {} removed, {snapshots} replicas on a snapshot",
         rec.writes,

@@ -12,6 +12,7 @@
 //! replica (its shard keeps its quorum with the others); it is replaced
 //! only once the cluster removes it (autoclean, force-leave).
 
+use super::types::hash64;
 use super::{
     node_id, serve, Command, DsRaft, NodeId, Redirect, Replica, ReplicaError, Reply, Rpc, RpcReply,
     SessionRows, Transport, Tuning,
@@ -25,14 +26,6 @@ use std::sync::Arc;
 /// shards are on disk), the same on every node.
 pub fn shard_of(client: &str, n_shards: u16) -> u16 {
     (hash64(client.as_bytes()) % u64::from(n_shards.max(1))) as u16
-}
-
-fn hash64(b: &[u8]) -> u64 {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(b);
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&d[..8]);
-    u64::from_be_bytes(x)
 }
 
 /// The cores that should hold `shard`: the `rf` that rank highest for

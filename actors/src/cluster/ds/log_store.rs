@@ -46,6 +46,14 @@ fn log_key(shard: u16, index: u64) -> Vec<u8> {
     k
 }
 
+/// The first key past entry `index` of `shard` (the end of a range that
+/// takes it in).
+fn log_key_after(shard: u16, index: u64) -> Vec<u8> {
+    let mut k = log_key(shard, index);
+    k.push(0);
+    k
+}
+
 fn meta_key(shard: u16, what: u8) -> Vec<u8> {
     let mut k = shard.to_be_bytes().to_vec();
     k.push(what);
@@ -74,13 +82,13 @@ impl LogStore {
                 _ => {}
             }
         }
-        let (from, to) = (log_key(shard, 0), log_key(shard + 1, 0));
-        let rows = if shard == u16::MAX {
-            durable.range(LOG_TABLE, &from, &[0xff; 11])
-        } else {
-            durable.range(LOG_TABLE, &from, &to)
-        }
-        .map_err(|e| bad(LOG_TABLE, &e))?;
+        let rows = durable
+            .range(
+                LOG_TABLE,
+                &log_key(shard, 0),
+                &log_key_after(shard, u64::MAX),
+            )
+            .map_err(|e| bad(LOG_TABLE, &e))?;
         for (k, v) in rows {
             let e: Entry<Ds> = decode(&v).map_err(|e| bad(&format!("log entry {k:?}"), &e))?;
             log.entries.insert(e.log_id.index, e);
@@ -207,7 +215,7 @@ impl RaftLogStorage<Ds> for LogStore {
             self.durable.submit_nowait(vec![Op::DeleteRange {
                 table: LOG_TABLE,
                 from: log_key(self.shard, log_id.index),
-                to: log_key(self.shard, last).into_iter().chain([0]).collect(),
+                to: log_key_after(self.shard, last),
             }]);
         }
         Ok(())
@@ -217,8 +225,7 @@ impl RaftLogStorage<Ds> for LogStore {
         let purged = encode(&log_id).map_err(write_err)?;
         {
             let mut log = self.log.lock();
-            let rest = log.entries.split_off(&(log_id.index + 1));
-            log.entries = rest;
+            log.entries = log.entries.split_off(&(log_id.index + 1));
             log.last_purged = Some(log_id);
         }
         // The removal and the new pointer in one commit.
@@ -226,10 +233,7 @@ impl RaftLogStorage<Ds> for LogStore {
             Op::DeleteRange {
                 table: LOG_TABLE,
                 from: log_key(self.shard, 0),
-                to: log_key(self.shard, log_id.index)
-                    .into_iter()
-                    .chain([0])
-                    .collect(),
+                to: log_key_after(self.shard, log_id.index),
             },
             self.put_meta(PURGED, purged),
         ];

@@ -29,11 +29,17 @@ pub const SNAP_TABLE: &str = "ds_snapshot";
 /// across restarts and the same on every node; the name travels beside
 /// it (in `openraft::BasicNode::addr`).
 pub fn node_id(name: &str) -> NodeId {
+    hash64(name.as_bytes())
+}
+
+/// The first 8 bytes of the SHA-256 of `b`: the same on every node and in
+/// every build (node ids, shards and placement depend on it, on disk).
+pub fn hash64(b: &[u8]) -> u64 {
     use sha2::Digest;
-    let d = sha2::Sha256::digest(name.as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[..8]);
-    u64::from_be_bytes(b)
+    let d = sha2::Sha256::digest(b);
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(x)
 }
 
 pub fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
