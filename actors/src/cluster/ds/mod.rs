@@ -312,7 +312,13 @@ const IN_FLIGHT: usize = 2;
 /// entry per log flush, so one command per entry would cap a shard at one
 /// write per fsync; in batches, a flush carries every writer waiting.
 /// Commands keep their order: entries are proposed in order.
-async fn propose(raft: DsRaft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+///
+/// A leader that the shard removed keeps leading until the change is
+/// committed, and what it appended after the change never commits: a
+/// batch is not proposed on a leader that is no longer a voter, and one
+/// waiting for its commit on a replica that stops leading is answered
+/// with an unknown outcome (so the caller asks the new leader).
+async fn propose(raft: DsRaft, me: NodeId, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
     use openraft::error::ClientWriteError;
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
@@ -332,11 +338,34 @@ async fn propose(raft: DsRaft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pend
                 let _ = tx.send(Err(r.clone()));
             }
         };
+        let removed = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            m.state == openraft::ServerState::Leader && !leads(&m, me)
+        };
+        if removed {
+            drop(slot);
+            answer(
+                txs,
+                Redirect::NoLeader("no longer a voter of the shard".into()),
+            );
+            continue;
+        }
         match raft.client_write_ff(state::Batch(cmds)).await {
             Ok(pending) => {
+                let metrics = raft.metrics();
                 tokio::spawn(async move {
-                    let out = pending.await;
+                    let out = tokio::select! {
+                        out = pending => Some(out),
+                        () = lost_lead(metrics, me) => None,
+                    };
                     drop(slot);
+                    let Some(out) = out else {
+                        return answer(
+                            txs,
+                            Redirect::NoLeader("the leader stepped down before the commit".into()),
+                        );
+                    };
                     match out {
                         Ok(Ok(r)) => {
                             let index = r.log_id.index;
@@ -356,6 +385,30 @@ async fn propose(raft: DsRaft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pend
                 });
             }
             Err(e) => answer(txs, Redirect::NoLeader(e.to_string())),
+        }
+    }
+}
+
+/// Whether node `me` leads its shard and is one of its voters.
+fn leads(m: &openraft::RaftMetrics<NodeId, BasicNode>, me: NodeId) -> bool {
+    m.state == openraft::ServerState::Leader
+        && m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == me)
+}
+
+/// Returns once node `me` no longer [`leads`] (or its Raft stopped).
+async fn lost_lead(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    me: NodeId,
+) {
+    loop {
+        if !leads(&metrics.borrow_and_update(), me) {
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -390,7 +443,7 @@ impl Replica {
             error: e.to_string(),
         })?;
         let (proposer, queued) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(propose(raft.clone(), queued));
+        tokio::spawn(propose(raft.clone(), node_id(name), queued));
         Ok(Replica {
             shard,
             raft,
