@@ -355,6 +355,11 @@ const COMMANDS: &[(&str, &str, &str)] = &[
         "Clean retained messages by the specified topic filter",
     ),
     (
+        "ds",
+        "ds info [--local]",
+        "The replicated durable storage's shards on every core (--local: this node): state, leader, term, log, replicas and their lag",
+    ),
+    (
         "durable",
         "durable status",
         "This node's durable store: size, commits, writes pending, journaled sessions and messages",
@@ -421,6 +426,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("alarms", |n, w| Box::pin(cmd_alarms(n, w))),
     ("api_keys", |n, w| Box::pin(cmd_api_keys(n, w))),
     ("durable", |n, w| Box::pin(cmd_durable(n, w))),
+    ("ds", |n, w| Box::pin(cmd_ds(n, w))),
 ];
 
 /// A command of `group` that does not exist: that group's usage, or the
@@ -950,6 +956,97 @@ async fn cmd_durable(node: &Node, w: &[&str]) -> (i32, String) {
     let mut out = String::new();
     for (k, v) in rows {
         out.push_str(&format!("{k:<17}: {v}\n"));
+    }
+    (0, out)
+}
+
+/// `ds info`: each shard as this core sees it, then as every other
+/// running node does (`--local`: this node only). Lag (log entries a
+/// replica is behind) is known on the shard's leader.
+async fn cmd_ds(node: &Node, w: &[&str]) -> (i32, String) {
+    let local = match w {
+        ["ds", "info"] => false,
+        ["ds", "info", "--local"] => true,
+        _ => return unknown("ds"),
+    };
+    let mut out = String::new();
+    match &node.ds {
+        None => out.push_str(&format!(
+            "Node {}: runs no durable storage shards ({})\n",
+            node.name,
+            if node.role == "core" {
+                "the replicated durable storage is not enabled"
+            } else {
+                "a replicant holds no replicas"
+            }
+        )),
+        Some(ds) => {
+            let rows = node
+                .durable
+                .count(emqx_actors::cluster::ds::LOG_TABLE)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|e| format!("unreadable ({e})"));
+            let size = std::fs::metadata(node.durable.path())
+                .map(|m| m.len().to_string())
+                .unwrap_or_else(|e| format!("unknown ({e})"));
+            out.push_str(&format!(
+                "Node {}: {} shard(s), replication factor {}, {} site(s) to start; {rows} log entries kept in {} ({size} bytes)\n",
+                node.name,
+                ds.n_shards(),
+                ds.rf(),
+                ds.n_sites(),
+                node.durable.path().display(),
+            ));
+            out.push_str(&format!(
+                "{:<5} {:<9} {:<23} {:>5} {:>9} {:>9} {:>9}  {:<39} {}\n",
+                "shard",
+                "state",
+                "leader",
+                "term",
+                "last_log",
+                "applied",
+                "snapshot",
+                "voters (learners)",
+                "lag"
+            ));
+            let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+            for st in ds.status() {
+                let mut voters = st.voters.join(",");
+                if !st.learners.is_empty() {
+                    voters.push_str(&format!(" ({})", st.learners.join(",")));
+                }
+                let lag = if st.lag.is_empty() {
+                    "-".to_string()
+                } else {
+                    st.lag
+                        .iter()
+                        .map(|(n, l)| format!("{n}={l}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                out.push_str(&format!(
+                    "{:<5} {:<9} {:<23} {:>5} {:>9} {:>9} {:>9}  {:<39} {}\n",
+                    st.shard,
+                    st.state,
+                    st.leader.as_deref().unwrap_or("-"),
+                    st.term,
+                    opt(st.last_log),
+                    opt(st.applied),
+                    opt(st.snapshot),
+                    if voters.is_empty() {
+                        "-".into()
+                    } else {
+                        voters
+                    },
+                    lag
+                ));
+            }
+        }
+    }
+    if !local {
+        for (_, o) in on_peers(node, &["ds", "info", "--local"]).await {
+            out.push_str(&o);
+        }
     }
     (0, out)
 }

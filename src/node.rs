@@ -8,10 +8,12 @@ use crate::peer_tls::NodeTls;
 use crate::running::{pid_file, Node};
 use emqx_actors::alarms::{AlarmSettings, Alarms};
 use emqx_actors::broker::{Broker, BrokerSettings, SharedStrategy};
+use emqx_actors::cluster::ds::host::DsHost;
 use emqx_actors::cluster::membership::{MemberInfo, Role};
 use emqx_actors::cluster::registry::Registry;
 use emqx_actors::cluster::service::{
-    group_of, ClusterService, ClusterSettings, ClusterView, Dialer, Endpoint, SvcArgs, SvcMsg,
+    group_of, ClusterService, ClusterSettings, ClusterView, Dialer, Endpoint, EndpointArgs,
+    SvcArgs, SvcMsg,
 };
 use emqx_actors::durable::Durable;
 use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
@@ -357,6 +359,7 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
         role: cfg.node.db_role.as_str(),
         api_auth: api_auth.clone(),
         durable: core.durable.clone(),
+        ds: core.ds.clone(),
         log_dir: cfg
             .log
             .file
@@ -536,6 +539,39 @@ struct Core {
     /// The replicated tables (the API keeps its users there).
     tables: Arc<ReplTables>,
     durable: Durable,
+    /// The replicated durable storage's shards on this core (the
+    /// developer preview, see [`ds_preview`]).
+    ds: Option<Arc<DsHost>>,
+}
+
+/// The variable that runs the replicated durable storage's groups in its
+/// developer preview: `<n_shards>/<replication_factor>/<n_sites>`. Not a
+/// configuration: the groups form, replicate and show in `ctl ds info`,
+/// but no session is kept in them yet, so `durable_storage.*` stays
+/// refused (docs/durability.md).
+pub const DS_PREVIEW_VAR: &str = "EMQXRS_DS_PREVIEW";
+
+/// The preview's shards, replication factor and sites, if it is on.
+fn ds_preview() -> Result<Option<(u16, usize, usize)>, String> {
+    let Ok(v) = std::env::var(DS_PREVIEW_VAR) else {
+        return Ok(None);
+    };
+    let bad = || {
+        format!(
+            "{DS_PREVIEW_VAR}={v:?}: expected <n_shards>/<replication_factor>/<n_sites>, e.g. 16/3/1 (n_shards 1..=1024, the others 1..=16)"
+        )
+    };
+    let parts: Vec<&str> = v.split('/').collect();
+    let [shards, rf, sites] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let shards: u16 = shards.trim().parse().map_err(|_| bad())?;
+    let rf: usize = rf.trim().parse().map_err(|_| bad())?;
+    let sites: usize = sites.trim().parse().map_err(|_| bad())?;
+    if !(1..=1024).contains(&shards) || !(1..=16).contains(&rf) || !(1..=16).contains(&sites) {
+        return Err(bad());
+    }
+    Ok(Some((shards, rf, sites)))
 }
 
 /// The forwarder (bound, not yet serving), the view of the other nodes
@@ -704,7 +740,30 @@ async fn start_broker(
         Arc::downgrade(&ctx),
         ctx.settings.idle_timeout,
     ));
+    // The durable storage's shards (a core in the preview only).
+    let ds = match ds_preview()? {
+        Some((shards, rf, sites)) if role_of(cfg) == Role::Core => {
+            let transport = Arc::new(emqx_actors::cluster::ds_link::ClusterTransport);
+            let host = DsHost::start(
+                name,
+                &durable,
+                shards,
+                rf,
+                sites,
+                transport,
+                &emqx_actors::cluster::ds::Tuning::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot start the durable storage shards: {e}"))?;
+            tracing::warn!(
+                "{DS_PREVIEW_VAR}: the replicated durable storage runs {shards} shard(s), replication factor {rf}, {sites} site(s) to start; it keeps no session yet"
+            );
+            Some(Arc::new(host))
+        }
+        _ => None,
+    };
     let core = Core {
+        ds,
         hibernate_task,
         ctx,
         forwarder,
@@ -810,11 +869,16 @@ async fn start_cluster(
             retain_rx: replication.retain_rx,
             tables: replication.tables,
             table_rx: replication.table_rx,
+            ds: core.ds.clone(),
         },
     )
     .await
     .map_err(|e| format!("cannot start the cluster service: {e}"))?;
-    let (endpoint, _) = Actor::spawn(None, Endpoint, service.clone())
+    let endpoint_args = EndpointArgs {
+        svc: service.clone(),
+        ds: core.ds.clone(),
+    };
+    let (endpoint, _) = Actor::spawn(None, Endpoint, endpoint_args)
         .await
         .map_err(|e| format!("cannot start the cluster endpoint: {e}"))?;
     ractor::pg::join(group_of(name), vec![endpoint.get_cell()]);

@@ -32,6 +32,8 @@ pub struct Node {
     pub api_auth: Arc<crate::api::auth::Auth>,
     /// The node's durable store (`ctl durable`).
     pub durable: emqx_actors::durable::Durable,
+    /// The replicated durable storage's shards here (the preview).
+    pub ds: Option<Arc<emqx_actors::cluster::ds::host::DsHost>>,
 }
 
 pub fn pid_file(cfg: &Config) -> PathBuf {

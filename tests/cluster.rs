@@ -965,3 +965,153 @@ fn autoclean_removes_a_node_down_longer_than_the_period_and_tells_it_when_it_ret
         wait_status(n, &removed, Duration::from_secs(5), &[a, b]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// 12. the replicated durable storage's groups (developer preview)
+// ---------------------------------------------------------------------------
+
+/// One shard's line of `ds info --local`.
+#[derive(Debug)]
+struct ShardRow {
+    shard: u16,
+    state: String,
+    leader: String,
+    voters: Vec<String>,
+    learners: bool,
+    lag: String,
+}
+
+fn ds_rows(n: &Node) -> Vec<ShardRow> {
+    let (code, out) = n.ctl(&["ds", "info", "--local"]);
+    assert_eq!(code, 0, "{out}");
+    out.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 9 {
+                return None;
+            }
+            Some(ShardRow {
+                shard: f[0].parse().ok()?,
+                state: f[1].to_string(),
+                leader: f[2].to_string(),
+                voters: f[7].split(',').map(str::to_string).collect(),
+                learners: f[8].starts_with('('),
+                lag: f[f.len() - 1].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Whether, as `n` sees it, every one of `shards` shards has a leader
+/// among `members` whose voters are exactly `members`.
+fn ds_settled(n: &Node, shards: u16, members: &[&Node]) -> bool {
+    let want: HashSet<String> = members.iter().map(|m| m.name.clone()).collect();
+    let rows = ds_rows(n);
+    rows.len() == shards as usize
+        && rows.iter().all(|r| {
+            want.contains(&r.leader)
+                && !r.learners
+                && r.voters.iter().cloned().collect::<HashSet<_>>() == want
+        })
+}
+
+#[test]
+fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_core() {
+    let env = vec![("EMQXRS_DS_PREVIEW".to_string(), "4/3/1".to_string())];
+    // Each node starts alone, so each makes the 4 shards' groups on its
+    // own (n_sites = 1); the nodes that join drop theirs for the
+    // cluster's.
+    let mut nodes: Vec<Node> = [1u8, 2, 3]
+        .iter()
+        .map(|ip| {
+            let mut n = prepare(*ip);
+            n.spawn(&env);
+            n
+        })
+        .collect();
+    for n in &nodes {
+        assert!(
+            wait_until(Duration::from_secs(15), || ds_settled(n, 4, &[n])),
+            "{}: its own shards: {:?}\n{}",
+            n.name,
+            ds_rows(n),
+            tail(n)
+        );
+    }
+    for n in &nodes[1..] {
+        join(n, &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    for n in &all {
+        assert!(
+            wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
+            "{}: every shard on the three cores: {:?}\n{}",
+            n.name,
+            ds_rows(n),
+            tails(&all)
+        );
+        assert!(
+            tail(n).contains("dropped 4 shard(s)") == (n.name != nodes[0].name),
+            "only the nodes that joined drop their own shards\n{}",
+            tail(n)
+        );
+    }
+    // The cluster-wide view lists every node.
+    let (_, out) = nodes[0].ctl(&["ds", "info"]);
+    for n in &all {
+        assert!(
+            out.contains(&format!("Node {}: 4 shard(s)", n.name)),
+            "{out}"
+        );
+    }
+    // The leader reports its followers' lag.
+    let leading: Vec<ShardRow> = all
+        .iter()
+        .flat_map(|n| ds_rows(n))
+        .filter(|r| r.state == "Leader")
+        .collect();
+    assert_eq!(leading.len(), 4, "one leader per shard: {leading:?}");
+    assert!(leading.iter().all(|r| r.lag.contains('=')), "{leading:?}");
+
+    // kill -9 of the node that leads shard 0: the other two elect again.
+    let led = leading
+        .iter()
+        .find(|r| r.shard == 0)
+        .map(|r| r.leader.clone())
+        .unwrap_or_default();
+    let dead = nodes
+        .iter()
+        .position(|n| n.name == led)
+        .expect("shard 0's leader is a node");
+    nodes[dead].kill();
+    let dead_name = nodes[dead].name.clone();
+    let alive: Vec<&Node> = nodes.iter().filter(|n| n.name != dead_name).collect();
+    for n in &alive {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let rows = ds_rows(n);
+                rows.len() == 4
+                    && rows
+                        .iter()
+                        .all(|r| r.leader != dead_name && alive.iter().any(|a| a.name == r.leader))
+            }),
+            "{}: every shard led by a live core after the kill: {:?}\n{}",
+            n.name,
+            ds_rows(n),
+            tails(&alive)
+        );
+    }
+    // Removed from the cluster, the dead core leaves every shard.
+    let (code, out) = alive[0].ctl(&["cluster", "force-leave", &dead_name]);
+    assert_eq!(code, 0, "{out}");
+    for n in &alive {
+        assert!(
+            wait_until(Duration::from_secs(30), || ds_settled(n, 4, &alive)),
+            "{}: the shards on the two cores left: {:?}\n{}",
+            n.name,
+            ds_rows(n),
+            tails(&alive)
+        );
+    }
+}

@@ -506,11 +506,20 @@ async fn schedule(seed: u64) -> Result<String, String> {
     }
     let members: Vec<String> = (0..NODES).map(name).collect();
     let first = nodes[0].as_ref().ok_or("node 0")?;
-    let made = first
-        .host
-        .initialize_if_first(&members)
-        .await
-        .map_err(|e| e.to_string())?;
+    // A shard is made once every other node said it holds none of it; a
+    // lost answer leaves it for the next try (the cluster service tries
+    // every heartbeat).
+    let mut made = 0;
+    for _ in 0..20 {
+        made += first
+            .host
+            .initialize_if_first(&members)
+            .await
+            .map_err(|e| e.to_string())?;
+        if made >= SHARDS as usize {
+            break;
+        }
+    }
     if made != SHARDS as usize {
         return Err(format!("node 0 made {made} shards of {SHARDS}"));
     }
@@ -738,6 +747,120 @@ async fn placement(seed: u64) -> Result<String, String> {
     ))
 }
 
+/// Two nodes each make their own groups while alone; a fresh node that
+/// sorts first by name and one of them join the other's cluster. The
+/// cluster's groups win: the joiner drops the shards it made alone, the
+/// fresh node makes no second group although it sorts first, and every
+/// claim made in the cluster's groups is read back through every node.
+async fn joining(seed: u64) -> Result<String, String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let router = Arc::new(Router {
+        up: Mutex::new(HashMap::new()),
+        cut: Mutex::new(BTreeSet::new()),
+        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x701e)),
+    });
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for i in 0..3 {
+        nodes.push(Some(
+            start_node(i, SimDisk::new(Vec::new()), &router, GROW).await?,
+        ));
+    }
+    let host = |i: usize| {
+        router
+            .host(&name(i))
+            .ok_or(format!("{} is not up", name(i)))
+    };
+    // n1 and n2 alone: each makes the shards.
+    for i in [1, 2] {
+        let made = host(i)?
+            .initialize_if_first(&[name(i)])
+            .await
+            .map_err(|e| e.to_string())?;
+        if made != GROW.shards as usize {
+            return Err(format!("{} alone made {made} shards", name(i)));
+        }
+    }
+    // Claims in both: n1's are the cluster's, n2's go with its groups.
+    let mut kept = Vec::new();
+    for (i, n) in [(1usize, 6usize), (2, 3)] {
+        for k in 0..n {
+            let client = format!("c{i}-{k}-{}", rng.random_range(0..1000));
+            let shard = ds::host::shard_of(&client, GROW.shards);
+            let cmd = Command::Claim {
+                client: client.clone(),
+                node: name(i),
+            };
+            let (_, reply) = host(i)?
+                .submit(shard, cmd, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("a claim through {} alone: {e}", name(i)))?;
+            if i == 1 {
+                let Reply::Claimed { epoch, .. } = reply else {
+                    return Err(format!("{client}: {reply:?}"));
+                };
+                kept.push((client, shard, epoch));
+            }
+        }
+    }
+    // n0 (fresh, first by name) and n2 join n1's cluster.
+    let members: Vec<String> = (0..3).map(name).collect();
+    let cores = Mutex::new(members.clone());
+    let dropped = host(2)?
+        .forget_foreign(&members)
+        .await
+        .map_err(|e| e.to_string())?;
+    if dropped.len() != GROW.shards as usize {
+        return Err(format!("n2 dropped {dropped:?}"));
+    }
+    // n0 held nothing to drop (n1 was joined, it does not drop anything).
+    let d = host(0)?
+        .forget_foreign(&members)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !d.is_empty() {
+        return Err(format!("{} dropped {d:?}", name(0)));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for i in 0..3 {
+            let h = host(i)?;
+            let made = h
+                .initialize_if_first(&members)
+                .await
+                .map_err(|e| e.to_string())?;
+            if made > 0 {
+                return Err(format!("{} made {made} second group(s)", name(i)));
+            }
+            h.reconcile(&members).await;
+        }
+        if settled(&router, &cores.lock(), GROW) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("the shards did not reach the three nodes in 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        for (client, shard, epoch) in &kept {
+            let s = host(i)?
+                .read_session(*shard, client, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("reading {client} through {}: {e}", name(i)))?;
+            match s.owner {
+                Some(o) if o.epoch == *epoch && o.node == name(1) => {}
+                other => return Err(format!("{client} through {}: {other:?}", name(i))),
+            }
+        }
+    }
+    finish(nodes).await;
+    Ok(format!(
+        "{} claims kept, {} shards dropped by n2",
+        kept.len(),
+        dropped.len()
+    ))
+}
+
 fn seeds() -> Vec<u64> {
     match std::env::var("DS_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("DS_SIM_SEED is a number")],
@@ -793,4 +916,9 @@ async fn shards_follow_the_cores_as_they_join_and_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_and_epochs_survive_crashes_and_partitions() {
     run_seeds(schedule).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_drops_the_groups_it_made_alone_and_makes_no_second_one() {
+    run_seeds(joining).await;
 }

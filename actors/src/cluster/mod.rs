@@ -7,6 +7,7 @@ pub mod autoheal;
 pub mod copy;
 pub mod detector;
 pub mod ds;
+pub mod ds_link;
 pub mod guard;
 pub mod membership;
 pub mod registry;

@@ -17,6 +17,7 @@
 //! `following.rs` (a replicant: the core it follows and its copy). Calls
 //! to peers are in `../rpc.rs`.
 
+mod ds_drive;
 mod following;
 mod heal;
 mod health;
@@ -28,6 +29,8 @@ mod routes_sync;
 use super::autoheal::{Beat, Effect, HealConfig, Monitor, SplitView};
 use super::copy::{CoreOp, LocalCopy, MemberRow};
 use super::detector::Backoff;
+use super::ds::driver::{spawn_driver, DsWork};
+use super::ds::host::DsHost;
 use super::membership::{
     atom, status_json, status_line, status_value, MemberInfo, Membership, Role,
 };
@@ -71,31 +74,54 @@ fn quiet_beats(heartbeat: Duration, down: Duration) -> u32 {
 
 pub struct Endpoint;
 
+/// What the endpoint hands requests to.
+pub struct EndpointArgs {
+    pub svc: ActorRef<SvcMsg>,
+    /// This node's durable storage replicas (a core that runs them).
+    pub ds: Option<Arc<DsHost>>,
+}
+
 impl Actor for Endpoint {
     type Msg = EndpointMsg;
-    type State = ActorRef<SvcMsg>;
-    type Arguments = ActorRef<SvcMsg>;
+    type State = EndpointArgs;
+    type Arguments = EndpointArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<EndpointMsg>,
-        svc: Self::State,
+        args: Self::State,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(svc)
+        Ok(args)
     }
 
     async fn handle(
         &self,
         _me: ActorRef<EndpointMsg>,
         msg: EndpointMsg,
-        svc: &mut Self::State,
+        st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let svc = &st.svc;
         match msg {
             EndpointMsg::Call(bytes, reply) => match wire::decode::<Req>(&bytes) {
                 // The rest of a big reply: served here, not by the service.
                 Ok(Req::Part { id, offset }) => {
                     let _ = reply.send(wire::encode(&super::rpc::part(id, offset)));
                 }
+                // A shard's message: to its replica, in a task of its own
+                // (a forwarded command waits for its commit).
+                Ok(Req::Ds { shard, rpc }) => match &st.ds {
+                    Some(ds) => {
+                        let ds = ds.clone();
+                        tokio::spawn(async move {
+                            let answer = Resp::Ds(Box::new(ds.serve(shard, *rpc).await));
+                            let _ = reply.send(super::rpc::reply_bytes(&answer));
+                        });
+                    }
+                    None => {
+                        let no = Resp::Refused("this node runs no durable storage".into());
+                        let _ = reply.send(wire::encode(&no));
+                    }
+                },
                 Ok(req) => {
                     let _ = svc.cast(SvcMsg::Remote(req, reply));
                 }
@@ -191,6 +217,8 @@ pub struct SvcArgs {
     /// The replicated tables (users), and this node's writes to them.
     pub tables: Arc<ReplTables>,
     pub table_rx: mpsc::UnboundedReceiver<TableOps>,
+    /// This core's durable storage replicas, if it runs them.
+    pub ds: Option<Arc<DsHost>>,
 }
 
 pub struct SvcState {
@@ -249,6 +277,9 @@ pub struct SvcState {
     hosts: HashMap<String, (String, Instant)>,
     /// A replicant: its stream and copy (see `following.rs`).
     follower: Option<Follower>,
+    /// The task that makes this core's durable storage replicas follow the
+    /// membership (see `ds_drive.rs`).
+    ds: Option<mpsc::UnboundedSender<DsWork>>,
 }
 
 /// A replicant's side: the stream it follows, the copy it feeds, and its
@@ -427,6 +458,7 @@ impl Actor for ClusterService {
             recording: false,
             hosts: HashMap::new(),
             follower,
+            ds: a.ds.filter(|_| !replicant).map(spawn_driver),
         };
         st.publish_running();
         Ok(st)

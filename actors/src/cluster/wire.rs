@@ -85,6 +85,12 @@ pub enum Req {
         id: u64,
         offset: u64,
     },
+    /// A message to the receiver's replica of a durable storage shard
+    /// ([`super::ds`]); answered with [`Resp::Ds`].
+    Ds {
+        shard: u16,
+        rpc: Box<super::ds::Rpc>,
+    },
 }
 
 /// Replies to [`Req`].
@@ -126,6 +132,8 @@ pub enum Resp {
     },
     /// One part of such a reply.
     Part(Vec<u8>),
+    /// A durable storage replica's answer to [`Req::Ds`].
+    Ds(Box<super::ds::RpcReply>),
 }
 
 /// Everything a newcomer adopts when it joins.

@@ -107,7 +107,11 @@ enum Answer {
 /// The replicas of every shard on this node.
 pub struct DsHost {
     me: String,
-    replicas: Vec<Replica>,
+    /// Each shard's replica; replaced when the shard is forgotten
+    /// ([`DsHost::forget_foreign`]).
+    replicas: Vec<parking_lot::RwLock<Replica>>,
+    durable: Durable,
+    config: Arc<openraft::Config>,
     rf: usize,
     n_sites: usize,
     transport: Arc<dyn Transport>,
@@ -131,12 +135,14 @@ impl DsHost {
             super::raft_config(timers).map_err(|error| ReplicaError::Raft { shard: 0, error })?;
         let mut replicas = Vec::with_capacity(n_shards as usize);
         for shard in 0..n_shards {
-            replicas
-                .push(Replica::start(me, shard, durable, transport.clone(), config.clone()).await?);
+            let r = Replica::start(me, shard, durable, transport.clone(), config.clone()).await?;
+            replicas.push(parking_lot::RwLock::new(r));
         }
         Ok(DsHost {
             me: me.to_string(),
             replicas,
+            durable: durable.clone(),
+            config,
             rf: rf.max(1),
             n_sites: n_sites.max(1),
             transport,
@@ -148,16 +154,84 @@ impl DsHost {
         &self.me
     }
 
+    /// How many replicas each shard should have.
+    pub fn rf(&self) -> usize {
+        self.rf
+    }
+
+    /// How many cores the cluster needs before the shards are made.
+    pub fn n_sites(&self) -> usize {
+        self.n_sites
+    }
+
     pub fn n_shards(&self) -> u16 {
         self.replicas.len() as u16
     }
 
-    pub fn replica(&self, shard: u16) -> Option<&Replica> {
-        self.replicas.get(shard as usize)
+    /// Shard `shard`'s replica here (a handle: the replica itself may be
+    /// replaced meanwhile).
+    pub fn replica(&self, shard: u16) -> Option<Replica> {
+        self.replicas.get(shard as usize).map(|r| r.read().clone())
     }
 
-    pub fn raft(&self, shard: u16) -> Option<&DsRaft> {
-        self.replica(shard).map(|r| &r.raft)
+    fn all(&self) -> Vec<Replica> {
+        self.replicas.iter().map(|r| r.read().clone()).collect()
+    }
+
+    pub fn raft(&self, shard: u16) -> Option<DsRaft> {
+        self.replica(shard).map(|r| r.raft)
+    }
+
+    /// After this node joined a cluster of `members` (its cores and
+    /// itself): forgets each shard whose group does not belong to that
+    /// cluster (none of its voters but this node is a member: made while
+    /// this node was alone, or in another cluster), so the cluster's
+    /// leader can add this node to the cluster's group afresh. Two groups
+    /// of one shard cannot merge: as with everything else a joining node
+    /// held, the cluster's copy wins. Shards of the cluster's own groups
+    /// (a node back from an autoheal restart) are kept. Returns the
+    /// shards forgotten.
+    pub async fn forget_foreign(&self, members: &[String]) -> Result<Vec<u16>, ReplicaError> {
+        let others: BTreeSet<NodeId> = members
+            .iter()
+            .filter(|m| **m != self.me)
+            .map(|m| node_id(m))
+            .collect();
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut forgotten = Vec::new();
+        for (i, slot) in self.replicas.iter().enumerate() {
+            let shard = i as u16;
+            let old = slot.read().clone();
+            let m = old.raft.metrics().borrow().clone();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let ours = voters.iter().any(|v| others.contains(v));
+            if voters.is_empty() || ours {
+                continue;
+            }
+            let err = |e: &dyn std::fmt::Display| ReplicaError::Storage {
+                shard,
+                error: e.to_string(),
+            };
+            old.raft.shutdown().await.map_err(|e| err(&e))?;
+            self.durable
+                .submit(super::types::clear_shard_ops(shard))
+                .wait()
+                .await
+                .map_err(|e| err(&e))?;
+            let new = Replica::start(
+                &self.me,
+                shard,
+                &self.durable,
+                self.transport.clone(),
+                self.config.clone(),
+            )
+            .await?;
+            *slot.write() = new;
+            forgotten.push(shard);
+        }
+        Ok(forgotten)
     }
 
     /// The cluster's cores now (the members that may hold replicas).
@@ -188,7 +262,7 @@ impl DsHost {
     /// Hands an [`Rpc`] from another node to the shard's replica here.
     pub async fn serve(&self, shard: u16, rpc: Rpc) -> RpcReply {
         match self.replica(shard) {
-            Some(r) => serve(r, rpc).await,
+            Some(r) => serve(&r, rpc).await,
             None => RpcReply::Refused(format!("{}: no shard {shard}", self.me)),
         }
     }
@@ -251,7 +325,9 @@ impl DsHost {
         timeout: std::time::Duration,
         ask: &Ask,
     ) -> Result<Answer, DsError> {
-        let replica = self.replica(shard).ok_or(DsError::NoShard(shard))?;
+        if self.replicas.get(shard as usize).is_none() {
+            return Err(DsError::NoShard(shard));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut why = String::from("none yet");
         let mut target: Option<String> = None;
@@ -270,11 +346,12 @@ impl DsHost {
             let was_local = remote.is_none();
             let attempt = async {
                 match remote {
-                    None => match ask {
-                        Ask::Write(cmd) => {
-                            replica.write_here(cmd.clone()).await.map(Answer::Written)
+                    None => match (self.replica(shard), ask) {
+                        (None, _) => Err(Redirect::NoLeader("no replica".into())),
+                        (Some(r), Ask::Write(cmd)) => {
+                            r.write_here(cmd.clone()).await.map(Answer::Written)
                         }
-                        Ask::Read(c) => replica.read_here(c).await.map(Answer::Session),
+                        (Some(r), Ask::Read(c)) => r.read_here(c).await.map(Answer::Session),
                     },
                     Some(node) => {
                         let rpc = match ask {
@@ -329,8 +406,11 @@ impl DsHost {
 
     /// The first time the cluster has `n_sites` cores, the first of them
     /// by name makes each shard's group, with the replicas
-    /// [`replicas_of`] names; the others learn it from the leaders. Returns
-    /// how many shards this node made.
+    /// [`replicas_of`] names; the others learn it from the leaders. A
+    /// shard is made only once every other core said its replica belongs
+    /// to no group: a core that joins later and sorts first must not make
+    /// a second group beside the cluster's. Returns how many shards this
+    /// node made.
     pub async fn initialize_if_first(&self, cores: &[String]) -> Result<usize, ReplicaError> {
         self.set_cores(cores);
         let mut sorted: Vec<&String> = cores.iter().collect();
@@ -339,7 +419,7 @@ impl DsHost {
             return Ok(0);
         }
         let mut made = 0;
-        for r in &self.replicas {
+        for r in self.all() {
             let inited = r
                 .raft
                 .is_initialized()
@@ -348,13 +428,26 @@ impl DsHost {
                     shard: r.shard,
                     error: e.to_string(),
                 })?;
-            if inited {
+            if inited || !self.nobody_else_has(r.shard, cores).await {
                 continue;
             }
             r.initialize(&replicas_of(r.shard, cores, self.rf)).await?;
             made += 1;
         }
         Ok(made)
+    }
+
+    /// Whether every core but this one answered that its replica of
+    /// `shard` belongs to no group.
+    async fn nobody_else_has(&self, shard: u16, cores: &[String]) -> bool {
+        for c in cores.iter().filter(|c| **c != self.me) {
+            let asked = self.transport.call(c, shard, Rpc::Initialized);
+            match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+                Ok(Ok(RpcReply::Initialized(false))) => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// On each shard this node leads, moves the membership one step
@@ -365,7 +458,7 @@ impl DsHost {
     pub async fn reconcile(&self, cores: &[String]) -> Vec<Change> {
         self.set_cores(cores);
         let mut changes = Vec::new();
-        for r in &self.replicas {
+        for r in self.all() {
             let m = r.raft.metrics().borrow().clone();
             if m.state != ServerState::Leader {
                 continue;
@@ -413,8 +506,8 @@ impl DsHost {
 
     /// Every shard as this node sees it.
     pub fn status(&self) -> Vec<ShardStatus> {
-        self.replicas
-            .iter()
+        self.all()
+            .into_iter()
             .map(|r| {
                 let m = r.raft.metrics().borrow().clone();
                 let membership = m.membership_config.membership();
@@ -459,7 +552,7 @@ impl DsHost {
 
     /// Stops every replica.
     pub async fn shutdown(&self) {
-        for r in &self.replicas {
+        for r in self.all() {
             let _ = r.raft.shutdown().await;
         }
     }

@@ -14,6 +14,7 @@
 //! - [`host`]: every shard's replica on a node, placement, and reaching a
 //!   shard's leader from anywhere.
 
+pub mod driver;
 pub mod host;
 pub mod log_store;
 pub mod sm_store;
@@ -102,6 +103,9 @@ pub enum Rpc {
     Read {
         client: String,
     },
+    /// Whether the receiver's replica belongs to a group (see
+    /// [`host::DsHost::initialize_if_first`]).
+    Initialized,
 }
 
 /// Why a node could not take a [`Rpc::Write`] or [`Rpc::Read`].
@@ -124,6 +128,30 @@ pub enum RpcReply {
     Session(Result<SessionRows, Redirect>),
     /// The replica is not there or refused (stopped, not a member yet).
     Refused(String),
+    Initialized(bool),
+}
+
+// openraft's append and snapshot answers are not `Clone`; the cluster's
+// replies are.
+impl Clone for RpcReply {
+    fn clone(&self) -> RpcReply {
+        match self {
+            RpcReply::Append(a) => RpcReply::Append(match a {
+                AppendEntriesResponse::Success => AppendEntriesResponse::Success,
+                AppendEntriesResponse::PartialSuccess(l) => {
+                    AppendEntriesResponse::PartialSuccess(*l)
+                }
+                AppendEntriesResponse::Conflict => AppendEntriesResponse::Conflict,
+                AppendEntriesResponse::HigherVote(v) => AppendEntriesResponse::HigherVote(*v),
+            }),
+            RpcReply::Vote(v) => RpcReply::Vote(v.clone()),
+            RpcReply::Snapshot(s) => RpcReply::Snapshot(SnapshotResponse::new(s.vote)),
+            RpcReply::Written(w) => RpcReply::Written(w.clone()),
+            RpcReply::Session(r) => RpcReply::Session(r.clone()),
+            RpcReply::Refused(w) => RpcReply::Refused(w.clone()),
+            RpcReply::Initialized(b) => RpcReply::Initialized(*b),
+        }
+    }
 }
 
 /// Why an [`Rpc`] got no answer.
@@ -267,6 +295,10 @@ pub async fn serve(replica: &Replica, rpc: Rpc) -> RpcReply {
         }
         Rpc::Write(cmd) => RpcReply::Written(replica.write_here(cmd).await),
         Rpc::Read { client } => RpcReply::Session(replica.read_here(&client).await),
+        Rpc::Initialized => match raft.is_initialized().await {
+            Ok(b) => RpcReply::Initialized(b),
+            Err(e) => refused(&e),
+        },
     }
 }
 

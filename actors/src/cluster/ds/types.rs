@@ -42,6 +42,23 @@ pub fn hash64(b: &[u8]) -> u64 {
     u64::from_be_bytes(x)
 }
 
+/// The writes that remove everything shard `shard` keeps on a node (its
+/// log, vote, pointers and snapshot): every key of each table starts
+/// with the shard's two bytes.
+pub fn clear_shard_ops(shard: u16) -> Vec<crate::durable::Op> {
+    let from = shard.to_be_bytes().to_vec();
+    let mut to = from.clone();
+    to.extend_from_slice(&[0xff; 16]);
+    [LOG_TABLE, META_TABLE, SNAP_TABLE]
+        .into_iter()
+        .map(|table| crate::durable::Op::DeleteRange {
+            table,
+            from: from.clone(),
+            to: to.clone(),
+        })
+        .collect()
+}
+
 pub fn encode<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeError> {
     bincode::serde::encode_to_vec(v, bincode::config::standard())
 }

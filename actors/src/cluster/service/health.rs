@@ -100,6 +100,7 @@ impl SvcState {
                 }
             }
             self.beat_replicants();
+            self.drive_ds();
         }
         self.replicant_liveness(now);
         let eff = self.monitor.tick(now);

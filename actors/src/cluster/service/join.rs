@@ -96,6 +96,7 @@ impl SvcState {
         }
         inc(&self.ctx.broker.metrics.cluster_joined);
         self.save();
+        self.ds_joined();
         if self.links.contains_key(via) {
             // We just heard from it: it is up.
             if let Some(inc) = via_incarnation {
