@@ -1114,4 +1114,24 @@ fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_cor
             tails(&alive)
         );
     }
+    // A core that leaves drops the cluster's shards and, alone, makes its
+    // own again.
+    let (code, out) = alive[1].ctl(&["cluster", "leave"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(30), || ds_settled(
+            alive[1],
+            4,
+            &[alive[1]]
+        )),
+        "{}: its own shards after leaving: {:?}\n{}",
+        alive[1].name,
+        ds_rows(alive[1]),
+        tail(alive[1])
+    );
+    assert!(
+        tail(alive[1]).contains("in the cluster it left"),
+        "{}",
+        tail(alive[1])
+    );
 }

@@ -50,6 +50,7 @@ const FAULTS: Layout = Layout {
     shards: SHARDS,
     rf: 3,
     n_sites: 3,
+    members: NODES,
 };
 const CLIENTS_PER_SHARD: usize = 2;
 const TABLE: u8 = 1;
@@ -152,6 +153,9 @@ struct Layout {
     shards: u16,
     rf: usize,
     n_sites: usize,
+    /// The cluster's cores, `n0..`, when they are fixed from the start
+    /// (0: the test gives them as they change).
+    members: usize,
 }
 
 async fn start_node(
@@ -177,6 +181,9 @@ async fn start_node(
     )
     .await
     .map_err(|e| format!("{}: {e}", name(i)))?;
+    if layout.members > 0 {
+        host.set_cores(&(0..layout.members).map(name).collect::<Vec<_>>());
+    }
     let host = Arc::new(host);
     router.up.lock().insert(name(i), host.clone());
     Ok(Node { disk, host })
@@ -607,6 +614,7 @@ const GROW: Layout = Layout {
     shards: 4,
     rf: 3,
     n_sites: 1,
+    members: 0,
 };
 
 /// Whether every shard's leader has exactly the wanted voters (and no

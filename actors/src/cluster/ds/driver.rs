@@ -11,6 +11,8 @@ pub enum DsWork {
     Cores(Vec<String>),
     /// This node joined a cluster of these members.
     Joined(Vec<String>),
+    /// This node left its cluster, or was removed from it.
+    Left,
 }
 
 /// Starts the task that runs `host`'s membership work, one step at a time
@@ -19,14 +21,32 @@ pub fn spawn_driver(host: Arc<DsHost>) -> mpsc::UnboundedSender<DsWork> {
     let (tx, mut rx) = mpsc::unbounded_channel::<DsWork>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            let (mut cores, mut joined) = (None, None);
+            let (mut cores, mut joined, mut left) = (None, None, false);
             let mut take = |w: DsWork| match w {
                 DsWork::Cores(c) => cores = Some(c),
                 DsWork::Joined(m) => joined = Some(m),
+                DsWork::Left => {
+                    // What came before the leave is moot.
+                    left = true;
+                    cores = None;
+                    joined = None;
+                }
             };
             take(first);
             while let Ok(w) = rx.try_recv() {
                 take(w);
+            }
+            if left {
+                match host.forget_all().await {
+                    Ok(v) if !v.is_empty() => tracing::warn!(
+                        "ds: dropped the {} shard(s) this node held in the cluster it left",
+                        v.len()
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!("ds: cannot drop the shards of the cluster left: {e}")
+                    }
+                }
             }
             if let Some(members) = joined {
                 match host.forget_foreign(&members).await {

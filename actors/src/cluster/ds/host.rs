@@ -200,14 +200,32 @@ impl DsHost {
         if others.is_empty() {
             return Ok(Vec::new());
         }
+        self.forget_where(|voters| !voters.iter().any(|v| others.contains(v)))
+            .await
+    }
+
+    /// After this node left its cluster (or was removed from it): forgets
+    /// every shard it held a replica of, as it drops everything else it
+    /// shared with the cluster. Alone, it then makes its own groups (with
+    /// `n_sites = 1`). Returns the shards forgotten.
+    pub async fn forget_all(&self) -> Result<Vec<u16>, ReplicaError> {
+        self.set_cores(std::slice::from_ref(&self.me));
+        self.forget_where(|_| true).await
+    }
+
+    /// Forgets (stops, wipes and starts empty) the replica of each shard
+    /// that belongs to a group and whose voters `drop` picks.
+    async fn forget_where(
+        &self,
+        drop: impl Fn(&[NodeId]) -> bool,
+    ) -> Result<Vec<u16>, ReplicaError> {
         let mut forgotten = Vec::new();
         for (i, slot) in self.replicas.iter().enumerate() {
             let shard = i as u16;
             let old = slot.read().clone();
             let m = old.raft.metrics().borrow().clone();
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-            let ours = voters.iter().any(|v| others.contains(v));
-            if voters.is_empty() || ours {
+            if voters.is_empty() || !drop(&voters) {
                 continue;
             }
             let err = |e: &dyn std::fmt::Display| ReplicaError::Storage {
@@ -260,7 +278,25 @@ impl DsHost {
     }
 
     /// Hands an [`Rpc`] from another node to the shard's replica here.
+    /// Raft's own messages are taken only from the cores of this node's
+    /// cluster (as last given, see [`DsHost::set_cores`]): a node that left
+    /// must not be pulled back into the groups it dropped by a leader
+    /// that still counts it in.
     pub async fn serve(&self, shard: u16, rpc: Rpc) -> RpcReply {
+        let from = match &rpc {
+            Rpc::Append(r) => r.vote.leader_id().voted_for(),
+            Rpc::Vote(r) => r.vote.leader_id().voted_for(),
+            Rpc::Snapshot { vote, .. } => vote.leader_id().voted_for(),
+            Rpc::Write(_) | Rpc::Read { .. } | Rpc::Initialized => None,
+        };
+        if let Some(from) = from {
+            if !self.cores.read().iter().any(|c| node_id(c) == from) {
+                return RpcReply::Refused(format!(
+                    "{}: shard {shard}: the sender is not a core of this node's cluster",
+                    self.me
+                ));
+            }
+        }
         match self.replica(shard) {
             Some(r) => serve(&r, rpc).await,
             None => RpcReply::Refused(format!("{}: no shard {shard}", self.me)),
@@ -472,6 +508,12 @@ impl DsHost {
             let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
             let want_ids: BTreeSet<NodeId> = want.iter().map(|n| node_id(n)).collect();
             if voters == want_ids {
+                continue;
+            }
+            // A core that sees itself alone while others still follow it
+            // (it is leaving, or its view is being rebuilt) never takes a
+            // shard away from them.
+            if cores.len() == 1 && voters.len() > 1 {
                 continue;
             }
             // A joint change already under way finishes first.

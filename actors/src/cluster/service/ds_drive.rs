@@ -24,8 +24,13 @@ impl SvcState {
         cores
     }
 
-    /// Every heartbeat: the replicas follow the cores.
+    /// Every heartbeat: the replicas follow the cores (not while a join
+    /// or an autoheal restart rebuilds the membership: the node would
+    /// see itself alone).
     pub(super) fn drive_ds(&self) {
+        if self.joining || self.rebooting {
+            return;
+        }
         if let Some(ds) = &self.ds {
             let _ = ds.send(DsWork::Cores(self.cores()));
         }
@@ -37,6 +42,13 @@ impl SvcState {
             let mut members = vec![self.me().to_string()];
             members.extend(self.membership.peer_names());
             let _ = ds.send(DsWork::Joined(members));
+        }
+    }
+
+    /// This node left its cluster or was removed from it.
+    pub(super) fn ds_left(&self) {
+        if let Some(ds) = &self.ds {
+            let _ = ds.send(DsWork::Left);
         }
     }
 }

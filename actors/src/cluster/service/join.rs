@@ -131,6 +131,7 @@ impl SvcState {
         }
         self.discovery = false;
         self.reset_to_single();
+        self.ds_left();
         self.save();
         let (r, s) = self.membership.status();
         format!("Leave the cluster successfully.\n{}\n", status_line(&r, &s))

@@ -106,6 +106,7 @@ impl SvcState {
                 if node == self.me() {
                     tracing::warn!("cluster: this node was removed from the cluster");
                     self.reset_to_single();
+                    self.ds_left();
                 } else {
                     self.forget(&node);
                 }
