@@ -970,55 +970,9 @@ fn autoclean_removes_a_node_down_longer_than_the_period_and_tells_it_when_it_ret
 // 12. the replicated durable storage's groups (developer preview)
 // ---------------------------------------------------------------------------
 
-/// One shard's line of `ds info --local`.
-#[derive(Debug)]
-struct ShardRow {
-    shard: u16,
-    state: String,
-    leader: String,
-    voters: Vec<String>,
-    learners: bool,
-    lag: String,
-}
-
-fn ds_rows(n: &Node) -> Vec<ShardRow> {
-    let (code, out) = n.ctl(&["ds", "info", "--local"]);
-    assert_eq!(code, 0, "{out}");
-    out.lines()
-        .skip(2)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 9 {
-                return None;
-            }
-            Some(ShardRow {
-                shard: f[0].parse().ok()?,
-                state: f[1].to_string(),
-                leader: f[2].to_string(),
-                voters: f[7].split(',').map(str::to_string).collect(),
-                learners: f[8].starts_with('('),
-                lag: f[f.len() - 1].to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Whether, as `n` sees it, every one of `shards` shards has a leader
-/// among `members` whose voters are exactly `members`.
-fn ds_settled(n: &Node, shards: u16, members: &[&Node]) -> bool {
-    let want: HashSet<String> = members.iter().map(|m| m.name.clone()).collect();
-    let rows = ds_rows(n);
-    rows.len() == shards as usize
-        && rows.iter().all(|r| {
-            want.contains(&r.leader)
-                && !r.learners
-                && r.voters.iter().cloned().collect::<HashSet<_>>() == want
-        })
-}
-
 #[test]
 fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_core() {
-    let env = vec![("EMQXRS_DS_PREVIEW".to_string(), "4/3/1".to_string())];
+    let env = ds_env("4/3/1");
     // Each node starts alone, so each makes the 4 shards' groups on its
     // own (n_sites = 1); the nodes that join drop theirs for the
     // cluster's.

@@ -705,3 +705,77 @@ fn wait_route_ready(n: &Node, all: &[&Node]) {
     });
     assert!(ok, "{}: {out}\n{}", n.name, tails(all));
 }
+
+/// The replicated durable storage's groups (developer preview) through a
+/// split and its heal: the majority keeps every shard led, and the node
+/// autoheal restarts keeps its replicas (their other voters are members
+/// of the cluster it rejoins), so every shard ends on the three cores
+/// again, nothing dropped.
+#[test]
+fn durable_storage_shards_stay_led_on_the_majority_and_survive_the_autoheal_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let env = ds_env("4/3/1");
+    let nodes: Vec<Node> = [1u8, 2, 3]
+        .iter()
+        .map(|ip| {
+            let mut n = prepare_with(*ip, HEAL);
+            n.spawn(&env);
+            n
+        })
+        .collect();
+    for n in &nodes[1..] {
+        join(n, &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    for n in &all {
+        assert!(
+            common::wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
+            "{}: {:?}\n{}",
+            n.name,
+            ds_rows(n),
+            tails(&all)
+        );
+    }
+    let (major, minor) = (&all[..2], &all[2..]);
+    let mut cut = Partition::split(&[major, minor]);
+    wait_side(major, minor, &all, Duration::from_secs(20));
+    // The two keep (or elect) a leader for every shard between them.
+    for n in major {
+        assert!(
+            common::wait_until(Duration::from_secs(20), || {
+                let rows = ds_rows(n);
+                rows.len() == 4
+                    && rows
+                        .iter()
+                        .all(|r| major.iter().any(|m| m.name == r.leader))
+            }),
+            "{} during the split: {:?}\n{}",
+            n.name,
+            ds_rows(n),
+            tails(&all)
+        );
+    }
+    let restored = cut.heal();
+    wait_healed(&all, restored, Duration::from_secs(60));
+    assert_eq!(
+        metric(minor[0], "cluster.autoheal.restarts"),
+        1,
+        "{}",
+        tails(&all)
+    );
+    for n in &all {
+        assert!(
+            common::wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
+            "{} after the heal: {:?}\n{}",
+            n.name,
+            ds_rows(n),
+            tails(&all)
+        );
+        assert!(
+            !log_has(n, "ds: dropped"),
+            "{} dropped shards it shares with the cluster\n{}",
+            n.name,
+            tails(&all)
+        );
+    }
+}

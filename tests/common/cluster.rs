@@ -469,3 +469,59 @@ pub fn status_with_roles(running: &[&Node], stopped: &[&Node], replicants: &[&No
         roles.join(",")
     )
 }
+
+/// One shard's line of `ds info --local`.
+#[derive(Debug)]
+pub struct ShardRow {
+    pub shard: u16,
+    pub state: String,
+    pub leader: String,
+    pub voters: Vec<String>,
+    pub learners: bool,
+    pub lag: String,
+}
+
+pub fn ds_rows(n: &Node) -> Vec<ShardRow> {
+    let (code, out) = n.ctl(&["ds", "info", "--local"]);
+    assert_eq!(code, 0, "{out}");
+    out.lines()
+        .skip(2)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 9 {
+                return None;
+            }
+            Some(ShardRow {
+                shard: f[0].parse().ok()?,
+                state: f[1].to_string(),
+                leader: f[2].to_string(),
+                voters: f[7].split(',').map(str::to_string).collect(),
+                learners: f[8].starts_with('('),
+                lag: f[f.len() - 1].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Whether, as `n` sees it, every one of `shards` shards has a leader
+/// among `members` whose voters are exactly `members`.
+pub fn ds_settled(n: &Node, shards: u16, members: &[&Node]) -> bool {
+    let want: std::collections::HashSet<String> = members.iter().map(|m| m.name.clone()).collect();
+    let rows = ds_rows(n);
+    rows.len() == shards as usize
+        && rows.iter().all(|r| {
+            want.contains(&r.leader)
+                && !r.learners
+                && r.voters
+                    .iter()
+                    .cloned()
+                    .collect::<std::collections::HashSet<_>>()
+                    == want
+        })
+}
+
+/// The environment that runs the replicated durable storage's groups (the
+/// developer preview): `shards/replication_factor/n_sites`.
+pub fn ds_env(spec: &str) -> Vec<(String, String)> {
+    vec![("EMQXRS_DS_PREVIEW".to_string(), spec.to_string())]
+}
