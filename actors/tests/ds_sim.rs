@@ -861,6 +861,47 @@ async fn joining(seed: u64) -> Result<String, String> {
             }
         }
     }
+    // Writes bigger than an entry holds go in entries of their own, all
+    // committed, and on every replica.
+    let (client, shard, epoch) = kept[0].clone();
+    let h1 = host(1)?;
+    let writes: Vec<_> = (0..3u8)
+        .map(|i| {
+            let cmd = Command::Write {
+                client: client.clone(),
+                epoch,
+                ops: vec![DsOp::Put {
+                    table: 1,
+                    key: session_key(&client, &[i]),
+                    value: vec![i; 600_000],
+                }],
+            };
+            let h1 = h1.clone();
+            tokio::spawn(async move { h1.submit(shard, cmd, Duration::from_secs(30)).await })
+        })
+        .collect();
+    let mut indexes = Vec::new();
+    for w in writes {
+        match w.await.map_err(|e| e.to_string())? {
+            Ok((index, Reply::Done)) => indexes.push(index),
+            other => return Err(format!("a big write: {other:?}")),
+        }
+    }
+    indexes.sort();
+    indexes.dedup();
+    if indexes.len() < 2 {
+        return Err(format!("1.8 MB of writes in one entry: {indexes:?}"));
+    }
+    for i in 0..3 {
+        let s = host(i)?
+            .read_session(shard, &client, Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("reading {client} through {}: {e}", name(i)))?;
+        let big = s.rows.iter().filter(|r| r.2.len() == 600_000).count();
+        if big != 3 {
+            return Err(format!("{big} big rows through {}", name(i)));
+        }
+    }
     finish(nodes).await;
     Ok(format!(
         "{} claims kept, {} shards dropped by n2",

@@ -119,8 +119,7 @@ pub(crate) async fn relay_within(
 
 async fn call_direct(node: &str, req: &Req, timeout: Duration) -> Result<Resp, PeerError> {
     let ep = endpoint_of(node).ok_or_else(|| PeerError::NoLink(node.to_string()))?;
-    let call = |req: &Req| {
-        let bytes = wire::encode(req);
+    let call_bytes = |bytes: Vec<u8>| {
         let ep = ep.clone();
         async move {
             match ep
@@ -135,7 +134,29 @@ async fn call_direct(node: &str, req: &Req, timeout: Duration) -> Result<Resp, P
             }
         }
     };
-    let (id, total, mut all) = match call(req).await? {
+    let call = |req: &Req| call_bytes(wire::encode(req));
+    let bytes = wire::encode_large(req)
+        .map_err(|e| PeerError::Call(node.to_string(), format!("request too large: {e}")))?;
+    let first = if bytes.len() <= wire::PART {
+        call_bytes(bytes).await?
+    } else {
+        // A big request: its parts first, then the word to take it.
+        let (id, total) = (rand::random::<u64>(), bytes.len() as u64);
+        for (i, chunk) in bytes.chunks(wire::PART).enumerate() {
+            let up = Req::Upload {
+                id,
+                offset: (i * wire::PART) as u64,
+                bytes: chunk.to_vec(),
+            };
+            match call(&up).await? {
+                Resp::Bool(true) => {}
+                Resp::Refused(why) => return Err(PeerError::Call(node.to_string(), why)),
+                _ => return Err(PeerError::NoAnswer(node.to_string())),
+            }
+        }
+        call(&Req::Uploaded { id, total }).await?
+    };
+    let (id, total, mut all) = match first {
         Resp::Parts { id, total, first } => (id, total, first),
         resp => return Ok(resp),
     };
@@ -216,6 +237,48 @@ pub fn part(id: u64, offset: u64) -> Resp {
     Resp::Part(chunk)
 }
 
+/// Big requests being received in parts, by the sender's id.
+static UPLOADS: LazyLock<parking_lot::Mutex<HashMap<u64, Parts>>> = LazyLock::new(Default::default);
+
+/// The answer to [`Req::Upload`]: keeps the part (in order; a part out of
+/// order or past [`wire::MAX_REPLY`] is refused).
+pub fn upload(id: u64, offset: u64, bytes: Vec<u8>) -> Resp {
+    let mut u = UPLOADS.lock();
+    u.retain(|_, v| v.made.elapsed() < PARTS_KEPT);
+    let parts = u.entry(id).or_insert_with(|| Parts {
+        made: std::time::Instant::now(),
+        bytes: Vec::new(),
+    });
+    if offset != parts.bytes.len() as u64 {
+        u.remove(&id);
+        return Resp::Refused(format!("request {id}: a part at {offset} out of order"));
+    }
+    if parts.bytes.len() + bytes.len() > wire::MAX_REPLY {
+        u.remove(&id);
+        return Resp::Refused(format!(
+            "request {id}: larger than {} bytes",
+            wire::MAX_REPLY
+        ));
+    }
+    parts.bytes.extend_from_slice(&bytes);
+    Resp::Bool(true)
+}
+
+/// On [`Req::Uploaded`]: the request whose parts came, decoded.
+pub fn uploaded(id: u64, total: u64) -> Result<Req, String> {
+    let parts = UPLOADS
+        .lock()
+        .remove(&id)
+        .ok_or_else(|| format!("no request {id} being received (expired?)"))?;
+    if parts.bytes.len() as u64 != total {
+        return Err(format!(
+            "request {id}: {} of {total} bytes came",
+            parts.bytes.len()
+        ));
+    }
+    wire::decode_large(&parts.bytes).map_err(|e| format!("request {id}: {e}"))
+}
+
 pub fn cast_peer(node: &str, note: &Note) -> bool {
     match endpoint_of(node) {
         Some(ep) => ep.cast(EndpointMsg::Cast(wire::encode(note))).is_ok(),
@@ -253,6 +316,26 @@ mod tests {
         }
         // The last part freed it.
         assert!(matches!(part(id, 0), Resp::Refused(_)));
+        // A big request goes up in parts the same way.
+        let req = Req::Sessions {
+            clients: clients.clone(),
+        };
+        let bytes = wire::encode_large(&req).expect("encode");
+        assert!(bytes.len() > 2 * wire::PART);
+        let id = 77;
+        for (i, chunk) in bytes.chunks(wire::PART).enumerate() {
+            let r = upload(id, (i * wire::PART) as u64, chunk.to_vec());
+            assert!(matches!(r, Resp::Bool(true)), "{r:?}");
+        }
+        match uploaded(id, bytes.len() as u64) {
+            Ok(Req::Sessions { clients: c }) => assert_eq!(c, clients),
+            other => panic!("{other:?}"),
+        }
+        assert!(uploaded(id, bytes.len() as u64).is_err(), "taken once");
+        // A part out of order, or a short request, is refused.
+        assert!(matches!(upload(78, 5, vec![1]), Resp::Refused(_)));
+        assert!(matches!(upload(79, 0, vec![1, 2]), Resp::Bool(true)));
+        assert!(uploaded(79, 3).is_err());
         // A small reply is not split.
         let small = reply_bytes(&Resp::Bool(true));
         assert!(matches!(wire::decode::<Resp>(&small), Ok(Resp::Bool(true))));

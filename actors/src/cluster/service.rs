@@ -100,31 +100,9 @@ impl Actor for Endpoint {
         msg: EndpointMsg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let svc = &st.svc;
         match msg {
             EndpointMsg::Call(bytes, reply) => match wire::decode::<Req>(&bytes) {
-                // The rest of a big reply: served here, not by the service.
-                Ok(Req::Part { id, offset }) => {
-                    let _ = reply.send(wire::encode(&super::rpc::part(id, offset)));
-                }
-                // A shard's message: to its replica, in a task of its own
-                // (a forwarded command waits for its commit).
-                Ok(Req::Ds { shard, rpc }) => match &st.ds {
-                    Some(ds) => {
-                        let ds = ds.clone();
-                        tokio::spawn(async move {
-                            let answer = Resp::Ds(Box::new(ds.serve(shard, *rpc).await));
-                            let _ = reply.send(super::rpc::reply_bytes(&answer));
-                        });
-                    }
-                    None => {
-                        let no = Resp::Refused("this node runs no durable storage".into());
-                        let _ = reply.send(wire::encode(&no));
-                    }
-                },
-                Ok(req) => {
-                    let _ = svc.cast(SvcMsg::Remote(req, reply));
-                }
+                Ok(req) => st.take(req, reply, true),
                 Err(e) => {
                     tracing::warn!("cluster: {e}");
                     let _ = reply.send(wire::encode(&Resp::Refused(e.to_string())));
@@ -132,12 +110,57 @@ impl Actor for Endpoint {
             },
             EndpointMsg::Cast(bytes) => match wire::decode::<Note>(&bytes) {
                 Ok(note) => {
-                    let _ = svc.cast(SvcMsg::Note(note));
+                    let _ = st.svc.cast(SvcMsg::Note(note));
                 }
                 Err(e) => tracing::warn!("cluster: {e}"),
             },
         }
         Ok(())
+    }
+}
+
+impl EndpointArgs {
+    /// Answers a request here, or hands it to the service. `whole`: it
+    /// came in one message (a request put together from its parts cannot
+    /// be a part itself).
+    fn take(&self, req: Req, reply: RpcReplyPort<Vec<u8>>, whole: bool) {
+        fn send(reply: RpcReplyPort<Vec<u8>>, resp: &Resp) {
+            let _ = reply.send(wire::encode(resp));
+        }
+        match req {
+            // The rest of a big reply, and the parts of a big request:
+            // served here, not by the service.
+            Req::Part { id, offset } => send(reply, &super::rpc::part(id, offset)),
+            Req::Upload { id, offset, bytes } if whole => {
+                send(reply, &super::rpc::upload(id, offset, bytes))
+            }
+            Req::Uploaded { id, total } if whole => match super::rpc::uploaded(id, total) {
+                Ok(req) => self.take(req, reply, false),
+                Err(why) => send(reply, &Resp::Refused(why)),
+            },
+            Req::Upload { .. } | Req::Uploaded { .. } => send(
+                reply,
+                &Resp::Refused("a part inside a request in parts".into()),
+            ),
+            // A shard's message: to its replica, in a task of its own (a
+            // forwarded command waits for its commit).
+            Req::Ds { shard, rpc } => match &self.ds {
+                Some(ds) => {
+                    let ds = ds.clone();
+                    tokio::spawn(async move {
+                        let answer = Resp::Ds(Box::new(ds.serve(shard, *rpc).await));
+                        let _ = reply.send(super::rpc::reply_bytes(&answer));
+                    });
+                }
+                None => send(
+                    reply,
+                    &Resp::Refused("this node runs no durable storage".into()),
+                ),
+            },
+            req => {
+                let _ = self.svc.cast(SvcMsg::Remote(req, reply));
+            }
+        }
     }
 }
 

@@ -91,6 +91,20 @@ pub enum Req {
         shard: u16,
         rpc: Box<super::ds::Rpc>,
     },
+    /// One part, at `offset`, of a request bigger than [`PART`] bytes
+    /// (a shard's snapshot): kept by the receiver under the sender's `id`
+    /// until [`Req::Uploaded`]. Answered with `Bool(true)`.
+    Upload {
+        id: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// Every part of request `id` was sent (`total` bytes): the receiver
+    /// decodes it and answers it as if it had come whole.
+    Uploaded {
+        id: u64,
+        total: u64,
+    },
 }
 
 /// Replies to [`Req`].
@@ -232,12 +246,12 @@ fn large_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_REPLY>()
 }
 
-/// Encodes a reply of up to [`MAX_REPLY`] bytes.
+/// Encodes a reply (or a request) of up to [`MAX_REPLY`] bytes.
 pub fn encode_large<T: Serialize>(v: &T) -> Result<Vec<u8>, WireError> {
     bincode::serde::encode_to_vec(v, large_config()).map_err(|e| WireError(e.to_string()))
 }
 
-/// Decodes a reply reassembled from its parts.
+/// Decodes a reply (or a request) reassembled from its parts.
 pub fn decode_large<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, WireError> {
     bincode::serde::decode_from_slice(b, large_config())
         .map(|(v, _)| v)

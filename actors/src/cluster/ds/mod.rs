@@ -79,6 +79,13 @@ pub fn raft_config(t: &Tuning) -> Result<Arc<openraft::Config>, String> {
         election_timeout_min: ms(t.election_min),
         election_timeout_max: ms(t.election_max),
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        // openraft gives an append one heartbeat interval to be sent,
+        // written and answered: with entries of up to about
+        // `MAX_BATCH_BYTES`, a follower behind gets at most about 8 MiB
+        // in one message.
+        max_payload_entries: 8,
+        // A whole snapshot goes in one call (in parts when big).
+        install_snapshot_timeout: 60_000,
         max_in_snapshot_log_to_keep: t.keep_after_snapshot,
         ..Default::default()
     }
@@ -95,6 +102,7 @@ pub enum Rpc {
     Snapshot {
         vote: Vote<NodeId>,
         meta: SnapshotMeta<NodeId, BasicNode>,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// A command for the shard's leader, from a node that is not it.
@@ -339,7 +347,8 @@ type Pending = (
 const IN_FLIGHT: usize = 2;
 
 /// Proposes what `write_here` queued: each entry carries every command
-/// queued since the last one (up to [`state::MAX_BATCH`]), with at most
+/// queued since the last one (up to [`state::MAX_BATCH`] commands and
+/// about [`state::MAX_BATCH_BYTES`]), with at most
 /// [`IN_FLIGHT`] entries unanswered. openraft appends and replicates one
 /// entry per log flush, so one command per entry would cap a shard at one
 /// write per fsync; in batches, a flush carries every writer waiting.
@@ -353,14 +362,31 @@ const IN_FLIGHT: usize = 2;
 async fn propose(raft: DsRaft, me: NodeId, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
     use openraft::error::ClientWriteError;
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A command that did not fit in the entry before: the next one's first.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => break,
+            },
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        let mut bytes = first.0.approx_len();
         let mut batch = vec![first];
-        while batch.len() < state::MAX_BATCH {
+        while batch.len() < state::MAX_BATCH && bytes < state::MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if bytes + p.0.approx_len() > state::MAX_BATCH_BYTES => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.0.approx_len();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

@@ -17,20 +17,28 @@ pub type Table = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// One change to one table of a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Keys and values are encoded as byte strings (`serde_bytes`), not as
+/// sequences of numbers: a message's payload is copied, not walked.
 pub enum DsOp {
     Put {
         table: u8,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     Delete {
         table: u8,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Removes every key `from <= key < to`.
     DeleteRange {
         table: u8,
+        #[serde(with = "serde_bytes")]
         from: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         to: Vec<u8>,
     },
 }
@@ -79,6 +87,34 @@ pub fn epoch_of(index: u64, position: usize) -> u64 {
 
 /// Most commands in one entry (their epochs must fit [`epoch_of`]).
 pub const MAX_BATCH: usize = 4096;
+
+/// About the most bytes of commands in one entry (an entry holds at least
+/// one command, whatever its size): a follower behind gets many entries
+/// in one message.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+impl DsOp {
+    /// About the bytes this change carries.
+    pub fn approx_len(&self) -> usize {
+        match self {
+            DsOp::Put { key, value, .. } => 8 + key.len() + value.len(),
+            DsOp::Delete { key, .. } => 8 + key.len(),
+            DsOp::DeleteRange { from, to, .. } => 8 + from.len() + to.len(),
+        }
+    }
+}
+
+impl Command {
+    /// About the bytes this command carries.
+    pub fn approx_len(&self) -> usize {
+        match self {
+            Command::Claim { client, node } => 16 + client.len() + node.len(),
+            Command::Write { client, ops, .. } | Command::Release { client, ops, .. } => {
+                24 + client.len() + ops.iter().map(DsOp::approx_len).sum::<usize>()
+            }
+        }
+    }
+}
 
 /// The answer to a [`Command`] once it is committed and applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

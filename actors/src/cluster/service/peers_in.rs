@@ -276,7 +276,9 @@ impl SvcState {
             },
             Req::SplitView => Resp::SplitView(self.monitor.split_view()),
             Req::Part { id, offset } => super::super::rpc::part(id, offset),
-            Req::Ds { .. } => Resp::Refused("durable storage is served by the endpoint".into()),
+            Req::Ds { .. } | Req::Upload { .. } | Req::Uploaded { .. } => {
+                Resp::Refused("served by the endpoint".into())
+            }
             Req::Kick { .. }
             | Req::Discard { .. }
             | Req::Takeover { .. }
