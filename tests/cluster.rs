@@ -1038,24 +1038,48 @@ fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_cor
         .iter()
         .position(|n| n.name == led)
         .expect("shard 0's leader is a node");
-    nodes[dead].kill();
     let dead_name = nodes[dead].name.clone();
-    let alive: Vec<&Node> = nodes.iter().filter(|n| n.name != dead_name).collect();
-    for n in &alive {
+    let led_by_the_living = |nodes: &[Node]| {
+        let alive: Vec<&Node> = nodes.iter().filter(|n| n.name != dead_name).collect();
+        for n in &alive {
+            assert!(
+                wait_until(Duration::from_secs(20), || {
+                    let rows = ds_rows(n);
+                    rows.len() == 4
+                        && rows.iter().all(|r| {
+                            r.leader != dead_name && alive.iter().any(|a| a.name == r.leader)
+                        })
+                }),
+                "{}: every shard led by a live core after the kill: {:?}\n{}",
+                n.name,
+                ds_rows(n),
+                tails(&alive)
+            );
+        }
+    };
+    nodes[dead].kill();
+    led_by_the_living(&nodes);
+    // Back with its data directory, it takes its places again: its log
+    // and vote were on disk; nothing is dropped.
+    nodes[dead].spawn(&env);
+    let all: Vec<&Node> = nodes.iter().collect();
+    for n in &all {
         assert!(
-            wait_until(Duration::from_secs(20), || {
-                let rows = ds_rows(n);
-                rows.len() == 4
-                    && rows
-                        .iter()
-                        .all(|r| r.leader != dead_name && alive.iter().any(|a| a.name == r.leader))
-            }),
-            "{}: every shard led by a live core after the kill: {:?}\n{}",
+            wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
+            "{}: every shard on the three cores after the restart: {:?}\n{}",
             n.name,
             ds_rows(n),
-            tails(&alive)
+            tails(&all)
         );
     }
+    assert!(
+        !tail(&nodes[dead]).contains("ds: dropped"),
+        "{}",
+        tail(&nodes[dead])
+    );
+    nodes[dead].kill();
+    led_by_the_living(&nodes);
+    let alive: Vec<&Node> = nodes.iter().filter(|n| n.name != dead_name).collect();
     // Removed from the cluster, the dead core leaves every shard.
     let (code, out) = alive[0].ctl(&["cluster", "force-leave", &dead_name]);
     assert_eq!(code, 0, "{out}");
