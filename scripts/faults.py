@@ -51,6 +51,10 @@ the seed to replay:
   message before an earlier one (first deliveries only).
 - convergence: after the last heal every node lists the same running
   members (all of them, none stopped) and the same routes.
+- with `--ds SHARDS/RF/SITES` the cores also run the replicated durable
+  storage's groups (its developer preview, `EMQXRS_DS_PREVIEW`); after
+  the last heal every shard, as each core sees it, has a leader among
+  its voters, no learner, and min(RF, cores) voters, all cores (`ds=`).
 
 Needs root (iptables, tc, signals to the nodes), python3 with paho-mqtt 2.x.
 Every iptables rule carries a comment naming this run and is removed at
@@ -124,6 +128,7 @@ class Node:
         self.dist = 4370 + NAME_BASE + i
         self.fwd = 5370 + NAME_BASE + i
         self.bin = args.bin
+        self.ds = args.ds
         self.dir = os.path.join(args.dir, self.short)
         os.makedirs(self.dir, exist_ok=True)
         self.config = os.path.join(self.dir, "emqx.conf")
@@ -150,8 +155,12 @@ class Node:
 
     def start(self, timeout=30):
         out = open(os.path.join(self.dir, "console.log"), "ab")
+        env = dict(os.environ)
+        if self.ds:
+            env["EMQXRS_DS_PREVIEW"] = self.ds
         self.proc = subprocess.Popen(
             [self.bin, "foreground", "-config", self.config],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -602,6 +611,37 @@ def converge(nodes, timeout, log):
     return None
 
 
+def ds_settled(cores, rf, shards, timeout, log):
+    """Waits until every core sees each of `shards` shards led by one of
+    its voters, with no learner and min(rf, cores) voters, all cores;
+    returns the seconds it took or None."""
+    t0 = now()
+    names_ = {n.name for n in cores}
+    want = min(rf, len(cores))
+    last = None
+    while now() - t0 < timeout:
+        ok = True
+        for n in cores:
+            rc, out = n.ctl("ds", "info", "--local")
+            rows = [l.split() for l in out.splitlines()[2:]] if rc == 0 else []
+            rows = [r for r in rows if len(r) >= 9 and r[0].isdigit()]
+            good = len(rows) == shards and all(
+                r[7] != "-" and not r[8].startswith("(")
+                and set(r[7].split(",")) <= names_
+                and len(r[7].split(",")) == want
+                and r[2] in r[7].split(",")
+                for r in rows)
+            if not good:
+                ok = False
+                last = (n.name, out)
+                break
+        if ok:
+            return now() - t0
+        time.sleep(0.5)
+    log(f"ds not settled after {timeout:.0f} s: {last}")
+    return None
+
+
 # ---------------------------------------------------------------------------
 # checker
 # ---------------------------------------------------------------------------
@@ -741,6 +781,8 @@ def main():
     ap.add_argument("--extra", help="a config file appended to every node's config")
     ap.add_argument("--dir", help="where logs, history and the report go")
     ap.add_argument("--converge-timeout", type=float, default=90)
+    ap.add_argument("--ds", default="",
+                    help="SHARDS/RF/SITES: run the durable storage groups (developer preview) and check them")
     ap.add_argument("--allow-loss", default="",
                     help="causes of loss (only 'kill' so far) that are reported and do not fail the run")
     args = ap.parse_args()
@@ -758,6 +800,13 @@ def main():
             ap.error("--faults: partition needs at least 3 nodes (use isolate)")
     if not kinds:
         ap.error("--faults: none given")
+    ds_spec = None
+    if args.ds:
+        try:
+            ds_spec = tuple(int(x) for x in args.ds.split("/"))
+            assert len(ds_spec) == 3 and min(ds_spec) >= 1
+        except (ValueError, AssertionError):
+            ap.error("--ds: expected SHARDS/RF/SITES, e.g. 4/3/1")
     if os.geteuid() != 0:
         sys.exit("faults: needs root (iptables, tc)")
     for tool in ("iptables", "tc"):
@@ -866,6 +915,11 @@ def main():
             log(f"check: ... {len(details) - 20} more in report.json")
         conv_ok = all(t is not None for t in converge_times)
         ok = ok and conv_ok
+        ds_word = ""
+        if ds_spec is not None:
+            ds_took = ds_settled(nodes[:cores], ds_spec[1], ds_spec[0], 30, log)
+            ds_word = f"ds={'settled' if ds_took is not None else 'NOT'} "
+            ok = ok and ds_took is not None
         worst = max((t for t in converge_times if t is not None), default=0.0)
         with open(os.path.join(args.dir, "report.json"), "w") as f:
             json.dump({"seed": seed, "nodes": args.nodes, "faults": kinds,
@@ -876,9 +930,10 @@ def main():
             f"faults: {'PASS' if ok else 'FAIL'} seed={seed} nodes={args.nodes} "
             f"replicants={args.replicants} "
             f"faults={','.join(kinds)} applied={len(nem.events)} {summary} "
-            f"converged={'yes' if conv_ok else 'NO'} converge_max={worst:.1f}s "
+            f"converged={'yes' if conv_ok else 'NO'} converge_max={worst:.1f}s {ds_word}"
             f"replay: scripts/faults.py --nodes {args.nodes} --replicants {args.replicants} "
-            f"--seed {seed} --faults {','.join(kinds)} --time {args.time:g}",
+            f"--seed {seed} --faults {','.join(kinds)} --time {args.time:g}"
+            + (f" --ds {args.ds}" if args.ds else ""),
             flush=True,
         )
         return 0 if ok else 1

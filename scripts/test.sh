@@ -66,12 +66,12 @@ fstatus=${PIPESTATUS[0]}
 echo "== fault suite: one short seed (docs/faults.md)"
 rm -rf target/faults
 python3 scripts/faults.py --nodes 3 --seed "${FAULTS_SEED:-1}" --faults partition,pause,slow \
-    --time "${FAULTS_TIME:-40}" --dir target/faults 2>&1 | tee target/faults-output.txt
+    --time "${FAULTS_TIME:-40}" --dir target/faults --ds 4/3/1 2>&1 | tee target/faults-output.txt
 qstatus=${PIPESTATUS[0]}
 echo "== fault suite: 3 cores and a replicant, one short seed"
 rm -rf target/faults-replicant
 python3 scripts/faults.py --nodes 4 --replicants 1 --seed "${FAULTS_SEED_REPLICANT:-2}" \
-    --faults partition,isolate,pause,slow --time "${FAULTS_TIME:-40}" --dir target/faults-replicant \
+    --faults partition,isolate,pause,slow --time "${FAULTS_TIME:-40}" --dir target/faults-replicant --ds 4/3/1 \
     2>&1 | tee -a target/faults-output.txt
 [ "${PIPESTATUS[0]}" = 0 ] || qstatus=1
 # Counting must not trip pipefail when a pattern has no match.
