@@ -971,14 +971,14 @@ async fn cmd_ds(node: &Node, w: &[&str]) -> (i32, String) {
     };
     let mut out = String::new();
     match &node.ds {
-        None => out.push_str(&format!(
-            "Node {}: runs no durable storage shards ({})\n",
+        Some(ds) if !ds.holds_replicas() => out.push_str(&format!(
+            "Node {}: holds no replica of the {} shard(s) (a replicant reaches them through the cores)\n",
             node.name,
-            if node.role == "core" {
-                "the replicated durable storage is not enabled"
-            } else {
-                "a replicant holds no replicas"
-            }
+            ds.n_shards()
+        )),
+        None => out.push_str(&format!(
+            "Node {}: runs no durable storage shards (the replicated durable storage is not enabled)\n",
+            node.name
         )),
         Some(ds) => {
             let rows = node

@@ -539,8 +539,9 @@ struct Core {
     /// The replicated tables (the API keeps its users there).
     tables: Arc<ReplTables>,
     durable: Durable,
-    /// The replicated durable storage's shards on this core (the
-    /// developer preview, see [`ds_preview`]).
+    /// The replicated durable storage's shards on this core, or the way
+    /// to them from a replicant (the developer preview, see
+    /// [`ds_preview`]).
     ds: Option<Arc<DsHost>>,
 }
 
@@ -742,7 +743,21 @@ async fn start_broker(
     ));
     // The durable storage's shards (a core in the preview only).
     let ds = match ds_preview()? {
-        Some((shards, rf, sites)) if role_of(cfg) == Role::Core => {
+        Some((shards, rf, _)) if role_of(cfg) == Role::Replicant => {
+            // No replicas: it reaches the shards through the cores.
+            let transport = Arc::new(emqx_actors::cluster::ds_link::ClusterTransport);
+            let host = DsHost::client(
+                name,
+                &durable,
+                shards,
+                rf,
+                transport,
+                &emqx_actors::cluster::ds::Tuning::default(),
+            )
+            .map_err(|e| format!("cannot start the durable storage client: {e}"))?;
+            Some(Arc::new(host))
+        }
+        Some((shards, rf, sites)) => {
             let transport = Arc::new(emqx_actors::cluster::ds_link::ClusterTransport);
             let host = DsHost::start(
                 name,
@@ -760,7 +775,7 @@ async fn start_broker(
             );
             Some(Arc::new(host))
         }
-        _ => None,
+        None => None,
     };
     let core = Core {
         ds,

@@ -861,6 +861,51 @@ async fn joining(seed: u64) -> Result<String, String> {
             }
         }
     }
+    // A node that holds no replica (a replicant) reaches every shard
+    // through the cores.
+    let replicant = {
+        let durable = Durable::open_backend(SimDisk::new(Vec::new()), PathBuf::from("sim/r9"))
+            .map_err(|e| e.to_string())?;
+        let transport: Arc<dyn Transport> = Arc::new(NodeTransport {
+            from: name(9),
+            router: router.clone(),
+        });
+        let host = DsHost::client(
+            &name(9),
+            &durable,
+            GROW.shards,
+            GROW.rf,
+            transport,
+            &timers(),
+        )
+        .map_err(|e| e.to_string())?;
+        Arc::new(host)
+    };
+    router.up.lock().insert(name(9), replicant.clone());
+    replicant.set_cores(&members);
+    for (c, shard, epoch) in &kept {
+        let s = replicant
+            .read_session(*shard, c, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("reading {c} through the replicant: {e}"))?;
+        if s.owner.as_ref().map(|o| o.epoch) != Some(*epoch) {
+            return Err(format!("{c} through the replicant: {:?}", s.owner));
+        }
+    }
+    let moved = Command::Claim {
+        client: kept[1].0.clone(),
+        node: name(9),
+    };
+    match replicant
+        .submit(kept[1].1, moved, Duration::from_secs(10))
+        .await
+    {
+        Ok((_, Reply::Claimed { epoch, .. })) if epoch > kept[1].2 => {}
+        other => return Err(format!("a claim through the replicant: {other:?}")),
+    }
+    if !replicant.status().is_empty() || replicant.holds_replicas() {
+        return Err("the replicant says it holds a shard".into());
+    }
     // Writes bigger than an entry holds go in entries of their own, all
     // committed, and on every replica.
     let (client, shard, epoch) = kept[0].clone();

@@ -481,7 +481,7 @@ impl Actor for ClusterService {
             recording: false,
             hosts: HashMap::new(),
             follower,
-            ds: a.ds.filter(|_| !replicant).map(spawn_driver),
+            ds: a.ds.map(spawn_driver),
         };
         st.publish_running();
         Ok(st)

@@ -110,6 +110,9 @@ pub struct DsHost {
     /// Each shard's replica; replaced when the shard is forgotten
     /// ([`DsHost::forget_foreign`]).
     replicas: Vec<parking_lot::RwLock<Replica>>,
+    /// How many shards the cluster has (this node may hold none of them:
+    /// a replicant, see [`DsHost::client`]).
+    n_shards: u16,
     durable: Durable,
     config: Arc<openraft::Config>,
     rf: usize,
@@ -141,6 +144,7 @@ impl DsHost {
         Ok(DsHost {
             me: me.to_string(),
             replicas,
+            n_shards,
             durable: durable.clone(),
             config,
             rf: rf.max(1),
@@ -148,6 +152,37 @@ impl DsHost {
             transport,
             cores: parking_lot::RwLock::new(vec![me.to_string()]),
         })
+    }
+
+    /// A node that holds no replica (a replicant): it reaches every
+    /// shard's leader through the cores it is given
+    /// ([`DsHost::set_cores`]).
+    pub fn client(
+        me: &str,
+        durable: &Durable,
+        n_shards: u16,
+        rf: usize,
+        transport: Arc<dyn Transport>,
+        timers: &Tuning,
+    ) -> Result<DsHost, ReplicaError> {
+        let config =
+            super::raft_config(timers).map_err(|error| ReplicaError::Raft { shard: 0, error })?;
+        Ok(DsHost {
+            me: me.to_string(),
+            replicas: Vec::new(),
+            n_shards,
+            durable: durable.clone(),
+            config,
+            rf: rf.max(1),
+            n_sites: 1,
+            transport,
+            cores: parking_lot::RwLock::new(Vec::new()),
+        })
+    }
+
+    /// Whether this node holds replicas (a core) or only reaches them.
+    pub fn holds_replicas(&self) -> bool {
+        !self.replicas.is_empty()
     }
 
     pub fn me(&self) -> &str {
@@ -165,7 +200,7 @@ impl DsHost {
     }
 
     pub fn n_shards(&self) -> u16 {
-        self.replicas.len() as u16
+        self.n_shards
     }
 
     /// Shard `shard`'s replica here (a handle: the replica itself may be
@@ -361,7 +396,7 @@ impl DsHost {
         timeout: std::time::Duration,
         ask: &Ask,
     ) -> Result<Answer, DsError> {
-        if self.replicas.get(shard as usize).is_none() {
+        if shard >= self.n_shards {
             return Err(DsError::NoShard(shard));
         }
         let deadline = tokio::time::Instant::now() + timeout;

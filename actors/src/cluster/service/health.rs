@@ -83,6 +83,8 @@ impl SvcState {
             // No failure detection of its own, no autoclean, one link.
             if beat {
                 self.replicant_tick(myself);
+                // Where it reaches the shards.
+                self.drive_ds();
             }
             return;
         }
