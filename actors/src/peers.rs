@@ -10,6 +10,9 @@
 //! * [`ClientRegistry`]: the cluster-wide side of opening a session: a
 //!   client id is locked cluster-wide, and its sessions on other nodes are
 //!   discarded or handed over.
+//! * [`SessionStore`]: the replicated home of persistent sessions: a node
+//!   claims a session with an epoch that fences the node before it, and
+//!   writes its rows under that epoch.
 
 use emqx_mqtt::channel::SessionSnapshot;
 use emqx_mqtt::message::Message;
@@ -152,4 +155,80 @@ pub trait ClientRegistry: Send + Sync {
         &'a self,
         lock: &'a ClientLock,
     ) -> BoxFuture<'a, Option<SessionSnapshot>>;
+}
+
+/// A claim of a session ([`SessionStore::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionClaim {
+    /// Higher than every epoch the session had before.
+    pub epoch: u64,
+    /// The node that held the session until now, and under which epoch
+    /// (none: there was no session).
+    pub previous: Option<(String, u64)>,
+}
+
+/// One change to a session's rows: `table` is the caller's (a small
+/// number), `key` is within the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOp {
+    Put {
+        table: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: u8,
+        key: Vec<u8>,
+    },
+}
+
+/// A session as its store holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredSession {
+    /// Who holds it, and under which epoch.
+    pub owner: Option<(String, u64)>,
+    /// `(table, key, value)`, in table then key order.
+    pub rows: Vec<(u8, Vec<u8>, Vec<u8>)>,
+}
+
+/// Why the store did not do it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No quorum answered in time: the outcome of a write is unknown (it
+    /// may still be committed).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A later claim took the session (or it was released): this node no
+    /// longer holds it.
+    #[error("session {client} is held by {owner:?} now")]
+    Fenced {
+        client: String,
+        owner: Option<(String, u64)>,
+    },
+}
+
+/// The replicated home of persistent sessions (the durable storage's
+/// shards): what a node needs to take a session from a node that is gone,
+/// and to make sure a node that lost one cannot change it.
+pub trait SessionStore: Send + Sync {
+    /// Takes `client`'s session for this node.
+    fn claim<'a>(&'a self, client: &'a str) -> BoxFuture<'a, Result<SessionClaim, StoreError>>;
+
+    /// `client`'s session as committed so far (read at its shard's
+    /// leader: everything committed before is in it).
+    fn read<'a>(&'a self, client: &'a str) -> BoxFuture<'a, Result<StoredSession, StoreError>>;
+
+    /// Changes `client`'s rows, if this node still holds the session
+    /// under `epoch`; resolves once committed.
+    fn write<'a>(
+        &'a self,
+        client: &'a str,
+        epoch: u64,
+        ops: Vec<SessionOp>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Ends `client`'s session (expired, or replaced by a clean start):
+    /// its owner and every row go, if this node still holds it under
+    /// `epoch`.
+    fn release<'a>(&'a self, client: &'a str, epoch: u64) -> BoxFuture<'a, Result<(), StoreError>>;
 }

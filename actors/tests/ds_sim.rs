@@ -906,6 +906,9 @@ async fn joining(seed: u64) -> Result<String, String> {
     if !replicant.status().is_empty() || replicant.holds_replicas() {
         return Err("the replicant says it holds a shard".into());
     }
+    // The node layer's session store on the shards: claims fence, rows
+    // are the session's own, a release takes everything.
+    sessions_through_the_store(&host(0)?, &host(2)?, &replicant).await?;
     // Writes bigger than an entry holds go in entries of their own, all
     // committed, and on every replica.
     let (client, shard, epoch) = kept[0].clone();
@@ -953,6 +956,75 @@ async fn joining(seed: u64) -> Result<String, String> {
         kept.len(),
         dropped.len()
     ))
+}
+
+async fn sessions_through_the_store(
+    a: &Arc<DsHost>,
+    b: &Arc<DsHost>,
+    reader: &Arc<DsHost>,
+) -> Result<(), String> {
+    use emqx_actors::cluster::ds_sessions::DsSessions;
+    use emqx_actors::peers::{SessionOp, SessionStore, StoreError};
+    let t = Duration::from_secs(10);
+    let (sa, sb, sr) = (
+        DsSessions::new(a.clone(), t),
+        DsSessions::new(b.clone(), t),
+        DsSessions::new(reader.clone(), t),
+    );
+    let put = |k: &[u8], v: &[u8]| SessionOp::Put {
+        table: 3,
+        key: k.to_vec(),
+        value: v.to_vec(),
+    };
+    let c = "store-client";
+    let e = |x: StoreError| x.to_string();
+    let first = sa.claim(c).await.map_err(e)?;
+    if first.previous.is_some() {
+        return Err(format!("a first claim: {first:?}"));
+    }
+    sa.write(
+        c,
+        first.epoch,
+        vec![put(b"sub/a", b"1"), put(b"q/1", b"m1")],
+    )
+    .await
+    .map_err(e)?;
+    let second = sb.claim(c).await.map_err(e)?;
+    if second.epoch <= first.epoch || second.previous != Some((a.me().to_string(), first.epoch)) {
+        return Err(format!("a second claim: {second:?} after {first:?}"));
+    }
+    match sa.write(c, first.epoch, vec![put(b"q/2", b"late")]).await {
+        Err(StoreError::Fenced {
+            owner: Some((n, ep)),
+            ..
+        }) if n == b.me() && ep == second.epoch => {}
+        other => return Err(format!("a write under the replaced epoch: {other:?}")),
+    }
+    let del = SessionOp::Delete {
+        table: 3,
+        key: b"q/1".to_vec(),
+    };
+    sb.write(c, second.epoch, vec![del, put(b"q/3", b"m3")])
+        .await
+        .map_err(e)?;
+    let got = sr.read(c).await.map_err(e)?;
+    let want = vec![
+        (3u8, b"q/3".to_vec(), b"m3".to_vec()),
+        (3u8, b"sub/a".to_vec(), b"1".to_vec()),
+    ];
+    if got.rows != want || got.owner != Some((b.me().to_string(), second.epoch)) {
+        return Err(format!("the session read back: {got:?}"));
+    }
+    if sa.release(c, first.epoch).await.is_ok() {
+        return Err("a release under the replaced epoch was taken".into());
+    }
+    sb.release(c, second.epoch).await.map_err(e)?;
+    sb.release(c, second.epoch).await.map_err(e)?;
+    let gone = sr.read(c).await.map_err(e)?;
+    if gone != Default::default() {
+        return Err(format!("after the release: {gone:?}"));
+    }
+    Ok(())
 }
 
 fn seeds() -> Vec<u64> {

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod detector;
 pub mod ds;
 pub mod ds_link;
+pub mod ds_sessions;
 pub mod guard;
 pub mod membership;
 pub mod registry;

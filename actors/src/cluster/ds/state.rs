@@ -65,8 +65,9 @@ pub enum Command {
         epoch: u64,
         ops: Vec<DsOp>,
     },
-    /// The session ended (expired, or replaced by a clean start): its
-    /// owner goes, with the rows `ops` removes; fenced like a write.
+    /// The session ended (expired, or replaced by a clean start): `ops`
+    /// are applied, then its owner and every row of it go; fenced like a
+    /// write.
     Release {
         client: String,
         epoch: u64,
@@ -142,6 +143,16 @@ pub fn session_key(client: &str, rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The keys of every row of `client`'s session: `from <= key < to`.
+pub fn session_range(client: &str) -> (Vec<u8>, Vec<u8>) {
+    let from = session_key(client, &[]);
+    let mut to = from.clone();
+    if let Some(last) = to.last_mut() {
+        *last = 1;
+    }
+    (from, to)
+}
+
 /// One client's session as a shard holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRows {
@@ -193,6 +204,18 @@ impl ShardState {
                     return fenced;
                 }
                 self.change(ops);
+                // Every row of the session goes with it, in every table.
+                let (from, to) = session_range(client);
+                for t in self.tables.values_mut() {
+                    let doomed: Vec<Vec<u8>> = t
+                        .range(from.clone()..to.clone())
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in doomed {
+                        t.remove(&k);
+                    }
+                }
+                self.tables.retain(|_, t| !t.is_empty());
                 self.owners.remove(client);
                 Reply::Done
             }
@@ -201,11 +224,7 @@ impl ShardState {
 
     /// `client`'s owner and rows (see [`session_key`]).
     pub fn session(&self, client: &str) -> SessionRows {
-        let from = session_key(client, &[]);
-        let mut to = from.clone();
-        if let Some(last) = to.last_mut() {
-            *last = 1;
-        }
+        let (from, to) = session_range(client);
         let mut rows = Vec::new();
         for (t, table) in &self.tables {
             for (k, v) in table.range(from.clone()..to.clone()) {
