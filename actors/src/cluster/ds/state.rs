@@ -153,6 +153,19 @@ pub fn session_range(client: &str) -> (Vec<u8>, Vec<u8>) {
     (from, to)
 }
 
+/// Removes every key `from <= key < to` of `t`.
+fn remove_range(t: &mut Table, from: &[u8], to: &[u8]) {
+    if from < to {
+        let doomed: Vec<Vec<u8>> = t
+            .range(from.to_vec()..to.to_vec())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            t.remove(&k);
+        }
+    }
+}
+
 /// One client's session as a shard holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRows {
@@ -207,13 +220,7 @@ impl ShardState {
                 // Every row of the session goes with it, in every table.
                 let (from, to) = session_range(client);
                 for t in self.tables.values_mut() {
-                    let doomed: Vec<Vec<u8>> = t
-                        .range(from.clone()..to.clone())
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for k in doomed {
-                        t.remove(&k);
-                    }
+                    remove_range(t, &from, &to);
                 }
                 self.tables.retain(|_, t| !t.is_empty());
                 self.owners.remove(client);
@@ -262,15 +269,7 @@ impl ShardState {
                 }
                 DsOp::DeleteRange { table, from, to } => {
                     if let Some(t) = self.tables.get_mut(table) {
-                        if from < to {
-                            let doomed: Vec<Vec<u8>> = t
-                                .range(from.clone()..to.clone())
-                                .map(|(k, _)| k.clone())
-                                .collect();
-                            for k in doomed {
-                                t.remove(&k);
-                            }
-                        }
+                        remove_range(t, from, to);
                     }
                 }
             }
