@@ -699,49 +699,9 @@ async fn start_broker(
     // The cluster-wide client id registry: the cluster service keeps it
     // informed of who runs.
     let registry = Arc::new(Registry::new(node_name.clone()));
-    let ctx = Arc::new(Ctx {
-        node: node_name,
-        settings: Arc::new(settings),
-        broker,
-        cm: Default::default(),
-        sys,
-        started_at: Instant::now(),
-        registry: Some(registry.clone()),
-        listeners: tokio::sync::watch::channel(true).0,
-        authn,
-        banned,
-        authz_rules,
-        alarms: Arc::new(Alarms::new(AlarmSettings {
-            log: cfg.alarm.log,
-            publish: cfg.alarm.publish,
-            size_limit: cfg.alarm.size_limit as usize,
-            validity_period: cfg.alarm.validity_period,
-        })),
-        overload: Arc::new(Overload::new(overload_settings(cfg)?)),
-    });
-    // Sessions parked at the last stop come back offline (and leave the
-    // store) before anything reaches this node: forwarded messages (the
-    // peers resend what the last run did not acknowledge) and clients.
-    let (unparked, recovered) = emqx_actors::parking::restore(&ctx, &durable, recovered).await?;
-    if unparked > 0 {
-        tracing::info!("{unparked} persistent session(s) back from disk");
-    }
-    if recovered > 0 {
-        tracing::info!("{recovered} persistent session(s) back from the journal (the node had not stopped cleanly)");
-    }
-    // Messages other nodes forward go to the broker.
-    let b = ctx.broker.clone();
-    let on_receive: OnReceive =
-        Arc::new(move |_from: &str, msg, shared| b.publish_forwarded(Arc::new(msg), shared));
-    forwarder.serve(fwd_listener, on_receive);
-    let sys_task = ctx.spawn_sys();
-    let overload_task = emqx_actors::overload_monitor::spawn_monitor(ctx.clone());
-    // Idle sessions hibernate after `mqtt.idle_timeout`, as in EMQX.
-    let hibernate_task = tokio::spawn(emqx_actors::session::hibernator(
-        Arc::downgrade(&ctx),
-        ctx.settings.idle_timeout,
-    ));
-    // The durable storage's shards (a core in the preview only).
+    // The durable storage's shards (its developer preview): the replicas
+    // on a core, the way to them on a replicant; persistent sessions are
+    // claimed and kept there.
     let ds = match ds_preview()? {
         Some((shards, rf, _)) if role_of(cfg) == Role::Replicant => {
             // No replicas: it reaches the shards through the cores.
@@ -777,6 +737,54 @@ async fn start_broker(
         }
         None => None,
     };
+    let session_store = ds.as_ref().map(|h| {
+        let s =
+            emqx_actors::cluster::ds_sessions::DsSessions::new(h.clone(), Duration::from_secs(5));
+        Arc::new(s) as Arc<dyn emqx_actors::peers::SessionStore>
+    });
+    let ctx = Arc::new(Ctx {
+        node: node_name,
+        settings: Arc::new(settings),
+        broker,
+        cm: Default::default(),
+        sys,
+        started_at: Instant::now(),
+        registry: Some(registry.clone()),
+        listeners: tokio::sync::watch::channel(true).0,
+        authn,
+        banned,
+        authz_rules,
+        alarms: Arc::new(Alarms::new(AlarmSettings {
+            log: cfg.alarm.log,
+            publish: cfg.alarm.publish,
+            size_limit: cfg.alarm.size_limit as usize,
+            validity_period: cfg.alarm.validity_period,
+        })),
+        overload: Arc::new(Overload::new(overload_settings(cfg)?)),
+        session_store,
+    });
+    // Sessions parked at the last stop come back offline (and leave the
+    // store) before anything reaches this node: forwarded messages (the
+    // peers resend what the last run did not acknowledge) and clients.
+    let (unparked, recovered) = emqx_actors::parking::restore(&ctx, &durable, recovered).await?;
+    if unparked > 0 {
+        tracing::info!("{unparked} persistent session(s) back from disk");
+    }
+    if recovered > 0 {
+        tracing::info!("{recovered} persistent session(s) back from the journal (the node had not stopped cleanly)");
+    }
+    // Messages other nodes forward go to the broker.
+    let b = ctx.broker.clone();
+    let on_receive: OnReceive =
+        Arc::new(move |_from: &str, msg, shared| b.publish_forwarded(Arc::new(msg), shared));
+    forwarder.serve(fwd_listener, on_receive);
+    let sys_task = ctx.spawn_sys();
+    let overload_task = emqx_actors::overload_monitor::spawn_monitor(ctx.clone());
+    // Idle sessions hibernate after `mqtt.idle_timeout`, as in EMQX.
+    let hibernate_task = tokio::spawn(emqx_actors::session::hibernator(
+        Arc::downgrade(&ctx),
+        ctx.settings.idle_timeout,
+    ));
     let core = Core {
         ds,
         hibernate_task,

@@ -1113,3 +1113,75 @@ fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_cor
         tail(alive[1])
     );
 }
+
+#[test]
+fn a_persistent_session_comes_back_from_the_session_store_when_its_node_was_killed() {
+    let env = ds_env("4/3/1");
+    let mut nodes: Vec<Node> = [4u8, 5, 6]
+        .iter()
+        .map(|ip| {
+            let mut n = prepare(*ip);
+            n.spawn(&env);
+            n
+        })
+        .collect();
+    for n in &nodes[1..] {
+        join(n, &nodes[0]);
+    }
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        for n in &all {
+            assert!(
+                wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
+                "{}: {:?}\n{}",
+                n.name,
+                ds_rows(n),
+                tails(&all)
+            );
+        }
+    }
+    // Subscribed on the first node, then offline.
+    let (mut s, present) = mq_persistent(&nodes[0], "ps-store");
+    assert!(!present);
+    s.sub("ps/#", 1);
+    wait_route(&nodes[2], "ps/#", &nodes[0], true, Duration::from_secs(10));
+    drop(s);
+    std::thread::sleep(Duration::from_millis(500));
+    // Its node is killed; the client comes back to another one.
+    nodes[0].kill();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    wait_status(
+        b,
+        &status_line(&[b, c], &[a]),
+        Duration::from_secs(15),
+        &[b, c],
+    );
+    let (mut s, present) = mq_persistent(b, "ps-store");
+    assert!(
+        present,
+        "session_present = 1 from the session store\n{}",
+        tails(&[b, c])
+    );
+    assert!(
+        b.log().contains("brought back from the cluster's session store"),
+        "{}",
+        tail(b)
+    );
+    wait_route(c, "ps/#", b, true, Duration::from_secs(10));
+    let mut p = mq(c, "ps-pub");
+    p.publish("ps/x", 1, false, b"after");
+    let got = payloads(&s.collect(1, Duration::from_secs(10)));
+    assert_eq!(got, vec!["after".to_string()], "its subscription came back");
+    drop(s);
+    // A clean start ends it everywhere: nothing comes back afterwards.
+    let m = Mq::open(c, "ps-store", true);
+    std::thread::sleep(Duration::from_secs(1));
+    drop(m);
+    std::thread::sleep(Duration::from_millis(500));
+    let (_s, present) = mq_persistent(b, "ps-store");
+    assert!(
+        !present,
+        "a clean start dropped the stored session\n{}",
+        tails(&[b, c])
+    );
+}

@@ -19,6 +19,10 @@ pub enum OpenError {
     Locked(#[from] RegistryError),
     #[error("session spawn failed: {0}")]
     Spawn(String),
+    /// The cluster's session store could not claim the session (no
+    /// quorum in time): CONNACK 0x88 (3.1.1: 3), the client tries again.
+    #[error("the session store: {0}")]
+    Store(#[from] crate::peers::StoreError),
 }
 
 /// Opens the session for a new connection: resumes or discards an
@@ -117,6 +121,39 @@ async fn open_locked(
             }
         }
     }
+    // A new persistent session here (not one resumed here, above) is
+    // claimed in the cluster's session store (the durable storage
+    // preview): the claim fences the node that held it.
+    let expiry = emqx_mqtt::channel::requested_expiry(&connect, &ctx.settings);
+    let store = ctx.session_store.clone().filter(|_| !assigned);
+    if let (Some(s), true) = (&store, connect.clean_start) {
+        // A clean start: what the store kept of an earlier session goes,
+        // whichever node held it.
+        let c = s.claim(&client_id).await?;
+        s.release(&client_id, c.epoch).await?;
+    }
+    let claim = match store.as_ref().filter(|_| expiry > 0) {
+        Some(s) => Some(s.claim(&client_id).await?),
+        None => None,
+    };
+    if let (Some(s), Some(c)) = (&store, &claim) {
+        if !connect.clean_start && restored.is_none() && c.previous.is_some() {
+            // No node handed the session over (the one that held it is
+            // gone): the store's copy, if it has not expired.
+            let now = crate::clock::now_ms();
+            let stored = s.read(&client_id).await?;
+            if let Some(rec) = crate::stored::recovered(&stored, now) {
+                if rec.remaining(now).is_some() {
+                    tracing::info!(
+                        client_id = %client_id,
+                        "a persistent session brought back from the cluster's session store (held by {:?})",
+                        c.previous
+                    );
+                    restored = Some(rec.snapshot());
+                }
+            }
+        }
+    }
     let handle = SessionHandle::new();
     let args = SessionArgs {
         ctx: ctx.clone(),
@@ -129,6 +166,7 @@ async fn open_locked(
         unparked: None,
         journal: None,
         will: None,
+        store_epoch: claim.map(|c| c.epoch),
     };
     Actor::spawn(None, SessionActor, SessionStart::New(Box::new(args)))
         .await

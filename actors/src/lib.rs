@@ -32,6 +32,7 @@ pub mod retainer;
 pub mod session;
 pub mod session_msg;
 pub mod shard;
+pub mod stored;
 pub mod sys;
 pub mod tables;
 
@@ -66,6 +67,10 @@ pub struct Ctx {
     pub alarms: Arc<alarms::Alarms>,
     /// Node-wide overload protection (`overload_protection.*`).
     pub overload: Arc<overload::Overload>,
+    /// Where persistent sessions are claimed and kept for the cluster
+    /// (the replicated durable storage's developer preview; `None`
+    /// otherwise).
+    pub session_store: Option<Arc<dyn peers::SessionStore>>,
 }
 
 /// `sys_topics.*` of emqx.conf.

@@ -185,6 +185,7 @@ async fn bring_back(
         restored: Some(p.snapshot.clone()),
         journal,
         will,
+        store_epoch: None,
     };
     // No actor: the session sleeps until the first message for it.
     ctx.cm.insert(client_id.clone(), handle);

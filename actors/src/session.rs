@@ -65,6 +65,9 @@ pub struct SessionArgs {
     /// left (its connection ended with the node), and the seconds of its
     /// delay left.
     pub will: Option<(LastWill, u32)>,
+    /// The epoch of the claim its connect made in the cluster's session
+    /// store, if there is one: its record is written there under it.
+    pub store_epoch: Option<u64>,
 }
 
 /// The actor's state: the session's, unless it went dormant.
@@ -117,6 +120,8 @@ pub struct SessionState {
     /// Its incarnation in the durable journal while it is journaled (a
     /// persistent session on a node with `durable_sessions.enable`), else 0.
     journal_inc: u64,
+    /// Its writer to the cluster's session store (see [`crate::stored`]).
+    store: Option<crate::stored::StoreLink>,
     /// The write of the packet ids of journaled QoS 2 deliveries about to
     /// go out, or received by the client: the next flush holds their
     /// PUBLISHes (or PUBRELs) until it is on disk.
@@ -363,6 +368,7 @@ impl SessionState {
             released: Vec::new(),
             parked: false,
             journal_inc: 0,
+            store: None,
             sent_write: None,
             gate: None,
             stopped: false,
@@ -376,6 +382,13 @@ impl SessionState {
         if let Some(inc) = a.journal {
             st.journal_inc = inc;
             st.inbox.set_journal(inc);
+        }
+        if let (Some(store), Some(epoch)) = (st.ctx.session_store.clone(), a.store_epoch) {
+            st.store = Some(crate::stored::StoreLink::start(
+                store,
+                a.client_id.clone(),
+                epoch,
+            ));
         }
         if let Some((w, _)) = &a.will {
             st.ch.conn.will = Some(Box::new(w.clone()));
@@ -1591,6 +1604,8 @@ impl SessionState {
     /// a session that is not persistent (any more) leaves the journal.
     /// Returns the record's write.
     fn journal_sync(&mut self) -> Option<crate::durable::Ticket> {
+        // The cluster's copy first (not waited for here).
+        drop(self.store_sync());
         let j = self.ctx.broker.journal.clone()?;
         if self.ch.session_expiry == 0 {
             if self.journal_inc != 0 {
@@ -1614,11 +1629,32 @@ impl SessionState {
     /// [`SessionState::journal_sync`], waiting until the record is on
     /// disk (a SUBACK or UNSUBACK is sent after it).
     async fn journal_sync_wait(&mut self) {
+        let stored = self.store_sync();
         if let Some(t) = self.journal_sync() {
             if let Err(e) = t.wait().await {
                 self.durable_failed(&e);
             }
         }
+        if let Some(rx) = stored {
+            // Failures are logged by the writer; the reply goes either way.
+            let _ = rx.await;
+        }
+    }
+
+    /// Writes the session's record to the cluster's session store, if it
+    /// has one and is persistent; the answer says when it is committed.
+    fn store_sync(
+        &mut self,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::peers::StoreError>>> {
+        if self.ch.session_expiry == 0 {
+            // Not persistent (any more): no copy must outlive it.
+            if let Some(s) = self.store.take() {
+                s.release();
+            }
+            return None;
+        }
+        let rec = self.journal_record();
+        self.store.as_ref().map(|s| s.write(&rec))
     }
 
     fn durable_failed(&self, e: &crate::durable::DurableError) {
