@@ -1063,15 +1063,7 @@ fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_cor
     // and vote were on disk; nothing is dropped.
     nodes[dead].spawn(&env);
     let all: Vec<&Node> = nodes.iter().collect();
-    for n in &all {
-        assert!(
-            wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
-            "{}: every shard on the three cores after the restart: {:?}\n{}",
-            n.name,
-            ds_rows(n),
-            tails(&all)
-        );
-    }
+    wait_ds_settled(&all, 4, Duration::from_secs(30));
     assert!(
         !tail(&nodes[dead]).contains("ds: dropped"),
         "{}",
@@ -1116,30 +1108,7 @@ fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_cor
 
 #[test]
 fn a_persistent_session_comes_back_from_the_session_store_when_its_node_was_killed() {
-    let env = ds_env("4/3/1");
-    let mut nodes: Vec<Node> = [4u8, 5, 6]
-        .iter()
-        .map(|ip| {
-            let mut n = prepare(*ip);
-            n.spawn(&env);
-            n
-        })
-        .collect();
-    for n in &nodes[1..] {
-        join(n, &nodes[0]);
-    }
-    {
-        let all: Vec<&Node> = nodes.iter().collect();
-        for n in &all {
-            assert!(
-                wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
-                "{}: {:?}\n{}",
-                n.name,
-                ds_rows(n),
-                tails(&all)
-            );
-        }
-    }
+    let mut nodes = ds_cluster(&[4, 5, 6], "4/3/1", 4, "");
     // Subscribed on the first node, then offline.
     let (mut s, present) = mq_persistent(&nodes[0], "ps-store");
     assert!(!present);
@@ -1163,7 +1132,8 @@ fn a_persistent_session_comes_back_from_the_session_store_when_its_node_was_kill
         tails(&[b, c])
     );
     assert!(
-        b.log().contains("brought back from the cluster's session store"),
+        b.log()
+            .contains("brought back from the cluster's session store"),
         "{}",
         tail(b)
     );

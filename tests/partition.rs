@@ -714,28 +714,8 @@ fn wait_route_ready(n: &Node, all: &[&Node]) {
 #[test]
 fn durable_storage_shards_stay_led_on_the_majority_and_survive_the_autoheal_restart() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let env = ds_env("4/3/1");
-    let nodes: Vec<Node> = [1u8, 2, 3]
-        .iter()
-        .map(|ip| {
-            let mut n = prepare_with(*ip, HEAL);
-            n.spawn(&env);
-            n
-        })
-        .collect();
-    for n in &nodes[1..] {
-        join(n, &nodes[0]);
-    }
+    let nodes = ds_cluster(&[1, 2, 3], "4/3/1", 4, HEAL);
     let all: Vec<&Node> = nodes.iter().collect();
-    for n in &all {
-        assert!(
-            common::wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
-            "{}: {:?}\n{}",
-            n.name,
-            ds_rows(n),
-            tails(&all)
-        );
-    }
     let (major, minor) = (&all[..2], &all[2..]);
     let mut cut = Partition::split(&[major, minor]);
     wait_side(major, minor, &all, Duration::from_secs(20));
@@ -763,14 +743,8 @@ fn durable_storage_shards_stay_led_on_the_majority_and_survive_the_autoheal_rest
         "{}",
         tails(&all)
     );
+    wait_ds_settled(&all, 4, Duration::from_secs(30));
     for n in &all {
-        assert!(
-            common::wait_until(Duration::from_secs(30), || ds_settled(n, 4, &all)),
-            "{} after the heal: {:?}\n{}",
-            n.name,
-            ds_rows(n),
-            tails(&all)
-        );
         assert!(
             !log_has(n, "ds: dropped"),
             "{} dropped shards it shares with the cluster\n{}",

@@ -525,3 +525,39 @@ pub fn ds_settled(n: &Node, shards: u16, members: &[&Node]) -> bool {
 pub fn ds_env(spec: &str) -> Vec<(String, String)> {
     vec![("EMQXRS_DS_PREVIEW".to_string(), spec.to_string())]
 }
+
+/// Waits until every node of `nodes` sees each of `shards` shards led,
+/// with exactly `nodes` as voters.
+pub fn wait_ds_settled(nodes: &[&Node], shards: u16, timeout: Duration) {
+    for n in nodes {
+        assert!(
+            super::wait_until(timeout, || ds_settled(n, shards, nodes)),
+            "{}: every shard on {} cores: {:?}\n{}",
+            n.name,
+            nodes.len(),
+            ds_rows(n),
+            tails(nodes)
+        );
+    }
+}
+
+/// Nodes on the given loopback addresses with the durable storage's
+/// groups (`ds_env(spec)`, `extra` in their config), each joined to the
+/// first; returns once `shards` shards are on all of them.
+pub fn ds_cluster(ips: &[u8], spec: &str, shards: u16, extra: &str) -> Vec<Node> {
+    let env = ds_env(spec);
+    let nodes: Vec<Node> = ips
+        .iter()
+        .map(|ip| {
+            let mut n = prepare_with(*ip, extra);
+            n.spawn(&env);
+            n
+        })
+        .collect();
+    for n in &nodes[1..] {
+        join(n, &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_ds_settled(&all, shards, Duration::from_secs(30));
+    nodes
+}
