@@ -1606,6 +1606,11 @@ impl SessionState {
     fn journal_sync(&mut self) -> Option<crate::durable::Ticket> {
         // The cluster's copy first (not waited for here).
         drop(self.store_sync());
+        self.journal_sync_local()
+    }
+
+    /// [`SessionState::journal_sync`] without the cluster's copy.
+    fn journal_sync_local(&mut self) -> Option<crate::durable::Ticket> {
         let j = self.ctx.broker.journal.clone()?;
         if self.ch.session_expiry == 0 {
             if self.journal_inc != 0 {
@@ -1630,7 +1635,7 @@ impl SessionState {
     /// disk (a SUBACK or UNSUBACK is sent after it).
     async fn journal_sync_wait(&mut self) {
         let stored = self.store_sync();
-        if let Some(t) = self.journal_sync() {
+        if let Some(t) = self.journal_sync_local() {
             if let Err(e) = t.wait().await {
                 self.durable_failed(&e);
             }
@@ -1646,6 +1651,7 @@ impl SessionState {
     fn store_sync(
         &mut self,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::peers::StoreError>>> {
+        self.store.as_ref()?;
         if self.ch.session_expiry == 0 {
             // Not persistent (any more): no copy must outlive it.
             if let Some(s) = self.store.take() {
