@@ -548,8 +548,9 @@ struct Core {
 /// The variable that runs the replicated durable storage's groups in its
 /// developer preview: `<n_shards>/<replication_factor>/<n_sites>`. Not a
 /// configuration: the groups form, replicate and show in `ctl ds info`,
-/// but no session is kept in them yet, so `durable_storage.*` stays
-/// refused (docs/durability.md).
+/// and persistent sessions are claimed and their records kept there, but
+/// not yet their messages, so `durable_storage.*` stays refused
+/// (docs/durability.md).
 pub const DS_PREVIEW_VAR: &str = "EMQXRS_DS_PREVIEW";
 
 /// The preview's shards, replication factor and sites, if it is on.
@@ -731,7 +732,7 @@ async fn start_broker(
             .await
             .map_err(|e| format!("cannot start the durable storage shards: {e}"))?;
             tracing::warn!(
-                "{DS_PREVIEW_VAR}: the replicated durable storage runs {shards} shard(s), replication factor {rf}, {sites} site(s) to start; it keeps no session yet"
+                "{DS_PREVIEW_VAR}: the replicated durable storage runs {shards} shard(s), replication factor {rf}, {sites} site(s) to start; it keeps persistent sessions' records, not yet their messages"
             );
             Some(Arc::new(host))
         }
