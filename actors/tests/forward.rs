@@ -872,11 +872,13 @@ async fn a_connection_lost_with_unacknowledged_frames_loses_and_repeats_nothing(
     }
     sink.wait_for(1000, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // Each message once, in order, though the first 500 crossed twice.
+    // Each message once, in order, though the first 500 crossed twice
+    // (and so did any of the next 500 that left on the dying connection
+    // before the cut reached it: its acknowledgements were lost too).
     assert_eq!(sink.len(), 1000);
     check_order(&sink.msgs.lock(), &HashMap::from([("t".to_string(), 1000)]));
     let st = b.listener_stats();
-    assert_eq!(st.duplicates, 500, "{st:?}");
+    assert!((500..=1000).contains(&st.duplicates), "{st:?}");
     assert_eq!(st.received, 1000, "{st:?}");
     let p = a.peers().remove(0);
     assert_eq!(p.dropped, 0, "{p:?}");
