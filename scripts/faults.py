@@ -158,6 +158,8 @@ class Node:
         env = dict(os.environ)
         if self.ds:
             env["EMQXRS_DS_PREVIEW"] = self.ds
+            # The shards keep a copy of the session journal.
+            env["EMQX_DURABLE_SESSIONS__ENABLE"] = "true"
         self.proc = subprocess.Popen(
             [self.bin, "foreground", "-config", self.config],
             env=env,

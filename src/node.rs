@@ -703,7 +703,14 @@ async fn start_broker(
     // The durable storage's shards (its developer preview): the replicas
     // on a core, the way to them on a replicant; persistent sessions are
     // claimed and kept there.
-    let ds = match ds_preview()? {
+    let preview = ds_preview()?;
+    if preview.is_some() && !cfg.durable_sessions.enable {
+        // The shards hold a copy of the journal's rows of each session.
+        return Err(format!(
+            "{DS_PREVIEW_VAR} needs durable_sessions.enable = true (the shards keep a copy of the session journal)"
+        ));
+    }
+    let ds = match preview {
         Some((shards, rf, _)) if role_of(cfg) == Role::Replicant => {
             // No replicas: it reaches the shards through the cores.
             let transport = Arc::new(emqx_actors::cluster::ds_link::ClusterTransport);
@@ -732,7 +739,7 @@ async fn start_broker(
             .await
             .map_err(|e| format!("cannot start the durable storage shards: {e}"))?;
             tracing::warn!(
-                "{DS_PREVIEW_VAR}: the replicated durable storage runs {shards} shard(s), replication factor {rf}, {sites} site(s) to start; it keeps persistent sessions' records, not yet their messages"
+                "{DS_PREVIEW_VAR}: the replicated durable storage runs {shards} shard(s), replication factor {rf}, {sites} site(s) to start; it keeps persistent sessions with their queued and inflight messages"
             );
             Some(Arc::new(host))
         }

@@ -1107,16 +1107,34 @@ fn durable_storage_shards_form_on_the_cores_elect_again_and_follow_a_removed_cor
 }
 
 #[test]
-fn a_persistent_session_comes_back_from_the_session_store_when_its_node_was_killed() {
+fn a_persistent_session_and_its_acknowledged_messages_come_back_from_the_session_store_when_its_node_was_killed(
+) {
     let mut nodes = ds_cluster(&[4, 5, 6], "4/3/1", 4, "");
     // Subscribed on the first node, then offline.
     let (mut s, present) = mq_persistent(&nodes[0], "ps-store");
     assert!(!present);
-    s.sub("ps/#", 1);
+    s.sub("ps/#", 2);
     wait_route(&nodes[2], "ps/#", &nodes[0], true, Duration::from_secs(10));
+    // Gone for good (a dropped client's loop would still take, and
+    // acknowledge, what comes next).
+    s.c.disconnect().expect("disconnect");
+    assert!(!s.wait_for(Duration::from_secs(2), |e| matches!(
+        e,
+        Event::Incoming(Packet::Publish(_))
+    )));
     drop(s);
     std::thread::sleep(Duration::from_millis(500));
-    // Its node is killed; the client comes back to another one.
+    // Messages queued for it there, each acknowledged (PUBACK, PUBCOMP)
+    // only once its shard committed it.
+    let mut want: Vec<(String, u8)> = Vec::new();
+    let mut p0 = mq(&nodes[0], "ps-pub0");
+    for i in 0..10 {
+        let q = if i % 4 == 3 { 2 } else { 1 };
+        let body = format!("queued-{i}");
+        p0.publish("ps/q", q, false, body.as_bytes());
+        want.push((body, q));
+    }
+    // Its node is killed at once; the client comes back to another one.
     nodes[0].kill();
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     wait_status(
@@ -1136,6 +1154,18 @@ fn a_persistent_session_comes_back_from_the_session_store_when_its_node_was_kill
             .contains("brought back from the cluster's session store"),
         "{}",
         tail(b)
+    );
+    // Every acknowledged message, in order, at the QoS it was queued with.
+    let got: Vec<(String, u8)> = s
+        .collect(want.len(), Duration::from_secs(10))
+        .iter()
+        .map(|m| (String::from_utf8_lossy(&m.payload).to_string(), m.qos as u8))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "the queue came back from the shard\n{}",
+        tails(&[b, c])
     );
     wait_route(c, "ps/#", b, true, Duration::from_secs(10));
     let mut p = mq(c, "ps-pub");

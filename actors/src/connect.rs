@@ -142,7 +142,13 @@ async fn open_locked(
             // gone): the store's copy, if it has not expired.
             let now = crate::clock::now_ms();
             let stored = s.read(&client_id).await?;
-            if let Some(rec) = crate::stored::recovered(&stored, now) {
+            let rec = crate::journal::from_store(&stored, now).unwrap_or_else(|e| {
+                // Not brought back rather than brought back wrong: the
+                // client sees `session_present = 0`.
+                tracing::error!(client_id = %client_id, "{e}");
+                None
+            });
+            if let Some(rec) = rec {
                 if rec.remaining(now).is_some() {
                     tracing::info!(
                         client_id = %client_id,

@@ -29,6 +29,10 @@ pub enum DurableError {
     Io { path: PathBuf, error: String },
     #[error("{path}: the store's writer has stopped")]
     Stopped { path: PathBuf },
+    /// A copy that must be written elsewhere too (the cluster's session
+    /// store) was not: no quorum answered in time.
+    #[error("the cluster's session store: {0}")]
+    Unavailable(String),
 }
 
 /// One change to one table.
@@ -141,6 +145,26 @@ impl Ticket {
         }
     }
 
+    /// A ticket that resolves once this one and `n` more parts have: `Ok`
+    /// if all were, else the first failure. A part dropped unresolved
+    /// counts as done (its writer stopped because the write no longer
+    /// matters: see [`Part`]).
+    pub fn join(self, n: usize) -> (Ticket, Vec<Part>) {
+        if n == 0 {
+            return (self, Vec::new());
+        }
+        let joined = Arc::new(Join {
+            left: AtomicU64::new(n as u64 + 1),
+            first_error: parking_lot::Mutex::new(None),
+            outcome: Outcome::pending(),
+        });
+        let ticket = Ticket(joined.outcome.clone());
+        let parts = (0..n).map(|_| Part(Some(joined.clone()))).collect();
+        let mine = Part(Some(joined));
+        self.on_done(move |r| mine.done(r));
+        (ticket, parts)
+    }
+
     pub async fn wait(self) -> Result<(), DurableError> {
         let (tx, rx) = oneshot::channel();
         self.on_done(move |r| {
@@ -151,6 +175,45 @@ impl Ticket {
                 path: PathBuf::from("durable.redb"),
             })
         })
+    }
+}
+
+/// What a joined ticket waits for ([`Ticket::join`]).
+struct Join {
+    left: AtomicU64,
+    first_error: parking_lot::Mutex<Option<DurableError>>,
+    outcome: Arc<Outcome>,
+}
+
+/// One part of a joined ticket, to resolve with its own outcome.
+pub struct Part(Option<Arc<Join>>);
+
+impl Part {
+    pub fn done(mut self, r: Result<(), DurableError>) {
+        if let Some(j) = self.0.take() {
+            Self::finish(j, r);
+        }
+    }
+
+    fn finish(j: Arc<Join>, r: Result<(), DurableError>) {
+        if let Err(e) = r {
+            j.first_error.lock().get_or_insert(e);
+        }
+        if j.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let r = match j.first_error.lock().take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+            j.outcome.complete(r);
+        }
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if let Some(j) = self.0.take() {
+            Self::finish(j, Ok(()));
+        }
     }
 }
 

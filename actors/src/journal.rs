@@ -39,7 +39,9 @@
 //! above every key on disk and above the wall clock in microseconds.
 
 use crate::clock::now_ms;
-use crate::durable::{Durable, DurableError, Op, Ticket};
+use crate::durable::{Durable, DurableError, Op, Part, Ticket};
+use crate::peers::{SessionOp, StoreError, StoredSession};
+use crate::stored::StoreLink;
 use emqx_mqtt::channel::{InflightState, JournalPid, SessionSnapshot};
 use emqx_mqtt::delivery::{Delivery, SubMatch};
 use emqx_mqtt::message::Message;
@@ -71,6 +73,56 @@ pub const TABLES: [&str; 7] = [
 ];
 
 const CLOCK_KEY: &[u8] = b"clock";
+
+/// The tables of a session in the cluster's session store (a copy of its
+/// journal rows, keyed within the session, see [`Journal::link`]): its
+/// record (key [`STORE_RECORD_KEY`]).
+pub const STORE_RECORD: u8 = 1;
+/// Message key -> the delivery, always with its message.
+pub const STORE_QUEUE: u8 = 2;
+/// Message key -> the packet id its QoS 2 delivery went out with.
+pub const STORE_SENT: u8 = 3;
+/// Packet id -> nothing: a release owed.
+pub const STORE_PUBREL: u8 = 4;
+/// Packet id -> nothing: a QoS 2 message received, not yet released.
+pub const STORE_REL: u8 = 5;
+pub const STORE_TABLES: [u8; 5] = [
+    STORE_RECORD,
+    STORE_QUEUE,
+    STORE_SENT,
+    STORE_PUBREL,
+    STORE_REL,
+];
+pub const STORE_RECORD_KEY: &[u8] = b"record";
+
+/// The store's table of a journal table whose rows are copied there.
+fn store_table(table: &str) -> Option<u8> {
+    match table {
+        QUEUE_TABLE => Some(STORE_QUEUE),
+        SENT_TABLE => Some(STORE_SENT),
+        PUBREL_TABLE => Some(STORE_PUBREL),
+        REL_TABLE => Some(STORE_REL),
+        _ => None,
+    }
+}
+
+/// The copy in the store of a journal change to one session's rows (keys
+/// `incarnation ++ rest` there, `rest` in the store); `None` for what is
+/// not copied (shared messages, records: see [`Journal::link`]).
+fn store_op(op: &Op) -> Option<SessionOp> {
+    match op {
+        Op::Put { table, key, value } => Some(SessionOp::Put {
+            table: store_table(table)?,
+            key: key.get(8..)?.to_vec(),
+            value: value.clone(),
+        }),
+        Op::Delete { table, key } => Some(SessionOp::Delete {
+            table: store_table(table)?,
+            key: key.get(8..)?.to_vec(),
+        }),
+        _ => None,
+    }
+}
 
 /// How often the node's clock is written.
 pub const CLOCK_PERIOD: Duration = Duration::from_secs(5);
@@ -174,6 +226,98 @@ impl Recovered {
     }
 }
 
+/// The write of `rec` to the cluster's session store.
+pub fn store_record_op(rec: &SessionRecord) -> Option<SessionOp> {
+    match bincode::serde::encode_to_vec(rec, cfg()) {
+        Ok(value) => Some(SessionOp::Put {
+            table: STORE_RECORD,
+            key: STORE_RECORD_KEY.to_vec(),
+            value,
+        }),
+        Err(e) => {
+            tracing::error!(client_id = %rec.client_id, "session not written to the store: {e}");
+            None
+        }
+    }
+}
+
+/// The session the cluster's session store holds for its client, if it
+/// holds its record: to be brought back offline with its queue, inflight
+/// window and QoS 2 ids, as [`Journal::open`] brings back a session of
+/// this node's journal. `now_ms` is when its connection went if the
+/// record says it was still connected (the node that held it died). A
+/// row that cannot be read is an error naming it.
+pub fn from_store(stored: &StoredSession, now_ms: u64) -> Result<Option<Recovered>, String> {
+    let mut record: Option<SessionRecord> = None;
+    let mut sent: HashMap<u64, u16> = HashMap::new();
+    let mut queued: Vec<(u64, QueueRow)> = Vec::new();
+    let mut pubrels: Vec<u16> = Vec::new();
+    let mut awaiting_rel: Vec<u16> = Vec::new();
+    for (table, k, v) in &stored.rows {
+        let bad = || format!("the session store: table {table}: bad row {k:?}");
+        match *table {
+            STORE_RECORD if k == STORE_RECORD_KEY => {
+                let r = bincode::serde::decode_from_slice(v, cfg())
+                    .map_err(|e| format!("the session store: the session's record: {e}"))?;
+                record = Some(r.0);
+            }
+            STORE_QUEUE => {
+                let key = be64(k).ok_or_else(bad)?;
+                let row: QueueRow = bincode::serde::decode_from_slice(v, cfg())
+                    .map(|(r, _)| r)
+                    .map_err(|e| format!("the session store: delivery {key}: {e}"))?;
+                queued.push((key, row));
+            }
+            STORE_SENT => {
+                sent.insert(be64(k).ok_or_else(bad)?, be16(v).ok_or_else(bad)?);
+            }
+            STORE_PUBREL => pubrels.push(be16(k).ok_or_else(bad)?),
+            STORE_REL => awaiting_rel.push(be16(k).ok_or_else(bad)?),
+            _ => {}
+        }
+    }
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let mut publishes: Vec<(u16, InflightState)> = Vec::new();
+    let mut queue: Vec<Delivery> = Vec::new();
+    for (key, row) in queued {
+        let Some(msg) = row.msg else {
+            return Err(format!(
+                "the session store: delivery {key} holds no message"
+            ));
+        };
+        // Journaled again, with keys of its own, by the node it comes
+        // back on.
+        let d = Delivery {
+            msg: Arc::new(msg),
+            qos: row.qos,
+            retain: row.retain,
+            sub_ids: row.sub_ids,
+            journal: 0,
+        };
+        match sent.get(&key) {
+            Some(&pid) if d.qos == QoS::ExactlyOnce => {
+                publishes.push((pid, InflightState::Publish(d)))
+            }
+            _ => queue.push(d),
+        }
+    }
+    let mut inflight: Vec<(u16, InflightState)> = pubrels
+        .into_iter()
+        .filter(|p| !publishes.iter().any(|(q, _)| q == p))
+        .map(|p| (p, InflightState::Release))
+        .collect();
+    inflight.extend(publishes);
+    Ok(Some(Recovered {
+        offline_since_ms: record.disconnected_at_ms.unwrap_or(now_ms),
+        inflight,
+        queue,
+        awaiting_rel,
+        record,
+    }))
+}
+
 /// The journal of one node. Shared by the publish path and the sessions.
 pub struct Journal {
     durable: Durable,
@@ -181,6 +325,22 @@ pub struct Journal {
     /// Message key -> queue rows still holding it.
     refs: Mutex<HashMap<u64, u32>>,
     upgrade_qos: bool,
+    /// Incarnation -> the writer of that session's copy in the cluster's
+    /// session store ([`Journal::link`]).
+    links: parking_lot::RwLock<HashMap<u64, StoreLink>>,
+    /// `links.len()`, read without the lock.
+    n_links: AtomicU64,
+}
+
+/// The outcome of a write to the store, as a part of a journal ticket: a
+/// session taken by another node since (fenced) no longer needs it.
+fn part_done(part: Part) -> crate::stored::Done {
+    Box::new(move |r| {
+        part.done(match r {
+            Ok(()) | Err(StoreError::Fenced { .. }) => Ok(()),
+            Err(StoreError::Unavailable(e)) => Err(DurableError::Unavailable(e)),
+        })
+    })
 }
 
 fn key2(a: u64, b: u64) -> Vec<u8> {
@@ -433,6 +593,8 @@ impl Journal {
             next: AtomicU64::new(max_key.max(now_us) + 1),
             refs: Mutex::new(refs),
             upgrade_qos,
+            links: Default::default(),
+            n_links: AtomicU64::new(0),
         };
         Ok((journal, recovered))
     }
@@ -486,6 +648,7 @@ impl Journal {
         let inline = due.len() == 1;
         let mut keys: Vec<u64> = Vec::new();
         let mut ops: Vec<Op> = Vec::with_capacity(due.len() + 1);
+        let mut copies: Vec<(StoreLink, SessionOp)> = Vec::new();
         let key = self.next_key();
         let mut n = 0u32;
         for (i, inc, matches) in due {
@@ -514,6 +677,28 @@ impl Journal {
             };
             match bincode::serde::encode_to_vec(&row, cfg()) {
                 Ok(value) => {
+                    if let Some(link) = self.linked(inc) {
+                        // The store's copy always holds the message.
+                        let value = if inline {
+                            Ok(value.clone())
+                        } else {
+                            bincode::serde::encode_to_vec(
+                                QueueRowOut {
+                                    msg: Some(msg),
+                                    ..row
+                                },
+                                cfg(),
+                            )
+                        };
+                        if let Ok(value) = value {
+                            let put = SessionOp::Put {
+                                table: STORE_QUEUE,
+                                key: key.to_be_bytes().to_vec(),
+                                value,
+                            };
+                            copies.push((link, put));
+                        }
+                    }
                     ops.push(Op::Put {
                         table: QUEUE_TABLE,
                         key: key2(inc, key),
@@ -534,7 +719,67 @@ impl Journal {
         if !inline {
             self.refs.lock().insert(key, n);
         }
-        Some((self.durable.submit(ops), keys))
+        let (ticket, parts) = self.durable.submit(ops).join(copies.len());
+        for ((link, put), part) in copies.into_iter().zip(parts) {
+            link.send(vec![put], Some(part_done(part)));
+        }
+        Some((ticket, keys))
+    }
+
+    /// From now on, what is journaled of session `incarnation` is also
+    /// written to the cluster's session store through `link`: its
+    /// deliveries (each with its message), QoS 2 packet ids and releases
+    /// owed, and the tickets of those writes wait for both copies. (Its
+    /// record is written there by the session itself.)
+    pub fn link(&self, incarnation: u64, link: StoreLink) {
+        if incarnation == 0 {
+            return;
+        }
+        let mut l = self.links.write();
+        l.insert(incarnation, link);
+        self.n_links.store(l.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Session `incarnation` is no longer copied to the store.
+    pub fn unlink(&self, incarnation: u64) {
+        if self.n_links.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut l = self.links.write();
+        l.remove(&incarnation);
+        self.n_links.store(l.len() as u64, Ordering::Relaxed);
+    }
+
+    fn linked(&self, incarnation: u64) -> Option<StoreLink> {
+        if self.n_links.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.links.read().get(&incarnation).cloned()
+    }
+
+    /// Submits `ops` of session `incarnation` and their copy in the store;
+    /// with `wait`, returns the ticket of both.
+    fn submit_session(&self, incarnation: u64, ops: Vec<Op>, wait: bool) -> Option<Ticket> {
+        let copy: Option<(StoreLink, Vec<SessionOp>)> = self
+            .linked(incarnation)
+            .map(|l| (l, ops.iter().filter_map(store_op).collect::<Vec<_>>()))
+            .filter(|(_, c)| !c.is_empty());
+        if !wait {
+            self.durable.submit_nowait(ops);
+            if let Some((link, copy)) = copy {
+                link.send(copy, None);
+            }
+            return None;
+        }
+        let t = self.durable.submit(ops);
+        Some(match copy {
+            Some((link, copy)) => {
+                let (t, mut parts) = t.join(1);
+                link.send(copy, parts.pop().map(part_done));
+                t
+            }
+            None => t,
+        })
     }
 
     /// Writes what a session holds that is not journaled yet (a session
@@ -590,7 +835,7 @@ impl Journal {
             d.journal = key;
         }
         if !ops.is_empty() {
-            self.durable.submit_nowait(ops);
+            self.submit_session(incarnation, ops, false);
         }
     }
 
@@ -670,11 +915,7 @@ impl Journal {
         if ops.is_empty() {
             return None;
         }
-        if wait {
-            return Some(self.durable.submit(ops));
-        }
-        self.durable.submit_nowait(ops);
-        None
+        self.submit_session(incarnation, ops, wait)
     }
 
     /// Writes (replaces) a session's record.
@@ -697,6 +938,7 @@ impl Journal {
     /// rows and QoS 2 ids go; `held`, the deliveries it still held, are
     /// released.
     pub fn forget(&self, incarnation: u64, held: &[u64]) {
+        self.unlink(incarnation);
         self.release(0, held);
         let next = incarnation.saturating_add(1);
         self.durable.submit_nowait(vec![
@@ -729,23 +971,25 @@ impl Journal {
 
     /// The client published QoS 2 packet `pid` (its PUBREC waits for the
     /// ticket): a resend after a crash is then still recognized.
-    pub fn rel_add(&self, incarnation: u64, pid: u16) -> Ticket {
-        self.durable.submit(vec![Op::Put {
+    pub fn rel_add(&self, incarnation: u64, pid: u16) -> Option<Ticket> {
+        let put = Op::Put {
             table: REL_TABLE,
             key: rel_key(incarnation, pid),
             value: Vec::new(),
-        }])
+        };
+        self.submit_session(incarnation, vec![put], true)
     }
 
     /// The client released QoS 2 packet `pid` (its PUBCOMP waits for the
     /// ticket: the client may use the id again once it has it, and a node
     /// that died with the id still on disk would take the new message
     /// for the old one).
-    pub fn rel_del(&self, incarnation: u64, pid: u16) -> Ticket {
-        self.durable.submit(vec![Op::Delete {
+    pub fn rel_del(&self, incarnation: u64, pid: u16) -> Option<Ticket> {
+        let del = Op::Delete {
             table: REL_TABLE,
             key: rel_key(incarnation, pid),
-        }])
+        };
+        self.submit_session(incarnation, vec![del], true)
     }
 
     /// Writes the node's clock now and every [`CLOCK_PERIOD`].

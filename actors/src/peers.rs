@@ -180,6 +180,10 @@ pub enum SessionOp {
         table: u8,
         key: Vec<u8>,
     },
+    /// Removes every row of the session in `table`.
+    Clear {
+        table: u8,
+    },
 }
 
 /// A session as its store holds it.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::session_msg::{
-    ClientInfo, CloseCause, Dormant, Parked, SessionGone, SessionHandle, SessionMsg,
+    ClientInfo, CloseCause, Dormant, Parked, SessionGone, SessionHandle, SessionMsg, Written,
 };
 
 pub struct SessionActor;
@@ -148,8 +148,8 @@ struct Held {
     queue: std::collections::VecDeque<(u64, u64, Vec<Action>)>,
     /// The last write number given.
     issued: u64,
-    /// Writes done and not yet released: on disk (`true`) or failed.
-    done: std::collections::HashMap<u64, bool>,
+    /// Writes done and not yet released, with their outcome.
+    done: std::collections::HashMap<u64, Written>,
 }
 
 struct Sink<'a> {
@@ -384,11 +384,16 @@ impl SessionState {
             st.inbox.set_journal(inc);
         }
         if let (Some(store), Some(epoch)) = (st.ctx.session_store.clone(), a.store_epoch) {
-            st.store = Some(crate::stored::StoreLink::start(
+            let link = crate::stored::StoreLink::start(
                 store,
                 a.client_id.clone(),
                 epoch,
-            ));
+                &crate::journal::STORE_TABLES,
+            );
+            if let Some(j) = &st.ctx.broker.journal {
+                j.link(st.journal_inc, link.clone());
+            }
+            st.store = Some(link);
         }
         if let Some((w, _)) = &a.will {
             st.ch.conn.will = Some(Box::new(w.clone()));
@@ -678,10 +683,10 @@ impl SessionState {
                 }
                 let _ = reply.send(had);
             }
-            SessionMsg::Committed(n, ok) => {
+            SessionMsg::Committed(n, written) => {
                 // Acknowledgements only (nearly always) run here, with no
                 // future to box for them.
-                if st.release_local(&myself, n, ok) {
+                if st.release_local(&myself, n, written) {
                     Box::pin(st.release(&myself)).await;
                 }
                 st.pump(&myself).await;
@@ -1454,7 +1459,7 @@ impl SessionState {
                 let me = self.me.clone();
                 // Called on the store's writer thread: a message, no task.
                 t.on_done(move |r| {
-                    let _ = me.cast(SessionMsg::Committed(n, r.is_ok()));
+                    let _ = me.cast(SessionMsg::Committed(n, Written::of(&r)));
                 });
                 n
             }
@@ -1463,18 +1468,19 @@ impl SessionState {
         h.queue.push_back((n, gen, acts));
     }
 
-    /// Write `n` is done (`ok`) or failed: takes the replies held up to
-    /// the next write whose outcome is not known yet, in order, each with
+    /// Write `n` is done (or failed): takes the replies held up to the
+    /// next write whose outcome is not known yet, in order, each with
     /// whether its connection is still the current one. The
     /// acknowledgement of a publish whose write failed becomes a refusal
-    /// (see [`SessionState::refuse_unwritten`]).
-    fn take_released(&mut self, n: u64, ok: bool) -> Vec<(bool, Vec<Action>)> {
+    /// (see [`SessionState::refuse_unwritten`]); one the cluster's session
+    /// store could not confirm closes the connection with 0x89 instead.
+    fn take_released(&mut self, n: u64, ok: Written) -> Vec<(bool, Vec<Action>)> {
         let mut ready = Vec::new();
         if let Some(h) = self.held.as_mut() {
             h.done.insert(n, ok);
             while let Some((t, _, _)) = h.queue.front() {
                 let ok = match *t {
-                    0 => true,
+                    0 => Written::Yes,
                     t => match h.done.remove(&t) {
                         Some(ok) => ok,
                         None => break,
@@ -1491,8 +1497,14 @@ impl SessionState {
         }
         let mut out = Vec::with_capacity(ready.len());
         for (gen, acts, ok) in ready {
-            let acts = if ok {
+            let acts = if ok == Written::Yes {
                 acts
+            } else if ok == Written::Unavailable {
+                tracing::warn!(client_id = %self.ch.client_id, "a publish is not acknowledged: the cluster's session store did not confirm its copy in time; the connection closes (0x89) and the client sends it again");
+                vec![Action::Close {
+                    reason: Some(reason::SERVER_BUSY),
+                    why: "the cluster's session store is unavailable".into(),
+                }]
             } else {
                 tracing::error!(client_id = %self.ch.client_id, "a publish is refused: it cannot be written to disk (the store's error is logged above)");
                 self.ctx.alarm_activate(
@@ -1510,7 +1522,7 @@ impl SessionState {
     /// Runs the replies write `n` released when none needs the broker, and
     /// says false; otherwise keeps them for [`SessionState::release`] and
     /// says true.
-    fn release_local(&mut self, myself: &ActorRef<SessionMsg>, n: u64, ok: bool) -> bool {
+    fn release_local(&mut self, myself: &ActorRef<SessionMsg>, n: u64, ok: Written) -> bool {
         let ready = self.take_released(n, ok);
         if ready.iter().any(|(_, acts)| needs_broker(acts)) {
             self.released = ready;
@@ -1625,6 +1637,9 @@ impl SessionState {
         if self.journal_inc == 0 {
             self.journal_inc = j.next_key();
             self.inbox.set_journal(self.journal_inc);
+            if let Some(s) = &self.store {
+                j.link(self.journal_inc, s.clone());
+            }
         }
         let (inflight, queued) = self.ch.to_journal();
         j.adopt(self.journal_inc, inflight, queued);
@@ -1660,7 +1675,8 @@ impl SessionState {
             return None;
         }
         let rec = self.journal_record();
-        self.store.as_ref().map(|s| s.write(&rec))
+        let put = crate::journal::store_record_op(&rec)?;
+        self.store.as_ref().map(|s| s.write(vec![put]))
     }
 
     fn durable_failed(&self, e: &crate::durable::DurableError) {
@@ -1769,10 +1785,10 @@ impl SessionState {
         let j = self.ctx.broker.journal.as_ref()?;
         let now = self.ch.awaiting_rel.contains_key(&pid);
         if publish && !was && now {
-            return Some(j.rel_add(self.journal_inc, pid));
+            return j.rel_add(self.journal_inc, pid);
         }
         if !publish && !now {
-            return Some(j.rel_del(self.journal_inc, pid));
+            return j.rel_del(self.journal_inc, pid);
         }
         None
     }

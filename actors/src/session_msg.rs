@@ -348,6 +348,29 @@ impl Parked {
     }
 }
 
+/// The outcome of a write that replies wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Committed.
+    Yes,
+    /// Not written (the local store failed): its publish is refused.
+    Failed,
+    /// The cluster's session store had no quorum in time (the outcome is
+    /// unknown): the connection closes with 0x89, and its client sends
+    /// again.
+    Unavailable,
+}
+
+impl Written {
+    pub fn of(r: &Result<(), crate::durable::DurableError>) -> Written {
+        match r {
+            Ok(()) => Written::Yes,
+            Err(crate::durable::DurableError::Unavailable(_)) => Written::Unavailable,
+            Err(_) => Written::Failed,
+        }
+    }
+}
+
 #[derive(RactorMessage)]
 pub enum SessionMsg {
     /// Deliveries wait in the session's inbox: take them.
@@ -393,10 +416,9 @@ pub enum SessionMsg {
     /// `ctl subscriptions del`, the API's unsubscribe; `true` if it was
     /// subscribed.
     DelSub(String, RpcReplyPort<bool>),
-    /// The write of held reply number `u64` is on disk (`true`) or failed
-    /// (`false`: its publish is refused): release the replies held up to
-    /// it.
-    Committed(u64, bool),
+    /// The write of held reply number `u64` is done: release the replies
+    /// held up to it.
+    Committed(u64, Written),
     /// Periodic retry / await-rel check.
     Tick,
     /// Session expiry timer of connection generation `u64`.

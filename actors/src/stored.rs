@@ -1,64 +1,102 @@
-//! A persistent session's state in the cluster's session store (the
+//! A persistent session's writer to the cluster's session store (the
 //! replicated durable storage, [`crate::peers::SessionStore`]; its
-//! developer preview): what a node writes there while it holds the
-//! session, and what another node brings back from there when the one
-//! that held it is gone.
+//! developer preview): the changes a node makes to a session it holds
+//! are written there in the order they were made, several at a time.
 //!
-//! What is kept so far is the session's record (the journal's: client,
-//! subscriptions, expiry, when its connection went, its will), written
-//! when it changes (connect, SUBSCRIBE and UNSUBSCRIBE, the end of its
-//! connection); not yet its queued and inflight messages.
+//! What is written is the journal's (see [`crate::journal`]: the
+//! session's record, its queued and inflight deliveries, its QoS 2 packet
+//! ids), keyed within the session; the journal decides what and when.
 
-use crate::journal::{Recovered, SessionRecord};
-use crate::peers::{SessionOp, SessionStore, StoreError, StoredSession};
+use crate::peers::{SessionOp, SessionStore, StoreError};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-/// The table of a session's record in the store, and its key there.
-pub const RECORD_TABLE: u8 = 1;
-pub const RECORD_KEY: &[u8] = b"record";
+/// Called with the outcome of a write once it is known. Dropped without a
+/// call when the writer stopped before the write (the session was taken
+/// by another node, or released): the write no longer matters.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-fn cfg() -> impl bincode::config::Config {
-    bincode::config::standard()
+enum Job {
+    Ops(Vec<SessionOp>, Option<Done>),
+    Release,
 }
 
-/// What the writer is asked: a record to write (`None`: the session
-/// ends, its copy goes), and who waits for it.
-type Write = (
-    Option<Vec<u8>>,
-    Option<oneshot::Sender<Result<(), StoreError>>>,
-);
+/// About the most bytes of changes sent in one write (more wait for the
+/// next one).
+const MAX_WRITE_BYTES: usize = 512 * 1024;
 
-/// A session's writer to the store: records are written in order, and
-/// when several wait, only the newest is.
+fn op_len(op: &SessionOp) -> usize {
+    match op {
+        SessionOp::Put { key, value, .. } => 8 + key.len() + value.len(),
+        SessionOp::Delete { key, .. } => 8 + key.len(),
+        SessionOp::Clear { .. } => 8,
+    }
+}
+
+/// A session's writer to the store. Cloned by the journal, which writes
+/// through it what the publish path queues for the session.
+#[derive(Clone)]
 pub struct StoreLink {
-    tx: mpsc::UnboundedSender<Write>,
+    tx: mpsc::UnboundedSender<Job>,
 }
 
 impl StoreLink {
-    /// Starts the writer of `client`'s record under `epoch` (the claim
-    /// its connect made).
-    pub fn start(store: Arc<dyn SessionStore>, client: Arc<str>, epoch: u64) -> StoreLink {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
+    /// Starts the writer of `client`'s session under `epoch` (the claim
+    /// its connect made). Its first write also clears what the store held
+    /// of the session before (tables `tables`): this node's copy replaces
+    /// it.
+    pub fn start(
+        store: Arc<dyn SessionStore>,
+        client: Arc<str>,
+        epoch: u64,
+        tables: &[u8],
+    ) -> StoreLink {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let mut first: Vec<SessionOp> = tables
+            .iter()
+            .map(|&table| SessionOp::Clear { table })
+            .collect();
         tokio::spawn(async move {
-            while let Some((first, done)) = rx.recv().await {
-                let (mut latest, mut waiting) = (first, vec![done]);
-                while let Ok((r, d)) = rx.try_recv() {
-                    latest = r;
-                    waiting.push(d);
-                }
-                let ending = latest.is_none();
-                let r = match latest {
-                    Some(value) => {
-                        let put = SessionOp::Put {
-                            table: RECORD_TABLE,
-                            key: RECORD_KEY.to_vec(),
-                            value,
-                        };
-                        store.write(&client, epoch, vec![put]).await
-                    }
-                    None => store.release(&client, epoch).await,
+            let mut next: Option<Job> = None;
+            loop {
+                let job = match next.take() {
+                    Some(j) => j,
+                    None => match rx.recv().await {
+                        Some(j) => j,
+                        None => break,
+                    },
                 };
+                let (mut ops, mut waiting) = match job {
+                    Job::Release => {
+                        if let Err(e) = store.release(&client, epoch).await {
+                            if !matches!(e, StoreError::Fenced { .. }) {
+                                tracing::warn!(client_id = %client, "the session store: {e}");
+                            }
+                        }
+                        break;
+                    }
+                    Job::Ops(ops, done) => (ops, vec![done]),
+                };
+                let mut bytes: usize = ops.iter().map(op_len).sum();
+                while bytes < MAX_WRITE_BYTES {
+                    match rx.try_recv() {
+                        Ok(Job::Ops(more, done)) => {
+                            bytes += more.iter().map(op_len).sum::<usize>();
+                            ops.extend(more);
+                            waiting.push(done);
+                        }
+                        Ok(Job::Release) => {
+                            next = Some(Job::Release);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !first.is_empty() {
+                    first.append(&mut ops);
+                    ops = std::mem::take(&mut first);
+                }
+                let r = store.write(&client, epoch, ops).await;
                 match &r {
                     Ok(()) => {}
                     Err(StoreError::Fenced { owner, .. }) => tracing::info!(
@@ -67,10 +105,11 @@ impl StoreLink {
                     ),
                     Err(e) => tracing::warn!(client_id = %client, "the session store: {e}"),
                 }
+                let fenced = matches!(r, Err(StoreError::Fenced { .. }));
                 for d in waiting.into_iter().flatten() {
-                    let _ = d.send(r.clone());
+                    d(r.clone());
                 }
-                if ending || matches!(r, Err(StoreError::Fenced { .. })) {
+                if fenced {
                     break;
                 }
             }
@@ -78,45 +117,32 @@ impl StoreLink {
         StoreLink { tx }
     }
 
-    /// Queues `rec` to be written; the answer says when it was (or why
-    /// not).
-    pub fn write(&self, rec: &SessionRecord) -> oneshot::Receiver<Result<(), StoreError>> {
-        let (done, rx) = oneshot::channel();
-        let bytes = bincode::serde::encode_to_vec(rec, cfg()).unwrap_or_default();
-        // A writer that stopped (fenced) drops `done`: `rx` says so.
-        let _ = self.tx.send((Some(bytes), Some(done)));
+    /// Queues `ops` to be written after everything queued before;
+    /// `done`, if any, is told the outcome.
+    pub fn send(&self, ops: Vec<SessionOp>, done: Option<Done>) {
+        // A writer that stopped drops `done` (see [`Done`]).
+        let _ = self.tx.send(Job::Ops(ops, done));
+    }
+
+    /// [`StoreLink::send`], the outcome told to the returned receiver
+    /// (closed without an answer when the writer stopped).
+    pub fn write(
+        &self,
+        ops: Vec<SessionOp>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), StoreError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(
+            ops,
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        );
         rx
     }
 
     /// The session is no longer persistent (or ends): its copy goes from
-    /// the store, and nothing more is written.
-    pub fn release(self) {
-        let _ = self.tx.send((None, None));
+    /// the store once what is queued is written, and nothing more is.
+    pub fn release(&self) {
+        let _ = self.tx.send(Job::Release);
     }
-}
-
-/// The session a store holds for its client, if it holds a record: to be
-/// brought back offline, with nothing queued (its messages are not kept
-/// there yet). `now_ms` is when its connection went if the record says
-/// it was still connected (the node that held it died).
-pub fn recovered(stored: &StoredSession, now_ms: u64) -> Option<Recovered> {
-    let (_, _, bytes) = stored
-        .rows
-        .iter()
-        .find(|(t, k, _)| *t == RECORD_TABLE && k == RECORD_KEY)?;
-    let record: SessionRecord = match bincode::serde::decode_from_slice(bytes, cfg()) {
-        Ok((r, _)) => r,
-        Err(e) => {
-            tracing::error!("the session store: an unreadable session record: {e}");
-            return None;
-        }
-    };
-    let offline_since_ms = record.disconnected_at_ms.unwrap_or(now_ms);
-    Some(Recovered {
-        record,
-        inflight: Vec::new(),
-        queue: Vec::new(),
-        awaiting_rel: Vec::new(),
-        offline_since_ms,
-    })
 }

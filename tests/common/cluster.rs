@@ -523,7 +523,14 @@ pub fn ds_settled(n: &Node, shards: u16, members: &[&Node]) -> bool {
 /// The environment that runs the replicated durable storage's groups (the
 /// developer preview): `shards/replication_factor/n_sites`.
 pub fn ds_env(spec: &str) -> Vec<(String, String)> {
-    vec![("EMQXRS_DS_PREVIEW".to_string(), spec.to_string())]
+    vec![
+        ("EMQXRS_DS_PREVIEW".to_string(), spec.to_string()),
+        // The shards keep a copy of the session journal.
+        (
+            "EMQX_DURABLE_SESSIONS__ENABLE".to_string(),
+            "true".to_string(),
+        ),
+    ]
 }
 
 /// Waits until every node of `nodes` sees each of `shards` shards led,

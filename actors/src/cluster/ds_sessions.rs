@@ -3,7 +3,7 @@
 //! client id ([`session_key`]), its owner and epoch decided by the shard.
 
 use super::ds::host::{shard_of, DsError, DsHost};
-use super::ds::{session_key, Command, DsOp, Owner, Reply};
+use super::ds::{session_key, session_range, Command, DsOp, Owner, Reply};
 use crate::peers::{BoxFuture, SessionClaim, SessionOp, SessionStore, StoreError, StoredSession};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +105,10 @@ impl SessionStore for DsSessions {
                         table,
                         key: session_key(client, &key),
                     },
+                    SessionOp::Clear { table } => {
+                        let (from, to) = session_range(client);
+                        DsOp::DeleteRange { table, from, to }
+                    }
                 })
                 .collect();
             let cmd = Command::Write {

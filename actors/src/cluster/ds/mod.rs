@@ -38,7 +38,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use state::{
-    epoch_of, session_key, Batch, Command, DsOp, Owner, Reply, SessionRows, ShardState,
+    epoch_of, session_key, session_range, Batch, Command, DsOp, Owner, Reply, SessionRows,
+    ShardState,
 };
 pub use types::{node_id, Ds, DsRaft, NodeId, LOG_TABLE, META_TABLE, SNAP_TABLE};
 
