@@ -52,7 +52,7 @@ the seed to replay:
 - convergence: after the last heal every node lists the same running
   members (all of them, none stopped) and the same routes.
 - with `--ds SHARDS/RF/SITES` the cores also run the replicated durable
-  storage's groups (its developer preview, `EMQXRS_DS_PREVIEW`); after
+  storage's groups (`durable_storage.messages.backend = builtin_raft`); after
   the last heal every shard, as each core sees it, has a leader among
   its voters, no learner, and min(RF, cores) voters, all cores (`ds=`).
 
@@ -157,7 +157,11 @@ class Node:
         out = open(os.path.join(self.dir, "console.log"), "ab")
         env = dict(os.environ)
         if self.ds:
-            env["EMQXRS_DS_PREVIEW"] = self.ds
+            shards, rf, sites = self.ds.split("/")
+            env["EMQX_DURABLE_STORAGE__MESSAGES__BACKEND"] = "builtin_raft"
+            env["EMQX_DURABLE_STORAGE__MESSAGES__N_SHARDS"] = shards
+            env["EMQX_DURABLE_STORAGE__MESSAGES__REPLICATION_FACTOR"] = rf
+            env["EMQX_DURABLE_STORAGE__MESSAGES__N_SITES"] = sites
             # The shards keep a copy of the session journal.
             env["EMQX_DURABLE_SESSIONS__ENABLE"] = "true"
         self.proc = subprocess.Popen(

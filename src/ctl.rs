@@ -977,7 +977,7 @@ async fn cmd_ds(node: &Node, w: &[&str]) -> (i32, String) {
             ds.n_shards()
         )),
         None => out.push_str(&format!(
-            "Node {}: runs no durable storage shards (the replicated durable storage is not enabled)\n",
+            "Node {}: runs no durable storage shards (durable_storage.messages.backend is not builtin_raft)\n",
             node.name
         )),
         Some(ds) => {

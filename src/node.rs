@@ -1,7 +1,7 @@
 //! Running a node: the broker, its listeners, the inter-node server that
 //! carries ctl commands, and the background (`start`) mode.
 
-use crate::config::Config;
+use crate::config::{Config, DsBackend};
 use crate::ctl::{ctl_group, ControlActor, ControlMsg};
 use crate::listeners::Listeners;
 use crate::peer_tls::NodeTls;
@@ -540,40 +540,16 @@ struct Core {
     tables: Arc<ReplTables>,
     durable: Durable,
     /// The replicated durable storage's shards on this core, or the way
-    /// to them from a replicant (the developer preview, see
-    /// [`ds_preview`]).
+    /// to them from a replicant (`durable_storage.messages.backend =
+    /// builtin_raft`).
     ds: Option<Arc<DsHost>>,
 }
 
-/// The variable that runs the replicated durable storage's groups in its
-/// developer preview: `<n_shards>/<replication_factor>/<n_sites>`. Not a
-/// configuration: the groups form, replicate and show in `ctl ds info`,
-/// and persistent sessions are claimed and their records kept there, but
-/// not yet their messages, so `durable_storage.*` stays refused
-/// (docs/durability.md).
-pub const DS_PREVIEW_VAR: &str = "EMQXRS_DS_PREVIEW";
-
-/// The preview's shards, replication factor and sites, if it is on.
-fn ds_preview() -> Result<Option<(u16, usize, usize)>, String> {
-    let Ok(v) = std::env::var(DS_PREVIEW_VAR) else {
-        return Ok(None);
-    };
-    let bad = || {
-        format!(
-            "{DS_PREVIEW_VAR}={v:?}: expected <n_shards>/<replication_factor>/<n_sites>, e.g. 16/3/1 (n_shards 1..=1024, the others 1..=16)"
-        )
-    };
-    let parts: Vec<&str> = v.split('/').collect();
-    let [shards, rf, sites] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let shards: u16 = shards.trim().parse().map_err(|_| bad())?;
-    let rf: usize = rf.trim().parse().map_err(|_| bad())?;
-    let sites: usize = sites.trim().parse().map_err(|_| bad())?;
-    if !(1..=1024).contains(&shards) || !(1..=16).contains(&rf) || !(1..=16).contains(&sites) {
-        return Err(bad());
-    }
-    Ok(Some((shards, rf, sites)))
+/// The replicated durable storage's shards, replication factor and
+/// sites, if `durable_storage.messages.backend = builtin_raft`.
+fn ds_layout(cfg: &Config) -> Option<(u16, usize, usize)> {
+    let m = &cfg.durable_storage.messages;
+    (m.backend == DsBackend::BuiltinRaft).then_some((m.n_shards, m.replication_factor, m.n_sites))
 }
 
 /// The forwarder (bound, not yet serving), the view of the other nodes
@@ -703,14 +679,7 @@ async fn start_broker(
     // The durable storage's shards (its developer preview): the replicas
     // on a core, the way to them on a replicant; persistent sessions are
     // claimed and kept there.
-    let preview = ds_preview()?;
-    if preview.is_some() && !cfg.durable_sessions.enable {
-        // The shards hold a copy of the journal's rows of each session.
-        return Err(format!(
-            "{DS_PREVIEW_VAR} needs durable_sessions.enable = true (the shards keep a copy of the session journal)"
-        ));
-    }
-    let ds = match preview {
+    let ds = match ds_layout(cfg) {
         Some((shards, rf, _)) if role_of(cfg) == Role::Replicant => {
             // No replicas: it reaches the shards through the cores.
             let transport = Arc::new(emqx_actors::cluster::ds_link::ClusterTransport);
@@ -738,8 +707,8 @@ async fn start_broker(
             )
             .await
             .map_err(|e| format!("cannot start the durable storage shards: {e}"))?;
-            tracing::warn!(
-                "{DS_PREVIEW_VAR}: the replicated durable storage runs {shards} shard(s), replication factor {rf}, {sites} site(s) to start; it keeps persistent sessions with their queued and inflight messages"
+            tracing::info!(
+                "durable storage: {shards} shard(s), replication factor {rf}, made once {sites} core(s) are in the cluster"
             );
             Some(Arc::new(host))
         }

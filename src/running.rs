@@ -32,7 +32,7 @@ pub struct Node {
     pub api_auth: Arc<crate::api::auth::Auth>,
     /// The node's durable store (`ctl durable`).
     pub durable: emqx_actors::durable::Durable,
-    /// The replicated durable storage's shards here (the preview).
+    /// The replicated durable storage's shards here (`durable_storage.messages.backend = builtin_raft`).
     pub ds: Option<Arc<emqx_actors::cluster::ds::host::DsHost>>,
 }
 

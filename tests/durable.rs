@@ -1089,3 +1089,43 @@ fn wills_and_session_expiry_hold_across_kill_9() {
     assert!(connack_session_present(&mut w));
     assert!(payloads(&w.quiet(Duration::from_secs(3))).is_empty());
 }
+
+#[test]
+fn the_number_of_shards_is_fixed_once_they_are_made() {
+    let mut n = Node::start_with(Opts {
+        extra: "durable_sessions.enable = true\n\
+                durable_storage.messages { backend = builtin_raft, n_shards = 4 }\n"
+            .into(),
+        ..Default::default()
+    });
+    let ok = wait_until(Duration::from_secs(20), || {
+        let (_, out) = n.ctl(&["ds", "info", "--local"]);
+        out.contains("4 shard(s)") && out.matches("Leader").count() == 4
+    });
+    assert!(ok, "{}", n.ctl(&["ds", "info", "--local"]).1);
+    n.kill();
+    let file = n.data_dir().join("durable.redb");
+    let (status, err) = n
+        .foreground_exit(
+            &[("EMQX_DURABLE_STORAGE__MESSAGES__N_SHARDS", "8")],
+            Duration::from_secs(20),
+        )
+        .expect("started with 8 shards over 4");
+    assert!(!status.success(), "{status}");
+    assert!(
+        err.contains("durable_storage.messages.n_shards")
+            && err.contains(&file.display().to_string()),
+        "the error names the key and the file: {err}"
+    );
+    // Back to 4: it starts, its shards led again.
+    let _ = std::fs::remove_file(n.dir.path().join("stderr.log"));
+    n.spawn(&[]);
+    let ok = wait_until(Duration::from_secs(20), || {
+        n.ctl(&["ds", "info", "--local"])
+            .1
+            .matches("Leader")
+            .count()
+            == 4
+    });
+    assert!(ok, "{}", n.ctl(&["ds", "info", "--local"]).1);
+}

@@ -41,6 +41,7 @@ pub const KNOWN_ROOTS: &[&str] = &[
     "api_key",
     "prometheus",
     "durable_sessions",
+    "durable_storage",
 ];
 
 /// EMQX's other configuration roots: not implemented yet, so a setting
@@ -62,7 +63,6 @@ pub const UNSUPPORTED_ROOTS: &[&str] = &[
     "slow_subs",
     "topic_metrics",
     "psk_authentication",
-    "durable_storage",
     "session_persistence",
     "force_gc",
     "conn_congestion",
@@ -309,6 +309,9 @@ LogLevel, default Warning, {
     Warning = "warning", Notice = "notice", Info = "info", Debug = "debug",
 });
 keyword_enum!(
+    /// `durable_storage.messages.backend`
+    DsBackend, default BuiltinLocal, { BuiltinLocal = "builtin_local", BuiltinRaft = "builtin_raft" });
+keyword_enum!(
     /// `rpc.port_discovery`
     RpcPortDiscovery, default Stateless, { Stateless = "stateless", Manual = "manual" });
 
@@ -334,6 +337,7 @@ pub struct Config {
     pub flapping_detect: FlappingDetect,
     pub force_shutdown: ForceShutdown,
     pub durable_sessions: DurableSessions,
+    pub durable_storage: DurableStorage,
     pub alarm: AlarmConfig,
     pub overload_protection: OverloadProtection,
     /// Where the file was found (set by the caller of [`Config::load`]).
@@ -391,6 +395,38 @@ impl Default for OverloadProtection {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DurableSessions {
     pub enable: bool,
+}
+
+/// `durable_storage.*`: where persistent sessions live. Only its
+/// `messages` database exists (EMQX's name; here it holds the sessions
+/// with their queued messages, docs/durability.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DurableStorage {
+    pub messages: DsMessages,
+}
+
+/// `durable_storage.messages.*`: `builtin_local` (EMQX's open-source
+/// default) keeps persistent sessions on this node's disk only (the
+/// journal); `builtin_raft` also keeps each in its shard of the client-id
+/// space, a Raft group of `replication_factor` cores, made once `n_sites`
+/// cores are in the cluster. `n_shards` is fixed once the shards are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsMessages {
+    pub backend: DsBackend,
+    pub n_shards: u16,
+    pub replication_factor: usize,
+    pub n_sites: usize,
+}
+
+impl Default for DsMessages {
+    fn default() -> Self {
+        DsMessages {
+            backend: DsBackend::BuiltinLocal,
+            n_shards: 16,
+            replication_factor: 3,
+            n_sites: 1,
+        }
+    }
 }
 
 /// `force_shutdown.*`: what one session may hold for its client.
@@ -1930,6 +1966,23 @@ impl Config {
         root.section("durable_sessions", |o| {
             o.set("enable", &mut c.durable_sessions.enable, Field::bool)
         })?;
+        root.section("durable_storage", |o| {
+            o.section("messages", |m| {
+                let d = &mut c.durable_storage.messages;
+                m.set("backend", &mut d.backend, |f| {
+                    f.keyword(DsBackend::from_keyword, DsBackend::ALL)
+                })?;
+                m.set("n_shards", &mut d.n_shards, |f| {
+                    f.uint(1, 1024).map(|v| v as u16)
+                })?;
+                m.set("replication_factor", &mut d.replication_factor, |f| {
+                    f.uint(1, 16).map(|v| v as usize)
+                })?;
+                m.set("n_sites", &mut d.n_sites, |f| {
+                    f.uint(1, 16).map(|v| v as usize)
+                })
+            })
+        })?;
         root.section("flapping_detect", |o| {
             let f = &mut c.flapping_detect;
             o.set("enable", &mut f.enable, Field::bool)?;
@@ -2168,6 +2221,19 @@ impl Config {
                     message: why.to_string(),
                 });
             }
+        }
+        if c.durable_storage.messages.backend == DsBackend::BuiltinRaft
+            && !c.durable_sessions.enable
+        {
+            let origin = tree
+                .get_path(&["durable_storage", "messages", "backend"])
+                .map(|n| n.origin.clone())
+                .unwrap_or(Origin::Default);
+            return Err(ConfigError::Invalid {
+                key: "durable_storage.messages.backend".to_string(),
+                origin,
+                message: "builtin_raft keeps a copy of the persistent sessions' journal: it needs durable_sessions.enable = true".to_string(),
+            });
         }
         if c.cluster.discovery_strategy == DiscoveryStrategy::Etcd
             && c.cluster.etcd.server.is_empty()

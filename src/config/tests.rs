@@ -1563,6 +1563,52 @@ fn durable_sessions_enable_is_read_and_its_other_keys_are_refused() {
     );
     let e = err("durable_sessions.batch_size = 10\n", &[]);
     assert!(e.contains("durable_sessions.batch_size"), "{e}");
-    let e = err("durable_storage.messages.n_shards = 4\n", &[]);
-    assert!(e.contains("not supported"), "{e}");
+}
+
+#[test]
+fn durable_storage_messages_picks_the_backend_and_its_shards() {
+    let d = ok("", &[]).durable_storage.messages;
+    assert_eq!(d.backend, DsBackend::BuiltinLocal);
+    assert_eq!((d.n_shards, d.replication_factor, d.n_sites), (16, 3, 1));
+    let c = ok(
+        "durable_sessions.enable = true\n\
+         durable_storage.messages { backend = builtin_raft, n_shards = 8, replication_factor = 5, n_sites = 3 }\n",
+        &[],
+    );
+    let d = c.durable_storage.messages;
+    assert_eq!(d.backend, DsBackend::BuiltinRaft);
+    assert_eq!((d.n_shards, d.replication_factor, d.n_sites), (8, 5, 3));
+    // From the environment too.
+    let c = ok(
+        "durable_sessions.enable = true\n",
+        &[
+            ("EMQX_DURABLE_STORAGE__MESSAGES__BACKEND", "builtin_raft"),
+            ("EMQX_DURABLE_STORAGE__MESSAGES__N_SHARDS", "4"),
+        ],
+    );
+    assert_eq!(c.durable_storage.messages.backend, DsBackend::BuiltinRaft);
+    assert_eq!(c.durable_storage.messages.n_shards, 4);
+    // The shards copy the journal: without it, refused, naming the key.
+    let e = err("durable_storage.messages.backend = builtin_raft\n", &[]);
+    assert!(
+        e.contains("durable_storage.messages.backend") && e.contains("durable_sessions.enable"),
+        "{e}"
+    );
+    let e = err("durable_storage.messages.backend = rocksdb\n", &[]);
+    assert!(e.contains("durable_storage.messages.backend"), "{e}");
+    let e = err("durable_storage.messages.n_shards = 0\n", &[]);
+    assert!(e.contains("durable_storage.messages.n_shards"), "{e}");
+    let e = err("durable_storage.messages.replication_factor = 17\n", &[]);
+    assert!(
+        e.contains("durable_storage.messages.replication_factor"),
+        "{e}"
+    );
+    // What is not built is refused, not ignored.
+    let e = err(
+        "durable_storage.messages.layout.type = wildcard_optimized\n",
+        &[],
+    );
+    assert!(e.contains("durable_storage.messages.layout"), "{e}");
+    let e = err("durable_storage.sessions.backend = builtin_raft\n", &[]);
+    assert!(e.contains("durable_storage.sessions"), "{e}");
 }

@@ -520,11 +520,25 @@ pub fn ds_settled(n: &Node, shards: u16, members: &[&Node]) -> bool {
         })
 }
 
-/// The environment that runs the replicated durable storage's groups (the
-/// developer preview): `shards/replication_factor/n_sites`.
+/// The environment that runs the replicated durable storage's groups
+/// (`durable_storage.messages.backend = builtin_raft`, with durable
+/// sessions): `shards/replication_factor/n_sites`.
 pub fn ds_env(spec: &str) -> Vec<(String, String)> {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let [shards, rf, sites] = parts.as_slice() else {
+        panic!("{spec}: expected SHARDS/RF/SITES");
+    };
+    let var = |k: &str, v: &str| {
+        (
+            format!("EMQX_DURABLE_STORAGE__MESSAGES__{k}"),
+            v.to_string(),
+        )
+    };
     vec![
-        ("EMQXRS_DS_PREVIEW".to_string(), spec.to_string()),
+        var("BACKEND", "builtin_raft"),
+        var("N_SHARDS", shards),
+        var("REPLICATION_FACTOR", rf),
+        var("N_SITES", sites),
         // The shards keep a copy of the session journal.
         (
             "EMQX_DURABLE_SESSIONS__ENABLE".to_string(),

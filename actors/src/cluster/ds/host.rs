@@ -12,12 +12,12 @@
 //! replica (its shard keeps its quorum with the others); it is replaced
 //! only once the cluster removes it (autoclean, force-leave).
 
-use super::types::hash64;
+use super::types::{hash64, META_TABLE};
 use super::{
     node_id, serve, Command, DsRaft, NodeId, Redirect, Replica, ReplicaError, Reply, Rpc, RpcReply,
     SessionRows, Transport, Tuning,
 };
-use crate::durable::Durable;
+use crate::durable::{Durable, DurableError};
 use openraft::{BasicNode, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -104,6 +104,49 @@ enum Answer {
     Session(SessionRows),
 }
 
+/// Where the number of shards is kept (after every shard's own keys,
+/// which start with the shard's two bytes).
+const LAYOUT_KEY: &[u8] = b"\xff\xfflayout";
+
+/// The number of shards is fixed once the store holds them (a client id's
+/// shard depends on it): a node started with another refuses to start,
+/// naming the key and the file; the first start writes it.
+async fn check_layout(durable: &Durable, n_shards: u16) -> Result<(), ReplicaError> {
+    let io = |e: DurableError| ReplicaError::Layout(e.to_string());
+    let mut to = LAYOUT_KEY.to_vec();
+    to.push(0);
+    let had = durable.range(META_TABLE, LAYOUT_KEY, &to).map_err(io)?;
+    match had.first() {
+        Some((_, v)) => {
+            let had = v
+                .get(..2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .ok_or_else(|| {
+                    ReplicaError::Layout(format!(
+                        "{}: table {META_TABLE}: an unreadable shard count {v:?}",
+                        durable.path().display()
+                    ))
+                })?;
+            if had != n_shards {
+                return Err(ReplicaError::Layout(format!(
+                    "durable_storage.messages.n_shards = {n_shards}, but {} holds {had} shards: the number of shards is fixed once they are made (set it back to {had}, or start with an empty data directory)",
+                    durable.path().display()
+                )));
+            }
+            Ok(())
+        }
+        None => durable
+            .submit(vec![crate::durable::Op::Put {
+                table: META_TABLE,
+                key: LAYOUT_KEY.to_vec(),
+                value: n_shards.to_be_bytes().to_vec(),
+            }])
+            .wait()
+            .await
+            .map_err(io),
+    }
+}
+
 /// The replicas of every shard on this node.
 pub struct DsHost {
     me: String,
@@ -136,6 +179,7 @@ impl DsHost {
     ) -> Result<DsHost, ReplicaError> {
         let config =
             super::raft_config(timers).map_err(|error| ReplicaError::Raft { shard: 0, error })?;
+        check_layout(durable, n_shards).await?;
         let mut replicas = Vec::with_capacity(n_shards as usize);
         for shard in 0..n_shards {
             let r = Replica::start(me, shard, durable, transport.clone(), config.clone()).await?;

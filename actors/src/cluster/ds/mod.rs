@@ -325,6 +325,9 @@ pub enum ReplicaError {
     Storage { shard: u16, error: String },
     #[error("shard {shard}: {error}")]
     Raft { shard: u16, error: String },
+    /// The store holds shards of another layout.
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// One shard's Raft on one node, with its stores.
