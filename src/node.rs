@@ -552,6 +552,64 @@ fn ds_layout(cfg: &Config) -> Option<(u16, usize, usize)> {
     (m.backend == DsBackend::BuiltinRaft).then_some((m.n_shards, m.replication_factor, m.n_sites))
 }
 
+/// How long a session brought back from the journal waits for its shard
+/// to say whether this node still holds it.
+const RELINK_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The sessions the journal brought back after a crash are copied to
+/// their shards again, each whose shard says this node still holds it
+/// (a client that went to another node meanwhile made that node its
+/// holder; the copy here gives way when the client returns). Their
+/// shards may need the other nodes back first: each is asked again
+/// until [`RELINK_PATIENCE`] is over.
+async fn relink_sessions(
+    store: Arc<dyn emqx_actors::peers::SessionStore>,
+    journal: Arc<Journal>,
+    me: Arc<str>,
+    sessions: Vec<(String, u64)>,
+) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + RELINK_PATIENCE;
+    let linked = std::sync::atomic::AtomicUsize::new(0);
+    let elsewhere = std::sync::atomic::AtomicUsize::new(0);
+    futures_util::stream::iter(sessions)
+        .for_each_concurrent(64, |(client, inc)| {
+            let (store, journal, me) = (store.clone(), journal.clone(), me.clone());
+            let (linked, elsewhere) = (&linked, &elsewhere);
+            async move {
+                let owner = loop {
+                    match store.read(&client).await {
+                        Ok(s) => break s.owner,
+                        Err(e) if tokio::time::Instant::now() >= deadline => {
+                            tracing::warn!(client_id = %client, "not copied to its shard again (no answer: {e}); it is when its client connects");
+                            return;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                };
+                match owner {
+                    Some((node, epoch)) if *node == *me => {
+                        match journal.relink(inc, &client, epoch, store).await {
+                            Ok(()) => {
+                                linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(e) => tracing::error!(client_id = %client, "not copied to its shard again: {e}"),
+                        }
+                    }
+                    _ => {
+                        elsewhere.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .await;
+    tracing::info!(
+        "persistent sessions back from the journal: {} copied to their shards again, {} held by another node (or by none) now",
+        linked.into_inner(),
+        elsewhere.into_inner()
+    );
+}
+
 /// The forwarder (bound, not yet serving), the view of the other nodes
 /// around it, the broker built with both, the client registry and `Ctx`.
 async fn start_broker(
@@ -747,8 +805,14 @@ async fn start_broker(
     if unparked > 0 {
         tracing::info!("{unparked} persistent session(s) back from disk");
     }
-    if recovered > 0 {
-        tracing::info!("{recovered} persistent session(s) back from the journal (the node had not stopped cleanly)");
+    if !recovered.is_empty() {
+        tracing::info!(
+            "{} persistent session(s) back from the journal (the node had not stopped cleanly)",
+            recovered.len()
+        );
+        if let (Some(store), Some(j)) = (ctx.session_store.clone(), ctx.broker.journal.clone()) {
+            tokio::spawn(relink_sessions(store, j, ctx.node.clone(), recovered));
+        }
     }
     // Messages other nodes forward go to the broker.
     let b = ctx.broker.clone();

@@ -1185,3 +1185,56 @@ fn a_persistent_session_and_its_acknowledged_messages_come_back_from_the_session
         tails(&[b, c])
     );
 }
+
+#[test]
+fn a_session_back_from_its_nodes_journal_is_copied_to_its_shard_again() {
+    let env = ds_env("4/3/1");
+    let mut nodes = ds_cluster(&[7, 8, 9], "4/3/1", 4, "");
+    let (mut s, _) = mq_persistent(&nodes[0], "rl-store");
+    s.sub("rl/#", 1);
+    s.c.disconnect().expect("disconnect");
+    assert!(!s.wait_for(Duration::from_secs(2), |e| matches!(
+        e,
+        Event::Incoming(Packet::Publish(_))
+    )));
+    drop(s);
+    let mut want = Vec::new();
+    let mut p = mq(&nodes[0], "rl-pub");
+    for i in 0..5 {
+        let body = format!("before-{i}");
+        p.publish("rl/q", 1, false, body.as_bytes());
+        want.push(body);
+    }
+    drop(p);
+    // kill -9, and back: the session comes back from the node's journal,
+    // and its shard still names this node as its holder.
+    nodes[0].kill();
+    nodes[0].spawn(&env);
+    assert!(
+        wait_until(Duration::from_secs(30), || nodes[0]
+            .log()
+            .contains("1 copied to their shards again")),
+        "{}",
+        tail(&nodes[0])
+    );
+    // What is acknowledged now is in the shard too.
+    let mut p = mq(&nodes[0], "rl-pub");
+    for i in 0..5 {
+        let body = format!("after-{i}");
+        p.publish("rl/q", 1, false, body.as_bytes());
+        want.push(body);
+    }
+    // The node is lost for good: the client finds all of it elsewhere.
+    nodes[0].kill();
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    wait_status(
+        b,
+        &status_line(&[b, c], &[a]),
+        Duration::from_secs(15),
+        &[b, c],
+    );
+    let (mut s, present) = mq_persistent(b, "rl-store");
+    assert!(present, "session_present = 1\n{}", tails(&[b, c]));
+    let got = payloads(&s.collect(want.len(), Duration::from_secs(10)));
+    assert_eq!(got, want, "\n{}", tails(&[b, c]));
+}

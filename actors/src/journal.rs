@@ -750,7 +750,110 @@ impl Journal {
         self.n_links.store(l.len() as u64, Ordering::Relaxed);
     }
 
-    fn linked(&self, incarnation: u64) -> Option<StoreLink> {
+    /// Session `incarnation` of `client`, brought back from this journal
+    /// after a crash, is still this node's in the store, under `epoch`:
+    /// from now on it is copied there again, starting with its whole
+    /// journaled state (the changes made while it was not copied
+    /// included). Returns once that copy is handed to its writer.
+    pub async fn relink(
+        &self,
+        incarnation: u64,
+        client: &str,
+        epoch: u64,
+        store: Arc<dyn crate::peers::SessionStore>,
+    ) -> Result<(), DurableError> {
+        let (link, first) = StoreLink::resuming(store, Arc::from(client), epoch);
+        self.link(incarnation, link);
+        // What was submitted before the link is committed once this is;
+        // what comes after it is copied after the whole copy.
+        self.durable.submit(Vec::new()).wait().await?;
+        let next = incarnation.saturating_add(1);
+        let range =
+            |table: &'static str, from: Vec<u8>, to: Vec<u8>| self.durable.range(table, &from, &to);
+        let mut ops: Vec<SessionOp> = STORE_TABLES
+            .iter()
+            .map(|&table| SessionOp::Clear { table })
+            .collect();
+        let bad = |what: &str, e: String| {
+            io(
+                &self.durable,
+                format!("session {incarnation} of {client:?}: {what}: {e}"),
+            )
+        };
+        for (_, value) in range(
+            SESSIONS_TABLE,
+            incarnation.to_be_bytes().to_vec(),
+            next.to_be_bytes().to_vec(),
+        )? {
+            ops.push(SessionOp::Put {
+                table: STORE_RECORD,
+                key: STORE_RECORD_KEY.to_vec(),
+                value,
+            });
+        }
+        for (k, v) in range(QUEUE_TABLE, key2(incarnation, 0), key2(next, 0))? {
+            let key = k.get(8..).unwrap_or_default().to_vec();
+            let row: QueueRow = bincode::serde::decode_from_slice(&v, cfg())
+                .map(|(r, _)| r)
+                .map_err(|e| bad("a queue row", e.to_string()))?;
+            let value = if row.msg.is_some() {
+                v
+            } else {
+                // Its message is in the messages table: the copy holds it.
+                let mut to = key.clone();
+                to.push(0);
+                let Some((_, m)) = self.durable.range(MESSAGES_TABLE, &key, &to)?.pop() else {
+                    continue;
+                };
+                let msg: Message = bincode::serde::decode_from_slice(&m, cfg())
+                    .map(|(m, _)| m)
+                    .map_err(|e| bad("a message", e.to_string()))?;
+                let out = QueueRowOut {
+                    qos: row.qos,
+                    retain: row.retain,
+                    sub_ids: &row.sub_ids,
+                    msg: Some(&msg),
+                };
+                bincode::serde::encode_to_vec(&out, cfg())
+                    .map_err(|e| bad("a queue row", e.to_string()))?
+            };
+            ops.push(SessionOp::Put {
+                table: STORE_QUEUE,
+                key,
+                value,
+            });
+        }
+        for (table, copy, from, to) in [
+            (SENT_TABLE, STORE_SENT, key2(incarnation, 0), key2(next, 0)),
+            (
+                PUBREL_TABLE,
+                STORE_PUBREL,
+                rel_key(incarnation, 0),
+                rel_key(next, 0),
+            ),
+            (
+                REL_TABLE,
+                STORE_REL,
+                rel_key(incarnation, 0),
+                rel_key(next, 0),
+            ),
+        ] {
+            for (k, value) in range(table, from, to)? {
+                ops.push(SessionOp::Put {
+                    table: copy,
+                    key: k.get(8..).unwrap_or_default().to_vec(),
+                    value,
+                });
+            }
+        }
+        // A writer that stopped (the session was taken since) drops it.
+        let _ = first.send(ops);
+        Ok(())
+    }
+
+    /// The writer of session `incarnation`'s copy in the store, if it
+    /// has one.
+    pub fn linked(&self, incarnation: u64) -> Option<StoreLink> {
         if self.n_links.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -1111,6 +1214,187 @@ mod tests {
                 InflightState::Release => (*p, None),
             })
             .collect()
+    }
+
+    use crate::peers::SessionStore;
+
+    /// A session store in memory: rows by client, and a switch that makes
+    /// every write fail as a shard without quorum does.
+    /// (client, table, key) -> value.
+    type MemRows = BTreeMap<(String, u8, Vec<u8>), Vec<u8>>;
+
+    #[derive(Default)]
+    struct MemStore {
+        rows: Mutex<MemRows>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl crate::peers::SessionStore for MemStore {
+        fn claim<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> crate::peers::BoxFuture<'a, Result<crate::peers::SessionClaim, StoreError>> {
+            Box::pin(async {
+                Ok(crate::peers::SessionClaim {
+                    epoch: 1,
+                    previous: None,
+                })
+            })
+        }
+
+        fn read<'a>(
+            &'a self,
+            client: &'a str,
+        ) -> crate::peers::BoxFuture<'a, Result<StoredSession, StoreError>> {
+            Box::pin(async move {
+                let rows = self
+                    .rows
+                    .lock()
+                    .iter()
+                    .filter(|((c, _, _), _)| c == client)
+                    .map(|((_, t, k), v)| (*t, k.clone(), v.clone()))
+                    .collect();
+                Ok(StoredSession { owner: None, rows })
+            })
+        }
+
+        fn write<'a>(
+            &'a self,
+            client: &'a str,
+            _: u64,
+            ops: Vec<SessionOp>,
+        ) -> crate::peers::BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(async move {
+                if self.down.load(Ordering::Relaxed) {
+                    return Err(StoreError::Unavailable("no quorum".into()));
+                }
+                let mut rows = self.rows.lock();
+                for op in ops {
+                    match op {
+                        SessionOp::Put { table, key, value } => {
+                            rows.insert((client.to_string(), table, key), value);
+                        }
+                        SessionOp::Delete { table, key } => {
+                            rows.remove(&(client.to_string(), table, key));
+                        }
+                        SessionOp::Clear { table } => {
+                            rows.retain(|(c, t, _), _| !(c == client && *t == table))
+                        }
+                    }
+                }
+                Ok(())
+            })
+        }
+
+        fn release<'a>(
+            &'a self,
+            client: &'a str,
+            _: u64,
+        ) -> crate::peers::BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(async move {
+                self.rows.lock().retain(|(c, _, _), _| c != client);
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_linked_sessions_rows_are_copied_to_its_store_and_read_back_as_the_journal_reads_them(
+    ) {
+        let dir = fresh_dir("emqx-rs-journal-store");
+        let store = Arc::new(MemStore::default());
+        let (j, _) = reopen(&dir);
+        let (a, b) = (j.next_key(), j.next_key());
+        for (client, inc) in [("a", a), ("b", b)] {
+            let link = StoreLink::start(store.clone(), Arc::from(client), 1, &STORE_TABLES);
+            j.link(inc, link.clone());
+            let put = store_record_op(&record(client, inc)).expect("record");
+            link.write(vec![put])
+                .await
+                .expect("answer")
+                .expect("record");
+        }
+        let q2 = matches(QoS::ExactlyOnce);
+        let mut keys = Vec::new();
+        for p in ["m1", "m2", "m3"] {
+            let mut m = msg(p);
+            m.qos = QoS::ExactlyOnce;
+            // m1 to both sessions (one message row for both in the
+            // journal, a whole copy for each in the store).
+            let targets: Vec<(u64, &[SubMatch])> = if p == "m1" {
+                vec![(a, &q2[..]), (b, &q2[..])]
+            } else {
+                vec![(a, &q2[..])]
+            };
+            let (t, k) = j.record(&m, targets.into_iter()).expect("journaled");
+            t.wait().await.expect("both copies");
+            keys.push(k[0]);
+        }
+        let sent = [
+            JournalPid::Sent {
+                key: keys[0],
+                pid: 7,
+            },
+            JournalPid::Sent {
+                key: keys[1],
+                pid: 8,
+            },
+        ];
+        let t = j.update(a, &[], &sent).expect("a ticket");
+        t.wait().await.expect("sent");
+        let received = [JournalPid::Received {
+            key: keys[0],
+            pid: 7,
+        }];
+        j.update(a, &[], &received)
+            .expect("a ticket")
+            .wait()
+            .await
+            .expect("received");
+        j.rel_add(a, 42)
+            .expect("a ticket")
+            .wait()
+            .await
+            .expect("rel");
+        let now = now_ms();
+        let ra = from_store(&store.read("a").await.expect("read"), now)
+            .expect("readable")
+            .expect("a session");
+        let rs = [ra];
+        // The release of 7 is owed, m2 is in flight as 8, m3 is queued,
+        // 42 awaits its release; each message is there whole.
+        assert_eq!(inflight(&rs), vec![(7, None), (8, Some("m2".into()))]);
+        assert_eq!(queue(&rs, "a"), vec!["m3"]);
+        assert_eq!(rs[0].awaiting_rel, vec![42]);
+        assert_eq!(rs[0].record.client_id, "a");
+        let rb = from_store(&store.read("b").await.expect("read"), now)
+            .expect("readable")
+            .expect("b session");
+        assert_eq!(queue(&[rb], "b"), vec!["m1"]);
+        // A store without quorum fails the publish's ticket as such.
+        store.down.store(true, Ordering::Relaxed);
+        let (t, _) = j
+            .record(&msg("m4"), [(b, &q2[..])].into_iter())
+            .expect("journaled");
+        assert!(
+            matches!(t.wait().await, Err(DurableError::Unavailable(_))),
+            "the copy was not confirmed"
+        );
+        // A session that ended (b) is no longer copied; one still linked
+        // (a) still waits for its copy; once unlinked, its tickets are the
+        // journal's alone.
+        j.forget(b, &[]);
+        let (t, _) = j
+            .record(&msg("m5"), [(a, &q2[..])].into_iter())
+            .expect("journaled");
+        assert!(matches!(t.wait().await, Err(DurableError::Unavailable(_))));
+        j.unlink(a);
+        let (t, _) = j
+            .record(&msg("m6"), [(a, &q2[..])].into_iter())
+            .expect("journaled");
+        t.wait().await.expect("the journal alone");
+        drop(j);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

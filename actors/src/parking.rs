@@ -99,12 +99,13 @@ pub fn load(durable: &Durable) -> Result<Vec<Parked>, DurableError> {
 /// Brings the parked sessions back offline (those not expired since the
 /// stop), then those of the durable journal (`recovered`: the node died;
 /// a parked copy of the same client is newer), then empties the parked
-/// table. Returns how many came back from each.
+/// table. Returns how many came back parked, and the client id and
+/// incarnation of each that came back from the journal.
 pub async fn restore(
     ctx: &Arc<Ctx>,
     durable: &Durable,
     recovered: Vec<Recovered>,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, Vec<(String, u64)>), String> {
     let parked = load(durable).map_err(|e| format!("cannot read the parked sessions: {e}"))?;
     let now = now_ms();
     let journal = ctx.broker.journal.clone();
@@ -118,7 +119,7 @@ pub async fn restore(
         bring_back(ctx, &p, left, None, None).await;
         n += 1;
     }
-    let mut m = 0;
+    let mut m = Vec::new();
     for mut r in recovered {
         let shadowed = seen.contains(&r.record.client_id);
         let left = r.remaining(now);
@@ -147,7 +148,7 @@ pub async fn restore(
         };
         let inc = journal.as_ref().map(|_| r.record.incarnation);
         bring_back(ctx, &p, left, inc, r.will(now)).await;
-        m += 1;
+        m.push((r.record.client_id.clone(), r.record.incarnation));
     }
     let mut ops = vec![Op::Clear {
         table: PARKED_TABLE,

@@ -1666,6 +1666,16 @@ impl SessionState {
     fn store_sync(
         &mut self,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::peers::StoreError>>> {
+        if self.store.is_none() && self.journal_inc != 0 {
+            // Brought back from the journal, and copied to its shard again
+            // since (see `Journal::relink`).
+            self.store = self
+                .ctx
+                .broker
+                .journal
+                .as_ref()
+                .and_then(|j| j.linked(self.journal_inc));
+        }
         self.store.as_ref()?;
         if self.ch.session_expiry == 0 {
             // Not persistent (any more): no copy must outlive it.

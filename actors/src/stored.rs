@@ -51,13 +51,45 @@ impl StoreLink {
         epoch: u64,
         tables: &[u8],
     ) -> StoreLink {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-        let mut first: Vec<SessionOp> = tables
+        let first: Vec<SessionOp> = tables
             .iter()
             .map(|&table| SessionOp::Clear { table })
             .collect();
+        Self::spawn(store, client, epoch, first, None)
+    }
+
+    /// Starts the writer of `client`'s session under `epoch`, holding what
+    /// is queued until the returned sender gives the first write (the
+    /// session's whole copy, read once the link is in place): a change
+    /// made meanwhile is then written after it, and written twice at
+    /// worst, which leaves the same rows.
+    pub fn resuming(
+        store: Arc<dyn SessionStore>,
+        client: Arc<str>,
+        epoch: u64,
+    ) -> (StoreLink, tokio::sync::oneshot::Sender<Vec<SessionOp>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Self::spawn(store, client, epoch, Vec::new(), Some(rx)), tx)
+    }
+
+    fn spawn(
+        store: Arc<dyn SessionStore>,
+        client: Arc<str>,
+        epoch: u64,
+        mut first: Vec<SessionOp>,
+        held: Option<tokio::sync::oneshot::Receiver<Vec<SessionOp>>>,
+    ) -> StoreLink {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
         tokio::spawn(async move {
-            let mut next: Option<Job> = None;
+            if let Some(held) = held {
+                match held.await {
+                    Ok(ops) => first = ops,
+                    // Never given: nothing of this session is written.
+                    Err(_) => return,
+                }
+            }
+            // A whole copy given to a resuming link is written at once.
+            let mut next: Option<Job> = (!first.is_empty()).then(|| Job::Ops(Vec::new(), None));
             loop {
                 let job = match next.take() {
                     Some(j) => j,

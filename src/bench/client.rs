@@ -120,6 +120,11 @@ pub struct Client {
     pub completed: u64,
     /// Outgoing QoS 1/2 publishes refused by the broker (reason >= 0x80).
     pub refused: u64,
+    /// When each outgoing QoS 1/2 publish was queued, by packet id.
+    sent_at: HashMap<u16, Instant>,
+    /// Nanoseconds from each completed publish to its PUBACK (QoS 1) or
+    /// PUBCOMP (QoS 2), for the owner to drain.
+    pub ack_nanos: Vec<u64>,
 }
 
 impl Client {
@@ -169,6 +174,8 @@ impl Client {
             suback: None,
             received: Vec::new(),
             completed: 0,
+            sent_at: HashMap::new(),
+            ack_nanos: Vec::new(),
             refused: 0,
         };
         let connect = Packet::Connect(Box::new(Connect {
@@ -219,6 +226,13 @@ impl Client {
         self.wbuf.len()
     }
 
+    /// Publish `id` completed: its time to the acknowledgement.
+    fn acked_now(&mut self, id: u16) {
+        if let Some(t) = self.sent_at.remove(&id) {
+            self.ack_nanos.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+
     /// Outgoing QoS 1/2 publishes not yet completed.
     pub fn inflight(&self) -> usize {
         self.inflight.len()
@@ -257,6 +271,7 @@ impl Client {
                 Stage::Rec
             };
             self.inflight.insert(id, stage);
+            self.sent_at.insert(id, Instant::now());
             Some(id)
         };
         self.queue(&Packet::Publish(Publish {
@@ -433,6 +448,7 @@ impl Client {
                     self.inflight.remove(&a.packet_id);
                     if a.reason_code < 0x80 {
                         self.completed += 1;
+                        self.acked_now(a.packet_id);
                     } else {
                         self.refused += 1;
                     }
@@ -464,6 +480,7 @@ impl Client {
                     self.inflight.remove(&a.packet_id);
                     if a.reason_code < 0x80 {
                         self.completed += 1;
+                        self.acked_now(a.packet_id);
                     } else {
                         self.refused += 1;
                     }

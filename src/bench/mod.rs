@@ -387,6 +387,13 @@ fn summary(sh: &Shared, end: End, elapsed: f64) {
         j["refused"] = json!(refused);
         j["unacked"] = json!(unacked);
         j["sent_rate"] = json!(round(sent_rate, 1));
+        let al = &st.ack_latency;
+        j["ack_latency_ms"] = json!({
+            "p50": round(ms(al.quantile(0.5)), 3),
+            "p90": round(ms(al.quantile(0.9)), 3),
+            "p99": round(ms(al.quantile(0.99)), 3),
+            "max": round(ms(al.max()), 3),
+        });
     }
     if o.mode == Mode::Sub {
         j["subscribed"] = json!(st.subscribed.load(Relaxed));

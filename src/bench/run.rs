@@ -286,6 +286,8 @@ async fn pub_loop(
         if done > 0 {
             st.acked.fetch_add(c.completed, Relaxed);
             st.refused.fetch_add(c.refused, Relaxed);
+            st.ack_latency.record_all(&c.ack_nanos);
+            c.ack_nanos.clear();
             c.completed = 0;
             c.refused = 0;
         }
@@ -323,6 +325,8 @@ async fn pub_loop(
     };
     st.acked.fetch_add(c.completed, Relaxed);
     st.refused.fetch_add(c.refused, Relaxed);
+    st.ack_latency.record_all(&c.ack_nanos);
+    c.ack_nanos.clear();
     c.completed = 0;
     c.refused = 0;
     st.unacked.fetch_add(c.inflight() as u64, Relaxed);

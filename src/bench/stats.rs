@@ -137,6 +137,8 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     pub out_of_order: AtomicU64,
     pub latency: Histogram,
+    /// From a QoS 1/2 publish to its PUBACK or PUBCOMP.
+    pub ack_latency: Histogram,
     pub connect_latency: Histogram,
     pub first_connect: AtomicU64,
     pub last_connack: AtomicU64,
@@ -168,6 +170,7 @@ impl Stats {
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
             latency: Histogram::new(),
+            ack_latency: Histogram::new(),
             connect_latency: Histogram::new(),
             first_connect: AtomicU64::new(u64::MAX),
             last_connack: AtomicU64::new(0),
