@@ -557,26 +557,29 @@ fn ds_layout(cfg: &Config) -> Option<(u16, usize, usize)> {
 const RELINK_PATIENCE: Duration = Duration::from_secs(120);
 
 /// The sessions the journal brought back after a crash are copied to
-/// their shards again, each whose shard says this node still holds it
-/// (a client that went to another node meanwhile made that node its
-/// holder; the copy here gives way when the client returns). Their
-/// shards may need the other nodes back first: each is asked again
-/// until [`RELINK_PATIENCE`] is over.
+/// their shards again, each whose shard says this node still holds it. A
+/// client that went to another node meanwhile made that node its holder:
+/// the copy here is discarded. One the store does not know (released,
+/// or never copied) stays as it is. Their shards may need the other
+/// nodes back first: each is asked again until [`RELINK_PATIENCE`] is
+/// over.
 async fn relink_sessions(
     store: Arc<dyn emqx_actors::peers::SessionStore>,
     journal: Arc<Journal>,
-    me: Arc<str>,
+    ctx: Arc<Ctx>,
     sessions: Vec<(String, u64)>,
 ) {
     use futures_util::StreamExt;
     let deadline = tokio::time::Instant::now() + RELINK_PATIENCE;
     let linked = std::sync::atomic::AtomicUsize::new(0);
     let elsewhere = std::sync::atomic::AtomicUsize::new(0);
+    let unknown = std::sync::atomic::AtomicUsize::new(0);
     futures_util::stream::iter(sessions)
         .for_each_concurrent(64, |(client, inc)| {
-            let (store, journal, me) = (store.clone(), journal.clone(), me.clone());
-            let (linked, elsewhere) = (&linked, &elsewhere);
+            let (store, journal, ctx) = (store.clone(), journal.clone(), ctx.clone());
+            let (linked, elsewhere, unknown) = (&linked, &elsewhere, &unknown);
             async move {
+                let me = &ctx.node;
                 let owner = loop {
                     match store.read(&client).await {
                         Ok(s) => break s.owner,
@@ -588,7 +591,7 @@ async fn relink_sessions(
                     }
                 };
                 match owner {
-                    Some((node, epoch)) if *node == *me => {
+                    Some((node, epoch)) if *node == **me => {
                         match journal.relink(inc, &client, epoch, store).await {
                             Ok(()) => {
                                 linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -596,17 +599,27 @@ async fn relink_sessions(
                             Err(e) => tracing::error!(client_id = %client, "not copied to its shard again: {e}"),
                         }
                     }
-                    _ => {
+                    Some((node, _)) => {
+                        // Its client went to `node` while this one was
+                        // down: the session lives there now, and this
+                        // stale copy goes (what was acknowledged for it
+                        // is in the shard, which that node read).
+                        tracing::info!(client_id = %client, "the session is held by {node} now: this node's copy is discarded");
+                        ctx.cm.discard(&client).await;
                         elsewhere.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None => {
+                        unknown.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
             }
         })
         .await;
     tracing::info!(
-        "persistent sessions back from the journal: {} copied to their shards again, {} held by another node (or by none) now",
+        "persistent sessions back from the journal: {} copied to their shards again, {} held by another node now (discarded here), {} not in the store",
         linked.into_inner(),
-        elsewhere.into_inner()
+        elsewhere.into_inner(),
+        unknown.into_inner()
     );
 }
 
@@ -811,7 +824,7 @@ async fn start_broker(
             recovered.len()
         );
         if let (Some(store), Some(j)) = (ctx.session_store.clone(), ctx.broker.journal.clone()) {
-            tokio::spawn(relink_sessions(store, j, ctx.node.clone(), recovered));
+            tokio::spawn(relink_sessions(store, j, ctx.clone(), recovered));
         }
     }
     // Messages other nodes forward go to the broker.

@@ -1167,6 +1167,17 @@ fn a_persistent_session_and_its_acknowledged_messages_come_back_from_the_session
         "the queue came back from the shard\n{}",
         tails(&[b, c])
     );
+    // The killed node comes back with its journal's stale copy: its shard
+    // says another node holds the session now, so the copy goes.
+    nodes[0].spawn(&ds_env("4/3/1"));
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    assert!(
+        wait_until(Duration::from_secs(30), || a
+            .log()
+            .contains("1 held by another node now (discarded here)")),
+        "{}",
+        tail(a)
+    );
     wait_route(c, "ps/#", b, true, Duration::from_secs(10));
     let mut p = mq(c, "ps-pub");
     p.publish("ps/x", 1, false, b"after");
