@@ -593,9 +593,12 @@ async fn relink_sessions(
                 match owner {
                     Some((node, epoch)) if *node == **me => {
                         match journal.relink(inc, &client, epoch, store).await {
-                            Ok(()) => {
+                            Ok(true) => {
                                 linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }
+                            // Its client came back here, and a new life of
+                            // the session has its own copy.
+                            Ok(false) => {}
                             Err(e) => tracing::error!(client_id = %client, "not copied to its shard again: {e}"),
                         }
                     }

@@ -754,14 +754,15 @@ impl Journal {
     /// after a crash, is still this node's in the store, under `epoch`:
     /// from now on it is copied there again, starting with its whole
     /// journaled state (the changes made while it was not copied
-    /// included). Returns once that copy is handed to its writer.
+    /// included). Returns once that copy is handed to its writer: true,
+    /// or false when that life of the session has ended since.
     pub async fn relink(
         &self,
         incarnation: u64,
         client: &str,
         epoch: u64,
         store: Arc<dyn crate::peers::SessionStore>,
-    ) -> Result<(), DurableError> {
+    ) -> Result<bool, DurableError> {
         let (link, first) = StoreLink::resuming(store, Arc::from(client), epoch);
         self.link(incarnation, link);
         // What was submitted before the link is committed once this is;
@@ -780,17 +781,23 @@ impl Journal {
                 format!("session {incarnation} of {client:?}: {what}: {e}"),
             )
         };
-        for (_, value) in range(
+        let record = range(
             SESSIONS_TABLE,
             incarnation.to_be_bytes().to_vec(),
             next.to_be_bytes().to_vec(),
-        )? {
-            ops.push(SessionOp::Put {
-                table: STORE_RECORD,
-                key: STORE_RECORD_KEY.to_vec(),
-                value,
-            });
-        }
+        )?;
+        let Some((_, value)) = record.into_iter().next() else {
+            // That life of the session ended meanwhile (its client came
+            // back and another life replaced it): nothing of it is
+            // written, lest its empty copy replace the new life's.
+            self.unlink(incarnation);
+            return Ok(false);
+        };
+        ops.push(SessionOp::Put {
+            table: STORE_RECORD,
+            key: STORE_RECORD_KEY.to_vec(),
+            value,
+        });
         for (k, v) in range(QUEUE_TABLE, key2(incarnation, 0), key2(next, 0))? {
             let key = k.get(8..).unwrap_or_default().to_vec();
             let row: QueueRow = bincode::serde::decode_from_slice(&v, cfg())
@@ -848,7 +855,7 @@ impl Journal {
         }
         // A writer that stopped (the session was taken since) drops it.
         let _ = first.send(ops);
-        Ok(())
+        Ok(true)
     }
 
     /// The writer of session `incarnation`'s copy in the store, if it
@@ -1393,6 +1400,46 @@ mod tests {
             .record(&msg("m6"), [(a, &q2[..])].into_iter())
             .expect("journaled");
         t.wait().await.expect("the journal alone");
+        drop(j);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_relinked_session_is_copied_whole_then_change_by_change() {
+        let dir = fresh_dir("emqx-rs-journal-relink");
+        let store = Arc::new(MemStore::default());
+        let (j, _) = reopen(&dir);
+        let a = j.next_key();
+        j.save(&record("a", a))
+            .expect("save")
+            .wait()
+            .await
+            .expect("a");
+        let q1 = matches(QoS::AtLeastOnce);
+        // Journaled while not copied (m1 shared with a session that is
+        // not in the store: its message is in the messages table).
+        let b = j.next_key();
+        let (t, _) = j
+            .record(&msg("m1"), [(a, &q1[..]), (b, &q1[..])].into_iter())
+            .expect("journaled");
+        t.wait().await.expect("m1");
+        assert!(j.relink(a, "a", 7, store.clone()).await.expect("relink"));
+        // Copied after the whole copy.
+        let (t, _) = j
+            .record(&msg("m2"), [(a, &q1[..])].into_iter())
+            .expect("journaled");
+        t.wait().await.expect("m2");
+        let r = from_store(&store.read("a").await.expect("read"), now_ms())
+            .expect("readable")
+            .expect("a session");
+        assert_eq!(queue(&[r], "a"), vec!["m1", "m2"]);
+        // A life that ended is not copied: its empty copy would replace
+        // the new life's.
+        j.forget(a, &[]);
+        let before = store.rows.lock().len();
+        assert!(!j.relink(a, "a", 8, store.clone()).await.expect("relink"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.rows.lock().len(), before);
         drop(j);
         let _ = std::fs::remove_dir_all(&dir);
     }
