@@ -834,7 +834,19 @@ async fn start_broker(
     let b = ctx.broker.clone();
     let on_receive: OnReceive =
         Arc::new(move |_from: &str, msg, shared| b.publish_forwarded(Arc::new(msg), shared));
-    forwarder.serve(fwd_listener, on_receive);
+    match ctx.broker.journal.clone() {
+        // What was handed on for persistent sessions before a crash is
+        // not handed on again when its sender sends it again.
+        Some(j) => {
+            let known = j
+                .streams()
+                .map_err(|e| format!("cannot read the forwarding positions: {e}"))?;
+            let keep: emqx_actors::forward::KeepStream =
+                Arc::new(move |stream, last| j.note_stream(stream, last));
+            forwarder.serve_keeping(fwd_listener, on_receive, known, keep);
+        }
+        None => forwarder.serve(fwd_listener, on_receive),
+    }
     let sys_task = ctx.spawn_sys();
     let overload_task = emqx_actors::overload_monitor::spawn_monitor(ctx.clone());
     // Idle sessions hibernate after `mqtt.idle_timeout`, as in EMQX.

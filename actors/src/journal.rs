@@ -124,6 +124,12 @@ fn store_op(op: &Op) -> Option<SessionOp> {
     }
 }
 
+/// The keys of forwarding streams' positions in the meta table.
+const STREAM_PREFIX: &[u8] = b"stream:";
+
+/// How long a forwarding stream's position is kept without a write.
+pub const STREAM_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
+
 /// How often the node's clock is written.
 pub const CLOCK_PERIOD: Duration = Duration::from_secs(5);
 
@@ -1100,6 +1106,57 @@ impl Journal {
             key: rel_key(incarnation, pid),
         };
         self.submit_session(incarnation, vec![del], true)
+    }
+
+    /// The positions of the forwarding streams this node took messages
+    /// from (see [`Journal::note_stream`]), `(stream, last)`; those not
+    /// written for [`STREAM_KEPT_FOR`] are removed (their senders have
+    /// long restarted, with new streams).
+    pub fn streams(&self) -> Result<Vec<(u64, u64)>, DurableError> {
+        let mut to = STREAM_PREFIX.to_vec();
+        to.push(0xff);
+        let now = now_ms();
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for (k, v) in self.durable.range(META_TABLE, STREAM_PREFIX, &to)? {
+            let (Some(stream), Some(last), Some(at)) = (
+                k.get(STREAM_PREFIX.len()..).and_then(be64),
+                be64(&v),
+                v.get(8..).and_then(be64),
+            ) else {
+                return Err(io(
+                    &self.durable,
+                    format!("table {META_TABLE}: bad stream row {k:?}"),
+                ));
+            };
+            if now.saturating_sub(at) > STREAM_KEPT_FOR.as_millis() as u64 {
+                stale.push(Op::Delete {
+                    table: META_TABLE,
+                    key: k,
+                });
+            } else {
+                out.push((stream, last));
+            }
+        }
+        if !stale.is_empty() {
+            self.durable.submit_nowait(stale);
+        }
+        Ok(out)
+    }
+
+    /// Writes that every message of forwarding stream `stream` up to
+    /// `last` was handed on (after their deliveries' rows: a crash between
+    /// the two makes the sender's resend a duplicate, never a loss).
+    pub fn note_stream(&self, stream: u64, last: u64) -> Ticket {
+        let mut key = STREAM_PREFIX.to_vec();
+        key.extend_from_slice(&stream.to_be_bytes());
+        let mut value = last.to_be_bytes().to_vec();
+        value.extend_from_slice(&now_ms().to_be_bytes());
+        self.durable.submit(vec![Op::Put {
+            table: META_TABLE,
+            key,
+            value,
+        }])
     }
 
     /// Writes the node's clock now and every [`CLOCK_PERIOD`].

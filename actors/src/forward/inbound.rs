@@ -183,6 +183,14 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             shared.received_total.fetch_add(n, Ordering::Relaxed);
             to_ack = Some(last);
         }
+        if let (Some(_), Some((stream, state))) = (&written, &stream_state) {
+            // What was handed on is on disk: so is how far it went.
+            let keep = shared.keep.read().clone();
+            if let Some(keep) = keep {
+                let last = state.lock().last;
+                written = Some(keep(*stream, last));
+            }
+        }
         if let Some(t) = written {
             if let Err(e) = t.wait().await {
                 tracing::error!(%peer, "forwarded messages for persistent sessions not on disk: {e}");

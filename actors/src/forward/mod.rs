@@ -89,7 +89,9 @@ mod outbound;
 mod state;
 mod tasks;
 
-pub use state::{Envelope, ForwardConfig, ForwardError, ListenerStats, OnReceive, PeerStats};
+pub use state::{
+    Envelope, ForwardConfig, ForwardError, KeepStream, ListenerStats, OnReceive, PeerStats,
+};
 use state::{Peer, PeerCounters, Shared, Slot};
 pub mod wire;
 
@@ -185,6 +187,7 @@ impl Forwarder {
             dropped: AtomicU64::new(0),
             streams: Mutex::default(),
             duplicates: AtomicU64::new(0),
+            keep: RwLock::default(),
         });
         let f = Arc::new(Forwarder {
             shared,
@@ -203,6 +206,33 @@ impl Forwarder {
             on_receive,
         ));
         tracing::info!(node = %self.shared.cfg.node, local_addr = %self.local_addr, "forwarding listener started");
+    }
+
+    /// [`Forwarder::serve`], remembering what it handed on across a crash:
+    /// `known` are the positions of the streams written before (`(stream,
+    /// last)`), and `keep` writes a stream's position after each frame
+    /// that wrote to disk (see [`KeepStream`]).
+    pub fn serve_keeping(
+        &self,
+        listener: ForwardListener,
+        on_receive: OnReceive,
+        known: Vec<(u64, u64)>,
+        keep: KeepStream,
+    ) {
+        {
+            let mut streams = self.shared.streams.lock();
+            for (stream, last) in known {
+                streams.insert(
+                    stream,
+                    Arc::new(Mutex::new(state::StreamState {
+                        last,
+                        seen: std::time::Instant::now(),
+                    })),
+                );
+            }
+        }
+        *self.shared.keep.write() = Some(keep);
+        self.serve(listener, on_receive);
     }
 
     /// The listener's address (useful when `listen` had port 0).

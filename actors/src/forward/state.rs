@@ -250,7 +250,18 @@ pub(crate) struct Shared {
     pub streams: Mutex<HashMap<u64, Arc<Mutex<StreamState>>>>,
     /// Messages received again after a reconnect and not handed on twice.
     pub duplicates: AtomicU64,
+    /// Writes the position of a stream to disk (see
+    /// [`super::Forwarder::serve_keeping`]).
+    pub keep: RwLock<Option<KeepStream>>,
 }
+
+/// Called with a stream and the last number handed on, after a frame
+/// whose messages were written to disk (deliveries to persistent
+/// sessions): writes that position, and returns the write, which the
+/// frame's acknowledgement waits for. After a crash the node reads the
+/// positions back, so what the sender sends again (its acknowledgement
+/// was lost with the crash) is not handed on twice.
+pub type KeepStream = Arc<dyn Fn(u64, u64) -> crate::durable::Ticket + Send + Sync>;
 
 /// What the receiving side knows of one stream. Locked while a frame of
 /// the stream is handed on, so two connections of one stream (an old one
