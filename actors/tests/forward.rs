@@ -844,21 +844,7 @@ async fn a_connection_lost_with_unacknowledged_frames_loses_and_repeats_nothing(
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let cut = Arc::new(tokio::sync::Notify::new());
-    let (relay, relay_task) = lossy_relay(b.local_addr(), swallow.clone(), cut.clone()).await;
-    let mut ca = cfg("a@host", COOKIE);
-    ca.conns_per_peer = 1;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
-        .await
-        .unwrap();
-    a.add_peer("b@host", relay);
-    wait_until("connected", Duration::from_secs(5), || {
-        a.peers()[0].connected == 1
-    })
-    .await;
-    // From now on b's acknowledgements of the first connection are lost.
-    swallow.store(true, Ordering::SeqCst);
+    let (a, cut, relay_task) = sender_losing_acks(b.local_addr()).await;
     for seq in 0..500 {
         a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
             .unwrap();
@@ -893,4 +879,103 @@ async fn a_connection_lost_with_unacknowledged_frames_loses_and_repeats_nothing(
     a.shutdown().await;
     b.shutdown().await;
     relay_task.abort();
+}
+
+/// Node a, sending to node b at `to` on one connection through a relay,
+/// once connected: from then on b's acknowledgements on that first
+/// connection are lost, until the returned `cut` ends it.
+async fn sender_losing_acks(
+    to: SocketAddr,
+) -> (
+    Arc<Forwarder>,
+    Arc<tokio::sync::Notify>,
+    tokio::task::JoinHandle<()>,
+) {
+    let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let (relay, relay_task) = lossy_relay(to, swallow.clone(), cut.clone()).await;
+    let mut ca = cfg("a@host", COOKIE);
+    ca.conns_per_peer = 1;
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+        .await
+        .unwrap();
+    a.add_peer("b@host", relay);
+    wait_until("connected", Duration::from_secs(5), || {
+        a.peers()[0].connected == 1
+    })
+    .await;
+    swallow.store(true, Ordering::SeqCst);
+    (a, cut, relay_task)
+}
+
+/// A receiver's `on_receive` whose deliveries are written to disk (each
+/// message returns a write of `durable`, as deliveries to persistent
+/// sessions do).
+fn keeping(sink: &Arc<Sink>, durable: &emqx_actors::durable::Durable) -> OnReceive {
+    let (sink, durable) = (sink.clone(), durable.clone());
+    Arc::new(move |from: &str, m: Message, _: Option<(String, String)>| {
+        sink.msgs.lock().push((from.to_owned(), m));
+        sink.count.fetch_add(1, Ordering::Release);
+        (Some(durable.submit(Vec::new())), None)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_kept_its_positions_takes_nothing_twice_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("emqx-rs-fwd-keep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let durable = emqx_actors::durable::Durable::open(&dir).unwrap();
+    let positions: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let keep = |positions: &Arc<Mutex<HashMap<u64, u64>>>| -> emqx_actors::forward::KeepStream {
+        let (positions, durable) = (positions.clone(), durable.clone());
+        Arc::new(move |stream, last| {
+            positions.lock().insert(stream, last);
+            durable.submit(Vec::new())
+        })
+    };
+    // b takes 500 messages whose acknowledgements never reach a.
+    let sink1 = Arc::new(Sink::default());
+    let (b1, l1) = Forwarder::bind(cfg("b@host", COOKIE)).await.unwrap();
+    let addr = b1.local_addr();
+    b1.serve_keeping(l1, keeping(&sink1, &durable), Vec::new(), keep(&positions));
+    let (a, _cut, relay_task) = sender_losing_acks(addr).await;
+    for seq in 0..500 {
+        a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    sink1.wait_for(500, Duration::from_secs(5)).await;
+    wait_until("the position written", Duration::from_secs(5), || {
+        positions.lock().values().any(|&last| last == 500)
+    })
+    .await;
+    // b dies; a new b starts on its address with the positions it wrote.
+    b1.shutdown().await;
+    let known: Vec<(u64, u64)> = positions.lock().iter().map(|(s, l)| (*s, *l)).collect();
+    let sink2 = Arc::new(Sink::default());
+    let mut cb = cfg("b@host", COOKIE);
+    cb.listen = addr;
+    let (b2, l2) = Forwarder::bind(cb).await.unwrap();
+    b2.serve_keeping(l2, keeping(&sink2, &durable), known, keep(&positions));
+    // a sends the 500 again (it never heard of them), then 500 more.
+    for seq in 500..1000 {
+        a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    sink2.wait_for(500, Duration::from_secs(10)).await;
+    wait_until("all acknowledged", Duration::from_secs(10), || {
+        let p = &a.peers()[0];
+        p.queued == 0 && p.unacked == 0
+    })
+    .await;
+    // The new b took only the 500 new ones, in order.
+    assert_eq!(sink2.len(), 500);
+    let seqs: Vec<u64> = sink2.msgs.lock().iter().map(|(_, m)| seq_of(m)).collect();
+    assert_eq!(seqs, (500..1000).collect::<Vec<u64>>());
+    assert_eq!(b2.listener_stats().duplicates, 500);
+    a.shutdown().await;
+    b2.shutdown().await;
+    relay_task.abort();
+    drop(durable);
+    let _ = std::fs::remove_dir_all(&dir);
 }
