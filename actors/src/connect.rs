@@ -180,3 +180,80 @@ async fn open_locked(
     cm.sessions.lock().insert(client_id, handle.clone());
     Ok(handle)
 }
+
+/// What [`adopt`] did with a session of a node that is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// Brought back here, offline: its subscriptions route here, and
+    /// what is published for it is queued here until its client returns
+    /// (to this node, or to another one, which takes it over from here).
+    Here,
+    /// Its expiry had run out, or its copy held no record: released.
+    Expired,
+    /// The node named no longer held it (its client went elsewhere), or
+    /// this node has a session of that client already: left alone.
+    NotHeld,
+}
+
+/// Takes the persistent session of `client` that `from`, a node the
+/// cluster sees down, holds in the cluster's session store: claimed
+/// under a new epoch (which fences `from`) only while `from` still holds
+/// it, then brought back offline from the store's copy with its queue,
+/// inflight QoS 2 messages and QoS 2 ids. Its will, if its client was
+/// connected to `from` or its delay had not run out, is published here,
+/// after what is left of its delay. Holds the client id's locks, on this
+/// node and in the cluster, as a connect does.
+pub async fn adopt(ctx: &Arc<Ctx>, client: &str, from: &str) -> Result<Adopted, OpenError> {
+    let Some(store) = ctx.session_store.clone() else {
+        return Ok(Adopted::NotHeld);
+    };
+    let client_id: Arc<str> = Arc::from(client);
+    let stripe = crate::hashing::bucket(&client_id, LOCKS);
+    let _guard = ctx.cm.locks[stripe].lock().await;
+    let held = match ctx.registry.as_deref() {
+        Some(r) => Some(r.lock(&client_id).await?),
+        None => None,
+    };
+    let r = adopt_locked(ctx, &*store, &client_id, from).await;
+    if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
+        reg.unlock(h).await;
+    }
+    r
+}
+
+async fn adopt_locked(
+    ctx: &Arc<Ctx>,
+    store: &dyn crate::peers::SessionStore,
+    client_id: &str,
+    from: &str,
+) -> Result<Adopted, OpenError> {
+    if ctx.cm.lookup(client_id).is_some() {
+        return Ok(Adopted::NotHeld);
+    }
+    let claim = match store.adopt(client_id, from).await {
+        Ok(c) => c,
+        Err(crate::peers::StoreError::Fenced { .. }) => return Ok(Adopted::NotHeld),
+        Err(e) => return Err(e.into()),
+    };
+    // Held here from now on: a client that connects to another node gets
+    // it from here (the registry asks every running node), or from the
+    // store if this read fails.
+    let now = crate::clock::now_ms();
+    let stored = store.read(client_id).await?;
+    let rec = crate::journal::from_store(&stored, now).map_err(|e| {
+        crate::peers::StoreError::Unavailable(format!("{e} (held by this node now)"))
+    })?;
+    let Some((rec, left)) = rec.and_then(|r| r.remaining(now).map(|left| (r, left))) else {
+        store.release(client_id, claim.epoch).await?;
+        return Ok(Adopted::Expired);
+    };
+    let p = crate::parking::parked_of(&rec);
+    crate::parking::bring_back(ctx, &p, left, None, rec.will(now), Some(claim.epoch)).await;
+    tracing::info!(
+        client_id = %client_id,
+        "a persistent session of {from} (down) brought back from the cluster's session store: {} queued, {} in flight",
+        p.snapshot.mqueue.len(),
+        p.snapshot.inflight.len()
+    );
+    Ok(Adopted::Here)
+}

@@ -1306,6 +1306,19 @@ mod tests {
             })
         }
 
+        fn adopt<'a>(
+            &'a self,
+            _: &'a str,
+            from: &'a str,
+        ) -> crate::peers::BoxFuture<'a, Result<crate::peers::SessionClaim, StoreError>> {
+            Box::pin(async move {
+                Ok(crate::peers::SessionClaim {
+                    epoch: 2,
+                    previous: Some((from.to_string(), 1)),
+                })
+            })
+        }
+
         fn read<'a>(
             &'a self,
             client: &'a str,

@@ -116,7 +116,7 @@ pub async fn restore(
         let Some(left) = p.remaining(now) else {
             continue;
         };
-        bring_back(ctx, &p, left, None, None).await;
+        bring_back(ctx, &p, left, None, None, None).await;
         n += 1;
     }
     let mut m = Vec::new();
@@ -137,17 +137,9 @@ pub async fn restore(
                 d.journal = 0;
             }
         }
-        let p = Parked {
-            client_id: r.record.client_id.clone(),
-            proto_level: r.record.proto_level,
-            keep_alive: r.record.keep_alive,
-            username: r.record.username.clone(),
-            session_expiry: r.record.session_expiry,
-            parked_at_ms: r.offline_since_ms,
-            snapshot: r.snapshot(),
-        };
+        let p = parked_of(&r);
         let inc = journal.as_ref().map(|_| r.record.incarnation);
-        bring_back(ctx, &p, left, inc, r.will(now)).await;
+        bring_back(ctx, &p, left, inc, r.will(now), None).await;
         m.push((r.record.client_id.clone(), r.record.incarnation));
     }
     let mut ops = vec![Op::Clear {
@@ -164,14 +156,32 @@ pub async fn restore(
     Ok((n, m))
 }
 
+/// A session read back from a journal (this node's, or its copy in the
+/// cluster's session store) as a parked one.
+pub(crate) fn parked_of(r: &Recovered) -> Parked {
+    Parked {
+        client_id: r.record.client_id.clone(),
+        proto_level: r.record.proto_level,
+        keep_alive: r.record.keep_alive,
+        username: r.record.username.clone(),
+        session_expiry: r.record.session_expiry,
+        parked_at_ms: r.offline_since_ms,
+        snapshot: r.snapshot(),
+    }
+}
+
 /// Brings one session back offline with `left` seconds of its expiry,
-/// asleep (see [`crate::session::start_dormant`]).
-async fn bring_back(
+/// asleep (see [`crate::session::start_dormant`]). `store_epoch`: the
+/// session was taken from the cluster's session store under that epoch
+/// (the claim decides who holds it); otherwise it came from this node's
+/// disk, and another node may hold a newer one.
+pub(crate) async fn bring_back(
     ctx: &Arc<Ctx>,
     p: &Parked,
     left: u32,
     journal: Option<u64>,
     will: Option<(emqx_mqtt::packet::LastWill, u32)>,
+    store_epoch: Option<u64>,
 ) {
     let client_id: Arc<str> = Arc::from(p.client_id.as_str());
     let handle = SessionHandle::new();
@@ -186,10 +196,12 @@ async fn bring_back(
         restored: Some(p.snapshot.clone()),
         journal,
         will,
-        store_epoch: None,
+        store_epoch,
     };
     // No actor: the session sleeps until the first message for it.
     ctx.cm.insert(client_id.clone(), handle);
     crate::session::start_dormant(args).await;
-    ctx.cm.note_unparked(client_id);
+    if store_epoch.is_none() {
+        ctx.cm.note_unparked(client_id);
+    }
 }

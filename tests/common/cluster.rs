@@ -290,7 +290,13 @@ impl Mq {
         o.set_clean_session(clean_session);
         // rumqttc's default (10 KB each way) is below what some tests send.
         o.set_max_packet_size(1024 * 1024, 1024 * 1024);
-        let (c, conn) = Client::new(o, 1000);
+        Mq::with(id, o, 1000)
+    }
+
+    /// A client with options of its own (`cap`: its request queue), not
+    /// waiting for its CONNACK.
+    pub fn with(id: &str, o: MqttOptions, cap: usize) -> Mq {
+        let (c, conn) = Client::new(o, cap);
         Mq {
             id: id.to_string(),
             c,
@@ -436,6 +442,36 @@ pub fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
     });
     assert!(ok, "{id}: no CONNACK from {} ({:?})", n.name, m.error);
     (m, present.unwrap_or(false))
+}
+
+/// kill -9 of `nodes[0]`; returns once the second node sees it down and
+/// the others running.
+pub fn kill_first(nodes: &mut [Node]) {
+    nodes[0].kill();
+    let (first, rest) = nodes.split_at(1);
+    let running: Vec<&Node> = rest.iter().collect();
+    wait_status(
+        &rest[0],
+        &status_line(&running, &[&first[0]]),
+        Duration::from_secs(15),
+        &running,
+    );
+}
+
+/// A persistent subscriber of `filter` on `n` that then goes away for
+/// good, its session left offline there; whether its CONNACK said
+/// session present.
+pub fn subscribe_then_leave(n: &Node, id: &str, filter: &str, q: u8) -> bool {
+    let (mut s, present) = mq_persistent(n, id);
+    s.sub(filter, q);
+    s.c.disconnect().expect("disconnect");
+    // A dropped client's loop would still take, and acknowledge, what
+    // comes next.
+    assert!(!s.wait_for(Duration::from_secs(2), |e| matches!(
+        e,
+        Event::Incoming(Packet::Publish(_))
+    )));
+    present
 }
 
 /// `clients list` lines (cluster-wide) of client `id`.

@@ -67,6 +67,29 @@ impl SessionStore for DsSessions {
         })
     }
 
+    fn adopt<'a>(
+        &'a self,
+        client: &'a str,
+        from: &'a str,
+    ) -> BoxFuture<'a, Result<SessionClaim, StoreError>> {
+        Box::pin(async move {
+            let cmd = Command::Adopt {
+                client: client.to_string(),
+                node: self.host.me().to_string(),
+                from: from.to_string(),
+            };
+            match self.run(client, cmd).await? {
+                Reply::Claimed { epoch, previous } => Ok(SessionClaim {
+                    epoch,
+                    previous: previous.map(pair),
+                }),
+                other => Err(StoreError::Unavailable(format!(
+                    "an adoption answered {other:?}"
+                ))),
+            }
+        })
+    }
+
     fn read<'a>(&'a self, client: &'a str) -> BoxFuture<'a, Result<StoredSession, StoreError>> {
         Box::pin(async move {
             let s = self

@@ -448,6 +448,7 @@ impl Actor for ClusterService {
             unsent: VecDeque::new(),
             dialing: None,
         });
+        let ds = a.ds.map(|h| spawn_driver(h, a.ctx.clone()));
         let st = SvcState {
             tables: a.tables,
             ctx: a.ctx,
@@ -481,7 +482,7 @@ impl Actor for ClusterService {
             recording: false,
             hosts: HashMap::new(),
             follower,
-            ds: a.ds.map(spawn_driver),
+            ds,
         };
         st.publish_running();
         Ok(st)

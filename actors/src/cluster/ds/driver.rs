@@ -2,13 +2,27 @@
 //! (fed by the cluster service, see `service/ds_drive.rs`).
 
 use super::host::DsHost;
+use crate::connect::Adopted;
+use crate::Ctx;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// How long a member must have been down before the leaders of the
+/// shards take its persistent sessions: a node killed and restarted at
+/// once (a supervisor, an upgrade) gets its sessions back from its own
+/// journal instead of finding them moved.
+pub const ADOPT_AFTER: Duration = Duration::from_secs(10);
+
+/// Sessions taken at once, over all the down nodes.
+const ADOPTING: usize = 32;
 
 /// What the driver is told.
 pub enum DsWork {
-    /// The cluster's cores now (every heartbeat).
-    Cores(Vec<String>),
+    /// The cluster's cores now, and the members (of any role) that are
+    /// down (every heartbeat).
+    Cores(Vec<String>, Vec<String>),
     /// This node joined a cluster of these members.
     Joined(Vec<String>),
     /// This node left its cluster, or was removed from it.
@@ -16,14 +30,20 @@ pub enum DsWork {
 }
 
 /// Starts the task that runs `host`'s membership work, one step at a time
-/// (a step waits for commits), with the newest cores.
-pub fn spawn_driver(host: Arc<DsHost>) -> mpsc::UnboundedSender<DsWork> {
+/// (a step waits for commits), with the newest cores; and on the shards
+/// this node leads, takes the sessions of members down for
+/// [`ADOPT_AFTER`] ([`crate::connect::adopt`]).
+pub fn spawn_driver(host: Arc<DsHost>, ctx: Arc<Ctx>) -> mpsc::UnboundedSender<DsWork> {
     let (tx, mut rx) = mpsc::unbounded_channel::<DsWork>();
+    let mut adopter = Adopter::new(ctx);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
-            let (mut cores, mut joined, mut left) = (None, None, false);
+            let (mut cores, mut joined, mut left, mut down) = (None, None, false, None);
             let mut take = |w: DsWork| match w {
-                DsWork::Cores(c) => cores = Some(c),
+                DsWork::Cores(c, d) => {
+                    cores = Some(c);
+                    down = Some(d);
+                }
                 DsWork::Joined(m) => joined = Some(m),
                 DsWork::Left => {
                     // What came before the leave is moot.
@@ -67,7 +87,97 @@ pub fn spawn_driver(host: Arc<DsHost>) -> mpsc::UnboundedSender<DsWork> {
             for change in host.reconcile(&cores).await {
                 tracing::info!("ds: {change:?}");
             }
+            if let Some(down) = down {
+                adopter.beat(&host, &down);
+            }
         }
     });
     tx
+}
+
+/// Takes the sessions of the members that stay down.
+struct Adopter {
+    ctx: Arc<Ctx>,
+    /// Since when each member has been seen down, beat after beat.
+    down_since: HashMap<String, Instant>,
+    /// Client ids being taken now (not asked for again meanwhile).
+    pending: Arc<parking_lot::Mutex<HashSet<String>>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Adopter {
+    fn new(ctx: Arc<Ctx>) -> Adopter {
+        Adopter {
+            ctx,
+            down_since: HashMap::new(),
+            pending: Arc::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(ADOPTING)),
+        }
+    }
+
+    fn beat(&mut self, host: &DsHost, down: &[String]) {
+        let now = Instant::now();
+        self.down_since.retain(|n, _| down.contains(n));
+        for n in down {
+            self.down_since.entry(n.clone()).or_insert(now);
+        }
+        let due: Vec<String> = self
+            .down_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= ADOPT_AFTER)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut fresh: Vec<(String, String)> = Vec::new();
+        {
+            let mut pending = self.pending.lock();
+            for (_, client, from) in host.held_by(&due) {
+                if pending.insert(client.clone()) {
+                    fresh.push((client, from));
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        tracing::info!(
+            "ds: taking {} persistent session(s) of down node(s) {due:?}",
+            fresh.len()
+        );
+        let (ctx, pending, slots) = (self.ctx.clone(), self.pending.clone(), self.slots.clone());
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (client, from) in fresh {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let (ctx, pending) = (ctx.clone(), pending.clone());
+                tasks.spawn(async move {
+                    let r = crate::connect::adopt(&ctx, &client, &from).await;
+                    pending.lock().remove(&client);
+                    drop(slot);
+                    match r {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            // Tried again at the next beat while its node
+                            // stays down; its client may connect meanwhile.
+                            tracing::warn!(client_id = %client, "ds: the session of {from} (down) could not be taken: {e}");
+                            None
+                        }
+                    }
+                });
+            }
+            let (mut here, mut expired, mut not_held, mut failed) = (0, 0, 0, 0);
+            while let Some(r) = tasks.join_next().await {
+                match r {
+                    Ok(Some(Adopted::Here)) => here += 1,
+                    Ok(Some(Adopted::Expired)) => expired += 1,
+                    Ok(Some(Adopted::NotHeld)) => not_held += 1,
+                    _ => failed += 1,
+                }
+            }
+            tracing::info!(
+                "ds: sessions of down nodes: {here} brought back here, {expired} expired (released), {not_held} held elsewhere meanwhile, {failed} not taken"
+            );
+        });
+    }
 }

@@ -625,6 +625,26 @@ impl DsHost {
         changes
     }
 
+    /// The sessions held by one of `nodes`, in the shards this node
+    /// leads: `(shard, client, holder)`. Read from this replica's state,
+    /// which may be a little behind its commits: whoever acts on it claims
+    /// with [`Command::Adopt`], which checks the holder again.
+    pub fn held_by(&self, nodes: &[String]) -> Vec<(u16, String, String)> {
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for r in self.all() {
+            if r.raft.metrics().borrow().state != ServerState::Leader {
+                continue;
+            }
+            for (client, owner) in r.sm.read(|s| s.owned_by(nodes)) {
+                out.push((r.shard, client, owner.node));
+            }
+        }
+        out
+    }
+
     /// Every shard as this node sees it.
     pub fn status(&self) -> Vec<ShardStatus> {
         self.all()

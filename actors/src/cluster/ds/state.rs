@@ -73,6 +73,14 @@ pub enum Command {
         epoch: u64,
         ops: Vec<DsOp>,
     },
+    /// `node` takes the session of `client` from `from` (a node the
+    /// cluster sees down): a claim, but only while `from` still holds it;
+    /// otherwise refused as `Fenced` with the owner it has.
+    Adopt {
+        client: String,
+        node: String,
+        from: String,
+    },
 }
 
 /// What one log entry carries: the commands that reached the leader
@@ -110,6 +118,7 @@ impl Command {
     pub fn approx_len(&self) -> usize {
         match self {
             Command::Claim { client, node } => 16 + client.len() + node.len(),
+            Command::Adopt { client, node, from } => 24 + client.len() + node.len() + from.len(),
             Command::Write { client, ops, .. } | Command::Release { client, ops, .. } => {
                 24 + client.len() + ops.iter().map(DsOp::approx_len).sum::<usize>()
             }
@@ -195,16 +204,13 @@ impl ShardState {
     /// Applies a committed command; a claim takes `epoch`.
     pub fn apply(&mut self, epoch: u64, cmd: &Command) -> Reply {
         match cmd {
-            Command::Claim { client, node } => {
-                let previous = self.owners.insert(
-                    client.clone(),
-                    Owner {
-                        node: node.clone(),
-                        epoch,
-                    },
-                );
-                Reply::Claimed { epoch, previous }
-            }
+            Command::Claim { client, node } => self.claim(client, node, epoch),
+            Command::Adopt { client, node, from } => match self.owners.get(client) {
+                Some(o) if o.node == *from => self.claim(client, node, epoch),
+                other => Reply::Fenced {
+                    owner: other.cloned(),
+                },
+            },
             Command::Write { client, epoch, ops } => {
                 if let Some(fenced) = self.fence(client, *epoch) {
                     return fenced;
@@ -229,6 +235,15 @@ impl ShardState {
         }
     }
 
+    /// The sessions held by one of `nodes`: `(client, owner)`.
+    pub fn owned_by(&self, nodes: &[String]) -> Vec<(String, Owner)> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| nodes.contains(&o.node))
+            .map(|(c, o)| (c.clone(), o.clone()))
+            .collect()
+    }
+
     /// `client`'s owner and rows (see [`session_key`]).
     pub fn session(&self, client: &str) -> SessionRows {
         let (from, to) = session_range(client);
@@ -242,6 +257,15 @@ impl ShardState {
             owner: self.owners.get(client).cloned(),
             rows,
         }
+    }
+
+    fn claim(&mut self, client: &str, node: &str, epoch: u64) -> Reply {
+        let owner = Owner {
+            node: node.to_string(),
+            epoch,
+        };
+        let previous = self.owners.insert(client.to_string(), owner);
+        Reply::Claimed { epoch, previous }
     }
 
     fn fence(&self, client: &str, epoch: u64) -> Option<Reply> {
@@ -288,6 +312,57 @@ mod tests {
             key: k.to_vec(),
             value: b"v".to_vec(),
         }
+    }
+
+    #[test]
+    fn an_adoption_takes_a_session_only_from_the_node_named() {
+        let mut s = ShardState::default();
+        let claim = |c: &str, n: &str| Command::Claim {
+            client: c.into(),
+            node: n.into(),
+        };
+        let adopt = |c: &str, from: &str| Command::Adopt {
+            client: c.into(),
+            node: "b@h".into(),
+            from: from.into(),
+        };
+        s.apply(epoch_of(1, 0), &claim("x", "a@h"));
+        s.apply(epoch_of(1, 1), &claim("y", "c@h"));
+        assert_eq!(
+            s.owned_by(&["a@h".to_string()])
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect::<Vec<_>>(),
+            vec!["x".to_string()]
+        );
+        // The client went to c meanwhile: a's session is not there to take.
+        let r = s.apply(epoch_of(2, 0), &adopt("y", "a@h"));
+        assert!(
+            matches!(&r, Reply::Fenced { owner: Some(o) } if o.node == "c@h"),
+            "{r:?}"
+        );
+        // Nor is a session nobody holds.
+        let r = s.apply(epoch_of(2, 1), &adopt("z", "a@h"));
+        assert_eq!(r, Reply::Fenced { owner: None });
+        assert!(!s.owners.contains_key("z"));
+        // Taken from a: a new epoch, and a's writes are refused from now.
+        let old = s.owners["x"].epoch;
+        let r = s.apply(epoch_of(2, 2), &adopt("x", "a@h"));
+        assert!(
+            matches!(&r, Reply::Claimed { epoch, previous: Some(p) } if *epoch > old && p.node == "a@h"),
+            "{r:?}"
+        );
+        let w = Command::Write {
+            client: "x".into(),
+            epoch: old,
+            ops: vec![put(b"k")],
+        };
+        assert!(matches!(s.apply(epoch_of(3, 0), &w), Reply::Fenced { .. }));
+        // Adopted twice (a command tried again): the second one is refused.
+        assert!(matches!(
+            s.apply(epoch_of(3, 1), &adopt("x", "a@h")),
+            Reply::Fenced { .. }
+        ));
     }
 
     #[test]

@@ -32,7 +32,13 @@ impl SvcState {
             return;
         }
         if let Some(ds) = &self.ds {
-            let _ = ds.send(DsWork::Cores(self.cores()));
+            let down: Vec<String> = self
+                .membership
+                .peers()
+                .filter(|m| !m.running)
+                .map(|m| m.info.node.clone())
+                .collect();
+            let _ = ds.send(DsWork::Cores(self.cores(), down));
         }
     }
 
