@@ -20,9 +20,11 @@ use emqx_actors::forward::{ForwardConfig, Forwarder, OnReceive};
 use emqx_actors::journal::Journal;
 use emqx_actors::metrics::{Metrics, Stats};
 use emqx_actors::overload::{Overload, OverloadSettings};
+use emqx_actors::parking::FromJournal;
 use emqx_actors::peers::BrokerLinks;
 use emqx_actors::replicated::ReplTables;
 use emqx_actors::retainer::{Retainer, RetainerSettings};
+use emqx_actors::session_msg::SessionMsg;
 use emqx_actors::sys::SysSettings;
 use emqx_actors::Ctx;
 use emqx_mqtt::packet::QoS;
@@ -567,7 +569,7 @@ async fn relink_sessions(
     store: Arc<dyn emqx_actors::peers::SessionStore>,
     journal: Arc<Journal>,
     ctx: Arc<Ctx>,
-    sessions: Vec<(String, u64)>,
+    sessions: Vec<FromJournal>,
 ) {
     use futures_util::StreamExt;
     let deadline = tokio::time::Instant::now() + RELINK_PATIENCE;
@@ -575,16 +577,29 @@ async fn relink_sessions(
     let elsewhere = std::sync::atomic::AtomicUsize::new(0);
     let unknown = std::sync::atomic::AtomicUsize::new(0);
     futures_util::stream::iter(sessions)
-        .for_each_concurrent(64, |(client, inc)| {
+        .for_each_concurrent(64, |back| {
             let (store, journal, ctx) = (store.clone(), journal.clone(), ctx.clone());
             let (linked, elsewhere, unknown) = (&linked, &elsewhere, &unknown);
             async move {
+                let FromJournal {
+                    client_id: client,
+                    incarnation: inc,
+                    held_will,
+                } = back;
+                // The will held back at the restore is armed unless another
+                // node took the session (and published it) meanwhile.
+                let arm = |will: Option<(emqx_mqtt::packet::LastWill, u32)>| {
+                    if let (Some((w, delay)), Some(s)) = (will, ctx.cm.lookup(&client)) {
+                        let _ = s.cast(SessionMsg::SetWill(Box::new(w), delay));
+                    }
+                };
                 let me = &ctx.node;
                 let owner = loop {
                     match store.read(&client).await {
                         Ok(s) => break s.owner,
                         Err(e) if tokio::time::Instant::now() >= deadline => {
                             tracing::warn!(client_id = %client, "not copied to its shard again (no answer: {e}); it is when its client connects");
+                            arm(held_will);
                             return;
                         }
                         Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
@@ -592,6 +607,7 @@ async fn relink_sessions(
                 };
                 match owner {
                     Some((node, epoch)) if *node == **me => {
+                        arm(held_will);
                         match journal.relink(inc, &client, epoch, store).await {
                             Ok(true) => {
                                 linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -612,6 +628,7 @@ async fn relink_sessions(
                         elsewhere.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     None => {
+                        arm(held_will);
                         unknown.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }

@@ -1278,8 +1278,21 @@ fn the_sessions_of_a_node_down_for_long_are_taken_by_a_live_core_which_queues_fo
     assert!(present, "session_present = 1\n{}", tails(&[b, c]));
     let got = payloads(&s.collect(want.len(), Duration::from_secs(10)));
     assert_eq!(got, want, "\n{}", tails(&[b, c]));
+    // The dead node comes back with both sessions in its journal: another
+    // node holds each, so its copies go, and the will it holds for the
+    // client that was connected is not published a second time.
+    nodes[0].spawn(&ds_env("4/3/1"));
+    let a = &nodes[0];
     assert!(
-        w.collect(1, Duration::from_secs(1)).is_empty(),
-        "the will went out once"
+        wait_until(Duration::from_secs(30), || a
+            .log()
+            .contains("2 held by another node now (discarded here)")),
+        "{}",
+        tail(a)
+    );
+    assert!(
+        w.collect(1, Duration::from_secs(3)).is_empty(),
+        "the will went out once\n{}",
+        tail(a)
     );
 }

@@ -107,10 +107,18 @@ async fn open_locked(
             if r == Some(true) {
                 return Ok(old);
             }
-            // The old session ended with its connection, or died
-            // meanwhile: start afresh.
+            // The old session ended with its connection, died meanwhile,
+            // or is held by another node now (the cluster's session store
+            // said so): taken over from there, or started afresh.
             old.wait_gone().await;
             cm.unregister(&client_id, old.id());
+            if let (Some(reg), Some(h), Some(_)) =
+                (ctx.registry.as_deref(), held, ctx.session_store.as_ref())
+            {
+                if !h.peers.is_empty() {
+                    restored = reg.takeover_elsewhere(h).await;
+                }
+            }
         }
     } else if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
         if !h.peers.is_empty() {

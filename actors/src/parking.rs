@@ -96,16 +96,28 @@ pub fn load(durable: &Durable) -> Result<Vec<Parked>, DurableError> {
     Ok(out)
 }
 
+/// A session back from the journal after a crash.
+#[derive(Debug)]
+pub struct FromJournal {
+    pub client_id: String,
+    pub incarnation: u64,
+    /// With a cluster session store: the will its client left when the
+    /// node died (and the seconds of its delay left), not armed yet. The
+    /// store first says whether this node still holds the session; if
+    /// another node took it meanwhile, that node published it.
+    pub held_will: Option<(emqx_mqtt::packet::LastWill, u32)>,
+}
+
 /// Brings the parked sessions back offline (those not expired since the
 /// stop), then those of the durable journal (`recovered`: the node died;
 /// a parked copy of the same client is newer), then empties the parked
-/// table. Returns how many came back parked, and the client id and
-/// incarnation of each that came back from the journal.
+/// table. Returns how many came back parked, and each that came back
+/// from the journal.
 pub async fn restore(
     ctx: &Arc<Ctx>,
     durable: &Durable,
     recovered: Vec<Recovered>,
-) -> Result<(usize, Vec<(String, u64)>), String> {
+) -> Result<(usize, Vec<FromJournal>), String> {
     let parked = load(durable).map_err(|e| format!("cannot read the parked sessions: {e}"))?;
     let now = now_ms();
     let journal = ctx.broker.journal.clone();
@@ -139,8 +151,16 @@ pub async fn restore(
         }
         let p = parked_of(&r);
         let inc = journal.as_ref().map(|_| r.record.incarnation);
-        bring_back(ctx, &p, left, inc, r.will(now), None).await;
-        m.push((r.record.client_id.clone(), r.record.incarnation));
+        let (will, held_will) = match ctx.session_store {
+            Some(_) => (None, r.will(now)),
+            None => (r.will(now), None),
+        };
+        bring_back(ctx, &p, left, inc, will, None).await;
+        m.push(FromJournal {
+            client_id: r.record.client_id.clone(),
+            incarnation: r.record.incarnation,
+            held_will,
+        });
     }
     let mut ops = vec![Op::Clear {
         table: PARKED_TABLE,

@@ -302,6 +302,15 @@ impl Dormant for SessionState {
     }
 }
 
+/// What a session does when the cluster's session store refuses its
+/// writes: it is told, and ends.
+fn fenced_here(me: &SessionHandle) -> impl FnOnce() + Send + 'static {
+    let me = me.clone();
+    move || {
+        let _ = me.cast(SessionMsg::Fenced);
+    }
+}
+
 /// Brings back a session kept on disk, offline, without an actor: its
 /// routes and timers are set up and it sleeps until the first message for
 /// it (its client returning, a delivery, a timer). Returns once its routes
@@ -390,6 +399,7 @@ impl SessionState {
                 epoch,
                 &crate::journal::STORE_TABLES,
             );
+            link.on_fenced(fenced_here(&st.me));
             if let Some(j) = &st.ctx.broker.journal {
                 j.link(st.journal_inc, link.clone());
             }
@@ -647,6 +657,7 @@ impl SessionState {
             }
             SessionMsg::Kick(reply) => {
                 st.send_disconnect(reason::ADMINISTRATIVE_ACTION, "kicked by an administrator");
+                st.store_release();
                 st.end(&myself, true);
                 let _ = reply.send(());
             }
@@ -702,7 +713,36 @@ impl SessionState {
                 if gen == st.gen && st.conn.is_none() {
                     tracing::debug!(client_id = %st.ch.client_id, "session expired");
                     st.publish_will();
+                    st.store_release();
                     st.stop(&myself);
+                }
+            }
+            SessionMsg::Fenced => {
+                if !st.ending {
+                    tracing::info!(
+                        client_id = %st.ch.client_id,
+                        "the cluster's session store says another node holds this session now: it ends here"
+                    );
+                    inc(&st.ctx.broker.metrics.session_discarded);
+                    // Not released: it is the other node's now, will included.
+                    st.store = None;
+                    st.send_disconnect(reason::SESSION_TAKEN_OVER, "session held by another node");
+                    st.end(&myself, false);
+                }
+            }
+            SessionMsg::SetWill(will, delay) => {
+                if st.conn.is_none() && !st.ending {
+                    st.ch.conn.will = Some(will);
+                    if delay == 0 {
+                        st.publish_will();
+                    } else {
+                        let gen = st.gen;
+                        st.me
+                            .send_after(Duration::from_secs(u64::from(delay)), move || {
+                                SessionMsg::Will(gen)
+                            });
+                    }
+                    drop(st.journal_sync());
                 }
             }
             SessionMsg::AuthExpired(gen) => {
@@ -1411,6 +1451,18 @@ impl SessionState {
             self.discard(myself);
             return false;
         }
+        if !self.store_held().await {
+            // Taken by another node while this one was cut off or
+            // stopped: the connect takes it over from there instead.
+            tracing::info!(
+                client_id = %self.ch.client_id,
+                "not resumed here: the cluster's session store says another node holds the session"
+            );
+            self.store = None;
+            self.send_disconnect(reason::SESSION_TAKEN_OVER, "session held by another node");
+            self.end(myself, false);
+            return false;
+        }
         // Takeover on this node: the old connection (if any) is told
         // and closed, the session moves to the new one.
         if self.conn.is_some() {
@@ -1663,9 +1715,8 @@ impl SessionState {
 
     /// Writes the session's record to the cluster's session store, if it
     /// has one and is persistent; the answer says when it is committed.
-    fn store_sync(
-        &mut self,
-    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::peers::StoreError>>> {
+    /// The session's writer to the cluster's session store, if it has one.
+    fn store_link(&mut self) -> Option<&crate::stored::StoreLink> {
         if self.store.is_none() && self.journal_inc != 0 {
             // Brought back from the journal, and copied to its shard again
             // since (see `Journal::relink`).
@@ -1675,8 +1726,42 @@ impl SessionState {
                 .journal
                 .as_ref()
                 .and_then(|j| j.linked(self.journal_inc));
+            if let Some(l) = &self.store {
+                l.on_fenced(fenced_here(&self.me));
+            }
         }
-        self.store.as_ref()?;
+        self.store.as_ref()
+    }
+
+    /// The session ends for good here (it expired, or was kicked): its
+    /// copy in the cluster's session store goes too.
+    fn store_release(&mut self) {
+        self.store_link();
+        if let Some(s) = self.store.take() {
+            s.release();
+        }
+    }
+
+    /// Whether the cluster's session store still has this node as the
+    /// session's holder: false once a write was refused because another
+    /// node took it (while this one was cut off or stopped). A store
+    /// without quorum cannot say: the session is taken as held.
+    async fn store_held(&mut self) -> bool {
+        let Some(link) = self.store_link() else {
+            return true;
+        };
+        // A writer that stopped was fenced before (and this session told),
+        // or released its copy.
+        !matches!(
+            link.write(Vec::new()).await,
+            Ok(Err(crate::peers::StoreError::Fenced { .. }))
+        )
+    }
+
+    fn store_sync(
+        &mut self,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::peers::StoreError>>> {
+        self.store_link()?;
         if self.ch.session_expiry == 0 {
             // Not persistent (any more): no copy must outlive it.
             if let Some(s) = self.store.take() {

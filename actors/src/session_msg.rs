@@ -430,6 +430,15 @@ pub enum SessionMsg {
     AuthExpired(u64),
     /// The node is past its memory watermark: drop the queued messages.
     Shed,
+    /// The cluster's session store refused a write of this session: another
+    /// node holds it now, and this copy is stale.
+    Fenced,
+    /// The will this session's client left when its node died, to be
+    /// published after `u32` seconds unless the client is back: held
+    /// until the cluster's session store said this node still holds the
+    /// session (after a crash, another node may have taken it, and its
+    /// will, meanwhile).
+    SetWill(Box<emqx_mqtt::packet::LastWill>, u32),
     /// Nothing was sent to the session for a while (`mqtt.idle_timeout`):
     /// if it has nothing in progress, its actor goes away and its state
     /// waits in its handle until the next message.

@@ -38,6 +38,28 @@ fn op_len(op: &SessionOp) -> usize {
 #[derive(Clone)]
 pub struct StoreLink {
     tx: mpsc::UnboundedSender<Job>,
+    fence: Arc<parking_lot::Mutex<Fence>>,
+}
+
+/// Whether the store refused a write because another node holds the
+/// session now, and what to do when it does.
+#[derive(Default)]
+struct Fence {
+    fenced: bool,
+    then: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Fence {
+    fn trip(this: &parking_lot::Mutex<Fence>) {
+        let then = {
+            let mut f = this.lock();
+            f.fenced = true;
+            f.then.take()
+        };
+        if let Some(then) = then {
+            then();
+        }
+    }
 }
 
 impl StoreLink {
@@ -80,6 +102,8 @@ impl StoreLink {
         held: Option<tokio::sync::oneshot::Receiver<Vec<SessionOp>>>,
     ) -> StoreLink {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        let fence: Arc<parking_lot::Mutex<Fence>> = Arc::default();
+        let fence_w = fence.clone();
         tokio::spawn(async move {
             if let Some(held) = held {
                 match held.await {
@@ -142,11 +166,25 @@ impl StoreLink {
                     d(r.clone());
                 }
                 if fenced {
+                    Fence::trip(&fence_w);
                     break;
                 }
             }
         });
-        StoreLink { tx }
+        StoreLink { tx, fence }
+    }
+
+    /// `then` runs once a write is refused because another node holds the
+    /// session now (at once if one was already): this node's copy of the
+    /// session is stale.
+    pub fn on_fenced(&self, then: impl FnOnce() + Send + 'static) {
+        let mut f = self.fence.lock();
+        if f.fenced {
+            drop(f);
+            then();
+        } else {
+            f.then = Some(Box::new(then));
+        }
     }
 
     /// Queues `ops` to be written after everything queued before;
