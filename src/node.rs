@@ -585,6 +585,7 @@ async fn relink_sessions(
                     client_id: client,
                     incarnation: inc,
                     held_will,
+                    ..
                 } = back;
                 // The will held back at the restore is armed unless another
                 // node took the session (and published it) meanwhile.
@@ -636,7 +637,7 @@ async fn relink_sessions(
         })
         .await;
     tracing::info!(
-        "persistent sessions back from the journal: {} copied to their shards again, {} held by another node now (discarded here), {} not in the store",
+        "persistent sessions back from the journal or parked: {} copied to their shards again, {} held by another node now (discarded here), {} not in the store",
         linked.into_inner(),
         elsewhere.into_inner(),
         unknown.into_inner()
@@ -838,14 +839,18 @@ async fn start_broker(
     if unparked > 0 {
         tracing::info!("{unparked} persistent session(s) back from disk");
     }
-    if !recovered.is_empty() {
+    let crashed = recovered.iter().filter(|r| !r.parked).count();
+    if crashed > 0 {
         tracing::info!(
-            "{} persistent session(s) back from the journal (the node had not stopped cleanly)",
-            recovered.len()
+            "{crashed} persistent session(s) back from the journal (the node had not stopped cleanly)"
         );
-        if let (Some(store), Some(j)) = (ctx.session_store.clone(), ctx.broker.journal.clone()) {
-            tokio::spawn(relink_sessions(store, j, ctx.clone(), recovered));
-        }
+    }
+    if let (Some(store), Some(j), false) = (
+        ctx.session_store.clone(),
+        ctx.broker.journal.clone(),
+        recovered.is_empty(),
+    ) {
+        tokio::spawn(relink_sessions(store, j, ctx.clone(), recovered));
     }
     // Messages other nodes forward go to the broker.
     let b = ctx.broker.clone();

@@ -204,14 +204,19 @@ pub enum Adopted {
 }
 
 /// Takes the persistent session of `client` that `from`, a node the
-/// cluster sees down, holds in the cluster's session store: claimed
-/// under a new epoch (which fences `from`) only while `from` still holds
-/// it, then brought back offline from the store's copy with its queue,
+/// cluster sees down, holds in the cluster's session store under `epoch`:
+/// claimed under a new epoch (which fences `from`) only while `from`
+/// still holds it under that epoch, then brought back offline from the store's copy with its queue,
 /// inflight QoS 2 messages and QoS 2 ids. Its will, if its client was
 /// connected to `from` or its delay had not run out, is published here,
 /// after what is left of its delay. Holds the client id's locks, on this
 /// node and in the cluster, as a connect does.
-pub async fn adopt(ctx: &Arc<Ctx>, client: &str, from: &str) -> Result<Adopted, OpenError> {
+pub async fn adopt(
+    ctx: &Arc<Ctx>,
+    client: &str,
+    from: &str,
+    epoch: u64,
+) -> Result<Adopted, OpenError> {
     let Some(store) = ctx.session_store.clone() else {
         return Ok(Adopted::NotHeld);
     };
@@ -222,7 +227,7 @@ pub async fn adopt(ctx: &Arc<Ctx>, client: &str, from: &str) -> Result<Adopted, 
         Some(r) => Some(r.lock(&client_id).await?),
         None => None,
     };
-    let r = adopt_locked(ctx, &*store, &client_id, from).await;
+    let r = adopt_locked(ctx, &*store, &client_id, from, epoch).await;
     if let (Some(reg), Some(h)) = (ctx.registry.as_deref(), held) {
         reg.unlock(h).await;
     }
@@ -234,11 +239,12 @@ async fn adopt_locked(
     store: &dyn crate::peers::SessionStore,
     client_id: &str,
     from: &str,
+    epoch: u64,
 ) -> Result<Adopted, OpenError> {
     if ctx.cm.lookup(client_id).is_some() {
         return Ok(Adopted::NotHeld);
     }
-    let claim = match store.adopt(client_id, from).await {
+    let claim = match store.adopt(client_id, from, epoch).await {
         Ok(c) => c,
         Err(crate::peers::StoreError::Fenced { .. }) => return Ok(Adopted::NotHeld),
         Err(e) => return Err(e.into()),

@@ -1310,11 +1310,12 @@ mod tests {
             &'a self,
             _: &'a str,
             from: &'a str,
+            epoch: u64,
         ) -> crate::peers::BoxFuture<'a, Result<crate::peers::SessionClaim, StoreError>> {
             Box::pin(async move {
                 Ok(crate::peers::SessionClaim {
-                    epoch: 2,
-                    previous: Some((from.to_string(), 1)),
+                    epoch: epoch + 1,
+                    previous: Some((from.to_string(), epoch)),
                 })
             })
         }

@@ -96,11 +96,16 @@ pub fn load(durable: &Durable) -> Result<Vec<Parked>, DurableError> {
     Ok(out)
 }
 
-/// A session back from the journal after a crash.
+/// A session brought back at start that the journal holds: back from the
+/// journal after a crash, or parked at a clean stop (journaled again as
+/// it comes back, when there is a cluster session store, so that it is
+/// copied to its shard again as well).
 #[derive(Debug)]
 pub struct FromJournal {
     pub client_id: String,
     pub incarnation: u64,
+    /// Parked at a clean stop, not back from a crash.
+    pub parked: bool,
     /// With a cluster session store: the will its client left when the
     /// node died (and the seconds of its delay left), not armed yet. The
     /// store first says whether this node still holds the session; if
@@ -111,8 +116,8 @@ pub struct FromJournal {
 /// Brings the parked sessions back offline (those not expired since the
 /// stop), then those of the durable journal (`recovered`: the node died;
 /// a parked copy of the same client is newer), then empties the parked
-/// table. Returns how many came back parked, and each that came back
-/// from the journal.
+/// table. Returns how many came back parked, and each that the journal
+/// holds now ([`FromJournal`]).
 pub async fn restore(
     ctx: &Arc<Ctx>,
     durable: &Durable,
@@ -123,15 +128,30 @@ pub async fn restore(
     let journal = ctx.broker.journal.clone();
     let mut seen = std::collections::HashSet::new();
     let mut n = 0;
+    let mut m = Vec::new();
     for p in parked {
         seen.insert(p.client_id.clone());
         let Some(left) = p.remaining(now) else {
             continue;
         };
-        bring_back(ctx, &p, left, None, None, None).await;
+        // With a cluster session store its journal incarnation is given
+        // here, so that it is copied to its shard again (see
+        // [`FromJournal`]); otherwise the session takes one itself.
+        let inc = match (&journal, &ctx.session_store) {
+            (Some(j), Some(_)) => Some(j.next_key()),
+            _ => None,
+        };
+        bring_back(ctx, &p, left, inc, None, None).await;
+        if let Some(inc) = inc {
+            m.push(FromJournal {
+                client_id: p.client_id.clone(),
+                incarnation: inc,
+                parked: true,
+                held_will: None,
+            });
+        }
         n += 1;
     }
-    let mut m = Vec::new();
     for mut r in recovered {
         let shadowed = seen.contains(&r.record.client_id);
         let left = r.remaining(now);
@@ -159,6 +179,7 @@ pub async fn restore(
         m.push(FromJournal {
             client_id: r.record.client_id.clone(),
             incarnation: r.record.incarnation,
+            parked: false,
             held_will,
         });
     }

@@ -219,12 +219,13 @@ pub trait SessionStore: Send + Sync {
     fn claim<'a>(&'a self, client: &'a str) -> BoxFuture<'a, Result<SessionClaim, StoreError>>;
 
     /// Takes `client`'s session for this node from `from` (a node the
-    /// cluster sees down), only if `from` still holds it: `Fenced` (with
-    /// the holder it has, or none) otherwise.
+    /// cluster sees down), only if `from` still holds it under `epoch`:
+    /// `Fenced` (with the holder it has, or none) otherwise.
     fn adopt<'a>(
         &'a self,
         client: &'a str,
         from: &'a str,
+        epoch: u64,
     ) -> BoxFuture<'a, Result<SessionClaim, StoreError>>;
 
     /// `client`'s session as committed so far (read at its shard's

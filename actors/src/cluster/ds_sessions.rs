@@ -71,12 +71,14 @@ impl SessionStore for DsSessions {
         &'a self,
         client: &'a str,
         from: &'a str,
+        epoch: u64,
     ) -> BoxFuture<'a, Result<SessionClaim, StoreError>> {
         Box::pin(async move {
             let cmd = Command::Adopt {
                 client: client.to_string(),
                 node: self.host.me().to_string(),
                 from: from.to_string(),
+                epoch,
             };
             match self.run(client, cmd).await? {
                 Reply::Claimed { epoch, previous } => Ok(SessionClaim {

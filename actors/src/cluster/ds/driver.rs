@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How long a member must have been down before the leaders of the
-/// shards take its persistent sessions: a node killed and restarted at
-/// once (a supervisor, an upgrade) gets its sessions back from its own
-/// journal instead of finding them moved.
-pub const ADOPT_AFTER: Duration = Duration::from_secs(10);
+/// How long a session must have been held by a member that is down,
+/// under the same epoch, before the leader of its shard takes it: a node
+/// killed and restarted at once (a supervisor, an upgrade) gets its
+/// sessions back from its own journal instead of finding them moved, and
+/// a node only cut off for a while (a pause, a partition, links slow to
+/// come back) is not mistaken for a dead one. A session its node claims
+/// again meanwhile (its client connected there) starts the wait again.
+pub const ADOPT_AFTER: Duration = Duration::from_secs(30);
 
 /// Sessions taken at once, over all the down nodes.
 const ADOPTING: usize = 32;
@@ -98,8 +101,10 @@ pub fn spawn_driver(host: Arc<DsHost>, ctx: Arc<Ctx>) -> mpsc::UnboundedSender<D
 /// Takes the sessions of the members that stay down.
 struct Adopter {
     ctx: Arc<Ctx>,
-    /// Since when each member has been seen down, beat after beat.
-    down_since: HashMap<String, Instant>,
+    /// Each session held by a member that is down, in the shards this
+    /// node leads: its holder, the epoch it holds it under, and since
+    /// when it has been seen so, beat after beat.
+    seen: HashMap<String, (String, u64, Instant)>,
     /// Client ids being taken now (not asked for again meanwhile).
     pending: Arc<parking_lot::Mutex<HashSet<String>>>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -109,7 +114,7 @@ impl Adopter {
     fn new(ctx: Arc<Ctx>) -> Adopter {
         Adopter {
             ctx,
-            down_since: HashMap::new(),
+            seen: HashMap::new(),
             pending: Arc::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(ADOPTING)),
         }
@@ -117,42 +122,44 @@ impl Adopter {
 
     fn beat(&mut self, host: &DsHost, down: &[String]) {
         let now = Instant::now();
-        self.down_since.retain(|n, _| down.contains(n));
-        for n in down {
-            self.down_since.entry(n.clone()).or_insert(now);
+        let mut seen = HashMap::new();
+        for (_, client, owner) in host.held_by(down) {
+            let since = match self.seen.get(&client) {
+                Some((n, e, since)) if *n == owner.node && *e == owner.epoch => *since,
+                _ => now,
+            };
+            seen.insert(client, (owner.node, owner.epoch, since));
         }
-        let due: Vec<String> = self
-            .down_since
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= ADOPT_AFTER)
-            .map(|(n, _)| n.clone())
-            .collect();
-        let mut fresh: Vec<(String, String)> = Vec::new();
+        self.seen = seen;
+        let mut fresh: Vec<(String, String, u64)> = Vec::new();
         {
             let mut pending = self.pending.lock();
-            for (_, client, from) in host.held_by(&due) {
-                if pending.insert(client.clone()) {
-                    fresh.push((client, from));
+            for (client, (node, epoch, since)) in &self.seen {
+                if now.duration_since(*since) >= ADOPT_AFTER && pending.insert(client.clone()) {
+                    fresh.push((client.clone(), node.clone(), *epoch));
                 }
             }
         }
         if fresh.is_empty() {
             return;
         }
+        let mut from: Vec<&str> = fresh.iter().map(|(_, n, _)| n.as_str()).collect();
+        from.sort_unstable();
+        from.dedup();
         tracing::info!(
-            "ds: taking {} persistent session(s) of down node(s) {due:?}",
+            "ds: taking {} persistent session(s) of down node(s) {from:?}",
             fresh.len()
         );
         let (ctx, pending, slots) = (self.ctx.clone(), self.pending.clone(), self.slots.clone());
         tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
-            for (client, from) in fresh {
+            for (client, from, epoch) in fresh {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
                 let (ctx, pending) = (ctx.clone(), pending.clone());
                 tasks.spawn(async move {
-                    let r = crate::connect::adopt(&ctx, &client, &from).await;
+                    let r = crate::connect::adopt(&ctx, &client, &from, epoch).await;
                     pending.lock().remove(&client);
                     drop(slot);
                     match r {

@@ -14,8 +14,8 @@
 
 use super::types::{hash64, META_TABLE};
 use super::{
-    node_id, serve, Command, DsRaft, NodeId, Redirect, Replica, ReplicaError, Reply, Rpc, RpcReply,
-    SessionRows, Transport, Tuning,
+    node_id, serve, Command, DsRaft, NodeId, Owner, Redirect, Replica, ReplicaError, Reply, Rpc,
+    RpcReply, SessionRows, Transport, Tuning,
 };
 use crate::durable::{Durable, DurableError};
 use openraft::{BasicNode, ServerState};
@@ -629,7 +629,7 @@ impl DsHost {
     /// leads: `(shard, client, holder)`. Read from this replica's state,
     /// which may be a little behind its commits: whoever acts on it claims
     /// with [`Command::Adopt`], which checks the holder again.
-    pub fn held_by(&self, nodes: &[String]) -> Vec<(u16, String, String)> {
+    pub fn held_by(&self, nodes: &[String]) -> Vec<(u16, String, Owner)> {
         if nodes.is_empty() {
             return Vec::new();
         }
@@ -639,7 +639,7 @@ impl DsHost {
                 continue;
             }
             for (client, owner) in r.sm.read(|s| s.owned_by(nodes)) {
-                out.push((r.shard, client, owner.node));
+                out.push((r.shard, client, owner));
             }
         }
         out

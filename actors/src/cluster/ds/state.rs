@@ -74,12 +74,13 @@ pub enum Command {
         ops: Vec<DsOp>,
     },
     /// `node` takes the session of `client` from `from` (a node the
-    /// cluster sees down): a claim, but only while `from` still holds it;
-    /// otherwise refused as `Fenced` with the owner it has.
+    /// cluster sees down): a claim, but only while `from` still holds it
+    /// under `epoch`; otherwise refused as `Fenced` with the owner it has.
     Adopt {
         client: String,
         node: String,
         from: String,
+        epoch: u64,
     },
 }
 
@@ -118,7 +119,9 @@ impl Command {
     pub fn approx_len(&self) -> usize {
         match self {
             Command::Claim { client, node } => 16 + client.len() + node.len(),
-            Command::Adopt { client, node, from } => 24 + client.len() + node.len() + from.len(),
+            Command::Adopt {
+                client, node, from, ..
+            } => 32 + client.len() + node.len() + from.len(),
             Command::Write { client, ops, .. } | Command::Release { client, ops, .. } => {
                 24 + client.len() + ops.iter().map(DsOp::approx_len).sum::<usize>()
             }
@@ -205,8 +208,13 @@ impl ShardState {
     pub fn apply(&mut self, epoch: u64, cmd: &Command) -> Reply {
         match cmd {
             Command::Claim { client, node } => self.claim(client, node, epoch),
-            Command::Adopt { client, node, from } => match self.owners.get(client) {
-                Some(o) if o.node == *from => self.claim(client, node, epoch),
+            Command::Adopt {
+                client,
+                node,
+                from,
+                epoch: held,
+            } => match self.owners.get(client) {
+                Some(o) if o.node == *from && o.epoch == *held => self.claim(client, node, epoch),
                 other => Reply::Fenced {
                     owner: other.cloned(),
                 },
@@ -321,10 +329,11 @@ mod tests {
             client: c.into(),
             node: n.into(),
         };
-        let adopt = |c: &str, from: &str| Command::Adopt {
+        let adopt = |s: &ShardState, c: &str, from: &str| Command::Adopt {
             client: c.into(),
             node: "b@h".into(),
             from: from.into(),
+            epoch: s.owners.get(c).map(|o| o.epoch).unwrap_or(0),
         };
         s.apply(epoch_of(1, 0), &claim("x", "a@h"));
         s.apply(epoch_of(1, 1), &claim("y", "c@h"));
@@ -336,18 +345,25 @@ mod tests {
             vec!["x".to_string()]
         );
         // The client went to c meanwhile: a's session is not there to take.
-        let r = s.apply(epoch_of(2, 0), &adopt("y", "a@h"));
+        let r = s.apply(epoch_of(2, 0), &adopt(&s, "y", "a@h"));
         assert!(
             matches!(&r, Reply::Fenced { owner: Some(o) } if o.node == "c@h"),
             "{r:?}"
         );
         // Nor is a session nobody holds.
-        let r = s.apply(epoch_of(2, 1), &adopt("z", "a@h"));
+        let r = s.apply(epoch_of(2, 1), &adopt(&s, "z", "a@h"));
         assert_eq!(r, Reply::Fenced { owner: None });
         assert!(!s.owners.contains_key("z"));
+        // a claimed it again since it was seen: not taken.
+        let seen = adopt(&s, "x", "a@h");
+        s.apply(epoch_of(2, 2), &claim("x", "a@h"));
+        assert!(matches!(
+            s.apply(epoch_of(2, 3), &seen),
+            Reply::Fenced { .. }
+        ));
         // Taken from a: a new epoch, and a's writes are refused from now.
         let old = s.owners["x"].epoch;
-        let r = s.apply(epoch_of(2, 2), &adopt("x", "a@h"));
+        let r = s.apply(epoch_of(2, 4), &adopt(&s, "x", "a@h"));
         assert!(
             matches!(&r, Reply::Claimed { epoch, previous: Some(p) } if *epoch > old && p.node == "a@h"),
             "{r:?}"
@@ -359,8 +375,14 @@ mod tests {
         };
         assert!(matches!(s.apply(epoch_of(3, 0), &w), Reply::Fenced { .. }));
         // Adopted twice (a command tried again): the second one is refused.
+        let again = Command::Adopt {
+            client: "x".into(),
+            node: "b@h".into(),
+            from: "a@h".into(),
+            epoch: old,
+        };
         assert!(matches!(
-            s.apply(epoch_of(3, 1), &adopt("x", "a@h")),
+            s.apply(epoch_of(3, 1), &again),
             Reply::Fenced { .. }
         ));
     }
