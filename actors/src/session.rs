@@ -302,6 +302,10 @@ impl Dormant for SessionState {
     }
 }
 
+/// How long a resume waits for the cluster's session store to say whether
+/// this node still holds the session.
+const HELD_CHECK: Duration = Duration::from_secs(1);
+
 /// What a session does when the cluster's session store refuses its
 /// writes: it is told, and ends.
 fn fenced_here(me: &SessionHandle) -> impl FnOnce() + Send + 'static {
@@ -1745,7 +1749,9 @@ impl SessionState {
     /// Whether the cluster's session store still has this node as the
     /// session's holder: false once a write was refused because another
     /// node took it (while this one was cut off or stopped). A store
-    /// without quorum cannot say: the session is taken as held.
+    /// without quorum, or slower than [`HELD_CHECK`], cannot say: the
+    /// session is taken as held (the resume must answer well within the
+    /// connect's patience, or the connect starts a second life of it).
     async fn store_held(&mut self) -> bool {
         let Some(link) = self.store_link() else {
             return true;
@@ -1753,8 +1759,8 @@ impl SessionState {
         // A writer that stopped was fenced before (and this session told),
         // or released its copy.
         !matches!(
-            link.write(Vec::new()).await,
-            Ok(Err(crate::peers::StoreError::Fenced { .. }))
+            tokio::time::timeout(HELD_CHECK, link.write(Vec::new())).await,
+            Ok(Ok(Err(crate::peers::StoreError::Fenced { .. })))
         )
     }
 
