@@ -832,7 +832,30 @@ fn a_truncated_or_overwritten_store_stops_the_node_and_names_its_file() {
 
 #[test]
 fn a_whole_cluster_killed_at_once_comes_back_with_its_sessions_and_retained_messages() {
-    let mut nodes = cluster::cluster_with(&[1, 2, 3], "durable_sessions.enable = true");
+    whole_cluster_killed(false);
+}
+
+#[test]
+fn a_whole_cluster_killed_at_once_with_the_session_shards_comes_back_and_copies_them_again() {
+    whole_cluster_killed(true);
+}
+
+/// Three nodes, each with an offline persistent session holding ten
+/// acknowledged QoS 1 messages and a retained message, all killed at once
+/// and restarted. With the session shards (`builtin_raft`) their groups
+/// elect again from their logs on disk, and each node copies its session
+/// to its shard again once the shard answers.
+fn whole_cluster_killed(shards: bool) {
+    let env = if shards {
+        cluster::ds_env("4/3/1")
+    } else {
+        Vec::new()
+    };
+    let mut nodes = if shards {
+        cluster::ds_cluster(&[4, 5, 6], "4/3/1", 4, "")
+    } else {
+        cluster::cluster_with(&[1, 2, 3], "durable_sessions.enable = true")
+    };
     // On each node an offline persistent 3.1.1 session on `all/#`.
     let ids = ["ka-1", "ka-2", "ka-3"];
     for (n, id) in nodes.iter().zip(ids) {
@@ -868,7 +891,7 @@ fn a_whole_cluster_killed_at_once_comes_back_with_its_sessions_and_retained_mess
     let restarted = Instant::now();
     for n in nodes.iter_mut() {
         let _ = std::fs::remove_file(n.dir.path().join("stderr.log"));
-        n.spawn(&[]);
+        n.spawn(&env);
     }
     let all: Vec<&Node> = nodes.iter().collect();
     let line = status_line(&all, &[]);
@@ -881,6 +904,17 @@ fn a_whole_cluster_killed_at_once_comes_back_with_its_sessions_and_retained_mess
             "{}",
             n.log()
         );
+    }
+    if shards {
+        for n in &all {
+            assert!(
+                wait_until(Duration::from_secs(60), || n
+                    .log()
+                    .contains("1 copied to their shards again")),
+                "{}",
+                cluster::tail(n)
+            );
+        }
     }
     // Every session has its eleven messages, the first node's in order,
     // and the retained message is on every node.

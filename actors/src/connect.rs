@@ -189,6 +189,10 @@ async fn open_locked(
     Ok(handle)
 }
 
+/// How many times [`adopt`] reads a session it claimed again when the
+/// store does not answer (a leader moving).
+const ADOPT_READS: u32 = 3;
+
 /// What [`adopt`] did with a session of a node that is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adopted {
@@ -206,8 +210,8 @@ pub enum Adopted {
 /// Takes the persistent session of `client` that `from`, a node the
 /// cluster sees down, holds in the cluster's session store under `epoch`:
 /// claimed under a new epoch (which fences `from`) only while `from`
-/// still holds it under that epoch, then brought back offline from the store's copy with its queue,
-/// inflight QoS 2 messages and QoS 2 ids. Its will, if its client was
+/// still holds it under that epoch, then brought back offline from the
+/// store's copy with its queue, inflight QoS 2 messages and QoS 2 ids. Its will, if its client was
 /// connected to `from` or its delay had not run out, is published here,
 /// after what is left of its delay. Holds the client id's locks, on this
 /// node and in the cluster, as a connect does.
@@ -252,8 +256,18 @@ async fn adopt_locked(
     // Held here from now on: a client that connects to another node gets
     // it from here (the registry asks every running node), or from the
     // store if this read fails.
+    let mut tries = 0;
+    let stored = loop {
+        match store.read(client_id).await {
+            Ok(s) => break s,
+            Err(e) if tries >= ADOPT_READS => return Err(e.into()),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
     let now = crate::clock::now_ms();
-    let stored = store.read(client_id).await?;
     let rec = crate::journal::from_store(&stored, now).map_err(|e| {
         crate::peers::StoreError::Unavailable(format!("{e} (held by this node now)"))
     })?;

@@ -35,9 +35,14 @@ fn op_len(op: &SessionOp) -> usize {
 
 /// A session's writer to the store. Cloned by the journal, which writes
 /// through it what the publish path queues for the session.
+/// (One pointer: every persistent session holds one.)
 #[derive(Clone)]
-pub struct StoreLink {
+pub struct StoreLink(Arc<Link>);
+
+struct Link {
     tx: mpsc::UnboundedSender<Job>,
+    /// Shared with the writer, which holds no sender: it stops once every
+    /// link is dropped.
     fence: Arc<parking_lot::Mutex<Fence>>,
 }
 
@@ -171,14 +176,14 @@ impl StoreLink {
                 }
             }
         });
-        StoreLink { tx, fence }
+        StoreLink(Arc::new(Link { tx, fence }))
     }
 
     /// `then` runs once a write is refused because another node holds the
     /// session now (at once if one was already): this node's copy of the
     /// session is stale.
     pub fn on_fenced(&self, then: impl FnOnce() + Send + 'static) {
-        let mut f = self.fence.lock();
+        let mut f = self.0.fence.lock();
         if f.fenced {
             drop(f);
             then();
@@ -191,7 +196,7 @@ impl StoreLink {
     /// `done`, if any, is told the outcome.
     pub fn send(&self, ops: Vec<SessionOp>, done: Option<Done>) {
         // A writer that stopped drops `done` (see [`Done`]).
-        let _ = self.tx.send(Job::Ops(ops, done));
+        let _ = self.0.tx.send(Job::Ops(ops, done));
     }
 
     /// [`StoreLink::send`], the outcome told to the returned receiver
@@ -213,6 +218,6 @@ impl StoreLink {
     /// The session is no longer persistent (or ends): its copy goes from
     /// the store once what is queued is written, and nothing more is.
     pub fn release(&self) {
-        let _ = self.tx.send(Job::Release);
+        let _ = self.0.tx.send(Job::Release);
     }
 }
