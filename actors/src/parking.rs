@@ -32,15 +32,47 @@ fn bincode_cfg() -> impl bincode::config::Config {
 pub async fn park_all(ctx: &Ctx) -> Vec<Parked> {
     let all: Vec<SessionHandle> = ctx.cm.handles();
     let mut out = Vec::new();
+    let mut stored = Vec::new();
     for s in all {
         match s.call(SessionMsg::Park, Duration::from_secs(5)).await {
-            Some(Some(p)) => out.push(*p),
+            Some(Some((p, w))) => {
+                out.push(*p);
+                stored.extend(w);
+            }
             Some(None) => {}
             None => tracing::warn!("a session could not be parked: it did not answer"),
         }
     }
+    // Their last records in the cluster's session store (all written
+    // meanwhile, several per command): a node that takes one of them
+    // while this node is stopped finds it offline since now, its will
+    // published.
+    let n = stored.len();
+    let waited = tokio::time::timeout(STORE_DRAIN, async {
+        let mut failed = 0;
+        for w in stored {
+            if !matches!(w.await, Ok(Ok(()))) {
+                failed += 1;
+            }
+        }
+        failed
+    })
+    .await;
+    match waited {
+        Ok(0) => {}
+        Ok(failed) => tracing::warn!(
+            "{failed} of {n} parked session(s) could not be written to the cluster's session store"
+        ),
+        Err(_) => tracing::warn!(
+            "the parked sessions' last records were not all in the cluster's session store within {STORE_DRAIN:?}"
+        ),
+    }
     out
 }
+
+/// How long a stop waits for the parked sessions' last records to reach
+/// the cluster's session store.
+const STORE_DRAIN: Duration = Duration::from_secs(5);
 
 /// Writes `parked` (replacing what the table held) and waits until it is
 /// on disk.

@@ -654,7 +654,8 @@ impl SessionState {
                     return Ok(());
                 }
                 Box::pin(st.park(&myself)).await;
-                let _ = reply.send(Some(Box::new(st.parked())));
+                let stored = st.store_sync();
+                let _ = reply.send(Some((Box::new(st.parked()), stored)));
                 st.ending = true;
                 st.parked = true;
                 st.stop(&myself);

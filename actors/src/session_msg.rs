@@ -294,6 +294,13 @@ pub struct ClientInfo {
     pub disconnected_at: Option<u64>,
 }
 
+/// A parked session, and the write of its last record to the cluster's
+/// session store (see [`SessionMsg::Park`]).
+pub type ParkedSession = (
+    Box<Parked>,
+    Option<tokio::sync::oneshot::Receiver<Result<(), crate::peers::StoreError>>>,
+);
+
 /// A persistent session kept on disk while its node is stopped: what a
 /// new CONNECT does not bring back (the client's limits come with it).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -405,7 +412,11 @@ pub enum SessionMsg {
     /// take what waits in the inbox into the queue, publish a will still
     /// pending, and hand over the session to be kept on disk; `None` for a
     /// session that ends with its connection (it ends).
-    Park(RpcReplyPort<Option<Box<Parked>>>),
+    /// With a cluster session store, the write of the session's last
+    /// record there (connection gone, will published) comes along: the
+    /// node waits for it before it exits, lest a node that takes the
+    /// session while this one is stopped publish the will again.
+    Park(RpcReplyPort<Option<ParkedSession>>),
     Info(RpcReplyPort<ClientInfo>),
     /// `ctl subscriptions add`, the API's subscribe on the client's behalf.
     AddSub(

@@ -444,6 +444,33 @@ pub fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
     (m, present.unwrap_or(false))
 }
 
+/// A persistent 3.1.1 client of `n` whose will (QoS 1, `gone`) goes to
+/// `topic`, connected; it stays so for a moment, since a session's first
+/// record is not waited for before its CONNACK (docs/durability.md).
+pub fn willing(n: &Node, id: &str, topic: &str) -> Mq {
+    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_session(false);
+    o.set_last_will(rumqttc::LastWill::new(
+        topic,
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let mut m = Mq::with(id, o, 100);
+    assert!(
+        m.wait_for(Duration::from_secs(5), |e| matches!(
+            e,
+            Event::Incoming(Packet::ConnAck(_))
+        )),
+        "{id}: no CONNACK from {} ({:?})",
+        n.name,
+        m.error
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    m
+}
+
 /// kill -9 of `nodes[0]`; returns once the second node sees it down and
 /// the others running.
 pub fn kill_first(nodes: &mut [Node]) {
