@@ -1718,8 +1718,6 @@ impl SessionState {
         }
     }
 
-    /// Writes the session's record to the cluster's session store, if it
-    /// has one and is persistent; the answer says when it is committed.
     /// The session's writer to the cluster's session store, if it has one.
     fn store_link(&mut self) -> Option<&crate::stored::StoreLink> {
         if self.store.is_none() && self.journal_inc != 0 {
@@ -1765,6 +1763,8 @@ impl SessionState {
         )
     }
 
+    /// Writes the session's record to the cluster's session store, if it
+    /// has one and is persistent; the answer says when it is committed.
     fn store_sync(
         &mut self,
     ) -> Option<tokio::sync::oneshot::Receiver<Result<(), crate::peers::StoreError>>> {
