@@ -1243,16 +1243,7 @@ fn the_sessions_of_a_node_down_for_long_are_taken_by_a_live_core_which_queues_fo
     wait_route(&nodes[2], "ad/#", &nodes[0], true, Duration::from_secs(10));
     // A persistent client with a will, connected to the first node when
     // it dies; its will is awaited on the second.
-    let mut w = mq(&nodes[1], "ad-watch");
-    w.sub("ad-will/#", 1);
-    wait_route(
-        &nodes[0],
-        "ad-will/#",
-        &nodes[1],
-        true,
-        Duration::from_secs(10),
-    );
-    let _willer = willing(&nodes[0], "ad-willer", "ad-will/x");
+    let (mut w, _willer) = watched_will(&nodes, "ad");
     kill_first(&mut nodes);
     let (b, c) = (&nodes[1], &nodes[2]);
     // Down for 30 s: the leaders of the sessions' shards take them, and
@@ -1303,16 +1294,7 @@ fn the_sessions_of_a_node_down_for_long_are_taken_by_a_live_core_which_queues_fo
 #[test]
 fn a_cleanly_stopped_nodes_sessions_are_taken_without_publishing_their_wills_again() {
     let mut nodes = ds_cluster(&[16, 17, 18], "4/3/1", 4, "");
-    let mut w = mq(&nodes[1], "cs-watch");
-    w.sub("cs-will/#", 1);
-    wait_route(
-        &nodes[0],
-        "cs-will/#",
-        &nodes[1],
-        true,
-        Duration::from_secs(10),
-    );
-    let _willer = willing(&nodes[0], "cs-willer", "cs-will/x");
+    let (mut w, _willer) = watched_will(&nodes, "cs");
     // The stop publishes the will of the connected client (where it goes
     // is not checked here: the stop closes the forwarding before it parks
     // the sessions, docs/durability.md), and parks its session with its

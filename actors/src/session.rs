@@ -455,16 +455,8 @@ impl SessionState {
             st.ch.detach(clock::now());
             let (expiry, left) = a.unparked.unwrap_or((0, 0));
             st.ch.session_expiry = expiry;
-            match a.will.as_ref().map(|(_, delay)| *delay) {
-                Some(0) => st.publish_will(),
-                Some(delay) => {
-                    let gen = st.gen;
-                    st.me
-                        .send_after(Duration::from_secs(u64::from(delay)), move || {
-                            SessionMsg::Will(gen)
-                        });
-                }
-                None => {}
+            if let Some(delay) = a.will.as_ref().map(|(_, delay)| *delay) {
+                st.arm_will(delay);
             }
             if left != u32::MAX {
                 let gen = st.gen;
@@ -728,25 +720,13 @@ impl SessionState {
                         client_id = %st.ch.client_id,
                         "the cluster's session store says another node holds this session now: it ends here"
                     );
-                    inc(&st.ctx.broker.metrics.session_discarded);
-                    // Not released: it is the other node's now, will included.
-                    st.store = None;
-                    st.send_disconnect(reason::SESSION_TAKEN_OVER, "session held by another node");
-                    st.end(&myself, false);
+                    st.end_stale(&myself);
                 }
             }
             SessionMsg::SetWill(will, delay) => {
                 if st.conn.is_none() && !st.ending {
                     st.ch.conn.will = Some(will);
-                    if delay == 0 {
-                        st.publish_will();
-                    } else {
-                        let gen = st.gen;
-                        st.me
-                            .send_after(Duration::from_secs(u64::from(delay)), move || {
-                                SessionMsg::Will(gen)
-                            });
-                    }
+                    st.arm_will(delay);
                     drop(st.journal_sync());
                 }
             }
@@ -1388,6 +1368,31 @@ impl SessionState {
         self.after_conn_lost(myself, false);
     }
 
+    /// Publishes the will now (`delay` 0) or after `delay` seconds, unless
+    /// a connection resumes the session first (the timer carries `gen`).
+    fn arm_will(&mut self, delay: u32) {
+        if delay == 0 {
+            self.publish_will();
+        } else {
+            let gen = self.gen;
+            self.me
+                .send_after(Duration::from_secs(u64::from(delay)), move || {
+                    SessionMsg::Will(gen)
+                });
+        }
+    }
+
+    /// Ends a copy of the session that the cluster's session store says
+    /// another node holds now: its connection (if any) is told 0x8E, and
+    /// neither the will nor the store's copy is touched (both are the
+    /// holder's now).
+    fn end_stale(&mut self, myself: &ActorRef<SessionMsg>) {
+        inc(&self.ctx.broker.metrics.session_discarded);
+        self.store = None;
+        self.send_disconnect(reason::SESSION_TAKEN_OVER, "session held by another node");
+        self.end(myself, false);
+    }
+
     /// Bookkeeping once a connection is gone: stats, the will, and either
     /// ending the session or arming its expiry timer.
     fn after_conn_lost(&mut self, myself: &ActorRef<SessionMsg>, taken_over: bool) {
@@ -1418,16 +1423,7 @@ impl SessionState {
         // The expiry runs from now, also after a crash.
         drop(self.journal_sync());
         if self.ch.conn.will.is_some() {
-            let delay = self.will_delay().min(expiry);
-            if delay == 0 {
-                self.publish_will();
-            } else {
-                let gen = self.gen;
-                self.me
-                    .send_after(Duration::from_secs(u64::from(delay)), move || {
-                        SessionMsg::Will(gen)
-                    });
-            }
+            self.arm_will(self.will_delay().min(expiry));
         }
         if expiry != u32::MAX {
             let gen = self.gen;
@@ -1463,9 +1459,7 @@ impl SessionState {
                 client_id = %self.ch.client_id,
                 "not resumed here: the cluster's session store says another node holds the session"
             );
-            self.store = None;
-            self.send_disconnect(reason::SESSION_TAKEN_OVER, "session held by another node");
-            self.end(myself, false);
+            self.end_stale(myself);
             return false;
         }
         // Takeover on this node: the old connection (if any) is told

@@ -444,20 +444,33 @@ pub fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
     (m, present.unwrap_or(false))
 }
 
-/// A persistent 3.1.1 client of `n` whose will (QoS 1, `gone`) goes to
-/// `topic`, connected; it stays so for a moment, since a session's first
-/// record is not waited for before its CONNACK (docs/durability.md).
-pub fn willing(n: &Node, id: &str, topic: &str) -> Mq {
-    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
+/// A will to watch: a subscriber of `{p}-will/#` on `nodes[1]`, routed
+/// from `nodes[0]`, and a persistent 3.1.1 client `{p}-willer` connected
+/// to `nodes[0]` whose will (QoS 1, `gone`) goes to `{p}-will/x`.
+/// Returns (watcher, willer). The willer stays connected for a moment,
+/// since a session's first record is not waited for before its CONNACK
+/// (docs/durability.md).
+pub fn watched_will(nodes: &[Node], p: &str) -> (Mq, Mq) {
+    let mut w = mq(&nodes[1], &format!("{p}-watch"));
+    w.sub(&format!("{p}-will/#"), 1);
+    wait_route(
+        &nodes[0],
+        &format!("{p}-will/#"),
+        &nodes[1],
+        true,
+        Duration::from_secs(10),
+    );
+    let (n, id) = (&nodes[0], format!("{p}-willer"));
+    let mut o = MqttOptions::new(&id, n.host.clone(), n.mqtt_port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(false);
     o.set_last_will(rumqttc::LastWill::new(
-        topic,
+        format!("{p}-will/x"),
         "gone",
         QoS::AtLeastOnce,
         false,
     ));
-    let mut m = Mq::with(id, o, 100);
+    let mut m = Mq::with(&id, o, 100);
     assert!(
         m.wait_for(Duration::from_secs(5), |e| matches!(
             e,
@@ -468,7 +481,7 @@ pub fn willing(n: &Node, id: &str, topic: &str) -> Mq {
         m.error
     );
     std::thread::sleep(Duration::from_millis(500));
-    m
+    (w, m)
 }
 
 /// kill -9 of `nodes[0]`; returns once the second node sees it down and

@@ -38,6 +38,25 @@ impl DsSessions {
             Err(e) => Err(unavailable(e)),
         }
     }
+
+    /// Runs a claim (`what` names it in an error): the shard's answer is
+    /// the new epoch and the owner it replaced.
+    async fn take(
+        &self,
+        client: &str,
+        cmd: Command,
+        what: &str,
+    ) -> Result<SessionClaim, StoreError> {
+        match self.run(client, cmd).await? {
+            Reply::Claimed { epoch, previous } => Ok(SessionClaim {
+                epoch,
+                previous: previous.map(pair),
+            }),
+            other => Err(StoreError::Unavailable(format!(
+                "{what} answered {other:?}"
+            ))),
+        }
+    }
 }
 
 fn pair(o: Owner) -> (String, u64) {
@@ -55,15 +74,7 @@ impl SessionStore for DsSessions {
                 client: client.to_string(),
                 node: self.host.me().to_string(),
             };
-            match self.run(client, cmd).await? {
-                Reply::Claimed { epoch, previous } => Ok(SessionClaim {
-                    epoch,
-                    previous: previous.map(pair),
-                }),
-                other => Err(StoreError::Unavailable(format!(
-                    "a claim answered {other:?}"
-                ))),
-            }
+            self.take(client, cmd, "a claim").await
         })
     }
 
@@ -80,15 +91,7 @@ impl SessionStore for DsSessions {
                 from: from.to_string(),
                 epoch,
             };
-            match self.run(client, cmd).await? {
-                Reply::Claimed { epoch, previous } => Ok(SessionClaim {
-                    epoch,
-                    previous: previous.map(pair),
-                }),
-                other => Err(StoreError::Unavailable(format!(
-                    "an adoption answered {other:?}"
-                ))),
-            }
+            self.take(client, cmd, "an adoption").await
         })
     }
 
