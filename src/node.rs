@@ -420,11 +420,20 @@ async fn run(cfg: Config, console: bool, log_file: Option<Arc<LogFile>>) -> Resu
             tracing::warn!("etcd: {e}");
         }
     }
-    // No more forwarded messages (the peers keep what they have not had
+    // No more forwarded messages in (the peers keep what they have not had
     // acknowledged, for the next start); then persistent sessions are kept
-    // on disk, with what reached them, and the others end.
-    core.forwarder.shutdown().await;
+    // on disk, with what reached them, and the others end; then what this
+    // node still sends (the wills its stop published, messages of its
+    // publishers) reaches the peers that are up, for up to 5 s.
+    core.forwarder.close_inbound().await;
     let parked = emqx_actors::parking::park_all(&core.ctx).await;
+    let left = core.forwarder.drain(FORWARD_DRAIN).await;
+    if left > 0 {
+        tracing::warn!(
+            "{left} message(s) forwarded to other nodes not acknowledged by the stop (dropped)"
+        );
+    }
+    core.forwarder.shutdown().await;
     match emqx_actors::parking::save(&core.durable, &parked).await {
         Ok(()) => tracing::info!("{} persistent session(s) kept on disk", parked.len()),
         Err(e) => tracing::error!("{} persistent session(s) lost: {e}", parked.len()),
@@ -553,6 +562,10 @@ fn ds_layout(cfg: &Config) -> Option<(u16, usize, usize)> {
     let m = &cfg.durable_storage.messages;
     (m.backend == DsBackend::BuiltinRaft).then_some((m.n_shards, m.replication_factor, m.n_sites))
 }
+
+/// How long a clean stop waits for its peers to acknowledge what it
+/// still forwards to them (the wills of the sessions it parks).
+const FORWARD_DRAIN: Duration = Duration::from_secs(5);
 
 /// How long a session brought back from the journal waits for its shard
 /// to say whether this node still holds it.

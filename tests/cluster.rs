@@ -1295,14 +1295,16 @@ fn the_sessions_of_a_node_down_for_long_are_taken_by_a_live_core_which_queues_fo
 fn a_cleanly_stopped_nodes_sessions_are_taken_without_publishing_their_wills_again() {
     let mut nodes = ds_cluster(&[16, 17, 18], "4/3/1", 4, "");
     let (mut w, _willer) = watched_will(&nodes, "cs");
-    // The stop publishes the will of the connected client (where it goes
-    // is not checked here: the stop closes the forwarding before it parks
-    // the sessions, docs/durability.md), and parks its session with its
-    // last record, without the will, in its shard.
+    // The stop publishes the will of the connected client, which reaches
+    // the subscriber on another node (the forwarding out is drained
+    // before it closes), and parks its session with its last record,
+    // without the will, in its shard.
     let st = nodes[0].cli(&["stop"]);
     assert!(st.status.success(), "{}", common::output_text(&st));
     assert!(wait_until(Duration::from_secs(10), || !nodes[0].alive()));
     let (b, c) = (&nodes[1], &nodes[2]);
+    let got = payloads(&w.collect(1, Duration::from_secs(5)));
+    assert_eq!(got, vec!["gone".to_string()], "{}", tail(&nodes[0]));
     // 30 s later a live node takes the session, its will already gone.
     let taken = "ds: sessions of down nodes: 1 brought back here";
     assert!(

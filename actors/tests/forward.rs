@@ -629,6 +629,67 @@ async fn stop_frees_the_port_and_ends_every_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_closes_the_inbound_side_first_and_drains_the_outbound() {
+    let (sa, sb) = (Arc::new(Sink::default()), Arc::new(Sink::default()));
+    let a = Forwarder::start(cfg("a@host", COOKIE), sa.on_receive())
+        .await
+        .unwrap();
+    let b = Forwarder::start(cfg("b@host", COOKIE), sb.on_receive())
+        .await
+        .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    b.add_peer("a@host", a.local_addr());
+    wait_until("both ways up", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4 && b.peers()[0].connected == 4
+    })
+    .await;
+    a.close_inbound().await;
+    // accept loop + 4 inbound gone; the 4 outgoing run on.
+    assert_eq!(a.live_tasks(), 4);
+    wait_until("b's connections to a down", Duration::from_secs(5), || {
+        b.peers()[0].connected == 0
+    })
+    .await;
+    // What b sends now waits in b for a's next start.
+    for i in 0..10 {
+        b.forward("a@host", Arc::new(msg("in", i, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    // What a sends still goes out, and a drain waits for b's acknowledgements.
+    for i in 0..1000 {
+        a.forward(
+            "b@host",
+            Arc::new(msg(&format!("out/{}", i % 7), i, QoS::AtLeastOnce)),
+        )
+        .unwrap();
+    }
+    assert_eq!(a.drain(Duration::from_secs(10)).await, 0);
+    assert_eq!(sb.len(), 1000);
+    assert_eq!(a.peers()[0].unacked, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sa.len(), 0, "a received after its inbound side closed");
+    assert_eq!(b.peers()[0].queued, 10, "b keeps what a did not take");
+    // A peer that is down is not waited for: its queue is what is left.
+    b.shutdown().await;
+    wait_until("a's connections to b down", Duration::from_secs(5), || {
+        a.peers()[0].connected == 0
+    })
+    .await;
+    for i in 0..3 {
+        a.forward("b@host", Arc::new(msg("late", i, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    let t = Instant::now();
+    assert_eq!(a.drain(Duration::from_secs(60)).await, 3);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "waited for a peer that is down"
+    );
+    a.shutdown().await;
+    assert_eq!(a.live_tasks(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outgoing_sockets_bind_to_bind_ip() {
     let l = TcpListener::bind(any_port()).await.unwrap();
     let mut ca = cfg("a@host", COOKIE);

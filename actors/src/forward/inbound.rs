@@ -21,9 +21,12 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, on_r
         match listener.accept().await {
             Ok((stream, addr)) => {
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .tasks
-                    .spawn(connection(shared.clone(), stream, addr, on_receive.clone()));
+                shared.inbound_tasks.spawn(connection(
+                    shared.clone(),
+                    stream,
+                    addr,
+                    on_receive.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait instead of spinning.

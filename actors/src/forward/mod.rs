@@ -82,6 +82,10 @@
 //! connection) is tracked; [`Forwarder::stop`] aborts them all, which closes
 //! every socket and the listener, and [`Forwarder::shutdown`] also waits
 //! for them, so a broker can be stopped and started again in one process.
+//! A clean stop of a node goes in steps: [`Forwarder::close_inbound`]
+//! first (nothing more arrives while the sessions are parked), then
+//! [`Forwarder::drain`] (what the node still sends, such as the wills its
+//! stop publishes, reaches its peers), then `shutdown`.
 
 pub mod handshake;
 mod inbound;
@@ -178,6 +182,7 @@ impl Forwarder {
         let shared = Arc::new(Shared {
             cfg,
             tasks: tasks::Tasks::new(tokio::runtime::Handle::current()),
+            inbound_tasks: tasks::Tasks::new(tokio::runtime::Handle::current()),
             received: RwLock::default(),
             inbound: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
@@ -200,7 +205,7 @@ impl Forwarder {
     /// Accepts connections from peers; `on_receive` gets every message
     /// they forward.
     pub fn serve(&self, listener: ForwardListener, on_receive: OnReceive) {
-        self.shared.tasks.spawn(inbound::accept_loop(
+        self.shared.inbound_tasks.spawn(inbound::accept_loop(
             self.shared.clone(),
             listener.0,
             on_receive,
@@ -429,13 +434,42 @@ impl Forwarder {
 
     /// Tasks spawned by this forwarder that have not ended yet.
     pub fn live_tasks(&self) -> usize {
-        self.shared.tasks.live()
+        self.shared.tasks.live() + self.shared.inbound_tasks.live()
+    }
+
+    /// The first step of a clean stop: closes the listener and every
+    /// inbound connection, and waits until their tasks have ended, so
+    /// nothing more is received. Peers keep what this node has not
+    /// acknowledged, for its next start. The outgoing side runs on, so
+    /// what this node still forwards (the wills of the sessions it parks)
+    /// can be [`drain`](Self::drain)ed. Idempotent.
+    pub async fn close_inbound(&self) {
+        self.shared.inbound_tasks.stop();
+        self.shared.inbound_tasks.join_stopped().await;
+    }
+
+    /// Waits, at most `within`, until every peer that is connected has
+    /// acknowledged everything queued for it. Returns the messages still
+    /// waiting then, of every peer (those of a peer that is down
+    /// included: nothing is waited for them).
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let peers = self.peers();
+            let waiting = |p: &PeerStats| p.queued + p.unacked;
+            let busy = peers.iter().any(|p| p.connected > 0 && waiting(p) > 0);
+            if !busy || tokio::time::Instant::now() >= deadline {
+                return peers.iter().map(waiting).sum();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops every task and so closes every socket, the listener included;
     /// forgets every peer (their queues are dropped and counted). Does not
     /// wait: aborted tasks end at their next poll. Idempotent.
     pub fn stop(&self) {
+        self.shared.inbound_tasks.stop();
         self.shared.tasks.stop();
         let peers: Vec<_> = self.peers.write().drain().map(|(_, p)| p).collect();
         for p in peers {
@@ -447,6 +481,7 @@ impl Forwarder {
     /// listener port is free and no socket is open when it returns.
     pub async fn shutdown(&self) {
         self.stop();
+        self.shared.inbound_tasks.join_stopped().await;
         self.shared.tasks.join_stopped().await;
     }
 }

@@ -237,7 +237,11 @@ impl Peer {
 /// dropping the last `Arc<Forwarder>` stops everything.
 pub(crate) struct Shared {
     pub cfg: ForwardConfig,
+    /// The outgoing connections' tasks.
     pub tasks: Tasks,
+    /// The accept loop and the inbound connections' tasks: stopped first
+    /// at a clean stop (see [`super::Forwarder::close_inbound`]).
+    pub inbound_tasks: Tasks,
     /// Messages received per sending node.
     pub received: RwLock<HashMap<Arc<str>, Arc<AtomicU64>>>,
     pub inbound: AtomicUsize,
