@@ -753,3 +753,64 @@ fn durable_storage_shards_stay_led_on_the_majority_and_survive_the_autoheal_rest
         );
     }
 }
+
+/// With durable sessions, a QoS 1 message forwarded to a persistent
+/// session on another node is acknowledged to its publisher once that
+/// node has it on disk: not while the link to it is cut, and then each
+/// acknowledged message survives kill -9 of the publisher's node.
+#[test]
+fn a_puback_waits_for_the_node_of_the_persistent_session_and_survives_the_publishers_node() {
+    use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut nodes = cluster_with(&[1, 2], "durable_sessions.enable = true\n");
+    let b = nodes.remove(1);
+    let a = &mut nodes[0];
+    subscribe_then_leave(&b, "pw-sub", "pw/#", 1);
+    wait_route(a, "pw/#", &b, true, Duration::from_secs(10));
+    let mut o = MqttOptions::new("pw-pub", a.host.clone(), a.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, conn) = Client::new(o, 100);
+    let rx = pump(conn);
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
+    ));
+    // The link between the nodes cut for less than cluster.down_timeout:
+    // the messages wait on a (in its socket to b), unacknowledged.
+    let mut cut = Partition::split(&[&[a], &[&b]]);
+    for i in 0..20 {
+        c.publish("pw/x", QoS::AtLeastOnce, false, format!("m{i:02}"))
+            .expect("publish");
+    }
+    let (mut sent, mut acked) = (0, 0);
+    let mut events = |within: Duration, until: &dyn Fn(usize) -> bool| {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline && !until(acked) {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) => sent += 1,
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                other => panic!("publisher: {other:?}"),
+            }
+        }
+        (sent, acked)
+    };
+    let (out, early) = events(Duration::from_millis(1500), &|_| false);
+    assert_eq!(out, 20, "published");
+    assert_eq!(early, 0, "acknowledged while b could not have them");
+    cut.heal();
+    // TCP sends them again; b writes them and acknowledges.
+    let (_, acked) = events(Duration::from_secs(15), &|n| n == 20);
+    assert_eq!(
+        acked,
+        20,
+        "acknowledged once b has them\n{}",
+        tails(&[a, &b])
+    );
+    a.kill();
+    let (mut s, present) = mq_persistent(&b, "pw-sub");
+    assert!(present, "{}", tail(&b));
+    let got = payloads(&s.collect(20, Duration::from_secs(10)));
+    let want: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(got, want, "{}", tail(&b));
+}

@@ -146,6 +146,12 @@ impl Broker {
         }
     }
 
+    /// Whether a QoS 1/2 publish's acknowledgement waits for the other
+    /// nodes it was forwarded to (durable sessions on, in a cluster).
+    pub fn remote_waits(&self) -> bool {
+        self.journal.is_some() && self.remote.is_some()
+    }
+
     /// Creates the tables and spawns one shard actor per shard.
     pub async fn start(
         node: Arc<str>,
@@ -255,12 +261,11 @@ impl Broker {
                 Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
             }
         }
-        let (subscribers, congested, journaled) = self.dispatch(msg, Target::All);
+        let (subscribers, congested, durable) = self.dispatch(msg, Target::All, durable);
         Published {
             subscribers,
             congested,
-            // Tickets complete in order: the later one covers both.
-            durable: journaled.or(durable),
+            durable,
         }
     }
 
@@ -292,8 +297,8 @@ impl Broker {
     ) -> (Option<crate::durable::Ticket>, Option<Backpressure>) {
         inc(&self.metrics.messages_forwarded_in);
         let (_, congested, written) = match shared {
-            None => self.dispatch(msg, Target::PlainOnly),
-            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter)),
+            None => self.dispatch(msg, Target::PlainOnly, None),
+            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter), None),
         };
         (written, congested.map(|c| self.backpressure(c)))
     }
@@ -313,11 +318,17 @@ impl Broker {
     /// replicated routes; each remote node with a matching route gets the
     /// message once, and each shared group gets it once cluster-wide.
     /// Deliveries to persistent sessions are journaled first (see
-    /// [`crate::journal`]); the third value is that write.
+    /// [`crate::journal`]). The third value is what the publisher's
+    /// acknowledgement waits for: `prior` (the retained message's write),
+    /// that journal write and, with durable sessions on, each other
+    /// node's acknowledgement of a QoS 1/2 message forwarded to it (it
+    /// acknowledges once the message is on disk for its persistent
+    /// sessions, see [`crate::forward`]).
     fn dispatch(
         &self,
         msg: Arc<Message>,
         target: Target,
+        prior: Option<crate::durable::Ticket>,
     ) -> (usize, Option<Congestion>, Option<crate::durable::Ticket>) {
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
@@ -404,13 +415,28 @@ impl Broker {
         }
         drop(wild);
         drop(exact);
+        // Tickets complete in order: the journal's write covers the
+        // retained one.
+        let mut durable = journaled.or(prior);
         if let Some(r) = remote {
-            let plain = remote_plain.iter().map(|node| r.forward(node, msg.clone()));
+            let forwards = remote_plain.len() + shared_fwd.len();
+            let mut parts = Vec::new();
+            if forwards > 0 && msg.qos != QoS::AtMostOnce && self.journal.is_some() {
+                // Resolved as each node acknowledges (see `remote_waits`).
+                let (t, p) = durable
+                    .take()
+                    .unwrap_or_else(crate::durable::Ticket::ready)
+                    .join(forwards);
+                durable = Some(t);
+                parts = p;
+            }
+            let mut parts = parts.into_iter();
+            let plain = remote_plain.iter().map(|node| (node, None));
             let shared = shared_fwd
                 .iter()
-                .map(|(node, group, filter)| r.forward_shared(node, msg.clone(), group, filter));
-            for f in plain.chain(shared) {
-                match f {
+                .map(|(node, group, filter)| (node, Some((group.as_str(), filter.as_str()))));
+            for (node, shared) in plain.chain(shared) {
+                match r.forward(node, msg.clone(), shared, parts.next()) {
                     Forwarded::Queued => inc(&self.metrics.messages_forward),
                     // Only QoS 1/2 come back congested.
                     Forwarded::Congested(wait) => {
@@ -428,7 +454,7 @@ impl Broker {
             inc(&self.metrics.messages_dropped_no_subscribers);
             inc(&self.metrics.messages_dropped);
         }
-        (n, congested, journaled)
+        (n, congested, durable)
     }
 
     /// Sorted `(filter, node)` pairs of the route table (`ctl topics list`).
@@ -737,7 +763,7 @@ mod tests {
         let mut m = Message::system(topic, "x", false, crate::clock::now_ms());
         m.from = Arc::from(from);
         m.qos = QoS::ExactlyOnce;
-        b.dispatch(Arc::new(m), Target::All).0
+        b.dispatch(Arc::new(m), Target::All, None).0
     }
 
     async fn drain(rx: &mut Rx) -> Vec<(Arc<str>, Vec<SubMatch>)> {

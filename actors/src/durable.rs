@@ -126,6 +126,24 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
+    /// A ticket already resolved with `Ok`: what a [`join`](Self::join)
+    /// starts from when there is no write of its own to wait for.
+    pub fn ready() -> Ticket {
+        let o = Outcome::pending();
+        o.complete(Ok(()));
+        Ticket(o)
+    }
+
+    /// A ticket that resolves once both this one and `other` have: `Ok`
+    /// if both were, else the first failure.
+    pub fn and(self, other: Ticket) -> Ticket {
+        let (t, mut parts) = self.join(1);
+        if let Some(p) = parts.pop() {
+            other.on_done(move |r| p.done(r));
+        }
+        t
+    }
+
     /// Calls `f` with the outcome once the write is committed or failed:
     /// at once if it is known, else on the writer's thread (keep `f`
     /// short: a message to an actor). No task is spent waiting.

@@ -84,13 +84,19 @@ pub trait RemoteRoutes: Send + Sync {
         groups: &mut HashMap<GroupKey, Vec<Arc<str>>>,
     );
 
-    /// Hands `msg` to `node` for its plain subscribers.
-    fn forward(&self, node: &str, msg: Arc<Message>) -> Forwarded;
-
-    /// Hands `msg` to `node` for one member of shared group `group` of
-    /// `filter` there.
-    fn forward_shared(&self, node: &str, msg: Arc<Message>, group: &str, filter: &str)
-        -> Forwarded;
+    /// Hands `msg` to `node` for its plain subscribers, or with `shared`
+    /// (`(group, filter)`) for one member of that shared group there.
+    /// `acked`, if given, is resolved once `node` acknowledges the message
+    /// (it has it on disk for its persistent sessions), or sooner when
+    /// that cannot be waited for (the node is unreachable, the message is
+    /// dropped).
+    fn forward(
+        &self,
+        node: &str,
+        msg: Arc<Message>,
+        shared: Option<(&str, &str)>,
+        acked: Option<crate::durable::Part>,
+    ) -> Forwarded;
 }
 
 /// What became of a message handed to another node.

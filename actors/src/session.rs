@@ -170,7 +170,8 @@ impl PublishSink for Sink<'_> {
             self.congested = congested;
         }
         if let Some(t) = p.durable {
-            // Tickets complete in order: the last one covers the others.
+            // Writes to disk complete in order: the last one covers the
+            // others (a packet publishes once; a will is not waited for).
             self.durable = Some(Box::new(t));
         }
         n
@@ -1209,7 +1210,12 @@ impl SessionState {
         let acts = self.ch.handle(p, now, &mut sink);
         let mut durable = sink.durable;
         if let Some(t) = self.qos2_journal(q2) {
-            durable = Some(Box::new(t));
+            // Writes to disk complete in order, so this one covers the
+            // publish's own; not what other nodes acknowledge.
+            durable = Some(Box::new(match durable {
+                Some(d) if self.ctx.broker.remote_waits() => d.and(t),
+                _ => t,
+            }));
         }
         if let (Some(c), Some(conn)) = (sink.congested, &self.conn) {
             conn.throttle(self.ctx.broker.backpressure(c));

@@ -1,6 +1,7 @@
 //! The inter-node forwarding channel over real sockets on loopback.
 
 use bytes::Bytes;
+use emqx_actors::durable::Ticket;
 use emqx_actors::forward::{handshake, ForwardConfig, ForwardError, Forwarder, OnReceive, Queued};
 use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::{Properties, PropertyValues, QoS};
@@ -687,6 +688,118 @@ async fn a_clean_stop_closes_the_inbound_side_first_and_drains_the_outbound() {
     );
     a.shutdown().await;
     assert_eq!(a.live_tasks(), 0);
+}
+
+/// The outcome of `t` (whether it is `Ok`), once known.
+fn watch(t: Ticket) -> std::sync::mpsc::Receiver<bool> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    t.on_done(move |r| {
+        let _ = tx.send(r.is_ok());
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_wait_ends_at_the_peers_acknowledgement_or_when_the_connection_goes() {
+    // A peer that acknowledges.
+    let sink = Arc::new(Sink::default());
+    let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
+        .await
+        .unwrap();
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
+    a.add_peer("b@host", b.local_addr());
+    wait_until("connected", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+    let (t, mut parts) = Ticket::ready().join(2);
+    let done = watch(t);
+    a.forward_acked(
+        "b@host",
+        Arc::new(msg("t", 0, QoS::AtLeastOnce)),
+        None,
+        parts.pop(),
+    )
+    .unwrap();
+    a.forward_acked(
+        "b@host",
+        Arc::new(msg("u", 1, QoS::AtLeastOnce)),
+        Some(("g", "u")),
+        parts.pop(),
+    )
+    .unwrap();
+    wait_until("acknowledged", Duration::from_secs(5), || {
+        done.try_recv() == Ok(true)
+    })
+    .await;
+    assert_eq!(sink.len(), 2);
+    assert_eq!(a.peers()[0].unacked, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+
+    // A peer that takes the connection and never reads: the wait goes on
+    // until the connection is given up (send_timeout), the message kept.
+    let (addr, server) = stalled_peer(true).await;
+    let mut ca = cfg("a@host", COOKIE);
+    ca.send_timeout = Duration::from_secs(1);
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+        .await
+        .unwrap();
+    a.add_peer("b@host", addr);
+    wait_until("connected", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+    let (t, mut parts) = Ticket::ready().join(1);
+    let done = watch(t);
+    a.forward_acked(
+        "b@host",
+        Arc::new(msg("t", 0, QoS::AtLeastOnce)),
+        None,
+        parts.pop(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        done.try_recv().is_err(),
+        "resolved before any acknowledgement"
+    );
+    wait_until("given up", Duration::from_secs(10), || {
+        done.try_recv() == Ok(true)
+    })
+    .await;
+    assert_eq!(a.peers()[0].unacked + a.peers()[0].queued, 1, "kept");
+    a.shutdown().await;
+    server.abort();
+
+    // A peer that cannot be reached: nothing is waited for.
+    let nobody = std::net::TcpListener::bind(any_port()).unwrap();
+    let addr = nobody.local_addr().unwrap();
+    drop(nobody);
+    let a = Forwarder::start(
+        cfg("a@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
+    a.add_peer("b@host", addr);
+    let (t, mut parts) = Ticket::ready().join(1);
+    let done = watch(t);
+    a.forward_acked(
+        "b@host",
+        Arc::new(msg("t", 0, QoS::AtLeastOnce)),
+        None,
+        parts.pop(),
+    )
+    .unwrap();
+    assert_eq!(done.try_recv(), Ok(true));
+    assert_eq!(a.peers()[0].queued, 1, "queued for the peer all the same");
+    a.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

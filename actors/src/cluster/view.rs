@@ -63,17 +63,13 @@ impl RemoteRoutes for ClusterView {
         });
     }
 
-    fn forward(&self, node: &str, msg: Arc<Message>) -> Forwarded {
-        forwarded(self.forwarder.forward(node, msg))
-    }
-
-    fn forward_shared(
+    fn forward(
         &self,
         node: &str,
         msg: Arc<Message>,
-        group: &str,
-        filter: &str,
+        shared: Option<(&str, &str)>,
+        acked: Option<crate::durable::Part>,
     ) -> Forwarded {
-        forwarded(self.forwarder.forward_shared(node, msg, group, filter))
+        forwarded(self.forwarder.forward_acked(node, msg, shared, acked))
     }
 }

@@ -326,7 +326,7 @@ impl Forwarder {
     /// Queues `msg` for `node` on the connection its topic hashes to. Never
     /// blocks; see the module docs for the drop policy.
     pub fn forward(&self, node: &str, msg: Arc<Message>) -> Result<Queued, ForwardError> {
-        self.enqueue(node, Envelope { msg, shared: None })
+        self.forward_acked(node, msg, None, None)
     }
 
     /// As [`Forwarder::forward`], for one member of shared group `group` of
@@ -338,11 +338,40 @@ impl Forwarder {
         group: &str,
         filter: &str,
     ) -> Result<Queued, ForwardError> {
-        let shared = Some(Arc::new((group.to_string(), filter.to_string())));
-        self.enqueue(node, Envelope { msg, shared })
+        self.forward_acked(node, msg, Some((group, filter)), None)
     }
 
-    fn enqueue(&self, node: &str, env: Envelope) -> Result<Queued, ForwardError> {
+    /// [`Forwarder::forward`] or [`Forwarder::forward_shared`] (with
+    /// `shared`), and `acked` resolved once the peer acknowledges the
+    /// message: after it is on disk there for the peer's persistent
+    /// sessions. `acked` is resolved sooner when that cannot be waited
+    /// for: the connection is down (or goes down before the peer
+    /// acknowledges), or the message is dropped.
+    pub fn forward_acked(
+        &self,
+        node: &str,
+        msg: Arc<Message>,
+        shared: Option<(&str, &str)>,
+        acked: Option<crate::durable::Part>,
+    ) -> Result<Queued, ForwardError> {
+        let shared = shared.map(|(g, f)| Arc::new((g.to_string(), f.to_string())));
+        self.enqueue(
+            node,
+            Envelope {
+                msg,
+                shared,
+                acked: None,
+            },
+            acked,
+        )
+    }
+
+    fn enqueue(
+        &self,
+        node: &str,
+        mut env: Envelope,
+        acked: Option<crate::durable::Part>,
+    ) -> Result<Queued, ForwardError> {
         let msg = &env.msg;
         let peer = self
             .peers
@@ -369,6 +398,11 @@ impl Forwarder {
             });
         }
         let qos = msg.qos;
+        // Under the queue's lock: a connection that goes releases what is
+        // queued under it after it says so (`Slot::release_waits`).
+        if let (Some(part), true) = (acked, slot.connected.load(Ordering::Relaxed)) {
+            env.acked = Some(state::Acked::new(part));
+        }
         q.push_back(env);
         peer.stats.queued.fetch_add(1, Ordering::Relaxed);
         drop(q);

@@ -140,6 +140,7 @@ impl<'a> Connected<'a> {
 impl Drop for Connected<'_> {
     fn drop(&mut self) {
         self.slot.connected.store(false, Ordering::Relaxed);
+        self.slot.release_waits();
         self.slot.drained.notify_waiters();
         self.peer.stats.connected.fetch_sub(1, Ordering::Relaxed);
     }

@@ -95,6 +95,33 @@ pub type OnReceive = Arc<
 pub struct Envelope {
     pub msg: Arc<Message>,
     pub shared: Option<Arc<(String, String)>>,
+    /// What the publisher's acknowledgement waits for, if anything.
+    pub acked: Option<Arc<Acked>>,
+}
+
+/// The publisher's wait for the peer to acknowledge one message (which
+/// it does once the message is on disk for the peer's persistent
+/// sessions): resolved when the last copy of the message's envelope goes
+/// (acknowledged, or dropped by the queue policy or with the peer), or
+/// at once by [`Acked::release`] when its connection fails, so that a
+/// peer that is down does not hold publishers up.
+pub struct Acked(Mutex<Option<crate::durable::Part>>);
+
+impl Acked {
+    pub(crate) fn new(part: crate::durable::Part) -> Arc<Acked> {
+        Arc::new(Acked(Mutex::new(Some(part))))
+    }
+
+    /// Resolves the wait now (the message stays queued).
+    pub(crate) fn release(&self) {
+        drop(self.0.lock().take());
+    }
+}
+
+impl std::fmt::Debug for Acked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Acked")
+    }
 }
 
 /// Why [`Forwarder::forward`] did not queue a message. It is counted as
@@ -204,6 +231,20 @@ impl Slot {
             next_seq: AtomicU64::new(1),
             drained: Notify::new(),
         }
+    }
+
+    /// The connection went: what waits in it for the peer no longer holds
+    /// its publishers up (it is sent again on the next connection).
+    /// Called with `connected` false, so what is queued after this is not
+    /// waited for either (see [`super::Forwarder::forward_acked`]).
+    pub(crate) fn release_waits(&self) {
+        let release = |e: &Envelope| {
+            if let Some(a) = &e.acked {
+                a.release();
+            }
+        };
+        self.queue.lock().iter().for_each(release);
+        self.unacked.lock().iter().for_each(|(_, e)| release(e));
     }
 
     /// The peer acknowledged every message up to `seq`: forget them.
