@@ -7,6 +7,11 @@
 #
 #   benches/cross_node.sh              # REPS=3 DUR=10 WINDOW=100
 #
+# For A/B runs: BIN (the broker binary), QOS ("0 1"), SETUPS ("single
+# pair"), EXTRA (lines added to every node's config, e.g.
+# "durable_sessions.enable = true") and SUB_CLEAN (true; false makes the
+# subscribers persistent sessions).
+#
 # Each repetition runs, per QoS, the single node first (publishers and
 # subscribers on node 1), then the pair (publishers on node 1 of a
 # two-node cluster on 127.0.0.1-2, subscribers on node 2, so every message
@@ -21,7 +26,11 @@ REPS=${REPS:-3}
 DUR=${DUR:-10}
 WINDOW=${WINDOW:-100}
 OUT=${OUT:-/tmp/emqx-rs-cross-node.$$}
-BIN="$ROOT/target/release/emqx-rs"
+BIN=${BIN:-"$ROOT/target/release/emqx-rs"}
+QOS=${QOS:-"0 1"}
+SETUPS=${SETUPS:-"single pair"}
+EXTRA=${EXTRA:-}
+SUB_CLEAN=${SUB_CLEAN:-true}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release) || exit 1
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -33,9 +42,9 @@ run() {
     local qos=$1 setup=$2 rep=$3
     local dir="$OUT/q$qos-$setup-$rep" sub_host=127.0.0.1 load
     OUT_SAVED=$OUT
-    start_node 1 "$dir" xn
+    start_node 1 "$dir" xn "$EXTRA"
     if [ "$setup" = pair ]; then
-        start_node 2 "$dir" xn
+        start_node 2 "$dir" xn "$EXTRA"
         OUT=$dir form_cluster xn 2 50 || exit 1
         sub_host=127.0.0.2
     fi
@@ -45,7 +54,7 @@ run() {
         load="-q 1 -I 0 --inflight $WINDOW"
     fi
     timeout $((DUR + 60)) "$BIN" bench sub -V 4 -h "$sub_host" -p 1883 -c 100 -i 1 -t 'x/%i' \
-        -q "$qos" >"$dir/sub.out" 2>"$dir/sub.err" &
+        -q "$qos" -C "$SUB_CLEAN" >"$dir/sub.out" 2>"$dir/sub.err" &
     local sp=$!
     sleep 3
     # shellcheck disable=SC2086
@@ -73,8 +82,9 @@ PY
 }
 
 for rep in $(seq 1 "$REPS"); do
-    for qos in 0 1; do
-        run "$qos" single "$rep"
-        run "$qos" pair "$rep"
+    for qos in $QOS; do
+        for setup in $SETUPS; do
+            run "$qos" "$setup" "$rep"
+        done
     done
 done
