@@ -1319,3 +1319,68 @@ fn a_cleanly_stopped_nodes_sessions_are_taken_without_publishing_their_wills_aga
         tails(&[b, c])
     );
 }
+
+/// kill -9 of the node that holds a persistent session while another
+/// node takes it over: the connect that asked for it (stuck while the
+/// node is stopped) gets the session from its shard instead, with every
+/// message acknowledged for it.
+#[test]
+fn a_node_killed_during_a_takeover_of_its_session_leaves_it_to_the_shards_copy() {
+    let mut nodes = ds_cluster(&[19, 20, 21], "4/3/1", 4, "");
+    subscribe_then_leave(&nodes[0], "tk-sub", "tk/#", 1);
+    wait_route(&nodes[2], "tk/#", &nodes[0], true, Duration::from_secs(10));
+    let mut p = mq(&nodes[2], "tk-pub");
+    let want: Vec<String> = (0..10).map(|i| format!("queued-{i}")).collect();
+    for m in &want {
+        p.publish("tk/q", 1, false, m.as_bytes());
+    }
+    drop(p);
+    // The holder stops answering, and the client connects to the second
+    // node, which asks the holder to hand the session over.
+    let pid = nodes[0].pid().expect("running").to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill -STOP");
+    assert!(st.success());
+    let (first, rest) = nodes.split_at_mut(1);
+    let b = &rest[0];
+    let (mut s, present) = std::thread::scope(|sc| {
+        let connect = sc.spawn(|| {
+            let mut m = Mq::open(b, "tk-sub", false);
+            let mut present = None;
+            m.wait_for(Duration::from_secs(30), |e| match e {
+                Event::Incoming(Packet::ConnAck(a)) => {
+                    present = Some(a.session_present);
+                    true
+                }
+                _ => false,
+            });
+            (m, present)
+        });
+        // The takeover is under way; the holder dies in it.
+        std::thread::sleep(Duration::from_secs(1));
+        first[0].kill();
+        connect.join().expect("connect thread")
+    });
+    let (b, c) = (&nodes[1], &nodes[2]);
+    assert_eq!(
+        present,
+        Some(true),
+        "CONNACK with session_present = 1 ({:?})\n{}",
+        s.error,
+        tails(&[b, c])
+    );
+    let got = payloads(&s.collect(want.len(), Duration::from_secs(10)));
+    let said: Vec<String> = [b, c]
+        .iter()
+        .flat_map(|n| {
+            n.log()
+                .lines()
+                .filter(|l| l.contains("tk-sub"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(got, want, "\n{}", said.join("\n"));
+}

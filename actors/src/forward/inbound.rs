@@ -138,7 +138,7 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         // Hand over every complete frame in the buffer, then acknowledge.
         let mut to_ack = None;
-        let mut written = None;
+        let mut written: Option<crate::durable::Ticket> = None;
         let mut congested = None;
         while buf.len() >= 4 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -169,8 +169,14 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             for (m, target) in frame.msgs.into_iter().skip(skip as usize) {
                 let (t, c) = on_receive(peer, m, target);
                 if let Some(t) = t {
-                    // Writes complete in order: the last covers the rest.
-                    written = Some(t);
+                    // Not the last alone: a write to the node's disk
+                    // completes in order, but one that also waits for the
+                    // cluster's session store (`builtin_raft`) waits for
+                    // that session's shard, which others do not cover.
+                    written = Some(match written.take() {
+                        Some(w) => w.and(t),
+                        None => t,
+                    });
                 }
                 if congested.is_none() {
                     congested = c;
@@ -189,9 +195,9 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         if let (Some(_), Some((stream, state))) = (&written, &stream_state) {
             // What was handed on is on disk: so is how far it went.
             let keep = shared.keep.read().clone();
-            if let Some(keep) = keep {
+            if let (Some(keep), Some(w)) = (keep, written.take()) {
                 let last = state.lock().last;
-                written = Some(keep(*stream, last));
+                written = Some(w.and(keep(*stream, last)));
             }
         }
         if let Some(t) = written {
