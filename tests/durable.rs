@@ -1163,3 +1163,95 @@ fn the_number_of_shards_is_fixed_once_they_are_made() {
     });
     assert!(ok, "{}", n.ctl(&["ds", "info", "--local"]).1);
 }
+
+/// `builtin_raft`, three cores, the first on a small tmpfs: once its
+/// disk is full its publishes that a persistent session needs are
+/// refused (0x97) with an alarm, it stays up, and the shards go on on the
+/// other two. Lost for good then, it leaves every message it acknowledged
+/// to the session's shard: the client finds them all on another node.
+#[test]
+fn a_full_disk_on_one_core_refuses_its_publishes_and_loses_none_it_acknowledged() {
+    let env = cluster::ds_env("4/3/1");
+    let mut nodes: Vec<Node> = [22u8, 23, 24]
+        .iter()
+        .map(|ip| cluster::prepare(*ip))
+        .collect();
+    let _fs = Tmpfs::mount(&nodes[0].data_dir(), "16m");
+    for n in nodes.iter_mut() {
+        n.spawn(&env);
+    }
+    for n in &nodes[1..] {
+        cluster::join(n, &nodes[0]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    cluster::wait_ds_settled(&all, 4, Duration::from_secs(30));
+    let a = &nodes[0];
+    cluster::subscribe_then_leave(a, "fr-sub", "fr/#", 1);
+    let mut raw = common::Raw::connect(a);
+    raw.send(&common::connect_v5("fr-pub", 60));
+    let (b, _) = raw.read_all(Duration::from_millis(500));
+    assert_eq!(packets(&b).first().map(|p| p.0), Some(0x20), "CONNACK");
+    // A PUBACK waits for the session's shard, which elects a new leader
+    // when the full node led it.
+    raw.s
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut acked = Vec::new();
+    let mut refused = None;
+    // 16 MB fill with fewer than 64 messages of 256 KB; 100 bounds the loop.
+    for pid in 1..=100u16 {
+        let mut body = utf8("fr/x");
+        body.extend_from_slice(&pid.to_be_bytes());
+        body.push(0); // no properties
+        body.extend_from_slice(format!("{pid:05}").as_bytes());
+        body.extend_from_slice(&vec![b'x'; 256 * 1024]);
+        raw.send(&common::frame(0x32, &body));
+        let ack = raw.read_n(4);
+        assert_eq!(ack[0], 0x40, "a PUBACK: {ack:?}");
+        assert_eq!(u16::from_be_bytes([ack[2], ack[3]]), pid);
+        let code = if ack[1] > 2 {
+            raw.read_n(usize::from(ack[1]) - 2)[0]
+        } else {
+            0
+        };
+        if code == 0 {
+            acked.push(format!("{pid:05}"));
+        } else {
+            refused = Some(code);
+            break;
+        }
+    }
+    assert!(!acked.is_empty(), "nothing was acknowledged");
+    assert_eq!(
+        refused,
+        Some(0x97),
+        "after {} acknowledged: {}",
+        acked.len(),
+        a.log()
+    );
+    let (_, alarms) = a.ctl(&["alarms", "list"]);
+    assert!(alarms.contains("durable_storage_failed"), "{alarms}");
+    assert!(nodes[0].alive(), "the node died of a full disk");
+    // The shards go on on the other two cores.
+    let (b, c) = (&nodes[1], &nodes[2]);
+    cluster::subscribe_then_leave(b, "fr-other", "fr-other/#", 1);
+    let mut p = mq(c, "fr-other-pub");
+    p.publish("fr-other/x", 1, false, b"on");
+    drop(p);
+    let (mut o, present) = cluster::mq_persistent(b, "fr-other");
+    assert!(present, "{}", tails(&[b, c]));
+    assert_eq!(payloads(&o.collect(1, Duration::from_secs(10))), vec!["on"]);
+    // The full node is lost for good: every message it acknowledged is in
+    // the session's shard.
+    drop(raw);
+    nodes[0].kill();
+    let (b, c) = (&nodes[1], &nodes[2]);
+    let (mut s, present) = cluster::mq_persistent(b, "fr-sub");
+    assert!(present, "session_present = 1\n{}", tails(&[b, c]));
+    let got: Vec<String> = s
+        .collect(acked.len(), Duration::from_secs(20))
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload[..5]).into_owned())
+        .collect();
+    assert_eq!(got, acked, "{}", tails(&[b, c]));
+}
