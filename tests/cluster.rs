@@ -1384,3 +1384,57 @@ fn a_node_killed_during_a_takeover_of_its_session_leaves_it_to_the_shards_copy()
         .collect();
     assert_eq!(got, want, "\n{}", said.join("\n"));
 }
+
+/// kill -9 of the leader of a session's shard, neither the session's node
+/// nor the publisher's, while QoS 1 messages for the session flow: each
+/// waits (its PUBACK with it) for the shard to elect a new leader, and
+/// the session gets every acknowledged message, in order.
+#[test]
+fn a_shard_leader_killed_mid_stream_loses_no_acknowledged_message_of_a_session_elsewhere() {
+    use rumqttc::QoS;
+    let mut nodes = ds_cluster(&[25, 26, 27], "1/3/1", 1, "");
+    let leader_name = ds_rows(&nodes[0])
+        .first()
+        .map(|r| r.leader.clone())
+        .expect("a shard");
+    let leader = nodes
+        .iter()
+        .position(|n| n.name == leader_name)
+        .expect("the leader is a node");
+    let (s, p) = ((leader + 1) % 3, (leader + 2) % 3);
+    subscribe_then_leave(&nodes[s], "ld-sub", "ld/#", 1);
+    wait_route(&nodes[p], "ld/#", &nodes[s], true, Duration::from_secs(10));
+    let mut pubr = mq(&nodes[p], "ld-pub");
+    let want: Vec<String> = (0..30).map(|i| format!("m{i:02}")).collect();
+    for (i, m) in want.iter().enumerate() {
+        if i == 10 {
+            nodes[leader].kill();
+        }
+        pubr.c
+            .publish("ld/x", QoS::AtLeastOnce, false, m.as_bytes().to_vec())
+            .expect("publish");
+        // Through the election: up to a few seconds.
+        let ok = pubr.wait_for(Duration::from_secs(30), |e| {
+            matches!(e, Event::Incoming(Packet::PubAck(_)))
+        });
+        assert!(
+            ok,
+            "no PUBACK for {m} ({:?})\n{}",
+            pubr.error,
+            tails(&[&nodes[s], &nodes[p]])
+        );
+    }
+    let (mut sub, present) = mq_persistent(&nodes[s], "ld-sub");
+    assert!(present, "{}", tail(&nodes[s]));
+    let got = payloads(&sub.collect(want.len(), Duration::from_secs(10)));
+    assert_eq!(got, want, "{}", tails(&[&nodes[s], &nodes[p]]));
+    // The shard is led again, by one of the two left.
+    let two = [&nodes[s], &nodes[p]];
+    assert!(
+        wait_until(Duration::from_secs(30), || ds_rows(&nodes[s])
+            .first()
+            .is_some_and(|r| two.iter().any(|n| n.name == r.leader))),
+        "{:?}",
+        ds_rows(&nodes[s])
+    );
+}
