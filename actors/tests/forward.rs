@@ -803,6 +803,60 @@ async fn a_publishers_wait_ends_at_the_peers_acknowledgement_or_when_the_connect
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_the_cluster_sees_down_holds_no_publisher_up() {
+    // Connected, and never reading or acknowledging (a partition looks
+    // like this until send_timeout).
+    let (addr, server) = stalled_peer(true).await;
+    let mut ca = cfg("a@host", COOKIE);
+    ca.send_timeout = Duration::from_secs(60);
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+        .await
+        .unwrap();
+    a.add_peer("b@host", addr);
+    wait_until("connected", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+    let send = |i: u64| {
+        let (t, mut parts) = Ticket::ready().join(1);
+        let done = watch(t);
+        a.forward_acked(
+            "b@host",
+            Arc::new(msg("t", i, QoS::AtLeastOnce)),
+            None,
+            parts.pop(),
+        )
+        .unwrap();
+        done
+    };
+    let first = send(0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        first.try_recv().is_err(),
+        "resolved without an acknowledgement"
+    );
+    a.peer_down("b@host", true);
+    assert_eq!(
+        first.try_recv(),
+        Ok(true),
+        "released when the peer is seen down"
+    );
+    assert_eq!(send(1).try_recv(), Ok(true), "not waited for while down");
+    a.peer_down("b@host", false);
+    let third = send(2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(third.try_recv().is_err(), "waited for again once up");
+    let p = a.peers().remove(0);
+    assert_eq!(
+        p.queued + p.unacked,
+        3,
+        "every message still queued for the peer"
+    );
+    a.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outgoing_sockets_bind_to_bind_ip() {
     let l = TcpListener::bind(any_port()).await.unwrap();
     let mut ca = cfg("a@host", COOKIE);

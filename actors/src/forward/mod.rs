@@ -273,6 +273,7 @@ impl Forwarder {
             slots: (0..n).map(|_| Arc::new(Slot::new())).collect(),
             stats: PeerCounters::default(),
             tasks: Mutex::new(Vec::new()),
+            down: std::sync::atomic::AtomicBool::new(false),
         });
         self.spawn_slots(&peer);
         peers.insert(peer.node.clone(), peer);
@@ -287,6 +288,23 @@ impl Forwarder {
                     .spawn(outbound::run(self.shared.clone(), peer.clone(), i))
             {
                 tasks.push(t);
+            }
+        }
+    }
+
+    /// The cluster sees `node` down (`true`) or up again: while it is
+    /// down, what is queued for it no longer holds its publishers up (see
+    /// [`Forwarder::forward_acked`]), even on a connection that has not
+    /// failed yet (a partition shows there only after `send_timeout`).
+    /// The messages stay queued, and go once the node is reachable.
+    pub fn peer_down(&self, node: &str, down: bool) {
+        let Some(peer) = self.peers.read().get(node).cloned() else {
+            return;
+        };
+        peer.down.store(down, Ordering::Relaxed);
+        if down {
+            for slot in &peer.slots {
+                slot.release_waits();
             }
         }
     }
@@ -346,7 +364,8 @@ impl Forwarder {
     /// message: after it is on disk there for the peer's persistent
     /// sessions. `acked` is resolved sooner when that cannot be waited
     /// for: the connection is down (or goes down before the peer
-    /// acknowledges), or the message is dropped.
+    /// acknowledges), the cluster sees the peer down
+    /// ([`Forwarder::peer_down`]), or the message is dropped.
     pub fn forward_acked(
         &self,
         node: &str,
@@ -400,7 +419,8 @@ impl Forwarder {
         let qos = msg.qos;
         // Under the queue's lock: a connection that goes releases what is
         // queued under it after it says so (`Slot::release_waits`).
-        if let (Some(part), true) = (acked, slot.connected.load(Ordering::Relaxed)) {
+        let waits = slot.connected.load(Ordering::Relaxed) && !peer.down.load(Ordering::Relaxed);
+        if let (Some(part), true) = (acked, waits) {
             env.acked = Some(state::Acked::new(part));
         }
         q.push_back(env);

@@ -233,10 +233,11 @@ impl Slot {
         }
     }
 
-    /// The connection went: what waits in it for the peer no longer holds
-    /// its publishers up (it is sent again on the next connection).
-    /// Called with `connected` false, so what is queued after this is not
-    /// waited for either (see [`super::Forwarder::forward_acked`]).
+    /// The connection went (or the peer is down): what waits in it for
+    /// the peer no longer holds its publishers up (it is sent again on
+    /// the next connection). Called with `connected` false (or the peer's
+    /// `down` true), so what is queued after this is not waited for
+    /// either (see [`super::Forwarder::forward_acked`]).
     pub(crate) fn release_waits(&self) {
         let release = |e: &Envelope| {
             if let Some(a) = &e.acked {
@@ -265,6 +266,9 @@ pub(crate) struct Peer {
     pub slots: Vec<Arc<Slot>>,
     pub stats: PeerCounters,
     pub tasks: Mutex<Vec<AbortHandle>>,
+    /// The cluster sees the node down: nothing queued for it holds a
+    /// publisher up (see [`super::Forwarder::peer_down`]).
+    pub down: AtomicBool,
 }
 
 impl Peer {

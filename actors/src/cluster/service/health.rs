@@ -146,6 +146,7 @@ impl SvcState {
         if self.membership.set_running(node, false) {
             tracing::warn!("cluster: node {node} is down ({why})");
             self.view.up.write().remove(node);
+            self.view.forwarder.peer_down(node, true);
             let ctx = self.ctx.clone();
             ctx.sys_node_event(node, false);
         }
@@ -222,6 +223,7 @@ impl SvcState {
                 }
             }
             self.view.up.write().insert(Arc::from(node));
+            self.view.forwarder.peer_down(node, false);
             let ctx = self.ctx.clone();
             ctx.sys_node_event(node, true);
         }
