@@ -988,6 +988,36 @@ impl Drop for Tmpfs {
     }
 }
 
+/// QoS 1 publishes of 256 KB to `topic` from a v5 client, one at a
+/// time, until one is refused (at most 100): the first five bytes of each
+/// acknowledged payload (its packet id, `00001` on), and the refusal's
+/// reason code.
+fn fill_until_refused(raw: &mut common::Raw, topic: &str) -> (Vec<String>, Option<u8>) {
+    let mut acked = Vec::new();
+    for pid in 1..=100u16 {
+        let mut body = utf8(topic);
+        body.extend_from_slice(&pid.to_be_bytes());
+        body.push(0); // no properties
+        body.extend_from_slice(format!("{pid:05}").as_bytes());
+        body.extend_from_slice(&vec![b'x'; 256 * 1024]);
+        raw.send(&common::frame(0x32, &body));
+        let ack = raw.read_n(4);
+        assert_eq!(ack[0], 0x40, "a PUBACK: {ack:?}");
+        assert_eq!(u16::from_be_bytes([ack[2], ack[3]]), pid);
+        // Reason code omitted (remaining length 2) is success.
+        let code = if ack[1] > 2 {
+            raw.read_n(usize::from(ack[1]) - 2)[0]
+        } else {
+            0
+        };
+        if code != 0 {
+            return (acked, Some(code));
+        }
+        acked.push(format!("{pid:05}"));
+    }
+    (acked, None)
+}
+
 #[test]
 fn a_full_disk_refuses_publishes_that_need_it_with_0x97_and_an_alarm() {
     let mut n = Node::prepare("durable_sessions.enable = true\n");
@@ -1003,32 +1033,9 @@ fn a_full_disk_refuses_publishes_that_need_it_with_0x97_and_an_alarm() {
     raw.send(&common::connect_v5("full-pub", 60));
     let (b, _) = raw.read_all(Duration::from_millis(500));
     assert_eq!(packets(&b).first().map(|p| p.0), Some(0x20), "CONNACK");
-    let payload = vec![b'x'; 256 * 1024];
-    let mut acked = 0;
-    let mut refused = None;
-    // 12 MB fill with fewer than 48 messages of 256 KB; 100 bounds the loop.
-    for pid in 1..=100u16 {
-        let mut body = utf8("full/x");
-        body.extend_from_slice(&pid.to_be_bytes());
-        body.push(0); // no properties
-        body.extend_from_slice(&payload);
-        raw.send(&common::frame(0x32, &body));
-        let ack = raw.read_n(4);
-        assert_eq!(ack[0], 0x40, "a PUBACK: {ack:?}");
-        assert_eq!(u16::from_be_bytes([ack[2], ack[3]]), pid);
-        // Reason code omitted (remaining length 2) is success.
-        let code = if ack[1] > 2 {
-            raw.read_n(usize::from(ack[1]) - 2)[0]
-        } else {
-            0
-        };
-        if code == 0 {
-            acked += 1;
-        } else {
-            refused = Some(code);
-            break;
-        }
-    }
+    // 12 MB fill with fewer than 48 messages of 256 KB.
+    let (acked, refused) = fill_until_refused(&mut raw, "full/x");
+    let acked = acked.len();
     assert!(acked > 0, "nothing was acknowledged");
     assert_eq!(
         refused,
@@ -1047,7 +1054,7 @@ fn a_full_disk_refuses_publishes_that_need_it_with_0x97_and_an_alarm() {
     assert_eq!(v3.read_n(4), vec![0x20, 2, 0, 0]);
     let mut body = utf8("full/y");
     body.extend_from_slice(&[0, 1]);
-    body.extend_from_slice(&payload);
+    body.extend_from_slice(&vec![b'x'; 256 * 1024]);
     v3.send(&common::frame(0x32, &body));
     let (b, closed) = v3.read_all(Duration::from_secs(5));
     assert!(closed && b.is_empty(), "closed={closed}, got {b:?}");
@@ -1196,31 +1203,8 @@ fn a_full_disk_on_one_core_refuses_its_publishes_and_loses_none_it_acknowledged(
     raw.s
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let mut acked = Vec::new();
-    let mut refused = None;
-    // 16 MB fill with fewer than 64 messages of 256 KB; 100 bounds the loop.
-    for pid in 1..=100u16 {
-        let mut body = utf8("fr/x");
-        body.extend_from_slice(&pid.to_be_bytes());
-        body.push(0); // no properties
-        body.extend_from_slice(format!("{pid:05}").as_bytes());
-        body.extend_from_slice(&vec![b'x'; 256 * 1024]);
-        raw.send(&common::frame(0x32, &body));
-        let ack = raw.read_n(4);
-        assert_eq!(ack[0], 0x40, "a PUBACK: {ack:?}");
-        assert_eq!(u16::from_be_bytes([ack[2], ack[3]]), pid);
-        let code = if ack[1] > 2 {
-            raw.read_n(usize::from(ack[1]) - 2)[0]
-        } else {
-            0
-        };
-        if code == 0 {
-            acked.push(format!("{pid:05}"));
-        } else {
-            refused = Some(code);
-            break;
-        }
-    }
+    // 16 MB fill with fewer than 64 messages of 256 KB.
+    let (acked, refused) = fill_until_refused(&mut raw, "fr/x");
     assert!(!acked.is_empty(), "nothing was acknowledged");
     assert_eq!(
         refused,

@@ -690,13 +690,65 @@ async fn a_clean_stop_closes_the_inbound_side_first_and_drains_the_outbound() {
     assert_eq!(a.live_tasks(), 0);
 }
 
-/// The outcome of `t` (whether it is `Ok`), once known.
-fn watch(t: Ticket) -> std::sync::mpsc::Receiver<bool> {
+/// A QoS 1 message `i` on `topic` forwarded by `a` to `b@host` (for one
+/// member of `shared`, if given) with a publisher's wait; receives its
+/// outcome (whether it is `Ok`) once known.
+fn send_acked(
+    a: &Forwarder,
+    topic: &str,
+    i: u64,
+    shared: Option<(&str, &str)>,
+) -> std::sync::mpsc::Receiver<bool> {
+    let (t, mut parts) = Ticket::ready().join(1);
     let (tx, rx) = std::sync::mpsc::channel();
     t.on_done(move |r| {
         let _ = tx.send(r.is_ok());
     });
+    a.forward_acked(
+        "b@host",
+        Arc::new(msg(topic, i, QoS::AtLeastOnce)),
+        shared,
+        parts.pop(),
+    )
+    .unwrap();
     rx
+}
+
+/// A forwarder connected to a [`stalled_peer`] (it never acknowledges)
+/// with `send_timeout`, and a message sent to it whose wait is checked
+/// to go on for 200 ms.
+async fn waiting_on_a_stalled_peer(
+    send_timeout: Duration,
+) -> (
+    Arc<Forwarder>,
+    tokio::task::JoinHandle<()>,
+    std::sync::mpsc::Receiver<bool>,
+) {
+    let (addr, server) = stalled_peer(true).await;
+    let mut ca = cfg("a@host", COOKIE);
+    ca.send_timeout = send_timeout;
+    let a = connected_to(addr, ca).await;
+    let done = send_acked(&a, "t", 0, None);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        done.try_recv().is_err(),
+        "resolved before any acknowledgement"
+    );
+    (a, server, done)
+}
+
+/// A forwarder `a@host` (receiving nothing) with `b@host` at `addr`,
+/// once its four connections are up.
+async fn connected_to(addr: SocketAddr, ca: ForwardConfig) -> Arc<Forwarder> {
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+        .await
+        .unwrap();
+    a.add_peer("b@host", addr);
+    wait_until("connected", Duration::from_secs(5), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+    a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -706,35 +758,17 @@ async fn a_publishers_wait_ends_at_the_peers_acknowledgement_or_when_the_connect
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())
         .await
         .unwrap();
-    let a = Forwarder::start(
-        cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
-    )
-    .await
-    .unwrap();
-    a.add_peer("b@host", b.local_addr());
-    wait_until("connected", Duration::from_secs(5), || {
-        a.peers()[0].connected == 4
+    let a = connected_to(b.local_addr(), cfg("a@host", COOKIE)).await;
+    let (first, second) = (
+        send_acked(&a, "t", 0, None),
+        send_acked(&a, "u", 1, Some(("g", "u"))),
+    );
+    wait_until("acknowledged", Duration::from_secs(5), || {
+        first.try_recv() == Ok(true)
     })
     .await;
-    let (t, mut parts) = Ticket::ready().join(2);
-    let done = watch(t);
-    a.forward_acked(
-        "b@host",
-        Arc::new(msg("t", 0, QoS::AtLeastOnce)),
-        None,
-        parts.pop(),
-    )
-    .unwrap();
-    a.forward_acked(
-        "b@host",
-        Arc::new(msg("u", 1, QoS::AtLeastOnce)),
-        Some(("g", "u")),
-        parts.pop(),
-    )
-    .unwrap();
     wait_until("acknowledged", Duration::from_secs(5), || {
-        done.try_recv() == Ok(true)
+        second.try_recv() == Ok(true)
     })
     .await;
     assert_eq!(sink.len(), 2);
@@ -744,31 +778,7 @@ async fn a_publishers_wait_ends_at_the_peers_acknowledgement_or_when_the_connect
 
     // A peer that takes the connection and never reads: the wait goes on
     // until the connection is given up (send_timeout), the message kept.
-    let (addr, server) = stalled_peer(true).await;
-    let mut ca = cfg("a@host", COOKIE);
-    ca.send_timeout = Duration::from_secs(1);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
-        .await
-        .unwrap();
-    a.add_peer("b@host", addr);
-    wait_until("connected", Duration::from_secs(5), || {
-        a.peers()[0].connected == 4
-    })
-    .await;
-    let (t, mut parts) = Ticket::ready().join(1);
-    let done = watch(t);
-    a.forward_acked(
-        "b@host",
-        Arc::new(msg("t", 0, QoS::AtLeastOnce)),
-        None,
-        parts.pop(),
-    )
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        done.try_recv().is_err(),
-        "resolved before any acknowledgement"
-    );
+    let (a, server, done) = waiting_on_a_stalled_peer(Duration::from_secs(1)).await;
     wait_until("given up", Duration::from_secs(10), || {
         done.try_recv() == Ok(true)
     })
@@ -788,16 +798,7 @@ async fn a_publishers_wait_ends_at_the_peers_acknowledgement_or_when_the_connect
     .await
     .unwrap();
     a.add_peer("b@host", addr);
-    let (t, mut parts) = Ticket::ready().join(1);
-    let done = watch(t);
-    a.forward_acked(
-        "b@host",
-        Arc::new(msg("t", 0, QoS::AtLeastOnce)),
-        None,
-        parts.pop(),
-    )
-    .unwrap();
-    assert_eq!(done.try_recv(), Ok(true));
+    assert_eq!(send_acked(&a, "t", 0, None).try_recv(), Ok(true));
     assert_eq!(a.peers()[0].queued, 1, "queued for the peer all the same");
     a.shutdown().await;
 }
@@ -806,44 +807,20 @@ async fn a_publishers_wait_ends_at_the_peers_acknowledgement_or_when_the_connect
 async fn a_peer_the_cluster_sees_down_holds_no_publisher_up() {
     // Connected, and never reading or acknowledging (a partition looks
     // like this until send_timeout).
-    let (addr, server) = stalled_peer(true).await;
-    let mut ca = cfg("a@host", COOKIE);
-    ca.send_timeout = Duration::from_secs(60);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
-        .await
-        .unwrap();
-    a.add_peer("b@host", addr);
-    wait_until("connected", Duration::from_secs(5), || {
-        a.peers()[0].connected == 4
-    })
-    .await;
-    let send = |i: u64| {
-        let (t, mut parts) = Ticket::ready().join(1);
-        let done = watch(t);
-        a.forward_acked(
-            "b@host",
-            Arc::new(msg("t", i, QoS::AtLeastOnce)),
-            None,
-            parts.pop(),
-        )
-        .unwrap();
-        done
-    };
-    let first = send(0);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        first.try_recv().is_err(),
-        "resolved without an acknowledgement"
-    );
+    let (a, server, first) = waiting_on_a_stalled_peer(Duration::from_secs(60)).await;
     a.peer_down("b@host", true);
     assert_eq!(
         first.try_recv(),
         Ok(true),
         "released when the peer is seen down"
     );
-    assert_eq!(send(1).try_recv(), Ok(true), "not waited for while down");
+    assert_eq!(
+        send_acked(&a, "t", 1, None).try_recv(),
+        Ok(true),
+        "not waited for while down"
+    );
     a.peer_down("b@host", false);
-    let third = send(2);
+    let third = send_acked(&a, "t", 2, None);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(third.try_recv().is_err(), "waited for again once up");
     let p = a.peers().remove(0);
