@@ -146,12 +146,6 @@ impl Broker {
         }
     }
 
-    /// Whether a QoS 1/2 publish's acknowledgement waits for the other
-    /// nodes it was forwarded to (durable sessions on, in a cluster).
-    pub fn remote_waits(&self) -> bool {
-        self.journal.is_some() && self.remote.is_some()
-    }
-
     /// Creates the tables and spawns one shard actor per shard.
     pub async fn start(
         node: Arc<str>,
@@ -422,7 +416,7 @@ impl Broker {
             let forwards = remote_plain.len() + shared_fwd.len();
             let mut parts = Vec::new();
             if forwards > 0 && msg.qos != QoS::AtMostOnce && self.journal.is_some() {
-                // Resolved as each node acknowledges (see `remote_waits`).
+                // Durable sessions on: resolved as each node acknowledges.
                 let (t, p) = durable
                     .take()
                     .unwrap_or_else(crate::durable::Ticket::ready)

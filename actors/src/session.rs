@@ -1210,11 +1210,12 @@ impl SessionState {
         let acts = self.ch.handle(p, now, &mut sink);
         let mut durable = sink.durable;
         if let Some(t) = self.qos2_journal(q2) {
-            // Writes to disk complete in order, so this one covers the
-            // publish's own; not what other nodes acknowledge.
+            // Both: the publish's ticket may also wait for other nodes
+            // and for other sessions' shards, which this write does not
+            // cover.
             durable = Some(Box::new(match durable {
-                Some(d) if self.ctx.broker.remote_waits() => d.and(t),
-                _ => t,
+                Some(d) => d.and(t),
+                None => t,
             }));
         }
         if let (Some(c), Some(conn)) = (sink.congested, &self.conn) {
