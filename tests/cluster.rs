@@ -1174,6 +1174,65 @@ fn a_persistent_session_and_its_acknowledged_messages_come_back_from_the_session
     );
 }
 
+/// A persistent session's node is killed; what is published for it on
+/// another node from then on waits there, queued for the dead node. The
+/// node its client comes back to takes the session from its shard and
+/// gathers those messages from the node that holds them: the client gets
+/// every acknowledged message, once, in order (without the gathering, the
+/// ten published after the kill are missing).
+#[test]
+fn a_node_taking_the_session_of_a_killed_node_gathers_what_other_nodes_held_for_it() {
+    let mut nodes = ds_cluster(&[28, 29, 30], "4/3/1", 4, "");
+    assert!(!subscribe_then_leave(&nodes[0], "gh-store", "gh/#", 2));
+    wait_route(&nodes[2], "gh/#", &nodes[0], true, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut want: Vec<(String, u8)> = Vec::new();
+    let mut p = mq(&nodes[2], "gh-pub");
+    for i in 0..5 {
+        let body = format!("before-{i}");
+        p.publish("gh/q", 1, false, body.as_bytes());
+        want.push((body, 1));
+    }
+    // Acknowledged by the session's node (on its disk and in the shard).
+    kill_first(&mut nodes);
+    // Published while the dead node still has the route: acknowledged,
+    // and held by the publisher's node for the dead one.
+    for i in 0..10 {
+        let q = if i % 3 == 2 { 2 } else { 1 };
+        let body = format!("after-{i}");
+        p.publish("gh/q", q, false, body.as_bytes());
+        want.push((body, q));
+    }
+    let (b, c) = (&nodes[1], &nodes[2]);
+    let (mut s, present) = mq_persistent(b, "gh-store");
+    assert!(present, "session_present = 1\n{}", tails(&[b, c]));
+    let got: Vec<(String, u8)> = s
+        .collect(want.len() + 1, Duration::from_secs(15))
+        .iter()
+        .map(|m| (String::from_utf8_lossy(&m.payload).to_string(), m.qos as u8))
+        .collect();
+    assert_eq!(
+        got,
+        want,
+        "every acknowledged message, once and in order\n{}",
+        tails(&[b, c])
+    );
+    assert!(
+        b.log().contains("10 queued, 0 it had already"),
+        "{}",
+        tail(b)
+    );
+    assert!(
+        c.log().contains("copied to"),
+        "the publisher's node copied what it held\n{}",
+        tail(c)
+    );
+    // Its route moved: what comes next reaches it directly, once.
+    p.publish("gh/q", 1, false, b"next");
+    let got = payloads(&s.collect(2, Duration::from_secs(5)));
+    assert_eq!(got, vec!["next".to_string()], "{}", tails(&[b, c]));
+}
+
 #[test]
 fn a_session_back_from_its_nodes_journal_is_copied_to_its_shard_again() {
     back_then_lost(&[7, 8, 9], false);

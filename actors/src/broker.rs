@@ -308,6 +308,11 @@ impl Broker {
         }
     }
 
+    /// The other nodes, in a cluster.
+    pub fn remote_routes(&self) -> Option<Arc<dyn RemoteRoutes>> {
+        self.remote.clone()
+    }
+
     /// The publish path. Reads the local tables and, in a cluster, the
     /// replicated routes; each remote node with a matching route gets the
     /// message once, and each shared group gets it once cluster-wide.

@@ -140,6 +140,8 @@ async fn open_locked(
         let c = s.claim(&client_id).await?;
         s.release(&client_id, c.epoch).await?;
     }
+    // The node that held a session taken from the store (it is gone).
+    let mut taken_from: Option<Arc<str>> = None;
     let claim = match store.as_ref().filter(|_| expiry > 0) {
         Some(s) => Some(s.claim(&client_id).await?),
         None => None,
@@ -164,6 +166,7 @@ async fn open_locked(
                         c.previous
                     );
                     restored = Some(rec.snapshot());
+                    taken_from = c.previous.as_ref().map(|(n, _)| Arc::from(n.as_str()));
                 }
             }
         }
@@ -181,6 +184,7 @@ async fn open_locked(
         journal: None,
         will: None,
         store_epoch: claim.map(|c| c.epoch),
+        taken_from,
     };
     Actor::spawn(None, SessionActor, SessionStart::New(Box::new(args)))
         .await
@@ -276,7 +280,16 @@ async fn adopt_locked(
         return Ok(Adopted::Expired);
     };
     let p = crate::parking::parked_of(&rec);
-    crate::parking::bring_back(ctx, &p, left, None, rec.will(now), Some(claim.epoch)).await;
+    crate::parking::bring_back(
+        ctx,
+        &p,
+        left,
+        None,
+        rec.will(now),
+        Some(claim.epoch),
+        Some(from),
+    )
+    .await;
     tracing::info!(
         client_id = %client_id,
         "a persistent session of {from} (down) brought back from the cluster's session store: {} queued, {} in flight",

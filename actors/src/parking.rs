@@ -173,7 +173,7 @@ pub async fn restore(
             (Some(j), Some(_)) => Some(j.next_key()),
             _ => None,
         };
-        bring_back(ctx, &p, left, inc, None, None).await;
+        bring_back(ctx, &p, left, inc, None, None, None).await;
         if let Some(inc) = inc {
             m.push(FromJournal {
                 client_id: p.client_id.clone(),
@@ -207,7 +207,7 @@ pub async fn restore(
             Some(_) => (None, r.will(now)),
             None => (r.will(now), None),
         };
-        bring_back(ctx, &p, left, inc, will, None).await;
+        bring_back(ctx, &p, left, inc, will, None, None).await;
         m.push(FromJournal {
             client_id: r.record.client_id.clone(),
             incarnation: r.record.incarnation,
@@ -255,6 +255,7 @@ pub(crate) async fn bring_back(
     journal: Option<u64>,
     will: Option<(emqx_mqtt::packet::LastWill, u32)>,
     store_epoch: Option<u64>,
+    taken_from: Option<&str>,
 ) {
     let client_id: Arc<str> = Arc::from(p.client_id.as_str());
     let handle = SessionHandle::new();
@@ -270,6 +271,7 @@ pub(crate) async fn bring_back(
         journal,
         will,
         store_epoch,
+        taken_from: taken_from.map(Arc::from),
     };
     // No actor: the session sleeps until the first message for it.
     ctx.cm.insert(client_id.clone(), handle);

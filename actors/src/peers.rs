@@ -97,6 +97,21 @@ pub trait RemoteRoutes: Send + Sync {
         shared: Option<(&str, &str)>,
         acked: Option<crate::durable::Part>,
     ) -> Forwarded;
+
+    /// The messages for `down`'s plain subscribers of one of `filters`
+    /// that this node and every running peer hold and `down` has not
+    /// acknowledged (they wait in the forwarding queues for it): a node
+    /// that takes a persistent session of `down` gathers them, since
+    /// `down` may never come back. Each node answers once it routes those
+    /// filters to `to` (the taking node, whose new routes send it what is
+    /// published from then on), so nothing published meanwhile falls
+    /// between the two. Copies, each node's in the order it sends them; a
+    /// node that does not answer in time gives none.
+    fn held_for<'a>(
+        &'a self,
+        down: &'a str,
+        filters: &'a [String],
+    ) -> BoxFuture<'a, Vec<Message>>;
 }
 
 /// What became of a message handed to another node.

@@ -23,6 +23,7 @@ use emqx_mqtt::message::Message;
 use emqx_mqtt::packet::*;
 use emqx_mqtt::time::Now;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,11 @@ pub struct SessionArgs {
     /// The epoch of the claim its connect made in the cluster's session
     /// store, if there is one: its record is written there under it.
     pub store_epoch: Option<u64>,
+    /// For a session taken from the cluster's session store because the
+    /// node that held it is gone: that node. What the other nodes still
+    /// hold for it (published and never acknowledged by it) is gathered
+    /// into the queue before any live delivery.
+    pub taken_from: Option<Arc<str>>,
 }
 
 /// The actor's state: the session's, unless it went dormant.
@@ -91,7 +97,7 @@ pub struct SessionState {
     /// Set when the session must end once the connection is closed.
     ending: bool,
     /// The channel's drop counters already added to the node's metrics.
-    reported: ChannelCounters,
+    reported: Reported,
     /// Where the broker leaves deliveries for this session.
     inbox: Arc<Inbox>,
     /// Packets encoded and not yet handed to the connection: everything a
@@ -133,6 +139,68 @@ pub struct SessionState {
     /// Where a dormant session starts its actor again (set when it goes
     /// dormant: a message may come from a thread outside the runtime).
     rt: Option<tokio::runtime::Handle>,
+    /// Taken from a node that is gone: what the other nodes held for it
+    /// (boxed: rare).
+    gather: Option<Box<Gather>>,
+}
+
+/// The channel's drop counters as last added to the node's metrics.
+#[derive(Default)]
+struct Reported {
+    dropped: u64,
+    publish_refused: u64,
+    dropped_queue_full: u64,
+    dropped_qos0: u64,
+    dropped_expired: u64,
+    dropped_too_large: u64,
+    dropped_over_bytes: u64,
+}
+
+impl Reported {
+    fn of(c: &ChannelCounters) -> Reported {
+        Reported {
+            dropped: c.dropped,
+            publish_refused: c.publish_refused,
+            dropped_queue_full: c.dropped_queue_full,
+            dropped_qos0: c.dropped_qos0,
+            dropped_expired: c.dropped_expired,
+            dropped_too_large: c.dropped_too_large,
+            dropped_over_bytes: c.dropped_over_bytes,
+        }
+    }
+}
+
+/// How long a session that gathered what was held for the node it was
+/// taken from drops the live deliveries that repeat one of those
+/// messages (a node copied it before its route here sent it along too).
+const GATHERED_FOR: Duration = Duration::from_secs(60);
+
+/// A session taken from a node that is gone gathers what the other nodes
+/// still hold for that node ([`crate::peers::RemoteRoutes::held_for`]):
+/// live deliveries wait in the inbox meanwhile, so the gathered messages,
+/// older, come first.
+struct Gather {
+    /// Still waiting for the answers.
+    waiting: bool,
+    /// Of each message gathered (by [`content_key`]): how many live
+    /// deliveries of it to drop still.
+    seen: HashMap<u64, u32>,
+    /// When `seen` is forgotten.
+    until: std::time::Instant,
+}
+
+/// What tells two copies of one message apart from other messages across
+/// nodes (each node numbers the copies it receives its own way).
+fn content_key(m: &Message) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.topic.hash(&mut h);
+    m.from.hash(&mut h);
+    m.timestamp_ms.hash(&mut h);
+    m.payload.hash(&mut h);
+    (m.qos as u8).hash(&mut h);
+    m.retain.hash(&mut h);
+    h.finish()
 }
 
 /// What the client's packets produced while a message it published is
@@ -371,7 +439,7 @@ impl SessionState {
             conn: a.conn,
             gen: 1,
             ending: false,
-            reported: ChannelCounters::default(),
+            reported: Reported::default(),
             inbox: Inbox::new(a.handle),
             wbuf: BytesMut::new(),
             batch: Vec::new(),
@@ -387,6 +455,7 @@ impl SessionState {
             gate: None,
             stopped: false,
             rt: None,
+            gather: None,
         });
         if let Some((expiry, _)) = a.unparked {
             // Its CONNECT is made up (a v5 one carries no expiry): the
@@ -438,6 +507,9 @@ impl SessionState {
                 }
             }
             inc(&st.ctx.broker.metrics.session_resumed);
+            if let Some(from) = a.taken_from {
+                st.gather_from(from);
+            }
         }
         if st.conn.is_some() {
             let ack = st.ch.connack(&a.connect, resumed, a.assigned);
@@ -542,6 +614,7 @@ impl SessionState {
         };
         match msg {
             SessionMsg::Drain => st.pump(&myself).await,
+            SessionMsg::Gathered(held) => Box::pin(st.take_gathered(&myself, held)).await,
             SessionMsg::Inbound(id, ps) => {
                 match &st.conn {
                     Some(c) if c.id == id => c.inbound_done(ps.len()),
@@ -873,7 +946,7 @@ impl SessionState {
             &m.delivery_dropped_too_large,
             c.dropped_too_large - r.dropped_too_large,
         );
-        *r = c.clone();
+        *r = Reported::of(c);
     }
 
     /// Encodes a packet for the connection; it goes out with the next
@@ -958,7 +1031,13 @@ impl SessionState {
     /// inbox taken whatever its window: its queue then drops, QoS 0 first,
     /// then the oldest, and publishers are not held up by it.
     async fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
-        if self.inbox.is_empty() || (self.ch.backed_up() && !self.inbox.is_stopped()) {
+        if self.gather.as_ref().is_some_and(|g| g.waiting) {
+            // Live deliveries come after what is being gathered.
+            return;
+        }
+        if self.batch.is_empty()
+            && (self.inbox.is_empty() || (self.ch.backed_up() && !self.inbox.is_stopped()))
+        {
             self.after_pump(myself);
             return;
         }
@@ -972,7 +1051,13 @@ impl SessionState {
             usize::MAX
         };
         let mut batch = std::mem::take(&mut self.batch);
-        let more = self.inbox.take(DRAIN_BATCH, &mut batch, b, budget);
+        // Deliveries left in the batch (gathered, see `take_gathered`) go
+        // first; the inbox then has its turn.
+        let more = if batch.is_empty() {
+            self.inbox.take(DRAIN_BATCH, &mut batch, b, budget)
+        } else {
+            true
+        };
         if batch.is_empty() {
             // Nothing fits now (still scheduled): an acknowledgement
             // brings the session back.
@@ -987,6 +1072,9 @@ impl SessionState {
         let pending = self.conn.as_ref().map(|c| c.pending());
         let mut plain = 0;
         for (m, matches, key) in batch.drain(..) {
+            if self.gather.is_some() && self.repeats_gathered(&m, key) {
+                continue;
+            }
             let mut d = Delivery::from_matches(m, &matches, upgrade);
             d.journal = key;
             // Encoded but unflushed bytes count toward the write backlog.
@@ -1025,6 +1113,133 @@ impl SessionState {
             // Let the mailbox have a turn before the next batch.
             let _ = self.me.cast(SessionMsg::Drain);
         }
+    }
+
+    /// Asks every node for what it holds for `from`, the node this
+    /// session was taken from (gone), that this session's subscriptions
+    /// want; live deliveries wait in the inbox until the answer
+    /// ([`SessionMsg::Gathered`]).
+    fn gather_from(&mut self, from: Arc<str>) {
+        let Some(remote) = self.ctx.broker.remote_routes() else {
+            return;
+        };
+        let filters: Vec<String> = self
+            .ch
+            .subscriptions
+            .keys()
+            .filter(|f| !matches!(emqx_mqtt::topic::parse_shared(f), Ok(Some(_))))
+            .cloned()
+            .collect();
+        if filters.is_empty() {
+            return;
+        }
+        self.gather = Some(Box::new(Gather {
+            waiting: true,
+            seen: HashMap::new(),
+            until: std::time::Instant::now() + GATHERED_FOR,
+        }));
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let held = remote.held_for(&from, &filters).await;
+            let _ = me.cast(SessionMsg::Gathered(held));
+        });
+    }
+
+    /// The messages the other nodes held for the node this session was
+    /// taken from: those it does not have already (that node may have
+    /// written a message to the session's shard and died before it
+    /// acknowledged it) are journaled and queued, in the order each node
+    /// sent them, before the live deliveries that waited meanwhile.
+    async fn take_gathered(&mut self, myself: &ActorRef<SessionMsg>, held: Vec<Message>) {
+        let Some(mut g) = self.gather.take() else {
+            return;
+        };
+        g.waiting = false;
+        let mut have: HashMap<u64, u32> = HashMap::new();
+        let inflight = self.ch.inflight.values().filter_map(|i| match &i.state {
+            emqx_mqtt::channel::InflightState::Publish(d) => Some(d),
+            emqx_mqtt::channel::InflightState::Release => None,
+        });
+        for d in self.ch.mqueue.iter().chain(inflight) {
+            *have.entry(content_key(&d.msg)).or_default() += 1;
+        }
+        let (total, mut known) = (held.len(), 0);
+        let mut seen: HashMap<u64, u32> = HashMap::new();
+        let mut batch: Vec<Item> = Vec::new();
+        for m in held {
+            let k = content_key(&m);
+            if let Some(n) = have.get_mut(&k).filter(|n| **n > 0) {
+                *n -= 1;
+                known += 1;
+                continue;
+            }
+            let matches: crate::inbox::Matches = self
+                .ch
+                .subscriptions
+                .iter()
+                .filter(|(f, (o, _))| {
+                    emqx_mqtt::topic::matches(f, &m.topic)
+                        && !(o.no_local && *m.from == *self.ch.client_id)
+                })
+                .map(|(_, (opts, sub_id))| emqx_mqtt::delivery::SubMatch {
+                    opts: *opts,
+                    sub_id: *sub_id,
+                })
+                .collect();
+            if matches.is_empty() {
+                continue;
+            }
+            let m = Arc::new(m.renumbered());
+            // Not waited for: until it is on disk the nodes that held the
+            // message still do.
+            let key = match &self.ctx.broker.journal {
+                Some(j) if self.journal_inc != 0 => j
+                    .record(&m, std::iter::once((self.journal_inc, &matches[..])))
+                    .and_then(|(_, keys)| keys.first().copied())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            *seen.entry(k).or_default() += 1;
+            batch.push((m, matches, key));
+        }
+        tracing::info!(
+            client_id = %self.ch.client_id,
+            "{} message(s) gathered from the nodes that held them for its node (gone): {} queued, {} it had already",
+            total,
+            batch.len(),
+            known
+        );
+        // Handed on first (the batch goes before the inbox), then the live
+        // deliveries that repeat them are dropped.
+        self.gather = Some(g);
+        self.batch = batch;
+        self.pump(myself).await;
+        if let Some(g) = self.gather.as_deref_mut() {
+            g.seen = seen;
+        }
+    }
+
+    /// A live delivery of a message gathered already (see [`Gather`]):
+    /// dropped, with its journal row.
+    fn repeats_gathered(&mut self, m: &Message, key: u64) -> bool {
+        let Some(g) = self.gather.as_deref_mut() else {
+            return false;
+        };
+        if g.waiting {
+            return false;
+        }
+        if g.until <= std::time::Instant::now() {
+            self.gather = None;
+            return false;
+        }
+        let Some(n) = g.seen.get_mut(&content_key(m)).filter(|n| **n > 0) else {
+            return false;
+        };
+        *n -= 1;
+        if let (Some(j), true) = (&self.ctx.broker.journal, key != 0) {
+            j.release(self.journal_inc, &[key]);
+        }
+        true
     }
 
     fn after_pump(&mut self, myself: &ActorRef<SessionMsg>) {

@@ -454,6 +454,9 @@ pub enum SessionMsg {
     /// if it has nothing in progress, its actor goes away and its state
     /// waits in its handle until the next message.
     Hibernate,
+    /// What the other nodes held for the node this session was taken
+    /// from (gone), in the order each sent it.
+    Gathered(Vec<emqx_mqtt::message::Message>),
 }
 
 #[cfg(test)]

@@ -57,6 +57,13 @@ impl Message {
         }
     }
 
+    /// The same message under a number of this process (a copy that
+    /// came from another node).
+    pub fn renumbered(mut self) -> Message {
+        self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        self
+    }
+
     /// A message the broker itself publishes ($SYS, wills are from
     /// clients), at wall-clock `timestamp_ms`.
     pub fn system(

@@ -325,6 +325,13 @@ impl ClusterRoutes {
             .unwrap_or_default()
     }
 
+    /// Whether `origin`'s routes include `key`.
+    pub fn holds(&self, origin: &str, key: &RouteKey) -> bool {
+        self.origins
+            .get(origin)
+            .is_some_and(|o| o.keys.contains(key))
+    }
+
     /// Origins known here.
     pub fn origins(&self) -> Vec<Arc<str>> {
         self.origins.keys().cloned().collect()

@@ -504,6 +504,19 @@ impl Actor for ClusterService {
                         let _ = reply.send(wire::encode(&Resp::Bool(found)));
                     });
                 }
+                Req::HeldFor { down, filters, to } => {
+                    let view = st.view.clone();
+                    tokio::spawn(async move {
+                        let held = view.held_here(&down, &filters, &to).await;
+                        if !held.is_empty() {
+                            tracing::info!(
+                                "cluster: {} message(s) held for {down} copied to {to}, which took a session of it",
+                                held.len()
+                            );
+                        }
+                        let _ = reply.send(super::rpc::reply_bytes(&Resp::Held(held)));
+                    });
+                }
                 Req::Takeover { client } => {
                     let ctx = st.ctx.clone();
                     tokio::spawn(async move {

@@ -105,6 +105,16 @@ pub enum Req {
         id: u64,
         total: u64,
     },
+    /// The messages the receiver holds for `down`'s plain subscribers of
+    /// one of `filters`, which `down` has not acknowledged, copied once
+    /// the receiver routes those filters to `to` (a node taking a
+    /// persistent session of `down`: [`crate::peers::RemoteRoutes::held_for`]).
+    /// Answered with [`Resp::Held`].
+    HeldFor {
+        down: String,
+        filters: Vec<String>,
+        to: String,
+    },
 }
 
 /// Replies to [`Req`].
@@ -148,6 +158,8 @@ pub enum Resp {
     Part(Vec<u8>),
     /// A durable storage replica's answer to [`Req::Ds`].
     Ds(Box<super::ds::RpcReply>),
+    /// The answer to [`Req::HeldFor`], in the order the receiver sends them.
+    Held(Vec<Message>),
 }
 
 /// Everything a newcomer adopts when it joins.

@@ -309,6 +309,24 @@ impl Forwarder {
         }
     }
 
+    /// The messages for `node`'s plain subscribers that it has not
+    /// acknowledged yet (sent and unacknowledged, then queued), whose
+    /// topic `wanted` accepts: copies, in the order each connection sends
+    /// them (a topic always goes on the same connection). They stay
+    /// queued for the node.
+    pub fn held_for(&self, node: &str, wanted: impl Fn(&str) -> bool) -> Vec<Arc<Message>> {
+        let Some(peer) = self.peers.read().get(node).cloned() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for slot in &peer.slots {
+            let pick = |e: &Envelope| (e.shared.is_none() && wanted(&e.msg.topic)).then(|| e.msg.clone());
+            out.extend(slot.unacked.lock().iter().filter_map(|(_, e)| pick(e)));
+            out.extend(slot.queue.lock().iter().filter_map(pick));
+        }
+        out
+    }
+
     /// Unregisters a peer: closes its connections and drops (and counts)
     /// whatever was queued for it.
     pub fn remove_peer(&self, node: &str) {

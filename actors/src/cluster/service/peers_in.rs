@@ -282,6 +282,7 @@ impl SvcState {
             Req::Kick { .. }
             | Req::Discard { .. }
             | Req::Takeover { .. }
+            | Req::HeldFor { .. }
             | Req::Reboot { .. }
             | Req::Relay { .. } => Resp::Refused("handled asynchronously".into()),
         }
