@@ -1305,6 +1305,13 @@ fn the_sessions_of_a_node_down_for_long_are_taken_by_a_live_core_which_queues_fo
     let (mut w, _willer) = watched_will(&nodes, "ad");
     kill_first(&mut nodes);
     let (b, c) = (&nodes[1], &nodes[2]);
+    // Published before the session is taken: held for the dead node by
+    // the publisher's node, and gathered by the one that takes it.
+    let mut p = mq(c, "ad-pub");
+    let mut want: Vec<String> = (0..5).map(|i| format!("before-taken-{i}")).collect();
+    for m in &want {
+        p.publish("ad/q", 1, false, m.as_bytes());
+    }
     // Down for 30 s: the leaders of the sessions' shards take them, and
     // their subscriptions route to a live node.
     let taken = |l: &str| l == format!("ad/# -> {}", b.name) || l == format!("ad/# -> {}", c.name);
@@ -1321,15 +1328,15 @@ fn the_sessions_of_a_node_down_for_long_are_taken_by_a_live_core_which_queues_fo
     assert_eq!(got, vec!["gone".to_string()], "\n{}", tails(&[b, c]));
     // What is published now is queued for the session on its new node,
     // each message acknowledged.
-    let mut p = mq(c, "ad-pub");
-    let want: Vec<String> = (0..10).map(|i| format!("while-away-{i}")).collect();
-    for m in &want {
+    let away: Vec<String> = (0..10).map(|i| format!("while-away-{i}")).collect();
+    for m in &away {
         p.publish("ad/q", 1, false, m.as_bytes());
     }
-    // Its client comes back to the second node and finds all of it.
+    want.extend(away);
+    // Its client comes back to the second node and finds all of it, once.
     let (mut s, present) = mq_persistent(b, "ad-sub");
     assert!(present, "session_present = 1\n{}", tails(&[b, c]));
-    let got = payloads(&s.collect(want.len(), Duration::from_secs(10)));
+    let got = payloads(&s.collect(want.len() + 1, Duration::from_secs(10)));
     assert_eq!(got, want, "\n{}", tails(&[b, c]));
     // The dead node comes back with both sessions in its journal: another
     // node holds each, so its copies go, and the will it holds for the

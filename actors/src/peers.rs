@@ -107,11 +107,7 @@ pub trait RemoteRoutes: Send + Sync {
     /// published from then on), so nothing published meanwhile falls
     /// between the two. Copies, each node's in the order it sends them; a
     /// node that does not answer in time gives none.
-    fn held_for<'a>(
-        &'a self,
-        down: &'a str,
-        filters: &'a [String],
-    ) -> BoxFuture<'a, Vec<Message>>;
+    fn held_for<'a>(&'a self, down: &'a str, filters: &'a [String]) -> BoxFuture<'a, Vec<Message>>;
 }
 
 /// What became of a message handed to another node.

@@ -834,6 +834,45 @@ async fn a_peer_the_cluster_sees_down_holds_no_publisher_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_peer_has_not_acknowledged_can_be_copied_and_stays_queued() {
+    // Sent and never acknowledged (the first ones), then queued behind.
+    let (a, server, _first) = waiting_on_a_stalled_peer(Duration::from_secs(60)).await;
+    for seq in 1..=6 {
+        let topic = if seq % 2 == 0 { "x/even" } else { "t" };
+        a.forward("b@host", Arc::new(msg(topic, seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    a.forward_shared(
+        "b@host",
+        Arc::new(msg("x/shared", 7, QoS::AtLeastOnce)),
+        "g",
+        "x/#",
+    )
+    .unwrap();
+    let held = a.held_for("b@host", |t| emqx_mqtt::topic::matches("x/#", t));
+    assert_eq!(
+        held.iter().map(|m| seq_of(m)).collect::<Vec<_>>(),
+        vec![2, 4, 6],
+        "the plain messages of the filter, in order, not the shared one"
+    );
+    let t: Vec<u64> = a
+        .held_for("b@host", |t| t == "t")
+        .iter()
+        .map(|m| seq_of(m))
+        .collect();
+    assert_eq!(t, vec![0, 1, 3, 5], "the unacknowledged first");
+    let p = a.peers().remove(0);
+    assert_eq!(
+        p.queued + p.unacked,
+        8,
+        "every message still queued for the peer"
+    );
+    assert!(a.held_for("c@host", |_| true).is_empty(), "an unknown node");
+    a.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outgoing_sockets_bind_to_bind_ip() {
     let l = TcpListener::bind(any_port()).await.unwrap();
     let mut ca = cfg("a@host", COOKIE);

@@ -7,8 +7,8 @@ use super::rpc::call_peer_within;
 use super::wire::{Req, Resp};
 use crate::forward::{ForwardError, Forwarder, Queued};
 use crate::peers::{BoxFuture, Forwarded, GroupKey, RemoteRoutes, RouteKey};
-use emqx_mqtt::topic;
 use emqx_mqtt::message::Message;
+use emqx_mqtt::topic;
 use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -126,11 +126,7 @@ impl RemoteRoutes for ClusterView {
         forwarded(self.forwarder.forward_acked(node, msg, shared, acked))
     }
 
-    fn held_for<'a>(
-        &'a self,
-        down: &'a str,
-        filters: &'a [String],
-    ) -> BoxFuture<'a, Vec<Message>> {
+    fn held_for<'a>(&'a self, down: &'a str, filters: &'a [String]) -> BoxFuture<'a, Vec<Message>> {
         Box::pin(async move {
             let mut peers: Vec<Arc<str>> = self
                 .up
@@ -158,7 +154,9 @@ impl RemoteRoutes for ClusterView {
                 match r {
                     Ok((_, Ok(Resp::Held(msgs)))) => out.extend(msgs),
                     Ok((p, Ok(other))) => {
-                        tracing::warn!("cluster: {p} answered {other:?} for what it holds for {down}")
+                        tracing::warn!(
+                            "cluster: {p} answered {other:?} for what it holds for {down}"
+                        )
                     }
                     Ok((p, Err(e))) => {
                         tracing::warn!("cluster: {p} did not say what it holds for {down}: {e}")

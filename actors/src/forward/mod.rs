@@ -320,7 +320,8 @@ impl Forwarder {
         };
         let mut out = Vec::new();
         for slot in &peer.slots {
-            let pick = |e: &Envelope| (e.shared.is_none() && wanted(&e.msg.topic)).then(|| e.msg.clone());
+            let pick =
+                |e: &Envelope| (e.shared.is_none() && wanted(&e.msg.topic)).then(|| e.msg.clone());
             out.extend(slot.unacked.lock().iter().filter_map(|(_, e)| pick(e)));
             out.extend(slot.queue.lock().iter().filter_map(pick));
         }
