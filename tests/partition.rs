@@ -128,6 +128,39 @@ impl Partition {
         }
     }
 
+    /// Drops what `from`'s forwarding listener sends to `to`: the
+    /// acknowledgements of the messages `to` forwards to `from`, which
+    /// still gets them.
+    fn drop_acks(from: &Node, to: &Node) -> Partition {
+        remove_stale_rules();
+        let rule: Vec<String> = [
+            "INPUT",
+            "-s",
+            &from.host,
+            "-d",
+            &to.host,
+            "-p",
+            "tcp",
+            "--sport",
+            &fwd_port(from).to_string(),
+            "-m",
+            "comment",
+            "--comment",
+            &tag(),
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut args = vec!["-I"];
+        args.extend(rule.iter().map(String::as_str));
+        if let Err(e) = iptables(&args) {
+            panic!("{e}");
+        }
+        Partition { rules: vec![rule] }
+    }
+
     /// Removes the rules between `a` and `b` only.
     fn restore(&mut self, a: &Node, b: &Node) {
         let hosts = [a.host.as_str(), b.host.as_str()];
@@ -813,4 +846,71 @@ fn a_puback_waits_for_the_node_of_the_persistent_session_and_survives_the_publis
     let got = payloads(&s.collect(20, Duration::from_secs(10)));
     let want: Vec<String> = (0..20).map(|i| format!("m{i:02}")).collect();
     assert_eq!(got, want, "{}", tail(&b));
+}
+
+/// The node of a persistent session writes ten messages forwarded from
+/// the publisher's node to the session's shard, but its acknowledgements
+/// never get back; it is killed. The node the client comes back to takes
+/// the session from the shard, with the ten, and is given the same ten by
+/// the publisher's node, which still holds them for the dead node: it
+/// recognizes them, and the client gets each once.
+#[test]
+fn a_session_taken_from_a_killed_node_gets_once_what_that_node_wrote_and_never_acknowledged() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut nodes = ds_cluster(&[4, 5, 6], "4/3/1", 4, "");
+    assert!(!subscribe_then_leave(&nodes[0], "wa-sub", "wa/#", 2));
+    wait_route(&nodes[2], "wa/#", &nodes[0], true, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let _acks = Partition::drop_acks(&nodes[0], &nodes[2]);
+    let mut o = MqttOptions::new("wa-pub", nodes[2].host.clone(), nodes[2].mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (c, conn) = Client::new(o, 100);
+    let rx = pump(conn);
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
+    ));
+    let want: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
+    for m in &want {
+        c.publish("wa/q", QoS::AtLeastOnce, false, m.clone())
+            .expect("publish");
+    }
+    // Written there (queued for the offline session, and in its shard),
+    // and not acknowledged back.
+    let a = &nodes[0];
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            let (_, out) = a.ctl(&["durable", "status"]);
+            out.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["queued", ":", "10"])
+        }),
+        "{}",
+        a.ctl(&["durable", "status"]).1
+    );
+    // Its acknowledgement waits for the shard too: let that commit land.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut acked = 0;
+    kill_first(&mut nodes);
+    // Acknowledged once the node is seen down.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while acked < 10 && Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            rx.recv_timeout(Duration::from_millis(100))
+        {
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, 10, "{}", tail(&nodes[2]));
+    let (b, p) = (&nodes[1], &nodes[2]);
+    let (mut s, present) = mq_persistent(b, "wa-sub");
+    assert!(present, "{}", tails(&[b, p]));
+    let got = payloads(&s.collect(want.len() + 1, Duration::from_secs(10)));
+    assert_eq!(got, want, "each once, in order\n{}", tails(&[b, p]));
+    assert!(
+        b.log().contains("10 message(s) gathered")
+            && b.log().contains("0 queued, 10 it had already"),
+        "{}",
+        tail(b)
+    );
 }

@@ -182,6 +182,11 @@ const GATHERED_FOR: Duration = Duration::from_secs(60);
 struct Gather {
     /// Still waiting for the answers.
     waiting: bool,
+    /// Of each message the session came back with (queued or in flight,
+    /// by [`content_key`]): how many copies. Taken before any of them
+    /// goes out, since a connected client may have taken them by the time
+    /// the answers come.
+    had: HashMap<u64, u32>,
     /// Of each message gathered (by [`content_key`]): how many live
     /// deliveries of it to drop still.
     seen: HashMap<u64, u32>,
@@ -1133,8 +1138,17 @@ impl SessionState {
         if filters.is_empty() {
             return;
         }
+        let mut had: HashMap<u64, u32> = HashMap::new();
+        let inflight = self.ch.inflight.values().filter_map(|i| match &i.state {
+            emqx_mqtt::channel::InflightState::Publish(d) => Some(d),
+            emqx_mqtt::channel::InflightState::Release => None,
+        });
+        for d in self.ch.mqueue.iter().chain(inflight) {
+            *had.entry(content_key(&d.msg)).or_default() += 1;
+        }
         self.gather = Some(Box::new(Gather {
             waiting: true,
+            had,
             seen: HashMap::new(),
             until: std::time::Instant::now() + GATHERED_FOR,
         }));
@@ -1146,7 +1160,7 @@ impl SessionState {
     }
 
     /// The messages the other nodes held for the node this session was
-    /// taken from: those it does not have already (that node may have
+    /// taken from: those it did not come back with (that node may have
     /// written a message to the session's shard and died before it
     /// acknowledged it) are journaled and queued, in the order each node
     /// sent them, before the live deliveries that waited meanwhile.
@@ -1155,14 +1169,7 @@ impl SessionState {
             return;
         };
         g.waiting = false;
-        let mut have: HashMap<u64, u32> = HashMap::new();
-        let inflight = self.ch.inflight.values().filter_map(|i| match &i.state {
-            emqx_mqtt::channel::InflightState::Publish(d) => Some(d),
-            emqx_mqtt::channel::InflightState::Release => None,
-        });
-        for d in self.ch.mqueue.iter().chain(inflight) {
-            *have.entry(content_key(&d.msg)).or_default() += 1;
-        }
+        let mut have = std::mem::take(&mut g.had);
         let (total, mut known) = (held.len(), 0);
         let mut seen: HashMap<u64, u32> = HashMap::new();
         let mut batch: Vec<Item> = Vec::new();
