@@ -170,6 +170,10 @@ impl Reported {
     }
 }
 
+/// The longest a session taken from a node that is gone holds its live
+/// deliveries while it gathers (the answers take at most about 15 s).
+const GATHER_LIMIT: Duration = Duration::from_secs(30);
+
 /// How long a session that gathered what was held for the node it was
 /// taken from drops the live deliveries that repeat one of those
 /// messages (a node copied it before its route here sent it along too).
@@ -1155,8 +1159,12 @@ impl SessionState {
         let me = self.me.clone();
         tokio::spawn(async move {
             let held = remote.held_for(&from, &filters).await;
-            let _ = me.cast(SessionMsg::Gathered(held));
+            let _ = me.cast(SessionMsg::Gathered(Some(held)));
         });
+        // The answers are bounded well within this; live deliveries never
+        // wait longer, whatever happened to them.
+        self.me
+            .send_after(GATHER_LIMIT, || SessionMsg::Gathered(None));
     }
 
     /// The messages the other nodes held for the node this session was
@@ -1164,11 +1172,26 @@ impl SessionState {
     /// written a message to the session's shard and died before it
     /// acknowledged it) are journaled and queued, in the order each node
     /// sent them, before the live deliveries that waited meanwhile.
-    async fn take_gathered(&mut self, myself: &ActorRef<SessionMsg>, held: Vec<Message>) {
-        let Some(mut g) = self.gather.take() else {
+    async fn take_gathered(&mut self, myself: &ActorRef<SessionMsg>, held: Option<Vec<Message>>) {
+        let Some(mut g) = self.gather.take_if(|g| g.waiting) else {
+            if let Some(n) = held.map(|h| h.len()).filter(|n| *n > 0) {
+                tracing::warn!(
+                    client_id = %self.ch.client_id,
+                    "{n} message(s) gathered for it came after {GATHER_LIMIT:?}: dropped"
+                );
+            }
             return;
         };
         g.waiting = false;
+        let Some(held) = held else {
+            tracing::warn!(
+                client_id = %self.ch.client_id,
+                "no answer within {GATHER_LIMIT:?} from the nodes asked for what they held for its node: its live deliveries go on"
+            );
+            self.gather = Some(g);
+            self.pump(myself).await;
+            return;
+        };
         let mut have = std::mem::take(&mut g.had);
         let (total, mut known) = (held.len(), 0);
         let mut seen: HashMap<u64, u32> = HashMap::new();

@@ -455,8 +455,8 @@ pub enum SessionMsg {
     /// waits in its handle until the next message.
     Hibernate,
     /// What the other nodes held for the node this session was taken
-    /// from (gone), in the order each sent it.
-    Gathered(Vec<emqx_mqtt::message::Message>),
+    /// from (gone), in the order each sent it; `None`: no answer in time.
+    Gathered(Option<Vec<emqx_mqtt::message::Message>>),
 }
 
 #[cfg(test)]
