@@ -914,3 +914,60 @@ fn a_session_taken_from_a_killed_node_gets_once_what_that_node_wrote_and_never_a
         tail(b)
     );
 }
+
+/// Durable sessions through a split and the autoheal restart: an offline
+/// persistent session on the node that ends in the minority; ten QoS 1
+/// messages published on the majority while the nodes are apart are
+/// acknowledged (once the minority is seen down) and wait there. After
+/// the heal the minority is restarted by autoheal, keeps the session (its
+/// journal and its shard's copy), and its client gets the ten, once, in
+/// order.
+#[test]
+fn a_persistent_session_on_the_minority_gets_what_the_majority_acknowledged_after_the_autoheal() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = ds_cluster(&[7, 8, 9], "4/3/1", 4, HEAL);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let (major, minor) = (&all[..2], &all[2..]);
+    let (a, c) = (major[0], minor[0]);
+    assert!(!subscribe_then_leave(c, "mh-sub", "mh/#", 1));
+    wait_route(a, "mh/#", c, true, Duration::from_secs(10));
+    let mut cut = Partition::split(&[major, minor]);
+    wait_side(major, minor, &all, Duration::from_secs(20));
+    let mut o = MqttOptions::new("mh-pub", a.host.clone(), a.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (p, conn) = Client::new(o, 100);
+    let rx = pump(conn);
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(5)),
+        Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
+    ));
+    let want: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    for m in &want {
+        p.publish("mh/q", QoS::AtLeastOnce, false, m.clone())
+            .expect("publish");
+    }
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked < want.len() && Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            rx.recv_timeout(Duration::from_millis(100))
+        {
+            acked += 1;
+        }
+    }
+    assert_eq!(
+        acked,
+        want.len(),
+        "acknowledged during the split\n{}",
+        tails(&all)
+    );
+    let restored = cut.heal();
+    wait_healed(&all, restored, Duration::from_secs(60));
+    assert_eq!(metric(c, "cluster.autoheal.restarts"), 1, "{}", tails(&all));
+    wait_route(a, "mh/#", c, true, Duration::from_secs(20));
+    let (mut s, present) = mq_persistent(c, "mh-sub");
+    assert!(present, "session_present = 1\n{}", tails(&all));
+    let got = payloads(&s.collect(want.len() + 1, Duration::from_secs(10)));
+    assert_eq!(got, want, "each once, in order\n{}", tails(&all));
+}

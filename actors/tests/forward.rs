@@ -861,13 +861,63 @@ async fn what_a_peer_has_not_acknowledged_can_be_copied_and_stays_queued() {
         .map(|m| seq_of(m))
         .collect();
     assert_eq!(t, vec![0, 1, 3, 5], "the unacknowledged first");
-    let p = a.peers().remove(0);
-    assert_eq!(
-        p.queued + p.unacked,
-        8,
-        "every message still queued for the peer"
-    );
+    // (Counted as the writer moves them from the queue to its window.)
+    wait_until(
+        "every message still queued for the peer",
+        Duration::from_secs(5),
+        || {
+            let p = a.peers().remove(0);
+            p.queued + p.unacked == 8
+        },
+    )
+    .await;
     assert!(a.held_for("c@host", |_| true).is_empty(), "an unknown node");
+    a.shutdown().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_what_a_down_node_is_owed_share_one_scan_and_each_get_theirs() {
+    use emqx_actors::cluster::view::ClusterView;
+    let (a, server, _first) = waiting_on_a_stalled_peer(Duration::from_secs(60)).await;
+    for (seq, topic) in [(1, "x/1"), (2, "y/1"), (3, "x/2"), (4, "z"), (5, "y/2")] {
+        a.forward("b@host", Arc::new(msg(topic, seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    let view = Arc::new(ClusterView::new(Arc::from("a@host"), a.clone()));
+    let ask = |filters: &[&str]| {
+        let view = view.clone();
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        tokio::spawn(async move {
+            // In order per topic (a topic keeps to one connection), not
+            // across them.
+            let mut got: Vec<u64> = view
+                .held_here("b@host", &filters, "a@host")
+                .await
+                .iter()
+                .map(seq_of)
+                .collect();
+            got.sort_unstable();
+            got
+        })
+    };
+    // Asked together (as the sessions of one node taken at once), and
+    // once more after their scan.
+    let (x, xy, none) = (ask(&["x/#"]), ask(&["x/1", "y/+", "x/#"]), ask(&["q"]));
+    assert_eq!(x.await.unwrap(), vec![1, 3]);
+    assert_eq!(xy.await.unwrap(), vec![1, 2, 3, 5], "each once");
+    assert!(none.await.unwrap().is_empty());
+    assert_eq!(ask(&["z", "#"]).await.unwrap(), vec![0, 1, 2, 3, 4, 5]);
+    // (Counted as the writer moves them from the queue to its window.)
+    wait_until(
+        "every message still queued for the peer",
+        Duration::from_secs(5),
+        || {
+            let p = a.peers().remove(0);
+            p.queued + p.unacked == 6
+        },
+    )
+    .await;
     a.shutdown().await;
     server.abort();
 }

@@ -9,10 +9,12 @@ use crate::forward::{ForwardError, Forwarder, Queued};
 use crate::peers::{BoxFuture, Forwarded, GroupKey, RemoteRoutes, RouteKey};
 use emqx_mqtt::message::Message;
 use emqx_mqtt::topic;
-use parking_lot::RwLock;
+use emqx_mqtt::trie::TopicTrie;
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Remote routes and which peers are up; written by the cluster service,
 /// read by every publish.
@@ -21,7 +23,14 @@ pub struct ClusterView {
     pub routes: RwLock<ClusterRoutes>,
     pub up: RwLock<HashSet<Arc<str>>>,
     pub forwarder: Arc<Forwarder>,
+    /// Requests for what this node holds for a down node, by that node,
+    /// waiting for one scan of its queue together ([`ClusterView::held_here`]).
+    held_scans: Arc<Mutex<HashMap<String, Vec<HeldRequest>>>>,
 }
+
+/// A request waiting for a scan: when it became ripe to wait
+/// [`IN_FLIGHT`] from, its filters, and where its answer goes.
+type HeldRequest = (Instant, Vec<String>, oneshot::Sender<Vec<Message>>);
 
 /// How long a node asked for what it holds for a down node waits to
 /// route the filters to the asking node ([`ClusterView::held_here`]).
@@ -49,6 +58,7 @@ impl ClusterView {
             me,
             up: RwLock::default(),
             forwarder,
+            held_scans: Arc::default(),
         }
     }
 }
@@ -82,13 +92,99 @@ impl ClusterView {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        tokio::time::sleep(IN_FLIGHT).await;
-        let wanted = |t: &str| filters.iter().any(|f| topic::matches(f, t));
-        self.forwarder
-            .held_for(down, wanted)
-            .into_iter()
-            .map(|m| (*m).clone())
-            .collect()
+        // Many sessions of one node are taken at once (its clients come
+        // back elsewhere together): their requests share one scan of the
+        // queue, each at least IN_FLIGHT after its routes arrived.
+        let (tx, rx) = oneshot::channel();
+        let scanner = {
+            let mut scans = self.held_scans.lock();
+            let waiting = scans.entry(down.to_string()).or_default();
+            waiting.push((Instant::now(), filters.to_vec(), tx));
+            waiting.len() == 1
+        };
+        if scanner {
+            tokio::spawn(scan_held(
+                self.forwarder.clone(),
+                self.held_scans.clone(),
+                down.to_string(),
+            ));
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Answers the requests waiting for what this node holds for `down`, in
+/// rounds, until none is left: each round takes those that waited
+/// [`IN_FLIGHT`] and scans the queue once for all of them.
+async fn scan_held(
+    forwarder: Arc<Forwarder>,
+    scans: Arc<Mutex<HashMap<String, Vec<HeldRequest>>>>,
+    down: String,
+) {
+    loop {
+        let oldest = scans
+            .lock()
+            .get(&down)
+            .and_then(|w| w.iter().map(|r| r.0).min());
+        let Some(oldest) = oldest else {
+            scans.lock().remove(&down);
+            return;
+        };
+        tokio::time::sleep_until((oldest + IN_FLIGHT).into()).await;
+        let ripe: Vec<HeldRequest> = {
+            let mut s = scans.lock();
+            let Some(w) = s.get_mut(&down) else {
+                return;
+            };
+            let now = Instant::now();
+            let (ripe, rest) = std::mem::take(w)
+                .into_iter()
+                .partition(|r| r.0 + IN_FLIGHT <= now);
+            *w = rest;
+            ripe
+        };
+        answer_held(&forwarder, &down, ripe);
+        let mut s = scans.lock();
+        if s.get(&down).is_none_or(|w| w.is_empty()) {
+            s.remove(&down);
+            return;
+        }
+    }
+}
+
+/// One scan of what is held for `down`, each message copied to every
+/// request one of whose filters it matches (once per request).
+fn answer_held(forwarder: &Forwarder, down: &str, ripe: Vec<HeldRequest>) {
+    let mut trie: TopicTrie<Vec<usize>> = TopicTrie::new();
+    for (i, (_, filters, _)) in ripe.iter().enumerate() {
+        for f in filters {
+            match trie.get_mut(f) {
+                Some(v) => v.push(i),
+                None => {
+                    trie.insert(f, vec![i]);
+                }
+            }
+        }
+    }
+    let held = forwarder.held_for(down, |t| {
+        let mut any = false;
+        trie.match_each(t, |_, _| any = true);
+        any
+    });
+    let mut out: Vec<Vec<Message>> = vec![Vec::new(); ripe.len()];
+    let mut last = vec![usize::MAX; ripe.len()];
+    for (n, m) in held.iter().enumerate() {
+        trie.match_each(&m.topic, |_, to| {
+            for &i in to {
+                if last[i] != n {
+                    last[i] = n;
+                    out[i].push((**m).clone());
+                }
+            }
+        });
+    }
+    for ((_, _, tx), msgs) in ripe.into_iter().zip(out) {
+        let _ = tx.send(msgs);
     }
 }
 
