@@ -571,6 +571,49 @@ async fn reconnects_to_a_restarted_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_seen_up_again_is_reconnected_at_once_not_after_the_backoff() {
+    let b1 = Forwarder::start(
+        cfg("b@host", COOKIE),
+        Arc::new(|_: &str, _, _| (None, None)),
+    )
+    .await
+    .unwrap();
+    let addr = b1.local_addr();
+    let mut ca = cfg("a@host", COOKIE);
+    // A backoff far longer than the test.
+    ca.reconnect_min = Duration::from_secs(60);
+    ca.reconnect_max = Duration::from_secs(120);
+    let a = connected_to(addr, ca).await;
+    b1.shutdown().await;
+    a.peer_down("b@host", true);
+    wait_until("disconnect seen", Duration::from_secs(5), || {
+        a.peers()[0].connected == 0
+    })
+    .await;
+    // Every connection has failed once against the closed port and
+    // waits out its backoff.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for seq in 0..20 {
+        a.forward("b@host", Arc::new(msg("u", seq, QoS::AtLeastOnce)))
+            .unwrap();
+    }
+    let sink = Arc::new(Sink::default());
+    let mut cb = cfg("b@host", COOKIE);
+    cb.listen = addr;
+    let b2 = Forwarder::start(cb, sink.on_receive()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.len(), 0, "still in its backoff");
+    a.peer_down("b@host", false);
+    sink.wait_for(20, Duration::from_secs(3)).await;
+    wait_until("all reconnected", Duration::from_secs(3), || {
+        a.peers()[0].connected == 4
+    })
+    .await;
+    a.shutdown().await;
+    b2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_frees_the_port_and_ends_every_task() {
     let sink = Arc::new(Sink::default());
     let b = Forwarder::start(cfg("b@host", COOKIE), sink.on_receive())

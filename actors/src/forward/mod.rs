@@ -274,6 +274,8 @@ impl Forwarder {
             stats: PeerCounters::default(),
             tasks: Mutex::new(Vec::new()),
             down: std::sync::atomic::AtomicBool::new(false),
+            up_gen: AtomicU64::new(0),
+            retry: tokio::sync::Notify::new(),
         });
         self.spawn_slots(&peer);
         peers.insert(peer.node.clone(), peer);
@@ -296,16 +298,24 @@ impl Forwarder {
     /// down, what is queued for it no longer holds its publishers up (see
     /// [`Forwarder::forward_acked`]), even on a connection that has not
     /// failed yet (a partition shows there only after `send_timeout`).
-    /// The messages stay queued, and go once the node is reachable.
+    /// The messages stay queued, and go once the node is reachable; when
+    /// it is seen up again, its connections waiting to retry try at once.
     pub fn peer_down(&self, node: &str, down: bool) {
         let Some(peer) = self.peers.read().get(node).cloned() else {
             return;
         };
-        peer.down.store(down, Ordering::Relaxed);
+        let was = peer.down.swap(down, Ordering::Relaxed);
         if down {
             for slot in &peer.slots {
                 slot.release_waits();
             }
+        } else if was {
+            // Back: what waited for it goes now, not after the backoff
+            // its connections reached while it was away (up to
+            // `reconnect_max`), during which a publisher's node holds
+            // acknowledged messages in memory only.
+            peer.up_gen.fetch_add(1, Ordering::Relaxed);
+            peer.retry.notify_waiters();
         }
     }
 

@@ -43,6 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, idx: usize) {
     let cfg = &shared.cfg;
     let mut failures: u32 = 0;
     loop {
+        let gen = peer.up_gen.load(Ordering::Relaxed);
         let addr = *peer.addr.lock();
         peer.stats.connect_attempts.fetch_add(1, Ordering::Relaxed);
         match connect(cfg, &peer.node, addr).await {
@@ -119,7 +120,19 @@ pub(crate) async fn run(shared: Arc<Shared>, peer: Arc<Peer>, idx: usize) {
             }
         }
         failures = failures.saturating_add(1);
-        tokio::time::sleep(backoff(cfg, failures)).await;
+        // The backoff, cut short when the cluster sees the peer up again
+        // (before or while it runs).
+        let retry = peer.retry.notified();
+        tokio::pin!(retry);
+        retry.as_mut().enable();
+        if peer.up_gen.load(Ordering::Relaxed) != gen {
+            failures = 0;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(cfg, failures)) => {}
+            _ = retry => failures = 0,
+        }
     }
 }
 

@@ -269,6 +269,10 @@ pub(crate) struct Peer {
     /// The cluster sees the node down: nothing queued for it holds a
     /// publisher up (see [`super::Forwarder::peer_down`]).
     pub down: AtomicBool,
+    /// Bumped, and its waiters woken, when the cluster sees the node up
+    /// again: connections waiting out their backoff try at once.
+    pub up_gen: AtomicU64,
+    pub retry: Notify,
 }
 
 impl Peer {
