@@ -1255,19 +1255,12 @@ fn grep_logs(nodes: &[&Node], words: &[&str]) -> String {
 /// had been sent and not acknowledged may come again: QoS 1).
 #[test]
 fn a_connected_persistent_subscribers_node_killed_mid_stream_loses_no_acknowledged_message() {
-    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use rumqttc::QoS;
     let mut nodes = ds_cluster(&[31, 32, 33], "4/3/1", 4, "");
     let (mut s, _) = mq_persistent(&nodes[0], "fl-sub");
     s.sub("fl/#", 1);
     wait_route(&nodes[2], "fl/#", &nodes[0], true, Duration::from_secs(10));
-    let mut o = MqttOptions::new("fl-pub", nodes[2].host.clone(), nodes[2].mqtt_port);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, conn) = Client::new(o, 300);
-    let rx = pump(conn);
-    assert!(matches!(
-        rx.recv_timeout(Duration::from_secs(5)),
-        Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
-    ));
+    let (c, rx) = connected_client(&nodes[2], "fl-pub");
     const N: usize = 200;
     let publisher = std::thread::spawn(move || {
         for i in 0..N {
@@ -1284,15 +1277,7 @@ fn a_connected_persistent_subscribers_node_killed_mid_stream_loses_no_acknowledg
     before.extend(payloads(&s.collect(N, Duration::from_millis(200))));
     drop(s);
     let _c = publisher.join().expect("publisher");
-    let mut acked = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while acked < N && Instant::now() < deadline {
-        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
-            rx.recv_timeout(Duration::from_millis(100))
-        {
-            acked += 1;
-        }
-    }
+    let acked = count_pubacks(&rx, N, Duration::from_secs(30));
     assert_eq!(
         acked,
         N,

@@ -96,36 +96,25 @@ impl Partition {
             fwd_port(b)
         );
         for (src, dst) in [(&a.host, &b.host), (&b.host, &a.host)] {
-            let rule: Vec<String> = [
-                "INPUT",
-                "-s",
-                src,
-                "-d",
-                dst,
-                "-p",
-                "tcp",
-                "-m",
-                "multiport",
-                "--ports",
-                &ports,
-                "-m",
-                "comment",
-                "--comment",
-                &tag(),
-                "-j",
-                "DROP",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let mut args = vec!["-I"];
-            args.extend(rule.iter().map(String::as_str));
-            if let Err(e) = iptables(&args) {
-                self.heal();
-                panic!("{e}");
-            }
-            self.rules.push(rule);
+            self.insert(src, dst, &["-m", "multiport", "--ports", &ports]);
         }
+    }
+
+    /// Inserts a rule dropping TCP from `src` to `dst` that `matching`
+    /// selects; kept for [`Partition::heal`].
+    fn insert(&mut self, src: &str, dst: &str, matching: &[&str]) {
+        let tag = tag();
+        let mut rule: Vec<&str> = vec!["INPUT", "-s", src, "-d", dst, "-p", "tcp"];
+        rule.extend(matching);
+        rule.extend(["-m", "comment", "--comment", &tag, "-j", "DROP"]);
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        let mut args = vec!["-I"];
+        args.extend(rule.iter().map(String::as_str));
+        if let Err(e) = iptables(&args) {
+            self.heal();
+            panic!("{e}");
+        }
+        self.rules.push(rule);
     }
 
     /// Drops what `from`'s forwarding listener sends to `to`: the
@@ -133,32 +122,13 @@ impl Partition {
     /// still gets them.
     fn drop_acks(from: &Node, to: &Node) -> Partition {
         remove_stale_rules();
-        let rule: Vec<String> = [
-            "INPUT",
-            "-s",
+        let mut p = Partition { rules: Vec::new() };
+        p.insert(
             &from.host,
-            "-d",
             &to.host,
-            "-p",
-            "tcp",
-            "--sport",
-            &fwd_port(from).to_string(),
-            "-m",
-            "comment",
-            "--comment",
-            &tag(),
-            "-j",
-            "DROP",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut args = vec!["-I"];
-        args.extend(rule.iter().map(String::as_str));
-        if let Err(e) = iptables(&args) {
-            panic!("{e}");
-        }
-        Partition { rules: vec![rule] }
+            &["--sport", &fwd_port(from).to_string()],
+        );
+        p
     }
 
     /// Removes the rules between `a` and `b` only.
@@ -793,21 +763,14 @@ fn durable_storage_shards_stay_led_on_the_majority_and_survive_the_autoheal_rest
 /// acknowledged message survives kill -9 of the publisher's node.
 #[test]
 fn a_puback_waits_for_the_node_of_the_persistent_session_and_survives_the_publishers_node() {
-    use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+    use rumqttc::{Event, Outgoing, Packet, QoS};
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut nodes = cluster_with(&[1, 2], "durable_sessions.enable = true\n");
     let b = nodes.remove(1);
     let a = &mut nodes[0];
     subscribe_then_leave(&b, "pw-sub", "pw/#", 1);
     wait_route(a, "pw/#", &b, true, Duration::from_secs(10));
-    let mut o = MqttOptions::new("pw-pub", a.host.clone(), a.mqtt_port);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, conn) = Client::new(o, 100);
-    let rx = pump(conn);
-    assert!(matches!(
-        rx.recv_timeout(Duration::from_secs(5)),
-        Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
-    ));
+    let (c, rx) = connected_client(a, "pw-pub");
     // The link between the nodes cut for less than cluster.down_timeout:
     // the messages wait on a (in its socket to b), unacknowledged.
     let mut cut = Partition::split(&[&[a], &[&b]]);
@@ -856,21 +819,14 @@ fn a_puback_waits_for_the_node_of_the_persistent_session_and_survives_the_publis
 /// recognizes them, and the client gets each once.
 #[test]
 fn a_session_taken_from_a_killed_node_gets_once_what_that_node_wrote_and_never_acknowledged() {
-    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use rumqttc::QoS;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut nodes = ds_cluster(&[4, 5, 6], "4/3/1", 4, "");
     assert!(!subscribe_then_leave(&nodes[0], "wa-sub", "wa/#", 2));
     wait_route(&nodes[2], "wa/#", &nodes[0], true, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     let _acks = Partition::drop_acks(&nodes[0], &nodes[2]);
-    let mut o = MqttOptions::new("wa-pub", nodes[2].host.clone(), nodes[2].mqtt_port);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (c, conn) = Client::new(o, 100);
-    let rx = pump(conn);
-    assert!(matches!(
-        rx.recv_timeout(Duration::from_secs(5)),
-        Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
-    ));
+    let (c, rx) = connected_client(&nodes[2], "wa-pub");
     let want: Vec<String> = (0..10).map(|i| format!("w{i}")).collect();
     for m in &want {
         c.publish("wa/q", QoS::AtLeastOnce, false, m.clone())
@@ -890,17 +846,9 @@ fn a_session_taken_from_a_killed_node_gets_once_what_that_node_wrote_and_never_a
     );
     // Its acknowledgement waits for the shard too: let that commit land.
     std::thread::sleep(Duration::from_secs(1));
-    let mut acked = 0;
     kill_first(&mut nodes);
     // Acknowledged once the node is seen down.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while acked < 10 && Instant::now() < deadline {
-        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
-            rx.recv_timeout(Duration::from_millis(100))
-        {
-            acked += 1;
-        }
-    }
+    let acked = count_pubacks(&rx, 10, Duration::from_secs(15));
     assert_eq!(acked, 10, "{}", tail(&nodes[2]));
     let (b, p) = (&nodes[1], &nodes[2]);
     let (mut s, present) = mq_persistent(b, "wa-sub");
@@ -924,7 +872,7 @@ fn a_session_taken_from_a_killed_node_gets_once_what_that_node_wrote_and_never_a
 /// order.
 #[test]
 fn a_persistent_session_on_the_minority_gets_what_the_majority_acknowledged_after_the_autoheal() {
-    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use rumqttc::QoS;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let nodes = ds_cluster(&[7, 8, 9], "4/3/1", 4, HEAL);
     let all: Vec<&Node> = nodes.iter().collect();
@@ -934,14 +882,7 @@ fn a_persistent_session_on_the_minority_gets_what_the_majority_acknowledged_afte
     wait_route(a, "mh/#", c, true, Duration::from_secs(10));
     // Connected before the split (a new client id's connect asks the
     // other nodes, which takes longer while one is cut off).
-    let mut o = MqttOptions::new("mh-pub", a.host.clone(), a.mqtt_port);
-    o.set_keep_alive(Duration::from_secs(60));
-    let (p, conn) = Client::new(o, 100);
-    let rx = pump(conn);
-    assert!(matches!(
-        rx.recv_timeout(Duration::from_secs(5)),
-        Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
-    ));
+    let (p, rx) = connected_client(a, "mh-pub");
     let mut cut = Partition::split(&[major, minor]);
     wait_side(major, minor, &all, Duration::from_secs(20));
     let want: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
@@ -949,15 +890,7 @@ fn a_persistent_session_on_the_minority_gets_what_the_majority_acknowledged_afte
         p.publish("mh/q", QoS::AtLeastOnce, false, m.clone())
             .expect("publish");
     }
-    let mut acked = 0;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked < want.len() && Instant::now() < deadline {
-        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
-            rx.recv_timeout(Duration::from_millis(100))
-        {
-            acked += 1;
-        }
-    }
+    let acked = count_pubacks(&rx, want.len(), Duration::from_secs(20));
     assert_eq!(
         acked,
         want.len(),

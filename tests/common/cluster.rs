@@ -251,6 +251,39 @@ pub fn pump(mut conn: Connection) -> Receiver<Ev> {
     rx
 }
 
+/// A v3.1.1 client whose events the test reads itself (a publisher whose
+/// acknowledgements it counts), once its CONNACK came.
+pub fn connected_client(n: &Node, id: &str) -> (Client, Receiver<Ev>) {
+    let mut o = MqttOptions::new(id, n.host.clone(), n.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(60));
+    let (c, conn) = Client::new(o, 300);
+    let rx = pump(conn);
+    assert!(
+        matches!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_))))
+        ),
+        "{id}: no CONNACK from {}",
+        n.name
+    );
+    (c, rx)
+}
+
+/// The PUBACKs `rx` brings, counted until there are `n` or `within`
+/// passed.
+pub fn count_pubacks(rx: &Receiver<Ev>, n: usize, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    let mut acked = 0;
+    while acked < n && Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::PubAck(_)))) =
+            rx.recv_timeout(Duration::from_millis(100))
+        {
+            acked += 1;
+        }
+    }
+    acked
+}
+
 /// A v3.1.1 client with its received publishes buffered.
 pub struct Mq {
     pub id: String,
