@@ -12,6 +12,7 @@ pub mod ds_sessions;
 pub mod guard;
 pub mod membership;
 pub mod registry;
+pub mod remote;
 pub mod rlog;
 pub mod routes;
 pub mod rpc;
