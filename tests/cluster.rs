@@ -1204,7 +1204,7 @@ fn a_node_taking_the_session_of_a_killed_node_gathers_what_other_nodes_held_for_
         want.push((body, q));
     }
     let (b, c) = (&nodes[1], &nodes[2]);
-    let (mut s, present) = mq_persistent(b, "gh-store");
+    let (mut s, present) = mq_back(b, "gh-store");
     assert!(present, "session_present = 1\n{}", tails(&[b, c]));
     let got: Vec<(String, u8)> = s
         .collect(want.len() + 1, Duration::from_secs(15))
@@ -1285,7 +1285,7 @@ fn a_connected_persistent_subscribers_node_killed_mid_stream_loses_no_acknowledg
         tails(&[&nodes[1], &nodes[2]])
     );
     let (b, p) = (&nodes[1], &nodes[2]);
-    let (mut s, present) = mq_persistent(b, "fl-sub");
+    let (mut s, present) = mq_back(b, "fl-sub");
     assert!(present, "session_present = 1\n{}", tails(&[b, p]));
     let mut after = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);

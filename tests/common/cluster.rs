@@ -477,6 +477,32 @@ pub fn mq_persistent(n: &Node, id: &str) -> (Mq, bool) {
     (m, present.unwrap_or(false))
 }
 
+/// [`mq_persistent`] for a client coming back right after its node died:
+/// the shard of its session may still be electing a leader, and the node
+/// then refuses the connect (CONNACK 0x88 after 5 s, as a client should
+/// expect); it connects again, three times at most.
+pub fn mq_back(n: &Node, id: &str) -> (Mq, bool) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let mut m = Mq::open(n, id, false);
+        let mut got = None;
+        m.wait_for(Duration::from_secs(10), |e| match e {
+            Event::Incoming(Packet::ConnAck(a)) => {
+                got = Some((a.code, a.session_present));
+                true
+            }
+            _ => false,
+        });
+        match got {
+            Some((rumqttc::ConnectReturnCode::Success, present)) => return (m, present),
+            other => last = format!("{other:?} ({:?})", m.error),
+        }
+        drop(m);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("{id}: not connected to {} in three tries: {last}", n.name);
+}
+
 /// A will to watch: a subscriber of `{p}-will/#` on `nodes[1]`, routed
 /// from `nodes[0]`, and a persistent 3.1.1 client `{p}-willer` connected
 /// to `nodes[0]` whose will (QoS 1, `gone`) goes to `{p}-will/x`.
