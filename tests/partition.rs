@@ -853,7 +853,7 @@ fn a_session_taken_from_a_killed_node_gets_once_what_that_node_wrote_and_never_a
     let (b, p) = (&nodes[1], &nodes[2]);
     let (mut s, present) = mq_back(b, "wa-sub");
     assert!(present, "{}", tails(&[b, p]));
-    let got = payloads(&s.collect(want.len() + 1, Duration::from_secs(10)));
+    let got = payloads(&s.collect(want.len() + 1, Duration::from_secs(35)));
     assert_eq!(got, want, "each once, in order\n{}", tails(&[b, p]));
     assert!(
         b.log().contains("10 message(s) gathered")
