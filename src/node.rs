@@ -622,7 +622,7 @@ async fn relink_sessions(
                 match owner {
                     Some((node, epoch)) if *node == **me => {
                         arm(held_will);
-                        match journal.relink(inc, &client, epoch, store).await {
+                        match journal.relink(inc, &client, epoch, store, me).await {
                             Ok(true) => {
                                 linked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             }

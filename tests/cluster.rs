@@ -1254,7 +1254,6 @@ fn grep_logs(nodes: &[&Node], words: &[&str]) -> String {
 /// acknowledged message reaches it, in the publisher's order (a message it
 /// had been sent and not acknowledged may come again: QoS 1).
 #[test]
-#[ignore = "fails on a loaded machine: a connect that claims the session again after a failed one does not always gather (docs/durability.md, Not covered yet)"]
 fn a_connected_persistent_subscribers_node_killed_mid_stream_loses_no_acknowledged_message() {
     use rumqttc::QoS;
     let mut nodes = ds_cluster(&[31, 32, 33], "4/3/1", 4, "");

@@ -818,7 +818,6 @@ fn a_puback_waits_for_the_node_of_the_persistent_session_and_survives_the_publis
 /// the publisher's node, which still holds them for the dead node: it
 /// recognizes them, and the client gets each once.
 #[test]
-#[ignore = "failed once in a run of the whole file, cause not found; passes alone (see the durable sessions notes)"]
 fn a_session_taken_from_a_killed_node_gets_once_what_that_node_wrote_and_never_acknowledged() {
     use rumqttc::QoS;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -147,18 +147,6 @@ async fn open_locked(
         None => None,
     };
     if let (Some(s), Some(c)) = (&store, &claim) {
-        // The node it was taken from: the claim's previous holder, or, when
-        // that is this node (an earlier connect here claimed it and then
-        // failed, before any session started), the one that earlier claim
-        // took it from.
-        let from = match &c.previous {
-            Some((n, _)) if **n == *ctx.node => claimed_from(&client_id),
-            Some((n, _)) => {
-                note_claimed_from(&client_id, n);
-                Some(Arc::from(n.as_str()))
-            }
-            None => None,
-        };
         if !connect.clean_start && restored.is_none() && c.previous.is_some() {
             // No node handed the session over (the one that held it is
             // gone): the store's copy, if it has not expired.
@@ -172,13 +160,20 @@ async fn open_locked(
             });
             if let Some(rec) = rec {
                 if rec.remaining(now).is_some() {
+                    // The node whose session wrote the copy: the claim's
+                    // previous holder may instead be a node (this one
+                    // included) whose claim failed before its session
+                    // started.
+                    let writer = crate::journal::stored_holder(&stored)
+                        .or_else(|| c.previous.as_ref().map(|(n, _)| n.clone()));
                     tracing::info!(
                         client_id = %client_id,
-                        "a persistent session brought back from the cluster's session store (held by {:?})",
-                        c.previous
+                        "a persistent session brought back from the cluster's session store (claimed from {:?}, written by {:?})",
+                        c.previous,
+                        writer
                     );
                     restored = Some(rec.snapshot());
-                    taken_from = from;
+                    taken_from = writer.filter(|n| **n != *ctx.node).map(Arc::from);
                 }
             }
         }
@@ -203,31 +198,6 @@ async fn open_locked(
         .map_err(|e| OpenError::Spawn(e.to_string()))?;
     cm.sessions.lock().insert(client_id, handle.clone());
     Ok(handle)
-}
-
-/// Client id -> (the node a claim here took its session from, when).
-type Claims = std::collections::HashMap<Arc<str>, (Arc<str>, std::time::Instant)>;
-
-/// The node each recent claim here took a session from, for a connect
-/// that claims it again after an earlier one failed past its claim (the
-/// store then names this node as the holder).
-static CLAIMED_FROM: parking_lot::Mutex<Option<Claims>> = parking_lot::Mutex::new(None);
-
-/// How long [`CLAIMED_FROM`] remembers a claim.
-const CLAIMED_FROM_FOR: std::time::Duration = std::time::Duration::from_secs(300);
-
-fn note_claimed_from(client: &Arc<str>, from: &str) {
-    let now = std::time::Instant::now();
-    let mut m = CLAIMED_FROM.lock();
-    let m = m.get_or_insert_with(Default::default);
-    m.retain(|_, (_, at)| now.duration_since(*at) < CLAIMED_FROM_FOR);
-    m.insert(client.clone(), (Arc::from(from), now));
-}
-
-fn claimed_from(client: &Arc<str>) -> Option<Arc<str>> {
-    let m = CLAIMED_FROM.lock();
-    let (from, at) = m.as_ref()?.get(client)?;
-    (at.elapsed() < CLAIMED_FROM_FOR).then(|| from.clone())
 }
 
 /// How many times [`adopt`] reads a session it claimed again when the

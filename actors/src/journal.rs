@@ -86,14 +86,46 @@ pub const STORE_SENT: u8 = 3;
 pub const STORE_PUBREL: u8 = 4;
 /// Packet id -> nothing: a QoS 2 message received, not yet released.
 pub const STORE_REL: u8 = 5;
-pub const STORE_TABLES: [u8; 5] = [
+/// [`STORE_HOLDER_KEY`] -> the name of the node whose session wrote the
+/// record last. A claim names the node that claimed before it, which is
+/// not the one whose state the store holds when that claim failed before
+/// its session started (the connect gave up, or the store answered too
+/// late): the messages other nodes held for the session are held for the
+/// writer.
+pub const STORE_HOLDER: u8 = 6;
+pub const STORE_TABLES: [u8; 6] = [
     STORE_RECORD,
     STORE_QUEUE,
     STORE_SENT,
     STORE_PUBREL,
     STORE_REL,
+    STORE_HOLDER,
 ];
 pub const STORE_RECORD_KEY: &[u8] = b"record";
+pub const STORE_HOLDER_KEY: &[u8] = b"holder";
+
+/// The write naming `node` as the one whose session wrote the record
+/// ([`STORE_HOLDER`]), written with each record.
+pub fn store_holder_op(node: &str) -> SessionOp {
+    SessionOp::Put {
+        table: STORE_HOLDER,
+        key: STORE_HOLDER_KEY.to_vec(),
+        value: node.as_bytes().to_vec(),
+    }
+}
+
+/// The node whose session wrote `stored`'s record last, if the store
+/// says ([`STORE_HOLDER`]; a copy written before that row existed does
+/// not).
+pub fn stored_holder(stored: &StoredSession) -> Option<String> {
+    stored
+        .rows
+        .iter()
+        .find(|(t, k, _)| *t == STORE_HOLDER && k == STORE_HOLDER_KEY)
+        .and_then(|(_, _, v)| std::str::from_utf8(v).ok())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
 
 /// The store's table of a journal table whose rows are copied there.
 fn store_table(table: &str) -> Option<u8> {
@@ -768,6 +800,7 @@ impl Journal {
         client: &str,
         epoch: u64,
         store: Arc<dyn crate::peers::SessionStore>,
+        node: &str,
     ) -> Result<bool, DurableError> {
         let (link, first) = StoreLink::resuming(store, Arc::from(client), epoch);
         self.link(incarnation, link);
@@ -804,6 +837,7 @@ impl Journal {
             key: STORE_RECORD_KEY.to_vec(),
             value,
         });
+        ops.push(store_holder_op(node));
         for (k, v) in range(QUEUE_TABLE, key2(incarnation, 0), key2(next, 0))? {
             let key = k.get(8..).unwrap_or_default().to_vec();
             let row: QueueRow = bincode::serde::decode_from_slice(&v, cfg())
@@ -1494,7 +1528,10 @@ mod tests {
             .record(&msg("m1"), [(a, &q1[..]), (b, &q1[..])].into_iter())
             .expect("journaled");
         t.wait().await.expect("m1");
-        assert!(j.relink(a, "a", 7, store.clone()).await.expect("relink"));
+        assert!(j
+            .relink(a, "a", 7, store.clone(), "n1@127.0.0.1")
+            .await
+            .expect("relink"));
         // Copied after the whole copy.
         let (t, _) = j
             .record(&msg("m2"), [(a, &q1[..])].into_iter())
@@ -1508,7 +1545,10 @@ mod tests {
         // the new life's.
         j.forget(a, &[]);
         let before = store.rows.lock().len();
-        assert!(!j.relink(a, "a", 8, store.clone()).await.expect("relink"));
+        assert!(!j
+            .relink(a, "a", 8, store.clone(), "n1@127.0.0.1")
+            .await
+            .expect("relink"));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(store.rows.lock().len(), before);
         drop(j);

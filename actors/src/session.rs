@@ -2024,7 +2024,8 @@ impl SessionState {
         }
         let rec = self.journal_record();
         let put = crate::journal::store_record_op(&rec)?;
-        self.store.as_ref().map(|s| s.write(vec![put]))
+        let holder = crate::journal::store_holder_op(&self.ctx.node);
+        self.store.as_ref().map(|s| s.write(vec![put, holder]))
     }
 
     fn durable_failed(&self, e: &crate::durable::DurableError) {
