@@ -1027,6 +1027,176 @@ async fn sessions_through_the_store(
     Ok(())
 }
 
+/// Three nodes each make their own groups while alone, then merge the way
+/// static discovery may join them: n0 joins n1 (and takes n1's groups),
+/// then n0 joins n2 (dropping n1's groups), then n1 joins n2's cluster,
+/// which n0 is in. n1's groups name n0 as a voter, but n0 is in n2's
+/// groups now: n1 must drop its groups (they are not the cluster's,
+/// whatever their voters), and no replica may take a message of a group
+/// it is not in. Checked: no second group of a shard (no panic in
+/// openraft, one leader per shard with the three voters), and every claim
+/// made in n2's groups is read back through every node, n1's claims gone.
+async fn merging(seed: u64) -> Result<String, String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let router = Arc::new(Router {
+        up: Mutex::new(HashMap::new()),
+        cut: Mutex::new(BTreeSet::new()),
+        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x3e49e)),
+    });
+    let mut nodes: Vec<Option<Node>> = Vec::new();
+    for i in 0..3 {
+        nodes.push(Some(
+            start_node(i, SimDisk::new(Vec::new()), &router, GROW).await?,
+        ));
+    }
+    let host = |i: usize| {
+        router
+            .host(&name(i))
+            .ok_or(format!("{} is not up", name(i)))
+    };
+    for i in 0..3 {
+        let made = host(i)?
+            .initialize_if_first(&[name(i)])
+            .await
+            .map_err(|e| e.to_string())?;
+        if made != GROW.shards as usize {
+            return Err(format!("{} alone made {made} shards", name(i)));
+        }
+    }
+    // Claims in each node's own groups; n2's are the ones kept.
+    let claim = |i: usize, client: String| {
+        let host = host(i);
+        async move {
+            let shard = ds::host::shard_of(&client, GROW.shards);
+            let cmd = Command::Claim {
+                client: client.clone(),
+                node: name(i),
+            };
+            match host?.submit(shard, cmd, Duration::from_secs(10)).await {
+                Ok((_, Reply::Claimed { epoch, .. })) => Ok((client, shard, epoch)),
+                other => Err(format!("{client} through {}: {other:?}", name(i))),
+            }
+        }
+    };
+    let mut lost = Vec::new();
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        for k in 0..4 {
+            let c = claim(i, format!("m{i}-{k}-{}", rng.random_range(0..1000))).await?;
+            if i == 2 {
+                kept.push(c);
+            } else {
+                lost.push(c);
+            }
+        }
+    }
+    // Every node of `members` is given them as its cores, and reconciles,
+    // until the shards settle on them.
+    let settle = |members: Vec<String>, what: String| {
+        let router = router.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                for m in &members {
+                    let h = router.host(m).ok_or(format!("{m} is not up"))?;
+                    h.set_cores(&members);
+                    if h.initialize_if_first(&members)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        > 0
+                    {
+                        return Err(format!("{what}: {m} made a second group"));
+                    }
+                    h.reconcile(&members).await;
+                }
+                if settled(&router, &members, GROW) {
+                    return Ok::<(), String>(());
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("{what}: the shards did not settle in 30 s"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // n0 joins n1.
+    let a = vec![name(0), name(1)];
+    let d = host(0)?
+        .forget_foreign(&a)
+        .await
+        .map_err(|e| e.to_string())?;
+    if d.len() != GROW.shards as usize {
+        return Err(format!("n0 joining n1 dropped {d:?}"));
+    }
+    settle(a, "n0 joined n1".into()).await?;
+    lost.push(claim(1, format!("m1-late-{}", rng.random_range(0..1000))).await?);
+    // n0 leaves n1's cluster for n2's: n1 stays alone, still counting n0
+    // in its groups.
+    let b = vec![name(0), name(2)];
+    let d = host(0)?
+        .forget_foreign(&b)
+        .await
+        .map_err(|e| e.to_string())?;
+    if d.len() != GROW.shards as usize {
+        return Err(format!("n0 joining n2 dropped {d:?}"));
+    }
+    host(1)?.set_cores(&[name(1)]);
+    settle(b, "n0 joined n2".into()).await?;
+    // Some time for n1's groups to campaign, as a node does until it
+    // joins.
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
+    // n1 joins n2's cluster: the members see each other as cores before
+    // n1 drops its groups, and n1's groups (voters n0 and n1) reach n0
+    // meanwhile; n0's replicas, of n2's groups, refuse them.
+    let all: Vec<String> = (0..3).map(name).collect();
+    for i in 0..3 {
+        host(i)?.set_cores(&all);
+    }
+    tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
+    let d = host(1)?
+        .forget_foreign(&all)
+        .await
+        .map_err(|e| e.to_string())?;
+    if d.len() != GROW.shards as usize {
+        return Err(format!(
+            "n1 joining the cluster of n0 and n2 dropped {d:?}, not its {} shards",
+            GROW.shards
+        ));
+    }
+    settle(all.clone(), "n1 joined".into()).await?;
+    kept.push(claim(0, format!("m0-after-{}", rng.random_range(0..1000))).await?);
+    for i in 0..3 {
+        for (client, shard, epoch) in &kept {
+            let s = host(i)?
+                .read_session(*shard, client, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("reading {client} through {}: {e}", name(i)))?;
+            if s.owner.as_ref().map(|o| o.epoch) != Some(*epoch) {
+                return Err(format!("{client} through {}: {:?}", name(i), s.owner));
+            }
+        }
+        for (client, shard, _) in &lost {
+            let s = host(i)?
+                .read_session(*shard, client, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("reading {client} through {}: {e}", name(i)))?;
+            if s.owner.is_some() {
+                return Err(format!(
+                    "{client}, claimed outside n2's groups, read through {}: {:?}",
+                    name(i),
+                    s.owner
+                ));
+            }
+        }
+    }
+    finish(nodes).await;
+    Ok(format!(
+        "{} claims kept, {} dropped with their groups",
+        kept.len(),
+        lost.len()
+    ))
+}
+
 fn seeds() -> Vec<u64> {
     match std::env::var("DS_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("DS_SIM_SEED is a number")],
@@ -1087,4 +1257,10 @@ async fn acknowledged_writes_and_epochs_survive_crashes_and_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_drops_the_groups_it_made_alone_and_makes_no_second_one() {
     run_seeds(joining).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_with_groups_that_count_a_member_in_drops_them_when_they_are_not_the_clusters(
+) {
+    run_seeds(merging).await;
 }

@@ -262,25 +262,90 @@ impl DsHost {
     }
 
     /// After this node joined a cluster of `members` (its cores and
-    /// itself): forgets each shard whose group does not belong to that
-    /// cluster (none of its voters but this node is a member: made while
-    /// this node was alone, or in another cluster), so the cluster's
-    /// leader can add this node to the cluster's group afresh. Two groups
-    /// of one shard cannot merge: as with everything else a joining node
-    /// held, the cluster's copy wins. Shards of the cluster's own groups
-    /// (a node back from an autoheal restart) are kept. Returns the
-    /// shards forgotten.
+    /// itself): forgets each shard whose group is not that cluster's, so
+    /// the cluster's leader can add this node to the cluster's group
+    /// afresh. Two groups of one shard cannot merge: as with everything
+    /// else a joining node held, the cluster's copy wins. A group is not
+    /// the cluster's when none of its voters but this node is a member
+    /// (made while this node was alone, or in another cluster), or when
+    /// the other members' replicas of the shard are of another group (see
+    /// [`super::log_store::LogStore::group`]): a voter of this node's
+    /// group may have left it for the cluster's meanwhile (it joined that
+    /// cluster first). Shards of the cluster's own groups (a node back
+    /// from an autoheal restart) are kept. A replica forgotten, or of no
+    /// group yet, is given the cluster's group, so that it takes no
+    /// message of another. Returns the shards forgotten.
     pub async fn forget_foreign(&self, members: &[String]) -> Result<Vec<u16>, ReplicaError> {
-        let others: BTreeSet<NodeId> = members
-            .iter()
-            .filter(|m| **m != self.me)
-            .map(|m| node_id(m))
-            .collect();
+        let others: Vec<String> = members.iter().filter(|m| **m != self.me).cloned().collect();
         if others.is_empty() {
             return Ok(Vec::new());
         }
-        self.forget_where(|voters| !voters.iter().any(|v| others.contains(v)))
-            .await
+        let other_ids: BTreeSet<NodeId> = others.iter().map(|m| node_id(m)).collect();
+        let mut forgotten = Vec::new();
+        for r in self.all() {
+            let shard = r.shard;
+            let mine = r.log.group();
+            let voters: BTreeSet<NodeId> = r
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            let theirs = self.groups_of(shard, &others).await;
+            let cluster = most_common(theirs.iter().map(|(_, g)| *g).filter(|g| *g != 0));
+            let foreign = if voters.is_empty() {
+                false
+            } else if !voters.iter().any(|v| other_ids.contains(v)) {
+                true
+            } else if mine == 0 {
+                // Made before groups had identities: its voters decide.
+                false
+            } else {
+                cluster.is_some_and(|c| c != mine)
+                    || theirs
+                        .iter()
+                        .any(|(n, g)| voters.contains(&node_id(n)) && *g != mine)
+            };
+            if foreign {
+                tracing::warn!(
+                    "ds shard {shard}: this node's group {mine:016x} is not the cluster's ({}): dropped",
+                    cluster.map_or("none yet".to_string(), |c| format!("{c:016x}"))
+                );
+                self.forget_shard(shard, cluster.unwrap_or(0)).await?;
+                forgotten.push(shard);
+            } else if let (true, 0, Some(c)) = (voters.is_empty(), mine, cluster) {
+                r.log
+                    .set_group(c)
+                    .await
+                    .map_err(|error| ReplicaError::Storage { shard, error })?;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// The groups of `nodes`' replicas of `shard`, as those that answer
+    /// within 5 s say.
+    async fn groups_of(&self, shard: u16, nodes: &[String]) -> Vec<(String, u64)> {
+        let mut asks = tokio::task::JoinSet::new();
+        for n in nodes {
+            let asked = self.transport.call(n, shard, Rpc::Group);
+            let n = n.clone();
+            asks.spawn(async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+                    Ok(Ok(RpcReply::Group(g))) => Some((n, g)),
+                    _ => None,
+                }
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = asks.join_next().await {
+            if let Ok(Some(x)) = r {
+                out.push(x);
+            }
+        }
+        out
     }
 
     /// After this node left its cluster (or was removed from it): forgets
@@ -299,36 +364,46 @@ impl DsHost {
         drop: impl Fn(&[NodeId]) -> bool,
     ) -> Result<Vec<u16>, ReplicaError> {
         let mut forgotten = Vec::new();
-        for (i, slot) in self.replicas.iter().enumerate() {
-            let shard = i as u16;
-            let old = slot.read().clone();
-            let m = old.raft.metrics().borrow().clone();
+        for r in self.all() {
+            let m = r.raft.metrics().borrow().clone();
             let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
             if voters.is_empty() || !drop(&voters) {
                 continue;
             }
-            let err = |e: &dyn std::fmt::Display| ReplicaError::Storage {
-                shard,
-                error: e.to_string(),
-            };
-            old.raft.shutdown().await.map_err(|e| err(&e))?;
-            self.durable
-                .submit(super::types::clear_shard_ops(shard))
-                .wait()
-                .await
-                .map_err(|e| err(&e))?;
-            let new = Replica::start(
-                &self.me,
-                shard,
-                &self.durable,
-                self.transport.clone(),
-                self.config.clone(),
-            )
-            .await?;
-            *slot.write() = new;
-            forgotten.push(shard);
+            self.forget_shard(r.shard, 0).await?;
+            forgotten.push(r.shard);
         }
         Ok(forgotten)
+    }
+
+    /// Stops, wipes and starts empty this node's replica of `shard`, as a
+    /// replica of group `group` (0: of none yet).
+    async fn forget_shard(&self, shard: u16, group: u64) -> Result<(), ReplicaError> {
+        let Some(slot) = self.replicas.get(usize::from(shard)) else {
+            return Ok(());
+        };
+        let old = slot.read().clone();
+        let err = |e: &dyn std::fmt::Display| ReplicaError::Storage {
+            shard,
+            error: e.to_string(),
+        };
+        old.raft.shutdown().await.map_err(|e| err(&e))?;
+        let mut ops = super::types::clear_shard_ops(shard);
+        if group != 0 {
+            // Of the cluster's group from its first message on.
+            ops.push(super::log_store::LogStore::group_op(shard, group).map_err(|e| err(&e))?);
+        }
+        self.durable.submit(ops).wait().await.map_err(|e| err(&e))?;
+        let new = Replica::start(
+            &self.me,
+            shard,
+            &self.durable,
+            self.transport.clone(),
+            self.config.clone(),
+        )
+        .await?;
+        *slot.write() = new;
+        Ok(())
     }
 
     /// The cluster's cores now (the members that may hold replicas).
@@ -363,10 +438,10 @@ impl DsHost {
     /// that still counts it in.
     pub async fn serve(&self, shard: u16, rpc: Rpc) -> RpcReply {
         let from = match &rpc {
-            Rpc::Append(r) => r.vote.leader_id().voted_for(),
-            Rpc::Vote(r) => r.vote.leader_id().voted_for(),
+            Rpc::Append { req, .. } => req.vote.leader_id().voted_for(),
+            Rpc::Vote { req, .. } => req.vote.leader_id().voted_for(),
             Rpc::Snapshot { vote, .. } => vote.leader_id().voted_for(),
-            Rpc::Write(_) | Rpc::Read { .. } | Rpc::Initialized => None,
+            Rpc::Write(_) | Rpc::Read { .. } | Rpc::Initialized | Rpc::Group => None,
         };
         if let Some(from) = from {
             if !self.cores.read().iter().any(|c| node_id(c) == from) {
@@ -697,6 +772,19 @@ impl DsHost {
             let _ = r.raft.shutdown().await;
         }
     }
+}
+
+/// The value seen most often (the first of those tied), if any.
+fn most_common(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut counts: Vec<(u64, usize)> = Vec::new();
+    for v in values {
+        match counts.iter_mut().find(|(x, _)| *x == v) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((v, 1)),
+        }
+    }
+    let top = counts.iter().map(|(_, n)| *n).max()?;
+    counts.into_iter().find(|(_, n)| *n == top).map(|(v, _)| v)
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ use std::sync::Arc;
 const VOTE: u8 = 0;
 const COMMITTED: u8 = 1;
 const PURGED: u8 = 2;
+/// The group the replica belongs to (see [`LogStore::group`]).
+const GROUP: u8 = 3;
 
 #[derive(Default)]
 struct Log {
@@ -29,6 +31,7 @@ struct Log {
     last_purged: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
+    group: u64,
 }
 
 /// One shard's log on one node.
@@ -79,6 +82,7 @@ impl LogStore {
                     log.committed = Some(decode(&v).map_err(|e| bad("committed", &e))?)
                 }
                 Some(&PURGED) => log.last_purged = Some(decode(&v).map_err(|e| bad("purged", &e))?),
+                Some(&GROUP) => log.group = decode(&v).map_err(|e| bad("group", &e))?,
                 _ => {}
             }
         }
@@ -115,6 +119,36 @@ impl LogStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The identity of the shard's group this replica belongs to: drawn
+    /// at random by the node that made the group, learned by the others
+    /// from its leaders' messages (0: none yet). Two groups of one shard
+    /// (made by nodes that were alone, then joined) have different ones,
+    /// and a replica takes no message of a group other than its own.
+    pub fn group(&self) -> u64 {
+        self.log.lock().group
+    }
+
+    /// The write that makes `group` the group of shard `shard`'s replica
+    /// opened next.
+    pub fn group_op(shard: u16, group: u64) -> Result<Op, String> {
+        Ok(Op::Put {
+            table: META_TABLE,
+            key: meta_key(shard, GROUP),
+            value: encode(&group).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Makes `group` this replica's group, on disk before it returns.
+    pub async fn set_group(&self, group: u64) -> Result<(), String> {
+        let op = self.put_meta(GROUP, encode(&group).map_err(|e| e.to_string())?);
+        self.log.lock().group = group;
+        self.durable
+            .submit(vec![op])
+            .wait()
+            .await
+            .map_err(|e| format!("shard {}: its group not written: {e}", self.shard))
     }
 }
 

@@ -98,9 +98,18 @@ pub fn raft_config(t: &Tuning) -> Result<Arc<openraft::Config>, String> {
 /// A Raft message to one shard's replica on another node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Rpc {
-    Append(AppendEntriesRequest<Ds>),
-    Vote(VoteRequest<NodeId>),
+    /// Raft's own messages carry the sender's group
+    /// ([`log_store::LogStore::group`]; 0: it knows none).
+    Append {
+        group: u64,
+        req: AppendEntriesRequest<Ds>,
+    },
+    Vote {
+        group: u64,
+        req: VoteRequest<NodeId>,
+    },
     Snapshot {
+        group: u64,
         vote: Vote<NodeId>,
         meta: SnapshotMeta<NodeId, BasicNode>,
         #[serde(with = "serde_bytes")]
@@ -109,12 +118,12 @@ pub enum Rpc {
     /// A command for the shard's leader, from a node that is not it.
     Write(Command),
     /// A client's session as the leader holds it (a linearizable read).
-    Read {
-        client: String,
-    },
+    Read { client: String },
     /// Whether the receiver's replica belongs to a group (see
     /// [`host::DsHost::initialize_if_first`]).
     Initialized,
+    /// The receiver's replica's group (see [`host::DsHost::forget_foreign`]).
+    Group,
 }
 
 /// Why a node could not take a [`Rpc::Write`] or [`Rpc::Read`].
@@ -138,6 +147,7 @@ pub enum RpcReply {
     /// The replica is not there or refused (stopped, not a member yet).
     Refused(String),
     Initialized(bool),
+    Group(u64),
 }
 
 // openraft's append and snapshot answers are not `Clone`; the cluster's
@@ -159,6 +169,7 @@ impl Clone for RpcReply {
             RpcReply::Session(r) => RpcReply::Session(r.clone()),
             RpcReply::Refused(w) => RpcReply::Refused(w.clone()),
             RpcReply::Initialized(b) => RpcReply::Initialized(*b),
+            RpcReply::Group(g) => RpcReply::Group(*g),
         }
     }
 }
@@ -185,11 +196,17 @@ pub trait Transport: Send + Sync + 'static {
 pub struct Network {
     shard: u16,
     transport: Arc<dyn Transport>,
+    /// Where the replica's group is kept (sent with each message).
+    log: log_store::LogStore,
 }
 
 impl Network {
-    pub fn new(shard: u16, transport: Arc<dyn Transport>) -> Network {
-        Network { shard, transport }
+    pub fn new(shard: u16, transport: Arc<dyn Transport>, log: log_store::LogStore) -> Network {
+        Network {
+            shard,
+            transport,
+            log,
+        }
     }
 }
 
@@ -198,6 +215,7 @@ pub struct Link {
     shard: u16,
     name: String,
     transport: Arc<dyn Transport>,
+    log: log_store::LogStore,
 }
 
 impl RaftNetworkFactory<Ds> for Network {
@@ -208,6 +226,7 @@ impl RaftNetworkFactory<Ds> for Network {
             shard: self.shard,
             name: node.addr.clone(),
             transport: self.transport.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -239,7 +258,8 @@ impl RaftNetwork<Ds> for Link {
         rpc: AppendEntriesRequest<Ds>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        match self.call(Rpc::Append(rpc)).await? {
+        let group = self.log.group();
+        match self.call(Rpc::Append { group, req: rpc }).await? {
             RpcReply::Append(r) => Ok(r),
             other => Err(self.unexpected(&other)),
         }
@@ -250,7 +270,8 @@ impl RaftNetwork<Ds> for Link {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        match self.call(Rpc::Vote(rpc)).await? {
+        let group = self.log.group();
+        match self.call(Rpc::Vote { group, req: rpc }).await? {
             RpcReply::Vote(r) => Ok(r),
             other => Err(self.unexpected(&other)),
         }
@@ -264,6 +285,7 @@ impl RaftNetwork<Ds> for Link {
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<Ds, Fatal<NodeId>>> {
         let rpc = Rpc::Snapshot {
+            group: self.log.group(),
             vote,
             meta: snapshot.meta,
             data: *snapshot.snapshot,
@@ -279,20 +301,60 @@ impl RaftNetwork<Ds> for Link {
     }
 }
 
+/// Whether `replica` takes a Raft message of group `theirs` (see
+/// [`log_store::LogStore::group`]): a replica of a group takes only its
+/// own group's (a sender of none, a group made before groups had
+/// identities, only reaches a replica of none). A replica of no group yet
+/// takes any, and joins the group of the first leader that sends it
+/// entries or a snapshot (a vote request does not make it a member: the
+/// first voters of a new group vote before they heard from a leader).
+async fn admit(replica: &Replica, theirs: u64, from_leader: bool) -> Result<(), String> {
+    let mine = replica.log.group();
+    if mine == theirs {
+        return Ok(());
+    }
+    if mine == 0 {
+        if from_leader {
+            tracing::info!(
+                "ds shard {}: this replica joins group {theirs:016x}",
+                replica.shard
+            );
+            return replica.log.set_group(theirs).await;
+        }
+        return Ok(());
+    }
+    Err(format!(
+        "shard {}: this replica is of group {mine:016x}, the sender of group {theirs:016x}",
+        replica.shard
+    ))
+}
+
 /// Hands an [`Rpc`] that arrived from another node to the local replica.
 pub async fn serve(replica: &Replica, rpc: Rpc) -> RpcReply {
     let raft = &replica.raft;
     let refused = |e: &dyn std::fmt::Display| RpcReply::Refused(e.to_string());
+    let group = match &rpc {
+        Rpc::Append { group, .. } | Rpc::Snapshot { group, .. } => Some((*group, true)),
+        Rpc::Vote { group, .. } => Some((*group, false)),
+        _ => None,
+    };
+    if let Some((theirs, from_leader)) = group {
+        if let Err(e) = admit(replica, theirs, from_leader).await {
+            return RpcReply::Refused(e);
+        }
+    }
     match rpc {
-        Rpc::Append(r) => match raft.append_entries(r).await {
+        Rpc::Append { req, .. } => match raft.append_entries(req).await {
             Ok(a) => RpcReply::Append(a),
             Err(e) => refused(&e),
         },
-        Rpc::Vote(r) => match raft.vote(r).await {
+        Rpc::Vote { req, .. } => match raft.vote(req).await {
             Ok(a) => RpcReply::Vote(a),
             Err(e) => refused(&e),
         },
-        Rpc::Snapshot { vote, meta, data } => {
+        Rpc::Snapshot {
+            vote, meta, data, ..
+        } => {
             let snap = Snapshot {
                 meta,
                 snapshot: Box::new(data),
@@ -308,6 +370,7 @@ pub async fn serve(replica: &Replica, rpc: Rpc) -> RpcReply {
             Ok(b) => RpcReply::Initialized(b),
             Err(e) => refused(&e),
         },
+        Rpc::Group => RpcReply::Group(replica.log.group()),
     }
 }
 
@@ -495,7 +558,7 @@ impl Replica {
         let raft = openraft::Raft::new(
             node_id(name),
             config,
-            Network::new(shard, transport),
+            Network::new(shard, transport, log.clone()),
             log.clone(),
             sm.clone(),
         )
@@ -537,9 +600,27 @@ impl Replica {
         }
     }
 
-    /// Makes `members` (node names) the first voters of this shard. Done
-    /// once, by one node; the others learn it from its leader.
+    /// Makes `members` (node names) the first voters of this shard, in a
+    /// group of a new identity. Done once, by one node; the others learn
+    /// it from its leader.
     pub async fn initialize(&self, members: &[String]) -> Result<(), ReplicaError> {
+        // One given already (the cluster's, see `DsHost::forget_foreign`)
+        // stays.
+        if self.log.group() == 0 {
+            let group = loop {
+                let g: u64 = rand::random();
+                if g != 0 {
+                    break g;
+                }
+            };
+            self.log
+                .set_group(group)
+                .await
+                .map_err(|error| ReplicaError::Storage {
+                    shard: self.shard,
+                    error,
+                })?;
+        }
         let nodes: std::collections::BTreeMap<NodeId, BasicNode> = members
             .iter()
             .map(|m| (node_id(m), BasicNode { addr: m.clone() }))
