@@ -867,8 +867,9 @@ async fn start_broker(
     }
     // Messages other nodes forward go to the broker.
     let b = ctx.broker.clone();
-    let on_receive: OnReceive =
-        Arc::new(move |_from: &str, msg, shared| b.publish_forwarded(Arc::new(msg), shared));
+    let on_receive: OnReceive = Arc::new(move |_from: &str, msg, shared, at| {
+        b.publish_forwarded(Arc::new(msg), shared, Some(at))
+    });
     match ctx.broker.journal.clone() {
         // What was handed on for persistent sessions before a crash is
         // not handed on again when its sender sends it again.

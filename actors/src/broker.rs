@@ -255,7 +255,7 @@ impl Broker {
                 Err(e) => tracing::debug!(topic = %msg.topic, "retained message not stored: {e:?}"),
             }
         }
-        let (subscribers, congested, durable) = self.dispatch(msg, Target::All, durable);
+        let (subscribers, congested, durable) = self.dispatch(msg, Target::All, durable, None);
         Published {
             subscribers,
             congested,
@@ -288,11 +288,12 @@ impl Broker {
         &self,
         msg: Arc<Message>,
         shared: Option<(String, String)>,
+        at: Option<(u64, u64)>,
     ) -> (Option<crate::durable::Ticket>, Option<Backpressure>) {
         inc(&self.metrics.messages_forwarded_in);
         let (_, congested, written) = match shared {
-            None => self.dispatch(msg, Target::PlainOnly, None),
-            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter), None),
+            None => self.dispatch(msg, Target::PlainOnly, None, at),
+            Some((group, filter)) => self.dispatch(msg, Target::Group(group, filter), None, at),
         };
         (written, congested.map(|c| self.backpressure(c)))
     }
@@ -322,12 +323,14 @@ impl Broker {
     /// that journal write and, with durable sessions on, each other
     /// node's acknowledgement of a QoS 1/2 message forwarded to it (it
     /// acknowledges once the message is on disk for its persistent
-    /// sessions, see [`crate::forward`]).
+    /// sessions, see [`crate::forward`]). `at` is a forwarded message's
+    /// place in its forwarding stream (recorded with its journal write).
     fn dispatch(
         &self,
         msg: Arc<Message>,
         target: Target,
         prior: Option<crate::durable::Ticket>,
+        at: Option<(u64, u64)>,
     ) -> (usize, Option<Congestion>, Option<crate::durable::Ticket>) {
         let strategy = self.settings.shared_strategy;
         let no_loop = self.settings.ignore_loop_deliver;
@@ -384,7 +387,8 @@ impl Broker {
         // its row).
         let (journaled, keys) = match &self.journal {
             Some(j) if msg.qos != QoS::AtMostOnce || j.upgrades_qos() => {
-                match j.record(&msg, out.iter().map(|(s, m)| (s.inbox.journal(), &m[..]))) {
+                let targets = out.iter().map(|(s, m)| (s.inbox.journal(), &m[..]));
+                match j.record_at(&msg, targets, at) {
                     Some((t, keys)) => (Some(t), keys),
                     None => (None, Vec::new()),
                 }
@@ -762,7 +766,7 @@ mod tests {
         let mut m = Message::system(topic, "x", false, crate::clock::now_ms());
         m.from = Arc::from(from);
         m.qos = QoS::ExactlyOnce;
-        b.dispatch(Arc::new(m), Target::All, None).0
+        b.dispatch(Arc::new(m), Target::All, None, None).0
     }
 
     async fn drain(rx: &mut Rx) -> Vec<(Arc<str>, Vec<SubMatch>)> {

@@ -159,6 +159,20 @@ fn store_op(op: &Op) -> Option<SessionOp> {
 /// The keys of forwarding streams' positions in the meta table.
 const STREAM_PREFIX: &[u8] = b"stream:";
 
+/// The write of forwarding stream `stream`'s position: every message up
+/// to `last` handed on (with when, see [`Journal::streams`]).
+fn stream_op(stream: u64, last: u64) -> Op {
+    let mut key = STREAM_PREFIX.to_vec();
+    key.extend_from_slice(&stream.to_be_bytes());
+    let mut value = last.to_be_bytes().to_vec();
+    value.extend_from_slice(&now_ms().to_be_bytes());
+    Op::Put {
+        table: META_TABLE,
+        key,
+        value,
+    }
+}
+
 /// How long a forwarding stream's position is kept without a write.
 pub const STREAM_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 
@@ -673,6 +687,22 @@ impl Journal {
         msg: &Message,
         targets: impl Iterator<Item = (u64, &'a [SubMatch])>,
     ) -> Option<(Ticket, Vec<u64>)> {
+        self.record_at(msg, targets, None)
+    }
+
+    /// [`Journal::record`] of a message another node forwarded, at `at`
+    /// (`(stream, seq)`) in its forwarding stream: the stream's position
+    /// is written in the same commit as the rows (see
+    /// [`Journal::note_stream`]), so a crash keeps both or neither. Were
+    /// the position written after them, a crash between the two commits
+    /// would keep the rows and make the sender's resend a second
+    /// delivery, twice at QoS 2.
+    pub fn record_at<'a>(
+        &self,
+        msg: &Message,
+        targets: impl Iterator<Item = (u64, &'a [SubMatch])>,
+        at: Option<(u64, u64)>,
+    ) -> Option<(Ticket, Vec<u64>)> {
         let due: smallvec::SmallVec<[(usize, u64, &'a [SubMatch]); 4]> = targets
             .enumerate()
             .filter(|(_, (inc, matches))| {
@@ -756,6 +786,9 @@ impl Journal {
         }
         if !inline {
             self.refs.lock().insert(key, n);
+        }
+        if let Some((stream, seq)) = at {
+            ops.push(stream_op(stream, seq));
         }
         let (ticket, parts) = self.durable.submit(ops).join(copies.len());
         for ((link, put), part) in copies.into_iter().zip(parts) {
@@ -1182,15 +1215,7 @@ impl Journal {
     /// `last` was handed on (after their deliveries' rows: a crash between
     /// the two makes the sender's resend a duplicate, never a loss).
     pub fn note_stream(&self, stream: u64, last: u64) -> Ticket {
-        let mut key = STREAM_PREFIX.to_vec();
-        key.extend_from_slice(&stream.to_be_bytes());
-        let mut value = last.to_be_bytes().to_vec();
-        value.extend_from_slice(&now_ms().to_be_bytes());
-        self.durable.submit(vec![Op::Put {
-            table: META_TABLE,
-            key,
-            value,
-        }])
+        self.durable.submit(vec![stream_op(stream, last)])
     }
 
     /// Writes the node's clock now and every [`CLOCK_PERIOD`].
@@ -1631,6 +1656,42 @@ mod tests {
         let left = rows_left(&d, &[QUEUE_TABLE, SENT_TABLE, PUBREL_TABLE, SESSIONS_TABLE]).await;
         assert_eq!(left, 0);
         drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A forwarded message's rows carry its stream's position: after a
+    /// crash that kept the rows (no separate note of the position was
+    /// made), the position is there too, so the sender's resend of it is
+    /// skipped rather than delivered a second time.
+    #[tokio::test]
+    async fn a_forwarded_messages_rows_and_its_streams_position_are_written_together() {
+        let dir = fresh_dir("emqx-rs-journal-stream");
+        {
+            let (j, _) = reopen(&dir);
+            let a = j.next_key();
+            j.save(&record("a", a))
+                .expect("save")
+                .wait()
+                .await
+                .expect("a");
+            let q1 = matches(QoS::AtLeastOnce);
+            assert!(j.streams().expect("streams").is_empty());
+            for (seq, body) in [(41u64, "m41"), (42, "m42")] {
+                let (t, _) = j
+                    .record_at(&msg(body), [(a, &q1[..])].into_iter(), Some((9, seq)))
+                    .expect("journaled");
+                t.wait().await.expect(body);
+            }
+            // Not journaled (QoS 0): no position of its own is written.
+            let q0 = matches(QoS::AtMostOnce);
+            assert!(j
+                .record_at(&msg("m43"), [(a, &q0[..])].into_iter(), Some((9, 43)))
+                .is_none());
+        }
+        let (j, r) = reopen(&dir);
+        assert_eq!(queue(&r, "a"), vec!["m41", "m42"]);
+        assert_eq!(j.streams().expect("streams"), vec![(9, 42)]);
+        drop(j);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

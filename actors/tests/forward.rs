@@ -38,7 +38,7 @@ impl Sink {
     fn on_receive(self: &Arc<Self>) -> OnReceive {
         let me = self.clone();
         Arc::new(
-            move |from: &str, m: Message, _shared: Option<(String, String)>| {
+            move |from: &str, m: Message, _shared: Option<(String, String)>, _at: (u64, u64)| {
                 me.msgs.lock().push((from.to_owned(), m));
                 me.count.fetch_add(1, Ordering::Release);
                 (None, None)
@@ -65,10 +65,12 @@ impl Sink {
 
 /// A counting sink that keeps nothing, for the throughput run.
 fn counting(count: Arc<AtomicUsize>) -> OnReceive {
-    Arc::new(move |_: &str, _: Message, _: Option<(String, String)>| {
-        count.fetch_add(1, Ordering::Relaxed);
-        (None, None)
-    })
+    Arc::new(
+        move |_: &str, _: Message, _: Option<(String, String)>, _: (u64, u64)| {
+            count.fetch_add(1, Ordering::Relaxed);
+            (None, None)
+        },
+    )
 }
 
 async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -135,7 +137,7 @@ async fn ten_thousand_messages_arrive_intact_and_in_order() {
         .unwrap();
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -190,7 +192,7 @@ async fn order_per_topic_holds_across_four_connections() {
         .unwrap();
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -265,7 +267,7 @@ async fn wrong_cookie_delivers_nothing_logs_both_sides_and_backs_off() {
     let mut ca = cfg("a@host", "cookie-a");
     ca.reconnect_min = Duration::from_millis(200);
     ca.reconnect_max = Duration::from_secs(5);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -336,7 +338,7 @@ async fn silent_client_does_not_block_a_real_peer() {
     let t0 = Instant::now();
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -389,7 +391,7 @@ async fn peer_that_never_reads_keeps_queues_bounded() {
     ca.queue_limit = 100;
     ca.send_timeout = Duration::from_secs(1);
     let limit_total = 2 * 100 * ca.conns_per_peer;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -475,7 +477,7 @@ async fn peer_that_never_answers_the_handshake_keeps_queues_bounded() {
     let mut ca = cfg("a@host", COOKIE);
     ca.queue_limit = 100;
     ca.handshake_timeout = Duration::from_millis(300);
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -528,7 +530,7 @@ async fn reconnects_to_a_restarted_peer() {
     let addr = b1.local_addr();
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -574,7 +576,7 @@ async fn reconnects_to_a_restarted_peer() {
 async fn a_peer_seen_up_again_is_reconnected_at_once_not_after_the_backoff() {
     let b1 = Forwarder::start(
         cfg("b@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -621,7 +623,7 @@ async fn stop_frees_the_port_and_ends_every_task() {
         .unwrap();
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -783,7 +785,7 @@ async fn waiting_on_a_stalled_peer(
 /// A forwarder `a@host` (receiving nothing) with `b@host` at `addr`,
 /// once its four connections are up.
 async fn connected_to(addr: SocketAddr, ca: ForwardConfig) -> Arc<Forwarder> {
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", addr);
@@ -836,7 +838,7 @@ async fn a_publishers_wait_ends_at_the_peers_acknowledgement_or_when_the_connect
     drop(nobody);
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -971,7 +973,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
     ca.conns_per_peer = 2;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", l.local_addr().unwrap());
@@ -991,7 +993,7 @@ async fn outgoing_sockets_bind_to_bind_ip() {
         .unwrap();
     let mut ca = cfg("a@host", COOKIE);
     ca.bind_ip = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", b.local_addr());
@@ -1042,7 +1044,7 @@ async fn malformed_frame_closes_only_that_connection() {
     // A real peer is undisturbed.
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -1070,7 +1072,7 @@ async fn throughput_64_byte_payloads() {
         .unwrap();
     let a = Forwarder::start(
         cfg("a@host", COOKIE),
-        Arc::new(|_: &str, _, _| (None, None)),
+        Arc::new(|_: &str, _, _, _| (None, None)),
     )
     .await
     .unwrap();
@@ -1233,7 +1235,7 @@ async fn sender_losing_acks(
     let (relay, relay_task) = lossy_relay(to, swallow.clone(), cut.clone()).await;
     let mut ca = cfg("a@host", COOKIE);
     ca.conns_per_peer = 1;
-    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _| (None, None)))
+    let a = Forwarder::start(ca, Arc::new(|_: &str, _, _, _| (None, None)))
         .await
         .unwrap();
     a.add_peer("b@host", relay);
@@ -1250,11 +1252,13 @@ async fn sender_losing_acks(
 /// sessions do).
 fn keeping(sink: &Arc<Sink>, durable: &emqx_actors::durable::Durable) -> OnReceive {
     let (sink, durable) = (sink.clone(), durable.clone());
-    Arc::new(move |from: &str, m: Message, _: Option<(String, String)>| {
-        sink.msgs.lock().push((from.to_owned(), m));
-        sink.count.fetch_add(1, Ordering::Release);
-        (Some(durable.submit(Vec::new())), None)
-    })
+    Arc::new(
+        move |from: &str, m: Message, _: Option<(String, String)>, _: (u64, u64)| {
+            sink.msgs.lock().push((from.to_owned(), m));
+            sink.count.fetch_add(1, Ordering::Release);
+            (Some(durable.submit(Vec::new())), None)
+        },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

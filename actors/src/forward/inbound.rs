@@ -166,8 +166,9 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             };
             let mut st = state.lock();
             let skip = st.accept(frame.first_seq, count);
-            for (m, target) in frame.msgs.into_iter().skip(skip as usize) {
-                let (t, c) = on_receive(peer, m, target);
+            let first = frame.first_seq + skip;
+            for (i, (m, target)) in frame.msgs.into_iter().skip(skip as usize).enumerate() {
+                let (t, c) = on_receive(peer, m, target, (frame.stream, first + i as u64));
                 if let Some(t) = t {
                     // Not the last alone: a write to the node's disk
                     // completes in order, but one that also waits for the

@@ -76,12 +76,16 @@ impl ForwardConfig {
 /// then the sender keeps the message and sends it again after a failure.
 /// Also returns what to wait for before reading more from that node (a
 /// subscriber here that the message filled past its mark): the sender's
-/// queue then fills, and its publishers are held back.
+/// queue then fills, and its publishers are held back. The last argument
+/// is the message's place in its forwarding stream, `(stream, seq)`: a
+/// journal write of it also records that place, in the same commit (see
+/// `Journal::record_at`).
 pub type OnReceive = Arc<
     dyn Fn(
             &str,
             Message,
             Option<(String, String)>,
+            (u64, u64),
         ) -> (
             Option<crate::durable::Ticket>,
             Option<crate::outbox::Backpressure>,
