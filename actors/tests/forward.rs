@@ -1249,13 +1249,25 @@ async fn sender_losing_acks(
 
 /// A receiver's `on_receive` whose deliveries are written to disk (each
 /// message returns a write of `durable`, as deliveries to persistent
-/// sessions do).
-fn keeping(sink: &Arc<Sink>, durable: &emqx_actors::durable::Durable) -> OnReceive {
-    let (sink, durable) = (sink.clone(), durable.clone());
+/// sessions do) with their place in the stream (into `positions`, as
+/// the journal's write carries it), except the messages `unwritten` says
+/// (none of the node's sessions journals them).
+fn keeping(
+    sink: &Arc<Sink>,
+    durable: &emqx_actors::durable::Durable,
+    positions: &Arc<Mutex<HashMap<u64, u64>>>,
+    unwritten: fn(u64) -> bool,
+) -> OnReceive {
+    let (sink, durable, positions) = (sink.clone(), durable.clone(), positions.clone());
     Arc::new(
-        move |from: &str, m: Message, _: Option<(String, String)>, _: (u64, u64)| {
+        move |from: &str, m: Message, _: Option<(String, String)>, (stream, seq): (u64, u64)| {
+            let skip = unwritten(seq_of(&m));
             sink.msgs.lock().push((from.to_owned(), m));
             sink.count.fetch_add(1, Ordering::Release);
+            if skip {
+                return (None, None);
+            }
+            positions.lock().insert(stream, seq);
             (Some(durable.submit(Vec::new())), None)
         },
     )
@@ -1279,7 +1291,15 @@ async fn a_receiver_that_kept_its_positions_takes_nothing_twice_after_a_restart(
     let sink1 = Arc::new(Sink::default());
     let (b1, l1) = Forwarder::bind(cfg("b@host", COOKIE)).await.unwrap();
     let addr = b1.local_addr();
-    b1.serve_keeping(l1, keeping(&sink1, &durable), Vec::new(), keep(&positions));
+    // Every tenth message is not written: the stream's position after
+    // it is kept by the note made after each batch.
+    let unwritten: fn(u64) -> bool = |seq| seq % 10 == 9;
+    b1.serve_keeping(
+        l1,
+        keeping(&sink1, &durable, &positions, unwritten),
+        Vec::new(),
+        keep(&positions),
+    );
     let (a, _cut, relay_task) = sender_losing_acks(addr).await;
     for seq in 0..500 {
         a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))
@@ -1297,7 +1317,12 @@ async fn a_receiver_that_kept_its_positions_takes_nothing_twice_after_a_restart(
     let mut cb = cfg("b@host", COOKIE);
     cb.listen = addr;
     let (b2, l2) = Forwarder::bind(cb).await.unwrap();
-    b2.serve_keeping(l2, keeping(&sink2, &durable), known, keep(&positions));
+    b2.serve_keeping(
+        l2,
+        keeping(&sink2, &durable, &positions, unwritten),
+        known,
+        keep(&positions),
+    );
     // a sends the 500 again (it never heard of them), then 500 more.
     for seq in 500..1000 {
         a.forward("b@host", Arc::new(msg("t", seq, QoS::AtLeastOnce)))

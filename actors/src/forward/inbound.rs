@@ -139,6 +139,9 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
         // Hand over every complete frame in the buffer, then acknowledge.
         let mut to_ack = None;
         let mut written: Option<crate::durable::Ticket> = None;
+        // The seq of the last message whose write carries its stream's
+        // position (the node journaled it, see `Journal::record_at`).
+        let mut written_to = 0u64;
         let mut congested = None;
         while buf.len() >= 4 {
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -168,8 +171,10 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             let skip = st.accept(frame.first_seq, count);
             let first = frame.first_seq + skip;
             for (i, (m, target)) in frame.msgs.into_iter().skip(skip as usize).enumerate() {
-                let (t, c) = on_receive(peer, m, target, (frame.stream, first + i as u64));
+                let seq = first + i as u64;
+                let (t, c) = on_receive(peer, m, target, (frame.stream, seq));
                 if let Some(t) = t {
+                    written_to = seq;
                     // Not the last alone: a write to the node's disk
                     // completes in order, but one that also waits for the
                     // cluster's session store (`builtin_raft`) waits for
@@ -194,11 +199,15 @@ async fn read_loop<S: AsyncRead + AsyncWrite + Unpin>(
             to_ack = Some(last);
         }
         if let (Some(_), Some((stream, state))) = (&written, &stream_state) {
-            // What was handed on is on disk: so is how far it went.
-            let keep = shared.keep.read().clone();
-            if let (Some(keep), Some(w)) = (keep, written.take()) {
-                let last = state.lock().last;
-                written = Some(w.and(keep(*stream, last)));
+            // What was handed on is on disk: so is how far it went. Each
+            // write already carries the position of its message; only
+            // messages after the last one written move it further.
+            let last = state.lock().last;
+            if last > written_to {
+                let keep = shared.keep.read().clone();
+                if let (Some(keep), Some(w)) = (keep, written.take()) {
+                    written = Some(w.and(keep(*stream, last)));
+                }
             }
         }
         if let Some(t) = written {
