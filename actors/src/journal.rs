@@ -1281,6 +1281,17 @@ mod tests {
         m
     }
 
+    /// A new session `client`, its record on disk: its incarnation.
+    async fn saved(j: &Journal, client: &str) -> u64 {
+        let inc = j.next_key();
+        j.save(&record(client, inc))
+            .expect("save")
+            .wait()
+            .await
+            .expect(client);
+        inc
+    }
+
     /// An empty directory of this process under the system's temp dir.
     fn fresh_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
@@ -1539,12 +1550,7 @@ mod tests {
         let dir = fresh_dir("emqx-rs-journal-relink");
         let store = Arc::new(MemStore::default());
         let (j, _) = reopen(&dir);
-        let a = j.next_key();
-        j.save(&record("a", a))
-            .expect("save")
-            .wait()
-            .await
-            .expect("a");
+        let a = saved(&j, "a").await;
         let q1 = matches(QoS::AtLeastOnce);
         // Journaled while not copied (m1 shared with a session that is
         // not in the store: its message is in the messages table).
@@ -1586,12 +1592,7 @@ mod tests {
         let q2 = matches(QoS::ExactlyOnce);
         let a = {
             let (j, _) = reopen(&dir);
-            let a = j.next_key();
-            j.save(&record("a", a))
-                .expect("save")
-                .wait()
-                .await
-                .expect("a");
+            let a = saved(&j, "a").await;
             let mut keys = Vec::new();
             for p in ["m1", "m2", "m3"] {
                 let mut m = msg(p);
@@ -1668,12 +1669,7 @@ mod tests {
         let dir = fresh_dir("emqx-rs-journal-stream");
         {
             let (j, _) = reopen(&dir);
-            let a = j.next_key();
-            j.save(&record("a", a))
-                .expect("save")
-                .wait()
-                .await
-                .expect("a");
+            let a = saved(&j, "a").await;
             let q1 = matches(QoS::AtLeastOnce);
             assert!(j.streams().expect("streams").is_empty());
             for (seq, body) in [(41u64, "m41"), (42, "m42")] {

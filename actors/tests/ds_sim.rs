@@ -147,6 +147,82 @@ struct Node {
     host: Arc<DsHost>,
 }
 
+/// A network of no node yet, its faults drawn from `seed`.
+fn new_router(seed: u64) -> Arc<Router> {
+    Arc::new(Router {
+        up: Mutex::new(HashMap::new()),
+        cut: Mutex::new(BTreeSet::new()),
+        rng: Mutex::new(StdRng::seed_from_u64(seed)),
+    })
+}
+
+/// Nodes `n0..n{count}`, each on an empty disk.
+async fn fresh_nodes(
+    router: &Arc<Router>,
+    count: usize,
+    layout: Layout,
+) -> Result<Vec<Option<Node>>, String> {
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        nodes.push(Some(
+            start_node(i, SimDisk::new(Vec::new()), router, layout).await?,
+        ));
+    }
+    Ok(nodes)
+}
+
+/// Node `i`'s host, if it is up.
+fn host_of(router: &Router, i: usize) -> Result<Arc<DsHost>, String> {
+    router
+        .host(&name(i))
+        .ok_or(format!("{} is not up", name(i)))
+}
+
+/// `host` joins a cluster of `members` and drops every shard of
+/// [`GROW`] it held (none of its groups is that cluster's).
+async fn drops_all_joining(
+    host: &Arc<DsHost>,
+    members: &[String],
+    what: &str,
+) -> Result<(), String> {
+    let d = host
+        .forget_foreign(members)
+        .await
+        .map_err(|e| e.to_string())?;
+    if d.len() != GROW.shards as usize {
+        return Err(format!(
+            "{what} dropped {d:?}, not its {} shards",
+            GROW.shards
+        ));
+    }
+    Ok(())
+}
+
+/// `client`'s owner in shard `shard`, read through node `i`.
+async fn owner_through(
+    host: &Arc<DsHost>,
+    i: usize,
+    shard: u16,
+    client: &str,
+) -> Result<Option<ds::Owner>, String> {
+    host.read_session(shard, client, Duration::from_secs(10))
+        .await
+        .map(|s| s.owner)
+        .map_err(|e| format!("reading {client} through {}: {e}", name(i)))
+}
+
+/// Node `i`, alone, makes every shard of [`GROW`].
+async fn make_alone(host: &Arc<DsHost>, i: usize) -> Result<(), String> {
+    let made = host
+        .initialize_if_first(&[name(i)])
+        .await
+        .map_err(|e| e.to_string())?;
+    if made != GROW.shards as usize {
+        return Err(format!("{} alone made {made} shards", name(i)));
+    }
+    Ok(())
+}
+
 /// How a sim's nodes hold their shards.
 #[derive(Clone, Copy)]
 struct Layout {
@@ -500,17 +576,8 @@ async fn check_end(
 
 async fn schedule(seed: u64) -> Result<String, String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let router = Arc::new(Router {
-        up: Mutex::new(HashMap::new()),
-        cut: Mutex::new(BTreeSet::new()),
-        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x5eed)),
-    });
-    let mut nodes: Vec<Option<Node>> = Vec::new();
-    for i in 0..NODES {
-        nodes.push(Some(
-            start_node(i, SimDisk::new(Vec::new()), &router, FAULTS).await?,
-        ));
-    }
+    let router = new_router(seed ^ 0x5eed);
+    let mut nodes = fresh_nodes(&router, NODES, FAULTS).await?;
     let members: Vec<String> = (0..NODES).map(name).collect();
     let first = nodes[0].as_ref().ok_or("node 0")?;
     // A shard is made once every other node said it holds none of it; a
@@ -661,11 +728,7 @@ async fn wait_settled(
 /// links throughout.
 async fn placement(seed: u64) -> Result<String, String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let router = Arc::new(Router {
-        up: Mutex::new(HashMap::new()),
-        cut: Mutex::new(BTreeSet::new()),
-        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x91ace)),
-    });
+    let router = new_router(seed ^ 0x91ace);
     let mut nodes: Vec<Option<Node>> = (0..4).map(|_| None).collect();
     nodes[0] = Some(start_node(0, SimDisk::new(Vec::new()), &router, GROW).await?);
     let cores = Arc::new(Mutex::new(vec![name(0)]));
@@ -762,31 +825,12 @@ async fn placement(seed: u64) -> Result<String, String> {
 /// claim made in the cluster's groups is read back through every node.
 async fn joining(seed: u64) -> Result<String, String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let router = Arc::new(Router {
-        up: Mutex::new(HashMap::new()),
-        cut: Mutex::new(BTreeSet::new()),
-        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x701e)),
-    });
-    let mut nodes: Vec<Option<Node>> = Vec::new();
-    for i in 0..3 {
-        nodes.push(Some(
-            start_node(i, SimDisk::new(Vec::new()), &router, GROW).await?,
-        ));
-    }
-    let host = |i: usize| {
-        router
-            .host(&name(i))
-            .ok_or(format!("{} is not up", name(i)))
-    };
+    let router = new_router(seed ^ 0x701e);
+    let nodes = fresh_nodes(&router, 3, GROW).await?;
+    let host = |i: usize| host_of(&router, i);
     // n1 and n2 alone: each makes the shards.
     for i in [1, 2] {
-        let made = host(i)?
-            .initialize_if_first(&[name(i)])
-            .await
-            .map_err(|e| e.to_string())?;
-        if made != GROW.shards as usize {
-            return Err(format!("{} alone made {made} shards", name(i)));
-        }
+        make_alone(&host(i)?, i).await?;
     }
     // Claims in both: n1's are the cluster's, n2's go with its groups.
     let mut kept = Vec::new();
@@ -851,11 +895,7 @@ async fn joining(seed: u64) -> Result<String, String> {
     }
     for i in 0..3 {
         for (client, shard, epoch) in &kept {
-            let s = host(i)?
-                .read_session(*shard, client, Duration::from_secs(10))
-                .await
-                .map_err(|e| format!("reading {client} through {}: {e}", name(i)))?;
-            match s.owner {
+            match owner_through(&host(i)?, i, *shard, client).await? {
                 Some(o) if o.epoch == *epoch && o.node == name(1) => {}
                 other => return Err(format!("{client} through {}: {other:?}", name(i))),
             }
@@ -1038,30 +1078,11 @@ async fn sessions_through_the_store(
 /// made in n2's groups is read back through every node, n1's claims gone.
 async fn merging(seed: u64) -> Result<String, String> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let router = Arc::new(Router {
-        up: Mutex::new(HashMap::new()),
-        cut: Mutex::new(BTreeSet::new()),
-        rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0x3e49e)),
-    });
-    let mut nodes: Vec<Option<Node>> = Vec::new();
+    let router = new_router(seed ^ 0x3e49e);
+    let nodes = fresh_nodes(&router, 3, GROW).await?;
+    let host = |i: usize| host_of(&router, i);
     for i in 0..3 {
-        nodes.push(Some(
-            start_node(i, SimDisk::new(Vec::new()), &router, GROW).await?,
-        ));
-    }
-    let host = |i: usize| {
-        router
-            .host(&name(i))
-            .ok_or(format!("{} is not up", name(i)))
-    };
-    for i in 0..3 {
-        let made = host(i)?
-            .initialize_if_first(&[name(i)])
-            .await
-            .map_err(|e| e.to_string())?;
-        if made != GROW.shards as usize {
-            return Err(format!("{} alone made {made} shards", name(i)));
-        }
+        make_alone(&host(i)?, i).await?;
     }
     // Claims in each node's own groups; n2's are the ones kept.
     let claim = |i: usize, client: String| {
@@ -1121,25 +1142,13 @@ async fn merging(seed: u64) -> Result<String, String> {
     };
     // n0 joins n1.
     let a = vec![name(0), name(1)];
-    let d = host(0)?
-        .forget_foreign(&a)
-        .await
-        .map_err(|e| e.to_string())?;
-    if d.len() != GROW.shards as usize {
-        return Err(format!("n0 joining n1 dropped {d:?}"));
-    }
+    drops_all_joining(&host(0)?, &a, "n0 joining n1").await?;
     settle(a, "n0 joined n1".into()).await?;
     lost.push(claim(1, format!("m1-late-{}", rng.random_range(0..1000))).await?);
     // n0 leaves n1's cluster for n2's: n1 stays alone, still counting n0
     // in its groups.
     let b = vec![name(0), name(2)];
-    let d = host(0)?
-        .forget_foreign(&b)
-        .await
-        .map_err(|e| e.to_string())?;
-    if d.len() != GROW.shards as usize {
-        return Err(format!("n0 joining n2 dropped {d:?}"));
-    }
+    drops_all_joining(&host(0)?, &b, "n0 joining n2").await?;
     host(1)?.set_cores(&[name(1)]);
     settle(b, "n0 joined n2".into()).await?;
     // Some time for n1's groups to campaign, as a node does until it
@@ -1153,38 +1162,21 @@ async fn merging(seed: u64) -> Result<String, String> {
         host(i)?.set_cores(&all);
     }
     tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
-    let d = host(1)?
-        .forget_foreign(&all)
-        .await
-        .map_err(|e| e.to_string())?;
-    if d.len() != GROW.shards as usize {
-        return Err(format!(
-            "n1 joining the cluster of n0 and n2 dropped {d:?}, not its {} shards",
-            GROW.shards
-        ));
-    }
+    drops_all_joining(&host(1)?, &all, "n1 joining the cluster of n0 and n2").await?;
     settle(all.clone(), "n1 joined".into()).await?;
     kept.push(claim(0, format!("m0-after-{}", rng.random_range(0..1000))).await?);
     for i in 0..3 {
         for (client, shard, epoch) in &kept {
-            let s = host(i)?
-                .read_session(*shard, client, Duration::from_secs(10))
-                .await
-                .map_err(|e| format!("reading {client} through {}: {e}", name(i)))?;
-            if s.owner.as_ref().map(|o| o.epoch) != Some(*epoch) {
-                return Err(format!("{client} through {}: {:?}", name(i), s.owner));
+            let owner = owner_through(&host(i)?, i, *shard, client).await?;
+            if owner.as_ref().map(|o| o.epoch) != Some(*epoch) {
+                return Err(format!("{client} through {}: {owner:?}", name(i)));
             }
         }
         for (client, shard, _) in &lost {
-            let s = host(i)?
-                .read_session(*shard, client, Duration::from_secs(10))
-                .await
-                .map_err(|e| format!("reading {client} through {}: {e}", name(i)))?;
-            if s.owner.is_some() {
+            if let Some(o) = owner_through(&host(i)?, i, *shard, client).await? {
                 return Err(format!(
-                    "{client}, claimed outside n2's groups, read through {}: {:?}",
-                    name(i),
-                    s.owner
+                    "{client}, claimed outside n2's groups, read through {}: {o:?}",
+                    name(i)
                 ));
             }
         }
