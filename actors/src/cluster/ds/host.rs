@@ -285,14 +285,7 @@ impl DsHost {
         for r in self.all() {
             let shard = r.shard;
             let mine = r.log.group();
-            let voters: BTreeSet<NodeId> = r
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .collect();
+            let voters = voters(&r);
             let theirs = self.groups_of(shard, &others).await;
             let cluster = most_common(theirs.iter().map(|(_, g)| *g).filter(|g| *g != 0));
             let foreign = if voters.is_empty() {
@@ -354,20 +347,9 @@ impl DsHost {
     /// `n_sites = 1`). Returns the shards forgotten.
     pub async fn forget_all(&self) -> Result<Vec<u16>, ReplicaError> {
         self.set_cores(std::slice::from_ref(&self.me));
-        self.forget_where(|_| true).await
-    }
-
-    /// Forgets (stops, wipes and starts empty) the replica of each shard
-    /// that belongs to a group and whose voters `drop` picks.
-    async fn forget_where(
-        &self,
-        drop: impl Fn(&[NodeId]) -> bool,
-    ) -> Result<Vec<u16>, ReplicaError> {
         let mut forgotten = Vec::new();
         for r in self.all() {
-            let m = r.raft.metrics().borrow().clone();
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
-            if voters.is_empty() || !drop(&voters) {
+            if voters(&r).is_empty() {
                 continue;
             }
             self.forget_shard(r.shard, 0).await?;
@@ -772,6 +754,17 @@ impl DsHost {
             let _ = r.raft.shutdown().await;
         }
     }
+}
+
+/// The voters of `r`'s group (none: it belongs to no group yet).
+fn voters(r: &Replica) -> BTreeSet<NodeId> {
+    r.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
 }
 
 /// The value seen most often (the first of those tied), if any.

@@ -142,7 +142,7 @@ impl LogStore {
 
     /// Makes `group` this replica's group, on disk before it returns.
     pub async fn set_group(&self, group: u64) -> Result<(), String> {
-        let op = self.put_meta(GROUP, encode(&group).map_err(|e| e.to_string())?);
+        let op = Self::group_op(self.shard, group)?;
         self.log.lock().group = group;
         self.durable
             .submit(vec![op])
