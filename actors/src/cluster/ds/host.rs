@@ -282,11 +282,14 @@ impl DsHost {
         }
         let other_ids: BTreeSet<NodeId> = others.iter().map(|m| node_id(m)).collect();
         let mut forgotten = Vec::new();
-        for r in self.all() {
+        let replicas = self.all();
+        let shards: Vec<u16> = replicas.iter().map(|r| r.shard).collect();
+        let mut all_theirs = self.groups_of(&shards, &others).await;
+        for r in replicas {
             let shard = r.shard;
             let mine = r.log.group();
             let voters = voters(&r);
-            let theirs = self.groups_of(shard, &others).await;
+            let theirs = all_theirs.remove(&shard).unwrap_or_default();
             let cluster = most_common(theirs.iter().map(|(_, g)| *g).filter(|g| *g != 0));
             let foreign = if voters.is_empty() {
                 false
@@ -318,24 +321,31 @@ impl DsHost {
         Ok(forgotten)
     }
 
-    /// The groups of `nodes`' replicas of `shard`, as those that answer
-    /// within 5 s say.
-    async fn groups_of(&self, shard: u16, nodes: &[String]) -> Vec<(String, u64)> {
+    /// The groups of `nodes`' replicas of each of `shards`, as those that
+    /// answer within 5 s say. Every shard and node is asked at once, so an
+    /// unreachable member costs 5 s in all, not 5 s a shard.
+    async fn groups_of(
+        &self,
+        shards: &[u16],
+        nodes: &[String],
+    ) -> BTreeMap<u16, Vec<(String, u64)>> {
         let mut asks = tokio::task::JoinSet::new();
-        for n in nodes {
-            let asked = self.transport.call(n, shard, Rpc::Group);
-            let n = n.clone();
-            asks.spawn(async move {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
-                    Ok(Ok(RpcReply::Group(g))) => Some((n, g)),
-                    _ => None,
-                }
-            });
+        for &shard in shards {
+            for n in nodes {
+                let asked = self.transport.call(n, shard, Rpc::Group);
+                let n = n.clone();
+                asks.spawn(async move {
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), asked).await {
+                        Ok(Ok(RpcReply::Group(g))) => Some((shard, n, g)),
+                        _ => None,
+                    }
+                });
+            }
         }
-        let mut out = Vec::new();
+        let mut out: BTreeMap<u16, Vec<(String, u64)>> = BTreeMap::new();
         while let Some(r) = asks.join_next().await {
-            if let Ok(Some(x)) = r {
-                out.push(x);
+            if let Ok(Some((shard, n, g))) = r {
+                out.entry(shard).or_default().push((n, g));
             }
         }
         out
