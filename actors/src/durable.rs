@@ -12,6 +12,8 @@
 //! This module is the only one that knows the engine: the retainer (and
 //! the persistent sessions after it) see tables of byte keys and values.
 
+mod packed;
+
 use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -284,7 +286,21 @@ pub struct Durable {
     db: Arc<redb::Database>,
     path: PathBuf,
     tx: std_mpsc::Sender<Job>,
+    /// The tables kept packed ([`Durable::pack`]).
+    packed: Packed,
     pub stats: Arc<DurableStats>,
+}
+
+type Packed = Arc<parking_lot::RwLock<Vec<&'static str>>>;
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+/// The name `table` is stored under.
+fn stored_name(table: &str, packed: bool) -> String {
+    if packed {
+        packed::physical(table)
+    } else {
+        table.to_string()
+    }
 }
 
 impl Durable {
@@ -320,10 +336,12 @@ impl Durable {
         let db = Arc::new(db);
         let stats = Arc::new(DurableStats::default());
         let (tx, rx) = std_mpsc::channel::<Job>();
-        let (wdb, wpath, wstats) = (db.clone(), path.clone(), stats.clone());
+        let packed = Packed::default();
+        let (wdb, wpath, wstats, wpacked) =
+            (db.clone(), path.clone(), stats.clone(), packed.clone());
         std::thread::Builder::new()
             .name("durable-writer".into())
-            .spawn(move || writer(&wdb, &wpath, &wstats, rx))
+            .spawn(move || writer(&wdb, &wpath, &wstats, &wpacked, rx))
             .map_err(|e| DurableError::Open {
                 path: path.clone(),
                 error: format!("cannot start the writer thread: {e}"),
@@ -332,8 +350,46 @@ impl Durable {
             db,
             path,
             tx,
+            packed,
             stats,
         })
+    }
+
+    /// From now on `table` is kept packed: the rows one commit writes side
+    /// by side, under keys whose first 8 bytes name their owner, are
+    /// stored as one row (see `durable/packed.rs`); reads see the rows as
+    /// written. Rows the table held unpacked (a file written by an
+    /// earlier version) are packed at once, in one commit. Call before
+    /// anything writes to `table`.
+    pub fn pack(&self, table: &'static str) -> Result<(), DurableError> {
+        if self.is_packed(table) {
+            return Ok(());
+        }
+        let err = |e: &dyn std::fmt::Display| self.table_error(table, e);
+        let old = self.rows(table, ..)?;
+        if !old.is_empty() {
+            let keys: BTreeMap<&[u8], Option<&[u8]>> = old
+                .iter()
+                .map(|(k, v)| (k.as_slice(), Some(v.as_slice())))
+                .collect();
+            let name = packed::physical(table);
+            let tx = self.db.begin_write().map_err(|e| err(&e))?;
+            {
+                let mut t = tx
+                    .open_table(TableDefinition::<&[u8], &[u8]>::new(&name))
+                    .map_err(|e| err(&e))?;
+                packed::apply(&mut t, &[], &keys).map_err(|e| err(&e))?;
+            }
+            tx.delete_table(TableDefinition::<&[u8], &[u8]>::new(table))
+                .map_err(|e| err(&e))?;
+            tx.commit().map_err(|e| err(&e))?;
+        }
+        self.packed.write().push(table);
+        Ok(())
+    }
+
+    fn is_packed(&self, table: &str) -> bool {
+        self.packed.read().contains(&table)
     }
 
     pub fn path(&self) -> &Path {
@@ -342,16 +398,34 @@ impl Durable {
 
     /// Rows of `table` (0 when it was never written).
     pub fn count(&self, table: &'static str) -> Result<u64, DurableError> {
-        let err = |e: &dyn std::fmt::Display| DurableError::Io {
+        match self.read_table(table)? {
+            None => Ok(0),
+            Some((true, t)) => packed::count(&t).map_err(|e| self.table_error(table, &e)),
+            Some((false, t)) => t.len().map_err(|e| self.table_error(table, &e)),
+        }
+    }
+
+    fn table_error(&self, table: &str, e: &dyn std::fmt::Display) -> DurableError {
+        DurableError::Io {
             path: self.path.clone(),
             error: format!("table {table}: {e}"),
-        };
-        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
-        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        }
+    }
+
+    /// `table` open for reading, and whether it is packed (`None`: it was
+    /// never written).
+    fn read_table(&self, table: &'static str) -> Result<Option<(bool, ReadTable)>, DurableError> {
+        let packed = self.is_packed(table);
+        let name = stored_name(table, packed);
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.table_error(table, &e))?;
         match tx.open_table(def) {
-            Ok(t) => t.len().map_err(|e| err(&e)),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(err(&e)),
+            Ok(t) => Ok(Some((packed, t))),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.table_error(table, &e)),
         }
     }
 
@@ -408,17 +482,21 @@ impl Durable {
         table: &'static str,
         bounds: impl std::ops::RangeBounds<&'a [u8]> + 'a,
     ) -> Result<Vec<Row>, DurableError> {
-        let err = |e: &dyn std::fmt::Display| DurableError::Io {
-            path: self.path.clone(),
-            error: format!("table {table}: {e}"),
+        let err = |e: &dyn std::fmt::Display| self.table_error(table, e);
+        let Some((packed, t)) = self.read_table(table)? else {
+            return Ok(Vec::new());
         };
-        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(table);
-        let tx = self.db.begin_read().map_err(|e| err(&e))?;
-        let t = match tx.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(err(&e)),
-        };
+        if packed {
+            fn bound<'k>(b: std::ops::Bound<&&'k [u8]>) -> Option<&'k [u8]> {
+                match b {
+                    std::ops::Bound::Included(k) | std::ops::Bound::Excluded(k) => Some(*k),
+                    std::ops::Bound::Unbounded => None,
+                }
+            }
+            // Only `from..to` and `..` are asked for.
+            let (from, to) = (bound(bounds.start_bound()), bound(bounds.end_bound()));
+            return packed::rows(&t, from, to).map_err(|e| err(&e));
+        }
         let mut out = Vec::new();
         for row in t.range::<&[u8]>(bounds).map_err(|e| err(&e))? {
             let (k, v) = row.map_err(|e| err(&e))?;
@@ -428,7 +506,13 @@ impl Durable {
     }
 }
 
-fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::Receiver<Job>) {
+fn writer(
+    db: &redb::Database,
+    path: &Path,
+    stats: &DurableStats,
+    packed: &Packed,
+    rx: std_mpsc::Receiver<Job>,
+) {
     let mut batch: Vec<Job> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut waited = first.done.is_some();
@@ -460,7 +544,7 @@ fn writer(db: &redb::Database, path: &Path, stats: &DurableStats, rx: std_mpsc::
             }
         }
         let n: usize = batch.iter().map(|j| j.ops.len()).sum();
-        let res = commit(db, &batch).map_err(|e| DurableError::Io {
+        let res = commit(db, &batch, &packed.read().clone()).map_err(|e| DurableError::Io {
             path: path.to_path_buf(),
             error: e,
         });
@@ -496,7 +580,7 @@ struct TableBatch<'a> {
 
 /// Commits a batch in one transaction: each table is opened once, and
 /// only the last write of each key is applied, in key order.
-fn commit(db: &redb::Database, batch: &[Job]) -> Result<(), String> {
+fn commit(db: &redb::Database, batch: &[Job], packed: &[&str]) -> Result<(), String> {
     let mut tables: BTreeMap<&'static str, TableBatch<'_>> = BTreeMap::new();
     for op in batch.iter().flat_map(|j| &j.ops) {
         match op {
@@ -528,7 +612,9 @@ fn commit(db: &redb::Database, batch: &[Job]) -> Result<(), String> {
     }
     let tx = db.begin_write().map_err(|e| e.to_string())?;
     for (name, b) in &tables {
-        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(name);
+        let packed = packed.contains(name);
+        let stored = stored_name(name, packed);
+        let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&stored);
         if b.cleared {
             tx.delete_table(def).map_err(|e| e.to_string())?;
         }
@@ -536,6 +622,10 @@ fn commit(db: &redb::Database, batch: &[Job]) -> Result<(), String> {
             continue;
         }
         let mut t = tx.open_table(def).map_err(|e| e.to_string())?;
+        if packed {
+            packed::apply(&mut t, &b.ranges, &b.keys)?;
+            continue;
+        }
         for (from, to) in &b.ranges {
             t.retain_in::<&[u8], _>(*from..*to, |_, _| false)
                 .map_err(|e| e.to_string())?;
@@ -646,6 +736,111 @@ mod tests {
         assert!(rows(&d).is_empty());
         drop(d);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A packed table reads back, after every commit, exactly what the
+    /// same writes make of a plain map: random puts, removals, range
+    /// removals and clears of keys of a few owners, in bursts that share
+    /// commits; rows written before the table was packed are kept.
+    #[tokio::test]
+    async fn a_packed_table_holds_what_its_writes_say() {
+        use rand::rngs::StdRng;
+        use rand::{RngExt, SeedableRng};
+        let top = std::env::temp_dir().join(format!("emqx-rs-packed-{}", std::process::id()));
+        for seed in 0..8u64 {
+            let dir = top.join(seed.to_string());
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("dir");
+            let mut rng = StdRng::seed_from_u64(seed);
+            let key = |rng: &mut StdRng| {
+                let mut k = rng.random_range(0..4u64).to_be_bytes().to_vec();
+                k.extend_from_slice(&rng.random_range(0..200u64).to_be_bytes());
+                k
+            };
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let d = Durable::open(&dir).expect("open");
+            // Written before the table is packed.
+            let mut before = Vec::new();
+            for n in 0..rng.random_range(0..40) {
+                let (k, v) = (key(&mut rng), format!("old{n}").into_bytes());
+                model.insert(k.clone(), v.clone());
+                before.push(Op::Put {
+                    table: "p",
+                    key: k,
+                    value: v,
+                });
+            }
+            d.submit(before).wait().await.expect("plain");
+            d.pack("p").expect("pack");
+            assert_eq!(d.load("p").expect("load"), rows_of(&model));
+            for round in 0..60 {
+                let mut burst = Vec::new();
+                for n in 0..rng.random_range(1..6) {
+                    let mut ops = Vec::new();
+                    for _ in 0..rng.random_range(1..12) {
+                        let op = match rng.random_range(0..100) {
+                            0..=59 => {
+                                let len = rng.random_range(0..300);
+                                let mut v = format!("{round}.{n}:").into_bytes();
+                                v.resize(v.len() + len, b'v');
+                                Op::Put {
+                                    table: "p",
+                                    key: key(&mut rng),
+                                    value: v,
+                                }
+                            }
+                            60..=93 => Op::Delete {
+                                table: "p",
+                                key: key(&mut rng),
+                            },
+                            94..=98 => {
+                                let (a, b) = (key(&mut rng), key(&mut rng));
+                                Op::DeleteRange {
+                                    table: "p",
+                                    from: a.clone().min(b.clone()),
+                                    to: a.max(b),
+                                }
+                            }
+                            _ => Op::Clear { table: "p" },
+                        };
+                        apply_to(&mut model, &op);
+                        ops.push(op);
+                    }
+                    burst.push(d.submit(ops));
+                }
+                for t in burst {
+                    t.wait().await.expect("committed");
+                }
+                assert_eq!(d.load("p").expect("load"), rows_of(&model), "seed {seed}");
+                assert_eq!(d.count("p").expect("count"), model.len() as u64);
+                let (a, b) = (key(&mut rng), key(&mut rng));
+                let (from, to) = (a.clone().min(b.clone()), a.max(b));
+                let want: Vec<Row> = model
+                    .range(from.clone()..to.clone())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(d.range("p", &from, &to).expect("range"), want);
+            }
+            drop(d);
+        }
+        let _ = std::fs::remove_dir_all(&top);
+    }
+
+    fn apply_to(model: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: &Op) {
+        match op {
+            Op::Put { key, value, .. } => {
+                model.insert(key.clone(), value.clone());
+            }
+            Op::Delete { key, .. } => {
+                model.remove(key);
+            }
+            Op::DeleteRange { from, to, .. } => model.retain(|k, _| k < from || k >= to),
+            Op::Clear { .. } => model.clear(),
+        }
+    }
+
+    fn rows_of(model: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Row> {
+        model.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     #[test]

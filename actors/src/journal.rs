@@ -433,6 +433,10 @@ impl Journal {
         durable: Durable,
         upgrade_qos: bool,
     ) -> Result<(Journal, Vec<Recovered>), DurableError> {
+        // A commit adds a few rows to each session's queue and removes a
+        // few: kept packed, that is a row or two a session, not one a
+        // message.
+        durable.pack(QUEUE_TABLE)?;
         let mut max_key = 0u64;
         let mut by_inc: BTreeMap<u64, SessionRecord> = BTreeMap::new();
         let mut ops = Vec::new();

@@ -11,7 +11,8 @@
 //!
 //! Each schedule submits a random stream of puts, deletes and clears in
 //! small bursts (so commits group several), crashes, reopens the store on
-//! the surviving image, and checks:
+//! the surviving image, and checks (every other schedule with the table
+//! packed, as a session's queue is: `Durable::pack`):
 //! - the store opens (a torn commit is rolled back, never an error);
 //! - what it holds is exactly the state after some prefix of the
 //!   submitted writes that ends at a commit boundary, and that prefix
@@ -51,8 +52,14 @@ fn apply(st: &mut State, op: &Op) {
     }
 }
 
+/// Key `i` of the schedule's 48: two owners of 24 (a packed table keeps
+/// the rows of one owner together; an owner is a key's first 8 bytes).
+fn key_of(i: usize) -> Vec<u8> {
+    format!("owner-{}/k{:02}", i / 24, i % 24).into_bytes()
+}
+
 fn random_op(rng: &mut StdRng, n: usize) -> Op {
-    let key = format!("k{:02}", rng.random_range(0..24)).into_bytes();
+    let key = key_of(rng.random_range(0..48));
     match rng.random_range(0..100) {
         0..=74 => {
             // Values up to a few pages, so commits span several writes.
@@ -71,12 +78,12 @@ fn random_op(rng: &mut StdRng, n: usize) -> Op {
         }
         75..=92 => Op::Delete { table: TABLE, key },
         93..=97 => {
-            let a = rng.random_range(0..24);
-            let b = rng.random_range(a..=24);
+            let a = rng.random_range(0..48);
+            let b = rng.random_range(a..=48);
             Op::DeleteRange {
                 table: TABLE,
-                from: format!("k{a:02}").into_bytes(),
-                to: format!("k{b:02}").into_bytes(),
+                from: key_of(a),
+                to: key_of(b),
             }
         }
         _ => Op::Clear { table: TABLE },
@@ -90,8 +97,17 @@ fn label() -> PathBuf {
 async fn schedule(seed: u64) -> Result<String, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let inject_error = rng.random_bool(0.25);
+    // Every other schedule keeps the table packed.
+    let packed = seed % 2 == 1;
+    let open = |disk: SimDisk| {
+        let store = Durable::open_backend(disk, label())?;
+        if packed {
+            store.pack(TABLE)?;
+        }
+        Ok::<_, emqx_actors::durable::DurableError>(store)
+    };
     let disk = SimDisk::new(Vec::new());
-    let store = Durable::open_backend(disk.clone(), label()).map_err(|e| e.to_string())?;
+    let store = open(disk.clone()).map_err(|e| e.to_string())?;
     let syncs_at_open = disk.0.lock().syncs;
     {
         let mut d = disk.0.lock();
@@ -136,14 +152,14 @@ async fn schedule(seed: u64) -> Result<String, String> {
     } else {
         disk.0.lock().live.clone()
     };
-    let mut reopened = Durable::open_backend(SimDisk::new(image.clone()), label());
+    let mut reopened = open(SimDisk::new(image.clone()));
     for _ in 0..50 {
         // The old writer thread may still hold its database for a moment.
         if reopened.is_ok() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
-        reopened = Durable::open_backend(SimDisk::new(image.clone()), label());
+        reopened = open(SimDisk::new(image.clone()));
     }
     let store = reopened.map_err(|e| format!("the store did not open after the fault: {e}"))?;
     let got: State = store
@@ -172,7 +188,8 @@ async fn schedule(seed: u64) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{} writes, {} syncs, {n_acked} acknowledged, fault: {}, recovered prefix {:?}",
+        "{}{} writes, {} syncs, {n_acked} acknowledged, fault: {}, recovered prefix {:?}",
+        if packed { "packed: " } else { "" },
         ops.len(),
         disk.0.lock().syncs - syncs_at_open,
         if inject_error { "I/O error" } else { "crash" },
