@@ -389,12 +389,18 @@ impl Default for OverloadProtection {
 /// `durable_sessions.*`: whether persistent sessions (session expiry > 0)
 /// are written to `node.data_dir` as they change, so that they and the
 /// messages acknowledged for them survive a crash of the node
-/// (docs/durability.md). EMQX's key and default (false): it becomes true
-/// once its cost is measured within the durable sessions' performance
-/// goal.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// (docs/durability.md). EMQX's key; true by default here (EMQX's is
+/// false): its cost is within the durable sessions' performance goal
+/// (docs/performance.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DurableSessions {
     pub enable: bool,
+}
+
+impl Default for DurableSessions {
+    fn default() -> Self {
+        DurableSessions { enable: true }
+    }
 }
 
 /// `durable_storage.*`: where persistent sessions live. Only its

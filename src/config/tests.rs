@@ -1555,9 +1555,9 @@ fn the_retainer_storage_type_is_disc_unless_ram_is_asked_for() {
 
 #[test]
 fn durable_sessions_enable_is_read_and_its_other_keys_are_refused() {
-    assert!(!ok("", &[]).durable_sessions.enable);
+    assert!(ok("", &[]).durable_sessions.enable);
     assert!(
-        ok("durable_sessions.enable = true\n", &[])
+        !ok("durable_sessions.enable = false\n", &[])
             .durable_sessions
             .enable
     );
@@ -1589,7 +1589,10 @@ fn durable_storage_messages_picks_the_backend_and_its_shards() {
     assert_eq!(c.durable_storage.messages.backend, DsBackend::BuiltinRaft);
     assert_eq!(c.durable_storage.messages.n_shards, 4);
     // The shards copy the journal: without it, refused, naming the key.
-    let e = err("durable_storage.messages.backend = builtin_raft\n", &[]);
+    let e = err(
+        "durable_sessions.enable = false\ndurable_storage.messages.backend = builtin_raft\n",
+        &[],
+    );
     assert!(
         e.contains("durable_storage.messages.backend") && e.contains("durable_sessions.enable"),
         "{e}"
