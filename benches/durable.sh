@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The durable session journal's cost, in one run: 100 pairs of persistent
-# MQTT 3.1.1 sessions (`clean_session = false`), QoS 1, 64-byte
+# MQTT 3.1.1 sessions (`clean_session = false`), QoS 1 (QOS=2 for QoS 2), 64-byte
 # payloads, each publisher on its own topic (`pp/%i`) with its own
 # subscriber, closed loop with WINDOW unacknowledged per publisher, for
 # DUR seconds, with `durable_sessions.enable` false and true alternated
@@ -20,6 +20,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 REPS=${REPS:-3}
 DUR=${DUR:-10}
 WINDOW=${WINDOW:-32}
+QOS=${QOS:-1}
 OUT=${OUT:-/tmp/emqx-rs-durable.$$}
 BIN=${BIN:-"$ROOT/target/release/emqx-rs"}
 [ -x "$BIN" ] || (cd "$ROOT" && cargo build --release) || exit 1
@@ -41,13 +42,13 @@ run() {
     start_node 1 "$dir" dur "durable_sessions.enable = $enable"
     OUT=$dir
     timeout $((DUR + 60)) "$BIN" bench sub -V 4 -h 127.0.0.1 -p 1883 -c 100 -i 1 -t 'pp/%i' \
-        -q 1 -C false >"$dir/sub.out" 2>"$dir/sub.err" &
+        -q "$QOS" -C false >"$dir/sub.out" 2>"$dir/sub.err" &
     local sp=$!
     sleep 3
     local c0
     c0=$(commits)
     timeout $((DUR + 60)) "$BIN" bench pub -V 4 -h 127.0.0.1 -p 1883 -c 100 -i 1 -t 'pp/%i' \
-        -q 1 -I 0 --inflight "$WINDOW" -s 64 --duration "$DUR" >"$dir/pub.out" 2>"$dir/pub.err"
+        -q "$QOS" -I 0 --inflight "$WINDOW" -s 64 --duration "$DUR" >"$dir/pub.out" 2>"$dir/pub.err"
     local c1
     c1=$(commits)
     sleep 3

@@ -20,7 +20,6 @@
 //! Value layout: `u32` count, then per row `u16` key length, key, `u32`
 //! value length, value (little endian), rows in key order.
 
-use super::Row;
 use redb::{ReadableTable, Table};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -40,6 +39,8 @@ pub fn physical(table: &str) -> String {
 }
 
 type Err = String;
+/// A stored `(key, value)`, as the store's readers get it.
+type Row = (Vec<u8>, Vec<u8>);
 /// A stored row, borrowed.
 type RowRef<'a> = (&'a [u8], &'a [u8]);
 /// A write of one key (`None`: removed), borrowed.
