@@ -434,9 +434,11 @@ impl Journal {
         upgrade_qos: bool,
     ) -> Result<(Journal, Vec<Recovered>), DurableError> {
         // A commit adds a few rows to each session's queue and removes a
-        // few: kept packed, that is a row or two a session, not one a
-        // message.
-        durable.pack(QUEUE_TABLE)?;
+        // few, and as many of its QoS 2 packet ids: kept packed, that is
+        // a row or two a session and table, not one a message.
+        for table in [QUEUE_TABLE, SENT_TABLE, PUBREL_TABLE, REL_TABLE] {
+            durable.pack(table)?;
+        }
         let mut max_key = 0u64;
         let mut by_inc: BTreeMap<u64, SessionRecord> = BTreeMap::new();
         let mut ops = Vec::new();
