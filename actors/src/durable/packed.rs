@@ -50,10 +50,11 @@ fn owner(key: &[u8]) -> &[u8] {
     &key[..key.len().min(OWNER)]
 }
 
-/// The rows of a chunk, in key order.
-fn decode(bytes: &[u8]) -> Result<Vec<RowRef<'_>>, Err> {
+/// Walks the rows of a chunk in key order, `f` seeing each; checks that
+/// the chunk holds exactly what its header says.
+fn walk<'a>(bytes: &'a [u8], mut f: impl FnMut(RowRef<'a>)) -> Result<usize, Err> {
     let bad = || format!("a packed row of {} bytes cannot be read", bytes.len());
-    let take = |at: &mut usize, n: usize| -> Result<&[u8], Err> {
+    let take = |at: &mut usize, n: usize| -> Result<&'a [u8], Err> {
         let end = at
             .checked_add(n)
             .filter(|e| *e <= bytes.len())
@@ -64,25 +65,31 @@ fn decode(bytes: &[u8]) -> Result<Vec<RowRef<'_>>, Err> {
     };
     let mut at = 0usize;
     let n = u32::from_le_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad())?) as usize;
-    let mut out = Vec::with_capacity(n.min(bytes.len() / 6));
     for _ in 0..n {
         let kl = u16::from_le_bytes(take(&mut at, 2)?.try_into().map_err(|_| bad())?) as usize;
         let k = take(&mut at, kl)?;
         let vl = u32::from_le_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad())?) as usize;
         let v = take(&mut at, vl)?;
-        out.push((k, v));
+        f((k, v));
     }
     if at != bytes.len() {
         return Err(bad());
     }
+    Ok(n)
+}
+
+/// The rows of a chunk, in key order.
+fn decode(bytes: &[u8]) -> Result<Vec<RowRef<'_>>, Err> {
+    let mut out = Vec::new();
+    walk(bytes, |r| out.push(r))?;
     Ok(out)
 }
 
 /// The last key of a chunk.
 fn last(bytes: &[u8]) -> Result<Vec<u8>, Err> {
-    decode(bytes)?
-        .last()
-        .map(|(k, _)| k.to_vec())
+    let mut last = None;
+    walk(bytes, |(k, _)| last = Some(k))?;
+    last.map(<[u8]>::to_vec)
         .ok_or_else(|| "an empty packed row".to_string())
 }
 
@@ -104,17 +111,25 @@ fn encode<'a>(rows: impl IntoIterator<Item = RowRef<'a>>) -> Result<Vec<u8>, Err
 }
 
 /// Where a key falls: in the chunk stored at `start` (whose last key is
-/// `last`), or in the gap before the chunk stored at `next` (`None`: no
-/// chunk follows).
+/// `last`, and whose stored value is `value`: read once, handed to
+/// [`rewrite`]), or in the gap before the chunk stored at `next` (`None`:
+/// no chunk follows).
 enum Span {
-    Chunk { start: Vec<u8>, last: Vec<u8> },
-    Gap { next: Option<Vec<u8>>, id: u64 },
+    Chunk {
+        start: Vec<u8>,
+        last: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Gap {
+        next: Option<Vec<u8>>,
+        id: u64,
+    },
 }
 
 impl Span {
     fn holds(&self, key: &[u8]) -> bool {
         match self {
-            Span::Chunk { start, last } => start.as_slice() <= key && key <= last.as_slice(),
+            Span::Chunk { start, last, .. } => start.as_slice() <= key && key <= last.as_slice(),
             // Only asked of keys after the one the gap was found for.
             Span::Gap { next, .. } => next.as_deref().is_none_or(|n| key < n),
         }
@@ -133,6 +148,7 @@ fn span(t: &Table<&[u8], &[u8]>, key: &[u8], gaps: &mut u64) -> Result<Span, Err
             return Ok(Span::Chunk {
                 start: s.value().to_vec(),
                 last: l,
+                value: v.value().to_vec(),
             });
         }
     }
@@ -148,14 +164,16 @@ fn span(t: &Table<&[u8], &[u8]>, key: &[u8], gaps: &mut u64) -> Result<Span, Err
     Ok(Span::Gap { next, id: *gaps })
 }
 
-/// Rewrites the chunk stored at `start` with `edits` (key order; `None`
-/// removes) merged in, or removes it when no row is left.
-fn rewrite(t: &mut Table<&[u8], &[u8]>, start: &[u8], edits: &[Edit<'_>]) -> Result<(), Err> {
-    let old = match t.get(start).map_err(|e| e.to_string())? {
-        Some(v) => v.value().to_vec(),
-        None => return Err("a packed row vanished during its commit".to_string()),
-    };
-    let rows = decode(&old)?;
+/// Rewrites the chunk stored at `start`, whose stored value is `old`,
+/// with `edits` (key order; `None` removes) merged in, or removes it when
+/// no row is left.
+fn rewrite(
+    t: &mut Table<&[u8], &[u8]>,
+    start: &[u8],
+    old: &[u8],
+    edits: &[Edit<'_>],
+) -> Result<(), Err> {
+    let rows = decode(old)?;
     let mut merged: Vec<RowRef<'_>> = Vec::with_capacity(rows.len() + edits.len());
     let (mut a, mut b) = (rows.iter().peekable(), edits.iter().peekable());
     loop {
@@ -206,45 +224,49 @@ pub fn apply(
     keys: &BTreeMap<&[u8], Option<&[u8]>>,
 ) -> Result<(), Err> {
     for (from, to) in ranges {
-        let mut starts = Vec::new();
+        // The chunks the range touches, each read once: the one that
+        // covers `from`, then those stored inside the range.
+        let mut chunks: Vec<Row> = Vec::new();
         let mut gaps = 0;
-        if let Span::Chunk { start, .. } = span(t, from, &mut gaps)? {
-            starts.push(start);
+        if let Span::Chunk { start, value, .. } = span(t, from, &mut gaps)? {
+            chunks.push((start, value));
         }
         for row in t.range::<&[u8]>(*from..*to).map_err(|e| e.to_string())? {
-            let s = row.map_err(|e| e.to_string())?.0.value().to_vec();
-            if starts.last() != Some(&s) {
-                starts.push(s);
+            let (s, v) = row.map_err(|e| e.to_string())?;
+            if chunks.last().map(|c| c.0.as_slice()) != Some(s.value()) {
+                chunks.push((s.value().to_vec(), v.value().to_vec()));
             }
         }
-        for start in starts {
-            let old = match t.get(start.as_slice()).map_err(|e| e.to_string())? {
-                Some(v) => v.value().to_vec(),
-                None => continue,
-            };
+        for (start, old) in chunks {
             let gone: Vec<Edit<'_>> = decode(&old)?
                 .into_iter()
                 .filter(|(k, _)| *k >= *from && *k < *to)
                 .map(|(k, _)| (k, None))
                 .collect();
             if !gone.is_empty() {
-                rewrite(t, &start, &gone)?;
+                rewrite(t, &start, &old, &gone)?;
             }
         }
     }
     // Which chunk (or gap) each write falls in, as the table was before
     // this commit.
-    let mut edits: BTreeMap<Vec<u8>, Vec<Edit<'_>>> = BTreeMap::new();
+    // A chunk's edits, with its stored value (taken from the span the
+    // first time a write falls in it).
+    let mut edits: BTreeMap<Vec<u8>, (Vec<u8>, Vec<Edit<'_>>)> = BTreeMap::new();
     let mut fresh: Vec<(u64, &[u8], &[u8])> = Vec::new();
     let mut gaps = 0u64;
     let mut cur: Option<Span> = None;
     for (k, v) in keys {
-        let s = match cur.take() {
+        let mut s = match cur.take() {
             Some(s) if s.holds(k) => s,
             _ => span(t, k, &mut gaps)?,
         };
-        match &s {
-            Span::Chunk { start, .. } => edits.entry(start.clone()).or_default().push((k, *v)),
+        match &mut s {
+            Span::Chunk { start, value, .. } => edits
+                .entry(start.clone())
+                .or_insert_with(|| (std::mem::take(value), Vec::new()))
+                .1
+                .push((k, *v)),
             Span::Gap { id, .. } => {
                 if let Some(v) = v {
                     fresh.push((*id, k, v));
@@ -253,8 +275,8 @@ pub fn apply(
         }
         cur = Some(s);
     }
-    for (start, e) in &edits {
-        rewrite(t, start, e)?;
+    for (start, (old, e)) in &edits {
+        rewrite(t, start, old, e)?;
     }
     // New chunks: runs of one gap and one owner, bounded in size.
     let mut i = 0;
@@ -289,12 +311,12 @@ pub fn rows<T: ReadableTable<&'static [u8], &'static [u8]>>(
     let inside = |k: &[u8]| from.is_none_or(|f| k >= f) && to.is_none_or(|e| k < e);
     let mut out = Vec::new();
     let mut take = |v: &[u8]| -> Result<(), Err> {
-        for (k, v) in decode(v)? {
+        walk(v, |(k, v)| {
             if inside(k) {
                 out.push((k.to_vec(), v.to_vec()));
             }
-        }
-        Ok(())
+        })
+        .map(drop)
     };
     if let Some(f) = from {
         // The chunk that starts before `from` may hold rows after it.
