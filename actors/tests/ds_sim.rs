@@ -27,11 +27,12 @@
 
 mod simdisk;
 
-use emqx_actors::cluster::ds::host::{replicas_of, DsHost};
+use emqx_actors::cluster::ds::host::{replicas_of, Change, DsHost};
 use emqx_actors::cluster::ds::{
     self, session_key, Command, DsOp, Reply, Rpc, RpcReply, Transport, TransportError,
 };
 use emqx_actors::durable::Durable;
+use openraft::EntryPayload;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -77,6 +78,11 @@ struct Router {
     up: Mutex<HashMap<String, Arc<DsHost>>>,
     cut: Mutex<BTreeSet<(String, String)>>,
     rng: Mutex<StdRng>,
+    /// `(leader, voters)`: the leader is cut off from every node as it
+    /// first sends the second step of a membership change to `voters`
+    /// (the joint config already committed), so that step never leaves.
+    sever: Mutex<Option<(String, BTreeSet<String>)>>,
+    severed: AtomicBool,
 }
 
 impl Router {
@@ -89,6 +95,46 @@ impl Router {
         let mut v: Vec<String> = self.up.lock().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Cuts `node` off from every other node, both ways.
+    fn isolate(&self, node: &str) {
+        let others: Vec<String> = self.up.lock().keys().cloned().collect();
+        let mut cut = self.cut.lock();
+        for o in others.into_iter().filter(|o| o != node) {
+            cut.insert((node.to_string(), o.clone()));
+            cut.insert((o, node.to_string()));
+        }
+    }
+
+    /// Whether `rpc` from `from` is the armed second step (see `sever`):
+    /// then `from` is cut off, before it leaves.
+    fn severs(&self, from: &str, rpc: &Rpc) -> bool {
+        let mut sever = self.sever.lock();
+        let Some((leader, want)) = sever.as_ref() else {
+            return false;
+        };
+        let Rpc::Append { req, .. } = rpc else {
+            return false;
+        };
+        let second = req.entries.iter().any(|e| match &e.payload {
+            EntryPayload::Membership(m) => {
+                m.get_joint_config().len() == 1
+                    && m.voter_ids()
+                        .filter_map(|id| m.get_node(&id).map(|n| n.addr.clone()))
+                        .collect::<BTreeSet<_>>()
+                        == *want
+            }
+            _ => false,
+        });
+        if from != leader || !second {
+            return false;
+        }
+        *sever = None;
+        drop(sever);
+        self.isolate(from);
+        self.severed.store(true, Ordering::SeqCst);
+        true
     }
 
     fn blocked(&self, a: &str, b: &str) -> bool {
@@ -118,7 +164,7 @@ impl Transport for NodeTransport {
                 (rng.random_bool(0.03), rng.random_range(0..3u64))
             };
             let gone = || TransportError(format!("{from} -> {to}: unreachable"));
-            if drop || router.blocked(&from, &to) {
+            if drop || router.severs(&from, &rpc) || router.blocked(&from, &to) {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 return Err(gone());
             }
@@ -153,6 +199,8 @@ fn new_router(seed: u64) -> Arc<Router> {
         up: Mutex::new(HashMap::new()),
         cut: Mutex::new(BTreeSet::new()),
         rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        sever: Mutex::new(None),
+        severed: AtomicBool::new(false),
     })
 }
 
@@ -716,8 +764,23 @@ async fn wait_settled(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let now: Vec<String> = cores.lock().clone();
+    let mut seen = String::new();
+    for n in router.names() {
+        if let Some(h) = router.host(&n) {
+            for st in h.status() {
+                seen.push_str(&format!(
+                    "\n  {n} shard {}: {} term {} leader {:?} voters {:?} learners {:?} log {:?} applied {:?} lag {:?}",
+                    st.shard, st.state, st.term, st.leader, st.voters, st.learners, st.last_log, st.applied, st.lag
+                ));
+            }
+        }
+    }
+    let want: Vec<Vec<String>> = (0..layout.shards)
+        .map(|s| replicas_of(s, &now, layout.rf))
+        .collect();
     Err(format!(
-        "{what}: the shards did not reach their replicas in 30 s"
+        "{what}: the shards did not reach their replicas in 30 s; wanted {want:?}, seen:{seen}"
     ))
 }
 
@@ -1189,6 +1252,223 @@ async fn merging(seed: u64) -> Result<String, String> {
     ))
 }
 
+const ONE: Layout = Layout {
+    shards: 1,
+    rf: 3,
+    n_sites: 1,
+    members: 0,
+};
+
+/// The node leading `shard`, as the leaders themselves report (the first
+/// by name when an old leader has not heard of the new one yet).
+fn leader_of(router: &Router, shard: u16) -> Option<String> {
+    router.names().into_iter().find(|n| {
+        router.host(n).is_some_and(|h| {
+            h.status()
+                .iter()
+                .any(|s| s.shard == shard && s.state == "Leader")
+        })
+    })
+}
+
+/// Membership changes are never held up by a replica: each node runs its
+/// own reconciler, as each node's driver does.
+/// 1. A core that never answers joins the cores: the leader adds it as a
+///    learner and goes on (every node's reconciler keeps its pace; the
+///    core never becomes a voter); when it leaves the cores, the learner
+///    is dropped and the shard settles.
+/// 2. A core joins and the shard moves a replica to it; the leader is cut
+///    off right as it sends the second step of that change (the joint
+///    config committed, the final one never sent): whoever leads next
+///    finishes the change, as no one else would.
+async fn half_done(seed: u64) -> Result<String, String> {
+    let router = new_router(seed ^ 0x5e7e2);
+    let mut nodes = fresh_nodes(&router, 3, ONE).await?;
+    let three: Vec<String> = (0..3).map(name).collect();
+    // Cores the shard would take in among its replicas if they joined
+    // the three: the first never answers, the second joins for real.
+    let mut wanted = (3..64).filter(|i| {
+        let mut c = three.clone();
+        c.push(name(*i));
+        replicas_of(0, &c, ONE.rf).contains(&name(*i))
+    });
+    let (ghost, joiner) = match (wanted.next(), wanted.next()) {
+        (Some(g), Some(j)) => (name(g), j),
+        _ => return Err("no two core names that the shard would want".into()),
+    };
+    let all: Vec<String> = three.iter().cloned().chain([name(joiner)]).collect();
+    let cores = Arc::new(Mutex::new(three.clone()));
+    if host_of(&router, 0)?
+        .initialize_if_first(&three)
+        .await
+        .map_err(|e| e.to_string())?
+        != 1
+    {
+        return Err("n0 did not make the shard".into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<Change>>> = Arc::default();
+    let rounds: Arc<Vec<AtomicU64>> = Arc::new(all.iter().map(|_| AtomicU64::new(0)).collect());
+    let reconcilers: Vec<_> = all
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (router, cores, stop) = (router.clone(), cores.clone(), stop.clone());
+            let (seen, rounds, n) = (seen.clone(), rounds.clone(), n.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(h) = router.host(&n) {
+                        let now: Vec<String> = cores.lock().clone();
+                        let changes = h.reconcile(&now).await;
+                        seen.lock().extend(changes);
+                    }
+                    rounds[i].fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect();
+    wait_settled(&router, &cores, ONE, "three cores").await?;
+
+    // 1. A core the shard wants that never answers.
+    cores.lock().push(ghost.clone());
+    let before: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (i, b) in before.iter().enumerate() {
+        let n = rounds[i].load(Ordering::SeqCst) - b;
+        if n < 5 {
+            return Err(format!(
+                "{}'s reconciler made {n} round(s) in 3 s with a core that does not answer",
+                all[i]
+            ));
+        }
+    }
+    let learner = seen
+        .lock()
+        .iter()
+        .any(|c| matches!(c, Change::Learner { node, .. } if *node == ghost));
+    if !learner {
+        return Err(format!("{ghost} was never added as a learner"));
+    }
+    for n in router.names() {
+        for st in host_of_name(&router, &n)?.status() {
+            if st.voters.contains(&ghost) {
+                return Err(format!("{ghost}, which never answered, votes on {n}"));
+            }
+        }
+    }
+    cores.lock().retain(|c| *c != ghost);
+    wait_settled(&router, &cores, ONE, "the silent core gone").await?;
+    // The reconciler records its changes when its call returns, a little
+    // after the shard shows them.
+    let dropped = || {
+        seen.lock()
+            .iter()
+            .any(|c| matches!(c, Change::Dropped { learners, .. } if learners.contains(&ghost)))
+    };
+    for _ in 0..100 {
+        if dropped() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !dropped() {
+        return Err(format!(
+            "{ghost}'s learner was not dropped: {:?}",
+            seen.lock()
+        ));
+    }
+
+    // 2. A core joins, the shard moves one replica to it, and the leader
+    // is lost between the two steps of that change. (The replica moved
+    // away stays a core: a group in a joint config needs a quorum of its
+    // old voters too.)
+    nodes.push(Some(
+        start_node(joiner, SimDisk::new(Vec::new()), &router, ONE).await?,
+    ));
+    let leader = leader_of(&router, 0).ok_or("no leader")?;
+    let want: BTreeSet<String> = replicas_of(0, &all, ONE.rf).into_iter().collect();
+    *router.sever.lock() = Some((leader.clone(), want));
+    *cores.lock() = all.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !router.severed.load(Ordering::SeqCst) {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{leader} never sent the second step of its change"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The cut-off leader took its own second step (a membership counts
+    // once in the log), so it shows the wanted voters: the change is
+    // finished when another node leads with them.
+    let want: BTreeSet<String> = replicas_of(0, &cores.lock(), ONE.rf).into_iter().collect();
+    let finished = || {
+        router
+            .names()
+            .into_iter()
+            .filter(|n| *n != leader)
+            .find(|n| {
+                router.host(n).is_some_and(|h| {
+                    h.status().iter().any(|st| {
+                        st.shard == 0
+                            && st.state == "Leader"
+                            && st.learners.is_empty()
+                            && st.voters.iter().cloned().collect::<BTreeSet<_>>() == want
+                    })
+                })
+            })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let finisher = loop {
+        if let Some(n) = finished() {
+            break n;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let mut views = String::new();
+            for n in router.names() {
+                for st in host_of_name(&router, &n)?.status() {
+                    views.push_str(&format!(
+                        "\n  {n}: {} term {} voters {:?} learners {:?}",
+                        st.state, st.term, st.voters, st.learners
+                    ));
+                }
+            }
+            return Err(format!(
+                "{leader} cut off mid-change: no other node finished the change to {want:?} in 30 s:{views}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    router.cut.lock().clear();
+    // Healed, the old leader hears the new term and follows.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while host_of_name(&router, &leader)?
+        .status()
+        .iter()
+        .any(|st| st.state == "Leader")
+    {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("{leader} still leads 30 s after the heal"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_settled(&router, &cores, ONE, "healed").await?;
+
+    stop.store(true, Ordering::SeqCst);
+    for r in reconcilers {
+        r.await.map_err(|e| format!("a reconciler panicked: {e}"))?;
+    }
+    let changes = seen.lock().len();
+    let nodes = std::mem::take(&mut nodes);
+    finish(nodes).await;
+    Ok(format!(
+        "{ghost} added as a learner and dropped; {leader} cut off mid-change, the change finished (leader {finisher}); {changes} membership steps"
+    ))
+}
+
+fn host_of_name(router: &Router, n: &str) -> Result<Arc<DsHost>, String> {
+    router.host(n).ok_or(format!("{n} is not up"))
+}
+
 fn seeds() -> Vec<u64> {
     match std::env::var("DS_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("DS_SIM_SEED is a number")],
@@ -1222,6 +1502,13 @@ where
         }));
     });
     PANICS.store(0, Ordering::SeqCst);
+    // DS_SIM_LOG=<filter> (e.g. `openraft=info`): the replicas' logs.
+    if let Ok(filter) = std::env::var("DS_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     for seed in seeds() {
         let res = f(seed)
             .await
@@ -1255,4 +1542,10 @@ async fn a_joining_node_drops_the_groups_it_made_alone_and_makes_no_second_one()
 async fn a_node_joining_with_groups_that_count_a_member_in_drops_them_when_they_are_not_the_clusters(
 ) {
     run_seeds(merging).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_never_wait_on_a_silent_replica_and_a_change_left_half_done_is_finished()
+{
+    run_seeds(half_done).await;
 }

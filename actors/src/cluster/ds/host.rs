@@ -18,7 +18,7 @@ use super::{
     RpcReply, SessionRows, Transport, Tuning,
 };
 use crate::durable::{Durable, DurableError};
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -55,6 +55,29 @@ pub enum Change {
     Learner { shard: u16, node: String },
     /// The voters became `voters`.
     Voters { shard: u16, voters: Vec<String> },
+    /// Learners no longer wanted were dropped.
+    Dropped { shard: u16, learners: Vec<String> },
+}
+
+/// How long [`DsHost::reconcile`] waits for one membership change to
+/// commit. A leader cut off from its quorum does not step down until it
+/// hears a later term, so without a bound its driver (which also adopts
+/// sessions and follows membership) would wait for the heal. A change
+/// left half done (joint) is finished by whoever leads next.
+const MEMBERSHIP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A membership change awaited at most [`MEMBERSHIP_WAIT`]; its outcome
+/// is then unknown, and the next reconcile looks again.
+async fn bounded<T, E: std::fmt::Display>(
+    change: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(MEMBERSHIP_WAIT, change).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "not committed within {} s (outcome unknown)",
+            MEMBERSHIP_WAIT.as_secs()
+        )),
+    }
 }
 
 /// One shard as this node sees it.
@@ -634,8 +657,13 @@ impl DsHost {
 
     /// On each shard this node leads, moves the membership one step
     /// towards [`replicas_of`] over `cores`: adds a missing replica as a
-    /// learner (waiting for it to catch up), or, once every wanted replica
-    /// is there, makes the wanted set the voters. Errors are logged and
+    /// learner, or, once every wanted replica is there and caught up,
+    /// makes the wanted set the voters, or drops the learners no longer
+    /// wanted. Never waits for a learner to catch up: a call that finds
+    /// one behind leaves the shard as it is, and the next call looks
+    /// again. A joint change left by an earlier leader (it lost its
+    /// leadership between openraft's two steps) is carried on to the
+    /// wanted voters, since no one else will. Errors are logged and
     /// retried at the next call.
     pub async fn reconcile(&self, cores: &[String]) -> Vec<Change> {
         self.set_cores(cores);
@@ -653,7 +681,31 @@ impl DsHost {
             let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
             let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
             let want_ids: BTreeSet<NodeId> = want.iter().map(|n| node_id(n)).collect();
-            if voters == want_ids {
+            let joint = membership.get_joint_config().len() > 1;
+            if voters == want_ids && !joint {
+                // Learners left over (added for a core that left before
+                // it became a voter) are dropped: a leader would keep
+                // sending them the log.
+                let stale: BTreeSet<NodeId> = known.difference(&want_ids).copied().collect();
+                if stale.is_empty() {
+                    continue;
+                }
+                let names: Vec<String> = stale
+                    .iter()
+                    .filter_map(|id| membership.get_node(id).map(|n| n.addr.clone()))
+                    .collect();
+                let drop = r
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(stale), false);
+                match bounded(drop).await {
+                    Ok(_) => changes.push(Change::Dropped {
+                        shard: r.shard,
+                        learners: names,
+                    }),
+                    Err(e) => {
+                        tracing::warn!("ds shard {}: cannot drop {names:?}: {e}", r.shard)
+                    }
+                }
                 continue;
             }
             // A core that sees itself alone while others still follow it
@@ -662,15 +714,11 @@ impl DsHost {
             if cores.len() == 1 && voters.len() > 1 {
                 continue;
             }
-            // A joint change already under way finishes first.
-            if membership.get_joint_config().len() > 1 {
-                continue;
-            }
             if let Some(missing) = want.iter().find(|n| !known.contains(&node_id(n))) {
                 let node = BasicNode {
                     addr: missing.clone(),
                 };
-                match r.raft.add_learner(node_id(missing), node, true).await {
+                match bounded(r.raft.add_learner(node_id(missing), node, false)).await {
                     Ok(_) => changes.push(Change::Learner {
                         shard: r.shard,
                         node: missing.clone(),
@@ -681,7 +729,26 @@ impl DsHost {
                 }
                 continue;
             }
-            match r.raft.change_membership(want_ids, false).await {
+            // A wanted replica that is not a voter yet votes once it has
+            // answered the leader and its log is within openraft's own
+            // catch-up bound of the leader's. (openraft's blocking
+            // add_learner counts a learner that never answered as caught
+            // up while the log is short: a core that is down would vote,
+            // and the shard would lose a replica of its quorum.)
+            let last = m.last_log_index.unwrap_or(0);
+            let threshold = r.raft.config().replication_lag_threshold;
+            let behind = want_ids.difference(&voters).any(|id| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|rep| rep.get(id))
+                    .and_then(|l| l.as_ref());
+                matched.is_none_or(|l| last.saturating_sub(l.index) > threshold)
+            });
+            if behind {
+                continue;
+            }
+            match bounded(r.raft.change_membership(want_ids, false)).await {
                 Ok(_) => changes.push(Change::Voters {
                     shard: r.shard,
                     voters: want.clone(),
