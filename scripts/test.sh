@@ -91,8 +91,11 @@ python3 scripts/faults.py --nodes 4 --replicants 1 --seed "${FAULTS_SEED_REPLICA
 [ "${PIPESTATUS[0]}" = 0 ] || qstatus=1
 # Counting must not trip pipefail when a pattern has no match.
 count() { grep -Eo "$1" "$2" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}' || true; }
-passed=$(grep -Eo '^test result: [a-z]+\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}' || true)
-failed=$(count '[0-9]+ failed' target/test-output.txt)
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}' || true)
+# Only the harness's own summary lines: a test's message may say "seed 2 failed".
+failed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' target/test-output.txt | awk '{s+=$6} END {print s+0}' || true)
+# A test binary that died prints no summary.
+if [ "$status" != 0 ] && [ "${failed:-0}" = 0 ]; then failed=1; fi
 pran=$(count '^Ran [0-9]+ test' target/paho-output.txt)
 pfail=$(count '^FAILED \((failures|errors)=[0-9]+(, (failures|errors)=[0-9]+)?' target/paho-output.txt)
 fpass=$(grep -Ec '^fuzz [a-z_0-9]+: ok' target/fuzz-output.txt || true)
