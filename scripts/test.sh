@@ -72,11 +72,11 @@ status=${PIPESTATUS[0]}
 echo "== paho-mqtt interoperability tests"
 python3 -m unittest discover -s tests/paho -v 2>&1 | tee target/paho-output.txt
 pstatus=${PIPESTATUS[0]}
-echo "== fuzz targets, ${FUZZ_SECONDS:-10} s each"
+echo "== fuzz targets, ${FUZZ_SECONDS:-6} s each"
 wait "$fuzz_build"
 echo "(background build: exit $?, log in target/fuzz-build.txt)"
 fuzz_build=""
-scripts/fuzz.sh "${FUZZ_SECONDS:-10}" 2>&1 | tee target/fuzz-output.txt
+scripts/fuzz.sh "${FUZZ_SECONDS:-6}" 2>&1 | tee target/fuzz-output.txt
 fstatus=${PIPESTATUS[0]}
 echo "== fault suite: one short seed (docs/faults.md)"
 rm -rf target/faults
