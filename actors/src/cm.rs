@@ -2,8 +2,8 @@
 //! the per-client-id lock that makes two simultaneous CONNECTs with one id
 //! end with exactly one session (taken by [`crate::connect`]).
 
+use crate::peers::HandedOver;
 use crate::session_msg::{ClientInfo, SessionHandle, SessionMsg};
-use emqx_mqtt::channel::SessionSnapshot;
 use emqx_mqtt::packet::SubscriptionOptions;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -118,7 +118,7 @@ impl Cm {
     /// Hands this node's session of `client` to another node: the session
     /// closes its connection with DISCONNECT 0x8E and stops; its state is
     /// returned.
-    pub async fn takeover_out(&self, client_id: &str) -> Option<SessionSnapshot> {
+    pub async fn takeover_out(&self, client_id: &str) -> Option<HandedOver> {
         let s = self.lookup(client_id)?;
         let r = s.call(SessionMsg::TakeoverOut, TAKEOVER_TIMEOUT).await;
         s.wait_gone().await;

@@ -70,6 +70,14 @@ async fn open_locked(
 ) -> Result<SessionHandle, OpenError> {
     let cm = &ctx.cm;
     let mut restored = None;
+    // The node a session handed over here was still gathering for.
+    let mut handed_from: Option<Arc<str>> = None;
+    let mut handed = |h: Option<crate::peers::HandedOver>| {
+        h.map(|h| {
+            handed_from = h.gathering_from;
+            h.snapshot
+        })
+    };
     if let (Some(old), Some(reg), Some(h)) = (cm.lookup(&client_id), ctx.registry.as_deref(), held)
     {
         if cm.take_unparked(&client_id) && !h.peers.is_empty() {
@@ -80,7 +88,7 @@ async fn open_locked(
                 reg.discard_elsewhere(h).await;
                 None
             } else {
-                reg.takeover_elsewhere(h).await
+                handed(reg.takeover_elsewhere(h).await)
             };
             if newer.is_some() {
                 let _ = old.call(SessionMsg::Discard, TAKEOVER_TIMEOUT).await;
@@ -116,7 +124,7 @@ async fn open_locked(
                 (ctx.registry.as_deref(), held, ctx.session_store.as_ref())
             {
                 if !h.peers.is_empty() {
-                    restored = reg.takeover_elsewhere(h).await;
+                    restored = handed(reg.takeover_elsewhere(h).await);
                 }
             }
         }
@@ -125,7 +133,7 @@ async fn open_locked(
             if connect.clean_start {
                 reg.discard_elsewhere(h).await;
             } else {
-                restored = reg.takeover_elsewhere(h).await;
+                restored = handed(reg.takeover_elsewhere(h).await);
             }
         }
     }
@@ -140,8 +148,9 @@ async fn open_locked(
         let c = s.claim(&client_id).await?;
         s.release(&client_id, c.epoch).await?;
     }
-    // The node that held a session taken from the store (it is gone).
-    let mut taken_from: Option<Arc<str>> = None;
+    // The node that held a session taken from the store (it is gone), or
+    // that a session handed over here was still gathering for.
+    let mut taken_from: Option<Arc<str>> = handed_from.filter(|n| **n != *ctx.node);
     let claim = match store.as_ref().filter(|_| expiry > 0) {
         Some(s) => Some(s.claim(&client_id).await?),
         None => None,

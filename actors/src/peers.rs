@@ -168,10 +168,17 @@ pub trait ClientRegistry: Send + Sync {
 
     /// Takes the session of the locked client id over from whichever
     /// other node holds it.
-    fn takeover_elsewhere<'a>(
-        &'a self,
-        lock: &'a ClientLock,
-    ) -> BoxFuture<'a, Option<SessionSnapshot>>;
+    fn takeover_elsewhere<'a>(&'a self, lock: &'a ClientLock) -> BoxFuture<'a, Option<HandedOver>>;
+}
+
+/// A session handed over by the node that held it.
+#[derive(Debug, Clone)]
+pub struct HandedOver {
+    pub snapshot: SessionSnapshot,
+    /// The node the session was taken from, gone, when the session was
+    /// still gathering what the other nodes held for that node (see
+    /// [`RemoteRoutes::held_for`]): its new holder gathers it instead.
+    pub gathering_from: Option<Arc<str>>,
 }
 
 /// A claim of a session ([`SessionStore::claim`]).

@@ -12,6 +12,7 @@ use crate::inbox::{Inbox, Item, STOPPED};
 use crate::metrics::{add, inc, Stats};
 use crate::outbox::{ConnHandle, OutGate};
 use crate::overload::HEAVY;
+use crate::peers::HandedOver;
 use crate::Ctx;
 use bytes::BytesMut;
 use emqx_mqtt::channel::{
@@ -184,6 +185,8 @@ const GATHERED_FOR: Duration = Duration::from_secs(60);
 /// live deliveries wait in the inbox meanwhile, so the gathered messages,
 /// older, come first.
 struct Gather {
+    /// The node the session was taken from (gone).
+    from: Arc<str>,
     /// Still waiting for the answers.
     waiting: bool,
     /// Of each message the session came back with (queued or in flight,
@@ -697,6 +700,10 @@ impl SessionState {
                     st.after_conn_lost(&myself, true);
                 }
                 st.ending = true;
+                // A gathering not answered yet goes with the session: its
+                // new holder asks again, and the live deliveries held back
+                // meanwhile are queued below.
+                let gathering_from = st.stop_gathering();
                 // What waits in the inbox goes with the session: offline
                 // now, the channel queues it (up to `max_mqueue_len`).
                 let cap = st.ctx.broker.settings.max_session_backlog;
@@ -706,10 +713,14 @@ impl SessionState {
                     }
                     st.pump(&myself).await;
                 }
-                let _ = reply.send(Some(st.ch.snapshot()));
+                let _ = reply.send(Some(HandedOver {
+                    snapshot: st.ch.snapshot(),
+                    gathering_from,
+                }));
                 st.stop(&myself);
             }
             SessionMsg::Shutdown(reply) => {
+                let held_back = st.gathering_lost("the node restarts");
                 if st.conn.is_some() {
                     st.close_conn(
                         &myself,
@@ -717,6 +728,9 @@ impl SessionState {
                         "the node restarts (autoheal)",
                     );
                     // Offline now: what waits in the inbox goes to the queue.
+                    st.pump(&myself).await;
+                } else if held_back {
+                    // What the gathering held back goes to the queue.
                     st.pump(&myself).await;
                 }
                 let _ = reply.send(());
@@ -728,6 +742,7 @@ impl SessionState {
                     let _ = reply.send(None);
                     return Ok(());
                 }
+                st.gathering_lost("the node stops");
                 Box::pin(st.park(&myself)).await;
                 let stored = st.store_sync();
                 let _ = reply.send(Some((Box::new(st.parked()), stored)));
@@ -1151,6 +1166,7 @@ impl SessionState {
             *had.entry(content_key(&d.msg)).or_default() += 1;
         }
         self.gather = Some(Box::new(Gather {
+            from: from.clone(),
             waiting: true,
             had,
             seen: HashMap::new(),
@@ -1165,6 +1181,27 @@ impl SessionState {
         // wait longer, whatever happened to them.
         self.me
             .send_after(GATHER_LIMIT, || SessionMsg::Gathered(None));
+    }
+
+    /// Ends a gathering still waiting for its answers (they are then
+    /// dropped when they come), so the live deliveries it held back go on;
+    /// returns the node it gathered for.
+    fn stop_gathering(&mut self) -> Option<Arc<str>> {
+        self.gather.take_if(|g| g.waiting).map(|g| g.from.clone())
+    }
+
+    /// The session stops with a gathering unanswered: what it held back
+    /// is queued (and journaled) as it stops; what the other nodes hold
+    /// for the node it was taken from is not gathered.
+    fn gathering_lost(&mut self, why: &str) -> bool {
+        let Some(from) = self.stop_gathering() else {
+            return false;
+        };
+        tracing::warn!(
+            client_id = %self.ch.client_id,
+            "{why} before the other nodes answered what they hold for {from}: not gathered"
+        );
+        true
     }
 
     /// The messages the other nodes held for the node this session was

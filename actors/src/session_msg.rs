@@ -6,6 +6,7 @@
 use crate::broker::BrokerError;
 use crate::inbox::Wake;
 use crate::outbox::ConnHandle;
+use crate::peers::HandedOver;
 use emqx_mqtt::channel::SessionSnapshot;
 use emqx_mqtt::codec::DecodeError;
 use emqx_mqtt::packet::{Connect, Packet, SubscriptionOptions};
@@ -407,7 +408,7 @@ pub enum SessionMsg {
     /// The client resumed its session on another node: hand over the state
     /// and stop; `None` if this session ends with its connection (session
     /// expiry 0): there is nothing to hand over and it is gone.
-    TakeoverOut(RpcReplyPort<Option<SessionSnapshot>>),
+    TakeoverOut(RpcReplyPort<Option<HandedOver>>),
     /// The node stops: close the connection (DISCONNECT 0x8B on v5),
     /// take what waits in the inbox into the queue, publish a will still
     /// pending, and hand over the session to be kept on disk; `None` for a

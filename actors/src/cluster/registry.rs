@@ -14,8 +14,7 @@
 
 use super::rpc::call_peer;
 use super::wire::{Req, Resp};
-use crate::peers::{BoxFuture, ClientLock, ClientRegistry, RegistryError};
-use emqx_mqtt::channel::SessionSnapshot;
+use crate::peers::{BoxFuture, ClientLock, ClientRegistry, HandedOver, RegistryError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -158,23 +157,39 @@ impl Registry {
     }
 
     /// Takes the session of `client` over from whichever node holds it.
-    pub async fn takeover_elsewhere(
-        &self,
-        client: &str,
-        peers: &[String],
-    ) -> Option<SessionSnapshot> {
+    pub async fn takeover_elsewhere(&self, client: &str, peers: &[String]) -> Option<HandedOver> {
         for p in peers {
-            if let Ok(Resp::Session(Some(s))) = call_peer(
+            let asked = call_peer(
                 p,
                 &Req::Takeover {
                     client: client.to_string(),
                 },
             )
-            .await
-            {
-                tracing::info!(client_id = %client, "session taken over from {p}");
-                return Some(*s);
-            }
+            .await;
+            let handed = match asked {
+                Ok(Resp::Session(Some(s))) => HandedOver {
+                    snapshot: *s,
+                    gathering_from: None,
+                },
+                Ok(Resp::Handover {
+                    snapshot,
+                    gathering_from,
+                }) => HandedOver {
+                    snapshot: *snapshot,
+                    gathering_from: Some(Arc::from(gathering_from)),
+                },
+                _ => continue,
+            };
+            tracing::info!(
+                client_id = %client,
+                "session taken over from {p}{}",
+                handed
+                    .gathering_from
+                    .as_ref()
+                    .map(|g| format!(" (still gathering what was held for {g}: asked again here)"))
+                    .unwrap_or_default()
+            );
+            return Some(handed);
         }
         None
     }
@@ -193,10 +208,7 @@ impl ClientRegistry for Registry {
         Box::pin(Registry::discard_elsewhere(self, &lock.client, &lock.peers))
     }
 
-    fn takeover_elsewhere<'a>(
-        &'a self,
-        lock: &'a ClientLock,
-    ) -> BoxFuture<'a, Option<SessionSnapshot>> {
+    fn takeover_elsewhere<'a>(&'a self, lock: &'a ClientLock) -> BoxFuture<'a, Option<HandedOver>> {
         Box::pin(Registry::takeover_elsewhere(
             self,
             &lock.client,

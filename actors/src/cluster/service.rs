@@ -43,6 +43,7 @@ pub use super::view::ClusterView;
 use super::wire::{self, JoinSnapshot, Note, Req, Resp};
 use crate::metrics::inc;
 use crate::peer_tls::{PeerTls, TLS_HINT};
+use crate::peers::HandedOver;
 use crate::replicated::{ReplTables, TableOps};
 use crate::Ctx;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -520,8 +521,17 @@ impl Actor for ClusterService {
                 Req::Takeover { client } => {
                     let ctx = st.ctx.clone();
                     tokio::spawn(async move {
-                        let snap = ctx.cm.takeover_out(&client).await.map(Box::new);
-                        let _ = reply.send(super::rpc::reply_bytes(&Resp::Session(snap)));
+                        let resp = match ctx.cm.takeover_out(&client).await {
+                            Some(HandedOver {
+                                snapshot,
+                                gathering_from: Some(from),
+                            }) => Resp::Handover {
+                                snapshot: Box::new(snapshot),
+                                gathering_from: from.to_string(),
+                            },
+                            h => Resp::Session(h.map(|h| Box::new(h.snapshot))),
+                        };
+                        let _ = reply.send(super::rpc::reply_bytes(&resp));
                     });
                 }
                 Req::Kick { client } => {

@@ -160,6 +160,14 @@ pub enum Resp {
     Ds(Box<super::ds::RpcReply>),
     /// The answer to [`Req::HeldFor`], in the order the receiver sends them.
     Held(Vec<Message>),
+    /// The answer to [`Req::Takeover`] for a session that was still
+    /// gathering what the nodes held for `gathering_from` (the node it
+    /// was taken from, gone): the new holder gathers it. (Any other
+    /// session is answered with [`Resp::Session`].)
+    Handover {
+        snapshot: Box<emqx_mqtt::channel::SessionSnapshot>,
+        gathering_from: String,
+    },
 }
 
 /// Everything a newcomer adopts when it joins.
