@@ -684,53 +684,21 @@ impl SessionState {
                 let _ = reply.send(());
             }
             SessionMsg::TakeoverOut(reply) => {
-                if st.ch.session_expiry == 0 {
-                    st.discard(&myself);
-                    let _ = reply.send(None);
-                    return Ok(());
-                }
-                inc(&st.ctx.broker.metrics.session_takenover);
-                st.send_disconnect(
-                    reason::SESSION_TAKEN_OVER,
-                    "session taken over by another node",
-                );
-                st.flush();
-                if let Some(old) = st.conn.take() {
-                    st.close_out(&old);
-                    st.after_conn_lost(&myself, true);
-                }
-                st.ending = true;
-                // A gathering not answered yet goes with the session: its
-                // new holder asks again, and the live deliveries held back
-                // meanwhile are queued below.
-                let gathering_from = st.stop_gathering();
-                // What waits in the inbox goes with the session: offline
-                // now, the channel queues it (up to `max_mqueue_len`).
-                let cap = st.ctx.broker.settings.max_session_backlog;
-                for _ in 0..=cap / DRAIN_BATCH {
-                    if st.inbox.is_empty() {
-                        break;
-                    }
-                    st.pump(&myself).await;
-                }
-                let _ = reply.send(Some(HandedOver {
-                    snapshot: st.ch.snapshot(),
-                    gathering_from,
-                }));
-                st.stop(&myself);
+                // Boxed: its awaits would grow every session's resident
+                // message loop (see `handle_future_stays_small`).
+                Box::pin(st.hand_over(&myself, reply)).await;
             }
             SessionMsg::Shutdown(reply) => {
-                let held_back = st.gathering_lost("the node restarts");
-                if st.conn.is_some() {
-                    st.close_conn(
-                        &myself,
-                        Some(reason::SERVER_SHUTTING_DOWN),
-                        "the node restarts (autoheal)",
-                    );
+                // (What a gathering held back goes to the queue too.)
+                if st.gathering_lost("the node restarts") || st.conn.is_some() {
+                    if st.conn.is_some() {
+                        st.close_conn(
+                            &myself,
+                            Some(reason::SERVER_SHUTTING_DOWN),
+                            "the node restarts (autoheal)",
+                        );
+                    }
                     // Offline now: what waits in the inbox goes to the queue.
-                    st.pump(&myself).await;
-                } else if held_back {
-                    // What the gathering held back goes to the queue.
                     st.pump(&myself).await;
                 }
                 let _ = reply.send(());
@@ -1181,6 +1149,51 @@ impl SessionState {
         // wait longer, whatever happened to them.
         self.me
             .send_after(GATHER_LIMIT, || SessionMsg::Gathered(None));
+    }
+
+    /// The client resumed this session on another node: closes the
+    /// connection (DISCONNECT 0x8E), queues what waits in the inbox, hands
+    /// the state over and stops; `None` for a session that ends with its
+    /// connection (expiry 0): it is discarded.
+    async fn hand_over(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        reply: ractor::RpcReplyPort<Option<HandedOver>>,
+    ) {
+        if self.ch.session_expiry == 0 {
+            self.discard(myself);
+            let _ = reply.send(None);
+            return;
+        }
+        inc(&self.ctx.broker.metrics.session_takenover);
+        self.send_disconnect(
+            reason::SESSION_TAKEN_OVER,
+            "session taken over by another node",
+        );
+        self.flush();
+        if let Some(old) = self.conn.take() {
+            self.close_out(&old);
+            self.after_conn_lost(myself, true);
+        }
+        self.ending = true;
+        // A gathering not answered yet goes with the session: its new
+        // holder asks again, and the live deliveries held back meanwhile
+        // are queued below.
+        let gathering_from = self.stop_gathering();
+        // What waits in the inbox goes with the session: offline now, the
+        // channel queues it (up to `max_mqueue_len`).
+        let cap = self.ctx.broker.settings.max_session_backlog;
+        for _ in 0..=cap / DRAIN_BATCH {
+            if self.inbox.is_empty() {
+                break;
+            }
+            self.pump(myself).await;
+        }
+        let _ = reply.send(Some(HandedOver {
+            snapshot: self.ch.snapshot(),
+            gathering_from,
+        }));
+        self.stop(myself);
     }
 
     /// Ends a gathering still waiting for its answers (they are then
