@@ -67,17 +67,26 @@ setsid bash -c 'FUZZ_BUILD_ONLY=1 CARGO_BUILD_JOBS=1 "$@" scripts/fuzz.sh >targe
 fuzz_build=$!
 echo "== tests"
 set +e
+# The replicated storage's sims: two schedules each here (3 by default;
+# DS_SIM_SEEDS=N for more, docs/durability.md).
+export DS_SIM_SEEDS="${DS_SIM_SEEDS:-2}"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
-echo "== paho-mqtt interoperability tests"
-python3 -m unittest discover -s tests/paho -v 2>&1 | tee target/paho-output.txt
-pstatus=${PIPESTATUS[0]}
+# The paho-mqtt tests (sockets, one broker at a time) run beside the
+# fuzz targets (one process on one core); their output follows.
+echo "== paho-mqtt interoperability tests, beside the fuzz targets"
+python3 -m unittest discover -s tests/paho -v >target/paho-output.txt 2>&1 &
+paho=$!
 echo "== fuzz targets, ${FUZZ_SECONDS:-6} s each"
 wait "$fuzz_build"
 echo "(background build: exit $?, log in target/fuzz-build.txt)"
 fuzz_build=""
 scripts/fuzz.sh "${FUZZ_SECONDS:-6}" 2>&1 | tee target/fuzz-output.txt
 fstatus=${PIPESTATUS[0]}
+wait "$paho"
+pstatus=$?
+echo "== paho-mqtt interoperability tests (their output)"
+cat target/paho-output.txt
 echo "== fault suite: one short seed (docs/faults.md)"
 rm -rf target/faults
 python3 scripts/faults.py --nodes 3 --seed "${FAULTS_SEED:-1}" --faults partition,pause,slow \
